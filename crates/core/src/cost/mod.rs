@@ -1,0 +1,3 @@
+//! The cost model: hardware, roofline, memory, planning.
+
+pub mod hardware;

@@ -1,0 +1,8 @@
+//! tperf-core: model configs, ops and their costs, the one schedule written against the
+//! [`backend::Backend`] trait, the Meta backend that turns the schedule into the analytic model,
+//! and the cost model (hardware, roofline, memory, planning).
+
+pub mod cost;
+pub mod dtype;
+pub mod suggest;
+pub mod tensor;
