@@ -2,7 +2,10 @@
 //! [`backend::Backend`] trait, the Meta backend that turns the schedule into the analytic model,
 //! and the cost model (hardware, roofline, memory, planning).
 
+pub mod config;
 pub mod cost;
 pub mod dtype;
+pub mod hf;
+pub mod presets;
 pub mod suggest;
 pub mod tensor;

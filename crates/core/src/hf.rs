@@ -1,0 +1,390 @@
+//! Import of a Hugging Face `config.json` for Llama-, Mistral-, Qwen2- and GPT-2-style models,
+//! so any published model of those families can be analysed without its weights.
+//!
+//! Each family's defaults are the ones its `transformers` configuration class applies when a
+//! key is absent; the details that change cost are carried over: grouped KV heads, an explicit
+//! head_dim, Qwen2's q/k/v biases, Mistral's sliding window, tied embeddings, GPT-2's n_inner.
+
+use crate::config::{Biases, ConfigError, Mlp, ModelConfig, Norm, NormPlacement, Positions};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum HfConfigError {
+    #[error("{path}: not valid JSON ({source}); check the file is a Hugging Face config.json")]
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{path}: the top level must be a JSON object")]
+    NotObject { path: String },
+    #[error("{path}: missing \"{key}\", which a {family} config must have")]
+    Missing {
+        path: String,
+        key: &'static str,
+        family: &'static str,
+    },
+    #[error("{path}: \"{key}\" must be {expected} (found {found})")]
+    WrongType {
+        path: String,
+        key: &'static str,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("{path}: model_type \"{model_type}\" is not supported; tperf imports llama, mistral, qwen2 and gpt2 configs (write a tperf config for others)")]
+    UnsupportedFamily { path: String, model_type: String },
+    #[error("{path}: {what} is not supported for {family} import: {detail}")]
+    Unsupported {
+        path: String,
+        family: &'static str,
+        what: &'static str,
+        detail: String,
+    },
+    #[error("{path}: {source}")]
+    Invalid { path: String, source: ConfigError },
+}
+
+/// Parses `text`, the contents of a config.json found at `path` (used in messages and as the
+/// model's name when the file does not carry one).
+pub fn parse(path: &str, text: &str) -> Result<ModelConfig, HfConfigError> {
+    let value: Value = serde_json::from_str(text).map_err(|source| HfConfigError::Json {
+        path: path.to_string(),
+        source,
+    })?;
+    let obj = value.as_object().ok_or_else(|| HfConfigError::NotObject {
+        path: path.to_string(),
+    })?;
+    let r = Reader { path, obj };
+    let model_type = r.model_type()?;
+    let config = match model_type.as_str() {
+        "llama" => r.llama_like("llama", Family::Llama)?,
+        "mistral" => r.llama_like("mistral", Family::Mistral)?,
+        "qwen2" => r.llama_like("qwen2", Family::Qwen2)?,
+        "gpt2" => r.gpt2()?,
+        _ => {
+            return Err(HfConfigError::UnsupportedFamily {
+                path: path.to_string(),
+                model_type,
+            })
+        }
+    };
+    config.validate().map_err(|source| HfConfigError::Invalid {
+        path: path.to_string(),
+        source,
+    })?;
+    Ok(config)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+struct Reader<'a> {
+    path: &'a str,
+    obj: &'a Map<String, Value>,
+}
+
+impl Reader<'_> {
+    fn model_type(&self) -> Result<String, HfConfigError> {
+        if let Some(t) = self.obj.get("model_type").and_then(Value::as_str) {
+            return Ok(t.to_ascii_lowercase());
+        }
+        // Older configs name only the architecture class.
+        let arch = self
+            .obj
+            .get("architectures")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let guess = [
+            ("Llama", "llama"),
+            ("Mistral", "mistral"),
+            ("Qwen2", "qwen2"),
+            ("GPT2", "gpt2"),
+        ]
+        .iter()
+        .find(|(prefix, _)| arch.starts_with(prefix))
+        .map(|(_, t)| t.to_string());
+        guess.ok_or_else(|| HfConfigError::Missing {
+            path: self.path.to_string(),
+            key: "model_type",
+            family: "Hugging Face",
+        })
+    }
+
+    fn found(v: &Value) -> String {
+        let s = v.to_string();
+        if s.len() > 40 {
+            format!("{}…", &s[..40])
+        } else {
+            s
+        }
+    }
+
+    fn usize_opt(&self, key: &'static str) -> Result<Option<usize>, HfConfigError> {
+        match self.obj.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .map(Some)
+                .ok_or_else(|| HfConfigError::WrongType {
+                    path: self.path.to_string(),
+                    key,
+                    expected: "a non-negative integer",
+                    found: Self::found(v),
+                }),
+        }
+    }
+
+    fn usize_req(&self, key: &'static str, family: &'static str) -> Result<usize, HfConfigError> {
+        self.usize_opt(key)?.ok_or(HfConfigError::Missing {
+            path: self.path.to_string(),
+            key,
+            family,
+        })
+    }
+
+    fn f64_or(&self, key: &'static str, default: f64) -> Result<f64, HfConfigError> {
+        match self.obj.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_f64().ok_or_else(|| HfConfigError::WrongType {
+                path: self.path.to_string(),
+                key,
+                expected: "a number",
+                found: Self::found(v),
+            }),
+        }
+    }
+
+    fn bool_or(&self, key: &'static str, default: bool) -> Result<bool, HfConfigError> {
+        match self.obj.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| HfConfigError::WrongType {
+                path: self.path.to_string(),
+                key,
+                expected: "true or false",
+                found: Self::found(v),
+            }),
+        }
+    }
+
+    fn str_or<'s>(&'s self, key: &'static str, default: &'s str) -> &'s str {
+        self.obj.get(key).and_then(Value::as_str).unwrap_or(default)
+    }
+
+    fn name(&self) -> String {
+        let from_file = self.str_or("_name_or_path", "");
+        if from_file.is_empty() {
+            self.path.to_string()
+        } else {
+            from_file.to_string()
+        }
+    }
+
+    fn llama_like(&self, family: &'static str, kind: Family) -> Result<ModelConfig, HfConfigError> {
+        let d_model = self.usize_req("hidden_size", family)?;
+        let n_heads = self.usize_req("num_attention_heads", family)?;
+        let n_kv_heads = self.usize_opt("num_key_value_heads")?.unwrap_or(n_heads);
+        let head_dim = match self.usize_opt("head_dim")? {
+            Some(d) => d,
+            None if n_heads > 0 && d_model % n_heads == 0 => d_model / n_heads,
+            None => {
+                return Err(HfConfigError::Invalid {
+                    path: self.path.to_string(),
+                    source: ConfigError::HeadsDoNotDivide { d_model, n_heads },
+                })
+            }
+        };
+        let act = self.str_or("hidden_act", "silu");
+        if !matches!(act, "silu" | "swish") {
+            return Err(HfConfigError::Unsupported {
+                path: self.path.to_string(),
+                family,
+                what: "hidden_act",
+                detail: format!("\"{act}\" (tperf's gated MLP is SwiGLU: silu)"),
+            });
+        }
+        // transformers' defaults: Llama θ = 10000, Mistral θ = 10000, Qwen2 θ = 10000 (the
+        // released Qwen2 configs all set 1e6 explicitly).
+        let theta = self.f64_or("rope_theta", 10_000.0)?;
+        let attention_bias = self.bool_or("attention_bias", false)?;
+        let mlp_bias = self.bool_or("mlp_bias", false)?;
+        let biases = match kind {
+            // Qwen2 puts a bias on q, k and v, none on the output projection.
+            Family::Qwen2 => Biases {
+                qkv: true,
+                ..Biases::NONE
+            },
+            Family::Llama | Family::Mistral => Biases {
+                qkv: attention_bias,
+                attn_out: attention_bias,
+                mlp: mlp_bias,
+                ..Biases::NONE
+            },
+        };
+        let sliding_window = match kind {
+            Family::Mistral => self.usize_opt("sliding_window")?,
+            Family::Qwen2 if self.bool_or("use_sliding_window", false)? => {
+                self.usize_opt("sliding_window")?
+            }
+            _ => None,
+        };
+        Ok(ModelConfig {
+            name: self.name(),
+            vocab_size: self.usize_req("vocab_size", family)?,
+            context: self.usize_opt("max_position_embeddings")?.unwrap_or(2048),
+            d_model,
+            d_ff: self.usize_req("intermediate_size", family)?,
+            n_layers: self.usize_req("num_hidden_layers", family)?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            norm: Norm::RmsNorm,
+            norm_eps: self.f64_or("rms_norm_eps", 1e-6)?,
+            mlp: Mlp::SwiGlu,
+            positions: Positions::Rope { theta },
+            biases,
+            tied_embeddings: self.bool_or("tie_word_embeddings", false)?,
+            causal: true,
+            norm_placement: NormPlacement::Pre,
+            final_norm: true,
+            scale_embedding: false,
+            sliding_window,
+        })
+    }
+
+    fn gpt2(&self) -> Result<ModelConfig, HfConfigError> {
+        let family = "gpt2";
+        let d_model = self.usize_opt("n_embd")?.unwrap_or(768);
+        let n_heads = self.usize_opt("n_head")?.unwrap_or(12);
+        if n_heads == 0 || d_model % n_heads != 0 {
+            return Err(HfConfigError::Invalid {
+                path: self.path.to_string(),
+                source: ConfigError::HeadsDoNotDivide { d_model, n_heads },
+            });
+        }
+        let act = self.str_or("activation_function", "gelu_new");
+        let mlp = match act {
+            "gelu_new" | "gelu" | "gelu_pytorch_tanh" | "gelu_fast" => Mlp::Gelu,
+            "relu" => Mlp::Relu,
+            other => {
+                return Err(HfConfigError::Unsupported {
+                    path: self.path.to_string(),
+                    family,
+                    what: "activation_function",
+                    detail: format!("\"{other}\""),
+                })
+            }
+        };
+        Ok(ModelConfig {
+            name: self.name(),
+            vocab_size: self.usize_opt("vocab_size")?.unwrap_or(50_257),
+            context: self.usize_opt("n_positions")?.unwrap_or(1024),
+            d_model,
+            d_ff: self.usize_opt("n_inner")?.unwrap_or(4 * d_model),
+            n_layers: self.usize_opt("n_layer")?.unwrap_or(12),
+            n_heads,
+            n_kv_heads: n_heads,
+            head_dim: d_model / n_heads,
+            norm: Norm::LayerNorm,
+            norm_eps: self.f64_or("layer_norm_epsilon", 1e-5)?,
+            mlp,
+            positions: Positions::Learned,
+            biases: Biases {
+                qkv: true,
+                attn_out: true,
+                mlp: true,
+                norm: true,
+                lm_head: false,
+            },
+            tied_embeddings: self.bool_or("tie_word_embeddings", true)?,
+            causal: true,
+            norm_placement: NormPlacement::Pre,
+            final_norm: true,
+            scale_embedding: false,
+            sliding_window: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Abridged from the published config.json files of these models.
+    const LLAMA3_8B: &str = r#"{"architectures":["LlamaForCausalLM"],"attention_bias":false,
+        "hidden_act":"silu","hidden_size":4096,"intermediate_size":14336,
+        "max_position_embeddings":8192,"model_type":"llama","num_attention_heads":32,
+        "num_hidden_layers":32,"num_key_value_heads":8,"rms_norm_eps":1e-05,
+        "rope_theta":500000.0,"tie_word_embeddings":false,"vocab_size":128256}"#;
+    const MISTRAL_7B: &str = r#"{"architectures":["MistralForCausalLM"],"hidden_act":"silu",
+        "hidden_size":4096,"intermediate_size":14336,"max_position_embeddings":32768,
+        "model_type":"mistral","num_attention_heads":32,"num_hidden_layers":32,
+        "num_key_value_heads":8,"rms_norm_eps":1e-05,"rope_theta":10000.0,
+        "sliding_window":4096,"tie_word_embeddings":false,"vocab_size":32000}"#;
+    const QWEN2_05B: &str = r#"{"architectures":["Qwen2ForCausalLM"],"hidden_act":"silu",
+        "hidden_size":896,"intermediate_size":4864,"max_position_embeddings":32768,
+        "max_window_layers":24,"model_type":"qwen2","num_attention_heads":14,
+        "num_hidden_layers":24,"num_key_value_heads":2,"rms_norm_eps":1e-06,
+        "rope_theta":1000000.0,"sliding_window":32768,"tie_word_embeddings":true,
+        "use_sliding_window":false,"vocab_size":151936}"#;
+    const GPT2: &str = r#"{"activation_function":"gelu_new","architectures":["GPT2LMHeadModel"],
+        "layer_norm_epsilon":1e-05,"model_type":"gpt2","n_ctx":1024,"n_embd":768,"n_head":12,
+        "n_inner":null,"n_layer":12,"n_positions":1024,"vocab_size":50257}"#;
+
+    #[test]
+    fn llama3_8b_has_its_published_size() {
+        let c = parse("llama3.json", LLAMA3_8B).unwrap();
+        assert_eq!((c.n_heads, c.n_kv_heads, c.head_dim), (32, 8, 128));
+        assert_eq!(c.param_count(), 8_030_261_248);
+    }
+
+    #[test]
+    fn mistral_keeps_its_sliding_window() {
+        let c = parse("m.json", MISTRAL_7B).unwrap();
+        assert_eq!(c.sliding_window, Some(4096));
+        assert_eq!(c.param_count(), 7_241_732_096);
+    }
+
+    #[test]
+    fn qwen2_has_qkv_biases_and_tied_embeddings() {
+        let c = parse("q.json", QWEN2_05B).unwrap();
+        assert!(c.biases.qkv && !c.biases.attn_out && c.tied_embeddings);
+        assert_eq!(c.sliding_window, None, "use_sliding_window is false");
+        assert_eq!(c.param_count(), 494_032_768);
+    }
+
+    #[test]
+    fn gpt2_matches_the_preset() {
+        let c = parse("gpt2.json", GPT2).unwrap();
+        assert_eq!(c.param_count(), 124_439_808);
+        assert_eq!(c.d_ff, 3072);
+    }
+
+    #[test]
+    fn bad_inputs_name_the_problem() {
+        let e = parse("x.json", "{not json").unwrap_err().to_string();
+        assert!(e.contains("not valid JSON"), "{e}");
+        let e = parse("x.json", "[1,2]").unwrap_err().to_string();
+        assert!(e.contains("JSON object"), "{e}");
+        let e = parse("x.json", r#"{"model_type":"llama","hidden_size":64}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("num_attention_heads"), "{e}");
+        let e = parse("x.json", r#"{"model_type":"t5"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not supported"), "{e}");
+        let bad = LLAMA3_8B.replace("\"num_key_value_heads\":8", "\"num_key_value_heads\":5");
+        let e = parse("x.json", &bad).unwrap_err().to_string();
+        assert!(e.contains("not divisible by n_kv_heads"), "{e}");
+        let bad = LLAMA3_8B.replace("\"hidden_size\":4096", "\"hidden_size\":-3");
+        let e = parse("x.json", &bad).unwrap_err().to_string();
+        assert!(e.contains("non-negative integer"), "{e}");
+    }
+}
