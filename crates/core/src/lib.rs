@@ -9,3 +9,7 @@ pub mod hf;
 pub mod presets;
 pub mod suggest;
 pub mod tensor;
+pub mod ops;
+pub mod backend;
+pub mod meta;
+pub mod schedule;

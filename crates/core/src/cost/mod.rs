@@ -1,3 +1,6 @@
-//! The cost model: hardware, roofline, memory, planning.
+//! The cost model: hardware, roofline, memory, the analysis of a schedule, and planning.
 
+pub mod analysis;
 pub mod hardware;
+pub mod memory;
+pub mod roofline;

@@ -1,0 +1,67 @@
+//! The Backend trait: the small surface the one schedule is written against. A backend allocates
+//! buffers, runs ops, and moves data in and out; the Meta backend does none of the arithmetic
+//! and records everything, which is the analytic model.
+
+use crate::ops::{Op, Phase};
+use crate::tensor::{Tensor, TensorSpec};
+use thiserror::Error;
+
+/// One op as the schedule issues it: what to compute, on which buffers, and where in the model.
+#[derive(Clone, Debug)]
+pub struct OpCall {
+    pub op: Op,
+    /// Buffers read. A buffer both read and written (accumulation, in-place) is in both lists.
+    pub inputs: Vec<Tensor>,
+    /// Buffers written.
+    pub outputs: Vec<Tensor>,
+    /// Where in the model: "attn.qkv", "mlp.down", "lm_head", …
+    pub label: &'static str,
+    /// Transformer block index; None for embedding, final norm, loss, optimizer groups outside
+    /// the blocks.
+    pub layer: Option<usize>,
+    pub phase: Phase,
+}
+
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("out of memory allocating {requested_bytes} bytes for '{name}' with {in_use_bytes} bytes in use of {capacity_bytes}")]
+    OutOfMemory {
+        name: String,
+        requested_bytes: u64,
+        in_use_bytes: u64,
+        capacity_bytes: u64,
+    },
+    #[error("op '{op}' ({label}) is not supported by the {backend} backend: {why}")]
+    Unsupported {
+        op: &'static str,
+        label: &'static str,
+        backend: &'static str,
+        why: String,
+    },
+    #[error("the {backend} backend holds no data: {what}")]
+    NoData { backend: &'static str, what: String },
+    #[error("{backend} backend: {message}")]
+    Device {
+        backend: &'static str,
+        message: String,
+    },
+}
+
+pub trait Backend {
+    /// A short name for tables: "meta", "cpu", "cuda:0".
+    fn name(&self) -> String;
+
+    fn alloc(&mut self, spec: TensorSpec) -> Result<Tensor, BackendError>;
+
+    fn free(&mut self, tensor: Tensor);
+
+    fn exec(&mut self, call: OpCall) -> Result<(), BackendError>;
+
+    /// Fill a buffer from the host (token ids as i32, weights as f32 converted to the buffer's
+    /// dtype).
+    fn write_f32(&mut self, tensor: &Tensor, data: &[f32]) -> Result<(), BackendError>;
+    fn write_i32(&mut self, tensor: &Tensor, data: &[i32]) -> Result<(), BackendError>;
+
+    /// Copy a buffer to the host as f32.
+    fn read_f32(&mut self, tensor: &Tensor) -> Result<Vec<f32>, BackendError>;
+}

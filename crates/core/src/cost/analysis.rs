@@ -1,0 +1,291 @@
+//! The analytic model of one scenario: run the schedule on the Meta backend, cost every op on a
+//! hardware entry, and roll the record up by phase, op, layer and class, with the memory
+//! timeline beside it.
+
+use super::hardware::Hardware;
+use super::memory::{self, MemorySummary};
+use super::roofline::{self, Bound};
+use crate::backend::{Backend, BackendError};
+use crate::config::{ConfigError, ModelConfig};
+use crate::dtype::DType;
+use crate::meta::MetaBackend;
+use crate::ops::sampling::Sampling;
+use crate::ops::{OpClass, Phase};
+use crate::schedule::{alloc_step_tokens, Options, Transformer};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use thiserror::Error;
+
+/// What a step does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Forward, backward and AdamW over B sequences of T tokens.
+    Train,
+    /// A forward with the loss, keeping nothing (the seed's forward benchmark).
+    Forward,
+    /// The prompt of T tokens for B sequences, filling the KV cache, sampling one token each.
+    Prefill,
+    /// One new token for each of B sequences whose context already holds T − 1 tokens.
+    Decode,
+}
+
+impl Workload {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Workload::Train => "train",
+            Workload::Forward => "forward",
+            Workload::Prefill => "prefill",
+            Workload::Decode => "decode",
+        }
+    }
+
+    /// Tokens a step processes or produces.
+    pub fn tokens_per_step(self, batch: usize, seq: usize) -> u64 {
+        match self {
+            Workload::Train | Workload::Forward | Workload::Prefill => (batch * seq) as u64,
+            Workload::Decode => batch as u64,
+        }
+    }
+}
+
+impl FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "train" | "training" => Ok(Workload::Train),
+            "forward" | "fwd" => Ok(Workload::Forward),
+            "prefill" => Ok(Workload::Prefill),
+            "decode" => Ok(Workload::Decode),
+            other => Err(format!(
+                "unknown phase '{other}': use train, forward, prefill or decode"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Scenario {
+    pub workload: Workload,
+    pub batch: usize,
+    pub seq: usize,
+    pub opts: Options,
+}
+
+#[derive(Debug, Error)]
+pub enum AnalysisError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Runs the scenario's schedule on the Meta backend.
+pub fn record(cfg: &ModelConfig, sc: &Scenario) -> Result<MetaBackend, AnalysisError> {
+    cfg.validate()?;
+    cfg.check_seq(sc.seq)?;
+    if sc.batch == 0 {
+        return Err(ConfigError::Zero { field: "batch" }.into());
+    }
+    let (b, t) = (sc.batch, sc.seq);
+    let mut be = MetaBackend::new();
+    let training = sc.workload == Workload::Train;
+    let model = Transformer::new(&mut be, cfg, sc.opts, training)?;
+    match sc.workload {
+        Workload::Train => {
+            let (tokens, targets) = model.alloc_inputs(&mut be, b, t, true)?;
+            let targets = targets.expect("asked for targets");
+            let losses = model.train_step(&mut be, tokens, targets)?;
+            be.free(losses);
+        }
+        Workload::Forward => {
+            let (tokens, targets) = model.alloc_inputs(&mut be, b, t, true)?;
+            let state = model.forward_eval(&mut be, tokens, targets)?;
+            model.free_state(&mut be, state);
+        }
+        Workload::Prefill | Workload::Decode if !sc.opts.kv_cache => {
+            let tokens = alloc_step_tokens(&mut be, b, t)?;
+            let next = model.generate_step_uncached(&mut be, tokens, Sampling::default())?;
+            be.free(next);
+        }
+        Workload::Prefill => {
+            let mut cache = model.alloc_kv_cache(&mut be, b, t)?;
+            let tokens = alloc_step_tokens(&mut be, b, t)?;
+            let next = model.generate_step(&mut be, tokens, &mut cache, Sampling::default())?;
+            be.free(next);
+            model.free_kv_cache(&mut be, cache);
+        }
+        Workload::Decode => {
+            let mut cache = model.alloc_kv_cache(&mut be, b, t)?;
+            cache.len = t - 1;
+            let tokens = alloc_step_tokens(&mut be, b, 1)?;
+            let next = model.generate_step(&mut be, tokens, &mut cache, Sampling::default())?;
+            be.free(next);
+            model.free_kv_cache(&mut be, cache);
+        }
+    }
+    model.free(&mut be);
+    Ok(be)
+}
+
+/// One op of the record, costed.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpRow {
+    /// Position in the schedule: the join key with measured records.
+    pub index: usize,
+    pub name: &'static str,
+    pub label: &'static str,
+    pub layer: Option<usize>,
+    pub phase: Phase,
+    pub class: OpClass,
+    pub dtype: DType,
+    /// The op's dimensions, as "m=… k=… n=…".
+    pub dims: String,
+    pub flops: u64,
+    pub bytes: u64,
+    pub intensity: f64,
+    pub bound: Bound,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Totals {
+    pub count: usize,
+    pub flops: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+impl Totals {
+    fn add(&mut self, r: &OpRow) {
+        self.count += 1;
+        self.flops += r.flops;
+        self.bytes += r.bytes;
+        self.seconds += r.seconds;
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Analysis {
+    pub model: String,
+    pub params: u64,
+    pub scenario: Scenario,
+    pub hardware: Hardware,
+    pub rows: Vec<OpRow>,
+    pub total: Totals,
+    pub by_phase: BTreeMap<Phase, Totals>,
+    pub by_name: BTreeMap<&'static str, Totals>,
+    pub by_class: BTreeMap<OpClass, Totals>,
+    /// Per block; ops outside the blocks are under None.
+    pub by_layer: BTreeMap<Option<usize>, Totals>,
+    pub memory: MemorySummary,
+    /// The model's FLOPs (recomputation excluded) over the predicted time and the matrix peak
+    /// of the compute dtype.
+    pub mfu: f64,
+    pub tokens_per_step: u64,
+}
+
+impl Analysis {
+    pub fn fits(&self) -> bool {
+        self.memory.peak_bytes <= self.hardware.memory_bytes
+    }
+
+    pub fn step_seconds(&self) -> f64 {
+        self.total.seconds
+    }
+
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens_per_step as f64 / self.total.seconds
+    }
+
+    pub fn phase_flops(&self, phase: Phase) -> u64 {
+        self.by_phase.get(&phase).map_or(0, |t| t.flops)
+    }
+}
+
+/// The first floating-point operand's dtype: what the op computes in.
+fn op_dtype(inputs: &[crate::tensor::Tensor], outputs: &[crate::tensor::Tensor]) -> DType {
+    inputs
+        .iter()
+        .chain(outputs)
+        .map(|t| t.dtype)
+        .find(|&d| d != DType::I32)
+        .unwrap_or(DType::F32)
+}
+
+fn dims_of(op: &crate::ops::Op) -> String {
+    let value = serde_json::to_value(op).unwrap_or_default();
+    let Some(fields) = value.as_object().and_then(|o| o.values().nth(1)).and_then(|v| v.as_object()) else {
+        return String::new();
+    };
+    fields
+        .iter()
+        .filter(|(_, v)| v.is_number() || v.is_boolean() && v.as_bool() == Some(true))
+        .map(|(k, v)| if v.is_boolean() { k.clone() } else { format!("{k}={v}") })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub fn analyze(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware) -> Result<Analysis, AnalysisError> {
+    let record = record(cfg, sc)?;
+    Ok(analyze_record(cfg, sc, hw, &record))
+}
+
+pub fn analyze_record(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware, record: &MetaBackend) -> Analysis {
+    let mut rows = Vec::with_capacity(record.ops.len());
+    let mut total = Totals::default();
+    let mut by_phase = BTreeMap::new();
+    let mut by_name = BTreeMap::new();
+    let mut by_class = BTreeMap::new();
+    let mut by_layer = BTreeMap::new();
+    for (index, rec) in record.ops.iter().enumerate() {
+        let call = &rec.call;
+        let class = call.op.class();
+        let dtype = op_dtype(&call.inputs, &call.outputs);
+        let time = roofline::op_time(rec.cost, class, dtype, hw);
+        let row = OpRow {
+            index,
+            name: call.op.name(),
+            label: call.label,
+            layer: call.layer,
+            phase: call.phase,
+            class,
+            dtype,
+            dims: dims_of(&call.op),
+            flops: rec.cost.flops,
+            bytes: rec.cost.bytes,
+            intensity: rec.cost.intensity(),
+            bound: time.bound,
+            seconds: time.seconds,
+        };
+        total.add(&row);
+        by_phase.entry(row.phase).or_insert_with(Totals::default).add(&row);
+        by_name.entry(row.name).or_insert_with(Totals::default).add(&row);
+        by_class.entry(row.class).or_insert_with(Totals::default).add(&row);
+        by_layer.entry(row.layer).or_insert_with(Totals::default).add(&row);
+        rows.push(row);
+    }
+    let recompute = by_phase.get(&Phase::Recompute).map_or(0, |t: &Totals| t.flops);
+    let peak = hw.peak_flops(sc.opts.precision.compute_dtype());
+    let mfu = if total.seconds > 0.0 {
+        (total.flops - recompute) as f64 / (total.seconds * peak)
+    } else {
+        0.0
+    };
+    Analysis {
+        model: cfg.name.clone(),
+        params: cfg.param_count(),
+        scenario: *sc,
+        hardware: hw.clone(),
+        rows,
+        total,
+        by_phase,
+        by_name,
+        by_class,
+        by_layer,
+        memory: memory::summarize(&record.mem_events),
+        mfu,
+        tokens_per_step: sc.workload.tokens_per_step(sc.batch, sc.seq),
+    }
+}

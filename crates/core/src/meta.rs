@@ -1,0 +1,100 @@
+//! The Meta backend: computes nothing, records every op and every allocation and free. Its
+//! record *is* the analytic model: the cost module turns it into FLOPs, bytes, roofline times
+//! and the memory timeline, for any size of model, without a byte of real storage.
+
+use crate::backend::{Backend, BackendError, OpCall};
+use crate::ops::Cost;
+use crate::tensor::{MemCategory, Tensor, TensorId, TensorSpec};
+
+/// One op as recorded, with its cost already evaluated.
+#[derive(Clone, Debug)]
+pub struct OpRecord {
+    pub call: OpCall,
+    pub cost: Cost,
+}
+
+/// One allocation or free, placed after `ops_before` ops of the record.
+#[derive(Clone, Debug)]
+pub struct MemEvent {
+    pub ops_before: usize,
+    pub name: String,
+    pub category: MemCategory,
+    /// Positive for an allocation, negative for a free.
+    pub delta_bytes: i64,
+}
+
+#[derive(Default)]
+pub struct MetaBackend {
+    pub ops: Vec<OpRecord>,
+    pub mem_events: Vec<MemEvent>,
+    names: Vec<String>,
+    next_id: u32,
+}
+
+impl MetaBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn name_of(&self, id: TensorId) -> String {
+        self.names
+            .get(id.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("tensor#{}", id.0))
+    }
+}
+
+impl Backend for MetaBackend {
+    fn name(&self) -> String {
+        "meta".to_string()
+    }
+
+    fn alloc(&mut self, spec: TensorSpec) -> Result<Tensor, BackendError> {
+        let id = TensorId(self.next_id);
+        self.next_id += 1;
+        let tensor = Tensor {
+            id,
+            shape: spec.shape.clone(),
+            dtype: spec.dtype,
+            category: spec.category,
+        };
+        self.mem_events.push(MemEvent {
+            ops_before: self.ops.len(),
+            name: spec.name.clone(),
+            category: spec.category,
+            delta_bytes: tensor.size_bytes() as i64,
+        });
+        self.names.push(spec.name);
+        Ok(tensor)
+    }
+
+    fn free(&mut self, tensor: Tensor) {
+        self.mem_events.push(MemEvent {
+            ops_before: self.ops.len(),
+            name: self.name_of(tensor.id),
+            category: tensor.category,
+            delta_bytes: -(tensor.size_bytes() as i64),
+        });
+    }
+
+    fn exec(&mut self, call: OpCall) -> Result<(), BackendError> {
+        let cost = call.op.cost(&call.inputs, &call.outputs);
+        self.ops.push(OpRecord { call, cost });
+        Ok(())
+    }
+
+    fn write_f32(&mut self, _tensor: &Tensor, _data: &[f32]) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn write_i32(&mut self, _tensor: &Tensor, _data: &[i32]) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    fn read_f32(&mut self, tensor: &Tensor) -> Result<Vec<f32>, BackendError> {
+        Err(BackendError::NoData {
+            backend: "meta",
+            what: format!("cannot read '{}': nothing was computed", self.name_of(tensor.id)),
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! Embedding: out[i] = wte[token[i]]·s + pos[i], s = √C when the model scales its embedding
+//! (else 1), pos from the learned table wpe, the sinusoidal formula, or nothing (RoPE models).
+//!
+//! FLOPs: C per token for the position add, C more for the scale: a gather is not arithmetic.
+//! Bytes: the token ids, the n gathered rows of wte (not the whole table), the n rows of wpe
+//! when learned, and the output; the io rule would count all of wte, which a gather never reads.
+//! Backward: dwte[token[i]] += dout[i]·s (and dwpe[pos] += dout) — C adds per token (C more for
+//! the scale); bytes are dout, the ids, a read-modify-write of n rows per table, plus zeroing
+//! the whole gradient table first unless the gradient already holds another contribution
+//! (tied embeddings: the output layer's backward wrote it).
+
+use crate::tensor::Tensor;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionTable {
+    None,
+    Learned,
+    Sinusoidal,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Embedding {
+    /// Tokens (B·T).
+    pub n: usize,
+    pub c: usize,
+    pub vocab: usize,
+    /// Sequence length, for the position of token i: i mod t (+ pos_offset).
+    pub t: usize,
+    pub pos_offset: usize,
+    pub positions: PositionTable,
+    pub scale: bool,
+    /// Backward adds into a token-table gradient that already holds a contribution.
+    pub accumulate: bool,
+}
+
+impl Embedding {
+    fn nc(&self) -> u64 {
+        self.n as u64 * self.c as u64
+    }
+
+    pub fn forward_flops(&self) -> u64 {
+        let pos = u64::from(self.positions != PositionTable::None);
+        self.nc() * (pos + u64::from(self.scale))
+    }
+
+    /// inputs: [tokens, wte, wpe?]; outputs: [out].
+    pub fn forward_bytes(&self, inputs: &[Tensor], outputs: &[Tensor]) -> u64 {
+        let ids = inputs.first().map_or(0, Tensor::size_bytes);
+        let rows: u64 = inputs
+            .iter()
+            .skip(1)
+            .map(|table| self.nc() * table.dtype.size_bytes())
+            .sum();
+        ids + rows + outputs.iter().map(Tensor::size_bytes).sum::<u64>()
+    }
+
+    pub fn backward_flops(&self) -> u64 {
+        let tables = 1 + u64::from(self.positions == PositionTable::Learned);
+        self.nc() * (tables + u64::from(self.scale))
+    }
+
+    /// inputs: [tokens, dout]; outputs: [dwte, dwpe?].
+    pub fn backward_bytes(&self, inputs: &[Tensor], outputs: &[Tensor]) -> u64 {
+        let read: u64 = inputs.iter().map(Tensor::size_bytes).sum();
+        let rmw: u64 = outputs
+            .iter()
+            .map(|g| 2 * self.nc() * g.dtype.size_bytes())
+            .sum();
+        let zero: u64 = if self.accumulate {
+            outputs.iter().skip(1).map(Tensor::size_bytes).sum()
+        } else {
+            outputs.iter().map(Tensor::size_bytes).sum()
+        };
+        read + rmw + zero
+    }
+}

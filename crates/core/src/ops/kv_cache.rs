@@ -1,0 +1,40 @@
+//! KV-cache append: copy the new tokens' keys and values (from the fused QKV buffer, after RoPE)
+//! into the cache at positions pos..pos + t_new. A cache holds, per layer, K and V of
+//! B × H_kv × T_max × D, so its size is 2·L·B·T_max·H_kv·D·width: grouped-query attention
+//! shrinks it by H / H_kv.
+//!
+//! No arithmetic. Bytes: the new K and V read and written, 2 × 2·B·t_new·H_kv·D·width; the io
+//! rule would count the whole cache, which an append does not touch.
+
+use crate::tensor::Tensor;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct KvAppend {
+    pub b: usize,
+    pub t_new: usize,
+    pub h_kv: usize,
+    pub d: usize,
+    pub pos: usize,
+}
+
+impl KvAppend {
+    pub fn bytes(&self, inputs: &[Tensor]) -> u64 {
+        let width = inputs.first().map_or(4, |t| t.dtype.size_bytes());
+        let new = 2 * (self.b * self.t_new) as u64 * (self.h_kv * self.d) as u64;
+        2 * new * width
+    }
+}
+
+/// Bytes of a KV cache for `tokens` positions of `batch` sequences.
+pub fn cache_bytes(
+    n_layers: usize,
+    batch: usize,
+    tokens: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    width_bytes: u64,
+) -> u64 {
+    2 * n_layers as u64 * batch as u64 * tokens as u64 * (n_kv_heads * head_dim) as u64
+        * width_bytes
+}

@@ -1,0 +1,17 @@
+//! Residual add: y = a + b, one FLOP per element; bytes by the io rule (two reads, one write).
+//! Its backward needs no op of its own: the gradient passes through unchanged, and the branch's
+//! gradient is added into the residual stream by the op that computes it (norm and matmul
+//! backward accumulate), as llm.c does.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ResidualAdd {
+    pub numel: usize,
+}
+
+impl ResidualAdd {
+    pub fn flops(&self) -> u64 {
+        self.numel as u64
+    }
+}

@@ -1,0 +1,30 @@
+//! SwiGLU: y (n×F) = silu(g) ⊙ u where [g | u] = h (n×2F), the output of the fused gate-and-up
+//! projection.
+//!
+//! FLOPs per output element: forward silu 4 + product 1 = 5. Backward: du = dy·silu(g) is
+//! silu 4 + 1 = 5; dg = dy·u·silu'(g) is silu' 7 (σ 3, 1−σ 1, ·g 1, +1 1, ·σ 1) + 2 = 9; 14 in all.
+//! Bytes: the io rule (h read, y written; backward reads h and dy, writes dh).
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct SwiGlu {
+    /// Rows (tokens).
+    pub n: usize,
+    /// F, the width of the output.
+    pub f: usize,
+}
+
+impl SwiGlu {
+    fn numel(&self) -> u64 {
+        self.n as u64 * self.f as u64
+    }
+
+    pub fn forward_flops(&self) -> u64 {
+        5 * self.numel()
+    }
+
+    pub fn backward_flops(&self) -> u64 {
+        14 * self.numel()
+    }
+}

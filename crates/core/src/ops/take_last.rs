@@ -1,0 +1,20 @@
+//! Take the last position of each sequence: (B·T × C) → (B × C), so that prefill computes
+//! logits for the one position it samples from instead of all T. No arithmetic; bytes are the
+//! B rows read and written.
+
+use crate::tensor::Tensor;
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TakeLast {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+}
+
+impl TakeLast {
+    pub fn bytes(&self, inputs: &[Tensor]) -> u64 {
+        let width = inputs.first().map_or(4, |t| t.dtype.size_bytes());
+        2 * (self.b * self.c) as u64 * width
+    }
+}
