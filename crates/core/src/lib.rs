@@ -2,14 +2,14 @@
 //! [`backend::Backend`] trait, the Meta backend that turns the schedule into the analytic model,
 //! and the cost model (hardware, roofline, memory, planning).
 
+pub mod backend;
 pub mod config;
 pub mod cost;
 pub mod dtype;
 pub mod hf;
+pub mod meta;
+pub mod ops;
 pub mod presets;
+pub mod schedule;
 pub mod suggest;
 pub mod tensor;
-pub mod ops;
-pub mod backend;
-pub mod meta;
-pub mod schedule;

@@ -5,6 +5,7 @@
 use crate::backend::{Backend, BackendError, OpCall};
 use crate::ops::Cost;
 use crate::tensor::{MemCategory, Tensor, TensorId, TensorSpec};
+use std::collections::HashSet;
 
 /// One op as recorded, with its cost already evaluated.
 #[derive(Clone, Debug)]
@@ -27,7 +28,11 @@ pub struct MemEvent {
 pub struct MetaBackend {
     pub ops: Vec<OpRecord>,
     pub mem_events: Vec<MemEvent>,
+    /// Misuse the schedule must never commit: frees of buffers not live, ops on freed buffers.
+    /// Tests assert this stays empty.
+    pub errors: Vec<String>,
     names: Vec<String>,
+    live: HashSet<TensorId>,
     next_id: u32,
 }
 
@@ -65,10 +70,17 @@ impl Backend for MetaBackend {
             delta_bytes: tensor.size_bytes() as i64,
         });
         self.names.push(spec.name);
+        self.live.insert(id);
         Ok(tensor)
     }
 
     fn free(&mut self, tensor: Tensor) {
+        if !self.live.remove(&tensor.id) {
+            let name = self.name_of(tensor.id);
+            self.errors
+                .push(format!("free of '{name}', which is not live"));
+            return;
+        }
         self.mem_events.push(MemEvent {
             ops_before: self.ops.len(),
             name: self.name_of(tensor.id),
@@ -78,6 +90,17 @@ impl Backend for MetaBackend {
     }
 
     fn exec(&mut self, call: OpCall) -> Result<(), BackendError> {
+        for t in call.inputs.iter().chain(&call.outputs) {
+            if !self.live.contains(&t.id) {
+                let msg = format!(
+                    "op {} ({}) uses '{}', which is not live",
+                    call.op.name(),
+                    call.label,
+                    self.name_of(t.id)
+                );
+                self.errors.push(msg);
+            }
+        }
         let cost = call.op.cost(&call.inputs, &call.outputs);
         self.ops.push(OpRecord { call, cost });
         Ok(())
@@ -94,7 +117,10 @@ impl Backend for MetaBackend {
     fn read_f32(&mut self, tensor: &Tensor) -> Result<Vec<f32>, BackendError> {
         Err(BackendError::NoData {
             backend: "meta",
-            what: format!("cannot read '{}': nothing was computed", self.name_of(tensor.id)),
+            what: format!(
+                "cannot read '{}': nothing was computed",
+                self.name_of(tensor.id)
+            ),
         })
     }
 }

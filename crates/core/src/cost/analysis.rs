@@ -216,13 +216,23 @@ fn op_dtype(inputs: &[crate::tensor::Tensor], outputs: &[crate::tensor::Tensor])
 
 fn dims_of(op: &crate::ops::Op) -> String {
     let value = serde_json::to_value(op).unwrap_or_default();
-    let Some(fields) = value.as_object().and_then(|o| o.values().nth(1)).and_then(|v| v.as_object()) else {
+    let Some(fields) = value
+        .as_object()
+        .and_then(|o| o.values().nth(1))
+        .and_then(|v| v.as_object())
+    else {
         return String::new();
     };
     fields
         .iter()
         .filter(|(_, v)| v.is_number() || v.is_boolean() && v.as_bool() == Some(true))
-        .map(|(k, v)| if v.is_boolean() { k.clone() } else { format!("{k}={v}") })
+        .map(|(k, v)| {
+            if v.is_boolean() {
+                k.clone()
+            } else {
+                format!("{k}={v}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -232,7 +242,12 @@ pub fn analyze(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware) -> Result<Analys
     Ok(analyze_record(cfg, sc, hw, &record))
 }
 
-pub fn analyze_record(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware, record: &MetaBackend) -> Analysis {
+pub fn analyze_record(
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    hw: &Hardware,
+    record: &MetaBackend,
+) -> Analysis {
     let mut rows = Vec::with_capacity(record.ops.len());
     let mut total = Totals::default();
     let mut by_phase = BTreeMap::new();
@@ -260,13 +275,27 @@ pub fn analyze_record(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware, record: &
             seconds: time.seconds,
         };
         total.add(&row);
-        by_phase.entry(row.phase).or_insert_with(Totals::default).add(&row);
-        by_name.entry(row.name).or_insert_with(Totals::default).add(&row);
-        by_class.entry(row.class).or_insert_with(Totals::default).add(&row);
-        by_layer.entry(row.layer).or_insert_with(Totals::default).add(&row);
+        by_phase
+            .entry(row.phase)
+            .or_insert_with(Totals::default)
+            .add(&row);
+        by_name
+            .entry(row.name)
+            .or_insert_with(Totals::default)
+            .add(&row);
+        by_class
+            .entry(row.class)
+            .or_insert_with(Totals::default)
+            .add(&row);
+        by_layer
+            .entry(row.layer)
+            .or_insert_with(Totals::default)
+            .add(&row);
         rows.push(row);
     }
-    let recompute = by_phase.get(&Phase::Recompute).map_or(0, |t: &Totals| t.flops);
+    let recompute = by_phase
+        .get(&Phase::Recompute)
+        .map_or(0, |t: &Totals| t.flops);
     let peak = hw.peak_flops(sc.opts.precision.compute_dtype());
     let mfu = if total.seconds > 0.0 {
         (total.flops - recompute) as f64 / (total.seconds * peak)

@@ -76,7 +76,11 @@ pub fn summarize(events: &[MemEvent]) -> MemorySummary {
     MemorySummary {
         peak_bytes: peak.total_bytes,
         peak_at_op: peak.ops_before,
-        at_peak: peak.by_category.into_iter().filter(|&(_, b)| b > 0).collect(),
+        at_peak: peak
+            .by_category
+            .into_iter()
+            .filter(|&(_, b)| b > 0)
+            .collect(),
         max_by_category,
         at_end,
     }

@@ -149,7 +149,16 @@ mod tests {
     use super::*;
 
     fn att(tq: usize, tk: usize, causal: bool, window: Option<usize>) -> Attention {
-        Attention { b: 1, h: 1, h_kv: 1, tq, tk, d: 8, causal, window }
+        Attention {
+            b: 1,
+            h: 1,
+            h_kv: 1,
+            tq,
+            tk,
+            d: 8,
+            causal,
+            window,
+        }
     }
 
     /// Brute-force count of the mask, the specification of `pairs_per_head`.
@@ -181,7 +190,10 @@ mod tests {
 
     #[test]
     fn causal_counts_half_the_square_plus_the_diagonal() {
-        assert_eq!(att(1024, 1024, true, None).pairs_per_head(), 1024 * 1025 / 2);
+        assert_eq!(
+            att(1024, 1024, true, None).pairs_per_head(),
+            1024 * 1025 / 2
+        );
         // Decoding one token after 99 cached ones sees all 100.
         assert_eq!(att(1, 100, true, None).pairs_per_head(), 100);
         assert_eq!(att(1, 100, true, Some(10)).pairs_per_head(), 10);

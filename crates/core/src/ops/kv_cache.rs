@@ -35,6 +35,9 @@ pub fn cache_bytes(
     head_dim: usize,
     width_bytes: u64,
 ) -> u64 {
-    2 * n_layers as u64 * batch as u64 * tokens as u64 * (n_kv_heads * head_dim) as u64
+    2 * n_layers as u64
+        * batch as u64
+        * tokens as u64
+        * (n_kv_heads * head_dim) as u64
         * width_bytes
 }

@@ -186,37 +186,130 @@ impl Op {
     pub fn cost(&self, inputs: &[Tensor], outputs: &[Tensor]) -> Cost {
         let io = io_bytes(inputs, outputs);
         match self {
-            Op::Embedding(e) => Cost { flops: e.forward_flops(), bytes: e.forward_bytes(inputs, outputs) },
-            Op::EmbeddingBackward(e) => Cost { flops: e.backward_flops(), bytes: e.backward_bytes(inputs, outputs) },
-            Op::Matmul(m) => Cost { flops: m.forward_flops(), bytes: io },
-            Op::MatmulBackward(m) => Cost { flops: m.backward_flops(), bytes: io },
-            Op::LayerNorm(n) => Cost { flops: n.forward_flops(), bytes: io },
-            Op::LayerNormBackward(n) => Cost { flops: n.backward_flops(), bytes: io },
-            Op::RmsNorm(n) => Cost { flops: n.forward_flops(), bytes: io },
-            Op::RmsNormBackward(n) => Cost { flops: n.backward_flops(), bytes: io },
-            Op::Rope(r) | Op::RopeBackward(r) => Cost { flops: r.flops(), bytes: r.bytes(inputs) },
-            Op::Activation(a) => Cost { flops: a.forward_flops(), bytes: io },
-            Op::ActivationBackward(a) => Cost { flops: a.backward_flops(), bytes: io },
-            Op::SwiGlu(s) => Cost { flops: s.forward_flops(), bytes: io },
-            Op::SwiGluBackward(s) => Cost { flops: s.backward_flops(), bytes: io },
-            Op::ResidualAdd(r) => Cost { flops: r.flops(), bytes: io },
-            Op::AttnScores(a) => Cost { flops: a.scores_flops(), bytes: a.scores_bytes(inputs, outputs) },
-            Op::AttnScoresBackward(a) => Cost { flops: a.scores_backward_flops(), bytes: a.scores_backward_bytes(inputs, outputs) },
-            Op::AttnSoftmax(a) => Cost { flops: a.softmax_flops(), bytes: io },
-            Op::AttnSoftmaxBackward(a) => Cost { flops: a.softmax_backward_flops(), bytes: io },
-            Op::AttnValue(a) => Cost { flops: a.value_flops(), bytes: a.value_bytes(inputs, outputs) },
-            Op::AttnValueBackward(a) => Cost { flops: a.value_backward_flops(), bytes: a.value_backward_bytes(inputs, outputs) },
-            Op::FlashAttention(a) => Cost { flops: flash_attention::forward_flops(a), bytes: flash_attention::forward_bytes(a, inputs, outputs) },
-            Op::FlashAttentionBackward(a) => Cost { flops: flash_attention::backward_flops(a), bytes: flash_attention::backward_bytes(a, inputs, outputs) },
-            Op::CrossEntropy(c) => Cost { flops: c.forward_flops(), bytes: io },
-            Op::CrossEntropyBackward(c) => Cost { flops: c.backward_flops(), bytes: io },
-            Op::AdamW(a) => Cost { flops: a.flops(), bytes: io },
-            Op::GradNorm(g) => Cost { flops: g.flops(), bytes: io },
-            Op::Cast(_) => Cost { flops: 0, bytes: io },
-            Op::KvAppend(k) => Cost { flops: 0, bytes: k.bytes(inputs) },
-            Op::TakeLast(t) => Cost { flops: 0, bytes: t.bytes(inputs) },
-            Op::Sample(s) => Cost { flops: s.flops(), bytes: io },
-            Op::Collective(c) => Cost { flops: c.flops(), bytes: c.link_bytes() },
+            Op::Embedding(e) => Cost {
+                flops: e.forward_flops(),
+                bytes: e.forward_bytes(inputs, outputs),
+            },
+            Op::EmbeddingBackward(e) => Cost {
+                flops: e.backward_flops(),
+                bytes: e.backward_bytes(inputs, outputs),
+            },
+            Op::Matmul(m) => Cost {
+                flops: m.forward_flops(),
+                bytes: io,
+            },
+            Op::MatmulBackward(m) => Cost {
+                flops: m.backward_flops(),
+                bytes: io,
+            },
+            Op::LayerNorm(n) => Cost {
+                flops: n.forward_flops(),
+                bytes: io,
+            },
+            Op::LayerNormBackward(n) => Cost {
+                flops: n.backward_flops(),
+                bytes: io,
+            },
+            Op::RmsNorm(n) => Cost {
+                flops: n.forward_flops(),
+                bytes: io,
+            },
+            Op::RmsNormBackward(n) => Cost {
+                flops: n.backward_flops(),
+                bytes: io,
+            },
+            Op::Rope(r) | Op::RopeBackward(r) => Cost {
+                flops: r.flops(),
+                bytes: r.bytes(inputs),
+            },
+            Op::Activation(a) => Cost {
+                flops: a.forward_flops(),
+                bytes: io,
+            },
+            Op::ActivationBackward(a) => Cost {
+                flops: a.backward_flops(),
+                bytes: io,
+            },
+            Op::SwiGlu(s) => Cost {
+                flops: s.forward_flops(),
+                bytes: io,
+            },
+            Op::SwiGluBackward(s) => Cost {
+                flops: s.backward_flops(),
+                bytes: io,
+            },
+            Op::ResidualAdd(r) => Cost {
+                flops: r.flops(),
+                bytes: io,
+            },
+            Op::AttnScores(a) => Cost {
+                flops: a.scores_flops(),
+                bytes: a.scores_bytes(inputs, outputs),
+            },
+            Op::AttnScoresBackward(a) => Cost {
+                flops: a.scores_backward_flops(),
+                bytes: a.scores_backward_bytes(inputs, outputs),
+            },
+            Op::AttnSoftmax(a) => Cost {
+                flops: a.softmax_flops(),
+                bytes: io,
+            },
+            Op::AttnSoftmaxBackward(a) => Cost {
+                flops: a.softmax_backward_flops(),
+                bytes: io,
+            },
+            Op::AttnValue(a) => Cost {
+                flops: a.value_flops(),
+                bytes: a.value_bytes(inputs, outputs),
+            },
+            Op::AttnValueBackward(a) => Cost {
+                flops: a.value_backward_flops(),
+                bytes: a.value_backward_bytes(inputs, outputs),
+            },
+            Op::FlashAttention(a) => Cost {
+                flops: flash_attention::forward_flops(a),
+                bytes: flash_attention::forward_bytes(a, inputs, outputs),
+            },
+            Op::FlashAttentionBackward(a) => Cost {
+                flops: flash_attention::backward_flops(a),
+                bytes: flash_attention::backward_bytes(a, inputs, outputs),
+            },
+            Op::CrossEntropy(c) => Cost {
+                flops: c.forward_flops(),
+                bytes: io,
+            },
+            Op::CrossEntropyBackward(c) => Cost {
+                flops: c.backward_flops(),
+                bytes: io,
+            },
+            Op::AdamW(a) => Cost {
+                flops: a.flops(),
+                bytes: io,
+            },
+            Op::GradNorm(g) => Cost {
+                flops: g.flops(),
+                bytes: io,
+            },
+            Op::Cast(_) => Cost {
+                flops: 0,
+                bytes: io,
+            },
+            Op::KvAppend(k) => Cost {
+                flops: 0,
+                bytes: k.bytes(inputs),
+            },
+            Op::TakeLast(t) => Cost {
+                flops: 0,
+                bytes: t.bytes(inputs),
+            },
+            Op::Sample(s) => Cost {
+                flops: s.flops(),
+                bytes: io,
+            },
+            Op::Collective(c) => Cost {
+                flops: c.flops(),
+                bytes: c.link_bytes(),
+            },
         }
     }
 }

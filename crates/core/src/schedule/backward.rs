@@ -51,22 +51,68 @@ impl Transformer {
         let dlogits = if self.opts.fused {
             logits.clone()
         } else {
-            e.alloc("d.logits", &[n, v], self.act_dtype(), MemCategory::ActivationGradients)?
+            e.alloc(
+                "d.logits",
+                &[n, v],
+                self.act_dtype(),
+                MemCategory::ActivationGradients,
+            )?
         };
         let ce = CrossEntropy { n, v };
-        e.op(Op::CrossEntropyBackward(ce), &[&logits, &targets], &[&dlogits], "loss")?;
+        e.op(
+            Op::CrossEntropyBackward(ce),
+            &[&logits, &targets],
+            &[&dlogits],
+            "loss",
+        )?;
         if !self.opts.fused {
             e.be.free(logits);
         }
-        let dhead = e.alloc("d.head_in", &[n, c], self.act_dtype(), MemCategory::ActivationGradients)?;
+        let dhead = e.alloc(
+            "d.head_in",
+            &[n, c],
+            self.act_dtype(),
+            MemCategory::ActivationGradients,
+        )?;
         let w = &self.weights;
-        self.linear_backward(&mut e, &head_input, w.lm_head_weight(), w.lm_head_bias.as_ref(), &dlogits, None, &dhead, false, "lm_head")?;
+        self.linear_backward(
+            &mut e,
+            &head_input,
+            w.lm_head_weight(),
+            w.lm_head_bias.as_ref(),
+            &dlogits,
+            None,
+            &dhead,
+            false,
+            "lm_head",
+        )?;
         e.be.free(dlogits);
 
         let mut dres = match (final_norm, &w.final_norm) {
-            (Some(NormOut { stream, normed, stats }), Some(params)) => {
-                let dres = e.alloc("d.stream", &[n, c], self.act_dtype(), MemCategory::ActivationGradients)?;
-                self.norm_backward(&mut e, &stream, &stats, params, &dhead, &dres, false, "final_norm")?;
+            (
+                Some(NormOut {
+                    stream,
+                    normed,
+                    stats,
+                }),
+                Some(params),
+            ) => {
+                let dres = e.alloc(
+                    "d.stream",
+                    &[n, c],
+                    self.act_dtype(),
+                    MemCategory::ActivationGradients,
+                )?;
+                self.norm_backward(
+                    &mut e,
+                    &stream,
+                    &stats,
+                    params,
+                    &dhead,
+                    &dres,
+                    false,
+                    "final_norm",
+                )?;
                 for x in [dhead, normed, stats, stream] {
                     e.be.free(x);
                 }
@@ -174,7 +220,12 @@ impl Transformer {
         let n = b * t;
         let dt = self.act_dtype();
         let grad = |e: &mut Emit<'_, _>, name: &str, width: usize| {
-            e.alloc(format!("h{l}.d_{name}"), &[n, width], dt, MemCategory::ActivationGradients)
+            e.alloc(
+                format!("h{l}.d_{name}"),
+                &[n, width],
+                dt,
+                MemCategory::ActivationGradients,
+            )
         };
         let mut s = if self.opts.recompute == Recompute::Full {
             self.recompute_block(e, l, saved, b, t)?
@@ -202,7 +253,12 @@ impl Transformer {
         let g = match s.g.take() {
             Some(g) => g,
             None => {
-                let g = e.alloc(format!("h{l}.mlp_g"), &[n, cfg.d_ff], dt, MemCategory::Activations)?;
+                let g = e.alloc(
+                    format!("h{l}.mlp_g"),
+                    &[n, cfg.d_ff],
+                    dt,
+                    MemCategory::Activations,
+                )?;
                 e.phase = Phase::Recompute;
                 self.mlp_activation(e, &h, &g)?;
                 e.phase = Phase::Backward;
@@ -210,22 +266,56 @@ impl Transformer {
             }
         };
         let dg = grad(e, "g", cfg.d_ff)?;
-        self.linear_backward(e, &g, &p.mlp_out, p.mlp_out_bias.as_ref(), &d_branch, None, &dg, false, "mlp.proj")?;
+        self.linear_backward(
+            e,
+            &g,
+            &p.mlp_out,
+            p.mlp_out_bias.as_ref(),
+            &d_branch,
+            None,
+            &dg,
+            false,
+            "mlp.proj",
+        )?;
         e.be.free(g);
         let (mlp_in, mlp_in_grad, accumulate) = if pre {
-            (Self::take(&mut s.n2, "n2"), grad(e, "n2", cfg.d_model)?, false)
+            (
+                Self::take(&mut s.n2, "n2"),
+                grad(e, "n2", cfg.d_model)?,
+                false,
+            )
         } else {
             (Self::take(&mut s.x2, "x2"), d_branch.clone(), true)
         };
         let bias = p.mlp_in_bias.as_ref();
         match act_kind(cfg.mlp) {
             Some(_) if self.opts.fused => {
-                self.linear_backward(e, &mlp_in, &p.mlp_in, bias, &dg, Some(&h), &mlp_in_grad, accumulate, "mlp.fc")?;
+                self.linear_backward(
+                    e,
+                    &mlp_in,
+                    &p.mlp_in,
+                    bias,
+                    &dg,
+                    Some(&h),
+                    &mlp_in_grad,
+                    accumulate,
+                    "mlp.fc",
+                )?;
             }
             _ => {
                 let dh = grad(e, "h", cfg.mlp_in_dim())?;
                 self.activation_backward(e, &h, &dg, &dh)?;
-                self.linear_backward(e, &mlp_in, &p.mlp_in, bias, &dh, None, &mlp_in_grad, accumulate, "mlp.fc")?;
+                self.linear_backward(
+                    e,
+                    &mlp_in,
+                    &p.mlp_in,
+                    bias,
+                    &dh,
+                    None,
+                    &mlp_in_grad,
+                    accumulate,
+                    "mlp.fc",
+                )?;
                 e.be.free(dh);
             }
         }
@@ -237,7 +327,16 @@ impl Transformer {
         // post-norm goes back through norm1 into a fresh gradient of s1.
         let d_attn_branch = if pre {
             let (x2, st2) = (Self::take(&mut s.x2, "x2"), Self::take(&mut s.st2, "st2"));
-            self.norm_backward(e, &x2, &st2, &p.mlp_norm, &mlp_in_grad, &d_branch, true, "mlp.norm")?;
+            self.norm_backward(
+                e,
+                &x2,
+                &st2,
+                &p.mlp_norm,
+                &mlp_in_grad,
+                &d_branch,
+                true,
+                "mlp.norm",
+            )?;
             for x in [mlp_in_grad, x2, st2] {
                 e.be.free(x);
             }
@@ -245,7 +344,16 @@ impl Transformer {
         } else {
             let ds1 = grad(e, "s1", cfg.d_model)?;
             let (s1, st1) = (Self::take(&mut s.s1, "s1"), Self::take(&mut s.st1, "st1"));
-            self.norm_backward(e, &s1, &st1, &p.attn_norm, &d_branch, &ds1, false, "attn.norm")?;
+            self.norm_backward(
+                e,
+                &s1,
+                &st1,
+                &p.attn_norm,
+                &d_branch,
+                &ds1,
+                false,
+                "attn.norm",
+            )?;
             for x in [d_branch, s1, st1] {
                 e.be.free(x);
             }
@@ -255,7 +363,17 @@ impl Transformer {
         // --- attention ----------------------------------------------------------------
         let attn = Self::take(&mut s.attn, "attn");
         let dattn = grad(e, "attn", cfg.attn_dim())?;
-        self.linear_backward(e, &attn, &p.attn_out, p.attn_out_bias.as_ref(), &d_attn_branch, None, &dattn, false, "attn.proj")?;
+        self.linear_backward(
+            e,
+            &attn,
+            &p.attn_out,
+            p.attn_out_bias.as_ref(),
+            &d_attn_branch,
+            None,
+            &dattn,
+            false,
+            "attn.proj",
+        )?;
         let qkv = Self::take(&mut s.qkv, "qkv");
         let dqkv = grad(e, "qkv", cfg.qkv_dim())?;
         let shape = self.attention_shape(b, t, t);
@@ -271,22 +389,52 @@ impl Transformer {
                     }
                 };
                 let dims = [b, cfg.n_heads, t, t];
-                let dprobs = e.alloc(format!("h{l}.d_probs"), &dims, dt, MemCategory::ActivationGradients)?;
+                let dprobs = e.alloc(
+                    format!("h{l}.d_probs"),
+                    &dims,
+                    dt,
+                    MemCategory::ActivationGradients,
+                )?;
                 // inputs [dattn, qkv, probs] → outputs [dprobs, dqkv (V part)]
-                e.op(Op::AttnValueBackward(shape), &[&dattn, &qkv, &probs], &[&dprobs, &dqkv], "attn.value")?;
-                let dscores = e.alloc(format!("h{l}.d_scores"), &dims, dt, MemCategory::ActivationGradients)?;
+                e.op(
+                    Op::AttnValueBackward(shape),
+                    &[&dattn, &qkv, &probs],
+                    &[&dprobs, &dqkv],
+                    "attn.value",
+                )?;
+                let dscores = e.alloc(
+                    format!("h{l}.d_scores"),
+                    &dims,
+                    dt,
+                    MemCategory::ActivationGradients,
+                )?;
                 // inputs [probs, dprobs] → outputs [dscores]
-                e.op(Op::AttnSoftmaxBackward(shape), &[&probs, &dprobs], &[&dscores], "attn.softmax")?;
+                e.op(
+                    Op::AttnSoftmaxBackward(shape),
+                    &[&probs, &dprobs],
+                    &[&dscores],
+                    "attn.softmax",
+                )?;
                 e.be.free(dprobs);
                 e.be.free(probs);
                 // inputs [dscores, qkv] → outputs [dqkv (Q and K parts)]
-                e.op(Op::AttnScoresBackward(shape), &[&dscores, &qkv], &[&dqkv], "attn.scores")?;
+                e.op(
+                    Op::AttnScoresBackward(shape),
+                    &[&dscores, &qkv],
+                    &[&dqkv],
+                    "attn.scores",
+                )?;
                 e.be.free(dscores);
             }
             AttentionKernel::Flash => {
                 let lse = Self::take(&mut s.lse, "lse");
                 // inputs [qkv, attn, dattn, lse] → outputs [dqkv]
-                e.op(Op::FlashAttentionBackward(shape), &[&qkv, &attn, &dattn, &lse], &[&dqkv], "attn.flash")?;
+                e.op(
+                    Op::FlashAttentionBackward(shape),
+                    &[&qkv, &attn, &dattn, &lse],
+                    &[&dqkv],
+                    "attn.flash",
+                )?;
                 e.be.free(lse);
             }
         }
@@ -295,21 +443,55 @@ impl Transformer {
         }
         if let crate::config::Positions::Rope { theta } = cfg.positions {
             // in place: inputs [dqkv] → outputs [dqkv]
-            e.op(Op::RopeBackward(self.rope_op(b, t, 0, theta)), &[&dqkv], &[&dqkv], "attn.rope")?;
+            e.op(
+                Op::RopeBackward(self.rope_op(b, t, 0, theta)),
+                &[&dqkv],
+                &[&dqkv],
+                "attn.rope",
+            )?;
         }
         let x = Self::take(&mut s.x, "x");
         let dres = if pre {
             let n1 = Self::take(&mut s.n1, "n1");
             let dn1 = grad(e, "n1", cfg.d_model)?;
-            self.linear_backward(e, &n1, &p.qkv, p.qkv_bias.as_ref(), &dqkv, None, &dn1, false, "attn.qkv")?;
+            self.linear_backward(
+                e,
+                &n1,
+                &p.qkv,
+                p.qkv_bias.as_ref(),
+                &dqkv,
+                None,
+                &dn1,
+                false,
+                "attn.qkv",
+            )?;
             let st1 = Self::take(&mut s.st1, "st1");
-            self.norm_backward(e, &x, &st1, &p.attn_norm, &dn1, &d_attn_branch, true, "attn.norm")?;
+            self.norm_backward(
+                e,
+                &x,
+                &st1,
+                &p.attn_norm,
+                &dn1,
+                &d_attn_branch,
+                true,
+                "attn.norm",
+            )?;
             for t in [n1, dn1, st1] {
                 e.be.free(t);
             }
             d_attn_branch
         } else {
-            self.linear_backward(e, &x, &p.qkv, p.qkv_bias.as_ref(), &dqkv, None, &d_attn_branch, true, "attn.qkv")?;
+            self.linear_backward(
+                e,
+                &x,
+                &p.qkv,
+                p.qkv_bias.as_ref(),
+                &dqkv,
+                None,
+                &d_attn_branch,
+                true,
+                "attn.qkv",
+            )?;
             d_attn_branch
         };
         e.be.free(dqkv);
@@ -388,9 +570,19 @@ impl Transformer {
         let numel: u64 = all.iter().map(|p| p.numel()).sum();
         let grads: Vec<&Tensor> = all.iter().map(|p| p.grad()).collect();
         let norm = e.alloc("grad_norm", &[1], DType::F32, MemCategory::Io)?;
-        e.op(Op::GradNorm(GradNorm { numel }), &grads, &[&norm], "grad_norm")?;
+        e.op(
+            Op::GradNorm(GradNorm { numel }),
+            &grads,
+            &[&norm],
+            "grad_norm",
+        )?;
         let mut groups = vec![(None, w.outer_params())];
-        groups.extend(w.layers.iter().enumerate().map(|(l, lp)| (Some(l), lp.params())));
+        groups.extend(
+            w.layers
+                .iter()
+                .enumerate()
+                .map(|(l, lp)| (Some(l), lp.params())),
+        );
         for (layer, params) in groups {
             e.layer = layer;
             let numel: u64 = params.iter().map(|p| p.numel()).sum();

@@ -1,7 +1,7 @@
 //! Inference: prefill and decode steps with a KV cache, and the cache-less decode step that
 //! recomputes the whole prefix (what `--no-kv-cache` measures).
 
-use super::{Emit, Keep, KvCache, Kv, Transformer};
+use super::{Emit, Keep, Kv, KvCache, Transformer};
 use crate::backend::{Backend, BackendError};
 use crate::dtype::DType;
 use crate::ops::sampling::{Sample, Sampling};
@@ -22,8 +22,18 @@ impl Transformer {
         let mut k = Vec::with_capacity(self.cfg.n_layers);
         let mut v = Vec::with_capacity(self.cfg.n_layers);
         for l in 0..self.cfg.n_layers {
-            k.push(be.alloc(TensorSpec::new(format!("h{l}.k_cache"), &shape, dt, MemCategory::KvCache))?);
-            v.push(be.alloc(TensorSpec::new(format!("h{l}.v_cache"), &shape, dt, MemCategory::KvCache))?);
+            k.push(be.alloc(TensorSpec::new(
+                format!("h{l}.k_cache"),
+                &shape,
+                dt,
+                MemCategory::KvCache,
+            ))?);
+            v.push(be.alloc(TensorSpec::new(
+                format!("h{l}.v_cache"),
+                &shape,
+                dt,
+                MemCategory::KvCache,
+            ))?);
         }
         Ok(KvCache {
             b,
@@ -106,7 +116,12 @@ impl Transformer {
         // inputs [x] → outputs [last]
         let last = if t > 1 {
             let last = e.alloc("x.last", &[b, c], dt, MemCategory::Activations)?;
-            e.op(Op::TakeLast(TakeLast { b, t, c }), &[&head_input], &[&last], "take_last")?;
+            e.op(
+                Op::TakeLast(TakeLast { b, t, c }),
+                &[&head_input],
+                &[&last],
+                "take_last",
+            )?;
             e.be.free(head_input);
             last
         } else {
@@ -125,6 +140,15 @@ impl Transformer {
 }
 
 /// The token buffer for a generate step: (B, T_new) i32.
-pub fn alloc_step_tokens(be: &mut impl Backend, b: usize, t: usize) -> Result<Tensor, BackendError> {
-    be.alloc(TensorSpec::new("tokens", &[b, t], DType::I32, MemCategory::Io))
+pub fn alloc_step_tokens(
+    be: &mut impl Backend,
+    b: usize,
+    t: usize,
+) -> Result<Tensor, BackendError> {
+    be.alloc(TensorSpec::new(
+        "tokens",
+        &[b, t],
+        DType::I32,
+        MemCategory::Io,
+    ))
 }

@@ -21,7 +21,7 @@ pub use options::{AttentionKernel, Options, Precision, Recompute};
 pub use weights::{LayerParams, NormParams, Param, Weights};
 
 use crate::backend::{Backend, BackendError, OpCall};
-use crate::config::{ModelConfig, Mlp, Norm, NormPlacement, Positions};
+use crate::config::{Mlp, ModelConfig, Norm, NormPlacement, Positions};
 use crate::dtype::DType;
 use crate::ops::activation::{Activation, ActivationKind};
 use crate::ops::attention::Attention;
@@ -113,14 +113,27 @@ struct Saved {
 impl Saved {
     fn slots(&mut self) -> [&mut Option<Tensor>; 14] {
         [
-            &mut self.x, &mut self.n1, &mut self.st1, &mut self.qkv, &mut self.probs,
-            &mut self.lse, &mut self.attn, &mut self.s1, &mut self.x2, &mut self.n2,
-            &mut self.st2, &mut self.h, &mut self.g, &mut self.s2,
+            &mut self.x,
+            &mut self.n1,
+            &mut self.st1,
+            &mut self.qkv,
+            &mut self.probs,
+            &mut self.lse,
+            &mut self.attn,
+            &mut self.s1,
+            &mut self.x2,
+            &mut self.n2,
+            &mut self.st2,
+            &mut self.h,
+            &mut self.g,
+            &mut self.s2,
         ]
     }
 
     fn holds(&mut self, t: &Tensor) -> bool {
-        self.slots().iter().any(|s| s.as_ref().is_some_and(|x| x.id == t.id))
+        self.slots()
+            .iter()
+            .any(|s| s.as_ref().is_some_and(|x| x.id == t.id))
     }
 
     /// Free whatever is still held.
@@ -279,9 +292,19 @@ impl Transformer {
         t: usize,
         with_targets: bool,
     ) -> Result<(Tensor, Option<Tensor>), BackendError> {
-        let tokens = be.alloc(TensorSpec::new("tokens", &[b, t], DType::I32, MemCategory::Io))?;
+        let tokens = be.alloc(TensorSpec::new(
+            "tokens",
+            &[b, t],
+            DType::I32,
+            MemCategory::Io,
+        ))?;
         let targets = if with_targets {
-            Some(be.alloc(TensorSpec::new("targets", &[b, t], DType::I32, MemCategory::Io))?)
+            Some(be.alloc(TensorSpec::new(
+                "targets",
+                &[b, t],
+                DType::I32,
+                MemCategory::Io,
+            ))?)
         } else {
             None
         };
@@ -296,7 +319,10 @@ impl Transformer {
         tokens: Tensor,
         targets: Tensor,
     ) -> Result<ForwardState, BackendError> {
-        debug_assert!(self.training, "forward_train needs a model built for training");
+        debug_assert!(
+            self.training,
+            "forward_train needs a model built for training"
+        );
         self.forward(be, tokens, Some(targets), true)
     }
 
@@ -356,7 +382,12 @@ impl Transformer {
                     v: self.cfg.vocab_size,
                 };
                 // inputs [logits, targets] → outputs [losses]
-                e.op(Op::CrossEntropy(ce), &[&logits, targets], &[&losses], "loss")?;
+                e.op(
+                    Op::CrossEntropy(ce),
+                    &[&logits, targets],
+                    &[&losses],
+                    "loss",
+                )?;
                 Some(losses)
             }
             None => None,
@@ -418,13 +449,23 @@ impl Transformer {
         pos: usize,
     ) -> Result<Tensor, BackendError> {
         let n = b * t;
-        let x = e.alloc("x.emb", &[n, self.cfg.d_model], self.act_dtype(), MemCategory::Activations)?;
+        let x = e.alloc(
+            "x.emb",
+            &[n, self.cfg.d_model],
+            self.act_dtype(),
+            MemCategory::Activations,
+        )?;
         let w = &self.weights;
         let mut inputs = vec![tokens, w.token_embedding.w()];
         if let Some(p) = &w.position_embedding {
             inputs.push(p.w());
         }
-        e.op(Op::Embedding(self.embedding_op(b, t, pos)), &inputs, &[&x], "embedding")?;
+        e.op(
+            Op::Embedding(self.embedding_op(b, t, pos)),
+            &inputs,
+            &[&x],
+            "embedding",
+        )?;
         Ok(x)
     }
 
@@ -579,34 +620,84 @@ impl Transformer {
         // --- attention half -----------------------------------------------------------
         // The previous block's mid stream (pre-norm) is read by that block's norm2 backward.
         let (x, attn_input) = if self.pre_norm() {
-            let out = self.add_norm(e, stream, pending, keep.inputs, &p.attn_norm, &name("ln_1"), "attn.norm")?;
+            let out = self.add_norm(
+                e,
+                stream,
+                pending,
+                keep.inputs,
+                &p.attn_norm,
+                &name("ln_1"),
+                "attn.norm",
+            )?;
             e.keep_or_free(out.stats, keep.inputs, &mut s.st1);
             (out.stream, out.normed)
         } else {
             debug_assert!(pending.is_none());
             (stream.clone(), stream)
         };
-        let qkv = e.alloc(name("qkv"), &[n, cfg.qkv_dim()], dt, MemCategory::Activations)?;
-        self.linear(e, &attn_input, &p.qkv, p.qkv_bias.as_ref(), &[&qkv], None, "attn.qkv")?;
+        let qkv = e.alloc(
+            name("qkv"),
+            &[n, cfg.qkv_dim()],
+            dt,
+            MemCategory::Activations,
+        )?;
+        self.linear(
+            e,
+            &attn_input,
+            &p.qkv,
+            p.qkv_bias.as_ref(),
+            &[&qkv],
+            None,
+            "attn.qkv",
+        )?;
         if self.pre_norm() {
             e.keep_or_free(attn_input, keep.inputs, &mut s.n1);
         }
         let attn = self.attention_forward(e, l, &qkv, b, t, keep, &mut s, kv)?;
         e.keep_or_free(qkv, keep.inputs, &mut s.qkv);
-        let proj = e.alloc(name("attn_proj"), &[n, cfg.d_model], dt, MemCategory::Activations)?;
-        self.linear(e, &attn, &p.attn_out, p.attn_out_bias.as_ref(), &[&proj], None, "attn.proj")?;
+        let proj = e.alloc(
+            name("attn_proj"),
+            &[n, cfg.d_model],
+            dt,
+            MemCategory::Activations,
+        )?;
+        self.linear(
+            e,
+            &attn,
+            &p.attn_out,
+            p.attn_out_bias.as_ref(),
+            &[&proj],
+            None,
+            "attn.proj",
+        )?;
         e.keep_or_free(attn, keep.inputs, &mut s.attn);
 
         // --- MLP half -----------------------------------------------------------------
         // The block input is kept whenever training: norm1 (pre) or the qkv matmul (post) reads
         // it, and full recomputation restarts from it.
         let mlp_input = if self.pre_norm() {
-            let out = self.add_norm(e, x.clone(), Some(proj), training, &p.mlp_norm, &name("ln_2"), "mlp.norm")?;
+            let out = self.add_norm(
+                e,
+                x.clone(),
+                Some(proj),
+                training,
+                &p.mlp_norm,
+                &name("ln_2"),
+                "mlp.norm",
+            )?;
             e.keep_or_free(out.stats, keep.inputs, &mut s.st2);
             s.x2 = Some(out.stream); // handed back as the next stream below
             out.normed
         } else {
-            let out = self.add_norm(e, x.clone(), Some(proj), training, &p.attn_norm, &name("ln_1"), "attn.norm")?;
+            let out = self.add_norm(
+                e,
+                x.clone(),
+                Some(proj),
+                training,
+                &p.attn_norm,
+                &name("ln_1"),
+                "attn.norm",
+            )?;
             e.keep_or_free(out.stream, keep.inputs, &mut s.s1);
             e.keep_or_free(out.stats, keep.inputs, &mut s.st1);
             out.normed
@@ -614,12 +705,30 @@ impl Transformer {
         if training {
             s.x = Some(x);
         }
-        let h = e.alloc(name("mlp_h"), &[n, cfg.mlp_in_dim()], dt, MemCategory::Activations)?;
+        let h = e.alloc(
+            name("mlp_h"),
+            &[n, cfg.mlp_in_dim()],
+            dt,
+            MemCategory::Activations,
+        )?;
         let g = e.alloc(name("mlp_g"), &[n, cfg.d_ff], dt, MemCategory::Activations)?;
         self.mlp_in_forward(e, l, &mlp_input, &h, &g)?;
         e.keep_or_free(h, keep.inputs, &mut s.h);
-        let y = e.alloc(name("mlp_y"), &[n, cfg.d_model], dt, MemCategory::Activations)?;
-        self.linear(e, &g, &p.mlp_out, p.mlp_out_bias.as_ref(), &[&y], None, "mlp.proj")?;
+        let y = e.alloc(
+            name("mlp_y"),
+            &[n, cfg.d_model],
+            dt,
+            MemCategory::Activations,
+        )?;
+        self.linear(
+            e,
+            &g,
+            &p.mlp_out,
+            p.mlp_out_bias.as_ref(),
+            &[&y],
+            None,
+            "mlp.proj",
+        )?;
         e.keep_or_free(g, keep.cheap, &mut s.g);
 
         if self.pre_norm() {
@@ -630,7 +739,15 @@ impl Transformer {
             }
             Ok((s, mid, Some(y)))
         } else {
-            let out = self.add_norm(e, mlp_input.clone(), Some(y), keep.inputs, &p.mlp_norm, &name("ln_2"), "mlp.norm")?;
+            let out = self.add_norm(
+                e,
+                mlp_input.clone(),
+                Some(y),
+                keep.inputs,
+                &p.mlp_norm,
+                &name("ln_2"),
+                "mlp.norm",
+            )?;
             if keep.inputs {
                 s.x2 = Some(mlp_input);
             }
@@ -665,7 +782,12 @@ impl Transformer {
         };
         if let Positions::Rope { theta } = cfg.positions {
             // in place: inputs [qkv] → outputs [qkv]
-            e.op(Op::Rope(self.rope_op(b, t, pos, theta)), &[qkv], &[qkv], "attn.rope")?;
+            e.op(
+                Op::Rope(self.rope_op(b, t, pos, theta)),
+                &[qkv],
+                &[qkv],
+                "attn.rope",
+            )?;
         }
         let (tk, k_src, v_src) = match kv {
             Kv::Local => (t, None, None),
@@ -677,12 +799,22 @@ impl Transformer {
                     d: cfg.head_dim,
                     pos: *pos,
                 };
-                e.op(Op::KvAppend(append), &[qkv], &[&cache.k[l], &cache.v[l]], "attn.kv_append")?;
+                e.op(
+                    Op::KvAppend(append),
+                    &[qkv],
+                    &[&cache.k[l], &cache.v[l]],
+                    "attn.kv_append",
+                )?;
                 (pos + t, Some(&cache.k[l]), Some(&cache.v[l]))
             }
         };
         let shape = self.attention_shape(b, t, tk);
-        let attn = e.alloc(format!("h{l}.attn"), &[b * t, cfg.attn_dim()], self.act_dtype(), MemCategory::Activations)?;
+        let attn = e.alloc(
+            format!("h{l}.attn"),
+            &[b * t, cfg.attn_dim()],
+            self.act_dtype(),
+            MemCategory::Activations,
+        )?;
         match self.opts.attention {
             AttentionKernel::Naive => {
                 let probs = self.attention_probs(e, &shape, qkv, k_src, l)?;
@@ -692,11 +824,21 @@ impl Transformer {
                 e.keep_or_free(probs, keep.cheap, &mut s.probs);
             }
             AttentionKernel::Flash => {
-                let lse = e.alloc(format!("h{l}.lse"), &[b, cfg.n_heads, t], DType::F32, MemCategory::Activations)?;
+                let lse = e.alloc(
+                    format!("h{l}.lse"),
+                    &[b, cfg.n_heads, t],
+                    DType::F32,
+                    MemCategory::Activations,
+                )?;
                 let mut inputs = vec![qkv];
                 inputs.extend(k_src);
                 inputs.extend(v_src);
-                e.op(Op::FlashAttention(shape), &inputs, &[&attn, &lse], "attn.flash")?;
+                e.op(
+                    Op::FlashAttention(shape),
+                    &inputs,
+                    &[&attn, &lse],
+                    "attn.flash",
+                )?;
                 e.keep_or_free(lse, keep.inputs, &mut s.lse);
             }
         }
@@ -731,7 +873,12 @@ impl Transformer {
         inputs.extend(k_src);
         e.op(Op::AttnScores(*shape), &inputs, &[&scores], "attn.scores")?;
         let probs = e.alloc(format!("h{l}.probs"), &dims, dt, MemCategory::Activations)?;
-        e.op(Op::AttnSoftmax(*shape), &[&scores], &[&probs], "attn.softmax")?;
+        e.op(
+            Op::AttnSoftmax(*shape),
+            &[&scores],
+            &[&probs],
+            "attn.softmax",
+        )?;
         e.be.free(scores);
         Ok(probs)
     }
@@ -799,14 +946,20 @@ impl Transformer {
     ) -> Result<(Option<NormOut>, Tensor), BackendError> {
         match &self.weights.final_norm {
             Some(params) => {
-                let out = self.add_norm(e, stream, pending, keep_base, params, "ln_f", "final_norm")?;
+                let out =
+                    self.add_norm(e, stream, pending, keep_base, params, "ln_f", "final_norm")?;
                 let head_input = out.normed.clone();
                 Ok((Some(out), head_input))
             }
             None => match pending {
                 Some(add) => {
                     let c = self.cfg.d_model;
-                    let sum = e.alloc("x.final", &[n, c], self.act_dtype(), MemCategory::Activations)?;
+                    let sum = e.alloc(
+                        "x.final",
+                        &[n, c],
+                        self.act_dtype(),
+                        MemCategory::Activations,
+                    )?;
                     let op = Op::ResidualAdd(ResidualAdd { numel: n * c });
                     e.op(op, &[&stream, &add], &[&sum], "residual")?;
                     if !keep_base {
@@ -828,11 +981,18 @@ impl Transformer {
         logits: &Tensor,
     ) -> Result<(), BackendError> {
         let w = &self.weights;
-        self.linear(e, x, w.lm_head_weight(), w.lm_head_bias.as_ref(), &[logits], None, "lm_head")
+        self.linear(
+            e,
+            x,
+            w.lm_head_weight(),
+            w.lm_head_bias.as_ref(),
+            &[logits],
+            None,
+            "lm_head",
+        )
     }
 }
 
 mod backward;
 mod inference;
 pub use inference::alloc_step_tokens;
-

@@ -70,7 +70,9 @@ impl FromStr for AttentionKernel {
         match s.to_ascii_lowercase().as_str() {
             "naive" => Ok(AttentionKernel::Naive),
             "flash" => Ok(AttentionKernel::Flash),
-            other => Err(format!("unknown attention kernel '{other}': use naive or flash")),
+            other => Err(format!(
+                "unknown attention kernel '{other}': use naive or flash"
+            )),
         }
     }
 }

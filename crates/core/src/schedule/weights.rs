@@ -177,7 +177,10 @@ impl Weights {
     pub(crate) fn free(self, be: &mut impl Backend) {
         let params: Vec<Param> = self.all_params().into_iter().cloned().collect();
         for p in params {
-            for t in [Some(p.master), p.copy, p.grad, p.m, p.v].into_iter().flatten() {
+            for t in [Some(p.master), p.copy, p.grad, p.m, p.v]
+                .into_iter()
+                .flatten()
+            {
                 be.free(t);
             }
         }
@@ -201,15 +204,27 @@ impl<B: Backend> Allocator<'_, B> {
             .be
             .alloc(spec("", master_dtype, MemCategory::Weights))?;
         let copy = if self.training && self.precision.is_mixed() {
-            Some(self.be.alloc(spec(".copy", compute, MemCategory::Weights))?)
+            Some(
+                self.be
+                    .alloc(spec(".copy", compute, MemCategory::Weights))?,
+            )
         } else {
             None
         };
         let (grad, m, v) = if self.training {
             (
-                Some(self.be.alloc(spec(".grad", DType::F32, MemCategory::Gradients))?),
-                Some(self.be.alloc(spec(".adam_m", DType::F32, MemCategory::OptimizerState))?),
-                Some(self.be.alloc(spec(".adam_v", DType::F32, MemCategory::OptimizerState))?),
+                Some(
+                    self.be
+                        .alloc(spec(".grad", DType::F32, MemCategory::Gradients))?,
+                ),
+                Some(
+                    self.be
+                        .alloc(spec(".adam_m", DType::F32, MemCategory::OptimizerState))?,
+                ),
+                Some(
+                    self.be
+                        .alloc(spec(".adam_v", DType::F32, MemCategory::OptimizerState))?,
+                ),
             )
         } else {
             (None, None, None)
@@ -224,7 +239,12 @@ impl<B: Backend> Allocator<'_, B> {
         })
     }
 
-    fn maybe(&mut self, on: bool, name: &str, shape: &[usize]) -> Result<Option<Param>, BackendError> {
+    fn maybe(
+        &mut self,
+        on: bool,
+        name: &str,
+        shape: &[usize],
+    ) -> Result<Option<Param>, BackendError> {
         if on {
             self.param(name, shape).map(Some)
         } else {
