@@ -146,7 +146,10 @@ pub struct OpRow {
     pub bytes: u64,
     pub intensity: f64,
     pub bound: Bound,
+    /// The roofline time: the larger of the two below.
     pub seconds: f64,
+    pub compute_seconds: f64,
+    pub memory_seconds: f64,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -273,6 +276,8 @@ pub fn analyze_record(
             intensity: rec.cost.intensity(),
             bound: time.bound,
             seconds: time.seconds,
+            compute_seconds: time.compute_seconds,
+            memory_seconds: time.memory_seconds,
         };
         total.add(&row);
         by_phase

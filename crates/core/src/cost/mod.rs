@@ -3,4 +3,5 @@
 pub mod analysis;
 pub mod hardware;
 pub mod memory;
+pub mod plan;
 pub mod roofline;
