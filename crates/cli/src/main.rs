@@ -1,1 +1,65 @@
-fn main() {}
+//! The `tperf` command: model, measure and explain the cost of training and running
+//! transformers.
+
+mod commands;
+mod load;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "tperf",
+    version,
+    about = "A transformer performance lab: model, measure and explain where the time and memory go",
+    long_about = "tperf models the cost of training and running transformers op by op (FLOPs, bytes, \
+arithmetic intensity, roofline time, memory), for any config on any GPU, without running it.\n\n\
+Conventions: a FLOP is one add or one multiply (a matmul (m×k)(k×n) is 2mkn); causal attention \
+counts the unmasked pairs; bytes are the minimum traffic (each input read once, each output \
+written once); backward FLOPs come from each op's real backward computation."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Analyse a model without running it: parameters, per-op FLOPs/bytes/roofline, memory, step time.
+    Model(commands::model::ModelArgs),
+    /// Sizing questions: what fits, how long training takes, KV-cache budgets, data-parallel cost.
+    Plan(commands::plan::PlanArgs),
+    /// The hardware table.
+    Hw(commands::hw::HwArgs),
+    /// The main job: analyse the default models on this machine and on a reference GPU.
+    Study(commands::study::StudyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model(args) => commands::model::run(args),
+        Command::Plan(args) => commands::plan::run(args),
+        Command::Hw(args) => commands::hw::run(args),
+        Command::Study(args) => commands::study::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Clap checks the whole command definition: types, defaults, conflicts.
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -11,10 +11,10 @@ use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum HfConfigError {
-    #[error("{path}: not valid JSON ({source}); check the file is a Hugging Face config.json")]
+    #[error("{path}: not valid JSON ({reason}); check the file is a Hugging Face config.json")]
     Json {
         path: String,
-        source: serde_json::Error,
+        reason: serde_json::Error,
     },
     #[error("{path}: the top level must be a JSON object")]
     NotObject { path: String },
@@ -40,16 +40,16 @@ pub enum HfConfigError {
         what: &'static str,
         detail: String,
     },
-    #[error("{path}: {source}")]
-    Invalid { path: String, source: ConfigError },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: ConfigError },
 }
 
 /// Parses `text`, the contents of a config.json found at `path` (used in messages and as the
 /// model's name when the file does not carry one).
 pub fn parse(path: &str, text: &str) -> Result<ModelConfig, HfConfigError> {
-    let value: Value = serde_json::from_str(text).map_err(|source| HfConfigError::Json {
+    let value: Value = serde_json::from_str(text).map_err(|reason| HfConfigError::Json {
         path: path.to_string(),
-        source,
+        reason,
     })?;
     let obj = value.as_object().ok_or_else(|| HfConfigError::NotObject {
         path: path.to_string(),
@@ -68,9 +68,9 @@ pub fn parse(path: &str, text: &str) -> Result<ModelConfig, HfConfigError> {
             })
         }
     };
-    config.validate().map_err(|source| HfConfigError::Invalid {
+    config.validate().map_err(|reason| HfConfigError::Invalid {
         path: path.to_string(),
-        source,
+        reason,
     })?;
     Ok(config)
 }
@@ -196,7 +196,7 @@ impl Reader<'_> {
             None => {
                 return Err(HfConfigError::Invalid {
                     path: self.path.to_string(),
-                    source: ConfigError::HeadsDoNotDivide { d_model, n_heads },
+                    reason: ConfigError::HeadsDoNotDivide { d_model, n_heads },
                 })
             }
         };
@@ -265,7 +265,7 @@ impl Reader<'_> {
         if n_heads == 0 || d_model % n_heads != 0 {
             return Err(HfConfigError::Invalid {
                 path: self.path.to_string(),
-                source: ConfigError::HeadsDoNotDivide { d_model, n_heads },
+                reason: ConfigError::HeadsDoNotDivide { d_model, n_heads },
             });
         }
         let act = self.str_or("activation_function", "gelu_new");

@@ -218,26 +218,21 @@ fn op_dtype(inputs: &[crate::tensor::Tensor], outputs: &[crate::tensor::Tensor])
 }
 
 fn dims_of(op: &crate::ops::Op) -> String {
+    // The op enum serialises internally tagged: {"op": "matmul", "m": …, "k": …}.
     let value = serde_json::to_value(op).unwrap_or_default();
-    let Some(fields) = value
-        .as_object()
-        .and_then(|o| o.values().nth(1))
-        .and_then(|v| v.as_object())
-    else {
+    let Some(fields) = value.as_object() else {
         return String::new();
     };
-    fields
-        .iter()
-        .filter(|(_, v)| v.is_number() || v.is_boolean() && v.as_bool() == Some(true))
-        .map(|(k, v)| {
-            if v.is_boolean() {
-                k.clone()
-            } else {
-                format!("{k}={v}")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut parts = Vec::new();
+    for (k, v) in fields.iter().filter(|(k, _)| k.as_str() != "op") {
+        match v {
+            serde_json::Value::Number(n) => parts.push(format!("{k}={n}")),
+            serde_json::Value::Bool(true) => parts.push(k.clone()),
+            serde_json::Value::String(s) => parts.push(format!("{k}={s}")),
+            _ => {}
+        }
+    }
+    parts.join(" ")
 }
 
 pub fn analyze(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware) -> Result<Analysis, AnalysisError> {

@@ -152,23 +152,18 @@ pub struct TrainingTime {
     pub gpu_hours: f64,
 }
 
+/// `step` must be a training scenario: its schedule gives the FLOPs per token.
 pub fn training_time(
     cfg: &ModelConfig,
     hw: &Hardware,
-    opts: Options,
-    batch: usize,
-    seq: usize,
+    step: &Scenario,
     tokens: f64,
     gpus: usize,
     mfu: f64,
 ) -> Result<TrainingTime, AnalysisError> {
-    let sc = Scenario {
-        workload: Workload::Train,
-        batch,
-        seq,
-        opts,
-    };
-    let a = analysis::analyze(cfg, &sc, hw)?;
+    debug_assert_eq!(step.workload, Workload::Train);
+    let opts = step.opts;
+    let a = analysis::analyze(cfg, step, hw)?;
     let flops_per_token = a.total.flops as f64 / a.tokens_per_step as f64;
     let peak = hw.peak_flops(opts.precision.compute_dtype());
     let seconds = tokens * flops_per_token / (gpus as f64 * peak * mfu);
@@ -191,7 +186,12 @@ pub struct KvBudgetRow {
 }
 
 /// For each context length, how many sequences' KV caches fit in `budget_bytes`.
-pub fn kv_budget(cfg: &ModelConfig, width_bytes: u64, budget_bytes: u64, contexts: &[usize]) -> Vec<KvBudgetRow> {
+pub fn kv_budget(
+    cfg: &ModelConfig,
+    width_bytes: u64,
+    budget_bytes: u64,
+    contexts: &[usize],
+) -> Vec<KvBudgetRow> {
     contexts
         .iter()
         .map(|&context| {
@@ -333,9 +333,21 @@ mod tests {
             cfg.validate().unwrap();
             let label = cfg.name.trim_start_matches("llama-");
             let (num, unit) = label.split_at(label.len() - 1);
-            let nominal: f64 = num.parse::<f64>().unwrap() * if unit == "B" { 1e9 } else if unit == "T" { 1e12 } else { 1e6 };
+            let nominal: f64 = num.parse::<f64>().unwrap()
+                * if unit == "B" {
+                    1e9
+                } else if unit == "T" {
+                    1e12
+                } else {
+                    1e6
+                };
             let ratio = cfg.param_count() as f64 / nominal;
-            assert!((0.8..1.3).contains(&ratio), "{}: {} params", cfg.name, cfg.param_count());
+            assert!(
+                (0.8..1.3).contains(&ratio),
+                "{}: {} params",
+                cfg.name,
+                cfg.param_count()
+            );
         }
     }
 
@@ -357,7 +369,11 @@ mod tests {
         // 16 bytes per parameter before activations: one 80 GiB GPU trains a few billion.
         assert!(one > 1_000_000_000 && one < 6_000_000_000, "{one}");
         assert!(four > one);
-        assert_eq!(largest(4, Sharding::Replicated), one, "replication does not add room");
+        assert_eq!(
+            largest(4, Sharding::Replicated),
+            one,
+            "replication does not add room"
+        );
     }
 
     #[test]
@@ -382,7 +398,10 @@ mod tests {
         let points = decode_sweep(&cfg, &hw, opts, 128, &[1, 4096]).unwrap();
         assert!(!points[0].compute_bound() && !points[0].linear_compute_bound());
         assert!(points[1].linear_compute_bound());
-        assert!(!points[1].compute_bound(), "the KV-cache reads keep the whole step memory-bound");
+        assert!(
+            !points[1].compute_bound(),
+            "the KV-cache reads keep the whole step memory-bound"
+        );
         assert!(points[1].tokens_per_second > 30.0 * points[0].tokens_per_second);
     }
 

@@ -167,7 +167,7 @@ mod tests {
         for i in 0..a.tq {
             let p = a.tk - a.tq + i;
             for k in 0..a.tk {
-                let visible = !a.causal || (k <= p && a.window.map_or(true, |w| p - k < w));
+                let visible = !a.causal || (k <= p && a.window.is_none_or(|w| p - k < w));
                 n += u64::from(visible);
             }
         }

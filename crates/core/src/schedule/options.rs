@@ -64,6 +64,15 @@ pub enum AttentionKernel {
     Flash,
 }
 
+impl AttentionKernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionKernel::Naive => "naive",
+            AttentionKernel::Flash => "flash",
+        }
+    }
+}
+
 impl FromStr for AttentionKernel {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -88,6 +97,16 @@ pub enum Recompute {
     Selective,
     /// Keep only each block's input; re-run the block's forward during the backward.
     Full,
+}
+
+impl Recompute {
+    pub fn name(self) -> &'static str {
+        match self {
+            Recompute::None => "none",
+            Recompute::Selective => "selective",
+            Recompute::Full => "full",
+        }
+    }
 }
 
 impl FromStr for Recompute {

@@ -1,0 +1,110 @@
+pub mod hw;
+pub mod model;
+pub mod plan;
+pub mod study;
+
+use anyhow::Result;
+use tperf_core::cost::hardware::{self, Hardware};
+use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute};
+
+/// The options every analysing command shares.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ScheduleArgs {
+    /// Precision policy: fp32, or bf16/fp16 compute with fp32 master weights.
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    pub dtype: Precision,
+    /// Attention kernel: naive (materialises T×T scores) or flash.
+    #[arg(long, default_value = "flash", value_parser = parse_attention)]
+    pub attention: AttentionKernel,
+    /// Activation recomputation: none, selective or full.
+    #[arg(long, default_value = "none", value_parser = parse_recompute)]
+    pub recompute: Recompute,
+    /// Run every op unfused (no residual+norm, matmul epilogue or in-place loss gradient fusion).
+    #[arg(long)]
+    pub no_fuse: bool,
+    /// Decode without a KV cache (each step recomputes the whole prefix).
+    #[arg(long)]
+    pub no_kv_cache: bool,
+}
+
+impl ScheduleArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            precision: self.dtype,
+            attention: self.attention,
+            kv_cache: !self.no_kv_cache,
+            recompute: self.recompute,
+            fused: !self.no_fuse,
+        }
+    }
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse()
+}
+fn parse_attention(s: &str) -> Result<AttentionKernel, String> {
+    s.parse()
+}
+fn parse_recompute(s: &str) -> Result<Recompute, String> {
+    s.parse()
+}
+
+pub fn find_hw(key: &str) -> Result<Hardware> {
+    Ok(hardware::find(key)?)
+}
+
+/// One element of a comma-separated list of positive integers: "1,2,4,8".
+pub fn parse_positive(s: &str) -> Result<usize, String> {
+    let x = s.trim();
+    x.parse::<usize>()
+        .ok()
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("'{x}' is not a positive integer (lists look like 1,2,4,8)"))
+}
+
+/// A count that may be written 3e11 or 300000000000 or 300B/300G/300M/300k.
+pub fn parse_count(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    let (num, scale) = match t.chars().last() {
+        Some('T' | 't') => (&t[..t.len() - 1], 1e12),
+        Some('B' | 'b' | 'G' | 'g') => (&t[..t.len() - 1], 1e9),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1e6),
+        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
+        _ => (t, 1.0),
+    };
+    num.parse::<f64>()
+        .ok()
+        .map(|v| v * scale)
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .ok_or_else(|| format!("'{s}' is not a positive number (e.g. 3e11, 300B, 2.5T)"))
+}
+
+/// Bytes written with a binary unit: 40GiB, 512MiB, 80G (taken as GiB).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let units = [
+        ("tib", 1u64 << 40),
+        ("gib", 1 << 30),
+        ("mib", 1 << 20),
+        ("kib", 1 << 10),
+        ("tb", 1 << 40),
+        ("gb", 1 << 30),
+        ("mb", 1 << 20),
+        ("t", 1 << 40),
+        ("g", 1 << 30),
+        ("m", 1 << 20),
+        ("b", 1),
+    ];
+    for (suffix, scale) in units {
+        if let Some(num) = t.strip_suffix(suffix) {
+            return num
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite() && *v > 0.0)
+                .map(|v| (v * scale as f64) as u64)
+                .ok_or_else(|| format!("'{s}' is not a size (e.g. 40GiB, 512MiB)"));
+        }
+    }
+    Err(format!("'{s}' has no unit: write e.g. 40GiB or 512MiB"))
+}

@@ -1,0 +1,449 @@
+//! `tperf model`: the analytic model of one scenario, printed or as data.
+
+use super::{find_hw, ScheduleArgs};
+use crate::load;
+use anyhow::{bail, Result};
+use serde_json::json;
+use tperf_core::cost::analysis::{self, Analysis, OpRow, Scenario, Workload};
+use tperf_core::cost::plan;
+use tperf_core::ops::{OpClass, Phase};
+use tperf_core::presets;
+use tperf_core::tensor::MemCategory;
+use tperf_report::table::Table;
+use tperf_report::units;
+
+#[derive(clap::Args, Debug)]
+pub struct ModelArgs {
+    /// A preset (small, medium, large, xl, 2.7B, 10B, gpt2-124m … gpt2-1.5b, report) or a
+    /// config.json (Hugging Face llama/mistral/qwen2/gpt2, or tperf's own).
+    pub model: Option<String>,
+    /// List the presets and exit.
+    #[arg(long)]
+    pub list: bool,
+    /// Sequences per step (default: the preset's).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Tokens per sequence; for decode, the context length including the new token.
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// What a step does: train, forward, prefill or decode.
+    #[arg(long, default_value = "train", value_parser = parse_workload)]
+    pub phase: Workload,
+    /// Hardware to predict for (see `tperf hw list`); "cpu" is this machine.
+    #[arg(long, default_value = "h100-sxm")]
+    pub hw: String,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    /// Show every layer's ops, not just the first block's.
+    #[arg(long)]
+    pub all_layers: bool,
+    /// Print the analysis as JSON.
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print the per-op table as CSV.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    s.parse()
+}
+
+pub const CONVENTIONS: [&str; 5] = [
+    "FLOP = one add or one multiply; matmul (m×k)(k×n) = 2mkn; transcendentals count 1",
+    "causal attention counts the unmasked (query, key) pairs, diagonal included (not the full T²)",
+    "bytes = minimum traffic: each input read once, each output written once",
+    "roofline time = max(FLOPs / peak, bytes / bandwidth); matrix ops at the dtype's matrix peak, others at the fp32 vector peak",
+    "MFU = model FLOPs (recomputation excluded) / (time × matrix peak of the compute dtype)",
+];
+
+pub fn run(args: ModelArgs) -> Result<()> {
+    if args.list {
+        let mut t = Table::new(&["preset", "params", "description"]);
+        for p in presets::all() {
+            t.row(vec![
+                p.key.to_string(),
+                units::params(p.config.param_count()),
+                p.description.to_string(),
+            ]);
+        }
+        print!("{}", t.render());
+        return Ok(());
+    }
+    let Some(spec) = args.model.as_deref() else {
+        bail!("name a model: a preset (see `tperf model --list`) or a config.json path");
+    };
+    let loaded = load::load(spec)?;
+    let hw = find_hw(&args.hw)?;
+    let sc = Scenario {
+        workload: args.phase,
+        batch: args.batch.unwrap_or(loaded.default_batch),
+        seq: args.seq.unwrap_or(loaded.default_seq),
+        opts: args.schedule.options(),
+    };
+    let a = analysis::analyze(&loaded.config, &sc, &hw)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(&loaded.config, &a))?
+        );
+    } else if args.csv {
+        print!("{}", op_table(&a, true, false).to_csv());
+    } else {
+        print!("{}", render(&loaded, &a, args.all_layers)?);
+    }
+    Ok(())
+}
+
+pub fn provenance() -> serde_json::Value {
+    json!({
+        "tperf_version": env!("CARGO_PKG_VERSION"),
+        "git_revision": env!("TPERF_GIT_REV"),
+        "date_unix": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    })
+}
+
+/// The analysis as data; the field names are a stable interface for scripts.
+pub fn to_json(cfg: &tperf_core::config::ModelConfig, a: &Analysis) -> serde_json::Value {
+    let cat = |m: &std::collections::BTreeMap<MemCategory, u64>| {
+        m.iter()
+            .map(|(c, b)| (c.name().to_string(), json!(b)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let phase = |p| a.phase_flops(p);
+    json!({
+        "provenance": provenance(),
+        "conventions": CONVENTIONS,
+        "model": a.model,
+        "config": cfg,
+        "scenario": a.scenario,
+        "hardware": a.hardware,
+        "params": {
+            "total": a.params,
+            "by_component": cfg.param_breakdown().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        },
+        "flops": {
+            "forward": phase(Phase::Forward),
+            "backward": phase(Phase::Backward),
+            "recompute": phase(Phase::Recompute),
+            "optimizer": phase(Phase::Optimizer),
+            "total": a.total.flops,
+            "per_token": a.total.flops as f64 / a.tokens_per_step as f64,
+        },
+        "bytes": { "total": a.total.bytes },
+        "memory": {
+            "peak_bytes": a.memory.peak_bytes,
+            "peak_at_op": a.memory.peak_at_op,
+            "at_peak": cat(&a.memory.at_peak),
+            "max_by_category": cat(&a.memory.max_by_category),
+            "capacity_bytes": a.hardware.memory_bytes,
+            "fits": a.fits(),
+            "weights": a.memory.at_peak.get(&MemCategory::Weights).copied().unwrap_or(0),
+            "gradients": a.memory.at_peak.get(&MemCategory::Gradients).copied().unwrap_or(0),
+            "optimizer_state": a.memory.at_peak.get(&MemCategory::OptimizerState).copied().unwrap_or(0),
+            "activations": a.memory.at_peak.get(&MemCategory::Activations).copied().unwrap_or(0),
+            "kv_cache": a.memory.at_peak.get(&MemCategory::KvCache).copied().unwrap_or(0),
+        },
+        "predicted": {
+            "step_seconds": a.step_seconds(),
+            "tokens_per_step": a.tokens_per_step,
+            "tokens_per_second": a.tokens_per_second(),
+            "mfu": a.mfu,
+        },
+        "by_op": a.by_name,
+        "by_phase": a.by_phase.iter().map(|(p, t)| (p.name().to_string(), json!(t))).collect::<serde_json::Map<_, _>>(),
+        "ops": a.rows,
+    })
+}
+
+fn flops_cell(f: u64) -> String {
+    format!("{:.3}", f as f64 / 1e9)
+}
+
+fn mib_cell(b: u64) -> String {
+    format!("{:.2}", b as f64 / (1u64 << 20) as f64)
+}
+
+fn us_cell(s: f64) -> String {
+    format!("{:.2}", s * 1e6)
+}
+
+fn layer_cell(l: Option<usize>) -> String {
+    l.map_or("-".to_string(), |l| l.to_string())
+}
+
+/// The per-op table: the first block in detail plus everything outside the blocks, or every op.
+pub fn op_table(a: &Analysis, all_layers: bool, title: bool) -> Table {
+    let mut t = Table::new(&[
+        "#", "phase", "layer", "op", "label", "dtype", "GFLOP", "MiB", "FLOP/B", "bound", "µs",
+        "% time", "dims",
+    ]);
+    if title {
+        t.title = Some(if all_layers {
+            "Per-op model (every op)".to_string()
+        } else {
+            "Per-op model (block 0 in detail; blocks 1.. repeat it; all ops with --all-layers)"
+                .to_string()
+        });
+    }
+    let shown = |r: &&OpRow| all_layers || r.layer.is_none_or(|l| l == 0);
+    for r in a.rows.iter().filter(shown) {
+        t.row(vec![
+            r.index.to_string(),
+            r.phase.name().to_string(),
+            layer_cell(r.layer),
+            r.name.to_string(),
+            r.label.to_string(),
+            r.dtype.to_string(),
+            flops_cell(r.flops),
+            mib_cell(r.bytes),
+            format!("{:.1}", r.intensity),
+            r.bound.name().to_string(),
+            us_cell(r.seconds),
+            format!("{:.2}", 100.0 * r.seconds / a.total.seconds),
+            r.dims.clone(),
+        ]);
+    }
+    t
+}
+
+fn render(loaded: &load::LoadedModel, a: &Analysis, all_layers: bool) -> Result<String> {
+    let cfg = &loaded.config;
+    let sc = &a.scenario;
+    let o = &sc.opts;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "tperf model — {} ({}): {} parameters\n",
+        cfg.name,
+        loaded.description,
+        units::thousands(a.params)
+    ));
+    out.push_str(&format!(
+        "{} · batch {} × seq {} · {} · {} attention · recompute {} · {} · on {} ({})\n",
+        sc.workload.name(),
+        sc.batch,
+        sc.seq,
+        o.precision.name(),
+        o.attention.name(),
+        o.recompute.name(),
+        if o.fused { "fused" } else { "unfused" },
+        a.hardware.name,
+        a.hardware.key,
+    ));
+    out.push_str("conventions:\n");
+    for c in CONVENTIONS {
+        out.push_str(&format!("  · {c}\n"));
+    }
+    out.push('\n');
+
+    let mut p = Table::new(&["component", "params", "share"]).titled("Parameters");
+    for (name, n) in cfg.param_breakdown() {
+        p.row(vec![
+            name.to_string(),
+            units::thousands(n),
+            units::percent(n as f64 / a.params as f64),
+        ]);
+    }
+    p.row(vec![
+        "total".into(),
+        units::thousands(a.params),
+        "100.0%".into(),
+    ]);
+    out.push_str(&p.render());
+    out.push('\n');
+
+    out.push_str(&op_table(a, all_layers, true).render());
+    out.push('\n');
+
+    let mut k =
+        Table::new(&["op", "calls", "GFLOP", "GiB moved", "time", "% time"]).titled("By op kind");
+    let mut kinds: Vec<_> = a.by_name.iter().collect();
+    kinds.sort_by(|x, y| y.1.seconds.total_cmp(&x.1.seconds));
+    for (name, t) in kinds {
+        k.row(vec![
+            name.to_string(),
+            t.count.to_string(),
+            flops_cell(t.flops),
+            format!("{:.3}", t.bytes as f64 / (1u64 << 30) as f64),
+            units::seconds(t.seconds),
+            format!("{:.1}", 100.0 * t.seconds / a.total.seconds),
+        ]);
+    }
+    out.push_str(&k.render());
+    out.push('\n');
+
+    let mut ph =
+        Table::new(&["phase", "ops", "FLOPs", "bytes", "time", "% time"]).titled("By phase");
+    for (phase, t) in &a.by_phase {
+        ph.row(vec![
+            phase.name().to_string(),
+            t.count.to_string(),
+            units::si(t.flops as f64, "FLOP"),
+            units::bytes(t.bytes),
+            units::seconds(t.seconds),
+            format!("{:.1}", 100.0 * t.seconds / a.total.seconds),
+        ]);
+    }
+    let matmul_share =
+        a.by_class.get(&OpClass::Matmul).map_or(0.0, |t| t.seconds) / a.total.seconds;
+    ph.note(format!(
+        "matrix-class ops (linear layers and attention products): {} of the predicted time",
+        units::percent(matmul_share)
+    ));
+    out.push_str(&ph.render());
+    out.push('\n');
+
+    out.push_str(&memory_section(a));
+    out.push('\n');
+    out.push_str(&prediction_section(cfg, a)?);
+    Ok(out)
+}
+
+fn memory_section(a: &Analysis) -> String {
+    let at = a
+        .rows
+        .get(a.memory.peak_at_op.min(a.rows.len().saturating_sub(1)));
+    let where_ = at.map_or(String::new(), |r| {
+        format!(
+            " (reached before op #{}: {} {} layer {})",
+            r.index,
+            r.phase.name(),
+            r.label,
+            layer_cell(r.layer)
+        )
+    });
+    let mut m = Table::new(&["category", "at peak", "largest"]).titled(format!(
+        "Memory: peak {}{where_}",
+        units::bytes(a.memory.peak_bytes)
+    ));
+    for c in MemCategory::ALL {
+        let at_peak = a.memory.at_peak.get(&c).copied().unwrap_or(0);
+        let max = a.memory.max_by_category.get(&c).copied().unwrap_or(0);
+        if max > 0 {
+            m.row(vec![
+                c.name().to_string(),
+                units::bytes(at_peak),
+                units::bytes(max),
+            ]);
+        }
+    }
+    let cap = a.hardware.memory_bytes;
+    m.note(format!(
+        "{} on {} ({}): {} of its memory",
+        if a.fits() { "fits" } else { "DOES NOT FIT" },
+        a.hardware.key,
+        units::bytes(cap),
+        units::percent(a.memory.peak_bytes as f64 / cap as f64)
+    ));
+    if !a.fits() {
+        m.note("to fit: a smaller --batch or --seq, --attention flash, --recompute selective|full, or --dtype bf16");
+    }
+    m.render()
+}
+
+fn prediction_section(cfg: &tperf_core::config::ModelConfig, a: &Analysis) -> Result<String> {
+    let sc = &a.scenario;
+    let peak = a.hardware.peak_flops(sc.opts.precision.compute_dtype());
+    let mut t = Table::new(&["quantity", "value"]).titled("Step prediction (roofline)");
+    t.row(vec!["step time".into(), units::seconds(a.step_seconds())]);
+    let per_token = a.total.flops as f64 / a.tokens_per_step as f64;
+    match sc.workload {
+        Workload::Train | Workload::Forward => {
+            t.row(vec![
+                "tokens/s".into(),
+                format!("{:.0}", a.tokens_per_second()),
+            ]);
+            t.row(vec!["FLOPs per token".into(), units::si(per_token, "FLOP")]);
+            let n = cfg.param_count() as f64;
+            let k = if sc.workload == Workload::Train {
+                6.0
+            } else {
+                2.0
+            };
+            t.row(vec![
+                format!("{k}N per token (N = all params)"),
+                units::si(k * n, "FLOP"),
+            ]);
+        }
+        Workload::Prefill => {
+            t.row(vec![
+                "time to first token".into(),
+                units::seconds(a.step_seconds()),
+            ]);
+            t.row(vec![
+                "prompt tokens/s".into(),
+                format!("{:.0}", a.tokens_per_second()),
+            ]);
+        }
+        Workload::Decode => {
+            t.row(vec![
+                "time per output token".into(),
+                units::seconds(a.step_seconds()),
+            ]);
+            t.row(vec![
+                "tokens/s (whole batch)".into(),
+                format!("{:.0}", a.tokens_per_second()),
+            ]);
+        }
+    }
+    t.row(vec![
+        "MFU".into(),
+        format!("{} of {}", units::percent(a.mfu), units::si(peak, "FLOP/s")),
+    ]);
+    let mut out = t.render();
+    if matches!(sc.workload, Workload::Decode | Workload::Prefill) {
+        out.push('\n');
+        out.push_str(&decode_sweep_table(cfg, a)?.render());
+    }
+    Ok(out)
+}
+
+/// Decode across batch sizes at this context: where the linear layers turn compute-bound.
+pub fn decode_sweep_table(cfg: &tperf_core::config::ModelConfig, a: &Analysis) -> Result<Table> {
+    let sc = &a.scenario;
+    let batches: Vec<usize> = (0..13).map(|i| 1usize << i).collect();
+    let points = plan::decode_sweep(cfg, &a.hardware, sc.opts, sc.seq, &batches)?;
+    let mut t = Table::new(&[
+        "batch",
+        "ms/token",
+        "tokens/s",
+        "linear layers",
+        "whole step",
+        "peak memory",
+        "fits",
+    ])
+    .titled(format!("Decode at context {} across batch sizes", sc.seq));
+    let mut crossover = None;
+    for p in &points {
+        if crossover.is_none() && p.linear_compute_bound() {
+            crossover = Some(p.batch);
+        }
+        t.row(vec![
+            p.batch.to_string(),
+            format!("{:.3}", p.step_seconds * 1e3),
+            format!("{:.0}", p.tokens_per_second),
+            if p.linear_compute_bound() {
+                "compute-bound"
+            } else {
+                "memory-bound"
+            }
+            .into(),
+            if p.compute_bound() {
+                "compute-bound"
+            } else {
+                "memory-bound"
+            }
+            .into(),
+            units::bytes(p.peak_bytes),
+            if p.fits { "yes" } else { "no" }.into(),
+        ]);
+    }
+    t.note(match crossover {
+        Some(b) => format!("the linear layers turn compute-bound at batch {b} (ridge point {:.0} FLOP/B); attention reads each sequence's KV cache and stays memory-bound", a.hardware.ridge_point(sc.opts.precision.compute_dtype())),
+        None => "the linear layers stay memory-bound up to batch 4096 at this precision".to_string(),
+    });
+    Ok(t)
+}

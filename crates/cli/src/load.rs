@@ -1,0 +1,57 @@
+//! Where a model comes from: a preset name, a Hugging Face config.json, or tperf's own JSON
+//! config (the serialised `ModelConfig`, as `tperf model --json` prints under "config").
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use tperf_core::config::ModelConfig;
+use tperf_core::{hf, presets};
+
+/// A model and the batch and sequence length it is usually studied at.
+pub struct LoadedModel {
+    pub config: ModelConfig,
+    pub description: String,
+    pub default_batch: usize,
+    pub default_seq: usize,
+}
+
+pub fn load(spec: &str) -> Result<LoadedModel> {
+    let looks_like_file =
+        spec.ends_with(".json") || spec.contains('/') || Path::new(spec).is_file();
+    if !looks_like_file {
+        let p = presets::find(spec)?;
+        return Ok(LoadedModel {
+            config: p.config,
+            description: p.description.to_string(),
+            default_batch: p.default_batch,
+            default_seq: p.default_seq,
+        });
+    }
+    let path = Path::new(spec);
+    if !path.is_file() {
+        bail!("no such file '{spec}': give a preset name (see `tperf model --list`) or the path of a config.json");
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {spec}"))?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{spec}: not valid JSON ({e}); check the file is a Hugging Face or tperf config"
+        )
+    })?;
+    let config = if value.get("model_type").is_some() || value.get("architectures").is_some() {
+        hf::parse(spec, &text)?
+    } else {
+        let cfg: ModelConfig = serde_json::from_value(value).map_err(|e| {
+            anyhow::anyhow!(
+                "{spec}: not a Hugging Face config (no model_type) nor a tperf config: {e}"
+            )
+        })?;
+        cfg.validate().with_context(|| spec.to_string())?;
+        cfg
+    };
+    let default_seq = config.context.min(1024);
+    Ok(LoadedModel {
+        description: format!("from {spec}"),
+        config,
+        default_batch: 1,
+        default_seq,
+    })
+}

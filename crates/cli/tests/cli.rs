@@ -1,0 +1,195 @@
+//! The `tperf` binary as a user meets it: its outputs as data, and its errors on bad input.
+
+use std::process::{Command, Output};
+
+fn tperf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tperf"))
+        .args(args)
+        .output()
+        .expect("the tperf binary runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn model_json_has_the_documented_fields() {
+    let o = tperf(&[
+        "model",
+        "gpt2-124m",
+        "--batch",
+        "2",
+        "--seq",
+        "128",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["params"]["total"], 124_439_808);
+    for key in ["forward", "backward", "optimizer"] {
+        assert!(v["flops"][key].as_u64().unwrap() > 0, "flops.{key}");
+    }
+    assert!(v["memory"]["peak_bytes"].as_u64().unwrap() > 0);
+    for cat in [
+        "weights",
+        "gradients",
+        "optimizer_state",
+        "activations",
+        "kv_cache",
+    ] {
+        assert!(v["memory"][cat].is_u64(), "memory.{cat}");
+    }
+    assert!(v["predicted"]["step_seconds"].as_f64().unwrap() > 0.0);
+    let ops = v["ops"].as_array().unwrap();
+    assert!(ops.len() > 100);
+    for field in [
+        "name",
+        "layer",
+        "phase",
+        "flops",
+        "bytes",
+        "intensity",
+        "bound",
+        "seconds",
+    ] {
+        assert!(ops[0].get(field).is_some(), "ops[].{field}");
+    }
+    // Totals are the sum of the ops.
+    let sum: u64 = ops.iter().map(|o| o["flops"].as_u64().unwrap()).sum();
+    assert_eq!(sum, v["flops"]["total"].as_u64().unwrap());
+    assert!(v["provenance"]["git_revision"].is_string());
+}
+
+#[test]
+fn model_csv_is_one_row_per_op() {
+    let o = tperf(&[
+        "model",
+        "small",
+        "--phase",
+        "forward",
+        "--csv",
+        "--all-layers",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("#,phase,layer,op,label"));
+    // 1 embedding + 12 blocks × 9 ops + final norm + lm_head + loss
+    assert_eq!(lines.count(), 1 + 12 * 9 + 3);
+}
+
+#[test]
+fn text_output_names_the_conventions_and_the_fit() {
+    let o = tperf(&["model", "report"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(s.contains("causal attention counts the unmasked"));
+    assert!(
+        s.contains("13,828,878"),
+        "the report model's parameter count"
+    );
+    assert!(s.contains("fits on h100-sxm"));
+}
+
+#[test]
+fn a_config_file_is_analysed() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../bench/configs/llama-405b-class.json"
+    );
+    let o = tperf(&[
+        "model", path, "--batch", "1", "--seq", "8192", "--dtype", "bf16", "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["params"]["total"], 405_853_388_800u64);
+    assert_eq!(v["memory"]["fits"], false);
+}
+
+/// Each bad input: a non-zero exit, a message that says what to change, never a panic.
+#[test]
+fn bad_input_gets_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("tperf-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let malformed = dir.join("malformed.json");
+    std::fs::write(&malformed, "{\"model_type\": \"llama\", ").unwrap();
+    let bad_heads = dir.join("bad_heads.json");
+    std::fs::write(
+        &bad_heads,
+        r#"{"model_type":"llama","hidden_size":96,"intermediate_size":64,"num_hidden_layers":2,
+            "num_attention_heads":8,"num_key_value_heads":3,"vocab_size":100}"#,
+    )
+    .unwrap();
+    let huge = dir.join("huge.json");
+    std::fs::write(
+        &huge,
+        r#"{"model_type":"gpt2","n_embd":4294967296,"n_head":1,"n_layer":1}"#,
+    )
+    .unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["model", "smal"], "did you mean 'small'"),
+        (vec!["model", malformed.to_str().unwrap()], "not valid JSON"),
+        (
+            vec!["model", bad_heads.to_str().unwrap()],
+            "not divisible by n_kv_heads",
+        ),
+        (vec!["model", huge.to_str().unwrap()], "too large"),
+        (vec!["model", "small", "--seq", "0"], "at least 1"),
+        (
+            vec!["model", "small", "--seq", "4096"],
+            "exceeds the model's context",
+        ),
+        (vec!["model", "small", "--batch", "0"], "at least 1"),
+        (
+            vec!["model", "small", "--hw", "h10O"],
+            "did you mean `h100-sxm`",
+        ),
+        (
+            vec!["model", "small", "--dtype", "fp64"],
+            "use one of fp32, bf16, fp16",
+        ),
+        (
+            vec!["model", "small", "--phase", "sleep"],
+            "use train, forward, prefill or decode",
+        ),
+        (
+            vec!["plan", "train", "small", "--tokens", "1e9", "--mfu", "1.5"],
+            "--mfu",
+        ),
+        (vec!["plan", "kv", "small", "--budget", "12"], "no unit"),
+        (vec!["model", "/no/such/config.json"], "no such file"),
+    ];
+    for (args, expected) in cases {
+        let o = tperf(&args);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(
+            err.contains(expected),
+            "{args:?}: expected '{expected}' in: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn plan_and_hw_commands_run() {
+    for args in [
+        vec!["hw", "list"],
+        vec!["plan", "fit", "--gpus", "1,4"],
+        vec!["plan", "train", "gpt2-124m", "--tokens", "10B"],
+        vec!["plan", "kv", "small", "--budget", "40GiB"],
+        vec!["plan", "dp", "small", "--gpus", "2,8"],
+    ] {
+        let o = tperf(&args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert!(!stdout(&o).is_empty());
+    }
+    let s = stdout(&tperf(&["plan", "fit", "--gpus", "1,4"]));
+    assert!(s.contains("largest that trains on 1 × h100-sxm"));
+}
