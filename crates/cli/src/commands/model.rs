@@ -255,6 +255,14 @@ fn render(loaded: &load::LoadedModel, a: &Analysis, all_layers: bool) -> Result<
     out.push_str(&p.render());
     out.push('\n');
 
+    let dtype = sc.opts.precision.compute_dtype();
+    out.push_str(&format!(
+        "{}: ridge point {:.0} FLOP/B for {} matrix ops, {:.0} FLOP/B for vector ops; an op below it is memory-bound\n",
+        a.hardware.key,
+        a.hardware.ridge_point(dtype),
+        dtype,
+        a.hardware.ridge_point(tperf_core::dtype::DType::F32),
+    ));
     out.push_str(&op_table(a, all_layers, true).render());
     out.push('\n');
 
@@ -296,10 +304,54 @@ fn render(loaded: &load::LoadedModel, a: &Analysis, all_layers: bool) -> Result<
     out.push_str(&ph.render());
     out.push('\n');
 
+    out.push_str(&layer_table(a, all_layers).render());
+    out.push('\n');
+
     out.push_str(&memory_section(a));
     out.push('\n');
     out.push_str(&prediction_section(cfg, a)?);
     Ok(out)
+}
+
+/// By layer: every block with --all-layers; otherwise what lies outside the blocks, one block,
+/// and all blocks together.
+fn layer_table(a: &Analysis, all_layers: bool) -> Table {
+    let mut t =
+        Table::new(&["where", "ops", "FLOPs", "bytes", "time", "% time"]).titled("By layer");
+    let row = |t: &mut Table, name: String, x: &tperf_core::cost::analysis::Totals| {
+        t.row(vec![
+            name,
+            x.count.to_string(),
+            units::si(x.flops as f64, "FLOP"),
+            units::bytes(x.bytes),
+            units::seconds(x.seconds),
+            format!("{:.1}", 100.0 * x.seconds / a.total.seconds),
+        ]);
+    };
+    if let Some(outside) = a.by_layer.get(&None) {
+        row(&mut t, "outside the blocks".into(), outside);
+    }
+    let blocks: Vec<_> = a
+        .by_layer
+        .iter()
+        .filter_map(|(l, x)| l.map(|l| (l, x)))
+        .collect();
+    if all_layers {
+        for (l, x) in &blocks {
+            row(&mut t, format!("block {l}"), x);
+        }
+    } else if let Some((_, first)) = blocks.first() {
+        row(&mut t, "block 0".into(), first);
+    }
+    let mut all = tperf_core::cost::analysis::Totals::default();
+    for (_, x) in &blocks {
+        all.count += x.count;
+        all.flops += x.flops;
+        all.bytes += x.bytes;
+        all.seconds += x.seconds;
+    }
+    row(&mut t, format!("all {} blocks", blocks.len()), &all);
+    t
 }
 
 fn memory_section(a: &Analysis) -> String {

@@ -88,6 +88,7 @@ pub fn record(cfg: &ModelConfig, sc: &Scenario) -> Result<MetaBackend, AnalysisE
     if sc.batch == 0 {
         return Err(ConfigError::Zero { field: "batch" }.into());
     }
+    check_magnitude(cfg, sc)?;
     let (b, t) = (sc.batch, sc.seq);
     let mut be = MetaBackend::new();
     let training = sc.workload == Workload::Train;
@@ -127,6 +128,32 @@ pub fn record(cfg: &ModelConfig, sc: &Scenario) -> Result<MetaBackend, AnalysisE
     }
     model.free(&mut be);
     Ok(be)
+}
+
+/// Every count in the record is a u64. An upper bound of the step's FLOPs and bytes, computed
+/// in u128, must stay far below u64::MAX so that no op's cost or total can wrap.
+fn check_magnitude(cfg: &ModelConfig, sc: &Scenario) -> Result<(), ConfigError> {
+    let tokens = sc.batch as u128 * sc.seq as u128;
+    let params = cfg.param_count() as u128;
+    let (l, h, d) = (
+        cfg.n_layers as u128,
+        cfg.n_heads as u128,
+        cfg.head_dim as u128,
+    );
+    let attention = 20 * l * h * d * sc.batch as u128 * (sc.seq as u128).pow(2);
+    let activations = 64 * l * tokens * (cfg.d_model.max(cfg.d_ff) as u128 + h * sc.seq as u128);
+    let logits = 16 * tokens * cfg.vocab_size as u128;
+    let bound = 20 * params * tokens.max(1) + attention + activations + logits + 32 * params;
+    if bound > (u64::MAX / 16) as u128 {
+        return Err(ConfigError::TooLarge {
+            what: "batch × sequence for this model",
+            detail: format!(
+                "batch {} × seq {} would need counts beyond 64 bits (about {bound:.3e} FLOPs or bytes)",
+                sc.batch, sc.seq
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// One op of the record, costed.
