@@ -132,6 +132,11 @@ def linear(x, params, name):
     return F.linear(x, params[f"{name}.w"], params.get(f"{name}.b"))
 
 
+# "naive" materialises the scores (tperf's --attention naive); "sdpa" calls PyTorch's fused
+# scaled_dot_product_attention (flash/memory-efficient kernels), the fastest PyTorch path.
+ATTENTION = "naive"
+
+
 def attention(cfg, qkv, B, T):
     H, Hkv, D = cfg["n_heads"], cfg["n_kv_heads"], cfg["head_dim"]
     q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
@@ -142,6 +147,9 @@ def attention(cfg, qkv, B, T):
     k = k.repeat_interleave(rep, dim=2)
     v = v.repeat_interleave(rep, dim=2)
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+    if ATTENTION == "sdpa" and not cfg.get("sliding_window"):
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=cfg["causal"])
+        return o.transpose(1, 2).reshape(B, T, H * D)
     s = (q @ k.transpose(-2, -1)) / math.sqrt(D)
     if cfg["causal"]:
         i = torch.arange(T, device=qkv.device)
