@@ -7,6 +7,7 @@ pub mod cost;
 pub mod dtype;
 pub mod hf;
 pub mod presets;
+pub mod rng;
 pub mod suggest;
 pub mod tensor;
 pub mod ops;

@@ -26,6 +26,11 @@ pub mod rope;
 pub mod sampling;
 pub mod swiglu;
 pub mod take_last;
+#[cfg(test)]
+mod gradcheck;
+pub mod real;
+
+pub use real::Real;
 
 use crate::tensor::Tensor;
 use serde::Serialize;
