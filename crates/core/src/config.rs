@@ -165,13 +165,13 @@ impl ModelConfig {
                 n_kv_heads: self.n_kv_heads,
             });
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(ConfigError::KvHeadsDoNotDivide {
                 n_heads: self.n_heads,
                 n_kv_heads: self.n_kv_heads,
             });
         }
-        if matches!(self.positions, Positions::Rope { .. }) && self.head_dim % 2 != 0 {
+        if matches!(self.positions, Positions::Rope { .. }) && !self.head_dim.is_multiple_of(2) {
             return Err(ConfigError::OddRopeHeadDim {
                 head_dim: self.head_dim,
             });
@@ -217,7 +217,7 @@ impl ModelConfig {
         if n_heads == 0 {
             return Err(ConfigError::Zero { field: "n_heads" });
         }
-        if self.d_model % n_heads != 0 {
+        if !self.d_model.is_multiple_of(n_heads) {
             return Err(ConfigError::HeadsDoNotDivide {
                 d_model: self.d_model,
                 n_heads,
