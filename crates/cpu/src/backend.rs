@@ -137,6 +137,8 @@ impl CpuBackend {
     }
 }
 
+type F32x3<'a> = (&'a mut [f32], &'a mut [f32], &'a mut [f32]);
+
 /// The outputs of one op, taken out of the map while the op runs so that the inputs can be
 /// borrowed from it at the same time.
 struct Outs(Vec<(TensorId, Data)>);
@@ -160,10 +162,7 @@ impl Outs {
     }
 
     /// Three distinct f32 outputs at once.
-    fn f32_triple(
-        &mut self,
-        i: usize,
-    ) -> Result<(&mut [f32], &mut [f32], &mut [f32]), BackendError> {
+    fn f32_triple(&mut self, i: usize) -> Result<F32x3<'_>, BackendError> {
         match &mut self.0[i..] {
             [(_, Data::F32(a)), (_, Data::F32(b)), (_, Data::F32(c)), ..] => Ok((a, b, c)),
             _ => Err(missing("outputs are not f32".into())),
@@ -744,7 +743,7 @@ fn check_local(call: &OpCall, a: &Attention, src: &KvSource<'_, f32>) -> Result<
             format!("Tq = {} ≠ Tk = {} needs a KV cache", a.tq, a.tk),
         ));
     }
-    if a.h_kv == 0 || a.h % a.h_kv != 0 {
+    if a.h_kv == 0 || !a.h.is_multiple_of(a.h_kv) {
         return Err(unsupported(
             call,
             format!("H = {} is not a multiple of H_kv = {}", a.h, a.h_kv),

@@ -136,7 +136,6 @@ pub fn value_forward(a: &Attention, p: &[f32], qkv: &[f32], src: KvSource<'_, f3
     let (_, vs) = kv_slices(&src, qkv);
     let optr = SyncPtr(o.as_mut_ptr());
     (0..a.b * a.h).into_par_iter().for_each(|bh| {
-        let optr = optr;
         let (b, h) = (bh / a.h, bh % a.h);
         let (v0, vst) = kv_view(a, &src, true, b, a.kv_head(h));
         // SAFETY: task (b, h) writes only head h's D columns of batch b's Tq output rows.
@@ -145,7 +144,7 @@ pub fn value_forward(a: &Attention, p: &[f32], qkv: &[f32], src: KvSource<'_, f3
                 a.tq,
                 a.d,
                 a.tk,
-                optr.0.add(a.o_index(b, h, 0)),
+                optr.get().add(a.o_index(b, h, 0)),
                 a.h * a.d,
                 false,
                 p[bh * a.tq * a.tk..].as_ptr(),
@@ -198,7 +197,6 @@ pub fn value_backward(
     let dptr = SyncPtr(dqkv.as_mut_ptr());
     let group = a.h / a.h_kv;
     (0..a.b * a.h_kv).into_par_iter().for_each(|bg| {
-        let dptr = dptr;
         let (b, g) = (bg / a.h_kv, bg % a.h_kv);
         let (v0, _) = kv_view(a, &src, true, b, g);
         for (n, h) in (g * group..(g + 1) * group).enumerate() {
@@ -208,7 +206,7 @@ pub fn value_backward(
                     a.tk,
                     a.d,
                     a.tq,
-                    dptr.0.add(v0),
+                    dptr.get().add(v0),
                     w,
                     n > 0,
                     p[(b * a.h + h) * a.tq * a.tk..].as_ptr(),
@@ -242,7 +240,6 @@ pub fn scores_backward(a: &Attention, ds: &[f32], qkv: &[f32], dqkv: &mut [f32])
     let (w, scale, src) = (a.qkv_width(), a.scale() as f32, KvSource::<f32>::Qkv);
     let dptr = SyncPtr(dqkv.as_mut_ptr());
     (0..a.b * a.h).into_par_iter().for_each(|bh| {
-        let dptr = dptr;
         let (b, h) = (bh / a.h, bh % a.h);
         let (k0, _) = kv_view(a, &src, false, b, a.kv_head(h));
         // SAFETY: task (b, h) writes only query head h's columns of batch b's rows.
@@ -251,7 +248,7 @@ pub fn scores_backward(a: &Attention, ds: &[f32], qkv: &[f32], dqkv: &mut [f32])
                 a.tq,
                 a.d,
                 a.tk,
-                dptr.0.add(a.q_index(b, h, 0)),
+                dptr.get().add(a.q_index(b, h, 0)),
                 w,
                 false,
                 ds[bh * a.tq * a.tk..].as_ptr(),
@@ -266,7 +263,6 @@ pub fn scores_backward(a: &Attention, ds: &[f32], qkv: &[f32], dqkv: &mut [f32])
     });
     let group = a.h / a.h_kv;
     (0..a.b * a.h_kv).into_par_iter().for_each(|bg| {
-        let dptr = dptr;
         let (b, g) = (bg / a.h_kv, bg % a.h_kv);
         let (k0, _) = kv_view(a, &src, false, b, g);
         for (n, h) in (g * group..(g + 1) * group).enumerate() {
@@ -276,7 +272,7 @@ pub fn scores_backward(a: &Attention, ds: &[f32], qkv: &[f32], dqkv: &mut [f32])
                     a.tk,
                     a.d,
                     a.tq,
-                    dptr.0.add(k0),
+                    dptr.get().add(k0),
                     w,
                     n > 0,
                     ds[(b * a.h + h) * a.tq * a.tk..].as_ptr(),

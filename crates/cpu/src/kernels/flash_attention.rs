@@ -49,7 +49,6 @@ pub fn forward(a: &Attention, qkv: &[f32], src: KvSource<'_, f32>, o: &mut [f32]
     lse.par_chunks_mut(a.tq)
         .enumerate()
         .for_each_init(scratch, |sc, (bh, lse)| {
-            let optr = optr;
             let (b, h) = (bh / a.h, bh % a.h);
             let g = a.kv_head(h);
             for i0 in (0..a.tq).step_by(BQ) {
@@ -95,17 +94,17 @@ pub fn forward(a: &Attention, qkv: &[f32], src: KvSource<'_, f32>, o: &mut [f32]
                         sc.m[r] = m_new;
                     }
                 }
-                for i in i0..i1 {
-                    let r = i - i0;
+                for (r, lse) in lse[i0..i1].iter_mut().enumerate() {
+                    let i = i0 + r;
                     let inv = 1.0 / sc.l[r];
                     // SAFETY: task (b, h) writes only head h's D columns of batch b's rows.
                     let out = unsafe {
-                        std::slice::from_raw_parts_mut(optr.0.add(a.o_index(b, h, i)), d)
+                        std::slice::from_raw_parts_mut(optr.get().add(a.o_index(b, h, i)), d)
                     };
                     out.iter_mut()
                         .zip(&sc.acc[r * d..][..d])
                         .for_each(|(o, &x)| *o = x * inv);
-                    lse[i] = sc.m[r] + sc.l[r].ln();
+                    *lse = sc.m[r] + sc.l[r].ln();
                 }
             }
         });
@@ -127,11 +126,11 @@ pub fn backward(
     (0..a.b * a.h_kv)
         .into_par_iter()
         .for_each_init(Vec::new, |di: &mut Vec<f32>, bg| {
-            let dptr = dptr;
             let (b, g) = (bg / a.h_kv, bg % a.h_kv);
             // SAFETY: task (b, g) writes key and value head g and the query heads of group g, in
             // batch b's rows only; no other task touches those elements.
-            let row = |idx: usize| unsafe { std::slice::from_raw_parts_mut(dptr.0.add(idx), d) };
+            let row =
+                |idx: usize| unsafe { std::slice::from_raw_parts_mut(dptr.get().add(idx), d) };
             for h in g * group..(g + 1) * group {
                 // Dᵢ = dOᵢ·Oᵢ, once per query row of this head.
                 di.clear();

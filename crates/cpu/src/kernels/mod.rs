@@ -26,6 +26,14 @@ pub(crate) struct SyncPtr(pub *mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
+impl SyncPtr {
+    /// The pointer. A method rather than field access so that closures capture the whole
+    /// `SyncPtr` (which is Sync), not the bare pointer field (which is not).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Threads for gemm: all of rayon's.
 pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
     gemm::Parallelism::Rayon(rayon::current_num_threads())
