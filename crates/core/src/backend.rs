@@ -38,6 +38,15 @@ pub enum BackendError {
         backend: &'static str,
         why: String,
     },
+    /// Data a user supplied that the op cannot accept (a token id outside the vocabulary, a
+    /// sequence past the context or the KV cache's capacity).
+    #[error("{backend} backend: invalid input to '{op}' ({label}): {why}")]
+    InvalidInput {
+        op: &'static str,
+        label: &'static str,
+        backend: &'static str,
+        why: String,
+    },
     #[error("the {backend} backend holds no data: {what}")]
     NoData { backend: &'static str, what: String },
     #[error("{backend} backend: {message}")]

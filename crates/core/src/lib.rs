@@ -10,6 +10,7 @@ pub mod hf;
 pub mod meta;
 pub mod ops;
 pub mod presets;
+pub mod rng;
 pub mod schedule;
 pub mod suggest;
 pub mod tensor;

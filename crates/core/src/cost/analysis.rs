@@ -97,7 +97,7 @@ pub fn record(cfg: &ModelConfig, sc: &Scenario) -> Result<MetaBackend, AnalysisE
         Workload::Train => {
             let (tokens, targets) = model.alloc_inputs(&mut be, b, t, true)?;
             let targets = targets.expect("asked for targets");
-            let losses = model.train_step(&mut be, tokens, targets)?;
+            let losses = model.train_step(&mut be, tokens, targets, Default::default())?;
             be.free(losses);
         }
         Workload::Forward => {

@@ -10,6 +10,7 @@
 //!     1−σ 1, ·x 1, +1 1, ·σ 1, ·dy 1 = 8.
 //! Bytes: the io rule (forward reads x, writes y; backward reads x and dy, writes dx).
 
+use super::Real;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -67,5 +68,66 @@ impl Activation {
 
     pub fn backward_flops(&self) -> u64 {
         self.kind.backward_flops_per_element() * self.numel as u64
+    }
+}
+
+// Reference implementation
+
+/// √(2/π), the GELU tanh approximation's constant.
+const GELU_K: f64 = 0.797_884_560_802_865_4;
+const GELU_C: f64 = 0.044_715;
+
+pub fn sigmoid<F: Real>(x: F) -> F {
+    F::one() / (F::one() + (-x).exp())
+}
+
+/// act(x) for one element.
+pub fn act_forward<F: Real>(kind: ActivationKind, x: F) -> F {
+    match kind {
+        ActivationKind::Gelu => {
+            let inner = F::from_f64(GELU_K) * (x + F::from_f64(GELU_C) * x * x * x);
+            F::from_f64(0.5) * x * (F::one() + inner.tanh())
+        }
+        ActivationKind::Relu => x.max(F::zero()),
+        ActivationKind::Silu => x * sigmoid(x),
+    }
+}
+
+/// act'(x) for one element.
+pub fn act_derivative<F: Real>(kind: ActivationKind, x: F) -> F {
+    match kind {
+        ActivationKind::Gelu => {
+            let half = F::from_f64(0.5);
+            let inner = F::from_f64(GELU_K) * (x + F::from_f64(GELU_C) * x * x * x);
+            let t = inner.tanh();
+            let dinner = F::from_f64(GELU_K) * (F::one() + F::from_f64(3.0 * GELU_C) * x * x);
+            half * (F::one() + t) + half * x * (F::one() - t * t) * dinner
+        }
+        // The derivative at 0 is taken as 0, as PyTorch does.
+        ActivationKind::Relu => {
+            if x > F::zero() {
+                F::one()
+            } else {
+                F::zero()
+            }
+        }
+        ActivationKind::Silu => {
+            let s = sigmoid(x);
+            s * (F::one() + x * (F::one() - s))
+        }
+    }
+}
+
+/// y = act(x), elementwise.
+pub fn activation_forward<F: Real>(kind: ActivationKind, x: &[F], y: &mut [F]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = act_forward(kind, x);
+    }
+}
+
+/// dx = dy·act'(x), elementwise.
+pub fn activation_backward<F: Real>(kind: ActivationKind, x: &[F], dy: &[F], dx: &mut [F]) {
+    for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+        *dx = dy * act_derivative(kind, x);
     }
 }

@@ -17,6 +17,7 @@
 //! Bytes: each op reads its operands and writes its result once; the score-sized tensors are
 //! full Tq×Tk buffers, so their bytes do not shrink with the mask.
 
+use super::Real;
 use crate::tensor::Tensor;
 use serde::Serialize;
 
@@ -141,6 +142,230 @@ impl Attention {
     pub fn value_backward_bytes(&self, inputs: &[Tensor], outputs: &[Tensor]) -> u64 {
         let (w, ws) = Self::widths(inputs, outputs.first());
         2 * self.score_numel() * ws + (self.q_numel() + 2 * self.kv_numel()) * w
+    }
+}
+
+// Reference implementation
+
+/// Where keys and values are read: the fused qkv buffer of the same tokens (training, prefill
+/// without a cache; then Tq = Tk), or the caches (B, H_kv, T_cap, D) after the new tokens were
+/// appended.
+#[derive(Clone, Copy, Debug)]
+pub enum KvSource<'a, F> {
+    Qkv,
+    Cache {
+        k: &'a [F],
+        v: &'a [F],
+        capacity: usize,
+    },
+}
+
+impl Attention {
+    /// Width of one qkv row: (H + 2H_kv)·D.
+    pub fn qkv_width(&self) -> usize {
+        (self.h + 2 * self.h_kv) * self.d
+    }
+
+    /// The key/value head query head `h` reads.
+    pub fn kv_head(&self, h: usize) -> usize {
+        h / (self.h / self.h_kv)
+    }
+
+    /// Whether query `i` (0-based among the last Tq) sees key `j`.
+    pub fn visible(&self, i: usize, j: usize) -> bool {
+        let p = self.tk - self.tq + i;
+        !self.causal || (j <= p && self.window.is_none_or(|w| p - j < w))
+    }
+
+    pub fn scale(&self) -> f64 {
+        1.0 / (self.d as f64).sqrt()
+    }
+
+    /// Index of q[b, h, i, 0] in the qkv buffer.
+    pub fn q_index(&self, b: usize, h: usize, i: usize) -> usize {
+        (b * self.tq + i) * self.qkv_width() + h * self.d
+    }
+
+    /// Index of element 0 of key (`value` false) or value (`value` true) head `g` at position `j`,
+    /// in the qkv buffer or the cache.
+    pub fn kv_index<F>(
+        &self,
+        src: &KvSource<'_, F>,
+        value: bool,
+        b: usize,
+        g: usize,
+        j: usize,
+    ) -> usize {
+        match src {
+            KvSource::Qkv => {
+                let head = self.h + usize::from(value) * self.h_kv + g;
+                (b * self.tk + j) * self.qkv_width() + head * self.d
+            }
+            KvSource::Cache { capacity, .. } => ((b * self.h_kv + g) * capacity + j) * self.d,
+        }
+    }
+
+    /// Index of o[b, i, h, 0] in the attention output (B·Tq, H·D).
+    pub fn o_index(&self, b: usize, h: usize, i: usize) -> usize {
+        (b * self.tq + i) * self.h * self.d + h * self.d
+    }
+
+    /// Index of row (b, h, i) of a (B, H, Tq, ·) buffer.
+    pub fn row(&self, b: usize, h: usize, i: usize) -> usize {
+        (b * self.h + h) * self.tq + i
+    }
+}
+
+fn kv_slices<'a, F>(src: &KvSource<'a, F>, qkv: &'a [F]) -> (&'a [F], &'a [F]) {
+    match src {
+        KvSource::Qkv => (qkv, qkv),
+        KvSource::Cache { k, v, .. } => (k, v),
+    }
+}
+
+fn dot<F: Real>(a: &[F], b: &[F]) -> F {
+    a.iter().zip(b).map(|(&x, &y)| x * y).sum()
+}
+
+/// S[b, h, i, j] = q·k/√D for every (i, j); the mask is applied by the softmax.
+pub fn attn_scores_forward<F: Real>(a: &Attention, qkv: &[F], src: KvSource<'_, F>, s: &mut [F]) {
+    let (ks, _) = kv_slices(&src, qkv);
+    let (d, scale) = (a.d, F::from_f64(a.scale()));
+    for b in 0..a.b {
+        for h in 0..a.h {
+            for i in 0..a.tq {
+                let q = &qkv[a.q_index(b, h, i)..][..d];
+                for j in 0..a.tk {
+                    let k = &ks[a.kv_index(&src, false, b, a.kv_head(h), j)..][..d];
+                    s[a.row(b, h, i) * a.tk + j] = dot(q, k) * scale;
+                }
+            }
+        }
+    }
+}
+
+/// P = softmax over the visible keys of each row; masked entries are 0.
+pub fn attn_softmax_forward<F: Real>(a: &Attention, s: &[F], p: &mut [F]) {
+    for r in 0..a.b * a.h * a.tq {
+        let i = r % a.tq;
+        let row = &s[r * a.tk..][..a.tk];
+        let max = (0..a.tk)
+            .filter(|&j| a.visible(i, j))
+            .fold(F::neg_infinity(), |m, j| m.max(row[j]));
+        let sum: F = (0..a.tk)
+            .filter(|&j| a.visible(i, j))
+            .map(|j| (row[j] - max).exp())
+            .sum();
+        for j in 0..a.tk {
+            p[r * a.tk + j] = if a.visible(i, j) {
+                (row[j] - max).exp() / sum
+            } else {
+                F::zero()
+            };
+        }
+    }
+}
+
+/// O[b, i, h] = Σ_j P[b, h, i, j]·v_j.
+pub fn attn_value_forward<F: Real>(
+    a: &Attention,
+    p: &[F],
+    qkv: &[F],
+    src: KvSource<'_, F>,
+    o: &mut [F],
+) {
+    let (_, vs) = kv_slices(&src, qkv);
+    let d = a.d;
+    for b in 0..a.b {
+        for h in 0..a.h {
+            for i in 0..a.tq {
+                let oi = a.o_index(b, h, i);
+                o[oi..oi + d].iter_mut().for_each(|x| *x = F::zero());
+                for j in 0..a.tk {
+                    let pij = p[a.row(b, h, i) * a.tk + j];
+                    let v = a.kv_index(&src, true, b, a.kv_head(h), j);
+                    for e in 0..d {
+                        o[oi + e] += pij * vs[v + e];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dP = dO·Vᵀ; dV = Σ over the query heads of a group of Pᵀ·dO, written over the V part of
+/// dqkv. Keys and values come from qkv (the backward runs in training only).
+pub fn attn_value_backward<F: Real>(
+    a: &Attention,
+    dout: &[F],
+    qkv: &[F],
+    p: &[F],
+    dp: &mut [F],
+    dqkv: &mut [F],
+) {
+    let (d, src) = (a.d, KvSource::<F>::Qkv);
+    for b in 0..a.b {
+        for g in 0..a.h_kv {
+            for j in 0..a.tk {
+                let v = a.kv_index(&src, true, b, g, j);
+                dqkv[v..v + d].iter_mut().for_each(|x| *x = F::zero());
+            }
+        }
+        for h in 0..a.h {
+            let g = a.kv_head(h);
+            for i in 0..a.tq {
+                let od = &dout[a.o_index(b, h, i)..][..d];
+                for j in 0..a.tk {
+                    let v = a.kv_index(&src, true, b, g, j);
+                    let r = a.row(b, h, i) * a.tk + j;
+                    dp[r] = dot(od, &qkv[v..v + d]);
+                    for e in 0..d {
+                        dqkv[v + e] += p[r] * od[e];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// dS = P ⊙ (dP − Σ_j dP·P) row by row.
+pub fn attn_softmax_backward<F: Real>(a: &Attention, p: &[F], dp: &[F], ds: &mut [F]) {
+    let tk = a.tk;
+    for r in 0..a.b * a.h * a.tq {
+        let (pr, dpr) = (&p[r * tk..][..tk], &dp[r * tk..][..tk]);
+        let inner = dot(pr, dpr);
+        for j in 0..tk {
+            ds[r * tk + j] = pr[j] * (dpr[j] - inner);
+        }
+    }
+}
+
+/// dQ = dS·K/√D and dK = Σ over the group's query heads of dSᵀ·Q/√D, written over the Q and K
+/// parts of dqkv.
+pub fn attn_scores_backward<F: Real>(a: &Attention, ds: &[F], qkv: &[F], dqkv: &mut [F]) {
+    let (d, scale, src) = (a.d, F::from_f64(a.scale()), KvSource::<F>::Qkv);
+    for b in 0..a.b {
+        for g in 0..a.h_kv {
+            for j in 0..a.tk {
+                let k = a.kv_index(&src, false, b, g, j);
+                dqkv[k..k + d].iter_mut().for_each(|x| *x = F::zero());
+            }
+        }
+        for h in 0..a.h {
+            let g = a.kv_head(h);
+            for i in 0..a.tq {
+                let q = a.q_index(b, h, i);
+                dqkv[q..q + d].iter_mut().for_each(|x| *x = F::zero());
+                for j in 0..a.tk {
+                    let k = a.kv_index(&src, false, b, g, j);
+                    let dsij = ds[a.row(b, h, i) * a.tk + j] * scale;
+                    for e in 0..d {
+                        dqkv[q + e] += dsij * qkv[k + e];
+                        dqkv[k + e] += dsij * qkv[q + e];
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -1,9 +1,29 @@
 //! Cast between dtypes (the fp32 master weights to their bf16/fp16 compute copy): no
 //! arithmetic; bytes by the io rule (4 read + 2 written per element for fp32 → bf16).
 
+use crate::dtype::DType;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Cast {
     pub numel: u64,
+}
+
+// Reference implementation
+
+/// The f32 nearest to `x` that `dtype` can hold (round to nearest even, as the hardware
+/// conversions do); f32 and i32 values pass through.
+pub fn round_to(dtype: DType, x: f32) -> f32 {
+    match dtype {
+        DType::Bf16 => half::bf16::from_f32(x).to_f32(),
+        DType::F16 => half::f16::from_f32(x).to_f32(),
+        DType::F32 | DType::I32 => x,
+    }
+}
+
+/// dst = src rounded to `dtype`.
+pub fn cast_forward(dtype: DType, src: &[f32], dst: &mut [f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = round_to(dtype, s);
+    }
 }

@@ -8,6 +8,7 @@
 //! Bytes: the io rule (forward reads z and targets, writes losses; backward reads z and targets,
 //! writes dz — in place over z when fusions are on).
 
+use super::Real;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -23,5 +24,46 @@ impl CrossEntropy {
 
     pub fn backward_flops(&self) -> u64 {
         self.n as u64 * (6 * self.v as u64 + 1)
+    }
+}
+
+// Reference implementation
+
+/// logsumexp of one row, shifted by its maximum so that exp never overflows.
+fn logsumexp<F: Real>(z: &[F]) -> F {
+    let max = z.iter().fold(F::neg_infinity(), |m, &x| m.max(x));
+    max + z.iter().map(|&x| (x - max).exp()).sum::<F>().ln()
+}
+
+/// loss[i] = logsumexp(z[i]) − z[i][target[i]]. Targets must be in 0..V (checked where they
+/// enter the backend).
+pub fn cross_entropy_forward<F: Real>(
+    ce: &CrossEntropy,
+    z: &[F],
+    targets: &[i32],
+    losses: &mut [F],
+) {
+    for i in 0..ce.n {
+        let row = &z[i * ce.v..][..ce.v];
+        losses[i] = logsumexp(row) - row[targets[i] as usize];
+    }
+}
+
+/// One row of the backward: dz = (softmax(z) − onehot(target))/n, written over the row in place
+/// (the fused schedule writes the gradient over the logits).
+pub fn cross_entropy_backward_row<F: Real>(ce: &CrossEntropy, row: &mut [F], target: usize) {
+    let lse = logsumexp(row);
+    let inv_n = F::one() / F::from_f64(ce.n as f64);
+    for (j, z) in row.iter_mut().enumerate() {
+        let onehot = if j == target { F::one() } else { F::zero() };
+        *z = ((*z - lse).exp() - onehot) * inv_n;
+    }
+}
+
+/// dz = (softmax(z) − onehot)/n: the gradient of the mean loss over the n tokens.
+pub fn cross_entropy_backward<F: Real>(ce: &CrossEntropy, z: &[F], targets: &[i32], dz: &mut [F]) {
+    dz.copy_from_slice(&z[..ce.n * ce.v]);
+    for i in 0..ce.n {
+        cross_entropy_backward_row(ce, &mut dz[i * ce.v..][..ce.v], targets[i] as usize);
     }
 }

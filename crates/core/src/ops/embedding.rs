@@ -9,6 +9,7 @@
 //! the whole gradient table first unless the gradient already holds another contribution
 //! (tied embeddings: the output layer's backward wrote it).
 
+use super::Real;
 use crate::tensor::Tensor;
 use serde::Serialize;
 
@@ -74,5 +75,86 @@ impl Embedding {
             outputs.iter().map(Tensor::size_bytes).sum()
         };
         read + rmw + zero
+    }
+}
+
+// Reference implementation
+
+/// The sinusoidal table of "Attention is all you need" at position `pos`, column `j`:
+/// sin(pos·10000^(−2i/C)) for j = 2i, cos of the same angle for j = 2i + 1.
+pub fn sinusoid<F: Real>(pos: usize, j: usize, c: usize) -> F {
+    let i = (j / 2) as f64;
+    let angle = pos as f64 * (-(2.0 * i / c as f64) * 10_000f64.ln()).exp();
+    F::from_f64(if j.is_multiple_of(2) {
+        angle.sin()
+    } else {
+        angle.cos()
+    })
+}
+
+impl Embedding {
+    /// Absolute position of token row `i`.
+    pub fn position(&self, i: usize) -> usize {
+        i % self.t + self.pos_offset
+    }
+
+    fn scale_factor<F: Real>(&self) -> F {
+        if self.scale {
+            F::from_f64((self.c as f64).sqrt())
+        } else {
+            F::one()
+        }
+    }
+}
+
+/// out[i] = wte[tokens[i]]·s + pos[i]. Token ids must be in 0..V and positions below the learned
+/// table's length: the backend checks both where the ids enter.
+pub fn embedding_forward<F: Real>(
+    e: &Embedding,
+    tokens: &[i32],
+    wte: &[F],
+    wpe: Option<&[F]>,
+    out: &mut [F],
+) {
+    let (c, s) = (e.c, e.scale_factor::<F>());
+    for i in 0..e.n {
+        let tok = tokens[i] as usize;
+        let p = e.position(i);
+        for j in 0..c {
+            let pos = match (e.positions, wpe) {
+                (PositionTable::Learned, Some(wpe)) => wpe[p * c + j],
+                (PositionTable::Sinusoidal, _) => sinusoid(p, j, c),
+                _ => F::zero(),
+            };
+            out[i * c + j] = wte[tok * c + j] * s + pos;
+        }
+    }
+}
+
+/// dwte[tokens[i]] += dout[i]·s, dwpe[pos(i)] += dout[i]. dwte is zeroed first unless
+/// `accumulate` (a tied output layer already wrote its part); dwpe is always zeroed first.
+pub fn embedding_backward<F: Real>(
+    e: &Embedding,
+    tokens: &[i32],
+    dout: &[F],
+    dwte: &mut [F],
+    mut dwpe: Option<&mut [F]>,
+) {
+    let (c, s) = (e.c, e.scale_factor::<F>());
+    if !e.accumulate {
+        dwte.iter_mut().for_each(|x| *x = F::zero());
+    }
+    if let Some(d) = dwpe.as_deref_mut() {
+        d.iter_mut().for_each(|x| *x = F::zero());
+    }
+    for i in 0..e.n {
+        let tok = tokens[i] as usize;
+        let p = e.position(i);
+        for j in 0..c {
+            dwte[tok * c + j] += dout[i * c + j] * s;
+            if let Some(d) = dwpe.as_deref_mut() {
+                d[p * c + j] += dout[i * c + j];
+            }
+        }
     }
 }

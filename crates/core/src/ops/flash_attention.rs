@@ -10,7 +10,8 @@
 //! Bytes: the minimum — Q, K, V read once and O, L written once; backward reads Q, K, V, O, dO,
 //! L and writes dQ, dK, dV. No term grows with Tq×Tk.
 
-use super::attention::Attention;
+use super::attention::{Attention, KvSource};
+use super::Real;
 use crate::tensor::Tensor;
 
 fn width(tensors: &[Tensor]) -> u64 {
@@ -41,4 +42,90 @@ pub fn forward_bytes(a: &Attention, inputs: &[Tensor], _outputs: &[Tensor]) -> u
 pub fn backward_bytes(a: &Attention, inputs: &[Tensor], _outputs: &[Tensor]) -> u64 {
     let w = width(inputs);
     (4 * a.q_numel() + 4 * a.kv_numel()) * w + lse_bytes(a)
+}
+
+// Reference implementation
+
+/// O = softmax(mask(Q·Kᵀ/√D))·V with the online softmax of flash attention, one key at a time
+/// (a tile of 1: the tiling changes the speed, not the arithmetic), and lse = m + ln(l) per row.
+pub fn flash_attention_forward<F: Real>(
+    a: &Attention,
+    qkv: &[F],
+    src: KvSource<'_, F>,
+    o: &mut [F],
+    lse: &mut [F],
+) {
+    let (ks, vs) = match &src {
+        KvSource::Qkv => (qkv, qkv),
+        KvSource::Cache { k, v, .. } => (*k, *v),
+    };
+    let (d, scale) = (a.d, F::from_f64(a.scale()));
+    let mut acc = vec![F::zero(); d];
+    for b in 0..a.b {
+        for h in 0..a.h {
+            let g = a.kv_head(h);
+            for i in 0..a.tq {
+                let q = &qkv[a.q_index(b, h, i)..][..d];
+                let (mut m, mut l) = (F::neg_infinity(), F::zero());
+                acc.iter_mut().for_each(|x| *x = F::zero());
+                for j in (0..a.tk).filter(|&j| a.visible(i, j)) {
+                    let k = &ks[a.kv_index(&src, false, b, g, j)..][..d];
+                    let v = &vs[a.kv_index(&src, true, b, g, j)..][..d];
+                    let s: F = q.iter().zip(k).map(|(&x, &y)| x * y).sum::<F>() * scale;
+                    let m_new = m.max(s);
+                    // Rescale what was accumulated under the old maximum.
+                    let correction = (m - m_new).exp();
+                    let pj = (s - m_new).exp();
+                    l = l * correction + pj;
+                    for e in 0..d {
+                        acc[e] = acc[e] * correction + pj * v[e];
+                    }
+                    m = m_new;
+                }
+                let oi = a.o_index(b, h, i);
+                for e in 0..d {
+                    o[oi + e] = acc[e] / l;
+                }
+                lse[a.row(b, h, i)] = m + l.ln();
+            }
+        }
+    }
+}
+
+/// The backward from the saved lse: P = exp(S − lse) recomputed, Dᵢ = dOᵢ·Oᵢ, dS = P(dP − Dᵢ);
+/// dQ, dK, dV written over the three parts of dqkv. Keys and values come from qkv.
+pub fn flash_attention_backward<F: Real>(
+    a: &Attention,
+    qkv: &[F],
+    o: &[F],
+    dout: &[F],
+    lse: &[F],
+    dqkv: &mut [F],
+) {
+    let (d, scale, src) = (a.d, F::from_f64(a.scale()), KvSource::<F>::Qkv);
+    dqkv.iter_mut().for_each(|x| *x = F::zero());
+    for b in 0..a.b {
+        for h in 0..a.h {
+            let g = a.kv_head(h);
+            for i in 0..a.tq {
+                let (qi, oi) = (a.q_index(b, h, i), a.o_index(b, h, i));
+                let di: F = (0..d).map(|e| dout[oi + e] * o[oi + e]).sum();
+                for j in (0..a.tk).filter(|&j| a.visible(i, j)) {
+                    let (k, v) = (
+                        a.kv_index(&src, false, b, g, j),
+                        a.kv_index(&src, true, b, g, j),
+                    );
+                    let s: F = (0..d).map(|e| qkv[qi + e] * qkv[k + e]).sum::<F>() * scale;
+                    let p = (s - lse[a.row(b, h, i)]).exp();
+                    let dp: F = (0..d).map(|e| dout[oi + e] * qkv[v + e]).sum();
+                    let ds = p * (dp - di) * scale;
+                    for e in 0..d {
+                        dqkv[qi + e] += ds * qkv[k + e];
+                        dqkv[k + e] += ds * qkv[qi + e];
+                        dqkv[v + e] += p * dout[oi + e];
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! Global gradient norm, ‖g‖₂ over all parameters, for clipping: a square and an add per
 //! element (2 FLOPs); bytes by the io rule (every gradient read once, one scalar written).
 
+use super::Real;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -12,4 +13,17 @@ impl GradNorm {
     pub fn flops(&self) -> u64 {
         2 * self.numel
     }
+}
+
+// Reference implementation
+
+/// ‖g‖₂ over all the tensors, accumulated in f64 so that the sum of millions of squares keeps
+/// its precision.
+pub fn grad_norm<F: Real>(grads: &[&[F]]) -> f64 {
+    grads
+        .iter()
+        .flat_map(|g| g.iter())
+        .map(|&x| x.to_f64() * x.to_f64())
+        .sum::<f64>()
+        .sqrt()
 }

@@ -6,6 +6,7 @@
 //! No arithmetic. Bytes: the new K and V read and written, 2 × 2·B·t_new·H_kv·D·width; the io
 //! rule would count the whole cache, which an append does not touch.
 
+use super::Real;
 use crate::tensor::Tensor;
 use serde::Serialize;
 
@@ -40,4 +41,31 @@ pub fn cache_bytes(
         * tokens as u64
         * (n_kv_heads * head_dim) as u64
         * width_bytes
+}
+
+// Reference implementation
+
+/// Copies the keys and values of the new tokens from qkv (B·t_new, (H + 2H_kv)·D) into the
+/// caches (B, H_kv, T_cap, D) at positions pos..pos + t_new. `h_q` is H, which the descriptor
+/// does not carry (the qkv row width gives it); pos + t_new ≤ T_cap is checked by the caller.
+pub fn kv_append<F: Real>(
+    k: &KvAppend,
+    h_q: usize,
+    capacity: usize,
+    qkv: &[F],
+    k_cache: &mut [F],
+    v_cache: &mut [F],
+) {
+    let (d, width) = (k.d, (h_q + 2 * k.h_kv) * k.d);
+    for b in 0..k.b {
+        for i in 0..k.t_new {
+            let row = (b * k.t_new + i) * width;
+            for g in 0..k.h_kv {
+                let dst = ((b * k.h_kv + g) * capacity + k.pos + i) * d;
+                let (ks, vs) = (row + (h_q + g) * d, row + (h_q + k.h_kv + g) * d);
+                k_cache[dst..dst + d].copy_from_slice(&qkv[ks..ks + d]);
+                v_cache[dst..dst + d].copy_from_slice(&qkv[vs..vs + d]);
+            }
+        }
+    }
 }

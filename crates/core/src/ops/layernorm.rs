@@ -9,14 +9,18 @@
 //! accumulating), dγ += dy·x̂ 2C, dβ += dy C → 12C (11C without β, 1C less when overwriting).
 //! Bytes: the io rule.
 
+use super::residual::residual_forward;
+use super::Real;
 use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct LayerNorm {
     /// Rows (tokens).
     pub n: usize,
     pub c: usize,
     pub bias: bool,
+    /// ε inside the square root.
+    pub eps: f64,
     /// Fused residual add in front of the norm.
     pub residual: bool,
     /// Backward adds dx into the residual-stream gradient instead of overwriting it.
@@ -42,5 +46,87 @@ impl LayerNorm {
         let c = self.c as u64;
         let per_row = 10 * c + u64::from(self.accumulate) * c + u64::from(self.bias) * c;
         self.n as u64 * per_row
+    }
+}
+
+// Reference implementation
+
+/// y = (x − μ)·rstd·γ + β per row of C; stats (n, 2) receives (μ, rstd).
+pub fn layernorm_forward<F: Real>(
+    ln: &LayerNorm,
+    x: &[F],
+    gamma: &[F],
+    beta: Option<&[F]>,
+    y: &mut [F],
+    stats: &mut [F],
+) {
+    let c = ln.c;
+    for i in 0..ln.n {
+        let row = &x[i * c..(i + 1) * c];
+        let mean = row.iter().copied().sum::<F>() / F::from_f64(c as f64);
+        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() / F::from_f64(c as f64);
+        let rstd = F::one() / (var + F::from_f64(ln.eps)).sqrt();
+        for j in 0..c {
+            let b = beta.map_or(F::zero(), |b| b[j]);
+            y[i * c + j] = (row[j] - mean) * rstd * gamma[j] + b;
+        }
+        stats[2 * i] = mean;
+        stats[2 * i + 1] = rstd;
+    }
+}
+
+/// The fused form: sum = a + b, then the norm of sum.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_layernorm_forward<F: Real>(
+    ln: &LayerNorm,
+    a: &[F],
+    b: &[F],
+    gamma: &[F],
+    beta: Option<&[F]>,
+    sum: &mut [F],
+    y: &mut [F],
+    stats: &mut [F],
+) {
+    residual_forward(a, b, sum);
+    layernorm_forward(ln, sum, gamma, beta, y, stats);
+}
+
+/// dx = rstd·(dn − mean(dn) − x̂·mean(dn·x̂)) with dn = γ·dy (added into dx when `accumulate`);
+/// dγ = Σ_rows dy·x̂ and dβ = Σ_rows dy, overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward<F: Real>(
+    ln: &LayerNorm,
+    x: &[F],
+    stats: &[F],
+    gamma: &[F],
+    dy: &[F],
+    dx: &mut [F],
+    dgamma: &mut [F],
+    mut dbeta: Option<&mut [F]>,
+) {
+    let c = ln.c;
+    dgamma.iter_mut().for_each(|v| *v = F::zero());
+    if let Some(db) = dbeta.as_deref_mut() {
+        db.iter_mut().for_each(|v| *v = F::zero());
+    }
+    let cf = F::from_f64(c as f64);
+    for i in 0..ln.n {
+        let (mean, rstd) = (stats[2 * i], stats[2 * i + 1]);
+        let xhat = |j: usize| (x[i * c + j] - mean) * rstd;
+        let dn = |j: usize| gamma[j] * dy[i * c + j];
+        let mean_dn = (0..c).map(dn).sum::<F>() / cf;
+        let mean_dn_xhat = (0..c).map(|j| dn(j) * xhat(j)).sum::<F>() / cf;
+        for j in 0..c {
+            let d = rstd * (dn(j) - mean_dn - xhat(j) * mean_dn_xhat);
+            if ln.accumulate {
+                dx[i * c + j] += d;
+            } else {
+                dx[i * c + j] = d;
+            }
+            dgamma[j] += dy[i * c + j] * xhat(j);
+            if let Some(db) = dbeta.as_deref_mut() {
+                db[j] += dy[i * c + j];
+            }
+        }
     }
 }

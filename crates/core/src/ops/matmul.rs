@@ -9,7 +9,8 @@
 //! Bytes: the io rule (X, W, b read; Y written; a fused activation also writes its
 //! pre-activation input, which the backward needs).
 
-use super::activation::ActivationKind;
+use super::activation::{act_derivative, activation_forward, ActivationKind};
+use super::Real;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -82,5 +83,81 @@ impl Matmul {
             0
         };
         2 * self.product_flops() + bias + act + accumulate
+    }
+}
+
+// Reference implementation
+
+/// pre = x·Wᵀ + b (x: m×k, W: n×k, pre: m×n); with a fused activation, also act = act(pre).
+pub fn matmul_forward<F: Real>(
+    mm: &Matmul,
+    x: &[F],
+    w: &[F],
+    bias: Option<&[F]>,
+    pre: &mut [F],
+    act: Option<&mut [F]>,
+) {
+    let (m, k, n) = (mm.m, mm.k, mm.n);
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = bias.map_or(F::zero(), |b| b[j]);
+            for p in 0..k {
+                acc += x[i * k + p] * w[j * k + p];
+            }
+            pre[i * n + j] = acc;
+        }
+    }
+    if let (Some(kind), Some(act)) = (mm.activation, act) {
+        activation_forward(kind, pre, act);
+    }
+}
+
+/// With a fused activation, `dy` is the gradient of act(pre) and `pre` is read to form
+/// dpre = dy·act'(pre); otherwise dpre = dy. Then dx = dpre·W (added into dx when
+/// `accumulate_dx`), dW = dpreᵀ·x and db = Σ_rows dpre, both overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward<F: Real>(
+    mm: &Matmul,
+    x: &[F],
+    w: &[F],
+    dy: &[F],
+    pre: Option<&[F]>,
+    dx: &mut [F],
+    dw: &mut [F],
+    db: Option<&mut [F]>,
+) {
+    let (m, k, n) = (mm.m, mm.k, mm.n);
+    let mut dpre = dy.to_vec();
+    if let (Some(kind), Some(pre)) = (mm.activation, pre) {
+        for (d, &h) in dpre.iter_mut().zip(pre) {
+            *d *= act_derivative(kind, h);
+        }
+    }
+    for i in 0..m {
+        for p in 0..k {
+            let mut acc = F::zero();
+            for j in 0..n {
+                acc += dpre[i * n + j] * w[j * k + p];
+            }
+            if mm.accumulate_dx {
+                dx[i * k + p] += acc;
+            } else {
+                dx[i * k + p] = acc;
+            }
+        }
+    }
+    for j in 0..n {
+        for p in 0..k {
+            let mut acc = F::zero();
+            for i in 0..m {
+                acc += dpre[i * n + j] * x[i * k + p];
+            }
+            dw[j * k + p] = acc;
+        }
+    }
+    if let Some(db) = db {
+        for j in 0..n {
+            db[j] = (0..m).map(|i| dpre[i * n + j]).sum();
+        }
     }
 }

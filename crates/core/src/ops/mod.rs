@@ -17,15 +17,20 @@ pub mod cross_entropy;
 pub mod embedding;
 pub mod flash_attention;
 pub mod grad_norm;
+#[cfg(test)]
+mod gradcheck;
 pub mod kv_cache;
 pub mod layernorm;
 pub mod matmul;
+pub mod real;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sampling;
 pub mod swiglu;
 pub mod take_last;
+
+pub use real::Real;
 
 use crate::tensor::Tensor;
 use serde::Serialize;

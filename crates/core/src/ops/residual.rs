@@ -3,6 +3,7 @@
 //! gradient is added into the residual stream by the op that computes it (norm and matmul
 //! backward accumulate), as llm.c does.
 
+use super::Real;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -13,5 +14,13 @@ pub struct ResidualAdd {
 impl ResidualAdd {
     pub fn flops(&self) -> u64 {
         self.numel as u64
+    }
+}
+
+// Reference implementation
+
+pub fn residual_forward<F: Real>(a: &[F], b: &[F], y: &mut [F]) {
+    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+        *y = a + b;
     }
 }

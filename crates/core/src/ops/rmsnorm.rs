@@ -6,12 +6,16 @@
 //! the residual gradient C (when accumulating), dγ += dy·x̂ 2C → 9C (8C when overwriting).
 //! Bytes: the io rule.
 
+use super::residual::residual_forward;
+use super::Real;
 use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct RmsNorm {
     pub n: usize,
     pub c: usize,
+    /// ε inside the square root.
+    pub eps: f64,
     /// Fused residual add in front of the norm.
     pub residual: bool,
     /// Backward adds dx into the residual-stream gradient instead of overwriting it.
@@ -34,5 +38,68 @@ impl RmsNorm {
 
     pub fn backward_flops(&self) -> u64 {
         self.n as u64 * (8 + u64::from(self.accumulate)) * self.c as u64
+    }
+}
+
+// Reference implementation
+
+/// y = x·rstd·γ per row of C; stats (n, 1) receives rstd.
+pub fn rmsnorm_forward<F: Real>(rn: &RmsNorm, x: &[F], gamma: &[F], y: &mut [F], stats: &mut [F]) {
+    let c = rn.c;
+    for i in 0..rn.n {
+        let row = &x[i * c..(i + 1) * c];
+        let ms = row.iter().map(|&v| v * v).sum::<F>() / F::from_f64(c as f64);
+        let rstd = F::one() / (ms + F::from_f64(rn.eps)).sqrt();
+        for j in 0..c {
+            y[i * c + j] = row[j] * rstd * gamma[j];
+        }
+        stats[i] = rstd;
+    }
+}
+
+/// The fused form: sum = a + b, then the norm of sum.
+#[allow(clippy::too_many_arguments)]
+pub fn residual_rmsnorm_forward<F: Real>(
+    rn: &RmsNorm,
+    a: &[F],
+    b: &[F],
+    gamma: &[F],
+    sum: &mut [F],
+    y: &mut [F],
+    stats: &mut [F],
+) {
+    residual_forward(a, b, sum);
+    rmsnorm_forward(rn, sum, gamma, y, stats);
+}
+
+/// dx = rstd·(dn − x̂·mean(dn·x̂)) with dn = γ·dy (added into dx when `accumulate`);
+/// dγ = Σ_rows dy·x̂, overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn rmsnorm_backward<F: Real>(
+    rn: &RmsNorm,
+    x: &[F],
+    stats: &[F],
+    gamma: &[F],
+    dy: &[F],
+    dx: &mut [F],
+    dgamma: &mut [F],
+) {
+    let c = rn.c;
+    dgamma.iter_mut().for_each(|v| *v = F::zero());
+    let cf = F::from_f64(c as f64);
+    for i in 0..rn.n {
+        let rstd = stats[i];
+        let xhat = |j: usize| x[i * c + j] * rstd;
+        let dn = |j: usize| gamma[j] * dy[i * c + j];
+        let mean_dn_xhat = (0..c).map(|j| dn(j) * xhat(j)).sum::<F>() / cf;
+        for j in 0..c {
+            let d = rstd * (dn(j) - xhat(j) * mean_dn_xhat);
+            if rn.accumulate {
+                dx[i * c + j] += d;
+            } else {
+                dx[i * c + j] = d;
+            }
+            dgamma[j] += dy[i * c + j] * xhat(j);
+        }
     }
 }

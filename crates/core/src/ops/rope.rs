@@ -7,6 +7,7 @@
 //! Bytes: the rotated elements read and written once, plus the table of T × D/2 (sin, cos) f32;
 //! the V part of the buffer is not touched, so the io rule would overcount.
 
+use super::Real;
 use crate::tensor::Tensor;
 use serde::Serialize;
 
@@ -36,4 +37,47 @@ impl Rope {
         let table = self.t as u64 * self.d as u64 * 4;
         2 * self.rotated() * width + table
     }
+}
+
+// Reference implementation
+
+impl Rope {
+    /// Width of one qkv row: (H + 2H_kv)·D.
+    pub fn row_width(&self) -> usize {
+        (self.h_q + 2 * self.h_kv) * self.d
+    }
+
+    /// The rotation angle of pair `i` (elements 2i, 2i + 1 of a head) at position `pos`.
+    pub fn angle(&self, pos: usize, i: usize) -> f64 {
+        pos as f64 * self.theta.powf(-2.0 * i as f64 / self.d as f64)
+    }
+}
+
+/// Rotates the query and key heads of every row of `qkv` by +angle (`sign` = 1) or −angle
+/// (`sign` = −1, the backward: a rotation's transpose is its inverse).
+fn rope_rotate<F: Real>(r: &Rope, qkv: &mut [F], sign: f64) {
+    let w = r.row_width();
+    for row in 0..r.b * r.t {
+        let pos = row % r.t + r.pos_offset;
+        for head in 0..r.h_q + r.h_kv {
+            let base = row * w + head * r.d;
+            for i in 0..r.d / 2 {
+                let a = sign * r.angle(pos, i);
+                let (cos, sin) = (F::from_f64(a.cos()), F::from_f64(a.sin()));
+                let (x0, x1) = (qkv[base + 2 * i], qkv[base + 2 * i + 1]);
+                qkv[base + 2 * i] = x0 * cos - x1 * sin;
+                qkv[base + 2 * i + 1] = x0 * sin + x1 * cos;
+            }
+        }
+    }
+}
+
+/// In place on the query and key parts of qkv (n, (H + 2H_kv)·D); V is untouched.
+pub fn rope_forward<F: Real>(r: &Rope, qkv: &mut [F]) {
+    rope_rotate(r, qkv, 1.0);
+}
+
+/// In place on the gradient of qkv: the inverse rotation.
+pub fn rope_backward<F: Real>(r: &Rope, dqkv: &mut [F]) {
+    rope_rotate(r, dqkv, -1.0);
 }

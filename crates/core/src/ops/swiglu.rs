@@ -5,6 +5,8 @@
 //! silu 4 + 1 = 5; dg = dy·u·silu'(g) is silu' 7 (σ 3, 1−σ 1, ·g 1, +1 1, ·σ 1) + 2 = 9; 14 in all.
 //! Bytes: the io rule (h read, y written; backward reads h and dy, writes dh).
 
+use super::activation::{act_derivative, act_forward, ActivationKind};
+use super::Real;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -26,5 +28,32 @@ impl SwiGlu {
 
     pub fn backward_flops(&self) -> u64 {
         14 * self.numel()
+    }
+}
+
+// Reference implementation
+
+/// y[i][j] = silu(h[i][j])·h[i][F + j]: the gate is the first F columns of h, the up projection
+/// the second F.
+pub fn swiglu_forward<F: Real>(s: &SwiGlu, h: &[F], y: &mut [F]) {
+    let f = s.f;
+    for i in 0..s.n {
+        for j in 0..f {
+            let (g, u) = (h[i * 2 * f + j], h[i * 2 * f + f + j]);
+            y[i * f + j] = act_forward(ActivationKind::Silu, g) * u;
+        }
+    }
+}
+
+/// dh = [dy·u·silu'(g) | dy·silu(g)].
+pub fn swiglu_backward<F: Real>(s: &SwiGlu, h: &[F], dy: &[F], dh: &mut [F]) {
+    let f = s.f;
+    for i in 0..s.n {
+        for j in 0..f {
+            let (g, u) = (h[i * 2 * f + j], h[i * 2 * f + f + j]);
+            let d = dy[i * f + j];
+            dh[i * 2 * f + j] = d * u * act_derivative(ActivationKind::Silu, g);
+            dh[i * 2 * f + f + j] = d * act_forward(ActivationKind::Silu, g);
+        }
     }
 }

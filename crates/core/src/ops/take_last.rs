@@ -2,6 +2,7 @@
 //! logits for the one position it samples from instead of all T. No arithmetic; bytes are the
 //! B rows read and written.
 
+use super::Real;
 use crate::tensor::Tensor;
 use serde::Serialize;
 
@@ -16,5 +17,16 @@ impl TakeLast {
     pub fn bytes(&self, inputs: &[Tensor]) -> u64 {
         let width = inputs.first().map_or(4, |t| t.dtype.size_bytes());
         2 * (self.b * self.c) as u64 * width
+    }
+}
+
+// Reference implementation
+
+/// out[b] = x[b·T + T − 1].
+pub fn take_last<F: Real>(tl: &TakeLast, x: &[F], out: &mut [F]) {
+    let c = tl.c;
+    for b in 0..tl.b {
+        let src = (b * tl.t + tl.t - 1) * c;
+        out[b * c..(b + 1) * c].copy_from_slice(&x[src..src + c]);
     }
 }

@@ -6,7 +6,7 @@
 use super::{act_kind, Emit, ForwardState, Keep, Kv, NormOut, Param, Saved, Transformer};
 use crate::backend::{Backend, BackendError};
 use crate::dtype::DType;
-use crate::ops::adamw::AdamW;
+use crate::ops::adamw::{AdamW, AdamWParams};
 use crate::ops::cast::Cast;
 use crate::ops::cross_entropy::CrossEntropy;
 use crate::ops::grad_norm::GradNorm;
@@ -558,7 +558,11 @@ impl Transformer {
     ///   grad_norm inputs [grads…] → outputs [norm]
     ///   adamw     inputs [norm, θ…, g…, m…, v…] → outputs [θ…, m…, v…, copies…(fused)]
     ///   cast      inputs [θ…] → outputs [copies…]
-    pub fn optimizer_step(&self, be: &mut impl Backend) -> Result<(), BackendError> {
+    pub fn optimizer_step(
+        &self,
+        be: &mut impl Backend,
+        hyper: AdamWParams,
+    ) -> Result<(), BackendError> {
         debug_assert!(self.training);
         let mut e = Emit {
             be,
@@ -598,7 +602,12 @@ impl Transformer {
             if self.opts.fused {
                 outputs.extend(copies.iter().copied());
             }
-            e.op(Op::AdamW(AdamW { numel }), &inputs, &outputs, "adamw")?;
+            e.op(
+                Op::AdamW(AdamW { numel, hyper }),
+                &inputs,
+                &outputs,
+                "adamw",
+            )?;
             if !self.opts.fused && !copies.is_empty() {
                 let masters: Vec<&Tensor> = params.iter().map(|p| &p.master).collect();
                 e.op(Op::Cast(Cast { numel }), &masters, &copies, "cast")?;
@@ -614,10 +623,11 @@ impl Transformer {
         be: &mut impl Backend,
         tokens: Tensor,
         targets: Tensor,
+        hyper: AdamWParams,
     ) -> Result<Tensor, BackendError> {
         let state = self.forward_train(be, tokens, targets)?;
         let losses = self.backward(be, state)?;
-        self.optimizer_step(be)?;
+        self.optimizer_step(be, hyper)?;
         Ok(losses)
     }
 }

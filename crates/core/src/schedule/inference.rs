@@ -60,10 +60,8 @@ impl Transformer {
         cache: &mut KvCache,
         sampling: Sampling,
     ) -> Result<Tensor, BackendError> {
-        let pos = cache.len;
-        let next = self.generate_forward(be, tokens, Some((&*cache, pos)), sampling)?;
-        cache.len += next.1;
-        Ok(next.0)
+        let logits = self.step_logits(be, tokens, Some(cache))?;
+        self.sample(be, logits, sampling)
     }
 
     /// A decode step without a cache: the whole prefix (B, T) is recomputed to produce one token.
@@ -73,7 +71,48 @@ impl Transformer {
         tokens: Tensor,
         sampling: Sampling,
     ) -> Result<Tensor, BackendError> {
-        Ok(self.generate_forward(be, tokens, None, sampling)?.0)
+        let logits = self.step_logits(be, tokens, None)?;
+        self.sample(be, logits, sampling)
+    }
+
+    /// The forward of a generate step up to the output layer: the logits (B, V) of the last
+    /// position of each sequence, which the caller reads and frees. With a cache, the new keys
+    /// and values are appended and `cache.len` advances; `tokens` is freed.
+    pub fn step_logits(
+        &self,
+        be: &mut impl Backend,
+        tokens: Tensor,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor, BackendError> {
+        match cache {
+            Some(cache) => {
+                let t = tokens.shape[1];
+                let logits = self.generate_forward(be, tokens, Some((&*cache, cache.len)))?;
+                cache.len += t;
+                Ok(logits)
+            }
+            None => self.generate_forward(be, tokens, None),
+        }
+    }
+
+    /// Samples from `logits` (B, V), which are freed. inputs [logits] → outputs [next]
+    fn sample(
+        &self,
+        be: &mut impl Backend,
+        logits: Tensor,
+        sampling: Sampling,
+    ) -> Result<Tensor, BackendError> {
+        let (b, v) = (logits.shape[0], logits.shape[1]);
+        let mut e = Emit {
+            be,
+            phase: Phase::Forward,
+            layer: None,
+        };
+        let next = e.alloc("next_tokens", &[b], DType::I32, MemCategory::Io)?;
+        let op = Sample { b, v, sampling };
+        e.op(Op::Sample(op), &[&logits], &[&next], "sample")?;
+        e.be.free(logits);
+        Ok(next)
     }
 
     fn generate_forward(
@@ -81,8 +120,7 @@ impl Transformer {
         be: &mut impl Backend,
         tokens: Tensor,
         cache: Option<(&KvCache, usize)>,
-        sampling: Sampling,
-    ) -> Result<(Tensor, usize), BackendError> {
+    ) -> Result<Tensor, BackendError> {
         let (b, t) = (tokens.shape[0], tokens.shape[1]);
         let (c, v) = (self.cfg.d_model, self.cfg.vocab_size);
         let dt = self.act_dtype();
@@ -130,12 +168,7 @@ impl Transformer {
         let logits = e.alloc("logits", &[b, v], dt, MemCategory::Activations)?;
         self.lm_head(&mut e, &last, &logits)?;
         e.be.free(last);
-        let next = e.alloc("next_tokens", &[b], DType::I32, MemCategory::Io)?;
-        let op = Sample { b, v, sampling };
-        // inputs [logits] → outputs [next]
-        e.op(Op::Sample(op), &[&logits], &[&next], "sample")?;
-        e.be.free(logits);
-        Ok((next, t))
+        Ok(logits)
     }
 }
 

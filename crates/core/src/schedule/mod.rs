@@ -14,6 +14,7 @@
 //!   logits             (rows, V)
 //! Each call's input and output lists are documented where it is issued.
 
+pub mod init;
 pub mod options;
 pub mod weights;
 
@@ -550,12 +551,14 @@ impl Transformer {
                 n,
                 c,
                 bias: self.cfg.biases.norm,
+                eps: self.cfg.norm_eps,
                 residual,
                 accumulate,
             }),
             Norm::RmsNorm => Op::RmsNorm(RmsNorm {
                 n,
                 c,
+                eps: self.cfg.norm_eps,
                 residual,
                 accumulate,
             }),

@@ -1,0 +1,45 @@
+//! AdamW over one parameter tensor in parallel chunks, optionally writing the rounded
+//! low-precision copy in the same pass (the fused schedule's form).
+
+use rayon::prelude::*;
+use tperf_core::dtype::DType;
+use tperf_core::ops::adamw::AdamWParams;
+use tperf_core::ops::cast::round_to;
+
+const CHUNK: usize = 1 << 14;
+
+#[allow(clippy::too_many_arguments)]
+pub fn update(
+    p: &AdamWParams,
+    decay: bool,
+    clip: f32,
+    theta: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    copy: Option<(&mut [f32], DType)>,
+) {
+    let t = p.step.max(1) as i32;
+    let (b1, b2) = (p.beta1 as f32, p.beta2 as f32);
+    let c1 = (1.0 - p.beta1.powi(t)) as f32;
+    let c2 = (1.0 - p.beta2.powi(t)) as f32;
+    let (lr, eps) = (p.lr as f32, p.eps as f32);
+    let wd = if decay { p.weight_decay as f32 } else { 0.0 };
+    theta
+        .par_chunks_mut(CHUNK)
+        .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+        .zip(g.par_chunks(CHUNK))
+        .for_each(|((theta, (m, v)), g)| {
+            for i in 0..theta.len() {
+                let gi = g[i] * clip;
+                m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                theta[i] -= lr * ((m[i] / c1) / ((v[i] / c2).sqrt() + eps) + wd * theta[i]);
+            }
+        });
+    if let Some((copy, dtype)) = copy {
+        copy.par_iter_mut()
+            .zip(theta.par_iter())
+            .for_each(|(c, &t)| *c = round_to(dtype, t));
+    }
+}

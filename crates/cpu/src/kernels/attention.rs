@@ -1,0 +1,289 @@
+//! Naive attention: the three forward ops and their backwards, each (batch, head) product a
+//! single-threaded gemm and the (batch, head) pairs spread over rayon. Q, K and V are read in
+//! place from the qkv buffer or the caches through gemm's strides, never copied.
+
+use super::SyncPtr;
+use gemm::Parallelism;
+use rayon::prelude::*;
+use tperf_core::ops::attention::{Attention, KvSource};
+
+/// (index of element 0, row stride) of key or value head `g` of batch element `b`.
+fn kv_view(
+    a: &Attention,
+    src: &KvSource<'_, f32>,
+    value: bool,
+    b: usize,
+    g: usize,
+) -> (usize, usize) {
+    let stride = match src {
+        KvSource::Qkv => a.qkv_width(),
+        KvSource::Cache { .. } => a.d,
+    };
+    (a.kv_index(src, value, b, g, 0), stride)
+}
+
+fn kv_slices<'a>(src: &KvSource<'a, f32>, qkv: &'a [f32]) -> (&'a [f32], &'a [f32]) {
+    match src {
+        KvSource::Qkv => (qkv, qkv),
+        KvSource::Cache { k, v, .. } => (k, v),
+    }
+}
+
+/// dst (m×n, row stride dst_rs) = beta·lhs·rhs (+ dst when `accumulate`), all strides in
+/// elements, on the calling thread.
+///
+/// # Safety
+/// Every pointer must cover the elements its strides reach.
+#[allow(clippy::too_many_arguments)]
+unsafe fn small_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_cs: usize,
+    lhs_rs: usize,
+    rhs: *const f32,
+    rhs_cs: usize,
+    rhs_rs: usize,
+    beta: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        Parallelism::None,
+    );
+}
+
+/// S = Q·Kᵀ/√D for each (b, h): (Tq × Tk) blocks of `s`.
+pub fn scores_forward(a: &Attention, qkv: &[f32], src: KvSource<'_, f32>, s: &mut [f32]) {
+    let (ks, _) = kv_slices(&src, qkv);
+    let (w, scale) = (a.qkv_width(), a.scale() as f32);
+    s.par_chunks_mut(a.tq * a.tk)
+        .enumerate()
+        .for_each(|(bh, block)| {
+            let (b, h) = (bh / a.h, bh % a.h);
+            let (k0, kst) = kv_view(a, &src, false, b, a.kv_head(h));
+            // SAFETY: the query rows (Tq of them, stride W) and key rows (Tk, stride kst) lie inside
+            // qkv and the key source, as the descriptor and the checked buffer lengths guarantee.
+            unsafe {
+                small_gemm(
+                    a.tq,
+                    a.tk,
+                    a.d,
+                    block.as_mut_ptr(),
+                    a.tk,
+                    false,
+                    qkv[a.q_index(b, h, 0)..].as_ptr(),
+                    1,
+                    w,
+                    ks[k0..].as_ptr(),
+                    kst,
+                    1,
+                    scale,
+                );
+            }
+        });
+}
+
+/// Row-wise masked softmax; masked entries become 0.
+pub fn softmax_forward(a: &Attention, s: &[f32], p: &mut [f32]) {
+    p.par_chunks_mut(a.tk)
+        .zip(s.par_chunks(a.tk))
+        .enumerate()
+        .for_each(|(r, (p, s))| {
+            let i = r % a.tq;
+            let mut max = f32::NEG_INFINITY;
+            for (j, &x) in s.iter().enumerate() {
+                if a.visible(i, j) {
+                    max = max.max(x);
+                }
+            }
+            let mut sum = 0.0;
+            for (j, (p, &x)) in p.iter_mut().zip(s).enumerate() {
+                *p = if a.visible(i, j) {
+                    (x - max).exp()
+                } else {
+                    0.0
+                };
+                sum += *p;
+            }
+            let inv = 1.0 / sum;
+            p.iter_mut().for_each(|p| *p *= inv);
+        });
+}
+
+/// O = P·V per (b, h), written into that head's columns of the output rows.
+pub fn value_forward(a: &Attention, p: &[f32], qkv: &[f32], src: KvSource<'_, f32>, o: &mut [f32]) {
+    let (_, vs) = kv_slices(&src, qkv);
+    let optr = SyncPtr(o.as_mut_ptr());
+    (0..a.b * a.h).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / a.h, bh % a.h);
+        let (v0, vst) = kv_view(a, &src, true, b, a.kv_head(h));
+        // SAFETY: task (b, h) writes only head h's D columns of batch b's Tq output rows.
+        unsafe {
+            small_gemm(
+                a.tq,
+                a.d,
+                a.tk,
+                optr.get().add(a.o_index(b, h, 0)),
+                a.h * a.d,
+                false,
+                p[bh * a.tq * a.tk..].as_ptr(),
+                1,
+                a.tk,
+                vs[v0..].as_ptr(),
+                1,
+                vst,
+                1.0,
+            );
+        }
+    });
+}
+
+/// dP = dO·Vᵀ per (b, h); dV = Σ over a group's heads of Pᵀ·dO, per (b, kv head), into the V
+/// part of dqkv.
+pub fn value_backward(
+    a: &Attention,
+    dout: &[f32],
+    qkv: &[f32],
+    p: &[f32],
+    dp: &mut [f32],
+    dqkv: &mut [f32],
+) {
+    let (w, hd, src) = (a.qkv_width(), a.h * a.d, KvSource::<f32>::Qkv);
+    dp.par_chunks_mut(a.tq * a.tk)
+        .enumerate()
+        .for_each(|(bh, block)| {
+            let (b, h) = (bh / a.h, bh % a.h);
+            let (v0, _) = kv_view(a, &src, true, b, a.kv_head(h));
+            // SAFETY: dO rows of head h (stride H·D) and V rows (stride W) lie in their buffers.
+            unsafe {
+                small_gemm(
+                    a.tq,
+                    a.tk,
+                    a.d,
+                    block.as_mut_ptr(),
+                    a.tk,
+                    false,
+                    dout[a.o_index(b, h, 0)..].as_ptr(),
+                    1,
+                    hd,
+                    qkv[v0..].as_ptr(),
+                    w,
+                    1,
+                    1.0,
+                );
+            }
+        });
+    let dptr = SyncPtr(dqkv.as_mut_ptr());
+    let group = a.h / a.h_kv;
+    (0..a.b * a.h_kv).into_par_iter().for_each(|bg| {
+        let (b, g) = (bg / a.h_kv, bg % a.h_kv);
+        let (v0, _) = kv_view(a, &src, true, b, g);
+        for (n, h) in (g * group..(g + 1) * group).enumerate() {
+            // SAFETY: task (b, g) writes only V head g's columns of batch b's rows.
+            unsafe {
+                small_gemm(
+                    a.tk,
+                    a.d,
+                    a.tq,
+                    dptr.get().add(v0),
+                    w,
+                    n > 0,
+                    p[(b * a.h + h) * a.tq * a.tk..].as_ptr(),
+                    a.tk,
+                    1,
+                    dout[a.o_index(b, h, 0)..].as_ptr(),
+                    1,
+                    hd,
+                    1.0,
+                );
+            }
+        }
+    });
+}
+
+/// dS = P ⊙ (dP − rowsum(dP ⊙ P)).
+pub fn softmax_backward(a: &Attention, p: &[f32], dp: &[f32], ds: &mut [f32]) {
+    ds.par_chunks_mut(a.tk)
+        .zip(p.par_chunks(a.tk).zip(dp.par_chunks(a.tk)))
+        .for_each(|(ds, (p, dp))| {
+            let inner: f32 = p.iter().zip(dp).map(|(&x, &y)| x * y).sum();
+            for ((d, &p), &g) in ds.iter_mut().zip(p).zip(dp) {
+                *d = p * (g - inner);
+            }
+        });
+}
+
+/// dQ = dS·K/√D per (b, h) and dK = Σ over a group's heads of dSᵀ·Q/√D per (b, kv head), into
+/// the Q and K parts of dqkv.
+pub fn scores_backward(a: &Attention, ds: &[f32], qkv: &[f32], dqkv: &mut [f32]) {
+    let (w, scale, src) = (a.qkv_width(), a.scale() as f32, KvSource::<f32>::Qkv);
+    let dptr = SyncPtr(dqkv.as_mut_ptr());
+    (0..a.b * a.h).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / a.h, bh % a.h);
+        let (k0, _) = kv_view(a, &src, false, b, a.kv_head(h));
+        // SAFETY: task (b, h) writes only query head h's columns of batch b's rows.
+        unsafe {
+            small_gemm(
+                a.tq,
+                a.d,
+                a.tk,
+                dptr.get().add(a.q_index(b, h, 0)),
+                w,
+                false,
+                ds[bh * a.tq * a.tk..].as_ptr(),
+                1,
+                a.tk,
+                qkv[k0..].as_ptr(),
+                1,
+                w,
+                scale,
+            );
+        }
+    });
+    let group = a.h / a.h_kv;
+    (0..a.b * a.h_kv).into_par_iter().for_each(|bg| {
+        let (b, g) = (bg / a.h_kv, bg % a.h_kv);
+        let (k0, _) = kv_view(a, &src, false, b, g);
+        for (n, h) in (g * group..(g + 1) * group).enumerate() {
+            // SAFETY: task (b, g) writes only key head g's columns of batch b's rows.
+            unsafe {
+                small_gemm(
+                    a.tk,
+                    a.d,
+                    a.tq,
+                    dptr.get().add(k0),
+                    w,
+                    n > 0,
+                    ds[(b * a.h + h) * a.tq * a.tk..].as_ptr(),
+                    a.tk,
+                    1,
+                    qkv[a.q_index(b, h, 0)..].as_ptr(),
+                    1,
+                    w,
+                    scale,
+                );
+            }
+        }
+    });
+}

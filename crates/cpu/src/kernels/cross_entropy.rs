@@ -1,0 +1,32 @@
+//! Cross-entropy over rows in parallel; the backward works in place over a copy of the logits
+//! (or over the logits themselves when the schedule fuses it).
+
+use rayon::prelude::*;
+use tperf_core::ops::cross_entropy::CrossEntropy;
+
+fn logsumexp(z: &[f32]) -> f32 {
+    let max = z.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    max + z.iter().map(|&x| (x - max).exp()).sum::<f32>().ln()
+}
+
+pub fn forward(ce: &CrossEntropy, z: &[f32], targets: &[i32], losses: &mut [f32]) {
+    losses
+        .par_iter_mut()
+        .zip(z.par_chunks(ce.v))
+        .zip(targets.par_iter())
+        .for_each(|((l, row), &t)| *l = logsumexp(row) - row[t as usize]);
+}
+
+/// Overwrites each row of `z` (the logits) with (softmax − onehot)/n.
+pub fn backward_in_place(ce: &CrossEntropy, z: &mut [f32], targets: &[i32]) {
+    let inv_n = 1.0 / ce.n as f32;
+    z.par_chunks_mut(ce.v)
+        .zip(targets.par_iter())
+        .for_each(|(row, &t)| {
+            let lse = logsumexp(row);
+            for x in row.iter_mut() {
+                *x = (*x - lse).exp() * inv_n;
+            }
+            row[t as usize] -= inv_n;
+        });
+}

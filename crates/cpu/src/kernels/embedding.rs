@@ -1,0 +1,58 @@
+//! Embedding: the gather in parallel over tokens. The backward's scatter-add stays sequential
+//! (two tokens may share a row); it is n·C adds, small beside any matmul of the step.
+
+use rayon::prelude::*;
+use tperf_core::ops::embedding::{sinusoid, Embedding, PositionTable};
+
+pub fn forward(e: &Embedding, tokens: &[i32], wte: &[f32], wpe: Option<&[f32]>, out: &mut [f32]) {
+    let c = e.c;
+    let s = if e.scale { (c as f32).sqrt() } else { 1.0 };
+    out.par_chunks_mut(c).enumerate().for_each(|(i, row)| {
+        let tok = tokens[i] as usize;
+        let p = e.position(i);
+        let src = &wte[tok * c..][..c];
+        match (e.positions, wpe) {
+            (PositionTable::Learned, Some(wpe)) => {
+                let pos = &wpe[p * c..][..c];
+                for j in 0..c {
+                    row[j] = src[j] * s + pos[j];
+                }
+            }
+            (PositionTable::Sinusoidal, _) => {
+                for j in 0..c {
+                    row[j] = src[j] * s + sinusoid::<f32>(p, j, c);
+                }
+            }
+            _ => row.iter_mut().zip(src).for_each(|(o, &w)| *o = w * s),
+        }
+    });
+}
+
+pub fn backward(
+    e: &Embedding,
+    tokens: &[i32],
+    dout: &[f32],
+    dwte: &mut [f32],
+    mut dwpe: Option<&mut [f32]>,
+) {
+    let c = e.c;
+    let s = if e.scale { (c as f32).sqrt() } else { 1.0 };
+    if !e.accumulate {
+        dwte.par_iter_mut().for_each(|v| *v = 0.0);
+    }
+    if let Some(d) = dwpe.as_deref_mut() {
+        d.par_iter_mut().for_each(|v| *v = 0.0);
+    }
+    for (i, g) in dout.chunks(c).enumerate().take(e.n) {
+        let tok = tokens[i] as usize;
+        for (w, &g) in dwte[tok * c..][..c].iter_mut().zip(g) {
+            *w += g * s;
+        }
+        if let Some(d) = dwpe.as_deref_mut() {
+            let p = e.position(i);
+            for (w, &g) in d[p * c..][..c].iter_mut().zip(g) {
+                *w += g;
+            }
+        }
+    }
+}

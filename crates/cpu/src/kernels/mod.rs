@@ -1,0 +1,40 @@
+//! Fast kernels, one file per op. Each takes the same slices as the op's reference
+//! implementation in `tperf_core::ops` and must agree with it within the tolerances the tests
+//! state.
+
+pub mod activation;
+pub mod adamw;
+pub mod attention;
+pub mod cross_entropy;
+pub mod embedding;
+pub mod flash_attention;
+pub mod layernorm;
+pub mod matmul;
+pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
+
+/// A raw pointer that rayon tasks may share, for kernels whose tasks write disjoint but
+/// interleaved parts of one buffer (one attention head's columns of every row), which safe
+/// slices cannot express.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr(pub *mut f32);
+
+// SAFETY: the kernels that use SyncPtr give every task a disjoint set of elements to write and
+// read nothing that another task writes.
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer. A method rather than field access so that closures capture the whole
+    /// `SyncPtr` (which is Sync), not the bare pointer field (which is not).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Threads for gemm: all of rayon's.
+pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
+    gemm::Parallelism::Rayon(rayon::current_num_threads())
+}

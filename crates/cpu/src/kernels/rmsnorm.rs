@@ -1,0 +1,88 @@
+//! RMSNorm over rows in parallel.
+
+use rayon::prelude::*;
+use tperf_core::ops::rmsnorm::RmsNorm;
+
+fn normalise_row(rn: &RmsNorm, x: &[f32], gamma: &[f32], y: &mut [f32], st: &mut [f32]) {
+    let ms = x.iter().map(|&v| v * v).sum::<f32>() / rn.c as f32;
+    let rstd = 1.0 / (ms + rn.eps as f32).sqrt();
+    for j in 0..x.len() {
+        y[j] = x[j] * rstd * gamma[j];
+    }
+    st[0] = rstd;
+}
+
+pub fn forward(rn: &RmsNorm, x: &[f32], gamma: &[f32], y: &mut [f32], stats: &mut [f32]) {
+    let c = rn.c;
+    y.par_chunks_mut(c)
+        .zip(stats.par_chunks_mut(1))
+        .zip(x.par_chunks(c))
+        .for_each(|((y, st), x)| normalise_row(rn, x, gamma, y, st));
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn residual_forward(
+    rn: &RmsNorm,
+    a: &[f32],
+    b: &[f32],
+    gamma: &[f32],
+    sum: &mut [f32],
+    y: &mut [f32],
+    stats: &mut [f32],
+) {
+    let c = rn.c;
+    sum.par_chunks_mut(c)
+        .zip(y.par_chunks_mut(c))
+        .zip(stats.par_chunks_mut(1))
+        .zip(a.par_chunks(c).zip(b.par_chunks(c)))
+        .for_each(|(((s, y), st), (a, b))| {
+            for j in 0..c {
+                s[j] = a[j] + b[j];
+            }
+            normalise_row(rn, s, gamma, y, st);
+        });
+}
+
+/// Rows per task; each task sums its rows' dγ, and the partial sums are added at the end.
+const ROWS: usize = 64;
+
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    rn: &RmsNorm,
+    x: &[f32],
+    stats: &[f32],
+    gamma: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dgamma: &mut [f32],
+) {
+    let c = rn.c;
+    let cf = c as f32;
+    let partial = dx
+        .par_chunks_mut(ROWS * c)
+        .zip(x.par_chunks(ROWS * c).zip(dy.par_chunks(ROWS * c)))
+        .zip(stats.par_chunks(ROWS))
+        .map(|((dx, (x, dy)), st)| {
+            let mut sums = vec![0.0f32; c];
+            for r in 0..dx.len() / c {
+                let rstd = st[r];
+                let (x, dy, dx) = (&x[r * c..][..c], &dy[r * c..][..c], &mut dx[r * c..][..c]);
+                let mean_dn_xhat = (0..c).map(|j| gamma[j] * dy[j] * x[j] * rstd).sum::<f32>() / cf;
+                for j in 0..c {
+                    let xhat = x[j] * rstd;
+                    let d = rstd * (gamma[j] * dy[j] - xhat * mean_dn_xhat);
+                    dx[j] = if rn.accumulate { dx[j] + d } else { d };
+                    sums[j] += dy[j] * xhat;
+                }
+            }
+            sums
+        })
+        .reduce(
+            || vec![0.0f32; c],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    dgamma.copy_from_slice(&partial);
+}

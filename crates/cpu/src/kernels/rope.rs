@@ -1,0 +1,35 @@
+//! RoPE in place over rows in parallel; each row computes its position's D/2 (cos, sin) pairs
+//! once and applies them to all H + H_kv rotated heads.
+
+use rayon::prelude::*;
+use tperf_core::ops::rope::Rope;
+
+fn rotate(r: &Rope, qkv: &mut [f32], sign: f64) {
+    let (w, d) = (r.row_width(), r.d);
+    qkv.par_chunks_mut(w).enumerate().for_each_init(
+        Vec::new,
+        |table: &mut Vec<(f32, f32)>, (row, x)| {
+            let pos = row % r.t + r.pos_offset;
+            table.clear();
+            table.extend((0..d / 2).map(|i| {
+                let a = sign * r.angle(pos, i);
+                (a.cos() as f32, a.sin() as f32)
+            }));
+            for head in x[..(r.h_q + r.h_kv) * d].chunks_mut(d) {
+                for (pair, &(cos, sin)) in head.chunks_exact_mut(2).zip(table.iter()) {
+                    let (x0, x1) = (pair[0], pair[1]);
+                    pair[0] = x0 * cos - x1 * sin;
+                    pair[1] = x0 * sin + x1 * cos;
+                }
+            }
+        },
+    );
+}
+
+pub fn forward(r: &Rope, qkv: &mut [f32]) {
+    rotate(r, qkv, 1.0);
+}
+
+pub fn backward(r: &Rope, dqkv: &mut [f32]) {
+    rotate(r, dqkv, -1.0);
+}

@@ -1,0 +1,33 @@
+//! SwiGLU over rows in parallel: g is the first F columns of a row of h, u the second F.
+
+use rayon::prelude::*;
+use tperf_core::ops::activation::{act_derivative, act_forward, ActivationKind};
+use tperf_core::ops::swiglu::SwiGlu;
+
+const SILU: ActivationKind = ActivationKind::Silu;
+
+pub fn forward(s: &SwiGlu, h: &[f32], y: &mut [f32]) {
+    let f = s.f;
+    y.par_chunks_mut(f)
+        .zip(h.par_chunks(2 * f))
+        .for_each(|(y, h)| {
+            let (g, u) = h.split_at(f);
+            for j in 0..f {
+                y[j] = act_forward(SILU, g[j]) * u[j];
+            }
+        });
+}
+
+pub fn backward(s: &SwiGlu, h: &[f32], dy: &[f32], dh: &mut [f32]) {
+    let f = s.f;
+    dh.par_chunks_mut(2 * f)
+        .zip(h.par_chunks(2 * f).zip(dy.par_chunks(f)))
+        .for_each(|(dh, (h, dy))| {
+            let (g, u) = h.split_at(f);
+            let (dg, du) = dh.split_at_mut(f);
+            for j in 0..f {
+                dg[j] = dy[j] * u[j] * act_derivative(SILU, g[j]);
+                du[j] = dy[j] * act_forward(SILU, g[j]);
+            }
+        });
+}

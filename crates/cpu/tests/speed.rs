@@ -1,0 +1,78 @@
+//! Speed probes, ignored by default (they measure, they do not check): run with
+//! `cargo test --release -p tperf-cpu --test speed -- --ignored --nocapture`.
+
+use std::time::Instant;
+use tperf_core::backend::Backend;
+use tperf_core::ops::adamw::AdamWParams;
+use tperf_core::ops::matmul::Matmul;
+use tperf_core::presets;
+use tperf_core::rng::Rng;
+use tperf_core::schedule::{Options, Transformer};
+use tperf_cpu::{kernels, CpuBackend};
+
+#[test]
+#[ignore]
+fn matmul_1024_cubed() {
+    let n = 1024;
+    let mm = Matmul::new(n, n, n, false);
+    let (x, w) = (
+        Rng::new(1).normal_vec(n * n, 1.0),
+        Rng::new(2).normal_vec(n * n, 1.0),
+    );
+    let mut y = vec![0.0; n * n];
+    kernels::matmul::forward(&mm, &x, &w, None, &mut y, None);
+    let reps = 10;
+    let start = Instant::now();
+    for _ in 0..reps {
+        kernels::matmul::forward(&mm, &x, &w, None, &mut y, None);
+    }
+    let s = start.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "matmul 1024³ (x·Wᵀ): {:.2} ms, {:.1} GFLOP/s on {} threads",
+        s * 1e3,
+        mm.product_flops() as f64 / s / 1e9,
+        rayon::current_num_threads()
+    );
+}
+
+#[test]
+#[ignore]
+fn gpt2_style_train_step() {
+    let mut cfg = presets::find("gpt2").unwrap().config;
+    cfg.vocab_size = 4096;
+    cfg.context = 128;
+    cfg.d_model = 256;
+    cfg.d_ff = 1024;
+    cfg.n_layers = 4;
+    let cfg = cfg.with_heads(4, 4).unwrap();
+    let (b, t) = (4, 128);
+    let mut be = CpuBackend::new();
+    let model = Transformer::new(&mut be, &cfg, Options::default(), true).unwrap();
+    model.init_weights(&mut be, 0).unwrap();
+    let mut rng = Rng::new(3);
+    let ids: Vec<i32> = (0..b * t).map(|_| (rng.next_u64() % 4096) as i32).collect();
+    let mut times = vec![];
+    for step in 1..=6 {
+        let (tokens, targets) = model.alloc_inputs(&mut be, b, t, true).unwrap();
+        let targets = targets.unwrap();
+        be.write_i32(&tokens, &ids).unwrap();
+        be.write_i32(&targets, &ids).unwrap();
+        let start = Instant::now();
+        let hyper = AdamWParams {
+            step,
+            ..AdamWParams::default()
+        };
+        let losses = model.train_step(&mut be, tokens, targets, hyper).unwrap();
+        times.push(start.elapsed().as_secs_f64());
+        be.free(losses);
+    }
+    let mean = times[1..].iter().sum::<f64>() / (times.len() - 1) as f64;
+    let flops = 6.0 * cfg.param_count() as f64 * (b * t) as f64;
+    println!(
+        "gpt2-style {} params, B={b} T={t}: {:.1} ms/step (6N·BT ≈ {:.1} GFLOP/s), peak {:.1} MiB",
+        cfg.param_count(),
+        mean * 1e3,
+        flops / mean / 1e9,
+        be.peak_bytes() as f64 / (1 << 20) as f64
+    );
+}
