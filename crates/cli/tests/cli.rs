@@ -155,7 +155,7 @@ fn bad_input_gets_a_clear_error() {
         ),
         (
             vec!["model", "small", "--phase", "sleep"],
-            "use train, forward, prefill or decode",
+            "use train, fwd_bwd, forward, prefill or decode",
         ),
         (
             vec!["plan", "train", "small", "--tokens", "1e9", "--mfu", "1.5"],

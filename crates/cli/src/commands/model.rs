@@ -26,7 +26,7 @@ pub struct ModelArgs {
     /// Tokens per sequence; for decode, the context length including the new token.
     #[arg(long)]
     pub seq: Option<usize>,
-    /// What a step does: train, forward, prefill or decode.
+    /// What a step does: train (forward, backward, AdamW), fwd_bwd, forward, prefill or decode.
     #[arg(long, default_value = "train", value_parser = parse_workload)]
     pub phase: Workload,
     /// Hardware to predict for (see `tperf hw list`); "cpu" is this machine.
@@ -403,18 +403,14 @@ fn prediction_section(cfg: &tperf_core::config::ModelConfig, a: &Analysis) -> Re
     t.row(vec!["step time".into(), units::seconds(a.step_seconds())]);
     let per_token = a.total.flops as f64 / a.tokens_per_step as f64;
     match sc.workload {
-        Workload::Train | Workload::Forward => {
+        Workload::Train | Workload::FwdBwd | Workload::Forward => {
             t.row(vec![
                 "tokens/s".into(),
                 format!("{:.0}", a.tokens_per_second()),
             ]);
             t.row(vec!["FLOPs per token".into(), units::si(per_token, "FLOP")]);
             let n = cfg.param_count() as f64;
-            let k = if sc.workload == Workload::Train {
-                6.0
-            } else {
-                2.0
-            };
+            let k = if sc.workload.trains() { 6.0 } else { 2.0 };
             t.row(vec![
                 format!("{k}N per token (N = all params)"),
                 units::si(k * n, "FLOP"),

@@ -5,73 +5,17 @@
 use super::hardware::Hardware;
 use super::memory::{self, MemorySummary};
 use super::roofline::{self, Bound};
-use crate::backend::{Backend, BackendError};
+use crate::backend::BackendError;
 use crate::config::{ConfigError, ModelConfig};
 use crate::dtype::DType;
 use crate::meta::MetaBackend;
-use crate::ops::sampling::Sampling;
+use crate::ops::adamw::AdamWParams;
 use crate::ops::{OpClass, Phase};
-use crate::schedule::{alloc_step_tokens, Options, Transformer};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::str::FromStr;
 use thiserror::Error;
 
-/// What a step does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Workload {
-    /// Forward, backward and AdamW over B sequences of T tokens.
-    Train,
-    /// A forward with the loss, keeping nothing (the seed's forward benchmark).
-    Forward,
-    /// The prompt of T tokens for B sequences, filling the KV cache, sampling one token each.
-    Prefill,
-    /// One new token for each of B sequences whose context already holds T − 1 tokens.
-    Decode,
-}
-
-impl Workload {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Workload::Train => "train",
-            Workload::Forward => "forward",
-            Workload::Prefill => "prefill",
-            Workload::Decode => "decode",
-        }
-    }
-
-    /// Tokens a step processes or produces.
-    pub fn tokens_per_step(self, batch: usize, seq: usize) -> u64 {
-        match self {
-            Workload::Train | Workload::Forward | Workload::Prefill => (batch * seq) as u64,
-            Workload::Decode => batch as u64,
-        }
-    }
-}
-
-impl FromStr for Workload {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "train" | "training" => Ok(Workload::Train),
-            "forward" | "fwd" => Ok(Workload::Forward),
-            "prefill" => Ok(Workload::Prefill),
-            "decode" => Ok(Workload::Decode),
-            other => Err(format!(
-                "unknown phase '{other}': use train, forward, prefill or decode"
-            )),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Serialize)]
-pub struct Scenario {
-    pub workload: Workload,
-    pub batch: usize,
-    pub seq: usize,
-    pub opts: Options,
-}
+pub use crate::schedule::scenario::{Scenario, StepRunner, Workload};
 
 #[derive(Debug, Error)]
 pub enum AnalysisError {
@@ -89,44 +33,10 @@ pub fn record(cfg: &ModelConfig, sc: &Scenario) -> Result<MetaBackend, AnalysisE
         return Err(ConfigError::Zero { field: "batch" }.into());
     }
     check_magnitude(cfg, sc)?;
-    let (b, t) = (sc.batch, sc.seq);
     let mut be = MetaBackend::new();
-    let training = sc.workload == Workload::Train;
-    let model = Transformer::new(&mut be, cfg, sc.opts, training)?;
-    match sc.workload {
-        Workload::Train => {
-            let (tokens, targets) = model.alloc_inputs(&mut be, b, t, true)?;
-            let targets = targets.expect("asked for targets");
-            let losses = model.train_step(&mut be, tokens, targets, Default::default())?;
-            be.free(losses);
-        }
-        Workload::Forward => {
-            let (tokens, targets) = model.alloc_inputs(&mut be, b, t, true)?;
-            let state = model.forward_eval(&mut be, tokens, targets)?;
-            model.free_state(&mut be, state);
-        }
-        Workload::Prefill | Workload::Decode if !sc.opts.kv_cache => {
-            let tokens = alloc_step_tokens(&mut be, b, t)?;
-            let next = model.generate_step_uncached(&mut be, tokens, Sampling::default())?;
-            be.free(next);
-        }
-        Workload::Prefill => {
-            let mut cache = model.alloc_kv_cache(&mut be, b, t)?;
-            let tokens = alloc_step_tokens(&mut be, b, t)?;
-            let next = model.generate_step(&mut be, tokens, &mut cache, Sampling::default())?;
-            be.free(next);
-            model.free_kv_cache(&mut be, cache);
-        }
-        Workload::Decode => {
-            let mut cache = model.alloc_kv_cache(&mut be, b, t)?;
-            cache.len = t - 1;
-            let tokens = alloc_step_tokens(&mut be, b, 1)?;
-            let next = model.generate_step(&mut be, tokens, &mut cache, Sampling::default())?;
-            be.free(next);
-            model.free_kv_cache(&mut be, cache);
-        }
-    }
-    model.free(&mut be);
+    let mut runner = StepRunner::new(&mut be, cfg, *sc)?;
+    runner.step(&mut be, AdamWParams::default())?;
+    runner.free(&mut be);
     Ok(be)
 }
 

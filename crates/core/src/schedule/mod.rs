@@ -998,4 +998,5 @@ impl Transformer {
 
 mod backward;
 mod inference;
+pub mod scenario;
 pub use inference::alloc_step_tokens;
