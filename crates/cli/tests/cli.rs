@@ -193,3 +193,35 @@ fn plan_and_hw_commands_run() {
     let s = stdout(&tperf(&["plan", "fit", "--gpus", "1,4"]));
     assert!(s.contains("largest that trains on 1 × h100-sxm"));
 }
+
+#[test]
+fn precision_prints_the_seed_accumulation_and_policies() {
+    let o = tperf(&["precision"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for want in [
+        "tensor(10.0001)",
+        "tensor(9.9531, dtype=torch.float16)",
+        "tensor(10.0021)",
+        "bytes per parameter",
+        "overflow",
+    ] {
+        assert!(text.contains(want), "missing {want}");
+    }
+    let o = tperf(&["precision", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["accumulation"][1]["result"], 9.953125);
+    let schedules = v["policies"]["schedules"].as_array().unwrap();
+    assert_eq!(schedules.len(), 6);
+    assert_eq!(schedules[1]["precision"], "bf16");
+    assert_eq!(schedules[1]["bytes_per_param"], 18.0);
+    assert!(v["norm_statistics"]["cases"].as_array().unwrap().len() >= 40);
+}
+
+#[test]
+fn precision_refuses_an_unknown_model() {
+    let o = tperf(&["precision", "--model", "smal"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("small"), "{}", stderr(&o));
+}

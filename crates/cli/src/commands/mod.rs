@@ -1,6 +1,7 @@
 pub mod hw;
 pub mod model;
 pub mod plan;
+pub mod precision;
 pub mod study;
 
 use anyhow::Result;
