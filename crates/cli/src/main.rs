@@ -33,6 +33,8 @@ enum Command {
     Hw(commands::hw::HwArgs),
     /// Mixed precision with numbers: accumulation error, dtypes by policy, norm statistics.
     Precision(commands::precision::PrecisionArgs),
+    /// Re-render the HTML report of a results.json.
+    Report(commands::report::ReportArgs),
     /// The main job: analyse the default models on this machine and on a reference GPU.
     Study(commands::study::StudyArgs),
 }
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => commands::plan::run(args),
         Command::Hw(args) => commands::hw::run(args),
         Command::Precision(args) => commands::precision::run(args),
+        Command::Report(args) => commands::report::run(args),
         Command::Study(args) => commands::study::run(args),
     };
     match result {
