@@ -18,7 +18,9 @@ pub fn time_by_kind(a: &AnalysisView) -> Result<String, PlotError> {
     // Height grows with the number of kinds so that bars keep a readable thickness.
     let height = (120 + 28 * n) as u32;
     let max_ms = kinds.first().map_or(1.0, |k| k.1 * 1e3) * 1.25;
-    let names: Vec<String> = kinds.iter().map(|k| k.0.to_string()).collect();
+    // A segmented 0..n−1 axis has the n segments 0..=n−1 and counts upward; row n−1−i holds kind i so the longest is on top.
+    let row = |i: usize| n - 1 - i;
+    let names: Vec<String> = kinds.iter().rev().map(|k| k.0.to_string()).collect();
     let mut buf = String::new();
     {
         let root = SVGBackend::with_string(&mut buf, (WIDTH, height)).into_drawing_area();
@@ -34,7 +36,7 @@ pub fn time_by_kind(a: &AnalysisView) -> Result<String, PlotError> {
             .margin(16)
             .x_label_area_size(40)
             .y_label_area_size(150)
-            .build_cartesian_2d(0.0..max_ms, (0..n).into_segmented())
+            .build_cartesian_2d(0.0..max_ms, (0..n - 1).into_segmented())
             .map_err(&e)?;
         chart
             .configure_mesh()
@@ -55,8 +57,8 @@ pub fn time_by_kind(a: &AnalysisView) -> Result<String, PlotError> {
                 let c = color(if i == 0 { 0 } else { 4 });
                 let mut bar = Rectangle::new(
                     [
-                        (0.0, SegmentValue::Exact(i)),
-                        (s * 1e3, SegmentValue::Exact(i + 1)),
+                        (0.0, SegmentValue::Exact(row(i))),
+                        (s * 1e3, SegmentValue::Exact(row(i) + 1)),
                     ],
                     c.filled(),
                 );
@@ -72,7 +74,7 @@ pub fn time_by_kind(a: &AnalysisView) -> Result<String, PlotError> {
                         s * 1e3,
                         100.0 * s / total.max(f64::MIN_POSITIVE)
                     ),
-                    (s * 1e3 + max_ms * 0.01, SegmentValue::CenterOf(i)),
+                    (s * 1e3 + max_ms * 0.01, SegmentValue::CenterOf(row(i))),
                     ("sans-serif", 13),
                 )
             }))

@@ -107,7 +107,12 @@ pub fn memory_timeline(a: &AnalysisView) -> Result<String, PlotError> {
             .configure_series_labels()
             .background_style(WHITE.mix(0.85))
             .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
+            // Keep the legend off the peak marker.
+            .position(if px > x1 * 0.6 {
+                SeriesLabelPosition::MiddleLeft
+            } else {
+                SeriesLabelPosition::UpperRight
+            })
             .draw()
             .map_err(&e)?;
         root.present().map_err(&e)?;

@@ -58,7 +58,7 @@ pub fn roofline(a: &AnalysisView) -> Result<String, PlotError> {
     );
     let (y0, y1) = log_bounds(
         ys.fold(f64::INFINITY, f64::min).min(bw * x0) / 2.0,
-        max_peak * 3.0,
+        max_peak * 4.0,
     );
     let mut buf = String::new();
     {
@@ -83,8 +83,17 @@ pub fn roofline(a: &AnalysisView) -> Result<String, PlotError> {
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .map_err(&e)?;
+        let decades = (x1 / x0).ln();
         for (name, peak) in &ceilings {
             let ridge = peak / bw;
+            // The label starts at the ridge, unless that would run it off the right edge; then
+            // it ends near the ridge instead (about 45% of the axis width before it).
+            let f = (ridge / x0).ln() / decades;
+            let label_x = if f > 0.5 {
+                x0 * ((f - 0.45) * decades).exp()
+            } else {
+                ridge * 1.1
+            };
             let roof = vec![(x0, (bw * x0).min(*peak)), (ridge, *peak), (x1, *peak)];
             chart
                 .draw_series(LineSeries::new(roof, BLACK.stroke_width(2)))
@@ -92,7 +101,7 @@ pub fn roofline(a: &AnalysisView) -> Result<String, PlotError> {
             chart
                 .draw_series(std::iter::once(Text::new(
                     format!("{name}: {}FLOP/s, ridge {ridge:.0} FLOP/B", si_tick(*peak)),
-                    (ridge * 1.15, peak * 1.12),
+                    (label_x, peak * 1.9),
                     ("sans-serif", 13),
                 )))
                 .map_err(&e)?;
@@ -100,7 +109,7 @@ pub fn roofline(a: &AnalysisView) -> Result<String, PlotError> {
         chart
             .draw_series(std::iter::once(Text::new(
                 format!("{}B/s", si_tick(bw)),
-                (x0 * 1.5, bw * x0 * 1.5 * 1.4),
+                (x0 * 1.5, bw * x0 * 1.5 * 5.0),
                 ("sans-serif", 13),
             )))
             .map_err(&e)?;
