@@ -31,6 +31,10 @@ enum Command {
     Plan(commands::plan::PlanArgs),
     /// The hardware table.
     Hw(commands::hw::HwArgs),
+    /// Mixed precision with numbers: accumulation error, dtypes by policy, norm statistics.
+    Precision(commands::precision::PrecisionArgs),
+    /// Re-render the HTML report of a results.json.
+    Report(commands::report::ReportArgs),
     /// The main job: analyse the default models on this machine and on a reference GPU.
     Study(commands::study::StudyArgs),
 }
@@ -41,6 +45,8 @@ fn main() -> ExitCode {
         Command::Model(args) => commands::model::run(args),
         Command::Plan(args) => commands::plan::run(args),
         Command::Hw(args) => commands::hw::run(args),
+        Command::Precision(args) => commands::precision::run(args),
+        Command::Report(args) => commands::report::run(args),
         Command::Study(args) => commands::study::run(args),
     };
     match result {

@@ -193,3 +193,157 @@ fn plan_and_hw_commands_run() {
     let s = stdout(&tperf(&["plan", "fit", "--gpus", "1,4"]));
     assert!(s.contains("largest that trains on 1 × h100-sxm"));
 }
+
+#[test]
+fn precision_prints_the_seed_accumulation_and_policies() {
+    let o = tperf(&["precision"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for want in [
+        "tensor(10.0001)",
+        "tensor(9.9531, dtype=torch.float16)",
+        "tensor(10.0021)",
+        "bytes per parameter",
+        "overflow",
+    ] {
+        assert!(text.contains(want), "missing {want}");
+    }
+    let o = tperf(&["precision", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["accumulation"][1]["result"], 9.953125);
+    let schedules = v["policies"]["schedules"].as_array().unwrap();
+    assert_eq!(schedules.len(), 6);
+    assert_eq!(schedules[1]["precision"], "bf16");
+    assert_eq!(schedules[1]["bytes_per_param"], 18.0);
+    assert!(v["norm_statistics"]["cases"].as_array().unwrap().len() >= 40);
+}
+
+#[test]
+fn precision_refuses_an_unknown_model() {
+    let o = tperf(&["precision", "--model", "smal"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("small"), "{}", stderr(&o));
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tperf-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// The study writes its folder: a self-contained report, the results document and the CSVs;
+/// `tperf report` re-renders the same page from the results document.
+#[test]
+fn study_writes_a_self_contained_report_that_rerenders() {
+    let out = scratch("study");
+    let o = tperf(&["study", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let runs: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().collect();
+    assert_eq!(runs.len(), 1);
+    let run = runs[0].path();
+    let html = std::fs::read_to_string(run.join("report.html")).unwrap();
+    assert!(
+        html.matches("<svg").count() >= 9,
+        "three plots per analysis"
+    );
+    for bad in ["http://", "https://", "src=", "href="] {
+        assert!(!html.contains(bad), "report names {bad}");
+    }
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
+    let timeline = results["analyses"][0]["memory"]["timeline"]
+        .as_array()
+        .unwrap();
+    assert!(timeline.len() > 10);
+    assert!(results["precision"]["accumulation"].is_array());
+    let csv = std::fs::read_to_string(run.join("ops-0.csv")).unwrap();
+    assert!(csv.starts_with("index,phase,layer,op"));
+    // No temporary file is left behind.
+    for f in std::fs::read_dir(&run).unwrap().flatten() {
+        assert!(!f.file_name().to_string_lossy().starts_with('.'));
+    }
+    let again = out.join("again");
+    let o = tperf(&[
+        "report",
+        run.join("results.json").to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let html2 = std::fs::read_to_string(again.join("report.html")).unwrap();
+    assert_eq!(html, html2, "re-rendering gives the same page");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn unwritable_output_folder_is_a_clear_error() {
+    let o = tperf(&["study", "--out", "/proc/tperf-cannot-write-here"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("cannot create the output folder /proc/tperf-cannot-write-here"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn report_refuses_what_is_not_a_results_document() {
+    let dir = scratch("badresults");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("results.json");
+    std::fs::write(&path, "{\"model\": 1}").unwrap();
+    let o = tperf(&["report", path.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a tperf results document"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.join("report.html").exists());
+    let o = tperf(&["report", "/nonexistent/results.json"]);
+    assert!(stderr(&o).contains("cannot read /nonexistent/results.json"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn model_json_carries_the_memory_timeline() {
+    let o = tperf(&["model", "small", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let tl = v["memory"]["timeline"].as_array().unwrap();
+    let peak = v["memory"]["peak_bytes"].as_u64().unwrap();
+    // The thinned timeline keeps the peak.
+    let max = tl
+        .iter()
+        .map(|p| p["total_bytes"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(max, peak);
+    assert!(tl[0]["by_category"]["weights"].as_u64().unwrap() > 0);
+}
+
+/// The browser check (scripts/check-report.sh): the study's report loaded in headless Chromium
+/// keeps its SVG plots in the DOM, renders non-blank with colour, and names no URL. Skips, with
+/// a message, where Chromium is not installed.
+#[test]
+fn report_renders_in_headless_chromium() {
+    let has_chromium = ["chromium", "chromium-browser"].iter().any(|c| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !has_chromium {
+        eprintln!("skipped: chromium is not installed (apt-get install -y chromium)");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/check-report.sh");
+    let o = Command::new("bash")
+        .arg(script)
+        .env("TPERF", env!("CARGO_BIN_EXE_tperf"))
+        .output()
+        .expect("bash runs");
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("check-report: passed"));
+}

@@ -9,6 +9,7 @@ pub mod dtype;
 pub mod hf;
 pub mod meta;
 pub mod ops;
+pub mod precision;
 pub mod presets;
 pub mod rng;
 pub mod schedule;

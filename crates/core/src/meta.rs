@@ -3,6 +3,7 @@
 //! and the memory timeline, for any size of model, without a byte of real storage.
 
 use crate::backend::{Backend, BackendError, OpCall};
+use crate::dtype::DType;
 use crate::ops::Cost;
 use crate::tensor::{MemCategory, Tensor, TensorId, TensorSpec};
 use std::collections::HashSet;
@@ -20,6 +21,8 @@ pub struct MemEvent {
     pub ops_before: usize,
     pub name: String,
     pub category: MemCategory,
+    /// The buffer's element type: what `tperf precision` lists per tensor role and policy.
+    pub dtype: DType,
     /// Positive for an allocation, negative for a free.
     pub delta_bytes: i64,
 }
@@ -67,6 +70,7 @@ impl Backend for MetaBackend {
             ops_before: self.ops.len(),
             name: spec.name.clone(),
             category: spec.category,
+            dtype: spec.dtype,
             delta_bytes: tensor.size_bytes() as i64,
         });
         self.names.push(spec.name);
@@ -85,6 +89,7 @@ impl Backend for MetaBackend {
             ops_before: self.ops.len(),
             name: self.name_of(tensor.id),
             category: tensor.category,
+            dtype: tensor.dtype,
             delta_bytes: -(tensor.size_bytes() as i64),
         });
     }

@@ -39,8 +39,10 @@ pub struct CpuBackend {
     scratch: Vec<f32>,
     ops_run: usize,
     sample_calls: u64,
-    /// Every allocation and free at the tensors' dtype widths, as the Meta backend records them.
-    pub mem_events: Vec<MemEvent>,
+    /// Every allocation and free at the tensors' dtype widths, as the Meta backend records them,
+    /// once enabled with [`CpuBackend::enable_memory_events`] (off by default: a long training
+    /// run would grow it without bound).
+    pub mem_events: Option<Vec<MemEvent>>,
     in_use: HashMap<MemCategory, u64>,
     peak_bytes: u64,
     /// (op index, wall time) of every op when enabled with [`CpuBackend::enable_timing`].
@@ -77,6 +79,16 @@ impl CpuBackend {
         Self::default()
     }
 
+    /// Records every allocation and free from now on.
+    pub fn enable_memory_events(&mut self) {
+        self.mem_events.get_or_insert_with(Vec::new);
+    }
+
+    /// Starts a new peak from the bytes in use now (to measure one pass's peak).
+    pub fn reset_peak(&mut self) {
+        self.peak_bytes = self.total_bytes_in_use();
+    }
+
     /// Records the wall time of every op from now on.
     pub fn enable_timing(&mut self) {
         self.timing.get_or_insert_with(Vec::new);
@@ -100,13 +112,16 @@ impl CpuBackend {
         self.ops_run
     }
 
-    fn account(&mut self, name: &str, category: MemCategory, delta_bytes: i64) {
-        self.mem_events.push(MemEvent {
-            ops_before: self.ops_run,
-            name: name.to_string(),
-            category,
-            delta_bytes,
-        });
+    fn account(&mut self, name: &str, category: MemCategory, dtype: DType, delta_bytes: i64) {
+        if let Some(events) = &mut self.mem_events {
+            events.push(MemEvent {
+                ops_before: self.ops_run,
+                name: name.to_string(),
+                category,
+                dtype,
+                delta_bytes,
+            });
+        }
         let slot = self.in_use.entry(category).or_insert(0);
         *slot = slot.saturating_add_signed(delta_bytes);
         self.peak_bytes = self.peak_bytes.max(self.total_bytes_in_use());
@@ -210,7 +225,12 @@ impl Backend for CpuBackend {
             dtype: spec.dtype,
             category: spec.category,
         };
-        self.account(&spec.name, spec.category, tensor.size_bytes() as i64);
+        self.account(
+            &spec.name,
+            spec.category,
+            spec.dtype,
+            tensor.size_bytes() as i64,
+        );
         self.buffers.insert(
             id,
             Buffer {
@@ -223,7 +243,12 @@ impl Backend for CpuBackend {
 
     fn free(&mut self, tensor: Tensor) {
         if let Some(buf) = self.buffers.remove(&tensor.id) {
-            self.account(&buf.name, tensor.category, -(tensor.size_bytes() as i64));
+            self.account(
+                &buf.name,
+                tensor.category,
+                tensor.dtype,
+                -(tensor.size_bytes() as i64),
+            );
             if let Data::F32(v) = buf.data {
                 self.pool.entry(v.len()).or_default().push(v);
             }

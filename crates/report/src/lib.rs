@@ -1,5 +1,9 @@
-//! Presentation of tperf's records: aligned text tables, CSV, and human-readable units. It
-//! reads data and formats it; it computes nothing about models.
+//! Presentation of tperf's records: aligned text tables, CSV, human-readable units, SVG plots and
+//! the self-contained HTML report. It reads data and formats it; it computes nothing about
+//! models.
 
+pub mod html;
+pub mod plots;
+pub mod results;
 pub mod table;
 pub mod units;

@@ -1,6 +1,8 @@
 pub mod hw;
 pub mod model;
 pub mod plan;
+pub mod precision;
+pub mod report;
 pub mod study;
 
 use anyhow::Result;

@@ -5,10 +5,11 @@ use crate::load;
 use anyhow::{bail, Result};
 use serde_json::json;
 use tperf_core::cost::analysis::{self, Analysis, OpRow, Scenario, Workload};
-use tperf_core::cost::plan;
+use tperf_core::cost::{memory, plan};
 use tperf_core::ops::{OpClass, Phase};
 use tperf_core::presets;
 use tperf_core::tensor::MemCategory;
+use tperf_report::results::TimelinePoint;
 use tperf_report::table::Table;
 use tperf_report::units;
 
@@ -81,13 +82,16 @@ pub fn run(args: ModelArgs) -> Result<()> {
         seq: args.seq.unwrap_or(loaded.default_seq),
         opts: args.schedule.options(),
     };
-    let a = analysis::analyze(&loaded.config, &sc, &hw)?;
     if args.json {
+        let (a, timeline) = analyze_with_timeline(&loaded.config, &sc, &hw)?;
         println!(
             "{}",
-            serde_json::to_string_pretty(&to_json(&loaded.config, &a))?
+            serde_json::to_string_pretty(&to_json(&loaded.config, &a, &timeline))?
         );
-    } else if args.csv {
+        return Ok(());
+    }
+    let a = analysis::analyze(&loaded.config, &sc, &hw)?;
+    if args.csv {
         print!("{}", op_table(&a, true, false).to_csv());
     } else {
         print!("{}", render(&loaded, &a, args.all_layers)?);
@@ -106,8 +110,46 @@ pub fn provenance() -> serde_json::Value {
     })
 }
 
+/// The analysis and its memory timeline thinned to one point per op index: the highest total
+/// reached between the previous op and this one, so that a transient peak (an output allocated
+/// before its inputs are freed) survives. A step has a few allocations per op; the thinning keeps
+/// the JSON and the plot proportional to the ops.
+pub fn analyze_with_timeline(
+    cfg: &tperf_core::config::ModelConfig,
+    sc: &Scenario,
+    hw: &tperf_core::cost::hardware::Hardware,
+) -> Result<(Analysis, Vec<TimelinePoint>)> {
+    let record = analysis::record(cfg, sc)?;
+    let a = analysis::analyze_record(cfg, sc, hw, &record);
+    let mut thinned: Vec<TimelinePoint> = Vec::new();
+    for p in memory::timeline(&record.mem_events) {
+        let point = TimelinePoint {
+            op: p.ops_before,
+            total_bytes: p.total_bytes,
+            by_category: p
+                .by_category
+                .iter()
+                .map(|(c, &b)| (c.name().to_string(), b))
+                .collect(),
+        };
+        match thinned.last_mut() {
+            Some(last) if last.op == point.op => {
+                if point.total_bytes > last.total_bytes {
+                    *last = point;
+                }
+            }
+            _ => thinned.push(point),
+        }
+    }
+    Ok((a, thinned))
+}
+
 /// The analysis as data; the field names are a stable interface for scripts.
-pub fn to_json(cfg: &tperf_core::config::ModelConfig, a: &Analysis) -> serde_json::Value {
+pub fn to_json(
+    cfg: &tperf_core::config::ModelConfig,
+    a: &Analysis,
+    timeline: &[TimelinePoint],
+) -> serde_json::Value {
     let cat = |m: &std::collections::BTreeMap<MemCategory, u64>| {
         m.iter()
             .map(|(c, b)| (c.name().to_string(), json!(b)))
@@ -146,6 +188,7 @@ pub fn to_json(cfg: &tperf_core::config::ModelConfig, a: &Analysis) -> serde_jso
             "optimizer_state": a.memory.at_peak.get(&MemCategory::OptimizerState).copied().unwrap_or(0),
             "activations": a.memory.at_peak.get(&MemCategory::Activations).copied().unwrap_or(0),
             "kv_cache": a.memory.at_peak.get(&MemCategory::KvCache).copied().unwrap_or(0),
+            "timeline": timeline,
         },
         "predicted": {
             "step_seconds": a.step_seconds(),

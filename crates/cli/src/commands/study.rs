@@ -2,12 +2,15 @@
 //! model of the seed's model sizes on this machine's CPU and on an H100, the sizing question,
 //! and the hardware table.
 
-use super::model::{decode_sweep_table, op_table};
+use super::model::{analyze_with_timeline, decode_sweep_table, op_table, to_json};
+use super::{precision, report};
 use anyhow::Result;
+use std::path::PathBuf;
 use tperf_core::cost::analysis::{self, Scenario, Workload};
 use tperf_core::cost::hardware;
 use tperf_core::presets;
 use tperf_core::schedule::{Options, Precision};
+use tperf_report::results::{Results, SCHEMA_VERSION};
 use tperf_report::table::Table;
 use tperf_report::units;
 
@@ -16,11 +19,16 @@ pub struct StudyArgs {
     /// Reference GPU to model beside this machine.
     #[arg(long, default_value = "h100-sxm")]
     pub hw: String,
+    /// Where the run's folder (report.html, results.json, per-op CSVs) is written.
+    #[arg(long, default_value = "tperf-out")]
+    pub out: PathBuf,
 }
 
 pub fn run(args: StudyArgs) -> Result<()> {
     let gpu = hardware::find(&args.hw)?;
     let cpu = hardware::detect_local_cpu();
+    // Fail on an unwritable --out before any work, with the folder named.
+    report::create_dir(&args.out)?;
     println!("tperf study — analytic model (measurement arrives with the CPU and CUDA backends)");
     println!("this machine: {}\n", cpu.source);
 
@@ -99,5 +107,47 @@ pub fn run(args: StudyArgs) -> Result<()> {
     };
     let decode = analysis::analyze(&gpt2.config, &sc, &gpu)?;
     print!("{}", decode_sweep_table(&gpt2.config, &decode)?.render());
+    println!();
+
+    // The report: the seed's small model training on this CPU and (bf16) on the GPU, and GPT-2
+    // decoding, each with its memory timeline; the precision experiment beside them.
+    let bf16 = Options {
+        precision: Precision::Bf16,
+        ..Options::default()
+    };
+    let train = |opts| Scenario {
+        workload: Workload::Train,
+        batch: 4,
+        seq: 256,
+        opts,
+    };
+    let mut analyses = Vec::new();
+    for (cfg, sc, hw) in [
+        (&small.config, train(Options::default()), &cpu),
+        (&small.config, train(bf16), &gpu),
+        (&gpt2.config, sc, &gpu),
+    ] {
+        let (a, timeline) = analyze_with_timeline(cfg, &sc, hw)?;
+        analyses.push(to_json(cfg, &a, &timeline));
+    }
+    let prov = report::provenance("meta (analytic model; nothing measured yet)");
+    let run_id = format!(
+        "study-{}",
+        prov.date.replace(['-', ':'], "").trim_end_matches('Z')
+    );
+    let results = Results {
+        schema_version: SCHEMA_VERSION,
+        run_id,
+        provenance: prov,
+        analyses,
+        bench: None,
+        attention: None,
+        precision: Some(precision::to_json(
+            &small.config.name,
+            &precision::policies(&small.config)?,
+        )),
+    };
+    let dir = report::write_run(&args.out, &results)?;
+    println!("report: {}", dir.join("report.html").display());
     Ok(())
 }

@@ -1,0 +1,136 @@
+//! `tperf report`: re-render the HTML report of a results.json; and the writing of a run's
+//! folder (results.json, report.html, per-op CSVs) that `tperf study` shares.
+
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use tperf_report::html;
+use tperf_report::results::{ops_csv, Provenance, Results};
+
+#[derive(clap::Args, Debug)]
+pub struct ReportArgs {
+    /// A results.json written by `tperf study` (or by hand, in its schema).
+    pub results: PathBuf,
+    /// Folder to write report.html into (default: the results file's folder).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub fn run(args: ReportArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.results)
+        .with_context(|| format!("cannot read {}", args.results.display()))?;
+    let r = Results::from_json(&text).with_context(|| format!("in {}", args.results.display()))?;
+    let dir = match args.out {
+        Some(d) => d,
+        None => args
+            .results
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    };
+    create_dir(&dir)?;
+    let page = html::render(&r)?;
+    let path = dir.join("report.html");
+    write_atomic(&path, page.as_bytes())?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+pub fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the output folder {} (choose another with --out)",
+            dir.display()
+        )
+    })
+}
+
+/// Writes beside the destination and renames over it: a reader (or a run that dies half-way)
+/// sees the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".to_string());
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let written = std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write {}", path.display()));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Everything a run records about where its numbers came from.
+pub fn provenance(device: &str) -> Provenance {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let driver = std::fs::read_to_string("/proc/driver/nvidia/version")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "none".to_string());
+    Provenance {
+        tperf_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_revision: env!("TPERF_GIT_REV").to_string(),
+        device: device.to_string(),
+        driver,
+        cpu: tperf_core::cost::hardware::detect_local_cpu().source,
+        date: iso_date(now),
+        date_unix: now,
+    }
+}
+
+/// UTC civil date from Unix seconds (Howard Hinnant's days-from-civil inverse), so that the
+/// provenance carries a readable date without a date-time dependency.
+pub fn iso_date(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Writes `<out>/<run_id>/`: results.json, one ops-<i>.csv per analysis, then report.html
+/// last, each through a temporary name. Returns the folder.
+pub fn write_run(out: &Path, r: &Results) -> Result<PathBuf> {
+    let dir = out.join(&r.run_id);
+    create_dir(&dir)?;
+    // Render first: a document the report cannot draw leaves no files behind.
+    let page = html::render(r)?;
+    let views = r.analysis_views()?;
+    write_atomic(
+        &dir.join("results.json"),
+        serde_json::to_string_pretty(r)?.as_bytes(),
+    )?;
+    for (i, a) in views.iter().enumerate() {
+        write_atomic(&dir.join(format!("ops-{i}.csv")), ops_csv(a).as_bytes())?;
+    }
+    write_atomic(&dir.join("report.html"), page.as_bytes())?;
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::iso_date;
+
+    #[test]
+    fn dates() {
+        assert_eq!(iso_date(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso_date(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(iso_date(1_767_225_599), "2025-12-31T23:59:59Z");
+    }
+}

@@ -1,0 +1,337 @@
+//! The self-contained HTML report: one file with its stylesheet and every plot inline, so it
+//! opens from a laptop's disk, an e-mail or a CI artefact with no network at all. Nothing in
+//! the page names a URL: no external fonts, scripts, stylesheets or images.
+
+use crate::plots;
+use crate::results::{AnalysisView, Results, ResultsError};
+use crate::units;
+use std::fmt::Write as _;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum HtmlError {
+    #[error(transparent)]
+    Results(#[from] ResultsError),
+    #[error(transparent)]
+    Plot(#[from] plots::PlotError),
+}
+
+/// Text into HTML: the five characters with meaning there.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 0 auto; max-width: 1100px; padding: 24px; color: #1b1b1b; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; }
+h2 { border-bottom: 2px solid #0072b2; padding-bottom: 4px; margin-top: 2em; }
+h3 { margin-top: 1.5em; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.86em; }
+th, td { border: 1px solid #d6d6d6; padding: 3px 8px; text-align: left; }
+td.n { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f1f4f8; }
+svg.plot { width: 100%; height: auto; display: block; margin: 0.8em 0; border: 1px solid #e4e4e4; }
+.note { color: #555; font-size: 0.9em; }
+.empty { color: #777; font-style: italic; }
+";
+
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    out.push_str("<table><tr>");
+    for h in header {
+        let _ = write!(out, "<th>{}</th>", escape(h));
+    }
+    out.push_str("</tr>\n");
+    for r in rows {
+        out.push_str("<tr>");
+        for c in r {
+            let numeric = c
+                .chars()
+                .next()
+                .is_some_and(|ch| ch.is_ascii_digit() || ch == '-')
+                && c.chars().any(|ch| ch.is_ascii_digit());
+            let class = if numeric { " class=\"n\"" } else { "" };
+            let _ = write!(out, "<td{class}>{}</td>", escape(c));
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+}
+
+/// Renders the whole report. Fails only if a plot cannot be drawn or an analysis lacks the
+/// fields the report reads.
+pub fn render(r: &Results) -> Result<String, HtmlError> {
+    let views = r.analysis_views()?;
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>tperf report {}</title><style>{STYLE}</style></head><body>\n",
+        escape(&r.run_id)
+    );
+    let _ = writeln!(out, "<h1>tperf report — {}</h1>", escape(&r.run_id));
+    let p = &r.provenance;
+    table(
+        &mut out,
+        &["provenance", ""],
+        &[
+            vec!["tperf".into(), p.tperf_version.clone()],
+            vec!["git revision".into(), p.git_revision.clone()],
+            vec!["device".into(), p.device.clone()],
+            vec!["driver".into(), p.driver.clone()],
+            vec!["CPU".into(), p.cpu.clone()],
+            vec!["date".into(), p.date.clone()],
+        ],
+    );
+    out.push_str("<p class=\"note\">Modelled numbers are roofline predictions: each op at max(FLOPs / peak, bytes / bandwidth). \
+                  A FLOP is one add or one multiply; bytes are the minimum traffic.</p>\n");
+
+    out.push_str("<h2>Analyses</h2>\n");
+    for (i, a) in views.iter().enumerate() {
+        analysis_section(&mut out, i, a)?;
+    }
+    for (title, section) in [
+        ("Benchmarks", &r.bench),
+        ("Attention: naive vs flash", &r.attention),
+    ] {
+        let _ = writeln!(out, "<h2>{}</h2>", escape(title));
+        match section {
+            Some(v) => {
+                let _ = writeln!(out, "<pre>{}</pre>", escape(&pretty(v)));
+            }
+            None => out.push_str("<p class=\"empty\">Not run in this study (arrives with the measuring backends).</p>\n"),
+        }
+    }
+    out.push_str("<h2>Mixed precision</h2>\n");
+    match &r.precision {
+        Some(v) => precision_section(&mut out, v),
+        None => out.push_str("<p class=\"empty\">Not run in this study.</p>\n"),
+    }
+    out.push_str("</body></html>\n");
+    Ok(out)
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn analysis_section(out: &mut String, i: usize, a: &AnalysisView) -> Result<(), HtmlError> {
+    let _ = writeln!(
+        out,
+        "<h3 id=\"analysis-{i}\">{} on {} — {}</h3>",
+        escape(&a.model),
+        escape(&a.hardware.name),
+        escape(&a.scenario_line())
+    );
+    let mut rows = vec![
+        vec!["ops in the schedule".into(), a.ops.len().to_string()],
+        vec!["peak memory".into(), units::bytes(a.memory.peak_bytes)],
+        vec![
+            "device memory".into(),
+            units::bytes(a.hardware.memory_bytes),
+        ],
+    ];
+    if let Some(pr) = &a.predicted {
+        rows.push(vec![
+            "predicted step".into(),
+            units::seconds(pr.step_seconds),
+        ]);
+        rows.push(vec![
+            "tokens/s".into(),
+            format!("{:.0}", pr.tokens_per_second),
+        ]);
+        rows.push(vec!["MFU".into(), units::percent(pr.mfu)]);
+    }
+    table(out, &["quantity", "value"], &rows);
+    out.push_str(&plots::roofline(a)?);
+    out.push('\n');
+    if a.memory.timeline.is_empty() {
+        out.push_str("<p class=\"empty\">No memory timeline in this analysis.</p>\n");
+    } else {
+        out.push_str(&plots::memory_timeline(a)?);
+        out.push('\n');
+    }
+    out.push_str(&plots::time_by_kind(a)?);
+    out.push('\n');
+    // The ops that take the most predicted time; the CSV beside the report has every op.
+    let mut ops: Vec<_> = a.ops.iter().collect();
+    ops.sort_by(|x, y| y.seconds.total_cmp(&x.seconds));
+    let total: f64 = a.ops.iter().map(|o| o.seconds).sum();
+    let rows: Vec<Vec<String>> = ops
+        .iter()
+        .take(15)
+        .map(|o| {
+            vec![
+                o.index.to_string(),
+                o.phase.clone(),
+                o.layer.map_or("-".into(), |l| l.to_string()),
+                o.name.clone(),
+                o.label.clone(),
+                o.dtype.clone(),
+                format!("{:.3}", o.flops as f64 / 1e9),
+                format!("{:.2}", o.bytes as f64 / (1u64 << 20) as f64),
+                format!("{:.1}", o.intensity),
+                o.bound.clone(),
+                format!("{:.2}", o.seconds * 1e6),
+                o.measured_seconds
+                    .map_or("-".into(), |m| format!("{:.2}", m * 1e6)),
+                units::percent(o.seconds / total.max(f64::MIN_POSITIVE)),
+            ]
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "<p class=\"note\">The 15 ops with the longest predicted time (every op: ops-{i}.csv beside this report).</p>"
+    );
+    table(
+        out,
+        &[
+            "#",
+            "phase",
+            "layer",
+            "op",
+            "label",
+            "dtype",
+            "GFLOP",
+            "MiB",
+            "FLOP/B",
+            "bound",
+            "modelled µs",
+            "measured µs",
+            "% time",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// The accumulation experiment and bytes per parameter, read from `tperf precision --json`.
+fn precision_section(out: &mut String, v: &serde_json::Value) {
+    let str_of = |x: &serde_json::Value| x.as_str().unwrap_or("").to_string();
+    if let Some(cases) = v["accumulation"].as_array() {
+        out.push_str("<p>Summing 0.01 a thousand times:</p>\n");
+        let rows: Vec<Vec<String>> = cases
+            .iter()
+            .map(|c| {
+                vec![
+                    str_of(&c["code"]),
+                    str_of(&c["torch_repr"]),
+                    format!("{:+.3e}", c["error"].as_f64().unwrap_or(f64::NAN)),
+                ]
+            })
+            .collect();
+        table(out, &["PyTorch", "prints", "error vs 10"], &rows);
+    }
+    if let Some(s) = v["policies"]["schedules"].as_array() {
+        let rows: Vec<Vec<String>> = s
+            .iter()
+            .map(|p| {
+                vec![
+                    str_of(&p["precision"]),
+                    if p["training"].as_bool().unwrap_or(false) {
+                        "training"
+                    } else {
+                        "inference"
+                    }
+                    .into(),
+                    format!("{}", p["bytes_per_param"].as_f64().unwrap_or(f64::NAN)),
+                ]
+            })
+            .collect();
+        table(out, &["policy", "", "bytes per parameter"], &rows);
+    }
+    out.push_str("<p class=\"note\">Everything else (dtypes by tensor, norm statistics): <code>tperf precision</code>.</p>\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{Provenance, SCHEMA_VERSION};
+    use serde_json::json;
+
+    pub(crate) fn sample() -> Results {
+        let ops: Vec<serde_json::Value> = (0..6)
+            .map(|i| {
+                json!({"index": i, "name": if i % 2 == 0 {"matmul"} else {"layernorm"},
+                       "label": "x<y>", "layer": i / 3, "phase": "forward",
+                       "class": if i % 2 == 0 {"matmul"} else {"elementwise"}, "dtype": "bf16",
+                       "flops": (i + 1) * 1_000_000_000u64, "bytes": 10_000_000u64,
+                       "intensity": (i + 1) as f64 * 100.0, "bound": "compute",
+                       "seconds": 1e-4 * (i + 1) as f64,
+                       "measured_seconds": if i == 0 { json!(3e-4) } else { json!(null) }})
+            })
+            .collect();
+        let analysis = json!({
+            "model": "tiny", "scenario": {"workload": "train", "batch": 2, "seq": 8, "opts": {"precision": "bf16"}},
+            "hardware": {"key": "h100-sxm", "name": "H100", "memory_bytes": 85899345920u64,
+                         "mem_bw_bytes_per_s": 3.35e12, "peak_f32_flops": 6.7e13,
+                         "peak_bf16_flops": 9.895e14, "peak_f16_flops": 9.895e14},
+            "ops": ops,
+            "memory": {"peak_bytes": 3u64 << 30, "peak_at_op": 3,
+                       "timeline": [
+                           {"op": 0, "total_bytes": 1u64 << 30, "by_category": {"weights": 1u64 << 30}},
+                           {"op": 3, "total_bytes": 3u64 << 30, "by_category": {"weights": 1u64 << 30, "activations": 2u64 << 30}},
+                           {"op": 6, "total_bytes": 1u64 << 30, "by_category": {"weights": 1u64 << 30, "activations": 0}}]},
+            "by_op": {"matmul": {"count": 3, "flops": 9, "bytes": 3, "seconds": 9e-4},
+                      "layernorm": {"count": 3, "flops": 12, "bytes": 3, "seconds": 1.2e-3}},
+            "predicted": {"step_seconds": 2.1e-3, "tokens_per_second": 7600.0, "mfu": 0.4},
+        });
+        Results {
+            schema_version: SCHEMA_VERSION,
+            run_id: "test-run".into(),
+            provenance: Provenance {
+                tperf_version: "0".into(),
+                git_revision: "abc".into(),
+                device: "meta".into(),
+                driver: "none".into(),
+                cpu: "cpu".into(),
+                date: "2026-01-01T00:00:00Z".into(),
+                date_unix: 0,
+            },
+            analyses: vec![analysis],
+            bench: None,
+            attention: None,
+            precision: None,
+        }
+    }
+
+    #[test]
+    fn renders_plots_inline_and_names_no_url() {
+        let html = render(&sample()).expect("renders");
+        assert_eq!(html.matches("<svg class=\"plot\"").count(), 3);
+        assert!(html.contains("x&lt;y&gt;"), "labels are escaped");
+        for bad in ["http://", "https://", "src=", "href=", "@import", "url("] {
+            assert!(!html.contains(bad), "found {bad}");
+        }
+        assert!(
+            html.contains("measured (1)"),
+            "measured points have a legend"
+        );
+    }
+
+    #[test]
+    fn a_results_document_round_trips_and_refuses_newer_schemas() {
+        let r = sample();
+        let text = serde_json::to_string(&r).expect("serialises");
+        let back = Results::from_json(&text).expect("parses");
+        assert_eq!(back.analyses, r.analyses);
+        let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        v["schema_version"] = json!(SCHEMA_VERSION + 1);
+        assert!(matches!(
+            Results::from_json(&v.to_string()),
+            Err(ResultsError::TooNew { .. })
+        ));
+        assert!(Results::from_json("{}").is_err());
+    }
+}
