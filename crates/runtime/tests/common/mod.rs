@@ -26,10 +26,12 @@ impl HostBackend {
     }
 
     fn buf(&mut self, t: &Tensor) -> Result<&mut Vec<f32>, BackendError> {
-        self.bufs.get_mut(&t.id).ok_or_else(|| BackendError::Device {
-            backend: "host",
-            message: format!("tensor {} is not allocated", t.id.0),
-        })
+        self.bufs
+            .get_mut(&t.id)
+            .ok_or_else(|| BackendError::Device {
+                backend: "host",
+                message: format!("tensor {} is not allocated", t.id.0),
+            })
     }
 }
 
@@ -123,7 +125,12 @@ pub fn tiny_config() -> ModelConfig {
     }
 }
 
-pub fn model(be: &mut HostBackend, cfg: &ModelConfig, precision: Precision, training: bool) -> Transformer {
+pub fn model(
+    be: &mut HostBackend,
+    cfg: &ModelConfig,
+    precision: Precision,
+    training: bool,
+) -> Transformer {
     let opts = Options {
         precision,
         ..Options::default()
