@@ -412,7 +412,14 @@ pub fn load<B: Backend>(
     let bytes = fs::read(path).map_err(|e| open_error(path, e))?;
     let invalid = |e: safetensors::SafeTensorError| CheckpointError::NotSafetensors {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: match e {
+            // The usual cause of a header that promises more data than the file holds.
+            safetensors::SafeTensorError::MetadataIncompleteBuffer => format!(
+                "{e}: the file ({} bytes) is shorter or longer than its header says (truncated?)",
+                bytes.len()
+            ),
+            e => e.to_string(),
+        },
     };
     let (_, header) = SafeTensors::read_metadata(&bytes).map_err(invalid)?;
     let st = SafeTensors::deserialize(&bytes).map_err(invalid)?;
