@@ -1,0 +1,156 @@
+//! Tokenizers: GPT-2's byte-level BPE (r50k_base, 50,257 tokens, through `tiktoken-rs`, whose
+//! ranks ship inside the crate so nothing is downloaded) and a byte tokenizer (256 tokens, one
+//! per byte) for models with tiny vocabularies.
+
+use std::fmt;
+use thiserror::Error;
+use tiktoken_rs::CoreBPE;
+use tperf_core::config::ModelConfig;
+
+/// GPT-2's vocabulary: 50,000 merges + 256 bytes + `<|endoftext|>`.
+pub const GPT2_VOCAB: usize = 50_257;
+/// GPT-2's `<|endoftext|>`, the document separator.
+pub const GPT2_EOT: u32 = 50_256;
+pub const BYTE_VOCAB: usize = 256;
+
+#[derive(Debug, Error, PartialEq)]
+pub enum TokenizerError {
+    #[error("unknown tokenizer '{0}': use gpt2 (GPT-2's BPE, 50,257 tokens) or byte (256 tokens)")]
+    Unknown(String),
+    #[error("the model '{model}' has a vocabulary of {model_vocab} tokens, smaller than the {tokenizer} tokenizer's {tokenizer_vocab}: its token ids would index past the embedding table; use --tokenizer byte, or a model with vocab_size ≥ {tokenizer_vocab}")]
+    VocabTooSmall {
+        model: String,
+        model_vocab: usize,
+        tokenizer: &'static str,
+        tokenizer_vocab: usize,
+    },
+}
+
+/// A closed set of tokenizers: an enum rather than a trait object because a checkpoint names
+/// its tokenizer and must be able to rebuild it from that name.
+#[derive(Clone, Copy)]
+pub enum Tokenizer {
+    /// GPT-2's BPE. The encoder is built once per process (a lazily initialised static inside
+    /// tiktoken-rs) because parsing its 50k ranks takes a noticeable fraction of a second.
+    Gpt2(&'static CoreBPE),
+    /// Each UTF-8 byte is a token.
+    Byte,
+}
+
+impl fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tokenizer({})", self.name())
+    }
+}
+
+impl PartialEq for Tokenizer {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Tokenizer {
+    pub fn gpt2() -> Self {
+        Tokenizer::Gpt2(tiktoken_rs::r50k_base_singleton())
+    }
+
+    pub fn byte() -> Self {
+        Tokenizer::Byte
+    }
+
+    /// By name, as the CLI and checkpoints spell it.
+    pub fn from_name(name: &str) -> Result<Self, TokenizerError> {
+        match name.to_ascii_lowercase().as_str() {
+            "gpt2" | "gpt-2" | "r50k_base" | "r50k" => Ok(Tokenizer::gpt2()),
+            "byte" | "bytes" => Ok(Tokenizer::Byte),
+            _ => Err(TokenizerError::Unknown(name.to_string())),
+        }
+    }
+
+    /// The tokenizer a model gets when none is asked for: GPT-2's when the model's vocabulary
+    /// can hold it, bytes otherwise (the seed's 10,000-token models train on bytes rather than
+    /// fail).
+    pub fn default_for(cfg: &ModelConfig) -> Self {
+        if cfg.vocab_size >= GPT2_VOCAB {
+            Tokenizer::gpt2()
+        } else {
+            Tokenizer::Byte
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Tokenizer::Gpt2(_) => "gpt2",
+            Tokenizer::Byte => "byte",
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Tokenizer::Gpt2(_) => GPT2_VOCAB,
+            Tokenizer::Byte => BYTE_VOCAB,
+        }
+    }
+
+    /// The end-of-text token, where the tokenizer has one.
+    pub fn eot(&self) -> Option<u32> {
+        match self {
+            Tokenizer::Gpt2(_) => Some(GPT2_EOT),
+            Tokenizer::Byte => None,
+        }
+    }
+
+    /// Text to token ids. `<|endoftext|>` written in the text is encoded as ordinary text, not
+    /// as the special token: a data file cannot inject control tokens by accident (this is
+    /// what tiktoken's `encode_ordinary` and llm.c's data preparation do).
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        match self {
+            Tokenizer::Gpt2(bpe) => bpe.encode_ordinary(text),
+            Tokenizer::Byte => text.bytes().map(u32::from).collect(),
+        }
+    }
+
+    /// Token ids to text. Never fails: a model samples any id below its own vocabulary, which
+    /// may exceed the tokenizer's (GPT-2 models are often padded to 50,304), and a sequence of
+    /// byte-level tokens may stop inside a UTF-8 character. Ids the tokenizer does not know and
+    /// invalid UTF-8 both become U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::with_capacity(ids.len() * 4);
+        match self {
+            Tokenizer::Gpt2(bpe) => {
+                for &id in ids {
+                    if (id as usize) < GPT2_VOCAB {
+                        // The `_native_and_split` name is tiktoken's; it is the only public way
+                        // to get a token's bytes without failing on a split UTF-8 character.
+                        bytes.extend(bpe._decode_native_and_split(vec![id]).flatten());
+                    } else {
+                        bytes.extend_from_slice("\u{FFFD}".as_bytes());
+                    }
+                }
+            }
+            Tokenizer::Byte => {
+                for &id in ids {
+                    match u8::try_from(id) {
+                        Ok(b) => bytes.push(b),
+                        Err(_) => bytes.extend_from_slice("\u{FFFD}".as_bytes()),
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Checks, where a model and a tokenizer meet, that every id the tokenizer produces indexes
+    /// a row of the model's embedding. A larger model vocabulary is fine (padding).
+    pub fn check_model(&self, cfg: &ModelConfig) -> Result<(), TokenizerError> {
+        if cfg.vocab_size < self.vocab_size() {
+            return Err(TokenizerError::VocabTooSmall {
+                model: cfg.name.clone(),
+                model_vocab: cfg.vocab_size,
+                tokenizer: self.name(),
+                tokenizer_vocab: self.vocab_size(),
+            });
+        }
+        Ok(())
+    }
+}
