@@ -29,6 +29,10 @@ enum Command {
     Model(commands::model::ModelArgs),
     /// Sizing questions: what fits, how long training takes, KV-cache budgets, data-parallel cost.
     Plan(commands::plan::PlanArgs),
+    /// Measure steps on this machine, with the model's prediction beside each.
+    Bench(commands::bench::BenchArgs),
+    /// Time every op of one step beside its model: per-op tables, a trace, the memory timeline.
+    Profile(commands::profile::ProfileArgs),
     /// The hardware table.
     Hw(commands::hw::HwArgs),
     /// Mixed precision with numbers: accumulation error, dtypes by policy, norm statistics.
@@ -44,6 +48,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Model(args) => commands::model::run(args),
         Command::Plan(args) => commands::plan::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+        Command::Profile(args) => commands::profile::run(args),
         Command::Hw(args) => commands::hw::run(args),
         Command::Precision(args) => commands::precision::run(args),
         Command::Report(args) => commands::report::run(args),

@@ -16,7 +16,7 @@ pub struct OpRecord {
 }
 
 /// One allocation or free, placed after `ops_before` ops of the record.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct MemEvent {
     pub ops_before: usize,
     pub name: String,

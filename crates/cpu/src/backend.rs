@@ -45,8 +45,8 @@ pub struct CpuBackend {
     pub mem_events: Option<Vec<MemEvent>>,
     in_use: HashMap<MemCategory, u64>,
     peak_bytes: u64,
-    /// (op index, wall time) of every op when enabled with [`CpuBackend::enable_timing`].
-    pub timing: Option<Vec<(usize, Duration)>>,
+    /// (op index, start, wall time) of every op when enabled with [`CpuBackend::enable_timing`].
+    pub timing: Option<Vec<(usize, Instant, Duration)>>,
 }
 
 fn invalid(call: &OpCall, why: String) -> BackendError {
@@ -314,7 +314,7 @@ impl Backend for CpuBackend {
         let index = self.ops_run;
         self.ops_run += 1;
         if let Some(log) = &mut self.timing {
-            log.push((index, start.elapsed()));
+            log.push((index, start, start.elapsed()));
         }
         Ok(())
     }

@@ -20,6 +20,17 @@ pub enum HwCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Measure this machine's ceilings (matmul rate, copy bandwidth) beside its detected peaks.
+    Measure {
+        /// Square matmul sizes to time.
+        #[arg(long, value_delimiter = ',', default_value = "256,512,1024,2048", value_parser = super::parse_positive)]
+        sizes: Vec<usize>,
+        /// Timed repeats per size (the median is reported).
+        #[arg(long, default_value_t = 5, value_parser = super::parse_positive)]
+        repeats: usize,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn table(entries: &[Hardware]) -> Table {
@@ -53,6 +64,51 @@ pub fn table(entries: &[Hardware]) -> Table {
 
 pub fn run(args: HwArgs) -> Result<()> {
     match args.command {
+        HwCommand::Measure {
+            sizes,
+            repeats,
+            json,
+        } => {
+            let cpu = hardware::detect_local_cpu();
+            let points = tperf_bench::ceilings::matmul(&sizes, repeats);
+            let copy = tperf_bench::ceilings::copy_bandwidth(256 << 20, repeats);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "provenance": super::model::provenance(),
+                        "hardware": cpu,
+                        "threads": rayon_threads(),
+                        "matmul": points,
+                        "copy_bytes_per_s": copy,
+                    }))?
+                );
+                return Ok(());
+            }
+            let mut t = Table::new(&["n", "median", "GFLOP/s", "% of peak"]).titled(format!(
+                "Matmul n×n×n (f32, x·Wᵀ through the CPU backend's kernel), {} threads",
+                rayon_threads()
+            ));
+            for p in &points {
+                t.row(vec![
+                    p.n.to_string(),
+                    units::seconds(p.seconds.median),
+                    format!("{:.1}", p.flops_per_s / 1e9),
+                    units::percent(p.flops_per_s / cpu.peak_f32_flops),
+                ]);
+            }
+            t.note(format!(
+                "peak {} — {}",
+                units::si(cpu.peak_f32_flops, "FLOP/s"),
+                cpu.source
+            ));
+            t.note(format!(
+                "copy of 256 MiB: {} (bytes read + written); the table's estimate is {}",
+                units::si(copy, "B/s"),
+                units::si(cpu.mem_bw_bytes_per_s, "B/s")
+            ));
+            print!("{}", t.render());
+        }
         HwCommand::List { json } => {
             let mut entries = hardware::catalogue();
             entries.push(hardware::detect_local_cpu());
@@ -69,4 +125,8 @@ pub fn run(args: HwArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -1,7 +1,9 @@
+pub mod bench;
 pub mod hw;
 pub mod model;
 pub mod plan;
 pub mod precision;
+pub mod profile;
 pub mod report;
 pub mod study;
 

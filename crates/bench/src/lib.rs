@@ -1,0 +1,9 @@
+//! tperf's measurement side: a harness that warms up, times steps with the device synchronised
+//! around each, and summarises them; model benchmarks that put the Meta backend's prediction
+//! beside the measurement of the very same schedule; and the machine's measured ceilings.
+
+pub mod ceilings;
+pub mod harness;
+pub mod model;
+pub mod profile;
+pub mod stats;

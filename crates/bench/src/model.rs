@@ -1,0 +1,177 @@
+//! Benchmark one scenario: the Meta backend's prediction and the compute backend's measurement
+//! of the same schedule (both issued by `StepRunner`), side by side.
+
+use crate::harness;
+use crate::stats::Summary;
+use serde::Serialize;
+use thiserror::Error;
+use tperf_core::backend::{Backend, BackendError};
+use tperf_core::config::ModelConfig;
+use tperf_core::cost::analysis::{self, Analysis, AnalysisError, Scenario, StepRunner};
+use tperf_core::cost::hardware::Hardware;
+use tperf_core::ops::adamw::AdamWParams;
+use tperf_cpu::CpuBackend;
+
+#[derive(Debug, Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Analysis(#[from] AnalysisError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("--steps must be at least 1 (a benchmark needs a timed step)")]
+    NoSteps,
+}
+
+/// Warm-up and timed steps.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Repeats {
+    pub warmup: usize,
+    pub steps: usize,
+}
+
+/// One scenario measured, with the model's prediction beside it.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub model: String,
+    pub params: u64,
+    pub scenario: Scenario,
+    pub device: String,
+    pub repeats: Repeats,
+    /// Seconds per step.
+    pub measured: Summary,
+    /// The roofline prediction of the same step on the device's hardware entry.
+    pub modelled_seconds: f64,
+    /// FLOPs of one step, from the schedule (convention: see `tperf model`).
+    pub flops_per_step: u64,
+    /// FLOPs per step over the median step time.
+    pub achieved_flops_per_s: f64,
+    /// Achieved FLOP/s over the hardware's peak for the compute dtype.
+    pub mfu: f64,
+    pub tokens_per_s: f64,
+    /// The largest bytes in use during the timed steps, at the tensors' dtype widths.
+    pub peak_bytes_measured: u64,
+    pub peak_bytes_modelled: u64,
+}
+
+impl BenchRow {
+    /// Measured median over modelled: 1.0 would be the roofline.
+    pub fn ratio_to_model(&self) -> f64 {
+        self.measured.median / self.modelled_seconds
+    }
+}
+
+/// The model's prediction for a scenario on a hardware entry.
+pub fn predict(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware) -> Result<Analysis, BenchError> {
+    Ok(analysis::analyze(cfg, sc, hw)?)
+}
+
+/// Host bytes the CPU backend needs for the predicted peak: it stores bf16/f16 as f32 (storage
+/// precision is emulated), so a mixed policy needs up to twice the modelled bytes.
+pub fn cpu_bytes_needed(a: &Analysis) -> u64 {
+    let width = a.scenario.opts.precision.compute_dtype().size_bytes();
+    a.memory.peak_bytes * 4 / width.max(1)
+}
+
+/// Measures `sc` on the CPU backend. `on_step` sees each step's index (warm-up included), for a
+/// progress bar.
+pub fn run_cpu(
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    hw: &Hardware,
+    repeats: Repeats,
+    on_step: impl FnMut(usize),
+) -> Result<BenchRow, BenchError> {
+    if repeats.steps == 0 {
+        return Err(BenchError::NoSteps);
+    }
+    let prediction = predict(cfg, sc, hw)?;
+    let mut be = CpuBackend::new();
+    let mut runner = StepRunner::new(&mut be, cfg, *sc)?;
+    runner.model.init_weights(&mut be, 1234)?;
+    // A small learning rate keeps repeated training steps numerically tame: the benchmark
+    // measures speed, and values that blow up to inf or NaN could take slow paths.
+    let hyper = AdamWParams {
+        lr: 1e-5,
+        ..AdamWParams::default()
+    };
+    be.reset_peak();
+    let times = harness::time_steps(
+        repeats.warmup,
+        repeats.steps,
+        || Ok::<(), BackendError>(()),
+        || runner.step(&mut be, hyper),
+        on_step,
+    )?;
+    let peak = be.peak_bytes();
+    runner.free(&mut be);
+    let measured = Summary::of(&times).ok_or(BenchError::NoSteps)?;
+    let flops = prediction.total.flops;
+    let achieved = flops as f64 / measured.median;
+    let peak_flops = hw.peak_flops(sc.opts.precision.compute_dtype());
+    Ok(BenchRow {
+        model: cfg.name.clone(),
+        params: cfg.param_count(),
+        scenario: *sc,
+        device: be.name(),
+        repeats,
+        measured,
+        modelled_seconds: prediction.step_seconds(),
+        flops_per_step: flops,
+        achieved_flops_per_s: achieved,
+        mfu: achieved / peak_flops,
+        tokens_per_s: prediction.tokens_per_step as f64 / measured.median,
+        peak_bytes_measured: peak,
+        peak_bytes_modelled: prediction.memory.peak_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tperf_core::cost::analysis::Workload;
+    use tperf_core::cost::hardware;
+    use tperf_core::schedule::Options;
+
+    /// The measured peak (tracked by the CPU backend at dtype widths) equals the Meta backend's
+    /// prediction: both come from the same schedule's allocations.
+    #[test]
+    fn measured_memory_equals_the_model() {
+        let mut cfg = tperf_core::presets::find("gpt2-124m").unwrap().config;
+        cfg.vocab_size = 97;
+        cfg.n_layers = 2;
+        cfg.d_model = 64;
+        cfg.d_ff = 256;
+        let cfg = cfg.with_heads(4, 4).unwrap();
+        let hw = hardware::detect_local_cpu();
+        for workload in [
+            Workload::Train,
+            Workload::FwdBwd,
+            Workload::Forward,
+            Workload::Prefill,
+            Workload::Decode,
+        ] {
+            let sc = Scenario {
+                workload,
+                batch: 2,
+                seq: 16,
+                opts: Options::default(),
+            };
+            let row = run_cpu(
+                &cfg,
+                &sc,
+                &hw,
+                Repeats {
+                    warmup: 1,
+                    steps: 2,
+                },
+                |_| {},
+            )
+            .unwrap();
+            assert_eq!(
+                row.peak_bytes_measured, row.peak_bytes_modelled,
+                "{workload:?}"
+            );
+            assert!(row.measured.median > 0.0 && row.tokens_per_s > 0.0);
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Profile one scenario: every op of the schedule timed on the compute backend, joined by its
+//! position with the Meta backend's prediction of the same op; rollups the way nsys's stats
+//! print them; a Chrome/Perfetto trace; the measured memory timeline.
+
+use crate::model::BenchError;
+use crate::stats::Summary;
+use serde::Serialize;
+use std::time::Instant;
+use tperf_core::backend::{Backend, BackendError};
+use tperf_core::config::ModelConfig;
+use tperf_core::cost::analysis::{self, Analysis, Scenario, StepRunner};
+use tperf_core::cost::hardware::Hardware;
+use tperf_core::meta::MemEvent;
+use tperf_core::ops::adamw::AdamWParams;
+use tperf_core::ops::Phase;
+use tperf_cpu::CpuBackend;
+
+/// One op's measurements across the profiled steps.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpMeasured {
+    /// Position in the schedule: the index of the modelled row it joins.
+    pub index: usize,
+    /// Seconds per profiled step.
+    pub seconds: Vec<f64>,
+    pub median: f64,
+}
+
+/// One event of the trace, in microseconds from the start of the traced step.
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceEvent {
+    pub index: usize,
+    pub start_us: f64,
+    pub dur_us: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Profile {
+    pub analysis: Analysis,
+    pub device: String,
+    pub ops: Vec<OpMeasured>,
+    /// Wall seconds of each profiled step, allocation and input writes included.
+    pub step_seconds: Summary,
+    /// The sum of the ops' times in each step.
+    pub op_sum_seconds: Summary,
+    /// The cost of one timer reading pair, measured; each op pays it once.
+    pub timer_overhead_seconds: f64,
+    /// The last profiled step's ops on a timeline.
+    pub trace: Vec<TraceEvent>,
+    /// The last profiled step's allocations and frees, as the backend saw them.
+    pub memory_events: Vec<MemEvent>,
+}
+
+impl Profile {
+    /// Measured seconds of the ops of one phase in one step (medians summed).
+    pub fn phase_seconds(&self, phase: Phase) -> f64 {
+        self.ops
+            .iter()
+            .filter(|o| self.analysis.rows[o.index].phase == phase)
+            .map(|o| o.median)
+            .sum()
+    }
+}
+
+pub fn profile_cpu(
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    hw: &Hardware,
+    warmup: usize,
+    steps: usize,
+    mut on_step: impl FnMut(usize),
+) -> Result<Profile, BenchError> {
+    if steps == 0 {
+        return Err(BenchError::NoSteps);
+    }
+    let analysis = analysis::analyze(cfg, sc, hw)?;
+    let n_ops = analysis.rows.len();
+    let mut be = CpuBackend::new();
+    let mut runner = StepRunner::new(&mut be, cfg, *sc)?;
+    runner.model.init_weights(&mut be, 1234)?;
+    let hyper = AdamWParams {
+        lr: 1e-5,
+        ..AdamWParams::default()
+    };
+    for i in 0..warmup {
+        runner.step(&mut be, hyper)?;
+        on_step(i);
+    }
+    be.enable_timing();
+    let mut per_op: Vec<Vec<f64>> = vec![Vec::with_capacity(steps); n_ops];
+    let mut step_times = Vec::with_capacity(steps);
+    let mut op_sums = Vec::with_capacity(steps);
+    let mut trace = Vec::new();
+    let mut memory_events = Vec::new();
+    for s in 0..steps {
+        let last = s + 1 == steps;
+        if last {
+            be.enable_memory_events();
+        }
+        let first_op = be.ops_run();
+        let t0 = Instant::now();
+        runner.step(&mut be, hyper)?;
+        step_times.push(t0.elapsed().as_secs_f64());
+        let log = be.timing.take().unwrap_or_default();
+        be.enable_timing();
+        if log.len() != n_ops {
+            return Err(BenchError::Backend(BackendError::Device {
+                backend: "cpu",
+                message: format!(
+                    "the step ran {} ops where the schedule's record has {n_ops}: measured and modelled cannot be joined",
+                    log.len()
+                ),
+            }));
+        }
+        let mut sum = 0.0;
+        for &(index, start, dur) in &log {
+            let pos = index - first_op;
+            per_op[pos].push(dur.as_secs_f64());
+            sum += dur.as_secs_f64();
+            if last {
+                trace.push(TraceEvent {
+                    index: pos,
+                    start_us: start.duration_since(t0).as_secs_f64() * 1e6,
+                    dur_us: dur.as_secs_f64() * 1e6,
+                });
+            }
+        }
+        op_sums.push(sum);
+        if last {
+            memory_events = be.mem_events.take().unwrap_or_default();
+        }
+        on_step(warmup + s);
+    }
+    runner.free(&mut be);
+    let ops = per_op
+        .into_iter()
+        .enumerate()
+        .map(|(index, seconds)| {
+            let median = Summary::of(&seconds).map_or(0.0, |s| s.median);
+            OpMeasured {
+                index,
+                seconds,
+                median,
+            }
+        })
+        .collect();
+    Ok(Profile {
+        analysis,
+        device: be.name(),
+        ops,
+        step_seconds: Summary::of(&step_times).ok_or(BenchError::NoSteps)?,
+        op_sum_seconds: Summary::of(&op_sums).ok_or(BenchError::NoSteps)?,
+        timer_overhead_seconds: crate::harness::timer_overhead_seconds(),
+        trace,
+        memory_events,
+    })
+}
+
+/// The trace in the Chrome trace-event format (opens in Perfetto and chrome://tracing): one
+/// complete event per op with its name, label, layer, phase and dimensions.
+pub fn chrome_trace(p: &Profile) -> serde_json::Value {
+    let events: Vec<serde_json::Value> = p
+        .trace
+        .iter()
+        .map(|e| {
+            let r = &p.analysis.rows[e.index];
+            serde_json::json!({
+                "name": format!("{} {}", r.name, r.label),
+                "cat": r.phase.name(),
+                "ph": "X",
+                "ts": e.start_us,
+                "dur": e.dur_us,
+                "pid": 1,
+                "tid": 1,
+                "args": {
+                    "index": r.index,
+                    "layer": r.layer,
+                    "dims": r.dims,
+                    "flops": r.flops,
+                    "bytes": r.bytes,
+                    "modelled_us": r.seconds * 1e6,
+                },
+            })
+        })
+        .collect();
+    serde_json::json!({ "traceEvents": events, "displayTimeUnit": "ms" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tperf_core::cost::analysis::Workload;
+    use tperf_core::cost::hardware;
+    use tperf_core::schedule::Options;
+
+    /// Every op of every profiled step is measured and joined to its modelled row; the ops'
+    /// times add up to no more than the step's wall time.
+    #[test]
+    fn every_op_is_measured_and_joined() {
+        let mut cfg = tperf_core::presets::find("small").unwrap().config;
+        cfg.vocab_size = 61;
+        cfg.n_layers = 2;
+        cfg.d_model = 32;
+        cfg.d_ff = 64;
+        let cfg = cfg.with_heads(4, 2).unwrap();
+        let hw = hardware::detect_local_cpu();
+        let sc = Scenario {
+            workload: Workload::Train,
+            batch: 2,
+            seq: 8,
+            opts: Options::default(),
+        };
+        let p = profile_cpu(&cfg, &sc, &hw, 1, 3, |_| {}).unwrap();
+        assert_eq!(p.ops.len(), p.analysis.rows.len());
+        assert!(p.ops.iter().all(|o| o.seconds.len() == 3 && o.median > 0.0));
+        assert!(p.op_sum_seconds.max <= p.step_seconds.max);
+        assert_eq!(p.trace.len(), p.analysis.rows.len());
+        assert!(p.trace.windows(2).all(|w| w[0].start_us <= w[1].start_us));
+        // The measured timeline of one step balances: everything the step allocated is freed.
+        let net: i64 = p.memory_events.iter().map(|e| e.delta_bytes).sum();
+        assert_eq!(net, 0);
+        let trace = chrome_trace(&p);
+        assert_eq!(
+            trace["traceEvents"].as_array().unwrap().len(),
+            p.trace.len()
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! `tperf bench`: the seed's benchmark script in one command — warm-up, timed steps, mean, std,
+//! median, min, max — for the forward pass, forward + backward, and the full training step, with
+//! the model's prediction of the same schedule beside every measurement.
+
+use super::{parse_positive, ScheduleArgs};
+use crate::load;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use tperf_bench::model::{self, BenchRow, Repeats};
+use tperf_core::cost::analysis::{Scenario, Workload};
+use tperf_core::cost::hardware;
+use tperf_core::schedule::{AttentionKernel, Options, Precision};
+use tperf_report::table::Table;
+use tperf_report::units;
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// A preset or config.json; or use --sizes for several presets.
+    pub model: Option<String>,
+    /// Several presets, one table: small,medium,large,xl,2.7B.
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<String>,
+    /// Passes to time: train (forward, backward, AdamW), fwd_bwd, forward, prefill, decode.
+    #[arg(long, value_delimiter = ',', default_value = "forward,fwd_bwd,train", value_parser = parse_workload)]
+    pub phase: Vec<Workload>,
+    /// Batch sizes to sweep (default: the preset's).
+    #[arg(long, value_delimiter = ',', value_parser = parse_positive)]
+    pub batch: Vec<usize>,
+    /// Sequence lengths to sweep (default: the preset's).
+    #[arg(long, value_delimiter = ',', value_parser = parse_positive)]
+    pub seq: Vec<usize>,
+    /// Precision policies to sweep: fp32, bf16, fp16.
+    #[arg(long = "dtypes", value_delimiter = ',', value_parser = parse_precision)]
+    pub dtypes: Vec<Precision>,
+    /// Attention kernels to sweep: naive, flash.
+    #[arg(long = "attentions", value_delimiter = ',', value_parser = parse_attention)]
+    pub attentions: Vec<AttentionKernel>,
+    /// Untimed warm-up steps; a list (0,1,2) answers how much warm-up matters.
+    #[arg(long, value_delimiter = ',', default_value = "5")]
+    pub warmup: Vec<usize>,
+    /// Timed steps per row.
+    #[arg(long, default_value_t = 10, value_parser = parse_positive)]
+    pub steps: usize,
+    /// Where to run: auto, cpu (the CUDA backend is not built yet).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Other schedule options (their single values; --dtypes/--attentions sweep).
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    /// Append each finished row to this JSON-lines file as it completes (an interrupted run
+    /// keeps the rows it finished).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    #[arg(long)]
+    pub csv: bool,
+}
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    s.parse()
+}
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse()
+}
+fn parse_attention(s: &str) -> Result<AttentionKernel, String> {
+    s.parse()
+}
+
+/// The device a run uses, said out loud when it is not what was asked for.
+pub fn resolve_device(asked: &str) -> Result<&'static str> {
+    match asked {
+        "cpu" => Ok("cpu"),
+        "auto" => {
+            eprintln!("note: tperf's CUDA backend is not built yet; running on the CPU");
+            Ok("cpu")
+        }
+        d if d.starts_with("cuda") => {
+            bail!("device '{d}': the CUDA backend is not built yet; use --device cpu")
+        }
+        other => bail!("unknown device '{other}': use cpu or auto"),
+    }
+}
+
+pub struct Planned {
+    pub cfg: tperf_core::config::ModelConfig,
+    pub sc: Scenario,
+    pub warmup: usize,
+}
+
+pub fn plan(args: &BenchArgs) -> Result<Vec<Planned>> {
+    let specs: Vec<String> = if !args.sizes.is_empty() {
+        args.sizes.clone()
+    } else if let Some(m) = &args.model {
+        vec![m.clone()]
+    } else {
+        bail!("name a model (a preset or config.json) or give --sizes small,medium,…");
+    };
+    let base = args.schedule.options();
+    let dtypes = if args.dtypes.is_empty() {
+        vec![base.precision]
+    } else {
+        args.dtypes.clone()
+    };
+    let attentions = if args.attentions.is_empty() {
+        vec![base.attention]
+    } else {
+        args.attentions.clone()
+    };
+    let mut out = Vec::new();
+    for spec in &specs {
+        let m = load::load(spec)?;
+        let batches = if args.batch.is_empty() {
+            vec![m.default_batch]
+        } else {
+            args.batch.clone()
+        };
+        let seqs = if args.seq.is_empty() {
+            vec![m.default_seq]
+        } else {
+            args.seq.clone()
+        };
+        for &seq in &seqs {
+            m.config
+                .check_seq(seq)
+                .with_context(|| m.config.name.clone())?;
+            for &batch in &batches {
+                for &precision in &dtypes {
+                    for &attention in &attentions {
+                        for &workload in &args.phase {
+                            for &warmup in &args.warmup {
+                                let opts = Options {
+                                    precision,
+                                    attention,
+                                    ..base
+                                };
+                                out.push(Planned {
+                                    cfg: m.config.clone(),
+                                    sc: Scenario {
+                                        workload,
+                                        batch,
+                                        seq,
+                                        opts,
+                                    },
+                                    warmup,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn row_cells(r: &BenchRow) -> Vec<String> {
+    let ms = |s: f64| format!("{:.2}", s * 1e3);
+    let sc = &r.scenario;
+    vec![
+        r.model.clone(),
+        sc.workload.name().to_string(),
+        sc.batch.to_string(),
+        sc.seq.to_string(),
+        sc.opts.precision.name().to_string(),
+        sc.opts.attention.name().to_string(),
+        r.repeats.warmup.to_string(),
+        ms(r.measured.mean),
+        ms(r.measured.std),
+        ms(r.measured.median),
+        ms(r.measured.min),
+        ms(r.measured.max),
+        ms(r.modelled_seconds),
+        format!("{:.1}", r.ratio_to_model()),
+        format!("{:.1}", r.achieved_flops_per_s / 1e9),
+        units::percent(r.mfu),
+        format!("{:.0}", r.tokens_per_s),
+        units::bytes(r.peak_bytes_measured),
+        units::bytes(r.peak_bytes_modelled),
+    ]
+}
+
+pub const HEADER: [&str; 19] = [
+    "model",
+    "phase",
+    "B",
+    "T",
+    "dtype",
+    "attn",
+    "warmup",
+    "mean ms",
+    "std ms",
+    "median ms",
+    "min ms",
+    "max ms",
+    "model ms",
+    "×model",
+    "GFLOP/s",
+    "MFU",
+    "tokens/s",
+    "peak",
+    "peak (model)",
+];
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let device = resolve_device(&args.device)?;
+    debug_assert_eq!(device, "cpu");
+    let hw = hardware::detect_local_cpu();
+    let planned = plan(&args)?;
+    let repeats_total: u64 = planned.iter().map(|p| (p.warmup + args.steps) as u64).sum();
+    let mut out_file = match &args.out {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| {
+                    format!(
+                        "cannot open {} for writing (choose another --out)",
+                        path.display()
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let bar = ProgressBar::new(repeats_total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut table = Table::new(&HEADER).titled(format!(
+        "tperf bench on {} — {} warm-up, {} timed steps per row; model = roofline on '{}' ({})",
+        device,
+        args.warmup
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .join("/"),
+        args.steps,
+        hw.key,
+        hw.source
+    ));
+    let mut rows = Vec::new();
+    for p in &planned {
+        bar.set_message(format!(
+            "{} {} B{} T{}",
+            p.cfg.name,
+            p.sc.workload.name(),
+            p.sc.batch,
+            p.sc.seq
+        ));
+        let prediction = model::predict(&p.cfg, &p.sc, &hw)?;
+        let needed = model::cpu_bytes_needed(&prediction);
+        if needed > hw.memory_bytes {
+            let why = format!(
+                "skipped {} {} B{} T{} {}: the model predicts {} of host memory, this machine has {}",
+                p.cfg.name,
+                p.sc.workload.name(),
+                p.sc.batch,
+                p.sc.seq,
+                p.sc.opts.precision.name(),
+                units::bytes(needed),
+                units::bytes(hw.memory_bytes)
+            );
+            bar.println(&why);
+            table.note(why);
+            bar.inc((p.warmup + args.steps) as u64);
+            continue;
+        }
+        let repeats = Repeats {
+            warmup: p.warmup,
+            steps: args.steps,
+        };
+        let row = model::run_cpu(&p.cfg, &p.sc, &hw, repeats, |_| bar.inc(1))?;
+        if let Some(f) = &mut out_file {
+            writeln!(f, "{}", serde_json::to_string(&row)?).context("writing --out")?;
+            f.flush().context("writing --out")?;
+        }
+        table.row(row_cells(&row));
+        rows.push(row);
+    }
+    bar.finish_and_clear();
+    table.note("×model = measured median / modelled roofline time; peak = bytes in use at the tensors' dtype widths (bf16 storage is emulated in f32 on the CPU)");
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "provenance": super::model::provenance(),
+                "hardware": hw,
+                "rows": rows,
+            }))?
+        );
+    } else if args.csv {
+        print!("{}", table.to_csv());
+    } else {
+        print!("{}", table.render());
+    }
+    Ok(())
+}

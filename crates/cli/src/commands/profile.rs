@@ -1,0 +1,331 @@
+//! `tperf profile`: where one step's time goes, op by op — measured on this machine beside the
+//! model of the same op, rolled up by op kind (as nsys's stats do), by phase and by layer — with
+//! a Chrome/Perfetto trace and the memory timeline of the step.
+
+use super::bench::resolve_device;
+use super::{parse_positive, ScheduleArgs};
+use crate::load;
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
+use tperf_bench::profile::{self, Profile};
+use tperf_bench::stats::Summary;
+use tperf_core::cost::analysis::{Scenario, Workload};
+use tperf_core::cost::hardware;
+use tperf_core::cost::memory;
+use tperf_core::ops::{OpClass, Phase};
+use tperf_core::tensor::MemCategory;
+use tperf_report::table::Table;
+use tperf_report::units;
+
+#[derive(clap::Args, Debug)]
+pub struct ProfileArgs {
+    /// A preset or config.json.
+    pub model: String,
+    /// The step to profile: train, fwd_bwd, forward, prefill, decode.
+    #[arg(long, default_value = "train", value_parser = parse_workload)]
+    pub phase: Workload,
+    #[arg(long, value_parser = parse_positive)]
+    pub batch: Option<usize>,
+    #[arg(long, value_parser = parse_positive)]
+    pub seq: Option<usize>,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Profiled steps (each op's median over them is reported).
+    #[arg(long, default_value_t = 3, value_parser = parse_positive)]
+    pub steps: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    /// Write the last step as a Chrome trace (open it in ui.perfetto.dev or chrome://tracing).
+    #[arg(long)]
+    pub trace: Option<std::path::PathBuf>,
+    /// Show every op, not only block 0 and the ops outside the blocks.
+    #[arg(long)]
+    pub all_layers: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_workload(s: &str) -> Result<Workload, String> {
+    s.parse()
+}
+
+pub fn run(args: ProfileArgs) -> Result<()> {
+    resolve_device(&args.device)?;
+    let hw = hardware::detect_local_cpu();
+    let m = load::load(&args.model)?;
+    let sc = Scenario {
+        workload: args.phase,
+        batch: args.batch.unwrap_or(m.default_batch),
+        seq: args.seq.unwrap_or(m.default_seq),
+        opts: args.schedule.options(),
+    };
+    let bar = ProgressBar::new((args.warmup + args.steps) as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  profiling",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let p = profile::profile_cpu(&m.config, &sc, &hw, args.warmup, args.steps, |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.trace {
+        let text = serde_json::to_string(&profile::chrome_trace(&p))?;
+        write_atomically(path, &text)?;
+        eprintln!(
+            "wrote the trace of the last step to {} (open it in ui.perfetto.dev)",
+            path.display()
+        );
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "provenance": super::model::provenance(),
+                "profile": p,
+            }))?
+        );
+        return Ok(());
+    }
+    print!("{}", render(&m.config.name, &p, args.all_layers));
+    Ok(())
+}
+
+/// Write to a temporary name in the same folder, then rename: a reader never sees half a file.
+pub fn write_atomically(path: &std::path::Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp-tperf");
+    std::fs::write(&tmp, text)
+        .with_context(|| format!("cannot write {} (choose another path)", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Statistics over every instance of a group of ops across the profiled steps.
+struct Group {
+    instances: usize,
+    samples: Vec<f64>,
+    modelled: f64,
+    median_sum: f64,
+}
+
+fn rollup<K: Ord>(p: &Profile, key: impl Fn(usize) -> K) -> BTreeMap<K, Group> {
+    let mut out: BTreeMap<K, Group> = BTreeMap::new();
+    for o in &p.ops {
+        let g = out.entry(key(o.index)).or_insert(Group {
+            instances: 0,
+            samples: vec![],
+            modelled: 0.0,
+            median_sum: 0.0,
+        });
+        g.instances += 1;
+        g.samples.extend(&o.seconds);
+        g.modelled += p.analysis.rows[o.index].seconds;
+        g.median_sum += o.median;
+    }
+    out
+}
+
+fn render(model: &str, p: &Profile, all_layers: bool) -> String {
+    let a = &p.analysis;
+    let sc = &a.scenario;
+    let total: f64 = p.ops.iter().map(|o| o.median).sum();
+    let mut out = format!(
+        "tperf profile — {model}: {} · batch {} × seq {} · {} · {} attention, on {} ({} profiled steps)\n\n",
+        sc.workload.name(), sc.batch, sc.seq, sc.opts.precision.name(), sc.opts.attention.name(), p.device, p.step_seconds.n
+    );
+
+    let us = |s: f64| format!("{:.1}", s * 1e6);
+    let mut k = Table::new(&[
+        "time %",
+        "total µs",
+        "instances",
+        "avg µs",
+        "med µs",
+        "min µs",
+        "max µs",
+        "std µs",
+        "model µs",
+        "×model",
+        "op",
+    ])
+    .titled("By op kind (per step; statistics over every instance in every profiled step)");
+    let mut kinds: Vec<_> = rollup(p, |i| a.rows[i].name).into_iter().collect();
+    kinds.sort_by(|x, y| y.1.median_sum.total_cmp(&x.1.median_sum));
+    for (name, g) in kinds {
+        let s = Summary::of(&g.samples).expect("every op has samples");
+        k.row(vec![
+            format!("{:.1}", 100.0 * g.median_sum / total),
+            us(g.median_sum),
+            g.instances.to_string(),
+            us(s.mean),
+            us(s.median),
+            us(s.min),
+            us(s.max),
+            us(s.std),
+            us(g.modelled),
+            format!("{:.1}", g.median_sum / g.modelled),
+            name.to_string(),
+        ]);
+    }
+    out.push_str(&k.render());
+    out.push('\n');
+
+    let mut ph =
+        Table::new(&["phase", "measured", "% time", "modelled", "×model"]).titled("By phase");
+    for (phase, g) in rollup(p, |i| a.rows[i].phase) {
+        ph.row(vec![
+            phase.name().into(),
+            units::seconds(g.median_sum),
+            format!("{:.1}", 100.0 * g.median_sum / total),
+            units::seconds(g.modelled),
+            format!("{:.1}", g.median_sum / g.modelled),
+        ]);
+    }
+    let matmul: f64 = p
+        .ops
+        .iter()
+        .filter(|o| a.rows[o.index].class == OpClass::Matmul)
+        .map(|o| o.median)
+        .sum();
+    ph.note(format!(
+        "matrix-class ops (linear layers, attention products): {} of the measured time ({} modelled)",
+        units::percent(matmul / total),
+        units::percent(a.by_class.get(&OpClass::Matmul).map_or(0.0, |t| t.seconds) / a.total.seconds)
+    ));
+    out.push_str(&ph.render());
+    out.push('\n');
+
+    let mut ly = Table::new(&["where", "measured", "% time", "modelled"]).titled("By layer");
+    for (layer, g) in rollup(p, |i| a.rows[i].layer) {
+        if all_layers || layer.is_none_or(|l| l == 0) {
+            ly.row(vec![
+                layer.map_or("outside the blocks".into(), |l| format!("block {l}")),
+                units::seconds(g.median_sum),
+                format!("{:.1}", 100.0 * g.median_sum / total),
+                units::seconds(g.modelled),
+            ]);
+        }
+    }
+    out.push_str(&ly.render());
+    out.push('\n');
+
+    let mut ops = Table::new(&[
+        "#",
+        "phase",
+        "layer",
+        "op",
+        "label",
+        "measured µs",
+        "model µs",
+        "×model",
+        "GFLOP/s",
+        "GB/s",
+        "% roofline",
+        "bound",
+    ])
+    .titled(if all_layers {
+        "Per op (median over the profiled steps)"
+    } else {
+        "Per op (block 0 and the ops outside the blocks; --all-layers for all)"
+    });
+    for o in &p.ops {
+        let r = &a.rows[o.index];
+        if !(all_layers || r.layer.is_none_or(|l| l == 0)) {
+            continue;
+        }
+        ops.row(vec![
+            r.index.to_string(),
+            r.phase.name().into(),
+            r.layer.map_or("-".into(), |l| l.to_string()),
+            r.name.into(),
+            r.label.into(),
+            us(o.median),
+            us(r.seconds),
+            format!("{:.1}", o.median / r.seconds),
+            format!("{:.1}", r.flops as f64 / o.median / 1e9),
+            format!("{:.1}", r.bytes as f64 / o.median / 1e9),
+            format!("{:.1}", 100.0 * r.seconds / o.median),
+            r.bound.name().into(),
+        ]);
+    }
+    out.push_str(&ops.render());
+    out.push('\n');
+
+    let mut t = Table::new(&["quantity", "value"]).titled("Totals");
+    t.row(vec![
+        "step wall time (median)".into(),
+        units::seconds(p.step_seconds.median),
+    ]);
+    t.row(vec![
+        "sum of the ops' times (median)".into(),
+        units::seconds(p.op_sum_seconds.median),
+    ]);
+    t.row(vec![
+        "outside the ops (allocation, inputs)".into(),
+        units::seconds(p.step_seconds.median - p.op_sum_seconds.median),
+    ]);
+    t.row(vec![
+        "timer overhead (per op × ops)".into(),
+        format!(
+            "{} × {} = {}",
+            units::seconds(p.timer_overhead_seconds),
+            p.ops.len(),
+            units::seconds(p.timer_overhead_seconds * p.ops.len() as f64)
+        ),
+    ]);
+    t.row(vec![
+        "modelled step (roofline)".into(),
+        units::seconds(a.step_seconds()),
+    ]);
+    let fwd = p.phase_seconds(Phase::Forward);
+    t.row(vec![
+        "forward ops / all ops".into(),
+        units::percent(fwd / total),
+    ]);
+    out.push_str(&t.render());
+    out.push('\n');
+
+    let timeline = memory::timeline(&p.memory_events);
+    let forward_end = a
+        .rows
+        .iter()
+        .position(|r| r.phase != Phase::Forward)
+        .unwrap_or(a.rows.len());
+    let peak_in = |upto: usize| {
+        timeline
+            .iter()
+            .filter(|pt| pt.ops_before <= upto)
+            .map(|pt| pt.total_bytes)
+            .max()
+            .unwrap_or(0)
+    };
+    let persistent: u64 = [
+        MemCategory::Weights,
+        MemCategory::Gradients,
+        MemCategory::OptimizerState,
+        MemCategory::KvCache,
+    ]
+    .iter()
+    .map(|c| a.memory.at_peak.get(c).copied().unwrap_or(0))
+    .sum();
+    let mut mm = Table::new(&["quantity", "measured", "modelled"])
+        .titled("Memory of the step (allocated within it, at dtype widths)");
+    mm.row(vec![
+        "peak during the forward".into(),
+        units::bytes(peak_in(forward_end)),
+        "".into(),
+    ]);
+    mm.row(vec![
+        "peak of the whole step".into(),
+        units::bytes(peak_in(usize::MAX)),
+        units::bytes(a.memory.peak_bytes.saturating_sub(persistent)),
+    ]);
+    mm.note(format!(
+        "plus {} held across steps (weights, gradients, AdamW state, KV cache)",
+        units::bytes(persistent)
+    ));
+    out.push_str(&mm.render());
+    out
+}
