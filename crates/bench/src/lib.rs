@@ -2,6 +2,7 @@
 //! around each, and summarises them; model benchmarks that put the Meta backend's prediction
 //! beside the measurement of the very same schedule; and the machine's measured ceilings.
 
+pub mod attention;
 pub mod ceilings;
 pub mod harness;
 pub mod model;

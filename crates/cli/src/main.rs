@@ -33,6 +33,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Time every op of one step beside its model: per-op tables, a trace, the memory timeline.
     Profile(commands::profile::ProfileArgs),
+    /// Naive against flash attention across head sizes and sequence lengths: time and memory.
+    Attention(commands::attention::AttentionArgs),
     /// The hardware table.
     Hw(commands::hw::HwArgs),
     /// Mixed precision with numbers: accumulation error, dtypes by policy, norm statistics.
@@ -50,6 +52,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => commands::plan::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Profile(args) => commands::profile::run(args),
+        Command::Attention(args) => commands::attention::run(args),
         Command::Hw(args) => commands::hw::run(args),
         Command::Precision(args) => commands::precision::run(args),
         Command::Report(args) => commands::report::run(args),

@@ -996,6 +996,7 @@ impl Transformer {
     }
 }
 
+pub mod attention_only;
 mod backward;
 mod inference;
 pub mod scenario;

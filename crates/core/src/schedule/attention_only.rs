@@ -1,0 +1,256 @@
+//! Attention alone — the seed's naive-versus-flash benchmark — as a schedule of its own, so the
+//! Meta backend predicts its time and memory (and out-of-memory before anything runs) and a
+//! compute backend measures the very same op calls. Buffers and op lists are those of a block
+//! (see the module doc of `schedule`): q, k and v in one fused (B·T, (H + 2H_kv)·D) buffer.
+
+use super::AttentionKernel;
+use crate::backend::{Backend, BackendError, OpCall};
+use crate::dtype::DType;
+use crate::ops::attention::Attention;
+use crate::ops::{Op, Phase};
+use crate::tensor::{MemCategory, Tensor, TensorSpec};
+
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct AttentionOnly {
+    pub shape: Attention,
+    pub kernel: AttentionKernel,
+    pub dtype: DType,
+}
+
+/// What the forward keeps for the backward.
+pub struct Kept {
+    pub out: Tensor,
+    /// Naive: the probabilities (B, H, T, T); flash: the log-sum-exp (B, H, T).
+    pub saved: Tensor,
+}
+
+impl AttentionOnly {
+    fn call(
+        be: &mut impl Backend,
+        op: Op,
+        inputs: &[&Tensor],
+        outputs: &[&Tensor],
+        label: &'static str,
+        phase: Phase,
+    ) -> Result<(), BackendError> {
+        be.exec(OpCall {
+            op,
+            inputs: inputs.iter().map(|&t| t.clone()).collect(),
+            outputs: outputs.iter().map(|&t| t.clone()).collect(),
+            label,
+            layer: None,
+            phase,
+        })
+    }
+
+    fn alloc(
+        be: &mut impl Backend,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        category: MemCategory,
+    ) -> Result<Tensor, BackendError> {
+        be.alloc(TensorSpec::new(name, shape, dtype, category))
+    }
+
+    /// The fused q/k/v input and the output's gradient: (B·T, (H + 2H_kv)·D) and (B·T, H·D).
+    pub fn alloc_inputs(&self, be: &mut impl Backend) -> Result<(Tensor, Tensor), BackendError> {
+        let a = &self.shape;
+        let n = a.b * a.tq;
+        let qkv = Self::alloc(
+            be,
+            "qkv",
+            &[n, (a.h + 2 * a.h_kv) * a.d],
+            self.dtype,
+            MemCategory::Io,
+        )?;
+        let dout = Self::alloc(be, "d_out", &[n, a.h * a.d], self.dtype, MemCategory::Io)?;
+        Ok((qkv, dout))
+    }
+
+    /// naive: scores [qkv] → [scores]; softmax [scores] → [probs]; value [probs, qkv] → [out]
+    /// flash: [qkv] → [out, lse]
+    pub fn forward(&self, be: &mut impl Backend, qkv: &Tensor) -> Result<Kept, BackendError> {
+        let a = self.shape;
+        let out = Self::alloc(
+            be,
+            "out",
+            &[a.b * a.tq, a.h * a.d],
+            self.dtype,
+            MemCategory::Activations,
+        )?;
+        let f = Phase::Forward;
+        match self.kernel {
+            AttentionKernel::Naive => {
+                let dims = [a.b, a.h, a.tq, a.tk];
+                let scores =
+                    Self::alloc(be, "scores", &dims, self.dtype, MemCategory::Activations)?;
+                Self::call(be, Op::AttnScores(a), &[qkv], &[&scores], "attn.scores", f)?;
+                let probs = Self::alloc(be, "probs", &dims, self.dtype, MemCategory::Activations)?;
+                Self::call(
+                    be,
+                    Op::AttnSoftmax(a),
+                    &[&scores],
+                    &[&probs],
+                    "attn.softmax",
+                    f,
+                )?;
+                be.free(scores);
+                Self::call(
+                    be,
+                    Op::AttnValue(a),
+                    &[&probs, qkv],
+                    &[&out],
+                    "attn.value",
+                    f,
+                )?;
+                Ok(Kept { out, saved: probs })
+            }
+            AttentionKernel::Flash => {
+                let lse = Self::alloc(
+                    be,
+                    "lse",
+                    &[a.b, a.h, a.tq],
+                    DType::F32,
+                    MemCategory::Activations,
+                )?;
+                Self::call(
+                    be,
+                    Op::FlashAttention(a),
+                    &[qkv],
+                    &[&out, &lse],
+                    "attn.flash",
+                    f,
+                )?;
+                Ok(Kept { out, saved: lse })
+            }
+        }
+    }
+
+    /// naive: value [dout, qkv, probs] → [dprobs, dqkv]; softmax [probs, dprobs] → [dscores];
+    ///        scores [dscores, qkv] → [dqkv]
+    /// flash: [qkv, out, dout, lse] → [dqkv]
+    /// Frees what the forward kept and the gradient it computes.
+    pub fn backward(
+        &self,
+        be: &mut impl Backend,
+        qkv: &Tensor,
+        kept: Kept,
+        dout: &Tensor,
+    ) -> Result<(), BackendError> {
+        let a = self.shape;
+        let bw = Phase::Backward;
+        let dqkv = Self::alloc(
+            be,
+            "d_qkv",
+            &qkv.shape,
+            self.dtype,
+            MemCategory::ActivationGradients,
+        )?;
+        match self.kernel {
+            AttentionKernel::Naive => {
+                let dims = [a.b, a.h, a.tq, a.tk];
+                let probs = kept.saved;
+                let dprobs = Self::alloc(
+                    be,
+                    "d_probs",
+                    &dims,
+                    self.dtype,
+                    MemCategory::ActivationGradients,
+                )?;
+                Self::call(
+                    be,
+                    Op::AttnValueBackward(a),
+                    &[dout, qkv, &probs],
+                    &[&dprobs, &dqkv],
+                    "attn.value",
+                    bw,
+                )?;
+                let dscores = Self::alloc(
+                    be,
+                    "d_scores",
+                    &dims,
+                    self.dtype,
+                    MemCategory::ActivationGradients,
+                )?;
+                Self::call(
+                    be,
+                    Op::AttnSoftmaxBackward(a),
+                    &[&probs, &dprobs],
+                    &[&dscores],
+                    "attn.softmax",
+                    bw,
+                )?;
+                be.free(dprobs);
+                be.free(probs);
+                Self::call(
+                    be,
+                    Op::AttnScoresBackward(a),
+                    &[&dscores, qkv],
+                    &[&dqkv],
+                    "attn.scores",
+                    bw,
+                )?;
+                be.free(dscores);
+            }
+            AttentionKernel::Flash => {
+                Self::call(
+                    be,
+                    Op::FlashAttentionBackward(a),
+                    &[qkv, &kept.out, dout, &kept.saved],
+                    &[&dqkv],
+                    "attn.flash",
+                    bw,
+                )?;
+                be.free(kept.saved);
+            }
+        }
+        be.free(kept.out);
+        be.free(dqkv);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meta::MetaBackend;
+
+    /// Naive attention keeps the B·H·T² probabilities for the backward; flash keeps B·H·T floats.
+    #[test]
+    fn memory_before_the_backward() {
+        for kernel in [AttentionKernel::Naive, AttentionKernel::Flash] {
+            let shape = Attention {
+                b: 8,
+                h: 1,
+                h_kv: 1,
+                tq: 1024,
+                tk: 1024,
+                d: 64,
+                causal: true,
+                window: None,
+            };
+            let case = AttentionOnly {
+                shape,
+                kernel,
+                dtype: DType::F32,
+            };
+            let mut be = MetaBackend::new();
+            let (qkv, dout) = case.alloc_inputs(&mut be).unwrap();
+            let kept = case.forward(&mut be, &qkv).unwrap();
+            let held: i64 = be.mem_events.iter().map(|e| e.delta_bytes).sum();
+            let inputs = (qkv.size_bytes() + dout.size_bytes()) as i64;
+            let out = 8 * 1024 * 64 * 4;
+            let expected = match kernel {
+                AttentionKernel::Naive => out + 8 * 1024 * 1024 * 4,
+                AttentionKernel::Flash => out + 8 * 1024 * 4,
+            };
+            assert_eq!(held - inputs, expected, "{kernel:?}");
+            case.backward(&mut be, &qkv, kept, &dout).unwrap();
+            be.free(qkv);
+            be.free(dout);
+            assert!(be.errors.is_empty(), "{:?}", be.errors);
+            assert_eq!(be.mem_events.iter().map(|e| e.delta_bytes).sum::<i64>(), 0);
+        }
+    }
+}
