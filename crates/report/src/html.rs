@@ -101,17 +101,15 @@ pub fn render(r: &Results) -> Result<String, HtmlError> {
     for (i, a) in views.iter().enumerate() {
         analysis_section(&mut out, i, a)?;
     }
-    for (title, section) in [
-        ("Benchmarks", &r.bench),
-        ("Attention: naive vs flash", &r.attention),
-    ] {
-        let _ = writeln!(out, "<h2>{}</h2>", escape(title));
-        match section {
-            Some(v) => {
-                let _ = writeln!(out, "<pre>{}</pre>", escape(&pretty(v)));
-            }
-            None => out.push_str("<p class=\"empty\">Not run in this study (arrives with the measuring backends).</p>\n"),
-        }
+    out.push_str("<h2>Benchmarks (measured beside modelled)</h2>\n");
+    match &r.bench {
+        Some(v) => crate::measured::bench_section(&mut out, v)?,
+        None => out.push_str("<p class=\"empty\">Not run in this study.</p>\n"),
+    }
+    out.push_str("<h2>Attention: naive vs flash</h2>\n");
+    match &r.attention {
+        Some(v) => crate::measured::attention_section(&mut out, v)?,
+        None => out.push_str("<p class=\"empty\">Not run in this study.</p>\n"),
     }
     out.push_str("<h2>Mixed precision</h2>\n");
     match &r.precision {
@@ -120,10 +118,6 @@ pub fn render(r: &Results) -> Result<String, HtmlError> {
     }
     out.push_str("</body></html>\n");
     Ok(out)
-}
-
-fn pretty(v: &serde_json::Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
 fn analysis_section(out: &mut String, i: usize, a: &AnalysisView) -> Result<(), HtmlError> {

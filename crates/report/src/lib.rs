@@ -3,6 +3,7 @@
 //! models.
 
 pub mod html;
+pub mod measured;
 pub mod plots;
 pub mod results;
 pub mod table;

@@ -155,7 +155,7 @@ pub fn plan(args: &BenchArgs) -> Result<Vec<Planned>> {
     Ok(out)
 }
 
-fn row_cells(r: &BenchRow) -> Vec<String> {
+pub fn row_cells(r: &BenchRow) -> Vec<String> {
     let ms = |s: f64| format!("{:.2}", s * 1e3);
     let sc = &r.scenario;
     vec![

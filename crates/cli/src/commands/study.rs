@@ -22,6 +22,9 @@ pub struct StudyArgs {
     /// Where the run's folder (report.html, results.json, per-op CSVs) is written.
     #[arg(long, default_value = "tperf-out")]
     pub out: PathBuf,
+    /// Only the analytic model: measure nothing.
+    #[arg(long)]
+    pub model_only: bool,
 }
 
 pub fn run(args: StudyArgs) -> Result<()> {
@@ -29,7 +32,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
     let cpu = hardware::detect_local_cpu();
     // Fail on an unwritable --out before any work, with the folder named.
     report::create_dir(&args.out)?;
-    println!("tperf study — analytic model (measurement arrives with the CPU and CUDA backends)");
+    println!("tperf study — the analytic model, then measurements on this machine's CPU (the CUDA backend is not built yet)");
     println!("this machine: {}\n", cpu.source);
 
     let mut t = Table::new(&[
@@ -121,16 +124,34 @@ pub fn run(args: StudyArgs) -> Result<()> {
         seq: 256,
         opts,
     };
+    let measured = if args.model_only {
+        None
+    } else {
+        Some(measure(&small.config)?)
+    };
     let mut analyses = Vec::new();
     for (cfg, sc, hw) in [
-        (&small.config, train(Options::default()), &cpu),
+        (&small.config, PROFILED, &cpu),
         (&small.config, train(bf16), &gpu),
         (&gpt2.config, sc, &gpu),
     ] {
         let (a, timeline) = analyze_with_timeline(cfg, &sc, hw)?;
-        analyses.push(to_json(cfg, &a, &timeline));
+        let mut json = to_json(cfg, &a, &timeline);
+        // The CPU analysis is the profiled scenario: each op carries its measured time.
+        if let (Some(m), true) = (&measured, std::ptr::eq(hw, &cpu)) {
+            if let Some(ops) = json["ops"].as_array_mut() {
+                for (op, measured) in ops.iter_mut().zip(&m.profile.ops) {
+                    op["measured_seconds"] = serde_json::json!(measured.median);
+                }
+            }
+        }
+        analyses.push(json);
     }
-    let prov = report::provenance("meta (analytic model; nothing measured yet)");
+    let prov = report::provenance(if measured.is_some() {
+        "cpu (measured) and the analytic model"
+    } else {
+        "meta (analytic model only)"
+    });
     let run_id = format!(
         "study-{}",
         prov.date.replace(['-', ':'], "").trim_end_matches('Z')
@@ -140,8 +161,12 @@ pub fn run(args: StudyArgs) -> Result<()> {
         run_id,
         provenance: prov,
         analyses,
-        bench: None,
-        attention: None,
+        bench: measured
+            .as_ref()
+            .map(|m| serde_json::json!({ "rows": m.bench })),
+        attention: measured.as_ref().map(
+            |m| serde_json::json!({ "rows": m.attention, "predicted_only": m.attention_grid }),
+        ),
         precision: Some(precision::to_json(
             &small.config.name,
             &precision::policies(&small.config)?,
@@ -150,4 +175,172 @@ pub fn run(args: StudyArgs) -> Result<()> {
     let dir = report::write_run(&args.out, &results)?;
     println!("report: {}", dir.join("report.html").display());
     Ok(())
+}
+
+/// The scenario the study profiles on the CPU (and models beside it): one training step of the
+/// seed's small model at a size that takes about a second on two cores.
+const PROFILED: Scenario = Scenario {
+    workload: Workload::Train,
+    batch: 1,
+    seq: 128,
+    opts: Options {
+        precision: Precision::Fp32,
+        attention: tperf_core::schedule::AttentionKernel::Flash,
+        kv_cache: true,
+        recompute: tperf_core::schedule::Recompute::None,
+        fused: true,
+    },
+};
+
+struct Measured {
+    bench: Vec<tperf_bench::model::BenchRow>,
+    profile: tperf_bench::profile::Profile,
+    attention: Vec<tperf_bench::attention::AttentionRow>,
+    attention_grid: Vec<tperf_bench::attention::AttentionRow>,
+}
+
+/// The measurements: sizes chosen to finish in a few minutes on a 2-core CPU.
+fn measure(small: &tperf_core::config::ModelConfig) -> Result<Measured> {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use tperf_bench::model::Repeats;
+    let cpu = hardware::detect_local_cpu();
+    let style = || {
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+    };
+    let sc = |workload, batch, seq| Scenario {
+        workload,
+        batch,
+        seq,
+        ..PROFILED
+    };
+    let mut plan = vec![
+        sc(Workload::Forward, 1, 128),
+        sc(Workload::FwdBwd, 1, 128),
+        sc(Workload::Train, 1, 128),
+    ];
+    plan.extend([2, 4].map(|b| sc(Workload::FwdBwd, b, 64)));
+    plan.push(sc(Workload::FwdBwd, 1, 64));
+    plan.extend([32, 256].map(|t| sc(Workload::FwdBwd, 1, t)));
+    let repeats = Repeats {
+        warmup: 1,
+        steps: 3,
+    };
+    let bar = ProgressBar::new(plan.len() as u64)
+        .with_style(style())
+        .with_message("benchmarks");
+    let mut bench = Vec::new();
+    for s in &plan {
+        bench.push(tperf_bench::model::run_cpu(
+            small,
+            s,
+            &cpu,
+            repeats,
+            |_| {},
+        )?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let mut t = Table::new(&super::bench::HEADER).titled(format!(
+        "Measured on this CPU ({}), {} warm-up + {} timed steps; model = roofline on the detected peaks",
+        cpu.key, repeats.warmup, repeats.steps
+    ));
+    for r in &bench {
+        t.row(super::bench::row_cells(r));
+    }
+    print!("{}", t.render());
+    println!();
+
+    let bar = ProgressBar::new(4)
+        .with_style(style())
+        .with_message("profile");
+    let profile = tperf_bench::profile::profile_cpu(small, &PROFILED, &cpu, 1, 3, |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    let total: f64 = profile.ops.iter().map(|o| o.median).sum();
+    let matmul: f64 = profile
+        .ops
+        .iter()
+        .filter(|o| profile.analysis.rows[o.index].class == tperf_core::ops::OpClass::Matmul)
+        .map(|o| o.median)
+        .sum();
+    println!(
+        "profile of one training step (small, B1 T128): {} in ops, {} of it in matrix-class ops; step {} against {} modelled\n",
+        units::seconds(total),
+        units::percent(matmul / total),
+        units::seconds(profile.step_seconds.median),
+        units::seconds(profile.analysis.step_seconds())
+    );
+
+    use tperf_core::ops::attention::Attention;
+    use tperf_core::schedule::attention_only::AttentionOnly;
+    use tperf_core::schedule::AttentionKernel;
+    let case = |d, t, kernel| AttentionOnly {
+        shape: Attention {
+            b: 8,
+            h: 1,
+            h_kv: 1,
+            tq: t,
+            tk: t,
+            d,
+            causal: true,
+            window: None,
+        },
+        kernel,
+        dtype: tperf_core::dtype::DType::F32,
+    };
+    let kernels = [AttentionKernel::Naive, AttentionKernel::Flash];
+    let measured_cases: Vec<_> = [16, 64]
+        .into_iter()
+        .flat_map(|d| {
+            [256, 1024, 2048]
+                .into_iter()
+                .flat_map(move |t| kernels.map(|k| case(d, t, k)))
+        })
+        .collect();
+    let bar = ProgressBar::new(measured_cases.len() as u64)
+        .with_style(style())
+        .with_message("attention");
+    let mut attention = Vec::new();
+    for c in &measured_cases {
+        attention.push(tperf_bench::attention::run_cpu(c, &cpu, 1, 2, || {})?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    // The seed's whole grid, predicted only: what would fit, and what naive attention costs.
+    let mut attention_grid = Vec::new();
+    for d in [16, 32, 64, 128] {
+        for t in [256, 1024, 4096, 8192, 16384] {
+            for k in kernels {
+                let c = case(d, t, k);
+                let predicted = tperf_bench::attention::predict(&c, &cpu)?;
+                let needed = predicted.peak_bytes;
+                let skipped = if needed > cpu.memory_bytes {
+                    format!(
+                        "out of memory: predicted peak {}, the machine has {}",
+                        units::bytes(needed),
+                        units::bytes(cpu.memory_bytes)
+                    )
+                } else {
+                    "predicted only".to_string()
+                };
+                attention_grid.push(tperf_bench::attention::AttentionRow {
+                    case: c,
+                    predicted,
+                    measured: None,
+                    skipped: Some(skipped),
+                });
+            }
+        }
+    }
+    print!(
+        "{}",
+        super::attention::table(&attention, "Attention on this CPU: batch 8, one head, causal, fp32 (median of 2 steps after 1 warm-up)".into()).render()
+    );
+    println!();
+    Ok(Measured {
+        bench,
+        profile,
+        attention,
+        attention_grid,
+    })
 }
