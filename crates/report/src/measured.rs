@@ -10,6 +10,11 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+/// Reads one number of a row.
+type Field = Box<dyn Fn(&Value) -> f64>;
+/// (x, y) points of a measured series and of its modelled twin.
+type SeriesPair = (Vec<(f64, f64)>, Vec<(f64, f64)>);
+
 fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
@@ -134,11 +139,7 @@ pub fn bench_section(out: &mut String, v: &Value) -> Result<(), PlotError> {
                 },
                 dashed,
             };
-            let (y_label, measured, modelled): (
-                &str,
-                Box<dyn Fn(&Value) -> f64>,
-                Box<dyn Fn(&Value) -> f64>,
-            ) = if vary == "batch" {
+            let (y_label, measured, modelled): (&str, Field, Field) = if vary == "batch" {
                 (
                     "tokens/s",
                     Box::new(|r: &Value| f(&r["tokens_per_s"])),
@@ -230,7 +231,7 @@ pub fn attention_section(out: &mut String, v: &Value) -> Result<(), PlotError> {
         &cells,
     );
     // Time against T for each (kernel, d) measured, and memory against T over the predicted grid.
-    let mut time: BTreeMap<(String, u64), (Vec<(f64, f64)>, Vec<(f64, f64)>)> = BTreeMap::new();
+    let mut time: BTreeMap<(String, u64), SeriesPair> = BTreeMap::new();
     for r in &rows {
         let key = (s(&r["case"]["kernel"]), u(&r["case"]["shape"]["d"]));
         let t = u(&r["case"]["shape"]["tq"]) as f64;
