@@ -106,7 +106,8 @@ pub fn iso_date(unix: u64) -> String {
 
 /// Writes `<out>/<run_id>/`: results.json, one ops-<i>.csv per analysis, then report.html
 /// last, each through a temporary name. Returns the folder.
-pub fn write_run(out: &Path, r: &Results) -> Result<PathBuf> {
+/// Writes the run's folder; `extra` files (name, contents) go beside the report.
+pub fn write_run(out: &Path, r: &Results, extra: &[(String, String)]) -> Result<PathBuf> {
     let dir = out.join(&r.run_id);
     create_dir(&dir)?;
     // Render first: a document the report cannot draw leaves no files behind.
@@ -118,6 +119,9 @@ pub fn write_run(out: &Path, r: &Results) -> Result<PathBuf> {
     )?;
     for (i, a) in views.iter().enumerate() {
         write_atomic(&dir.join(format!("ops-{i}.csv")), ops_csv(a).as_bytes())?;
+    }
+    for (name, contents) in extra {
+        write_atomic(&dir.join(name), contents.as_bytes())?;
     }
     write_atomic(&dir.join("report.html"), page.as_bytes())?;
     Ok(dir)

@@ -172,7 +172,20 @@ pub fn run(args: StudyArgs) -> Result<()> {
             &precision::policies(&small.config)?,
         )),
     };
-    let dir = report::write_run(&args.out, &results)?;
+    let extra: Vec<(String, String)> = match &measured {
+        Some(m) => vec![(
+            "trace.json".to_string(),
+            serde_json::to_string(&tperf_bench::profile::chrome_trace(&m.profile))?,
+        )],
+        None => vec![],
+    };
+    let dir = report::write_run(&args.out, &results, &extra)?;
+    if measured.is_some() {
+        println!(
+            "trace of the profiled step: {} (open it in ui.perfetto.dev)",
+            dir.join("trace.json").display()
+        );
+    }
     println!("report: {}", dir.join("report.html").display());
     Ok(())
 }
@@ -251,25 +264,45 @@ fn measure(small: &tperf_core::config::ModelConfig) -> Result<Measured> {
     print!("{}", t.render());
     println!();
 
-    let bar = ProgressBar::new(4)
+    let bar = ProgressBar::new(8)
         .with_style(style())
         .with_message("profile");
+    let inference = Scenario {
+        workload: Workload::Forward,
+        ..PROFILED
+    };
+    let forward = tperf_bench::profile::profile_cpu(small, &inference, &cpu, 1, 3, |_| bar.inc(1))?;
     let profile = tperf_bench::profile::profile_cpu(small, &PROFILED, &cpu, 1, 3, |_| bar.inc(1))?;
     bar.finish_and_clear();
-    let total: f64 = profile.ops.iter().map(|o| o.median).sum();
-    let matmul: f64 = profile
-        .ops
-        .iter()
-        .filter(|o| profile.analysis.rows[o.index].class == tperf_core::ops::OpClass::Matmul)
-        .map(|o| o.median)
-        .sum();
-    println!(
-        "profile of one training step (small, B1 T128): {} in ops, {} of it in matrix-class ops; step {} against {} modelled\n",
-        units::seconds(total),
-        units::percent(matmul / total),
-        units::seconds(profile.step_seconds.median),
-        units::seconds(profile.analysis.step_seconds())
-    );
+    let mut t = Table::new(&[
+        "step (small, B1 T128)",
+        "in ops",
+        "matrix-class ops",
+        "step wall",
+        "modelled",
+    ])
+    .titled("Where the time goes: inference against training (measured per op on this CPU)");
+    for (name, p) in [
+        ("forward (inference)", &forward),
+        ("training step", &profile),
+    ] {
+        let total: f64 = p.ops.iter().map(|o| o.median).sum();
+        let matmul: f64 = p
+            .ops
+            .iter()
+            .filter(|o| p.analysis.rows[o.index].class == tperf_core::ops::OpClass::Matmul)
+            .map(|o| o.median)
+            .sum();
+        t.row(vec![
+            name.to_string(),
+            units::seconds(total),
+            units::percent(matmul / total),
+            units::seconds(p.step_seconds.median),
+            units::seconds(p.analysis.step_seconds()),
+        ]);
+    }
+    print!("{}", t.render());
+    println!();
 
     use tperf_core::ops::attention::Attention;
     use tperf_core::schedule::attention_only::AttentionOnly;
