@@ -72,6 +72,26 @@ pub fn cpu_bytes_needed(a: &Analysis) -> u64 {
     a.memory.peak_bytes * 4 / width.max(1)
 }
 
+/// A CPU backend holding `sc`'s model with initialised weights, ready to step.
+pub(crate) fn cpu_runner(
+    cfg: &ModelConfig,
+    sc: &Scenario,
+) -> Result<(CpuBackend, StepRunner), BenchError> {
+    let mut be = CpuBackend::new();
+    let runner = StepRunner::new(&mut be, cfg, *sc)?;
+    runner.model.init_weights(&mut be, 1234)?;
+    Ok((be, runner))
+}
+
+/// A small learning rate keeps repeated training steps numerically tame: a benchmark measures
+/// speed, and values that blow up to inf or NaN could take slow paths.
+pub(crate) fn bench_hyper() -> AdamWParams {
+    AdamWParams {
+        lr: 1e-5,
+        ..AdamWParams::default()
+    }
+}
+
 /// Measures `sc` on the CPU backend. `on_step` sees each step's index (warm-up included), for a
 /// progress bar.
 pub fn run_cpu(
@@ -85,15 +105,8 @@ pub fn run_cpu(
         return Err(BenchError::NoSteps);
     }
     let prediction = predict(cfg, sc, hw)?;
-    let mut be = CpuBackend::new();
-    let mut runner = StepRunner::new(&mut be, cfg, *sc)?;
-    runner.model.init_weights(&mut be, 1234)?;
-    // A small learning rate keeps repeated training steps numerically tame: the benchmark
-    // measures speed, and values that blow up to inf or NaN could take slow paths.
-    let hyper = AdamWParams {
-        lr: 1e-5,
-        ..AdamWParams::default()
-    };
+    let (mut be, mut runner) = cpu_runner(cfg, sc)?;
+    let hyper = bench_hyper();
     be.reset_peak();
     let times = harness::time_steps(
         repeats.warmup,

@@ -8,12 +8,10 @@ use serde::Serialize;
 use std::time::Instant;
 use tperf_core::backend::{Backend, BackendError};
 use tperf_core::config::ModelConfig;
-use tperf_core::cost::analysis::{self, Analysis, Scenario, StepRunner};
+use tperf_core::cost::analysis::{self, Analysis, Scenario};
 use tperf_core::cost::hardware::Hardware;
 use tperf_core::meta::MemEvent;
-use tperf_core::ops::adamw::AdamWParams;
 use tperf_core::ops::Phase;
-use tperf_cpu::CpuBackend;
 
 /// One op's measurements across the profiled steps.
 #[derive(Clone, Debug, Serialize)]
@@ -74,13 +72,8 @@ pub fn profile_cpu(
     }
     let analysis = analysis::analyze(cfg, sc, hw)?;
     let n_ops = analysis.rows.len();
-    let mut be = CpuBackend::new();
-    let mut runner = StepRunner::new(&mut be, cfg, *sc)?;
-    runner.model.init_weights(&mut be, 1234)?;
-    let hyper = AdamWParams {
-        lr: 1e-5,
-        ..AdamWParams::default()
-    };
+    let (mut be, mut runner) = crate::model::cpu_runner(cfg, sc)?;
+    let hyper = crate::model::bench_hyper();
     for i in 0..warmup {
         runner.step(&mut be, hyper)?;
         on_step(i);
