@@ -4,6 +4,7 @@ pub mod plan;
 pub mod precision;
 pub mod report;
 pub mod study;
+pub mod train;
 
 use anyhow::Result;
 use tperf_core::cost::hardware::{self, Hardware};
@@ -40,6 +41,31 @@ impl ScheduleArgs {
         }
     }
 }
+
+/// A run that Ctrl-C stopped after saving: the binary exits with 130 (the shell's code for
+/// SIGINT) rather than 2, so a script can tell "interrupted, resumable" from "failed".
+#[derive(Debug)]
+pub struct Interrupted {
+    pub step: u64,
+    pub checkpoint: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted after step {}", self.step)?;
+        match &self.checkpoint {
+            Some(p) => write!(
+                f,
+                "; the checkpoint {} holds it: rerun with --resume {} to continue",
+                p.display(),
+                p.display()
+            ),
+            None => write!(f, "; nothing was saved (no --checkpoint)"),
+        }
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 fn parse_precision(s: &str) -> Result<Precision, String> {
     s.parse()
