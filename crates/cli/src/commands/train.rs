@@ -308,6 +308,11 @@ fn print_header(
     );
     println!("  data:   {source}");
     println!(
+        "  build:  tperf {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        env!("TPERF_GIT_REV")
+    );
+    println!(
         "  run:    {} steps × B {} × T {} = {} tokens/step; lr {} (warm-up {warmup}, cosine to {}×), seed {}",
         args.steps,
         args.batch,
