@@ -39,6 +39,8 @@ enum Command {
     Study(commands::study::StudyArgs),
     /// Train a model for real (CPU backend): progress, evaluation, checkpoints, resume, Ctrl-C.
     Train(commands::train::TrainArgs),
+    /// Generate text from a checkpoint (or a preset's random weights), with timing: TTFT, TPOT, tokens/s.
+    Generate(commands::generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Report(args) => commands::report::run(args),
         Command::Study(args) => commands::study::run(args),
         Command::Train(args) => commands::train::run(args),
+        Command::Generate(args) => commands::generate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

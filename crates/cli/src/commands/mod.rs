@@ -1,3 +1,4 @@
+pub mod generate;
 pub mod hw;
 pub mod model;
 pub mod plan;
