@@ -70,6 +70,10 @@ pub struct TrainConfig {
     /// Save every this many steps; 0 saves only at the end and on a stop.
     pub checkpoint_every: u64,
     pub seed: u64,
+    /// Stop after this step (saving, as a stop request does) though the schedule runs to
+    /// `steps`: a long run split into sessions takes exactly the steps of an unbroken one,
+    /// because the learning rate still follows the whole run's schedule.
+    pub stop_at: Option<u64>,
 }
 
 impl Default for TrainConfig {
@@ -89,6 +93,7 @@ impl Default for TrainConfig {
             eval_batches: 20,
             checkpoint_every: 500,
             seed: 1337,
+            stop_at: None,
         }
     }
 }
@@ -141,6 +146,15 @@ impl TrainConfig {
                 self.grad_clip.to_string(),
                 "must be a non-negative number (0 disables clipping)",
             );
+        }
+        if let Some(at) = self.stop_at {
+            if at == 0 || at > self.steps {
+                return bad(
+                    "stop_at",
+                    at.to_string(),
+                    &format!("must be between 1 and steps ({})", self.steps),
+                );
+            }
         }
         if self.eval_every > 0 && self.eval_batches == 0 {
             return bad(
@@ -277,7 +291,7 @@ pub struct TrainSummary {
     pub records: Vec<StepRecord>,
     /// The steps at which checkpoints were saved.
     pub checkpoints: Vec<u64>,
-    /// Whether the stop flag ended the run early.
+    /// Whether the stop flag or `stop_at` ended the run early.
     pub stopped: bool,
 }
 
@@ -393,7 +407,7 @@ pub fn train<S: Stepper>(
             None
         };
 
-        let stopping = stop.is_requested();
+        let stopping = stop.is_requested() || cfg.stop_at == Some(step);
         let due = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0;
         let mut saved = false;
         if let Some(path) = &paths.checkpoint {

@@ -74,6 +74,10 @@ pub struct TrainArgs {
     /// and optimizer state). Saves back to it unless --checkpoint says otherwise.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Stop after this step, saving a checkpoint, as if interrupted there: the learning rate
+    /// follows the whole --steps schedule, so resuming later gives exactly the unbroken run.
+    #[arg(long)]
+    pub stop_at: Option<u64>,
     /// Replace an existing --checkpoint file that this run does not resume.
     #[arg(long)]
     pub overwrite: bool,
@@ -174,6 +178,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eval_batches: args.eval_batches,
         checkpoint_every: args.checkpoint_every,
         seed: args.seed,
+        stop_at: args.stop_at,
     };
     tcfg.validate()?;
 
@@ -212,6 +217,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let stop = StopFlag::new();
     stop.install_ctrlc_handler()?;
     let start_step = resume_meta.as_ref().map_or(0, |m| m.run.step);
+    if let Some(at) = args.stop_at.filter(|&at| at <= start_step) {
+        bail!("--stop-at {at} is not after the checkpoint's step {start_step}");
+    }
     let progress = Progress::new(args.steps, start_step, args.print_every);
     let mut log_err: Option<anyhow::Error> = None;
     let started = Instant::now();
@@ -251,7 +259,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
         checkpoint_path.as_deref(),
         log_path.as_deref(),
     );
-    if summary.stopped {
+    let asked_to_stop = args.stop_at == Some(summary.end_step);
+    if summary.stopped && asked_to_stop {
+        if let Some(p) = &checkpoint_path {
+            println!(
+                "stopped at step {} as --stop-at asked; continue with --resume {}",
+                summary.end_step,
+                p.display()
+            );
+        }
+    } else if summary.stopped {
         return Err(Interrupted {
             step: summary.end_step,
             checkpoint: checkpoint_path,
