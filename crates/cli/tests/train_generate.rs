@@ -197,7 +197,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130() {
     let t = setup();
     let ckpt = t.path("int.safetensors");
     let log = t.path("int.csv");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tperf"))
+    let child = Command::new(env!("CARGO_BIN_EXE_tperf"))
         .args([
             "train",
             s(&t.config),

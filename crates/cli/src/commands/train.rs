@@ -450,7 +450,10 @@ impl Progress {
                 }
             }
             None => {
-                if r.step % self.print_every == 0 || r.val_loss.is_some() || r.step == self.steps {
+                if r.step.is_multiple_of(self.print_every)
+                    || r.val_loss.is_some()
+                    || r.step == self.steps
+                {
                     let done = (r.step - self.start_step) as f64;
                     let elapsed = self.started.elapsed().as_secs_f64();
                     let eta = elapsed / done.max(1.0) * (self.steps - r.step) as f64;
