@@ -14,6 +14,7 @@ use tperf_core::config::ModelConfig;
 use tperf_core::cost::analysis::{self, Scenario, Workload};
 use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute, Transformer};
 use tperf_cpu::CpuBackend;
+use tperf_report::plots::{line_plot, LinePlot, Series};
 use tperf_report::units;
 use tperf_runtime::checkpoint;
 use tperf_runtime::data::{Corpus, Loader, SyntheticLoader, TextLoader};
@@ -251,6 +252,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         eprintln!("warning: the log could not be written: {e:#}");
     }
 
+    let plot_path = log_path.as_deref().and_then(|p| match write_loss_plot(p) {
+        Ok(svg) => Some(svg),
+        Err(e) => {
+            eprintln!("warning: no loss plot: {e:#}");
+            None
+        }
+    });
     print_summary(
         &summary,
         wall_s,
@@ -258,6 +266,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stepper.be.peak_bytes(),
         checkpoint_path.as_deref(),
         log_path.as_deref(),
+        plot_path.as_deref(),
     );
     let asked_to_stop = args.stop_at == Some(summary.end_step);
     if summary.stopped && asked_to_stop {
@@ -355,6 +364,7 @@ fn print_summary(
     peak_bytes: u64,
     checkpoint: Option<&Path>,
     log: Option<&Path>,
+    plot: Option<&Path>,
 ) {
     let steps = s.records.len() as u64;
     let tokens: u64 = s.records.iter().map(|r| r.tokens).sum();
@@ -404,6 +414,51 @@ fn print_summary(
     if let Some(p) = log {
         println!("  log:        {}", p.display());
     }
+    if let Some(p) = plot {
+        println!("  loss plot:  {}", p.display());
+    }
+}
+
+/// Plots the training and validation loss of the whole log (every session of a resumed run)
+/// as an SVG beside it: <log>.svg.
+fn write_loss_plot(log: &Path) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(log)?;
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    // Columns as CsvLog writes them: step, lr, loss, val_loss, …
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
+        if let (Some(step), Some(loss)) = (num(0), num(2)) {
+            train.push((step, loss));
+            if let Some(v) = num(3) {
+                val.push((step, v));
+            }
+        }
+    }
+    let plot = LinePlot {
+        title: "training loss".into(),
+        x_label: "step".into(),
+        y_label: "loss (nats/token)".into(),
+        series: vec![
+            Series {
+                name: "train (batch)".into(),
+                points: train,
+                dashed: false,
+            },
+            Series {
+                name: "validation".into(),
+                points: val,
+                dashed: true,
+            },
+        ],
+        ..LinePlot::default()
+    };
+    // The plots are made to be inlined in the HTML report, which drops the namespace; a
+    // stand-alone .svg file needs it back to open in a browser or an image viewer.
+    let svg = line_plot(&plot)?.replacen("<svg ", "<svg xmlns=\"http://www.w3.org/2000/svg\" ", 1);
+    let path = log.with_extension("svg");
+    std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 /// The progress display: a bar on a terminal, plain lines otherwise (a log file, CI, a pipe).
