@@ -2,11 +2,9 @@
 //! a stop flag that Ctrl-C sets so a run saves before it exits, and exact resumption.
 //!
 //! The loop is written against [`Stepper`], the few things it needs from a model: one training
-//! step, one evaluation loss, save, load. The real stepper — a `Transformer` on a compute
-//! backend, whose `train_step` writes the batch with `write_i32`, runs the schedule's forward,
-//! backward and AdamW step with [`StepParams`], and reads the loss back — comes with the CPU
-//! backend, whose optimizer hyper-parameter plumbing is being settled; until then the loop is
-//! tested against a fake stepper.
+//! step, one evaluation loss, save, load. The real stepper is
+//! [`crate::stepper::ModelStepper`], a `Transformer` on any compute backend; the loop's own
+//! tests use a fake one whose update depends on every input, so they need no kernels.
 
 use crate::checkpoint::RunInfo;
 use crate::data::{Batch, DataError, Loader};
