@@ -378,6 +378,17 @@ fn print_summary(
         if s.stopped { ", interrupted" } else { "" },
         tokens
     );
+    if steps == 0 {
+        println!(
+            "  nothing to train: the run was already at step {}",
+            s.end_step
+        );
+        if let Some(p) = plot {
+            // Still useful: a run finished by an older build gets its plot this way.
+            println!("  loss plot:  {}", p.display());
+        }
+        return;
+    }
     println!(
         "  time:       {wall_s:.1} s wall, {step_s:.1} s in training steps (evaluation and saving excluded)"
     );
