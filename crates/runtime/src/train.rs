@@ -534,6 +534,10 @@ mod tests {
                 eval_batches: 0,
                 ..cfg(10, 0)
             },
+            TrainConfig {
+                stop_at: Some(11),
+                ..cfg(10, 0)
+            },
         ];
         let fields = [
             "steps",
@@ -542,6 +546,7 @@ mod tests {
             "min_lr_ratio",
             "grad_clip",
             "eval_batches",
+            "stop_at",
         ];
         for (c, want) in bad.iter().zip(fields) {
             match c.validate() {
