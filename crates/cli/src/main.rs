@@ -43,6 +43,10 @@ enum Command {
     Report(commands::report::ReportArgs),
     /// The main job: analyse the default models on this machine and on a reference GPU.
     Study(commands::study::StudyArgs),
+    /// Train a model for real (CPU backend): progress, evaluation, checkpoints, resume, Ctrl-C.
+    Train(commands::train::TrainArgs),
+    /// Generate text from a checkpoint (or a preset's random weights), with timing: TTFT, TPOT, tokens/s.
+    Generate(commands::generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,12 +61,18 @@ fn main() -> ExitCode {
         Command::Precision(args) => commands::precision::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Study(args) => commands::study::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Generate(args) => commands::generate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            if e.is::<commands::Interrupted>() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::from(2)
+            }
         }
     }
 }

@@ -2,11 +2,9 @@
 //! a stop flag that Ctrl-C sets so a run saves before it exits, and exact resumption.
 //!
 //! The loop is written against [`Stepper`], the few things it needs from a model: one training
-//! step, one evaluation loss, save, load. The real stepper — a `Transformer` on a compute
-//! backend, whose `train_step` writes the batch with `write_i32`, runs the schedule's forward,
-//! backward and AdamW step with [`StepParams`], and reads the loss back — comes with the CPU
-//! backend, whose optimizer hyper-parameter plumbing is being settled; until then the loop is
-//! tested against a fake stepper.
+//! step, one evaluation loss, save, load. The real stepper is
+//! [`crate::stepper::ModelStepper`], a `Transformer` on any compute backend; the loop's own
+//! tests use a fake one whose update depends on every input, so they need no kernels.
 
 use crate::checkpoint::RunInfo;
 use crate::data::{Batch, DataError, Loader};
@@ -70,6 +68,10 @@ pub struct TrainConfig {
     /// Save every this many steps; 0 saves only at the end and on a stop.
     pub checkpoint_every: u64,
     pub seed: u64,
+    /// Stop after this step (saving, as a stop request does) though the schedule runs to
+    /// `steps`: a long run split into sessions takes exactly the steps of an unbroken one,
+    /// because the learning rate still follows the whole run's schedule.
+    pub stop_at: Option<u64>,
 }
 
 impl Default for TrainConfig {
@@ -89,6 +91,7 @@ impl Default for TrainConfig {
             eval_batches: 20,
             checkpoint_every: 500,
             seed: 1337,
+            stop_at: None,
         }
     }
 }
@@ -141,6 +144,15 @@ impl TrainConfig {
                 self.grad_clip.to_string(),
                 "must be a non-negative number (0 disables clipping)",
             );
+        }
+        if let Some(at) = self.stop_at {
+            if at == 0 || at > self.steps {
+                return bad(
+                    "stop_at",
+                    at.to_string(),
+                    &format!("must be between 1 and steps ({})", self.steps),
+                );
+            }
         }
         if self.eval_every > 0 && self.eval_batches == 0 {
             return bad(
@@ -277,7 +289,7 @@ pub struct TrainSummary {
     pub records: Vec<StepRecord>,
     /// The steps at which checkpoints were saved.
     pub checkpoints: Vec<u64>,
-    /// Whether the stop flag ended the run early.
+    /// Whether the stop flag or `stop_at` ended the run early.
     pub stopped: bool,
 }
 
@@ -393,7 +405,7 @@ pub fn train<S: Stepper>(
             None
         };
 
-        let stopping = stop.is_requested();
+        let stopping = stop.is_requested() || cfg.stop_at == Some(step);
         let due = cfg.checkpoint_every > 0 && step % cfg.checkpoint_every == 0;
         let mut saved = false;
         if let Some(path) = &paths.checkpoint {
@@ -522,6 +534,10 @@ mod tests {
                 eval_batches: 0,
                 ..cfg(10, 0)
             },
+            TrainConfig {
+                stop_at: Some(11),
+                ..cfg(10, 0)
+            },
         ];
         let fields = [
             "steps",
@@ -530,6 +546,7 @@ mod tests {
             "min_lr_ratio",
             "grad_clip",
             "eval_batches",
+            "stop_at",
         ];
         for (c, want) in bad.iter().zip(fields) {
             match c.validate() {

@@ -3,8 +3,8 @@
 //! backward, modelled and measured; a size the model predicts will not fit is reported as out of
 //! memory with the predicted bytes instead of being run into a crash.
 
-use super::bench::resolve_device;
 use super::parse_positive;
+use super::resolve_device;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use tperf_bench::attention::{self, AttentionRow};

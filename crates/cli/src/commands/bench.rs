@@ -2,7 +2,7 @@
 //! median, min, max — for the forward pass, forward + backward, and the full training step, with
 //! the model's prediction of the same schedule beside every measurement.
 
-use super::{parse_positive, ScheduleArgs};
+use super::{parse_positive, resolve_device, ScheduleArgs};
 use crate::load;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -66,21 +66,6 @@ fn parse_precision(s: &str) -> Result<Precision, String> {
 }
 fn parse_attention(s: &str) -> Result<AttentionKernel, String> {
     s.parse()
-}
-
-/// The device a run uses, said out loud when it is not what was asked for.
-pub fn resolve_device(asked: &str) -> Result<&'static str> {
-    match asked {
-        "cpu" => Ok("cpu"),
-        "auto" => {
-            eprintln!("note: tperf's CUDA backend is not built yet; running on the CPU");
-            Ok("cpu")
-        }
-        d if d.starts_with("cuda") => {
-            bail!("device '{d}': the CUDA backend is not built yet; use --device cpu")
-        }
-        other => bail!("unknown device '{other}': use cpu or auto"),
-    }
 }
 
 pub struct Planned {

@@ -1,5 +1,6 @@
 pub mod attention;
 pub mod bench;
+pub mod generate;
 pub mod hw;
 pub mod model;
 pub mod plan;
@@ -7,6 +8,7 @@ pub mod precision;
 pub mod profile;
 pub mod report;
 pub mod study;
+pub mod train;
 
 use anyhow::Result;
 use tperf_core::cost::hardware::{self, Hardware};
@@ -43,6 +45,31 @@ impl ScheduleArgs {
         }
     }
 }
+
+/// A run that Ctrl-C stopped after saving: the binary exits with 130 (the shell's code for
+/// SIGINT) rather than 2, so a script can tell "interrupted, resumable" from "failed".
+#[derive(Debug)]
+pub struct Interrupted {
+    pub step: u64,
+    pub checkpoint: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted after step {}", self.step)?;
+        match &self.checkpoint {
+            Some(p) => write!(
+                f,
+                "; the checkpoint {} holds it: rerun with --resume {} to continue",
+                p.display(),
+                p.display()
+            ),
+            None => write!(f, "; nothing was saved (no --checkpoint)"),
+        }
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 fn parse_precision(s: &str) -> Result<Precision, String> {
     s.parse()
@@ -112,4 +139,20 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         }
     }
     Err(format!("'{s}' has no unit: write e.g. 40GiB or 512MiB"))
+}
+
+/// The device a command runs on. Only the CPU backend is built so far: `auto` picks it and says
+/// so, a CUDA device is refused with what to use instead.
+pub fn resolve_device(asked: &str) -> Result<&'static str> {
+    match asked.to_ascii_lowercase().as_str() {
+        "cpu" => Ok("cpu"),
+        "auto" => {
+            eprintln!("note: tperf's CUDA backend is not built yet; running on the CPU");
+            Ok("cpu")
+        }
+        d if d == "cuda" || d == "gpu" || d.starts_with("cuda:") => {
+            anyhow::bail!("device '{d}': the CUDA backend is not built yet; use --device cpu")
+        }
+        other => anyhow::bail!("unknown device '{other}': use --device cpu (or auto)"),
+    }
 }

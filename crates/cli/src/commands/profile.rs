@@ -2,7 +2,7 @@
 //! model of the same op, rolled up by op kind (as nsys's stats do), by phase and by layer — with
 //! a Chrome/Perfetto trace and the memory timeline of the step.
 
-use super::bench::resolve_device;
+use super::resolve_device;
 use super::{parse_positive, ScheduleArgs};
 use crate::load;
 use anyhow::{Context, Result};

@@ -1,0 +1,578 @@
+//! `tperf train`: train a model for real on the CPU backend, with a progress bar, held-out
+//! evaluation, atomic checkpoints, exact resumption and a Ctrl-C that saves before it exits.
+
+use super::{parse_attention, parse_precision, parse_recompute, Interrupted};
+use crate::load;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tperf_core::config::ModelConfig;
+use tperf_core::cost::analysis::{self, Scenario, Workload};
+use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute, Transformer};
+use tperf_cpu::CpuBackend;
+use tperf_report::plots::{line_plot, LinePlot, Series};
+use tperf_report::units;
+use tperf_runtime::checkpoint;
+use tperf_runtime::data::{Corpus, Loader, SyntheticLoader, TextLoader};
+use tperf_runtime::stepper::ModelStepper;
+use tperf_runtime::tokenizer::Tokenizer;
+use tperf_runtime::train::{self as driver, RunPaths, StepRecord, StopFlag, TrainConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// A preset (see `tperf model --list`) or a config.json (Hugging Face or tperf's own).
+    pub model: String,
+    /// A UTF-8 text file to train on; its last --val-fraction is held out for evaluation.
+    #[arg(long, conflicts_with = "synthetic")]
+    pub data: Option<PathBuf>,
+    /// Train on uniformly random tokens (a speed run: nothing can be learned from them).
+    #[arg(long)]
+    pub synthetic: bool,
+    /// Optimizer steps in the whole run (a resumed run counts the steps already taken).
+    #[arg(long, default_value_t = 1000)]
+    pub steps: u64,
+    /// Sequences per step (B).
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Tokens per sequence (T); at most the model's context.
+    #[arg(long, default_value_t = 128)]
+    pub seq: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 6e-4)]
+    pub lr: f64,
+    /// Warm-up steps (default: a tenth of --steps, at most 100).
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// The cosine decay's floor as a fraction of --lr.
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this; 0 disables clipping.
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// Evaluate the held-out loss every N steps and after the last; 0 never.
+    #[arg(long, default_value_t = 100)]
+    pub eval_every: u64,
+    /// Batches per evaluation.
+    #[arg(long, default_value_t = 20)]
+    pub eval_batches: usize,
+    /// The fraction of the text held out for evaluation.
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Save a checkpoint here (atomically) every --checkpoint-every steps, at the end, and on
+    /// Ctrl-C.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// 0 saves only at the end and on Ctrl-C.
+    #[arg(long, default_value_t = 500)]
+    pub checkpoint_every: u64,
+    /// Continue the run saved in this checkpoint, exactly where it stopped (same data, order
+    /// and optimizer state). Saves back to it unless --checkpoint says otherwise.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Stop after this step, saving a checkpoint, as if interrupted there: the learning rate
+    /// follows the whole --steps schedule, so resuming later gives exactly the unbroken run.
+    #[arg(long)]
+    pub stop_at: Option<u64>,
+    /// Replace an existing --checkpoint file that this run does not resume.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Per-step records as CSV (step, lr, loss, val_loss, tokens/s, …); default: beside the
+    /// checkpoint, <checkpoint>.csv. A resumed run appends.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// gpt2 or byte (default: the checkpoint's when resuming, else gpt2 when the vocabulary
+    /// holds it, else byte).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Precision policy: fp32, or bf16/fp16 compute with fp32 master weights.
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    pub dtype: Precision,
+    /// Attention kernel: naive or flash.
+    #[arg(long, default_value = "flash", value_parser = parse_attention)]
+    pub attention: AttentionKernel,
+    /// Activation recomputation: none, selective or full.
+    #[arg(long, default_value = "none", value_parser = parse_recompute)]
+    pub recompute: Recompute,
+    /// Seeds the weights and the data order.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// cpu or auto (the CPU backend is the only one built so far).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Print a plain progress line every N steps when stderr is not a terminal (default: about
+    /// 50 lines per run).
+    #[arg(long)]
+    pub print_every: Option<u64>,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    super::resolve_device(&args.device)?;
+    let mut cfg = load::load(&args.model)?.config;
+    // When resuming, the checkpoint's metadata says which model and tokenizer the run has; a
+    // different model is refused by name of the first field that differs.
+    let resume_meta = match &args.resume {
+        Some(path) => Some(
+            checkpoint::read_metadata(path)
+                .with_context(|| format!("--resume {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(meta) = &resume_meta {
+        // A preset's name and a config.json's name differ for the same architecture; only the
+        // shape has to match (checked field by field when the weights load).
+        cfg.name = meta.config.name.clone();
+    }
+    cfg.check_seq(args.seq)
+        .with_context(|| format!("--seq {} for {}", args.seq, cfg.name))?;
+    let tokenizer_name = match (&args.tokenizer, &resume_meta) {
+        (Some(name), _) => name.clone(),
+        (None, Some(meta)) => meta.run.tokenizer.clone(),
+        (None, None) => Tokenizer::default_for(&cfg).name().to_string(),
+    };
+    let tokenizer = Tokenizer::from_name(&tokenizer_name)?;
+    tokenizer.check_model(&cfg)?;
+
+    let checkpoint_path = args.checkpoint.clone().or_else(|| args.resume.clone());
+    if let Some(path) = &checkpoint_path {
+        let resumes_it = args.resume.as_deref() == Some(path.as_path());
+        if path.exists() && !resumes_it && !args.overwrite {
+            bail!(
+                "{} already exists: pass --resume {} to continue that run, or --overwrite to replace it",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    let log_path = args
+        .log
+        .clone()
+        .or_else(|| checkpoint_path.as_ref().map(|p| p.with_extension("csv")));
+
+    let warmup = args.warmup.unwrap_or_else(|| (args.steps / 10).min(100));
+    let tcfg = TrainConfig {
+        steps: args.steps,
+        batch: args.batch,
+        seq: args.seq,
+        lr: args.lr,
+        warmup_steps: warmup,
+        min_lr_ratio: args.min_lr_ratio,
+        weight_decay: args.weight_decay,
+        grad_clip: args.grad_clip,
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        checkpoint_every: args.checkpoint_every,
+        seed: args.seed,
+        stop_at: args.stop_at,
+    };
+    tcfg.validate()?;
+
+    let mut data = load_data(&args, &cfg, &tokenizer)?;
+    let opts = Options {
+        precision: args.dtype,
+        attention: args.attention,
+        kv_cache: false,
+        recompute: args.recompute,
+        fused: true,
+    };
+    // The schedule's FLOPs per step, from the same op calls the CPU backend will run.
+    let sc = Scenario {
+        workload: Workload::Train,
+        batch: args.batch,
+        seq: args.seq,
+        opts,
+    };
+    let record = analysis::record(&cfg, &sc)?;
+    let flops_per_step: u64 = record.ops.iter().map(|r| r.cost.flops).sum();
+    drop(record);
+
+    let mut be = CpuBackend::new();
+    let model = Transformer::new(&mut be, &cfg, opts, true)?;
+    if args.resume.is_none() {
+        model.init_weights(&mut be, args.seed)?;
+    }
+    let mut stepper = ModelStepper::new(be, model)?;
+
+    print_header(&args, &cfg, &tokenizer, &data, flops_per_step, warmup);
+    let mut log = match &log_path {
+        Some(p) => Some(CsvLog::open(p, args.resume.is_some())?),
+        None => None,
+    };
+
+    let stop = StopFlag::new();
+    stop.install_ctrlc_handler()?;
+    let start_step = resume_meta.as_ref().map_or(0, |m| m.run.step);
+    if let Some(at) = args.stop_at.filter(|&at| at <= start_step) {
+        bail!("--stop-at {at} is not after the checkpoint's step {start_step}");
+    }
+    let progress = Progress::new(args.steps, start_step, args.print_every);
+    let mut log_err: Option<anyhow::Error> = None;
+    let started = Instant::now();
+    let mut on_record = |r: &StepRecord| {
+        progress.update(r);
+        if let Some(log) = &mut log {
+            if let Err(e) = log.write(r) {
+                log_err.get_or_insert(e);
+            }
+        }
+    };
+    let paths = RunPaths {
+        checkpoint: checkpoint_path.clone(),
+        resume: args.resume.clone(),
+    };
+    let result = driver::train(
+        &tcfg,
+        &mut stepper,
+        &mut data,
+        &paths,
+        tokenizer.name(),
+        &stop,
+        &mut on_record,
+    );
+    progress.finish();
+    let summary = result?;
+    let wall_s = started.elapsed().as_secs_f64();
+    if let Some(e) = log_err {
+        eprintln!("warning: the log could not be written: {e:#}");
+    }
+
+    let plot_path = log_path.as_deref().and_then(|p| match write_loss_plot(p) {
+        Ok(svg) => Some(svg),
+        Err(e) => {
+            eprintln!("warning: no loss plot: {e:#}");
+            None
+        }
+    });
+    print_summary(
+        &summary,
+        wall_s,
+        flops_per_step,
+        stepper.be.peak_bytes(),
+        checkpoint_path.as_deref(),
+        log_path.as_deref(),
+        plot_path.as_deref(),
+    );
+    let asked_to_stop = args.stop_at == Some(summary.end_step);
+    if summary.stopped && asked_to_stop {
+        if let Some(p) = &checkpoint_path {
+            println!(
+                "stopped at step {} as --stop-at asked; continue with --resume {}",
+                summary.end_step,
+                p.display()
+            );
+        }
+    } else if summary.stopped {
+        return Err(Interrupted {
+            step: summary.end_step,
+            checkpoint: checkpoint_path,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn load_data(args: &TrainArgs, cfg: &ModelConfig, tokenizer: &Tokenizer) -> Result<Loader> {
+    match (&args.data, args.synthetic) {
+        (Some(path), _) => {
+            let corpus = Corpus::load(path, tokenizer, args.val_fraction)?;
+            corpus.check_seq(args.seq)?;
+            let loader = TextLoader::new(Arc::new(corpus), args.batch, args.seq, args.seed)?;
+            Ok(Loader::Text(loader))
+        }
+        (None, true) => Ok(Loader::Synthetic(SyntheticLoader::new(
+            args.batch,
+            args.seq,
+            // Ids the tokenizer could produce: a byte model trains on bytes, not on the padding
+            // rows of a larger embedding.
+            tokenizer.vocab_size().min(cfg.vocab_size),
+            args.seed,
+        )?)),
+        (None, false) => bail!("give the text to train on with --data FILE.txt, or --synthetic"),
+    }
+}
+
+fn print_header(
+    args: &TrainArgs,
+    cfg: &ModelConfig,
+    tokenizer: &Tokenizer,
+    data: &Loader,
+    flops_per_step: u64,
+    warmup: u64,
+) {
+    let source = match data {
+        Loader::Text(t) => format!(
+            "{} ({} training / {} held-out {} tokens)",
+            t.corpus().source_name,
+            t.corpus().train.len(),
+            t.corpus().val.len(),
+            tokenizer.name()
+        ),
+        Loader::Synthetic(_) => "synthetic uniform tokens".to_string(),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "tperf train: {} ({} params), {} on cpu ({threads} threads)",
+        cfg.name,
+        units::params(cfg.param_count()),
+        args.dtype.name()
+    );
+    println!("  data:   {source}");
+    println!(
+        "  build:  tperf {} ({})",
+        env!("CARGO_PKG_VERSION"),
+        env!("TPERF_GIT_REV")
+    );
+    println!(
+        "  run:    {} steps × B {} × T {} = {} tokens/step; lr {} (warm-up {warmup}, cosine to {}×), seed {}",
+        args.steps,
+        args.batch,
+        args.seq,
+        args.batch * args.seq,
+        args.lr,
+        args.min_lr_ratio,
+        args.seed
+    );
+    println!(
+        "  model:  {} per step (schedule count: forward + backward + AdamW)",
+        units::si(flops_per_step as f64, "FLOP")
+    );
+    if let Some(r) = &args.resume {
+        println!("  resume: {}", r.display());
+    }
+}
+
+fn print_summary(
+    s: &driver::TrainSummary,
+    wall_s: f64,
+    flops_per_step: u64,
+    peak_bytes: u64,
+    checkpoint: Option<&Path>,
+    log: Option<&Path>,
+    plot: Option<&Path>,
+) {
+    let steps = s.records.len() as u64;
+    let tokens: u64 = s.records.iter().map(|r| r.tokens).sum();
+    let step_s: f64 = s.records.iter().map(|r| r.dur_s).sum();
+    let rate = |x: f64| if step_s > 0.0 { x / step_s } else { 0.0 };
+    println!();
+    println!(
+        "summary: steps {}→{} ({steps} this run{}), {} tokens",
+        s.start_step,
+        s.end_step,
+        if s.stopped { ", interrupted" } else { "" },
+        tokens
+    );
+    if steps == 0 {
+        println!(
+            "  nothing to train: the run was already at step {}",
+            s.end_step
+        );
+        if let Some(p) = plot {
+            // Still useful: a run finished by an older build gets its plot this way.
+            println!("  loss plot:  {}", p.display());
+        }
+        return;
+    }
+    println!(
+        "  time:       {wall_s:.1} s wall, {step_s:.1} s in training steps (evaluation and saving excluded)"
+    );
+    println!(
+        "  throughput: {:.0} tokens/s, {:.2} GFLOP/s achieved (schedule FLOPs / step time)",
+        rate(tokens as f64),
+        rate((steps * flops_per_step) as f64) / 1e9
+    );
+    if let (Some(first), Some(last)) = (s.records.first(), s.records.last()) {
+        println!(
+            "  loss:       {:.4} (step {}) → {:.4} (step {})",
+            first.loss, first.step, last.loss, last.step
+        );
+    }
+    let vals: Vec<&StepRecord> = s.records.iter().filter(|r| r.val_loss.is_some()).collect();
+    if let (Some(first), Some(last)) = (vals.first(), vals.last()) {
+        println!(
+            "  val loss:   {:.4} (step {}) → {:.4} (step {})",
+            first.val_loss.unwrap_or(f32::NAN),
+            first.step,
+            last.val_loss.unwrap_or(f32::NAN),
+            last.step
+        );
+    }
+    println!(
+        "  peak memory: {} (CPU backend's tensors)",
+        units::bytes(peak_bytes)
+    );
+    if let Some(p) = checkpoint {
+        if let Some(step) = s.checkpoints.last() {
+            println!("  checkpoint: {} (step {step})", p.display());
+        }
+    }
+    if let Some(p) = log {
+        println!("  log:        {}", p.display());
+    }
+    if let Some(p) = plot {
+        println!("  loss plot:  {}", p.display());
+    }
+}
+
+/// Plots the training and validation loss of the whole log (every session of a resumed run)
+/// as an SVG beside it: <log>.svg.
+fn write_loss_plot(log: &Path) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(log)?;
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    // Columns as CsvLog writes them: step, lr, loss, val_loss, …
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let num = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok());
+        if let (Some(step), Some(loss)) = (num(0), num(2)) {
+            train.push((step, loss));
+            if let Some(v) = num(3) {
+                val.push((step, v));
+            }
+        }
+    }
+    let plot = LinePlot {
+        title: "training loss".into(),
+        x_label: "step".into(),
+        y_label: "loss (nats/token)".into(),
+        series: vec![
+            Series {
+                name: "train (batch)".into(),
+                points: train,
+                dashed: false,
+            },
+            Series {
+                name: "validation".into(),
+                points: val,
+                dashed: true,
+            },
+        ],
+        ..LinePlot::default()
+    };
+    // The plots are made to be inlined in the HTML report, which drops the namespace; a
+    // stand-alone .svg file needs it back to open in a browser or an image viewer.
+    let svg = line_plot(&plot)?.replacen("<svg ", "<svg xmlns=\"http://www.w3.org/2000/svg\" ", 1);
+    let path = log.with_extension("svg");
+    std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// The progress display: a bar on a terminal, plain lines otherwise (a log file, CI, a pipe).
+struct Progress {
+    bar: Option<ProgressBar>,
+    print_every: u64,
+    started: Instant,
+    start_step: u64,
+    steps: u64,
+}
+
+impl Progress {
+    fn new(steps: u64, start_step: u64, print_every: Option<u64>) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
+            // A template that fails to parse would be a bug in this literal; fall back to
+            // the default style rather than abort a run over a progress bar.
+            if let Ok(style) = ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} steps  {msg}  elapsed {elapsed_precise}  ETA {eta}",
+            ) {
+                bar.set_style(style);
+            }
+            bar.set_position(start_step);
+            bar.reset_eta();
+            bar
+        });
+        Progress {
+            bar,
+            print_every: print_every.unwrap_or((steps / 50).max(1)),
+            started: Instant::now(),
+            start_step,
+            steps,
+        }
+    }
+
+    fn update(&self, r: &StepRecord) {
+        let msg = format!("loss {:.4}  {:.0} tok/s", r.loss, r.tokens_per_s);
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(r.step);
+                bar.set_message(msg);
+                if let Some(v) = r.val_loss {
+                    bar.println(format!("step {}: val loss {v:.4}", r.step));
+                }
+            }
+            None => {
+                if r.step.is_multiple_of(self.print_every)
+                    || r.val_loss.is_some()
+                    || r.step == self.steps
+                {
+                    let done = (r.step - self.start_step) as f64;
+                    let elapsed = self.started.elapsed().as_secs_f64();
+                    let eta = elapsed / done.max(1.0) * (self.steps - r.step) as f64;
+                    let val = r
+                        .val_loss
+                        .map_or(String::new(), |v| format!("  val {v:.4}"));
+                    eprintln!(
+                        "step {}/{}  {msg}{val}  lr {:.2e}  ETA {eta:.0}s",
+                        r.step, self.steps, r.lr
+                    );
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.abandon();
+        }
+    }
+}
+
+/// The per-step records as CSV, flushed every line so a run in the background can be watched
+/// and a crash loses nothing already written.
+struct CsvLog {
+    file: File,
+}
+
+impl CsvLog {
+    fn open(path: &Path, resuming: bool) -> Result<Self> {
+        // A resumed run continues its log; a new run starts one (its checkpoint refused to
+        // overwrite an existing run unless asked to, and the log follows it).
+        let append = resuming && path.exists();
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(path)
+            .with_context(|| format!("opening the log {}", path.display()))?;
+        let mut log = CsvLog { file };
+        if !append {
+            writeln!(
+                log.file,
+                "step,lr,loss,val_loss,tokens,dur_s,tokens_per_s,saved"
+            )?;
+        }
+        Ok(log)
+    }
+
+    fn write(&mut self, r: &StepRecord) -> Result<()> {
+        writeln!(
+            self.file,
+            "{},{:e},{},{},{},{:.6},{:.1},{}",
+            r.step,
+            r.lr,
+            r.loss,
+            r.val_loss.map_or(String::new(), |v| v.to_string()),
+            r.tokens,
+            r.dur_s,
+            r.tokens_per_s,
+            r.saved
+        )?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
