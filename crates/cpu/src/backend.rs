@@ -608,8 +608,8 @@ impl CpuBackend {
                 let sum: f64 = grads
                     .par_iter()
                     .map(|g| {
-                        g.par_iter()
-                            .map(|&x| f64::from(x) * f64::from(x))
+                        g.par_chunks(1 << 14)
+                            .map(kernels::grad_norm::sum_of_squares)
                             .sum::<f64>()
                     })
                     .sum();

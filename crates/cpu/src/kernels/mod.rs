@@ -8,6 +8,7 @@ pub mod attention;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod flash_attention;
+pub mod grad_norm;
 pub mod layernorm;
 pub mod matmul;
 pub mod residual;
