@@ -23,6 +23,14 @@ pub struct OpMeasured {
     pub median: f64,
 }
 
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct StepAccount {
+    pub step_seconds: f64,
+    pub ops_seconds: f64,
+    pub between_ops_seconds: f64,
+    pub outside_ops_seconds: f64,
+}
+
 /// One event of the trace, in microseconds from the start of the traced step.
 #[derive(Clone, Debug, Serialize)]
 pub struct TraceEvent {
@@ -44,6 +52,10 @@ pub struct Profile {
     pub timer_overhead_seconds: f64,
     /// The last profiled step's ops on a timeline.
     pub trace: Vec<TraceEvent>,
+    /// The last profiled step's wall time, split: its ops, the host's work between ops
+    /// (allocation, frees, bookkeeping), and before the first op and after the last (writing
+    /// the inputs, freeing the outputs). The three add up to the step exactly.
+    pub last_step: StepAccount,
     /// The last profiled step's allocations and frees, as the backend saw them.
     pub memory_events: Vec<MemEvent>,
 }
@@ -84,6 +96,7 @@ pub fn profile_cpu(
     let mut op_sums = Vec::with_capacity(steps);
     let mut trace = Vec::new();
     let mut memory_events = Vec::new();
+    let mut last_step = StepAccount::default();
     for s in 0..steps {
         let last = s + 1 == steps;
         if last {
@@ -120,6 +133,15 @@ pub fn profile_cpu(
         op_sums.push(sum);
         if last {
             memory_events = be.mem_events.take().unwrap_or_default();
+            let step = *step_times.last().expect("pushed above");
+            let first = trace.first().map_or(0.0, |e| e.start_us) * 1e-6;
+            let end = trace.last().map_or(0.0, |e| e.start_us + e.dur_us) * 1e-6;
+            last_step = StepAccount {
+                step_seconds: step,
+                ops_seconds: sum,
+                between_ops_seconds: (end - first) - sum,
+                outside_ops_seconds: step - (end - first),
+            };
         }
         on_step(warmup + s);
     }
@@ -144,6 +166,7 @@ pub fn profile_cpu(
         op_sum_seconds: Summary::of(&op_sums).ok_or(BenchError::NoSteps)?,
         timer_overhead_seconds: crate::harness::timer_overhead_seconds(),
         trace,
+        last_step,
         memory_events,
     })
 }
@@ -208,6 +231,17 @@ mod tests {
         assert!(p.op_sum_seconds.max <= p.step_seconds.max);
         assert_eq!(p.trace.len(), p.analysis.rows.len());
         assert!(p.trace.windows(2).all(|w| w[0].start_us <= w[1].start_us));
+        // The step's time is accounted for: its ops, the host's work between them, and what
+        // lies before the first and after the last add up to the wall time, each part ≥ 0
+        // within the timer's resolution.
+        let a = p.last_step;
+        let parts = a.ops_seconds + a.between_ops_seconds + a.outside_ops_seconds;
+        assert!((parts - a.step_seconds).abs() < 1e-9, "{a:?}");
+        let slack = 2.0 * p.timer_overhead_seconds * p.ops.len() as f64 + 1e-6;
+        assert!(
+            a.between_ops_seconds >= -slack && a.outside_ops_seconds >= -slack,
+            "{a:?}"
+        );
         // The measured timeline of one step balances: everything the step allocated is freed.
         let net: i64 = p.memory_events.iter().map(|e| e.delta_bytes).sum();
         assert_eq!(net, 0);

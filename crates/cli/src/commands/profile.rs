@@ -254,27 +254,39 @@ fn render(model: &str, p: &Profile, all_layers: bool) -> String {
     out.push('\n');
 
     let mut t = Table::new(&["quantity", "value"]).titled("Totals");
-    t.row(vec![
-        "step wall time (median)".into(),
-        units::seconds(p.step_seconds.median),
-    ]);
-    t.row(vec![
-        "sum of the ops' times (median)".into(),
-        units::seconds(p.op_sum_seconds.median),
-    ]);
-    t.row(vec![
-        "outside the ops (allocation, inputs)".into(),
-        units::seconds(p.step_seconds.median - p.op_sum_seconds.median),
-    ]);
-    t.row(vec![
-        "timer overhead (per op × ops)".into(),
-        format!(
-            "{} × {} = {}",
-            units::seconds(p.timer_overhead_seconds),
-            p.ops.len(),
-            units::seconds(p.timer_overhead_seconds * p.ops.len() as f64)
+    let last = &p.last_step;
+    let rows: [(&str, String); 7] = [
+        (
+            "step wall time (median of the profiled steps)",
+            units::seconds(p.step_seconds.median),
         ),
-    ]);
+        (
+            "sum of the ops' times (median)",
+            units::seconds(p.op_sum_seconds.median),
+        ),
+        ("last step: wall time", units::seconds(last.step_seconds)),
+        ("  = its ops", units::seconds(last.ops_seconds)),
+        (
+            "  + host work between ops (allocation, frees)",
+            units::seconds(last.between_ops_seconds),
+        ),
+        (
+            "  + before the first op and after the last (inputs)",
+            units::seconds(last.outside_ops_seconds),
+        ),
+        (
+            "timer overhead (per op × ops)",
+            format!(
+                "{} × {} = {}",
+                units::seconds(p.timer_overhead_seconds),
+                p.ops.len(),
+                units::seconds(p.timer_overhead_seconds * p.ops.len() as f64)
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        t.row(vec![k.to_string(), v]);
+    }
     t.row(vec![
         "modelled step (roofline)".into(),
         units::seconds(a.step_seconds()),
