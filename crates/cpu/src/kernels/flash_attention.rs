@@ -21,13 +21,16 @@
 //! tasks, B·H_kv backward tasks), which keeps every core busy with no synchronisation inside a
 //! product; a multithreaded gemm on a 64×128 tile would spend more time splitting than computing.
 //!
-//! Tile sizes from the caches (this is what they were tuned against: 32–64 KiB L1d and 512 KiB –
-//! 1 MiB L2 per core on current x86): BQ = 64 query rows and BK = 128 keys give a 32 KiB score
+//! Tile sizes from the caches (32–64 KiB L1d and 512 KiB – 1 MiB L2 per core on current x86;
+//! a sweep of {32, 64, 128}×{64, 128, 256} on a 2-core EPYC was flat within noise): BQ = 64 query rows and BK = 128 keys give a 32 KiB score
 //! tile S and 32 KiB for dP, while the Q tile, the K/V block and the accumulator are 16–32 KiB
 //! each at D = 64, so one task's working set (~150 KiB) stays in L2 through its five products
 //! and the elementwise passes between them, and each gemm is large enough (64·128·64 multiply–
 //! adds) for gemm's micro-kernel to run at speed rather than in its edge handling. Causal
 //! attention wastes only the upper half of the BQ×BQ diagonal block per tile (a fraction BQ/T).
+//!
+//! Limit: the backward has B·H_kv tasks, so multi-query attention at batch 1 runs on one core
+//! (per-head dK/dV partials and a reduction would lift that, at O(H·T·D) extra memory).
 
 use super::SyncPtr;
 use gemm::Parallelism;
@@ -76,10 +79,10 @@ unsafe fn tile_gemm(
 }
 
 /// eˣ in f32 without a libm call, so that the loops over a score tile vectorise (the libm expf
-/// is a scalar call, and at D = 64 a tile has one exp per 128 flops of gemm, which made it the
-/// largest cost after the gemms were in place). Cephes' expf: x = n·ln2 + r with |r| ≤ ln2/2,
-/// eʳ by a degree-7 polynomial (relative error ≈ 1e-7, as libm's), 2ⁿ built in the exponent
-/// bits. Arguments below −87 (including −∞) give 0.
+/// is a scalar call; at D = 64 there is one exp per 4D = 256 gemm flops, and even vectorised
+/// at SSE2 width the exp pass took as long as the gemms). Cephes' expf: x = n·ln2 + r with
+/// |r| ≤ ln2/2, eʳ by a degree-7 polynomial (relative error ≈ 1e-7, as libm's), 2ⁿ built in the
+/// exponent bits. Arguments below −87 (including −∞) give 0.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     const LO: f32 = -87.0;
