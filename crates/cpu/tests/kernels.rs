@@ -360,8 +360,17 @@ fn attention_cases() -> Vec<Attention> {
         (2, 4, 2, 13, 8),
         (1, 3, 3, 67, 16),
         (2, 2, 1, 100, 8),
+        // Longer than the flash kernel's query tile and key block: several of each, the online
+        // softmax rescaling across blocks, and a window that spans a block boundary.
+        (1, 4, 2, 300, 12),
     ] {
-        for (causal, window) in [(true, None), (false, None), (true, Some(5))] {
+        let windows = [
+            (true, None),
+            (false, None),
+            (true, Some(5)),
+            (true, Some(150)),
+        ];
+        for (causal, window) in windows {
             out.push(Attention {
                 b,
                 h,
