@@ -33,13 +33,13 @@ pub fn backward_flops(a: &Attention) -> u64 {
 }
 
 /// inputs: [q/k/v source(s)]; outputs: [o, lse].
-pub fn forward_bytes(a: &Attention, inputs: &[Tensor], _outputs: &[Tensor]) -> u64 {
+pub fn forward_bytes(a: &Attention, inputs: &[Tensor]) -> u64 {
     let w = width(inputs);
     (2 * a.q_numel() + 2 * a.kv_numel()) * w + lse_bytes(a)
 }
 
 /// Reads Q, K, V, O, dO, L; writes dQ, dK, dV.
-pub fn backward_bytes(a: &Attention, inputs: &[Tensor], _outputs: &[Tensor]) -> u64 {
+pub fn backward_bytes(a: &Attention, inputs: &[Tensor]) -> u64 {
     let w = width(inputs);
     (4 * a.q_numel() + 4 * a.kv_numel()) * w + lse_bytes(a)
 }

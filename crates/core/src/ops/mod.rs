@@ -273,11 +273,11 @@ impl Op {
             },
             Op::FlashAttention(a) => Cost {
                 flops: flash_attention::forward_flops(a),
-                bytes: flash_attention::forward_bytes(a, inputs, outputs),
+                bytes: flash_attention::forward_bytes(a, inputs),
             },
             Op::FlashAttentionBackward(a) => Cost {
                 flops: flash_attention::backward_flops(a),
-                bytes: flash_attention::backward_bytes(a, inputs, outputs),
+                bytes: flash_attention::backward_bytes(a, inputs),
             },
             Op::CrossEntropy(c) => Cost {
                 flops: c.forward_flops(),
