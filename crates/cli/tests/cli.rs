@@ -347,3 +347,155 @@ fn report_renders_in_headless_chromium() {
     assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
     assert!(stdout(&o).contains("check-report: passed"));
 }
+
+/// A tiny tperf config (the JSON `tperf model --json` prints under "config"), written to a
+/// temporary file, so the measuring commands run in a moment.
+fn tiny_config_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let o = tperf(&["model", "gpt2-124m", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut cfg = v["config"].clone();
+    cfg["name"] = "tiny".into();
+    cfg["vocab_size"] = 97.into();
+    cfg["d_model"] = 32.into();
+    cfg["d_ff"] = 64.into();
+    cfg["n_layers"] = 2.into();
+    cfg["n_heads"] = 4.into();
+    cfg["n_kv_heads"] = 4.into();
+    cfg["head_dim"] = 8.into();
+    cfg["context"] = 64.into();
+    let path = dir.join("tiny.json");
+    std::fs::write(&path, serde_json::to_string(&cfg).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn bench_profile_and_attention_measure_beside_the_model() {
+    let dir = std::env::temp_dir().join(format!("tperf-measure-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = tiny_config_file(&dir);
+    let cfg = cfg.to_str().unwrap();
+
+    let o = tperf(&[
+        "bench",
+        cfg,
+        "--batch",
+        "1,2",
+        "--seq",
+        "16",
+        "--dtype",
+        "fp32,bf16",
+        "--warmup",
+        "1",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        2 * 2 * 3,
+        "batches × dtypes × the three default passes"
+    );
+    for r in rows {
+        assert!(r["measured"]["median"].as_f64().unwrap() > 0.0);
+        assert!(r["modelled_seconds"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["peak_bytes_measured"], r["peak_bytes_modelled"]);
+    }
+
+    let trace = dir.join("trace.json");
+    let o = tperf(&[
+        "profile",
+        cfg,
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("By op kind") && stdout(&o).contains("host work between ops"));
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    assert!(t["traceEvents"].as_array().unwrap().len() > 20);
+
+    let o = tperf(&[
+        "attention",
+        "--dims",
+        "8",
+        "--seqs",
+        "16,32",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for r in v["rows"].as_array().unwrap() {
+        assert_eq!(
+            r["measured"]["memory_before_backward_bytes"],
+            r["predicted"]["memory_before_backward_bytes"]
+        );
+    }
+    // The seed's largest naive case is predicted, not run, when it cannot fit.
+    let o = tperf(&[
+        "attention",
+        "--batch",
+        "64",
+        "--dims",
+        "16",
+        "--seqs",
+        "65536",
+        "--kernels",
+        "naive",
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("out of memory"), "{}", stdout(&o));
+
+    for (args, expected) in [
+        (
+            vec!["bench", cfg, "--device", "cuda"],
+            "CUDA backend is not built yet",
+        ),
+        (vec!["bench", cfg, "--steps", "0"], "not a positive integer"),
+        (
+            vec!["bench", cfg, "--dtype", "fp8"],
+            "use one of fp32, bf16, fp16",
+        ),
+        (vec!["bench", "--sizes", "smal"], "did you mean 'small'"),
+        (
+            vec!["bench", cfg, "--out", "/proc/no/such/rows.jsonl"],
+            "cannot open",
+        ),
+        (
+            vec![
+                "profile",
+                cfg,
+                "--trace",
+                "/proc/no/such/trace.json",
+                "--steps",
+                "1",
+                "--device",
+                "cpu",
+            ],
+            "cannot write",
+        ),
+    ] {
+        let o = tperf(&args);
+        assert!(!o.status.success(), "{args:?} succeeded");
+        assert!(stderr(&o).contains(expected), "{args:?}: {}", stderr(&o));
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

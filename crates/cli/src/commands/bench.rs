@@ -2,7 +2,7 @@
 //! median, min, max — for the forward pass, forward + backward, and the full training step, with
 //! the model's prediction of the same schedule beside every measurement.
 
-use super::{parse_positive, resolve_device, ScheduleArgs};
+use super::{parse_positive, resolve_device};
 use crate::load;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -10,7 +10,7 @@ use std::io::Write;
 use tperf_bench::model::{self, BenchRow, Repeats};
 use tperf_core::cost::analysis::{Scenario, Workload};
 use tperf_core::cost::hardware;
-use tperf_core::schedule::{AttentionKernel, Options, Precision};
+use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute};
 use tperf_report::table::Table;
 use tperf_report::units;
 
@@ -30,12 +30,18 @@ pub struct BenchArgs {
     /// Sequence lengths to sweep (default: the preset's).
     #[arg(long, value_delimiter = ',', value_parser = parse_positive)]
     pub seq: Vec<usize>,
-    /// Precision policies to sweep: fp32, bf16, fp16.
-    #[arg(long = "dtypes", value_delimiter = ',', value_parser = parse_precision)]
-    pub dtypes: Vec<Precision>,
-    /// Attention kernels to sweep: naive, flash.
-    #[arg(long = "attentions", value_delimiter = ',', value_parser = parse_attention)]
-    pub attentions: Vec<AttentionKernel>,
+    /// Precision policies to sweep: fp32, bf16, fp16 (a list: fp32,bf16).
+    #[arg(long, value_delimiter = ',', default_value = "fp32", value_parser = parse_precision)]
+    pub dtype: Vec<Precision>,
+    /// Attention kernels to sweep: naive, flash (a list: naive,flash).
+    #[arg(long, value_delimiter = ',', default_value = "flash", value_parser = parse_attention)]
+    pub attention: Vec<AttentionKernel>,
+    /// Activation recomputation: none, selective or full.
+    #[arg(long, default_value = "none", value_parser = parse_recompute)]
+    pub recompute: Recompute,
+    /// Run every op unfused.
+    #[arg(long)]
+    pub no_fuse: bool,
     /// Untimed warm-up steps; a list (0,1,2) answers how much warm-up matters.
     #[arg(long, value_delimiter = ',', default_value = "5")]
     pub warmup: Vec<usize>,
@@ -45,9 +51,6 @@ pub struct BenchArgs {
     /// Where to run: auto, cpu (the CUDA backend is not built yet).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Other schedule options (their single values; --dtypes/--attentions sweep).
-    #[command(flatten)]
-    pub schedule: ScheduleArgs,
     /// Append each finished row to this JSON-lines file as it completes (an interrupted run
     /// keeps the rows it finished).
     #[arg(long)]
@@ -67,6 +70,9 @@ fn parse_precision(s: &str) -> Result<Precision, String> {
 fn parse_attention(s: &str) -> Result<AttentionKernel, String> {
     s.parse()
 }
+fn parse_recompute(s: &str) -> Result<Recompute, String> {
+    s.parse()
+}
 
 pub struct Planned {
     pub cfg: tperf_core::config::ModelConfig,
@@ -82,17 +88,12 @@ pub fn plan(args: &BenchArgs) -> Result<Vec<Planned>> {
     } else {
         bail!("name a model (a preset or config.json) or give --sizes small,medium,…");
     };
-    let base = args.schedule.options();
-    let dtypes = if args.dtypes.is_empty() {
-        vec![base.precision]
-    } else {
-        args.dtypes.clone()
+    let base = Options {
+        recompute: args.recompute,
+        fused: !args.no_fuse,
+        ..Options::default()
     };
-    let attentions = if args.attentions.is_empty() {
-        vec![base.attention]
-    } else {
-        args.attentions.clone()
-    };
+    let (dtypes, attentions) = (args.dtype.clone(), args.attention.clone());
     let mut out = Vec::new();
     for spec in &specs {
         let m = load::load(spec)?;
