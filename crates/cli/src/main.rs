@@ -13,7 +13,9 @@ use std::process::ExitCode;
     version,
     about = "A transformer performance lab: model, measure and explain where the time and memory go",
     long_about = "tperf models the cost of training and running transformers op by op (FLOPs, bytes, \
-arithmetic intensity, roofline time, memory), for any config on any GPU, without running it.\n\n\
+arithmetic intensity, roofline time, memory), for any config on any GPU, without running it; \
+measures the same schedule on this machine (CPU backend; CUDA to come) with the model's \
+prediction beside every number; and explains it in tables, traces and an HTML report.\n\n\
 Conventions: a FLOP is one add or one multiply (a matmul (m×k)(k×n) is 2mkn); causal attention \
 counts the unmasked pairs; bytes are the minimum traffic (each input read once, each output \
 written once); backward FLOPs come from each op's real backward computation."
@@ -35,13 +37,13 @@ enum Command {
     Profile(commands::profile::ProfileArgs),
     /// Naive against flash attention across head sizes and sequence lengths: time and memory.
     Attention(commands::attention::AttentionArgs),
-    /// The hardware table.
+    /// The hardware table, and this machine's measured ceilings.
     Hw(commands::hw::HwArgs),
     /// Mixed precision with numbers: accumulation error, dtypes by policy, norm statistics.
     Precision(commands::precision::PrecisionArgs),
     /// Re-render the HTML report of a results.json.
     Report(commands::report::ReportArgs),
-    /// The main job: analyse the default models on this machine and on a reference GPU.
+    /// The main job: model the seed's sizes here and on a reference GPU, measure here, write the report.
     Study(commands::study::StudyArgs),
     /// Train a model for real (CPU backend): progress, evaluation, checkpoints, resume, Ctrl-C.
     Train(commands::train::TrainArgs),
