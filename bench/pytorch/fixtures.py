@@ -11,6 +11,7 @@ safetensors file holding:
 and, in the metadata, the config JSON and the optimizer's hyper-parameters.
 
 Run:  python bench/pytorch/fixtures.py --out bench/pytorch/fixtures
+      python bench/pytorch/fixtures.py --checkpoint run.safetensors --out DIR   (a tperf checkpoint)
 """
 
 import argparse
@@ -55,9 +56,10 @@ HYPER = {"lr": 1e-2, "weight_decay": 0.1, "max_grad_norm": 1.0, "beta1": 0.9, "b
 B, T = 2, 7
 
 
-def make(family, cfg, out_dir):
+def make(family, cfg, out_dir, params=None):
     torch.manual_seed(0)
-    params = tm.init_params(cfg, seed=1)
+    if params is None:
+        params = tm.init_params(cfg, seed=1)
     initial = {k: v.detach().clone() for k, v in params.items()}
     g = torch.Generator().manual_seed(2)
     tokens = torch.randint(0, cfg["vocab_size"], (B, T), generator=g)
@@ -102,9 +104,15 @@ def make(family, cfg, out_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "fixtures"))
+    ap.add_argument("--checkpoint", help="build the model from this tperf checkpoint instead of "
+                    "the built-in tiny configs; writes <out>/checkpoint.safetensors")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     torch.set_default_dtype(torch.float32)
+    if args.checkpoint:
+        cfg, params = tm.load_tperf_checkpoint(args.checkpoint)
+        make("checkpoint", cfg, args.out, params)
+        return
     for family, cfg in FAMILIES.items():
         make(family, cfg, args.out)
 

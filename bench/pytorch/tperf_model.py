@@ -78,6 +78,26 @@ def param_shapes(cfg):
     return shapes
 
 
+def load_tperf_checkpoint(path):
+    """The config and parameters of a tperf checkpoint (`tperf train --checkpoint`): the
+    safetensors file holds each parameter under its tperf name (AdamW moments as
+    `<name>.adam_m` / `.adam_v`, ignored here) and the config as JSON in its metadata."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+        if "config" not in meta:
+            raise SystemExit(f"{path}: not a tperf checkpoint (no config in its metadata)")
+        cfg = json.loads(meta["config"])
+        params = {}
+        for name, shape in param_shapes(cfg):
+            t = f.get_tensor(name).float()
+            if tuple(t.shape) != tuple(shape):
+                raise SystemExit(f"{path}: {name} has shape {tuple(t.shape)}, the config says {shape}")
+            params[name] = t.requires_grad_(True)
+    return cfg, params
+
+
 def init_params(cfg, seed=0, dtype=torch.float32):
     """GPT-2-style random values: N(0, 0.02) matrices, unit gains, small random biases (not zero,
     so that fixtures exercise the bias paths)."""
