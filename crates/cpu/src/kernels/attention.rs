@@ -2,8 +2,7 @@
 //! single-threaded gemm and the (batch, head) pairs spread over rayon. Q, K and V are read in
 //! place from the qkv buffer or the caches through gemm's strides, never copied.
 
-use super::SyncPtr;
-use gemm::Parallelism;
+use super::{serial_gemm, SyncPtr};
 use rayon::prelude::*;
 use tperf_core::ops::attention::{Attention, KvSource};
 
@@ -29,50 +28,6 @@ fn kv_slices<'a>(src: &KvSource<'a, f32>, qkv: &'a [f32]) -> (&'a [f32], &'a [f3
     }
 }
 
-/// dst (m×n, row stride dst_rs) = beta·lhs·rhs (+ dst when `accumulate`), all strides in
-/// elements, on the calling thread.
-///
-/// # Safety
-/// Every pointer must cover the elements its strides reach.
-#[allow(clippy::too_many_arguments)]
-unsafe fn small_gemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: *const f32,
-    lhs_cs: usize,
-    lhs_rs: usize,
-    rhs: *const f32,
-    rhs_cs: usize,
-    rhs_rs: usize,
-    beta: f32,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        1.0,
-        beta,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    );
-}
-
 /// S = Q·Kᵀ/√D for each (b, h): (Tq × Tk) blocks of `s`.
 pub fn scores_forward(a: &Attention, qkv: &[f32], src: KvSource<'_, f32>, s: &mut [f32]) {
     let (ks, _) = kv_slices(&src, qkv);
@@ -85,19 +40,13 @@ pub fn scores_forward(a: &Attention, qkv: &[f32], src: KvSource<'_, f32>, s: &mu
             // SAFETY: the query rows (Tq of them, stride W) and key rows (Tk, stride kst) lie inside
             // qkv and the key source, as the descriptor and the checked buffer lengths guarantee.
             unsafe {
-                small_gemm(
-                    a.tq,
-                    a.tk,
-                    a.d,
+                serial_gemm(
+                    (a.tq, a.tk, a.d),
                     block.as_mut_ptr(),
                     a.tk,
                     false,
-                    qkv[a.q_index(b, h, 0)..].as_ptr(),
-                    1,
-                    w,
-                    ks[k0..].as_ptr(),
-                    kst,
-                    1,
+                    (qkv[a.q_index(b, h, 0)..].as_ptr(), 1, w),
+                    (ks[k0..].as_ptr(), kst, 1),
                     scale,
                 );
             }
@@ -140,19 +89,13 @@ pub fn value_forward(a: &Attention, p: &[f32], qkv: &[f32], src: KvSource<'_, f3
         let (v0, vst) = kv_view(a, &src, true, b, a.kv_head(h));
         // SAFETY: task (b, h) writes only head h's D columns of batch b's Tq output rows.
         unsafe {
-            small_gemm(
-                a.tq,
-                a.d,
-                a.tk,
+            serial_gemm(
+                (a.tq, a.d, a.tk),
                 optr.get().add(a.o_index(b, h, 0)),
                 a.h * a.d,
                 false,
-                p[bh * a.tq * a.tk..].as_ptr(),
-                1,
-                a.tk,
-                vs[v0..].as_ptr(),
-                1,
-                vst,
+                (p[bh * a.tq * a.tk..].as_ptr(), 1, a.tk),
+                (vs[v0..].as_ptr(), 1, vst),
                 1.0,
             );
         }
@@ -177,19 +120,13 @@ pub fn value_backward(
             let (v0, _) = kv_view(a, &src, true, b, a.kv_head(h));
             // SAFETY: dO rows of head h (stride H·D) and V rows (stride W) lie in their buffers.
             unsafe {
-                small_gemm(
-                    a.tq,
-                    a.tk,
-                    a.d,
+                serial_gemm(
+                    (a.tq, a.tk, a.d),
                     block.as_mut_ptr(),
                     a.tk,
                     false,
-                    dout[a.o_index(b, h, 0)..].as_ptr(),
-                    1,
-                    hd,
-                    qkv[v0..].as_ptr(),
-                    w,
-                    1,
+                    (dout[a.o_index(b, h, 0)..].as_ptr(), 1, hd),
+                    (qkv[v0..].as_ptr(), w, 1),
                     1.0,
                 );
             }
@@ -202,19 +139,13 @@ pub fn value_backward(
         for (n, h) in (g * group..(g + 1) * group).enumerate() {
             // SAFETY: task (b, g) writes only V head g's columns of batch b's rows.
             unsafe {
-                small_gemm(
-                    a.tk,
-                    a.d,
-                    a.tq,
+                serial_gemm(
+                    (a.tk, a.d, a.tq),
                     dptr.get().add(v0),
                     w,
                     n > 0,
-                    p[(b * a.h + h) * a.tq * a.tk..].as_ptr(),
-                    a.tk,
-                    1,
-                    dout[a.o_index(b, h, 0)..].as_ptr(),
-                    1,
-                    hd,
+                    (p[(b * a.h + h) * a.tq * a.tk..].as_ptr(), a.tk, 1),
+                    (dout[a.o_index(b, h, 0)..].as_ptr(), 1, hd),
                     1.0,
                 );
             }
@@ -244,19 +175,13 @@ pub fn scores_backward(a: &Attention, ds: &[f32], qkv: &[f32], dqkv: &mut [f32])
         let (k0, _) = kv_view(a, &src, false, b, a.kv_head(h));
         // SAFETY: task (b, h) writes only query head h's columns of batch b's rows.
         unsafe {
-            small_gemm(
-                a.tq,
-                a.d,
-                a.tk,
+            serial_gemm(
+                (a.tq, a.d, a.tk),
                 dptr.get().add(a.q_index(b, h, 0)),
                 w,
                 false,
-                ds[bh * a.tq * a.tk..].as_ptr(),
-                1,
-                a.tk,
-                qkv[k0..].as_ptr(),
-                1,
-                w,
+                (ds[bh * a.tq * a.tk..].as_ptr(), 1, a.tk),
+                (qkv[k0..].as_ptr(), 1, w),
                 scale,
             );
         }
@@ -268,19 +193,13 @@ pub fn scores_backward(a: &Attention, ds: &[f32], qkv: &[f32], dqkv: &mut [f32])
         for (n, h) in (g * group..(g + 1) * group).enumerate() {
             // SAFETY: task (b, g) writes only key head g's columns of batch b's rows.
             unsafe {
-                small_gemm(
-                    a.tk,
-                    a.d,
-                    a.tq,
+                serial_gemm(
+                    (a.tk, a.d, a.tq),
                     dptr.get().add(k0),
                     w,
                     n > 0,
-                    ds[(b * a.h + h) * a.tq * a.tk..].as_ptr(),
-                    a.tk,
-                    1,
-                    qkv[a.q_index(b, h, 0)..].as_ptr(),
-                    1,
-                    w,
+                    (ds[(b * a.h + h) * a.tq * a.tk..].as_ptr(), a.tk, 1),
+                    (qkv[a.q_index(b, h, 0)..].as_ptr(), 1, w),
                     scale,
                 );
             }

@@ -32,51 +32,12 @@
 //! Limit: the backward has B·H_kv tasks, so multi-query attention at batch 1 runs on one core
 //! (per-head dK/dV partials and a reduction would lift that, at O(H·T·D) extra memory).
 
-use super::SyncPtr;
-use gemm::Parallelism;
+use super::{serial_gemm, SyncPtr};
 use rayon::prelude::*;
 use tperf_core::ops::attention::{Attention, KvSource};
 
 const BQ: usize = 64;
 const BK: usize = 128;
-
-/// dst (m×n, row stride dst_rs) = beta·lhs·rhs (+ dst when `accumulate`), all strides in
-/// elements (column stride, then row stride for each operand), on the calling thread.
-///
-/// # Safety
-/// Every pointer must cover the elements its strides reach, and dst must not overlap the others.
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_gemm(
-    (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    (lhs, lhs_cs, lhs_rs): (*const f32, usize, usize),
-    (rhs, rhs_cs, rhs_rs): (*const f32, usize, usize),
-    beta: f32,
-) {
-    gemm::gemm(
-        m,
-        n,
-        k,
-        dst,
-        1,
-        dst_rs as isize,
-        accumulate,
-        lhs,
-        lhs_cs as isize,
-        lhs_rs as isize,
-        rhs,
-        rhs_cs as isize,
-        rhs_rs as isize,
-        1.0,
-        beta,
-        false,
-        false,
-        false,
-        Parallelism::None,
-    );
-}
 
 /// eˣ in f32 without a libm call, so that the loops over a score tile vectorise (the libm expf
 /// is a scalar call; at D = 64 there is one exp per 4D = 256 gemm flops, and even vectorised
@@ -265,7 +226,7 @@ pub fn forward(a: &Attention, qkv: &[f32], src: KvSource<'_, f32>, o: &mut [f32]
                 // SAFETY: m query rows of stride W from q_index(b, h, i0) lie in qkv; n key rows
                 // of stride kvs from key j0 lie in the key source; s is m×n.
                 unsafe {
-                    tile_gemm(
+                    serial_gemm(
                         (m, n, d),
                         s.as_mut_ptr(),
                         n,
@@ -299,7 +260,7 @@ pub fn forward(a: &Attention, qkv: &[f32], src: KvSource<'_, f32>, o: &mut [f32]
                 // SAFETY: P is m×n in scratch; n value rows of stride kvs from j0 lie in the value
                 // source; acc is m×d.
                 unsafe {
-                    tile_gemm(
+                    serial_gemm(
                         (m, d, n),
                         sc.acc.as_mut_ptr(),
                         d,
@@ -387,7 +348,7 @@ pub fn backward(
                         // which overlap no operand.
                         unsafe {
                             // S = Q·Kᵀ/√D, then P = exp(S − lse) on the visible keys.
-                            tile_gemm(
+                            serial_gemm(
                                 (m, n, d),
                                 p.as_mut_ptr(),
                                 n,
@@ -406,7 +367,7 @@ pub fn backward(
                         }
                         unsafe {
                             // dV += Pᵀ·dO (Pᵀ read from P with the strides swapped).
-                            tile_gemm(
+                            serial_gemm(
                                 (n, d, m),
                                 dptr.get().add(vj + j0 * w),
                                 w,
@@ -416,7 +377,7 @@ pub fn backward(
                                 1.0,
                             );
                             // dP = dO·Vᵀ.
-                            tile_gemm(
+                            serial_gemm(
                                 (m, n, d),
                                 ds.as_mut_ptr(),
                                 n,
@@ -436,7 +397,7 @@ pub fn backward(
                         }
                         unsafe {
                             // dQ += dS·K/√D.
-                            tile_gemm(
+                            serial_gemm(
                                 (m, d, n),
                                 dptr.get().add(qi),
                                 w,
@@ -446,7 +407,7 @@ pub fn backward(
                                 scale,
                             );
                             // dK += dSᵀ·Q/√D.
-                            tile_gemm(
+                            serial_gemm(
                                 (n, d, m),
                                 dptr.get().add(kj + j0 * w),
                                 w,

@@ -39,3 +39,42 @@ impl SyncPtr {
 pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
     gemm::Parallelism::Rayon(rayon::current_num_threads())
 }
+
+/// The attention kernels' one gemm call, single-threaded because they run inside rayon tasks:
+/// dst (m×n, row stride dst_rs) = beta·lhs·rhs (+ dst when `accumulate`), all strides in
+/// elements (column stride, then row stride for each operand), on the calling thread.
+///
+/// # Safety
+/// Every pointer must cover the elements its strides reach, and dst must not overlap the others.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn serial_gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    (lhs, lhs_cs, lhs_rs): (*const f32, usize, usize),
+    (rhs, rhs_cs, rhs_rs): (*const f32, usize, usize),
+    beta: f32,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs,
+        lhs_cs as isize,
+        lhs_rs as isize,
+        rhs,
+        rhs_cs as isize,
+        rhs_rs as isize,
+        1.0,
+        beta,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
