@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use tperf_core::backend::{Backend, BackendError, OpCall};
-use tperf_core::config::{Biases, Mlp, ModelConfig, Norm, NormPlacement, Positions};
+use tperf_core::config::ModelConfig;
 use tperf_core::schedule::{Options, Precision, Transformer};
 use tperf_core::tensor::{Tensor, TensorId, TensorSpec};
 
@@ -95,34 +95,17 @@ impl Backend for HostBackend {
 /// GPT-2-shaped and tiny: every kind of parameter (learned positions, norm biases, linear
 /// biases, tied output layer) in a few hundred floats.
 pub fn tiny_config() -> ModelConfig {
-    ModelConfig {
-        name: "tiny".into(),
-        vocab_size: 256,
-        context: 16,
-        d_model: 8,
-        d_ff: 16,
-        n_layers: 2,
-        n_heads: 2,
-        n_kv_heads: 2,
-        head_dim: 4,
-        norm: Norm::LayerNorm,
-        norm_eps: 1e-5,
-        mlp: Mlp::Gelu,
-        positions: Positions::Learned,
-        biases: Biases {
-            qkv: true,
-            attn_out: true,
-            mlp: true,
-            norm: true,
-            lm_head: false,
-        },
-        tied_embeddings: true,
-        causal: true,
-        norm_placement: NormPlacement::Pre,
-        final_norm: true,
-        scale_embedding: false,
-        sliding_window: None,
-    }
+    // GPT-2's architecture shrunk to a byte vocabulary and a handful of parameters.
+    let mut cfg = tperf_core::presets::find("gpt2-124m")
+        .expect("preset")
+        .config;
+    cfg.name = "tiny".into();
+    cfg.vocab_size = 256;
+    cfg.context = 16;
+    cfg.d_model = 8;
+    cfg.d_ff = 16;
+    cfg.n_layers = 2;
+    cfg.with_heads(2, 2).expect("2 heads divide 8")
 }
 
 pub fn model(
