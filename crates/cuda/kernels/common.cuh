@@ -1,0 +1,97 @@
+// Shared by every tperf kernel source: the tensor argument, dtype conversion, and reductions.
+//
+// A tensor reaches a kernel as a Buf: its device pointer and its dtype code. Kernels load and
+// store through ld/st, which convert to and from f32, so one kernel serves fp32, bf16 and fp16
+// storage and any mix of them (the mixed-precision policy keeps gradients and statistics in f32
+// beside bf16 activations). The dtype switch is uniform across a warp, so it costs a few
+// instructions, not divergence; specialised kernels can replace this where a measurement says so.
+//
+// Conversions use PTX cvt with round-to-nearest-even, the rounding the CPU backend emulates.
+
+typedef unsigned short u16;
+typedef long long i64;
+
+#define NEG_INF __int_as_float(0xff800000)
+
+#define DT_F32 0
+#define DT_BF16 1
+#define DT_F16 2
+#define DT_I32 3
+
+struct Buf {
+    void* p;
+    int dt;
+    int pad;
+};
+
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((unsigned)h) << 16); }
+__device__ __forceinline__ u16 f32_to_bf16(float f) {
+    u16 r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 r;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(f));
+    return r;
+}
+
+__device__ __forceinline__ float ld(const Buf& b, i64 i) {
+    switch (b.dt) {
+    case DT_BF16: return bf16_to_f32(((const u16*)b.p)[i]);
+    case DT_F16: return f16_to_f32(((const u16*)b.p)[i]);
+    case DT_I32: return (float)((const int*)b.p)[i];
+    default: return ((const float*)b.p)[i];
+    }
+}
+
+__device__ __forceinline__ void st(const Buf& b, i64 i, float v) {
+    switch (b.dt) {
+    case DT_BF16: ((u16*)b.p)[i] = f32_to_bf16(v); break;
+    case DT_F16: ((u16*)b.p)[i] = f32_to_f16(v); break;
+    case DT_I32: ((int*)b.p)[i] = (int)v; break;
+    default: ((float*)b.p)[i] = v;
+    }
+}
+
+__device__ __forceinline__ int ld_i32(const Buf& b, i64 i) { return ((const int*)b.p)[i]; }
+
+// Grid-stride loop over n elements.
+#define FOR_EACH(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (i64)(n); i += (i64)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `scratch` holds 32 floats of shared memory; the trailing barrier lets the caller reuse it.
+__device__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.0f;
+    v = warp_sum(v);
+    __syncthreads();
+    return v;
+}
+__device__ float block_max(float v, float* scratch) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    v = warp_max(v);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : NEG_INF;
+    v = warp_max(v);
+    __syncthreads();
+    return v;
+}

@@ -1,0 +1,1 @@
+// norms kernels

@@ -1,0 +1,548 @@
+//! CudaBackend: the one schedule on an NVIDIA GPU. Storage per tensor id from the caching
+//! allocator, op dispatch to cuBLASLt and to the NVRTC kernels of `kernels/`, memory accounting
+//! by category, CUDA events per op, NVTX ranges per op.
+//!
+//! Every op is issued on one stream, in the schedule's order, without host synchronisation: the
+//! host runs ahead and the GPU drains the queue. Only reads to the host, the sampling op and the
+//! end of a timed region wait for the device.
+
+use crate::alloc::{Block, CachingAllocator};
+use crate::blas::{Blas, Gemm, WORKSPACE_BYTES};
+use crate::gpu::{Arg, DeviceInfo, Gpu, GpuError};
+use crate::timing::EventTimer;
+use cudarc::driver::result as cu;
+use half::{bf16, f16};
+use std::collections::HashMap;
+use tperf_core::backend::{Backend, BackendError, OpCall};
+use tperf_core::dtype::DType;
+use tperf_core::meta::MemEvent;
+use tperf_core::ops::{self, Op};
+use tperf_core::tensor::{MemCategory, Tensor, TensorId, TensorSpec};
+
+pub(crate) const BACKEND: &str = "cuda";
+
+pub(crate) struct DevBuf {
+    pub block: Block,
+    pub name: String,
+    pub dtype: DType,
+    pub numel: u64,
+    /// (min, max) of the ids last written by the host, for i32 tensors.
+    pub id_range: Option<(i32, i32)>,
+}
+
+/// The dtype code kernels switch on (common.cuh).
+pub(crate) fn dt_code(d: DType) -> i32 {
+    match d {
+        DType::F32 => 0,
+        DType::Bf16 => 1,
+        DType::F16 => 2,
+        DType::I32 => 3,
+    }
+}
+
+pub struct CudaBackend {
+    // Field order is drop order: buffers go back to the allocator, the allocator to the driver,
+    // then the library handles and last the context (inside `gpu`).
+    buffers: HashMap<TensorId, DevBuf>,
+    pub(crate) alloc: CachingAllocator,
+    pub(crate) blas: Blas,
+    workspace: Block,
+    pub(crate) timer: Option<EventTimer>,
+    pub(crate) gpu: Gpu,
+    next_id: u32,
+    ops_run: usize,
+    sample_calls: u64,
+    nvtx: bool,
+}
+
+pub(crate) fn device_err(message: impl Into<String>) -> BackendError {
+    BackendError::Device {
+        backend: BACKEND,
+        message: message.into(),
+    }
+}
+
+pub(crate) fn unsupported(call: &OpCall, why: impl Into<String>) -> BackendError {
+    BackendError::Unsupported {
+        op: call.op.name(),
+        label: call.label,
+        backend: BACKEND,
+        why: why.into(),
+    }
+}
+
+pub(crate) fn invalid(call: &OpCall, why: impl Into<String>) -> BackendError {
+    BackendError::InvalidInput {
+        op: call.op.name(),
+        label: call.label,
+        backend: BACKEND,
+        why: why.into(),
+    }
+}
+
+impl From<GpuError> for BackendError {
+    fn from(e: GpuError) -> Self {
+        device_err(e.to_string())
+    }
+}
+
+impl CudaBackend {
+    /// Opens `cuda:ordinal`: the context, the stream, cuBLASLt and its workspace. Kernels are
+    /// compiled (or loaded from the disk cache) when an op first needs them.
+    pub fn new(ordinal: usize) -> Result<Self, BackendError> {
+        let gpu = Gpu::open(ordinal)?;
+        let mut alloc = CachingAllocator::default();
+        let workspace = alloc
+            .alloc(WORKSPACE_BYTES as u64)
+            .map_err(|e| device_err(format!("allocating the cuBLASLt workspace: {e:?}")))?;
+        let blas = Blas::new(workspace.ptr).map_err(device_err)?;
+        let nvtx = std::env::var_os("TPERF_NVTX").is_some_and(|v| v != "0")
+            && unsafe { cudarc::nvtx::sys::is_culib_present() };
+        Ok(CudaBackend {
+            buffers: HashMap::new(),
+            alloc,
+            blas,
+            workspace,
+            timer: None,
+            gpu,
+            next_id: 0,
+            ops_run: 0,
+            sample_calls: 0,
+            nvtx,
+        })
+    }
+
+    pub fn info(&self) -> &DeviceInfo {
+        &self.gpu.info
+    }
+
+    /// Kernel modules loaded so far: (source, compiled or cached, seconds).
+    pub fn compile_log(&self) -> &[(&'static str, crate::compile::Origin, std::time::Duration)] {
+        &self.gpu.compile_log
+    }
+
+    /// Waits for every op issued so far; a kernel fault surfaces here.
+    pub fn synchronize(&self) -> Result<(), BackendError> {
+        self.gpu.synchronize().map_err(Into::into)
+    }
+
+    pub fn enable_memory_events(&mut self) {
+        self.alloc.mem_events.get_or_insert_with(Vec::new);
+    }
+
+    pub fn mem_events(&self) -> &[MemEvent] {
+        self.alloc.mem_events.as_deref().unwrap_or(&[])
+    }
+
+    pub fn reset_peak(&mut self) {
+        self.alloc.peak_bytes = self.alloc.total_bytes_in_use();
+    }
+
+    pub fn bytes_in_use(&self, category: MemCategory) -> u64 {
+        self.alloc.bytes_in_use(category)
+    }
+
+    pub fn total_bytes_in_use(&self) -> u64 {
+        self.alloc.total_bytes_in_use()
+    }
+
+    /// Peak of the tensors' bytes at their dtype widths (the Meta backend's rule).
+    pub fn peak_bytes(&self) -> u64 {
+        self.alloc.peak_bytes
+    }
+
+    /// Bytes obtained from the driver (cached blocks and rounding included; the cuBLASLt
+    /// workspace too).
+    pub fn reserved_bytes(&self) -> u64 {
+        self.alloc.reserved_bytes
+    }
+
+    pub fn peak_reserved_bytes(&self) -> u64 {
+        self.alloc.peak_reserved_bytes
+    }
+
+    pub fn ops_run(&self) -> usize {
+        self.ops_run
+    }
+
+    /// Records CUDA events around every op from now on.
+    pub fn enable_timing(&mut self) -> Result<(), BackendError> {
+        if self.timer.is_none() {
+            self.timer = Some(EventTimer::new().map_err(device_err)?);
+        }
+        Ok(())
+    }
+
+    /// Waits for the device and returns (op index, GPU milliseconds) of every op timed since the
+    /// last call.
+    pub fn take_timings(&mut self) -> Result<Vec<(usize, f64)>, BackendError> {
+        self.synchronize()?;
+        match &mut self.timer {
+            Some(t) => t.drain().map_err(device_err),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub(crate) fn buf(&self, t: &Tensor) -> Result<&DevBuf, BackendError> {
+        self.buffers
+            .get(&t.id)
+            .ok_or_else(|| device_err(format!("tensor #{} is not allocated", t.id.0)))
+    }
+
+    /// The kernel argument for tensor `t`, after checking it holds at least `numel` elements.
+    pub(crate) fn arg(&self, call: &OpCall, t: &Tensor, numel: u64) -> Result<Arg, BackendError> {
+        let b = self.buf(t)?;
+        if b.numel < numel {
+            return Err(unsupported(
+                call,
+                format!(
+                    "'{}' holds {} elements where the op reads {numel}",
+                    b.name, b.numel
+                ),
+            ));
+        }
+        Ok(Arg::Buf(b.block.ptr, dt_code(b.dtype)))
+    }
+
+    /// Input `i` of the call as a kernel argument.
+    pub(crate) fn input(&self, call: &OpCall, i: usize, numel: u64) -> Result<Arg, BackendError> {
+        let t = call
+            .inputs
+            .get(i)
+            .ok_or_else(|| unsupported(call, format!("expected an input #{i}")))?;
+        self.arg(call, t, numel)
+    }
+
+    /// Output `i` of the call as a kernel argument.
+    pub(crate) fn output(&self, call: &OpCall, i: usize, numel: u64) -> Result<Arg, BackendError> {
+        let t = call
+            .outputs
+            .get(i)
+            .ok_or_else(|| unsupported(call, format!("expected an output #{i}")))?;
+        self.arg(call, t, numel)
+    }
+
+    pub(crate) fn ptr(&self, t: &Tensor) -> Result<u64, BackendError> {
+        Ok(self.buf(t)?.block.ptr)
+    }
+
+    /// Launches a kernel for `call`; a launch failure names the op.
+    pub(crate) fn launch(
+        &mut self,
+        call: &OpCall,
+        source: &'static str,
+        kernel: &'static str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: u32,
+        args: &[Arg],
+    ) -> Result<(), BackendError> {
+        self.gpu
+            .launch(source, kernel, grid, block, shared_bytes, args)
+            .map_err(|e| op_error(call, e))
+    }
+
+    /// Launches an elementwise kernel over `n` elements (grid-stride).
+    pub(crate) fn launch_1d(
+        &mut self,
+        call: &OpCall,
+        source: &'static str,
+        kernel: &'static str,
+        n: u64,
+        args: &[Arg],
+    ) -> Result<(), BackendError> {
+        self.gpu
+            .launch_1d(source, kernel, n, args)
+            .map_err(|e| op_error(call, e))
+    }
+
+    /// Sets `t` to zero (asynchronously, on the stream).
+    pub(crate) fn zero(&self, t: &Tensor) -> Result<(), BackendError> {
+        let b = self.buf(t)?;
+        let bytes = b.numel * b.dtype.size_bytes();
+        if bytes > 0 {
+            unsafe { cu::memset_d8_async(b.block.ptr, 0, bytes as usize, self.gpu.cu_stream()) }
+                .map_err(|e| device_err(format!("zeroing '{}': {e:?}", b.name)))?;
+        }
+        Ok(())
+    }
+
+    /// Copies `bytes` from `src` to `dst` on the stream.
+    pub(crate) fn copy(&self, dst: u64, src: u64, bytes: u64) -> Result<(), BackendError> {
+        if bytes > 0 {
+            unsafe { cu::memcpy_dtod_async(dst, src, bytes as usize, self.gpu.cu_stream()) }
+                .map_err(|e| device_err(format!("device copy: {e:?}")))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn gemm(
+        &mut self,
+        call: &OpCall,
+        g: &Gemm,
+        a: u64,
+        b: u64,
+        c: u64,
+        bias: Option<u64>,
+    ) -> Result<(), BackendError> {
+        let stream = self.gpu.cu_stream();
+        self.blas
+            .gemm(g, a, b, c, bias, stream)
+            .map_err(|e| device_err(format!("{} ({}): {e}", call.op.name(), call.label)))
+    }
+
+    fn read_bytes(&self, t: &Tensor) -> Result<Vec<u8>, BackendError> {
+        let b = self.buf(t)?;
+        let mut host = vec![0u8; (b.numel * b.dtype.size_bytes()) as usize];
+        self.gpu.ctx.bind_to_thread().map_err(|e| device_err(format!("{e:?}")))?;
+        unsafe { cu::memcpy_dtoh_async(&mut host, b.block.ptr, self.gpu.cu_stream()) }
+            .map_err(|e| device_err(format!("reading '{}': {e:?}", b.name)))?;
+        self.synchronize()?;
+        Ok(host)
+    }
+
+    fn write_bytes(&self, t: &Tensor, host: &[u8]) -> Result<(), BackendError> {
+        let b = self.buf(t)?;
+        self.gpu.ctx.bind_to_thread().map_err(|e| device_err(format!("{e:?}")))?;
+        unsafe { cu::memcpy_htod_async(b.block.ptr, host, self.gpu.cu_stream()) }
+            .map_err(|e| device_err(format!("writing '{}': {e:?}", b.name)))?;
+        // The host slice must outlive the copy.
+        self.synchronize()
+    }
+}
+
+/// Names the op in a launch failure (a missing kernel, an NVRTC error with its log).
+fn op_error(call: &OpCall, e: GpuError) -> BackendError {
+    device_err(format!("{} ({}): {e}", call.op.name(), call.label))
+}
+
+fn encode(dtype: DType, data: &[f32]) -> Vec<u8> {
+    match dtype {
+        DType::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        DType::Bf16 => data
+            .iter()
+            .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+            .collect(),
+        DType::F16 => data
+            .iter()
+            .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+            .collect(),
+        DType::I32 => data.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+    }
+}
+
+fn decode(dtype: DType, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        DType::Bf16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        DType::I32 => bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
+    }
+}
+
+impl Backend for CudaBackend {
+    fn name(&self) -> String {
+        format!("cuda:{}", self.gpu.info.ordinal)
+    }
+
+    fn alloc(&mut self, spec: TensorSpec) -> Result<Tensor, BackendError> {
+        let bytes = spec.size_bytes();
+        let block = self.alloc.alloc(bytes).map_err(|_| BackendError::OutOfMemory {
+            name: spec.name.clone(),
+            requested_bytes: bytes,
+            in_use_bytes: self.alloc.reserved_bytes,
+            capacity_bytes: self.gpu.info.total_bytes,
+        })?;
+        let id = TensorId(self.next_id);
+        self.next_id += 1;
+        let tensor = Tensor {
+            id,
+            shape: spec.shape.clone(),
+            dtype: spec.dtype,
+            category: spec.category,
+        };
+        self.buffers.insert(
+            id,
+            DevBuf {
+                block,
+                name: spec.name.clone(),
+                dtype: spec.dtype,
+                numel: spec.numel(),
+                id_range: None,
+            },
+        );
+        // Fresh tensors are zero on every backend (accumulating ops rely on it).
+        self.zero(&tensor)?;
+        self.alloc.account(
+            self.ops_run,
+            &spec.name,
+            spec.category,
+            spec.dtype,
+            bytes as i64,
+        );
+        Ok(tensor)
+    }
+
+    fn free(&mut self, tensor: Tensor) {
+        if let Some(buf) = self.buffers.remove(&tensor.id) {
+            self.alloc.account(
+                self.ops_run,
+                &buf.name,
+                tensor.category,
+                tensor.dtype,
+                -(tensor.size_bytes() as i64),
+            );
+            self.alloc.free(buf.block);
+        }
+    }
+
+    fn exec(&mut self, call: OpCall) -> Result<(), BackendError> {
+        let index = self.ops_run;
+        if self.nvtx {
+            cudarc::nvtx::result::range_push(format!("{} {}", call.op.name(), call.label));
+        }
+        if let Some(t) = &mut self.timer {
+            t.start(index, self.gpu.cu_stream()).map_err(device_err)?;
+        }
+        let result = self.dispatch(&call);
+        if let Some(t) = &mut self.timer {
+            t.stop(self.gpu.cu_stream()).map_err(device_err)?;
+        }
+        if self.nvtx {
+            cudarc::nvtx::result::range_pop();
+        }
+        result?;
+        self.ops_run += 1;
+        Ok(())
+    }
+
+    fn write_f32(&mut self, tensor: &Tensor, data: &[f32]) -> Result<(), BackendError> {
+        let numel = self.buf(tensor)?.numel;
+        if numel != data.len() as u64 {
+            return Err(device_err(format!(
+                "write of {} values into a tensor of {numel}",
+                data.len()
+            )));
+        }
+        self.write_bytes(tensor, &encode(tensor.dtype, data))
+    }
+
+    fn write_i32(&mut self, tensor: &Tensor, data: &[i32]) -> Result<(), BackendError> {
+        let b = self.buf(tensor)?;
+        if b.dtype != DType::I32 || b.numel != data.len() as u64 {
+            return Err(device_err(format!(
+                "write of {} ids into '{}' ({} × {})",
+                data.len(),
+                b.name,
+                b.numel,
+                b.dtype
+            )));
+        }
+        let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.write_bytes(tensor, &bytes)?;
+        let range = data
+            .iter()
+            .fold(None, |r: Option<(i32, i32)>, &x| match r {
+                None => Some((x, x)),
+                Some((lo, hi)) => Some((lo.min(x), hi.max(x))),
+            });
+        if let Some(b) = self.buffers.get_mut(&tensor.id) {
+            b.id_range = range;
+        }
+        Ok(())
+    }
+
+    fn read_f32(&mut self, tensor: &Tensor) -> Result<Vec<f32>, BackendError> {
+        let bytes = self.read_bytes(tensor)?;
+        Ok(decode(self.buf(tensor)?.dtype, &bytes))
+    }
+}
+
+impl CudaBackend {
+    fn dispatch(&mut self, call: &OpCall) -> Result<(), BackendError> {
+        match &call.op {
+            Op::Matmul(mm) => self.matmul_forward(call, mm),
+            Op::MatmulBackward(mm) => self.matmul_backward(call, mm),
+            Op::Embedding(e) => self.embedding_forward(call, e),
+            Op::EmbeddingBackward(e) => self.embedding_backward(call, e),
+            Op::LayerNorm(ln) => self.layernorm_forward(call, ln),
+            Op::LayerNormBackward(ln) => self.layernorm_backward(call, ln),
+            Op::RmsNorm(rn) => self.rmsnorm_forward(call, rn),
+            Op::RmsNormBackward(rn) => self.rmsnorm_backward(call, rn),
+            Op::Rope(r) => self.rope(call, r, false),
+            Op::RopeBackward(r) => self.rope(call, r, true),
+            Op::Activation(a) => self.activation_forward(call, a),
+            Op::ActivationBackward(a) => self.activation_backward(call, a),
+            Op::SwiGlu(s) => self.swiglu_forward(call, s),
+            Op::SwiGluBackward(s) => self.swiglu_backward(call, s),
+            Op::ResidualAdd(r) => self.residual_add(call, r),
+            Op::AttnScores(a) => self.attn_scores(call, a),
+            Op::AttnSoftmax(a) => self.attn_softmax(call, a),
+            Op::AttnValue(a) => self.attn_value(call, a),
+            Op::AttnValueBackward(a) => self.attn_value_backward(call, a),
+            Op::AttnSoftmaxBackward(a) => self.attn_softmax_backward(call, a),
+            Op::AttnScoresBackward(a) => self.attn_scores_backward(call, a),
+            Op::FlashAttention(a) => self.flash_attention_forward(call, a),
+            Op::FlashAttentionBackward(a) => self.flash_attention_backward(call, a),
+            Op::CrossEntropy(ce) => self.cross_entropy_forward(call, ce),
+            Op::CrossEntropyBackward(ce) => self.cross_entropy_backward(call, ce),
+            Op::AdamW(adam) => self.adamw(call, adam),
+            Op::GradNorm(g) => self.grad_norm(call, g),
+            Op::Cast(c) => self.cast(call, c),
+            Op::KvAppend(k) => self.kv_append(call, k),
+            Op::TakeLast(t) => self.take_last(call, t),
+            Op::Sample(s) => self.sample(call, s),
+            Op::Collective(_) => Err(unsupported(
+                call,
+                "collectives run across several devices (tperf plan dp models them)",
+            )),
+        }
+    }
+
+    /// Sampling reads the logits back and draws on the host with the reference sampler, so a
+    /// GPU run generates exactly the tokens a CPU run does from the same logits. One row of V
+    /// floats per sequence crosses PCIe per token: microseconds beside the decode step.
+    fn sample(&mut self, call: &OpCall, s: &ops::sampling::Sample) -> Result<(), BackendError> {
+        let logits_t = call
+            .inputs
+            .first()
+            .ok_or_else(|| unsupported(call, "sample reads the logits"))?;
+        let logits = self.read_f32(logits_t)?;
+        if logits.len() < s.b * s.v {
+            return Err(unsupported(call, "the logits are smaller than B × V"));
+        }
+        let out_t = call
+            .outputs
+            .first()
+            .ok_or_else(|| unsupported(call, "sample writes the ids"))?;
+        if out_t.dtype != DType::I32 {
+            return Err(unsupported(call, "the sampled ids must be an i32 tensor"));
+        }
+        let mut ids = vec![0i32; out_t.numel() as usize];
+        ops::sampling::sample(s, &logits, self.sample_calls, &mut ids);
+        self.sample_calls += 1;
+        self.write_i32(out_t, &ids)
+    }
+}
+
+impl Drop for CudaBackend {
+    fn drop(&mut self) {
+        let _ = self.gpu.synchronize();
+        for (_, b) in self.buffers.drain() {
+            self.alloc.free(b.block);
+        }
+        self.alloc.free(self.workspace);
+    }
+}

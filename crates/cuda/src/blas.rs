@@ -1,0 +1,224 @@
+//! Matmuls through cuBLASLt, in row-major terms.
+//!
+//! cuBLASLt is column-major. A row-major matrix P (r×c) in memory *is* the column-major matrix
+//! Pᵀ (c×r, leading dimension c), so the row-major product C = op(A)·op(B) (M×N) is computed as
+//! the column-major product Cᵀ = op(B)ᵀ·op(A)ᵀ (N×M): cuBLASLt's "A" is our B and its "B" is our
+//! A, and a row-major operand that is *not* transposed is passed with op N on its memory as is.
+//!
+//! The descriptor, layouts and the algorithm chosen by the heuristic are cached per shape, so a
+//! training step queries the heuristic only in its first step.
+
+use cudarc::cublaslt::{result as lt, sys};
+use std::collections::HashMap;
+use std::ffi::c_void;
+use tperf_core::dtype::DType;
+
+/// 32 MiB, what cuBLASLt's Hopper kernels ask for at most (split-K reductions, stream-K).
+pub const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// One row-major matmul: C (M×N) = α·op(A)·op(B) + β·C, with op(A) M×K and op(B) K×N.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Gemm {
+    pub m: u64,
+    pub n: u64,
+    pub k: u64,
+    /// A is stored K×M (row-major) and used transposed.
+    pub trans_a: bool,
+    /// B is stored N×K (row-major) and used transposed.
+    pub trans_b: bool,
+    pub ab_dtype: DType,
+    pub c_dtype: DType,
+    /// C is read (β = 1) rather than overwritten (β = 0).
+    pub accumulate: bool,
+    /// A bias of length N added to every row, in C's dtype (the BIAS epilogue).
+    pub bias: bool,
+}
+
+fn cuda_type(d: DType) -> sys::cudaDataType {
+    match d {
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        DType::Bf16 => sys::cudaDataType::CUDA_R_16BF,
+        DType::F16 => sys::cudaDataType::CUDA_R_16F,
+        DType::I32 => sys::cudaDataType::CUDA_R_32I,
+    }
+}
+
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    layouts: [sys::cublasLtMatrixLayout_t; 3],
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+pub struct Blas {
+    handle: sys::cublasLtHandle_t,
+    workspace: u64,
+    plans: HashMap<Gemm, Plan>,
+}
+
+fn err(what: &str) -> impl Fn(lt::CublasError) -> String + '_ {
+    move |e| format!("cuBLASLt {what}: {e:?}")
+}
+
+impl Blas {
+    /// `workspace` is a device buffer of [`WORKSPACE_BYTES`] the caller owns.
+    pub fn new(workspace: u64) -> Result<Self, String> {
+        if !unsafe { sys::is_culib_present() } {
+            return Err("libcublasLt.so was not found on the loader path".into());
+        }
+        let handle = lt::create_handle().map_err(err("create"))?;
+        Ok(Blas {
+            handle,
+            workspace,
+            plans: HashMap::new(),
+        })
+    }
+
+    fn plan(&mut self, g: &Gemm) -> Result<&Plan, String> {
+        if !self.plans.contains_key(g) {
+            let plan = self.make_plan(g)?;
+            self.plans.insert(*g, plan);
+        }
+        Ok(&self.plans[g])
+    }
+
+    fn make_plan(&self, g: &Gemm) -> Result<Plan, String> {
+        let desc = lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(err("matmul descriptor"))?;
+        let set = |attr, value: *const c_void, size: usize| unsafe {
+            lt::set_matmul_desc_attribute(desc, attr, value, size).map_err(err("descriptor attribute"))
+        };
+        // cuBLASLt's A is our B, its B our A (module comment).
+        let op_a: i32 = g.trans_b as i32;
+        let op_b: i32 = g.trans_a as i32;
+        use sys::cublasLtMatmulDescAttributes_t as D;
+        set(D::CUBLASLT_MATMUL_DESC_TRANSA, (&op_a as *const i32).cast(), 4)?;
+        set(D::CUBLASLT_MATMUL_DESC_TRANSB, (&op_b as *const i32).cast(), 4)?;
+        if g.bias {
+            let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+            set(
+                D::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                (&epi as *const sys::cublasLtEpilogue_t).cast(),
+                std::mem::size_of::<sys::cublasLtEpilogue_t>(),
+            )?;
+            let bias_type = cuda_type(g.c_dtype);
+            set(
+                D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                (&bias_type as *const sys::cudaDataType).cast(),
+                std::mem::size_of::<sys::cudaDataType>(),
+            )?;
+        }
+        let ab = cuda_type(g.ab_dtype);
+        // Column-major shapes: our B (K×N used) is cuBLASLt's A (N×K used).
+        let a_layout = if g.trans_b {
+            lt::create_matrix_layout(ab, g.k, g.n, g.k as i64)
+        } else {
+            lt::create_matrix_layout(ab, g.n, g.k, g.n as i64)
+        }
+        .map_err(err("layout"))?;
+        let b_layout = if g.trans_a {
+            lt::create_matrix_layout(ab, g.m, g.k, g.m as i64)
+        } else {
+            lt::create_matrix_layout(ab, g.k, g.m, g.k as i64)
+        }
+        .map_err(err("layout"))?;
+        let c_layout = lt::create_matrix_layout(cuda_type(g.c_dtype), g.n, g.m, g.n as i64)
+            .map_err(err("layout"))?;
+        let pref = lt::create_matmul_pref().map_err(err("preference"))?;
+        let ws = WORKSPACE_BYTES as u64;
+        unsafe {
+            lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&ws as *const u64).cast(),
+                8,
+            )
+        }
+        .map_err(err("preference attribute"))?;
+        let heuristic = unsafe {
+            lt::get_matmul_algo_heuristic(
+                self.handle, desc, a_layout, b_layout, c_layout, c_layout, pref,
+            )
+        };
+        let _ = unsafe { lt::destroy_matmul_pref(pref) };
+        let heuristic = heuristic.map_err(|e| {
+            format!("cuBLASLt has no algorithm for {g:?}: {e:?}")
+        })?;
+        Ok(Plan {
+            desc,
+            layouts: [a_layout, b_layout, c_layout],
+            algo: heuristic.algo,
+        })
+    }
+
+    /// Issues `g` on `stream`: C = op(A)·op(B) (+ C) (+ bias). Pointers are device addresses of
+    /// buffers at least as large as the shapes say.
+    pub fn gemm(
+        &mut self,
+        g: &Gemm,
+        a: u64,
+        b: u64,
+        c: u64,
+        bias: Option<u64>,
+        stream: cudarc::driver::sys::CUstream,
+    ) -> Result<(), String> {
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        let workspace = self.workspace;
+        let handle = self.handle;
+        let plan = self.plan(g)?;
+        if let Some(bias) = bias {
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    plan.desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    (&bias as *const u64).cast(),
+                    8,
+                )
+            }
+            .map_err(err("bias pointer"))?;
+        }
+        let alpha = 1.0f32;
+        // K = 0 is an empty sum: cuBLASLt then scales C by β, so β = 0 writes zeros as wanted.
+        let beta = if g.accumulate { 1.0f32 } else { 0.0 };
+        let [la, lb, lc] = plan.layouts;
+        unsafe {
+            lt::matmul(
+                handle,
+                plan.desc,
+                (&alpha as *const f32).cast(),
+                (&beta as *const f32).cast(),
+                b as *const c_void,
+                la,
+                a as *const c_void,
+                lb,
+                c as *const c_void,
+                lc,
+                c as *mut c_void,
+                lc,
+                &plan.algo,
+                workspace as *mut c_void,
+                WORKSPACE_BYTES,
+                stream as sys::cudaStream_t,
+            )
+        }
+        .map_err(err("matmul"))
+    }
+}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        for (_, p) in self.plans.drain() {
+            unsafe {
+                let _ = lt::destroy_matmul_desc(p.desc);
+                for l in p.layouts {
+                    let _ = lt::destroy_matrix_layout(l);
+                }
+            }
+        }
+        let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
+}

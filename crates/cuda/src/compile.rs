@@ -1,0 +1,168 @@
+//! Kernel sources compiled by NVRTC for the GPU present, cached on disk.
+//!
+//! Each source in `kernels/` is embedded in the binary, prefixed with `common.cuh`, and compiled
+//! to a cubin for the device's exact architecture (`sm_90` on an H100), so the driver loads
+//! machine code and JIT-compiles nothing. NVRTC takes about 0.3 s per source, so the cubin is kept
+//! under the cache directory, keyed by a hash of the full source text, the architecture, the
+//! NVRTC version and the driver version: a second run compiles nothing, and any change to any of
+//! them compiles afresh.
+
+use cudarc::nvrtc::{result as nvrtc, sys as nvrtc_sys};
+use std::ffi::{CStr, CString};
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+
+const COMMON: &str = include_str!("../kernels/common.cuh");
+
+/// One kernel source file and the kernels it defines.
+#[derive(Clone, Copy, Debug)]
+pub struct Source {
+    pub name: &'static str,
+    pub text: &'static str,
+}
+
+macro_rules! source {
+    ($name:literal) => {
+        Source {
+            name: $name,
+            text: include_str!(concat!("../kernels/", $name, ".cu")),
+        }
+    };
+}
+
+/// Every kernel source tperf ships.
+pub const SOURCES: &[Source] = &[
+    source!("elementwise"),
+    source!("norms"),
+    source!("loss"),
+    source!("optimizer"),
+    source!("attention"),
+    source!("flash_attention"),
+];
+
+pub fn source(name: &str) -> Option<Source> {
+    SOURCES.iter().copied().find(|s| s.name == name)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    #[error("NVRTC (libnvrtc) could not be loaded: {0}")]
+    NoNvrtc(String),
+    #[error("NVRTC failed to compile kernels/{file}.cu for {arch}:\n{log}")]
+    Failed {
+        file: &'static str,
+        arch: String,
+        log: String,
+    },
+    #[error("NVRTC: {0}")]
+    Nvrtc(String),
+}
+
+/// The full text NVRTC compiles for `src`.
+fn full_text(src: &Source) -> String {
+    format!("{COMMON}\n#line 1 \"{}.cu\"\n{}", src.name, src.text)
+}
+
+pub fn nvrtc_version() -> Result<(i32, i32), CompileError> {
+    if !unsafe { nvrtc_sys::is_culib_present() } {
+        return Err(CompileError::NoNvrtc(
+            "libnvrtc.so was not found on the loader path".into(),
+        ));
+    }
+    let (mut major, mut minor) = (0, 0);
+    unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))?;
+    Ok((major, minor))
+}
+
+/// Where cubins are kept: `$TPERF_KERNEL_CACHE`, else `$XDG_CACHE_HOME/tperf/kernels`, else
+/// `~/.cache/tperf/kernels`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("TPERF_KERNEL_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("tperf").join("kernels"))
+}
+
+/// How a cubin was obtained, for the log line a profile prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Compiled,
+    Cached,
+}
+
+/// The cubin of `src` for `arch` (e.g. "sm_90"), from the disk cache or freshly compiled (then
+/// stored). `driver` is the driver version, part of the cache key.
+pub fn cubin(src: &Source, arch: &str, driver: i32) -> Result<(Vec<u8>, Origin), CompileError> {
+    let text = full_text(src);
+    let nvrtc_ver = nvrtc_version()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&text, arch, nvrtc_ver, driver).hash(&mut h);
+    let file = cache_dir().map(|d| d.join(format!("{}-{arch}-{:016x}.cubin", src.name, h.finish())));
+    if let Some(bytes) = file.as_ref().and_then(|f| std::fs::read(f).ok()) {
+        if !bytes.is_empty() {
+            return Ok((bytes, Origin::Cached));
+        }
+    }
+    let bytes = compile(src, &text, arch)?;
+    if let Some(file) = file {
+        // Write to a temporary name and rename, so a concurrent or interrupted run never sees a
+        // half-written cubin. A cache that cannot be written costs only the next compile.
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
+    Ok((bytes, Origin::Compiled))
+}
+
+fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError> {
+    let err = |e: nvrtc::NvrtcError| CompileError::Nvrtc(format!("{e:?}"));
+    let code = CString::new(text).map_err(|e| CompileError::Nvrtc(e.to_string()))?;
+    let name = CString::new(format!("{}.cu", src.name)).expect("source names hold no NUL");
+    let prog = nvrtc::create_program(&code, Some(&name)).map_err(err)?;
+    let opts = [
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".to_string(),
+        "-default-device".to_string(),
+        "--extra-device-vectorization".to_string(),
+    ];
+    let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
+    let log = unsafe { nvrtc::get_program_log(prog) }
+        .map(|l| unsafe { CStr::from_ptr(l.as_ptr()) }.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if compiled.is_err() {
+        let _ = unsafe { nvrtc::destroy_program(prog) };
+        return Err(CompileError::Failed {
+            file: src.name,
+            arch: arch.to_string(),
+            log,
+        });
+    }
+    let mut size = 0usize;
+    let bytes = unsafe {
+        nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size)
+            .result()
+            .map_err(err)?;
+        let mut buf = vec![0u8; size];
+        nvrtc_sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast())
+            .result()
+            .map_err(err)?;
+        buf
+    };
+    let _ = unsafe { nvrtc::destroy_program(prog) };
+    Ok(bytes)
+}
+
+/// Compiles `src` for `arch` without the cache (the compile check needs no GPU, only NVRTC).
+pub fn check(src: &Source, arch: &str) -> Result<usize, CompileError> {
+    nvrtc_version()?;
+    compile(src, &full_text(src), arch).map(|b| b.len())
+}

@@ -1,0 +1,241 @@
+//! The device: a CUDA context and the stream every op is issued on, the kernel modules (compiled
+//! on first use), and the launch call.
+
+use crate::compile::{self, CompileError, Origin};
+use cudarc::driver::{result as cu, sys, CudaContext, CudaStream, DriverError};
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What `tperf` prints about a GPU, read off the device.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    /// Compute capability (major, minor).
+    pub cc: (i32, i32),
+    pub sms: i32,
+    pub total_bytes: u64,
+    pub driver_version: i32,
+}
+
+impl DeviceInfo {
+    pub fn arch(&self) -> String {
+        format!("sm_{}{}", self.cc.0, self.cc.1)
+    }
+}
+
+/// Why no GPU can be used, worded for the "falling back to the CPU" note.
+pub fn unavailable_reason(err: &DriverError) -> String {
+    format!("{err:?}")
+}
+
+/// Number of CUDA devices, or why there are none (no driver library, no device).
+pub fn device_count() -> Result<usize, String> {
+    if !unsafe { sys::is_culib_present() } {
+        return Err("no NVIDIA driver (libcuda.so) on this machine".into());
+    }
+    cu::init().map_err(|e| format!("the CUDA driver did not initialise: {e:?}"))?;
+    let n = cu::device::get_count().map_err(|e| format!("cuDeviceGetCount: {e:?}"))?;
+    Ok(n.max(0) as usize)
+}
+
+/// A kernel argument as the kernel sees it: the `Buf` struct of common.cuh (pointer and dtype
+/// code), or a scalar.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Buf(u64, i32),
+    I64(i64),
+    I32(i32),
+    F32(f32),
+    F64(f64),
+    /// A raw device pointer (`float*` and friends).
+    Ptr(u64),
+}
+
+/// Parameter storage for one launch: each value in its own 16-byte, 8-aligned slot (the largest
+/// parameter is the 16-byte Buf), and the pointer array cuLaunchKernel reads them through.
+struct Params {
+    slots: Vec<[u64; 2]>,
+}
+
+impl Params {
+    fn new(args: &[Arg]) -> Self {
+        let slots = args
+            .iter()
+            .map(|a| match *a {
+                Arg::Buf(p, dt) => [p, dt as u32 as u64],
+                Arg::I64(v) => [v as u64, 0],
+                Arg::I32(v) => [v as u32 as u64, 0],
+                Arg::F32(v) => [v.to_bits() as u64, 0],
+                Arg::F64(v) => [v.to_bits(), 0],
+                Arg::Ptr(p) => [p, 0],
+            })
+            .collect();
+        Params { slots }
+    }
+}
+
+pub struct Gpu {
+    pub info: DeviceInfo,
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    modules: HashMap<&'static str, sys::CUmodule>,
+    functions: HashMap<(&'static str, &'static str), sys::CUfunction>,
+    /// (source, how it was obtained, time) for each module loaded, for the run's log.
+    pub compile_log: Vec<(&'static str, Origin, Duration)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GpuError {
+    #[error("{0}")]
+    Driver(String),
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+}
+
+fn driver(what: &str) -> impl Fn(DriverError) -> GpuError + '_ {
+    move |e| GpuError::Driver(format!("{what}: {e:?}"))
+}
+
+impl Gpu {
+    pub fn open(ordinal: usize) -> Result<Self, GpuError> {
+        let count = device_count().map_err(GpuError::Driver)?;
+        if ordinal >= count {
+            return Err(GpuError::Driver(format!(
+                "cuda:{ordinal} does not exist: this machine has {count} CUDA device(s)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(driver("creating the context"))?;
+        // tperf issues everything on one stream and owns its memory through its own allocator
+        // (raw pointers), so cudarc's per-buffer event tracking would only add work.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
+        let attr = |a| ctx.attribute(a).map_err(driver("reading a device attribute"));
+        let cc = (
+            attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        );
+        let sms = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        let mut driver_version = 0;
+        unsafe { sys::cuDriverGetVersion(&mut driver_version) }
+            .result()
+            .map_err(driver("cuDriverGetVersion"))?;
+        let info = DeviceInfo {
+            ordinal,
+            name: ctx.name().map_err(driver("reading the device name"))?,
+            cc,
+            sms,
+            total_bytes: ctx.total_mem().map_err(driver("reading the memory size"))? as u64,
+            driver_version,
+        };
+        Ok(Gpu {
+            info,
+            ctx,
+            stream,
+            modules: HashMap::new(),
+            functions: HashMap::new(),
+            compile_log: Vec::new(),
+        })
+    }
+
+    pub fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    /// The kernel `kernel` of source `source`, loading (and if need be compiling) the module.
+    pub fn function(
+        &mut self,
+        source: &'static str,
+        kernel: &'static str,
+    ) -> Result<sys::CUfunction, GpuError> {
+        if let Some(&f) = self.functions.get(&(source, kernel)) {
+            return Ok(f);
+        }
+        let module = match self.modules.get(source) {
+            Some(&m) => m,
+            None => {
+                let src = compile::source(source).ok_or_else(|| {
+                    GpuError::Driver(format!("no kernel source named '{source}'"))
+                })?;
+                let start = Instant::now();
+                let (cubin, origin) =
+                    compile::cubin(&src, &self.info.arch(), self.info.driver_version)?;
+                self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
+                let m = unsafe { cu::module::load_data(cubin.as_ptr().cast()) }
+                    .map_err(driver("loading a compiled module"))?;
+                self.compile_log.push((source, origin, start.elapsed()));
+                self.modules.insert(source, m);
+                m
+            }
+        };
+        let name = CString::new(kernel).expect("kernel names hold no NUL");
+        let f = unsafe { cu::module::get_function(module, name) }.map_err(|e| {
+            GpuError::Driver(format!("kernel '{kernel}' is not in {source}.cu: {e:?}"))
+        })?;
+        self.functions.insert((source, kernel), f);
+        Ok(f)
+    }
+
+    /// Launches `kernel` of `source` on the stream.
+    pub fn launch(
+        &mut self,
+        source: &'static str,
+        kernel: &'static str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: u32,
+        args: &[Arg],
+    ) -> Result<(), GpuError> {
+        let f = self.function(source, kernel)?;
+        if shared_bytes > 48 * 1024 {
+            unsafe {
+                cu::function::set_function_attribute(
+                    f,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    shared_bytes as i32,
+                )
+            }
+            .map_err(driver(kernel))?;
+        }
+        let mut params = Params::new(args);
+        let mut ptrs: Vec<*mut c_void> = params
+            .slots
+            .iter_mut()
+            .map(|s| s.as_mut_ptr().cast())
+            .collect();
+        unsafe { cu::launch_kernel(f, grid, block, shared_bytes, self.cu_stream(), &mut ptrs) }
+            .map_err(|e| GpuError::Driver(format!("launching {source}::{kernel}: {e:?}")))
+    }
+
+    /// A 1-D launch covering `n` elements with 256 threads a block (capped; kernels stride).
+    pub fn launch_1d(
+        &mut self,
+        source: &'static str,
+        kernel: &'static str,
+        n: u64,
+        args: &[Arg],
+    ) -> Result<(), GpuError> {
+        if n == 0 {
+            return Ok(());
+        }
+        let blocks = n.div_ceil(256).min(self.info.sms as u64 * 32) as u32;
+        self.launch(source, kernel, (blocks, 1, 1), (256, 1, 1), 0, args)
+    }
+
+    pub fn synchronize(&self) -> Result<(), GpuError> {
+        self.stream
+            .synchronize()
+            .map_err(|e| GpuError::Driver(format!("a kernel failed: {e:?}")))
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        let _ = self.stream.synchronize();
+        for (_, m) in self.modules.drain() {
+            let _ = unsafe { cu::module::unload(m) };
+        }
+    }
+}

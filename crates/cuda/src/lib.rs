@@ -1,0 +1,25 @@
+//! tperf's CUDA backend: the one schedule on NVIDIA GPUs.
+//!
+//! Nothing here needs the CUDA toolkit to build: cudarc loads libcuda, libnvrtc, libcublasLt,
+//! libcupti and libnvToolsExt at run time, so one binary runs on machines with and without a
+//! GPU, and [`device_count`] says which it is on.
+//!
+//! - `compile`: kernel sources (`kernels/*.cu`) embedded in the binary, compiled by NVRTC for the
+//!   GPU present and cached on disk.
+//! - `alloc`: the caching allocator and the memory ledger by category.
+//! - `blas`: matmuls through cuBLASLt.
+//! - `backend`: [`CudaBackend`], the Backend trait over all of it; `ops/` holds the dispatch of
+//!   each op family to its kernels.
+//! - `timing`: CUDA events per op.
+
+mod alloc;
+pub mod conformance;
+mod backend;
+pub mod blas;
+pub mod compile;
+mod gpu;
+mod ops;
+mod timing;
+
+pub use backend::CudaBackend;
+pub use gpu::{device_count, DeviceInfo};

@@ -1,0 +1,195 @@
+//! Linear layers through cuBLASLt: Y = X·Wᵀ + b with W stored (n×k) as nn.Linear does, the bias
+//! fused as cuBLASLt's BIAS epilogue, and the activation (when the schedule fuses one) applied by
+//! the elementwise kernel to the pre-activation, which the backward needs anyway.
+//!
+//! Backward: dpre = dy·act'(pre) (when fused), dX = dpre·W (β = 1 when accumulating into an
+//! existing gradient), dW = dpreᵀ·X written in f32 from bf16 operands, db = Σ_rows dpre.
+
+use super::elementwise::act_code;
+use crate::backend::{unsupported, CudaBackend};
+use crate::blas::Gemm;
+use crate::gpu::Arg;
+use tperf_core::backend::{BackendError, OpCall};
+use tperf_core::ops::matmul::Matmul;
+use tperf_core::tensor::Tensor;
+
+impl CudaBackend {
+    fn tensor<'a>(&self, call: &'a OpCall, out: bool, i: usize) -> Result<&'a Tensor, BackendError> {
+        let list = if out { &call.outputs } else { &call.inputs };
+        list.get(i).ok_or_else(|| {
+            unsupported(
+                call,
+                format!("expected {} #{i}", if out { "an output" } else { "an input" }),
+            )
+        })
+    }
+
+    /// C = op(A)·op(B) (+ C), or the empty sum when K = 0.
+    fn gemm_or_zero(
+        &mut self,
+        call: &OpCall,
+        g: Gemm,
+        a: u64,
+        b: u64,
+        c: &Tensor,
+        bias: Option<u64>,
+    ) -> Result<(), BackendError> {
+        if g.k == 0 {
+            if bias.is_some() {
+                return Err(unsupported(call, "a matmul with K = 0 and a bias"));
+            }
+            if !g.accumulate {
+                self.zero(c)?;
+            }
+            return Ok(());
+        }
+        let cp = self.ptr(c)?;
+        self.gemm(call, &g, a, b, cp, bias)
+    }
+
+    pub(crate) fn matmul_forward(&mut self, call: &OpCall, mm: &Matmul) -> Result<(), BackendError> {
+        let (m, k, n) = (mm.m as u64, mm.k as u64, mm.n as u64);
+        let x = self.tensor(call, false, 0)?;
+        let w = self.tensor(call, false, 1)?;
+        let pre = self.tensor(call, true, 0)?;
+        self.input(call, 0, m * k)?;
+        self.input(call, 1, n * k)?;
+        self.output(call, 0, m * n)?;
+        if x.dtype != w.dtype {
+            return Err(unsupported(
+                call,
+                format!("X is {} but W is {}: cast the weights first", x.dtype, w.dtype),
+            ));
+        }
+        let bias = if mm.bias {
+            let b = self.tensor(call, false, 2)?;
+            self.input(call, 2, n)?;
+            if b.dtype != pre.dtype {
+                return Err(unsupported(
+                    call,
+                    format!("the bias is {} but the output {}", b.dtype, pre.dtype),
+                ));
+            }
+            Some(self.ptr(b)?)
+        } else {
+            None
+        };
+        let g = Gemm {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: true,
+            ab_dtype: x.dtype,
+            c_dtype: pre.dtype,
+            accumulate: false,
+            bias: bias.is_some(),
+        };
+        let (xp, wp) = (self.ptr(x)?, self.ptr(w)?);
+        self.gemm_or_zero(call, g, xp, wp, pre, bias)?;
+        if let Some(kind) = mm.activation {
+            let args = [
+                self.output(call, 0, m * n)?,
+                self.output(call, 1, m * n)?,
+                Arg::I64((m * n) as i64),
+                Arg::I32(act_code(kind)),
+            ];
+            self.launch_1d(call, "elementwise", "activation_forward", m * n, &args)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn matmul_backward(
+        &mut self,
+        call: &OpCall,
+        mm: &Matmul,
+    ) -> Result<(), BackendError> {
+        let (m, k, n) = (mm.m as u64, mm.k as u64, mm.n as u64);
+        let x = self.tensor(call, false, 0)?;
+        let w = self.tensor(call, false, 1)?;
+        let dy = self.tensor(call, false, 2)?;
+        let dx = self.tensor(call, true, 0)?;
+        let dw = self.tensor(call, true, 1)?;
+        self.input(call, 0, m * k)?;
+        self.input(call, 1, n * k)?;
+        self.input(call, 2, m * n)?;
+        self.output(call, 0, m * k)?;
+        self.output(call, 1, n * k)?;
+        if x.dtype != w.dtype || dy.dtype != x.dtype {
+            return Err(unsupported(
+                call,
+                format!(
+                    "X, W and dY must share a dtype (got {}, {}, {})",
+                    x.dtype, w.dtype, dy.dtype
+                ),
+            ));
+        }
+        // dpre: dy itself, or dy·act'(pre) in a temporary block (freed to the cache at the end;
+        // the stream orders its reuse after the kernels below).
+        let mut scratch = None;
+        let dpre = match mm.activation {
+            Some(kind) => {
+                let bytes = m * n * dy.dtype.size_bytes();
+                let block = self
+                    .alloc
+                    .alloc(bytes)
+                    .map_err(|e| crate::backend::device_err(format!("scratch for dpre: {e:?}")))?;
+                let args = [
+                    self.input(call, 3, m * n)?,
+                    self.input(call, 2, m * n)?,
+                    Arg::Buf(block.ptr, crate::backend::dt_code(dy.dtype)),
+                    Arg::I64((m * n) as i64),
+                    Arg::I32(act_code(kind)),
+                ];
+                self.launch_1d(call, "elementwise", "activation_backward", m * n, &args)?;
+                scratch = Some(block);
+                block.ptr
+            }
+            None => self.ptr(dy)?,
+        };
+        let ab = x.dtype;
+        let (xp, wp) = (self.ptr(x)?, self.ptr(w)?);
+        let result = (|| {
+            // dX (m×k) = dpre (m×n) · W (n×k)
+            let g_dx = Gemm {
+                m,
+                n: k,
+                k: n,
+                trans_a: false,
+                trans_b: false,
+                ab_dtype: ab,
+                c_dtype: dx.dtype,
+                accumulate: mm.accumulate_dx,
+                bias: false,
+            };
+            self.gemm_or_zero(call, g_dx, dpre, wp, dx, None)?;
+            // dW (n×k) = dpreᵀ (n×m) · X (m×k)
+            let g_dw = Gemm {
+                m: n,
+                n: k,
+                k: m,
+                trans_a: true,
+                trans_b: false,
+                ab_dtype: ab,
+                c_dtype: dw.dtype,
+                accumulate: false,
+                bias: false,
+            };
+            self.gemm_or_zero(call, g_dw, dpre, xp, dw, None)?;
+            if mm.bias {
+                let args = [
+                    Arg::Buf(dpre, crate::backend::dt_code(dy.dtype)),
+                    self.output(call, 2, n)?,
+                    Arg::I64(m as i64),
+                    Arg::I64(n as i64),
+                ];
+                self.launch_1d(call, "elementwise", "column_sum", n, &args)?;
+            }
+            Ok(())
+        })();
+        if let Some(block) = scratch {
+            self.alloc.free(block);
+        }
+        result
+    }
+}

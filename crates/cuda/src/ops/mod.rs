@@ -1,0 +1,18 @@
+//! Dispatch of each op family to cuBLASLt or to its kernels in `kernels/<family>.cu`. Each file
+//! adds methods to [`crate::CudaBackend`]; the CPU reference of the same op (in
+//! `tperf_core::ops`) is the spec each kernel is tested against.
+
+mod attention;
+mod elementwise;
+mod loss;
+mod matmul;
+mod norms;
+mod optimizer;
+
+/// Threads per block of the row-wise kernels (one block per row): a multiple of 32 for the
+/// warp reductions.
+pub(crate) const ROW_THREADS: u32 = 256;
+
+pub(crate) fn grid_1d(n: u64) -> (u32, u32, u32) {
+    (n.min(u32::MAX as u64) as u32, 1, 1)
+}

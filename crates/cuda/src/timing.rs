@@ -1,0 +1,75 @@
+//! CUDA events around every op: the GPU time of each op as the stream ran it, without
+//! synchronising between ops. Events are pooled and reused; `drain` waits for the last one and
+//! reads the elapsed times.
+
+use cudarc::driver::{result as cu, sys};
+
+pub struct EventTimer {
+    /// (op index, start event, stop event) recorded since the last drain.
+    pending: Vec<(usize, sys::CUevent, sys::CUevent)>,
+    pool: Vec<sys::CUevent>,
+    open: Option<(usize, sys::CUevent)>,
+}
+
+impl EventTimer {
+    pub fn new() -> Result<Self, String> {
+        Ok(EventTimer {
+            pending: Vec::new(),
+            pool: Vec::new(),
+            open: None,
+        })
+    }
+
+    fn event(&mut self) -> Result<sys::CUevent, String> {
+        match self.pool.pop() {
+            Some(e) => Ok(e),
+            None => cu::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+                .map_err(|e| format!("creating a CUDA event: {e:?}")),
+        }
+    }
+
+    pub fn start(&mut self, index: usize, stream: sys::CUstream) -> Result<(), String> {
+        let e = self.event()?;
+        unsafe { cu::event::record(e, stream) }.map_err(|e| format!("recording an event: {e:?}"))?;
+        self.open = Some((index, e));
+        Ok(())
+    }
+
+    pub fn stop(&mut self, stream: sys::CUstream) -> Result<(), String> {
+        let Some((index, start)) = self.open.take() else {
+            return Ok(());
+        };
+        let e = self.event()?;
+        unsafe { cu::event::record(e, stream) }.map_err(|e| format!("recording an event: {e:?}"))?;
+        self.pending.push((index, start, e));
+        Ok(())
+    }
+
+    /// (op index, milliseconds) of every op timed since the last drain. The caller has
+    /// synchronised the stream.
+    pub fn drain(&mut self) -> Result<Vec<(usize, f64)>, String> {
+        let mut out = Vec::with_capacity(self.pending.len());
+        for (index, start, stop) in std::mem::take(&mut self.pending) {
+            let ms = unsafe { cu::event::elapsed(start, stop) }
+                .map_err(|e| format!("reading an event: {e:?}"))?;
+            out.push((index, ms as f64));
+            self.pool.push(start);
+            self.pool.push(stop);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for EventTimer {
+    fn drop(&mut self) {
+        let all = self
+            .pending
+            .drain(..)
+            .flat_map(|(_, a, b)| [a, b])
+            .chain(self.pool.drain(..))
+            .chain(self.open.take().map(|(_, e)| e));
+        for e in all {
+            let _ = unsafe { cu::event::destroy(e) };
+        }
+    }
+}
