@@ -14,7 +14,9 @@ use tperf_core::meta::MetaBackend;
 use tperf_core::ops::Phase;
 use tperf_core::rng::Rng;
 use tperf_core::schedule::attention_only::AttentionOnly;
+use crate::device::{Device, Measured as MeasuredBackend};
 use tperf_cpu::CpuBackend;
+use tperf_cuda::CudaBackend;
 
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Predicted {
@@ -85,12 +87,22 @@ pub fn measure_cpu(
     case: &AttentionOnly,
     warmup: usize,
     steps: usize,
+    on_step: impl FnMut(),
+) -> Result<Measured, BenchError> {
+    measure_on(CpuBackend::new(), case, warmup, steps, on_step)
+}
+
+/// Forward and backward of `case` timed on `be`, each half followed by a synchronisation.
+fn measure_on<B: MeasuredBackend>(
+    mut be: B,
+    case: &AttentionOnly,
+    warmup: usize,
+    steps: usize,
     mut on_step: impl FnMut(),
 ) -> Result<Measured, BenchError> {
     if steps == 0 {
         return Err(BenchError::NoSteps);
     }
-    let mut be = CpuBackend::new();
     let (qkv, dout) = case.alloc_inputs(&mut be)?;
     let mut rng = Rng::new(11);
     let mut random = |n: u64| -> Vec<f32> {
@@ -100,16 +112,19 @@ pub fn measure_cpu(
     };
     be.write_f32(&qkv, &random(qkv.numel()))?;
     be.write_f32(&dout, &random(dout.numel()))?;
-    let base = be.total_bytes_in_use();
+    be.sync()?;
+    let base = be.bytes_in_use();
     let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
     let mut before_backward = 0;
     be.reset_peak();
     for i in 0..warmup + steps {
         let t0 = Instant::now();
         let kept = case.forward(&mut be, &qkv)?;
+        be.sync()?;
         let t1 = Instant::now();
-        before_backward = be.total_bytes_in_use() - base;
+        before_backward = be.bytes_in_use() - base;
         case.backward(&mut be, &qkv, kept, &dout)?;
+        be.sync()?;
         let t2 = Instant::now();
         if i >= warmup {
             fwd.push((t1 - t0).as_secs_f64());
@@ -136,8 +151,25 @@ pub fn run_cpu(
     steps: usize,
     on_step: impl FnMut(),
 ) -> Result<AttentionRow, BenchError> {
+    run(Device::Cpu, case, hw, warmup, steps, on_step)
+}
+
+/// Predict, and measure on `device` unless the prediction says it will not fit in `hw`'s
+/// memory (the CPU stores low-precision tensors as f32, so it needs more than the model's
+/// bytes).
+pub fn run(
+    device: Device,
+    case: &AttentionOnly,
+    hw: &Hardware,
+    warmup: usize,
+    steps: usize,
+    on_step: impl FnMut(),
+) -> Result<AttentionRow, BenchError> {
     let predicted = predict(case, hw)?;
-    let needed = cpu_bytes(case, predicted.peak_bytes);
+    let needed = match device {
+        Device::Cpu => cpu_bytes(case, predicted.peak_bytes),
+        Device::Cuda(_) => predicted.peak_bytes,
+    };
     if needed > hw.memory_bytes {
         return Ok(AttentionRow {
             case: *case,
@@ -150,7 +182,10 @@ pub fn run_cpu(
             )),
         });
     }
-    let measured = measure_cpu(case, warmup, steps, on_step)?;
+    let measured = match device {
+        Device::Cpu => measure_cpu(case, warmup, steps, on_step)?,
+        Device::Cuda(i) => measure_on(CudaBackend::new(i)?, case, warmup, steps, on_step)?,
+    };
     Ok(AttentionRow {
         case: *case,
         predicted,

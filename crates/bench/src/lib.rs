@@ -4,6 +4,7 @@
 
 pub mod attention;
 pub mod ceilings;
+pub mod device;
 pub mod harness;
 pub mod model;
 pub mod profile;

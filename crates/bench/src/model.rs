@@ -10,7 +10,9 @@ use tperf_core::config::ModelConfig;
 use tperf_core::cost::analysis::{self, Analysis, AnalysisError, Scenario, StepRunner};
 use tperf_core::cost::hardware::Hardware;
 use tperf_core::ops::adamw::AdamWParams;
+use crate::device::{Device, Measured};
 use tperf_cpu::CpuBackend;
+use tperf_cuda::CudaBackend;
 
 #[derive(Debug, Error)]
 pub enum BenchError {
@@ -72,15 +74,15 @@ pub fn cpu_bytes_needed(a: &Analysis) -> u64 {
     a.memory.peak_bytes * 4 / width.max(1)
 }
 
-/// A CPU backend holding `sc`'s model with initialised weights, ready to step.
-pub(crate) fn cpu_runner(
+/// A backend holding `sc`'s model with initialised weights, ready to step.
+pub(crate) fn runner_on<B: Backend>(
+    be: &mut B,
     cfg: &ModelConfig,
     sc: &Scenario,
-) -> Result<(CpuBackend, StepRunner), BenchError> {
-    let mut be = CpuBackend::new();
-    let runner = StepRunner::new(&mut be, cfg, *sc)?;
-    runner.model.init_weights(&mut be, 1234)?;
-    Ok((be, runner))
+) -> Result<StepRunner, BenchError> {
+    let runner = StepRunner::new(be, cfg, *sc)?;
+    runner.model.init_weights(be, 1234)?;
+    Ok(runner)
 }
 
 /// A small learning rate keeps repeated training steps numerically tame: a benchmark measures
@@ -101,18 +103,51 @@ pub fn run_cpu(
     repeats: Repeats,
     on_step: impl FnMut(usize),
 ) -> Result<BenchRow, BenchError> {
+    run(Device::Cpu, cfg, sc, hw, repeats, on_step)
+}
+
+/// Measures `sc` on `device`.
+pub fn run(
+    device: Device,
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    hw: &Hardware,
+    repeats: Repeats,
+    on_step: impl FnMut(usize),
+) -> Result<BenchRow, BenchError> {
+    match device {
+        Device::Cpu => run_on(CpuBackend::new(), cfg, sc, hw, repeats, on_step),
+        Device::Cuda(i) => run_on(CudaBackend::new(i)?, cfg, sc, hw, repeats, on_step),
+    }
+}
+
+/// Each step is followed by a synchronisation, so a step's time is the device's time for it
+/// (the GPU runs behind the host otherwise), as PyTorch benchmarks do with
+/// `torch.cuda.synchronize()`.
+fn run_on<B: Measured>(
+    mut be: B,
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    hw: &Hardware,
+    repeats: Repeats,
+    on_step: impl FnMut(usize),
+) -> Result<BenchRow, BenchError> {
     if repeats.steps == 0 {
         return Err(BenchError::NoSteps);
     }
     let prediction = predict(cfg, sc, hw)?;
-    let (mut be, mut runner) = cpu_runner(cfg, sc)?;
+    let mut runner = runner_on(&mut be, cfg, sc)?;
     let hyper = bench_hyper();
+    be.sync()?;
     be.reset_peak();
     let times = harness::time_steps(
         repeats.warmup,
         repeats.steps,
         || Ok::<(), BackendError>(()),
-        || runner.step(&mut be, hyper),
+        || {
+            runner.step(&mut be, hyper)?;
+            be.sync()
+        },
         on_step,
     )?;
     let peak = be.peak_bytes();
@@ -136,6 +171,67 @@ pub fn run_cpu(
         peak_bytes_measured: peak,
         peak_bytes_modelled: prediction.memory.peak_bytes,
     })
+}
+
+/// What would fit when `sc` does not fit in `hw`'s memory: the model's peak for the same step
+/// with flash attention, bf16, recomputation, and smaller batches, each that fits listed with
+/// its predicted peak. Empty when nothing tried fits.
+pub fn fit_advice(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware) -> Vec<String> {
+    use tperf_core::schedule::{AttentionKernel, Precision, Recompute};
+    let mut tries: Vec<(String, Scenario)> = Vec::new();
+    let mut with = |what: &str, f: &dyn Fn(&mut Scenario)| {
+        let mut s = *sc;
+        f(&mut s);
+        if format!("{s:?}") != format!("{sc:?}") {
+            tries.push((what.to_string(), s));
+        }
+    };
+    with("--attention flash", &|s| s.opts.attention = AttentionKernel::Flash);
+    with("--dtype bf16", &|s| s.opts.precision = Precision::Bf16);
+    with("--recompute selective", &|s| {
+        s.opts.recompute = Recompute::Selective
+    });
+    with("--recompute full", &|s| s.opts.recompute = Recompute::Full);
+    let mut b = sc.batch / 2;
+    while b >= 1 {
+        let label = format!("--batch {b}");
+        with(&label, &|s| s.batch = b);
+        b /= 2;
+    }
+    tries
+        .into_iter()
+        .filter_map(|(what, s)| {
+            let a = analysis::analyze(cfg, &s, hw).ok()?;
+            (a.memory.peak_bytes <= hw.memory_bytes).then(|| {
+                format!(
+                    "{what}: predicted peak {:.2} GiB",
+                    a.memory.peak_bytes as f64 / (1u64 << 30) as f64
+                )
+            })
+        })
+        .collect()
+}
+
+/// The error for a step predicted not to fit: the requirement, the capacity, what would fit.
+pub fn out_of_memory_message(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware, needed: u64) -> String {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let advice = fit_advice(cfg, sc, hw);
+    format!(
+        "out of memory: {} {} B{} T{} {} needs a predicted {:.2} GiB; {} has {:.2} GiB.{}",
+        cfg.name,
+        sc.workload.name(),
+        sc.batch,
+        sc.seq,
+        sc.opts.precision.name(),
+        gib(needed),
+        hw.name,
+        gib(hw.memory_bytes),
+        if advice.is_empty() {
+            " Nothing tried fits (flash attention, bf16, recomputation, smaller batches): use a smaller model or more memory.".to_string()
+        } else {
+            format!(" What would fit: {}", advice.join("; "))
+        }
+    )
 }
 
 #[cfg(test)]

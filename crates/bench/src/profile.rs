@@ -6,12 +6,15 @@ use crate::model::BenchError;
 use crate::stats::Summary;
 use serde::Serialize;
 use std::time::Instant;
-use tperf_core::backend::{Backend, BackendError};
+use tperf_core::backend::BackendError;
 use tperf_core::config::ModelConfig;
 use tperf_core::cost::analysis::{self, Analysis, Scenario};
 use tperf_core::cost::hardware::Hardware;
 use tperf_core::meta::MemEvent;
 use tperf_core::ops::Phase;
+use crate::device::{Device, Measured};
+use tperf_cpu::CpuBackend;
+use tperf_cuda::CudaBackend;
 
 /// One op's measurements across the profiled steps.
 #[derive(Clone, Debug, Serialize)]
@@ -77,6 +80,37 @@ pub fn profile_cpu(
     hw: &Hardware,
     warmup: usize,
     steps: usize,
+    on_step: impl FnMut(usize),
+) -> Result<Profile, BenchError> {
+    profile(Device::Cpu, cfg, sc, hw, warmup, steps, on_step)
+}
+
+/// Profiles `sc` on `device`: every op timed (wall clock on the CPU, CUDA events on the GPU),
+/// joined with the model's row of the same index.
+pub fn profile(
+    device: Device,
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    hw: &Hardware,
+    warmup: usize,
+    steps: usize,
+    on_step: impl FnMut(usize),
+) -> Result<Profile, BenchError> {
+    match device {
+        Device::Cpu => profile_on(CpuBackend::new(), cfg, sc, hw, warmup, steps, on_step),
+        Device::Cuda(i) => {
+            profile_on(CudaBackend::new(i)?, cfg, sc, hw, warmup, steps, on_step)
+        }
+    }
+}
+
+fn profile_on<B: Measured>(
+    mut be: B,
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    hw: &Hardware,
+    warmup: usize,
+    steps: usize,
     mut on_step: impl FnMut(usize),
 ) -> Result<Profile, BenchError> {
     if steps == 0 {
@@ -84,13 +118,14 @@ pub fn profile_cpu(
     }
     let analysis = analysis::analyze(cfg, sc, hw)?;
     let n_ops = analysis.rows.len();
-    let (mut be, mut runner) = crate::model::cpu_runner(cfg, sc)?;
+    let mut runner = crate::model::runner_on(&mut be, cfg, sc)?;
     let hyper = crate::model::bench_hyper();
     for i in 0..warmup {
         runner.step(&mut be, hyper)?;
+        be.sync()?;
         on_step(i);
     }
-    be.enable_timing();
+    be.start_op_timing()?;
     let mut per_op: Vec<Vec<f64>> = vec![Vec::with_capacity(steps); n_ops];
     let mut step_times = Vec::with_capacity(steps);
     let mut op_sums = Vec::with_capacity(steps);
@@ -100,17 +135,17 @@ pub fn profile_cpu(
     for s in 0..steps {
         let last = s + 1 == steps;
         if last {
-            be.enable_memory_events();
+            be.start_memory_events();
         }
         let first_op = be.ops_run();
         let t0 = Instant::now();
         runner.step(&mut be, hyper)?;
+        be.sync()?;
         step_times.push(t0.elapsed().as_secs_f64());
-        let log = be.timing.take().unwrap_or_default();
-        be.enable_timing();
+        let log = be.take_op_timing()?;
         if log.len() != n_ops {
             return Err(BenchError::Backend(BackendError::Device {
-                backend: "cpu",
+                backend: "profile",
                 message: format!(
                     "the step ran {} ops where the schedule's record has {n_ops}: measured and modelled cannot be joined",
                     log.len()
@@ -118,24 +153,28 @@ pub fn profile_cpu(
             }));
         }
         let mut sum = 0.0;
-        for &(index, start, dur) in &log {
-            let pos = index - first_op;
-            per_op[pos].push(dur.as_secs_f64());
-            sum += dur.as_secs_f64();
+        for op in &log {
+            let pos = op.index - first_op;
+            per_op[pos].push(op.duration);
+            sum += op.duration;
             if last {
                 trace.push(TraceEvent {
                     index: pos,
-                    start_us: start.duration_since(t0).as_secs_f64() * 1e6,
-                    dur_us: dur.as_secs_f64() * 1e6,
+                    start_us: op.start * 1e6,
+                    dur_us: op.duration * 1e6,
                 });
             }
         }
         op_sums.push(sum);
         if last {
-            memory_events = be.mem_events.take().unwrap_or_default();
+            memory_events = be.take_memory_events();
             let step = *step_times.last().expect("pushed above");
             let first = trace.first().map_or(0.0, |e| e.start_us) * 1e-6;
-            let end = trace.last().map_or(0.0, |e| e.start_us + e.dur_us) * 1e-6;
+            let end = trace
+                .iter()
+                .map(|e| e.start_us + e.dur_us)
+                .fold(0.0, f64::max)
+                * 1e-6;
             last_step = StepAccount {
                 step_seconds: step,
                 ops_seconds: sum,

@@ -37,6 +37,8 @@ enum Command {
     Profile(commands::profile::ProfileArgs),
     /// Naive against flash attention across head sizes and sequence lengths: time and memory.
     Attention(commands::attention::AttentionArgs),
+    /// Check the CUDA backend against the CPU backend, op by op and model by model.
+    Conformance(commands::conformance::ConformanceArgs),
     /// The hardware table, and this machine's measured ceilings.
     Hw(commands::hw::HwArgs),
     /// Mixed precision with numbers: accumulation error, dtypes by policy, norm statistics.
@@ -59,6 +61,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args),
         Command::Profile(args) => commands::profile::run(args),
         Command::Attention(args) => commands::attention::run(args),
+        Command::Conformance(args) => commands::conformance::run(args),
         Command::Hw(args) => commands::hw::run(args),
         Command::Precision(args) => commands::precision::run(args),
         Command::Report(args) => commands::report::run(args),

@@ -130,8 +130,9 @@ impl CudaBackend {
         self.alloc.mem_events.get_or_insert_with(Vec::new);
     }
 
-    pub fn mem_events(&self) -> &[MemEvent] {
-        self.alloc.mem_events.as_deref().unwrap_or(&[])
+    /// The allocations and frees recorded since memory events were enabled; recording stops.
+    pub fn take_mem_events(&mut self) -> Vec<MemEvent> {
+        self.alloc.mem_events.take().unwrap_or_default()
     }
 
     pub fn reset_peak(&mut self) {
@@ -173,9 +174,9 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Waits for the device and returns (op index, GPU milliseconds) of every op timed since the
-    /// last call.
-    pub fn take_timings(&mut self) -> Result<Vec<(usize, f64)>, BackendError> {
+    /// Waits for the device and returns (op index, start, duration) in GPU milliseconds of every
+    /// op timed since the last call, starts measured from the first of them.
+    pub fn take_timings(&mut self) -> Result<Vec<(usize, f64, f64)>, BackendError> {
         self.synchronize()?;
         match &mut self.timer {
             Some(t) => t.drain().map_err(device_err),

@@ -276,3 +276,234 @@ impl Backend for Mirror<'_> {
         self.cpu.read_f32(tensor)
     }
 }
+
+/// A preset shrunk to a few thousand parameters with odd-sized dimensions, so that tails of
+/// every kernel's tiling are exercised: vocabulary 61, d_model 48, d_ff 72, 4 heads of 12
+/// (2 KV heads for the Llama-style family: grouped-query attention).
+pub fn tiny(preset: &str) -> tperf_core::config::ModelConfig {
+    let mut cfg = tperf_core::presets::find(preset)
+        .expect("a built-in preset")
+        .config;
+    cfg.vocab_size = 61;
+    cfg.context = 32;
+    cfg.d_model = 48;
+    cfg.d_ff = 72;
+    cfg.n_layers = 2;
+    let kv = if preset == "small" { 2 } else { 4 };
+    let cfg = cfg.with_heads(4, kv).expect("4 heads divide 48");
+    debug_assert!(cfg.validate().is_ok());
+    cfg
+}
+
+/// The model families the suite runs: Llama-style (RMSNorm, SwiGLU, RoPE, GQA), GPT-2-style
+/// (LayerNorm with bias, GELU, learned positions, tied embeddings), the report's post-norm
+/// model, and a sliding-window variant.
+pub fn families() -> Vec<tperf_core::config::ModelConfig> {
+    let mut windowed = tiny("small");
+    windowed.name = format!("{} (window 5)", windowed.name);
+    windowed.sliding_window = Some(5);
+    vec![tiny("small"), tiny("gpt2"), tiny("report"), windowed]
+}
+
+/// One scenario of the suite and how its ops compared.
+#[derive(Clone, Debug)]
+pub struct ScenarioResult {
+    pub model: String,
+    pub scenario: String,
+    pub diffs: Vec<Diff>,
+    /// An error that stopped the scenario (an op the GPU refused, a launch failure).
+    pub error: Option<String>,
+}
+
+impl ScenarioResult {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.diffs.iter().all(Diff::passed)
+    }
+}
+
+/// Every family × workload × precision × attention kernel, plus recomputation and the unfused
+/// schedule for training, each run through the [`Mirror`]. `progress` sees each scenario's name.
+pub fn suite(
+    gpu: &mut CudaBackend,
+    mut progress: impl FnMut(&str),
+) -> Vec<ScenarioResult> {
+    use tperf_core::cost::analysis::{Scenario, StepRunner, Workload};
+    use tperf_core::ops::adamw::AdamWParams;
+    use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute};
+    let mut out = Vec::new();
+    for cfg in families() {
+        let mut variants: Vec<(Workload, Options)> = Vec::new();
+        for precision in [Precision::Fp32, Precision::Bf16, Precision::Fp16] {
+            for attention in [AttentionKernel::Naive, AttentionKernel::Flash] {
+                for workload in [
+                    Workload::Train,
+                    Workload::Forward,
+                    Workload::Prefill,
+                    Workload::Decode,
+                ] {
+                    variants.push((
+                        workload,
+                        Options {
+                            precision,
+                            attention,
+                            ..Options::default()
+                        },
+                    ));
+                }
+            }
+        }
+        for recompute in [Recompute::Selective, Recompute::Full] {
+            variants.push((
+                Workload::Train,
+                Options {
+                    recompute,
+                    ..Options::default()
+                },
+            ));
+        }
+        variants.push((
+            Workload::Train,
+            Options {
+                fused: false,
+                ..Options::default()
+            },
+        ));
+        variants.push((
+            Workload::Decode,
+            Options {
+                kv_cache: false,
+                ..Options::default()
+            },
+        ));
+        for (workload, opts) in variants {
+            let sc = Scenario {
+                workload,
+                batch: 3,
+                seq: 13,
+                opts,
+            };
+            let name = format!(
+                "{} {} {} {}{}{}",
+                workload.name(),
+                opts.precision.name(),
+                opts.attention.name(),
+                match opts.recompute {
+                    Recompute::None => "",
+                    Recompute::Selective => "recompute-selective ",
+                    Recompute::Full => "recompute-full ",
+                },
+                if opts.fused { "" } else { "unfused " },
+                if opts.kv_cache { "" } else { "no-cache" },
+            );
+            progress(&format!("{} {name}", cfg.name));
+            let mut mirror = Mirror::new(gpu);
+            let result = (|| -> Result<(), BackendError> {
+                let mut runner = StepRunner::new(&mut mirror, &cfg, sc)?;
+                runner.model.init_weights(&mut mirror, 42)?;
+                let hyper = AdamWParams {
+                    lr: 1e-2,
+                    ..AdamWParams::default()
+                };
+                // Two steps: the second trains from updated weights and AdamW moments.
+                runner.step(&mut mirror, hyper)?;
+                runner.step(&mut mirror, hyper)?;
+                runner.free(&mut mirror);
+                Ok(())
+            })();
+            out.push(ScenarioResult {
+                model: cfg.name.clone(),
+                scenario: name.trim().to_string(),
+                diffs: std::mem::take(&mut mirror.diffs),
+                error: result.err().map(|e| e.to_string()),
+            });
+        }
+    }
+    out
+}
+
+/// The whole model run on the GPU alone (no resynchronisation between ops) against the CPU
+/// alone: logits of a forward, the loss, and every weight gradient of a forward and backward.
+#[derive(Clone, Debug)]
+pub struct ModelAgreement {
+    pub model: String,
+    pub precision: String,
+    pub loss_cpu: f32,
+    pub loss_gpu: f32,
+    /// max |Δ| / max |cpu| over the logits of the last position.
+    pub logits_error: f64,
+    /// max |Δ| / max |cpu| over all weight gradients together.
+    pub grad_error: f64,
+    pub tolerance: f64,
+}
+
+impl ModelAgreement {
+    pub fn passed(&self) -> bool {
+        self.logits_error <= self.tolerance
+            && self.grad_error <= self.tolerance
+            && ((self.loss_gpu - self.loss_cpu).abs() as f64) <= self.tolerance * self.loss_cpu.abs() as f64
+    }
+}
+
+/// Loss, last-position logits and weight gradients of one forward and backward on `be`.
+fn model_outputs(
+    be: &mut impl Backend,
+    cfg: &tperf_core::config::ModelConfig,
+    opts: tperf_core::schedule::Options,
+) -> Result<(f32, Vec<f32>, Vec<f32>), BackendError> {
+    use tperf_core::schedule::{alloc_step_tokens, Transformer};
+    let (b, t) = (3, 13);
+    let model = Transformer::new(be, cfg, opts, true)?;
+    model.init_weights(be, 7)?;
+    let mut rng = Rng::new(5);
+    let ids = |rng: &mut Rng| -> Vec<i32> {
+        (0..b * t)
+            .map(|_| (rng.next_u64() % cfg.vocab_size as u64) as i32)
+            .collect()
+    };
+    let (tokens, targets) = model.alloc_inputs(be, b, t, true)?;
+    let targets = targets.expect("asked for targets");
+    be.write_i32(&tokens, &ids(&mut rng))?;
+    be.write_i32(&targets, &ids(&mut rng))?;
+    let state = model.forward_train(be, tokens, targets)?;
+    let losses = model.backward(be, state)?;
+    let loss = be.read_f32(&losses)?.iter().sum::<f32>() / (b * t) as f32;
+    be.free(losses);
+    let mut grads = Vec::new();
+    for p in model.weights.all_params() {
+        grads.extend(be.read_f32(p.grad())?);
+    }
+    let toks = alloc_step_tokens(be, b, t)?;
+    be.write_i32(&toks, &ids(&mut rng))?;
+    let logits_t = model.step_logits(be, toks, None)?;
+    let logits = be.read_f32(&logits_t)?;
+    be.free(logits_t);
+    model.free(be);
+    Ok((loss, logits, grads))
+}
+
+/// Every family in fp32 and bf16, GPU alone against CPU alone. Tolerances: errors compound
+/// through the layers here (nothing is resynchronised), so 1e-3 in fp32 and 5e-2 in bf16.
+pub fn model_agreement(gpu: &mut CudaBackend) -> Result<Vec<ModelAgreement>, BackendError> {
+    use tperf_core::schedule::{Options, Precision};
+    let mut out = Vec::new();
+    for cfg in families() {
+        for (precision, tolerance) in [(Precision::Fp32, 1e-3), (Precision::Bf16, 5e-2)] {
+            let opts = Options {
+                precision,
+                ..Options::default()
+            };
+            let (lc, xc, gc) = model_outputs(&mut CpuBackend::new(), &cfg, opts)?;
+            let (lg, xg, gg) = model_outputs(gpu, &cfg, opts)?;
+            out.push(ModelAgreement {
+                model: cfg.name.clone(),
+                precision: precision.name().to_string(),
+                loss_cpu: lc,
+                loss_gpu: lg,
+                logits_error: relative_error(&xg, &xc),
+                grad_error: relative_error(&gg, &gc),
+                tolerance,
+            });
+        }
+    }
+    Ok(out)
+}

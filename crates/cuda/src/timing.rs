@@ -45,14 +45,24 @@ impl EventTimer {
         Ok(())
     }
 
-    /// (op index, milliseconds) of every op timed since the last drain. The caller has
-    /// synchronised the stream.
-    pub fn drain(&mut self) -> Result<Vec<(usize, f64)>, String> {
+    /// (op index, start, duration) in milliseconds of every op timed since the last drain, the
+    /// start measured from the first op's start. The caller has synchronised the stream.
+    pub fn drain(&mut self) -> Result<Vec<(usize, f64, f64)>, String> {
         let mut out = Vec::with_capacity(self.pending.len());
-        for (index, start, stop) in std::mem::take(&mut self.pending) {
-            let ms = unsafe { cu::event::elapsed(start, stop) }
-                .map_err(|e| format!("reading an event: {e:?}"))?;
-            out.push((index, ms as f64));
+        let origin = self.pending.first().map(|p| p.1);
+        for &(index, start, stop) in &self.pending {
+            let elapsed = |a, b| {
+                unsafe { cu::event::elapsed(a, b) }
+                    .map(f64::from)
+                    .map_err(|e| format!("reading an event: {e:?}"))
+            };
+            let from_origin = match origin {
+                Some(o) => elapsed(o, start)?,
+                None => 0.0,
+            };
+            out.push((index, from_origin, elapsed(start, stop)?));
+        }
+        for (_, start, stop) in std::mem::take(&mut self.pending) {
             self.pool.push(start);
             self.pool.push(stop);
         }

@@ -8,7 +8,6 @@ use super::resolve_device;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use tperf_bench::attention::{self, AttentionRow};
-use tperf_core::cost::hardware;
 use tperf_core::ops::attention::Attention;
 use tperf_core::schedule::attention_only::AttentionOnly;
 use tperf_core::schedule::{AttentionKernel, Precision};
@@ -41,8 +40,12 @@ pub struct AttentionArgs {
     /// Predict only: no measurement.
     #[arg(long)]
     pub model_only: bool,
+    /// cpu, cuda, cuda:N, or auto (the first GPU if there is one).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// The hardware entry for the roofline (default: detected from the device).
+    #[arg(long)]
+    pub hw: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -80,7 +83,12 @@ pub fn cases(args: &AttentionArgs) -> Vec<AttentionOnly> {
 }
 
 pub fn measure(args: &AttentionArgs) -> Result<Vec<AttentionRow>> {
-    let hw = hardware::detect_local_cpu();
+    let device = if args.model_only {
+        tperf_bench::device::Device::Cpu
+    } else {
+        resolve_device(&args.device)?
+    };
+    let hw = super::hardware_for(device, args.hw.as_deref())?;
     let cases = cases(args);
     let bar = ProgressBar::new(cases.len() as u64);
     bar.set_style(
@@ -101,7 +109,7 @@ pub fn measure(args: &AttentionArgs) -> Result<Vec<AttentionRow>> {
                 skipped: Some("--model-only".into()),
             }
         } else {
-            attention::run_cpu(case, &hw, args.warmup, args.steps, || {})?
+            attention::run(device, case, &hw, args.warmup, args.steps, || {})?
         };
         if let Some(why) = &row.skipped {
             if !args.model_only {
@@ -164,7 +172,6 @@ pub fn table(rows: &[AttentionRow], title: String) -> Table {
 }
 
 pub fn run(args: AttentionArgs) -> Result<()> {
-    resolve_device(&args.device)?;
     let rows = measure(&args)?;
     if args.json {
         println!(

@@ -3,13 +3,13 @@
 //! the model's prediction of the same schedule beside every measurement.
 
 use super::{parse_positive, resolve_device};
+use tperf_bench::device::Device;
 use crate::load;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use tperf_bench::model::{self, BenchRow, Repeats};
 use tperf_core::cost::analysis::{Scenario, Workload};
-use tperf_core::cost::hardware;
 use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute};
 use tperf_report::table::Table;
 use tperf_report::units;
@@ -49,8 +49,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10, value_parser = parse_positive)]
     pub steps: usize,
     /// Where to run: auto, cpu (the CUDA backend is not built yet).
+    /// cpu, cuda, cuda:N, or auto (the first GPU if there is one).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// The hardware entry for the roofline (default: detected from the device).
+    #[arg(long)]
+    pub hw: Option<String>,
     /// Append each finished row to this JSON-lines file as it completes (an interrupted run
     /// keeps the rows it finished).
     #[arg(long)]
@@ -191,8 +195,7 @@ pub const HEADER: [&str; 19] = [
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let device = resolve_device(&args.device)?;
-    debug_assert_eq!(device, "cpu");
-    let hw = hardware::detect_local_cpu();
+    let hw = super::hardware_for(device, args.hw.as_deref())?;
     let planned = plan(&args)?;
     let repeats_total: u64 = planned.iter().map(|p| (p.warmup + args.steps) as u64).sum();
     let mut out_file = match &args.out {
@@ -239,17 +242,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
             p.sc.seq
         ));
         let prediction = model::predict(&p.cfg, &p.sc, &hw)?;
-        let needed = model::cpu_bytes_needed(&prediction);
+        let needed = match device {
+            Device::Cpu => model::cpu_bytes_needed(&prediction),
+            Device::Cuda(_) => prediction.memory.peak_bytes,
+        };
         if needed > hw.memory_bytes {
             let why = format!(
-                "skipped {} {} B{} T{} {}: the model predicts {} of host memory, this machine has {}",
-                p.cfg.name,
-                p.sc.workload.name(),
-                p.sc.batch,
-                p.sc.seq,
-                p.sc.opts.precision.name(),
-                units::bytes(needed),
-                units::bytes(hw.memory_bytes)
+                "skipped: {}",
+                model::out_of_memory_message(&p.cfg, &p.sc, &hw, needed)
             );
             bar.println(&why);
             table.note(why);
@@ -260,7 +260,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             warmup: p.warmup,
             steps: args.steps,
         };
-        let row = model::run_cpu(&p.cfg, &p.sc, &hw, repeats, |_| bar.inc(1))?;
+        let row = model::run(device, &p.cfg, &p.sc, &hw, repeats, |_| bar.inc(1))?;
         if let Some(f) = &mut out_file {
             writeln!(f, "{}", serde_json::to_string(&row)?).context("writing --out")?;
             f.flush().context("writing --out")?;
@@ -269,7 +269,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.push(row);
     }
     bar.finish_and_clear();
-    table.note("×model = measured median / modelled roofline time; peak = bytes in use at the tensors' dtype widths (bf16 storage is emulated in f32 on the CPU)");
+    table.note(match device {
+        Device::Cpu => "×model = measured median / modelled roofline time; peak = bytes in use at the tensors' dtype widths (bf16 storage is emulated in f32 on the CPU)",
+        Device::Cuda(_) => "×model = measured median / modelled roofline time; each step is timed with the device synchronised after it; peak = bytes of live tensors at their dtype widths (the caching allocator's reserve is larger)",
+    });
     if args.json {
         println!(
             "{}",

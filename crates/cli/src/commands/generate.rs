@@ -50,7 +50,7 @@ pub struct GenerateArgs {
     /// Attention kernel: naive or flash.
     #[arg(long, default_value = "flash", value_parser = parse_attention)]
     pub attention: AttentionKernel,
-    /// cpu or auto (the CPU backend is the only one built so far).
+    /// cpu or auto (these commands run on the CPU backend).
     #[arg(long, default_value = "auto")]
     pub device: String,
 }
@@ -60,7 +60,7 @@ fn is_checkpoint(spec: &str) -> bool {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    super::resolve_device(&args.device)?;
+    super::cpu_only(&args.device, "generate")?;
     if !(args.temperature.is_finite() && args.temperature >= 0.0) {
         bail!(
             "--temperature {} is not valid: use 0 (greedy) or a positive number",

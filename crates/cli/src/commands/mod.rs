@@ -1,5 +1,6 @@
 pub mod attention;
 pub mod bench;
+pub mod conformance;
 pub mod generate;
 pub mod hw;
 pub mod model;
@@ -10,6 +11,7 @@ pub mod report;
 pub mod study;
 pub mod train;
 
+use tperf_bench::device::Device;
 use anyhow::Result;
 use tperf_core::cost::hardware::{self, Hardware};
 use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute};
@@ -141,18 +143,42 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     Err(format!("'{s}' has no unit: write e.g. 40GiB or 512MiB"))
 }
 
-/// The device a command runs on. Only the CPU backend is built so far: `auto` picks it and says
-/// so, a CUDA device is refused with what to use instead.
-pub fn resolve_device(asked: &str) -> Result<&'static str> {
-    match asked.to_ascii_lowercase().as_str() {
-        "cpu" => Ok("cpu"),
-        "auto" => {
-            eprintln!("note: tperf's CUDA backend is not built yet; running on the CPU");
-            Ok("cpu")
+/// The device a command runs on: `auto` takes the first GPU where there is one and the CPU
+/// otherwise, saying so; an explicit `cuda:N` that cannot be opened falls back to the CPU with a
+/// note when the machine has no GPU at all, and is an error when it names a GPU that is not there.
+pub fn resolve_device(asked: &str) -> Result<Device> {
+    let (device, note) = tperf_bench::device::resolve(asked).map_err(anyhow::Error::msg)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    Ok(device)
+}
+
+/// For commands the CUDA backend does not serve yet (train, generate): the CPU, with a note when
+/// `auto` would have picked a GPU, and an error when a GPU was asked for by name.
+pub fn cpu_only(asked: &str, command: &str) -> Result<()> {
+    if asked.eq_ignore_ascii_case("cpu") {
+        return Ok(());
+    }
+    let (device, _) = tperf_bench::device::resolve(asked).map_err(anyhow::Error::msg)?;
+    match device {
+        Device::Cpu => Ok(()),
+        Device::Cuda(_) if asked.eq_ignore_ascii_case("auto") => {
+            eprintln!("note: `tperf {command}` runs on the CPU backend (its CUDA path is not wired yet)");
+            Ok(())
         }
-        d if d == "cuda" || d == "gpu" || d.starts_with("cuda:") => {
-            anyhow::bail!("device '{d}': the CUDA backend is not built yet; use --device cpu")
-        }
-        other => anyhow::bail!("unknown device '{other}': use --device cpu (or auto)"),
+        Device::Cuda(_) => anyhow::bail!(
+            "`tperf {command}` does not run on the CUDA backend yet: use --device cpu (bench, profile, attention and study run on the GPU)"
+        ),
+    }
+}
+
+/// The hardware entry whose roofline a measurement on `device` is compared with: `--hw` when
+/// given, else the detected CPU or the catalogue entry matching the GPU's name.
+pub fn hardware_for(device: Device, hw: Option<&str>) -> Result<tperf_core::cost::hardware::Hardware> {
+    match hw {
+        Some(key) => Ok(tperf_core::cost::hardware::find(key)?),
+        None => tperf_bench::device::hardware_of(device)
+            .map_err(|e| anyhow::anyhow!("{e}; pass --hw with one of `tperf hw list`")),
     }
 }

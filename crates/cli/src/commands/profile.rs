@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use tperf_bench::profile::{self, Profile};
 use tperf_bench::stats::Summary;
 use tperf_core::cost::analysis::{Scenario, Workload};
-use tperf_core::cost::hardware;
 use tperf_core::cost::memory;
 use tperf_core::ops::{OpClass, Phase};
 use tperf_core::tensor::MemCategory;
@@ -34,8 +33,12 @@ pub struct ProfileArgs {
     /// Profiled steps (each op's median over them is reported).
     #[arg(long, default_value_t = 3, value_parser = parse_positive)]
     pub steps: usize,
+    /// cpu, cuda, cuda:N, or auto (the first GPU if there is one).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// The hardware entry for the roofline (default: detected from the device).
+    #[arg(long)]
+    pub hw: Option<String>,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
     /// Write the last step as a Chrome trace (open it in ui.perfetto.dev or chrome://tracing).
@@ -53,8 +56,8 @@ fn parse_workload(s: &str) -> Result<Workload, String> {
 }
 
 pub fn run(args: ProfileArgs) -> Result<()> {
-    resolve_device(&args.device)?;
-    let hw = hardware::detect_local_cpu();
+    let device = resolve_device(&args.device)?;
+    let hw = super::hardware_for(device, args.hw.as_deref())?;
     let m = load::load(&args.model)?;
     let sc = Scenario {
         workload: args.phase,
@@ -69,7 +72,20 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let p = profile::profile_cpu(&m.config, &sc, &hw, args.warmup, args.steps, |_| bar.inc(1))?;
+    if device != tperf_bench::device::Device::Cpu {
+        let a = tperf_bench::model::predict(&m.config, &sc, &hw)?;
+        if a.memory.peak_bytes > hw.memory_bytes {
+            anyhow::bail!(tperf_bench::model::out_of_memory_message(
+                &m.config,
+                &sc,
+                &hw,
+                a.memory.peak_bytes
+            ));
+        }
+    }
+    let p = profile::profile(device, &m.config, &sc, &hw, args.warmup, args.steps, |_| {
+        bar.inc(1)
+    })?;
     bar.finish_and_clear();
     if let Some(path) = &args.trace {
         let text = serde_json::to_string(&profile::chrome_trace(&p))?;

@@ -13,6 +13,7 @@ use tperf_core::schedule::{Options, Precision};
 use tperf_report::results::{Results, SCHEMA_VERSION};
 use tperf_report::table::Table;
 use tperf_report::units;
+use tperf_bench::device::Device;
 
 #[derive(clap::Args, Debug)]
 pub struct StudyArgs {
@@ -25,6 +26,9 @@ pub struct StudyArgs {
     /// Only the analytic model: measure nothing.
     #[arg(long)]
     pub model_only: bool,
+    /// Where to measure: cpu, cuda, cuda:N, or auto (the first GPU if there is one).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
 }
 
 pub fn run(args: StudyArgs) -> Result<()> {
@@ -32,7 +36,17 @@ pub fn run(args: StudyArgs) -> Result<()> {
     let cpu = hardware::detect_local_cpu();
     // Fail on an unwritable --out before any work, with the folder named.
     report::create_dir(&args.out)?;
-    println!("tperf study — the analytic model, then measurements on this machine's CPU (the CUDA backend is not built yet)");
+    let device = if args.model_only {
+        Device::Cpu
+    } else {
+        super::resolve_device(&args.device)?
+    };
+    // The measured device's own roofline entry: the detected CPU, or the catalogue's GPU.
+    let measured_hw = super::hardware_for(device, None)?;
+    println!(
+        "tperf study — the analytic model, then measurements on {}",
+        if args.model_only { "nothing (--model-only)".to_string() } else { format!("{device} ({})", measured_hw.name) }
+    );
     println!("this machine: {}\n", cpu.source);
 
     let mut t = Table::new(&[
@@ -124,21 +138,25 @@ pub fn run(args: StudyArgs) -> Result<()> {
         seq: 256,
         opts,
     };
+    let profiled = profiled_scenario(device);
     let measured = if args.model_only {
         None
     } else {
-        Some(measure(&small.config)?)
+        Some(measure(&small.config, device, &measured_hw)?)
     };
     let mut analyses = Vec::new();
-    for (cfg, sc, hw) in [
-        (&small.config, PROFILED, &cpu),
+    for (i, (cfg, sc, hw)) in [
+        (&small.config, profiled, &measured_hw),
         (&small.config, train(bf16), &gpu),
         (&gpt2.config, sc, &gpu),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let (a, timeline) = analyze_with_timeline(cfg, &sc, hw)?;
         let mut json = to_json(cfg, &a, &timeline);
-        // The CPU analysis is the profiled scenario: each op carries its measured time.
-        if let (Some(m), true) = (&measured, std::ptr::eq(hw, &cpu)) {
+        // The first analysis is the profiled scenario: each op carries its measured time.
+        if let (Some(m), 0) = (&measured, i) {
             if let Some(ops) = json["ops"].as_array_mut() {
                 for (op, measured) in ops.iter_mut().zip(&m.profile.ops) {
                     op["measured_seconds"] = serde_json::json!(measured.median);
@@ -147,8 +165,9 @@ pub fn run(args: StudyArgs) -> Result<()> {
         }
         analyses.push(json);
     }
+    let measured_on = format!("{device} (measured) and the analytic model");
     let prov = report::provenance(if measured.is_some() {
-        "cpu (measured) and the analytic model"
+        &measured_on
     } else {
         "meta (analytic model only)"
     });
@@ -212,11 +231,33 @@ struct Measured {
     attention_grid: Vec<tperf_bench::attention::AttentionRow>,
 }
 
-/// The measurements: sizes chosen to finish in a few minutes on a 2-core CPU.
-fn measure(small: &tperf_core::config::ModelConfig) -> Result<Measured> {
+/// The step the study profiles: on the CPU one that takes about a second on two cores; on a GPU
+/// the seed's own training step (batch 4 × 256 tokens, bf16).
+fn profiled_scenario(device: Device) -> Scenario {
+    match device {
+        Device::Cpu => PROFILED,
+        Device::Cuda(_) => Scenario {
+            workload: Workload::Train,
+            batch: 4,
+            seq: 256,
+            opts: Options {
+                precision: Precision::Bf16,
+                ..PROFILED.opts
+            },
+        },
+    }
+}
+
+/// The measurements. On the CPU, sizes chosen to finish in a few minutes on 2 cores; on a GPU,
+/// the seed's model table (small to xl, fp32 and bf16, batch 4 × 256) and its attention sweep.
+fn measure(
+    small: &tperf_core::config::ModelConfig,
+    device: Device,
+    hw: &hardware::Hardware,
+) -> Result<Measured> {
     use indicatif::{ProgressBar, ProgressStyle};
     use tperf_bench::model::Repeats;
-    let cpu = hardware::detect_local_cpu();
+    let cpu = hw.clone();
     let style = || {
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -227,35 +268,61 @@ fn measure(small: &tperf_core::config::ModelConfig) -> Result<Measured> {
         seq,
         ..PROFILED
     };
-    let mut plan = vec![
-        sc(Workload::Forward, 1, 128),
-        sc(Workload::FwdBwd, 1, 128),
-        sc(Workload::Train, 1, 128),
-    ];
-    plan.extend([2, 4].map(|b| sc(Workload::FwdBwd, b, 64)));
-    plan.push(sc(Workload::FwdBwd, 1, 64));
-    plan.extend([32, 256].map(|t| sc(Workload::FwdBwd, 1, t)));
-    let repeats = Repeats {
-        warmup: 1,
-        steps: 3,
+    let mut plan: Vec<(tperf_core::config::ModelConfig, Scenario)> = Vec::new();
+    let repeats = match device {
+        Device::Cpu => {
+            let mut cpu_plan = vec![
+                sc(Workload::Forward, 1, 128),
+                sc(Workload::FwdBwd, 1, 128),
+                sc(Workload::Train, 1, 128),
+            ];
+            cpu_plan.extend([2, 4].map(|b| sc(Workload::FwdBwd, b, 64)));
+            cpu_plan.push(sc(Workload::FwdBwd, 1, 64));
+            cpu_plan.extend([32, 256].map(|t| sc(Workload::FwdBwd, 1, t)));
+            plan.extend(cpu_plan.into_iter().map(|s| (small.clone(), s)));
+            Repeats {
+                warmup: 1,
+                steps: 3,
+            }
+        }
+        Device::Cuda(_) => {
+            // The seed's table, as bench/pytorch/bench_seed.py runs it in PyTorch.
+            for key in ["small", "medium", "large", "xl"] {
+                let cfg = presets::find(key)?.config;
+                for precision in [Precision::Fp32, Precision::Bf16] {
+                    for workload in [Workload::Forward, Workload::FwdBwd, Workload::Train] {
+                        let mut s = sc(workload, 4, 256);
+                        s.opts.precision = precision;
+                        plan.push((cfg.clone(), s));
+                    }
+                }
+            }
+            Repeats {
+                warmup: 3,
+                steps: 10,
+            }
+        }
     };
     let bar = ProgressBar::new(plan.len() as u64)
         .with_style(style())
         .with_message("benchmarks");
     let mut bench = Vec::new();
-    for s in &plan {
-        bench.push(tperf_bench::model::run_cpu(
-            small,
-            s,
-            &cpu,
-            repeats,
-            |_| {},
-        )?);
+    for (cfg, s) in &plan {
+        let predicted = tperf_bench::model::predict(cfg, s, &cpu)?;
+        let needed = match device {
+            Device::Cpu => tperf_bench::model::cpu_bytes_needed(&predicted),
+            Device::Cuda(_) => predicted.memory.peak_bytes,
+        };
+        if needed > cpu.memory_bytes {
+            bar.println(tperf_bench::model::out_of_memory_message(cfg, s, &cpu, needed));
+        } else {
+            bench.push(tperf_bench::model::run(device, cfg, s, &cpu, repeats, |_| {})?);
+        }
         bar.inc(1);
     }
     bar.finish_and_clear();
     let mut t = Table::new(&super::bench::HEADER).titled(format!(
-        "Measured on this CPU ({}), {} warm-up + {} timed steps; model = roofline on the detected peaks",
+        "Measured on {device} ({}), {} warm-up + {} timed steps; model = roofline on its peaks",
         cpu.key, repeats.warmup, repeats.steps
     ));
     for r in &bench {
@@ -267,21 +334,24 @@ fn measure(small: &tperf_core::config::ModelConfig) -> Result<Measured> {
     let bar = ProgressBar::new(8)
         .with_style(style())
         .with_message("profile");
+    let profiled = profiled_scenario(device);
     let inference = Scenario {
         workload: Workload::Forward,
-        ..PROFILED
+        ..profiled
     };
-    let forward = tperf_bench::profile::profile_cpu(small, &inference, &cpu, 1, 3, |_| bar.inc(1))?;
-    let profile = tperf_bench::profile::profile_cpu(small, &PROFILED, &cpu, 1, 3, |_| bar.inc(1))?;
+    let forward =
+        tperf_bench::profile::profile(device, small, &inference, &cpu, 1, 3, |_| bar.inc(1))?;
+    let profile =
+        tperf_bench::profile::profile(device, small, &profiled, &cpu, 1, 3, |_| bar.inc(1))?;
     bar.finish_and_clear();
     let mut t = Table::new(&[
-        "step (small, B1 T128)",
+        "step (small)",
         "in ops",
         "matrix-class ops",
         "step wall",
         "modelled",
     ])
-    .titled("Where the time goes: inference against training (measured per op on this CPU)");
+    .titled(format!("Where the time goes: inference against training (measured per op on {device})"));
     for (name, p) in [
         ("forward (inference)", &forward),
         ("training step", &profile),
@@ -307,11 +377,16 @@ fn measure(small: &tperf_core::config::ModelConfig) -> Result<Measured> {
     use tperf_core::ops::attention::Attention;
     use tperf_core::schedule::attention_only::AttentionOnly;
     use tperf_core::schedule::AttentionKernel;
+    // The CPU sweep: batch 8, one head, fp32; the GPU sweep: the seed's (batch 1, 16 heads, bf16).
+    let (ab, ah, adt) = match device {
+        Device::Cpu => (8, 1, tperf_core::dtype::DType::F32),
+        Device::Cuda(_) => (1, 16, tperf_core::dtype::DType::Bf16),
+    };
     let case = |d, t, kernel| AttentionOnly {
         shape: Attention {
-            b: 8,
-            h: 1,
-            h_kv: 1,
+            b: ab,
+            h: ah,
+            h_kv: ah,
             tq: t,
             tk: t,
             d,
@@ -319,13 +394,17 @@ fn measure(small: &tperf_core::config::ModelConfig) -> Result<Measured> {
             window: None,
         },
         kernel,
-        dtype: tperf_core::dtype::DType::F32,
+        dtype: adt,
     };
     let kernels = [AttentionKernel::Naive, AttentionKernel::Flash];
-    let measured_cases: Vec<_> = [16, 64]
-        .into_iter()
-        .flat_map(|d| {
-            [256, 1024, 2048]
+    let (dims, seqs): (Vec<usize>, Vec<usize>) = match device {
+        Device::Cpu => (vec![16, 64], vec![256, 1024, 2048]),
+        Device::Cuda(_) => (vec![64, 128], vec![1024, 4096, 16384]),
+    };
+    let measured_cases: Vec<_> = dims
+        .iter()
+        .flat_map(|&d| {
+            seqs.clone()
                 .into_iter()
                 .flat_map(move |t| kernels.map(|k| case(d, t, k)))
         })
@@ -335,7 +414,7 @@ fn measure(small: &tperf_core::config::ModelConfig) -> Result<Measured> {
         .with_message("attention");
     let mut attention = Vec::new();
     for c in &measured_cases {
-        attention.push(tperf_bench::attention::run_cpu(c, &cpu, 1, 2, || {})?);
+        attention.push(tperf_bench::attention::run(device, c, &cpu, 1, 2, || {})?);
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -367,7 +446,7 @@ fn measure(small: &tperf_core::config::ModelConfig) -> Result<Measured> {
     }
     print!(
         "{}",
-        super::attention::table(&attention, "Attention on this CPU: batch 8, one head, causal, fp32 (median of 2 steps after 1 warm-up)".into()).render()
+        super::attention::table(&attention, format!("Attention on {device}: batch {ab}, {ah} head(s), causal, {adt} (median of 2 steps after 1 warm-up)")).render()
     );
     println!();
     Ok(Measured {

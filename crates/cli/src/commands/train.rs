@@ -102,7 +102,7 @@ pub struct TrainArgs {
     /// Seeds the weights and the data order.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// cpu or auto (the CPU backend is the only one built so far).
+    /// cpu or auto (these commands run on the CPU backend).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Print a plain progress line every N steps when stderr is not a terminal (default: about
@@ -112,7 +112,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    super::resolve_device(&args.device)?;
+    super::cpu_only(&args.device, "train")?;
     let mut cfg = load::load(&args.model)?.config;
     // When resuming, the checkpoint's metadata says which model and tokenizer the run has; a
     // different model is refused by name of the first field that differs.

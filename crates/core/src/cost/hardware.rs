@@ -352,6 +352,44 @@ pub fn find(key: &str) -> Result<Hardware, UnknownHardware> {
         .ok_or_else(|| UnknownHardware::new(key))
 }
 
+/// The catalogue entry for a GPU as its driver names it ("NVIDIA H100 80GB HBM3"), or None when
+/// the catalogue has no such GPU. The memory size is the driver's, so the entry's capacity is
+/// what this very card has.
+pub fn match_gpu_name(name: &str, memory_bytes: u64) -> Option<Hardware> {
+    let n = name.to_lowercase();
+    let key = if n.contains("h100") {
+        if n.contains("pcie") {
+            "h100-pcie"
+        } else if n.contains("nvl") {
+            "h100-nvl"
+        } else {
+            "h100-sxm"
+        }
+    } else if n.contains("h200") {
+        "h200"
+    } else if n.contains("b200") {
+        "b200"
+    } else if n.contains("a100") {
+        if memory_bytes > 48 * GIB {
+            "a100-80gb"
+        } else {
+            "a100-40gb"
+        }
+    } else if n.contains(" l4") {
+        "l4"
+    } else if n.contains("t4") {
+        "t4"
+    } else if n.contains("4090") {
+        "rtx4090"
+    } else {
+        return None;
+    };
+    let mut hw = catalogue().into_iter().find(|h| h.key == key)?;
+    hw.memory_bytes = memory_bytes;
+    hw.source = format!("{} (matched from the device name '{name}')", hw.source);
+    Some(hw)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The local CPU.
 

@@ -1,0 +1,193 @@
+//! The devices a measurement runs on, behind one trait: what the harness needs beyond the
+//! Backend trait (synchronise, the peak of the memory ledger, per-op times, memory events), so
+//! that every benchmark, profile and attention sweep is written once for the CPU and the GPU.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Instant;
+use tperf_core::backend::{Backend, BackendError};
+use tperf_core::cost::hardware::{self, Hardware};
+use tperf_core::meta::MemEvent;
+use tperf_cpu::CpuBackend;
+use tperf_cuda::CudaBackend;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" | "gpu" => Ok(Device::Cuda(0)),
+            d => match d.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(i)) => Ok(Device::Cuda(i)),
+                _ => Err(format!(
+                    "unknown device '{s}': use cpu, cuda, cuda:N or auto"
+                )),
+            },
+        }
+    }
+}
+
+/// What `auto` (or an explicit device) resolves to on this machine, with a note to print when
+/// the choice was not the one asked for.
+pub fn resolve(asked: &str) -> Result<(Device, Option<String>), String> {
+    let auto = asked.eq_ignore_ascii_case("auto");
+    let wanted = if auto { Device::Cuda(0) } else { asked.parse()? };
+    match wanted {
+        Device::Cpu => Ok((Device::Cpu, None)),
+        Device::Cuda(i) => match tperf_cuda::device_count() {
+            Ok(n) if i < n => Ok((Device::Cuda(i), None)),
+            Ok(n) if auto || n == 0 => Ok((
+                Device::Cpu,
+                Some(format!(
+                    "note: no CUDA device{}; running on the CPU",
+                    if n == 0 { " found" } else { " at that index" }
+                )),
+            )),
+            Ok(n) => Err(format!(
+                "device cuda:{i} does not exist: this machine has {n} CUDA device(s) (cuda:0 … cuda:{})",
+                n - 1
+            )),
+            Err(why) => Ok((
+                Device::Cpu,
+                Some(format!("note: {why}; running on the CPU")),
+            )),
+        },
+    }
+}
+
+/// The hardware entry a device's roofline comes from: the detected CPU, or the catalogue entry
+/// matching the GPU's name (an unknown GPU is an error naming `--hw`).
+pub fn hardware_of(device: Device) -> Result<Hardware, String> {
+    match device {
+        Device::Cpu => Ok(hardware::detect_local_cpu()),
+        Device::Cuda(i) => {
+            let be = CudaBackend::new(i).map_err(|e| e.to_string())?;
+            let info = be.info();
+            hardware::match_gpu_name(&info.name, info.total_bytes).ok_or_else(|| {
+                format!(
+                    "'{}' is not in tperf's hardware catalogue (tperf hw list): its roofline needs an entry",
+                    info.name
+                )
+            })
+        }
+    }
+}
+
+/// One op's time as the device ran it, seconds; `start` is from the first timed op.
+#[derive(Clone, Copy, Debug)]
+pub struct OpTime {
+    pub index: usize,
+    pub start: f64,
+    pub duration: f64,
+}
+
+/// What measuring needs from a compute backend.
+pub trait Measured: Backend {
+    /// Waits until every op issued so far has finished.
+    fn sync(&mut self) -> Result<(), BackendError>;
+    fn reset_peak(&mut self);
+    /// The largest bytes in use since the last reset, at the tensors' dtype widths.
+    fn peak_bytes(&self) -> u64;
+    fn bytes_in_use(&self) -> u64;
+    fn ops_run(&self) -> usize;
+    /// Times every op from now on.
+    fn start_op_timing(&mut self) -> Result<(), BackendError>;
+    /// The ops timed since the last call (synchronising first).
+    fn take_op_timing(&mut self) -> Result<Vec<OpTime>, BackendError>;
+    fn start_memory_events(&mut self);
+    fn take_memory_events(&mut self) -> Vec<MemEvent>;
+}
+
+impl Measured for CpuBackend {
+    fn sync(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn reset_peak(&mut self) {
+        CpuBackend::reset_peak(self)
+    }
+    fn peak_bytes(&self) -> u64 {
+        CpuBackend::peak_bytes(self)
+    }
+    fn bytes_in_use(&self) -> u64 {
+        self.total_bytes_in_use()
+    }
+    fn ops_run(&self) -> usize {
+        CpuBackend::ops_run(self)
+    }
+    fn start_op_timing(&mut self) -> Result<(), BackendError> {
+        self.enable_timing();
+        Ok(())
+    }
+    fn take_op_timing(&mut self) -> Result<Vec<OpTime>, BackendError> {
+        let log = self.timing.take().unwrap_or_default();
+        self.enable_timing();
+        let origin: Option<Instant> = log.first().map(|l| l.1);
+        Ok(log
+            .into_iter()
+            .map(|(index, start, dur)| OpTime {
+                index,
+                start: origin.map_or(0.0, |o| start.duration_since(o).as_secs_f64()),
+                duration: dur.as_secs_f64(),
+            })
+            .collect())
+    }
+    fn start_memory_events(&mut self) {
+        self.enable_memory_events();
+    }
+    fn take_memory_events(&mut self) -> Vec<MemEvent> {
+        self.mem_events.take().unwrap_or_default()
+    }
+}
+
+impl Measured for CudaBackend {
+    fn sync(&mut self) -> Result<(), BackendError> {
+        self.synchronize()
+    }
+    fn reset_peak(&mut self) {
+        CudaBackend::reset_peak(self)
+    }
+    fn peak_bytes(&self) -> u64 {
+        CudaBackend::peak_bytes(self)
+    }
+    fn bytes_in_use(&self) -> u64 {
+        self.total_bytes_in_use()
+    }
+    fn ops_run(&self) -> usize {
+        CudaBackend::ops_run(self)
+    }
+    fn start_op_timing(&mut self) -> Result<(), BackendError> {
+        self.enable_timing()
+    }
+    fn take_op_timing(&mut self) -> Result<Vec<OpTime>, BackendError> {
+        Ok(self
+            .take_timings()?
+            .into_iter()
+            .map(|(index, start_ms, dur_ms)| OpTime {
+                index,
+                start: start_ms * 1e-3,
+                duration: dur_ms * 1e-3,
+            })
+            .collect())
+    }
+    fn start_memory_events(&mut self) {
+        self.enable_memory_events();
+    }
+    fn take_memory_events(&mut self) -> Vec<MemEvent> {
+        self.take_mem_events()
+    }
+}

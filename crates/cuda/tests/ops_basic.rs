@@ -1,0 +1,337 @@
+//! The matmul and elementwise kernels against the CPU backend on edge shapes (0, 1, odd, large)
+//! and each storage dtype, through `conformance::run_case`. Tolerances: see `conformance`.
+//! Needs a CUDA device; where there is none (CI) each test says it skipped.
+
+use tperf_core::dtype::DType;
+use tperf_core::ops::activation::{Activation, ActivationKind};
+use tperf_core::ops::cast::Cast;
+use tperf_core::ops::embedding::{Embedding, PositionTable};
+use tperf_core::ops::kv_cache::KvAppend;
+use tperf_core::ops::matmul::Matmul;
+use tperf_core::ops::residual::ResidualAdd;
+use tperf_core::ops::rope::Rope;
+use tperf_core::ops::swiglu::SwiGlu;
+use tperf_core::ops::take_last::TakeLast;
+use tperf_core::ops::Op;
+use tperf_core::tensor::{MemCategory, TensorSpec};
+use tperf_cuda::conformance::{run_case, Fill, OpCase};
+use tperf_cuda::CudaBackend;
+
+fn gpu() -> Option<CudaBackend> {
+    match tperf_cuda::device_count() {
+        Ok(n) if n > 0 => Some(CudaBackend::new(0).expect("the CUDA device opens")),
+        Ok(_) => {
+            eprintln!("skipped: no CUDA device");
+            None
+        }
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+fn t(name: &str, shape: &[usize], dtype: DType, fill: Fill) -> (TensorSpec, Fill) {
+    (
+        TensorSpec::new(name, shape, dtype, MemCategory::Activations),
+        fill,
+    )
+}
+
+fn check(gpu: &mut CudaBackend, case: OpCase, what: &str) {
+    for d in run_case(gpu, &case, 3).unwrap_or_else(|e| panic!("{what}: {e}")) {
+        assert!(
+            d.passed(),
+            "{what}: output {} ({}) error {:.3e} > {:.0e}",
+            d.output,
+            d.dtype,
+            d.error,
+            d.tolerance
+        );
+    }
+}
+
+const SHAPES: [(usize, usize, usize); 6] = [
+    (0, 8, 8),
+    (1, 1, 1),
+    (7, 5, 3),
+    (33, 65, 17),
+    (128, 96, 160),
+    (512, 768, 1024),
+];
+
+#[test]
+fn matmul_forward_and_backward_match_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for dt in [DType::F32, DType::Bf16, DType::F16] {
+        for &(m, k, n) in &SHAPES {
+            for (bias, activation, accumulate_dx) in [
+                (false, None, false),
+                (true, None, true),
+                (true, Some(ActivationKind::Gelu), false),
+                (false, Some(ActivationKind::Relu), false),
+            ] {
+                let mm = Matmul {
+                    m,
+                    k,
+                    n,
+                    bias,
+                    activation,
+                    accumulate_dx,
+                };
+                let what = format!("{dt} {mm:?}");
+                let mut tensors = vec![
+                    t("x", &[m, k], dt, Fill::Normal(1.0)),
+                    t("w", &[n, k], dt, Fill::Normal(0.1)),
+                    t("b", &[n], dt, Fill::Normal(0.1)),
+                    t("pre", &[m, n], dt, Fill::Value(0.0)),
+                    t("act", &[m, n], dt, Fill::Value(0.0)),
+                ];
+                let inputs = if bias { vec![0, 1, 2] } else { vec![0, 1] };
+                let outputs = if activation.is_some() {
+                    vec![3, 4]
+                } else {
+                    vec![3]
+                };
+                check(
+                    &mut gpu,
+                    OpCase {
+                        op: Op::Matmul(mm),
+                        tensors: tensors.clone(),
+                        inputs,
+                        outputs,
+                    },
+                    &what,
+                );
+                // Backward: [x, W, dy, (pre)] → [dx, dW (f32), (db f32)].
+                tensors.push(t("dy", &[m, n], dt, Fill::Normal(1.0)));
+                tensors.push(t("dx", &[m, k], dt, Fill::Normal(1.0)));
+                tensors.push(t("dw", &[n, k], DType::F32, Fill::Value(0.0)));
+                tensors.push(t("db", &[n], DType::F32, Fill::Value(0.0)));
+                let mut inputs = vec![0, 1, 5];
+                if activation.is_some() {
+                    inputs.push(3);
+                }
+                let mut outputs = vec![6, 7];
+                if bias {
+                    outputs.push(8);
+                }
+                check(
+                    &mut gpu,
+                    OpCase {
+                        op: Op::MatmulBackward(mm),
+                        tensors,
+                        inputs,
+                        outputs,
+                    },
+                    &format!("backward {what}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn elementwise_ops_match_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for dt in [DType::F32, DType::Bf16] {
+        for n in [0usize, 1, 7, 1000, 1 << 20] {
+            for kind in [ActivationKind::Gelu, ActivationKind::Relu, ActivationKind::Silu] {
+                let a = Activation { numel: n, kind };
+                let ts = vec![
+                    t("x", &[n], dt, Fill::Normal(2.0)),
+                    t("dy", &[n], dt, Fill::Normal(1.0)),
+                    t("y", &[n], dt, Fill::Value(0.0)),
+                ];
+                check(
+                    &mut gpu,
+                    OpCase {
+                        op: Op::Activation(a),
+                        tensors: ts.clone(),
+                        inputs: vec![0],
+                        outputs: vec![2],
+                    },
+                    &format!("{dt} {a:?}"),
+                );
+                check(
+                    &mut gpu,
+                    OpCase {
+                        op: Op::ActivationBackward(a),
+                        tensors: ts,
+                        inputs: vec![0, 1],
+                        outputs: vec![2],
+                    },
+                    &format!("{dt} backward {a:?}"),
+                );
+            }
+            let r = ResidualAdd { numel: n };
+            check(
+                &mut gpu,
+                OpCase {
+                    op: Op::ResidualAdd(r),
+                    tensors: vec![
+                        t("a", &[n], dt, Fill::Normal(1.0)),
+                        t("b", &[n], dt, Fill::Normal(1.0)),
+                        t("y", &[n], dt, Fill::Value(0.0)),
+                    ],
+                    inputs: vec![0, 1],
+                    outputs: vec![2],
+                },
+                &format!("{dt} residual {n}"),
+            );
+            check(
+                &mut gpu,
+                OpCase {
+                    op: Op::Cast(Cast { numel: n as u64 }),
+                    tensors: vec![
+                        t("src", &[n], DType::F32, Fill::Normal(3.0)),
+                        t("dst", &[n], dt, Fill::Value(0.0)),
+                    ],
+                    inputs: vec![0],
+                    outputs: vec![1],
+                },
+                &format!("cast f32 → {dt} {n}"),
+            );
+        }
+        for (rows, f) in [(0, 4), (1, 1), (7, 13), (512, 1376)] {
+            let s = SwiGlu { n: rows, f };
+            let ts = vec![
+                t("h", &[rows, 2 * f], dt, Fill::Normal(2.0)),
+                t("dy", &[rows, f], dt, Fill::Normal(1.0)),
+                t("y", &[rows, f], dt, Fill::Value(0.0)),
+                t("dh", &[rows, 2 * f], dt, Fill::Value(0.0)),
+            ];
+            check(
+                &mut gpu,
+                OpCase {
+                    op: Op::SwiGlu(s),
+                    tensors: ts.clone(),
+                    inputs: vec![0],
+                    outputs: vec![2],
+                },
+                &format!("{dt} {s:?}"),
+            );
+            check(
+                &mut gpu,
+                OpCase {
+                    op: Op::SwiGluBackward(s),
+                    tensors: ts,
+                    inputs: vec![0, 1],
+                    outputs: vec![3],
+                },
+                &format!("{dt} backward {s:?}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn rope_embedding_cache_and_take_last_match_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for dt in [DType::F32, DType::Bf16] {
+        for (b, tt, h_q, h_kv, d, pos) in [(1, 1, 1, 1, 2, 0), (2, 7, 4, 2, 12, 5), (3, 64, 8, 8, 64, 100)] {
+            let r = Rope {
+                b,
+                t: tt,
+                h_q,
+                h_kv,
+                d,
+                pos_offset: pos,
+                theta: 10_000.0,
+            };
+            let w = (h_q + 2 * h_kv) * d;
+            for op in [Op::Rope(r), Op::RopeBackward(r)] {
+                check(
+                    &mut gpu,
+                    OpCase {
+                        op,
+                        tensors: vec![t("qkv", &[b * tt, w], dt, Fill::Normal(1.0))],
+                        inputs: vec![0],
+                        outputs: vec![0],
+                    },
+                    &format!("{dt} {r:?}"),
+                );
+            }
+            let capacity = pos + tt + 3;
+            let k = KvAppend {
+                b,
+                t_new: tt,
+                h_kv,
+                d,
+                pos,
+            };
+            check(
+                &mut gpu,
+                OpCase {
+                    op: Op::KvAppend(k),
+                    tensors: vec![
+                        t("qkv", &[b * tt, w], dt, Fill::Normal(1.0)),
+                        t("k", &[b, h_kv, capacity, d], dt, Fill::Normal(1.0)),
+                        t("v", &[b, h_kv, capacity, d], dt, Fill::Normal(1.0)),
+                    ],
+                    inputs: vec![0],
+                    outputs: vec![1, 2],
+                },
+                &format!("{dt} {k:?}"),
+            );
+            let tl = TakeLast { b, t: tt, c: w };
+            check(
+                &mut gpu,
+                OpCase {
+                    op: Op::TakeLast(tl),
+                    tensors: vec![
+                        t("x", &[b * tt, w], dt, Fill::Normal(1.0)),
+                        t("y", &[b, w], dt, Fill::Value(0.0)),
+                    ],
+                    inputs: vec![0],
+                    outputs: vec![1],
+                },
+                &format!("{dt} {tl:?}"),
+            );
+        }
+        for positions in [PositionTable::Learned, PositionTable::Sinusoidal, PositionTable::None] {
+            for (n, c, vocab, tt) in [(1, 1, 1, 1), (14, 48, 61, 7), (2048, 768, 50257, 512)] {
+                let e = Embedding {
+                    n,
+                    c,
+                    vocab,
+                    t: tt,
+                    pos_offset: 0,
+                    positions,
+                    scale: positions == PositionTable::Sinusoidal,
+                    accumulate: false,
+                };
+                let ts = vec![
+                    t("tokens", &[n], DType::I32, Fill::Ids(vocab)),
+                    t("wte", &[vocab, c], dt, Fill::Normal(1.0)),
+                    t("wpe", &[tt, c], dt, Fill::Normal(1.0)),
+                    t("out", &[n, c], dt, Fill::Value(0.0)),
+                    t("dout", &[n, c], dt, Fill::Normal(1.0)),
+                    t("dwte", &[vocab, c], DType::F32, Fill::Normal(1.0)),
+                    t("dwpe", &[tt, c], DType::F32, Fill::Normal(1.0)),
+                ];
+                let learned = positions == PositionTable::Learned;
+                check(
+                    &mut gpu,
+                    OpCase {
+                        op: Op::Embedding(e),
+                        tensors: ts.clone(),
+                        inputs: if learned { vec![0, 1, 2] } else { vec![0, 1] },
+                        outputs: vec![3],
+                    },
+                    &format!("{dt} {e:?}"),
+                );
+                check(
+                    &mut gpu,
+                    OpCase {
+                        op: Op::EmbeddingBackward(e),
+                        tensors: ts,
+                        inputs: vec![0, 4],
+                        outputs: if learned { vec![5, 6] } else { vec![5] },
+                    },
+                    &format!("{dt} backward {e:?}"),
+                );
+            }
+        }
+    }
+}
