@@ -1,19 +1,251 @@
-use crate::backend::{unsupported, CudaBackend};
+//! LayerNorm and RMSNorm (kernels/norms.cu): one kernel pair serves both norms.
+//!
+//! Forward: one block per row; inputs [x, γ, β?] → [y, stats], or with the fused residual add
+//! [a, b, γ, β?] → [a + b, y, stats]. Stats per row are (μ, rstd) for LayerNorm, (rstd) for
+//! RMSNorm.
+//!
+//! Backward: inputs [x, stats, γ, dy, (dx)] → [dx, dγ, dβ?]. dx is added into when the op
+//! accumulates (the residual-stream gradient); dγ and dβ are overwritten. A grid of G blocks
+//! strides over the rows, each block summing its rows' weight gradients into a slice of a
+//! scratch buffer, and a second kernel adds the G slices in a fixed order (deterministic).
+
+use super::ROW_THREADS;
+use crate::backend::{device_err, unsupported, CudaBackend};
+use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::ops::layernorm::LayerNorm;
 use tperf_core::ops::rmsnorm::RmsNorm;
 
+const SRC: &str = "norms";
+
+/// Weight-gradient sums of a block stay in shared memory up to this many bytes (LayerNorm with
+/// β up to C = 12288), and go straight to the scratch buffer for wider rows.
+const MAX_SHARED_ACC_BYTES: u64 = 96 * 1024;
+
+/// Thread rows of `norm_weight_grads` (NWG_ROWS in norms.cu).
+const NWG_ROWS: u32 = 8;
+
+/// What the forward and backward need to know of either norm.
+struct Shape {
+    n: u64,
+    c: u64,
+    rms: bool,
+    bias: bool,
+    eps: f64,
+    residual: bool,
+    accumulate: bool,
+}
+
+impl Shape {
+    fn stats_width(&self) -> u64 {
+        if self.rms {
+            1
+        } else {
+            2
+        }
+    }
+}
+
+impl From<&LayerNorm> for Shape {
+    fn from(ln: &LayerNorm) -> Self {
+        Shape {
+            n: ln.n as u64,
+            c: ln.c as u64,
+            rms: false,
+            bias: ln.bias,
+            eps: ln.eps,
+            residual: ln.residual,
+            accumulate: ln.accumulate,
+        }
+    }
+}
+
+impl From<&RmsNorm> for Shape {
+    fn from(rn: &RmsNorm) -> Self {
+        Shape {
+            n: rn.n as u64,
+            c: rn.c as u64,
+            rms: true,
+            bias: false,
+            eps: rn.eps,
+            residual: rn.residual,
+            accumulate: rn.accumulate,
+        }
+    }
+}
+
+fn int(call: &OpCall, what: &str, v: u64) -> Result<i32, BackendError> {
+    i32::try_from(v)
+        .map_err(|_| unsupported(call, format!("{what} = {v} exceeds the kernels' i32")))
+}
+
 impl CudaBackend {
-    pub(crate) fn layernorm_forward(&mut self, call: &OpCall, _ln: &LayerNorm) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+    pub(crate) fn layernorm_forward(
+        &mut self,
+        call: &OpCall,
+        ln: &LayerNorm,
+    ) -> Result<(), BackendError> {
+        self.norm_forward(call, &ln.into())
     }
-    pub(crate) fn layernorm_backward(&mut self, call: &OpCall, _ln: &LayerNorm) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+
+    pub(crate) fn layernorm_backward(
+        &mut self,
+        call: &OpCall,
+        ln: &LayerNorm,
+    ) -> Result<(), BackendError> {
+        self.norm_backward(call, &ln.into())
     }
-    pub(crate) fn rmsnorm_forward(&mut self, call: &OpCall, _rn: &RmsNorm) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+
+    pub(crate) fn rmsnorm_forward(
+        &mut self,
+        call: &OpCall,
+        rn: &RmsNorm,
+    ) -> Result<(), BackendError> {
+        self.norm_forward(call, &rn.into())
     }
-    pub(crate) fn rmsnorm_backward(&mut self, call: &OpCall, _rn: &RmsNorm) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+
+    pub(crate) fn rmsnorm_backward(
+        &mut self,
+        call: &OpCall,
+        rn: &RmsNorm,
+    ) -> Result<(), BackendError> {
+        self.norm_backward(call, &rn.into())
+    }
+
+    fn norm_forward(&mut self, call: &OpCall, s: &Shape) -> Result<(), BackendError> {
+        let (n, c) = (s.n, s.c);
+        let nc = n * c;
+        let none = Arg::Buf(0, 0);
+        // Inputs [x, γ, β?] or [a, b, γ, β?]; outputs [y, stats] or [sum, y, stats].
+        let k = usize::from(s.residual);
+        let a = self.input(call, 0, nc)?;
+        let b = if s.residual {
+            self.input(call, 1, nc)?
+        } else {
+            none
+        };
+        let gamma = self.input(call, k + 1, c)?;
+        let beta = if s.bias {
+            self.input(call, k + 2, c)?
+        } else {
+            none
+        };
+        let sum = if s.residual {
+            self.output(call, 0, nc)?
+        } else {
+            none
+        };
+        let y = self.output(call, k, nc)?;
+        let stats = self.output(call, k + 1, n * s.stats_width())?;
+        if n == 0 {
+            return Ok(());
+        }
+        let args = [
+            a,
+            b,
+            gamma,
+            beta,
+            sum,
+            y,
+            stats,
+            Arg::I32(int(call, "C", c)?),
+            Arg::I32(i32::from(s.rms)),
+            Arg::I32(i32::from(s.residual)),
+            Arg::I32(i32::from(s.bias)),
+            Arg::F32(s.eps as f32),
+        ];
+        let grid = (int(call, "rows", n)? as u32, 1, 1);
+        self.launch(
+            call,
+            SRC,
+            "norm_forward",
+            grid,
+            (ROW_THREADS, 1, 1),
+            0,
+            &args,
+        )
+    }
+
+    fn norm_backward(&mut self, call: &OpCall, s: &Shape) -> Result<(), BackendError> {
+        let (n, c) = (s.n, s.c);
+        let nc = n * c;
+        let x = self.input(call, 0, nc)?;
+        let stats = self.input(call, 1, n * s.stats_width())?;
+        let gamma = self.input(call, 2, c)?;
+        let dy = self.input(call, 3, nc)?;
+        let dx = self.output(call, 0, nc)?;
+        let dgamma = self.output(call, 1, c)?;
+        let dbeta = if s.bias {
+            self.output(call, 2, c)?
+        } else {
+            Arg::Buf(0, 0)
+        };
+        let width = if s.bias { 2 * c } else { c };
+        let width_i32 = int(call, "2C", width)?;
+        if n == 0 || c == 0 {
+            // No rows: the weight gradients are the empty sum (dx has nothing to hold).
+            for i in 1..if s.bias { 3 } else { 2 } {
+                self.zero(&call.outputs[i])?;
+            }
+            return Ok(());
+        }
+        // G blocks of at least ~4 rows each, up to 4 per SM: enough to fill the GPU, while the
+        // partial sums (G·width floats) stay small beside the rows they summarise.
+        let sms = self.gpu.info.sms.max(1) as u64;
+        let blocks = n.div_ceil(4).clamp(1, 4 * sms);
+        let acc_bytes = width * 4;
+        let acc_global = acc_bytes > MAX_SHARED_ACC_BYTES;
+        let shared = if acc_global { 0 } else { acc_bytes as u32 };
+        let scratch = self
+            .alloc
+            .alloc(blocks * acc_bytes)
+            .map_err(|e| device_err(format!("scratch for the norm's weight gradients: {e:?}")))?;
+        let result = (|| {
+            let args = [
+                x,
+                stats,
+                gamma,
+                dy,
+                dx,
+                Arg::Ptr(scratch.ptr),
+                Arg::I64(n as i64),
+                Arg::I32(int(call, "C", c)?),
+                Arg::I32(i32::from(s.rms)),
+                Arg::I32(i32::from(s.bias)),
+                Arg::I32(i32::from(s.accumulate)),
+                Arg::I32(i32::from(acc_global)),
+            ];
+            let grid = (blocks as u32, 1, 1);
+            self.launch(
+                call,
+                SRC,
+                "norm_backward",
+                grid,
+                (ROW_THREADS, 1, 1),
+                shared,
+                &args,
+            )?;
+            let args = [
+                Arg::Ptr(scratch.ptr),
+                Arg::I32(blocks as i32),
+                Arg::I32(width_i32),
+                Arg::I32(c as i32),
+                dgamma,
+                dbeta,
+            ];
+            let grid = (width.div_ceil(32) as u32, 1, 1);
+            self.launch(
+                call,
+                SRC,
+                "norm_weight_grads",
+                grid,
+                (32, NWG_ROWS, 1),
+                0,
+                &args,
+            )
+        })();
+        // The stream orders the block's next user after the kernels above.
+        self.alloc.free(scratch);
+        result
     }
 }

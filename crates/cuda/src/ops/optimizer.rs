@@ -1,13 +1,141 @@
-use crate::backend::{unsupported, CudaBackend};
+//! The optimizer step (kernels/optimizer.cu), issued without a host synchronisation so that a
+//! whole training step can be captured in a CUDA graph.
+//!
+//! GradNorm: inputs [grads…] → [norm]. Each launch sums the squares of up to eight gradient
+//! tensors in f64 into one slot per block of a small scratch buffer; a last one-block kernel adds
+//! the slots in a fixed order and writes √Σ. Deterministic, no atomics.
+//!
+//! AdamW: inputs [norm, θ…, g…, m…, v…] → outputs [θ…, m…, v…, copies…], one launch per
+//! parameter tensor, in place on the outputs' θ, m and v as the CPU backend updates them. The
+//! clipping scale is derived on the device from the norm tensor; weight decay applies to 2-D
+//! tensors only; the optional copies receive θ rounded to their dtype.
+
+use crate::backend::{device_err, unsupported, CudaBackend};
+use crate::gpu::Arg;
+use cudarc::driver::result as cu;
 use tperf_core::backend::{BackendError, OpCall};
+use tperf_core::dtype::DType;
 use tperf_core::ops::adamw::AdamW;
 use tperf_core::ops::grad_norm::GradNorm;
 
+const SRC: &str = "optimizer";
+
+/// Gradient tensors per `grad_sum_sq` launch (its parameter list).
+const TENSORS_PER_LAUNCH: usize = 8;
+
+/// Threads per block of the optimizer kernels (a multiple of 32).
+const THREADS: u32 = 256;
+
 impl CudaBackend {
-    pub(crate) fn adamw(&mut self, call: &OpCall, _adam: &AdamW) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
-    }
     pub(crate) fn grad_norm(&mut self, call: &OpCall, _g: &GradNorm) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+        let norm = self.output(call, 0, 1)?;
+        let mut grads = Vec::with_capacity(call.inputs.len());
+        for (i, t) in call.inputs.iter().enumerate() {
+            if t.dtype == DType::I32 {
+                return Err(unsupported(call, "gradients are floating-point tensors"));
+            }
+            let numel = t.numel();
+            grads.push((self.input(call, i, numel)?, numel));
+        }
+        // One f64 slot per block; every launch uses at most `blocks` blocks.
+        let blocks = (4 * self.gpu.info.sms.max(1) as u64).min(1024);
+        let scratch = self
+            .alloc
+            .alloc(blocks * 8)
+            .map_err(|e| device_err(format!("scratch for the gradient norm: {e:?}")))?;
+        let result = (|| {
+            unsafe {
+                cu::memset_d8_async(scratch.ptr, 0, (blocks * 8) as usize, self.gpu.cu_stream())
+            }
+            .map_err(|e| device_err(format!("zeroing the gradient norm's scratch: {e:?}")))?;
+            for group in grads.chunks(TENSORS_PER_LAUNCH) {
+                let total: u64 = group.iter().map(|(_, n)| n).sum();
+                if total == 0 {
+                    continue;
+                }
+                let mut args = Vec::with_capacity(2 * TENSORS_PER_LAUNCH + 1);
+                for k in 0..TENSORS_PER_LAUNCH {
+                    args.push(group.get(k).map_or(Arg::Buf(0, 0), |g| g.0));
+                }
+                for k in 0..TENSORS_PER_LAUNCH {
+                    args.push(Arg::I64(group.get(k).map_or(0, |g| g.1 as i64)));
+                }
+                args.push(Arg::Ptr(scratch.ptr));
+                let grid = (total.div_ceil(THREADS as u64).min(blocks) as u32, 1, 1);
+                self.launch(call, SRC, "grad_sum_sq", grid, (THREADS, 1, 1), 0, &args)?;
+            }
+            let args = [Arg::Ptr(scratch.ptr), Arg::I32(blocks as i32), norm];
+            self.launch(
+                call,
+                SRC,
+                "grad_norm_finish",
+                (1, 1, 1),
+                (THREADS, 1, 1),
+                0,
+                &args,
+            )
+        })();
+        // The stream orders the block's next user after the kernels above.
+        self.alloc.free(scratch);
+        result
+    }
+
+    pub(crate) fn adamw(&mut self, call: &OpCall, adam: &AdamW) -> Result<(), BackendError> {
+        // inputs [norm, θ…, g…, m…, v…] → outputs [θ…, m…, v…, copies…]
+        let p = call.inputs.len().saturating_sub(1) / 4;
+        if p == 0 || call.inputs.len() != 1 + 4 * p || call.outputs.len() < 3 * p {
+            return Err(unsupported(
+                call,
+                "AdamW expects [norm, θ…, g…, m…, v…] → [θ…, m…, v…, copies…]",
+            ));
+        }
+        let copies = call.outputs.len() - 3 * p;
+        if copies != 0 && copies != p {
+            return Err(unsupported(
+                call,
+                format!("AdamW writes one copy per parameter or none: got {copies} for {p}"),
+            ));
+        }
+        let h = &adam.hyper;
+        let t = h.step.max(1) as i32;
+        let c1 = (1.0 - h.beta1.powi(t)) as f32;
+        let c2 = (1.0 - h.beta2.powi(t)) as f32;
+        let norm = self.input(call, 0, 1)?;
+        for i in 0..p {
+            let theta_t = &call.outputs[i];
+            let n = theta_t.numel();
+            for k in [i, p + i, 2 * p + i] {
+                if call.outputs[k].dtype == DType::I32 {
+                    return Err(unsupported(call, "AdamW state must be floating-point"));
+                }
+            }
+            let decay = theta_t.shape.len() == 2;
+            let copy = match call.outputs.get(3 * p + i) {
+                Some(c) if copies > 0 && c.dtype != DType::I32 => {
+                    self.output(call, 3 * p + i, n)?
+                }
+                _ => Arg::Buf(0, 0),
+            };
+            let args = [
+                norm,
+                self.output(call, i, n)?,
+                self.input(call, 1 + p + i, n)?,
+                self.output(call, p + i, n)?,
+                self.output(call, 2 * p + i, n)?,
+                copy,
+                Arg::I64(n as i64),
+                Arg::F32(h.beta1 as f32),
+                Arg::F32(h.beta2 as f32),
+                Arg::F32(c1),
+                Arg::F32(c2),
+                Arg::F32(h.lr as f32),
+                Arg::F32(h.eps as f32),
+                Arg::F32(if decay { h.weight_decay as f32 } else { 0.0 }),
+                Arg::I32(i32::from(h.max_grad_norm.is_some())),
+                Arg::F64(h.max_grad_norm.unwrap_or(0.0)),
+            ];
+            self.launch_1d(call, SRC, "adamw_update", n, &args)?;
+        }
+        Ok(())
     }
 }

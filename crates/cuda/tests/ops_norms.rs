@@ -1,0 +1,417 @@
+//! The norm, loss and optimizer kernels against the CPU backend on edge shapes: no rows, one row,
+//! an odd number of rows and columns (tails of the 256-thread loops), rows wider than a block,
+//! and a training-sized case; f32 storage and the mixed policy's bf16 activations beside f32
+//! statistics and weight gradients. Needs a CUDA device; without one each test says it skipped.
+
+use tperf_core::dtype::DType::{self, Bf16, F32, I32};
+use tperf_core::ops::adamw::{AdamW, AdamWParams};
+use tperf_core::ops::cross_entropy::CrossEntropy;
+use tperf_core::ops::grad_norm::GradNorm;
+use tperf_core::ops::layernorm::LayerNorm;
+use tperf_core::ops::rmsnorm::RmsNorm;
+use tperf_core::ops::Op;
+use tperf_core::tensor::{MemCategory, TensorSpec};
+use tperf_cuda::conformance::{run_case, Fill, OpCase};
+use tperf_cuda::CudaBackend;
+
+fn gpu() -> Option<CudaBackend> {
+    match tperf_cuda::device_count() {
+        Ok(n) if n > 0 => Some(CudaBackend::new(0).expect("opening cuda:0")),
+        _ => {
+            println!("skipped: no CUDA device");
+            None
+        }
+    }
+}
+
+/// An op case under construction: tensors added in order, each an input, an output or both.
+struct Builder {
+    case: OpCase,
+}
+
+impl Builder {
+    fn new(op: Op) -> Self {
+        Builder {
+            case: OpCase {
+                op,
+                tensors: Vec::new(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+            },
+        }
+    }
+
+    fn tensor(&mut self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> usize {
+        let spec = TensorSpec::new(name, shape, dtype, MemCategory::Activations);
+        self.case.tensors.push((spec, fill));
+        self.case.tensors.len() - 1
+    }
+
+    fn input(&mut self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> usize {
+        let i = self.tensor(name, shape, dtype, fill);
+        self.case.inputs.push(i);
+        i
+    }
+
+    /// Outputs start from random values, so an op that fails to overwrite one is caught.
+    fn output(&mut self, name: &str, shape: &[usize], dtype: DType) -> usize {
+        let i = self.tensor(name, shape, dtype, Fill::Normal(1.0));
+        self.case.outputs.push(i);
+        i
+    }
+}
+
+fn check(gpu: &mut CudaBackend, case: &OpCase, what: &str) {
+    let diffs = run_case(gpu, case, 7).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(diffs.len(), case.outputs.len(), "{what}");
+    for d in diffs {
+        assert!(
+            d.passed(),
+            "{what}: output {} ({}, {} elements) is off by {:.3e} (tolerance {:.1e})",
+            d.output,
+            d.dtype,
+            d.numel,
+            d.error,
+            d.tolerance
+        );
+    }
+}
+
+/// (rows, C): none, one, odd with C below and above the block width, and a training size.
+const NORM_SHAPES: [(usize, usize); 6] =
+    [(0, 64), (1, 1), (1, 300), (7, 13), (7, 515), (1024, 768)];
+
+/// (activation dtype, weight-gradient dtype): all f32, and the mixed policy.
+const PRECISIONS: [(DType, DType); 2] = [(F32, F32), (Bf16, F32)];
+
+#[test]
+fn layernorm_forward_matches_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for (n, c) in NORM_SHAPES {
+        for (act, _) in PRECISIONS {
+            for residual in [false, true] {
+                for bias in [false, true] {
+                    let ln = LayerNorm {
+                        n,
+                        c,
+                        bias,
+                        eps: 1e-5,
+                        residual,
+                        accumulate: false,
+                    };
+                    let mut b = Builder::new(Op::LayerNorm(ln));
+                    b.input("a", &[n, c], act, Fill::Normal(1.0));
+                    if residual {
+                        b.input("b", &[n, c], act, Fill::Normal(0.5));
+                    }
+                    b.input("gamma", &[c], act, Fill::Normal(1.0));
+                    if bias {
+                        b.input("beta", &[c], act, Fill::Normal(0.1));
+                    }
+                    if residual {
+                        b.output("sum", &[n, c], act);
+                    }
+                    b.output("y", &[n, c], act);
+                    b.output("stats", &[n, 2], F32);
+                    check(&mut gpu, &b.case, &format!("{ln:?} {act}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn layernorm_backward_matches_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for (n, c) in NORM_SHAPES {
+        for (act, grad) in PRECISIONS {
+            for accumulate in [false, true] {
+                for bias in [false, true] {
+                    let ln = LayerNorm {
+                        n,
+                        c,
+                        bias,
+                        eps: 1e-5,
+                        residual: false,
+                        accumulate,
+                    };
+                    // inputs [x, stats, γ, dy] → outputs [dx, dγ, dβ?]
+                    let mut b = Builder::new(Op::LayerNormBackward(ln));
+                    b.input("x", &[n, c], act, Fill::Normal(1.0));
+                    b.input("stats", &[n, 2], F32, Fill::Normal(1.0));
+                    b.input("gamma", &[c], act, Fill::Normal(1.0));
+                    b.input("dy", &[n, c], act, Fill::Normal(1.0));
+                    b.output("dx", &[n, c], act);
+                    b.output("dgamma", &[c], grad);
+                    if bias {
+                        b.output("dbeta", &[c], grad);
+                    }
+                    check(&mut gpu, &b.case, &format!("{ln:?} {act}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rmsnorm_forward_matches_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for (n, c) in NORM_SHAPES {
+        for (act, _) in PRECISIONS {
+            for residual in [false, true] {
+                let rn = RmsNorm {
+                    n,
+                    c,
+                    eps: 1e-6,
+                    residual,
+                    accumulate: false,
+                };
+                let mut b = Builder::new(Op::RmsNorm(rn));
+                b.input("a", &[n, c], act, Fill::Normal(1.0));
+                if residual {
+                    b.input("b", &[n, c], act, Fill::Normal(0.5));
+                }
+                b.input("gamma", &[c], act, Fill::Normal(1.0));
+                if residual {
+                    b.output("sum", &[n, c], act);
+                }
+                b.output("y", &[n, c], act);
+                b.output("stats", &[n, 1], F32);
+                check(&mut gpu, &b.case, &format!("{rn:?} {act}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn rmsnorm_backward_matches_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for (n, c) in NORM_SHAPES {
+        for (act, grad) in PRECISIONS {
+            for accumulate in [false, true] {
+                let rn = RmsNorm {
+                    n,
+                    c,
+                    eps: 1e-6,
+                    residual: false,
+                    accumulate,
+                };
+                let mut b = Builder::new(Op::RmsNormBackward(rn));
+                b.input("x", &[n, c], act, Fill::Normal(1.0));
+                b.input("stats", &[n, 1], F32, Fill::Normal(1.0));
+                b.input("gamma", &[c], act, Fill::Normal(1.0));
+                b.input("dy", &[n, c], act, Fill::Normal(1.0));
+                b.output("dx", &[n, c], act);
+                b.output("dgamma", &[c], grad);
+                check(&mut gpu, &b.case, &format!("{rn:?} {act}"));
+            }
+        }
+    }
+}
+
+/// A norm over rows wider than shared memory holds the weight-gradient sums of (the kernel's
+/// fallback to its global scratch), with bias so both halves are exercised.
+#[test]
+fn layernorm_backward_of_very_wide_rows_matches_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    let (n, c) = (5, 13_000);
+    let ln = LayerNorm {
+        n,
+        c,
+        bias: true,
+        eps: 1e-5,
+        residual: false,
+        accumulate: true,
+    };
+    let mut b = Builder::new(Op::LayerNormBackward(ln));
+    b.input("x", &[n, c], F32, Fill::Normal(1.0));
+    b.input("stats", &[n, 2], F32, Fill::Normal(1.0));
+    b.input("gamma", &[c], F32, Fill::Normal(1.0));
+    b.input("dy", &[n, c], F32, Fill::Normal(1.0));
+    b.output("dx", &[n, c], F32);
+    b.output("dgamma", &[c], F32);
+    b.output("dbeta", &[c], F32);
+    check(&mut gpu, &b.case, &format!("{ln:?}"));
+}
+
+/// (rows, V): none, one, odd rows with V of one, below and above the block width, a training
+/// size, and GPT-2's vocabulary.
+const CE_SHAPES: [(usize, usize); 7] = [
+    (0, 10),
+    (1, 1),
+    (1, 300),
+    (7, 13),
+    (7, 515),
+    (1024, 768),
+    (64, 50_257),
+];
+
+#[test]
+fn cross_entropy_forward_matches_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for (n, v) in CE_SHAPES {
+        for act in [F32, Bf16] {
+            let ce = CrossEntropy { n, v };
+            let mut b = Builder::new(Op::CrossEntropy(ce));
+            b.input("logits", &[n, v], act, Fill::Normal(2.0));
+            b.input("targets", &[n], I32, Fill::Ids(v));
+            b.output("losses", &[n], F32);
+            check(&mut gpu, &b.case, &format!("{ce:?} {act}"));
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_backward_matches_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for (n, v) in CE_SHAPES {
+        for act in [F32, Bf16] {
+            for in_place in [false, true] {
+                let ce = CrossEntropy { n, v };
+                let mut b = Builder::new(Op::CrossEntropyBackward(ce));
+                let logits = b.input("logits", &[n, v], act, Fill::Normal(2.0));
+                b.input("targets", &[n], I32, Fill::Ids(v));
+                if in_place {
+                    b.case.outputs.push(logits);
+                } else {
+                    b.output("dlogits", &[n, v], act);
+                }
+                check(
+                    &mut gpu,
+                    &b.case,
+                    &format!("{ce:?} {act} in place {in_place}"),
+                );
+            }
+        }
+    }
+}
+
+/// A gradient norm over `shapes`, alternating f32 and bf16 when `mixed`.
+fn grad_norm_case(shapes: &[&[usize]], mixed: bool) -> OpCase {
+    let numel = shapes
+        .iter()
+        .map(|s| s.iter().product::<usize>() as u64)
+        .sum();
+    let mut b = Builder::new(Op::GradNorm(GradNorm { numel }));
+    for (i, shape) in shapes.iter().enumerate() {
+        let dtype = if mixed && i % 2 == 1 { Bf16 } else { F32 };
+        b.input(
+            &format!("g{i}"),
+            shape,
+            dtype,
+            Fill::Normal(0.01 * (i + 1) as f64),
+        );
+    }
+    b.output("norm", &[1], F32);
+    b.case
+}
+
+#[test]
+fn grad_norm_matches_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    let cases: [&[&[usize]]; 5] = [
+        &[],
+        &[&[0]],
+        &[&[1]],
+        &[&[7], &[768, 3], &[0], &[13]],
+        // More tensors than one launch takes (eight), of training sizes.
+        &[
+            &[50_257, 768],
+            &[1024, 768],
+            &[768],
+            &[768],
+            &[2304, 768],
+            &[2304],
+            &[768, 768],
+            &[768],
+            &[3072, 768],
+            &[3072],
+            &[768, 3072],
+            &[768],
+        ],
+    ];
+    for shapes in cases {
+        for mixed in [false, true] {
+            check(
+                &mut gpu,
+                &grad_norm_case(shapes, mixed),
+                &format!("grad_norm {shapes:?} mixed {mixed}"),
+            );
+        }
+    }
+}
+
+/// AdamW over parameters of `shapes`: inputs [norm, θ…, g…, m…, v…] → outputs
+/// [θ…, m…, v…, copies…]; θ, m and v are both read and written.
+fn adamw_case(
+    shapes: &[&[usize]],
+    hyper: AdamWParams,
+    norm: f32,
+    grads: DType,
+    copies: Option<DType>,
+) -> OpCase {
+    let numel = shapes
+        .iter()
+        .map(|s| s.iter().product::<usize>() as u64)
+        .sum();
+    let mut b = Builder::new(Op::AdamW(AdamW { numel, hyper }));
+    b.input("norm", &[1], F32, Fill::Value(norm));
+    let theta: Vec<usize> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| b.input(&format!("theta{i}"), s, F32, Fill::Normal(0.02)))
+        .collect();
+    for (i, s) in shapes.iter().enumerate() {
+        b.input(&format!("g{i}"), s, grads, Fill::Normal(0.5));
+    }
+    let m: Vec<usize> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| b.input(&format!("m{i}"), s, F32, Fill::Normal(0.01)))
+        .collect();
+    // The second moment is non-negative.
+    let v: Vec<usize> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| b.input(&format!("v{i}"), s, F32, Fill::Value(1e-4)))
+        .collect();
+    for group in [&theta, &m, &v] {
+        b.case.outputs.extend(group.iter().copied());
+    }
+    if let Some(dtype) = copies {
+        for (i, s) in shapes.iter().enumerate() {
+            b.output(&format!("copy{i}"), s, dtype);
+        }
+    }
+    b.case
+}
+
+#[test]
+fn adamw_matches_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    let shapes: [&[usize]; 6] = [&[768, 3], &[7], &[1, 1], &[0], &[13, 0], &[1024, 768]];
+    let base = AdamWParams::default();
+    let hypers = [
+        base,
+        AdamWParams { step: 10, ..base },
+        AdamWParams {
+            max_grad_norm: None,
+            weight_decay: 0.0,
+            step: 3,
+            ..base
+        },
+    ];
+    for hyper in hypers {
+        // Clipped (5 > 1), not clipped, and a zero norm.
+        for norm in [5.0, 0.5, 0.0] {
+            for (grads, copies) in [(F32, None), (F32, Some(Bf16)), (Bf16, Some(Bf16))] {
+                let case = adamw_case(&shapes, hyper, norm, grads, copies);
+                check(
+                    &mut gpu,
+                    &case,
+                    &format!("adamw {hyper:?} norm {norm} grads {grads} copies {copies:?}"),
+                );
+            }
+        }
+    }
+}
