@@ -17,6 +17,7 @@ pub mod conformance;
 mod backend;
 pub mod blas;
 pub mod compile;
+pub mod cupti;
 mod gpu;
 mod ops;
 mod timing;
