@@ -9,7 +9,8 @@ use tperf_core::backend::{Backend, BackendError};
 use tperf_core::cost::hardware::{self, Hardware};
 use tperf_core::meta::MemEvent;
 use tperf_cpu::CpuBackend;
-use tperf_cuda::CudaBackend;
+use crate::profile::{KernelRow, KernelTable};
+use tperf_cuda::{cupti, CudaBackend};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
@@ -111,6 +112,14 @@ pub trait Measured: Backend {
     fn take_op_timing(&mut self) -> Result<Vec<OpTime>, BackendError>;
     fn start_memory_events(&mut self);
     fn take_memory_events(&mut self) -> Vec<MemEvent>;
+    /// Starts tracing the device's kernels (CUPTI on a GPU); Err says why there is no trace.
+    fn start_kernel_trace(&mut self) -> Result<(), String> {
+        Err("kernel tracing is for GPUs (the CPU's ops are the trace)".into())
+    }
+    /// Ends the trace after a synchronisation, with the kernel table of what ran.
+    fn finish_kernel_trace(&mut self) -> Result<Option<KernelTable>, String> {
+        Ok(None)
+    }
 }
 
 impl Measured for CpuBackend {
@@ -189,5 +198,36 @@ impl Measured for CudaBackend {
     }
     fn take_memory_events(&mut self) -> Vec<MemEvent> {
         self.take_mem_events()
+    }
+    fn start_kernel_trace(&mut self) -> Result<(), String> {
+        self.synchronize().map_err(|e| e.to_string())?;
+        self.start_kernel_trace()
+    }
+    fn finish_kernel_trace(&mut self) -> Result<Option<KernelTable>, String> {
+        self.synchronize().map_err(|e| e.to_string())?;
+        let (out, wall_start, wall_end) = self.finish_kernel_trace()?;
+        let ns = |x: u64| x as f64 * 1e-9;
+        let (gap_median, gap_total) = cupti::launch_gaps(&out.records);
+        let kernels_launched = out.records.iter().filter(|r| r.is_kernel()).count();
+        let rows = cupti::summarize(&out.records)
+            .into_iter()
+            .map(|k| KernelRow {
+                name: k.name,
+                kind: format!("{:?}", k.kind).to_lowercase(),
+                calls: k.calls,
+                total_seconds: ns(k.total_ns),
+                mean_seconds: k.mean_ns * 1e-9,
+                share: k.share,
+            })
+            .collect();
+        Ok(Some(KernelTable {
+            rows,
+            kernels_launched,
+            busy_fraction: cupti::busy_fraction(&out.records, wall_start, wall_end),
+            step_wall_seconds: ns(wall_end.saturating_sub(wall_start)),
+            launch_gap_median_seconds: ns(gap_median),
+            launch_gap_total_seconds: ns(gap_total),
+            dropped: out.dropped,
+        }))
     }
 }

@@ -61,6 +61,38 @@ pub struct Profile {
     pub last_step: StepAccount,
     /// The last profiled step's allocations and frees, as the backend saw them.
     pub memory_events: Vec<MemEvent>,
+    /// The last profiled step's GPU kernels as CUPTI saw them (None on the CPU, or where CUPTI
+    /// is unavailable: then `kernel_trace_note` says why).
+    pub kernels: Option<KernelTable>,
+    pub kernel_trace_note: Option<String>,
+}
+
+/// One kernel name's share of a traced step.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelRow {
+    /// Readable (demangled, shortened) name; cuBLAS's kernels under their own names.
+    pub name: String,
+    pub kind: String,
+    pub calls: u64,
+    pub total_seconds: f64,
+    pub mean_seconds: f64,
+    pub share: f64,
+}
+
+/// The kernels of one traced step: what ran, for how long, and how busy the GPU was.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelTable {
+    pub rows: Vec<KernelRow>,
+    pub kernels_launched: usize,
+    /// The union of kernel intervals over the step's wall span: the fraction of the step a
+    /// kernel runs on the GPU (GPU utilisation in nvidia-smi's sense, measured).
+    pub busy_fraction: f64,
+    pub step_wall_seconds: f64,
+    /// Idle time between consecutive kernels of a stream: median and total.
+    pub launch_gap_median_seconds: f64,
+    pub launch_gap_total_seconds: f64,
+    /// Records CUPTI dropped (its buffers full); non-zero means the table is incomplete.
+    pub dropped: u64,
 }
 
 impl Profile {
@@ -132,16 +164,27 @@ fn profile_on<B: Measured>(
     let mut trace = Vec::new();
     let mut memory_events = Vec::new();
     let mut last_step = StepAccount::default();
+    let mut kernels = None;
+    let mut kernel_trace_note = None;
     for s in 0..steps {
         let last = s + 1 == steps;
         if last {
             be.start_memory_events();
+            if let Err(why) = be.start_kernel_trace() {
+                kernel_trace_note = Some(why);
+            }
         }
         let first_op = be.ops_run();
         let t0 = Instant::now();
         runner.step(&mut be, hyper)?;
         be.sync()?;
         step_times.push(t0.elapsed().as_secs_f64());
+        if last && kernel_trace_note.is_none() {
+            match be.finish_kernel_trace() {
+                Ok(table) => kernels = table,
+                Err(why) => kernel_trace_note = Some(why),
+            }
+        }
         let log = be.take_op_timing()?;
         if log.len() != n_ops {
             return Err(BenchError::Backend(BackendError::Device {
@@ -207,6 +250,8 @@ fn profile_on<B: Measured>(
         trace,
         last_step,
         memory_events,
+        kernels,
+        kernel_trace_note,
     })
 }
 

@@ -451,9 +451,9 @@ fn bad_inputs_are_refused_clearly_and_touch_nothing() {
             "--steps",
             "2",
             "--device",
-            "cuda",
+            "cuda:x",
         ],
-        "the CUDA backend is not built yet; use --device cpu",
+        "unknown device 'cuda:x'",
         &keep,
     );
     refused(

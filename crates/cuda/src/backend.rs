@@ -53,6 +53,8 @@ pub struct CudaBackend {
     ops_run: usize,
     sample_calls: u64,
     nvtx: bool,
+    /// A CUPTI trace in progress and its wall start on CUPTI's clock.
+    kernel_trace: Option<(crate::cupti::KernelTrace, u64)>,
 }
 
 pub(crate) fn device_err(message: impl Into<String>) -> BackendError {
@@ -109,6 +111,7 @@ impl CudaBackend {
             ops_run: 0,
             sample_calls: 0,
             nvtx,
+            kernel_trace: None,
         })
     }
 
@@ -164,6 +167,28 @@ impl CudaBackend {
 
     pub fn ops_run(&self) -> usize {
         self.ops_run
+    }
+
+    /// Starts a CUPTI trace of every kernel, copy and fill from now on (the caller has
+    /// synchronised, so the wall span starts with the step).
+    pub fn start_kernel_trace(&mut self) -> Result<(), String> {
+        let trace = crate::cupti::KernelTrace::start()?;
+        let start = crate::cupti::now_ns()?;
+        self.kernel_trace = Some((trace, start));
+        Ok(())
+    }
+
+    /// Ends the trace (the caller has synchronised): the records and the wall span on CUPTI's
+    /// clock.
+    pub fn finish_kernel_trace(
+        &mut self,
+    ) -> Result<(crate::cupti::TraceOutput, u64, u64), String> {
+        let (trace, start) = self
+            .kernel_trace
+            .take()
+            .ok_or("no kernel trace was started")?;
+        let end = crate::cupti::now_ns()?;
+        Ok((trace.finish()?, start, end))
     }
 
     /// Records CUDA events around every op from now on.

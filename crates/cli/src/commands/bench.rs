@@ -48,7 +48,6 @@ pub struct BenchArgs {
     /// Timed steps per row.
     #[arg(long, default_value_t = 10, value_parser = parse_positive)]
     pub steps: usize,
-    /// Where to run: auto, cpu (the CUDA backend is not built yet).
     /// cpu, cuda, cuda:N, or auto (the first GPU if there is one).
     #[arg(long, default_value = "auto")]
     pub device: String,

@@ -315,6 +315,35 @@ fn render(model: &str, p: &Profile, all_layers: bool) -> String {
     out.push_str(&t.render());
     out.push('\n');
 
+    if let Some(kt) = &p.kernels {
+        let mut kt_table = Table::new(&["time %", "total µs", "calls", "avg µs", "kind", "kernel"])
+            .titled(format!(
+                "GPU kernels of the last step (CUPTI): {} launched, GPU busy {} of the step's {}, launch gaps median {} (total {}){}",
+                kt.kernels_launched,
+                units::percent(kt.busy_fraction),
+                units::seconds(kt.step_wall_seconds),
+                units::seconds(kt.launch_gap_median_seconds),
+                units::seconds(kt.launch_gap_total_seconds),
+                if kt.dropped > 0 { format!("; {} records dropped", kt.dropped) } else { String::new() }
+            ));
+        for r in kt.rows.iter().take(if all_layers { usize::MAX } else { 25 }) {
+            kt_table.row(vec![
+                format!("{:.1}", 100.0 * r.share),
+                us(r.total_seconds),
+                r.calls.to_string(),
+                us(r.mean_seconds),
+                r.kind.clone(),
+                r.name.chars().take(90).collect(),
+            ]);
+        }
+        out.push_str(&kt_table.render());
+        out.push('\n');
+    } else if let Some(why) = &p.kernel_trace_note {
+        if p.device != "cpu" {
+            out.push_str(&format!("no kernel table: {why}\n\n"));
+        }
+    }
+
     let timeline = memory::timeline(&p.memory_events);
     let forward_end = a
         .rows
