@@ -2,6 +2,7 @@
 //! the memory the forward leaves for the backward, predicted by the Meta backend (which also
 //! says, before anything runs, when a size will not fit) and measured on the compute backend.
 
+use crate::device::{Device, Measured as MeasuredBackend};
 use crate::model::BenchError;
 use crate::stats::Summary;
 use serde::Serialize;
@@ -14,7 +15,6 @@ use tperf_core::meta::MetaBackend;
 use tperf_core::ops::Phase;
 use tperf_core::rng::Rng;
 use tperf_core::schedule::attention_only::AttentionOnly;
-use crate::device::{Device, Measured as MeasuredBackend};
 use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;
 

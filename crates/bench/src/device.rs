@@ -2,6 +2,7 @@
 //! Backend trait (synchronise, the peak of the memory ledger, per-op times, memory events), so
 //! that every benchmark, profile and attention sweep is written once for the CPU and the GPU.
 
+use crate::profile::{KernelRow, KernelTable};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Instant;
@@ -9,7 +10,6 @@ use tperf_core::backend::{Backend, BackendError};
 use tperf_core::cost::hardware::{self, Hardware};
 use tperf_core::meta::MemEvent;
 use tperf_cpu::CpuBackend;
-use crate::profile::{KernelRow, KernelTable};
 use tperf_cuda::{cupti, CudaBackend};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,7 +47,11 @@ impl FromStr for Device {
 /// the choice was not the one asked for.
 pub fn resolve(asked: &str) -> Result<(Device, Option<String>), String> {
     let auto = asked.eq_ignore_ascii_case("auto");
-    let wanted = if auto { Device::Cuda(0) } else { asked.parse()? };
+    let wanted = if auto {
+        Device::Cuda(0)
+    } else {
+        asked.parse()?
+    };
     match wanted {
         Device::Cpu => Ok((Device::Cpu, None)),
         Device::Cuda(i) => match tperf_cuda::device_count() {

@@ -1,6 +1,7 @@
 //! Benchmark one scenario: the Meta backend's prediction and the compute backend's measurement
 //! of the same schedule (both issued by `StepRunner`), side by side.
 
+use crate::device::{Device, Measured};
 use crate::harness;
 use crate::stats::Summary;
 use serde::Serialize;
@@ -10,7 +11,6 @@ use tperf_core::config::ModelConfig;
 use tperf_core::cost::analysis::{self, Analysis, AnalysisError, Scenario, StepRunner};
 use tperf_core::cost::hardware::Hardware;
 use tperf_core::ops::adamw::AdamWParams;
-use crate::device::{Device, Measured};
 use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;
 
@@ -186,7 +186,9 @@ pub fn fit_advice(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware) -> Vec<String
             tries.push((what.to_string(), s));
         }
     };
-    with("--attention flash", &|s| s.opts.attention = AttentionKernel::Flash);
+    with("--attention flash", &|s| {
+        s.opts.attention = AttentionKernel::Flash
+    });
     with("--dtype bf16", &|s| s.opts.precision = Precision::Bf16);
     with("--recompute selective", &|s| {
         s.opts.recompute = Recompute::Selective
@@ -213,7 +215,12 @@ pub fn fit_advice(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware) -> Vec<String
 }
 
 /// The error for a step predicted not to fit: the requirement, the capacity, what would fit.
-pub fn out_of_memory_message(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware, needed: u64) -> String {
+pub fn out_of_memory_message(
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    hw: &Hardware,
+    needed: u64,
+) -> String {
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let advice = fit_advice(cfg, sc, hw);
     format!(

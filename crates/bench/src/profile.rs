@@ -2,6 +2,7 @@
 //! position with the Meta backend's prediction of the same op; rollups the way nsys's stats
 //! print them; a Chrome/Perfetto trace; the measured memory timeline.
 
+use crate::device::{Device, Measured};
 use crate::model::BenchError;
 use crate::stats::Summary;
 use serde::Serialize;
@@ -12,7 +13,6 @@ use tperf_core::cost::analysis::{self, Analysis, Scenario};
 use tperf_core::cost::hardware::Hardware;
 use tperf_core::meta::MemEvent;
 use tperf_core::ops::Phase;
-use crate::device::{Device, Measured};
 use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;
 
@@ -130,9 +130,7 @@ pub fn profile(
 ) -> Result<Profile, BenchError> {
     match device {
         Device::Cpu => profile_on(CpuBackend::new(), cfg, sc, hw, warmup, steps, on_step),
-        Device::Cuda(i) => {
-            profile_on(CudaBackend::new(i)?, cfg, sc, hw, warmup, steps, on_step)
-        }
+        Device::Cuda(i) => profile_on(CudaBackend::new(i)?, cfg, sc, hw, warmup, steps, on_step),
     }
 }
 

@@ -466,7 +466,9 @@ fn bench_profile_and_attention_measure_beside_the_model() {
 
     // --device cuda on a machine without a GPU falls back to the CPU and says so; with a GPU it
     // runs there.
-    let o = tperf(&["bench", cfg, "--device", "cuda", "--warmup", "0", "--steps", "1", "--phase", "forward"]);
+    let o = tperf(&[
+        "bench", cfg, "--device", "cuda", "--warmup", "0", "--steps", "1", "--phase", "forward",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(
         stderr(&o).contains("running on the CPU") || stdout(&o).contains("cuda:0"),
@@ -475,7 +477,10 @@ fn bench_profile_and_attention_measure_beside_the_model() {
     );
 
     for (args, expected) in [
-        (vec!["bench", cfg, "--device", "tpu"], "unknown device 'tpu'"),
+        (
+            vec!["bench", cfg, "--device", "tpu"],
+            "unknown device 'tpu'",
+        ),
         (vec!["bench", cfg, "--steps", "0"], "not a positive integer"),
         (
             vec!["bench", cfg, "--dtype", "fp8"],

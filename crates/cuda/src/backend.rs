@@ -161,6 +161,11 @@ impl CudaBackend {
         self.alloc.reserved_bytes
     }
 
+    /// Bytes the allocator holds free for reuse.
+    pub fn cached_bytes(&self) -> u64 {
+        self.alloc.cached_bytes()
+    }
+
     pub fn peak_reserved_bytes(&self) -> u64 {
         self.alloc.peak_reserved_bytes
     }
@@ -180,9 +185,7 @@ impl CudaBackend {
 
     /// Ends the trace (the caller has synchronised): the records and the wall span on CUPTI's
     /// clock.
-    pub fn finish_kernel_trace(
-        &mut self,
-    ) -> Result<(crate::cupti::TraceOutput, u64, u64), String> {
+    pub fn finish_kernel_trace(&mut self) -> Result<(crate::cupti::TraceOutput, u64, u64), String> {
         let (trace, start) = self
             .kernel_trace
             .take()
@@ -253,6 +256,7 @@ impl CudaBackend {
     }
 
     /// Launches a kernel for `call`; a launch failure names the op.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn launch(
         &mut self,
         call: &OpCall,
@@ -293,15 +297,6 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Copies `bytes` from `src` to `dst` on the stream.
-    pub(crate) fn copy(&self, dst: u64, src: u64, bytes: u64) -> Result<(), BackendError> {
-        if bytes > 0 {
-            unsafe { cu::memcpy_dtod_async(dst, src, bytes as usize, self.gpu.cu_stream()) }
-                .map_err(|e| device_err(format!("device copy: {e:?}")))?;
-        }
-        Ok(())
-    }
-
     pub(crate) fn gemm(
         &mut self,
         call: &OpCall,
@@ -320,7 +315,10 @@ impl CudaBackend {
     fn read_bytes(&self, t: &Tensor) -> Result<Vec<u8>, BackendError> {
         let b = self.buf(t)?;
         let mut host = vec![0u8; (b.numel * b.dtype.size_bytes()) as usize];
-        self.gpu.ctx.bind_to_thread().map_err(|e| device_err(format!("{e:?}")))?;
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| device_err(format!("{e:?}")))?;
         unsafe { cu::memcpy_dtoh_async(&mut host, b.block.ptr, self.gpu.cu_stream()) }
             .map_err(|e| device_err(format!("reading '{}': {e:?}", b.name)))?;
         self.synchronize()?;
@@ -329,7 +327,10 @@ impl CudaBackend {
 
     fn write_bytes(&self, t: &Tensor, host: &[u8]) -> Result<(), BackendError> {
         let b = self.buf(t)?;
-        self.gpu.ctx.bind_to_thread().map_err(|e| device_err(format!("{e:?}")))?;
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| device_err(format!("{e:?}")))?;
         unsafe { cu::memcpy_htod_async(b.block.ptr, host, self.gpu.cu_stream()) }
             .map_err(|e| device_err(format!("writing '{}': {e:?}", b.name)))?;
         // The host slice must outlive the copy.
@@ -353,7 +354,10 @@ fn encode(dtype: DType, data: &[f32]) -> Vec<u8> {
             .iter()
             .flat_map(|&x| f16::from_f32(x).to_le_bytes())
             .collect(),
-        DType::I32 => data.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
+        DType::I32 => data
+            .iter()
+            .flat_map(|&x| (x as i32).to_le_bytes())
+            .collect(),
     }
 }
 
@@ -385,12 +389,15 @@ impl Backend for CudaBackend {
 
     fn alloc(&mut self, spec: TensorSpec) -> Result<Tensor, BackendError> {
         let bytes = spec.size_bytes();
-        let block = self.alloc.alloc(bytes).map_err(|_| BackendError::OutOfMemory {
-            name: spec.name.clone(),
-            requested_bytes: bytes,
-            in_use_bytes: self.alloc.reserved_bytes,
-            capacity_bytes: self.gpu.info.total_bytes,
-        })?;
+        let block = self
+            .alloc
+            .alloc(bytes)
+            .map_err(|_| BackendError::OutOfMemory {
+                name: spec.name.clone(),
+                requested_bytes: bytes,
+                in_use_bytes: self.alloc.reserved_bytes,
+                capacity_bytes: self.gpu.info.total_bytes,
+            })?;
         let id = TensorId(self.next_id);
         self.next_id += 1;
         let tensor = Tensor {
@@ -478,12 +485,10 @@ impl Backend for CudaBackend {
         }
         let bytes: Vec<u8> = data.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.write_bytes(tensor, &bytes)?;
-        let range = data
-            .iter()
-            .fold(None, |r: Option<(i32, i32)>, &x| match r {
-                None => Some((x, x)),
-                Some((lo, hi)) => Some((lo.min(x), hi.max(x))),
-            });
+        let range = data.iter().fold(None, |r: Option<(i32, i32)>, &x| match r {
+            None => Some((x, x)),
+            Some((lo, hi)) => Some((lo.min(x), hi.max(x))),
+        });
         if let Some(b) = self.buffers.get_mut(&tensor.id) {
             b.id_range = range;
         }

@@ -88,14 +88,23 @@ impl Blas {
         )
         .map_err(err("matmul descriptor"))?;
         let set = |attr, value: *const c_void, size: usize| unsafe {
-            lt::set_matmul_desc_attribute(desc, attr, value, size).map_err(err("descriptor attribute"))
+            lt::set_matmul_desc_attribute(desc, attr, value, size)
+                .map_err(err("descriptor attribute"))
         };
         // cuBLASLt's A is our B, its B our A (module comment).
         let op_a: i32 = g.trans_b as i32;
         let op_b: i32 = g.trans_a as i32;
         use sys::cublasLtMatmulDescAttributes_t as D;
-        set(D::CUBLASLT_MATMUL_DESC_TRANSA, (&op_a as *const i32).cast(), 4)?;
-        set(D::CUBLASLT_MATMUL_DESC_TRANSB, (&op_b as *const i32).cast(), 4)?;
+        set(
+            D::CUBLASLT_MATMUL_DESC_TRANSA,
+            (&op_a as *const i32).cast(),
+            4,
+        )?;
+        set(
+            D::CUBLASLT_MATMUL_DESC_TRANSB,
+            (&op_b as *const i32).cast(),
+            4,
+        )?;
         if g.bias {
             let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
             set(
@@ -139,13 +148,18 @@ impl Blas {
         .map_err(err("preference attribute"))?;
         let heuristic = unsafe {
             lt::get_matmul_algo_heuristic(
-                self.handle, desc, a_layout, b_layout, c_layout, c_layout, pref,
+                self.handle,
+                desc,
+                a_layout,
+                b_layout,
+                c_layout,
+                c_layout,
+                pref,
             )
         };
         let _ = unsafe { lt::destroy_matmul_pref(pref) };
-        let heuristic = heuristic.map_err(|e| {
-            format!("cuBLASLt has no algorithm for {g:?}: {e:?}")
-        })?;
+        let heuristic =
+            heuristic.map_err(|e| format!("cuBLASLt has no algorithm for {g:?}: {e:?}"))?;
         Ok(Plan {
             desc,
             layouts: [a_layout, b_layout, c_layout],

@@ -102,7 +102,8 @@ pub fn cubin(src: &Source, arch: &str, driver: i32) -> Result<(Vec<u8>, Origin),
     let nvrtc_ver = nvrtc_version()?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (&text, arch, nvrtc_ver, driver).hash(&mut h);
-    let file = cache_dir().map(|d| d.join(format!("{}-{arch}-{:016x}.cubin", src.name, h.finish())));
+    let file =
+        cache_dir().map(|d| d.join(format!("{}-{arch}-{:016x}.cubin", src.name, h.finish())));
     if let Some(bytes) = file.as_ref().and_then(|f| std::fs::read(f).ok()) {
         if !bytes.is_empty() {
             return Ok((bytes, Origin::Cached));
@@ -136,7 +137,11 @@ fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError
     ];
     let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
     let log = unsafe { nvrtc::get_program_log(prog) }
-        .map(|l| unsafe { CStr::from_ptr(l.as_ptr()) }.to_string_lossy().into_owned())
+        .map(|l| {
+            unsafe { CStr::from_ptr(l.as_ptr()) }
+                .to_string_lossy()
+                .into_owned()
+        })
         .unwrap_or_default();
     if compiled.is_err() {
         let _ = unsafe { nvrtc::destroy_program(prog) };

@@ -117,7 +117,11 @@ fn write(be: &mut impl Backend, t: &Tensor, values: &[f32]) -> Result<(), Backen
 }
 
 /// Runs `case` on both backends from identical inputs and compares every output.
-pub fn run_case(gpu: &mut CudaBackend, case: &OpCase, seed: u64) -> Result<Vec<Diff>, BackendError> {
+pub fn run_case(
+    gpu: &mut CudaBackend,
+    case: &OpCase,
+    seed: u64,
+) -> Result<Vec<Diff>, BackendError> {
     let mut cpu = CpuBackend::new();
     let mut rng = Rng::new(seed);
     let mut on_cpu = Vec::new();
@@ -181,10 +185,13 @@ impl<'a> Mirror<'a> {
     }
 
     fn on_gpu(&self, t: &Tensor) -> Result<Tensor, BackendError> {
-        self.map.get(&t.id).cloned().ok_or_else(|| BackendError::Device {
-            backend: "mirror",
-            message: format!("tensor #{} has no GPU twin", t.id.0),
-        })
+        self.map
+            .get(&t.id)
+            .cloned()
+            .ok_or_else(|| BackendError::Device {
+                backend: "mirror",
+                message: format!("tensor #{} has no GPU twin", t.id.0),
+            })
     }
 
     /// The worst error per (op, dtype), for the summary table.
@@ -193,7 +200,8 @@ impl<'a> Mirror<'a> {
         for d in &self.diffs {
             let key = (d.op.clone(), d.dtype.name());
             match out.get(&key) {
-                Some(w) if w.error / w.tolerance.max(1e-30) >= d.error / d.tolerance.max(1e-30) => {}
+                Some(w) if w.error / w.tolerance.max(1e-30) >= d.error / d.tolerance.max(1e-30) => {
+                }
                 _ => {
                     out.insert(key, d.clone());
                 }
@@ -323,10 +331,7 @@ impl ScenarioResult {
 
 /// Every family × workload × precision × attention kernel, plus recomputation and the unfused
 /// schedule for training, each run through the [`Mirror`]. `progress` sees each scenario's name.
-pub fn suite(
-    gpu: &mut CudaBackend,
-    mut progress: impl FnMut(&str),
-) -> Vec<ScenarioResult> {
+pub fn suite(gpu: &mut CudaBackend, mut progress: impl FnMut(&str)) -> Vec<ScenarioResult> {
     use tperf_core::cost::analysis::{Scenario, StepRunner, Workload};
     use tperf_core::ops::adamw::AdamWParams;
     use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute};
@@ -440,7 +445,8 @@ impl ModelAgreement {
     pub fn passed(&self) -> bool {
         self.logits_error <= self.tolerance
             && self.grad_error <= self.tolerance
-            && ((self.loss_gpu - self.loss_cpu).abs() as f64) <= self.tolerance * self.loss_cpu.abs() as f64
+            && ((self.loss_gpu - self.loss_cpu).abs() as f64)
+                <= self.tolerance * self.loss_cpu.abs() as f64
     }
 }
 

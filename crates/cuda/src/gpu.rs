@@ -26,11 +26,6 @@ impl DeviceInfo {
     }
 }
 
-/// Why no GPU can be used, worded for the "falling back to the CPU" note.
-pub fn unavailable_reason(err: &DriverError) -> String {
-    format!("{err:?}")
-}
-
 /// Number of CUDA devices, or why there are none (no driver library, no device).
 pub fn device_count() -> Result<usize, String> {
     if !unsafe { sys::is_culib_present() } {
@@ -112,7 +107,10 @@ impl Gpu {
         // (raw pointers), so cudarc's per-buffer event tracking would only add work.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
-        let attr = |a| ctx.attribute(a).map_err(driver("reading a device attribute"));
+        let attr = |a| {
+            ctx.attribute(a)
+                .map_err(driver("reading a device attribute"))
+        };
         let cc = (
             attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
             attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
@@ -162,7 +160,9 @@ impl Gpu {
                 let start = Instant::now();
                 let (cubin, origin) =
                     compile::cubin(&src, &self.info.arch(), self.info.driver_version)?;
-                self.ctx.bind_to_thread().map_err(driver("binding the context"))?;
+                self.ctx
+                    .bind_to_thread()
+                    .map_err(driver("binding the context"))?;
                 let m = unsafe { cu::module::load_data(cubin.as_ptr().cast()) }
                     .map_err(driver("loading a compiled module"))?;
                 self.compile_log.push((source, origin, start.elapsed()));

@@ -13,10 +13,10 @@
 //! - `timing`: CUDA events per op.
 
 mod alloc;
-pub mod conformance;
 mod backend;
 pub mod blas;
 pub mod compile;
+pub mod conformance;
 pub mod cupti;
 mod gpu;
 mod ops;

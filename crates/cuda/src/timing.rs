@@ -30,7 +30,8 @@ impl EventTimer {
 
     pub fn start(&mut self, index: usize, stream: sys::CUstream) -> Result<(), String> {
         let e = self.event()?;
-        unsafe { cu::event::record(e, stream) }.map_err(|e| format!("recording an event: {e:?}"))?;
+        unsafe { cu::event::record(e, stream) }
+            .map_err(|e| format!("recording an event: {e:?}"))?;
         self.open = Some((index, e));
         Ok(())
     }
@@ -40,7 +41,8 @@ impl EventTimer {
             return Ok(());
         };
         let e = self.event()?;
-        unsafe { cu::event::record(e, stream) }.map_err(|e| format!("recording an event: {e:?}"))?;
+        unsafe { cu::event::record(e, stream) }
+            .map_err(|e| format!("recording an event: {e:?}"))?;
         self.pending.push((index, start, e));
         Ok(())
     }

@@ -136,7 +136,11 @@ fn elementwise_ops_match_the_cpu() {
     let Some(mut gpu) = gpu() else { return };
     for dt in [DType::F32, DType::Bf16] {
         for n in [0usize, 1, 7, 1000, 1 << 20] {
-            for kind in [ActivationKind::Gelu, ActivationKind::Relu, ActivationKind::Silu] {
+            for kind in [
+                ActivationKind::Gelu,
+                ActivationKind::Relu,
+                ActivationKind::Silu,
+            ] {
                 let a = Activation { numel: n, kind };
                 let ts = vec![
                     t("x", &[n], dt, Fill::Normal(2.0)),
@@ -229,7 +233,11 @@ fn elementwise_ops_match_the_cpu() {
 fn rope_embedding_cache_and_take_last_match_the_cpu() {
     let Some(mut gpu) = gpu() else { return };
     for dt in [DType::F32, DType::Bf16] {
-        for (b, tt, h_q, h_kv, d, pos) in [(1, 1, 1, 1, 2, 0), (2, 7, 4, 2, 12, 5), (3, 64, 8, 8, 64, 100)] {
+        for (b, tt, h_q, h_kv, d, pos) in [
+            (1, 1, 1, 1, 2, 0),
+            (2, 7, 4, 2, 12, 5),
+            (3, 64, 8, 8, 64, 100),
+        ] {
             let r = Rope {
                 b,
                 t: tt,
@@ -289,7 +297,11 @@ fn rope_embedding_cache_and_take_last_match_the_cpu() {
                 &format!("{dt} {tl:?}"),
             );
         }
-        for positions in [PositionTable::Learned, PositionTable::Sinusoidal, PositionTable::None] {
+        for positions in [
+            PositionTable::Learned,
+            PositionTable::Sinusoidal,
+            PositionTable::None,
+        ] {
             for (n, c, vocab, tt) in [(1, 1, 1, 1), (14, 48, 61, 7), (2048, 768, 50257, 512)] {
                 let e = Embedding {
                     n,

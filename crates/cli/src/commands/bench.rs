@@ -3,11 +3,11 @@
 //! the model's prediction of the same schedule beside every measurement.
 
 use super::{parse_positive, resolve_device};
-use tperf_bench::device::Device;
 use crate::load;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
+use tperf_bench::device::Device;
 use tperf_bench::model::{self, BenchRow, Repeats};
 use tperf_core::cost::analysis::{Scenario, Workload};
 use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute};

@@ -56,8 +56,16 @@ pub fn run(args: ConformanceArgs) -> Result<()> {
             worst.insert(key, d.clone());
         }
     }
-    let mut t = Table::new(&["op", "dtype", "outputs compared", "worst error", "tolerance", "where", "ok"])
-        .titled("Every op against the CPU backend: max |gpu − cpu| / max |cpu| per output, worst case");
+    let mut t = Table::new(&[
+        "op",
+        "dtype",
+        "outputs compared",
+        "worst error",
+        "tolerance",
+        "where",
+        "ok",
+    ])
+    .titled("Every op against the CPU backend: max |gpu − cpu| / max |cpu| per output, worst case");
     for ((op, dtype), d) in &worst {
         let count = results
             .iter()

@@ -11,8 +11,8 @@ pub mod report;
 pub mod study;
 pub mod train;
 
-use tperf_bench::device::Device;
 use anyhow::Result;
+use tperf_bench::device::Device;
 use tperf_core::cost::hardware::{self, Hardware};
 use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute};
 
@@ -175,7 +175,10 @@ pub fn cpu_only(asked: &str, command: &str) -> Result<()> {
 
 /// The hardware entry whose roofline a measurement on `device` is compared with: `--hw` when
 /// given, else the detected CPU or the catalogue entry matching the GPU's name.
-pub fn hardware_for(device: Device, hw: Option<&str>) -> Result<tperf_core::cost::hardware::Hardware> {
+pub fn hardware_for(
+    device: Device,
+    hw: Option<&str>,
+) -> Result<tperf_core::cost::hardware::Hardware> {
     match hw {
         Some(key) => Ok(tperf_core::cost::hardware::find(key)?),
         None => tperf_bench::device::hardware_of(device)

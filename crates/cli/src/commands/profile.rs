@@ -326,7 +326,11 @@ fn render(model: &str, p: &Profile, all_layers: bool) -> String {
                 units::seconds(kt.launch_gap_total_seconds),
                 if kt.dropped > 0 { format!("; {} records dropped", kt.dropped) } else { String::new() }
             ));
-        for r in kt.rows.iter().take(if all_layers { usize::MAX } else { 25 }) {
+        for r in kt
+            .rows
+            .iter()
+            .take(if all_layers { usize::MAX } else { 25 })
+        {
             kt_table.row(vec![
                 format!("{:.1}", 100.0 * r.share),
                 us(r.total_seconds),

@@ -6,6 +6,7 @@ use super::model::{analyze_with_timeline, decode_sweep_table, op_table, to_json}
 use super::{precision, report};
 use anyhow::Result;
 use std::path::PathBuf;
+use tperf_bench::device::Device;
 use tperf_core::cost::analysis::{self, Scenario, Workload};
 use tperf_core::cost::hardware;
 use tperf_core::presets;
@@ -13,7 +14,6 @@ use tperf_core::schedule::{Options, Precision};
 use tperf_report::results::{Results, SCHEMA_VERSION};
 use tperf_report::table::Table;
 use tperf_report::units;
-use tperf_bench::device::Device;
 
 #[derive(clap::Args, Debug)]
 pub struct StudyArgs {
@@ -45,7 +45,11 @@ pub fn run(args: StudyArgs) -> Result<()> {
     let measured_hw = super::hardware_for(device, None)?;
     println!(
         "tperf study — the analytic model, then measurements on {}",
-        if args.model_only { "nothing (--model-only)".to_string() } else { format!("{device} ({})", measured_hw.name) }
+        if args.model_only {
+            "nothing (--model-only)".to_string()
+        } else {
+            format!("{device} ({})", measured_hw.name)
+        }
     );
     println!("this machine: {}\n", cpu.source);
 
@@ -314,9 +318,18 @@ fn measure(
             Device::Cuda(_) => predicted.memory.peak_bytes,
         };
         if needed > cpu.memory_bytes {
-            bar.println(tperf_bench::model::out_of_memory_message(cfg, s, &cpu, needed));
+            bar.println(tperf_bench::model::out_of_memory_message(
+                cfg, s, &cpu, needed,
+            ));
         } else {
-            bench.push(tperf_bench::model::run(device, cfg, s, &cpu, repeats, |_| {})?);
+            bench.push(tperf_bench::model::run(
+                device,
+                cfg,
+                s,
+                &cpu,
+                repeats,
+                |_| {},
+            )?);
         }
         bar.inc(1);
     }
@@ -351,7 +364,9 @@ fn measure(
         "step wall",
         "modelled",
     ])
-    .titled(format!("Where the time goes: inference against training (measured per op on {device})"));
+    .titled(format!(
+        "Where the time goes: inference against training (measured per op on {device})"
+    ));
     for (name, p) in [
         ("forward (inference)", &forward),
         ("training step", &profile),

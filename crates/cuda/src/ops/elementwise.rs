@@ -66,7 +66,11 @@ impl CudaBackend {
         self.launch_1d(call, SRC, "swiglu_forward", n * f, &args)
     }
 
-    pub(crate) fn swiglu_backward(&mut self, call: &OpCall, s: &SwiGlu) -> Result<(), BackendError> {
+    pub(crate) fn swiglu_backward(
+        &mut self,
+        call: &OpCall,
+        s: &SwiGlu,
+    ) -> Result<(), BackendError> {
         let (n, f) = (s.n as u64, s.f as u64);
         let args = [
             self.input(call, 0, 2 * n * f)?,
@@ -99,14 +103,23 @@ impl CudaBackend {
         }
         for i in 0..call.inputs.len() {
             let n = call.outputs[i].numel();
-            let args = [self.input(call, i, n)?, self.output(call, i, n)?, Arg::I64(n as i64)];
+            let args = [
+                self.input(call, i, n)?,
+                self.output(call, i, n)?,
+                Arg::I64(n as i64),
+            ];
             self.launch_1d(call, SRC, "cast", n, &args)?;
         }
         Ok(())
     }
 
     /// In place on qkv (output 0): the query and key heads of every row.
-    pub(crate) fn rope(&mut self, call: &OpCall, r: &Rope, backward: bool) -> Result<(), BackendError> {
+    pub(crate) fn rope(
+        &mut self,
+        call: &OpCall,
+        r: &Rope,
+        backward: bool,
+    ) -> Result<(), BackendError> {
         let rows = (r.b * r.t) as u64;
         let width = r.row_width();
         let qkv = self.output(call, 0, rows * width as u64)?;

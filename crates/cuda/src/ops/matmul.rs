@@ -14,12 +14,20 @@ use tperf_core::ops::matmul::Matmul;
 use tperf_core::tensor::Tensor;
 
 impl CudaBackend {
-    fn tensor<'a>(&self, call: &'a OpCall, out: bool, i: usize) -> Result<&'a Tensor, BackendError> {
+    fn tensor<'a>(
+        &self,
+        call: &'a OpCall,
+        out: bool,
+        i: usize,
+    ) -> Result<&'a Tensor, BackendError> {
         let list = if out { &call.outputs } else { &call.inputs };
         list.get(i).ok_or_else(|| {
             unsupported(
                 call,
-                format!("expected {} #{i}", if out { "an output" } else { "an input" }),
+                format!(
+                    "expected {} #{i}",
+                    if out { "an output" } else { "an input" }
+                ),
             )
         })
     }
@@ -47,7 +55,11 @@ impl CudaBackend {
         self.gemm(call, &g, a, b, cp, bias)
     }
 
-    pub(crate) fn matmul_forward(&mut self, call: &OpCall, mm: &Matmul) -> Result<(), BackendError> {
+    pub(crate) fn matmul_forward(
+        &mut self,
+        call: &OpCall,
+        mm: &Matmul,
+    ) -> Result<(), BackendError> {
         let (m, k, n) = (mm.m as u64, mm.k as u64, mm.n as u64);
         let x = self.tensor(call, false, 0)?;
         let w = self.tensor(call, false, 1)?;
@@ -58,7 +70,10 @@ impl CudaBackend {
         if x.dtype != w.dtype {
             return Err(unsupported(
                 call,
-                format!("X is {} but W is {}: cast the weights first", x.dtype, w.dtype),
+                format!(
+                    "X is {} but W is {}: cast the weights first",
+                    x.dtype, w.dtype
+                ),
             ));
         }
         let bias = if mm.bias {
