@@ -253,6 +253,45 @@ fn matmul_backward_is_twice_forward() {
     assert!(checked >= cfg.n_layers * 3, "checked {checked}");
 }
 
+/// The fp16 policy's loss scale reaches the loss backward (which multiplies by it) and every
+/// AdamW call (which divides it out); the other policies scale by 1.
+#[test]
+fn loss_scale_reaches_the_loss_backward_and_adamw() {
+    use tperf_core::schedule::FP16_LOSS_SCALE;
+    let cfg = tiny("small");
+    for precision in [Precision::Fp32, Precision::Bf16, Precision::Fp16] {
+        let want = if precision == Precision::Fp16 {
+            FP16_LOSS_SCALE
+        } else {
+            1.0
+        };
+        assert_eq!(precision.loss_scale(), want);
+        for fused in [false, true] {
+            let opts = Options {
+                precision,
+                fused,
+                ..Options::default()
+            };
+            let rec = analysis::record(&cfg, &scenario(Workload::Train, 2, 16, opts)).unwrap();
+            let (mut ce, mut adamw) = (0, 0);
+            for r in &rec.ops {
+                match &r.call.op {
+                    Op::CrossEntropyBackward(c) => {
+                        assert_eq!(c.grad_scale, want, "{precision:?}");
+                        ce += 1;
+                    }
+                    Op::AdamW(a) => {
+                        assert_eq!(a.grad_scale, want, "{precision:?}");
+                        adamw += 1;
+                    }
+                    _ => {}
+                }
+            }
+            assert_eq!((ce, adamw), (1, cfg.n_layers + 1), "{precision:?}");
+        }
+    }
+}
+
 /// KV cache bytes: 2·L·B·T·H_kv·D·width, shrinking with grouped-query attention.
 #[test]
 fn kv_cache_bytes_for_mha_gqa_mqa() {

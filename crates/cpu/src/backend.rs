@@ -697,7 +697,14 @@ impl CpuBackend {
             ));
         }
         let norm = f64::from(self.f32(&call.inputs[0])?[0]);
-        let clip = adam.hyper.clip_scale(norm) as f32;
+        // clip(‖g‖/S)/S: unscales the loss-scaled gradients and clips them in one factor (1/S
+        // is exact for a power-of-two S, so this is (g/S)·clip). None: a non-finite norm under
+        // loss scaling means an fp16 gradient overflowed, and the step leaves θ, m, v and the
+        // copies as they are.
+        let Some(factor) = adam.grad_factor(norm) else {
+            return Ok(());
+        };
+        let clip = factor as f32;
         let copies = call.outputs.len() - 3 * p;
         for i in 0..p {
             let theta_t = &call.outputs[i];

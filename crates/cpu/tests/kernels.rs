@@ -309,7 +309,11 @@ fn rope_embedding_cross_entropy_adamw() {
         }
     }
     for &(n, v) in &[(1, 1), (3, 7), (5, 1000)] {
-        let ce = CrossEntropy { n, v };
+        let ce = CrossEntropy {
+            n,
+            v,
+            grad_scale: 1.0,
+        };
         let z = randn(1, n * v);
         let targets: Vec<i32> = (0..n).map(|i| (i * 3 % v) as i32).collect();
         let (mut l, mut l_r) = (vec![0.0; n], vec![0.0; n]);
@@ -320,6 +324,25 @@ fn rope_embedding_cross_entropy_adamw() {
         kernels::cross_entropy::backward_in_place(&ce, &mut dz, &targets);
         cross_entropy::cross_entropy_backward(&ce, &z, &targets, &mut dz_r);
         close("cross_entropy_backward", &dz, &dz_r, 1e-6);
+        // Loss-scaled: S times the unscaled kernel's output (exactly for a power of two), and
+        // the reference's to the same relative tolerance.
+        for s in [1024.0, 3.0] {
+            let scaled = CrossEntropy {
+                grad_scale: s,
+                ..ce
+            };
+            let (mut ds, mut ds_r) = (z.clone(), vec![0.0; n * v]);
+            kernels::cross_entropy::backward_in_place(&scaled, &mut ds, &targets);
+            cross_entropy::cross_entropy_backward(&scaled, &z, &targets, &mut ds_r);
+            let tol = 1e-6 * s as f32;
+            close("cross_entropy_backward scaled", &ds, &ds_r, tol);
+            let times_s: Vec<f32> = dz.iter().map(|x| x * s as f32).collect();
+            if s == 1024.0 {
+                assert_eq!(ds, times_s, "S = {s} scales exactly");
+            } else {
+                close("cross_entropy_backward S×", &ds, &times_s, tol);
+            }
+        }
     }
     let p = adamw::AdamWParams {
         step: 3,

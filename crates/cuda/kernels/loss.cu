@@ -1,7 +1,8 @@
 // Cross-entropy fused with softmax over logits z (n, V) of any storage dtype, one block per row,
 // mirroring crates/cpu/src/kernels/cross_entropy.rs:
 //   forward   loss[i] = logsumexp(z[i]) − z[i][t_i]                    (f32 per row)
-//   backward  dz[i][j] = exp(z[i][j] − lse_i)/n, minus 1/n at j = t_i   (in place when dz is z)
+//   backward  dz[i][j] = S·exp(z[i][j] − lse_i)/n, minus S/n at j = t_i (in place when dz is z)
+//             with S the loss scale (1 = none), passed folded into the one factor `scale` = S/n
 //
 // logsumexp is taken in one pass with the online form: each thread keeps a running maximum m and
 // Σ exp(x − m), rescaling the sum when the maximum grows; the block then merges the threads'
@@ -68,14 +69,14 @@ extern "C" __global__ void cross_entropy_forward(Buf z, Buf targets, Buf losses,
 
 // z and dz may be the same buffer: every element is read for the logsumexp before the block's
 // barriers, then read and overwritten by one thread.
-extern "C" __global__ void cross_entropy_backward(Buf z, Buf targets, Buf dz, int v, float inv_n) {
+extern "C" __global__ void cross_entropy_backward(Buf z, Buf targets, Buf dz, int v, float scale) {
     const i64 row = blockIdx.x;
     const i64 base = row * v;
     const float lse = row_lse(z, base, v);
     const int t = ld_i32(targets, row);
     for (int j = threadIdx.x; j < v; j += blockDim.x) {
-        float p = expf(ld(z, base + j) - lse) * inv_n;
-        if (j == t) p -= inv_n;
+        float p = expf(ld(z, base + j) - lse) * scale;
+        if (j == t) p -= scale;
         st(dz, base + j, p);
     }
 }

@@ -49,21 +49,27 @@ extern "C" __global__ void grad_norm_finish(const double* acc, int blocks, Buf n
     if (threadIdx.x == 0) st(norm, 0, (float)sqrt(s));
 }
 
-// One AdamW update of one parameter tensor, in place on θ, m and v, with the clipping scale
-// derived here from the global norm (AdamWParams::clip_scale: max/(‖g‖ + 1e-6) when ‖g‖ > max,
-// in f64, then rounded to f32). The arithmetic is the CPU's, in its order and in f32 with every
-// operation rounded on its own (the _rn intrinsics keep the compiler from fusing a multiply
-// and an add into an FMA), so the two backends agree to the last bit on f32 state. The bias
+// One AdamW update of one parameter tensor, in place on θ, m and v, with the gradient factor
+// derived here from the global norm of the stored gradients, which carry the loss scale S
+// (AdamW::grad_factor: clip(‖g‖/S)/S with AdamWParams::clip_scale's clip = max/(‖g‖/S + 1e-6)
+// when ‖g‖/S > max, in f64, then rounded to f32 once; for S = 1 it is the clip alone). When
+// S > 1 and the norm is not finite (an fp16 gradient overflowed) the step is skipped: every
+// thread returns before writing, leaving θ, m, v and the copy unchanged, and nothing goes back
+// to the host. The arithmetic is the CPU's, in its order and in f32 with every operation
+// rounded on its own (the _rn intrinsics keep the compiler from fusing a multiply and an add
+// into an FMA), so the two backends agree to the last bit on f32 state. The bias
 // corrections c1 = 1 − β₁ᵗ, c2 = 1 − β₂ᵗ come from the host (f64, rounded to f32) like the
 // other hyperparameters. `copy` (a null pointer when absent) receives θ in its storage dtype.
 extern "C" __global__ void adamw_update(Buf norm, Buf theta, Buf g, Buf m, Buf v, Buf copy, i64 n,
                                         float b1, float b2, float c1, float c2, float lr, float eps,
-                                        float wd, int clip_on, double max_norm) {
-    float clip = 1.0f;
-    if (clip_on) {
-        double gn = (double)ld(norm, 0);
-        if (gn > max_norm) clip = (float)(max_norm / (gn + 1e-6));
-    }
+                                        float wd, int clip_on, double max_norm,
+                                        double grad_scale) {
+    const double measured = (double)ld(norm, 0);
+    if (grad_scale > 1.0 && !isfinite(measured)) return;
+    const double gn = measured / grad_scale;
+    double c = 1.0;
+    if (clip_on && gn > max_norm) c = max_norm / (gn + 1e-6);
+    const float clip = (float)(c / grad_scale);
     const float one_b1 = __fsub_rn(1.0f, b1), one_b2 = __fsub_rn(1.0f, b2);
     FOR_EACH(i, n) {
         float gi = __fmul_rn(ld(g, i), clip);

@@ -3,7 +3,7 @@
 //! and a training-sized case; f32 storage and the mixed policy's bf16 activations beside f32
 //! statistics and weight gradients. Needs a CUDA device; without one each test says it skipped.
 
-use tperf_core::dtype::DType::{self, Bf16, F32, I32};
+use tperf_core::dtype::DType::{self, Bf16, F16, F32, I32};
 use tperf_core::ops::adamw::{AdamW, AdamWParams};
 use tperf_core::ops::cross_entropy::CrossEntropy;
 use tperf_core::ops::grad_norm::GradNorm;
@@ -251,7 +251,11 @@ fn cross_entropy_forward_matches_cpu() {
     let Some(mut gpu) = gpu() else { return };
     for (n, v) in CE_SHAPES {
         for act in [F32, Bf16] {
-            let ce = CrossEntropy { n, v };
+            let ce = CrossEntropy {
+                n,
+                v,
+                grad_scale: 1.0,
+            };
             let mut b = Builder::new(Op::CrossEntropy(ce));
             b.input("logits", &[n, v], act, Fill::Normal(2.0));
             b.input("targets", &[n], I32, Fill::Ids(v));
@@ -265,9 +269,14 @@ fn cross_entropy_forward_matches_cpu() {
 fn cross_entropy_backward_matches_cpu() {
     let Some(mut gpu) = gpu() else { return };
     for (n, v) in CE_SHAPES {
-        for act in [F32, Bf16] {
-            for in_place in [false, true] {
-                let ce = CrossEntropy { n, v };
+        for act in [F32, Bf16, F16] {
+            for (in_place, grad_scale) in [(false, 1.0), (true, 1.0), (false, 1024.0), (true, 3.0)]
+            {
+                // f16 storage is what loss scaling is for; it is run scaled only.
+                if act == F16 && grad_scale == 1.0 {
+                    continue;
+                }
+                let ce = CrossEntropy { n, v, grad_scale };
                 let mut b = Builder::new(Op::CrossEntropyBackward(ce));
                 let logits = b.input("logits", &[n, v], act, Fill::Normal(2.0));
                 b.input("targets", &[n], I32, Fill::Ids(v));
@@ -343,9 +352,11 @@ fn grad_norm_matches_cpu() {
 
 /// AdamW over parameters of `shapes`: inputs [norm, θ…, g…, m…, v…] → outputs
 /// [θ…, m…, v…, copies…]; θ, m and v are both read and written.
+/// `grad_scale` is the loss scale S the gradients carry (the norm is the scaled gradients').
 fn adamw_case(
     shapes: &[&[usize]],
     hyper: AdamWParams,
+    grad_scale: f64,
     norm: f32,
     grads: DType,
     copies: Option<DType>,
@@ -354,7 +365,11 @@ fn adamw_case(
         .iter()
         .map(|s| s.iter().product::<usize>() as u64)
         .sum();
-    let mut b = Builder::new(Op::AdamW(AdamW { numel, hyper }));
+    let mut b = Builder::new(Op::AdamW(AdamW {
+        numel,
+        hyper,
+        grad_scale,
+    }));
     b.input("norm", &[1], F32, Fill::Value(norm));
     let theta: Vec<usize> = shapes
         .iter()
@@ -362,7 +377,7 @@ fn adamw_case(
         .map(|(i, s)| b.input(&format!("theta{i}"), s, F32, Fill::Normal(0.02)))
         .collect();
     for (i, s) in shapes.iter().enumerate() {
-        b.input(&format!("g{i}"), s, grads, Fill::Normal(0.5));
+        b.input(&format!("g{i}"), s, grads, Fill::Normal(0.5 * grad_scale));
     }
     let m: Vec<usize> = shapes
         .iter()
@@ -405,13 +420,107 @@ fn adamw_matches_cpu() {
         // Clipped (5 > 1), not clipped, and a zero norm.
         for norm in [5.0, 0.5, 0.0] {
             for (grads, copies) in [(F32, None), (F32, Some(Bf16)), (Bf16, Some(Bf16))] {
-                let case = adamw_case(&shapes, hyper, norm, grads, copies);
+                let case = adamw_case(&shapes, hyper, 1.0, norm, grads, copies);
                 check(
                     &mut gpu,
                     &case,
                     &format!("adamw {hyper:?} norm {norm} grads {grads} copies {copies:?}"),
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn adamw_with_a_loss_scale_matches_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    let shapes: [&[usize]; 4] = [&[768, 3], &[7], &[0], &[1024, 768]];
+    let base = AdamWParams::default();
+    for hyper in [
+        base,
+        AdamWParams {
+            max_grad_norm: None,
+            step: 3,
+            ..base
+        },
+    ] {
+        for s in [1024.0, 3.0] {
+            // Clipped (5 > 1 after unscaling), not clipped, and a zero norm: the gradients and
+            // the norm are both S times what the update uses.
+            for norm in [5.0, 0.5, 0.0] {
+                for (grads, copies) in [(F32, Some(F16)), (F16, Some(F16)), (F32, None)] {
+                    let case = adamw_case(&shapes, hyper, s, (norm * s) as f32, grads, copies);
+                    check(
+                        &mut gpu,
+                        &case,
+                        &format!(
+                            "adamw S {s} {hyper:?} norm {norm} grads {grads} copies {copies:?}"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A non-finite norm under loss scaling (an fp16 overflow) skips the step on the device: θ, m,
+/// v and the copies keep their values bit for bit, as on the CPU.
+#[test]
+fn adamw_skips_a_step_with_a_non_finite_scaled_norm() {
+    use tperf_core::backend::{Backend, OpCall};
+    use tperf_core::ops::Phase;
+    use tperf_core::tensor::Tensor;
+    let Some(mut gpu) = gpu() else { return };
+    let shapes: [&[usize]; 3] = [&[768, 3], &[7], &[1024, 768]];
+    for norm in [f32::INFINITY, f32::NAN] {
+        let case = adamw_case(
+            &shapes,
+            AdamWParams::default(),
+            1024.0,
+            norm,
+            F16,
+            Some(F16),
+        );
+        // The same outcome as the CPU's (which the test above relies on)…
+        check(&mut gpu, &case, &format!("adamw skipped, norm {norm}"));
+        // …and that outcome is no change at all.
+        let mut rng = tperf_core::rng::Rng::new(11);
+        let mut tensors: Vec<(Tensor, Vec<f32>)> = Vec::new();
+        for (spec, fill) in &case.tensors {
+            let n = spec.numel() as usize;
+            let values = match *fill {
+                Fill::Value(x) => vec![x; n],
+                Fill::Normal(sd) => rng.normal_vec(n, sd),
+                Fill::Ids(_) => unreachable!("AdamW has no id tensors"),
+            };
+            let t = gpu.alloc(spec.clone()).unwrap();
+            gpu.write_f32(&t, &values).unwrap();
+            // What the tensor holds after the round to its dtype.
+            let stored = gpu.read_f32(&t).unwrap();
+            tensors.push((t, stored));
+        }
+        gpu.exec(OpCall {
+            op: case.op.clone(),
+            inputs: case.inputs.iter().map(|&i| tensors[i].0.clone()).collect(),
+            outputs: case.outputs.iter().map(|&i| tensors[i].0.clone()).collect(),
+            label: "adamw",
+            layer: None,
+            phase: Phase::Optimizer,
+        })
+        .unwrap();
+        for &i in &case.outputs {
+            let after = gpu.read_f32(&tensors[i].0).unwrap();
+            assert!(
+                after
+                    .iter()
+                    .zip(&tensors[i].1)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "norm {norm}: {} changed",
+                case.tensors[i].0.name
+            );
+        }
+        for (t, _) in tensors {
+            gpu.free(t);
         }
     }
 }

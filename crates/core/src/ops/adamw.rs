@@ -1,9 +1,16 @@
-//! AdamW (decoupled weight decay), fused over a group of parameter tensors, with the gradient
-//! clipping scale folded in:
-//!   g ← g·clip;  m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;
+//! AdamW (decoupled weight decay), fused over a group of parameter tensors, with the loss scale
+//! and the gradient clipping scale folded in:
+//!   g ← g·clip/S;  m ← β₁m + (1−β₁)g;  v ← β₂v + (1−β₂)g²;
 //!   θ ← θ − lr·(m/(1−β₁ᵗ) / (√(v/(1−β₂ᵗ)) + ε) + λθ)
-//! FLOPs per parameter: clip 1, m 3, v 4, the two bias corrections 2, √ 1, +ε 1, divide 1,
-//! decay 2, the update 2 → 17.
+//! S is the loss scale the gradients were computed under (`AdamW::grad_scale`, 1 = none): the
+//! stored gradients are S times the true ones, so the update uses g/S, and the clip compares the
+//! true norm ‖g‖/S with the maximum (the GradNorm op measures the scaled gradients). clip/S is
+//! one factor per step, computed in f64 and rounded once, so it costs the same one multiply as
+//! the clip alone. When S > 1 and the measured norm is not finite, some gradient overflowed the
+//! 16-bit storage and the step is skipped: θ, m, v and the low-precision copies keep their values.
+//!
+//! FLOPs per parameter: the clip/S factor 1, m 3, v 4, the two bias corrections 2, √ 1, +ε 1,
+//! divide 1, decay 2, the update 2 → 17 (a skipped step does none, which the model ignores).
 //! Bytes: the io rule — θ, g, m, v read; θ, m, v written (and the low-precision copy of θ when
 //! the policy keeps one): 28 bytes per fp32 parameter, 30 with a bf16 copy.
 
@@ -45,6 +52,9 @@ impl Default for AdamWParams {
 pub struct AdamW {
     pub numel: u64,
     pub hyper: AdamWParams,
+    /// S, the loss scale the gradients carry (1.0 = none): the update divides it out, and with
+    /// S > 1 a non-finite gradient norm skips the step.
+    pub grad_scale: f64,
 }
 
 impl AdamW {
@@ -52,6 +62,23 @@ impl AdamW {
 
     pub fn flops(&self) -> u64 {
         Self::FLOPS_PER_PARAM * self.numel
+    }
+
+    /// Whether a step whose (scaled) gradients have global norm `grad_norm` is skipped: under
+    /// loss scaling a non-finite norm means a gradient overflowed.
+    pub fn skips(&self, grad_norm: f64) -> bool {
+        self.grad_scale > 1.0 && !grad_norm.is_finite()
+    }
+
+    /// The factor every stored gradient is multiplied by, clip(‖g‖/S)/S, given the global norm
+    /// ‖g‖ of the stored (scaled) gradients; `None` when the step is skipped. For S = 1 it is
+    /// exactly [`AdamWParams::clip_scale`].
+    pub fn grad_factor(&self, grad_norm: f64) -> Option<f64> {
+        if self.skips(grad_norm) {
+            return None;
+        }
+        let s = self.grad_scale;
+        Some(self.hyper.clip_scale(grad_norm / s) / s)
     }
 }
 
@@ -68,7 +95,9 @@ impl AdamWParams {
     }
 }
 
-/// One AdamW update of one parameter tensor; `decay` says whether weight decay applies to it.
+/// One AdamW update of one parameter tensor; `decay` says whether weight decay applies to it and
+/// every gradient is multiplied by `clip` first (the clipping scale, or [`AdamW::grad_factor`]'s
+/// clip/S under loss scaling).
 pub fn adamw_update<F: Real>(
     p: &AdamWParams,
     decay: bool,
@@ -91,5 +120,27 @@ pub fn adamw_update<F: Real>(
         let mhat = m[i] / c1;
         let vhat = v[i] / c2;
         theta[i] -= lr * (mhat / (vhat.sqrt() + eps) + wd * theta[i]);
+    }
+}
+
+/// One AdamW step of an op over one parameter tensor, given the global norm of the stored
+/// gradients: unscales and clips them, or leaves θ, m and v unchanged when the step is skipped.
+/// Returns whether the update was applied.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step<F: Real>(
+    op: &AdamW,
+    grad_norm: f64,
+    decay: bool,
+    theta: &mut [F],
+    g: &[F],
+    m: &mut [F],
+    v: &mut [F],
+) -> bool {
+    match op.grad_factor(grad_norm) {
+        Some(factor) => {
+            adamw_update(&op.hyper, decay, F::from_f64(factor), theta, g, m, v);
+            true
+        }
+        None => false,
     }
 }

@@ -3,18 +3,25 @@
 //! probabilities are never stored: the backward recomputes them from the logits.
 //!
 //! FLOPs per row: forward max V, subtract V, exp V, sum V, log 1, pick 1 → 4V + 2.
-//! Backward dz = (softmax(z) − onehot(target))·dloss/n: max V, subtract V, exp V, sum V,
-//! normalise V, scale V, the one-hot 1 → 6V + 1.
+//! Backward dz = S·(softmax(z) − onehot(target))/n: max V, subtract V, exp V, sum V,
+//! normalise V, scale V (by the one factor S/n), the one-hot 1 → 6V + 1.
+//!
+//! S is the loss scale (`grad_scale`): the backward returns the gradient of S times the mean
+//! loss, so that the fp16 policy's activation gradients stay above f16's smallest normal; the
+//! optimizer divides it out again (`AdamW::grad_scale`). The forward ignores it: the losses are
+//! always the unscaled ones.
 //! Bytes: the io rule (forward reads z and targets, writes losses; backward reads z and targets,
 //! writes dz — in place over z when fusions are on).
 
 use super::Real;
 use serde::Serialize;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct CrossEntropy {
     pub n: usize,
     pub v: usize,
+    /// S, the factor the backward multiplies the gradient by (1.0 = no loss scaling).
+    pub grad_scale: f64,
 }
 
 impl CrossEntropy {
@@ -49,18 +56,19 @@ pub fn cross_entropy_forward<F: Real>(
     }
 }
 
-/// One row of the backward: dz = (softmax(z) − onehot(target))/n, written over the row in place
-/// (the fused schedule writes the gradient over the logits).
+/// One row of the backward: dz = S·(softmax(z) − onehot(target))/n, written over the row in
+/// place (the fused schedule writes the gradient over the logits).
 pub fn cross_entropy_backward_row<F: Real>(ce: &CrossEntropy, row: &mut [F], target: usize) {
     let lse = logsumexp(row);
-    let inv_n = F::one() / F::from_f64(ce.n as f64);
+    // S/n in f64, rounded once to F: for S = 1 this is 1/n exactly as before.
+    let scale = F::from_f64(ce.grad_scale / ce.n as f64);
     for (j, z) in row.iter_mut().enumerate() {
         let onehot = if j == target { F::one() } else { F::zero() };
-        *z = ((*z - lse).exp() - onehot) * inv_n;
+        *z = ((*z - lse).exp() - onehot) * scale;
     }
 }
 
-/// dz = (softmax(z) − onehot)/n: the gradient of the mean loss over the n tokens.
+/// dz = S·(softmax(z) − onehot)/n: the gradient of S times the mean loss over the n tokens.
 pub fn cross_entropy_backward<F: Real>(ce: &CrossEntropy, z: &[F], targets: &[i32], dz: &mut [F]) {
     dz.copy_from_slice(&z[..ce.n * ce.v]);
     for i in 0..ce.n {

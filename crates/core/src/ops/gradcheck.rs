@@ -483,7 +483,11 @@ fn attention_reads_the_cache_like_the_qkv_buffer() {
 #[test]
 fn cross_entropy_mean_loss() {
     let mut rng = Rng::new(10);
-    let ce = CrossEntropy { n: 4, v: 6 };
+    let ce = CrossEntropy {
+        n: 4,
+        v: 6,
+        grad_scale: 1.0,
+    };
     let z = randn(&mut rng, 24);
     let targets = [0, 5, 2, 2];
     let mut dz = vec![0.0; 24];
@@ -493,6 +497,64 @@ fn cross_entropy_mean_loss() {
         cross_entropy_forward(&ce, z, &targets, &mut losses);
         losses.iter().sum::<f64>() / 4.0
     });
+    // With a loss scale S the backward is the gradient of S times the mean loss.
+    let scaled = CrossEntropy {
+        grad_scale: 3.0,
+        ..ce
+    };
+    cross_entropy_backward(&scaled, &z, &targets, &mut dz);
+    check("cross_entropy scaled", &z, &dz, |z| {
+        let mut losses = vec![0.0; 4];
+        cross_entropy_forward(&scaled, z, &targets, &mut losses);
+        3.0 * losses.iter().sum::<f64>() / 4.0
+    });
+}
+
+#[test]
+fn scaled_cross_entropy_backward_is_s_times_the_unscaled() {
+    let mut rng = Rng::new(11);
+    let (n, v) = (5, 9);
+    let z = randn(&mut rng, n * v);
+    let targets = [8, 0, 3, 3, 1];
+    let plain = CrossEntropy {
+        n,
+        v,
+        grad_scale: 1.0,
+    };
+    let mut d1 = vec![0.0; n * v];
+    cross_entropy_backward(&plain, &z, &targets, &mut d1);
+    // A power of two scales without rounding (exactly S times), any other S to a rounding.
+    for s in [1024.0, 65536.0, 3.0] {
+        let ce = CrossEntropy {
+            grad_scale: s,
+            ..plain
+        };
+        let mut ds = vec![0.0; n * v];
+        cross_entropy_backward(&ce, &z, &targets, &mut ds);
+        for (i, (a, b)) in ds.iter().zip(&d1).enumerate() {
+            let want = s * b;
+            if s == 3.0 {
+                assert!(
+                    (a - want).abs() <= 1e-15 * want.abs().max(1.0),
+                    "S {s} [{i}]"
+                );
+            } else {
+                assert_eq!(*a, want, "S {s} [{i}]");
+            }
+        }
+        // The same in f32, the storage the CPU kernels compute in.
+        let z32: Vec<f32> = z.iter().map(|&x| x as f32).collect();
+        let (mut a32, mut b32) = (vec![0f32; n * v], vec![0f32; n * v]);
+        cross_entropy_backward(&plain, &z32, &targets, &mut b32);
+        cross_entropy_backward(&ce, &z32, &targets, &mut a32);
+        for (i, (a, b)) in a32.iter().zip(&b32).enumerate() {
+            let want = s as f32 * b;
+            assert!(
+                (a - want).abs() <= 1e-6 * want.abs().max(s as f32 / n as f32),
+                "f32 S {s} [{i}]: {a} vs {want}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -521,6 +583,122 @@ fn adamw_first_step_moves_by_lr_times_sign() {
     }
     assert_eq!(p.clip_scale(0.5), 1.0);
     assert!((p.clip_scale(4.0) - 0.25).abs() < 1e-6);
+}
+
+/// AdamW state after `steps` updates of `op` from fixed starting values, the gradients of step k
+/// being `grad_scale`·g_k, with `norm` taken as the global norm of what AdamW is given.
+fn adamw_run(op: &AdamW, steps: usize) -> [Vec<f32>; 3] {
+    let mut rng = Rng::new(21);
+    let n = 257;
+    let to32 = |x: Vec<f64>| x.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    let mut theta = to32(randn(&mut rng, n));
+    let (mut m, mut v) = (vec![0f32; n], vec![0f32; n]);
+    for k in 0..steps {
+        // Gradients of norm ≈ 0.05·√n ≈ 0.8 and ≈ 8 by turns: unclipped, then clipped at 1.
+        let size = if k % 2 == 0 { 0.05 } else { 0.5 };
+        let g: Vec<f32> = randn(&mut rng, n)
+            .into_iter()
+            .map(|x| (size * x) as f32 * op.grad_scale as f32)
+            .collect();
+        let norm = g.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt() as f32;
+        let op = AdamW {
+            hyper: AdamWParams {
+                step: k as u64 + 1,
+                ..op.hyper
+            },
+            ..*op
+        };
+        assert!(adamw_step(
+            &op,
+            f64::from(norm),
+            true,
+            &mut theta,
+            &g,
+            &mut m,
+            &mut v
+        ));
+    }
+    [theta, m, v]
+}
+
+#[test]
+fn adamw_with_grad_scale_s_on_s_g_equals_grad_scale_1_on_g() {
+    let hyper = AdamWParams {
+        lr: 1e-2,
+        ..AdamWParams::default()
+    };
+    for max_grad_norm in [Some(1.0), None] {
+        let hyper = AdamWParams {
+            max_grad_norm,
+            ..hyper
+        };
+        let plain = AdamW {
+            numel: 257,
+            hyper,
+            grad_scale: 1.0,
+        };
+        let want = adamw_run(&plain, 6);
+        for s in [1024.0, 3.0] {
+            let got = adamw_run(
+                &AdamW {
+                    grad_scale: s,
+                    ..plain
+                },
+                6,
+            );
+            for (what, (a, b)) in ["θ", "m", "v"].iter().zip(got.iter().zip(&want)) {
+                let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (x - y).abs() <= 1e-5 * scale,
+                        "S {s} clip {max_grad_norm:?}: {what}[{i}] {x} vs {y}"
+                    );
+                }
+            }
+        }
+    }
+    // The factor itself: clip(‖g‖/S)/S, and exactly clip_scale for S = 1.
+    let op = AdamW {
+        numel: 1,
+        hyper: AdamWParams::default(),
+        grad_scale: 1024.0,
+    };
+    assert_eq!(
+        op.grad_factor(4.0 * 1024.0),
+        Some(1.0 / (4.0 + 1e-6) / 1024.0)
+    );
+    assert_eq!(op.grad_factor(0.5 * 1024.0), Some(1.0 / 1024.0));
+    let one = AdamW {
+        grad_scale: 1.0,
+        ..op
+    };
+    assert_eq!(one.grad_factor(4.0), Some(one.hyper.clip_scale(4.0)));
+}
+
+#[test]
+fn adamw_skips_a_step_whose_scaled_norm_is_not_finite() {
+    let g = [1.0f64, f64::INFINITY, -2.0];
+    for norm in [f64::INFINITY, f64::NAN] {
+        let op = AdamW {
+            numel: 3,
+            hyper: AdamWParams::default(),
+            grad_scale: 1024.0,
+        };
+        let (mut theta, mut m, mut v) = ([1.0, 2.0, 3.0], [0.1; 3], [0.2; 3]);
+        assert!(op.skips(norm));
+        assert_eq!(op.grad_factor(norm), None);
+        assert!(!adamw_step(&op, norm, true, &mut theta, &g, &mut m, &mut v));
+        assert_eq!((theta, m, v), ([1.0, 2.0, 3.0], [0.1; 3], [0.2; 3]));
+        // Without loss scaling nothing is skipped (the fp32 and bf16 policies behave as before).
+        let unscaled = AdamW {
+            grad_scale: 1.0,
+            ..op
+        };
+        assert!(!unscaled.skips(norm));
+        assert!(adamw_step(
+            &unscaled, norm, true, &mut theta, &g, &mut m, &mut v
+        ));
+    }
 }
 
 #[test]

@@ -8,7 +8,6 @@ use crate::backend::{Backend, BackendError};
 use crate::dtype::DType;
 use crate::ops::adamw::{AdamW, AdamWParams};
 use crate::ops::cast::Cast;
-use crate::ops::cross_entropy::CrossEntropy;
 use crate::ops::grad_norm::GradNorm;
 use crate::ops::matmul::Matmul;
 use crate::ops::{Op, Phase};
@@ -46,7 +45,9 @@ impl Transformer {
         };
         let targets = targets.expect("training forwards carry targets");
 
-        // Loss: dlogits = (softmax − onehot)/n, written over the logits when fused.
+        // Loss: dlogits = S·(softmax − onehot)/n, written over the logits when fused. S is the
+        // policy's loss scale (FP16_LOSS_SCALE under fp16, else 1): every gradient below carries
+        // it, and the optimizer step divides it out.
         // inputs [logits, targets] → outputs [dlogits]
         let dlogits = if self.opts.fused {
             logits.clone()
@@ -58,7 +59,7 @@ impl Transformer {
                 MemCategory::ActivationGradients,
             )?
         };
-        let ce = CrossEntropy { n, v };
+        let ce = self.cross_entropy(n);
         e.op(
             Op::CrossEntropyBackward(ce),
             &[&logits, &targets],
@@ -554,7 +555,11 @@ impl Transformer {
 
     /// Global gradient norm, then AdamW over each group of parameters (the tensors outside the
     /// blocks, then each block), refreshing the low-precision weight copies under a mixed
-    /// policy (inside AdamW when fused, by a cast otherwise).
+    /// policy (inside AdamW when fused, by a cast otherwise). The gradients carry the loss scale
+    /// S of the backward: GradNorm measures them as they are, and AdamW (told S) unscales them and
+    /// the norm, and under S > 1 skips the step when the norm is not finite (an fp16 overflow),
+    /// so the masters, moments and copies keep their values; the unfused cast then rewrites the
+    /// same copies.
     ///   grad_norm inputs [grads…] → outputs [norm]
     ///   adamw     inputs [norm, θ…, g…, m…, v…] → outputs [θ…, m…, v…, copies…(fused)]
     ///   cast      inputs [θ…] → outputs [copies…]
@@ -603,7 +608,11 @@ impl Transformer {
                 outputs.extend(copies.iter().copied());
             }
             e.op(
-                Op::AdamW(AdamW { numel, hyper }),
+                Op::AdamW(AdamW {
+                    numel,
+                    hyper,
+                    grad_scale: self.loss_scale(),
+                }),
                 &inputs,
                 &outputs,
                 "adamw",

@@ -18,7 +18,7 @@ pub mod init;
 pub mod options;
 pub mod weights;
 
-pub use options::{AttentionKernel, Options, Precision, Recompute};
+pub use options::{AttentionKernel, Options, Precision, Recompute, FP16_LOSS_SCALE};
 pub use weights::{LayerParams, NormParams, Param, Weights};
 
 use crate::backend::{Backend, BackendError, OpCall};
@@ -255,6 +255,21 @@ impl Transformer {
         self.opts.precision.compute_dtype()
     }
 
+    /// The loss scale S of a training step (options.rs: FP16_LOSS_SCALE for fp16, else 1): the
+    /// cross-entropy backward multiplies the gradient by it and AdamW divides it out.
+    fn loss_scale(&self) -> f64 {
+        self.opts.precision.loss_scale()
+    }
+
+    /// The loss over n tokens, carrying the step's loss scale (the forward ignores it).
+    fn cross_entropy(&self, n: usize) -> CrossEntropy {
+        CrossEntropy {
+            n,
+            v: self.cfg.vocab_size,
+            grad_scale: self.loss_scale(),
+        }
+    }
+
     fn stats_width(&self) -> usize {
         match self.cfg.norm {
             Norm::LayerNorm => 2,
@@ -378,10 +393,7 @@ impl Transformer {
         let losses = match &targets {
             Some(targets) => {
                 let losses = e.alloc("losses", &[n], DType::F32, MemCategory::Io)?;
-                let ce = CrossEntropy {
-                    n,
-                    v: self.cfg.vocab_size,
-                };
+                let ce = self.cross_entropy(n);
                 // inputs [logits, targets] → outputs [losses]
                 e.op(
                     Op::CrossEntropy(ce),

@@ -4,6 +4,20 @@ use crate::dtype::DType;
 use serde::Serialize;
 use std::str::FromStr;
 
+/// The static loss scale S = 2¹⁰ of the fp16 policy.
+///
+/// f16's smallest normal is 2⁻¹⁴ ≈ 6.1e-5 (below it subnormals lose precision bit by bit, and
+/// below 6e-8 everything is zero). The loss gradient is (p − onehot)/n over n = B·T tokens, so a
+/// batch of a few thousand tokens gives entries of (p − 1)/n ~ 1e-4 at the targets and far less
+/// elsewhere, and the gradients deeper in the network are smaller still: unscaled, most of them
+/// would be subnormal or zero in f16. Multiplying by 2¹⁰ lifts 1e-4 to ~0.1 and keeps gradients
+/// a thousand times smaller than that normal. It stays far from f16's largest finite value,
+/// 65504: every logit gradient is at most 1/n in magnitude, so at most S/n once scaled (0.25 at
+/// n = 4096, 64 even at n = 16), and activation gradients would have to grow by a further factor
+/// of a thousand or more through the network to overflow (when one does, the step is skipped).
+/// A power of two scales without rounding, so scaling and unscaling change no significand bits.
+pub const FP16_LOSS_SCALE: f64 = 1024.0;
+
 /// How numbers are stored and computed.
 ///
 /// Mixed policies keep fp32 master weights, fp32 weight gradients and fp32 AdamW state, plus a
@@ -11,8 +25,15 @@ use std::str::FromStr;
 /// optimizer step); activations and their gradients are stored in the low-precision dtype while
 /// norms, softmax and the loss accumulate in fp32. Per parameter in training that is
 /// 4 (master) + 2 (copy) + 4 (gradient) + 8 (moments) = 18 bytes, against 16 for fp32. For
-/// inference the weights are held in the compute dtype alone. fp16 additionally needs loss
-/// scaling, which costs no memory traffic worth modelling.
+/// inference the weights are held in the compute dtype alone.
+///
+/// fp16 additionally trains with static loss scaling: the loss gradient is multiplied by
+/// [`FP16_LOSS_SCALE`] (S) in the cross-entropy backward, so every activation gradient and the
+/// fp32 weight gradients carry the factor S; AdamW divides it out (using g/S, and ‖g‖/S for the
+/// clip) and skips the step, leaving weights, moments and copies unchanged, when the gradient
+/// norm is not finite because some f16 gradient overflowed. Both scalings fold into factors the
+/// ops already apply, so they cost no FLOPs or memory traffic. bf16 has fp32's exponent range
+/// and fp32 needs nothing, so S = 1 for them ([`Precision::loss_scale`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
@@ -32,6 +53,15 @@ impl Precision {
 
     pub fn is_mixed(self) -> bool {
         self != Precision::Fp32
+    }
+
+    /// The static loss scale S of this policy's training step: [`FP16_LOSS_SCALE`] for fp16,
+    /// 1 (none) otherwise.
+    pub fn loss_scale(self) -> f64 {
+        match self {
+            Precision::Fp16 => FP16_LOSS_SCALE,
+            Precision::Fp32 | Precision::Bf16 => 1.0,
+        }
     }
 
     pub fn name(self) -> &'static str {

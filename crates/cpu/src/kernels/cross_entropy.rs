@@ -17,16 +17,19 @@ pub fn forward(ce: &CrossEntropy, z: &[f32], targets: &[i32], losses: &mut [f32]
         .for_each(|((l, row), &t)| *l = logsumexp(row) - row[t as usize]);
 }
 
-/// Overwrites each row of `z` (the logits) with (softmax − onehot)/n.
+/// Overwrites each row of `z` (the logits) with S·(softmax − onehot)/n, S = `ce.grad_scale`.
 pub fn backward_in_place(ce: &CrossEntropy, z: &mut [f32], targets: &[i32]) {
-    let inv_n = 1.0 / ce.n as f32;
+    // S/n in f64, rounded once: for S = 1 it is the correctly rounded 1/n, as 1.0 / n as f32 is
+    // (n < 2²⁴ is exact in f32, and f64 → f32 double rounding of a quotient is innocuous), and a
+    // power-of-two S scales it exactly.
+    let scale = (ce.grad_scale / ce.n as f64) as f32;
     z.par_chunks_mut(ce.v)
         .zip(targets.par_iter())
         .for_each(|(row, &t)| {
             let lse = logsumexp(row);
             for x in row.iter_mut() {
-                *x = (*x - lse).exp() * inv_n;
+                *x = (*x - lse).exp() * scale;
             }
-            row[t as usize] -= inv_n;
+            row[t as usize] -= scale;
         });
 }

@@ -1,8 +1,9 @@
 //! Cross-entropy fused with softmax (kernels/loss.cu), one block per row of V logits.
 //!
 //! Forward: inputs [logits, targets] → [losses], the per-row loss in the output's dtype (f32 in
-//! every schedule). Backward: inputs [logits, targets] → [dlogits] = (softmax − onehot)/n, the
-//! gradient of the mean loss; in place when dlogits is the logits tensor (the fused schedule).
+//! every schedule). Backward: inputs [logits, targets] → [dlogits] = S·(softmax − onehot)/n, the
+//! gradient of S times the mean loss (S = the op's `grad_scale`, the fp16 policy's loss scale);
+//! in place when dlogits is the logits tensor (the fused schedule).
 
 use super::ROW_THREADS;
 use crate::backend::{unsupported, CudaBackend};
@@ -67,7 +68,8 @@ impl CudaBackend {
             targets,
             self.output(call, 0, numel)?,
             Arg::I32(v),
-            Arg::F32(1.0 / ce.n as f32),
+            // S/n in f64 rounded once, as the CPU kernel computes it.
+            Arg::F32((ce.grad_scale / ce.n as f64) as f32),
         ];
         if ce.n == 0 {
             return Ok(());

@@ -7,8 +7,11 @@
 //!
 //! AdamW: inputs [norm, θ…, g…, m…, v…] → outputs [θ…, m…, v…, copies…], one launch per
 //! parameter tensor, in place on the outputs' θ, m and v as the CPU backend updates them. The
-//! clipping scale is derived on the device from the norm tensor; weight decay applies to 2-D
-//! tensors only; the optional copies receive θ rounded to their dtype.
+//! gradient factor clip(‖g‖/S)/S (S = the op's loss scale, `grad_scale`) is derived on the device
+//! from the norm tensor, and so is the decision to skip the step when S > 1 and the norm is not
+//! finite (every launch reads the same norm, so all tensors skip or none do): no host
+//! synchronisation. Weight decay applies to 2-D tensors only; the optional copies receive θ
+//! rounded to their dtype.
 
 use crate::backend::{device_err, unsupported, CudaBackend};
 use crate::gpu::Arg;
@@ -133,6 +136,7 @@ impl CudaBackend {
                 Arg::F32(if decay { h.weight_decay as f32 } else { 0.0 }),
                 Arg::I32(i32::from(h.max_grad_norm.is_some())),
                 Arg::F64(h.max_grad_norm.unwrap_or(0.0)),
+                Arg::F64(adam.grad_scale),
             ];
             self.launch_1d(call, SRC, "adamw_update", n, &args)?;
         }
