@@ -204,6 +204,12 @@ pub fn accumulation_experiment() -> Vec<AccumulationCase> {
 // ---------------------------------------------------------------------------------------------
 // 2. Dtypes by policy, read off the schedule
 // ---------------------------------------------------------------------------------------------
+//
+// The policies (schedule/options.rs explains them): fp32; bf16 and fp16 mixed, with fp32 master
+// weights, weight gradients and AdamW state beside 16-bit activations, activation gradients and
+// weight copies. fp16 also trains with a static loss scale (`Precision::loss_scale`, 1024): it
+// changes no dtype and no byte count, only the values the gradient tensors hold (S times the
+// true ones until AdamW divides S out), so the tables below are the same with or without it.
 
 /// All allocations of one role (a parameter's master, copy, gradient or moment; an activation
 /// of every block) under one policy.

@@ -147,6 +147,10 @@ pub fn policy_table(model: &str, pol: &[PolicyDtypes]) -> Table {
     t.row(bpp);
     t.note("h*.<name>: that buffer in every block; .stats are the norms' mean/rstd, .lse attention's log-sum-exp: fp32 under every policy");
     t.note("mixed training: fp32 master weights, gradients and AdamW moments plus a 16-bit copy the passes read: 4 + 2 + 4 + 8 = 18 B/param");
+    t.note(format!(
+        "fp16 training scales the loss gradient by S = {} (gradients carry S; AdamW divides it out and skips a step whose gradient norm overflowed); fp32 and bf16 use S = 1",
+        tperf_core::schedule::FP16_LOSS_SCALE
+    ));
     t
 }
 
