@@ -5,7 +5,7 @@ runs of the same shapes and prints a markdown table of times and the ratio tperf
 (below 1: tperf is faster). Rows are matched by size, dtype and pass; attention by kernel
 (tperf naive ~ PyTorch naive, tperf flash ~ PyTorch SDPA), head dim and sequence length.
 
-Usage: python compare_cuda.py PYTORCH_JSON TPERF_BENCH_JSON TPERF_ATTENTION_JSON > table.md
+Usage: python compare_cuda.py PYTORCH_JSON TPERF_BENCH_JSON[L] TPERF_ATTENTION_JSON > table.md
 """
 
 import json
@@ -13,8 +13,13 @@ import sys
 
 
 def load(path):
+    """A JSON document, or JSON lines (one row each, as `tperf bench --out` appends them)."""
     with open(path) as f:
-        return json.load(f)
+        text = f.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return {"rows": [json.loads(line) for line in text.splitlines() if line.strip()]}
 
 
 def main():

@@ -60,6 +60,8 @@ pub trait Backend {
     /// A short name for tables: "meta", "cpu", "cuda:0".
     fn name(&self) -> String;
 
+    /// A new buffer, every element zero (accumulating ops and the optimizer's fresh moments
+    /// rely on it).
     fn alloc(&mut self, spec: TensorSpec) -> Result<Tensor, BackendError>;
 
     fn free(&mut self, tensor: Tensor);

@@ -194,6 +194,11 @@ impl CudaBackend {
         Ok((trace.finish()?, start, end))
     }
 
+    /// Draws the next samples from the start of the sampling stream, as a fresh backend does.
+    pub fn restart_sampling(&mut self) {
+        self.sample_calls = 0;
+    }
+
     /// Records CUDA events around every op from now on.
     pub fn enable_timing(&mut self) -> Result<(), BackendError> {
         if self.timer.is_none() {

@@ -1,58 +1,798 @@
-use crate::backend::{unsupported, CudaBackend};
+//! Attention: the three ops of naive attention and their backwards (kernels/attention.cu, every
+//! product one strided batched GEMM reading Q, K and V in place), and flash attention forward
+//! and backward (kernels/flash_attention.cu).
+//!
+//! Inputs, outputs and checks follow the CPU backend op for op:
+//! - scores `[qkv, k cache?] → [S]`; softmax `[S] → [P]`; value `[P, qkv, v cache?] → [O]`;
+//! - value backward `[dO, qkv, P] → [dP, dqkv]` overwrites the V part of dqkv (summed over the
+//!   query heads of a group) and leaves Q and K alone; softmax backward `[P, dP] → [dS]`;
+//!   scores backward `[dS, qkv] → [dqkv]` overwrites the Q and K parts and leaves V alone;
+//! - flash `[qkv, k cache, v cache]` or `[qkv] → [O, lse]`; flash backward
+//!   `[qkv, O, dO, lse] → [dqkv]` writes all of dqkv.
+//!
+//! Scores are stored unmasked (the mask lives in the softmax, which writes 0 where it masks),
+//! as the CPU stores them. The backwards read keys and values from qkv only (Tq = Tk).
+
+use crate::alloc::Block;
+use crate::backend::{device_err, unsupported, CudaBackend};
+use crate::gpu::Arg;
+use cudarc::driver::result as cu;
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::ops::attention::Attention;
+use tperf_core::tensor::Tensor;
+
+const NAIVE: &str = "attention";
+const FLASH: &str = "flash_attention";
+
+/// Tile of attn_gemm's output (rows and columns); 256 threads a block.
+const GEMM_TILE: u64 = 64;
+const GEMM_THREADS: u32 = 256;
+const FLASH_THREADS: u32 = 256;
+
+/// One strided operand of attn_gemm: element (row, col) of matrix (batch, head, r) is at
+/// `base + batch·sb + (head / hdiv)·sh + r·sr + row·s0 + col·s1`.
+#[derive(Clone, Copy, Debug)]
+struct Operand {
+    buf: Arg,
+    base: u64,
+    sb: u64,
+    sh: u64,
+    hdiv: usize,
+    sr: u64,
+    s0: u64,
+    s1: u64,
+}
+
+/// C (M×N, per batch × nh heads) = alpha · Σ_{r<R} A_r (M×K) · B_r (K×N).
+struct Gemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    r: usize,
+    batch: usize,
+    nh: usize,
+    alpha: f32,
+}
+
+/// Where keys or values are read.
+#[derive(Clone, Copy, Debug)]
+enum Kv {
+    /// The K or V heads of the fused qkv buffer (then Tq = Tk).
+    Qkv,
+    /// A cache (B, H_kv, capacity, D), passed as this input.
+    Cache { input: usize, capacity: usize },
+}
+
+fn tensor(call: &OpCall, out: bool, i: usize) -> Result<&Tensor, BackendError> {
+    let list = if out { &call.outputs } else { &call.inputs };
+    list.get(i).ok_or_else(|| {
+        unsupported(
+            call,
+            format!(
+                "expected {} #{i}",
+                if out { "an output" } else { "an input" }
+            ),
+        )
+    })
+}
+
+/// The cache at input `i`, after checking that it covers the Tk positions attention reads
+/// (the CPU backend's check).
+fn cache_at(call: &OpCall, a: &Attention, i: usize) -> Result<Kv, BackendError> {
+    let t = tensor(call, false, i)?;
+    match t.shape[..] {
+        [b, h_kv, capacity, d] if b == a.b && h_kv == a.h_kv && d == a.d && capacity >= a.tk => {
+            Ok(Kv::Cache { input: i, capacity })
+        }
+        _ => Err(unsupported(
+            call,
+            format!(
+                "KV cache of shape {:?} does not hold {} positions of {a:?}",
+                t.shape, a.tk
+            ),
+        )),
+    }
+}
+
+/// Keys or values from the cache when the call passes one at input `at`, else from qkv.
+fn kv_source(call: &OpCall, a: &Attention, at: usize) -> Result<Kv, BackendError> {
+    if call.inputs.len() > at {
+        cache_at(call, a, at)
+    } else {
+        Ok(Kv::Qkv)
+    }
+}
+
+fn check_heads(call: &OpCall, a: &Attention) -> Result<(), BackendError> {
+    if a.h_kv == 0 || !a.h.is_multiple_of(a.h_kv) {
+        return Err(unsupported(
+            call,
+            format!("H = {} is not a multiple of H_kv = {}", a.h, a.h_kv),
+        ));
+    }
+    Ok(())
+}
+
+/// Attention reading keys from qkv needs the queries and keys to be the same tokens.
+fn check_local(call: &OpCall, a: &Attention, src: Kv) -> Result<(), BackendError> {
+    if matches!(src, Kv::Qkv) && a.tq != a.tk {
+        return Err(unsupported(
+            call,
+            format!("Tq = {} ≠ Tk = {} needs a KV cache", a.tq, a.tk),
+        ));
+    }
+    check_heads(call, a)
+}
+
+fn no_cache_in_backward(call: &OpCall, a: &Attention, inputs: usize) -> Result<(), BackendError> {
+    if call.inputs.len() > inputs || a.tq != a.tk {
+        return Err(unsupported(
+            call,
+            "attention backward through a KV cache (training reads qkv only)",
+        ));
+    }
+    check_heads(call, a)
+}
+
+/// The kernels' window argument: −1 for none (a window wider than any sequence is none too).
+fn window_arg(a: &Attention) -> i64 {
+    match a.window {
+        Some(w) => w.min(i32::MAX as usize) as i64,
+        None => -1,
+    }
+}
+
+fn scale(a: &Attention) -> f32 {
+    a.scale() as f32
+}
+
+/// The flash kernels for one head-size bound (flash_attention.cu): tiles of BQ query rows and
+/// BK keys, forward 64×64 up to D = 128 and 64×32 at 256; backward (BK, BQ) 64×64 at D ≤ 64,
+/// 64×32 at 128, 32×32 at 256.
+struct FlashVariant {
+    fwd: &'static str,
+    bwd: &'static str,
+    fwd_shared: u32,
+    bwd_shared: u32,
+    fwd_bq: u64,
+    bwd_bk: u64,
+}
+
+fn flash_variant(call: &OpCall, d: usize) -> Result<FlashVariant, BackendError> {
+    // Shared floats: forward Q, K, V tiles (row stride DMAX + 1) and P (BQ × (BK + 1));
+    // backward K, V, Q, dO tiles, P and dS (BK × (BQ + 1)), lse and Dᵢ (BQ each).
+    let fwd =
+        |dmax: u32, bq: u32, bk: u32| (bq * (dmax + 1) + 2 * bk * (dmax + 1) + bq * (bk + 1)) * 4;
+    let bwd = |dmax: u32, bk: u32, bq: u32| {
+        (2 * bk * (dmax + 1) + 2 * bq * (dmax + 1) + 2 * bk * (bq + 1) + 2 * bq) * 4
+    };
+    let v = |fwd_k, bwd_k, (dmax, bq, bk), (bbk, bbq)| FlashVariant {
+        fwd: fwd_k,
+        bwd: bwd_k,
+        fwd_shared: fwd(dmax, bq, bk),
+        bwd_shared: bwd(dmax, bbk, bbq),
+        fwd_bq: bq as u64,
+        bwd_bk: bbk as u64,
+    };
+    match d {
+        1..=64 => Ok(v("flash_fwd_d64", "flash_bwd_d64", (64, 64, 64), (64, 64))),
+        65..=128 => Ok(v(
+            "flash_fwd_d128",
+            "flash_bwd_d128",
+            (128, 64, 64),
+            (64, 32),
+        )),
+        129..=256 => Ok(v(
+            "flash_fwd_d256",
+            "flash_bwd_d256",
+            (256, 64, 32),
+            (32, 32),
+        )),
+        _ => Err(unsupported(
+            call,
+            format!("flash attention kernels take head sizes 1 to 256, not D = {d}"),
+        )),
+    }
+}
+
+fn nothing_to_do(a: &Attention) -> bool {
+    a.b == 0 || a.h == 0 || a.tq == 0 || a.tk == 0
+}
 
 impl CudaBackend {
-    pub(crate) fn attn_scores(
+    /// Keys (`value` false) or values of `src` as a (Tk × D) operand per (batch, query head):
+    /// row j, column e. `qkv` is the fused buffer's argument.
+    fn kv_operand(
+        &self,
+        call: &OpCall,
+        a: &Attention,
+        src: Kv,
+        value: bool,
+        qkv: Arg,
+    ) -> Result<Operand, BackendError> {
+        let (d, w) = (a.d as u64, a.qkv_width() as u64);
+        let group = a.h / a.h_kv;
+        Ok(match src {
+            Kv::Qkv => Operand {
+                buf: qkv,
+                base: (a.h + usize::from(value) * a.h_kv) as u64 * d,
+                sb: a.tk as u64 * w,
+                sh: d,
+                hdiv: group,
+                sr: 0,
+                s0: w,
+                s1: 1,
+            },
+            Kv::Cache { input, capacity } => {
+                let cap = capacity as u64;
+                Operand {
+                    buf: self.input(call, input, (a.b * a.h_kv) as u64 * cap * d)?,
+                    base: 0,
+                    sb: a.h_kv as u64 * cap * d,
+                    sh: cap * d,
+                    hdiv: group,
+                    sr: 0,
+                    s0: d,
+                    s1: 1,
+                }
+            }
+        })
+    }
+
+    fn attn_gemm(
         &mut self,
         call: &OpCall,
-        _a: &Attention,
+        g: &Gemm,
+        a: Operand,
+        b: Operand,
+        c: Operand,
     ) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+        if g.m == 0 || g.n == 0 || g.batch == 0 || g.nh == 0 {
+            return Ok(());
+        }
+        let blocks = (g.m as u64).div_ceil(GEMM_TILE)
+            * (g.n as u64).div_ceil(GEMM_TILE)
+            * (g.batch * g.nh) as u64;
+        let dims_fit = [g.m, g.n, g.k, g.r, g.nh, a.hdiv, b.hdiv]
+            .iter()
+            .all(|&x| x <= i32::MAX as usize);
+        if blocks > i32::MAX as u64 || !dims_fit {
+            return Err(unsupported(
+                call,
+                "attention shape too large for one launch",
+            ));
+        }
+        let i = |x: u64| Arg::I64(x as i64);
+        let args = [
+            a.buf,
+            i(a.base),
+            i(a.sb),
+            i(a.sh),
+            Arg::I32(a.hdiv as i32),
+            i(a.sr),
+            i(a.s0),
+            i(a.s1),
+            b.buf,
+            i(b.base),
+            i(b.sb),
+            i(b.sh),
+            Arg::I32(b.hdiv as i32),
+            i(b.sr),
+            i(b.s0),
+            i(b.s1),
+            c.buf,
+            i(c.base),
+            i(c.sb),
+            i(c.sh),
+            i(c.s0),
+            i(c.s1),
+            Arg::I32(g.m as i32),
+            Arg::I32(g.n as i32),
+            Arg::I32(g.k as i32),
+            Arg::I32(g.r as i32),
+            Arg::I32(g.nh as i32),
+            Arg::F32(g.alpha),
+        ];
+        self.launch(
+            call,
+            NAIVE,
+            "attn_gemm",
+            (blocks as u32, 1, 1),
+            (GEMM_THREADS, 1, 1),
+            0,
+            &args,
+        )
     }
+
+    /// Q of query head h as a (Tq × D) operand (row i, column e) in qkv.
+    fn q_operand(a: &Attention, qkv: Arg) -> Operand {
+        let w = a.qkv_width() as u64;
+        Operand {
+            buf: qkv,
+            base: 0,
+            sb: a.tq as u64 * w,
+            sh: a.d as u64,
+            hdiv: 1,
+            sr: 0,
+            s0: w,
+            s1: 1,
+        }
+    }
+
+    /// A (B, H, Tq, Tk) buffer as a (Tq × Tk) operand per (batch, head).
+    fn score_operand(a: &Attention, buf: Arg) -> Operand {
+        let (tq, tk) = (a.tq as u64, a.tk as u64);
+        Operand {
+            buf,
+            base: 0,
+            sb: a.h as u64 * tq * tk,
+            sh: tq * tk,
+            hdiv: 1,
+            sr: 0,
+            s0: tk,
+            s1: 1,
+        }
+    }
+
+    /// A (B·Tq, H·D) buffer (the attention output or its gradient) as a (Tq × D) operand per
+    /// (batch, head).
+    fn o_operand(a: &Attention, buf: Arg) -> Operand {
+        let hd = (a.h * a.d) as u64;
+        Operand {
+            buf,
+            base: 0,
+            sb: a.tq as u64 * hd,
+            sh: a.d as u64,
+            hdiv: 1,
+            sr: 0,
+            s0: hd,
+            s1: 1,
+        }
+    }
+
+    /// The transpose of a score-shaped operand, per (batch, kv head g) and summed over the
+    /// group's query heads h = g·group + r: (Tk × Tq).
+    fn score_t_group(a: &Attention, buf: Arg) -> Operand {
+        let (tq, tk, group) = (a.tq as u64, a.tk as u64, (a.h / a.h_kv) as u64);
+        Operand {
+            buf,
+            base: 0,
+            sb: a.h as u64 * tq * tk,
+            sh: group * tq * tk,
+            hdiv: 1,
+            sr: tq * tk,
+            s0: 1,
+            s1: tk,
+        }
+    }
+
+    /// The Q or K part (`part` 0 or 1) of dqkv, written per (batch, head) as a (T × D) matrix.
+    /// V's part is at head offset H + H_kv, passed as `head0`.
+    fn dqkv_part(a: &Attention, buf: Arg, head0: usize, t: usize) -> Operand {
+        let w = a.qkv_width() as u64;
+        Operand {
+            buf,
+            base: head0 as u64 * a.d as u64,
+            sb: t as u64 * w,
+            sh: a.d as u64,
+            hdiv: 1,
+            sr: 0,
+            s0: w,
+            s1: 1,
+        }
+    }
+
+    pub(crate) fn attn_scores(&mut self, call: &OpCall, a: &Attention) -> Result<(), BackendError> {
+        let src = kv_source(call, a, 1)?;
+        check_local(call, a, src)?;
+        let qkv = self.input(call, 0, (a.b * a.tq * a.qkv_width()) as u64)?;
+        let s = self.output(call, 0, a.score_numel())?;
+        if nothing_to_do(a) {
+            return Ok(());
+        }
+        let k = self.kv_operand(call, a, src, false, qkv)?;
+        // S (Tq × Tk) = Q (Tq × D) · Kᵀ (D × Tk) / √D
+        let kt = Operand {
+            s0: k.s1,
+            s1: k.s0,
+            ..k
+        };
+        let g = Gemm {
+            m: a.tq,
+            n: a.tk,
+            k: a.d,
+            r: 1,
+            batch: a.b,
+            nh: a.h,
+            alpha: scale(a),
+        };
+        self.attn_gemm(
+            call,
+            &g,
+            Self::q_operand(a, qkv),
+            kt,
+            Self::score_operand(a, s),
+        )
+    }
+
     pub(crate) fn attn_softmax(
         &mut self,
         call: &OpCall,
-        _a: &Attention,
+        a: &Attention,
     ) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+        let n = a.score_numel();
+        let args = [
+            self.input(call, 0, n)?,
+            self.output(call, 0, n)?,
+            Arg::I32(a.tq as i32),
+            Arg::I32(a.tk as i32),
+            Arg::I32(i32::from(a.causal)),
+            Arg::I64(window_arg(a)),
+        ];
+        if nothing_to_do(a) {
+            return Ok(());
+        }
+        let rows = (a.b * a.h * a.tq) as u64;
+        if rows > i32::MAX as u64 || a.tk > i32::MAX as usize {
+            return Err(unsupported(
+                call,
+                "attention shape too large for one launch",
+            ));
+        }
+        let block = (super::ROW_THREADS, 1, 1);
+        self.launch(
+            call,
+            NAIVE,
+            "attn_softmax",
+            super::grid_1d(rows),
+            block,
+            0,
+            &args,
+        )
     }
-    pub(crate) fn attn_value(&mut self, call: &OpCall, _a: &Attention) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+
+    pub(crate) fn attn_value(&mut self, call: &OpCall, a: &Attention) -> Result<(), BackendError> {
+        let src = kv_source(call, a, 2)?;
+        check_local(call, a, src)?;
+        let p = self.input(call, 0, a.score_numel())?;
+        // With a cache, qkv is passed but not read.
+        let qkv_numel = match src {
+            Kv::Qkv => (a.b * a.tk * a.qkv_width()) as u64,
+            Kv::Cache { .. } => 0,
+        };
+        let qkv = self.input(call, 1, qkv_numel)?;
+        let o = self.output(call, 0, a.q_numel())?;
+        if nothing_to_do(a) {
+            return Ok(());
+        }
+        // O (Tq × D) = P (Tq × Tk) · V (Tk × D)
+        let v = self.kv_operand(call, a, src, true, qkv)?;
+        let g = Gemm {
+            m: a.tq,
+            n: a.d,
+            k: a.tk,
+            r: 1,
+            batch: a.b,
+            nh: a.h,
+            alpha: 1.0,
+        };
+        self.attn_gemm(
+            call,
+            &g,
+            Self::score_operand(a, p),
+            v,
+            Self::o_operand(a, o),
+        )
     }
+
     pub(crate) fn attn_value_backward(
         &mut self,
         call: &OpCall,
-        _a: &Attention,
+        a: &Attention,
     ) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+        no_cache_in_backward(call, a, 3)?;
+        let qkv_numel = (a.b * a.tk * a.qkv_width()) as u64;
+        let dout = self.input(call, 0, a.q_numel())?;
+        let qkv = self.input(call, 1, qkv_numel)?;
+        let p = self.input(call, 2, a.score_numel())?;
+        let dp = self.output(call, 0, a.score_numel())?;
+        let dqkv = self.output(call, 1, qkv_numel)?;
+        if nothing_to_do(a) {
+            return Ok(());
+        }
+        // dP (Tq × Tk) = dO (Tq × D) · Vᵀ (D × Tk)
+        let v = self.kv_operand(call, a, Kv::Qkv, true, qkv)?;
+        let vt = Operand {
+            s0: v.s1,
+            s1: v.s0,
+            ..v
+        };
+        let g = Gemm {
+            m: a.tq,
+            n: a.tk,
+            k: a.d,
+            r: 1,
+            batch: a.b,
+            nh: a.h,
+            alpha: 1.0,
+        };
+        self.attn_gemm(
+            call,
+            &g,
+            Self::o_operand(a, dout),
+            vt,
+            Self::score_operand(a, dp),
+        )?;
+        // dV_g (Tk × D) = Σ_{h in group g} P_hᵀ (Tk × Tq) · dO_h (Tq × D)
+        let group = a.h / a.h_kv;
+        let d = a.d as u64;
+        let dout_group = Operand {
+            sh: group as u64 * d,
+            sr: d,
+            ..Self::o_operand(a, dout)
+        };
+        let g = Gemm {
+            m: a.tk,
+            n: a.d,
+            k: a.tq,
+            r: group,
+            batch: a.b,
+            nh: a.h_kv,
+            alpha: 1.0,
+        };
+        let dv = Self::dqkv_part(a, dqkv, a.h + a.h_kv, a.tk);
+        self.attn_gemm(call, &g, Self::score_t_group(a, p), dout_group, dv)
     }
+
     pub(crate) fn attn_softmax_backward(
         &mut self,
         call: &OpCall,
-        _a: &Attention,
+        a: &Attention,
     ) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+        let n = a.score_numel();
+        let args = [
+            self.input(call, 0, n)?,
+            self.input(call, 1, n)?,
+            self.output(call, 0, n)?,
+            Arg::I32(a.tk as i32),
+        ];
+        if nothing_to_do(a) {
+            return Ok(());
+        }
+        let rows = (a.b * a.h * a.tq) as u64;
+        if rows > i32::MAX as u64 || a.tk > i32::MAX as usize {
+            return Err(unsupported(
+                call,
+                "attention shape too large for one launch",
+            ));
+        }
+        let block = (super::ROW_THREADS, 1, 1);
+        self.launch(
+            call,
+            NAIVE,
+            "attn_softmax_backward",
+            super::grid_1d(rows),
+            block,
+            0,
+            &args,
+        )
     }
+
     pub(crate) fn attn_scores_backward(
         &mut self,
         call: &OpCall,
-        _a: &Attention,
+        a: &Attention,
     ) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+        no_cache_in_backward(call, a, 2)?;
+        let qkv_numel = (a.b * a.tk * a.qkv_width()) as u64;
+        let ds = self.input(call, 0, a.score_numel())?;
+        let qkv = self.input(call, 1, qkv_numel)?;
+        let dqkv = self.output(call, 0, qkv_numel)?;
+        if nothing_to_do(a) {
+            return Ok(());
+        }
+        // dQ_h (Tq × D) = dS_h (Tq × Tk) · K_g (Tk × D) / √D
+        let k = self.kv_operand(call, a, Kv::Qkv, false, qkv)?;
+        let g = Gemm {
+            m: a.tq,
+            n: a.d,
+            k: a.tk,
+            r: 1,
+            batch: a.b,
+            nh: a.h,
+            alpha: scale(a),
+        };
+        let dq = Self::dqkv_part(a, dqkv, 0, a.tq);
+        self.attn_gemm(call, &g, Self::score_operand(a, ds), k, dq)?;
+        // dK_g (Tk × D) = Σ_{h in group g} dS_hᵀ (Tk × Tq) · Q_h (Tq × D) / √D
+        let group = a.h / a.h_kv;
+        let d = a.d as u64;
+        let q_group = Operand {
+            sh: group as u64 * d,
+            sr: d,
+            ..Self::q_operand(a, qkv)
+        };
+        let g = Gemm {
+            m: a.tk,
+            n: a.d,
+            k: a.tq,
+            r: group,
+            batch: a.b,
+            nh: a.h_kv,
+            alpha: scale(a),
+        };
+        let dk = Self::dqkv_part(a, dqkv, a.h, a.tk);
+        self.attn_gemm(call, &g, Self::score_t_group(a, ds), q_group, dk)
     }
+
     pub(crate) fn flash_attention_forward(
         &mut self,
         call: &OpCall,
-        _a: &Attention,
+        a: &Attention,
     ) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+        let src = if call.inputs.len() >= 3 {
+            // Both caches are read: check both shapes.
+            cache_at(call, a, 2)?;
+            cache_at(call, a, 1)?
+        } else {
+            Kv::Qkv
+        };
+        check_local(call, a, src)?;
+        let qkv = self.input(call, 0, (a.b * a.tq * a.qkv_width()) as u64)?;
+        let o = self.output(call, 0, a.q_numel())?;
+        let lse = self.output(call, 1, (a.b * a.h * a.tq) as u64)?;
+        let fv = flash_variant(call, a.d)?;
+        if nothing_to_do(a) {
+            return Ok(());
+        }
+        let k = self.kv_operand(call, a, src, false, qkv)?;
+        let v = match src {
+            Kv::Cache { capacity, .. } => {
+                self.kv_operand(call, a, Kv::Cache { input: 2, capacity }, true, qkv)?
+            }
+            Kv::Qkv => self.kv_operand(call, a, src, true, qkv)?,
+        };
+        let blocks = (a.tq as u64).div_ceil(fv.fwd_bq) * (a.b * a.h) as u64;
+        if blocks > i32::MAX as u64 || a.tk > i32::MAX as usize || a.h_kv > i32::MAX as usize {
+            return Err(unsupported(
+                call,
+                "attention shape too large for one launch",
+            ));
+        }
+        let i = |x: u64| Arg::I64(x as i64);
+        let args = [
+            qkv,
+            k.buf,
+            i(k.base),
+            i(k.sb),
+            i(k.sh),
+            i(k.s0),
+            v.buf,
+            i(v.base),
+            i(v.sb),
+            i(v.sh),
+            i(v.s0),
+            o,
+            lse,
+            Arg::I32(a.h as i32),
+            Arg::I32(a.h_kv as i32),
+            Arg::I32(a.tq as i32),
+            Arg::I32(a.tk as i32),
+            Arg::I32(a.d as i32),
+            Arg::I32(i32::from(a.causal)),
+            Arg::I64(window_arg(a)),
+            Arg::F32(scale(a)),
+        ];
+        self.launch(
+            call,
+            FLASH,
+            fv.fwd,
+            (blocks as u32, 1, 1),
+            (FLASH_THREADS, 1, 1),
+            fv.fwd_shared,
+            &args,
+        )
     }
+
     pub(crate) fn flash_attention_backward(
         &mut self,
         call: &OpCall,
-        _a: &Attention,
+        a: &Attention,
     ) -> Result<(), BackendError> {
-        Err(unsupported(call, "not yet written"))
+        no_cache_in_backward(call, a, 4)?;
+        let qkv_numel = (a.b * a.tk * a.qkv_width()) as u64;
+        let rows = (a.b * a.h * a.tq) as u64;
+        let qkv = self.input(call, 0, qkv_numel)?;
+        let o = self.input(call, 1, a.q_numel())?;
+        let dout = self.input(call, 2, a.q_numel())?;
+        let lse = self.input(call, 3, rows)?;
+        let dqkv = self.output(call, 0, qkv_numel)?;
+        let fv = flash_variant(call, a.d)?;
+        if nothing_to_do(a) {
+            return Ok(());
+        }
+        let blocks = (a.tk as u64).div_ceil(fv.bwd_bk) * (a.b * a.h_kv) as u64;
+        if blocks > i32::MAX as u64 || rows.div_ceil(8) > i32::MAX as u64 {
+            return Err(unsupported(
+                call,
+                "attention shape too large for one launch",
+            ));
+        }
+        // f32 scratch: Dᵢ (one per query row), then dQ (B·Tq, H·D), zeroed for the atomics.
+        let dq_numel = a.q_numel();
+        let bytes = (rows + dq_numel) * 4;
+        let block = self
+            .alloc
+            .alloc(bytes)
+            .map_err(|e| device_err(format!("scratch for the flash backward: {e:?}")))?;
+        let result =
+            self.flash_backward_launches(call, a, &block, &fv, blocks, [qkv, o, dout, lse, dqkv]);
+        // The stream orders the block's next user after these kernels.
+        self.alloc.free(block);
+        result
+    }
+
+    /// Dᵢ, then dK, dV and dQ (into the scratch), then dQ into dqkv. Writes every element of
+    /// dqkv (the CPU zeroes it and accumulates: the same values).
+    fn flash_backward_launches(
+        &mut self,
+        call: &OpCall,
+        a: &Attention,
+        block: &Block,
+        fv: &FlashVariant,
+        blocks: u64,
+        [qkv, o, dout, lse, dqkv]: [Arg; 5],
+    ) -> Result<(), BackendError> {
+        let rows = (a.b * a.h * a.tq) as u64;
+        let di = block.ptr;
+        let dq = block.ptr + rows * 4;
+        let dq_numel = a.q_numel();
+        unsafe { cu::memset_d8_async(dq, 0, (dq_numel * 4) as usize, self.gpu.cu_stream()) }
+            .map_err(|e| device_err(format!("zeroing the dQ scratch: {e:?}")))?;
+        let args = [
+            o,
+            dout,
+            Arg::Ptr(di),
+            Arg::I64(rows as i64),
+            Arg::I32(a.h as i32),
+            Arg::I32(a.tq as i32),
+            Arg::I32(a.d as i32),
+        ];
+        let grid = (rows.div_ceil(8) as u32, 1, 1);
+        self.launch(call, FLASH, "flash_bwd_di", grid, (256, 1, 1), 0, &args)?;
+        let args = [
+            qkv,
+            dout,
+            lse,
+            Arg::Ptr(di),
+            Arg::Ptr(dq),
+            dqkv,
+            Arg::I32(a.h as i32),
+            Arg::I32(a.h_kv as i32),
+            Arg::I32(a.tq as i32),
+            Arg::I32(a.tk as i32),
+            Arg::I32(a.d as i32),
+            Arg::I32(i32::from(a.causal)),
+            Arg::I64(window_arg(a)),
+            Arg::F32(scale(a)),
+        ];
+        let grid = (blocks as u32, 1, 1);
+        self.launch(
+            call,
+            FLASH,
+            fv.bwd,
+            grid,
+            (FLASH_THREADS, 1, 1),
+            fv.bwd_shared,
+            &args,
+        )?;
+        let args = [
+            Arg::Ptr(dq),
+            dqkv,
+            Arg::I64(dq_numel as i64),
+            Arg::I64((a.h * a.d) as i64),
+            Arg::I64(a.qkv_width() as i64),
+        ];
+        self.launch_1d(call, FLASH, "flash_bwd_dq", dq_numel, &args)
     }
 }

@@ -12,3 +12,8 @@ mod optimizer;
 /// Threads per block of the row-wise kernels (one block per row): a multiple of 32 for the
 /// warp reductions.
 pub(crate) const ROW_THREADS: u32 = 256;
+
+/// One block per item along x (rows of a row-wise kernel), capped at the grid's limit.
+pub(crate) fn grid_1d(n: u64) -> (u32, u32, u32) {
+    (n.min(u32::MAX as u64) as u32, 1, 1)
+}
