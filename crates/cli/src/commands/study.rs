@@ -1,6 +1,7 @@
-//! `tperf study`: the main job. Until the measurement side lands, the study is the analytic
-//! model of the seed's model sizes on this machine's CPU and on an H100, the sizing question,
-//! and the hardware table.
+//! `tperf study`: the main job. The analytic model of the seed's model sizes on the measured
+//! device and on a reference GPU, the sizing and decoding questions, then measurements on the
+//! device (the first GPU if there is one, else this machine's CPU): benchmarks, a per-op profile
+//! of inference and training, the attention sweep, and the HTML report.
 
 use super::model::{analyze_with_timeline, decode_sweep_table, op_table, to_json};
 use super::{precision, report};
