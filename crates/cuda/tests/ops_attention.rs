@@ -1,0 +1,190 @@
+//! Attention kernels against the CPU backend on shapes the whole-model suite does not reach:
+//! T = 1, odd and past a tile (7, 200), head sizes 16/64/128, MHA/GQA/MQA, a sliding window,
+//! and decoding from a KV cache (Tq = 1 < Tk). Forward and backward, naive and flash, f32 and
+//! bf16. Backward inputs are filled independently (o, lse, p need not come from a forward): the
+//! kernels' arithmetic is what is compared, with lse = 0 and qkv small so exp stays finite.
+//! Needs a CUDA device; where there is none (CI) each test says it skipped.
+
+use tperf_core::dtype::DType;
+use tperf_core::ops::attention::Attention;
+use tperf_core::ops::Op;
+use tperf_core::tensor::{MemCategory, TensorSpec};
+use tperf_cuda::conformance::{run_case, Fill, OpCase};
+use tperf_cuda::CudaBackend;
+
+fn gpu() -> Option<CudaBackend> {
+    match tperf_cuda::device_count() {
+        Ok(n) if n > 0 => Some(CudaBackend::new(0).expect("the CUDA device opens")),
+        Ok(_) => {
+            eprintln!("skipped: no CUDA device");
+            None
+        }
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+fn t(name: &str, shape: &[usize], dtype: DType, fill: Fill) -> (TensorSpec, Fill) {
+    (
+        TensorSpec::new(name, shape, dtype, MemCategory::Activations),
+        fill,
+    )
+}
+
+fn check(
+    gpu: &mut CudaBackend,
+    op: Op,
+    tensors: Vec<(TensorSpec, Fill)>,
+    inputs: Vec<usize>,
+    outputs: Vec<usize>,
+) {
+    let what = format!("{op:?}");
+    let case = OpCase {
+        op,
+        tensors,
+        inputs,
+        outputs,
+    };
+    for d in run_case(gpu, &case, 5).unwrap_or_else(|e| panic!("{what}: {e}")) {
+        assert!(
+            d.passed(),
+            "{what}: output {} ({}) error {:.3e} > {:.0e}",
+            d.output,
+            d.dtype,
+            d.error,
+            d.tolerance
+        );
+    }
+}
+
+/// (B, H, H_kv, T, D, window)
+const SHAPES: [(usize, usize, usize, usize, usize, Option<usize>); 5] = [
+    (1, 1, 1, 1, 16, None),
+    (2, 4, 2, 7, 64, None),
+    (1, 4, 1, 200, 128, Some(37)),
+    (2, 4, 4, 64, 64, None),
+    (1, 2, 2, 130, 16, Some(5)),
+];
+
+#[test]
+fn attention_over_whole_sequences_matches_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for dt in [DType::F32, DType::Bf16] {
+        for (b, h, h_kv, tt, d, window) in SHAPES {
+            let a = Attention {
+                b,
+                h,
+                h_kv,
+                tq: tt,
+                tk: tt,
+                d,
+                causal: true,
+                window,
+            };
+            let w = (h + 2 * h_kv) * d;
+            let ts = vec![
+                t("qkv", &[b * tt, w], dt, Fill::Normal(0.5)),   // 0
+                t("o", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 1
+                t("lse", &[b, h, tt], DType::F32, Fill::Value(0.0)), // 2
+                t("dout", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 3
+                t("dqkv", &[b * tt, w], dt, Fill::Normal(1.0)),  // 4
+                t("scores", &[b, h, tt, tt], dt, Fill::Normal(1.0)), // 5
+                t("probs", &[b, h, tt, tt], dt, Fill::Value(0.0)), // 6
+                t("dprobs", &[b, h, tt, tt], dt, Fill::Normal(1.0)), // 7
+                t("dscores", &[b, h, tt, tt], dt, Fill::Normal(1.0)), // 8
+            ];
+            check(
+                &mut gpu,
+                Op::FlashAttention(a),
+                ts.clone(),
+                vec![0],
+                vec![1, 2],
+            );
+            check(
+                &mut gpu,
+                Op::FlashAttentionBackward(a),
+                ts.clone(),
+                vec![0, 1, 3, 2],
+                vec![4],
+            );
+            check(&mut gpu, Op::AttnScores(a), ts.clone(), vec![0], vec![5]);
+            check(&mut gpu, Op::AttnSoftmax(a), ts.clone(), vec![5], vec![6]);
+            // Probabilities from the softmax above are not at hand here; uniform rows serve.
+            let mut ts_p = ts.clone();
+            ts_p[6].1 = Fill::Value(1.0 / tt as f32);
+            check(
+                &mut gpu,
+                Op::AttnValue(a),
+                ts_p.clone(),
+                vec![6, 0],
+                vec![1],
+            );
+            check(
+                &mut gpu,
+                Op::AttnValueBackward(a),
+                ts_p.clone(),
+                vec![3, 0, 6],
+                vec![7, 4],
+            );
+            check(
+                &mut gpu,
+                Op::AttnSoftmaxBackward(a),
+                ts_p.clone(),
+                vec![6, 7],
+                vec![8],
+            );
+            check(
+                &mut gpu,
+                Op::AttnScoresBackward(a),
+                ts_p,
+                vec![8, 0],
+                vec![4],
+            );
+        }
+    }
+}
+
+#[test]
+fn attention_reading_a_kv_cache_matches_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for dt in [DType::F32, DType::Bf16] {
+        for (b, h, h_kv, d, tk, window) in [
+            (1, 1, 1, 16, 1, None),
+            (2, 4, 2, 64, 9, None),
+            (1, 8, 1, 128, 300, Some(40)),
+        ] {
+            let capacity = tk + 7;
+            let a = Attention {
+                b,
+                h,
+                h_kv,
+                tq: 1,
+                tk,
+                d,
+                causal: true,
+                window,
+            };
+            let w = (h + 2 * h_kv) * d;
+            let ts = vec![
+                t("qkv", &[b, w], dt, Fill::Normal(0.5)),               // 0
+                t("k", &[b, h_kv, capacity, d], dt, Fill::Normal(0.5)), // 1
+                t("v", &[b, h_kv, capacity, d], dt, Fill::Normal(1.0)), // 2
+                t("o", &[b, h * d], dt, Fill::Value(0.0)),              // 3
+                t("lse", &[b, h, 1], DType::F32, Fill::Value(0.0)),     // 4
+                t("scores", &[b, h, 1, tk], dt, Fill::Value(0.0)),      // 5
+                t("probs", &[b, h, 1, tk], dt, Fill::Value(1.0 / tk as f32)), // 6
+            ];
+            check(
+                &mut gpu,
+                Op::FlashAttention(a),
+                ts.clone(),
+                vec![0, 1, 2],
+                vec![3, 4],
+            );
+            check(&mut gpu, Op::AttnScores(a), ts.clone(), vec![0, 1], vec![5]);
+            check(&mut gpu, Op::AttnValue(a), ts, vec![6, 0, 2], vec![3]);
+        }
+    }
+}
