@@ -10,10 +10,12 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+use tperf_bench::device::{Device, Measured};
 use tperf_core::config::ModelConfig;
 use tperf_core::cost::analysis::{self, Scenario, Workload};
 use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute, Transformer};
 use tperf_cpu::CpuBackend;
+use tperf_cuda::CudaBackend;
 use tperf_report::plots::{line_plot, LinePlot, Series};
 use tperf_report::units;
 use tperf_runtime::checkpoint;
@@ -102,7 +104,7 @@ pub struct TrainArgs {
     /// Seeds the weights and the data order.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
-    /// cpu or auto (these commands run on the CPU backend).
+    /// cpu, cuda, cuda:N, or auto (the first GPU if there is one).
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Print a plain progress line every N steps when stderr is not a terminal (default: about
@@ -112,7 +114,7 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    super::cpu_only(&args.device, "train")?;
+    let device = super::resolve_device(&args.device)?;
     let mut cfg = load::load(&args.model)?.config;
     // When resuming, the checkpoint's metadata says which model and tokenizer the run has; a
     // different model is refused by name of the first field that differs.
@@ -172,7 +174,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     tcfg.validate()?;
 
-    let mut data = load_data(&args, &cfg, &tokenizer)?;
+    let data = load_data(&args, &cfg, &tokenizer)?;
     let opts = Options {
         precision: args.dtype,
         attention: args.attention,
@@ -191,14 +193,60 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let flops_per_step: u64 = record.ops.iter().map(|r| r.cost.flops).sum();
     drop(record);
 
-    let mut be = CpuBackend::new();
+    let prepared = Prepared {
+        cfg,
+        opts,
+        tokenizer,
+        data,
+        flops_per_step,
+        warmup,
+        log_path,
+        checkpoint_path,
+        resume_meta,
+        tcfg,
+    };
+    match device {
+        Device::Cpu => train_on(CpuBackend::new(), &args, prepared),
+        Device::Cuda(i) => train_on(CudaBackend::new(i)?, &args, prepared),
+    }
+}
+
+/// Everything a run needs besides the backend, checked before any device is touched.
+struct Prepared {
+    cfg: ModelConfig,
+    opts: Options,
+    tokenizer: Tokenizer,
+    data: Loader,
+    flops_per_step: u64,
+    warmup: u64,
+    log_path: Option<std::path::PathBuf>,
+    checkpoint_path: Option<std::path::PathBuf>,
+    resume_meta: Option<checkpoint::Metadata>,
+    tcfg: TrainConfig,
+}
+
+/// The run on `be`: the same driver on the CPU and on a GPU (the stepper reads each step's loss
+/// back, so step times include the device's work).
+fn train_on<B: Measured>(mut be: B, args: &TrainArgs, p: Prepared) -> Result<()> {
+    let Prepared {
+        cfg,
+        opts,
+        tokenizer,
+        mut data,
+        flops_per_step,
+        warmup,
+        log_path,
+        checkpoint_path,
+        resume_meta,
+        tcfg,
+    } = p;
     let model = Transformer::new(&mut be, &cfg, opts, true)?;
     if args.resume.is_none() {
         model.init_weights(&mut be, args.seed)?;
     }
     let mut stepper = ModelStepper::new(be, model)?;
 
-    print_header(&args, &cfg, &tokenizer, &data, flops_per_step, warmup);
+    print_header(args, &cfg, &tokenizer, &data, flops_per_step, warmup);
     let mut log = match &log_path {
         Some(p) => Some(CsvLog::open(p, args.resume.is_some())?),
         None => None,
@@ -403,7 +451,7 @@ fn print_summary(
         );
     }
     println!(
-        "  peak memory: {} (CPU backend's tensors)",
+        "  peak memory: {} (the backend's tensors at their dtype widths)",
         units::bytes(peak_bytes)
     );
     if let Some(p) = checkpoint {
