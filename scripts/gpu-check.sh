@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine: the CUDA backend's correctness record — the conformance suite, the
 # edge-shape and PyTorch-fixture test binaries, and compute-sanitizer's memcheck and racecheck
-# on a short training step. Writes text files into OUT_DIR.
+# on short training steps (a warm-up step, one captured into a CUDA graph, one replayed from
+# it). Writes text files into OUT_DIR.
 #
 # Usage: scripts/gpu-check.sh OUT_DIR [TEST_BINARY …]
 # Needs: a built tperf (TPERF, default target/release/tperf); compute-sanitizer on the PATH or
@@ -21,7 +22,7 @@ for t in "$@"; do
     echo "$(basename "$t") exit $?" | tee -a "$out/test-$(basename "$t").txt"
 done
 step=("$tperf" bench "$here/bench/configs/tiny-llama.json" --batch 2 --seq 64 --phase train
-      --warmup 1 --steps 1 --device cuda)
+      --warmup 1 --steps 2 --device cuda)
 for tool in memcheck racecheck; do
     for attn in flash naive; do
         compute-sanitizer --tool "$tool" --error-exitcode 9 "${step[@]}" --attention "$attn" \

@@ -1,7 +1,7 @@
 //! Benchmark one scenario: the Meta backend's prediction and the compute backend's measurement
 //! of the same schedule (both issued by `StepRunner`), side by side.
 
-use crate::device::{Device, Measured};
+use crate::device::{Device, Measured, StepGraphs};
 use crate::harness;
 use crate::stats::Summary;
 use serde::Serialize;
@@ -53,6 +53,9 @@ pub struct BenchRow {
     /// The largest bytes in use during the timed steps, at the tensors' dtype widths.
     pub peak_bytes_measured: u64,
     pub peak_bytes_modelled: u64,
+    /// How the steps ran where the device has graphs (warm-up included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graphs: Option<StepGraphs>,
 }
 
 impl BenchRow {
@@ -106,7 +109,7 @@ pub fn run_cpu(
     run(Device::Cpu, cfg, sc, hw, repeats, on_step)
 }
 
-/// Measures `sc` on `device`.
+/// Measures `sc` on `device`, with CUDA graphs where the device has them.
 pub fn run(
     device: Device,
     cfg: &ModelConfig,
@@ -115,9 +118,27 @@ pub fn run(
     repeats: Repeats,
     on_step: impl FnMut(usize),
 ) -> Result<BenchRow, BenchError> {
+    run_with_graphs(device, true, cfg, sc, hw, repeats, on_step)
+}
+
+/// Measures `sc` on `device`; `graphs` false runs every step eagerly (each op launched by the
+/// host), to measure what graph replay saves.
+pub fn run_with_graphs(
+    device: Device,
+    graphs: bool,
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    hw: &Hardware,
+    repeats: Repeats,
+    on_step: impl FnMut(usize),
+) -> Result<BenchRow, BenchError> {
     match device {
         Device::Cpu => run_on(CpuBackend::new(), cfg, sc, hw, repeats, on_step),
-        Device::Cuda(i) => run_on(CudaBackend::new(i)?, cfg, sc, hw, repeats, on_step),
+        Device::Cuda(i) => {
+            let mut be = CudaBackend::new(i)?;
+            be.set_graphs(graphs);
+            run_on(be, cfg, sc, hw, repeats, on_step)
+        }
     }
 }
 
@@ -170,6 +191,7 @@ fn run_on<B: Measured>(
         tokens_per_s: prediction.tokens_per_step as f64 / measured.median,
         peak_bytes_measured: peak,
         peak_bytes_modelled: prediction.memory.peak_bytes,
+        graphs: be.step_graphs(),
     })
 }
 

@@ -75,4 +75,34 @@ pub trait Backend {
 
     /// Copy a buffer to the host as f32.
     fn read_f32(&mut self, tensor: &Tensor) -> Result<Vec<f32>, BackendError>;
+
+    /// Marks the start of a step the caller repeats (a training step, a decode step): between
+    /// this and [`Backend::end_step`] it issues the same allocations, ops and frees on the same
+    /// shapes every time it begins a step under the same `key`, and touches no host memory;
+    /// only the per-step scalars of ops (AdamW's learning rate and step count) change. A backend
+    /// may capture such a step once and replay it (the CUDA backend's graphs); it must fall back
+    /// to running the ops as issued whenever a step breaks the promise. Does nothing by default.
+    fn begin_step(&mut self, _key: &str) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Ends the step begun by [`Backend::begin_step`]: its work has been issued (not
+    /// necessarily finished) when this returns.
+    fn end_step(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+/// Runs `f` as one repeated step of kind `key` between [`Backend::begin_step`] and
+/// [`Backend::end_step`]. On an error the step is left unfinished; the backend abandons it at the
+/// next `begin_step` or host access.
+pub fn repeated_step<B: Backend, T>(
+    be: &mut B,
+    key: &str,
+    f: impl FnOnce(&mut B) -> Result<T, BackendError>,
+) -> Result<T, BackendError> {
+    be.begin_step(key)?;
+    let out = f(be)?;
+    be.end_step()?;
+    Ok(out)
 }

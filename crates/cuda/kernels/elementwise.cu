@@ -80,7 +80,9 @@ extern "C" __global__ void cast(Buf src, Buf dst, i64 n) {
 // backward (the inverse rotation). The angle pos·θ^(−2i/D) and its cosine and sine are taken in
 // double, as the reference does, then rounded to f32.
 extern "C" __global__ void rope_rows(Buf qkv, i64 rows, int t, int pos_offset, int rotated_heads,
-                                     int row_width, int d, double theta, double sign) {
+                                     int row_width, int d, double theta, double sign,
+                                     const int* step) {
+    if (step) pos_offset = step[0]; // a replayed decode step's position (graph.rs)
     i64 pairs = (i64)rotated_heads * (d / 2);
     FOR_EACH(idx, rows * pairs) {
         i64 row = idx / pairs, rem = idx % pairs;
@@ -97,7 +99,9 @@ extern "C" __global__ void rope_rows(Buf qkv, i64 rows, int t, int pos_offset, i
 
 // out (n, C) = wte[tokens]·s + position term. positions: 0 none, 1 learned (wpe), 2 sinusoidal.
 extern "C" __global__ void embedding_forward(Buf tokens, Buf wte, Buf wpe, Buf out, i64 n, int c,
-                                             int t, int pos_offset, int positions, float scale) {
+                                             int t, int pos_offset, int positions, float scale,
+                                             const int* step) {
+    if (step) pos_offset = step[0]; // a replayed decode step's position (graph.rs)
     FOR_EACH(idx, n * c) {
         i64 i = idx / c;
         int j = (int)(idx % c);
@@ -135,7 +139,8 @@ extern "C" __global__ void embedding_backward(Buf tokens, Buf dout, float* dwte,
 // Copies the new tokens' keys and values from qkv (B·t_new, (Hq + 2Hkv)·D) into the caches
 // (B, Hkv, capacity, D) at positions pos..pos + t_new.
 extern "C" __global__ void kv_append(Buf qkv, Buf kc, Buf vc, int b, int t_new, int h_q, int h_kv,
-                                     int d, int pos, int capacity) {
+                                     int d, int pos, int capacity, const int* step) {
+    if (step) pos = step[0]; // a replayed decode step's position (graph.rs)
     i64 total = (i64)b * t_new * h_kv * d;
     i64 width = (i64)(h_q + 2 * h_kv) * d;
     FOR_EACH(idx, total) {

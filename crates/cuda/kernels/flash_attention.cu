@@ -197,10 +197,12 @@ __device__ __forceinline__ void flash_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64
 #define FLASH_FWD_PARAMS                                                                         \
     Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_sh, i64 k_sj, Buf vb, i64 v0, i64 v_sb, i64 v_sh,  \
         i64 v_sj, Buf o, Buf lse, int h, int h_kv, int tq, int tk, int d, int causal, i64 window, \
-        float scale
+        float scale, const int* step
+// `step`, when not null, holds the key count of a replayed decode step (graph.rs): the grid
+// depends on the queries only, so one captured launch serves every cache length.
 #define FLASH_FWD_ARGS                                                                           \
     qkv, kb, k0, k_sb, k_sh, k_sj, vb, v0, v_sb, v_sh, v_sj, o, lse,                            \
-        FwdArgs{h, h_kv, tq, tk, d, causal, window, scale}
+        FwdArgs{h, h_kv, tq, step ? step[0] : tk, d, causal, window, scale}
 
 extern "C" __global__ void __launch_bounds__(FA_THREADS) flash_fwd_d64(FLASH_FWD_PARAMS) {
     flash_fwd<64, 64, 64>(FLASH_FWD_ARGS);

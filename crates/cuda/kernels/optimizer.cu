@@ -60,10 +60,17 @@ extern "C" __global__ void grad_norm_finish(const double* acc, int blocks, Buf n
 // into an FMA), so the two backends agree to the last bit on f32 state. The bias
 // corrections c1 = 1 − β₁ᵗ, c2 = 1 − β₂ᵗ come from the host (f64, rounded to f32) like the
 // other hyperparameters. `copy` (a null pointer when absent) receives θ in its storage dtype.
+// lr and the bias corrections c1 = 1 − β₁ᵗ, c2 = 1 − β₂ᵗ change from step to step: in a replayed
+// graph they come from device memory, `step` = {lr, c1, c2} (graph.rs); eagerly `step` is null.
 extern "C" __global__ void adamw_update(Buf norm, Buf theta, Buf g, Buf m, Buf v, Buf copy, i64 n,
-                                        float b1, float b2, float c1, float c2, float lr, float eps,
-                                        float wd, int clip_on, double max_norm,
-                                        double grad_scale) {
+                                        float b1, float b2, float c1, float c2, float lr,
+                                        float eps, float wd, int clip_on, double max_norm,
+                                        double grad_scale, const float* step) {
+    if (step) {
+        lr = step[0];
+        c1 = step[1];
+        c2 = step[2];
+    }
     const double measured = (double)ld(norm, 0);
     if (grad_scale > 1.0 && !isfinite(measured)) return;
     const double gn = measured / grad_scale;

@@ -9,8 +9,9 @@
 use crate::alloc::{Block, CachingAllocator};
 use crate::blas::{Blas, Gemm, WORKSPACE_BYTES};
 use crate::gpu::{Arg, DeviceInfo, Gpu, GpuError};
+use crate::graph::{self, Action, Begin, GraphStats, Graphs, Mode, Pending, SCALAR_WORDS};
 use crate::timing::EventTimer;
-use cudarc::driver::result as cu;
+use cudarc::driver::{result as cu, sys};
 use half::{bf16, f16};
 use std::collections::HashMap;
 use tperf_core::backend::{Backend, BackendError, OpCall};
@@ -44,7 +45,20 @@ pub struct CudaBackend {
     // Field order is drop order: buffers go back to the allocator, the allocator to the driver,
     // then the library handles and last the context (inside `gpu`).
     buffers: HashMap<TensorId, DevBuf>,
+    /// Tensors freed inside a captured or replayed step: their blocks are back in the allocator,
+    /// but a fallback may still have to run the step's earlier ops on them.
+    retired: HashMap<TensorId, DevBuf>,
+    /// Captured steps; dropped before any memory they point into.
+    graphs: Graphs,
     pub(crate) alloc: CachingAllocator,
+    /// Device words the step's dynamic scalars are copied to (see graph.rs).
+    scalars: Block,
+    /// Matmuls followed by GELU use cuBLASLt's GELU_AUX epilogue where it applies
+    /// (`TPERF_GELU_EPILOGUE=0` turns it off, to measure what it saves).
+    pub(crate) gelu_epilogue: bool,
+    /// Where the op being dispatched finds its dynamic scalars in device memory: set while a
+    /// step is captured, 0 (null: use the arguments) when ops run eagerly.
+    pub(crate) op_scalars: u64,
     pub(crate) blas: Blas,
     workspace: Block,
     pub(crate) timer: Option<EventTimer>,
@@ -98,11 +112,19 @@ impl CudaBackend {
             .alloc(WORKSPACE_BYTES as u64)
             .map_err(|e| device_err(format!("allocating the cuBLASLt workspace: {e:?}")))?;
         let blas = Blas::new(workspace.ptr).map_err(device_err)?;
-        let nvtx = std::env::var_os("TPERF_NVTX").is_some_and(|v| v != "0")
-            && unsafe { cudarc::nvtx::sys::is_culib_present() };
+        let scalars = alloc
+            .alloc((SCALAR_WORDS * 4) as u64)
+            .map_err(|e| device_err(format!("allocating the step scalars: {e:?}")))?;
+        let graphs = std::env::var_os("TPERF_CUDA_GRAPHS").is_none_or(|v| v != "0");
+        let gelu_epilogue = std::env::var_os("TPERF_GELU_EPILOGUE").is_none_or(|v| v != "0");
         Ok(CudaBackend {
             buffers: HashMap::new(),
+            retired: HashMap::new(),
+            graphs: Graphs::new(graphs),
             alloc,
+            scalars,
+            op_scalars: 0,
+            gelu_epilogue,
             blas,
             workspace,
             timer: None,
@@ -110,7 +132,7 @@ impl CudaBackend {
             next_id: 0,
             ops_run: 0,
             sample_calls: 0,
-            nvtx,
+            nvtx: crate::nvtx::wanted(),
             kernel_trace: None,
         })
     }
@@ -220,6 +242,7 @@ impl CudaBackend {
     pub(crate) fn buf(&self, t: &Tensor) -> Result<&DevBuf, BackendError> {
         self.buffers
             .get(&t.id)
+            .or_else(|| self.retired.get(&t.id))
             .ok_or_else(|| device_err(format!("tensor #{} is not allocated", t.id.0)))
     }
 
@@ -302,6 +325,7 @@ impl CudaBackend {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn gemm(
         &mut self,
         call: &OpCall,
@@ -310,10 +334,11 @@ impl CudaBackend {
         b: u64,
         c: u64,
         bias: Option<u64>,
+        aux: Option<u64>,
     ) -> Result<(), BackendError> {
         let stream = self.gpu.cu_stream();
         self.blas
-            .gemm(g, a, b, c, bias, stream)
+            .gemm(g, a, b, c, bias, aux, stream)
             .map_err(|e| device_err(format!("{} ({}): {e}", call.op.name(), call.label)))
     }
 
@@ -422,7 +447,7 @@ impl Backend for CudaBackend {
             },
         );
         // Fresh tensors are zero on every backend (accumulating ops rely on it).
-        self.zero(&tensor)?;
+        self.zero_fresh(&tensor)?;
         self.alloc.account(
             self.ops_run,
             &spec.name,
@@ -443,30 +468,49 @@ impl Backend for CudaBackend {
                 -(tensor.size_bytes() as i64),
             );
             self.alloc.free(buf.block);
+            if self.graphs.in_step_graph() {
+                self.retired.insert(tensor.id, buf);
+            }
         }
     }
 
     fn exec(&mut self, call: OpCall) -> Result<(), BackendError> {
-        let index = self.ops_run;
-        if self.nvtx {
-            cudarc::nvtx::result::range_push(format!("{} {}", call.op.name(), call.label));
+        if self.graphs.in_step_graph() {
+            return self.exec_in_graph(call);
         }
-        if let Some(t) = &mut self.timer {
-            t.start(index, self.gpu.cu_stream()).map_err(device_err)?;
+        self.exec_eager(call)
+    }
+
+    fn begin_step(&mut self, key: &str) -> Result<(), BackendError> {
+        if self.graphs.in_step_graph() {
+            // The previous step ended with an error before `end_step`.
+            self.leave_graph_mode("the step ended with an error", false)?;
         }
-        let result = self.dispatch(&call);
-        if let Some(t) = &mut self.timer {
-            t.stop(self.gpu.cu_stream()).map_err(device_err)?;
+        let allowed = self.timer.is_none();
+        if let Begin::Capture = self.graphs.begin(key, allowed) {
+            self.gpu
+                .ctx
+                .bind_to_thread()
+                .map_err(|e| device_err(format!("{e:?}")))?;
+            let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+            if let Err(e) = unsafe { cu::stream::begin_capture(self.gpu.cu_stream(), mode) } {
+                let pending = self
+                    .graphs
+                    .fall_back(&format!("the stream cannot be captured: {e:?}"), true);
+                self.run_pending(pending)?;
+            }
         }
-        if self.nvtx {
-            cudarc::nvtx::result::range_pop();
-        }
-        result?;
-        self.ops_run += 1;
         Ok(())
     }
 
+    fn end_step(&mut self) -> Result<(), BackendError> {
+        let result = self.finish_step();
+        self.retired.clear();
+        result
+    }
+
     fn write_f32(&mut self, tensor: &Tensor, data: &[f32]) -> Result<(), BackendError> {
+        self.leave_graph_for_host()?;
         let numel = self.buf(tensor)?.numel;
         if numel != data.len() as u64 {
             return Err(device_err(format!(
@@ -478,6 +522,7 @@ impl Backend for CudaBackend {
     }
 
     fn write_i32(&mut self, tensor: &Tensor, data: &[i32]) -> Result<(), BackendError> {
+        self.leave_graph_for_host()?;
         let b = self.buf(tensor)?;
         if b.dtype != DType::I32 || b.numel != data.len() as u64 {
             return Err(device_err(format!(
@@ -501,8 +546,255 @@ impl Backend for CudaBackend {
     }
 
     fn read_f32(&mut self, tensor: &Tensor) -> Result<Vec<f32>, BackendError> {
+        self.leave_graph_for_host()?;
         let bytes = self.read_bytes(tensor)?;
         Ok(decode(self.buf(tensor)?.dtype, &bytes))
+    }
+}
+
+/// CUDA graphs of repeated steps (graph.rs has the design).
+impl CudaBackend {
+    /// Turns graph capture of steps on or off (on by default; `TPERF_CUDA_GRAPHS=0` turns it
+    /// off for a whole run).
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs.enabled = on;
+    }
+
+    pub fn graphs_enabled(&self) -> bool {
+        self.graphs.enabled
+    }
+
+    /// How the steps so far ran: captured, replayed, eagerly, and why not captured.
+    pub fn graph_stats(&self) -> GraphStats {
+        self.graphs.stats.clone()
+    }
+
+    /// The op as replay compares it: its dynamic scalars removed, its buffers as pointers.
+    fn action_of(&self, call: &OpCall) -> Result<(Action, Vec<u32>), BackendError> {
+        let (op, scalars) = graph::split_dynamic(&call.op);
+        let ptrs = |ts: &[Tensor]| {
+            ts.iter()
+                .map(|t| self.ptr(t))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let action = Action::Exec {
+            op,
+            inputs: ptrs(&call.inputs)?,
+            outputs: ptrs(&call.outputs)?,
+        };
+        Ok((action, scalars))
+    }
+
+    /// Stages a captured or replayed op's dynamic scalars on the host, at the next free words of
+    /// the step buffer; false when the buffer is full.
+    fn stage_scalars_for_graph(&mut self, words: &[u32]) -> bool {
+        if words.is_empty() {
+            self.op_scalars = 0;
+            return true;
+        }
+        let at = self.graphs.scalars.len();
+        if at + words.len() > SCALAR_WORDS {
+            return false;
+        }
+        self.graphs.scalars.extend_from_slice(words);
+        self.op_scalars = self.scalars.ptr + 4 * at as u64;
+        true
+    }
+
+    /// An op inside a captured or replayed step.
+    fn exec_in_graph(&mut self, call: OpCall) -> Result<(), BackendError> {
+        let (action, scalars) = self.action_of(&call)?;
+        if matches!(self.graphs.mode, Mode::Replay { .. }) {
+            // The checks a launch would have made on this step's data (token ids, positions).
+            self.check_replayed(&call)?;
+            if !self.graphs.replay_matches(&action) {
+                self.leave_graph_mode("an op differs from the captured step", false)?;
+                return self.exec_eager(call);
+            }
+            if !self.stage_scalars_for_graph(&scalars) {
+                self.leave_graph_mode(
+                    "the step has more dynamic scalars than the buffer holds",
+                    true,
+                )?;
+                return self.exec_eager(call);
+            }
+            self.graphs.push(action, Pending::Exec(call));
+            self.ops_run += 1;
+            return Ok(());
+        }
+        // Capturing: the launches below are recorded into the graph, not run.
+        if !self.stage_scalars_for_graph(&scalars) {
+            self.leave_graph_mode(
+                "the step has more dynamic scalars than the buffer holds",
+                true,
+            )?;
+            return self.exec_eager(call);
+        }
+        self.graphs.push(action, Pending::Exec(call.clone()));
+        self.ops_run += 1;
+        if let Err(e) = self.dispatch(&call) {
+            // Whether the op cannot be captured or is wrong in itself, running the step so far
+            // eagerly tells: a wrong op fails again, with its own error.
+            self.leave_graph_mode(
+                &format!("{} could not be captured: {e}", call.op.name()),
+                true,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Zeroes a fresh tensor, as the step's mode wants it.
+    fn zero_fresh(&mut self, t: &Tensor) -> Result<(), BackendError> {
+        let (ptr, bytes) = {
+            let b = self.buf(t)?;
+            (b.block.ptr, b.numel * b.dtype.size_bytes())
+        };
+        if bytes == 0 || !self.graphs.in_step_graph() {
+            return self.zero(t);
+        }
+        let action = Action::Zero { ptr, bytes };
+        if matches!(self.graphs.mode, Mode::Replay { .. }) {
+            if !self.graphs.replay_matches(&action) {
+                self.leave_graph_mode("an allocation differs from the captured step", false)?;
+                return self.zero(t);
+            }
+        } else {
+            // Capturing: the memset becomes a node of the graph.
+            self.zero(t)?;
+        }
+        self.graphs.push(action, Pending::Zero { ptr, bytes });
+        Ok(())
+    }
+
+    /// Host memory is read or written: a captured or replayed step cannot contain that, so it
+    /// finishes eagerly, and its kind is not captured again.
+    fn leave_graph_for_host(&mut self) -> Result<(), BackendError> {
+        if self.graphs.in_step_graph() {
+            self.leave_graph_mode("the step reads or writes host memory", true)?;
+        }
+        Ok(())
+    }
+
+    /// Ends a capture or replay in the middle of a step: the capture (if any) is discarded and
+    /// the step's actions so far run eagerly; the rest of the step runs eagerly too.
+    fn leave_graph_mode(&mut self, why: &str, refuse: bool) -> Result<(), BackendError> {
+        if matches!(self.graphs.mode, Mode::Capture { .. }) {
+            self.discard_capture();
+        }
+        let pending = self.graphs.fall_back(why, refuse);
+        let result = self.run_pending(pending);
+        self.retired.clear();
+        result
+    }
+
+    fn discard_capture(&mut self) {
+        if let Ok(g) = unsafe { cu::stream::end_capture(self.gpu.cu_stream()) } {
+            if !g.is_null() {
+                let _ = unsafe { cu::graph::destroy(g) };
+            }
+        }
+    }
+
+    fn run_pending(&mut self, pending: Vec<Pending>) -> Result<(), BackendError> {
+        for p in pending {
+            match p {
+                Pending::Zero { ptr, bytes } => {
+                    unsafe { cu::memset_d8_async(ptr, 0, bytes as usize, self.gpu.cu_stream()) }
+                        .map_err(|e| device_err(format!("zeroing a tensor: {e:?}")))?
+                }
+                Pending::Exec(call) => {
+                    self.op_scalars = 0;
+                    self.dispatch(&call)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish_step(&mut self) -> Result<(), BackendError> {
+        match self.graphs.mode {
+            Mode::Eager => Ok(()),
+            Mode::Capture { .. } => {
+                let stream = self.gpu.cu_stream();
+                let captured = unsafe { cu::stream::end_capture(stream) }.and_then(|g| {
+                    let flags = sys::CUgraphInstantiate_flags(0);
+                    match unsafe { cu::graph::instantiate(g, flags) } {
+                        Ok(exec) => Ok((g, exec)),
+                        Err(e) => {
+                            let _ = unsafe { cu::graph::destroy(g) };
+                            Err(e)
+                        }
+                    }
+                });
+                match captured {
+                    Ok((g, exec)) => {
+                        self.graphs.finish_capture(g, exec);
+                        self.launch_graph(exec)
+                    }
+                    Err(e) => {
+                        let why = format!("the capture failed: {e:?}");
+                        let pending = self.graphs.fall_back(&why, true);
+                        self.run_pending(pending)
+                    }
+                }
+            }
+            Mode::Replay { .. } => match self.graphs.finish_replay() {
+                Ok(exec) => self.launch_graph(exec),
+                Err(why) => {
+                    let pending = self.graphs.fall_back(why, false);
+                    self.run_pending(pending)
+                }
+            },
+        }
+    }
+
+    /// Copies the step's dynamic scalars, then launches its graph (both on the stream, after
+    /// whatever ran before).
+    fn launch_graph(&mut self, exec: sys::CUgraphExec) -> Result<(), BackendError> {
+        let stream = self.gpu.cu_stream();
+        if !self.graphs.scalars.is_empty() {
+            let bytes: Vec<u8> = self
+                .graphs
+                .scalars
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect();
+            unsafe { cu::memcpy_htod_async(self.scalars.ptr, &bytes, stream) }
+                .map_err(|e| device_err(format!("copying the step's scalars: {e:?}")))?;
+        }
+        if self.nvtx {
+            crate::nvtx::push("step", "graph", None);
+        }
+        let launched = unsafe { cu::graph::launch(exec, stream) }
+            .map_err(|e| device_err(format!("launching the step's graph: {e:?}")));
+        if self.nvtx {
+            crate::nvtx::pop();
+        }
+        launched
+    }
+}
+
+impl CudaBackend {
+    fn exec_eager(&mut self, call: OpCall) -> Result<(), BackendError> {
+        let index = self.ops_run;
+        if self.nvtx {
+            crate::nvtx::push(call.op.name(), call.label, call.layer);
+        }
+        if let Some(t) = &mut self.timer {
+            t.start(index, self.gpu.cu_stream()).map_err(device_err)?;
+        }
+        // Eagerly, kernels take their dynamic scalars as arguments (a null pointer says so).
+        self.op_scalars = 0;
+        let result = self.dispatch(&call);
+        if let Some(t) = &mut self.timer {
+            t.stop(self.gpu.cu_stream()).map_err(device_err)?;
+        }
+        if self.nvtx {
+            crate::nvtx::pop();
+        }
+        result?;
+        self.ops_run += 1;
+        Ok(())
     }
 }
 
@@ -575,7 +867,12 @@ impl CudaBackend {
 
 impl Drop for CudaBackend {
     fn drop(&mut self) {
+        if matches!(self.graphs.mode, Mode::Capture { .. }) {
+            self.discard_capture();
+        }
         let _ = self.gpu.synchronize();
+        self.graphs.clear();
+        self.alloc.free(self.scalars);
         for (_, b) in self.buffers.drain() {
             self.alloc.free(b.block);
         }

@@ -32,6 +32,11 @@ pub struct Gemm {
     pub accumulate: bool,
     /// A bias of length N added to every row, in C's dtype (the BIAS epilogue).
     pub bias: bool,
+    /// C receives GELU (tanh approximation) of the product (plus bias), and a second M×N buffer,
+    /// the auxiliary output, receives the pre-activation itself, which the backward needs (the
+    /// GELU_AUX epilogues). N must be a multiple of 8 (cuBLASLt's rule for the auxiliary's
+    /// leading dimension).
+    pub gelu_aux: bool,
 }
 
 fn cuda_type(d: DType) -> sys::cudaDataType {
@@ -105,13 +110,30 @@ impl Blas {
             (&op_b as *const i32).cast(),
             4,
         )?;
-        if g.bias {
-            let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+        use sys::cublasLtEpilogue_t as E;
+        let epi = match (g.bias, g.gelu_aux) {
+            (false, false) => None,
+            (true, false) => Some(E::CUBLASLT_EPILOGUE_BIAS),
+            (false, true) => Some(E::CUBLASLT_EPILOGUE_GELU_AUX),
+            (true, true) => Some(E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS),
+        };
+        if let Some(epi) = epi {
             set(
                 D::CUBLASLT_MATMUL_DESC_EPILOGUE,
                 (&epi as *const sys::cublasLtEpilogue_t).cast(),
                 std::mem::size_of::<sys::cublasLtEpilogue_t>(),
             )?;
+        }
+        if g.gelu_aux {
+            // The auxiliary output is C-shaped: column-major N×M, leading dimension N.
+            let ld = g.n as i64;
+            set(
+                D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                (&ld as *const i64).cast(),
+                8,
+            )?;
+        }
+        if g.bias {
             let bias_type = cuda_type(g.c_dtype);
             set(
                 D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
@@ -167,8 +189,10 @@ impl Blas {
         })
     }
 
-    /// Issues `g` on `stream`: C = op(A)·op(B) (+ C) (+ bias). Pointers are device addresses of
-    /// buffers at least as large as the shapes say.
+    /// Issues `g` on `stream`: C = op(A)·op(B) (+ C) (+ bias), or with `gelu_aux` C = GELU of
+    /// that and `aux` = that. Pointers are device addresses of buffers at least as large as the
+    /// shapes say.
+    #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &mut self,
         g: &Gemm,
@@ -176,10 +200,20 @@ impl Blas {
         b: u64,
         c: u64,
         bias: Option<u64>,
+        aux: Option<u64>,
         stream: cudarc::driver::sys::CUstream,
     ) -> Result<(), String> {
         if g.m == 0 || g.n == 0 {
             return Ok(());
+        }
+        if g.gelu_aux != aux.is_some() {
+            return Err("the GELU epilogue needs its auxiliary output, and only it".into());
+        }
+        if g.gelu_aux && !g.n.is_multiple_of(8) {
+            return Err(format!(
+                "the GELU epilogue needs N a multiple of 8, not {}",
+                g.n
+            ));
         }
         let workspace = self.workspace;
         let handle = self.handle;
@@ -194,6 +228,17 @@ impl Blas {
                 )
             }
             .map_err(err("bias pointer"))?;
+        }
+        if let Some(aux) = aux {
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    plan.desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                    (&aux as *const u64).cast(),
+                    8,
+                )
+            }
+            .map_err(err("auxiliary pointer"))?;
         }
         let alpha = 1.0f32;
         // K = 0 is an empty sum: cuBLASLt then scales C by β, so β = 0 writes zeros as wanted.

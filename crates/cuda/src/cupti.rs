@@ -1448,9 +1448,10 @@ mod tests {
             c_dtype: DType::F32,
             accumulate: false,
             bias: false,
+            gelu_aux: false,
         };
         for _ in 0..3 {
-            blas.gemm(&g, a, b, c, None, gpu.cu_stream())?;
+            blas.gemm(&g, a, b, c, None, None, gpu.cu_stream())?;
         }
         gpu.synchronize().map_err(|e| e.to_string())?;
         let t1 = now_ns()?;

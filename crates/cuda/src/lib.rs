@@ -1,7 +1,7 @@
 //! tperf's CUDA backend: the one schedule on NVIDIA GPUs.
 //!
 //! Nothing here needs the CUDA toolkit to build: cudarc loads libcuda, libnvrtc, libcublasLt,
-//! libcupti and libnvToolsExt at run time, so one binary runs on machines with and without a
+//! and libcupti at run time (NVTX3 is compiled in), so one binary runs on machines with and without a
 //! GPU, and [`device_count`] says which it is on.
 //!
 //! - `compile`: kernel sources (`kernels/*.cu`) embedded in the binary, compiled by NVRTC for the
@@ -10,7 +10,8 @@
 //! - `blas`: matmuls through cuBLASLt.
 //! - `backend`: [`CudaBackend`], the Backend trait over all of it; `ops/` holds the dispatch of
 //!   each op family to its kernels.
-//! - `timing`: CUDA events per op.
+//! - `timing`: CUDA events per op; `nvtx`: NVTX ranges per op.
+//! - `graph`: CUDA graph capture and replay of repeated steps.
 
 mod alloc;
 mod backend;
@@ -19,8 +20,11 @@ pub mod compile;
 pub mod conformance;
 pub mod cupti;
 mod gpu;
+mod graph;
+mod nvtx;
 mod ops;
 mod timing;
 
 pub use backend::CudaBackend;
 pub use gpu::{device_count, DeviceInfo};
+pub use graph::GraphStats;

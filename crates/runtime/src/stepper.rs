@@ -9,7 +9,7 @@ use crate::data::Batch;
 use crate::train::{StepParams, Stepper};
 use std::path::Path;
 use thiserror::Error;
-use tperf_core::backend::{Backend, BackendError};
+use tperf_core::backend::{repeated_step, Backend, BackendError};
 use tperf_core::ops::adamw::AdamWParams;
 use tperf_core::schedule::Transformer;
 use tperf_core::tensor::Tensor;
@@ -129,19 +129,23 @@ impl<B: Backend> Stepper for ModelStepper<B> {
 
     fn train_step(&mut self, batch: &Batch, params: &StepParams) -> Result<f32, StepperError> {
         let (tokens, targets) = self.inputs(batch)?;
-        let losses = self
-            .model
-            .train_step(&mut self.be, tokens, targets, Self::adamw(params))?;
+        let model = &self.model;
+        // Every step of a run is the same step on new data: a backend may capture and replay it.
+        let losses = repeated_step(&mut self.be, "train", |be| {
+            model.train_step(be, tokens, targets, Self::adamw(params))
+        })?;
         self.mean_loss(losses, batch.n_tokens())
     }
 
     fn eval_loss(&mut self, batch: &Batch) -> Result<f32, StepperError> {
         let (tokens, targets) = self.inputs(batch)?;
-        let mut state = self
-            .model
-            .forward_eval(&mut self.be, tokens, Some(targets))?;
-        let losses = state.losses.take();
-        self.model.free_state(&mut self.be, state);
+        let model = &self.model;
+        let losses = repeated_step(&mut self.be, "eval", |be| {
+            let mut state = model.forward_eval(be, tokens, Some(targets))?;
+            let losses = state.losses.take();
+            model.free_state(be, state);
+            Ok(losses)
+        })?;
         match losses {
             Some(l) => self.mean_loss(l, batch.n_tokens()),
             // forward_eval with targets always computes the loss.

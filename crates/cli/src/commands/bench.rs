@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// The hardware entry for the roofline (default: detected from the device).
     #[arg(long)]
     pub hw: Option<String>,
+    /// Launch every op from the host in every step, instead of replaying each step from a CUDA
+    /// graph captured after one warm-up step (graphs are on by default on GPUs).
+    #[arg(long)]
+    pub no_graphs: bool,
     /// Append each finished row to this JSON-lines file as it completes (an interrupted run
     /// keeps the rows it finished).
     #[arg(long)]
@@ -259,7 +263,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
             warmup: p.warmup,
             steps: args.steps,
         };
-        let row = model::run(device, &p.cfg, &p.sc, &hw, repeats, |_| bar.inc(1))?;
+        let row =
+            model::run_with_graphs(device, !args.no_graphs, &p.cfg, &p.sc, &hw, repeats, |_| {
+                bar.inc(1)
+            })?;
         if let Some(f) = &mut out_file {
             writeln!(f, "{}", serde_json::to_string(&row)?).context("writing --out")?;
             f.flush().context("writing --out")?;
@@ -268,6 +275,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.push(row);
     }
     bar.finish_and_clear();
+    if let Some(note) = graphs_note(&rows) {
+        table.note(note);
+    }
     table.note(match device {
         Device::Cpu => "×model = measured median / modelled roofline time; peak = bytes in use at the tensors' dtype widths (bf16 storage is emulated in f32 on the CPU)",
         Device::Cuda(_) => "×model = measured median / modelled roofline time; each step is timed with the device synchronised after it; peak = bytes of live tensors at their dtype widths (the caching allocator's reserve is larger)",
@@ -287,4 +297,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         print!("{}", table.render());
     }
     Ok(())
+}
+
+/// What CUDA graphs did over all rows: how many steps were replayed, and why any step kind was
+/// not captured. None on the CPU.
+fn graphs_note(rows: &[BenchRow]) -> Option<String> {
+    let mut total = tperf_bench::device::StepGraphs::default();
+    let mut any = false;
+    for g in rows.iter().filter_map(|r| r.graphs.as_ref()) {
+        any = true;
+        total.captured += g.captured;
+        total.replayed += g.replayed;
+        total.eager += g.eager;
+        total.fell_back += g.fell_back;
+        for r in &g.refused {
+            if !total.refused.contains(r) {
+                total.refused.push(r.clone());
+            }
+        }
+    }
+    any.then(|| total.summary())
 }

@@ -10,10 +10,12 @@ use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tperf_core::backend::Backend;
+use tperf_bench::device::{Device, Measured};
+use tperf_core::backend::{repeated_step, Backend};
 use tperf_core::ops::sampling::Sampling;
 use tperf_core::schedule::{alloc_step_tokens, AttentionKernel, Options, Precision, Transformer};
 use tperf_cpu::CpuBackend;
+use tperf_cuda::CudaBackend;
 use tperf_report::units;
 use tperf_runtime::checkpoint::{self, Contents};
 use tperf_runtime::tokenizer::Tokenizer;
@@ -50,9 +52,13 @@ pub struct GenerateArgs {
     /// Attention kernel: naive or flash.
     #[arg(long, default_value = "flash", value_parser = parse_attention)]
     pub attention: AttentionKernel,
-    /// cpu or auto (these commands run on the CPU backend).
+    /// cpu, cuda, cuda:N, or auto (the first GPU if there is one).
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// Launch every op of every decode step from the host, instead of replaying the step from
+    /// a CUDA graph (graphs are on by default on GPUs).
+    #[arg(long)]
+    pub no_graphs: bool,
 }
 
 fn is_checkpoint(spec: &str) -> bool {
@@ -60,7 +66,6 @@ fn is_checkpoint(spec: &str) -> bool {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    super::cpu_only(&args.device, "generate")?;
     if !(args.temperature.is_finite() && args.temperature >= 0.0) {
         bail!(
             "--temperature {} is not valid: use 0 (greedy) or a positive number",
@@ -80,7 +85,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         kv_cache: !args.no_kv_cache,
         ..Options::default()
     };
-    let mut be = CpuBackend::new();
+    match super::resolve_device(&args.device)? {
+        Device::Cpu => generate_on(CpuBackend::new(), &args, opts),
+        Device::Cuda(i) => generate_on(CudaBackend::new(i)?, &args, opts),
+    }
+}
+
+fn generate_on<B: Measured>(mut be: B, args: &GenerateArgs, opts: Options) -> Result<()> {
+    let device = be.name();
+    be.set_step_graphs(!args.no_graphs);
 
     let (model, tokenizer) = if is_checkpoint(&args.model) {
         let path = Path::new(&args.model);
@@ -158,15 +171,22 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 
     let n = timing.tokens;
     eprintln!();
+    let on = if device == "cpu" {
+        format!(
+            "cpu, {} threads",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        )
+    } else {
+        device
+    };
     eprintln!(
-        "{} prompt tokens, {n} new ({}, {} threads, {})",
+        "{} prompt tokens, {n} new ({}, {on}, {})",
         prompt.len(),
         if args.no_kv_cache {
             "no KV cache: every step recomputes the prefix"
         } else {
             "KV cache"
         },
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
         args.dtype.name()
     );
     if let Some(ttft) = timing.first {
@@ -183,6 +203,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             units::seconds(tpot),
             1.0 / tpot
         );
+    }
+    if let Some(g) = be.step_graphs() {
+        eprintln!("{}", g.summary());
     }
     let total = timing.first.unwrap_or_default() + timing.rest;
     if n > 0 && total.as_secs_f64() > 0.0 {
@@ -206,8 +229,8 @@ struct Timing {
 
 /// Prefill and decode. With a KV cache the prefill fills it and each step feeds one token; without
 /// one each step runs the whole sequence so far.
-fn decode(
-    be: &mut CpuBackend,
+fn decode<B: Backend>(
+    be: &mut B,
     model: &Transformer,
     prompt: &[u32],
     max_new: usize,
@@ -239,10 +262,17 @@ fn decode(
             };
             let tokens = alloc_step_tokens(be, 1, feed.len())?;
             be.write_i32(&tokens, feed)?;
-            let next = match &mut cache {
-                Some(cache) => model.generate_step(be, tokens, cache, sampling)?,
-                None => model.generate_step_uncached(be, tokens, sampling)?,
+            let logits = match &mut cache {
+                // Decode steps with a cache repeat (one token in, the position in device
+                // memory): a backend may capture one and replay it (CUDA graphs). Sampling reads
+                // the logits on the host, so it stays outside.
+                Some(cache) if i > 0 => repeated_step(be, "decode", |be| {
+                    model.step_logits(be, tokens, Some(&mut *cache))
+                })?,
+                Some(cache) => model.step_logits(be, tokens, Some(cache))?,
+                None => model.step_logits(be, tokens, None)?,
             };
+            let next = model.sample(be, logits, sampling)?;
             let ids = be.read_f32(&next);
             be.free(next);
             Ok(ids?.first().copied().unwrap_or(0.0) as i32)

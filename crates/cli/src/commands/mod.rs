@@ -154,25 +154,6 @@ pub fn resolve_device(asked: &str) -> Result<Device> {
     Ok(device)
 }
 
-/// For commands the CUDA backend does not serve yet (train, generate): the CPU, with a note when
-/// `auto` would have picked a GPU, and an error when a GPU was asked for by name.
-pub fn cpu_only(asked: &str, command: &str) -> Result<()> {
-    if asked.eq_ignore_ascii_case("cpu") {
-        return Ok(());
-    }
-    let (device, _) = tperf_bench::device::resolve(asked).map_err(anyhow::Error::msg)?;
-    match device {
-        Device::Cpu => Ok(()),
-        Device::Cuda(_) if asked.eq_ignore_ascii_case("auto") => {
-            eprintln!("note: `tperf {command}` runs on the CPU backend (its CUDA path is not wired yet)");
-            Ok(())
-        }
-        Device::Cuda(_) => anyhow::bail!(
-            "`tperf {command}` does not run on the CUDA backend yet: use --device cpu (bench, profile, attention and study run on the GPU)"
-        ),
-    }
-}
-
 /// The hardware entry whose roofline a measurement on `device` is compared with: `--hw` when
 /// given, else the detected CPU or the catalogue entry matching the GPU's name.
 pub fn hardware_for(

@@ -305,6 +305,9 @@ fn train_on<B: Measured>(mut be: B, args: &TrainArgs, p: Prepared) -> Result<()>
         log_path.as_deref(),
         plot_path.as_deref(),
     );
+    if let Some(g) = stepper.be.step_graphs() {
+        println!("  {}", g.summary());
+    }
     let asked_to_stop = args.stop_at == Some(summary.end_step);
     if summary.stopped && asked_to_stop {
         if let Some(p) = &checkpoint_path {
@@ -406,7 +409,17 @@ fn print_summary(
     let steps = s.records.len() as u64;
     let tokens: u64 = s.records.iter().map(|r| r.tokens).sum();
     let step_s: f64 = s.records.iter().map(|r| r.dur_s).sum();
-    let rate = |x: f64| if step_s > 0.0 { x / step_s } else { 0.0 };
+    // The first step of a process pays one-time costs (kernels compiled or loaded, matmul plans,
+    // the allocator's first allocations from the driver): on a GPU seconds, beside milliseconds
+    // for a step. The throughput is that of the steps after it, when there are any.
+    let steady = if s.records.len() > 1 {
+        &s.records[1..]
+    } else {
+        &s.records[..]
+    };
+    let steady_s: f64 = steady.iter().map(|r| r.dur_s).sum();
+    let steady_tokens: u64 = steady.iter().map(|r| r.tokens).sum();
+    let rate = |x: f64| if steady_s > 0.0 { x / steady_s } else { 0.0 };
     println!();
     println!(
         "summary: steps {}→{} ({steps} this run{}), {} tokens",
@@ -429,10 +442,18 @@ fn print_summary(
     println!(
         "  time:       {wall_s:.1} s wall, {step_s:.1} s in training steps (evaluation and saving excluded)"
     );
+    let first_note = if steady.len() < s.records.len() {
+        format!(
+            " over steps {}→{}; the first took {:.2} s (one-time setup: kernels, plans, memory)",
+            steady[0].step, s.end_step, s.records[0].dur_s
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "  throughput: {:.0} tokens/s, {:.2} GFLOP/s achieved (schedule FLOPs / step time)",
-        rate(tokens as f64),
-        rate((steps * flops_per_step) as f64) / 1e9
+        "  throughput: {:.0} tokens/s, {:.2} GFLOP/s achieved (schedule FLOPs / step time){first_note}",
+        rate(steady_tokens as f64),
+        rate((steady.len() as u64 * flops_per_step) as f64) / 1e9
     );
     if let (Some(first), Some(last)) = (s.records.first(), s.records.last()) {
         println!(

@@ -96,7 +96,7 @@ impl Transformer {
     }
 
     /// Samples from `logits` (B, V), which are freed. inputs [logits] → outputs [next]
-    fn sample(
+    pub fn sample(
         &self,
         be: &mut impl Backend,
         logits: Tensor,

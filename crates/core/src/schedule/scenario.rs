@@ -4,7 +4,7 @@
 //! position with nothing to keep in sync.
 
 use super::{alloc_step_tokens, KvCache, Options, Transformer};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{repeated_step, Backend, BackendError};
 use crate::config::ModelConfig;
 use crate::ops::adamw::AdamWParams;
 use crate::ops::sampling::Sampling;
@@ -134,7 +134,9 @@ impl StepRunner {
                 let targets = targets.expect("asked for targets");
                 self.fill(be, &tokens)?;
                 self.fill(be, &targets)?;
-                match workload {
+                // The step proper repeats identically (the ids differ, written above), so a
+                // backend may capture and replay it.
+                repeated_step(be, workload.name(), |be| match workload {
                     Workload::Train => {
                         let step = AdamWParams {
                             step: self.steps + 1,
@@ -142,23 +144,28 @@ impl StepRunner {
                         };
                         let losses = m.train_step(be, tokens, targets, step)?;
                         be.free(losses);
+                        Ok(())
                     }
                     Workload::FwdBwd => {
                         let state = m.forward_train(be, tokens, targets)?;
                         let losses = m.backward(be, state)?;
                         be.free(losses);
+                        Ok(())
                     }
                     _ => {
                         let state = m.forward_eval(be, tokens, Some(targets))?;
                         m.free_state(be, state);
+                        Ok(())
                     }
-                }
+                })?;
             }
             Workload::Prefill | Workload::Decode => match &mut self.cache {
                 None => {
                     let tokens = alloc_step_tokens(be, b, t)?;
                     self.fill(be, &tokens)?;
-                    let next = m.generate_step_uncached(be, tokens, Sampling::default())?;
+                    let logits =
+                        repeated_step(be, workload.name(), |be| m.step_logits(be, tokens, None))?;
+                    let next = m.sample(be, logits, Sampling::default())?;
                     be.free(next);
                 }
                 Some(cache) => {
@@ -173,7 +180,12 @@ impl StepRunner {
                     let v = m.cfg.vocab_size as i32;
                     let ids: Vec<i32> = (0..b * new).map(|i| (i as i32 * 31 + 7) % v).collect();
                     be.write_i32(&tokens, &ids)?;
-                    let next = m.generate_step(be, tokens, cache, Sampling::default())?;
+                    // The forward repeats (the same position every step); sampling reads the
+                    // logits on the host, so it stays outside the repeated step.
+                    let logits = repeated_step(be, workload.name(), |be| {
+                        m.step_logits(be, tokens, Some(&mut *cache))
+                    })?;
+                    let next = m.sample(be, logits, Sampling::default())?;
                     be.free(next);
                 }
             },

@@ -682,6 +682,7 @@ impl CudaBackend {
             Arg::I32(i32::from(a.causal)),
             Arg::I64(window_arg(a)),
             Arg::F32(scale(a)),
+            Arg::Ptr(self.op_scalars),
         ];
         self.launch(
             call,

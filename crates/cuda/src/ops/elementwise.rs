@@ -12,6 +12,8 @@ use tperf_core::ops::residual::ResidualAdd;
 use tperf_core::ops::rope::Rope;
 use tperf_core::ops::swiglu::SwiGlu;
 use tperf_core::ops::take_last::TakeLast;
+use tperf_core::ops::Op;
+use tperf_core::tensor::Tensor;
 
 const SRC: &str = "elementwise";
 
@@ -134,6 +136,7 @@ impl CudaBackend {
             Arg::I32(r.d as i32),
             Arg::F64(r.theta),
             Arg::F64(if backward { -1.0 } else { 1.0 }),
+            Arg::Ptr(self.op_scalars),
         ];
         self.launch_1d(call, SRC, "rope_rows", pairs, &args)
     }
@@ -153,12 +156,7 @@ impl CudaBackend {
                     .get(2)
                     .ok_or_else(|| unsupported(call, "learned positions need wpe"))?;
                 let rows = t.numel() / c.max(1);
-                if (e.pos_offset + e.t) as u64 > rows {
-                    return Err(invalid(call, format!(
-                        "positions up to {} exceed the learned position table of {rows}: use a sequence within the model's context",
-                        e.pos_offset + e.t
-                    )));
-                }
+                check_position_room(call, e)?;
                 (1, self.arg(call, t, rows * c)?)
             }
             PositionTable::Sinusoidal => (2, Arg::Buf(0, 0)),
@@ -176,6 +174,7 @@ impl CudaBackend {
             Arg::I32(e.pos_offset as i32),
             Arg::I32(positions),
             Arg::F32(scale),
+            Arg::Ptr(self.op_scalars),
         ];
         self.launch_1d(call, SRC, "embedding_forward", n * c, &args)
     }
@@ -235,12 +234,7 @@ impl CudaBackend {
             .first()
             .ok_or_else(|| unsupported(call, "expected the K cache"))?;
         let capacity = kc.shape.get(2).copied().unwrap_or(0);
-        if k.pos + k.t_new > capacity {
-            return Err(invalid(call, format!(
-                "appending {} positions at {} overflows the KV cache of {capacity}: allocate a larger cache",
-                k.t_new, k.pos
-            )));
-        }
+        check_kv_room(call, k)?;
         let qkv_t = call
             .inputs
             .first()
@@ -260,6 +254,7 @@ impl CudaBackend {
             Arg::I32(k.d as i32),
             Arg::I32(k.pos as i32),
             Arg::I32(capacity as i32),
+            Arg::Ptr(self.op_scalars),
         ];
         self.launch_1d(call, SRC, "kv_append", rows * (k.h_kv * k.d) as u64, &args)
     }
@@ -295,6 +290,17 @@ impl CudaBackend {
             return Err(unsupported(call, format!("{what} ids must be i32")));
         }
         let arg = self.arg(call, t, n as u64)?;
+        self.check_id_range(call, t, limit, what)?;
+        Ok(arg)
+    }
+
+    fn check_id_range(
+        &self,
+        call: &OpCall,
+        t: &Tensor,
+        limit: usize,
+        what: &str,
+    ) -> Result<(), BackendError> {
         if let Some((lo, hi)) = self.buf(t)?.id_range {
             let bad = if lo < 0 { lo } else { hi };
             if lo < 0 || hi as usize >= limit {
@@ -304,6 +310,59 @@ impl CudaBackend {
                 ));
             }
         }
-        Ok(arg)
+        Ok(())
     }
+
+    /// The checks on data an op's launch would have made, for an op that is not launched (in a
+    /// replayed graph step, where token ids and positions are new), so bad data fails the same
+    /// way whether the step is replayed or run.
+    pub(crate) fn check_replayed(&self, call: &OpCall) -> Result<(), BackendError> {
+        let (i, limit, what) = match &call.op {
+            Op::Embedding(e) => {
+                if e.positions == PositionTable::Learned {
+                    check_position_room(call, e)?;
+                }
+                (0, e.vocab, "token")
+            }
+            Op::EmbeddingBackward(e) => (0, e.vocab, "token"),
+            Op::CrossEntropy(ce) | Op::CrossEntropyBackward(ce) => (1, ce.v, "target"),
+            Op::KvAppend(k) => return check_kv_room(call, k),
+            _ => return Ok(()),
+        };
+        match call.inputs.get(i) {
+            Some(t) => self.check_id_range(call, t, limit, what),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The learned position table has a row for every position the op embeds.
+fn check_position_room(call: &OpCall, e: &Embedding) -> Result<(), BackendError> {
+    let rows = call
+        .inputs
+        .get(2)
+        .map_or(0, |t| t.numel() / (e.c as u64).max(1));
+    if (e.pos_offset + e.t) as u64 > rows {
+        return Err(invalid(call, format!(
+            "positions up to {} exceed the learned position table of {rows}: use a sequence within the model's context",
+            e.pos_offset + e.t
+        )));
+    }
+    Ok(())
+}
+
+/// The KV cache has room for the appended positions.
+fn check_kv_room(call: &OpCall, k: &KvAppend) -> Result<(), BackendError> {
+    let capacity = call
+        .outputs
+        .first()
+        .and_then(|kc| kc.shape.get(2).copied())
+        .unwrap_or(0);
+    if k.pos + k.t_new > capacity {
+        return Err(invalid(call, format!(
+            "appending {} positions at {} overflows the KV cache of {capacity}: allocate a larger cache",
+            k.t_new, k.pos
+        )));
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! Linear layers through cuBLASLt: Y = X·Wᵀ + b with W stored (n×k) as nn.Linear does, the bias
 //! fused as cuBLASLt's BIAS epilogue, and the activation (when the schedule fuses one) applied by
-//! the elementwise kernel to the pre-activation, which the backward needs anyway.
+//! the elementwise kernel to the pre-activation, which the backward needs anyway — except GELU
+//! where cuBLASLt's GELU_AUX epilogue applies (N a multiple of 8): then the matmul writes both.
 //!
 //! Backward: dpre = dy·act'(pre) (when fused), dX = dpre·W (β = 1 when accumulating into an
 //! existing gradient), dW = dpreᵀ·X written in f32 from bf16 operands, db = Σ_rows dpre.
@@ -10,6 +11,7 @@ use crate::backend::{unsupported, CudaBackend};
 use crate::blas::Gemm;
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
+use tperf_core::ops::activation::ActivationKind;
 use tperf_core::ops::matmul::Matmul;
 use tperf_core::tensor::Tensor;
 
@@ -52,7 +54,7 @@ impl CudaBackend {
             return Ok(());
         }
         let cp = self.ptr(c)?;
-        self.gemm(call, &g, a, b, cp, bias)
+        self.gemm(call, &g, a, b, cp, bias, None)
     }
 
     pub(crate) fn matmul_forward(
@@ -89,7 +91,7 @@ impl CudaBackend {
         } else {
             None
         };
-        let g = Gemm {
+        let mut g = Gemm {
             m,
             n,
             k,
@@ -99,8 +101,22 @@ impl CudaBackend {
             c_dtype: pre.dtype,
             accumulate: false,
             bias: bias.is_some(),
+            gelu_aux: false,
         };
         let (xp, wp) = (self.ptr(x)?, self.ptr(w)?);
+        // GELU in cuBLASLt's epilogue: the activation is written from the accumulator and the
+        // pre-activation beside it, which saves the separate kernel's launch and its read of
+        // the pre-activation (its tanh approximation is GPT-2's, the reference's).
+        let act = call.outputs.get(1).filter(|a| a.dtype == pre.dtype);
+        if let (Some(ActivationKind::Gelu), Some(act), true) = (
+            mm.activation,
+            act,
+            self.gelu_epilogue && k > 0 && n.is_multiple_of(8),
+        ) {
+            g.gelu_aux = true;
+            let (actp, prep) = (self.ptr(act)?, self.ptr(pre)?);
+            return self.gemm(call, &g, xp, wp, actp, bias, Some(prep));
+        }
         self.gemm_or_zero(call, g, xp, wp, pre, bias)?;
         if let Some(kind) = mm.activation {
             let args = [
@@ -176,6 +192,7 @@ impl CudaBackend {
                 c_dtype: dx.dtype,
                 accumulate: mm.accumulate_dx,
                 bias: false,
+                gelu_aux: false,
             };
             self.gemm_or_zero(call, g_dx, dpre, wp, dx, None)?;
             // dW (n×k) = dpreᵀ (n×m) · X (m×k)
@@ -189,6 +206,7 @@ impl CudaBackend {
                 c_dtype: dw.dtype,
                 accumulate: false,
                 bias: false,
+                gelu_aux: false,
             };
             self.gemm_or_zero(call, g_dw, dpre, xp, dw, None)?;
             if mm.bias {

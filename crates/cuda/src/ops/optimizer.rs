@@ -103,6 +103,8 @@ impl CudaBackend {
         let t = h.step.max(1) as i32;
         let c1 = (1.0 - h.beta1.powi(t)) as f32;
         let c2 = (1.0 - h.beta2.powi(t)) as f32;
+        // In a captured step the kernel reads lr, c1 and c2 from here instead (graph.rs).
+        let step_scalars = Arg::Ptr(self.op_scalars);
         let norm = self.input(call, 0, 1)?;
         for i in 0..p {
             let theta_t = &call.outputs[i];
@@ -137,6 +139,7 @@ impl CudaBackend {
                 Arg::I32(i32::from(h.max_grad_norm.is_some())),
                 Arg::F64(h.max_grad_norm.unwrap_or(0.0)),
                 Arg::F64(adam.grad_scale),
+                step_scalars,
             ];
             self.launch_1d(call, SRC, "adamw_update", n, &args)?;
         }
