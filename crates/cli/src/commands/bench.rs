@@ -301,7 +301,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 /// What CUDA graphs did over all rows: how many steps were replayed, and why any step kind was
 /// not captured. None on the CPU.
-fn graphs_note(rows: &[BenchRow]) -> Option<String> {
+pub fn graphs_note(rows: &[BenchRow]) -> Option<String> {
     let mut total = tperf_bench::device::StepGraphs::default();
     let mut any = false;
     for g in rows.iter().filter_map(|r| r.graphs.as_ref()) {

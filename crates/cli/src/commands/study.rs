@@ -342,6 +342,9 @@ fn measure(
     for r in &bench {
         t.row(super::bench::row_cells(r));
     }
+    if let Some(note) = super::bench::graphs_note(&bench) {
+        t.note(note);
+    }
     print!("{}", t.render());
     println!();
 
