@@ -604,34 +604,27 @@ impl CudaBackend {
     /// An op inside a captured or replayed step.
     fn exec_in_graph(&mut self, call: OpCall) -> Result<(), BackendError> {
         let (action, scalars) = self.action_of(&call)?;
-        if matches!(self.graphs.mode, Mode::Replay { .. }) {
+        let replaying = matches!(self.graphs.mode, Mode::Replay { .. });
+        if replaying {
             // The checks a launch would have made on this step's data (token ids, positions).
             self.check_replayed(&call)?;
             if !self.graphs.replay_matches(&action) {
                 self.leave_graph_mode("an op differs from the captured step", false)?;
                 return self.exec_eager(call);
             }
-            if !self.stage_scalars_for_graph(&scalars) {
-                self.leave_graph_mode(
-                    "the step has more dynamic scalars than the buffer holds",
-                    true,
-                )?;
-                return self.exec_eager(call);
-            }
+        }
+        if !self.stage_scalars_for_graph(&scalars) {
+            let why = "the step has more dynamic scalars than the buffer holds";
+            self.leave_graph_mode(why, true)?;
+            return self.exec_eager(call);
+        }
+        self.ops_run += 1;
+        if replaying {
             self.graphs.push(action, Pending::Exec(call));
-            self.ops_run += 1;
             return Ok(());
         }
         // Capturing: the launches below are recorded into the graph, not run.
-        if !self.stage_scalars_for_graph(&scalars) {
-            self.leave_graph_mode(
-                "the step has more dynamic scalars than the buffer holds",
-                true,
-            )?;
-            return self.exec_eager(call);
-        }
         self.graphs.push(action, Pending::Exec(call.clone()));
-        self.ops_run += 1;
         if let Err(e) = self.dispatch(&call) {
             // Whether the op cannot be captured or is wrong in itself, running the step so far
             // eagerly tells: a wrong op fails again, with its own error.

@@ -304,6 +304,21 @@ impl Backend for Mirror<'_> {
     }
 }
 
+/// cuda:0 for a GPU test, or None after printing why the test skips (no driver, no device: CI).
+pub fn gpu_or_skip() -> Option<CudaBackend> {
+    match crate::device_count() {
+        Ok(n) if n > 0 => Some(CudaBackend::new(0).expect("the CUDA device opens")),
+        Ok(_) => {
+            eprintln!("skipped: no CUDA device");
+            None
+        }
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
 /// A preset shrunk to a few thousand parameters with odd-sized dimensions, so that tails of
 /// every kernel's tiling are exercised: vocabulary 61, d_model 48, d_ff 72, 4 heads of 12
 /// (2 KV heads for the Llama-style family: grouped-query attention).

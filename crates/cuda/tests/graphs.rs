@@ -14,25 +14,13 @@ use tperf_core::backend::{repeated_step, Backend};
 use tperf_core::cost::analysis::{Scenario, StepRunner, Workload};
 use tperf_core::ops::adamw::AdamWParams;
 use tperf_core::schedule::{AttentionKernel, Options, Precision};
-use tperf_cuda::conformance::tiny;
+use tperf_cuda::conformance::{gpu_or_skip, tiny};
 use tperf_cuda::CudaBackend;
 
 fn gpu(graphs: bool) -> Option<CudaBackend> {
-    match tperf_cuda::device_count() {
-        Ok(n) if n > 0 => {
-            let mut be = CudaBackend::new(0).expect("the CUDA device opens");
-            be.set_graphs(graphs);
-            Some(be)
-        }
-        Ok(_) => {
-            eprintln!("skipped: no CUDA device");
-            None
-        }
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
+    let mut be = gpu_or_skip()?;
+    be.set_graphs(graphs);
+    Some(be)
 }
 
 fn scenario(precision: Precision, attention: AttentionKernel, batch: usize) -> Scenario {

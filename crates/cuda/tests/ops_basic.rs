@@ -14,22 +14,8 @@ use tperf_core::ops::swiglu::SwiGlu;
 use tperf_core::ops::take_last::TakeLast;
 use tperf_core::ops::Op;
 use tperf_core::tensor::{MemCategory, TensorSpec};
-use tperf_cuda::conformance::{run_case, Fill, OpCase};
+use tperf_cuda::conformance::{gpu_or_skip as gpu, run_case, Fill, OpCase};
 use tperf_cuda::CudaBackend;
-
-fn gpu() -> Option<CudaBackend> {
-    match tperf_cuda::device_count() {
-        Ok(n) if n > 0 => Some(CudaBackend::new(0).expect("the CUDA device opens")),
-        Ok(_) => {
-            eprintln!("skipped: no CUDA device");
-            None
-        }
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            None
-        }
-    }
-}
 
 fn t(name: &str, shape: &[usize], dtype: DType, fill: Fill) -> (TensorSpec, Fill) {
     (

@@ -11,18 +11,8 @@ use tperf_core::ops::layernorm::LayerNorm;
 use tperf_core::ops::rmsnorm::RmsNorm;
 use tperf_core::ops::Op;
 use tperf_core::tensor::{MemCategory, TensorSpec};
-use tperf_cuda::conformance::{run_case, Fill, OpCase};
+use tperf_cuda::conformance::{gpu_or_skip as gpu, run_case, Fill, OpCase};
 use tperf_cuda::CudaBackend;
-
-fn gpu() -> Option<CudaBackend> {
-    match tperf_cuda::device_count() {
-        Ok(n) if n > 0 => Some(CudaBackend::new(0).expect("opening cuda:0")),
-        _ => {
-            println!("skipped: no CUDA device");
-            None
-        }
-    }
-}
 
 /// An op case under construction: tensors added in order, each an input, an output or both.
 struct Builder {
