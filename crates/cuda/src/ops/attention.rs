@@ -14,12 +14,11 @@
 //! as the CPU stores them. The backwards read keys and values from qkv only (Tq = Tk).
 
 use crate::alloc::Block;
-use crate::backend::{device_err, unsupported, CudaBackend};
+use crate::backend::{device_err, operand, unsupported, CudaBackend};
 use crate::gpu::Arg;
 use cudarc::driver::result as cu;
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::ops::attention::Attention;
-use tperf_core::tensor::Tensor;
 
 const NAIVE: &str = "attention";
 const FLASH: &str = "flash_attention";
@@ -63,23 +62,10 @@ enum Kv {
     Cache { input: usize, capacity: usize },
 }
 
-fn tensor(call: &OpCall, out: bool, i: usize) -> Result<&Tensor, BackendError> {
-    let list = if out { &call.outputs } else { &call.inputs };
-    list.get(i).ok_or_else(|| {
-        unsupported(
-            call,
-            format!(
-                "expected {} #{i}",
-                if out { "an output" } else { "an input" }
-            ),
-        )
-    })
-}
-
 /// The cache at input `i`, after checking that it covers the Tk positions attention reads
 /// (the CPU backend's check).
 fn cache_at(call: &OpCall, a: &Attention, i: usize) -> Result<Kv, BackendError> {
-    let t = tensor(call, false, i)?;
+    let t = operand(call, false, i)?;
     match t.shape[..] {
         [b, h_kv, capacity, d] if b == a.b && h_kv == a.h_kv && d == a.d && capacity >= a.tk => {
             Ok(Kv::Cache { input: i, capacity })
@@ -199,6 +185,18 @@ fn nothing_to_do(a: &Attention) -> bool {
     a.b == 0 || a.h == 0 || a.tq == 0 || a.tk == 0
 }
 
+/// An error naming the op unless the launch's grid and the kernel's int dimensions `fit`.
+fn one_launch(call: &OpCall, fit: bool) -> Result<(), BackendError> {
+    if fit {
+        Ok(())
+    } else {
+        Err(unsupported(
+            call,
+            "attention shape too large for one launch",
+        ))
+    }
+}
+
 impl CudaBackend {
     /// Keys (`value` false) or values of `src` as a (Tk × D) operand per (batch, query head):
     /// row j, column e. `qkv` is the fused buffer's argument.
@@ -256,12 +254,7 @@ impl CudaBackend {
         let dims_fit = [g.m, g.n, g.k, g.r, g.nh, a.hdiv, b.hdiv]
             .iter()
             .all(|&x| x <= i32::MAX as usize);
-        if blocks > i32::MAX as u64 || !dims_fit {
-            return Err(unsupported(
-                call,
-                "attention shape too large for one launch",
-            ));
-        }
+        one_launch(call, blocks <= i32::MAX as u64 && dims_fit)?;
         let i = |x: u64| Arg::I64(x as i64);
         let args = [
             a.buf,
@@ -415,6 +408,23 @@ impl CudaBackend {
         )
     }
 
+    /// A row-wise kernel over the (B·H·Tq) score rows, one block of ROW_THREADS per row.
+    fn launch_score_rows(
+        &mut self,
+        call: &OpCall,
+        a: &Attention,
+        kernel: &'static str,
+        args: &[Arg],
+    ) -> Result<(), BackendError> {
+        if nothing_to_do(a) {
+            return Ok(());
+        }
+        let rows = (a.b * a.h * a.tq) as u64;
+        one_launch(call, rows <= i32::MAX as u64 && a.tk <= i32::MAX as usize)?;
+        let block = (super::ROW_THREADS, 1, 1);
+        self.launch(call, NAIVE, kernel, super::grid_1d(rows), block, 0, args)
+    }
+
     pub(crate) fn attn_softmax(
         &mut self,
         call: &OpCall,
@@ -429,26 +439,7 @@ impl CudaBackend {
             Arg::I32(i32::from(a.causal)),
             Arg::I64(window_arg(a)),
         ];
-        if nothing_to_do(a) {
-            return Ok(());
-        }
-        let rows = (a.b * a.h * a.tq) as u64;
-        if rows > i32::MAX as u64 || a.tk > i32::MAX as usize {
-            return Err(unsupported(
-                call,
-                "attention shape too large for one launch",
-            ));
-        }
-        let block = (super::ROW_THREADS, 1, 1);
-        self.launch(
-            call,
-            NAIVE,
-            "attn_softmax",
-            super::grid_1d(rows),
-            block,
-            0,
-            &args,
-        )
+        self.launch_score_rows(call, a, "attn_softmax", &args)
     }
 
     pub(crate) fn attn_value(&mut self, call: &OpCall, a: &Attention) -> Result<(), BackendError> {
@@ -556,26 +547,7 @@ impl CudaBackend {
             self.output(call, 0, n)?,
             Arg::I32(a.tk as i32),
         ];
-        if nothing_to_do(a) {
-            return Ok(());
-        }
-        let rows = (a.b * a.h * a.tq) as u64;
-        if rows > i32::MAX as u64 || a.tk > i32::MAX as usize {
-            return Err(unsupported(
-                call,
-                "attention shape too large for one launch",
-            ));
-        }
-        let block = (super::ROW_THREADS, 1, 1);
-        self.launch(
-            call,
-            NAIVE,
-            "attn_softmax_backward",
-            super::grid_1d(rows),
-            block,
-            0,
-            &args,
-        )
+        self.launch_score_rows(call, a, "attn_softmax_backward", &args)
     }
 
     pub(crate) fn attn_scores_backward(
@@ -653,12 +625,8 @@ impl CudaBackend {
             Kv::Qkv => self.kv_operand(call, a, src, true, qkv)?,
         };
         let blocks = (a.tq as u64).div_ceil(fv.fwd_bq) * (a.b * a.h) as u64;
-        if blocks > i32::MAX as u64 || a.tk > i32::MAX as usize || a.h_kv > i32::MAX as usize {
-            return Err(unsupported(
-                call,
-                "attention shape too large for one launch",
-            ));
-        }
+        let max = i32::MAX as usize;
+        one_launch(call, blocks <= max as u64 && a.tk <= max && a.h_kv <= max)?;
         let i = |x: u64| Arg::I64(x as i64);
         let args = [
             qkv,
@@ -713,12 +681,10 @@ impl CudaBackend {
             return Ok(());
         }
         let blocks = (a.tk as u64).div_ceil(fv.bwd_bk) * (a.b * a.h_kv) as u64;
-        if blocks > i32::MAX as u64 || rows.div_ceil(8) > i32::MAX as u64 {
-            return Err(unsupported(
-                call,
-                "attention shape too large for one launch",
-            ));
-        }
+        one_launch(
+            call,
+            blocks <= i32::MAX as u64 && rows.div_ceil(8) <= i32::MAX as u64,
+        )?;
         // f32 scratch: Dᵢ (one per query row), then dQ (B·Tq, H·D), zeroed for the atomics.
         let dq_numel = a.q_numel();
         let bytes = (rows + dq_numel) * 4;

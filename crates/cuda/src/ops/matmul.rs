@@ -7,7 +7,7 @@
 //! existing gradient), dW = dpreᵀ·X written in f32 from bf16 operands, db = Σ_rows dpre.
 
 use super::elementwise::act_code;
-use crate::backend::{unsupported, CudaBackend};
+use crate::backend::{operand, unsupported, CudaBackend};
 use crate::blas::Gemm;
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
@@ -16,24 +16,6 @@ use tperf_core::ops::matmul::Matmul;
 use tperf_core::tensor::Tensor;
 
 impl CudaBackend {
-    fn tensor<'a>(
-        &self,
-        call: &'a OpCall,
-        out: bool,
-        i: usize,
-    ) -> Result<&'a Tensor, BackendError> {
-        let list = if out { &call.outputs } else { &call.inputs };
-        list.get(i).ok_or_else(|| {
-            unsupported(
-                call,
-                format!(
-                    "expected {} #{i}",
-                    if out { "an output" } else { "an input" }
-                ),
-            )
-        })
-    }
-
     /// C = op(A)·op(B) (+ C), or the empty sum when K = 0.
     fn gemm_or_zero(
         &mut self,
@@ -63,9 +45,9 @@ impl CudaBackend {
         mm: &Matmul,
     ) -> Result<(), BackendError> {
         let (m, k, n) = (mm.m as u64, mm.k as u64, mm.n as u64);
-        let x = self.tensor(call, false, 0)?;
-        let w = self.tensor(call, false, 1)?;
-        let pre = self.tensor(call, true, 0)?;
+        let x = operand(call, false, 0)?;
+        let w = operand(call, false, 1)?;
+        let pre = operand(call, true, 0)?;
         self.input(call, 0, m * k)?;
         self.input(call, 1, n * k)?;
         self.output(call, 0, m * n)?;
@@ -79,7 +61,7 @@ impl CudaBackend {
             ));
         }
         let bias = if mm.bias {
-            let b = self.tensor(call, false, 2)?;
+            let b = operand(call, false, 2)?;
             self.input(call, 2, n)?;
             if b.dtype != pre.dtype {
                 return Err(unsupported(
@@ -136,11 +118,11 @@ impl CudaBackend {
         mm: &Matmul,
     ) -> Result<(), BackendError> {
         let (m, k, n) = (mm.m as u64, mm.k as u64, mm.n as u64);
-        let x = self.tensor(call, false, 0)?;
-        let w = self.tensor(call, false, 1)?;
-        let dy = self.tensor(call, false, 2)?;
-        let dx = self.tensor(call, true, 0)?;
-        let dw = self.tensor(call, true, 1)?;
+        let x = operand(call, false, 0)?;
+        let w = operand(call, false, 1)?;
+        let dy = operand(call, false, 2)?;
+        let dx = operand(call, true, 0)?;
+        let dw = operand(call, true, 1)?;
         self.input(call, 0, m * k)?;
         self.input(call, 1, n * k)?;
         self.input(call, 2, m * n)?;
