@@ -132,6 +132,37 @@ fn write(be: &mut impl Backend, t: &Tensor, values: &[f32]) -> Result<(), Backen
     }
 }
 
+/// A tensor of an op case: an activation-category spec and how to fill it.
+pub fn case_tensor(name: &str, shape: &[usize], dtype: DType, fill: Fill) -> (TensorSpec, Fill) {
+    (
+        TensorSpec::new(
+            name,
+            shape,
+            dtype,
+            tperf_core::tensor::MemCategory::Activations,
+        ),
+        fill,
+    )
+}
+
+/// Runs `case` with inputs drawn from `seed` and panics, naming `what`, the output and its
+/// error, unless it ran and every output is within its tolerance (for the GPU tests).
+pub fn assert_case_passes(gpu: &mut CudaBackend, case: &OpCase, seed: u64, what: &str) {
+    let diffs = run_case(gpu, case, seed).unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(diffs.len(), case.outputs.len(), "{what}: outputs compared");
+    for d in diffs {
+        assert!(
+            d.passed(),
+            "{what}: output {} ({}, {} elements) is off by {:.3e} (tolerance {:.1e})",
+            d.output,
+            d.dtype,
+            d.numel,
+            d.error,
+            d.tolerance
+        );
+    }
+}
+
 /// Runs `case` on both backends from identical inputs and compares every output.
 pub fn run_case(
     gpu: &mut CudaBackend,

@@ -8,16 +8,11 @@
 use tperf_core::dtype::DType;
 use tperf_core::ops::attention::Attention;
 use tperf_core::ops::Op;
-use tperf_core::tensor::{MemCategory, TensorSpec};
-use tperf_cuda::conformance::{gpu_or_skip as gpu, run_case, Fill, OpCase};
+use tperf_core::tensor::TensorSpec;
+use tperf_cuda::conformance::{
+    assert_case_passes, case_tensor as t, gpu_or_skip as gpu, Fill, OpCase,
+};
 use tperf_cuda::CudaBackend;
-
-fn t(name: &str, shape: &[usize], dtype: DType, fill: Fill) -> (TensorSpec, Fill) {
-    (
-        TensorSpec::new(name, shape, dtype, MemCategory::Activations),
-        fill,
-    )
-}
 
 fn check(
     gpu: &mut CudaBackend,
@@ -33,16 +28,7 @@ fn check(
         inputs,
         outputs,
     };
-    for d in run_case(gpu, &case, 5).unwrap_or_else(|e| panic!("{what}: {e}")) {
-        assert!(
-            d.passed(),
-            "{what}: output {} ({}) error {:.3e} > {:.0e}",
-            d.output,
-            d.dtype,
-            d.error,
-            d.tolerance
-        );
-    }
+    assert_case_passes(gpu, &case, 5, &what)
 }
 
 /// (B, H, H_kv, T, D, window)

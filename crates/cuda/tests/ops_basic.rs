@@ -13,28 +13,16 @@ use tperf_core::ops::rope::Rope;
 use tperf_core::ops::swiglu::SwiGlu;
 use tperf_core::ops::take_last::TakeLast;
 use tperf_core::ops::Op;
-use tperf_core::tensor::{MemCategory, TensorSpec};
-use tperf_cuda::conformance::{gpu_or_skip as gpu, run_case, Fill, OpCase};
+use tperf_cuda::conformance::{
+    assert_case_passes, case_tensor as t, gpu_or_skip as gpu, Fill, OpCase,
+};
 use tperf_cuda::CudaBackend;
 
-fn t(name: &str, shape: &[usize], dtype: DType, fill: Fill) -> (TensorSpec, Fill) {
-    (
-        TensorSpec::new(name, shape, dtype, MemCategory::Activations),
-        fill,
-    )
-}
+/// Inputs are drawn from this seed.
+const SEED: u64 = 3;
 
 fn check(gpu: &mut CudaBackend, case: OpCase, what: &str) {
-    for d in run_case(gpu, &case, 3).unwrap_or_else(|e| panic!("{what}: {e}")) {
-        assert!(
-            d.passed(),
-            "{what}: output {} ({}) error {:.3e} > {:.0e}",
-            d.output,
-            d.dtype,
-            d.error,
-            d.tolerance
-        );
-    }
+    assert_case_passes(gpu, &case, SEED, what)
 }
 
 const SHAPES: [(usize, usize, usize); 6] = [

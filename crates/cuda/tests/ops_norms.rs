@@ -10,8 +10,7 @@ use tperf_core::ops::grad_norm::GradNorm;
 use tperf_core::ops::layernorm::LayerNorm;
 use tperf_core::ops::rmsnorm::RmsNorm;
 use tperf_core::ops::Op;
-use tperf_core::tensor::{MemCategory, TensorSpec};
-use tperf_cuda::conformance::{gpu_or_skip as gpu, run_case, Fill, OpCase};
+use tperf_cuda::conformance::{assert_case_passes, case_tensor, gpu_or_skip as gpu, Fill, OpCase};
 use tperf_cuda::CudaBackend;
 
 /// An op case under construction: tensors added in order, each an input, an output or both.
@@ -32,8 +31,9 @@ impl Builder {
     }
 
     fn tensor(&mut self, name: &str, shape: &[usize], dtype: DType, fill: Fill) -> usize {
-        let spec = TensorSpec::new(name, shape, dtype, MemCategory::Activations);
-        self.case.tensors.push((spec, fill));
+        self.case
+            .tensors
+            .push(case_tensor(name, shape, dtype, fill));
         self.case.tensors.len() - 1
     }
 
@@ -52,19 +52,7 @@ impl Builder {
 }
 
 fn check(gpu: &mut CudaBackend, case: &OpCase, what: &str) {
-    let diffs = run_case(gpu, case, 7).unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert_eq!(diffs.len(), case.outputs.len(), "{what}");
-    for d in diffs {
-        assert!(
-            d.passed(),
-            "{what}: output {} ({}, {} elements) is off by {:.3e} (tolerance {:.1e})",
-            d.output,
-            d.dtype,
-            d.numel,
-            d.error,
-            d.tolerance
-        );
-    }
+    assert_case_passes(gpu, case, 7, what)
 }
 
 /// (rows, C): none, one, odd with C below and above the block width, and a training size.
