@@ -10,7 +10,7 @@ use tperf_core::backend::{Backend, BackendError};
 use tperf_core::cost::hardware::{self, Hardware};
 use tperf_core::meta::MemEvent;
 use tperf_cpu::CpuBackend;
-use tperf_cuda::{cupti, CudaBackend};
+use tperf_cuda::{cupti, CudaBackend, GraphStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
@@ -102,35 +102,6 @@ pub struct OpTime {
 }
 
 /// What measuring needs from a compute backend.
-/// How a device ran the repeated steps of a measurement: steps captured into a CUDA graph,
-/// replayed from one, run eagerly, and why a step kind was not captured.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
-pub struct StepGraphs {
-    pub captured: u64,
-    pub replayed: u64,
-    pub eager: u64,
-    pub fell_back: u64,
-    /// "step kind: reason" for each kind that runs eagerly for good.
-    pub refused: Vec<String>,
-}
-
-impl StepGraphs {
-    /// One line for a table's notes.
-    pub fn summary(&self) -> String {
-        let mut s = format!(
-            "CUDA graphs: {} step(s) captured, {} replayed, {} eager",
-            self.captured, self.replayed, self.eager
-        );
-        if self.fell_back > 0 {
-            s += &format!(", {} fell back to eager", self.fell_back);
-        }
-        for r in &self.refused {
-            s += &format!("; not captured: {r}");
-        }
-        s
-    }
-}
-
 pub trait Measured: Backend {
     /// Waits until every op issued so far has finished.
     fn sync(&mut self) -> Result<(), BackendError>;
@@ -156,7 +127,7 @@ pub trait Measured: Backend {
     /// Turns graph capture of repeated steps on or off where the device has it.
     fn set_step_graphs(&mut self, _on: bool) {}
     /// How repeated steps ran so far; None where the device has no graphs.
-    fn step_graphs(&self) -> Option<StepGraphs> {
+    fn step_graphs(&self) -> Option<GraphStats> {
         None
     }
 }
@@ -209,19 +180,8 @@ impl Measured for CudaBackend {
     fn set_step_graphs(&mut self, on: bool) {
         self.set_graphs(on)
     }
-    fn step_graphs(&self) -> Option<StepGraphs> {
-        let g = self.graph_stats();
-        Some(StepGraphs {
-            captured: g.captured,
-            replayed: g.replayed,
-            eager: g.eager,
-            fell_back: g.fell_back,
-            refused: g
-                .refused
-                .iter()
-                .map(|(k, why)| format!("{k}: {why}"))
-                .collect(),
-        })
+    fn step_graphs(&self) -> Option<GraphStats> {
+        Some(self.graph_stats())
     }
     fn reset_peak(&mut self) {
         CudaBackend::reset_peak(self)

@@ -1,7 +1,7 @@
 //! Benchmark one scenario: the Meta backend's prediction and the compute backend's measurement
 //! of the same schedule (both issued by `StepRunner`), side by side.
 
-use crate::device::{Device, Measured, StepGraphs};
+use crate::device::{Device, Measured};
 use crate::harness;
 use crate::stats::Summary;
 use serde::Serialize;
@@ -55,7 +55,7 @@ pub struct BenchRow {
     pub peak_bytes_modelled: u64,
     /// How the steps ran where the device has graphs (warm-up included).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub graphs: Option<StepGraphs>,
+    pub graphs: Option<tperf_cuda::GraphStats>,
 }
 
 impl BenchRow {

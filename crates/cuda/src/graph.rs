@@ -135,7 +135,7 @@ struct StepKind {
 }
 
 /// How often steps were captured, replayed, or run eagerly, and why not captured.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct GraphStats {
     pub captured: u64,
     pub replayed: u64,
@@ -145,6 +145,36 @@ pub struct GraphStats {
     pub fell_back: u64,
     /// (step key, reason) for each step kind that runs eagerly for good.
     pub refused: Vec<(String, String)>,
+}
+
+impl GraphStats {
+    /// Adds `other`'s counts (a table's rows, each from its own backend); reasons once each.
+    pub fn add(&mut self, other: &GraphStats) {
+        self.captured += other.captured;
+        self.replayed += other.replayed;
+        self.eager += other.eager;
+        self.fell_back += other.fell_back;
+        for r in &other.refused {
+            if !self.refused.contains(r) {
+                self.refused.push(r.clone());
+            }
+        }
+    }
+
+    /// One line for a table's notes or a run's summary.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "CUDA graphs: {} step(s) captured, {} replayed, {} eager",
+            self.captured, self.replayed, self.eager
+        );
+        if self.fell_back > 0 {
+            s += &format!(", {} fell back to eager", self.fell_back);
+        }
+        for (key, why) in &self.refused {
+            s += &format!("; not captured: {key}: {why}");
+        }
+        s
+    }
 }
 
 pub(crate) enum Mode {

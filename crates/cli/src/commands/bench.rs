@@ -302,19 +302,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// What CUDA graphs did over all rows: how many steps were replayed, and why any step kind was
 /// not captured. None on the CPU.
 pub fn graphs_note(rows: &[BenchRow]) -> Option<String> {
-    let mut total = tperf_bench::device::StepGraphs::default();
-    let mut any = false;
-    for g in rows.iter().filter_map(|r| r.graphs.as_ref()) {
-        any = true;
-        total.captured += g.captured;
-        total.replayed += g.replayed;
-        total.eager += g.eager;
-        total.fell_back += g.fell_back;
-        for r in &g.refused {
-            if !total.refused.contains(r) {
-                total.refused.push(r.clone());
-            }
-        }
-    }
-    any.then(|| total.summary())
+    let mut graphs = rows.iter().filter_map(|r| r.graphs.as_ref()).peekable();
+    graphs.peek()?;
+    let mut total = tperf_cuda::GraphStats::default();
+    graphs.for_each(|g| total.add(g));
+    Some(total.summary())
 }
