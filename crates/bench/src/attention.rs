@@ -215,6 +215,7 @@ mod tests {
                 d: 16,
                 causal: true,
                 window: None,
+                kv_cache: false,
             };
             let case = AttentionOnly {
                 shape,
@@ -239,6 +240,7 @@ mod tests {
             d: 16,
             causal: true,
             window: None,
+            kv_cache: false,
         };
         let case = AttentionOnly {
             shape,

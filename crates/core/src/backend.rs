@@ -2,6 +2,7 @@
 //! buffers, runs ops, and moves data in and out; the Meta backend does none of the arithmetic
 //! and records everything, which is the analytic model.
 
+use crate::ops::operands::{OperandError, Operands};
 use crate::ops::{Op, Phase};
 use crate::tensor::{Tensor, TensorSpec};
 use thiserror::Error;
@@ -20,6 +21,38 @@ pub struct OpCall {
     /// the blocks.
     pub layer: Option<usize>,
     pub phase: Phase,
+}
+
+impl OpCall {
+    /// The call of `op` (built from its descriptor by `wrap`, e.g. `Op::RmsNorm`) on its named
+    /// operands `io`.
+    pub fn new<D: Clone, I: Operands<D>>(
+        desc: D,
+        wrap: fn(D) -> Op,
+        io: I,
+        label: &'static str,
+        layer: Option<usize>,
+        phase: Phase,
+    ) -> Self {
+        let (inputs, outputs) = io.into_lists(&desc);
+        OpCall {
+            op: wrap(desc),
+            inputs,
+            outputs,
+            label,
+            layer,
+            phase,
+        }
+    }
+
+    /// This call's operands by name, as the op's descriptor `desc` lays them out.
+    pub fn operands<D, I: Operands<D>>(&self, desc: &D) -> Result<I, BackendError> {
+        I::from_lists(desc, &self.inputs, &self.outputs).map_err(|source| BackendError::Operands {
+            op: self.op.name(),
+            label: self.label,
+            source,
+        })
+    }
 }
 
 #[derive(Debug, Error)]
@@ -46,6 +79,13 @@ pub enum BackendError {
         label: &'static str,
         backend: &'static str,
         why: String,
+    },
+    /// A call whose buffer lists do not match its op's operands: a schedule bug.
+    #[error("op '{op}' ({label}): {source}")]
+    Operands {
+        op: &'static str,
+        label: &'static str,
+        source: OperandError,
     },
     #[error("the {backend} backend holds no data: {what}")]
     NoData { backend: &'static str, what: String },

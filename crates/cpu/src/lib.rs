@@ -11,6 +11,7 @@
 //! ops in parallel with rayon, flash attention tiled and parallel over (batch, head).
 
 mod backend;
+mod exec;
 pub mod kernels;
 
 pub use backend::CpuBackend;

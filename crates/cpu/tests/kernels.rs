@@ -403,6 +403,7 @@ fn attention_cases() -> Vec<Attention> {
                 d,
                 causal,
                 window,
+                kv_cache: false,
             });
         }
     }
@@ -473,6 +474,7 @@ fn attention_from_the_cache() {
                 d: 8,
                 causal: true,
                 window,
+                kv_cache: true,
             };
             let cap = 20;
             let qkv = randn(1, a.b * tq * a.qkv_width());

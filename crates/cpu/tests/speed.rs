@@ -113,6 +113,7 @@ fn flash_vs_naive_attention() {
             d: 64,
             causal: true,
             window: None,
+            kv_cache: false,
         };
         let qkv = Rng::new(1).normal_vec(a.b * a.tq * a.qkv_width(), 1.0);
         let ol = a.b * a.tq * a.h * a.d;

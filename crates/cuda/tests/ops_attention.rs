@@ -54,6 +54,7 @@ fn attention_over_whole_sequences_matches_the_cpu() {
                 d,
                 causal: true,
                 window,
+                kv_cache: false,
             };
             let w = (h + 2 * h_kv) * d;
             let ts = vec![
@@ -137,6 +138,7 @@ fn attention_reading_a_kv_cache_matches_the_cpu() {
                 d,
                 causal: true,
                 window,
+                kv_cache: true,
             };
             let w = (h + 2 * h_kv) * d;
             let ts = vec![

@@ -72,6 +72,7 @@ pub fn cases(args: &AttentionArgs) -> Vec<AttentionOnly> {
                         d,
                         causal: !args.bidirectional,
                         window: None,
+                        kv_cache: false,
                     },
                     kernel,
                     dtype: args.dtype.compute_dtype(),

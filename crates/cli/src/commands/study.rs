@@ -411,6 +411,7 @@ fn measure(
             d,
             causal: true,
             window: None,
+            kv_cache: false,
         },
         kernel,
         dtype: adt,

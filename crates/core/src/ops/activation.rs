@@ -131,3 +131,21 @@ pub fn activation_backward<F: Real>(kind: ActivationKind, x: &[F], dy: &[F], dx:
         *dx = dy * act_derivative(kind, x);
     }
 }
+
+crate::operands! {
+    /// y = act(x).
+    pub struct ActivationIo for Activation as a {
+        inputs { x }
+        inplace {}
+        outputs { y }
+    }
+}
+
+crate::operands! {
+    /// dx = act'(x)·dy.
+    pub struct ActivationBackwardIo for Activation as a {
+        inputs { x, dy }
+        inplace {}
+        outputs { dx }
+    }
+}

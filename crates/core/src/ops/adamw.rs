@@ -14,7 +14,9 @@
 //! Bytes: the io rule — θ, g, m, v read; θ, m, v written (and the low-precision copy of θ when
 //! the policy keeps one): 28 bytes per fp32 parameter, 30 with a bf16 copy.
 
+use super::operands::{Cursor, OperandError, Operands};
 use super::Real;
+use crate::tensor::Tensor;
 use serde::Serialize;
 
 /// The optimizer's hyperparameters for one step. The schedule passes them with every AdamW call
@@ -142,5 +144,79 @@ pub fn adamw_step<F: Real>(
             true
         }
         None => false,
+    }
+}
+
+/// AdamW's operands over one group of P parameters: the gradient norm (for the clip), and per
+/// parameter its f32 master θ, gradient g and moments m, v, all updated in place; with `copies`
+/// (the fused refresh of a mixed policy's low-precision copies) each θ's copy is rewritten too.
+///   lists: inputs [norm, θ…, g…, m…, v…] → outputs [θ…, m…, v…, copies…]
+#[derive(Clone, Debug)]
+pub struct AdamWIo {
+    pub norm: Tensor,
+    pub theta: Vec<Tensor>,
+    pub grads: Vec<Tensor>,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    /// Empty, or one per θ.
+    pub copies: Vec<Tensor>,
+}
+
+impl Operands<AdamW> for AdamWIo {
+    fn into_lists(self, _: &AdamW) -> (Vec<Tensor>, Vec<Tensor>) {
+        let p = self.theta.len();
+        debug_assert!(self.grads.len() == p && self.m.len() == p && self.v.len() == p);
+        debug_assert!(self.copies.is_empty() || self.copies.len() == p);
+        let mut inputs = vec![self.norm];
+        inputs.extend(self.theta.iter().cloned());
+        inputs.extend(self.grads);
+        inputs.extend(self.m.iter().cloned());
+        inputs.extend(self.v.iter().cloned());
+        let mut outputs = self.theta;
+        outputs.extend(self.m);
+        outputs.extend(self.v);
+        outputs.extend(self.copies);
+        (inputs, outputs)
+    }
+
+    fn from_lists(_: &AdamW, inputs: &[Tensor], outputs: &[Tensor]) -> Result<Self, OperandError> {
+        let p = inputs.len().saturating_sub(1) / 4;
+        if p == 0 || inputs.len() != 1 + 4 * p {
+            return Err(OperandError::Shape(format!(
+                "AdamW takes [norm, θ…, g…, m…, v…] (1 + 4P inputs), not {}",
+                inputs.len()
+            )));
+        }
+        let copies = outputs
+            .len()
+            .checked_sub(3 * p)
+            .filter(|&c| c == 0 || c == p);
+        let Some(copies) = copies else {
+            return Err(OperandError::Shape(format!(
+                "AdamW over {p} parameters writes [θ…, m…, v…] and perhaps their copies (3P or 4P outputs), not {}",
+                outputs.len()
+            )));
+        };
+        let mut ins = Cursor::new(inputs, "input");
+        let mut outs = Cursor::new(outputs, "output");
+        let io = AdamWIo {
+            norm: ins.take("norm")?,
+            theta: ins.take_many(p, "θ")?,
+            grads: ins.take_many(p, "g")?,
+            m: ins.take_many(p, "m")?,
+            v: ins.take_many(p, "v")?,
+            copies: Vec::new(),
+        };
+        for (list, name) in [(&io.theta, "θ"), (&io.m, "m"), (&io.v, "v")] {
+            for t in list {
+                if outs.take(name)?.id != t.id {
+                    return Err(OperandError::NotInPlace { name });
+                }
+            }
+        }
+        let copies = outs.take_many(copies, "copy")?;
+        outs.finish()?;
+        ins.finish()?;
+        Ok(AdamWIo { copies, ..io })
     }
 }

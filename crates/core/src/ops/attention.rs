@@ -33,6 +33,10 @@ pub struct Attention {
     pub d: usize,
     pub causal: bool,
     pub window: Option<usize>,
+    /// Keys and values are read from a KV cache (B, H_kv, T_cap, D) passed beside qkv, rather
+    /// than from qkv itself (prefill and decode with a cache; Tq = Tk at a prefill from 0).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kv_cache: bool,
 }
 
 /// Σ_{x=lo}^{hi} min(x, w), in closed form.
@@ -383,6 +387,7 @@ mod tests {
             d: 8,
             causal,
             window,
+            kv_cache: false,
         }
     }
 
@@ -422,5 +427,59 @@ mod tests {
         // Decoding one token after 99 cached ones sees all 100.
         assert_eq!(att(1, 100, true, None).pairs_per_head(), 100);
         assert_eq!(att(1, 100, true, Some(10)).pairs_per_head(), 10);
+    }
+}
+
+crate::operands! {
+    /// S = Q·Kᵀ/√D, keys from qkv or the key cache.
+    pub struct AttnScoresIo for Attention as a {
+        inputs { qkv, k_cache if a.kv_cache }
+        inplace {}
+        outputs { scores }
+    }
+}
+
+crate::operands! {
+    /// P = softmax(mask(S)).
+    pub struct AttnSoftmaxIo for Attention as a {
+        inputs { scores }
+        inplace {}
+        outputs { probs }
+    }
+}
+
+crate::operands! {
+    /// O = P·V, values from qkv or the value cache.
+    pub struct AttnValueIo for Attention as a {
+        inputs { probs, qkv, v_cache if a.kv_cache }
+        inplace {}
+        outputs { out }
+    }
+}
+
+crate::operands! {
+    /// dP = dO·Vᵀ and the V part of dqkv (dV = Pᵀ·dO).
+    pub struct AttnValueBackwardIo for Attention as a {
+        inputs { dout, qkv, probs }
+        inplace {}
+        outputs { dprobs, dqkv }
+    }
+}
+
+crate::operands! {
+    /// dS = P ⊙ (dP − rowsum(dP ⊙ P)).
+    pub struct AttnSoftmaxBackwardIo for Attention as a {
+        inputs { probs, dprobs }
+        inplace {}
+        outputs { dscores }
+    }
+}
+
+crate::operands! {
+    /// The Q and K parts of dqkv from dS.
+    pub struct AttnScoresBackwardIo for Attention as a {
+        inputs { dscores, qkv }
+        inplace {}
+        outputs { dqkv }
     }
 }

@@ -1,7 +1,9 @@
 //! Cast between dtypes (the fp32 master weights to their bf16/fp16 compute copy): no
 //! arithmetic; bytes by the io rule (4 read + 2 written per element for fp32 → bf16).
 
+use super::operands::{OperandError, Operands};
 use crate::dtype::DType;
+use crate::tensor::Tensor;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -25,5 +27,33 @@ pub fn round_to(dtype: DType, x: f32) -> f32 {
 pub fn cast_forward(dtype: DType, src: &[f32], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = round_to(dtype, s);
+    }
+}
+
+/// dst[i] = src[i] rounded to dst[i]'s dtype, pairwise.
+#[derive(Clone, Debug)]
+pub struct CastIo {
+    pub src: Vec<Tensor>,
+    pub dst: Vec<Tensor>,
+}
+
+impl Operands<Cast> for CastIo {
+    fn into_lists(self, _: &Cast) -> (Vec<Tensor>, Vec<Tensor>) {
+        debug_assert_eq!(self.src.len(), self.dst.len());
+        (self.src, self.dst)
+    }
+
+    fn from_lists(_: &Cast, inputs: &[Tensor], outputs: &[Tensor]) -> Result<Self, OperandError> {
+        if inputs.len() != outputs.len() {
+            return Err(OperandError::Shape(format!(
+                "a cast pairs each source with a destination: {} sources, {} destinations",
+                inputs.len(),
+                outputs.len()
+            )));
+        }
+        Ok(CastIo {
+            src: inputs.to_vec(),
+            dst: outputs.to_vec(),
+        })
     }
 }

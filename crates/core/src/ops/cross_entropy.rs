@@ -75,3 +75,22 @@ pub fn cross_entropy_backward<F: Real>(ce: &CrossEntropy, z: &[F], targets: &[i3
         cross_entropy_backward_row(ce, &mut dz[i * ce.v..][..ce.v], targets[i] as usize);
     }
 }
+
+crate::operands! {
+    /// Per-row losses of the logits against the targets.
+    pub struct CrossEntropyIo for CrossEntropy as ce {
+        inputs { logits, targets }
+        inplace {}
+        outputs { losses }
+    }
+}
+
+crate::operands! {
+    /// dlogits = S·(softmax − onehot)/n; dlogits may be the logits' own buffer (fused, in
+    /// place), in which case the logits are not readable after the op.
+    pub struct CrossEntropyBackwardIo for CrossEntropy as ce {
+        inputs { logits, targets }
+        inplace {}
+        outputs { dlogits }
+    }
+}

@@ -158,3 +158,21 @@ pub fn embedding_backward<F: Real>(
         }
     }
 }
+
+crate::operands! {
+    /// x = wte[tokens] (+ wpe[positions] with a learned table; sinusoidal positions are computed).
+    pub struct EmbeddingIo for Embedding as e {
+        inputs { tokens, wte, wpe if e.positions == PositionTable::Learned }
+        inplace {}
+        outputs { x }
+    }
+}
+
+crate::operands! {
+    /// dwte (added into when the head is tied) and dwpe from the stream's gradient dx.
+    pub struct EmbeddingBackwardIo for Embedding as e {
+        inputs { tokens, dx }
+        inplace {}
+        outputs { dwte, dwpe if e.positions == PositionTable::Learned }
+    }
+}

@@ -129,3 +129,21 @@ pub fn flash_attention_backward<F: Real>(
         }
     }
 }
+
+crate::operands! {
+    /// O and the log-sum-exp per query row, keys and values from qkv or the caches.
+    pub struct FlashAttentionIo for Attention as a {
+        inputs { qkv, k_cache if a.kv_cache, v_cache if a.kv_cache }
+        inplace {}
+        outputs { out, lse }
+    }
+}
+
+crate::operands! {
+    /// dqkv, recomputing P from the saved log-sum-exp.
+    pub struct FlashAttentionBackwardIo for Attention as a {
+        inputs { qkv, out, dout, lse }
+        inplace {}
+        outputs { dqkv }
+    }
+}

@@ -1,7 +1,9 @@
 //! Global gradient norm, ‖g‖₂ over all parameters, for clipping: a square and an add per
 //! element (2 FLOPs); bytes by the io rule (every gradient read once, one scalar written).
 
+use super::operands::{OperandError, Operands};
 use super::Real;
+use crate::tensor::Tensor;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -26,4 +28,35 @@ pub fn grad_norm<F: Real>(grads: &[&[F]]) -> f64 {
         .map(|&x| x.to_f64() * x.to_f64())
         .sum::<f64>()
         .sqrt()
+}
+
+/// ‖g‖ over every gradient, into a one-element f32 tensor.
+#[derive(Clone, Debug)]
+pub struct GradNormIo {
+    pub grads: Vec<Tensor>,
+    pub norm: Tensor,
+}
+
+impl Operands<GradNorm> for GradNormIo {
+    fn into_lists(self, _: &GradNorm) -> (Vec<Tensor>, Vec<Tensor>) {
+        (self.grads, vec![self.norm])
+    }
+
+    fn from_lists(
+        _: &GradNorm,
+        inputs: &[Tensor],
+        outputs: &[Tensor],
+    ) -> Result<Self, OperandError> {
+        match outputs {
+            [norm] => Ok(GradNormIo {
+                grads: inputs.to_vec(),
+                norm: norm.clone(),
+            }),
+            _ => Err(OperandError::Extra {
+                side: "output",
+                got: outputs.len(),
+                expected: 1,
+            }),
+        }
+    }
 }

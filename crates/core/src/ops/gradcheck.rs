@@ -340,6 +340,7 @@ fn attention_shapes() -> Vec<Attention> {
         d: 3,
         causal: true,
         window: None,
+        kv_cache: false,
     };
     vec![
         base,
@@ -349,6 +350,7 @@ fn attention_shapes() -> Vec<Attention> {
         },
         Attention {
             window: Some(2),
+            kv_cache: false,
             ..base
         },
         // GQA: four query heads share two key/value heads; MQA: all share one.
@@ -356,6 +358,7 @@ fn attention_shapes() -> Vec<Attention> {
             h: 4,
             h_kv: 2,
             window: Some(3),
+            kv_cache: false,
             ..base
         },
         Attention {
@@ -434,6 +437,7 @@ fn attention_reads_the_cache_like_the_qkv_buffer() {
         d: 3,
         causal: true,
         window: Some(3),
+        kv_cache: false,
     };
     let qkv = randn(&mut rng, full.b * full.tq * full.qkv_width());
     let (o_full, _) = naive_attention(&full, &qkv);
@@ -450,7 +454,11 @@ fn attention_reads_the_cache_like_the_qkv_buffer() {
         pos: 0,
     };
     super::kv_cache::kv_append(&append, full.h, cap, &qkv, &mut kc, &mut vc);
-    let dec = Attention { tq: 2, ..full };
+    let dec = Attention {
+        tq: 2,
+        kv_cache: true,
+        ..full
+    };
     let w = full.qkv_width();
     let q_rows: Vec<f64> = (0..full.b)
         .flat_map(|b| qkv[(b * 5 + 3) * w..(b * 5 + 5) * w].to_vec())

@@ -69,3 +69,12 @@ pub fn kv_append<F: Real>(
         }
     }
 }
+
+crate::operands! {
+    /// Copies the new tokens' keys and values out of qkv into the caches at `pos`.
+    pub struct KvAppendIo for KvAppend as k {
+        inputs { qkv }
+        inplace {}
+        outputs { k_cache, v_cache }
+    }
+}

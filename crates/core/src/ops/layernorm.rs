@@ -130,3 +130,22 @@ pub fn layernorm_backward<F: Real>(
         }
     }
 }
+
+crate::operands! {
+    /// y = (x − μ)·rstd·γ + β, stats = (μ, rstd) per row; with `residual`, x is first
+    /// replaced by sum = x + add (written out: it is the next residual stream).
+    pub struct LayerNormIo for LayerNorm as ln {
+        inputs { x, add if ln.residual, gamma, beta if ln.bias }
+        inplace {}
+        outputs { sum if ln.residual, y, stats }
+    }
+}
+
+crate::operands! {
+    /// dx (added into dx_in's buffer when `accumulate`), dγ and dβ (overwritten).
+    pub struct LayerNormBackwardIo for LayerNorm as ln {
+        inputs { x, stats, gamma, dy, dx_in if ln.accumulate }
+        inplace {}
+        outputs { dx, dgamma, dbeta if ln.bias }
+    }
+}

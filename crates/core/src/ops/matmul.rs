@@ -161,3 +161,22 @@ pub fn matmul_backward<F: Real>(
         }
     }
 }
+
+crate::operands! {
+    /// y = x·Wᵀ (+ b); with a fused activation, y is the pre-activation and act = act(y).
+    pub struct MatmulIo for Matmul as mm {
+        inputs { x, w, bias if mm.bias }
+        inplace {}
+        outputs { y, act if mm.activation.is_some() }
+    }
+}
+
+crate::operands! {
+    /// dx = dpre·W (added into dx_in's buffer when `accumulate_dx`), dW = dpreᵀ·x, db = Σ dpre,
+    /// where dpre = dy, or act'(pre)·dy with a fused activation (pre is its saved input).
+    pub struct MatmulBackwardIo for Matmul as mm {
+        inputs { x, w, dy, pre if mm.activation.is_some(), dx_in if mm.accumulate_dx }
+        inplace {}
+        outputs { dx, dw, db if mm.bias }
+    }
+}

@@ -22,6 +22,7 @@ mod gradcheck;
 pub mod kv_cache;
 pub mod layernorm;
 pub mod matmul;
+pub mod operands;
 pub mod real;
 pub mod residual;
 pub mod rmsnorm;

@@ -24,3 +24,12 @@ pub fn residual_forward<F: Real>(a: &[F], b: &[F], y: &mut [F]) {
         *y = a + b;
     }
 }
+
+crate::operands! {
+    /// sum = a + b.
+    pub struct ResidualAddIo for ResidualAdd as r {
+        inputs { a, b }
+        inplace {}
+        outputs { sum }
+    }
+}

@@ -103,3 +103,21 @@ pub fn rmsnorm_backward<F: Real>(
         }
     }
 }
+
+crate::operands! {
+    /// y = x·rstd·γ, rstd per row; with `residual`, x is first replaced by sum = x + add.
+    pub struct RmsNormIo for RmsNorm as rn {
+        inputs { x, add if rn.residual, gamma }
+        inplace {}
+        outputs { sum if rn.residual, y, rstd }
+    }
+}
+
+crate::operands! {
+    /// dx (added into dx_in's buffer when `accumulate`) and dγ (overwritten).
+    pub struct RmsNormBackwardIo for RmsNorm as rn {
+        inputs { x, rstd, gamma, dy, dx_in if rn.accumulate }
+        inplace {}
+        outputs { dx, dgamma }
+    }
+}

@@ -81,3 +81,12 @@ pub fn rope_forward<F: Real>(r: &Rope, qkv: &mut [F]) {
 pub fn rope_backward<F: Real>(r: &Rope, dqkv: &mut [F]) {
     rope_rotate(r, dqkv, -1.0);
 }
+
+crate::operands! {
+    /// Rotates the q and k columns of qkv in place (the backward rotates their gradients back).
+    pub struct RopeIo for Rope as r {
+        inputs {}
+        inplace { qkv }
+        outputs {}
+    }
+}

@@ -157,3 +157,12 @@ mod tests {
         }
     }
 }
+
+crate::operands! {
+    /// One token id (i32) per row of logits.
+    pub struct SampleIo for Sample as s {
+        inputs { logits }
+        inplace {}
+        outputs { ids }
+    }
+}

@@ -57,3 +57,21 @@ pub fn swiglu_backward<F: Real>(s: &SwiGlu, h: &[F], dy: &[F], dh: &mut [F]) {
         }
     }
 }
+
+crate::operands! {
+    /// g = silu(gate)·up, both halves of h (n, 2F).
+    pub struct SwiGluIo for SwiGlu as s {
+        inputs { h }
+        inplace {}
+        outputs { g }
+    }
+}
+
+crate::operands! {
+    /// dh (n, 2F) from h and dg.
+    pub struct SwiGluBackwardIo for SwiGlu as s {
+        inputs { h, dg }
+        inplace {}
+        outputs { dh }
+    }
+}

@@ -30,3 +30,12 @@ pub fn take_last<F: Real>(tl: &TakeLast, x: &[F], out: &mut [F]) {
         out[b * c..(b + 1) * c].copy_from_slice(&x[src..src + c]);
     }
 }
+
+crate::operands! {
+    /// The last position's row of each sequence.
+    pub struct TakeLastIo for TakeLast as t {
+        inputs { x }
+        inplace {}
+        outputs { last }
+    }
+}

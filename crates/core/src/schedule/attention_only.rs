@@ -3,11 +3,12 @@
 //! compute backend measures the very same op calls. Buffers and op lists are those of a block
 //! (see the module doc of `schedule`): q, k and v in one fused (B·T, (H + 2H_kv)·D) buffer.
 
-use super::AttentionKernel;
-use crate::backend::{Backend, BackendError, OpCall};
+use super::attention::AttentionCore;
+use super::{AttentionKernel, Emit};
+use crate::backend::{Backend, BackendError};
 use crate::dtype::DType;
 use crate::ops::attention::Attention;
-use crate::ops::{Op, Phase};
+use crate::ops::Phase;
 use crate::tensor::{MemCategory, Tensor, TensorSpec};
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -25,24 +26,6 @@ pub struct Kept {
 }
 
 impl AttentionOnly {
-    fn call(
-        be: &mut impl Backend,
-        op: Op,
-        inputs: &[&Tensor],
-        outputs: &[&Tensor],
-        label: &'static str,
-        phase: Phase,
-    ) -> Result<(), BackendError> {
-        be.exec(OpCall {
-            op,
-            inputs: inputs.iter().map(|&t| t.clone()).collect(),
-            outputs: outputs.iter().map(|&t| t.clone()).collect(),
-            label,
-            layer: None,
-            phase,
-        })
-    }
-
     fn alloc(
         be: &mut impl Backend,
         name: &str,
@@ -51,6 +34,15 @@ impl AttentionOnly {
         category: MemCategory,
     ) -> Result<Tensor, BackendError> {
         be.alloc(TensorSpec::new(name, shape, dtype, category))
+    }
+
+    fn core(&self) -> AttentionCore<'static> {
+        AttentionCore {
+            kernel: self.kernel,
+            shape: self.shape,
+            dtype: self.dtype,
+            prefix: "",
+        }
     }
 
     /// The fused q/k/v input and the output's gradient: (B·T, (H + 2H_kv)·D) and (B·T, H·D).
@@ -68,8 +60,7 @@ impl AttentionOnly {
         Ok((qkv, dout))
     }
 
-    /// naive: scores [qkv] → [scores]; softmax [scores] → [probs]; value [probs, qkv] → [out]
-    /// flash: [qkv] → [out, lse]
+    /// The block's attention core alone, forward.
     pub fn forward(&self, be: &mut impl Backend, qkv: &Tensor) -> Result<Kept, BackendError> {
         let a = self.shape;
         let out = Self::alloc(
@@ -79,58 +70,17 @@ impl AttentionOnly {
             self.dtype,
             MemCategory::Activations,
         )?;
-        let f = Phase::Forward;
-        match self.kernel {
-            AttentionKernel::Naive => {
-                let dims = [a.b, a.h, a.tq, a.tk];
-                let scores =
-                    Self::alloc(be, "scores", &dims, self.dtype, MemCategory::Activations)?;
-                Self::call(be, Op::AttnScores(a), &[qkv], &[&scores], "attn.scores", f)?;
-                let probs = Self::alloc(be, "probs", &dims, self.dtype, MemCategory::Activations)?;
-                Self::call(
-                    be,
-                    Op::AttnSoftmax(a),
-                    &[&scores],
-                    &[&probs],
-                    "attn.softmax",
-                    f,
-                )?;
-                be.free(scores);
-                Self::call(
-                    be,
-                    Op::AttnValue(a),
-                    &[&probs, qkv],
-                    &[&out],
-                    "attn.value",
-                    f,
-                )?;
-                Ok(Kept { out, saved: probs })
-            }
-            AttentionKernel::Flash => {
-                let lse = Self::alloc(
-                    be,
-                    "lse",
-                    &[a.b, a.h, a.tq],
-                    DType::F32,
-                    MemCategory::Activations,
-                )?;
-                Self::call(
-                    be,
-                    Op::FlashAttention(a),
-                    &[qkv],
-                    &[&out, &lse],
-                    "attn.flash",
-                    f,
-                )?;
-                Ok(Kept { out, saved: lse })
-            }
-        }
+        let mut e = Emit {
+            be,
+            phase: Phase::Forward,
+            layer: None,
+        };
+        let saved = self.core().forward(&mut e, qkv, None, &out)?;
+        Ok(Kept { out, saved })
     }
 
-    /// naive: value [dout, qkv, probs] → [dprobs, dqkv]; softmax [probs, dprobs] → [dscores];
-    ///        scores [dscores, qkv] → [dqkv]
-    /// flash: [qkv, out, dout, lse] → [dqkv]
-    /// Frees what the forward kept and the gradient it computes.
+    /// The block's attention core alone, backward. Frees what the forward kept and the gradient
+    /// it computes.
     pub fn backward(
         &self,
         be: &mut impl Backend,
@@ -138,8 +88,6 @@ impl AttentionOnly {
         kept: Kept,
         dout: &Tensor,
     ) -> Result<(), BackendError> {
-        let a = self.shape;
-        let bw = Phase::Backward;
         let dqkv = Self::alloc(
             be,
             "d_qkv",
@@ -147,64 +95,13 @@ impl AttentionOnly {
             self.dtype,
             MemCategory::ActivationGradients,
         )?;
-        match self.kernel {
-            AttentionKernel::Naive => {
-                let dims = [a.b, a.h, a.tq, a.tk];
-                let probs = kept.saved;
-                let dprobs = Self::alloc(
-                    be,
-                    "d_probs",
-                    &dims,
-                    self.dtype,
-                    MemCategory::ActivationGradients,
-                )?;
-                Self::call(
-                    be,
-                    Op::AttnValueBackward(a),
-                    &[dout, qkv, &probs],
-                    &[&dprobs, &dqkv],
-                    "attn.value",
-                    bw,
-                )?;
-                let dscores = Self::alloc(
-                    be,
-                    "d_scores",
-                    &dims,
-                    self.dtype,
-                    MemCategory::ActivationGradients,
-                )?;
-                Self::call(
-                    be,
-                    Op::AttnSoftmaxBackward(a),
-                    &[&probs, &dprobs],
-                    &[&dscores],
-                    "attn.softmax",
-                    bw,
-                )?;
-                be.free(dprobs);
-                be.free(probs);
-                Self::call(
-                    be,
-                    Op::AttnScoresBackward(a),
-                    &[&dscores, qkv],
-                    &[&dqkv],
-                    "attn.scores",
-                    bw,
-                )?;
-                be.free(dscores);
-            }
-            AttentionKernel::Flash => {
-                Self::call(
-                    be,
-                    Op::FlashAttentionBackward(a),
-                    &[qkv, &kept.out, dout, &kept.saved],
-                    &[&dqkv],
-                    "attn.flash",
-                    bw,
-                )?;
-                be.free(kept.saved);
-            }
-        }
+        let mut e = Emit {
+            be,
+            phase: Phase::Backward,
+            layer: None,
+        };
+        self.core()
+            .backward(&mut e, qkv, &kept.out, dout, Some(kept.saved), &dqkv)?;
         be.free(kept.out);
         be.free(dqkv);
         Ok(())
@@ -229,6 +126,7 @@ mod tests {
                 d: 64,
                 causal: true,
                 window: None,
+                kv_cache: false,
             };
             let case = AttentionOnly {
                 shape,

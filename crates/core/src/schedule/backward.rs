@@ -6,10 +6,17 @@
 use super::{act_kind, Emit, ForwardState, Keep, Kv, NormOut, Param, Saved, Transformer};
 use crate::backend::{Backend, BackendError};
 use crate::dtype::DType;
-use crate::ops::adamw::{AdamW, AdamWParams};
-use crate::ops::cast::Cast;
-use crate::ops::grad_norm::GradNorm;
-use crate::ops::matmul::Matmul;
+use crate::ops::activation::{Activation, ActivationBackwardIo};
+use crate::ops::adamw::{AdamW, AdamWIo, AdamWParams};
+use crate::ops::cast::{Cast, CastIo};
+use crate::ops::cross_entropy::CrossEntropyBackwardIo;
+use crate::ops::embedding::EmbeddingBackwardIo;
+use crate::ops::grad_norm::{GradNorm, GradNormIo};
+use crate::ops::layernorm::LayerNormBackwardIo;
+use crate::ops::matmul::{Matmul, MatmulBackwardIo};
+use crate::ops::rmsnorm::RmsNormBackwardIo;
+use crate::ops::rope::RopeIo;
+use crate::ops::swiglu::{SwiGlu, SwiGluBackwardIo};
 use crate::ops::{Op, Phase};
 use crate::schedule::{AttentionKernel, NormParams, Recompute};
 use crate::tensor::{MemCategory, Tensor};
@@ -48,7 +55,6 @@ impl Transformer {
         // Loss: dlogits = S·(softmax − onehot)/n, written over the logits when fused. S is the
         // policy's loss scale (FP16_LOSS_SCALE under fp16, else 1): every gradient below carries
         // it, and the optimizer step divides it out.
-        // inputs [logits, targets] → outputs [dlogits]
         let dlogits = if self.opts.fused {
             logits.clone()
         } else {
@@ -60,12 +66,12 @@ impl Transformer {
             )?
         };
         let ce = self.cross_entropy(n);
-        e.op(
-            Op::CrossEntropyBackward(ce),
-            &[&logits, &targets],
-            &[&dlogits],
-            "loss",
-        )?;
+        let io = CrossEntropyBackwardIo {
+            logits: logits.clone(),
+            targets: targets.clone(),
+            dlogits: dlogits.clone(),
+        };
+        e.run(ce, Op::CrossEntropyBackward, io, "loss")?;
         if !self.opts.fused {
             e.be.free(logits);
         }
@@ -132,11 +138,14 @@ impl Transformer {
         }
         e.layer = None;
 
-        // inputs [tokens, dx] → outputs [dwte, dwpe?]
-        let mut outputs = vec![w.token_embedding.grad()];
-        outputs.extend(w.position_embedding.as_ref().map(Param::grad));
-        let op = Op::EmbeddingBackward(self.embedding_op(b, t, 0));
-        e.op(op, &[&tokens, &dres], &outputs, "embedding")?;
+        let io = EmbeddingBackwardIo {
+            tokens: tokens.clone(),
+            dx: dres.clone(),
+            dwte: w.token_embedding.grad().clone(),
+            dwpe: w.position_embedding.as_ref().map(|p| p.grad().clone()),
+        };
+        let op = self.embedding_op(b, t, 0);
+        e.run(op, Op::EmbeddingBackward, io, "embedding")?;
         for x in [dres, tokens, targets] {
             e.be.free(x);
         }
@@ -145,7 +154,6 @@ impl Transformer {
 
     /// Linear backward: dx = dy·W (added into dx when `accumulate`), dW = dyᵀ·x, db = Σ dy.
     /// With a fused activation, dy is the gradient of act(h) and h is read to apply act'(h).
-    /// inputs [x, W, dy, h?, dx?] → outputs [dx, dW, db?]
     #[allow(clippy::too_many_arguments)]
     fn linear_backward(
         &self,
@@ -162,18 +170,20 @@ impl Transformer {
         let mut mm = Matmul::new(x.shape[0], x.shape[1], w.master.shape[0], bias.is_some());
         mm.activation = fused_pre_activation.and(act_kind(self.cfg.mlp));
         mm.accumulate_dx = accumulate;
-        let mut inputs = vec![x, w.w(), dy];
-        inputs.extend(fused_pre_activation);
-        if accumulate {
-            inputs.push(dx);
-        }
-        let mut outputs = vec![dx, w.grad()];
-        outputs.extend(bias.map(Param::grad));
-        e.op(Op::MatmulBackward(mm), &inputs, &outputs, label)
+        let io = MatmulBackwardIo {
+            x: x.clone(),
+            w: w.w().clone(),
+            dy: dy.clone(),
+            pre: fused_pre_activation.cloned(),
+            dx_in: accumulate.then(|| dx.clone()),
+            dx: dx.clone(),
+            dw: w.grad().clone(),
+            db: bias.map(|b| b.grad().clone()),
+        };
+        e.run(mm, Op::MatmulBackward, io, label)
     }
 
     /// Norm backward: dx (added into it when `accumulate`), dγ, dβ.
-    /// inputs [x, stats, γ, dy, dx?] → outputs [dx, dγ, dβ?]
     #[allow(clippy::too_many_arguments)]
     fn norm_backward(
         &self,
@@ -186,18 +196,35 @@ impl Transformer {
         accumulate: bool,
         label: &'static str,
     ) -> Result<(), BackendError> {
-        let op = match self.norm_op(x.shape[0], false, accumulate) {
-            Op::LayerNorm(l) => Op::LayerNormBackward(l),
-            Op::RmsNorm(r) => Op::RmsNormBackward(r),
+        let dx_in = accumulate.then(|| dx.clone());
+        match self.norm_op(x.shape[0], false, accumulate) {
+            Op::LayerNorm(ln) => {
+                let io = LayerNormBackwardIo {
+                    x: x.clone(),
+                    stats: stats.clone(),
+                    gamma: params.gain.w().clone(),
+                    dy: dy.clone(),
+                    dx_in,
+                    dx: dx.clone(),
+                    dgamma: params.gain.grad().clone(),
+                    dbeta: params.bias.as_ref().map(|b| b.grad().clone()),
+                };
+                e.run(ln, Op::LayerNormBackward, io, label)
+            }
+            Op::RmsNorm(rn) => {
+                let io = RmsNormBackwardIo {
+                    x: x.clone(),
+                    rstd: stats.clone(),
+                    gamma: params.gain.w().clone(),
+                    dy: dy.clone(),
+                    dx_in,
+                    dx: dx.clone(),
+                    dgamma: params.gain.grad().clone(),
+                };
+                e.run(rn, Op::RmsNormBackward, io, label)
+            }
             _ => unreachable!("norm_op returns a norm"),
-        };
-        let mut inputs = vec![x, stats, params.gain.w(), dy];
-        if accumulate {
-            inputs.push(dx);
         }
-        let mut outputs = vec![dx, params.gain.grad()];
-        outputs.extend(params.bias.as_ref().map(Param::grad));
-        e.op(op, &inputs, &outputs, label)
     }
 
     fn take(slot: &mut Option<Tensor>, what: &str) -> Tensor {
@@ -377,77 +404,22 @@ impl Transformer {
         )?;
         let qkv = Self::take(&mut s.qkv, "qkv");
         let dqkv = grad(e, "qkv", cfg.qkv_dim())?;
-        let shape = self.attention_shape(b, t, t);
-        match self.opts.attention {
-            AttentionKernel::Naive => {
-                let probs = match s.probs.take() {
-                    Some(p) => p,
-                    None => {
-                        e.phase = Phase::Recompute;
-                        let p = self.attention_probs(e, &shape, &qkv, None, l)?;
-                        e.phase = Phase::Backward;
-                        p
-                    }
-                };
-                let dims = [b, cfg.n_heads, t, t];
-                let dprobs = e.alloc(
-                    format!("h{l}.d_probs"),
-                    &dims,
-                    dt,
-                    MemCategory::ActivationGradients,
-                )?;
-                // inputs [dattn, qkv, probs] → outputs [dprobs, dqkv (V part)]
-                e.op(
-                    Op::AttnValueBackward(shape),
-                    &[&dattn, &qkv, &probs],
-                    &[&dprobs, &dqkv],
-                    "attn.value",
-                )?;
-                let dscores = e.alloc(
-                    format!("h{l}.d_scores"),
-                    &dims,
-                    dt,
-                    MemCategory::ActivationGradients,
-                )?;
-                // inputs [probs, dprobs] → outputs [dscores]
-                e.op(
-                    Op::AttnSoftmaxBackward(shape),
-                    &[&probs, &dprobs],
-                    &[&dscores],
-                    "attn.softmax",
-                )?;
-                e.be.free(dprobs);
-                e.be.free(probs);
-                // inputs [dscores, qkv] → outputs [dqkv (Q and K parts)]
-                e.op(
-                    Op::AttnScoresBackward(shape),
-                    &[&dscores, &qkv],
-                    &[&dqkv],
-                    "attn.scores",
-                )?;
-                e.be.free(dscores);
-            }
-            AttentionKernel::Flash => {
-                let lse = Self::take(&mut s.lse, "lse");
-                // inputs [qkv, attn, dattn, lse] → outputs [dqkv]
-                e.op(
-                    Op::FlashAttentionBackward(shape),
-                    &[&qkv, &attn, &dattn, &lse],
-                    &[&dqkv],
-                    "attn.flash",
-                )?;
-                e.be.free(lse);
-            }
-        }
+        let prefix = format!("h{l}.");
+        let saved = match self.opts.attention {
+            AttentionKernel::Naive => s.probs.take(),
+            AttentionKernel::Flash => Some(Self::take(&mut s.lse, "lse")),
+        };
+        self.attention_core(b, t, t, false, &prefix)
+            .backward(e, &qkv, &attn, &dattn, saved, &dqkv)?;
         for x in [attn, dattn, qkv] {
             e.be.free(x);
         }
         if let crate::config::Positions::Rope { theta } = cfg.positions {
-            // in place: inputs [dqkv] → outputs [dqkv]
-            e.op(
-                Op::RopeBackward(self.rope_op(b, t, 0, theta)),
-                &[&dqkv],
-                &[&dqkv],
+            let io = RopeIo { qkv: dqkv.clone() };
+            e.run(
+                self.rope_op(b, t, 0, theta),
+                Op::RopeBackward,
+                io,
                 "attn.rope",
             )?;
         }
@@ -501,7 +473,7 @@ impl Transformer {
         Ok(dres)
     }
 
-    /// The standalone activation's backward: inputs [h, dg] → outputs [dh].
+    /// The standalone activation's backward: dh from h and dg.
     fn activation_backward(
         &self,
         e: &mut Emit<'_, impl Backend>,
@@ -510,17 +482,32 @@ impl Transformer {
         dh: &Tensor,
     ) -> Result<(), BackendError> {
         let n = h.shape[0];
-        let op = match act_kind(self.cfg.mlp) {
-            Some(kind) => Op::ActivationBackward(crate::ops::activation::Activation {
-                numel: n * self.cfg.d_ff,
-                kind,
-            }),
-            None => Op::SwiGluBackward(crate::ops::swiglu::SwiGlu {
-                n,
-                f: self.cfg.d_ff,
-            }),
-        };
-        e.op(op, &[h, dg], &[dh], "mlp.act")
+        match act_kind(self.cfg.mlp) {
+            Some(kind) => {
+                let act = Activation {
+                    numel: n * self.cfg.d_ff,
+                    kind,
+                };
+                let io = ActivationBackwardIo {
+                    x: h.clone(),
+                    dy: dg.clone(),
+                    dx: dh.clone(),
+                };
+                e.run(act, Op::ActivationBackward, io, "mlp.act")
+            }
+            None => {
+                let op = SwiGlu {
+                    n,
+                    f: self.cfg.d_ff,
+                };
+                let io = SwiGluBackwardIo {
+                    h: h.clone(),
+                    dg: dg.clone(),
+                    dh: dh.clone(),
+                };
+                e.run(op, Op::SwiGluBackward, io, "mlp.act")
+            }
+        }
     }
 
     /// Full recomputation: re-run block `l`'s forward from its saved input, keeping everything.
@@ -560,9 +547,7 @@ impl Transformer {
     /// the norm, and under S > 1 skips the step when the norm is not finite (an fp16 overflow),
     /// so the masters, moments and copies keep their values; the unfused cast then rewrites the
     /// same copies.
-    ///   grad_norm inputs [grads…] → outputs [norm]
-    ///   adamw     inputs [norm, θ…, g…, m…, v…] → outputs [θ…, m…, v…, copies…(fused)]
-    ///   cast      inputs [θ…] → outputs [copies…]
+    /// Fused, AdamW rewrites the low-precision copies itself; unfused, a cast does after it.
     pub fn optimizer_step(
         &self,
         be: &mut impl Backend,
@@ -577,14 +562,13 @@ impl Transformer {
         let w = &self.weights;
         let all = w.all_params();
         let numel: u64 = all.iter().map(|p| p.numel()).sum();
-        let grads: Vec<&Tensor> = all.iter().map(|p| p.grad()).collect();
+        let grads: Vec<Tensor> = all.iter().map(|p| p.grad().clone()).collect();
         let norm = e.alloc("grad_norm", &[1], DType::F32, MemCategory::Io)?;
-        e.op(
-            Op::GradNorm(GradNorm { numel }),
-            &grads,
-            &[&norm],
-            "grad_norm",
-        )?;
+        let io = GradNormIo {
+            grads,
+            norm: norm.clone(),
+        };
+        e.run(GradNorm { numel }, Op::GradNorm, io, "grad_norm")?;
         let mut groups = vec![(None, w.outer_params())];
         groups.extend(
             w.layers
@@ -595,31 +579,32 @@ impl Transformer {
         for (layer, params) in groups {
             e.layer = layer;
             let numel: u64 = params.iter().map(|p| p.numel()).sum();
-            let mut inputs = vec![&norm];
-            inputs.extend(params.iter().map(|p| &p.master));
-            inputs.extend(params.iter().map(|p| p.grad()));
-            inputs.extend(params.iter().filter_map(|p| p.m.as_ref()));
-            inputs.extend(params.iter().filter_map(|p| p.v.as_ref()));
-            let mut outputs: Vec<&Tensor> = params.iter().map(|p| &p.master).collect();
-            outputs.extend(params.iter().filter_map(|p| p.m.as_ref()));
-            outputs.extend(params.iter().filter_map(|p| p.v.as_ref()));
-            let copies: Vec<&Tensor> = params.iter().filter_map(|p| p.copy.as_ref()).collect();
-            if self.opts.fused {
-                outputs.extend(copies.iter().copied());
-            }
-            e.op(
-                Op::AdamW(AdamW {
-                    numel,
-                    hyper,
-                    grad_scale: self.loss_scale(),
-                }),
-                &inputs,
-                &outputs,
-                "adamw",
-            )?;
+            let masters: Vec<Tensor> = params.iter().map(|p| p.master.clone()).collect();
+            let copies: Vec<Tensor> = params.iter().filter_map(|p| p.copy.clone()).collect();
+            let io = AdamWIo {
+                norm: norm.clone(),
+                theta: masters.clone(),
+                grads: params.iter().map(|p| p.grad().clone()).collect(),
+                m: params.iter().filter_map(|p| p.m.clone()).collect(),
+                v: params.iter().filter_map(|p| p.v.clone()).collect(),
+                copies: if self.opts.fused {
+                    copies.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            let adamw = AdamW {
+                numel,
+                hyper,
+                grad_scale: self.loss_scale(),
+            };
+            e.run(adamw, Op::AdamW, io, "adamw")?;
             if !self.opts.fused && !copies.is_empty() {
-                let masters: Vec<&Tensor> = params.iter().map(|p| &p.master).collect();
-                e.op(Op::Cast(Cast { numel }), &masters, &copies, "cast")?;
+                let io = CastIo {
+                    src: masters,
+                    dst: copies,
+                };
+                e.run(Cast { numel }, Op::Cast, io, "cast")?;
             }
         }
         e.be.free(norm);

@@ -4,8 +4,8 @@
 use super::{Emit, Keep, Kv, KvCache, Transformer};
 use crate::backend::{Backend, BackendError};
 use crate::dtype::DType;
-use crate::ops::sampling::{Sample, Sampling};
-use crate::ops::take_last::TakeLast;
+use crate::ops::sampling::{Sample, SampleIo, Sampling};
+use crate::ops::take_last::{TakeLast, TakeLastIo};
 use crate::ops::{Op, Phase};
 use crate::tensor::{MemCategory, Tensor, TensorSpec};
 
@@ -95,7 +95,7 @@ impl Transformer {
         }
     }
 
-    /// Samples from `logits` (B, V), which are freed. inputs [logits] → outputs [next]
+    /// Samples one token per row of `logits` (B, V), which are freed.
     pub fn sample(
         &self,
         be: &mut impl Backend,
@@ -110,7 +110,11 @@ impl Transformer {
         };
         let next = e.alloc("next_tokens", &[b], DType::I32, MemCategory::Io)?;
         let op = Sample { b, v, sampling };
-        e.op(Op::Sample(op), &[&logits], &[&next], "sample")?;
+        let io = SampleIo {
+            logits: logits.clone(),
+            ids: next.clone(),
+        };
+        e.run(op, Op::Sample, io, "sample")?;
         e.be.free(logits);
         Ok(next)
     }
@@ -151,15 +155,13 @@ impl Transformer {
             e.be.free(fin.stats);
         }
         // Only the last position of each sequence is sampled: B rows go to the output layer.
-        // inputs [x] → outputs [last]
         let last = if t > 1 {
             let last = e.alloc("x.last", &[b, c], dt, MemCategory::Activations)?;
-            e.op(
-                Op::TakeLast(TakeLast { b, t, c }),
-                &[&head_input],
-                &[&last],
-                "take_last",
-            )?;
+            let io = TakeLastIo {
+                x: head_input.clone(),
+                last: last.clone(),
+            };
+            e.run(TakeLast { b, t, c }, Op::TakeLast, io, "take_last")?;
             e.be.free(head_input);
             last
         } else {

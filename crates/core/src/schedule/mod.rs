@@ -24,17 +24,18 @@ pub use weights::{LayerParams, NormParams, Param, Weights};
 use crate::backend::{Backend, BackendError, OpCall};
 use crate::config::{Mlp, ModelConfig, Norm, NormPlacement, Positions};
 use crate::dtype::DType;
-use crate::ops::activation::{Activation, ActivationKind};
+use crate::ops::activation::{Activation, ActivationIo, ActivationKind};
 use crate::ops::attention::Attention;
-use crate::ops::cross_entropy::CrossEntropy;
-use crate::ops::embedding::{Embedding, PositionTable};
-use crate::ops::kv_cache::KvAppend;
-use crate::ops::layernorm::LayerNorm;
-use crate::ops::matmul::Matmul;
-use crate::ops::residual::ResidualAdd;
-use crate::ops::rmsnorm::RmsNorm;
-use crate::ops::rope::Rope;
-use crate::ops::swiglu::SwiGlu;
+use crate::ops::cross_entropy::{CrossEntropy, CrossEntropyIo};
+use crate::ops::embedding::{Embedding, EmbeddingIo, PositionTable};
+use crate::ops::kv_cache::{KvAppend, KvAppendIo};
+use crate::ops::layernorm::{LayerNorm, LayerNormIo};
+use crate::ops::matmul::{Matmul, MatmulIo};
+use crate::ops::operands::Operands;
+use crate::ops::residual::{ResidualAdd, ResidualAddIo};
+use crate::ops::rmsnorm::{RmsNorm, RmsNormIo};
+use crate::ops::rope::{Rope, RopeIo};
+use crate::ops::swiglu::{SwiGlu, SwiGluIo};
 use crate::ops::{Op, Phase};
 use crate::tensor::{MemCategory, Tensor, TensorSpec};
 
@@ -183,21 +184,16 @@ struct Emit<'a, B: Backend> {
 }
 
 impl<B: Backend> Emit<'_, B> {
-    fn op(
+    /// Issues `wrap(desc)` (e.g. `Op::RmsNorm`) on its named operands.
+    fn run<D: Clone, I: Operands<D>>(
         &mut self,
-        op: Op,
-        inputs: &[&Tensor],
-        outputs: &[&Tensor],
+        desc: D,
+        wrap: fn(D) -> Op,
+        io: I,
         label: &'static str,
     ) -> Result<(), BackendError> {
-        self.be.exec(OpCall {
-            op,
-            inputs: inputs.iter().map(|&t| t.clone()).collect(),
-            outputs: outputs.iter().map(|&t| t.clone()).collect(),
-            label,
-            layer: self.layer,
-            phase: self.phase,
-        })
+        self.be
+            .exec(OpCall::new(desc, wrap, io, label, self.layer, self.phase))
     }
 
     fn alloc(
@@ -394,13 +390,12 @@ impl Transformer {
             Some(targets) => {
                 let losses = e.alloc("losses", &[n], DType::F32, MemCategory::Io)?;
                 let ce = self.cross_entropy(n);
-                // inputs [logits, targets] → outputs [losses]
-                e.op(
-                    Op::CrossEntropy(ce),
-                    &[&logits, targets],
-                    &[&losses],
-                    "loss",
-                )?;
+                let io = CrossEntropyIo {
+                    logits: logits.clone(),
+                    targets: targets.clone(),
+                    losses: losses.clone(),
+                };
+                e.run(ce, Op::CrossEntropy, io, "loss")?;
                 Some(losses)
             }
             None => None,
@@ -452,7 +447,6 @@ impl Transformer {
     }
 
     /// Token (and position) embedding of `t` positions starting at `pos`.
-    /// inputs [tokens, wte, wpe?] → outputs [x]
     fn embed(
         &self,
         e: &mut Emit<'_, impl Backend>,
@@ -469,16 +463,13 @@ impl Transformer {
             MemCategory::Activations,
         )?;
         let w = &self.weights;
-        let mut inputs = vec![tokens, w.token_embedding.w()];
-        if let Some(p) = &w.position_embedding {
-            inputs.push(p.w());
-        }
-        e.op(
-            Op::Embedding(self.embedding_op(b, t, pos)),
-            &inputs,
-            &[&x],
-            "embedding",
-        )?;
+        let io = EmbeddingIo {
+            tokens: tokens.clone(),
+            wte: w.token_embedding.w().clone(),
+            wpe: w.position_embedding.as_ref().map(|p| p.w().clone()),
+            x: x.clone(),
+        };
+        e.run(self.embedding_op(b, t, pos), Op::Embedding, io, "embedding")?;
         Ok(x)
     }
 
@@ -500,10 +491,8 @@ impl Transformer {
     }
 
     /// Normalise `base` + `add` (the pending residual branch, freed here), or `base` alone.
-    /// `base` is freed once summed unless `keep_base` (the backward reads it).
-    ///   fused:   inputs [base, add, γ, β?] → outputs [sum, normed, stats]
-    ///   unfused: residual_add inputs [base, add] → outputs [sum], then the plain norm
-    ///   norm:    inputs [x, γ, β?] → outputs [normed, stats]
+    /// `base` is freed once summed unless `keep_base` (the backward reads it). Fused, the norm
+    /// adds the branch itself and writes the sum; unfused, a residual add writes it first.
     #[allow(clippy::too_many_arguments)]
     fn add_norm(
         &self,
@@ -523,8 +512,17 @@ impl Transformer {
             None => base.clone(),
         };
         if let (Some(a), false) = (&add, fused) {
-            let op = Op::ResidualAdd(ResidualAdd { numel: n * c });
-            e.op(op, &[&base, a], &[&stream], "residual")?;
+            let io = ResidualAddIo {
+                a: base.clone(),
+                b: a.clone(),
+                sum: stream.clone(),
+            };
+            e.run(
+                ResidualAdd { numel: n * c },
+                Op::ResidualAdd,
+                io,
+                "residual",
+            )?;
         }
         let normed = e.alloc(format!("{name}.out"), &[n, c], dt, MemCategory::Activations)?;
         let stats = e.alloc(
@@ -533,16 +531,37 @@ impl Transformer {
             DType::F32,
             MemCategory::Activations,
         )?;
-        let mut inputs: Vec<&Tensor> = match (&add, fused) {
-            (Some(a), true) => vec![&base, a],
-            _ => vec![&stream],
+        let (x, residual) = match (&add, fused) {
+            (Some(a), true) => (base.clone(), Some((a.clone(), stream.clone()))),
+            _ => (stream.clone(), None),
         };
-        inputs.push(params.gain.w());
-        inputs.extend(params.bias.as_ref().map(Param::w));
-        let mut outputs = if fused { vec![&stream] } else { vec![] };
-        outputs.push(&normed);
-        outputs.push(&stats);
-        e.op(self.norm_op(n, fused, false), &inputs, &outputs, label)?;
+        let gamma = params.gain.w().clone();
+        match self.norm_op(n, fused, false) {
+            Op::LayerNorm(ln) => {
+                let io = LayerNormIo {
+                    x,
+                    add: residual.as_ref().map(|r| r.0.clone()),
+                    gamma,
+                    beta: params.bias.as_ref().map(|b| b.w().clone()),
+                    sum: residual.map(|r| r.1),
+                    y: normed.clone(),
+                    stats: stats.clone(),
+                };
+                e.run(ln, Op::LayerNorm, io, label)?;
+            }
+            Op::RmsNorm(rn) => {
+                let io = RmsNormIo {
+                    x,
+                    add: residual.as_ref().map(|r| r.0.clone()),
+                    gamma,
+                    sum: residual.map(|r| r.1),
+                    y: normed.clone(),
+                    rstd: stats.clone(),
+                };
+                e.run(rn, Op::RmsNorm, io, label)?;
+            }
+            _ => unreachable!("norm_op returns a norm"),
+        }
         if let Some(a) = add {
             e.be.free(a);
             if !keep_base {
@@ -577,8 +596,8 @@ impl Transformer {
         }
     }
 
-    /// Linear layer y = x·Wᵀ + b. inputs [x, W, b?] → outputs [y], or [h, act(h)] when an
-    /// activation is fused into the epilogue.
+    /// Linear layer y = x·Wᵀ + b, and act(y) too when an activation is fused into the
+    /// epilogue (`act` is its output).
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
@@ -586,19 +605,32 @@ impl Transformer {
         x: &Tensor,
         w: &Param,
         bias: Option<&Param>,
-        outputs: &[&Tensor],
-        activation: Option<ActivationKind>,
+        y: &Tensor,
+        act: Option<(ActivationKind, &Tensor)>,
         label: &'static str,
     ) -> Result<(), BackendError> {
         let mut mm = Matmul::new(x.shape[0], x.shape[1], w.master.shape[0], bias.is_some());
-        mm.activation = activation;
-        let mut inputs = vec![x, w.w()];
-        inputs.extend(bias.map(Param::w));
-        e.op(Op::Matmul(mm), &inputs, outputs, label)
+        mm.activation = act.map(|(kind, _)| kind);
+        let io = MatmulIo {
+            x: x.clone(),
+            w: w.w().clone(),
+            bias: bias.map(|b| b.w().clone()),
+            y: y.clone(),
+            act: act.map(|(_, g)| g.clone()),
+        };
+        e.run(mm, Op::Matmul, io, label)
     }
 
-    fn attention_shape(&self, b: usize, tq: usize, tk: usize) -> Attention {
-        Attention {
+    /// The attention core of a block: this model's heads and mask at Tq queries over Tk keys.
+    fn attention_core<'p>(
+        &self,
+        b: usize,
+        tq: usize,
+        tk: usize,
+        kv_cache: bool,
+        prefix: &'p str,
+    ) -> AttentionCore<'p> {
+        let shape = Attention {
             b,
             h: self.cfg.n_heads,
             h_kv: self.cfg.n_kv_heads,
@@ -607,6 +639,13 @@ impl Transformer {
             d: self.cfg.head_dim,
             causal: self.cfg.causal,
             window: self.cfg.sliding_window,
+            kv_cache,
+        };
+        AttentionCore {
+            kernel: self.opts.attention,
+            shape,
+            dtype: self.act_dtype(),
+            prefix,
         }
     }
 
@@ -661,7 +700,7 @@ impl Transformer {
             &attn_input,
             &p.qkv,
             p.qkv_bias.as_ref(),
-            &[&qkv],
+            &qkv,
             None,
             "attn.qkv",
         )?;
@@ -681,7 +720,7 @@ impl Transformer {
             &attn,
             &p.attn_out,
             p.attn_out_bias.as_ref(),
-            &[&proj],
+            &proj,
             None,
             "attn.proj",
         )?;
@@ -740,7 +779,7 @@ impl Transformer {
             &g,
             &p.mlp_out,
             p.mlp_out_bias.as_ref(),
-            &[&y],
+            &y,
             None,
             "mlp.proj",
         )?;
@@ -774,10 +813,7 @@ impl Transformer {
 
     /// The attention core of block `l`, reading q from `qkv` and keys and values from `qkv`
     /// or the cache; returns the attention output (B·T, H·D).
-    ///   kv_append inputs [qkv] → outputs [k_cache, v_cache]
-    ///   naive     scores inputs [qkv, (k_cache)] → [scores]; softmax [scores] → [probs];
-    ///             value inputs [probs, qkv, (v_cache)] → [attn]
-    ///   flash     inputs [qkv, (k_cache, v_cache)] → outputs [attn, lse]
+    /// With a cache, the new keys and values are appended first and attention reads the cache.
     #[allow(clippy::too_many_arguments)]
     fn attention_forward(
         &self,
@@ -796,16 +832,11 @@ impl Transformer {
             Kv::Cached { pos, .. } => *pos,
         };
         if let Positions::Rope { theta } = cfg.positions {
-            // in place: inputs [qkv] → outputs [qkv]
-            e.op(
-                Op::Rope(self.rope_op(b, t, pos, theta)),
-                &[qkv],
-                &[qkv],
-                "attn.rope",
-            )?;
+            let io = RopeIo { qkv: qkv.clone() };
+            e.run(self.rope_op(b, t, pos, theta), Op::Rope, io, "attn.rope")?;
         }
-        let (tk, k_src, v_src) = match kv {
-            Kv::Local => (t, None, None),
+        let (tk, cache) = match kv {
+            Kv::Local => (t, None),
             Kv::Cached { cache, pos } => {
                 let append = KvAppend {
                     b,
@@ -814,48 +845,27 @@ impl Transformer {
                     d: cfg.head_dim,
                     pos: *pos,
                 };
-                e.op(
-                    Op::KvAppend(append),
-                    &[qkv],
-                    &[&cache.k[l], &cache.v[l]],
-                    "attn.kv_append",
-                )?;
-                (pos + t, Some(&cache.k[l]), Some(&cache.v[l]))
+                let io = KvAppendIo {
+                    qkv: qkv.clone(),
+                    k_cache: cache.k[l].clone(),
+                    v_cache: cache.v[l].clone(),
+                };
+                e.run(append, Op::KvAppend, io, "attn.kv_append")?;
+                (pos + t, Some((&cache.k[l], &cache.v[l])))
             }
         };
-        let shape = self.attention_shape(b, t, tk);
         let attn = e.alloc(
             format!("h{l}.attn"),
             &[b * t, cfg.attn_dim()],
             self.act_dtype(),
             MemCategory::Activations,
         )?;
+        let prefix = format!("h{l}.");
+        let core = self.attention_core(b, t, tk, cache.is_some(), &prefix);
+        let saved = core.forward(e, qkv, cache, &attn)?;
         match self.opts.attention {
-            AttentionKernel::Naive => {
-                let probs = self.attention_probs(e, &shape, qkv, k_src, l)?;
-                let mut inputs = vec![&probs, qkv];
-                inputs.extend(v_src);
-                e.op(Op::AttnValue(shape), &inputs, &[&attn], "attn.value")?;
-                e.keep_or_free(probs, keep.cheap, &mut s.probs);
-            }
-            AttentionKernel::Flash => {
-                let lse = e.alloc(
-                    format!("h{l}.lse"),
-                    &[b, cfg.n_heads, t],
-                    DType::F32,
-                    MemCategory::Activations,
-                )?;
-                let mut inputs = vec![qkv];
-                inputs.extend(k_src);
-                inputs.extend(v_src);
-                e.op(
-                    Op::FlashAttention(shape),
-                    &inputs,
-                    &[&attn, &lse],
-                    "attn.flash",
-                )?;
-                e.keep_or_free(lse, keep.inputs, &mut s.lse);
-            }
+            AttentionKernel::Naive => e.keep_or_free(saved, keep.cheap, &mut s.probs),
+            AttentionKernel::Flash => e.keep_or_free(saved, keep.inputs, &mut s.lse),
         }
         Ok(attn)
     }
@@ -872,36 +882,9 @@ impl Transformer {
         }
     }
 
-    /// Naive attention's first two ops, scores then mask + softmax; returns the probabilities.
-    fn attention_probs(
-        &self,
-        e: &mut Emit<'_, impl Backend>,
-        shape: &Attention,
-        qkv: &Tensor,
-        k_src: Option<&Tensor>,
-        l: usize,
-    ) -> Result<Tensor, BackendError> {
-        let dims = [shape.b, shape.h, shape.tq, shape.tk];
-        let dt = self.act_dtype();
-        let scores = e.alloc(format!("h{l}.scores"), &dims, dt, MemCategory::Activations)?;
-        let mut inputs = vec![qkv];
-        inputs.extend(k_src);
-        e.op(Op::AttnScores(*shape), &inputs, &[&scores], "attn.scores")?;
-        let probs = e.alloc(format!("h{l}.probs"), &dims, dt, MemCategory::Activations)?;
-        e.op(
-            Op::AttnSoftmax(*shape),
-            &[&scores],
-            &[&probs],
-            "attn.softmax",
-        )?;
-        e.be.free(scores);
-        Ok(probs)
-    }
-
-    /// The MLP's first projection and activation, writing h (pre-activation) and g.
-    ///   GELU/ReLU fused: matmul inputs [x, W, b?] → outputs [h, g]
-    ///   unfused:         matmul → [h]; activation inputs [h] → outputs [g]
-    ///   SwiGLU:          matmul → [h]; swiglu inputs [h] → outputs [g]
+    /// The MLP's first projection and activation, writing h (pre-activation) and g: one matmul
+    /// with the activation in its epilogue when fused (GELU/ReLU), else a matmul then the
+    /// activation (or SwiGLU).
     fn mlp_in_forward(
         &self,
         e: &mut Emit<'_, impl Backend>,
@@ -914,16 +897,16 @@ impl Transformer {
         let bias = p.mlp_in_bias.as_ref();
         match act_kind(self.cfg.mlp) {
             Some(kind) if self.opts.fused => {
-                self.linear(e, x, &p.mlp_in, bias, &[h, g], Some(kind), "mlp.fc")
+                self.linear(e, x, &p.mlp_in, bias, h, Some((kind, g)), "mlp.fc")
             }
             _ => {
-                self.linear(e, x, &p.mlp_in, bias, &[h], None, "mlp.fc")?;
+                self.linear(e, x, &p.mlp_in, bias, h, None, "mlp.fc")?;
                 self.mlp_activation(e, h, g)
             }
         }
     }
 
-    /// The standalone activation: inputs [h] → outputs [g].
+    /// The standalone activation g = act(h) (or SwiGLU of h's two halves).
     fn mlp_activation(
         &self,
         e: &mut Emit<'_, impl Backend>,
@@ -937,14 +920,22 @@ impl Transformer {
                     numel: n * self.cfg.d_ff,
                     kind,
                 };
-                e.op(Op::Activation(act), &[h], &[g], "mlp.act")
+                let io = ActivationIo {
+                    x: h.clone(),
+                    y: g.clone(),
+                };
+                e.run(act, Op::Activation, io, "mlp.act")
             }
             None => {
                 let op = SwiGlu {
                     n,
                     f: self.cfg.d_ff,
                 };
-                e.op(Op::SwiGlu(op), &[h], &[g], "mlp.swiglu")
+                let io = SwiGluIo {
+                    h: h.clone(),
+                    g: g.clone(),
+                };
+                e.run(op, Op::SwiGlu, io, "mlp.swiglu")
             }
         }
     }
@@ -975,8 +966,17 @@ impl Transformer {
                         self.act_dtype(),
                         MemCategory::Activations,
                     )?;
-                    let op = Op::ResidualAdd(ResidualAdd { numel: n * c });
-                    e.op(op, &[&stream, &add], &[&sum], "residual")?;
+                    let io = ResidualAddIo {
+                        a: stream.clone(),
+                        b: add.clone(),
+                        sum: sum.clone(),
+                    };
+                    e.run(
+                        ResidualAdd { numel: n * c },
+                        Op::ResidualAdd,
+                        io,
+                        "residual",
+                    )?;
                     if !keep_base {
                         e.be.free(stream);
                     }
@@ -988,7 +988,7 @@ impl Transformer {
         }
     }
 
-    /// Output layer: logits = x·W_outᵀ (+ b). inputs [x, W, b?] → outputs [logits]
+    /// Output layer: logits = x·W_outᵀ (+ b).
     fn lm_head(
         &self,
         e: &mut Emit<'_, impl Backend>,
@@ -1001,14 +1001,16 @@ impl Transformer {
             x,
             w.lm_head_weight(),
             w.lm_head_bias.as_ref(),
-            &[logits],
+            logits,
             None,
             "lm_head",
         )
     }
 }
 
+mod attention;
 pub mod attention_only;
+use attention::AttentionCore;
 mod backward;
 mod inference;
 pub mod scenario;

@@ -1,7 +1,11 @@
 //! Elementwise activations in parallel chunks.
 
+use crate::exec::Exec;
 use rayon::prelude::*;
-use tperf_core::ops::activation::{act_derivative, act_forward, ActivationKind};
+use tperf_core::backend::BackendError;
+use tperf_core::ops::activation::{
+    act_derivative, act_forward, Activation, ActivationBackwardIo, ActivationIo, ActivationKind,
+};
 
 /// Elements per rayon task: big enough that scheduling costs nothing beside the arithmetic.
 const CHUNK: usize = 1 << 14;
@@ -24,4 +28,22 @@ pub fn backward(kind: ActivationKind, x: &[f32], dy: &[f32], dx: &mut [f32]) {
                 *d = g * act_derivative(kind, x);
             }
         });
+}
+
+/// The op's dispatch: named operands in, kernel out.
+pub(crate) fn exec(cx: &mut Exec<'_>, a: &Activation) -> Result<(), BackendError> {
+    let io: ActivationIo = cx.call.operands(a)?;
+    forward(a.kind, cx.f32(&io.x)?, cx.outs.f32(&io.y)?);
+    Ok(())
+}
+
+pub(crate) fn exec_backward(cx: &mut Exec<'_>, a: &Activation) -> Result<(), BackendError> {
+    let io: ActivationBackwardIo = cx.call.operands(a)?;
+    backward(
+        a.kind,
+        cx.f32(&io.x)?,
+        cx.f32(&io.dy)?,
+        cx.outs.f32(&io.dx)?,
+    );
+    Ok(())
 }

@@ -1,9 +1,11 @@
 //! AdamW over one parameter tensor in parallel chunks, optionally writing the rounded
 //! low-precision copy in the same pass (the fused schedule's form).
 
+use crate::exec::Exec;
 use rayon::prelude::*;
+use tperf_core::backend::BackendError;
 use tperf_core::dtype::DType;
-use tperf_core::ops::adamw::AdamWParams;
+use tperf_core::ops::adamw::{AdamW, AdamWIo, AdamWParams};
 use tperf_core::ops::cast::round_to;
 
 const CHUNK: usize = 1 << 14;
@@ -42,4 +44,44 @@ pub fn update(
             .zip(theta.par_iter())
             .for_each(|(c, &t)| *c = round_to(dtype, t));
     }
+}
+
+/// The op's dispatch: one AdamW step over a group of parameters.
+pub(crate) fn exec(cx: &mut Exec<'_>, adam: &AdamW) -> Result<(), BackendError> {
+    let io: AdamWIo = cx.call.operands(adam)?;
+    let norm = cx.f32(&io.norm)?;
+    cx.check_len("norm", norm.len(), 1)?;
+    // clip(‖g‖/S)/S: unscales the loss-scaled gradients and clips them in one factor (1/S is
+    // exact for a power-of-two S, so this is (g/S)·clip). None: a non-finite norm under loss
+    // scaling means an fp16 gradient overflowed, and the step leaves θ, m, v and the copies as
+    // they are.
+    let Some(factor) = adam.grad_factor(f64::from(norm[0])) else {
+        return Ok(());
+    };
+    let clip = factor as f32;
+    for i in 0..io.theta.len() {
+        let g = cx.f32(&io.grads[i])?;
+        // Weight decay applies to matrices, not to gains, biases or other vectors.
+        let decay = io.theta[i].shape.len() == 2;
+        match io.copies.get(i) {
+            Some(copy) => {
+                let [theta, m, v, c] = cx.outs.f32s([&io.theta[i], &io.m[i], &io.v[i], copy])?;
+                update(
+                    &adam.hyper,
+                    decay,
+                    clip,
+                    theta,
+                    g,
+                    m,
+                    v,
+                    Some((c, copy.dtype)),
+                );
+            }
+            None => {
+                let [theta, m, v] = cx.outs.f32s([&io.theta[i], &io.m[i], &io.v[i]])?;
+                update(&adam.hyper, decay, clip, theta, g, m, v, None);
+            }
+        }
+    }
+    Ok(())
 }

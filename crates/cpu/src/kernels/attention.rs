@@ -3,8 +3,14 @@
 //! place from the qkv buffer or the caches through gemm's strides, never copied.
 
 use super::{serial_gemm, SyncPtr};
+use crate::exec::Exec;
 use rayon::prelude::*;
-use tperf_core::ops::attention::{Attention, KvSource};
+use tperf_core::backend::BackendError;
+use tperf_core::ops::attention::{
+    Attention, AttnScoresBackwardIo, AttnScoresIo, AttnSoftmaxBackwardIo, AttnSoftmaxIo,
+    AttnValueBackwardIo, AttnValueIo, KvSource,
+};
+use tperf_core::tensor::Tensor;
 
 /// (index of element 0, row stride) of key or value head `g` of batch element `b`.
 fn kv_view(
@@ -205,4 +211,104 @@ pub fn scores_backward(a: &Attention, ds: &[f32], qkv: &[f32], dqkv: &mut [f32])
             }
         }
     });
+}
+
+// The ops' dispatch: named operands in, kernels out.
+
+/// Keys (and values) from a cache after checking that it covers the Tk positions attention
+/// reads; `k` or `v` is empty when the op reads only the other.
+pub(crate) fn cache_source<'a>(
+    cx: &Exec<'_>,
+    a: &Attention,
+    cache: &Tensor,
+    k: &'a [f32],
+    v: &'a [f32],
+) -> Result<KvSource<'a, f32>, BackendError> {
+    match cache.shape[..] {
+        [b, h_kv, capacity, d] if b == a.b && h_kv == a.h_kv && d == a.d && capacity >= a.tk => {
+            Ok(KvSource::Cache { k, v, capacity })
+        }
+        _ => Err(cx.unsupported(format!(
+            "KV cache of shape {:?} does not hold {} positions of {a:?}",
+            cache.shape, a.tk
+        ))),
+    }
+}
+
+/// Attention reading keys from qkv needs the queries and keys to be the same tokens, and the
+/// query heads must group evenly over the key heads.
+pub(crate) fn check_shape(cx: &Exec<'_>, a: &Attention) -> Result<(), BackendError> {
+    if !a.kv_cache && a.tq != a.tk {
+        return Err(cx.unsupported(format!("Tq = {} ≠ Tk = {} needs a KV cache", a.tq, a.tk)));
+    }
+    if a.h_kv == 0 || !a.h.is_multiple_of(a.h_kv) {
+        return Err(cx.unsupported(format!(
+            "H = {} is not a multiple of H_kv = {}",
+            a.h, a.h_kv
+        )));
+    }
+    Ok(())
+}
+
+/// Training's backward reads keys and values from qkv only.
+pub(crate) fn check_no_cache(cx: &Exec<'_>, a: &Attention) -> Result<(), BackendError> {
+    if a.kv_cache || a.tq != a.tk {
+        return Err(
+            cx.unsupported("attention backward through a KV cache (training reads qkv only)")
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn exec_scores(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
+    let io: AttnScoresIo = cx.call.operands(a)?;
+    check_shape(cx, a)?;
+    let src = match &io.k_cache {
+        Some(k) => cache_source(cx, a, k, cx.f32(k)?, &[])?,
+        None => KvSource::Qkv,
+    };
+    scores_forward(a, cx.f32(&io.qkv)?, src, cx.outs.f32(&io.scores)?);
+    Ok(())
+}
+
+pub(crate) fn exec_softmax(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
+    let io: AttnSoftmaxIo = cx.call.operands(a)?;
+    softmax_forward(a, cx.f32(&io.scores)?, cx.outs.f32(&io.probs)?);
+    Ok(())
+}
+
+pub(crate) fn exec_value(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
+    let io: AttnValueIo = cx.call.operands(a)?;
+    check_shape(cx, a)?;
+    let src = match &io.v_cache {
+        Some(v) => cache_source(cx, a, v, &[], cx.f32(v)?)?,
+        None => KvSource::Qkv,
+    };
+    let (p, qkv) = (cx.f32(&io.probs)?, cx.f32(&io.qkv)?);
+    value_forward(a, p, qkv, src, cx.outs.f32(&io.out)?);
+    Ok(())
+}
+
+pub(crate) fn exec_value_backward(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
+    let io: AttnValueBackwardIo = cx.call.operands(a)?;
+    check_no_cache(cx, a)?;
+    let (dout, qkv, p) = (cx.f32(&io.dout)?, cx.f32(&io.qkv)?, cx.f32(&io.probs)?);
+    let [dp, dqkv] = cx.outs.f32s([&io.dprobs, &io.dqkv])?;
+    value_backward(a, dout, qkv, p, dp, dqkv);
+    Ok(())
+}
+
+pub(crate) fn exec_softmax_backward(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
+    let io: AttnSoftmaxBackwardIo = cx.call.operands(a)?;
+    let (p, dp) = (cx.f32(&io.probs)?, cx.f32(&io.dprobs)?);
+    softmax_backward(a, p, dp, cx.outs.f32(&io.dscores)?);
+    Ok(())
+}
+
+pub(crate) fn exec_scores_backward(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
+    let io: AttnScoresBackwardIo = cx.call.operands(a)?;
+    check_no_cache(cx, a)?;
+    let (ds, qkv) = (cx.f32(&io.dscores)?, cx.f32(&io.qkv)?);
+    scores_backward(a, ds, qkv, cx.outs.f32(&io.dqkv)?);
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! Cross-entropy over rows in parallel; the backward works in place over a copy of the logits
 //! (or over the logits themselves when the schedule fuses it).
 
+use crate::exec::Exec;
 use rayon::prelude::*;
-use tperf_core::ops::cross_entropy::CrossEntropy;
+use tperf_core::backend::BackendError;
+use tperf_core::ops::cross_entropy::{CrossEntropy, CrossEntropyBackwardIo, CrossEntropyIo};
 
 fn logsumexp(z: &[f32]) -> f32 {
     let max = z.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -32,4 +34,31 @@ pub fn backward_in_place(ce: &CrossEntropy, z: &mut [f32], targets: &[i32]) {
             }
             row[t as usize] -= scale;
         });
+}
+
+/// The op's dispatch: named operands in, kernel out.
+pub(crate) fn exec(cx: &mut Exec<'_>, ce: &CrossEntropy) -> Result<(), BackendError> {
+    let io: CrossEntropyIo = cx.call.operands(ce)?;
+    let targets = cx.i32(&io.targets)?;
+    cx.check_ids(targets, ce.v, "target")?;
+    forward(ce, cx.f32(&io.logits)?, targets, cx.outs.f32(&io.losses)?);
+    Ok(())
+}
+
+pub(crate) fn exec_backward(cx: &mut Exec<'_>, ce: &CrossEntropy) -> Result<(), BackendError> {
+    let io: CrossEntropyBackwardIo = cx.call.operands(ce)?;
+    let targets = cx.i32(&io.targets)?;
+    cx.check_ids(targets, ce.v, "target")?;
+    // In place when dlogits is the logits' buffer (then the logits are not readable as an input).
+    let logits = if io.logits.id != io.dlogits.id {
+        Some(cx.f32(&io.logits)?)
+    } else {
+        None
+    };
+    let dz = cx.outs.f32(&io.dlogits)?;
+    if let Some(z) = logits {
+        dz.copy_from_slice(z);
+    }
+    backward_in_place(ce, dz, targets);
+    Ok(())
 }

@@ -1,8 +1,12 @@
 //! Embedding: the gather in parallel over tokens. The backward's scatter-add stays sequential
 //! (two tokens may share a row); it is n·C adds, small beside any matmul of the step.
 
+use crate::exec::Exec;
 use rayon::prelude::*;
-use tperf_core::ops::embedding::{sinusoid, Embedding, PositionTable};
+use tperf_core::backend::BackendError;
+use tperf_core::ops::embedding::{
+    sinusoid, Embedding, EmbeddingBackwardIo, EmbeddingIo, PositionTable,
+};
 
 pub fn forward(e: &Embedding, tokens: &[i32], wte: &[f32], wpe: Option<&[f32]>, out: &mut [f32]) {
     let c = e.c;
@@ -55,4 +59,41 @@ pub fn backward(
             }
         }
     }
+}
+
+/// The op's dispatch: named operands in, kernel out.
+pub(crate) fn exec(cx: &mut Exec<'_>, e: &Embedding) -> Result<(), BackendError> {
+    let io: EmbeddingIo = cx.call.operands(e)?;
+    let tokens = cx.i32(&io.tokens)?;
+    cx.check_ids(tokens, e.vocab, "token")?;
+    cx.check_len("tokens", tokens.len(), e.n)?;
+    let wte = cx.f32(&io.wte)?;
+    cx.check_len("wte", wte.len(), e.vocab * e.c)?;
+    let wpe = cx.f32_opt(&io.wpe)?;
+    if let Some(wpe) = wpe {
+        let rows = wpe.len() / e.c.max(1);
+        if e.pos_offset + e.t > rows {
+            return Err(cx.invalid(format!(
+                "positions up to {} exceed the learned position table of {rows}: use a sequence within the model's context",
+                e.pos_offset + e.t
+            )));
+        }
+    }
+    forward(e, tokens, wte, wpe, cx.outs.f32(&io.x)?);
+    Ok(())
+}
+
+pub(crate) fn exec_backward(cx: &mut Exec<'_>, e: &Embedding) -> Result<(), BackendError> {
+    let io: EmbeddingBackwardIo = cx.call.operands(e)?;
+    let tokens = cx.i32(&io.tokens)?;
+    cx.check_ids(tokens, e.vocab, "token")?;
+    let dout = cx.f32(&io.dx)?;
+    match &io.dwpe {
+        Some(dwpe) => {
+            let [dwte, dwpe] = cx.outs.f32s([&io.dwte, dwpe])?;
+            backward(e, tokens, dout, dwte, Some(dwpe));
+        }
+        None => backward(e, tokens, dout, cx.outs.f32(&io.dwte)?, None),
+    }
+    Ok(())
 }

@@ -32,9 +32,13 @@
 //! Limit: the backward has B·H_kv tasks, so multi-query attention at batch 1 runs on one core
 //! (per-head dK/dV partials and a reduction would lift that, at O(H·T·D) extra memory).
 
+use super::attention::{cache_source, check_no_cache, check_shape};
 use super::{serial_gemm, SyncPtr};
+use crate::exec::Exec;
 use rayon::prelude::*;
+use tperf_core::backend::BackendError;
 use tperf_core::ops::attention::{Attention, KvSource};
+use tperf_core::ops::flash_attention::{FlashAttentionBackwardIo, FlashAttentionIo};
 
 const BQ: usize = 64;
 const BK: usize = 128;
@@ -421,4 +425,27 @@ pub fn backward(
                 }
             }
         });
+}
+
+/// The op's dispatch: named operands in, kernel out.
+pub(crate) fn exec(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
+    let io: FlashAttentionIo = cx.call.operands(a)?;
+    check_shape(cx, a)?;
+    let src = match (&io.k_cache, &io.v_cache) {
+        (Some(k), Some(v)) => cache_source(cx, a, k, cx.f32(k)?, cx.f32(v)?)?,
+        _ => KvSource::Qkv,
+    };
+    let qkv = cx.f32(&io.qkv)?;
+    let [o, lse] = cx.outs.f32s([&io.out, &io.lse])?;
+    forward(a, qkv, src, o, lse);
+    Ok(())
+}
+
+pub(crate) fn exec_backward(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
+    let io: FlashAttentionBackwardIo = cx.call.operands(a)?;
+    check_no_cache(cx, a)?;
+    let (qkv, o) = (cx.f32(&io.qkv)?, cx.f32(&io.out)?);
+    let (dout, lse) = (cx.f32(&io.dout)?, cx.f32(&io.lse)?);
+    backward(a, qkv, o, dout, lse, cx.outs.f32(&io.dqkv)?);
+    Ok(())
 }

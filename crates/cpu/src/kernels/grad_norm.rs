@@ -7,6 +7,11 @@
 //! registers' worth) break the chain: the compiler turns them into vector FMAs and the loop
 //! becomes bandwidth-bound, as the roofline says it is.
 
+use crate::exec::Exec;
+use rayon::prelude::*;
+use tperf_core::backend::BackendError;
+use tperf_core::ops::grad_norm::{GradNorm, GradNormIo};
+
 /// Σ x², summed in 16 f32 lanes and combined in f64 (a chunk is at most a few tens of
 /// thousands of elements, so each lane adds up only a few thousand terms).
 pub fn sum_of_squares(x: &[f32]) -> f64 {
@@ -39,4 +44,21 @@ mod tests {
             );
         }
     }
+}
+
+/// The op's dispatch: ‖g‖ over every gradient tensor, summed in f64.
+pub(crate) fn exec(cx: &mut Exec<'_>, g: &GradNorm) -> Result<(), BackendError> {
+    let io: GradNormIo = cx.call.operands(g)?;
+    let grads: Vec<&[f32]> = io
+        .grads
+        .iter()
+        .map(|t| cx.f32(t))
+        .collect::<Result<_, _>>()?;
+    let sum: f64 = grads
+        .par_iter()
+        .map(|g| g.par_chunks(1 << 14).map(sum_of_squares).sum::<f64>())
+        .sum();
+    cx.check_len("norm", io.norm.numel() as usize, 1)?;
+    cx.outs.f32(&io.norm)?[0] = sum.sqrt() as f32;
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! LayerNorm over rows in parallel. Row statistics are accumulated in f32 with the two-pass
 //! (mean, then squared deviations) form, which loses nothing to cancellation.
 
+use crate::exec::Exec;
 use rayon::prelude::*;
-use tperf_core::ops::layernorm::LayerNorm;
+use tperf_core::backend::BackendError;
+use tperf_core::ops::layernorm::{LayerNorm, LayerNormBackwardIo, LayerNormIo};
 
 fn normalise_row(
     ln: &LayerNorm,
@@ -118,4 +120,39 @@ pub fn backward(
     if let Some(db) = dbeta {
         db.copy_from_slice(&partial[c..]);
     }
+}
+
+/// The op's dispatch: named operands in, kernel out.
+pub(crate) fn exec(cx: &mut Exec<'_>, ln: &LayerNorm) -> Result<(), BackendError> {
+    let io: LayerNormIo = cx.call.operands(ln)?;
+    let (x, gamma, beta) = (cx.f32(&io.x)?, cx.f32(&io.gamma)?, cx.f32_opt(&io.beta)?);
+    match (&io.add, &io.sum) {
+        (Some(add), Some(sum)) => {
+            let add = cx.f32(add)?;
+            let [sum, y, stats] = cx.outs.f32s([sum, &io.y, &io.stats])?;
+            residual_forward(ln, x, add, gamma, beta, sum, y, stats);
+        }
+        _ => {
+            let [y, stats] = cx.outs.f32s([&io.y, &io.stats])?;
+            forward(ln, x, gamma, beta, y, stats);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn exec_backward(cx: &mut Exec<'_>, ln: &LayerNorm) -> Result<(), BackendError> {
+    let io: LayerNormBackwardIo = cx.call.operands(ln)?;
+    let (x, stats) = (cx.f32(&io.x)?, cx.f32(&io.stats)?);
+    let (gamma, dy) = (cx.f32(&io.gamma)?, cx.f32(&io.dy)?);
+    match &io.dbeta {
+        Some(dbeta) => {
+            let [dx, dg, db] = cx.outs.f32s([&io.dx, &io.dgamma, dbeta])?;
+            backward(ln, x, stats, gamma, dy, dx, dg, Some(db));
+        }
+        None => {
+            let [dx, dg] = cx.outs.f32s([&io.dx, &io.dgamma])?;
+            backward(ln, x, stats, gamma, dy, dx, dg, None);
+        }
+    }
+    Ok(())
 }

@@ -2,9 +2,11 @@
 //! activation applied as epilogues over rows in parallel.
 
 use super::gemm_parallelism;
+use crate::exec::Exec;
 use rayon::prelude::*;
+use tperf_core::backend::BackendError;
 use tperf_core::ops::activation::{act_derivative, act_forward};
-use tperf_core::ops::matmul::Matmul;
+use tperf_core::ops::matmul::{Matmul, MatmulBackwardIo, MatmulIo};
 
 /// pre = x·Wᵀ + b, and act = act(pre) when an activation is fused. Shapes as the reference.
 pub fn forward(
@@ -141,4 +143,39 @@ pub fn backward(
             }
         });
     }
+}
+
+/// The op's dispatch: named operands in, kernel out.
+pub(crate) fn exec(cx: &mut Exec<'_>, mm: &Matmul) -> Result<(), BackendError> {
+    let io: MatmulIo = cx.call.operands(mm)?;
+    let (x, w) = (cx.f32(&io.x)?, cx.f32(&io.w)?);
+    cx.check_len("x", x.len(), mm.m * mm.k)?;
+    cx.check_len("W", w.len(), mm.n * mm.k)?;
+    let bias = cx.f32_opt(&io.bias)?;
+    match &io.act {
+        Some(act) => {
+            let [y, act] = cx.outs.f32s([&io.y, act])?;
+            forward(mm, x, w, bias, y, Some(act));
+        }
+        None => forward(mm, x, w, bias, cx.outs.f32(&io.y)?, None),
+    }
+    Ok(())
+}
+
+pub(crate) fn exec_backward(cx: &mut Exec<'_>, mm: &Matmul) -> Result<(), BackendError> {
+    let io: MatmulBackwardIo = cx.call.operands(mm)?;
+    let (x, w, dy) = (cx.f32(&io.x)?, cx.f32(&io.w)?, cx.f32(&io.dy)?);
+    let pre = cx.f32_opt(&io.pre)?;
+    // dx_in is dx's own buffer (an accumulation): the kernel adds into the output.
+    match &io.db {
+        Some(db) => {
+            let [dx, dw, db] = cx.outs.f32s([&io.dx, &io.dw, db])?;
+            backward(mm, x, w, dy, pre, dx, dw, Some(db), cx.scratch);
+        }
+        None => {
+            let [dx, dw] = cx.outs.f32s([&io.dx, &io.dw])?;
+            backward(mm, x, w, dy, pre, dx, dw, None, cx.scratch);
+        }
+    }
+    Ok(())
 }

@@ -1,20 +1,25 @@
 //! Fast kernels, one file per op. Each takes the same slices as the op's reference
 //! implementation in `tperf_core::ops` and must agree with it within the tolerances the tests
-//! state.
+//! state. Beside its kernel, each file holds the op's dispatch (`exec`): the call's operands
+//! read by name, checked, and handed to the kernel.
 
 pub mod activation;
 pub mod adamw;
 pub mod attention;
+pub(crate) mod cast;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod flash_attention;
 pub mod grad_norm;
+pub(crate) mod kv_cache;
 pub mod layernorm;
 pub mod matmul;
 pub mod residual;
 pub mod rmsnorm;
 pub mod rope;
+pub(crate) mod sampling;
 pub mod swiglu;
+pub(crate) mod take_last;
 
 /// A raw pointer that rayon tasks may share, for kernels whose tasks write disjoint but
 /// interleaved parts of one buffer (one attention head's columns of every row), which safe

@@ -1,6 +1,9 @@
 //! y = a + b in parallel chunks.
 
+use crate::exec::Exec;
 use rayon::prelude::*;
+use tperf_core::backend::BackendError;
+use tperf_core::ops::residual::{ResidualAdd, ResidualAddIo};
 
 const CHUNK: usize = 1 << 14;
 
@@ -12,4 +15,11 @@ pub fn forward(a: &[f32], b: &[f32], y: &mut [f32]) {
                 *y = a + b;
             }
         });
+}
+
+/// The op's dispatch: named operands in, kernel out.
+pub(crate) fn exec(cx: &mut Exec<'_>, r: &ResidualAdd) -> Result<(), BackendError> {
+    let io: ResidualAddIo = cx.call.operands(r)?;
+    forward(cx.f32(&io.a)?, cx.f32(&io.b)?, cx.outs.f32(&io.sum)?);
+    Ok(())
 }

@@ -1,7 +1,9 @@
 //! RMSNorm over rows in parallel.
 
+use crate::exec::Exec;
 use rayon::prelude::*;
-use tperf_core::ops::rmsnorm::RmsNorm;
+use tperf_core::backend::BackendError;
+use tperf_core::ops::rmsnorm::{RmsNorm, RmsNormBackwardIo, RmsNormIo};
 
 fn normalise_row(rn: &RmsNorm, x: &[f32], gamma: &[f32], y: &mut [f32], st: &mut [f32]) {
     let ms = x.iter().map(|&v| v * v).sum::<f32>() / rn.c as f32;
@@ -85,4 +87,31 @@ pub fn backward(
             },
         );
     dgamma.copy_from_slice(&partial);
+}
+
+/// The op's dispatch: named operands in, kernel out.
+pub(crate) fn exec(cx: &mut Exec<'_>, rn: &RmsNorm) -> Result<(), BackendError> {
+    let io: RmsNormIo = cx.call.operands(rn)?;
+    let (x, gamma) = (cx.f32(&io.x)?, cx.f32(&io.gamma)?);
+    match (&io.add, &io.sum) {
+        (Some(add), Some(sum)) => {
+            let add = cx.f32(add)?;
+            let [sum, y, rstd] = cx.outs.f32s([sum, &io.y, &io.rstd])?;
+            residual_forward(rn, x, add, gamma, sum, y, rstd);
+        }
+        _ => {
+            let [y, rstd] = cx.outs.f32s([&io.y, &io.rstd])?;
+            forward(rn, x, gamma, y, rstd);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn exec_backward(cx: &mut Exec<'_>, rn: &RmsNorm) -> Result<(), BackendError> {
+    let io: RmsNormBackwardIo = cx.call.operands(rn)?;
+    let (x, rstd) = (cx.f32(&io.x)?, cx.f32(&io.rstd)?);
+    let (gamma, dy) = (cx.f32(&io.gamma)?, cx.f32(&io.dy)?);
+    let [dx, dg] = cx.outs.f32s([&io.dx, &io.dgamma])?;
+    backward(rn, x, rstd, gamma, dy, dx, dg);
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! RoPE in place over rows in parallel; each row computes its position's D/2 (cos, sin) pairs
 //! once and applies them to all H + H_kv rotated heads.
 
+use crate::exec::Exec;
 use rayon::prelude::*;
-use tperf_core::ops::rope::Rope;
+use tperf_core::backend::BackendError;
+use tperf_core::ops::rope::{Rope, RopeIo};
 
 fn rotate(r: &Rope, qkv: &mut [f32], sign: f64) {
     let (w, d) = (r.row_width(), r.d);
@@ -32,4 +34,16 @@ pub fn forward(r: &Rope, qkv: &mut [f32]) {
 
 pub fn backward(r: &Rope, dqkv: &mut [f32]) {
     rotate(r, dqkv, -1.0);
+}
+
+/// The op's dispatch (forward or backward): rotates qkv in place.
+pub(crate) fn exec(cx: &mut Exec<'_>, r: &Rope, backward_pass: bool) -> Result<(), BackendError> {
+    let io: RopeIo = cx.call.operands(r)?;
+    let qkv = cx.outs.f32(&io.qkv)?;
+    if backward_pass {
+        backward(r, qkv);
+    } else {
+        forward(r, qkv);
+    }
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! SwiGLU over rows in parallel: g is the first F columns of a row of h, u the second F.
 
+use crate::exec::Exec;
 use rayon::prelude::*;
+use tperf_core::backend::BackendError;
 use tperf_core::ops::activation::{act_derivative, act_forward, ActivationKind};
-use tperf_core::ops::swiglu::SwiGlu;
+use tperf_core::ops::swiglu::{SwiGlu, SwiGluBackwardIo, SwiGluIo};
 
 const SILU: ActivationKind = ActivationKind::Silu;
 
@@ -30,4 +32,17 @@ pub fn backward(s: &SwiGlu, h: &[f32], dy: &[f32], dh: &mut [f32]) {
                 du[j] = dy[j] * act_forward(SILU, g[j]);
             }
         });
+}
+
+/// The op's dispatch: named operands in, kernel out.
+pub(crate) fn exec(cx: &mut Exec<'_>, s: &SwiGlu) -> Result<(), BackendError> {
+    let io: SwiGluIo = cx.call.operands(s)?;
+    forward(s, cx.f32(&io.h)?, cx.outs.f32(&io.g)?);
+    Ok(())
+}
+
+pub(crate) fn exec_backward(cx: &mut Exec<'_>, s: &SwiGlu) -> Result<(), BackendError> {
+    let io: SwiGluBackwardIo = cx.call.operands(s)?;
+    backward(s, cx.f32(&io.h)?, cx.f32(&io.dg)?, cx.outs.f32(&io.dh)?);
+    Ok(())
 }
