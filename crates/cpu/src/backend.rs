@@ -307,7 +307,10 @@ impl CpuBackend {
             Op::GradNorm(g) => kernels::grad_norm::exec(cx, g),
             Op::Cast(c) => kernels::cast::exec(cx, c),
             Op::KvAppend(k) => kernels::kv_cache::exec(cx, k),
+            Op::PagedKvAppend(k) => kernels::kv_cache::exec_paged(cx, k),
+            Op::PagedAttention(a) => kernels::paged_attention::exec(cx, a),
             Op::TakeLast(t) => kernels::take_last::exec(cx, t),
+            Op::TakeRows(t) => kernels::take_last::exec_rows(cx, t),
             Op::Sample(s) => {
                 kernels::sampling::exec(cx, s)?;
                 self.sample_calls += 1;

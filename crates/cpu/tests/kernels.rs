@@ -251,6 +251,7 @@ fn rope_embedding_cross_entropy_adamw() {
             h_kv: hkv,
             d,
             pos_offset: off,
+            per_row: false,
             theta: 10_000.0,
         };
         let x = randn(1, b * t * r.row_width());
@@ -275,6 +276,7 @@ fn rope_embedding_cross_entropy_adamw() {
                 vocab: 11,
                 t,
                 pos_offset: 1,
+                per_row: false,
                 positions,
                 scale: positions == PositionTable::Sinusoidal,
                 accumulate: n == 6,

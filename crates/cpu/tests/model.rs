@@ -246,6 +246,7 @@ fn generate_samples_greedily_and_rejects_bad_token_ids() {
     let greedy = tperf_core::ops::sampling::Sampling {
         temperature: 0.0,
         top_k: None,
+        top_p: None,
         seed: 0,
     };
     let next = model.generate_step(&mut be, t, &mut cache, greedy).unwrap();

@@ -219,6 +219,7 @@ fn rope_embedding_cache_and_take_last_match_the_cpu() {
                 h_kv,
                 d,
                 pos_offset: pos,
+                per_row: false,
                 theta: 10_000.0,
             };
             let w = (h_q + 2 * h_kv) * d;
@@ -283,6 +284,7 @@ fn rope_embedding_cache_and_take_last_match_the_cpu() {
                     vocab,
                     t: tt,
                     pos_offset: 0,
+                    per_row: false,
                     positions,
                     scale: positions == PositionTable::Sinusoidal,
                     accumulate: false,

@@ -37,6 +37,9 @@ pub struct GenerateArgs {
     /// Sample only among the k most likely tokens.
     #[arg(long)]
     pub top_k: Option<usize>,
+    /// Sample only from the most likely tokens whose probability adds up to p (nucleus).
+    #[arg(long)]
+    pub top_p: Option<f64>,
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
     /// Recompute the whole prefix for every token instead of caching keys and values.
@@ -78,6 +81,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     if args.top_k == Some(0) {
         bail!("--top-k 0 keeps no token: use at least 1, or leave it out");
+    }
+    if let Some(p) = args.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            bail!("--top-p {p} is not a probability in (0, 1]: use e.g. 0.9, or leave it out");
+        }
     }
     let opts = Options {
         precision: args.dtype,
@@ -160,6 +168,7 @@ fn generate_on<B: Measured>(mut be: B, args: &GenerateArgs, opts: Options) -> Re
     let sampling = Sampling {
         temperature: args.temperature,
         top_k: args.top_k,
+        top_p: args.top_p,
         seed: args.seed,
     };
 

@@ -30,6 +30,10 @@ pub struct Embedding {
     /// Sequence length, for the position of token i: i mod t (+ pos_offset).
     pub t: usize,
     pub pos_offset: usize,
+    /// Each row's position is read from a `positions` tensor (a ragged batch) rather than
+    /// derived as row mod t + pos_offset.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub per_row: bool,
     pub positions: PositionTable,
     pub scale: bool,
     /// Backward adds into a token-table gradient that already holds a contribution.
@@ -46,15 +50,18 @@ impl Embedding {
         self.nc() * (pos + u64::from(self.scale))
     }
 
-    /// inputs: [tokens, wte, wpe?]; outputs: [out].
+    /// The ids (and per-row positions), the n gathered rows of each table, the output.
     pub fn forward_bytes(&self, inputs: &[Tensor], outputs: &[Tensor]) -> u64 {
         let ids = inputs.first().map_or(0, Tensor::size_bytes);
+        let tables = 1 + usize::from(self.positions == PositionTable::Learned);
         let rows: u64 = inputs
             .iter()
             .skip(1)
+            .take(tables)
             .map(|table| self.nc() * table.dtype.size_bytes())
             .sum();
-        ids + rows + outputs.iter().map(Tensor::size_bytes).sum::<u64>()
+        let positions = if self.per_row { self.n as u64 * 4 } else { 0 };
+        ids + positions + rows + outputs.iter().map(Tensor::size_bytes).sum::<u64>()
     }
 
     pub fn backward_flops(&self) -> u64 {
@@ -98,6 +105,11 @@ impl Embedding {
         i % self.t + self.pos_offset
     }
 
+    /// The position of row `i`: from `positions` when the op reads them per row.
+    pub fn row_position(&self, i: usize, positions: Option<&[i32]>) -> usize {
+        positions.map_or_else(|| self.position(i), |p| p[i] as usize)
+    }
+
     fn scale_factor<F: Real>(&self) -> F {
         if self.scale {
             F::from_f64((self.c as f64).sqrt())
@@ -116,10 +128,22 @@ pub fn embedding_forward<F: Real>(
     wpe: Option<&[F]>,
     out: &mut [F],
 ) {
+    embedding_forward_rows(e, tokens, wte, wpe, None, out);
+}
+
+/// The same, row i at `positions[i]` when given (a ragged batch).
+pub fn embedding_forward_rows<F: Real>(
+    e: &Embedding,
+    tokens: &[i32],
+    wte: &[F],
+    wpe: Option<&[F]>,
+    positions: Option<&[i32]>,
+    out: &mut [F],
+) {
     let (c, s) = (e.c, e.scale_factor::<F>());
     for i in 0..e.n {
         let tok = tokens[i] as usize;
-        let p = e.position(i);
+        let p = e.row_position(i, positions);
         for j in 0..c {
             let pos = match (e.positions, wpe) {
                 (PositionTable::Learned, Some(wpe)) => wpe[p * c + j],
@@ -162,7 +186,7 @@ pub fn embedding_backward<F: Real>(
 crate::operands! {
     /// x = wte[tokens] (+ wpe[positions] with a learned table; sinusoidal positions are computed).
     pub struct EmbeddingIo for Embedding as e {
-        inputs { tokens, wte, wpe if e.positions == PositionTable::Learned }
+        inputs { tokens, wte, wpe if e.positions == PositionTable::Learned, positions if e.per_row }
         inplace {}
         outputs { x }
     }

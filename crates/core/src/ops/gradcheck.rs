@@ -279,6 +279,7 @@ fn embedding_tables() {
             vocab,
             t,
             pos_offset: 1,
+            per_row: false,
             positions,
             scale,
             accumulate,
@@ -316,6 +317,7 @@ fn rope_backward_is_the_inverse_rotation() {
         h_kv: 1,
         d: 4,
         pos_offset: 2,
+        per_row: false,
         theta: 100.0,
     };
     let len = r.b * r.t * r.row_width();
@@ -719,8 +721,10 @@ fn greedy_sampling_takes_the_argmax_and_top_1_agrees() {
         sampling: Sampling {
             temperature: 0.0,
             top_k: None,
+            top_p: None,
             seed: 0,
         },
+        per_row: Vec::new(),
     };
     let mut out = [0; 2];
     sample(&greedy, &logits, 0, &mut out);
@@ -729,9 +733,10 @@ fn greedy_sampling_takes_the_argmax_and_top_1_agrees() {
         sampling: Sampling {
             temperature: 1.0,
             top_k: Some(1),
+            top_p: None,
             seed: 3,
         },
-        ..greedy
+        ..greedy.clone()
     };
     sample(&top1, &logits, 7, &mut out);
     assert_eq!(out, [1, 1]);

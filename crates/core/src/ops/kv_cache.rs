@@ -78,3 +78,62 @@ crate::operands! {
         outputs { k_cache, v_cache }
     }
 }
+
+/// Paged KV append: each of the n new rows writes its keys and values into its slot of the
+/// block pools (num_blocks, H_kv, block_size, D), slot = block · block_size + offset as the
+/// sequence's block table maps its position (vLLM's slot mapping, computed by the host). A
+/// contiguous cache is the special case of one block of T_cap positions per sequence.
+/// Bytes: the new K and V read and written, and one i32 slot per row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PagedKvAppend {
+    /// New rows (tokens of all sequences, packed).
+    pub n: usize,
+    pub h_q: usize,
+    pub h_kv: usize,
+    pub d: usize,
+    pub block_size: usize,
+}
+
+impl PagedKvAppend {
+    pub fn bytes(&self, inputs: &[Tensor]) -> u64 {
+        let width = inputs.first().map_or(4, |t| t.dtype.size_bytes());
+        let new = 2 * self.n as u64 * (self.h_kv * self.d) as u64;
+        2 * new * width + self.n as u64 * 4
+    }
+}
+
+/// Element offset of (slot, kv head `g`) in a pool of (num_blocks, H_kv, block_size, D).
+pub fn pool_offset(slot: usize, g: usize, h_kv: usize, block_size: usize, d: usize) -> usize {
+    let (block, off) = (slot / block_size, slot % block_size);
+    ((block * h_kv + g) * block_size + off) * d
+}
+
+/// Copies row r's keys and values from qkv (n, (H + 2H_kv)·D) to slot `slots[r]` of the pools.
+/// Slots are in range (the host's block manager gives them).
+pub fn paged_kv_append<F: Real>(
+    k: &PagedKvAppend,
+    qkv: &[F],
+    slots: &[i32],
+    k_pool: &mut [F],
+    v_pool: &mut [F],
+) {
+    let (d, width) = (k.d, (k.h_q + 2 * k.h_kv) * k.d);
+    for (r, &slot) in slots.iter().enumerate().take(k.n) {
+        let row = r * width;
+        for g in 0..k.h_kv {
+            let dst = pool_offset(slot as usize, g, k.h_kv, k.block_size, d);
+            let (ks, vs) = (row + (k.h_q + g) * d, row + (k.h_q + k.h_kv + g) * d);
+            k_pool[dst..dst + d].copy_from_slice(&qkv[ks..ks + d]);
+            v_pool[dst..dst + d].copy_from_slice(&qkv[vs..vs + d]);
+        }
+    }
+}
+
+crate::operands! {
+    /// The new rows' keys and values into their slots of the block pools.
+    pub struct PagedKvAppendIo for PagedKvAppend as k {
+        inputs { qkv, slots }
+        inplace {}
+        outputs { k_pool, v_pool }
+    }
+}

@@ -23,6 +23,7 @@ pub mod kv_cache;
 pub mod layernorm;
 pub mod matmul;
 pub mod operands;
+pub mod paged_attention;
 pub mod real;
 pub mod residual;
 pub mod rmsnorm;
@@ -128,7 +129,10 @@ pub enum Op {
     GradNorm(grad_norm::GradNorm),
     Cast(cast::Cast),
     KvAppend(kv_cache::KvAppend),
+    PagedKvAppend(kv_cache::PagedKvAppend),
+    PagedAttention(paged_attention::PagedAttention),
     TakeLast(take_last::TakeLast),
+    TakeRows(take_last::TakeRows),
     Sample(sampling::Sample),
     Collective(collective::Collective),
 }
@@ -166,7 +170,10 @@ impl Op {
             Op::GradNorm(_) => "grad_norm",
             Op::Cast(_) => "cast",
             Op::KvAppend(_) => "kv_append",
+            Op::PagedKvAppend(_) => "paged_kv_append",
+            Op::PagedAttention(_) => "paged_attention",
             Op::TakeLast(_) => "take_last",
+            Op::TakeRows(_) => "take_rows",
             Op::Sample(_) => "sample",
             Op::Collective(c) => c.kind.name(),
         }
@@ -181,7 +188,8 @@ impl Op {
             | Op::AttnValue(_)
             | Op::AttnValueBackward(_)
             | Op::FlashAttention(_)
-            | Op::FlashAttentionBackward(_) => OpClass::Matmul,
+            | Op::FlashAttentionBackward(_)
+            | Op::PagedAttention(_) => OpClass::Matmul,
             Op::AdamW(_) | Op::GradNorm(_) => OpClass::Optimizer,
             Op::Collective(_) => OpClass::Communication,
             _ => OpClass::Elementwise,
@@ -304,7 +312,19 @@ impl Op {
                 flops: 0,
                 bytes: k.bytes(inputs),
             },
+            Op::PagedKvAppend(k) => Cost {
+                flops: 0,
+                bytes: k.bytes(inputs),
+            },
+            Op::PagedAttention(a) => Cost {
+                flops: a.flops(),
+                bytes: a.bytes(inputs),
+            },
             Op::TakeLast(t) => Cost {
+                flops: 0,
+                bytes: t.bytes(inputs),
+            },
+            Op::TakeRows(t) => Cost {
                 flops: 0,
                 bytes: t.bytes(inputs),
             },

@@ -20,6 +20,10 @@ pub struct Rope {
     pub d: usize,
     /// Position of the first token (non-zero when decoding after a prefix).
     pub pos_offset: usize,
+    /// Each row's position is read from a `positions` tensor (a ragged batch, whose sequences
+    /// start at different positions) rather than derived as row mod t + pos_offset.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub per_row: bool,
     pub theta: f64,
 }
 
@@ -35,6 +39,12 @@ impl Rope {
     pub fn bytes(&self, inputs: &[Tensor]) -> u64 {
         let width = inputs.first().map_or(4, |t| t.dtype.size_bytes());
         let table = self.t as u64 * self.d as u64 * 4;
+        // Per-row positions: one i32 per row instead of a shared table per position.
+        let table = if self.per_row {
+            (self.b * self.t) as u64 * 4
+        } else {
+            table
+        };
         2 * self.rotated() * width + table
     }
 }
@@ -53,12 +63,22 @@ impl Rope {
     }
 }
 
+impl Rope {
+    /// The position of `row`: from `positions` when the op reads them per row.
+    pub fn row_position(&self, row: usize, positions: Option<&[i32]>) -> usize {
+        match positions {
+            Some(p) => p[row] as usize,
+            None => row % self.t + self.pos_offset,
+        }
+    }
+}
+
 /// Rotates the query and key heads of every row of `qkv` by +angle (`sign` = 1) or −angle
 /// (`sign` = −1, the backward: a rotation's transpose is its inverse).
-fn rope_rotate<F: Real>(r: &Rope, qkv: &mut [F], sign: f64) {
+fn rope_rotate<F: Real>(r: &Rope, qkv: &mut [F], positions: Option<&[i32]>, sign: f64) {
     let w = r.row_width();
     for row in 0..r.b * r.t {
-        let pos = row % r.t + r.pos_offset;
+        let pos = r.row_position(row, positions);
         for head in 0..r.h_q + r.h_kv {
             let base = row * w + head * r.d;
             for i in 0..r.d / 2 {
@@ -74,18 +94,23 @@ fn rope_rotate<F: Real>(r: &Rope, qkv: &mut [F], sign: f64) {
 
 /// In place on the query and key parts of qkv (n, (H + 2H_kv)·D); V is untouched.
 pub fn rope_forward<F: Real>(r: &Rope, qkv: &mut [F]) {
-    rope_rotate(r, qkv, 1.0);
+    rope_rotate(r, qkv, None, 1.0);
+}
+
+/// In place, each row at its own position (a ragged batch).
+pub fn rope_forward_rows<F: Real>(r: &Rope, qkv: &mut [F], positions: &[i32]) {
+    rope_rotate(r, qkv, Some(positions), 1.0);
 }
 
 /// In place on the gradient of qkv: the inverse rotation.
 pub fn rope_backward<F: Real>(r: &Rope, dqkv: &mut [F]) {
-    rope_rotate(r, dqkv, -1.0);
+    rope_rotate(r, dqkv, None, -1.0);
 }
 
 crate::operands! {
     /// Rotates the q and k columns of qkv in place (the backward rotates their gradients back).
     pub struct RopeIo for Rope as r {
-        inputs {}
+        inputs { positions if r.per_row }
         inplace { qkv }
         outputs {}
     }

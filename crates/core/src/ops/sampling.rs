@@ -11,6 +11,9 @@ use serde::Serialize;
 pub struct Sampling {
     pub temperature: f64,
     pub top_k: Option<usize>,
+    /// Nucleus sampling: draw from the smallest set of most likely tokens whose probability
+    /// reaches p (after top-k, when both are set). None or p ≥ 1: no cut.
+    pub top_p: Option<f64>,
     pub seed: u64,
 }
 
@@ -19,16 +22,21 @@ impl Default for Sampling {
         Sampling {
             temperature: 1.0,
             top_k: None,
+            top_p: None,
             seed: 0,
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Sample {
     pub b: usize,
     pub v: usize,
+    /// Every row's setting, unless `per_row` gives each row its own.
     pub sampling: Sampling,
+    /// Empty, or one setting per row (requests of a served batch each bring their own).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_row: Vec<Sampling>,
 }
 
 impl Sample {
@@ -41,27 +49,32 @@ impl Sample {
 
 /// The next token of each of the b rows of `logits` (b × V). Temperature 0 takes the argmax (the
 /// first on ties). Otherwise the candidates — every token in index order, or with top_k = k < V
-/// the k largest logits in descending order (ties broken by index) — are divided by the
-/// temperature, softmaxed, and one is drawn with the generator of stream (`call`, row) of the
-/// seed, so that a run is reproducible and successive calls differ.
+/// the k largest logits in descending order (ties broken by index), cut further to the nucleus
+/// of mass top_p — are divided by the temperature, softmaxed, and one is drawn. With one setting
+/// for all rows the draw uses the generator of stream (`call`, row) of the seed, so that a run is
+/// reproducible and successive calls differ; with a setting per row, row r uses stream 0 of its
+/// own seed, so its draw does not depend on its place in the batch or on other requests (the
+/// caller gives each step of a request its own seed).
 ///
 /// O(V) per row without top-k, O(V + k log k) with it: a decode step of a 50k vocabulary must
 /// not spend milliseconds sorting it (a full sort made sampling the slowest op of a GPU decode).
 pub fn sample<F: Real>(s: &Sample, logits: &[F], call: u64, out: &mut [i32]) {
     let v = s.v;
     for (row, next) in out.iter_mut().enumerate().take(s.b) {
+        let params = s.per_row.get(row).unwrap_or(&s.sampling);
         let z: Vec<f64> = logits[row * v..(row + 1) * v]
             .iter()
             .map(|x| x.to_f64())
             .collect();
         let argmax = (0..v).fold(0, |best, j| if z[j] > z[best] { j } else { best });
-        if s.sampling.temperature <= 0.0 {
+        if params.temperature <= 0.0 {
             *next = argmax as i32;
             continue;
         }
-        let k = s.sampling.top_k.map_or(v, |k| k.clamp(1, v));
-        let order: Vec<usize> = if k < v {
-            let desc = |a: &usize, b: &usize| z[*b].total_cmp(&z[*a]).then(a.cmp(b));
+        let k = params.top_k.map_or(v, |k| k.clamp(1, v));
+        let top_p = params.top_p.filter(|&p| p < 1.0);
+        let desc = |a: &usize, b: &usize| z[*b].total_cmp(&z[*a]).then(a.cmp(b));
+        let mut order: Vec<usize> = if k < v {
             let mut idx: Vec<usize> = (0..v).collect();
             idx.select_nth_unstable_by(k - 1, desc);
             idx.truncate(k);
@@ -70,14 +83,38 @@ pub fn sample<F: Real>(s: &Sample, logits: &[F], call: u64, out: &mut [i32]) {
         } else {
             (0..v).collect()
         };
-        let t = s.sampling.temperature;
-        let weights: Vec<f64> = order
-            .iter()
-            .map(|&j| ((z[j] - z[argmax]) / t).exp())
-            .collect();
+        let t = params.temperature;
+        let mut weights: Vec<f64> = Vec::new();
+        if let Some(p) = top_p {
+            // The nucleus needs the candidates by descending probability.
+            if k == v {
+                order.sort_unstable_by(desc);
+            }
+            weights.extend(order.iter().map(|&j| ((z[j] - z[argmax]) / t).exp()));
+            let total: f64 = weights.iter().sum();
+            let mut mass = 0.0;
+            let keep = weights
+                .iter()
+                .position(|&w| {
+                    mass += w;
+                    mass >= p.max(0.0) * total
+                })
+                .map_or(order.len(), |i| i + 1);
+            order.truncate(keep);
+            weights.truncate(keep);
+        } else {
+            weights.extend(order.iter().map(|&j| ((z[j] - z[argmax]) / t).exp()));
+        }
         let total: f64 = weights.iter().sum();
-        let stream = call.wrapping_mul(1 << 32).wrapping_add(row as u64);
-        let mut u = Rng::for_stream(s.sampling.seed, stream).uniform() * total;
+        let mut rng = if s.per_row.is_empty() {
+            Rng::for_stream(
+                params.seed,
+                call.wrapping_mul(1 << 32).wrapping_add(row as u64),
+            )
+        } else {
+            Rng::for_stream(params.seed, 0)
+        };
+        let mut u = rng.uniform() * total;
         let mut pick = order[order.len() - 1];
         for (&j, &w) in order.iter().zip(&weights) {
             if u < w {
@@ -99,6 +136,7 @@ mod tests {
             b: 1,
             v: logits.len(),
             sampling,
+            per_row: Vec::new(),
         };
         let mut out = [0];
         sample(&s, logits, call, &mut out);
@@ -123,6 +161,7 @@ mod tests {
             temperature: 5.0,
             top_k: Some(3),
             seed: 9,
+            ..Sampling::default()
         };
         for call in 0..200 {
             let t = draw(&z, top3, call);
@@ -143,6 +182,7 @@ mod tests {
             temperature: 1.0,
             top_k: None,
             seed: 3,
+            ..Sampling::default()
         };
         let n = 20_000;
         let mut counts = [0usize; 4];
@@ -154,6 +194,72 @@ mod tests {
             let sd = (p * (1.0 - p) / n as f64).sqrt();
             let got = c as f64 / n as f64;
             assert!((got - p).abs() < 5.0 * sd, "token {j}: {got} vs {p}");
+        }
+    }
+
+    #[test]
+    fn top_p_keeps_the_smallest_nucleus() {
+        // p = 0.1, 0.2, 0.3, 0.4 (by index): a nucleus of 0.65 is {3, 2}; of 0.75, {3, 2, 1}.
+        let z: Vec<f32> = [1.0f32, 2.0, 3.0, 4.0].iter().map(|x| x.ln()).collect();
+        let nucleus = |p: f64| Sampling {
+            top_p: Some(p),
+            seed: 5,
+            ..Sampling::default()
+        };
+        let seen = |p: f64| {
+            let mut seen = [false; 4];
+            for call in 0..2000 {
+                seen[draw(&z, nucleus(p), call) as usize] = true;
+            }
+            seen
+        };
+        assert_eq!(seen(0.65), [false, false, true, true]);
+        assert_eq!(seen(0.75), [false, true, true, true]);
+        assert_eq!(seen(0.3), [false, false, false, true]);
+    }
+
+    #[test]
+    fn per_row_settings_do_not_depend_on_the_batch() {
+        let (v, rows) = (50, 3);
+        let logits: Vec<f32> = (0..v * rows)
+            .map(|i| ((i * 37) % 11) as f32 * 0.3)
+            .collect();
+        let settings = [
+            Sampling {
+                temperature: 0.0,
+                ..Sampling::default()
+            },
+            Sampling {
+                temperature: 0.8,
+                top_k: Some(5),
+                seed: 1,
+                ..Sampling::default()
+            },
+            Sampling {
+                temperature: 1.3,
+                top_p: Some(0.9),
+                seed: 2,
+                ..Sampling::default()
+            },
+        ];
+        let batch = Sample {
+            b: rows,
+            v,
+            sampling: Sampling::default(),
+            per_row: settings.to_vec(),
+        };
+        let mut together = vec![0; rows];
+        sample(&batch, &logits, 7, &mut together);
+        for r in 0..rows {
+            let alone = Sample {
+                b: 1,
+                v,
+                sampling: Sampling::default(),
+                per_row: vec![settings[r]],
+            };
+            let mut one = [0];
+            sample(&alone, &logits[r * v..(r + 1) * v], 99, &mut one);
+            assert_eq!(one[0], together[r], "row {r}");
         }
     }
 }

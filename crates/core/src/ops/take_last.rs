@@ -39,3 +39,38 @@ crate::operands! {
         outputs { last }
     }
 }
+
+/// Gather the given rows: (N × C) → (S × C), row s of the output being row `rows[s]` of the input
+/// (in a ragged batch, the last token of each sequence). No arithmetic; bytes are the S row
+/// indices, the S rows read and written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct TakeRows {
+    /// Rows gathered.
+    pub s: usize,
+    pub c: usize,
+}
+
+impl TakeRows {
+    pub fn bytes(&self, inputs: &[Tensor]) -> u64 {
+        let width = inputs.first().map_or(4, |t| t.dtype.size_bytes());
+        2 * (self.s * self.c) as u64 * width + self.s as u64 * 4
+    }
+}
+
+/// out[s] = x[rows[s]]; the rows are in range (the schedule builds them).
+pub fn take_rows<F: Real>(tr: &TakeRows, x: &[F], rows: &[i32], out: &mut [F]) {
+    let c = tr.c;
+    for (s, &r) in rows.iter().enumerate().take(tr.s) {
+        let src = r as usize * c;
+        out[s * c..(s + 1) * c].copy_from_slice(&x[src..src + c]);
+    }
+}
+
+crate::operands! {
+    /// The rows `rows` of x.
+    pub struct TakeRowsIo for TakeRows as t {
+        inputs { x, rows }
+        inplace {}
+        outputs { out }
+    }
+}

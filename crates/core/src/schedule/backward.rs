@@ -415,7 +415,10 @@ impl Transformer {
             e.be.free(x);
         }
         if let crate::config::Positions::Rope { theta } = cfg.positions {
-            let io = RopeIo { qkv: dqkv.clone() };
+            let io = RopeIo {
+                positions: None,
+                qkv: dqkv.clone(),
+            };
             e.run(
                 self.rope_op(b, t, 0, theta),
                 Op::RopeBackward,

@@ -109,7 +109,12 @@ impl Transformer {
             layer: None,
         };
         let next = e.alloc("next_tokens", &[b], DType::I32, MemCategory::Io)?;
-        let op = Sample { b, v, sampling };
+        let op = Sample {
+            b,
+            v,
+            sampling,
+            per_row: Vec::new(),
+        };
         let io = SampleIo {
             logits: logits.clone(),
             ids: next.clone(),

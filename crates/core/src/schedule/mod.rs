@@ -174,6 +174,9 @@ enum Kv<'a> {
     Local,
     /// New keys and values are appended to the cache at `pos`, and attention reads the cache.
     Cached { cache: &'a KvCache, pos: usize },
+    /// A ragged batch: new keys and values go to their slots of a paged cache, and attention
+    /// reads each sequence's blocks.
+    Paged(&'a ragged::PagedStep<'a>),
 }
 
 /// The schedule's view of one call: backend, phase, block index.
@@ -467,6 +470,7 @@ impl Transformer {
             tokens: tokens.clone(),
             wte: w.token_embedding.w().clone(),
             wpe: w.position_embedding.as_ref().map(|p| p.w().clone()),
+            positions: None,
             x: x.clone(),
         };
         e.run(self.embedding_op(b, t, pos), Op::Embedding, io, "embedding")?;
@@ -480,6 +484,7 @@ impl Transformer {
             vocab: self.cfg.vocab_size,
             t,
             pos_offset: pos,
+            per_row: false,
             positions: match self.cfg.positions {
                 Positions::Learned => PositionTable::Learned,
                 Positions::Sinusoidal => PositionTable::Sinusoidal,
@@ -830,13 +835,17 @@ impl Transformer {
         let pos = match kv {
             Kv::Local => 0,
             Kv::Cached { pos, .. } => *pos,
+            Kv::Paged(paged) => return self.paged_attention_forward(e, l, qkv, paged),
         };
         if let Positions::Rope { theta } = cfg.positions {
-            let io = RopeIo { qkv: qkv.clone() };
+            let io = RopeIo {
+                positions: None,
+                qkv: qkv.clone(),
+            };
             e.run(self.rope_op(b, t, pos, theta), Op::Rope, io, "attn.rope")?;
         }
         let (tk, cache) = match kv {
-            Kv::Local => (t, None),
+            Kv::Local | Kv::Paged(_) => (t, None),
             Kv::Cached { cache, pos } => {
                 let append = KvAppend {
                     b,
@@ -878,6 +887,7 @@ impl Transformer {
             h_kv: self.cfg.n_kv_heads,
             d: self.cfg.head_dim,
             pos_offset: pos,
+            per_row: false,
             theta,
         }
     }
@@ -1010,6 +1020,7 @@ impl Transformer {
 
 mod attention;
 pub mod attention_only;
+pub mod ragged;
 use attention::AttentionCore;
 mod backward;
 mod inference;

@@ -8,12 +8,20 @@ use tperf_core::ops::embedding::{
     sinusoid, Embedding, EmbeddingBackwardIo, EmbeddingIo, PositionTable,
 };
 
-pub fn forward(e: &Embedding, tokens: &[i32], wte: &[f32], wpe: Option<&[f32]>, out: &mut [f32]) {
+/// Row i at position `positions[i]` when given (a ragged batch), else as the descriptor says.
+pub fn forward(
+    e: &Embedding,
+    tokens: &[i32],
+    wte: &[f32],
+    wpe: Option<&[f32]>,
+    positions: Option<&[i32]>,
+    out: &mut [f32],
+) {
     let c = e.c;
     let s = if e.scale { (c as f32).sqrt() } else { 1.0 };
     out.par_chunks_mut(c).enumerate().for_each(|(i, row)| {
         let tok = tokens[i] as usize;
-        let p = e.position(i);
+        let p = e.row_position(i, positions);
         let src = &wte[tok * c..][..c];
         match (e.positions, wpe) {
             (PositionTable::Learned, Some(wpe)) => {
@@ -70,16 +78,30 @@ pub(crate) fn exec(cx: &mut Exec<'_>, e: &Embedding) -> Result<(), BackendError>
     let wte = cx.f32(&io.wte)?;
     cx.check_len("wte", wte.len(), e.vocab * e.c)?;
     let wpe = cx.f32_opt(&io.wpe)?;
+    let positions = match &io.positions {
+        Some(p) => {
+            let p = cx.i32(p)?;
+            cx.check_len("positions", p.len(), e.n)?;
+            if let Some(&bad) = p.iter().find(|&&p| p < 0) {
+                return Err(cx.invalid(format!("position {bad} is negative")));
+            }
+            Some(p)
+        }
+        None => None,
+    };
     if let Some(wpe) = wpe {
         let rows = wpe.len() / e.c.max(1);
-        if e.pos_offset + e.t > rows {
+        let last = match positions {
+            Some(p) => p.iter().map(|&p| p as usize + 1).max().unwrap_or(0),
+            None => e.pos_offset + e.t,
+        };
+        if last > rows {
             return Err(cx.invalid(format!(
-                "positions up to {} exceed the learned position table of {rows}: use a sequence within the model's context",
-                e.pos_offset + e.t
+                "positions up to {last} exceed the learned position table of {rows}: use a sequence within the model's context"
             )));
         }
     }
-    forward(e, tokens, wte, wpe, cx.outs.f32(&io.x)?);
+    forward(e, tokens, wte, wpe, positions, cx.outs.f32(&io.x)?);
     Ok(())
 }
 

@@ -6,12 +6,12 @@ use rayon::prelude::*;
 use tperf_core::backend::BackendError;
 use tperf_core::ops::rope::{Rope, RopeIo};
 
-fn rotate(r: &Rope, qkv: &mut [f32], sign: f64) {
+fn rotate(r: &Rope, qkv: &mut [f32], positions: Option<&[i32]>, sign: f64) {
     let (w, d) = (r.row_width(), r.d);
     qkv.par_chunks_mut(w).enumerate().for_each_init(
         Vec::new,
         |table: &mut Vec<(f32, f32)>, (row, x)| {
-            let pos = row % r.t + r.pos_offset;
+            let pos = r.row_position(row, positions);
             table.clear();
             table.extend((0..d / 2).map(|i| {
                 let a = sign * r.angle(pos, i);
@@ -29,21 +29,31 @@ fn rotate(r: &Rope, qkv: &mut [f32], sign: f64) {
 }
 
 pub fn forward(r: &Rope, qkv: &mut [f32]) {
-    rotate(r, qkv, 1.0);
+    rotate(r, qkv, None, 1.0);
+}
+
+/// Each row at its own position (a ragged batch).
+pub fn forward_rows(r: &Rope, qkv: &mut [f32], positions: &[i32]) {
+    rotate(r, qkv, Some(positions), 1.0);
 }
 
 pub fn backward(r: &Rope, dqkv: &mut [f32]) {
-    rotate(r, dqkv, -1.0);
+    rotate(r, dqkv, None, -1.0);
 }
 
 /// The op's dispatch (forward or backward): rotates qkv in place.
 pub(crate) fn exec(cx: &mut Exec<'_>, r: &Rope, backward_pass: bool) -> Result<(), BackendError> {
     let io: RopeIo = cx.call.operands(r)?;
+    let positions = match &io.positions {
+        Some(p) => {
+            let p = cx.i32(p)?;
+            cx.check_len("positions", p.len(), r.b * r.t)?;
+            Some(p)
+        }
+        None => None,
+    };
     let qkv = cx.outs.f32(&io.qkv)?;
-    if backward_pass {
-        backward(r, qkv);
-    } else {
-        forward(r, qkv);
-    }
+    let sign = if backward_pass { -1.0 } else { 1.0 };
+    rotate(r, qkv, positions, sign);
     Ok(())
 }
