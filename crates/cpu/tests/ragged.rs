@@ -2,8 +2,8 @@
 //! Meta backend's record of a ragged step: every allocation freed, the attention cost the sum of
 //! the sequences' own costs.
 //!
-//! Tolerance: f32 throughout; the paged kernel and the contiguous path (flash attention) reduce
-//! in different orders, a few ulps per op: logits agree to 1e-4 absolute.
+//! Tolerance: the paged kernel and the contiguous path (flash attention) reduce in different
+//! orders, a few ulps per op: f32 logits agree to 1e-4 absolute (seen: 6e-8), bf16 to 1e-2.
 
 #[path = "common/ragged.rs"]
 mod ragged;
@@ -21,6 +21,9 @@ fn a_ragged_batch_gives_each_sequence_its_own_logits() {
     for (name, cfg) in families() {
         let mut be = CpuBackend::new();
         check_ragged_matches_alone(&mut be, name, &cfg, Precision::Fp32, 1e-4);
+        // bf16 storage: a one-ulp difference of an intermediate can flip a rounding; two bf16
+        // ulps of a logit of order 1.
+        check_ragged_matches_alone(&mut be, name, &cfg, Precision::Bf16, 1e-2);
     }
 }
 

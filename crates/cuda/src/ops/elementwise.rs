@@ -317,9 +317,11 @@ impl CudaBackend {
     /// replayed graph step, where token ids and positions are new), so bad data fails the same
     /// way whether the step is replayed or run.
     pub(crate) fn check_replayed(&self, call: &OpCall) -> Result<(), BackendError> {
+        self.check_ragged(call)?;
         let (i, limit, what) = match &call.op {
             Op::Embedding(e) => {
-                if e.positions == PositionTable::Learned {
+                // Per-row positions were range-checked by check_ragged above.
+                if e.positions == PositionTable::Learned && !e.per_row {
                     check_position_room(call, e)?;
                 }
                 (0, e.vocab, "token")

@@ -1,0 +1,145 @@
+// Ragged batches over a paged KV cache (schedule/ragged.rs): the per-row-position variants of
+// RoPE and the embedding, the paged KV append, paged attention and the row gather. Correct first:
+// paged attention is one block per (row, head), two passes over the keys; the fast split-key
+// decode kernel is the kernel issue's work.
+//
+// Pools are (num_blocks, H_kv, block_size, D); a sequence's key j lives in block
+// block_table[s, j / block_size] at offset j % block_size.
+
+// In place on qkv: the query and key heads of row r rotated by positions[r].
+extern "C" __global__ void rope_positions(Buf qkv, Buf positions, i64 rows, int rotated_heads,
+                                          int row_width, int d, double theta, double sign) {
+    i64 pairs = (i64)rotated_heads * (d / 2);
+    FOR_EACH(idx, rows * pairs) {
+        i64 row = idx / pairs, rem = idx % pairs;
+        int head = (int)(rem / (d / 2)), i = (int)(rem % (d / 2));
+        int pos = ld_i32(positions, row);
+        double a = sign * (double)pos * pow(theta, -2.0 * (double)i / (double)d);
+        float c = (float)cos(a), s = (float)sin(a);
+        i64 base = row * row_width + (i64)head * d + 2 * i;
+        float x0 = ld(qkv, base), x1 = ld(qkv, base + 1);
+        st(qkv, base, x0 * c - x1 * s);
+        st(qkv, base + 1, x0 * s + x1 * c);
+    }
+}
+
+// out (n, C) = wte[tokens]·s + the position term at positions[i]. kind: 0 none, 1 learned (wpe),
+// 2 sinusoidal.
+extern "C" __global__ void embedding_positions(Buf tokens, Buf wte, Buf wpe, Buf positions,
+                                               Buf out, i64 n, int c, int kind, float scale) {
+    FOR_EACH(idx, n * c) {
+        i64 i = idx / c;
+        int j = (int)(idx % c);
+        int tok = ld_i32(tokens, i);
+        int p = ld_i32(positions, i);
+        float v = ld(wte, (i64)tok * c + j) * scale;
+        if (kind == 1) {
+            v += ld(wpe, (i64)p * c + j);
+        } else if (kind == 2) {
+            double ii = (double)(j / 2);
+            double angle = (double)p * exp(-(2.0 * ii / (double)c) * log(10000.0));
+            v += (float)((j % 2 == 0) ? sin(angle) : cos(angle));
+        }
+        st(out, idx, v);
+    }
+}
+
+// Row r's keys and values (from qkv (n, (H + 2H_kv)·D)) into slot slots[r] of the pools.
+extern "C" __global__ void paged_kv_append(Buf qkv, Buf slots, Buf kp, Buf vp, i64 n, int h_q,
+                                           int h_kv, int d, int block_size) {
+    i64 width = (i64)(h_q + 2 * h_kv) * d;
+    FOR_EACH(idx, n * h_kv * d) {
+        int e = (int)(idx % d);
+        i64 rg = idx / d;
+        int g = (int)(rg % h_kv);
+        i64 r = rg / h_kv;
+        i64 slot = ld_i32(slots, r);
+        i64 dst = (((slot / block_size) * h_kv + g) * block_size + slot % block_size) * d + e;
+        st(kp, dst, ld(qkv, r * width + (i64)(h_q + g) * d + e));
+        st(vp, dst, ld(qkv, r * width + (i64)(h_q + h_kv + g) * d + e));
+    }
+}
+
+#define PAGED_THREADS 128
+
+// Element offset of key j of kv head g of the sequence whose block table row starts at `table`.
+__device__ __forceinline__ i64 paged_base(const Buf& block_table, i64 table, int j, int g,
+                                          int h_kv, int block_size, int d) {
+    i64 block = ld_i32(block_table, table + j / block_size);
+    return ((block * h_kv + g) * block_size + j % block_size) * d;
+}
+
+// One block per (row, head): pass 1 finds the row's max score and softmax denominator (each
+// thread an online pair over its keys, then combined), pass 2 walks the keys in tiles of
+// PAGED_THREADS, each thread one key's probability into shared memory, then each thread adds
+// p·v into its output dimensions. Dynamic shared memory: D floats of q.
+extern "C" __global__ void paged_attention(Buf qkv, Buf kp, Buf vp, Buf positions, Buf row_seq,
+                                           Buf ctx_lens, Buf block_table, Buf out, int h,
+                                           int h_kv, int d, int block_size, int max_blocks,
+                                           int causal, int window) {
+    extern __shared__ float q[];
+    __shared__ float p[PAGED_THREADS];
+    __shared__ float scratch[32];
+    i64 r = blockIdx.x;
+    int head = blockIdx.y;
+    int g = head / (h / h_kv);
+    int s = ld_i32(row_seq, r);
+    int pos = ld_i32(positions, r);
+    int ctx = ld_i32(ctx_lens, s);
+    int hi = causal ? min(pos + 1, ctx) : ctx;
+    int lo = (causal && window > 0) ? max(hi - window, 0) : 0;
+    i64 width = (i64)(h + 2 * h_kv) * d;
+    float scale = rsqrtf((float)d);
+    for (int e = threadIdx.x; e < d; e += blockDim.x) q[e] = ld(qkv, r * width + (i64)head * d + e) * scale;
+    __syncthreads();
+    const i64 table = (i64)s * max_blocks;
+    // Pass 1: max and denominator.
+    float m = NEG_INF, l = 0.0f;
+    for (int j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+        i64 kb = paged_base(block_table, table, j, g, h_kv, block_size, d);
+        float dot = 0.0f;
+        for (int e = 0; e < d; e++) dot += q[e] * ld(kp, kb + e);
+        float m2 = fmaxf(m, dot);
+        l = l * expf(m - m2) + expf(dot - m2);
+        m = m2;
+    }
+    float row_max = block_max(m, scratch);
+    float denom = block_sum(m == NEG_INF ? 0.0f : l * expf(m - row_max), scratch);
+    // Pass 2: output.
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}; // dimensions threadIdx.x + k·blockDim.x, d ≤ 512
+    for (int t0 = lo; t0 < hi; t0 += blockDim.x) {
+        int j = t0 + threadIdx.x;
+        if (j < hi) {
+            i64 kb = paged_base(block_table, table, j, g, h_kv, block_size, d);
+            float dot = 0.0f;
+            for (int e = 0; e < d; e++) dot += q[e] * ld(kp, kb + e);
+            p[threadIdx.x] = expf(dot - row_max) / denom;
+        }
+        __syncthreads();
+        int tile = min((int)blockDim.x, hi - t0);
+        for (int jj = 0; jj < tile; jj++) {
+            i64 vb = paged_base(block_table, table, t0 + jj, g, h_kv, block_size, d);
+            float pj = p[jj];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                int e = threadIdx.x + k * blockDim.x;
+                if (e < d) acc[k] += pj * ld(vp, vb + e);
+            }
+        }
+        __syncthreads();
+    }
+    i64 o = (r * h + head) * d;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        int e = threadIdx.x + k * blockDim.x;
+        if (e < d) st(out, o + e, acc[k]);
+    }
+}
+
+// out[s] = x[rows[s]]: (S, C) from (N, C).
+extern "C" __global__ void take_rows(Buf x, Buf rows, Buf out, int s, int c) {
+    FOR_EACH(idx, (i64)s * c) {
+        i64 ss = idx / c, j = idx % c;
+        st(out, idx, ld(x, (i64)ld_i32(rows, ss) * c + j));
+    }
+}
