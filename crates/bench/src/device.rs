@@ -101,8 +101,9 @@ pub struct OpTime {
     pub duration: f64,
 }
 
-/// What measuring needs from a compute backend.
-pub trait Measured: Backend {
+/// A compute backend with the instruments measuring needs: synchronisation, the memory ledger's
+/// peak, per-op timers, memory events and kernel traces.
+pub trait Instrumented: Backend {
     /// Waits until every op issued so far has finished.
     fn sync(&mut self) -> Result<(), BackendError>;
     fn reset_peak(&mut self);
@@ -134,7 +135,7 @@ pub trait Measured: Backend {
     }
 }
 
-impl Measured for CpuBackend {
+impl Instrumented for CpuBackend {
     fn sync(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
@@ -175,7 +176,7 @@ impl Measured for CpuBackend {
     }
 }
 
-impl Measured for CudaBackend {
+impl Instrumented for CudaBackend {
     fn sync(&mut self) -> Result<(), BackendError> {
         self.synchronize()
     }

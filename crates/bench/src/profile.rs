@@ -2,7 +2,7 @@
 //! position with the Meta backend's prediction of the same op; rollups the way nsys's stats
 //! print them; a Chrome/Perfetto trace; the measured memory timeline.
 
-use crate::device::{Device, Measured};
+use crate::device::{Device, Instrumented};
 use crate::kernels::KernelTable;
 use crate::model::BenchError;
 use crate::stats::Summary;
@@ -107,7 +107,7 @@ pub fn profile(
     }
 }
 
-fn profile_on<B: Measured>(
+fn profile_on<B: Instrumented>(
     mut be: B,
     cfg: &ModelConfig,
     sc: &Scenario,
