@@ -59,8 +59,9 @@ pub struct TraceOutput {
 /// The kinds every trace enables. CONCURRENT_KERNEL rather than KERNEL: the latter serialises
 /// all kernels on the device, which would change what is being measured. EXTERNAL_CORRELATION
 /// ties records to ops ([`OpScope`]); CUPTI writes its records only beside the records of API
-/// calls, so the driver's and the runtime's (cuBLASLt launches through the runtime) are enabled
-/// too, and their records are read past.
+/// calls, so those are enabled too, and read past. Both APIs: cuBLASLt launches its GEMM kernels
+/// through the driver but its split-K reduction through the runtime, and with either kind alone
+/// some kernels joined no op (seen on an H200, CUDA 13.0).
 const KINDS: [sys::CUpti_ActivityKind; 6] = [
     sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL,
     sys::CUpti_ActivityKind::CUPTI_ACTIVITY_KIND_MEMCPY,
