@@ -2,7 +2,7 @@
 //! the memory the forward leaves for the backward, predicted by the Meta backend (which also
 //! says, before anything runs, when a size will not fit) and measured on the compute backend.
 
-use crate::device::{Device, Measured as MeasuredBackend};
+use crate::device::{Device, Instrumented};
 use crate::model::BenchError;
 use crate::stats::Summary;
 use serde::Serialize;
@@ -30,8 +30,10 @@ pub struct Predicted {
     pub peak_bytes: u64,
 }
 
+/// The case as the compute backend ran it: forward and backward times over the timed steps, and
+/// the memory, beside [`Predicted`].
 #[derive(Clone, Copy, Debug, Serialize)]
-pub struct Measured {
+pub struct AttentionMeasurement {
     pub forward: Summary,
     pub backward: Summary,
     pub memory_before_backward_bytes: u64,
@@ -43,7 +45,7 @@ pub struct AttentionRow {
     pub case: AttentionOnly,
     pub predicted: Predicted,
     /// None when the prediction says the case does not fit; `skipped` says why.
-    pub measured: Option<Measured>,
+    pub measured: Option<AttentionMeasurement>,
     pub skipped: Option<String>,
 }
 
@@ -88,18 +90,18 @@ pub fn measure_cpu(
     warmup: usize,
     steps: usize,
     on_step: impl FnMut(),
-) -> Result<Measured, BenchError> {
+) -> Result<AttentionMeasurement, BenchError> {
     measure_on(CpuBackend::new(), case, warmup, steps, on_step)
 }
 
 /// Forward and backward of `case` timed on `be`, each half followed by a synchronisation.
-fn measure_on<B: MeasuredBackend>(
+fn measure_on<B: Instrumented>(
     mut be: B,
     case: &AttentionOnly,
     warmup: usize,
     steps: usize,
     mut on_step: impl FnMut(),
-) -> Result<Measured, BenchError> {
+) -> Result<AttentionMeasurement, BenchError> {
     if steps == 0 {
         return Err(BenchError::NoSteps);
     }
@@ -135,7 +137,7 @@ fn measure_on<B: MeasuredBackend>(
     let peak = be.peak_bytes();
     be.free(qkv);
     be.free(dout);
-    Ok(Measured {
+    Ok(AttentionMeasurement {
         forward: Summary::of(&fwd).ok_or(BenchError::NoSteps)?,
         backward: Summary::of(&bwd).ok_or(BenchError::NoSteps)?,
         memory_before_backward_bytes: before_backward,

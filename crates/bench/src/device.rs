@@ -2,7 +2,7 @@
 //! Backend trait (synchronise, the peak of the memory ledger, per-op times, memory events), so
 //! that every benchmark, profile and attention sweep is written once for the CPU and the GPU.
 
-use crate::profile::{KernelRow, KernelTable};
+use crate::kernels::KernelTable;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Instant;
@@ -10,7 +10,7 @@ use tperf_core::backend::{Backend, BackendError};
 use tperf_core::cost::hardware::{self, Hardware};
 use tperf_core::meta::MemEvent;
 use tperf_cpu::CpuBackend;
-use tperf_cuda::{cupti, CudaBackend, GraphStats};
+use tperf_cuda::{CudaBackend, GraphStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
@@ -101,8 +101,9 @@ pub struct OpTime {
     pub duration: f64,
 }
 
-/// What measuring needs from a compute backend.
-pub trait Measured: Backend {
+/// A compute backend with the instruments measuring needs: synchronisation, the memory ledger's
+/// peak, per-op timers, memory events and kernel traces.
+pub trait Instrumented: Backend {
     /// Waits until every op issued so far has finished.
     fn sync(&mut self) -> Result<(), BackendError>;
     fn reset_peak(&mut self);
@@ -120,8 +121,10 @@ pub trait Measured: Backend {
     fn start_kernel_trace(&mut self) -> Result<(), String> {
         Err("kernel tracing is for GPUs (the CPU's ops are the trace)".into())
     }
-    /// Ends the trace after a synchronisation, with the kernel table of what ran.
-    fn finish_kernel_trace(&mut self) -> Result<Option<KernelTable>, String> {
+    /// Ends the trace after a synchronisation, with the kernel table of what ran. `first_op` is
+    /// [`ops_run`](Self::ops_run) when the traced step began: the table numbers each op's
+    /// kernels from it, by the op's position in the schedule.
+    fn finish_kernel_trace(&mut self, _first_op: usize) -> Result<Option<KernelTable>, String> {
         Ok(None)
     }
     /// Turns graph capture of repeated steps on or off where the device has it.
@@ -132,7 +135,7 @@ pub trait Measured: Backend {
     }
 }
 
-impl Measured for CpuBackend {
+impl Instrumented for CpuBackend {
     fn sync(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
@@ -173,7 +176,7 @@ impl Measured for CpuBackend {
     }
 }
 
-impl Measured for CudaBackend {
+impl Instrumented for CudaBackend {
     fn sync(&mut self) -> Result<(), BackendError> {
         self.synchronize()
     }
@@ -217,33 +220,14 @@ impl Measured for CudaBackend {
     }
     fn start_kernel_trace(&mut self) -> Result<(), String> {
         self.synchronize().map_err(|e| e.to_string())?;
-        self.start_kernel_trace()
+        CudaBackend::start_kernel_trace(self).map_err(|e| e.to_string())
     }
-    fn finish_kernel_trace(&mut self) -> Result<Option<KernelTable>, String> {
+    fn finish_kernel_trace(&mut self, first_op: usize) -> Result<Option<KernelTable>, String> {
         self.synchronize().map_err(|e| e.to_string())?;
-        let (out, wall_start, wall_end) = self.finish_kernel_trace()?;
-        let ns = |x: u64| x as f64 * 1e-9;
-        let (gap_median, gap_total) = cupti::launch_gaps(&out.records);
-        let kernels_launched = out.records.iter().filter(|r| r.is_kernel()).count();
-        let rows = cupti::summarize(&out.records)
-            .into_iter()
-            .map(|k| KernelRow {
-                name: k.name,
-                kind: format!("{:?}", k.kind).to_lowercase(),
-                calls: k.calls,
-                total_seconds: ns(k.total_ns),
-                mean_seconds: k.mean_ns * 1e-9,
-                share: k.share,
-            })
-            .collect();
-        Ok(Some(KernelTable {
-            rows,
-            kernels_launched,
-            busy_fraction: cupti::busy_fraction(&out.records, wall_start, wall_end),
-            step_wall_seconds: ns(wall_end.saturating_sub(wall_start)),
-            launch_gap_median_seconds: ns(gap_median),
-            launch_gap_total_seconds: ns(gap_total),
-            dropped: out.dropped,
-        }))
+        let (out, wall_start, wall_end) =
+            CudaBackend::finish_kernel_trace(self).map_err(|e| e.to_string())?;
+        Ok(Some(KernelTable::of_trace(
+            out, wall_start, wall_end, first_op,
+        )))
     }
 }

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod ceilings;
 pub mod device;
 pub mod harness;
+pub mod kernels;
 pub mod model;
 pub mod profile;
 pub mod stats;

@@ -1,7 +1,7 @@
 //! Benchmark one scenario: the Meta backend's prediction and the compute backend's measurement
 //! of the same schedule (both issued by `StepRunner`), side by side.
 
-use crate::device::{Device, Measured};
+use crate::device::{Device, Instrumented};
 use crate::harness;
 use crate::stats::Summary;
 use serde::Serialize;
@@ -145,7 +145,7 @@ pub fn run_with_graphs(
 /// Each step is followed by a synchronisation, so a step's time is the device's time for it
 /// (the GPU runs behind the host otherwise), as PyTorch benchmarks do with
 /// `torch.cuda.synchronize()`.
-fn run_on<B: Measured>(
+fn run_on<B: Instrumented>(
     mut be: B,
     cfg: &ModelConfig,
     sc: &Scenario,

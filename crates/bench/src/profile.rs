@@ -2,7 +2,8 @@
 //! position with the Meta backend's prediction of the same op; rollups the way nsys's stats
 //! print them; a Chrome/Perfetto trace; the measured memory timeline.
 
-use crate::device::{Device, Measured};
+use crate::device::{Device, Instrumented};
+use crate::kernels::KernelTable;
 use crate::model::BenchError;
 use crate::stats::Summary;
 use serde::Serialize;
@@ -67,34 +68,6 @@ pub struct Profile {
     pub kernel_trace_note: Option<String>,
 }
 
-/// One kernel name's share of a traced step.
-#[derive(Clone, Debug, Serialize)]
-pub struct KernelRow {
-    /// Readable (demangled, shortened) name; cuBLAS's kernels under their own names.
-    pub name: String,
-    pub kind: String,
-    pub calls: u64,
-    pub total_seconds: f64,
-    pub mean_seconds: f64,
-    pub share: f64,
-}
-
-/// The kernels of one traced step: what ran, for how long, and how busy the GPU was.
-#[derive(Clone, Debug, Serialize)]
-pub struct KernelTable {
-    pub rows: Vec<KernelRow>,
-    pub kernels_launched: usize,
-    /// The union of kernel intervals over the step's wall span: the fraction of the step a
-    /// kernel runs on the GPU (GPU utilisation in nvidia-smi's sense, measured).
-    pub busy_fraction: f64,
-    pub step_wall_seconds: f64,
-    /// Idle time between consecutive kernels of a stream: median and total.
-    pub launch_gap_median_seconds: f64,
-    pub launch_gap_total_seconds: f64,
-    /// Records CUPTI dropped (its buffers full); non-zero means the table is incomplete.
-    pub dropped: u64,
-}
-
 impl Profile {
     /// Measured seconds of the ops of one phase in one step (medians summed).
     pub fn phase_seconds(&self, phase: Phase) -> f64 {
@@ -134,7 +107,7 @@ pub fn profile(
     }
 }
 
-fn profile_on<B: Measured>(
+fn profile_on<B: Instrumented>(
     mut be: B,
     cfg: &ModelConfig,
     sc: &Scenario,
@@ -178,7 +151,7 @@ fn profile_on<B: Measured>(
         be.sync()?;
         step_times.push(t0.elapsed().as_secs_f64());
         if last && kernel_trace_note.is_none() {
-            match be.finish_kernel_trace() {
+            match be.finish_kernel_trace(first_op) {
                 Ok(table) => kernels = table,
                 Err(why) => kernel_trace_note = Some(why),
             }

@@ -198,7 +198,7 @@ impl CudaBackend {
 
     /// Starts a CUPTI trace of every kernel, copy and fill from now on (the caller has
     /// synchronised, so the wall span starts with the step).
-    pub fn start_kernel_trace(&mut self) -> Result<(), String> {
+    pub fn start_kernel_trace(&mut self) -> Result<(), crate::cupti::TraceError> {
         let trace = crate::cupti::KernelTrace::start()?;
         let start = crate::cupti::now_ns()?;
         self.kernel_trace = Some((trace, start));
@@ -207,11 +207,13 @@ impl CudaBackend {
 
     /// Ends the trace (the caller has synchronised): the records and the wall span on CUPTI's
     /// clock.
-    pub fn finish_kernel_trace(&mut self) -> Result<(crate::cupti::TraceOutput, u64, u64), String> {
+    pub fn finish_kernel_trace(
+        &mut self,
+    ) -> Result<(crate::cupti::TraceOutput, u64, u64), crate::cupti::TraceError> {
         let (trace, start) = self
             .kernel_trace
             .take()
-            .ok_or("no kernel trace was started")?;
+            .ok_or(crate::cupti::TraceError::NotStarted)?;
         let end = crate::cupti::now_ns()?;
         Ok((trace.finish()?, start, end))
     }
@@ -781,7 +783,13 @@ impl CudaBackend {
         }
         // Eagerly, kernels take their dynamic scalars as arguments (a null pointer says so).
         self.op_scalars = 0;
+        // While a kernel trace runs, the records of what the op launches carry its index.
+        let op_scope = self
+            .kernel_trace
+            .as_ref()
+            .map(|_| crate::cupti::OpScope::enter(index));
         let result = self.dispatch(&call);
+        drop(op_scope);
         if let Some(t) = &mut self.timer {
             t.stop(self.gpu.cu_stream()).map_err(device_err)?;
         }

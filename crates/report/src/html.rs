@@ -2,6 +2,7 @@
 //! opens from a laptop's disk, an e-mail or a CI artefact with no network at all. Nothing in
 //! the page names a URL: no external fonts, scripts, stylesheets or images.
 
+use crate::markup::escape;
 use crate::plots;
 use crate::results::{AnalysisView, Results, ResultsError};
 use crate::units;
@@ -14,22 +15,6 @@ pub enum HtmlError {
     Results(#[from] ResultsError),
     #[error(transparent)]
     Plot(#[from] plots::PlotError),
-}
-
-/// Text into HTML: the five characters with meaning there.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 const STYLE: &str = "
@@ -103,12 +88,12 @@ pub fn render(r: &Results) -> Result<String, HtmlError> {
     }
     out.push_str("<h2>Benchmarks (measured beside modelled)</h2>\n");
     match &r.bench {
-        Some(v) => crate::measured::bench_section(&mut out, v)?,
+        Some(v) => crate::bench_sections::bench_section(&mut out, v)?,
         None => out.push_str("<p class=\"empty\">Not run in this study.</p>\n"),
     }
     out.push_str("<h2>Attention: naive vs flash</h2>\n");
     match &r.attention {
-        Some(v) => crate::measured::attention_section(&mut out, v)?,
+        Some(v) => crate::bench_sections::attention_section(&mut out, v)?,
         None => out.push_str("<p class=\"empty\">Not run in this study.</p>\n"),
     }
     out.push_str("<h2>Mixed precision</h2>\n");

@@ -2,8 +2,9 @@
 //! the self-contained HTML report. It reads data and formats it; it computes nothing about
 //! models.
 
+pub mod bench_sections;
 pub mod html;
-pub mod measured;
+pub mod markup;
 pub mod plots;
 pub mod results;
 pub mod table;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tperf_bench::device::{Device, Measured};
+use tperf_bench::device::{Device, Instrumented};
 use tperf_core::backend::{repeated_step, Backend};
 use tperf_core::ops::sampling::Sampling;
 use tperf_core::schedule::{alloc_step_tokens, AttentionKernel, Options, Precision, Transformer};
@@ -99,7 +99,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
 }
 
-fn generate_on<B: Measured>(mut be: B, args: &GenerateArgs, opts: Options) -> Result<()> {
+fn generate_on<B: Instrumented>(mut be: B, args: &GenerateArgs, opts: Options) -> Result<()> {
     let device = be.name();
     be.set_step_graphs(!args.no_graphs);
 

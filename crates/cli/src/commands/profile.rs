@@ -8,6 +8,7 @@ use crate::load;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
+use tperf_bench::kernels::{KernelRow, KernelTable};
 use tperf_bench::profile::{self, Profile};
 use tperf_bench::stats::Summary;
 use tperf_core::cost::analysis::{Scenario, Workload};
@@ -342,6 +343,8 @@ fn render(model: &str, p: &Profile, all_layers: bool) -> String {
         }
         out.push_str(&kt_table.render());
         out.push('\n');
+        out.push_str(&op_kernels(p, kt, all_layers).render());
+        out.push('\n');
     } else if let Some(why) = &p.kernel_trace_note {
         if p.device != "cpu" {
             out.push_str(&format!("no kernel table: {why}\n\n"));
@@ -389,4 +392,156 @@ fn render(model: &str, p: &Profile, all_layers: bool) -> String {
     ));
     out.push_str(&mm.render());
     out
+}
+
+/// Each op of the last step with the kernels, copies and fills it launched (CUPTI's records
+/// joined to the op through the external correlation id the backend pushes around it), then what
+/// ran outside every op.
+fn op_kernels(p: &Profile, kt: &KernelTable, all_layers: bool) -> Table {
+    let us = |s: f64| format!("{:.1}", s * 1e6);
+    let mut t = Table::new(&["#", "op / kernel", "label", "op µs", "GPU µs", "calls", "kind"])
+        .titled(if all_layers {
+            "GPU kernels of each op, last step (CUPTI)"
+        } else {
+            "GPU kernels of each op, last step (CUPTI; block 0 and the ops outside the blocks; --all-layers for all)"
+        });
+    let kernel_rows = |t: &mut Table, rows: &[KernelRow]| {
+        for k in rows {
+            t.row(vec![
+                String::new(),
+                format!("  {}", k.name.chars().take(90).collect::<String>()),
+                String::new(),
+                String::new(),
+                us(k.total_seconds),
+                k.calls.to_string(),
+                k.kind.clone(),
+            ]);
+        }
+    };
+    let median = |index: usize| p.ops.get(index).map_or(0.0, |o| o.median);
+    for o in &kt.by_op {
+        let Some(r) = p.analysis.rows.get(o.index) else {
+            continue;
+        };
+        if !(all_layers || r.layer.is_none_or(|l| l == 0)) {
+            continue;
+        }
+        t.row(vec![
+            r.index.to_string(),
+            r.name.into(),
+            r.label.into(),
+            us(median(o.index)),
+            us(o.gpu_seconds),
+            String::new(),
+            String::new(),
+        ]);
+        kernel_rows(&mut t, &o.kernels);
+    }
+    if !kt.outside_ops.is_empty() {
+        let outside: f64 = kt.outside_ops.iter().map(|k| k.total_seconds).sum();
+        t.row(vec![
+            "-".into(),
+            "outside every op (fills of fresh tensors, input copies)".into(),
+            String::new(),
+            String::new(),
+            us(outside),
+            String::new(),
+            String::new(),
+        ]);
+        kernel_rows(&mut t, &kt.outside_ops);
+    }
+    t.note("op µs: the op's time on CUDA events (median of the profiled steps); GPU µs: the summed execution of its kernels, copies and fills in the last step");
+    if kt.by_op.is_empty() && !kt.rows.is_empty() {
+        t.note("no kernel was attributed to an op: CUPTI gave no external correlation records");
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tperf_core::cost::hardware;
+    use tperf_core::schedule::Options;
+
+    fn row(name: &str, micros: f64) -> KernelRow {
+        KernelRow {
+            name: name.into(),
+            kind: "kernel".into(),
+            calls: 1,
+            total_seconds: micros * 1e-6,
+            mean_seconds: micros * 1e-6,
+            share: 1.0,
+        }
+    }
+
+    /// The per-op kernel table lists each op's kernels under it, by the op's schedule index,
+    /// then what ran outside every op. The kernels are made up; the profile is a real CPU one.
+    #[test]
+    fn kernels_are_listed_under_the_op_that_launched_them() {
+        let mut cfg = tperf_core::presets::find("small").unwrap().config;
+        cfg.vocab_size = 61;
+        cfg.n_layers = 1;
+        cfg.d_model = 32;
+        cfg.d_ff = 64;
+        let cfg = cfg.with_heads(4, 2).unwrap();
+        let sc = Scenario {
+            workload: Workload::Forward,
+            batch: 1,
+            seq: 4,
+            opts: Options::default(),
+        };
+        let hw = hardware::detect_local_cpu();
+        let mut p = profile::profile_cpu(&cfg, &sc, &hw, 0, 1, |_| {}).unwrap();
+        let (first, second) = (&p.analysis.rows[0], &p.analysis.rows[1]);
+        let (first_name, second_name) = (first.name, second.name);
+        p.kernels = Some(KernelTable {
+            rows: vec![],
+            kernels_launched: 3,
+            busy_fraction: 0.5,
+            step_wall_seconds: 1e-3,
+            launch_gap_median_seconds: 0.0,
+            launch_gap_total_seconds: 0.0,
+            dropped: 0,
+            by_op: vec![
+                tperf_bench::kernels::OpKernelRows {
+                    index: 0,
+                    kernels: vec![row("embedding_forward", 12.0)],
+                    gpu_seconds: 12e-6,
+                },
+                tperf_bench::kernels::OpKernelRows {
+                    index: 1,
+                    kernels: vec![row("gemm_a", 30.0), row("gemm_reduce", 5.0)],
+                    gpu_seconds: 35e-6,
+                },
+            ],
+            outside_ops: vec![row("memset", 1.0)],
+        });
+        let text = render("tiny", &p, true);
+        let table = &text[text
+            .find("GPU kernels of each op")
+            .expect("the per-op kernel table")..];
+        let lines: Vec<&str> = table.lines().collect();
+        let at = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} in\n{table}"))
+        };
+        let op_line = |index: &str, name: &str| {
+            lines
+                .iter()
+                .position(|l| l.split_whitespace().take(2).eq([index, name]))
+                .unwrap_or_else(|| panic!("op {index} {name} in\n{table}"))
+        };
+        // Op 0, then its kernel; op 1, then its two; then the fill outside every op.
+        let op0 = op_line("0", first_name);
+        assert_eq!(at("  embedding_forward"), op0 + 1);
+        let op1 = op_line("1", second_name);
+        assert!(op1 > op0 + 1);
+        assert_eq!(at("  gemm_a"), op1 + 1);
+        assert_eq!(at("  gemm_reduce"), op1 + 2);
+        assert!(lines[op1].contains("35.0"), "{}", lines[op1]);
+        assert!(at("outside every op") > op1 + 2);
+        assert!(at("  memset") > at("outside every op"));
+    }
 }

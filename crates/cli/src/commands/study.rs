@@ -229,7 +229,8 @@ const PROFILED: Scenario = Scenario {
     },
 };
 
-struct Measured {
+/// Everything the study measured on the device, for its results document.
+struct StudyMeasurements {
     bench: Vec<tperf_bench::model::BenchRow>,
     profile: tperf_bench::profile::Profile,
     attention: Vec<tperf_bench::attention::AttentionRow>,
@@ -259,7 +260,7 @@ fn measure(
     small: &tperf_core::config::ModelConfig,
     device: Device,
     hw: &hardware::Hardware,
-) -> Result<Measured> {
+) -> Result<StudyMeasurements> {
     use indicatif::{ProgressBar, ProgressStyle};
     use tperf_bench::model::Repeats;
     let cpu = hw.clone();
@@ -469,7 +470,7 @@ fn measure(
         super::attention::table(&attention, format!("Attention on {device}: batch {ab}, {ah} head(s), causal, {adt} (median of 2 steps after 1 warm-up)")).render()
     );
     println!();
-    Ok(Measured {
+    Ok(StudyMeasurements {
         bench,
         profile,
         attention,

@@ -10,7 +10,7 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use tperf_bench::device::{Device, Measured};
+use tperf_bench::device::{Device, Instrumented};
 use tperf_core::config::ModelConfig;
 use tperf_core::cost::analysis::{self, Scenario, Workload};
 use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute, Transformer};
@@ -227,7 +227,7 @@ struct Prepared {
 
 /// The run on `be`: the same driver on the CPU and on a GPU (the stepper reads each step's loss
 /// back, so step times include the device's work).
-fn train_on<B: Measured>(mut be: B, args: &TrainArgs, p: Prepared) -> Result<()> {
+fn train_on<B: Instrumented>(mut be: B, args: &TrainArgs, p: Prepared) -> Result<()> {
     let Prepared {
         cfg,
         opts,

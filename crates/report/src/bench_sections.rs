@@ -1,8 +1,8 @@
-//! The measured sections of a report — benchmarks and the attention sweep — drawn from the
+//! The sections of a report drawn from measurements — benchmarks and the attention sweep — drawn from the
 //! results document's JSON (the rows `tperf bench` and `tperf attention` emit): tables, and line
 //! plots that put each measured series (solid) beside its modelled twin (dashed).
 
-use crate::html::escape;
+use crate::markup::escape;
 use crate::plots::PlotError;
 use crate::plots::{line_plot, LinePlot, Series};
 use crate::units;
