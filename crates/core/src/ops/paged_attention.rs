@@ -141,13 +141,13 @@ pub fn paged_attention_forward<F: Real>(
             let mut total = F::zero();
             for sc in scores.iter_mut() {
                 *sc = (*sc - max).exp();
-                total = total + *sc;
+                total += *sc;
             }
             for (i, j) in (lo..hi).enumerate() {
                 let v = &v_pool[pool_offset(slot(j), g, h_kv, bs, d)..][..d];
                 let p = scores[i] / total;
                 for (x, &y) in o.iter_mut().zip(v) {
-                    *x = *x + p * y;
+                    *x += p * y;
                 }
             }
         }
