@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::time::Instant;
 use tperf_core::backend::{Backend, BackendError};
 use tperf_core::cost::hardware::{self, Hardware};
-use tperf_core::meta::MemEvent;
+use tperf_core::ledger::MemEvent;
 use tperf_cpu::CpuBackend;
 use tperf_cuda::{cupti, CudaBackend, GraphStats};
 
@@ -169,7 +169,7 @@ impl Measured for CpuBackend {
         self.enable_memory_events();
     }
     fn take_memory_events(&mut self) -> Vec<MemEvent> {
-        self.mem_events.take().unwrap_or_default()
+        self.take_mem_events()
     }
 }
 

@@ -11,7 +11,7 @@ use tperf_core::backend::BackendError;
 use tperf_core::config::ModelConfig;
 use tperf_core::cost::analysis::{self, Analysis, Scenario};
 use tperf_core::cost::hardware::Hardware;
-use tperf_core::meta::MemEvent;
+use tperf_core::ledger::MemEvent;
 use tperf_core::ops::Phase;
 use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;

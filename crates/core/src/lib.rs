@@ -7,6 +7,7 @@ pub mod config;
 pub mod cost;
 pub mod dtype;
 pub mod hf;
+pub mod ledger;
 pub mod meta;
 pub mod ops;
 pub mod precision;

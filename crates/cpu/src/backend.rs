@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
-use tperf_core::meta::MemEvent;
+use tperf_core::ledger::{Ledger, MemEvent};
 use tperf_core::ops::attention::{Attention, KvSource};
 use tperf_core::ops::cast::round_to;
 use tperf_core::ops::embedding::PositionTable;
@@ -39,12 +39,9 @@ pub struct CpuBackend {
     scratch: Vec<f32>,
     ops_run: usize,
     sample_calls: u64,
-    /// Every allocation and free at the tensors' dtype widths, as the Meta backend records them,
-    /// once enabled with [`CpuBackend::enable_memory_events`] (off by default: a long training
-    /// run would grow it without bound).
-    pub mem_events: Option<Vec<MemEvent>>,
-    in_use: HashMap<MemCategory, u64>,
-    peak_bytes: u64,
+    /// Bytes in use by category at the tensors' dtype widths, as the Meta backend records them;
+    /// its event log is off until [`CpuBackend::enable_memory_events`].
+    ledger: Ledger,
     /// (op index, start, wall time) of every op when enabled with [`CpuBackend::enable_timing`].
     pub timing: Option<Vec<(usize, Instant, Duration)>>,
 }
@@ -81,12 +78,17 @@ impl CpuBackend {
 
     /// Records every allocation and free from now on.
     pub fn enable_memory_events(&mut self) {
-        self.mem_events.get_or_insert_with(Vec::new);
+        self.ledger.enable_events();
+    }
+
+    /// The allocations and frees recorded since memory events were enabled; recording stops.
+    pub fn take_mem_events(&mut self) -> Vec<MemEvent> {
+        self.ledger.take_events()
     }
 
     /// Starts a new peak from the bytes in use now (to measure one pass's peak).
     pub fn reset_peak(&mut self) {
-        self.peak_bytes = self.total_bytes_in_use();
+        self.ledger.reset_peak();
     }
 
     /// Records the wall time of every op from now on.
@@ -96,35 +98,20 @@ impl CpuBackend {
 
     /// Bytes in use per category, at the tensors' dtype widths.
     pub fn bytes_in_use(&self, category: MemCategory) -> u64 {
-        self.in_use.get(&category).copied().unwrap_or(0)
+        self.ledger.bytes_in_use(category)
     }
 
     pub fn total_bytes_in_use(&self) -> u64 {
-        self.in_use.values().sum()
+        self.ledger.total_bytes_in_use()
     }
 
     pub fn peak_bytes(&self) -> u64 {
-        self.peak_bytes
+        self.ledger.peak_bytes()
     }
 
     /// Ops executed so far (the index of the next op in the schedule).
     pub fn ops_run(&self) -> usize {
         self.ops_run
-    }
-
-    fn account(&mut self, name: &str, category: MemCategory, dtype: DType, delta_bytes: i64) {
-        if let Some(events) = &mut self.mem_events {
-            events.push(MemEvent {
-                ops_before: self.ops_run,
-                name: name.to_string(),
-                category,
-                dtype,
-                delta_bytes,
-            });
-        }
-        let slot = self.in_use.entry(category).or_insert(0);
-        *slot = slot.saturating_add_signed(delta_bytes);
-        self.peak_bytes = self.peak_bytes.max(self.total_bytes_in_use());
     }
 
     fn f32(&self, t: &Tensor) -> Result<&[f32], BackendError> {
@@ -225,12 +212,7 @@ impl Backend for CpuBackend {
             dtype: spec.dtype,
             category: spec.category,
         };
-        self.account(
-            &spec.name,
-            spec.category,
-            spec.dtype,
-            tensor.size_bytes() as i64,
-        );
+        self.ledger.alloc(self.ops_run, &spec.name, &tensor);
         self.buffers.insert(
             id,
             Buffer {
@@ -243,12 +225,7 @@ impl Backend for CpuBackend {
 
     fn free(&mut self, tensor: Tensor) {
         if let Some(buf) = self.buffers.remove(&tensor.id) {
-            self.account(
-                &buf.name,
-                tensor.category,
-                tensor.dtype,
-                -(tensor.size_bytes() as i64),
-            );
+            self.ledger.free(self.ops_run, &buf.name, &tensor);
             if let Data::F32(v) = buf.data {
                 self.pool.entry(v.len()).or_default().push(v);
             }

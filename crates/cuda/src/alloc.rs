@@ -3,16 +3,13 @@
 //! step calls the driver only in its first step (cuMemAlloc and cuMemFree synchronise the device
 //! and cost tens of microseconds each).
 //!
-//! Two ledgers are kept. *Allocated* counts each live tensor at its dtype width by category, the
-//! same rule the Meta backend predicts with, so the measured timeline and peak compare byte for
-//! byte with the model. *Reserved* counts what the driver gave us, including blocks cached for
-//! reuse and the rounding to 512 bytes — what `nvidia-smi` would show, less the context.
+//! The allocator counts *reserved* bytes: what the driver gave us, including blocks cached for
+//! reuse and the rounding to 512 bytes — what `nvidia-smi` would show, less the context. The
+//! tensors' bytes at their dtype widths, which compare byte for byte with the Meta backend's
+//! prediction, are the backend's [`tperf_core::ledger::Ledger`], not this.
 
 use cudarc::driver::{result as cu, sys, DriverError};
-use std::collections::{BTreeMap, HashMap};
-use tperf_core::dtype::DType;
-use tperf_core::meta::MemEvent;
-use tperf_core::tensor::MemCategory;
+use std::collections::BTreeMap;
 
 /// Requests round up to this, so that every block is aligned for 16-byte vector access and
 /// near-equal sizes share cached blocks.
@@ -36,9 +33,6 @@ pub struct CachingAllocator {
     pub peak_reserved_bytes: u64,
     pub driver_allocs: u64,
     pub driver_frees: u64,
-    in_use: HashMap<MemCategory, u64>,
-    pub peak_bytes: u64,
-    pub mem_events: Option<Vec<MemEvent>>,
 }
 
 impl CachingAllocator {
@@ -95,37 +89,6 @@ impl CachingAllocator {
 
     pub fn cached_bytes(&self) -> u64 {
         self.free.keys().map(|(b, _)| b).sum()
-    }
-
-    /// Records a tensor's allocation (+) or free (−) at its dtype width.
-    pub fn account(
-        &mut self,
-        ops_before: usize,
-        name: &str,
-        category: MemCategory,
-        dtype: DType,
-        delta_bytes: i64,
-    ) {
-        if let Some(events) = &mut self.mem_events {
-            events.push(MemEvent {
-                ops_before,
-                name: name.to_string(),
-                category,
-                dtype,
-                delta_bytes,
-            });
-        }
-        let slot = self.in_use.entry(category).or_insert(0);
-        *slot = slot.saturating_add_signed(delta_bytes);
-        self.peak_bytes = self.peak_bytes.max(self.total_bytes_in_use());
-    }
-
-    pub fn bytes_in_use(&self, category: MemCategory) -> u64 {
-        self.in_use.get(&category).copied().unwrap_or(0)
-    }
-
-    pub fn total_bytes_in_use(&self) -> u64 {
-        self.in_use.values().sum()
     }
 }
 

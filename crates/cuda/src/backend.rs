@@ -16,7 +16,7 @@ use half::{bf16, f16};
 use std::collections::HashMap;
 use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
-use tperf_core::meta::MemEvent;
+use tperf_core::ledger::{Ledger, MemEvent};
 use tperf_core::ops::{self, Op};
 use tperf_core::tensor::{MemCategory, Tensor, TensorId, TensorSpec};
 
@@ -51,6 +51,9 @@ pub struct CudaBackend {
     /// Captured steps; dropped before any memory they point into.
     graphs: Graphs,
     pub(crate) alloc: CachingAllocator,
+    /// Tensors' bytes at their dtype widths by category (the Meta backend's rule); what the
+    /// driver reserved is the allocator's count.
+    ledger: Ledger,
     /// Device words the step's dynamic scalars are copied to (see graph.rs).
     scalars: Block,
     /// Matmuls followed by GELU use cuBLASLt's GELU_AUX epilogue where it applies
@@ -122,6 +125,7 @@ impl CudaBackend {
             retired: HashMap::new(),
             graphs: Graphs::new(graphs),
             alloc,
+            ledger: Ledger::new(),
             scalars,
             op_scalars: 0,
             gelu_epilogue,
@@ -152,29 +156,29 @@ impl CudaBackend {
     }
 
     pub fn enable_memory_events(&mut self) {
-        self.alloc.mem_events.get_or_insert_with(Vec::new);
+        self.ledger.enable_events();
     }
 
     /// The allocations and frees recorded since memory events were enabled; recording stops.
     pub fn take_mem_events(&mut self) -> Vec<MemEvent> {
-        self.alloc.mem_events.take().unwrap_or_default()
+        self.ledger.take_events()
     }
 
     pub fn reset_peak(&mut self) {
-        self.alloc.peak_bytes = self.alloc.total_bytes_in_use();
+        self.ledger.reset_peak();
     }
 
     pub fn bytes_in_use(&self, category: MemCategory) -> u64 {
-        self.alloc.bytes_in_use(category)
+        self.ledger.bytes_in_use(category)
     }
 
     pub fn total_bytes_in_use(&self) -> u64 {
-        self.alloc.total_bytes_in_use()
+        self.ledger.total_bytes_in_use()
     }
 
     /// Peak of the tensors' bytes at their dtype widths (the Meta backend's rule).
     pub fn peak_bytes(&self) -> u64 {
-        self.alloc.peak_bytes
+        self.ledger.peak_bytes()
     }
 
     /// Bytes obtained from the driver (cached blocks and rounding included; the cuBLASLt
@@ -451,25 +455,13 @@ impl Backend for CudaBackend {
         );
         // Fresh tensors are zero on every backend (accumulating ops rely on it).
         self.zero_fresh(&tensor)?;
-        self.alloc.account(
-            self.ops_run,
-            &spec.name,
-            spec.category,
-            spec.dtype,
-            bytes as i64,
-        );
+        self.ledger.alloc(self.ops_run, &spec.name, &tensor);
         Ok(tensor)
     }
 
     fn free(&mut self, tensor: Tensor) {
         if let Some(buf) = self.buffers.remove(&tensor.id) {
-            self.alloc.account(
-                self.ops_run,
-                &buf.name,
-                tensor.category,
-                tensor.dtype,
-                -(tensor.size_bytes() as i64),
-            );
+            self.ledger.free(self.ops_run, &buf.name, &tensor);
             self.alloc.free(buf.block);
             if self.graphs.in_step_graph() {
                 self.retired.insert(tensor.id, buf);
