@@ -8,9 +8,10 @@ use std::str::FromStr;
 use std::time::Instant;
 use tperf_core::backend::{Backend, BackendError};
 use tperf_core::cost::hardware::{self, Hardware};
+use tperf_core::error::{report, UnknownName};
 use tperf_core::ledger::MemEvent;
 use tperf_cpu::CpuBackend;
-use tperf_cuda::{cupti, CudaBackend, GraphStats};
+use tperf_cuda::{cupti, CudaBackend, CudaError, GraphStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
@@ -27,17 +28,34 @@ impl fmt::Display for Device {
     }
 }
 
+/// Why a device cannot be used for what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Unknown(#[from] UnknownName),
+    #[error("device cuda:{asked} does not exist: this machine has {count} CUDA device(s) (cuda:0 … cuda:{})", count - 1)]
+    NoSuchGpu { asked: usize, count: usize },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Cuda(#[from] CudaError),
+    #[error(
+        "'{0}' is not in tperf's hardware catalogue (tperf hw list): its roofline needs an entry"
+    )]
+    UnknownGpu(String),
+    #[error("kernel tracing is for GPUs (the CPU's ops are the trace)")]
+    NoKernelTrace,
+}
+
 impl FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s.to_ascii_lowercase().as_str() {
             "cpu" => Ok(Device::Cpu),
             "cuda" | "gpu" => Ok(Device::Cuda(0)),
             d => match d.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(i)) => Ok(Device::Cuda(i)),
-                _ => Err(format!(
-                    "unknown device '{s}': use cpu, cuda, cuda:N or auto"
-                )),
+                _ => Err(UnknownName::new("device", s, "cpu, cuda, cuda:N or auto")),
             },
         }
     }
@@ -45,7 +63,7 @@ impl FromStr for Device {
 
 /// What `auto` (or an explicit device) resolves to on this machine, with a note to print when
 /// the choice was not the one asked for.
-pub fn resolve(asked: &str) -> Result<(Device, Option<String>), String> {
+pub fn resolve(asked: &str) -> Result<(Device, Option<String>), DeviceError> {
     let auto = asked.eq_ignore_ascii_case("auto");
     let wanted = if auto {
         Device::Cuda(0)
@@ -63,13 +81,10 @@ pub fn resolve(asked: &str) -> Result<(Device, Option<String>), String> {
                     if n == 0 { " found" } else { " at that index" }
                 )),
             )),
-            Ok(n) => Err(format!(
-                "device cuda:{i} does not exist: this machine has {n} CUDA device(s) (cuda:0 … cuda:{})",
-                n - 1
-            )),
+            Ok(n) => Err(DeviceError::NoSuchGpu { asked: i, count: n }),
             Err(why) => Ok((
                 Device::Cpu,
-                Some(format!("note: {why}; running on the CPU")),
+                Some(format!("note: {}; running on the CPU", report(&why))),
             )),
         },
     }
@@ -77,18 +92,14 @@ pub fn resolve(asked: &str) -> Result<(Device, Option<String>), String> {
 
 /// The hardware entry a device's roofline comes from: the detected CPU, or the catalogue entry
 /// matching the GPU's name (an unknown GPU is an error naming `--hw`).
-pub fn hardware_of(device: Device) -> Result<Hardware, String> {
+pub fn hardware_of(device: Device) -> Result<Hardware, DeviceError> {
     match device {
         Device::Cpu => Ok(hardware::detect_local_cpu()),
         Device::Cuda(i) => {
-            let be = CudaBackend::new(i).map_err(|e| e.to_string())?;
+            let be = CudaBackend::new(i)?;
             let info = be.info();
-            hardware::match_gpu_name(&info.name, info.total_bytes).ok_or_else(|| {
-                format!(
-                    "'{}' is not in tperf's hardware catalogue (tperf hw list): its roofline needs an entry",
-                    info.name
-                )
-            })
+            hardware::match_gpu_name(&info.name, info.total_bytes)
+                .ok_or_else(|| DeviceError::UnknownGpu(info.name.clone()))
         }
     }
 }
@@ -117,11 +128,11 @@ pub trait Measured: Backend {
     fn start_memory_events(&mut self);
     fn take_memory_events(&mut self) -> Vec<MemEvent>;
     /// Starts tracing the device's kernels (CUPTI on a GPU); Err says why there is no trace.
-    fn start_kernel_trace(&mut self) -> Result<(), String> {
-        Err("kernel tracing is for GPUs (the CPU's ops are the trace)".into())
+    fn start_kernel_trace(&mut self) -> Result<(), DeviceError> {
+        Err(DeviceError::NoKernelTrace)
     }
     /// Ends the trace after a synchronisation, with the kernel table of what ran.
-    fn finish_kernel_trace(&mut self) -> Result<Option<KernelTable>, String> {
+    fn finish_kernel_trace(&mut self) -> Result<Option<KernelTable>, DeviceError> {
         Ok(None)
     }
     /// Turns graph capture of repeated steps on or off where the device has it.
@@ -215,12 +226,12 @@ impl Measured for CudaBackend {
     fn take_memory_events(&mut self) -> Vec<MemEvent> {
         self.take_mem_events()
     }
-    fn start_kernel_trace(&mut self) -> Result<(), String> {
-        self.synchronize().map_err(|e| e.to_string())?;
-        self.start_kernel_trace()
+    fn start_kernel_trace(&mut self) -> Result<(), DeviceError> {
+        self.synchronize()?;
+        Ok(CudaBackend::start_kernel_trace(self)?)
     }
-    fn finish_kernel_trace(&mut self) -> Result<Option<KernelTable>, String> {
-        self.synchronize().map_err(|e| e.to_string())?;
+    fn finish_kernel_trace(&mut self) -> Result<Option<KernelTable>, DeviceError> {
+        self.synchronize()?;
         let (out, wall_start, wall_end) = self.finish_kernel_trace()?;
         let ns = |x: u64| x as f64 * 1e-9;
         let (gap_median, gap_total) = cupti::launch_gaps(&out.records);

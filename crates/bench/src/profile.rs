@@ -169,7 +169,7 @@ fn profile_on<B: Measured>(
         if last {
             be.start_memory_events();
             if let Err(why) = be.start_kernel_trace() {
-                kernel_trace_note = Some(why);
+                kernel_trace_note = Some(tperf_core::error::report(&why));
             }
         }
         let first_op = be.ops_run();
@@ -180,7 +180,7 @@ fn profile_on<B: Measured>(
         if last && kernel_trace_note.is_none() {
             match be.finish_kernel_trace() {
                 Ok(table) => kernels = table,
-                Err(why) => kernel_trace_note = Some(why),
+                Err(why) => kernel_trace_note = Some(tperf_core::error::report(&why)),
             }
         }
         let log = be.take_op_timing()?;

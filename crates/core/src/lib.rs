@@ -6,6 +6,7 @@ pub mod backend;
 pub mod config;
 pub mod cost;
 pub mod dtype;
+pub mod error;
 pub mod hf;
 pub mod ledger;
 pub mod meta;

@@ -8,7 +8,8 @@
 
 use crate::alloc::{Block, CachingAllocator};
 use crate::blas::{Blas, Gemm, WORKSPACE_BYTES};
-use crate::gpu::{Arg, DeviceInfo, Gpu, GpuError};
+use crate::error::{driver, CudaError};
+use crate::gpu::{Arg, DeviceInfo, Gpu};
 use crate::graph::{self, Action, Begin, GraphStats, Graphs, Mode, Pending, SCALAR_WORDS};
 use crate::timing::EventTimer;
 use cudarc::driver::{result as cu, sys};
@@ -99,12 +100,6 @@ pub(crate) fn invalid(call: &OpCall, why: impl Into<String>) -> BackendError {
     }
 }
 
-impl From<GpuError> for BackendError {
-    fn from(e: GpuError) -> Self {
-        device_err(e.to_string())
-    }
-}
-
 impl CudaBackend {
     /// Opens `cuda:ordinal`: the context, the stream, cuBLASLt and its workspace. Kernels are
     /// compiled (or loaded from the disk cache) when an op first needs them.
@@ -113,11 +108,11 @@ impl CudaBackend {
         let mut alloc = CachingAllocator::default();
         let workspace = alloc
             .alloc(WORKSPACE_BYTES as u64)
-            .map_err(|e| device_err(format!("allocating the cuBLASLt workspace: {e:?}")))?;
-        let blas = Blas::new(workspace.ptr).map_err(device_err)?;
+            .map_err(driver("allocating the cuBLASLt workspace"))?;
+        let blas = Blas::new(workspace.ptr)?;
         let scalars = alloc
             .alloc((SCALAR_WORDS * 4) as u64)
-            .map_err(|e| device_err(format!("allocating the step scalars: {e:?}")))?;
+            .map_err(driver("allocating the step scalars"))?;
         let graphs = std::env::var_os("TPERF_CUDA_GRAPHS").is_none_or(|v| v != "0");
         let gelu_epilogue = std::env::var_os("TPERF_GELU_EPILOGUE").is_none_or(|v| v != "0");
         Ok(CudaBackend {
@@ -202,22 +197,21 @@ impl CudaBackend {
 
     /// Starts a CUPTI trace of every kernel, copy and fill from now on (the caller has
     /// synchronised, so the wall span starts with the step).
-    pub fn start_kernel_trace(&mut self) -> Result<(), String> {
-        let trace = crate::cupti::KernelTrace::start()?;
-        let start = crate::cupti::now_ns()?;
+    pub fn start_kernel_trace(&mut self) -> Result<(), CudaError> {
+        let trace = crate::cupti::KernelTrace::start().map_err(CudaError::Trace)?;
+        let start = crate::cupti::now_ns().map_err(CudaError::Trace)?;
         self.kernel_trace = Some((trace, start));
         Ok(())
     }
 
     /// Ends the trace (the caller has synchronised): the records and the wall span on CUPTI's
     /// clock.
-    pub fn finish_kernel_trace(&mut self) -> Result<(crate::cupti::TraceOutput, u64, u64), String> {
-        let (trace, start) = self
-            .kernel_trace
-            .take()
-            .ok_or("no kernel trace was started")?;
-        let end = crate::cupti::now_ns()?;
-        Ok((trace.finish()?, start, end))
+    pub fn finish_kernel_trace(
+        &mut self,
+    ) -> Result<(crate::cupti::TraceOutput, u64, u64), CudaError> {
+        let (trace, start) = self.kernel_trace.take().ok_or(CudaError::NoTrace)?;
+        let end = crate::cupti::now_ns().map_err(CudaError::Trace)?;
+        Ok((trace.finish().map_err(CudaError::Trace)?, start, end))
     }
 
     /// Draws the next samples from the start of the sampling stream, as a fresh backend does.
@@ -228,7 +222,7 @@ impl CudaBackend {
     /// Records CUDA events around every op from now on.
     pub fn enable_timing(&mut self) -> Result<(), BackendError> {
         if self.timer.is_none() {
-            self.timer = Some(EventTimer::new().map_err(device_err)?);
+            self.timer = Some(EventTimer::new());
         }
         Ok(())
     }
@@ -238,7 +232,7 @@ impl CudaBackend {
     pub fn take_timings(&mut self) -> Result<Vec<(usize, f64, f64)>, BackendError> {
         self.synchronize()?;
         match &mut self.timer {
-            Some(t) => t.drain().map_err(device_err),
+            Some(t) => t.drain().map_err(Into::into),
             None => Ok(Vec::new()),
         }
     }
@@ -316,7 +310,11 @@ impl CudaBackend {
         let bytes = b.numel * b.dtype.size_bytes();
         if bytes > 0 {
             unsafe { cu::memset_d8_async(b.block.ptr, 0, bytes as usize, self.gpu.cu_stream()) }
-                .map_err(|e| device_err(format!("zeroing '{}': {e:?}", b.name)))?;
+                .map_err(|source| CudaError::Tensor {
+                    during: "zeroing",
+                    tensor: b.name.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -335,7 +333,7 @@ impl CudaBackend {
         let stream = self.gpu.cu_stream();
         self.blas
             .gemm(g, a, b, c, bias, aux, stream)
-            .map_err(|e| device_err(format!("{} ({}): {e}", call.op.name(), call.label)))
+            .map_err(|e| op_error(call, e))
     }
 
     fn read_bytes(&self, t: &Tensor) -> Result<Vec<u8>, BackendError> {
@@ -344,9 +342,14 @@ impl CudaBackend {
         self.gpu
             .ctx
             .bind_to_thread()
-            .map_err(|e| device_err(format!("{e:?}")))?;
-        unsafe { cu::memcpy_dtoh_async(&mut host, b.block.ptr, self.gpu.cu_stream()) }
-            .map_err(|e| device_err(format!("reading '{}': {e:?}", b.name)))?;
+            .map_err(driver("binding the context"))?;
+        unsafe { cu::memcpy_dtoh_async(&mut host, b.block.ptr, self.gpu.cu_stream()) }.map_err(
+            |source| CudaError::Tensor {
+                during: "reading",
+                tensor: b.name.clone(),
+                source,
+            },
+        )?;
         self.synchronize()?;
         Ok(host)
     }
@@ -356,9 +359,14 @@ impl CudaBackend {
         self.gpu
             .ctx
             .bind_to_thread()
-            .map_err(|e| device_err(format!("{e:?}")))?;
-        unsafe { cu::memcpy_htod_async(b.block.ptr, host, self.gpu.cu_stream()) }
-            .map_err(|e| device_err(format!("writing '{}': {e:?}", b.name)))?;
+            .map_err(driver("binding the context"))?;
+        unsafe { cu::memcpy_htod_async(b.block.ptr, host, self.gpu.cu_stream()) }.map_err(
+            |source| CudaError::Tensor {
+                during: "writing",
+                tensor: b.name.clone(),
+                source,
+            },
+        )?;
         // The host slice must outlive the copy.
         self.synchronize()
     }
@@ -376,8 +384,13 @@ pub(crate) fn operand(call: &OpCall, out: bool, i: usize) -> Result<&Tensor, Bac
 }
 
 /// Names the op in a launch failure (a missing kernel, an NVRTC error with its log).
-fn op_error(call: &OpCall, e: GpuError) -> BackendError {
-    device_err(format!("{} ({}): {e}", call.op.name(), call.label))
+fn op_error(call: &OpCall, e: CudaError) -> BackendError {
+    device_err(format!(
+        "{} ({}): {}",
+        call.op.name(),
+        call.label,
+        tperf_core::error::report(&e)
+    ))
 }
 
 fn encode(dtype: DType, data: &[f32]) -> Vec<u8> {
@@ -486,7 +499,7 @@ impl Backend for CudaBackend {
             self.gpu
                 .ctx
                 .bind_to_thread()
-                .map_err(|e| device_err(format!("{e:?}")))?;
+                .map_err(driver("binding the context"))?;
             let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
             if let Err(e) = unsafe { cu::stream::begin_capture(self.gpu.cu_stream(), mode) } {
                 let pending = self
@@ -688,7 +701,7 @@ impl CudaBackend {
             match p {
                 Pending::Zero { ptr, bytes } => {
                     unsafe { cu::memset_d8_async(ptr, 0, bytes as usize, self.gpu.cu_stream()) }
-                        .map_err(|e| device_err(format!("zeroing a tensor: {e:?}")))?
+                        .map_err(driver("zeroing a tensor"))?
                 }
                 Pending::Exec(call) => {
                     self.op_scalars = 0;
@@ -748,13 +761,13 @@ impl CudaBackend {
                 .flat_map(|w| w.to_le_bytes())
                 .collect();
             unsafe { cu::memcpy_htod_async(self.scalars.ptr, &bytes, stream) }
-                .map_err(|e| device_err(format!("copying the step's scalars: {e:?}")))?;
+                .map_err(driver("copying the step's scalars"))?;
         }
         if self.nvtx {
             crate::nvtx::push("step", "graph", None);
         }
         let launched = unsafe { cu::graph::launch(exec, stream) }
-            .map_err(|e| device_err(format!("launching the step's graph: {e:?}")));
+            .map_err(|e| driver("launching the step's graph")(e).into());
         if self.nvtx {
             crate::nvtx::pop();
         }
@@ -769,13 +782,13 @@ impl CudaBackend {
             crate::nvtx::push(call.op.name(), call.label, call.layer);
         }
         if let Some(t) = &mut self.timer {
-            t.start(index, self.gpu.cu_stream()).map_err(device_err)?;
+            t.start(index, self.gpu.cu_stream())?;
         }
         // Eagerly, kernels take their dynamic scalars as arguments (a null pointer says so).
         self.op_scalars = 0;
         let result = self.dispatch(&call);
         if let Some(t) = &mut self.timer {
-            t.stop(self.gpu.cu_stream()).map_err(device_err)?;
+            t.stop(self.gpu.cu_stream())?;
         }
         if self.nvtx {
             crate::nvtx::pop();

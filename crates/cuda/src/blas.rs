@@ -8,6 +8,7 @@
 //! The descriptor, layouts and the algorithm chosen by the heuristic are cached per shape, so a
 //! training step queries the heuristic only in its first step.
 
+use crate::error::{blas as err, CudaError};
 use cudarc::cublaslt::{result as lt, sys};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -60,15 +61,11 @@ pub struct Blas {
     plans: HashMap<Gemm, Plan>,
 }
 
-fn err(what: &str) -> impl Fn(lt::CublasError) -> String + '_ {
-    move |e| format!("cuBLASLt {what}: {e:?}")
-}
-
 impl Blas {
     /// `workspace` is a device buffer of [`WORKSPACE_BYTES`] the caller owns.
-    pub fn new(workspace: u64) -> Result<Self, String> {
+    pub fn new(workspace: u64) -> Result<Self, CudaError> {
         if !unsafe { sys::is_culib_present() } {
-            return Err("libcublasLt.so was not found on the loader path".into());
+            return Err(CudaError::NoCublasLt);
         }
         let handle = lt::create_handle().map_err(err("create"))?;
         Ok(Blas {
@@ -78,7 +75,7 @@ impl Blas {
         })
     }
 
-    fn plan(&mut self, g: &Gemm) -> Result<&Plan, String> {
+    fn plan(&mut self, g: &Gemm) -> Result<&Plan, CudaError> {
         if !self.plans.contains_key(g) {
             let plan = self.make_plan(g)?;
             self.plans.insert(*g, plan);
@@ -86,7 +83,7 @@ impl Blas {
         Ok(&self.plans[g])
     }
 
-    fn make_plan(&self, g: &Gemm) -> Result<Plan, String> {
+    fn make_plan(&self, g: &Gemm) -> Result<Plan, CudaError> {
         let desc = lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType::CUDA_R_32F,
@@ -180,8 +177,7 @@ impl Blas {
             )
         };
         let _ = unsafe { lt::destroy_matmul_pref(pref) };
-        let heuristic =
-            heuristic.map_err(|e| format!("cuBLASLt has no algorithm for {g:?}: {e:?}"))?;
+        let heuristic = heuristic.map_err(|source| CudaError::NoAlgorithm { gemm: *g, source })?;
         Ok(Plan {
             desc,
             layouts: [a_layout, b_layout, c_layout],
@@ -202,18 +198,15 @@ impl Blas {
         bias: Option<u64>,
         aux: Option<u64>,
         stream: cudarc::driver::sys::CUstream,
-    ) -> Result<(), String> {
+    ) -> Result<(), CudaError> {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
         if g.gelu_aux != aux.is_some() {
-            return Err("the GELU epilogue needs its auxiliary output, and only it".into());
+            return Err(CudaError::GeluAuxMismatch);
         }
         if g.gelu_aux && !g.n.is_multiple_of(8) {
-            return Err(format!(
-                "the GELU epilogue needs N a multiple of 8, not {}",
-                g.n
-            ));
+            return Err(CudaError::GeluAuxN { n: g.n });
         }
         let workspace = self.workspace;
         let handle = self.handle;

@@ -54,8 +54,19 @@ pub enum CompileError {
         arch: String,
         log: String,
     },
-    #[error("NVRTC: {0}")]
-    Nvrtc(String),
+    #[error("NVRTC {during}")]
+    Nvrtc {
+        during: &'static str,
+        #[source]
+        source: nvrtc::NvrtcError,
+    },
+    #[error("kernels/{file}.cu holds a NUL byte")]
+    NulInSource { file: &'static str },
+}
+
+/// An NVRTC failure in `during`, for `map_err`.
+fn nvrtc_err(during: &'static str) -> impl Fn(nvrtc::NvrtcError) -> CompileError {
+    move |source| CompileError::Nvrtc { during, source }
 }
 
 /// The full text NVRTC compiles for `src`.
@@ -72,7 +83,7 @@ pub fn nvrtc_version() -> Result<(i32, i32), CompileError> {
     let (mut major, mut minor) = (0, 0);
     unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
-        .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))?;
+        .map_err(nvrtc_err("version"))?;
     Ok((major, minor))
 }
 
@@ -125,10 +136,9 @@ pub fn cubin(src: &Source, arch: &str, driver: i32) -> Result<(Vec<u8>, Origin),
 }
 
 fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError> {
-    let err = |e: nvrtc::NvrtcError| CompileError::Nvrtc(format!("{e:?}"));
-    let code = CString::new(text).map_err(|e| CompileError::Nvrtc(e.to_string()))?;
+    let code = CString::new(text).map_err(|_| CompileError::NulInSource { file: src.name })?;
     let name = CString::new(format!("{}.cu", src.name)).expect("source names hold no NUL");
-    let prog = nvrtc::create_program(&code, Some(&name)).map_err(err)?;
+    let prog = nvrtc::create_program(&code, Some(&name)).map_err(nvrtc_err("create program"))?;
     let opts = [
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
@@ -155,11 +165,11 @@ fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError
     let bytes = unsafe {
         nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size)
             .result()
-            .map_err(err)?;
+            .map_err(nvrtc_err("cubin size"))?;
         let mut buf = vec![0u8; size];
         nvrtc_sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast())
             .result()
-            .map_err(err)?;
+            .map_err(nvrtc_err("cubin"))?;
         buf
     };
     let _ = unsafe { nvrtc::destroy_program(prog) };

@@ -1415,7 +1415,7 @@ mod tests {
                 cu::malloc_sync(WORKSPACE_BYTES).map_err(e("malloc"))?,
             )
         };
-        let mut blas = Blas::new(ws)?;
+        let mut blas = Blas::new(ws).map_err(|e| e.to_string())?;
         gpu.synchronize().map_err(|e| e.to_string())?;
         let t0 = now_ns()?;
         let host = vec![1.0f32; n];
@@ -1451,7 +1451,8 @@ mod tests {
             gelu_aux: false,
         };
         for _ in 0..3 {
-            blas.gemm(&g, a, b, c, None, None, gpu.cu_stream())?;
+            blas.gemm(&g, a, b, c, None, None, gpu.cu_stream())
+                .map_err(|e| e.to_string())?;
         }
         gpu.synchronize().map_err(|e| e.to_string())?;
         let t1 = now_ns()?;

@@ -1,8 +1,9 @@
 //! The device: a CUDA context and the stream every op is issued on, the kernel modules (compiled
 //! on first use), and the launch call.
 
-use crate::compile::{self, CompileError, Origin};
-use cudarc::driver::{result as cu, sys, CudaContext, CudaStream, DriverError};
+use crate::compile::{self, Origin};
+use crate::error::{driver, CudaError};
+use cudarc::driver::{result as cu, sys, CudaContext, CudaStream};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::Arc;
@@ -27,12 +28,12 @@ impl DeviceInfo {
 }
 
 /// Number of CUDA devices, or why there are none (no driver library, no device).
-pub fn device_count() -> Result<usize, String> {
+pub fn device_count() -> Result<usize, CudaError> {
     if !unsafe { sys::is_culib_present() } {
-        return Err("no NVIDIA driver (libcuda.so) on this machine".into());
+        return Err(CudaError::NoDriver);
     }
-    cu::init().map_err(|e| format!("the CUDA driver did not initialise: {e:?}"))?;
-    let n = cu::device::get_count().map_err(|e| format!("cuDeviceGetCount: {e:?}"))?;
+    cu::init().map_err(driver("the CUDA driver did not initialise"))?;
+    let n = cu::device::get_count().map_err(driver("cuDeviceGetCount"))?;
     Ok(n.max(0) as usize)
 }
 
@@ -82,25 +83,11 @@ pub struct Gpu {
     pub compile_log: Vec<(&'static str, Origin, Duration)>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum GpuError {
-    #[error("{0}")]
-    Driver(String),
-    #[error(transparent)]
-    Compile(#[from] CompileError),
-}
-
-fn driver(what: &str) -> impl Fn(DriverError) -> GpuError + '_ {
-    move |e| GpuError::Driver(format!("{what}: {e:?}"))
-}
-
 impl Gpu {
-    pub fn open(ordinal: usize) -> Result<Self, GpuError> {
-        let count = device_count().map_err(GpuError::Driver)?;
+    pub fn open(ordinal: usize) -> Result<Self, CudaError> {
+        let count = device_count()?;
         if ordinal >= count {
-            return Err(GpuError::Driver(format!(
-                "cuda:{ordinal} does not exist: this machine has {count} CUDA device(s)"
-            )));
+            return Err(CudaError::NoSuchDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal).map_err(driver("creating the context"))?;
         // tperf issues everything on one stream and owns its memory through its own allocator
@@ -147,16 +134,14 @@ impl Gpu {
         &mut self,
         source: &'static str,
         kernel: &'static str,
-    ) -> Result<sys::CUfunction, GpuError> {
+    ) -> Result<sys::CUfunction, CudaError> {
         if let Some(&f) = self.functions.get(&(source, kernel)) {
             return Ok(f);
         }
         let module = match self.modules.get(source) {
             Some(&m) => m,
             None => {
-                let src = compile::source(source).ok_or_else(|| {
-                    GpuError::Driver(format!("no kernel source named '{source}'"))
-                })?;
+                let src = compile::source(source).ok_or(CudaError::NoSource(source))?;
                 let start = Instant::now();
                 let (cubin, origin) =
                     compile::cubin(&src, &self.info.arch(), self.info.driver_version)?;
@@ -171,9 +156,12 @@ impl Gpu {
             }
         };
         let name = CString::new(kernel).expect("kernel names hold no NUL");
-        let f = unsafe { cu::module::get_function(module, name) }.map_err(|e| {
-            GpuError::Driver(format!("kernel '{kernel}' is not in {source}.cu: {e:?}"))
-        })?;
+        let f =
+            unsafe { cu::module::get_function(module, name) }.map_err(|e| CudaError::NoKernel {
+                module: source,
+                kernel,
+                source: e,
+            })?;
         self.functions.insert((source, kernel), f);
         Ok(f)
     }
@@ -187,7 +175,7 @@ impl Gpu {
         block: (u32, u32, u32),
         shared_bytes: u32,
         args: &[Arg],
-    ) -> Result<(), GpuError> {
+    ) -> Result<(), CudaError> {
         let f = self.function(source, kernel)?;
         if shared_bytes > 48 * 1024 {
             unsafe {
@@ -197,7 +185,12 @@ impl Gpu {
                     shared_bytes as i32,
                 )
             }
-            .map_err(driver(kernel))?;
+            .map_err(|e| CudaError::SharedMemory {
+                module: source,
+                kernel,
+                shared_bytes,
+                source: e,
+            })?;
         }
         let mut params = Params::new(args);
         let mut ptrs: Vec<*mut c_void> = params
@@ -206,7 +199,11 @@ impl Gpu {
             .map(|s| s.as_mut_ptr().cast())
             .collect();
         unsafe { cu::launch_kernel(f, grid, block, shared_bytes, self.cu_stream(), &mut ptrs) }
-            .map_err(|e| GpuError::Driver(format!("launching {source}::{kernel}: {e:?}")))
+            .map_err(|e| CudaError::Launch {
+                module: source,
+                kernel,
+                source: e,
+            })
     }
 
     /// A 1-D launch covering `n` elements with 256 threads a block (capped; kernels stride).
@@ -216,7 +213,7 @@ impl Gpu {
         kernel: &'static str,
         n: u64,
         args: &[Arg],
-    ) -> Result<(), GpuError> {
+    ) -> Result<(), CudaError> {
         if n == 0 {
             return Ok(());
         }
@@ -224,10 +221,8 @@ impl Gpu {
         self.launch(source, kernel, (blocks, 1, 1), (256, 1, 1), 0, args)
     }
 
-    pub fn synchronize(&self) -> Result<(), GpuError> {
-        self.stream
-            .synchronize()
-            .map_err(|e| GpuError::Driver(format!("a kernel failed: {e:?}")))
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(CudaError::Kernel)
     }
 }
 

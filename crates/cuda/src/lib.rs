@@ -19,6 +19,7 @@ pub mod blas;
 pub mod compile;
 pub mod conformance;
 pub mod cupti;
+pub mod error;
 mod gpu;
 mod graph;
 mod nvtx;
@@ -26,5 +27,6 @@ mod ops;
 mod timing;
 
 pub use backend::CudaBackend;
+pub use error::CudaError;
 pub use gpu::{device_count, DeviceInfo};
 pub use graph::GraphStats;

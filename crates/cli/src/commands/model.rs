@@ -46,7 +46,7 @@ pub struct ModelArgs {
     pub csv: bool,
 }
 
-fn parse_workload(s: &str) -> Result<Workload, String> {
+fn parse_workload(s: &str) -> Result<Workload, tperf_core::error::UnknownName> {
     s.parse()
 }
 
