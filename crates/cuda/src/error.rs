@@ -6,6 +6,7 @@
 
 use crate::blas::Gemm;
 use crate::compile::CompileError;
+use crate::signatures::ArgKind;
 use cudarc::cublaslt::result::CublasError;
 use cudarc::driver::DriverError;
 use tperf_core::backend::BackendError;
@@ -55,6 +56,19 @@ pub enum CudaError {
         kernel: &'static str,
         #[source]
         source: DriverError,
+    },
+    /// A launch whose arguments do not match the kernel's parameters (signatures.rs).
+    #[error("launching {module}::{kernel} with arguments {got:?} where it takes {expected:?}")]
+    LaunchArgs {
+        module: &'static str,
+        kernel: &'static str,
+        expected: &'static [ArgKind],
+        got: Vec<ArgKind>,
+    },
+    #[error("{module}::{kernel} is not in signatures::KERNELS")]
+    UnlistedKernel {
+        module: &'static str,
+        kernel: &'static str,
     },
     #[error("a kernel failed")]
     Kernel(#[source] DriverError),

@@ -3,6 +3,7 @@
 
 use crate::compile::{self, Origin};
 use crate::error::{driver, CudaError};
+use crate::signatures::{self, ArgKind};
 use cudarc::driver::{result as cu, sys, CudaContext, CudaStream};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -78,7 +79,8 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     modules: HashMap<&'static str, sys::CUmodule>,
-    functions: HashMap<(&'static str, &'static str), sys::CUfunction>,
+    /// Each kernel loaded so far, with its parameters from `signatures::KERNELS`.
+    functions: HashMap<(&'static str, &'static str), (sys::CUfunction, &'static [ArgKind])>,
     /// (source, how it was obtained, time) for each module loaded, for the run's log.
     pub compile_log: Vec<(&'static str, Origin, Duration)>,
 }
@@ -129,15 +131,21 @@ impl Gpu {
         self.stream.cu_stream()
     }
 
-    /// The kernel `kernel` of source `source`, loading (and if need be compiling) the module.
-    pub fn function(
+    /// The kernel `kernel` of source `source` and its parameters, loading (and if need be
+    /// compiling) the module. A kernel the signature table does not list is refused, so that
+    /// every launch can be checked.
+    fn kernel(
         &mut self,
         source: &'static str,
         kernel: &'static str,
-    ) -> Result<sys::CUfunction, CudaError> {
-        if let Some(&f) = self.functions.get(&(source, kernel)) {
-            return Ok(f);
+    ) -> Result<(sys::CUfunction, &'static [ArgKind]), CudaError> {
+        if let Some(&found) = self.functions.get(&(source, kernel)) {
+            return Ok(found);
         }
+        let params = signatures::signature(source, kernel).ok_or(CudaError::UnlistedKernel {
+            module: source,
+            kernel,
+        })?;
         let module = match self.modules.get(source) {
             Some(&m) => m,
             None => {
@@ -162,8 +170,8 @@ impl Gpu {
                 kernel,
                 source: e,
             })?;
-        self.functions.insert((source, kernel), f);
-        Ok(f)
+        self.functions.insert((source, kernel), (f, params));
+        Ok((f, params))
     }
 
     /// Launches `kernel` of `source` on the stream.
@@ -176,7 +184,17 @@ impl Gpu {
         shared_bytes: u32,
         args: &[Arg],
     ) -> Result<(), CudaError> {
-        let f = self.function(source, kernel)?;
+        let (f, params) = self.kernel(source, kernel)?;
+        // Always on, not a debug_assert: the tests run in release, and a wrong argument list
+        // would corrupt the device silently. It compares a handful of enum tags per launch.
+        if !signatures::matches(params, args) {
+            return Err(CudaError::LaunchArgs {
+                module: source,
+                kernel,
+                expected: params,
+                got: args.iter().map(Arg::kind).collect(),
+            });
+        }
         if shared_bytes > 48 * 1024 {
             unsafe {
                 cu::function::set_function_attribute(
