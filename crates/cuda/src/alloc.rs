@@ -57,10 +57,14 @@ impl CachingAllocator {
                 bytes: key.0,
             });
         }
+        // SAFETY: cuMemAlloc takes only a size and hands back a fresh device pointer (or an error);
+        // the block is owned by this allocator from here until `release_cache` frees it.
         let ptr = match unsafe { cu::malloc_sync(want as usize) } {
             Ok(p) => p,
             Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
                 self.release_cache();
+                // SAFETY: as above: a second plain allocation after the cache went back to the
+                // driver.
                 unsafe { cu::malloc_sync(want as usize) }?
             }
             Err(e) => return Err(e),
@@ -80,6 +84,9 @@ impl CachingAllocator {
     /// Gives every cached block back to the driver.
     pub fn release_cache(&mut self) {
         for ((bytes, ptr), ()) in std::mem::take(&mut self.free) {
+            // SAFETY: `ptr` came from cuMemAlloc and is in the free list, so no live tensor or
+            // queued kernel can still use it: a block is only in the list after `free`, and
+            // cuMemFree synchronises the device first.
             if unsafe { cu::free_sync(ptr) }.is_ok() {
                 self.reserved_bytes -= bytes;
                 self.driver_frees += 1;

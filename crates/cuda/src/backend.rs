@@ -309,6 +309,9 @@ impl CudaBackend {
         let b = self.buf(t)?;
         let bytes = b.numel * b.dtype.size_bytes();
         if bytes > 0 {
+            // SAFETY: `b.block` holds at least `bytes` (numel × dtype width ≤ the block's rounded
+            // size) and stays allocated until the tensor is freed, which the in-order stream orders
+            // after this memset.
             unsafe { cu::memset_d8_async(b.block.ptr, 0, bytes as usize, self.gpu.cu_stream()) }
                 .map_err(|source| CudaError::Tensor {
                     during: "zeroing",
@@ -343,6 +346,8 @@ impl CudaBackend {
             .ctx
             .bind_to_thread()
             .map_err(driver("binding the context"))?;
+        // SAFETY: `host` is exactly the tensor's byte size, which the block holds, and outlives the
+        // copy: the synchronize below waits for it before `host` is returned.
         unsafe { cu::memcpy_dtoh_async(&mut host, b.block.ptr, self.gpu.cu_stream()) }.map_err(
             |source| CudaError::Tensor {
                 during: "reading",
@@ -360,6 +365,8 @@ impl CudaBackend {
             .ctx
             .bind_to_thread()
             .map_err(driver("binding the context"))?;
+        // SAFETY: the block holds `host.len()` bytes (the caller checked numel and dtype) and
+        // `host` outlives the copy: the synchronize below waits for it.
         unsafe { cu::memcpy_htod_async(b.block.ptr, host, self.gpu.cu_stream()) }.map_err(
             |source| CudaError::Tensor {
                 during: "writing",
@@ -501,6 +508,8 @@ impl Backend for CudaBackend {
                 .bind_to_thread()
                 .map_err(driver("binding the context"))?;
             let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+            // SAFETY: the stream is ours and idle of other captures; capture ends in `finish_step`
+            // or `discard_capture` on every path.
             if let Err(e) = unsafe { cu::stream::begin_capture(self.gpu.cu_stream(), mode) } {
                 let pending = self
                     .graphs
@@ -689,8 +698,11 @@ impl CudaBackend {
     }
 
     fn discard_capture(&mut self) {
+        // SAFETY: ends the capture this backend began on its own stream; a returned graph is
+        // destroyed here, never used.
         if let Ok(g) = unsafe { cu::stream::end_capture(self.gpu.cu_stream()) } {
             if !g.is_null() {
+                // SAFETY: `g` is the graph just returned by end_capture, owned by nobody else.
                 let _ = unsafe { cu::graph::destroy(g) };
             }
         }
@@ -700,6 +712,9 @@ impl CudaBackend {
         for p in pending {
             match p {
                 Pending::Zero { ptr, bytes } => {
+                    // SAFETY: `ptr` and `bytes` were recorded from a live tensor's block by the
+                    // graph code, and the block stays allocated until that tensor is freed (after
+                    // this, in stream order).
                     unsafe { cu::memset_d8_async(ptr, 0, bytes as usize, self.gpu.cu_stream()) }
                         .map_err(driver("zeroing a tensor"))?
                 }
@@ -717,11 +732,16 @@ impl CudaBackend {
             Mode::Eager => Ok(()),
             Mode::Capture { .. } => {
                 let stream = self.gpu.cu_stream();
+                // SAFETY: ends the capture begun in `begin_step` on this stream; the graph is owned
+                // here.
                 let captured = unsafe { cu::stream::end_capture(stream) }.and_then(|g| {
                     let flags = sys::CUgraphInstantiate_flags(0);
+                    // SAFETY: `g` is the graph just captured; instantiating it reads it, and it is
+                    // kept or destroyed below.
                     match unsafe { cu::graph::instantiate(g, flags) } {
                         Ok(exec) => Ok((g, exec)),
                         Err(e) => {
+                            // SAFETY: `g` failed to instantiate and is referenced by nothing else.
                             let _ = unsafe { cu::graph::destroy(g) };
                             Err(e)
                         }
@@ -760,12 +780,20 @@ impl CudaBackend {
                 .iter()
                 .flat_map(|w| w.to_le_bytes())
                 .collect();
+            // SAFETY: `self.scalars` holds SCALAR_WORDS words and `bytes` at most that many
+            // (`stage_scalars_for_graph` refuses more). `bytes` is pageable host memory, which the
+            // driver stages before the call returns, so dropping it afterwards is sound; the
+            // graph launched next reads the words in stream order.
             unsafe { cu::memcpy_htod_async(self.scalars.ptr, &bytes, stream) }
                 .map_err(driver("copying the step's scalars"))?;
         }
         if self.nvtx {
             crate::nvtx::push("step", "graph", None);
         }
+        // SAFETY: `exec` is an instantiated graph owned by `self.graphs`. It is launched only after
+        // a capture, or after a replayed step whose every action matched the captured one with
+        // the same device pointers (graph.rs), so the blocks its kernels address are this step's
+        // live tensors and scratch.
         let launched = unsafe { cu::graph::launch(exec, stream) }
             .map_err(|e| driver("launching the step's graph")(e).into());
         if self.nvtx {

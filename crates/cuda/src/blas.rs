@@ -64,6 +64,8 @@ pub struct Blas {
 impl Blas {
     /// `workspace` is a device buffer of [`WORKSPACE_BYTES`] the caller owns.
     pub fn new(workspace: u64) -> Result<Self, CudaError> {
+        // SAFETY: only asks the loader whether libcublasLt was found; no cuBLASLt function is
+        // called before.
         if !unsafe { sys::is_culib_present() } {
             return Err(CudaError::NoCublasLt);
         }
@@ -89,6 +91,8 @@ impl Blas {
             sys::cudaDataType::CUDA_R_32F,
         )
         .map_err(err("matmul descriptor"))?;
+        // SAFETY: `desc` was created above and `value` points to `size` bytes of a local that
+        // outlives the call, of the type the attribute takes (i32 ops, epilogue, u64 pointers).
         let set = |attr, value: *const c_void, size: usize| unsafe {
             lt::set_matmul_desc_attribute(desc, attr, value, size)
                 .map_err(err("descriptor attribute"))
@@ -156,6 +160,7 @@ impl Blas {
             .map_err(err("layout"))?;
         let pref = lt::create_matmul_pref().map_err(err("preference"))?;
         let ws = WORKSPACE_BYTES as u64;
+        // SAFETY: `pref` was created above; the attribute is a u64 and `ws` outlives the call.
         unsafe {
             lt::set_matmul_pref_attribute(
                 pref,
@@ -165,6 +170,8 @@ impl Blas {
             )
         }
         .map_err(err("preference attribute"))?;
+        // SAFETY: the handle, descriptor, layouts and preference are live objects created above for
+        // this shape.
         let heuristic = unsafe {
             lt::get_matmul_algo_heuristic(
                 self.handle,
@@ -176,6 +183,7 @@ impl Blas {
                 pref,
             )
         };
+        // SAFETY: `pref` was created above and is used by nothing after the heuristic query.
         let _ = unsafe { lt::destroy_matmul_pref(pref) };
         let heuristic = heuristic.map_err(|source| CudaError::NoAlgorithm { gemm: *g, source })?;
         Ok(Plan {
@@ -212,6 +220,8 @@ impl Blas {
         let handle = self.handle;
         let plan = self.plan(g)?;
         if let Some(bias) = bias {
+            // SAFETY: `plan.desc` is live (owned by `self.plans`); the bias pointer attribute is a
+            // u64 device address, read during the call from `bias`, which outlives it.
             unsafe {
                 lt::set_matmul_desc_attribute(
                     plan.desc,
@@ -223,6 +233,8 @@ impl Blas {
             .map_err(err("bias pointer"))?;
         }
         if let Some(aux) = aux {
+            // SAFETY: as for the bias: a u64 device address of the auxiliary output, read during
+            // the call.
             unsafe {
                 lt::set_matmul_desc_attribute(
                     plan.desc,
@@ -237,6 +249,10 @@ impl Blas {
         // K = 0 is an empty sum: cuBLASLt then scales C by β, so β = 0 writes zeros as wanted.
         let beta = if g.accumulate { 1.0f32 } else { 0.0 };
         let [la, lb, lc] = plan.layouts;
+        // SAFETY: the descriptor and layouts describe exactly the shapes `g` gives, and the caller
+        // guarantees a, b, c (and bias, aux) are device buffers at least that large, alive until
+        // the stream has run the matmul; alpha and beta are f32 as the CUBLAS_COMPUTE_32F scale
+        // type requires, and the workspace is WORKSPACE_BYTES bytes owned by the backend.
         unsafe {
             lt::matmul(
                 handle,
@@ -264,6 +280,8 @@ impl Blas {
 impl Drop for Blas {
     fn drop(&mut self) {
         for (_, p) in self.plans.drain() {
+            // SAFETY: each plan's descriptor and layouts were created by `make_plan` and are
+            // destroyed once, here; no matmul can be queued after the Blas is dropped.
             unsafe {
                 let _ = lt::destroy_matmul_desc(p.desc);
                 for l in p.layouts {
@@ -271,6 +289,7 @@ impl Drop for Blas {
                 }
             }
         }
+        // SAFETY: the handle was created in `new` and every plan using it was destroyed above.
         let _ = unsafe { lt::destroy_handle(self.handle) };
     }
 }

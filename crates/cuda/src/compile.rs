@@ -75,12 +75,14 @@ fn full_text(src: &Source) -> String {
 }
 
 pub fn nvrtc_version() -> Result<(i32, i32), CompileError> {
+    // SAFETY: only asks the loader whether libnvrtc was found.
     if !unsafe { nvrtc_sys::is_culib_present() } {
         return Err(CompileError::NoNvrtc(
             "libnvrtc.so was not found on the loader path".into(),
         ));
     }
     let (mut major, mut minor) = (0, 0);
+    // SAFETY: writes two ints into the locals passed by reference.
     unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
         .map_err(nvrtc_err("version"))?;
@@ -145,15 +147,21 @@ fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError
         "-default-device".to_string(),
         "--extra-device-vectorization".to_string(),
     ];
+    // SAFETY: `prog` was created above from a NUL-terminated source; the options are valid C
+    // strings for the call's duration.
     let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
+    // SAFETY: `prog` is live; the log is copied out before the program is destroyed.
     let log = unsafe { nvrtc::get_program_log(prog) }
         .map(|l| {
+            // SAFETY: cudarc returns the log as a NUL-terminated buffer that lives in `l` during
+            // this borrow.
             unsafe { CStr::from_ptr(l.as_ptr()) }
                 .to_string_lossy()
                 .into_owned()
         })
         .unwrap_or_default();
     if compiled.is_err() {
+        // SAFETY: `prog` is not used after this.
         let _ = unsafe { nvrtc::destroy_program(prog) };
         return Err(CompileError::Failed {
             file: src.name,
@@ -162,6 +170,8 @@ fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError
         });
     }
     let mut size = 0usize;
+    // SAFETY: `prog` compiled successfully; `buf` is exactly the size NVRTC reported for the cubin
+    // it writes.
     let bytes = unsafe {
         nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size)
             .result()
@@ -172,6 +182,7 @@ fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError
             .map_err(nvrtc_err("cubin"))?;
         buf
     };
+    // SAFETY: the cubin has been copied out; `prog` is not used after this.
     let _ = unsafe { nvrtc::destroy_program(prog) };
     Ok(bytes)
 }

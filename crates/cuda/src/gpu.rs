@@ -30,6 +30,7 @@ impl DeviceInfo {
 
 /// Number of CUDA devices, or why there are none (no driver library, no device).
 pub fn device_count() -> Result<usize, CudaError> {
+    // SAFETY: only asks the loader whether libcuda was found.
     if !unsafe { sys::is_culib_present() } {
         return Err(CudaError::NoDriver);
     }
@@ -94,6 +95,8 @@ impl Gpu {
         let ctx = CudaContext::new(ordinal).map_err(driver("creating the context"))?;
         // tperf issues everything on one stream and owns its memory through its own allocator
         // (raw pointers), so cudarc's per-buffer event tracking would only add work.
+        // SAFETY: no buffer of cudarc's is in use: tperf allocates raw device pointers, orders all
+        // work on one stream, and so never relies on cudarc's per-buffer events.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
         let attr = |a| {
@@ -106,6 +109,7 @@ impl Gpu {
         );
         let sms = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         let mut driver_version = 0;
+        // SAFETY: writes one int into the local passed by reference.
         unsafe { sys::cuDriverGetVersion(&mut driver_version) }
             .result()
             .map_err(driver("cuDriverGetVersion"))?;
@@ -156,6 +160,9 @@ impl Gpu {
                 self.ctx
                     .bind_to_thread()
                     .map_err(driver("binding the context"))?;
+                // SAFETY: `cubin` is a complete cubin image from NVRTC or the cache (keyed by the
+                // source hash, architecture and versions) and outlives the call; the context is
+                // bound to this thread just above.
                 let m = unsafe { cu::module::load_data(cubin.as_ptr().cast()) }
                     .map_err(driver("loading a compiled module"))?;
                 self.compile_log.push((source, origin, start.elapsed()));
@@ -165,6 +172,8 @@ impl Gpu {
         };
         let name = CString::new(kernel).expect("kernel names hold no NUL");
         let f =
+            // SAFETY: `module` is loaded and stays loaded until `Gpu` drops; `name` is a
+            // NUL-terminated C string.
             unsafe { cu::module::get_function(module, name) }.map_err(|e| CudaError::NoKernel {
                 module: source,
                 kernel,
@@ -196,6 +205,8 @@ impl Gpu {
             });
         }
         if shared_bytes > 48 * 1024 {
+            // SAFETY: `f` is a live function of a loaded module; the attribute takes an int byte
+            // count.
             unsafe {
                 cu::function::set_function_attribute(
                     f,
@@ -216,6 +227,11 @@ impl Gpu {
             .iter_mut()
             .map(|s| s.as_mut_ptr().cast())
             .collect();
+        // SAFETY: `f` is a loaded kernel and `args` matched its parameters in number and kind (the
+        // check above, against the table that tests check against the .cu signatures); `ptrs`
+        // points into `params`, one 16-byte slot per argument, both alive for the call
+        // (cuLaunchKernel copies the values); device pointers in the arguments are live blocks the
+        // caller checked hold the sizes the kernel reads.
         unsafe { cu::launch_kernel(f, grid, block, shared_bytes, self.cu_stream(), &mut ptrs) }
             .map_err(|e| CudaError::Launch {
                 module: source,
@@ -248,6 +264,8 @@ impl Drop for Gpu {
     fn drop(&mut self) {
         let _ = self.stream.synchronize();
         for (_, m) in self.modules.drain() {
+            // SAFETY: the stream was synchronised above, so no kernel of `m` is running; functions
+            // of `m` are not used after this.
             let _ = unsafe { cu::module::unload(m) };
         }
     }

@@ -31,6 +31,8 @@ impl EventTimer {
 
     pub fn start(&mut self, index: usize, stream: sys::CUstream) -> Result<(), CudaError> {
         let e = self.event()?;
+        // SAFETY: `e` is a live event from the pool or just created; `stream` is the backend's live
+        // stream.
         unsafe { cu::event::record(e, stream) }.map_err(driver("recording an event"))?;
         self.open = Some((index, e));
         Ok(())
@@ -41,6 +43,7 @@ impl EventTimer {
             return Ok(());
         };
         let e = self.event()?;
+        // SAFETY: as in `start`.
         unsafe { cu::event::record(e, stream) }.map_err(driver("recording an event"))?;
         self.pending.push((index, start, e));
         Ok(())
@@ -53,6 +56,8 @@ impl EventTimer {
         let origin = self.pending.first().map(|p| p.1);
         for &(index, start, stop) in &self.pending {
             let elapsed = |a, b| {
+                // SAFETY: both events were recorded on the stream and the caller synchronised it,
+                // so both have completed.
                 unsafe { cu::event::elapsed(a, b) }
                     .map(f64::from)
                     .map_err(driver("reading an event"))
@@ -80,6 +85,8 @@ impl Drop for EventTimer {
             .chain(self.pool.drain(..))
             .chain(self.open.take().map(|(_, e)| e));
         for e in all {
+            // SAFETY: every event was created by `event` and is destroyed once; the pending ones
+            // completed (the backend synchronises before dropping).
             let _ = unsafe { cu::event::destroy(e) };
         }
     }

@@ -715,6 +715,9 @@ impl CudaBackend {
         let di = block.ptr;
         let dq = block.ptr + rows * 4;
         let dq_numel = a.q_numel();
+        // SAFETY: `dq` is the scratch block's dQ region: `block` holds (rows + dq_numel) × 4 bytes
+        // and dQ starts after the rows × 4 of Dᵢ; the block is returned to the allocator only after
+        // these kernels, in stream order.
         unsafe { cu::memset_d8_async(dq, 0, (dq_numel * 4) as usize, self.gpu.cu_stream()) }
             .map_err(driver("zeroing the dQ scratch"))?;
         let args = [

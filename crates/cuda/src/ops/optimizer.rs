@@ -48,6 +48,8 @@ impl CudaBackend {
             .alloc(blocks * 8)
             .map_err(driver("scratch for the gradient norm"))?;
         let result = (|| {
+            // SAFETY: `scratch` was just allocated with blocks × 8 bytes and is freed after the
+            // kernels that read it, in stream order.
             unsafe {
                 cu::memset_d8_async(scratch.ptr, 0, (blocks * 8) as usize, self.gpu.cu_stream())
             }
