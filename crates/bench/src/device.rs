@@ -33,7 +33,7 @@ impl fmt::Display for Device {
 pub enum DeviceError {
     #[error(transparent)]
     Unknown(#[from] UnknownName),
-    #[error("device cuda:{asked} does not exist: this machine has {count} CUDA device(s) (cuda:0 … cuda:{})", count - 1)]
+    #[error("device cuda:{asked} does not exist: this machine has {count} CUDA device(s) (cuda:0 … cuda:{})", count.saturating_sub(1))]
     NoSuchGpu { asked: usize, count: usize },
     #[error(transparent)]
     Backend(#[from] BackendError),

@@ -171,9 +171,9 @@ impl Gpu {
             }
         };
         let name = CString::new(kernel).expect("kernel names hold no NUL");
+        // SAFETY: `module` is loaded and stays loaded until `Gpu` drops; `name` is a
+        // NUL-terminated C string.
         let f =
-            // SAFETY: `module` is loaded and stays loaded until `Gpu` drops; `name` is a
-            // NUL-terminated C string.
             unsafe { cu::module::get_function(module, name) }.map_err(|e| CudaError::NoKernel {
                 module: source,
                 kernel,
