@@ -9,7 +9,7 @@ use std::time::Instant;
 use tperf_core::backend::{Backend, BackendError};
 use tperf_core::cost::hardware::{self, Hardware};
 use tperf_core::error::{report, UnknownName};
-use tperf_core::ledger::MemEvent;
+use tperf_core::ledger::{Ledger, MemEvent};
 use tperf_cpu::CpuBackend;
 use tperf_cuda::{cupti, CudaBackend, CudaError, GraphStats};
 
@@ -116,17 +116,30 @@ pub struct OpTime {
 pub trait Measured: Backend {
     /// Waits until every op issued so far has finished.
     fn sync(&mut self) -> Result<(), BackendError>;
-    fn reset_peak(&mut self);
+    /// The tensors' bytes at their dtype widths: in use, peak, event log.
+    fn ledger(&self) -> &Ledger;
+    fn ledger_mut(&mut self) -> &mut Ledger;
+    fn reset_peak(&mut self) {
+        self.ledger_mut().reset_peak()
+    }
     /// The largest bytes in use since the last reset, at the tensors' dtype widths.
-    fn peak_bytes(&self) -> u64;
-    fn bytes_in_use(&self) -> u64;
+    fn peak_bytes(&self) -> u64 {
+        self.ledger().peak_bytes()
+    }
+    fn bytes_in_use(&self) -> u64 {
+        self.ledger().total_bytes_in_use()
+    }
     fn ops_run(&self) -> usize;
     /// Times every op from now on.
     fn start_op_timing(&mut self) -> Result<(), BackendError>;
     /// The ops timed since the last call (synchronising first).
     fn take_op_timing(&mut self) -> Result<Vec<OpTime>, BackendError>;
-    fn start_memory_events(&mut self);
-    fn take_memory_events(&mut self) -> Vec<MemEvent>;
+    fn start_memory_events(&mut self) {
+        self.ledger_mut().enable_events()
+    }
+    fn take_memory_events(&mut self) -> Vec<MemEvent> {
+        self.ledger_mut().take_events()
+    }
     /// Starts tracing the device's kernels (CUPTI on a GPU); Err says why there is no trace.
     fn start_kernel_trace(&mut self) -> Result<(), DeviceError> {
         Err(DeviceError::NoKernelTrace)
@@ -147,14 +160,11 @@ impl Measured for CpuBackend {
     fn sync(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
-    fn reset_peak(&mut self) {
-        CpuBackend::reset_peak(self)
+    fn ledger(&self) -> &Ledger {
+        CpuBackend::ledger(self)
     }
-    fn peak_bytes(&self) -> u64 {
-        CpuBackend::peak_bytes(self)
-    }
-    fn bytes_in_use(&self) -> u64 {
-        self.total_bytes_in_use()
+    fn ledger_mut(&mut self) -> &mut Ledger {
+        CpuBackend::ledger_mut(self)
     }
     fn ops_run(&self) -> usize {
         CpuBackend::ops_run(self)
@@ -176,12 +186,6 @@ impl Measured for CpuBackend {
             })
             .collect())
     }
-    fn start_memory_events(&mut self) {
-        self.enable_memory_events();
-    }
-    fn take_memory_events(&mut self) -> Vec<MemEvent> {
-        self.take_mem_events()
-    }
 }
 
 impl Measured for CudaBackend {
@@ -194,14 +198,11 @@ impl Measured for CudaBackend {
     fn step_graphs(&self) -> Option<GraphStats> {
         Some(self.graph_stats())
     }
-    fn reset_peak(&mut self) {
-        CudaBackend::reset_peak(self)
+    fn ledger(&self) -> &Ledger {
+        CudaBackend::ledger(self)
     }
-    fn peak_bytes(&self) -> u64 {
-        CudaBackend::peak_bytes(self)
-    }
-    fn bytes_in_use(&self) -> u64 {
-        self.total_bytes_in_use()
+    fn ledger_mut(&mut self) -> &mut Ledger {
+        CudaBackend::ledger_mut(self)
     }
     fn ops_run(&self) -> usize {
         CudaBackend::ops_run(self)
@@ -219,12 +220,6 @@ impl Measured for CudaBackend {
                 duration: dur_ms * 1e-3,
             })
             .collect())
-    }
-    fn start_memory_events(&mut self) {
-        self.enable_memory_events();
-    }
-    fn take_memory_events(&mut self) -> Vec<MemEvent> {
-        self.take_mem_events()
     }
     fn start_kernel_trace(&mut self) -> Result<(), DeviceError> {
         self.synchronize()?;

@@ -66,12 +66,7 @@ impl Backend for MetaBackend {
     fn alloc(&mut self, spec: TensorSpec) -> Result<Tensor, BackendError> {
         let id = TensorId(self.next_id);
         self.next_id += 1;
-        let tensor = Tensor {
-            id,
-            shape: spec.shape.clone(),
-            dtype: spec.dtype,
-            category: spec.category,
-        };
+        let tensor = spec.tensor(id);
         self.ledger.alloc(self.ops.len(), &spec.name, &tensor);
         self.names.push(spec.name);
         self.live.insert(id);

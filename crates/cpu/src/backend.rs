@@ -7,12 +7,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
-use tperf_core::ledger::{Ledger, MemEvent};
+use tperf_core::ledger::Ledger;
 use tperf_core::ops::attention::{Attention, KvSource};
 use tperf_core::ops::cast::round_to;
 use tperf_core::ops::embedding::PositionTable;
 use tperf_core::ops::{self, Op};
-use tperf_core::tensor::{MemCategory, Tensor, TensorId, TensorSpec};
+use tperf_core::tensor::{Tensor, TensorId, TensorSpec};
 
 const NAME: &str = "cpu";
 
@@ -76,37 +76,19 @@ impl CpuBackend {
         Self::default()
     }
 
-    /// Records every allocation and free from now on.
-    pub fn enable_memory_events(&mut self) {
-        self.ledger.enable_events();
+    /// Bytes in use by category at the tensors' dtype widths, their peak, and the event log.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
-    /// The allocations and frees recorded since memory events were enabled; recording stops.
-    pub fn take_mem_events(&mut self) -> Vec<MemEvent> {
-        self.ledger.take_events()
-    }
-
-    /// Starts a new peak from the bytes in use now (to measure one pass's peak).
-    pub fn reset_peak(&mut self) {
-        self.ledger.reset_peak();
+    /// To reset the peak or turn the event log on or off.
+    pub fn ledger_mut(&mut self) -> &mut Ledger {
+        &mut self.ledger
     }
 
     /// Records the wall time of every op from now on.
     pub fn enable_timing(&mut self) {
         self.timing.get_or_insert_with(Vec::new);
-    }
-
-    /// Bytes in use per category, at the tensors' dtype widths.
-    pub fn bytes_in_use(&self, category: MemCategory) -> u64 {
-        self.ledger.bytes_in_use(category)
-    }
-
-    pub fn total_bytes_in_use(&self) -> u64 {
-        self.ledger.total_bytes_in_use()
-    }
-
-    pub fn peak_bytes(&self) -> u64 {
-        self.ledger.peak_bytes()
     }
 
     /// Ops executed so far (the index of the next op in the schedule).
@@ -191,7 +173,7 @@ impl Backend for CpuBackend {
         let n = usize::try_from(spec.numel()).map_err(|_| BackendError::OutOfMemory {
             name: spec.name.clone(),
             requested_bytes: spec.size_bytes(),
-            in_use_bytes: self.total_bytes_in_use(),
+            in_use_bytes: self.ledger.total_bytes_in_use(),
             capacity_bytes: usize::MAX as u64,
         })?;
         let id = TensorId(self.next_id);
@@ -206,12 +188,7 @@ impl Backend for CpuBackend {
                 None => vec![0.0; n],
             }),
         };
-        let tensor = Tensor {
-            id,
-            shape: spec.shape.clone(),
-            dtype: spec.dtype,
-            category: spec.category,
-        };
+        let tensor = spec.tensor(id);
         self.ledger.alloc(self.ops_run, &spec.name, &tensor);
         self.buffers.insert(
             id,

@@ -17,9 +17,9 @@ use half::{bf16, f16};
 use std::collections::HashMap;
 use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
-use tperf_core::ledger::{Ledger, MemEvent};
+use tperf_core::ledger::Ledger;
 use tperf_core::ops::{self, Op};
-use tperf_core::tensor::{MemCategory, Tensor, TensorId, TensorSpec};
+use tperf_core::tensor::{Tensor, TensorId, TensorSpec};
 
 pub(crate) const BACKEND: &str = "cuda";
 
@@ -150,30 +150,15 @@ impl CudaBackend {
         self.gpu.synchronize().map_err(Into::into)
     }
 
-    pub fn enable_memory_events(&mut self) {
-        self.ledger.enable_events();
+    /// Bytes in use by category at the tensors' dtype widths (the Meta backend's rule), their
+    /// peak, and the event log.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
-    /// The allocations and frees recorded since memory events were enabled; recording stops.
-    pub fn take_mem_events(&mut self) -> Vec<MemEvent> {
-        self.ledger.take_events()
-    }
-
-    pub fn reset_peak(&mut self) {
-        self.ledger.reset_peak();
-    }
-
-    pub fn bytes_in_use(&self, category: MemCategory) -> u64 {
-        self.ledger.bytes_in_use(category)
-    }
-
-    pub fn total_bytes_in_use(&self) -> u64 {
-        self.ledger.total_bytes_in_use()
-    }
-
-    /// Peak of the tensors' bytes at their dtype widths (the Meta backend's rule).
-    pub fn peak_bytes(&self) -> u64 {
-        self.ledger.peak_bytes()
+    /// To reset the peak or turn the event log on or off.
+    pub fn ledger_mut(&mut self) -> &mut Ledger {
+        &mut self.ledger
     }
 
     /// Bytes obtained from the driver (cached blocks and rounding included; the cuBLASLt
@@ -457,12 +442,7 @@ impl Backend for CudaBackend {
             })?;
         let id = TensorId(self.next_id);
         self.next_id += 1;
-        let tensor = Tensor {
-            id,
-            shape: spec.shape.clone(),
-            dtype: spec.dtype,
-            category: spec.category,
-        };
+        let tensor = spec.tensor(id);
         self.buffers.insert(
             id,
             DevBuf {
