@@ -54,7 +54,7 @@ pub fn predict(case: &AttentionOnly, hw: &Hardware) -> Result<Predicted, Backend
     let (qkv, dout) = case.alloc_inputs(&mut be)?;
     let inputs = qkv.size_bytes() + dout.size_bytes();
     let kept = case.forward(&mut be, &qkv)?;
-    let held: i64 = be.mem_events.iter().map(|e| e.delta_bytes).sum();
+    let held: i64 = be.mem_events().iter().map(|e| e.delta_bytes).sum();
     case.backward(&mut be, &qkv, kept, &dout)?;
     be.free(qkv);
     be.free(dout);
@@ -76,7 +76,7 @@ pub fn predict(case: &AttentionOnly, hw: &Hardware) -> Result<Predicted, Backend
         forward_flops: ff,
         backward_flops: bf,
         memory_before_backward_bytes: (held as u64).saturating_sub(inputs),
-        peak_bytes: memory::summarize(&be.mem_events).peak_bytes,
+        peak_bytes: memory::summarize(be.mem_events()).peak_bytes,
     })
 }
 

@@ -8,9 +8,10 @@ use std::str::FromStr;
 use std::time::Instant;
 use tperf_core::backend::{Backend, BackendError};
 use tperf_core::cost::hardware::{self, Hardware};
-use tperf_core::meta::MemEvent;
+use tperf_core::error::{report, UnknownName};
+use tperf_core::ledger::{Ledger, MemEvent};
 use tperf_cpu::CpuBackend;
-use tperf_cuda::{CudaBackend, GraphStats};
+use tperf_cuda::{CudaBackend, CudaError, GraphStats};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Device {
@@ -27,17 +28,34 @@ impl fmt::Display for Device {
     }
 }
 
+/// Why a device cannot be used for what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    Unknown(#[from] UnknownName),
+    #[error("device cuda:{asked} does not exist: this machine has {count} CUDA device(s) (cuda:0 … cuda:{})", count.saturating_sub(1))]
+    NoSuchGpu { asked: usize, count: usize },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Cuda(#[from] CudaError),
+    #[error(
+        "'{0}' is not in tperf's hardware catalogue (tperf hw list): its roofline needs an entry"
+    )]
+    UnknownGpu(String),
+    #[error("kernel tracing is for GPUs (the CPU's ops are the trace)")]
+    NoKernelTrace,
+}
+
 impl FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s.to_ascii_lowercase().as_str() {
             "cpu" => Ok(Device::Cpu),
             "cuda" | "gpu" => Ok(Device::Cuda(0)),
             d => match d.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(i)) => Ok(Device::Cuda(i)),
-                _ => Err(format!(
-                    "unknown device '{s}': use cpu, cuda, cuda:N or auto"
-                )),
+                _ => Err(UnknownName::new("device", s, "cpu, cuda, cuda:N or auto")),
             },
         }
     }
@@ -45,7 +63,7 @@ impl FromStr for Device {
 
 /// What `auto` (or an explicit device) resolves to on this machine, with a note to print when
 /// the choice was not the one asked for.
-pub fn resolve(asked: &str) -> Result<(Device, Option<String>), String> {
+pub fn resolve(asked: &str) -> Result<(Device, Option<String>), DeviceError> {
     let auto = asked.eq_ignore_ascii_case("auto");
     let wanted = if auto {
         Device::Cuda(0)
@@ -63,13 +81,10 @@ pub fn resolve(asked: &str) -> Result<(Device, Option<String>), String> {
                     if n == 0 { " found" } else { " at that index" }
                 )),
             )),
-            Ok(n) => Err(format!(
-                "device cuda:{i} does not exist: this machine has {n} CUDA device(s) (cuda:0 … cuda:{})",
-                n - 1
-            )),
+            Ok(n) => Err(DeviceError::NoSuchGpu { asked: i, count: n }),
             Err(why) => Ok((
                 Device::Cpu,
-                Some(format!("note: {why}; running on the CPU")),
+                Some(format!("note: {}; running on the CPU", report(&why))),
             )),
         },
     }
@@ -77,18 +92,14 @@ pub fn resolve(asked: &str) -> Result<(Device, Option<String>), String> {
 
 /// The hardware entry a device's roofline comes from: the detected CPU, or the catalogue entry
 /// matching the GPU's name (an unknown GPU is an error naming `--hw`).
-pub fn hardware_of(device: Device) -> Result<Hardware, String> {
+pub fn hardware_of(device: Device) -> Result<Hardware, DeviceError> {
     match device {
         Device::Cpu => Ok(hardware::detect_local_cpu()),
         Device::Cuda(i) => {
-            let be = CudaBackend::new(i).map_err(|e| e.to_string())?;
+            let be = CudaBackend::new(i)?;
             let info = be.info();
-            hardware::match_gpu_name(&info.name, info.total_bytes).ok_or_else(|| {
-                format!(
-                    "'{}' is not in tperf's hardware catalogue (tperf hw list): its roofline needs an entry",
-                    info.name
-                )
-            })
+            hardware::match_gpu_name(&info.name, info.total_bytes)
+                .ok_or_else(|| DeviceError::UnknownGpu(info.name.clone()))
         }
     }
 }
@@ -106,25 +117,41 @@ pub struct OpTime {
 pub trait Instrumented: Backend {
     /// Waits until every op issued so far has finished.
     fn sync(&mut self) -> Result<(), BackendError>;
-    fn reset_peak(&mut self);
+    /// The tensors' bytes at their dtype widths: in use, peak, event log.
+    fn ledger(&self) -> &Ledger;
+    fn ledger_mut(&mut self) -> &mut Ledger;
+    fn reset_peak(&mut self) {
+        self.ledger_mut().reset_peak()
+    }
     /// The largest bytes in use since the last reset, at the tensors' dtype widths.
-    fn peak_bytes(&self) -> u64;
-    fn bytes_in_use(&self) -> u64;
+    fn peak_bytes(&self) -> u64 {
+        self.ledger().peak_bytes()
+    }
+    fn bytes_in_use(&self) -> u64 {
+        self.ledger().total_bytes_in_use()
+    }
     fn ops_run(&self) -> usize;
     /// Times every op from now on.
     fn start_op_timing(&mut self) -> Result<(), BackendError>;
     /// The ops timed since the last call (synchronising first).
     fn take_op_timing(&mut self) -> Result<Vec<OpTime>, BackendError>;
-    fn start_memory_events(&mut self);
-    fn take_memory_events(&mut self) -> Vec<MemEvent>;
+    fn start_memory_events(&mut self) {
+        self.ledger_mut().enable_events()
+    }
+    fn take_memory_events(&mut self) -> Vec<MemEvent> {
+        self.ledger_mut().take_events()
+    }
     /// Starts tracing the device's kernels (CUPTI on a GPU); Err says why there is no trace.
-    fn start_kernel_trace(&mut self) -> Result<(), String> {
-        Err("kernel tracing is for GPUs (the CPU's ops are the trace)".into())
+    fn start_kernel_trace(&mut self) -> Result<(), DeviceError> {
+        Err(DeviceError::NoKernelTrace)
     }
     /// Ends the trace after a synchronisation, with the kernel table of what ran. `first_op` is
     /// [`ops_run`](Self::ops_run) when the traced step began: the table numbers each op's
     /// kernels from it, by the op's position in the schedule.
-    fn finish_kernel_trace(&mut self, _first_op: usize) -> Result<Option<KernelTable>, String> {
+    fn finish_kernel_trace(
+        &mut self,
+        _first_op: usize,
+    ) -> Result<Option<KernelTable>, DeviceError> {
         Ok(None)
     }
     /// Turns graph capture of repeated steps on or off where the device has it.
@@ -139,14 +166,11 @@ impl Instrumented for CpuBackend {
     fn sync(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
-    fn reset_peak(&mut self) {
-        CpuBackend::reset_peak(self)
+    fn ledger(&self) -> &Ledger {
+        CpuBackend::ledger(self)
     }
-    fn peak_bytes(&self) -> u64 {
-        CpuBackend::peak_bytes(self)
-    }
-    fn bytes_in_use(&self) -> u64 {
-        self.total_bytes_in_use()
+    fn ledger_mut(&mut self) -> &mut Ledger {
+        CpuBackend::ledger_mut(self)
     }
     fn ops_run(&self) -> usize {
         CpuBackend::ops_run(self)
@@ -168,12 +192,6 @@ impl Instrumented for CpuBackend {
             })
             .collect())
     }
-    fn start_memory_events(&mut self) {
-        self.enable_memory_events();
-    }
-    fn take_memory_events(&mut self) -> Vec<MemEvent> {
-        self.mem_events.take().unwrap_or_default()
-    }
 }
 
 impl Instrumented for CudaBackend {
@@ -186,14 +204,11 @@ impl Instrumented for CudaBackend {
     fn step_graphs(&self) -> Option<GraphStats> {
         Some(self.graph_stats())
     }
-    fn reset_peak(&mut self) {
-        CudaBackend::reset_peak(self)
+    fn ledger(&self) -> &Ledger {
+        CudaBackend::ledger(self)
     }
-    fn peak_bytes(&self) -> u64 {
-        CudaBackend::peak_bytes(self)
-    }
-    fn bytes_in_use(&self) -> u64 {
-        self.total_bytes_in_use()
+    fn ledger_mut(&mut self) -> &mut Ledger {
+        CudaBackend::ledger_mut(self)
     }
     fn ops_run(&self) -> usize {
         CudaBackend::ops_run(self)
@@ -212,20 +227,13 @@ impl Instrumented for CudaBackend {
             })
             .collect())
     }
-    fn start_memory_events(&mut self) {
-        self.enable_memory_events();
+    fn start_kernel_trace(&mut self) -> Result<(), DeviceError> {
+        self.synchronize()?;
+        Ok(CudaBackend::start_kernel_trace(self)?)
     }
-    fn take_memory_events(&mut self) -> Vec<MemEvent> {
-        self.take_mem_events()
-    }
-    fn start_kernel_trace(&mut self) -> Result<(), String> {
-        self.synchronize().map_err(|e| e.to_string())?;
-        CudaBackend::start_kernel_trace(self).map_err(|e| e.to_string())
-    }
-    fn finish_kernel_trace(&mut self, first_op: usize) -> Result<Option<KernelTable>, String> {
-        self.synchronize().map_err(|e| e.to_string())?;
-        let (out, wall_start, wall_end) =
-            CudaBackend::finish_kernel_trace(self).map_err(|e| e.to_string())?;
+    fn finish_kernel_trace(&mut self, first_op: usize) -> Result<Option<KernelTable>, DeviceError> {
+        self.synchronize()?;
+        let (out, wall_start, wall_end) = CudaBackend::finish_kernel_trace(self)?;
         Ok(Some(KernelTable::of_trace(
             out, wall_start, wall_end, first_op,
         )))

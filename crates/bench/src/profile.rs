@@ -12,7 +12,7 @@ use tperf_core::backend::BackendError;
 use tperf_core::config::ModelConfig;
 use tperf_core::cost::analysis::{self, Analysis, Scenario};
 use tperf_core::cost::hardware::Hardware;
-use tperf_core::meta::MemEvent;
+use tperf_core::ledger::MemEvent;
 use tperf_core::ops::Phase;
 use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;
@@ -142,7 +142,7 @@ fn profile_on<B: Instrumented>(
         if last {
             be.start_memory_events();
             if let Err(why) = be.start_kernel_trace() {
-                kernel_trace_note = Some(why);
+                kernel_trace_note = Some(tperf_core::error::report(&why));
             }
         }
         let first_op = be.ops_run();
@@ -153,7 +153,7 @@ fn profile_on<B: Instrumented>(
         if last && kernel_trace_note.is_none() {
             match be.finish_kernel_trace(first_op) {
                 Ok(table) => kernels = table,
-                Err(why) => kernel_trace_note = Some(why),
+                Err(why) => kernel_trace_note = Some(tperf_core::error::report(&why)),
             }
         }
         let log = be.take_op_timing()?;

@@ -1,6 +1,7 @@
 //! Element types. An enum rather than a generic parameter: tperf's schedule is written once and
 //! the precision policy is a run-time choice, so dtype travels as data (STYLE.md principle 8).
 
+use crate::error::UnknownName;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -40,15 +41,13 @@ impl fmt::Display for DType {
 }
 
 impl FromStr for DType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s.to_ascii_lowercase().as_str() {
             "f32" | "fp32" | "float32" | "float" => Ok(DType::F32),
             "bf16" | "bfloat16" => Ok(DType::Bf16),
             "f16" | "fp16" | "float16" | "half" => Ok(DType::F16),
-            other => Err(format!(
-                "unknown dtype '{other}': use one of fp32, bf16, fp16"
-            )),
+            other => Err(UnknownName::new("dtype", other, "one of fp32, bf16, fp16")),
         }
     }
 }

@@ -3,9 +3,9 @@
 //! and the memory timeline, for any size of model, without a byte of real storage.
 
 use crate::backend::{Backend, BackendError, OpCall};
-use crate::dtype::DType;
+use crate::ledger::{Ledger, MemEvent};
 use crate::ops::Cost;
-use crate::tensor::{MemCategory, Tensor, TensorId, TensorSpec};
+use crate::tensor::{Tensor, TensorId, TensorSpec};
 use std::collections::HashSet;
 
 /// One op as recorded, with its cost already evaluated.
@@ -15,22 +15,10 @@ pub struct OpRecord {
     pub cost: Cost,
 }
 
-/// One allocation or free, placed after `ops_before` ops of the record.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct MemEvent {
-    pub ops_before: usize,
-    pub name: String,
-    pub category: MemCategory,
-    /// The buffer's element type: what `tperf precision` lists per tensor role and policy.
-    pub dtype: DType,
-    /// Positive for an allocation, negative for a free.
-    pub delta_bytes: i64,
-}
-
-#[derive(Default)]
 pub struct MetaBackend {
     pub ops: Vec<OpRecord>,
-    pub mem_events: Vec<MemEvent>,
+    /// Logs every allocation and free: the memory timeline is part of the model.
+    pub ledger: Ledger,
     /// Misuse the schedule must never commit: frees of buffers not live, ops on freed buffers.
     /// Tests assert this stays empty.
     pub errors: Vec<String>,
@@ -39,9 +27,27 @@ pub struct MetaBackend {
     next_id: u32,
 }
 
+impl Default for MetaBackend {
+    fn default() -> Self {
+        MetaBackend {
+            ops: Vec::new(),
+            ledger: Ledger::with_events(),
+            errors: Vec::new(),
+            names: Vec::new(),
+            live: HashSet::new(),
+            next_id: 0,
+        }
+    }
+}
+
 impl MetaBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Every allocation and free of the record, in order.
+    pub fn mem_events(&self) -> &[MemEvent] {
+        self.ledger.events()
     }
 
     fn name_of(&self, id: TensorId) -> String {
@@ -60,19 +66,8 @@ impl Backend for MetaBackend {
     fn alloc(&mut self, spec: TensorSpec) -> Result<Tensor, BackendError> {
         let id = TensorId(self.next_id);
         self.next_id += 1;
-        let tensor = Tensor {
-            id,
-            shape: spec.shape.clone(),
-            dtype: spec.dtype,
-            category: spec.category,
-        };
-        self.mem_events.push(MemEvent {
-            ops_before: self.ops.len(),
-            name: spec.name.clone(),
-            category: spec.category,
-            dtype: spec.dtype,
-            delta_bytes: tensor.size_bytes() as i64,
-        });
+        let tensor = spec.tensor(id);
+        self.ledger.alloc(self.ops.len(), &spec.name, &tensor);
         self.names.push(spec.name);
         self.live.insert(id);
         Ok(tensor)
@@ -85,13 +80,8 @@ impl Backend for MetaBackend {
                 .push(format!("free of '{name}', which is not live"));
             return;
         }
-        self.mem_events.push(MemEvent {
-            ops_before: self.ops.len(),
-            name: self.name_of(tensor.id),
-            category: tensor.category,
-            dtype: tensor.dtype,
-            delta_bytes: -(tensor.size_bytes() as i64),
-        });
+        let name = self.name_of(tensor.id);
+        self.ledger.free(self.ops.len(), &name, &tensor);
     }
 
     fn exec(&mut self, call: OpCall) -> Result<(), BackendError> {

@@ -299,7 +299,7 @@ pub fn policy_dtypes(
     type Acc = (Vec<DType>, usize, u64);
     let mut by_role: BTreeMap<(MemCategory, String), Acc> = BTreeMap::new();
     let mut param_bytes = 0u64;
-    for ev in record.mem_events.iter().filter(|e| e.delta_bytes > 0) {
+    for ev in record.mem_events().iter().filter(|e| e.delta_bytes > 0) {
         let e = by_role
             .entry((ev.category, role_of(&ev.name, ev.category, training)))
             .or_default();

@@ -78,6 +78,16 @@ impl Tensor {
     pub fn size_bytes(&self) -> u64 {
         self.numel() * self.dtype.size_bytes()
     }
+
+    /// The handle a backend returns for this spec once it has stored it under `id`.
+    pub fn tensor(&self, id: TensorId) -> Tensor {
+        Tensor {
+            id,
+            shape: self.shape.clone(),
+            dtype: self.dtype,
+            category: self.category,
+        }
+    }
 }
 
 /// What the schedule asks a backend to allocate.
@@ -110,5 +120,15 @@ impl TensorSpec {
 
     pub fn size_bytes(&self) -> u64 {
         self.numel() * self.dtype.size_bytes()
+    }
+
+    /// The handle a backend returns for this spec once it has stored it under `id`.
+    pub fn tensor(&self, id: TensorId) -> Tensor {
+        Tensor {
+            id,
+            shape: self.shape.clone(),
+            dtype: self.dtype,
+            category: self.category,
+        }
     }
 }

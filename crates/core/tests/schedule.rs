@@ -79,7 +79,7 @@ fn every_schedule_balances_its_allocations() {
                         "{key} {opts:?} {workload:?}: {:?}",
                         rec.errors
                     );
-                    let summary = tperf_core::cost::memory::summarize(&rec.mem_events);
+                    let summary = tperf_core::cost::memory::summarize(rec.mem_events());
                     assert!(
                         summary.at_end.is_empty(),
                         "{key} {opts:?} {workload:?} leaks {:?}",
@@ -119,7 +119,7 @@ fn persistent_memory_per_parameter() {
         };
         let mut be = MetaBackend::new();
         Transformer::new(&mut be, &cfg, opts, training).unwrap();
-        let s = tperf_core::cost::memory::summarize(&be.mem_events);
+        let s = tperf_core::cost::memory::summarize(be.mem_events());
         let get = |c| s.at_end.get(&c).copied().unwrap_or(0);
         assert_eq!(
             get(MemCategory::Weights),

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
-use tperf_core::meta::MemEvent;
+use tperf_core::ledger::Ledger;
 use tperf_core::ops::cast::round_to;
 use tperf_core::ops::Op;
-use tperf_core::tensor::{MemCategory, Tensor, TensorId, TensorSpec};
+use tperf_core::tensor::{Tensor, TensorId, TensorSpec};
 
 /// The CPU backend. Host memory is f32 (i32 for token ids); bf16/f16 tensors hold values
 /// rounded to their dtype at every write, so storage precision is emulated, not saved.
@@ -26,12 +26,9 @@ pub struct CpuBackend {
     scratch: Vec<f32>,
     ops_run: usize,
     sample_calls: u64,
-    /// Every allocation and free at the tensors' dtype widths, as the Meta backend records them,
-    /// once enabled with [`CpuBackend::enable_memory_events`] (off by default: a long training
-    /// run would grow it without bound).
-    pub mem_events: Option<Vec<MemEvent>>,
-    in_use: HashMap<MemCategory, u64>,
-    peak_bytes: u64,
+    /// Bytes in use by category at the tensors' dtype widths, as the Meta backend records them;
+    /// its event log is off until [`CpuBackend::enable_memory_events`].
+    ledger: Ledger,
     /// (op index, start, wall time) of every op when enabled with [`CpuBackend::enable_timing`].
     pub timing: Option<Vec<(usize, Instant, Duration)>>,
 }
@@ -41,14 +38,14 @@ impl CpuBackend {
         Self::default()
     }
 
-    /// Records every allocation and free from now on.
-    pub fn enable_memory_events(&mut self) {
-        self.mem_events.get_or_insert_with(Vec::new);
+    /// Bytes in use by category at the tensors' dtype widths, their peak, and the event log.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
-    /// Starts a new peak from the bytes in use now (to measure one pass's peak).
-    pub fn reset_peak(&mut self) {
-        self.peak_bytes = self.total_bytes_in_use();
+    /// To reset the peak or turn the event log on or off.
+    pub fn ledger_mut(&mut self) -> &mut Ledger {
+        &mut self.ledger
     }
 
     /// Records the wall time of every op from now on.
@@ -56,37 +53,9 @@ impl CpuBackend {
         self.timing.get_or_insert_with(Vec::new);
     }
 
-    /// Bytes in use per category, at the tensors' dtype widths.
-    pub fn bytes_in_use(&self, category: MemCategory) -> u64 {
-        self.in_use.get(&category).copied().unwrap_or(0)
-    }
-
-    pub fn total_bytes_in_use(&self) -> u64 {
-        self.in_use.values().sum()
-    }
-
-    pub fn peak_bytes(&self) -> u64 {
-        self.peak_bytes
-    }
-
     /// Ops executed so far (the index of the next op in the schedule).
     pub fn ops_run(&self) -> usize {
         self.ops_run
-    }
-
-    fn account(&mut self, name: &str, category: MemCategory, dtype: DType, delta_bytes: i64) {
-        if let Some(events) = &mut self.mem_events {
-            events.push(MemEvent {
-                ops_before: self.ops_run,
-                name: name.to_string(),
-                category,
-                dtype,
-                delta_bytes,
-            });
-        }
-        let slot = self.in_use.entry(category).or_insert(0);
-        *slot = slot.saturating_add_signed(delta_bytes);
-        self.peak_bytes = self.peak_bytes.max(self.total_bytes_in_use());
     }
 }
 
@@ -99,7 +68,7 @@ impl Backend for CpuBackend {
         let n = usize::try_from(spec.numel()).map_err(|_| BackendError::OutOfMemory {
             name: spec.name.clone(),
             requested_bytes: spec.size_bytes(),
-            in_use_bytes: self.total_bytes_in_use(),
+            in_use_bytes: self.ledger.total_bytes_in_use(),
             capacity_bytes: usize::MAX as u64,
         })?;
         let id = TensorId(self.next_id);
@@ -114,18 +83,8 @@ impl Backend for CpuBackend {
                 None => vec![0.0; n],
             }),
         };
-        let tensor = Tensor {
-            id,
-            shape: spec.shape.clone(),
-            dtype: spec.dtype,
-            category: spec.category,
-        };
-        self.account(
-            &spec.name,
-            spec.category,
-            spec.dtype,
-            tensor.size_bytes() as i64,
-        );
+        let tensor = spec.tensor(id);
+        self.ledger.alloc(self.ops_run, &spec.name, &tensor);
         self.buffers.insert(
             id,
             Buffer {
@@ -138,12 +97,7 @@ impl Backend for CpuBackend {
 
     fn free(&mut self, tensor: Tensor) {
         if let Some(buf) = self.buffers.remove(&tensor.id) {
-            self.account(
-                &buf.name,
-                tensor.category,
-                tensor.dtype,
-                -(tensor.size_bytes() as i64),
-            );
+            self.ledger.free(self.ops_run, &buf.name, &tensor);
             if let Data::F32(v) = buf.data {
                 self.pool.entry(v.len()).or_default().push(v);
             }

@@ -285,7 +285,7 @@ fn rope_embedding_cross_entropy_adamw() {
             let (wte, wpe) = (randn(1, 11 * c), randn(2, 16 * c));
             let wpe = (positions == PositionTable::Learned).then_some(&wpe[..]);
             let (mut y, mut y_r) = (vec![0.0; n * c], vec![0.0; n * c]);
-            kernels::embedding::forward(&e, &tokens, &wte, wpe, &mut y);
+            kernels::embedding::forward(&e, &tokens, &wte, wpe, None, &mut y);
             embedding::embedding_forward(&e, &tokens, &wte, wpe, &mut y_r);
             close("embedding", &y, &y_r, 1e-6);
             let dout = randn(3, n * c);

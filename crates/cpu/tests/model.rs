@@ -120,7 +120,7 @@ fn loss_decreases_on_a_fixed_batch() {
             );
             model.free(&mut be);
             // Everything the schedule allocated was freed.
-            assert_eq!(be.total_bytes_in_use(), 0, "{}", cfg.name);
+            assert_eq!(be.ledger().total_bytes_in_use(), 0, "{}", cfg.name);
         }
     }
 }
@@ -352,5 +352,5 @@ fn fp16_training_with_loss_scaling_learns() {
         assert_eq!(x, half::f16::from_f32(x).to_f32());
     }
     model.free(&mut be);
-    assert_eq!(be.total_bytes_in_use(), 0);
+    assert_eq!(be.ledger().total_bytes_in_use(), 0);
 }

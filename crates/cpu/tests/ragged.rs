@@ -63,7 +63,7 @@ fn the_meta_record_of_a_ragged_step_balances_and_costs_each_sequence() {
         ],
     };
     let inputs = model.alloc_ragged_inputs(&mut be, &batch, 4).unwrap();
-    let in_use = |be: &MetaBackend| be.mem_events.iter().map(|e| e.delta_bytes).sum::<i64>();
+    let in_use = |be: &MetaBackend| be.mem_events().iter().map(|e| e.delta_bytes).sum::<i64>();
     let held = in_use(&be);
     let logits = model
         .ragged_logits(

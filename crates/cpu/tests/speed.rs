@@ -73,7 +73,7 @@ fn gpt2_style_train_step() {
         cfg.param_count(),
         mean * 1e3,
         flops / mean / 1e9,
-        be.peak_bytes() as f64 / (1 << 20) as f64
+        be.ledger().peak_bytes() as f64 / (1 << 20) as f64
     );
 }
 

@@ -3,16 +3,13 @@
 //! step calls the driver only in its first step (cuMemAlloc and cuMemFree synchronise the device
 //! and cost tens of microseconds each).
 //!
-//! Two ledgers are kept. *Allocated* counts each live tensor at its dtype width by category, the
-//! same rule the Meta backend predicts with, so the measured timeline and peak compare byte for
-//! byte with the model. *Reserved* counts what the driver gave us, including blocks cached for
-//! reuse and the rounding to 512 bytes — what `nvidia-smi` would show, less the context.
+//! The allocator counts *reserved* bytes: what the driver gave us, including blocks cached for
+//! reuse and the rounding to 512 bytes — what `nvidia-smi` would show, less the context. The
+//! tensors' bytes at their dtype widths, which compare byte for byte with the Meta backend's
+//! prediction, are the backend's [`tperf_core::ledger::Ledger`], not this.
 
 use cudarc::driver::{result as cu, sys, DriverError};
-use std::collections::{BTreeMap, HashMap};
-use tperf_core::dtype::DType;
-use tperf_core::meta::MemEvent;
-use tperf_core::tensor::MemCategory;
+use std::collections::BTreeMap;
 
 /// Requests round up to this, so that every block is aligned for 16-byte vector access and
 /// near-equal sizes share cached blocks.
@@ -36,9 +33,6 @@ pub struct CachingAllocator {
     pub peak_reserved_bytes: u64,
     pub driver_allocs: u64,
     pub driver_frees: u64,
-    in_use: HashMap<MemCategory, u64>,
-    pub peak_bytes: u64,
-    pub mem_events: Option<Vec<MemEvent>>,
 }
 
 impl CachingAllocator {
@@ -63,10 +57,14 @@ impl CachingAllocator {
                 bytes: key.0,
             });
         }
+        // SAFETY: cuMemAlloc takes only a size and hands back a fresh device pointer (or an error);
+        // the block is owned by this allocator from here until `release_cache` frees it.
         let ptr = match unsafe { cu::malloc_sync(want as usize) } {
             Ok(p) => p,
             Err(e) if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
                 self.release_cache();
+                // SAFETY: as above: a second plain allocation after the cache went back to the
+                // driver.
                 unsafe { cu::malloc_sync(want as usize) }?
             }
             Err(e) => return Err(e),
@@ -86,6 +84,9 @@ impl CachingAllocator {
     /// Gives every cached block back to the driver.
     pub fn release_cache(&mut self) {
         for ((bytes, ptr), ()) in std::mem::take(&mut self.free) {
+            // SAFETY: `ptr` came from cuMemAlloc and is in the free list, so no live tensor or
+            // queued kernel can still use it: a block is only in the list after `free`, and
+            // cuMemFree synchronises the device first.
             if unsafe { cu::free_sync(ptr) }.is_ok() {
                 self.reserved_bytes -= bytes;
                 self.driver_frees += 1;
@@ -95,37 +96,6 @@ impl CachingAllocator {
 
     pub fn cached_bytes(&self) -> u64 {
         self.free.keys().map(|(b, _)| b).sum()
-    }
-
-    /// Records a tensor's allocation (+) or free (−) at its dtype width.
-    pub fn account(
-        &mut self,
-        ops_before: usize,
-        name: &str,
-        category: MemCategory,
-        dtype: DType,
-        delta_bytes: i64,
-    ) {
-        if let Some(events) = &mut self.mem_events {
-            events.push(MemEvent {
-                ops_before,
-                name: name.to_string(),
-                category,
-                dtype,
-                delta_bytes,
-            });
-        }
-        let slot = self.in_use.entry(category).or_insert(0);
-        *slot = slot.saturating_add_signed(delta_bytes);
-        self.peak_bytes = self.peak_bytes.max(self.total_bytes_in_use());
-    }
-
-    pub fn bytes_in_use(&self, category: MemCategory) -> u64 {
-        self.in_use.get(&category).copied().unwrap_or(0)
-    }
-
-    pub fn total_bytes_in_use(&self) -> u64 {
-        self.in_use.values().sum()
     }
 }
 

@@ -8,7 +8,8 @@
 
 use crate::alloc::{Block, CachingAllocator};
 use crate::blas::{Blas, Gemm, WORKSPACE_BYTES};
-use crate::gpu::{Arg, DeviceInfo, Gpu, GpuError};
+use crate::error::{driver, CudaError};
+use crate::gpu::{Arg, DeviceInfo, Gpu};
 use crate::graph::{self, Action, Begin, GraphStats, Graphs, Mode, Pending, SCALAR_WORDS};
 use crate::timing::EventTimer;
 use cudarc::driver::{result as cu, sys};
@@ -16,9 +17,9 @@ use half::{bf16, f16};
 use std::collections::HashMap;
 use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
-use tperf_core::meta::MemEvent;
+use tperf_core::ledger::Ledger;
 use tperf_core::ops::{self, Op};
-use tperf_core::tensor::{MemCategory, Tensor, TensorId, TensorSpec};
+use tperf_core::tensor::{Tensor, TensorId, TensorSpec};
 
 pub(crate) const BACKEND: &str = "cuda";
 
@@ -51,6 +52,9 @@ pub struct CudaBackend {
     /// Captured steps; dropped before any memory they point into.
     graphs: Graphs,
     pub(crate) alloc: CachingAllocator,
+    /// Tensors' bytes at their dtype widths by category (the Meta backend's rule); what the
+    /// driver reserved is the allocator's count.
+    ledger: Ledger,
     /// Device words the step's dynamic scalars are copied to (see graph.rs).
     scalars: Block,
     /// Matmuls followed by GELU use cuBLASLt's GELU_AUX epilogue where it applies
@@ -96,12 +100,6 @@ pub(crate) fn invalid(call: &OpCall, why: impl Into<String>) -> BackendError {
     }
 }
 
-impl From<GpuError> for BackendError {
-    fn from(e: GpuError) -> Self {
-        device_err(e.to_string())
-    }
-}
-
 impl CudaBackend {
     /// Opens `cuda:ordinal`: the context, the stream, cuBLASLt and its workspace. Kernels are
     /// compiled (or loaded from the disk cache) when an op first needs them.
@@ -110,11 +108,11 @@ impl CudaBackend {
         let mut alloc = CachingAllocator::default();
         let workspace = alloc
             .alloc(WORKSPACE_BYTES as u64)
-            .map_err(|e| device_err(format!("allocating the cuBLASLt workspace: {e:?}")))?;
-        let blas = Blas::new(workspace.ptr).map_err(device_err)?;
+            .map_err(driver("allocating the cuBLASLt workspace"))?;
+        let blas = Blas::new(workspace.ptr)?;
         let scalars = alloc
             .alloc((SCALAR_WORDS * 4) as u64)
-            .map_err(|e| device_err(format!("allocating the step scalars: {e:?}")))?;
+            .map_err(driver("allocating the step scalars"))?;
         let graphs = std::env::var_os("TPERF_CUDA_GRAPHS").is_none_or(|v| v != "0");
         let gelu_epilogue = std::env::var_os("TPERF_GELU_EPILOGUE").is_none_or(|v| v != "0");
         Ok(CudaBackend {
@@ -122,6 +120,7 @@ impl CudaBackend {
             retired: HashMap::new(),
             graphs: Graphs::new(graphs),
             alloc,
+            ledger: Ledger::new(),
             scalars,
             op_scalars: 0,
             gelu_epilogue,
@@ -151,30 +150,15 @@ impl CudaBackend {
         self.gpu.synchronize().map_err(Into::into)
     }
 
-    pub fn enable_memory_events(&mut self) {
-        self.alloc.mem_events.get_or_insert_with(Vec::new);
+    /// Bytes in use by category at the tensors' dtype widths (the Meta backend's rule), their
+    /// peak, and the event log.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
-    /// The allocations and frees recorded since memory events were enabled; recording stops.
-    pub fn take_mem_events(&mut self) -> Vec<MemEvent> {
-        self.alloc.mem_events.take().unwrap_or_default()
-    }
-
-    pub fn reset_peak(&mut self) {
-        self.alloc.peak_bytes = self.alloc.total_bytes_in_use();
-    }
-
-    pub fn bytes_in_use(&self, category: MemCategory) -> u64 {
-        self.alloc.bytes_in_use(category)
-    }
-
-    pub fn total_bytes_in_use(&self) -> u64 {
-        self.alloc.total_bytes_in_use()
-    }
-
-    /// Peak of the tensors' bytes at their dtype widths (the Meta backend's rule).
-    pub fn peak_bytes(&self) -> u64 {
-        self.alloc.peak_bytes
+    /// To reset the peak or turn the event log on or off.
+    pub fn ledger_mut(&mut self) -> &mut Ledger {
+        &mut self.ledger
     }
 
     /// Bytes obtained from the driver (cached blocks and rounding included; the cuBLASLt
@@ -198,7 +182,7 @@ impl CudaBackend {
 
     /// Starts a CUPTI trace of every kernel, copy and fill from now on (the caller has
     /// synchronised, so the wall span starts with the step).
-    pub fn start_kernel_trace(&mut self) -> Result<(), crate::cupti::TraceError> {
+    pub fn start_kernel_trace(&mut self) -> Result<(), CudaError> {
         let trace = crate::cupti::KernelTrace::start()?;
         let start = crate::cupti::now_ns()?;
         self.kernel_trace = Some((trace, start));
@@ -209,7 +193,7 @@ impl CudaBackend {
     /// clock.
     pub fn finish_kernel_trace(
         &mut self,
-    ) -> Result<(crate::cupti::TraceOutput, u64, u64), crate::cupti::TraceError> {
+    ) -> Result<(crate::cupti::TraceOutput, u64, u64), CudaError> {
         let (trace, start) = self
             .kernel_trace
             .take()
@@ -226,7 +210,7 @@ impl CudaBackend {
     /// Records CUDA events around every op from now on.
     pub fn enable_timing(&mut self) -> Result<(), BackendError> {
         if self.timer.is_none() {
-            self.timer = Some(EventTimer::new().map_err(device_err)?);
+            self.timer = Some(EventTimer::new());
         }
         Ok(())
     }
@@ -236,7 +220,7 @@ impl CudaBackend {
     pub fn take_timings(&mut self) -> Result<Vec<(usize, f64, f64)>, BackendError> {
         self.synchronize()?;
         match &mut self.timer {
-            Some(t) => t.drain().map_err(device_err),
+            Some(t) => t.drain().map_err(Into::into),
             None => Ok(Vec::new()),
         }
     }
@@ -313,8 +297,15 @@ impl CudaBackend {
         let b = self.buf(t)?;
         let bytes = b.numel * b.dtype.size_bytes();
         if bytes > 0 {
+            // SAFETY: `b.block` holds at least `bytes` (numel × dtype width ≤ the block's rounded
+            // size) and stays allocated until the tensor is freed, which the in-order stream orders
+            // after this memset.
             unsafe { cu::memset_d8_async(b.block.ptr, 0, bytes as usize, self.gpu.cu_stream()) }
-                .map_err(|e| device_err(format!("zeroing '{}': {e:?}", b.name)))?;
+                .map_err(|source| CudaError::Tensor {
+                    during: "zeroing",
+                    tensor: b.name.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -333,7 +324,7 @@ impl CudaBackend {
         let stream = self.gpu.cu_stream();
         self.blas
             .gemm(g, a, b, c, bias, aux, stream)
-            .map_err(|e| device_err(format!("{} ({}): {e}", call.op.name(), call.label)))
+            .map_err(|e| op_error(call, e))
     }
 
     fn read_bytes(&self, t: &Tensor) -> Result<Vec<u8>, BackendError> {
@@ -342,9 +333,16 @@ impl CudaBackend {
         self.gpu
             .ctx
             .bind_to_thread()
-            .map_err(|e| device_err(format!("{e:?}")))?;
-        unsafe { cu::memcpy_dtoh_async(&mut host, b.block.ptr, self.gpu.cu_stream()) }
-            .map_err(|e| device_err(format!("reading '{}': {e:?}", b.name)))?;
+            .map_err(driver("binding the context"))?;
+        // SAFETY: `host` is exactly the tensor's byte size, which the block holds, and outlives the
+        // copy: the synchronize below waits for it before `host` is returned.
+        unsafe { cu::memcpy_dtoh_async(&mut host, b.block.ptr, self.gpu.cu_stream()) }.map_err(
+            |source| CudaError::Tensor {
+                during: "reading",
+                tensor: b.name.clone(),
+                source,
+            },
+        )?;
         self.synchronize()?;
         Ok(host)
     }
@@ -354,9 +352,16 @@ impl CudaBackend {
         self.gpu
             .ctx
             .bind_to_thread()
-            .map_err(|e| device_err(format!("{e:?}")))?;
-        unsafe { cu::memcpy_htod_async(b.block.ptr, host, self.gpu.cu_stream()) }
-            .map_err(|e| device_err(format!("writing '{}': {e:?}", b.name)))?;
+            .map_err(driver("binding the context"))?;
+        // SAFETY: the block holds `host.len()` bytes (the caller checked numel and dtype) and
+        // `host` outlives the copy: the synchronize below waits for it.
+        unsafe { cu::memcpy_htod_async(b.block.ptr, host, self.gpu.cu_stream()) }.map_err(
+            |source| CudaError::Tensor {
+                during: "writing",
+                tensor: b.name.clone(),
+                source,
+            },
+        )?;
         // The host slice must outlive the copy.
         self.synchronize()
     }
@@ -374,8 +379,13 @@ pub(crate) fn operand(call: &OpCall, out: bool, i: usize) -> Result<&Tensor, Bac
 }
 
 /// Names the op in a launch failure (a missing kernel, an NVRTC error with its log).
-fn op_error(call: &OpCall, e: GpuError) -> BackendError {
-    device_err(format!("{} ({}): {e}", call.op.name(), call.label))
+fn op_error(call: &OpCall, e: CudaError) -> BackendError {
+    device_err(format!(
+        "{} ({}): {}",
+        call.op.name(),
+        call.label,
+        tperf_core::error::report(&e)
+    ))
 }
 
 fn encode(dtype: DType, data: &[f32]) -> Vec<u8> {
@@ -435,12 +445,7 @@ impl Backend for CudaBackend {
             })?;
         let id = TensorId(self.next_id);
         self.next_id += 1;
-        let tensor = Tensor {
-            id,
-            shape: spec.shape.clone(),
-            dtype: spec.dtype,
-            category: spec.category,
-        };
+        let tensor = spec.tensor(id);
         self.buffers.insert(
             id,
             DevBuf {
@@ -453,25 +458,13 @@ impl Backend for CudaBackend {
         );
         // Fresh tensors are zero on every backend (accumulating ops rely on it).
         self.zero_fresh(&tensor)?;
-        self.alloc.account(
-            self.ops_run,
-            &spec.name,
-            spec.category,
-            spec.dtype,
-            bytes as i64,
-        );
+        self.ledger.alloc(self.ops_run, &spec.name, &tensor);
         Ok(tensor)
     }
 
     fn free(&mut self, tensor: Tensor) {
         if let Some(buf) = self.buffers.remove(&tensor.id) {
-            self.alloc.account(
-                self.ops_run,
-                &buf.name,
-                tensor.category,
-                tensor.dtype,
-                -(tensor.size_bytes() as i64),
-            );
+            self.ledger.free(self.ops_run, &buf.name, &tensor);
             self.alloc.free(buf.block);
             if self.graphs.in_step_graph() {
                 self.retired.insert(tensor.id, buf);
@@ -496,8 +489,10 @@ impl Backend for CudaBackend {
             self.gpu
                 .ctx
                 .bind_to_thread()
-                .map_err(|e| device_err(format!("{e:?}")))?;
+                .map_err(driver("binding the context"))?;
             let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+            // SAFETY: the stream is ours and idle of other captures; capture ends in `finish_step`
+            // or `discard_capture` on every path.
             if let Err(e) = unsafe { cu::stream::begin_capture(self.gpu.cu_stream(), mode) } {
                 let pending = self
                     .graphs
@@ -686,8 +681,11 @@ impl CudaBackend {
     }
 
     fn discard_capture(&mut self) {
+        // SAFETY: ends the capture this backend began on its own stream; a returned graph is
+        // destroyed here, never used.
         if let Ok(g) = unsafe { cu::stream::end_capture(self.gpu.cu_stream()) } {
             if !g.is_null() {
+                // SAFETY: `g` is the graph just returned by end_capture, owned by nobody else.
                 let _ = unsafe { cu::graph::destroy(g) };
             }
         }
@@ -697,8 +695,11 @@ impl CudaBackend {
         for p in pending {
             match p {
                 Pending::Zero { ptr, bytes } => {
+                    // SAFETY: `ptr` and `bytes` were recorded from a live tensor's block by the
+                    // graph code, and the block stays allocated until that tensor is freed (after
+                    // this, in stream order).
                     unsafe { cu::memset_d8_async(ptr, 0, bytes as usize, self.gpu.cu_stream()) }
-                        .map_err(|e| device_err(format!("zeroing a tensor: {e:?}")))?
+                        .map_err(driver("zeroing a tensor"))?
                 }
                 Pending::Exec(call) => {
                     self.op_scalars = 0;
@@ -714,11 +715,16 @@ impl CudaBackend {
             Mode::Eager => Ok(()),
             Mode::Capture { .. } => {
                 let stream = self.gpu.cu_stream();
+                // SAFETY: ends the capture begun in `begin_step` on this stream; the graph is owned
+                // here.
                 let captured = unsafe { cu::stream::end_capture(stream) }.and_then(|g| {
                     let flags = sys::CUgraphInstantiate_flags(0);
+                    // SAFETY: `g` is the graph just captured; instantiating it reads it, and it is
+                    // kept or destroyed below.
                     match unsafe { cu::graph::instantiate(g, flags) } {
                         Ok(exec) => Ok((g, exec)),
                         Err(e) => {
+                            // SAFETY: `g` failed to instantiate and is referenced by nothing else.
                             let _ = unsafe { cu::graph::destroy(g) };
                             Err(e)
                         }
@@ -757,14 +763,22 @@ impl CudaBackend {
                 .iter()
                 .flat_map(|w| w.to_le_bytes())
                 .collect();
+            // SAFETY: `self.scalars` holds SCALAR_WORDS words and `bytes` at most that many
+            // (`stage_scalars_for_graph` refuses more). `bytes` is pageable host memory, which the
+            // driver stages before the call returns, so dropping it afterwards is sound; the
+            // graph launched next reads the words in stream order.
             unsafe { cu::memcpy_htod_async(self.scalars.ptr, &bytes, stream) }
-                .map_err(|e| device_err(format!("copying the step's scalars: {e:?}")))?;
+                .map_err(driver("copying the step's scalars"))?;
         }
         if self.nvtx {
             crate::nvtx::push("step", "graph", None);
         }
+        // SAFETY: `exec` is an instantiated graph owned by `self.graphs`. It is launched only after
+        // a capture, or after a replayed step whose every action matched the captured one with
+        // the same device pointers (graph.rs), so the blocks its kernels address are this step's
+        // live tensors and scratch.
         let launched = unsafe { cu::graph::launch(exec, stream) }
-            .map_err(|e| device_err(format!("launching the step's graph: {e:?}")));
+            .map_err(|e| driver("launching the step's graph")(e).into());
         if self.nvtx {
             crate::nvtx::pop();
         }
@@ -779,7 +793,7 @@ impl CudaBackend {
             crate::nvtx::push(call.op.name(), call.label, call.layer);
         }
         if let Some(t) = &mut self.timer {
-            t.start(index, self.gpu.cu_stream()).map_err(device_err)?;
+            t.start(index, self.gpu.cu_stream())?;
         }
         // Eagerly, kernels take their dynamic scalars as arguments (a null pointer says so).
         self.op_scalars = 0;
@@ -791,7 +805,7 @@ impl CudaBackend {
         let result = self.dispatch(&call);
         drop(op_scope);
         if let Some(t) = &mut self.timer {
-            t.stop(self.gpu.cu_stream()).map_err(device_err)?;
+            t.stop(self.gpu.cu_stream())?;
         }
         if self.nvtx {
             crate::nvtx::pop();

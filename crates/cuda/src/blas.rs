@@ -8,6 +8,7 @@
 //! The descriptor, layouts and the algorithm chosen by the heuristic are cached per shape, so a
 //! training step queries the heuristic only in its first step.
 
+use crate::error::{blas as err, CudaError};
 use cudarc::cublaslt::{result as lt, sys};
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -60,15 +61,13 @@ pub struct Blas {
     plans: HashMap<Gemm, Plan>,
 }
 
-fn err(what: &str) -> impl Fn(lt::CublasError) -> String + '_ {
-    move |e| format!("cuBLASLt {what}: {e:?}")
-}
-
 impl Blas {
     /// `workspace` is a device buffer of [`WORKSPACE_BYTES`] the caller owns.
-    pub fn new(workspace: u64) -> Result<Self, String> {
+    pub fn new(workspace: u64) -> Result<Self, CudaError> {
+        // SAFETY: only asks the loader whether libcublasLt was found; no cuBLASLt function is
+        // called before.
         if !unsafe { sys::is_culib_present() } {
-            return Err("libcublasLt.so was not found on the loader path".into());
+            return Err(CudaError::NoCublasLt);
         }
         let handle = lt::create_handle().map_err(err("create"))?;
         Ok(Blas {
@@ -78,7 +77,7 @@ impl Blas {
         })
     }
 
-    fn plan(&mut self, g: &Gemm) -> Result<&Plan, String> {
+    fn plan(&mut self, g: &Gemm) -> Result<&Plan, CudaError> {
         if !self.plans.contains_key(g) {
             let plan = self.make_plan(g)?;
             self.plans.insert(*g, plan);
@@ -86,12 +85,14 @@ impl Blas {
         Ok(&self.plans[g])
     }
 
-    fn make_plan(&self, g: &Gemm) -> Result<Plan, String> {
+    fn make_plan(&self, g: &Gemm) -> Result<Plan, CudaError> {
         let desc = lt::create_matmul_desc(
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             sys::cudaDataType::CUDA_R_32F,
         )
         .map_err(err("matmul descriptor"))?;
+        // SAFETY: `desc` was created above and `value` points to `size` bytes of a local that
+        // outlives the call, of the type the attribute takes (i32 ops, epilogue, u64 pointers).
         let set = |attr, value: *const c_void, size: usize| unsafe {
             lt::set_matmul_desc_attribute(desc, attr, value, size)
                 .map_err(err("descriptor attribute"))
@@ -159,6 +160,7 @@ impl Blas {
             .map_err(err("layout"))?;
         let pref = lt::create_matmul_pref().map_err(err("preference"))?;
         let ws = WORKSPACE_BYTES as u64;
+        // SAFETY: `pref` was created above; the attribute is a u64 and `ws` outlives the call.
         unsafe {
             lt::set_matmul_pref_attribute(
                 pref,
@@ -168,6 +170,8 @@ impl Blas {
             )
         }
         .map_err(err("preference attribute"))?;
+        // SAFETY: the handle, descriptor, layouts and preference are live objects created above for
+        // this shape.
         let heuristic = unsafe {
             lt::get_matmul_algo_heuristic(
                 self.handle,
@@ -179,9 +183,9 @@ impl Blas {
                 pref,
             )
         };
+        // SAFETY: `pref` was created above and is used by nothing after the heuristic query.
         let _ = unsafe { lt::destroy_matmul_pref(pref) };
-        let heuristic =
-            heuristic.map_err(|e| format!("cuBLASLt has no algorithm for {g:?}: {e:?}"))?;
+        let heuristic = heuristic.map_err(|source| CudaError::NoAlgorithm { gemm: *g, source })?;
         Ok(Plan {
             desc,
             layouts: [a_layout, b_layout, c_layout],
@@ -202,23 +206,22 @@ impl Blas {
         bias: Option<u64>,
         aux: Option<u64>,
         stream: cudarc::driver::sys::CUstream,
-    ) -> Result<(), String> {
+    ) -> Result<(), CudaError> {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
         if g.gelu_aux != aux.is_some() {
-            return Err("the GELU epilogue needs its auxiliary output, and only it".into());
+            return Err(CudaError::GeluAuxMismatch);
         }
         if g.gelu_aux && !g.n.is_multiple_of(8) {
-            return Err(format!(
-                "the GELU epilogue needs N a multiple of 8, not {}",
-                g.n
-            ));
+            return Err(CudaError::GeluAuxN { n: g.n });
         }
         let workspace = self.workspace;
         let handle = self.handle;
         let plan = self.plan(g)?;
         if let Some(bias) = bias {
+            // SAFETY: `plan.desc` is live (owned by `self.plans`); the bias pointer attribute is a
+            // u64 device address, read during the call from `bias`, which outlives it.
             unsafe {
                 lt::set_matmul_desc_attribute(
                     plan.desc,
@@ -230,6 +233,8 @@ impl Blas {
             .map_err(err("bias pointer"))?;
         }
         if let Some(aux) = aux {
+            // SAFETY: as for the bias: a u64 device address of the auxiliary output, read during
+            // the call.
             unsafe {
                 lt::set_matmul_desc_attribute(
                     plan.desc,
@@ -244,6 +249,10 @@ impl Blas {
         // K = 0 is an empty sum: cuBLASLt then scales C by β, so β = 0 writes zeros as wanted.
         let beta = if g.accumulate { 1.0f32 } else { 0.0 };
         let [la, lb, lc] = plan.layouts;
+        // SAFETY: the descriptor and layouts describe exactly the shapes `g` gives, and the caller
+        // guarantees a, b, c (and bias, aux) are device buffers at least that large, alive until
+        // the stream has run the matmul; alpha and beta are f32 as the CUBLAS_COMPUTE_32F scale
+        // type requires, and the workspace is WORKSPACE_BYTES bytes owned by the backend.
         unsafe {
             lt::matmul(
                 handle,
@@ -271,6 +280,8 @@ impl Blas {
 impl Drop for Blas {
     fn drop(&mut self) {
         for (_, p) in self.plans.drain() {
+            // SAFETY: each plan's descriptor and layouts were created by `make_plan` and are
+            // destroyed once, here; no matmul can be queued after the Blas is dropped.
             unsafe {
                 let _ = lt::destroy_matmul_desc(p.desc);
                 for l in p.layouts {
@@ -278,6 +289,7 @@ impl Drop for Blas {
                 }
             }
         }
+        // SAFETY: the handle was created in `new` and every plan using it was destroyed above.
         let _ = unsafe { lt::destroy_handle(self.handle) };
     }
 }

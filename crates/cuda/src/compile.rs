@@ -55,8 +55,19 @@ pub enum CompileError {
         arch: String,
         log: String,
     },
-    #[error("NVRTC: {0}")]
-    Nvrtc(String),
+    #[error("NVRTC {during}")]
+    Nvrtc {
+        during: &'static str,
+        #[source]
+        source: nvrtc::NvrtcError,
+    },
+    #[error("kernels/{file}.cu holds a NUL byte")]
+    NulInSource { file: &'static str },
+}
+
+/// An NVRTC failure in `during`, for `map_err`.
+fn nvrtc_err(during: &'static str) -> impl Fn(nvrtc::NvrtcError) -> CompileError {
+    move |source| CompileError::Nvrtc { during, source }
 }
 
 /// The full text NVRTC compiles for `src`.
@@ -65,15 +76,17 @@ fn full_text(src: &Source) -> String {
 }
 
 pub fn nvrtc_version() -> Result<(i32, i32), CompileError> {
+    // SAFETY: only asks the loader whether libnvrtc was found.
     if !unsafe { nvrtc_sys::is_culib_present() } {
         return Err(CompileError::NoNvrtc(
             "libnvrtc.so was not found on the loader path".into(),
         ));
     }
     let (mut major, mut minor) = (0, 0);
+    // SAFETY: writes two ints into the locals passed by reference.
     unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) }
         .result()
-        .map_err(|e| CompileError::Nvrtc(format!("{e:?}")))?;
+        .map_err(nvrtc_err("version"))?;
     Ok((major, minor))
 }
 
@@ -126,25 +139,30 @@ pub fn cubin(src: &Source, arch: &str, driver: i32) -> Result<(Vec<u8>, Origin),
 }
 
 fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError> {
-    let err = |e: nvrtc::NvrtcError| CompileError::Nvrtc(format!("{e:?}"));
-    let code = CString::new(text).map_err(|e| CompileError::Nvrtc(e.to_string()))?;
+    let code = CString::new(text).map_err(|_| CompileError::NulInSource { file: src.name })?;
     let name = CString::new(format!("{}.cu", src.name)).expect("source names hold no NUL");
-    let prog = nvrtc::create_program(&code, Some(&name)).map_err(err)?;
+    let prog = nvrtc::create_program(&code, Some(&name)).map_err(nvrtc_err("create program"))?;
     let opts = [
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
         "-default-device".to_string(),
         "--extra-device-vectorization".to_string(),
     ];
+    // SAFETY: `prog` was created above from a NUL-terminated source; the options are valid C
+    // strings for the call's duration.
     let compiled = unsafe { nvrtc::compile_program(prog, &opts) };
+    // SAFETY: `prog` is live; the log is copied out before the program is destroyed.
     let log = unsafe { nvrtc::get_program_log(prog) }
         .map(|l| {
+            // SAFETY: cudarc returns the log as a NUL-terminated buffer that lives in `l` during
+            // this borrow.
             unsafe { CStr::from_ptr(l.as_ptr()) }
                 .to_string_lossy()
                 .into_owned()
         })
         .unwrap_or_default();
     if compiled.is_err() {
+        // SAFETY: `prog` is not used after this.
         let _ = unsafe { nvrtc::destroy_program(prog) };
         return Err(CompileError::Failed {
             file: src.name,
@@ -153,16 +171,19 @@ fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError
         });
     }
     let mut size = 0usize;
+    // SAFETY: `prog` compiled successfully; `buf` is exactly the size NVRTC reported for the cubin
+    // it writes.
     let bytes = unsafe {
         nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size)
             .result()
-            .map_err(err)?;
+            .map_err(nvrtc_err("cubin size"))?;
         let mut buf = vec![0u8; size];
         nvrtc_sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast())
             .result()
-            .map_err(err)?;
+            .map_err(nvrtc_err("cubin"))?;
         buf
     };
+    // SAFETY: the cubin has been copied out; `prog` is not used after this.
     let _ = unsafe { nvrtc::destroy_program(prog) };
     Ok(bytes)
 }

@@ -344,7 +344,7 @@ pub fn gpu_or_skip() -> Option<CudaBackend> {
             None
         }
         Err(why) => {
-            eprintln!("skipped: {why}");
+            eprintln!("skipped: {}", tperf_core::error::report(&why));
             None
         }
     }

@@ -1,8 +1,10 @@
 //! The device: a CUDA context and the stream every op is issued on, the kernel modules (compiled
 //! on first use), and the launch call.
 
-use crate::compile::{self, CompileError, Origin};
-use cudarc::driver::{result as cu, sys, CudaContext, CudaStream, DriverError};
+use crate::compile::{self, Origin};
+use crate::error::{driver, CudaError};
+use crate::signatures::{self, ArgKind};
+use cudarc::driver::{result as cu, sys, CudaContext, CudaStream};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 use std::sync::Arc;
@@ -27,12 +29,13 @@ impl DeviceInfo {
 }
 
 /// Number of CUDA devices, or why there are none (no driver library, no device).
-pub fn device_count() -> Result<usize, String> {
+pub fn device_count() -> Result<usize, CudaError> {
+    // SAFETY: only asks the loader whether libcuda was found.
     if !unsafe { sys::is_culib_present() } {
-        return Err("no NVIDIA driver (libcuda.so) on this machine".into());
+        return Err(CudaError::NoDriver);
     }
-    cu::init().map_err(|e| format!("the CUDA driver did not initialise: {e:?}"))?;
-    let n = cu::device::get_count().map_err(|e| format!("cuDeviceGetCount: {e:?}"))?;
+    cu::init().map_err(driver("the CUDA driver did not initialise"))?;
+    let n = cu::device::get_count().map_err(driver("cuDeviceGetCount"))?;
     Ok(n.max(0) as usize)
 }
 
@@ -77,34 +80,23 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     modules: HashMap<&'static str, sys::CUmodule>,
-    functions: HashMap<(&'static str, &'static str), sys::CUfunction>,
+    /// Each kernel loaded so far, with its parameters from `signatures::KERNELS`.
+    functions: HashMap<(&'static str, &'static str), (sys::CUfunction, &'static [ArgKind])>,
     /// (source, how it was obtained, time) for each module loaded, for the run's log.
     pub compile_log: Vec<(&'static str, Origin, Duration)>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum GpuError {
-    #[error("{0}")]
-    Driver(String),
-    #[error(transparent)]
-    Compile(#[from] CompileError),
-}
-
-fn driver(what: &str) -> impl Fn(DriverError) -> GpuError + '_ {
-    move |e| GpuError::Driver(format!("{what}: {e:?}"))
-}
-
 impl Gpu {
-    pub fn open(ordinal: usize) -> Result<Self, GpuError> {
-        let count = device_count().map_err(GpuError::Driver)?;
+    pub fn open(ordinal: usize) -> Result<Self, CudaError> {
+        let count = device_count()?;
         if ordinal >= count {
-            return Err(GpuError::Driver(format!(
-                "cuda:{ordinal} does not exist: this machine has {count} CUDA device(s)"
-            )));
+            return Err(CudaError::NoSuchDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal).map_err(driver("creating the context"))?;
         // tperf issues everything on one stream and owns its memory through its own allocator
         // (raw pointers), so cudarc's per-buffer event tracking would only add work.
+        // SAFETY: no buffer of cudarc's is in use: tperf allocates raw device pointers, orders all
+        // work on one stream, and so never relies on cudarc's per-buffer events.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(driver("creating a stream"))?;
         let attr = |a| {
@@ -117,6 +109,7 @@ impl Gpu {
         );
         let sms = attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         let mut driver_version = 0;
+        // SAFETY: writes one int into the local passed by reference.
         unsafe { sys::cuDriverGetVersion(&mut driver_version) }
             .result()
             .map_err(driver("cuDriverGetVersion"))?;
@@ -142,27 +135,34 @@ impl Gpu {
         self.stream.cu_stream()
     }
 
-    /// The kernel `kernel` of source `source`, loading (and if need be compiling) the module.
-    pub fn function(
+    /// The kernel `kernel` of source `source` and its parameters, loading (and if need be
+    /// compiling) the module. A kernel the signature table does not list is refused, so that
+    /// every launch can be checked.
+    fn kernel(
         &mut self,
         source: &'static str,
         kernel: &'static str,
-    ) -> Result<sys::CUfunction, GpuError> {
-        if let Some(&f) = self.functions.get(&(source, kernel)) {
-            return Ok(f);
+    ) -> Result<(sys::CUfunction, &'static [ArgKind]), CudaError> {
+        if let Some(&found) = self.functions.get(&(source, kernel)) {
+            return Ok(found);
         }
+        let params = signatures::signature(source, kernel).ok_or(CudaError::UnlistedKernel {
+            module: source,
+            kernel,
+        })?;
         let module = match self.modules.get(source) {
             Some(&m) => m,
             None => {
-                let src = compile::source(source).ok_or_else(|| {
-                    GpuError::Driver(format!("no kernel source named '{source}'"))
-                })?;
+                let src = compile::source(source).ok_or(CudaError::NoSource(source))?;
                 let start = Instant::now();
                 let (cubin, origin) =
                     compile::cubin(&src, &self.info.arch(), self.info.driver_version)?;
                 self.ctx
                     .bind_to_thread()
                     .map_err(driver("binding the context"))?;
+                // SAFETY: `cubin` is a complete cubin image from NVRTC or the cache (keyed by the
+                // source hash, architecture and versions) and outlives the call; the context is
+                // bound to this thread just above.
                 let m = unsafe { cu::module::load_data(cubin.as_ptr().cast()) }
                     .map_err(driver("loading a compiled module"))?;
                 self.compile_log.push((source, origin, start.elapsed()));
@@ -171,11 +171,16 @@ impl Gpu {
             }
         };
         let name = CString::new(kernel).expect("kernel names hold no NUL");
-        let f = unsafe { cu::module::get_function(module, name) }.map_err(|e| {
-            GpuError::Driver(format!("kernel '{kernel}' is not in {source}.cu: {e:?}"))
-        })?;
-        self.functions.insert((source, kernel), f);
-        Ok(f)
+        // SAFETY: `module` is loaded and stays loaded until `Gpu` drops; `name` is a
+        // NUL-terminated C string.
+        let f =
+            unsafe { cu::module::get_function(module, name) }.map_err(|e| CudaError::NoKernel {
+                module: source,
+                kernel,
+                source: e,
+            })?;
+        self.functions.insert((source, kernel), (f, params));
+        Ok((f, params))
     }
 
     /// Launches `kernel` of `source` on the stream.
@@ -187,9 +192,21 @@ impl Gpu {
         block: (u32, u32, u32),
         shared_bytes: u32,
         args: &[Arg],
-    ) -> Result<(), GpuError> {
-        let f = self.function(source, kernel)?;
+    ) -> Result<(), CudaError> {
+        let (f, params) = self.kernel(source, kernel)?;
+        // Always on, not a debug_assert: the tests run in release, and a wrong argument list
+        // would corrupt the device silently. It compares a handful of enum tags per launch.
+        if !signatures::matches(params, args) {
+            return Err(CudaError::LaunchArgs {
+                module: source,
+                kernel,
+                expected: params,
+                got: args.iter().map(Arg::kind).collect(),
+            });
+        }
         if shared_bytes > 48 * 1024 {
+            // SAFETY: `f` is a live function of a loaded module; the attribute takes an int byte
+            // count.
             unsafe {
                 cu::function::set_function_attribute(
                     f,
@@ -197,7 +214,12 @@ impl Gpu {
                     shared_bytes as i32,
                 )
             }
-            .map_err(driver(kernel))?;
+            .map_err(|e| CudaError::SharedMemory {
+                module: source,
+                kernel,
+                shared_bytes,
+                source: e,
+            })?;
         }
         let mut params = Params::new(args);
         let mut ptrs: Vec<*mut c_void> = params
@@ -205,8 +227,17 @@ impl Gpu {
             .iter_mut()
             .map(|s| s.as_mut_ptr().cast())
             .collect();
+        // SAFETY: `f` is a loaded kernel and `args` matched its parameters in number and kind (the
+        // check above, against the table that tests check against the .cu signatures); `ptrs`
+        // points into `params`, one 16-byte slot per argument, both alive for the call
+        // (cuLaunchKernel copies the values); device pointers in the arguments are live blocks the
+        // caller checked hold the sizes the kernel reads.
         unsafe { cu::launch_kernel(f, grid, block, shared_bytes, self.cu_stream(), &mut ptrs) }
-            .map_err(|e| GpuError::Driver(format!("launching {source}::{kernel}: {e:?}")))
+            .map_err(|e| CudaError::Launch {
+                module: source,
+                kernel,
+                source: e,
+            })
     }
 
     /// A 1-D launch covering `n` elements with 256 threads a block (capped; kernels stride).
@@ -216,7 +247,7 @@ impl Gpu {
         kernel: &'static str,
         n: u64,
         args: &[Arg],
-    ) -> Result<(), GpuError> {
+    ) -> Result<(), CudaError> {
         if n == 0 {
             return Ok(());
         }
@@ -224,10 +255,8 @@ impl Gpu {
         self.launch(source, kernel, (blocks, 1, 1), (256, 1, 1), 0, args)
     }
 
-    pub fn synchronize(&self) -> Result<(), GpuError> {
-        self.stream
-            .synchronize()
-            .map_err(|e| GpuError::Driver(format!("a kernel failed: {e:?}")))
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(CudaError::Kernel)
     }
 }
 
@@ -235,6 +264,8 @@ impl Drop for Gpu {
     fn drop(&mut self) {
         let _ = self.stream.synchronize();
         for (_, m) in self.modules.drain() {
+            // SAFETY: the stream was synchronised above, so no kernel of `m` is running; functions
+            // of `m` are not used after this.
             let _ = unsafe { cu::module::unload(m) };
         }
     }

@@ -116,6 +116,10 @@ struct Captured {
 
 impl Drop for Captured {
     fn drop(&mut self) {
+        // SAFETY: `exec` and `graph` were created by instantiate and end_capture and are owned by
+        // this Captured only. The driver frees an executable graph still in flight when it
+        // completes, launches never read the template `graph`, and CudaBackend's field order
+        // drops the graphs before the allocator frees the memory their kernels address.
         unsafe {
             let _ = cu::graph::exec_destroy(self.exec);
             let _ = cu::graph::destroy(self.graph);

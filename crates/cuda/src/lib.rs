@@ -6,12 +6,14 @@
 //!
 //! - `compile`: kernel sources (`kernels/*.cu`) embedded in the binary, compiled by NVRTC for the
 //!   GPU present and cached on disk.
-//! - `alloc`: the caching allocator and the memory ledger by category.
+//! - `alloc`: the caching allocator and what it reserved from the driver.
 //! - `blas`: matmuls through cuBLASLt.
 //! - `backend`: [`CudaBackend`], the Backend trait over all of it; `ops/` holds the dispatch of
 //!   each op family to its kernels.
 //! - `timing`: CUDA events per op; `nvtx`: NVTX ranges per op.
 //! - `graph`: CUDA graph capture and replay of repeated steps.
+//! - `signatures`: every kernel's parameter list, checked at each launch.
+//! - `error`: [`CudaError`], what failed and during what.
 
 mod alloc;
 mod backend;
@@ -19,12 +21,15 @@ pub mod blas;
 pub mod compile;
 pub mod conformance;
 pub mod cupti;
+pub mod error;
 mod gpu;
 mod graph;
 mod nvtx;
 mod ops;
+mod signatures;
 mod timing;
 
 pub use backend::CudaBackend;
+pub use error::CudaError;
 pub use gpu::{device_count, DeviceInfo};
 pub use graph::GraphStats;

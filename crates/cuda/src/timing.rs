@@ -2,6 +2,7 @@
 //! synchronising between ops. Events are pooled and reused; `drain` waits for the last one and
 //! reads the elapsed times.
 
+use crate::error::{driver, CudaError};
 use cudarc::driver::{result as cu, sys};
 
 pub struct EventTimer {
@@ -12,51 +13,54 @@ pub struct EventTimer {
 }
 
 impl EventTimer {
-    pub fn new() -> Result<Self, String> {
-        Ok(EventTimer {
+    pub fn new() -> Self {
+        EventTimer {
             pending: Vec::new(),
             pool: Vec::new(),
             open: None,
-        })
-    }
-
-    fn event(&mut self) -> Result<sys::CUevent, String> {
-        match self.pool.pop() {
-            Some(e) => Ok(e),
-            None => cu::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
-                .map_err(|e| format!("creating a CUDA event: {e:?}")),
         }
     }
 
-    pub fn start(&mut self, index: usize, stream: sys::CUstream) -> Result<(), String> {
+    fn event(&mut self) -> Result<sys::CUevent, CudaError> {
+        match self.pool.pop() {
+            Some(e) => Ok(e),
+            None => cu::event::create(sys::CUevent_flags::CU_EVENT_DEFAULT)
+                .map_err(driver("creating a CUDA event")),
+        }
+    }
+
+    pub fn start(&mut self, index: usize, stream: sys::CUstream) -> Result<(), CudaError> {
         let e = self.event()?;
-        unsafe { cu::event::record(e, stream) }
-            .map_err(|e| format!("recording an event: {e:?}"))?;
+        // SAFETY: `e` is a live event from the pool or just created; `stream` is the backend's live
+        // stream.
+        unsafe { cu::event::record(e, stream) }.map_err(driver("recording an event"))?;
         self.open = Some((index, e));
         Ok(())
     }
 
-    pub fn stop(&mut self, stream: sys::CUstream) -> Result<(), String> {
+    pub fn stop(&mut self, stream: sys::CUstream) -> Result<(), CudaError> {
         let Some((index, start)) = self.open.take() else {
             return Ok(());
         };
         let e = self.event()?;
-        unsafe { cu::event::record(e, stream) }
-            .map_err(|e| format!("recording an event: {e:?}"))?;
+        // SAFETY: as in `start`.
+        unsafe { cu::event::record(e, stream) }.map_err(driver("recording an event"))?;
         self.pending.push((index, start, e));
         Ok(())
     }
 
     /// (op index, start, duration) in milliseconds of every op timed since the last drain, the
     /// start measured from the first op's start. The caller has synchronised the stream.
-    pub fn drain(&mut self) -> Result<Vec<(usize, f64, f64)>, String> {
+    pub fn drain(&mut self) -> Result<Vec<(usize, f64, f64)>, CudaError> {
         let mut out = Vec::with_capacity(self.pending.len());
         let origin = self.pending.first().map(|p| p.1);
         for &(index, start, stop) in &self.pending {
             let elapsed = |a, b| {
+                // SAFETY: both events were recorded on the stream and the caller synchronised it,
+                // so both have completed.
                 unsafe { cu::event::elapsed(a, b) }
                     .map(f64::from)
-                    .map_err(|e| format!("reading an event: {e:?}"))
+                    .map_err(driver("reading an event"))
             };
             let from_origin = match origin {
                 Some(o) => elapsed(o, start)?,
@@ -81,6 +85,8 @@ impl Drop for EventTimer {
             .chain(self.pool.drain(..))
             .chain(self.open.take().map(|(_, e)| e));
         for e in all {
+            // SAFETY: every event was created by `event` and is destroyed once; the pending ones
+            // completed (the backend synchronises before dropping).
             let _ = unsafe { cu::event::destroy(e) };
         }
     }

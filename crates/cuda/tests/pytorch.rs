@@ -17,7 +17,7 @@ fn has_gpu() -> bool {
             false
         }
         Err(why) => {
-            eprintln!("skipped: {why}");
+            eprintln!("skipped: {}", tperf_core::error::report(&why));
             false
         }
     }

@@ -50,10 +50,10 @@ pub struct AttentionArgs {
     pub json: bool,
 }
 
-fn parse_attention(s: &str) -> Result<AttentionKernel, String> {
+fn parse_attention(s: &str) -> Result<AttentionKernel, tperf_core::error::UnknownName> {
     s.parse()
 }
-fn parse_precision(s: &str) -> Result<Precision, String> {
+fn parse_precision(s: &str) -> Result<Precision, tperf_core::error::UnknownName> {
     s.parse()
 }
 

@@ -68,16 +68,16 @@ pub struct BenchArgs {
     pub csv: bool,
 }
 
-fn parse_workload(s: &str) -> Result<Workload, String> {
+fn parse_workload(s: &str) -> Result<Workload, tperf_core::error::UnknownName> {
     s.parse()
 }
-fn parse_precision(s: &str) -> Result<Precision, String> {
+fn parse_precision(s: &str) -> Result<Precision, tperf_core::error::UnknownName> {
     s.parse()
 }
-fn parse_attention(s: &str) -> Result<AttentionKernel, String> {
+fn parse_attention(s: &str) -> Result<AttentionKernel, tperf_core::error::UnknownName> {
     s.parse()
 }
-fn parse_recompute(s: &str) -> Result<Recompute, String> {
+fn parse_recompute(s: &str) -> Result<Recompute, tperf_core::error::UnknownName> {
     s.parse()
 }
 

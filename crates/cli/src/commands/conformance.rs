@@ -30,12 +30,15 @@ fn diff_json(d: &Diff) -> serde_json::Value {
 }
 
 pub fn run(args: ConformanceArgs) -> Result<()> {
-    let ordinal = match args.device.parse::<Device>().map_err(anyhow::Error::msg)? {
+    let ordinal = match args.device.parse::<Device>()? {
         Device::Cuda(i) => i,
         Device::Cpu => bail!("conformance checks a GPU against the CPU: use --device cuda:N"),
     };
     let n = tperf_cuda::device_count().map_err(|why| {
-        anyhow::anyhow!("skipped: {why} (the conformance suite needs a CUDA device)")
+        anyhow::anyhow!(
+            "skipped: {} (the conformance suite needs a CUDA device)",
+            tperf_core::error::report(&why)
+        )
     })?;
     if ordinal >= n {
         bail!("cuda:{ordinal} does not exist: this machine has {n} CUDA device(s)");

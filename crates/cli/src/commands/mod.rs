@@ -73,13 +73,13 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
-fn parse_precision(s: &str) -> Result<Precision, String> {
+fn parse_precision(s: &str) -> Result<Precision, tperf_core::error::UnknownName> {
     s.parse()
 }
-fn parse_attention(s: &str) -> Result<AttentionKernel, String> {
+fn parse_attention(s: &str) -> Result<AttentionKernel, tperf_core::error::UnknownName> {
     s.parse()
 }
-fn parse_recompute(s: &str) -> Result<Recompute, String> {
+fn parse_recompute(s: &str) -> Result<Recompute, tperf_core::error::UnknownName> {
     s.parse()
 }
 
@@ -147,7 +147,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 /// otherwise, saying so; an explicit `cuda:N` that cannot be opened falls back to the CPU with a
 /// note when the machine has no GPU at all, and is an error when it names a GPU that is not there.
 pub fn resolve_device(asked: &str) -> Result<Device> {
-    let (device, note) = tperf_bench::device::resolve(asked).map_err(anyhow::Error::msg)?;
+    let (device, note) = tperf_bench::device::resolve(asked)?;
     if let Some(note) = note {
         eprintln!("{note}");
     }
@@ -162,7 +162,11 @@ pub fn hardware_for(
 ) -> Result<tperf_core::cost::hardware::Hardware> {
     match hw {
         Some(key) => Ok(tperf_core::cost::hardware::find(key)?),
-        None => tperf_bench::device::hardware_of(device)
-            .map_err(|e| anyhow::anyhow!("{e}; pass --hw with one of `tperf hw list`")),
+        None => tperf_bench::device::hardware_of(device).map_err(|e| {
+            anyhow::anyhow!(
+                "{}; pass --hw with one of `tperf hw list`",
+                tperf_core::error::report(&e)
+            )
+        }),
     }
 }

@@ -46,7 +46,7 @@ pub struct ModelArgs {
     pub csv: bool,
 }
 
-fn parse_workload(s: &str) -> Result<Workload, String> {
+fn parse_workload(s: &str) -> Result<Workload, tperf_core::error::UnknownName> {
     s.parse()
 }
 
@@ -122,7 +122,7 @@ pub fn analyze_with_timeline(
     let record = analysis::record(cfg, sc)?;
     let a = analysis::analyze_record(cfg, sc, hw, &record);
     let mut thinned: Vec<TimelinePoint> = Vec::new();
-    for p in memory::timeline(&record.mem_events) {
+    for p in memory::timeline(record.mem_events()) {
         let point = TimelinePoint {
             op: p.ops_before,
             total_bytes: p.total_bytes,

@@ -52,7 +52,7 @@ pub struct ProfileArgs {
     pub json: bool,
 }
 
-fn parse_workload(s: &str) -> Result<Workload, String> {
+fn parse_workload(s: &str) -> Result<Workload, tperf_core::error::UnknownName> {
     s.parse()
 }
 

@@ -300,7 +300,7 @@ fn train_on<B: Instrumented>(mut be: B, args: &TrainArgs, p: Prepared) -> Result
         &summary,
         wall_s,
         flops_per_step,
-        stepper.be.peak_bytes(),
+        stepper.be.ledger().peak_bytes(),
         checkpoint_path.as_deref(),
         log_path.as_deref(),
         plot_path.as_deref(),

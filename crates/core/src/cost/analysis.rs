@@ -250,7 +250,7 @@ pub fn analyze_record(
         by_name,
         by_class,
         by_layer,
-        memory: memory::summarize(&record.mem_events),
+        memory: memory::summarize(record.mem_events()),
         mfu,
         tokens_per_step: sc.workload.tokens_per_step(sc.batch, sc.seq),
     }

@@ -1,7 +1,7 @@
 //! The memory timeline of a Meta record: bytes in use by category after every allocation and
 //! free, its peak, and what was live at the peak.
 
-use crate::meta::MemEvent;
+use crate::ledger::MemEvent;
 use crate::tensor::MemCategory;
 use serde::Serialize;
 use std::collections::BTreeMap;

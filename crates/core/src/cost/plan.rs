@@ -99,7 +99,7 @@ pub fn training_peak_per_gpu(
         opts,
     };
     let rec = analysis::record(cfg, &sc)?;
-    let summary = super::memory::summarize(&rec.mem_events);
+    let summary = super::memory::summarize(rec.mem_events());
     let state: u64 = [
         MemCategory::Weights,
         MemCategory::Gradients,

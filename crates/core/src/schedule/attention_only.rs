@@ -136,7 +136,7 @@ mod tests {
             let mut be = MetaBackend::new();
             let (qkv, dout) = case.alloc_inputs(&mut be).unwrap();
             let kept = case.forward(&mut be, &qkv).unwrap();
-            let held: i64 = be.mem_events.iter().map(|e| e.delta_bytes).sum();
+            let held: i64 = be.mem_events().iter().map(|e| e.delta_bytes).sum();
             let inputs = (qkv.size_bytes() + dout.size_bytes()) as i64;
             let out = 8 * 1024 * 64 * 4;
             let expected = match kernel {
@@ -148,7 +148,10 @@ mod tests {
             be.free(qkv);
             be.free(dout);
             assert!(be.errors.is_empty(), "{:?}", be.errors);
-            assert_eq!(be.mem_events.iter().map(|e| e.delta_bytes).sum::<i64>(), 0);
+            assert_eq!(
+                be.mem_events().iter().map(|e| e.delta_bytes).sum::<i64>(),
+                0
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Options that change the schedule for every backend at once.
 
 use crate::dtype::DType;
+use crate::error::UnknownName;
 use serde::Serialize;
 use std::str::FromStr;
 
@@ -74,13 +75,13 @@ impl Precision {
 }
 
 impl FromStr for Precision {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s.parse::<DType>() {
             Ok(DType::F32) => Ok(Precision::Fp32),
             Ok(DType::Bf16) => Ok(Precision::Bf16),
             Ok(DType::F16) => Ok(Precision::Fp16),
-            _ => Err(format!("unknown dtype '{s}': use one of fp32, bf16, fp16")),
+            _ => Err(UnknownName::new("dtype", s, "one of fp32, bf16, fp16")),
         }
     }
 }
@@ -104,13 +105,15 @@ impl AttentionKernel {
 }
 
 impl FromStr for AttentionKernel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s.to_ascii_lowercase().as_str() {
             "naive" => Ok(AttentionKernel::Naive),
             "flash" => Ok(AttentionKernel::Flash),
-            other => Err(format!(
-                "unknown attention kernel '{other}': use naive or flash"
+            other => Err(UnknownName::new(
+                "attention kernel",
+                other,
+                "naive or flash",
             )),
         }
     }
@@ -140,14 +143,16 @@ impl Recompute {
 }
 
 impl FromStr for Recompute {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s.to_ascii_lowercase().as_str() {
             "none" => Ok(Recompute::None),
             "selective" => Ok(Recompute::Selective),
             "full" => Ok(Recompute::Full),
-            other => Err(format!(
-                "unknown recompute policy '{other}': use none, selective or full"
+            other => Err(UnknownName::new(
+                "recompute policy",
+                other,
+                "none, selective or full",
             )),
         }
     }

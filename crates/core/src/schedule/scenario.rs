@@ -6,6 +6,7 @@
 use super::{alloc_step_tokens, KvCache, Options, Transformer};
 use crate::backend::{repeated_step, Backend, BackendError};
 use crate::config::ModelConfig;
+use crate::error::UnknownName;
 use crate::ops::adamw::AdamWParams;
 use crate::ops::sampling::Sampling;
 use crate::tensor::Tensor;
@@ -54,16 +55,18 @@ impl Workload {
 }
 
 impl FromStr for Workload {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s.to_ascii_lowercase().as_str() {
             "train" | "training" | "step" => Ok(Workload::Train),
             "fwd_bwd" | "fwd-bwd" | "fwdbwd" | "forward-backward" => Ok(Workload::FwdBwd),
             "forward" | "fwd" => Ok(Workload::Forward),
             "prefill" => Ok(Workload::Prefill),
             "decode" => Ok(Workload::Decode),
-            other => Err(format!(
-                "unknown phase '{other}': use train, fwd_bwd, forward, prefill or decode"
+            other => Err(UnknownName::new(
+                "phase",
+                other,
+                "train, fwd_bwd, forward, prefill or decode",
             )),
         }
     }

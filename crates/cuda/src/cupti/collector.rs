@@ -732,7 +732,7 @@ mod tests {
                 cu::malloc_sync(WORKSPACE_BYTES).map_err(e("malloc"))?,
             )
         };
-        let mut blas = Blas::new(ws)?;
+        let mut blas = Blas::new(ws).map_err(|e| e.to_string())?;
         gpu.synchronize().map_err(|e| e.to_string())?;
         let t0 = now_ns().map_err(|e| e.to_string())?;
         let host = vec![1.0f32; n];
@@ -771,7 +771,8 @@ mod tests {
         };
         let matmul = OpScope::enter(MATMUL_OP);
         for _ in 0..3 {
-            blas.gemm(&g, a, b, c, None, None, gpu.cu_stream())?;
+            blas.gemm(&g, a, b, c, None, None, gpu.cu_stream())
+                .map_err(|e| e.to_string())?;
         }
         drop(matmul);
         gpu.synchronize().map_err(|e| e.to_string())?;

@@ -14,7 +14,8 @@
 //! as the CPU stores them. The backwards read keys and values from qkv only (Tq = Tk).
 
 use crate::alloc::Block;
-use crate::backend::{device_err, operand, unsupported, CudaBackend};
+use crate::backend::{operand, unsupported, CudaBackend};
+use crate::error::driver;
 use crate::gpu::Arg;
 use cudarc::driver::result as cu;
 use tperf_core::backend::{BackendError, OpCall};
@@ -691,7 +692,7 @@ impl CudaBackend {
         let block = self
             .alloc
             .alloc(bytes)
-            .map_err(|e| device_err(format!("scratch for the flash backward: {e:?}")))?;
+            .map_err(driver("scratch for the flash backward"))?;
         let result =
             self.flash_backward_launches(call, a, &block, &fv, blocks, [qkv, o, dout, lse, dqkv]);
         // The stream orders the block's next user after these kernels.
@@ -714,8 +715,11 @@ impl CudaBackend {
         let di = block.ptr;
         let dq = block.ptr + rows * 4;
         let dq_numel = a.q_numel();
+        // SAFETY: `dq` is the scratch block's dQ region: `block` holds (rows + dq_numel) × 4 bytes
+        // and dQ starts after the rows × 4 of Dᵢ; the block is returned to the allocator only after
+        // these kernels, in stream order.
         unsafe { cu::memset_d8_async(dq, 0, (dq_numel * 4) as usize, self.gpu.cu_stream()) }
-            .map_err(|e| device_err(format!("zeroing the dQ scratch: {e:?}")))?;
+            .map_err(driver("zeroing the dQ scratch"))?;
         let args = [
             o,
             dout,

@@ -146,7 +146,7 @@ impl CudaBackend {
                 let block = self
                     .alloc
                     .alloc(bytes)
-                    .map_err(|e| crate::backend::device_err(format!("scratch for dpre: {e:?}")))?;
+                    .map_err(crate::error::driver("scratch for dpre"))?;
                 let args = [
                     self.input(call, 3, m * n)?,
                     self.input(call, 2, m * n)?,

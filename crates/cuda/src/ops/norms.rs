@@ -10,7 +10,8 @@
 //! scratch buffer, and a second kernel adds the G slices in a fixed order (deterministic).
 
 use super::ROW_THREADS;
-use crate::backend::{device_err, unsupported, CudaBackend};
+use crate::backend::{unsupported, CudaBackend};
+use crate::error::driver;
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::ops::layernorm::LayerNorm;
@@ -199,7 +200,7 @@ impl CudaBackend {
         let scratch = self
             .alloc
             .alloc(blocks * acc_bytes)
-            .map_err(|e| device_err(format!("scratch for the norm's weight gradients: {e:?}")))?;
+            .map_err(driver("scratch for the norm's weight gradients"))?;
         let result = (|| {
             let args = [
                 x,

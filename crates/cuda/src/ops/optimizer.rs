@@ -13,7 +13,8 @@
 //! synchronisation. Weight decay applies to 2-D tensors only; the optional copies receive θ
 //! rounded to their dtype.
 
-use crate::backend::{device_err, unsupported, CudaBackend};
+use crate::backend::{unsupported, CudaBackend};
+use crate::error::driver;
 use crate::gpu::Arg;
 use cudarc::driver::result as cu;
 use tperf_core::backend::{BackendError, OpCall};
@@ -45,12 +46,14 @@ impl CudaBackend {
         let scratch = self
             .alloc
             .alloc(blocks * 8)
-            .map_err(|e| device_err(format!("scratch for the gradient norm: {e:?}")))?;
+            .map_err(driver("scratch for the gradient norm"))?;
         let result = (|| {
+            // SAFETY: `scratch` was just allocated with blocks × 8 bytes and is freed after the
+            // kernels that read it, in stream order.
             unsafe {
                 cu::memset_d8_async(scratch.ptr, 0, (blocks * 8) as usize, self.gpu.cu_stream())
             }
-            .map_err(|e| device_err(format!("zeroing the gradient norm's scratch: {e:?}")))?;
+            .map_err(driver("zeroing the gradient norm's scratch"))?;
             for group in grads.chunks(TENSORS_PER_LAUNCH) {
                 let total: u64 = group.iter().map(|(_, n)| n).sum();
                 if total == 0 {
