@@ -298,11 +298,11 @@ impl Op {
             },
             Op::AdamW(a) => Cost {
                 flops: a.flops(),
-                bytes: io,
+                bytes: a.bytes(inputs, outputs),
             },
             Op::GradNorm(g) => Cost {
                 flops: g.flops(),
-                bytes: io,
+                bytes: g.bytes(inputs, outputs),
             },
             Op::Cast(_) => Cost {
                 flops: 0,

@@ -74,6 +74,7 @@ impl AttentionOnly {
             be,
             phase: Phase::Forward,
             layer: None,
+            streams: Default::default(),
         };
         let saved = self.core().forward(&mut e, qkv, None, &out)?;
         Ok(Kept { out, saved })
@@ -99,6 +100,7 @@ impl AttentionOnly {
             be,
             phase: Phase::Backward,
             layer: None,
+            streams: Default::default(),
         };
         self.core()
             .backward(&mut e, qkv, &kept.out, dout, Some(kept.saved), &dqkv)?;

@@ -3,6 +3,7 @@
 //! the forward's saved tensors are freed once the backward has read them for the last time, so
 //! the Meta record's memory timeline falls through the backward as a real run's does.
 
+use super::data_parallel::StreamState;
 use super::{act_kind, Emit, ForwardState, Keep, Kv, NormOut, Param, Saved, Transformer};
 use crate::backend::{Backend, BackendError};
 use crate::dtype::DType;
@@ -49,6 +50,10 @@ impl Transformer {
             be,
             phase: Phase::Backward,
             layer: None,
+            streams: StreamState {
+                buckets: self.grad_buckets(),
+                ..Default::default()
+            },
         };
         let targets = targets.expect("training forwards carry targets");
 
@@ -146,6 +151,8 @@ impl Transformer {
         };
         let op = self.embedding_op(b, t, 0);
         e.run(op, Op::EmbeddingBackward, io, "embedding")?;
+        e.grads_done(std::iter::once(&w.token_embedding).chain(&w.position_embedding))?;
+        e.flush_grads()?;
         for x in [dres, tokens, targets] {
             e.be.free(x);
         }
@@ -180,7 +187,8 @@ impl Transformer {
             dw: w.grad().clone(),
             db: bias.map(|b| b.grad().clone()),
         };
-        e.run(mm, Op::MatmulBackward, io, label)
+        e.run(mm, Op::MatmulBackward, io, label)?;
+        e.grads_done(std::iter::once(w).chain(bias))
     }
 
     /// Norm backward: dx (added into it when `accumulate`), dγ, dβ.
@@ -224,7 +232,8 @@ impl Transformer {
                 e.run(rn, Op::RmsNormBackward, io, label)
             }
             _ => unreachable!("norm_op returns a norm"),
-        }
+        }?;
+        e.grads_done(std::iter::once(&params.gain).chain(params.bias.as_ref()))
     }
 
     fn take(slot: &mut Option<Tensor>, what: &str) -> Tensor {
@@ -561,17 +570,20 @@ impl Transformer {
             be,
             phase: Phase::Optimizer,
             layer: None,
+            streams: Default::default(),
         };
         let w = &self.weights;
         let all = w.all_params();
-        let numel: u64 = all.iter().map(|p| p.numel()).sum();
+        let numel = self.optimizer_numel(&all);
         let grads: Vec<Tensor> = all.iter().map(|p| p.grad().clone()).collect();
         let norm = e.alloc("grad_norm", &[1], DType::F32, MemCategory::Io)?;
+        self.before_grad_norm(&mut e);
         let io = GradNormIo {
             grads,
             norm: norm.clone(),
         };
         e.run(GradNorm { numel }, Op::GradNorm, io, "grad_norm")?;
+        self.after_grad_norm(&mut e, &norm)?;
         let mut groups = vec![(None, w.outer_params())];
         groups.extend(
             w.layers
@@ -581,7 +593,7 @@ impl Transformer {
         );
         for (layer, params) in groups {
             e.layer = layer;
-            let numel: u64 = params.iter().map(|p| p.numel()).sum();
+            let numel = self.optimizer_numel(&params);
             let masters: Vec<Tensor> = params.iter().map(|p| p.master.clone()).collect();
             let copies: Vec<Tensor> = params.iter().filter_map(|p| p.copy.clone()).collect();
             let io = AdamWIo {
@@ -609,6 +621,7 @@ impl Transformer {
                 };
                 e.run(Cast { numel }, Op::Cast, io, "cast")?;
             }
+            self.after_adamw(&mut e, &params)?;
         }
         e.be.free(norm);
         Ok(())

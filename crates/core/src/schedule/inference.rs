@@ -107,6 +107,7 @@ impl Transformer {
             be,
             phase: Phase::Forward,
             layer: None,
+            streams: Default::default(),
         };
         let next = e.alloc("next_tokens", &[b], DType::I32, MemCategory::Io)?;
         let op = Sample {
@@ -137,6 +138,7 @@ impl Transformer {
             be,
             phase: Phase::Forward,
             layer: None,
+            streams: Default::default(),
         };
         let pos = cache.map_or(0, |(_, p)| p);
         let x0 = self.embed(&mut e, &tokens, b, t, pos)?;

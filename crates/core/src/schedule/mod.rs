@@ -18,10 +18,10 @@ pub mod init;
 pub mod options;
 pub mod weights;
 
-pub use options::{AttentionKernel, Options, Precision, Recompute, FP16_LOSS_SCALE};
+pub use options::{AttentionKernel, DataParallel, Options, Precision, Recompute, FP16_LOSS_SCALE};
 pub use weights::{LayerParams, NormParams, Param, Weights};
 
-use crate::backend::{Backend, BackendError, OpCall};
+use crate::backend::{Backend, BackendError, OpCall, Stream};
 use crate::config::{Mlp, ModelConfig, Norm, NormPlacement, Positions};
 use crate::dtype::DType;
 use crate::ops::activation::{Activation, ActivationIo, ActivationKind};
@@ -184,6 +184,8 @@ struct Emit<'a, B: Backend> {
     be: &'a mut B,
     phase: Phase,
     layer: Option<usize>,
+    /// Data-parallel gradient buckets and cross-stream waits (data_parallel.rs).
+    streams: data_parallel::StreamState,
 }
 
 impl<B: Backend> Emit<'_, B> {
@@ -195,8 +197,9 @@ impl<B: Backend> Emit<'_, B> {
         io: I,
         label: &'static str,
     ) -> Result<(), BackendError> {
-        self.be
-            .exec(OpCall::new(desc, wrap, io, label, self.layer, self.phase))
+        let call = OpCall::new(desc, wrap, io, label, self.layer, self.phase);
+        let waits = std::mem::take(&mut self.streams.waits);
+        self.be.exec(call.on_stream(Stream::Compute, &waits))
     }
 
     fn alloc(
@@ -237,7 +240,8 @@ impl Transformer {
         training: bool,
     ) -> Result<Self, BackendError> {
         debug_assert!(cfg.validate().is_ok());
-        let weights = Weights::allocate(be, cfg, opts.precision, training)?;
+        let shards = opts.zero1().map_or(1, |d| d.world);
+        let weights = Weights::allocate(be, cfg, opts.precision, training, shards)?;
         Ok(Transformer {
             cfg: cfg.clone(),
             opts,
@@ -366,6 +370,7 @@ impl Transformer {
             be,
             phase: Phase::Forward,
             layer: None,
+            streams: Default::default(),
         };
         let x0 = self.embed(&mut e, &tokens, b, t, 0)?;
         let keep = self.keep_policy(training);
@@ -1023,6 +1028,7 @@ pub mod attention_only;
 pub mod ragged;
 use attention::AttentionCore;
 mod backward;
+mod data_parallel;
 mod inference;
 pub mod scenario;
 pub use inference::alloc_step_tokens;
