@@ -218,6 +218,7 @@ pub struct Options {
     /// gradient written over the logits, AdamW writing the low-precision weight copy.
     pub fused: bool,
     /// Data-parallel training: None (or a world of 1) is one device.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_parallel: Option<DataParallel>,
 }
 
