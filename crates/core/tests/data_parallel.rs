@@ -277,3 +277,32 @@ fn every_gradient_is_reduced_once_under_every_option() {
         }
     }
 }
+
+/// ZeRO-1's optimizer ops (the gradient norm, AdamW and the unfused cast to the bf16 copy) read
+/// and write 1/W of what they do on one device.
+#[test]
+fn zero1_optimizer_ops_move_a_shard_of_the_bytes() {
+    let w = 4;
+    let opts = |dp| Options {
+        precision: Precision::Bf16,
+        fused: false,
+        data_parallel: dp,
+        ..Options::default()
+    };
+    let (_, one) = analyze("gpt2-124m", &train(1, 64, opts(None)));
+    let (_, z) = analyze(
+        "gpt2-124m",
+        &train(1, 64, opts(Some(DataParallel::zero1(w)))),
+    );
+    for name in ["grad_norm", "adamw", "cast"] {
+        let bytes = |a: &Analysis| -> u64 {
+            a.rows
+                .iter()
+                .filter(|r| r.name == name)
+                .map(|r| r.bytes)
+                .sum()
+        };
+        let ratio = bytes(&z) as f64 / bytes(&one) as f64;
+        assert!((ratio - 1.0 / w as f64).abs() < 1e-3, "{name}: {ratio}");
+    }
+}

@@ -304,9 +304,9 @@ impl Op {
                 flops: g.flops(),
                 bytes: g.bytes(inputs, outputs),
             },
-            Op::Cast(_) => Cost {
+            Op::Cast(c) => Cost {
                 flops: 0,
-                bytes: io,
+                bytes: c.bytes(inputs, outputs),
             },
             Op::KvAppend(k) => Cost {
                 flops: 0,
