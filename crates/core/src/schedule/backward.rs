@@ -3,7 +3,6 @@
 //! the forward's saved tensors are freed once the backward has read them for the last time, so
 //! the Meta record's memory timeline falls through the backward as a real run's does.
 
-use super::data_parallel::StreamState;
 use super::{act_kind, Emit, ForwardState, Keep, Kv, NormOut, Param, Saved, Transformer};
 use crate::backend::{Backend, BackendError};
 use crate::dtype::DType;
@@ -46,15 +45,8 @@ impl Transformer {
         } = state;
         let n = b * t;
         let (c, v) = (self.cfg.d_model, self.cfg.vocab_size);
-        let mut e = Emit {
-            be,
-            phase: Phase::Backward,
-            layer: None,
-            streams: StreamState {
-                buckets: self.grad_buckets(),
-                ..Default::default()
-            },
-        };
+        let mut e = Emit::new(be, Phase::Backward);
+        e.streams.buckets = self.grad_buckets();
         let targets = targets.expect("training forwards carry targets");
 
         // Loss: dlogits = S·(softmax − onehot)/n, written over the logits when fused. S is the
@@ -566,12 +558,7 @@ impl Transformer {
         hyper: AdamWParams,
     ) -> Result<(), BackendError> {
         debug_assert!(self.training);
-        let mut e = Emit {
-            be,
-            phase: Phase::Optimizer,
-            layer: None,
-            streams: Default::default(),
-        };
+        let mut e = Emit::new(be, Phase::Optimizer);
         let w = &self.weights;
         let all = w.all_params();
         let numel = self.optimizer_numel(&all);

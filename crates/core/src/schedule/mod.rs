@@ -188,7 +188,17 @@ struct Emit<'a, B: Backend> {
     streams: data_parallel::StreamState,
 }
 
-impl<B: Backend> Emit<'_, B> {
+impl<'a, B: Backend> Emit<'a, B> {
+    /// Ops of `phase` outside the blocks, on the compute stream.
+    fn new(be: &'a mut B, phase: Phase) -> Self {
+        Emit {
+            be,
+            phase,
+            layer: None,
+            streams: Default::default(),
+        }
+    }
+
     /// Issues `wrap(desc)` (e.g. `Op::RmsNorm`) on its named operands.
     fn run<D: Clone, I: Operands<D>>(
         &mut self,
@@ -366,12 +376,7 @@ impl Transformer {
     ) -> Result<ForwardState, BackendError> {
         let (b, t) = (tokens.shape[0], tokens.shape[1]);
         let n = b * t;
-        let mut e = Emit {
-            be,
-            phase: Phase::Forward,
-            layer: None,
-            streams: Default::default(),
-        };
+        let mut e = Emit::new(be, Phase::Forward);
         let x0 = self.embed(&mut e, &tokens, b, t, 0)?;
         let keep = self.keep_policy(training);
         let mut layers = Vec::with_capacity(self.cfg.n_layers);
