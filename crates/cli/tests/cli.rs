@@ -195,6 +195,78 @@ fn plan_and_hw_commands_run() {
 }
 
 #[test]
+fn model_gpus_shows_the_collectives_exposed_time_and_memory_per_gpu() {
+    let o = tperf(&[
+        "model",
+        "gpt2-124m",
+        "--gpus",
+        "8",
+        "--batch",
+        "2",
+        "--seq",
+        "128",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    for want in [
+        "Collectives per GPU (DDP over 8 GPUs",
+        "all_reduce",
+        "exposed communication",
+        "Memory per GPU over 8 GPUs",
+        "ZeRO-1",
+    ] {
+        assert!(text.contains(want), "missing {want}");
+    }
+    let json = |args: &[&str]| -> serde_json::Value {
+        let o = tperf(args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let v = json(&["model", "gpt2-124m", "--gpus", "4", "--zero1", "--json"]);
+    let dp = &v["data_parallel"];
+    assert_eq!(dp["setting"]["world"], 4);
+    let kinds: Vec<&str> = dp["collectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["op"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"reduce_scatter") && kinds.contains(&"all_gather"));
+    let state = |k: &str| dp["memory_per_gpu"][k]["max_by_category"]["optimizer_state"].as_u64();
+    let (ddp, zero1) = (state("ddp").unwrap(), state("zero1").unwrap());
+    assert!(
+        zero1 * 4 >= ddp && zero1 * 4 < ddp + 4096,
+        "{zero1} vs {ddp}"
+    );
+    let step = v["predicted"]["step_seconds"].as_f64().unwrap();
+    let compute = dp["compute_seconds"].as_f64().unwrap();
+    let exposed = dp["exposed_comm_seconds"].as_f64().unwrap();
+    assert!((step - compute - exposed).abs() < 1e-12 && exposed > 0.0);
+    // One GPU: no data-parallel section, no stream fields, as before.
+    let one = json(&["model", "gpt2-124m", "--json"]);
+    assert!(one.get("data_parallel").is_none());
+    assert!(one.get("timing").is_none() && one["scenario"]["opts"].get("data_parallel").is_none());
+    assert!(one["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r.get("stream").is_none()));
+    for (args, expected) in [
+        (vec!["model", "small", "--zero1"], "--gpus N"),
+        (
+            vec!["model", "small", "--gpus", "2", "--phase", "decode"],
+            "training",
+        ),
+    ] {
+        let o = tperf(&args);
+        assert!(
+            !o.status.success() && stderr(&o).contains(expected),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
 fn precision_prints_the_seed_accumulation_and_policies() {
     let o = tperf(&["precision"]);
     assert!(o.status.success(), "{}", stderr(&o));

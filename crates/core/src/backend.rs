@@ -7,7 +7,42 @@ use crate::ops::{Op, Phase};
 use crate::tensor::{Tensor, TensorSpec};
 use thiserror::Error;
 
-/// One op as the schedule issues it: what to compute, on which buffers, and where in the model.
+/// The queue an op is issued on. Ops on one stream run in the order they were issued; ops on
+/// different streams may run at the same time, ordered only by [`OpCall::waits`].
+///
+/// The schedule issues every op on [`Stream::Compute`] except the collectives of data-parallel
+/// training, which go on [`Stream::Comm`] so that a gradient all-reduce can overlap the rest of
+/// the backward (as NCCL on its own CUDA stream does in PyTorch DDP and llm.c).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    #[default]
+    Compute,
+    Comm,
+}
+
+impl Stream {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stream::Compute => "compute",
+            Stream::Comm => "comm",
+        }
+    }
+}
+
+/// One op as the schedule issues it: what to compute, on which buffers, where in the model, and
+/// on which stream after what.
+///
+/// The stream contract: an op starts once the op issued before it on its own `stream` has
+/// finished and, for each stream `s` in `waits`, every op issued on `s` before this call has
+/// finished. That is CUDA's event pattern taken at issue time (`cuEventRecord` on `s`, then
+/// `cuStreamWaitEvent` on this op's stream), so a wait names no op index: the schedule issues a
+/// bucket's all-reduce right after the op that completed its last gradient, and waiting on the
+/// compute stream's work so far waits on exactly that op. A backend that runs every op in issue
+/// order on one queue (the CPU backend, the CUDA backend today) satisfies the contract; the cost
+/// model (`cost::analysis`) places each op on its stream and takes the step time as the
+/// makespan. [`OpCall::new`] and [`OpCall::from_lists`] build a call on the compute stream
+/// with no waits; [`OpCall::on_stream`] moves it.
 #[derive(Clone, Debug)]
 pub struct OpCall {
     pub op: Op,
@@ -21,9 +56,43 @@ pub struct OpCall {
     /// the blocks.
     pub layer: Option<usize>,
     pub phase: Phase,
+    /// The stream the op is issued on.
+    pub stream: Stream,
+    /// Streams whose work issued so far must finish before this op starts (its own stream is
+    /// implied). Empty for every op of a single-device schedule.
+    pub waits: Vec<Stream>,
 }
 
 impl OpCall {
+    /// A call of `op` on operand lists in the op's order, on the compute stream with no waits:
+    /// for ops that have no operand struct (the collectives) and tests that build raw calls.
+    pub fn from_lists(
+        op: Op,
+        inputs: Vec<Tensor>,
+        outputs: Vec<Tensor>,
+        label: &'static str,
+        layer: Option<usize>,
+        phase: Phase,
+    ) -> Self {
+        OpCall {
+            op,
+            inputs,
+            outputs,
+            label,
+            layer,
+            phase,
+            stream: Stream::Compute,
+            waits: Vec::new(),
+        }
+    }
+
+    /// The same call issued on `stream` after the work issued so far on each of `waits`.
+    pub fn on_stream(mut self, stream: Stream, waits: &[Stream]) -> Self {
+        self.stream = stream;
+        self.waits = waits.iter().copied().filter(|&s| s != stream).collect();
+        self
+    }
+
     /// The call of `op` (built from its descriptor by `wrap`, e.g. `Op::RmsNorm`) on its named
     /// operands `io`.
     pub fn new<D: Clone, I: Operands<D>>(
@@ -35,14 +104,7 @@ impl OpCall {
         phase: Phase,
     ) -> Self {
         let (inputs, outputs) = io.into_lists(&desc);
-        OpCall {
-            op: wrap(desc),
-            inputs,
-            outputs,
-            label,
-            layer,
-            phase,
-        }
+        Self::from_lists(wrap(desc), inputs, outputs, label, layer, phase)
     }
 
     /// This call's operands by name, as the op's descriptor `desc` lays them out.

@@ -38,6 +38,7 @@ fn all_option_combos() -> Vec<Options> {
                             kv_cache,
                             recompute,
                             fused,
+                            data_parallel: None,
                         });
                     }
                 }

@@ -82,18 +82,18 @@ fn step(be: &mut CpuBackend, gr: &Group, hyper: AdamWParams, grad_scale: f64) {
     for list in [&gr.theta, &gr.m, &gr.v, &gr.copy] {
         outputs.extend(list.iter().cloned());
     }
-    be.exec(OpCall {
-        op: Op::AdamW(AdamW {
+    be.exec(OpCall::from_lists(
+        Op::AdamW(AdamW {
             numel,
             hyper,
             grad_scale,
         }),
         inputs,
         outputs,
-        label: "adamw",
-        layer: None,
-        phase: Phase::Optimizer,
-    })
+        "adamw",
+        None,
+        Phase::Optimizer,
+    ))
     .unwrap();
 }
 

@@ -181,13 +181,15 @@ pub fn run_case(
         on_cpu.push(c);
         on_gpu.push(g);
     }
-    let call = |ts: &[Tensor]| OpCall {
-        op: case.op.clone(),
-        inputs: case.inputs.iter().map(|&i| ts[i].clone()).collect(),
-        outputs: case.outputs.iter().map(|&i| ts[i].clone()).collect(),
-        label: "case",
-        layer: None,
-        phase: tperf_core::ops::Phase::Forward,
+    let call = |ts: &[Tensor]| {
+        OpCall::from_lists(
+            case.op.clone(),
+            case.inputs.iter().map(|&i| ts[i].clone()).collect(),
+            case.outputs.iter().map(|&i| ts[i].clone()).collect(),
+            "case",
+            None,
+            tperf_core::ops::Phase::Forward,
+        )
     };
     cpu.exec(call(&on_cpu))?;
     gpu.exec(call(&on_gpu))?;

@@ -477,14 +477,14 @@ fn adamw_skips_a_step_with_a_non_finite_scaled_norm() {
             let stored = gpu.read_f32(&t).unwrap();
             tensors.push((t, stored));
         }
-        gpu.exec(OpCall {
-            op: case.op.clone(),
-            inputs: case.inputs.iter().map(|&i| tensors[i].0.clone()).collect(),
-            outputs: case.outputs.iter().map(|&i| tensors[i].0.clone()).collect(),
-            label: "adamw",
-            layer: None,
-            phase: Phase::Optimizer,
-        })
+        gpu.exec(OpCall::from_lists(
+            case.op.clone(),
+            case.inputs.iter().map(|&i| tensors[i].0.clone()).collect(),
+            case.outputs.iter().map(|&i| tensors[i].0.clone()).collect(),
+            "adamw",
+            None,
+            Phase::Optimizer,
+        ))
         .unwrap();
         for &i in &case.outputs {
             let after = gpu.read_f32(&tensors[i].0).unwrap();

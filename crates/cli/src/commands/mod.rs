@@ -44,6 +44,7 @@ impl ScheduleArgs {
             kv_cache: !self.no_kv_cache,
             recompute: self.recompute,
             fused: !self.no_fuse,
+            data_parallel: None,
         }
     }
 }

@@ -6,8 +6,10 @@ use anyhow::{bail, Result};
 use serde_json::json;
 use tperf_core::cost::analysis::{self, Analysis, OpRow, Scenario, Workload};
 use tperf_core::cost::{memory, plan};
-use tperf_core::ops::{OpClass, Phase};
+use tperf_core::meta::MetaBackend;
+use tperf_core::ops::{Op, OpClass, Phase};
 use tperf_core::presets;
+use tperf_core::schedule::DataParallel;
 use tperf_core::tensor::MemCategory;
 use tperf_report::results::TimelinePoint;
 use tperf_report::table::Table;
@@ -35,6 +37,15 @@ pub struct ModelArgs {
     pub hw: String,
     #[command(flatten)]
     pub schedule: ScheduleArgs,
+    /// Data-parallel training over N GPUs: the schedule issues bucketed gradient all-reduces on
+    /// a communication stream that overlap the backward (DDP); shows the collectives, the
+    /// exposed communication and memory per GPU under DDP and ZeRO-1.
+    #[arg(long, default_value_t = 1, value_parser = super::parse_positive)]
+    pub gpus: usize,
+    /// With --gpus: ZeRO-1 (gradients reduce-scattered, AdamW state sharded 1/N, weights
+    /// all-gathered) instead of DDP.
+    #[arg(long)]
+    pub zero1: bool,
     /// Show every layer's ops, not just the first block's.
     #[arg(long)]
     pub all_layers: bool,
@@ -76,27 +87,233 @@ pub fn run(args: ModelArgs) -> Result<()> {
     };
     let loaded = load::load(spec)?;
     let hw = find_hw(&args.hw)?;
+    let mut opts = args.schedule.options();
+    if args.gpus > 1 {
+        if !args.phase.trains() {
+            bail!("--gpus models data-parallel training: use --phase train or fwd_bwd");
+        }
+        opts.data_parallel = Some(if args.zero1 {
+            DataParallel::zero1(args.gpus)
+        } else {
+            DataParallel::ddp(args.gpus)
+        });
+    } else if args.zero1 {
+        bail!("--zero1 shards across GPUs: give --gpus N with N > 1");
+    }
     let sc = Scenario {
         workload: args.phase,
         batch: args.batch.unwrap_or(loaded.default_batch),
         seq: args.seq.unwrap_or(loaded.default_seq),
-        opts: args.schedule.options(),
+        opts,
     };
     if args.json {
         let (a, timeline) = analyze_with_timeline(&loaded.config, &sc, &hw)?;
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&to_json(&loaded.config, &a, &timeline))?
-        );
+        let mut v = to_json(&loaded.config, &a, &timeline);
+        if let (Some(dp), Some(obj)) = (opts.dp(), v.as_object_mut()) {
+            obj.insert(
+                "data_parallel".into(),
+                data_parallel_json(&loaded.config, &a, dp)?,
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    let a = analysis::analyze(&loaded.config, &sc, &hw)?;
+    let record = analysis::record(&loaded.config, &sc)?;
+    let a = analysis::analyze_record(&loaded.config, &sc, &hw, &record);
     if args.csv {
         print!("{}", op_table(&a, true, false).to_csv());
     } else {
         print!("{}", render(&loaded, &a, args.all_layers)?);
+        if let Some(dp) = opts.dp() {
+            print!(
+                "\n{}",
+                data_parallel_section(&loaded.config, &a, &record, dp)?
+            );
+        }
     }
     Ok(())
+}
+
+/// One collective of the record: its buffer (elements × width) beside its ring link bytes.
+struct CollectiveRow<'a> {
+    row: &'a OpRow,
+    buffer_bytes: u64,
+}
+
+fn collective_rows<'a>(a: &'a Analysis, record: &MetaBackend) -> Vec<CollectiveRow<'a>> {
+    record
+        .ops
+        .iter()
+        .zip(&a.rows)
+        .filter_map(|(rec, row)| match &rec.call.op {
+            Op::Collective(c) => Some(CollectiveRow {
+                row,
+                buffer_bytes: c.numel * c.width_bytes,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Memory per GPU of the same step under DDP and ZeRO-1 over `dp.world` GPUs.
+fn memory_per_gpu(
+    cfg: &tperf_core::config::ModelConfig,
+    a: &Analysis,
+    dp: DataParallel,
+) -> Result<Vec<(&'static str, memory::MemorySummary)>> {
+    [("DDP", false), ("ZeRO-1", true)]
+        .into_iter()
+        .map(|(name, zero1)| {
+            let sc = Scenario {
+                opts: tperf_core::schedule::Options {
+                    data_parallel: Some(DataParallel { zero1, ..dp }),
+                    ..a.scenario.opts
+                },
+                ..a.scenario
+            };
+            let rec = analysis::record(cfg, &sc)?;
+            Ok((name, memory::summarize(rec.mem_events())))
+        })
+        .collect()
+}
+
+fn data_parallel_section(
+    cfg: &tperf_core::config::ModelConfig,
+    a: &Analysis,
+    record: &MetaBackend,
+    dp: DataParallel,
+) -> Result<String> {
+    let t = &a.timing;
+    let mut c = Table::new(&[
+        "#",
+        "phase",
+        "layer",
+        "op",
+        "label",
+        "buffer",
+        "link bytes",
+        "µs",
+        "starts µs",
+        "ends µs",
+    ])
+    .titled(format!(
+        "Collectives per GPU ({} over {} GPUs, ring, on the communication stream)",
+        if dp.zero1 { "ZeRO-1" } else { "DDP" },
+        dp.world
+    ));
+    for cr in collective_rows(a, record) {
+        let r = cr.row;
+        let start = t.start_seconds[r.index];
+        c.row(vec![
+            r.index.to_string(),
+            r.phase.name().to_string(),
+            layer_cell(r.layer),
+            r.name.to_string(),
+            r.label.to_string(),
+            units::bytes(cr.buffer_bytes),
+            units::bytes(r.bytes),
+            us_cell(r.seconds),
+            us_cell(start),
+            us_cell(start + r.seconds),
+        ]);
+    }
+    c.note(format!(
+        "gradient buckets of {} (the first {}) close in the order the backward completes them; each waits on the op that completed its last gradient, the optimizer on every bucket",
+        units::bytes(dp.bucket_bytes),
+        units::bytes(dp.first_bucket_bytes)
+    ));
+    c.note(format!(
+        "link bytes: all-reduce 2(W−1)/W, reduce-scatter and all-gather (W−1)/W of the buffer, at {}",
+        units::si(a.hardware.link_bw_bytes_per_s, "B/s")
+    ));
+    let mut s = Table::new(&["quantity", "value"])
+        .titled("Data-parallel step (critical path over streams)");
+    s.row(vec![
+        "compute stream".into(),
+        units::seconds(t.compute_seconds),
+    ]);
+    s.row(vec![
+        "communication stream".into(),
+        units::seconds(t.comm_seconds),
+    ]);
+    s.row(vec![
+        "exposed communication".into(),
+        units::seconds(t.exposed_comm_seconds),
+    ]);
+    s.row(vec!["step time".into(), units::seconds(a.step_seconds())]);
+    s.row(vec![
+        "scaling efficiency".into(),
+        units::percent(t.compute_seconds / a.step_seconds()),
+    ]);
+    s.row(vec![
+        format!("tokens/s over {} GPUs", dp.world),
+        format!("{:.0}", a.tokens_per_second() * dp.world as f64),
+    ]);
+    s.note("exposed = step − compute stream: the communication the rest of the backward does not hide (NCCL's use of SMs and memory bandwidth is not modelled)");
+    let mut m = Table::new(&[
+        "per GPU",
+        "weights",
+        "gradients",
+        "optimizer state",
+        "peak",
+        "fits",
+    ])
+    .titled(format!("Memory per GPU over {} GPUs", dp.world));
+    for (name, summary) in memory_per_gpu(cfg, a, dp)? {
+        let get = |cat| summary.max_by_category.get(&cat).copied().unwrap_or(0);
+        m.row(vec![
+            name.to_string(),
+            units::bytes(get(MemCategory::Weights)),
+            units::bytes(get(MemCategory::Gradients)),
+            units::bytes(get(MemCategory::OptimizerState)),
+            units::bytes(summary.peak_bytes),
+            if summary.peak_bytes <= a.hardware.memory_bytes {
+                "yes"
+            } else {
+                "no"
+            }
+            .into(),
+        ]);
+    }
+    m.note("ZeRO-1 holds AdamW's moments for a 1/W shard of every parameter; weights and gradients stay replicated");
+    Ok(format!("{}\n{}\n{}", c.render(), s.render(), m.render()))
+}
+
+fn data_parallel_json(
+    cfg: &tperf_core::config::ModelConfig,
+    a: &Analysis,
+    dp: DataParallel,
+) -> Result<serde_json::Value> {
+    let record = analysis::record(cfg, &a.scenario)?;
+    let collectives: Vec<_> = collective_rows(a, &record)
+        .iter()
+        .map(|cr| {
+            json!({
+                "index": cr.row.index,
+                "op": cr.row.name,
+                "label": cr.row.label,
+                "layer": cr.row.layer,
+                "phase": cr.row.phase,
+                "buffer_bytes": cr.buffer_bytes,
+                "link_bytes": cr.row.bytes,
+                "seconds": cr.row.seconds,
+                "start_seconds": a.timing.start_seconds[cr.row.index],
+            })
+        })
+        .collect();
+    let memory: serde_json::Map<_, _> = memory_per_gpu(cfg, a, dp)?
+        .into_iter()
+        .map(|(name, m)| (name.to_ascii_lowercase().replace('-', ""), json!(m)))
+        .collect();
+    Ok(json!({
+        "setting": dp,
+        "compute_seconds": a.timing.compute_seconds,
+        "comm_seconds": a.timing.comm_seconds,
+        "exposed_comm_seconds": a.timing.exposed_comm_seconds,
+        "step_seconds": a.step_seconds(),
+        "collectives": collectives,
+        "memory_per_gpu": memory,
+    }))
 }
 
 pub fn provenance() -> serde_json::Value {

@@ -6,6 +6,7 @@ use anyhow::{bail, Result};
 use tperf_core::cost::analysis::{Scenario, Workload};
 use tperf_core::cost::plan::{self, Sharding};
 use tperf_core::presets;
+use tperf_core::schedule::DataParallel;
 use tperf_report::table::Table;
 use tperf_report::units;
 
@@ -64,7 +65,8 @@ pub enum PlanCommand {
         #[command(flatten)]
         schedule: ScheduleArgs,
     },
-    /// The ring all-reduce cost of data-parallel training across GPU counts.
+    /// The ring all-reduce cost of data-parallel training across GPU counts, from the schedule's
+    /// bucketed all-reduces and their overlap with the backward.
     Dp {
         model: String,
         #[arg(long, default_value = "2,4,8,16,64", value_delimiter = ',', value_parser = parse_positive)]
@@ -203,6 +205,10 @@ pub fn run(args: PlanArgs) -> Result<()> {
                 "all-reduce",
                 "step (1 GPU)",
                 "efficiency, no overlap",
+                "buckets",
+                "exposed",
+                "step, overlapped",
+                "efficiency",
             ])
             .titled(format!(
                 "Data-parallel {} on {}: ring all-reduce of {} of fp32 gradients per step",
@@ -218,9 +224,21 @@ pub fn run(args: PlanArgs) -> Result<()> {
                     units::seconds(r.seconds),
                     units::seconds(r.step_seconds),
                     units::percent(r.efficiency_no_overlap),
+                    r.buckets.to_string(),
+                    units::seconds(r.exposed_seconds),
+                    units::seconds(r.step_seconds_overlapped),
+                    units::percent(r.efficiency),
                 ]);
             }
-            tab.note(format!("ring: each GPU sends 2(W−1)/W of the buffer at {} per direction; overlap with the backward hides part of it", units::si(hw.link_bw_bytes_per_s, "B/s")));
+            tab.note(format!(
+                "ring: each GPU sends 2(W−1)/W of the buffer at {} per direction",
+                units::si(hw.link_bw_bytes_per_s, "B/s")
+            ));
+            tab.note(format!(
+                "the schedule's own all-reduces (tperf model --gpus N): buckets of {} (the first {}) issued on a communication stream as the backward completes their gradients, last layer first; exposed = the part the rest of the backward does not hide",
+                units::bytes(DataParallel::BUCKET_BYTES),
+                units::bytes(DataParallel::FIRST_BUCKET_BYTES)
+            ));
             print!("{}", tab.render());
             Ok(())
         }

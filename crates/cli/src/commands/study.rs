@@ -226,6 +226,7 @@ const PROFILED: Scenario = Scenario {
         kv_cache: true,
         recompute: tperf_core::schedule::Recompute::None,
         fused: true,
+        data_parallel: None,
     },
 };
 

@@ -181,6 +181,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         kv_cache: false,
         recompute: args.recompute,
         fused: true,
+        data_parallel: None,
     };
     // The schedule's FLOPs per step, from the same op calls the CPU backend will run.
     let sc = Scenario {

@@ -5,7 +5,7 @@
 use super::hardware::Hardware;
 use super::memory::{self, MemorySummary};
 use super::roofline::{self, Bound};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Stream};
 use crate::config::{ConfigError, ModelConfig};
 use crate::dtype::DType;
 use crate::meta::MetaBackend;
@@ -75,6 +75,9 @@ pub struct OpRow {
     pub label: &'static str,
     pub layer: Option<usize>,
     pub phase: Phase,
+    /// The stream it is issued on; only data-parallel collectives leave the compute stream.
+    #[serde(skip_serializing_if = "is_compute")]
+    pub stream: Stream,
     pub class: OpClass,
     pub dtype: DType,
     /// The op's dimensions, as "m=… k=… n=…".
@@ -87,6 +90,59 @@ pub struct OpRow {
     pub seconds: f64,
     pub compute_seconds: f64,
     pub memory_seconds: f64,
+}
+
+fn is_compute(s: &Stream) -> bool {
+    *s == Stream::Compute
+}
+
+/// When each op runs: every op is placed on its stream after the op before it there and after
+/// the work of each stream it waits on (the stream contract of [`crate::backend::OpCall`]), at
+/// its roofline time. The step takes the makespan, the critical path over the streams. Contention
+/// between the streams (NCCL's kernels take SMs and memory bandwidth from the compute stream) is
+/// not modelled.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timing {
+    /// Per op, by index: when it starts, in seconds from the step's start.
+    pub start_seconds: Vec<f64>,
+    /// The step: when the last op on any stream ends.
+    pub makespan_seconds: f64,
+    /// The compute stream's busy time, Σ of its ops' times: the step if communication were free.
+    pub compute_seconds: f64,
+    /// The communication stream's busy time.
+    pub comm_seconds: f64,
+    /// The part of the step the compute stream waits for communication: makespan − compute.
+    pub exposed_comm_seconds: f64,
+}
+
+impl Timing {
+    /// Places `ops` (stream, waits, seconds), in issue order, on their streams.
+    pub fn schedule<'a>(ops: impl IntoIterator<Item = (Stream, &'a [Stream], f64)>) -> Timing {
+        let mut end: BTreeMap<Stream, f64> = BTreeMap::new();
+        let mut busy: BTreeMap<Stream, f64> = BTreeMap::new();
+        let mut start_seconds = Vec::new();
+        for (stream, waits, seconds) in ops {
+            let after = |s: &Stream| end.get(s).copied().unwrap_or(0.0);
+            let start = waits.iter().map(after).fold(after(&stream), f64::max);
+            start_seconds.push(start);
+            end.insert(stream, start + seconds);
+            *busy.entry(stream).or_insert(0.0) += seconds;
+        }
+        let makespan_seconds = end.values().copied().fold(0.0, f64::max);
+        let compute_seconds = busy.get(&Stream::Compute).copied().unwrap_or(0.0);
+        Timing {
+            start_seconds,
+            makespan_seconds,
+            compute_seconds,
+            comm_seconds: busy.get(&Stream::Comm).copied().unwrap_or(0.0),
+            exposed_comm_seconds: (makespan_seconds - compute_seconds).max(0.0),
+        }
+    }
+
+    /// Whether nothing left the compute stream: then the makespan is the plain sum.
+    pub fn single_stream(&self) -> bool {
+        self.comm_seconds == 0.0 && self.exposed_comm_seconds == 0.0
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -120,8 +176,11 @@ pub struct Analysis {
     /// Per block; ops outside the blocks are under None.
     pub by_layer: BTreeMap<Option<usize>, Totals>,
     pub memory: MemorySummary,
-    /// The model's FLOPs (recomputation excluded) over the predicted time and the matrix peak
-    /// of the compute dtype.
+    /// The ops placed on their streams; written out only when some op left the compute stream.
+    #[serde(skip_serializing_if = "Timing::single_stream")]
+    pub timing: Timing,
+    /// The model's FLOPs (recomputation excluded) over the predicted step time and the matrix
+    /// peak of the compute dtype.
     pub mfu: f64,
     pub tokens_per_step: u64,
 }
@@ -131,12 +190,14 @@ impl Analysis {
         self.memory.peak_bytes <= self.hardware.memory_bytes
     }
 
+    /// The critical path over the streams; with every op on the compute stream, the sum of the
+    /// op times.
     pub fn step_seconds(&self) -> f64 {
-        self.total.seconds
+        self.timing.makespan_seconds
     }
 
     pub fn tokens_per_second(&self) -> f64 {
-        self.tokens_per_step as f64 / self.total.seconds
+        self.tokens_per_step as f64 / self.step_seconds()
     }
 
     pub fn phase_flops(&self, phase: Phase) -> u64 {
@@ -200,6 +261,7 @@ pub fn analyze_record(
             label: call.label,
             layer: call.layer,
             phase: call.phase,
+            stream: call.stream,
             class,
             dtype,
             dims: dims_of(&call.op),
@@ -230,12 +292,20 @@ pub fn analyze_record(
             .add(&row);
         rows.push(row);
     }
+    let timing = Timing::schedule(
+        record
+            .ops
+            .iter()
+            .zip(&rows)
+            .map(|(rec, row)| (rec.call.stream, &rec.call.waits[..], row.seconds)),
+    );
     let recompute = by_phase
         .get(&Phase::Recompute)
         .map_or(0, |t: &Totals| t.flops);
     let peak = hw.peak_flops(sc.opts.precision.compute_dtype());
-    let mfu = if total.seconds > 0.0 {
-        (total.flops - recompute) as f64 / (total.seconds * peak)
+    let step = timing.makespan_seconds;
+    let mfu = if step > 0.0 {
+        (total.flops - recompute) as f64 / (step * peak)
     } else {
         0.0
     };
@@ -251,7 +321,54 @@ pub fn analyze_record(
         by_class,
         by_layer,
         memory: memory::summarize(record.mem_events()),
+        timing,
         mfu,
         tokens_per_step: sc.workload.tokens_per_step(sc.batch, sc.seq),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: Stream = Stream::Compute;
+    const M: Stream = Stream::Comm;
+
+    /// A backward op (1 s), a collective on its gradient, the rest of the backward (2 s), and
+    /// an optimizer op (1 s) that waits for the collective.
+    fn step(collective_seconds: f64) -> Timing {
+        Timing::schedule([
+            (C, &[][..], 1.0),
+            (M, &[C][..], collective_seconds),
+            (C, &[][..], 2.0),
+            (C, &[M][..], 1.0),
+        ])
+    }
+
+    #[test]
+    fn a_collective_hidden_behind_the_backward_adds_nothing() {
+        let t = step(1.5);
+        assert_eq!(t.start_seconds, vec![0.0, 1.0, 1.0, 3.0]);
+        assert_eq!(t.makespan_seconds, 4.0);
+        assert_eq!(t.compute_seconds, 4.0);
+        assert_eq!(t.exposed_comm_seconds, 0.0);
+        assert_eq!(t.comm_seconds, 1.5);
+    }
+
+    #[test]
+    fn a_collective_longer_than_the_rest_of_the_backward_adds_its_exposed_part() {
+        let t = step(3.0);
+        // It ends at 1 + 3 = 4; the backward's remaining 2 s hide 2 of its 3 s.
+        assert_eq!(t.start_seconds[3], 4.0);
+        assert_eq!(t.makespan_seconds, 5.0);
+        assert_eq!(t.exposed_comm_seconds, 1.0);
+    }
+
+    #[test]
+    fn ops_on_one_stream_run_in_order_and_a_trailing_collective_ends_the_step() {
+        let t = Timing::schedule([(C, &[][..], 1.0), (M, &[C][..], 2.0), (M, &[][..], 1.0)]);
+        assert_eq!(t.start_seconds, vec![0.0, 1.0, 3.0]);
+        assert_eq!(t.makespan_seconds, 4.0);
+        assert_eq!(t.exposed_comm_seconds, 3.0);
     }
 }

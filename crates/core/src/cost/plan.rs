@@ -3,14 +3,15 @@
 //!     gradients and optimizer state sharded across them as ZeRO-3/FSDP does);
 //!   - the time and GPU-hours to train on D tokens at a given MFU;
 //!   - the largest batch × context a KV-cache budget allows;
-//!   - the ring all-reduce cost of data-parallel training;
+//!   - the ring all-reduce cost of data-parallel training, from the schedule's own buckets;
 //!   - the decode batch at which generation turns compute-bound.
 
 use super::analysis::{self, AnalysisError, Scenario, Workload};
 use super::hardware::Hardware;
 use crate::config::{Biases, Mlp, ModelConfig, Norm, NormPlacement, Positions};
-use crate::ops::collective::{Collective, CollectiveKind};
-use crate::schedule::Options;
+use crate::ops::collective::CollectiveKind;
+use crate::ops::Op;
+use crate::schedule::{DataParallel, Options};
 use crate::tensor::MemCategory;
 use serde::Serialize;
 
@@ -216,17 +217,30 @@ pub fn kv_budget(
 pub struct AllReduceCost {
     pub gpus: usize,
     pub gradient_bytes: u64,
-    /// Bytes each GPU sends over its link: 2(W−1)/W of the gradients.
+    /// Bytes each GPU sends over its link, summed over the schedule's bucket all-reduces:
+    /// 2(W−1)/W of the gradients.
     pub link_bytes_per_gpu: u64,
+    /// The all-reduces' time on the communication stream.
     pub seconds: f64,
-    /// The training step's own compute (roofline) time on one GPU, for comparison.
+    /// How many bucket all-reduces the backward issues.
+    pub buckets: usize,
+    /// The training step's compute-stream time, what one GPU takes for its micro-batch.
     pub step_seconds: f64,
     /// Scaling efficiency if the all-reduce does not overlap the backward:
     /// step / (step + all-reduce).
     pub efficiency_no_overlap: f64,
+    /// The part of the all-reduces the backward does not hide (the critical path over the
+    /// streams minus the compute stream's time).
+    pub exposed_seconds: f64,
+    /// The data-parallel step: the critical path over the compute and communication streams.
+    pub step_seconds_overlapped: f64,
+    /// step / overlapped step.
+    pub efficiency: f64,
 }
 
-/// Ring all-reduce of the gradients (fp32 under every policy tperf models) after each step.
+/// DDP's ring all-reduce of the gradients (fp32 under every policy tperf models), as the
+/// schedule issues it: in buckets on the communication stream as the backward completes them,
+/// overlapping the rest of the backward ([`crate::schedule::DataParallel`]).
 pub fn data_parallel_cost(
     cfg: &ModelConfig,
     hw: &Hardware,
@@ -239,25 +253,41 @@ pub fn data_parallel_cost(
         workload: Workload::Train,
         batch,
         seq,
-        opts,
+        opts: Options {
+            data_parallel: Some(DataParallel::ddp(gpus)),
+            ..opts
+        },
     };
-    let a = analysis::analyze(cfg, &sc, hw)?;
-    let op = Collective {
-        kind: CollectiveKind::AllReduce,
-        numel: cfg.param_count(),
-        width_bytes: 4,
-        world: gpus,
-    };
-    let link_bytes = op.link_bytes();
-    let seconds = link_bytes as f64 / hw.link_bw_bytes_per_s;
-    let step = a.step_seconds();
+    let record = analysis::record(cfg, &sc)?;
+    let a = analysis::analyze_record(cfg, &sc, hw, &record);
+    let (mut link_bytes, mut seconds, mut buckets) = (0, 0.0, 0);
+    for (rec, row) in record.ops.iter().zip(&a.rows) {
+        if let Op::Collective(c) = &rec.call.op {
+            debug_assert_eq!(c.kind, CollectiveKind::AllReduce);
+            link_bytes += row.bytes;
+            seconds += row.seconds;
+            buckets += 1;
+        }
+    }
+    let gradient_bytes = a
+        .memory
+        .max_by_category
+        .get(&MemCategory::Gradients)
+        .copied()
+        .unwrap_or(0);
+    let step = a.timing.compute_seconds;
+    let overlapped = a.step_seconds();
     Ok(AllReduceCost {
         gpus,
-        gradient_bytes: cfg.param_count() * 4,
+        gradient_bytes,
         link_bytes_per_gpu: link_bytes,
         seconds,
+        buckets,
         step_seconds: step,
         efficiency_no_overlap: step / (step + seconds),
+        exposed_seconds: a.timing.exposed_comm_seconds,
+        step_seconds_overlapped: overlapped,
+        efficiency: step / overlapped,
     })
 }
 
@@ -414,5 +444,15 @@ mod tests {
         let eight = data_parallel_cost(&cfg, &hw, Options::default(), 8, 1024, 8).unwrap();
         assert_eq!(eight.link_bytes_per_gpu, 2 * eight.gradient_bytes * 7 / 8);
         assert!(eight.efficiency_no_overlap < 1.0 && eight.efficiency_no_overlap > 0.0);
+        assert_eq!(one.step_seconds, one.step_seconds_overlapped);
+        assert_eq!(
+            (one.buckets, one.exposed_seconds, one.efficiency),
+            (0, 0.0, 1.0)
+        );
+        assert_eq!(eight.step_seconds, one.step_seconds, "DDP adds no compute");
+        // The buckets overlap the backward: only part of the all-reduce time is exposed.
+        assert!(eight.buckets > 3);
+        assert!(eight.exposed_seconds > 0.0 && eight.exposed_seconds < eight.seconds);
+        assert!(eight.efficiency > eight.efficiency_no_overlap);
     }
 }

@@ -12,11 +12,13 @@
 //! FLOPs per parameter: the clip/S factor 1, m 3, v 4, the two bias corrections 2, √ 1, +ε 1,
 //! divide 1, decay 2, the update 2 → 17 (a skipped step does none, which the model ignores).
 //! Bytes: the io rule — θ, g, m, v read; θ, m, v written (and the low-precision copy of θ when
-//! the policy keeps one): 28 bytes per fp32 parameter, 30 with a bf16 copy.
+//! the policy keeps one): 28 bytes per fp32 parameter, 30 with a bf16 copy. Under ZeRO-1 a rank
+//! updates only its 1/W shard: `numel` counts the shard, m and v are allocated as the shard, and
+//! the replicated θ, g and copies are touched over the shard alone ([`AdamW::bytes`]).
 
 use super::operands::{Cursor, OperandError, Operands};
 use super::Real;
-use crate::tensor::Tensor;
+use crate::tensor::{MemCategory, Tensor};
 use serde::Serialize;
 
 /// The optimizer's hyperparameters for one step. The schedule passes them with every AdamW call
@@ -64,6 +66,27 @@ impl AdamW {
 
     pub fn flops(&self) -> u64 {
         Self::FLOPS_PER_PARAM * self.numel
+    }
+
+    /// Minimum bytes of a call over `inputs` [norm, θ…, g…, m…, v…] and `outputs`. When `numel`
+    /// covers every gradient element this is the io rule exactly; when it is a ZeRO-1 shard, the
+    /// replicated tensors (everything but the moments and the norm) count the shard's share of
+    /// their bytes, and the moments, allocated as the shard, count whole.
+    pub fn bytes(&self, inputs: &[Tensor], outputs: &[Tensor]) -> u64 {
+        let full: u64 = inputs
+            .iter()
+            .filter(|t| t.category == MemCategory::Gradients)
+            .map(Tensor::numel)
+            .sum();
+        if full == 0 || self.numel >= full {
+            return super::io_bytes(inputs, outputs);
+        }
+        let whole =
+            |t: &&Tensor| matches!(t.category, MemCategory::OptimizerState | MemCategory::Io);
+        let all = || inputs.iter().chain(outputs);
+        let own: u64 = all().filter(whole).map(Tensor::size_bytes).sum();
+        let replicated: u64 = all().filter(|t| !whole(t)).map(Tensor::size_bytes).sum();
+        own + (replicated as u128 * self.numel as u128 / full as u128) as u64
     }
 
     /// Whether a step whose (scaled) gradients have global norm `grad_norm` is skipped: under

@@ -1,5 +1,6 @@
 //! Cast between dtypes (the fp32 master weights to their bf16/fp16 compute copy): no
-//! arithmetic; bytes by the io rule (4 read + 2 written per element for fp32 → bf16).
+//! arithmetic; bytes by the io rule (4 read + 2 written per element for fp32 → bf16), over the
+//! `numel` elements cast: all of them, or a ZeRO-1 rank's shard of the listed tensors.
 
 use super::operands::{OperandError, Operands};
 use crate::dtype::DType;
@@ -9,6 +10,18 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Cast {
     pub numel: u64,
+}
+
+impl Cast {
+    /// The io rule over the `numel` of the listed elements cast.
+    pub fn bytes(&self, inputs: &[Tensor], outputs: &[Tensor]) -> u64 {
+        let io = super::io_bytes(inputs, outputs);
+        let listed: u64 = inputs.iter().map(Tensor::numel).sum();
+        if listed == 0 || self.numel >= listed {
+            return io;
+        }
+        (io as u128 * self.numel as u128 / listed as u128) as u64
+    }
 }
 
 // Reference implementation

@@ -1,5 +1,7 @@
 //! Global gradient norm, ‖g‖₂ over all parameters, for clipping: a square and an add per
-//! element (2 FLOPs); bytes by the io rule (every gradient read once, one scalar written).
+//! element (2 FLOPs); bytes by the io rule (every gradient read once, one scalar written). Under
+//! ZeRO-1 a rank measures its 1/W shard (`numel`) and an all-reduce of the scalar sums the
+//! squares; the call still lists the whole gradients, and reads only the shard's share of them.
 
 use super::operands::{OperandError, Operands};
 use super::Real;
@@ -14,6 +16,17 @@ pub struct GradNorm {
 impl GradNorm {
     pub fn flops(&self) -> u64 {
         2 * self.numel
+    }
+
+    /// The io rule over the `numel` gradient elements read (all of them, or a ZeRO-1 shard).
+    pub fn bytes(&self, inputs: &[Tensor], outputs: &[Tensor]) -> u64 {
+        let listed: u64 = inputs.iter().map(Tensor::numel).sum();
+        if listed == 0 || self.numel >= listed {
+            return super::io_bytes(inputs, outputs);
+        }
+        let read: u64 = inputs.iter().map(Tensor::size_bytes).sum();
+        let read = (read as u128 * self.numel as u128 / listed as u128) as u64;
+        read + outputs.iter().map(Tensor::size_bytes).sum::<u64>()
     }
 }
 

@@ -298,15 +298,15 @@ impl Op {
             },
             Op::AdamW(a) => Cost {
                 flops: a.flops(),
-                bytes: io,
+                bytes: a.bytes(inputs, outputs),
             },
             Op::GradNorm(g) => Cost {
                 flops: g.flops(),
-                bytes: io,
+                bytes: g.bytes(inputs, outputs),
             },
-            Op::Cast(_) => Cost {
+            Op::Cast(c) => Cost {
                 flops: 0,
-                bytes: io,
+                bytes: c.bytes(inputs, outputs),
             },
             Op::KvAppend(k) => Cost {
                 flops: 0,

@@ -70,11 +70,7 @@ impl AttentionOnly {
             self.dtype,
             MemCategory::Activations,
         )?;
-        let mut e = Emit {
-            be,
-            phase: Phase::Forward,
-            layer: None,
-        };
+        let mut e = Emit::new(be, Phase::Forward);
         let saved = self.core().forward(&mut e, qkv, None, &out)?;
         Ok(Kept { out, saved })
     }
@@ -95,11 +91,7 @@ impl AttentionOnly {
             self.dtype,
             MemCategory::ActivationGradients,
         )?;
-        let mut e = Emit {
-            be,
-            phase: Phase::Backward,
-            layer: None,
-        };
+        let mut e = Emit::new(be, Phase::Backward);
         self.core()
             .backward(&mut e, qkv, &kept.out, dout, Some(kept.saved), &dqkv)?;
         be.free(kept.out);

@@ -45,11 +45,8 @@ impl Transformer {
         } = state;
         let n = b * t;
         let (c, v) = (self.cfg.d_model, self.cfg.vocab_size);
-        let mut e = Emit {
-            be,
-            phase: Phase::Backward,
-            layer: None,
-        };
+        let mut e = Emit::new(be, Phase::Backward);
+        e.streams.buckets = self.grad_buckets();
         let targets = targets.expect("training forwards carry targets");
 
         // Loss: dlogits = S·(softmax − onehot)/n, written over the logits when fused. S is the
@@ -146,6 +143,8 @@ impl Transformer {
         };
         let op = self.embedding_op(b, t, 0);
         e.run(op, Op::EmbeddingBackward, io, "embedding")?;
+        e.grads_done(std::iter::once(&w.token_embedding).chain(&w.position_embedding))?;
+        e.flush_grads()?;
         for x in [dres, tokens, targets] {
             e.be.free(x);
         }
@@ -180,7 +179,8 @@ impl Transformer {
             dw: w.grad().clone(),
             db: bias.map(|b| b.grad().clone()),
         };
-        e.run(mm, Op::MatmulBackward, io, label)
+        e.run(mm, Op::MatmulBackward, io, label)?;
+        e.grads_done(std::iter::once(w).chain(bias))
     }
 
     /// Norm backward: dx (added into it when `accumulate`), dγ, dβ.
@@ -224,7 +224,8 @@ impl Transformer {
                 e.run(rn, Op::RmsNormBackward, io, label)
             }
             _ => unreachable!("norm_op returns a norm"),
-        }
+        }?;
+        e.grads_done(std::iter::once(&params.gain).chain(params.bias.as_ref()))
     }
 
     fn take(slot: &mut Option<Tensor>, what: &str) -> Tensor {
@@ -557,21 +558,19 @@ impl Transformer {
         hyper: AdamWParams,
     ) -> Result<(), BackendError> {
         debug_assert!(self.training);
-        let mut e = Emit {
-            be,
-            phase: Phase::Optimizer,
-            layer: None,
-        };
+        let mut e = Emit::new(be, Phase::Optimizer);
         let w = &self.weights;
         let all = w.all_params();
-        let numel: u64 = all.iter().map(|p| p.numel()).sum();
+        let numel = self.optimizer_numel(&all);
         let grads: Vec<Tensor> = all.iter().map(|p| p.grad().clone()).collect();
         let norm = e.alloc("grad_norm", &[1], DType::F32, MemCategory::Io)?;
+        self.before_grad_norm(&mut e);
         let io = GradNormIo {
             grads,
             norm: norm.clone(),
         };
         e.run(GradNorm { numel }, Op::GradNorm, io, "grad_norm")?;
+        self.after_grad_norm(&mut e, &norm)?;
         let mut groups = vec![(None, w.outer_params())];
         groups.extend(
             w.layers
@@ -581,7 +580,7 @@ impl Transformer {
         );
         for (layer, params) in groups {
             e.layer = layer;
-            let numel: u64 = params.iter().map(|p| p.numel()).sum();
+            let numel = self.optimizer_numel(&params);
             let masters: Vec<Tensor> = params.iter().map(|p| p.master.clone()).collect();
             let copies: Vec<Tensor> = params.iter().filter_map(|p| p.copy.clone()).collect();
             let io = AdamWIo {
@@ -609,6 +608,7 @@ impl Transformer {
                 };
                 e.run(Cast { numel }, Op::Cast, io, "cast")?;
             }
+            self.after_adamw(&mut e, &params)?;
         }
         e.be.free(norm);
         Ok(())

@@ -103,11 +103,7 @@ impl Transformer {
         sampling: Sampling,
     ) -> Result<Tensor, BackendError> {
         let (b, v) = (logits.shape[0], logits.shape[1]);
-        let mut e = Emit {
-            be,
-            phase: Phase::Forward,
-            layer: None,
-        };
+        let mut e = Emit::new(be, Phase::Forward);
         let next = e.alloc("next_tokens", &[b], DType::I32, MemCategory::Io)?;
         let op = Sample {
             b,
@@ -133,11 +129,7 @@ impl Transformer {
         let (b, t) = (tokens.shape[0], tokens.shape[1]);
         let (c, v) = (self.cfg.d_model, self.cfg.vocab_size);
         let dt = self.act_dtype();
-        let mut e = Emit {
-            be,
-            phase: Phase::Forward,
-            layer: None,
-        };
+        let mut e = Emit::new(be, Phase::Forward);
         let pos = cache.map_or(0, |(_, p)| p);
         let x0 = self.embed(&mut e, &tokens, b, t, pos)?;
         e.be.free(tokens);

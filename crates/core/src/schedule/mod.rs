@@ -18,10 +18,10 @@ pub mod init;
 pub mod options;
 pub mod weights;
 
-pub use options::{AttentionKernel, Options, Precision, Recompute, FP16_LOSS_SCALE};
+pub use options::{AttentionKernel, DataParallel, Options, Precision, Recompute, FP16_LOSS_SCALE};
 pub use weights::{LayerParams, NormParams, Param, Weights};
 
-use crate::backend::{Backend, BackendError, OpCall};
+use crate::backend::{Backend, BackendError, OpCall, Stream};
 use crate::config::{Mlp, ModelConfig, Norm, NormPlacement, Positions};
 use crate::dtype::DType;
 use crate::ops::activation::{Activation, ActivationIo, ActivationKind};
@@ -184,9 +184,21 @@ struct Emit<'a, B: Backend> {
     be: &'a mut B,
     phase: Phase,
     layer: Option<usize>,
+    /// Data-parallel gradient buckets and cross-stream waits (data_parallel.rs).
+    streams: data_parallel::StreamState,
 }
 
-impl<B: Backend> Emit<'_, B> {
+impl<'a, B: Backend> Emit<'a, B> {
+    /// Ops of `phase` outside the blocks, on the compute stream.
+    fn new(be: &'a mut B, phase: Phase) -> Self {
+        Emit {
+            be,
+            phase,
+            layer: None,
+            streams: Default::default(),
+        }
+    }
+
     /// Issues `wrap(desc)` (e.g. `Op::RmsNorm`) on its named operands.
     fn run<D: Clone, I: Operands<D>>(
         &mut self,
@@ -195,8 +207,9 @@ impl<B: Backend> Emit<'_, B> {
         io: I,
         label: &'static str,
     ) -> Result<(), BackendError> {
-        self.be
-            .exec(OpCall::new(desc, wrap, io, label, self.layer, self.phase))
+        let call = OpCall::new(desc, wrap, io, label, self.layer, self.phase);
+        let waits = std::mem::take(&mut self.streams.waits);
+        self.be.exec(call.on_stream(Stream::Compute, &waits))
     }
 
     fn alloc(
@@ -237,7 +250,8 @@ impl Transformer {
         training: bool,
     ) -> Result<Self, BackendError> {
         debug_assert!(cfg.validate().is_ok());
-        let weights = Weights::allocate(be, cfg, opts.precision, training)?;
+        let shards = opts.zero1().map_or(1, |d| d.world);
+        let weights = Weights::allocate(be, cfg, opts.precision, training, shards)?;
         Ok(Transformer {
             cfg: cfg.clone(),
             opts,
@@ -362,11 +376,7 @@ impl Transformer {
     ) -> Result<ForwardState, BackendError> {
         let (b, t) = (tokens.shape[0], tokens.shape[1]);
         let n = b * t;
-        let mut e = Emit {
-            be,
-            phase: Phase::Forward,
-            layer: None,
-        };
+        let mut e = Emit::new(be, Phase::Forward);
         let x0 = self.embed(&mut e, &tokens, b, t, 0)?;
         let keep = self.keep_policy(training);
         let mut layers = Vec::with_capacity(self.cfg.n_layers);
@@ -1023,6 +1033,7 @@ pub mod attention_only;
 pub mod ragged;
 use attention::AttentionCore;
 mod backward;
+mod data_parallel;
 mod inference;
 pub mod scenario;
 pub use inference::alloc_step_tokens;

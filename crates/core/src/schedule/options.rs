@@ -158,6 +158,61 @@ impl FromStr for Recompute {
     }
 }
 
+/// Data-parallel training over `world` devices, each holding a replica and a 1/W slice of the
+/// batch (the step's batch is one device's micro-batch). The schedule itself issues the
+/// collectives, on [`crate::backend::Stream::Comm`], so the Meta record models one rank:
+///
+/// - DDP (PyTorch `DistributedDataParallel`, llm.c): as the backward completes gradients they
+///   fill buckets in that order (last layer first); a bucket closes once it holds
+///   `bucket_bytes` (the first one `first_bucket_bytes`, small so communication starts early,
+///   as DDP's 1 MiB first bucket) and its ring all-reduce is issued, waiting on the op that
+///   completed its last gradient; the optimizer waits for every bucket.
+/// - ZeRO-1 (`zero1`, Rajbhandari et al.): the same buckets are reduce-scattered instead; each
+///   rank holds AdamW's moments for its 1/W shard of every parameter, measures the gradient
+///   norm of its shard (an all-reduce of the scalar sums them) and updates its shard; an
+///   all-gather per parameter group then brings every rank the updated weights (the
+///   low-precision copies under a mixed policy, the fp32 weights otherwise). The fp32 master
+///   weights of a mixed policy stay replicated in this model (ZeRO's stage 1 shards them too).
+///
+/// `world` = 1 issues nothing: the schedule is the single-device one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DataParallel {
+    pub world: usize,
+    pub bucket_bytes: u64,
+    pub first_bucket_bytes: u64,
+    pub zero1: bool,
+}
+
+impl DataParallel {
+    /// PyTorch DDP's `bucket_cap_mb` default.
+    pub const BUCKET_BYTES: u64 = 25 << 20;
+    /// DDP's first bucket (`dist._DEFAULT_FIRST_BUCKET_BYTES`).
+    pub const FIRST_BUCKET_BYTES: u64 = 1 << 20;
+
+    /// DDP over `world` devices with the default buckets.
+    pub const fn ddp(world: usize) -> Self {
+        DataParallel {
+            world,
+            bucket_bytes: Self::BUCKET_BYTES,
+            first_bucket_bytes: Self::FIRST_BUCKET_BYTES,
+            zero1: false,
+        }
+    }
+
+    /// ZeRO-1 over `world` devices with the default buckets.
+    pub const fn zero1(world: usize) -> Self {
+        DataParallel {
+            zero1: true,
+            ..Self::ddp(world)
+        }
+    }
+
+    /// The elements of a tensor of `numel` that one rank's shard holds.
+    pub fn shard(&self, numel: u64) -> u64 {
+        numel.div_ceil(self.world.max(1) as u64)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Options {
     pub precision: Precision,
@@ -167,6 +222,21 @@ pub struct Options {
     /// Fused kernels: residual add + norm, activation in the matmul epilogue, cross-entropy
     /// gradient written over the logits, AdamW writing the low-precision weight copy.
     pub fused: bool,
+    /// Data-parallel training: None (or a world of 1) is one device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_parallel: Option<DataParallel>,
+}
+
+impl Options {
+    /// The data-parallel setting when it spans more than one device.
+    pub fn dp(&self) -> Option<DataParallel> {
+        self.data_parallel.filter(|d| d.world > 1)
+    }
+
+    /// The ZeRO-1 setting when the optimizer state is sharded across more than one device.
+    pub fn zero1(&self) -> Option<DataParallel> {
+        self.dp().filter(|d| d.zero1)
+    }
 }
 
 impl Default for Options {
@@ -177,6 +247,7 @@ impl Default for Options {
             kv_cache: true,
             recompute: Recompute::None,
             fused: true,
+            data_parallel: None,
         }
     }
 }

@@ -337,11 +337,7 @@ impl Transformer {
         let s = step.batch.seqs.len();
         let (c, v) = (self.cfg.d_model, self.cfg.vocab_size);
         let dt = self.act_dtype();
-        let mut e = Emit {
-            be,
-            phase: Phase::Forward,
-            layer: None,
-        };
+        let mut e = Emit::new(be, Phase::Forward);
         // Embedding, each row at its own position.
         let x0 = e.alloc("x.emb", &[n, c], dt, MemCategory::Activations)?;
         let mut emb = self.embedding_op(1, n, 0);

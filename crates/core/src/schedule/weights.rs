@@ -120,16 +120,20 @@ impl Weights {
         self.lm_head.as_ref().unwrap_or(&self.token_embedding)
     }
 
+    /// `moment_shards` > 1 allocates AdamW's moments as one rank's 1/W shard of each
+    /// parameter (ZeRO-1), flat.
     pub(crate) fn allocate(
         be: &mut impl Backend,
         cfg: &ModelConfig,
         precision: Precision,
         training: bool,
+        moment_shards: usize,
     ) -> Result<Weights, BackendError> {
         let mut alloc = Allocator {
             be,
             precision,
             training,
+            moment_shards,
         };
         let (c, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
         let token_embedding = alloc.param("wte", &[v, c])?;
@@ -191,6 +195,7 @@ struct Allocator<'a, B: Backend> {
     be: &'a mut B,
     precision: Precision,
     training: bool,
+    moment_shards: usize,
 }
 
 impl<B: Backend> Allocator<'_, B> {
@@ -199,6 +204,21 @@ impl<B: Backend> Allocator<'_, B> {
         let master_dtype = if self.training { DType::F32 } else { compute };
         let spec = |suffix: &str, dtype, category| {
             TensorSpec::new(format!("{name}{suffix}"), shape, dtype, category)
+        };
+        let numel: usize = shape.iter().product();
+        let moment_shape = [numel.div_ceil(self.moment_shards.max(1))];
+        let moment = |suffix: &str| {
+            let shape = if self.moment_shards > 1 {
+                &moment_shape[..]
+            } else {
+                shape
+            };
+            TensorSpec::new(
+                format!("{name}{suffix}"),
+                shape,
+                DType::F32,
+                MemCategory::OptimizerState,
+            )
         };
         let master = self
             .be
@@ -217,14 +237,8 @@ impl<B: Backend> Allocator<'_, B> {
                     self.be
                         .alloc(spec(".grad", DType::F32, MemCategory::Gradients))?,
                 ),
-                Some(
-                    self.be
-                        .alloc(spec(".adam_m", DType::F32, MemCategory::OptimizerState))?,
-                ),
-                Some(
-                    self.be
-                        .alloc(spec(".adam_v", DType::F32, MemCategory::OptimizerState))?,
-                ),
+                Some(self.be.alloc(moment(".adam_m"))?),
+                Some(self.be.alloc(moment(".adam_v"))?),
             )
         } else {
             (None, None, None)
