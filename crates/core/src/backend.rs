@@ -112,7 +112,7 @@ impl OpCall {
         I::from_lists(desc, &self.inputs, &self.outputs).map_err(|source| BackendError::Operands {
             op: self.op.name(),
             label: self.label,
-            source,
+            source: Box::new(source),
         })
     }
 }
@@ -147,7 +147,8 @@ pub enum BackendError {
     Operands {
         op: &'static str,
         label: &'static str,
-        source: OperandError,
+        /// Boxed: a rare error should not widen every backend result.
+        source: Box<OperandError>,
     },
     #[error("the {backend} backend holds no data: {what}")]
     NoData { backend: &'static str, what: String },

@@ -373,6 +373,60 @@ pub fn attn_scores_backward<F: Real>(a: &Attention, ds: &[F], qkv: &[F], dqkv: &
     }
 }
 
+crate::operands! {
+    /// S = Q·Kᵀ/√D, keys from qkv or the key cache.
+    pub struct AttnScoresIo for Attention as a {
+        inputs { qkv, k_cache if a.kv_cache }
+        inplace {}
+        outputs { scores }
+    }
+}
+
+crate::operands! {
+    /// P = softmax(mask(S)).
+    pub struct AttnSoftmaxIo for Attention as a {
+        inputs { scores }
+        inplace {}
+        outputs { probs }
+    }
+}
+
+crate::operands! {
+    /// O = P·V, values from qkv or the value cache.
+    pub struct AttnValueIo for Attention as a {
+        inputs { probs, qkv, v_cache if a.kv_cache }
+        inplace {}
+        outputs { out }
+    }
+}
+
+crate::operands! {
+    /// dP = dO·Vᵀ and the V part of dqkv (dV = Pᵀ·dO).
+    pub struct AttnValueBackwardIo for Attention as a {
+        inputs { dout, qkv, probs }
+        inplace {}
+        outputs { dprobs, dqkv }
+    }
+}
+
+crate::operands! {
+    /// dS = P ⊙ (dP − rowsum(dP ⊙ P)).
+    pub struct AttnSoftmaxBackwardIo for Attention as a {
+        inputs { probs, dprobs }
+        inplace {}
+        outputs { dscores }
+    }
+}
+
+crate::operands! {
+    /// The Q and K parts of dqkv from dS.
+    pub struct AttnScoresBackwardIo for Attention as a {
+        inputs { dscores, qkv }
+        inplace {}
+        outputs { dqkv }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,59 +481,5 @@ mod tests {
         // Decoding one token after 99 cached ones sees all 100.
         assert_eq!(att(1, 100, true, None).pairs_per_head(), 100);
         assert_eq!(att(1, 100, true, Some(10)).pairs_per_head(), 10);
-    }
-}
-
-crate::operands! {
-    /// S = Q·Kᵀ/√D, keys from qkv or the key cache.
-    pub struct AttnScoresIo for Attention as a {
-        inputs { qkv, k_cache if a.kv_cache }
-        inplace {}
-        outputs { scores }
-    }
-}
-
-crate::operands! {
-    /// P = softmax(mask(S)).
-    pub struct AttnSoftmaxIo for Attention as a {
-        inputs { scores }
-        inplace {}
-        outputs { probs }
-    }
-}
-
-crate::operands! {
-    /// O = P·V, values from qkv or the value cache.
-    pub struct AttnValueIo for Attention as a {
-        inputs { probs, qkv, v_cache if a.kv_cache }
-        inplace {}
-        outputs { out }
-    }
-}
-
-crate::operands! {
-    /// dP = dO·Vᵀ and the V part of dqkv (dV = Pᵀ·dO).
-    pub struct AttnValueBackwardIo for Attention as a {
-        inputs { dout, qkv, probs }
-        inplace {}
-        outputs { dprobs, dqkv }
-    }
-}
-
-crate::operands! {
-    /// dS = P ⊙ (dP − rowsum(dP ⊙ P)).
-    pub struct AttnSoftmaxBackwardIo for Attention as a {
-        inputs { probs, dprobs }
-        inplace {}
-        outputs { dscores }
-    }
-}
-
-crate::operands! {
-    /// The Q and K parts of dqkv from dS.
-    pub struct AttnScoresBackwardIo for Attention as a {
-        inputs { dscores, qkv }
-        inplace {}
-        outputs { dqkv }
     }
 }

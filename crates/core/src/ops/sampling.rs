@@ -127,6 +127,15 @@ pub fn sample<F: Real>(s: &Sample, logits: &[F], call: u64, out: &mut [i32]) {
     }
 }
 
+crate::operands! {
+    /// One token id (i32) per row of logits.
+    pub struct SampleIo for Sample as s {
+        inputs { logits }
+        inplace {}
+        outputs { ids }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,14 +270,5 @@ mod tests {
             sample(&alone, &logits[r * v..(r + 1) * v], 99, &mut one);
             assert_eq!(one[0], together[r], "row {r}");
         }
-    }
-}
-
-crate::operands! {
-    /// One token id (i32) per row of logits.
-    pub struct SampleIo for Sample as s {
-        inputs { logits }
-        inplace {}
-        outputs { ids }
     }
 }

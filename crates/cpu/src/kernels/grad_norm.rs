@@ -26,6 +26,23 @@ pub fn sum_of_squares(x: &[f32]) -> f64 {
     lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + tail
 }
 
+/// The op's dispatch: ‖g‖ over every gradient tensor, summed in f64.
+pub(crate) fn exec(cx: &mut Exec<'_>, g: &GradNorm) -> Result<(), BackendError> {
+    let io: GradNormIo = cx.call.operands(g)?;
+    let grads: Vec<&[f32]> = io
+        .grads
+        .iter()
+        .map(|t| cx.f32(t))
+        .collect::<Result<_, _>>()?;
+    let sum: f64 = grads
+        .par_iter()
+        .map(|g| g.par_chunks(1 << 14).map(sum_of_squares).sum::<f64>())
+        .sum();
+    cx.check_len("norm", io.norm.numel() as usize, 1)?;
+    cx.outs.f32(&io.norm)?[0] = sum.sqrt() as f32;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,21 +61,4 @@ mod tests {
             );
         }
     }
-}
-
-/// The op's dispatch: ‖g‖ over every gradient tensor, summed in f64.
-pub(crate) fn exec(cx: &mut Exec<'_>, g: &GradNorm) -> Result<(), BackendError> {
-    let io: GradNormIo = cx.call.operands(g)?;
-    let grads: Vec<&[f32]> = io
-        .grads
-        .iter()
-        .map(|t| cx.f32(t))
-        .collect::<Result<_, _>>()?;
-    let sum: f64 = grads
-        .par_iter()
-        .map(|g| g.par_chunks(1 << 14).map(sum_of_squares).sum::<f64>())
-        .sum();
-    cx.check_len("norm", io.norm.numel() as usize, 1)?;
-    cx.outs.f32(&io.norm)?[0] = sum.sqrt() as f32;
-    Ok(())
 }
