@@ -77,7 +77,7 @@ fn matmul_forward_and_backward_match_the_cpu() {
                     },
                     &what,
                 );
-                // Backward: [x, W, dy, (pre)] → [dx, dW (f32), (db f32)].
+                // Backward: [x, W, dy, (pre), (dx, accumulated)] → [dx, dW (f32), (db f32)].
                 tensors.push(t("dy", &[m, n], dt, Fill::Normal(1.0)));
                 tensors.push(t("dx", &[m, k], dt, Fill::Normal(1.0)));
                 tensors.push(t("dw", &[n, k], DType::F32, Fill::Value(0.0)));
@@ -85,6 +85,9 @@ fn matmul_forward_and_backward_match_the_cpu() {
                 let mut inputs = vec![0, 1, 5];
                 if activation.is_some() {
                     inputs.push(3);
+                }
+                if accumulate_dx {
+                    inputs.push(6);
                 }
                 let mut outputs = vec![6, 7];
                 if bias {

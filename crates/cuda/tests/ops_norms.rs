@@ -113,13 +113,17 @@ fn layernorm_backward_matches_cpu() {
                         residual: false,
                         accumulate,
                     };
-                    // inputs [x, stats, γ, dy] → outputs [dx, dγ, dβ?]
+                    // inputs [x, stats, γ, dy, dx (accumulated)?] → outputs [dx, dγ, dβ?]
                     let mut b = Builder::new(Op::LayerNormBackward(ln));
                     b.input("x", &[n, c], act, Fill::Normal(1.0));
                     b.input("stats", &[n, 2], F32, Fill::Normal(1.0));
                     b.input("gamma", &[c], act, Fill::Normal(1.0));
                     b.input("dy", &[n, c], act, Fill::Normal(1.0));
-                    b.output("dx", &[n, c], act);
+                    let dx = b.output("dx", &[n, c], act);
+                    if accumulate {
+                        // dx is read and added into: an input too (LayerNormBackwardIo.dx_in).
+                        b.case.inputs.push(dx);
+                    }
                     b.output("dgamma", &[c], grad);
                     if bias {
                         b.output("dbeta", &[c], grad);
@@ -179,7 +183,10 @@ fn rmsnorm_backward_matches_cpu() {
                 b.input("stats", &[n, 1], F32, Fill::Normal(1.0));
                 b.input("gamma", &[c], act, Fill::Normal(1.0));
                 b.input("dy", &[n, c], act, Fill::Normal(1.0));
-                b.output("dx", &[n, c], act);
+                let dx = b.output("dx", &[n, c], act);
+                if accumulate {
+                    b.case.inputs.push(dx);
+                }
                 b.output("dgamma", &[c], grad);
                 check(&mut gpu, &b.case, &format!("{rn:?} {act}"));
             }
@@ -206,7 +213,8 @@ fn layernorm_backward_of_very_wide_rows_matches_cpu() {
     b.input("stats", &[n, 2], F32, Fill::Normal(1.0));
     b.input("gamma", &[c], F32, Fill::Normal(1.0));
     b.input("dy", &[n, c], F32, Fill::Normal(1.0));
-    b.output("dx", &[n, c], F32);
+    let dx = b.output("dx", &[n, c], F32);
+    b.case.inputs.push(dx); // accumulated into
     b.output("dgamma", &[c], F32);
     b.output("dbeta", &[c], F32);
     check(&mut gpu, &b.case, &format!("{ln:?}"));
