@@ -95,247 +95,107 @@ pub enum OpClass {
     Communication,
 }
 
-/// One op with its dimensions. Backward ops are ops of their own because their cost, inputs and
-/// outputs differ from the forward's; both share a descriptor.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
-    Embedding(embedding::Embedding),
-    EmbeddingBackward(embedding::Embedding),
-    Matmul(matmul::Matmul),
-    MatmulBackward(matmul::Matmul),
-    LayerNorm(layernorm::LayerNorm),
-    LayerNormBackward(layernorm::LayerNorm),
-    RmsNorm(rmsnorm::RmsNorm),
-    RmsNormBackward(rmsnorm::RmsNorm),
-    Rope(rope::Rope),
-    RopeBackward(rope::Rope),
-    Activation(activation::Activation),
-    ActivationBackward(activation::Activation),
-    SwiGlu(swiglu::SwiGlu),
-    SwiGluBackward(swiglu::SwiGlu),
-    ResidualAdd(residual::ResidualAdd),
-    AttnScores(attention::Attention),
-    AttnScoresBackward(attention::Attention),
-    AttnSoftmax(attention::Attention),
-    AttnSoftmaxBackward(attention::Attention),
-    AttnValue(attention::Attention),
-    AttnValueBackward(attention::Attention),
-    FlashAttention(attention::Attention),
-    FlashAttentionBackward(attention::Attention),
-    CrossEntropy(cross_entropy::CrossEntropy),
-    CrossEntropyBackward(cross_entropy::CrossEntropy),
-    AdamW(adamw::AdamW),
-    GradNorm(grad_norm::GradNorm),
-    Cast(cast::Cast),
-    KvAppend(kv_cache::KvAppend),
-    PagedKvAppend(kv_cache::PagedKvAppend),
-    PagedAttention(paged_attention::PagedAttention),
-    TakeLast(take_last::TakeLast),
-    TakeRows(take_last::TakeRows),
-    Sample(sampling::Sample),
-    Collective(collective::Collective),
+/// Declares the `Op` enum and, for each op in one row, its name in tables, its class and its
+/// cost: `Variant(Descriptor) as d => name, Class, flops, bytes;`. Registering an op in core is
+/// its row here (besides `pub mod`); the name, class and cost cannot drift apart in three matches.
+/// `inputs`, `outputs` and `io` (their default byte count) are named by the caller so that the
+/// rows' expressions can use them.
+macro_rules! op_table {
+    (
+        ($inputs:ident, $outputs:ident, $io:ident)
+        $( $(#[$m:meta])* $variant:ident($desc:ty) as $d:ident => $name:expr, $class:ident, $flops:expr, $bytes:expr; )*
+    ) => {
+        /// One op with its dimensions. Backward ops are ops of their own because their cost,
+        /// inputs and outputs differ from the forward's; both share a descriptor.
+        #[derive(Clone, Debug, PartialEq, Serialize)]
+        #[serde(tag = "op", rename_all = "snake_case")]
+        pub enum Op {
+            $( $(#[$m])* $variant($desc), )*
+        }
+
+        impl Op {
+            /// The op's name in tables and traces.
+            #[allow(unused_variables)]
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $( Op::$variant($d) => $name, )*
+                }
+            }
+
+            pub fn class(&self) -> OpClass {
+                match self {
+                    $( Op::$variant(_) => OpClass::$class, )*
+                }
+            }
+
+            /// FLOPs and minimum bytes of this op reading `inputs` and writing `outputs`.
+            #[allow(unused_variables)]
+            pub fn cost(&self, $inputs: &[Tensor], $outputs: &[Tensor]) -> Cost {
+                let $io = io_bytes($inputs, $outputs);
+                match self {
+                    $( Op::$variant($d) => Cost { flops: $flops, bytes: $bytes }, )*
+                }
+            }
+        }
+    };
 }
 
-impl Op {
-    /// The op's name in tables and traces.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::Embedding(_) => "embedding",
-            Op::EmbeddingBackward(_) => "embedding_backward",
-            Op::Matmul(m) => m.name(),
-            Op::MatmulBackward(m) => m.backward_name(),
-            Op::LayerNorm(n) => n.name(),
-            Op::LayerNormBackward(_) => "layernorm_backward",
-            Op::RmsNorm(n) => n.name(),
-            Op::RmsNormBackward(_) => "rmsnorm_backward",
-            Op::Rope(_) => "rope",
-            Op::RopeBackward(_) => "rope_backward",
-            Op::Activation(a) => a.kind.name(),
-            Op::ActivationBackward(a) => a.kind.backward_name(),
-            Op::SwiGlu(_) => "swiglu",
-            Op::SwiGluBackward(_) => "swiglu_backward",
-            Op::ResidualAdd(_) => "residual_add",
-            Op::AttnScores(_) => "attn_scores",
-            Op::AttnScoresBackward(_) => "attn_scores_backward",
-            Op::AttnSoftmax(_) => "attn_softmax",
-            Op::AttnSoftmaxBackward(_) => "attn_softmax_backward",
-            Op::AttnValue(_) => "attn_value",
-            Op::AttnValueBackward(_) => "attn_value_backward",
-            Op::FlashAttention(_) => "flash_attention",
-            Op::FlashAttentionBackward(_) => "flash_attention_backward",
-            Op::CrossEntropy(_) => "cross_entropy",
-            Op::CrossEntropyBackward(_) => "cross_entropy_backward",
-            Op::AdamW(_) => "adamw",
-            Op::GradNorm(_) => "grad_norm",
-            Op::Cast(_) => "cast",
-            Op::KvAppend(_) => "kv_append",
-            Op::PagedKvAppend(_) => "paged_kv_append",
-            Op::PagedAttention(_) => "paged_attention",
-            Op::TakeLast(_) => "take_last",
-            Op::TakeRows(_) => "take_rows",
-            Op::Sample(_) => "sample",
-            Op::Collective(c) => c.kind.name(),
-        }
-    }
-
-    pub fn class(&self) -> OpClass {
-        match self {
-            Op::Matmul(_)
-            | Op::MatmulBackward(_)
-            | Op::AttnScores(_)
-            | Op::AttnScoresBackward(_)
-            | Op::AttnValue(_)
-            | Op::AttnValueBackward(_)
-            | Op::FlashAttention(_)
-            | Op::FlashAttentionBackward(_)
-            | Op::PagedAttention(_) => OpClass::Matmul,
-            Op::AdamW(_) | Op::GradNorm(_) => OpClass::Optimizer,
-            Op::Collective(_) => OpClass::Communication,
-            _ => OpClass::Elementwise,
-        }
-    }
-
-    /// FLOPs and minimum bytes of this op reading `inputs` and writing `outputs`.
-    pub fn cost(&self, inputs: &[Tensor], outputs: &[Tensor]) -> Cost {
-        let io = io_bytes(inputs, outputs);
-        match self {
-            Op::Embedding(e) => Cost {
-                flops: e.forward_flops(),
-                bytes: e.forward_bytes(inputs, outputs),
-            },
-            Op::EmbeddingBackward(e) => Cost {
-                flops: e.backward_flops(),
-                bytes: e.backward_bytes(inputs, outputs),
-            },
-            Op::Matmul(m) => Cost {
-                flops: m.forward_flops(),
-                bytes: io,
-            },
-            Op::MatmulBackward(m) => Cost {
-                flops: m.backward_flops(),
-                bytes: io,
-            },
-            Op::LayerNorm(n) => Cost {
-                flops: n.forward_flops(),
-                bytes: io,
-            },
-            Op::LayerNormBackward(n) => Cost {
-                flops: n.backward_flops(),
-                bytes: io,
-            },
-            Op::RmsNorm(n) => Cost {
-                flops: n.forward_flops(),
-                bytes: io,
-            },
-            Op::RmsNormBackward(n) => Cost {
-                flops: n.backward_flops(),
-                bytes: io,
-            },
-            Op::Rope(r) | Op::RopeBackward(r) => Cost {
-                flops: r.flops(),
-                bytes: r.bytes(inputs),
-            },
-            Op::Activation(a) => Cost {
-                flops: a.forward_flops(),
-                bytes: io,
-            },
-            Op::ActivationBackward(a) => Cost {
-                flops: a.backward_flops(),
-                bytes: io,
-            },
-            Op::SwiGlu(s) => Cost {
-                flops: s.forward_flops(),
-                bytes: io,
-            },
-            Op::SwiGluBackward(s) => Cost {
-                flops: s.backward_flops(),
-                bytes: io,
-            },
-            Op::ResidualAdd(r) => Cost {
-                flops: r.flops(),
-                bytes: io,
-            },
-            Op::AttnScores(a) => Cost {
-                flops: a.scores_flops(),
-                bytes: a.scores_bytes(inputs, outputs),
-            },
-            Op::AttnScoresBackward(a) => Cost {
-                flops: a.scores_backward_flops(),
-                bytes: a.scores_backward_bytes(inputs, outputs),
-            },
-            Op::AttnSoftmax(a) => Cost {
-                flops: a.softmax_flops(),
-                bytes: io,
-            },
-            Op::AttnSoftmaxBackward(a) => Cost {
-                flops: a.softmax_backward_flops(),
-                bytes: io,
-            },
-            Op::AttnValue(a) => Cost {
-                flops: a.value_flops(),
-                bytes: a.value_bytes(inputs, outputs),
-            },
-            Op::AttnValueBackward(a) => Cost {
-                flops: a.value_backward_flops(),
-                bytes: a.value_backward_bytes(inputs, outputs),
-            },
-            Op::FlashAttention(a) => Cost {
-                flops: flash_attention::forward_flops(a),
-                bytes: flash_attention::forward_bytes(a, inputs),
-            },
-            Op::FlashAttentionBackward(a) => Cost {
-                flops: flash_attention::backward_flops(a),
-                bytes: flash_attention::backward_bytes(a, inputs),
-            },
-            Op::CrossEntropy(c) => Cost {
-                flops: c.forward_flops(),
-                bytes: io,
-            },
-            Op::CrossEntropyBackward(c) => Cost {
-                flops: c.backward_flops(),
-                bytes: io,
-            },
-            Op::AdamW(a) => Cost {
-                flops: a.flops(),
-                bytes: a.bytes(inputs, outputs),
-            },
-            Op::GradNorm(g) => Cost {
-                flops: g.flops(),
-                bytes: g.bytes(inputs, outputs),
-            },
-            Op::Cast(c) => Cost {
-                flops: 0,
-                bytes: c.bytes(inputs, outputs),
-            },
-            Op::KvAppend(k) => Cost {
-                flops: 0,
-                bytes: k.bytes(inputs),
-            },
-            Op::PagedKvAppend(k) => Cost {
-                flops: 0,
-                bytes: k.bytes(inputs),
-            },
-            Op::PagedAttention(a) => Cost {
-                flops: a.flops(),
-                bytes: a.bytes(inputs),
-            },
-            Op::TakeLast(t) => Cost {
-                flops: 0,
-                bytes: t.bytes(inputs),
-            },
-            Op::TakeRows(t) => Cost {
-                flops: 0,
-                bytes: t.bytes(inputs),
-            },
-            Op::Sample(s) => Cost {
-                flops: s.flops(),
-                bytes: io,
-            },
-            Op::Collective(c) => Cost {
-                flops: c.flops(),
-                bytes: c.link_bytes(),
-            },
-        }
-    }
+op_table! {
+    (inputs, outputs, io)
+    Embedding(embedding::Embedding) as e =>
+        "embedding", Elementwise, e.forward_flops(), e.forward_bytes(inputs, outputs);
+    EmbeddingBackward(embedding::Embedding) as e =>
+        "embedding_backward", Elementwise, e.backward_flops(), e.backward_bytes(inputs, outputs);
+    Matmul(matmul::Matmul) as m => m.name(), Matmul, m.forward_flops(), io;
+    MatmulBackward(matmul::Matmul) as m => m.backward_name(), Matmul, m.backward_flops(), io;
+    LayerNorm(layernorm::LayerNorm) as n => n.name(), Elementwise, n.forward_flops(), io;
+    LayerNormBackward(layernorm::LayerNorm) as n =>
+        "layernorm_backward", Elementwise, n.backward_flops(), io;
+    RmsNorm(rmsnorm::RmsNorm) as n => n.name(), Elementwise, n.forward_flops(), io;
+    RmsNormBackward(rmsnorm::RmsNorm) as n =>
+        "rmsnorm_backward", Elementwise, n.backward_flops(), io;
+    Rope(rope::Rope) as r => "rope", Elementwise, r.flops(), r.bytes(inputs);
+    RopeBackward(rope::Rope) as r => "rope_backward", Elementwise, r.flops(), r.bytes(inputs);
+    Activation(activation::Activation) as a =>
+        a.kind.name(), Elementwise, a.forward_flops(), io;
+    ActivationBackward(activation::Activation) as a =>
+        a.kind.backward_name(), Elementwise, a.backward_flops(), io;
+    SwiGlu(swiglu::SwiGlu) as s => "swiglu", Elementwise, s.forward_flops(), io;
+    SwiGluBackward(swiglu::SwiGlu) as s =>
+        "swiglu_backward", Elementwise, s.backward_flops(), io;
+    ResidualAdd(residual::ResidualAdd) as r => "residual_add", Elementwise, r.flops(), io;
+    AttnScores(attention::Attention) as a =>
+        "attn_scores", Matmul, a.scores_flops(), a.scores_bytes(inputs, outputs);
+    AttnScoresBackward(attention::Attention) as a => "attn_scores_backward", Matmul,
+        a.scores_backward_flops(), a.scores_backward_bytes(inputs, outputs);
+    AttnSoftmax(attention::Attention) as a =>
+        "attn_softmax", Elementwise, a.softmax_flops(), io;
+    AttnSoftmaxBackward(attention::Attention) as a =>
+        "attn_softmax_backward", Elementwise, a.softmax_backward_flops(), io;
+    AttnValue(attention::Attention) as a =>
+        "attn_value", Matmul, a.value_flops(), a.value_bytes(inputs, outputs);
+    AttnValueBackward(attention::Attention) as a => "attn_value_backward", Matmul,
+        a.value_backward_flops(), a.value_backward_bytes(inputs, outputs);
+    FlashAttention(attention::Attention) as a => "flash_attention", Matmul,
+        flash_attention::forward_flops(a), flash_attention::forward_bytes(a, inputs);
+    FlashAttentionBackward(attention::Attention) as a => "flash_attention_backward", Matmul,
+        flash_attention::backward_flops(a), flash_attention::backward_bytes(a, inputs);
+    CrossEntropy(cross_entropy::CrossEntropy) as c =>
+        "cross_entropy", Elementwise, c.forward_flops(), io;
+    CrossEntropyBackward(cross_entropy::CrossEntropy) as c =>
+        "cross_entropy_backward", Elementwise, c.backward_flops(), io;
+    AdamW(adamw::AdamW) as a => "adamw", Optimizer, a.flops(), a.bytes(inputs, outputs);
+    GradNorm(grad_norm::GradNorm) as g =>
+        "grad_norm", Optimizer, g.flops(), g.bytes(inputs, outputs);
+    Cast(cast::Cast) as c => "cast", Elementwise, 0, c.bytes(inputs, outputs);
+    KvAppend(kv_cache::KvAppend) as k => "kv_append", Elementwise, 0, k.bytes(inputs);
+    PagedKvAppend(kv_cache::PagedKvAppend) as k =>
+        "paged_kv_append", Elementwise, 0, k.bytes(inputs);
+    PagedAttention(paged_attention::PagedAttention) as a =>
+        "paged_attention", Matmul, a.flops(), a.bytes(inputs);
+    TakeLast(take_last::TakeLast) as t => "take_last", Elementwise, 0, t.bytes(inputs);
+    TakeRows(take_last::TakeRows) as t => "take_rows", Elementwise, 0, t.bytes(inputs);
+    Sample(sampling::Sample) as s => "sample", Elementwise, s.flops(), io;
+    Collective(collective::Collective) as c =>
+        c.kind.name(), Communication, c.flops(), c.link_bytes();
 }
