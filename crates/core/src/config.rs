@@ -24,6 +24,8 @@ pub enum Mlp {
     Relu,
     /// gate and up (C→2F fused), silu(gate)·up, down (F→C).
     SwiGlu,
+    /// gate and up (C→2F fused), gelu(gate)·up, down (F→C): Gemma, T5 v1.1.
+    GeGlu,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -242,7 +244,7 @@ impl ModelConfig {
     /// Width of the MLP's first projection: 2F for SwiGLU (gate and up fused), F otherwise.
     pub fn mlp_in_dim(&self) -> usize {
         match self.mlp {
-            Mlp::SwiGlu => 2 * self.d_ff,
+            Mlp::SwiGlu | Mlp::GeGlu => 2 * self.d_ff,
             Mlp::Gelu | Mlp::Relu => self.d_ff,
         }
     }

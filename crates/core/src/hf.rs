@@ -201,14 +201,20 @@ impl Reader<'_> {
             }
         };
         let act = self.str_or("hidden_act", "silu");
-        if !matches!(act, "silu" | "swish") {
-            return Err(HfConfigError::Unsupported {
-                path: self.path.to_string(),
-                family,
-                what: "hidden_act",
-                detail: format!("\"{act}\" (tperf's gated MLP is SwiGLU: silu)"),
-            });
-        }
+        let mlp = match act {
+            "silu" | "swish" => Mlp::SwiGlu,
+            "gelu" | "gelu_new" | "gelu_pytorch_tanh" => Mlp::GeGlu,
+            _ => {
+                return Err(HfConfigError::Unsupported {
+                    path: self.path.to_string(),
+                    family,
+                    what: "hidden_act",
+                    detail: format!(
+                        "\"{act}\" (tperf's gated MLPs are SwiGLU, silu, and GeGLU, gelu)"
+                    ),
+                })
+            }
+        };
         // transformers' defaults: Llama θ = 10000, Mistral θ = 10000, Qwen2 θ = 10000 (the
         // released Qwen2 configs all set 1e6 explicitly).
         let theta = self.f64_or("rope_theta", 10_000.0)?;
@@ -246,7 +252,7 @@ impl Reader<'_> {
             head_dim,
             norm: Norm::RmsNorm,
             norm_eps: self.f64_or("rms_norm_eps", 1e-6)?,
-            mlp: Mlp::SwiGlu,
+            mlp,
             positions: Positions::Rope { theta },
             biases,
             tied_embeddings: self.bool_or("tie_word_embeddings", false)?,
@@ -342,6 +348,21 @@ mod tests {
         let c = parse("llama3.json", LLAMA3_8B).unwrap();
         assert_eq!((c.n_heads, c.n_kv_heads, c.head_dim), (32, 8, 128));
         assert_eq!(c.param_count(), 8_030_261_248);
+    }
+
+    #[test]
+    fn a_gelu_gated_mlp_imports_as_geglu_and_other_activations_are_refused() {
+        let gelu = LLAMA3_8B.replace(
+            "\"hidden_act\":\"silu\"",
+            "\"hidden_act\":\"gelu_pytorch_tanh\"",
+        );
+        let c = parse("g.json", &gelu).unwrap();
+        assert_eq!(c.mlp, crate::config::Mlp::GeGlu);
+        // Same parameters as the SwiGLU model: only the gate's activation differs.
+        assert_eq!(c.param_count(), 8_030_261_248);
+        let odd = LLAMA3_8B.replace("\"hidden_act\":\"silu\"", "\"hidden_act\":\"mish\"");
+        let err = parse("o.json", &odd).unwrap_err().to_string();
+        assert!(err.contains("mish") && err.contains("GeGLU"), "{err}");
     }
 
     #[test]

@@ -246,6 +246,8 @@ impl CpuBackend {
             Op::ActivationBackward(a) => kernels::activation::exec_backward(cx, a),
             Op::SwiGlu(s) => kernels::swiglu::exec(cx, s),
             Op::SwiGluBackward(s) => kernels::swiglu::exec_backward(cx, s),
+            Op::GeGlu(s) => kernels::geglu::exec(cx, s),
+            Op::GeGluBackward(s) => kernels::geglu::exec_backward(cx, s),
             Op::ResidualAdd(r) => kernels::residual::exec(cx, r),
             Op::AttnScores(a) => kernels::attention::exec_scores(cx, a),
             Op::AttnSoftmax(a) => kernels::attention::exec_softmax(cx, a),

@@ -238,6 +238,13 @@ fn elementwise_ops() {
         kernels::swiglu::backward(&s, &h, &dy, &mut dh);
         swiglu::swiglu_backward(&s, &h, &dy, &mut dh_r);
         close("swiglu_backward", &dh, &dh_r, 1e-6);
+        let g = tperf_core::ops::geglu::GeGlu { n, f };
+        kernels::geglu::forward(&g, &h, &mut y);
+        tperf_core::ops::geglu::geglu_forward(&g, &h, &mut y_r);
+        close("geglu", &y, &y_r, 1e-6);
+        kernels::geglu::backward(&g, &h, &dy, &mut dh);
+        tperf_core::ops::geglu::geglu_backward(&g, &h, &dy, &mut dh_r);
+        close("geglu_backward", &dh, &dh_r, 1e-6);
     }
 }
 

@@ -33,7 +33,9 @@ fn tiny(preset: &str) -> ModelConfig {
 fn families() -> Vec<ModelConfig> {
     let mut windowed = tiny("small");
     windowed.sliding_window = Some(3);
-    vec![tiny("small"), tiny("gpt2"), tiny("report"), windowed]
+    let mut geglu = tiny("small");
+    geglu.mlp = tperf_core::config::Mlp::GeGlu;
+    vec![tiny("small"), tiny("gpt2"), tiny("report"), windowed, geglu]
 }
 
 fn batch(seed: u64, len: usize, vocab: usize) -> Vec<i32> {

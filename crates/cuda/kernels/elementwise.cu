@@ -2,44 +2,8 @@
 // the embedding gather and its scatter-add, the KV-cache append, take-last, and the bias
 // gradient (a column sum). Each mirrors its reference in tperf_core::ops.
 
-#define ACT_GELU 0
-#define ACT_RELU 1
-#define ACT_SILU 2
+// The activations (act_fwd, act_grad) are in common.cuh: GeGLU's kernels use them too.
 
-// √(2/π) and the cubic coefficient of GELU's tanh approximation (ops/activation.rs).
-#define GELU_K 0.7978845608028654f
-#define GELU_C 0.044715f
-
-__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-__device__ __forceinline__ float act_fwd(int kind, float x) {
-    switch (kind) {
-    case ACT_GELU: {
-        float inner = GELU_K * (x + GELU_C * x * x * x);
-        return 0.5f * x * (1.0f + tanhf(inner));
-    }
-    case ACT_RELU: return fmaxf(x, 0.0f);
-    default: return x * sigmoidf_(x);
-    }
-}
-
-__device__ __forceinline__ float act_grad(int kind, float x) {
-    switch (kind) {
-    case ACT_GELU: {
-        float inner = GELU_K * (x + GELU_C * x * x * x);
-        float t = tanhf(inner);
-        float dinner = GELU_K * (1.0f + 3.0f * GELU_C * x * x);
-        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * dinner;
-    }
-    case ACT_RELU: return x > 0.0f ? 1.0f : 0.0f;
-    default: {
-        float s = sigmoidf_(x);
-        return s * (1.0f + x * (1.0f - s));
-    }
-    }
-}
-
-// y = act(x)
 extern "C" __global__ void activation_forward(Buf x, Buf y, i64 n, int kind) {
     FOR_EACH(i, n) st(y, i, act_fwd(kind, ld(x, i)));
 }

@@ -836,6 +836,8 @@ impl CudaBackend {
             Op::ActivationBackward(a) => self.activation_backward(call, a),
             Op::SwiGlu(s) => self.swiglu_forward(call, s),
             Op::SwiGluBackward(s) => self.swiglu_backward(call, s),
+            Op::GeGlu(s) => self.geglu_forward(call, s),
+            Op::GeGluBackward(s) => self.geglu_backward(call, s),
             Op::ResidualAdd(r) => self.residual_add(call, r),
             Op::AttnScores(a) => self.attn_scores(call, a),
             Op::AttnSoftmax(a) => self.attn_softmax(call, a),

@@ -39,6 +39,7 @@ pub const SOURCES: &[Source] = &[
     source!("attention"),
     source!("flash_attention"),
     source!("paged"),
+    source!("geglu"),
 ];
 
 pub fn source(name: &str) -> Option<Source> {

@@ -372,12 +372,15 @@ pub fn tiny(preset: &str) -> tperf_core::config::ModelConfig {
 
 /// The model families the suite runs: Llama-style (RMSNorm, SwiGLU, RoPE, GQA), GPT-2-style
 /// (LayerNorm with bias, GELU, learned positions, tied embeddings), the report's post-norm
-/// model, and a sliding-window variant.
+/// model, a sliding-window variant, and a GeGLU variant (Gemma's gated MLP).
 pub fn families() -> Vec<tperf_core::config::ModelConfig> {
     let mut windowed = tiny("small");
     windowed.name = format!("{} (window 5)", windowed.name);
     windowed.sliding_window = Some(5);
-    vec![tiny("small"), tiny("gpt2"), tiny("report"), windowed]
+    let mut geglu = tiny("small");
+    geglu.name = format!("{} (GeGLU)", geglu.name);
+    geglu.mlp = tperf_core::config::Mlp::GeGlu;
+    vec![tiny("small"), tiny("gpt2"), tiny("report"), windowed, geglu]
 }
 
 /// One scenario of the suite and how its ops compared.

@@ -192,6 +192,8 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         ],
     ),
     ("paged", "take_rows", &[Buf, Buf, Buf, I32, I32]),
+    ("geglu", "geglu_forward", &[Buf, Buf, I64, I64]),
+    ("geglu", "geglu_backward", &[Buf, Buf, Buf, I64, I64]),
 ];
 
 /// The parameters of `kernel` in `source`, or None when the table does not list it.

@@ -6,6 +6,7 @@ use tperf_core::dtype::DType;
 use tperf_core::ops::activation::{Activation, ActivationKind};
 use tperf_core::ops::cast::Cast;
 use tperf_core::ops::embedding::{Embedding, PositionTable};
+use tperf_core::ops::geglu::GeGlu;
 use tperf_core::ops::kv_cache::KvAppend;
 use tperf_core::ops::matmul::Matmul;
 use tperf_core::ops::residual::ResidualAdd;
@@ -196,11 +197,29 @@ fn elementwise_ops_match_the_cpu() {
                 &mut gpu,
                 OpCase {
                     op: Op::SwiGluBackward(s),
-                    tensors: ts,
+                    tensors: ts.clone(),
                     inputs: vec![0, 1],
                     outputs: vec![3],
                 },
                 &format!("{dt} backward {s:?}"),
+            );
+            let g = GeGlu { n: rows, f };
+            let case = |op, inputs, outputs| OpCase {
+                op,
+                tensors: ts.clone(),
+                inputs,
+                outputs,
+            };
+            check(
+                &mut gpu,
+                case(Op::GeGlu(g), vec![0], vec![2]),
+                &format!("{dt} {g:?}"),
+            );
+            let what = format!("{dt} backward {g:?}");
+            check(
+                &mut gpu,
+                case(Op::GeGluBackward(g), vec![0, 1], vec![3]),
+                &what,
             );
         }
     }

@@ -90,6 +90,22 @@ fn swiglu() {
     });
 }
 
+#[test]
+fn geglu() {
+    use super::geglu::{geglu_backward, geglu_forward, GeGlu};
+    let mut rng = Rng::new(12);
+    let s = GeGlu { n: 3, f: 5 };
+    let h = randn(&mut rng, 30);
+    let w = randn(&mut rng, 15);
+    let mut dh = vec![0.0; 30];
+    geglu_backward(&s, &h, &w, &mut dh);
+    check("geglu", &h, &dh, |h| {
+        let mut y = vec![0.0; 15];
+        geglu_forward(&s, h, &mut y);
+        weighted(&w, &y)
+    });
+}
+
 fn matmul_case(activation: Option<ActivationKind>, bias: bool, accumulate_dx: bool) {
     let mut rng = Rng::new(3);
     let (m, k, n) = (4, 5, 3);

@@ -16,6 +16,7 @@ pub mod collective;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod flash_attention;
+pub mod geglu;
 pub mod grad_norm;
 #[cfg(test)]
 mod gradcheck;
@@ -163,6 +164,8 @@ op_table! {
     SwiGlu(swiglu::SwiGlu) as s => "swiglu", Elementwise, s.forward_flops(), io;
     SwiGluBackward(swiglu::SwiGlu) as s =>
         "swiglu_backward", Elementwise, s.backward_flops(), io;
+    GeGlu(geglu::GeGlu) as s => "geglu", Elementwise, s.forward_flops(), io;
+    GeGluBackward(geglu::GeGlu) as s => "geglu_backward", Elementwise, s.backward_flops(), io;
     ResidualAdd(residual::ResidualAdd) as r => "residual_add", Elementwise, r.flops(), io;
     AttnScores(attention::Attention) as a =>
         "attn_scores", Matmul, a.scores_flops(), a.scores_bytes(inputs, outputs);

@@ -36,24 +36,40 @@ impl SwiGlu {
 /// y[i][j] = silu(h[i][j])·h[i][F + j]: the gate is the first F columns of h, the up projection
 /// the second F.
 pub fn swiglu_forward<F: Real>(s: &SwiGlu, h: &[F], y: &mut [F]) {
-    let f = s.f;
-    for i in 0..s.n {
-        for j in 0..f {
-            let (g, u) = (h[i * 2 * f + j], h[i * 2 * f + f + j]);
-            y[i * f + j] = act_forward(ActivationKind::Silu, g) * u;
-        }
-    }
+    gated_forward(ActivationKind::Silu, s.n, s.f, h, y);
 }
 
 /// dh = [dy·u·silu'(g) | dy·silu(g)].
 pub fn swiglu_backward<F: Real>(s: &SwiGlu, h: &[F], dy: &[F], dh: &mut [F]) {
-    let f = s.f;
-    for i in 0..s.n {
+    gated_backward(ActivationKind::Silu, s.n, s.f, h, dy, dh);
+}
+
+/// A gated linear unit over n rows: y[i][j] = act(g)·u with [g | u] = h[i] (2F wide). SwiGLU
+/// and GeGLU (ops/geglu.rs) are this with SiLU and GELU.
+pub fn gated_forward<F: Real>(kind: ActivationKind, n: usize, f: usize, h: &[F], y: &mut [F]) {
+    for i in 0..n {
+        for j in 0..f {
+            let (g, u) = (h[i * 2 * f + j], h[i * 2 * f + f + j]);
+            y[i * f + j] = act_forward(kind, g) * u;
+        }
+    }
+}
+
+/// The gated unit's backward: dh = [dy·u·act'(g) | dy·act(g)].
+pub fn gated_backward<F: Real>(
+    kind: ActivationKind,
+    n: usize,
+    f: usize,
+    h: &[F],
+    dy: &[F],
+    dh: &mut [F],
+) {
+    for i in 0..n {
         for j in 0..f {
             let (g, u) = (h[i * 2 * f + j], h[i * 2 * f + f + j]);
             let d = dy[i * f + j];
-            dh[i * 2 * f + j] = d * u * act_derivative(ActivationKind::Silu, g);
-            dh[i * 2 * f + f + j] = d * act_forward(ActivationKind::Silu, g);
+            dh[i * 2 * f + j] = d * u * act_derivative(kind, g);
+            dh[i * 2 * f + f + j] = d * act_forward(kind, g);
         }
     }
 }

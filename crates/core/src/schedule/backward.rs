@@ -11,6 +11,7 @@ use crate::ops::adamw::{AdamW, AdamWIo, AdamWParams};
 use crate::ops::cast::{Cast, CastIo};
 use crate::ops::cross_entropy::CrossEntropyBackwardIo;
 use crate::ops::embedding::EmbeddingBackwardIo;
+use crate::ops::geglu::{GeGlu, GeGluBackwardIo};
 use crate::ops::grad_norm::{GradNorm, GradNormIo};
 use crate::ops::layernorm::LayerNormBackwardIo;
 use crate::ops::matmul::{Matmul, MatmulBackwardIo};
@@ -498,6 +499,18 @@ impl Transformer {
                     dx: dh.clone(),
                 };
                 e.run(act, Op::ActivationBackward, io, "mlp.act")
+            }
+            None if self.cfg.mlp == crate::config::Mlp::GeGlu => {
+                let op = GeGlu {
+                    n,
+                    f: self.cfg.d_ff,
+                };
+                let io = GeGluBackwardIo {
+                    h: h.clone(),
+                    dg: dg.clone(),
+                    dh: dh.clone(),
+                };
+                e.run(op, Op::GeGluBackward, io, "mlp.act")
             }
             None => {
                 let op = SwiGlu {

@@ -28,6 +28,7 @@ use crate::ops::activation::{Activation, ActivationIo, ActivationKind};
 use crate::ops::attention::Attention;
 use crate::ops::cross_entropy::{CrossEntropy, CrossEntropyIo};
 use crate::ops::embedding::{Embedding, EmbeddingIo, PositionTable};
+use crate::ops::geglu::{GeGlu, GeGluIo};
 use crate::ops::kv_cache::{KvAppend, KvAppendIo};
 use crate::ops::layernorm::{LayerNorm, LayerNormIo};
 use crate::ops::matmul::{Matmul, MatmulIo};
@@ -236,7 +237,8 @@ fn act_kind(mlp: Mlp) -> Option<ActivationKind> {
     match mlp {
         Mlp::Gelu => Some(ActivationKind::Gelu),
         Mlp::Relu => Some(ActivationKind::Relu),
-        Mlp::SwiGlu => None,
+        // Gated units are ops of their own (they read both halves of h).
+        Mlp::SwiGlu | Mlp::GeGlu => None,
     }
 }
 
@@ -945,6 +947,17 @@ impl Transformer {
                     y: g.clone(),
                 };
                 e.run(act, Op::Activation, io, "mlp.act")
+            }
+            None if self.cfg.mlp == Mlp::GeGlu => {
+                let op = GeGlu {
+                    n,
+                    f: self.cfg.d_ff,
+                };
+                let io = GeGluIo {
+                    h: h.clone(),
+                    g: g.clone(),
+                };
+                e.run(op, Op::GeGlu, io, "mlp.geglu")
             }
             None => {
                 let op = SwiGlu {

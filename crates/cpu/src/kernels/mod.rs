@@ -10,6 +10,7 @@ pub(crate) mod cast;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod flash_attention;
+pub mod geglu;
 pub mod grad_norm;
 pub(crate) mod kv_cache;
 pub mod layernorm;

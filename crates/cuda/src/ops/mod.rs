@@ -4,6 +4,7 @@
 
 mod attention;
 mod elementwise;
+mod geglu;
 mod loss;
 mod matmul;
 mod norms;

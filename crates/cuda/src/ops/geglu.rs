@@ -1,0 +1,35 @@
+//! GeGLU (kernels/geglu.cu): y = gelu(gate)·up over the two halves of h; operands by name.
+
+use crate::backend::CudaBackend;
+use crate::gpu::Arg;
+use tperf_core::backend::{BackendError, OpCall};
+use tperf_core::ops::geglu::{GeGlu, GeGluBackwardIo, GeGluIo};
+
+const SRC: &str = "geglu";
+
+impl CudaBackend {
+    pub(crate) fn geglu_forward(&mut self, call: &OpCall, s: &GeGlu) -> Result<(), BackendError> {
+        let io: GeGluIo = call.operands(s)?;
+        let (n, f) = (s.n as u64, s.f as u64);
+        let args = [
+            self.arg(call, &io.h, 2 * n * f)?,
+            self.arg(call, &io.g, n * f)?,
+            Arg::I64(n as i64),
+            Arg::I64(f as i64),
+        ];
+        self.launch_1d(call, SRC, "geglu_forward", n * f, &args)
+    }
+
+    pub(crate) fn geglu_backward(&mut self, call: &OpCall, s: &GeGlu) -> Result<(), BackendError> {
+        let io: GeGluBackwardIo = call.operands(s)?;
+        let (n, f) = (s.n as u64, s.f as u64);
+        let args = [
+            self.arg(call, &io.h, 2 * n * f)?,
+            self.arg(call, &io.dg, n * f)?,
+            self.arg(call, &io.dh, 2 * n * f)?,
+            Arg::I64(n as i64),
+            Arg::I64(f as i64),
+        ];
+        self.launch_1d(call, SRC, "geglu_backward", n * f, &args)
+    }
+}
