@@ -583,3 +583,19 @@ fn bench_profile_and_attention_measure_beside_the_model() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Regression: `profile --json` panicked ("key must be a string") on the per-layer totals,
+/// whose keys are Option<usize>.
+#[test]
+fn profile_json_is_valid_json_with_layer_keys() {
+    let out = tperf(&["profile", "small", "--batch", "1", "--seq", "16", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let by_layer = &v["profile"]["analysis"]["by_layer"];
+    assert!(by_layer["outside"].is_object(), "{by_layer}");
+    assert!(by_layer["0"].is_object(), "{by_layer}");
+}

@@ -173,7 +173,9 @@ pub struct Analysis {
     pub by_phase: BTreeMap<Phase, Totals>,
     pub by_name: BTreeMap<&'static str, Totals>,
     pub by_class: BTreeMap<OpClass, Totals>,
-    /// Per block; ops outside the blocks are under None.
+    /// Per block; ops outside the blocks are under None (in JSON, the key "outside"; a block's
+    /// key is its index: JSON object keys must be strings).
+    #[serde(serialize_with = "layer_keys")]
     pub by_layer: BTreeMap<Option<usize>, Totals>,
     pub memory: MemorySummary,
     /// The ops placed on their streams; written out only when some op left the compute stream.
@@ -325,6 +327,22 @@ pub fn analyze_record(
         mfu,
         tokens_per_step: sc.workload.tokens_per_step(sc.batch, sc.seq),
     }
+}
+
+/// `by_layer` with string keys: the block index, or "outside" for the ops outside the blocks.
+fn layer_keys<S: serde::Serializer>(
+    by_layer: &BTreeMap<Option<usize>, Totals>,
+    out: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = out.serialize_map(Some(by_layer.len()))?;
+    for (layer, totals) in by_layer {
+        match layer {
+            Some(l) => map.serialize_entry(&l.to_string(), totals)?,
+            None => map.serialize_entry("outside", totals)?,
+        }
+    }
+    map.end()
 }
 
 #[cfg(test)]
