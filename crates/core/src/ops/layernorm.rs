@@ -64,8 +64,7 @@ pub fn layernorm_forward<F: Real>(
     for i in 0..ln.n {
         let row = &x[i * c..(i + 1) * c];
         let mean = row.iter().copied().sum::<F>() / F::from_f64(c as f64);
-        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() / F::from_f64(c as f64);
-        let rstd = F::one() / (var + F::from_f64(ln.eps)).sqrt();
+        let rstd = row_rstd(row, mean, ln.eps);
         for j in 0..c {
             let b = beta.map_or(F::zero(), |b| b[j]);
             y[i * c + j] = (row[j] - mean) * rstd * gamma[j] + b;
@@ -102,23 +101,74 @@ pub fn layernorm_backward<F: Real>(
     dy: &[F],
     dx: &mut [F],
     dgamma: &mut [F],
+    dbeta: Option<&mut [F]>,
+) {
+    let rows = NormRows {
+        n: ln.n,
+        c: ln.c,
+        centred: true,
+        accumulate: ln.accumulate,
+    };
+    let mean_rstd = |i: usize| (stats[2 * i], stats[2 * i + 1]);
+    norm_backward(rows, mean_rstd, x, gamma, dy, dx, dgamma, dbeta);
+}
+
+// What LayerNorm and RMSNorm share. RMSNorm is LayerNorm without the centring (μ = 0) and
+// without β; these are the steps that are the same computation for both.
+
+/// 1/√(m + ε), m the mean square deviation of the row from `centre` (μ for LayerNorm, whose m is
+/// the variance; 0 for RMSNorm, whose m is the mean square: x − 0 is x, bit for bit).
+pub(super) fn row_rstd<F: Real>(row: &[F], centre: F, eps: f64) -> F {
+    let m =
+        row.iter().map(|&v| (v - centre) * (v - centre)).sum::<F>() / F::from_f64(row.len() as f64);
+    F::one() / (m + F::from_f64(eps)).sqrt()
+}
+
+/// The shape of a norm's backward: n rows of c; `centred` when the forward subtracted the row
+/// mean (LayerNorm), which puts −mean(dn) into dx.
+#[derive(Clone, Copy)]
+pub(super) struct NormRows {
+    pub n: usize,
+    pub c: usize,
+    pub centred: bool,
+    pub accumulate: bool,
+}
+
+/// The norms' backward, row i having been normalised as x̂ = (x − μᵢ)·rstdᵢ with
+/// (μᵢ, rstdᵢ) = `mean_rstd(i)`: dx = rstd·(dn − mean(dn) − x̂·mean(dn·x̂)), dn = γ·dy, the
+/// mean(dn) term only when centred (without centring μ = 0 and the term is absent: subtracting
+/// 0 leaves dn as it is, bit for bit); dx is added into when `accumulate`; dγ = Σ_rows dy·x̂ and
+/// dβ = Σ_rows dy (when given) are overwritten.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn norm_backward<F: Real>(
+    rows: NormRows,
+    mean_rstd: impl Fn(usize) -> (F, F),
+    x: &[F],
+    gamma: &[F],
+    dy: &[F],
+    dx: &mut [F],
+    dgamma: &mut [F],
     mut dbeta: Option<&mut [F]>,
 ) {
-    let c = ln.c;
+    let c = rows.c;
     dgamma.iter_mut().for_each(|v| *v = F::zero());
     if let Some(db) = dbeta.as_deref_mut() {
         db.iter_mut().for_each(|v| *v = F::zero());
     }
     let cf = F::from_f64(c as f64);
-    for i in 0..ln.n {
-        let (mean, rstd) = (stats[2 * i], stats[2 * i + 1]);
+    for i in 0..rows.n {
+        let (mean, rstd) = mean_rstd(i);
         let xhat = |j: usize| (x[i * c + j] - mean) * rstd;
         let dn = |j: usize| gamma[j] * dy[i * c + j];
-        let mean_dn = (0..c).map(dn).sum::<F>() / cf;
+        let mean_dn = if rows.centred {
+            (0..c).map(dn).sum::<F>() / cf
+        } else {
+            F::zero()
+        };
         let mean_dn_xhat = (0..c).map(|j| dn(j) * xhat(j)).sum::<F>() / cf;
         for j in 0..c {
             let d = rstd * (dn(j) - mean_dn - xhat(j) * mean_dn_xhat);
-            if ln.accumulate {
+            if rows.accumulate {
                 dx[i * c + j] += d;
             } else {
                 dx[i * c + j] = d;

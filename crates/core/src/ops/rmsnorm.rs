@@ -6,6 +6,7 @@
 //! the residual gradient C (when accumulating), dγ += dy·x̂ 2C → 9C (8C when overwriting).
 //! Bytes: the io rule.
 
+use super::layernorm::{norm_backward, row_rstd, NormRows};
 use super::residual::residual_forward;
 use super::Real;
 use serde::Serialize;
@@ -48,8 +49,7 @@ pub fn rmsnorm_forward<F: Real>(rn: &RmsNorm, x: &[F], gamma: &[F], y: &mut [F],
     let c = rn.c;
     for i in 0..rn.n {
         let row = &x[i * c..(i + 1) * c];
-        let ms = row.iter().map(|&v| v * v).sum::<F>() / F::from_f64(c as f64);
-        let rstd = F::one() / (ms + F::from_f64(rn.eps)).sqrt();
+        let rstd = row_rstd(row, F::zero(), rn.eps);
         for j in 0..c {
             y[i * c + j] = row[j] * rstd * gamma[j];
         }
@@ -84,24 +84,14 @@ pub fn rmsnorm_backward<F: Real>(
     dx: &mut [F],
     dgamma: &mut [F],
 ) {
-    let c = rn.c;
-    dgamma.iter_mut().for_each(|v| *v = F::zero());
-    let cf = F::from_f64(c as f64);
-    for i in 0..rn.n {
-        let rstd = stats[i];
-        let xhat = |j: usize| x[i * c + j] * rstd;
-        let dn = |j: usize| gamma[j] * dy[i * c + j];
-        let mean_dn_xhat = (0..c).map(|j| dn(j) * xhat(j)).sum::<F>() / cf;
-        for j in 0..c {
-            let d = rstd * (dn(j) - xhat(j) * mean_dn_xhat);
-            if rn.accumulate {
-                dx[i * c + j] += d;
-            } else {
-                dx[i * c + j] = d;
-            }
-            dgamma[j] += dy[i * c + j] * xhat(j);
-        }
-    }
+    let rows = NormRows {
+        n: rn.n,
+        c: rn.c,
+        centred: false,
+        accumulate: rn.accumulate,
+    };
+    let mean_rstd = |i: usize| (F::zero(), stats[i]);
+    norm_backward(rows, mean_rstd, x, gamma, dy, dx, dgamma, None);
 }
 
 crate::operands! {

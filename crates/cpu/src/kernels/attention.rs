@@ -34,29 +34,94 @@ fn kv_slices<'a>(src: &KvSource<'a, f32>, qkv: &'a [f32]) -> (&'a [f32], &'a [f3
     }
 }
 
+/// A strided operand: the slice from its element 0, its column stride and its row stride.
+type Strided<'a> = (&'a [f32], usize, usize);
+
+/// block (b, h) of `out` (Tq × Tk, one per (b, h)) = beta·lhs(b, h)·rhs(b, h), a task a block.
+///
+/// # Safety
+/// Each operand's slice must cover the elements its strides reach for that product.
+unsafe fn block_products<'a>(
+    a: &Attention,
+    out: &mut [f32],
+    lhs: impl Fn(usize, usize) -> Strided<'a> + Sync,
+    rhs: impl Fn(usize, usize) -> Strided<'a> + Sync,
+    beta: f32,
+) {
+    out.par_chunks_mut(a.tq * a.tk)
+        .enumerate()
+        .for_each(|(bh, block)| {
+            let (b, h) = (bh / a.h, bh % a.h);
+            let ((l, l_cs, l_rs), (r, r_cs, r_rs)) = (lhs(b, h), rhs(b, h));
+            serial_gemm(
+                (a.tq, a.tk, a.d),
+                block.as_mut_ptr(),
+                a.tk,
+                false,
+                (l.as_ptr(), l_cs, l_rs),
+                (r.as_ptr(), r_cs, r_rs),
+                beta,
+            );
+        });
+}
+
+/// Output head o's columns of batch b's rows of dst, from element dst0(b, o) with row stride
+/// dst_rs, = beta·Σ over h of op(block(b, h))·rhs(b, h), block (b, h) the (Tq × Tk) of
+/// `blocks`; a task an (b, o). Plain: o a query head, h = o alone, op the block itself
+/// (Tq × D). Transposed: o a KV head, h its group's query heads, op the transpose (Tk × D).
+///
+/// # Safety
+/// rhs must cover what its strides reach; dst the elements every task writes, and different
+/// (b, o) must write disjoint elements that no operand reads.
+unsafe fn head_products<'a>(
+    a: &Attention,
+    blocks: &[f32],
+    transposed: bool,
+    (dst, dst_rs): (SyncPtr, usize),
+    dst0: impl Fn(usize, usize) -> usize + Sync,
+    rhs: impl Fn(usize, usize) -> Strided<'a> + Sync,
+    beta: f32,
+) {
+    let (heads, group) = if transposed {
+        (a.h_kv, a.h / a.h_kv)
+    } else {
+        (a.h, 1)
+    };
+    let (rows, inner, l_cs, l_rs) = if transposed {
+        (a.tk, a.tq, a.tk, 1)
+    } else {
+        (a.tq, a.tk, 1, a.tk)
+    };
+    (0..a.b * heads).into_par_iter().for_each(|bo| {
+        let (b, o) = (bo / heads, bo % heads);
+        let d0 = dst0(b, o);
+        for (n, h) in (o * group..(o + 1) * group).enumerate() {
+            let (r, r_cs, r_rs) = rhs(b, h);
+            serial_gemm(
+                (rows, a.d, inner),
+                dst.get().add(d0),
+                dst_rs,
+                n > 0,
+                (blocks[(b * a.h + h) * a.tq * a.tk..].as_ptr(), l_cs, l_rs),
+                (r.as_ptr(), r_cs, r_rs),
+                beta,
+            );
+        }
+    });
+}
+
 /// S = Q·Kᵀ/√D for each (b, h): (Tq × Tk) blocks of `s`.
 pub fn scores_forward(a: &Attention, qkv: &[f32], src: KvSource<'_, f32>, s: &mut [f32]) {
     let (ks, _) = kv_slices(&src, qkv);
     let (w, scale) = (a.qkv_width(), a.scale() as f32);
-    s.par_chunks_mut(a.tq * a.tk)
-        .enumerate()
-        .for_each(|(bh, block)| {
-            let (b, h) = (bh / a.h, bh % a.h);
-            let (k0, kst) = kv_view(a, &src, false, b, a.kv_head(h));
-            // SAFETY: the query rows (Tq of them, stride W) and key rows (Tk, stride kst) lie inside
-            // qkv and the key source, as the descriptor and the checked buffer lengths guarantee.
-            unsafe {
-                serial_gemm(
-                    (a.tq, a.tk, a.d),
-                    block.as_mut_ptr(),
-                    a.tk,
-                    false,
-                    (qkv[a.q_index(b, h, 0)..].as_ptr(), 1, w),
-                    (ks[k0..].as_ptr(), kst, 1),
-                    scale,
-                );
-            }
-        });
+    let q = |b, h| (&qkv[a.q_index(b, h, 0)..], 1, w);
+    let kt = |b, h| {
+        let (k0, kst) = kv_view(a, &src, false, b, a.kv_head(h));
+        (&ks[k0..], kst, 1)
+    };
+    // SAFETY: the query rows (Tq of them, stride W) and key rows (Tk, stride kst) lie inside
+    // qkv and the key source, as the descriptor and the checked buffer lengths guarantee.
+    unsafe { block_products(a, s, q, kt, scale) }
 }
 
 /// Row-wise masked softmax; masked entries become 0.
@@ -89,23 +154,13 @@ pub fn softmax_forward(a: &Attention, s: &[f32], p: &mut [f32]) {
 /// O = P·V per (b, h), written into that head's columns of the output rows.
 pub fn value_forward(a: &Attention, p: &[f32], qkv: &[f32], src: KvSource<'_, f32>, o: &mut [f32]) {
     let (_, vs) = kv_slices(&src, qkv);
-    let optr = SyncPtr(o.as_mut_ptr());
-    (0..a.b * a.h).into_par_iter().for_each(|bh| {
-        let (b, h) = (bh / a.h, bh % a.h);
+    let v = |b, h| {
         let (v0, vst) = kv_view(a, &src, true, b, a.kv_head(h));
-        // SAFETY: task (b, h) writes only head h's D columns of batch b's Tq output rows.
-        unsafe {
-            serial_gemm(
-                (a.tq, a.d, a.tk),
-                optr.get().add(a.o_index(b, h, 0)),
-                a.h * a.d,
-                false,
-                (p[bh * a.tq * a.tk..].as_ptr(), 1, a.tk),
-                (vs[v0..].as_ptr(), 1, vst),
-                1.0,
-            );
-        }
-    });
+        (&vs[v0..], 1, vst)
+    };
+    let dst = (SyncPtr(o.as_mut_ptr()), a.h * a.d);
+    // SAFETY: task (b, h) writes only head h's D columns of batch b's Tq output rows.
+    unsafe { head_products(a, p, false, dst, |b, h| a.o_index(b, h, 0), v, 1.0) }
 }
 
 /// dP = dO·Vᵀ per (b, h); dV = Σ over a group's heads of Pᵀ·dO, per (b, kv head), into the V
@@ -119,44 +174,14 @@ pub fn value_backward(
     dqkv: &mut [f32],
 ) {
     let (w, hd, src) = (a.qkv_width(), a.h * a.d, KvSource::<f32>::Qkv);
-    dp.par_chunks_mut(a.tq * a.tk)
-        .enumerate()
-        .for_each(|(bh, block)| {
-            let (b, h) = (bh / a.h, bh % a.h);
-            let (v0, _) = kv_view(a, &src, true, b, a.kv_head(h));
-            // SAFETY: dO rows of head h (stride H·D) and V rows (stride W) lie in their buffers.
-            unsafe {
-                serial_gemm(
-                    (a.tq, a.tk, a.d),
-                    block.as_mut_ptr(),
-                    a.tk,
-                    false,
-                    (dout[a.o_index(b, h, 0)..].as_ptr(), 1, hd),
-                    (qkv[v0..].as_ptr(), w, 1),
-                    1.0,
-                );
-            }
-        });
-    let dptr = SyncPtr(dqkv.as_mut_ptr());
-    let group = a.h / a.h_kv;
-    (0..a.b * a.h_kv).into_par_iter().for_each(|bg| {
-        let (b, g) = (bg / a.h_kv, bg % a.h_kv);
-        let (v0, _) = kv_view(a, &src, true, b, g);
-        for (n, h) in (g * group..(g + 1) * group).enumerate() {
-            // SAFETY: task (b, g) writes only V head g's columns of batch b's rows.
-            unsafe {
-                serial_gemm(
-                    (a.tk, a.d, a.tq),
-                    dptr.get().add(v0),
-                    w,
-                    n > 0,
-                    (p[(b * a.h + h) * a.tq * a.tk..].as_ptr(), a.tk, 1),
-                    (dout[a.o_index(b, h, 0)..].as_ptr(), 1, hd),
-                    1.0,
-                );
-            }
-        }
-    });
+    let v0 = |b, g| kv_view(a, &src, true, b, g).0;
+    let d_o = |b, h| (&dout[a.o_index(b, h, 0)..], 1, hd);
+    let vt = |b, h| (&qkv[v0(b, a.kv_head(h))..], w, 1);
+    // SAFETY: dO rows of head h (stride H·D) and V rows (stride W) lie in their buffers.
+    unsafe { block_products(a, dp, d_o, vt, 1.0) }
+    let dst = (SyncPtr(dqkv.as_mut_ptr()), w);
+    // SAFETY: task (b, g) writes only V head g's columns of batch b's rows.
+    unsafe { head_products(a, p, true, dst, v0, d_o, 1.0) }
 }
 
 /// dS = P ⊙ (dP − rowsum(dP ⊙ P)).
@@ -175,42 +200,14 @@ pub fn softmax_backward(a: &Attention, p: &[f32], dp: &[f32], ds: &mut [f32]) {
 /// the Q and K parts of dqkv.
 pub fn scores_backward(a: &Attention, ds: &[f32], qkv: &[f32], dqkv: &mut [f32]) {
     let (w, scale, src) = (a.qkv_width(), a.scale() as f32, KvSource::<f32>::Qkv);
-    let dptr = SyncPtr(dqkv.as_mut_ptr());
-    (0..a.b * a.h).into_par_iter().for_each(|bh| {
-        let (b, h) = (bh / a.h, bh % a.h);
-        let (k0, _) = kv_view(a, &src, false, b, a.kv_head(h));
-        // SAFETY: task (b, h) writes only query head h's columns of batch b's rows.
-        unsafe {
-            serial_gemm(
-                (a.tq, a.d, a.tk),
-                dptr.get().add(a.q_index(b, h, 0)),
-                w,
-                false,
-                (ds[bh * a.tq * a.tk..].as_ptr(), 1, a.tk),
-                (qkv[k0..].as_ptr(), 1, w),
-                scale,
-            );
-        }
-    });
-    let group = a.h / a.h_kv;
-    (0..a.b * a.h_kv).into_par_iter().for_each(|bg| {
-        let (b, g) = (bg / a.h_kv, bg % a.h_kv);
-        let (k0, _) = kv_view(a, &src, false, b, g);
-        for (n, h) in (g * group..(g + 1) * group).enumerate() {
-            // SAFETY: task (b, g) writes only key head g's columns of batch b's rows.
-            unsafe {
-                serial_gemm(
-                    (a.tk, a.d, a.tq),
-                    dptr.get().add(k0),
-                    w,
-                    n > 0,
-                    (ds[(b * a.h + h) * a.tq * a.tk..].as_ptr(), a.tk, 1),
-                    (qkv[a.q_index(b, h, 0)..].as_ptr(), 1, w),
-                    scale,
-                );
-            }
-        }
-    });
+    let k0 = |b, g| kv_view(a, &src, false, b, g).0;
+    let k = |b, h| (&qkv[k0(b, a.kv_head(h))..], 1, w);
+    let q = |b, h| (&qkv[a.q_index(b, h, 0)..], 1, w);
+    let dst = (SyncPtr(dqkv.as_mut_ptr()), w);
+    // SAFETY: task (b, h) writes only query head h's columns of batch b's rows.
+    unsafe { head_products(a, ds, false, dst, |b, h| a.q_index(b, h, 0), k, scale) }
+    // SAFETY: task (b, g) writes only key head g's columns of batch b's rows.
+    unsafe { head_products(a, ds, true, dst, k0, q, scale) }
 }
 
 // The ops' dispatch: named operands in, kernels out.

@@ -1,7 +1,7 @@
 //! Matmul through the `gemm` crate (packed, SIMD, multithreaded), with the bias and the fused
 //! activation applied as epilogues over rows in parallel.
 
-use super::gemm_parallelism;
+use super::{gemm_parallelism, strided_gemm};
 use crate::exec::Exec;
 use rayon::prelude::*;
 use tperf_core::backend::BackendError;
@@ -25,26 +25,15 @@ pub fn forward(
     // W (n×k) as a k×n matrix with row stride 1 and column stride k. Lengths are checked by the
     // caller against the descriptor.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            pre.as_mut_ptr(),
-            1,
-            n as isize,
-            bias.is_some(),
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
+        strided_gemm(
             gemm_parallelism(),
+            (m, n, k),
+            pre.as_mut_ptr(),
+            n,
+            bias.is_some(),
+            (x.as_ptr(), 1, k),
+            (w.as_ptr(), k, 1),
+            1.0,
         );
     }
     if let (Some(kind), Some(act)) = (mm.activation, act) {
@@ -87,47 +76,25 @@ pub fn backward(
     // SAFETY: strides as in `forward`; dW reads dpreᵀ (n×m) from dpre (m×n) with row stride 1
     // and column stride n.
     unsafe {
-        gemm::gemm(
-            m,
-            k,
-            n,
+        strided_gemm(
+            gemm_parallelism(),
+            (m, k, n),
             dx.as_mut_ptr(),
-            1,
-            k as isize,
-            mm.accumulate_dx,
-            dpre.as_ptr(),
-            1,
-            n as isize,
-            w.as_ptr(),
-            1,
-            k as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm_parallelism(),
-        );
-        gemm::gemm(
-            n,
             k,
-            m,
-            dw.as_mut_ptr(),
-            1,
-            k as isize,
-            false,
-            dpre.as_ptr(),
-            n as isize,
-            1,
-            x.as_ptr(),
-            1,
-            k as isize,
+            mm.accumulate_dx,
+            (dpre.as_ptr(), 1, n),
+            (w.as_ptr(), 1, k),
             1.0,
-            1.0,
-            false,
-            false,
-            false,
+        );
+        strided_gemm(
             gemm_parallelism(),
+            (n, k, m),
+            dw.as_mut_ptr(),
+            k,
+            false,
+            (dpre.as_ptr(), n, 1),
+            (x.as_ptr(), 1, k),
+            1.0,
         );
     }
     if let Some(db) = db {

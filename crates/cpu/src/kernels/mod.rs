@@ -47,14 +47,15 @@ pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
     gemm::Parallelism::Rayon(rayon::current_num_threads())
 }
 
-/// The attention kernels' one gemm call, single-threaded because they run inside rayon tasks:
-/// dst (m×n, row stride dst_rs) = beta·lhs·rhs (+ dst when `accumulate`), all strides in
-/// elements (column stride, then row stride for each operand), on the calling thread.
+/// The one gemm call of the CPU kernels: dst (m×n, column stride 1, row stride dst_rs) =
+/// beta·lhs·rhs (+ dst when `accumulate`), all strides in elements (column stride, then row
+/// stride for each operand), on `par`'s threads.
 ///
 /// # Safety
 /// Every pointer must cover the elements its strides reach, and dst must not overlap the others.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn serial_gemm(
+pub(crate) unsafe fn strided_gemm(
+    par: gemm::Parallelism,
     (m, n, k): (usize, usize, usize),
     dst: *mut f32,
     dst_rs: usize,
@@ -82,6 +83,32 @@ pub(crate) unsafe fn serial_gemm(
         false,
         false,
         false,
+        par,
+    );
+}
+
+/// The attention kernels' gemm call, `strided_gemm` on the calling thread because they run
+/// inside rayon tasks.
+///
+/// # Safety
+/// As `strided_gemm`.
+pub(crate) unsafe fn serial_gemm(
+    shape: (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+    beta: f32,
+) {
+    strided_gemm(
         gemm::Parallelism::None,
+        shape,
+        dst,
+        dst_rs,
+        accumulate,
+        lhs,
+        rhs,
+        beta,
     );
 }

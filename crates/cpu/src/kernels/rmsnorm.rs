@@ -1,7 +1,7 @@
 //! RMSNorm over rows in parallel.
 
+use super::layernorm::{backward_tasks, forward_rows, residual_rows};
 use crate::exec::Exec;
-use rayon::prelude::*;
 use tperf_core::backend::BackendError;
 use tperf_core::ops::rmsnorm::{RmsNorm, RmsNormBackwardIo, RmsNormIo};
 
@@ -15,11 +15,9 @@ fn normalise_row(rn: &RmsNorm, x: &[f32], gamma: &[f32], y: &mut [f32], st: &mut
 }
 
 pub fn forward(rn: &RmsNorm, x: &[f32], gamma: &[f32], y: &mut [f32], stats: &mut [f32]) {
-    let c = rn.c;
-    y.par_chunks_mut(c)
-        .zip(stats.par_chunks_mut(1))
-        .zip(x.par_chunks(c))
-        .for_each(|((y, st), x)| normalise_row(rn, x, gamma, y, st));
+    forward_rows(rn.c, 1, x, y, stats, |x, y, st| {
+        normalise_row(rn, x, gamma, y, st)
+    });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -32,21 +30,10 @@ pub fn residual_forward(
     y: &mut [f32],
     stats: &mut [f32],
 ) {
-    let c = rn.c;
-    sum.par_chunks_mut(c)
-        .zip(y.par_chunks_mut(c))
-        .zip(stats.par_chunks_mut(1))
-        .zip(a.par_chunks(c).zip(b.par_chunks(c)))
-        .for_each(|(((s, y), st), (a, b))| {
-            for j in 0..c {
-                s[j] = a[j] + b[j];
-            }
-            normalise_row(rn, s, gamma, y, st);
-        });
+    residual_rows(rn.c, 1, a, b, sum, y, stats, |s, y, st| {
+        normalise_row(rn, s, gamma, y, st)
+    });
 }
-
-/// Rows per task; each task sums its rows' dγ, and the partial sums are added at the end.
-const ROWS: usize = 64;
 
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
@@ -60,32 +47,16 @@ pub fn backward(
 ) {
     let c = rn.c;
     let cf = c as f32;
-    let partial = dx
-        .par_chunks_mut(ROWS * c)
-        .zip(x.par_chunks(ROWS * c).zip(dy.par_chunks(ROWS * c)))
-        .zip(stats.par_chunks(ROWS))
-        .map(|((dx, (x, dy)), st)| {
-            let mut sums = vec![0.0f32; c];
-            for r in 0..dx.len() / c {
-                let rstd = st[r];
-                let (x, dy, dx) = (&x[r * c..][..c], &dy[r * c..][..c], &mut dx[r * c..][..c]);
-                let mean_dn_xhat = (0..c).map(|j| gamma[j] * dy[j] * x[j] * rstd).sum::<f32>() / cf;
-                for j in 0..c {
-                    let xhat = x[j] * rstd;
-                    let d = rstd * (gamma[j] * dy[j] - xhat * mean_dn_xhat);
-                    dx[j] = if rn.accumulate { dx[j] + d } else { d };
-                    sums[j] += dy[j] * xhat;
-                }
-            }
-            sums
-        })
-        .reduce(
-            || vec![0.0f32; c],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
+    let partial = backward_tasks(c, 1, 1, x, dy, dx, stats, |x, dy, dx, st, sums| {
+        let rstd = st[0];
+        let mean_dn_xhat = (0..c).map(|j| gamma[j] * dy[j] * x[j] * rstd).sum::<f32>() / cf;
+        for j in 0..c {
+            let xhat = x[j] * rstd;
+            let d = rstd * (gamma[j] * dy[j] - xhat * mean_dn_xhat);
+            dx[j] = if rn.accumulate { dx[j] + d } else { d };
+            sums[j] += dy[j] * xhat;
+        }
+    });
     dgamma.copy_from_slice(&partial);
 }
 
