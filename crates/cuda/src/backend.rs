@@ -261,16 +261,6 @@ impl CudaBackend {
         }
     }
 
-    /// Input `i` of the call as a kernel argument.
-    pub(crate) fn input(&self, call: &OpCall, i: usize, numel: u64) -> Result<Arg, BackendError> {
-        self.arg(call, operand(call, false, i)?, numel)
-    }
-
-    /// Output `i` of the call as a kernel argument.
-    pub(crate) fn output(&self, call: &OpCall, i: usize, numel: u64) -> Result<Arg, BackendError> {
-        self.arg(call, operand(call, true, i)?, numel)
-    }
-
     pub(crate) fn ptr(&self, t: &Tensor) -> Result<u64, BackendError> {
         Ok(self.buf(t)?.block.ptr)
     }
@@ -379,17 +369,6 @@ impl CudaBackend {
         // The host slice must outlive the copy.
         self.synchronize()
     }
-}
-
-/// Output (`out`) or input `i` of the call, or an error naming the op.
-pub(crate) fn operand(call: &OpCall, out: bool, i: usize) -> Result<&Tensor, BackendError> {
-    let (list, what) = if out {
-        (&call.outputs, "an output")
-    } else {
-        (&call.inputs, "an input")
-    };
-    list.get(i)
-        .ok_or_else(|| unsupported(call, format!("expected {what} #{i}")))
 }
 
 /// Names the op in a launch failure (a missing kernel, an NVRTC error with its log).

@@ -348,8 +348,6 @@ mod tests {
     fn kind_of_expr(arg: &str) -> Option<ArgKind> {
         let kinds = [
             ("Arg::Buf(", Buf),
-            ("self.input(", Buf),
-            ("self.output(", Buf),
             ("self.arg(", Buf),
             ("self.arg_opt(", Buf),
             ("Arg::I64(", I64),
