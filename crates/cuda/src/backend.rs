@@ -247,14 +247,18 @@ impl CudaBackend {
         Ok(Arg::Buf(b.block.ptr, dt_code(b.dtype)))
     }
 
-    /// Input `i` of the call as a kernel argument.
-    pub(crate) fn input(&self, call: &OpCall, i: usize, numel: u64) -> Result<Arg, BackendError> {
-        self.arg(call, operand(call, false, i)?, numel)
-    }
-
-    /// Output `i` of the call as a kernel argument.
-    pub(crate) fn output(&self, call: &OpCall, i: usize, numel: u64) -> Result<Arg, BackendError> {
-        self.arg(call, operand(call, true, i)?, numel)
+    /// [`Self::arg`] for an optional operand; an absent one is the null buffer, which the
+    /// kernels test for.
+    pub(crate) fn arg_opt(
+        &self,
+        call: &OpCall,
+        t: Option<&Tensor>,
+        numel: u64,
+    ) -> Result<Arg, BackendError> {
+        match t {
+            Some(t) => self.arg(call, t, numel),
+            None => Ok(Arg::Buf(0, 0)),
+        }
     }
 
     pub(crate) fn ptr(&self, t: &Tensor) -> Result<u64, BackendError> {
@@ -365,17 +369,6 @@ impl CudaBackend {
         // The host slice must outlive the copy.
         self.synchronize()
     }
-}
-
-/// Output (`out`) or input `i` of the call, or an error naming the op.
-pub(crate) fn operand(call: &OpCall, out: bool, i: usize) -> Result<&Tensor, BackendError> {
-    let (list, what) = if out {
-        (&call.outputs, "an output")
-    } else {
-        (&call.inputs, "an input")
-    };
-    list.get(i)
-        .ok_or_else(|| unsupported(call, format!("expected {what} #{i}")))
 }
 
 /// Names the op in a launch failure (a missing kernel, an NVRTC error with its log).
@@ -869,25 +862,18 @@ impl CudaBackend {
     /// GPU run generates exactly the tokens a CPU run does from the same logits. One row of V
     /// floats per sequence crosses PCIe per token: microseconds beside the decode step.
     fn sample(&mut self, call: &OpCall, s: &ops::sampling::Sample) -> Result<(), BackendError> {
-        let logits_t = call
-            .inputs
-            .first()
-            .ok_or_else(|| unsupported(call, "sample reads the logits"))?;
-        let logits = self.read_f32(logits_t)?;
+        let io: ops::sampling::SampleIo = call.operands(s)?;
+        let logits = self.read_f32(&io.logits)?;
         if logits.len() < s.b * s.v {
             return Err(unsupported(call, "the logits are smaller than B × V"));
         }
-        let out_t = call
-            .outputs
-            .first()
-            .ok_or_else(|| unsupported(call, "sample writes the ids"))?;
-        if out_t.dtype != DType::I32 {
+        if io.ids.dtype != DType::I32 {
             return Err(unsupported(call, "the sampled ids must be an i32 tensor"));
         }
-        let mut ids = vec![0i32; out_t.numel() as usize];
+        let mut ids = vec![0i32; io.ids.numel() as usize];
         ops::sampling::sample(s, &logits, self.sample_calls, &mut ids);
         self.sample_calls += 1;
-        self.write_i32(out_t, &ids)
+        self.write_i32(&io.ids, &ids)
     }
 }
 

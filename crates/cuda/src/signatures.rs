@@ -350,9 +350,8 @@ mod tests {
     fn kind_of_expr(arg: &str) -> Option<ArgKind> {
         let kinds = [
             ("Arg::Buf(", Buf),
-            ("self.input(", Buf),
-            ("self.output(", Buf),
             ("self.arg(", Buf),
+            ("self.arg_opt(", Buf),
             ("Arg::I64(", I64),
             ("Arg::I32(", I32),
             ("Arg::F32(", F32),
@@ -428,6 +427,7 @@ mod tests {
             include_str!("ops/matmul.rs"),
             include_str!("ops/norms.rs"),
             include_str!("ops/optimizer.rs"),
+            include_str!("ops/paged.rs"),
         ];
         let (mut sites, mut counted) = (0, 0);
         for text in ops {

@@ -2,24 +2,30 @@
 //! product one strided batched GEMM reading Q, K and V in place), and flash attention forward
 //! and backward (kernels/flash_attention.cu).
 //!
-//! Inputs, outputs and checks follow the CPU backend op for op:
-//! - scores `[qkv, k cache?] → [S]`; softmax `[S] → [P]`; value `[P, qkv, v cache?] → [O]`;
-//! - value backward `[dO, qkv, P] → [dP, dqkv]` overwrites the V part of dqkv (summed over the
-//!   query heads of a group) and leaves Q and K alone; softmax backward `[P, dP] → [dS]`;
-//!   scores backward `[dS, qkv] → [dqkv]` overwrites the Q and K parts and leaves V alone;
-//! - flash `[qkv, k cache, v cache]` or `[qkv] → [O, lse]`; flash backward
-//!   `[qkv, O, dO, lse] → [dqkv]` writes all of dqkv.
+//! Operands (the ops' `*Io` structs in tperf_core) and checks follow the CPU backend op for op:
+//! - scores S from qkv (keys from the K cache when there is one); softmax P from S; value O
+//!   from P and qkv (values from the V cache when there is one);
+//! - value backward writes dP and overwrites the V part of dqkv (summed over the query heads of
+//!   a group), leaving Q and K alone; softmax backward dS from P and dP; scores backward
+//!   overwrites the Q and K parts of dqkv and leaves V alone;
+//! - flash O and lse from qkv (and both caches, or neither); flash backward writes all of dqkv
+//!   from qkv, O, dO and lse.
 //!
 //! Scores are stored unmasked (the mask lives in the softmax, which writes 0 where it masks),
 //! as the CPU stores them. The backwards read keys and values from qkv only (Tq = Tk).
 
 use crate::alloc::Block;
-use crate::backend::{operand, unsupported, CudaBackend};
+use crate::backend::{unsupported, CudaBackend};
 use crate::error::driver;
 use crate::gpu::Arg;
 use cudarc::driver::result as cu;
 use tperf_core::backend::{BackendError, OpCall};
-use tperf_core::ops::attention::Attention;
+use tperf_core::ops::attention::{
+    Attention, AttnScoresBackwardIo, AttnScoresIo, AttnSoftmaxBackwardIo, AttnSoftmaxIo,
+    AttnValueBackwardIo, AttnValueIo,
+};
+use tperf_core::ops::flash_attention::{FlashAttentionBackwardIo, FlashAttentionIo};
+use tperf_core::tensor::Tensor;
 
 const NAIVE: &str = "attention";
 const FLASH: &str = "flash_attention";
@@ -43,6 +49,32 @@ struct Operand {
     s1: u64,
 }
 
+impl Operand {
+    /// A row-major matrix per (batch, head), rows `s0` apart: element (row, col) of matrix
+    /// (batch, head) at `base + batch·sb + head·sh + row·s0 + col`.
+    fn rows(buf: Arg, base: u64, sb: u64, sh: u64, s0: u64) -> Operand {
+        Operand {
+            buf,
+            base,
+            sb,
+            sh,
+            hdiv: 1,
+            sr: 0,
+            s0,
+            s1: 1,
+        }
+    }
+
+    /// The same matrix transposed.
+    fn t(self) -> Operand {
+        Operand {
+            s0: self.s1,
+            s1: self.s0,
+            ..self
+        }
+    }
+}
+
 /// C (M×N, per batch × nh heads) = alpha · Σ_{r<R} A_r (M×K) · B_r (K×N).
 struct Gemm {
     m: usize,
@@ -54,22 +86,36 @@ struct Gemm {
     alpha: f32,
 }
 
-/// Where keys or values are read.
-#[derive(Clone, Copy, Debug)]
-enum Kv {
-    /// The K or V heads of the fused qkv buffer (then Tq = Tk).
-    Qkv,
-    /// A cache (B, H_kv, capacity, D), passed as this input.
-    Cache { input: usize, capacity: usize },
+impl Gemm {
+    /// One product per (batch, query head): C (m×n) = alpha · A (m×k) · B (k×n).
+    fn per_head(a: &Attention, m: usize, n: usize, k: usize, alpha: f32) -> Gemm {
+        Gemm {
+            m,
+            n,
+            k,
+            r: 1,
+            batch: a.b,
+            nh: a.h,
+            alpha,
+        }
+    }
 }
 
-/// The cache at input `i`, after checking that it covers the Tk positions attention reads
+/// Where keys or values are read.
+#[derive(Clone, Copy, Debug)]
+enum Kv<'a> {
+    /// The K or V heads of the fused qkv buffer (then Tq = Tk).
+    Qkv,
+    /// A cache (B, H_kv, capacity, D).
+    Cache { cache: &'a Tensor, capacity: usize },
+}
+
+/// The capacity of cache `t`, after checking that it covers the Tk positions attention reads
 /// (the CPU backend's check).
-fn cache_at(call: &OpCall, a: &Attention, i: usize) -> Result<Kv, BackendError> {
-    let t = operand(call, false, i)?;
+fn cache_capacity(call: &OpCall, a: &Attention, t: &Tensor) -> Result<usize, BackendError> {
     match t.shape[..] {
         [b, h_kv, capacity, d] if b == a.b && h_kv == a.h_kv && d == a.d && capacity >= a.tk => {
-            Ok(Kv::Cache { input: i, capacity })
+            Ok(capacity)
         }
         _ => Err(unsupported(
             call,
@@ -81,13 +127,19 @@ fn cache_at(call: &OpCall, a: &Attention, i: usize) -> Result<Kv, BackendError> 
     }
 }
 
-/// Keys or values from the cache when the call passes one at input `at`, else from qkv.
-fn kv_source(call: &OpCall, a: &Attention, at: usize) -> Result<Kv, BackendError> {
-    if call.inputs.len() > at {
-        cache_at(call, a, at)
-    } else {
-        Ok(Kv::Qkv)
-    }
+/// Keys or values from the cache when the call passes one, else from qkv.
+fn kv_source<'a>(
+    call: &OpCall,
+    a: &Attention,
+    cache: Option<&'a Tensor>,
+) -> Result<Kv<'a>, BackendError> {
+    Ok(match cache {
+        Some(cache) => Kv::Cache {
+            cache,
+            capacity: cache_capacity(call, a, cache)?,
+        },
+        None => Kv::Qkv,
+    })
 }
 
 fn check_heads(call: &OpCall, a: &Attention) -> Result<(), BackendError> {
@@ -101,7 +153,7 @@ fn check_heads(call: &OpCall, a: &Attention) -> Result<(), BackendError> {
 }
 
 /// Attention reading keys from qkv needs the queries and keys to be the same tokens.
-fn check_local(call: &OpCall, a: &Attention, src: Kv) -> Result<(), BackendError> {
+fn check_local(call: &OpCall, a: &Attention, src: Kv<'_>) -> Result<(), BackendError> {
     if matches!(src, Kv::Qkv) && a.tq != a.tk {
         return Err(unsupported(
             call,
@@ -111,8 +163,10 @@ fn check_local(call: &OpCall, a: &Attention, src: Kv) -> Result<(), BackendError
     check_heads(call, a)
 }
 
-fn no_cache_in_backward(call: &OpCall, a: &Attention, inputs: usize) -> Result<(), BackendError> {
-    if call.inputs.len() > inputs || a.tq != a.tk {
+/// The backwards' operands have no cache (their readers refuse one), so Tq = Tk is what is left
+/// to check.
+fn no_cache_in_backward(call: &OpCall, a: &Attention) -> Result<(), BackendError> {
+    if a.tq != a.tk {
         return Err(unsupported(
             call,
             "attention backward through a KV cache (training reads qkv only)",
@@ -205,36 +259,26 @@ impl CudaBackend {
         &self,
         call: &OpCall,
         a: &Attention,
-        src: Kv,
+        src: Kv<'_>,
         value: bool,
         qkv: Arg,
     ) -> Result<Operand, BackendError> {
         let (d, w) = (a.d as u64, a.qkv_width() as u64);
-        let group = a.h / a.h_kv;
-        Ok(match src {
-            Kv::Qkv => Operand {
-                buf: qkv,
-                base: (a.h + usize::from(value) * a.h_kv) as u64 * d,
-                sb: a.tk as u64 * w,
-                sh: d,
-                hdiv: group,
-                sr: 0,
-                s0: w,
-                s1: 1,
-            },
-            Kv::Cache { input, capacity } => {
-                let cap = capacity as u64;
-                Operand {
-                    buf: self.input(call, input, (a.b * a.h_kv) as u64 * cap * d)?,
-                    base: 0,
-                    sb: a.h_kv as u64 * cap * d,
-                    sh: cap * d,
-                    hdiv: group,
-                    sr: 0,
-                    s0: d,
-                    s1: 1,
-                }
+        let per_kv_head = match src {
+            Kv::Qkv => {
+                let base = (a.h + usize::from(value) * a.h_kv) as u64 * d;
+                Operand::rows(qkv, base, a.tk as u64 * w, d, w)
             }
+            Kv::Cache { cache, capacity } => {
+                let cap = capacity as u64;
+                let buf = self.arg(call, cache, (a.b * a.h_kv) as u64 * cap * d)?;
+                Operand::rows(buf, 0, a.h_kv as u64 * cap * d, cap * d, d)
+            }
+        };
+        // Query head h reads KV head h / group.
+        Ok(Operand {
+            hdiv: a.h / a.h_kv,
+            ..per_kv_head
         })
     }
 
@@ -300,48 +344,20 @@ impl CudaBackend {
 
     /// Q of query head h as a (Tq × D) operand (row i, column e) in qkv.
     fn q_operand(a: &Attention, qkv: Arg) -> Operand {
-        let w = a.qkv_width() as u64;
-        Operand {
-            buf: qkv,
-            base: 0,
-            sb: a.tq as u64 * w,
-            sh: a.d as u64,
-            hdiv: 1,
-            sr: 0,
-            s0: w,
-            s1: 1,
-        }
+        Self::qkv_heads(a, qkv, 0, a.tq)
     }
 
     /// A (B, H, Tq, Tk) buffer as a (Tq × Tk) operand per (batch, head).
     fn score_operand(a: &Attention, buf: Arg) -> Operand {
         let (tq, tk) = (a.tq as u64, a.tk as u64);
-        Operand {
-            buf,
-            base: 0,
-            sb: a.h as u64 * tq * tk,
-            sh: tq * tk,
-            hdiv: 1,
-            sr: 0,
-            s0: tk,
-            s1: 1,
-        }
+        Operand::rows(buf, 0, a.h as u64 * tq * tk, tq * tk, tk)
     }
 
     /// A (B·Tq, H·D) buffer (the attention output or its gradient) as a (Tq × D) operand per
     /// (batch, head).
     fn o_operand(a: &Attention, buf: Arg) -> Operand {
         let hd = (a.h * a.d) as u64;
-        Operand {
-            buf,
-            base: 0,
-            sb: a.tq as u64 * hd,
-            sh: a.d as u64,
-            hdiv: 1,
-            sr: 0,
-            s0: hd,
-            s1: 1,
-        }
+        Operand::rows(buf, 0, a.tq as u64 * hd, a.d as u64, hd)
     }
 
     /// The transpose of a score-shaped operand, per (batch, kv head g) and summed over the
@@ -349,57 +365,62 @@ impl CudaBackend {
     fn score_t_group(a: &Attention, buf: Arg) -> Operand {
         let (tq, tk, group) = (a.tq as u64, a.tk as u64, (a.h / a.h_kv) as u64);
         Operand {
-            buf,
-            base: 0,
-            sb: a.h as u64 * tq * tk,
-            sh: group * tq * tk,
-            hdiv: 1,
             sr: tq * tk,
-            s0: 1,
-            s1: tk,
+            ..Operand::rows(buf, 0, a.h as u64 * tq * tk, group * tq * tk, tk).t()
         }
     }
 
-    /// The Q or K part (`part` 0 or 1) of dqkv, written per (batch, head) as a (T × D) matrix.
-    /// V's part is at head offset H + H_kv, passed as `head0`.
-    fn dqkv_part(a: &Attention, buf: Arg, head0: usize, t: usize) -> Operand {
-        let w = a.qkv_width() as u64;
-        Operand {
-            buf,
-            base: head0 as u64 * a.d as u64,
-            sb: t as u64 * w,
-            sh: a.d as u64,
-            hdiv: 1,
-            sr: 0,
-            s0: w,
-            s1: 1,
-        }
+    /// The heads from `head0` on of a qkv-shaped buffer (qkv or dqkv, T rows per batch), a
+    /// (T × D) matrix per (batch, head): Q's heads start at 0, K's at H and V's at H + H_kv.
+    fn qkv_heads(a: &Attention, buf: Arg, head0: usize, t: usize) -> Operand {
+        let (d, w) = (a.d as u64, a.qkv_width() as u64);
+        Operand::rows(buf, head0 as u64 * d, t as u64 * w, d, w)
+    }
+
+    /// The GQA reduction onto a KV head: for each (batch, KV head g),
+    /// `dst_g` (Tk × D) = alpha · Σ_{h in group g} S_hᵀ (Tk × Tq) · Y_h (Tq × D), the group's
+    /// query heads h = g·group + r summed in one GEMM. `s` is score-shaped (B, H, Tq, Tk); `y`
+    /// a per-query-head (Tq × D) operand whose heads are D apart (dO, or Q in qkv).
+    fn grouped_gemm(
+        &mut self,
+        call: &OpCall,
+        a: &Attention,
+        s: Arg,
+        y: Operand,
+        dst: Operand,
+        alpha: f32,
+    ) -> Result<(), BackendError> {
+        let group = a.h / a.h_kv;
+        let d = a.d as u64;
+        let y_group = Operand {
+            sh: group as u64 * d,
+            sr: d,
+            ..y
+        };
+        let g = Gemm {
+            m: a.tk,
+            n: a.d,
+            k: a.tq,
+            r: group,
+            batch: a.b,
+            nh: a.h_kv,
+            alpha,
+        };
+        self.attn_gemm(call, &g, Self::score_t_group(a, s), y_group, dst)
     }
 
     pub(crate) fn attn_scores(&mut self, call: &OpCall, a: &Attention) -> Result<(), BackendError> {
-        let src = kv_source(call, a, 1)?;
+        let io: AttnScoresIo = call.operands(a)?;
+        let src = kv_source(call, a, io.k_cache.as_ref())?;
         check_local(call, a, src)?;
-        let qkv = self.input(call, 0, (a.b * a.tq * a.qkv_width()) as u64)?;
-        let s = self.output(call, 0, a.score_numel())?;
+        let qkv = self.arg(call, &io.qkv, (a.b * a.tq * a.qkv_width()) as u64)?;
+        let s = self.arg(call, &io.scores, a.score_numel())?;
         if nothing_to_do(a) {
             return Ok(());
         }
-        let k = self.kv_operand(call, a, src, false, qkv)?;
         // S (Tq × Tk) = Q (Tq × D) · Kᵀ (D × Tk) / √D
-        let kt = Operand {
-            s0: k.s1,
-            s1: k.s0,
-            ..k
-        };
-        let g = Gemm {
-            m: a.tq,
-            n: a.tk,
-            k: a.d,
-            r: 1,
-            batch: a.b,
-            nh: a.h,
-            alpha: scale(a),
-        };
+        let kt = self.kv_operand(call, a, src, false, qkv)?.t();
+        let g = Gemm::per_head(a, a.tq, a.tk, a.d, scale(a));
         self.attn_gemm(
             call,
             &g,
@@ -431,10 +452,11 @@ impl CudaBackend {
         call: &OpCall,
         a: &Attention,
     ) -> Result<(), BackendError> {
+        let io: AttnSoftmaxIo = call.operands(a)?;
         let n = a.score_numel();
         let args = [
-            self.input(call, 0, n)?,
-            self.output(call, 0, n)?,
+            self.arg(call, &io.scores, n)?,
+            self.arg(call, &io.probs, n)?,
             Arg::I32(a.tq as i32),
             Arg::I32(a.tk as i32),
             Arg::I32(i32::from(a.causal)),
@@ -444,30 +466,23 @@ impl CudaBackend {
     }
 
     pub(crate) fn attn_value(&mut self, call: &OpCall, a: &Attention) -> Result<(), BackendError> {
-        let src = kv_source(call, a, 2)?;
+        let io: AttnValueIo = call.operands(a)?;
+        let src = kv_source(call, a, io.v_cache.as_ref())?;
         check_local(call, a, src)?;
-        let p = self.input(call, 0, a.score_numel())?;
+        let p = self.arg(call, &io.probs, a.score_numel())?;
         // With a cache, qkv is passed but not read.
         let qkv_numel = match src {
             Kv::Qkv => (a.b * a.tk * a.qkv_width()) as u64,
             Kv::Cache { .. } => 0,
         };
-        let qkv = self.input(call, 1, qkv_numel)?;
-        let o = self.output(call, 0, a.q_numel())?;
+        let qkv = self.arg(call, &io.qkv, qkv_numel)?;
+        let o = self.arg(call, &io.out, a.q_numel())?;
         if nothing_to_do(a) {
             return Ok(());
         }
         // O (Tq × D) = P (Tq × Tk) · V (Tk × D)
         let v = self.kv_operand(call, a, src, true, qkv)?;
-        let g = Gemm {
-            m: a.tq,
-            n: a.d,
-            k: a.tk,
-            r: 1,
-            batch: a.b,
-            nh: a.h,
-            alpha: 1.0,
-        };
+        let g = Gemm::per_head(a, a.tq, a.d, a.tk, 1.0);
         self.attn_gemm(
             call,
             &g,
@@ -482,32 +497,20 @@ impl CudaBackend {
         call: &OpCall,
         a: &Attention,
     ) -> Result<(), BackendError> {
-        no_cache_in_backward(call, a, 3)?;
+        let io: AttnValueBackwardIo = call.operands(a)?;
+        no_cache_in_backward(call, a)?;
         let qkv_numel = (a.b * a.tk * a.qkv_width()) as u64;
-        let dout = self.input(call, 0, a.q_numel())?;
-        let qkv = self.input(call, 1, qkv_numel)?;
-        let p = self.input(call, 2, a.score_numel())?;
-        let dp = self.output(call, 0, a.score_numel())?;
-        let dqkv = self.output(call, 1, qkv_numel)?;
+        let dout = self.arg(call, &io.dout, a.q_numel())?;
+        let qkv = self.arg(call, &io.qkv, qkv_numel)?;
+        let p = self.arg(call, &io.probs, a.score_numel())?;
+        let dp = self.arg(call, &io.dprobs, a.score_numel())?;
+        let dqkv = self.arg(call, &io.dqkv, qkv_numel)?;
         if nothing_to_do(a) {
             return Ok(());
         }
         // dP (Tq × Tk) = dO (Tq × D) · Vᵀ (D × Tk)
-        let v = self.kv_operand(call, a, Kv::Qkv, true, qkv)?;
-        let vt = Operand {
-            s0: v.s1,
-            s1: v.s0,
-            ..v
-        };
-        let g = Gemm {
-            m: a.tq,
-            n: a.tk,
-            k: a.d,
-            r: 1,
-            batch: a.b,
-            nh: a.h,
-            alpha: 1.0,
-        };
+        let vt = self.kv_operand(call, a, Kv::Qkv, true, qkv)?.t();
+        let g = Gemm::per_head(a, a.tq, a.tk, a.d, 1.0);
         self.attn_gemm(
             call,
             &g,
@@ -515,25 +518,9 @@ impl CudaBackend {
             vt,
             Self::score_operand(a, dp),
         )?;
-        // dV_g (Tk × D) = Σ_{h in group g} P_hᵀ (Tk × Tq) · dO_h (Tq × D)
-        let group = a.h / a.h_kv;
-        let d = a.d as u64;
-        let dout_group = Operand {
-            sh: group as u64 * d,
-            sr: d,
-            ..Self::o_operand(a, dout)
-        };
-        let g = Gemm {
-            m: a.tk,
-            n: a.d,
-            k: a.tq,
-            r: group,
-            batch: a.b,
-            nh: a.h_kv,
-            alpha: 1.0,
-        };
-        let dv = Self::dqkv_part(a, dqkv, a.h + a.h_kv, a.tk);
-        self.attn_gemm(call, &g, Self::score_t_group(a, p), dout_group, dv)
+        // dV_g = Σ_{h in group g} P_hᵀ · dO_h
+        let dv = Self::qkv_heads(a, dqkv, a.h + a.h_kv, a.tk);
+        self.grouped_gemm(call, a, p, Self::o_operand(a, dout), dv, 1.0)
     }
 
     pub(crate) fn attn_softmax_backward(
@@ -541,11 +528,12 @@ impl CudaBackend {
         call: &OpCall,
         a: &Attention,
     ) -> Result<(), BackendError> {
+        let io: AttnSoftmaxBackwardIo = call.operands(a)?;
         let n = a.score_numel();
         let args = [
-            self.input(call, 0, n)?,
-            self.input(call, 1, n)?,
-            self.output(call, 0, n)?,
+            self.arg(call, &io.probs, n)?,
+            self.arg(call, &io.dprobs, n)?,
+            self.arg(call, &io.dscores, n)?,
             Arg::I32(a.tk as i32),
         ];
         self.launch_score_rows(call, a, "attn_softmax_backward", &args)
@@ -556,46 +544,23 @@ impl CudaBackend {
         call: &OpCall,
         a: &Attention,
     ) -> Result<(), BackendError> {
-        no_cache_in_backward(call, a, 2)?;
+        let io: AttnScoresBackwardIo = call.operands(a)?;
+        no_cache_in_backward(call, a)?;
         let qkv_numel = (a.b * a.tk * a.qkv_width()) as u64;
-        let ds = self.input(call, 0, a.score_numel())?;
-        let qkv = self.input(call, 1, qkv_numel)?;
-        let dqkv = self.output(call, 0, qkv_numel)?;
+        let ds = self.arg(call, &io.dscores, a.score_numel())?;
+        let qkv = self.arg(call, &io.qkv, qkv_numel)?;
+        let dqkv = self.arg(call, &io.dqkv, qkv_numel)?;
         if nothing_to_do(a) {
             return Ok(());
         }
         // dQ_h (Tq × D) = dS_h (Tq × Tk) · K_g (Tk × D) / √D
         let k = self.kv_operand(call, a, Kv::Qkv, false, qkv)?;
-        let g = Gemm {
-            m: a.tq,
-            n: a.d,
-            k: a.tk,
-            r: 1,
-            batch: a.b,
-            nh: a.h,
-            alpha: scale(a),
-        };
-        let dq = Self::dqkv_part(a, dqkv, 0, a.tq);
+        let g = Gemm::per_head(a, a.tq, a.d, a.tk, scale(a));
+        let dq = Self::qkv_heads(a, dqkv, 0, a.tq);
         self.attn_gemm(call, &g, Self::score_operand(a, ds), k, dq)?;
-        // dK_g (Tk × D) = Σ_{h in group g} dS_hᵀ (Tk × Tq) · Q_h (Tq × D) / √D
-        let group = a.h / a.h_kv;
-        let d = a.d as u64;
-        let q_group = Operand {
-            sh: group as u64 * d,
-            sr: d,
-            ..Self::q_operand(a, qkv)
-        };
-        let g = Gemm {
-            m: a.tk,
-            n: a.d,
-            k: a.tq,
-            r: group,
-            batch: a.b,
-            nh: a.h_kv,
-            alpha: scale(a),
-        };
-        let dk = Self::dqkv_part(a, dqkv, a.h, a.tk);
-        self.attn_gemm(call, &g, Self::score_t_group(a, ds), q_group, dk)
+        // dK_g = Σ_{h in group g} dS_hᵀ · Q_h / √D
+        let dk = Self::qkv_heads(a, dqkv, a.h, a.tk);
+        self.grouped_gemm(call, a, ds, Self::q_operand(a, qkv), dk, scale(a))
     }
 
     pub(crate) fn flash_attention_forward(
@@ -603,28 +568,29 @@ impl CudaBackend {
         call: &OpCall,
         a: &Attention,
     ) -> Result<(), BackendError> {
-        let src = if call.inputs.len() >= 3 {
-            // Both caches are read: check both shapes.
-            cache_at(call, a, 2)?;
-            cache_at(call, a, 1)?
-        } else {
-            Kv::Qkv
+        let io: FlashAttentionIo = call.operands(a)?;
+        // The caches come both or neither.
+        let (src, v_src) = match (&io.k_cache, &io.v_cache) {
+            (Some(k_cache), Some(v_cache)) => {
+                // Both caches are read: check both shapes; V is read with K's capacity (the
+                // caches are allocated alike).
+                cache_capacity(call, a, v_cache)?;
+                let capacity = cache_capacity(call, a, k_cache)?;
+                let cache = |cache| Kv::Cache { cache, capacity };
+                (cache(k_cache), cache(v_cache))
+            }
+            _ => (Kv::Qkv, Kv::Qkv),
         };
         check_local(call, a, src)?;
-        let qkv = self.input(call, 0, (a.b * a.tq * a.qkv_width()) as u64)?;
-        let o = self.output(call, 0, a.q_numel())?;
-        let lse = self.output(call, 1, (a.b * a.h * a.tq) as u64)?;
+        let qkv = self.arg(call, &io.qkv, (a.b * a.tq * a.qkv_width()) as u64)?;
+        let o = self.arg(call, &io.out, a.q_numel())?;
+        let lse = self.arg(call, &io.lse, (a.b * a.h * a.tq) as u64)?;
         let fv = flash_variant(call, a.d)?;
         if nothing_to_do(a) {
             return Ok(());
         }
         let k = self.kv_operand(call, a, src, false, qkv)?;
-        let v = match src {
-            Kv::Cache { capacity, .. } => {
-                self.kv_operand(call, a, Kv::Cache { input: 2, capacity }, true, qkv)?
-            }
-            Kv::Qkv => self.kv_operand(call, a, src, true, qkv)?,
-        };
+        let v = self.kv_operand(call, a, v_src, true, qkv)?;
         let blocks = (a.tq as u64).div_ceil(fv.fwd_bq) * (a.b * a.h) as u64;
         let max = i32::MAX as usize;
         one_launch(call, blocks <= max as u64 && a.tk <= max && a.h_kv <= max)?;
@@ -669,14 +635,15 @@ impl CudaBackend {
         call: &OpCall,
         a: &Attention,
     ) -> Result<(), BackendError> {
-        no_cache_in_backward(call, a, 4)?;
+        let io: FlashAttentionBackwardIo = call.operands(a)?;
+        no_cache_in_backward(call, a)?;
         let qkv_numel = (a.b * a.tk * a.qkv_width()) as u64;
         let rows = (a.b * a.h * a.tq) as u64;
-        let qkv = self.input(call, 0, qkv_numel)?;
-        let o = self.input(call, 1, a.q_numel())?;
-        let dout = self.input(call, 2, a.q_numel())?;
-        let lse = self.input(call, 3, rows)?;
-        let dqkv = self.output(call, 0, qkv_numel)?;
+        let qkv = self.arg(call, &io.qkv, qkv_numel)?;
+        let o = self.arg(call, &io.out, a.q_numel())?;
+        let dout = self.arg(call, &io.dout, a.q_numel())?;
+        let lse = self.arg(call, &io.lse, rows)?;
+        let dqkv = self.arg(call, &io.dqkv, qkv_numel)?;
         let fv = flash_variant(call, a.d)?;
         if nothing_to_do(a) {
             return Ok(());

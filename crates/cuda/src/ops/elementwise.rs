@@ -4,14 +4,15 @@ use crate::backend::{invalid, unsupported, CudaBackend};
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::dtype::DType;
-use tperf_core::ops::activation::{Activation, ActivationKind};
-use tperf_core::ops::cast::Cast;
-use tperf_core::ops::embedding::{Embedding, PositionTable};
-use tperf_core::ops::kv_cache::KvAppend;
-use tperf_core::ops::residual::ResidualAdd;
-use tperf_core::ops::rope::Rope;
-use tperf_core::ops::swiglu::SwiGlu;
-use tperf_core::ops::take_last::TakeLast;
+use tperf_core::ops::activation::{Activation, ActivationBackwardIo, ActivationIo, ActivationKind};
+use tperf_core::ops::cast::{Cast, CastIo};
+use tperf_core::ops::cross_entropy::{CrossEntropyBackwardIo, CrossEntropyIo};
+use tperf_core::ops::embedding::{Embedding, EmbeddingBackwardIo, EmbeddingIo, PositionTable};
+use tperf_core::ops::kv_cache::{KvAppend, KvAppendIo};
+use tperf_core::ops::residual::{ResidualAdd, ResidualAddIo};
+use tperf_core::ops::rope::{Rope, RopeIo};
+use tperf_core::ops::swiglu::{SwiGlu, SwiGluBackwardIo, SwiGluIo};
+use tperf_core::ops::take_last::{TakeLast, TakeLastIo};
 use tperf_core::ops::Op;
 use tperf_core::tensor::Tensor;
 
@@ -31,10 +32,11 @@ impl CudaBackend {
         call: &OpCall,
         a: &Activation,
     ) -> Result<(), BackendError> {
+        let io: ActivationIo = call.operands(a)?;
         let n = a.numel as u64;
         let args = [
-            self.input(call, 0, n)?,
-            self.output(call, 0, n)?,
+            self.arg(call, &io.x, n)?,
+            self.arg(call, &io.y, n)?,
             Arg::I64(n as i64),
             Arg::I32(act_code(a.kind)),
         ];
@@ -46,11 +48,12 @@ impl CudaBackend {
         call: &OpCall,
         a: &Activation,
     ) -> Result<(), BackendError> {
+        let io: ActivationBackwardIo = call.operands(a)?;
         let n = a.numel as u64;
         let args = [
-            self.input(call, 0, n)?,
-            self.input(call, 1, n)?,
-            self.output(call, 0, n)?,
+            self.arg(call, &io.x, n)?,
+            self.arg(call, &io.dy, n)?,
+            self.arg(call, &io.dx, n)?,
             Arg::I64(n as i64),
             Arg::I32(act_code(a.kind)),
         ];
@@ -58,10 +61,11 @@ impl CudaBackend {
     }
 
     pub(crate) fn swiglu_forward(&mut self, call: &OpCall, s: &SwiGlu) -> Result<(), BackendError> {
+        let io: SwiGluIo = call.operands(s)?;
         let (n, f) = (s.n as u64, s.f as u64);
         let args = [
-            self.input(call, 0, 2 * n * f)?,
-            self.output(call, 0, n * f)?,
+            self.arg(call, &io.h, 2 * n * f)?,
+            self.arg(call, &io.g, n * f)?,
             Arg::I64(n as i64),
             Arg::I64(f as i64),
         ];
@@ -73,11 +77,12 @@ impl CudaBackend {
         call: &OpCall,
         s: &SwiGlu,
     ) -> Result<(), BackendError> {
+        let io: SwiGluBackwardIo = call.operands(s)?;
         let (n, f) = (s.n as u64, s.f as u64);
         let args = [
-            self.input(call, 0, 2 * n * f)?,
-            self.input(call, 1, n * f)?,
-            self.output(call, 0, 2 * n * f)?,
+            self.arg(call, &io.h, 2 * n * f)?,
+            self.arg(call, &io.dg, n * f)?,
+            self.arg(call, &io.dh, 2 * n * f)?,
             Arg::I64(n as i64),
             Arg::I64(f as i64),
         ];
@@ -89,25 +94,24 @@ impl CudaBackend {
         call: &OpCall,
         r: &ResidualAdd,
     ) -> Result<(), BackendError> {
+        let io: ResidualAddIo = call.operands(r)?;
         let n = r.numel as u64;
         let args = [
-            self.input(call, 0, n)?,
-            self.input(call, 1, n)?,
-            self.output(call, 0, n)?,
+            self.arg(call, &io.a, n)?,
+            self.arg(call, &io.b, n)?,
+            self.arg(call, &io.sum, n)?,
             Arg::I64(n as i64),
         ];
         self.launch_1d(call, SRC, "residual_add", n, &args)
     }
 
-    pub(crate) fn cast(&mut self, call: &OpCall, _c: &Cast) -> Result<(), BackendError> {
-        if call.inputs.len() != call.outputs.len() {
-            return Err(unsupported(call, "cast pairs each input with one output"));
-        }
-        for i in 0..call.inputs.len() {
-            let n = call.outputs[i].numel();
+    pub(crate) fn cast(&mut self, call: &OpCall, c: &Cast) -> Result<(), BackendError> {
+        let io: CastIo = call.operands(c)?;
+        for (src, dst) in io.src.iter().zip(&io.dst) {
+            let n = dst.numel();
             let args = [
-                self.input(call, i, n)?,
-                self.output(call, i, n)?,
+                self.arg(call, src, n)?,
+                self.arg(call, dst, n)?,
                 Arg::I64(n as i64),
             ];
             self.launch_1d(call, SRC, "cast", n, &args)?;
@@ -115,16 +119,17 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// In place on qkv (output 0): the query and key heads of every row.
+    /// In place on qkv: the query and key heads of every row.
     pub(crate) fn rope(
         &mut self,
         call: &OpCall,
         r: &Rope,
         backward: bool,
     ) -> Result<(), BackendError> {
+        let io: RopeIo = call.operands(r)?;
         let rows = (r.b * r.t) as u64;
         let width = r.row_width();
-        let qkv = self.output(call, 0, rows * width as u64)?;
+        let qkv = self.arg(call, &io.qkv, rows * width as u64)?;
         let pairs = rows * ((r.h_q + r.h_kv) * (r.d / 2)) as u64;
         let args = [
             qkv,
@@ -146,28 +151,26 @@ impl CudaBackend {
         call: &OpCall,
         e: &Embedding,
     ) -> Result<(), BackendError> {
+        let io: EmbeddingIo = call.operands(e)?;
         let (n, c) = (e.n as u64, e.c as u64);
-        let tokens = self.check_ids(call, 0, e.n, e.vocab, "token")?;
-        let wte = self.input(call, 1, e.vocab as u64 * c)?;
-        let (positions, wpe) = match e.positions {
-            PositionTable::Learned => {
-                let t = call
-                    .inputs
-                    .get(2)
-                    .ok_or_else(|| unsupported(call, "learned positions need wpe"))?;
-                let rows = t.numel() / c.max(1);
-                check_position_room(call, e)?;
-                (1, self.arg(call, t, rows * c)?)
+        let tokens = self.check_ids(call, &io.tokens, e.n, e.vocab, "token")?;
+        let wte = self.arg(call, &io.wte, e.vocab as u64 * c)?;
+        // wpe is an operand exactly when the table is learned.
+        let (positions, wpe) = match (&io.wpe, e.positions) {
+            (Some(wpe), _) => {
+                let rows = wpe.numel() / c.max(1);
+                check_position_room(call, e, wpe)?;
+                (1, self.arg(call, wpe, rows * c)?)
             }
-            PositionTable::Sinusoidal => (2, Arg::Buf(0, 0)),
-            _ => (0, Arg::Buf(0, 0)),
+            (None, PositionTable::Sinusoidal) => (2, Arg::Buf(0, 0)),
+            (None, _) => (0, Arg::Buf(0, 0)),
         };
         let scale = if e.scale { (e.c as f32).sqrt() } else { 1.0 };
         let args = [
             tokens,
             wte,
             wpe,
-            self.output(call, 0, n * c)?,
+            self.arg(call, &io.x, n * c)?,
             Arg::I64(n as i64),
             Arg::I32(e.c as i32),
             Arg::I32(e.t as i32),
@@ -184,40 +187,33 @@ impl CudaBackend {
         call: &OpCall,
         e: &Embedding,
     ) -> Result<(), BackendError> {
+        let io: EmbeddingBackwardIo = call.operands(e)?;
         let (n, c) = (e.n as u64, e.c as u64);
-        let tokens = self.check_ids(call, 0, e.n, e.vocab, "token")?;
-        let dout = self.input(call, 1, n * c)?;
-        let dwte_t = call
-            .outputs
-            .first()
-            .ok_or_else(|| unsupported(call, "expected dwte"))?
-            .clone();
-        if dwte_t.dtype != DType::F32 {
+        let tokens = self.check_ids(call, &io.tokens, e.n, e.vocab, "token")?;
+        let dout = self.arg(call, &io.dx, n * c)?;
+        if io.dwte.dtype != DType::F32 {
             return Err(unsupported(call, "embedding gradients accumulate in f32"));
         }
-        self.output(call, 0, e.vocab as u64 * c)?;
+        self.arg(call, &io.dwte, e.vocab as u64 * c)?;
         if !e.accumulate {
-            self.zero(&dwte_t)?;
+            self.zero(&io.dwte)?;
         }
-        let dwpe = if e.positions == PositionTable::Learned {
-            let t = call
-                .outputs
-                .get(1)
-                .ok_or_else(|| unsupported(call, "learned positions need dwpe"))?
-                .clone();
-            if t.dtype != DType::F32 {
-                return Err(unsupported(call, "embedding gradients accumulate in f32"));
+        // dwpe is an operand exactly when the table is learned.
+        let dwpe = match &io.dwpe {
+            Some(t) => {
+                if t.dtype != DType::F32 {
+                    return Err(unsupported(call, "embedding gradients accumulate in f32"));
+                }
+                self.zero(t)?;
+                self.ptr(t)?
             }
-            self.zero(&t)?;
-            self.ptr(&t)?
-        } else {
-            0
+            None => 0,
         };
         let scale = if e.scale { (e.c as f32).sqrt() } else { 1.0 };
         let args = [
             tokens,
             dout,
-            Arg::Ptr(self.ptr(&dwte_t)?),
+            Arg::Ptr(self.ptr(&io.dwte)?),
             Arg::Ptr(dwpe),
             Arg::I64(n as i64),
             Arg::I32(e.c as i32),
@@ -229,24 +225,17 @@ impl CudaBackend {
     }
 
     pub(crate) fn kv_append(&mut self, call: &OpCall, k: &KvAppend) -> Result<(), BackendError> {
-        let kc = call
-            .outputs
-            .first()
-            .ok_or_else(|| unsupported(call, "expected the K cache"))?;
-        let capacity = kc.shape.get(2).copied().unwrap_or(0);
-        check_kv_room(call, k)?;
-        let qkv_t = call
-            .inputs
-            .first()
-            .ok_or_else(|| unsupported(call, "expected qkv"))?;
+        let io: KvAppendIo = call.operands(k)?;
+        let capacity = io.k_cache.shape.get(2).copied().unwrap_or(0);
+        check_kv_room(call, k, &io.k_cache)?;
         let rows = (k.b * k.t_new) as u64;
-        let width = qkv_t.numel() / rows.max(1);
+        let width = io.qkv.numel() / rows.max(1);
         let h_q = (width / k.d.max(1) as u64).saturating_sub(2 * k.h_kv as u64) as usize;
         let cache = (k.b * k.h_kv * capacity * k.d) as u64;
         let args = [
-            self.input(call, 0, rows * width)?,
-            self.output(call, 0, cache)?,
-            self.output(call, 1, cache)?,
+            self.arg(call, &io.qkv, rows * width)?,
+            self.arg(call, &io.k_cache, cache)?,
+            self.arg(call, &io.v_cache, cache)?,
             Arg::I32(k.b as i32),
             Arg::I32(k.t_new as i32),
             Arg::I32(h_q as i32),
@@ -260,10 +249,11 @@ impl CudaBackend {
     }
 
     pub(crate) fn take_last(&mut self, call: &OpCall, t: &TakeLast) -> Result<(), BackendError> {
+        let io: TakeLastIo = call.operands(t)?;
         let (b, tt, c) = (t.b as u64, t.t as u64, t.c as u64);
         let args = [
-            self.input(call, 0, b * tt * c)?,
-            self.output(call, 0, b * c)?,
+            self.arg(call, &io.x, b * tt * c)?,
+            self.arg(call, &io.last, b * c)?,
             Arg::I32(t.b as i32),
             Arg::I32(t.t as i32),
             Arg::I32(t.c as i32),
@@ -271,21 +261,17 @@ impl CudaBackend {
         self.launch_1d(call, SRC, "take_last", b * c, &args)
     }
 
-    /// Input `i` as i32 ids, checked to be in 0..limit before they reach a kernel (an id past
-    /// the table would read out of bounds). Ids enter only through `write_i32`, which records
-    /// their range on the host, so the check needs no read back from the device.
+    /// `t` as i32 ids, checked to be in 0..limit before they reach a kernel (an id past the
+    /// table would read out of bounds). Ids enter only through `write_i32`, which records their
+    /// range on the host, so the check needs no read back from the device.
     pub(crate) fn check_ids(
-        &mut self,
+        &self,
         call: &OpCall,
-        i: usize,
+        t: &Tensor,
         n: usize,
         limit: usize,
         what: &str,
     ) -> Result<Arg, BackendError> {
-        let t = call
-            .inputs
-            .get(i)
-            .ok_or_else(|| unsupported(call, format!("expected {what} ids at input {i}")))?;
         if t.dtype != DType::I32 {
             return Err(unsupported(call, format!("{what} ids must be i32")));
         }
@@ -318,32 +304,40 @@ impl CudaBackend {
     /// way whether the step is replayed or run.
     pub(crate) fn check_replayed(&self, call: &OpCall) -> Result<(), BackendError> {
         self.check_ragged(call)?;
-        let (i, limit, what) = match &call.op {
+        let (ids, limit, what) = match &call.op {
             Op::Embedding(e) => {
+                let io: EmbeddingIo = call.operands(e)?;
                 // Per-row positions were range-checked by check_ragged above.
-                if e.positions == PositionTable::Learned && !e.per_row {
-                    check_position_room(call, e)?;
+                if let (Some(wpe), false) = (&io.wpe, e.per_row) {
+                    check_position_room(call, e, wpe)?;
                 }
-                (0, e.vocab, "token")
+                (io.tokens, e.vocab, "token")
             }
-            Op::EmbeddingBackward(e) => (0, e.vocab, "token"),
-            Op::CrossEntropy(ce) | Op::CrossEntropyBackward(ce) => (1, ce.v, "target"),
-            Op::KvAppend(k) => return check_kv_room(call, k),
+            Op::EmbeddingBackward(e) => {
+                let io: EmbeddingBackwardIo = call.operands(e)?;
+                (io.tokens, e.vocab, "token")
+            }
+            Op::CrossEntropy(ce) => {
+                let io: CrossEntropyIo = call.operands(ce)?;
+                (io.targets, ce.v, "target")
+            }
+            Op::CrossEntropyBackward(ce) => {
+                let io: CrossEntropyBackwardIo = call.operands(ce)?;
+                (io.targets, ce.v, "target")
+            }
+            Op::KvAppend(k) => {
+                let io: KvAppendIo = call.operands(k)?;
+                return check_kv_room(call, k, &io.k_cache);
+            }
             _ => return Ok(()),
         };
-        match call.inputs.get(i) {
-            Some(t) => self.check_id_range(call, t, limit, what),
-            None => Ok(()),
-        }
+        self.check_id_range(call, &ids, limit, what)
     }
 }
 
-/// The learned position table has a row for every position the op embeds.
-fn check_position_room(call: &OpCall, e: &Embedding) -> Result<(), BackendError> {
-    let rows = call
-        .inputs
-        .get(2)
-        .map_or(0, |t| t.numel() / (e.c as u64).max(1));
+/// The learned position table `wpe` has a row for every position the op embeds.
+fn check_position_room(call: &OpCall, e: &Embedding, wpe: &Tensor) -> Result<(), BackendError> {
+    let rows = wpe.numel() / (e.c as u64).max(1);
     if (e.pos_offset + e.t) as u64 > rows {
         return Err(invalid(call, format!(
             "positions up to {} exceed the learned position table of {rows}: use a sequence within the model's context",
@@ -353,13 +347,9 @@ fn check_position_room(call: &OpCall, e: &Embedding) -> Result<(), BackendError>
     Ok(())
 }
 
-/// The KV cache has room for the appended positions.
-fn check_kv_room(call: &OpCall, k: &KvAppend) -> Result<(), BackendError> {
-    let capacity = call
-        .outputs
-        .first()
-        .and_then(|kc| kc.shape.get(2).copied())
-        .unwrap_or(0);
+/// The KV cache (`k_cache`, shaped as its V twin) has room for the appended positions.
+fn check_kv_room(call: &OpCall, k: &KvAppend, k_cache: &Tensor) -> Result<(), BackendError> {
+    let capacity = k_cache.shape.get(2).copied().unwrap_or(0);
     if k.pos + k.t_new > capacity {
         return Err(invalid(call, format!(
             "appending {} positions at {} overflows the KV cache of {capacity}: allocate a larger cache",

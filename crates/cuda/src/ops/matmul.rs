@@ -7,12 +7,12 @@
 //! existing gradient), dW = dpreᵀ·X written in f32 from bf16 operands, db = Σ_rows dpre.
 
 use super::elementwise::act_code;
-use crate::backend::{operand, unsupported, CudaBackend};
+use crate::backend::{unsupported, CudaBackend};
 use crate::blas::Gemm;
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::ops::activation::ActivationKind;
-use tperf_core::ops::matmul::Matmul;
+use tperf_core::ops::matmul::{Matmul, MatmulBackwardIo, MatmulIo};
 use tperf_core::tensor::Tensor;
 
 impl CudaBackend {
@@ -44,13 +44,12 @@ impl CudaBackend {
         call: &OpCall,
         mm: &Matmul,
     ) -> Result<(), BackendError> {
+        let io: MatmulIo = call.operands(mm)?;
         let (m, k, n) = (mm.m as u64, mm.k as u64, mm.n as u64);
-        let x = operand(call, false, 0)?;
-        let w = operand(call, false, 1)?;
-        let pre = operand(call, true, 0)?;
-        self.input(call, 0, m * k)?;
-        self.input(call, 1, n * k)?;
-        self.output(call, 0, m * n)?;
+        let (x, w, pre) = (&io.x, &io.w, &io.y);
+        self.arg(call, x, m * k)?;
+        self.arg(call, w, n * k)?;
+        self.arg(call, pre, m * n)?;
         if x.dtype != w.dtype {
             return Err(unsupported(
                 call,
@@ -60,18 +59,18 @@ impl CudaBackend {
                 ),
             ));
         }
-        let bias = if mm.bias {
-            let b = operand(call, false, 2)?;
-            self.input(call, 2, n)?;
-            if b.dtype != pre.dtype {
-                return Err(unsupported(
-                    call,
-                    format!("the bias is {} but the output {}", b.dtype, pre.dtype),
-                ));
+        let bias = match &io.bias {
+            Some(b) => {
+                self.arg(call, b, n)?;
+                if b.dtype != pre.dtype {
+                    return Err(unsupported(
+                        call,
+                        format!("the bias is {} but the output {}", b.dtype, pre.dtype),
+                    ));
+                }
+                Some(self.ptr(b)?)
             }
-            Some(self.ptr(b)?)
-        } else {
-            None
+            None => None,
         };
         let mut g = Gemm {
             m,
@@ -89,7 +88,7 @@ impl CudaBackend {
         // GELU in cuBLASLt's epilogue: the activation is written from the accumulator and the
         // pre-activation beside it, which saves the separate kernel's launch and its read of
         // the pre-activation (its tanh approximation is GPT-2's, the reference's).
-        let act = call.outputs.get(1).filter(|a| a.dtype == pre.dtype);
+        let act = io.act.as_ref().filter(|a| a.dtype == pre.dtype);
         if let (Some(ActivationKind::Gelu), Some(act), true) = (
             mm.activation,
             act,
@@ -100,10 +99,11 @@ impl CudaBackend {
             return self.gemm(call, &g, xp, wp, actp, bias, Some(prep));
         }
         self.gemm_or_zero(call, g, xp, wp, pre, bias)?;
-        if let Some(kind) = mm.activation {
+        // act is an operand exactly when an activation is fused.
+        if let (Some(kind), Some(act)) = (mm.activation, &io.act) {
             let args = [
-                self.output(call, 0, m * n)?,
-                self.output(call, 1, m * n)?,
+                self.arg(call, pre, m * n)?,
+                self.arg(call, act, m * n)?,
                 Arg::I64((m * n) as i64),
                 Arg::I32(act_code(kind)),
             ];
@@ -117,17 +117,14 @@ impl CudaBackend {
         call: &OpCall,
         mm: &Matmul,
     ) -> Result<(), BackendError> {
+        let io: MatmulBackwardIo = call.operands(mm)?;
         let (m, k, n) = (mm.m as u64, mm.k as u64, mm.n as u64);
-        let x = operand(call, false, 0)?;
-        let w = operand(call, false, 1)?;
-        let dy = operand(call, false, 2)?;
-        let dx = operand(call, true, 0)?;
-        let dw = operand(call, true, 1)?;
-        self.input(call, 0, m * k)?;
-        self.input(call, 1, n * k)?;
-        self.input(call, 2, m * n)?;
-        self.output(call, 0, m * k)?;
-        self.output(call, 1, n * k)?;
+        let (x, w, dy, dx, dw) = (&io.x, &io.w, &io.dy, &io.dx, &io.dw);
+        self.arg(call, x, m * k)?;
+        self.arg(call, w, n * k)?;
+        self.arg(call, dy, m * n)?;
+        self.arg(call, dx, m * k)?;
+        self.arg(call, dw, n * k)?;
         if x.dtype != w.dtype || dy.dtype != x.dtype {
             return Err(unsupported(
                 call,
@@ -138,18 +135,19 @@ impl CudaBackend {
             ));
         }
         // dpre: dy itself, or dy·act'(pre) in a temporary block (freed to the cache at the end;
-        // the stream orders its reuse after the kernels below).
+        // the stream orders its reuse after the kernels below). pre is an operand exactly when
+        // an activation is fused.
         let mut scratch = None;
-        let dpre = match mm.activation {
-            Some(kind) => {
+        let dpre = match (mm.activation, &io.pre) {
+            (Some(kind), Some(pre)) => {
                 let bytes = m * n * dy.dtype.size_bytes();
                 let block = self
                     .alloc
                     .alloc(bytes)
                     .map_err(crate::error::driver("scratch for dpre"))?;
                 let args = [
-                    self.input(call, 3, m * n)?,
-                    self.input(call, 2, m * n)?,
+                    self.arg(call, pre, m * n)?,
+                    self.arg(call, dy, m * n)?,
                     Arg::Buf(block.ptr, crate::backend::dt_code(dy.dtype)),
                     Arg::I64((m * n) as i64),
                     Arg::I32(act_code(kind)),
@@ -158,7 +156,7 @@ impl CudaBackend {
                 scratch = Some(block);
                 block.ptr
             }
-            None => self.ptr(dy)?,
+            _ => self.ptr(dy)?,
         };
         let ab = x.dtype;
         let (xp, wp) = (self.ptr(x)?, self.ptr(w)?);
@@ -191,10 +189,10 @@ impl CudaBackend {
                 gelu_aux: false,
             };
             self.gemm_or_zero(call, g_dw, dpre, xp, dw, None)?;
-            if mm.bias {
+            if let Some(db) = &io.db {
                 let args = [
                     Arg::Buf(dpre, crate::backend::dt_code(dy.dtype)),
-                    self.output(call, 2, n)?,
+                    self.arg(call, db, n)?,
                     Arg::I64(m as i64),
                     Arg::I64(n as i64),
                 ];

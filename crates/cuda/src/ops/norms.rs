@@ -1,21 +1,21 @@
 //! LayerNorm and RMSNorm (kernels/norms.cu): one kernel pair serves both norms.
 //!
-//! Forward: one block per row; inputs [x, γ, β?] → [y, stats], or with the fused residual add
-//! [a, b, γ, β?] → [a + b, y, stats]. Stats per row are (μ, rstd) for LayerNorm, (rstd) for
-//! RMSNorm.
+//! Forward: one block per row; y and the stats from x, γ and β (LayerNorm with a bias), with the
+//! fused residual add from x + add, written out as sum. Stats per row are (μ, rstd) for
+//! LayerNorm, (rstd) for RMSNorm.
 //!
-//! Backward: inputs [x, stats, γ, dy, (dx)] → [dx, dγ, dβ?]. dx is added into when the op
-//! accumulates (the residual-stream gradient); dγ and dβ are overwritten. A grid of G blocks
-//! strides over the rows, each block summing its rows' weight gradients into a slice of a
-//! scratch buffer, and a second kernel adds the G slices in a fixed order (deterministic).
+//! Backward: dx, dγ and dβ (LayerNorm with a bias) from x, the stats, γ and dy. dx is added into
+//! when the op accumulates (the residual-stream gradient); dγ and dβ are overwritten. A grid of
+//! G blocks strides over the rows, each block summing its rows' weight gradients into a slice of
+//! a scratch buffer, and a second kernel adds the G slices in a fixed order (deterministic).
 
 use super::ROW_THREADS;
 use crate::backend::{unsupported, CudaBackend};
 use crate::error::driver;
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
-use tperf_core::ops::layernorm::LayerNorm;
-use tperf_core::ops::rmsnorm::RmsNorm;
+use tperf_core::ops::layernorm::{LayerNorm, LayerNormBackwardIo, LayerNormIo};
+use tperf_core::ops::rmsnorm::{RmsNorm, RmsNormBackwardIo, RmsNormIo};
 
 const SRC: &str = "norms";
 
@@ -75,6 +75,33 @@ impl From<&RmsNorm> for Shape {
     }
 }
 
+/// RMSNorm's operands as LayerNorm's without β (the kernels take either norm's): its rstd is
+/// the stats.
+fn as_layernorm(io: RmsNormIo) -> LayerNormIo {
+    LayerNormIo {
+        x: io.x,
+        add: io.add,
+        gamma: io.gamma,
+        beta: None,
+        sum: io.sum,
+        y: io.y,
+        stats: io.rstd,
+    }
+}
+
+fn as_layernorm_backward(io: RmsNormBackwardIo) -> LayerNormBackwardIo {
+    LayerNormBackwardIo {
+        x: io.x,
+        stats: io.rstd,
+        gamma: io.gamma,
+        dy: io.dy,
+        dx_in: io.dx_in,
+        dx: io.dx,
+        dgamma: io.dgamma,
+        dbeta: None,
+    }
+}
+
 fn int(call: &OpCall, what: &str, v: u64) -> Result<i32, BackendError> {
     i32::try_from(v)
         .map_err(|_| unsupported(call, format!("{what} = {v} exceeds the kernels' i32")))
@@ -86,7 +113,8 @@ impl CudaBackend {
         call: &OpCall,
         ln: &LayerNorm,
     ) -> Result<(), BackendError> {
-        self.norm_forward(call, &ln.into())
+        let io: LayerNormIo = call.operands(ln)?;
+        self.norm_forward(call, &ln.into(), io)
     }
 
     pub(crate) fn layernorm_backward(
@@ -94,7 +122,8 @@ impl CudaBackend {
         call: &OpCall,
         ln: &LayerNorm,
     ) -> Result<(), BackendError> {
-        self.norm_backward(call, &ln.into())
+        let io: LayerNormBackwardIo = call.operands(ln)?;
+        self.norm_backward(call, &ln.into(), io)
     }
 
     pub(crate) fn rmsnorm_forward(
@@ -102,7 +131,8 @@ impl CudaBackend {
         call: &OpCall,
         rn: &RmsNorm,
     ) -> Result<(), BackendError> {
-        self.norm_forward(call, &rn.into())
+        let io: RmsNormIo = call.operands(rn)?;
+        self.norm_forward(call, &rn.into(), as_layernorm(io))
     }
 
     pub(crate) fn rmsnorm_backward(
@@ -110,40 +140,32 @@ impl CudaBackend {
         call: &OpCall,
         rn: &RmsNorm,
     ) -> Result<(), BackendError> {
-        self.norm_backward(call, &rn.into())
+        let io: RmsNormBackwardIo = call.operands(rn)?;
+        self.norm_backward(call, &rn.into(), as_layernorm_backward(io))
     }
 
-    fn norm_forward(&mut self, call: &OpCall, s: &Shape) -> Result<(), BackendError> {
+    fn norm_forward(
+        &mut self,
+        call: &OpCall,
+        s: &Shape,
+        io: LayerNormIo,
+    ) -> Result<(), BackendError> {
         let (n, c) = (s.n, s.c);
         let nc = n * c;
-        let none = Arg::Buf(0, 0);
-        // Inputs [x, γ, β?] or [a, b, γ, β?]; outputs [y, stats] or [sum, y, stats].
-        let k = usize::from(s.residual);
-        let a = self.input(call, 0, nc)?;
-        let b = if s.residual {
-            self.input(call, 1, nc)?
-        } else {
-            none
-        };
-        let gamma = self.input(call, k + 1, c)?;
-        let beta = if s.bias {
-            self.input(call, k + 2, c)?
-        } else {
-            none
-        };
-        let sum = if s.residual {
-            self.output(call, 0, nc)?
-        } else {
-            none
-        };
-        let y = self.output(call, k, nc)?;
-        let stats = self.output(call, k + 1, n * s.stats_width())?;
+        // add and sum are operands exactly when s.residual holds, β when s.bias does.
+        let x = self.arg(call, &io.x, nc)?;
+        let add = self.arg_opt(call, io.add.as_ref(), nc)?;
+        let gamma = self.arg(call, &io.gamma, c)?;
+        let beta = self.arg_opt(call, io.beta.as_ref(), c)?;
+        let sum = self.arg_opt(call, io.sum.as_ref(), nc)?;
+        let y = self.arg(call, &io.y, nc)?;
+        let stats = self.arg(call, &io.stats, n * s.stats_width())?;
         if n == 0 {
             return Ok(());
         }
         let args = [
-            a,
-            b,
+            x,
+            add,
             gamma,
             beta,
             sum,
@@ -167,26 +189,29 @@ impl CudaBackend {
         )
     }
 
-    fn norm_backward(&mut self, call: &OpCall, s: &Shape) -> Result<(), BackendError> {
+    fn norm_backward(
+        &mut self,
+        call: &OpCall,
+        s: &Shape,
+        io: LayerNormBackwardIo,
+    ) -> Result<(), BackendError> {
         let (n, c) = (s.n, s.c);
         let nc = n * c;
-        let x = self.input(call, 0, nc)?;
-        let stats = self.input(call, 1, n * s.stats_width())?;
-        let gamma = self.input(call, 2, c)?;
-        let dy = self.input(call, 3, nc)?;
-        let dx = self.output(call, 0, nc)?;
-        let dgamma = self.output(call, 1, c)?;
-        let dbeta = if s.bias {
-            self.output(call, 2, c)?
-        } else {
-            Arg::Buf(0, 0)
-        };
+        let x = self.arg(call, &io.x, nc)?;
+        let stats = self.arg(call, &io.stats, n * s.stats_width())?;
+        let gamma = self.arg(call, &io.gamma, c)?;
+        let dy = self.arg(call, &io.dy, nc)?;
+        let dx = self.arg(call, &io.dx, nc)?;
+        let dgamma = self.arg(call, &io.dgamma, c)?;
+        // dβ is an operand exactly when s.bias holds.
+        let dbeta = self.arg_opt(call, io.dbeta.as_ref(), c)?;
         let width = if s.bias { 2 * c } else { c };
         let width_i32 = int(call, "2C", width)?;
         if n == 0 || c == 0 {
             // No rows: the weight gradients are the empty sum (dx has nothing to hold).
-            for i in 1..if s.bias { 3 } else { 2 } {
-                self.zero(&call.outputs[i])?;
+            self.zero(&io.dgamma)?;
+            if let Some(dbeta) = &io.dbeta {
+                self.zero(dbeta)?;
             }
             return Ok(());
         }

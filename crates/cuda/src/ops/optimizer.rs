@@ -1,15 +1,14 @@
 //! The optimizer step (kernels/optimizer.cu), issued without a host synchronisation so that a
 //! whole training step can be captured in a CUDA graph.
 //!
-//! GradNorm: inputs [grads…] → [norm]. Each launch sums the squares of up to eight gradient
+//! GradNorm: the norm of every gradient. Each launch sums the squares of up to eight gradient
 //! tensors in f64 into one slot per block of a small scratch buffer; a last one-block kernel adds
 //! the slots in a fixed order and writes √Σ. Deterministic, no atomics.
 //!
-//! AdamW: inputs [norm, θ…, g…, m…, v…] → outputs [θ…, m…, v…, copies…], one launch per
-//! parameter tensor, in place on the outputs' θ, m and v as the CPU backend updates them. The
-//! gradient factor clip(‖g‖/S)/S (S = the op's loss scale, `grad_scale`) is derived on the device
-//! from the norm tensor, and so is the decision to skip the step when S > 1 and the norm is not
-//! finite (every launch reads the same norm, so all tensors skip or none do): no host
+//! AdamW: one launch per parameter tensor, in place on θ, m and v as the CPU backend updates
+//! them. The gradient factor clip(‖g‖/S)/S (S = the op's loss scale, `grad_scale`) is derived on
+//! the device from the norm tensor, and so is the decision to skip the step when S > 1 and the
+//! norm is not finite (every launch reads the same norm, so all tensors skip or none do): no host
 //! synchronisation. Weight decay applies to 2-D tensors only; the optional copies receive θ
 //! rounded to their dtype.
 
@@ -19,8 +18,8 @@ use crate::gpu::Arg;
 use cudarc::driver::result as cu;
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::dtype::DType;
-use tperf_core::ops::adamw::AdamW;
-use tperf_core::ops::grad_norm::GradNorm;
+use tperf_core::ops::adamw::{AdamW, AdamWIo};
+use tperf_core::ops::grad_norm::{GradNorm, GradNormIo};
 
 const SRC: &str = "optimizer";
 
@@ -31,15 +30,16 @@ const TENSORS_PER_LAUNCH: usize = 8;
 const THREADS: u32 = 256;
 
 impl CudaBackend {
-    pub(crate) fn grad_norm(&mut self, call: &OpCall, _g: &GradNorm) -> Result<(), BackendError> {
-        let norm = self.output(call, 0, 1)?;
-        let mut grads = Vec::with_capacity(call.inputs.len());
-        for (i, t) in call.inputs.iter().enumerate() {
+    pub(crate) fn grad_norm(&mut self, call: &OpCall, g: &GradNorm) -> Result<(), BackendError> {
+        let io: GradNormIo = call.operands(g)?;
+        let norm = self.arg(call, &io.norm, 1)?;
+        let mut grads = Vec::with_capacity(io.grads.len());
+        for t in &io.grads {
             if t.dtype == DType::I32 {
                 return Err(unsupported(call, "gradients are floating-point tensors"));
             }
             let numel = t.numel();
-            grads.push((self.input(call, i, numel)?, numel));
+            grads.push((self.arg(call, t, numel)?, numel));
         }
         // One f64 slot per block; every launch uses at most `blocks` blocks.
         let blocks = (4 * self.gpu.info.sms.max(1) as u64).min(1024);
@@ -87,49 +87,32 @@ impl CudaBackend {
     }
 
     pub(crate) fn adamw(&mut self, call: &OpCall, adam: &AdamW) -> Result<(), BackendError> {
-        // inputs [norm, θ…, g…, m…, v…] → outputs [θ…, m…, v…, copies…]
-        let p = call.inputs.len().saturating_sub(1) / 4;
-        if p == 0 || call.inputs.len() != 1 + 4 * p || call.outputs.len() < 3 * p {
-            return Err(unsupported(
-                call,
-                "AdamW expects [norm, θ…, g…, m…, v…] → [θ…, m…, v…, copies…]",
-            ));
-        }
-        let copies = call.outputs.len() - 3 * p;
-        if copies != 0 && copies != p {
-            return Err(unsupported(
-                call,
-                format!("AdamW writes one copy per parameter or none: got {copies} for {p}"),
-            ));
-        }
+        // The reader checks the counts: P of each of θ, g, m and v, and none or P copies.
+        let io: AdamWIo = call.operands(adam)?;
         let h = &adam.hyper;
         let t = h.step.max(1) as i32;
         let c1 = (1.0 - h.beta1.powi(t)) as f32;
         let c2 = (1.0 - h.beta2.powi(t)) as f32;
         // In a captured step the kernel reads lr, c1 and c2 from here instead (graph.rs).
         let step_scalars = Arg::Ptr(self.op_scalars);
-        let norm = self.input(call, 0, 1)?;
-        for i in 0..p {
-            let theta_t = &call.outputs[i];
-            let n = theta_t.numel();
-            for k in [i, p + i, 2 * p + i] {
-                if call.outputs[k].dtype == DType::I32 {
-                    return Err(unsupported(call, "AdamW state must be floating-point"));
-                }
+        let norm = self.arg(call, &io.norm, 1)?;
+        for (i, theta) in io.theta.iter().enumerate() {
+            let (g, m, v) = (&io.grads[i], &io.m[i], &io.v[i]);
+            let n = theta.numel();
+            if [theta, m, v].iter().any(|t| t.dtype == DType::I32) {
+                return Err(unsupported(call, "AdamW state must be floating-point"));
             }
-            let decay = theta_t.shape.len() == 2;
-            let copy = match call.outputs.get(3 * p + i) {
-                Some(c) if copies > 0 && c.dtype != DType::I32 => {
-                    self.output(call, 3 * p + i, n)?
-                }
+            let decay = theta.shape.len() == 2;
+            let copy = match io.copies.get(i) {
+                Some(c) if c.dtype != DType::I32 => self.arg(call, c, n)?,
                 _ => Arg::Buf(0, 0),
             };
             let args = [
                 norm,
-                self.output(call, i, n)?,
-                self.input(call, 1 + p + i, n)?,
-                self.output(call, p + i, n)?,
-                self.output(call, 2 * p + i, n)?,
+                self.arg(call, theta, n)?,
+                self.arg(call, g, n)?,
+                self.arg(call, m, n)?,
+                self.arg(call, v, n)?,
                 copy,
                 Arg::I64(n as i64),
                 Arg::F32(h.beta1 as f32),

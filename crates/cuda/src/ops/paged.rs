@@ -128,7 +128,7 @@ impl CudaBackend {
             .ok_or_else(|| unsupported(call, "per-row embedding reads positions"))?;
         self.check_ragged(call)?;
         let (n, c) = (e.n as u64, e.c as u64);
-        let tokens = self.check_ids(call, 0, e.n, e.vocab, "token")?;
+        let tokens = self.check_ids(call, &io.tokens, e.n, e.vocab, "token")?;
         let (kind, wpe) = match (&e.positions, &io.wpe) {
             (PositionTable::Learned, Some(wpe)) => (1, self.arg(call, wpe, wpe.numel())?),
             (PositionTable::Sinusoidal, _) => (2, Arg::Buf(0, 0)),
