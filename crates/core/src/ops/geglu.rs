@@ -5,7 +5,7 @@
 //!
 //! FLOPs per output element: forward gelu 9 + product 1 = 10. Backward: du = dy·gelu(g) is
 //! 9 + 1 = 10; dg = dy·u·gelu'(g) is gelu' 17 (ops/activation.rs, its product with dy included)
-//! + 1 for u = 18; 28 in all.
+//! and 1 for u, 18; 28 in all.
 //! Bytes: the io rule (h read, y written; backward reads h and dy, writes dh).
 
 use super::activation::ActivationKind;
