@@ -47,6 +47,11 @@ fn a_bad_layout_is_an_error_that_names_the_sequence() {
     };
     let missing = RaggedLayout::new(&batch, &[vec![9]], BLOCK, 4, 2).unwrap_err();
     assert!(missing.to_string().contains("block 9"), "{missing}");
+    let two = RaggedLayout::new(&batch, &[vec![0], vec![1]], BLOCK, 4, 2).unwrap_err();
+    assert!(
+        two.to_string().contains("2 block tables for 1 sequences"),
+        "{two}"
+    );
 }
 
 #[test]

@@ -93,11 +93,6 @@ impl<'a> Cursor<'a> {
         (0..count).map(|_| self.take(name)).collect()
     }
 
-    /// How many buffers are left.
-    pub fn remaining(&self) -> usize {
-        self.list.len() - self.next
-    }
-
     /// Fails when buffers are left over.
     pub fn finish(self) -> Result<(), OperandError> {
         if self.next == self.list.len() {

@@ -112,43 +112,60 @@ pub fn paged_attention_forward<F: Real>(
     layout: &PagedLayout<'_>,
     out: &mut [F],
 ) {
+    let width = (a.h + 2 * a.h_kv) * a.d;
+    let row_out = a.h * a.d;
+    for r in 0..a.rows() {
+        let q = &qkv[r * width..(r + 1) * width];
+        let o = &mut out[r * row_out..(r + 1) * row_out];
+        paged_attention_row(a, r, q, k_pool, v_pool, layout, o);
+    }
+}
+
+/// Row r alone: `qkv_row` is its (H + 2H_kv)·D values, `out_row` its H·D outputs. Rows are
+/// independent, so a backend may run them in parallel.
+pub fn paged_attention_row<F: Real>(
+    a: &PagedAttention,
+    r: usize,
+    qkv_row: &[F],
+    k_pool: &[F],
+    v_pool: &[F],
+    layout: &PagedLayout<'_>,
+    out_row: &mut [F],
+) {
     let (h, h_kv, d, bs) = (a.h, a.h_kv, a.d, a.block_size);
-    let width = (h + 2 * h_kv) * d;
     let group = h / h_kv.max(1);
     let scale = F::from_f64(1.0 / (d as f64).sqrt());
-    let mut scores = Vec::new();
-    for r in 0..a.rows() {
-        let s = layout.row_seq[r] as usize;
-        let pos = layout.positions[r] as usize;
-        let (lo, hi) = a.visible(pos, layout.ctx_lens[s] as usize);
-        let table = &layout.block_table[s * a.max_blocks..(s + 1) * a.max_blocks];
-        let slot = |j: usize| table[j / bs] as usize * bs + j % bs;
-        for head in 0..h {
-            let g = head / group;
-            let q = &qkv[r * width + head * d..r * width + (head + 1) * d];
-            scores.clear();
-            for j in lo..hi {
-                let k = &k_pool[pool_offset(slot(j), g, h_kv, bs, d)..][..d];
-                let dot = q.iter().zip(k).fold(F::zero(), |acc, (&x, &y)| acc + x * y);
-                scores.push(dot * scale);
-            }
-            let o = &mut out[(r * h + head) * d..(r * h + head + 1) * d];
-            o.iter_mut().for_each(|x| *x = F::zero());
-            if scores.is_empty() {
-                continue;
-            }
-            let max = scores.iter().copied().fold(scores[0], F::max);
-            let mut total = F::zero();
-            for sc in scores.iter_mut() {
-                *sc = (*sc - max).exp();
-                total += *sc;
-            }
-            for (i, j) in (lo..hi).enumerate() {
-                let v = &v_pool[pool_offset(slot(j), g, h_kv, bs, d)..][..d];
-                let p = scores[i] / total;
-                for (x, &y) in o.iter_mut().zip(v) {
-                    *x += p * y;
-                }
+    let s = layout.row_seq[r] as usize;
+    let pos = layout.positions[r] as usize;
+    let (lo, hi) = a.visible(pos, layout.ctx_lens[s] as usize);
+    let table = &layout.block_table[s * a.max_blocks..(s + 1) * a.max_blocks];
+    let slot = |j: usize| table[j / bs] as usize * bs + j % bs;
+    let mut scores = Vec::with_capacity(hi - lo);
+    for head in 0..h {
+        let g = head / group;
+        let q = &qkv_row[head * d..(head + 1) * d];
+        scores.clear();
+        for j in lo..hi {
+            let k = &k_pool[pool_offset(slot(j), g, h_kv, bs, d)..][..d];
+            let dot = q.iter().zip(k).fold(F::zero(), |acc, (&x, &y)| acc + x * y);
+            scores.push(dot * scale);
+        }
+        let o = &mut out_row[head * d..(head + 1) * d];
+        o.iter_mut().for_each(|x| *x = F::zero());
+        if scores.is_empty() {
+            continue;
+        }
+        let max = scores.iter().copied().fold(scores[0], F::max);
+        let mut total = F::zero();
+        for sc in scores.iter_mut() {
+            *sc = (*sc - max).exp();
+            total += *sc;
+        }
+        for (i, j) in (lo..hi).enumerate() {
+            let v = &v_pool[pool_offset(slot(j), g, h_kv, bs, d)..][..d];
+            let p = scores[i] / total;
+            for (x, &y) in o.iter_mut().zip(v) {
+                *x += p * y;
             }
         }
     }

@@ -72,6 +72,8 @@ pub struct PagedKvCache {
 pub enum LayoutError {
     #[error("a ragged step needs at least one sequence with at least one new token")]
     Empty,
+    #[error("{tables} block tables for {seqs} sequences: give each sequence its own")]
+    TableCount { tables: usize, seqs: usize },
     #[error("sequence {seq} brings no new token: leave it out of the step")]
     NoTokens { seq: usize },
     #[error("sequence {seq} needs {needed} blocks of {block_size} for {ctx_len} positions, its block table has {given}")]
@@ -127,6 +129,12 @@ impl RaggedLayout {
         if batch.seqs.is_empty() {
             return Err(LayoutError::Empty);
         }
+        if block_tables.len() != batch.seqs.len() {
+            return Err(LayoutError::TableCount {
+                tables: block_tables.len(),
+                seqs: batch.seqs.len(),
+            });
+        }
         let mut l = RaggedLayout {
             max_blocks,
             positions: Vec::with_capacity(batch.rows()),
@@ -176,16 +184,6 @@ impl RaggedLayout {
             }
             l.ctx_lens.push(ctx_len as i32);
             l.last_rows.push(l.positions.len() as i32 - 1);
-        }
-        if block_tables.len() < batch.seqs.len() {
-            let s = block_tables.len();
-            return Err(LayoutError::ShortTable {
-                seq: s,
-                needed: (batch.seqs[s].pos + batch.seqs[s].q_len).div_ceil(block_size),
-                given: 0,
-                block_size,
-                ctx_len: batch.seqs[s].pos + batch.seqs[s].q_len,
-            });
         }
         Ok(l)
     }

@@ -1,11 +1,11 @@
-//! Paged attention over a ragged batch: the reference, run in parallel over the packed rows
-//! (each row reads its own sequence's blocks and writes its own output row).
+//! Paged attention over a ragged batch: the reference's per-row function, run in parallel over
+//! the packed rows (each row reads its own sequence's blocks and writes its own output row).
 
 use crate::exec::Exec;
 use rayon::prelude::*;
 use tperf_core::backend::BackendError;
 use tperf_core::ops::paged_attention::{
-    paged_attention_forward, PagedAttention, PagedAttentionIo, PagedLayout, SeqLens,
+    paged_attention_row, PagedAttention, PagedAttentionIo, PagedLayout,
 };
 
 pub(crate) fn exec(cx: &mut Exec<'_>, a: &PagedAttention) -> Result<(), BackendError> {
@@ -53,26 +53,12 @@ pub(crate) fn exec(cx: &mut Exec<'_>, a: &PagedAttention) -> Result<(), BackendE
     let width = (a.h + 2 * a.h_kv) * a.d;
     let row_out = a.h * a.d;
     let out = cx.outs.f32(&io.out)?;
-    // Row r alone is the reference over a batch of one row at r's position (its sequence's
-    // length and blocks still come from the whole layout).
-    let one = PagedAttention {
-        seqs: vec![SeqLens {
-            q_len: 1,
-            ctx_len: 0,
-        }],
-        ..a.clone()
-    };
     out.par_chunks_mut(row_out)
         .take(n)
         .enumerate()
         .for_each(|(r, o)| {
-            let row = PagedLayout {
-                positions: &layout.positions[r..r + 1],
-                row_seq: &layout.row_seq[r..r + 1],
-                ..layout
-            };
             let q = &qkv[r * width..(r + 1) * width];
-            paged_attention_forward(&one, q, k_pool, v_pool, &row, o);
+            paged_attention_row(a, r, q, k_pool, v_pool, &layout, o);
         });
     Ok(())
 }
