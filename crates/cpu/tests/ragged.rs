@@ -32,12 +32,12 @@ fn a_bad_layout_is_an_error_that_names_the_sequence() {
     let batch = RaggedBatch {
         seqs: vec![SeqSpan { pos: 0, q_len: 20 }, SeqSpan { pos: 3, q_len: 0 }],
     };
-    let short = RaggedLayout::new(&batch, &[vec![0], vec![1]], BLOCK, 4, 2).unwrap_err();
+    let short = RaggedLayout::new(&batch, &[vec![0], vec![1]], BLOCK, 4, 2, 100).unwrap_err();
     assert!(
         short.to_string().contains("sequence 0 needs 2 blocks"),
         "{short}"
     );
-    let empty = RaggedLayout::new(&batch, &[vec![0, 1], vec![2]], BLOCK, 4, 2).unwrap_err();
+    let empty = RaggedLayout::new(&batch, &[vec![0, 1], vec![2]], BLOCK, 4, 2, 100).unwrap_err();
     assert!(
         empty.to_string().contains("sequence 1 brings no new token"),
         "{empty}"
@@ -45,9 +45,9 @@ fn a_bad_layout_is_an_error_that_names_the_sequence() {
     let batch = RaggedBatch {
         seqs: vec![SeqSpan { pos: 0, q_len: 3 }],
     };
-    let missing = RaggedLayout::new(&batch, &[vec![9]], BLOCK, 4, 2).unwrap_err();
+    let missing = RaggedLayout::new(&batch, &[vec![9]], BLOCK, 4, 2, 100).unwrap_err();
     assert!(missing.to_string().contains("block 9"), "{missing}");
-    let two = RaggedLayout::new(&batch, &[vec![0], vec![1]], BLOCK, 4, 2).unwrap_err();
+    let two = RaggedLayout::new(&batch, &[vec![0], vec![1]], BLOCK, 4, 2, 100).unwrap_err();
     assert!(
         two.to_string().contains("2 block tables for 1 sequences"),
         "{two}"

@@ -118,13 +118,15 @@ pub struct RaggedLayout {
 
 impl RaggedLayout {
     /// Lays out `batch` with each sequence's blocks (`block_tables[s]`, in order), checking that
-    /// every table covers its sequence and names blocks the cache has.
+    /// every table covers its sequence and names blocks the cache has, and that no sequence
+    /// runs past the model's `context`.
     pub fn new(
         batch: &RaggedBatch,
         block_tables: &[Vec<usize>],
         block_size: usize,
         num_blocks: usize,
         max_blocks: usize,
+        context: usize,
     ) -> Result<Self, LayoutError> {
         if batch.seqs.is_empty() {
             return Err(LayoutError::Empty);
@@ -149,6 +151,13 @@ impl RaggedLayout {
                 return Err(LayoutError::NoTokens { seq: s });
             }
             let ctx_len = span.pos + span.q_len;
+            if ctx_len > context {
+                return Err(LayoutError::PastContext {
+                    seq: s,
+                    ctx_len,
+                    context,
+                });
+            }
             let needed = ctx_len.div_ceil(block_size);
             if table.len() < needed {
                 return Err(LayoutError::ShortTable {
@@ -281,8 +290,7 @@ impl Transformer {
         })
     }
 
-    /// Writes a step's token ids and layout into its device tensors. Checks, before anything is
-    /// written, that no sequence runs past the model's context.
+    /// Writes a step's token ids and layout (checked when it was made) into its device tensors.
     pub fn write_ragged_inputs(
         &self,
         be: &mut impl Backend,
@@ -290,24 +298,6 @@ impl Transformer {
         tokens: &[i32],
         layout: &RaggedLayout,
     ) -> Result<(), BackendError> {
-        if let Some((seq, &ctx_len)) = layout
-            .ctx_lens
-            .iter()
-            .enumerate()
-            .find(|(_, &c)| c as usize > self.cfg.context)
-        {
-            let why = LayoutError::PastContext {
-                seq,
-                ctx_len: ctx_len as usize,
-                context: self.cfg.context,
-            };
-            return Err(BackendError::InvalidInput {
-                op: "ragged step",
-                label: "inputs",
-                backend: "schedule",
-                why: why.to_string(),
-            });
-        }
         be.write_i32(&inputs.tokens, tokens)?;
         be.write_i32(&inputs.positions, &layout.positions)?;
         be.write_i32(&inputs.slots, &layout.slots)?;

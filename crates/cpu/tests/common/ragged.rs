@@ -84,6 +84,7 @@ fn step<B: Backend>(
         cache.block_size,
         cache.num_blocks,
         max_blocks,
+        model.cfg.context,
     )
     .expect("the layout is valid");
     let inputs = model.alloc_ragged_inputs(be, batch, max_blocks).unwrap();
