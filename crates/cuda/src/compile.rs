@@ -189,8 +189,9 @@ fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError
     Ok(bytes)
 }
 
-/// Compiles `src` for `arch` without the cache (the compile check needs no GPU, only NVRTC).
-pub fn check(src: &Source, arch: &str) -> Result<usize, CompileError> {
+/// The cubin of `src` for `arch`, compiled without the cache: the compile check and SASS
+/// inspection need no GPU, only NVRTC.
+pub fn check(src: &Source, arch: &str) -> Result<Vec<u8>, CompileError> {
     nvrtc_version()?;
-    compile(src, &full_text(src), arch).map(|b| b.len())
+    compile(src, &full_text(src), arch)
 }
