@@ -271,6 +271,36 @@ macro_rules! field {
     };
 }
 
+/// A memcpy or memset record as a [`KernelRecord`]: both carry the timing, placement and byte
+/// count under the same field names, only their structs differ. Reads through `field!`, so it
+/// expands inside the caller's `unsafe` block.
+macro_rules! transfer_record {
+    ($m:expr, $kind:expr, $raw_name:expr) => {{
+        let (start, end) = (field!($m, start), field!($m, end));
+        if start == 0 || end < start {
+            Parsed::Incomplete
+        } else {
+            Parsed::Record(KernelRecord {
+                kind: $kind,
+                name: String::new(),
+                raw_name: $raw_name.to_string(),
+                start_ns: start,
+                end_ns: end,
+                device_id: field!($m, deviceId),
+                context_id: field!($m, contextId),
+                stream_id: field!($m, streamId),
+                correlation_id: field!($m, correlationId),
+                grid: [0; 3],
+                block: [0; 3],
+                registers: 0,
+                shared_bytes: 0,
+                bytes: field!($m, bytes),
+                op_index: None,
+            })
+        }
+    }};
+}
+
 /// # Safety
 /// `record` points at a complete activity record in a buffer CUPTI returned.
 unsafe fn parse(record: *const sys::CUpti_Activity) -> Parsed {
@@ -321,55 +351,11 @@ unsafe fn parse(record: *const sys::CUpti_Activity) -> Parsed {
     } else if kind == K::CUPTI_ACTIVITY_KIND_MEMCPY as u32 {
         let m = record.cast::<sys::CUpti_ActivityMemcpy6>();
         // SAFETY: a memcpy record is a CUpti_ActivityMemcpy6 in CUDA 13 (check_version).
-        unsafe {
-            let (start, end) = (field!(m, start), field!(m, end));
-            if start == 0 || end < start {
-                return Parsed::Incomplete;
-            }
-            Parsed::Record(KernelRecord {
-                kind: ActivityKind::Memcpy,
-                name: String::new(),
-                raw_name: memcpy_name(field!(m, copyKind)).to_string(),
-                start_ns: start,
-                end_ns: end,
-                device_id: field!(m, deviceId),
-                context_id: field!(m, contextId),
-                stream_id: field!(m, streamId),
-                correlation_id: field!(m, correlationId),
-                grid: [0; 3],
-                block: [0; 3],
-                registers: 0,
-                shared_bytes: 0,
-                bytes: field!(m, bytes),
-                op_index: None,
-            })
-        }
+        unsafe { transfer_record!(m, ActivityKind::Memcpy, memcpy_name(field!(m, copyKind))) }
     } else if kind == K::CUPTI_ACTIVITY_KIND_MEMSET as u32 {
         let m = record.cast::<sys::CUpti_ActivityMemset4>();
         // SAFETY: a memset record is a CUpti_ActivityMemset4 in CUDA 13 (check_version).
-        unsafe {
-            let (start, end) = (field!(m, start), field!(m, end));
-            if start == 0 || end < start {
-                return Parsed::Incomplete;
-            }
-            Parsed::Record(KernelRecord {
-                kind: ActivityKind::Memset,
-                name: String::new(),
-                raw_name: "memset".to_string(),
-                start_ns: start,
-                end_ns: end,
-                device_id: field!(m, deviceId),
-                context_id: field!(m, contextId),
-                stream_id: field!(m, streamId),
-                correlation_id: field!(m, correlationId),
-                grid: [0; 3],
-                block: [0; 3],
-                registers: 0,
-                shared_bytes: 0,
-                bytes: field!(m, bytes),
-                op_index: None,
-            })
-        }
+        unsafe { transfer_record!(m, ActivityKind::Memset, "memset") }
     } else if kind == K::CUPTI_ACTIVITY_KIND_EXTERNAL_CORRELATION as u32 {
         let x = record.cast::<sys::CUpti_ActivityExternalCorrelation>();
         // SAFETY: an external correlation record is a CUpti_ActivityExternalCorrelation (its
