@@ -3,6 +3,7 @@
 //! and the cost model (hardware, roofline, memory, planning).
 
 pub mod backend;
+pub mod comm;
 pub mod config;
 pub mod cost;
 pub mod dtype;

@@ -5,8 +5,10 @@ use crate::exec::{missing, Buffer, Data, Exec, Outs, NAME};
 use crate::kernels;
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tperf_core::backend::{Backend, BackendError, OpCall};
+use tperf_core::comm::Communicator;
 use tperf_core::dtype::DType;
 use tperf_core::ledger::Ledger;
 use tperf_core::ops::cast::round_to;
@@ -31,11 +33,21 @@ pub struct CpuBackend {
     ledger: Ledger,
     /// (op index, start, wall time) of every op when enabled with [`CpuBackend::enable_timing`].
     pub timing: Option<Vec<(usize, Instant, Duration)>>,
+    /// The rank group of a data-parallel run, which `Op::Collective` runs over.
+    comm: Option<Arc<dyn Communicator>>,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A backend that is one rank of `comm`'s group: the schedule's collectives reduce over it.
+    pub fn with_communicator(comm: Arc<dyn Communicator>) -> Self {
+        CpuBackend {
+            comm: Some(comm),
+            ..Self::default()
+        }
     }
 
     /// Bytes in use by category at the tensors' dtype widths, their peak, and the event log.
@@ -230,6 +242,7 @@ impl CpuBackend {
             outs,
             scratch,
             sample_calls: self.sample_calls,
+            comm: self.comm.as_deref(),
         };
         match &call.op {
             Op::Embedding(e) => kernels::embedding::exec(cx, e),
@@ -272,7 +285,7 @@ impl CpuBackend {
                 self.sample_calls += 1;
                 Ok(())
             }
-            Op::Collective(_) => Err(cx.unsupported("collectives need more than one device")),
+            Op::Collective(c) => kernels::collective::exec(cx, c),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use tperf_core::backend::{BackendError, OpCall};
+use tperf_core::comm::Communicator;
 use tperf_core::tensor::{Tensor, TensorId};
 
 pub(crate) const NAME: &str = "cpu";
@@ -83,6 +84,8 @@ pub(crate) struct Exec<'a> {
     pub scratch: &'a mut Vec<f32>,
     /// How many sampling calls came before this one (each draws from its own stream).
     pub sample_calls: u64,
+    /// The rank group collectives run over; None when the backend runs alone.
+    pub comm: Option<&'a dyn Communicator>,
 }
 
 impl<'a> Exec<'a> {

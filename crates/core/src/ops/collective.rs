@@ -7,6 +7,7 @@
 //! The op's `bytes` are these link bytes, so its roofline time is link bytes over the link's
 //! bandwidth (see cost::roofline).
 
+use crate::comm::Reduce;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -30,6 +31,9 @@ impl CollectiveKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Collective {
     pub kind: CollectiveKind,
+    /// How an all-reduce or reduce-scatter combines the ranks' values (an all-gather combines
+    /// none): DDP averages gradients, ZeRO-1's norm sums squares.
+    pub reduce: Reduce,
     pub numel: u64,
     pub width_bytes: u64,
     pub world: usize,
@@ -68,6 +72,7 @@ mod tests {
     fn ring_all_reduce_moves_twice_the_fraction() {
         let c = Collective {
             kind: CollectiveKind::AllReduce,
+            reduce: Reduce::Mean,
             numel: 1000,
             width_bytes: 4,
             world: 4,

@@ -12,6 +12,7 @@
 
 use super::{Emit, Param, Weights};
 use crate::backend::{Backend, BackendError, OpCall, Stream};
+use crate::comm::Reduce;
 use crate::ops::collective::{Collective, CollectiveKind};
 use crate::ops::Op;
 use crate::schedule::options::DataParallel;
@@ -101,11 +102,11 @@ impl GradBuckets {
 }
 
 impl<B: Backend> Emit<'_, B> {
-    /// Issues `kind` in place over `tensors` on the communication stream, after the compute
-    /// stream's work so far.
+    /// Issues `kind` (reducing by `reduce`) in place over `tensors` on the communication
+    /// stream, after the compute stream's work so far.
     pub(super) fn collective(
         &mut self,
-        kind: CollectiveKind,
+        (kind, reduce): (CollectiveKind, Reduce),
         tensors: Vec<Tensor>,
         world: usize,
         label: &'static str,
@@ -115,6 +116,7 @@ impl<B: Backend> Emit<'_, B> {
         };
         let op = Collective {
             kind,
+            reduce,
             numel: tensors.iter().map(Tensor::numel).sum(),
             width_bytes: first.dtype.size_bytes(),
             world,
@@ -145,7 +147,12 @@ impl<B: Backend> Emit<'_, B> {
         let mut result = Ok(());
         for p in params {
             if let Some(bucket) = buckets.written(p.grad()) {
-                result = self.collective(buckets.kind(), bucket, buckets.dp.world, "dp.grads");
+                result = self.collective(
+                    (buckets.kind(), Reduce::Mean),
+                    bucket,
+                    buckets.dp.world,
+                    "dp.grads",
+                );
                 if result.is_err() {
                     break;
                 }
@@ -165,7 +172,12 @@ impl<B: Backend> Emit<'_, B> {
             "a gradient the backward never reported complete"
         );
         match buckets.close() {
-            Some(bucket) => self.collective(buckets.kind(), bucket, buckets.dp.world, "dp.grads"),
+            Some(bucket) => self.collective(
+                (buckets.kind(), Reduce::Mean),
+                bucket,
+                buckets.dp.world,
+                "dp.grads",
+            ),
             None => Ok(()),
         }
     }
@@ -211,7 +223,7 @@ impl super::Transformer {
             return Ok(());
         };
         e.collective(
-            CollectiveKind::AllReduce,
+            (CollectiveKind::AllReduce, Reduce::Sum),
             vec![norm.clone()],
             dp.world,
             "dp.grad_norm",
@@ -231,6 +243,11 @@ impl super::Transformer {
             return Ok(());
         };
         let weights = params.iter().map(|p| p.w().clone()).collect();
-        e.collective(CollectiveKind::AllGather, weights, dp.world, "dp.weights")
+        e.collective(
+            (CollectiveKind::AllGather, Reduce::Sum),
+            weights,
+            dp.world,
+            "dp.weights",
+        )
     }
 }

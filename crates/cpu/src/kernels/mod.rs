@@ -7,6 +7,7 @@ pub mod activation;
 pub mod adamw;
 pub mod attention;
 pub(crate) mod cast;
+pub mod collective;
 pub mod cross_entropy;
 pub mod embedding;
 pub mod flash_attention;
