@@ -9,6 +9,7 @@
 //! the CPU and CUDA backends.
 
 pub mod checkpoint;
+pub mod comm;
 pub mod data;
 pub mod rng;
 pub mod stepper;
