@@ -11,6 +11,7 @@
 pub mod checkpoint;
 pub mod comm;
 pub mod data;
+pub mod data_parallel;
 pub mod rng;
 pub mod stepper;
 pub mod tokenizer;

@@ -171,3 +171,160 @@ fn a_schedule_for_two_ranks_on_a_lone_backend_says_what_is_missing() {
     let err = s.train_step(&batch, &params(1)).unwrap_err().to_string();
     assert!(err.contains("rank group"), "{err}");
 }
+
+mod through_the_training_loop {
+    //! The same equality through `train`, the loop `tperf train` runs, with the ranks connected
+    //! over loopback TCP as the processes of `tperf train --ranks N` are, and every rank's
+    //! stepper wrapped in a RankStepper: validation losses agree too, and a stop asked on one
+    //! rank stops every rank after the same step.
+
+    use super::*;
+    use std::net::TcpListener;
+    use tperf_core::comm::Communicator;
+    use tperf_runtime::comm::{Rendezvous, TcpGroup};
+    use tperf_runtime::data::{Corpus, Loader, TextLoader};
+    use tperf_runtime::data_parallel::RankStepper;
+    use tperf_runtime::tokenizer::Tokenizer;
+    use tperf_runtime::train::{train, RunPaths, StepRecord, StopFlag, TrainConfig};
+
+    fn loader(rows: usize) -> Loader {
+        let text = "Where there is a will there is a way. A stitch in time saves nine. ".repeat(30);
+        let corpus = Corpus::from_text("test", &text, &Tokenizer::byte(), 0.2).expect("corpus");
+        Loader::Text(TextLoader::new(Arc::new(corpus), rows, T, 3).expect("loader"))
+    }
+
+    fn cfg(rows: usize) -> TrainConfig {
+        TrainConfig {
+            steps: 6,
+            batch: rows,
+            seq: T,
+            lr: 1e-2,
+            warmup_steps: 2,
+            eval_every: 3,
+            eval_batches: 2,
+            checkpoint_every: 0,
+            ..TrainConfig::default()
+        }
+    }
+
+    fn byte_model() -> ModelConfig {
+        let mut c = tiny();
+        c.vocab_size = 256;
+        c
+    }
+
+    fn model_stepper(be: CpuBackend, opts: Options) -> ModelStepper<CpuBackend> {
+        let mut be = be;
+        let model = Transformer::new(&mut be, &byte_model(), opts, true).expect("model");
+        model.init_weights(&mut be, 5).expect("init");
+        ModelStepper::new(be, model).expect("a training model")
+    }
+
+    /// Every rank's records; `stop_on` = (rank, step) asks that rank alone to stop after it.
+    fn run_ranks(world: usize, stop_on: Option<(usize, u64)>) -> Vec<Vec<StepRecord>> {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let addr = listener.local_addr().expect("bound");
+        let mut listener = Some(listener);
+        let timeout = Duration::from_secs(30);
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                let listener = if rank == 0 { listener.take() } else { None };
+                thread::spawn(move || {
+                    let group = match listener {
+                        Some(l) => TcpGroup::serve(l, world, timeout),
+                        None => TcpGroup::join(&Rendezvous {
+                            rank,
+                            world,
+                            addr,
+                            timeout,
+                        }),
+                    }
+                    .expect("the group forms");
+                    let comm: Arc<dyn Communicator> = Arc::new(group);
+                    let opts = Options {
+                        data_parallel: Some(DataParallel::ddp(world)),
+                        ..Options::default()
+                    };
+                    let inner =
+                        model_stepper(CpuBackend::with_communicator(Arc::clone(&comm)), opts);
+                    let stop = StopFlag::new();
+                    let mut s = RankStepper::new(inner, comm, stop.clone());
+                    let mut data = loader(world * B);
+                    let mut on_record = |r: &StepRecord| {
+                        if stop_on == Some((rank, r.step)) {
+                            stop.request();
+                        }
+                    };
+                    let summary = train(
+                        &cfg(world * B),
+                        &mut s,
+                        &mut data,
+                        &RunPaths::default(),
+                        "byte",
+                        &stop,
+                        &mut on_record,
+                    )
+                    .expect("train");
+                    summary.records
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank"))
+            .collect()
+    }
+
+    #[test]
+    fn two_ranks_through_train_log_what_one_rank_logs() {
+        let one = {
+            let mut s = model_stepper(CpuBackend::new(), Options::default());
+            let stop = StopFlag::new();
+            let mut data = loader(2 * B);
+            train(
+                &cfg(2 * B),
+                &mut s,
+                &mut data,
+                &RunPaths::default(),
+                "byte",
+                &stop,
+                &mut |_| {},
+            )
+            .expect("train")
+            .records
+        };
+        let ranks = run_ranks(2, None);
+        for records in &ranks {
+            assert_eq!(records.len(), one.len());
+            for (a, b) in one.iter().zip(records) {
+                assert!(
+                    (a.loss - b.loss).abs() <= 2e-5 * a.loss.abs(),
+                    "step {}: {} vs {}",
+                    a.step,
+                    a.loss,
+                    b.loss
+                );
+                match (a.val_loss, b.val_loss) {
+                    (Some(x), Some(y)) => {
+                        assert!((x - y).abs() <= 2e-5 * x.abs(), "val {x} vs {y}")
+                    }
+                    (None, None) => {}
+                    other => panic!("step {}: validation {other:?}", a.step),
+                }
+            }
+        }
+        assert_eq!(
+            ranks[0].iter().map(|r| r.loss).collect::<Vec<_>>(),
+            ranks[1].iter().map(|r| r.loss).collect::<Vec<_>>(),
+            "both ranks log the same global loss"
+        );
+    }
+
+    #[test]
+    fn a_stop_on_one_rank_stops_every_rank_after_the_same_step() {
+        let ranks = run_ranks(2, Some((1, 2)));
+        for records in &ranks {
+            assert_eq!(records.last().map(|r| r.step), Some(3), "{records:?}");
+        }
+    }
+}
