@@ -462,3 +462,65 @@ fn bad_inputs_are_refused_clearly_and_touch_nothing() {
         &keep,
     );
 }
+
+/// `--ranks 2` starts two processes that meet over TCP and average gradients: with `--batch 2`
+/// each, they train on the global batch of 4 and log what one process with `--batch 4` logs
+/// (to f32 rounding: the mean gradient is summed in another order). Rank 0 alone writes the
+/// log and the checkpoint.
+#[test]
+fn two_cpu_ranks_train_like_one_process_on_the_whole_batch() {
+    let t = setup();
+    let one = t.path("one.safetensors");
+    let out = t.train(6, &["--checkpoint", s(&one)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dp = t.path("dp.safetensors");
+    let mut args = vec![
+        "train",
+        s(&t.config),
+        "--data",
+        s(&t.data),
+        "--steps",
+        "6",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--lr",
+        "3e-3",
+        "--warmup",
+        "5",
+        "--eval-every",
+        "10",
+        "--eval-batches",
+        "2",
+        "--device",
+        "cpu",
+        "--checkpoint",
+    ];
+    args.push(s(&dp));
+    args.extend_from_slice(&["--ranks", "2"]);
+    let out = tperf(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("starting 2 ranks"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stdout(&out).matches("summary:").count(),
+        1,
+        "rank 0 alone reports: {}",
+        stdout(&out)
+    );
+    let (a, b) = (
+        log_losses(&one.with_extension("csv")),
+        log_losses(&dp.with_extension("csv")),
+    );
+    assert_eq!(a.len(), 6);
+    assert_eq!(a.len(), b.len(), "one log row per step");
+    for ((step, x), (_, y)) in a.iter().zip(&b) {
+        let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+        assert!((x - y).abs() <= 1e-4 * x.abs(), "step {step}: {x} vs {y}");
+    }
+    assert!(dp.exists(), "rank 0 wrote the checkpoint");
+}

@@ -66,6 +66,8 @@ pub struct CudaBackend {
     pub(crate) blas: Blas,
     workspace: Block,
     pub(crate) timer: Option<EventTimer>,
+    /// The NCCL group of a data-parallel run (dropped before the GPU's context).
+    pub(crate) nccl: Option<crate::ops::collective::Nccl>,
     pub(crate) gpu: Gpu,
     next_id: u32,
     ops_run: usize,
@@ -127,6 +129,7 @@ impl CudaBackend {
             blas,
             workspace,
             timer: None,
+            nccl: None,
             gpu,
             next_id: 0,
             ops_run: 0,
@@ -851,10 +854,7 @@ impl CudaBackend {
             Op::PagedKvAppend(k) => self.paged_kv_append(call, k),
             Op::PagedAttention(a) => self.paged_attention(call, a),
             Op::Sample(s) => self.sample(call, s),
-            Op::Collective(_) => Err(unsupported(
-                call,
-                "collectives run across several devices (tperf plan dp models them)",
-            )),
+            Op::Collective(c) => self.collective(call, c),
         }
     }
 

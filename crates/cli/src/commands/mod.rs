@@ -3,6 +3,7 @@ pub mod bench;
 pub mod conformance;
 pub mod generate;
 pub mod hw;
+pub mod launch;
 pub mod model;
 pub mod plan;
 pub mod precision;

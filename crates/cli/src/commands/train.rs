@@ -1,6 +1,7 @@
 //! `tperf train`: train a model for real on the CPU backend, with a progress bar, held-out
 //! evaluation, atomic checkpoints, exact resumption and a Ctrl-C that saves before it exits.
 
+use super::launch::{self, Role};
 use super::{parse_attention, parse_precision, parse_recompute, Interrupted};
 use crate::load;
 use anyhow::{bail, Context, Result};
@@ -11,15 +12,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tperf_bench::device::{Device, Instrumented};
+use tperf_core::comm::{Communicator, Solo};
 use tperf_core::config::ModelConfig;
 use tperf_core::cost::analysis::{self, Scenario, Workload};
-use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute, Transformer};
+use tperf_core::schedule::{
+    AttentionKernel, DataParallel, Options, Precision, Recompute, Transformer,
+};
 use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;
 use tperf_report::plots::{line_plot, LinePlot, Series};
 use tperf_report::units;
 use tperf_runtime::checkpoint;
 use tperf_runtime::data::{Corpus, Loader, SyntheticLoader, TextLoader};
+use tperf_runtime::data_parallel::RankStepper;
 use tperf_runtime::stepper::ModelStepper;
 use tperf_runtime::tokenizer::Tokenizer;
 use tperf_runtime::train::{self as driver, RunPaths, StepRecord, StopFlag, TrainConfig};
@@ -111,10 +116,40 @@ pub struct TrainArgs {
     /// 50 lines per run).
     #[arg(long)]
     pub print_every: Option<u64>,
+    /// Train data-parallel on N GPUs of this machine: one process per GPU, gradients averaged
+    /// over NCCL (DDP). --batch is per GPU; the global batch is N × --batch.
+    #[arg(long, conflicts_with = "ranks")]
+    pub gpus: Option<usize>,
+    /// Train data-parallel in N CPU processes, gradients averaged over TCP (DDP, to study it
+    /// without GPUs). --batch is per rank.
+    #[arg(long)]
+    pub ranks: Option<usize>,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let device = super::resolve_device(&args.device)?;
+    let mut args = args;
+    let rank = match launch::role(args.gpus.or(args.ranks))? {
+        Role::Launcher { world } => {
+            if args.gpus.is_some() && args.device == "cpu" {
+                bail!("--gpus trains on GPUs; use --ranks N for CPU processes");
+            }
+            return launch::run(world);
+        }
+        Role::Rank(rv) => Some(rv),
+        Role::Single => None,
+    };
+    let device = match &rank {
+        // Each rank drives its own GPU (LOCAL_RANK), or the CPU.
+        Some(rv) if args.ranks.is_none() && args.device != "cpu" => {
+            super::resolve_device(&format!("cuda:{}", launch::local_rank(rv)))?
+        }
+        _ => super::resolve_device(&args.device)?,
+    };
+    // --batch is per rank; the loader and the loop see the global batch, of which each rank
+    // trains its rows (RankStepper).
+    let world = rank.as_ref().map_or(1, |rv| rv.world);
+    let per_rank_batch = args.batch;
+    args.batch *= world;
     let mut cfg = load::load(&args.model)?.config;
     // When resuming, the checkpoint's metadata says which model and tokenizer the run has; a
     // different model is refused by name of the first field that differs.
@@ -181,17 +216,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
         kv_cache: false,
         recompute: args.recompute,
         fused: true,
-        data_parallel: None,
+        data_parallel: (world > 1).then(|| DataParallel::ddp(world)),
     };
-    // The schedule's FLOPs per step, from the same op calls the CPU backend will run.
+    // The schedule's FLOPs per step, from the same op calls the backend will run, on every rank.
     let sc = Scenario {
         workload: Workload::Train,
-        batch: args.batch,
+        batch: per_rank_batch,
         seq: args.seq,
         opts,
     };
     let record = analysis::record(&cfg, &sc)?;
-    let flops_per_step: u64 = record.ops.iter().map(|r| r.cost.flops).sum();
+    let flops_per_step: u64 = record.ops.iter().map(|r| r.cost.flops).sum::<u64>() * world as u64;
     drop(record);
 
     let prepared = Prepared {
@@ -206,9 +241,25 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume_meta,
         tcfg,
     };
+    let comm: Arc<dyn Communicator> = match &rank {
+        Some(rv) => launch::join(rv)?,
+        None => Arc::new(Solo),
+    };
     match device {
-        Device::Cpu => train_on(CpuBackend::new(), &args, prepared),
-        Device::Cuda(i) => train_on(CudaBackend::new(i)?, &args, prepared),
+        Device::Cpu if world > 1 => train_on(
+            CpuBackend::with_communicator(Arc::clone(&comm)),
+            &args,
+            prepared,
+            comm,
+        ),
+        Device::Cpu => train_on(CpuBackend::new(), &args, prepared, comm),
+        Device::Cuda(i) => {
+            let mut be = CudaBackend::new(i)?;
+            if world > 1 {
+                be.join_nccl(&*comm)?;
+            }
+            train_on(be, &args, prepared, comm)
+        }
     }
 }
 
@@ -228,7 +279,12 @@ struct Prepared {
 
 /// The run on `be`: the same driver on the CPU and on a GPU (the stepper reads each step's loss
 /// back, so step times include the device's work).
-fn train_on<B: Instrumented>(mut be: B, args: &TrainArgs, p: Prepared) -> Result<()> {
+fn train_on<B: Instrumented>(
+    mut be: B,
+    args: &TrainArgs,
+    p: Prepared,
+    comm: Arc<dyn Communicator>,
+) -> Result<()> {
     let Prepared {
         cfg,
         opts,
@@ -245,25 +301,31 @@ fn train_on<B: Instrumented>(mut be: B, args: &TrainArgs, p: Prepared) -> Result
     if args.resume.is_none() {
         model.init_weights(&mut be, args.seed)?;
     }
-    let mut stepper = ModelStepper::new(be, model)?;
+    // Rank 0 speaks for a data-parallel run: the others print and log nothing.
+    let speaks = comm.rank() == 0;
+    let stop = StopFlag::new();
+    let mut stepper = RankStepper::new(ModelStepper::new(be, model)?, comm, stop.clone());
 
-    print_header(args, &cfg, &tokenizer, &data, flops_per_step, warmup);
+    if speaks {
+        print_header(args, &cfg, &tokenizer, &data, flops_per_step, warmup);
+    }
     let mut log = match &log_path {
-        Some(p) => Some(CsvLog::open(p, args.resume.is_some())?),
-        None => None,
+        Some(p) if speaks => Some(CsvLog::open(p, args.resume.is_some())?),
+        _ => None,
     };
 
-    let stop = StopFlag::new();
     stop.install_ctrlc_handler()?;
     let start_step = resume_meta.as_ref().map_or(0, |m| m.run.step);
     if let Some(at) = args.stop_at.filter(|&at| at <= start_step) {
         bail!("--stop-at {at} is not after the checkpoint's step {start_step}");
     }
-    let progress = Progress::new(args.steps, start_step, args.print_every);
+    let progress = Progress::new(args.steps, start_step, args.print_every, speaks);
     let mut log_err: Option<anyhow::Error> = None;
     let started = Instant::now();
     let mut on_record = |r: &StepRecord| {
-        progress.update(r);
+        if speaks {
+            progress.update(r);
+        }
         if let Some(log) = &mut log {
             if let Err(e) = log.write(r) {
                 log_err.get_or_insert(e);
@@ -285,6 +347,17 @@ fn train_on<B: Instrumented>(mut be: B, args: &TrainArgs, p: Prepared) -> Result
     );
     progress.finish();
     let summary = result?;
+    if !speaks {
+        return if summary.stopped && args.stop_at != Some(summary.end_step) {
+            Err(Interrupted {
+                step: summary.end_step,
+                checkpoint: checkpoint_path,
+            }
+            .into())
+        } else {
+            Ok(())
+        };
+    }
     let wall_s = started.elapsed().as_secs_f64();
     if let Some(e) = log_err {
         eprintln!("warning: the log could not be written: {e:#}");
@@ -301,12 +374,12 @@ fn train_on<B: Instrumented>(mut be: B, args: &TrainArgs, p: Prepared) -> Result
         &summary,
         wall_s,
         flops_per_step,
-        stepper.be.ledger().peak_bytes(),
+        stepper.inner().be.ledger().peak_bytes(),
         checkpoint_path.as_deref(),
         log_path.as_deref(),
         plot_path.as_deref(),
     );
-    if let Some(g) = stepper.be.step_graphs() {
+    if let Some(g) = stepper.inner().be.step_graphs() {
         println!("  {}", g.summary());
     }
     let asked_to_stop = args.stop_at == Some(summary.end_step);
@@ -541,8 +614,9 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(steps: u64, start_step: u64, print_every: Option<u64>) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    /// `shown` false: a rank other than 0, which draws nothing.
+    fn new(steps: u64, start_step: u64, print_every: Option<u64>, shown: bool) -> Self {
+        let bar = (shown && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
             // A template that fails to parse would be a bug in this literal; fall back to
             // the default style rather than abort a run over a progress bar.

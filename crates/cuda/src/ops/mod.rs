@@ -3,6 +3,7 @@
 //! `tperf_core::ops`) is the spec each kernel is tested against.
 
 mod attention;
+pub(crate) mod collective;
 mod elementwise;
 mod geglu;
 mod loss;

@@ -1,0 +1,178 @@
+//! Multi-process data-parallel runs: `tperf train --gpus N` (one process per GPU, NCCL between
+//! them) and `--ranks N` (N CPU processes, collectives over TCP).
+//!
+//! The launcher re-runs this binary N times with the same arguments less `--gpus`/`--ranks`,
+//! each child told its place the way torchrun tells it (RANK, LOCAL_RANK, WORLD_SIZE,
+//! LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so a run across nodes can be started by torchrun
+//! or any launcher that sets them, and the ranks behave the same. It waits for them; when one
+//! fails, it stops the others at once (they would otherwise wait for the dead rank until their
+//! collective timeout) and exits with that rank's error. Ctrl-C reaches every child (they share
+//! the terminal's process group): each saves after the step the ranks agree on, and the
+//! launcher, which ignores the signal itself, exits 130 as a single-process run would.
+//!
+//! `NCCL_NVLS_ENABLE=0` is set for the children: NVLink SHARP multicast can put the GPUs of a
+//! shared host out of service, and a data-parallel all-reduce does not need it.
+
+use anyhow::{bail, Context, Result};
+use std::ffi::OsString;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+use tperf_core::comm::Communicator;
+use tperf_runtime::comm::{Rendezvous, TcpGroup};
+
+/// How long a rank waits for the others in one collective before it gives up: long enough for
+/// a slow step or a checkpoint save on a peer, short enough that a dead peer ends the run.
+pub const RANK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What this process is in a run.
+pub enum Role {
+    /// An ordinary single-process run.
+    Single,
+    /// Start `world` ranks and wait for them.
+    Launcher { world: usize },
+    /// One rank of a group (started by the launcher, torchrun, or by hand).
+    Rank(Rendezvous),
+}
+
+/// From `--gpus`/`--ranks` (`world`) and the environment a launcher sets.
+pub fn role(world: Option<usize>) -> Result<Role> {
+    if let Some(rv) = Rendezvous::from_env(RANK_TIMEOUT).map_err(anyhow::Error::msg)? {
+        return Ok(Role::Rank(rv));
+    }
+    match world {
+        None | Some(1) => Ok(Role::Single),
+        Some(0) => bail!("--gpus/--ranks 0: a run needs at least one rank"),
+        Some(world) => Ok(Role::Launcher { world }),
+    }
+}
+
+/// The GPU this rank drives: LOCAL_RANK, as torchrun sets it (the rank when unset).
+pub fn local_rank(rv: &Rendezvous) -> usize {
+    std::env::var("LOCAL_RANK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(rv.rank)
+}
+
+/// Joins the group this rank belongs to.
+pub fn join(rv: &Rendezvous) -> Result<Arc<dyn Communicator>> {
+    let group = TcpGroup::join(rv).with_context(|| {
+        format!(
+            "rank {} of {} could not join the group at {}",
+            rv.rank, rv.world, rv.addr
+        )
+    })?;
+    Ok(Arc::new(group))
+}
+
+/// This process's arguments without `--gpus N` / `--ranks N` (either spelling).
+fn child_args() -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut args = std::env::args_os().skip(1);
+    while let Some(a) = args.next() {
+        let s = a.to_string_lossy();
+        if s == "--gpus" || s == "--ranks" {
+            args.next();
+        } else if !(s.starts_with("--gpus=") || s.starts_with("--ranks=")) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+/// Starts `world` ranks of this command on this node and waits for all of them.
+pub fn run(world: usize) -> Result<()> {
+    // A free port for rank 0: bound here and released just before the children start; rank 0
+    // binds it again at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .context("finding a free port for the ranks to meet on")?
+        .port();
+    let exe = std::env::current_exe().context("locating the tperf binary to start the ranks")?;
+    let args = child_args();
+    // The launcher outlives the children's Ctrl-C handling: it must not die of the signal.
+    ctrlc::set_handler(|| {}).context("installing the launcher's Ctrl-C handler")?;
+    eprintln!("starting {world} ranks (127.0.0.1:{port})");
+    let mut children: Vec<Child> = Vec::with_capacity(world);
+    for rank in 0..world {
+        let mut cmd = Command::new(&exe);
+        cmd.args(&args)
+            .env("RANK", rank.to_string())
+            .env("LOCAL_RANK", rank.to_string())
+            .env("WORLD_SIZE", world.to_string())
+            .env("LOCAL_WORLD_SIZE", world.to_string())
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", port.to_string())
+            .env("NCCL_NVLS_ENABLE", "0");
+        if rank != 0 {
+            // Rank 0 speaks for the run; the others' errors still reach the terminal.
+            cmd.stdout(Stdio::null());
+        }
+        match cmd.spawn() {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                stop_all(&mut children);
+                return Err(e).with_context(|| format!("starting rank {rank}"));
+            }
+        }
+    }
+    wait_all(children)
+}
+
+fn stop_all(children: &mut [Child]) {
+    for c in children.iter_mut() {
+        let _ = c.kill();
+    }
+    for c in children.iter_mut() {
+        let _ = c.wait();
+    }
+}
+
+/// Waits for every rank; the first that fails stops the rest. Exit 130 (interrupted) only when
+/// every rank was.
+fn wait_all(mut children: Vec<Child>) -> Result<()> {
+    let mut status: Vec<Option<ExitStatus>> = vec![None; children.len()];
+    loop {
+        for (rank, c) in children.iter_mut().enumerate() {
+            if status[rank].is_none() {
+                status[rank] = c.try_wait().context("waiting for a rank")?;
+            }
+        }
+        if let Some((rank, s)) = status.iter().enumerate().find_map(|(r, s)| {
+            s.filter(|s| !s.success() && s.code() != Some(130))
+                .map(|s| (r, s))
+        }) {
+            stop_all(&mut children);
+            bail!("rank {rank} failed ({s}); the other ranks were stopped");
+        }
+        if status.iter().all(Option::is_some) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if status.iter().flatten().any(|s| s.code() == Some(130)) {
+        std::process::exit(130);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_ranks_is_an_error_and_one_is_a_single_run() {
+        // Only valid while no launcher variables are set in the test process.
+        if std::env::var_os("WORLD_SIZE").is_some() {
+            return;
+        }
+        assert!(role(Some(0)).is_err());
+        assert!(matches!(role(Some(1)).unwrap(), Role::Single));
+        assert!(matches!(role(None).unwrap(), Role::Single));
+        assert!(matches!(
+            role(Some(4)).unwrap(),
+            Role::Launcher { world: 4 }
+        ));
+    }
+}
