@@ -122,7 +122,9 @@ class Gpt2Decode(torch.nn.Module):
         # tokens: (B,) int64, pos: () int64 on the device — both static buffers of the graph.
         B = tokens.shape[0]
         hd = self.d // self.heads
-        x = self.wte[tokens] + self.wpe[pos]
+        # index_select, not wpe[pos]: indexing by a 0-d tensor reads it back to the host (a sync
+        # that invalidates the capture, and a data-dependent shape to torch.compile).
+        x = self.wte.index_select(0, tokens) + self.wpe.index_select(0, pos.view(1))
         mask = (self.positions <= pos).view(1, 1, 1, -1)
         for i, b in enumerate(self.blocks):
             h = b.ln1(x)
