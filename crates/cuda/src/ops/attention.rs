@@ -1,6 +1,7 @@
 //! Attention: the three ops of naive attention and their backwards (kernels/attention.cu, every
 //! product one strided batched GEMM reading Q, K and V in place), and flash attention forward
-//! and backward (kernels/flash_attention.cu).
+//! and backward (kernels/flash_attention.cu; kernels/flash_mma.cu on tensor cores for bf16 and
+//! fp16 at D = 64 and 128, see `mma_variant`).
 //!
 //! Operands (the ops' `*Io` structs in tperf_core) and checks follow the CPU backend op for op:
 //! - scores S from qkv (keys from the K cache when there is one); softmax P from S; value O
@@ -29,6 +30,7 @@ use tperf_core::tensor::Tensor;
 
 const NAIVE: &str = "attention";
 const FLASH: &str = "flash_attention";
+const FLASH_MMA: &str = "flash_mma";
 
 /// Tile of attn_gemm's output (rows and columns); 256 threads a block.
 const GEMM_TILE: u64 = 64;
@@ -234,6 +236,51 @@ fn flash_variant(call: &OpCall, d: usize) -> Result<FlashVariant, BackendError> 
             format!("flash attention kernels take head sizes 1 to 256, not D = {d}"),
         )),
     }
+}
+
+/// The tensor-core kernels of flash_mma.cu for one (head size, dtype): 4 warps a block, query
+/// tiles of 64 rows (forward) and key tiles of 64 keys (backward), shared rows of D + 8 elements.
+struct MmaVariant {
+    fwd: &'static str,
+    fwd_shared: u32,
+}
+
+/// Rows a forward block of the tensor-core kernels covers.
+const MMA_BQ: u64 = 64;
+const MMA_THREADS: u32 = 128;
+
+/// The tensor-core kernels run when every 16-bit operand shares one dtype, bf16 or fp16, D is
+/// 64 or 128, and every row the kernels load by 16-byte cp.async starts 16 bytes aligned: the
+/// buffers' pointers and every element offset and stride a multiple of 8. Anything else (f32
+/// storage, mixed precision, other head sizes, odd strides) takes the scalar kernels of
+/// flash_attention.cu, which handle every case. `bufs` are the 16-bit operands; `strides` the
+/// element offsets and strides rows are read at.
+fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
+    const BF16: i32 = 1;
+    const F16: i32 = 2;
+    let dt = match bufs.first()? {
+        Arg::Buf(_, dt) => *dt,
+        _ => return None,
+    };
+    let same = bufs
+        .iter()
+        .all(|b| matches!(b, Arg::Buf(ptr, t) if *t == dt && ptr % 16 == 0));
+    if !same || strides.iter().any(|s| s % 8 != 0) {
+        return None;
+    }
+    let fwd = match (d, dt) {
+        (64, BF16) => "flash_mma_fwd_d64_bf16",
+        (64, F16) => "flash_mma_fwd_d64_f16",
+        (128, BF16) => "flash_mma_fwd_d128_bf16",
+        (128, F16) => "flash_mma_fwd_d128_f16",
+        _ => return None,
+    };
+    // Q tile (64 rows) and two buffers each of K and V tiles (64 rows), 2 bytes an element.
+    let row = (d as u32 + 8) * 2;
+    Some(MmaVariant {
+        fwd,
+        fwd_shared: (64 + 4 * 64) * row,
+    })
 }
 
 fn nothing_to_do(a: &Attention) -> bool {
@@ -591,7 +638,14 @@ impl CudaBackend {
         }
         let k = self.kv_operand(call, a, src, false, qkv)?;
         let v = self.kv_operand(call, a, v_src, true, qkv)?;
-        let blocks = (a.tq as u64).div_ceil(fv.fwd_bq) * (a.b * a.h) as u64;
+        let width = a.qkv_width() as u64;
+        let mma = mma_variant(
+            a.d,
+            &[qkv, k.buf, v.buf, o],
+            &[width, k.base, k.sb, k.sh, k.s0, v.base, v.sb, v.sh, v.s0],
+        );
+        let bq = mma.as_ref().map_or(fv.fwd_bq, |_| MMA_BQ);
+        let blocks = (a.tq as u64).div_ceil(bq) * (a.b * a.h) as u64;
         let max = i32::MAX as usize;
         one_launch(call, blocks <= max as u64 && a.tk <= max && a.h_kv <= max)?;
         let i = |x: u64| Arg::I64(x as i64);
@@ -619,15 +673,27 @@ impl CudaBackend {
             Arg::F32(scale(a)),
             Arg::Ptr(self.op_scalars),
         ];
-        self.launch(
-            call,
-            FLASH,
-            fv.fwd,
-            (blocks as u32, 1, 1),
-            (FLASH_THREADS, 1, 1),
-            fv.fwd_shared,
-            &args,
-        )
+        let grid = (blocks as u32, 1, 1);
+        match mma {
+            Some(m) => self.launch(
+                call,
+                FLASH_MMA,
+                m.fwd,
+                grid,
+                (MMA_THREADS, 1, 1),
+                m.fwd_shared,
+                &args,
+            ),
+            None => self.launch(
+                call,
+                FLASH,
+                fv.fwd,
+                grid,
+                (FLASH_THREADS, 1, 1),
+                fv.fwd_shared,
+                &args,
+            ),
+        }
     }
 
     pub(crate) fn flash_attention_backward(
