@@ -322,3 +322,275 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_fwd_d128_bf1
 extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_fwd_d128_f16(MMA_FWD_PARAMS) {
     mma_fwd<128, false>(MMA_FWD_ARGS);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+//
+// One block of 4 warps per (key tile of 64 keys, key/value head, batch element), after
+// flash_bwd_di (flash_attention.cu) has written Dᵢ = rowsum(dO ⊙ O). K and V stay in shared
+// memory; warp w owns keys 16w..16w + 15 of the tile and their dK and dV accumulators (f32, in
+// registers for the whole kernel). The block walks the query heads of its group and the query
+// tiles (BQ rows) that can see its keys, Q, dO, lse and Dᵢ double-buffered by cp.async:
+//   Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (ldmatrix of Q and dO rows is B's "col" layout),
+//   Pᵀ = exp2(Sᵀ·log2(e)/√D − lse·log2(e)), dSᵀ = Pᵀ ⊙ (dPᵀ − Dᵢ) (masked only where needed),
+//   dV += Pᵀ·dO and dK += dSᵀ·Q (Pᵀ and dSᵀ as A fragments from the accumulators, dO and Q by
+//   ldmatrix.trans),
+//   dQ += dS·K/√D: dSᵀ goes through shared memory (the one product that needs the transposed
+//   fragment), and each warp adds a 16-row slice of the tile's dQ into the f32 scratch with
+//   atomics (red.global.add), which flash_bwd_dq converts into dqkv.
+// dK (scaled by 1/√D) and dV are written once per key at the end.
+//
+// Floor per (64-key × BQ-query) tile: 5 products of 2·64·BQ·D FLOPs (Sᵀ, dPᵀ, dV, dK, dQ)
+// against 2·BQ·D·2 bytes of Q and dO read and BQ·D·4 bytes of dQ atomics: 80 FLOPs per byte at
+// BQ = 64, 40 at 32; the atomics into L2 are the second bound after the tensor cores, as in
+// FlashAttention-2. Registers: dK, dV accumulators D (per thread), Sᵀ and dPᵀ BQ/2. BQ = 64 at
+// D = 64 (64 KB shared, 3 blocks an SM), 32 at D = 128 (74 KB shared; registers allow 2 blocks,
+// 8 warps an SM).
+
+struct MmaBwdArgs {
+    int h, h_kv, tq, tk, d, causal;
+    i64 window;
+    float scale;
+};
+
+template <int D, int BQ, bool BF>
+__device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float* di, float* dq,
+                                        Buf dqkv, MmaBwdArgs p) {
+    constexpr int BK = MMA_BK, LD = D + 8, SLD = BQ + 8;
+    constexpr int KT = D / 16, NT = BQ / 8, OT = D / 8;
+    // dQ: BQ/16 warps along the rows, the rest split D.
+    constexpr int WQ = BQ / 16, WD = 4 / WQ, DQT = D / WD / 8;
+    extern __shared__ __align__(16) u16 mma_smem[];
+    u16* Ks = mma_smem;            // BK × LD
+    u16* Vs = Ks + BK * LD;        // BK × LD
+    u16* Qs = Vs + BK * LD;        // 2 × BQ × LD
+    u16* dOs = Qs + 2 * BQ * LD;   // 2 × BQ × LD
+    u16* dSs = dOs + 2 * BQ * LD;  // BK × SLD (dSᵀ: key row, query column)
+    float* Ls = (float*)(dSs + BK * SLD); // 2 × BQ (lse, f32)
+    float* Ds = Ls + 2 * BQ;              // 2 × BQ
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int tiles = (p.tk + BK - 1) / BK;
+    const int tile = (int)(blockIdx.x % tiles);
+    const int g = (int)((blockIdx.x / tiles) % p.h_kv);
+    const i64 b = (i64)(blockIdx.x / tiles) / p.h_kv;
+    const int group = p.h / p.h_kv;
+    const i64 width = (i64)(p.h + 2 * p.h_kv) * D, hd = (i64)p.h * D;
+    const int j0 = tile * BK, j1 = min(j0 + BK, p.tk);
+    const i64 off = (i64)p.tk - p.tq;
+
+    // Query rows that see any key of [j0, j1): [qlo, qhi).
+    i64 qlo = 0, qhi = p.tq;
+    if (p.causal) {
+        qlo = max((i64)0, j0 - off);
+        if (p.window >= 0) qhi = min((i64)p.tq, j1 - 1 + p.window - off);
+    }
+    const int nq = qhi > qlo ? (int)((qhi - qlo + BQ - 1) / BQ) : 0;
+    const int total = group * nq;
+
+    const u16* base = (const u16*)qkv.p + b * p.tk * width;
+    load_rows_async<D, BK>(Ks, base + j0 * width + (i64)(p.h + g) * D, width, j1 - j0);
+    load_rows_async<D, BK>(Vs, base + j0 * width + (i64)(p.h + p.h_kv + g) * D, width, j1 - j0);
+
+    // Query tile `it` (head g·group + it / nq, rows from qlo + (it % nq)·BQ) into buffer `bf`.
+    auto load_q = [&](int it, int bf) {
+        const int head = g * group + it / nq;
+        const i64 i0 = qlo + (i64)(it % nq) * BQ;
+        const int valid = (int)min((i64)BQ, qhi - i0);
+        load_rows_async<D, BQ>(Qs + bf * BQ * LD,
+                               (const u16*)qkv.p + (b * p.tq + i0) * width + (i64)head * D, width,
+                               valid);
+        load_rows_async<D, BQ>(dOs + bf * BQ * LD,
+                               (const u16*)dout.p + (b * p.tq + i0) * hd + (i64)head * D, hd,
+                               valid);
+        const i64 row = (b * p.h + head) * p.tq + i0;
+        for (int q = tid; q < BQ; q += MMA_THREADS) {
+            const bool ok = q < valid;
+            const float* lsrc = (const float*)lse.p + row + (ok ? q : 0);
+            const float* dsrc = di + row + (ok ? q : 0);
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(
+                             smem_addr(Ls + bf * BQ + q)),
+                         "l"(lsrc), "r"(ok ? 4 : 0)
+                         : "memory");
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(
+                             smem_addr(Ds + bf * BQ + q)),
+                         "l"(dsrc), "r"(ok ? 4 : 0)
+                         : "memory");
+        }
+    };
+    if (total > 0) load_q(0, 0);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+
+    float dk[OT][4], dv[OT][4];
+#pragma unroll
+    for (int t = 0; t < OT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk[t][e] = dv[t][e] = 0.0f;
+
+    const float sl2 = p.scale * LOG2E;
+    // ldmatrix lane offsets: A fragments from row-major rows (K, V), B from rows as n (Q, dO
+    // for Sᵀ, dPᵀ), B from rows as k (.trans: Q, dO for dK, dV; K for dQ), A from dSᵀ (.trans).
+    const int arow = (lane % 8) + ((lane / 8) % 2) * 8, acol = (lane / 16) * 8;
+    const int brow = (lane % 8) + (lane / 16) * 8, bcol = ((lane / 8) % 2) * 8;
+    const int kr = warp * 16 + lane / 4; // tile key of c0/c1 (c2/c3: + 8)
+    const u16* kfrag = Ks + (warp * 16 + arow) * LD + acol;
+    const u16* vfrag = Vs + (warp * 16 + arow) * LD + acol;
+
+    int bf = 0;
+    for (int it = 0; it < total; ++it, bf ^= 1) {
+        if (it + 1 < total) load_q(it + 1, bf ^ 1);
+        cp_async_commit();
+        const int head = g * group + it / nq;
+        const i64 i0 = qlo + (i64)(it % nq) * BQ;
+        const u16* Qt = Qs + bf * BQ * LD;
+        const u16* dOt = dOs + bf * BQ * LD;
+        const float* Lt = Ls + bf * BQ;
+        const float* Dt = Ds + bf * BQ;
+
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[t][e] = dp[t][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            unsigned ka[4], va[4];
+            ldsm4(smem_addr(kfrag + kk * 16), ka[0], ka[1], ka[2], ka[3]);
+            ldsm4(smem_addr(vfrag + kk * 16), va[0], va[1], va[2], va[3]);
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                unsigned b0, b1, b2, b3;
+                ldsm4(smem_addr(Qt + (np * 16 + brow) * LD + kk * 16 + bcol), b0, b1, b2, b3);
+                mma16816<BF>(s[2 * np], ka, b0, b1);
+                mma16816<BF>(s[2 * np + 1], ka, b2, b3);
+                ldsm4(smem_addr(dOt + (np * 16 + brow) * LD + kk * 16 + bcol), b0, b1, b2, b3);
+                mma16816<BF>(dp[2 * np], va, b0, b1);
+                mma16816<BF>(dp[2 * np + 1], va, b2, b3);
+            }
+        }
+
+        const bool masked =
+            i0 + BQ > qhi || j0 + BK > p.tk ||
+            (p.causal && (j0 + BK - 1 > off + i0 ||
+                          (p.window >= 0 && off + i0 + BQ - 1 - j0 >= p.window)));
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int q = t * 8 + (lane % 4) * 2 + (e % 2);
+                float pv = exp2f(fmaf(s[t][e], sl2, -Lt[q] * LOG2E));
+                if (masked) {
+                    const i64 i = i0 + q, j = j0 + kr + (e / 2) * 8;
+                    if (!(i < qhi && j < j1 && mma_visible(p.causal, p.window, off + i, j)))
+                        pv = 0.0f;
+                }
+                s[t][e] = pv;
+                dp[t][e] = pv * (dp[t][e] - Dt[q]);
+            }
+
+        // dSᵀ to shared memory for dQ, as 16-bit pairs.
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            const int q = t * 8 + (lane % 4) * 2;
+            *(unsigned*)(dSs + kr * SLD + q) = pack2<BF>(dp[t][0], dp[t][1]);
+            *(unsigned*)(dSs + (kr + 8) * SLD + q) = pack2<BF>(dp[t][2], dp[t][3]);
+        }
+
+        // dV += Pᵀ·dO, dK += dSᵀ·Q over the tile's queries.
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk) {
+            const unsigned pa[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]),
+                                    pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
+                                    pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            const unsigned sa[4] = {pack2<BF>(dp[2 * kk][0], dp[2 * kk][1]),
+                                    pack2<BF>(dp[2 * kk][2], dp[2 * kk][3]),
+                                    pack2<BF>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                                    pack2<BF>(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < D / 16; ++n) {
+                unsigned b0, b1, b2, b3;
+                ldsm4t(smem_addr(dOt + (kk * 16 + arow) * LD + n * 16 + acol), b0, b1, b2, b3);
+                mma16816<BF>(dv[2 * n], pa, b0, b1);
+                mma16816<BF>(dv[2 * n + 1], pa, b2, b3);
+                ldsm4t(smem_addr(Qt + (kk * 16 + arow) * LD + n * 16 + acol), b0, b1, b2, b3);
+                mma16816<BF>(dk[2 * n], sa, b0, b1);
+                mma16816<BF>(dk[2 * n + 1], sa, b2, b3);
+            }
+        }
+        __syncthreads(); // dSᵀ is complete
+
+        // dQ rows 16·(warp % WQ).., columns (warp / WQ)·D/WD.. of the tile: dS·K.
+        {
+            const int qw = (warp % WQ) * 16, cw = (warp / WQ) * (D / WD);
+            float acc[DQT][4];
+#pragma unroll
+            for (int t = 0; t < DQT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; ++kk) {
+                unsigned a[4];
+                ldsm4t(smem_addr(dSs + (kk * 16 + brow) * SLD + qw + bcol), a[0], a[1], a[2],
+                       a[3]);
+#pragma unroll
+                for (int n = 0; n < DQT / 2; ++n) {
+                    unsigned b0, b1, b2, b3;
+                    ldsm4t(smem_addr(Ks + (kk * 16 + arow) * LD + cw + n * 16 + acol), b0, b1,
+                           b2, b3);
+                    mma16816<BF>(acc[2 * n], a, b0, b1);
+                    mma16816<BF>(acc[2 * n + 1], a, b2, b3);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const i64 i = i0 + qw + lane / 4 + 8 * r;
+                if (i >= qhi) continue;
+                float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + cw + (lane % 4) * 2;
+#pragma unroll
+                for (int t = 0; t < DQT; ++t) {
+                    atomicAdd(dst + t * 8, acc[t][2 * r] * p.scale);
+                    atomicAdd(dst + t * 8 + 1, acc[t][2 * r + 1] * p.scale);
+                }
+            }
+        }
+
+        // The next tile has landed; every warp is done with this tile's buffers and dSᵀ.
+        cp_async_wait_all();
+        __syncthreads();
+    }
+
+    // Each key of the tile is written once, by this block.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int j = j0 + kr + 8 * r;
+        if (j >= j1) continue;
+        u16* row = (u16*)dqkv.p + (b * p.tk + j) * width + (lane % 4) * 2;
+#pragma unroll
+        for (int t = 0; t < OT; ++t) {
+            *(unsigned*)(row + (i64)(p.h + g) * D + t * 8) =
+                pack2<BF>(dk[t][2 * r] * p.scale, dk[t][2 * r + 1] * p.scale);
+            *(unsigned*)(row + (i64)(p.h + p.h_kv + g) * D + t * 8) =
+                pack2<BF>(dv[t][2 * r], dv[t][2 * r + 1]);
+        }
+    }
+}
+
+#define MMA_BWD_PARAMS                                                                           \
+    Buf qkv, Buf dout, Buf lse, const float* di, float* dq, Buf dqkv, int h, int h_kv, int tq,    \
+        int tk, int d, int causal, i64 window, float scale
+#define MMA_BWD_ARGS                                                                             \
+    qkv, dout, lse, di, dq, dqkv, MmaBwdArgs{h, h_kv, tq, tk, d, causal, window, scale}
+
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d64_bf16(MMA_BWD_PARAMS) {
+    mma_bwd<64, 64, true>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d64_f16(MMA_BWD_PARAMS) {
+    mma_bwd<64, 64, false>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d128_bf16(MMA_BWD_PARAMS) {
+    mma_bwd<128, 32, true>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d128_f16(MMA_BWD_PARAMS) {
+    mma_bwd<128, 32, false>(MMA_BWD_ARGS);
+}

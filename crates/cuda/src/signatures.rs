@@ -202,6 +202,34 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         ],
     ),
     (
+        "flash_mma",
+        "flash_mma_bwd_d64_bf16",
+        &[
+            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_bwd_d64_f16",
+        &[
+            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_bwd_d128_bf16",
+        &[
+            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_bwd_d128_f16",
+        &[
+            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
+        ],
+    ),
+    (
         "paged",
         "rope_positions",
         &[Buf, Buf, I64, I32, I32, I32, F64, F64],

@@ -242,11 +242,14 @@ fn flash_variant(call: &OpCall, d: usize) -> Result<FlashVariant, BackendError> 
 /// tiles of 64 rows (forward) and key tiles of 64 keys (backward), shared rows of D + 8 elements.
 struct MmaVariant {
     fwd: &'static str,
+    bwd: &'static str,
     fwd_shared: u32,
+    bwd_shared: u32,
 }
 
-/// Rows a forward block of the tensor-core kernels covers.
+/// Query rows a forward block of the tensor-core kernels covers, and keys a backward block does.
 const MMA_BQ: u64 = 64;
+const MMA_BK: u64 = 64;
 const MMA_THREADS: u32 = 128;
 
 /// The tensor-core kernels run when every 16-bit operand shares one dtype, bf16 or fp16, D is
@@ -268,19 +271,33 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
     if !same || strides.iter().any(|s| s % 8 != 0) {
         return None;
     }
-    let fwd = match (d, dt) {
-        (64, BF16) => "flash_mma_fwd_d64_bf16",
-        (64, F16) => "flash_mma_fwd_d64_f16",
-        (128, BF16) => "flash_mma_fwd_d128_bf16",
-        (128, F16) => "flash_mma_fwd_d128_f16",
+    // The backward's query tile: 64 rows at D = 64, 32 at 128 (flash_mma.cu says why).
+    let (fwd, bwd, bq) = match (d, dt) {
+        (64, BF16) => ("flash_mma_fwd_d64_bf16", "flash_mma_bwd_d64_bf16", 64),
+        (64, F16) => ("flash_mma_fwd_d64_f16", "flash_mma_bwd_d64_f16", 64),
+        (128, BF16) => ("flash_mma_fwd_d128_bf16", "flash_mma_bwd_d128_bf16", 32),
+        (128, F16) => ("flash_mma_fwd_d128_f16", "flash_mma_bwd_d128_f16", 32),
         _ => return None,
     };
-    // Q tile (64 rows) and two buffers each of K and V tiles (64 rows), 2 bytes an element.
     let row = (d as u32 + 8) * 2;
     Some(MmaVariant {
         fwd,
+        bwd,
+        // Q tile (64 rows) and two buffers each of K and V tiles (64 rows), 2 bytes an element.
         fwd_shared: (64 + 4 * 64) * row,
+        // K and V tiles (64 rows), two buffers each of Q and dO tiles (bq rows), dSᵀ (64 ×
+        // (bq + 8) elements), and two buffers each of lse and Dᵢ (bq f32).
+        bwd_shared: (2 * 64 + 4 * bq) * row + 64 * (bq + 8) * 2 + 4 * bq * 4,
     })
+}
+
+/// The dK/dV/dQ kernel of a flash backward: scalar (flash_attention.cu) or tensor-core
+/// (flash_mma.cu); both take the same arguments.
+struct BwdKernel {
+    source: &'static str,
+    name: &'static str,
+    threads: u32,
+    shared: u32,
 }
 
 fn nothing_to_do(a: &Attention) -> bool {
@@ -714,7 +731,33 @@ impl CudaBackend {
         if nothing_to_do(a) {
             return Ok(());
         }
-        let blocks = (a.tk as u64).div_ceil(fv.bwd_bk) * (a.b * a.h_kv) as u64;
+        // The tensor-core backward reads lse as f32 (4-byte cp.async); another dtype falls
+        // back.
+        let mma = match lse {
+            Arg::Buf(_, 0) => mma_variant(a.d, &[qkv, dout, dqkv], &[a.qkv_width() as u64]),
+            _ => None,
+        };
+        let (kernel, bk) = match &mma {
+            Some(m) => (
+                BwdKernel {
+                    source: FLASH_MMA,
+                    name: m.bwd,
+                    threads: MMA_THREADS,
+                    shared: m.bwd_shared,
+                },
+                MMA_BK,
+            ),
+            None => (
+                BwdKernel {
+                    source: FLASH,
+                    name: fv.bwd,
+                    threads: FLASH_THREADS,
+                    shared: fv.bwd_shared,
+                },
+                fv.bwd_bk,
+            ),
+        };
+        let blocks = (a.tk as u64).div_ceil(bk) * (a.b * a.h_kv) as u64;
         one_launch(
             call,
             blocks <= i32::MAX as u64 && rows.div_ceil(8) <= i32::MAX as u64,
@@ -726,8 +769,14 @@ impl CudaBackend {
             .alloc
             .alloc(bytes)
             .map_err(driver("scratch for the flash backward"))?;
-        let result =
-            self.flash_backward_launches(call, a, &block, &fv, blocks, [qkv, o, dout, lse, dqkv]);
+        let result = self.flash_backward_launches(
+            call,
+            a,
+            &block,
+            &kernel,
+            blocks,
+            [qkv, o, dout, lse, dqkv],
+        );
         // The stream orders the block's next user after these kernels.
         self.alloc.free(block);
         result
@@ -740,7 +789,7 @@ impl CudaBackend {
         call: &OpCall,
         a: &Attention,
         block: &Block,
-        fv: &FlashVariant,
+        kernel: &BwdKernel,
         blocks: u64,
         [qkv, o, dout, lse, dqkv]: [Arg; 5],
     ) -> Result<(), BackendError> {
@@ -783,11 +832,11 @@ impl CudaBackend {
         let grid = (blocks as u32, 1, 1);
         self.launch(
             call,
-            FLASH,
-            fv.bwd,
+            kernel.source,
+            kernel.name,
             grid,
-            (FLASH_THREADS, 1, 1),
-            fv.bwd_shared,
+            (kernel.threads, 1, 1),
+            kernel.shared,
             &args,
         )?;
         let args = [
