@@ -38,6 +38,7 @@ pub const SOURCES: &[Source] = &[
     source!("optimizer"),
     source!("attention"),
     source!("flash_attention"),
+    source!("flash_mma"),
     source!("paged"),
     source!("geglu"),
 ];
