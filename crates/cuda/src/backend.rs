@@ -51,6 +51,8 @@ pub struct CudaBackend {
     retired: HashMap<TensorId, DevBuf>,
     /// Captured steps; dropped before any memory they point into.
     graphs: Graphs,
+    /// The optimizer's tensor tables (ops/optimizer.rs); captured graphs address them.
+    pub(crate) tables: crate::ops::optimizer::TensorTables,
     pub(crate) alloc: CachingAllocator,
     /// Tensors' bytes at their dtype widths by category (the Meta backend's rule); what the
     /// driver reserved is the allocator's count.
@@ -119,6 +121,7 @@ impl CudaBackend {
             buffers: HashMap::new(),
             retired: HashMap::new(),
             graphs: Graphs::new(graphs),
+            tables: Default::default(),
             alloc,
             ledger: Ledger::new(),
             scalars,
@@ -596,6 +599,11 @@ impl CudaBackend {
 
     /// An op inside a captured or replayed step.
     fn exec_in_graph(&mut self, call: OpCall) -> Result<(), BackendError> {
+        if self.optimizer_table_missing(&call)? {
+            // A new table cannot be written inside a capture; the next capture finds it.
+            self.leave_graph_mode("the optimizer's tensor table is new", false)?;
+            return self.exec_eager(call);
+        }
         let (action, scalars) = self.action_of(&call)?;
         let replaying = matches!(self.graphs.mode, Mode::Replay { .. });
         if replaying {
@@ -627,6 +635,16 @@ impl CudaBackend {
             )?;
         }
         Ok(())
+    }
+
+    /// Drops every captured graph, then every optimizer table (which graphs may address); only
+    /// outside a captured or replayed step.
+    pub(crate) fn drop_graphs_and_tables(&mut self) {
+        debug_assert!(!self.graphs.in_step_graph());
+        self.graphs.clear();
+        for b in self.tables.drain() {
+            self.alloc.free(b);
+        }
     }
 
     /// Zeroes a fresh tensor, as the step's mode wants it.
@@ -884,6 +902,9 @@ impl Drop for CudaBackend {
         }
         let _ = self.gpu.synchronize();
         self.graphs.clear();
+        for b in self.tables.drain() {
+            self.alloc.free(b);
+        }
         self.alloc.free(self.scalars);
         for (_, b) in self.buffers.drain() {
             self.alloc.free(b.block);

@@ -304,11 +304,14 @@ fn grad_norm_case(shapes: &[&[usize]], mixed: bool) -> OpCase {
 #[test]
 fn grad_norm_matches_cpu() {
     let Some(mut gpu) = gpu() else { return };
-    let cases: [&[&[usize]]; 5] = [
+    let cases: [&[&[usize]]; 6] = [
         &[],
         &[&[0]],
         &[&[1]],
         &[&[7], &[768, 3], &[0], &[13]],
+        // The multi-tensor kernel's work items are 8192 elements: one past an item, a tensor
+        // whose last item ends in a scalar tail, and odd sizes between them.
+        &[&[8193], &[3, 4099], &[1], &[8192], &[5, 3]],
         // More tensors than one launch takes (eight), of training sizes.
         &[
             &[50_257, 768],
@@ -390,7 +393,19 @@ fn adamw_case(
 #[test]
 fn adamw_matches_cpu() {
     let Some(mut gpu) = gpu() else { return };
-    let shapes: [&[usize]; 6] = [&[768, 3], &[7], &[1, 1], &[0], &[13, 0], &[1024, 768]];
+    // Odd sizes, empty tensors, and sizes one past the kernel's 8192-element work items (a
+    // vector body and a scalar tail in the same item).
+    let shapes: [&[usize]; 9] = [
+        &[768, 3],
+        &[7],
+        &[1, 1],
+        &[0],
+        &[13, 0],
+        &[1024, 768],
+        &[8193],
+        &[3, 4099],
+        &[8192],
+    ];
     let base = AdamWParams::default();
     let hypers = [
         base,

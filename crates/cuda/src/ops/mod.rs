@@ -8,7 +8,7 @@ mod geglu;
 mod loss;
 mod matmul;
 mod norms;
-mod optimizer;
+pub(crate) mod optimizer;
 mod paged;
 
 /// Threads per block of the row-wise kernels (one block per row): a multiple of 32 for the
