@@ -1,8 +1,6 @@
-// Elementwise and data-movement kernels: activations, SwiGLU, the residual add, casts, RoPE,
+// Elementwise and data-movement kernels: activations, the gated MLPs (SwiGLU, GeGLU), the residual add, casts, RoPE,
 // the embedding gather and its scatter-add, the KV-cache append, take-last, and the bias
 // gradient (a column sum). Each mirrors its reference in tperf_core::ops.
-
-// The activations (act_fwd, act_grad) are in common.cuh: GeGLU's kernels use them too.
 
 extern "C" __global__ void activation_forward(Buf x, Buf y, i64 n, int kind) {
     FOR_EACH(i, n) st(y, i, act_fwd(kind, ld(x, i)));
@@ -13,21 +11,23 @@ extern "C" __global__ void activation_backward(Buf x, Buf dy, Buf dx, i64 n, int
     FOR_EACH(i, n) st(dx, i, ld(dy, i) * act_grad(kind, ld(x, i)));
 }
 
-// h (rows, 2F) = [g | u]; y (rows, F) = silu(g)·u
-extern "C" __global__ void swiglu_forward(Buf h, Buf y, i64 rows, i64 f) {
+// The gated MLPs: h (rows, 2F) = [g | u], y (rows, F) = act(g)·u with `kind` an ACT_* code:
+// SwiGLU (ACT_SILU, ops/elementwise.rs) and GeGLU (ACT_GELU, ops/geglu.rs). The backward writes
+// both halves of dh: dg = dy·u·act'(g), du = dy·act(g).
+extern "C" __global__ void gated_forward(Buf h, Buf y, i64 rows, i64 f, int kind) {
     FOR_EACH(i, rows * f) {
         i64 r = i / f, j = i % f;
         float g = ld(h, r * 2 * f + j), u = ld(h, r * 2 * f + f + j);
-        st(y, i, act_fwd(ACT_SILU, g) * u);
+        st(y, i, act_fwd(kind, g) * u);
     }
 }
 
-extern "C" __global__ void swiglu_backward(Buf h, Buf dy, Buf dh, i64 rows, i64 f) {
+extern "C" __global__ void gated_backward(Buf h, Buf dy, Buf dh, i64 rows, i64 f, int kind) {
     FOR_EACH(i, rows * f) {
         i64 r = i / f, j = i % f;
         float g = ld(h, r * 2 * f + j), u = ld(h, r * 2 * f + f + j), d = ld(dy, i);
-        st(dh, r * 2 * f + j, d * u * act_grad(ACT_SILU, g));
-        st(dh, r * 2 * f + f + j, d * act_fwd(ACT_SILU, g));
+        st(dh, r * 2 * f + j, d * u * act_grad(kind, g));
+        st(dh, r * 2 * f + f + j, d * act_fwd(kind, g));
     }
 }
 

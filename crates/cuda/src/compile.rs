@@ -39,7 +39,6 @@ pub const SOURCES: &[Source] = &[
     source!("attention"),
     source!("flash_attention"),
     source!("paged"),
-    source!("geglu"),
 ];
 
 pub fn source(name: &str) -> Option<Source> {

@@ -45,8 +45,12 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         "activation_backward",
         &[Buf, Buf, Buf, I64, I32],
     ),
-    ("elementwise", "swiglu_forward", &[Buf, Buf, I64, I64]),
-    ("elementwise", "swiglu_backward", &[Buf, Buf, Buf, I64, I64]),
+    ("elementwise", "gated_forward", &[Buf, Buf, I64, I64, I32]),
+    (
+        "elementwise",
+        "gated_backward",
+        &[Buf, Buf, Buf, I64, I64, I32],
+    ),
     ("elementwise", "residual_add", &[Buf, Buf, Buf, I64]),
     ("elementwise", "cast", &[Buf, Buf, I64]),
     (
@@ -185,8 +189,6 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         ],
     ),
     ("paged", "take_rows", &[Buf, Buf, Buf, I32, I32]),
-    ("geglu", "geglu_forward", &[Buf, Buf, I64, I64]),
-    ("geglu", "geglu_backward", &[Buf, Buf, Buf, I64, I64]),
 ];
 
 /// The parameters of `kernel` in `source`, or None when the table does not list it.
@@ -416,6 +418,7 @@ mod tests {
         let ops = [
             include_str!("ops/attention.rs"),
             include_str!("ops/elementwise.rs"),
+            include_str!("ops/geglu.rs"),
             include_str!("ops/loss.rs"),
             include_str!("ops/matmul.rs"),
             include_str!("ops/norms.rs"),

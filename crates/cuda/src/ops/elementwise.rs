@@ -68,8 +68,9 @@ impl CudaBackend {
             self.arg(call, &io.g, n * f)?,
             Arg::I64(n as i64),
             Arg::I64(f as i64),
+            Arg::I32(act_code(ActivationKind::Silu)),
         ];
-        self.launch_1d(call, SRC, "swiglu_forward", n * f, &args)
+        self.launch_1d(call, SRC, "gated_forward", n * f, &args)
     }
 
     pub(crate) fn swiglu_backward(
@@ -85,8 +86,9 @@ impl CudaBackend {
             self.arg(call, &io.dh, 2 * n * f)?,
             Arg::I64(n as i64),
             Arg::I64(f as i64),
+            Arg::I32(act_code(ActivationKind::Silu)),
         ];
-        self.launch_1d(call, SRC, "swiglu_backward", n * f, &args)
+        self.launch_1d(call, SRC, "gated_backward", n * f, &args)
     }
 
     pub(crate) fn residual_add(

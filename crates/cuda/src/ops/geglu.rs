@@ -1,11 +1,15 @@
-//! GeGLU (kernels/geglu.cu): y = gelu(gate)·up over the two halves of h; operands by name.
+//! GeGLU: y = gelu(gate)·up over the two halves of h; operands by name. The kernels are the
+//! gated pair SwiGLU shares (kernels/elementwise.cu `gated_forward` / `gated_backward`), with
+//! the GELU activation code.
 
 use crate::backend::CudaBackend;
 use crate::gpu::Arg;
+use crate::ops::elementwise::act_code;
 use tperf_core::backend::{BackendError, OpCall};
+use tperf_core::ops::activation::ActivationKind;
 use tperf_core::ops::geglu::{GeGlu, GeGluBackwardIo, GeGluIo};
 
-const SRC: &str = "geglu";
+const SRC: &str = "elementwise";
 
 impl CudaBackend {
     pub(crate) fn geglu_forward(&mut self, call: &OpCall, s: &GeGlu) -> Result<(), BackendError> {
@@ -16,8 +20,9 @@ impl CudaBackend {
             self.arg(call, &io.g, n * f)?,
             Arg::I64(n as i64),
             Arg::I64(f as i64),
+            Arg::I32(act_code(ActivationKind::Gelu)),
         ];
-        self.launch_1d(call, SRC, "geglu_forward", n * f, &args)
+        self.launch_1d(call, SRC, "gated_forward", n * f, &args)
     }
 
     pub(crate) fn geglu_backward(&mut self, call: &OpCall, s: &GeGlu) -> Result<(), BackendError> {
@@ -29,7 +34,8 @@ impl CudaBackend {
             self.arg(call, &io.dh, 2 * n * f)?,
             Arg::I64(n as i64),
             Arg::I64(f as i64),
+            Arg::I32(act_code(ActivationKind::Gelu)),
         ];
-        self.launch_1d(call, SRC, "geglu_backward", n * f, &args)
+        self.launch_1d(call, SRC, "gated_backward", n * f, &args)
     }
 }

@@ -3,7 +3,7 @@
 //! `tperf_core::ops`) is the spec each kernel is tested against.
 
 mod attention;
-mod elementwise;
+pub(crate) mod elementwise;
 mod geglu;
 mod loss;
 mod matmul;
