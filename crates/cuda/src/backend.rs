@@ -582,7 +582,7 @@ impl CudaBackend {
     /// Turns graph capture of steps on or off (on by default; `TPERF_CUDA_GRAPHS=0` turns it
     /// off for a whole run).
     pub fn set_graphs(&mut self, on: bool) {
-        self.graphs.enabled = on;
+        self.graphs.enabled = on && !self.poison;
     }
 
     pub fn graphs_enabled(&self) -> bool {

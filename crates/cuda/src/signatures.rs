@@ -87,6 +87,11 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     (
         "norms",
+        "norm_backward_rows",
+        &[Buf, Buf, Buf, Buf, Buf, Ptr, I64, I32, I32, I32, I32, I32],
+    ),
+    (
+        "norms",
         "norm_weight_grads",
         &[Ptr, I32, I32, I32, Buf, Buf],
     ),

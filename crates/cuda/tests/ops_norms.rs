@@ -55,9 +55,19 @@ fn check(gpu: &mut CudaBackend, case: &OpCase, what: &str) {
     assert_case_passes(gpu, case, 7, what)
 }
 
-/// (rows, C): none, one, odd with C below and above the block width, and a training size.
-const NORM_SHAPES: [(usize, usize); 6] =
-    [(0, 64), (1, 1), (1, 300), (7, 13), (7, 515), (1024, 768)];
+/// (rows, C): none, one, odd with C below and above the block width, a multiple of 8 that is
+/// not one of 256 (the warp-per-row backward's vector path with idle lanes), the 2.7B seed's
+/// width over more rows than a block has warps, and a training size.
+const NORM_SHAPES: [(usize, usize); 8] = [
+    (0, 64),
+    (1, 1),
+    (1, 300),
+    (7, 13),
+    (7, 515),
+    (3, 1000),
+    (33, 2560),
+    (1024, 768),
+];
 
 /// (activation dtype, weight-gradient dtype): all f32, and the mixed policy.
 const PRECISIONS: [(DType, DType); 2] = [(F32, F32), (Bf16, F32)];
