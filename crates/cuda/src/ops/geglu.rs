@@ -4,7 +4,7 @@
 
 use crate::backend::CudaBackend;
 use crate::gpu::Arg;
-use crate::ops::elementwise::act_code;
+use crate::ops::elementwise::{act_code, gated_grid};
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::ops::activation::ActivationKind;
 use tperf_core::ops::geglu::{GeGlu, GeGluBackwardIo, GeGluIo};
@@ -22,7 +22,11 @@ impl CudaBackend {
             Arg::I64(f as i64),
             Arg::I32(act_code(ActivationKind::Gelu)),
         ];
-        self.launch_1d(call, SRC, "gated_forward", n * f, &args)
+        if n * f == 0 {
+            return Ok(());
+        }
+        let grid = gated_grid(n, f);
+        self.launch(call, SRC, "gated_forward", grid, (256, 1, 1), 0, &args)
     }
 
     pub(crate) fn geglu_backward(&mut self, call: &OpCall, s: &GeGlu) -> Result<(), BackendError> {
@@ -36,6 +40,10 @@ impl CudaBackend {
             Arg::I64(f as i64),
             Arg::I32(act_code(ActivationKind::Gelu)),
         ];
-        self.launch_1d(call, SRC, "gated_backward", n * f, &args)
+        if n * f == 0 {
+            return Ok(());
+        }
+        let grid = gated_grid(n, f);
+        self.launch(call, SRC, "gated_backward", grid, (256, 1, 1), 0, &args)
     }
 }
