@@ -30,6 +30,11 @@ pub(crate) struct DevBuf {
     pub numel: u64,
     /// (min, max) of the ids last written by the host, for i32 tensors.
     pub id_range: Option<(i32, i32)>,
+    /// Nothing has written the buffer since it was allocated. A fresh tensor reads as zero (the
+    /// Backend contract), but it is zeroed only when something reads it first (`exec`), not at
+    /// allocation: most tensors are written by the op that produces them before anything reads
+    /// them, and zeroing every one cost a memset each (781 per 2.7B training step).
+    pub fresh: bool,
 }
 
 /// The dtype code kernels switch on (common.cuh).
@@ -51,6 +56,8 @@ pub struct CudaBackend {
     retired: HashMap<TensorId, DevBuf>,
     /// Captured steps; dropped before any memory they point into.
     graphs: Graphs,
+    /// The optimizer's tensor tables (ops/optimizer.rs); captured graphs address them.
+    pub(crate) tables: crate::ops::optimizer::TensorTables,
     pub(crate) alloc: CachingAllocator,
     /// Tensors' bytes at their dtype widths by category (the Meta backend's rule); what the
     /// driver reserved is the allocator's count.
@@ -60,6 +67,11 @@ pub struct CudaBackend {
     /// Matmuls followed by GELU use cuBLASLt's GELU_AUX epilogue where it applies
     /// (`TPERF_GELU_EPILOGUE=0` turns it off, to measure what it saves).
     pub(crate) gelu_epilogue: bool,
+    /// `TPERF_POISON_ALLOC=1`: fresh allocations are filled with 0xFF bytes (NaN in every float
+    /// dtype) instead of being left as the allocator found them, so that an op that reads part of
+    /// a buffer nothing wrote, relying on a zero it never asked for, shows up as a NaN in
+    /// `tperf conformance`. Graphs are off in this mode (the fill is not a graph action).
+    poison: bool,
     /// Where the op being dispatched finds its dynamic scalars in device memory: set while a
     /// step is captured, 0 (null: use the arguments) when ops run eagerly.
     pub(crate) op_scalars: u64,
@@ -115,15 +127,18 @@ impl CudaBackend {
         let scalars = alloc
             .alloc((SCALAR_WORDS * 4) as u64)
             .map_err(driver("allocating the step scalars"))?;
-        let graphs = std::env::var_os("TPERF_CUDA_GRAPHS").is_none_or(|v| v != "0");
+        let poison = std::env::var_os("TPERF_POISON_ALLOC").is_some_and(|v| v == "1");
+        let graphs = !poison && std::env::var_os("TPERF_CUDA_GRAPHS").is_none_or(|v| v != "0");
         let gelu_epilogue = std::env::var_os("TPERF_GELU_EPILOGUE").is_none_or(|v| v != "0");
         Ok(CudaBackend {
             buffers: HashMap::new(),
             retired: HashMap::new(),
             graphs: Graphs::new(graphs),
+            tables: Default::default(),
             alloc,
             ledger: Ledger::new(),
             scalars,
+            poison,
             op_scalars: 0,
             gelu_epilogue,
             blas,
@@ -301,18 +316,25 @@ impl CudaBackend {
 
     /// Sets `t` to zero (asynchronously, on the stream).
     pub(crate) fn zero(&self, t: &Tensor) -> Result<(), BackendError> {
+        self.fill(t, 0)
+    }
+
+    /// Sets every byte of `t` to `value` (asynchronously, on the stream).
+    fn fill(&self, t: &Tensor, value: u8) -> Result<(), BackendError> {
         let b = self.buf(t)?;
         let bytes = b.numel * b.dtype.size_bytes();
         if bytes > 0 {
             // SAFETY: `b.block` holds at least `bytes` (numel × dtype width ≤ the block's rounded
             // size) and stays allocated until the tensor is freed, which the in-order stream orders
             // after this memset.
-            unsafe { cu::memset_d8_async(b.block.ptr, 0, bytes as usize, self.gpu.cu_stream()) }
-                .map_err(|source| CudaError::Tensor {
-                    during: "zeroing",
-                    tensor: b.name.clone(),
-                    source,
-                })?;
+            unsafe {
+                cu::memset_d8_async(b.block.ptr, value, bytes as usize, self.gpu.cu_stream())
+            }
+            .map_err(|source| CudaError::Tensor {
+                during: "zeroing",
+                tensor: b.name.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -450,10 +472,12 @@ impl Backend for CudaBackend {
                 dtype: spec.dtype,
                 numel: spec.numel(),
                 id_range: None,
+                fresh: true,
             },
         );
-        // Fresh tensors are zero on every backend (accumulating ops rely on it).
-        self.zero_fresh(&tensor)?;
+        if self.poison {
+            self.fill(&tensor, 0xff)?;
+        }
         self.ledger.alloc(self.ops_run, &spec.name, &tensor);
         Ok(tensor)
     }
@@ -469,6 +493,7 @@ impl Backend for CudaBackend {
     }
 
     fn exec(&mut self, call: OpCall) -> Result<(), BackendError> {
+        self.zero_fresh_operands(&call)?;
         if self.graphs.in_step_graph() {
             return self.exec_in_graph(call);
         }
@@ -514,7 +539,9 @@ impl Backend for CudaBackend {
                 data.len()
             )));
         }
-        self.write_bytes(tensor, &encode(tensor.dtype, data))
+        self.write_bytes(tensor, &encode(tensor.dtype, data))?;
+        self.mark_written(tensor);
+        Ok(())
     }
 
     fn write_i32(&mut self, tensor: &Tensor, data: &[i32]) -> Result<(), BackendError> {
@@ -537,12 +564,17 @@ impl Backend for CudaBackend {
         });
         if let Some(b) = self.buffers.get_mut(&tensor.id) {
             b.id_range = range;
+            b.fresh = false;
         }
         Ok(())
     }
 
     fn read_f32(&mut self, tensor: &Tensor) -> Result<Vec<f32>, BackendError> {
         self.leave_graph_for_host()?;
+        if self.buf(tensor)?.fresh {
+            self.zero(tensor)?;
+            self.mark_written(tensor);
+        }
         let bytes = self.read_bytes(tensor)?;
         Ok(decode(self.buf(tensor)?.dtype, &bytes))
     }
@@ -553,7 +585,7 @@ impl CudaBackend {
     /// Turns graph capture of steps on or off (on by default; `TPERF_CUDA_GRAPHS=0` turns it
     /// off for a whole run).
     pub fn set_graphs(&mut self, on: bool) {
-        self.graphs.enabled = on;
+        self.graphs.enabled = on && !self.poison;
     }
 
     pub fn graphs_enabled(&self) -> bool {
@@ -599,6 +631,11 @@ impl CudaBackend {
 
     /// An op inside a captured or replayed step.
     fn exec_in_graph(&mut self, call: OpCall) -> Result<(), BackendError> {
+        if self.optimizer_table_missing(&call)? {
+            // A new table cannot be written inside a capture; the next capture finds it.
+            self.leave_graph_mode("the optimizer's tensor table is new", false)?;
+            return self.exec_eager(call);
+        }
         let (action, scalars) = self.action_of(&call)?;
         let replaying = matches!(self.graphs.mode, Mode::Replay { .. });
         if replaying {
@@ -628,6 +665,48 @@ impl CudaBackend {
                 &format!("{} could not be captured: {e}", call.op.name()),
                 true,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Drops every captured graph, then every optimizer table (which graphs may address); only
+    /// outside a captured or replayed step.
+    pub(crate) fn drop_graphs_and_tables(&mut self) {
+        debug_assert!(!self.graphs.in_step_graph());
+        self.graphs.clear();
+        for b in self.tables.drain() {
+            self.alloc.free(b);
+        }
+    }
+
+    fn mark_written(&mut self, t: &Tensor) {
+        if let Some(b) = self.buffers.get_mut(&t.id) {
+            b.fresh = false;
+        }
+    }
+
+    /// Keeps the contract that a fresh tensor reads as zero, lazily: before `call` runs, every
+    /// fresh tensor it reads is zeroed (an in-place operand is both read and written, so the
+    /// optimizer's first moments and an accumulated dx are among its inputs; the one op that adds
+    /// into an output it does not list as an input, a tied embedding's dwte, is named here).
+    /// Then everything the call touches counts as written: an op writes every element of its
+    /// outputs, or zeroes first what it adds into (the embedding gradients, flash attention's
+    /// dQ scratch); `TPERF_POISON_ALLOC=1` tests that promise.
+    fn zero_fresh_operands(&mut self, call: &OpCall) -> Result<(), BackendError> {
+        let adds_into_output = matches!(&call.op, Op::EmbeddingBackward(e) if e.accumulate);
+        let read = call
+            .inputs
+            .iter()
+            .chain(call.outputs.iter().take(usize::from(adds_into_output)));
+        let fresh: Vec<Tensor> = read
+            .filter(|t| self.buffers.get(&t.id).is_some_and(|b| b.fresh))
+            .cloned()
+            .collect();
+        for t in &fresh {
+            self.zero_fresh(t)?;
+        }
+        for t in call.inputs.iter().chain(&call.outputs) {
+            self.mark_written(t);
         }
         Ok(())
     }
@@ -884,6 +963,9 @@ impl Drop for CudaBackend {
         }
         let _ = self.gpu.synchronize();
         self.graphs.clear();
+        for b in self.tables.drain() {
+            self.alloc.free(b);
+        }
         self.alloc.free(self.scalars);
         for (_, b) in self.buffers.drain() {
             self.alloc.free(b.block);

@@ -40,7 +40,6 @@ pub const SOURCES: &[Source] = &[
     source!("flash_attention"),
     source!("flash_mma"),
     source!("paged"),
-    source!("geglu"),
 ];
 
 pub fn source(name: &str) -> Option<Source> {

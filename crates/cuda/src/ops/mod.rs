@@ -4,12 +4,12 @@
 
 mod attention;
 pub(crate) mod collective;
-mod elementwise;
+pub(crate) mod elementwise;
 mod geglu;
 mod loss;
 mod matmul;
 mod norms;
-mod optimizer;
+pub(crate) mod optimizer;
 mod paged;
 
 /// Threads per block of the row-wise kernels (one block per row): a multiple of 32 for the
