@@ -40,6 +40,7 @@ pub const SOURCES: &[Source] = &[
     source!("flash_attention"),
     source!("paged"),
     source!("geglu"),
+    source!("sampling"),
 ];
 
 pub fn source(name: &str) -> Option<Source> {

@@ -194,6 +194,7 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ("paged", "take_rows", &[Buf, Buf, Buf, I32, I32]),
     ("geglu", "geglu_forward", &[Buf, Buf, I64, I64]),
     ("geglu", "geglu_backward", &[Buf, Buf, Buf, I64, I64]),
+    ("sampling", "sample_rows", &[Buf, Buf, I32, Ptr, I32, Ptr]),
 ];
 
 /// The parameters of `kernel` in `source`, or None when the table does not list it.
@@ -428,6 +429,7 @@ mod tests {
             include_str!("ops/norms.rs"),
             include_str!("ops/optimizer.rs"),
             include_str!("ops/paged.rs"),
+            include_str!("ops/sampling.rs"),
         ];
         let (mut sites, mut counted) = (0, 0);
         for text in ops {
