@@ -41,6 +41,7 @@ pub const SOURCES: &[Source] = &[
     source!("paged"),
     source!("geglu"),
     source!("sampling"),
+    source!("decode_attention"),
 ];
 
 pub fn source(name: &str) -> Option<Source> {

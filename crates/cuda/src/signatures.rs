@@ -195,6 +195,19 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ("geglu", "geglu_forward", &[Buf, Buf, I64, I64]),
     ("geglu", "geglu_backward", &[Buf, Buf, Buf, I64, I64]),
     ("sampling", "sample_rows", &[Buf, Buf, I32, Ptr, I32, Ptr]),
+    (
+        "decode_attention",
+        "decode_attn_split",
+        &[
+            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Ptr, I32, I32, I32, I32, I32,
+            I32, I64, F32, I32, Ptr,
+        ],
+    ),
+    (
+        "decode_attention",
+        "decode_attn_reduce",
+        &[Ptr, Buf, Buf, I32, I32, I32, I32, I32],
+    ),
 ];
 
 /// The parameters of `kernel` in `source`, or None when the table does not list it.
