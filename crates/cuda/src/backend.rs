@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
 use tperf_core::ledger::Ledger;
-use tperf_core::ops::{self, Op};
+use tperf_core::ops::Op;
 use tperf_core::tensor::{Tensor, TensorId, TensorSpec};
 
 pub(crate) const BACKEND: &str = "cuda";
@@ -83,7 +83,11 @@ pub struct CudaBackend {
     pub(crate) gpu: Gpu,
     next_id: u32,
     ops_run: usize,
-    sample_calls: u64,
+    /// The sampling kernel's call counter and its finished-block count (two u64): the `call`
+    /// of the reference's random stream, advanced on the device (ops/sampling.rs).
+    pub(crate) sample_state: Block,
+    /// Eager sampling calls' settings (ops/sampling.rs); empty until the first.
+    pub(crate) sample_params: Block,
     nvtx: bool,
     /// A CUPTI trace in progress and its wall start on CUPTI's clock.
     kernel_trace: Option<(crate::cupti::KernelTrace, u64)>,
@@ -127,6 +131,13 @@ impl CudaBackend {
         let scalars = alloc
             .alloc((SCALAR_WORDS * 4) as u64)
             .map_err(driver("allocating the step scalars"))?;
+        let sample_state = alloc
+            .alloc(16)
+            .map_err(driver("allocating the sampling counter"))?;
+        // SAFETY: `sample_state` was just allocated with at least 16 bytes; the synchronous
+        // memset completes before any kernel can read it.
+        unsafe { cu::memset_d8_sync(sample_state.ptr, 0, 16) }
+            .map_err(driver("zeroing the sampling counter"))?;
         let poison = std::env::var_os("TPERF_POISON_ALLOC").is_some_and(|v| v == "1");
         let graphs = !poison && std::env::var_os("TPERF_CUDA_GRAPHS").is_none_or(|v| v != "0");
         let gelu_epilogue = std::env::var_os("TPERF_GELU_EPILOGUE").is_none_or(|v| v != "0");
@@ -148,7 +159,8 @@ impl CudaBackend {
             gpu,
             next_id: 0,
             ops_run: 0,
-            sample_calls: 0,
+            sample_state,
+            sample_params: Block { ptr: 0, bytes: 0 },
             nvtx: crate::nvtx::wanted(),
             kernel_trace: None,
         })
@@ -220,11 +232,6 @@ impl CudaBackend {
         Ok((trace.finish()?, start, end))
     }
 
-    /// Draws the next samples from the start of the sampling stream, as a fresh backend does.
-    pub fn restart_sampling(&mut self) {
-        self.sample_calls = 0;
-    }
-
     /// Records CUDA events around every op from now on.
     pub fn enable_timing(&mut self) -> Result<(), BackendError> {
         if self.timer.is_none() {
@@ -276,6 +283,14 @@ impl CudaBackend {
         match t {
             Some(t) => self.arg(call, t, numel),
             None => Ok(Arg::Buf(0, 0)),
+        }
+    }
+
+    /// Records that the i32 tensor `t` holds ids in `range` (a kernel wrote them), for the
+    /// range checks of ops that read them.
+    pub(crate) fn set_id_range(&mut self, t: &Tensor, range: (i32, i32)) {
+        if let Some(b) = self.buffers.get_mut(&t.id) {
+            b.id_range = Some(range);
         }
     }
 
@@ -936,24 +951,6 @@ impl CudaBackend {
             Op::Collective(c) => self.collective(call, c),
         }
     }
-
-    /// Sampling reads the logits back and draws on the host with the reference sampler, so a
-    /// GPU run generates exactly the tokens a CPU run does from the same logits. One row of V
-    /// floats per sequence crosses PCIe per token: microseconds beside the decode step.
-    fn sample(&mut self, call: &OpCall, s: &ops::sampling::Sample) -> Result<(), BackendError> {
-        let io: ops::sampling::SampleIo = call.operands(s)?;
-        let logits = self.read_f32(&io.logits)?;
-        if logits.len() < s.b * s.v {
-            return Err(unsupported(call, "the logits are smaller than B × V"));
-        }
-        if io.ids.dtype != DType::I32 {
-            return Err(unsupported(call, "the sampled ids must be an i32 tensor"));
-        }
-        let mut ids = vec![0i32; io.ids.numel() as usize];
-        ops::sampling::sample(s, &logits, self.sample_calls, &mut ids);
-        self.sample_calls += 1;
-        self.write_i32(&io.ids, &ids)
-    }
 }
 
 impl Drop for CudaBackend {
@@ -967,6 +964,10 @@ impl Drop for CudaBackend {
             self.alloc.free(b);
         }
         self.alloc.free(self.scalars);
+        self.alloc.free(self.sample_state);
+        if self.sample_params.bytes > 0 {
+            self.alloc.free(self.sample_params);
+        }
         for (_, b) in self.buffers.drain() {
             self.alloc.free(b.block);
         }

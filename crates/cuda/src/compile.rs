@@ -40,6 +40,8 @@ pub const SOURCES: &[Source] = &[
     source!("flash_attention"),
     source!("flash_mma"),
     source!("paged"),
+    source!("sampling"),
+    source!("decode_attention"),
 ];
 
 pub fn source(name: &str) -> Option<Source> {

@@ -254,6 +254,20 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         ],
     ),
     ("paged", "take_rows", &[Buf, Buf, Buf, I32, I32]),
+    ("sampling", "sample_rows", &[Buf, Buf, I32, Ptr, I32, Ptr]),
+    (
+        "decode_attention",
+        "decode_attn_split",
+        &[
+            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Ptr, I32, I32, I32, I32, I32,
+            I32, I64, F32, I32, Ptr,
+        ],
+    ),
+    (
+        "decode_attention",
+        "decode_attn_reduce",
+        &[Ptr, Buf, Buf, I32, I32, I32, I32, I32],
+    ),
 ];
 
 /// The parameters of `kernel` in `source`, or None when the table does not list it.
@@ -489,6 +503,7 @@ mod tests {
             include_str!("ops/norms.rs"),
             include_str!("ops/optimizer.rs"),
             include_str!("ops/paged.rs"),
+            include_str!("ops/sampling.rs"),
         ];
         let (mut sites, mut counted) = (0, 0);
         for text in ops {

@@ -163,6 +163,55 @@ fn attention_reading_a_kv_cache_matches_the_cpu() {
     }
 }
 
+/// Flash-decoding (decode_attention.cu, Tq ≤ 4 through a KV cache) against the CPU: Tq 1 and 3;
+/// Tk around the 16-token block and the 128-key tile (1, 15, 16, 17, 383, 384, 1000); MHA, GQA,
+/// MQA; d 64, 80, 128; f32, bf16, f16 storage with the conformance tolerances per dtype
+/// (`conformance::tolerance`). Capacity past Tk, so the split grid has chunks with no live keys.
+#[test]
+fn decode_attention_matches_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for dt in [DType::F32, DType::Bf16, DType::F16] {
+        for (h, h_kv) in [(4, 4), (8, 2), (6, 1)] {
+            for d in [64, 80, 128] {
+                for tq in [1, 3] {
+                    for tk in [1, 15, 16, 17, 383, 384, 1000] {
+                        if tq > tk {
+                            continue;
+                        }
+                        let (b, capacity) = (2, tk + 130);
+                        let a = Attention {
+                            b,
+                            h,
+                            h_kv,
+                            tq,
+                            tk,
+                            d,
+                            causal: true,
+                            window: None,
+                            kv_cache: true,
+                        };
+                        let w = (h + 2 * h_kv) * d;
+                        let ts = vec![
+                            t("qkv", &[b, tq, w], dt, Fill::Normal(0.5)),
+                            t("k", &[b, h_kv, capacity, d], dt, Fill::Normal(0.5)),
+                            t("v", &[b, h_kv, capacity, d], dt, Fill::Normal(1.0)),
+                            t("o", &[b, tq, h * d], dt, Fill::Value(0.0)),
+                            t("lse", &[b, h, tq], DType::F32, Fill::Value(0.0)),
+                        ];
+                        check(
+                            &mut gpu,
+                            Op::FlashAttention(a),
+                            ts,
+                            vec![0, 1, 2],
+                            vec![3, 4],
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Flash attention in 16-bit storage, the tensor-core kernels' domain (flash_mma.cu: bf16 and
 /// fp16, D = 64 and 128) and one head size beside it (D = 80 takes the scalar fallback): every
 /// edge of a 64-row tile (T = 1, 17, 63, 64, 65, 130, 257), causal and not, MHA, GQA (H 8,

@@ -11,6 +11,9 @@ mod matmul;
 mod norms;
 pub(crate) mod optimizer;
 mod paged;
+mod sampling;
+
+pub(crate) use sampling::sample_words;
 
 /// Threads per block of the row-wise kernels (one block per row): a multiple of 32 for the
 /// warp reductions.
