@@ -705,14 +705,29 @@ impl CudaBackend {
     /// optimizer's first moments and an accumulated dx are among its inputs; the one op that adds
     /// into an output it does not list as an input, a tied embedding's dwte, is named here).
     /// Then everything the call touches counts as written: an op writes every element of its
-    /// outputs, or zeroes first what it adds into (the embedding gradients, flash attention's
+    /// outputs (the partial writers above aside), or zeroes first what it adds into (the embedding gradients, flash attention's
     /// dQ scratch); `TPERF_POISON_ALLOC=1` tests that promise.
     fn zero_fresh_operands(&mut self, call: &OpCall) -> Result<(), BackendError> {
         let adds_into_output = matches!(&call.op, Op::EmbeddingBackward(e) if e.accumulate);
+        // Ops that write only part of an output and leave the rest as it was: the caches (one
+        // row or slot per token), and naive attention's backwards (the V part of dqkv, then the
+        // Q and K parts). A fresh output of theirs must read as zero where they do not write.
+        let writes_part = matches!(
+            &call.op,
+            Op::KvAppend(_)
+                | Op::PagedKvAppend(_)
+                | Op::AttnValueBackward(_)
+                | Op::AttnScoresBackward(_)
+        );
+        let outputs_read = if writes_part {
+            call.outputs.len()
+        } else {
+            usize::from(adds_into_output)
+        };
         let read = call
             .inputs
             .iter()
-            .chain(call.outputs.iter().take(usize::from(adds_into_output)));
+            .chain(call.outputs.iter().take(outputs_read));
         let fresh: Vec<Tensor> = read
             .filter(|t| self.buffers.get(&t.id).is_some_and(|b| b.fresh))
             .cloned()
