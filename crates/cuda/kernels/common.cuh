@@ -61,6 +61,56 @@ __device__ __forceinline__ void st(const Buf& b, i64 i, float v) {
 
 __device__ __forceinline__ int ld_i32(const Buf& b, i64 i) { return ((const int*)b.p)[i]; }
 
+// Global-space vector accesses: where a pointer comes from memory (a table of tensors) rather
+// than a kernel parameter the compiler cannot prove it global and would emit generic LD/ST; the
+// PTX says global (LDG.E.128 / STG.E.128 in the SASS).
+__device__ __forceinline__ float4 ldg_f4(const void* p) {
+    float4 v;
+    asm("ld.global.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint2 ldg_u2(const void* p) {
+    uint2 v;
+    asm("ld.global.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ void stg_f4(void* p, float4 v) {
+    asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};"
+                 :
+                 : "l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+                 : "memory");
+}
+__device__ __forceinline__ void stg_u2(void* p, uint2 v) {
+    asm volatile("st.global.v2.u32 [%0], {%1, %2};" : : "l"(p), "r"(v.x), "r"(v.y) : "memory");
+}
+
+// Four consecutive elements from index i (a multiple of 4) of a float tensor whose element i
+// is aligned to four elements (16 bytes for f32, 8 for the 16-bit dtypes).
+__device__ __forceinline__ void ld4(const void* p, int dt, i64 i, float v[4]) {
+    if (dt == DT_F32) {
+        float4 f = ldg_f4((const float*)p + i);
+        v[0] = f.x; v[1] = f.y; v[2] = f.z; v[3] = f.w;
+    } else {
+        uint2 u = ldg_u2((const u16*)p + i);
+        u16 h[4] = {(u16)(u.x & 0xffffu), (u16)(u.x >> 16), (u16)(u.y & 0xffffu), (u16)(u.y >> 16)};
+#pragma unroll
+        for (int k = 0; k < 4; k++) v[k] = dt == DT_BF16 ? bf16_to_f32(h[k]) : f16_to_f32(h[k]);
+    }
+}
+
+__device__ __forceinline__ void st4(void* p, int dt, i64 i, const float v[4]) {
+    if (dt == DT_F32) {
+        stg_f4((float*)p + i, make_float4(v[0], v[1], v[2], v[3]));
+    } else {
+        u16 h[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) h[k] = dt == DT_BF16 ? f32_to_bf16(v[k]) : f32_to_f16(v[k]);
+        stg_u2((u16*)p + i, make_uint2(h[0] | ((unsigned)h[1] << 16), h[2] | ((unsigned)h[3] << 16)));
+    }
+}
+
 // Grid-stride loop over n elements.
 #define FOR_EACH(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (i64)(n); i += (i64)gridDim.x * blockDim.x)
 

@@ -9,10 +9,11 @@
 // staged, and every output element is written in the last pass by the thread that read its
 // inputs there, after the block reductions' barriers: so an output may alias an input.
 //
-// Backward: a grid of G blocks strides over the rows (block b takes rows b, b + G, ...), writes
-// dx, and sums its rows' dγ = Σ dy·x̂ and dβ = Σ dy per column; the G partial sums go to a scratch
-// buffer and `norm_weight_grads` adds them up in a fixed order. No atomics: the result is
-// deterministic.
+// Backward: norm_backward_rows (a warp per row, below) where a warp's column sums fit in shared
+// memory; for wider rows, norm_backward: a grid of G blocks strides over the rows (block b takes
+// rows b, b + G, ...), writes dx, and sums its rows' dγ = Σ dy·x̂ and dβ = Σ dy per column; the
+// G partial sums go to a scratch buffer and `norm_weight_grads` adds them up in a fixed order. No
+// atomics: the result is deterministic.
 
 // The norm's input at i: x, or a + b when the residual add is fused. The sum is recomputed in
 // f32 on every pass, as the CPU normalises the f32 sum before it is rounded to its storage.
@@ -104,6 +105,129 @@ extern "C" __global__ void norm_backward(Buf x, Buf stats, Buf gamma, Buf dy, Bu
     if (!acc_global) {
         __syncthreads();
         for (int j = threadIdx.x; j < width; j += blockDim.x) out[j] = acc[j];
+    }
+}
+
+// Eight consecutive elements from index i (a multiple of 8) of a tensor whose element i is
+// 16-byte aligned: one 16-byte load for a 16-bit dtype, two for f32.
+__device__ __forceinline__ void ld8(const Buf& b, i64 i, float v[8]) {
+    if (b.dt == DT_F32) {
+        const float4* p = (const float4*)((const float*)b.p + i);
+        float4 lo = p[0], hi = p[1];
+        v[0] = lo.x; v[1] = lo.y; v[2] = lo.z; v[3] = lo.w;
+        v[4] = hi.x; v[5] = hi.y; v[6] = hi.z; v[7] = hi.w;
+    } else {
+        uint4 u = *(const uint4*)((const u16*)b.p + i);
+        unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u16 h0 = (u16)(w[k] & 0xffffu), h1 = (u16)(w[k] >> 16);
+            v[2 * k] = b.dt == DT_BF16 ? bf16_to_f32(h0) : f16_to_f32(h0);
+            v[2 * k + 1] = b.dt == DT_BF16 ? bf16_to_f32(h1) : f16_to_f32(h1);
+        }
+    }
+}
+
+__device__ __forceinline__ void st8(const Buf& b, i64 i, const float v[8]) {
+    if (b.dt == DT_F32) {
+        float4* p = (float4*)((float*)b.p + i);
+        p[0] = make_float4(v[0], v[1], v[2], v[3]);
+        p[1] = make_float4(v[4], v[5], v[6], v[7]);
+    } else {
+        unsigned w[4];
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            u16 h0 = b.dt == DT_BF16 ? f32_to_bf16(v[2 * k]) : f32_to_f16(v[2 * k]);
+            u16 h1 = b.dt == DT_BF16 ? f32_to_bf16(v[2 * k + 1]) : f32_to_f16(v[2 * k + 1]);
+            w[k] = h0 | ((unsigned)h1 << 16);
+        }
+        *(uint4*)((u16*)b.p + i) = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+}
+
+// norm_backward with one warp per row: the same arithmetic, for rows whose per-warp column sums
+// fit in shared memory (ops/norms.rs picks it). A block of W warps strides over the rows, warp w
+// of block b taking rows bW + w, bW + w + GW, ...: the row's two sums are warp shuffles (no
+// block barrier per row, unlike one block per row), and every row of the grid is in flight at
+// once at the seed's sizes (1024 rows = 128 blocks of 8 warps). Lane l handles columns
+// 8l .. 8l + 7, 8l + 256 .. when `vec` (C a multiple of 8, every pointer 16-byte aligned: one
+// 16-byte load per bf16 operand, two per f32 one), else columns l, l + 32, ... one at a time.
+// The second pass reads the row again, from L1. dγ and dβ of the warp's rows accumulate in the
+// warp's own slice of shared memory (width floats, written only by its lanes, each its own
+// columns); at the end the block adds its W slices in a fixed order into partials[b], which
+// norm_weight_grads sums as before. No atomics: deterministic.
+extern "C" __global__ void norm_backward_rows(Buf x, Buf stats, Buf gamma, Buf dy, Buf dx,
+                                              float* partials, i64 rows, int c, int rms,
+                                              int has_beta, int accumulate, int vec) {
+    extern __shared__ float smem[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    const int width = has_beta ? 2 * c : c;
+    float* acc = smem + (i64)warp * width;
+    for (int j = lane; j < width; j += 32) acc[j] = 0.0f;
+    __syncwarp();
+    const float cf = (float)c;
+    for (i64 row = (i64)blockIdx.x * warps + warp; row < rows; row += (i64)gridDim.x * warps) {
+        const i64 base = row * c;
+        const float mean = rms ? 0.0f : ld(stats, 2 * row);
+        const float rstd = rms ? ld(stats, row) : ld(stats, 2 * row + 1);
+        float s_dn = 0.0f, s_dn_xhat = 0.0f;
+        if (vec) {
+            for (int j = 8 * lane; j < c; j += 256) {
+                float g[8], d[8], xv[8];
+                ld8(gamma, j, g);
+                ld8(dy, base + j, d);
+                ld8(x, base + j, xv);
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    float dn = g[e] * d[e];
+                    s_dn += dn;
+                    s_dn_xhat += dn * ((xv[e] - mean) * rstd);
+                }
+            }
+        } else {
+            for (int j = lane; j < c; j += 32) {
+                float dn = ld(gamma, j) * ld(dy, base + j);
+                s_dn += dn;
+                s_dn_xhat += dn * ((ld(x, base + j) - mean) * rstd);
+            }
+        }
+        const float mean_dn = rms ? 0.0f : warp_sum(s_dn) / cf;
+        const float mean_dn_xhat = warp_sum(s_dn_xhat) / cf;
+        if (vec) {
+            for (int j = 8 * lane; j < c; j += 256) {
+                float g[8], d[8], xv[8], out[8], prev[8];
+                ld8(gamma, j, g);
+                ld8(dy, base + j, d);
+                ld8(x, base + j, xv);
+                if (accumulate) ld8(dx, base + j, prev);
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    float xhat = (xv[e] - mean) * rstd;
+                    float v = rstd * (g[e] * d[e] - mean_dn - xhat * mean_dn_xhat);
+                    out[e] = accumulate ? prev[e] + v : v;
+                    acc[j + e] += d[e] * xhat;
+                    if (has_beta) acc[c + j + e] += d[e];
+                }
+                st8(dx, base + j, out);
+            }
+        } else {
+            for (int j = lane; j < c; j += 32) {
+                float g = ld(dy, base + j);
+                float xhat = (ld(x, base + j) - mean) * rstd;
+                float v = rstd * (ld(gamma, j) * g - mean_dn - xhat * mean_dn_xhat);
+                if (accumulate) v = ld(dx, base + j) + v;
+                st(dx, base + j, v);
+                acc[j] += g * xhat;
+                if (has_beta) acc[c + j] += g;
+            }
+        }
+    }
+    __syncthreads();
+    float* out = partials + (i64)blockIdx.x * width;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) {
+        float t = 0.0f;
+        for (int w = 0; w < warps; w++) t += smem[(i64)w * width + j];
+        out[j] = t;
     }
 }
 

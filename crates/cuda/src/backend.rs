@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
 use tperf_core::ledger::Ledger;
-use tperf_core::ops::{self, Op};
+use tperf_core::ops::Op;
 use tperf_core::tensor::{Tensor, TensorId, TensorSpec};
 
 pub(crate) const BACKEND: &str = "cuda";
@@ -30,6 +30,11 @@ pub(crate) struct DevBuf {
     pub numel: u64,
     /// (min, max) of the ids last written by the host, for i32 tensors.
     pub id_range: Option<(i32, i32)>,
+    /// Nothing has written the buffer since it was allocated. A fresh tensor reads as zero (the
+    /// Backend contract), but it is zeroed only when something reads it first (`exec`), not at
+    /// allocation: most tensors are written by the op that produces them before anything reads
+    /// them, and zeroing every one cost a memset each (781 per 2.7B training step).
+    pub fresh: bool,
 }
 
 /// The dtype code kernels switch on (common.cuh).
@@ -51,6 +56,8 @@ pub struct CudaBackend {
     retired: HashMap<TensorId, DevBuf>,
     /// Captured steps; dropped before any memory they point into.
     graphs: Graphs,
+    /// The optimizer's tensor tables (ops/optimizer.rs); captured graphs address them.
+    pub(crate) tables: crate::ops::optimizer::TensorTables,
     pub(crate) alloc: CachingAllocator,
     /// Tensors' bytes at their dtype widths by category (the Meta backend's rule); what the
     /// driver reserved is the allocator's count.
@@ -60,6 +67,11 @@ pub struct CudaBackend {
     /// Matmuls followed by GELU use cuBLASLt's GELU_AUX epilogue where it applies
     /// (`TPERF_GELU_EPILOGUE=0` turns it off, to measure what it saves).
     pub(crate) gelu_epilogue: bool,
+    /// `TPERF_POISON_ALLOC=1`: fresh allocations are filled with 0xFF bytes (NaN in every float
+    /// dtype) instead of being left as the allocator found them, so that an op that reads part of
+    /// a buffer nothing wrote, relying on a zero it never asked for, shows up as a NaN in
+    /// `tperf conformance`. Graphs are off in this mode (the fill is not a graph action).
+    poison: bool,
     /// Where the op being dispatched finds its dynamic scalars in device memory: set while a
     /// step is captured, 0 (null: use the arguments) when ops run eagerly.
     pub(crate) op_scalars: u64,
@@ -71,7 +83,11 @@ pub struct CudaBackend {
     pub(crate) gpu: Gpu,
     next_id: u32,
     ops_run: usize,
-    sample_calls: u64,
+    /// The sampling kernel's call counter and its finished-block count (two u64): the `call`
+    /// of the reference's random stream, advanced on the device (ops/sampling.rs).
+    pub(crate) sample_state: Block,
+    /// Eager sampling calls' settings (ops/sampling.rs); empty until the first.
+    pub(crate) sample_params: Block,
     nvtx: bool,
     /// A CUPTI trace in progress and its wall start on CUPTI's clock.
     kernel_trace: Option<(crate::cupti::KernelTrace, u64)>,
@@ -115,15 +131,25 @@ impl CudaBackend {
         let scalars = alloc
             .alloc((SCALAR_WORDS * 4) as u64)
             .map_err(driver("allocating the step scalars"))?;
-        let graphs = std::env::var_os("TPERF_CUDA_GRAPHS").is_none_or(|v| v != "0");
+        let sample_state = alloc
+            .alloc(16)
+            .map_err(driver("allocating the sampling counter"))?;
+        // SAFETY: `sample_state` was just allocated with at least 16 bytes; the synchronous
+        // memset completes before any kernel can read it.
+        unsafe { cu::memset_d8_sync(sample_state.ptr, 0, 16) }
+            .map_err(driver("zeroing the sampling counter"))?;
+        let poison = std::env::var_os("TPERF_POISON_ALLOC").is_some_and(|v| v == "1");
+        let graphs = !poison && std::env::var_os("TPERF_CUDA_GRAPHS").is_none_or(|v| v != "0");
         let gelu_epilogue = std::env::var_os("TPERF_GELU_EPILOGUE").is_none_or(|v| v != "0");
         Ok(CudaBackend {
             buffers: HashMap::new(),
             retired: HashMap::new(),
             graphs: Graphs::new(graphs),
+            tables: Default::default(),
             alloc,
             ledger: Ledger::new(),
             scalars,
+            poison,
             op_scalars: 0,
             gelu_epilogue,
             blas,
@@ -133,7 +159,8 @@ impl CudaBackend {
             gpu,
             next_id: 0,
             ops_run: 0,
-            sample_calls: 0,
+            sample_state,
+            sample_params: Block { ptr: 0, bytes: 0 },
             nvtx: crate::nvtx::wanted(),
             kernel_trace: None,
         })
@@ -205,11 +232,6 @@ impl CudaBackend {
         Ok((trace.finish()?, start, end))
     }
 
-    /// Draws the next samples from the start of the sampling stream, as a fresh backend does.
-    pub fn restart_sampling(&mut self) {
-        self.sample_calls = 0;
-    }
-
     /// Records CUDA events around every op from now on.
     pub fn enable_timing(&mut self) -> Result<(), BackendError> {
         if self.timer.is_none() {
@@ -264,6 +286,14 @@ impl CudaBackend {
         }
     }
 
+    /// Records that the i32 tensor `t` holds ids in `range` (a kernel wrote them), for the
+    /// range checks of ops that read them.
+    pub(crate) fn set_id_range(&mut self, t: &Tensor, range: (i32, i32)) {
+        if let Some(b) = self.buffers.get_mut(&t.id) {
+            b.id_range = Some(range);
+        }
+    }
+
     pub(crate) fn ptr(&self, t: &Tensor) -> Result<u64, BackendError> {
         Ok(self.buf(t)?.block.ptr)
     }
@@ -301,18 +331,25 @@ impl CudaBackend {
 
     /// Sets `t` to zero (asynchronously, on the stream).
     pub(crate) fn zero(&self, t: &Tensor) -> Result<(), BackendError> {
+        self.fill(t, 0)
+    }
+
+    /// Sets every byte of `t` to `value` (asynchronously, on the stream).
+    fn fill(&self, t: &Tensor, value: u8) -> Result<(), BackendError> {
         let b = self.buf(t)?;
         let bytes = b.numel * b.dtype.size_bytes();
         if bytes > 0 {
             // SAFETY: `b.block` holds at least `bytes` (numel × dtype width ≤ the block's rounded
             // size) and stays allocated until the tensor is freed, which the in-order stream orders
             // after this memset.
-            unsafe { cu::memset_d8_async(b.block.ptr, 0, bytes as usize, self.gpu.cu_stream()) }
-                .map_err(|source| CudaError::Tensor {
-                    during: "zeroing",
-                    tensor: b.name.clone(),
-                    source,
-                })?;
+            unsafe {
+                cu::memset_d8_async(b.block.ptr, value, bytes as usize, self.gpu.cu_stream())
+            }
+            .map_err(|source| CudaError::Tensor {
+                during: "zeroing",
+                tensor: b.name.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
@@ -450,10 +487,12 @@ impl Backend for CudaBackend {
                 dtype: spec.dtype,
                 numel: spec.numel(),
                 id_range: None,
+                fresh: true,
             },
         );
-        // Fresh tensors are zero on every backend (accumulating ops rely on it).
-        self.zero_fresh(&tensor)?;
+        if self.poison {
+            self.fill(&tensor, 0xff)?;
+        }
         self.ledger.alloc(self.ops_run, &spec.name, &tensor);
         Ok(tensor)
     }
@@ -469,6 +508,7 @@ impl Backend for CudaBackend {
     }
 
     fn exec(&mut self, call: OpCall) -> Result<(), BackendError> {
+        self.zero_fresh_operands(&call)?;
         if self.graphs.in_step_graph() {
             return self.exec_in_graph(call);
         }
@@ -514,7 +554,9 @@ impl Backend for CudaBackend {
                 data.len()
             )));
         }
-        self.write_bytes(tensor, &encode(tensor.dtype, data))
+        self.write_bytes(tensor, &encode(tensor.dtype, data))?;
+        self.mark_written(tensor);
+        Ok(())
     }
 
     fn write_i32(&mut self, tensor: &Tensor, data: &[i32]) -> Result<(), BackendError> {
@@ -537,12 +579,17 @@ impl Backend for CudaBackend {
         });
         if let Some(b) = self.buffers.get_mut(&tensor.id) {
             b.id_range = range;
+            b.fresh = false;
         }
         Ok(())
     }
 
     fn read_f32(&mut self, tensor: &Tensor) -> Result<Vec<f32>, BackendError> {
         self.leave_graph_for_host()?;
+        if self.buf(tensor)?.fresh {
+            self.zero(tensor)?;
+            self.mark_written(tensor);
+        }
         let bytes = self.read_bytes(tensor)?;
         Ok(decode(self.buf(tensor)?.dtype, &bytes))
     }
@@ -553,7 +600,7 @@ impl CudaBackend {
     /// Turns graph capture of steps on or off (on by default; `TPERF_CUDA_GRAPHS=0` turns it
     /// off for a whole run).
     pub fn set_graphs(&mut self, on: bool) {
-        self.graphs.enabled = on;
+        self.graphs.enabled = on && !self.poison;
     }
 
     pub fn graphs_enabled(&self) -> bool {
@@ -599,6 +646,11 @@ impl CudaBackend {
 
     /// An op inside a captured or replayed step.
     fn exec_in_graph(&mut self, call: OpCall) -> Result<(), BackendError> {
+        if self.optimizer_table_missing(&call)? {
+            // A new table cannot be written inside a capture; the next capture finds it.
+            self.leave_graph_mode("the optimizer's tensor table is new", false)?;
+            return self.exec_eager(call);
+        }
         let (action, scalars) = self.action_of(&call)?;
         let replaying = matches!(self.graphs.mode, Mode::Replay { .. });
         if replaying {
@@ -628,6 +680,63 @@ impl CudaBackend {
                 &format!("{} could not be captured: {e}", call.op.name()),
                 true,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Drops every captured graph, then every optimizer table (which graphs may address); only
+    /// outside a captured or replayed step.
+    pub(crate) fn drop_graphs_and_tables(&mut self) {
+        debug_assert!(!self.graphs.in_step_graph());
+        self.graphs.clear();
+        for b in self.tables.drain() {
+            self.alloc.free(b);
+        }
+    }
+
+    fn mark_written(&mut self, t: &Tensor) {
+        if let Some(b) = self.buffers.get_mut(&t.id) {
+            b.fresh = false;
+        }
+    }
+
+    /// Keeps the contract that a fresh tensor reads as zero, lazily: before `call` runs, every
+    /// fresh tensor it reads is zeroed (an in-place operand is both read and written, so the
+    /// optimizer's first moments and an accumulated dx are among its inputs; the one op that adds
+    /// into an output it does not list as an input, a tied embedding's dwte, is named here).
+    /// Then everything the call touches counts as written: an op writes every element of its
+    /// outputs (the partial writers above aside), or zeroes first what it adds into (the embedding gradients, flash attention's
+    /// dQ scratch); `TPERF_POISON_ALLOC=1` tests that promise.
+    fn zero_fresh_operands(&mut self, call: &OpCall) -> Result<(), BackendError> {
+        let adds_into_output = matches!(&call.op, Op::EmbeddingBackward(e) if e.accumulate);
+        // Ops that write only part of an output and leave the rest as it was: the caches (one
+        // row or slot per token), and naive attention's backwards (the V part of dqkv, then the
+        // Q and K parts). A fresh output of theirs must read as zero where they do not write.
+        let writes_part = matches!(
+            &call.op,
+            Op::KvAppend(_)
+                | Op::PagedKvAppend(_)
+                | Op::AttnValueBackward(_)
+                | Op::AttnScoresBackward(_)
+        );
+        let outputs_read = if writes_part {
+            call.outputs.len()
+        } else {
+            usize::from(adds_into_output)
+        };
+        let read = call
+            .inputs
+            .iter()
+            .chain(call.outputs.iter().take(outputs_read));
+        let fresh: Vec<Tensor> = read
+            .filter(|t| self.buffers.get(&t.id).is_some_and(|b| b.fresh))
+            .cloned()
+            .collect();
+        for t in &fresh {
+            self.zero_fresh(t)?;
+        }
+        for t in call.inputs.iter().chain(&call.outputs) {
+            self.mark_written(t);
         }
         Ok(())
     }
@@ -857,24 +966,6 @@ impl CudaBackend {
             Op::Collective(c) => self.collective(call, c),
         }
     }
-
-    /// Sampling reads the logits back and draws on the host with the reference sampler, so a
-    /// GPU run generates exactly the tokens a CPU run does from the same logits. One row of V
-    /// floats per sequence crosses PCIe per token: microseconds beside the decode step.
-    fn sample(&mut self, call: &OpCall, s: &ops::sampling::Sample) -> Result<(), BackendError> {
-        let io: ops::sampling::SampleIo = call.operands(s)?;
-        let logits = self.read_f32(&io.logits)?;
-        if logits.len() < s.b * s.v {
-            return Err(unsupported(call, "the logits are smaller than B × V"));
-        }
-        if io.ids.dtype != DType::I32 {
-            return Err(unsupported(call, "the sampled ids must be an i32 tensor"));
-        }
-        let mut ids = vec![0i32; io.ids.numel() as usize];
-        ops::sampling::sample(s, &logits, self.sample_calls, &mut ids);
-        self.sample_calls += 1;
-        self.write_i32(&io.ids, &ids)
-    }
 }
 
 impl Drop for CudaBackend {
@@ -884,7 +975,14 @@ impl Drop for CudaBackend {
         }
         let _ = self.gpu.synchronize();
         self.graphs.clear();
+        for b in self.tables.drain() {
+            self.alloc.free(b);
+        }
         self.alloc.free(self.scalars);
+        self.alloc.free(self.sample_state);
+        if self.sample_params.bytes > 0 {
+            self.alloc.free(self.sample_params);
+        }
         for (_, b) in self.buffers.drain() {
             self.alloc.free(b.block);
         }

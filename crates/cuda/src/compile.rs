@@ -38,8 +38,10 @@ pub const SOURCES: &[Source] = &[
     source!("optimizer"),
     source!("attention"),
     source!("flash_attention"),
+    source!("flash_mma"),
     source!("paged"),
-    source!("geglu"),
+    source!("sampling"),
+    source!("decode_attention"),
 ];
 
 pub fn source(name: &str) -> Option<Source> {

@@ -224,16 +224,16 @@ pub struct Mirror<'a> {
 }
 
 impl<'a> Mirror<'a> {
-    pub fn new(gpu: &'a mut CudaBackend) -> Self {
+    pub fn new(gpu: &'a mut CudaBackend) -> Result<Self, BackendError> {
         // A fresh CPU backend draws its samples from the start of the sampling stream; so must
         // the GPU, or the same logits give different tokens.
-        gpu.restart_sampling();
-        Mirror {
+        gpu.restart_sampling()?;
+        Ok(Mirror {
             cpu: CpuBackend::new(),
             gpu,
             map: BTreeMap::new(),
             diffs: Vec::new(),
-        }
+        })
     }
 
     fn on_gpu(&self, t: &Tensor) -> Result<Tensor, BackendError> {
@@ -471,7 +471,18 @@ pub fn suite(gpu: &mut CudaBackend, mut progress: impl FnMut(&str)) -> Vec<Scena
                 if opts.kv_cache { "" } else { "no-cache" },
             );
             progress(&format!("{} {name}", cfg.name));
-            let mut mirror = Mirror::new(gpu);
+            let mut mirror = match Mirror::new(gpu) {
+                Ok(m) => m,
+                Err(e) => {
+                    out.push(ScenarioResult {
+                        model: cfg.name.clone(),
+                        scenario: name.trim().to_string(),
+                        diffs: Vec::new(),
+                        error: Some(e.to_string()),
+                    });
+                    continue;
+                }
+            };
             let result = (|| -> Result<(), BackendError> {
                 let mut runner = StepRunner::new(&mut mirror, &cfg, sc)?;
                 runner.model.init_weights(&mut mirror, 42)?;

@@ -18,7 +18,7 @@
 //! copy only when handed a non-null pointer to it (in a captured step).
 //!
 //! Where a step is not capturable the backend falls back to running it eagerly, and says why in
-//! [`GraphStats`]: a read or write of host memory inside the step (a sampling op, a loss read),
+//! [`GraphStats`]: a read or write of host memory inside the step (a loss read),
 //! an action that differs from the captured one (another batch shape, an allocator miss), or a
 //! failure of the capture itself. The actions already issued in the step are then replayed
 //! eagerly from the log kept for this purpose, so a fallback changes the speed of a step, never
@@ -30,6 +30,7 @@ use tperf_core::backend::OpCall;
 use tperf_core::ops::attention::Attention;
 use tperf_core::ops::embedding::Embedding;
 use tperf_core::ops::kv_cache::KvAppend;
+use tperf_core::ops::sampling::{Sample, Sampling};
 use tperf_core::ops::{rope, Op};
 
 /// Captures of one step kind in a row that were never replayed (each found the next step
@@ -63,8 +64,8 @@ pub(crate) enum Pending {
 
 /// The op as graph replay compares it, and the scalars that may differ from step to step (which
 /// kernels read from device memory, see the module docs): AdamW's learning rate and bias
-/// corrections, and a decode step's position — the rope and embedding offset, where the KV
-/// cache append writes, how many keys flash attention reads. Only values that no launch
+/// corrections, a decode step's position — the rope and embedding offset, where the KV
+/// cache append writes, how many keys flash attention reads — and the sampling settings. Only values that no launch
 /// configuration and no host-side decision depend on may be dynamic: flash attention's grid
 /// follows the queries, not the keys; the naive kernels' matmul shapes follow the keys, so their
 /// key count stays in the comparison (and a growing cache is not replayed with them).
@@ -103,6 +104,16 @@ pub(crate) fn split_dynamic(op: &Op) -> (Op, Vec<u32>) {
                 vec![(h.lr as f32).to_bits(), c1.to_bits(), c2.to_bits()],
             )
         }
+        // The settings (seeds above all, new every step of a served request) are data; the
+        // shape of the batch and whether rows bring their own settings are structure.
+        Op::Sample(s) => (
+            Op::Sample(Sample {
+                sampling: Sampling::default(),
+                per_row: vec![Sampling::default(); s.per_row.len()],
+                ..s.clone()
+            }),
+            crate::ops::sample_words(s),
+        ),
         other => (other.clone(), Vec::new()),
     }
 }

@@ -45,8 +45,12 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         "activation_backward",
         &[Buf, Buf, Buf, I64, I32],
     ),
-    ("elementwise", "swiglu_forward", &[Buf, Buf, I64, I64]),
-    ("elementwise", "swiglu_backward", &[Buf, Buf, Buf, I64, I64]),
+    ("elementwise", "gated_forward", &[Buf, Buf, I64, I64, I32]),
+    (
+        "elementwise",
+        "gated_backward",
+        &[Buf, Buf, Buf, I64, I64, I32],
+    ),
     ("elementwise", "residual_add", &[Buf, Buf, Buf, I64]),
     ("elementwise", "cast", &[Buf, Buf, I64]),
     (
@@ -83,25 +87,23 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     (
         "norms",
+        "norm_backward_rows",
+        &[Buf, Buf, Buf, Buf, Buf, Ptr, I64, I32, I32, I32, I32, I32],
+    ),
+    (
+        "norms",
         "norm_weight_grads",
         &[Ptr, I32, I32, I32, Buf, Buf],
     ),
     ("loss", "cross_entropy_forward", &[Buf, Buf, Buf, I32]),
     ("loss", "cross_entropy_backward", &[Buf, Buf, Buf, I32, F32]),
-    (
-        "optimizer",
-        "grad_sum_sq",
-        &[
-            Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, I64, I64, I64, I64, I64, I64, I64, I64, Ptr,
-        ],
-    ),
+    ("optimizer", "grad_sum_sq_multi", &[Ptr, I32, I64, Ptr]),
     ("optimizer", "grad_norm_finish", &[Ptr, I32, Buf]),
     (
         "optimizer",
-        "adamw_update",
+        "adamw_update_multi",
         &[
-            Buf, Buf, Buf, Buf, Buf, Buf, I64, F32, F32, F32, F32, F32, F32, F32, I32, F64, F64,
-            Ptr,
+            Ptr, I32, I64, Buf, F32, F32, F32, F32, F32, F32, F32, I32, F64, F64, Ptr,
         ],
     ),
     (
@@ -170,6 +172,66 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         ],
     ),
     (
+        "flash_mma",
+        "flash_mma_fwd_d64_bf16",
+        &[
+            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
+            I32, I32, I64, F32, Ptr,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_fwd_d64_f16",
+        &[
+            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
+            I32, I32, I64, F32, Ptr,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_fwd_d128_bf16",
+        &[
+            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
+            I32, I32, I64, F32, Ptr,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_fwd_d128_f16",
+        &[
+            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
+            I32, I32, I64, F32, Ptr,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_bwd_d64_bf16",
+        &[
+            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_bwd_d64_f16",
+        &[
+            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_bwd_d128_bf16",
+        &[
+            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_bwd_d128_f16",
+        &[
+            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
+        ],
+    ),
+    (
         "paged",
         "rope_positions",
         &[Buf, Buf, I64, I32, I32, I32, F64, F64],
@@ -192,8 +254,20 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         ],
     ),
     ("paged", "take_rows", &[Buf, Buf, Buf, I32, I32]),
-    ("geglu", "geglu_forward", &[Buf, Buf, I64, I64]),
-    ("geglu", "geglu_backward", &[Buf, Buf, Buf, I64, I64]),
+    ("sampling", "sample_rows", &[Buf, Buf, I32, Ptr, I32, Ptr]),
+    (
+        "decode_attention",
+        "decode_attn_split",
+        &[
+            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Ptr, I32, I32, I32, I32, I32,
+            I32, I64, F32, I32, Ptr,
+        ],
+    ),
+    (
+        "decode_attention",
+        "decode_attn_reduce",
+        &[Ptr, Buf, Buf, I32, I32, I32, I32, I32],
+    ),
 ];
 
 /// The parameters of `kernel` in `source`, or None when the table does not list it.
@@ -423,11 +497,13 @@ mod tests {
         let ops = [
             include_str!("ops/attention.rs"),
             include_str!("ops/elementwise.rs"),
+            include_str!("ops/geglu.rs"),
             include_str!("ops/loss.rs"),
             include_str!("ops/matmul.rs"),
             include_str!("ops/norms.rs"),
             include_str!("ops/optimizer.rs"),
             include_str!("ops/paged.rs"),
+            include_str!("ops/sampling.rs"),
         ];
         let (mut sites, mut counted) = (0, 0);
         for text in ops {

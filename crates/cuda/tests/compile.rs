@@ -1,15 +1,20 @@
 //! Every kernel source compiles with NVRTC for Hopper (sm_90) and Ampere (sm_80). Needs only
 //! libnvrtc, no GPU; where NVRTC is absent (CI) the test says it skipped. With
 //! `TPERF_DUMP_CUBIN=DIR` it also writes each cubin as `DIR/<source>-<arch>.cubin`, for reading the
-//! SASS (`cuobjdump -sass`, `cuobjdump -res-usage`) without a GPU.
+//! SASS (`cuobjdump -sass`, `cuobjdump -res-usage`) without a GPU. `TPERF_COMPILE_ONLY=NAME`
+//! compiles only kernels/NAME.cu, while a kernel is being written.
 
 use tperf_cuda::compile::{self, CompileError, SOURCES};
 
 #[test]
 fn every_kernel_source_compiles() {
     let dump = std::env::var_os("TPERF_DUMP_CUBIN").map(std::path::PathBuf::from);
+    let only = std::env::var("TPERF_COMPILE_ONLY").ok();
     for arch in ["sm_90", "sm_80"] {
-        for src in SOURCES {
+        for src in SOURCES
+            .iter()
+            .filter(|s| only.as_deref().is_none_or(|o| o == s.name))
+        {
             match compile::check(src, arch) {
                 Ok(cubin) => {
                     assert!(!cubin.is_empty(), "{} compiled to an empty cubin", src.name);

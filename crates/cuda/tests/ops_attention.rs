@@ -162,3 +162,164 @@ fn attention_reading_a_kv_cache_matches_the_cpu() {
         }
     }
 }
+
+/// Flash-decoding (decode_attention.cu, Tq ≤ 4 through a KV cache) against the CPU: Tq 1 and 3;
+/// Tk around the 16-token block and the 128-key tile (1, 15, 16, 17, 383, 384, 1000); MHA, GQA,
+/// MQA; d 64, 80, 128; f32, bf16, f16 storage with the conformance tolerances per dtype
+/// (`conformance::tolerance`). Capacity past Tk, so the split grid has chunks with no live keys.
+#[test]
+fn decode_attention_matches_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for dt in [DType::F32, DType::Bf16, DType::F16] {
+        for (h, h_kv) in [(4, 4), (8, 2), (6, 1)] {
+            for d in [64, 80, 128] {
+                for tq in [1, 3] {
+                    for tk in [1, 15, 16, 17, 383, 384, 1000] {
+                        if tq > tk {
+                            continue;
+                        }
+                        let (b, capacity) = (2, tk + 130);
+                        let a = Attention {
+                            b,
+                            h,
+                            h_kv,
+                            tq,
+                            tk,
+                            d,
+                            causal: true,
+                            window: None,
+                            kv_cache: true,
+                        };
+                        let w = (h + 2 * h_kv) * d;
+                        let ts = vec![
+                            t("qkv", &[b, tq, w], dt, Fill::Normal(0.5)),
+                            t("k", &[b, h_kv, capacity, d], dt, Fill::Normal(0.5)),
+                            t("v", &[b, h_kv, capacity, d], dt, Fill::Normal(1.0)),
+                            t("o", &[b, tq, h * d], dt, Fill::Value(0.0)),
+                            t("lse", &[b, h, tq], DType::F32, Fill::Value(0.0)),
+                        ];
+                        check(
+                            &mut gpu,
+                            Op::FlashAttention(a),
+                            ts,
+                            vec![0, 1, 2],
+                            vec![3, 4],
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Flash attention in 16-bit storage, the tensor-core kernels' domain (flash_mma.cu: bf16 and
+/// fp16, D = 64 and 128) and one head size beside it (D = 80 takes the scalar fallback): every
+/// edge of a 64-row tile (T = 1, 17, 63, 64, 65, 130, 257), causal and not, MHA, GQA (H 8,
+/// H_kv 2), MQA (H_kv 1) and a sliding window. Forward O and lse, and the backward's dqkv
+/// (dq, dk and dv: the whole buffer), against the CPU.
+///
+/// Tolerances (conformance.rs, max |gpu − cpu| / max |cpu| over each output, against the
+/// CPU's f32 arithmetic on the same 16-bit inputs): bf16 1.6e-2, fp16 4e-3; lse is f32 but
+/// computed from 16-bit inputs, so it is held to their dtype's tolerance. The kernels round P
+/// (and the backward's dS) to the storage dtype before their products, one rounding of
+/// 2⁻⁹ (bf16) or 2⁻¹¹ (fp16) relative per term, well inside both.
+#[test]
+fn flash_attention_in_16_bits_matches_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    // (H, H_kv, causal, window)
+    let heads = [
+        (8, 2, true, None),
+        (4, 1, false, None),
+        (2, 2, true, Some(40)),
+        (2, 2, false, None),
+    ];
+    for dt in [DType::Bf16, DType::F16] {
+        for d in [64, 128, 80] {
+            for tt in [1, 17, 63, 64, 65, 130, 257] {
+                for (h, h_kv, causal, window) in heads {
+                    let b = 1 + usize::from(tt < 64);
+                    let a = Attention {
+                        b,
+                        h,
+                        h_kv,
+                        tq: tt,
+                        tk: tt,
+                        d,
+                        causal,
+                        window,
+                        kv_cache: false,
+                    };
+                    let w = (h + 2 * h_kv) * d;
+                    let ts = vec![
+                        t("qkv", &[b * tt, w], dt, Fill::Normal(0.5)),   // 0
+                        t("o", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 1
+                        t("lse", &[b, h, tt], DType::F32, Fill::Value(0.0)), // 2
+                        t("dout", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 3
+                        t("dqkv", &[b * tt, w], dt, Fill::Normal(1.0)),  // 4
+                    ];
+                    check(
+                        &mut gpu,
+                        Op::FlashAttention(a),
+                        ts.clone(),
+                        vec![0],
+                        vec![1, 2],
+                    );
+                    check(
+                        &mut gpu,
+                        Op::FlashAttentionBackward(a),
+                        ts,
+                        vec![0, 1, 3, 2],
+                        vec![4],
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The 16-bit forward from a KV cache holding more keys than queries (Tq < Tk: query i at
+/// position Tk − Tq + i), across the tensor-core kernels' tile edges, GQA and a window; the
+/// same tolerances as above.
+#[test]
+fn flash_attention_in_16_bits_from_a_kv_cache_matches_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for dt in [DType::Bf16, DType::F16] {
+        for d in [64, 128] {
+            for (tq, tk, window) in [
+                (1, 1, None),
+                (17, 80, None),
+                (65, 130, Some(50)),
+                (64, 257, None),
+            ] {
+                let (b, h, h_kv) = (2, 4, 2);
+                let capacity = tk + 8;
+                let a = Attention {
+                    b,
+                    h,
+                    h_kv,
+                    tq,
+                    tk,
+                    d,
+                    causal: true,
+                    window,
+                    kv_cache: true,
+                };
+                let w = (h + 2 * h_kv) * d;
+                let ts = vec![
+                    t("qkv", &[b * tq, w], dt, Fill::Normal(0.5)), // 0
+                    t("k", &[b, h_kv, capacity, d], dt, Fill::Normal(0.5)), // 1
+                    t("v", &[b, h_kv, capacity, d], dt, Fill::Normal(1.0)), // 2
+                    t("o", &[b * tq, h * d], dt, Fill::Value(0.0)), // 3
+                    t("lse", &[b, h, tq], DType::F32, Fill::Value(0.0)), // 4
+                ];
+                check(
+                    &mut gpu,
+                    Op::FlashAttention(a),
+                    ts,
+                    vec![0, 1, 2],
+                    vec![3, 4],
+                );
+            }
+        }
+    }
+}

@@ -55,9 +55,19 @@ fn check(gpu: &mut CudaBackend, case: &OpCase, what: &str) {
     assert_case_passes(gpu, case, 7, what)
 }
 
-/// (rows, C): none, one, odd with C below and above the block width, and a training size.
-const NORM_SHAPES: [(usize, usize); 6] =
-    [(0, 64), (1, 1), (1, 300), (7, 13), (7, 515), (1024, 768)];
+/// (rows, C): none, one, odd with C below and above the block width, a multiple of 8 that is
+/// not one of 256 (the warp-per-row backward's vector path with idle lanes), the 2.7B seed's
+/// width over more rows than a block has warps, and a training size.
+const NORM_SHAPES: [(usize, usize); 8] = [
+    (0, 64),
+    (1, 1),
+    (1, 300),
+    (7, 13),
+    (7, 515),
+    (3, 1000),
+    (33, 2560),
+    (1024, 768),
+];
 
 /// (activation dtype, weight-gradient dtype): all f32, and the mixed policy.
 const PRECISIONS: [(DType, DType); 2] = [(F32, F32), (Bf16, F32)];
@@ -304,11 +314,14 @@ fn grad_norm_case(shapes: &[&[usize]], mixed: bool) -> OpCase {
 #[test]
 fn grad_norm_matches_cpu() {
     let Some(mut gpu) = gpu() else { return };
-    let cases: [&[&[usize]]; 5] = [
+    let cases: [&[&[usize]]; 6] = [
         &[],
         &[&[0]],
         &[&[1]],
         &[&[7], &[768, 3], &[0], &[13]],
+        // The multi-tensor kernel's work items are 8192 elements: one past an item, a tensor
+        // whose last item ends in a scalar tail, and odd sizes between them.
+        &[&[8193], &[3, 4099], &[1], &[8192], &[5, 3]],
         // More tensors than one launch takes (eight), of training sizes.
         &[
             &[50_257, 768],
@@ -390,7 +403,19 @@ fn adamw_case(
 #[test]
 fn adamw_matches_cpu() {
     let Some(mut gpu) = gpu() else { return };
-    let shapes: [&[usize]; 6] = [&[768, 3], &[7], &[1, 1], &[0], &[13, 0], &[1024, 768]];
+    // Odd sizes, empty tensors, and sizes one past the kernel's 8192-element work items (a
+    // vector body and a scalar tail in the same item).
+    let shapes: [&[usize]; 9] = [
+        &[768, 3],
+        &[7],
+        &[1, 1],
+        &[0],
+        &[13, 0],
+        &[1024, 768],
+        &[8193],
+        &[3, 4099],
+        &[8192],
+    ];
     let base = AdamWParams::default();
     let hypers = [
         base,

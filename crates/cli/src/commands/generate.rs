@@ -271,17 +271,23 @@ fn decode<B: Backend>(
             };
             let tokens = alloc_step_tokens(be, 1, feed.len())?;
             be.write_i32(&tokens, feed)?;
-            let logits = match &mut cache {
+            let next = match &mut cache {
                 // Decode steps with a cache repeat (one token in, the position in device
-                // memory): a backend may capture one and replay it (CUDA graphs). Sampling reads
-                // the logits on the host, so it stays outside.
+                // memory, the sampler's stream on the backend): a backend may capture one with
+                // its sampling and replay it (CUDA graphs); only the id comes back.
                 Some(cache) if i > 0 => repeated_step(be, "decode", |be| {
-                    model.step_logits(be, tokens, Some(&mut *cache))
+                    let logits = model.step_logits(be, tokens, Some(&mut *cache))?;
+                    model.sample(be, logits, sampling)
                 })?,
-                Some(cache) => model.step_logits(be, tokens, Some(cache))?,
-                None => model.step_logits(be, tokens, None)?,
+                Some(cache) => {
+                    let logits = model.step_logits(be, tokens, Some(cache))?;
+                    model.sample(be, logits, sampling)?
+                }
+                None => {
+                    let logits = model.step_logits(be, tokens, None)?;
+                    model.sample(be, logits, sampling)?
+                }
             };
-            let next = model.sample(be, logits, sampling)?;
             let ids = be.read_f32(&next);
             be.free(next);
             Ok(ids?.first().copied().unwrap_or(0.0) as i32)

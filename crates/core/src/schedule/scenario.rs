@@ -166,9 +166,10 @@ impl StepRunner {
                 None => {
                     let tokens = alloc_step_tokens(be, b, t)?;
                     self.fill(be, &tokens)?;
-                    let logits =
-                        repeated_step(be, workload.name(), |be| m.step_logits(be, tokens, None))?;
-                    let next = m.sample(be, logits, Sampling::default())?;
+                    let next = repeated_step(be, workload.name(), |be| {
+                        let logits = m.step_logits(be, tokens, None)?;
+                        m.sample(be, logits, Sampling::default())
+                    })?;
                     be.free(next);
                 }
                 Some(cache) => {
@@ -183,12 +184,13 @@ impl StepRunner {
                     let v = m.cfg.vocab_size as i32;
                     let ids: Vec<i32> = (0..b * new).map(|i| (i as i32 * 31 + 7) % v).collect();
                     be.write_i32(&tokens, &ids)?;
-                    // The forward repeats (the same position every step); sampling reads the
-                    // logits on the host, so it stays outside the repeated step.
-                    let logits = repeated_step(be, workload.name(), |be| {
-                        m.step_logits(be, tokens, Some(&mut *cache))
+                    // The forward and the sampling repeat (the same position every step; the
+                    // sampler's per-call stream lives on the backend), so a backend may capture
+                    // the whole step.
+                    let next = repeated_step(be, workload.name(), |be| {
+                        let logits = m.step_logits(be, tokens, Some(&mut *cache))?;
+                        m.sample(be, logits, Sampling::default())
                     })?;
-                    let next = m.sample(be, logits, Sampling::default())?;
                     be.free(next);
                 }
             },

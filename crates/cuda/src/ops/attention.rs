@@ -1,6 +1,8 @@
 //! Attention: the three ops of naive attention and their backwards (kernels/attention.cu, every
 //! product one strided batched GEMM reading Q, K and V in place), and flash attention forward
-//! and backward (kernels/flash_attention.cu).
+//! and backward (kernels/flash_attention.cu; kernels/flash_mma.cu on tensor cores for bf16 and
+//! fp16 at D = 64 and 128, see `mma_variant`); for Tq ≤ 4 the flash forward is flash-decoding
+//! (kernels/decode_attention.cu).
 //!
 //! Operands (the ops' `*Io` structs in tperf_core) and checks follow the CPU backend op for op:
 //! - scores S from qkv (keys from the K cache when there is one); softmax P from S; value O
@@ -29,6 +31,8 @@ use tperf_core::tensor::Tensor;
 
 const NAIVE: &str = "attention";
 const FLASH: &str = "flash_attention";
+const FLASH_MMA: &str = "flash_mma";
+const DECODE: &str = "decode_attention";
 
 /// Tile of attn_gemm's output (rows and columns); 256 threads a block.
 const GEMM_TILE: u64 = 64;
@@ -234,6 +238,84 @@ fn flash_variant(call: &OpCall, d: usize) -> Result<FlashVariant, BackendError> 
             format!("flash attention kernels take head sizes 1 to 256, not D = {d}"),
         )),
     }
+}
+
+/// The tensor-core kernels of flash_mma.cu for one (head size, dtype): 4 warps a block, query
+/// tiles of 64 rows (forward) and key tiles of 64 keys (backward), shared rows of D + 8 elements.
+struct MmaVariant {
+    fwd: &'static str,
+    bwd: &'static str,
+    fwd_shared: u32,
+    bwd_shared: u32,
+}
+
+/// Query rows a forward block of the tensor-core kernels covers, and keys a backward block does.
+const MMA_BQ: u64 = 64;
+const MMA_BK: u64 = 64;
+const MMA_THREADS: u32 = 128;
+
+/// The tensor-core kernels run when every 16-bit operand shares one dtype, bf16 or fp16, D is
+/// 64 or 128, and every row the kernels load by 16-byte cp.async starts 16 bytes aligned: the
+/// buffers' pointers and every element offset and stride a multiple of 8. Anything else (f32
+/// storage, mixed precision, other head sizes, odd strides) takes the scalar kernels of
+/// flash_attention.cu, which handle every case. `bufs` are the 16-bit operands; `strides` the
+/// element offsets and strides rows are read at.
+fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
+    const BF16: i32 = 1;
+    const F16: i32 = 2;
+    let dt = match bufs.first()? {
+        Arg::Buf(_, dt) => *dt,
+        _ => return None,
+    };
+    let same = bufs
+        .iter()
+        .all(|b| matches!(b, Arg::Buf(ptr, t) if *t == dt && ptr % 16 == 0));
+    if !same || strides.iter().any(|s| s % 8 != 0) {
+        return None;
+    }
+    // The backward's query tile: 64 rows at D = 64, 32 at 128 (flash_mma.cu says why).
+    let (fwd, bwd, bq) = match (d, dt) {
+        (64, BF16) => ("flash_mma_fwd_d64_bf16", "flash_mma_bwd_d64_bf16", 64),
+        (64, F16) => ("flash_mma_fwd_d64_f16", "flash_mma_bwd_d64_f16", 64),
+        (128, BF16) => ("flash_mma_fwd_d128_bf16", "flash_mma_bwd_d128_bf16", 32),
+        (128, F16) => ("flash_mma_fwd_d128_f16", "flash_mma_bwd_d128_f16", 32),
+        _ => return None,
+    };
+    let row = (d as u32 + 8) * 2;
+    Some(MmaVariant {
+        fwd,
+        bwd,
+        // Q tile (64 rows) and two buffers each of K and V tiles (64 rows), 2 bytes an element.
+        fwd_shared: (64 + 4 * 64) * row,
+        // K and V tiles (64 rows), two buffers each of Q and dO tiles (bq rows), dSᵀ (64 ×
+        // (bq + 8) elements), and two buffers each of lse and Dᵢ (bq f32).
+        bwd_shared: (2 * 64 + 4 * bq) * row + 64 * (bq + 8) * 2 + 4 * bq * 4,
+    })
+}
+
+/// The dK/dV/dQ kernel of a flash backward: scalar (flash_attention.cu) or tensor-core
+/// (flash_mma.cu); both take the same arguments.
+struct BwdKernel {
+    source: &'static str,
+    name: &'static str,
+    threads: u32,
+    shared: u32,
+}
+
+/// decode_attention.cu's block: threads, keys per tile, and the rows (query heads of a group ×
+/// queries) and rows × D it holds.
+const DECODE_THREADS: u32 = 128;
+const DECODE_TILE: u64 = 128;
+const DECODE_MAX_ROWS: usize = 32;
+const DECODE_MAX_QD: usize = 4096;
+/// Queries per sequence up to which flash-decoding replaces the flash forward (a decode step,
+/// a few speculative tokens).
+const DECODE_MAX_TQ: usize = 4;
+
+/// Whether the decode kernel takes `a`: few queries, and the group's rows fit its block.
+fn decode_fits(a: &Attention) -> bool {
+    let rows = a.h / a.h_kv * a.tq;
+    a.tq <= DECODE_MAX_TQ && rows <= DECODE_MAX_ROWS && rows * a.d <= DECODE_MAX_QD
 }
 
 fn nothing_to_do(a: &Attention) -> bool {
@@ -591,7 +673,21 @@ impl CudaBackend {
         }
         let k = self.kv_operand(call, a, src, false, qkv)?;
         let v = self.kv_operand(call, a, v_src, true, qkv)?;
-        let blocks = (a.tq as u64).div_ceil(fv.fwd_bq) * (a.b * a.h) as u64;
+        if decode_fits(a) {
+            let keys_max = match src {
+                Kv::Cache { capacity, .. } => capacity,
+                Kv::Qkv => a.tk,
+            };
+            return self.decode_attention(call, a, [qkv, o, lse], k, v, keys_max);
+        }
+        let width = a.qkv_width() as u64;
+        let mma = mma_variant(
+            a.d,
+            &[qkv, k.buf, v.buf, o],
+            &[width, k.base, k.sb, k.sh, k.s0, v.base, v.sb, v.sh, v.s0],
+        );
+        let bq = mma.as_ref().map_or(fv.fwd_bq, |_| MMA_BQ);
+        let blocks = (a.tq as u64).div_ceil(bq) * (a.b * a.h) as u64;
         let max = i32::MAX as usize;
         one_launch(call, blocks <= max as u64 && a.tk <= max && a.h_kv <= max)?;
         let i = |x: u64| Arg::I64(x as i64);
@@ -619,13 +715,124 @@ impl CudaBackend {
             Arg::F32(scale(a)),
             Arg::Ptr(self.op_scalars),
         ];
+        let grid = (blocks as u32, 1, 1);
+        match mma {
+            Some(m) => self.launch(
+                call,
+                FLASH_MMA,
+                m.fwd,
+                grid,
+                (MMA_THREADS, 1, 1),
+                m.fwd_shared,
+                &args,
+            ),
+            None => self.launch(
+                call,
+                FLASH,
+                fv.fwd,
+                grid,
+                (FLASH_THREADS, 1, 1),
+                fv.fwd_shared,
+                &args,
+            ),
+        }
+    }
+
+    /// Flash-decoding (decode_attention.cu): the keys split into chunks across the grid, then
+    /// a reduce. The grid follows `keys_max` (the cache's capacity), so a replayed step whose
+    /// `step` scalar names a longer live Tk still covers it; chunks past it are empty.
+    fn decode_attention(
+        &mut self,
+        call: &OpCall,
+        a: &Attention,
+        [qkv, o, lse]: [Arg; 3],
+        k: Operand,
+        v: Operand,
+        keys_max: usize,
+    ) -> Result<(), BackendError> {
+        let groups = (a.b * a.h_kv) as u64;
+        let rows = (a.h / a.h_kv * a.tq) as u64;
+        // About two blocks per SM over the grid, and no chunk shorter than one tile.
+        let target = (2 * self.gpu.info.sms.max(1) as u64).div_ceil(groups);
+        let splits = target.clamp(1, (keys_max as u64).div_ceil(DECODE_TILE).max(1));
+        let chunk = (keys_max as u64).div_ceil(splits).max(1);
+        let splits = (keys_max as u64).div_ceil(chunk).max(1);
+        let max = i32::MAX as u64;
+        one_launch(call, groups <= 65_535 && chunk <= max && splits <= max)?;
+        let part_bytes = splits * groups * rows * (a.d as u64 + 2) * 4;
+        let block = self
+            .alloc
+            .alloc(part_bytes)
+            .map_err(driver("scratch for decode attention"))?;
+        let result = self.decode_launches(call, a, [qkv, o, lse], k, v, &block, splits, chunk);
+        self.alloc.free(block);
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decode_launches(
+        &mut self,
+        call: &OpCall,
+        a: &Attention,
+        [qkv, o, lse]: [Arg; 3],
+        k: Operand,
+        v: Operand,
+        block: &Block,
+        splits: u64,
+        chunk: u64,
+    ) -> Result<(), BackendError> {
+        let groups = (a.b * a.h_kv) as u32;
+        let i = |x: u64| Arg::I64(x as i64);
+        let args = [
+            qkv,
+            k.buf,
+            i(k.base),
+            i(k.sb),
+            i(k.sh),
+            i(k.s0),
+            v.buf,
+            i(v.base),
+            i(v.sb),
+            i(v.sh),
+            i(v.s0),
+            Arg::Ptr(block.ptr),
+            Arg::I32(a.h as i32),
+            Arg::I32(a.h_kv as i32),
+            Arg::I32(a.tq as i32),
+            Arg::I32(a.tk as i32),
+            Arg::I32(a.d as i32),
+            Arg::I32(i32::from(a.causal)),
+            Arg::I64(window_arg(a)),
+            Arg::F32(scale(a)),
+            Arg::I32(chunk as i32),
+            Arg::Ptr(self.op_scalars),
+        ];
         self.launch(
             call,
-            FLASH,
-            fv.fwd,
-            (blocks as u32, 1, 1),
-            (FLASH_THREADS, 1, 1),
-            fv.fwd_shared,
+            DECODE,
+            "decode_attn_split",
+            (splits as u32, groups, 1),
+            (DECODE_THREADS, 1, 1),
+            0,
+            &args,
+        )?;
+        let args = [
+            Arg::Ptr(block.ptr),
+            o,
+            lse,
+            Arg::I32(a.h as i32),
+            Arg::I32(a.h_kv as i32),
+            Arg::I32(a.tq as i32),
+            Arg::I32(a.d as i32),
+            Arg::I32(splits as i32),
+        ];
+        self.launch(
+            call,
+            DECODE,
+            "decode_attn_reduce",
+            (groups, 1, 1),
+            (DECODE_THREADS, 1, 1),
+            0,
             &args,
         )
     }
@@ -648,7 +855,33 @@ impl CudaBackend {
         if nothing_to_do(a) {
             return Ok(());
         }
-        let blocks = (a.tk as u64).div_ceil(fv.bwd_bk) * (a.b * a.h_kv) as u64;
+        // The tensor-core backward reads lse as f32 (4-byte cp.async); another dtype falls
+        // back.
+        let mma = match lse {
+            Arg::Buf(_, 0) => mma_variant(a.d, &[qkv, dout, dqkv], &[a.qkv_width() as u64]),
+            _ => None,
+        };
+        let (kernel, bk) = match &mma {
+            Some(m) => (
+                BwdKernel {
+                    source: FLASH_MMA,
+                    name: m.bwd,
+                    threads: MMA_THREADS,
+                    shared: m.bwd_shared,
+                },
+                MMA_BK,
+            ),
+            None => (
+                BwdKernel {
+                    source: FLASH,
+                    name: fv.bwd,
+                    threads: FLASH_THREADS,
+                    shared: fv.bwd_shared,
+                },
+                fv.bwd_bk,
+            ),
+        };
+        let blocks = (a.tk as u64).div_ceil(bk) * (a.b * a.h_kv) as u64;
         one_launch(
             call,
             blocks <= i32::MAX as u64 && rows.div_ceil(8) <= i32::MAX as u64,
@@ -660,8 +893,14 @@ impl CudaBackend {
             .alloc
             .alloc(bytes)
             .map_err(driver("scratch for the flash backward"))?;
-        let result =
-            self.flash_backward_launches(call, a, &block, &fv, blocks, [qkv, o, dout, lse, dqkv]);
+        let result = self.flash_backward_launches(
+            call,
+            a,
+            &block,
+            &kernel,
+            blocks,
+            [qkv, o, dout, lse, dqkv],
+        );
         // The stream orders the block's next user after these kernels.
         self.alloc.free(block);
         result
@@ -674,7 +913,7 @@ impl CudaBackend {
         call: &OpCall,
         a: &Attention,
         block: &Block,
-        fv: &FlashVariant,
+        kernel: &BwdKernel,
         blocks: u64,
         [qkv, o, dout, lse, dqkv]: [Arg; 5],
     ) -> Result<(), BackendError> {
@@ -717,11 +956,11 @@ impl CudaBackend {
         let grid = (blocks as u32, 1, 1);
         self.launch(
             call,
-            FLASH,
-            fv.bwd,
+            kernel.source,
+            kernel.name,
             grid,
-            (FLASH_THREADS, 1, 1),
-            fv.bwd_shared,
+            (kernel.threads, 1, 1),
+            kernel.shared,
             &args,
         )?;
         let args = [

@@ -26,6 +26,15 @@ pub(crate) fn act_code(kind: ActivationKind) -> i32 {
     }
 }
 
+/// The grid of `gated_forward`/`gated_backward` (256 threads a block): x covers a row's F
+/// columns at 4 a thread (the vector path's width), y one block row per matrix row up to the
+/// grid's limit, beyond which the rows go grid-stride.
+pub(crate) fn gated_grid(rows: u64, f: u64) -> (u32, u32, u32) {
+    let x = f.div_ceil(4 * 256).clamp(1, 1 << 16) as u32;
+    let y = rows.clamp(1, 65_535) as u32;
+    (x, y, 1)
+}
+
 impl CudaBackend {
     pub(crate) fn activation_forward(
         &mut self,
@@ -68,8 +77,13 @@ impl CudaBackend {
             self.arg(call, &io.g, n * f)?,
             Arg::I64(n as i64),
             Arg::I64(f as i64),
+            Arg::I32(act_code(ActivationKind::Silu)),
         ];
-        self.launch_1d(call, SRC, "swiglu_forward", n * f, &args)
+        if n * f == 0 {
+            return Ok(());
+        }
+        let grid = gated_grid(n, f);
+        self.launch(call, SRC, "gated_forward", grid, (256, 1, 1), 0, &args)
     }
 
     pub(crate) fn swiglu_backward(
@@ -85,8 +99,13 @@ impl CudaBackend {
             self.arg(call, &io.dh, 2 * n * f)?,
             Arg::I64(n as i64),
             Arg::I64(f as i64),
+            Arg::I32(act_code(ActivationKind::Silu)),
         ];
-        self.launch_1d(call, SRC, "swiglu_backward", n * f, &args)
+        if n * f == 0 {
+            return Ok(());
+        }
+        let grid = gated_grid(n, f);
+        self.launch(call, SRC, "gated_backward", grid, (256, 1, 1), 0, &args)
     }
 
     pub(crate) fn residual_add(

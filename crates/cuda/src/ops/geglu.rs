@@ -1,11 +1,15 @@
-//! GeGLU (kernels/geglu.cu): y = gelu(gate)·up over the two halves of h; operands by name.
+//! GeGLU: y = gelu(gate)·up over the two halves of h; operands by name. The kernels are the
+//! gated pair SwiGLU shares (kernels/elementwise.cu `gated_forward` / `gated_backward`), with
+//! the GELU activation code.
 
 use crate::backend::CudaBackend;
 use crate::gpu::Arg;
+use crate::ops::elementwise::{act_code, gated_grid};
 use tperf_core::backend::{BackendError, OpCall};
+use tperf_core::ops::activation::ActivationKind;
 use tperf_core::ops::geglu::{GeGlu, GeGluBackwardIo, GeGluIo};
 
-const SRC: &str = "geglu";
+const SRC: &str = "elementwise";
 
 impl CudaBackend {
     pub(crate) fn geglu_forward(&mut self, call: &OpCall, s: &GeGlu) -> Result<(), BackendError> {
@@ -16,8 +20,13 @@ impl CudaBackend {
             self.arg(call, &io.g, n * f)?,
             Arg::I64(n as i64),
             Arg::I64(f as i64),
+            Arg::I32(act_code(ActivationKind::Gelu)),
         ];
-        self.launch_1d(call, SRC, "geglu_forward", n * f, &args)
+        if n * f == 0 {
+            return Ok(());
+        }
+        let grid = gated_grid(n, f);
+        self.launch(call, SRC, "gated_forward", grid, (256, 1, 1), 0, &args)
     }
 
     pub(crate) fn geglu_backward(&mut self, call: &OpCall, s: &GeGlu) -> Result<(), BackendError> {
@@ -29,7 +38,12 @@ impl CudaBackend {
             self.arg(call, &io.dh, 2 * n * f)?,
             Arg::I64(n as i64),
             Arg::I64(f as i64),
+            Arg::I32(act_code(ActivationKind::Gelu)),
         ];
-        self.launch_1d(call, SRC, "geglu_backward", n * f, &args)
+        if n * f == 0 {
+            return Ok(());
+        }
+        let grid = gated_grid(n, f);
+        self.launch(call, SRC, "gated_backward", grid, (256, 1, 1), 0, &args)
     }
 }

@@ -4,13 +4,16 @@
 
 mod attention;
 pub(crate) mod collective;
-mod elementwise;
+pub(crate) mod elementwise;
 mod geglu;
 mod loss;
 mod matmul;
 mod norms;
-mod optimizer;
+pub(crate) mod optimizer;
 mod paged;
+mod sampling;
+
+pub(crate) use sampling::sample_words;
 
 /// Threads per block of the row-wise kernels (one block per row): a multiple of 32 for the
 /// warp reductions.

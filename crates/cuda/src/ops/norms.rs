@@ -6,8 +6,10 @@
 //!
 //! Backward: dx, dγ and dβ (LayerNorm with a bias) from x, the stats, γ and dy. dx is added into
 //! when the op accumulates (the residual-stream gradient); dγ and dβ are overwritten. A grid of
-//! G blocks strides over the rows, each block summing its rows' weight gradients into a slice of
-//! a scratch buffer, and a second kernel adds the G slices in a fixed order (deterministic).
+//! G blocks strides over the rows (a warp per row, `norm_backward_rows`, where a warp's column
+//! sums fit in shared memory; a block per row, `norm_backward`, for wider rows), each block
+//! summing its rows' weight gradients into a slice of a scratch buffer, and a second kernel adds
+//! the G slices in a fixed order (deterministic).
 
 use super::ROW_THREADS;
 use crate::backend::{unsupported, CudaBackend};
@@ -22,6 +24,9 @@ const SRC: &str = "norms";
 /// Weight-gradient sums of a block stay in shared memory up to this many bytes (LayerNorm with
 /// β up to C = 12288), and go straight to the scratch buffer for wider rows.
 const MAX_SHARED_ACC_BYTES: u64 = 96 * 1024;
+
+/// Warps per block of `norm_backward_rows` at most (one row each at a time).
+const ROW_WARPS: u64 = 8;
 
 /// Thread rows of `norm_weight_grads` (NWG_ROWS in norms.cu).
 const NWG_ROWS: u32 = 8;
@@ -215,42 +220,79 @@ impl CudaBackend {
             }
             return Ok(());
         }
-        // G blocks of at least ~4 rows each, up to 4 per SM: enough to fill the GPU, while the
-        // partial sums (G·width floats) stay small beside the rows they summarise.
         let sms = self.gpu.info.sms.max(1) as u64;
-        let blocks = n.div_ceil(4).clamp(1, 4 * sms);
         let acc_bytes = width * 4;
         let acc_global = acc_bytes > MAX_SHARED_ACC_BYTES;
-        let shared = if acc_global { 0 } else { acc_bytes as u32 };
+        // Warp per row (norm_backward_rows) where a warp's column sums fit in shared memory,
+        // up to 8 warps a block: every row of the seed's sizes in flight at once, G·8 ≥ N, up to
+        // 8 blocks per SM. Wider rows: block per row, G blocks of at least ~4 rows each, up to 4
+        // per SM. Either way the partial sums (G·width floats) stay small beside the rows.
+        let warps = (MAX_SHARED_ACC_BYTES / acc_bytes).min(ROW_WARPS);
+        let blocks = if acc_global {
+            n.div_ceil(4).clamp(1, 4 * sms)
+        } else {
+            n.div_ceil(warps).clamp(1, 8 * sms)
+        };
+        let ptrs_aligned = [&x, &gamma, &dy, &dx]
+            .iter()
+            .all(|a| matches!(a, Arg::Buf(p, _) if p % 16 == 0));
+        let vec = ptrs_aligned && c % 8 == 0;
         let scratch = self
             .alloc
             .alloc(blocks * acc_bytes)
             .map_err(driver("scratch for the norm's weight gradients"))?;
         let result = (|| {
-            let args = [
-                x,
-                stats,
-                gamma,
-                dy,
-                dx,
-                Arg::Ptr(scratch.ptr),
-                Arg::I64(n as i64),
-                Arg::I32(int(call, "C", c)?),
-                Arg::I32(i32::from(s.rms)),
-                Arg::I32(i32::from(s.bias)),
-                Arg::I32(i32::from(s.accumulate)),
-                Arg::I32(i32::from(acc_global)),
-            ];
-            let grid = (blocks as u32, 1, 1);
-            self.launch(
-                call,
-                SRC,
-                "norm_backward",
-                grid,
-                (ROW_THREADS, 1, 1),
-                shared,
-                &args,
-            )?;
+            if !acc_global {
+                let args = [
+                    x,
+                    stats,
+                    gamma,
+                    dy,
+                    dx,
+                    Arg::Ptr(scratch.ptr),
+                    Arg::I64(n as i64),
+                    Arg::I32(int(call, "C", c)?),
+                    Arg::I32(i32::from(s.rms)),
+                    Arg::I32(i32::from(s.bias)),
+                    Arg::I32(i32::from(s.accumulate)),
+                    Arg::I32(i32::from(vec)),
+                ];
+                let shared = (warps * acc_bytes) as u32;
+                self.launch(
+                    call,
+                    SRC,
+                    "norm_backward_rows",
+                    (blocks as u32, 1, 1),
+                    (32 * warps as u32, 1, 1),
+                    shared,
+                    &args,
+                )?;
+            } else {
+                let args = [
+                    x,
+                    stats,
+                    gamma,
+                    dy,
+                    dx,
+                    Arg::Ptr(scratch.ptr),
+                    Arg::I64(n as i64),
+                    Arg::I32(int(call, "C", c)?),
+                    Arg::I32(i32::from(s.rms)),
+                    Arg::I32(i32::from(s.bias)),
+                    Arg::I32(i32::from(s.accumulate)),
+                    Arg::I32(1),
+                ];
+                let grid = (blocks as u32, 1, 1);
+                self.launch(
+                    call,
+                    SRC,
+                    "norm_backward",
+                    grid,
+                    (ROW_THREADS, 1, 1),
+                    0,
+                    &args,
+                )?;
+            }
             let args = [
                 Arg::Ptr(scratch.ptr),
                 Arg::I32(blocks as i32),

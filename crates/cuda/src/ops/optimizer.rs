@@ -1,18 +1,27 @@
 //! The optimizer step (kernels/optimizer.cu), issued without a host synchronisation so that a
-//! whole training step can be captured in a CUDA graph.
+//! whole training step can be captured in a CUDA graph, and over every parameter in one launch.
 //!
-//! GradNorm: the norm of every gradient. Each launch sums the squares of up to eight gradient
-//! tensors in f64 into one slot per block of a small scratch buffer; a last one-block kernel adds
-//! the slots in a fixed order and writes √Σ. Deterministic, no atomics.
+//! Both kernels read a *tensor table* in device memory: one descriptor per tensor (pointers,
+//! dtypes, numel, its first work item of `OPT_CHUNK` elements). The pointers of a model's
+//! parameters, gradients and optimizer state do not change from step to step (the caching
+//! allocator hands a step's gradients the same blocks every step), so a table is written once
+//! and kept, keyed by its own words; a step whose pointers differ gets a new table. A captured
+//! graph bakes the table's address into its launches, so tables are only created and dropped
+//! outside a capture: a captured or replayed step that would need a new table finishes eagerly
+//! first (`CudaBackend::optimizer_table_missing`), and dropping tables drops the graphs too.
 //!
-//! AdamW: one launch per parameter tensor, in place on θ, m and v as the CPU backend updates
-//! them. The gradient factor clip(‖g‖/S)/S (S = the op's loss scale, `grad_scale`) is derived on
-//! the device from the norm tensor, and so is the decision to skip the step when S > 1 and the
-//! norm is not finite (every launch reads the same norm, so all tensors skip or none do): no host
+//! GradNorm: Σ g² over every gradient in f64, block b writing slot b of a scratch buffer (so no
+//! zeroing and no atomics), then a one-block kernel adds the slots in a fixed order and writes
+//! √Σ. Deterministic: two launches in all.
+//!
+//! AdamW: one launch, in place on θ, m and v as the CPU backend updates them. The gradient factor
+//! clip(‖g‖/S)/S (S = the op's loss scale, `grad_scale`) is derived on the device from the norm
+//! tensor, and so is the decision to skip the step when S > 1 and the norm is not finite: no host
 //! synchronisation. Weight decay applies to 2-D tensors only; the optional copies receive θ
 //! rounded to their dtype.
 
-use crate::backend::{unsupported, CudaBackend};
+use crate::alloc::Block;
+use crate::backend::{dt_code, unsupported, CudaBackend};
 use crate::error::driver;
 use crate::gpu::Arg;
 use cudarc::driver::result as cu;
@@ -20,57 +29,212 @@ use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::dtype::DType;
 use tperf_core::ops::adamw::{AdamW, AdamWIo};
 use tperf_core::ops::grad_norm::{GradNorm, GradNormIo};
+use tperf_core::ops::Op;
 
 const SRC: &str = "optimizer";
 
-/// Gradient tensors per `grad_sum_sq` launch (its parameter list).
-const TENSORS_PER_LAUNCH: usize = 8;
+/// Elements per work item: `OPT_CHUNK` of optimizer.cu.
+const CHUNK: u64 = 8192;
 
 /// Threads per block of the optimizer kernels (a multiple of 32).
 const THREADS: u32 = 256;
 
+/// Tables kept at once; past this every table (and every captured graph, which may address
+/// one) is dropped. A training run needs two (its norm and its AdamW), a process that builds
+/// many models a few more.
+const MAX_TABLES: usize = 32;
+
+/// u64 words of one descriptor: `NormTensor` (32 bytes) and `AdamTensor` (64 bytes).
+const NORM_WORDS: usize = 4;
+const ADAM_WORDS: usize = 8;
+
+/// The tensor tables kept on the device, each with the words it was written from.
+#[derive(Default)]
+pub(crate) struct TensorTables {
+    entries: Vec<(Vec<u64>, Block)>,
+}
+
+impl TensorTables {
+    fn find(&self, words: &[u64]) -> Option<u64> {
+        self.entries
+            .iter()
+            .find(|(w, _)| w.as_slice() == words)
+            .map(|(_, b)| b.ptr)
+    }
+
+    /// Every block, for the backend to give back to its allocator.
+    pub(crate) fn drain(&mut self) -> Vec<Block> {
+        self.entries.drain(..).map(|(_, b)| b).collect()
+    }
+}
+
+/// A table's words and how many work items it describes.
+struct Table {
+    words: Vec<u64>,
+    count: usize,
+    items: u64,
+}
+
+fn aligned(ptrs: &[u64]) -> bool {
+    ptrs.iter().all(|p| p % 16 == 0)
+}
+
 impl CudaBackend {
-    pub(crate) fn grad_norm(&mut self, call: &OpCall, g: &GradNorm) -> Result<(), BackendError> {
-        let io: GradNormIo = call.operands(g)?;
-        let norm = self.arg(call, &io.norm, 1)?;
-        let mut grads = Vec::with_capacity(io.grads.len());
+    /// GradNorm's table: per gradient {g, n, first item, dtype | aligned << 32}.
+    fn norm_table(&self, call: &OpCall, io: &GradNormIo) -> Result<Table, BackendError> {
+        let mut words = Vec::with_capacity(NORM_WORDS * io.grads.len());
+        let mut items = 0u64;
         for t in &io.grads {
             if t.dtype == DType::I32 {
                 return Err(unsupported(call, "gradients are floating-point tensors"));
             }
-            let numel = t.numel();
-            grads.push((self.arg(call, t, numel)?, numel));
+            let n = t.numel();
+            if n == 0 {
+                continue;
+            }
+            let Arg::Buf(ptr, dt) = self.arg(call, t, n)? else {
+                unreachable!("arg returns a Buf")
+            };
+            let vec = u64::from(aligned(&[ptr]));
+            words.extend([ptr, n, items, dt as u32 as u64 | vec << 32]);
+            items += n.div_ceil(CHUNK);
         }
-        // One f64 slot per block; every launch uses at most `blocks` blocks.
-        let blocks = (4 * self.gpu.info.sms.max(1) as u64).min(1024);
+        let count = words.len() / NORM_WORDS;
+        Ok(Table {
+            words,
+            count,
+            items,
+        })
+    }
+
+    /// AdamW's table: per parameter {θ, g, m, v, copy, n, first item, dtypes | flags << 32},
+    /// the dtype codes 4 bits each (θ, g, m, v, copy from the low end), flags bit 0 weight
+    /// decay, bit 1 every pointer 16-byte aligned and floating-point (the vector path).
+    fn adam_table(&self, call: &OpCall, io: &AdamWIo) -> Result<Table, BackendError> {
+        let mut words = Vec::with_capacity(ADAM_WORDS * io.theta.len());
+        let mut items = 0u64;
+        for (i, theta) in io.theta.iter().enumerate() {
+            let (g, m, v) = (&io.grads[i], &io.m[i], &io.v[i]);
+            if [theta, m, v].iter().any(|t| t.dtype == DType::I32) {
+                return Err(unsupported(call, "AdamW state must be floating-point"));
+            }
+            let n = theta.numel();
+            if n == 0 {
+                continue;
+            }
+            let copy = match io.copies.get(i) {
+                Some(c) if c.dtype != DType::I32 => self.arg(call, c, n)?,
+                _ => Arg::Buf(0, 0),
+            };
+            let mut ptrs = [0u64; 5];
+            let mut dts = 0u64;
+            let mut float = true;
+            let args = [
+                self.arg(call, theta, n)?,
+                self.arg(call, g, n)?,
+                self.arg(call, m, n)?,
+                self.arg(call, v, n)?,
+                copy,
+            ];
+            for (k, a) in args.iter().enumerate() {
+                let Arg::Buf(p, dt) = *a else {
+                    unreachable!("arg returns a Buf")
+                };
+                ptrs[k] = p;
+                dts |= (dt as u32 as u64 & 15) << (4 * k);
+                float &= p == 0 || dt != dt_code(DType::I32);
+            }
+            let decay = u64::from(theta.shape.len() == 2);
+            let vec = u64::from(float && aligned(&ptrs));
+            words.extend(ptrs);
+            words.extend([n, items, dts | (decay | vec << 1) << 32]);
+            items += n.div_ceil(CHUNK);
+        }
+        let count = words.len() / ADAM_WORDS;
+        Ok(Table {
+            words,
+            count,
+            items,
+        })
+    }
+
+    fn table_of(&self, call: &OpCall) -> Result<Option<Table>, BackendError> {
+        match &call.op {
+            Op::GradNorm(g) => Ok(Some(self.norm_table(call, &call.operands(g)?)?)),
+            Op::AdamW(a) => Ok(Some(self.adam_table(call, &call.operands(a)?)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether `call` is an optimizer op whose tensor table is not on the device yet: a captured
+    /// or replayed step then finishes eagerly (see the module docs).
+    pub(crate) fn optimizer_table_missing(&self, call: &OpCall) -> Result<bool, BackendError> {
+        Ok(match self.table_of(call)? {
+            Some(t) => t.count > 0 && self.tables.find(&t.words).is_none(),
+            None => false,
+        })
+    }
+
+    /// The device address of `table`, writing it first if it is new.
+    fn upload(&mut self, table: Table) -> Result<u64, BackendError> {
+        if let Some(ptr) = self.tables.find(&table.words) {
+            return Ok(ptr);
+        }
+        if self.tables.entries.len() >= MAX_TABLES {
+            self.drop_graphs_and_tables();
+        }
+        let bytes = (table.words.len() * 8) as u64;
+        let block = self
+            .alloc
+            .alloc(bytes)
+            .map_err(driver("the optimizer's tensor table"))?;
+        // SAFETY: `block` holds at least `bytes`; the words are pageable host memory, which the
+        // driver stages before the call returns, and they stay alive in the cache anyway. Kernels
+        // that read the table follow in stream order.
+        let copied =
+            unsafe { cu::memcpy_htod_async(block.ptr, &table.words, self.gpu.cu_stream()) };
+        if let Err(e) = copied {
+            self.alloc.free(block);
+            return Err(driver("writing the optimizer's tensor table")(e).into());
+        }
+        self.tables.entries.push((table.words, block));
+        Ok(block.ptr)
+    }
+
+    pub(crate) fn grad_norm(&mut self, call: &OpCall, g: &GradNorm) -> Result<(), BackendError> {
+        let io: GradNormIo = call.operands(g)?;
+        let norm = self.arg(call, &io.norm, 1)?;
+        let table = self.norm_table(call, &io)?;
+        let (count, items) = (table.count, table.items);
+        // One f64 slot per block, each written by its block.
+        let blocks = items.clamp(1, (4 * self.gpu.info.sms.max(1) as u64).min(1024));
         let scratch = self
             .alloc
             .alloc(blocks * 8)
             .map_err(driver("scratch for the gradient norm"))?;
         let result = (|| {
-            // SAFETY: `scratch` was just allocated with blocks × 8 bytes and is freed after the
-            // kernels that read it, in stream order.
-            unsafe {
-                cu::memset_d8_async(scratch.ptr, 0, (blocks * 8) as usize, self.gpu.cu_stream())
+            if count > 0 {
+                let ptr = self.upload(table)?;
+                let args = [
+                    Arg::Ptr(ptr),
+                    Arg::I32(count as i32),
+                    Arg::I64(items as i64),
+                    Arg::Ptr(scratch.ptr),
+                ];
+                let grid = (blocks as u32, 1, 1);
+                self.launch(
+                    call,
+                    SRC,
+                    "grad_sum_sq_multi",
+                    grid,
+                    (THREADS, 1, 1),
+                    0,
+                    &args,
+                )?;
             }
-            .map_err(driver("zeroing the gradient norm's scratch"))?;
-            for group in grads.chunks(TENSORS_PER_LAUNCH) {
-                let total: u64 = group.iter().map(|(_, n)| n).sum();
-                if total == 0 {
-                    continue;
-                }
-                let mut args = Vec::with_capacity(2 * TENSORS_PER_LAUNCH + 1);
-                for k in 0..TENSORS_PER_LAUNCH {
-                    args.push(group.get(k).map_or(Arg::Buf(0, 0), |g| g.0));
-                }
-                for k in 0..TENSORS_PER_LAUNCH {
-                    args.push(Arg::I64(group.get(k).map_or(0, |g| g.1 as i64)));
-                }
-                args.push(Arg::Ptr(scratch.ptr));
-                let grid = (total.div_ceil(THREADS as u64).min(blocks) as u32, 1, 1);
-                self.launch(call, SRC, "grad_sum_sq", grid, (THREADS, 1, 1), 0, &args)?;
-            }
-            let args = [Arg::Ptr(scratch.ptr), Arg::I32(blocks as i32), norm];
+            // No gradient elements: no block wrote, so the finish reads none of the slots.
+            let written = if count > 0 { blocks as i32 } else { 0 };
+            let args = [Arg::Ptr(scratch.ptr), Arg::I32(written), norm];
             self.launch(
                 call,
                 SRC,
@@ -96,39 +260,39 @@ impl CudaBackend {
         // In a captured step the kernel reads lr, c1 and c2 from here instead (graph.rs).
         let step_scalars = Arg::Ptr(self.op_scalars);
         let norm = self.arg(call, &io.norm, 1)?;
-        for (i, theta) in io.theta.iter().enumerate() {
-            let (g, m, v) = (&io.grads[i], &io.m[i], &io.v[i]);
-            let n = theta.numel();
-            if [theta, m, v].iter().any(|t| t.dtype == DType::I32) {
-                return Err(unsupported(call, "AdamW state must be floating-point"));
-            }
-            let decay = theta.shape.len() == 2;
-            let copy = match io.copies.get(i) {
-                Some(c) if c.dtype != DType::I32 => self.arg(call, c, n)?,
-                _ => Arg::Buf(0, 0),
-            };
-            let args = [
-                norm,
-                self.arg(call, theta, n)?,
-                self.arg(call, g, n)?,
-                self.arg(call, m, n)?,
-                self.arg(call, v, n)?,
-                copy,
-                Arg::I64(n as i64),
-                Arg::F32(h.beta1 as f32),
-                Arg::F32(h.beta2 as f32),
-                Arg::F32(c1),
-                Arg::F32(c2),
-                Arg::F32(h.lr as f32),
-                Arg::F32(h.eps as f32),
-                Arg::F32(if decay { h.weight_decay as f32 } else { 0.0 }),
-                Arg::I32(i32::from(h.max_grad_norm.is_some())),
-                Arg::F64(h.max_grad_norm.unwrap_or(0.0)),
-                Arg::F64(adam.grad_scale),
-                step_scalars,
-            ];
-            self.launch_1d(call, SRC, "adamw_update", n, &args)?;
+        let table = self.adam_table(call, &io)?;
+        let (count, items) = (table.count, table.items);
+        if count == 0 {
+            return Ok(());
         }
-        Ok(())
+        let ptr = self.upload(table)?;
+        let args = [
+            Arg::Ptr(ptr),
+            Arg::I32(count as i32),
+            Arg::I64(items as i64),
+            norm,
+            Arg::F32(h.beta1 as f32),
+            Arg::F32(h.beta2 as f32),
+            Arg::F32(c1),
+            Arg::F32(c2),
+            Arg::F32(h.lr as f32),
+            Arg::F32(h.eps as f32),
+            Arg::F32(h.weight_decay as f32),
+            Arg::I32(i32::from(h.max_grad_norm.is_some())),
+            Arg::F64(h.max_grad_norm.unwrap_or(0.0)),
+            Arg::F64(adam.grad_scale),
+            step_scalars,
+        ];
+        // Enough blocks to fill every SM several times over; the rest go grid-stride.
+        let blocks = items.min(8 * self.gpu.info.sms.max(1) as u64) as u32;
+        self.launch(
+            call,
+            SRC,
+            "adamw_update_multi",
+            (blocks, 1, 1),
+            (THREADS, 1, 1),
+            0,
+            &args,
+        )
     }
 }

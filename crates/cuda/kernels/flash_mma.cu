@@ -1,0 +1,596 @@
+// Flash attention on tensor cores (tperf_core::ops::flash_attention) for 16-bit storage: q, k,
+// v, o (and dout, dqkv in the backward) all bf16 or all fp16, head sizes 64 and 128, f32
+// accumulation. The same algorithm as flash_attention.cu (FlashAttention-2), which stays the
+// fallback for every other case (ops/attention.rs, `mma_kernels`, says when each runs).
+//
+// Products are mma.sync.m16n8k16 (row.col, f32 accumulators) fed by ldmatrix from shared
+// memory; K/V tiles arrive by 16-byte cp.async, double-buffered, so tile t+1 loads while tile t
+// computes. Shared rows are D + 8 elements (16 bytes of padding): the eight 16-byte rows one
+// ldmatrix phase reads then start 4 banks apart and never conflict.
+//
+// Fragment layouts (PTX ISA, m16n8k16 with 16-bit inputs), lane = 4·g + t:
+// - A (16×16): a0 = (g, 2t..2t+1), a1 = (g + 8, 2t..), a2 = (g, 2t + 8..), a3 = (g + 8, 2t + 8..);
+// - B (16×8, k × n): b0 = (k 2t..2t+1, n g), b1 = (k 2t + 8.., n g);
+// - C (16×8): c0, c1 = (g, 2t..2t+1), c2, c3 = (g + 8, 2t..).
+// A thread thus owns two rows (g and g + 8) of every accumulator tile, and a row's four owners
+// are one quad: row max and sum are two xor-shuffles (1, 2). The S accumulator of Q·Kᵀ has
+// exactly the layout of P's A fragments for P·V, so P is rounded to 16 bits in registers and
+// never touches shared memory.
+//
+// Forward: one block of 4 warps per (query tile of 64 rows, head, batch element); each warp owns
+// 16 query rows, holds their Q fragments in registers for the whole kernel, and walks the key
+// tiles (64 keys) the block's rows can see: S = Q·Kᵀ (ldmatrix of K rows is already the "col"
+// B operand), the online softmax in base 2 (scores pre-multiplied by log2(e)/√D), O += P·V (V
+// through ldmatrix.trans). Masking (causal, window, past Tk) runs only on tiles that need it.
+// Query tiles are issued last-first: under a causal mask the late tiles see the most keys, and
+// starting them first evens the tail.
+//
+// Floor per (64-query × 64-key) tile: 4·64·64·D FLOPs (Q·Kᵀ and P·V) against 2·64·D·2 bytes of
+// K and V from L2 — 32 FLOPs per byte at any D, above the H200's ~20 FLOPs/byte of L2 bandwidth
+// per SM, so the loop is tensor-core (and exp) bound, as FlashAttention-2 is. Registers: Q
+// fragments D/4, O accumulators D/2, S 32 (per thread). Shared memory (64 + 4·64)·(D + 8)·2 bytes:
+// 46 KB at D = 64 (4 blocks, 16 warps an SM), 87 KB at D = 128 (2 blocks, 8 warps an SM).
+
+#define MMA_THREADS 128
+#define MMA_BQ 64
+#define MMA_BK 64
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+// 16 bytes global → shared; `valid` false writes zeros and reads nothing (src must still be a
+// mapped address, the caller passes the tile's base).
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+__device__ __forceinline__ void ldsm4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2,
+                                      unsigned& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr)
+                 : "memory");
+}
+__device__ __forceinline__ void ldsm4t(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2,
+                                       unsigned& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr)
+                 : "memory");
+}
+
+// c += a·b on one 16×8 tile.
+template <bool BF>
+__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0,
+                                         unsigned b1) {
+    if (BF) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    } else {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+}
+
+// Two floats as one register of two 16-bit values, `lo` in the low half (round to nearest even,
+// as st() rounds).
+template <bool BF> __device__ __forceinline__ unsigned pack2(float lo, float hi) {
+    unsigned r;
+    if (BF)
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    else
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ bool mma_visible(int causal, i64 window, i64 pos, i64 j) {
+    return !causal || (j <= pos && (window < 0 || pos - j < window));
+}
+
+// Rows [0, ROWS) of a (rows, D) operand, row r at src + r·rs, into a shared tile of row stride
+// D + 8 by cp.async; rows at or past `valid` are zero.
+template <int D, int ROWS>
+__device__ __forceinline__ void load_rows_async(u16* tile, const u16* src, i64 rs, int valid) {
+    constexpr int CH = D / 8;
+#pragma unroll
+    for (int k = 0; k < ROWS * CH / MMA_THREADS; ++k) {
+        const int idx = threadIdx.x + k * MMA_THREADS;
+        const int r = idx / CH, c = idx % CH;
+        const bool ok = r < valid;
+        cp_async16(smem_addr(tile + r * (D + 8) + c * 8), src + (ok ? (i64)r * rs : 0) + c * 8, ok);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+struct MmaFwdArgs {
+    int h, h_kv, tq, tk, d, causal;
+    i64 window;
+    float scale;
+};
+
+template <int D, bool BF>
+__device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_sh, i64 k_sj,
+                                        Buf vb, i64 v0, i64 v_sb, i64 v_sh, i64 v_sj, Buf o,
+                                        Buf lse, MmaFwdArgs p) {
+    constexpr int BQ = MMA_BQ, BK = MMA_BK, LD = D + 8;
+    constexpr int KT = D / 16, NT = BK / 8, OT = D / 8;
+    extern __shared__ __align__(16) u16 mma_smem[];
+    u16* Qs = mma_smem;       // BQ × LD
+    u16* Ks = Qs + BQ * LD;   // 2 × BK × LD
+    u16* Vs = Ks + 2 * BK * LD; // 2 × BK × LD
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int tiles = (p.tq + BQ - 1) / BQ;
+    const int tile = tiles - 1 - (int)(blockIdx.x % tiles);
+    const int head = (int)((blockIdx.x / tiles) % p.h);
+    const i64 b = (i64)(blockIdx.x / tiles) / p.h;
+    const int g = head / (p.h / p.h_kv);
+    const i64 width = (i64)(p.h + 2 * p.h_kv) * D;
+    const int i0 = tile * BQ, i1 = min(i0 + BQ, p.tq);
+    const i64 off = (i64)p.tk - p.tq;
+
+    i64 lo = 0, hi = p.tk;
+    if (p.causal) {
+        hi = off + i1;
+        if (p.window >= 0) lo = max((i64)0, off + i0 + 1 - p.window);
+    }
+
+    const u16* qg = (const u16*)qkv.p + (b * p.tq + i0) * width + (i64)head * D;
+    const u16* kg = (const u16*)kb.p + k0 + b * k_sb + (i64)g * k_sh;
+    const u16* vg = (const u16*)vb.p + v0 + b * v_sb + (i64)g * v_sh;
+
+    load_rows_async<D, BQ>(Qs, qg, width, i1 - i0);
+    if (lo < hi) {
+        const int valid = (int)min((i64)BK, hi - lo);
+        load_rows_async<D, BK>(Ks, kg + lo * k_sj, k_sj, valid);
+        load_rows_async<D, BK>(Vs, vg + lo * v_sj, v_sj, valid);
+    }
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+
+    // This warp's 16 query rows as A fragments, one per 16 columns of D.
+    unsigned qf[KT][4];
+    {
+        const u16* qrow = Qs + (warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk)
+            ldsm4(smem_addr(qrow + kk * 16), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
+    }
+
+    float acc[OT][4];
+#pragma unroll
+    for (int t = 0; t < OT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    // Running max (log2 units, of scaled scores) and this thread's share of the row sum, for
+    // rows g and g + 8 of the warp's 16.
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    const float sl2 = p.scale * LOG2E;
+    // ldmatrix row addresses of this lane within a tile: K (non-transposed, keys as B's n) and
+    // V (transposed, keys as B's k).
+    const int krow = (lane % 8) + (lane / 16) * 8, kcol = ((lane / 8) % 2) * 8;
+    const int vrow = (lane % 8) + ((lane / 8) % 2) * 8, vcol = (lane / 16) * 8;
+    const int qr = warp * 16 + lane / 4; // tile row of c0/c1 (c2/c3: + 8)
+
+    int buf = 0;
+    for (i64 j0 = lo; j0 < hi; j0 += BK, buf ^= 1) {
+        // Tile t + 1 into the other buffer, whose readers finished before the barrier that
+        // ended tile t − 1.
+        if (j0 + BK < hi) {
+            const i64 jn = j0 + BK;
+            const int valid = (int)min((i64)BK, hi - jn);
+            load_rows_async<D, BK>(Ks + (buf ^ 1) * BK * LD, kg + jn * k_sj, k_sj, valid);
+            load_rows_async<D, BK>(Vs + (buf ^ 1) * BK * LD, vg + jn * v_sj, v_sj, valid);
+        }
+        cp_async_commit();
+        const u16* Kt = Ks + buf * BK * LD;
+        const u16* Vt = Vs + buf * BK * LD;
+
+        float s[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                unsigned b0, b1, b2, b3;
+                ldsm4(smem_addr(Kt + (np * 16 + krow) * LD + kk * 16 + kcol), b0, b1, b2, b3);
+                mma16816<BF>(s[2 * np], qf[kk], b0, b1);
+                mma16816<BF>(s[2 * np + 1], qf[kk], b2, b3);
+            }
+        }
+
+        // Masks are needed past the visible range's end, across the causal diagonal, and where
+        // the window's lower edge cuts the tile (the block's last row sees the fewest old keys).
+        const bool masked =
+            j0 + BK > hi ||
+            (p.causal && (j0 + BK - 1 > off + i0 ||
+                          (p.window >= 0 && off + i0 + BQ - 1 - j0 >= p.window)));
+        if (masked) {
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const i64 pos = off + i0 + qr + (e / 2) * 8;
+                    const i64 j = j0 + t * 8 + (lane % 4) * 2 + (e % 2);
+                    if (!(j < hi && mma_visible(p.causal, p.window, pos, j))) s[t][e] = NEG_INF;
+                }
+        }
+
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float mx = m[r];
+#pragma unroll
+            for (int t = 0; t < NT; ++t) mx = fmaxf(mx, fmaxf(s[t][2 * r], s[t][2 * r + 1]) * sl2);
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            // A row with nothing visible yet keeps m = −∞; subtracting 0 gives p = 0 and a
+            // correction of 0 rather than NaN.
+            const float mu = mx == NEG_INF ? 0.0f : mx;
+            const float corr = exp2f(m[r] - mu);
+            m[r] = mx;
+            float sum = 0.0f;
+#pragma unroll
+            for (int t = 0; t < NT; ++t)
+#pragma unroll
+                for (int e = 2 * r; e < 2 * r + 2; ++e) {
+                    s[t][e] = exp2f(fmaf(s[t][e], sl2, -mu));
+                    sum += s[t][e];
+                }
+            l[r] = l[r] * corr + sum;
+#pragma unroll
+            for (int t = 0; t < OT; ++t) {
+                acc[t][2 * r] *= corr;
+                acc[t][2 * r + 1] *= corr;
+            }
+        }
+
+        // O += P·V, P's A fragments straight from the S accumulators.
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+            const unsigned a[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]),
+                                   pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
+                                   pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                   pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+                unsigned b0, b1, b2, b3;
+                ldsm4t(smem_addr(Vt + (kk * 16 + vrow) * LD + dp * 16 + vcol), b0, b1, b2, b3);
+                mma16816<BF>(acc[2 * dp], a, b0, b1);
+                mma16816<BF>(acc[2 * dp + 1], a, b2, b3);
+            }
+        }
+
+        // Tile t + 1 has landed and every warp is done with tile t's buffers.
+        cp_async_wait_all();
+        __syncthreads();
+    }
+
+    const i64 hd = (i64)p.h * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float sum = l[r];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int i = i0 + qr + 8 * r;
+        if (i >= p.tq) continue;
+        const float inv = 1.0f / sum;
+        u16* orow = (u16*)o.p + (b * p.tq + i) * hd + (i64)head * D + (lane % 4) * 2;
+#pragma unroll
+        for (int t = 0; t < OT; ++t)
+            *(unsigned*)(orow + t * 8) = pack2<BF>(acc[t][2 * r] * inv, acc[t][2 * r + 1] * inv);
+        if (lane % 4 == 0) st(lse, (b * p.h + head) * p.tq + i, (m[r] + log2f(sum)) * LN2);
+    }
+}
+
+#define MMA_FWD_PARAMS                                                                           \
+    Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_sh, i64 k_sj, Buf vb, i64 v0, i64 v_sb, i64 v_sh,  \
+        i64 v_sj, Buf o, Buf lse, int h, int h_kv, int tq, int tk, int d, int causal, i64 window, \
+        float scale, const int* step
+// `step`, when not null, holds the key count of a replayed decode step (graph.rs), as in
+// flash_attention.cu. `d` is the kernel's D (the host checks); it is kept so that both sources
+// take one argument list.
+#define MMA_FWD_ARGS                                                                             \
+    qkv, kb, k0, k_sb, k_sh, k_sj, vb, v0, v_sb, v_sh, v_sj, o, lse,                            \
+        MmaFwdArgs{h, h_kv, tq, step ? step[0] : tk, d, causal, window, scale}
+
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_fwd_d64_bf16(MMA_FWD_PARAMS) {
+    mma_fwd<64, true>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_fwd_d64_f16(MMA_FWD_PARAMS) {
+    mma_fwd<64, false>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_fwd_d128_bf16(MMA_FWD_PARAMS) {
+    mma_fwd<128, true>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_fwd_d128_f16(MMA_FWD_PARAMS) {
+    mma_fwd<128, false>(MMA_FWD_ARGS);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+//
+// One block of 4 warps per (key tile of 64 keys, key/value head, batch element), after
+// flash_bwd_di (flash_attention.cu) has written Dᵢ = rowsum(dO ⊙ O). K and V stay in shared
+// memory; warp w owns keys 16w..16w + 15 of the tile and their dK and dV accumulators (f32, in
+// registers for the whole kernel). The block walks the query heads of its group and the query
+// tiles (BQ rows) that can see its keys, Q, dO, lse and Dᵢ double-buffered by cp.async:
+//   Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ (ldmatrix of Q and dO rows is B's "col" layout),
+//   Pᵀ = exp2(Sᵀ·log2(e)/√D − lse·log2(e)), dSᵀ = Pᵀ ⊙ (dPᵀ − Dᵢ) (masked only where needed),
+//   dV += Pᵀ·dO and dK += dSᵀ·Q (Pᵀ and dSᵀ as A fragments from the accumulators, dO and Q by
+//   ldmatrix.trans),
+//   dQ += dS·K/√D: dSᵀ goes through shared memory (the one product that needs the transposed
+//   fragment), and each warp adds a 16-row slice of the tile's dQ into the f32 scratch with
+//   atomics (red.global.add), which flash_bwd_dq converts into dqkv.
+// dK (scaled by 1/√D) and dV are written once per key at the end.
+//
+// Floor per (64-key × BQ-query) tile: 5 products of 2·64·BQ·D FLOPs (Sᵀ, dPᵀ, dV, dK, dQ)
+// against 2·BQ·D·2 bytes of Q and dO read and BQ·D·4 bytes of dQ atomics: 80 FLOPs per byte at
+// BQ = 64, 40 at 32; the atomics into L2 are the second bound after the tensor cores, as in
+// FlashAttention-2. Registers: dK, dV accumulators D (per thread), Sᵀ and dPᵀ BQ/2. BQ = 64 at
+// D = 64 (64 KB shared, 3 blocks an SM), 32 at D = 128 (74 KB shared; registers allow 2 blocks,
+// 8 warps an SM).
+
+struct MmaBwdArgs {
+    int h, h_kv, tq, tk, d, causal;
+    i64 window;
+    float scale;
+};
+
+template <int D, int BQ, bool BF>
+__device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float* di, float* dq,
+                                        Buf dqkv, MmaBwdArgs p) {
+    constexpr int BK = MMA_BK, LD = D + 8, SLD = BQ + 8;
+    constexpr int KT = D / 16, NT = BQ / 8, OT = D / 8;
+    // dQ: BQ/16 warps along the rows, the rest split D.
+    constexpr int WQ = BQ / 16, WD = 4 / WQ, DQT = D / WD / 8;
+    extern __shared__ __align__(16) u16 mma_smem[];
+    u16* Ks = mma_smem;            // BK × LD
+    u16* Vs = Ks + BK * LD;        // BK × LD
+    u16* Qs = Vs + BK * LD;        // 2 × BQ × LD
+    u16* dOs = Qs + 2 * BQ * LD;   // 2 × BQ × LD
+    u16* dSs = dOs + 2 * BQ * LD;  // BK × SLD (dSᵀ: key row, query column)
+    float* Ls = (float*)(dSs + BK * SLD); // 2 × BQ (lse, f32)
+    float* Ds = Ls + 2 * BQ;              // 2 × BQ
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int tiles = (p.tk + BK - 1) / BK;
+    const int tile = (int)(blockIdx.x % tiles);
+    const int g = (int)((blockIdx.x / tiles) % p.h_kv);
+    const i64 b = (i64)(blockIdx.x / tiles) / p.h_kv;
+    const int group = p.h / p.h_kv;
+    const i64 width = (i64)(p.h + 2 * p.h_kv) * D, hd = (i64)p.h * D;
+    const int j0 = tile * BK, j1 = min(j0 + BK, p.tk);
+    const i64 off = (i64)p.tk - p.tq;
+
+    // Query rows that see any key of [j0, j1): [qlo, qhi).
+    i64 qlo = 0, qhi = p.tq;
+    if (p.causal) {
+        qlo = max((i64)0, j0 - off);
+        if (p.window >= 0) qhi = min((i64)p.tq, j1 - 1 + p.window - off);
+    }
+    const int nq = qhi > qlo ? (int)((qhi - qlo + BQ - 1) / BQ) : 0;
+    const int total = group * nq;
+
+    const u16* base = (const u16*)qkv.p + b * p.tk * width;
+    load_rows_async<D, BK>(Ks, base + j0 * width + (i64)(p.h + g) * D, width, j1 - j0);
+    load_rows_async<D, BK>(Vs, base + j0 * width + (i64)(p.h + p.h_kv + g) * D, width, j1 - j0);
+
+    // Query tile `it` (head g·group + it / nq, rows from qlo + (it % nq)·BQ) into buffer `bf`.
+    auto load_q = [&](int it, int bf) {
+        const int head = g * group + it / nq;
+        const i64 i0 = qlo + (i64)(it % nq) * BQ;
+        const int valid = (int)min((i64)BQ, qhi - i0);
+        load_rows_async<D, BQ>(Qs + bf * BQ * LD,
+                               (const u16*)qkv.p + (b * p.tq + i0) * width + (i64)head * D, width,
+                               valid);
+        load_rows_async<D, BQ>(dOs + bf * BQ * LD,
+                               (const u16*)dout.p + (b * p.tq + i0) * hd + (i64)head * D, hd,
+                               valid);
+        const i64 row = (b * p.h + head) * p.tq + i0;
+        for (int q = tid; q < BQ; q += MMA_THREADS) {
+            const bool ok = q < valid;
+            const float* lsrc = (const float*)lse.p + row + (ok ? q : 0);
+            const float* dsrc = di + row + (ok ? q : 0);
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(
+                             smem_addr(Ls + bf * BQ + q)),
+                         "l"(lsrc), "r"(ok ? 4 : 0)
+                         : "memory");
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(
+                             smem_addr(Ds + bf * BQ + q)),
+                         "l"(dsrc), "r"(ok ? 4 : 0)
+                         : "memory");
+        }
+    };
+    if (total > 0) load_q(0, 0);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+
+    float dk[OT][4], dv[OT][4];
+#pragma unroll
+    for (int t = 0; t < OT; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk[t][e] = dv[t][e] = 0.0f;
+
+    const float sl2 = p.scale * LOG2E;
+    // ldmatrix lane offsets: A fragments from row-major rows (K, V), B from rows as n (Q, dO
+    // for Sᵀ, dPᵀ), B from rows as k (.trans: Q, dO for dK, dV; K for dQ), A from dSᵀ (.trans).
+    const int arow = (lane % 8) + ((lane / 8) % 2) * 8, acol = (lane / 16) * 8;
+    const int brow = (lane % 8) + (lane / 16) * 8, bcol = ((lane / 8) % 2) * 8;
+    const int kr = warp * 16 + lane / 4; // tile key of c0/c1 (c2/c3: + 8)
+    const u16* kfrag = Ks + (warp * 16 + arow) * LD + acol;
+    const u16* vfrag = Vs + (warp * 16 + arow) * LD + acol;
+
+    int bf = 0;
+    for (int it = 0; it < total; ++it, bf ^= 1) {
+        if (it + 1 < total) load_q(it + 1, bf ^ 1);
+        cp_async_commit();
+        const int head = g * group + it / nq;
+        const i64 i0 = qlo + (i64)(it % nq) * BQ;
+        const u16* Qt = Qs + bf * BQ * LD;
+        const u16* dOt = dOs + bf * BQ * LD;
+        const float* Lt = Ls + bf * BQ;
+        const float* Dt = Ds + bf * BQ;
+
+        float s[NT][4], dp[NT][4];
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[t][e] = dp[t][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            unsigned ka[4], va[4];
+            ldsm4(smem_addr(kfrag + kk * 16), ka[0], ka[1], ka[2], ka[3]);
+            ldsm4(smem_addr(vfrag + kk * 16), va[0], va[1], va[2], va[3]);
+#pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                unsigned b0, b1, b2, b3;
+                ldsm4(smem_addr(Qt + (np * 16 + brow) * LD + kk * 16 + bcol), b0, b1, b2, b3);
+                mma16816<BF>(s[2 * np], ka, b0, b1);
+                mma16816<BF>(s[2 * np + 1], ka, b2, b3);
+                ldsm4(smem_addr(dOt + (np * 16 + brow) * LD + kk * 16 + bcol), b0, b1, b2, b3);
+                mma16816<BF>(dp[2 * np], va, b0, b1);
+                mma16816<BF>(dp[2 * np + 1], va, b2, b3);
+            }
+        }
+
+        const bool masked =
+            i0 + BQ > qhi || j0 + BK > p.tk ||
+            (p.causal && (j0 + BK - 1 > off + i0 ||
+                          (p.window >= 0 && off + i0 + BQ - 1 - j0 >= p.window)));
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int q = t * 8 + (lane % 4) * 2 + (e % 2);
+                float pv = exp2f(fmaf(s[t][e], sl2, -Lt[q] * LOG2E));
+                if (masked) {
+                    const i64 i = i0 + q, j = j0 + kr + (e / 2) * 8;
+                    if (!(i < qhi && j < j1 && mma_visible(p.causal, p.window, off + i, j)))
+                        pv = 0.0f;
+                }
+                s[t][e] = pv;
+                dp[t][e] = pv * (dp[t][e] - Dt[q]);
+            }
+
+        // dSᵀ to shared memory for dQ, as 16-bit pairs.
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            const int q = t * 8 + (lane % 4) * 2;
+            *(unsigned*)(dSs + kr * SLD + q) = pack2<BF>(dp[t][0], dp[t][1]);
+            *(unsigned*)(dSs + (kr + 8) * SLD + q) = pack2<BF>(dp[t][2], dp[t][3]);
+        }
+
+        // dV += Pᵀ·dO, dK += dSᵀ·Q over the tile's queries.
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk) {
+            const unsigned pa[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]),
+                                    pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
+                                    pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            const unsigned sa[4] = {pack2<BF>(dp[2 * kk][0], dp[2 * kk][1]),
+                                    pack2<BF>(dp[2 * kk][2], dp[2 * kk][3]),
+                                    pack2<BF>(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                                    pack2<BF>(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+#pragma unroll
+            for (int n = 0; n < D / 16; ++n) {
+                unsigned b0, b1, b2, b3;
+                ldsm4t(smem_addr(dOt + (kk * 16 + arow) * LD + n * 16 + acol), b0, b1, b2, b3);
+                mma16816<BF>(dv[2 * n], pa, b0, b1);
+                mma16816<BF>(dv[2 * n + 1], pa, b2, b3);
+                ldsm4t(smem_addr(Qt + (kk * 16 + arow) * LD + n * 16 + acol), b0, b1, b2, b3);
+                mma16816<BF>(dk[2 * n], sa, b0, b1);
+                mma16816<BF>(dk[2 * n + 1], sa, b2, b3);
+            }
+        }
+        __syncthreads(); // dSᵀ is complete
+
+        // dQ rows 16·(warp % WQ).., columns (warp / WQ)·D/WD.. of the tile: dS·K.
+        {
+            const int qw = (warp % WQ) * 16, cw = (warp / WQ) * (D / WD);
+            float acc[DQT][4];
+#pragma unroll
+            for (int t = 0; t < DQT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; ++kk) {
+                unsigned a[4];
+                ldsm4t(smem_addr(dSs + (kk * 16 + brow) * SLD + qw + bcol), a[0], a[1], a[2],
+                       a[3]);
+#pragma unroll
+                for (int n = 0; n < DQT / 2; ++n) {
+                    unsigned b0, b1, b2, b3;
+                    ldsm4t(smem_addr(Ks + (kk * 16 + arow) * LD + cw + n * 16 + acol), b0, b1,
+                           b2, b3);
+                    mma16816<BF>(acc[2 * n], a, b0, b1);
+                    mma16816<BF>(acc[2 * n + 1], a, b2, b3);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const i64 i = i0 + qw + lane / 4 + 8 * r;
+                if (i >= qhi) continue;
+                float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + cw + (lane % 4) * 2;
+#pragma unroll
+                for (int t = 0; t < DQT; ++t) {
+                    atomicAdd(dst + t * 8, acc[t][2 * r] * p.scale);
+                    atomicAdd(dst + t * 8 + 1, acc[t][2 * r + 1] * p.scale);
+                }
+            }
+        }
+
+        // The next tile has landed; every warp is done with this tile's buffers and dSᵀ.
+        cp_async_wait_all();
+        __syncthreads();
+    }
+
+    // Each key of the tile is written once, by this block.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int j = j0 + kr + 8 * r;
+        if (j >= j1) continue;
+        u16* row = (u16*)dqkv.p + (b * p.tk + j) * width + (lane % 4) * 2;
+#pragma unroll
+        for (int t = 0; t < OT; ++t) {
+            *(unsigned*)(row + (i64)(p.h + g) * D + t * 8) =
+                pack2<BF>(dk[t][2 * r] * p.scale, dk[t][2 * r + 1] * p.scale);
+            *(unsigned*)(row + (i64)(p.h + p.h_kv + g) * D + t * 8) =
+                pack2<BF>(dv[t][2 * r], dv[t][2 * r + 1]);
+        }
+    }
+}
+
+#define MMA_BWD_PARAMS                                                                           \
+    Buf qkv, Buf dout, Buf lse, const float* di, float* dq, Buf dqkv, int h, int h_kv, int tq,    \
+        int tk, int d, int causal, i64 window, float scale
+#define MMA_BWD_ARGS                                                                             \
+    qkv, dout, lse, di, dq, dqkv, MmaBwdArgs{h, h_kv, tq, tk, d, causal, window, scale}
+
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d64_bf16(MMA_BWD_PARAMS) {
+    mma_bwd<64, 64, true>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d64_f16(MMA_BWD_PARAMS) {
+    mma_bwd<64, 64, false>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d128_bf16(MMA_BWD_PARAMS) {
+    mma_bwd<128, 32, true>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d128_f16(MMA_BWD_PARAMS) {
+    mma_bwd<128, 32, false>(MMA_BWD_ARGS);
+}
