@@ -2,6 +2,8 @@
 //! transformers.
 
 mod commands;
+#[cfg(test)]
+mod fuzz_tests;
 mod load;
 
 use clap::{Parser, Subcommand};

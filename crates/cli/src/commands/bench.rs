@@ -243,6 +243,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     bar.enable_steady_tick(std::time::Duration::from_millis(250));
     let plain = !std::io::stderr().is_terminal();
     let mut rows = Vec::new();
+    let mut skipped = Vec::new();
     for (i, p) in planned.iter().enumerate() {
         let what = format!(
             "{} {} B{} T{} {} warm-up {}",
@@ -266,6 +267,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             let why = format!("skipped: {e:#}");
             bar.println(&why);
             table.note(why);
+            skipped.push(format!("{e:#}"));
             bar.inc((p.warmup + args.steps) as u64);
             continue;
         }
@@ -285,6 +287,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.push(row);
     }
     bar.finish_and_clear();
+    // A sweep keeps the rows that fit; a bench of which nothing fits is refused.
+    if rows.is_empty() && !skipped.is_empty() {
+        bail!("{}", skipped.join("\n"));
+    }
     if let Some(note) = graphs_note(&rows) {
         table.note(note);
     }

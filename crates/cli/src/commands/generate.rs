@@ -138,6 +138,10 @@ fn generate_on<B: Instrumented>(
         let path = Path::new(&args.model);
         let meta = checkpoint::read_metadata(path)?;
         if let Some(asked) = args.tokenizer.as_deref() {
+            // A tokenizer too large for the vocabulary is refused for that first.
+            Tokenizer::from_name(asked)?
+                .check_model(&meta.config)
+                .with_context(|| format!("{} and --tokenizer", path.display()))?;
             if asked != meta.run.tokenizer {
                 bail!(
                     "{} was trained with the {} tokenizer; --tokenizer {asked} would read its tokens as other text: leave --tokenizer out (or pass --tokenizer {})",

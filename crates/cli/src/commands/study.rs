@@ -380,6 +380,7 @@ fn measure_profile(
         workload: Workload::Forward,
         ..profiled
     };
+    super::check_fits(device, small, &profiled)?;
     let forward =
         tperf_bench::profile::profile(device, small, &inference, &cpu, 1, 3, |_| bar.inc(1))?;
     let profile =

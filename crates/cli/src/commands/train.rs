@@ -358,7 +358,16 @@ fn train_on<B: Instrumented>(mut be: B, args: &TrainArgs, p: Prepared) -> Result
     let mut stepper = ModelStepper::new(be, model)?;
     stepper.flags = flags;
 
-    print_header(args, &cfg, &tokenizer, &data, flops_per_step, warmup);
+    let device = stepper.be.name();
+    print_header(
+        args,
+        &device,
+        &cfg,
+        &tokenizer,
+        &data,
+        flops_per_step,
+        warmup,
+    );
     let start_step = resume_meta.as_ref().map_or(0, |m| m.run.step);
     let mut log = match &log_path {
         Some(p) => Some(CsvLog::open(
@@ -471,6 +480,7 @@ fn load_data(args: &TrainArgs, cfg: &ModelConfig, tokenizer: &Tokenizer) -> Resu
 
 fn print_header(
     args: &TrainArgs,
+    device: &str,
     cfg: &ModelConfig,
     tokenizer: &Tokenizer,
     data: &Loader,
@@ -487,9 +497,14 @@ fn print_header(
         ),
         Loader::Synthetic(_) => "synthetic uniform tokens".to_string(),
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let on = if device == "cpu" {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        format!("cpu ({threads} threads)")
+    } else {
+        device.to_string()
+    };
     println!(
-        "tperf train: {} ({} params), {} on cpu ({threads} threads)",
+        "tperf train: {} ({} params), {} on {on}",
         cfg.name,
         units::params(cfg.param_count()),
         args.dtype.name()
