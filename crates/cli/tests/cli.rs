@@ -561,7 +561,7 @@ fn bench_profile_and_attention_measure_beside_the_model() {
         (vec!["bench", "--sizes", "smal"], "did you mean 'small'"),
         (
             vec!["bench", cfg, "--out", "/proc/no/such/rows.jsonl"],
-            "cannot open",
+            "--out /proc/no/such/rows.jsonl: cannot create /proc/no/such",
         ),
         (
             vec![
@@ -574,7 +574,8 @@ fn bench_profile_and_attention_measure_beside_the_model() {
                 "--device",
                 "cpu",
             ],
-            "cannot write",
+            // Checked before the profile runs, not after.
+            "--trace /proc/no/such/trace.json: cannot create /proc/no/such",
         ),
     ] {
         let o = tperf(&args);
