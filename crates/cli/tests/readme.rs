@@ -17,7 +17,9 @@ enum Needs {
 
 /// (the README's command, substitutions, what it needs). `{tiny}` is a tiny config, `{tmp}` the
 /// temporary folder, `{text}` a text file, `{results}` a study's results.json.
-const EXAMPLES: &[(&str, &[(&str, &str)], Needs)] = &[
+type Example = (&'static str, &'static [(&'static str, &'static str)], Needs);
+
+const EXAMPLES: &[Example] = &[
     ("tperf model small", &[], Needs::Cpu),
     (
         "tperf model gpt2-124m --phase decode --seq 1024 --dtype bf16",
