@@ -172,15 +172,22 @@ pub fn run(
         Device::Cpu => cpu_bytes(case, predicted.peak_bytes),
         Device::Cuda(_) => predicted.peak_bytes,
     };
-    if needed > hw.memory_bytes {
+    // What the device can give now (available RAM, free GPU memory), not only its size.
+    let budget = crate::fit::budget(device);
+    let (limit, source) = if budget.bytes < hw.memory_bytes {
+        (budget.bytes, budget.source)
+    } else {
+        (hw.memory_bytes, format!("{}'s memory", hw.name))
+    };
+    if needed > limit {
         return Ok(AttentionRow {
             case: *case,
             predicted,
             measured: None,
             skipped: Some(format!(
-                "out of memory: predicted peak {:.2} GiB, the machine has {:.2} GiB",
+                "out of memory: predicted peak {:.2} GiB, {source} is {:.2} GiB",
                 needed as f64 / (1u64 << 30) as f64,
-                hw.memory_bytes as f64 / (1u64 << 30) as f64
+                limit as f64 / (1u64 << 30) as f64
             )),
         });
     }

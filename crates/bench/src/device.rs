@@ -33,8 +33,10 @@ impl fmt::Display for Device {
 pub enum DeviceError {
     #[error(transparent)]
     Unknown(#[from] UnknownName),
-    #[error("device cuda:{asked} does not exist: this machine has {count} CUDA device(s) (cuda:0 … cuda:{})", count.saturating_sub(1))]
+    #[error("device cuda:{asked} does not exist: {}", match count { 0 => "this machine has no CUDA device; use --device cpu (or auto, which falls back to the CPU)".to_string(), n => format!("this machine has {n} CUDA device(s), cuda:0 … cuda:{}; choose one of them, or --device cpu", n - 1) })]
     NoSuchGpu { asked: usize, count: usize },
+    #[error("--device cuda:{asked} cannot be used: {why}; install the NVIDIA driver, or use --device cpu (or auto, which falls back to the CPU)")]
+    GpuUnavailable { asked: usize, why: String },
     #[error(transparent)]
     Backend(#[from] BackendError),
     #[error(transparent)]
@@ -62,7 +64,9 @@ impl FromStr for Device {
 }
 
 /// What `auto` (or an explicit device) resolves to on this machine, with a note to print when
-/// the choice was not the one asked for.
+/// the choice was not the one asked for. `auto` falls back to the CPU when there is no GPU; an
+/// explicit `cuda` / `cuda:N` that cannot be opened is an error saying what to do, since running
+/// a GPU job on the CPU instead can take a hundred times as long.
 pub fn resolve(asked: &str) -> Result<(Device, Option<String>), DeviceError> {
     let auto = asked.eq_ignore_ascii_case("auto");
     let wanted = if auto {
@@ -74,18 +78,22 @@ pub fn resolve(asked: &str) -> Result<(Device, Option<String>), DeviceError> {
         Device::Cpu => Ok((Device::Cpu, None)),
         Device::Cuda(i) => match tperf_cuda::device_count() {
             Ok(n) if i < n => Ok((Device::Cuda(i), None)),
-            Ok(n) if auto || n == 0 => Ok((
+            Ok(0) if auto => Ok((
                 Device::Cpu,
-                Some(format!(
-                    "note: no CUDA device{}; running on the CPU",
-                    if n == 0 { " found" } else { " at that index" }
-                )),
+                Some("note: --device auto: no CUDA device found; running on the CPU".into()),
             )),
             Ok(n) => Err(DeviceError::NoSuchGpu { asked: i, count: n }),
-            Err(why) => Ok((
+            Err(why) if auto => Ok((
                 Device::Cpu,
-                Some(format!("note: {}; running on the CPU", report(&why))),
+                Some(format!(
+                    "note: --device auto: {}; running on the CPU",
+                    report(&why)
+                )),
             )),
+            Err(why) => Err(DeviceError::GpuUnavailable {
+                asked: i,
+                why: report(&why),
+            }),
         },
     }
 }

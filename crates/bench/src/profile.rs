@@ -182,6 +182,11 @@ fn profile_on<B: Instrumented>(
         op_sums.push(sum);
         if last {
             memory_events = be.take_memory_events();
+            // The ledger counts ops from the backend's first; the step's events are placed
+            // from its own first op, as the schedule's record numbers them.
+            for e in &mut memory_events {
+                e.ops_before = e.ops_before.saturating_sub(first_op);
+            }
             let step = *step_times.last().expect("pushed above");
             let first = trace.first().map_or(0.0, |e| e.start_us) * 1e-6;
             let end = trace

@@ -18,6 +18,23 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
     let looks_like_file =
         spec.ends_with(".json") || spec.contains('/') || Path::new(spec).is_file();
     if !looks_like_file {
+        // `tperf plan fit` lists the size ladder's shapes beside the presets; each name it
+        // prints is accepted here too.
+        if let Some(cfg) = tperf_core::cost::plan::size_ladder()
+            .into_iter()
+            .find(|c| c.name.eq_ignore_ascii_case(spec))
+        {
+            let default_seq = cfg.context.min(1024);
+            return Ok(LoadedModel {
+                description: format!(
+                    "{}: a Llama-style shape of the sizing ladder (tperf plan fit)",
+                    cfg.name
+                ),
+                config: cfg,
+                default_batch: 1,
+                default_seq,
+            });
+        }
         let p = presets::find(spec)?;
         return Ok(LoadedModel {
             config: p.config,

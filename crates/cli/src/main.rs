@@ -2,6 +2,8 @@
 //! transformers.
 
 mod commands;
+#[cfg(test)]
+mod fuzz_tests;
 mod load;
 
 use clap::{Parser, Subcommand};
@@ -14,8 +16,8 @@ use std::process::ExitCode;
     about = "A transformer performance lab: model, measure and explain where the time and memory go",
     long_about = "tperf models the cost of training and running transformers op by op (FLOPs, bytes, \
 arithmetic intensity, roofline time, memory), for any config on any GPU, without running it; \
-measures the same schedule on this machine (CPU backend; CUDA to come) with the model's \
-prediction beside every number; and explains it in tables, traces and an HTML report.\n\n\
+measures the same schedule on this machine (the CPU backend, or an NVIDIA GPU with --device \
+cuda[:N]) with the model's prediction beside every number; and explains it in tables, traces and an HTML report.\n\n\
 Conventions: a FLOP is one add or one multiply (a matmul (m×k)(k×n) is 2mkn); causal attention \
 counts the unmasked pairs; bytes are the minimum traffic (each input read once, each output \
 written once); backward FLOPs come from each op's real backward computation."
@@ -47,7 +49,7 @@ enum Command {
     Report(commands::report::ReportArgs),
     /// The main job: model the seed's sizes here and on a reference GPU, measure here, write the report.
     Study(commands::study::StudyArgs),
-    /// Train a model for real (CPU backend): progress, evaluation, checkpoints, resume, Ctrl-C.
+    /// Train a model for real (CPU or GPU): progress, evaluation, checkpoints, resume, Ctrl-C.
     Train(commands::train::TrainArgs),
     /// Generate text from a checkpoint (or a preset's random weights), with timing: TTFT, TPOT, tokens/s.
     Generate(commands::generate::GenerateArgs),
@@ -72,8 +74,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            if e.is::<commands::Interrupted>() {
+            eprintln!("error: {}", error_chain(&e));
+            if e.is::<commands::Interrupted>() || e.is::<commands::Stopped>() {
                 ExitCode::from(130)
             } else {
                 ExitCode::from(2)
@@ -82,9 +84,38 @@ fn main() -> ExitCode {
     }
 }
 
+/// The error and its causes, joined by ": ", leaving out a cause whose text the message already
+/// holds (an error that prints its source and also returns it as `source()` would otherwise read
+/// "X: X").
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::Cli;
+
+    #[test]
+    fn an_error_chain_does_not_repeat_its_cause() {
+        let e = anyhow::anyhow!("cannot replace /tmp: Is a directory")
+            .context("saving the checkpoint failed at step 3: cannot replace /tmp: Is a directory")
+            .context("tperf train");
+        assert_eq!(
+            super::error_chain(&e),
+            "tperf train: saving the checkpoint failed at step 3: cannot replace /tmp: Is a directory"
+        );
+    }
     use clap::CommandFactory;
 
     /// Clap checks the whole command definition: types, defaults, conflicts.

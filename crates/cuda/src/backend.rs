@@ -170,6 +170,17 @@ impl CudaBackend {
         &self.gpu.info
     }
 
+    /// The device's free memory now (cuMemGetInfo), what a new step can still allocate.
+    pub fn free_bytes(&self) -> Result<u64, BackendError> {
+        self.gpu
+            .ctx
+            .bind_to_thread()
+            .map_err(driver("binding the context"))?;
+        let (free, _total) =
+            cudarc::driver::result::mem_get_info().map_err(driver("cuMemGetInfo"))?;
+        Ok(free as u64)
+    }
+
     /// Kernel modules loaded so far: (source, compiled or cached, seconds).
     pub fn compile_log(&self) -> &[(&'static str, crate::compile::Origin, std::time::Duration)] {
         &self.gpu.compile_log

@@ -134,6 +134,9 @@ pub struct RunInfo {
     pub loader: Option<LoaderState>,
     /// The tokenizer's name, so `generate` decodes with the one the model was trained with.
     pub tokenizer: String,
+    /// The command-line settings that change the run (batch, learning rate, schedule, …) by
+    /// flag name, so a resumed run can refuse different ones; empty in older checkpoints.
+    pub flags: BTreeMap<String, String>,
 }
 
 /// A checkpoint's metadata, parsed and checked.
@@ -293,6 +296,9 @@ fn metadata_map(
         m.insert("loader".into(), to_json("loader", loader)?);
     }
     m.insert("tokenizer".into(), run.tokenizer.clone());
+    if !run.flags.is_empty() {
+        m.insert("run_flags".into(), to_json("run_flags", &run.flags)?);
+    }
     m.insert("checksums".into(), to_json("checksums", checksums)?);
     Ok(m)
 }
@@ -339,6 +345,7 @@ fn write_atomically(
         file_name.to_string_lossy(),
         std::process::id()
     ));
+    let _in_flight = InFlight::register(&tmp);
     let result = (|| {
         write(&tmp)?;
         fs::File::open(&tmp)
@@ -353,6 +360,43 @@ fn write_atomically(
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Temporary files being written now, so that an exit that skips the normal return (a second
+/// Ctrl-C calling `process::exit`) can remove them first.
+static IN_FLIGHT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Holds a temporary path in the list [`remove_temporary_files`] clears for as long as it
+/// lives: any writer of a file through a temporary name (the report, results.json) can use it.
+pub struct InFlight(PathBuf);
+
+impl InFlight {
+    pub fn register(path: &Path) -> Self {
+        if let Ok(mut v) = IN_FLIGHT.lock() {
+            v.push(path.to_path_buf());
+        }
+        InFlight(path.to_path_buf())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut v) = IN_FLIGHT.lock() {
+            v.retain(|p| p != &self.0);
+        }
+    }
+}
+
+/// Removes every registered temporary file being written now. For an exit that does not
+/// return through the save (a signal handler's `process::exit`); the checkpoint itself is the
+/// previous one, untouched.
+pub fn remove_temporary_files() {
+    // try_lock: a handler must not wait on a lock its own process may hold forever.
+    if let Ok(v) = IN_FLIGHT.try_lock() {
+        for p in v.iter() {
+            let _ = fs::remove_file(p);
+        }
+    }
 }
 
 /// Makes the rename durable. Only POSIX systems can fsync a directory; elsewhere the rename's
@@ -617,6 +661,10 @@ fn parse_metadata(
             seed: parse(get("seed")?, "seed", &meta_err)?,
             loader,
             tokenizer: get("tokenizer")?.clone(),
+            flags: match map.get("run_flags") {
+                Some(s) => json(s, "run_flags", &meta_err)?,
+                None => BTreeMap::new(),
+            },
         },
         checksums: json(get("checksums")?, "checksums", &meta_err)?,
     })
@@ -626,7 +674,10 @@ fn parse_metadata(
 /// saved and the model's config, as (field path, saved value, model value) in JSON. The name is
 /// skipped: it labels a config, and the same architecture under another name (a preset and its
 /// config.json) holds the same weights.
-fn first_difference(saved: &ModelConfig, model: &ModelConfig) -> Option<(String, String, String)> {
+pub fn first_difference(
+    saved: &ModelConfig,
+    model: &ModelConfig,
+) -> Option<(String, String, String)> {
     let a = ordered_fields(saved);
     let b = ordered_fields(model);
     for ((key, va), (_, vb)) in a.iter().zip(&b) {

@@ -45,6 +45,8 @@ pub enum StepperError {
 pub struct ModelStepper<B: Backend> {
     pub be: B,
     pub model: Transformer,
+    /// The run's settings by flag name, recorded in every checkpoint it saves.
+    pub flags: std::collections::BTreeMap<String, String>,
 }
 
 impl<B: Backend> ModelStepper<B> {
@@ -54,7 +56,11 @@ impl<B: Backend> ModelStepper<B> {
         if !model.training {
             return Err(StepperError::NotTraining);
         }
-        Ok(ModelStepper { be, model })
+        Ok(ModelStepper {
+            be,
+            model,
+            flags: Default::default(),
+        })
     }
 
     pub fn into_parts(self) -> (B, Transformer) {
@@ -157,11 +163,15 @@ impl<B: Backend> Stepper for ModelStepper<B> {
     }
 
     fn save_checkpoint(&mut self, path: &Path, run: &RunInfo) -> Result<(), StepperError> {
+        let mut run = run.clone();
+        if run.flags.is_empty() {
+            run.flags = self.flags.clone();
+        }
         checkpoint::save(
             path,
             &mut self.be,
             &self.model,
-            run,
+            &run,
             Contents::WeightsAndOptimizer,
         )?;
         Ok(())

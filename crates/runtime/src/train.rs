@@ -31,8 +31,16 @@ pub enum TrainError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("the training loss is {loss} at step {step}: training diverged (try a lower --lr or a longer warm-up); the last checkpoint is kept")]
-    NonFiniteLoss { step: u64, loss: f32 },
+    #[error("the training loss is {loss} at step {step}: training diverged (try a lower --lr or a longer warm-up); {}", match kept {
+        Some(k) => format!("the last checkpoint is kept ({k})"),
+        None => "no checkpoint was written".to_string(),
+    })]
+    NonFiniteLoss {
+        step: u64,
+        loss: f32,
+        /// The checkpoint left on disk, "PATH at step N", if any.
+        kept: Option<String>,
+    },
     #[error("the checkpoint {} is at step {step}, beyond --steps {steps}", path.display())]
     ResumePastEnd {
         path: PathBuf,
@@ -238,16 +246,24 @@ impl StopFlag {
     /// (the shell's code for SIGINT), for when saving itself hangs. The handler is process-wide
     /// and can be installed once.
     pub fn install_ctrlc_handler(&self) -> Result<(), TrainError> {
+        self.install_handler_saying(
+            "stopping after this step and saving a checkpoint (Ctrl-C again to quit now)",
+        )
+    }
+
+    /// [`install_ctrlc_handler`](Self::install_ctrlc_handler) with the first Ctrl-C's message
+    /// chosen by the caller (a run without a checkpoint saves nothing). The second removes any
+    /// checkpoint being written (its temporary file) before it exits.
+    pub fn install_handler_saying(&self, first: &'static str) -> Result<(), TrainError> {
         let flag = self.0.clone();
         ctrlc::set_handler(move || {
             if flag.swap(true, Ordering::SeqCst) {
-                eprintln!("\ninterrupted again: exiting without saving");
+                crate::checkpoint::remove_temporary_files();
+                eprintln!("\ninterrupted again: exiting now (a save in progress is discarded; the previous checkpoint, if any, is intact)");
                 std::process::exit(130);
             }
             // ctrlc runs this on its own thread, not in the signal handler, so printing is safe.
-            eprintln!(
-                "\nstopping after this step and saving a checkpoint (Ctrl-C again to quit now)"
-            );
+            eprintln!("\n{first}");
         })?;
         Ok(())
     }
@@ -389,7 +405,20 @@ pub fn train<S: Stepper>(
         let dur_s = started.elapsed().as_secs_f64();
         step += 1;
         if !loss.is_finite() {
-            return Err(TrainError::NonFiniteLoss { step, loss });
+            let saved_now = paths
+                .checkpoint
+                .as_ref()
+                .zip(summary.checkpoints.last())
+                .map(|(p, s)| format!("{} at step {s}", p.display()));
+            let resumed_from = paths
+                .resume
+                .as_ref()
+                .map(|p| format!("{} at step {}", p.display(), summary.start_step));
+            return Err(TrainError::NonFiniteLoss {
+                step,
+                loss,
+                kept: saved_now.or(resumed_from),
+            });
         }
 
         let last = step == cfg.steps;
@@ -415,6 +444,7 @@ pub fn train<S: Stepper>(
                     seed,
                     loader: Some(data.state()),
                     tokenizer: tokenizer.to_string(),
+                    flags: Default::default(),
                 };
                 stepper
                     .save_checkpoint(path, &run)

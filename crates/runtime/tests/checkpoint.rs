@@ -19,6 +19,7 @@ fn run_info(step: u64) -> RunInfo {
             batches: step,
         }),
         tokenizer: "byte".into(),
+        flags: Default::default(),
     }
 }
 

@@ -360,6 +360,44 @@ fn a_diverged_step_stops_the_run_and_keeps_the_last_checkpoint() {
     );
     assert_eq!(fake.saves, [3]);
     assert_eq!(checkpoint::read_metadata(&ckpt).unwrap().run.step, 3);
+    assert!(
+        err.to_string().contains(&format!(
+            "the last checkpoint is kept ({} at step 3)",
+            ckpt.display()
+        )),
+        "{err}"
+    );
+
+    // Without a checkpoint nothing is kept, and the error says so.
+    let mut fake = Fake::new();
+    fake.nan_at = Some(2);
+    let err = run(
+        &config(),
+        &mut fake,
+        &mut loader(),
+        &RunPaths::default(),
+        &StopFlag::new(),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("no checkpoint was written"),
+        "{err}"
+    );
+}
+
+#[test]
+fn temporary_files_being_written_are_removed_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join(".run.safetensors.tmp-1");
+    std::fs::write(&tmp, b"half a checkpoint").unwrap();
+    let guard = checkpoint::InFlight::register(&tmp);
+    checkpoint::remove_temporary_files();
+    assert!(!tmp.exists());
+    drop(guard);
+    // Once a write is done its path is no longer listed: a later file of that name stays.
+    std::fs::write(&tmp, b"x").unwrap();
+    checkpoint::remove_temporary_files();
+    assert!(tmp.exists());
 }
 
 #[test]

@@ -6,7 +6,7 @@ use super::{parse_positive, resolve_device};
 use crate::load;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use tperf_bench::device::Device;
 use tperf_bench::model::{self, BenchRow, Repeats};
 use tperf_core::cost::analysis::{Scenario, Workload};
@@ -18,8 +18,8 @@ use tperf_report::units;
 pub struct BenchArgs {
     /// A preset or config.json; or use --sizes for several presets.
     pub model: Option<String>,
-    /// Several presets, one table: small,medium,large,xl,2.7B.
-    #[arg(long, value_delimiter = ',')]
+    /// Several presets, one table: small,medium,large,xl,2.7B (instead of a model argument).
+    #[arg(long, value_delimiter = ',', conflicts_with = "model")]
     pub sizes: Vec<String>,
     /// Passes to time: train (forward, backward, AdamW), fwd_bwd, forward, prefill, decode.
     #[arg(long, value_delimiter = ',', default_value = "forward,fwd_bwd,train", value_parser = parse_workload)]
@@ -200,6 +200,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let device = resolve_device(&args.device)?;
     let hw = super::hardware_for(device, args.hw.as_deref())?;
     let planned = plan(&args)?;
+    if let Some(path) = &args.out {
+        super::check_output_file(path, "--out")?;
+    }
     let repeats_total: u64 = planned.iter().map(|p| (p.warmup + args.steps) as u64).sum();
     let mut out_file = match &args.out {
         Some(path) => Some(
@@ -235,27 +238,36 @@ pub fn run(args: BenchArgs) -> Result<()> {
         hw.key,
         hw.source
     ));
+    // A step of a larger model can take minutes: the spinner and clock keep moving between
+    // steps on a terminal; elsewhere (a log, CI, a pipe) each row prints a line.
+    bar.enable_steady_tick(std::time::Duration::from_millis(250));
+    let plain = !std::io::stderr().is_terminal();
     let mut rows = Vec::new();
-    for p in &planned {
-        bar.set_message(format!(
-            "{} {} B{} T{}",
+    let mut skipped = Vec::new();
+    for (i, p) in planned.iter().enumerate() {
+        let what = format!(
+            "{} {} B{} T{} {} warm-up {}",
             p.cfg.name,
             p.sc.workload.name(),
             p.sc.batch,
-            p.sc.seq
-        ));
-        let prediction = model::predict(&p.cfg, &p.sc, &hw)?;
-        let needed = match device {
-            Device::Cpu => model::cpu_bytes_needed(&prediction),
-            Device::Cuda(_) => prediction.memory.peak_bytes,
-        };
-        if needed > hw.memory_bytes {
-            let why = format!(
-                "skipped: {}",
-                model::out_of_memory_message(&p.cfg, &p.sc, &hw, needed)
+            p.sc.seq,
+            p.sc.opts.precision.name(),
+            p.warmup
+        );
+        if plain {
+            eprintln!(
+                "bench row {}/{}: {what} ({} steps)",
+                i + 1,
+                planned.len(),
+                p.warmup + args.steps
             );
+        }
+        bar.set_message(what);
+        if let Err(e) = super::check_fits(device, &p.cfg, &p.sc) {
+            let why = format!("skipped: {e:#}");
             bar.println(&why);
             table.note(why);
+            skipped.push(format!("{e:#}"));
             bar.inc((p.warmup + args.steps) as u64);
             continue;
         }
@@ -275,6 +287,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.push(row);
     }
     bar.finish_and_clear();
+    // A sweep keeps the rows that fit; a bench of which nothing fits is refused.
+    if rows.is_empty() && !skipped.is_empty() {
+        bail!("{}", skipped.join("\n"));
+    }
     if let Some(note) = graphs_note(&rows) {
         table.note(note);
     }

@@ -93,27 +93,72 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         kv_cache: !args.no_kv_cache,
         ..Options::default()
     };
-    match super::resolve_device(&args.device)? {
-        Device::Cpu => generate_on(CpuBackend::new(), &args, opts),
-        Device::Cuda(i) => generate_on(CudaBackend::new(i)?, &args, opts),
+    let device = super::resolve_device(&args.device)?;
+    match device {
+        Device::Cpu => generate_on(CpuBackend::new(), device, &args, opts),
+        Device::Cuda(i) => generate_on(CudaBackend::new(i)?, device, &args, opts),
     }
 }
 
-fn generate_on<B: Instrumented>(mut be: B, args: &GenerateArgs, opts: Options) -> Result<()> {
+/// Refuses a generation the model predicts will not fit, before the weights are allocated: the
+/// weights and a KV cache for the prompt and every new token (or, without the cache, the
+/// forward over the longest sequence).
+fn check_fits(
+    device: Device,
+    cfg: &tperf_core::config::ModelConfig,
+    opts: Options,
+    tokenizer: &Tokenizer,
+    args: &GenerateArgs,
+) -> Result<()> {
+    use tperf_core::cost::analysis::{Scenario, Workload};
+    let tokens = tokenizer.encode(&args.prompt).len() + args.max_new;
+    let sc = Scenario {
+        workload: if opts.kv_cache {
+            Workload::Prefill
+        } else {
+            Workload::Forward
+        },
+        batch: 1,
+        seq: tokens.clamp(1, cfg.context.max(1)),
+        opts,
+    };
+    super::check_fits(device, cfg, &sc).map(drop)
+}
+
+fn generate_on<B: Instrumented>(
+    mut be: B,
+    device_id: Device,
+    args: &GenerateArgs,
+    opts: Options,
+) -> Result<()> {
     let device = be.name();
     be.set_step_graphs(!args.no_graphs);
 
     let (model, tokenizer) = if is_checkpoint(&args.model) {
         let path = Path::new(&args.model);
         let meta = checkpoint::read_metadata(path)?;
-        let tokenizer =
-            Tokenizer::from_name(args.tokenizer.as_deref().unwrap_or(&meta.run.tokenizer))?;
+        if let Some(asked) = args.tokenizer.as_deref() {
+            // A tokenizer too large for the vocabulary is refused for that first.
+            Tokenizer::from_name(asked)?
+                .check_model(&meta.config)
+                .with_context(|| format!("{} and --tokenizer", path.display()))?;
+            if asked != meta.run.tokenizer {
+                bail!(
+                    "{} was trained with the {} tokenizer; --tokenizer {asked} would read its tokens as other text: leave --tokenizer out (or pass --tokenizer {})",
+                    path.display(),
+                    meta.run.tokenizer,
+                    meta.run.tokenizer
+                );
+            }
+        }
+        let tokenizer = Tokenizer::from_name(&meta.run.tokenizer)?;
         tokenizer
             .check_model(&meta.config)
             .with_context(|| format!("{} and --tokenizer", path.display()))?;
         meta.config
             .validate()
             .with_context(|| format!("the config saved in {}", path.display()))?;
+        check_fits(device_id, &meta.config, opts, &tokenizer, args)?;
         let model = Transformer::new(&mut be, &meta.config, opts, false)?;
         // Checks every tensor's presence, shape and checksum before writing any value.
         checkpoint::load(path, &mut be, &model, Contents::Weights)?;
@@ -133,6 +178,7 @@ fn generate_on<B: Instrumented>(mut be: B, args: &GenerateArgs, opts: Options) -
             None => Tokenizer::default_for(&cfg),
         };
         tokenizer.check_model(&cfg)?;
+        check_fits(device_id, &cfg, opts, &tokenizer, args)?;
         let model = Transformer::new(&mut be, &cfg, opts, false)?;
         model.init_weights(&mut be, args.seed)?;
         eprintln!(

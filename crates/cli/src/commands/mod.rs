@@ -75,6 +75,19 @@ impl std::fmt::Display for Interrupted {
 
 impl std::error::Error for Interrupted {}
 
+/// A command that a signal stopped after keeping what it had finished (the message says what
+/// and where): exits with 130 like [`Interrupted`].
+#[derive(Debug)]
+pub struct Stopped(pub String);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Stopped {}
+
 fn parse_precision(s: &str) -> Result<Precision, tperf_core::error::UnknownName> {
     s.parse()
 }
@@ -156,6 +169,17 @@ pub fn resolve_device(asked: &str) -> Result<Device> {
     Ok(device)
 }
 
+/// The model's prediction for `sc`, refusing it — before anything is allocated — when it will
+/// not fit in `device`'s memory now (host RAM on the CPU, free memory on a GPU), with the
+/// prediction and what would fit. Every command that allocates a model or a step calls this.
+pub fn check_fits(
+    device: Device,
+    cfg: &tperf_core::config::ModelConfig,
+    sc: &tperf_core::cost::analysis::Scenario,
+) -> Result<tperf_core::cost::analysis::Analysis> {
+    Ok(tperf_bench::fit::check(device, cfg, sc)?)
+}
+
 /// The hardware entry whose roofline a measurement on `device` is compared with: `--hw` when
 /// given, else the detected CPU or the catalogue entry matching the GPU's name.
 pub fn hardware_for(
@@ -171,4 +195,54 @@ pub fn hardware_for(
             )
         }),
     }
+}
+
+/// Checks, before any work, that `path` can be written as a file: it is not a folder, its
+/// folder exists (created if needed) and takes a new file, and an existing file there is
+/// writable. `flag` names the option in the error.
+pub fn check_output_file(path: &std::path::Path, flag: &str) -> Result<()> {
+    use anyhow::{bail, Context};
+    if path.is_dir() {
+        bail!(
+            "{flag} {} is a folder: give a file path, e.g. {}",
+            path.display(),
+            path.join(if flag == "--log" {
+                "run.csv"
+            } else {
+                "run.safetensors"
+            })
+            .display()
+        );
+    }
+    if path.file_name().is_none() {
+        bail!("{flag} '{}' is not a file path", path.display());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{flag} {}: cannot create {}", path.display(), dir.display()))?;
+    let probe = dir.join(format!(".tperf-write-test-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+        }
+        Err(e) => bail!(
+            "{flag} {}: cannot write in {}: {e}",
+            path.display(),
+            dir.display()
+        ),
+    }
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{flag} {}: cannot write to it", path.display()))?;
+    }
+    Ok(())
 }

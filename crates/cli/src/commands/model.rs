@@ -614,6 +614,35 @@ fn layer_table(a: &Analysis, all_layers: bool) -> Table {
     t
 }
 
+/// What could still make a step fit: only the options that are not already on.
+pub fn fit_hint(sc: &tperf_core::cost::analysis::Scenario) -> String {
+    use tperf_core::schedule::{AttentionKernel, Precision, Recompute};
+    let mut left = Vec::new();
+    if sc.batch > 1 {
+        left.push("a smaller --batch".to_string());
+    }
+    if sc.seq > 1 {
+        left.push("a smaller --seq".to_string());
+    }
+    if sc.opts.attention != AttentionKernel::Flash {
+        left.push("--attention flash".to_string());
+    }
+    match sc.opts.recompute {
+        Recompute::None => left.push("--recompute selective|full".to_string()),
+        Recompute::Selective => left.push("--recompute full".to_string()),
+        Recompute::Full => {}
+    }
+    if sc.opts.precision == Precision::Fp32 {
+        left.push("--dtype bf16".to_string());
+    }
+    let more = "sharding over GPUs (--gpus N --zero1), or a GPU with more memory";
+    if left.is_empty() {
+        format!("to fit: every single-GPU option is already on; {more}")
+    } else {
+        format!("to fit: {}; else {more}", left.join(", "))
+    }
+}
+
 fn memory_section(a: &Analysis) -> String {
     let at = a
         .rows
@@ -651,7 +680,7 @@ fn memory_section(a: &Analysis) -> String {
         units::percent(a.memory.peak_bytes as f64 / cap as f64)
     ));
     if !a.fits() {
-        m.note("to fit: a smaller --batch or --seq, --attention flash, --recompute selective|full, or --dtype bf16");
+        m.note(fit_hint(&a.scenario));
     }
     m.render()
 }

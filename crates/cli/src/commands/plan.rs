@@ -107,6 +107,13 @@ pub fn run(args: PlanArgs) -> Result<()> {
             if gpus == 0 {
                 bail!("--gpus must be at least 1");
             }
+            // The largest training runs published are ~1e14 tokens; beyond 1e16 the answer is
+            // a number nobody can use, and soon no number at all (inf hours).
+            if tokens > MAX_TOKENS {
+                bail!(
+                    "--tokens {tokens:e} is more than {MAX_TOKENS:e} (the largest training runs use about 1e14 tokens): give a count such as 300B or 15T"
+                );
+            }
             let m = load::load(&model)?;
             let hw = find_hw(&hw)?;
             let (b, t) = (
@@ -244,6 +251,9 @@ pub fn run(args: PlanArgs) -> Result<()> {
         }
     }
 }
+
+/// The most tokens `plan train` accepts.
+const MAX_TOKENS: f64 = 1e16;
 
 fn fit(hw: &str, gpus: &[usize], batch: usize, seq: usize, schedule: &ScheduleArgs) -> Result<()> {
     let hw = find_hw(hw)?;

@@ -73,17 +73,10 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    if device != tperf_bench::device::Device::Cpu {
-        let a = tperf_bench::model::predict(&m.config, &sc, &hw)?;
-        if a.memory.peak_bytes > hw.memory_bytes {
-            anyhow::bail!(tperf_bench::model::out_of_memory_message(
-                &m.config,
-                &sc,
-                &hw,
-                a.memory.peak_bytes
-            ));
-        }
+    if let Some(path) = &args.trace {
+        super::check_output_file(path, "--trace")?;
     }
+    super::check_fits(device, &m.config, &sc)?;
     let p = profile::profile(device, &m.config, &sc, &hw, args.warmup, args.steps, |_| {
         bar.inc(1)
     })?;

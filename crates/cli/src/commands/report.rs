@@ -52,6 +52,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".to_string());
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _in_flight = tperf_runtime::checkpoint::InFlight::register(&tmp);
     let written = std::fs::write(&tmp, bytes)
         .and_then(|()| std::fs::rename(&tmp, path))
         .with_context(|| format!("cannot write {}", path.display()));

@@ -15,6 +15,7 @@ use tperf_core::schedule::{Options, Precision};
 use tperf_report::results::{Results, SCHEMA_VERSION};
 use tperf_report::table::Table;
 use tperf_report::units;
+use tperf_runtime::train::StopFlag;
 
 #[derive(clap::Args, Debug)]
 pub struct StudyArgs {
@@ -144,71 +145,90 @@ pub fn run(args: StudyArgs) -> Result<()> {
         opts,
     };
     let profiled = profiled_scenario(device);
-    let measured = if args.model_only {
-        None
-    } else {
-        Some(measure(&small.config, device, &measured_hw)?)
-    };
     let mut analyses = Vec::new();
-    for (i, (cfg, sc, hw)) in [
+    for (cfg, sc, hw) in [
         (&small.config, profiled, &measured_hw),
         (&small.config, train(bf16), &gpu),
         (&gpt2.config, sc, &gpu),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    ] {
         let (a, timeline) = analyze_with_timeline(cfg, &sc, hw)?;
-        let mut json = to_json(cfg, &a, &timeline);
-        // The first analysis is the profiled scenario: each op carries its measured time.
-        if let (Some(m), 0) = (&measured, i) {
-            if let Some(ops) = json["ops"].as_array_mut() {
-                for (op, measured) in ops.iter_mut().zip(&m.profile.ops) {
-                    op["measured_seconds"] = serde_json::json!(measured.median);
-                }
-            }
-        }
-        analyses.push(json);
+        analyses.push(to_json(cfg, &a, &timeline));
     }
     let measured_on = format!("{device} (measured) and the analytic model");
-    let prov = report::provenance(if measured.is_some() {
-        &measured_on
-    } else {
+    let prov = report::provenance(if args.model_only {
         "meta (analytic model only)"
+    } else {
+        &measured_on
     });
     let run_id = format!(
         "study-{}",
         prov.date.replace(['-', ':'], "").trim_end_matches('Z')
     );
-    let results = Results {
+    let mut results = Results {
         schema_version: SCHEMA_VERSION,
         run_id,
         provenance: prov,
         analyses,
-        bench: measured
-            .as_ref()
-            .map(|m| serde_json::json!({ "rows": m.bench })),
-        attention: measured.as_ref().map(
-            |m| serde_json::json!({ "rows": m.attention, "predicted_only": m.attention_grid }),
-        ),
+        bench: None,
+        attention: None,
         precision: Some(precision::to_json(
             &small.config.name,
             &precision::policies(&small.config)?,
         )),
     };
-    let extra: Vec<(String, String)> = match &measured {
-        Some(m) => vec![(
-            "trace.json".to_string(),
-            serde_json::to_string(&tperf_bench::profile::chrome_trace(&m.profile))?,
-        )],
-        None => vec![],
+    // Each finished section is written at once (results.json and the report re-rendered), so an
+    // interrupted or failed study keeps everything it finished.
+    let stop = StopFlag::new();
+    stop.install_handler_saying(
+        "stopping after the measurement in progress; every finished section stays in results.json (Ctrl-C again to quit now)",
+    )?;
+    let dir = report::write_run(&args.out, &results, &[])?;
+    let results_path = dir.join("results.json");
+    let mut kept = vec!["the model".to_string()];
+    let stopped = |kept: &[String]| -> anyhow::Error {
+        super::Stopped(format!(
+            "interrupted: kept {} in {} (report.html beside it shows them; rerun the study for the rest)",
+            kept.join(", "),
+            results_path.display()
+        ))
+        .into()
     };
-    let dir = report::write_run(&args.out, &results, &extra)?;
-    if measured.is_some() {
+    if !args.model_only {
+        let bench = measure_bench(&small.config, device, &measured_hw, &stop)?;
+        results.bench = Some(serde_json::json!({ "rows": bench }));
+        report::write_run(&args.out, &results, &[])?;
+        kept.push(format!("the benchmarks ({} rows)", bench.len()));
+        if stop.is_requested() {
+            return Err(stopped(&kept));
+        }
+        let profile = measure_profile(&small.config, device, &measured_hw)?;
+        // The first analysis is the profiled scenario: each op carries its measured time.
+        if let Some(ops) = results.analyses[0]["ops"].as_array_mut() {
+            for (op, measured) in ops.iter_mut().zip(&profile.ops) {
+                op["measured_seconds"] = serde_json::json!(measured.median);
+            }
+        }
+        let trace = vec![(
+            "trace.json".to_string(),
+            serde_json::to_string(&tperf_bench::profile::chrome_trace(&profile))?,
+        )];
+        report::write_run(&args.out, &results, &trace)?;
+        kept.push("the profile".to_string());
         println!(
             "trace of the profiled step: {} (open it in ui.perfetto.dev)",
             dir.join("trace.json").display()
         );
+        if stop.is_requested() {
+            return Err(stopped(&kept));
+        }
+        let (attention, attention_grid) = measure_attention(device, &measured_hw, &stop)?;
+        results.attention =
+            Some(serde_json::json!({ "rows": attention, "predicted_only": attention_grid }));
+        report::write_run(&args.out, &results, &trace)?;
+        kept.push(format!("the attention sweep ({} cases)", attention.len()));
+        if stop.is_requested() {
+            return Err(stopped(&kept));
+        }
     }
     println!("report: {}", dir.join("report.html").display());
     Ok(())
@@ -230,14 +250,6 @@ const PROFILED: Scenario = Scenario {
     },
 };
 
-/// Everything the study measured on the device, for its results document.
-struct StudyMeasurements {
-    bench: Vec<tperf_bench::model::BenchRow>,
-    profile: tperf_bench::profile::Profile,
-    attention: Vec<tperf_bench::attention::AttentionRow>,
-    attention_grid: Vec<tperf_bench::attention::AttentionRow>,
-}
-
 /// The step the study profiles: on the CPU one that takes about a second on two cores; on a GPU
 /// the seed's own training step (batch 4 × 256 tokens, bf16).
 fn profiled_scenario(device: Device) -> Scenario {
@@ -255,20 +267,25 @@ fn profiled_scenario(device: Device) -> Scenario {
     }
 }
 
-/// The measurements. On the CPU, sizes chosen to finish in a few minutes on 2 cores; on a GPU,
-/// the seed's model table (small to xl, fp32 and bf16, batch 4 × 256) and its attention sweep.
-fn measure(
+fn style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+}
+
+/// The benchmarks. On the CPU, sizes chosen to finish in a minute or two on 2 cores; on a GPU,
+/// the seed's model table (small to xl, fp32 and bf16, batch 4 × 256). A stop request ends the
+/// sweep after the row in progress; the rows finished are returned.
+fn measure_bench(
     small: &tperf_core::config::ModelConfig,
     device: Device,
     hw: &hardware::Hardware,
-) -> Result<StudyMeasurements> {
-    use indicatif::{ProgressBar, ProgressStyle};
+    stop: &StopFlag,
+) -> Result<Vec<tperf_bench::model::BenchRow>> {
+    use indicatif::ProgressBar;
     use tperf_bench::model::Repeats;
     let cpu = hw.clone();
-    let style = || {
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-    };
     let sc = |workload, batch, seq| Scenario {
         workload,
         batch,
@@ -315,24 +332,19 @@ fn measure(
         .with_message("benchmarks");
     let mut bench = Vec::new();
     for (cfg, s) in &plan {
-        let predicted = tperf_bench::model::predict(cfg, s, &cpu)?;
-        let needed = match device {
-            Device::Cpu => tperf_bench::model::cpu_bytes_needed(&predicted),
-            Device::Cuda(_) => predicted.memory.peak_bytes,
-        };
-        if needed > cpu.memory_bytes {
-            bar.println(tperf_bench::model::out_of_memory_message(
-                cfg, s, &cpu, needed,
-            ));
-        } else {
-            bench.push(tperf_bench::model::run(
+        if stop.is_requested() {
+            break;
+        }
+        match super::check_fits(device, cfg, s) {
+            Err(e) => bar.println(format!("{e:#}")),
+            Ok(_) => bench.push(tperf_bench::model::run(
                 device,
                 cfg,
                 s,
                 &cpu,
                 repeats,
                 |_| {},
-            )?);
+            )?),
         }
         bar.inc(1);
     }
@@ -349,7 +361,17 @@ fn measure(
     }
     print!("{}", t.render());
     println!();
+    Ok(bench)
+}
 
+/// A per-op profile of inference and of a training step; returns the training step's.
+fn measure_profile(
+    small: &tperf_core::config::ModelConfig,
+    device: Device,
+    hw: &hardware::Hardware,
+) -> Result<tperf_bench::profile::Profile> {
+    use indicatif::ProgressBar;
+    let cpu = hw.clone();
     let bar = ProgressBar::new(8)
         .with_style(style())
         .with_message("profile");
@@ -358,6 +380,7 @@ fn measure(
         workload: Workload::Forward,
         ..profiled
     };
+    super::check_fits(device, small, &profiled)?;
     let forward =
         tperf_bench::profile::profile(device, small, &inference, &cpu, 1, 3, |_| bar.inc(1))?;
     let profile =
@@ -394,7 +417,20 @@ fn measure(
     }
     print!("{}", t.render());
     println!();
+    Ok(profile)
+}
 
+type AttentionRows = Vec<tperf_bench::attention::AttentionRow>;
+
+/// The attention sweep measured (naive against flash), and the seed's whole grid predicted. A
+/// stop request ends the measured sweep after the case in progress.
+fn measure_attention(
+    device: Device,
+    hw: &hardware::Hardware,
+    stop: &StopFlag,
+) -> Result<(AttentionRows, AttentionRows)> {
+    use indicatif::ProgressBar;
+    let cpu = hw.clone();
     use tperf_core::ops::attention::Attention;
     use tperf_core::schedule::attention_only::AttentionOnly;
     use tperf_core::schedule::AttentionKernel;
@@ -436,6 +472,9 @@ fn measure(
         .with_message("attention");
     let mut attention = Vec::new();
     for c in &measured_cases {
+        if stop.is_requested() {
+            break;
+        }
         attention.push(tperf_bench::attention::run(device, c, &cpu, 1, 2, || {})?);
         bar.inc(1);
     }
@@ -471,10 +510,5 @@ fn measure(
         super::attention::table(&attention, format!("Attention on {device}: batch {ab}, {ah} head(s), causal, {adt} (median of 2 steps after 1 warm-up)")).render()
     );
     println!();
-    Ok(StudyMeasurements {
-        bench,
-        profile,
-        attention,
-        attention_grid,
-    })
+    Ok((attention, attention_grid))
 }

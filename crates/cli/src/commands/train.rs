@@ -6,6 +6,7 @@ use super::{parse_attention, parse_precision, parse_recompute, Interrupted};
 use crate::load;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -89,6 +90,11 @@ pub struct TrainArgs {
     /// Replace an existing --checkpoint file that this run does not resume.
     #[arg(long)]
     pub overwrite: bool,
+    /// With --resume: continue even though flags that change the run (batch, lr, schedule,
+    /// seed, dtype, …) differ from the checkpoint's, saying which. Without it a difference is an
+    /// error, since the run would no longer be the exact continuation.
+    #[arg(long = "override", requires = "resume")]
+    pub override_flags: bool,
     /// Per-step records as CSV (step, lr, loss, val_loss, tokens/s, …); default: beside the
     /// checkpoint, <checkpoint>.csv. A resumed run appends.
     #[arg(long)]
@@ -160,9 +166,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ),
         None => None,
     };
-    if let Some(meta) = &resume_meta {
+    if let (Some(meta), Some(path)) = (&resume_meta, &args.resume) {
         // A preset's name and a config.json's name differ for the same architecture; only the
-        // shape has to match (checked field by field when the weights load).
+        // shape has to match.
+        if let Some((field, saved, now)) = checkpoint::first_difference(&meta.config, &cfg) {
+            bail!(
+                "--resume {} holds {} ({} params), not {} ({} params): {field} is {saved} in the checkpoint but {now} in {}; resume with the checkpoint's model",
+                path.display(),
+                meta.config.name,
+                units::params(meta.config.param_count()),
+                cfg.name,
+                units::params(cfg.param_count()),
+                args.model
+            );
+        }
         cfg.name = meta.config.name.clone();
     }
     cfg.check_seq(args.seq)
@@ -176,6 +193,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     tokenizer.check_model(&cfg)?;
 
     let checkpoint_path = args.checkpoint.clone().or_else(|| args.resume.clone());
+    // Every path the run will write is checked now, not after the last step.
+    if let Some(path) = &args.checkpoint {
+        super::check_output_file(path, "--checkpoint")?;
+    }
+    if let Some(path) = &args.resume {
+        super::check_output_file(path, "--resume")?;
+    }
     if let Some(path) = &checkpoint_path {
         let resumes_it = args.resume.as_deref() == Some(path.as_path());
         if path.exists() && !resumes_it && !args.overwrite {
@@ -190,6 +214,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .log
         .clone()
         .or_else(|| checkpoint_path.as_ref().map(|p| p.with_extension("csv")));
+    if let Some(path) = &log_path {
+        super::check_output_file(path, "--log")?;
+    }
 
     let warmup = args.warmup.unwrap_or_else(|| (args.steps / 10).min(100));
     let tcfg = TrainConfig {
@@ -208,6 +235,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stop_at: args.stop_at,
     };
     tcfg.validate()?;
+    let flags = run_flags(&args, warmup, &tokenizer);
+    if let (Some(meta), Some(path)) = (&resume_meta, &args.resume) {
+        check_resume_flags(path, meta, &flags, args.override_flags)?;
+    }
 
     let data = load_data(&args, &cfg, &tokenizer)?;
     let opts = Options {
@@ -225,6 +256,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         seq: args.seq,
         opts,
     };
+    super::check_fits(device, &cfg, &sc)?;
     let record = analysis::record(&cfg, &sc)?;
     let flops_per_step: u64 = record.ops.iter().map(|r| r.cost.flops).sum::<u64>() * world as u64;
     drop(record);
@@ -240,6 +272,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         checkpoint_path,
         resume_meta,
         tcfg,
+        flags,
     };
     let comm: Arc<dyn Communicator> = match &rank {
         Some(rv) => launch::join(rv)?,
@@ -275,6 +308,82 @@ struct Prepared {
     checkpoint_path: Option<std::path::PathBuf>,
     resume_meta: Option<checkpoint::Metadata>,
     tcfg: TrainConfig,
+    flags: BTreeMap<String, String>,
+}
+
+/// The settings that change what a run computes, by flag name, as recorded in its checkpoints:
+/// a resumed run with any of them different is no longer the run it continues. (Evaluation,
+/// checkpointing, logging and the device change nothing that is learned.)
+fn run_flags(args: &TrainArgs, warmup: u64, tokenizer: &Tokenizer) -> BTreeMap<String, String> {
+    [
+        ("--steps", args.steps.to_string()),
+        ("--batch", args.batch.to_string()),
+        ("--seq", args.seq.to_string()),
+        ("--lr", args.lr.to_string()),
+        ("--warmup", warmup.to_string()),
+        ("--min-lr-ratio", args.min_lr_ratio.to_string()),
+        ("--weight-decay", args.weight_decay.to_string()),
+        ("--grad-clip", args.grad_clip.to_string()),
+        ("--seed", args.seed.to_string()),
+        ("--dtype", args.dtype.name().to_string()),
+        ("--attention", args.attention.name().to_string()),
+        ("--recompute", args.recompute.name().to_string()),
+        ("--tokenizer", tokenizer.name().to_string()),
+        (
+            "--data",
+            match (&args.data, args.synthetic) {
+                (Some(p), _) => p.display().to_string(),
+                (None, _) => "--synthetic".to_string(),
+            },
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Refuses a resumed run whose flags differ from its checkpoint's, naming each with both values;
+/// with `--override`, says what changed and continues.
+fn check_resume_flags(
+    path: &Path,
+    meta: &checkpoint::Metadata,
+    now: &BTreeMap<String, String>,
+    allow: bool,
+) -> Result<()> {
+    let mut saved = meta.run.flags.clone();
+    // Older checkpoints record no flags but always their precision.
+    saved
+        .entry("--dtype".to_string())
+        .or_insert_with(|| meta.precision.clone());
+    let changed: Vec<String> = now
+        .iter()
+        .filter_map(|(flag, value)| {
+            let was = saved.get(flag)?;
+            // --data is compared by the loader's checksum of the tokens, not by the path's
+            // spelling; only a switch between a file and --synthetic is a flag difference.
+            if flag == "--data" && was != "--synthetic" && value != "--synthetic" {
+                return None;
+            }
+            (was != value).then(|| format!("{flag} {was} in the checkpoint, {value} now"))
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    if allow {
+        eprintln!(
+            "note: --override: resuming {} with changed flags (no longer an exact continuation): {}",
+            path.display(),
+            changed.join("; ")
+        );
+        return Ok(());
+    }
+    bail!(
+        "--resume {}: {} flag(s) differ from the checkpoint's run: {}. An exact continuation needs the checkpoint's values; pass them, or add --override to continue with the new ones",
+        path.display(),
+        changed.len(),
+        changed.join("; ")
+    )
 }
 
 /// The run on `be`: the same driver on the CPU and on a GPU (the stepper reads each step's loss
@@ -296,6 +405,7 @@ fn train_on<B: Instrumented>(
         checkpoint_path,
         resume_meta,
         tcfg,
+        flags,
     } = p;
     let model = Transformer::new(&mut be, &cfg, opts, true)?;
     if args.resume.is_none() {
@@ -304,18 +414,36 @@ fn train_on<B: Instrumented>(
     // Rank 0 speaks for a data-parallel run: the others print and log nothing.
     let speaks = comm.rank() == 0;
     let stop = StopFlag::new();
-    let mut stepper = RankStepper::new(ModelStepper::new(be, model)?, comm, stop.clone());
+    let mut inner = ModelStepper::new(be, model)?;
+    inner.flags = flags;
+    let device = inner.be.name();
+    let mut stepper = RankStepper::new(inner, comm, stop.clone());
 
     if speaks {
-        print_header(args, &cfg, &tokenizer, &data, flops_per_step, warmup);
+        print_header(
+            args,
+            &device,
+            &cfg,
+            &tokenizer,
+            &data,
+            flops_per_step,
+            warmup,
+        );
     }
+    let start_step = resume_meta.as_ref().map_or(0, |m| m.run.step);
     let mut log = match &log_path {
-        Some(p) if speaks => Some(CsvLog::open(p, args.resume.is_some())?),
+        Some(p) if speaks => Some(CsvLog::open(
+            p,
+            args.resume.is_some().then_some(start_step),
+        )?),
         _ => None,
     };
 
-    stop.install_ctrlc_handler()?;
-    let start_step = resume_meta.as_ref().map_or(0, |m| m.run.step);
+    stop.install_handler_saying(if checkpoint_path.is_some() {
+        "stopping after this step and saving a checkpoint (Ctrl-C again to quit now)"
+    } else {
+        "stopping after this step; nothing is saved without --checkpoint (Ctrl-C again to quit now)"
+    })?;
     if let Some(at) = args.stop_at.filter(|&at| at <= start_step) {
         bail!("--stop-at {at} is not after the checkpoint's step {start_step}");
     }
@@ -392,9 +520,12 @@ fn train_on<B: Instrumented>(
             );
         }
     } else if summary.stopped {
+        // The checkpoint holds the run only if this session saved one or resumed from it.
+        let holds = !summary.checkpoints.is_empty()
+            || (args.resume.is_some() && checkpoint_path == args.resume);
         return Err(Interrupted {
             step: summary.end_step,
-            checkpoint: checkpoint_path,
+            checkpoint: checkpoint_path.filter(|_| holds),
         }
         .into());
     }
@@ -423,6 +554,7 @@ fn load_data(args: &TrainArgs, cfg: &ModelConfig, tokenizer: &Tokenizer) -> Resu
 
 fn print_header(
     args: &TrainArgs,
+    device: &str,
     cfg: &ModelConfig,
     tokenizer: &Tokenizer,
     data: &Loader,
@@ -439,9 +571,14 @@ fn print_header(
         ),
         Loader::Synthetic(_) => "synthetic uniform tokens".to_string(),
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let on = if device == "cpu" {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        format!("cpu ({threads} threads)")
+    } else {
+        device.to_string()
+    };
     println!(
-        "tperf train: {} ({} params), {} on cpu ({threads} threads)",
+        "tperf train: {} ({} params), {} on {on}",
         cfg.name,
         units::params(cfg.param_count()),
         args.dtype.name()
@@ -682,10 +819,15 @@ struct CsvLog {
 }
 
 impl CsvLog {
-    fn open(path: &Path, resuming: bool) -> Result<Self> {
-        // A resumed run continues its log; a new run starts one (its checkpoint refused to
-        // overwrite an existing run unless asked to, and the log follows it).
-        let append = resuming && path.exists();
+    /// `resumed_at`: the checkpoint's step when resuming. A resumed run continues its log
+    /// without the rows of steps after the checkpoint (a session that ran on past its last save
+    /// before it was stopped), which it is about to run again; a new run starts one (its
+    /// checkpoint refused to overwrite an existing run unless asked to, and the log follows it).
+    fn open(path: &Path, resumed_at: Option<u64>) -> Result<Self> {
+        let append = resumed_at.is_some() && path.exists();
+        if let (Some(step), true) = (resumed_at, append) {
+            drop_rows_after(path, step)?;
+        }
         let file = OpenOptions::new()
             .create(true)
             .write(true)
@@ -719,4 +861,31 @@ impl CsvLog {
         self.file.flush()?;
         Ok(())
     }
+}
+
+/// Rewrites the CSV log at `path` without the rows of steps after `step`, atomically; leaves it
+/// untouched when there are none.
+fn drop_rows_after(path: &Path, step: u64) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the log {}", path.display()))?;
+    let mut kept = String::with_capacity(text.len());
+    let mut dropped = 0;
+    for (i, line) in text.lines().enumerate() {
+        let row_step = line.split(',').next().and_then(|f| f.parse::<u64>().ok());
+        match row_step {
+            Some(s) if i > 0 && s > step => dropped += 1,
+            _ => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+    }
+    if dropped > 0 {
+        super::report::write_atomic(path, kept.as_bytes())?;
+        eprintln!(
+            "note: the log {} had {dropped} row(s) after the checkpoint's step {step}; they are replaced by this run's",
+            path.display()
+        );
+    }
+    Ok(())
 }
