@@ -40,6 +40,7 @@ pub const SOURCES: &[Source] = &[
     source!("flash_attention"),
     source!("paged"),
     source!("geglu"),
+    source!("ceilings"),
 ];
 
 pub fn source(name: &str) -> Option<Source> {

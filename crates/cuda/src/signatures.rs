@@ -194,6 +194,10 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ("paged", "take_rows", &[Buf, Buf, Buf, I32, I32]),
     ("geglu", "geglu_forward", &[Buf, Buf, I64, I64]),
     ("geglu", "geglu_backward", &[Buf, Buf, Buf, I64, I64]),
+    ("ceilings", "fill_random", &[Buf, I64, I32]),
+    ("ceilings", "copy_words", &[Ptr, Ptr, I64]),
+    ("ceilings", "l2_read", &[Ptr, I64, I32, Ptr]),
+    ("ceilings", "empty", &[]),
 ];
 
 /// The parameters of `kernel` in `source`, or None when the table does not list it.
@@ -428,6 +432,7 @@ mod tests {
             include_str!("ops/norms.rs"),
             include_str!("ops/optimizer.rs"),
             include_str!("ops/paged.rs"),
+            include_str!("ceilings.rs"),
         ];
         let (mut sites, mut counted) = (0, 0);
         for text in ops {

@@ -33,7 +33,7 @@ pub struct StudyArgs {
 }
 
 pub fn run(args: StudyArgs) -> Result<()> {
-    let gpu = hardware::find(&args.hw)?;
+    let gpu = super::find_hw(&args.hw)?;
     let cpu = hardware::detect_local_cpu();
     // Fail on an unwritable --out before any work, with the folder named.
     report::create_dir(&args.out)?;
