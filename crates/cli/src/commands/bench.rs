@@ -236,6 +236,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         hw.source
     ));
     let mut rows = Vec::new();
+    let sampler = tperf_bench::utilisation::start_for(device);
     for p in &planned {
         bar.set_message(format!(
             "{} {} B{} T{}",
@@ -275,6 +276,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         rows.push(row);
     }
     bar.finish_and_clear();
+    let utilisation = tperf_bench::utilisation::finish(sampler);
     if let Some(note) = graphs_note(&rows) {
         table.note(note);
     }
@@ -289,12 +291,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "provenance": super::model::provenance(),
                 "hardware": hw,
                 "rows": rows,
+                "utilisation": utilisation,
             }))?
         );
     } else if args.csv {
         print!("{}", table.to_csv());
     } else {
         print!("{}", table.render());
+        println!("{}", utilisation.line());
     }
     Ok(())
 }

@@ -187,7 +187,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
         analyses,
         bench: measured
             .as_ref()
-            .map(|m| serde_json::json!({ "rows": m.bench })),
+            .map(|m| serde_json::json!({ "rows": m.bench, "utilisation": m.utilisation })),
         attention: measured.as_ref().map(
             |m| serde_json::json!({ "rows": m.attention, "predicted_only": m.attention_grid }),
         ),
@@ -233,6 +233,8 @@ const PROFILED: Scenario = Scenario {
 /// Everything the study measured on the device, for its results document.
 struct StudyMeasurements {
     bench: Vec<tperf_bench::model::BenchRow>,
+    /// NVML's timeline over the benchmarks, or why there is none.
+    utilisation: tperf_bench::utilisation::Utilisation,
     profile: tperf_bench::profile::Profile,
     attention: Vec<tperf_bench::attention::AttentionRow>,
     attention_grid: Vec<tperf_bench::attention::AttentionRow>,
@@ -314,6 +316,7 @@ fn measure(
         .with_style(style())
         .with_message("benchmarks");
     let mut bench = Vec::new();
+    let sampler = tperf_bench::utilisation::start_for(device);
     for (cfg, s) in &plan {
         let predicted = tperf_bench::model::predict(cfg, s, &cpu)?;
         let needed = match device {
@@ -337,6 +340,7 @@ fn measure(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let utilisation = tperf_bench::utilisation::finish(sampler);
     let mut t = Table::new(&super::bench::HEADER).titled(format!(
         "Measured on {device} ({}), {} warm-up + {} timed steps; model = roofline on its peaks",
         cpu.key, repeats.warmup, repeats.steps
@@ -348,6 +352,7 @@ fn measure(
         t.note(note);
     }
     print!("{}", t.render());
+    println!("{}", utilisation.line());
     println!();
 
     let bar = ProgressBar::new(8)
@@ -473,6 +478,7 @@ fn measure(
     println!();
     Ok(StudyMeasurements {
         bench,
+        utilisation,
         profile,
         attention,
         attention_grid,

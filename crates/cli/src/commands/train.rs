@@ -205,6 +205,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         checkpoint_path,
         resume_meta,
         tcfg,
+        device,
     };
     match device {
         Device::Cpu => train_on(CpuBackend::new(), &args, prepared),
@@ -224,6 +225,8 @@ struct Prepared {
     checkpoint_path: Option<std::path::PathBuf>,
     resume_meta: Option<checkpoint::Metadata>,
     tcfg: TrainConfig,
+    /// For NVML sampling during the run.
+    device: Device,
 }
 
 /// The run on `be`: the same driver on the CPU and on a GPU (the stepper reads each step's loss
@@ -240,6 +243,7 @@ fn train_on<B: Instrumented>(mut be: B, args: &TrainArgs, p: Prepared) -> Result
         checkpoint_path,
         resume_meta,
         tcfg,
+        device,
     } = p;
     let model = Transformer::new(&mut be, &cfg, opts, true)?;
     if args.resume.is_none() {
@@ -274,6 +278,7 @@ fn train_on<B: Instrumented>(mut be: B, args: &TrainArgs, p: Prepared) -> Result
         checkpoint: checkpoint_path.clone(),
         resume: args.resume.clone(),
     };
+    let sampler = tperf_bench::utilisation::start_for(device);
     let result = driver::train(
         &tcfg,
         &mut stepper,
@@ -284,6 +289,7 @@ fn train_on<B: Instrumented>(mut be: B, args: &TrainArgs, p: Prepared) -> Result
         &mut on_record,
     );
     progress.finish();
+    let utilisation = tperf_bench::utilisation::finish(sampler);
     let summary = result?;
     let wall_s = started.elapsed().as_secs_f64();
     if let Some(e) = log_err {
@@ -308,6 +314,18 @@ fn train_on<B: Instrumented>(mut be: B, args: &TrainArgs, p: Prepared) -> Result
     );
     if let Some(g) = stepper.be.step_graphs() {
         println!("  {}", g.summary());
+    }
+    println!("  {}", utilisation.line());
+    // The timeline is the run's record beside its log: <log>.utilisation.json.
+    if let Some(log) = &log_path {
+        let file = log.with_extension("utilisation.json");
+        match serde_json::to_string(&utilisation)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| std::fs::write(&file, t).map_err(anyhow::Error::from))
+        {
+            Ok(()) => println!("  utilisation: {}", file.display()),
+            Err(e) => eprintln!("warning: the utilisation timeline could not be written: {e:#}"),
+        }
     }
     let asked_to_stop = args.stop_at == Some(summary.end_step);
     if summary.stopped && asked_to_stop {
