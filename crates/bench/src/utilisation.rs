@@ -118,8 +118,7 @@ impl UtilSummary {
             "GPU util mean {} (max {}), memory-controller util {}, SM clock {}, memory peak {}, \
              power mean {}, energy {} over {:.1} s ({} samples)",
             pct(self.mean_gpu_util_pct),
-            self.max_gpu_util_pct
-                .map_or_else(na, |v| format!("{v}%")),
+            self.max_gpu_util_pct.map_or_else(na, |v| format!("{v}%")),
             pct(self.mean_mem_util_pct),
             self.mean_sm_clock_mhz
                 .map_or_else(na, |v| format!("{v:.0} MHz")),
@@ -221,7 +220,9 @@ impl Sampler {
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(SamplerError::Thread("the sampling thread ended early".into()))
+                Err(SamplerError::Thread(
+                    "the sampling thread ended early".into(),
+                ))
             }
         }
     }
@@ -300,24 +301,20 @@ fn sample_loop(
     }
 }
 
-/// For a run on `device`: a started sampler, or the "not collected" record and the one line to
-/// print.
-pub fn start_for(device: crate::device::Device) -> Result<SamplerHandle, Utilisation> {
+/// For a run on `device`: a started sampler, or why there is none (printed after the run, and
+/// stored as the "not collected" record).
+pub fn start_for(device: crate::device::Device) -> Result<SamplerHandle, String> {
     match device {
-        crate::device::Device::Cpu => Err(Utilisation::not_collected(
-            "a CPU run: NVML samples NVIDIA GPUs",
-        )),
-        crate::device::Device::Cuda(i) => {
-            Sampler::start(i).map_err(|e| Utilisation::not_collected(e.to_string()))
-        }
+        crate::device::Device::Cpu => Err("a CPU run: NVML samples NVIDIA GPUs".into()),
+        crate::device::Device::Cuda(i) => Sampler::start(i).map_err(|e| e.to_string()),
     }
 }
 
 /// Ends what [`start_for`] began.
-pub fn finish(started: Result<SamplerHandle, Utilisation>) -> Utilisation {
+pub fn finish(started: Result<SamplerHandle, String>) -> Utilisation {
     match started {
         Ok(h) => Utilisation::from_timeline(h.stop()),
-        Err(u) => u,
+        Err(why) => Utilisation::not_collected(why),
     }
 }
 
@@ -365,7 +362,9 @@ mod tests {
         assert!((s.energy_j.unwrap() - 70.0).abs() < 1e-9);
         assert_eq!(s.max_temp_c, Some(50));
         let line = s.line();
-        for part in ["mean 50%", "max 100%", "1500 MHz", "3.00 GiB", "300 W", "70.0 J"] {
+        for part in [
+            "mean 50%", "max 100%", "1500 MHz", "3.00 GiB", "300 W", "70.0 J",
+        ] {
             assert!(line.contains(part), "{part} in {line}");
         }
     }
@@ -418,7 +417,7 @@ mod tests {
             Err(e) => {
                 let msg = e.to_string();
                 assert!(msg.contains("NVML"), "{msg}");
-                let u = finish(Err(Utilisation::not_collected(msg)));
+                let u = finish(Err(msg));
                 assert!(!u.collected);
                 assert!(u.line().starts_with("utilisation: not collected (NVML"));
             }

@@ -111,7 +111,11 @@ fn missing_corrupt_and_foreign_entries_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("absent.json");
     let corrupt = dir.path().join("corrupt.json");
-    std::fs::write(&corrupt, "{ \"format\": \"tperf-hardware-entry/1\", \"hardware\": ").unwrap();
+    std::fs::write(
+        &corrupt,
+        "{ \"format\": \"tperf-hardware-entry/1\", \"hardware\": ",
+    )
+    .unwrap();
     let foreign = dir.path().join("foreign.json");
     std::fs::write(&foreign, "{\"key\": \"h200\"}").unwrap();
     let truncated = dir.path().join("truncated.json");
@@ -168,6 +172,9 @@ fn the_cpu_measurement_saves_an_entry_in_the_common_format() {
     assert!(o.status.success(), "{}", stderr(&o));
     let e = HardwareEntry::load(&path).unwrap();
     assert_eq!(e.hardware.basis, Basis::Measured);
-    assert!(e.ceilings.iter().any(|c| c.sets == Some(Sets::PeakF32Flops)));
+    assert!(e
+        .ceilings
+        .iter()
+        .any(|c| c.sets == Some(Sets::PeakF32Flops)));
     assert_eq!(e.hardware.peak_bf16_flops, e.hardware.peak_f32_flops);
 }

@@ -102,7 +102,7 @@ impl Blas {
             Compute::Tf32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
         };
         let desc = lt::create_matmul_desc(compute_type, sys::cudaDataType::CUDA_R_32F)
-        .map_err(err("matmul descriptor"))?;
+            .map_err(err("matmul descriptor"))?;
         // SAFETY: `desc` was created above and `value` points to `size` bytes of a local that
         // outlives the call, of the type the attribute takes (i32 ops, epilogue, u64 pointers).
         let set = |attr, value: *const c_void, size: usize| unsafe {

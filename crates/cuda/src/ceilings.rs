@@ -340,7 +340,14 @@ impl Meter {
             Arg::I32(seed),
         ];
         let grid = (self.gpu.info.sms as u32) * 8;
-        self.launch("filling a GEMM operand", SRC, "fill_random", grid, 256, &args)
+        self.launch(
+            "filling a GEMM operand",
+            SRC,
+            "fill_random",
+            grid,
+            256,
+            &args,
+        )
     }
 
     fn gemm(
@@ -558,8 +565,8 @@ impl Meter {
             }
         }
         // SAFETY: ends the capture begun above, on the same stream.
-        let graph = unsafe { cu::stream::end_capture(stream) }
-            .map_err(driver("ending a graph capture"))?;
+        let graph =
+            unsafe { cu::stream::end_capture(stream) }.map_err(driver("ending a graph capture"))?;
         let graph_s = (|| {
             captured?;
             // SAFETY: `graph` is the graph just captured; the executable is destroyed below.

@@ -355,7 +355,10 @@ pub fn utilisation_section(out: &mut String, record: Option<&Value>) -> Result<(
         );
         return Ok(());
     }
-    let samples = rec["timeline"]["samples"].as_array().cloned().unwrap_or_default();
+    let samples = rec["timeline"]["samples"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let sm = &rec["summary"];
     let opt = |v: &Value, fmt: &dyn Fn(f64) -> String| v.as_f64().map_or("n/a".into(), fmt);
     let rows = vec![

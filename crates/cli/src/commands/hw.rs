@@ -225,7 +225,11 @@ fn measure_gpu(
     let mut notes = c.skipped.clone();
     notes.push(format!(
         "{} (sm_{}{}, {} SMs, driver {}); took {:.1} s",
-        c.info.name, c.info.cc.0, c.info.cc.1, c.info.sms, c.info.driver_version,
+        c.info.name,
+        c.info.cc.0,
+        c.info.cc.1,
+        c.info.sms,
+        c.info.driver_version,
         took.as_secs_f64()
     ));
     let rows = tperf_bench::ceilings::gpu_rows(&c, &datasheet);
@@ -259,11 +263,16 @@ fn value(unit: Unit, v: f64) -> String {
 
 /// Every ceiling beside the datasheet, then the roofline figures the entry hands the model.
 pub fn entry_table(e: &HardwareEntry) -> Table {
-    let mut t = Table::new(&["measurement", "measured", "datasheet", "measured / datasheet"])
-        .titled(format!(
-            "Measured ceilings of {} against {} (datasheet)",
-            e.device, e.datasheet.key
-        ));
+    let mut t = Table::new(&[
+        "measurement",
+        "measured",
+        "datasheet",
+        "measured / datasheet",
+    ])
+    .titled(format!(
+        "Measured ceilings of {} against {} (datasheet)",
+        e.device, e.datasheet.key
+    ));
     let mut group = "";
     for c in &e.ceilings {
         if c.group != group && !group.is_empty() {

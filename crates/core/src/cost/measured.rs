@@ -104,9 +104,7 @@ impl Ceiling {
     /// Measured over datasheet, where both exist. For a time (launch latency) the ratio is still
     /// measured / datasheet, so above 1 means slower.
     pub fn ratio(&self) -> Option<f64> {
-        self.datasheet
-            .filter(|d| *d > 0.0)
-            .map(|d| self.value / d)
+        self.datasheet.filter(|d| *d > 0.0).map(|d| self.value / d)
     }
 }
 
@@ -154,7 +152,9 @@ pub enum EntryError {
     Format { path: PathBuf, found: String },
     #[error("{}: {why}", .path.display())]
     Invalid { path: PathBuf, why: String },
-    #[error("`{PREFIX}` needs a file: --hw {PREFIX}PATH (as written by `tperf hw measure --save`)")]
+    #[error(
+        "`{PREFIX}` needs a file: --hw {PREFIX}PATH (as written by `tperf hw measure --save`)"
+    )]
     NoPath,
 }
 
@@ -292,7 +292,16 @@ pub fn load_key(key: &str) -> Option<Result<Hardware, EntryError>> {
     if path.trim().is_empty() {
         return Some(Err(EntryError::NoPath));
     }
-    Some(HardwareEntry::load(Path::new(path.trim())).map(|e| e.hardware))
+    Some(HardwareEntry::load(&expand_home(path.trim())).map(|e| e.hardware))
+}
+
+/// `~/x` as `$HOME/x`: the shell leaves a `~` after `measured:` alone, since it expands only a
+/// leading one.
+fn expand_home(path: &str) -> PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(path),
+    }
 }
 
 /// Where `hw measure` saves without `--save`: `$XDG_CACHE_HOME/tperf/hardware/<key>.json`, else
@@ -301,7 +310,11 @@ pub fn default_path(key: &str) -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("tperf").join("hardware").join(format!("{key}.json")))
+    Some(
+        base.join("tperf")
+            .join("hardware")
+            .join(format!("{key}.json")),
+    )
 }
 
 #[cfg(test)]
