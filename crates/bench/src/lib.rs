@@ -1,6 +1,7 @@
 //! tperf's measurement side: a harness that warms up, times steps with the device synchronised
 //! around each, and summarises them; model benchmarks that put the Meta backend's prediction
-//! beside the measurement of the very same schedule; and the machine's measured ceilings.
+//! beside the measurement of the very same schedule; the machine's measured ceilings; and the
+//! GPU's utilisation over a run (NVML).
 
 pub mod attention;
 pub mod ceilings;
@@ -11,3 +12,4 @@ pub mod kernels;
 pub mod model;
 pub mod profile;
 pub mod stats;
+pub mod utilisation;

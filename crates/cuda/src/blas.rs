@@ -49,6 +49,16 @@ fn cuda_type(d: DType) -> sys::cudaDataType {
     }
 }
 
+/// The arithmetic cuBLASLt may use. Every op of tperf's schedule runs `F32` (fp32 accumulation,
+/// fp32 inputs computed in full fp32); `Tf32` lets fp32 inputs run on the tensor cores rounded to
+/// TF32, which `tperf hw measure` times as a ceiling of its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Compute {
+    #[default]
+    F32,
+    Tf32,
+}
+
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3],
@@ -58,7 +68,7 @@ struct Plan {
 pub struct Blas {
     handle: sys::cublasLtHandle_t,
     workspace: u64,
-    plans: HashMap<Gemm, Plan>,
+    plans: HashMap<(Gemm, Compute), Plan>,
 }
 
 impl Blas {
@@ -77,20 +87,22 @@ impl Blas {
         })
     }
 
-    fn plan(&mut self, g: &Gemm) -> Result<&Plan, CudaError> {
-        if !self.plans.contains_key(g) {
-            let plan = self.make_plan(g)?;
-            self.plans.insert(*g, plan);
+    fn plan(&mut self, g: &Gemm, compute: Compute) -> Result<&Plan, CudaError> {
+        let key = (*g, compute);
+        if !self.plans.contains_key(&key) {
+            let plan = self.make_plan(g, compute)?;
+            self.plans.insert(key, plan);
         }
-        Ok(&self.plans[g])
+        Ok(&self.plans[&key])
     }
 
-    fn make_plan(&self, g: &Gemm) -> Result<Plan, CudaError> {
-        let desc = lt::create_matmul_desc(
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cudaDataType::CUDA_R_32F,
-        )
-        .map_err(err("matmul descriptor"))?;
+    fn make_plan(&self, g: &Gemm, compute: Compute) -> Result<Plan, CudaError> {
+        let compute_type = match compute {
+            Compute::F32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            Compute::Tf32 => sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+        };
+        let desc = lt::create_matmul_desc(compute_type, sys::cudaDataType::CUDA_R_32F)
+            .map_err(err("matmul descriptor"))?;
         // SAFETY: `desc` was created above and `value` points to `size` bytes of a local that
         // outlives the call, of the type the attribute takes (i32 ops, epilogue, u64 pointers).
         let set = |attr, value: *const c_void, size: usize| unsafe {
@@ -207,6 +219,22 @@ impl Blas {
         aux: Option<u64>,
         stream: cudarc::driver::sys::CUstream,
     ) -> Result<(), CudaError> {
+        self.gemm_with(g, Compute::F32, a, b, c, bias, aux, stream)
+    }
+
+    /// As [`gemm`](Self::gemm), with the arithmetic `compute` allows.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_with(
+        &mut self,
+        g: &Gemm,
+        compute: Compute,
+        a: u64,
+        b: u64,
+        c: u64,
+        bias: Option<u64>,
+        aux: Option<u64>,
+        stream: cudarc::driver::sys::CUstream,
+    ) -> Result<(), CudaError> {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
@@ -218,7 +246,7 @@ impl Blas {
         }
         let workspace = self.workspace;
         let handle = self.handle;
-        let plan = self.plan(g)?;
+        let plan = self.plan(g, compute)?;
         if let Some(bias) = bias {
             // SAFETY: `plan.desc` is live (owned by `self.plans`); the bias pointer attribute is a
             // u64 device address, read during the call from `bias`, which outlives it.

@@ -42,6 +42,7 @@ pub const SOURCES: &[Source] = &[
     source!("paged"),
     source!("sampling"),
     source!("decode_attention"),
+    source!("ceilings"),
 ];
 
 pub fn source(name: &str) -> Option<Source> {

@@ -8,6 +8,7 @@
 //!   GPU present and cached on disk.
 //! - `alloc`: the caching allocator and what it reserved from the driver.
 //! - `blas`: matmuls through cuBLASLt.
+//! - `ceilings`: what the GPU reaches (GEMM rates, bandwidths, launch cost), for `hw measure`.
 //! - `backend`: [`CudaBackend`], the Backend trait over all of it; `ops/` holds the dispatch of
 //!   each op family to its kernels.
 //! - `timing`: CUDA events per op; `nvtx`: NVTX ranges per op.
@@ -18,6 +19,7 @@
 mod alloc;
 mod backend;
 pub mod blas;
+pub mod ceilings;
 pub mod compile;
 pub mod conformance;
 pub mod cupti;

@@ -268,6 +268,10 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         "decode_attn_reduce",
         &[Ptr, Buf, Buf, I32, I32, I32, I32, I32],
     ),
+    ("ceilings", "fill_random", &[Buf, I64, I32]),
+    ("ceilings", "copy_words", &[Ptr, Ptr, I64]),
+    ("ceilings", "l2_read", &[Ptr, I64, I32, Ptr]),
+    ("ceilings", "empty", &[]),
 ];
 
 /// The parameters of `kernel` in `source`, or None when the table does not list it.
@@ -504,6 +508,7 @@ mod tests {
             include_str!("ops/optimizer.rs"),
             include_str!("ops/paged.rs"),
             include_str!("ops/sampling.rs"),
+            include_str!("ceilings.rs"),
         ];
         let (mut sites, mut counted) = (0, 0);
         for text in ops {

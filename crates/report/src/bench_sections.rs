@@ -336,6 +336,112 @@ pub fn attention_section(out: &mut String, v: &Value) -> Result<(), PlotError> {
     Ok(())
 }
 
+/// `u`: the "utilisation" record a run stores (`tperf_bench::utilisation::Utilisation` as JSON):
+/// its summary and a timeline of utilisation and power where it was collected, and plainly why
+/// not where it was not (no NVML, a CPU run) or where the document holds no record at all.
+pub fn utilisation_section(out: &mut String, record: Option<&Value>) -> Result<(), PlotError> {
+    let Some(rec) = record.filter(|r| !r.is_null()) else {
+        out.push_str(
+            "<p class=\"empty\">Not collected: this document holds no utilisation record \
+             (the benchmarks did not run, or were run by a tperf without NVML sampling).</p>\n",
+        );
+        return Ok(());
+    };
+    if rec["collected"].as_bool() != Some(true) {
+        let _ = writeln!(
+            out,
+            "<p class=\"empty\">Not collected: {}.</p>",
+            escape(rec["why"].as_str().unwrap_or("no reason recorded"))
+        );
+        return Ok(());
+    }
+    let samples = rec["timeline"]["samples"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let sm = &rec["summary"];
+    let opt = |v: &Value, fmt: &dyn Fn(f64) -> String| v.as_f64().map_or("n/a".into(), fmt);
+    let rows = vec![
+        vec!["GPU".into(), s(&rec["timeline"]["device"])],
+        vec![
+            "samples".into(),
+            format!(
+                "{} every {} ms over {:.1} s",
+                u(&sm["samples"]),
+                u(&rec["timeline"]["interval_ms"]),
+                f(&sm["duration_s"])
+            ),
+        ],
+        vec![
+            "GPU utilisation (mean / max)".into(),
+            format!(
+                "{} / {}",
+                opt(&sm["mean_gpu_util_pct"], &|v| format!("{v:.0}%")),
+                opt(&sm["max_gpu_util_pct"], &|v| format!("{v:.0}%"))
+            ),
+        ],
+        vec![
+            "memory-controller utilisation (mean)".into(),
+            opt(&sm["mean_mem_util_pct"], &|v| format!("{v:.0}%")),
+        ],
+        vec![
+            "SM clock (mean)".into(),
+            opt(&sm["mean_sm_clock_mhz"], &|v| format!("{v:.0} MHz")),
+        ],
+        vec![
+            "memory used (peak)".into(),
+            opt(&sm["peak_mem_used_bytes"], &|v| units::bytes(v as u64)),
+        ],
+        vec![
+            "power (mean)".into(),
+            opt(&sm["mean_power_w"], &|v| format!("{v:.0} W")),
+        ],
+        vec![
+            "energy".into(),
+            opt(&sm["energy_j"], &|v| format!("{v:.0} J")),
+        ],
+    ];
+    table(out, &["utilisation (NVML)", ""], &rows);
+    let series = |name: &str, key: &str| Series {
+        name: name.to_string(),
+        points: samples
+            .iter()
+            .filter_map(|x| Some((x["t_s"].as_f64()?, x[key].as_f64()?)))
+            .collect(),
+        dashed: false,
+    };
+    plot(
+        out,
+        &LinePlot {
+            title: "GPU and memory-controller utilisation over the run".into(),
+            x_label: "time (s)".into(),
+            y_label: "% of the sample period".into(),
+            log_x: false,
+            log_y: false,
+            series: vec![
+                series("GPU utilisation", "gpu_util_pct"),
+                series("memory-controller utilisation", "mem_util_pct"),
+            ],
+        },
+    )?;
+    plot(
+        out,
+        &LinePlot {
+            title: "Power over the run".into(),
+            x_label: "time (s)".into(),
+            y_label: "W".into(),
+            log_x: false,
+            log_y: false,
+            series: vec![series("power", "power_w")],
+        },
+    )?;
+    out.push_str(
+        "<p class=\"note\">NVML's GPU utilisation is the share of each sample period in which \
+         any kernel ran, not the share of SMs busy: a step of small kernels can read 100%.</p>\n",
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +494,38 @@ mod tests {
         assert_eq!(out.matches("<svg").count(), 2, "time and memory against T");
         assert!(out.contains("Predicted not to fit"));
         assert!(!out.contains("http"), "nothing on the network");
+    }
+
+    #[test]
+    fn utilisation_is_drawn_where_collected_and_its_absence_said() {
+        let mut out = String::new();
+        utilisation_section(&mut out, None).unwrap();
+        assert!(out.contains("Not collected"), "{out}");
+
+        let mut out = String::new();
+        let not = json!({"collected": false, "why": "a CPU run: NVML samples NVIDIA GPUs"});
+        utilisation_section(&mut out, Some(&not)).unwrap();
+        assert!(out.contains("Not collected: a CPU run"), "{out}");
+        assert!(!out.contains("<svg"));
+
+        let samples: Vec<Value> = (0..5)
+            .map(|i| json!({"t_s": i as f64 * 0.1, "gpu_util_pct": 20 * i, "mem_util_pct": 10 * i,
+                            "sm_clock_mhz": 1980, "mem_used_bytes": 1u64 << 30, "power_w": 300.0 + i as f64,
+                            "temp_c": 40}))
+            .collect();
+        let yes = json!({
+            "collected": true,
+            "summary": {"samples": 5, "duration_s": 0.4, "mean_gpu_util_pct": 40.0, "max_gpu_util_pct": 80,
+                        "mean_mem_util_pct": 20.0, "mean_sm_clock_mhz": 1980.0, "peak_mem_used_bytes": 1u64 << 30,
+                        "mean_power_w": 302.0, "energy_j": 120.8, "max_temp_c": 40},
+            "timeline": {"device": "NVIDIA H200", "nvml_index": 0, "interval_ms": 100, "samples": samples},
+        });
+        let mut out = String::new();
+        utilisation_section(&mut out, Some(&yes)).unwrap();
+        assert!(out.contains("NVIDIA H200"), "{out}");
+        assert!(out.contains("40% / 80%"), "{out}");
+        assert!(out.contains("1980 MHz"), "{out}");
+        assert_eq!(out.matches("<svg").count(), 2, "{out}");
+        assert!(!out.contains("Not collected"));
     }
 }

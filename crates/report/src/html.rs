@@ -91,6 +91,11 @@ pub fn render(r: &Results) -> Result<String, HtmlError> {
         Some(v) => crate::bench_sections::bench_section(&mut out, v)?,
         None => out.push_str("<p class=\"empty\">Not run in this study.</p>\n"),
     }
+    out.push_str("<h2>GPU utilisation during the benchmarks</h2>\n");
+    match &r.bench {
+        Some(v) => crate::bench_sections::utilisation_section(&mut out, v.get("utilisation"))?,
+        None => out.push_str("<p class=\"empty\">Not run in this study.</p>\n"),
+    }
     out.push_str("<h2>Attention: naive vs flash</h2>\n");
     match &r.attention {
         Some(v) => crate::bench_sections::attention_section(&mut out, v)?,

@@ -243,6 +243,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     bar.enable_steady_tick(std::time::Duration::from_millis(250));
     let plain = !std::io::stderr().is_terminal();
     let mut rows = Vec::new();
+    let sampler = tperf_bench::utilisation::start_for(device);
     let mut skipped = Vec::new();
     for (i, p) in planned.iter().enumerate() {
         let what = format!(
@@ -291,6 +292,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if rows.is_empty() && !skipped.is_empty() {
         bail!("{}", skipped.join("\n"));
     }
+    let utilisation = tperf_bench::utilisation::finish(sampler);
     if let Some(note) = graphs_note(&rows) {
         table.note(note);
     }
@@ -305,12 +307,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 "provenance": super::model::provenance(),
                 "hardware": hw,
                 "rows": rows,
+                "utilisation": utilisation,
             }))?
         );
     } else if args.csv {
         print!("{}", table.to_csv());
     } else {
         print!("{}", table.render());
+        println!("{}", utilisation.line());
     }
     Ok(())
 }

@@ -98,8 +98,13 @@ fn parse_recompute(s: &str) -> Result<Recompute, tperf_core::error::UnknownName>
     s.parse()
 }
 
+/// A hardware key from the command line: a catalogue key or alias, `cpu`, or `measured:PATH`
+/// (an entry saved by `tperf hw measure`, whose measured ceilings the roofline then uses).
 pub fn find_hw(key: &str) -> Result<Hardware> {
-    Ok(hardware::find(key)?)
+    match tperf_core::cost::measured::load_key(key) {
+        Some(loaded) => Ok(loaded?),
+        None => Ok(hardware::find(key)?),
+    }
 }
 
 /// One element of a comma-separated list of positive integers: "1,2,4,8".
@@ -187,7 +192,7 @@ pub fn hardware_for(
     hw: Option<&str>,
 ) -> Result<tperf_core::cost::hardware::Hardware> {
     match hw {
-        Some(key) => Ok(tperf_core::cost::hardware::find(key)?),
+        Some(key) => find_hw(key),
         None => tperf_bench::device::hardware_of(device).map_err(|e| {
             anyhow::anyhow!(
                 "{}; pass --hw with one of `tperf hw list`",

@@ -32,7 +32,8 @@ pub struct ModelArgs {
     /// What a step does: train (forward, backward, AdamW), fwd_bwd, forward, prefill or decode.
     #[arg(long, default_value = "train", value_parser = parse_workload)]
     pub phase: Workload,
-    /// Hardware to predict for (see `tperf hw list`); "cpu" is this machine.
+    /// Hardware to predict for (see `tperf hw list`); "cpu" is this machine; `measured:PATH` an
+    /// entry saved by `tperf hw measure`.
     #[arg(long, default_value = "h100-sxm")]
     pub hw: String,
     #[command(flatten)]
@@ -482,7 +483,7 @@ fn render(loaded: &load::LoadedModel, a: &Analysis, all_layers: bool) -> Result<
         units::thousands(a.params)
     ));
     out.push_str(&format!(
-        "{} · batch {} × seq {} · {} · {} attention · recompute {} · {} · on {} ({})\n",
+        "{} · batch {} × seq {} · {} · {} attention · recompute {} · {} · on {} ({}, {} ceilings)\n",
         sc.workload.name(),
         sc.batch,
         sc.seq,
@@ -492,6 +493,7 @@ fn render(loaded: &load::LoadedModel, a: &Analysis, all_layers: bool) -> Result<
         if o.fused { "fused" } else { "unfused" },
         a.hardware.name,
         a.hardware.key,
+        a.hardware.basis.name(),
     ));
     out.push_str("conventions:\n");
     for c in CONVENTIONS {

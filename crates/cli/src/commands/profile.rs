@@ -37,7 +37,8 @@ pub struct ProfileArgs {
     /// cpu, cuda, cuda:N, or auto (the first GPU if there is one).
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// The hardware entry for the roofline (default: detected from the device).
+    /// The hardware entry for the roofline (default: detected from the device); `measured:PATH`
+    /// takes the ceilings `tperf hw measure` saved.
     #[arg(long)]
     pub hw: Option<String>,
     #[command(flatten)]

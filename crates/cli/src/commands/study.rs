@@ -34,7 +34,7 @@ pub struct StudyArgs {
 }
 
 pub fn run(args: StudyArgs) -> Result<()> {
-    let gpu = hardware::find(&args.hw)?;
+    let gpu = super::find_hw(&args.hw)?;
     let cpu = hardware::detect_local_cpu();
     // Fail on an unwritable --out before any work, with the folder named.
     report::create_dir(&args.out)?;
@@ -194,8 +194,8 @@ pub fn run(args: StudyArgs) -> Result<()> {
         .into()
     };
     if !args.model_only {
-        let bench = measure_bench(&small.config, device, &measured_hw, &stop)?;
-        results.bench = Some(serde_json::json!({ "rows": bench }));
+        let (bench, utilisation) = measure_bench(&small.config, device, &measured_hw, &stop)?;
+        results.bench = Some(serde_json::json!({ "rows": bench, "utilisation": utilisation }));
         report::write_run(&args.out, &results, &[])?;
         kept.push(format!("the benchmarks ({} rows)", bench.len()));
         if stop.is_requested() {
@@ -282,7 +282,10 @@ fn measure_bench(
     device: Device,
     hw: &hardware::Hardware,
     stop: &StopFlag,
-) -> Result<Vec<tperf_bench::model::BenchRow>> {
+) -> Result<(
+    Vec<tperf_bench::model::BenchRow>,
+    tperf_bench::utilisation::Utilisation,
+)> {
     use indicatif::ProgressBar;
     use tperf_bench::model::Repeats;
     let cpu = hw.clone();
@@ -331,6 +334,7 @@ fn measure_bench(
         .with_style(style())
         .with_message("benchmarks");
     let mut bench = Vec::new();
+    let sampler = tperf_bench::utilisation::start_for(device);
     for (cfg, s) in &plan {
         if stop.is_requested() {
             break;
@@ -349,6 +353,7 @@ fn measure_bench(
         bar.inc(1);
     }
     bar.finish_and_clear();
+    let utilisation = tperf_bench::utilisation::finish(sampler);
     let mut t = Table::new(&super::bench::HEADER).titled(format!(
         "Measured on {device} ({}), {} warm-up + {} timed steps; model = roofline on its peaks",
         cpu.key, repeats.warmup, repeats.steps
@@ -360,8 +365,9 @@ fn measure_bench(
         t.note(note);
     }
     print!("{}", t.render());
+    println!("{}", utilisation.line());
     println!();
-    Ok(bench)
+    Ok((bench, utilisation))
 }
 
 /// A per-op profile of inference and of a training step; returns the training step's.

@@ -273,6 +273,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         resume_meta,
         tcfg,
         flags,
+        device,
     };
     let comm: Arc<dyn Communicator> = match &rank {
         Some(rv) => launch::join(rv)?,
@@ -309,6 +310,8 @@ struct Prepared {
     resume_meta: Option<checkpoint::Metadata>,
     tcfg: TrainConfig,
     flags: BTreeMap<String, String>,
+    /// For NVML sampling during the run.
+    device: Device,
 }
 
 /// The settings that change what a run computes, by flag name, as recorded in its checkpoints:
@@ -406,6 +409,7 @@ fn train_on<B: Instrumented>(
         resume_meta,
         tcfg,
         flags,
+        device,
     } = p;
     let model = Transformer::new(&mut be, &cfg, opts, true)?;
     if args.resume.is_none() {
@@ -416,13 +420,13 @@ fn train_on<B: Instrumented>(
     let stop = StopFlag::new();
     let mut inner = ModelStepper::new(be, model)?;
     inner.flags = flags;
-    let device = inner.be.name();
+    let device_name = inner.be.name();
     let mut stepper = RankStepper::new(inner, comm, stop.clone());
 
     if speaks {
         print_header(
             args,
-            &device,
+            &device_name,
             &cfg,
             &tokenizer,
             &data,
@@ -464,6 +468,7 @@ fn train_on<B: Instrumented>(
         checkpoint: checkpoint_path.clone(),
         resume: args.resume.clone(),
     };
+    let sampler = tperf_bench::utilisation::start_for(device);
     let result = driver::train(
         &tcfg,
         &mut stepper,
@@ -474,6 +479,7 @@ fn train_on<B: Instrumented>(
         &mut on_record,
     );
     progress.finish();
+    let utilisation = tperf_bench::utilisation::finish(sampler);
     let summary = result?;
     if !speaks {
         return if summary.stopped && args.stop_at != Some(summary.end_step) {
@@ -509,6 +515,18 @@ fn train_on<B: Instrumented>(
     );
     if let Some(g) = stepper.inner().be.step_graphs() {
         println!("  {}", g.summary());
+    }
+    println!("  {}", utilisation.line());
+    // The timeline is the run's record beside its log: <log>.utilisation.json.
+    if let Some(log) = &log_path {
+        let file = log.with_extension("utilisation.json");
+        match serde_json::to_string(&utilisation)
+            .map_err(anyhow::Error::from)
+            .and_then(|t| std::fs::write(&file, t).map_err(anyhow::Error::from))
+        {
+            Ok(()) => println!("  utilisation: {}", file.display()),
+            Err(e) => eprintln!("warning: the utilisation timeline could not be written: {e:#}"),
+        }
     }
     let asked_to_stop = args.stop_at == Some(summary.end_step);
     if summary.stopped && asked_to_stop {

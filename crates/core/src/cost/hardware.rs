@@ -7,16 +7,39 @@
 //! Fabric, PCIe), which the collective cost model uses.
 
 use crate::dtype::DType;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     Gpu,
     Cpu,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// Where an entry's ceilings come from, which every table and report quoting it says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Basis {
+    /// The vendor's datasheet (the catalogue).
+    #[default]
+    Datasheet,
+    /// Read from the running system (the local CPU's cores, clock and ISA).
+    Detected,
+    /// Reached on this machine by `tperf hw measure` and loaded with `--hw measured:PATH`.
+    Measured,
+}
+
+impl Basis {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Basis::Datasheet => "datasheet",
+            Basis::Detected => "detected",
+            Basis::Measured => "measured",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hardware {
     /// Short lowercase name used on the command line: "h100-sxm", "a100-80gb", "cpu".
     pub key: String,
@@ -34,6 +57,9 @@ pub struct Hardware {
     pub link_bw_bytes_per_s: f64,
     /// Where the numbers come from (datasheet and its date, or "detected: …").
     pub source: String,
+    /// Datasheet, detected or measured; absent in files written before it existed (datasheet).
+    #[serde(default)]
+    pub basis: Basis,
 }
 
 impl Hardware {
@@ -279,6 +305,7 @@ pub fn catalogue() -> Vec<Hardware> {
             peak_f16_flops: s.f16,
             link_bw_bytes_per_s: s.link,
             source: s.source.to_string(),
+            basis: Basis::Datasheet,
         })
         .collect()
 }
@@ -651,6 +678,7 @@ pub fn cpu_from_probe(probe: &CpuProbe) -> Hardware {
         // once.
         link_bw_bytes_per_s: mem_bw / 2.0,
         source,
+        basis: Basis::Detected,
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod analysis;
 pub mod hardware;
+pub mod measured;
 pub mod memory;
 pub mod plan;
 pub mod roofline;
