@@ -36,6 +36,9 @@ pub struct EngineConfig {
     /// Waiting requests at most; past it, submit answers [`SubmitError::QueueFull`].
     pub max_queue: usize,
     pub policy: Policy,
+    /// A pause after every step of the threaded [`crate::Engine`]: zero, except in tests of
+    /// disconnects and shutdown, which need requests that outlast the client's actions.
+    pub step_delay: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -47,6 +50,7 @@ impl Default for EngineConfig {
             block_size: DEFAULT_BLOCK_SIZE,
             max_queue: 4096,
             policy: Policy::Fcfs,
+            step_delay: std::time::Duration::ZERO,
         }
     }
 }
@@ -101,7 +105,7 @@ impl Limits {
         if r.max_tokens == 0 {
             return bad("max_tokens", "max_tokens must be at least 1".into());
         }
-        if r.prompt.len() + r.max_tokens > self.context {
+        if r.prompt.len().saturating_add(r.max_tokens) > self.context {
             return bad(
                 "max_tokens",
                 format!(
@@ -267,6 +271,10 @@ impl<B: Backend> EngineCore<B> {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
     }
 
     pub fn tokenizer(&self) -> Tokenizer {

@@ -191,6 +191,10 @@ fn serve<B: Backend>(core: &mut EngineCore<B>, rx: &Receiver<Command>, in_channe
             // The requests of the failed step were ended with the error; keep serving.
             eprintln!("engine: step failed: {e}");
         }
+        let delay = core.config().step_delay;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
     }
 }
 

@@ -48,6 +48,7 @@ fn small(kv_blocks: usize, max_num_seqs: usize) -> EngineConfig {
         block_size: 4,
         max_queue: 64,
         policy: Policy::Fcfs,
+        step_delay: std::time::Duration::ZERO,
     }
 }
 
@@ -403,6 +404,10 @@ fn bad_requests_are_refused_with_the_field_named() {
     );
     assert_eq!(
         param(refuse(&mut e, Request::greedy(prompt(1, 4), CONTEXT))),
+        "max_tokens"
+    );
+    assert_eq!(
+        param(refuse(&mut e, Request::greedy(prompt(1, 4), usize::MAX))),
         "max_tokens"
     );
     // 8 blocks of 4 hold 32 positions: more can never be served.
