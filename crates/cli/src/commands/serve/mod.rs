@@ -303,21 +303,32 @@ async fn shutdown_signal() {
     }
 }
 
+/// An answer in OpenAI's error shape (kept small: a `Response` is too large to return as an `Err`).
+struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}
+
 fn error(
     status: StatusCode,
     message: &str,
     kind: &str,
     param: Option<&str>,
     code: Option<&str>,
-) -> Response {
-    (
+) -> ApiError {
+    ApiError {
         status,
-        axum::Json(api::error_body(message, kind, param, code)),
-    )
-        .into_response()
+        body: api::error_body(message, kind, param, code),
+    }
 }
 
-fn bad_request(message: &str, param: Option<&str>) -> Response {
+fn bad_request(message: &str, param: Option<&str>) -> ApiError {
     error(
         StatusCode::BAD_REQUEST,
         message,
@@ -379,7 +390,7 @@ impl Drop for CancelOnDrop {
 
 fn parse<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
-) -> Result<T, Response> {
+) -> Result<T, ApiError> {
     let body = body.map_err(|r| {
         let status = r.status();
         error(status, &r.body_text(), "invalid_request_error", None, None)
@@ -420,7 +431,7 @@ fn request(
     default_max: Option<usize>,
     extra_stop: Option<&str>,
     headers: &HeaderMap,
-) -> Result<Request, Response> {
+) -> Result<Request, ApiError> {
     if let Some(m) = &common.model {
         if m != &s.name {
             return Err(error(
@@ -483,7 +494,7 @@ fn request(
     Ok(req)
 }
 
-fn submit_error(e: SubmitError) -> Response {
+fn submit_error(e: SubmitError) -> ApiError {
     match e {
         SubmitError::Invalid { param, message } => bad_request(&message, Some(param)),
         SubmitError::QueueFull { .. } => error(
@@ -516,7 +527,7 @@ async fn completions(
 ) -> Response {
     let r: CompletionRequest = match parse(body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let prompt = match r.prompt {
         Prompt::Text(t) => s.tokenizer.encode(&t),
@@ -528,6 +539,7 @@ async fn completions(
                 "tperf serves one prompt per request: send a string or a list of token ids",
                 Some("prompt"),
             )
+            .into_response()
         }
     };
     let common = r.common;
@@ -541,7 +553,7 @@ async fn completions(
     // OpenAI's default for completions.
     match request(&s, common, prompt, Some(16), None, &headers) {
         Ok(req) => respond(s, req, Kind::Completion, stream, usage).await,
-        Err(e) => e,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -552,14 +564,14 @@ async fn chat(
 ) -> Response {
     let r: ChatRequest = match parse(body) {
         Ok(r) => r,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     if r.messages.is_empty() {
-        return bad_request("messages is empty", Some("messages"));
+        return bad_request("messages is empty", Some("messages")).into_response();
     }
     let text = match api::chat_prompt(&r.messages) {
         Ok(t) => t,
-        Err(e) => return bad_request(&e, Some("messages")),
+        Err(e) => return bad_request(&e, Some("messages")).into_response(),
     };
     let prompt = s.tokenizer.encode(&text);
     let common = r.common;
@@ -572,7 +584,7 @@ async fn chat(
     );
     match request(&s, common, prompt, None, Some(api::CHAT_STOP), &headers) {
         Ok(req) => respond(s, req, Kind::Chat, stream, usage).await,
-        Err(e) => e,
+        Err(e) => e.into_response(),
     }
 }
 
@@ -596,7 +608,7 @@ async fn respond(
     let (tx, rx) = unbounded_channel();
     let id = match s.engine.submit(req, Box::new(Sink(tx))) {
         Ok(id) => id,
-        Err(e) => return submit_error(e),
+        Err(e) => return submit_error(e).into_response(),
     };
     let guard = CancelOnDrop {
         state: s.clone(),
@@ -630,7 +642,8 @@ async fn respond(
                         "server_error",
                         None,
                         None,
-                    );
+                    )
+                    .into_response();
                 }
                 text.push_str(&t);
                 let choice = match kind {
@@ -659,7 +672,8 @@ async fn respond(
                     "server_error",
                     None,
                     None,
-                );
+                )
+                .into_response();
             }
         }
     }
