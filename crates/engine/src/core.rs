@@ -180,7 +180,11 @@ struct Seq {
     sink: Box<dyn EventSink>,
     arrived: Instant,
     last_token: Option<Instant>,
-    /// Bytes of the generated text sent.
+    /// The generated tokens from `window` on are decoded each step (those before it are sent
+    /// in full and end on a complete character, so their text cannot change): decoding stays
+    /// O(tokens since the last clean point), not O(all generated), per token.
+    window: usize,
+    /// Bytes of the window's text sent.
     emitted: usize,
     /// Admitted at least once (its prompt counted and charged).
     started: bool,
@@ -351,6 +355,7 @@ impl<B: Backend> EngineCore<B> {
             sink,
             arrived: Instant::now(),
             last_token: None,
+            window: 0,
             emitted: 0,
             started: false,
         });
@@ -540,7 +545,7 @@ impl<B: Backend> EngineCore<B> {
             }
             s.last_token = Some(now);
             if !s.req.ignore_eos && eot == Some(id) {
-                let rest = self.tokenizer.decode(&s.tokens[s.prompt_len..]);
+                let rest = self.tokenizer.decode(&s.tokens[s.prompt_len + s.window..]);
                 let d = text::delta(&rest, s.emitted, &s.req.stop, true);
                 done.push((i, FinishReason::Stop, d.text.to_string()));
                 continue;
@@ -551,10 +556,15 @@ impl<B: Backend> EngineCore<B> {
                 m.generation_tokens += 1;
             }
             let full = s.generated() >= s.req.max_tokens || s.tokens.len() >= context;
-            let generated = self.tokenizer.decode(&s.tokens[s.prompt_len..]);
+            let generated = self.tokenizer.decode(&s.tokens[s.prompt_len + s.window..]);
             let d = text::delta(&generated, s.emitted, &s.req.stop, false);
             let (piece, stopped) = (d.text.to_string(), d.stopped);
             s.emitted += piece.len();
+            if s.emitted == generated.len() && !stopped && !full {
+                // All sent, ending on a whole character with no stop string begun.
+                s.window = s.generated();
+                s.emitted = 0;
+            }
             if !s.sink.send(Event::Token { id, text: piece }) {
                 done.push((i, FinishReason::Cancelled, String::new()));
             } else if stopped {

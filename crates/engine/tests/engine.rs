@@ -302,7 +302,11 @@ fn generation_stops_before_a_stop_string() {
     let mut e = core("gpt2", small(64, 4));
     let rx = add(&mut e, 1, base.clone());
     run_to_end(&mut e);
-    let full = collect(&rx).text;
+    let o = collect(&rx);
+    // The text sent piece by piece is the decoding of all the tokens (random bytes: invalid
+    // UTF-8 and split characters included).
+    assert_eq!(o.text, Tokenizer::byte().decode(&o.ids));
+    let full = o.text;
     // A two-character stop string from the middle of the text, at its first occurrence.
     let chars: Vec<(usize, char)> = full.char_indices().collect();
     let (at, stop) = (chars.len() / 3..chars.len().saturating_sub(2))
