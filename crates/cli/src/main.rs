@@ -53,6 +53,8 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Generate text from a checkpoint (or a preset's random weights), with timing: TTFT, TPOT, tokens/s.
     Generate(commands::generate::GenerateArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache).
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Study(args) => commands::study::run(args),
         Command::Train(args) => commands::train::run(args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -247,7 +247,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130() {
 }
 
 #[test]
-fn greedy_generation_is_the_same_with_and_without_the_kv_cache() {
+fn greedy_generation_is_the_same_paged_contiguous_and_without_the_kv_cache() {
     let t = setup();
     let ckpt = t.path("gen.safetensors");
     assert!(t.train(40, &["--checkpoint", s(&ckpt)]).status.success());
@@ -273,9 +273,13 @@ fn greedy_generation_is_the_same_with_and_without_the_kv_cache() {
         );
         stdout(&o)
     };
+    // The default is the serving engine's paged cache; the contiguous loop and the cache-less
+    // one must agree with it token for token.
     let cached = run(&[]);
+    let contiguous = run(&["--contiguous-kv"]);
     let uncached = run(&["--no-kv-cache"]);
     assert!(cached.starts_with("The quick") && cached.len() > "The quick".len());
+    assert_eq!(cached, contiguous);
     assert_eq!(cached, uncached);
 }
 

@@ -1,6 +1,9 @@
 //! `tperf generate`: text from a trained checkpoint (or a preset's random weights), prefill then
-//! decode with the KV cache or without it, printed as it comes, then the timing: time to first
-//! token (prefill included), time per output token (the first excluded), tokens/s.
+//! decode, printed as it comes, then the timing: time to first token (prefill included), time
+//! per output token (the first excluded), tokens/s. It is the serving engine's one-request
+//! client (the paged KV cache, as `tperf serve` runs); `--contiguous-kv` runs the one-prompt
+//! loop over the contiguous cache instead (whose decode steps a GPU replays from a CUDA graph),
+//! and `--no-kv-cache` the loop that recomputes the prefix every step.
 //!
 //! The text goes to stdout and everything else (notes, timing) to stderr, so
 //! `tperf generate … > out.txt` keeps just the text.
@@ -9,13 +12,17 @@ use super::{parse_attention, parse_precision};
 use anyhow::{bail, Context, Result};
 use std::io::Write;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::mpsc;
+use std::time::Instant;
 use tperf_bench::device::{Device, Instrumented};
-use tperf_core::backend::{repeated_step, Backend};
+use tperf_core::backend::Backend;
 use tperf_core::ops::sampling::Sampling;
-use tperf_core::schedule::{alloc_step_tokens, AttentionKernel, Options, Precision, Transformer};
+use tperf_core::schedule::ragged::DEFAULT_BLOCK_SIZE;
+use tperf_core::schedule::{AttentionKernel, Options, Precision, Transformer};
 use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;
+use tperf_engine::contiguous::{self, Timing};
+use tperf_engine::{EngineConfig, EngineCore, Event, FinishReason, Request};
 use tperf_report::units;
 use tperf_runtime::checkpoint::{self, Contents};
 use tperf_runtime::tokenizer::Tokenizer;
@@ -45,6 +52,10 @@ pub struct GenerateArgs {
     /// Recompute the whole prefix for every token instead of caching keys and values.
     #[arg(long)]
     pub no_kv_cache: bool,
+    /// Decode over the contiguous KV cache, one prompt at a time, instead of the serving
+    /// engine's paged cache (the GPU replays its decode steps from a CUDA graph).
+    #[arg(long, conflicts_with = "no_kv_cache")]
+    pub contiguous_kv: bool,
     /// gpt2 or byte (default: the checkpoint's; for a preset, gpt2 when the vocabulary holds
     /// it, else byte).
     #[arg(long)]
@@ -59,7 +70,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "auto")]
     pub device: String,
     /// Launch every op of every decode step from the host, instead of replaying the step from
-    /// a CUDA graph (graphs are on by default on GPUs).
+    /// a CUDA graph (graphs are on by default on GPUs; only the contiguous loops repeat a step
+    /// exactly, so this matters with --contiguous-kv or --no-kv-cache).
     #[arg(long)]
     pub no_graphs: bool,
 }
@@ -125,6 +137,7 @@ fn check_fits(
     super::check_fits(device, cfg, &sc).map(drop)
 }
 
+
 fn generate_on<B: Instrumented>(
     mut be: B,
     device_id: Device,
@@ -134,61 +147,14 @@ fn generate_on<B: Instrumented>(
     let device = be.name();
     be.set_step_graphs(!args.no_graphs);
 
-    let (model, tokenizer) = if is_checkpoint(&args.model) {
-        let path = Path::new(&args.model);
-        let meta = checkpoint::read_metadata(path)?;
-        if let Some(asked) = args.tokenizer.as_deref() {
-            // A tokenizer too large for the vocabulary is refused for that first.
-            Tokenizer::from_name(asked)?
-                .check_model(&meta.config)
-                .with_context(|| format!("{} and --tokenizer", path.display()))?;
-            if asked != meta.run.tokenizer {
-                bail!(
-                    "{} was trained with the {} tokenizer; --tokenizer {asked} would read its tokens as other text: leave --tokenizer out (or pass --tokenizer {})",
-                    path.display(),
-                    meta.run.tokenizer,
-                    meta.run.tokenizer
-                );
-            }
-        }
-        let tokenizer = Tokenizer::from_name(&meta.run.tokenizer)?;
-        tokenizer
-            .check_model(&meta.config)
-            .with_context(|| format!("{} and --tokenizer", path.display()))?;
-        meta.config
-            .validate()
-            .with_context(|| format!("the config saved in {}", path.display()))?;
-        check_fits(device_id, &meta.config, opts, &tokenizer, args)?;
-        let model = Transformer::new(&mut be, &meta.config, opts, false)?;
-        // Checks every tensor's presence, shape and checksum before writing any value.
-        checkpoint::load(path, &mut be, &model, Contents::Weights)?;
-        eprintln!(
-            "{}: {} ({} params) after {} training steps, tokenizer {}",
-            path.display(),
-            meta.config.name,
-            units::params(meta.config.param_count()),
-            meta.run.step,
-            tokenizer.name()
-        );
-        (model, tokenizer)
-    } else {
-        let cfg = crate::load::load(&args.model)?.config;
-        let tokenizer = match &args.tokenizer {
-            Some(name) => Tokenizer::from_name(name)?,
-            None => Tokenizer::default_for(&cfg),
-        };
-        tokenizer.check_model(&cfg)?;
-        check_fits(device_id, &cfg, opts, &tokenizer, args)?;
-        let model = Transformer::new(&mut be, &cfg, opts, false)?;
-        model.init_weights(&mut be, args.seed)?;
-        eprintln!(
-            "note: {} ({} params) has random weights (no checkpoint given): expect noise; \
-             the timing is still real",
-            cfg.name,
-            units::params(cfg.param_count())
-        );
-        (model, tokenizer)
-    };
+    let (model, tokenizer) = load_model(
+        &mut be,
+        &args.model,
+        args.tokenizer.as_deref(),
+        opts,
+        args.seed,
+        &|cfg, tokenizer| check_fits(device_id, cfg, opts, tokenizer, args),
+    )?;
 
     let prompt: Vec<u32> = tokenizer.encode(&args.prompt);
     let context = model.cfg.context;
@@ -218,12 +184,32 @@ fn generate_on<B: Instrumented>(
         seed: args.seed,
     };
 
-    let mut out = TextStream::new(&tokenizer, &args.prompt);
-    let timing = decode(
-        &mut be, &model, &prompt, max_new, sampling, &tokenizer, &mut out,
-    )?;
-    out.finish();
-
+    let timing = if args.no_kv_cache || args.contiguous_kv {
+        let mut out = TextStream::new(&tokenizer, &args.prompt);
+        let t = contiguous::generate(
+            &mut be,
+            &model,
+            &prompt,
+            max_new,
+            sampling,
+            tokenizer.eot(),
+            |id| out.push(id),
+        )?;
+        out.finish();
+        t
+    } else {
+        let (t, back) = paged(
+            be,
+            model,
+            tokenizer,
+            &args.prompt,
+            prompt.clone(),
+            max_new,
+            sampling,
+        )?;
+        be = back;
+        t
+    };
     let n = timing.tokens;
     eprintln!();
     let on = if device == "cpu" {
@@ -239,8 +225,10 @@ fn generate_on<B: Instrumented>(
         prompt.len(),
         if args.no_kv_cache {
             "no KV cache: every step recomputes the prefix"
+        } else if args.contiguous_kv {
+            "contiguous KV cache"
         } else {
-            "KV cache"
+            "paged KV cache"
         },
         args.dtype.name()
     );
@@ -273,95 +261,147 @@ fn generate_on<B: Instrumented>(
     Ok(())
 }
 
-struct Timing {
-    /// Generated tokens.
-    tokens: usize,
-    /// Prefill through the first token read back on the host.
-    first: Option<Duration>,
-    /// Every later token.
-    rest: Duration,
+/// The model of `spec` (a checkpoint, or a preset / config.json with random weights of `seed`)
+/// on `be`, and its tokenizer (`tokenizer` names one, else the checkpoint's or the default for
+/// the vocabulary); says on stderr what was loaded.
+/// The model and tokenizer of `spec` (a checkpoint, a preset or a config.json) on `be`; `fits`
+/// refuses, before anything is allocated, what the model predicts will not fit the device.
+pub(crate) fn load_model<B: Backend>(
+    be: &mut B,
+    spec: &str,
+    tokenizer: Option<&str>,
+    opts: Options,
+    seed: u64,
+    fits: &dyn Fn(&tperf_core::config::ModelConfig, &Tokenizer) -> Result<()>,
+) -> Result<(Transformer, Tokenizer)> {
+    Ok(if is_checkpoint(spec) {
+        let path = Path::new(spec);
+        let meta = checkpoint::read_metadata(path)?;
+        if let Some(asked) = tokenizer {
+            // A tokenizer too large for the vocabulary is refused for that first.
+            Tokenizer::from_name(asked)?
+                .check_model(&meta.config)
+                .with_context(|| format!("{} and --tokenizer", path.display()))?;
+            if asked != meta.run.tokenizer {
+                bail!(
+                    "{} was trained with the {} tokenizer; --tokenizer {asked} would read its tokens as other text: leave --tokenizer out (or pass --tokenizer {})",
+                    path.display(),
+                    meta.run.tokenizer,
+                    meta.run.tokenizer
+                );
+            }
+        }
+        let tokenizer = Tokenizer::from_name(&meta.run.tokenizer)?;
+        tokenizer
+            .check_model(&meta.config)
+            .with_context(|| format!("{} and --tokenizer", path.display()))?;
+        meta.config
+            .validate()
+            .with_context(|| format!("the config saved in {}", path.display()))?;
+        fits(&meta.config, &tokenizer)?;
+        let model = Transformer::new(be, &meta.config, opts, false)?;
+        // Checks every tensor's presence, shape and checksum before writing any value.
+        checkpoint::load(path, be, &model, Contents::Weights)?;
+        eprintln!(
+            "{}: {} ({} params) after {} training steps, tokenizer {}",
+            path.display(),
+            meta.config.name,
+            units::params(meta.config.param_count()),
+            meta.run.step,
+            tokenizer.name()
+        );
+        (model, tokenizer)
+    } else {
+        let cfg = crate::load::load(spec)?.config;
+        let tokenizer = match tokenizer {
+            Some(name) => Tokenizer::from_name(name)?,
+            None => Tokenizer::default_for(&cfg),
+        };
+        tokenizer.check_model(&cfg)?;
+        fits(&cfg, &tokenizer)?;
+        let model = Transformer::new(be, &cfg, opts, false)?;
+        model.init_weights(be, seed)?;
+        eprintln!(
+            "note: {} ({} params) has random weights (no checkpoint given): expect noise; \
+             the timing is still real",
+            cfg.name,
+            units::params(cfg.param_count())
+        );
+        (model, tokenizer)
+    })
 }
 
-/// Prefill and decode. With a KV cache the prefill fills it and each step feeds one token; without
-/// one each step runs the whole sequence so far.
-fn decode<B: Backend>(
-    be: &mut B,
-    model: &Transformer,
-    prompt: &[u32],
+/// The request through the serving engine, alone: one sequence over a paged cache just large
+/// enough for it. Hands the backend back (its graph summary is printed after).
+fn paged<B: Backend>(
+    be: B,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    prompt_text: &str,
+    prompt: Vec<u32>,
     max_new: usize,
     sampling: Sampling,
-    tokenizer: &Tokenizer,
-    out: &mut TextStream,
-) -> Result<Timing> {
-    let mut timing = Timing {
-        tokens: 0,
-        first: None,
-        rest: Duration::ZERO,
-    };
+) -> Result<(Timing, B)> {
+    print!("{prompt_text}");
+    let _ = std::io::stdout().flush();
     if max_new == 0 {
-        return Ok(timing);
+        println!();
+        return Ok((Timing::default(), be));
     }
-    let mut cache = if model.opts.kv_cache {
-        Some(model.alloc_kv_cache(be, 1, prompt.len() + max_new)?)
-    } else {
-        None
+    let cfg = EngineConfig {
+        max_num_seqs: 1,
+        kv_blocks: (prompt.len() + max_new).div_ceil(DEFAULT_BLOCK_SIZE),
+        ..EngineConfig::default()
     };
-    let mut seq: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
-    let mut result = Ok(());
-    for i in 0..max_new {
-        let started = Instant::now();
-        let step = (|| -> Result<i32> {
-            let feed: &[i32] = match (&cache, i) {
-                (Some(_), 0) | (None, _) => &seq,
-                (Some(_), _) => &seq[seq.len() - 1..],
-            };
-            let tokens = alloc_step_tokens(be, 1, feed.len())?;
-            be.write_i32(&tokens, feed)?;
-            let next = match &mut cache {
-                // Decode steps with a cache repeat (one token in, the position in device
-                // memory, the sampler's stream on the backend): a backend may capture one with
-                // its sampling and replay it (CUDA graphs); only the id comes back.
-                Some(cache) if i > 0 => repeated_step(be, "decode", |be| {
-                    let logits = model.step_logits(be, tokens, Some(&mut *cache))?;
-                    model.sample(be, logits, sampling)
-                })?,
-                Some(cache) => {
-                    let logits = model.step_logits(be, tokens, Some(cache))?;
-                    model.sample(be, logits, sampling)?
+    let mut engine = EngineCore::new(be, model, tokenizer, cfg)?;
+    let (tx, rx) = mpsc::channel();
+    let req = Request {
+        prompt,
+        max_tokens: max_new,
+        sampling,
+        stop: Vec::new(),
+        client: String::new(),
+        ignore_eos: false,
+    };
+    engine.add(0, req, Box::new(tx))?;
+    let mut timing = Timing::default();
+    let started = Instant::now();
+    let mut last = started;
+    let mut failed = None;
+    while !engine.is_idle() {
+        if let Err(e) = engine.step() {
+            failed = Some(e);
+        }
+        for event in rx.try_iter() {
+            let (text, token) = match event {
+                Event::Token { text, .. } => (text, true),
+                // The end-of-text token ends the request without an event of its own.
+                Event::Finished { text, reason, .. } => {
+                    if let FinishReason::Error(e) = &reason {
+                        failed.get_or_insert(tperf_engine::EngineError::Config(e.clone()));
+                    }
+                    (text, reason == FinishReason::Stop)
                 }
-                None => {
-                    let logits = model.step_logits(be, tokens, None)?;
-                    model.sample(be, logits, sampling)?
-                }
             };
-            let ids = be.read_f32(&next);
-            be.free(next);
-            Ok(ids?.first().copied().unwrap_or(0.0) as i32)
-        })();
-        let next = match step {
-            Ok(t) => t,
-            Err(e) => {
-                result = Err(e);
-                break;
+            if token {
+                let now = Instant::now();
+                match timing.first {
+                    None => timing.first = Some(now - started),
+                    Some(_) => timing.rest += now - last,
+                }
+                last = now;
+                timing.tokens += 1;
             }
-        };
-        let dt = started.elapsed();
-        if i == 0 {
-            timing.first = Some(dt);
-        } else {
-            timing.rest += dt;
+            print!("{text}");
+            let _ = std::io::stdout().flush();
         }
-        timing.tokens += 1;
-        if tokenizer.eot().is_some_and(|eot| eot as i32 == next) {
-            break;
-        }
-        seq.push(next);
-        out.push(next as u32);
     }
-    if let Some(cache) = cache {
-        model.free_kv_cache(be, cache);
+    println!();
+    let (be, _model) = engine.into_parts();
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok((timing, be)),
     }
-    result.map(|()| timing)
 }
 
 /// Prints generated text as it comes. A byte-level token can be half of a UTF-8 character, so

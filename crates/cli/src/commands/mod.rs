@@ -9,6 +9,7 @@ pub mod plan;
 pub mod precision;
 pub mod profile;
 pub mod report;
+pub mod serve;
 pub mod study;
 pub mod train;
 

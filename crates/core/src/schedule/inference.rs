@@ -120,6 +120,34 @@ impl Transformer {
         Ok(next)
     }
 
+    /// Samples one token per row of `logits` (S, V), row r with its own setting `per_row[r]`
+    /// (the requests of a served batch each bring theirs); the ids (S) i32 are returned and the
+    /// logits freed, so only S ids, never the logits, need to reach the host.
+    pub fn sample_rows(
+        &self,
+        be: &mut impl Backend,
+        logits: Tensor,
+        per_row: Vec<Sampling>,
+    ) -> Result<Tensor, BackendError> {
+        let (b, v) = (logits.shape[0], logits.shape[1]);
+        debug_assert_eq!(per_row.len(), b);
+        let mut e = Emit::new(be, Phase::Forward);
+        let next = e.alloc("next_tokens", &[b], DType::I32, MemCategory::Io)?;
+        let op = Sample {
+            b,
+            v,
+            sampling: per_row.first().copied().unwrap_or_default(),
+            per_row,
+        };
+        let io = SampleIo {
+            logits: logits.clone(),
+            ids: next.clone(),
+        };
+        e.run(op, Op::Sample, io, "sample")?;
+        e.be.free(logits);
+        Ok(next)
+    }
+
     fn generate_forward(
         &self,
         be: &mut impl Backend,

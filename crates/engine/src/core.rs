@@ -1,0 +1,651 @@
+//! The synchronous engine: scheduling, one ragged step, sampling, finishing.
+//!
+//! Every sequence is `tokens` (prompt then generated) of which the first `computed` have their
+//! keys and values in the cache. A step feeds each scheduled sequence its next
+//! min(tokens − computed, budget left) tokens: the whole prompt or a chunk of it (chunked
+//! prefill), or the one token sampled last step (decode). A sequence whose step reaches the end
+//! of its tokens is sampled. Preemption frees a sequence's blocks and sets `computed` to 0, so
+//! when it is admitted again its prompt and generated tokens are prefilled together (recompute)
+//! and it goes on where it stopped.
+
+use crate::block::{blocks_for, BlockManager};
+use crate::metrics::Metrics;
+use crate::policy::{Policy, Queued, Waiting};
+use crate::request::{Event, EventSink, FinishReason, Request, RequestId, SubmitError, Usage};
+use crate::text;
+use crate::EngineError;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tperf_core::backend::Backend;
+use tperf_core::ops::sampling::Sampling;
+use tperf_core::schedule::ragged::{
+    PagedKvCache, PagedStep, RaggedBatch, RaggedLayout, SeqSpan, DEFAULT_BLOCK_SIZE,
+};
+use tperf_core::schedule::Transformer;
+use tperf_runtime::tokenizer::Tokenizer;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Sequences in the running batch at most.
+    pub max_num_seqs: usize,
+    /// Rows (tokens) of one step at most: decode rows plus prefill chunks.
+    pub max_num_batched_tokens: usize,
+    /// Blocks of the paged KV cache.
+    pub kv_blocks: usize,
+    pub block_size: usize,
+    /// Waiting requests at most; past it, submit answers [`SubmitError::QueueFull`].
+    pub max_queue: usize,
+    pub policy: Policy,
+    /// A pause after every step of the threaded [`crate::Engine`]: zero, except in tests of
+    /// disconnects and shutdown, which need requests that outlast the client's actions.
+    pub step_delay: std::time::Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_num_seqs: 256,
+            max_num_batched_tokens: 2048,
+            kv_blocks: 1024,
+            block_size: DEFAULT_BLOCK_SIZE,
+            max_queue: 4096,
+            policy: Policy::Fcfs,
+            step_delay: std::time::Duration::ZERO,
+        }
+    }
+}
+
+/// What a request is checked against before it is queued.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub context: usize,
+    pub vocab_size: usize,
+    pub block_size: usize,
+    pub kv_blocks: usize,
+    pub max_queue: usize,
+}
+
+impl Limits {
+    /// The most tokens a request may generate after a prompt of `prompt_len`: the context's
+    /// room, and the cache's (a request that could never fit would wait forever).
+    pub fn room(&self, prompt_len: usize) -> usize {
+        self.context
+            .min(self.kv_blocks * self.block_size)
+            .saturating_sub(prompt_len)
+    }
+
+    pub fn validate(&self, r: &Request) -> Result<(), SubmitError> {
+        let bad = |param, message: String| Err(SubmitError::Invalid { param, message });
+        if r.prompt.is_empty() {
+            return bad(
+                "prompt",
+                "the prompt is empty (it encodes to no tokens)".into(),
+            );
+        }
+        if let Some(&t) = r.prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return bad(
+                "prompt",
+                format!(
+                    "token id {t} is outside the model's vocabulary of {}",
+                    self.vocab_size
+                ),
+            );
+        }
+        if r.prompt.len() >= self.context {
+            return bad(
+                "prompt",
+                format!(
+                    "the prompt has {} tokens; this model's maximum context length is {} \
+                     tokens, and at least one must be left to generate",
+                    r.prompt.len(),
+                    self.context
+                ),
+            );
+        }
+        if r.max_tokens == 0 {
+            return bad("max_tokens", "max_tokens must be at least 1".into());
+        }
+        if r.prompt.len().saturating_add(r.max_tokens) > self.context {
+            return bad(
+                "max_tokens",
+                format!(
+                    "this model's maximum context length is {} tokens; the prompt has {} and \
+                     max_tokens asks for {} more: lower max_tokens to at most {}",
+                    self.context,
+                    r.prompt.len(),
+                    r.max_tokens,
+                    self.context - r.prompt.len()
+                ),
+            );
+        }
+        let needed = blocks_for(r.prompt.len() + r.max_tokens, self.block_size);
+        if needed > self.kv_blocks {
+            return bad(
+                "max_tokens",
+                format!(
+                    "the prompt and max_tokens need {needed} KV cache blocks of {}, the server's \
+                     cache has {}: lower max_tokens to at most {}",
+                    self.block_size,
+                    self.kv_blocks,
+                    self.room(r.prompt.len())
+                ),
+            );
+        }
+        let s = &r.sampling;
+        if !(s.temperature.is_finite() && s.temperature >= 0.0) {
+            return bad("temperature", "temperature must be a number ≥ 0".into());
+        }
+        if s.top_k == Some(0) {
+            return bad("top_k", "top_k must be at least 1 (or absent)".into());
+        }
+        if let Some(p) = s.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return bad("top_p", "top_p must be in (0, 1]".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one step did (for tests and tracing).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StepReport {
+    /// The scheduled sequences and their new tokens, in row order.
+    pub scheduled: Vec<(RequestId, usize)>,
+    pub admitted: Vec<RequestId>,
+    pub preempted: Vec<RequestId>,
+    pub finished: Vec<RequestId>,
+}
+
+/// The seed of a request's token `index`: one draw per token, independent of the batch (what
+/// the per-row Sample op expects). SplitMix64's finaliser over the pair.
+pub fn token_seed(seed: u64, index: usize) -> u64 {
+    let mut z = seed
+        ^ (index as u64)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+struct Seq {
+    id: RequestId,
+    req: Request,
+    /// Prompt then generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    computed: usize,
+    blocks: Vec<usize>,
+    sink: Box<dyn EventSink>,
+    arrived: Instant,
+    last_token: Option<Instant>,
+    /// The generated tokens from `window` on are decoded each step (those before it are sent
+    /// in full and end on a complete character, so their text cannot change): decoding stays
+    /// O(tokens since the last clean point), not O(all generated), per token.
+    window: usize,
+    /// Bytes of the window's text sent.
+    emitted: usize,
+    /// Admitted at least once (its prompt counted and charged).
+    started: bool,
+}
+
+impl Queued for Seq {
+    fn id(&self) -> RequestId {
+        self.id
+    }
+    fn client(&self) -> &str {
+        &self.req.client
+    }
+}
+
+impl Seq {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+    fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.generated(),
+        }
+    }
+}
+
+pub struct EngineCore<B: Backend> {
+    be: B,
+    model: Transformer,
+    tokenizer: Tokenizer,
+    cfg: EngineConfig,
+    limits: Limits,
+    cache: Option<PagedKvCache>,
+    blocks: BlockManager,
+    /// In admission order: the newest last, preempted first.
+    running: Vec<Seq>,
+    waiting: Waiting<Seq>,
+    /// Block-table width of every step: the context's blocks, so that the inputs' shapes do not
+    /// change from step to step.
+    max_blocks: usize,
+    metrics: Arc<Mutex<Metrics>>,
+}
+
+impl<B: Backend> EngineCore<B> {
+    /// Allocates the paged cache of `cfg.kv_blocks` blocks for `model` on `be`.
+    pub fn new(
+        mut be: B,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        cfg: EngineConfig,
+    ) -> Result<Self, EngineError> {
+        if cfg.max_num_seqs == 0 || cfg.max_num_batched_tokens == 0 || cfg.block_size == 0 {
+            return Err(EngineError::Config(
+                "max_num_seqs, max_num_batched_tokens and the block size must be at least 1".into(),
+            ));
+        }
+        if cfg.kv_blocks == 0 {
+            return Err(EngineError::Config(
+                "the KV cache needs at least one block".into(),
+            ));
+        }
+        let cache = model.alloc_paged_kv_cache(&mut be, cfg.kv_blocks, cfg.block_size)?;
+        let limits = Limits {
+            context: model.cfg.context,
+            vocab_size: model.cfg.vocab_size,
+            block_size: cfg.block_size,
+            kv_blocks: cfg.kv_blocks,
+            max_queue: cfg.max_queue,
+        };
+        let metrics = Metrics {
+            kv_blocks_total: cfg.kv_blocks,
+            ..Metrics::default()
+        };
+        Ok(EngineCore {
+            be,
+            max_blocks: blocks_for(model.cfg.context, cfg.block_size),
+            model,
+            tokenizer,
+            limits,
+            cache: Some(cache),
+            blocks: BlockManager::new(cfg.kv_blocks),
+            running: Vec::new(),
+            waiting: Waiting::new(cfg.policy),
+            metrics: Arc::new(Mutex::new(metrics)),
+            cfg,
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn tokenizer(&self) -> Tokenizer {
+        self.tokenizer
+    }
+
+    pub fn model(&self) -> &Transformer {
+        &self.model
+    }
+
+    /// The live metrics (shared with whoever reads them between steps).
+    pub fn metrics_handle(&self) -> Arc<Mutex<Metrics>> {
+        self.metrics.clone()
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn blocks_used(&self) -> usize {
+        self.blocks.used()
+    }
+
+    /// The fair scheduler's counter of `client`.
+    pub fn counter(&self, client: &str) -> f64 {
+        self.waiting.counter(client)
+    }
+
+    /// Queues a request (checked against the limits) whose events go to `sink`.
+    pub fn add(
+        &mut self,
+        id: RequestId,
+        req: Request,
+        sink: Box<dyn EventSink>,
+    ) -> Result<(), SubmitError> {
+        let refused = self.limits.validate(&req).and_then(|()| {
+            if self.waiting.len() >= self.cfg.max_queue {
+                Err(SubmitError::QueueFull {
+                    limit: self.cfg.max_queue,
+                })
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = refused {
+            let mut sink = sink;
+            sink.send(Event::Finished {
+                text: String::new(),
+                reason: FinishReason::Error(e.to_string()),
+                usage: Usage::default(),
+            });
+            return Err(e);
+        }
+        let prompt_len = req.prompt.len();
+        self.waiting.push(Seq {
+            id,
+            tokens: req.prompt.clone(),
+            prompt_len,
+            req,
+            computed: 0,
+            blocks: Vec::new(),
+            sink,
+            arrived: Instant::now(),
+            last_token: None,
+            window: 0,
+            emitted: 0,
+            started: false,
+        });
+        self.publish();
+        Ok(())
+    }
+
+    /// Ends a request now, freeing its blocks; false if it is not here (finished already).
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        let seq = match self.running.iter().position(|s| s.id == id) {
+            Some(at) => Some(self.running.remove(at)),
+            None => self.waiting.remove(id),
+        };
+        match seq {
+            Some(seq) => {
+                self.finish(seq, FinishReason::Cancelled, String::new());
+                self.publish();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends every request with `reason` (shutdown, or a backend that failed).
+    pub fn abort_all(&mut self, reason: FinishReason) {
+        let all: Vec<Seq> = self.running.drain(..).chain(self.waiting.drain()).collect();
+        for seq in all {
+            self.finish(seq, reason.clone(), String::new());
+        }
+        self.publish();
+    }
+
+    fn finish(&mut self, mut seq: Seq, reason: FinishReason, text: String) {
+        self.blocks.release(&mut seq.blocks);
+        let usage = seq.usage();
+        if let Ok(mut m) = self.metrics.lock() {
+            let k = match reason {
+                FinishReason::Stop => 0,
+                FinishReason::Length => 1,
+                FinishReason::Cancelled => 2,
+                FinishReason::Error(_) => 3,
+            };
+            m.finished[k] += 1;
+        }
+        seq.sink.send(Event::Finished {
+            text,
+            reason,
+            usage,
+        });
+    }
+
+    fn publish(&self) {
+        if let Ok(mut m) = self.metrics.lock() {
+            m.running = self.running.len();
+            m.waiting = self.waiting.len();
+            m.kv_blocks_used = self.blocks.used();
+        }
+    }
+
+    fn preempt(&mut self, report: &mut StepReport) {
+        if let Some(mut seq) = self.running.pop() {
+            self.blocks.release(&mut seq.blocks);
+            seq.computed = 0;
+            report.preempted.push(seq.id);
+            if let Ok(mut m) = self.metrics.lock() {
+                m.preemptions += 1;
+            }
+            self.waiting.push_front(seq);
+        }
+    }
+
+    /// The step's plan: (index into `running`, new tokens), after admitting what fits.
+    fn schedule(&mut self, report: &mut StepReport) -> Vec<(usize, usize)> {
+        let bs = self.cfg.block_size;
+        let mut budget = self.cfg.max_num_batched_tokens;
+        let mut plan = Vec::new();
+        // The running sequences, oldest first; when blocks run out, the newest is preempted
+        // (possibly the one asking).
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let s = &self.running[i];
+            let q = (s.tokens.len() - s.computed).min(budget);
+            let need = blocks_for(s.computed + q, bs);
+            loop {
+                let s = &mut self.running[i];
+                if self.blocks.grow(&mut s.blocks, need) {
+                    plan.push((i, q));
+                    budget -= q;
+                    i += 1;
+                    break;
+                }
+                let asking_is_newest = i + 1 == self.running.len();
+                self.preempt(report);
+                if asking_is_newest {
+                    break;
+                }
+            }
+        }
+        // Then the waiting, in the policy's order, while the batch, the budget and the free
+        // blocks allow (admission does not preempt).
+        while self.running.len() < self.cfg.max_num_seqs && budget > 0 {
+            let Some(next) = self.waiting.peek() else {
+                break;
+            };
+            let q = next.tokens.len().min(budget);
+            if blocks_for(q, bs) > self.blocks.free_count() {
+                break;
+            }
+            let Some(mut seq) = self.waiting.pop() else {
+                break;
+            };
+            self.blocks.grow(&mut seq.blocks, blocks_for(q, bs));
+            if !seq.started {
+                seq.started = true;
+                self.waiting.charge(&seq.req.client, seq.prompt_len, 0);
+                if let Ok(mut m) = self.metrics.lock() {
+                    m.prompt_tokens += seq.prompt_len as u64;
+                }
+            }
+            report.admitted.push(seq.id);
+            plan.push((self.running.len(), q));
+            self.running.push(seq);
+            budget -= q;
+        }
+        plan
+    }
+
+    /// One iteration: schedule, run every scheduled row in one ragged forward, sample each
+    /// sequence that reached its end, emit, finish. Does nothing when idle.
+    pub fn step(&mut self) -> Result<StepReport, EngineError> {
+        let mut report = StepReport::default();
+        let plan = self.schedule(&mut report);
+        if plan.is_empty() {
+            self.publish();
+            return Ok(report);
+        }
+        let batch = RaggedBatch {
+            seqs: plan
+                .iter()
+                .map(|&(i, q)| SeqSpan {
+                    pos: self.running[i].computed,
+                    q_len: q,
+                })
+                .collect(),
+        };
+        let mut tokens = Vec::with_capacity(batch.rows());
+        let mut tables = Vec::with_capacity(plan.len());
+        let mut per_row = Vec::with_capacity(plan.len());
+        for &(i, q) in &plan {
+            let s = &self.running[i];
+            tokens.extend(
+                s.tokens[s.computed..s.computed + q]
+                    .iter()
+                    .map(|&t| t as i32),
+            );
+            tables.push(s.blocks.clone());
+            per_row.push(Sampling {
+                seed: token_seed(s.req.sampling.seed, s.generated()),
+                ..s.req.sampling
+            });
+            report.scheduled.push((s.id, q));
+        }
+        let ids = match self.run(&batch, &tables, &tokens, per_row) {
+            Ok(ids) => ids,
+            Err(e) => {
+                // Every scheduled sequence's blocks may hold half-written keys: end them all.
+                self.abort_all(FinishReason::Error(e.to_string()));
+                return Err(e);
+            }
+        };
+        let now = Instant::now();
+        let mut done: Vec<(usize, FinishReason, String)> = Vec::new();
+        for (k, &(i, q)) in plan.iter().enumerate() {
+            let eot = self.tokenizer.eot();
+            let context = self.limits.context;
+            let s = &mut self.running[i];
+            s.computed += q;
+            if s.computed < s.tokens.len() {
+                continue; // a prompt chunk: nothing to sample yet
+            }
+            let id = ids.get(k).copied().unwrap_or(0.0) as u32;
+            if let Ok(mut m) = self.metrics.lock() {
+                match s.last_token {
+                    None => m.ttft.observe((now - s.arrived).as_secs_f64()),
+                    Some(t) => m.itl.observe((now - t).as_secs_f64()),
+                }
+            }
+            s.last_token = Some(now);
+            if !s.req.ignore_eos && eot == Some(id) {
+                let rest = self.tokenizer.decode(&s.tokens[s.prompt_len + s.window..]);
+                let d = text::delta(&rest, s.emitted, &s.req.stop, true);
+                done.push((i, FinishReason::Stop, d.text.to_string()));
+                continue;
+            }
+            s.tokens.push(id);
+            self.waiting.charge(&s.req.client, 0, 1);
+            if let Ok(mut m) = self.metrics.lock() {
+                m.generation_tokens += 1;
+            }
+            let full = s.generated() >= s.req.max_tokens || s.tokens.len() >= context;
+            let generated = self.tokenizer.decode(&s.tokens[s.prompt_len + s.window..]);
+            let d = text::delta(&generated, s.emitted, &s.req.stop, false);
+            let (piece, stopped) = (d.text.to_string(), d.stopped);
+            s.emitted += piece.len();
+            if s.emitted == generated.len() && !stopped && !full {
+                // All sent, ending on a whole character with no stop string begun.
+                s.window = s.generated();
+                s.emitted = 0;
+            }
+            if !s.sink.send(Event::Token { id, text: piece }) {
+                done.push((i, FinishReason::Cancelled, String::new()));
+            } else if stopped {
+                done.push((i, FinishReason::Stop, String::new()));
+            } else if full {
+                let tail = text::delta(&generated, s.emitted, &s.req.stop, true);
+                let (tail, stopped) = (tail.text.to_string(), tail.stopped);
+                let reason = if stopped {
+                    FinishReason::Stop
+                } else {
+                    FinishReason::Length
+                };
+                done.push((i, reason, tail));
+            }
+        }
+        // Remove from the back so that the earlier indices stay valid.
+        done.sort_by_key(|d| std::cmp::Reverse(d.0));
+        for (i, reason, text) in done {
+            let seq = self.running.remove(i);
+            report.finished.push(seq.id);
+            self.finish(seq, reason, text);
+        }
+        report.finished.reverse();
+        if let Ok(mut m) = self.metrics.lock() {
+            m.steps += 1;
+        }
+        self.publish();
+        Ok(report)
+    }
+
+    /// The device part of a step: inputs written, one `ragged_logits`, the per-row Sample op;
+    /// only the S sampled ids come back to the host.
+    fn run(
+        &mut self,
+        batch: &RaggedBatch,
+        tables: &[Vec<usize>],
+        tokens: &[i32],
+        per_row: Vec<Sampling>,
+    ) -> Result<Vec<f32>, EngineError> {
+        let cache = self
+            .cache
+            .as_ref()
+            .ok_or_else(|| EngineError::Config("the engine's cache was freed".into()))?;
+        let layout = RaggedLayout::new(
+            batch,
+            tables,
+            cache.block_size,
+            cache.num_blocks,
+            self.max_blocks,
+            self.limits.context,
+        )?;
+        let be = &mut self.be;
+        let inputs = self.model.alloc_ragged_inputs(be, batch, self.max_blocks)?;
+        let out = (|| {
+            self.model
+                .write_ragged_inputs(be, &inputs, tokens, &layout)?;
+            let step = PagedStep {
+                batch,
+                inputs: &inputs,
+                cache,
+            };
+            let logits = self.model.ragged_logits(be, &step)?;
+            let ids = self.model.sample_rows(be, logits, per_row)?;
+            let host = be.read_f32(&ids);
+            be.free(ids);
+            host
+        })();
+        self.model.free_ragged_inputs(be, inputs);
+        Ok(out?)
+    }
+
+    /// Frees the cache and hands back the backend and the model.
+    pub fn into_parts(mut self) -> (B, Transformer) {
+        self.abort_all(FinishReason::Cancelled);
+        if let Some(cache) = self.cache.take() {
+            self.model.free_paged_kv_cache(&mut self.be, cache);
+        }
+        (self.be, self.model)
+    }
+
+    pub fn backend(&mut self) -> &mut B {
+        &mut self.be
+    }
+}

@@ -1,0 +1,188 @@
+//! What the engine counts, read as a snapshot and written in Prometheus' text format.
+
+use std::fmt::Write;
+
+/// Upper bounds (seconds) of the latency histograms: 1 ms to 80 s, as vLLM's.
+pub const LATENCY_BUCKETS_S: [f64; 20] = [
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0,
+];
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Histogram {
+    /// Per bucket of [`LATENCY_BUCKETS_S`] (not cumulative), and one past the last.
+    pub counts: Vec<u64>,
+    pub sum_s: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, s: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; LATENCY_BUCKETS_S.len() + 1];
+        }
+        let at = LATENCY_BUCKETS_S
+            .iter()
+            .position(|&b| s <= b)
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        self.counts[at] += 1;
+        self.sum_s += s;
+        self.count += 1;
+    }
+
+    fn write(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (i, b) in LATENCY_BUCKETS_S.iter().enumerate() {
+            cum += self.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum_s);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metrics {
+    pub running: usize,
+    pub waiting: usize,
+    pub kv_blocks_used: usize,
+    pub kv_blocks_total: usize,
+    pub prompt_tokens: u64,
+    pub generation_tokens: u64,
+    /// Finished requests by reason: stop, length, cancelled, error.
+    pub finished: [u64; 4],
+    pub preemptions: u64,
+    pub steps: u64,
+    /// Arrival to the first generated token.
+    pub ttft: Histogram,
+    /// Between successive tokens of a request.
+    pub itl: Histogram,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition (names prefixed `tperf:` in vLLM's manner).
+    pub fn prometheus(&self, model: &str) -> String {
+        let mut o = String::new();
+        let label = format!("model_name=\"{}\"", model.replace(['"', '\\', '\n'], "_"));
+        let gauge = |o: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{label}}} {v}"
+            );
+        };
+        gauge(
+            &mut o,
+            "tperf_num_requests_running",
+            "Requests in the running batch.",
+            self.running as f64,
+        );
+        gauge(
+            &mut o,
+            "tperf_num_requests_waiting",
+            "Requests waiting to be admitted.",
+            self.waiting as f64,
+        );
+        gauge(
+            &mut o,
+            "tperf_kv_blocks_used",
+            "KV cache blocks held by requests.",
+            self.kv_blocks_used as f64,
+        );
+        gauge(
+            &mut o,
+            "tperf_kv_blocks_total",
+            "KV cache blocks in the pool.",
+            self.kv_blocks_total as f64,
+        );
+        let usage = if self.kv_blocks_total > 0 {
+            self.kv_blocks_used as f64 / self.kv_blocks_total as f64
+        } else {
+            0.0
+        };
+        gauge(
+            &mut o,
+            "tperf_kv_cache_usage_perc",
+            "Fraction of KV cache blocks in use.",
+            usage,
+        );
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{label}}} {v}"
+            );
+        };
+        counter(
+            &mut o,
+            "tperf_prompt_tokens_total",
+            "Prompt tokens prefilled (recomputation excluded).",
+            self.prompt_tokens,
+        );
+        counter(
+            &mut o,
+            "tperf_generation_tokens_total",
+            "Tokens generated.",
+            self.generation_tokens,
+        );
+        counter(
+            &mut o,
+            "tperf_num_preemptions_total",
+            "Requests preempted for KV blocks (recomputed later).",
+            self.preemptions,
+        );
+        counter(
+            &mut o,
+            "tperf_engine_steps_total",
+            "Engine steps run.",
+            self.steps,
+        );
+        let name = "tperf_request_success_total";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Finished requests by reason.\n# TYPE {name} counter"
+        );
+        for (i, reason) in ["stop", "length", "cancelled", "error"].iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "{name}{{{label},finished_reason=\"{reason}\"}} {}",
+                self.finished[i]
+            );
+        }
+        self.ttft.write(
+            &mut o,
+            "tperf_time_to_first_token_seconds",
+            "Arrival to the first generated token.",
+        );
+        self.itl.write(
+            &mut o,
+            "tperf_inter_token_latency_seconds",
+            "Time between successive tokens of a request.",
+        );
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_the_text() {
+        let mut h = Histogram::default();
+        h.observe(0.0005);
+        h.observe(0.003);
+        h.observe(100.0);
+        let m = Metrics {
+            ttft: h,
+            ..Metrics::default()
+        };
+        let text = m.prometheus("m");
+        assert!(text.contains("tperf_time_to_first_token_seconds_bucket{le=\"0.001\"} 1"));
+        assert!(text.contains("tperf_time_to_first_token_seconds_bucket{le=\"0.005\"} 2"));
+        assert!(text.contains("tperf_time_to_first_token_seconds_bucket{le=\"80\"} 2"));
+        assert!(text.contains("tperf_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3"));
+        assert!(text.contains("tperf_time_to_first_token_seconds_count 3"));
+        assert!(text.contains("tperf_kv_blocks_used{model_name=\"m\"} 0"));
+    }
+}

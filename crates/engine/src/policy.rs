@@ -1,0 +1,315 @@
+//! Which waiting request is admitted next.
+//!
+//! - FCFS: arrival order; a preempted request goes back to the front.
+//! - VTC (Sheng et al., OSDI 2024, "Fairness in Serving Large Language Models"): each client u
+//!   has a virtual token counter c_u of the service it received, w_in per prompt token admitted
+//!   plus w_out per token generated (1 and 2 by default: the paper's weights, an output token
+//!   costing about twice an input token). The next request comes from the backlogged client
+//!   (one with a waiting request) of the smallest counter. So that a client cannot bank service
+//!   while idle, a client whose queue becomes non-empty is lifted to the smallest counter of the
+//!   backlogged clients — or, when none is, to the counter of the last client whose queue
+//!   emptied: c_u ← max(c_u, min_{v backlogged} c_v). With this the paper bounds the service gap
+//!   between two backlogged clients by 2·max(w_in·L_in, w_out·M) where L_in is the longest
+//!   prompt and M the batch's token capacity.
+
+use crate::request::RequestId;
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VtcWeights {
+    pub input: f64,
+    pub output: f64,
+}
+
+impl Default for VtcWeights {
+    fn default() -> Self {
+        VtcWeights {
+            input: 1.0,
+            output: 2.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Policy {
+    Fcfs,
+    Vtc(VtcWeights),
+}
+
+impl Policy {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Fcfs => "fcfs",
+            Policy::Vtc(_) => "vtc",
+        }
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fcfs" => Ok(Policy::Fcfs),
+            "vtc" => Ok(Policy::Vtc(VtcWeights::default())),
+            _ => Err(format!("unknown policy '{s}': use fcfs or vtc")),
+        }
+    }
+}
+
+/// What the queue needs to know of a waiting item.
+pub trait Queued {
+    fn id(&self) -> RequestId;
+    fn client(&self) -> &str;
+}
+
+/// The waiting requests under a policy, with the VTC counters.
+#[derive(Debug)]
+pub struct Waiting<T> {
+    policy: Policy,
+    /// FCFS: one queue. VTC: one per client, in `clients`.
+    fifo: VecDeque<T>,
+    clients: HashMap<String, VecDeque<T>>,
+    counters: HashMap<String, f64>,
+    /// The counter of the client whose queue emptied last (the lift when no client is backlogged).
+    last_left: f64,
+    len: usize,
+}
+
+impl<T: Queued> Waiting<T> {
+    pub fn new(policy: Policy) -> Self {
+        Waiting {
+            policy,
+            fifo: VecDeque::new(),
+            clients: HashMap::new(),
+            counters: HashMap::new(),
+            last_left: 0.0,
+            len: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A client's counter (0 for one never seen).
+    pub fn counter(&self, client: &str) -> f64 {
+        self.counters.get(client).copied().unwrap_or(0.0)
+    }
+
+    fn min_backlogged(&self) -> Option<f64> {
+        self.clients
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(c, _)| self.counter(c))
+            .min_by(f64::total_cmp)
+    }
+
+    /// A new request joins the back of its queue (VTC: lifting its client if it was idle).
+    pub fn push(&mut self, item: T) {
+        self.len += 1;
+        match self.policy {
+            Policy::Fcfs => self.fifo.push_back(item),
+            Policy::Vtc(_) => {
+                let client = item.client().to_string();
+                let idle = self.clients.get(&client).is_none_or(VecDeque::is_empty);
+                if idle {
+                    let floor = self.min_backlogged().unwrap_or(self.last_left);
+                    let c = self.counters.entry(client.clone()).or_insert(0.0);
+                    *c = c.max(floor);
+                }
+                self.clients.entry(client).or_default().push_back(item);
+            }
+        }
+    }
+
+    /// A preempted request goes back to the front of its queue, its counter untouched: it was
+    /// being served, so it has banked nothing.
+    pub fn push_front(&mut self, item: T) {
+        self.len += 1;
+        match self.policy {
+            Policy::Fcfs => self.fifo.push_front(item),
+            Policy::Vtc(_) => {
+                let client = item.client().to_string();
+                self.counters.entry(client.clone()).or_insert(0.0);
+                self.clients.entry(client).or_default().push_front(item);
+            }
+        }
+    }
+
+    /// The client VTC serves next: the backlogged one of the smallest counter (ties: the name,
+    /// so that runs repeat).
+    fn next_client(&self) -> Option<&str> {
+        self.clients
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .min_by(|(a, _), (b, _)| {
+                self.counter(a)
+                    .total_cmp(&self.counter(b))
+                    .then_with(|| a.cmp(b))
+            })
+            .map(|(c, _)| c.as_str())
+    }
+
+    pub fn peek(&self) -> Option<&T> {
+        match self.policy {
+            Policy::Fcfs => self.fifo.front(),
+            Policy::Vtc(_) => self.next_client().and_then(|c| self.clients[c].front()),
+        }
+    }
+
+    pub fn pop(&mut self) -> Option<T> {
+        let item = match self.policy {
+            Policy::Fcfs => self.fifo.pop_front(),
+            Policy::Vtc(_) => {
+                let client = self.next_client()?.to_string();
+                let q = self.clients.get_mut(&client)?;
+                let item = q.pop_front();
+                if q.is_empty() {
+                    self.last_left = self.counter(&client);
+                }
+                item
+            }
+        };
+        if item.is_some() {
+            self.len -= 1;
+        }
+        item
+    }
+
+    /// Takes a waiting request out (cancelled before it ran).
+    pub fn remove(&mut self, id: RequestId) -> Option<T> {
+        let item = match self.policy {
+            Policy::Fcfs => {
+                let at = self.fifo.iter().position(|t| t.id() == id)?;
+                self.fifo.remove(at)
+            }
+            Policy::Vtc(_) => {
+                let (client, q) = self
+                    .clients
+                    .iter_mut()
+                    .find(|(_, q)| q.iter().any(|t| t.id() == id))?;
+                let at = q.iter().position(|t| t.id() == id)?;
+                let item = q.remove(at);
+                if q.is_empty() {
+                    self.last_left = self.counters.get(client).copied().unwrap_or(0.0);
+                }
+                item
+            }
+        };
+        if item.is_some() {
+            self.len -= 1;
+        }
+        item
+    }
+
+    /// Every waiting request, emptying the queue (shutdown).
+    pub fn drain(&mut self) -> Vec<T> {
+        self.len = 0;
+        let mut all: Vec<T> = self.fifo.drain(..).collect();
+        for q in self.clients.values_mut() {
+            all.extend(q.drain(..));
+        }
+        all
+    }
+
+    /// Service to charge: `input` prompt tokens admitted and `output` tokens generated.
+    pub fn charge(&mut self, client: &str, input: usize, output: usize) {
+        if let Policy::Vtc(w) = self.policy {
+            let c = self.counters.entry(client.to_string()).or_insert(0.0);
+            *c += w.input * input as f64 + w.output * output as f64;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq)]
+    struct R(RequestId, &'static str);
+    impl Queued for R {
+        fn id(&self) -> RequestId {
+            self.0
+        }
+        fn client(&self) -> &str {
+            self.1
+        }
+    }
+
+    #[test]
+    fn fcfs_admits_in_arrival_order_and_preempted_first() {
+        let mut q = Waiting::new(Policy::Fcfs);
+        for (i, c) in ["b", "a", "b"].iter().enumerate() {
+            q.push(R(i as u64, c));
+        }
+        assert_eq!(q.pop(), Some(R(0, "b")));
+        q.push_front(R(9, "z"));
+        let order: Vec<u64> = std::iter::from_fn(|| q.pop()).map(|r| r.0).collect();
+        assert_eq!(order, vec![9, 1, 2]);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn vtc_serves_the_smallest_counter_and_charges_the_weights() {
+        let mut q = Waiting::new(Policy::Vtc(VtcWeights::default()));
+        for i in 0..4 {
+            q.push(R(i, "heavy"));
+        }
+        q.push(R(10, "light"));
+        q.push(R(11, "light"));
+        // Both at 0: the name breaks the tie.
+        assert_eq!(q.pop(), Some(R(0, "heavy")));
+        q.charge("heavy", 10, 5);
+        assert_eq!(q.counter("heavy"), 10.0 + 2.0 * 5.0);
+        assert_eq!(q.pop(), Some(R(10, "light")));
+        q.charge("light", 4, 0);
+        assert_eq!(q.pop(), Some(R(11, "light")));
+        q.charge("light", 4, 0);
+        // light is at 8 but no longer backlogged: heavy is served though its counter is larger.
+        assert_eq!(q.pop(), Some(R(1, "heavy")));
+    }
+
+    #[test]
+    fn vtc_lifts_a_client_that_returns_to_the_backlogged_minimum() {
+        let mut q = Waiting::new(Policy::Vtc(VtcWeights::default()));
+        q.push(R(0, "a"));
+        q.push(R(1, "a"));
+        q.pop();
+        q.charge("a", 100, 0);
+        // "b" arrives idle with counter 0 while "a" (100) is backlogged: lifted to 100, so it
+        // cannot claim 100 tokens of service banked while it sent nothing.
+        q.push(R(2, "b"));
+        assert_eq!(q.counter("b"), 100.0);
+        // A client that is already backlogged is not lifted again.
+        q.charge("a", 50, 0);
+        q.push(R(3, "b"));
+        assert_eq!(q.counter("b"), 100.0);
+        // A client never lowers: lifting takes the max.
+        q.charge("b", 500, 0);
+        q.pop();
+        q.pop();
+        q.pop();
+        assert!(q.is_empty());
+        // Nobody is backlogged: a returning client is lifted to the last client that left.
+        let left = q.counter("b");
+        q.push(R(4, "c"));
+        assert_eq!(q.counter("c"), left);
+    }
+
+    #[test]
+    fn remove_takes_a_waiting_request_out() {
+        for policy in [Policy::Fcfs, Policy::Vtc(VtcWeights::default())] {
+            let mut q = Waiting::new(policy);
+            q.push(R(0, "a"));
+            q.push(R(1, "b"));
+            assert_eq!(q.remove(0), Some(R(0, "a")));
+            assert_eq!(q.remove(0), None);
+            assert_eq!(q.len(), 1);
+            assert_eq!(q.pop(), Some(R(1, "b")));
+        }
+    }
+}
