@@ -5,3 +5,4 @@ pub mod hardware;
 pub mod memory;
 pub mod plan;
 pub mod roofline;
+pub mod serve;
