@@ -10,3 +10,4 @@ pub mod kernels;
 pub mod model;
 pub mod profile;
 pub mod stats;
+pub mod serve;
