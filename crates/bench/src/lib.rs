@@ -9,5 +9,5 @@ pub mod harness;
 pub mod kernels;
 pub mod model;
 pub mod profile;
-pub mod stats;
 pub mod serve;
+pub mod stats;

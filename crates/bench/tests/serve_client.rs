@@ -54,7 +54,9 @@ fn chunk(text: &str) -> Bytes {
     Bytes::from(format!("data: {c}\n\n"))
 }
 
-async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<ChannelBody>, hyper::Error> {
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<ChannelBody>, hyper::Error> {
     let arrived = Instant::now();
     let path = req.uri().path().to_string();
     let body = req.into_body().collect().await?.to_bytes();
@@ -67,7 +69,9 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<ChannelB
             .expect("a valid response")
     };
     if path == "/v1/models" {
-        let _ = tx.try_send(Ok(Bytes::from(json!({"object": "list", "data": [{"id": "mock-model"}]}).to_string())));
+        let _ = tx.try_send(Ok(Bytes::from(
+            json!({"object": "list", "data": [{"id": "mock-model"}]}).to_string(),
+        )));
         return Ok(respond(200, rx));
     }
     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -91,7 +95,11 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<ChannelB
                 return;
             }
             if prompt.contains("errorevent") && i == 1 {
-                let _ = tx.send(Ok(Bytes::from("event: error\ndata: {\"error\": {\"message\": \"engine died\"}}\n\n"))).await;
+                let _ = tx
+                    .send(Ok(Bytes::from(
+                        "event: error\ndata: {\"error\": {\"message\": \"engine died\"}}\n\n",
+                    )))
+                    .await;
                 return;
             }
             // The first chunk in two writes a little apart: the client must join them.
@@ -106,7 +114,11 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<ChannelB
         }
         if !prompt.contains("nousage") {
             let usage = json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}});
-            let _ = tx.send(Ok(Bytes::from(format!(": keep-alive\n\ndata: {usage}\n\n")))).await;
+            let _ = tx
+                .send(Ok(Bytes::from(format!(
+                    ": keep-alive\n\ndata: {usage}\n\n"
+                ))))
+                .await;
         }
         if !prompt.contains("nodone") {
             let _ = tx.send(Ok(Bytes::from("data: [DONE]\n\n"))).await;
@@ -169,7 +181,14 @@ async fn run(
     schedule: Vec<Scheduled>,
     cap: Option<usize>,
 ) -> (Vec<tperf_bench::serve::metrics::RequestOutcome>, f64) {
-    client::run(config(target), Tokenizer::gpt2(), schedule, cap, Arc::new(|_| {})).await
+    client::run(
+        config(target),
+        Tokenizer::gpt2(),
+        schedule,
+        cap,
+        Arc::new(|_| {}),
+    )
+    .await
 }
 
 /// Late by at most `slack` seconds, never early.
@@ -248,7 +267,12 @@ async fn a_concurrency_cap_and_a_rate_shape_the_run() {
         .collect();
     let (outcomes, _) = run(target, schedule.clone(), None).await;
     for (r, s) in outcomes.iter().zip(&schedule) {
-        assert!(near(r.sent_s, s.at_s, 0.02), "sent {} for {}", r.sent_s, s.at_s);
+        assert!(
+            near(r.sent_s, s.at_s, 0.02),
+            "sent {} for {}",
+            r.sent_s,
+            s.at_s
+        );
         assert!(r.ok());
     }
 }
@@ -267,7 +291,11 @@ async fn failures_are_counted_not_dropped() {
     let (outcomes, duration) = run(target, at_once(specs), None).await;
     let errs: Vec<_> = outcomes.iter().map(|r| r.error.clone()).collect();
     let has = |i: usize, s: &str| errs[i].as_deref().is_some_and(|e| e.contains(s));
-    assert!(has(0, "HTTP 500") && has(0, "the mock fails"), "{:?}", errs[0]);
+    assert!(
+        has(0, "HTTP 500") && has(0, "the mock fails"),
+        "{:?}",
+        errs[0]
+    );
     assert!(has(1, "broke off"), "{:?}", errs[1]);
     assert!(has(2, "[DONE]"), "{:?}", errs[2]);
     assert!(has(3, "engine died"), "{:?}", errs[3]);
@@ -283,5 +311,8 @@ async fn failures_are_counted_not_dropped() {
     // Nobody listening: a failed outcome, not a panic or a hang.
     let closed = Target::parse("http://127.0.0.1:1").unwrap();
     let (outcomes, _) = run(closed, at_once(vec![spec("x", 1)]), None).await;
-    assert!(outcomes[0].error.as_deref().is_some_and(|e| e.contains("connect")));
+    assert!(outcomes[0]
+        .error
+        .as_deref()
+        .is_some_and(|e| e.contains("connect")));
 }

@@ -77,9 +77,15 @@ mod tests {
             let gaps: Vec<f64> = t.windows(2).map(|w| w[1] - w[0]).collect();
             assert!(gaps.iter().all(|&g| g >= 0.0));
             let (mean, cv) = mean_cv(&gaps);
-            assert!((mean * rate - 1.0).abs() < 0.02, "rate {rate} k {k}: mean {mean}");
+            assert!(
+                (mean * rate - 1.0).abs() < 0.02,
+                "rate {rate} k {k}: mean {mean}"
+            );
             let want = 1.0 / f64::sqrt(k);
-            assert!((cv - want).abs() / want < 0.03, "rate {rate} k {k}: cv {cv}");
+            assert!(
+                (cv - want).abs() / want < 0.03,
+                "rate {rate} k {k}: cv {cv}"
+            );
         }
     }
 

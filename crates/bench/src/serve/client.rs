@@ -53,7 +53,12 @@ impl Target {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}:{}{}", self.authority_host(), self.port, self.prefix)
+        format!(
+            "http://{}:{}{}",
+            self.authority_host(),
+            self.port,
+            self.prefix
+        )
     }
 
     fn authority_host(&self) -> String {
@@ -202,7 +207,10 @@ pub async fn models(target: &Target, api_key: Option<&str>) -> Result<Vec<String
         .map_err(|e| format!("GET /v1/models: {e}"))?
         .to_bytes();
     if status != StatusCode::OK {
-        return Err(format!("GET /v1/models: HTTP {status}: {}", error_message(&body)));
+        return Err(format!(
+            "GET /v1/models: HTTP {status}: {}",
+            error_message(&body)
+        ));
     }
     let v: Value =
         serde_json::from_slice(&body).map_err(|e| format!("GET /v1/models: not JSON: {e}"))?;
@@ -345,7 +353,11 @@ async fn stream_one(
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        return Err(format!("HTTP {}: {}", status.as_u16(), error_message(&bytes)));
+        return Err(format!(
+            "HTTP {}: {}",
+            status.as_u16(),
+            error_message(&bytes)
+        ));
     }
     let mut sse = SseDecoder::new();
     while let Some(frame) = body.frame().await {
@@ -422,7 +434,10 @@ mod tests {
     #[test]
     fn urls() {
         let t = Target::parse("http://127.0.0.1:8000").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.prefix.as_str()), ("127.0.0.1", 8000, ""));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.prefix.as_str()),
+            ("127.0.0.1", 8000, "")
+        );
         let t = Target::parse("http://example:9/api/").unwrap();
         assert_eq!((t.port, t.prefix.as_str()), (9, "/api"));
         assert_eq!(Target::parse("http://h").unwrap().port, 80);
@@ -438,16 +453,31 @@ mod tests {
             data: s.into(),
         };
         let mut s = Stream::default();
-        s.event(Api::Chat, &ev(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#), 0.1)
-            .unwrap();
+        s.event(
+            Api::Chat,
+            &ev(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#),
+            0.1,
+        )
+        .unwrap();
         assert!(s.chunk_s.is_empty(), "a role-only chunk is not output");
-        s.event(Api::Chat, &ev(r#"{"choices":[{"delta":{"content":"hi"}}]}"#), 0.2)
-            .unwrap();
-        s.event(Api::Chat, &ev(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#), 0.3)
-            .unwrap();
+        s.event(
+            Api::Chat,
+            &ev(r#"{"choices":[{"delta":{"content":"hi"}}]}"#),
+            0.2,
+        )
+        .unwrap();
+        s.event(
+            Api::Chat,
+            &ev(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#),
+            0.3,
+        )
+        .unwrap();
         s.event(Api::Chat, &ev("[DONE]"), 0.3).unwrap();
         assert_eq!(s.chunk_s, vec![0.2]);
-        assert_eq!((s.usage_prompt, s.usage_output, s.done), (Some(3), Some(1), true));
+        assert_eq!(
+            (s.usage_prompt, s.usage_output, s.done),
+            (Some(3), Some(1), true)
+        );
         let err = Stream::default()
             .event(
                 Api::Completions,
@@ -460,7 +490,9 @@ mod tests {
             name: Some("error".into()),
             data: "{}".into(),
         };
-        assert!(Stream::default().event(Api::Completions, &named, 0.0).is_err());
+        assert!(Stream::default()
+            .event(Api::Completions, &named, 0.0)
+            .is_err());
         assert!(Stream::default()
             .event(Api::Completions, &ev("not json"), 0.0)
             .is_err());
@@ -469,10 +501,15 @@ mod tests {
     #[test]
     fn error_bodies() {
         assert_eq!(
-            error_message(br#"{"error":{"message":"prompt too long","type":"invalid_request_error"}}"#),
+            error_message(
+                br#"{"error":{"message":"prompt too long","type":"invalid_request_error"}}"#
+            ),
             "prompt too long"
         );
         assert_eq!(error_message(br#"{"message":"old style"}"#), "old style");
-        assert_eq!(error_message(b"Internal Server Error"), "Internal Server Error");
+        assert_eq!(
+            error_message(b"Internal Server Error"),
+            "Internal Server Error"
+        );
     }
 }

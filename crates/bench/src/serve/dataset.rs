@@ -134,7 +134,8 @@ pub fn sharegpt(
         }
         let prompt_len = tok.encode(prompt).len();
         let output_len = fixed_output_len.unwrap_or_else(|| tok.encode(reply).len());
-        let too_short = prompt_len < MIN_LEN || (fixed_output_len.is_none() && output_len < MIN_LEN);
+        let too_short =
+            prompt_len < MIN_LEN || (fixed_output_len.is_none() && output_len < MIN_LEN);
         if too_short || prompt_len > MAX_PROMPT_LEN || prompt_len + output_len > MAX_TOTAL_LEN {
             continue;
         }

@@ -184,7 +184,13 @@ impl Metrics {
         let itl: Vec<f64> = done.iter().flat_map(|r| r.itl_s()).collect();
         let input: u64 = done.iter().map(|r| r.prompt_tokens).sum();
         let output: u64 = done.iter().map(|r| r.output_tokens).sum();
-        let per_s = |x: f64| if duration_s > 0.0 { x / duration_s } else { 0.0 };
+        let per_s = |x: f64| {
+            if duration_s > 0.0 {
+                x / duration_s
+            } else {
+                0.0
+            }
+        };
         let good = done.iter().filter(|r| slo.met_by(r)).count();
         Metrics {
             completed: done.len(),
@@ -246,7 +252,13 @@ mod tests {
     fn percentiles_interpolate_like_numpy() {
         let xs = [1.0, 2.0, 3.0, 4.0];
         // numpy.percentile([1, 2, 3, 4], [0, 50, 90, 99, 100]) = 1, 2.5, 3.7, 3.97, 4
-        for (p, want) in [(0.0, 1.0), (50.0, 2.5), (90.0, 3.7), (99.0, 3.97), (100.0, 4.0)] {
+        for (p, want) in [
+            (0.0, 1.0),
+            (50.0, 2.5),
+            (90.0, 3.7),
+            (99.0, 3.97),
+            (100.0, 4.0),
+        ] {
             assert!((percentile(&xs, p) - want).abs() < 1e-12, "p{p}");
         }
         let s = LatencyStats::of(&[0.001, 0.002, 0.003, 0.004], &[99.0]).unwrap();
@@ -281,6 +293,8 @@ mod tests {
         assert!(parse_slo(&["ttft=5".into()]).is_err());
         assert!(parse_slo(&["speed:5".into()]).is_err());
         assert!(parse_slo(&["ttft:-1".into()]).is_err());
-        assert!(Metrics::of(&[], 1.0, &[99.0], &Slo::default()).ttft.is_none());
+        assert!(Metrics::of(&[], 1.0, &[99.0], &Slo::default())
+            .ttft
+            .is_none());
     }
 }

@@ -38,11 +38,13 @@ pub fn schedule(
     if client_rates.is_empty() {
         return invalid("at least one client is needed".into());
     }
-    if client_rates.iter().any(|r| !(*r > 0.0)) {
+    if client_rates.iter().any(|r| r.is_nan() || *r <= 0.0) {
         return invalid(format!("request rates must be positive: {client_rates:?}"));
     }
     if !(burstiness > 0.0 && burstiness.is_finite()) {
-        return invalid(format!("--burstiness {burstiness} must be a positive number"));
+        return invalid(format!(
+            "--burstiness {burstiness} must be a positive number"
+        ));
     }
     let infinite = client_rates.iter().filter(|r| r.is_infinite()).count();
     if infinite != 0 && infinite != client_rates.len() {
@@ -60,7 +62,9 @@ pub fn schedule(
         let mut rng = Rng::for_stream(seed, c as u64);
         let times = Arrivals { rate, burstiness }.times(n, &mut rng);
         for at_s in times {
-            let spec = specs.next().expect("the shares sum to the number of requests");
+            let spec = specs
+                .next()
+                .expect("the shares sum to the number of requests");
             out.push(Scheduled {
                 spec,
                 client: c,

@@ -8,6 +8,7 @@ pub mod plan;
 pub mod precision;
 pub mod profile;
 pub mod report;
+pub mod serve_bench;
 pub mod study;
 pub mod train;
 

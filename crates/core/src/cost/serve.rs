@@ -342,7 +342,10 @@ mod tests {
     fn saturation_is_monotone_in_the_batch_cap() {
         let (cfg, hw, opts) = setup();
         let p = predict(&cfg, &hw, opts, ServeConfig::new(128, 128), &[]).unwrap();
-        assert_eq!(p.saturation.batch, 256, "gpt2-124m's cache fits vLLM's max_num_seqs");
+        assert_eq!(
+            p.saturation.batch, 256,
+            "gpt2-124m's cache fits vLLM's max_num_seqs"
+        );
         assert!(p.sweep.len() > 5);
         for w in p.sweep.windows(2) {
             assert!(w[0].batch < w[1].batch);
@@ -361,8 +364,7 @@ mod tests {
         assert_eq!(one.decode_tokens_per_second, roof[0].tokens_per_second);
         assert_eq!(one.decode_step_seconds, roof[0].step_seconds);
         // One request at a time: its prefill and O − 1 decode steps, nothing shared.
-        let s = p.prefill_step_seconds / p.prefill_batch as f64
-            + 127.0 * roof[0].step_seconds;
+        let s = p.prefill_step_seconds / p.prefill_batch as f64 + 127.0 * roof[0].step_seconds;
         assert!((one.seconds_per_request - s).abs() < 1e-15);
     }
 
