@@ -11,5 +11,6 @@ pub mod harness;
 pub mod kernels;
 pub mod model;
 pub mod profile;
+pub mod serve;
 pub mod stats;
 pub mod utilisation;

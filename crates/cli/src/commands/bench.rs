@@ -15,7 +15,10 @@ use tperf_report::table::Table;
 use tperf_report::units;
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
     /// A preset or config.json; or use --sizes for several presets.
     pub model: Option<String>,
     /// Several presets, one table: small,medium,large,xl,2.7B (instead of a model argument).
@@ -66,6 +69,13 @@ pub struct BenchArgs {
     pub json: bool,
     #[arg(long)]
     pub csv: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BenchCommand {
+    /// Benchmark an OpenAI-compatible server (vLLM's `bench serve`): TTFT, TPOT, ITL, E2EL,
+    /// throughput, goodput, per-client fairness; with --model-config, the prediction beside it.
+    Serve(Box<super::serve_bench::ServeBenchArgs>),
 }
 
 fn parse_workload(s: &str) -> Result<Workload, tperf_core::error::UnknownName> {
@@ -197,6 +207,9 @@ pub const HEADER: [&str; 19] = [
 ];
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(BenchCommand::Serve(serve)) = args.command {
+        return super::serve_bench::run(*serve, std::env::args().collect());
+    }
     let device = resolve_device(&args.device)?;
     let hw = super::hardware_for(device, args.hw.as_deref())?;
     let planned = plan(&args)?;

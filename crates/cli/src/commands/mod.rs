@@ -10,6 +10,7 @@ pub mod precision;
 pub mod profile;
 pub mod report;
 pub mod serve;
+pub mod serve_bench;
 pub mod study;
 pub mod train;
 

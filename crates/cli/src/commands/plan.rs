@@ -65,6 +65,9 @@ pub enum PlanCommand {
         #[command(flatten)]
         schedule: ScheduleArgs,
     },
+    /// A continuous-batching server's saturation throughput and its latency at request rates,
+    /// from the prefill and decode roofline and the KV blocks that fit.
+    Serve(Box<super::serve_bench::PlanServeArgs>),
     /// The ring all-reduce cost of data-parallel training across GPU counts, from the schedule's
     /// bucketed all-reduces and their overlap with the backward.
     Dp {
@@ -84,6 +87,7 @@ pub enum PlanCommand {
 
 pub fn run(args: PlanArgs) -> Result<()> {
     match args.command {
+        PlanCommand::Serve(a) => super::serve_bench::plan(*a),
         PlanCommand::Fit {
             hw,
             gpus,

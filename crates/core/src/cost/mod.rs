@@ -6,3 +6,4 @@ pub mod measured;
 pub mod memory;
 pub mod plan;
 pub mod roofline;
+pub mod serve;

@@ -1,0 +1,795 @@
+//! `tperf bench serve`: the serving benchmark client (vLLM's `vllm bench serve`, with its
+//! metric names and definitions) against any OpenAI-compatible server, and `tperf plan serve`:
+//! the schedule's prediction of the same workload, printed beside the measurement when the
+//! benchmark is told which model and GPU the server runs.
+
+use super::{find_hw, ScheduleArgs};
+use crate::load;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+use tperf_bench::serve::client::{self, Api, ClientConfig, Target};
+use tperf_bench::serve::dataset::{self, RandomLengths, RequestSpec};
+use tperf_bench::serve::fairness::{self, Fairness};
+use tperf_bench::serve::metrics::{self, Metrics, RequestOutcome};
+use tperf_core::cost::serve::{self as serve_model, RatePoint, ServeConfig, ServePrediction};
+use tperf_core::rng::Rng;
+use tperf_report::table::Table;
+use tperf_report::units;
+use tperf_runtime::tokenizer::Tokenizer;
+
+/// The server the prediction is for: the model it serves, on which GPU, configured how.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeModelArgs {
+    /// Hardware the server runs on (see `tperf hw list`).
+    #[arg(long, alias = "gpu", default_value = "h100-sxm")]
+    pub hw: String,
+    #[command(flatten)]
+    pub schedule: ScheduleArgs,
+    /// KV blocks the server holds (default: what fits in --gpu-memory-utilization of the GPU
+    /// after the weights and a prefill step's activations).
+    #[arg(long)]
+    pub kv_blocks: Option<usize>,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16, value_parser = super::parse_positive)]
+    pub block_size: usize,
+    /// The most sequences the scheduler runs at once (vLLM's max_num_seqs).
+    #[arg(long, default_value_t = 256, value_parser = super::parse_positive)]
+    pub max_num_seqs: usize,
+    /// Tokens one prefill step may carry (vLLM's max_num_batched_tokens).
+    #[arg(long, default_value_t = 8192, value_parser = super::parse_positive)]
+    pub max_batched_tokens: usize,
+    /// Fraction of the GPU's memory the server may use.
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f64,
+}
+
+impl ServeModelArgs {
+    pub fn predict(
+        &self,
+        model: &str,
+        input_len: usize,
+        output_len: usize,
+        rates: &[f64],
+    ) -> Result<ServePrediction> {
+        if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
+            bail!(
+                "--gpu-memory-utilization {} is not a fraction in (0, 1]",
+                self.gpu_memory_utilization
+            );
+        }
+        let m = load::load(model)?;
+        let hw = find_hw(&self.hw)?;
+        let sc = ServeConfig {
+            max_num_seqs: self.max_num_seqs,
+            max_batched_tokens: self.max_batched_tokens,
+            block_size: self.block_size,
+            kv_blocks: self.kv_blocks,
+            gpu_memory_utilization: self.gpu_memory_utilization,
+            ..ServeConfig::new(input_len, output_len)
+        };
+        Ok(serve_model::predict(
+            &m.config,
+            &hw,
+            self.schedule.options(),
+            sc,
+            rates,
+        )?)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PlanServeArgs {
+    /// A preset or config.json: the model the server runs.
+    pub model: String,
+    #[arg(long, default_value_t = 128, value_parser = super::parse_positive)]
+    pub input_len: usize,
+    #[arg(long, default_value_t = 128, value_parser = super::parse_positive)]
+    pub output_len: usize,
+    /// Request rates (req/s) to predict TTFT and TPOT at: a list, 1,5,10.
+    #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
+    pub request_rate: Vec<f64>,
+    #[command(flatten)]
+    pub server: ServeModelArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn plan(args: PlanServeArgs) -> Result<()> {
+    let p = args.server.predict(
+        &args.model,
+        args.input_len,
+        args.output_len,
+        &args.request_rate,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print!("{}", render_prediction(&p));
+    }
+    Ok(())
+}
+
+pub const QUEUEING_NOTE: &str = "saturation: S = T_prefill(b_p)/b_p + (O − 1)·T_decode(B)/B of GPU time per request, throughput 1/S; at a rate λ: an M/D/1 queue of service S (wait ρS/(2(1−ρ)), ρ = λS), TPOT = T_decode(b)/(1 − λ·T_prefill(1)) with b from Little's law, TTFT = wait + T_prefill(1) + T_decode(b)/2 (docs/serving.md)";
+
+pub fn render_prediction(p: &ServePrediction) -> String {
+    let c = &p.config;
+    let mut t = Table::new(&["quantity", "value"]).titled(format!(
+        "Serving {} on {}: {} in / {} out, continuous batching (predicted)",
+        p.model, p.hardware, c.input_len, c.output_len
+    ));
+    let mut row = |k: &str, v: String| t.row(vec![k.to_string(), v]);
+    row("weights", units::bytes(p.weights_bytes));
+    row("prefill activations", units::bytes(p.activation_bytes));
+    row(
+        "KV blocks",
+        format!(
+            "{} of {} tokens, {} each{}",
+            units::thousands(p.kv_blocks as u64),
+            c.block_size,
+            units::bytes(p.kv_bytes_per_block),
+            if c.kv_blocks.is_some() {
+                " (given)"
+            } else {
+                ""
+            }
+        ),
+    );
+    row(
+        "sequences whose blocks fit",
+        format!(
+            "{} ({} blocks each)",
+            units::thousands(p.kv_sequences as u64),
+            p.blocks_per_sequence
+        ),
+    );
+    row(
+        "running batch B at saturation",
+        format!("{} (max_num_seqs {})", p.saturation.batch, c.max_num_seqs),
+    );
+    row(
+        "prefill step",
+        format!(
+            "{} for {} prompts (T_prefill(1) = {})",
+            units::seconds(p.prefill_step_seconds),
+            p.prefill_batch,
+            units::seconds(p.prefill_one_seconds)
+        ),
+    );
+    row(
+        "decode step at B",
+        format!(
+            "{} (context {})",
+            units::seconds(p.saturation.decode_step_seconds),
+            p.decode_context
+        ),
+    );
+    row(
+        "request throughput",
+        format!("{:.2} req/s", p.saturation.request_throughput),
+    );
+    row(
+        "output token throughput",
+        format!("{:.1} tok/s", p.saturation.output_throughput),
+    );
+    t.note(QUEUEING_NOTE);
+    let mut s = t.render();
+    let mut sweep = Table::new(&[
+        "batch cap",
+        "decode step",
+        "decode tok/s",
+        "req/s",
+        "output tok/s",
+    ])
+    .titled("Saturation by batch cap (decode tok/s at batch 1 = the decode roofline)");
+    for pt in &p.sweep {
+        sweep.row(vec![
+            pt.batch.to_string(),
+            units::seconds(pt.decode_step_seconds),
+            format!("{:.1}", pt.decode_tokens_per_second),
+            format!("{:.2}", pt.request_throughput),
+            format!("{:.1}", pt.output_throughput),
+        ]);
+    }
+    s.push('\n');
+    s.push_str(&sweep.render());
+    if !p.rates.is_empty() {
+        let mut r = Table::new(&["req/s", "utilisation", "batch", "TTFT", "TPOT", "E2EL"])
+            .titled("At a request rate (Poisson arrivals)");
+        for pt in &p.rates {
+            r.row(rate_row(pt));
+        }
+        s.push('\n');
+        s.push_str(&r.render());
+    }
+    s
+}
+
+fn rate_row(pt: &RatePoint) -> Vec<String> {
+    let ms = |v: Option<f64>| v.map_or("saturated".into(), |s| format!("{:.2} ms", s * 1e3));
+    vec![
+        format!("{:.2}", pt.request_rate),
+        units::percent(pt.utilisation),
+        pt.running_batch.map_or("—".into(), |b| format!("{b:.1}")),
+        ms(pt.ttft_seconds),
+        ms(pt.tpot_seconds),
+        ms(pt.e2el_seconds),
+    ]
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("inf") {
+        return Ok(f64::INFINITY);
+    }
+    t.parse::<f64>()
+        .ok()
+        .filter(|v| *v > 0.0)
+        .ok_or_else(|| format!("'{s}' is not a positive rate in requests/s (or inf)"))
+}
+
+fn parse_percentile(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| (0.0..=100.0).contains(v))
+        .ok_or_else(|| format!("'{s}' is not a percentile in [0, 100]"))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeBenchArgs {
+    /// The server: http://HOST:PORT[/PREFIX].
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// The served model's name (default: the first that GET /v1/models lists).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// /v1/completions, or /v1/chat/completions (text prompts only).
+    #[arg(long, default_value = "/v1/completions")]
+    pub endpoint: String,
+    /// random, or sharegpt:PATH (a ShareGPT-format JSON file).
+    #[arg(long, default_value = "random")]
+    pub dataset: String,
+    #[arg(long, default_value_t = 1000, value_parser = super::parse_positive)]
+    pub num_prompts: usize,
+    /// Prompt tokens of the random dataset.
+    #[arg(long, default_value_t = 128, value_parser = super::parse_positive)]
+    pub random_input_len: usize,
+    /// Output tokens asked for (max_tokens) in the random dataset.
+    #[arg(long, default_value_t = 128, value_parser = super::parse_positive)]
+    pub random_output_len: usize,
+    /// Lengths are uniform over [L(1 − r), L(1 + r)].
+    #[arg(long, default_value_t = 0.0)]
+    pub random_range_ratio: f64,
+    /// Random prompts as GPT-2 text of the exact token length, or as token-id arrays.
+    #[arg(long, default_value = "text", value_parser = ["text", "ids"])]
+    pub random_prompt: String,
+    /// Ask every ShareGPT request for this many tokens instead of its reply's length.
+    #[arg(long)]
+    pub sharegpt_output_len: Option<usize>,
+    /// Requests per second (inf: all at once); with --clients, the total unless --client-rates.
+    #[arg(long, default_value = "inf", value_parser = parse_rate)]
+    pub request_rate: f64,
+    /// Gamma shape of the inter-arrival times: 1 = Poisson, < 1 burstier, > 1 more regular.
+    #[arg(long, default_value_t = 1.0)]
+    pub burstiness: f64,
+    /// The most requests in flight at once.
+    #[arg(long, value_parser = super::parse_positive)]
+    pub max_concurrency: Option<usize>,
+    /// Clients, each with its own `user` field (client-0, client-1, …) and arrival process.
+    #[arg(long, default_value_t = 1, value_parser = super::parse_positive)]
+    pub clients: usize,
+    /// Each client's request rate: r1,r2,… (default: --request-rate shared equally).
+    #[arg(long, value_delimiter = ',', value_parser = parse_rate)]
+    pub client_rates: Vec<f64>,
+    /// Time buckets of the per-client service, in seconds (default: the run in 20).
+    #[arg(long)]
+    pub fairness_bucket_s: Option<f64>,
+    /// Percentiles to report.
+    #[arg(long, value_delimiter = ',', default_value = "50,90,99", value_parser = parse_percentile)]
+    pub percentiles: Vec<f64>,
+    /// Service-level objectives for goodput, in ms: ttft:500 tpot:50 e2el:10000.
+    #[arg(long, num_args = 1..)]
+    pub goodput: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Do not send vLLM's ignore_eos (outputs may then stop before max_tokens).
+    #[arg(long)]
+    pub no_ignore_eos: bool,
+    /// Seconds one request may take before it counts as failed.
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout_s: f64,
+    /// Write the results, every request's outcome and the provenance as JSON here.
+    #[arg(long)]
+    pub json: Option<std::path::PathBuf>,
+    /// The model the server runs (a preset or config.json): prints the schedule's prediction
+    /// of this workload beside the measurement (with --hw, --dtype, --kv-blocks, …).
+    #[arg(long)]
+    pub model_config: Option<String>,
+    #[command(flatten)]
+    pub server: ServeModelArgs,
+}
+
+pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
+    let target = Target::parse(&args.url)?;
+    let api = Api::of_endpoint(&args.endpoint);
+    let slo = metrics::parse_slo(&args.goodput).map_err(anyhow::Error::msg)?;
+    if !(args.timeout_s > 0.0 && args.timeout_s.is_finite()) {
+        bail!("--timeout-s {} must be a positive number", args.timeout_s);
+    }
+    let client_rates = if args.client_rates.is_empty() {
+        vec![args.request_rate / args.clients as f64; args.clients]
+    } else if args.client_rates.len() != args.clients {
+        bail!(
+            "--client-rates gives {} rates for --clients {}",
+            args.client_rates.len(),
+            args.clients
+        );
+    } else {
+        args.client_rates.clone()
+    };
+    let tok = Tokenizer::gpt2();
+    let mut rng = Rng::new(args.seed);
+    let specs = load_dataset(&args, &tok, &mut rng)?;
+    // The prediction is checked before any request is sent: a wrong --model-config fails fast.
+    let mean = |f: fn(&RequestSpec) -> usize| {
+        (specs.iter().map(f).sum::<usize>() as f64 / specs.len() as f64).round() as usize
+    };
+    let (mean_in, mean_out) = (mean(|s| s.prompt_len), mean(|s| s.output_len));
+    let total_rate: f64 = client_rates.iter().sum();
+    let prediction = match &args.model_config {
+        Some(m) => {
+            let rates: Vec<f64> = Some(total_rate)
+                .filter(|r| r.is_finite())
+                .into_iter()
+                .collect();
+            Some(
+                args.server
+                    .predict(m, mean_in.max(1), mean_out.max(1), &rates)
+                    .with_context(|| format!("predicting {m} on {}", args.server.hw))?,
+            )
+        }
+        None => None,
+    };
+    let schedule = tperf_bench::serve::schedule(specs, &client_rates, args.burstiness, args.seed)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let api_key = std::env::var("OPENAI_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let served = rt.block_on(client::models(&target, api_key.as_deref()));
+    let model = match (&args.model, &served) {
+        (Some(m), _) => m.clone(),
+        (None, Ok(ids)) if !ids.is_empty() => ids[0].clone(),
+        (None, Ok(_)) => bail!("{} lists no model: name one with --model", target.url()),
+        (None, Err(e)) => {
+            bail!("{e}; is the server up? (name the model with --model if it has no /v1/models)")
+        }
+    };
+    let cfg = Arc::new(ClientConfig {
+        target: target.clone(),
+        endpoint: args.endpoint.clone(),
+        model: model.clone(),
+        api,
+        ignore_eos: !args.no_ignore_eos,
+        api_key,
+        request_timeout: Duration::from_secs_f64(args.timeout_s),
+    });
+    // One request first, as vLLM does: a server that cannot answer at all is an error with
+    // its reason, not a thousand failed rows.
+    let first = &schedule[0].spec;
+    cfg.body(first, 0)?;
+    let probe = rt.block_on(client::send(
+        &cfg,
+        &tok,
+        first,
+        0,
+        std::time::Instant::now(),
+    ));
+    if let Some(e) = &probe.error {
+        bail!(
+            "the first request to {}{} failed: {e}",
+            target.url(),
+            args.endpoint
+        );
+    }
+    eprintln!(
+        "{} requests to {}{} ({model}), rate {}, burstiness {}{}",
+        schedule.len(),
+        target.url(),
+        args.endpoint,
+        rate_text(&client_rates),
+        args.burstiness,
+        args.max_concurrency
+            .map_or(String::new(), |n| format!(", at most {n} in flight"))
+    );
+    let bar = progress(schedule.len() as u64);
+    let on_done = {
+        let bar = bar.clone();
+        Arc::new(move |_: &RequestOutcome| bar.inc(1))
+    };
+    let (outcomes, duration) = rt.block_on(client::run(
+        cfg,
+        tok,
+        schedule,
+        args.max_concurrency,
+        on_done,
+    ));
+    bar.finish_and_clear();
+    let m = Metrics::of(&outcomes, duration, &args.percentiles, &slo);
+    let fair = (args.clients > 1).then(|| {
+        let bucket = args
+            .fairness_bucket_s
+            .filter(|b| *b > 0.0)
+            .unwrap_or((duration / 20.0).max(1e-3));
+        fairness::fairness(&outcomes, args.clients, bucket)
+    });
+    print!(
+        "{}",
+        render(&args, &target, &model, &m, prediction.as_ref(), total_rate)
+    );
+    if let Some(f) = &fair {
+        print!("\n{}", render_fairness(f));
+    }
+    if let Some(path) = &args.json {
+        let doc = json!({
+            "provenance": {
+                "command_line": command_line,
+                "tperf_version": env!("CARGO_PKG_VERSION"),
+                "git_revision": env!("TPERF_GIT_REV"),
+                "date_unix": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+                "server_url": target.url(),
+                "endpoint": args.endpoint,
+                "model": model,
+                "served_models": served.as_ref().ok(),
+            },
+            "settings": {
+                "dataset": args.dataset,
+                "num_prompts": args.num_prompts,
+                "random_input_len": args.random_input_len,
+                "random_output_len": args.random_output_len,
+                "random_range_ratio": args.random_range_ratio,
+                "request_rate": json_rate(args.request_rate),
+                "client_rates": client_rates.iter().map(|r| json_rate(*r)).collect::<Vec<_>>(),
+                "burstiness": args.burstiness,
+                "max_concurrency": args.max_concurrency,
+                "ignore_eos": !args.no_ignore_eos,
+                "seed": args.seed,
+                "goodput_slo_ms": slo,
+            },
+            "metrics": m,
+            "vllm": vllm_keys(&m),
+            "fairness": fair,
+            "prediction": prediction,
+            "requests": outcomes,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if m.completed == 0 {
+        bail!("every request failed ({} of them)", m.failed);
+    }
+    Ok(())
+}
+
+/// JSON has no infinity: an unbounded rate is the string "inf", as on the command line.
+fn json_rate(r: f64) -> serde_json::Value {
+    if r.is_finite() {
+        json!(r)
+    } else {
+        json!("inf")
+    }
+}
+
+fn rate_text(rates: &[f64]) -> String {
+    let one = |r: f64| {
+        if r.is_finite() {
+            format!("{r} req/s")
+        } else {
+            "inf".into()
+        }
+    };
+    match rates {
+        [r] => one(*r),
+        _ => rates
+            .iter()
+            .map(|&r| one(r))
+            .collect::<Vec<_>>()
+            .join(" + "),
+    }
+}
+
+fn load_dataset(args: &ServeBenchArgs, tok: &Tokenizer, rng: &mut Rng) -> Result<Vec<RequestSpec>> {
+    if args.dataset == "random" {
+        let lens = RandomLengths {
+            input_len: args.random_input_len,
+            output_len: args.random_output_len,
+            range_ratio: args.random_range_ratio,
+        };
+        return Ok(dataset::random(
+            args.num_prompts,
+            lens,
+            args.random_prompt == "ids",
+            tok,
+            rng,
+        )?);
+    }
+    let Some(path) = args.dataset.strip_prefix("sharegpt:") else {
+        bail!("--dataset {}: use random or sharegpt:PATH", args.dataset);
+    };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    let specs = dataset::sharegpt(&text, args.num_prompts, args.sharegpt_output_len, tok, rng)
+        .with_context(|| path.to_string())?;
+    if specs.len() < args.num_prompts {
+        eprintln!(
+            "{path} has {} usable conversations; sending those",
+            specs.len()
+        );
+    }
+    Ok(specs)
+}
+
+fn progress(n: u64) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(n);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} requests  {elapsed_precise} elapsed, {eta} left",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The flat keys vLLM's result JSON uses (mean_ttft_ms, p99_tpot_ms, …), so scripts written
+/// for it read tperf's too.
+fn vllm_keys(m: &Metrics) -> serde_json::Value {
+    let mut v = serde_json::Map::new();
+    v.insert("completed".into(), json!(m.completed));
+    v.insert("failed".into(), json!(m.failed));
+    v.insert("duration".into(), json!(m.duration_s));
+    v.insert("total_input_tokens".into(), json!(m.total_input_tokens));
+    v.insert("total_output_tokens".into(), json!(m.total_output_tokens));
+    v.insert("request_throughput".into(), json!(m.request_throughput));
+    v.insert("request_goodput".into(), json!(m.request_goodput));
+    v.insert("output_throughput".into(), json!(m.output_throughput));
+    v.insert(
+        "total_token_throughput".into(),
+        json!(m.total_token_throughput),
+    );
+    v.insert(
+        "max_concurrent_requests".into(),
+        json!(m.max_concurrent_requests),
+    );
+    for (name, s) in [
+        ("ttft", &m.ttft),
+        ("tpot", &m.tpot),
+        ("itl", &m.itl),
+        ("e2el", &m.e2el),
+    ] {
+        let Some(s) = s else { continue };
+        v.insert(format!("mean_{name}_ms"), json!(s.mean_ms));
+        v.insert(format!("median_{name}_ms"), json!(s.median_ms));
+        v.insert(format!("std_{name}_ms"), json!(s.std_ms));
+        for (p, x) in &s.percentiles_ms {
+            v.insert(format!("p{}_{name}_ms", fmt_p(*p)), json!(x));
+        }
+    }
+    serde_json::Value::Object(v)
+}
+
+/// 99 → "99", 99.9 → "99.9".
+fn fmt_p(p: f64) -> String {
+    let s = format!("{p}");
+    s.trim_end_matches(".0").to_string()
+}
+
+fn render(
+    args: &ServeBenchArgs,
+    target: &Target,
+    model: &str,
+    m: &Metrics,
+    p: Option<&ServePrediction>,
+    rate: f64,
+) -> String {
+    let mut header = vec!["".to_string(), "measured".to_string()];
+    if p.is_some() {
+        header.push("predicted".into());
+    }
+    let mut t = Table::new(&header.iter().map(String::as_str).collect::<Vec<_>>()).titled(format!(
+        "Serving benchmark: {}{} ({model})",
+        target.url(),
+        args.endpoint
+    ));
+    // The prediction at this run's rate, or at saturation when everything is sent at once.
+    let at_rate = p.and_then(|p| p.rates.first());
+    let sat = p.map(|p| &p.saturation);
+    let predicted = |f: &dyn Fn(&ServePrediction) -> Option<String>| -> Vec<String> {
+        p.map(|p| f(p).unwrap_or_else(|| "—".into()))
+            .into_iter()
+            .collect()
+    };
+    let mut row = |k: &str, v: String, pred: Vec<String>| {
+        let mut cells = vec![k.to_string(), v];
+        cells.extend(pred);
+        t.row(cells);
+    };
+    row(
+        "successful requests",
+        m.completed.to_string(),
+        predicted(&|_| None),
+    );
+    row(
+        "failed requests",
+        m.failed.to_string(),
+        predicted(&|_| None),
+    );
+    row(
+        "benchmark duration",
+        format!("{:.2} s", m.duration_s),
+        predicted(&|_| None),
+    );
+    row(
+        "total input tokens",
+        units::thousands(m.total_input_tokens),
+        predicted(&|_| None),
+    );
+    row(
+        "total generated tokens",
+        units::thousands(m.total_output_tokens),
+        predicted(&|_| None),
+    );
+    let saturated_throughput =
+        rate.is_infinite() || at_rate.is_some_and(|r| r.ttft_seconds.is_none());
+    row(
+        "request throughput (req/s)",
+        format!("{:.2}", m.request_throughput),
+        predicted(&|p| {
+            Some(if saturated_throughput {
+                format!("{:.2} (saturation)", p.saturation.request_throughput)
+            } else {
+                format!("{rate:.2} (the rate)")
+            })
+        }),
+    );
+    if let Some(g) = m.request_goodput {
+        row(
+            "request goodput (req/s)",
+            format!("{g:.2}"),
+            predicted(&|_| None),
+        );
+    }
+    row(
+        "output token throughput (tok/s)",
+        format!("{:.2}", m.output_throughput),
+        predicted(&|p| {
+            Some(if saturated_throughput {
+                format!("{:.2} (saturation)", p.saturation.output_throughput)
+            } else {
+                format!("{:.2}", rate * p.config.output_len as f64)
+            })
+        }),
+    );
+    row(
+        "total token throughput (tok/s)",
+        format!("{:.2}", m.total_token_throughput),
+        predicted(&|_| None),
+    );
+    row(
+        "max concurrent requests",
+        m.max_concurrent_requests.to_string(),
+        predicted(&|p| match at_rate.and_then(|r| r.running_batch) {
+            Some(b) if !saturated_throughput => Some(format!("{b:.1} running (mean)")),
+            _ => Some(format!("{} running at saturation", p.saturation.batch)),
+        }),
+    );
+    let ms = |s: Option<f64>| s.map(|s| format!("{:.2}", s * 1e3));
+    for (name, stats, pred) in [
+        ("TTFT", &m.ttft, at_rate.and_then(|r| ms(r.ttft_seconds))),
+        (
+            "TPOT",
+            &m.tpot,
+            at_rate.and_then(|r| ms(r.tpot_seconds)).or_else(|| {
+                saturated_throughput
+                    .then(|| ms(sat.map(|s| s.decode_step_seconds)))
+                    .flatten()
+            }),
+        ),
+        ("ITL", &m.itl, None),
+        ("E2EL", &m.e2el, at_rate.and_then(|r| ms(r.e2el_seconds))),
+    ] {
+        let Some(s) = stats else {
+            row(&format!("{name} (ms)"), "—".into(), predicted(&|_| None));
+            continue;
+        };
+        let pred_mean = pred.clone();
+        row(
+            &format!("mean {name} (ms)"),
+            format!("{:.2}", s.mean_ms),
+            predicted(&|_| pred_mean.clone()),
+        );
+        row(
+            &format!("median {name} (ms)"),
+            format!("{:.2}", s.median_ms),
+            predicted(&|_| None),
+        );
+        row(
+            &format!("std {name} (ms)"),
+            format!("{:.2}", s.std_ms),
+            predicted(&|_| None),
+        );
+        for (pc, x) in &s.percentiles_ms {
+            row(
+                &format!("p{} {name} (ms)", fmt_p(*pc)),
+                format!("{x:.2}"),
+                predicted(&|_| None),
+            );
+        }
+    }
+    for (e, n) in &m.errors {
+        t.note(format!("{n} failed: {e}"));
+    }
+    t.note("vLLM's definitions: TTFT to the first output chunk; TPOT = (E2EL − TTFT)/(output tokens − 1); ITL = gaps between chunks; std is the population's; percentiles interpolate linearly");
+    if let Some(p) = p {
+        t.note(format!(
+            "predicted for {} on {} at {} in / {} out (the dataset's means), {}",
+            p.model,
+            p.hardware,
+            p.config.input_len,
+            p.config.output_len,
+            if saturated_throughput {
+                "at saturation (TPOT = one decode step of the full batch)".to_string()
+            } else {
+                format!("at {rate:.2} req/s")
+            }
+        ));
+        t.note(QUEUEING_NOTE);
+    }
+    t.render()
+}
+
+fn render_fairness(f: &Fairness) -> String {
+    let clients = f.service.len();
+    let mut header = vec!["t (s)".to_string()];
+    header.extend((0..clients).map(client::client_name));
+    let mut t = Table::new(&header.iter().map(String::as_str).collect::<Vec<_>>()).titled(
+        format!(
+            "Service per client (input + 2 × output tokens) in buckets of {:.3} s; * = backlogged throughout",
+            f.bucket_s
+        ),
+    );
+    for b in 0..f.service[0].len() {
+        let mut cells = vec![format!("{:.2}", b as f64 * f.bucket_s)];
+        for c in 0..clients {
+            cells.push(format!(
+                "{:.0}{}",
+                f.service[c][b],
+                if f.backlogged[c][b] { "*" } else { "" }
+            ));
+        }
+        t.row(cells);
+    }
+    let mut total = vec!["total".to_string()];
+    total.extend(f.total_service.iter().map(|s| format!("{s:.0}")));
+    t.row(total);
+    t.note(match f.max_gap_clients {
+        Some((a, b)) => format!(
+            "largest service gap between backlogged clients: {:.0} ({} and {})",
+            f.max_gap,
+            client::client_name(a),
+            client::client_name(b)
+        ),
+        None => "no two clients were backlogged over the same bucket".to_string(),
+    });
+    t.render()
+}
