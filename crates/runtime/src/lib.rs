@@ -10,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod hf;
 pub mod rng;
 pub mod stepper;
 pub mod tokenizer;
