@@ -18,11 +18,13 @@ use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;
 use tperf_report::units;
 use tperf_runtime::checkpoint::{self, Contents};
+use tperf_runtime::hf;
 use tperf_runtime::tokenizer::Tokenizer;
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// A checkpoint (.safetensors, written by `tperf train`), or a preset / config.json, which
+    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json), a
+    /// checkpoint (.safetensors, written by `tperf train`), or a preset / config.json, which
     /// runs with random weights.
     pub model: String,
     /// The text to continue.
@@ -103,7 +105,9 @@ fn generate_on<B: Instrumented>(mut be: B, args: &GenerateArgs, opts: Options) -
     let device = be.name();
     be.set_step_graphs(!args.no_graphs);
 
-    let (model, tokenizer) = if is_checkpoint(&args.model) {
+    let (model, tokenizer) = if hf::is_model_dir(Path::new(&args.model)) {
+        load_hf(&mut be, args, opts)?
+    } else if is_checkpoint(&args.model) {
         let path = Path::new(&args.model);
         let meta = checkpoint::read_metadata(path)?;
         let tokenizer =
@@ -225,6 +229,35 @@ fn generate_on<B: Instrumented>(mut be: B, args: &GenerateArgs, opts: Options) -
         );
     }
     Ok(())
+}
+
+/// A Hugging Face model folder: its weights and its own tokenizer (or --tokenizer's).
+fn load_hf<B: Backend>(
+    be: &mut B,
+    args: &GenerateArgs,
+    opts: Options,
+) -> Result<(Transformer, Tokenizer)> {
+    let hf = hf::HfModel::open(Path::new(&args.model))?;
+    let tokenizer = match (&args.tokenizer, &hf.tokenizer) {
+        (Some(name), _) => Tokenizer::from_name(name)?,
+        (None, Some(t)) => t.clone(),
+        (None, None) => bail!(
+            "{} has no tokenizer.json: give --tokenizer gpt2 or byte",
+            args.model
+        ),
+    };
+    tokenizer.check_model(&hf.config)?;
+    let model = Transformer::new(be, &hf.config, opts, false)?;
+    hf.load_weights(be, &model)?;
+    eprintln!(
+        "{}: {} ({} params, {}), tokenizer {}",
+        args.model,
+        hf.config.name,
+        units::params(hf.config.param_count()),
+        hf.family.name(),
+        tokenizer.name()
+    );
+    Ok((model, tokenizer))
 }
 
 struct Timing {
