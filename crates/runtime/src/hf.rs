@@ -9,7 +9,8 @@
 //! name, dtype and shape against the model before anything is loaded; [`HfModel::load_weights`]
 //! then converts one parameter at a time to f32 and writes it into the backend, which stores it
 //! at the run's dtype. Beside the backend's own storage the host holds one parameter in f32
-//! (the largest is the embedding, V × C).
+//! (the largest is the embedding, V × C) and the file pages of the tensors being read: each
+//! tensor's pages are released from the resident set once copied out (madvise DONTNEED).
 //!
 //! How Hugging Face's parameters map onto tperf's (`schedule::weights`, nn.Linear layout, weight
 //! (out, in)):
@@ -626,6 +627,7 @@ impl HfModel {
         })?;
         // Tensor data is not necessarily aligned in the file, so decode rather than cast.
         let bytes = view.data();
+        let (offset, len) = (bytes.as_ptr() as usize - shard.map.as_ptr() as usize, bytes.len());
         let values: Vec<f32> = match entry.dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
@@ -647,6 +649,9 @@ impl HfModel {
                 })
             }
         };
+        drop(view);
+        drop(st);
+        release_pages(&shard.map, offset, len);
         if let Some((index, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(HfError::NonFinite {
                 dir: self.dir.clone(),
@@ -924,6 +929,21 @@ fn check_loadable(path: &Path, family: Family, raw: &Value) -> Result<(), HfErro
         }
     }
     Ok(())
+}
+
+/// Drops the pages of a tensor already copied out from this process's resident set, so that
+/// loading a model holds one tensor of the file at a time rather than the whole file (the pages
+/// of a file mapping count in RSS until unmapped). Advice only: a failure changes nothing.
+fn release_pages(map: &Mmap, offset: usize, len: usize) {
+    #[cfg(unix)]
+    // SAFETY: no slice of `map` is alive across the call (the values were copied out and the
+    // view dropped), and the mapping is a read-only map of a file, never written: a later read
+    // of a released page faults it in again from the file, with the same bytes.
+    unsafe {
+        let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len);
+    }
+    #[cfg(not(unix))]
+    let _ = (map, offset, len);
 }
 
 fn corrupt(path: &Path, e: safetensors::SafeTensorError) -> HfError {

@@ -352,3 +352,31 @@ fn a_non_finite_weight_is_refused_when_loading() {
     let e = hf.load_weights(&mut be, &model).unwrap_err().to_string();
     assert!(e.contains("wte.weight") && e.contains("NaN"), "{e}");
 }
+
+#[test]
+fn save_pretrained_writes_back_what_was_loaded() {
+    // Every layout the loader undoes: Conv1D transposes (gpt2), RoPE permutations and fused
+    // q/k/v and gate/up (llama, bf16 and sharded in the source), biases (qwen2), fp16 (mistral).
+    for family in FAMILIES {
+        let (mut be, hf, model) = loaded(&fixture(family), Options::default());
+        let out = tempfile::tempdir().unwrap();
+        hf.save_pretrained(&mut be, &model, out.path()).unwrap();
+        let src = std::fs::read_to_string(fixture(family).join("config.json")).unwrap();
+        let dst = std::fs::read_to_string(out.path().join("config.json")).unwrap();
+        assert_eq!(src, dst, "{family}: the config is copied");
+        assert!(out.path().join("tokenizer.json").is_file());
+        let ids = u32s(&expected(family)["ids"]);
+        let before = logits(&mut be, &model, &ids);
+        let (mut be2, _, model2) = loaded(out.path(), Options::default());
+        let after = logits(&mut be2, &model2, &ids);
+        assert_eq!(
+            before, after,
+            "{family}: the saved folder loads to the same model"
+        );
+        // Saving over the mapped source is refused.
+        let err = hf
+            .save_pretrained(&mut be, &model, &fixture(family))
+            .unwrap_err();
+        assert!(err.to_string().contains("loaded from"), "{err}");
+    }
+}
