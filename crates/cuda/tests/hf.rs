@@ -64,7 +64,12 @@ fn hf_fixtures_match_transformers_on_the_gpu() {
             .as_array()
             .unwrap()
             .iter()
-            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32))
+            .flat_map(|r| {
+                r.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+            })
             .collect();
         for attention in [AttentionKernel::Flash, AttentionKernel::Naive] {
             let opts = Options {
@@ -164,5 +169,8 @@ fn a_gpt2_124m_folder_in_bf16_matches_transformers_bf16() {
     );
     // tperf's bf16 error is of the size of transformers' own bf16 error (bf16 storage of
     // activations; a mapping error would be orders larger).
-    assert!(ours_mean <= 3.0 * theirs_mean + 1e-4, "tperf's bf16 error is well above transformers'");
+    assert!(
+        ours_mean <= 3.0 * theirs_mean + 1e-4,
+        "tperf's bf16 error is well above transformers'"
+    );
 }
