@@ -627,7 +627,10 @@ impl HfModel {
         })?;
         // Tensor data is not necessarily aligned in the file, so decode rather than cast.
         let bytes = view.data();
-        let (offset, len) = (bytes.as_ptr() as usize - shard.map.as_ptr() as usize, bytes.len());
+        let (offset, len) = (
+            bytes.as_ptr() as usize - shard.map.as_ptr() as usize,
+            bytes.len(),
+        );
         let values: Vec<f32> = match entry.dtype {
             Dtype::F32 => bytes
                 .chunks_exact(4)
