@@ -15,8 +15,10 @@ pub struct LoadedModel {
 }
 
 pub fn load(spec: &str) -> Result<LoadedModel> {
-    let looks_like_file =
-        spec.ends_with(".json") || spec.contains('/') || Path::new(spec).is_file();
+    let looks_like_file = spec.ends_with(".json")
+        || spec.contains('/')
+        || Path::new(spec).is_file()
+        || tperf_runtime::hf::is_model_dir(Path::new(spec));
     if !looks_like_file {
         // `tperf plan fit` lists the size ladder's shapes beside the presets; each name it
         // prints is accepted here too.
@@ -43,7 +45,15 @@ pub fn load(spec: &str) -> Result<LoadedModel> {
             default_seq: p.default_seq,
         });
     }
-    let path = Path::new(spec);
+    let folder = Path::new(spec);
+    // A Hugging Face model folder: its config (weights are loaded by the commands that run it).
+    let config_in_folder = folder.join("config.json");
+    let path = if tperf_runtime::hf::is_model_dir(folder) {
+        config_in_folder.as_path()
+    } else {
+        folder
+    };
+    let spec = &path.display().to_string();
     if !path.is_file() {
         bail!("no such file '{spec}': give a preset name (see `tperf model --list`) or the path of a config.json");
     }

@@ -217,7 +217,20 @@ impl Reader<'_> {
         };
         // transformers' defaults: Llama θ = 10000, Mistral θ = 10000, Qwen2 θ = 10000 (the
         // released Qwen2 configs all set 1e6 explicitly).
-        let theta = self.f64_or("rope_theta", 10_000.0)?;
+        // transformers ≥ 5 writes θ under "rope_parameters"; earlier versions at the top level.
+        let theta = match self
+            .obj
+            .get("rope_parameters")
+            .and_then(|p| p.get("rope_theta"))
+        {
+            Some(v) => v.as_f64().ok_or_else(|| HfConfigError::WrongType {
+                path: self.path.to_string(),
+                key: "rope_parameters.rope_theta",
+                expected: "a number",
+                found: Self::found(v),
+            })?,
+            None => self.f64_or("rope_theta", 10_000.0)?,
+        };
         let attention_bias = self.bool_or("attention_bias", false)?;
         let mlp_bias = self.bool_or("mlp_bias", false)?;
         let biases = match kind {
@@ -378,6 +391,19 @@ mod tests {
         assert!(c.biases.qkv && !c.biases.attn_out && c.tied_embeddings);
         assert_eq!(c.sliding_window, None, "use_sliding_window is false");
         assert_eq!(c.param_count(), 494_032_768);
+    }
+
+    #[test]
+    fn rope_theta_is_read_where_transformers_5_writes_it() {
+        let v5 = LLAMA3_8B.replace(
+            "\"rope_theta\":500000.0",
+            "\"rope_parameters\":{\"rope_theta\":250000.0,\"rope_type\":\"default\"}",
+        );
+        let c = parse("v5.json", &v5).unwrap();
+        assert_eq!(
+            c.positions,
+            crate::config::Positions::Rope { theta: 250000.0 }
+        );
     }
 
     #[test]

@@ -281,8 +281,9 @@ impl<B: Backend> EngineCore<B> {
         &self.cfg
     }
 
+    /// A handle on the tokenizer (a clone is cheap: the vocabularies are shared).
     pub fn tokenizer(&self) -> Tokenizer {
-        self.tokenizer
+        self.tokenizer.clone()
     }
 
     pub fn model(&self) -> &Transformer {

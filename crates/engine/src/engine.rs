@@ -86,8 +86,9 @@ impl Engine {
         self.limits
     }
 
+    /// A handle on the tokenizer (a clone is cheap: the vocabularies are shared).
     pub fn tokenizer(&self) -> Tokenizer {
-        self.tokenizer
+        self.tokenizer.clone()
     }
 
     /// Checks and queues a request whose events go to `sink`; its id cancels it.

@@ -46,6 +46,10 @@ impl<S: Stepper> RankStepper<S> {
         &self.inner
     }
 
+    pub fn inner_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
     /// This rank's rows of the global batch.
     fn mine(&self, batch: &Batch) -> Result<Batch, RankError<S::Error>> {
         let world = self.comm.world();

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod comm;
 pub mod data;
 pub mod data_parallel;
+pub mod hf;
 pub mod rng;
 pub mod stepper;
 pub mod tokenizer;

@@ -1,8 +1,10 @@
 //! Tokenizers: GPT-2's byte-level BPE (r50k_base, 50,257 tokens, through `tiktoken-rs`, whose
-//! ranks ship inside the crate so nothing is downloaded) and a byte tokenizer (256 tokens, one
-//! per byte) for models with tiny vocabularies.
+//! ranks ship inside the crate so nothing is downloaded), a byte tokenizer (256 tokens, one
+//! per byte) for models with tiny vocabularies, and a Hugging Face model folder's own
+//! `tokenizer.json` (through Hugging Face's `tokenizers` crate; see `crate::hf`).
 
 use std::fmt;
+use std::sync::Arc;
 use thiserror::Error;
 use tiktoken_rs::CoreBPE;
 use tperf_core::config::ModelConfig;
@@ -26,15 +28,37 @@ pub enum TokenizerError {
     },
 }
 
+/// A folder's `tokenizer.json` and the ids that end a generation.
+pub struct HfTokenizer {
+    inner: tokenizers::Tokenizer,
+    eos: Vec<u32>,
+    vocab: usize,
+}
+
+impl HfTokenizer {
+    pub fn new(inner: tokenizers::Tokenizer, eos: Vec<u32>) -> Self {
+        let vocab = inner.get_vocab_size(true);
+        HfTokenizer { inner, eos, vocab }
+    }
+
+    /// The ids that end a generation (a model may have several: Llama 3's two).
+    pub fn end_tokens(&self) -> &[u32] {
+        &self.eos
+    }
+}
+
 /// A closed set of tokenizers: an enum rather than a trait object because a checkpoint names
-/// its tokenizer and must be able to rebuild it from that name.
-#[derive(Clone, Copy)]
+/// its tokenizer and must be able to rebuild it from that name (a `tokenizer.json` is rebuilt
+/// from its folder, `crate::hf::HfModel::open`).
+#[derive(Clone)]
 pub enum Tokenizer {
     /// GPT-2's BPE. The encoder is built once per process (a lazily initialised static inside
     /// tiktoken-rs) because parsing its 50k ranks takes a noticeable fraction of a second.
     Gpt2(&'static CoreBPE),
     /// Each UTF-8 byte is a token.
     Byte,
+    /// A Hugging Face `tokenizer.json`.
+    Hf(Arc<HfTokenizer>),
 }
 
 impl fmt::Debug for Tokenizer {
@@ -82,6 +106,7 @@ impl Tokenizer {
         match self {
             Tokenizer::Gpt2(_) => "gpt2",
             Tokenizer::Byte => "byte",
+            Tokenizer::Hf(_) => "tokenizer.json",
         }
     }
 
@@ -89,24 +114,56 @@ impl Tokenizer {
         match self {
             Tokenizer::Gpt2(_) => GPT2_VOCAB,
             Tokenizer::Byte => BYTE_VOCAB,
+            Tokenizer::Hf(t) => t.vocab,
         }
     }
 
-    /// The end-of-text token, where the tokenizer has one.
+    /// The end-of-text token, where the tokenizer has one (a folder's first eos id).
     pub fn eot(&self) -> Option<u32> {
         match self {
             Tokenizer::Gpt2(_) => Some(GPT2_EOT),
             Tokenizer::Byte => None,
+            Tokenizer::Hf(t) => t.eos.first().copied(),
+        }
+    }
+
+    /// Every id that ends a generation.
+    pub fn end_tokens(&self) -> Vec<u32> {
+        match self {
+            Tokenizer::Hf(t) => t.eos.clone(),
+            _ => self.eot().into_iter().collect(),
+        }
+    }
+
+    /// Text to ids with the tokenizer's special-token rules: for a `tokenizer.json`, its
+    /// post-processor adds what the model expects (Llama's BOS) when `add_special_tokens`, and
+    /// special tokens written in the text (a chat template's `<|im_start|>`) are matched as
+    /// such — what `transformers`' `tokenizer(text)` does. Pass false for text that already
+    /// holds them (a chat template's output). GPT-2 and byte tokenizers encode as [`encode`].
+    ///
+    /// [`encode`]: Tokenizer::encode
+    pub fn encode_special(&self, text: &str, add_special_tokens: bool) -> Vec<u32> {
+        match self {
+            Tokenizer::Hf(t) => t
+                .inner
+                .encode(text, add_special_tokens)
+                .map(|e| e.get_ids().to_vec())
+                .unwrap_or_default(),
+            _ => self.encode(text),
         }
     }
 
     /// Text to token ids. `<|endoftext|>` written in the text is encoded as ordinary text, not
     /// as the special token: a data file cannot inject control tokens by accident (this is
-    /// what tiktoken's `encode_ordinary` and llm.c's data preparation do).
+    /// what tiktoken's `encode_ordinary` and llm.c's data preparation do). A `tokenizer.json`
+    /// encodes as `transformers` does by default: [`encode_special`]`(text, true)`.
+    ///
+    /// [`encode_special`]: Tokenizer::encode_special
     pub fn encode(&self, text: &str) -> Vec<u32> {
         match self {
             Tokenizer::Gpt2(bpe) => bpe.encode_ordinary(text),
             Tokenizer::Byte => text.bytes().map(u32::from).collect(),
+            Tokenizer::Hf(_) => self.encode_special(text, true),
         }
     }
 
@@ -115,6 +172,27 @@ impl Tokenizer {
     /// byte-level tokens may stop inside a UTF-8 character. Ids the tokenizer does not know and
     /// invalid UTF-8 both become U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> String {
+        if let Tokenizer::Hf(t) = self {
+            // Unknown ids would be dropped silently; show them as the others are.
+            let mut out = String::new();
+            let mut run: Vec<u32> = Vec::new();
+            let flush = |run: &mut Vec<u32>, out: &mut String| {
+                if !run.is_empty() {
+                    out.push_str(&t.inner.decode(run, false).unwrap_or_default());
+                    run.clear();
+                }
+            };
+            for &id in ids {
+                if (id as usize) < t.vocab {
+                    run.push(id);
+                } else {
+                    flush(&mut run, &mut out);
+                    out.push('\u{FFFD}');
+                }
+            }
+            flush(&mut run, &mut out);
+            return out;
+        }
         let mut bytes = Vec::with_capacity(ids.len() * 4);
         match self {
             Tokenizer::Gpt2(bpe) => {
@@ -128,6 +206,7 @@ impl Tokenizer {
                     }
                 }
             }
+            Tokenizer::Hf(_) => unreachable!("decoded above"),
             Tokenizer::Byte => {
                 for &id in ids {
                     match u8::try_from(id) {

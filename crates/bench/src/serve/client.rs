@@ -406,7 +406,7 @@ pub async fn run(
     let mut tasks = Vec::with_capacity(schedule.len());
     for s in schedule {
         tokio::time::sleep_until((t0 + Duration::from_secs_f64(s.at_s.max(0.0))).into()).await;
-        let (cfg, slots, on_done) = (cfg.clone(), slots.clone(), on_done.clone());
+        let (cfg, slots, on_done, tok) = (cfg.clone(), slots.clone(), on_done.clone(), tok.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = match &slots {
                 Some(s) => s.clone().acquire_owned().await.ok(),

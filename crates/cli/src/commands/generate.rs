@@ -25,11 +25,13 @@ use tperf_engine::contiguous::{self, Timing};
 use tperf_engine::{EngineConfig, EngineCore, Event, FinishReason, Request};
 use tperf_report::units;
 use tperf_runtime::checkpoint::{self, Contents};
+use tperf_runtime::hf;
 use tperf_runtime::tokenizer::Tokenizer;
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
-    /// A checkpoint (.safetensors, written by `tperf train`), or a preset / config.json, which
+    /// A Hugging Face model folder (config.json, model.safetensors, tokenizer.json), a
+    /// checkpoint (.safetensors, written by `tperf train`), or a preset / config.json, which
     /// runs with random weights.
     pub model: String,
     /// The text to continue.
@@ -136,7 +138,6 @@ fn check_fits(
     };
     super::check_fits(device, cfg, &sc).map(drop)
 }
-
 
 fn generate_on<B: Instrumented>(
     mut be: B,
@@ -263,9 +264,8 @@ fn generate_on<B: Instrumented>(
 
 /// The model of `spec` (a checkpoint, or a preset / config.json with random weights of `seed`)
 /// on `be`, and its tokenizer (`tokenizer` names one, else the checkpoint's or the default for
-/// the vocabulary); says on stderr what was loaded.
-/// The model and tokenizer of `spec` (a checkpoint, a preset or a config.json) on `be`; `fits`
-/// refuses, before anything is allocated, what the model predicts will not fit the device.
+/// the vocabulary); says on stderr what was loaded. `fits` refuses, before anything is
+/// allocated, what the model predicts will not fit the device.
 pub(crate) fn load_model<B: Backend>(
     be: &mut B,
     spec: &str,
@@ -274,6 +274,9 @@ pub(crate) fn load_model<B: Backend>(
     seed: u64,
     fits: &dyn Fn(&tperf_core::config::ModelConfig, &Tokenizer) -> Result<()>,
 ) -> Result<(Transformer, Tokenizer)> {
+    if hf::is_model_dir(Path::new(spec)) {
+        return load_hf(be, spec, tokenizer, opts, fits);
+    }
     Ok(if is_checkpoint(spec) {
         let path = Path::new(spec);
         let meta = checkpoint::read_metadata(path)?;
@@ -329,6 +332,34 @@ pub(crate) fn load_model<B: Backend>(
         );
         (model, tokenizer)
     })
+}
+
+/// A Hugging Face model folder: its weights and its own tokenizer (or `tokenizer`'s).
+fn load_hf<B: Backend>(
+    be: &mut B,
+    spec: &str,
+    tokenizer: Option<&str>,
+    opts: Options,
+    fits: &dyn Fn(&tperf_core::config::ModelConfig, &Tokenizer) -> Result<()>,
+) -> Result<(Transformer, Tokenizer)> {
+    let hf = hf::HfModel::open(Path::new(spec))?;
+    let tokenizer = match (tokenizer, &hf.tokenizer) {
+        (Some(name), _) => Tokenizer::from_name(name)?,
+        (None, Some(t)) => t.clone(),
+        (None, None) => bail!("{spec} has no tokenizer.json: give --tokenizer gpt2 or byte"),
+    };
+    tokenizer.check_model(&hf.config)?;
+    fits(&hf.config, &tokenizer)?;
+    let model = Transformer::new(be, &hf.config, opts, false)?;
+    hf.load_weights(be, &model)?;
+    eprintln!(
+        "{spec}: {} ({} params, {}), tokenizer {}",
+        hf.config.name,
+        units::params(hf.config.param_count()),
+        hf.family.name(),
+        tokenizer.name()
+    );
+    Ok((model, tokenizer))
 }
 
 /// The request through the serving engine, alone: one sequence over a paged cache just large

@@ -26,13 +26,16 @@ use tperf_report::units;
 use tperf_runtime::checkpoint;
 use tperf_runtime::data::{Corpus, Loader, SyntheticLoader, TextLoader};
 use tperf_runtime::data_parallel::RankStepper;
+use tperf_runtime::hf;
 use tperf_runtime::stepper::ModelStepper;
 use tperf_runtime::tokenizer::Tokenizer;
 use tperf_runtime::train::{self as driver, RunPaths, StepRecord, StopFlag, TrainConfig};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// A preset (see `tperf model --list`) or a config.json (Hugging Face or tperf's own).
+    /// A preset (see `tperf model --list`), a config.json (Hugging Face or tperf's own), or a
+    /// Hugging Face model folder, whose weights the run starts from (fine-tuning) and whose
+    /// tokenizer.json it uses.
     pub model: String,
     /// A UTF-8 text file to train on; its last --val-fraction is held out for evaluation.
     #[arg(long, conflicts_with = "synthetic")]
@@ -87,6 +90,11 @@ pub struct TrainArgs {
     /// follows the whole --steps schedule, so resuming later gives exactly the unbroken run.
     #[arg(long)]
     pub stop_at: Option<u64>,
+    /// Also write the trained weights as a Hugging Face `save_pretrained` folder here (with the
+    /// source folder's config and tokenizer), which transformers loads; the model must be a
+    /// Hugging Face folder.
+    #[arg(long)]
+    pub save_hf: Option<PathBuf>,
     /// Replace an existing --checkpoint file that this run does not resume.
     #[arg(long)]
     pub overwrite: bool,
@@ -157,6 +165,16 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let per_rank_batch = args.batch;
     args.batch *= world;
     let mut cfg = load::load(&args.model)?.config;
+    let hf_model = if hf::is_model_dir(Path::new(&args.model)) {
+        let m = hf::HfModel::open(Path::new(&args.model))?;
+        cfg = m.config.clone();
+        Some(m)
+    } else {
+        if args.save_hf.is_some() {
+            bail!("--save-hf needs a Hugging Face model folder as the model (its config and tokenizer are copied)");
+        }
+        None
+    };
     // When resuming, the checkpoint's metadata says which model and tokenizer the run has; a
     // different model is refused by name of the first field that differs.
     let resume_meta = match &args.resume {
@@ -189,7 +207,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         (None, Some(meta)) => meta.run.tokenizer.clone(),
         (None, None) => Tokenizer::default_for(&cfg).name().to_string(),
     };
-    let tokenizer = Tokenizer::from_name(&tokenizer_name)?;
+    // A folder's own tokenizer.json, unless --tokenizer names another.
+    let tokenizer = match (
+        &args.tokenizer,
+        hf_model.as_ref().and_then(|m| m.tokenizer.clone()),
+    ) {
+        (None, Some(t)) => t,
+        _ => Tokenizer::from_name(&tokenizer_name)?,
+    };
     tokenizer.check_model(&cfg)?;
 
     let checkpoint_path = args.checkpoint.clone().or_else(|| args.resume.clone());
@@ -262,6 +287,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     drop(record);
 
     let prepared = Prepared {
+        hf_model,
         cfg,
         opts,
         tokenizer,
@@ -299,6 +325,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 
 /// Everything a run needs besides the backend, checked before any device is touched.
 struct Prepared {
+    hf_model: Option<hf::HfModel>,
     cfg: ModelConfig,
     opts: Options,
     tokenizer: Tokenizer,
@@ -398,6 +425,7 @@ fn train_on<B: Instrumented>(
     comm: Arc<dyn Communicator>,
 ) -> Result<()> {
     let Prepared {
+        hf_model,
         cfg,
         opts,
         tokenizer,
@@ -413,7 +441,10 @@ fn train_on<B: Instrumented>(
     } = p;
     let model = Transformer::new(&mut be, &cfg, opts, true)?;
     if args.resume.is_none() {
-        model.init_weights(&mut be, args.seed)?;
+        match &hf_model {
+            Some(m) => m.load_weights(&mut be, &model)?,
+            None => model.init_weights(&mut be, args.seed)?,
+        }
     }
     // Rank 0 speaks for a data-parallel run: the others print and log nothing.
     let speaks = comm.rank() == 0;
@@ -491,6 +522,11 @@ fn train_on<B: Instrumented>(
         } else {
             Ok(())
         };
+    }
+    if let (Some(m), Some(dir)) = (&hf_model, &args.save_hf) {
+        let inner = stepper.inner_mut();
+        m.save_pretrained(&mut inner.be, &inner.model, dir)?;
+        println!("saved a Hugging Face folder: {}", dir.display());
     }
     let wall_s = started.elapsed().as_secs_f64();
     if let Some(e) = log_err {

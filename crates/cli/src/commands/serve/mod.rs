@@ -240,14 +240,9 @@ fn start<B: tperf_core::backend::Backend + 'static>(
     let build = move || -> Result<(B, Transformer, Tokenizer), String> {
         let mut be = new_backend()?;
         // The fit was checked before the engine started (`run`).
-        let (model, tok) = load_model(
-            &mut be,
-            &spec,
-            tokenizer.as_deref(),
-            opts,
-            seed,
-            &|_, _| Ok(()),
-        )
+        let (model, tok) = load_model(&mut be, &spec, tokenizer.as_deref(), opts, seed, &|_, _| {
+            Ok(())
+        })
         .map_err(|e| format!("{e:#}"))?;
         Ok((be, model, tok))
     };
