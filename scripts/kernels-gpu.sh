@@ -8,7 +8,7 @@
 #                                                      a bf16 profile of the small train step
 #
 # TPERF is a release binary built on the dev machine; TESTS_DIR holds stripped CUDA test
-# binaries named after their test file (compile, ops_attention, ...). Writes at most 8 files
+# binaries named after their test file (compile, ops_attention, ...; TESTS="a b" picks some). Writes at most 8 files
 # under OUT (what the device tool brings back). Each step has its own timeout, so one hang
 # costs only that step.
 set -u
@@ -42,7 +42,7 @@ step() {
 case $mode in
 tests)
     machine
-    for t in compile nccl ops_sampling ops_attention ops_norms ops_basic graphs ragged; do
+    for t in ${TESTS:-compile nccl ops_sampling ops_attention ops_norms ops_basic graphs ragged hf pytorch}; do
         [ -x "$tests/$t" ] && step tests.txt 240 "$tests/$t" --test-threads 1
     done
     step conformance.txt 120 "$tperf" conformance --device cuda
@@ -56,7 +56,8 @@ bench)
         --device cuda --batch 1,32,128
     step train.txt 200 "$tperf" bench --sizes small,2.7B --dtype bf16 --batch 4 --seq 256 \
         --device cuda
-    step peers.txt 240 python3 bench/pytorch/bench_peers.py --out "$out"
+    # PEERS=0 skips the PyTorch peers (when they were measured earlier in the same session).
+    [ "${PEERS:-1}" = 0 ] || step peers.txt 240 python3 bench/pytorch/bench_peers.py --out "$out"
     step profile.txt 60 "$tperf" profile small --batch 4 --seq 256 --dtype bf16 --device cuda
     ;;
 *)

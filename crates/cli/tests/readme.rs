@@ -47,6 +47,7 @@ const EXAMPLES: &[Example] = &[
     ("tperf model gpt2-124m --gpus 8 --zero1", &[], Needs::Cpu),
     ("tperf hw list", &[], Needs::Cpu),
     ("tperf hw measure", &[], Needs::Cpu),
+    ("tperf hw measure --device cuda", &[], Needs::Gpu),
     (
         "tperf bench small --batch 1 --seq 128",
         &[("small", "{tiny}"), ("128", "16")],
@@ -112,6 +113,21 @@ const EXAMPLES: &[Example] = &[
             ("run.safetensors", "{tmp}/run.safetensors"),
         ],
         Needs::Cpu,
+    ),
+    (
+        "tperf train gpt2-124m --synthetic --steps 200 --batch 8 --seq 256 --ranks 2",
+        &[
+            ("gpt2-124m", "{tiny}"),
+            ("200", "2"),
+            ("--batch 8", "--batch 2"),
+            ("256", "16"),
+        ],
+        Needs::Cpu,
+    ),
+    (
+        "tperf train gpt2-124m --synthetic --steps 200 --batch 8 --seq 256 --dtype bf16 --gpus 4",
+        &[],
+        Needs::Gpu,
     ),
     (
         "tperf generate run.safetensors --prompt \"Once upon a time\" --max-new 200 --temperature 0.8",

@@ -192,10 +192,10 @@ fn measure_gpu(
 ) -> Result<()> {
     match tperf_cuda::device_count() {
         Ok(n) if ordinal < n => {}
-        Ok(0) => bail!("--device cuda: this machine has no CUDA device; `tperf hw measure` without --device measures the CPU"),
+        Ok(0) => bail!("--device cuda: this machine has no CUDA device; `tperf hw measure --device cpu` (the default) measures the CPU"),
         Ok(n) => bail!("--device cuda:{ordinal}: this machine has {n} CUDA device(s) (cuda:0 … cuda:{})", n - 1),
         Err(e) => bail!(
-            "--device cuda: {}; `tperf hw measure` without --device measures the CPU",
+            "--device cuda: {}; `tperf hw measure --device cpu` (the default) measures the CPU",
             tperf_core::error::report(&e)
         ),
     }

@@ -1,8 +1,7 @@
 //! Multi-process data-parallel runs: `tperf train --gpus N` (one process per GPU, NCCL between
 //! them) and `--ranks N` (N CPU processes, collectives over TCP).
 //!
-//! The launcher re-runs this binary N times with the same arguments less `--gpus`/`--ranks`,
-//! each child told its place the way torchrun tells it (RANK, LOCAL_RANK, WORLD_SIZE,
+//! The launcher re-runs this binary N times with the same arguments, each child told its place the way torchrun tells it (RANK, LOCAL_RANK, WORLD_SIZE,
 //! LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so a run across nodes can be started by torchrun
 //! or any launcher that sets them, and the ranks behave the same. It waits for them; when one
 //! fails, it stops the others at once (they would otherwise wait for the dead rank until their
@@ -66,21 +65,6 @@ pub fn join(rv: &Rendezvous) -> Result<Arc<dyn Communicator>> {
     Ok(Arc::new(group))
 }
 
-/// This process's arguments without `--gpus N` / `--ranks N` (either spelling).
-fn child_args() -> Vec<OsString> {
-    let mut out = Vec::new();
-    let mut args = std::env::args_os().skip(1);
-    while let Some(a) = args.next() {
-        let s = a.to_string_lossy();
-        if s == "--gpus" || s == "--ranks" {
-            args.next();
-        } else if !(s.starts_with("--gpus=") || s.starts_with("--ranks=")) {
-            out.push(a);
-        }
-    }
-    out
-}
-
 /// Starts `world` ranks of this command on this node and waits for all of them.
 pub fn run(world: usize) -> Result<()> {
     // A free port for rank 0: bound here and released just before the children start; rank 0
@@ -90,7 +74,10 @@ pub fn run(world: usize) -> Result<()> {
         .context("finding a free port for the ranks to meet on")?
         .port();
     let exe = std::env::current_exe().context("locating the tperf binary to start the ranks")?;
-    let args = child_args();
+    // The children get the same arguments, --gpus/--ranks included: the launcher's variables
+    // make them ranks (`role` reads those first), and the flag tells a rank which device kind
+    // it drives.
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     // The launcher outlives the children's Ctrl-C handling: it must not die of the signal.
     ctrlc::set_handler(|| {}).context("installing the launcher's Ctrl-C handler")?;
     eprintln!("starting {world} ranks (127.0.0.1:{port})");

@@ -144,8 +144,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let mut args = args;
     let rank = match launch::role(args.gpus.or(args.ranks))? {
         Role::Launcher { world } => {
-            if args.gpus.is_some() && args.device == "cpu" {
-                bail!("--gpus trains on GPUs; use --ranks N for CPU processes");
+            if args.gpus.is_some() {
+                if args.device == "cpu" {
+                    bail!("--gpus trains on GPUs; use --ranks N for CPU processes");
+                }
+                // Every GPU must be there before any rank starts: the last one names the count.
+                super::resolve_device(&format!("cuda:{}", world - 1))
+                    .with_context(|| format!("--gpus {world}"))?;
             }
             return launch::run(world);
         }
