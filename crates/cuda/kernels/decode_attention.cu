@@ -104,6 +104,9 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS)
                 sum += p;
             }
             sum = warp_sum(sum);
+            // Every lane has read row_m[r] (m_old) before lane 0 overwrites it: the shuffles
+            // converge the warp in practice, but only a barrier says so (racecheck).
+            __syncwarp();
             if (lane == 0) {
                 const float corr = expf(m_old - m_use);
                 row_l[r] = row_l[r] * corr + sum;
