@@ -386,21 +386,6 @@ fn a_diverged_step_stops_the_run_and_keeps_the_last_checkpoint() {
 }
 
 #[test]
-fn temporary_files_being_written_are_removed_on_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let tmp = dir.path().join(".run.safetensors.tmp-1");
-    std::fs::write(&tmp, b"half a checkpoint").unwrap();
-    let guard = checkpoint::InFlight::register(&tmp);
-    checkpoint::remove_temporary_files();
-    assert!(!tmp.exists());
-    drop(guard);
-    // Once a write is done its path is no longer listed: a later file of that name stays.
-    std::fs::write(&tmp, b"x").unwrap();
-    checkpoint::remove_temporary_files();
-    assert!(tmp.exists());
-}
-
-#[test]
 fn stepper_failures_carry_the_step() {
     let mut fake = Fake::new();
     fake.fail_at = Some(2);
