@@ -187,11 +187,13 @@ impl ThreadGroup {
     }
 }
 
-fn to_bytes(data: &[f32]) -> Vec<u8> {
+/// f32 values as the little-endian bytes every group sends.
+pub fn f32_to_bytes(data: &[f32]) -> Vec<u8> {
     data.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn to_f32(bytes: &[u8]) -> Vec<f32> {
+/// The inverse of [`f32_to_bytes`] (a trailing partial value is dropped).
+pub fn bytes_to_f32(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -209,10 +211,10 @@ impl Communicator for ThreadGroup {
 
     fn all_reduce(&self, data: &mut [f32], op: Reduce) -> Result<(), CommError> {
         let during = "all_reduce";
-        let parts = self.exchange(to_bytes(data), during, |slots| {
+        let parts = self.exchange(f32_to_bytes(data), during, |slots| {
             slots
                 .iter()
-                .map(|s| to_f32(s.as_deref().unwrap_or_default()))
+                .map(|s| bytes_to_f32(s.as_deref().unwrap_or_default()))
                 .collect::<Vec<_>>()
         })?;
         if let Some((other, p)) = parts

@@ -16,7 +16,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tperf_core::comm::{reduce_in_rank_order, CommError, Communicator, Reduce};
+use tperf_core::comm::{
+    bytes_to_f32, f32_to_bytes, reduce_in_rank_order, CommError, Communicator, Reduce,
+};
 
 /// Where the group meets and how long a rank waits for the others.
 #[derive(Clone, Debug)]
@@ -229,17 +231,6 @@ fn recv(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn f32_bytes(data: &[f32]) -> Vec<u8> {
-    data.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn bytes_f32(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
-}
-
 impl Communicator for TcpGroup {
     fn rank(&self) -> usize {
         self.rank
@@ -253,8 +244,8 @@ impl Communicator for TcpGroup {
         let during = "all_reduce";
         let mut links = self.links();
         if self.rank != 0 {
-            send(&mut links[0], &f32_bytes(data)).map_err(self.err(during))?;
-            let back = bytes_f32(&recv(&mut links[0]).map_err(self.err(during))?);
+            send(&mut links[0], &f32_to_bytes(data)).map_err(self.err(during))?;
+            let back = bytes_to_f32(&recv(&mut links[0]).map_err(self.err(during))?);
             if back.len() != data.len() {
                 return Err(CommError::Mismatch {
                     rank: self.rank,
@@ -269,7 +260,7 @@ impl Communicator for TcpGroup {
         }
         let mut parts = vec![data.to_vec()];
         for (i, link) in links.iter_mut().enumerate() {
-            let part = bytes_f32(&recv(link).map_err(self.err(during))?);
+            let part = bytes_to_f32(&recv(link).map_err(self.err(during))?);
             if part.len() != data.len() {
                 return Err(CommError::Mismatch {
                     rank: 0,
@@ -283,7 +274,7 @@ impl Communicator for TcpGroup {
         }
         let views: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
         reduce_in_rank_order(&views, op, data);
-        let out = f32_bytes(data);
+        let out = f32_to_bytes(data);
         for link in links.iter_mut() {
             send(link, &out).map_err(self.err(during))?;
         }
