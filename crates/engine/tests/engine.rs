@@ -474,7 +474,14 @@ fn the_threaded_engine_serves_many_and_returns_every_block() {
         }
         assert_eq!(n, 1 + i % 7);
     }
-    let m = engine.metrics();
+    // The worker publishes its metrics after the step that sent the last event: wait for that
+    // snapshot (bounded), rather than read one the step has not written yet.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut m = engine.metrics();
+    while m.finished[1] < 40 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        m = engine.metrics();
+    }
     assert_eq!((m.running, m.waiting, m.kv_blocks_used), (0, 0, 0));
     assert_eq!(m.finished[1], 40);
     assert_eq!(m.ttft.count, 40);
