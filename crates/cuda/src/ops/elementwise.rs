@@ -72,18 +72,14 @@ impl CudaBackend {
     pub(crate) fn swiglu_forward(&mut self, call: &OpCall, s: &SwiGlu) -> Result<(), BackendError> {
         let io: SwiGluIo = call.operands(s)?;
         let (n, f) = (s.n as u64, s.f as u64);
-        let args = [
-            self.arg(call, &io.h, 2 * n * f)?,
-            self.arg(call, &io.g, n * f)?,
-            Arg::I64(n as i64),
-            Arg::I64(f as i64),
-            Arg::I32(act_code(ActivationKind::Silu)),
-        ];
-        if n * f == 0 {
-            return Ok(());
-        }
-        let grid = gated_grid(n, f);
-        self.launch(call, SRC, "gated_forward", grid, (256, 1, 1), 0, &args)
+        let tensors = [(&io.h, 2 * n * f), (&io.g, n * f)];
+        self.launch_gated(
+            call,
+            "gated_forward",
+            &tensors,
+            (n, f),
+            ActivationKind::Silu,
+        )
     }
 
     pub(crate) fn swiglu_backward(
@@ -93,19 +89,40 @@ impl CudaBackend {
     ) -> Result<(), BackendError> {
         let io: SwiGluBackwardIo = call.operands(s)?;
         let (n, f) = (s.n as u64, s.f as u64);
-        let args = [
-            self.arg(call, &io.h, 2 * n * f)?,
-            self.arg(call, &io.dg, n * f)?,
-            self.arg(call, &io.dh, 2 * n * f)?,
+        let tensors = [(&io.h, 2 * n * f), (&io.dg, n * f), (&io.dh, 2 * n * f)];
+        self.launch_gated(
+            call,
+            "gated_backward",
+            &tensors,
+            (n, f),
+            ActivationKind::Silu,
+        )
+    }
+
+    /// One launch of the gated pair SwiGLU and GeGLU share (`gated_forward`: h, g;
+    /// `gated_backward`: h, dg, dh), over n rows of f gated columns with activation `kind`.
+    pub(crate) fn launch_gated(
+        &mut self,
+        call: &OpCall,
+        kernel: &'static str,
+        tensors: &[(&Tensor, u64)],
+        (n, f): (u64, u64),
+        kind: ActivationKind,
+    ) -> Result<(), BackendError> {
+        let mut args = Vec::with_capacity(tensors.len() + 3);
+        for (t, numel) in tensors {
+            args.push(self.arg(call, t, *numel)?);
+        }
+        args.extend([
             Arg::I64(n as i64),
             Arg::I64(f as i64),
-            Arg::I32(act_code(ActivationKind::Silu)),
-        ];
+            Arg::I32(act_code(kind)),
+        ]);
         if n * f == 0 {
             return Ok(());
         }
         let grid = gated_grid(n, f);
-        self.launch(call, SRC, "gated_backward", grid, (256, 1, 1), 0, &args)
+        self.launch(call, SRC, kernel, grid, (256, 1, 1), 0, &args)
     }
 
     pub(crate) fn residual_add(
