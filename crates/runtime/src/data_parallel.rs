@@ -15,6 +15,7 @@
 use crate::checkpoint::RunInfo;
 use crate::data::Batch;
 use crate::train::{StepParams, Stepper, StopFlag};
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
@@ -50,9 +51,13 @@ impl<S: Stepper> RankStepper<S> {
         &mut self.inner
     }
 
-    /// This rank's rows of the global batch.
-    fn mine(&self, batch: &Batch) -> Result<Batch, RankError<S::Error>> {
+    /// This rank's rows of the global batch (the batch itself when the rank runs alone: no copy
+    /// on the single-process path every `tperf train` takes).
+    fn mine<'b>(&self, batch: &'b Batch) -> Result<Cow<'b, Batch>, RankError<S::Error>> {
         let world = self.comm.world();
+        if world == 1 {
+            return Ok(Cow::Borrowed(batch));
+        }
         if !batch.b.is_multiple_of(world) {
             return Err(RankError::Split {
                 rows: batch.b,
@@ -61,12 +66,12 @@ impl<S: Stepper> RankStepper<S> {
         }
         let b = batch.b / world;
         let span = self.comm.rank() * b * batch.t..(self.comm.rank() + 1) * b * batch.t;
-        Ok(Batch {
+        Ok(Cow::Owned(Batch {
             b,
             t: batch.t,
             tokens: batch.tokens[span.clone()].to_vec(),
             targets: batch.targets[span].to_vec(),
-        })
+        }))
     }
 
     /// The mean of `loss` over the ranks (equal token counts: the global batch's mean), with
