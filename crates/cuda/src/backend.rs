@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
 use tperf_core::ledger::Ledger;
-use tperf_core::ops::Op;
+use tperf_core::ops::{Op, OutputWrite};
 use tperf_core::tensor::{Tensor, TensorId, TensorSpec};
 
 pub(crate) const BACKEND: &str = "cuda";
@@ -713,27 +713,16 @@ impl CudaBackend {
 
     /// Keeps the contract that a fresh tensor reads as zero, lazily: before `call` runs, every
     /// fresh tensor it reads is zeroed (an in-place operand is both read and written, so the
-    /// optimizer's first moments and an accumulated dx are among its inputs; the one op that adds
-    /// into an output it does not list as an input, a tied embedding's dwte, is named here).
+    /// optimizer's first moments and an accumulated dx are among its inputs), and so is every
+    /// fresh output the op writes only in part or adds into (the op table's `OutputWrite`).
     /// Then everything the call touches counts as written: an op writes every element of its
-    /// outputs (the partial writers above aside), or zeroes first what it adds into (the embedding gradients, flash attention's
-    /// dQ scratch); `TPERF_POISON_ALLOC=1` tests that promise.
+    /// outputs otherwise, or zeroes first what it adds into (flash attention's dQ scratch);
+    /// `TPERF_POISON_ALLOC=1` tests that promise.
     fn zero_fresh_operands(&mut self, call: &OpCall) -> Result<(), BackendError> {
-        let adds_into_output = matches!(&call.op, Op::EmbeddingBackward(e) if e.accumulate);
-        // Ops that write only part of an output and leave the rest as it was: the caches (one
-        // row or slot per token), and naive attention's backwards (the V part of dqkv, then the
-        // Q and K parts). A fresh output of theirs must read as zero where they do not write.
-        let writes_part = matches!(
-            &call.op,
-            Op::KvAppend(_)
-                | Op::PagedKvAppend(_)
-                | Op::AttnValueBackward(_)
-                | Op::AttnScoresBackward(_)
-        );
-        let outputs_read = if writes_part {
-            call.outputs.len()
-        } else {
-            usize::from(adds_into_output)
+        let outputs_read = match call.op.output_write() {
+            OutputWrite::Whole => 0,
+            OutputWrite::AddsIntoFirst => 1,
+            OutputWrite::Part => call.outputs.len(),
         };
         let read = call
             .inputs

@@ -96,15 +96,33 @@ pub enum OpClass {
     Communication,
 }
 
+/// How an op writes its outputs, which a backend that hands out uninitialised memory must know:
+/// an output written in part, or added into, has to read as zero where the op leaves it alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputWrite {
+    /// Every element of every output is written (the default).
+    Whole,
+    /// Some elements of an output are written and the rest left as they were: a cache's one
+    /// row or slot per token, naive attention's backwards writing the Q, K and V thirds of dqkv
+    /// in separate ops.
+    Part,
+    /// The op adds into its first output without listing it among its inputs (a tied
+    /// embedding's gradient accumulating into the LM head's).
+    AddsIntoFirst,
+}
+
 /// Declares the `Op` enum and, for each op in one row, its name in tables, its class and its
-/// cost: `Variant(Descriptor) as d => name, Class, flops, bytes;`. Registering an op in core is
-/// its row here (besides `pub mod`); the name, class and cost cannot drift apart in three matches.
-/// `inputs`, `outputs` and `io` (their default byte count) are named by the caller so that the
-/// rows' expressions can use them.
+/// cost: `Variant(Descriptor) as d => name, Class, flops, bytes;`, and, where the op does not
+/// write every element of its outputs, `, writes: OutputWrite` after the bytes. Registering an
+/// op in core is its row here (besides `pub mod`); the name, class, cost and write rule cannot
+/// drift apart in separate matches. `inputs`, `outputs` and `io` (their default byte count) are
+/// named by the caller so that the rows' expressions can use them.
 macro_rules! op_table {
     (
         ($inputs:ident, $outputs:ident, $io:ident)
-        $( $(#[$m:meta])* $variant:ident($desc:ty) as $d:ident => $name:expr, $class:ident, $flops:expr, $bytes:expr; )*
+        $( $(#[$m:meta])* $variant:ident($desc:ty) as $d:ident =>
+            $name:expr, $class:ident, $flops:expr, $bytes:expr $(, writes: $write:expr)?; )*
     ) => {
         /// One op with its dimensions. Backward ops are ops of their own because their cost,
         /// inputs and outputs differ from the forward's; both share a descriptor.
@@ -137,6 +155,19 @@ macro_rules! op_table {
                     $( Op::$variant($d) => Cost { flops: $flops, bytes: $bytes }, )*
                 }
             }
+
+            /// How this call writes its outputs (see [`OutputWrite`]).
+            #[allow(unused_variables)]
+            pub fn output_write(&self) -> OutputWrite {
+                match self {
+                    $( Op::$variant($d) => {
+                        #[allow(unused_mut, unused_assignments)]
+                        let mut write = OutputWrite::Whole;
+                        $( write = $write; )?
+                        write
+                    } )*
+                }
+            }
         }
     };
 }
@@ -146,7 +177,8 @@ op_table! {
     Embedding(embedding::Embedding) as e =>
         "embedding", Elementwise, e.forward_flops(), e.forward_bytes(inputs, outputs);
     EmbeddingBackward(embedding::Embedding) as e =>
-        "embedding_backward", Elementwise, e.backward_flops(), e.backward_bytes(inputs, outputs);
+        "embedding_backward", Elementwise, e.backward_flops(), e.backward_bytes(inputs, outputs),
+        writes: if e.accumulate { OutputWrite::AddsIntoFirst } else { OutputWrite::Whole };
     Matmul(matmul::Matmul) as m => m.name(), Matmul, m.forward_flops(), io;
     MatmulBackward(matmul::Matmul) as m => m.backward_name(), Matmul, m.backward_flops(), io;
     LayerNorm(layernorm::LayerNorm) as n => n.name(), Elementwise, n.forward_flops(), io;
@@ -170,7 +202,8 @@ op_table! {
     AttnScores(attention::Attention) as a =>
         "attn_scores", Matmul, a.scores_flops(), a.scores_bytes(inputs, outputs);
     AttnScoresBackward(attention::Attention) as a => "attn_scores_backward", Matmul,
-        a.scores_backward_flops(), a.scores_backward_bytes(inputs, outputs);
+        a.scores_backward_flops(), a.scores_backward_bytes(inputs, outputs),
+        writes: OutputWrite::Part;
     AttnSoftmax(attention::Attention) as a =>
         "attn_softmax", Elementwise, a.softmax_flops(), io;
     AttnSoftmaxBackward(attention::Attention) as a =>
@@ -178,7 +211,8 @@ op_table! {
     AttnValue(attention::Attention) as a =>
         "attn_value", Matmul, a.value_flops(), a.value_bytes(inputs, outputs);
     AttnValueBackward(attention::Attention) as a => "attn_value_backward", Matmul,
-        a.value_backward_flops(), a.value_backward_bytes(inputs, outputs);
+        a.value_backward_flops(), a.value_backward_bytes(inputs, outputs),
+        writes: OutputWrite::Part;
     FlashAttention(attention::Attention) as a => "flash_attention", Matmul,
         flash_attention::forward_flops(a), flash_attention::forward_bytes(a, inputs);
     FlashAttentionBackward(attention::Attention) as a => "flash_attention_backward", Matmul,
@@ -191,9 +225,10 @@ op_table! {
     GradNorm(grad_norm::GradNorm) as g =>
         "grad_norm", Optimizer, g.flops(), g.bytes(inputs, outputs);
     Cast(cast::Cast) as c => "cast", Elementwise, 0, c.bytes(inputs, outputs);
-    KvAppend(kv_cache::KvAppend) as k => "kv_append", Elementwise, 0, k.bytes(inputs);
+    KvAppend(kv_cache::KvAppend) as k =>
+        "kv_append", Elementwise, 0, k.bytes(inputs), writes: OutputWrite::Part;
     PagedKvAppend(kv_cache::PagedKvAppend) as k =>
-        "paged_kv_append", Elementwise, 0, k.bytes(inputs);
+        "paged_kv_append", Elementwise, 0, k.bytes(inputs), writes: OutputWrite::Part;
     PagedAttention(paged_attention::PagedAttention) as a =>
         "paged_attention", Matmul, a.flops(), a.bytes(inputs);
     TakeLast(take_last::TakeLast) as t => "take_last", Elementwise, 0, t.bytes(inputs);
