@@ -17,8 +17,9 @@
 // exactly the layout of P's A fragments for P·V, so P is rounded to 16 bits in registers and
 // never touches shared memory.
 //
-// Forward: one block of 4 warps per (query tile of 64 rows, head, batch element); each warp owns
-// 16 query rows, holds their Q fragments in registers for the whole kernel, and walks the key
+// Forward: one block of 4 warps per (query tile of 128 rows at D = 64, 64 at 128, head, batch
+// element); each warp owns 32 (16) query rows, holds their Q fragments in registers for the
+// whole kernel, and walks the key
 // tiles (64 keys) the block's rows can see: S = Q·Kᵀ (ldmatrix of K rows is already the "col"
 // B operand), the online softmax in base 2 (scores pre-multiplied by log2(e)/√D), O += P·V (V
 // through ldmatrix.trans). Masking (causal, window, past Tk) runs only on tiles that need it.
@@ -28,10 +29,12 @@
 // Floor per (64-query × 64-key) tile: 4·64·64·D FLOPs (Q·Kᵀ and P·V) against 2·64·D·2 bytes of
 // K and V from L2 — 32 FLOPs per byte at any D, above the H200's ~20 FLOPs/byte of L2 bandwidth
 // per SM, so the loop is tensor-core (and exp) bound, as FlashAttention-2 is. Registers: Q
-// fragments D/4, O accumulators D/2, S 32 (per thread). Shared memory (64 + 4·64)·(D + 8)·2 bytes:
-// 46 KB at D = 64 (4 blocks, 16 warps an SM), 87 KB at D = 128 (2 blocks, 8 warps an SM).
+// fragments D/4, O accumulators D/2, S 32 (per thread and 16 rows). Shared memory (BQ + 4·64)·
+// (D + 8)·2 bytes: 55 KB at D = 64, 87 KB at D = 128; registers (254, 247) allow 2 blocks, 8
+// warps an SM. Measured (H200, causal B1 H16 T16384): 225–270 TFLOP/s, latency-bound (ncu:
+// issue slots ~45% busy at 8–12 warps an SM), not yet at the shared-memory bound: each
+// ldmatrix.x4 (4 cycles of the SM's 128 B/cycle) feeds 2 (MT = 1) or 4 (MT = 2) mma.
 
-#define MMA_BQ 64
 #define MMA_BK 64
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
@@ -127,9 +130,8 @@ struct MmaFwdArgs {
 
 // WARPS warps a block, each owning MT·16 consecutive query rows (MT m16 tiles): a K or V
 // fragment loaded from shared memory feeds MT products, so MT = 2 halves the shared-memory
-// traffic per tensor-core op (the loop's bound at MT = 1). QREG false reloads the Q fragments
-// from shared memory for each key tile instead of holding them (D·MT/4 registers).
-template <int D, int WARPS, int MT, bool QREG, bool BF>
+// traffic per tensor-core op (the loop's bound at MT = 1).
+template <int D, int WARPS, int MT, bool BF>
 __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_sh, i64 k_sj,
                                         Buf vb, i64 v0, i64 v_sb, i64 v_sh, i64 v_sj, Buf o,
                                         Buf lse, MmaFwdArgs p) {
@@ -173,16 +175,13 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
     // This warp's query rows as A fragments, one per 16 columns of D, per m16 tile.
     const u16* qrow0 =
         Qs + (warp * 16 * MT + (lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
-    unsigned qf[QREG ? MT : 1][QREG ? KT : 1][4];
-    if (QREG) {
+    unsigned qf[MT][KT][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int kk = 0; kk < KT; ++kk)
-                ldsm4(smem_addr(qrow0 + mt * 16 * LD + kk * 16), qf[QREG ? mt : 0][QREG ? kk : 0][0],
-                      qf[QREG ? mt : 0][QREG ? kk : 0][1], qf[QREG ? mt : 0][QREG ? kk : 0][2],
-                      qf[QREG ? mt : 0][QREG ? kk : 0][3]);
-    }
+        for (int kk = 0; kk < KT; ++kk)
+            ldsm4(smem_addr(qrow0 + mt * 16 * LD + kk * 16), qf[mt][kk][0], qf[mt][kk][1],
+                  qf[mt][kk][2], qf[mt][kk][3]);
 
     float acc[MT][OT][4];
 #pragma unroll
@@ -225,25 +224,14 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
             for (int t = 0; t < NT; ++t) s[mt][t][0] = s[mt][t][1] = s[mt][t][2] = s[mt][t][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < KT; ++kk) {
-            unsigned qa[MT][4];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                if (QREG) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) qa[mt][e] = qf[QREG ? mt : 0][QREG ? kk : 0][e];
-                } else {
-                    ldsm4(smem_addr(qrow0 + mt * 16 * LD + kk * 16), qa[mt][0], qa[mt][1],
-                          qa[mt][2], qa[mt][3]);
-                }
-            }
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 unsigned b0, b1, b2, b3;
                 ldsm4(smem_addr(Kt + (np * 16 + krow) * LD + kk * 16 + kcol), b0, b1, b2, b3);
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) {
-                    mma16816<BF>(s[mt][2 * np], qa[mt], b0, b1);
-                    mma16816<BF>(s[mt][2 * np + 1], qa[mt], b2, b3);
+                    mma16816<BF>(s[mt][2 * np], qf[mt][kk], b0, b1);
+                    mma16816<BF>(s[mt][2 * np + 1], qf[mt][kk], b2, b3);
                 }
             }
         }
@@ -359,36 +347,27 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
     qkv, kb, k0, k_sb, k_sh, k_sj, vb, v0, v_sb, v_sh, v_sj, o, lse,                            \
         MmaFwdArgs{h, h_kv, tq, step ? step[0] : tk, d, causal, window, scale}
 
-// The default: 4 warps of 16 query rows.
+// D = 64: 4 warps of 32 query rows (128-row tiles; 254 registers, 2 blocks an SM). D = 128:
+// 4 warps of 16 rows (64-row tiles): 32 rows would need 64 more registers of Q fragments than
+// 255 leave, and reloading them from shared memory per tile spilled and ran 7% slower; 8 warps
+// of 16 rows ran as fast (H200, 2026-12-02).
 extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d64_bf16(MMA_FWD_PARAMS) {
-    mma_fwd<64, 4, 1, true, true>(MMA_FWD_ARGS);
+    mma_fwd<64, 4, 2, true>(MMA_FWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d64_f16(MMA_FWD_PARAMS) {
-    mma_fwd<64, 4, 1, true, false>(MMA_FWD_ARGS);
+    mma_fwd<64, 4, 2, false>(MMA_FWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d128_bf16(MMA_FWD_PARAMS) {
-    mma_fwd<128, 4, 1, true, true>(MMA_FWD_ARGS);
+    mma_fwd<128, 4, 1, true>(MMA_FWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d128_f16(MMA_FWD_PARAMS) {
-    mma_fwd<128, 4, 1, true, false>(MMA_FWD_ARGS);
-}
-// 128-row query tiles: 4 warps of 32 rows at D = 64, 8 warps of 16 rows at D = 128 (32 rows
-// would need 64 more registers of Q fragments than 255 leave).
-extern "C" __global__ void __launch_bounds__(128) flash_mma_fwdw_d64_bf16(MMA_FWD_PARAMS) {
-    mma_fwd<64, 4, 2, true, true>(MMA_FWD_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(256) flash_mma_fwdw_d128_bf16(MMA_FWD_PARAMS) {
-    mma_fwd<128, 8, 1, true, true>(MMA_FWD_ARGS);
-}
-// D = 128 at 4 warps of 32 rows, the Q fragments reloaded from shared memory per key tile.
-extern "C" __global__ void __launch_bounds__(128) flash_mma_fwdx_d128_bf16(MMA_FWD_PARAMS) {
-    mma_fwd<128, 4, 2, false, true>(MMA_FWD_ARGS);
+    mma_fwd<128, 4, 1, false>(MMA_FWD_ARGS);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward
 //
-// One block of 4 warps per (key tile of 64 keys, key/value head, batch element), after
+// One block of 8 warps per (key tile of 128 keys, key/value head, batch element), after
 // flash_bwd_di (flash_attention.cu) has written Dᵢ = rowsum(dO ⊙ O). K and V stay in shared
 // memory; warp w owns keys 16w..16w + 15 of the tile and their dK and dV accumulators (f32, in
 // registers for the whole kernel). The block walks the query heads of its group and the query
@@ -399,15 +378,18 @@ extern "C" __global__ void __launch_bounds__(128) flash_mma_fwdx_d128_bf16(MMA_F
 //   ldmatrix.trans),
 //   dQ += dS·K/√D: dSᵀ goes through shared memory (the one product that needs the transposed
 //   fragment), and each warp adds a 16-row slice of the tile's dQ into the f32 scratch with
-//   atomics (red.global.add), which flash_bwd_dq converts into dqkv.
+//   16-byte vector atomics (red.global.add.v4.f32, see dq_add), which flash_bwd_dq converts
+//   into dqkv.
 // dK (scaled by 1/√D) and dV are written once per key at the end.
 //
-// Floor per (64-key × BQ-query) tile: 5 products of 2·64·BQ·D FLOPs (Sᵀ, dPᵀ, dV, dK, dQ)
-// against 2·BQ·D·2 bytes of Q and dO read and BQ·D·4 bytes of dQ atomics: 80 FLOPs per byte at
-// BQ = 64, 40 at 32; the atomics into L2 are the second bound after the tensor cores, as in
-// FlashAttention-2. Registers: dK, dV accumulators D (per thread), Sᵀ and dPᵀ BQ/2. BQ = 64 at
-// D = 64 (64 KB shared, 3 blocks an SM), 32 at D = 128 (74 KB shared; registers allow 2 blocks,
-// 8 warps an SM).
+// Floor per (128-key × BQ-query) tile: 5 products of 2·128·BQ·D FLOPs (Sᵀ, dPᵀ, dV, dK, dQ)
+// against 2·BQ·D·2 bytes of Q and dO read and BQ·D·4 bytes of dQ atomics: 160 FLOPs per byte
+// at any BQ. The atomics were the first bound measured (ncu at 64 keys with scalar atomics: L2
+// 55% busy, SM issue 24%); 128 keys halve them and the vector reds quarter their instructions.
+// Registers: dK, dV accumulators D (per thread), Sᵀ and dPᵀ BQ/2, K and V fragments D/2 at
+// D = 64. BQ = 64 at D = 64 (93 KB shared), 32 at D = 128 (113 KB); 255 registers allow one
+// block, 8 warps an SM. A split variant (dQ in a kernel of its own recomputing S and dP, no
+// atomics) measured 8–17% slower than this one and was removed.
 
 struct MmaBwdArgs {
     int h, h_kv, tq, tk, d, causal;
@@ -415,53 +397,40 @@ struct MmaBwdArgs {
     float scale;
 };
 
-// dQ's f32 atomics: `RED` consecutive floats per instruction (1, or 4 through sm_90's vector
-// red). A thread's accumulator pair (c0, c1) holds columns 2t, 2t + 1 of row g and (c2, c3)
-// the same columns of row g + 8; with RED = 4 lanes t and t ^ 1 swap halves so that the even
-// lane adds four columns of row g and the odd lane four of row g + 8, one 16-byte red each.
-template <int RED>
+// dQ's f32 atomics, four consecutive floats per instruction (sm_90's vector red: against one
+// float per atomic it took the backward from 9.4 to 8.0 ms at D = 64, T = 16384 on the H200).
+// A thread's accumulator pair (c0, c1) holds columns 2t, 2t + 1 of row g and (c2, c3) the same
+// columns of row g + 8; lanes t and t ^ 1 swap halves so that the even lane adds four columns
+// of row g and the odd lane four of row g + 8, one 16-byte red each, so the even lanes' `row_g`
+// must be 16-byte aligned (the host aligns the dQ scratch; D/WD columns a warp are 8k).
 __device__ __forceinline__ void dq_add(float* row_g, i64 row_stride, const float (&c)[4],
                                        float scale, int lane, bool ok_g, bool ok_g8) {
-    if (RED == 1) {
-        if (ok_g) {
-            atomicAdd(row_g, c[0] * scale);
-            atomicAdd(row_g + 1, c[1] * scale);
-        }
-        if (ok_g8) {
-            atomicAdd(row_g + 8 * row_stride, c[2] * scale);
-            atomicAdd(row_g + 8 * row_stride + 1, c[3] * scale);
-        }
+    const bool odd = lane & 1;
+    // The even lane sends its row g + 8 pair and receives its neighbour's row g pair.
+    const float send0 = odd ? c[0] : c[2], send1 = odd ? c[1] : c[3];
+    const float got0 = __shfl_xor_sync(0xffffffffu, send0, 1);
+    const float got1 = __shfl_xor_sync(0xffffffffu, send1, 1);
+    float v[4];
+    if (odd) {
+        v[0] = got0, v[1] = got1, v[2] = c[2], v[3] = c[3];
     } else {
-        const bool odd = lane & 1;
-        // The even lane sends its row g + 8 pair and receives its neighbour's row g pair.
-        const float send0 = odd ? c[0] : c[2], send1 = odd ? c[1] : c[3];
-        const float got0 = __shfl_xor_sync(0xffffffffu, send0, 1);
-        const float got1 = __shfl_xor_sync(0xffffffffu, send1, 1);
-        float v[4];
-        if (odd) {
-            v[0] = got0, v[1] = got1, v[2] = c[2], v[3] = c[3];
-        } else {
-            v[0] = c[0], v[1] = c[1], v[2] = got0, v[3] = got1;
-        }
-        // The even lane's columns start at its own 2t, the odd lane's at its neighbour's.
-        float* dst = odd ? row_g - 2 + 8 * row_stride : row_g;
-        if (odd ? ok_g8 : ok_g) {
-#if __CUDA_ARCH__ >= 900
-            asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst),
-                         "f"(v[0] * scale), "f"(v[1] * scale), "f"(v[2] * scale),
-                         "f"(v[3] * scale)
-                         : "memory");
-#else
-            // Vector reds are sm_90's; older devices add one float at a time.
-#pragma unroll
-            for (int e = 0; e < 4; ++e) atomicAdd(dst + e, v[e] * scale);
-#endif
-        }
+        v[0] = c[0], v[1] = c[1], v[2] = got0, v[3] = got1;
     }
+    // The even lane's columns start at its own 2t, the odd lane's at its neighbour's.
+    float* dst = odd ? row_g - 2 + 8 * row_stride : row_g;
+    if (!(odd ? ok_g8 : ok_g)) return;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v[0] * scale),
+                 "f"(v[1] * scale), "f"(v[2] * scale), "f"(v[3] * scale)
+                 : "memory");
+#else
+    // Vector reds are sm_90's; older devices add one float at a time.
+#pragma unroll
+    for (int e = 0; e < 4; ++e) atomicAdd(dst + e, v[e] * scale);
+#endif
 }
 
-// DQ false leaves dQ to mma_bwd_dq (no dSᵀ in shared memory, no atomics, no dQ scratch).
-template <int D, int BQ, int WARPS, int RED, bool HOIST, bool DQ, bool BF>
+template <int D, int BQ, int WARPS, bool HOIST, bool BF>
 __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float* di, float* dq,
                                         Buf dqkv, MmaBwdArgs p) {
     constexpr int THREADS = WARPS * 32, BK = WARPS * 16, LD = D + 8, SLD = BQ + 8;
@@ -474,8 +443,8 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
     u16* Vs = Ks + BK * LD;        // BK × LD
     u16* Qs = Vs + BK * LD;        // 2 × BQ × LD
     u16* dOs = Qs + 2 * BQ * LD;   // 2 × BQ × LD
-    u16* dSs = dOs + 2 * BQ * LD;  // BK × SLD (dSᵀ: key row, query column), with DQ only
-    float* Ls = (float*)(dSs + (DQ ? BK * SLD : 0)); // 2 × BQ (lse, f32)
+    u16* dSs = dOs + 2 * BQ * LD;  // BK × SLD (dSᵀ: key row, query column)
+    float* Ls = (float*)(dSs + BK * SLD); // 2 × BQ (lse, f32)
     float* Ds = Ls + 2 * BQ;              // 2 × BQ
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -616,7 +585,7 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
 
         // dSᵀ to shared memory for dQ, as 16-bit pairs.
 #pragma unroll
-        for (int t = 0; t < (DQ ? NT : 0); ++t) {
+        for (int t = 0; t < NT; ++t) {
             const int q = t * 8 + (lane % 4) * 2;
             *(unsigned*)(dSs + kr * SLD + q) = pack2<BF>(dp[t][0], dp[t][1]);
             *(unsigned*)(dSs + (kr + 8) * SLD + q) = pack2<BF>(dp[t][2], dp[t][3]);
@@ -644,9 +613,10 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
                 mma16816<BF>(dk[2 * n + 1], sa, b2, b3);
             }
         }
+        __syncthreads(); // dSᵀ is complete
+
         // dQ rows 16·(warp % WQ).., columns (warp / WQ)·D/WD.. of the tile: dS·K.
-        if (DQ) {
-            __syncthreads(); // dSᵀ is complete
+        {
             const int qw = (warp % WQ) * 16, cw = (warp / WQ) * (D / WD);
             float acc[DQT][4];
 #pragma unroll
@@ -669,7 +639,7 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
             float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + cw + (lane % 4) * 2;
 #pragma unroll
             for (int t = 0; t < DQT; ++t)
-                dq_add<RED>(dst + t * 8, hd, acc[t], p.scale, lane, i < qhi, i + 8 < qhi);
+                dq_add(dst + t * 8, hd, acc[t], p.scale, lane, i < qhi, i + 8 < qhi);
         }
 
         // The next tile has landed; every warp is done with this tile's buffers and dSᵀ.
@@ -693,225 +663,24 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
     }
 }
 
-// dQ without atomics (the backward's split variant): one block of WARPS warps per (query tile
-// of WARPS·16 rows, head, batch element), laid out as the forward: each warp owns 16 query rows,
-// holds their Q and dO rows as A fragments and their lse and Dᵢ in registers, and walks the key
-// tiles the rows can see (K and V double-buffered by cp.async), recomputing S = Q·Kᵀ and
-// dP = dO·Vᵀ (K and V rows by ldmatrix, B's "col" layout), P = exp2(S·log2(e)/√D − lse·log2(e)),
-// dS = P ⊙ (dP − Dᵢ), then dQ += dS·K (dS's A fragments from the accumulators, K through
-// ldmatrix.trans). Each row of dQ/√D is written once, straight into dqkv. Against the atomics
-// this recomputes two products (S and dP: 3 per tile here, 4 in mma_bwd without dQ, 7 against
-// 5) and writes nothing twice.
-template <int D, int WARPS, bool BF>
-__device__ __forceinline__ void mma_bwd_dq(Buf qkv, Buf dout, Buf lse, const float* di, Buf dqkv,
-                                           MmaBwdArgs p) {
-    constexpr int THREADS = WARPS * 32, BQ = WARPS * 16, BK = MMA_BK, LD = D + 8;
-    constexpr int KT = D / 16, NT = BK / 8, OT = D / 8;
-    extern __shared__ __align__(16) u16 mma_smem[];
-    u16* Qs = mma_smem;         // BQ × LD
-    u16* dOs = Qs + BQ * LD;    // BQ × LD
-    u16* Ks = dOs + BQ * LD;    // 2 × BK × LD
-    u16* Vs = Ks + 2 * BK * LD; // 2 × BK × LD
-
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int tiles = (p.tq + BQ - 1) / BQ;
-    const int tile = tiles - 1 - (int)(blockIdx.x % tiles);
-    const int head = (int)((blockIdx.x / tiles) % p.h);
-    const i64 b = (i64)(blockIdx.x / tiles) / p.h;
-    const int g = head / (p.h / p.h_kv);
-    const i64 width = (i64)(p.h + 2 * p.h_kv) * D, hd = (i64)p.h * D;
-    const int i0 = tile * BQ, i1 = min(i0 + BQ, p.tq);
-    const i64 off = (i64)p.tk - p.tq;
-
-    i64 lo = 0, hi = p.tk;
-    if (p.causal) {
-        hi = off + i1;
-        if (p.window >= 0) lo = max((i64)0, off + i0 + 1 - p.window);
-    }
-
-    const u16* base = (const u16*)qkv.p + b * p.tk * width;
-    const u16* kg = base + (i64)(p.h + g) * D;
-    const u16* vg = base + (i64)(p.h + p.h_kv + g) * D;
-    load_rows_async<D, BQ, THREADS>(Qs, (const u16*)qkv.p + (b * p.tq + i0) * width +
-                                            (i64)head * D, width, i1 - i0);
-    load_rows_async<D, BQ, THREADS>(dOs, (const u16*)dout.p + (b * p.tq + i0) * hd +
-                                             (i64)head * D, hd, i1 - i0);
-    if (lo < hi) {
-        const int valid = (int)min((i64)BK, hi - lo);
-        load_rows_async<D, BK, THREADS>(Ks, kg + lo * width, width, valid);
-        load_rows_async<D, BK, THREADS>(Vs, vg + lo * width, width, valid);
-    }
-    cp_async_commit();
-    cp_async_wait_all();
-    __syncthreads();
-
-    unsigned qf[KT][4], df[KT][4];
-    {
-        const int row = (warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
-#pragma unroll
-        for (int kk = 0; kk < KT; ++kk) {
-            ldsm4(smem_addr(Qs + row + kk * 16), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
-            ldsm4(smem_addr(dOs + row + kk * 16), df[kk][0], df[kk][1], df[kk][2], df[kk][3]);
-        }
-    }
-    const int qr = warp * 16 + lane / 4; // tile row of c0/c1 (c2/c3: + 8)
-    // lse·log2(e) and Dᵢ of rows qr and qr + 8 (rows past Tq are never stored).
-    float lse2[2], drow[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int i = i0 + qr + 8 * r;
-        const i64 at = (b * p.h + head) * p.tq + min(i, p.tq - 1);
-        lse2[r] = ((const float*)lse.p)[at] * LOG2E;
-        drow[r] = di[at];
-    }
-
-    float acc[OT][4];
-#pragma unroll
-    for (int t = 0; t < OT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
-    const float sl2 = p.scale * LOG2E;
-    const int krow = (lane % 8) + (lane / 16) * 8, kcol = ((lane / 8) % 2) * 8;
-    const int vrow = (lane % 8) + ((lane / 8) % 2) * 8, vcol = (lane / 16) * 8;
-
-    int buf = 0;
-    for (i64 j0 = lo; j0 < hi; j0 += BK, buf ^= 1) {
-        if (j0 + BK < hi) {
-            const i64 jn = j0 + BK;
-            const int valid = (int)min((i64)BK, hi - jn);
-            load_rows_async<D, BK, THREADS>(Ks + (buf ^ 1) * BK * LD, kg + jn * width, width,
-                                            valid);
-            load_rows_async<D, BK, THREADS>(Vs + (buf ^ 1) * BK * LD, vg + jn * width, width,
-                                            valid);
-        }
-        cp_async_commit();
-        const u16* Kt = Ks + buf * BK * LD;
-        const u16* Vt = Vs + buf * BK * LD;
-
-        float s[NT][4], dp[NT][4];
-#pragma unroll
-        for (int t = 0; t < NT; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[t][e] = dp[t][e] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < KT; ++kk) {
-#pragma unroll
-            for (int np = 0; np < NT / 2; ++np) {
-                unsigned b0, b1, b2, b3;
-                ldsm4(smem_addr(Kt + (np * 16 + krow) * LD + kk * 16 + kcol), b0, b1, b2, b3);
-                mma16816<BF>(s[2 * np], qf[kk], b0, b1);
-                mma16816<BF>(s[2 * np + 1], qf[kk], b2, b3);
-                ldsm4(smem_addr(Vt + (np * 16 + krow) * LD + kk * 16 + kcol), b0, b1, b2, b3);
-                mma16816<BF>(dp[2 * np], df[kk], b0, b1);
-                mma16816<BF>(dp[2 * np + 1], df[kk], b2, b3);
-            }
-        }
-
-        const bool masked =
-            j0 + BK > hi ||
-            (p.causal && (j0 + BK - 1 > off + i0 ||
-                          (p.window >= 0 && off + i0 + BQ - 1 - j0 >= p.window)));
-#pragma unroll
-        for (int t = 0; t < NT; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float pv = exp2f(fmaf(s[t][e], sl2, -lse2[e / 2]));
-                if (masked) {
-                    const i64 pos = off + i0 + qr + (e / 2) * 8;
-                    const i64 j = j0 + t * 8 + (lane % 4) * 2 + (e % 2);
-                    if (!(j < hi && mma_visible(p.causal, p.window, pos, j))) pv = 0.0f;
-                }
-                s[t][e] = pv * (dp[t][e] - drow[e / 2]);
-            }
-
-        // dQ += dS·K, dS's A fragments straight from the accumulators.
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk) {
-            const unsigned a[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]),
-                                   pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
-                                   pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                   pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-            for (int dp2 = 0; dp2 < D / 16; ++dp2) {
-                unsigned b0, b1, b2, b3;
-                ldsm4t(smem_addr(Kt + (kk * 16 + vrow) * LD + dp2 * 16 + vcol), b0, b1, b2, b3);
-                mma16816<BF>(acc[2 * dp2], a, b0, b1);
-                mma16816<BF>(acc[2 * dp2 + 1], a, b2, b3);
-            }
-        }
-
-        cp_async_wait_all();
-        __syncthreads();
-    }
-
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int i = i0 + qr + 8 * r;
-        if (i >= p.tq) continue;
-        u16* row = (u16*)dqkv.p + (b * p.tq + i) * width + (i64)head * D + (lane % 4) * 2;
-#pragma unroll
-        for (int t = 0; t < OT; ++t)
-            *(unsigned*)(row + t * 8) =
-                pack2<BF>(acc[t][2 * r] * p.scale, acc[t][2 * r + 1] * p.scale);
-    }
-}
-
 #define MMA_BWD_PARAMS                                                                           \
     Buf qkv, Buf dout, Buf lse, const float* di, float* dq, Buf dqkv, int h, int h_kv, int tq,    \
         int tk, int d, int causal, i64 window, float scale
 #define MMA_BWD_ARGS                                                                             \
     qkv, dout, lse, di, dq, dqkv, MmaBwdArgs{h, h_kv, tq, tk, d, causal, window, scale}
 
-// The default: 64 keys on 4 warps, one f32 atomic per dQ element.
-extern "C" __global__ void __launch_bounds__(128) flash_mma_bwd_d64_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<64, 64, 4, 1, false, true, true>(MMA_BWD_ARGS);
+// 128 keys on 8 warps (against 64 on 4: half the dQ atomics and the Q/dO reads per key; 9.4 →
+// 7.3 ms at D = 64, T = 16384, 19.2 → 13.3 at D = 128 with the vector reds). At D = 64 the K
+// and V fragments stay in registers (another 3%); at 128 they do not fit.
+extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d64_bf16(MMA_BWD_PARAMS) {
+    mma_bwd<64, 64, 8, true, true>(MMA_BWD_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(128) flash_mma_bwd_d64_f16(MMA_BWD_PARAMS) {
-    mma_bwd<64, 64, 4, 1, false, true, false>(MMA_BWD_ARGS);
+extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d64_f16(MMA_BWD_PARAMS) {
+    mma_bwd<64, 64, 8, true, false>(MMA_BWD_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(128) flash_mma_bwd_d128_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<128, 32, 4, 1, false, true, true>(MMA_BWD_ARGS);
+extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d128_bf16(MMA_BWD_PARAMS) {
+    mma_bwd<128, 32, 8, false, true>(MMA_BWD_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(128) flash_mma_bwd_d128_f16(MMA_BWD_PARAMS) {
-    mma_bwd<128, 32, 4, 1, false, true, false>(MMA_BWD_ARGS);
-}
-// Variants under measurement (bf16): b = 16-byte vector reds for dQ; c = that and 128 keys on
-// 8 warps (half the dQ atomics and Q/dO reads per key); d = c with K and V fragments held in
-// registers (D = 64 only: at 128 they do not fit).
-extern "C" __global__ void __launch_bounds__(128) flash_mma_bwdb_d64_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<64, 64, 4, 4, false, true, true>(MMA_BWD_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(128) flash_mma_bwdb_d128_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<128, 32, 4, 4, false, true, true>(MMA_BWD_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(256) flash_mma_bwdc_d64_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<64, 64, 8, 4, false, true, true>(MMA_BWD_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(256) flash_mma_bwdc_d128_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<128, 32, 8, 4, false, true, true>(MMA_BWD_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(256) flash_mma_bwdd_d64_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<64, 64, 8, 4, true, true, true>(MMA_BWD_ARGS);
-}
-// The split variant: dK, dV by mma_bwd without dQ (e: 64 keys on 4 warps, f: 128 keys on 8),
-// dQ by mma_bwd_dq (64 query rows on 4 warps).
-#define MMA_BWD_DQ_PARAMS                                                                        \
-    Buf qkv, Buf dout, Buf lse, const float* di, Buf dqkv, int h, int h_kv, int tq, int tk, int d, \
-        int causal, i64 window, float scale
-#define MMA_BWD_DQ_ARGS qkv, dout, lse, di, dqkv, MmaBwdArgs{h, h_kv, tq, tk, d, causal, window, scale}
-extern "C" __global__ void __launch_bounds__(128) flash_mma_bwde_d64_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<64, 64, 4, 1, false, false, true>(MMA_BWD_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(128) flash_mma_bwde_d128_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<128, 32, 4, 1, false, false, true>(MMA_BWD_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(256) flash_mma_bwdf_d64_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<64, 64, 8, 1, false, false, true>(MMA_BWD_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(256) flash_mma_bwdf_d128_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<128, 32, 8, 1, false, false, true>(MMA_BWD_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(128) flash_mma_bwd_dq_d64_bf16(MMA_BWD_DQ_PARAMS) {
-    mma_bwd_dq<64, 4, true>(MMA_BWD_DQ_ARGS);
-}
-extern "C" __global__ void __launch_bounds__(128) flash_mma_bwd_dq_d128_bf16(MMA_BWD_DQ_PARAMS) {
-    mma_bwd_dq<128, 4, true>(MMA_BWD_DQ_ARGS);
+extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d128_f16(MMA_BWD_PARAMS) {
+    mma_bwd<128, 32, 8, false, false>(MMA_BWD_ARGS);
 }

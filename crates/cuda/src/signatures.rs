@@ -205,30 +205,6 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     (
         "flash_mma",
-        "flash_mma_fwdw_d64_bf16",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_fwdw_d128_bf16",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_fwdx_d128_bf16",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
-    (
-        "flash_mma",
         "flash_mma_bwd_d64_bf16",
         &[
             Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
@@ -253,83 +229,6 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         "flash_mma_bwd_d128_f16",
         &[
             Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwdb_d64_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwdb_d128_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwdc_d64_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwdc_d128_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwdd_d64_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwde_d64_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwde_d128_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwdf_d64_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwdf_d128_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwd_dq_d64_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwd_dq_d128_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
         ],
     ),
     (

@@ -240,46 +240,21 @@ fn flash_variant(call: &OpCall, d: usize) -> Result<FlashVariant, BackendError> 
     }
 }
 
-/// The tensor-core kernels of flash_mma.cu for one (head size, dtype): the forward's block
-/// (threads, query rows) and the backward's (threads, keys), each with its shared bytes; shared
-/// rows are D + 8 elements.
+/// The tensor-core kernels of flash_mma.cu for one (head size, dtype): the forward's query rows
+/// a block (4 warps), the backward's query rows a tile (8 warps, 128 keys a block), and each
+/// kernel's shared bytes; shared rows are D + 8 elements.
 struct MmaVariant {
     fwd: &'static str,
-    fwd_threads: u32,
     fwd_bq: u64,
     fwd_shared: u32,
     bwd: &'static str,
-    bwd_threads: u32,
-    bwd_bk: u64,
     bwd_shared: u32,
-    bwd_dq: Option<(&'static str, u32)>,
 }
 
-/// The kernel variants `TPERF_FLASH_VARIANT` selects (bf16 only; fp16 keeps the defaults), a
-/// comma list such as `fwd=w,bwd=c`: forward `w` runs 128-row query tiles (D = 64: 4 warps of
-/// 32 rows, 128: 8 warps of 16), `x` at D = 128 4 warps of 32 rows reloading Q from shared
-/// memory (at 64 it is `w`); backward `b` adds
-/// dQ with 16-byte vector reds, `c` also 128-key tiles on 8 warps, `d` also K and V fragments
-/// held in registers (D = 64; at 128 it is `c`); `e` and `f` split dQ into its own kernel
-/// (no atomics), the dK/dV kernel on 64 keys and 4 warps (`e`) or 128 keys and 8 (`f`).
-/// Anything else is the default.
-fn mma_choice() -> (char, char) {
-    let spec = std::env::var("TPERF_FLASH_VARIANT").unwrap_or_default();
-    let mut choice = ('a', 'a');
-    for item in spec.split(',') {
-        match item.trim() {
-            "fwd=w" => choice.0 = 'w',
-            "fwd=x" => choice.0 = 'x',
-            "bwd=b" => choice.1 = 'b',
-            "bwd=c" => choice.1 = 'c',
-            "bwd=d" => choice.1 = 'd',
-            "bwd=e" => choice.1 = 'e',
-            "bwd=f" => choice.1 = 'f',
-            _ => {}
-        }
-    }
-    choice
-}
+const MMA_FWD_THREADS: u32 = 128;
+const MMA_BWD_THREADS: u32 = 256;
+/// Keys a backward block of the tensor-core kernels covers.
+const MMA_BWD_BK: u64 = 128;
 
 /// The tensor-core kernels run when every 16-bit operand shares one dtype, bf16 or fp16, D is
 /// 64 or 128, and every row the kernels load by 16-byte cp.async starts 16 bytes aligned: the
@@ -300,78 +275,26 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
     if !same || strides.iter().any(|s| s % 8 != 0) {
         return None;
     }
-    // The backward's query tile: 64 rows at D = 64, 32 at 128 (flash_mma.cu says why).
-    let (mut fwd, mut bwd, bq) = match (d, dt) {
-        (64, BF16) => ("flash_mma_fwd_d64_bf16", "flash_mma_bwd_d64_bf16", 64),
-        (64, F16) => ("flash_mma_fwd_d64_f16", "flash_mma_bwd_d64_f16", 64),
-        (128, BF16) => ("flash_mma_fwd_d128_bf16", "flash_mma_bwd_d128_bf16", 32),
-        (128, F16) => ("flash_mma_fwd_d128_f16", "flash_mma_bwd_d128_f16", 32),
+    // Forward query tile: 128 rows at D = 64, 64 at 128; backward query tile: 64 rows at
+    // D = 64, 32 at 128 (flash_mma.cu says why).
+    let (fwd, bwd, fq, bq) = match (d, dt) {
+        (64, BF16) => ("flash_mma_fwd_d64_bf16", "flash_mma_bwd_d64_bf16", 128, 64),
+        (64, F16) => ("flash_mma_fwd_d64_f16", "flash_mma_bwd_d64_f16", 128, 64),
+        (128, BF16) => ("flash_mma_fwd_d128_bf16", "flash_mma_bwd_d128_bf16", 64, 32),
+        (128, F16) => ("flash_mma_fwd_d128_f16", "flash_mma_bwd_d128_f16", 64, 32),
         _ => return None,
     };
-    let (mut fwd_threads, mut fwd_bq, mut bwd_threads, mut bwd_bk) = (128, 64, 128, 64);
-    let mut split = false;
-    if dt == BF16 {
-        let (f, b) = mma_choice();
-        match (f, d) {
-            ('w' | 'x', 64) => {
-                fwd = "flash_mma_fwdw_d64_bf16";
-                fwd_bq = 128;
-            }
-            ('w', _) => {
-                fwd = "flash_mma_fwdw_d128_bf16";
-                fwd_bq = 128;
-                fwd_threads = 256;
-            }
-            ('x', _) => {
-                fwd = "flash_mma_fwdx_d128_bf16";
-                fwd_bq = 128;
-            }
-            _ => {}
-        }
-        bwd = match (b, d) {
-            ('b', 64) => "flash_mma_bwdb_d64_bf16",
-            ('b', _) => "flash_mma_bwdb_d128_bf16",
-            ('c', 64) => "flash_mma_bwdc_d64_bf16",
-            ('c', _) | ('d', 128) => "flash_mma_bwdc_d128_bf16",
-            ('d', _) => "flash_mma_bwdd_d64_bf16",
-            ('e', 64) => "flash_mma_bwde_d64_bf16",
-            ('e', _) => "flash_mma_bwde_d128_bf16",
-            ('f', 64) => "flash_mma_bwdf_d64_bf16",
-            ('f', _) => "flash_mma_bwdf_d128_bf16",
-            _ => bwd,
-        };
-        if matches!(b, 'c' | 'd' | 'f') {
-            bwd_threads = 256;
-            bwd_bk = 128;
-        }
-        split = matches!(b, 'e' | 'f');
-    }
     let row = (d as u32 + 8) * 2;
-    let (fq, bk) = (fwd_bq as u32, bwd_bk as u32);
+    let bk = MMA_BWD_BK as u32;
     Some(MmaVariant {
         fwd,
-        fwd_threads,
-        fwd_bq,
+        fwd_bq: fq as u64,
         // Q tile and two buffers each of K and V tiles (64 rows), 2 bytes an element.
         fwd_shared: (fq + 4 * 64) * row,
         bwd,
-        bwd_threads,
-        bwd_bk,
         // K and V tiles, two buffers each of Q and dO tiles (bq rows), dSᵀ (bk × (bq + 8)
         // elements), and two buffers each of lse and Dᵢ (bq f32).
-        // Split: no dSᵀ.
-        bwd_shared: (2 * bk + 4 * bq) * row
-            + if split { 0 } else { bk * (bq + 8) * 2 }
-            + 4 * bq * 4,
-        // Q and dO tiles (64 rows), two buffers each of K and V tiles (64 rows).
-        bwd_dq: split.then(|| {
-            let name = if d == 64 {
-                "flash_mma_bwd_dq_d64_bf16"
-            } else {
-                "flash_mma_bwd_dq_d128_bf16"
-            };
-            (name, (2 * 64 + 4 * 64) * row)
-        }),
+        bwd_shared: (2 * bk + 4 * bq) * row + bk * (bq + 8) * 2 + 4 * bq * 4,
     })
 }
 
@@ -389,9 +312,6 @@ struct BwdKernel {
     name: &'static str,
     threads: u32,
     shared: u32,
-    /// The split backward's dQ kernel (flash_mma.cu's mma_bwd_dq: 64 query rows a block) and
-    /// its shared bytes; `None` where the dK/dV kernel adds dQ by atomics.
-    dq: Option<(&'static str, u32)>,
 }
 
 /// decode_attention.cu's block: threads, keys per tile, and the rows (query heads of a group ×
@@ -814,7 +734,7 @@ impl CudaBackend {
                 FLASH_MMA,
                 m.fwd,
                 grid,
-                (m.fwd_threads, 1, 1),
+                (MMA_FWD_THREADS, 1, 1),
                 m.fwd_shared,
                 &args,
             ),
@@ -958,11 +878,10 @@ impl CudaBackend {
                 BwdKernel {
                     source: FLASH_MMA,
                     name: m.bwd,
-                    threads: m.bwd_threads,
+                    threads: MMA_BWD_THREADS,
                     shared: m.bwd_shared,
-                    dq: m.bwd_dq,
                 },
-                m.bwd_bk,
+                MMA_BWD_BK,
             ),
             None => (
                 BwdKernel {
@@ -970,7 +889,6 @@ impl CudaBackend {
                     name: fv.bwd,
                     threads: FLASH_THREADS,
                     shared: fv.bwd_shared,
-                    dq: None,
                 },
                 fv.bwd_bk,
             ),
@@ -980,9 +898,8 @@ impl CudaBackend {
             call,
             blocks <= i32::MAX as u64 && rows.div_ceil(8) <= i32::MAX as u64,
         )?;
-        // f32 scratch: Dᵢ (one per query row), then dQ (B·Tq, H·D), zeroed for the atomics
-        // (none where a kernel of its own writes dQ).
-        let dq_numel = if kernel.dq.is_some() { 0 } else { a.q_numel() };
+        // f32 scratch: Dᵢ (one per query row), then dQ (B·Tq, H·D), zeroed for the atomics.
+        let dq_numel = a.q_numel();
         let bytes = (dq_offset(rows) + dq_numel) * 4;
         let block = self
             .alloc
@@ -1014,20 +931,13 @@ impl CudaBackend {
     ) -> Result<(), BackendError> {
         let rows = (a.b * a.h * a.tq) as u64;
         let di = block.ptr;
-        // Null where dQ has a kernel of its own (the dK/dV kernel then never reads it).
-        let dq = if kernel.dq.is_some() {
-            0
-        } else {
-            block.ptr + dq_offset(rows) * 4
-        };
+        let dq = block.ptr + dq_offset(rows) * 4;
         let dq_numel = a.q_numel();
-        if kernel.dq.is_none() {
-            // SAFETY: `dq` is the scratch block's dQ region: `block` holds (dq_offset(rows) +
-            // dq_numel) × 4 bytes and dQ starts after the rows × 4 of Dᵢ (rounded up); the block
-            // is returned to the allocator only after these kernels, in stream order.
-            unsafe { cu::memset_d8_async(dq, 0, (dq_numel * 4) as usize, self.gpu.cu_stream()) }
-                .map_err(driver("zeroing the dQ scratch"))?;
-        }
+        // SAFETY: `dq` is the scratch block's dQ region: `block` holds (dq_offset(rows) +
+        // dq_numel) × 4 bytes and dQ starts after the rows × 4 of Dᵢ (rounded up); the block is
+        // returned to the allocator only after these kernels, in stream order.
+        unsafe { cu::memset_d8_async(dq, 0, (dq_numel * 4) as usize, self.gpu.cu_stream()) }
+            .map_err(driver("zeroing the dQ scratch"))?;
         let args = [
             o,
             dout,
@@ -1065,34 +975,6 @@ impl CudaBackend {
             kernel.shared,
             &args,
         )?;
-        if let Some((name, shared)) = kernel.dq {
-            let args = [
-                qkv,
-                dout,
-                lse,
-                Arg::Ptr(di),
-                dqkv,
-                Arg::I32(a.h as i32),
-                Arg::I32(a.h_kv as i32),
-                Arg::I32(a.tq as i32),
-                Arg::I32(a.tk as i32),
-                Arg::I32(a.d as i32),
-                Arg::I32(i32::from(a.causal)),
-                Arg::I64(window_arg(a)),
-                Arg::F32(scale(a)),
-            ];
-            let grid = ((a.tq as u64).div_ceil(64) * (a.b * a.h) as u64, 1, 1);
-            one_launch(call, grid.0 <= i32::MAX as u64)?;
-            return self.launch(
-                call,
-                FLASH_MMA,
-                name,
-                (grid.0 as u32, 1, 1),
-                (128, 1, 1),
-                shared,
-                &args,
-            );
-        }
         let args = [
             Arg::Ptr(dq),
             dqkv,
