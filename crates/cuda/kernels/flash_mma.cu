@@ -30,8 +30,8 @@
 // K and V from L2 — 32 FLOPs per byte at any D, above the H200's ~20 FLOPs/byte of L2 bandwidth
 // per SM, so the loop is tensor-core (and exp) bound, as FlashAttention-2 is. Registers: Q
 // fragments D/4, O accumulators D/2, S 32 (per thread and 16 rows). Shared memory (BQ + 4·64)·
-// (D + 8)·2 bytes: 55 KB at D = 64, 87 KB at D = 128; registers (254, 247) allow 2 blocks, 8
-// warps an SM. Measured (H200, causal B1 H16 T16384): 225–270 TFLOP/s, latency-bound (ncu:
+// (D + 8)·2 bytes: 55 KB at D = 64, 87 KB at D = 128; registers (254 and 247 from NVRTC 13.5;
+// the H200's NVRTC 13.0 gives 255 and spills a little at D = 64) allow 2 blocks, 8 warps an SM. Measured (H200, causal B1 H16 T16384): 225–270 TFLOP/s, latency-bound (ncu:
 // issue slots ~45% busy at 8–12 warps an SM), not yet at the shared-memory bound: each
 // ldmatrix.x4 (4 cycles of the SM's 128 B/cycle) feeds 2 (MT = 1) or 4 (MT = 2) mma.
 
@@ -388,7 +388,9 @@ extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d128_f16(MMA_FWD
 // 55% busy, SM issue 24%); 128 keys halve them and the vector reds quarter their instructions.
 // Registers: dK, dV accumulators D (per thread), Sᵀ and dPᵀ BQ/2, K and V fragments D/2 at
 // D = 64. BQ = 64 at D = 64 (93 KB shared), 32 at D = 128 (113 KB); 255 registers allow one
-// block, 8 warps an SM. A split variant (dQ in a kernel of its own recomputing S and dP, no
+// block, 8 warps an SM. NVRTC 13.0 (the H200's) spills here: ncu counted 0.3M local spill
+// requests a launch at D = 64 and 1.7M at 128 (T = 4096), and SM issue ~25% busy at ~7 cycles
+// per issued instruction: latency, not a pipe, bounds both kernels today. A split variant (dQ in a kernel of its own recomputing S and dP, no
 // atomics) measured 8–17% slower than this one and was removed.
 
 struct MmaBwdArgs {
