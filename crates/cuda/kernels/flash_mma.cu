@@ -17,8 +17,9 @@
 // exactly the layout of P's A fragments for P·V, so P is rounded to 16 bits in registers and
 // never touches shared memory.
 //
-// Forward: one block of 4 warps per (query tile of 64 rows, head, batch element); each warp owns
-// 16 query rows, holds their Q fragments in registers for the whole kernel, and walks the key
+// Forward: one block of 4 warps per (query tile of 128 rows at D = 64, 64 at 128, head, batch
+// element); each warp owns 32 (16) query rows, holds their Q fragments in registers for the
+// whole kernel, and walks the key
 // tiles (64 keys) the block's rows can see: S = Q·Kᵀ (ldmatrix of K rows is already the "col"
 // B operand), the online softmax in base 2 (scores pre-multiplied by log2(e)/√D), O += P·V (V
 // through ldmatrix.trans). Masking (causal, window, past Tk) runs only on tiles that need it.
@@ -28,11 +29,12 @@
 // Floor per (64-query × 64-key) tile: 4·64·64·D FLOPs (Q·Kᵀ and P·V) against 2·64·D·2 bytes of
 // K and V from L2 — 32 FLOPs per byte at any D, above the H200's ~20 FLOPs/byte of L2 bandwidth
 // per SM, so the loop is tensor-core (and exp) bound, as FlashAttention-2 is. Registers: Q
-// fragments D/4, O accumulators D/2, S 32 (per thread). Shared memory (64 + 4·64)·(D + 8)·2 bytes:
-// 46 KB at D = 64 (4 blocks, 16 warps an SM), 87 KB at D = 128 (2 blocks, 8 warps an SM).
+// fragments D/4, O accumulators D/2, S 32 (per thread and 16 rows). Shared memory (BQ + 4·64)·
+// (D + 8)·2 bytes: 55 KB at D = 64, 87 KB at D = 128; registers (254 and 247 from NVRTC 13.5;
+// the H200's NVRTC 13.0 gives 255 and spills a little at D = 64) allow 2 blocks, 8 warps an SM. Measured (H200, causal B1 H16 T16384): 225–270 TFLOP/s, latency-bound (ncu:
+// issue slots ~45% busy at 8–12 warps an SM), not yet at the shared-memory bound: each
+// ldmatrix.x4 (4 cycles of the SM's 128 B/cycle) feeds 2 (MT = 1) or 4 (MT = 2) mma.
 
-#define MMA_THREADS 128
-#define MMA_BQ 64
 #define MMA_BK 64
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
@@ -104,12 +106,13 @@ __device__ __forceinline__ bool mma_visible(int causal, i64 window, i64 pos, i64
 
 // Rows [0, ROWS) of a (rows, D) operand, row r at src + r·rs, into a shared tile of row stride
 // D + 8 by cp.async; rows at or past `valid` are zero.
-template <int D, int ROWS>
+template <int D, int ROWS, int THREADS>
 __device__ __forceinline__ void load_rows_async(u16* tile, const u16* src, i64 rs, int valid) {
     constexpr int CH = D / 8;
+    static_assert(ROWS * CH % THREADS == 0, "every thread copies the same number of chunks");
 #pragma unroll
-    for (int k = 0; k < ROWS * CH / MMA_THREADS; ++k) {
-        const int idx = threadIdx.x + k * MMA_THREADS;
+    for (int k = 0; k < ROWS * CH / THREADS; ++k) {
+        const int idx = threadIdx.x + k * THREADS;
         const int r = idx / CH, c = idx % CH;
         const bool ok = r < valid;
         cp_async16(smem_addr(tile + r * (D + 8) + c * 8), src + (ok ? (i64)r * rs : 0) + c * 8, ok);
@@ -125,15 +128,18 @@ struct MmaFwdArgs {
     float scale;
 };
 
-template <int D, bool BF>
+// WARPS warps a block, each owning MT·16 consecutive query rows (MT m16 tiles): a K or V
+// fragment loaded from shared memory feeds MT products, so MT = 2 halves the shared-memory
+// traffic per tensor-core op (the loop's bound at MT = 1).
+template <int D, int WARPS, int MT, bool BF>
 __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_sh, i64 k_sj,
                                         Buf vb, i64 v0, i64 v_sb, i64 v_sh, i64 v_sj, Buf o,
                                         Buf lse, MmaFwdArgs p) {
-    constexpr int BQ = MMA_BQ, BK = MMA_BK, LD = D + 8;
+    constexpr int THREADS = WARPS * 32, BQ = WARPS * 16 * MT, BK = MMA_BK, LD = D + 8;
     constexpr int KT = D / 16, NT = BK / 8, OT = D / 8;
     extern __shared__ __align__(16) u16 mma_smem[];
-    u16* Qs = mma_smem;       // BQ × LD
-    u16* Ks = Qs + BQ * LD;   // 2 × BK × LD
+    u16* Qs = mma_smem;         // BQ × LD
+    u16* Ks = Qs + BQ * LD;     // 2 × BK × LD
     u16* Vs = Ks + 2 * BK * LD; // 2 × BK × LD
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -156,37 +162,44 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
     const u16* kg = (const u16*)kb.p + k0 + b * k_sb + (i64)g * k_sh;
     const u16* vg = (const u16*)vb.p + v0 + b * v_sb + (i64)g * v_sh;
 
-    load_rows_async<D, BQ>(Qs, qg, width, i1 - i0);
+    load_rows_async<D, BQ, THREADS>(Qs, qg, width, i1 - i0);
     if (lo < hi) {
         const int valid = (int)min((i64)BK, hi - lo);
-        load_rows_async<D, BK>(Ks, kg + lo * k_sj, k_sj, valid);
-        load_rows_async<D, BK>(Vs, vg + lo * v_sj, v_sj, valid);
+        load_rows_async<D, BK, THREADS>(Ks, kg + lo * k_sj, k_sj, valid);
+        load_rows_async<D, BK, THREADS>(Vs, vg + lo * v_sj, v_sj, valid);
     }
     cp_async_commit();
     cp_async_wait_all();
     __syncthreads();
 
-    // This warp's 16 query rows as A fragments, one per 16 columns of D.
-    unsigned qf[KT][4];
-    {
-        const u16* qrow = Qs + (warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
+    // This warp's query rows as A fragments, one per 16 columns of D, per m16 tile.
+    const u16* qrow0 =
+        Qs + (warp * 16 * MT + (lane % 8) + ((lane / 8) % 2) * 8) * LD + (lane / 16) * 8;
+    unsigned qf[MT][KT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int kk = 0; kk < KT; ++kk)
-            ldsm4(smem_addr(qrow + kk * 16), qf[kk][0], qf[kk][1], qf[kk][2], qf[kk][3]);
-    }
+            ldsm4(smem_addr(qrow0 + mt * 16 * LD + kk * 16), qf[mt][kk][0], qf[mt][kk][1],
+                  qf[mt][kk][2], qf[mt][kk][3]);
 
-    float acc[OT][4];
+    float acc[MT][OT][4];
 #pragma unroll
-    for (int t = 0; t < OT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int t = 0; t < OT; ++t)
+            acc[mt][t][0] = acc[mt][t][1] = acc[mt][t][2] = acc[mt][t][3] = 0.0f;
     // Running max (log2 units, of scaled scores) and this thread's share of the row sum, for
-    // rows g and g + 8 of the warp's 16.
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    // rows g and g + 8 of each of the warp's m16 tiles.
+    float m[MT][2], l[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = NEG_INF, l[mt][0] = l[mt][1] = 0.0f;
     const float sl2 = p.scale * LOG2E;
     // ldmatrix row addresses of this lane within a tile: K (non-transposed, keys as B's n) and
     // V (transposed, keys as B's k).
     const int krow = (lane % 8) + (lane / 16) * 8, kcol = ((lane / 8) % 2) * 8;
     const int vrow = (lane % 8) + ((lane / 8) % 2) * 8, vcol = (lane / 16) * 8;
-    const int qr = warp * 16 + lane / 4; // tile row of c0/c1 (c2/c3: + 8)
+    const int qr = warp * 16 * MT + lane / 4; // tile row of c0/c1 in m16 tile 0 (c2/c3: + 8)
 
     int buf = 0;
     for (i64 j0 = lo; j0 < hi; j0 += BK, buf ^= 1) {
@@ -195,24 +208,31 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
         if (j0 + BK < hi) {
             const i64 jn = j0 + BK;
             const int valid = (int)min((i64)BK, hi - jn);
-            load_rows_async<D, BK>(Ks + (buf ^ 1) * BK * LD, kg + jn * k_sj, k_sj, valid);
-            load_rows_async<D, BK>(Vs + (buf ^ 1) * BK * LD, vg + jn * v_sj, v_sj, valid);
+            load_rows_async<D, BK, THREADS>(Ks + (buf ^ 1) * BK * LD, kg + jn * k_sj, k_sj,
+                                            valid);
+            load_rows_async<D, BK, THREADS>(Vs + (buf ^ 1) * BK * LD, vg + jn * v_sj, v_sj,
+                                            valid);
         }
         cp_async_commit();
         const u16* Kt = Ks + buf * BK * LD;
         const u16* Vt = Vs + buf * BK * LD;
 
-        float s[NT][4];
+        float s[MT][NT][4];
 #pragma unroll
-        for (int t = 0; t < NT; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int t = 0; t < NT; ++t) s[mt][t][0] = s[mt][t][1] = s[mt][t][2] = s[mt][t][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < KT; ++kk) {
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 unsigned b0, b1, b2, b3;
                 ldsm4(smem_addr(Kt + (np * 16 + krow) * LD + kk * 16 + kcol), b0, b1, b2, b3);
-                mma16816<BF>(s[2 * np], qf[kk], b0, b1);
-                mma16816<BF>(s[2 * np + 1], qf[kk], b2, b3);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<BF>(s[mt][2 * np], qf[mt][kk], b0, b1);
+                    mma16816<BF>(s[mt][2 * np + 1], qf[mt][kk], b2, b3);
+                }
             }
         }
 
@@ -224,56 +244,69 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
                           (p.window >= 0 && off + i0 + BQ - 1 - j0 >= p.window)));
         if (masked) {
 #pragma unroll
-            for (int t = 0; t < NT; ++t)
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const i64 pos = off + i0 + qr + (e / 2) * 8;
-                    const i64 j = j0 + t * 8 + (lane % 4) * 2 + (e % 2);
-                    if (!(j < hi && mma_visible(p.causal, p.window, pos, j))) s[t][e] = NEG_INF;
-                }
+                for (int t = 0; t < NT; ++t)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const i64 pos = off + i0 + qr + mt * 16 + (e / 2) * 8;
+                        const i64 j = j0 + t * 8 + (lane % 4) * 2 + (e % 2);
+                        if (!(j < hi && mma_visible(p.causal, p.window, pos, j)))
+                            s[mt][t][e] = NEG_INF;
+                    }
         }
 
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            float mx = m[r];
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int t = 0; t < NT; ++t) mx = fmaxf(mx, fmaxf(s[t][2 * r], s[t][2 * r + 1]) * sl2);
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            // A row with nothing visible yet keeps m = −∞; subtracting 0 gives p = 0 and a
-            // correction of 0 rather than NaN.
-            const float mu = mx == NEG_INF ? 0.0f : mx;
-            const float corr = exp2f(m[r] - mu);
-            m[r] = mx;
-            float sum = 0.0f;
+            for (int r = 0; r < 2; ++r) {
+                float mx = m[mt][r];
 #pragma unroll
-            for (int t = 0; t < NT; ++t)
+                for (int t = 0; t < NT; ++t)
+                    mx = fmaxf(mx, fmaxf(s[mt][t][2 * r], s[mt][t][2 * r + 1]) * sl2);
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                // A row with nothing visible yet keeps m = −∞; subtracting 0 gives p = 0 and a
+                // correction of 0 rather than NaN.
+                const float mu = mx == NEG_INF ? 0.0f : mx;
+                const float corr = exp2f(m[mt][r] - mu);
+                m[mt][r] = mx;
+                float sum = 0.0f;
 #pragma unroll
-                for (int e = 2 * r; e < 2 * r + 2; ++e) {
-                    s[t][e] = exp2f(fmaf(s[t][e], sl2, -mu));
-                    sum += s[t][e];
+                for (int t = 0; t < NT; ++t)
+#pragma unroll
+                    for (int e = 2 * r; e < 2 * r + 2; ++e) {
+                        s[mt][t][e] = exp2f(fmaf(s[mt][t][e], sl2, -mu));
+                        sum += s[mt][t][e];
+                    }
+                l[mt][r] = l[mt][r] * corr + sum;
+#pragma unroll
+                for (int t = 0; t < OT; ++t) {
+                    acc[mt][t][2 * r] *= corr;
+                    acc[mt][t][2 * r + 1] *= corr;
                 }
-            l[r] = l[r] * corr + sum;
-#pragma unroll
-            for (int t = 0; t < OT; ++t) {
-                acc[t][2 * r] *= corr;
-                acc[t][2 * r + 1] *= corr;
             }
-        }
 
         // O += P·V, P's A fragments straight from the S accumulators.
 #pragma unroll
         for (int kk = 0; kk < BK / 16; ++kk) {
-            const unsigned a[4] = {pack2<BF>(s[2 * kk][0], s[2 * kk][1]),
-                                   pack2<BF>(s[2 * kk][2], s[2 * kk][3]),
-                                   pack2<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                   pack2<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            unsigned a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                a[mt][0] = pack2<BF>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                a[mt][1] = pack2<BF>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                a[mt][2] = pack2<BF>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                a[mt][3] = pack2<BF>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int dp = 0; dp < D / 16; ++dp) {
                 unsigned b0, b1, b2, b3;
                 ldsm4t(smem_addr(Vt + (kk * 16 + vrow) * LD + dp * 16 + vcol), b0, b1, b2, b3);
-                mma16816<BF>(acc[2 * dp], a, b0, b1);
-                mma16816<BF>(acc[2 * dp + 1], a, b2, b3);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<BF>(acc[mt][2 * dp], a[mt], b0, b1);
+                    mma16816<BF>(acc[mt][2 * dp + 1], a[mt], b2, b3);
+                }
             }
         }
 
@@ -284,19 +317,23 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
 
     const i64 hd = (i64)p.h * D;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        float sum = l[r];
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        const int i = i0 + qr + 8 * r;
-        if (i >= p.tq) continue;
-        const float inv = 1.0f / sum;
-        u16* orow = (u16*)o.p + (b * p.tq + i) * hd + (i64)head * D + (lane % 4) * 2;
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int t = 0; t < OT; ++t)
-            *(unsigned*)(orow + t * 8) = pack2<BF>(acc[t][2 * r] * inv, acc[t][2 * r + 1] * inv);
-        if (lane % 4 == 0) st(lse, (b * p.h + head) * p.tq + i, (m[r] + log2f(sum)) * LN2);
-    }
+        for (int r = 0; r < 2; ++r) {
+            float sum = l[mt][r];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const int i = i0 + qr + mt * 16 + 8 * r;
+            if (i >= p.tq) continue;
+            const float inv = 1.0f / sum;
+            u16* orow = (u16*)o.p + (b * p.tq + i) * hd + (i64)head * D + (lane % 4) * 2;
+#pragma unroll
+            for (int t = 0; t < OT; ++t)
+                *(unsigned*)(orow + t * 8) =
+                    pack2<BF>(acc[mt][t][2 * r] * inv, acc[mt][t][2 * r + 1] * inv);
+            if (lane % 4 == 0)
+                st(lse, (b * p.h + head) * p.tq + i, (m[mt][r] + log2f(sum)) * LN2);
+        }
 }
 
 #define MMA_FWD_PARAMS                                                                           \
@@ -310,23 +347,27 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
     qkv, kb, k0, k_sb, k_sh, k_sj, vb, v0, v_sb, v_sh, v_sj, o, lse,                            \
         MmaFwdArgs{h, h_kv, tq, step ? step[0] : tk, d, causal, window, scale}
 
-extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_fwd_d64_bf16(MMA_FWD_PARAMS) {
-    mma_fwd<64, true>(MMA_FWD_ARGS);
+// D = 64: 4 warps of 32 query rows (128-row tiles; 254 registers, 2 blocks an SM). D = 128:
+// 4 warps of 16 rows (64-row tiles): 32 rows would need 64 more registers of Q fragments than
+// 255 leave, and reloading them from shared memory per tile spilled and ran 7% slower; 8 warps
+// of 16 rows ran as fast (H200, 2026-12-02).
+extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d64_bf16(MMA_FWD_PARAMS) {
+    mma_fwd<64, 4, 2, true>(MMA_FWD_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_fwd_d64_f16(MMA_FWD_PARAMS) {
-    mma_fwd<64, false>(MMA_FWD_ARGS);
+extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d64_f16(MMA_FWD_PARAMS) {
+    mma_fwd<64, 4, 2, false>(MMA_FWD_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_fwd_d128_bf16(MMA_FWD_PARAMS) {
-    mma_fwd<128, true>(MMA_FWD_ARGS);
+extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d128_bf16(MMA_FWD_PARAMS) {
+    mma_fwd<128, 4, 1, true>(MMA_FWD_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_fwd_d128_f16(MMA_FWD_PARAMS) {
-    mma_fwd<128, false>(MMA_FWD_ARGS);
+extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d128_f16(MMA_FWD_PARAMS) {
+    mma_fwd<128, 4, 1, false>(MMA_FWD_ARGS);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward
 //
-// One block of 4 warps per (key tile of 64 keys, key/value head, batch element), after
+// One block of 8 warps per (key tile of 128 keys, key/value head, batch element), after
 // flash_bwd_di (flash_attention.cu) has written Dᵢ = rowsum(dO ⊙ O). K and V stay in shared
 // memory; warp w owns keys 16w..16w + 15 of the tile and their dK and dV accumulators (f32, in
 // registers for the whole kernel). The block walks the query heads of its group and the query
@@ -337,15 +378,20 @@ extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_fwd_d128_f16
 //   ldmatrix.trans),
 //   dQ += dS·K/√D: dSᵀ goes through shared memory (the one product that needs the transposed
 //   fragment), and each warp adds a 16-row slice of the tile's dQ into the f32 scratch with
-//   atomics (red.global.add), which flash_bwd_dq converts into dqkv.
+//   16-byte vector atomics (red.global.add.v4.f32, see dq_add), which flash_bwd_dq converts
+//   into dqkv.
 // dK (scaled by 1/√D) and dV are written once per key at the end.
 //
-// Floor per (64-key × BQ-query) tile: 5 products of 2·64·BQ·D FLOPs (Sᵀ, dPᵀ, dV, dK, dQ)
-// against 2·BQ·D·2 bytes of Q and dO read and BQ·D·4 bytes of dQ atomics: 80 FLOPs per byte at
-// BQ = 64, 40 at 32; the atomics into L2 are the second bound after the tensor cores, as in
-// FlashAttention-2. Registers: dK, dV accumulators D (per thread), Sᵀ and dPᵀ BQ/2. BQ = 64 at
-// D = 64 (64 KB shared, 3 blocks an SM), 32 at D = 128 (74 KB shared; registers allow 2 blocks,
-// 8 warps an SM).
+// Floor per (128-key × BQ-query) tile: 5 products of 2·128·BQ·D FLOPs (Sᵀ, dPᵀ, dV, dK, dQ)
+// against 2·BQ·D·2 bytes of Q and dO read and BQ·D·4 bytes of dQ atomics: 160 FLOPs per byte
+// at any BQ. The atomics were the first bound measured (ncu at 64 keys with scalar atomics: L2
+// 55% busy, SM issue 24%); 128 keys halve them and the vector reds quarter their instructions.
+// Registers: dK, dV accumulators D (per thread), Sᵀ and dPᵀ BQ/2, K and V fragments D/2 at
+// D = 64. BQ = 64 at D = 64 (93 KB shared), 32 at D = 128 (113 KB); 255 registers allow one
+// block, 8 warps an SM. NVRTC 13.0 (the H200's) spills here: ncu counted 0.3M local spill
+// requests a launch at D = 64 and 1.7M at 128 (T = 4096), and SM issue ~25% busy at ~7 cycles
+// per issued instruction: latency, not a pipe, bounds both kernels today. A split variant (dQ in a kernel of its own recomputing S and dP, no
+// atomics) measured 8–17% slower than this one and was removed.
 
 struct MmaBwdArgs {
     int h, h_kv, tq, tk, d, causal;
@@ -353,13 +399,47 @@ struct MmaBwdArgs {
     float scale;
 };
 
-template <int D, int BQ, bool BF>
+// dQ's f32 atomics, four consecutive floats per instruction (sm_90's vector red: against one
+// float per atomic it took the backward from 9.4 to 8.0 ms at D = 64, T = 16384 on the H200).
+// A thread's accumulator pair (c0, c1) holds columns 2t, 2t + 1 of row g and (c2, c3) the same
+// columns of row g + 8; lanes t and t ^ 1 swap halves so that the even lane adds four columns
+// of row g and the odd lane four of row g + 8, one 16-byte red each, so the even lanes' `row_g`
+// must be 16-byte aligned (the host aligns the dQ scratch; D/WD columns a warp are 8k).
+__device__ __forceinline__ void dq_add(float* row_g, i64 row_stride, const float (&c)[4],
+                                       float scale, int lane, bool ok_g, bool ok_g8) {
+    const bool odd = lane & 1;
+    // The even lane sends its row g + 8 pair and receives its neighbour's row g pair.
+    const float send0 = odd ? c[0] : c[2], send1 = odd ? c[1] : c[3];
+    const float got0 = __shfl_xor_sync(0xffffffffu, send0, 1);
+    const float got1 = __shfl_xor_sync(0xffffffffu, send1, 1);
+    float v[4];
+    if (odd) {
+        v[0] = got0, v[1] = got1, v[2] = c[2], v[3] = c[3];
+    } else {
+        v[0] = c[0], v[1] = c[1], v[2] = got0, v[3] = got1;
+    }
+    // The even lane's columns start at its own 2t, the odd lane's at its neighbour's.
+    float* dst = odd ? row_g - 2 + 8 * row_stride : row_g;
+    if (!(odd ? ok_g8 : ok_g)) return;
+#if __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "f"(v[0] * scale),
+                 "f"(v[1] * scale), "f"(v[2] * scale), "f"(v[3] * scale)
+                 : "memory");
+#else
+    // Vector reds are sm_90's; older devices add one float at a time.
+#pragma unroll
+    for (int e = 0; e < 4; ++e) atomicAdd(dst + e, v[e] * scale);
+#endif
+}
+
+template <int D, int BQ, int WARPS, bool HOIST, bool BF>
 __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float* di, float* dq,
                                         Buf dqkv, MmaBwdArgs p) {
-    constexpr int BK = MMA_BK, LD = D + 8, SLD = BQ + 8;
+    constexpr int THREADS = WARPS * 32, BK = WARPS * 16, LD = D + 8, SLD = BQ + 8;
     constexpr int KT = D / 16, NT = BQ / 8, OT = D / 8;
     // dQ: BQ/16 warps along the rows, the rest split D.
-    constexpr int WQ = BQ / 16, WD = 4 / WQ, DQT = D / WD / 8;
+    constexpr int WQ = BQ / 16, WD = WARPS / WQ, DQT = D / WD / 8;
+    static_assert(WARPS % WQ == 0 && DQT % 2 == 0, "dQ's warp grid covers the tile");
     extern __shared__ __align__(16) u16 mma_smem[];
     u16* Ks = mma_smem;            // BK × LD
     u16* Vs = Ks + BK * LD;        // BK × LD
@@ -389,22 +469,22 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
     const int total = group * nq;
 
     const u16* base = (const u16*)qkv.p + b * p.tk * width;
-    load_rows_async<D, BK>(Ks, base + j0 * width + (i64)(p.h + g) * D, width, j1 - j0);
-    load_rows_async<D, BK>(Vs, base + j0 * width + (i64)(p.h + p.h_kv + g) * D, width, j1 - j0);
+    load_rows_async<D, BK, THREADS>(Ks, base + j0 * width + (i64)(p.h + g) * D, width, j1 - j0);
+    load_rows_async<D, BK, THREADS>(Vs, base + j0 * width + (i64)(p.h + p.h_kv + g) * D, width, j1 - j0);
 
     // Query tile `it` (head g·group + it / nq, rows from qlo + (it % nq)·BQ) into buffer `bf`.
     auto load_q = [&](int it, int bf) {
         const int head = g * group + it / nq;
         const i64 i0 = qlo + (i64)(it % nq) * BQ;
         const int valid = (int)min((i64)BQ, qhi - i0);
-        load_rows_async<D, BQ>(Qs + bf * BQ * LD,
+        load_rows_async<D, BQ, THREADS>(Qs + bf * BQ * LD,
                                (const u16*)qkv.p + (b * p.tq + i0) * width + (i64)head * D, width,
                                valid);
-        load_rows_async<D, BQ>(dOs + bf * BQ * LD,
+        load_rows_async<D, BQ, THREADS>(dOs + bf * BQ * LD,
                                (const u16*)dout.p + (b * p.tq + i0) * hd + (i64)head * D, hd,
                                valid);
         const i64 row = (b * p.h + head) * p.tq + i0;
-        for (int q = tid; q < BQ; q += MMA_THREADS) {
+        for (int q = tid; q < BQ; q += THREADS) {
             const bool ok = q < valid;
             const float* lsrc = (const float*)lse.p + row + (ok ? q : 0);
             const float* dsrc = di + row + (ok ? q : 0);
@@ -437,6 +517,16 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
     const int kr = warp * 16 + lane / 4; // tile key of c0/c1 (c2/c3: + 8)
     const u16* kfrag = Ks + (warp * 16 + arow) * LD + acol;
     const u16* vfrag = Vs + (warp * 16 + arow) * LD + acol;
+    // With HOIST the warp's K and V rows stay in registers as A fragments for the whole kernel
+    // (2·D/4 registers), instead of one ldmatrix each per 16 columns per query tile.
+    unsigned kh[HOIST ? KT : 1][4], vh[HOIST ? KT : 1][4];
+    if (HOIST) {
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            ldsm4(smem_addr(kfrag + kk * 16), kh[kk][0], kh[kk][1], kh[kk][2], kh[kk][3]);
+            ldsm4(smem_addr(vfrag + kk * 16), vh[kk][0], vh[kk][1], vh[kk][2], vh[kk][3]);
+        }
+    }
 
     int bf = 0;
     for (int it = 0; it < total; ++it, bf ^= 1) {
@@ -457,8 +547,13 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
 #pragma unroll
         for (int kk = 0; kk < KT; ++kk) {
             unsigned ka[4], va[4];
-            ldsm4(smem_addr(kfrag + kk * 16), ka[0], ka[1], ka[2], ka[3]);
-            ldsm4(smem_addr(vfrag + kk * 16), va[0], va[1], va[2], va[3]);
+            if (HOIST) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) ka[e] = kh[HOIST ? kk : 0][e], va[e] = vh[HOIST ? kk : 0][e];
+            } else {
+                ldsm4(smem_addr(kfrag + kk * 16), ka[0], ka[1], ka[2], ka[3]);
+                ldsm4(smem_addr(vfrag + kk * 16), va[0], va[1], va[2], va[3]);
+            }
 #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 unsigned b0, b1, b2, b3;
@@ -542,17 +637,11 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
                     mma16816<BF>(acc[2 * n + 1], a, b2, b3);
                 }
             }
+            const i64 i = i0 + qw + lane / 4;
+            float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + cw + (lane % 4) * 2;
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                const i64 i = i0 + qw + lane / 4 + 8 * r;
-                if (i >= qhi) continue;
-                float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + cw + (lane % 4) * 2;
-#pragma unroll
-                for (int t = 0; t < DQT; ++t) {
-                    atomicAdd(dst + t * 8, acc[t][2 * r] * p.scale);
-                    atomicAdd(dst + t * 8 + 1, acc[t][2 * r + 1] * p.scale);
-                }
-            }
+            for (int t = 0; t < DQT; ++t)
+                dq_add(dst + t * 8, hd, acc[t], p.scale, lane, i < qhi, i + 8 < qhi);
         }
 
         // The next tile has landed; every warp is done with this tile's buffers and dSᵀ.
@@ -582,15 +671,18 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
 #define MMA_BWD_ARGS                                                                             \
     qkv, dout, lse, di, dq, dqkv, MmaBwdArgs{h, h_kv, tq, tk, d, causal, window, scale}
 
-extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d64_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<64, 64, true>(MMA_BWD_ARGS);
+// 128 keys on 8 warps (against 64 on 4: half the dQ atomics and the Q/dO reads per key; 9.4 →
+// 7.3 ms at D = 64, T = 16384, 19.2 → 13.3 at D = 128 with the vector reds). At D = 64 the K
+// and V fragments stay in registers (another 3%); at 128 they do not fit.
+extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d64_bf16(MMA_BWD_PARAMS) {
+    mma_bwd<64, 64, 8, true, true>(MMA_BWD_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d64_f16(MMA_BWD_PARAMS) {
-    mma_bwd<64, 64, false>(MMA_BWD_ARGS);
+extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d64_f16(MMA_BWD_PARAMS) {
+    mma_bwd<64, 64, 8, true, false>(MMA_BWD_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d128_bf16(MMA_BWD_PARAMS) {
-    mma_bwd<128, 32, true>(MMA_BWD_ARGS);
+extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d128_bf16(MMA_BWD_PARAMS) {
+    mma_bwd<128, 32, 8, false, true>(MMA_BWD_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(MMA_THREADS) flash_mma_bwd_d128_f16(MMA_BWD_PARAMS) {
-    mma_bwd<128, 32, false>(MMA_BWD_ARGS);
+extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d128_f16(MMA_BWD_PARAMS) {
+    mma_bwd<128, 32, 8, false, false>(MMA_BWD_ARGS);
 }

@@ -240,19 +240,21 @@ fn flash_variant(call: &OpCall, d: usize) -> Result<FlashVariant, BackendError> 
     }
 }
 
-/// The tensor-core kernels of flash_mma.cu for one (head size, dtype): 4 warps a block, query
-/// tiles of 64 rows (forward) and key tiles of 64 keys (backward), shared rows of D + 8 elements.
+/// The tensor-core kernels of flash_mma.cu for one (head size, dtype): the forward's query rows
+/// a block (4 warps), the backward's query rows a tile (8 warps, 128 keys a block), and each
+/// kernel's shared bytes; shared rows are D + 8 elements.
 struct MmaVariant {
     fwd: &'static str,
-    bwd: &'static str,
+    fwd_bq: u64,
     fwd_shared: u32,
+    bwd: &'static str,
     bwd_shared: u32,
 }
 
-/// Query rows a forward block of the tensor-core kernels covers, and keys a backward block does.
-const MMA_BQ: u64 = 64;
-const MMA_BK: u64 = 64;
-const MMA_THREADS: u32 = 128;
+const MMA_FWD_THREADS: u32 = 128;
+const MMA_BWD_THREADS: u32 = 256;
+/// Keys a backward block of the tensor-core kernels covers.
+const MMA_BWD_BK: u64 = 128;
 
 /// The tensor-core kernels run when every 16-bit operand shares one dtype, bf16 or fp16, D is
 /// 64 or 128, and every row the kernels load by 16-byte cp.async starts 16 bytes aligned: the
@@ -273,24 +275,34 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
     if !same || strides.iter().any(|s| s % 8 != 0) {
         return None;
     }
-    // The backward's query tile: 64 rows at D = 64, 32 at 128 (flash_mma.cu says why).
-    let (fwd, bwd, bq) = match (d, dt) {
-        (64, BF16) => ("flash_mma_fwd_d64_bf16", "flash_mma_bwd_d64_bf16", 64),
-        (64, F16) => ("flash_mma_fwd_d64_f16", "flash_mma_bwd_d64_f16", 64),
-        (128, BF16) => ("flash_mma_fwd_d128_bf16", "flash_mma_bwd_d128_bf16", 32),
-        (128, F16) => ("flash_mma_fwd_d128_f16", "flash_mma_bwd_d128_f16", 32),
+    // Forward query tile: 128 rows at D = 64, 64 at 128; backward query tile: 64 rows at
+    // D = 64, 32 at 128 (flash_mma.cu says why).
+    let (fwd, bwd, fq, bq) = match (d, dt) {
+        (64, BF16) => ("flash_mma_fwd_d64_bf16", "flash_mma_bwd_d64_bf16", 128, 64),
+        (64, F16) => ("flash_mma_fwd_d64_f16", "flash_mma_bwd_d64_f16", 128, 64),
+        (128, BF16) => ("flash_mma_fwd_d128_bf16", "flash_mma_bwd_d128_bf16", 64, 32),
+        (128, F16) => ("flash_mma_fwd_d128_f16", "flash_mma_bwd_d128_f16", 64, 32),
         _ => return None,
     };
     let row = (d as u32 + 8) * 2;
+    let bk = MMA_BWD_BK as u32;
     Some(MmaVariant {
         fwd,
+        fwd_bq: fq as u64,
+        // Q tile and two buffers each of K and V tiles (64 rows), 2 bytes an element.
+        fwd_shared: (fq + 4 * 64) * row,
         bwd,
-        // Q tile (64 rows) and two buffers each of K and V tiles (64 rows), 2 bytes an element.
-        fwd_shared: (64 + 4 * 64) * row,
-        // K and V tiles (64 rows), two buffers each of Q and dO tiles (bq rows), dSᵀ (64 ×
-        // (bq + 8) elements), and two buffers each of lse and Dᵢ (bq f32).
-        bwd_shared: (2 * 64 + 4 * bq) * row + 64 * (bq + 8) * 2 + 4 * bq * 4,
+        // K and V tiles, two buffers each of Q and dO tiles (bq rows), dSᵀ (bk × (bq + 8)
+        // elements), and two buffers each of lse and Dᵢ (bq f32).
+        bwd_shared: (2 * bk + 4 * bq) * row + bk * (bq + 8) * 2 + 4 * bq * 4,
     })
+}
+
+/// Where the flash backward's f32 dQ scratch starts, in floats after Dᵢ's `rows`: rounded up
+/// to 64 so that dQ rows keep the block's alignment (the tensor-core kernels add 16-byte
+/// vectors).
+fn dq_offset(rows: u64) -> u64 {
+    rows.next_multiple_of(64)
 }
 
 /// The dK/dV/dQ kernel of a flash backward: scalar (flash_attention.cu) or tensor-core
@@ -686,7 +698,7 @@ impl CudaBackend {
             &[qkv, k.buf, v.buf, o],
             &[width, k.base, k.sb, k.sh, k.s0, v.base, v.sb, v.sh, v.s0],
         );
-        let bq = mma.as_ref().map_or(fv.fwd_bq, |_| MMA_BQ);
+        let bq = mma.as_ref().map_or(fv.fwd_bq, |m| m.fwd_bq);
         let blocks = (a.tq as u64).div_ceil(bq) * (a.b * a.h) as u64;
         let max = i32::MAX as usize;
         one_launch(call, blocks <= max as u64 && a.tk <= max && a.h_kv <= max)?;
@@ -722,7 +734,7 @@ impl CudaBackend {
                 FLASH_MMA,
                 m.fwd,
                 grid,
-                (MMA_THREADS, 1, 1),
+                (MMA_FWD_THREADS, 1, 1),
                 m.fwd_shared,
                 &args,
             ),
@@ -866,10 +878,10 @@ impl CudaBackend {
                 BwdKernel {
                     source: FLASH_MMA,
                     name: m.bwd,
-                    threads: MMA_THREADS,
+                    threads: MMA_BWD_THREADS,
                     shared: m.bwd_shared,
                 },
-                MMA_BK,
+                MMA_BWD_BK,
             ),
             None => (
                 BwdKernel {
@@ -888,7 +900,7 @@ impl CudaBackend {
         )?;
         // f32 scratch: Dᵢ (one per query row), then dQ (B·Tq, H·D), zeroed for the atomics.
         let dq_numel = a.q_numel();
-        let bytes = (rows + dq_numel) * 4;
+        let bytes = (dq_offset(rows) + dq_numel) * 4;
         let block = self
             .alloc
             .alloc(bytes)
@@ -919,11 +931,11 @@ impl CudaBackend {
     ) -> Result<(), BackendError> {
         let rows = (a.b * a.h * a.tq) as u64;
         let di = block.ptr;
-        let dq = block.ptr + rows * 4;
+        let dq = block.ptr + dq_offset(rows) * 4;
         let dq_numel = a.q_numel();
-        // SAFETY: `dq` is the scratch block's dQ region: `block` holds (rows + dq_numel) × 4 bytes
-        // and dQ starts after the rows × 4 of Dᵢ; the block is returned to the allocator only after
-        // these kernels, in stream order.
+        // SAFETY: `dq` is the scratch block's dQ region: `block` holds (dq_offset(rows) +
+        // dq_numel) × 4 bytes and dQ starts after the rows × 4 of Dᵢ (rounded up); the block is
+        // returned to the allocator only after these kernels, in stream order.
         unsafe { cu::memset_d8_async(dq, 0, (dq_numel * 4) as usize, self.gpu.cu_stream()) }
             .map_err(driver("zeroing the dQ scratch"))?;
         let args = [
