@@ -716,8 +716,7 @@ impl CudaBackend {
     /// optimizer's first moments and an accumulated dx are among its inputs; the one op that adds
     /// into an output it does not list as an input, a tied embedding's dwte, is named here).
     /// Then everything the call touches counts as written: an op writes every element of its
-    /// outputs (the partial writers above aside), or zeroes first what it adds into (the embedding gradients, flash attention's
-    /// dQ scratch); `TPERF_POISON_ALLOC=1` tests that promise.
+    /// outputs (the partial writers above aside), or zeroes first what it adds into (flash attention's dQ scratch); `TPERF_POISON_ALLOC=1` tests that promise.
     fn zero_fresh_operands(&mut self, call: &OpCall) -> Result<(), BackendError> {
         let adds_into_output = matches!(&call.op, Op::EmbeddingBackward(e) if e.accumulate);
         // Ops that write only part of an output and leave the rest as it was: the caches (one
@@ -937,15 +936,12 @@ impl CudaBackend {
         match &call.op {
             Op::Matmul(mm) => self.matmul_forward(call, mm),
             Op::MatmulBackward(mm) => self.matmul_backward(call, mm),
-            Op::Embedding(e) if e.per_row => self.embedding_positions(call, e),
             Op::Embedding(e) => self.embedding_forward(call, e),
             Op::EmbeddingBackward(e) => self.embedding_backward(call, e),
             Op::LayerNorm(ln) => self.layernorm_forward(call, ln),
             Op::LayerNormBackward(ln) => self.layernorm_backward(call, ln),
             Op::RmsNorm(rn) => self.rmsnorm_forward(call, rn),
             Op::RmsNormBackward(rn) => self.rmsnorm_backward(call, rn),
-            Op::Rope(r) if r.per_row => self.rope_positions(call, r, false),
-            Op::RopeBackward(r) if r.per_row => self.rope_positions(call, r, true),
             Op::Rope(r) => self.rope(call, r, false),
             Op::RopeBackward(r) => self.rope(call, r, true),
             Op::Activation(a) => self.activation_forward(call, a),
