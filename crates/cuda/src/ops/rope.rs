@@ -30,8 +30,20 @@ impl CudaBackend {
         // (H + 2H_kv)·D then start aligned too).
         let vec = r.d.is_multiple_of(8) && matches!(qkv, Arg::Buf(p, _) if p % 16 == 0);
         let rotated = r.h_q + r.h_kv;
-        let pairs_per_thread = if vec { 4 } else { 1 };
-        let threads = rows * (rotated.div_ceil(ROPE_HEADS) * (r.d / 2 / pairs_per_thread)) as u64;
+        if r.d / 2 > ROPE_MAX_PAIRS {
+            return Err(unsupported(
+                call,
+                format!(
+                    "head dim {} is above the kernel's {}",
+                    r.d,
+                    2 * ROPE_MAX_PAIRS
+                ),
+            ));
+        }
+        // A block per row, a thread per group of pairs of a head (grid-stride past 1024).
+        let jobs = (rotated * (r.d / 2 / if vec { 4 } else { 1 })) as u32;
+        let threads = jobs.next_multiple_of(32).clamp(32, 1024);
+        let grid = (rows.min(i32::MAX as u64) as u32, 1, 1);
         let args = [
             qkv,
             positions,
@@ -47,9 +59,12 @@ impl CudaBackend {
             Arg::I32(i32::from(vec)),
             Arg::Ptr(if r.per_row { 0 } else { self.op_scalars }),
         ];
-        self.launch_1d(call, SRC, "rope", threads, &args)
+        if rows == 0 || jobs == 0 {
+            return Ok(());
+        }
+        self.launch(call, SRC, "rope", grid, (threads, 1, 1), 0, &args)
     }
 }
 
-/// Heads a thread rotates (ROPE_HEADS in rope.cu).
-const ROPE_HEADS: usize = 4;
+/// The most pairs a head has (ROPE_MAX_PAIRS in rope.cu: the shared cos/sin table).
+const ROPE_MAX_PAIRS: usize = 256;
