@@ -9,9 +9,8 @@
 // staged, and every output element is written in the last pass by the thread that read its
 // inputs there, after the block reductions' barriers: so an output may alias an input.
 //
-// Backward: norm_backward_small (a warp per row, row and sums in registers) for rows of up to
-// 1024 columns in 16-byte vectors; norm_backward_rows (a warp per row, sums in shared memory)
-// where a warp's column sums fit in shared memory; for wider rows, norm_backward: a grid of G blocks strides over the rows (block b takes
+// Backward: norm_backward_rows (a warp per row, below) where a warp's column sums fit in shared
+// memory; for wider rows, norm_backward: a grid of G blocks strides over the rows (block b takes
 // rows b, b + G, ...), writes dx, and sums its rows' dγ = Σ dy·x̂ and dβ = Σ dy per column; the
 // G partial sums go to a scratch buffer and `norm_weight_grads` adds them up in a fixed order. No
 // atomics: the result is deterministic.
@@ -192,101 +191,6 @@ extern "C" __global__ void norm_backward_rows(Buf x, Buf stats, Buf gamma, Buf d
         float t = 0.0f;
         for (int w = 0; w < warps; w++) t += smem[(i64)w * width + j];
         out[j] = t;
-    }
-}
-
-// norm_backward_rows for rows of at most NBS_SLOTS·256 columns in 16-byte vectors (C a multiple
-// of 8, every pointer 16-byte aligned; ops/norms.rs picks it): the seed's rows (C 768, 1024) in
-// one memory round trip per row. Lane l owns columns 8l + 256s .. + 7 (s < NBS_SLOTS) of every
-// row its warp takes, so:
-// - the row's x, dy (and the dx it adds into) are loaded once, together with the stats, and stay
-//   in registers for the second pass (norm_backward_rows reads them again after the reduction);
-// - γ is loaded once per warp, not per row;
-// - dγ and dβ accumulate in registers, with no shared-memory read-modify-write per element.
-// At the end the block's warps add their sums through shared memory (warp order, fixed) into
-// partials[b], which norm_weight_grads sums as for the other kernels. Deterministic.
-#define NBS_SLOTS 4
-extern "C" __global__ void norm_backward_small(Buf x, Buf stats, Buf gamma, Buf dy, Buf dx,
-                                               float* partials, i64 rows, int c, int rms,
-                                               int has_beta, int accumulate) {
-    // blockDim.x ≤ 256: a sum per warp and column, written as float4s (conflict-free).
-    __shared__ __align__(16) float sums[8][NBS_SLOTS * 256];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const float cf = (float)c;
-    float g[NBS_SLOTS][8], acc_g[NBS_SLOTS][8], acc_b[NBS_SLOTS][8];
-#pragma unroll
-    for (int s = 0; s < NBS_SLOTS; s++) {
-        const int j = 256 * s + 8 * lane;
-        if (j < c) ld8(gamma, j, g[s]);
-#pragma unroll
-        for (int e = 0; e < 8; e++) acc_g[s][e] = acc_b[s][e] = 0.0f;
-    }
-    for (i64 row = (i64)blockIdx.x * warps + warp; row < rows; row += (i64)gridDim.x * warps) {
-        const i64 base = row * c;
-        const float mean = rms ? 0.0f : ld(stats, 2 * row);
-        const float rstd = rms ? ld(stats, row) : ld(stats, 2 * row + 1);
-        float xv[NBS_SLOTS][8], d[NBS_SLOTS][8], prev[NBS_SLOTS][8];
-#pragma unroll
-        for (int s = 0; s < NBS_SLOTS; s++) {
-            const int j = 256 * s + 8 * lane;
-            if (j < c) {
-                ld8(x, base + j, xv[s]);
-                ld8(dy, base + j, d[s]);
-                if (accumulate) ld8(dx, base + j, prev[s]);
-            }
-        }
-        float s_dn = 0.0f, s_dn_xhat = 0.0f;
-#pragma unroll
-        for (int s = 0; s < NBS_SLOTS; s++) {
-            if (256 * s + 8 * lane < c) {
-#pragma unroll
-                for (int e = 0; e < 8; e++) {
-                    xv[s][e] = (xv[s][e] - mean) * rstd; // x̂ from here on
-                    const float dn = g[s][e] * d[s][e];
-                    s_dn += dn;
-                    s_dn_xhat += dn * xv[s][e];
-                }
-            }
-        }
-        const float mean_dn = rms ? 0.0f : warp_sum(s_dn) / cf;
-        const float mean_dn_xhat = warp_sum(s_dn_xhat) / cf;
-#pragma unroll
-        for (int s = 0; s < NBS_SLOTS; s++) {
-            const int j = 256 * s + 8 * lane;
-            if (j < c) {
-                float out[8];
-#pragma unroll
-                for (int e = 0; e < 8; e++) {
-                    const float xhat = xv[s][e];
-                    const float v = rstd * (g[s][e] * d[s][e] - mean_dn - xhat * mean_dn_xhat);
-                    out[e] = accumulate ? prev[s][e] + v : v;
-                    acc_g[s][e] += d[s][e] * xhat;
-                    acc_b[s][e] += d[s][e];
-                }
-                st8(dx, base + j, out);
-            }
-        }
-    }
-    const int width = has_beta ? 2 * c : c;
-    float* out = partials + (i64)blockIdx.x * width;
-    for (int half = 0; half < 1 + has_beta; half++) {
-#pragma unroll
-        for (int s = 0; s < NBS_SLOTS; s++) {
-            const int j = 256 * s + 8 * lane;
-            if (j < c) {
-                const float* a = half ? acc_b[s] : acc_g[s];
-                float4* to = (float4*)&sums[warp][j];
-                to[0] = make_float4(a[0], a[1], a[2], a[3]);
-                to[1] = make_float4(a[4], a[5], a[6], a[7]);
-            }
-        }
-        __syncthreads();
-        for (int j = threadIdx.x; j < c; j += blockDim.x) {
-            float t = 0.0f;
-            for (int w = 0; w < warps; w++) t += sums[w][j];
-            out[half * c + j] = t;
-        }
-        __syncthreads();
     }
 }
 

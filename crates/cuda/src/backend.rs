@@ -716,7 +716,8 @@ impl CudaBackend {
     /// optimizer's first moments and an accumulated dx are among its inputs; the one op that adds
     /// into an output it does not list as an input, a tied embedding's dwte, is named here).
     /// Then everything the call touches counts as written: an op writes every element of its
-    /// outputs (the partial writers above aside), or zeroes first what it adds into (flash attention's dQ scratch); `TPERF_POISON_ALLOC=1` tests that promise.
+    /// outputs (the partial writers above aside), or zeroes first what it adds into (the embedding gradients, flash attention's
+    /// dQ scratch); `TPERF_POISON_ALLOC=1` tests that promise.
     fn zero_fresh_operands(&mut self, call: &OpCall) -> Result<(), BackendError> {
         let adds_into_output = matches!(&call.op, Op::EmbeddingBackward(e) if e.accumulate);
         // Ops that write only part of an output and leave the rest as it was: the caches (one

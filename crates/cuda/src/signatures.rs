@@ -77,11 +77,6 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     (
         "norms",
-        "norm_backward_small",
-        &[Buf, Buf, Buf, Buf, Buf, Ptr, I64, I32, I32, I32, I32],
-    ),
-    (
-        "norms",
         "norm_weight_grads",
         &[Ptr, I32, I32, I32, Buf, Buf],
     ),
@@ -100,12 +95,7 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     (
         "embedding",
         "embedding_backward",
-        &[Buf, Buf, Ptr, I64, I32, I32, F32, I32, I32],
-    ),
-    (
-        "embedding",
-        "embedding_position_backward",
-        &[Buf, Ptr, I64, I32, I32, I32, I32],
+        &[Buf, Buf, Ptr, Ptr, I64, I32, I32, I32, F32],
     ),
     (
         "cross_entropy",

@@ -401,10 +401,9 @@ fn rope_edge_shapes_and_per_row_positions_match_the_cpu() {
     }
 }
 
-/// The embedding where the vector path does not apply (C not a multiple of 8) and where it
-/// does, rows wider than the backward's 1024 register columns (both paths), a vocabulary of
-/// one (every token the same row: the backward's longest sum), few rows of a large vocabulary
-/// (most rows untouched: written 0, or left alone when accumulating), forward at per-row
+/// The embedding where the forward's 8-column vectors do not apply (C not a multiple of 8) and
+/// where they do, wide rows (C 1032, 1100), a vocabulary of one (every token adds into the same
+/// row), few rows of a large vocabulary (most of the table untouched), forward at per-row
 /// positions, and the backward accumulating into a table that already holds a gradient.
 #[test]
 fn embedding_edge_shapes_match_the_cpu() {

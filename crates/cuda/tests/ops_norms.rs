@@ -56,9 +56,8 @@ fn check(gpu: &mut CudaBackend, case: &OpCase, what: &str) {
 }
 
 /// (rows, C): none, one, odd with C below and above the block width, a multiple of 8 that is
-/// not one of 256 (the warp-per-row backward's vector path with idle lanes), the widest row the
-/// register-resident backward takes and one vector past it, more rows than the grid has warps
-/// (a warp sums several rows), the 2.7B seed's width over more rows than a block has warps, and
+/// not one of 256 (the warp-per-row backward's vector path with idle lanes), a multiple of 256
+/// and one vector past it, more rows than a block has warps over narrow rows, the 2.7B seed's width over more rows than a block has warps, and
 /// a training size.
 const NORM_SHAPES: [(usize, usize); 11] = [
     (0, 64),

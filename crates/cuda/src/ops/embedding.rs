@@ -1,6 +1,6 @@
 //! The embedding (kernels/embedding.cu): the forward gather (contiguous positions, or per row
-//! for a ragged batch) and the backward into the f32 token table (a warp per vocabulary row,
-//! deterministic, no atomics, no separate zeroing) and the learned position table.
+//! for a ragged batch, 8 columns a thread where the row allows) and the backward, atomic adds
+//! into the f32 token and position tables after zeroing them.
 
 use crate::backend::{invalid, unsupported, CudaBackend};
 use crate::gpu::Arg;
@@ -78,63 +78,37 @@ impl CudaBackend {
         let (n, c) = (e.n as u64, e.c as u64);
         let tokens = self.check_ids(call, &io.tokens, e.n, e.vocab, "token")?;
         let dout = self.arg(call, &io.dx, n * c)?;
-        for g in std::iter::once(&io.dwte).chain(&io.dwpe) {
-            if g.dtype != DType::F32 {
-                return Err(unsupported(call, "embedding gradients accumulate in f32"));
-            }
+        if io.dwte.dtype != DType::F32 {
+            return Err(unsupported(call, "embedding gradients accumulate in f32"));
         }
         self.arg(call, &io.dwte, e.vocab as u64 * c)?;
-        let dwte = Arg::Ptr(self.ptr(&io.dwte)?);
-        let vec = c.is_multiple_of(8) && aligned(&[&dout, &dwte]);
+        if !e.accumulate {
+            self.zero(&io.dwte)?;
+        }
+        // dwpe is an operand exactly when the table is learned.
+        let dwpe = match &io.dwpe {
+            Some(t) => {
+                if t.dtype != DType::F32 {
+                    return Err(unsupported(call, "embedding gradients accumulate in f32"));
+                }
+                self.zero(t)?;
+                self.ptr(t)?
+            }
+            None => 0,
+        };
         let scale = if e.scale { (e.c as f32).sqrt() } else { 1.0 };
         let args = [
             tokens,
             dout,
-            dwte,
+            Arg::Ptr(self.ptr(&io.dwte)?),
+            Arg::Ptr(dwpe),
             Arg::I64(n as i64),
-            Arg::I32(e.vocab as i32),
             Arg::I32(e.c as i32),
+            Arg::I32(e.t as i32),
+            Arg::I32(e.pos_offset as i32),
             Arg::F32(scale),
-            Arg::I32(i32::from(e.accumulate)),
-            Arg::I32(i32::from(vec)),
         ];
-        if e.vocab > 0 && c > 0 {
-            // A warp per vocabulary row, 8 warps a block, the rest grid-stride.
-            let blocks = (e.vocab as u64)
-                .div_ceil(8)
-                .min(self.gpu.info.sms as u64 * 64);
-            self.launch(
-                call,
-                SRC,
-                "embedding_backward",
-                (blocks as u32, 1, 1),
-                (256, 1, 1),
-                0,
-                &args,
-            )?;
-        }
-        // dwpe is an operand exactly when the table is learned.
-        if let Some(dwpe) = &io.dwpe {
-            let table_rows = dwpe.numel() / c.max(1);
-            let b = e.n / e.t.max(1);
-            let args = [
-                self.arg(call, &io.dx, n * c)?,
-                Arg::Ptr(self.ptr(dwpe)?),
-                Arg::I64(table_rows as i64),
-                Arg::I32(b as i32),
-                Arg::I32(e.t as i32),
-                Arg::I32(e.pos_offset as i32),
-                Arg::I32(e.c as i32),
-            ];
-            self.launch_1d(
-                call,
-                SRC,
-                "embedding_position_backward",
-                table_rows * c,
-                &args,
-            )?;
-        }
-        Ok(())
+        self.launch_1d(call, SRC, "embedding_backward", n * c, &args)
     }
 }
 

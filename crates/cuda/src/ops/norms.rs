@@ -6,9 +6,8 @@
 //!
 //! Backward: dx, dγ and dβ (LayerNorm with a bias) from x, the stats, γ and dy. dx is added into
 //! when the op accumulates (the residual-stream gradient); dγ and dβ are overwritten. A grid of
-//! G blocks strides over the rows (a warp per row: `norm_backward_small` for rows of up to 1024
-//! columns in vectors, `norm_backward_rows` where a warp's column sums fit in shared memory; a
-//! block per row, `norm_backward`, for wider rows), each block
+//! G blocks strides over the rows (a warp per row, `norm_backward_rows`, where a warp's column
+//! sums fit in shared memory; a block per row, `norm_backward`, for wider rows), each block
 //! summing its rows' weight gradients into a slice of a scratch buffer, and a second kernel adds
 //! the G slices in a fixed order (deterministic).
 
@@ -26,12 +25,8 @@ const SRC: &str = "norms";
 /// β up to C = 12288), and go straight to the scratch buffer for wider rows.
 const MAX_SHARED_ACC_BYTES: u64 = 96 * 1024;
 
-/// Warps per block of `norm_backward_rows` at most, and of `norm_backward_small` (one row each
-/// at a time; the kernel's shared sums are sized for 8).
+/// Warps per block of `norm_backward_rows` at most (one row each at a time).
 const ROW_WARPS: u64 = 8;
-
-/// The widest row `norm_backward_small` holds in registers (NBS_SLOTS·256 in norms.cu).
-const SMALL_MAX_C: u64 = 1024;
 
 /// Thread rows of `norm_weight_grads` (NWG_ROWS in norms.cu).
 const NWG_ROWS: u32 = 8;
@@ -228,59 +223,26 @@ impl CudaBackend {
         let sms = self.gpu.info.sms.max(1) as u64;
         let acc_bytes = width * 4;
         let acc_global = acc_bytes > MAX_SHARED_ACC_BYTES;
-        let ptrs_aligned = [&x, &gamma, &dy, &dx]
-            .iter()
-            .all(|a| matches!(a, Arg::Buf(p, _) if p % 16 == 0));
-        let vec = ptrs_aligned && c % 8 == 0;
-        // Rows of up to SMALL_MAX_C columns in vectors: norm_backward_small, a warp per row with
-        // the row and the weight-gradient sums in registers, 8 warps a block, every row of the
-        // seed's sizes in flight at once (G·8 ≥ N) up to a block per SM (its ~220 registers a
-        // thread allow one). Other rows whose per-warp column sums fit in shared memory:
-        // norm_backward_rows, up to 8 warps a block, up to 8 blocks per SM. Wider rows: block
-        // per row, G blocks of at least ~4 rows each, up to 4 per SM. Either way the partial sums
-        // (G·width floats) stay small beside the rows.
-        let small = vec && c <= SMALL_MAX_C;
-        let warps = if small {
-            ROW_WARPS
-        } else {
-            (MAX_SHARED_ACC_BYTES / acc_bytes).min(ROW_WARPS)
-        };
-        let blocks = if small {
-            n.div_ceil(warps).clamp(1, sms)
-        } else if acc_global {
+        // Warp per row (norm_backward_rows) where a warp's column sums fit in shared memory,
+        // up to 8 warps a block: every row of the seed's sizes in flight at once, G·8 ≥ N, up to
+        // 8 blocks per SM. Wider rows: block per row, G blocks of at least ~4 rows each, up to 4
+        // per SM. Either way the partial sums (G·width floats) stay small beside the rows.
+        let warps = (MAX_SHARED_ACC_BYTES / acc_bytes).min(ROW_WARPS);
+        let blocks = if acc_global {
             n.div_ceil(4).clamp(1, 4 * sms)
         } else {
             n.div_ceil(warps).clamp(1, 8 * sms)
         };
+        let ptrs_aligned = [&x, &gamma, &dy, &dx]
+            .iter()
+            .all(|a| matches!(a, Arg::Buf(p, _) if p % 16 == 0));
+        let vec = ptrs_aligned && c % 8 == 0;
         let scratch = self
             .alloc
             .alloc(blocks * acc_bytes)
             .map_err(driver("scratch for the norm's weight gradients"))?;
         let result = (|| {
-            if small {
-                let args = [
-                    x,
-                    stats,
-                    gamma,
-                    dy,
-                    dx,
-                    Arg::Ptr(scratch.ptr),
-                    Arg::I64(n as i64),
-                    Arg::I32(int(call, "C", c)?),
-                    Arg::I32(i32::from(s.rms)),
-                    Arg::I32(i32::from(s.bias)),
-                    Arg::I32(i32::from(s.accumulate)),
-                ];
-                self.launch(
-                    call,
-                    SRC,
-                    "norm_backward_small",
-                    (blocks as u32, 1, 1),
-                    (32 * warps as u32, 1, 1),
-                    0,
-                    &args,
-                )?;
-            } else if !acc_global {
+            if !acc_global {
                 let args = [
                     x,
                     stats,
