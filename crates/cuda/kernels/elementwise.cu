@@ -1,6 +1,6 @@
-// Elementwise and data-movement kernels: activations, the gated MLPs (SwiGLU, GeGLU), the residual add, casts, RoPE,
-// the embedding gather and its scatter-add, the KV-cache append, take-last, and the bias
-// gradient (a column sum). Each mirrors its reference in tperf_core::ops.
+// Elementwise and data-movement kernels: activations, the gated MLPs (SwiGLU, GeGLU), the
+// residual add, casts, the KV-cache append, take-last, and the bias gradient (a column sum). Each
+// mirrors its reference in tperf_core::ops. (RoPE and the embedding have their own files.)
 
 extern "C" __global__ void activation_forward(Buf x, Buf y, i64 n, int kind) {
     FOR_EACH(i, n) st(y, i, act_fwd(kind, ld(x, i)));
@@ -81,66 +81,6 @@ extern "C" __global__ void residual_add(Buf a, Buf b, Buf y, i64 n) {
 // Conversion between storage dtypes: the rounding happens in st.
 extern "C" __global__ void cast(Buf src, Buf dst, i64 n) {
     FOR_EACH(i, n) st(dst, i, ld(src, i));
-}
-
-// RoPE in place on the query and key heads of qkv (rows, (Hq + 2Hkv)·D); `sign` −1 is the
-// backward (the inverse rotation). The angle pos·θ^(−2i/D) and its cosine and sine are taken in
-// double, as the reference does, then rounded to f32.
-extern "C" __global__ void rope_rows(Buf qkv, i64 rows, int t, int pos_offset, int rotated_heads,
-                                     int row_width, int d, double theta, double sign,
-                                     const int* step) {
-    if (step) pos_offset = step[0]; // a replayed decode step's position (graph.rs)
-    i64 pairs = (i64)rotated_heads * (d / 2);
-    FOR_EACH(idx, rows * pairs) {
-        i64 row = idx / pairs, rem = idx % pairs;
-        int head = (int)(rem / (d / 2)), i = (int)(rem % (d / 2));
-        int pos = (int)(row % t) + pos_offset;
-        double a = sign * (double)pos * pow(theta, -2.0 * (double)i / (double)d);
-        float c = (float)cos(a), s = (float)sin(a);
-        i64 base = row * row_width + (i64)head * d + 2 * i;
-        float x0 = ld(qkv, base), x1 = ld(qkv, base + 1);
-        st(qkv, base, x0 * c - x1 * s);
-        st(qkv, base + 1, x0 * s + x1 * c);
-    }
-}
-
-// out (n, C) = wte[tokens]·s + position term. positions: 0 none, 1 learned (wpe), 2 sinusoidal.
-extern "C" __global__ void embedding_forward(Buf tokens, Buf wte, Buf wpe, Buf out, i64 n, int c,
-                                             int t, int pos_offset, int positions, float scale,
-                                             const int* step) {
-    if (step) pos_offset = step[0]; // a replayed decode step's position (graph.rs)
-    FOR_EACH(idx, n * c) {
-        i64 i = idx / c;
-        int j = (int)(idx % c);
-        int tok = ld_i32(tokens, i);
-        int p = (int)(i % t) + pos_offset;
-        float v = ld(wte, (i64)tok * c + j) * scale;
-        if (positions == 1) {
-            v += ld(wpe, (i64)p * c + j);
-        } else if (positions == 2) {
-            double ii = (double)(j / 2);
-            double angle = (double)p * exp(-(2.0 * ii / (double)c) * log(10000.0));
-            v += (float)((j % 2 == 0) ? sin(angle) : cos(angle));
-        }
-        st(out, idx, v);
-    }
-}
-
-// dwte[tokens[i]] += dout[i]·s (and dwpe[pos(i)] += dout[i]). Two tokens may share a row, so the
-// adds are atomic; the gradients are f32 (the mixed-precision policy keeps them so).
-extern "C" __global__ void embedding_backward(Buf tokens, Buf dout, float* dwte, float* dwpe,
-                                              i64 n, int c, int t, int pos_offset, float scale) {
-    FOR_EACH(idx, n * c) {
-        i64 i = idx / c;
-        int j = (int)(idx % c);
-        int tok = ld_i32(tokens, i);
-        float g = ld(dout, idx);
-        atomicAdd(&dwte[(i64)tok * c + j], g * scale);
-        if (dwpe) {
-            int p = (int)(i % t) + pos_offset;
-            atomicAdd(&dwpe[(i64)p * c + j], g);
-        }
-    }
 }
 
 // Copies the new tokens' keys and values from qkv (B·t_new, (Hq + 2Hkv)·D) into the caches

@@ -108,43 +108,6 @@ extern "C" __global__ void norm_backward(Buf x, Buf stats, Buf gamma, Buf dy, Bu
     }
 }
 
-// Eight consecutive elements from index i (a multiple of 8) of a tensor whose element i is
-// 16-byte aligned: one 16-byte load for a 16-bit dtype, two for f32.
-__device__ __forceinline__ void ld8(const Buf& b, i64 i, float v[8]) {
-    if (b.dt == DT_F32) {
-        const float4* p = (const float4*)((const float*)b.p + i);
-        float4 lo = p[0], hi = p[1];
-        v[0] = lo.x; v[1] = lo.y; v[2] = lo.z; v[3] = lo.w;
-        v[4] = hi.x; v[5] = hi.y; v[6] = hi.z; v[7] = hi.w;
-    } else {
-        uint4 u = *(const uint4*)((const u16*)b.p + i);
-        unsigned w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            u16 h0 = (u16)(w[k] & 0xffffu), h1 = (u16)(w[k] >> 16);
-            v[2 * k] = b.dt == DT_BF16 ? bf16_to_f32(h0) : f16_to_f32(h0);
-            v[2 * k + 1] = b.dt == DT_BF16 ? bf16_to_f32(h1) : f16_to_f32(h1);
-        }
-    }
-}
-
-__device__ __forceinline__ void st8(const Buf& b, i64 i, const float v[8]) {
-    if (b.dt == DT_F32) {
-        float4* p = (float4*)((float*)b.p + i);
-        p[0] = make_float4(v[0], v[1], v[2], v[3]);
-        p[1] = make_float4(v[4], v[5], v[6], v[7]);
-    } else {
-        unsigned w[4];
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            u16 h0 = b.dt == DT_BF16 ? f32_to_bf16(v[2 * k]) : f32_to_f16(v[2 * k]);
-            u16 h1 = b.dt == DT_BF16 ? f32_to_bf16(v[2 * k + 1]) : f32_to_f16(v[2 * k + 1]);
-            w[k] = h0 | ((unsigned)h1 << 16);
-        }
-        *(uint4*)((u16*)b.p + i) = make_uint4(w[0], w[1], w[2], w[3]);
-    }
-}
-
 // norm_backward with one warp per row: the same arithmetic, for rows whose per-warp column sums
 // fit in shared memory (ops/norms.rs picks it). A block of W warps strides over the rows, warp w
 // of block b taking rows bW + w, bW + w + GW, ...: the row's two sums are warp shuffles (no

@@ -1,48 +1,11 @@
-// Ragged batches over a paged KV cache (schedule/ragged.rs): the per-row-position variants of
-// RoPE and the embedding, the paged KV append, paged attention and the row gather. Correct first:
+// Ragged batches over a paged KV cache (schedule/ragged.rs): the paged KV append, paged
+// attention and the row gather (RoPE and the embedding at per-row positions are rope.cu's and
+// embedding.cu's kernels). Correct first:
 // paged attention is one block per (row, head), two passes over the keys; the fast split-key
 // decode kernel is the kernel issue's work.
 //
 // Pools are (num_blocks, H_kv, block_size, D); a sequence's key j lives in block
 // block_table[s, j / block_size] at offset j % block_size.
-
-// In place on qkv: the query and key heads of row r rotated by positions[r].
-extern "C" __global__ void rope_positions(Buf qkv, Buf positions, i64 rows, int rotated_heads,
-                                          int row_width, int d, double theta, double sign) {
-    i64 pairs = (i64)rotated_heads * (d / 2);
-    FOR_EACH(idx, rows * pairs) {
-        i64 row = idx / pairs, rem = idx % pairs;
-        int head = (int)(rem / (d / 2)), i = (int)(rem % (d / 2));
-        int pos = ld_i32(positions, row);
-        double a = sign * (double)pos * pow(theta, -2.0 * (double)i / (double)d);
-        float c = (float)cos(a), s = (float)sin(a);
-        i64 base = row * row_width + (i64)head * d + 2 * i;
-        float x0 = ld(qkv, base), x1 = ld(qkv, base + 1);
-        st(qkv, base, x0 * c - x1 * s);
-        st(qkv, base + 1, x0 * s + x1 * c);
-    }
-}
-
-// out (n, C) = wte[tokens]·s + the position term at positions[i]. kind: 0 none, 1 learned (wpe),
-// 2 sinusoidal.
-extern "C" __global__ void embedding_positions(Buf tokens, Buf wte, Buf wpe, Buf positions,
-                                               Buf out, i64 n, int c, int kind, float scale) {
-    FOR_EACH(idx, n * c) {
-        i64 i = idx / c;
-        int j = (int)(idx % c);
-        int tok = ld_i32(tokens, i);
-        int p = ld_i32(positions, i);
-        float v = ld(wte, (i64)tok * c + j) * scale;
-        if (kind == 1) {
-            v += ld(wpe, (i64)p * c + j);
-        } else if (kind == 2) {
-            double ii = (double)(j / 2);
-            double angle = (double)p * exp(-(2.0 * ii / (double)c) * log(10000.0));
-            v += (float)((j % 2 == 0) ? sin(angle) : cos(angle));
-        }
-        st(out, idx, v);
-    }
-}
 
 // Row r's keys and values (from qkv (n, (H + 2H_kv)·D)) into slot slots[r] of the pools.
 extern "C" __global__ void paged_kv_append(Buf qkv, Buf slots, Buf kp, Buf vp, i64 n, int h_q,

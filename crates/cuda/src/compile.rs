@@ -34,7 +34,9 @@ macro_rules! source {
 pub const SOURCES: &[Source] = &[
     source!("elementwise"),
     source!("norms"),
-    source!("loss"),
+    source!("rope"),
+    source!("embedding"),
+    source!("cross_entropy"),
     source!("optimizer"),
     source!("attention"),
     source!("flash_attention"),

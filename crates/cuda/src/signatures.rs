@@ -55,21 +55,6 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ("elementwise", "cast", &[Buf, Buf, I64]),
     (
         "elementwise",
-        "rope_rows",
-        &[Buf, I64, I32, I32, I32, I32, I32, F64, F64, Ptr],
-    ),
-    (
-        "elementwise",
-        "embedding_forward",
-        &[Buf, Buf, Buf, Buf, I64, I32, I32, I32, I32, F32, Ptr],
-    ),
-    (
-        "elementwise",
-        "embedding_backward",
-        &[Buf, Buf, Ptr, Ptr, I64, I32, I32, I32, F32],
-    ),
-    (
-        "elementwise",
         "kv_append",
         &[Buf, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, Ptr],
     ),
@@ -95,8 +80,33 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         "norm_weight_grads",
         &[Ptr, I32, I32, I32, Buf, Buf],
     ),
-    ("loss", "cross_entropy_forward", &[Buf, Buf, Buf, I32]),
-    ("loss", "cross_entropy_backward", &[Buf, Buf, Buf, I32, F32]),
+    (
+        "rope",
+        "rope",
+        &[Buf, Buf, I64, I32, I32, I32, I32, I32, F64, F64, I32, Ptr],
+    ),
+    (
+        "embedding",
+        "embedding_forward",
+        &[
+            Buf, Buf, Buf, Buf, Buf, I64, I32, I32, I32, I32, F32, I32, Ptr,
+        ],
+    ),
+    (
+        "embedding",
+        "embedding_backward",
+        &[Buf, Buf, Ptr, Ptr, I64, I32, I32, I32, F32],
+    ),
+    (
+        "cross_entropy",
+        "cross_entropy_forward",
+        &[Buf, Buf, Buf, I64, I32, I32, I32],
+    ),
+    (
+        "cross_entropy",
+        "cross_entropy_backward",
+        &[Buf, Buf, Buf, I64, I32, F32, I32, I32],
+    ),
     ("optimizer", "grad_sum_sq_multi", &[Ptr, I32, I64, Ptr]),
     ("optimizer", "grad_norm_finish", &[Ptr, I32, Buf]),
     (
@@ -230,16 +240,6 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         &[
             Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
         ],
-    ),
-    (
-        "paged",
-        "rope_positions",
-        &[Buf, Buf, I64, I32, I32, I32, F64, F64],
-    ),
-    (
-        "paged",
-        "embedding_positions",
-        &[Buf, Buf, Buf, Buf, Buf, I64, I32, I32, F32],
     ),
     (
         "paged",
@@ -502,11 +502,13 @@ mod tests {
             include_str!("ops/attention.rs"),
             include_str!("ops/elementwise.rs"),
             include_str!("ops/geglu.rs"),
-            include_str!("ops/loss.rs"),
+            include_str!("ops/cross_entropy.rs"),
+            include_str!("ops/embedding.rs"),
             include_str!("ops/matmul.rs"),
             include_str!("ops/norms.rs"),
             include_str!("ops/optimizer.rs"),
             include_str!("ops/paged.rs"),
+            include_str!("ops/rope.rs"),
             include_str!("ops/sampling.rs"),
             include_str!("ceilings.rs"),
         ];

@@ -346,3 +346,130 @@ fn rope_embedding_cache_and_take_last_match_the_cpu() {
         }
     }
 }
+
+/// RoPE on shapes that take each path of the kernel: one row and one pair; head dims whose pair
+/// count is odd (3, 5) and a multiple of 2 but not 8 (scalar path); 64 and 128 (8-element
+/// vectors) with head counts that do not fill the last group of 4 (GQA: 5 + 1, 3 + 3), odd T,
+/// a position near 10⁵ (the angle's reduction), and the seed's size; each contiguous and at
+/// per-row positions (a ragged batch), forward and backward, in every storage dtype.
+#[test]
+fn rope_edge_shapes_and_per_row_positions_match_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for dt in [DType::F32, DType::Bf16, DType::F16] {
+        for (b, tt, h_q, h_kv, d, pos) in [
+            (1, 1, 1, 1, 2, 0),
+            (1, 3, 3, 1, 6, 7),
+            (2, 5, 2, 1, 10, 0),
+            (1, 4, 2, 2, 12, 9),
+            (3, 9, 5, 1, 64, 3),
+            (1, 2, 3, 3, 128, 99_990),
+            (4, 256, 12, 12, 64, 0),
+        ] {
+            let w = (h_q + 2 * h_kv) * d;
+            for per_row in [false, true] {
+                let r = Rope {
+                    b,
+                    t: tt,
+                    h_q,
+                    h_kv,
+                    d,
+                    pos_offset: if per_row { 0 } else { pos },
+                    per_row,
+                    theta: 10_000.0,
+                };
+                let mut tensors = vec![t("qkv", &[b * tt, w], dt, Fill::Normal(1.0))];
+                let inputs = if per_row {
+                    tensors.push(t("positions", &[b * tt], DType::I32, Fill::Ids(pos + 50)));
+                    vec![1, 0]
+                } else {
+                    vec![0]
+                };
+                for op in [Op::Rope(r), Op::RopeBackward(r)] {
+                    check(
+                        &mut gpu,
+                        OpCase {
+                            op,
+                            tensors: tensors.clone(),
+                            inputs: inputs.clone(),
+                            outputs: vec![0],
+                        },
+                        &format!("{dt} {r:?}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The embedding where the forward's 8-column vectors do not apply (C not a multiple of 8) and
+/// where they do, wide rows (C 1032, 1100), a vocabulary of one (every token adds into the same
+/// row), few rows of a large vocabulary (most of the table untouched), forward at per-row
+/// positions, and the backward accumulating into a table that already holds a gradient.
+#[test]
+fn embedding_edge_shapes_match_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for dt in [DType::F32, DType::Bf16] {
+        for positions in [PositionTable::Learned, PositionTable::None] {
+            for (n, c, vocab, tt) in [
+                (9, 20, 5, 3),
+                (300, 16, 1, 100),
+                (6, 1100, 7, 2),
+                (5, 1032, 9, 5),
+                (33, 768, 10_000, 11),
+            ] {
+                for (per_row, accumulate) in [(false, false), (false, true), (true, false)] {
+                    let e = Embedding {
+                        n,
+                        c,
+                        vocab,
+                        t: tt,
+                        pos_offset: if per_row { 0 } else { 2 },
+                        per_row,
+                        positions,
+                        scale: accumulate,
+                        accumulate,
+                    };
+                    let table = tt + 2;
+                    let learned = positions == PositionTable::Learned;
+                    let ts = vec![
+                        t("tokens", &[n], DType::I32, Fill::Ids(vocab)),
+                        t("wte", &[vocab, c], dt, Fill::Normal(1.0)),
+                        t("wpe", &[table, c], dt, Fill::Normal(1.0)),
+                        t("positions", &[n], DType::I32, Fill::Ids(table)),
+                        t("out", &[n, c], dt, Fill::Value(0.0)),
+                        t("dout", &[n, c], dt, Fill::Normal(1.0)),
+                        t("dwte", &[vocab, c], DType::F32, Fill::Normal(1.0)),
+                        t("dwpe", &[table, c], DType::F32, Fill::Normal(1.0)),
+                    ];
+                    let mut inputs = if learned { vec![0, 1, 2] } else { vec![0, 1] };
+                    if per_row {
+                        inputs.push(3);
+                    }
+                    check(
+                        &mut gpu,
+                        OpCase {
+                            op: Op::Embedding(e),
+                            tensors: ts.clone(),
+                            inputs,
+                            outputs: vec![4],
+                        },
+                        &format!("{dt} {e:?}"),
+                    );
+                    if per_row {
+                        continue; // the backward takes contiguous positions only
+                    }
+                    check(
+                        &mut gpu,
+                        OpCase {
+                            op: Op::EmbeddingBackward(e),
+                            tensors: ts,
+                            inputs: vec![0, 5],
+                            outputs: if learned { vec![6, 7] } else { vec![6] },
+                        },
+                        &format!("{dt} backward {e:?}"),
+                    );
+                }
+            }
+        }
+    }
+}

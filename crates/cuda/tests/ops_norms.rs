@@ -56,15 +56,19 @@ fn check(gpu: &mut CudaBackend, case: &OpCase, what: &str) {
 }
 
 /// (rows, C): none, one, odd with C below and above the block width, a multiple of 8 that is
-/// not one of 256 (the warp-per-row backward's vector path with idle lanes), the 2.7B seed's
-/// width over more rows than a block has warps, and a training size.
-const NORM_SHAPES: [(usize, usize); 8] = [
+/// not one of 256 (the warp-per-row backward's vector path with idle lanes), a multiple of 256
+/// and one vector past it, more rows than a block has warps over narrow rows, the 2.7B seed's width over more rows than a block has warps, and
+/// a training size.
+const NORM_SHAPES: [(usize, usize); 11] = [
     (0, 64),
     (1, 1),
     (1, 300),
     (7, 13),
     (7, 515),
     (3, 1000),
+    (5, 1024),
+    (9, 1032),
+    (2000, 64),
     (33, 2560),
     (1024, 768),
 ];
@@ -230,15 +234,21 @@ fn layernorm_backward_of_very_wide_rows_matches_cpu() {
     check(&mut gpu, &b.case, &format!("{ln:?}"));
 }
 
-/// (rows, V): none, one, odd rows with V of one, below and above the block width, a training
-/// size, and GPT-2's vocabulary.
-const CE_SHAPES: [(usize, usize); 7] = [
+/// (rows, V): none, one, odd rows with V of one, below and above the block width, either side
+/// of the switch from a warp to a block per row (4096), odd rows of a V that is not a multiple
+/// of the 8-element vectors (rows start unaligned), a training size, the seed's vocabulary, and
+/// GPT-2's.
+const CE_SHAPES: [(usize, usize); 11] = [
     (0, 10),
     (1, 1),
     (1, 300),
     (7, 13),
     (7, 515),
+    (9, 4095),
+    (3, 4096),
+    (13, 10_001),
     (1024, 768),
+    (256, 10_000),
     (64, 50_257),
 ];
 

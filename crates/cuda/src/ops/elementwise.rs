@@ -1,4 +1,5 @@
-//! Elementwise and data-movement ops (kernels/elementwise.cu).
+//! Elementwise and data-movement ops (kernels/elementwise.cu), and the id checks the ops that
+//! read token or target ids share.
 
 use crate::backend::{invalid, unsupported, CudaBackend};
 use crate::gpu::Arg;
@@ -7,10 +8,9 @@ use tperf_core::dtype::DType;
 use tperf_core::ops::activation::{Activation, ActivationBackwardIo, ActivationIo, ActivationKind};
 use tperf_core::ops::cast::{Cast, CastIo};
 use tperf_core::ops::cross_entropy::{CrossEntropyBackwardIo, CrossEntropyIo};
-use tperf_core::ops::embedding::{Embedding, EmbeddingBackwardIo, EmbeddingIo, PositionTable};
+use tperf_core::ops::embedding::{EmbeddingBackwardIo, EmbeddingIo};
 use tperf_core::ops::kv_cache::{KvAppend, KvAppendIo};
 use tperf_core::ops::residual::{ResidualAdd, ResidualAddIo};
-use tperf_core::ops::rope::{Rope, RopeIo};
 use tperf_core::ops::swiglu::{SwiGlu, SwiGluBackwardIo, SwiGluIo};
 use tperf_core::ops::take_last::{TakeLast, TakeLastIo};
 use tperf_core::ops::Op;
@@ -155,111 +155,6 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// In place on qkv: the query and key heads of every row.
-    pub(crate) fn rope(
-        &mut self,
-        call: &OpCall,
-        r: &Rope,
-        backward: bool,
-    ) -> Result<(), BackendError> {
-        let io: RopeIo = call.operands(r)?;
-        let rows = (r.b * r.t) as u64;
-        let width = r.row_width();
-        let qkv = self.arg(call, &io.qkv, rows * width as u64)?;
-        let pairs = rows * ((r.h_q + r.h_kv) * (r.d / 2)) as u64;
-        let args = [
-            qkv,
-            Arg::I64(rows as i64),
-            Arg::I32(r.t as i32),
-            Arg::I32(r.pos_offset as i32),
-            Arg::I32((r.h_q + r.h_kv) as i32),
-            Arg::I32(width as i32),
-            Arg::I32(r.d as i32),
-            Arg::F64(r.theta),
-            Arg::F64(if backward { -1.0 } else { 1.0 }),
-            Arg::Ptr(self.op_scalars),
-        ];
-        self.launch_1d(call, SRC, "rope_rows", pairs, &args)
-    }
-
-    pub(crate) fn embedding_forward(
-        &mut self,
-        call: &OpCall,
-        e: &Embedding,
-    ) -> Result<(), BackendError> {
-        let io: EmbeddingIo = call.operands(e)?;
-        let (n, c) = (e.n as u64, e.c as u64);
-        let tokens = self.check_ids(call, &io.tokens, e.n, e.vocab, "token")?;
-        let wte = self.arg(call, &io.wte, e.vocab as u64 * c)?;
-        // wpe is an operand exactly when the table is learned.
-        let (positions, wpe) = match (&io.wpe, e.positions) {
-            (Some(wpe), _) => {
-                let rows = wpe.numel() / c.max(1);
-                check_position_room(call, e, wpe)?;
-                (1, self.arg(call, wpe, rows * c)?)
-            }
-            (None, PositionTable::Sinusoidal) => (2, Arg::Buf(0, 0)),
-            (None, _) => (0, Arg::Buf(0, 0)),
-        };
-        let scale = if e.scale { (e.c as f32).sqrt() } else { 1.0 };
-        let args = [
-            tokens,
-            wte,
-            wpe,
-            self.arg(call, &io.x, n * c)?,
-            Arg::I64(n as i64),
-            Arg::I32(e.c as i32),
-            Arg::I32(e.t as i32),
-            Arg::I32(e.pos_offset as i32),
-            Arg::I32(positions),
-            Arg::F32(scale),
-            Arg::Ptr(self.op_scalars),
-        ];
-        self.launch_1d(call, SRC, "embedding_forward", n * c, &args)
-    }
-
-    pub(crate) fn embedding_backward(
-        &mut self,
-        call: &OpCall,
-        e: &Embedding,
-    ) -> Result<(), BackendError> {
-        let io: EmbeddingBackwardIo = call.operands(e)?;
-        let (n, c) = (e.n as u64, e.c as u64);
-        let tokens = self.check_ids(call, &io.tokens, e.n, e.vocab, "token")?;
-        let dout = self.arg(call, &io.dx, n * c)?;
-        if io.dwte.dtype != DType::F32 {
-            return Err(unsupported(call, "embedding gradients accumulate in f32"));
-        }
-        self.arg(call, &io.dwte, e.vocab as u64 * c)?;
-        if !e.accumulate {
-            self.zero(&io.dwte)?;
-        }
-        // dwpe is an operand exactly when the table is learned.
-        let dwpe = match &io.dwpe {
-            Some(t) => {
-                if t.dtype != DType::F32 {
-                    return Err(unsupported(call, "embedding gradients accumulate in f32"));
-                }
-                self.zero(t)?;
-                self.ptr(t)?
-            }
-            None => 0,
-        };
-        let scale = if e.scale { (e.c as f32).sqrt() } else { 1.0 };
-        let args = [
-            tokens,
-            dout,
-            Arg::Ptr(self.ptr(&io.dwte)?),
-            Arg::Ptr(dwpe),
-            Arg::I64(n as i64),
-            Arg::I32(e.c as i32),
-            Arg::I32(e.t as i32),
-            Arg::I32(e.pos_offset as i32),
-            Arg::F32(scale),
-        ];
-        self.launch_1d(call, SRC, "embedding_backward", n * c, &args)
-    }
-
     pub(crate) fn kv_append(&mut self, call: &OpCall, k: &KvAppend) -> Result<(), BackendError> {
         let io: KvAppendIo = call.operands(k)?;
         let capacity = io.k_cache.shape.get(2).copied().unwrap_or(0);
@@ -345,7 +240,7 @@ impl CudaBackend {
                 let io: EmbeddingIo = call.operands(e)?;
                 // Per-row positions were range-checked by check_ragged above.
                 if let (Some(wpe), false) = (&io.wpe, e.per_row) {
-                    check_position_room(call, e, wpe)?;
+                    super::embedding::check_position_room(call, e, wpe)?;
                 }
                 (io.tokens, e.vocab, "token")
             }
@@ -369,18 +264,6 @@ impl CudaBackend {
         };
         self.check_id_range(call, &ids, limit, what)
     }
-}
-
-/// The learned position table `wpe` has a row for every position the op embeds.
-fn check_position_room(call: &OpCall, e: &Embedding, wpe: &Tensor) -> Result<(), BackendError> {
-    let rows = wpe.numel() / (e.c as u64).max(1);
-    if (e.pos_offset + e.t) as u64 > rows {
-        return Err(invalid(call, format!(
-            "positions up to {} exceed the learned position table of {rows}: use a sequence within the model's context",
-            e.pos_offset + e.t
-        )));
-    }
-    Ok(())
 }
 
 /// The KV cache (`k_cache`, shaped as its V twin) has room for the appended positions.

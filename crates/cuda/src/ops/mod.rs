@@ -1,16 +1,18 @@
-//! Dispatch of each op family to cuBLASLt or to its kernels in `kernels/<family>.cu`. Each file
+//! Dispatch of each op (or op family) to cuBLASLt or to its kernels in `kernels/<op>.cu`. Each file
 //! adds methods to [`crate::CudaBackend`]; the CPU reference of the same op (in
 //! `tperf_core::ops`) is the spec each kernel is tested against.
 
 mod attention;
 pub(crate) mod collective;
+mod cross_entropy;
 pub(crate) mod elementwise;
+mod embedding;
 mod geglu;
-mod loss;
 mod matmul;
 mod norms;
 pub(crate) mod optimizer;
 mod paged;
+mod rope;
 mod sampling;
 
 pub(crate) use sampling::sample_words;

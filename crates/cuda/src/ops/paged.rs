@@ -1,5 +1,7 @@
-//! Ragged batches over a paged KV cache (kernels/paged.cu): RoPE and the embedding at per-row
-//! positions, the paged KV append, paged attention and the row gather. Operands by name (the
+//! Ragged batches over a paged KV cache (kernels/paged.cu): the paged KV append, paged
+//! attention and the row gather, and the range checks of every ragged op's metadata (RoPE's and
+//! the embedding's per-row positions included; their launches are in ops/rope.rs and
+//! ops/embedding.rs). Operands by name (the
 //! op's `operands!` struct). The metadata tensors (positions, slots, block tables, …) come from
 //! the host, which records each one's (min, max) as it writes it; the launches check those
 //! ranges against the pools and the batch, so a bad layout is an error naming the op rather than
@@ -8,10 +10,10 @@
 use crate::backend::{invalid, unsupported, CudaBackend};
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
-use tperf_core::ops::embedding::{Embedding, EmbeddingIo, PositionTable};
+use tperf_core::ops::embedding::EmbeddingIo;
 use tperf_core::ops::kv_cache::{PagedKvAppend, PagedKvAppendIo};
 use tperf_core::ops::paged_attention::{PagedAttention, PagedAttentionIo};
-use tperf_core::ops::rope::{Rope, RopeIo};
+use tperf_core::ops::rope::RopeIo;
 use tperf_core::ops::take_last::{TakeRows, TakeRowsIo};
 use tperf_core::ops::Op;
 use tperf_core::tensor::Tensor;
@@ -84,69 +86,6 @@ impl CudaBackend {
             _ => {}
         }
         Ok(())
-    }
-
-    /// RoPE with each row at positions[row] (forward, or backward with `sign` −1).
-    pub(crate) fn rope_positions(
-        &mut self,
-        call: &OpCall,
-        r: &Rope,
-        backward: bool,
-    ) -> Result<(), BackendError> {
-        let io: RopeIo = call.operands(r)?;
-        let positions = io
-            .positions
-            .as_ref()
-            .ok_or_else(|| unsupported(call, "per-row RoPE reads positions"))?;
-        self.check_ragged(call)?;
-        let rows = (r.b * r.t) as u64;
-        let width = r.row_width();
-        let args = [
-            self.arg(call, &io.qkv, rows * width as u64)?,
-            self.arg(call, positions, rows)?,
-            Arg::I64(rows as i64),
-            Arg::I32((r.h_q + r.h_kv) as i32),
-            Arg::I32(width as i32),
-            Arg::I32(r.d as i32),
-            Arg::F64(r.theta),
-            Arg::F64(if backward { -1.0 } else { 1.0 }),
-        ];
-        let pairs = rows * ((r.h_q + r.h_kv) * (r.d / 2)) as u64;
-        self.launch_1d(call, SRC, "rope_positions", pairs, &args)
-    }
-
-    /// The embedding with each row at positions[row].
-    pub(crate) fn embedding_positions(
-        &mut self,
-        call: &OpCall,
-        e: &Embedding,
-    ) -> Result<(), BackendError> {
-        let io: EmbeddingIo = call.operands(e)?;
-        let positions = io
-            .positions
-            .as_ref()
-            .ok_or_else(|| unsupported(call, "per-row embedding reads positions"))?;
-        self.check_ragged(call)?;
-        let (n, c) = (e.n as u64, e.c as u64);
-        let tokens = self.check_ids(call, &io.tokens, e.n, e.vocab, "token")?;
-        let (kind, wpe) = match (&e.positions, &io.wpe) {
-            (PositionTable::Learned, Some(wpe)) => (1, self.arg(call, wpe, wpe.numel())?),
-            (PositionTable::Sinusoidal, _) => (2, Arg::Buf(0, 0)),
-            _ => (0, Arg::Buf(0, 0)),
-        };
-        let scale = if e.scale { (e.c as f32).sqrt() } else { 1.0 };
-        let args = [
-            tokens,
-            self.arg(call, &io.wte, e.vocab as u64 * c)?,
-            wpe,
-            self.arg(call, positions, n)?,
-            self.arg(call, &io.x, n * c)?,
-            Arg::I64(n as i64),
-            Arg::I32(e.c as i32),
-            Arg::I32(kind),
-            Arg::F32(scale),
-        ];
-        self.launch_1d(call, SRC, "embedding_positions", n * c, &args)
     }
 
     pub(crate) fn paged_kv_append(

@@ -1,0 +1,105 @@
+// RoPE in place on the query and key heads of qkv (rows, (Hq + 2Hkv)·D), mirroring
+// tperf_core::ops::rope: pair (x₂ᵢ, x₂ᵢ₊₁) of a head at position p is rotated by
+// sign·p·θ^(−2i/D); `sign` −1 is the backward (the inverse rotation). Row r's position is
+// positions[r] when the op reads them per row (a ragged batch), else r mod t + pos_offset (or the
+// replayed decode step's position, graph.rs): the contiguous batch is the per-row one with
+// positions 0..t.
+//
+// A block per row (grid-stride past the grid's limit): its first D/2 threads take the cosine
+// and sine of the row's D/2 angles into shared memory once, every thread rotates one group of
+// pairs of one head: 4 pairs (8 elements: one 16-byte access in a 16-bit dtype, two in f32)
+// when `vec` (D a multiple of 8 and qkv 16-byte aligned, the host checks), else one pair. A
+// thread issues its load before the barrier that publishes the table, so the load's latency
+// overlaps the trigonometry. The first version had a thread own 4 heads of a group to share the
+// angle (192 blocks at the seed's size, 17% of the warps the SMs hold: 6 µs, 4.6× the roofline);
+// a block per row has every element's load in flight at once (1024 blocks of 192 threads) and
+// takes each angle once. The old kernel took cos and sin in double per element (19.5 µs).
+//
+// The angle: θ^(−2i/D) = step^i with step = θ^(−2/D) (the host computes it in double), taken
+// by squaring in double (relative error ~10⁻¹⁵), times the position in double;
+// then reduced to [−π, π] in double (a − k·2π by fma, which rounds once, then the part of 2π
+// below double precision) and its cosine and sine taken in f32 on the reduced angle. Against the reference (cos and sin of the double angle,
+// rounded to f32) that differs by about one f32 ulp of the result (2·10⁻⁷), at any position up to
+// 2³¹; f32 trigonometry of the unreduced angle would lose ~p·10⁻⁷ radians.
+
+// 2π = ROPE_2PI_HI (the nearest double) + ROPE_2PI_LO (the rest, 2.4·10⁻¹⁶): k·LO corrects the
+// ~k·10⁻¹⁶ that reducing by HI alone would leave.
+#define ROPE_2PI_HI 6.28318530717958623200
+#define ROPE_2PI_LO 2.44929359829470635445e-16
+#define ROPE_INV_2PI 0.15915494309189533577
+
+__device__ __forceinline__ void rope_cos_sin(double a, float& c, float& s) {
+    double k = rint(a * ROPE_INV_2PI);
+    double r = fma(-k, ROPE_2PI_HI, a);
+    r = fma(-k, ROPE_2PI_LO, r);
+    sincosf((float)r, &s, &c);
+}
+
+// b^e for e ≥ 0 by squaring.
+__device__ __forceinline__ double rope_pow(double b, int e) {
+    double r = 1.0;
+    while (e) {
+        if (e & 1) r *= b;
+        b *= b;
+        e >>= 1;
+    }
+    return r;
+}
+
+// Shared memory: D/2 (cos, sin) pairs, D ≤ 2·ROPE_MAX_PAIRS.
+#define ROPE_MAX_PAIRS 256
+extern "C" __global__ void rope(Buf qkv, Buf positions, i64 rows, int t, int pos_offset,
+                                int rotated_heads, int row_width, int d, double freq_step,
+                                double sign, int vec, const int* step) {
+    __shared__ float2 table[ROPE_MAX_PAIRS];
+    if (step) pos_offset = step[0]; // a replayed decode step's position (graph.rs)
+    const int half = d / 2;
+    const int pairs = vec ? 4 : 1; // per thread
+    const int groups = half / pairs;
+    const int jobs = rotated_heads * groups;
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
+        const int pos = positions.p ? ld_i32(positions, row) : (int)(row % t) + pos_offset;
+        const i64 base = row * row_width;
+        for (int j0 = 0; j0 < jobs; j0 += blockDim.x) {
+            const int job = j0 + threadIdx.x;
+            const bool mine = job < jobs;
+            const int head = mine ? job / groups : 0, i0 = (job - head * groups) * pairs;
+            const i64 at = base + (i64)head * d + 2 * i0;
+            float x[8];
+            if (mine) {
+                if (vec) {
+                    ld8(qkv, at, x);
+                } else {
+                    x[0] = ld(qkv, at);
+                    x[1] = ld(qkv, at + 1);
+                }
+            }
+            if (j0 == 0) {
+                for (int i = threadIdx.x; i < half; i += blockDim.x) {
+                    float c, s;
+                    rope_cos_sin(sign * (double)pos * rope_pow(freq_step, i), c, s);
+                    table[i] = make_float2(c, s);
+                }
+                __syncthreads();
+            }
+            if (mine) {
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    if (k < pairs) {
+                        const float2 cs = table[i0 + k];
+                        const float x0 = x[2 * k], x1 = x[2 * k + 1];
+                        x[2 * k] = x0 * cs.x - x1 * cs.y;
+                        x[2 * k + 1] = x0 * cs.y + x1 * cs.x;
+                    }
+                }
+                if (vec) {
+                    st8(qkv, at, x);
+                } else {
+                    st(qkv, at, x[0]);
+                    st(qkv, at + 1, x[1]);
+                }
+            }
+        }
+        __syncthreads(); // the next row overwrites the table
+    }
+}
