@@ -16,7 +16,7 @@ use crate::text;
 use crate::EngineError;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tperf_core::backend::Backend;
+use tperf_core::backend::{repeated_step, Backend};
 use tperf_core::ops::sampling::Sampling;
 use tperf_core::schedule::ragged::{
     PagedKvCache, PagedStep, RaggedBatch, RaggedLayout, SeqSpan, DEFAULT_BLOCK_SIZE,
@@ -627,8 +627,20 @@ impl<B: Backend> EngineCore<B> {
                 inputs: &inputs,
                 cache,
             };
-            let logits = self.model.ragged_logits(be, &step)?;
-            let ids = self.model.sample_rows(be, logits, per_row)?;
+            let model = &self.model;
+            let forward = |be: &mut B| {
+                let logits = model.ragged_logits(be, &step)?;
+                model.sample_rows(be, logits, per_row)
+            };
+            // A decode-only step of S sequences repeats, op for op and buffer for buffer, every
+            // step the batch keeps its size: what changes (tokens, positions, slots, lengths,
+            // block tables, sampling seeds) is in device memory, written above. A backend may
+            // capture it once per S and replay it (CUDA graphs); prefill steps run eagerly.
+            let ids = if batch.seqs.iter().all(|s| s.q_len == 1) {
+                repeated_step(be, &format!("paged-decode-{}", batch.seqs.len()), forward)?
+            } else {
+                forward(be)?
+            };
             let host = be.read_f32(&ids);
             be.free(ids);
             host

@@ -4,6 +4,7 @@
 
 mod attention;
 pub(crate) mod collective;
+mod decode;
 pub(crate) mod elementwise;
 mod geglu;
 mod loss;
