@@ -30,8 +30,7 @@ pub(crate) fn decode_fits(rows: usize, d: usize, k: Arg, v: Arg) -> bool {
     let (Arg::Buf(k_ptr, k_dt), Arg::Buf(v_ptr, v_dt)) = (k, v) else {
         return false;
     };
-    rows >= 1
-        && rows <= MAX_ROWS
+    (1..=MAX_ROWS).contains(&rows)
         && d.is_multiple_of(VECTOR)
         && d <= MAX_HEAD_DIM
         && k_dt == v_dt
