@@ -92,6 +92,9 @@ struct DecShared {
 
 template <int DT, int RMAX>
 __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
+    // Keys a key group loads per step: DEC_UNROLL of 16 bytes per lane, or half as many of
+    // f32's 32, so both dtypes keep the same bytes in flight and registers.
+    constexpr int UN = DT == DT_F32 ? DEC_UNROLL / 2 : DEC_UNROLL;
     float* qs = sh.qs;
     float(*w_acc)[DEC_MAX_ROWS * DEC_MAX_D] = sh.w_acc;
     float(*w_m)[DEC_MAX_ROWS] = sh.w_m;
@@ -148,14 +151,11 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
     const i64 table = seq * max_blocks;
     const int e0 = sub * 8;
 
-    // The loop bound depends on the warp only, so that every lane reaches the shuffles.
-    for (i64 jw = j_lo + warp * kpw; jw < j_hi; jw += (i64)nkg * DEC_UNROLL) {
-        Vec8<DT> kv[DEC_UNROLL], vv[DEC_UNROLL];
-        i64 js[DEC_UNROLL];
+    // Key group kl's keys of the step at jw: K and V rows (zero past j_hi or past D).
+    auto load_step = [&](i64 jw, Vec8<DT>(&kv)[UN], Vec8<DT>(&vv)[UN]) {
 #pragma unroll
-        for (int x = 0; x < DEC_UNROLL; ++x) {
+        for (int x = 0; x < UN; ++x) {
             const i64 j = jw + kl + (i64)x * nkg;
-            js[x] = j;
             if (j < j_hi && lane_on) {
                 i64 block = seq;
                 int off = (int)j;
@@ -174,6 +174,19 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
                 }
             }
         }
+    };
+    // The loop bound depends on the warp only, so that every lane reaches the shuffles. The
+    // next step's loads are issued before this step's arithmetic (two steps in flight).
+    const i64 stride = (i64)nkg * UN;
+    Vec8<DT> kv[UN], vv[UN];
+    const i64 jw0 = j_lo + warp * kpw;
+    if (jw0 < j_hi) load_step(jw0, kv, vv);
+    for (i64 jw = jw0; jw < j_hi; jw += stride) {
+        Vec8<DT> kn[UN], vn[UN];
+        if (jw + stride < j_hi) load_step(jw + stride, kn, vn);
+        i64 js[UN];
+#pragma unroll
+        for (int x = 0; x < UN; ++x) js[x] = jw + kl + (i64)x * nkg;
 #pragma unroll
         for (int r = 0; r < RMAX; ++r) {
             if (r >= rows) break;
@@ -183,10 +196,10 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
             const i64 pos = p0 + r % tq;
             const i64 hi = causal ? min(pos + 1, (i64)ctx) : (i64)ctx;
             const i64 lo = (causal && window >= 0) ? max(hi - window, (i64)0) : 0;
-            float s[DEC_UNROLL];
+            float s[UN];
             float mx = NEG_INF;
 #pragma unroll
-            for (int x = 0; x < DEC_UNROLL; ++x) {
+            for (int x = 0; x < UN; ++x) {
                 float dot = 0.0f;
 #pragma unroll
                 for (int k = 0; k < 8; ++k) dot = fmaf(q[k], vec8_at<DT>(kv[x], k), dot);
@@ -200,9 +213,9 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
             // A row with nothing visible yet keeps m = −∞ (the flash forward's rule).
             const float m_use = m_new == NEG_INF ? 0.0f : m_new;
             const float corr = expf(m[r] - m_use);
-            float p[DEC_UNROLL], psum = 0.0f;
+            float p[UN], psum = 0.0f;
 #pragma unroll
-            for (int x = 0; x < DEC_UNROLL; ++x) {
+            for (int x = 0; x < UN; ++x) {
                 p[x] = expf(s[x] - m_use);
                 psum += p[x];
             }
@@ -212,9 +225,14 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
             for (int k = 0; k < 8; ++k) {
                 float a = acc[r][k] * corr;
 #pragma unroll
-                for (int x = 0; x < DEC_UNROLL; ++x) a = fmaf(p[x], vec8_at<DT>(vv[x], k), a);
+                for (int x = 0; x < UN; ++x) a = fmaf(p[x], vec8_at<DT>(vv[x], k), a);
                 acc[r][k] = a;
             }
+        }
+#pragma unroll
+        for (int x = 0; x < UN; ++x) {
+            kv[x] = kn[x];
+            vv[x] = vn[x];
         }
     }
 
