@@ -90,7 +90,7 @@ struct DecShared {
     float w_m[DEC_WARPS][DEC_MAX_ROWS], w_l[DEC_WARPS][DEC_MAX_ROWS];
 };
 
-template <int DT, int RMAX>
+template <int DT, int RMAX, bool PREFETCH>
 __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
     // Keys a key group loads per step: DEC_UNROLL of 16 bytes per lane, or half as many of
     // f32's 32, so both dtypes keep the same bytes in flight and registers.
@@ -175,15 +175,20 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
             }
         }
     };
-    // The loop bound depends on the warp only, so that every lane reaches the shuffles. The
-    // next step's loads are issued before this step's arithmetic (two steps in flight).
+    // The loop bound depends on the warp only, so that every lane reaches the shuffles. With
+    // PREFETCH the next step's loads are issued before this step's arithmetic (two steps in
+    // flight, for chunks of many steps; it costs registers, and a one-step chunk nothing gains).
     const i64 stride = (i64)nkg * UN;
     Vec8<DT> kv[UN], vv[UN];
     const i64 jw0 = j_lo + warp * kpw;
     if (jw0 < j_hi) load_step(jw0, kv, vv);
     for (i64 jw = jw0; jw < j_hi; jw += stride) {
         Vec8<DT> kn[UN], vn[UN];
-        if (jw + stride < j_hi) load_step(jw + stride, kn, vn);
+        if (PREFETCH) {
+            if (jw + stride < j_hi) load_step(jw + stride, kn, vn);
+        } else if (jw != jw0) {
+            load_step(jw, kv, vv);
+        }
         i64 js[UN];
 #pragma unroll
         for (int x = 0; x < UN; ++x) js[x] = jw + kl + (i64)x * nkg;
@@ -229,10 +234,12 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
                 acc[r][k] = a;
             }
         }
+        if (PREFETCH) {
 #pragma unroll
-        for (int x = 0; x < UN; ++x) {
-            kv[x] = kn[x];
-            vv[x] = vn[x];
+            for (int x = 0; x < UN; ++x) {
+                kv[x] = kn[x];
+                vv[x] = vn[x];
+            }
         }
     }
 
@@ -297,38 +304,43 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
     }
 }
 
-// Pass 1, one kernel per register budget: rows ≤ 2 (a decode step of MHA, or two queries) in
-// decode_split_r2, up to DEC_MAX_ROWS in decode_split_r8 — the smaller body needs far fewer
-// registers, so more blocks fit an SM. The K and V pools share one dtype (the host checks);
-// qkv, O and lse any.
-#define DEC_DISPATCH(RMAX)                                                                      \
+// Pass 1, one kernel per register budget and loop: rows ≤ 2 (a decode step of MHA, or two
+// queries) in decode_split_r2 (chunks of one step: no prefetch, fewer registers) and
+// decode_split_r2_deep (long chunks, prefetching), up to DEC_MAX_ROWS in decode_split_r8
+// (prefetching) — the smaller bodies need far fewer registers, so more blocks fit an SM. The K
+// and V pools share one dtype (the host checks); qkv, O and lse any.
+#define DEC_DISPATCH(RMAX, PREFETCH)                                                                      \
     __shared__ DecShared sh;                                                                    \
     switch (kp.dt) {                                                                            \
     case DT_BF16:                                                                               \
-        decode_split_body<DT_BF16, RMAX>(sh, qkv, kp, vp, block_table, row_seq, positions,      \
+        decode_split_body<DT_BF16, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,      \
                                          ctx_lens, part, o, lse, h, h_kv, tq, tk, d,            \
                                          block_size, max_blocks, causal, window, scale, chunk,  \
                                          step);                                                 \
         break;                                                                                  \
     case DT_F16:                                                                                \
-        decode_split_body<DT_F16, RMAX>(sh, qkv, kp, vp, block_table, row_seq, positions,       \
+        decode_split_body<DT_F16, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,       \
                                         ctx_lens, part, o, lse, h, h_kv, tq, tk, d,             \
                                         block_size, max_blocks, causal, window, scale, chunk,   \
                                         step);                                                  \
         break;                                                                                  \
     default:                                                                                    \
-        decode_split_body<DT_F32, RMAX>(sh, qkv, kp, vp, block_table, row_seq, positions,       \
+        decode_split_body<DT_F32, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,       \
                                         ctx_lens, part, o, lse, h, h_kv, tq, tk, d,             \
                                         block_size, max_blocks, causal, window, scale, chunk,   \
                                         step);                                                  \
     }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2(DEC_PARAMS) {
-    DEC_DISPATCH(2)
+    DEC_DISPATCH(2, false)
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2_deep(DEC_PARAMS) {
+    DEC_DISPATCH(2, true)
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r8(DEC_PARAMS) {
-    DEC_DISPATCH(DEC_MAX_ROWS)
+    DEC_DISPATCH(DEC_MAX_ROWS, true)
 }
 
 // Pass 2: O (units, Tq, H, d) and lse (units, H, Tq; none when lse is the null buffer) from the

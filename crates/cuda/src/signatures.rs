@@ -37,7 +37,7 @@ impl Arg {
 
 use ArgKind::*;
 
-/// DEC_PARAMS of decode_attention.cu, which both of its split kernels take.
+/// DEC_PARAMS of decode_attention.cu, which all of its split kernels take.
 const DECODE_SPLIT: &[ArgKind] = &[
     Buf, Buf, Buf, Buf, Buf, Buf, Buf, Ptr, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, I32, I64,
     F32, I32, Ptr,
@@ -262,6 +262,7 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ("paged", "take_rows", &[Buf, Buf, Buf, I32, I32]),
     ("sampling", "sample_rows", &[Buf, Buf, I32, Ptr, I32, Ptr]),
     ("decode_attention", "decode_split_r2", DECODE_SPLIT),
+    ("decode_attention", "decode_split_r2_deep", DECODE_SPLIT),
     ("decode_attention", "decode_split_r8", DECODE_SPLIT),
     (
         "decode_attention",
