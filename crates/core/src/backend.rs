@@ -194,6 +194,13 @@ pub trait Backend {
     fn end_step(&mut self) -> Result<(), BackendError> {
         Ok(())
     }
+
+    /// Whether repeated steps are replayed rather than issued op by op: a caller may then shape
+    /// its steps so that they repeat (pad a batch to one of a few sizes), which on a backend
+    /// that issues every op would only add work. False by default.
+    fn replays_repeated_steps(&self) -> bool {
+        false
+    }
 }
 
 /// Runs `f` as one repeated step of kind `key` between [`Backend::begin_step`] and

@@ -1,154 +1,357 @@
-// Decode attention (flash-decoding): Tq ≤ 4 queries per sequence against Tk keys, the keys of
-// each (batch, KV head) split across blocks so that the grid fills the GPU, then a reduce. The
-// flash forward (flash_attention.cu) tiles 64 query rows, which for one query wastes 63/64 of
-// its work and runs B·H blocks only; here one block reads its chunk of K and V once for every
-// query head of the GQA group and every query (R = (H/H_kv)·Tq rows).
+// Decode attention (flash-decoding) over a KV cache, paged or contiguous: a few queries per
+// sequence against its keys, the keys split across blocks so that the grid fills the GPU, then
+// a reduce. The flash forward (flash_attention.cu) tiles 64 query rows, which for one query
+// wastes 63/64 of its work; here one block reads its chunk of K and V once for every query head
+// of the GQA group and every query of the unit (R = (H/H_kv)·Tq ≤ DEC_MAX_ROWS rows).
+//
+// A *unit* is what shares keys: in a paged batch (schedule/ragged.rs) one packed row (Tq = 1;
+// its sequence, position and context length come from row_seq, positions and ctx_lens), in a
+// contiguous cache (B, H_kv, capacity, D) one batch element (Tq queries at the last Tq positions
+// of Tk keys; Tk from `step` in a replayed decode step). The contiguous cache is the paged
+// layout with one block of `capacity` keys per sequence and the identity block table, so one
+// addressing rule serves both: key j of KV head g of sequence s lives at
+//     ((block · H_kv + g) · block_size + j % block_size) · D,  block = table[s, j / block_size]
+// (block = s when there is no table).
 //
 // Floor at gpt2-124m B32, context 384, H 12 (MHA), d 64, bf16, per layer: K and V read once,
-// 2·B·H_kv·Tk·d·2 bytes = 2·32·12·384·64·2 = 37.7 MB → 7.8 µs at 4.8 TB/s; FLOPs 4·B·H·Tk·d =
-// 37.7 MFLOP (nothing). The partials (splits·B·H_kv·R·(d+2) f32) are a few hundred KB, in L2.
+// 2·B·H_kv·Tk·d·2 bytes = 37.7 MB → 7.8 µs at 4.8 TB/s; FLOPs 4·B·H·Tk·d = 37.7 MFLOP (nothing).
+// At B1 the whole layer's K and V are 1.2 MB: latency, not bandwidth, bounds it, so the kernel
+// keeps many independent 16-byte loads in flight per thread.
 //
-// Pass 1 (decode_attn_split): block (split, b·H_kv + g) takes keys [split·chunk, +chunk) of the
-// live Tk (in a replayed decode step `step` holds Tk; the grid follows the cache's capacity and
-// chunks past Tk write an empty partial: m = −∞, l = 0). Per tile of 128 keys, one thread a key
-// computes the R scores, one warp a row updates the online softmax (m, l), then the threads
-// own (row, e) pairs of the output and accumulate P·V. The unnormalised O, m and l go to `part`.
-// Pass 2 (decode_attn_reduce): per (b, g), O = Σ_s O_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M) and
-// lse = M + log L, as the flash forward writes them (a row that sees no key: NaN and −∞ there
-// too).
-//
-// Loads go through ld() (any storage dtype, f32 arithmetic); 16-byte vector loads of K/V rows
-// are the next step once a measurement says the loads, not the latency, bound it.
+// Pass 1 (decode_split_r2, decode_split_r8): block (u·H_kv + g, split) takes the keys [split·chunk, +chunk) of what
+// the unit's queries see. A warp is 32/LPK key groups of LPK lanes; a key group reads a key row
+// as LPK vectors of 8 elements (16-byte loads for the 16-bit dtypes, two for f32; LPK the power
+// of two ≥ D/8), its lanes' partial dot products summed by shuffles. Each key group walks its own
+// keys (DEC_UNROLL at a time, their K and V loads issued together) with its own online softmax
+// (m, l) and output slice in registers — no barrier in the loop; the key groups then merge, by
+// shuffles within a warp and through shared memory across warps. One split writes O and lse
+// itself; several write unnormalised partials (O, m, l) to `part`, and pass 2 (decode_reduce)
+// combines them: O = Σ_s O_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M), lse = M + log L, as the flash
+// forward writes them (a row that sees no key: NaN and −∞ there too).
 
 #define DEC_THREADS 128
-#define DEC_TILE 128
 #define DEC_WARPS (DEC_THREADS / 32)
-// Rows (query heads of a group × queries) and rows × D that one block holds; larger groups use
-// the flash forward (attention.rs checks).
-#define DEC_MAX_ROWS 32
-#define DEC_MAX_QD 4096
-#define DEC_ACC (DEC_MAX_QD / DEC_THREADS)
+// Rows (query heads of a group × queries of a unit) one block holds in registers, the largest
+// head dim, and the keys each key group loads per step. attention.rs and paged.rs check the
+// first two (larger shapes take the flash forward or the paged prefill kernel).
+#define DEC_MAX_ROWS 8
+#define DEC_MAX_D 256
+#define DEC_UNROLL 4
 
-__device__ __forceinline__ bool dec_visible(int causal, i64 window, i64 pos, i64 j) {
-    return !causal || (j <= pos && (window < 0 || pos - j < window));
+// 8 elements of a K or V row: one 16-byte word for the 16-bit dtypes, two for f32.
+template <int DT> struct Vec8 {
+    uint4 w[DT == DT_F32 ? 2 : 1];
+};
+
+__device__ __forceinline__ uint4 dec_ldg_u4(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
 }
 
-extern "C" __global__ void __launch_bounds__(DEC_THREADS)
-    decode_attn_split(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_sh, i64 k_sj, Buf vb, i64 v0,
-                      i64 v_sb, i64 v_sh, i64 v_sj, float* part, int h, int h_kv, int tq, int tk,
-                      int d, int causal, i64 window, float scale, int chunk, const int* step) {
-    __shared__ float qs[DEC_MAX_QD];
-    __shared__ float sc[DEC_MAX_ROWS * DEC_TILE];
-    __shared__ float row_m[DEC_MAX_ROWS], row_l[DEC_MAX_ROWS], row_c[DEC_MAX_ROWS];
-    if (step) tk = step[0];
+__device__ __forceinline__ unsigned u4_word(const uint4& u, int i) {
+    return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w;
+}
+
+// Elements i·8 .. i·8 + 7 of `base` (8-element aligned).
+template <int DT> __device__ __forceinline__ Vec8<DT> ld_vec8(const void* base, i64 i) {
+    Vec8<DT> v;
+    if (DT == DT_F32) {
+        const float* p = (const float*)base + i;
+        v.w[0] = dec_ldg_u4(p);
+        v.w[DT == DT_F32 ? 1 : 0] = dec_ldg_u4(p + 4);
+    } else {
+        v.w[0] = dec_ldg_u4((const u16*)base + i);
+    }
+    return v;
+}
+
+// Element k (a constant after unrolling) of v as f32.
+template <int DT> __device__ __forceinline__ float vec8_at(const Vec8<DT>& v, int k) {
+    if (DT == DT_F32) return __uint_as_float(u4_word(v.w[(k >> 2) & (DT == DT_F32 ? 1 : 0)], k & 3));
+    const unsigned word = u4_word(v.w[0], k >> 1);
+    const u16 half = (k & 1) ? (u16)(word >> 16) : (u16)(word & 0xffffu);
+    return DT == DT_BF16 ? bf16_to_f32(half) : f16_to_f32(half);
+}
+
+// What every decode kernel argument list carries (the host's one argument builder mirrors it).
+#define DEC_PARAMS                                                                              \
+    Buf qkv, Buf kp, Buf vp, Buf block_table, Buf row_seq, Buf positions, Buf ctx_lens,         \
+        float *part, Buf o, Buf lse, int h, int h_kv, int tq, int tk, int d, int block_size,    \
+        int max_blocks, int causal, i64 window, float scale, int chunk, const int *step
+
+// The block's shared memory, declared once in the kernel (each dtype's body would otherwise
+// get its own copy).
+struct DecShared {
+    float qs[DEC_MAX_ROWS * DEC_MAX_D];
+    float w_acc[DEC_WARPS][DEC_MAX_ROWS * DEC_MAX_D];
+    float w_m[DEC_WARPS][DEC_MAX_ROWS], w_l[DEC_WARPS][DEC_MAX_ROWS];
+};
+
+template <int DT, int RMAX, bool PREFETCH>
+__device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
+    // Keys a key group loads per step: DEC_UNROLL of 16 bytes per lane, or half as many of
+    // f32's 32, so both dtypes keep the same bytes in flight and registers.
+    constexpr int UN = DT == DT_F32 ? DEC_UNROLL / 2 : DEC_UNROLL;
+    float* qs = sh.qs;
+    float(*w_acc)[DEC_MAX_ROWS * DEC_MAX_D] = sh.w_acc;
+    float(*w_m)[DEC_MAX_ROWS] = sh.w_m;
+    float(*w_l)[DEC_MAX_ROWS] = sh.w_l;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int split = blockIdx.x, splits = gridDim.x;
-    const int bg = blockIdx.y;
-    const i64 b = bg / h_kv;
-    const int g = bg % h_kv;
+    int lpk = 1;
+    while (lpk * 8 < d) lpk <<= 1;
+    const int kpw = 32 / lpk, sub = lane % lpk, kl = lane / lpk;
+    const int nkg = DEC_WARPS * kpw;
+    const bool lane_on = sub * 8 < d;
+    const int split = blockIdx.y, splits = gridDim.y;
+    const i64 ug = blockIdx.x, u = ug / h_kv;
+    const int g = (int)(ug % h_kv);
     const int group = h / h_kv, rows = group * tq, rd = rows * d;
     const i64 width = (i64)(h + 2 * h_kv) * d;
-    const i64 off = (i64)tk - tq; // absolute position of query 0
 
-    // Row r is query r % tq of head g·group + r / tq.
+    // The unit's sequence, its keys, and its first query's position.
+    i64 seq, p0;
+    int ctx;
+    if (row_seq.p) {
+        seq = ld_i32(row_seq, u);
+        ctx = ld_i32(ctx_lens, seq);
+        p0 = ld_i32(positions, u);
+    } else {
+        seq = u;
+        ctx = step ? step[0] : tk;
+        p0 = (i64)ctx - tq;
+    }
+    // Query q sees keys [lo_q, hi_q): causal up to its position (the last `window` of them),
+    // else all of them. The block walks the union, the first query's lo to the last one's hi.
+    const i64 hi_first = causal ? min(p0 + 1, (i64)ctx) : (i64)ctx;
+    const i64 hi_last = causal ? min(p0 + tq, (i64)ctx) : (i64)ctx;
+    const i64 lo_first = (causal && window >= 0) ? max(hi_first - window, (i64)0) : 0;
+    const i64 j_lo = max(lo_first, (i64)split * chunk);
+    const i64 j_hi = min(hi_last, (i64)split * chunk + chunk);
+
+    // Row r is query r % tq of head g·group + r / tq; q pre-scaled.
     for (int i = tid; i < rd; i += DEC_THREADS) {
         const int r = i / d, e = i % d;
-        qs[i] = ld(qkv, (b * tq + r % tq) * width + (i64)(g * group + r / tq) * d + e);
+        qs[r * DEC_MAX_D + e] =
+            ld(qkv, (u * tq + r % tq) * width + (i64)(g * group + r / tq) * d + e) * scale;
     }
-    if (tid < rows) {
-        row_m[tid] = NEG_INF;
-        row_l[tid] = 0.0f;
-    }
-    float acc[DEC_ACC];
-#pragma unroll
-    for (int a = 0; a < DEC_ACC; ++a) acc[a] = 0.0f;
+    __syncthreads();
 
-    const i64 j_lo = (i64)split * chunk, j_hi = min((i64)tk, j_lo + chunk);
-    const i64 kbase = k0 + b * k_sb + (i64)g * k_sh;
-    const i64 vbase = v0 + b * v_sb + (i64)g * v_sh;
-    for (i64 j0 = j_lo; j0 < j_hi; j0 += DEC_TILE) {
-        // Q is loaded (the first time) and the previous tile's readers of sc are done.
-        __syncthreads();
-        const i64 j = j0 + tid;
-        float s[DEC_MAX_ROWS];
+    float m[RMAX], l[RMAX], acc[RMAX][8];
 #pragma unroll
-        for (int r = 0; r < DEC_MAX_ROWS; ++r) s[r] = 0.0f;
-        if (j < j_hi) {
-            for (int e = 0; e < d; ++e) {
-                const float kv = ld(kb, kbase + j * k_sj + e);
+    for (int r = 0; r < RMAX; ++r) {
+        m[r] = NEG_INF;
+        l[r] = 0.0f;
 #pragma unroll
-                for (int r = 0; r < DEC_MAX_ROWS; ++r)
-                    if (r < rows) s[r] = fmaf(qs[r * d + e], kv, s[r]);
+        for (int k = 0; k < 8; ++k) acc[r][k] = 0.0f;
+    }
+    const i64 head_base = (i64)g * block_size;
+    const i64 table = seq * max_blocks;
+    const int e0 = sub * 8;
+
+    // Key group kl's keys of the step at jw: K and V rows (zero past j_hi or past D).
+    auto load_step = [&](i64 jw, Vec8<DT>(&kv)[UN], Vec8<DT>(&vv)[UN]) {
+#pragma unroll
+        for (int x = 0; x < UN; ++x) {
+            const i64 j = jw + kl + (i64)x * nkg;
+            if (j < j_hi && lane_on) {
+                i64 block = seq;
+                int off = (int)j;
+                if (block_table.p) {
+                    block = ld_i32(block_table, table + (int)j / block_size);
+                    off = (int)j % block_size;
+                }
+                const i64 at = ((block * h_kv) * block_size + head_base + off) * d + e0;
+                kv[x] = ld_vec8<DT>(kp.p, at);
+                vv[x] = ld_vec8<DT>(vp.p, at);
+            } else {
+#pragma unroll
+                for (int w = 0; w < (DT == DT_F32 ? 2 : 1); ++w) {
+                    kv[x].w[w] = make_uint4(0, 0, 0, 0);
+                    vv[x].w[w] = make_uint4(0, 0, 0, 0);
+                }
             }
         }
-#pragma unroll
-        for (int r = 0; r < DEC_MAX_ROWS; ++r) {
-            if (r >= rows) break;
-            const bool vis = j < j_hi && dec_visible(causal, window, off + r % tq, j);
-            sc[r * DEC_TILE + tid] = vis ? s[r] * scale : NEG_INF;
+    };
+    // The loop bound depends on the warp only, so that every lane reaches the shuffles. With
+    // PREFETCH the next step's loads are issued before this step's arithmetic (two steps in
+    // flight, for chunks of many steps; it costs registers, and a one-step chunk nothing gains).
+    const i64 stride = (i64)nkg * UN;
+    Vec8<DT> kv[UN], vv[UN];
+    const i64 jw0 = j_lo + warp * kpw;
+    if (jw0 < j_hi) load_step(jw0, kv, vv);
+    for (i64 jw = jw0; jw < j_hi; jw += stride) {
+        Vec8<DT> kn[UN], vn[UN];
+        if (PREFETCH) {
+            if (jw + stride < j_hi) load_step(jw + stride, kn, vn);
+        } else if (jw != jw0) {
+            load_step(jw, kv, vv);
         }
-        __syncthreads();
-        for (int r = warp; r < rows; r += DEC_WARPS) {
-            float* row = sc + r * DEC_TILE;
+        i64 js[UN];
+#pragma unroll
+        for (int x = 0; x < UN; ++x) js[x] = jw + kl + (i64)x * nkg;
+#pragma unroll
+        for (int r = 0; r < RMAX; ++r) {
+            if (r >= rows) break;
+            float q[8];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) q[k] = lane_on ? qs[r * DEC_MAX_D + e0 + k] : 0.0f;
+            const i64 pos = p0 + r % tq;
+            const i64 hi = causal ? min(pos + 1, (i64)ctx) : (i64)ctx;
+            const i64 lo = (causal && window >= 0) ? max(hi - window, (i64)0) : 0;
+            float s[UN];
             float mx = NEG_INF;
-            for (int c = lane; c < DEC_TILE; c += 32) mx = fmaxf(mx, row[c]);
-            mx = warp_max(mx);
-            const float m_old = row_m[r];
-            const float m_new = fmaxf(m_old, mx);
+#pragma unroll
+            for (int x = 0; x < UN; ++x) {
+                float dot = 0.0f;
+#pragma unroll
+                for (int k = 0; k < 8; ++k) dot = fmaf(q[k], vec8_at<DT>(kv[x], k), dot);
+                for (int off = lpk >> 1; off > 0; off >>= 1)
+                    dot += __shfl_xor_sync(0xffffffffu, dot, off);
+                const i64 j = js[x];
+                s[x] = (j < j_hi && j >= lo && j < hi) ? dot : NEG_INF;
+                mx = fmaxf(mx, s[x]);
+            }
+            const float m_new = fmaxf(m[r], mx);
             // A row with nothing visible yet keeps m = −∞ (the flash forward's rule).
             const float m_use = m_new == NEG_INF ? 0.0f : m_new;
-            float sum = 0.0f;
-            for (int c = lane; c < DEC_TILE; c += 32) {
-                const float p = expf(row[c] - m_use);
-                row[c] = p;
-                sum += p;
+            const float corr = expf(m[r] - m_use);
+            float p[UN], psum = 0.0f;
+#pragma unroll
+            for (int x = 0; x < UN; ++x) {
+                p[x] = expf(s[x] - m_use);
+                psum += p[x];
             }
-            sum = warp_sum(sum);
-            // Every lane has read row_m[r] (m_old) before lane 0 overwrites it: the shuffles
-            // converge the warp in practice, but only a barrier says so (racecheck).
-            __syncwarp();
-            if (lane == 0) {
-                const float corr = expf(m_old - m_use);
-                row_l[r] = row_l[r] * corr + sum;
-                row_m[r] = m_new;
-                row_c[r] = corr;
+            l[r] = l[r] * corr + psum;
+            m[r] = m_new;
+#pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                float a = acc[r][k] * corr;
+#pragma unroll
+                for (int x = 0; x < UN; ++x) a = fmaf(p[x], vec8_at<DT>(vv[x], k), a);
+                acc[r][k] = a;
             }
         }
-        __syncthreads();
-        const int nk = (int)min((i64)DEC_TILE, j_hi - j0);
+        if (PREFETCH) {
 #pragma unroll
-        for (int a = 0; a < DEC_ACC; ++a) {
-            const int i = tid + a * DEC_THREADS;
-            if (i >= rd) break;
-            const int r = i / d, e = i % d;
-            const float* p = sc + r * DEC_TILE;
-            float x = acc[a] * row_c[r];
-            for (int kk = 0; kk < nk; ++kk) x = fmaf(p[kk], ld(vb, vbase + (j0 + kk) * v_sj + e), x);
-            acc[a] = x;
+            for (int x = 0; x < UN; ++x) {
+                kv[x] = kn[x];
+                vv[x] = vn[x];
+            }
+        }
+    }
+
+    // Merge the warp's key groups (lanes lpk apart hold the same dimensions), then the warps.
+    for (int off = lpk; off < 32; off <<= 1) {
+#pragma unroll
+        for (int r = 0; r < RMAX; ++r) {
+            if (r >= rows) break;
+            const float m_o = __shfl_xor_sync(0xffffffffu, m[r], off);
+            const float l_o = __shfl_xor_sync(0xffffffffu, l[r], off);
+            const float mm = fmaxf(m[r], m_o);
+            const float mu = mm == NEG_INF ? 0.0f : mm;
+            const float a = expf(m[r] - mu), b = expf(m_o - mu);
+            l[r] = l[r] * a + l_o * b;
+            m[r] = mm;
+#pragma unroll
+            for (int k = 0; k < 8; ++k)
+                acc[r][k] = acc[r][k] * a + __shfl_xor_sync(0xffffffffu, acc[r][k], off) * b;
+        }
+    }
+    if (lane < lpk) {
+#pragma unroll
+        for (int r = 0; r < RMAX; ++r) {
+            if (r >= rows) break;
+            if (lane_on) {
+#pragma unroll
+                for (int k = 0; k < 8; ++k)
+                    if (e0 + k < d) w_acc[warp][r * DEC_MAX_D + e0 + k] = acc[r][k];
+            }
+            if (lane == 0) {
+                w_m[warp][r] = m[r];
+                w_l[warp][r] = l[r];
+            }
         }
     }
     __syncthreads();
-    float* pp = part + ((i64)bg * splits + split) * (i64)rows * (d + 2);
+    float* pp = part + (ug * splits + split) * (i64)rows * (d + 2);
+    for (int i = tid; i < rd; i += DEC_THREADS) {
+        const int r = i / d, e = i % d;
+        float mm = NEG_INF;
 #pragma unroll
-    for (int a = 0; a < DEC_ACC; ++a) {
-        const int i = tid + a * DEC_THREADS;
-        if (i < rd) pp[i] = acc[a];
-    }
-    if (tid < rows) {
-        pp[rd + tid] = row_m[tid];
-        pp[rd + rows + tid] = row_l[tid];
+        for (int w = 0; w < DEC_WARPS; ++w) mm = fmaxf(mm, w_m[w][r]);
+        const float mu = mm == NEG_INF ? 0.0f : mm;
+        float ll = 0.0f, x = 0.0f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; ++w) {
+            const float c = expf(w_m[w][r] - mu);
+            ll = fmaf(w_l[w][r], c, ll);
+            x = fmaf(w_acc[w][r * DEC_MAX_D + e], c, x);
+        }
+        if (splits == 1) {
+            const int head = g * group + r / tq, q = r % tq;
+            st(o, ((u * tq + q) * h + head) * d + e, x / ll);
+            if (e == 0 && lse.p) st(lse, (u * h + head) * tq + q, mm + logf(ll));
+        } else {
+            pp[i] = x;
+            if (e == 0) {
+                pp[rd + r] = mm;
+                pp[rd + rows + r] = ll;
+            }
+        }
     }
 }
 
-// O (B, Tq, H, d) and lse (B, H, Tq) from the splits' partials; one block per (b, g).
-extern "C" __global__ void decode_attn_reduce(const float* part, Buf o, Buf lse, int h, int h_kv,
-                                              int tq, int d, int splits) {
-    const int bg = blockIdx.x;
-    const i64 b = bg / h_kv;
-    const int g = bg % h_kv;
+// Pass 1, one kernel per register budget and loop: rows ≤ 2 (a decode step of MHA, or two
+// queries) in decode_split_r2 (chunks of one step: no prefetch, fewer registers) and
+// decode_split_r2_deep (long chunks, prefetching), up to DEC_MAX_ROWS in decode_split_r8
+// (prefetching) — the smaller bodies need far fewer registers, so more blocks fit an SM. The K
+// and V pools share one dtype (the host checks); qkv, O and lse any.
+#define DEC_DISPATCH(RMAX, PREFETCH)                                                                      \
+    __shared__ DecShared sh;                                                                    \
+    switch (kp.dt) {                                                                            \
+    case DT_BF16:                                                                               \
+        decode_split_body<DT_BF16, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,      \
+                                         ctx_lens, part, o, lse, h, h_kv, tq, tk, d,            \
+                                         block_size, max_blocks, causal, window, scale, chunk,  \
+                                         step);                                                 \
+        break;                                                                                  \
+    case DT_F16:                                                                                \
+        decode_split_body<DT_F16, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,       \
+                                        ctx_lens, part, o, lse, h, h_kv, tq, tk, d,             \
+                                        block_size, max_blocks, causal, window, scale, chunk,   \
+                                        step);                                                  \
+        break;                                                                                  \
+    default:                                                                                    \
+        decode_split_body<DT_F32, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,       \
+                                        ctx_lens, part, o, lse, h, h_kv, tq, tk, d,             \
+                                        block_size, max_blocks, causal, window, scale, chunk,   \
+                                        step);                                                  \
+    }
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2(DEC_PARAMS) {
+    DEC_DISPATCH(2, false)
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2_deep(DEC_PARAMS) {
+    DEC_DISPATCH(2, true)
+}
+
+extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r8(DEC_PARAMS) {
+    DEC_DISPATCH(DEC_MAX_ROWS, true)
+}
+
+// Pass 2: O (units, Tq, H, d) and lse (units, H, Tq; none when lse is the null buffer) from the
+// splits' partials; one block per (unit, KV head).
+extern "C" __global__ void decode_reduce(const float* part, Buf o, Buf lse, int h, int h_kv,
+                                         int tq, int d, int splits) {
+    const i64 ug = blockIdx.x, u = ug / h_kv;
+    const int g = (int)(ug % h_kv);
     const int group = h / h_kv, rows = group * tq, rd = rows * d;
     const i64 stride = (i64)rows * (d + 2);
-    const float* base = part + (i64)bg * splits * stride;
+    const float* base = part + ug * splits * stride;
     for (int i = threadIdx.x; i < rd; i += blockDim.x) {
         const int r = i / d, e = i % d;
         float m = NEG_INF;
@@ -162,7 +365,7 @@ extern "C" __global__ void decode_attn_reduce(const float* part, Buf o, Buf lse,
             x = fmaf(ps[i], w, x);
         }
         const int head = g * group + r / tq, q = r % tq;
-        st(o, ((b * tq + q) * h + head) * d + e, x / l);
-        if (e == 0) st(lse, (b * h + head) * tq + q, m + logf(l));
+        st(o, ((u * tq + q) * h + head) * d + e, x / l);
+        if (e == 0 && lse.p) st(lse, (u * h + head) * tq + q, m + logf(l));
     }
 }

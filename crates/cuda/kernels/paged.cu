@@ -1,8 +1,9 @@
 // Ragged batches over a paged KV cache (schedule/ragged.rs): the paged KV append, paged
 // attention and the row gather (RoPE and the embedding at per-row positions are rope.cu's and
-// embedding.cu's kernels). Correct first:
-// paged attention is one block per (row, head), two passes over the keys; the fast split-key
-// decode kernel is the kernel issue's work.
+// embedding.cu's kernels). Paged attention here is the general kernel, one block per (row,
+// head), two passes over the keys, for the shapes flash-decoding (decode_attention.cu, which
+// reads the same pools through the same block table) does not take: GQA groups past its rows,
+// head dims that are not a multiple of 8 or above 256.
 //
 // Pools are (num_blocks, H_kv, block_size, D); a sequence's key j lives in block
 // block_table[s, j / block_size] at offset j % block_size.

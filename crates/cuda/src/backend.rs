@@ -526,6 +526,10 @@ impl Backend for CudaBackend {
         self.exec_eager(call)
     }
 
+    fn replays_repeated_steps(&self) -> bool {
+        self.graphs.enabled
+    }
+
     fn begin_step(&mut self, key: &str) -> Result<(), BackendError> {
         if self.graphs.in_step_graph() {
             // The previous step ended with an error before `end_step`.

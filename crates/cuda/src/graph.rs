@@ -30,6 +30,7 @@ use tperf_core::backend::OpCall;
 use tperf_core::ops::attention::Attention;
 use tperf_core::ops::embedding::Embedding;
 use tperf_core::ops::kv_cache::KvAppend;
+use tperf_core::ops::paged_attention::{PagedAttention, SeqLens};
 use tperf_core::ops::sampling::{Sample, Sampling};
 use tperf_core::ops::{rope, Op};
 
@@ -113,6 +114,24 @@ pub(crate) fn split_dynamic(op: &Op) -> (Op, Vec<u32>) {
                 ..s.clone()
             }),
             crate::ops::sample_words(s),
+        ),
+        // A ragged step reads its positions, context lengths and block tables from device
+        // tensors, and its launches follow the rows and the block table's width only
+        // (ops/decode.rs covers every key the table can name): the host's lengths, which give
+        // the op its cost, change every decode step without changing what is launched.
+        Op::PagedAttention(a) => (
+            Op::PagedAttention(PagedAttention {
+                seqs: a
+                    .seqs
+                    .iter()
+                    .map(|s| SeqLens {
+                        q_len: s.q_len,
+                        ctx_len: 0,
+                    })
+                    .collect(),
+                ..a.clone()
+            }),
+            Vec::new(),
         ),
         other => (other.clone(), Vec::new()),
     }

@@ -37,6 +37,12 @@ impl Arg {
 
 use ArgKind::*;
 
+/// DEC_PARAMS of decode_attention.cu, which all of its split kernels take.
+const DECODE_SPLIT: &[ArgKind] = &[
+    Buf, Buf, Buf, Buf, Buf, Buf, Buf, Ptr, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, I32, I64,
+    F32, I32, Ptr,
+];
+
 /// (source, kernel, parameters) of every kernel in `kernels/*.cu`, in file order.
 pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ("elementwise", "activation_forward", &[Buf, Buf, I64, I32]),
@@ -255,17 +261,12 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     ("paged", "take_rows", &[Buf, Buf, Buf, I32, I32]),
     ("sampling", "sample_rows", &[Buf, Buf, I32, Ptr, I32, Ptr]),
+    ("decode_attention", "decode_split_r2", DECODE_SPLIT),
+    ("decode_attention", "decode_split_r2_deep", DECODE_SPLIT),
+    ("decode_attention", "decode_split_r8", DECODE_SPLIT),
     (
         "decode_attention",
-        "decode_attn_split",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Ptr, I32, I32, I32, I32, I32,
-            I32, I64, F32, I32, Ptr,
-        ],
-    ),
-    (
-        "decode_attention",
-        "decode_attn_reduce",
+        "decode_reduce",
         &[Ptr, Buf, Buf, I32, I32, I32, I32, I32],
     ),
     ("ceilings", "fill_random", &[Buf, I64, I32]),
@@ -500,6 +501,7 @@ mod tests {
     fn every_launch_site_matches_its_kernel() {
         let ops = [
             include_str!("ops/attention.rs"),
+            include_str!("ops/decode.rs"),
             include_str!("ops/elementwise.rs"),
             include_str!("ops/geglu.rs"),
             include_str!("ops/cross_entropy.rs"),

@@ -163,7 +163,8 @@ fn attention_reading_a_kv_cache_matches_the_cpu() {
     }
 }
 
-/// Flash-decoding (decode_attention.cu, Tq ≤ 4 through a KV cache) against the CPU: Tq 1 and 3;
+/// Flash-decoding (decode_attention.cu, Tq ≤ 4 through a KV cache) against the CPU: Tq 1 and 3
+/// (rows past the kernel's 8 take the flash forward);
 /// Tk around the 16-token block and the 128-key tile (1, 15, 16, 17, 383, 384, 1000); MHA, GQA,
 /// MQA; d 64, 80, 128; f32, bf16, f16 storage with the conformance tolerances per dtype
 /// (`conformance::tolerance`). Capacity past Tk, so the split grid has chunks with no live keys.
@@ -206,6 +207,49 @@ fn decode_attention_matches_the_cpu() {
                             vec![3, 4],
                         );
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Flash-decoding with a sliding window (the window's edge inside a split and across one) and
+/// without the causal mask, bf16 and f32, MHA and GQA, one and two queries.
+#[test]
+fn decode_attention_with_a_window_or_no_mask_matches_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    for dt in [DType::F32, DType::Bf16] {
+        for (h, h_kv) in [(4, 4), (8, 2)] {
+            for tq in [1, 2] {
+                for (causal, window) in [(true, Some(37)), (true, Some(200)), (false, None)] {
+                    let (b, tk, d) = (3, 300, 64);
+                    let capacity = tk + 40;
+                    let a = Attention {
+                        b,
+                        h,
+                        h_kv,
+                        tq,
+                        tk,
+                        d,
+                        causal,
+                        window,
+                        kv_cache: true,
+                    };
+                    let w = (h + 2 * h_kv) * d;
+                    let ts = vec![
+                        t("qkv", &[b, tq, w], dt, Fill::Normal(0.5)),
+                        t("k", &[b, h_kv, capacity, d], dt, Fill::Normal(0.5)),
+                        t("v", &[b, h_kv, capacity, d], dt, Fill::Normal(1.0)),
+                        t("o", &[b, tq, h * d], dt, Fill::Value(0.0)),
+                        t("lse", &[b, h, tq], DType::F32, Fill::Value(0.0)),
+                    ];
+                    check(
+                        &mut gpu,
+                        Op::FlashAttention(a),
+                        ts,
+                        vec![0, 1, 2],
+                        vec![3, 4],
+                    );
                 }
             }
         }

@@ -16,7 +16,7 @@ use crate::text;
 use crate::EngineError;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use tperf_core::backend::Backend;
+use tperf_core::backend::{repeated_step, Backend};
 use tperf_core::ops::sampling::Sampling;
 use tperf_core::schedule::ragged::{
     PagedKvCache, PagedStep, RaggedBatch, RaggedLayout, SeqSpan, DEFAULT_BLOCK_SIZE,
@@ -157,6 +157,36 @@ pub struct StepReport {
     pub finished: Vec<RequestId>,
 }
 
+/// Batch sizes a decode-only step is padded up to when the backend replays repeated steps
+/// (vLLM's CUDA-graph sizes, finer above 16): one captured step per size serves every batch up
+/// to it, for at most a third more rows' work above 16 (past the last size, no padding).
+const DECODE_SIZES: [usize; 17] = [
+    1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256,
+];
+
+/// A decode step of S sequences padded to the next of [`DECODE_SIZES`]: each padding row is
+/// token 0 at position 0 of a one-block sequence in `scratch`, a block no request owns (its
+/// keys are overwritten and never read by a real row); its sampled id is ignored.
+fn pad_decode(
+    batch: &RaggedBatch,
+    tables: &[Vec<usize>],
+    tokens: &[i32],
+    per_row: Vec<Sampling>,
+    scratch: usize,
+) -> (RaggedBatch, Vec<Vec<usize>>, Vec<i32>, Vec<Sampling>) {
+    let s = batch.seqs.len();
+    let size = DECODE_SIZES.iter().copied().find(|&n| n >= s).unwrap_or(s);
+    let mut batch = batch.clone();
+    let (mut tables, mut tokens, mut per_row) = (tables.to_vec(), tokens.to_vec(), per_row);
+    for _ in s..size {
+        batch.seqs.push(SeqSpan { pos: 0, q_len: 1 });
+        tables.push(vec![scratch]);
+        tokens.push(0);
+        per_row.push(Sampling::default());
+    }
+    (batch, tables, tokens, per_row)
+}
+
 /// The seed of a request's token `index`: one draw per token, independent of the batch (what
 /// the per-row Sample op expects). SplitMix64's finaliser over the pair.
 pub fn token_seed(seed: u64, index: usize) -> u64 {
@@ -246,7 +276,8 @@ impl<B: Backend> EngineCore<B> {
                 "the KV cache needs at least one block".into(),
             ));
         }
-        let cache = model.alloc_paged_kv_cache(&mut be, cfg.kv_blocks, cfg.block_size)?;
+        // One block past the manager's: the padding rows' keys (see `pad_decode`).
+        let cache = model.alloc_paged_kv_cache(&mut be, cfg.kv_blocks + 1, cfg.block_size)?;
         let limits = Limits {
             context: model.cfg.context,
             vocab_size: model.cfg.vocab_size,
@@ -258,7 +289,7 @@ impl<B: Backend> EngineCore<B> {
             kv_blocks_total: cfg.kv_blocks,
             ..Metrics::default()
         };
-        Ok(EngineCore {
+        let mut core = EngineCore {
             be,
             max_blocks: blocks_for(model.cfg.context, cfg.block_size),
             model,
@@ -270,7 +301,23 @@ impl<B: Backend> EngineCore<B> {
             waiting: Waiting::new(cfg.policy),
             metrics: Arc::new(Mutex::new(metrics)),
             cfg,
-        })
+        };
+        core.warm_up()?;
+        Ok(core)
+    }
+
+    /// One throwaway step of one row (token 0 at position 0 of the scratch block, its id
+    /// dropped) before any request: a backend's first step pays one-time costs that would
+    /// otherwise land on the first request's time to first token — on the CUDA backend
+    /// cuBLASLt's first matmul (90 ms on the H200) and the first launches of each kernel module
+    /// (15 ms), 146 ms of a cold 9-token prefill step that takes 1.8 ms warm.
+    fn warm_up(&mut self) -> Result<(), EngineError> {
+        let scratch = self.cfg.kv_blocks;
+        let batch = RaggedBatch {
+            seqs: vec![SeqSpan { pos: 0, q_len: 1 }],
+        };
+        self.run(&batch, &[vec![scratch]], &[0], vec![Sampling::default()])?;
+        Ok(())
     }
 
     pub fn limits(&self) -> Limits {
@@ -597,7 +644,8 @@ impl<B: Backend> EngineCore<B> {
     }
 
     /// The device part of a step: inputs written, one `ragged_logits`, the per-row Sample op;
-    /// only the S sampled ids come back to the host.
+    /// only the sampled ids come back to the host (one per sequence, in order, then those of
+    /// any padding rows).
     fn run(
         &mut self,
         batch: &RaggedBatch,
@@ -609,6 +657,16 @@ impl<B: Backend> EngineCore<B> {
             .cache
             .as_ref()
             .ok_or_else(|| EngineError::Config("the engine's cache was freed".into()))?;
+        let decode_only = batch.seqs.iter().all(|s| s.q_len == 1);
+        // A decode step on a backend that replays it is padded to one of a few sizes.
+        let padded;
+        let (batch, tables, tokens, per_row) = if decode_only && self.be.replays_repeated_steps() {
+            padded = pad_decode(batch, tables, tokens, per_row, cache.num_blocks - 1);
+            let (batch, tables, tokens, per_row) = &padded;
+            (batch, &tables[..], &tokens[..], per_row.clone())
+        } else {
+            (batch, tables, tokens, per_row)
+        };
         let layout = RaggedLayout::new(
             batch,
             tables,
@@ -627,8 +685,20 @@ impl<B: Backend> EngineCore<B> {
                 inputs: &inputs,
                 cache,
             };
-            let logits = self.model.ragged_logits(be, &step)?;
-            let ids = self.model.sample_rows(be, logits, per_row)?;
+            let model = &self.model;
+            let forward = |be: &mut B| {
+                let logits = model.ragged_logits(be, &step)?;
+                model.sample_rows(be, logits, per_row)
+            };
+            // A decode-only step of S sequences repeats, op for op and buffer for buffer, every
+            // step the batch keeps its size: what changes (tokens, positions, slots, lengths,
+            // block tables, sampling seeds) is in device memory, written above. A backend may
+            // capture it once per S and replay it (CUDA graphs); prefill steps run eagerly.
+            let ids = if decode_only {
+                repeated_step(be, &format!("paged-decode-{}", batch.seqs.len()), forward)?
+            } else {
+                forward(be)?
+            };
             let host = be.read_f32(&ids);
             be.free(ids);
             host
@@ -648,5 +718,48 @@ impl<B: Backend> EngineCore<B> {
 
     pub fn backend(&mut self) -> &mut B {
         &mut self.be
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decode_step_is_padded_to_the_next_size_with_rows_in_the_scratch_block() {
+        for (s, want) in [
+            (1, 1),
+            (3, 4),
+            (16, 16),
+            (17, 24),
+            (129, 160),
+            (256, 256),
+            (300, 300),
+        ] {
+            let batch = RaggedBatch {
+                seqs: (0..s)
+                    .map(|i| SeqSpan {
+                        pos: 10 + i,
+                        q_len: 1,
+                    })
+                    .collect(),
+            };
+            let tables: Vec<Vec<usize>> = (0..s).map(|i| vec![i]).collect();
+            let tokens: Vec<i32> = (0..s as i32).map(|i| i + 5).collect();
+            let per_row = vec![Sampling::default(); s];
+            let (b, t, k, p) = pad_decode(&batch, &tables, &tokens, per_row, 999);
+            assert_eq!(
+                (b.seqs.len(), t.len(), k.len(), p.len()),
+                (want, want, want, want)
+            );
+            // The real rows keep their places; the padding is one token at position 0 in the
+            // scratch block.
+            assert_eq!(&b.seqs[..s], &batch.seqs[..]);
+            assert_eq!((&t[..s], &k[..s]), (&tables[..], &tokens[..]));
+            for i in s..want {
+                assert_eq!(b.seqs[i], SeqSpan { pos: 0, q_len: 1 });
+                assert_eq!((&t[i][..], k[i]), (&[999][..], 0));
+            }
+        }
     }
 }

@@ -478,7 +478,9 @@ fn the_threaded_engine_serves_many_and_returns_every_block() {
     // snapshot (bounded), rather than read one the step has not written yet.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut m = engine.metrics();
-    while m.finished[1] < 40 && std::time::Instant::now() < deadline {
+    // finish() counts a request before the step's end publishes the running count, so a
+    // snapshot may show all 40 finished and one still running: wait for the step's end too.
+    while (m.finished[1] < 40 || m.running > 0) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
         m = engine.metrics();
     }

@@ -1,8 +1,8 @@
 //! Attention: the three ops of naive attention and their backwards (kernels/attention.cu, every
 //! product one strided batched GEMM reading Q, K and V in place), and flash attention forward
 //! and backward (kernels/flash_attention.cu; kernels/flash_mma.cu on tensor cores for bf16 and
-//! fp16 at D = 64 and 128, see `mma_variant`); for Tq ≤ 4 the flash forward is flash-decoding
-//! (kernels/decode_attention.cu).
+//! fp16 at D = 64 and 128, see `mma_variant`); for Tq ≤ 4 over a KV cache the flash forward is
+//! flash-decoding (ops/decode.rs).
 //!
 //! Operands (the ops' `*Io` structs in tperf_core) and checks follow the CPU backend op for op:
 //! - scores S from qkv (keys from the K cache when there is one); softmax P from S; value O
@@ -16,6 +16,7 @@
 //! Scores are stored unmasked (the mask lives in the softmax, which writes 0 where it masks),
 //! as the CPU stores them. The backwards read keys and values from qkv only (Tq = Tk).
 
+use super::decode::{decode_fits, Decode, DecodeKv};
 use crate::alloc::Block;
 use crate::backend::{unsupported, CudaBackend};
 use crate::error::driver;
@@ -32,7 +33,6 @@ use tperf_core::tensor::Tensor;
 const NAIVE: &str = "attention";
 const FLASH: &str = "flash_attention";
 const FLASH_MMA: &str = "flash_mma";
-const DECODE: &str = "decode_attention";
 
 /// Tile of attn_gemm's output (rows and columns); 256 threads a block.
 const GEMM_TILE: u64 = 64;
@@ -314,21 +314,9 @@ struct BwdKernel {
     shared: u32,
 }
 
-/// decode_attention.cu's block: threads, keys per tile, and the rows (query heads of a group ×
-/// queries) and rows × D it holds.
-const DECODE_THREADS: u32 = 128;
-const DECODE_TILE: u64 = 128;
-const DECODE_MAX_ROWS: usize = 32;
-const DECODE_MAX_QD: usize = 4096;
-/// Queries per sequence up to which flash-decoding replaces the flash forward (a decode step,
-/// a few speculative tokens).
+/// Queries per sequence up to which flash-decoding (ops/decode.rs) replaces the flash forward
+/// over a KV cache (a decode step, a few speculative tokens).
 const DECODE_MAX_TQ: usize = 4;
-
-/// Whether the decode kernel takes `a`: few queries, and the group's rows fit its block.
-fn decode_fits(a: &Attention) -> bool {
-    let rows = a.h / a.h_kv * a.tq;
-    a.tq <= DECODE_MAX_TQ && rows <= DECODE_MAX_ROWS && rows * a.d <= DECODE_MAX_QD
-}
 
 fn nothing_to_do(a: &Attention) -> bool {
     a.b == 0 || a.h == 0 || a.tq == 0 || a.tk == 0
@@ -685,12 +673,30 @@ impl CudaBackend {
         }
         let k = self.kv_operand(call, a, src, false, qkv)?;
         let v = self.kv_operand(call, a, v_src, true, qkv)?;
-        if decode_fits(a) {
-            let keys_max = match src {
-                Kv::Cache { capacity, .. } => capacity,
-                Kv::Qkv => a.tk,
-            };
-            return self.decode_attention(call, a, [qkv, o, lse], k, v, keys_max);
+        if let Kv::Cache { capacity, .. } = src {
+            if a.tq <= DECODE_MAX_TQ && decode_fits(a.h / a.h_kv * a.tq, a.d, k.buf, v.buf) {
+                let dec = Decode {
+                    qkv,
+                    k: k.buf,
+                    v: v.buf,
+                    o,
+                    lse,
+                    kv: DecodeKv::Contiguous {
+                        capacity,
+                        tk: a.tk,
+                        step: self.op_scalars,
+                    },
+                    units: a.b,
+                    tq: a.tq,
+                    h: a.h,
+                    h_kv: a.h_kv,
+                    d: a.d,
+                    causal: a.causal,
+                    window: window_arg(a),
+                    scale: scale(a),
+                };
+                return self.decode_attention(call, &dec);
+            }
         }
         let width = a.qkv_width() as u64;
         let mma = mma_variant(
@@ -748,105 +754,6 @@ impl CudaBackend {
                 &args,
             ),
         }
-    }
-
-    /// Flash-decoding (decode_attention.cu): the keys split into chunks across the grid, then
-    /// a reduce. The grid follows `keys_max` (the cache's capacity), so a replayed step whose
-    /// `step` scalar names a longer live Tk still covers it; chunks past it are empty.
-    fn decode_attention(
-        &mut self,
-        call: &OpCall,
-        a: &Attention,
-        [qkv, o, lse]: [Arg; 3],
-        k: Operand,
-        v: Operand,
-        keys_max: usize,
-    ) -> Result<(), BackendError> {
-        let groups = (a.b * a.h_kv) as u64;
-        let rows = (a.h / a.h_kv * a.tq) as u64;
-        // About two blocks per SM over the grid, and no chunk shorter than one tile.
-        let target = (2 * self.gpu.info.sms.max(1) as u64).div_ceil(groups);
-        let splits = target.clamp(1, (keys_max as u64).div_ceil(DECODE_TILE).max(1));
-        let chunk = (keys_max as u64).div_ceil(splits).max(1);
-        let splits = (keys_max as u64).div_ceil(chunk).max(1);
-        let max = i32::MAX as u64;
-        one_launch(call, groups <= 65_535 && chunk <= max && splits <= max)?;
-        let part_bytes = splits * groups * rows * (a.d as u64 + 2) * 4;
-        let block = self
-            .alloc
-            .alloc(part_bytes)
-            .map_err(driver("scratch for decode attention"))?;
-        let result = self.decode_launches(call, a, [qkv, o, lse], k, v, &block, splits, chunk);
-        self.alloc.free(block);
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn decode_launches(
-        &mut self,
-        call: &OpCall,
-        a: &Attention,
-        [qkv, o, lse]: [Arg; 3],
-        k: Operand,
-        v: Operand,
-        block: &Block,
-        splits: u64,
-        chunk: u64,
-    ) -> Result<(), BackendError> {
-        let groups = (a.b * a.h_kv) as u32;
-        let i = |x: u64| Arg::I64(x as i64);
-        let args = [
-            qkv,
-            k.buf,
-            i(k.base),
-            i(k.sb),
-            i(k.sh),
-            i(k.s0),
-            v.buf,
-            i(v.base),
-            i(v.sb),
-            i(v.sh),
-            i(v.s0),
-            Arg::Ptr(block.ptr),
-            Arg::I32(a.h as i32),
-            Arg::I32(a.h_kv as i32),
-            Arg::I32(a.tq as i32),
-            Arg::I32(a.tk as i32),
-            Arg::I32(a.d as i32),
-            Arg::I32(i32::from(a.causal)),
-            Arg::I64(window_arg(a)),
-            Arg::F32(scale(a)),
-            Arg::I32(chunk as i32),
-            Arg::Ptr(self.op_scalars),
-        ];
-        self.launch(
-            call,
-            DECODE,
-            "decode_attn_split",
-            (splits as u32, groups, 1),
-            (DECODE_THREADS, 1, 1),
-            0,
-            &args,
-        )?;
-        let args = [
-            Arg::Ptr(block.ptr),
-            o,
-            lse,
-            Arg::I32(a.h as i32),
-            Arg::I32(a.h_kv as i32),
-            Arg::I32(a.tq as i32),
-            Arg::I32(a.d as i32),
-            Arg::I32(splits as i32),
-        ];
-        self.launch(
-            call,
-            DECODE,
-            "decode_attn_reduce",
-            (groups, 1, 1),
-            (DECODE_THREADS, 1, 1),
-            0,
-            &args,
-        )
     }
 
     pub(crate) fn flash_attention_backward(

@@ -5,6 +5,7 @@
 mod attention;
 pub(crate) mod collective;
 mod cross_entropy;
+mod decode;
 pub(crate) mod elementwise;
 mod embedding;
 mod geglu;

@@ -1,12 +1,15 @@
 //! Ragged batches over a paged KV cache (kernels/paged.cu): the paged KV append, paged
 //! attention and the row gather, and the range checks of every ragged op's metadata (RoPE's and
 //! the embedding's per-row positions included; their launches are in ops/rope.rs and
-//! ops/embedding.rs). Operands by name (the
+//! ops/embedding.rs). Paged attention is flash-decoding (ops/decode.rs: each packed row a unit,
+//! its keys split across blocks) where the shape fits that kernel, else paged.cu's one block
+//! per (row, head). Operands by name (the
 //! op's `operands!` struct). The metadata tensors (positions, slots, block tables, …) come from
 //! the host, which records each one's (min, max) as it writes it; the launches check those
 //! ranges against the pools and the batch, so a bad layout is an error naming the op rather than
 //! an out-of-bounds read.
 
+use super::decode::{decode_fits, Decode, DecodeKv};
 use crate::backend::{invalid, unsupported, CudaBackend};
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
@@ -163,6 +166,34 @@ impl CudaBackend {
         ];
         if n == 0 {
             return Ok(());
+        }
+        let (k, v) = (args[1], args[2]);
+        if decode_fits(a.h / a.h_kv, a.d, k, v) {
+            let [qkv, _, _, positions, row_seq, ctx_lens, block_table, out, ..] = args;
+            let dec = Decode {
+                qkv,
+                k,
+                v,
+                o: out,
+                lse: Arg::Buf(0, 0),
+                kv: DecodeKv::Paged {
+                    block_table,
+                    row_seq,
+                    positions,
+                    ctx_lens,
+                    block_size: a.block_size,
+                    max_blocks: a.max_blocks,
+                },
+                units: n as usize,
+                tq: 1,
+                h: a.h,
+                h_kv: a.h_kv,
+                d: a.d,
+                causal: a.causal,
+                window: a.window.map_or(-1, |w| w.min(i32::MAX as usize) as i64),
+                scale: (1.0 / (a.d as f64).sqrt()) as f32,
+            };
+            return self.decode_attention(call, &dec);
         }
         let grid = (n.min(i32::MAX as u64) as u32, a.h as u32, 1);
         let shared = (a.d * 4) as u32;
