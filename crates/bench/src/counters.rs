@@ -210,9 +210,11 @@ pub fn parse_csv(text: &str) -> Result<Parsed, CountersError> {
     Ok(parsed)
 }
 
-/// A metric column's header: `unit__counter.rollup…`, e.g. `dram__bytes_read.sum`.
+/// A metric column tperf reads: `unit__counter.sum` or a `pct_of_peak` ratio. `--page raw` also
+/// prints every device attribute, launch statistic and the .avg/.min/.max of each counter; those
+/// are left out.
 fn is_metric_name(h: &str) -> bool {
-    h.contains("__") && h.contains('.') && !h.contains(' ')
+    h.contains("__") && !h.contains(' ') && (h.ends_with(".sum") || h.contains(".pct_of_peak"))
 }
 
 /// The factor from a units-row entry to base units.
@@ -236,18 +238,27 @@ fn parse_number(s: &str) -> Option<f64> {
     clean.trim().parse().ok()
 }
 
-/// Where a kernel sits, from the NVTX ranges open at its launch: None when it is outside the
-/// counted step; Some(None) inside the step but outside every op; Some(Some(i)) in the op at
-/// position i of the step.
+/// Where a kernel sits, from the NVTX ranges open at its launch (ncu writes the thread's stack
+/// of push/pop ranges into one cell): None when it is outside the counted step; Some(None)
+/// inside the step but outside every op; Some(Some(i)) in the op at position i of the step.
+/// The step's range is found by its name whatever the order ncu lists the stack in; the op's
+/// index is the last `#N` elsewhere in the cell (the innermost op range).
 fn place_in_step(ranges: &str) -> Option<Option<usize>> {
-    let at = ranges.find(COUNTED_STEP_RANGE)?;
-    let after = &ranges[at..];
-    let numbers = hash_numbers(after);
-    let first = *numbers.first()?;
+    let marker = format!("{COUNTED_STEP_RANGE} first op #");
+    let at = ranges.find(&marker)?;
+    let digits: String = ranges[at + marker.len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let first: usize = digits.parse().ok()?;
+    let rest = format!(
+        "{} {}",
+        &ranges[..at],
+        &ranges[at + marker.len() + digits.len()..]
+    );
     Some(
-        numbers
-            .get(1..)
-            .and_then(|rest| rest.last())
+        hash_numbers(&rest)
+            .last()
             .and_then(|&op| op.checked_sub(first)),
     )
 }
@@ -474,10 +485,18 @@ impl CounterReport {
 
 /// Where `ncu` is: `TPERF_NCU`, else the first `ncu` on the PATH.
 pub fn find_ncu() -> Result<PathBuf, CountersError> {
-    if let Some(p) = std::env::var_os("TPERF_NCU") {
+    find_ncu_in(std::env::var_os("TPERF_NCU"), std::env::var_os("PATH"))
+}
+
+/// [`find_ncu`] with the two variables given.
+pub fn find_ncu_in(
+    tperf_ncu: Option<OsString>,
+    path: Option<OsString>,
+) -> Result<PathBuf, CountersError> {
+    if let Some(p) = tperf_ncu {
         return Ok(PathBuf::from(p));
     }
-    let path = std::env::var_os("PATH").ok_or(CountersError::NoNcu)?;
+    let path = path.ok_or(CountersError::NoNcu)?;
     std::env::split_paths(&path)
         .map(|d| d.join("ncu"))
         .find(|p| p.is_file())
@@ -633,7 +652,10 @@ mod tests {
 
     #[test]
     fn a_kernel_joins_the_op_range_it_was_launched_in() {
-        let r = "<default domain>:tperf counted step first op #40:matmul attn.qkv h0 #57";
+        let r = "4015  \"<default domain>:tperf counted step first op #40:none\" \"<default domain>:matmul attn.qkv h0 #57:none\" ";
+        assert_eq!(place_in_step(r), Some(Some(17)));
+        // Innermost first, as a stack may be listed.
+        let r = "\"matmul attn.qkv h0 #57:none\" \"tperf counted step first op #40:none\"";
         assert_eq!(place_in_step(r), Some(Some(17)));
         assert_eq!(place_in_step("tperf counted step first op #40"), Some(None));
         assert_eq!(place_in_step("matmul attn.qkv h0 #57"), None);

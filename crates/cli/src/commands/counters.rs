@@ -192,7 +192,6 @@ use std::path::PathBuf;
 use tperf_bench::counters::{least_squares, LineFit};
 use tperf_core::cost::analysis::{Scenario, Workload};
 use tperf_core::ops::{OpClass, Phase};
-use tperf_report::plots::{line_plot, LinePlot, Series};
 
 #[derive(clap::Args, Debug)]
 pub struct CountersArgs {
@@ -291,6 +290,15 @@ pub struct Experiment {
     /// Batch sizes that produced no counters, with why.
     pub missing: Vec<(usize, String)>,
     pub explanation: Vec<String>,
+    /// The report's own ncu counts (its table 2) at its estimate of the same batch.
+    pub report_measured_flops: Vec<ReportPoint>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ReportPoint {
+    pub batch: usize,
+    pub student_flops: f64,
+    pub measured_flops: f64,
 }
 
 fn child_args(args: &CountersArgs, batch: usize) -> Vec<OsString> {
@@ -326,12 +334,10 @@ fn child_args(args: &CountersArgs, batch: usize) -> Vec<OsString> {
 /// `Err` only where nothing could be counted at all (the first batch says why).
 pub fn experiment(
     args: &CountersArgs,
+    device: Device,
+    cfg: &tperf_core::config::ModelConfig,
     on_batch: impl Fn(usize),
 ) -> Result<Experiment, CountersError> {
-    let device = super::resolve_device(&args.device)
-        .map_err(|e| CountersError::Unsupported(e.to_string()))?;
-    let m = load::load(&args.model).map_err(|e| CountersError::Unsupported(e.to_string()))?;
-    let cfg = &m.config;
     let mut rows = vec![];
     let mut missing = vec![];
     for &batch in &args.batches {
@@ -375,6 +381,14 @@ pub fn experiment(
         rows,
         missing,
         explanation: vec![],
+        report_measured_flops: STUDENT_MEASURED_FLOPS
+            .iter()
+            .map(|&(batch, measured_flops)| ReportPoint {
+                batch,
+                student_flops: student_estimate(batch, args.seq, cfg.d_model).0,
+                measured_flops,
+            })
+            .collect(),
     };
     e.explanation = explain(&e);
     Ok(e)
@@ -588,91 +602,39 @@ pub fn render_experiment(e: &Experiment) -> String {
     out
 }
 
-/// The two plots: FLOPs against the report's estimate, DRAM bytes against the batch.
-pub fn plots(e: &Experiment) -> Result<(String, String), tperf_report::plots::PlotError> {
-    let pts = |f: &dyn Fn(&BatchRow) -> (f64, f64)| e.rows.iter().map(f).collect::<Vec<_>>();
-    let series = |name: &str, dashed: bool, points: Vec<(f64, f64)>| Series {
-        name: name.into(),
-        points,
-        dashed,
-    };
-    let theirs: Vec<(f64, f64)> = STUDENT_MEASURED_FLOPS
-        .iter()
-        .map(|&(b, f)| (student_estimate(b, e.seq, e.d_model).0, f))
-        .collect();
-    let flops = line_plot(&LinePlot {
-        title: format!(
-            "{}: counted against estimated FLOPs ({}, seq {})",
-            e.model, e.phase, e.seq
-        ),
-        x_label: "the report's estimate of one encoder block (FLOP)".into(),
-        y_label: "FLOP".into(),
-        log_x: true,
-        log_y: true,
-        series: vec![
-            series(
-                "counted, block 0 (ncu)",
-                false,
-                pts(&|r| (r.student_flops, r.counted_block_flops)),
-            ),
-            series(
-                "counted, block 0 forward",
-                false,
-                pts(&|r| (r.student_flops, r.counted_block_forward_flops)),
-            ),
-            series(
-                "tperf model, block 0",
-                true,
-                pts(&|r| (r.student_flops, r.model_block_flops)),
-            ),
-            series(
-                "tperf model, block 0 forward",
-                true,
-                pts(&|r| (r.student_flops, r.model_block_forward_flops)),
-            ),
-            series("the report's ncu counts (its table 2)", false, theirs),
-            series(
-                "counted = estimated",
-                true,
-                pts(&|r| (r.student_flops, r.student_flops)),
-            ),
-        ],
-    })?;
-    let dram = line_plot(&LinePlot {
-        title: format!("{}: DRAM bytes of the step against the batch size", e.model),
-        x_label: "batch".into(),
-        y_label: "bytes".into(),
-        log_x: true,
-        log_y: true,
-        series: vec![
-            series(
-                "counted DRAM read + write (ncu)",
-                false,
-                pts(&|r| (r.batch as f64, r.counted_step_dram_bytes)),
-            ),
-            series(
-                "counted L2 traffic (ncu)",
-                false,
-                pts(&|r| (r.batch as f64, r.counted_step_l2_bytes)),
-            ),
-            series(
-                "tperf model: minimum bytes",
-                true,
-                pts(&|r| (r.batch as f64, r.model_step_bytes)),
-            ),
-            series(
-                "the report's 'memory' (its MAC count)",
-                true,
-                pts(&|r| (r.batch as f64, r.student_bytes)),
-            ),
-        ],
-    })?;
-    Ok((flops, dram))
+impl CountersArgs {
+    /// The experiment as the study runs it: the report's model and batches, fwd_bwd in fp32
+    /// (PyTorch's default, as the report ran it), on `device`.
+    pub fn for_study(device: Device, out: PathBuf) -> CountersArgs {
+        CountersArgs {
+            model: "report".into(),
+            batches: vec![16, 32, 64, 128, 256],
+            seq: 35,
+            phase: Workload::FwdBwd,
+            warmup: 1,
+            device: device.to_string(),
+            schedule: ScheduleArgs {
+                dtype: tperf_core::schedule::Precision::Fp32,
+                attention: tperf_core::schedule::AttentionKernel::Flash,
+                recompute: tperf_core::schedule::Recompute::None,
+                no_fuse: false,
+                no_kv_cache: false,
+            },
+            out,
+            json: false,
+        }
+    }
 }
 
 /// `tperf counters`.
 pub fn run(args: CountersArgs) -> anyhow::Result<()> {
-    let e = match experiment(&args, |b| eprintln!("counting batch {b} under ncu …")) {
+    // A device that is not there, or a model that cannot be read, is an error like anywhere
+    // else; counters that cannot be read are said, and the exit code stays 0.
+    let device = super::resolve_device(&args.device)?;
+    let m = load::load(&args.model)?;
+    let e = match experiment(&args, device, &m.config, |b| {
+        eprintln!("counting batch {b} under ncu …")
+    }) {
         Ok(e) => e,
         Err(why) => {
             print!("{}", not_collected(&why));
@@ -680,7 +642,7 @@ pub fn run(args: CountersArgs) -> anyhow::Result<()> {
         }
     };
     std::fs::create_dir_all(&args.out)?;
-    let (flops, dram) = plots(&e)?;
+    let (flops, dram) = tperf_report::counters_section::counters_plots(&serde_json::to_value(&e)?)?;
     super::profile::write_atomically(&args.out.join("flops.svg"), &flops)?;
     super::profile::write_atomically(&args.out.join("dram.svg"), &dram)?;
     let json = serde_json::to_string_pretty(&e)?;
