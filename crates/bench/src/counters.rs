@@ -39,39 +39,45 @@ pub mod metric {
     pub const SM_THROUGHPUT: &str = "sm__throughput.avg.pct_of_peak_sustained_elapsed";
     pub const MEMORY_THROUGHPUT: &str =
         "gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed";
-    /// Tensor-core math operations by source type (Hopper and Ampere names); each counts
-    /// floating-point operations, a multiply-add being two (docs/counters.md: how this was
-    /// checked against 2mnk on the H200).
-    pub const TENSOR: [&str; 4] = [
+    /// Tensor-core math operations by source type, as Hopper (gh100) names them; each counts
+    /// floating-point operations, a multiply-add being two: on the H200 a bf16 matmul of
+    /// 64×768 by 768×2304 counts 226,492,416 = 2mnk exactly (tests/fixtures).
+    pub const TENSOR: [&str; 3] = [
         "sm__ops_path_tensor_src_bf16_dst_fp32.sum",
-        "sm__ops_path_tensor_src_fp16_dst_fp32.sum",
-        "sm__ops_path_tensor_src_fp16_dst_fp16.sum",
+        "sm__ops_path_tensor_src_fp16.sum",
         "sm__ops_path_tensor_src_tf32_dst_fp32.sum",
     ];
 }
 
-/// Every metric of [`metric`], comma-separated, as `ncu --metrics` takes them.
-pub fn metric_list() -> String {
+/// Which counters to ask for. Each extra counter can cost ncu another replay pass of every
+/// kernel: the full set takes about 0.3 s a kernel on the H200, so the batch sweep asks for the
+/// FLOP and byte counters only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricSet {
+    /// Everything the per-op table shows.
+    Full,
+    /// FLOPs, DRAM and L2 bytes, duration (no occupancy or throughput).
+    FlopsAndBytes,
+}
+
+/// The metrics of `set`, comma-separated, as `ncu --metrics` takes them.
+pub fn metric_list(set: MetricSet) -> String {
     use metric::*;
-    let mut all = vec![
-        DURATION,
-        FADD,
-        FMUL,
-        FFMA,
-        HADD,
-        HMUL,
-        HFMA,
-        DADD,
-        DMUL,
-        DFMA,
-        DRAM_READ,
-        DRAM_WRITE,
-        L2_BYTES,
-        OCCUPANCY,
-        SM_THROUGHPUT,
-        MEMORY_THROUGHPUT,
-    ];
+    let mut all = vec![DURATION, FADD, FMUL, FFMA, DRAM_READ, DRAM_WRITE, L2_BYTES];
     all.extend(TENSOR);
+    if set == MetricSet::Full {
+        all.extend([
+            HADD,
+            HMUL,
+            HFMA,
+            DADD,
+            DMUL,
+            DFMA,
+            OCCUPANCY,
+            SM_THROUGHPUT,
+            MEMORY_THROUGHPUT,
+        ]);
+    }
     all.join(",")
 }
 
@@ -504,7 +510,7 @@ pub fn find_ncu_in(
 }
 
 /// The arguments tperf gives ncu before the child's command line.
-pub fn ncu_args() -> Vec<String> {
+pub fn ncu_args(set: MetricSet) -> Vec<String> {
     [
         // Leave the clocks as they are: ncu's default locks them to base, which no real run
         // sees (and on a shared machine is not ours to change).
@@ -525,16 +531,21 @@ pub fn ncu_args() -> Vec<String> {
     .chain([
         format!("regex:{COUNTED_STEP_RANGE}.*/"),
         "--metrics".into(),
-        metric_list(),
+        metric_list(set),
     ])
     .collect()
 }
 
 /// Runs `exe child_args` under `ncu` and reads its CSV. A run that failed but printed rows keeps
 /// them (the report's notes say it failed); one that printed none says why, from ncu's output.
-pub fn collect(ncu: &Path, exe: &Path, child_args: &[OsString]) -> Result<Parsed, CountersError> {
+pub fn collect(
+    ncu: &Path,
+    exe: &Path,
+    child_args: &[OsString],
+    set: MetricSet,
+) -> Result<Parsed, CountersError> {
     let out = Command::new(ncu)
-        .args(ncu_args())
+        .args(ncu_args(set))
         .arg(exe)
         .args(child_args)
         .output()

@@ -1,12 +1,14 @@
 //! The counters path without a GPU: a fake `ncu` on a PATH of its own prints a CSV that the real
 //! ncu printed on the H200 (tests/fixtures/ncu-small-forward-bf16.csv, trimmed to the columns
 //! tperf reads), or the failures ncu reports; the parser, the join to the schedule's ops and the
-//! messages are checked against it.
+//! messages are checked against it. The fixture holds the first 91 kernels of the step (the
+//! embedding and blocks 0–8: the GPU call's time limit stopped ncu there), so the checks are on
+//! the ops it reached.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use tperf_bench::counters::{self, CounterReport, CountersError, Verdict};
+use tperf_bench::counters::{self, CounterReport, CountersError, MetricSet, Verdict};
 use tperf_core::cost::analysis::{self, Scenario, Workload};
 use tperf_core::cost::hardware;
 use tperf_core::ops::OpClass;
@@ -60,7 +62,8 @@ fn the_fixture_joins_every_kernel_to_an_op_and_the_matmuls_count_2mnk() {
     );
     let ncu = counters::find_ncu_in(None, Some(dir.clone().into_os_string())).unwrap();
     assert_eq!(ncu, dir.join("ncu"));
-    let parsed = counters::collect(&ncu, Path::new("/path/to/tperf"), &child()).unwrap();
+    let parsed =
+        counters::collect(&ncu, Path::new("/path/to/tperf"), &child(), MetricSet::Full).unwrap();
     // ncu was asked for the counted step only, with the clocks left alone, and ran the child.
     let args = std::fs::read_to_string(dir.join("args")).unwrap();
     for needed in [
@@ -91,7 +94,7 @@ fn the_fixture_joins_every_kernel_to_an_op_and_the_matmuls_count_2mnk() {
     let mut matmuls = 0;
     for o in &report.ops {
         let r = &a.rows[o.index];
-        if r.class == OpClass::Matmul && r.name == "matmul" {
+        if r.class == OpClass::Matmul && r.name == "matmul" && o.counted.kernels > 0 {
             matmuls += 1;
             let ratio = o.counted.flops() / o.model_flops as f64;
             assert!(
@@ -104,13 +107,14 @@ fn the_fixture_joins_every_kernel_to_an_op_and_the_matmuls_count_2mnk() {
                 o.model_flops
             );
             assert!(o.counted.tensor_flops > 0.99 * o.counted.flops());
-            assert_eq!(o.verdict == Verdict::Recompute, false);
+            assert_ne!(o.verdict, Verdict::Recompute);
         }
         if o.counted.kernels > 0 {
             assert!(o.counted.seconds > 0.0, "op {} has a duration", o.index);
         }
     }
-    assert!(matmuls > 0);
+    // Blocks 0–8 have four matmuls each (qkv, attention out, the gated fc, the projection).
+    assert_eq!(matmuls, 9 * 4);
 }
 
 #[test]
@@ -119,7 +123,13 @@ fn a_permission_error_says_so() {
         "perm",
         "echo '==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA GPU Performance Counters on the target device 0.' >&2\nexit 1",
     );
-    let err = counters::collect(&dir.join("ncu"), Path::new("tperf"), &child()).unwrap_err();
+    let err = counters::collect(
+        &dir.join("ncu"),
+        Path::new("tperf"),
+        &child(),
+        MetricSet::Full,
+    )
+    .unwrap_err();
     assert!(matches!(err, CountersError::Permission), "{err}");
     assert!(err.to_string().contains("ERR_NVGPUCTRPERM"));
 }
@@ -130,7 +140,13 @@ fn a_gpu_without_counters_says_so() {
         "virt",
         "echo '==ERROR== Failed to initialize the profiler: LibraryNotLoaded' >&2\nexit 1",
     );
-    let err = counters::collect(&dir.join("ncu"), Path::new("tperf"), &child()).unwrap_err();
+    let err = counters::collect(
+        &dir.join("ncu"),
+        Path::new("tperf"),
+        &child(),
+        MetricSet::Full,
+    )
+    .unwrap_err();
     assert!(matches!(err, CountersError::Unsupported(_)), "{err}");
     assert!(err.to_string().contains("LibraryNotLoaded"), "{err}");
 }
@@ -163,7 +179,13 @@ fn a_profiler_that_fails_half_way_keeps_what_it_collected() {
             cut.display()
         ),
     );
-    let parsed = counters::collect(&dir.join("ncu"), Path::new("tperf"), &child()).unwrap();
+    let parsed = counters::collect(
+        &dir.join("ncu"),
+        Path::new("tperf"),
+        &child(),
+        MetricSet::Full,
+    )
+    .unwrap();
     assert_eq!(parsed.kernels.len(), 3);
     let report = CounterReport::join(&fixture_analysis(), parsed);
     assert!(

@@ -4,7 +4,7 @@
 //! `tperf_bench::counters` (docs/counters.md).
 
 use std::ffi::OsString;
-use tperf_bench::counters::{self, ratio, Counted, CounterReport, CountersError};
+use tperf_bench::counters::{self, ratio, Counted, CounterReport, CountersError, MetricSet};
 use tperf_bench::device::Device;
 use tperf_core::cost::analysis::Analysis;
 use tperf_report::table::Table;
@@ -16,6 +16,7 @@ pub fn count_step(
     device: Device,
     analysis: &Analysis,
     child_args: &[OsString],
+    set: MetricSet,
 ) -> Result<CounterReport, CountersError> {
     if device == Device::Cpu {
         return Err(CountersError::NotCuda);
@@ -25,7 +26,7 @@ pub fn count_step(
         path: "tperf (this executable)".into(),
         source,
     })?;
-    let parsed = counters::collect(&ncu, &exe, child_args)?;
+    let parsed = counters::collect(&ncu, &exe, child_args, set)?;
     Ok(CounterReport::join(analysis, parsed))
 }
 
@@ -176,7 +177,7 @@ pub fn after_profile(
     a: &Analysis,
     all_layers: bool,
 ) -> (String, Option<CounterReport>) {
-    match count_step(device, a, &child_args_of_this_run()) {
+    match count_step(device, a, &child_args_of_this_run(), MetricSet::Full) {
         Ok(c) => (render(a, &c, all_layers), Some(c)),
         Err(why) => (not_collected(&why), None),
     }
@@ -338,6 +339,9 @@ pub fn experiment(
     cfg: &tperf_core::config::ModelConfig,
     on_batch: impl Fn(usize),
 ) -> Result<Experiment, CountersError> {
+    if device == Device::Cpu {
+        return Err(CountersError::NotCuda);
+    }
     let mut rows = vec![];
     let mut missing = vec![];
     for &batch in &args.batches {
@@ -355,7 +359,12 @@ pub fn experiment(
                 continue;
             }
         };
-        let c = match count_step(device, &a, &child_args(args, batch)) {
+        let c = match count_step(
+            device,
+            &a,
+            &child_args(args, batch),
+            MetricSet::FlopsAndBytes,
+        ) {
             Ok(c) => c,
             Err(e) if rows.is_empty() && missing.is_empty() => return Err(e),
             Err(e) => {
@@ -363,7 +372,18 @@ pub fn experiment(
                 continue;
             }
         };
-        rows.push(batch_row(&a, &c, batch, args.seq, cfg.d_model));
+        let row = batch_row(&a, &c, batch, args.seq, cfg.d_model);
+        // One line per batch as it is counted, so a sweep cut short still shows what it had.
+        eprintln!(
+            "batch {batch}: counted {} over {} kernels (model {}), block 0 {}, DRAM {} (model minimum {})",
+            units::si(row.counted_step_flops, "FLOP"),
+            c.step.kernels,
+            units::si(row.model_step_flops, "FLOP"),
+            units::si(row.counted_block_flops, "FLOP"),
+            units::si(row.counted_step_dram_bytes, "B"),
+            units::si(row.model_step_bytes, "B"),
+        );
+        rows.push(row);
     }
     let fit = |f: &dyn Fn(&BatchRow) -> (f64, f64)| {
         least_squares(&rows.iter().map(f).collect::<Vec<_>>())
@@ -657,4 +677,48 @@ pub fn run(args: CountersArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tperf_core::cost::{analysis, hardware};
+    use tperf_core::schedule::{Options, Precision};
+
+    /// The per-op table of a real H200 run (the bench crate's fixture: `small`'s forward in
+    /// bf16, its first 91 kernels): every counted op has a row with its verdict, the matrix
+    /// products match the model, and the step's line compares the totals.
+    #[test]
+    fn the_table_of_a_real_run_reads_op_by_op() {
+        let csv = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../bench/tests/fixtures/ncu-small-forward-bf16.csv"
+        ))
+        .unwrap();
+        let cfg = tperf_core::presets::find("small").unwrap().config;
+        let sc = Scenario {
+            workload: Workload::Forward,
+            batch: 1,
+            seq: 64,
+            opts: Options {
+                precision: Precision::Bf16,
+                ..Options::default()
+            },
+        };
+        let a = analysis::analyze(&cfg, &sc, &hardware::detect_local_cpu()).unwrap();
+        let c = CounterReport::join(&a, counters::parse_csv(&csv).unwrap());
+        let text = render(&a, &c, true);
+        println!("{text}");
+        let qkv = text
+            .lines()
+            .find(|l| l.contains("attn.qkv") && l.split_whitespace().next() == Some("2"))
+            .unwrap_or_else(|| panic!("op 2 (block 0's qkv) in\n{text}"));
+        assert!(
+            qkv.contains("matches") || qkv.contains("l2-resident"),
+            "{qkv}"
+        );
+        assert!(text.contains("whole step"));
+        // Ops past the fixture's last kernel have no kernels and say so.
+        assert!(text.contains("no-kernels"));
+    }
 }
