@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use tperf_core::cost::analysis::Analysis;
+use tperf_core::cost::analysis::{Analysis, OpRow};
+use tperf_core::ops::{OpClass, Phase};
 
 /// The counters tperf asks ncu for. The `sass_thread_inst_executed_op_*` counts are thread-level
 /// instructions with the predicate on (what the student report summed), so an FFMA counts once
@@ -364,21 +365,23 @@ pub struct OpCounters {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// FLOPs within 5% and DRAM bytes within 0.8–1.25× of the minimum.
+    /// FLOPs within 5% (matrix products) and DRAM bytes within 0.8–1.25× of the minimum.
     Matches,
-    /// More FLOPs than the model's count: work done again (flash attention's backward
-    /// recomputing the scores) or more arithmetic per element than the formula assumes.
+    /// A matrix-class backward op counting more FLOPs than modelled: work done again (flash
+    /// attention's backward recomputes the scores and probabilities).
     Recompute,
-    /// Fewer FLOPs than the model: arithmetic the FP counters do not see (exp, rsqrt and
-    /// divisions go to the special-function unit; integer work) or a model that over-counts.
+    /// A matrix-class forward op counting more FLOPs than modelled: masked or padded work the
+    /// kernel computes anyway (a causal tile on the diagonal computes all of it).
+    ExtraFlops,
+    /// A matrix-class op counting fewer FLOPs than modelled: work the kernel skips, or that the
+    /// FP counters do not see.
     FewerFlops,
-    /// More DRAM traffic than the minimum: operands read more than once, spills, or partial
-    /// writes.
+    /// More DRAM traffic than the minimum: operands read more than once, spills, partial writes.
     ExtraTraffic,
-    /// Less DRAM traffic than the minimum: operands served from the L2 (written by the
-    /// previous kernel and still resident, or outputs not yet written back).
+    /// Less DRAM traffic than the minimum: the outputs were still in the L2 (write-back) when
+    /// the kernel ended, or an input was not read whole.
     L2Resident,
-    /// Nothing was counted for the op (it launched no kernel).
+    /// Nothing was counted for the op (it launched no kernel, or the profiler stopped first).
     NoKernels,
 }
 
@@ -387,6 +390,7 @@ impl Verdict {
         match self {
             Verdict::Matches => "matches",
             Verdict::Recompute => "recompute",
+            Verdict::ExtraFlops => "extra-flops",
             Verdict::FewerFlops => "fewer-flops",
             Verdict::ExtraTraffic => "extra-traffic",
             Verdict::L2Resident => "l2-resident",
@@ -394,22 +398,28 @@ impl Verdict {
         }
     }
 
-    /// FLOPs decide where the model counts any (an op that is about arithmetic); bytes decide
-    /// otherwise, and where the FLOPs match.
-    pub fn of(counted: &Counted, model_flops: u64, model_bytes: u64) -> Verdict {
+    /// For matrix products the FLOPs decide first: 2mnk is what the kernel must do. For the
+    /// other ops the model's FLOPs are a convention (a few per element; the kernels' instruction
+    /// counts differ by design, and exp or rsqrt are not counted at all), so bytes decide.
+    pub fn of(counted: &Counted, row: &OpRow) -> Verdict {
         if counted.kernels == 0 {
             return Verdict::NoKernels;
         }
-        let flops = ratio(counted.flops(), model_flops as f64);
-        if let Some(r) = flops {
-            if r > 1.05 {
-                return Verdict::Recompute;
-            }
-            if r < 0.95 {
-                return Verdict::FewerFlops;
+        if row.class == OpClass::Matmul {
+            if let Some(r) = ratio(counted.flops(), row.flops as f64) {
+                if r > 1.05 {
+                    return if row.phase == Phase::Forward {
+                        Verdict::ExtraFlops
+                    } else {
+                        Verdict::Recompute
+                    };
+                }
+                if r < 0.95 {
+                    return Verdict::FewerFlops;
+                }
             }
         }
-        match ratio(counted.dram_bytes(), model_bytes as f64) {
+        match ratio(counted.dram_bytes(), row.bytes as f64) {
             Some(r) if r > 1.25 => Verdict::ExtraTraffic,
             Some(r) if r < 0.8 => Verdict::L2Resident,
             _ => Verdict::Matches,
@@ -462,7 +472,7 @@ impl CounterReport {
                     counted,
                     model_flops: r.flops,
                     model_bytes: r.bytes,
-                    verdict: Verdict::of(&counted, r.flops, r.bytes),
+                    verdict: Verdict::of(&counted, r),
                 }
             })
             .collect();
