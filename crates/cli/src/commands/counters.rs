@@ -506,7 +506,7 @@ fn explain(e: &Experiment) -> Vec<String> {
     }
     if let Some(f) = &e.slope_step_vs_model {
         out.push(format!(
-            "tperf's own count of the whole step against the counters: slope {:.4} through the origin ({:+.1}% at batch {}); matrix-class ops are {:.1}% of the counted FLOPs and count {:.4}× the model's 2mnk.",
+            "tperf's own count of the whole step against the counters: slope {:.4} through the origin ({:+.1}% at batch {}); matrix-class ops are {:.1}% of the counted FLOPs and count {:.4}× the model's 2mnk. Matrix kernels compute whole tiles: where a dimension is not a multiple of the tile (C = 200, the vocabulary's 33,278, B·T = 35·B) the padded rows and columns are computed too and counted (the tensor-core counters count every MMA's full shape; SIMT kernels multiply zero-filled tiles). The small preset, whose every dimension is a multiple of 64, counts 2mnk exactly on the H200 (crates/bench/tests/fixtures), so the excess here is the padding, not a miscount by the model.",
             f.slope_through_origin,
             100.0 * (first.counted_step_flops / first.model_step_flops - 1.0),
             first.batch,
