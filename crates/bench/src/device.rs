@@ -162,6 +162,10 @@ pub trait Instrumented: Backend {
     ) -> Result<Option<KernelTable>, DeviceError> {
         Ok(None)
     }
+    /// Opens a named NVTX range where the device has them (a no-op elsewhere, and on a GPU
+    /// when no tool is attached); [`pop_range`](Self::pop_range) closes it.
+    fn push_range(&mut self, _name: &str) {}
+    fn pop_range(&mut self) {}
     /// Turns graph capture of repeated steps on or off where the device has it.
     fn set_step_graphs(&mut self, _on: bool) {}
     /// How repeated steps ran so far; None where the device has no graphs.
@@ -208,6 +212,12 @@ impl Instrumented for CudaBackend {
     }
     fn set_step_graphs(&mut self, on: bool) {
         self.set_graphs(on)
+    }
+    fn push_range(&mut self, name: &str) {
+        CudaBackend::push_range(self, name)
+    }
+    fn pop_range(&mut self) {
+        CudaBackend::pop_range(self)
     }
     fn step_graphs(&self) -> Option<GraphStats> {
         Some(self.graph_stats())

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod ceilings;
+pub mod counters;
 pub mod device;
 pub mod fit;
 pub mod harness;

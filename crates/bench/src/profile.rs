@@ -231,6 +231,49 @@ fn profile_on<B: Instrumented>(
     })
 }
 
+/// The name of the NVTX range around the counted step; its op ranges inside are numbered from
+/// `first op #N` (see [`crate::counters`]).
+pub const COUNTED_STEP_RANGE: &str = "tperf counted step";
+
+/// The step that Nsight Compute counts (`tperf profile --counters` runs this in a child under
+/// `ncu`): `warmup` steps, then one step eagerly (no CUDA graph, so every kernel is launched
+/// inside its op's NVTX range), inside a range named [`COUNTED_STEP_RANGE`] with the index of its
+/// first op, so that the counters' rows join the schedule's ops by position.
+pub fn counted_step(
+    device: Device,
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    warmup: usize,
+) -> Result<(), BenchError> {
+    match device {
+        Device::Cpu => counted_step_on(CpuBackend::new(), cfg, sc, warmup),
+        Device::Cuda(i) => counted_step_on(CudaBackend::new(i)?, cfg, sc, warmup),
+    }
+}
+
+fn counted_step_on<B: Instrumented>(
+    mut be: B,
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    warmup: usize,
+) -> Result<(), BenchError> {
+    be.set_step_graphs(false);
+    let mut runner = crate::model::runner_on(&mut be, cfg, sc)?;
+    let hyper = crate::model::bench_hyper();
+    for _ in 0..warmup {
+        runner.step(&mut be, hyper)?;
+    }
+    be.sync()?;
+    let first_op = be.ops_run();
+    be.push_range(&format!("{COUNTED_STEP_RANGE} first op #{first_op}"));
+    let stepped = runner.step(&mut be, hyper);
+    be.pop_range();
+    stepped?;
+    be.sync()?;
+    runner.free(&mut be);
+    Ok(())
+}
+
 /// The trace in the Chrome trace-event format (opens in Perfetto and chrome://tracing): one
 /// complete event per op with its name, label, layer, phase and dimensions.
 pub fn chrome_trace(p: &Profile) -> serde_json::Value {

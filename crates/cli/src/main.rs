@@ -37,6 +37,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Time every op of one step beside its model: per-op tables, a trace, the memory timeline.
     Profile(commands::profile::ProfileArgs),
+    /// The student report's experiment: estimated against counted (Nsight Compute) FLOPs and DRAM bytes over batch sizes.
+    Counters(commands::counters::CountersArgs),
     /// Naive against flash attention across head sizes and sequence lengths: time and memory.
     Attention(commands::attention::AttentionArgs),
     /// Check the CUDA backend against the CPU backend, op by op and model by model.
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => commands::plan::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Profile(args) => commands::profile::run(args),
+        Command::Counters(args) => commands::counters::run(args),
         Command::Attention(args) => commands::attention::run(args),
         Command::Conformance(args) => commands::conformance::run(args),
         Command::Hw(args) => commands::hw::run(args),

@@ -329,6 +329,12 @@ fn study_writes_a_self_contained_report_that_rerenders() {
         .unwrap();
     assert!(timeline.len() > 10);
     assert!(results["precision"]["accumulation"].is_array());
+    // A CPU study has no counters and says exactly why, in the results and on the page.
+    let why = results["counters"]["not_collected"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("CUDA devices only"), "{}", results["counters"]);
+    assert!(html.contains("CUDA devices only"));
     let csv = std::fs::read_to_string(run.join("ops-0.csv")).unwrap();
     assert!(csv.starts_with("index,phase,layer,op"));
     // No temporary file is left behind.

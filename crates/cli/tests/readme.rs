@@ -84,6 +84,12 @@ const EXAMPLES: &[Example] = &[
         &[],
         Needs::Gpu,
     ),
+    (
+        "tperf profile small --batch 4 --seq 256 --dtype bf16 --device cuda --counters",
+        &[],
+        Needs::Gpu,
+    ),
+    ("tperf counters", &[], Needs::Gpu),
     ("tperf conformance", &[], Needs::Gpu),
     (
         "tperf report tperf-out/<run-id>/results.json",

@@ -217,6 +217,20 @@ impl CudaBackend {
         self.alloc.peak_reserved_bytes
     }
 
+    /// Opens an NVTX range around what follows, when ranges are being made (a tool is
+    /// attached, or `TPERF_NVTX=1`); [`pop_range`](Self::pop_range) closes it.
+    pub fn push_range(&self, name: &str) {
+        if self.nvtx {
+            crate::nvtx::push_named(name);
+        }
+    }
+
+    pub fn pop_range(&self) {
+        if self.nvtx {
+            crate::nvtx::pop();
+        }
+    }
+
     pub fn ops_run(&self) -> usize {
         self.ops_run
     }
@@ -880,7 +894,7 @@ impl CudaBackend {
                 .map_err(driver("copying the step's scalars"))?;
         }
         if self.nvtx {
-            crate::nvtx::push("step", "graph", None);
+            crate::nvtx::push_named("step graph");
         }
         // SAFETY: `exec` is an instantiated graph owned by `self.graphs`. It is launched only after
         // a capture, or after a replayed step whose every action matched the captured one with
@@ -899,7 +913,7 @@ impl CudaBackend {
     fn exec_eager(&mut self, call: OpCall) -> Result<(), BackendError> {
         let index = self.ops_run;
         if self.nvtx {
-            crate::nvtx::push(call.op.name(), call.label, call.layer);
+            crate::nvtx::push(call.op.name(), call.label, call.layer, index);
         }
         if let Some(t) = &mut self.timer {
             t.start(index, self.gpu.cu_stream())?;

@@ -14,12 +14,20 @@ pub(crate) fn wanted() -> bool {
     }
 }
 
-/// Opens the range of one op: "op label" and the layer, e.g. "matmul attn.qkv h3".
-pub(crate) fn push(op: &str, label: &str, layer: Option<usize>) {
+/// Opens the range of one op: "op label", the layer and the op's index among the ops this
+/// backend ran, e.g. "matmul attn.qkv h3 #57". The index is what lets a counter row from Nsight
+/// Compute join the schedule's op (`tperf profile --counters`): names alone repeat, and an op
+/// that launches no kernel would shift any join by order.
+pub(crate) fn push(op: &str, label: &str, layer: Option<usize>, index: usize) {
     match layer {
-        Some(l) => nvtx::range_push!("{op} {label} h{l}"),
-        None => nvtx::range_push!("{op} {label}"),
+        Some(l) => nvtx::range_push!("{op} {label} h{l} #{index}"),
+        None => nvtx::range_push!("{op} {label} #{index}"),
     };
+}
+
+/// Opens a range with a name of the caller's (a step around the op ranges).
+pub(crate) fn push_named(name: &str) {
+    nvtx::range_push!("{name}");
 }
 
 pub(crate) fn pop() {

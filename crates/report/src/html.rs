@@ -101,6 +101,11 @@ pub fn render(r: &Results) -> Result<String, HtmlError> {
         Some(v) => crate::bench_sections::attention_section(&mut out, v)?,
         None => out.push_str("<p class=\"empty\">Not run in this study.</p>\n"),
     }
+    out.push_str("<h2>Hardware counters: the student report's experiment</h2>\n");
+    match &r.counters {
+        Some(v) => crate::counters_section::counters_section(&mut out, v)?,
+        None => out.push_str("<p class=\"empty\">Not run in this study (counters are read on CUDA devices, with Nsight Compute).</p>\n"),
+    }
     out.push_str("<h2>Mixed precision</h2>\n");
     match &r.precision {
         Some(v) => precision_section(&mut out, v),
@@ -287,6 +292,7 @@ mod tests {
             bench: None,
             attention: None,
             precision: None,
+            counters: None,
         }
     }
 

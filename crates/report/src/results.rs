@@ -43,6 +43,10 @@ pub struct Results {
     /// As `tperf precision --json` prints it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<serde_json::Value>,
+    /// The student report's experiment as `tperf counters --json` prints it, or
+    /// {"not_collected": why}.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counters: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Error)]

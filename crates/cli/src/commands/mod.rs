@@ -1,6 +1,7 @@
 pub mod attention;
 pub mod bench;
 pub mod conformance;
+pub mod counters;
 pub mod generate;
 pub mod hw;
 pub mod launch;

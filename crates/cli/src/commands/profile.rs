@@ -51,6 +51,14 @@ pub struct ProfileArgs {
     pub all_layers: bool,
     #[arg(long)]
     pub json: bool,
+    /// Also count each op's FLOPs, DRAM and L2 bytes, occupancy and throughput with Nsight
+    /// Compute (CUDA; `ncu` on the PATH or in TPERF_NCU): one more step, run eagerly after the
+    /// warm-up in a child process under `ncu`, joined to the schedule's ops (docs/counters.md).
+    #[arg(long)]
+    pub counters: bool,
+    /// Internal: the child that `--counters` runs under ncu (warm-up, then one eager step).
+    #[arg(long, hide = true)]
+    pub counted_step: bool,
 }
 
 fn parse_workload(s: &str) -> Result<Workload, tperf_core::error::UnknownName> {
@@ -58,6 +66,9 @@ fn parse_workload(s: &str) -> Result<Workload, tperf_core::error::UnknownName> {
 }
 
 pub fn run(args: ProfileArgs) -> Result<()> {
+    if args.counted_step {
+        return run_counted_step(&args);
+    }
     let device = resolve_device(&args.device)?;
     let hw = super::hardware_for(device, args.hw.as_deref())?;
     let m = load::load(&args.model)?;
@@ -90,17 +101,46 @@ pub fn run(args: ProfileArgs) -> Result<()> {
             path.display()
         );
     }
+    // The counted step runs after the profile's backend is gone, so the child has the GPU's
+    // memory to itself.
+    let counted = args
+        .counters
+        .then(|| super::counters::after_profile(device, &p.analysis, args.all_layers));
     if args.json {
+        let counters = counted.as_ref().map(|(text, report)| match report {
+            Some(r) => serde_json::to_value(r).unwrap_or_default(),
+            None => serde_json::json!({ "not_collected": text.trim() }),
+        });
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "provenance": super::model::provenance(),
                 "profile": p,
+                "counters": counters,
             }))?
         );
         return Ok(());
     }
     print!("{}", render(&m.config.name, &p, args.all_layers));
+    if let Some((text, _)) = counted {
+        println!();
+        print!("{text}");
+    }
+    Ok(())
+}
+
+/// The child of `--counters`: nothing on stdout (ncu's CSV goes there), just the step.
+fn run_counted_step(args: &ProfileArgs) -> Result<()> {
+    let device = resolve_device(&args.device)?;
+    let m = load::load(&args.model)?;
+    let sc = Scenario {
+        workload: args.phase,
+        batch: args.batch.unwrap_or(m.default_batch),
+        seq: args.seq.unwrap_or(m.default_seq),
+        opts: args.schedule.options(),
+    };
+    super::check_fits(device, &m.config, &sc)?;
+    profile::counted_step(device, &m.config, &sc, args.warmup)?;
     Ok(())
 }
 

@@ -175,6 +175,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
             &small.config.name,
             &precision::policies(&small.config)?,
         )),
+        counters: None,
     };
     // Each finished section is written at once (results.json and the report re-rendered), so an
     // interrupted or failed study keeps everything it finished.
@@ -229,9 +230,41 @@ pub fn run(args: StudyArgs) -> Result<()> {
         if stop.is_requested() {
             return Err(stopped(&kept));
         }
+        results.counters = Some(measure_counters(device, &dir));
+        report::write_run(&args.out, &results, &trace)?;
+        kept.push("the counters experiment".to_string());
     }
     println!("report: {}", dir.join("report.html").display());
     Ok(())
+}
+
+/// The student report's experiment under Nsight Compute where counters can be read, else why
+/// not (the study carries on either way).
+fn measure_counters(device: Device, dir: &std::path::Path) -> serde_json::Value {
+    use super::counters::{experiment, not_collected, render_experiment, CountersArgs};
+    println!("\nHardware counters: the student report's experiment (tperf counters)");
+    let args = CountersArgs::for_study(device, dir.join("counters"));
+    let why = match device {
+        Device::Cpu => tperf_bench::counters::CountersError::NotCuda,
+        Device::Cuda(_) => match crate::load::load(&args.model).map(|m| {
+            experiment(&args, device, &m.config, |b| {
+                eprintln!("counting batch {b} under ncu …")
+            })
+        }) {
+            Ok(Ok(e)) => {
+                print!("{}", render_experiment(&e));
+                return serde_json::to_value(&e).unwrap_or_default();
+            }
+            Ok(Err(why)) => why,
+            Err(e) => {
+                println!("counters: not run: {e:#}");
+                return serde_json::json!({ "not_collected": format!("{e:#}") });
+            }
+        },
+    };
+    let line = not_collected(&why);
+    print!("{line}");
+    serde_json::json!({ "not_collected": line.trim() })
 }
 
 /// The scenario the study profiles on the CPU (and models beside it): one training step of the
