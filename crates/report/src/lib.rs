@@ -3,6 +3,7 @@
 //! models.
 
 pub mod bench_sections;
+pub mod findings;
 pub mod html;
 pub mod markup;
 pub mod plots;
