@@ -84,10 +84,12 @@ extern "C" __global__ void cast(Buf src, Buf dst, i64 n) {
 }
 
 // RoPE in place on the query and key heads of qkv (rows, (Hq + 2Hkv)·D); `sign` −1 is the
-// backward (the inverse rotation). The angle pos·θ^(−2i/D) and its cosine and sine are taken in
-// double, as the reference does, then rounded to f32.
+// backward (the inverse rotation). The angle pos·f (f = θ^(−2i/D) through rope_inv_freq's
+// scaling bands) and its cosine and sine are taken in double, as the reference does, then
+// rounded to f32.
 extern "C" __global__ void rope_rows(Buf qkv, i64 rows, int t, int pos_offset, int rotated_heads,
-                                     int row_width, int d, double theta, double sign,
+                                     int row_width, int d, double theta, double factor,
+                                     double keep_below, double divide_above, double sign,
                                      const int* step) {
     if (step) pos_offset = step[0]; // a replayed decode step's position (graph.rs)
     i64 pairs = (i64)rotated_heads * (d / 2);
@@ -95,7 +97,7 @@ extern "C" __global__ void rope_rows(Buf qkv, i64 rows, int t, int pos_offset, i
         i64 row = idx / pairs, rem = idx % pairs;
         int head = (int)(rem / (d / 2)), i = (int)(rem % (d / 2));
         int pos = (int)(row % t) + pos_offset;
-        double a = sign * (double)pos * pow(theta, -2.0 * (double)i / (double)d);
+        double a = sign * (double)pos * rope_inv_freq(theta, i, d, factor, keep_below, divide_above);
         float c = (float)cos(a), s = (float)sin(a);
         i64 base = row * row_width + (i64)head * d + 2 * i;
         float x0 = ld(qkv, base), x1 = ld(qkv, base + 1);

@@ -8,13 +8,14 @@
 
 // In place on qkv: the query and key heads of row r rotated by positions[r].
 extern "C" __global__ void rope_positions(Buf qkv, Buf positions, i64 rows, int rotated_heads,
-                                          int row_width, int d, double theta, double sign) {
+                                          int row_width, int d, double theta, double factor,
+                                          double keep_below, double divide_above, double sign) {
     i64 pairs = (i64)rotated_heads * (d / 2);
     FOR_EACH(idx, rows * pairs) {
         i64 row = idx / pairs, rem = idx % pairs;
         int head = (int)(rem / (d / 2)), i = (int)(rem % (d / 2));
         int pos = ld_i32(positions, row);
-        double a = sign * (double)pos * pow(theta, -2.0 * (double)i / (double)d);
+        double a = sign * (double)pos * rope_inv_freq(theta, i, d, factor, keep_below, divide_above);
         float c = (float)cos(a), s = (float)sin(a);
         i64 base = row * row_width + (i64)head * d + 2 * i;
         float x0 = ld(qkv, base), x1 = ld(qkv, base + 1);

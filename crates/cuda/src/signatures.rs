@@ -56,7 +56,9 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     (
         "elementwise",
         "rope_rows",
-        &[Buf, I64, I32, I32, I32, I32, I32, F64, F64, Ptr],
+        &[
+            Buf, I64, I32, I32, I32, I32, I32, F64, F64, F64, F64, F64, Ptr,
+        ],
     ),
     (
         "elementwise",
@@ -234,7 +236,7 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     (
         "paged",
         "rope_positions",
-        &[Buf, Buf, I64, I32, I32, I32, F64, F64],
+        &[Buf, Buf, I64, I32, I32, I32, F64, F64, F64, F64, F64],
     ),
     (
         "paged",

@@ -163,6 +163,8 @@ impl CudaBackend {
         backward: bool,
     ) -> Result<(), BackendError> {
         let io: RopeIo = call.operands(r)?;
+        // The scaling as the kernel's three numbers (common.cuh's rope_inv_freq).
+        let bands = r.scaling.bands();
         let rows = (r.b * r.t) as u64;
         let width = r.row_width();
         let qkv = self.arg(call, &io.qkv, rows * width as u64)?;
@@ -176,6 +178,9 @@ impl CudaBackend {
             Arg::I32(width as i32),
             Arg::I32(r.d as i32),
             Arg::F64(r.theta),
+            Arg::F64(bands.factor),
+            Arg::F64(bands.keep_below),
+            Arg::F64(bands.divide_above),
             Arg::F64(if backward { -1.0 } else { 1.0 }),
             Arg::Ptr(self.op_scalars),
         ];

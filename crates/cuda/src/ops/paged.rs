@@ -94,6 +94,8 @@ impl CudaBackend {
         backward: bool,
     ) -> Result<(), BackendError> {
         let io: RopeIo = call.operands(r)?;
+        // The scaling as the kernel's three numbers (common.cuh's rope_inv_freq).
+        let bands = r.scaling.bands();
         let positions = io
             .positions
             .as_ref()
@@ -109,6 +111,9 @@ impl CudaBackend {
             Arg::I32(width as i32),
             Arg::I32(r.d as i32),
             Arg::F64(r.theta),
+            Arg::F64(bands.factor),
+            Arg::F64(bands.keep_below),
+            Arg::F64(bands.divide_above),
             Arg::F64(if backward { -1.0 } else { 1.0 }),
         ];
         let pairs = rows * ((r.h_q + r.h_kv) * (r.d / 2)) as u64;
