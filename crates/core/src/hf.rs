@@ -220,7 +220,7 @@ impl Reader<'_> {
                     "rope_scaling.original_max_position_embeddings",
                     "original_max_position_embeddings",
                 )?;
-                if !(context.fract() == 0.0 && context >= 1.0 && context < 1e15) {
+                if !(context.fract() == 0.0 && (1.0..1e15).contains(&context)) {
                     return Err(HfConfigError::WrongType {
                         path: self.path.to_string(),
                         key: "rope_scaling.original_max_position_embeddings",
