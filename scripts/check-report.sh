@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Renders a study report and checks it the way a reader's browser sees it:
-#   1. the HTML names nothing on the network (no http(s) URL, no src=/href=, no @import/url());
+#   1. the HTML names nothing on the network (no http(s) URL, no src=/href=, no @import/url()),
+#      is well-formed, and opens with a findings section;
 #   2. headless Chromium's DOM still holds the inline SVG plots (svg, circle, path, text);
 #   3. a 1400×3000 screenshot is not blank: enough non-white pixels overall, and enough
 #      saturated colour (the plots' areas, bars and points; text alone is grey) in the page.
@@ -41,6 +42,35 @@ if grep -n -E -o 'https?://[^"'"'"' <]*|(src|href)=|@import|url\(' "$report" | h
 else
     echo "ok: no network references"
 fi
+
+# 2a. Well-formed as written (every element closed, in order), and the findings open the page
+#     with sentences drawn from the data (a bound and the largest shares).
+python3 - "$report" <<'PY' || fail=1
+import sys
+from html.parser import HTMLParser
+VOID = {"meta", "br", "hr", "img", "link", "input"}
+class Check(HTMLParser):
+    def __init__(self):
+        super().__init__(); self.open = []; self.errors = []
+    def handle_starttag(self, tag, attrs):
+        if tag not in VOID: self.open.append(tag)
+    def handle_startendtag(self, tag, attrs):
+        pass
+    def handle_endtag(self, tag):
+        if not self.open or self.open[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.open[-1] if self.open else 'nothing'}")
+        else:
+            self.open.pop()
+html = open(sys.argv[1], encoding="utf-8").read()
+c = Check(); c.feed(html); c.close()
+ok = not c.errors and not c.open
+print("ok: the HTML is well-formed" if ok else f"FAIL: malformed HTML: {c.errors[:3]} open {c.open[-3:]}")
+f, a = html.find('id="findings"'), html.find("<h2>Analyses</h2>")
+findings = html[f:html.find("</section>", f)] if f >= 0 else ""
+has = 0 <= f < a and "Bound:" in findings and "Largest shares:" in findings
+print("ok: a findings section opens the report" if has else "FAIL: no findings section before the analyses")
+sys.exit(0 if ok and has else 1)
+PY
 
 flags=(--headless --no-sandbox --disable-gpu --disable-quic --no-first-run
        --disable-background-networking --disable-component-update --disable-sync

@@ -1,7 +1,8 @@
 """Tiny random Hugging Face models, one per family tperf loads, with what `transformers` computes
 for them: the fixtures of crates/runtime/tests/hf.rs.
 
-For each family (gpt2, llama, mistral, qwen2) it writes crates/runtime/tests/fixtures/hf/<family>/:
+For each family (gpt2, llama, mistral, qwen2, and llama31: Llama with Llama 3.1's RoPE scaling)
+it writes crates/runtime/tests/fixtures/hf/<family>/:
   - the `save_pretrained` folder: config.json, model.safetensors (llama: sharded in two, with
     model.safetensors.index.json), tokenizer.json, tokenizer_config.json, generation_config.json;
   - expected.json: a fixed prompt, its token ids, the fp32 logits transformers computes for every
@@ -12,7 +13,7 @@ The models are built with `from_config` at C = 32, 2 layers, 4 heads (2 key/valu
 grouped-query families), F = 64; their weights are redrawn larger than the default init (std 0.2
 matrices, gains 1 ± 0.1, biases ± 0.1) so the logits are far from uniform and the greedy choice
 is not a near-tie (the script checks the top-2 gap of every step). Each family stores one dtype:
-gpt2 and qwen2 fp32, llama bf16, mistral fp16; the weights are rounded to that dtype before the
+gpt2, qwen2 and llama31 fp32, llama bf16, mistral fp16; the weights are rounded to that dtype before the
 reference runs, so the stored file holds exactly the values transformers computed with (in fp32).
 
 No network: the tokenizers are trained here with the `tokenizers` package on a fixed text, in
@@ -127,7 +128,7 @@ def family_spec(name):
     )
     # θ other than transformers' default, so that where the loader reads it is tested
     # (transformers ≥ 5 writes it under rope_parameters, older versions as rope_theta).
-    llama_like["rope_theta"] = {"llama": 500000.0, "mistral": 10000.0, "qwen2": 1000000.0}[name]
+    llama_like["rope_theta"] = {"llama": 500000.0, "llama31": 10000.0, "mistral": 10000.0, "qwen2": 1000000.0}[name]
     if name == "qwen2":
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
         tok = byte_level_tokenizer(specials, qwen_split=True)
@@ -143,13 +144,28 @@ def family_spec(name):
         )
         return cfg, fast, torch.float32, CHATML
     specials = ["<unk>", "<s>", "</s>"]
-    if name == "llama":
+    if name in ("llama", "llama31"):
         specials += ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
     tok = metaspace_tokenizer(specials)
     ids = dict(bos_token_id=tok.token_to_id("<s>"), eos_token_id=tok.token_to_id("</s>"))
     if name == "llama":
         cfg = LlamaConfig(tie_word_embeddings=False, **ids, **llama_like)
         template, dtype = LLAMA3, torch.bfloat16
+    elif name == "llama31":
+        # Llama 3.1's scaling with bands chosen for head_dim 8 at θ = 10⁴ (wavelengths 6.3, 63,
+        # 628 and 6283 positions): the first two are kept (< 1024 / 4), the third is blended,
+        # the fourth divided by the factor (> 1024 / 1).
+        llama_like["max_position_embeddings"] = 8192
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": llama_like.pop("rope_theta"),
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 1024,
+        }
+        cfg = LlamaConfig(tie_word_embeddings=False, rope_parameters=rope, **ids, **llama_like)
+        template, dtype = LLAMA3, torch.float32
     else:
         # A window shorter than prompt + continuation, so the window changes the result.
         cfg = MistralConfig(tie_word_embeddings=False, sliding_window=5, **ids, **llama_like)
@@ -193,7 +209,7 @@ def build(name):
     assert len(fast) == VOCAB, (name, len(fast))
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
-    randomize(model, dtype, seed={"gpt2": 1, "llama": 2, "mistral": 3, "qwen2": 4}[name])
+    randomize(model, dtype, seed={"gpt2": 1, "llama": 2, "mistral": 3, "qwen2": 4, "llama31": 5}[name])
     ids = fast(PROMPT)["input_ids"]
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0]
@@ -207,6 +223,13 @@ def build(name):
         full.load_state_dict(model.state_dict())
         with torch.no_grad():
             assert not torch.allclose(full(torch.tensor([ids])).logits[0], logits, atol=1e-3), "window has no effect"
+    # Likewise the RoPE scaling for llama31.
+    if name == "llama31":
+        plain = LlamaConfig(**{**cfg.to_dict(), "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}})
+        unscaled = AutoModelForCausalLM.from_config(plain, attn_implementation="eager").float().eval()
+        unscaled.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            assert not torch.allclose(unscaled(torch.tensor([ids])).logits[0], logits, atol=1e-3), "scaling has no effect"
 
     shard = "60KB" if name == "llama" else "10GB"
     model.to(dtype).save_pretrained(out, safe_serialization=True, max_shard_size=shard)
@@ -245,5 +268,5 @@ if __name__ == "__main__":
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-    for family in sys.argv[1:] or ["gpt2", "llama", "mistral", "qwen2"]:
+    for family in sys.argv[1:] or ["gpt2", "llama", "mistral", "qwen2", "llama31"]:
         build(family)

@@ -322,6 +322,15 @@ fn study_writes_a_self_contained_report_that_rerenders() {
     for bad in ["http://", "https://", "src=", "href="] {
         assert!(!html.contains(bad), "report names {bad}");
     }
+    // The findings open the page, and the study modelled alternatives for "would help most".
+    assert!(
+        html.find("id=\"findings\"") < html.find("<h2>Analyses</h2>"),
+        "findings first"
+    );
+    assert!(
+        html.contains("Would help most (the model):"),
+        "alternatives modelled"
+    );
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("results.json")).unwrap()).unwrap();
     let timeline = results["analyses"][0]["memory"]["timeline"]

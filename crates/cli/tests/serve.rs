@@ -37,6 +37,10 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = tiny_config(dir.path());
         let model = cfg.to_str().expect("utf-8").to_string();
+        Server::start_model(model, dir, extra)
+    }
+
+    fn start_model(model: String, dir: tempfile::TempDir, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tperf"))
             .args(["serve", &model, "--device", "cpu", "--port", "0"])
             .args(extra)
@@ -220,6 +224,90 @@ fn completions_chat_models_health_and_metrics() {
     assert!(srv.metric("tperf_generation_tokens_total") >= 10.0);
     assert!(srv.metric("tperf_time_to_first_token_seconds_count") >= 3.0);
     assert_eq!(srv.metric("tperf_num_requests_running"), 0.0);
+}
+
+fn hf_fixture(family: &str) -> (String, Value) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../runtime/tests/fixtures/hf")
+        .join(family);
+    let expected = std::fs::read_to_string(dir.join("expected.json")).expect("expected.json");
+    (
+        dir.to_str().expect("utf-8").to_string(),
+        serde_json::from_str(&expected).expect("json"),
+    )
+}
+
+#[test]
+fn a_hugging_face_folder_serves_transformers_greedy_text_and_its_chat_template() {
+    // Qwen2 (ChatML template) and Llama with Llama 3.1's RoPE scaling, through the engine's
+    // paged, per-row-position path: the greedy completion of the fixture's prompt is the
+    // continuation transformers generated for it.
+    for family in ["qwen2", "llama31"] {
+        let (folder, e) = hf_fixture(family);
+        let srv = Server::start_model(folder.clone(), tempfile::tempdir().expect("tempdir"), &[]);
+        let n = e["greedy"].as_array().expect("greedy").len();
+        let (status, v) = srv.post(
+            "/v1/completions",
+            json!({"model": folder, "prompt": e["prompt"], "max_tokens": n, "temperature": 0, "ignore_eos": true}),
+        );
+        assert_eq!(status, 200, "{family}: {v}");
+        assert_eq!(
+            v["usage"]["prompt_tokens"].as_u64(),
+            Some(e["ids"].as_array().expect("ids").len() as u64),
+            "{family}: the folder's tokenizer"
+        );
+        // The text as it reads after the prompt: transformers' decoding of prompt and
+        // continuation together, from the end of the prompt on. (Its decoding of the
+        // continuation alone differs for SentencePiece-style tokenizers, which drop a word
+        // boundary's space at the start of a decode.)
+        let all = e["decode_all"].as_str().expect("decode_all");
+        let prompt = e["prompt"].as_str().expect("prompt");
+        let after = &all[all.find(prompt).expect("the prompt in decode_all") + prompt.len()..];
+        assert_eq!(v["choices"][0]["text"], after, "{family}: {v}");
+        assert_eq!(v["usage"]["completion_tokens"].as_u64(), Some(n as u64));
+
+        // Chat: the messages rendered by the folder's template are the prompt — the same
+        // tokens and the same greedy reply as completing the rendering. Llama's is the one
+        // transformers wrote; the Qwen2 fixture's 64-token context holds only a short
+        // conversation, rendered here in ChatML as its template writes it.
+        let (messages, rendered) = if family == "qwen2" {
+            (
+                json!([{"role": "user", "content": "What is 42?"}]),
+                json!("<|im_start|>user\nWhat is 42?<|im_end|>\n<|im_start|>assistant\n"),
+            )
+        } else {
+            (e["chat_messages"].clone(), e["chat"].clone())
+        };
+        let (status, c) = srv.post(
+            "/v1/chat/completions",
+            json!({"messages": messages, "max_tokens": 6, "temperature": 0, "ignore_eos": true}),
+        );
+        assert_eq!(status, 200, "{family}: {c}");
+        assert_eq!(c["choices"][0]["message"]["role"], "assistant");
+        // The rendering's tokens, its turn markers as the special tokens they are.
+        let tok = tperf_runtime::hf::HfModel::open(Path::new(&folder))
+            .expect("opens")
+            .tokenizer
+            .expect("tokenizer.json");
+        let ids = tok.encode_special(rendered.as_str().expect("text"), false);
+        assert!(
+            ids.len() < rendered.as_str().unwrap().len() / 2,
+            "{family}: markers are single tokens"
+        );
+        let (status, plain) = srv.post(
+            "/v1/completions",
+            json!({"prompt": ids, "max_tokens": 6, "temperature": 0, "ignore_eos": true}),
+        );
+        assert_eq!(status, 200, "{family}: {plain}");
+        assert_eq!(
+            c["usage"]["prompt_tokens"], plain["usage"]["prompt_tokens"],
+            "{family}: the chat prompt is the template's rendering"
+        );
+        assert_eq!(
+            c["choices"][0]["message"]["content"], plain["choices"][0]["text"],
+            "{family}"
+        );
+    }
 }
 
 #[test]

@@ -33,10 +33,135 @@ pub enum Mlp {
 pub enum Positions {
     /// A learned table of `context` × C added to the token embedding (GPT-2).
     Learned,
-    /// Rotary embeddings applied to queries and keys in every layer.
-    Rope { theta: f64 },
+    /// Rotary embeddings applied to queries and keys in every layer: pair i of a head turns
+    /// by position × θ^(−2i/D), that frequency rescaled by `scaling` (long-context variants).
+    Rope {
+        theta: f64,
+        #[serde(default, skip_serializing_if = "RopeScaling::is_none")]
+        scaling: RopeScaling,
+    },
     /// The fixed sin/cos table of "Attention is all you need", added to the embedding.
     Sinusoidal,
+}
+
+/// How a long-context model rescales RoPE's frequencies (Hugging Face's `rope_scaling`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "type")]
+pub enum RopeScaling {
+    /// Every frequency as θ gives it.
+    #[default]
+    None,
+    /// Every frequency divided by `factor` (positions interpolated: "linear" in transformers).
+    Linear { factor: f64 },
+    /// Llama 3.1's: frequencies whose wavelength exceeds original_context / low_freq_factor are
+    /// divided by `factor`, those shorter than original_context / high_freq_factor are kept,
+    /// and those between are blended, linearly in 1 / wavelength.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        /// The context the model was pre-trained at (`original_max_position_embeddings`).
+        original_context: usize,
+    },
+}
+
+/// A scaling as three numbers, the form the kernels take: a frequency of wavelength λ = 2π/f
+/// is kept when λ < `keep_below`, divided by `factor` when λ > `divide_above`, and in between
+/// blended as (1 − s)·f/factor + s·f with s = (1/λ − 1/divide_above) / (1/keep_below −
+/// 1/divide_above). No scaling is factor 1; linear is both bands 0 (every λ is above).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RopeBands {
+    pub factor: f64,
+    pub keep_below: f64,
+    pub divide_above: f64,
+}
+
+impl RopeScaling {
+    pub fn is_none(&self) -> bool {
+        matches!(self, RopeScaling::None)
+    }
+
+    pub fn bands(&self) -> RopeBands {
+        match *self {
+            RopeScaling::None => RopeBands {
+                factor: 1.0,
+                keep_below: 0.0,
+                divide_above: 0.0,
+            },
+            RopeScaling::Linear { factor } => RopeBands {
+                factor,
+                keep_below: 0.0,
+                divide_above: 0.0,
+            },
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context,
+            } => RopeBands {
+                factor,
+                keep_below: original_context as f64 / high_freq_factor,
+                divide_above: original_context as f64 / low_freq_factor,
+            },
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |field: &'static str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::Invalid {
+                    field,
+                    value: v.to_string(),
+                    why: "must be a positive finite number",
+                })
+            }
+        };
+        match *self {
+            RopeScaling::None => Ok(()),
+            RopeScaling::Linear { factor } => positive("rope_scaling.factor", factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context,
+            } => {
+                positive("rope_scaling.factor", factor)?;
+                positive("rope_scaling.low_freq_factor", low_freq_factor)?;
+                positive("rope_scaling.high_freq_factor", high_freq_factor)?;
+                if high_freq_factor <= low_freq_factor {
+                    return Err(ConfigError::Invalid {
+                        field: "rope_scaling.high_freq_factor",
+                        value: high_freq_factor.to_string(),
+                        why: "must exceed low_freq_factor (the blended band lies between them)",
+                    });
+                }
+                if original_context == 0 {
+                    return Err(ConfigError::Zero {
+                        field: "rope_scaling.original_max_position_embeddings",
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl RopeBands {
+    /// The frequency `inv_freq` after scaling.
+    pub fn apply(&self, inv_freq: f64) -> f64 {
+        let wavelength = 2.0 * std::f64::consts::PI / inv_freq;
+        if wavelength < self.keep_below {
+            inv_freq
+        } else if wavelength > self.divide_above {
+            inv_freq / self.factor
+        } else {
+            let s = (1.0 / wavelength - 1.0 / self.divide_above)
+                / (1.0 / self.keep_below - 1.0 / self.divide_above);
+            (1.0 - s) * inv_freq / self.factor + s * inv_freq
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +303,7 @@ impl ModelConfig {
                 head_dim: self.head_dim,
             });
         }
-        if let Positions::Rope { theta } = self.positions {
+        if let Positions::Rope { theta, scaling } = self.positions {
             if !(theta.is_finite() && theta > 0.0) {
                 return Err(ConfigError::Invalid {
                     field: "rope_theta",
@@ -186,6 +311,7 @@ impl ModelConfig {
                     why: "must be a positive finite number",
                 });
             }
+            scaling.validate()?;
         }
         if !(self.norm_eps.is_finite() && self.norm_eps >= 0.0) {
             return Err(ConfigError::Invalid {
@@ -326,5 +452,71 @@ impl ModelConfig {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod rope_scaling_tests {
+    use super::*;
+
+    #[test]
+    fn llama3_bands_keep_blend_and_divide() {
+        // Llama 3.1 8B's numbers: bands at 8192 / 4 = 2048 and 8192 / 1 = 8192 positions.
+        let s = RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 8192,
+        };
+        let b = s.bands();
+        let tau = 2.0 * std::f64::consts::PI;
+        let f_of = |wavelength: f64| tau / wavelength;
+        // Short wavelengths keep their frequency, long ones are divided by the factor.
+        assert_eq!(b.apply(f_of(100.0)), f_of(100.0));
+        assert_eq!(b.apply(f_of(10_000.0)), f_of(10_000.0) / 8.0);
+        // Between, 1/λ is blended linearly: at λ = 4096, s = (8192/4096 − 1) / (4 − 1) = 1/3.
+        let f = f_of(4096.0);
+        let want = (2.0 / 3.0) * f / 8.0 + (1.0 / 3.0) * f;
+        assert!(
+            (b.apply(f) - want).abs() < 1e-15 * f,
+            "{} vs {want}",
+            b.apply(f)
+        );
+        // The blend meets each band's edge continuously.
+        for edge in [2048.0, 8192.0] {
+            let (below, above) = (
+                b.apply(f_of(edge * 0.999_999)),
+                b.apply(f_of(edge * 1.000_001)),
+            );
+            assert!(
+                (below - above).abs() < 1e-5 * below,
+                "discontinuous at {edge}"
+            );
+        }
+        assert_eq!(
+            RopeScaling::Linear { factor: 4.0 }.bands().apply(0.5),
+            0.125
+        );
+        assert_eq!(RopeScaling::None.bands().apply(0.5), 0.5);
+    }
+
+    #[test]
+    fn configs_without_scaling_serialise_as_before() {
+        let p = Positions::Rope {
+            theta: 1e4,
+            scaling: RopeScaling::None,
+        };
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"kind":"rope","theta":10000.0}"#
+        );
+        let back: Positions = serde_json::from_str(r#"{"kind":"rope","theta":10000.0}"#).unwrap();
+        assert_eq!(back, p);
+        let scaled = Positions::Rope {
+            theta: 1e4,
+            scaling: RopeScaling::Linear { factor: 2.0 },
+        };
+        let text = serde_json::to_string(&scaled).unwrap();
+        assert_eq!(serde_json::from_str::<Positions>(&text).unwrap(), scaled);
     }
 }

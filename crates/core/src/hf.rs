@@ -5,7 +5,9 @@
 //! key is absent; the details that change cost are carried over: grouped KV heads, an explicit
 //! head_dim, Qwen2's q/k/v biases, Mistral's sliding window, tied embeddings, GPT-2's n_inner.
 
-use crate::config::{Biases, ConfigError, Mlp, ModelConfig, Norm, NormPlacement, Positions};
+use crate::config::{
+    Biases, ConfigError, Mlp, ModelConfig, Norm, NormPlacement, Positions, RopeScaling,
+};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -177,6 +179,66 @@ impl Reader<'_> {
         self.obj.get(key).and_then(Value::as_str).unwrap_or(default)
     }
 
+    /// RoPE's frequency scaling: "rope_scaling" (transformers < 5) or "rope_parameters" (≥ 5),
+    /// its kind under "rope_type" (or the older "type"). Linear and Llama 3's are read; a kind
+    /// tperf does not compute (dynamic NTK, YaRN, LongRoPE) is left as none here, because the
+    /// cost model does not depend on it, and refused where weights are loaded
+    /// (`tperf_runtime::hf`), because the logits would.
+    fn rope_scaling(&self, family: &'static str) -> Result<RopeScaling, HfConfigError> {
+        let Some(p) = ["rope_scaling", "rope_parameters"]
+            .iter()
+            .find_map(|k| self.obj.get(*k).filter(|v| v.is_object()))
+        else {
+            return Ok(RopeScaling::None);
+        };
+        let kind = p
+            .get("rope_type")
+            .or_else(|| p.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let number = |key: &'static str, field: &str| -> Result<f64, HfConfigError> {
+            match p.get(field) {
+                None | Some(Value::Null) => Err(HfConfigError::Missing {
+                    path: self.path.to_string(),
+                    key,
+                    family,
+                }),
+                Some(v) => v.as_f64().ok_or_else(|| HfConfigError::WrongType {
+                    path: self.path.to_string(),
+                    key,
+                    expected: "a number",
+                    found: Self::found(v),
+                }),
+            }
+        };
+        Ok(match kind {
+            "linear" => RopeScaling::Linear {
+                factor: number("rope_scaling.factor", "factor")?,
+            },
+            "llama3" => {
+                let context = number(
+                    "rope_scaling.original_max_position_embeddings",
+                    "original_max_position_embeddings",
+                )?;
+                if !(context.fract() == 0.0 && (1.0..1e15).contains(&context)) {
+                    return Err(HfConfigError::WrongType {
+                        path: self.path.to_string(),
+                        key: "rope_scaling.original_max_position_embeddings",
+                        expected: "a positive integer",
+                        found: context.to_string(),
+                    });
+                }
+                RopeScaling::Llama3 {
+                    factor: number("rope_scaling.factor", "factor")?,
+                    low_freq_factor: number("rope_scaling.low_freq_factor", "low_freq_factor")?,
+                    high_freq_factor: number("rope_scaling.high_freq_factor", "high_freq_factor")?,
+                    original_context: context as usize,
+                }
+            }
+            _ => RopeScaling::None,
+        })
+    }
+
     fn name(&self) -> String {
         let from_file = self.str_or("_name_or_path", "");
         if from_file.is_empty() {
@@ -266,7 +328,10 @@ impl Reader<'_> {
             norm: Norm::RmsNorm,
             norm_eps: self.f64_or("rms_norm_eps", 1e-6)?,
             mlp,
-            positions: Positions::Rope { theta },
+            positions: Positions::Rope {
+                theta,
+                scaling: self.rope_scaling(family)?,
+            },
             biases,
             tied_embeddings: self.bool_or("tie_word_embeddings", false)?,
             causal: true,
@@ -402,7 +467,59 @@ mod tests {
         let c = parse("v5.json", &v5).unwrap();
         assert_eq!(
             c.positions,
-            crate::config::Positions::Rope { theta: 250000.0 }
+            crate::config::Positions::Rope {
+                theta: 250000.0,
+                scaling: RopeScaling::None
+            }
+        );
+    }
+
+    #[test]
+    fn llama3_and_linear_rope_scaling_are_read_and_checked() {
+        let scaled = LLAMA3_8B.replace(
+            "\"rope_theta\":500000.0",
+            "\"rope_theta\":500000.0,\"rope_scaling\":{\"factor\":8.0,\"low_freq_factor\":1.0,\
+             \"high_freq_factor\":4.0,\"original_max_position_embeddings\":8192,\"rope_type\":\"llama3\"}",
+        );
+        let c = parse("l31.json", &scaled).unwrap();
+        assert_eq!(
+            c.positions,
+            crate::config::Positions::Rope {
+                theta: 500000.0,
+                scaling: RopeScaling::Llama3 {
+                    factor: 8.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_context: 8192
+                }
+            }
+        );
+        let linear = LLAMA3_8B.replace(
+            "\"rope_theta\":500000.0",
+            "\"rope_theta\":500000.0,\"rope_scaling\":{\"type\":\"linear\",\"factor\":2.0}",
+        );
+        let c = parse("lin.json", &linear).unwrap();
+        assert!(matches!(
+            c.positions,
+            crate::config::Positions::Rope {
+                scaling: RopeScaling::Linear { factor: 2.0 },
+                ..
+            }
+        ));
+        // A missing field and a band that is empty are named.
+        let e = parse("bad.json", &scaled.replace("\"low_freq_factor\":1.0,", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rope_scaling.low_freq_factor"), "{e}");
+        let e = parse(
+            "bad.json",
+            &scaled.replace("\"high_freq_factor\":4.0", "\"high_freq_factor\":0.5"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("high_freq_factor") && e.contains("low_freq_factor"),
+            "{e}"
         );
     }
 

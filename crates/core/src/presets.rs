@@ -1,7 +1,7 @@
 //! Named model configurations: the seed's Llama-style sizes, GPT-2, and the student report's
 //! PyTorch word_language_model Transformer.
 
-use crate::config::{Biases, Mlp, ModelConfig, Norm, NormPlacement, Positions};
+use crate::config::{Biases, Mlp, ModelConfig, Norm, NormPlacement, Positions, RopeScaling};
 use crate::suggest;
 use thiserror::Error;
 
@@ -45,7 +45,10 @@ fn seed_lm(
         norm: Norm::RmsNorm,
         norm_eps: 1e-5,
         mlp: Mlp::SwiGlu,
-        positions: Positions::Rope { theta: 10_000.0 },
+        positions: Positions::Rope {
+            theta: 10_000.0,
+            scaling: RopeScaling::None,
+        },
         biases: Biases::NONE,
         tied_embeddings: false,
         causal: true,

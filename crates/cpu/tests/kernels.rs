@@ -5,6 +5,7 @@
 //! ≤ 1e-4·(1 + k) ·max|input|² for products whose reduction of length k the fast kernel sums in
 //! a different order (gemm's blocking, the online softmax).
 
+use tperf_core::config::RopeScaling;
 use tperf_core::ops::activation::{self, ActivationKind};
 use tperf_core::ops::attention::{self, Attention, KvSource};
 use tperf_core::ops::cross_entropy::{self, CrossEntropy};
@@ -250,7 +251,24 @@ fn elementwise_ops() {
 
 #[test]
 fn rope_embedding_cross_entropy_adamw() {
-    for &(b, t, hq, hkv, d, off) in &[(1, 1, 1, 1, 2, 0), (2, 5, 4, 2, 8, 3), (3, 7, 3, 1, 16, 0)] {
+    // Llama 3's bands at this size keep the fastest pair, blend the next two (d = 16) and
+    // divide the rest; linear divides them all.
+    let llama3 = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_context: 64,
+    };
+    let scalings = [
+        RopeScaling::None,
+        RopeScaling::Linear { factor: 2.0 },
+        llama3,
+    ];
+    let shapes = [(1, 1, 1, 1, 2, 0), (2, 5, 4, 2, 8, 3), (3, 7, 3, 1, 16, 0)];
+    for (&(b, t, hq, hkv, d, off), scaling) in shapes
+        .iter()
+        .flat_map(|s| scalings.iter().map(move |&c| (s, c)))
+    {
         let r = Rope {
             b,
             t,
@@ -260,6 +278,7 @@ fn rope_embedding_cross_entropy_adamw() {
             pos_offset: off,
             per_row: false,
             theta: 10_000.0,
+            scaling,
         };
         let x = randn(1, b * t * r.row_width());
         let (mut y, mut y_r) = (x.clone(), x.clone());

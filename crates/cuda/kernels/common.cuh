@@ -223,3 +223,17 @@ __device__ __forceinline__ float act_grad(int kind, float x) {
 }
 
 // y = act(x)
+
+// RoPE's frequency f of a pair (θ^(−2i/D)) rescaled by the model's long-context bands
+// (tperf_core::config::RopeBands::apply, in the same order of operations): a wavelength
+// λ = 2π/f below keep_below is kept, above divide_above divided by factor, and between blended
+// linearly in 1/λ. No scaling is factor 1 with both bands 0; linear scaling, both bands 0.
+__device__ __forceinline__ double rope_scale_freq(double f, double factor, double keep_below,
+                                                  double divide_above) {
+    if (factor == 1.0 && keep_below == 0.0 && divide_above == 0.0) return f;
+    double wavelength = 2.0 * 3.14159265358979323846 / f;
+    if (wavelength < keep_below) return f;
+    if (wavelength > divide_above) return f / factor;
+    double s = (1.0 / wavelength - 1.0 / divide_above) / (1.0 / keep_below - 1.0 / divide_above);
+    return (1.0 - s) * f / factor + s * f;
+}

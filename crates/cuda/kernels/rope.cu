@@ -16,7 +16,8 @@
 // takes each angle once. The old kernel took cos and sin in double per element (19.5 µs).
 //
 // The angle: θ^(−2i/D) = step^i with step = θ^(−2/D) (the host computes it in double), taken
-// by squaring in double (relative error ~10⁻¹⁵), times the position in double;
+// by squaring in double (relative error ~10⁻¹⁵), rescaled by the model's long-context bands
+// (factor, keep_below, divide_above: common.cuh's rope_scale_freq), times the position in double;
 // then reduced to [−π, π] in double (a − k·2π by fma, which rounds once, then the part of 2π
 // below double precision) and its cosine and sine taken in f32 on the reduced angle. Against the reference (cos and sin of the double angle,
 // rounded to f32) that differs by about one f32 ulp of the result (2·10⁻⁷), at any position up to
@@ -50,6 +51,7 @@ __device__ __forceinline__ double rope_pow(double b, int e) {
 #define ROPE_MAX_PAIRS 256
 extern "C" __global__ void rope(Buf qkv, Buf positions, i64 rows, int t, int pos_offset,
                                 int rotated_heads, int row_width, int d, double freq_step,
+                                double factor, double keep_below, double divide_above,
                                 double sign, int vec, const int* step) {
     __shared__ float2 table[ROPE_MAX_PAIRS];
     if (step) pos_offset = step[0]; // a replayed decode step's position (graph.rs)
@@ -77,7 +79,8 @@ extern "C" __global__ void rope(Buf qkv, Buf positions, i64 rows, int t, int pos
             if (j0 == 0) {
                 for (int i = threadIdx.x; i < half; i += blockDim.x) {
                     float c, s;
-                    rope_cos_sin(sign * (double)pos * rope_pow(freq_step, i), c, s);
+                    double f = rope_scale_freq(rope_pow(freq_step, i), factor, keep_below, divide_above);
+                    rope_cos_sin(sign * (double)pos * f, c, s);
                     table[i] = make_float2(c, s);
                 }
                 __syncthreads();

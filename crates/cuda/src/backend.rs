@@ -697,11 +697,12 @@ impl CudaBackend {
         }
         self.ops_run += 1;
         if replaying {
-            self.graphs.push(action, Pending::Exec(call));
+            self.graphs.push(action, Pending::Exec(Box::new(call)));
             return Ok(());
         }
         // Capturing: the launches below are recorded into the graph, not run.
-        self.graphs.push(action, Pending::Exec(call.clone()));
+        self.graphs
+            .push(action, Pending::Exec(Box::new(call.clone())));
         if let Err(e) = self.dispatch(&call) {
             // Whether the op cannot be captured or is wrong in itself, running the step so far
             // eagerly tells: a wrong op fails again, with its own error.

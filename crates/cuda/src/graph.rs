@@ -59,8 +59,12 @@ pub(crate) enum Action {
 
 /// What a fallback replays eagerly: the step's actions so far, as issued.
 pub(crate) enum Pending {
-    Zero { ptr: u64, bytes: u64 },
-    Exec(OpCall),
+    Zero {
+        ptr: u64,
+        bytes: u64,
+    },
+    /// Boxed: an op call is over 200 bytes (RoPE's scaling made it so), a zeroing 16.
+    Exec(Box<OpCall>),
 }
 
 /// The op as graph replay compares it, and the scalars that may differ from step to step (which

@@ -89,7 +89,9 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     (
         "rope",
         "rope",
-        &[Buf, Buf, I64, I32, I32, I32, I32, I32, F64, F64, I32, Ptr],
+        &[
+            Buf, Buf, I64, I32, I32, I32, I32, I32, F64, F64, F64, F64, F64, I32, Ptr,
+        ],
     ),
     (
         "embedding",

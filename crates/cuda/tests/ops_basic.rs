@@ -2,6 +2,7 @@
 //! and each storage dtype, through `conformance::run_case`. Tolerances: see `conformance`.
 //! Needs a CUDA device; where there is none (CI) each test says it skipped.
 
+use tperf_core::config::RopeScaling;
 use tperf_core::dtype::DType;
 use tperf_core::ops::activation::{Activation, ActivationKind};
 use tperf_core::ops::cast::Cast;
@@ -230,11 +231,25 @@ fn elementwise_ops_match_the_cpu() {
 fn rope_embedding_cache_and_take_last_match_the_cpu() {
     let Some(mut gpu) = gpu() else { return };
     for dt in [DType::F32, DType::Bf16] {
-        for (b, tt, h_q, h_kv, d, pos) in [
+        // Llama 3's bands at d = 64 keep, blend and divide some pairs each; linear divides all.
+        let scalings = [
+            RopeScaling::None,
+            RopeScaling::Linear { factor: 4.0 },
+            RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_context: 256,
+            },
+        ];
+        for ((b, tt, h_q, h_kv, d, pos), scaling) in [
             (1, 1, 1, 1, 2, 0),
             (2, 7, 4, 2, 12, 5),
             (3, 64, 8, 8, 64, 100),
-        ] {
+        ]
+        .into_iter()
+        .flat_map(|s| scalings.map(|c| (s, c)))
+        {
             let r = Rope {
                 b,
                 t: tt,
@@ -244,6 +259,7 @@ fn rope_embedding_cache_and_take_last_match_the_cpu() {
                 pos_offset: pos,
                 per_row: false,
                 theta: 10_000.0,
+                scaling,
             };
             let w = (h_q + 2 * h_kv) * d;
             for op in [Op::Rope(r), Op::RopeBackward(r)] {

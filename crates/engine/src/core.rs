@@ -593,7 +593,7 @@ impl<B: Backend> EngineCore<B> {
             }
             s.last_token = Some(now);
             if !s.req.ignore_eos && eot == Some(id) {
-                let rest = self.tokenizer.decode(&s.tokens[s.prompt_len + s.window..]);
+                let rest = decode_from(&self.tokenizer, &s.tokens, s.prompt_len + s.window);
                 let d = text::delta(&rest, s.emitted, &s.req.stop, true);
                 done.push((i, FinishReason::Stop, d.text.to_string()));
                 continue;
@@ -604,7 +604,7 @@ impl<B: Backend> EngineCore<B> {
                 m.generation_tokens += 1;
             }
             let full = s.generated() >= s.req.max_tokens || s.tokens.len() >= context;
-            let generated = self.tokenizer.decode(&s.tokens[s.prompt_len + s.window..]);
+            let generated = decode_from(&self.tokenizer, &s.tokens, s.prompt_len + s.window);
             let d = text::delta(&generated, s.emitted, &s.req.stop, false);
             let (piece, stopped) = (d.text.to_string(), d.stopped);
             s.emitted += piece.len();
@@ -718,6 +718,24 @@ impl<B: Backend> EngineCore<B> {
 
     pub fn backend(&mut self) -> &mut B {
         &mut self.be
+    }
+}
+
+/// The text of `tokens[start..]` as it reads after `tokens[..start]`. Decoding the suffix alone
+/// is not that for every tokenizer: SentencePiece-style decoders (Metaspace) drop the space a
+/// word-initial "▁" stands for at the start of a decode, so a stream decoded window by window
+/// lost the space at every window boundary. The token before `start` is decoded with the
+/// suffix and its own text removed; where that text is not a prefix (a partial character),
+/// the suffix alone.
+fn decode_from(tokenizer: &Tokenizer, tokens: &[u32], start: usize) -> String {
+    if start == 0 || start > tokens.len() {
+        return tokenizer.decode(&tokens[start.min(tokens.len())..]);
+    }
+    let with_context = tokenizer.decode(&tokens[start - 1..]);
+    let context = tokenizer.decode(&tokens[start - 1..start]);
+    match with_context.strip_prefix(&context) {
+        Some(rest) => rest.to_string(),
+        None => tokenizer.decode(&tokens[start..]),
     }
 }
 

@@ -2,7 +2,7 @@
 //! results document's JSON (the rows `tperf bench` and `tperf attention` emit): tables, and line
 //! plots that put each measured series (solid) beside its modelled twin (dashed).
 
-use crate::markup::escape;
+use crate::markup::{escape, table};
 use crate::plots::PlotError;
 use crate::plots::{line_plot, LinePlot, Series};
 use crate::units;
@@ -27,22 +27,6 @@ fn s(v: &Value) -> String {
     v.as_str()
         .map(str::to_string)
         .unwrap_or_else(|| v.to_string())
-}
-
-fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
-    out.push_str("<table><tr>");
-    for h in header {
-        let _ = write!(out, "<th>{}</th>", escape(h));
-    }
-    out.push_str("</tr>\n");
-    for r in rows {
-        out.push_str("<tr>");
-        for c in r {
-            let _ = write!(out, "<td>{}</td>", escape(c));
-        }
-        out.push_str("</tr>\n");
-    }
-    out.push_str("</table>\n");
 }
 
 fn plot(out: &mut String, p: &LinePlot) -> Result<(), PlotError> {

@@ -2,7 +2,7 @@
 //! opens from a laptop's disk, an e-mail or a CI artefact with no network at all. Nothing in
 //! the page names a URL: no external fonts, scripts, stylesheets or images.
 
-use crate::markup::escape;
+use crate::markup::{escape, table};
 use crate::plots;
 use crate::results::{AnalysisView, Results, ResultsError};
 use crate::units;
@@ -30,28 +30,6 @@ svg.plot { width: 100%; height: auto; display: block; margin: 0.8em 0; border: 1
 .note { color: #555; font-size: 0.9em; }
 .empty { color: #777; font-style: italic; }
 ";
-
-fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
-    out.push_str("<table><tr>");
-    for h in header {
-        let _ = write!(out, "<th>{}</th>", escape(h));
-    }
-    out.push_str("</tr>\n");
-    for r in rows {
-        out.push_str("<tr>");
-        for c in r {
-            let numeric = c
-                .chars()
-                .next()
-                .is_some_and(|ch| ch.is_ascii_digit() || ch == '-')
-                && c.chars().any(|ch| ch.is_ascii_digit());
-            let class = if numeric { " class=\"n\"" } else { "" };
-            let _ = write!(out, "<td{class}>{}</td>", escape(c));
-        }
-        out.push_str("</tr>\n");
-    }
-    out.push_str("</table>\n");
-}
 
 /// Renders the whole report. Fails only if a plot cannot be drawn or an analysis lacks the
 /// fields the report reads.
@@ -81,6 +59,7 @@ pub fn render(r: &Results) -> Result<String, HtmlError> {
     );
     out.push_str("<p class=\"note\">Modelled numbers are roofline predictions: each op at max(FLOPs / peak, bytes / bandwidth). \
                   A FLOP is one add or one multiply; bytes are the minimum traffic.</p>\n");
+    crate::findings::section(&mut out, r, &views);
 
     out.push_str("<h2>Analyses</h2>\n");
     for (i, a) in views.iter().enumerate() {
@@ -153,45 +132,58 @@ fn analysis_section(out: &mut String, i: usize, a: &AnalysisView) -> Result<(), 
     }
     out.push_str(&plots::time_by_kind(a)?);
     out.push('\n');
-    // The ops that take the most predicted time; the CSV beside the report has every op.
-    let mut ops: Vec<_> = a.ops.iter().collect();
-    ops.sort_by(|x, y| y.seconds.total_cmp(&x.seconds));
+    if !a.ops.iter().any(|o| o.measured_seconds.is_some()) {
+        let _ = writeln!(
+            out,
+            "<p class=\"note\">Not measured on {}: the roofline's points are the model's, on the roof by construction.</p>",
+            escape(&a.hardware.name)
+        );
+    }
+    // The op kinds that take the most predicted time, each kind and phase one row (a step's
+    // many launches of one op read as one); the CSV beside the report has every op.
+    let groups = crate::findings::group_ops(&a.ops);
     let total: f64 = a.ops.iter().map(|o| o.seconds).sum();
-    let rows: Vec<Vec<String>> = ops
+    let any_measured = groups.iter().any(|g| g.measured_count > 0);
+    let rows: Vec<Vec<String>> = groups
         .iter()
         .take(15)
-        .map(|o| {
+        .map(|g| {
             vec![
-                o.index.to_string(),
-                o.phase.clone(),
-                o.layer.map_or("-".into(), |l| l.to_string()),
-                o.name.clone(),
-                o.label.clone(),
-                o.dtype.clone(),
-                format!("{:.3}", o.flops as f64 / 1e9),
-                format!("{:.2}", o.bytes as f64 / (1u64 << 20) as f64),
-                format!("{:.1}", o.intensity),
-                o.bound.clone(),
-                format!("{:.2}", o.seconds * 1e6),
-                o.measured_seconds
-                    .map_or("-".into(), |m| format!("{:.2}", m * 1e6)),
-                units::percent(o.seconds / total.max(f64::MIN_POSITIVE)),
+                g.kind.clone(),
+                g.phase.clone(),
+                g.count.to_string(),
+                format!("{:.3}", g.flops as f64 / 1e9),
+                format!("{:.2}", g.bytes as f64 / (1u64 << 20) as f64),
+                format!("{:.1}", g.flops as f64 / (g.bytes as f64).max(1.0)),
+                if g.memory_bound_seconds >= g.seconds / 2.0 {
+                    "memory"
+                } else {
+                    "compute"
+                }
+                .into(),
+                format!("{:.2}", g.seconds * 1e6),
+                if g.measured_count > 0 {
+                    format!("{:.2}", g.measured_seconds * 1e6)
+                } else {
+                    "-".into()
+                },
+                units::percent(g.seconds / total.max(f64::MIN_POSITIVE)),
+                format!("{} ({:.2} µs)", g.longest.0, g.longest.1 * 1e6),
             ]
         })
         .collect();
     let _ = writeln!(
         out,
-        "<p class=\"note\">The 15 ops with the longest predicted time (every op: ops-{i}.csv beside this report).</p>"
+        "<p class=\"note\">The op kinds with the longest predicted time, each kind and phase summed over its {} ops{} (every op: ops-{i}.csv beside this report).</p>",
+        a.ops.len(),
+        if any_measured { ", measured beside modelled" } else { "" }
     );
     table(
         out,
         &[
-            "#",
+            "op kind",
             "phase",
-            "layer",
-            "op",
-            "label",
-            "dtype",
+            "ops",
             "GFLOP",
             "MiB",
             "FLOP/B",
@@ -199,6 +191,7 @@ fn analysis_section(out: &mut String, i: usize, a: &AnalysisView) -> Result<(), 
             "modelled µs",
             "measured µs",
             "% time",
+            "longest op (modelled)",
         ],
         &rows,
     );
@@ -275,6 +268,10 @@ mod tests {
             "by_op": {"matmul": {"count": 3, "flops": 9, "bytes": 3, "seconds": 9e-4},
                       "layernorm": {"count": 3, "flops": 12, "bytes": 3, "seconds": 1.2e-3}},
             "predicted": {"step_seconds": 2.1e-3, "tokens_per_second": 7600.0, "mfu": 0.4},
+            "what_if": [
+                {"change": "batch 4", "step_seconds": 3.9e-3, "tokens_per_second": 8200.0, "fits": true},
+                {"change": "batch 64", "step_seconds": 1e-2, "tokens_per_second": 51200.0, "fits": false},
+                {"change": "naive attention", "step_seconds": 2.5e-3, "tokens_per_second": 6400.0, "fits": true}],
         });
         Results {
             schema_version: SCHEMA_VERSION,
@@ -307,6 +304,98 @@ mod tests {
         assert!(
             html.contains("measured (1)"),
             "measured points have a legend"
+        );
+    }
+
+    /// Every element that must be closed is closed, in order: the page parses as written (a
+    /// browser would repair a stray tag silently and the report would render wrong).
+    fn assert_well_formed(html: &str) {
+        const VOID: [&str; 4] = ["meta", "br", "hr", "img"];
+        let mut open: Vec<String> = Vec::new();
+        let mut rest = html;
+        while let Some(at) = rest.find('<') {
+            rest = &rest[at + 1..];
+            let end = rest.find('>').expect("a tag is closed with >");
+            let tag = &rest[..end];
+            rest = &rest[end + 1..];
+            if tag.starts_with('!') || tag.ends_with('/') {
+                continue;
+            }
+            let (closing, body) = match tag.strip_prefix('/') {
+                Some(b) => (true, b),
+                None => (false, tag),
+            };
+            let name = body
+                .split(|c: char| c.is_whitespace())
+                .next()
+                .unwrap_or("")
+                .to_lowercase();
+            if name == "style" && !closing {
+                let close = rest.find("</style>").expect("style closed");
+                rest = &rest[close + "</style>".len()..];
+                continue;
+            }
+            if VOID.contains(&name.as_str()) {
+                continue;
+            }
+            if closing {
+                assert_eq!(
+                    open.pop().as_deref(),
+                    Some(name.as_str()),
+                    "</{name}> closes the wrong element"
+                );
+            } else {
+                open.push(name);
+            }
+        }
+        assert!(open.is_empty(), "left open: {open:?}");
+    }
+
+    #[test]
+    fn findings_open_the_report_and_are_written_from_the_data() {
+        let html = render(&sample()).expect("renders");
+        assert_well_formed(&html);
+        let findings = &html[html.find("id=\"findings\"").expect("a findings section")..];
+        assert!(
+            html.find("id=\"findings\"") < html.find("<h2>Analyses</h2>"),
+            "findings come before the data"
+        );
+        let findings = &findings[..findings.find("</section>").unwrap()];
+        // The sample's largest kind is layernorm: 1.2 of the 2.1 ms predicted, over 3 ops.
+        assert!(
+            findings.contains("layernorm (forward, 3 ops) 57.1%"),
+            "{findings}"
+        );
+        assert!(findings.contains("compute-bound — 100.0%"), "{findings}");
+        // Op 0 (a matmul) measured 0.3 ms against 0.1 ms modelled.
+        assert!(findings.contains("33.3% of the roofline"), "{findings}");
+        assert!(findings.contains("largest gap is matmul"), "{findings}");
+        // The best alternative that fits: batch 4, 8200 / 7600 tokens/s; batch 64 does not fit.
+        assert!(findings.contains("batch 4 — predicted 1.08×"), "{findings}");
+        assert!(!findings.contains("batch 64"), "{findings}");
+    }
+
+    #[test]
+    fn the_longest_ops_table_has_one_row_per_kind_and_phase() {
+        let html = render(&sample()).expect("renders");
+        let t = &html[html.find("<th>op kind</th>").expect("the grouped table")..];
+        let t = &t[..t.find("</table>").unwrap()];
+        assert_eq!(t.matches("<tr>").count(), 2, "matmul and layernorm: {t}");
+    }
+
+    #[test]
+    fn a_roofline_without_measurements_says_so() {
+        let mut r = sample();
+        r.analyses[0]["ops"][0]["measured_seconds"] = json!(null);
+        let html = render(&r).expect("renders");
+        assert!(
+            html.contains("No measurements on this device"),
+            "in the plot"
+        );
+        assert!(html.contains("Not measured on H100"), "beside it");
+        assert!(
+            html.contains("not measured on H100 in this run"),
+            "in the findings"
         );
     }
 

@@ -4,6 +4,7 @@
 
 pub mod bench_sections;
 pub mod counters_section;
+pub mod findings;
 pub mod html;
 pub mod markup;
 pub mod plots;

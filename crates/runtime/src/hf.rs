@@ -897,11 +897,17 @@ fn check_loadable(path: &Path, family: Family, raw: &Value) -> Result<(), HfErro
             .or_else(|| p.get("type"))
             .and_then(Value::as_str)
             .unwrap_or("?");
-        if kind != "default" {
+        // tperf_core::hf reads the linear and Llama 3 scalings into the schedule's RoPE; the
+        // others change frequencies in ways it does not compute (dynamic NTK rescales θ with
+        // the running sequence length, YaRN and LongRoPE also rescale attention).
+        if !matches!(kind, "default" | "linear" | "llama3") {
             return Err(HfError::Unsupported {
                 path: path.to_path_buf(),
                 what: "rope scaling",
-                detail: format!("{key} type \"{kind}\" (tperf's RoPE has no frequency scaling)"),
+                detail: format!(
+                    "{key} type \"{kind}\" (tperf's RoPE implements \"linear\" and \"llama3\" \
+                     scaling; remove {key} to run at the pre-training context)"
+                ),
             });
         }
     }

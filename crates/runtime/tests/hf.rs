@@ -16,7 +16,8 @@ use tperf_core::schedule::{alloc_step_tokens, AttentionKernel, Options, Precisio
 use tperf_cpu::CpuBackend;
 use tperf_runtime::hf::{ChatMessage, HfError, HfModel};
 
-const FAMILIES: [&str; 4] = ["gpt2", "llama", "mistral", "qwen2"];
+/// llama31 is Llama with Llama 3.1's RoPE scaling (`rope_type` "llama3").
+const FAMILIES: [&str; 5] = ["gpt2", "llama", "mistral", "qwen2", "llama31"];
 
 fn fixture(family: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/hf/{family}"))
@@ -149,6 +150,36 @@ fn a_bf16_run_of_the_fixtures_stays_close() {
         let got = logits(&mut be, &model, &ids);
         check_logits(family, &got, &e["logits"], 0.15, 0.05);
     }
+}
+
+#[test]
+fn llama31_rope_scaling_is_what_makes_its_logits_match() {
+    // The same weights with the scaling removed from config.json must miss transformers'
+    // logits by far more than the tolerance, or the parity above would not test the scaling.
+    let e = expected("llama31");
+    let ids = u32s(&e["ids"]);
+    let dir = copy_fixture("llama31");
+    edit_config(dir.path(), |c| {
+        let plain = serde_json::json!({"rope_type": "default", "rope_theta": 10000.0});
+        c.insert("rope_parameters".into(), plain);
+    });
+    let (mut be, _, model) = loaded(dir.path(), Options::default());
+    let got = logits(&mut be, &model, &ids);
+    let want: Vec<f64> = e["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+        .collect();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(&g, &w)| (g as f64 - w).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        worst > 1e-2,
+        "unscaled RoPE is within {worst} of the scaled logits"
+    );
 }
 
 #[test]
@@ -308,13 +339,30 @@ fn an_unknown_architecture_or_unsupported_rope_is_refused() {
     let e = open_err(dir.path());
     assert!(e.contains("t5") && e.contains("not supported"), "{e}");
 
+    // Llama 3 scaling with a field missing names the field; a kind tperf does not compute is
+    // refused with the ones it does.
     let dir = copy_fixture("llama");
     edit_config(dir.path(), |c| {
         let scaling = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
         c.insert("rope_scaling".into(), scaling);
     });
     let e = open_err(dir.path());
-    assert!(e.contains("rope scaling") && e.contains("llama3"), "{e}");
+    assert!(
+        e.contains("rope_scaling.original_max_position_embeddings"),
+        "{e}"
+    );
+    for kind in ["dynamic", "yarn"] {
+        let dir = copy_fixture("llama");
+        edit_config(dir.path(), |c| {
+            let scaling = serde_json::json!({"rope_type": kind, "factor": 2.0});
+            c.insert("rope_scaling".into(), scaling);
+        });
+        let e = open_err(dir.path());
+        assert!(
+            e.contains("rope scaling") && e.contains(kind) && e.contains("\"llama3\""),
+            "{e}"
+        );
+    }
 
     let empty = tempfile::tempdir().unwrap();
     let e = open_err(empty.path());

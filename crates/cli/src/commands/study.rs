@@ -152,7 +152,9 @@ pub fn run(args: StudyArgs) -> Result<()> {
         (&gpt2.config, sc, &gpu),
     ] {
         let (a, timeline) = analyze_with_timeline(cfg, &sc, hw)?;
-        analyses.push(to_json(cfg, &a, &timeline));
+        let mut json = to_json(cfg, &a, &timeline);
+        json["what_if"] = serde_json::Value::Array(what_if(cfg, &sc, hw)?);
+        analyses.push(json);
     }
     let measured_on = format!("{device} (measured) and the analytic model");
     let prov = report::provenance(if args.model_only {
@@ -265,6 +267,63 @@ fn measure_counters(device: Device, dir: &std::path::Path) -> serde_json::Value 
     let line = not_collected(&why);
     print!("{line}");
     serde_json::json!({ "not_collected": line.trim() })
+}
+
+/// The one-change alternatives the model evaluates beside a scenario, for the report's "would
+/// help most" finding: each as {change, step_seconds, tokens_per_second, fits}.
+fn what_if(
+    cfg: &tperf_core::config::ModelConfig,
+    sc: &Scenario,
+    hw: &tperf_core::cost::hardware::Hardware,
+) -> Result<Vec<serde_json::Value>> {
+    use tperf_core::schedule::{AttentionKernel, Recompute};
+    let o = sc.opts;
+    let mut changes: Vec<(String, Scenario)> = Vec::new();
+    let with = |opts: Options| Scenario { opts, ..*sc };
+    if o.precision == Precision::Fp32 {
+        let opts = Options {
+            precision: Precision::Bf16,
+            ..o
+        };
+        changes.push(("bf16 mixed precision".into(), with(opts)));
+    }
+    let other = match o.attention {
+        AttentionKernel::Naive => AttentionKernel::Flash,
+        AttentionKernel::Flash => AttentionKernel::Naive,
+    };
+    let opts = Options {
+        attention: other,
+        ..o
+    };
+    changes.push((format!("{} attention", other.name()), with(opts)));
+    let opts = Options {
+        fused: !o.fused,
+        ..o
+    };
+    let fused = if o.fused { "unfused" } else { "fused" };
+    changes.push((format!("{fused} kernels"), with(opts)));
+    if sc.workload != Workload::Decode && o.recompute != Recompute::None {
+        let opts = Options {
+            recompute: Recompute::None,
+            ..o
+        };
+        changes.push(("no activation recomputation".into(), with(opts)));
+    }
+    for factor in [2, 4] {
+        let batch = sc.batch * factor;
+        changes.push((format!("batch {batch}"), Scenario { batch, ..*sc }));
+    }
+    let mut out = Vec::new();
+    for (change, alt) in changes {
+        let a = analysis::analyze(cfg, &alt, hw)?;
+        out.push(serde_json::json!({
+            "change": change,
+            "step_seconds": a.step_seconds(),
+            "tokens_per_second": a.tokens_per_second(),
+            "fits": a.fits(),
+        }));
+    }
+    Ok(out)
 }
 
 /// The scenario the study profiles on the CPU (and models beside it): one training step of the

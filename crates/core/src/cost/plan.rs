@@ -52,7 +52,10 @@ pub fn size_ladder() -> Vec<ModelConfig> {
                 norm: Norm::RmsNorm,
                 norm_eps: 1e-5,
                 mlp: Mlp::SwiGlu,
-                positions: Positions::Rope { theta: 10_000.0 },
+                positions: Positions::Rope {
+                    theta: 10_000.0,
+                    scaling: crate::config::RopeScaling::None,
+                },
                 biases: Biases::NONE,
                 tied_embeddings: false,
                 causal: true,

@@ -335,6 +335,14 @@ fn rope_backward_is_the_inverse_rotation() {
         pos_offset: 2,
         per_row: false,
         theta: 100.0,
+        // Bands that blend one pair and divide the other: the scaled rotation is still
+        // inverted exactly by the backward.
+        scaling: crate::config::RopeScaling::Llama3 {
+            factor: 4.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 64,
+        },
     };
     let len = r.b * r.t * r.row_width();
     let x = randn(&mut rng, len);

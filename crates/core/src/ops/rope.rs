@@ -1,6 +1,6 @@
 //! Rotary position embedding, applied in place to the query and key parts of the fused QKV
 //! buffer (n × (H + 2H_kv)·D): each pair (x₂ᵢ, x₂ᵢ₊₁) of a head at position p is rotated by
-//! p·θ^(−2i/D). The backward is the rotation by the opposite angle, applied to the gradient.
+//! p·θ^(−2i/D) (that frequency rescaled where the model asks, `RopeScaling`). The backward is the rotation by the opposite angle, applied to the gradient.
 //!
 //! FLOPs: per pair 4 multiplies and 2 adds = 3 per element, over n(H + H_kv)D elements, the same
 //! forward and backward (the sin/cos table is precomputed per position and counted as bytes).
@@ -8,6 +8,7 @@
 //! the V part of the buffer is not touched, so the io rule would overcount.
 
 use super::Real;
+use crate::config::RopeScaling;
 use crate::tensor::Tensor;
 use serde::Serialize;
 
@@ -25,6 +26,8 @@ pub struct Rope {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub per_row: bool,
     pub theta: f64,
+    #[serde(skip_serializing_if = "RopeScaling::is_none")]
+    pub scaling: RopeScaling,
 }
 
 impl Rope {
@@ -57,9 +60,18 @@ impl Rope {
         (self.h_q + 2 * self.h_kv) * self.d
     }
 
-    /// The rotation angle of pair `i` (elements 2i, 2i + 1 of a head) at position `pos`.
+    /// The frequency of pair `i` (elements 2i, 2i + 1 of a head): radians per position.
+    pub fn inv_freq(&self, i: usize) -> f64 {
+        let f = self.theta.powf(-2.0 * i as f64 / self.d as f64);
+        match self.scaling {
+            RopeScaling::None => f,
+            s => s.bands().apply(f),
+        }
+    }
+
+    /// The rotation angle of pair `i` at position `pos`.
     pub fn angle(&self, pos: usize, i: usize) -> f64 {
-        pos as f64 * self.theta.powf(-2.0 * i as f64 / self.d as f64)
+        pos as f64 * self.inv_freq(i)
     }
 }
 

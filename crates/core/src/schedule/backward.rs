@@ -416,13 +416,13 @@ impl Transformer {
         for x in [attn, dattn, qkv] {
             e.be.free(x);
         }
-        if let crate::config::Positions::Rope { theta } = cfg.positions {
+        if let crate::config::Positions::Rope { theta, scaling } = cfg.positions {
             let io = RopeIo {
                 positions: None,
                 qkv: dqkv.clone(),
             };
             e.run(
-                self.rope_op(b, t, 0, theta),
+                self.rope_op(b, t, 0, theta, scaling),
                 Op::RopeBackward,
                 io,
                 "attn.rope",

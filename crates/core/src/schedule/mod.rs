@@ -22,7 +22,7 @@ pub use options::{AttentionKernel, DataParallel, Options, Precision, Recompute, 
 pub use weights::{LayerParams, NormParams, Param, Weights};
 
 use crate::backend::{Backend, BackendError, OpCall, Stream};
-use crate::config::{Mlp, ModelConfig, Norm, NormPlacement, Positions};
+use crate::config::{Mlp, ModelConfig, Norm, NormPlacement, Positions, RopeScaling};
 use crate::dtype::DType;
 use crate::ops::activation::{Activation, ActivationIo, ActivationKind};
 use crate::ops::attention::Attention;
@@ -849,12 +849,17 @@ impl Transformer {
             Kv::Cached { pos, .. } => *pos,
             Kv::Paged(paged) => return self.paged_attention_forward(e, l, qkv, paged),
         };
-        if let Positions::Rope { theta } = cfg.positions {
+        if let Positions::Rope { theta, scaling } = cfg.positions {
             let io = RopeIo {
                 positions: None,
                 qkv: qkv.clone(),
             };
-            e.run(self.rope_op(b, t, pos, theta), Op::Rope, io, "attn.rope")?;
+            e.run(
+                self.rope_op(b, t, pos, theta, scaling),
+                Op::Rope,
+                io,
+                "attn.rope",
+            )?;
         }
         let (tk, cache) = match kv {
             Kv::Local | Kv::Paged(_) => (t, None),
@@ -891,7 +896,7 @@ impl Transformer {
         Ok(attn)
     }
 
-    fn rope_op(&self, b: usize, t: usize, pos: usize, theta: f64) -> Rope {
+    fn rope_op(&self, b: usize, t: usize, pos: usize, theta: f64, scaling: RopeScaling) -> Rope {
         Rope {
             b,
             t,
@@ -901,6 +906,7 @@ impl Transformer {
             pos_offset: pos,
             per_row: false,
             theta,
+            scaling,
         }
     }
 

@@ -388,8 +388,8 @@ impl Transformer {
     ) -> Result<Tensor, BackendError> {
         let cfg = &self.cfg;
         let n = step.batch.rows();
-        if let Positions::Rope { theta } = cfg.positions {
-            let mut rope = self.rope_op(1, n, 0, theta);
+        if let Positions::Rope { theta, scaling } = cfg.positions {
+            let mut rope = self.rope_op(1, n, 0, theta, scaling);
             rope.per_row = true;
             let io = RopeIo {
                 positions: Some(step.inputs.positions.clone()),

@@ -18,6 +18,7 @@ impl CudaBackend {
         backward: bool,
     ) -> Result<(), BackendError> {
         let io: RopeIo = call.operands(r)?;
+        let bands = r.scaling.bands();
         if r.per_row && io.positions.is_none() {
             return Err(unsupported(call, "per-row RoPE reads positions"));
         }
@@ -55,6 +56,10 @@ impl CudaBackend {
             Arg::I32(r.d as i32),
             // θ^(−2/D): the kernel takes pair i's frequency as its i-th power.
             Arg::F64(r.theta.powf(-2.0 / r.d as f64)),
+            // The long-context scaling as three numbers (common.cuh's rope_scale_freq).
+            Arg::F64(bands.factor),
+            Arg::F64(bands.keep_below),
+            Arg::F64(bands.divide_above),
             Arg::F64(if backward { -1.0 } else { 1.0 }),
             Arg::I32(i32::from(vec)),
             Arg::Ptr(if r.per_row { 0 } else { self.op_scalars }),

@@ -1,6 +1,8 @@
-//! Predicted time by op kind: horizontal bars, longest first, each labelled with its share.
+//! Predicted time by op kind: horizontal bars, longest first, each labelled with its share and
+//! coloured by its op class (the roofline's colours).
 
-use super::{color, err, inline, PlotError, WIDTH};
+use super::style::{category_colour, color, draw_legend, LegendEntry, Swatch, GRID, LEGEND_WIDTH};
+use super::{err, inline, PlotError, WIDTH};
 use crate::results::AnalysisView;
 use plotters::prelude::*;
 
@@ -21,11 +23,31 @@ pub fn time_by_kind(a: &AnalysisView) -> Result<String, PlotError> {
     // A segmented 0..n−1 axis has the n segments 0..=n−1 and counts upward; row n−1−i holds kind i so the longest is on top.
     let row = |i: usize| n - 1 - i;
     let names: Vec<String> = kinds.iter().rev().map(|k| k.0.to_string()).collect();
+    // Each kind's class, from its ops: the colour it has on the roofline.
+    let class_of = |kind: &str| {
+        a.ops
+            .iter()
+            .find(|o| o.name == kind)
+            .map_or("other", |o| o.class.as_str())
+            .to_string()
+    };
+    let mut classes: Vec<String> = Vec::new();
+    for (k, _) in &kinds {
+        let c = class_of(k);
+        if !classes.contains(&c) {
+            classes.push(c);
+        }
+    }
+    let colour_of = |class: &str| {
+        category_colour(class)
+            .unwrap_or_else(|| color(classes.iter().position(|c| c == class).unwrap_or(0)))
+    };
     let mut buf = String::new();
     {
         let root = SVGBackend::with_string(&mut buf, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE).map_err(&e)?;
-        let mut chart = ChartBuilder::on(&root)
+        let (plot_area, legend_area) = root.split_horizontally(WIDTH - LEGEND_WIDTH);
+        let mut chart = ChartBuilder::on(&plot_area)
             .caption(
                 format!(
                     "Predicted time by op kind: {} on {}",
@@ -49,12 +71,14 @@ pub fn time_by_kind(a: &AnalysisView) -> Result<String, PlotError> {
                 SegmentValue::Last => String::new(),
             })
             .x_desc("predicted milliseconds per step")
-            .light_line_style(RGBColor(235, 235, 235))
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(GRID)
+            .label_style(("sans-serif", 13))
             .draw()
             .map_err(&e)?;
         chart
-            .draw_series(kinds.iter().enumerate().map(|(i, (_, s))| {
-                let c = color(if i == 0 { 0 } else { 4 });
+            .draw_series(kinds.iter().enumerate().map(|(i, (kind, s))| {
+                let c = colour_of(&class_of(kind));
                 let mut bar = Rectangle::new(
                     [
                         (0.0, SegmentValue::Exact(row(i))),
@@ -79,6 +103,15 @@ pub fn time_by_kind(a: &AnalysisView) -> Result<String, PlotError> {
                 )
             }))
             .map_err(&e)?;
+        let legend: Vec<LegendEntry> = classes
+            .iter()
+            .map(|c| LegendEntry {
+                label: format!("{c} ops"),
+                colour: colour_of(c),
+                swatch: Swatch::Patch,
+            })
+            .collect();
+        draw_legend(&legend_area, &legend, 50).map_err(&e)?;
         root.present().map_err(&e)?;
     }
     Ok(inline(buf))

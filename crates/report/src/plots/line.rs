@@ -1,7 +1,12 @@
 //! The generic line plot every sweep uses (batch, sequence length, attention time and memory
-//! against T, modelled beside measured): named x/y series, a legend, log axes where asked.
+//! against T, modelled beside measured): named x/y series, a legend beside the plot, log axes
+//! where asked, a measured series and its modelled twin in one hue (solid and dashed).
 
-use super::{color, err, inline, log_bounds, si_tick, PlotError, HEIGHT, WIDTH};
+use super::style::{
+    axis_ticks, draw_legend, series_colours, ticked, LegendEntry, SeriesKey, Swatch, GRID,
+    LEGEND_WIDTH,
+};
+use super::{err, inline, log_bounds, si_tick, PlotError, HEIGHT, WIDTH};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 
@@ -48,13 +53,34 @@ pub fn line_plot(p: &LinePlot) -> Result<String, PlotError> {
             (0.0, 1.0)
         }
     };
-    let (x0, x1) = range(all.iter().map(|p| p.0).collect(), p.log_x);
-    let (y0, y1) = range(all.iter().map(|p| p.1).collect(), p.log_y);
+    let xs: Vec<f64> = all.iter().map(|p| p.0).collect();
+    let ys: Vec<f64> = all.iter().map(|p| p.1).collect();
+    let (x0, x1) = range(xs.clone(), p.log_x);
+    let (y0, y1) = range(ys, p.log_y);
+    // x ticks at the sweep's own values where they are few (32, 64, 256…); y ticks on a 1-2-5
+    // grid, so that a range within one decade still has labels.
+    let x_ticks = axis_ticks(x0, x1, p.log_x, &xs);
+    let y_ticks = axis_ticks(y0, y1, p.log_y, &[]);
     match (p.log_x, p.log_y) {
-        (false, false) => draw(p, x0..x1, y0..y1, ok),
-        (true, false) => draw(p, (x0..x1).log_scale(), y0..y1, ok),
-        (false, true) => draw(p, x0..x1, (y0..y1).log_scale(), ok),
-        (true, true) => draw(p, (x0..x1).log_scale(), (y0..y1).log_scale(), ok),
+        (false, false) => draw(p, ticked(x0..x1, x_ticks), ticked(y0..y1, y_ticks), ok),
+        (true, false) => draw(
+            p,
+            ticked((x0..x1).log_scale(), x_ticks),
+            ticked(y0..y1, y_ticks),
+            ok,
+        ),
+        (false, true) => draw(
+            p,
+            ticked(x0..x1, x_ticks),
+            ticked((y0..y1).log_scale(), y_ticks),
+            ok,
+        ),
+        (true, true) => draw(
+            p,
+            ticked((x0..x1).log_scale(), x_ticks),
+            ticked((y0..y1).log_scale(), y_ticks),
+            ok,
+        ),
     }
 }
 
@@ -71,13 +97,24 @@ where
     Y::CoordDescType: ValueFormatter<f64>,
 {
     let e = err("line");
+    let keys: Vec<SeriesKey<'_>> = p
+        .series
+        .iter()
+        .map(|s| SeriesKey {
+            name: &s.name,
+            dashed: s.dashed,
+        })
+        .collect();
+    let colours = series_colours(&keys);
     let mut buf = String::new();
     {
         let root = SVGBackend::with_string(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(&e)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(&p.title, ("sans-serif", 20))
-            .margin(16)
+        let body = root.titled(&p.title, ("sans-serif", 20)).map_err(&e)?;
+        // The legend has a column of its own, right of the plotting area: it covers no data.
+        let (plot_area, legend_area) = body.split_horizontally(WIDTH - LEGEND_WIDTH);
+        let mut chart = ChartBuilder::on(&plot_area)
+            .margin(12)
             .x_label_area_size(48)
             .y_label_area_size(80)
             .build_cartesian_2d(x, y)
@@ -88,38 +125,38 @@ where
             .y_desc(&p.y_label)
             .x_label_formatter(&|v| si_tick(*v))
             .y_label_formatter(&|v| si_tick(*v))
-            .light_line_style(RGBColor(235, 235, 235))
+            .light_line_style(GRID)
+            .bold_line_style(GRID)
+            .label_style(("sans-serif", 13))
             .draw()
             .map_err(&e)?;
-        for (i, s) in p.series.iter().enumerate() {
-            let c = color(i);
+        let mut legend = Vec::new();
+        for (s, &c) in p.series.iter().zip(&colours) {
             let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(&ok).collect();
             let style = c.stroke_width(2);
-            let anno = if s.dashed {
+            if s.dashed {
                 chart
                     .draw_series(DashedLineSeries::new(pts.clone(), 8, 5, style))
-                    .map_err(&e)?
+                    .map_err(&e)?;
+                // Modelled points hollow, measured filled: the pair reads apart in grey too.
+                chart
+                    .draw_series(pts.iter().map(|&pt| Circle::new(pt, 3, c.stroke_width(1))))
+                    .map_err(&e)?;
             } else {
                 chart
                     .draw_series(LineSeries::new(pts.clone(), style))
-                    .map_err(&e)?
-            };
-            anno.label(&s.name).legend(move |(lx, ly)| {
-                PathElement::new(vec![(lx, ly), (lx + 20, ly)], c.stroke_width(2))
+                    .map_err(&e)?;
+                chart
+                    .draw_series(pts.iter().map(|&pt| Circle::new(pt, 3, c.filled())))
+                    .map_err(&e)?;
+            }
+            legend.push(LegendEntry {
+                label: s.name.clone(),
+                colour: c,
+                swatch: Swatch::Line { dashed: s.dashed },
             });
-            chart
-                .draw_series(pts.iter().map(|&pt| Circle::new(pt, 3, c.filled())))
-                .map_err(&e)?;
         }
-        if !p.series.is_empty() {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .position(SeriesLabelPosition::UpperLeft)
-                .draw()
-                .map_err(&e)?;
-        }
+        draw_legend(&legend_area, &legend, 24).map_err(&e)?;
         root.present().map_err(&e)?;
     }
     Ok(inline(buf))

@@ -10,13 +10,14 @@ mod bars;
 mod line;
 mod memory;
 mod roofline;
+pub mod style;
 
 pub use bars::time_by_kind;
 pub use line::{line_plot, LinePlot, Series};
 pub use memory::memory_timeline;
 pub use roofline::roofline;
+pub use style::{color, PALETTE};
 
-use plotters::style::RGBColor;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -37,25 +38,16 @@ pub(crate) fn err<E: std::fmt::Display>(plot: &'static str) -> impl Fn(E) -> Plo
 pub const WIDTH: u32 = 960;
 pub const HEIGHT: u32 = 540;
 
-/// Colour-blind-safe (Okabe–Ito), in an order where neighbours contrast.
-pub const PALETTE: [RGBColor; 8] = [
-    RGBColor(0, 114, 178),
-    RGBColor(230, 159, 0),
-    RGBColor(0, 158, 115),
-    RGBColor(204, 121, 167),
-    RGBColor(86, 180, 233),
-    RGBColor(213, 94, 0),
-    RGBColor(240, 228, 66),
-    RGBColor(0, 0, 0),
-];
-
-pub fn color(i: usize) -> RGBColor {
-    PALETTE[i % PALETTE.len()]
-}
-
-/// 3.2e12 → "3.2T": tick labels in decimal prefixes.
+/// 3.2e12 → "3.2T", 5e-3 → "5m": tick labels in decimal prefixes. Whole numbers that are not
+/// round thousands print as they are (1024, 16384: a sweep's powers of two read as written).
 pub fn si_tick(v: f64) -> String {
     let a = v.abs();
+    if a == 0.0 {
+        return "0".to_string();
+    }
+    if v.fract() == 0.0 && a < 1e6 && (a < 1e3 || a % 1000.0 != 0.0) {
+        return format!("{v:.0}");
+    }
     let (scale, p) = if a >= 1e15 {
         (1e15, "P")
     } else if a >= 1e12 {
@@ -66,15 +58,19 @@ pub fn si_tick(v: f64) -> String {
         (1e6, "M")
     } else if a >= 1e3 {
         (1e3, "k")
-    } else {
+    } else if a >= 1e-2 {
         (1.0, "")
+    } else if a >= 1e-3 {
+        (1e-3, "m")
+    } else if a >= 1e-6 {
+        (1e-6, "µ")
+    } else if a >= 1e-9 {
+        (1e-9, "n")
+    } else {
+        return format!("{v:.0e}");
     };
     let x = v / scale;
-    if a == 0.0 {
-        "0".to_string()
-    } else if a < 1e-2 {
-        format!("{v:.0e}")
-    } else if (x - x.round()).abs() < 1e-9 {
+    if (x - x.round()).abs() < 1e-9 {
         format!("{x:.0}{p}")
     } else {
         format!("{x:.2}")
@@ -83,6 +79,16 @@ pub fn si_tick(v: f64) -> String {
             .to_string()
             + p
     }
+}
+
+/// A linear axis's label with as many decimals as its tick step needs (0.2375, not 0.24 twice).
+pub fn fixed_tick(v: f64, step: f64) -> String {
+    let decimals = if step > 0.0 && step.is_finite() {
+        (-(step.log10().floor())).clamp(0.0, 6.0) as usize
+    } else {
+        2
+    };
+    format!("{v:.decimals$}")
 }
 
 /// The SVG as it goes into the page: without the XML namespace attribute (see the module
@@ -113,6 +119,14 @@ mod tests {
         assert_eq!(si_tick(2.5e9), "2.5G");
         assert_eq!(si_tick(0.0), "0");
         assert_eq!(si_tick(10.0), "10");
+        assert_eq!(si_tick(1024.0), "1024");
+        assert_eq!(si_tick(16384.0), "16384");
+        assert_eq!(si_tick(20000.0), "20k");
+        assert_eq!(si_tick(5e-3), "5m");
+        assert_eq!(si_tick(2e-4), "200µ");
+        assert_eq!(si_tick(0.02), "0.02");
+        assert_eq!(fixed_tick(0.2375, 0.0005), "0.2375");
+        assert_eq!(fixed_tick(2.5, 0.5), "2.5");
     }
 
     #[test]

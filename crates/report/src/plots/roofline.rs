@@ -3,9 +3,14 @@
 //! point), and every op as a point. A modelled point is FLOPs / predicted seconds, so it sits on
 //! its roof by construction (that is what the roofline model says); a measured point
 //! (`measured_seconds`, when a backend filled it) is drawn as a cross below it, and the gap is
-//! the kernel's distance from the roof.
+//! the kernel's distance from the roof. Without measurements the plot says so: its points then
+//! show only where the model places each op, not how far real kernels are from it.
 
-use super::{color, err, inline, log_bounds, si_tick, PlotError, HEIGHT, WIDTH};
+use super::style::{
+    axis_ticks, category_colour, color, draw_legend, draw_note, ticked, LegendEntry, Swatch, GRID,
+    LEGEND_WIDTH, MEASURED,
+};
+use super::{err, inline, log_bounds, si_tick, PlotError, HEIGHT, WIDTH};
 use crate::results::AnalysisView;
 use plotters::prelude::*;
 use std::collections::BTreeMap;
@@ -60,19 +65,27 @@ pub fn roofline(a: &AnalysisView) -> Result<String, PlotError> {
         ys.fold(f64::INFINITY, f64::min).min(bw * x0) / 2.0,
         max_peak * 4.0,
     );
+    let x_ticks = axis_ticks(x0, x1, true, &[]);
+    let y_ticks = axis_ticks(y0, y1, true, &[]);
     let mut buf = String::new();
     {
         let root = SVGBackend::with_string(&mut buf, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(&e)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(
-                format!("Roofline: {} on {}", a.model, hw.key),
+        let body = root
+            .titled(
+                &format!("Roofline: {} on {}", a.model, hw.key),
                 ("sans-serif", 20),
             )
-            .margin(16)
+            .map_err(&e)?;
+        let (plot_area, legend_area) = body.split_horizontally(WIDTH - LEGEND_WIDTH);
+        let mut chart = ChartBuilder::on(&plot_area)
+            .margin(12)
             .x_label_area_size(48)
             .y_label_area_size(80)
-            .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
+            .build_cartesian_2d(
+                ticked((x0..x1).log_scale(), x_ticks),
+                ticked((y0..y1).log_scale(), y_ticks),
+            )
             .map_err(&e)?;
         chart
             .configure_mesh()
@@ -80,17 +93,19 @@ pub fn roofline(a: &AnalysisView) -> Result<String, PlotError> {
             .y_desc("achieved FLOP/s")
             .x_label_formatter(&|v| si_tick(*v))
             .y_label_formatter(&|v| si_tick(*v))
-            .light_line_style(RGBColor(235, 235, 235))
+            .light_line_style(GRID)
+            .bold_line_style(GRID)
+            .label_style(("sans-serif", 13))
             .draw()
             .map_err(&e)?;
         let decades = (x1 / x0).ln();
         for (name, peak) in &ceilings {
             let ridge = peak / bw;
             // The label starts at the ridge, unless that would run it off the right edge; then
-            // it ends near the ridge instead (about 45% of the axis width before it).
+            // it ends near the ridge instead (about 55% of the axis width before it).
             let f = (ridge / x0).ln() / decades;
-            let label_x = if f > 0.5 {
-                x0 * ((f - 0.45) * decades).exp()
+            let label_x = if f > 0.4 {
+                x0 * ((f - 0.55).max(0.02) * decades).exp()
             } else {
                 ridge * 1.1
             };
@@ -113,40 +128,52 @@ pub fn roofline(a: &AnalysisView) -> Result<String, PlotError> {
                 ("sans-serif", 13),
             )))
             .map_err(&e)?;
+        let mut legend = Vec::new();
+        let measured_any = !measured.is_empty();
         for (i, (class, pts)) in by_class.iter().enumerate() {
-            let c = color(i);
+            let c = category_colour(class).unwrap_or_else(|| color(i));
+            // Beside measurements the model's points step back (lighter), the crosses lead.
+            let fill = if measured_any {
+                c.mix(0.45)
+            } else {
+                c.mix(0.8)
+            };
             chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, c.mix(0.8).filled())))
-                .map_err(&e)?
-                .label(format!("{class} ops, modelled ({})", pts.len()))
-                .legend(move |(x, y)| Circle::new((x + 8, y), 4, c.filled()));
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 4, fill.filled())))
+                .map_err(&e)?;
+            legend.push(LegendEntry {
+                label: format!("{class} ops, modelled ({})", pts.len()),
+                colour: c,
+                swatch: Swatch::Dot,
+            });
         }
-        if !measured.is_empty() {
-            let c = RGBColor(200, 0, 0);
+        if measured_any {
             chart
                 .draw_series(
                     measured
                         .iter()
-                        .map(|&p| Cross::new(p, 5, c.stroke_width(2))),
+                        .map(|&p| Cross::new(p, 5, MEASURED.stroke_width(2))),
                 )
-                .map_err(&e)?
-                .label(format!("measured ({})", measured.len()))
-                .legend(move |(x, y)| Cross::new((x + 8, y), 5, c.stroke_width(2)));
+                .map_err(&e)?;
+            legend.push(LegendEntry {
+                label: format!("measured ({})", measured.len()),
+                colour: MEASURED,
+                swatch: Swatch::Cross,
+            });
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()
-            .map_err(&e)?;
+        let mut y = draw_legend(&legend_area, &legend, 24).map_err(&e)? + 10;
+        if !measured_any {
+            let why = "No measurements on this device: every point is the model's prediction, \
+                       on its roof by construction. Measured kernels sit below it.";
+            y = draw_note(&legend_area, why, y, MEASURED).map_err(&e)?;
+        }
         if skipped > 0 {
-            root.draw(&Text::new(
-                format!("{skipped} ops without arithmetic (gathers, copies) are not on a log axis"),
-                (90, (HEIGHT - 14) as i32),
-                ("sans-serif", 12),
-            ))
-            .map_err(&e)?;
+            let why = if skipped == 1 {
+                "1 op without arithmetic (a gather or copy) is not on a log axis.".to_string()
+            } else {
+                format!("{skipped} ops without arithmetic (gathers, copies) are not on a log axis.")
+            };
+            draw_note(&legend_area, &why, y, BLACK).map_err(&e)?;
         }
         root.present().map_err(&e)?;
     }

@@ -98,6 +98,9 @@ pub struct ServeArgs {
 struct AppState {
     engine: Engine,
     tokenizer: Tokenizer,
+    /// A Hugging Face folder with a chat template: /v1/chat/completions renders messages with
+    /// it (ChatML, Llama 3, [INST]) instead of tperf's plain-text `User:`/`Assistant:` turns.
+    hf_chat: Option<tperf_runtime::hf::HfModel>,
     limits: Limits,
     name: String,
     created: u64,
@@ -183,7 +186,23 @@ pub fn run(args: ServeArgs) -> Result<()> {
         limits.kv_blocks * limits.block_size,
         args.max_queue
     );
+    let folder = std::path::Path::new(&args.model);
+    let hf_chat = if folder.is_dir() {
+        let hf = tperf_runtime::hf::HfModel::open(folder)?;
+        match &hf.chat_template {
+            Some(_) => {
+                // The format is checked now, so a template tperf cannot render fails at start.
+                hf.apply_chat_template(&[], true)?;
+                eprintln!("chat: the folder's chat template");
+                Some(hf)
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
     let state = Arc::new(AppState {
+        hf_chat,
         tokenizer: engine.tokenizer(),
         engine,
         limits,
@@ -581,11 +600,31 @@ async fn chat(
     if r.messages.is_empty() {
         return bad_request("messages is empty", Some("messages")).into_response();
     }
-    let text = match api::chat_prompt(&r.messages) {
-        Ok(t) => t,
-        Err(e) => return bad_request(&e, Some("messages")).into_response(),
+    let (prompt, stop) = match &s.hf_chat {
+        Some(hf) => {
+            let mut messages = Vec::with_capacity(r.messages.len());
+            for m in &r.messages {
+                let content = match m.content.as_ref().map(|c| c.text()).transpose() {
+                    Ok(c) => c.unwrap_or_default(),
+                    Err(e) => return bad_request(&e, Some("messages")).into_response(),
+                };
+                messages.push(tperf_runtime::hf::ChatMessage {
+                    role: m.role.clone(),
+                    content,
+                });
+            }
+            match hf.apply_chat_template(&messages, true) {
+                // The rendering holds its BOS and turn markers: encode them as the special
+                // tokens they are, adding nothing. The model ends its turn with an end token.
+                Ok(text) => (s.tokenizer.encode_special(&text, false), None),
+                Err(e) => return bad_request(&e.to_string(), Some("messages")).into_response(),
+            }
+        }
+        None => match api::chat_prompt(&r.messages) {
+            Ok(text) => (s.tokenizer.encode(&text), Some(api::CHAT_STOP)),
+            Err(e) => return bad_request(&e, Some("messages")).into_response(),
+        },
     };
-    let prompt = s.tokenizer.encode(&text);
     let common = r.common;
     let (stream, usage) = (
         common.stream,
@@ -594,7 +633,7 @@ async fn chat(
             .as_ref()
             .is_some_and(|o| o.include_usage),
     );
-    match request(&s, common, prompt, None, Some(api::CHAT_STOP), &headers) {
+    match request(&s, common, prompt, None, stop, &headers) {
         Ok(req) => respond(s, req, Kind::Chat, stream, usage).await,
         Err(e) => e.into_response(),
     }
