@@ -26,8 +26,8 @@ use tperf_core::schedule::{AttentionKernel, Options, Precision, Transformer};
 use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;
 use tperf_engine::{
-    Engine, EngineConfig, Event, EventSink, FinishReason, Limits, Policy, Request, RequestId,
-    SubmitError, VtcWeights,
+    Batching, Engine, EngineConfig, Event, EventSink, FinishReason, Limits, Policy, Request,
+    RequestId, SubmitError, VtcWeights,
 };
 use tperf_runtime::tokenizer::Tokenizer;
 
@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Admission order: fcfs, or vtc (fair: per-client virtual token counters).
     #[arg(long, default_value = "fcfs")]
     pub policy: Policy,
+    /// continuous: requests join the running batch at every step; static: only an empty one
+    /// (the batch runs until all of it has finished), the baseline to compare against.
+    #[arg(long, default_value = "continuous")]
+    pub batching: Batching,
     /// VTC's charge per prompt token.
     #[arg(long, default_value_t = 1.0)]
     pub vtc_input_weight: f64,
@@ -157,6 +161,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         kv_blocks,
         max_queue: args.max_queue,
         policy,
+        batching: args.batching,
         step_delay: std::time::Duration::from_millis(args.debug_step_delay_ms),
         ..EngineConfig::default()
     };
@@ -174,7 +179,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let limits = engine.limits();
     eprintln!(
-        "engine: {} policy, ≤ {} sequences and ≤ {} tokens a step, {} KV blocks of {} ({} positions), queue ≤ {}",
+        "engine: {} batching, {} policy, ≤ {} sequences and ≤ {} tokens a step, {} KV blocks of {} ({} positions), queue ≤ {}",
+        args.batching.name(),
         args.policy.name(),
         args.max_num_seqs,
         args.max_num_batched_tokens,
