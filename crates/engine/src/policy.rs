@@ -92,9 +92,7 @@ impl std::str::FromStr for Batching {
         match s {
             "continuous" => Ok(Batching::Continuous),
             "static" => Ok(Batching::Static),
-            _ => Err(format!(
-                "unknown batching '{s}': use continuous or static"
-            )),
+            _ => Err(format!("unknown batching '{s}': use continuous or static")),
         }
     }
 }

@@ -630,7 +630,10 @@ fn service_gap(policy: Policy) -> (f64, f64) {
             while rx.try_recv().is_ok() {}
         }
     }
-    assert!(both_steps > 250, "both clients backlogged for {both_steps} steps only");
+    assert!(
+        both_steps > 250,
+        "both clients backlogged for {both_steps} steps only"
+    );
     (gap, bound)
 }
 
@@ -639,7 +642,10 @@ fn vtc_keeps_the_service_gap_within_the_papers_bound_and_fcfs_does_not() {
     let (vtc, bound) = service_gap(Policy::Vtc(VtcWeights::default()));
     let (fcfs, _) = service_gap(Policy::Fcfs);
     assert!(vtc <= bound, "VTC's gap {vtc} exceeds the bound {bound}");
-    assert!(fcfs > bound, "FCFS's gap {fcfs} stays within the bound {bound}");
+    assert!(
+        fcfs > bound,
+        "FCFS's gap {fcfs} stays within the bound {bound}"
+    );
     // Not only past the bound: FCFS's gap is what the 4:1 arrival order hands heavy.
     assert!(fcfs > 4.0 * vtc, "FCFS {fcfs} against VTC {vtc}");
 }

@@ -154,9 +154,7 @@ fn runs_table(out: &mut String, v: &ServingView) {
         "predicted TTFT ms",
         "predicted TPOT ms",
     ];
-    let slo_header = v
-        .ttft_p99_slo_ms
-        .map(|slo| format!("p99 TTFT ≤ {slo} ms"));
+    let slo_header = v.ttft_p99_slo_ms.map(|slo| format!("p99 TTFT ≤ {slo} ms"));
     if let Some(h) = &slo_header {
         header.push(h);
     }
@@ -227,15 +225,31 @@ fn against_rate_plots(out: &mut String, v: &ServingView) -> Result<(), PlotError
             points(n, &|r| r.predicted.as_ref()?.request_throughput),
             true,
         ));
-        ttft.push(s(" p50", points(n, &|r| Some(r.ttft.as_ref()?.p50_ms)), false));
-        ttft.push(s(" p99", points(n, &|r| Some(r.ttft.as_ref()?.p99_ms)), false));
+        ttft.push(s(
+            " p50",
+            points(n, &|r| Some(r.ttft.as_ref()?.p50_ms)),
+            false,
+        ));
+        ttft.push(s(
+            " p99",
+            points(n, &|r| Some(r.ttft.as_ref()?.p99_ms)),
+            false,
+        ));
         ttft.push(s(
             " (predicted mean)",
             points(n, &|r| r.predicted.as_ref()?.ttft_ms),
             true,
         ));
-        tpot.push(s(" p50", points(n, &|r| Some(r.tpot.as_ref()?.p50_ms)), false));
-        tpot.push(s(" p99", points(n, &|r| Some(r.tpot.as_ref()?.p99_ms)), false));
+        tpot.push(s(
+            " p50",
+            points(n, &|r| Some(r.tpot.as_ref()?.p50_ms)),
+            false,
+        ));
+        tpot.push(s(
+            " p99",
+            points(n, &|r| Some(r.tpot.as_ref()?.p99_ms)),
+            false,
+        ));
         tpot.push(s(
             " (predicted mean)",
             points(n, &|r| r.predicted.as_ref()?.tpot_ms),
@@ -243,7 +257,10 @@ fn against_rate_plots(out: &mut String, v: &ServingView) -> Result<(), PlotError
         ));
     }
     let keep = |series: Vec<Series>| -> Vec<Series> {
-        series.into_iter().filter(|s| !s.points.is_empty()).collect()
+        series
+            .into_iter()
+            .filter(|s| !s.points.is_empty())
+            .collect()
     };
     let offered: Vec<(f64, f64)> = {
         let mut r: Vec<f64> = v.runs.iter().filter_map(|r| r.request_rate).collect();
@@ -269,8 +286,16 @@ fn against_rate_plots(out: &mut String, v: &ServingView) -> Result<(), PlotError
         },
     )?;
     for (title, y, series) in [
-        ("Time to first token against the offered rate", "TTFT (ms)", ttft),
-        ("Time per output token against the offered rate", "TPOT (ms)", tpot),
+        (
+            "Time to first token against the offered rate",
+            "TTFT (ms)",
+            ttft,
+        ),
+        (
+            "Time per output token against the offered rate",
+            "TPOT (ms)",
+            tpot,
+        ),
     ] {
         plot(
             out,

@@ -250,7 +250,9 @@ mod tests {
     #[test]
     fn runs_summarise_and_the_best_rate_under_an_slo_is_found() {
         let run = |rate: f64, ttft: f64| {
-            let outs: Vec<_> = (0..10).map(|i| outcome(ttft + 0.001 * i as f64, 5)).collect();
+            let outs: Vec<_> = (0..10)
+                .map(|i| outcome(ttft + 0.001 * i as f64, 5))
+                .collect();
             let m = Metrics::of(&outs, 1.0, &[50.0, 99.0], &Slo::default());
             RunSummary::of("continuous", rate, &m, &outs, None)
         };
@@ -261,7 +263,10 @@ mod tests {
         assert!((q.p50_ms - 54.5).abs() < 1e-9, "{q:?}");
         assert!((r.tpot.as_ref().unwrap().p99_ms - 10.0).abs() < 1e-9);
         assert_eq!(r.ttft_cdf.len(), 10);
-        assert_eq!(best_under_ttft_slo(&runs, 100.0).unwrap().request_rate, Some(2.0));
+        assert_eq!(
+            best_under_ttft_slo(&runs, 100.0).unwrap().request_rate,
+            Some(2.0)
+        );
         assert!(best_under_ttft_slo(&runs, 1.0).is_none());
         assert_eq!(run(f64::INFINITY, 0.01).request_rate, None);
     }

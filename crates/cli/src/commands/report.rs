@@ -73,6 +73,8 @@ fn serving_page(files: &[PathBuf]) -> Result<String> {
                     .filter_map(|x| x.as_str())
                     .collect::<Vec<_>>()
                     .join(" ")
+                    // The server's address stays, its scheme goes: the page names no URL.
+                    .replace("http://", "")
             })
             .unwrap_or_default();
         lines.push((

@@ -15,9 +15,7 @@ use tperf_bench::serve::client::{self, Api, ClientConfig, Target};
 use tperf_bench::serve::dataset::{self, RandomLengths, RequestSpec};
 use tperf_bench::serve::fairness::{self, Fairness};
 use tperf_bench::serve::metrics::{self, Metrics, RequestOutcome};
-use tperf_bench::serve::summary::{
-    self, FairnessSummary, Predicted, RunSummary, ServingSummary,
-};
+use tperf_bench::serve::summary::{self, FairnessSummary, Predicted, RunSummary, ServingSummary};
 use tperf_core::cost::serve::{self as serve_model, RatePoint, ServeConfig, ServePrediction};
 use tperf_core::rng::Rng;
 use tperf_report::table::Table;
@@ -457,7 +455,8 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
     let mut serving = ServingSummary {
         setup: format!(
             "{model} at {}{}: {} requests of {} in / {} out tokens (means), burstiness {}",
-            target.url(),
+            // Without the scheme: a report names no URL (it fetches nothing).
+            target.url().trim_start_matches("http://"),
             args.endpoint,
             specs.len(),
             mean_in,
@@ -614,7 +613,11 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
 /// is infinite or beyond what the model says the server sustains.
 fn predicted(p: &ServePrediction, rate: f64) -> Predicted {
     let ms = |s: Option<f64>| s.map(|s| s * 1e3);
-    match p.rates.first().filter(|r| rate.is_finite() && r.ttft_seconds.is_some()) {
+    match p
+        .rates
+        .first()
+        .filter(|r| rate.is_finite() && r.ttft_seconds.is_some())
+    {
         Some(r) => Predicted {
             request_throughput: Some(rate),
             output_throughput: Some(rate * p.config.output_len as f64),
@@ -649,7 +652,9 @@ fn sweep_line(m: &Metrics) -> String {
 /// The sweep's table: one row per run, and the highest rate within the TTFT SLO per label.
 pub fn render_sweep(s: &ServingSummary) -> String {
     let predicted = s.runs.iter().any(|r| r.predicted.is_some());
-    let mut header = vec![
+    let labelled = s.runs.iter().any(|r| r.series != s.runs[0].series);
+    let mut header = if labelled { vec!["series"] } else { vec![] };
+    header.extend([
         "rate (req/s)",
         "ok / failed",
         "req/s",
@@ -658,9 +663,13 @@ pub fn render_sweep(s: &ServingSummary) -> String {
         "TTFT p99 (ms)",
         "TPOT p50 (ms)",
         "TPOT p99 (ms)",
-    ];
+    ]);
     if predicted {
-        header.extend(["predicted req/s", "predicted TTFT (ms)", "predicted TPOT (ms)"]);
+        header.extend([
+            "predicted req/s",
+            "predicted TTFT (ms)",
+            "predicted TPOT (ms)",
+        ]);
     }
     if s.ttft_p99_slo_ms.is_some() {
         header.push("p99 TTFT within SLO");
@@ -671,7 +680,12 @@ pub fn render_sweep(s: &ServingSummary) -> String {
         let q = |x: &Option<summary::Quantiles>, f: fn(&summary::Quantiles) -> f64| {
             ms(x.as_ref().map(f))
         };
-        let mut cells = vec![
+        let mut cells = if labelled {
+            vec![r.series.clone()]
+        } else {
+            vec![]
+        };
+        cells.extend([
             r.request_rate.map_or("inf".into(), |v| format!("{v}")),
             format!("{} / {}", r.completed, r.failed),
             format!("{:.2}", r.request_throughput),
@@ -680,10 +694,13 @@ pub fn render_sweep(s: &ServingSummary) -> String {
             q(&r.ttft, |q| q.p99_ms),
             q(&r.tpot, |q| q.p50_ms),
             q(&r.tpot, |q| q.p99_ms),
-        ];
+        ]);
         if predicted {
             let p = r.predicted.clone().unwrap_or_default();
-            cells.push(p.request_throughput.map_or("—".into(), |v| format!("{v:.2}")));
+            cells.push(
+                p.request_throughput
+                    .map_or("—".into(), |v| format!("{v:.2}")),
+            );
             cells.push(p.ttft_ms.map_or("saturated".into(), |v| format!("{v:.2}")));
             cells.push(ms(p.tpot_ms));
         }

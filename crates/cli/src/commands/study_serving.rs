@@ -18,9 +18,7 @@ use tperf_bench::serve::dataset::{Prompt, RequestSpec};
 use tperf_bench::serve::fairness;
 use tperf_bench::serve::in_process;
 use tperf_bench::serve::metrics::{Metrics, RequestOutcome, Slo};
-use tperf_bench::serve::summary::{
-    self, FairnessSummary, Predicted, RunSummary, ServingSummary,
-};
+use tperf_bench::serve::summary::{self, FairnessSummary, Predicted, RunSummary, ServingSummary};
 use tperf_core::config::ModelConfig;
 use tperf_core::cost::hardware::Hardware;
 use tperf_core::cost::serve::{self as serve_model, ServeConfig, ServePrediction};
@@ -113,7 +111,8 @@ fn start(device: Device, s: &Setup, policy: Policy, batching: Batching) -> Resul
         Device::Cpu => Engine::start(
             move || {
                 let mut be = CpuBackend::new();
-                let m = Transformer::new(&mut be, &model, opts, false).map_err(|e| e.to_string())?;
+                let m =
+                    Transformer::new(&mut be, &model, opts, false).map_err(|e| e.to_string())?;
                 m.init_weights(&mut be, 7).map_err(|e| e.to_string())?;
                 Ok((be, m, Tokenizer::byte()))
             },
@@ -122,7 +121,8 @@ fn start(device: Device, s: &Setup, policy: Policy, batching: Batching) -> Resul
         Device::Cuda(i) => Engine::start(
             move || {
                 let mut be = CudaBackend::new(i).map_err(|e| e.to_string())?;
-                let m = Transformer::new(&mut be, &model, opts, false).map_err(|e| e.to_string())?;
+                let m =
+                    Transformer::new(&mut be, &model, opts, false).map_err(|e| e.to_string())?;
                 m.init_weights(&mut be, 7).map_err(|e| e.to_string())?;
                 Ok((be, m, Tokenizer::gpt2()))
             },
@@ -205,6 +205,7 @@ fn round2(x: f64) -> f64 {
 /// Runs the section; returns what it finished (everything, or up to a stop request) as the
 /// `serving` record of results.json.
 pub fn measure_serving(device: Device, hw: &Hardware, stop: &StopFlag) -> Result<ServingSummary> {
+    let began = std::time::Instant::now();
     let s = setup(device)?;
     let e = &s.engine;
     let mut out = ServingSummary {
@@ -301,9 +302,11 @@ pub fn measure_serving(device: Device, hw: &Hardware, stop: &StopFlag) -> Result
         });
     }
     drop(continuous);
-    // Fairness: client-0 at 4× client-1's rate, client-1 above half the engine (so that both
-    // stay backlogged under a fair share), a second of arrivals.
-    let client_rates = [2.4 * saturation, 0.6 * saturation];
+    // Fairness: client-0 at 4× client-1's rate, both far beyond the engine (10× saturation
+    // together), so both are backlogged from the first arrivals, whatever the noise in the
+    // saturation measured: FCFS then serves them in the 4:1 arrival order, VTC 1:1 while
+    // client-1 has requests left.
+    let client_rates = [8.0 * saturation, 2.0 * saturation];
     let n = ((3.0 * saturation) as usize).clamp(2 * lo, 4 * hi);
     let specs = prompts(&s, n, 4);
     let m_tokens = e.kv_blocks * e.block_size;
@@ -323,16 +326,32 @@ pub fn measure_serving(device: Device, hw: &Hardware, stop: &StopFlag) -> Result
         "fairness: {n} requests, client-0 at {:.1} req/s and client-1 at {:.1} (4×), service = input + 2 × output tokens as the client sees them; the VTC bound 2·max(w_in·L_in, w_out·M) = 2·max(1·{}, 2·{m_tokens}) = {bound:.0} (M: the tokens the KV cache holds)",
         client_rates[0], client_rates[1], s.input_len
     ));
+    out.notes.push(format!(
+        "the serving section took {:.1} s",
+        began.elapsed().as_secs_f64()
+    ));
     Ok(out)
 }
 
 /// The section's tables for the terminal.
 pub fn render(s: &ServingSummary) -> String {
     let mut text = super::serve_bench::render_sweep(s);
-    let mut t = Table::new(&["scheduler", "service client-0", "service client-1", "largest gap", "VTC bound"])
-        .titled("Fairness: two clients, client-0 sending 4× client-1's rate");
+    let mut t = Table::new(&[
+        "scheduler",
+        "service client-0",
+        "service client-1",
+        "largest gap",
+        "VTC bound",
+    ])
+    .titled("Fairness: two clients, client-0 sending 4× client-1's rate");
     for f in &s.fairness {
-        let total = |c: usize| f.cumulative.get(c).and_then(|v| v.last()).copied().unwrap_or(0.0);
+        let total = |c: usize| {
+            f.cumulative
+                .get(c)
+                .and_then(|v| v.last())
+                .copied()
+                .unwrap_or(0.0)
+        };
         t.row(vec![
             f.label.clone(),
             format!("{:.0}", total(0)),

@@ -113,7 +113,39 @@ fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Every connection holds a file descriptor: raises the soft limit on open files to the hard
+/// one (often 1024 against far more), so that a thousand concurrent streams are not refused by
+/// the kernel. Returns the limit now in force.
+#[cfg(unix)]
+fn raise_open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Some(raised.rlim_cur as u64);
+        }
+    }
+    Some(lim.rlim_cur as u64)
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() -> Option<u64> {
+    None
+}
+
 pub fn run(args: ServeArgs) -> Result<()> {
+    let open_files = raise_open_file_limit();
     let policy = match args.policy {
         Policy::Fcfs => Policy::Fcfs,
         Policy::Vtc(_) => {
@@ -179,7 +211,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let limits = engine.limits();
     eprintln!(
-        "engine: {} batching, {} policy, ≤ {} sequences and ≤ {} tokens a step, {} KV blocks of {} ({} positions), queue ≤ {}",
+        "engine: {} batching, {} policy, ≤ {} sequences and ≤ {} tokens a step, {} KV blocks of {} ({} positions), queue ≤ {}, open files ≤ {}",
         args.batching.name(),
         args.policy.name(),
         args.max_num_seqs,
@@ -187,7 +219,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
         limits.kv_blocks,
         limits.block_size,
         limits.kv_blocks * limits.block_size,
-        args.max_queue
+        args.max_queue,
+        open_files.map_or("?".to_string(), |n| n.to_string())
     );
     let state = Arc::new(AppState {
         tokenizer: engine.tokenizer(),
