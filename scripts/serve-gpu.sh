@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # tperf serve on the GPU, measured by tperf bench serve beside the serving prediction:
 #   scripts/serve-gpu.sh OUT TPERF [MODEL]
-# gpt2-124m bf16 by default, random 128-in / 128-out prompts. About two minutes in all:
+# gpt2-124m bf16 by default, random 128-in / 128-out prompts. About a minute and a half:
 # 1. Continuous against static batching (the same engine, `--batching static` admitting only
-#    into an empty batch): a request-rate sweep of each, 4…256 req/s and inf, at most 4 s of
+#    into an empty batch): a request-rate sweep of each, 8…256 req/s and inf, at most 3 s of
 #    arrivals a rate. "Equal p99 TTFT" is a p99 TTFT limit of 250 ms (about one whole 128-token
 #    reply on an idle server); the sweep names the highest rate each keeps within it and the
 #    throughput measured there. Every rate's p99 is in the table, so any other limit can be
 #    read off.
 # 2. The sweep itself: TTFT/TPOT p50/p99 and throughput per rate, with the prediction.
 # 3. Fairness: two clients, client-0 at 4× client-1's rate (240 and 60 req/s, both beyond a
-#    fair share of a 16-sequence server), under VTC and under FCFS, with the VTC paper's bound
+#    fair share of a 16-sequence server; 400 requests), under VTC and under FCFS, with the VTC paper's bound
 #    for that server: 2·max(w_in·L_in, w_out·M) = 2·max(128, 2·4096) = 16384 (M: 256 blocks of
 #    16 tokens).
 # Each server is stopped with SIGINT (it must exit 0) after its /metrics are logged (0 running,
@@ -22,6 +22,9 @@ model=${3:-gpt2-124m}
 port=8000
 mkdir -p "$out"
 log=$out/serve.txt
+server=
+# A script stopped from outside (timeout) leaves no server behind.
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null' EXIT
 
 start_server() {
     echo "### serve $model --device cuda --dtype bf16 $*" >>"$log"
@@ -41,6 +44,7 @@ stop_server() {
     kill -INT "$server"
     wait "$server"
     echo "### server exit $?" >>"$log"
+    server=
 }
 
 bench() {
@@ -55,14 +59,14 @@ bench() {
 
 for batching in continuous static; do
     start_server --batching "$batching"
-    bench "sweep-$batching" --num-prompts 256 --request-rate 4,16,32,64,128,256,inf \
-        --sweep-duration-s 4 --ttft-p99-slo-ms 250 --label "$batching" --omit-requests
+    bench "sweep-$batching" --num-prompts 256 --request-rate 8,32,64,128,256,inf \
+        --sweep-duration-s 3 --ttft-p99-slo-ms 250 --label "$batching" --omit-requests
     stop_server
 done
 
 for policy in vtc fcfs; do
     start_server --policy "$policy" --max-num-seqs 16 --kv-blocks 256
-    bench "fairness-$policy" --num-prompts 600 --clients 2 --client-rates 240,60 \
+    bench "fairness-$policy" --num-prompts 400 --clients 2 --client-rates 240,60 \
         --label "$policy" --fairness-bound 16384 --omit-requests
     stop_server
 done
