@@ -436,12 +436,11 @@ impl<B: Backend> EngineCore<B> {
         let bs = self.cfg.block_size;
         let mut budget = self.cfg.max_num_batched_tokens;
         let mut plan = Vec::new();
-        if self.cfg.batching == Batching::Static {
-            if self.running.is_empty() {
-                self.fill_static_batch(report);
-            }
-            // The batch's prompts are then prefilled (chunked under the budget) and decoded
-            // by the loop over the running sequences below; nobody else is admitted.
+        // Static batching fills an empty batch; its prompts are then prefilled (chunked under
+        // the budget) and decoded by the loop over the running sequences below, and nobody else
+        // is admitted until all of it has finished.
+        if self.cfg.batching == Batching::Static && self.running.is_empty() {
+            self.fill_static_batch(report);
         }
         // The running sequences, oldest first; when blocks run out, the newest is preempted
         // (possibly the one asking).

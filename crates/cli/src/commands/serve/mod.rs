@@ -117,6 +117,8 @@ fn now_s() -> u64 {
 /// one (often 1024 against far more), so that a thousand concurrent streams are not refused by
 /// the kernel. Returns the limit now in force.
 #[cfg(unix)]
+// rlim_t is u64 on 64-bit Linux, not on every unix: the casts are for the others.
+#[allow(clippy::unnecessary_cast)]
 fn raise_open_file_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
