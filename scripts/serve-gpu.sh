@@ -1,31 +1,77 @@
 #!/usr/bin/env bash
 # tperf serve on the GPU, measured by tperf bench serve beside the serving prediction:
 #   scripts/serve-gpu.sh OUT TPERF [MODEL]
-# Starts the server on 127.0.0.1:8000, waits for /health, runs the benchmark at saturation
-# (all requests at once) and at one request rate, and stops the server with SIGINT (it must
-# exit 0). Writes OUT/serve.txt and OUT/serve-*.json.
+# gpt2-124m bf16 by default, random 128-in / 128-out prompts. About a minute and a half:
+# 1. Continuous against static batching (the same engine, `--batching static` admitting only
+#    into an empty batch): a request-rate sweep of each, 8…256 req/s and inf, at most 3 s of
+#    arrivals a rate. "Equal p99 TTFT" is a p99 TTFT limit of 250 ms (about one whole 128-token
+#    reply on an idle server); the sweep names the highest rate each keeps within it and the
+#    throughput measured there. Every rate's p99 is in the table, so any other limit can be
+#    read off.
+# 2. The sweep itself: TTFT/TPOT p50/p99 and throughput per rate, with the prediction.
+# 3. Fairness: two clients, client-0 at 4× client-1's rate (240 and 60 req/s, both beyond a
+#    fair share of a 16-sequence server; 400 requests), under VTC and under FCFS, with the VTC paper's bound
+#    for that server: 2·max(w_in·L_in, w_out·M) = 2·max(128, 2·4096) = 16384 (M: 256 blocks of
+#    16 tokens).
+# Each server is stopped with SIGINT (it must exit 0) after its /metrics are logged (0 running,
+# 0 waiting, 0 KV blocks used). Writes OUT/serve.txt, OUT/*.json and OUT/report.html.
 set -u
 out=$1
 tperf=$2
 model=${3:-gpt2-124m}
+port=8000
 mkdir -p "$out"
 log=$out/serve.txt
-"$tperf" serve "$model" --device cuda --dtype bf16 --port 8000 >>"$log" 2>&1 &
-server=$!
-for _ in $(seq 1 120); do
-    python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health', timeout=1)" \
-        >/dev/null 2>&1 && break
-    sleep 0.5
-done
-for rate in inf 200; do
-    echo "### bench serve --request-rate $rate" >>"$log"
-    timeout 120 "$tperf" bench serve --url http://127.0.0.1:8000 --num-prompts 256 \
-        --random-input-len 128 --random-output-len 128 --request-rate "$rate" \
-        --model-config "$model" --hw h200 --dtype bf16 --json "$out/serve-$rate.json" >>"$log" 2>&1
+server=
+# A script stopped from outside (timeout) leaves no server behind.
+trap '[ -n "$server" ] && kill "$server" 2>/dev/null' EXIT
+
+start_server() {
+    echo "### serve $model --device cuda --dtype bf16 $*" >>"$log"
+    "$tperf" serve "$model" --device cuda --dtype bf16 --port "$port" "$@" >>"$log" 2>&1 &
+    server=$!
+    for _ in $(seq 1 120); do
+        python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=1)" \
+            >/dev/null 2>&1 && return
+        sleep 0.5
+    done
+    echo "### the server did not answer /health" >>"$log"
+}
+
+stop_server() {
+    python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:$port/metrics').read().decode())" \
+        2>&1 | grep -Ev "^#|_bucket" >>"$log"
+    kill -INT "$server"
+    wait "$server"
+    echo "### server exit $?" >>"$log"
+    server=
+}
+
+bench() {
+    local name=$1
+    shift
+    echo "### bench serve $*" >>"$log"
+    timeout 150 "$tperf" bench serve --url "http://127.0.0.1:$port" \
+        --random-input-len 128 --random-output-len 128 \
+        --model-config "$model" --hw h200 --dtype bf16 --json "$out/$name.json" "$@" >>"$log" 2>&1
     echo "### exit $?" >>"$log"
+}
+
+for batching in continuous static; do
+    start_server --batching "$batching"
+    bench "sweep-$batching" --num-prompts 256 --request-rate 8,32,64,128,256,inf \
+        --sweep-duration-s 3 --ttft-p99-slo-ms 250 --label "$batching" --omit-requests
+    stop_server
 done
-python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/metrics').read().decode())" \
-    2>&1 | grep -Ev "^#|_bucket" >>"$log"
-kill -INT "$server"
-wait "$server"
-echo "### server exit $?" >>"$log"
+
+for policy in vtc fcfs; do
+    start_server --policy "$policy" --max-num-seqs 16 --kv-blocks 256
+    bench "fairness-$policy" --num-prompts 400 --clients 2 --client-rates 240,60 \
+        --label "$policy" --fairness-bound 16384 --omit-requests
+    stop_server
+done
+
+echo "### report --serving" >>"$log"
+"$tperf" report --serving "$out"/sweep-continuous.json "$out"/sweep-static.json \
+    "$out"/fairness-vtc.json "$out"/fairness-fcfs.json --out "$out" >>"$log" 2>&1
+echo "### exit $?" >>"$log"

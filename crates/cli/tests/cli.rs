@@ -344,6 +344,15 @@ fn study_writes_a_self_contained_report_that_rerenders() {
         .unwrap_or_default();
     assert!(why.contains("CUDA devices only"), "{}", results["counters"]);
     assert!(html.contains("CUDA devices only"));
+    // The serving section: saturation, the two sweeps, VTC and FCFS, drawn in the report.
+    let serving = &results["serving"];
+    assert!(
+        serving["runs"].as_array().map_or(0, Vec::len) >= 9,
+        "{serving}"
+    );
+    assert_eq!(serving["fairness"].as_array().map(Vec::len), Some(2));
+    assert!(serving["runs"][0]["predicted"]["request_throughput"].as_f64() > Some(0.0));
+    assert!(html.contains("<h2>Serving</h2>") && html.contains("service received per client"));
     let csv = std::fs::read_to_string(run.join("ops-0.csv")).unwrap();
     assert!(csv.starts_with("index,phase,layer,op"));
     // No temporary file is left behind.

@@ -453,8 +453,9 @@ fn bad_requests_get_openai_errors_with_the_right_status() {
 
 #[test]
 fn a_client_that_hangs_up_mid_stream_frees_its_blocks() {
-    // 20 ms a step: the request outlasts the test's reading and hanging up.
-    let srv = Server::start(&["--debug-step-delay-ms", "20"]);
+    // 20 ms a step: the request outlasts the test's reading and hanging up. Static batching:
+    // a request alone in its batch is served, and freed, as under continuous batching.
+    let srv = Server::start(&["--debug-step-delay-ms", "20", "--batching", "static"]);
     let body =
         json!({"prompt": "Hello there", "max_tokens": 50, "ignore_eos": true, "stream": true})
             .to_string();
@@ -474,12 +475,27 @@ fn a_client_that_hangs_up_mid_stream_frees_its_blocks() {
     assert!(text.contains("finished_reason=\"cancelled\"} 1"), "{text}");
 }
 
+/// The reliability case: a thousand streaming connections at once on the CPU, short
+/// outputs, every one served and every KV block returned (about two seconds).
 #[test]
 fn many_concurrent_streams_finish_and_return_every_block() {
     let n: usize = std::env::var("TPERF_SERVE_STREAMS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(1000);
+    // This process holds one socket per stream too: lift its soft limit on open files as the
+    // server lifts its own.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes, and setrlimit reads, the struct given, which outlives both.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
     let srv = Server::start(&["--max-queue", "100000"]);
     let srv = std::sync::Arc::new(srv);
     let threads: Vec<_> = (0..n)

@@ -124,6 +124,84 @@ fn bench_serve_measures_a_stub_and_writes_json_with_provenance() {
     );
 }
 
+/// A sweep of three rates against the stub: a row per rate, the SLO's verdict, the sweep's
+/// JSON, and `tperf report --serving` drawing it beside a second labelled sweep.
+#[test]
+fn bench_serve_sweeps_rates_and_the_report_draws_them() {
+    let port = stub();
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = |label: &str| {
+        let json = dir.path().join(format!("{label}.json"));
+        let o = Command::new(env!("CARGO_BIN_EXE_tperf"))
+            .args([
+                "bench",
+                "serve",
+                "--url",
+                &format!("http://127.0.0.1:{port}"),
+                "--num-prompts",
+                "20",
+                "--random-input-len",
+                "16",
+                "--random-output-len",
+                "2",
+                "--request-rate",
+                "50,400,inf",
+                "--sweep-duration-s",
+                "0.2",
+                "--ttft-p99-slo-ms",
+                "10000",
+                "--label",
+                label,
+                "--omit-requests",
+                "--json",
+                json.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{}\n{out}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (json, out)
+    };
+    let (a, out) = sweep("continuous");
+    assert!(out.contains("Request-rate sweep"), "{out}");
+    assert!(
+        out.contains("continuous: the highest rate with p99 TTFT ≤ 10000 ms is inf req/s"),
+        "{out}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&a).unwrap()).unwrap();
+    let runs = v["sweep"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    // 0.2 s of arrivals at 50 req/s is 10 prompts, raised to the floor of 16; inf sends all 20.
+    assert_eq!(runs[0]["metrics"]["completed"], 16);
+    assert_eq!(runs[2]["metrics"]["completed"], 20);
+    assert!(runs[0].get("requests").is_none());
+    let summary = &v["serving"]["runs"];
+    assert_eq!(summary[1]["request_rate"], 400.0);
+    assert!(summary[2]["request_rate"].is_null());
+    assert!(summary[2]["ttft"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(!summary[0]["ttft_cdf"].as_array().unwrap().is_empty());
+    let (b, _) = sweep("static");
+    let page = dir.path().join("page");
+    let o = Command::new(env!("CARGO_BIN_EXE_tperf"))
+        .args(["report", "--serving"])
+        .args([&a, &b])
+        .arg("--out")
+        .arg(&page)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(page.join("report.html")).unwrap();
+    assert!(html.matches("<svg").count() >= 5, "{html}");
+    assert!(html.contains("static @ 400 req/s"));
+    for bad in ["http://", "https://", "src=", "href="] {
+        assert!(!html.contains(bad), "the page names {bad}");
+    }
+}
+
 #[test]
 fn bench_serve_without_a_server_says_so() {
     let o = Command::new(env!("CARGO_BIN_EXE_tperf"))

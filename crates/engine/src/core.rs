@@ -10,7 +10,7 @@
 
 use crate::block::{blocks_for, BlockManager};
 use crate::metrics::Metrics;
-use crate::policy::{Policy, Queued, Waiting};
+use crate::policy::{Batching, Policy, Queued, Waiting};
 use crate::request::{Event, EventSink, FinishReason, Request, RequestId, SubmitError, Usage};
 use crate::text;
 use crate::EngineError;
@@ -36,6 +36,8 @@ pub struct EngineConfig {
     /// Waiting requests at most; past it, submit answers [`SubmitError::QueueFull`].
     pub max_queue: usize,
     pub policy: Policy,
+    /// Whether the waiting join the running batch at every step or only an empty one.
+    pub batching: Batching,
     /// A pause after every step of the threaded [`crate::Engine`]: zero, except in tests of
     /// disconnects and shutdown, which need requests that outlast the client's actions.
     pub step_delay: std::time::Duration,
@@ -50,6 +52,7 @@ impl Default for EngineConfig {
             block_size: DEFAULT_BLOCK_SIZE,
             max_queue: 4096,
             policy: Policy::Fcfs,
+            batching: Batching::Continuous,
             step_delay: std::time::Duration::ZERO,
         }
     }
@@ -480,6 +483,12 @@ impl<B: Backend> EngineCore<B> {
         let bs = self.cfg.block_size;
         let mut budget = self.cfg.max_num_batched_tokens;
         let mut plan = Vec::new();
+        // Static batching fills an empty batch; its prompts are then prefilled (chunked under
+        // the budget) and decoded by the loop over the running sequences below, and nobody else
+        // is admitted until all of it has finished.
+        if self.cfg.batching == Batching::Static && self.running.is_empty() {
+            self.fill_static_batch(report);
+        }
         // The running sequences, oldest first; when blocks run out, the newest is preempted
         // (possibly the one asking).
         let mut i = 0;
@@ -504,7 +513,10 @@ impl<B: Backend> EngineCore<B> {
         }
         // Then the waiting, in the policy's order, while the batch, the budget and the free
         // blocks allow (admission does not preempt).
-        while self.running.len() < self.cfg.max_num_seqs && budget > 0 {
+        while self.cfg.batching == Batching::Continuous
+            && self.running.len() < self.cfg.max_num_seqs
+            && budget > 0
+        {
             let Some(next) = self.waiting.peek() else {
                 break;
             };
@@ -516,19 +528,48 @@ impl<B: Backend> EngineCore<B> {
                 break;
             };
             self.blocks.grow(&mut seq.blocks, blocks_for(q, bs));
-            if !seq.started {
-                seq.started = true;
-                self.waiting.charge(&seq.req.client, seq.prompt_len, 0);
-                if let Ok(mut m) = self.metrics.lock() {
-                    m.prompt_tokens += seq.prompt_len as u64;
-                }
-            }
+            self.start(&mut seq);
             report.admitted.push(seq.id);
             plan.push((self.running.len(), q));
             self.running.push(seq);
             budget -= q;
         }
         plan
+    }
+
+    /// Static batching: fills the empty batch with as many waiting requests, in the policy's
+    /// order, as there are seats and free blocks for their whole prompts (held from now on, so
+    /// that a prompt prefilled over several steps is not preempted by the next one's). Not
+    /// limited by the step's token budget: the prompts are prefilled over the next steps.
+    fn fill_static_batch(&mut self, report: &mut StepReport) {
+        let bs = self.cfg.block_size;
+        while self.running.len() < self.cfg.max_num_seqs {
+            let Some(next) = self.waiting.peek() else {
+                break;
+            };
+            if blocks_for(next.tokens.len(), bs) > self.blocks.free_count() {
+                break;
+            }
+            let Some(mut seq) = self.waiting.pop() else {
+                break;
+            };
+            self.blocks
+                .grow(&mut seq.blocks, blocks_for(seq.tokens.len(), bs));
+            self.start(&mut seq);
+            report.admitted.push(seq.id);
+            self.running.push(seq);
+        }
+    }
+
+    /// A request's first admission: its prompt is counted and charged to its client.
+    fn start(&mut self, seq: &mut Seq) {
+        if !seq.started {
+            seq.started = true;
+            self.waiting.charge(&seq.req.client, seq.prompt_len, 0);
+            if let Ok(mut m) = self.metrics.lock() {
+                m.prompt_tokens += seq.prompt_len as u64;
+            }
+        }
     }
 
     /// One iteration: schedule, run every scheduled row in one ragged forward, sample each

@@ -1,7 +1,8 @@
 //! tperf's serving engine: many requests on one model, batched at every step (continuous, or
 //! iteration-level, batching: Yu et al., OSDI 2022 "Orca"), over a paged KV cache (Kwon et al.,
 //! SOSP 2023 "vLLM") whose blocks a block manager hands out, with first-come-first-served or fair
-//! (virtual token counter: Sheng et al., OSDI 2024) admission.
+//! (virtual token counter: Sheng et al., OSDI 2024) admission. Static batching (admission only
+//! into an empty batch) is a mode of the same engine, the baseline continuous batching beats.
 //!
 //! Layers, each usable alone:
 //! - [`EngineCore`]: the synchronous engine on a backend the caller owns: [`EngineCore::add`]
@@ -27,7 +28,7 @@ mod text;
 pub use crate::core::{EngineConfig, EngineCore, Limits, StepReport};
 pub use engine::Engine;
 pub use metrics::Metrics;
-pub use policy::{Policy, VtcWeights};
+pub use policy::{Batching, Policy, VtcWeights};
 pub use request::{Event, EventSink, FinishReason, Request, RequestId, SubmitError, Usage};
 
 use tperf_core::backend::BackendError;

@@ -9,8 +9,14 @@
 //!   while idle, a client whose queue becomes non-empty is lifted to the smallest counter of the
 //!   backlogged clients — or, when none is, to the counter of the last client whose queue
 //!   emptied: c_u ← max(c_u, min_{v backlogged} c_v). With this the paper bounds the service gap
-//!   between two backlogged clients by 2·max(w_in·L_in, w_out·M) where L_in is the longest
-//!   prompt and M the batch's token capacity.
+//!   between two backlogged clients (§4 of the paper): over any interval [t1, t2) in which
+//!   both f and g are backlogged, |W_f(t1, t2) − W_g(t1, t2)| ≤ 2·U with
+//!   U = max(w_in·L_in, w_out·M), L_in the longest prompt and M the most tokens the running
+//!   batch holds (the KV cache's capacity in tokens). FCFS has no such bound: a client sending
+//!   k times the other's rate gets about k times the service, and the gap grows with time.
+//!
+//! Orthogonal to the order is [`Batching`]: whether the waiting may join a running batch at
+//! every step (continuous) or only an empty one (static).
 
 use crate::request::RequestId;
 use std::collections::{HashMap, VecDeque};
@@ -52,6 +58,41 @@ impl std::str::FromStr for Policy {
             "fcfs" => Ok(Policy::Fcfs),
             "vtc" => Ok(Policy::Vtc(VtcWeights::default())),
             _ => Err(format!("unknown policy '{s}': use fcfs or vtc")),
+        }
+    }
+}
+
+/// When waiting requests may join the running batch.
+///
+/// - Continuous (iteration-level, Orca): at every step, into any free seat, beside the
+///   sequences already decoding.
+/// - Static: only into an empty batch. The batch is filled (up to the seat limit and the free
+///   blocks) the step the last one left, is prefilled over as many steps as the token budget
+///   needs, and runs until every sequence in it has finished; arrivals meanwhile wait. The same
+///   engine, kernels and sampling: the baseline continuous batching is measured against.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Batching {
+    #[default]
+    Continuous,
+    Static,
+}
+
+impl Batching {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Batching::Continuous => "continuous",
+            Batching::Static => "static",
+        }
+    }
+}
+
+impl std::str::FromStr for Batching {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "continuous" => Ok(Batching::Continuous),
+            "static" => Ok(Batching::Static),
+            _ => Err(format!("unknown batching '{s}': use continuous or static")),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The engine on the CPU backend with a tiny random model: continuous batching step by step,
 //! preemption and recompute, cancellation, stop strings, the policies, the threaded engine, and
-//! agreement with the one-prompt contiguous loop.
+//! agreement with the one-prompt contiguous loop, static batching, and the VTC paper's fairness
+//! bound (held by VTC, broken by FCFS) on a deterministic run counted in steps.
 
 use std::sync::mpsc::{self, Receiver};
 use tperf_core::ops::sampling::Sampling;
@@ -9,8 +10,8 @@ use tperf_core::schedule::{Options, Transformer};
 use tperf_cpu::CpuBackend;
 use tperf_engine::contiguous;
 use tperf_engine::{
-    Engine, EngineConfig, EngineCore, Event, FinishReason, Policy, Request, RequestId, SubmitError,
-    VtcWeights,
+    Batching, Engine, EngineConfig, EngineCore, Event, FinishReason, Policy, Request, RequestId,
+    SubmitError, VtcWeights,
 };
 use tperf_runtime::tokenizer::Tokenizer;
 
@@ -48,6 +49,7 @@ fn small(kv_blocks: usize, max_num_seqs: usize) -> EngineConfig {
         block_size: 4,
         max_queue: 64,
         policy: Policy::Fcfs,
+        batching: Batching::Continuous,
         step_delay: std::time::Duration::ZERO,
     }
 }
@@ -478,9 +480,11 @@ fn the_threaded_engine_serves_many_and_returns_every_block() {
     // snapshot (bounded), rather than read one the step has not written yet.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut m = engine.metrics();
-    // finish() counts a request before the step's end publishes the running count, so a
-    // snapshot may show all 40 finished and one still running: wait for the step's end too.
-    while (m.finished[1] < 40 || m.running > 0) && std::time::Instant::now() < deadline {
+    // The finish is counted inside the step, the batch and the blocks at its end: wait for both.
+    let settled = |m: &tperf_engine::Metrics| {
+        m.finished[1] == 40 && (m.running, m.waiting, m.kv_blocks_used) == (0, 0, 0)
+    };
+    while !settled(&m) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
         m = engine.metrics();
     }
@@ -499,4 +503,149 @@ fn the_threaded_engine_serves_many_and_returns_every_block() {
         engine.submit_channel(Request::greedy(prompt(1, 3), 1)),
         Err(SubmitError::ShuttingDown)
     ));
+}
+
+#[test]
+fn static_batching_admits_only_into_an_empty_batch() {
+    let mut cfg = small(64, 2);
+    cfg.batching = Batching::Static;
+    let mut e = core("gpt2", cfg);
+    let a = add(&mut e, 1, Request::greedy(prompt(1, 5), 1));
+    let b = add(&mut e, 2, Request::greedy(prompt(2, 6), 3));
+    let c = add(&mut e, 3, Request::greedy(prompt(3, 7), 2));
+    let r = e.step().expect("step");
+    assert_eq!(r.admitted, vec![1, 2]);
+    assert_eq!(r.finished, vec![1]);
+    // a's seat stays empty while b runs: c waits for the whole batch to finish.
+    let r = e.step().expect("step");
+    assert_eq!((r.scheduled, r.admitted), (vec![(2, 1)], vec![]));
+    let r = e.step().expect("step");
+    assert_eq!((r.scheduled, r.finished), (vec![(2, 1)], vec![2]));
+    let r = e.step().expect("step");
+    assert_eq!((r.scheduled, r.admitted), (vec![(3, 7)], vec![3]));
+    run_to_end(&mut e);
+    assert_eq!(e.blocks_used(), 0);
+    // The same tokens as continuous batching gives them.
+    let mut cont = core("gpt2", small(64, 2));
+    let want: Vec<_> = [(1, 5, 1), (2, 6, 3), (3, 7, 2)]
+        .iter()
+        .map(|&(i, n, m)| add(&mut cont, i, Request::greedy(prompt(i as u32, n), m)))
+        .collect();
+    run_to_end(&mut cont);
+    for (got, want) in [a, b, c].iter().zip(&want) {
+        assert_eq!(collect(got).ids, collect(want).ids);
+    }
+}
+
+#[test]
+fn a_static_batch_larger_than_the_token_budget_is_prefilled_over_several_steps() {
+    let mut cfg = small(64, 4);
+    cfg.batching = Batching::Static;
+    cfg.max_num_batched_tokens = 16;
+    let mut e = core("small", cfg);
+    let _rxs: Vec<_> = (1..=3)
+        .map(|i| add(&mut e, i, Request::greedy(prompt(i as u32, 10), 3)))
+        .collect();
+    let reports = run_to_end(&mut e);
+    // All three seated at once, though one step holds only 16 prompt tokens.
+    assert_eq!(reports[0].admitted, vec![1, 2, 3]);
+    assert_eq!(reports[0].scheduled, vec![(1, 10), (2, 6)]);
+    assert_eq!(reports[1].scheduled, vec![(1, 1), (2, 4), (3, 10)]);
+    for r in &reports {
+        assert!(r.scheduled.iter().map(|s| s.1).sum::<usize>() <= 16);
+        assert!(r.admitted.is_empty() || r.admitted == vec![1, 2, 3]);
+    }
+    assert_eq!(e.blocks_used(), 0);
+}
+
+/// The VTC paper's fairness experiment, counted in engine steps so that it repeats exactly:
+/// two clients, "heavy" sending a request every step and "light" every fourth (4× apart, both
+/// beyond their share of the engine, so both stay backlogged), 16-token prompts and outputs.
+/// Service is the paper's: w_in per prompt token prefilled plus w_out per token generated, in
+/// the step it happens. Returns the largest service gap between the two over the steps both
+/// were backlogged (a waiting request each), and the paper's bound 2·max(w_in·L_in, w_out·M)
+/// for this engine (M: the tokens its KV cache holds).
+fn service_gap(policy: Policy) -> (f64, f64) {
+    const PROMPT: usize = 16;
+    let w = VtcWeights::default();
+    let cfg = EngineConfig {
+        policy,
+        max_num_seqs: 4,
+        // Four whole prompts a step: no prompt is chunked, so every row yields a token.
+        max_num_batched_tokens: 4 * PROMPT,
+        // Four sequences of 32 positions fill the cache exactly: nothing is preempted.
+        kv_blocks: 4 * (2 * PROMPT) / 4,
+        block_size: 4,
+        max_queue: 100_000,
+        ..EngineConfig::default()
+    };
+    let m_tokens = (cfg.kv_blocks * cfg.block_size) as f64;
+    let bound = 2.0 * (w.input * PROMPT as f64).max(w.output * m_tokens);
+    let mut e = core("gpt2", cfg);
+    let mut client_of = std::collections::HashMap::new();
+    let mut waiting = [0usize; 2];
+    let mut rxs = Vec::new();
+    let (mut d, mut lo, mut hi, mut gap) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    let mut next_id = 0;
+    let mut both_steps = 0;
+    for step in 0..300 {
+        for (c, every) in [(0usize, 1), (1, 4)] {
+            if step % every == 0 {
+                let req = Request {
+                    client: ["heavy", "light"][c].into(),
+                    ignore_eos: true,
+                    ..Request::greedy(prompt(next_id as u32, PROMPT), PROMPT)
+                };
+                client_of.insert(next_id, c);
+                waiting[c] += 1;
+                rxs.push(add(&mut e, next_id, req));
+                next_id += 1;
+            }
+        }
+        let r = e.step().expect("step");
+        assert!(r.preempted.is_empty());
+        let mut served = [0.0; 2];
+        for &id in &r.admitted {
+            waiting[client_of[&id]] -= 1;
+        }
+        for &(id, q) in &r.scheduled {
+            assert!(q == 1 || q == PROMPT, "a chunked prompt: {q}");
+            let c = client_of[&id];
+            if q == PROMPT {
+                served[c] += w.input * q as f64;
+            }
+            served[c] += w.output;
+        }
+        if waiting.iter().all(|&n| n > 0) {
+            both_steps += 1;
+            d += served[0] - served[1];
+            lo = lo.min(d);
+            hi = hi.max(d);
+            gap = gap.max(hi - lo);
+        } else {
+            (d, lo, hi) = (0.0, 0.0, 0.0);
+        }
+        // Keep the channels from growing without bound.
+        for rx in &rxs {
+            while rx.try_recv().is_ok() {}
+        }
+    }
+    assert!(
+        both_steps > 250,
+        "both clients backlogged for {both_steps} steps only"
+    );
+    (gap, bound)
+}
+
+#[test]
+fn vtc_keeps_the_service_gap_within_the_papers_bound_and_fcfs_does_not() {
+    let (vtc, bound) = service_gap(Policy::Vtc(VtcWeights::default()));
+    let (fcfs, _) = service_gap(Policy::Fcfs);
+    assert!(vtc <= bound, "VTC's gap {vtc} exceeds the bound {bound}");
+    assert!(
+        fcfs > bound,
+        "FCFS's gap {fcfs} stays within the bound {bound}"
+    );
+    // Not only past the bound: FCFS's gap is what the 4:1 arrival order hands heavy.
+    assert!(fcfs > 4.0 * vtc, "FCFS {fcfs} against VTC {vtc}");
 }

@@ -29,7 +29,7 @@ fn s(v: &Value) -> String {
         .unwrap_or_else(|| v.to_string())
 }
 
-fn plot(out: &mut String, p: &LinePlot) -> Result<(), PlotError> {
+pub(crate) fn plot(out: &mut String, p: &LinePlot) -> Result<(), PlotError> {
     if p.series.iter().any(|s| s.points.len() >= 2) {
         out.push_str("<div class=\"plot\">");
         out.push_str(&line_plot(p)?);

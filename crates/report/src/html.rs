@@ -90,6 +90,37 @@ pub fn render(r: &Results) -> Result<String, HtmlError> {
         Some(v) => precision_section(&mut out, v),
         None => out.push_str("<p class=\"empty\">Not run in this study.</p>\n"),
     }
+    out.push_str("<h2>Serving</h2>\n");
+    match &r.serving {
+        Some(v) => crate::serving::serving_section(&mut out, v)?,
+        None => out.push_str("<p class=\"empty\">Not run in this study.</p>\n"),
+    }
+    out.push_str("</body></html>\n");
+    Ok(out)
+}
+
+/// A page of serving runs alone (`tperf report --serving`): the records of `tperf bench
+/// serve`, merged, with `lines` of provenance above them.
+pub fn render_serving(
+    title: &str,
+    lines: &[(String, String)],
+    serving: &serde_json::Value,
+) -> Result<String, HtmlError> {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><style>{STYLE}</style></head><body>\n",
+        escape(title)
+    );
+    let _ = writeln!(out, "<h1>{}</h1>", escape(title));
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .map(|(k, v)| vec![k.clone(), v.clone()])
+        .collect();
+    table(&mut out, &["provenance", ""], &rows);
+    crate::serving::serving_section(&mut out, serving)?;
     out.push_str("</body></html>\n");
     Ok(out)
 }
@@ -290,6 +321,7 @@ mod tests {
             attention: None,
             precision: None,
             counters: None,
+            serving: None,
         }
     }
 

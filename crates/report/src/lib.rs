@@ -9,5 +9,6 @@ pub mod html;
 pub mod markup;
 pub mod plots;
 pub mod results;
+pub mod serving;
 pub mod table;
 pub mod units;

@@ -4,7 +4,7 @@
 //! The report crate reads records; it does not depend on the model. So the analyses are kept as
 //! the JSON `tperf model --json` emits (lossless: nothing is dropped when a results file is
 //! re-rendered by a newer tperf) and read through the typed views below, which name only the
-//! fields the report draws. The measurement side fills `bench`, `attention` and `precision`
+//! fields the report draws. The measurement side fills `bench`, `attention`, `precision` and `serving`
 //! when it lands; until then they are absent and the report says so.
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,10 @@ pub struct Results {
     /// {"not_collected": why}.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub counters: Option<serde_json::Value>,
+    /// Serving runs in the shape `tperf bench serve` records under `serving` (the summary of
+    /// `tperf_bench::serve::summary`), with the study's notes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Error)]

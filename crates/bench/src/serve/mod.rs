@@ -8,8 +8,10 @@ pub mod arrivals;
 pub mod client;
 pub mod dataset;
 pub mod fairness;
+pub mod in_process;
 pub mod metrics;
 pub mod sse;
+pub mod summary;
 
 use arrivals::Arrivals;
 use client::Scheduled;

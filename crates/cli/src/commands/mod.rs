@@ -13,6 +13,7 @@ pub mod report;
 pub mod serve;
 pub mod serve_bench;
 pub mod study;
+mod study_serving;
 pub mod train;
 
 use anyhow::Result;

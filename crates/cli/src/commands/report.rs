@@ -2,6 +2,7 @@
 //! folder (results.json, report.html, per-op CSVs) that `tperf study` shares.
 
 use anyhow::{Context, Result};
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use tperf_report::html;
 use tperf_report::results::{ops_csv, Provenance, Results};
@@ -9,30 +10,91 @@ use tperf_report::results::{ops_csv, Provenance, Results};
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
     /// A results.json written by `tperf study` (or by hand, in its schema).
-    pub results: PathBuf,
-    /// Folder to write report.html into (default: the results file's folder).
+    #[arg(required_unless_present = "serving", conflicts_with = "serving")]
+    pub results: Option<PathBuf>,
+    /// Instead: the JSON files of `tperf bench serve --json` runs (a sweep, a static and a
+    /// continuous server, VTC and FCFS fairness runs, …), drawn together on one page.
+    #[arg(long, num_args = 1..)]
+    pub serving: Vec<PathBuf>,
+    /// Folder to write report.html into (default: the (first) input file's folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
 pub fn run(args: ReportArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.results)
-        .with_context(|| format!("cannot read {}", args.results.display()))?;
-    let r = Results::from_json(&text).with_context(|| format!("in {}", args.results.display()))?;
-    let dir = match args.out {
-        Some(d) => d,
-        None => args
-            .results
+    let first = args
+        .results
+        .clone()
+        .or_else(|| args.serving.first().cloned())
+        .context("name a results.json, or bench serve JSON files with --serving")?;
+    let dir = match &args.out {
+        Some(d) => d.clone(),
+        None => first
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
     };
+    let page = if args.serving.is_empty() {
+        let text = std::fs::read_to_string(&first)
+            .with_context(|| format!("cannot read {}", first.display()))?;
+        let r = Results::from_json(&text).with_context(|| format!("in {}", first.display()))?;
+        html::render(&r)?
+    } else {
+        serving_page(&args.serving)?
+    };
     create_dir(&dir)?;
-    let page = html::render(&r)?;
     let path = dir.join("report.html");
     write_atomic(&path, page.as_bytes())?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// One page of the serving records of several `tperf bench serve --json` files.
+fn serving_page(files: &[PathBuf]) -> Result<String> {
+    use tperf_bench::serve::summary::ServingSummary;
+    let mut parts = Vec::new();
+    let mut lines = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))?;
+        let part = ServingSummary::deserialize(&doc["serving"]).with_context(|| {
+            format!(
+                "{} has no serving record (written by `tperf bench serve --json`?)",
+                f.display()
+            )
+        })?;
+        let p = &doc["provenance"];
+        let command = p["command_line"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    // The server's address stays, its scheme goes: the page names no URL.
+                    .replace("http://", "")
+            })
+            .unwrap_or_default();
+        lines.push((
+            f.file_name()
+                .map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into()),
+            format!(
+                "{command} (tperf {}, {}, {})",
+                p["tperf_version"].as_str().unwrap_or("?"),
+                p["git_revision"].as_str().unwrap_or("?"),
+                iso_date(p["date_unix"].as_u64().unwrap_or(0))
+            ),
+        ));
+        parts.push(part);
+    }
+    let merged = ServingSummary::merge(parts);
+    Ok(html::render_serving(
+        "tperf serving report",
+        &lines,
+        &serde_json::to_value(&merged)?,
+    )?)
 }
 
 pub fn create_dir(dir: &Path) -> Result<()> {

@@ -15,6 +15,7 @@ use tperf_bench::serve::client::{self, Api, ClientConfig, Target};
 use tperf_bench::serve::dataset::{self, RandomLengths, RequestSpec};
 use tperf_bench::serve::fairness::{self, Fairness};
 use tperf_bench::serve::metrics::{self, Metrics, RequestOutcome};
+use tperf_bench::serve::summary::{self, FairnessSummary, Predicted, RunSummary, ServingSummary};
 use tperf_core::cost::serve::{self as serve_model, RatePoint, ServeConfig, ServePrediction};
 use tperf_core::rng::Rng;
 use tperf_report::table::Table;
@@ -271,8 +272,31 @@ pub struct ServeBenchArgs {
     #[arg(long)]
     pub sharegpt_output_len: Option<usize>,
     /// Requests per second (inf: all at once); with --clients, the total unless --client-rates.
-    #[arg(long, default_value = "inf", value_parser = parse_rate)]
-    pub request_rate: f64,
+    /// A list (1,2,4,8,inf) sweeps: the same prompts are sent at each rate in turn, and a table
+    /// of TTFT/TPOT p50/p99 and throughput per rate ends the run.
+    #[arg(long, value_delimiter = ',', default_value = "inf", value_parser = parse_rate)]
+    pub request_rate: Vec<f64>,
+    /// A p99 TTFT limit in ms: the sweep names the highest rate whose p99 TTFT stays within it
+    /// and the request throughput measured there (how static and continuous batching are
+    /// compared "at equal p99 TTFT").
+    #[arg(long)]
+    pub ttft_p99_slo_ms: Option<f64>,
+    /// In a sweep, send at most rate × this many seconds of prompts at each finite rate (and
+    /// at least 16), so that the low rates of a sweep take seconds, not num-prompts / rate.
+    #[arg(long)]
+    pub sweep_duration_s: Option<f64>,
+    /// The VTC bound of the server, 2·max(w_in·L_in, w_out·M) in weighted tokens (L_in the
+    /// longest prompt, M the tokens its KV cache holds), drawn beside the fairness gap.
+    #[arg(long)]
+    pub fairness_bound: Option<f64>,
+    /// What the report calls these runs: the server's batching or policy (continuous, static,
+    /// vtc, fcfs); runs of one label at several rates are drawn as one curve.
+    #[arg(long, default_value = "measured")]
+    pub label: String,
+    /// Leave every request's outcome (send and chunk times) out of the JSON: the metrics, the
+    /// compact serving summary and the fairness record stay.
+    #[arg(long)]
+    pub omit_requests: bool,
     /// Gamma shape of the inter-arrival times: 1 = Poisson, < 1 burstier, > 1 more regular.
     #[arg(long, default_value_t = 1.0)]
     pub burstiness: f64,
@@ -320,8 +344,21 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
     if !(args.timeout_s > 0.0 && args.timeout_s.is_finite()) {
         bail!("--timeout-s {} must be a positive number", args.timeout_s);
     }
-    let client_rates = if args.client_rates.is_empty() {
-        vec![args.request_rate / args.clients as f64; args.clients]
+    if let Some(ms) = args.ttft_p99_slo_ms {
+        if !(ms > 0.0 && ms.is_finite()) {
+            bail!("--ttft-p99-slo-ms {ms} must be a positive number of milliseconds");
+        }
+    }
+    let sweep = args.request_rate.len() > 1;
+    if sweep && !args.client_rates.is_empty() {
+        bail!("--client-rates fixes every client's rate: sweep --request-rate without it");
+    }
+    // Each run's rate per client.
+    let runs: Vec<Vec<f64>> = if args.client_rates.is_empty() {
+        args.request_rate
+            .iter()
+            .map(|&r| vec![r / args.clients as f64; args.clients])
+            .collect()
     } else if args.client_rates.len() != args.clients {
         bail!(
             "--client-rates gives {} rates for --clients {}",
@@ -329,7 +366,7 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
             args.clients
         );
     } else {
-        args.client_rates.clone()
+        vec![args.client_rates.clone()]
     };
     let tok = Tokenizer::gpt2();
     let mut rng = Rng::new(args.seed);
@@ -339,22 +376,38 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
         (specs.iter().map(f).sum::<usize>() as f64 / specs.len() as f64).round() as usize
     };
     let (mean_in, mean_out) = (mean(|s| s.prompt_len), mean(|s| s.output_len));
-    let total_rate: f64 = client_rates.iter().sum();
-    let prediction = match &args.model_config {
-        Some(m) => {
-            let rates: Vec<f64> = Some(total_rate)
-                .filter(|r| r.is_finite())
-                .into_iter()
-                .collect();
-            Some(
-                args.server
-                    .predict(m, mean_in.max(1), mean_out.max(1), &rates)
-                    .with_context(|| format!("predicting {m} on {}", args.server.hw))?,
-            )
+    let predictions: Vec<Option<ServePrediction>> = runs
+        .iter()
+        .map(|client_rates| {
+            let total: f64 = client_rates.iter().sum();
+            let Some(m) = &args.model_config else {
+                return Ok(None);
+            };
+            let rates: Vec<f64> = Some(total).filter(|r| r.is_finite()).into_iter().collect();
+            args.server
+                .predict(m, mean_in.max(1), mean_out.max(1), &rates)
+                .with_context(|| format!("predicting {m} on {}", args.server.hw))
+                .map(Some)
+        })
+        .collect::<Result<_>>()?;
+    if let Some(d) = args.sweep_duration_s {
+        if !(d > 0.0 && d.is_finite()) {
+            bail!("--sweep-duration-s {d} must be a positive number of seconds");
         }
-        None => None,
-    };
-    let schedule = tperf_bench::serve::schedule(specs, &client_rates, args.burstiness, args.seed)?;
+    }
+    let schedules = runs
+        .iter()
+        .map(|rates| {
+            let total: f64 = rates.iter().sum();
+            let n = match args.sweep_duration_s {
+                Some(d) if total.is_finite() => {
+                    ((total * d).ceil() as usize).clamp(16.min(specs.len()), specs.len())
+                }
+                _ => specs.len(),
+            };
+            tperf_bench::serve::schedule(specs[..n].to_vec(), rates, args.burstiness, args.seed)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -382,7 +435,7 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
     });
     // One request first, as vLLM does: a server that cannot answer at all is an error with
     // its reason, not a thousand failed rows.
-    let first = &schedule[0].spec;
+    let first = &schedules[0][0].spec;
     cfg.body(first, 0)?;
     let probe = rt.block_on(client::send(
         &cfg,
@@ -398,87 +451,281 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
             args.endpoint
         );
     }
-    eprintln!(
-        "{} requests to {}{} ({model}), rate {}, burstiness {}{}",
-        schedule.len(),
-        target.url(),
-        args.endpoint,
-        rate_text(&client_rates),
-        args.burstiness,
-        args.max_concurrency
-            .map_or(String::new(), |n| format!(", at most {n} in flight"))
-    );
-    let bar = progress(schedule.len() as u64);
-    let on_done = {
-        let bar = bar.clone();
-        Arc::new(move |_: &RequestOutcome| bar.inc(1))
+    let mut records = Vec::new();
+    let mut serving = ServingSummary {
+        setup: format!(
+            "{model} at {}{}: {} requests of {} in / {} out tokens (means), burstiness {}",
+            // Without the scheme: a report names no URL (it fetches nothing).
+            target.url().trim_start_matches("http://"),
+            args.endpoint,
+            specs.len(),
+            mean_in,
+            mean_out,
+            args.burstiness
+        ),
+        ttft_p99_slo_ms: args.ttft_p99_slo_ms,
+        ..ServingSummary::default()
     };
-    let (outcomes, duration) = rt.block_on(client::run(
-        cfg,
-        tok,
-        schedule,
-        args.max_concurrency,
-        on_done,
-    ));
-    bar.finish_and_clear();
-    let m = Metrics::of(&outcomes, duration, &args.percentiles, &slo);
-    let fair = (args.clients > 1).then(|| {
-        let bucket = args
-            .fairness_bucket_s
-            .filter(|b| *b > 0.0)
-            .unwrap_or((duration / 20.0).max(1e-3));
-        fairness::fairness(&outcomes, args.clients, bucket)
-    });
-    print!(
-        "{}",
-        render(&args, &target, &model, &m, prediction.as_ref(), total_rate)
-    );
-    if let Some(f) = &fair {
-        print!("\n{}", render_fairness(f));
+    for ((client_rates, schedule), prediction) in runs.iter().zip(schedules).zip(predictions) {
+        let total_rate: f64 = client_rates.iter().sum();
+        eprintln!(
+            "{} requests to {}{} ({model}), rate {}, burstiness {}{}",
+            schedule.len(),
+            target.url(),
+            args.endpoint,
+            rate_text(client_rates),
+            args.burstiness,
+            args.max_concurrency
+                .map_or(String::new(), |n| format!(", at most {n} in flight"))
+        );
+        let bar = progress(schedule.len() as u64);
+        let on_done = {
+            let bar = bar.clone();
+            Arc::new(move |_: &RequestOutcome| bar.inc(1))
+        };
+        let (outcomes, duration) = rt.block_on(client::run(
+            cfg.clone(),
+            tok.clone(),
+            schedule,
+            args.max_concurrency,
+            on_done,
+        ));
+        bar.finish_and_clear();
+        let m = Metrics::of(&outcomes, duration, &args.percentiles, &slo);
+        let fair = (args.clients > 1).then(|| {
+            let bucket = args
+                .fairness_bucket_s
+                .filter(|b| *b > 0.0)
+                .unwrap_or((duration / 20.0).max(1e-3));
+            fairness::fairness(&outcomes, args.clients, bucket)
+        });
+        if sweep {
+            eprintln!("  {}", sweep_line(&m));
+        } else {
+            print!(
+                "{}",
+                render(&args, &target, &model, &m, prediction.as_ref(), total_rate)
+            );
+            if let Some(f) = &fair {
+                print!("\n{}", render_fairness(f));
+            }
+        }
+        let run = RunSummary::of(
+            &args.label,
+            total_rate,
+            &m,
+            &outcomes,
+            prediction.as_ref().map(|p| predicted(p, total_rate)),
+        );
+        serving.runs.push(run);
+        if let Some(f) = &fair {
+            serving
+                .fairness
+                .push(FairnessSummary::of(&args.label, f, args.fairness_bound));
+        }
+        records.push((client_rates.clone(), m, fair, prediction, outcomes));
+    }
+    if sweep {
+        print!("{}", render_sweep(&serving));
     }
     if let Some(path) = &args.json {
-        let doc = json!({
-            "provenance": {
-                "command_line": command_line,
-                "tperf_version": env!("CARGO_PKG_VERSION"),
-                "git_revision": env!("TPERF_GIT_REV"),
-                "date_unix": std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0),
-                "server_url": target.url(),
-                "endpoint": args.endpoint,
-                "model": model,
-                "served_models": served.as_ref().ok(),
+        let settings = json!({
+            "dataset": args.dataset,
+            "num_prompts": args.num_prompts,
+            "random_input_len": args.random_input_len,
+            "random_output_len": args.random_output_len,
+            "random_range_ratio": args.random_range_ratio,
+            "request_rate": if sweep {
+                json!(args.request_rate.iter().map(|r| json_rate(*r)).collect::<Vec<_>>())
+            } else {
+                json_rate(args.request_rate[0])
             },
-            "settings": {
-                "dataset": args.dataset,
-                "num_prompts": args.num_prompts,
-                "random_input_len": args.random_input_len,
-                "random_output_len": args.random_output_len,
-                "random_range_ratio": args.random_range_ratio,
-                "request_rate": json_rate(args.request_rate),
-                "client_rates": client_rates.iter().map(|r| json_rate(*r)).collect::<Vec<_>>(),
-                "burstiness": args.burstiness,
-                "max_concurrency": args.max_concurrency,
-                "ignore_eos": !args.no_ignore_eos,
-                "seed": args.seed,
-                "goodput_slo_ms": slo,
-            },
-            "metrics": m,
-            "vllm": vllm_keys(&m),
-            "fairness": fair,
-            "prediction": prediction,
-            "requests": outcomes,
+            "client_rates": records[0].0.iter().map(|r| json_rate(*r)).collect::<Vec<_>>(),
+            "burstiness": args.burstiness,
+            "max_concurrency": args.max_concurrency,
+            "ignore_eos": !args.no_ignore_eos,
+            "seed": args.seed,
+            "goodput_slo_ms": slo,
+            "ttft_p99_slo_ms": args.ttft_p99_slo_ms,
+            "label": args.label,
+            "sweep_duration_s": args.sweep_duration_s,
         });
+        let provenance = json!({
+            "command_line": command_line,
+            "tperf_version": env!("CARGO_PKG_VERSION"),
+            "git_revision": env!("TPERF_GIT_REV"),
+            "date_unix": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            "server_url": target.url(),
+            "endpoint": args.endpoint,
+            "model": model,
+            "served_models": served.as_ref().ok(),
+        });
+        let run_json = |(rates, m, fair, prediction, outcomes): &(
+            Vec<f64>,
+            Metrics,
+            Option<Fairness>,
+            Option<ServePrediction>,
+            Vec<RequestOutcome>,
+        )| {
+            let mut v = json!({
+                "request_rate": json_rate(rates.iter().sum()),
+                "metrics": m,
+                "vllm": vllm_keys(m),
+                "fairness": fair,
+                "prediction": prediction,
+            });
+            if !args.omit_requests {
+                v["requests"] = json!(outcomes);
+            }
+            v
+        };
+        let doc = if sweep {
+            json!({
+                "provenance": provenance,
+                "settings": settings,
+                "sweep": records.iter().map(run_json).collect::<Vec<_>>(),
+                "serving": serving,
+            })
+        } else {
+            let mut doc = run_json(&records[0]);
+            doc["provenance"] = provenance;
+            doc["settings"] = settings;
+            doc["serving"] = json!(serving);
+            doc
+        };
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
-    if m.completed == 0 {
-        bail!("every request failed ({} of them)", m.failed);
+    if records.iter().all(|r| r.1.completed == 0) {
+        bail!(
+            "every request failed ({} of them)",
+            records.iter().map(|r| r.1.failed).sum::<usize>()
+        );
     }
     Ok(())
+}
+
+/// The prediction in the summary's terms: at the run's rate, or at saturation when the rate
+/// is infinite or beyond what the model says the server sustains.
+fn predicted(p: &ServePrediction, rate: f64) -> Predicted {
+    let ms = |s: Option<f64>| s.map(|s| s * 1e3);
+    match p
+        .rates
+        .first()
+        .filter(|r| rate.is_finite() && r.ttft_seconds.is_some())
+    {
+        Some(r) => Predicted {
+            request_throughput: Some(rate),
+            output_throughput: Some(rate * p.config.output_len as f64),
+            ttft_ms: ms(r.ttft_seconds),
+            tpot_ms: ms(r.tpot_seconds),
+        },
+        None => Predicted {
+            request_throughput: Some(p.saturation.request_throughput),
+            output_throughput: Some(p.saturation.output_throughput),
+            ttft_ms: None,
+            tpot_ms: Some(p.saturation.decode_step_seconds * 1e3),
+        },
+    }
+}
+
+fn sweep_line(m: &Metrics) -> String {
+    let p = |s: &Option<metrics::LatencyStats>| {
+        s.as_ref()
+            .map_or("—".into(), |s| format!("{:.1} ms", s.median_ms))
+    };
+    format!(
+        "{} ok, {} failed, {:.2} req/s, {:.1} output tok/s, median TTFT {}, median TPOT {}",
+        m.completed,
+        m.failed,
+        m.request_throughput,
+        m.output_throughput,
+        p(&m.ttft),
+        p(&m.tpot)
+    )
+}
+
+/// The sweep's table: one row per run, and the highest rate within the TTFT SLO per label.
+pub fn render_sweep(s: &ServingSummary) -> String {
+    let predicted = s.runs.iter().any(|r| r.predicted.is_some());
+    let labelled = s.runs.iter().any(|r| r.series != s.runs[0].series);
+    let mut header = if labelled { vec!["series"] } else { vec![] };
+    header.extend([
+        "rate (req/s)",
+        "ok / failed",
+        "req/s",
+        "output tok/s",
+        "TTFT p50 (ms)",
+        "TTFT p99 (ms)",
+        "TPOT p50 (ms)",
+        "TPOT p99 (ms)",
+    ]);
+    if predicted {
+        header.extend([
+            "predicted req/s",
+            "predicted TTFT (ms)",
+            "predicted TPOT (ms)",
+        ]);
+    }
+    if s.ttft_p99_slo_ms.is_some() {
+        header.push("p99 TTFT within SLO");
+    }
+    let mut t = Table::new(&header).titled(format!("Request-rate sweep: {}", s.setup));
+    let ms = |v: Option<f64>| v.map_or("—".into(), |v| format!("{v:.2}"));
+    for r in &s.runs {
+        let q = |x: &Option<summary::Quantiles>, f: fn(&summary::Quantiles) -> f64| {
+            ms(x.as_ref().map(f))
+        };
+        let mut cells = if labelled {
+            vec![r.series.clone()]
+        } else {
+            vec![]
+        };
+        cells.extend([
+            r.request_rate.map_or("inf".into(), |v| format!("{v}")),
+            format!("{} / {}", r.completed, r.failed),
+            format!("{:.2}", r.request_throughput),
+            format!("{:.1}", r.output_throughput),
+            q(&r.ttft, |q| q.p50_ms),
+            q(&r.ttft, |q| q.p99_ms),
+            q(&r.tpot, |q| q.p50_ms),
+            q(&r.tpot, |q| q.p99_ms),
+        ]);
+        if predicted {
+            let p = r.predicted.clone().unwrap_or_default();
+            cells.push(
+                p.request_throughput
+                    .map_or("—".into(), |v| format!("{v:.2}")),
+            );
+            cells.push(p.ttft_ms.map_or("saturated".into(), |v| format!("{v:.2}")));
+            cells.push(ms(p.tpot_ms));
+        }
+        if let Some(slo) = s.ttft_p99_slo_ms {
+            cells.push(if r.meets_ttft_p99(slo) { "yes" } else { "no" }.into());
+        }
+        t.row(cells);
+    }
+    if let Some(slo) = s.ttft_p99_slo_ms {
+        let mut labels: Vec<&str> = s.runs.iter().map(|r| r.series.as_str()).collect();
+        labels.dedup();
+        for label in labels {
+            let runs = s.runs.iter().filter(|r| r.series == label);
+            t.note(match summary::best_under_ttft_slo(runs, slo) {
+                Some(r) => format!(
+                    "{label}: the highest rate with p99 TTFT ≤ {slo} ms is {} req/s, where it served {:.2} req/s",
+                    r.request_rate.map_or("inf".into(), |v| format!("{v}")),
+                    r.request_throughput
+                ),
+                None => format!("{label}: no rate kept p99 TTFT within {slo} ms"),
+            });
+        }
+    }
+    t.note("the same prompts at every rate; TTFT/TPOT as vLLM defines them; p50/p99 interpolate linearly");
+    t.render()
 }
 
 /// JSON has no infinity: an unbounded rate is the string "inf", as on the command line.

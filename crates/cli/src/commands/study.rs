@@ -1,7 +1,8 @@
 //! `tperf study`: the main job. The analytic model of the seed's model sizes on the measured
 //! device and on a reference GPU, the sizing and decoding questions, then measurements on the
 //! device (the first GPU if there is one, else this machine's CPU): benchmarks, a per-op profile
-//! of inference and training, the attention sweep, and the HTML report.
+//! of inference and training, the attention sweep, serving (saturation, a rate sweep of
+//! continuous against static batching, VTC against FCFS), and the HTML report.
 
 use super::model::{analyze_with_timeline, decode_sweep_table, op_table, to_json};
 use super::{precision, report};
@@ -178,6 +179,7 @@ pub fn run(args: StudyArgs) -> Result<()> {
             &precision::policies(&small.config)?,
         )),
         counters: None,
+        serving: None,
     };
     // Each finished section is written at once (results.json and the report re-rendered), so an
     // interrupted or failed study keeps everything it finished.
@@ -235,6 +237,19 @@ pub fn run(args: StudyArgs) -> Result<()> {
         results.counters = Some(measure_counters(device, &dir));
         report::write_run(&args.out, &results, &trace)?;
         kept.push("the counters experiment".to_string());
+        let serving = super::study_serving::measure_serving(device, &measured_hw, &stop)?;
+        print!("{}", super::study_serving::render(&serving));
+        println!();
+        results.serving = Some(serde_json::to_value(&serving)?);
+        report::write_run(&args.out, &results, &trace)?;
+        kept.push(format!(
+            "the serving runs ({} runs, {} fairness runs)",
+            serving.runs.len(),
+            serving.fairness.len()
+        ));
+        if stop.is_requested() {
+            return Err(stopped(&kept));
+        }
     }
     println!("report: {}", dir.join("report.html").display());
     Ok(())

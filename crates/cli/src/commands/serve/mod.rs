@@ -26,8 +26,8 @@ use tperf_core::schedule::{AttentionKernel, Options, Precision, Transformer};
 use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;
 use tperf_engine::{
-    Engine, EngineConfig, Event, EventSink, FinishReason, Limits, Policy, Request, RequestId,
-    SubmitError, VtcWeights,
+    Batching, Engine, EngineConfig, Event, EventSink, FinishReason, Limits, Policy, Request,
+    RequestId, SubmitError, VtcWeights,
 };
 use tperf_runtime::tokenizer::Tokenizer;
 
@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Admission order: fcfs, or vtc (fair: per-client virtual token counters).
     #[arg(long, default_value = "fcfs")]
     pub policy: Policy,
+    /// continuous: requests join the running batch at every step; static: only an empty one
+    /// (the batch runs until all of it has finished), the baseline to compare against.
+    #[arg(long, default_value = "continuous")]
+    pub batching: Batching,
     /// VTC's charge per prompt token.
     #[arg(long, default_value_t = 1.0)]
     pub vtc_input_weight: f64,
@@ -112,7 +116,41 @@ fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Every connection holds a file descriptor: raises the soft limit on open files to the hard
+/// one (often 1024 against far more), so that a thousand concurrent streams are not refused by
+/// the kernel. Returns the limit now in force.
+#[cfg(unix)]
+// rlim_t is u64 on 64-bit Linux, not on every unix: the casts are for the others.
+#[allow(clippy::unnecessary_cast)]
+fn raise_open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Some(raised.rlim_cur as u64);
+        }
+    }
+    Some(lim.rlim_cur as u64)
+}
+
+#[cfg(not(unix))]
+fn raise_open_file_limit() -> Option<u64> {
+    None
+}
+
 pub fn run(args: ServeArgs) -> Result<()> {
+    let open_files = raise_open_file_limit();
     let policy = match args.policy {
         Policy::Fcfs => Policy::Fcfs,
         Policy::Vtc(_) => {
@@ -160,6 +198,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         kv_blocks,
         max_queue: args.max_queue,
         policy,
+        batching: args.batching,
         step_delay: std::time::Duration::from_millis(args.debug_step_delay_ms),
         ..EngineConfig::default()
     };
@@ -177,14 +216,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     let limits = engine.limits();
     eprintln!(
-        "engine: {} policy, ≤ {} sequences and ≤ {} tokens a step, {} KV blocks of {} ({} positions), queue ≤ {}",
+        "engine: {} batching, {} policy, ≤ {} sequences and ≤ {} tokens a step, {} KV blocks of {} ({} positions), queue ≤ {}, open files ≤ {}",
+        args.batching.name(),
         args.policy.name(),
         args.max_num_seqs,
         args.max_num_batched_tokens,
         limits.kv_blocks,
         limits.block_size,
         limits.kv_blocks * limits.block_size,
-        args.max_queue
+        args.max_queue,
+        open_files.map_or("?".to_string(), |n| n.to_string())
     );
     let folder = std::path::Path::new(&args.model);
     let hf_chat = if folder.is_dir() {
