@@ -24,6 +24,7 @@
 //! the middle of a step on average and is prefilled after it).
 
 use super::analysis::{self, AnalysisError, Scenario, Workload};
+use super::calibration::Calibration;
 use super::hardware::Hardware;
 use crate::config::{ConfigError, ModelConfig};
 use crate::ops::kv_cache::cache_bytes;
@@ -113,6 +114,11 @@ pub struct ServePrediction {
     /// Saturation at batch caps 1, 2, 4, … up to the batch above.
     pub sweep: Vec<ServePoint>,
     pub rates: Vec<RatePoint>,
+    /// The calibration the step times come from (its label); None: every step time is the
+    /// roofline's.
+    pub calibration: Option<String>,
+    /// A calibration's host overhead included in each decode step at the saturation batch.
+    pub decode_overhead_seconds: f64,
 }
 
 /// Decode steps costed once per batch size: the rate solver asks for the same batches again.
@@ -121,6 +127,7 @@ struct DecodeTimes<'a> {
     hw: &'a Hardware,
     opts: Options,
     context: usize,
+    calibration: Option<&'a Calibration>,
     seconds: BTreeMap<usize, f64>,
 }
 
@@ -135,7 +142,8 @@ impl DecodeTimes<'_> {
             seq: self.context,
             opts: self.opts,
         };
-        let s = analysis::analyze(self.cfg, &sc, self.hw)?.step_seconds();
+        let s = analysis::analyze_calibrated(self.cfg, &sc, self.hw, self.calibration)?
+            .step_seconds();
         self.seconds.insert(batch, s);
         Ok(s)
     }
@@ -170,6 +178,20 @@ pub fn predict(
     sc: ServeConfig,
     rates: &[f64],
 ) -> Result<ServePrediction, AnalysisError> {
+    predict_calibrated(cfg, hw, opts, sc, rates, None)
+}
+
+/// As [`predict`], with every prefill and decode step timed by `calibration` (its ops' curves
+/// and its host overhead) where one is given: the steps of the batch sizes the scheduler forms,
+/// at the times this machine's kernels take rather than the roofline's.
+pub fn predict_calibrated(
+    cfg: &ModelConfig,
+    hw: &Hardware,
+    opts: Options,
+    sc: ServeConfig,
+    rates: &[f64],
+    calibration: Option<&Calibration>,
+) -> Result<ServePrediction, AnalysisError> {
     if sc.input_len == 0 {
         return Err(zero("input_len"));
     }
@@ -191,7 +213,7 @@ pub fn predict(
             seq: sc.input_len,
             opts,
         };
-        analysis::analyze(cfg, &sc, hw)
+        analysis::analyze_calibrated(cfg, &sc, hw, calibration)
     };
     let prefill_batch = (sc.max_batched_tokens / sc.input_len).clamp(1, sc.max_num_seqs);
     let big = prefill(prefill_batch)?;
@@ -240,6 +262,7 @@ pub fn predict(
         hw,
         opts,
         context: sc.input_len + sc.output_len / 2,
+        calibration,
         seconds: BTreeMap::new(),
     };
     let mut sweep = Vec::new();
@@ -250,6 +273,18 @@ pub fn predict(
     }
     let saturation = decode.point(batch, prefill_share, sc.output_len)?;
     sweep.push(saturation.clone());
+    let decode_overhead_seconds = match calibration {
+        Some(_) => {
+            let sc = Scenario {
+                workload: Workload::Decode,
+                batch,
+                seq: decode.context,
+                opts,
+            };
+            analysis::analyze_calibrated(cfg, &sc, hw, calibration)?.overhead_seconds
+        }
+        None => 0.0,
+    };
     let rates = rates
         .iter()
         .map(|&r| at_rate(&mut decode, &saturation, prefill_one_seconds, sc, r))
@@ -271,6 +306,8 @@ pub fn predict(
         saturation,
         sweep,
         rates,
+        calibration: calibration.map(|c| c.label()),
+        decode_overhead_seconds,
     })
 }
 
