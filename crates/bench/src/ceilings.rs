@@ -254,7 +254,9 @@ pub fn update_row(bytes: usize, bytes_per_s: f64, cpu: &Hardware) -> Ceiling {
         value: bytes_per_s,
         datasheet: Some(cpu.mem_bw_bytes_per_s),
         sets: Some(Sets::MemBwBytesPerS),
-        method: "parallel chunked in-place update, 2 reads + 1 write per element counted, wall clock".into(),
+        method:
+            "parallel chunked in-place update, 2 reads + 1 write per element counted, wall clock"
+                .into(),
     }
 }
 
@@ -300,7 +302,9 @@ pub fn quick_cpu_entry(cpu: &Hardware, provenance: serde_json::Value) -> Hardwar
         cpu.clone(),
         format!("cpu ({})", cpu.name),
         rows,
-        vec!["a quick measurement taken at start (`tperf hw measure` measures at more sizes)".into()],
+        vec![
+            "a quick measurement taken at start (`tperf hw measure` measures at more sizes)".into(),
+        ],
         provenance,
     )
 }
@@ -419,14 +423,18 @@ mod tests {
         assert_eq!(calls, 1, "the second call reads the cache");
         assert!(!second.measured_now);
         assert_eq!(second.hardware.mem_bw_bytes_per_s, 33e9);
-        let again = cpu_ceilings(CpuCeilingPolicy::Remeasure, Some(&path), |c| fake_entry(c, 44e9));
+        let again = cpu_ceilings(CpuCeilingPolicy::Remeasure, Some(&path), |c| {
+            fake_entry(c, 44e9)
+        });
         assert!(again.measured_now);
         assert_eq!(again.hardware.mem_bw_bytes_per_s, 44e9);
         // A cache measured on another CPU is not taken.
         let mut other = HardwareEntry::load(&path).unwrap();
         other.datasheet.name = "another CPU".into();
         other.save(&path).unwrap();
-        let fresh = cpu_ceilings(CpuCeilingPolicy::Cached, Some(&path), |c| fake_entry(c, 55e9));
+        let fresh = cpu_ceilings(CpuCeilingPolicy::Cached, Some(&path), |c| {
+            fake_entry(c, 55e9)
+        });
         assert!(fresh.measured_now);
         assert_eq!(fresh.hardware.mem_bw_bytes_per_s, 55e9);
         let _ = std::fs::remove_dir_all(dir);
@@ -437,7 +445,10 @@ mod tests {
         let c = cpu_ceilings(CpuCeilingPolicy::Detected, None, |_| {
             panic!("nothing is measured")
         });
-        assert_eq!(c.hardware.basis, tperf_core::cost::hardware::Basis::Detected);
+        assert_eq!(
+            c.hardware.basis,
+            tperf_core::cost::hardware::Basis::Detected
+        );
         assert!(c.hardware.source.contains("not measured"));
     }
 
@@ -450,14 +461,11 @@ mod tests {
         assert!(update > 0.0 && copy > 0.0);
         let mut rows = cpu_rows(&matmul(&[32], 1), copy, &cpu);
         rows.push(update_row(4 << 20, update, &cpu));
-        let e = HardwareEntry::new(
-            cpu,
-            "cpu".into(),
-            rows,
-            vec![],
-            serde_json::Value::Null,
-        );
+        let e = HardwareEntry::new(cpu, "cpu".into(), rows, vec![], serde_json::Value::Null);
         assert_eq!(e.hardware.mem_bw_bytes_per_s, copy.max(update));
-        assert_eq!(e.hardware.basis, tperf_core::cost::hardware::Basis::Measured);
+        assert_eq!(
+            e.hardware.basis,
+            tperf_core::cost::hardware::Basis::Measured
+        );
     }
 }

@@ -52,11 +52,7 @@ fn default_out(key: &str) -> Option<PathBuf> {
 
 pub fn run(args: CalibrateArgs) -> Result<()> {
     let device = super::resolve_device(&args.device)?;
-    let checked = args
-        .check
-        .as_deref()
-        .map(Calibration::load)
-        .transpose()?;
+    let checked = args.check.as_deref().map(Calibration::load).transpose()?;
     let hw = match &checked {
         // The curves map from the roofline of the entry they were fitted against.
         Some(cal) => cal.hardware.clone(),

@@ -126,8 +126,13 @@ pub fn run(args: ModelArgs) -> Result<()> {
         return Ok(());
     }
     let record = analysis::record(&loaded.config, &sc)?;
-    let a =
-        analysis::analyze_record_calibrated(&loaded.config, &sc, &hw, &record, calibration.as_ref());
+    let a = analysis::analyze_record_calibrated(
+        &loaded.config,
+        &sc,
+        &hw,
+        &record,
+        calibration.as_ref(),
+    );
     if args.csv {
         print!("{}", op_table(&a, true, false).to_csv());
     } else {

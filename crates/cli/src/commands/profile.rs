@@ -89,7 +89,8 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     bar.finish_and_clear();
     if let Some(cal) = &calibration {
         // The same schedule, costed again with the curves: its rows join by index as before.
-        p.analysis = tperf_core::cost::analysis::analyze_calibrated(&m.config, &sc, &hw, Some(cal))?;
+        p.analysis =
+            tperf_core::cost::analysis::analyze_calibrated(&m.config, &sc, &hw, Some(cal))?;
     }
     if let Some(path) = &args.trace {
         let text = serde_json::to_string(&profile::chrome_trace(&p))?;

@@ -282,13 +282,7 @@ pub fn analyze_calibrated(
     calibration: Option<&Calibration>,
 ) -> Result<Analysis, AnalysisError> {
     let record = record(cfg, sc)?;
-    Ok(analyze_record_calibrated(
-        cfg,
-        sc,
-        hw,
-        &record,
-        calibration,
-    ))
+    Ok(analyze_record_calibrated(cfg, sc, hw, &record, calibration))
 }
 
 pub fn analyze_record(

@@ -142,8 +142,8 @@ impl DecodeTimes<'_> {
             seq: self.context,
             opts: self.opts,
         };
-        let s = analysis::analyze_calibrated(self.cfg, &sc, self.hw, self.calibration)?
-            .step_seconds();
+        let s =
+            analysis::analyze_calibrated(self.cfg, &sc, self.hw, self.calibration)?.step_seconds();
         self.seconds.insert(batch, s);
         Ok(s)
     }
