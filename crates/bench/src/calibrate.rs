@@ -166,7 +166,8 @@ pub fn samples(label: String, p: &Profile) -> WorkloadSamples {
         .map(|o| {
             let r = &p.analysis.rows[o.index];
             Sample {
-                kind: OpKind::new(r.name, r.class, r.dtype, r.bound),
+                kind: OpKind::new(r.name, r.class, r.dtype, r.bound)
+                    .in_step(p.analysis.scenario.workload),
                 roofline_seconds: r.roofline_seconds,
                 measured_seconds: o.median,
             }

@@ -38,6 +38,11 @@ pub struct CalibrateArgs {
     /// calibration is fitted on what was measured.
     #[arg(long, value_name = "SECONDS")]
     pub time_limit: Option<f64>,
+    /// The model whose serving-engine steps are measured for `tperf plan serve` (default:
+    /// gpt2-124m on a GPU; none on the CPU, where a 124M-parameter engine step takes seconds);
+    /// `none` skips it.
+    #[arg(long, value_name = "MODEL")]
+    pub serving_model: Option<String>,
     /// Print the calibration (or with --check the error reports) as JSON.
     #[arg(long)]
     pub json: bool,
@@ -166,6 +171,27 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         provenance,
     )?;
     cal.held_out = held_out.iter().map(|w| w.label.clone()).collect();
+    let serving_model = match (&args.serving_model, device) {
+        (Some(m), _) if m == "none" => None,
+        (Some(m), _) => Some(m.clone()),
+        (None, tperf_bench::device::Device::Cuda(_)) => Some("gpt2-124m".to_string()),
+        (None, tperf_bench::device::Device::Cpu) => None,
+    };
+    let mut serving_note = None;
+    if let Some(model) = &serving_model {
+        let out_of_time = args
+            .time_limit
+            .is_some_and(|s| started.elapsed().as_secs_f64() >= s + 15.0);
+        if out_of_time {
+            serving_note = Some("not measured: past the time limit".to_string());
+        } else {
+            eprintln!("measuring the serving engine's steps ({model})…");
+            match engine::measure(device, model, suite.precision(), &cal) {
+                Ok(o) => cal.serving = Some(o),
+                Err(e) => serving_note = Some(format!("not measured: {e:#}")),
+            }
+        }
+    }
     cal.error_training = Some(cal.evaluate(&training));
     cal.error_held_out = Some(cal.evaluate(&held_out));
     let path = out.expect("set when not checking");
@@ -188,6 +214,13 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     }
     if let Some(e) = &cal.error_training {
         print!("{}", error_section("training workloads (in-sample)", e));
+    }
+    if let Some(o) = &cal.serving {
+        print!("{}", engine::table(o).render());
+        println!();
+    }
+    if let Some(n) = serving_note {
+        println!("serving engine steps: {n}");
     }
     print_skipped(&measured.skipped);
     println!("{}", saved_line(&path));
@@ -281,6 +314,7 @@ pub fn error_section(title: &str, e: &ErrorReport) -> String {
 fn curves_table(cal: &Calibration) -> Table {
     let mut t = Table::new(&[
         "curve",
+        "step",
         "dtype",
         "bound",
         "points",
@@ -292,16 +326,21 @@ fn curves_table(cal: &Calibration) -> Table {
     for g in &cal.groups {
         use tperf_core::cost::calibration::Level;
         let level = match g.key.level {
-            Level::KindBound | Level::Kind => g.key.name.clone(),
+            Level::KindBoundStep | Level::KindBound | Level::Kind => g.key.name.clone(),
             Level::Class => format!("class {}", g.key.name),
         };
-        if g.key.level == Level::Kind {
-            // The kind-and-bound curves say the same at finer grain; the kind-level one is the
-            // fallback for a bound the training never saw.
+        if matches!(g.key.level, Level::Kind | Level::KindBound) {
+            // The per-step curves say the same at finer grain; these are the fallbacks for a
+            // step kind or bound the training never saw.
             continue;
         }
         t.row(vec![
             level,
+            if g.key.step.is_empty() {
+                "any".into()
+            } else {
+                g.key.step.clone()
+            },
             g.key.dtype.clone(),
             if g.key.bound.is_empty() {
                 "any".into()
@@ -321,4 +360,169 @@ fn curves_table(cal: &Calibration) -> Table {
     ));
     t.note("efficiency = roofline time / predicted time; the smallest op's time is the curve's floor (launch and fixed costs)");
     t
+}
+
+/// The serving engine's steps beside the calibrated schedule's, for `tperf plan serve`.
+mod engine {
+    use anyhow::{Context, Result};
+    use tperf_bench::device::Device;
+    use tperf_core::backend::Backend;
+    use tperf_core::cost::analysis::{self, Scenario, Workload};
+    use tperf_core::cost::calibration::{
+        relative_error, Calibration, ServingOverhead, ServingPoint,
+    };
+    use tperf_core::rng::Rng;
+    use tperf_core::schedule::{Options, Precision};
+    use tperf_engine::{EngineConfig, EngineCore, Event, EventSink, Request};
+    use tperf_report::table::Table;
+    use tperf_report::units;
+
+    /// Prompt and output lengths of the measured requests: the serving benchmark's prompt, and
+    /// enough decode steps for a stable median.
+    const PROMPT: usize = 128;
+    const OUTPUT: usize = 24;
+    /// Batch sizes fitted on, and held out (the saturation batch of the serving benchmark).
+    const FIT: [usize; 4] = [8, 32, 64, 128];
+    const HELD_OUT: [usize; 2] = [16, 256];
+
+    struct Discard;
+    impl EventSink for Discard {
+        fn send(&mut self, _: Event) -> bool {
+            true
+        }
+    }
+
+    pub fn measure(
+        device: Device,
+        model: &str,
+        precision: Precision,
+        cal: &Calibration,
+    ) -> Result<ServingOverhead> {
+        match device {
+            Device::Cpu => measure_on(tperf_cpu::CpuBackend::new(), model, precision, cal),
+            Device::Cuda(i) => measure_on(tperf_cuda::CudaBackend::new(i)?, model, precision, cal),
+        }
+    }
+
+    fn measure_on<B: Backend>(
+        mut be: B,
+        model: &str,
+        precision: Precision,
+        cal: &Calibration,
+    ) -> Result<ServingOverhead> {
+        let opts = Options {
+            precision,
+            ..Options::default()
+        };
+        let (mut net, tok) =
+            super::super::generate::load_model(&mut be, model, None, opts, 0, &|_, _| Ok(()))?;
+        let cfg = net.cfg.clone();
+        let mut points = Vec::new();
+        let mut held_out = Vec::new();
+        let mut rng = Rng::new(7);
+        for (batch, fit) in FIT
+            .iter()
+            .map(|&b| (b, true))
+            .chain(HELD_OUT.iter().map(|&b| (b, false)))
+        {
+            let blocks_each = (PROMPT + OUTPUT).div_ceil(16) + 1;
+            let ecfg = EngineConfig {
+                max_num_seqs: batch,
+                max_num_batched_tokens: 8192,
+                kv_blocks: batch * blocks_each,
+                ..EngineConfig::default()
+            };
+            let mut core = EngineCore::new(be, net, tok.clone(), ecfg)?;
+            for id in 0..batch {
+                let prompt: Vec<u32> = (0..PROMPT)
+                    .map(|_| (rng.next_u64() % cfg.vocab_size as u64) as u32)
+                    .collect();
+                let mut req = Request::greedy(prompt, OUTPUT);
+                req.ignore_eos = true;
+                core.add(id as u64, req, Box::new(Discard))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            let mut decode_steps = Vec::new();
+            while !core.is_idle() {
+                let t0 = std::time::Instant::now();
+                let report = core.step()?;
+                let dt = t0.elapsed().as_secs_f64();
+                let full_decode = report.scheduled.len() == batch
+                    && report.scheduled.iter().all(|&(_, n)| n == 1);
+                if full_decode {
+                    decode_steps.push(dt);
+                }
+            }
+            (be, net) = core.into_parts();
+            // The first decode steps after a prefill warm the step's allocations (and a GPU's
+            // graphs): the median of the rest.
+            let skip = decode_steps.len().min(2);
+            let mut steady = decode_steps[skip..].to_vec();
+            if steady.is_empty() {
+                continue;
+            }
+            steady.sort_by(f64::total_cmp);
+            let measured = steady[steady.len() / 2];
+            let context = PROMPT + OUTPUT / 2;
+            let sc = Scenario {
+                workload: Workload::Decode,
+                batch,
+                seq: context,
+                opts,
+            };
+            let calibrated = analysis::analyze_calibrated(&cfg, &sc, &cal.hardware, Some(cal))
+                .context("the calibrated decode step")?
+                .step_seconds();
+            let p = ServingPoint {
+                batch,
+                context,
+                measured_seconds: measured,
+                calibrated_seconds: calibrated,
+            };
+            if fit {
+                points.push(p);
+            } else {
+                held_out.push(p);
+            }
+        }
+        net.free(&mut be);
+        Ok(ServingOverhead::fit(model.to_string(), points, held_out))
+    }
+
+    pub fn table(o: &ServingOverhead) -> Table {
+        let mut t = Table::new(&[
+            "batch",
+            "set",
+            "engine decode step",
+            "calibrated schedule step",
+            "+ engine overhead",
+            "err",
+        ])
+        .titled(format!(
+            "Serving engine decode steps ({}, {PROMPT} in / {OUTPUT} out, EngineCore::step wall clock, median)",
+            o.model
+        ));
+        for (p, set) in o
+            .points
+            .iter()
+            .map(|p| (p, "fit"))
+            .chain(o.held_out.iter().map(|p| (p, "held out")))
+        {
+            let predicted = o.predict(p);
+            t.row(vec![
+                p.batch.to_string(),
+                set.into(),
+                units::seconds(p.measured_seconds),
+                units::seconds(p.calibrated_seconds),
+                units::seconds(predicted),
+                units::percent(relative_error(predicted, p.measured_seconds)),
+            ]);
+        }
+        t.note(format!(
+            "engine overhead per step = {} + {} × running sequences (fitted, ≥ 0): what `tperf plan serve --calibration` adds to each step",
+            units::seconds(o.per_step_seconds),
+            units::seconds(o.per_sequence_seconds)
+        ));
+        t
+    }
 }

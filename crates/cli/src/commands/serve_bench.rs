@@ -137,8 +137,10 @@ pub fn render_prediction(p: &ServePrediction) -> String {
         "step times",
         match &p.calibration {
             Some(label) => format!(
-                "calibrated: {label}; the decode step at B includes {} of host overhead",
-                units::seconds(p.decode_overhead_seconds)
+                "calibrated: {label}; the decode step at B includes {} of host gap between ops (profiled) and {} of the engine's own step ({})",
+                units::seconds(p.decode_overhead_seconds),
+                units::seconds(p.engine_overhead_seconds),
+                if p.engine_overhead_seconds > 0.0 { "measured by tperf calibrate" } else { "not in the file" }
             ),
             None => "roofline: every op at max(FLOPs / peak, bytes / bandwidth), no host overhead (--calibration FILE for this machine's kernels)".into(),
         },

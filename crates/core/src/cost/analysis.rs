@@ -315,7 +315,8 @@ pub fn analyze_record_calibrated(
         let class = call.op.class();
         let dtype = op_dtype(&call.inputs, &call.outputs);
         let time = roofline::op_time(rec.cost, class, dtype, hw);
-        let predicted = calibration.map(|c| c.predict_cost(call.op.name(), class, dtype, rec.cost));
+        let predicted = calibration
+            .map(|c| c.predict_cost(call.op.name(), class, dtype, rec.cost, sc.workload));
         uncalibrated_ops += usize::from(predicted.is_some_and(|p| p.level.is_none()));
         let row = OpRow {
             index,

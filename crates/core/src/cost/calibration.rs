@@ -38,6 +38,7 @@ use super::hardware::Hardware;
 use super::roofline::{self, Bound};
 use crate::dtype::DType;
 use crate::ops::{Cost, OpClass};
+use crate::schedule::scenario::Workload;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,19 @@ pub struct OpKind {
     pub dtype: String,
     /// "compute" or "memory" (or "comm"): which side of the ridge its roofline falls on.
     pub bound: String,
+    /// "decode" for an op of a decode step, "batch" for the others (train, forward, prefill):
+    /// a decode step runs other kernels (split-K attention over the cache, skinny GEMMs) and is
+    /// launch-bound, so the same op kind costs differently there. Empty: not said.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub step: String,
+}
+
+/// The step kind of an op of a `workload` step, as [`OpKind::step`] names it.
+pub fn step_kind(workload: Workload) -> &'static str {
+    match workload {
+        Workload::Decode => "decode",
+        _ => "batch",
+    }
 }
 
 impl OpKind {
@@ -80,31 +94,38 @@ impl OpKind {
             class: class_name(class).to_string(),
             dtype: dtype.name().to_string(),
             bound: bound.name().to_string(),
+            step: String::new(),
         }
     }
 
+    /// The same kind, in a step of `workload`.
+    pub fn in_step(mut self, workload: Workload) -> OpKind {
+        self.step = step_kind(workload).to_string();
+        self
+    }
+
     /// The groups that may predict this op, most specific first.
-    fn groups(&self) -> [GroupKey; 3] {
-        [
-            GroupKey {
-                level: Level::KindBound,
-                name: self.name.clone(),
-                dtype: self.dtype.clone(),
-                bound: self.bound.clone(),
-            },
-            GroupKey {
-                level: Level::Kind,
-                name: self.name.clone(),
-                dtype: self.dtype.clone(),
-                bound: String::new(),
-            },
-            GroupKey {
-                level: Level::Class,
-                name: self.class.clone(),
-                dtype: self.dtype.clone(),
-                bound: String::new(),
-            },
-        ]
+    fn groups(&self) -> Vec<GroupKey> {
+        let key = |level, name: &str, bound: &str, step: &str| GroupKey {
+            level,
+            name: name.to_string(),
+            dtype: self.dtype.clone(),
+            bound: bound.to_string(),
+            step: step.to_string(),
+        };
+        let mut out = Vec::with_capacity(4);
+        if !self.step.is_empty() {
+            out.push(key(
+                Level::KindBoundStep,
+                &self.name,
+                &self.bound,
+                &self.step,
+            ));
+        }
+        out.push(key(Level::KindBound, &self.name, &self.bound, ""));
+        out.push(key(Level::Kind, &self.name, "", ""));
+        out.push(key(Level::Class, &self.class, "", ""));
+        out
     }
 }
 
@@ -112,6 +133,8 @@ impl OpKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Level {
+    /// One op kind, dtype and bound in one kind of step (decode, or the others).
+    KindBoundStep,
     /// One op kind, dtype and bound.
     KindBound,
     /// One op kind and dtype, either bound.
@@ -126,9 +149,12 @@ pub struct GroupKey {
     pub level: Level,
     pub name: String,
     pub dtype: String,
-    /// Empty except at [`Level::KindBound`].
+    /// Empty except at [`Level::KindBoundStep`] and [`Level::KindBound`].
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub bound: String,
+    /// Empty except at [`Level::KindBoundStep`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub step: String,
 }
 
 /// One measured op instance: its kind, its roofline time and the time it took.
@@ -278,47 +304,115 @@ impl StepOverhead {
     /// Fits (a, b) ≥ 0 to the gaps of (ops, Σ t_op, step wall time) triples, minimising the
     /// squared gap error relative to each step (so that a long step does not outweigh the rest).
     pub fn fit(steps: &[(usize, f64, f64)]) -> StepOverhead {
-        // Rows x = (n, s)/T, target y = (T − s)/T, weight 1: normal equations of a 2-vector.
         let rows: Vec<(f64, f64, f64)> = steps
             .iter()
             .filter(|(n, s, t)| *n > 0 && s.is_finite() && t.is_finite() && *t > 0.0)
             .map(|&(n, s, t)| (n as f64 / t, s / t, ((t - s) / t).max(0.0)))
             .collect();
-        let one = |col: fn(&(f64, f64, f64)) -> f64| {
-            let xx: f64 = rows.iter().map(|r| col(r) * col(r)).sum();
-            let xy: f64 = rows.iter().map(|r| col(r) * r.2).sum();
-            if xx > 0.0 {
-                (xy / xx).max(0.0)
-            } else {
-                0.0
-            }
-        };
-        let (saa, sab, sbb) = rows.iter().fold((0.0, 0.0, 0.0), |acc, r| {
-            (acc.0 + r.0 * r.0, acc.1 + r.0 * r.1, acc.2 + r.1 * r.1)
-        });
-        let (say, sby) = rows
-            .iter()
-            .fold((0.0, 0.0), |acc, r| (acc.0 + r.0 * r.2, acc.1 + r.1 * r.2));
-        let det = saa * sbb - sab * sab;
-        let both = (det.abs() > 1e-12 * (saa * sbb).max(f64::MIN_POSITIVE))
-            .then(|| ((say * sbb - sby * sab) / det, (saa * sby - sab * say) / det))
-            .filter(|(a, b)| *a >= 0.0 && *b >= 0.0);
-        let (a, b) = both.unwrap_or_else(|| {
-            // One of the two is pinned at 0: take the better of the one-term fits.
-            let (a, b) = (one(|r| r.0), one(|r| r.1));
-            let sse = |a: f64, b: f64| -> f64 {
-                rows.iter().map(|r| (a * r.0 + b * r.1 - r.2).powi(2)).sum()
-            };
-            if sse(a, 0.0) <= sse(0.0, b) {
-                (a, 0.0)
-            } else {
-                (0.0, b)
-            }
-        });
+        let (a, b) = nonnegative_least_squares(&rows);
         StepOverhead {
             gap_per_op_seconds: a,
             gap_per_op_second: b,
         }
+    }
+}
+
+/// The (a, b) ≥ 0 minimising Σ (a·x₁ + b·x₂ − y)² over rows (x₁, x₂, y): the normal equations
+/// of the pair, or where their solution has a negative part the better of the two one-term fits.
+pub fn nonnegative_least_squares(rows: &[(f64, f64, f64)]) -> (f64, f64) {
+    let one = |col: fn(&(f64, f64, f64)) -> f64| {
+        let xx: f64 = rows.iter().map(|r| col(r) * col(r)).sum();
+        let xy: f64 = rows.iter().map(|r| col(r) * r.2).sum();
+        if xx > 0.0 {
+            (xy / xx).max(0.0)
+        } else {
+            0.0
+        }
+    };
+    let (saa, sab, sbb) = rows.iter().fold((0.0, 0.0, 0.0), |acc, r| {
+        (acc.0 + r.0 * r.0, acc.1 + r.0 * r.1, acc.2 + r.1 * r.1)
+    });
+    let (say, sby) = rows
+        .iter()
+        .fold((0.0, 0.0), |acc, r| (acc.0 + r.0 * r.2, acc.1 + r.1 * r.2));
+    let det = saa * sbb - sab * sab;
+    let both = (det.abs() > 1e-12 * (saa * sbb).max(f64::MIN_POSITIVE))
+        .then(|| ((say * sbb - sby * sab) / det, (saa * sby - sab * say) / det))
+        .filter(|(a, b)| *a >= 0.0 && *b >= 0.0);
+    both.unwrap_or_else(|| {
+        let (a, b) = (one(|r| r.0), one(|r| r.1));
+        let sse = |a: f64, b: f64| -> f64 {
+            rows.iter().map(|r| (a * r.0 + b * r.1 - r.2).powi(2)).sum()
+        };
+        if sse(a, 0.0) <= sse(0.0, b) {
+            (a, 0.0)
+        } else {
+            (0.0, b)
+        }
+    })
+}
+
+/// One decode step of the serving engine, measured beside the calibrated schedule's step of the
+/// same batch and context.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServingPoint {
+    pub batch: usize,
+    pub context: usize,
+    /// The engine's decode step (median), wall clock around `EngineCore::step`.
+    pub measured_seconds: f64,
+    /// The calibrated schedule's decode step (ops + the profiler's host gap).
+    pub calibrated_seconds: f64,
+}
+
+/// What the serving engine's step costs beyond the calibrated schedule's step: its scheduler,
+/// block tables, ragged layout, per-sequence sampling and hand-off, as a + c·B per step of B
+/// running sequences, fitted on engine decode steps at a few batch sizes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServingOverhead {
+    /// The model the engine ran ("gpt2-124m").
+    pub model: String,
+    /// a.
+    pub per_step_seconds: f64,
+    /// c.
+    pub per_sequence_seconds: f64,
+    /// The steps it was fitted on.
+    pub points: Vec<ServingPoint>,
+    /// Steps at batch sizes the fit never saw, with its error there.
+    pub held_out: Vec<ServingPoint>,
+}
+
+impl ServingOverhead {
+    pub fn seconds(&self, batch: usize) -> f64 {
+        self.per_step_seconds + self.per_sequence_seconds * batch as f64
+    }
+
+    /// Fits a + c·B ≥ 0 to the gaps (measured − calibrated) of `points`, relative to each step.
+    pub fn fit(model: String, points: Vec<ServingPoint>, held_out: Vec<ServingPoint>) -> Self {
+        let rows: Vec<(f64, f64, f64)> = points
+            .iter()
+            .filter(|p| p.measured_seconds > 0.0 && p.measured_seconds.is_finite())
+            .map(|p| {
+                let t = p.measured_seconds;
+                (
+                    1.0 / t,
+                    p.batch as f64 / t,
+                    ((t - p.calibrated_seconds) / t).max(0.0),
+                )
+            })
+            .collect();
+        let (a, c) = nonnegative_least_squares(&rows);
+        ServingOverhead {
+            model,
+            per_step_seconds: a,
+            per_sequence_seconds: c,
+            points,
+            held_out,
+        }
+    }
+
+    /// The engine's step predicted at a point: its calibrated step plus the overhead.
+    pub fn predict(&self, p: &ServingPoint) -> f64 {
+        p.calibrated_seconds + self.seconds(p.batch)
     }
 }
 
@@ -425,6 +519,10 @@ pub struct Calibration {
     /// The error on the training and on the held-out workloads, when it was measured.
     pub error_training: Option<ErrorReport>,
     pub error_held_out: Option<ErrorReport>,
+    /// The serving engine's cost per step beyond the calibrated schedule's, where it was
+    /// measured (`tperf plan serve` adds it to every step it predicts).
+    #[serde(default)]
+    pub serving: Option<ServingOverhead>,
     /// Version, commit, date, host, command line.
     #[serde(default)]
     pub provenance: serde_json::Value,
@@ -509,6 +607,7 @@ impl Calibration {
             held_out: Vec::new(),
             error_training: None,
             error_held_out: None,
+            serving: None,
             provenance,
         })
     }
@@ -537,10 +636,19 @@ impl Calibration {
         }
     }
 
-    /// An op's roofline on the calibration's entry, its kind, and the calibrated time.
-    pub fn predict_cost(&self, name: &str, class: OpClass, dtype: DType, cost: Cost) -> Prediction {
+    /// An op's roofline on the calibration's entry, its kind, and the calibrated time, for an op
+    /// of `name` in a step of `workload`.
+    pub fn predict_cost(
+        &self,
+        name: &str,
+        class: OpClass,
+        dtype: DType,
+        cost: Cost,
+        workload: Workload,
+    ) -> Prediction {
         let t = roofline::op_time(cost, class, dtype, &self.hardware);
-        self.predict(&OpKind::new(name, class, dtype, t.bound), t.seconds)
+        let kind = OpKind::new(name, class, dtype, t.bound).in_step(workload);
+        self.predict(&kind, t.seconds)
     }
 
     /// The overhead a step of `ops` ops, predicted to take `op_seconds`, pays beyond them.
@@ -753,6 +861,61 @@ mod tests {
         let o = StepOverhead::fit(&prop);
         assert!(o.gap_per_op_seconds >= 0.0 && (o.gap_per_op_second - 0.5).abs() < 1e-6);
         assert_eq!(StepOverhead::fit(&[]), StepOverhead::default());
+    }
+
+    #[test]
+    fn the_serving_overhead_is_a_cost_per_step_and_per_sequence() {
+        let point = |batch: usize| ServingPoint {
+            batch,
+            context: 144,
+            measured_seconds: 1e-3 + 4e-4 + 2e-5 * batch as f64,
+            calibrated_seconds: 1e-3,
+        };
+        let o = ServingOverhead::fit(
+            "m".into(),
+            vec![point(16), point(64), point(128)],
+            vec![point(256)],
+        );
+        assert!((o.per_step_seconds / 4e-4 - 1.0).abs() < 1e-6, "{o:?}");
+        assert!((o.per_sequence_seconds / 2e-5 - 1.0).abs() < 1e-6, "{o:?}");
+        let h = o.held_out[0];
+        assert!((o.predict(&h) / h.measured_seconds - 1.0).abs() < 1e-9);
+        // An engine no slower than the schedule has no overhead, not a negative one.
+        let fast = ServingPoint {
+            measured_seconds: 0.5e-3,
+            ..point(8)
+        };
+        let o = ServingOverhead::fit("m".into(), vec![fast], vec![]);
+        assert_eq!(o.seconds(8), 0.0);
+    }
+
+    #[test]
+    fn a_decode_op_is_predicted_by_its_decode_curve() {
+        let hw = hardware::detect_local_cpu();
+        let mut batch = workload("b", "rope", &log_grid(1e-7, 1e-4, 12), 0.5, 0.0);
+        let mut decode = workload("d", "rope", &log_grid(1e-7, 1e-4, 12), 0.5, 0.0);
+        for o in &mut batch.ops {
+            o.kind = o.kind.clone().in_step(Workload::Train);
+        }
+        for o in &mut decode.ops {
+            o.kind = o.kind.clone().in_step(Workload::Decode);
+            o.measured_seconds *= 4.0;
+        }
+        let cal = Calibration::fit(
+            "cpu".into(),
+            hw,
+            "fp32".into(),
+            &[batch, decode],
+            Value::Null,
+        )
+        .unwrap();
+        let k = kind("rope");
+        let d = cal.predict(&k.clone().in_step(Workload::Decode), 1e-5);
+        let b = cal.predict(&k.clone().in_step(Workload::Prefill), 1e-5);
+        assert_eq!(d.level, Some(Level::KindBoundStep));
+        assert!((d.seconds / b.seconds - 4.0).abs() < 0.2, "{d:?} {b:?}");
+        // A kind without a step (an older file's samples) takes the kind-and-bound curve.
+        assert_eq!(cal.predict(&k, 1e-5).level, Some(Level::KindBound));
     }
 
     #[test]

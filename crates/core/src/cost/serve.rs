@@ -117,8 +117,12 @@ pub struct ServePrediction {
     /// The calibration the step times come from (its label); None: every step time is the
     /// roofline's.
     pub calibration: Option<String>,
-    /// A calibration's host overhead included in each decode step at the saturation batch.
+    /// A calibration's host gap between ops (the profiler's) included in each decode step at the
+    /// saturation batch.
     pub decode_overhead_seconds: f64,
+    /// The serving engine's own cost per step at the saturation batch, where the calibration
+    /// measured it; included in each decode step.
+    pub engine_overhead_seconds: f64,
 }
 
 /// Decode steps costed once per batch size: the rate solver asks for the same batches again.
@@ -142,8 +146,9 @@ impl DecodeTimes<'_> {
             seq: self.context,
             opts: self.opts,
         };
-        let s =
-            analysis::analyze_calibrated(self.cfg, &sc, self.hw, self.calibration)?.step_seconds();
+        let s = analysis::analyze_calibrated(self.cfg, &sc, self.hw, self.calibration)?
+            .step_seconds()
+            + engine_overhead(self.calibration, batch);
         self.seconds.insert(batch, s);
         Ok(s)
     }
@@ -165,6 +170,14 @@ impl DecodeTimes<'_> {
             output_throughput: output_len as f64 / s,
         })
     }
+}
+
+/// The serving engine's own cost per step of `batch` sequences, where the calibration measured
+/// it (0 otherwise).
+fn engine_overhead(calibration: Option<&Calibration>, batch: usize) -> f64 {
+    calibration
+        .and_then(|c| c.serving.as_ref())
+        .map_or(0.0, |o| o.seconds(batch))
 }
 
 fn zero(field: &'static str) -> AnalysisError {
@@ -250,11 +263,11 @@ pub fn predict_calibrated(
         .into());
     }
     let batch = sc.max_num_seqs.min(kv_sequences);
-    let prefill_step_seconds = big.step_seconds();
+    let prefill_step_seconds = big.step_seconds() + engine_overhead(calibration, prefill_batch);
     let prefill_one_seconds = if prefill_batch == 1 {
         prefill_step_seconds
     } else {
-        prefill(1)?.step_seconds()
+        prefill(1)?.step_seconds() + engine_overhead(calibration, 1)
     };
     let prefill_share = prefill_step_seconds / prefill_batch as f64;
     let mut decode = DecodeTimes {
@@ -285,6 +298,7 @@ pub fn predict_calibrated(
         }
         None => 0.0,
     };
+    let engine_overhead_seconds = engine_overhead(calibration, batch);
     let rates = rates
         .iter()
         .map(|&r| at_rate(&mut decode, &saturation, prefill_one_seconds, sc, r))
@@ -308,6 +322,7 @@ pub fn predict_calibrated(
         rates,
         calibration: calibration.map(|c| c.label()),
         decode_overhead_seconds,
+        engine_overhead_seconds,
     })
 }
 
@@ -403,6 +418,62 @@ mod tests {
         // One request at a time: its prefill and O − 1 decode steps, nothing shared.
         let s = p.prefill_step_seconds / p.prefill_batch as f64 + 127.0 * roof[0].step_seconds;
         assert!((one.seconds_per_request - s).abs() < 1e-15);
+    }
+
+    /// A machine whose every kernel takes three times its roofline: the calibrated prediction
+    /// serves a third of the roofline's throughput, and says it is calibrated.
+    #[test]
+    fn a_calibration_times_every_step_the_scheduler_forms() {
+        use crate::cost::calibration::{Calibration, OpKind, Sample, WorkloadSamples};
+        let (cfg, hw, opts) = setup();
+        let mut training = Vec::new();
+        for (workload, batch, seq) in [
+            (Workload::Decode, 1, 192),
+            (Workload::Decode, 64, 192),
+            (Workload::Decode, 256, 192),
+            (Workload::Prefill, 1, 128),
+            (Workload::Prefill, 64, 128),
+        ] {
+            let sc = Scenario {
+                workload,
+                batch,
+                seq,
+                opts,
+            };
+            let a = analysis::analyze(&cfg, &sc, &hw).unwrap();
+            let ops: Vec<Sample> = a
+                .rows
+                .iter()
+                .map(|r| Sample {
+                    kind: OpKind::new(r.name, r.class, r.dtype, r.bound).in_step(workload),
+                    roofline_seconds: r.roofline_seconds,
+                    measured_seconds: 3.0 * r.roofline_seconds,
+                })
+                .collect();
+            let step = ops.iter().map(|o| o.measured_seconds).sum();
+            training.push(WorkloadSamples {
+                label: format!("{batch}"),
+                ops,
+                step_seconds: step,
+            });
+        }
+        let cal = Calibration::fit(
+            "synthetic".into(),
+            hw.clone(),
+            "bf16".into(),
+            &training,
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        let roof = predict(&cfg, &hw, opts, ServeConfig::new(128, 128), &[]).unwrap();
+        let p = predict_calibrated(&cfg, &hw, opts, ServeConfig::new(128, 128), &[], Some(&cal))
+            .unwrap();
+        assert!(roof.calibration.is_none());
+        assert!(p.calibration.as_deref().unwrap().contains("synthetic"));
+        assert_eq!(p.saturation.batch, roof.saturation.batch);
+        let ratio = roof.saturation.output_throughput / p.saturation.output_throughput;
+        assert!((ratio - 3.0).abs() < 0.15, "{ratio}");
+        assert!(p.decode_overhead_seconds.abs() < 1e-9);
     }
 
     #[test]
