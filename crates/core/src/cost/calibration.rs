@@ -242,7 +242,7 @@ impl Curve {
 
     /// The predicted time of an op whose roofline time is `roofline_seconds`.
     pub fn predict(&self, roofline_seconds: f64) -> f64 {
-        if !(roofline_seconds > 0.0) {
+        if roofline_seconds.is_nan() || roofline_seconds <= 0.0 {
             // An op that moves and computes nothing costs what the smallest op measured did.
             return self.knots.first().map_or(0.0, |k| k.1.exp());
         }
