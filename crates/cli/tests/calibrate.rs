@@ -118,9 +118,31 @@ fn calibrate_on_the_cpu_then_check_and_predict_with_it() {
 #[test]
 fn the_cpu_roofline_is_measured_on_this_machine_unless_turned_off() {
     let dir = scratch("cpu-ceilings");
+    // A one-layer model of width 16: the step is nothing, the ceilings are what is tested.
+    let tiny = dir.join("tiny.json");
+    let cfg = serde_json::json!({
+        "name": "tiny",
+        "biases": {"attn_out": true, "lm_head": false, "mlp": true, "norm": true, "qkv": true},
+        "causal": true, "context": 32, "d_ff": 64, "d_model": 16, "final_norm": true,
+        "head_dim": 8, "mlp": "gelu", "n_heads": 2, "n_kv_heads": 2, "n_layers": 1,
+        "norm": "layernorm", "norm_eps": 1e-5, "norm_placement": "pre",
+        "positions": {"kind": "learned"}, "scale_embedding": false, "sliding_window": null,
+        "tied_embeddings": true, "vocab_size": 256
+    });
+    std::fs::write(&tiny, cfg.to_string()).unwrap();
     let args = [
-        "profile", "small", "--phase", "forward", "--device", "cpu", "--batch", "1", "--seq", "8",
-        "--warmup", "0", "--steps", "1",
+        "profile",
+        tiny.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--batch",
+        "1",
+        "--seq",
+        "8",
+        "--warmup",
+        "0",
+        "--steps",
+        "1",
     ];
     let o = tperf(&dir, &args, &[]);
     let out = text(&o);

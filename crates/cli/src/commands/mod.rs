@@ -229,7 +229,9 @@ pub fn load_calibration(
         return Ok(None);
     };
     let cal = tperf_core::cost::calibration::Calibration::load(path)?;
-    if cal.hardware.key != hw.key {
+    // "h200-measured" is the H200 measured: the same machine as "h200" for this purpose.
+    let machine = |k: &str| k.trim_end_matches("-measured").to_string();
+    if machine(&cal.hardware.key) != machine(&hw.key) {
         eprintln!(
             "note: {} was calibrated on {} ({}); its curves predict that machine's kernels, not {}'s",
             path.display(),
