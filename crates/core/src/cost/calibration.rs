@@ -267,6 +267,29 @@ impl Curve {
         y.exp()
     }
 
+    /// As [`predict`](Self::predict), but outside this curve's knots it follows `parent`'s
+    /// shape (the class's curve, fitted on many more ops) from its edge knot: beyond the sizes a
+    /// kind was measured at, whether time stays flat (launch-bound) or grows with the work is
+    /// better told by its whole class than by a fixed rule, and a kind seen at one size only
+    /// (one knot) gets its level from its own points and its shape from the class.
+    pub fn predict_within(&self, parent: Option<&Curve>, roofline_seconds: f64) -> f64 {
+        let Some(parent) = parent.filter(|_| roofline_seconds > 0.0) else {
+            return self.predict(roofline_seconds);
+        };
+        let x = roofline_seconds.ln();
+        let (first, last) = (self.knots[0], self.knots[self.knots.len() - 1]);
+        let edge = if x > last.0 {
+            last
+        } else if x < first.0 {
+            first
+        } else {
+            return self.predict(roofline_seconds);
+        };
+        // parent(x) / parent(edge), applied to this curve's edge.
+        let shape = parent.predict(roofline_seconds).ln() - parent.predict(edge.0.exp()).ln();
+        (edge.1 + shape).exp()
+    }
+
     /// The fixed cost the curve implies: the time of the smallest op it was fitted on.
     pub fn floor_seconds(&self) -> f64 {
         self.knots[0].1.exp()
@@ -622,10 +645,13 @@ impl Calibration {
     /// The predicted time of an op of `kind` whose roofline time (on the calibration's entry)
     /// is `roofline_seconds`.
     pub fn predict(&self, kind: &OpKind, roofline_seconds: f64) -> Prediction {
-        for key in kind.groups() {
-            if let Some(g) = self.group(&key) {
+        let groups = kind.groups();
+        let class = groups.last().and_then(|k| self.group(k));
+        for key in &groups {
+            if let Some(g) = self.group(key) {
+                let parent = class.filter(|c| c.key != g.key).map(|c| &c.curve);
                 return Prediction {
-                    seconds: g.curve.predict(roofline_seconds),
+                    seconds: g.curve.predict_within(parent, roofline_seconds),
                     level: Some(key.level),
                 };
             }
@@ -916,6 +942,26 @@ mod tests {
         assert!((d.seconds / b.seconds - 4.0).abs() < 0.2, "{d:?} {b:?}");
         // A kind without a step (an older file's samples) takes the kind-and-bound curve.
         assert_eq!(cal.predict(&k, 1e-5).level, Some(Level::KindBound));
+    }
+
+    #[test]
+    fn beyond_its_knots_a_kind_follows_its_class() {
+        // The class: flat (launch-bound) up to 1e-5 s of roofline, proportional above.
+        let class: Vec<(f64, f64)> = log_grid(1e-8, 1e-3, 40)
+            .into_iter()
+            .map(|r| (r, (1e-5f64).max(r)))
+            .collect();
+        let class = Curve::fit(&class).unwrap();
+        // A kind measured at one small size only, at twice the class's time there.
+        let kind = Curve::fit(&[(1e-7, 2e-5), (1e-7, 2e-5)]).unwrap();
+        assert_eq!(kind.knots.len(), 1);
+        // Alone, one knot is a constant efficiency: 100× the work, 100× the time.
+        assert!((kind.predict(1e-5) / 2e-3 - 1.0).abs() < 1e-9);
+        // Within its class it stays launch-bound where the class is, and grows where it grows.
+        let flat = kind.predict_within(Some(&class), 1e-6);
+        assert!((flat / 2e-5 - 1.0).abs() < 0.1, "{flat}");
+        let big = kind.predict_within(Some(&class), 1e-3);
+        assert!(big > 50.0 * flat, "{big}");
     }
 
     #[test]
