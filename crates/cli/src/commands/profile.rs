@@ -448,7 +448,7 @@ fn above_roof_note(names: &[&str], hw: &tperf_core::cost::hardware::Hardware) ->
     kinds.sort_unstable();
     kinds.dedup();
     let why = match hw.basis {
-        tperf_core::cost::hardware::Basis::Measured => "the roofline counts every byte from memory at the measured bandwidth, and these ops' operands (written by the op before, or small enough) were still in cache, which is faster than memory",
+        tperf_core::cost::hardware::Basis::Measured => "the roofline counts every byte from memory at the measured bandwidth, so either these ops' operands were still in cache (faster than memory), or the ceilings were measured while the machine was busier than now (measure again: TPERF_CPU_CEILINGS=remeasure on the CPU, `tperf hw measure` on a GPU)",
         _ => "the roofline's ceilings are an estimate or a datasheet's, not what this machine reaches (measured ceilings: the default on the CPU, `tperf hw measure` on a GPU), or the operands were in cache, which the roofline's memory bandwidth does not count",
     };
     format!(
