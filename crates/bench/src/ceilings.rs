@@ -6,7 +6,7 @@ use crate::stats::Summary;
 use serde::Serialize;
 use std::time::Instant;
 use tperf_core::cost::hardware::Hardware;
-use tperf_core::cost::measured::{Ceiling, Sets, Unit};
+use tperf_core::cost::measured::{Ceiling, HardwareEntry, Sets, Unit};
 use tperf_core::ops::matmul::Matmul;
 use tperf_core::rng::Rng;
 use tperf_cuda::ceilings::{GemmType, GpuCeilings};
@@ -214,4 +214,258 @@ pub fn gpu_rows(c: &GpuCeilings, datasheet: &Hardware) -> Vec<Ceiling> {
         });
     }
     rows
+}
+
+/// Bytes read plus bytes written per second by an in-place update, a ← a + s·b, over two
+/// buffers of `bytes` each. Unlike a copy, every cache line it writes it has also read, so no
+/// write-allocate traffic goes uncounted: this is the bandwidth the optimizer's and the
+/// elementwise ops' read-modify-write loops reach (a copy's counted bytes miss the destination's
+/// reads, so its figure is about a third low on write-allocate caches).
+pub fn update_bandwidth(bytes: usize, repeats: usize) -> f64 {
+    use rayon::prelude::*;
+    let n = bytes / 4;
+    let b = random(n, 4);
+    let mut a = random(n, 5);
+    let chunk = (n / rayon::current_num_threads().max(1)).max(1 << 16);
+    let mut times = Vec::new();
+    for _ in 0..repeats.max(1) + 1 {
+        let t0 = Instant::now();
+        a.par_chunks_mut(chunk)
+            .zip(b.par_chunks(chunk))
+            .for_each(|(a, b)| {
+                for (x, y) in a.iter_mut().zip(b) {
+                    *x += 1e-3 * y;
+                }
+            });
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.remove(0);
+    let s = Summary::of(&times).expect("at least one repeat");
+    std::hint::black_box(&a);
+    3.0 * (n * 4) as f64 / s.median
+}
+
+/// The in-place update as a hardware-entry row (a candidate for the memory bandwidth).
+pub fn update_row(bytes: usize, bytes_per_s: f64, cpu: &Hardware) -> Ceiling {
+    Ceiling {
+        name: format!("update a ← a + s·b, 2 × {} MiB", bytes >> 20),
+        group: "dram".into(),
+        unit: Unit::BytesPerS,
+        value: bytes_per_s,
+        datasheet: Some(cpu.mem_bw_bytes_per_s),
+        sets: Some(Sets::MemBwBytesPerS),
+        method:
+            "parallel chunked in-place update, 2 reads + 1 write per element counted, wall clock"
+                .into(),
+    }
+}
+
+/// Where the CPU's ceilings come from when no `--hw` is given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuCeilingPolicy {
+    /// The cached measurement, measured (quickly) and cached first when there is none for this
+    /// CPU.
+    Cached,
+    /// Measure again and replace the cache.
+    Remeasure,
+    /// No measurement: the detected estimate (cores × clock × SIMD width; bandwidth guessed).
+    Detected,
+}
+
+impl CpuCeilingPolicy {
+    /// The environment variable that chooses the policy: `detected` (or `off`, `0`) disables
+    /// measuring, `remeasure` measures again; anything else, or unset, is the cache.
+    pub const ENV: &'static str = "TPERF_CPU_CEILINGS";
+
+    pub fn from_env() -> CpuCeilingPolicy {
+        match std::env::var(Self::ENV).as_deref().map(str::trim) {
+            Ok("detected" | "off" | "0" | "no") => CpuCeilingPolicy::Detected,
+            Ok("remeasure") => CpuCeilingPolicy::Remeasure,
+            _ => CpuCeilingPolicy::Cached,
+        }
+    }
+}
+
+/// The quick measurement at start: matmuls of 256, 512 and 1024 and a 64 MiB copy and update,
+/// three repeats each (under a second on a laptop core), as a hardware entry.
+pub fn quick_cpu_entry(cpu: &Hardware, provenance: serde_json::Value) -> HardwareEntry {
+    const BYTES: usize = 64 << 20;
+    let points = matmul(&[256, 512, 1024], 3);
+    let copy = copy_bandwidth(BYTES, 3);
+    let update = update_bandwidth(BYTES, 3);
+    let mut rows = cpu_rows(&points, copy, cpu);
+    if let Some(last) = rows.last_mut() {
+        last.name = format!("copy {} MiB", BYTES >> 20);
+    }
+    rows.push(update_row(BYTES, update, cpu));
+    HardwareEntry::new(
+        cpu.clone(),
+        format!("cpu ({})", cpu.name),
+        rows,
+        vec![
+            "a quick measurement taken at start (`tperf hw measure` measures at more sizes)".into(),
+        ],
+        provenance,
+    )
+}
+
+/// The CPU's roofline entry and, where it was measured, the cache file it is kept in.
+#[derive(Clone, Debug)]
+pub struct CpuCeilings {
+    pub hardware: Hardware,
+    pub cache: Option<std::path::PathBuf>,
+    /// Whether this call measured (rather than read the cache or took the estimate).
+    pub measured_now: bool,
+}
+
+/// The CPU's ceilings under `policy`, cached at `cache` (None: nowhere to cache, so measured
+/// each time). A cached entry is used only when it was measured against this very detected CPU
+/// (same model, cores, clock and memory); otherwise it is measured again. The entry's name says
+/// "measured on this machine" and its source where the cache is and how to turn measuring off.
+pub fn cpu_ceilings(
+    policy: CpuCeilingPolicy,
+    cache: Option<&std::path::Path>,
+    measure: impl FnOnce(&Hardware) -> HardwareEntry,
+) -> CpuCeilings {
+    let cpu = tperf_core::cost::hardware::detect_local_cpu();
+    if policy == CpuCeilingPolicy::Detected {
+        let mut hardware = cpu;
+        hardware.source.push_str(&format!(
+            "; not measured ({}=detected)",
+            CpuCeilingPolicy::ENV
+        ));
+        return CpuCeilings {
+            hardware,
+            cache: None,
+            measured_now: false,
+        };
+    }
+    let cached = match (policy, cache) {
+        (CpuCeilingPolicy::Cached, Some(path)) => HardwareEntry::load(path)
+            .ok()
+            .filter(|e| e.datasheet == cpu),
+        _ => None,
+    };
+    let (entry, measured_now) = match cached {
+        Some(e) => (e, false),
+        None => {
+            let e = measure(&cpu);
+            if let Some(path) = cache {
+                // A cache that cannot be written costs a re-measurement next time, nothing more.
+                let _ = e.save(path);
+            }
+            (e, true)
+        }
+    };
+    let mut hardware = entry.hardware;
+    hardware.name = format!("{} (measured on this machine)", cpu.name);
+    let place = cache.map_or("not cached".to_string(), |p| {
+        format!("cached in {}", p.display())
+    });
+    hardware.source = format!(
+        "measured on this machine ({place}; {}=detected for the estimate, =remeasure to measure again); the estimate was: {}",
+        CpuCeilingPolicy::ENV,
+        cpu.source
+    );
+    CpuCeilings {
+        hardware,
+        cache: cache.map(|p| p.to_path_buf()),
+        measured_now,
+    }
+}
+
+/// The default cache file of the CPU's measured ceilings.
+pub fn cpu_cache_path() -> Option<std::path::PathBuf> {
+    tperf_core::cost::measured::default_path("cpu-measured")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_entry(cpu: &Hardware, bw: f64) -> HardwareEntry {
+        let rows = vec![Ceiling {
+            name: "copy".into(),
+            group: "dram".into(),
+            unit: Unit::BytesPerS,
+            value: bw,
+            datasheet: Some(cpu.mem_bw_bytes_per_s),
+            sets: Some(Sets::MemBwBytesPerS),
+            method: "synthetic".into(),
+        }];
+        HardwareEntry::new(
+            cpu.clone(),
+            "cpu".into(),
+            rows,
+            vec![],
+            serde_json::Value::Null,
+        )
+    }
+
+    #[test]
+    fn the_cpu_is_measured_once_then_read_from_the_cache_and_labelled() {
+        let dir = std::env::temp_dir().join(format!("tperf-cpu-ceil-{}", std::process::id()));
+        let path = dir.join("cpu-measured.json");
+        let _ = std::fs::remove_file(&path);
+        let mut calls = 0;
+        let first = cpu_ceilings(CpuCeilingPolicy::Cached, Some(&path), |c| {
+            calls += 1;
+            fake_entry(c, 33e9)
+        });
+        assert!(first.measured_now && path.exists());
+        assert_eq!(first.hardware.mem_bw_bytes_per_s, 33e9);
+        assert!(first.hardware.name.contains("measured on this machine"));
+        assert!(first.hardware.source.contains(CpuCeilingPolicy::ENV));
+        let second = cpu_ceilings(CpuCeilingPolicy::Cached, Some(&path), |c| {
+            calls += 1;
+            fake_entry(c, 1.0)
+        });
+        assert_eq!(calls, 1, "the second call reads the cache");
+        assert!(!second.measured_now);
+        assert_eq!(second.hardware.mem_bw_bytes_per_s, 33e9);
+        let again = cpu_ceilings(CpuCeilingPolicy::Remeasure, Some(&path), |c| {
+            fake_entry(c, 44e9)
+        });
+        assert!(again.measured_now);
+        assert_eq!(again.hardware.mem_bw_bytes_per_s, 44e9);
+        // A cache measured on another CPU is not taken.
+        let mut other = HardwareEntry::load(&path).unwrap();
+        other.datasheet.name = "another CPU".into();
+        other.save(&path).unwrap();
+        let fresh = cpu_ceilings(CpuCeilingPolicy::Cached, Some(&path), |c| {
+            fake_entry(c, 55e9)
+        });
+        assert!(fresh.measured_now);
+        assert_eq!(fresh.hardware.mem_bw_bytes_per_s, 55e9);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn measuring_can_be_turned_off() {
+        let c = cpu_ceilings(CpuCeilingPolicy::Detected, None, |_| {
+            panic!("nothing is measured")
+        });
+        assert_eq!(
+            c.hardware.basis,
+            tperf_core::cost::hardware::Basis::Detected
+        );
+        assert!(c.hardware.source.contains("not measured"));
+    }
+
+    #[test]
+    fn the_quick_measurement_is_a_measured_entry_with_both_bandwidths() {
+        // Small buffers keep the test fast; the rows and the figures they set are what matter.
+        let cpu = tperf_core::cost::hardware::detect_local_cpu();
+        let update = update_bandwidth(4 << 20, 1);
+        let copy = copy_bandwidth(4 << 20, 1);
+        assert!(update > 0.0 && copy > 0.0);
+        let mut rows = cpu_rows(&matmul(&[32], 1), copy, &cpu);
+        rows.push(update_row(4 << 20, update, &cpu));
+        let e = HardwareEntry::new(cpu, "cpu".into(), rows, vec![], serde_json::Value::Null);
+        assert_eq!(e.hardware.mem_bw_bytes_per_s, copy.max(update));
+        assert_eq!(
+            e.hardware.basis,
+            tperf_core::cost::hardware::Basis::Measured
+        );
+    }
 }

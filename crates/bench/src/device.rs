@@ -98,11 +98,12 @@ pub fn resolve(asked: &str) -> Result<(Device, Option<String>), DeviceError> {
     }
 }
 
-/// The hardware entry a device's roofline comes from: the detected CPU, or the catalogue entry
-/// matching the GPU's name (an unknown GPU is an error naming `--hw`).
+/// The hardware entry a device's roofline comes from: the CPU's measured ceilings (measured
+/// quickly once and cached, see [`cpu_hardware`]), or the catalogue entry matching the GPU's name
+/// (an unknown GPU is an error naming `--hw`).
 pub fn hardware_of(device: Device) -> Result<Hardware, DeviceError> {
     match device {
-        Device::Cpu => Ok(hardware::detect_local_cpu()),
+        Device::Cpu => Ok(cpu_hardware().hardware),
         Device::Cuda(i) => {
             let be = CudaBackend::new(i)?;
             let info = be.info();
@@ -110,6 +111,25 @@ pub fn hardware_of(device: Device) -> Result<Hardware, DeviceError> {
                 .ok_or_else(|| DeviceError::UnknownGpu(info.name.clone()))
         }
     }
+}
+
+/// The CPU's roofline entry by default: its ceilings measured on this machine, read from the
+/// cache file (`~/.cache/tperf/hardware/cpu-measured.json`) or, the first time, measured in
+/// under a second and cached; the detected estimate only when `TPERF_CPU_CEILINGS=detected`.
+pub fn cpu_hardware() -> crate::ceilings::CpuCeilings {
+    use crate::ceilings::{self, CpuCeilingPolicy};
+    let path = ceilings::cpu_cache_path();
+    ceilings::cpu_ceilings(CpuCeilingPolicy::from_env(), path.as_deref(), |cpu| {
+        let provenance = serde_json::json!({
+            "tperf_version": env!("CARGO_PKG_VERSION"),
+            "date_unix": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            "how": "measured at start because no cached entry matched this CPU",
+        });
+        ceilings::quick_cpu_entry(cpu, provenance)
+    })
 }
 
 /// One op's time as the device ran it, seconds; `start` is from the first timed op.

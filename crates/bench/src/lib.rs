@@ -4,6 +4,7 @@
 //! GPU's utilisation over a run (NVML).
 
 pub mod attention;
+pub mod calibrate;
 pub mod ceilings;
 pub mod counters;
 pub mod device;

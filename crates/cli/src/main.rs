@@ -45,6 +45,8 @@ enum Command {
     Conformance(commands::conformance::ConformanceArgs),
     /// The hardware table, and this machine's measured ceilings.
     Hw(commands::hw::HwArgs),
+    /// Fit the model to this machine: per-op curves from measured workloads, and their error on held-out ones.
+    Calibrate(commands::calibrate::CalibrateArgs),
     /// Mixed precision with numbers: accumulation error, dtypes by policy, norm statistics.
     Precision(commands::precision::PrecisionArgs),
     /// Re-render the HTML report of a results.json.
@@ -70,6 +72,7 @@ fn main() -> ExitCode {
         Command::Attention(args) => commands::attention::run(args),
         Command::Conformance(args) => commands::conformance::run(args),
         Command::Hw(args) => commands::hw::run(args),
+        Command::Calibrate(args) => commands::calibrate::run(args),
         Command::Precision(args) => commands::precision::run(args),
         Command::Report(args) => commands::report::run(args),
         Command::Study(args) => commands::study::run(args),

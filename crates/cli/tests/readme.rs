@@ -49,6 +49,11 @@ const EXAMPLES: &[Example] = &[
     ("tperf hw measure", &[], Needs::Cpu),
     ("tperf hw measure --device cuda", &[], Needs::Gpu),
     (
+        "tperf calibrate --device cpu",
+        &[("--device cpu", "--device cpu --steps 1 --out {tmp}/cal.json")],
+        Needs::Cpu,
+    ),
+    (
         "tperf bench small --batch 1 --seq 128",
         &[("small", "{tiny}"), ("128", "16")],
         Needs::Cpu,

@@ -1,5 +1,6 @@
 pub mod attention;
 pub mod bench;
+pub mod calibrate;
 pub mod conformance;
 pub mod counters;
 pub mod generate;
@@ -197,6 +198,20 @@ pub fn hardware_for(
 ) -> Result<tperf_core::cost::hardware::Hardware> {
     match hw {
         Some(key) => find_hw(key),
+        None if device == Device::Cpu => {
+            let c = tperf_bench::device::cpu_hardware();
+            if c.measured_now {
+                eprintln!(
+                    "measured this CPU's ceilings for the roofline (matmul {}, memory {}){}",
+                    tperf_report::units::si(c.hardware.peak_f32_flops, "FLOP/s"),
+                    tperf_report::units::si(c.hardware.mem_bw_bytes_per_s, "B/s"),
+                    c.cache
+                        .as_ref()
+                        .map_or(String::new(), |p| format!("; cached in {}", p.display()))
+                );
+            }
+            Ok(c.hardware)
+        }
         None => tperf_bench::device::hardware_of(device).map_err(|e| {
             anyhow::anyhow!(
                 "{}; pass --hw with one of `tperf hw list`",
@@ -204,6 +219,30 @@ pub fn hardware_for(
             )
         }),
     }
+}
+
+/// The calibration of `--calibration FILE`, if given, with a note when it was measured against
+/// another entry than `hw` (its curves map from its own entry's roofline, which it recomputes).
+pub fn load_calibration(
+    path: Option<&std::path::Path>,
+    hw: &Hardware,
+) -> Result<Option<tperf_core::cost::calibration::Calibration>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let cal = tperf_core::cost::calibration::Calibration::load(path)?;
+    // "h200-measured" is the H200 measured: the same machine as "h200" for this purpose.
+    let machine = |k: &str| k.trim_end_matches("-measured").to_string();
+    if machine(&cal.hardware.key) != machine(&hw.key) {
+        eprintln!(
+            "note: {} was calibrated on {} ({}); its curves predict that machine's kernels, not {}'s",
+            path.display(),
+            cal.device,
+            cal.hardware.key,
+            hw.key
+        );
+    }
+    Ok(Some(cal))
 }
 
 /// Checks, before any work, that `path` can be written as a file: it is not a folder, its

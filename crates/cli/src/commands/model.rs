@@ -56,6 +56,10 @@ pub struct ModelArgs {
     /// Print the per-op table as CSV.
     #[arg(long)]
     pub csv: bool,
+    /// Predict each op's time with a calibration (`tperf calibrate`'s file) instead of the
+    /// roofline; the roofline stays beside it.
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<std::path::PathBuf>,
 }
 
 fn parse_workload(s: &str) -> Result<Workload, tperf_core::error::UnknownName> {
@@ -88,6 +92,7 @@ pub fn run(args: ModelArgs) -> Result<()> {
     };
     let loaded = load::load(spec)?;
     let hw = find_hw(&args.hw)?;
+    let calibration = super::load_calibration(args.calibration.as_deref(), &hw)?;
     let mut opts = args.schedule.options();
     if args.gpus > 1 {
         if !args.phase.trains() {
@@ -108,7 +113,8 @@ pub fn run(args: ModelArgs) -> Result<()> {
         opts,
     };
     if args.json {
-        let (a, timeline) = analyze_with_timeline(&loaded.config, &sc, &hw)?;
+        let (a, timeline) =
+            analyze_with_timeline_calibrated(&loaded.config, &sc, &hw, calibration.as_ref())?;
         let mut v = to_json(&loaded.config, &a, &timeline);
         if let (Some(dp), Some(obj)) = (opts.dp(), v.as_object_mut()) {
             obj.insert(
@@ -120,7 +126,13 @@ pub fn run(args: ModelArgs) -> Result<()> {
         return Ok(());
     }
     let record = analysis::record(&loaded.config, &sc)?;
-    let a = analysis::analyze_record(&loaded.config, &sc, &hw, &record);
+    let a = analysis::analyze_record_calibrated(
+        &loaded.config,
+        &sc,
+        &hw,
+        &record,
+        calibration.as_ref(),
+    );
     if args.csv {
         print!("{}", op_table(&a, true, false).to_csv());
     } else {
@@ -337,8 +349,18 @@ pub fn analyze_with_timeline(
     sc: &Scenario,
     hw: &tperf_core::cost::hardware::Hardware,
 ) -> Result<(Analysis, Vec<TimelinePoint>)> {
+    analyze_with_timeline_calibrated(cfg, sc, hw, None)
+}
+
+/// As [`analyze_with_timeline`], the op times from `calibration` where one is given.
+pub fn analyze_with_timeline_calibrated(
+    cfg: &tperf_core::config::ModelConfig,
+    sc: &Scenario,
+    hw: &tperf_core::cost::hardware::Hardware,
+    calibration: Option<&tperf_core::cost::calibration::Calibration>,
+) -> Result<(Analysis, Vec<TimelinePoint>)> {
     let record = analysis::record(cfg, sc)?;
-    let a = analysis::analyze_record(cfg, sc, hw, &record);
+    let a = analysis::analyze_record_calibrated(cfg, sc, hw, &record, calibration);
     let mut thinned: Vec<TimelinePoint> = Vec::new();
     for p in memory::timeline(record.mem_events()) {
         let point = TimelinePoint {
@@ -495,6 +517,12 @@ fn render(loaded: &load::LoadedModel, a: &Analysis, all_layers: bool) -> Result<
         a.hardware.key,
         a.hardware.basis.name(),
     ));
+    if let Some(label) = &a.calibration {
+        out.push_str(&format!(
+            "op times: {label} (the roofline's beside them; {} ops uncalibrated)\n",
+            a.uncalibrated_ops
+        ));
+    }
     out.push_str("conventions:\n");
     for c in CONVENTIONS {
         out.push_str(&format!("  · {c}\n"));
@@ -690,8 +718,22 @@ fn memory_section(a: &Analysis) -> String {
 fn prediction_section(cfg: &tperf_core::config::ModelConfig, a: &Analysis) -> Result<String> {
     let sc = &a.scenario;
     let peak = a.hardware.peak_flops(sc.opts.precision.compute_dtype());
-    let mut t = Table::new(&["quantity", "value"]).titled("Step prediction (roofline)");
+    let mut t = Table::new(&["quantity", "value"]).titled(if a.calibration.is_some() {
+        "Step prediction (calibrated)"
+    } else {
+        "Step prediction (roofline)"
+    });
     t.row(vec!["step time".into(), units::seconds(a.step_seconds())]);
+    if a.calibration.is_some() {
+        t.row(vec![
+            "  of which host overhead (calibrated)".into(),
+            units::seconds(a.overhead_seconds),
+        ]);
+        t.row(vec![
+            "step time at the roofline".into(),
+            units::seconds(a.roofline_step_seconds()),
+        ]);
+    }
     let per_token = a.total.flops as f64 / a.tokens_per_step as f64;
     match sc.workload {
         Workload::Train | Workload::FwdBwd | Workload::Forward => {

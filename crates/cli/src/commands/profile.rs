@@ -59,6 +59,10 @@ pub struct ProfileArgs {
     /// Internal: the child that `--counters` runs under ncu (warm-up, then one eager step).
     #[arg(long, hide = true)]
     pub counted_step: bool,
+    /// Predict each op with a calibration (`tperf calibrate`'s file): the "model" columns are
+    /// then calibrated and "% roofline" stays the roofline's.
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<std::path::PathBuf>,
 }
 
 fn parse_workload(s: &str) -> Result<Workload, tperf_core::error::UnknownName> {
@@ -71,6 +75,7 @@ pub fn run(args: ProfileArgs) -> Result<()> {
     }
     let device = resolve_device(&args.device)?;
     let hw = super::hardware_for(device, args.hw.as_deref())?;
+    let calibration = super::load_calibration(args.calibration.as_deref(), &hw)?;
     let m = load::load(&args.model)?;
     let sc = Scenario {
         workload: args.phase,
@@ -89,10 +94,15 @@ pub fn run(args: ProfileArgs) -> Result<()> {
         super::check_output_file(path, "--trace")?;
     }
     super::check_fits(device, &m.config, &sc)?;
-    let p = profile::profile(device, &m.config, &sc, &hw, args.warmup, args.steps, |_| {
+    let mut p = profile::profile(device, &m.config, &sc, &hw, args.warmup, args.steps, |_| {
         bar.inc(1)
     })?;
     bar.finish_and_clear();
+    if let Some(cal) = &calibration {
+        // The same schedule, costed again with the curves: its rows join by index as before.
+        p.analysis =
+            tperf_core::cost::analysis::analyze_calibrated(&m.config, &sc, &hw, Some(cal))?;
+    }
     if let Some(path) = &args.trace {
         let text = serde_json::to_string(&profile::chrome_trace(&p))?;
         write_atomically(path, &text)?;
@@ -183,9 +193,22 @@ fn render(model: &str, p: &Profile, all_layers: bool) -> String {
     let sc = &a.scenario;
     let total: f64 = p.ops.iter().map(|o| o.median).sum();
     let mut out = format!(
-        "tperf profile — {model}: {} · batch {} × seq {} · {} · {} attention, on {} ({} profiled steps)\n\n",
+        "tperf profile — {model}: {} · batch {} × seq {} · {} · {} attention, on {} ({} profiled steps)\n",
         sc.workload.name(), sc.batch, sc.seq, sc.opts.precision.name(), sc.opts.attention.name(), p.device, p.step_seconds.n
     );
+    out.push_str(&format!(
+        "roofline: {} ({} ceilings: {}, memory {})\n",
+        a.hardware.name,
+        a.hardware.basis.name(),
+        units::si(a.hardware.peak_f32_flops, "FLOP/s"),
+        units::si(a.hardware.mem_bw_bytes_per_s, "B/s"),
+    ));
+    match &a.calibration {
+        Some(label) => out.push_str(&format!(
+            "model columns: {label}; % roofline is against the roofline\n\n"
+        )),
+        None => out.push_str("model columns: the roofline\n\n"),
+    }
 
     let us = |s: f64| format!("{:.1}", s * 1e6);
     let mut k = Table::new(&[
@@ -297,9 +320,20 @@ fn render(model: &str, p: &Profile, all_layers: bool) -> String {
             format!("{:.1}", o.median / r.seconds),
             format!("{:.1}", r.flops as f64 / o.median / 1e9),
             format!("{:.1}", r.bytes as f64 / o.median / 1e9),
-            format!("{:.1}", 100.0 * r.seconds / o.median),
+            roofline_cell(r.roofline_seconds, o.median),
             r.bound.name().into(),
         ]);
+    }
+    let above: Vec<&str> = p
+        .ops
+        .iter()
+        .map(|o| &a.rows[o.index])
+        .zip(&p.ops)
+        .filter(|(r, o)| r.roofline_seconds > o.median)
+        .map(|(r, _)| r.name)
+        .collect();
+    if !above.is_empty() {
+        ops.note(above_roof_note(&above, &a.hardware));
     }
     out.push_str(&ops.render());
     out.push('\n');
@@ -340,8 +374,18 @@ fn render(model: &str, p: &Profile, all_layers: bool) -> String {
     }
     t.row(vec![
         "modelled step (roofline)".into(),
-        units::seconds(a.step_seconds()),
+        units::seconds(a.roofline_step_seconds()),
     ]);
+    if a.calibration.is_some() {
+        t.row(vec![
+            "modelled step (calibrated: ops + host overhead)".into(),
+            format!(
+                "{} (of which host {})",
+                units::seconds(a.step_seconds()),
+                units::seconds(a.overhead_seconds)
+            ),
+        ]);
+    }
     let fwd = p.phase_seconds(Phase::Forward);
     t.row(vec![
         "forward ops / all ops".into(),
@@ -426,6 +470,32 @@ fn render(model: &str, p: &Profile, all_layers: bool) -> String {
     ));
     out.push_str(&mm.render());
     out
+}
+
+/// "% roofline" of one op, marked † above 100% (the note under the table says why that can be).
+fn roofline_cell(roofline_seconds: f64, measured_seconds: f64) -> String {
+    let share = 100.0 * roofline_seconds / measured_seconds;
+    if share > 100.0 {
+        format!("{share:.1} †")
+    } else {
+        format!("{share:.1}")
+    }
+}
+
+/// Why an op can run faster than its roofline, for the ops that did.
+fn above_roof_note(names: &[&str], hw: &tperf_core::cost::hardware::Hardware) -> String {
+    let mut kinds: Vec<&str> = names.to_vec();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let why = match hw.basis {
+        tperf_core::cost::hardware::Basis::Measured => "the roofline counts every byte from memory at the measured bandwidth, so either these ops' operands were still in cache (faster than memory), or the ceilings were measured while the machine was busier than now (measure again: TPERF_CPU_CEILINGS=remeasure on the CPU, `tperf hw measure` on a GPU)",
+        _ => "the roofline's ceilings are an estimate or a datasheet's, not what this machine reaches (measured ceilings: the default on the CPU, `tperf hw measure` on a GPU), or the operands were in cache, which the roofline's memory bandwidth does not count",
+    };
+    format!(
+        "† {} op instances ran faster than their roofline ({}): {why}",
+        names.len(),
+        kinds.join(", ")
+    )
 }
 
 /// Each op of the last step with the kernels, copies and fills it launched (CUPTI's records

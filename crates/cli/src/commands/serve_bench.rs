@@ -46,6 +46,11 @@ pub struct ServeModelArgs {
     /// Fraction of the GPU's memory the server may use.
     #[arg(long, default_value_t = 0.9)]
     pub gpu_memory_utilization: f64,
+    /// Time every prefill and decode step with a calibration (`tperf calibrate` on the serving
+    /// GPU) instead of the roofline: its per-op curves at the batch sizes the scheduler forms,
+    /// and its host overhead per op.
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<std::path::PathBuf>,
 }
 
 impl ServeModelArgs {
@@ -64,6 +69,7 @@ impl ServeModelArgs {
         }
         let m = load::load(model)?;
         let hw = find_hw(&self.hw)?;
+        let calibration = super::load_calibration(self.calibration.as_deref(), &hw)?;
         let sc = ServeConfig {
             max_num_seqs: self.max_num_seqs,
             max_batched_tokens: self.max_batched_tokens,
@@ -72,12 +78,13 @@ impl ServeModelArgs {
             gpu_memory_utilization: self.gpu_memory_utilization,
             ..ServeConfig::new(input_len, output_len)
         };
-        Ok(serve_model::predict(
+        Ok(serve_model::predict_calibrated(
             &m.config,
             &hw,
             self.schedule.options(),
             sc,
             rates,
+            calibration.as_ref(),
         )?)
     }
 }
@@ -119,10 +126,26 @@ pub const QUEUEING_NOTE: &str = "saturation: S = T_prefill(b_p)/b_p + (O âˆ’ 1)Â
 pub fn render_prediction(p: &ServePrediction) -> String {
     let c = &p.config;
     let mut t = Table::new(&["quantity", "value"]).titled(format!(
-        "Serving {} on {}: {} in / {} out, continuous batching (predicted)",
-        p.model, p.hardware, c.input_len, c.output_len
+        "Serving {} on {}: {} in / {} out, continuous batching (predicted, {})",
+        p.model,
+        p.hardware,
+        c.input_len,
+        c.output_len,
+        basis(p)
     ));
     let mut row = |k: &str, v: String| t.row(vec![k.to_string(), v]);
+    row(
+        "step times",
+        match &p.calibration {
+            Some(label) => format!(
+                "calibrated: {label}; the decode step at B includes {} of host gap between ops (profiled) and {} of the engine's own step ({})",
+                units::seconds(p.decode_overhead_seconds),
+                units::seconds(p.engine_overhead_seconds),
+                if p.engine_overhead_seconds > 0.0 { "measured by tperf calibrate" } else { "not in the file" }
+            ),
+            None => "roofline: every op at max(FLOPs / peak, bytes / bandwidth), no host overhead (--calibration FILE for this machine's kernels)".into(),
+        },
+    );
     row("weights", units::bytes(p.weights_bytes));
     row("prefill activations", units::bytes(p.activation_bytes));
     row(
@@ -185,7 +208,11 @@ pub fn render_prediction(p: &ServePrediction) -> String {
         "req/s",
         "output tok/s",
     ])
-    .titled("Saturation by batch cap (decode tok/s at batch 1 = the decode roofline)");
+    .titled(if p.calibration.is_some() {
+        "Saturation by batch cap (calibrated step times)"
+    } else {
+        "Saturation by batch cap (decode tok/s at batch 1 = the decode roofline)"
+    });
     for pt in &p.sweep {
         sweep.row(vec![
             pt.batch.to_string(),
@@ -207,6 +234,15 @@ pub fn render_prediction(p: &ServePrediction) -> String {
         s.push_str(&r.render());
     }
     s
+}
+
+/// Which step times a prediction rests on, for headers.
+pub fn basis(p: &ServePrediction) -> &'static str {
+    if p.calibration.is_some() {
+        "calibrated"
+    } else {
+        "roofline"
+    }
 }
 
 fn rate_row(pt: &RatePoint) -> Vec<String> {
@@ -850,8 +886,8 @@ fn render(
     rate: f64,
 ) -> String {
     let mut header = vec!["".to_string(), "measured".to_string()];
-    if p.is_some() {
-        header.push("predicted".into());
+    if let Some(p) = p {
+        header.push(format!("predicted ({})", basis(p)));
     }
     let mut t = Table::new(&header.iter().map(String::as_str).collect::<Vec<_>>()).titled(format!(
         "Serving benchmark: {}{} ({model})",

@@ -2,6 +2,7 @@
 //! hardware entry, and roll the record up by phase, op, layer and class, with the memory
 //! timeline beside it.
 
+use super::calibration::Calibration;
 use super::hardware::Hardware;
 use super::memory::{self, MemorySummary};
 use super::roofline::{self, Bound};
@@ -86,8 +87,13 @@ pub struct OpRow {
     pub bytes: u64,
     pub intensity: f64,
     pub bound: Bound,
-    /// The roofline time: the larger of the two below.
+    /// The predicted time: the roofline's, or with a calibration the calibrated time.
     pub seconds: f64,
+    /// The roofline time on this entry: the larger of the two below.
+    pub roofline_seconds: f64,
+    /// Whether `seconds` came from a calibration's curve (false: it is the roofline's).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub calibrated: bool,
     pub compute_seconds: f64,
     pub memory_seconds: f64,
 }
@@ -113,6 +119,10 @@ pub struct Timing {
     pub comm_seconds: f64,
     /// The part of the step the compute stream waits for communication: makespan − compute.
     pub exposed_comm_seconds: f64,
+    /// Per op, by index: its stream and the streams it waits on, so the step can be placed again
+    /// at other op times (the roofline's beside a calibration's).
+    #[serde(skip)]
+    pub waits: Vec<(Stream, Vec<Stream>)>,
 }
 
 impl Timing {
@@ -136,6 +146,7 @@ impl Timing {
             compute_seconds,
             comm_seconds: busy.get(&Stream::Comm).copied().unwrap_or(0.0),
             exposed_comm_seconds: (makespan_seconds - compute_seconds).max(0.0),
+            waits: Vec::new(),
         }
     }
 
@@ -185,6 +196,19 @@ pub struct Analysis {
     /// peak of the compute dtype.
     pub mfu: f64,
     pub tokens_per_step: u64,
+    /// The calibration the op times come from (its label), or None: the roofline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<String>,
+    /// The host's time between the ops that a calibration predicts for the step (0 without
+    /// one: the roofline has no host).
+    pub overhead_seconds: f64,
+    /// Ops whose kind and class no calibration curve covered (their roofline time is kept).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub uncalibrated_ops: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Analysis {
@@ -192,10 +216,21 @@ impl Analysis {
         self.memory.peak_bytes <= self.hardware.memory_bytes
     }
 
-    /// The critical path over the streams; with every op on the compute stream, the sum of the
-    /// op times.
+    /// The critical path over the streams (with every op on the compute stream, the sum of the
+    /// op times), plus a calibration's host overhead.
     pub fn step_seconds(&self) -> f64 {
-        self.timing.makespan_seconds
+        self.timing.makespan_seconds + self.overhead_seconds
+    }
+
+    /// The step at every op's roofline time, calibrated or not.
+    pub fn roofline_step_seconds(&self) -> f64 {
+        Timing::schedule(
+            self.rows
+                .iter()
+                .zip(&self.timing.waits)
+                .map(|(r, (stream, waits))| (*stream, &waits[..], r.roofline_seconds)),
+        )
+        .makespan_seconds
     }
 
     pub fn tokens_per_second(&self) -> f64 {
@@ -236,8 +271,18 @@ fn dims_of(op: &crate::ops::Op) -> String {
 }
 
 pub fn analyze(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware) -> Result<Analysis, AnalysisError> {
+    analyze_calibrated(cfg, sc, hw, None)
+}
+
+/// As [`analyze`], with each op's time from `calibration` where one is given.
+pub fn analyze_calibrated(
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    hw: &Hardware,
+    calibration: Option<&Calibration>,
+) -> Result<Analysis, AnalysisError> {
     let record = record(cfg, sc)?;
-    Ok(analyze_record(cfg, sc, hw, &record))
+    Ok(analyze_record_calibrated(cfg, sc, hw, &record, calibration))
 }
 
 pub fn analyze_record(
@@ -246,6 +291,19 @@ pub fn analyze_record(
     hw: &Hardware,
     record: &MetaBackend,
 ) -> Analysis {
+    analyze_record_calibrated(cfg, sc, hw, record, None)
+}
+
+/// The record costed on `hw`'s roofline, and with a calibration each op's time from its curve
+/// (the roofline figures stay beside it) and the step's host overhead added.
+pub fn analyze_record_calibrated(
+    cfg: &ModelConfig,
+    sc: &Scenario,
+    hw: &Hardware,
+    record: &MetaBackend,
+    calibration: Option<&Calibration>,
+) -> Analysis {
+    let mut uncalibrated_ops = 0;
     let mut rows = Vec::with_capacity(record.ops.len());
     let mut total = Totals::default();
     let mut by_phase = BTreeMap::new();
@@ -257,6 +315,9 @@ pub fn analyze_record(
         let class = call.op.class();
         let dtype = op_dtype(&call.inputs, &call.outputs);
         let time = roofline::op_time(rec.cost, class, dtype, hw);
+        let predicted = calibration
+            .map(|c| c.predict_cost(call.op.name(), class, dtype, rec.cost, sc.workload));
+        uncalibrated_ops += usize::from(predicted.is_some_and(|p| p.level.is_none()));
         let row = OpRow {
             index,
             name: call.op.name(),
@@ -271,7 +332,9 @@ pub fn analyze_record(
             bytes: rec.cost.bytes,
             intensity: rec.cost.intensity(),
             bound: time.bound,
-            seconds: time.seconds,
+            seconds: predicted.map_or(time.seconds, |p| p.seconds),
+            roofline_seconds: time.seconds,
+            calibrated: predicted.is_some_and(|p| p.level.is_some()),
             compute_seconds: time.compute_seconds,
             memory_seconds: time.memory_seconds,
         };
@@ -294,18 +357,27 @@ pub fn analyze_record(
             .add(&row);
         rows.push(row);
     }
-    let timing = Timing::schedule(
+    let mut timing = Timing::schedule(
         record
             .ops
             .iter()
             .zip(&rows)
             .map(|(rec, row)| (rec.call.stream, &rec.call.waits[..], row.seconds)),
     );
+    timing.waits = record
+        .ops
+        .iter()
+        .map(|rec| (rec.call.stream, rec.call.waits.to_vec()))
+        .collect();
+    let overhead_seconds = calibration.map_or(0.0, |c| {
+        let ops: f64 = rows.iter().map(|r| r.seconds).sum();
+        c.step_overhead_seconds(rows.len(), ops)
+    });
     let recompute = by_phase
         .get(&Phase::Recompute)
         .map_or(0, |t: &Totals| t.flops);
     let peak = hw.peak_flops(sc.opts.precision.compute_dtype());
-    let step = timing.makespan_seconds;
+    let step = timing.makespan_seconds + overhead_seconds;
     let mfu = if step > 0.0 {
         (total.flops - recompute) as f64 / (step * peak)
     } else {
@@ -326,6 +398,9 @@ pub fn analyze_record(
         timing,
         mfu,
         tokens_per_step: sc.workload.tokens_per_step(sc.batch, sc.seq),
+        calibration: calibration.map(|c| c.label()),
+        overhead_seconds,
+        uncalibrated_ops,
     }
 }
 

@@ -24,6 +24,7 @@
 //! the middle of a step on average and is prefilled after it).
 
 use super::analysis::{self, AnalysisError, Scenario, Workload};
+use super::calibration::Calibration;
 use super::hardware::Hardware;
 use crate::config::{ConfigError, ModelConfig};
 use crate::ops::kv_cache::cache_bytes;
@@ -113,6 +114,15 @@ pub struct ServePrediction {
     /// Saturation at batch caps 1, 2, 4, … up to the batch above.
     pub sweep: Vec<ServePoint>,
     pub rates: Vec<RatePoint>,
+    /// The calibration the step times come from (its label); None: every step time is the
+    /// roofline's.
+    pub calibration: Option<String>,
+    /// A calibration's host gap between ops (the profiler's) included in each decode step at the
+    /// saturation batch.
+    pub decode_overhead_seconds: f64,
+    /// The serving engine's own cost per step at the saturation batch, where the calibration
+    /// measured it; included in each decode step.
+    pub engine_overhead_seconds: f64,
 }
 
 /// Decode steps costed once per batch size: the rate solver asks for the same batches again.
@@ -121,6 +131,7 @@ struct DecodeTimes<'a> {
     hw: &'a Hardware,
     opts: Options,
     context: usize,
+    calibration: Option<&'a Calibration>,
     seconds: BTreeMap<usize, f64>,
 }
 
@@ -135,7 +146,9 @@ impl DecodeTimes<'_> {
             seq: self.context,
             opts: self.opts,
         };
-        let s = analysis::analyze(self.cfg, &sc, self.hw)?.step_seconds();
+        let s = analysis::analyze_calibrated(self.cfg, &sc, self.hw, self.calibration)?
+            .step_seconds()
+            + engine_overhead(self.calibration, batch);
         self.seconds.insert(batch, s);
         Ok(s)
     }
@@ -159,6 +172,14 @@ impl DecodeTimes<'_> {
     }
 }
 
+/// The serving engine's own cost per step of `batch` sequences, where the calibration measured
+/// it (0 otherwise).
+fn engine_overhead(calibration: Option<&Calibration>, batch: usize) -> f64 {
+    calibration
+        .and_then(|c| c.serving.as_ref())
+        .map_or(0.0, |o| o.seconds(batch))
+}
+
 fn zero(field: &'static str) -> AnalysisError {
     ConfigError::Zero { field }.into()
 }
@@ -169,6 +190,20 @@ pub fn predict(
     opts: Options,
     sc: ServeConfig,
     rates: &[f64],
+) -> Result<ServePrediction, AnalysisError> {
+    predict_calibrated(cfg, hw, opts, sc, rates, None)
+}
+
+/// As [`predict`], with every prefill and decode step timed by `calibration` (its ops' curves
+/// and its host overhead) where one is given: the steps of the batch sizes the scheduler forms,
+/// at the times this machine's kernels take rather than the roofline's.
+pub fn predict_calibrated(
+    cfg: &ModelConfig,
+    hw: &Hardware,
+    opts: Options,
+    sc: ServeConfig,
+    rates: &[f64],
+    calibration: Option<&Calibration>,
 ) -> Result<ServePrediction, AnalysisError> {
     if sc.input_len == 0 {
         return Err(zero("input_len"));
@@ -191,7 +226,7 @@ pub fn predict(
             seq: sc.input_len,
             opts,
         };
-        analysis::analyze(cfg, &sc, hw)
+        analysis::analyze_calibrated(cfg, &sc, hw, calibration)
     };
     let prefill_batch = (sc.max_batched_tokens / sc.input_len).clamp(1, sc.max_num_seqs);
     let big = prefill(prefill_batch)?;
@@ -228,11 +263,11 @@ pub fn predict(
         .into());
     }
     let batch = sc.max_num_seqs.min(kv_sequences);
-    let prefill_step_seconds = big.step_seconds();
+    let prefill_step_seconds = big.step_seconds() + engine_overhead(calibration, prefill_batch);
     let prefill_one_seconds = if prefill_batch == 1 {
         prefill_step_seconds
     } else {
-        prefill(1)?.step_seconds()
+        prefill(1)?.step_seconds() + engine_overhead(calibration, 1)
     };
     let prefill_share = prefill_step_seconds / prefill_batch as f64;
     let mut decode = DecodeTimes {
@@ -240,6 +275,7 @@ pub fn predict(
         hw,
         opts,
         context: sc.input_len + sc.output_len / 2,
+        calibration,
         seconds: BTreeMap::new(),
     };
     let mut sweep = Vec::new();
@@ -250,6 +286,19 @@ pub fn predict(
     }
     let saturation = decode.point(batch, prefill_share, sc.output_len)?;
     sweep.push(saturation.clone());
+    let decode_overhead_seconds = match calibration {
+        Some(_) => {
+            let sc = Scenario {
+                workload: Workload::Decode,
+                batch,
+                seq: decode.context,
+                opts,
+            };
+            analysis::analyze_calibrated(cfg, &sc, hw, calibration)?.overhead_seconds
+        }
+        None => 0.0,
+    };
+    let engine_overhead_seconds = engine_overhead(calibration, batch);
     let rates = rates
         .iter()
         .map(|&r| at_rate(&mut decode, &saturation, prefill_one_seconds, sc, r))
@@ -271,6 +320,9 @@ pub fn predict(
         saturation,
         sweep,
         rates,
+        calibration: calibration.map(|c| c.label()),
+        decode_overhead_seconds,
+        engine_overhead_seconds,
     })
 }
 
@@ -366,6 +418,62 @@ mod tests {
         // One request at a time: its prefill and O − 1 decode steps, nothing shared.
         let s = p.prefill_step_seconds / p.prefill_batch as f64 + 127.0 * roof[0].step_seconds;
         assert!((one.seconds_per_request - s).abs() < 1e-15);
+    }
+
+    /// A machine whose every kernel takes three times its roofline: the calibrated prediction
+    /// serves a third of the roofline's throughput, and says it is calibrated.
+    #[test]
+    fn a_calibration_times_every_step_the_scheduler_forms() {
+        use crate::cost::calibration::{Calibration, OpKind, Sample, WorkloadSamples};
+        let (cfg, hw, opts) = setup();
+        let mut training = Vec::new();
+        for (workload, batch, seq) in [
+            (Workload::Decode, 1, 192),
+            (Workload::Decode, 64, 192),
+            (Workload::Decode, 256, 192),
+            (Workload::Prefill, 1, 128),
+            (Workload::Prefill, 64, 128),
+        ] {
+            let sc = Scenario {
+                workload,
+                batch,
+                seq,
+                opts,
+            };
+            let a = analysis::analyze(&cfg, &sc, &hw).unwrap();
+            let ops: Vec<Sample> = a
+                .rows
+                .iter()
+                .map(|r| Sample {
+                    kind: OpKind::new(r.name, r.class, r.dtype, r.bound).in_step(workload),
+                    roofline_seconds: r.roofline_seconds,
+                    measured_seconds: 3.0 * r.roofline_seconds,
+                })
+                .collect();
+            let step = ops.iter().map(|o| o.measured_seconds).sum();
+            training.push(WorkloadSamples {
+                label: format!("{batch}"),
+                ops,
+                step_seconds: step,
+            });
+        }
+        let cal = Calibration::fit(
+            "synthetic".into(),
+            hw.clone(),
+            "bf16".into(),
+            &training,
+            serde_json::Value::Null,
+        )
+        .unwrap();
+        let roof = predict(&cfg, &hw, opts, ServeConfig::new(128, 128), &[]).unwrap();
+        let p = predict_calibrated(&cfg, &hw, opts, ServeConfig::new(128, 128), &[], Some(&cal))
+            .unwrap();
+        assert!(roof.calibration.is_none());
+        assert!(p.calibration.as_deref().unwrap().contains("synthetic"));
+        assert_eq!(p.saturation.batch, roof.saturation.batch);
+        let ratio = roof.saturation.output_throughput / p.saturation.output_throughput;
+        assert!((ratio - 3.0).abs() < 0.15, "{ratio}");
+        assert!(p.decode_overhead_seconds.abs() < 1e-9);
     }
 
     #[test]
