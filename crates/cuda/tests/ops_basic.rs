@@ -392,6 +392,17 @@ fn rope_edge_shapes_and_per_row_positions_match_the_cpu() {
                     pos_offset: if per_row { 0 } else { pos },
                     per_row,
                     theta: 10_000.0,
+                    // Llama 3's bands on the d = 64 shapes, so the per-row path is scaled too.
+                    scaling: if d == 64 {
+                        RopeScaling::Llama3 {
+                            factor: 8.0,
+                            low_freq_factor: 1.0,
+                            high_freq_factor: 4.0,
+                            original_context: 256,
+                        }
+                    } else {
+                        RopeScaling::None
+                    },
                 };
                 let mut tensors = vec![t("qkv", &[b * tt, w], dt, Fill::Normal(1.0))];
                 let inputs = if per_row {
