@@ -8,8 +8,10 @@ use crate::checkpoint::{self, CheckpointError, Contents, RunInfo};
 use crate::data::Batch;
 use crate::train::{StepParams, Stepper};
 use std::path::Path;
+use std::sync::Arc;
 use thiserror::Error;
 use tperf_core::backend::{repeated_step, Backend, BackendError};
+use tperf_core::comm::{Communicator, Solo};
 use tperf_core::ops::adamw::AdamWParams;
 use tperf_core::schedule::Transformer;
 use tperf_core::tensor::Tensor;
@@ -47,6 +49,8 @@ pub struct ModelStepper<B: Backend> {
     pub model: Transformer,
     /// The run's settings by flag name, recorded in every checkpoint it saves.
     pub flags: std::collections::BTreeMap<String, String>,
+    /// The rank group a ZeRO-1 model's checkpoints gather their shards over (alone: [`Solo`]).
+    pub group: Arc<dyn Communicator>,
 }
 
 impl<B: Backend> ModelStepper<B> {
@@ -60,7 +64,14 @@ impl<B: Backend> ModelStepper<B> {
             be,
             model,
             flags: Default::default(),
+            group: Arc::new(Solo),
         })
+    }
+
+    /// This stepper as one rank of `group`, which its checkpoints gather ZeRO-1 shards over.
+    pub fn in_group(mut self, group: Arc<dyn Communicator>) -> Self {
+        self.group = group;
+        self
     }
 
     pub fn into_parts(self) -> (B, Transformer) {
@@ -167,23 +178,30 @@ impl<B: Backend> Stepper for ModelStepper<B> {
         if run.flags.is_empty() {
             run.flags = self.flags.clone();
         }
-        checkpoint::save(
+        checkpoint::save_ranked(
             path,
             &mut self.be,
             &self.model,
             &run,
             Contents::WeightsAndOptimizer,
+            &*self.group,
         )?;
         Ok(())
     }
 
     fn load_checkpoint(&mut self, path: &Path) -> Result<RunInfo, StepperError> {
-        let meta = checkpoint::load(
+        let meta = checkpoint::load_ranked(
             path,
             &mut self.be,
             &self.model,
             Contents::WeightsAndOptimizer,
+            self.group.rank(),
         )?;
         Ok(meta.run)
+    }
+
+    /// A ZeRO-1 model's checkpoint gathers shards: every rank saves (rank 0 writes).
+    fn saves_collectively(&self) -> bool {
+        self.model.opts.zero1().is_some()
     }
 }

@@ -138,6 +138,12 @@ pub struct TrainArgs {
     /// without GPUs). --batch is per rank.
     #[arg(long)]
     pub ranks: Option<usize>,
+    /// With --gpus/--ranks: ZeRO-1 instead of DDP — gradients reduce-scattered, each rank's
+    /// AdamW updating its 1/N shard of the optimizer state, the weights all-gathered. The same
+    /// steps as DDP; AdamW's moments take 1/N of the memory per rank. Checkpoints hold the whole
+    /// state and resume on any N.
+    #[arg(long)]
+    pub zero1: bool,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -277,7 +283,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         kv_cache: false,
         recompute: args.recompute,
         fused: true,
-        data_parallel: (world > 1).then(|| DataParallel::ddp(world)),
+        data_parallel: (world > 1).then(|| {
+            if args.zero1 {
+                DataParallel::zero1(world)
+            } else {
+                DataParallel::ddp(world)
+            }
+        }),
     };
     // The schedule's FLOPs per step, from the same op calls the backend will run, on every rank.
     let sc = Scenario {
@@ -454,7 +466,7 @@ fn train_on<B: Instrumented>(
     // Rank 0 speaks for a data-parallel run: the others print and log nothing.
     let speaks = comm.rank() == 0;
     let stop = StopFlag::new();
-    let mut inner = ModelStepper::new(be, model)?;
+    let mut inner = ModelStepper::new(be, model)?.in_group(Arc::clone(&comm));
     inner.flags = flags;
     let device_name = inner.be.name();
     let mut stepper = RankStepper::new(inner, comm, stop.clone());

@@ -582,7 +582,8 @@ impl Transformer {
             grads,
             norm: norm.clone(),
         };
-        e.run(GradNorm { numel }, Op::GradNorm, io, "grad_norm")?;
+        let shards = self.optimizer_shards();
+        e.run(GradNorm { numel, shards }, Op::GradNorm, io, "grad_norm")?;
         self.after_grad_norm(&mut e, &norm)?;
         let mut groups = vec![(None, w.outer_params())];
         groups.extend(
@@ -612,6 +613,7 @@ impl Transformer {
                 numel,
                 hyper,
                 grad_scale: self.loss_scale(),
+                shards,
             };
             e.run(adamw, Op::AdamW, io, "adamw")?;
             if !self.opts.fused && !copies.is_empty() {

@@ -205,6 +205,11 @@ impl super::Transformer {
         }
     }
 
+    /// The ranks the optimizer state is sharded over: W under ZeRO-1, else 1.
+    pub(super) fn optimizer_shards(&self) -> usize {
+        self.opts.zero1().map_or(1, |dp| dp.world)
+    }
+
     /// The optimizer's first op, the gradient norm, waits for the gradient buckets.
     pub(super) fn before_grad_norm(&self, e: &mut Emit<'_, impl Backend>) {
         if self.opts.dp().is_some() {
@@ -212,8 +217,9 @@ impl super::Transformer {
         }
     }
 
-    /// ZeRO-1, after the gradient norm of this rank's shard: the all-reduce that sums the
-    /// shards' squares into the global norm, which AdamW then waits for. Nothing otherwise.
+    /// ZeRO-1, after the gradient norm op wrote this rank's shard's Σg²: the all-reduce that
+    /// sums the ranks' squares (AdamW takes the root), which AdamW then waits for. Nothing
+    /// otherwise.
     pub(super) fn after_grad_norm(
         &self,
         e: &mut Emit<'_, impl Backend>,

@@ -7,17 +7,26 @@
 //! on the backend's one stream, in order with the compute: correct, but the backward does not
 //! overlap them yet (the schedule already issues them on `Stream::Comm` with the waits a second
 //! stream needs).
+//!
+//! ZeRO-1 shards a tensor into contiguous runs of ⌈n/W⌉ ([`tperf_core::comm::shard_range`]),
+//! which NCCL's reduce-scatter and all-gather cannot take in place when W does not divide n
+//! (they want W equal parts of one buffer). So a tensor's reduce-scatter is W `ncclReduce`s,
+//! rank r's run rooted at rank r, and its all-gather W `ncclBroadcast`s, rank r's run from
+//! rank r, all in place and in the bucket's one group call: each moves the bytes a ring
+//! reduce-scatter (all-gather) would, (W−1)/W of the tensor per rank, in W launches' worth of
+//! latency where the ring needs one — negligible beside the 25 MiB buckets.
 
 use crate::backend::{device_err, unsupported, CudaBackend};
 use cudarc::nccl::{result as nccl, sys as nccl_sys};
 use tperf_core::backend::{BackendError, OpCall};
-use tperf_core::comm::{Communicator, Reduce};
+use tperf_core::comm::{shard_range, Communicator, Reduce};
 use tperf_core::dtype::DType;
 use tperf_core::ops::collective::{Collective, CollectiveKind};
 
 /// An NCCL communicator of this process's GPU in a group of `world` ranks.
 pub struct Nccl {
     comm: nccl_sys::ncclComm_t,
+    rank: usize,
     world: usize,
 }
 
@@ -69,9 +78,31 @@ impl CudaBackend {
             .map_err(nccl_err("joining the group"))?;
         self.nccl = Some(Nccl {
             comm,
+            rank: group.rank(),
             world: group.world(),
         });
         Ok(())
+    }
+
+    /// This GPU's rank among the `shards` an optimizer op is split over (0 when it is not).
+    pub(crate) fn shard_rank(&self, call: &OpCall, shards: usize) -> Result<usize, BackendError> {
+        if shards <= 1 {
+            return Ok(0);
+        }
+        match &self.nccl {
+            Some(n) if n.world == shards => Ok(n.rank),
+            Some(n) => Err(unsupported(
+                call,
+                format!(
+                    "the schedule shards the optimizer over {shards} ranks but NCCL has {}",
+                    n.world
+                ),
+            )),
+            None => Err(unsupported(
+                call,
+                "a ZeRO-1 optimizer step needs its NCCL group (`tperf train --gpus N --zero1`)",
+            )),
+        }
     }
 
     pub(crate) fn collective(&mut self, call: &OpCall, c: &Collective) -> Result<(), BackendError> {
@@ -91,20 +122,11 @@ impl CudaBackend {
                 ),
             ));
         }
-        if c.kind != CollectiveKind::AllReduce {
-            return Err(unsupported(
-                call,
-                format!(
-                    "{} (ZeRO-1) is modelled but not yet executed; train with DDP (no --zero1)",
-                    c.kind.name()
-                ),
-            ));
-        }
         let op = match c.reduce {
             Reduce::Sum => nccl_sys::ncclRedOp_t::ncclSum,
             Reduce::Mean => nccl_sys::ncclRedOp_t::ncclAvg,
         };
-        let comm = n.comm;
+        let (comm, world) = (n.comm, n.world);
         let stream = self.gpu.cu_stream() as nccl_sys::cudaStream_t;
         let mut parts = Vec::with_capacity(call.outputs.len());
         for t in &call.outputs {
@@ -115,18 +137,43 @@ impl CudaBackend {
                 DType::F16 => nccl_sys::ncclDataType_t::ncclFloat16,
                 DType::I32 => nccl_sys::ncclDataType_t::ncclInt32,
             };
-            parts.push((b.block.ptr, b.numel as usize, dt));
+            parts.push((b.block.ptr, b.numel as usize, dt, b.dtype.size_bytes()));
         }
         nccl::group_start().map_err(nccl_err("group start"))?;
         let mut result = Ok(());
-        for (ptr, count, dt) in parts {
-            let p = ptr as *mut ::core::ffi::c_void;
-            // SAFETY: `p` is a live device buffer of `count` elements of `dt` on this GPU; the
-            // reduction is in place, which NCCL allows; `comm` and `stream` belong to this GPU.
-            let r = unsafe { nccl::all_reduce(p, p, count, dt, op, comm, stream) };
-            if let Err(e) = r {
-                result = Err(nccl_err("all_reduce")(e));
-                break;
+        'tensors: for (ptr, count, dt, width) in parts {
+            if c.kind == CollectiveKind::AllReduce {
+                let p = ptr as *mut ::core::ffi::c_void;
+                // SAFETY: `p` is a live device buffer of `count` elements of `dt` on this GPU;
+                // the reduction is in place, which NCCL allows; `comm` and `stream` belong to
+                // this GPU.
+                let r = unsafe { nccl::all_reduce(p, p, count, dt, op, comm, stream) };
+                if let Err(e) = r {
+                    result = Err(nccl_err("all_reduce")(e));
+                    break;
+                }
+                continue;
+            }
+            for root in 0..world {
+                let shard = shard_range(count, root, world);
+                if shard.is_empty() {
+                    continue;
+                }
+                let p = (ptr + shard.start as u64 * width) as *mut ::core::ffi::c_void;
+                // SAFETY: `p` points at `shard.len()` elements of `dt` inside the live device
+                // buffer of `count` elements; every rank computes the same runs, so the roots
+                // and counts match across the group; in place, which NCCL allows.
+                let r = unsafe {
+                    if c.kind == CollectiveKind::ReduceScatter {
+                        nccl::reduce(p, p, shard.len(), dt, op, root as i32, comm, stream)
+                    } else {
+                        nccl::broadcast(p, p, shard.len(), dt, root as i32, comm, stream)
+                    }
+                };
+                if let Err(e) = r {
+                    result = Err(nccl_err(c.kind.name())(e));
+                    break 'tensors;
+                }
             }
         }
         // The group is closed even after a failed enqueue, so NCCL's state stays consistent.
