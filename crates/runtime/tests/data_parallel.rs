@@ -509,3 +509,56 @@ mod through_the_training_loop {
         }
     }
 }
+
+/// Memory per rank under ZeRO-1: the CPU backend's ledger of a real step on each of W thread
+/// ranks peaks where the Meta record of the same scenario does, byte for byte, and AdamW's state is the ⌈n/W⌉ shard of every parameter (8 bytes each), not
+/// the 8 bytes per parameter DDP holds.
+#[test]
+fn zero1_memory_per_rank_is_what_the_model_predicts() {
+    use tperf_core::cost::{analysis, memory};
+    use tperf_core::ops::adamw::AdamWParams;
+    use tperf_core::schedule::scenario::{Scenario, StepRunner, Workload};
+    use tperf_core::tensor::MemCategory;
+    let cfg = odd();
+    for world in [2, 4] {
+        let sc = Scenario {
+            workload: Workload::Train,
+            batch: B,
+            seq: T,
+            opts: Options {
+                data_parallel: Some(DataParallel::zero1(world)),
+                ..Options::default()
+            },
+        };
+        let meta = analysis::record(&cfg, &sc).expect("the model records");
+        let predicted = memory::summarize(meta.mem_events());
+        let moments: u64 = {
+            let mut be = tperf_core::meta::MetaBackend::new();
+            let m = Transformer::new(&mut be, &cfg, Options::default(), true).expect("model");
+            let w = m.weights.all_params();
+            w.iter().map(|p| 8 * p.numel().div_ceil(world as u64)).sum()
+        };
+        let measured: Vec<(u64, u64)> = ThreadGroup::new(world, Duration::from_secs(60))
+            .into_iter()
+            .map(|group| {
+                let cfg = cfg.clone();
+                thread::spawn(move || {
+                    let mut be = CpuBackend::with_communicator(Arc::new(group));
+                    let mut runner = StepRunner::new(&mut be, &cfg, sc).expect("runner");
+                    runner.model.init_weights(&mut be, 5).expect("init");
+                    be.ledger_mut().reset_peak();
+                    runner.step(&mut be, AdamWParams::default()).expect("step");
+                    let state = be.ledger().bytes_in_use(MemCategory::OptimizerState);
+                    (be.ledger().peak_bytes(), state)
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().expect("rank"))
+            .collect();
+        for (rank, (peak, state)) in measured.into_iter().enumerate() {
+            assert_eq!(peak, predicted.peak_bytes, "world {world} rank {rank}: peak");
+            assert_eq!(state, moments, "world {world} rank {rank}: AdamW state");
+        }
+    }
+}
