@@ -80,6 +80,9 @@ pub struct CudaBackend {
     pub(crate) timer: Option<EventTimer>,
     /// The NCCL group of a data-parallel run (dropped before the GPU's context).
     pub(crate) nccl: Option<crate::ops::collective::Nccl>,
+    /// Without an NCCL group: the (rank, world) whose ZeRO-1 optimizer share this backend runs
+    /// (`CudaBackend::run_optimizer_shard_of`), so the per-shard kernels are testable on one GPU.
+    pub(crate) shard_of: Option<(usize, usize)>,
     pub(crate) gpu: Gpu,
     next_id: u32,
     ops_run: usize,
@@ -156,6 +159,7 @@ impl CudaBackend {
             workspace,
             timer: None,
             nccl: None,
+            shard_of: None,
             gpu,
             next_id: 0,
             ops_run: 0,

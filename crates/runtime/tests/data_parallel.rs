@@ -557,7 +557,10 @@ fn zero1_memory_per_rank_is_what_the_model_predicts() {
             .map(|h| h.join().expect("rank"))
             .collect();
         for (rank, (peak, state)) in measured.into_iter().enumerate() {
-            assert_eq!(peak, predicted.peak_bytes, "world {world} rank {rank}: peak");
+            assert_eq!(
+                peak, predicted.peak_bytes,
+                "world {world} rank {rank}: peak"
+            );
             assert_eq!(state, moments, "world {world} rank {rank}: AdamW state");
         }
     }

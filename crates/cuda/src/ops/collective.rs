@@ -84,10 +84,22 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Runs the optimizer ops of a ZeRO-1 schedule (GradNorm, AdamW) as rank `rank` of `world`
+    /// would, without an NCCL group: the per-shard kernels on one GPU, for tests (the
+    /// collectives still need the group, and refuse without it).
+    pub fn run_optimizer_shard_of(&mut self, rank: usize, world: usize) {
+        self.shard_of = Some((rank, world));
+    }
+
     /// This GPU's rank among the `shards` an optimizer op is split over (0 when it is not).
     pub(crate) fn shard_rank(&self, call: &OpCall, shards: usize) -> Result<usize, BackendError> {
         if shards <= 1 {
             return Ok(0);
+        }
+        if let (None, Some((rank, world))) = (&self.nccl, self.shard_of) {
+            if world == shards && rank < world {
+                return Ok(rank);
+            }
         }
         match &self.nccl {
             Some(n) if n.world == shards => Ok(n.rank),
