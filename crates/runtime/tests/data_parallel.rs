@@ -565,3 +565,132 @@ fn zero1_memory_per_rank_is_what_the_model_predicts() {
         }
     }
 }
+
+/// Gradient accumulation: K micro-steps of B rows take the step one step of K·B rows takes,
+/// alone (K = 2, 3) and on 2 ranks under DDP and ZeRO-1 (K = 2); and the schedule reduces the
+/// gradients once per optimizer step (on the last micro-step), not once per micro-step.
+#[test]
+fn k_micro_steps_take_the_step_of_k_times_the_batch() {
+    use tperf_core::cost::analysis;
+    use tperf_core::ops::Op;
+    use tperf_core::schedule::scenario::{Scenario, Workload};
+    let cfg = odd();
+    let with_k = |k: usize| Options {
+        grad_accum: k,
+        ..Options::default()
+    };
+    for (world, k, zero1) in [(1, 2, false), (1, 3, false), (2, 2, false), (2, 2, true)] {
+        let one = losses_of(&cfg, world * k, 1, false, Options::default());
+        let accum = losses_of(&cfg, world * k, world, zero1, with_k(k));
+        assert!((one[0] - one[STEPS as usize - 1]).abs() > 1e-3, "{one:?}");
+        for (step, (a, b)) in one.iter().zip(&accum).enumerate() {
+            assert!(
+                (a - b).abs() <= 2e-5 * a.abs().max(1.0),
+                "{world} rank(s), K = {k}, ZeRO-1 {zero1}, step {}: one step {a}, accumulated {b}",
+                step + 1
+            );
+        }
+    }
+    let collectives = |k: usize| {
+        let sc = Scenario {
+            workload: Workload::Train,
+            batch: B,
+            seq: T,
+            opts: Options {
+                data_parallel: Some(DataParallel::ddp(2)),
+                ..with_k(k)
+            },
+        };
+        let meta = analysis::record(&cfg, &sc).expect("the model records");
+        let ops = &meta.ops;
+        let reduce = ops
+            .iter()
+            .filter(|r| matches!(r.call.op, Op::Collective(_)))
+            .count();
+        let losses = ops
+            .iter()
+            .filter(|r| matches!(r.call.op, Op::CrossEntropy(_)))
+            .count();
+        (reduce, losses)
+    };
+    let (once, one_fwd) = collectives(1);
+    let (thrice, three_fwd) = collectives(3);
+    assert!(once > 0);
+    assert_eq!(
+        thrice, once,
+        "the gradients are reduced once per optimizer step"
+    );
+    assert_eq!(
+        three_fwd,
+        3 * one_fwd,
+        "three micro-steps, each with its loss"
+    );
+}
+
+/// What the loss comparison above cannot see (AdamW's m/√v does not change when every gradient
+/// is scaled alike, and clipping rescales to the threshold): after K = 2 micro-steps the
+/// gradients hold the sum of the micro-batches' mean gradients — 2× the mean gradient of the
+/// whole batch — and AdamW is told to divide by S·K.
+#[test]
+fn accumulated_gradients_are_the_sum_and_adamw_divides_by_k() {
+    use tperf_core::backend::Backend;
+    let cfg = odd();
+    let batch = &global_batches(2 * B)[0];
+    let grads = |k: usize| {
+        let opts = Options {
+            grad_accum: k,
+            ..Options::default()
+        };
+        let mut be = CpuBackend::new();
+        let model = Transformer::new(&mut be, &cfg, opts, true).expect("model");
+        model.init_weights(&mut be, 5).expect("init");
+        let rows = 2 * B / k;
+        for i in 0..k {
+            let part = rows_of(batch, i * rows, rows);
+            let (tk, tg) = model.alloc_inputs(&mut be, rows, T, true).expect("inputs");
+            let tg = tg.expect("targets");
+            be.write_i32(&tk, &part.tokens).expect("tokens");
+            be.write_i32(&tg, &part.targets).expect("targets");
+            let state = model.forward_train(&mut be, tk, tg).expect("forward");
+            let losses = model.backward_micro(&mut be, state, i).expect("backward");
+            be.free(losses);
+        }
+        model
+            .weights
+            .all_params()
+            .iter()
+            .map(|p| be.read_f32(p.grad()).expect("grad"))
+            .collect::<Vec<_>>()
+    };
+    let (whole, summed) = (grads(1), grads(2));
+    for (w, s) in whole.iter().zip(&summed) {
+        for (a, b) in w.iter().zip(s) {
+            assert!(
+                (2.0 * a - b).abs() <= 1e-5 * a.abs().max(1e-3),
+                "{b} vs 2 × {a}"
+            );
+        }
+    }
+    let sc = tperf_core::schedule::scenario::Scenario {
+        workload: tperf_core::schedule::scenario::Workload::Train,
+        batch: B,
+        seq: T,
+        opts: Options {
+            grad_accum: 2,
+            ..Options::default()
+        },
+    };
+    let meta = tperf_core::cost::analysis::record(&cfg, &sc).expect("record");
+    let scales: Vec<f64> = meta
+        .ops
+        .iter()
+        .filter_map(|r| match &r.call.op {
+            tperf_core::ops::Op::AdamW(a) => Some(a.grad_scale),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !scales.is_empty() && scales.iter().all(|&s| s == 2.0),
+        "{scales:?}"
+    );
+}

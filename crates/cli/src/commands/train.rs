@@ -144,6 +144,12 @@ pub struct TrainArgs {
     /// state and resume on any N.
     #[arg(long)]
     pub zero1: bool,
+    /// Gradient accumulation: K forward/backward micro-steps of --batch sequences per
+    /// optimizer step (the gradients reduced across ranks on the last only). The step's batch
+    /// is K × --batch per rank; the same steps as --batch K×B without it, in the memory of B
+    /// (plus an f32 accumulator per parameter).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub grad_accum: u64,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -174,7 +180,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // trains its rows (RankStepper).
     let world = rank.as_ref().map_or(1, |rv| rv.world);
     let per_rank_batch = args.batch;
-    args.batch *= world;
+    let micro_steps = args.grad_accum as usize;
+    // The loader's batch is the optimizer step's: every rank's K micro-batches.
+    args.batch *= world * micro_steps;
     let mut cfg = load::load(&args.model)?.config;
     let hf_model = if hf::is_model_dir(Path::new(&args.model)) {
         let m = hf::HfModel::open(Path::new(&args.model))?;
@@ -290,6 +298,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 DataParallel::ddp(world)
             }
         }),
+        grad_accum: micro_steps,
     };
     // The schedule's FLOPs per step, from the same op calls the backend will run, on every rank.
     let sc = Scenario {
