@@ -6,7 +6,7 @@
 //! multi-GPU machines. Needs a CUDA device and libnccl; where there is none each test says it
 //! skipped.
 
-use tperf_core::backend::{Backend, OpCall};
+use tperf_core::backend::{Backend, OpCall, Stream};
 use tperf_core::comm::{Reduce, Solo};
 use tperf_core::dtype::DType;
 use tperf_core::ops::collective::{Collective, CollectiveKind};
@@ -70,7 +70,10 @@ fn an_all_reduce_over_a_group_of_one_leaves_a_bucket_unchanged() {
                 None,
                 Phase::Backward,
             );
-            be.exec(call).expect("the collective runs");
+            // As the schedule issues it: on the comm stream, after the compute stream's work
+            // (the read below joins the streams).
+            be.exec(call.on_stream(Stream::Comm, &[Stream::Compute]))
+                .expect("the collective runs");
         }
         for (t, want) in tensors.iter().zip(&values) {
             assert_eq!(

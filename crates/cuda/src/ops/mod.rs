@@ -12,6 +12,7 @@ mod norms;
 pub(crate) mod optimizer;
 mod paged;
 mod sampling;
+pub(crate) mod watchdog;
 
 pub(crate) use sampling::sample_words;
 
