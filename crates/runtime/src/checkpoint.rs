@@ -233,7 +233,8 @@ pub fn save_ranked<B: Backend>(
         return Err(CheckpointError::NoModelOptimizerState { action: "save" });
     }
     let shards = model.opts.zero1().map_or(1, |d| d.world);
-    if shards != group.world() {
+    // A replicated model is read whole by whichever rank saves; a sharded one needs its group.
+    if shards > 1 && shards != group.world() {
         return Err(CheckpointError::Gather {
             name: "the model".into(),
             source: CommError::Mismatch {
