@@ -343,6 +343,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     recompute,
                     fused,
                     data_parallel: None,
+                    grad_accum: 1,
                 },
             },
         )

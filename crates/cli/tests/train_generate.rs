@@ -528,3 +528,81 @@ fn two_cpu_ranks_train_like_one_process_on_the_whole_batch() {
     }
     assert!(dp.exists(), "rank 0 wrote the checkpoint");
 }
+
+/// A rank that dies mid-run makes the others exit, with an error naming the collective, well
+/// within 60 s (a closed connection is noticed at once; a hung rank would take the group
+/// timeout). The two ranks are started by hand, as torchrun would start them, so no launcher
+/// stops the survivor for it; ZeRO-1 with accumulation, so the failure reaches a reduce-scatter
+/// or the step's loss all-reduce.
+#[test]
+fn a_rank_that_dies_makes_the_other_exit_with_an_error_instead_of_hanging() {
+    use std::time::{Duration, Instant};
+    let t = setup();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+        .to_string();
+    let rank = |r: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tperf"))
+            .args([
+                "train",
+                s(&t.config),
+                "--synthetic",
+                "--steps",
+                "1000000",
+                "--batch",
+                "1",
+                "--seq",
+                "16",
+                "--eval-every",
+                "0",
+                "--device",
+                "cpu",
+                "--ranks",
+                "2",
+                "--zero1",
+                "--grad-accum",
+                "2",
+            ])
+            .env("RANK", r)
+            .env("WORLD_SIZE", "2")
+            .env("MASTER_ADDR", "127.0.0.1")
+            .env("MASTER_PORT", &port)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("a rank starts")
+    };
+    let mut survivor = rank("0");
+    let mut victim = rank("1");
+    // Let them meet and take steps, then kill rank 1 outright (no chance to say goodbye).
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        survivor.try_wait().expect("poll").is_none(),
+        "rank 0 is still training"
+    );
+    victim.kill().expect("kill rank 1");
+    victim.wait().expect("reap rank 1");
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(st) = survivor.try_wait().expect("poll") {
+            break st;
+        }
+        if killed.elapsed() > Duration::from_secs(60) {
+            survivor.kill().ok();
+            panic!("rank 0 still runs 60 s after rank 1 died");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut survivor.stderr.take().expect("stderr"), &mut err)
+        .expect("read stderr");
+    assert!(!status.success(), "rank 0 must fail: {err}");
+    assert!(
+        err.contains("rank 0") && (err.contains("exited") || err.contains("no reply")),
+        "the error says the group broke: {err}"
+    );
+    eprintln!("rank 0 exited {:?} after rank 1 died", killed.elapsed());
+}

@@ -55,6 +55,87 @@ pub trait Communicator: Send + Sync {
     fn all_reduce(&self, data: &mut [f32], op: Reduce) -> Result<(), CommError>;
     /// Rank 0's `data` is copied to every rank (same length on all).
     fn broadcast(&self, data: &mut [u8]) -> Result<(), CommError>;
+    /// `data` holds one part per rank in rank order, rank r's `counts[r]` values long (the
+    /// layout [`pack_shards`] makes); this rank's own part becomes the reduction over the
+    /// ranks of their copies of it. The other parts are left as they were.
+    fn reduce_scatter(
+        &self,
+        data: &mut [f32],
+        counts: &[usize],
+        op: Reduce,
+    ) -> Result<(), CommError>;
+    /// The layout of [`Communicator::reduce_scatter`]: every rank's part r becomes rank r's.
+    fn all_gather(&self, data: &mut [f32], counts: &[usize]) -> Result<(), CommError>;
+}
+
+/// The elements of a tensor of `numel` that rank `rank` of `world` owns under ZeRO-1: the
+/// `rank`-th run of ⌈numel/W⌉ (the last rank's may be shorter, or empty when numel < W). Every
+/// backend and the checkpoint code split tensors this way, so a shard means the same elements
+/// everywhere; [`crate::schedule::options::DataParallel::shard`] is its length's bound.
+pub fn shard_range(numel: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let per = numel.div_ceil(world.max(1));
+    let lo = (rank * per).min(numel);
+    lo..(lo + per).min(numel)
+}
+
+/// Each rank's count in the rank-major layout of a bucket of tensors of `numels`: rank r's part
+/// is its shard of every tensor, in tensor order.
+pub fn shard_counts(numels: &[usize], world: usize) -> Vec<usize> {
+    (0..world)
+        .map(|r| numels.iter().map(|&n| shard_range(n, r, world).len()).sum())
+        .collect()
+}
+
+/// The tensors `parts` (in order) rearranged rank-major: rank 0's shard of every tensor, then
+/// rank 1's, and so on — the message of a reduce-scatter or all-gather.
+pub fn pack_shards(parts: &[&[f32]], world: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for r in 0..world {
+        for p in parts {
+            out.extend_from_slice(&p[shard_range(p.len(), r, world)]);
+        }
+    }
+    out
+}
+
+/// The inverse of [`pack_shards`]: writes `message` back into the tensors.
+pub fn unpack_shards(message: &[f32], parts: &mut [&mut [f32]], world: usize) {
+    let mut at = 0;
+    for r in 0..world {
+        for p in parts.iter_mut() {
+            let range = shard_range(p.len(), r, world);
+            let n = range.len();
+            p[range].copy_from_slice(&message[at..at + n]);
+            at += n;
+        }
+    }
+}
+
+/// Where rank `rank`'s part starts in the rank-major layout of `counts`.
+pub fn part_offset(counts: &[usize], rank: usize) -> std::ops::Range<usize> {
+    let lo: usize = counts[..rank].iter().sum();
+    lo..lo + counts[rank]
+}
+
+/// Checks a rank-major layout against the data it describes.
+fn check_counts(
+    rank: usize,
+    during: &'static str,
+    data: &[f32],
+    counts: &[usize],
+    world: usize,
+) -> Result<(), CommError> {
+    let total: usize = counts.iter().sum();
+    if counts.len() != world || total != data.len() {
+        return Err(CommError::Mismatch {
+            rank,
+            during,
+            len: data.len(),
+            other: rank,
+            other_len: total,
+        });
+    }
+    Ok(())
 }
 
 /// The reduction of `parts` (one slice per rank, in rank order) into `out`.
@@ -252,6 +333,71 @@ impl Communicator for ThreadGroup {
         data.copy_from_slice(&root);
         Ok(())
     }
+
+    fn reduce_scatter(
+        &self,
+        data: &mut [f32],
+        counts: &[usize],
+        op: Reduce,
+    ) -> Result<(), CommError> {
+        let during = "reduce_scatter";
+        check_counts(self.rank, during, data, counts, self.shared.world)?;
+        let mine = part_offset(counts, self.rank);
+        let n = data.len();
+        // Every rank deposits the whole message and reads the others' copies of its own part.
+        let parts = self.exchange(f32_to_bytes(data), during, |slots| {
+            slots
+                .iter()
+                .map(|s| {
+                    let all = bytes_to_f32(s.as_deref().unwrap_or_default());
+                    (all.len(), all.get(mine.clone()).map(<[f32]>::to_vec))
+                })
+                .collect::<Vec<_>>()
+        })?;
+        let mut views = Vec::with_capacity(parts.len());
+        for (other, (len, part)) in parts.iter().enumerate() {
+            match part {
+                Some(p) if *len == n => views.push(p.as_slice()),
+                _ => {
+                    return Err(CommError::Mismatch {
+                        rank: self.rank,
+                        during,
+                        len: n,
+                        other,
+                        other_len: *len,
+                    })
+                }
+            }
+        }
+        reduce_in_rank_order(&views, op, &mut data[mine]);
+        Ok(())
+    }
+
+    fn all_gather(&self, data: &mut [f32], counts: &[usize]) -> Result<(), CommError> {
+        let during = "all_gather";
+        check_counts(self.rank, during, data, counts, self.shared.world)?;
+        let mine = part_offset(counts, self.rank);
+        let parts = self.exchange(f32_to_bytes(&data[mine]), during, |slots| {
+            slots
+                .iter()
+                .map(|s| bytes_to_f32(s.as_deref().unwrap_or_default()))
+                .collect::<Vec<_>>()
+        })?;
+        for (r, part) in parts.iter().enumerate() {
+            let range = part_offset(counts, r);
+            if part.len() != range.len() {
+                return Err(CommError::Mismatch {
+                    rank: self.rank,
+                    during,
+                    len: range.len(),
+                    other: r,
+                    other_len: part.len(),
+                });
+            }
+            data[range].copy_from_slice(part);
+        }
+        Ok(())
+    }
 }
 
 /// The group of one: every collective is the identity (a mean over one rank is the value).
@@ -268,6 +414,12 @@ impl Communicator for Solo {
         Ok(())
     }
     fn broadcast(&self, _: &mut [u8]) -> Result<(), CommError> {
+        Ok(())
+    }
+    fn reduce_scatter(&self, _: &mut [f32], _: &[usize], _: Reduce) -> Result<(), CommError> {
+        Ok(())
+    }
+    fn all_gather(&self, _: &mut [f32], _: &[usize]) -> Result<(), CommError> {
         Ok(())
     }
 }
@@ -333,6 +485,41 @@ mod tests {
             id
         });
         assert!(out.iter().all(|id| *id == [7u8; 16]));
+    }
+
+    #[test]
+    fn reduce_scatter_then_all_gather_is_an_all_reduce_over_uneven_shards() {
+        // Tensors of 5 and 2 elements over 3 ranks: shards of 2, 2, 1 and 1, 1, 0.
+        let out = run(3, |g| {
+            let r = g.rank() as f32;
+            let a: Vec<f32> = (0..5).map(|i| r * 10.0 + i as f32).collect();
+            let b = vec![r, -r];
+            let counts = shard_counts(&[5, 2], 3);
+            let mut msg = pack_shards(&[&a, &b], 3);
+            let mut reduced = msg.clone();
+            g.all_reduce(&mut reduced, Reduce::Mean).unwrap();
+            g.reduce_scatter(&mut msg, &counts, Reduce::Mean).unwrap();
+            let mine = part_offset(&counts, g.rank());
+            assert_eq!(msg[mine.clone()], reduced[mine], "own part reduced");
+            g.all_gather(&mut msg, &counts).unwrap();
+            let (mut a2, mut b2) = (vec![0.0; 5], vec![0.0; 2]);
+            unpack_shards(&msg, &mut [&mut a2, &mut b2], 3);
+            (msg == reduced, a2, b2)
+        });
+        for (same, a, b) in out {
+            assert!(
+                same,
+                "reduce-scatter + all-gather = all-reduce, bit for bit"
+            );
+            assert_eq!(a, vec![10.0, 11.0, 12.0, 13.0, 14.0]);
+            assert_eq!(b, vec![1.0, -1.0]);
+        }
+        assert_eq!(shard_range(5, 2, 3), 4..5);
+        assert_eq!(
+            shard_range(2, 2, 3),
+            2..2,
+            "a rank past the end owns nothing"
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn all_option_combos() -> Vec<Options> {
                             recompute,
                             fused,
                             data_parallel: None,
+                            grad_accum: 1,
                         });
                     }
                 }

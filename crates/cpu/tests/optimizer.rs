@@ -87,6 +87,7 @@ fn step(be: &mut CpuBackend, gr: &Group, hyper: AdamWParams, grad_scale: f64) {
             numel,
             hyper,
             grad_scale,
+            shards: 1,
         }),
         inputs,
         outputs,

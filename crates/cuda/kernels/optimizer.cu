@@ -116,12 +116,13 @@ extern "C" __global__ void grad_sum_sq_multi(const NormTensor* table, int count,
     if (threadIdx.x == 0) acc[blockIdx.x] = s;
 }
 
-// norm = √(Σ_b acc[b]), one block.
-extern "C" __global__ void grad_norm_finish(const double* acc, int blocks, Buf norm) {
+// norm = √(Σ_b acc[b]), one block; with `squared` (a ZeRO-1 shard) Σ itself, which an
+// all-reduce then adds over the ranks (roots do not add).
+extern "C" __global__ void grad_norm_finish(const double* acc, int blocks, int squared, Buf norm) {
     double s = 0.0;
     for (int b = threadIdx.x; b < blocks; b += blockDim.x) s += acc[b];
     s = block_sum_f64(s);
-    if (threadIdx.x == 0) st(norm, 0, (float)sqrt(s));
+    if (threadIdx.x == 0) st(norm, 0, (float)(squared ? s : sqrt(s)));
 }
 
 // The per-step constants of one AdamW update.
@@ -152,17 +153,19 @@ __device__ __forceinline__ void adam_elem(const AdamConsts& k, float wd, float g
 // to f32) like the other hyperparameters; weight decay applies where the descriptor says. A copy
 // receives θ in its storage dtype. lr, c1 and c2 change from step to step: in a replayed graph
 // they come from device memory, `step` = {lr, c1, c2} (graph.rs); eagerly `step` is null.
+// `norm_squared` (ZeRO-1): the norm tensor holds the ranks' summed Σg², whose root is the norm.
 extern "C" __global__ void adamw_update_multi(const AdamTensor* table, int count, i64 items,
                                               Buf norm, float b1, float b2, float c1, float c2,
                                               float lr, float eps, float wd, int clip_on,
                                               double max_norm, double grad_scale,
-                                              const float* step) {
+                                              int norm_squared, const float* step) {
     if (step) {
         lr = step[0];
         c1 = step[1];
         c2 = step[2];
     }
-    const double measured = (double)ld(norm, 0);
+    const double input = (double)ld(norm, 0);
+    const double measured = norm_squared ? sqrt(input) : input;
     if (grad_scale > 1.0 && !isfinite(measured)) return;
     const double gn = measured / grad_scale;
     double c = 1.0;

@@ -80,6 +80,9 @@ pub struct CudaBackend {
     pub(crate) timer: Option<EventTimer>,
     /// The NCCL group of a data-parallel run (dropped before the GPU's context).
     pub(crate) nccl: Option<crate::ops::collective::Nccl>,
+    /// Without an NCCL group: the (rank, world) whose ZeRO-1 optimizer share this backend runs
+    /// (`CudaBackend::run_optimizer_shard_of`), so the per-shard kernels are testable on one GPU.
+    pub(crate) shard_of: Option<(usize, usize)>,
     pub(crate) gpu: Gpu,
     next_id: u32,
     ops_run: usize,
@@ -156,6 +159,7 @@ impl CudaBackend {
             workspace,
             timer: None,
             nccl: None,
+            shard_of: None,
             gpu,
             next_id: 0,
             ops_run: 0,
@@ -569,7 +573,8 @@ impl Backend for CudaBackend {
     }
 
     fn end_step(&mut self) -> Result<(), BackendError> {
-        let result = self.finish_step();
+        // A captured step must end joined; an eager one leaves nothing behind on the comm stream.
+        let result = self.join_comm().and_then(|()| self.finish_step());
         self.retired.clear();
         result
     }
@@ -789,7 +794,7 @@ impl CudaBackend {
         if self.graphs.in_step_graph() {
             self.leave_graph_mode("the step reads or writes host memory", true)?;
         }
-        Ok(())
+        self.join_comm()
     }
 
     /// Ends a capture or replay in the middle of a step: the capture (if any) is discarded and
@@ -878,6 +883,11 @@ impl CudaBackend {
 
     /// Copies the step's dynamic scalars, then launches its graph (both on the stream, after
     /// whatever ran before).
+    /// Whether a step is being captured into a graph (nothing runs on the device meanwhile).
+    pub(crate) fn capturing(&self) -> bool {
+        matches!(self.graphs.mode, Mode::Capture { .. })
+    }
+
     fn launch_graph(&mut self, exec: sys::CUgraphExec) -> Result<(), BackendError> {
         let stream = self.gpu.cu_stream();
         if !self.graphs.scalars.is_empty() {
@@ -901,12 +911,14 @@ impl CudaBackend {
         // a capture, or after a replayed step whose every action matched the captured one with
         // the same device pointers (graph.rs), so the blocks its kernels address are this step's
         // live tensors and scratch.
-        let launched = unsafe { cu::graph::launch(exec, stream) }
+        let launched: Result<(), BackendError> = unsafe { cu::graph::launch(exec, stream) }
             .map_err(|e| driver("launching the step's graph")(e).into());
         if self.nvtx {
             crate::nvtx::pop();
         }
-        launched
+        launched?;
+        // A replayed step may hold collectives that a dead peer never completes.
+        self.watch_collectives(stream)
     }
 }
 
@@ -942,6 +954,7 @@ impl CudaBackend {
 
 impl CudaBackend {
     fn dispatch(&mut self, call: &OpCall) -> Result<(), BackendError> {
+        self.join_comm_for(call)?;
         match &call.op {
             Op::Matmul(mm) => self.matmul_forward(call, mm),
             Op::MatmulBackward(mm) => self.matmul_backward(call, mm),

@@ -116,12 +116,12 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         &[Buf, Buf, Buf, I64, I32, F32, I32, I32],
     ),
     ("optimizer", "grad_sum_sq_multi", &[Ptr, I32, I64, Ptr]),
-    ("optimizer", "grad_norm_finish", &[Ptr, I32, Buf]),
+    ("optimizer", "grad_norm_finish", &[Ptr, I32, I32, Buf]),
     (
         "optimizer",
         "adamw_update_multi",
         &[
-            Ptr, I32, I64, Buf, F32, F32, F32, F32, F32, F32, F32, I32, F64, F64, Ptr,
+            Ptr, I32, I64, Buf, F32, F32, F32, F32, F32, F32, F32, I32, F64, F64, I32, Ptr,
         ],
     ),
     (

@@ -307,7 +307,7 @@ fn grad_norm_case(shapes: &[&[usize]], mixed: bool) -> OpCase {
         .iter()
         .map(|s| s.iter().product::<usize>() as u64)
         .sum();
-    let mut b = Builder::new(Op::GradNorm(GradNorm { numel }));
+    let mut b = Builder::new(Op::GradNorm(GradNorm { numel, shards: 1 }));
     for (i, shape) in shapes.iter().enumerate() {
         let dtype = if mixed && i % 2 == 1 { Bf16 } else { F32 };
         b.input(
@@ -378,6 +378,7 @@ fn adamw_case(
         numel,
         hyper,
         grad_scale,
+        shards: 1,
     }));
     b.input("norm", &[1], F32, Fill::Value(norm));
     let theta: Vec<usize> = shapes

@@ -15,6 +15,12 @@
 //! a save that fails (a backend error, a NaN in the weights) leaves the previous checkpoint as
 //! it was.
 //!
+//! ZeRO-1 (`tperf train --zero1`): a rank holds AdamW's moments, and current f32 masters, only
+//! for its shard of each parameter. A checkpoint is still the whole state, as one device would
+//! write it: [`save_ranked`] gathers the shards over the rank group (every rank calls it; rank 0
+//! writes), and [`load_ranked`] has every rank read the whole file and keep its shard. So a
+//! checkpoint does not record how many ranks wrote it, and resumes on any number.
+//!
 //! Loading checks everything — the file, the metadata, the config against the model, every
 //! tensor's presence, dtype, shape and checksum — before it writes a single value into the
 //! backend, so a failed load changes nothing.
@@ -28,6 +34,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use tperf_core::backend::{Backend, BackendError};
+use tperf_core::comm::{shard_range, CommError, Communicator, Solo};
 use tperf_core::config::ModelConfig;
 use tperf_core::schedule::Transformer;
 use tperf_core::tensor::Tensor;
@@ -39,6 +46,12 @@ pub const ADAM_V_SUFFIX: &str = ".adam_v";
 
 #[derive(Debug, Error)]
 pub enum CheckpointError {
+    #[error("gathering the ZeRO-1 shards of '{name}' from the other ranks: {source}")]
+    Gather {
+        name: String,
+        #[source]
+        source: CommError,
+    },
     #[error("no checkpoint at {}", path.display())]
     NotFound { path: PathBuf },
     #[error("cannot {action} {}: {source}", path.display())]
@@ -202,22 +215,56 @@ pub fn save<B: Backend>(
     run: &RunInfo,
     contents: Contents,
 ) -> Result<(), CheckpointError> {
+    save_ranked(path, be, model, run, contents, &Solo)
+}
+
+/// [`save`] for one rank of `group`: a ZeRO-1 model's shards are gathered from every rank
+/// (each must call this, in step), and rank 0 alone writes the file.
+pub fn save_ranked<B: Backend>(
+    path: &Path,
+    be: &mut B,
+    model: &Transformer,
+    run: &RunInfo,
+    contents: Contents,
+    group: &dyn Communicator,
+) -> Result<(), CheckpointError> {
     let with_optimizer = contents == Contents::WeightsAndOptimizer;
     if with_optimizer && !has_optimizer_state(model) {
         return Err(CheckpointError::NoModelOptimizerState { action: "save" });
+    }
+    let shards = model.opts.zero1().map_or(1, |d| d.world);
+    // A replicated model is read whole by whichever rank saves; a sharded one needs its group.
+    if shards > 1 && shards != group.world() {
+        return Err(CheckpointError::Gather {
+            name: "the model".into(),
+            source: CommError::Mismatch {
+                rank: group.rank(),
+                during: "checkpoint",
+                len: shards,
+                other: group.rank(),
+                other_len: group.world(),
+            },
+        });
     }
     // Read everything before touching the file system: a backend error or a non-finite value
     // must not cost the previous checkpoint.
     let mut tensors: Vec<(String, HostTensor)> = Vec::new();
     for p in model.weights.all_params() {
-        tensors.push((p.name.clone(), read_tensor(be, &p.master, &p.name)?));
+        let shape = &p.master.shape;
+        let master = read_sharded(be, &p.master, shape, &p.name, group, shards)?;
+        tensors.push((p.name.clone(), master));
         if with_optimizer {
             let [m_name, v_name] = moment_names(&p.name);
             if let (Some(m), Some(v)) = (&p.m, &p.v) {
-                tensors.push((m_name.clone(), read_tensor(be, m, &m_name)?));
-                tensors.push((v_name.clone(), read_tensor(be, v, &v_name)?));
+                let m = read_sharded(be, m, shape, &m_name, group, shards)?;
+                tensors.push((m_name.clone(), m));
+                let v = read_sharded(be, v, shape, &v_name, group, shards)?;
+                tensors.push((v_name.clone(), v));
             }
         }
+    }
+    if group.rank() != 0 {
+        return Ok(());
     }
     let checksums: BTreeMap<&str, u32> = tensors
         .iter()
@@ -244,16 +291,59 @@ pub fn save<B: Backend>(
     })
 }
 
-fn read_tensor<B: Backend>(
+/// The whole tensor of `shape` whose backend tensor `t` is either all of it or (`shards` > 1)
+/// this rank's ZeRO-1 shard of it, or, for a master weight, holds all of it with only the shard
+/// current: the shards are gathered over `group` in rank order.
+fn read_sharded<B: Backend>(
     be: &mut B,
     t: &Tensor,
+    shape: &[usize],
     name: &str,
+    group: &dyn Communicator,
+    shards: usize,
 ) -> Result<HostTensor, CheckpointError> {
     let values = be.read_f32(t).map_err(|source| CheckpointError::Backend {
         action: "reading",
         name: name.to_string(),
         source,
     })?;
+    if shards <= 1 {
+        return host_tensor(values, t, name);
+    }
+    let numel: usize = shape.iter().product();
+    let counts: Vec<usize> = (0..shards)
+        .map(|r| shard_range(numel, r, shards).len())
+        .collect();
+    let mine = shard_range(numel, group.rank(), shards);
+    // A master holds the whole tensor (its shard at the shard's place), a moment the shard.
+    let own = if values.len() == numel {
+        &values[mine.clone()]
+    } else if values.len() >= mine.len() {
+        &values[..mine.len()]
+    } else {
+        return Err(CheckpointError::WrongLength {
+            name: name.to_string(),
+            got: values.len(),
+            shape: t.shape.clone(),
+        });
+    };
+    let mut whole = vec![0.0f32; numel];
+    whole[mine].copy_from_slice(own);
+    group
+        .all_gather(&mut whole, &counts)
+        .map_err(|source| CheckpointError::Gather {
+            name: name.to_string(),
+            source,
+        })?;
+    let full = Tensor {
+        shape: shape.to_vec(),
+        ..t.clone()
+    };
+    host_tensor(whole, &full, name)
+}
+
+/// `values` of `t` as the f32 bytes a checkpoint stores, checked for length and finiteness.
+fn host_tensor(values: Vec<f32>, t: &Tensor, name: &str) -> Result<HostTensor, CheckpointError> {
     if values.len() as u64 != t.numel() {
         return Err(CheckpointError::WrongLength {
             name: name.to_string(),
@@ -453,6 +543,20 @@ pub fn load<B: Backend>(
     model: &Transformer,
     contents: Contents,
 ) -> Result<Metadata, CheckpointError> {
+    load_ranked(path, be, model, contents, 0)
+}
+
+/// [`load`] for rank `rank` of a ZeRO-1 model: the whole checkpoint is read and checked, and
+/// the moments keep this rank's shard (the masters are written whole). The checkpoint may have
+/// been written by any number of ranks.
+pub fn load_ranked<B: Backend>(
+    path: &Path,
+    be: &mut B,
+    model: &Transformer,
+    contents: Contents,
+    rank: usize,
+) -> Result<Metadata, CheckpointError> {
+    let shards = model.opts.zero1().map_or(1, |d| d.world);
     let bytes = fs::read(path).map_err(|e| open_error(path, e))?;
     let invalid = |e: safetensors::SafeTensorError| CheckpointError::NotSafetensors {
         path: path.to_path_buf(),
@@ -488,19 +592,21 @@ pub fn load<B: Backend>(
         }
     }
 
-    // What to write where: each stored tensor and the backend tensors that receive it.
-    let mut plan: Vec<(String, Vec<&Tensor>)> = Vec::new();
+    // What to write where: each stored tensor, its whole shape, and the backend tensors that
+    // receive it (a ZeRO-1 moment receives its rank's shard).
+    let mut plan: Vec<(String, &[usize], Vec<&Tensor>)> = Vec::new();
     let mut expected: HashSet<String> = HashSet::new();
     for p in model.weights.all_params() {
         let mut targets = vec![&p.master];
         targets.extend(p.copy.as_ref());
-        plan.push((p.name.clone(), targets));
+        let shape = p.master.shape.as_slice();
+        plan.push((p.name.clone(), shape, targets));
         expected.insert(p.name.clone());
         let [m_name, v_name] = moment_names(&p.name);
         if with_optimizer {
             if let (Some(m), Some(v)) = (&p.m, &p.v) {
-                plan.push((m_name.clone(), vec![m]));
-                plan.push((v_name.clone(), vec![v]));
+                plan.push((m_name.clone(), shape, vec![m]));
+                plan.push((v_name.clone(), shape, vec![v]));
             }
         }
         if meta.optimizer_state {
@@ -519,7 +625,7 @@ pub fn load<B: Backend>(
 
     // Check every tensor before writing any.
     let mut views = Vec::with_capacity(plan.len());
-    for (name, targets) in &plan {
+    for (name, shape, _) in &plan {
         let view = st
             .tensor(name)
             .map_err(|_| CheckpointError::MissingTensor {
@@ -533,12 +639,12 @@ pub fn load<B: Backend>(
                 dtype: format!("{:?}", view.dtype()),
             });
         }
-        if view.shape() != targets[0].shape.as_slice() {
+        if view.shape() != *shape {
             return Err(CheckpointError::ShapeMismatch {
                 path: path.to_path_buf(),
                 name: name.clone(),
                 saved: view.shape().to_vec(),
-                model: targets[0].shape.clone(),
+                model: shape.to_vec(),
             });
         }
         let Some(&crc) = meta.checksums.get(name) else {
@@ -557,7 +663,7 @@ pub fn load<B: Backend>(
         views.push(view);
     }
 
-    for ((name, targets), view) in plan.iter().zip(&views) {
+    for ((name, _, targets), view) in plan.iter().zip(&views) {
         // The data of an f32 tensor is not necessarily 4-byte aligned in the file buffer, so
         // decode rather than reinterpret.
         let values: Vec<f32> = view
@@ -566,6 +672,15 @@ pub fn load<B: Backend>(
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
         for t in targets {
+            let values = if t.numel() as usize == values.len() {
+                Cow::Borrowed(&values[..])
+            } else {
+                // A ZeRO-1 moment: this rank's shard, zero past its end (the last rank's
+                // shard can be shorter than the ⌈n/W⌉ allocated).
+                let mut own = values[shard_range(values.len(), rank, shards)].to_vec();
+                own.resize(t.numel() as usize, 0.0);
+                Cow::Owned(own)
+            };
             be.write_f32(t, &values)
                 .map_err(|source| CheckpointError::Backend {
                     action: "writing",

@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tperf_core::comm::{
-    bytes_to_f32, f32_to_bytes, reduce_in_rank_order, CommError, Communicator, Reduce,
+    bytes_to_f32, f32_to_bytes, part_offset, reduce_in_rank_order, CommError, Communicator, Reduce,
 };
 
 /// Where the group meets and how long a rank waits for the others.
@@ -303,6 +303,104 @@ impl Communicator for TcpGroup {
         data.copy_from_slice(&got);
         Ok(())
     }
+
+    /// Rank 0 gathers every rank's whole message, reduces each part in rank order and sends
+    /// each rank back its own part: the star's reduce-scatter.
+    fn reduce_scatter(
+        &self,
+        data: &mut [f32],
+        counts: &[usize],
+        op: Reduce,
+    ) -> Result<(), CommError> {
+        let during = "reduce_scatter";
+        self.check_layout(during, data, counts)?;
+        let mut links = self.links();
+        if self.rank != 0 {
+            send(&mut links[0], &f32_to_bytes(data)).map_err(self.err(during))?;
+            let mine = part_offset(counts, self.rank);
+            let back = bytes_to_f32(&recv(&mut links[0]).map_err(self.err(during))?);
+            self.check_len(during, mine.len(), 0, back.len())?;
+            data[mine].copy_from_slice(&back);
+            return Ok(());
+        }
+        let mut parts = vec![data.to_vec()];
+        for (i, link) in links.iter_mut().enumerate() {
+            let part = bytes_to_f32(&recv(link).map_err(self.err(during))?);
+            self.check_len(during, data.len(), i + 1, part.len())?;
+            parts.push(part);
+        }
+        for r in 0..self.world {
+            let range = part_offset(counts, r);
+            let views: Vec<&[f32]> = parts.iter().map(|p| &p[range.clone()]).collect();
+            let mut reduced = vec![0.0; range.len()];
+            reduce_in_rank_order(&views, op, &mut reduced);
+            if r == 0 {
+                data[range].copy_from_slice(&reduced);
+            } else {
+                send(&mut links[r - 1], &f32_to_bytes(&reduced)).map_err(self.err(during))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every rank sends its part to rank 0, which sends the whole message back to each.
+    fn all_gather(&self, data: &mut [f32], counts: &[usize]) -> Result<(), CommError> {
+        let during = "all_gather";
+        self.check_layout(during, data, counts)?;
+        let mut links = self.links();
+        if self.rank != 0 {
+            let mine = part_offset(counts, self.rank);
+            send(&mut links[0], &f32_to_bytes(&data[mine])).map_err(self.err(during))?;
+            let back = bytes_to_f32(&recv(&mut links[0]).map_err(self.err(during))?);
+            self.check_len(during, data.len(), 0, back.len())?;
+            data.copy_from_slice(&back);
+            return Ok(());
+        }
+        for (i, link) in links.iter_mut().enumerate() {
+            let range = part_offset(counts, i + 1);
+            let part = bytes_to_f32(&recv(link).map_err(self.err(during))?);
+            self.check_len(during, range.len(), i + 1, part.len())?;
+            data[range].copy_from_slice(&part);
+        }
+        let out = f32_to_bytes(data);
+        for link in links.iter_mut() {
+            send(link, &out).map_err(self.err(during))?;
+        }
+        Ok(())
+    }
+}
+
+impl TcpGroup {
+    fn check_len(
+        &self,
+        during: &'static str,
+        len: usize,
+        other: usize,
+        other_len: usize,
+    ) -> Result<(), CommError> {
+        if len == other_len {
+            return Ok(());
+        }
+        Err(CommError::Mismatch {
+            rank: self.rank,
+            during,
+            len,
+            other,
+            other_len,
+        })
+    }
+
+    fn check_layout(
+        &self,
+        during: &'static str,
+        data: &[f32],
+        counts: &[usize],
+    ) -> Result<(), CommError> {
+        if counts.len() != self.world {
+            return self.check_len(during, self.world, self.rank, counts.len());
+        }
+        self.check_len(during, data.len(), self.rank, counts.iter().sum())
+    }
 }
 
 #[cfg(test)]
@@ -363,6 +461,26 @@ mod tests {
             let (v, id) = r.unwrap();
             assert_eq!(v, want, "bit-identical to the rank-order reduction");
             assert_eq!(id, [0u8; 8]);
+        }
+    }
+
+    #[test]
+    fn tcp_reduce_scatter_and_all_gather_agree_with_the_thread_group() {
+        let counts = [3usize, 2, 2];
+        let out = group(3, Duration::from_secs(10), move |g| {
+            let r = g.rank() as f32;
+            let mut v: Vec<f32> = (0..7).map(|i| r * 0.5 + i as f32).collect();
+            let mut want = v.clone();
+            g.all_reduce(&mut want, Reduce::Mean).unwrap();
+            g.reduce_scatter(&mut v, &counts, Reduce::Mean).unwrap();
+            let mine = part_offset(&counts, g.rank());
+            assert_eq!(v[mine.clone()], want[mine]);
+            g.all_gather(&mut v, &counts).unwrap();
+            (v, want)
+        });
+        for r in out {
+            let (v, want) = r.unwrap();
+            assert_eq!(v, want, "bit-identical to the all-reduce");
         }
     }
 

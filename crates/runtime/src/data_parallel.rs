@@ -9,8 +9,10 @@
 //! process of a launch) stops all of them after the same step, so no rank waits forever in a
 //! collective its peers never join.
 //!
-//! Only rank 0 writes checkpoints (the replicas are identical under DDP); every rank reads the
-//! same checkpoint to resume.
+//! Only rank 0 writes checkpoints: under DDP the replicas are identical and rank 0 alone saves;
+//! under ZeRO-1 every rank takes part ([`Stepper::saves_collectively`]) so that rank 0 can
+//! gather the shards and write the whole state. Every rank reads the same checkpoint to resume,
+//! whatever the number of ranks that wrote it.
 
 use crate::checkpoint::RunInfo;
 use crate::data::Batch;
@@ -109,7 +111,7 @@ impl<S: Stepper> Stepper for RankStepper<S> {
     }
 
     fn save_checkpoint(&mut self, path: &Path, run: &RunInfo) -> Result<(), Self::Error> {
-        if self.comm.rank() == 0 {
+        if self.comm.rank() == 0 || self.inner.saves_collectively() {
             self.inner
                 .save_checkpoint(path, run)
                 .map_err(RankError::Step)?;

@@ -8,8 +8,10 @@ use crate::checkpoint::{self, CheckpointError, Contents, RunInfo};
 use crate::data::Batch;
 use crate::train::{StepParams, Stepper};
 use std::path::Path;
+use std::sync::Arc;
 use thiserror::Error;
 use tperf_core::backend::{repeated_step, Backend, BackendError};
+use tperf_core::comm::{Communicator, Solo};
 use tperf_core::ops::adamw::AdamWParams;
 use tperf_core::schedule::Transformer;
 use tperf_core::tensor::Tensor;
@@ -36,6 +38,8 @@ pub enum StepperError {
     },
     #[error("the model was built for inference; training needs gradients and AdamW state")]
     NotTraining,
+    #[error("a batch of {b} sequences does not split into {k} equal micro-batches (--grad-accum)")]
+    MicroBatches { b: usize, k: usize },
     #[error("the backend returned {got} losses for a batch of {want} tokens")]
     LossCount { got: usize, want: usize },
 }
@@ -47,6 +51,8 @@ pub struct ModelStepper<B: Backend> {
     pub model: Transformer,
     /// The run's settings by flag name, recorded in every checkpoint it saves.
     pub flags: std::collections::BTreeMap<String, String>,
+    /// The rank group a ZeRO-1 model's checkpoints gather their shards over (alone: [`Solo`]).
+    pub group: Arc<dyn Communicator>,
 }
 
 impl<B: Backend> ModelStepper<B> {
@@ -60,7 +66,14 @@ impl<B: Backend> ModelStepper<B> {
             be,
             model,
             flags: Default::default(),
+            group: Arc::new(Solo),
         })
+    }
+
+    /// This stepper as one rank of `group`, which its checkpoints gather ZeRO-1 shards over.
+    pub fn in_group(mut self, group: Arc<dyn Communicator>) -> Self {
+        self.group = group;
+        self
     }
 
     pub fn into_parts(self) -> (B, Transformer) {
@@ -133,14 +146,45 @@ impl<B: Backend> ModelStepper<B> {
 impl<B: Backend> Stepper for ModelStepper<B> {
     type Error = StepperError;
 
+    /// Under gradient accumulation (K = `opts.grad_accum` > 1) the batch's rows are split into
+    /// K micro-batches of equal size, in order, and the loss is their mean.
     fn train_step(&mut self, batch: &Batch, params: &StepParams) -> Result<f32, StepperError> {
-        let (tokens, targets) = self.inputs(batch)?;
+        let k = self.model.opts.micro_steps();
+        if !batch.b.is_multiple_of(k) {
+            return Err(StepperError::MicroBatches { b: batch.b, k });
+        }
+        let rows = batch.b / k;
+        let mut micro = Vec::with_capacity(k);
+        for i in 0..k {
+            let span = i * rows * batch.t..(i + 1) * rows * batch.t;
+            let part = Batch {
+                b: rows,
+                t: batch.t,
+                tokens: batch.tokens[span.clone()].to_vec(),
+                targets: batch.targets[span].to_vec(),
+            };
+            match self.inputs(&part) {
+                Ok(pair) => micro.push(pair),
+                Err(e) => {
+                    for (tokens, targets) in micro {
+                        self.be.free(tokens);
+                        self.be.free(targets);
+                    }
+                    return Err(e);
+                }
+            }
+        }
         let model = &self.model;
         // Every step of a run is the same step on new data: a backend may capture and replay it.
         let losses = repeated_step(&mut self.be, "train", |be| {
-            model.train_step(be, tokens, targets, Self::adamw(params))
+            model.train_step_micro(be, micro, Self::adamw(params))
         })?;
-        self.mean_loss(losses, batch.n_tokens())
+        // Equal tokens per micro-batch: the batch's mean is the mean of theirs.
+        let mut sum = 0.0f64;
+        for l in losses {
+            sum += f64::from(self.mean_loss(l, rows * batch.t)?);
+        }
+        Ok((sum / k as f64) as f32)
     }
 
     fn eval_loss(&mut self, batch: &Batch) -> Result<f32, StepperError> {
@@ -167,23 +211,30 @@ impl<B: Backend> Stepper for ModelStepper<B> {
         if run.flags.is_empty() {
             run.flags = self.flags.clone();
         }
-        checkpoint::save(
+        checkpoint::save_ranked(
             path,
             &mut self.be,
             &self.model,
             &run,
             Contents::WeightsAndOptimizer,
+            &*self.group,
         )?;
         Ok(())
     }
 
     fn load_checkpoint(&mut self, path: &Path) -> Result<RunInfo, StepperError> {
-        let meta = checkpoint::load(
+        let meta = checkpoint::load_ranked(
             path,
             &mut self.be,
             &self.model,
             Contents::WeightsAndOptimizer,
+            self.group.rank(),
         )?;
         Ok(meta.run)
+    }
+
+    /// A ZeRO-1 model's checkpoint gathers shards: every rank saves (rank 0 writes).
+    fn saves_collectively(&self) -> bool {
+        self.model.opts.zero1().is_some()
     }
 }

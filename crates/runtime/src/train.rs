@@ -222,6 +222,12 @@ pub trait Stepper {
 
     /// Restores weights and optimizer state from `path` and returns where that run stood.
     fn load_checkpoint(&mut self, path: &Path) -> Result<RunInfo, Self::Error>;
+
+    /// Whether every rank of a data-parallel run must call [`Stepper::save_checkpoint`] (its
+    /// state is sharded, and gathered to rank 0, which alone writes) rather than rank 0 alone.
+    fn saves_collectively(&self) -> bool {
+        false
+    }
 }
 
 /// Set from a Ctrl-C handler (or anything else) to ask the loop to save and stop after the

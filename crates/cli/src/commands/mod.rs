@@ -51,6 +51,7 @@ impl ScheduleArgs {
             recompute: self.recompute,
             fused: !self.no_fuse,
             data_parallel: None,
+            grad_accum: 1,
         }
     }
 }

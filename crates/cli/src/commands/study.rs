@@ -354,6 +354,7 @@ const PROFILED: Scenario = Scenario {
         recompute: tperf_core::schedule::Recompute::None,
         fused: true,
         data_parallel: None,
+        grad_accum: 1,
     },
 };
 

@@ -138,6 +138,18 @@ pub struct TrainArgs {
     /// without GPUs). --batch is per rank.
     #[arg(long)]
     pub ranks: Option<usize>,
+    /// With --gpus/--ranks: ZeRO-1 instead of DDP — gradients reduce-scattered, each rank's
+    /// AdamW updating its 1/N shard of the optimizer state, the weights all-gathered. The same
+    /// steps as DDP; AdamW's moments take 1/N of the memory per rank. Checkpoints hold the whole
+    /// state and resume on any N.
+    #[arg(long)]
+    pub zero1: bool,
+    /// Gradient accumulation: K forward/backward micro-steps of --batch sequences per
+    /// optimizer step (the gradients reduced across ranks on the last only). The step's batch
+    /// is K × --batch per rank; the same steps as --batch K×B without it, in the memory of B
+    /// (plus an f32 accumulator per parameter).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub grad_accum: u64,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -168,7 +180,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     // trains its rows (RankStepper).
     let world = rank.as_ref().map_or(1, |rv| rv.world);
     let per_rank_batch = args.batch;
-    args.batch *= world;
+    let micro_steps = args.grad_accum as usize;
+    // The loader's batch is the optimizer step's: every rank's K micro-batches.
+    args.batch *= world * micro_steps;
     let mut cfg = load::load(&args.model)?.config;
     let hf_model = if hf::is_model_dir(Path::new(&args.model)) {
         let m = hf::HfModel::open(Path::new(&args.model))?;
@@ -277,7 +291,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         kv_cache: false,
         recompute: args.recompute,
         fused: true,
-        data_parallel: (world > 1).then(|| DataParallel::ddp(world)),
+        data_parallel: (world > 1).then(|| {
+            if args.zero1 {
+                DataParallel::zero1(world)
+            } else {
+                DataParallel::ddp(world)
+            }
+        }),
+        grad_accum: micro_steps,
     };
     // The schedule's FLOPs per step, from the same op calls the backend will run, on every rank.
     let sc = Scenario {
@@ -454,7 +475,7 @@ fn train_on<B: Instrumented>(
     // Rank 0 speaks for a data-parallel run: the others print and log nothing.
     let speaks = comm.rank() == 0;
     let stop = StopFlag::new();
-    let mut inner = ModelStepper::new(be, model)?;
+    let mut inner = ModelStepper::new(be, model)?.in_group(Arc::clone(&comm));
     inner.flags = flags;
     let device_name = inner.be.name();
     let mut stepper = RankStepper::new(inner, comm, stop.clone());

@@ -14,7 +14,9 @@
 //! Bytes: the io rule — θ, g, m, v read; θ, m, v written (and the low-precision copy of θ when
 //! the policy keeps one): 28 bytes per fp32 parameter, 30 with a bf16 copy. Under ZeRO-1 a rank
 //! updates only its 1/W shard: `numel` counts the shard, m and v are allocated as the shard, and
-//! the replicated θ, g and copies are touched over the shard alone ([`AdamW::bytes`]).
+//! the replicated θ, g and copies are touched over the shard alone ([`AdamW::bytes`]): the
+//! rank's [`crate::comm::shard_range`] of each (its rank known to the backend), and the norm
+//! input is then the all-reduced Σg² of the shards, whose root is the global norm.
 
 use super::operands::{Cursor, OperandError, Operands};
 use super::Real;
@@ -59,6 +61,9 @@ pub struct AdamW {
     /// S, the loss scale the gradients carry (1.0 = none): the update divides it out, and with
     /// S > 1 a non-finite gradient norm skips the step.
     pub grad_scale: f64,
+    /// 1: every element of each tensor, the norm input ‖g‖; W > 1: this rank's ZeRO-1 shard of
+    /// each θ, g and copy (m and v are the shard), the norm input Σg² over all ranks.
+    pub shards: usize,
 }
 
 impl AdamW {
@@ -89,6 +94,15 @@ impl AdamW {
         own + (replicated as u128 * self.numel as u128 / full as u128) as u64
     }
 
+    /// The global norm from the norm input: itself, or the root of the ranks' summed squares.
+    pub fn norm_of(&self, input: f64) -> f64 {
+        if self.shards > 1 {
+            input.sqrt()
+        } else {
+            input
+        }
+    }
+
     /// Whether a step whose (scaled) gradients have global norm `grad_norm` is skipped: under
     /// loss scaling a non-finite norm means a gradient overflowed.
     pub fn skips(&self, grad_norm: f64) -> bool {
@@ -99,6 +113,7 @@ impl AdamW {
     /// ‖g‖ of the stored (scaled) gradients; `None` when the step is skipped. For S = 1 it is
     /// exactly [`AdamWParams::clip_scale`].
     pub fn grad_factor(&self, grad_norm: f64) -> Option<f64> {
+        let grad_norm = self.norm_of(grad_norm);
         if self.skips(grad_norm) {
             return None;
         }

@@ -1,7 +1,10 @@
 //! Global gradient norm, ‖g‖₂ over all parameters, for clipping: a square and an add per
 //! element (2 FLOPs); bytes by the io rule (every gradient read once, one scalar written). Under
-//! ZeRO-1 a rank measures its 1/W shard (`numel`) and an all-reduce of the scalar sums the
-//! squares; the call still lists the whole gradients, and reads only the shard's share of them.
+//! ZeRO-1 (`shards` = W > 1) a rank measures its 1/W shard of every gradient
+//! ([`crate::comm::shard_range`], its rank known to the backend) and writes the shard's Σg², not
+//! its root: norms do not add, squares do, so the all-reduce that follows sums the ranks'
+//! squares and AdamW (told the same `shards`) takes the root. The call still lists the whole
+//! gradients, and reads only the shard's share of them (`numel` counts the shard).
 
 use super::operands::{OperandError, Operands};
 use super::Real;
@@ -11,6 +14,8 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct GradNorm {
     pub numel: u64,
+    /// 1: ‖g‖ over the whole gradients; W > 1: Σg² over this rank's ZeRO-1 shard of each.
+    pub shards: usize,
 }
 
 impl GradNorm {
@@ -41,6 +46,18 @@ pub fn grad_norm<F: Real>(grads: &[&[F]]) -> f64 {
         .map(|&x| x.to_f64() * x.to_f64())
         .sum::<f64>()
         .sqrt()
+}
+
+impl GradNorm {
+    /// What the op writes given Σg² over the elements it reads: the root on one device, the
+    /// sum itself for a ZeRO-1 shard (the all-reduce adds the ranks' sums).
+    pub fn finish(&self, sum_of_squares: f64) -> f64 {
+        if self.shards > 1 {
+            sum_of_squares
+        } else {
+            sum_of_squares.sqrt()
+        }
+    }
 }
 
 /// ‖g‖ over every gradient, into a one-element f32 tensor.

@@ -670,12 +670,14 @@ fn adamw_with_grad_scale_s_on_s_g_equals_grad_scale_1_on_g() {
             numel: 257,
             hyper,
             grad_scale: 1.0,
+            shards: 1,
         };
         let want = adamw_run(&plain, 6);
         for s in [1024.0, 3.0] {
             let got = adamw_run(
                 &AdamW {
                     grad_scale: s,
+                    shards: 1,
                     ..plain
                 },
                 6,
@@ -696,6 +698,7 @@ fn adamw_with_grad_scale_s_on_s_g_equals_grad_scale_1_on_g() {
         numel: 1,
         hyper: AdamWParams::default(),
         grad_scale: 1024.0,
+        shards: 1,
     };
     assert_eq!(
         op.grad_factor(4.0 * 1024.0),
@@ -704,6 +707,7 @@ fn adamw_with_grad_scale_s_on_s_g_equals_grad_scale_1_on_g() {
     assert_eq!(op.grad_factor(0.5 * 1024.0), Some(1.0 / 1024.0));
     let one = AdamW {
         grad_scale: 1.0,
+        shards: 1,
         ..op
     };
     assert_eq!(one.grad_factor(4.0), Some(one.hyper.clip_scale(4.0)));
@@ -717,6 +721,7 @@ fn adamw_skips_a_step_whose_scaled_norm_is_not_finite() {
             numel: 3,
             hyper: AdamWParams::default(),
             grad_scale: 1024.0,
+            shards: 1,
         };
         let (mut theta, mut m, mut v) = ([1.0, 2.0, 3.0], [0.1; 3], [0.2; 3]);
         assert!(op.skips(norm));
@@ -726,6 +731,7 @@ fn adamw_skips_a_step_whose_scaled_norm_is_not_finite() {
         // Without loss scaling nothing is skipped (the fp32 and bf16 policies behave as before).
         let unscaled = AdamW {
             grad_scale: 1.0,
+            shards: 1,
             ..op
         };
         assert!(!unscaled.skips(norm));

@@ -26,7 +26,8 @@ pub fn residual_forward<F: Real>(a: &[F], b: &[F], y: &mut [F]) {
 }
 
 crate::operands! {
-    /// sum = a + b.
+    /// sum = a + b. `sum` may be `a` itself (a += b in place: gradient accumulation adds a
+    /// micro-step's gradient into its accumulator so); every backend allows that alias.
     pub struct ResidualAddIo for ResidualAdd as r {
         inputs { a, b }
         inplace {}

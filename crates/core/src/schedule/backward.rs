@@ -25,11 +25,25 @@ use crate::tensor::{MemCategory, Tensor};
 impl Transformer {
     /// The backward pass of a training forward: weight gradients into each parameter's grad
     /// buffer (overwritten, not accumulated). Consumes the state and returns the per-token
-    /// losses for the caller to read and free.
+    /// losses for the caller to read and free. Under gradient accumulation this is the last
+    /// micro-step's ([`Transformer::backward_micro`]).
     pub fn backward(
         &self,
         be: &mut impl Backend,
         state: ForwardState,
+    ) -> Result<Tensor, BackendError> {
+        self.backward_micro(be, state, self.opts.micro_steps() - 1)
+    }
+
+    /// The backward of micro-step `micro` (0-based) of K = `opts.grad_accum`: as
+    /// [`Transformer::backward`], and each completed gradient is copied into its accumulator
+    /// (the first), added into it (the middle ones), or has the accumulator added into it (the
+    /// last, whose buckets the collectives then reduce).
+    pub fn backward_micro(
+        &self,
+        be: &mut impl Backend,
+        state: ForwardState,
+        micro: usize,
     ) -> Result<Tensor, BackendError> {
         debug_assert!(state.training, "backward needs a training forward");
         let ForwardState {
@@ -47,7 +61,7 @@ impl Transformer {
         let n = b * t;
         let (c, v) = (self.cfg.d_model, self.cfg.vocab_size);
         let mut e = Emit::new(be, Phase::Backward);
-        e.streams.buckets = self.grad_buckets();
+        e.streams.buckets = self.grad_buckets(micro);
         let targets = targets.expect("training forwards carry targets");
 
         // Loss: dlogits = S·(softmax − onehot)/n, written over the logits when fused. S is the
@@ -582,7 +596,8 @@ impl Transformer {
             grads,
             norm: norm.clone(),
         };
-        e.run(GradNorm { numel }, Op::GradNorm, io, "grad_norm")?;
+        let shards = self.optimizer_shards();
+        e.run(GradNorm { numel, shards }, Op::GradNorm, io, "grad_norm")?;
         self.after_grad_norm(&mut e, &norm)?;
         let mut groups = vec![(None, w.outer_params())];
         groups.extend(
@@ -611,7 +626,9 @@ impl Transformer {
             let adamw = AdamW {
                 numel,
                 hyper,
-                grad_scale: self.loss_scale(),
+                // The gradients hold the sum of K micro-steps' means: AdamW divides K out with S.
+                grad_scale: self.loss_scale() * self.opts.micro_steps() as f64,
+                shards,
             };
             e.run(adamw, Op::AdamW, io, "adamw")?;
             if !self.opts.fused && !copies.is_empty() {
@@ -628,6 +645,8 @@ impl Transformer {
     }
 
     /// One whole training step: forward, backward, optimizer. Returns the per-token losses.
+    /// A model that accumulates gradients takes its K micro-batches through
+    /// [`Transformer::train_step_micro`].
     pub fn train_step(
         &self,
         be: &mut impl Backend,
@@ -635,8 +654,37 @@ impl Transformer {
         targets: Tensor,
         hyper: AdamWParams,
     ) -> Result<Tensor, BackendError> {
-        let state = self.forward_train(be, tokens, targets)?;
-        let losses = self.backward(be, state)?;
+        let mut losses = self.train_step_micro(be, vec![(tokens, targets)], hyper)?;
+        Ok(losses.remove(0))
+    }
+
+    /// One optimizer step over K = `opts.grad_accum` micro-batches (tokens, targets), each a
+    /// forward and a backward; returns each micro-batch's per-token losses.
+    pub fn train_step_micro(
+        &self,
+        be: &mut impl Backend,
+        micro_batches: Vec<(Tensor, Tensor)>,
+        hyper: AdamWParams,
+    ) -> Result<Vec<Tensor>, BackendError> {
+        let k = self.opts.micro_steps();
+        if micro_batches.len() != k {
+            let got = micro_batches.len();
+            for (tokens, targets) in micro_batches {
+                be.free(tokens);
+                be.free(targets);
+            }
+            return Err(BackendError::InvalidInput {
+                op: "train_step",
+                label: "grad_accum",
+                backend: "schedule",
+                why: format!("{got} micro-batches for a model that accumulates {k}"),
+            });
+        }
+        let mut losses = Vec::with_capacity(k);
+        for (i, (tokens, targets)) in micro_batches.into_iter().enumerate() {
+            let state = self.forward_train(be, tokens, targets)?;
+            losses.push(self.backward_micro(be, state, i)?);
+        }
         self.optimizer_step(be, hyper)?;
         Ok(losses)
     }

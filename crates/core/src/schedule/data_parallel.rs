@@ -13,15 +13,21 @@
 use super::{Emit, Param, Weights};
 use crate::backend::{Backend, BackendError, OpCall, Stream};
 use crate::comm::Reduce;
+use crate::ops::cast::{Cast, CastIo};
 use crate::ops::collective::{Collective, CollectiveKind};
+use crate::ops::residual::{ResidualAdd, ResidualAddIo};
 use crate::ops::Op;
 use crate::schedule::options::DataParallel;
 use crate::tensor::{Tensor, TensorId};
 use std::collections::HashMap;
 
-/// The backward's open gradient bucket and what it still waits for.
+/// The backward's open gradient bucket and what it still waits for; under gradient
+/// accumulation also which micro-step this backward is.
 pub(super) struct GradBuckets {
-    dp: DataParallel,
+    /// None: no collectives (one device, or a micro-step before the last).
+    dp: Option<DataParallel>,
+    /// (this micro-step, K) when K > 1.
+    micro: Option<(usize, usize)>,
     /// Backward ops still to write each gradient: 1, and 2 for a tied embedding (the output
     /// layer's backward writes it, the embedding backward adds its part last).
     remaining: HashMap<TensorId, u32>,
@@ -39,9 +45,19 @@ pub(super) struct StreamState {
 }
 
 impl GradBuckets {
-    /// Buckets for a backward over `weights` under `dp`; None on one device.
-    pub(super) fn new(dp: Option<DataParallel>, weights: &Weights) -> Option<Self> {
-        let dp = dp?;
+    /// Buckets for micro-step `micro` of `of` of a backward over `weights` under `dp`; None
+    /// when there is nothing to do (one device, no accumulation).
+    pub(super) fn new(
+        dp: Option<DataParallel>,
+        weights: &Weights,
+        (micro, of): (usize, usize),
+    ) -> Option<Self> {
+        let micro = (of > 1).then_some((micro, of));
+        // Collectives reduce the gradients of the last micro-step only (the sum by then).
+        let dp = dp.filter(|_| micro.is_none_or(|(i, k)| i + 1 == k));
+        if dp.is_none() && micro.is_none() {
+            return None;
+        }
         let mut remaining = HashMap::new();
         for p in weights.all_params() {
             *remaining.entry(p.grad().id).or_insert(0) += 1;
@@ -53,6 +69,7 @@ impl GradBuckets {
         }
         Some(GradBuckets {
             dp,
+            micro,
             remaining,
             open: Vec::new(),
             open_bytes: 0,
@@ -60,24 +77,27 @@ impl GradBuckets {
         })
     }
 
-    fn capacity(&self) -> u64 {
-        if self.closed == 0 {
-            self.dp.first_bucket_bytes
-        } else {
-            self.dp.bucket_bytes
-        }
+    /// Records one write of `grad`; whether the gradient is now complete.
+    fn written(&mut self, grad: &Tensor) -> bool {
+        let Some(left) = self.remaining.get_mut(&grad.id).filter(|n| **n > 0) else {
+            return false;
+        };
+        *left -= 1;
+        *left == 0
     }
 
-    /// Records one write of `grad`; returns a bucket to issue when this closed one.
-    fn written(&mut self, grad: &Tensor) -> Option<Vec<Tensor>> {
-        let left = self.remaining.get_mut(&grad.id).filter(|n| **n > 0)?;
-        *left -= 1;
-        if *left > 0 {
-            return None;
-        }
+    /// Adds a complete gradient to the open bucket; returns a bucket to issue when this
+    /// closed one (never without collectives).
+    fn push(&mut self, grad: &Tensor) -> Option<Vec<Tensor>> {
+        let dp = self.dp?;
+        let capacity = if self.closed == 0 {
+            dp.first_bucket_bytes
+        } else {
+            dp.bucket_bytes
+        };
         self.open.push(grad.clone());
         self.open_bytes += grad.size_bytes();
-        if self.open_bytes >= self.capacity() {
+        if self.open_bytes >= capacity {
             return self.close();
         }
         None
@@ -93,7 +113,7 @@ impl GradBuckets {
     }
 
     fn kind(&self) -> CollectiveKind {
-        if self.dp.zero1 {
+        if self.dp.is_some_and(|d| d.zero1) {
             CollectiveKind::ReduceScatter
         } else {
             CollectiveKind::AllReduce
@@ -146,13 +166,18 @@ impl<B: Backend> Emit<'_, B> {
         };
         let mut result = Ok(());
         for p in params {
-            if let Some(bucket) = buckets.written(p.grad()) {
-                result = self.collective(
-                    (buckets.kind(), Reduce::Mean),
-                    bucket,
-                    buckets.dp.world,
-                    "dp.grads",
-                );
+            if !buckets.written(p.grad()) {
+                continue;
+            }
+            if let Some(micro) = buckets.micro {
+                result = self.accumulate(p, micro);
+                if result.is_err() {
+                    break;
+                }
+            }
+            if let Some(bucket) = buckets.push(p.grad()) {
+                let world = buckets.dp.map_or(1, |d| d.world);
+                result = self.collective((buckets.kind(), Reduce::Mean), bucket, world, "dp.grads");
                 if result.is_err() {
                     break;
                 }
@@ -160,6 +185,41 @@ impl<B: Backend> Emit<'_, B> {
         }
         self.streams.buckets = Some(buckets);
         result
+    }
+
+    /// Gradient accumulation, as micro-step `i` of `k` completes `p`'s gradient: the first
+    /// copies it into the accumulator, the middle ones add it there, the last adds the
+    /// accumulator into the gradient (which the optimizer and the collectives read).
+    fn accumulate(&mut self, p: &Param, (i, k): (usize, usize)) -> Result<(), BackendError> {
+        let (Some(acc), grad) = (p.acc.as_ref(), p.grad()) else {
+            return Err(BackendError::InvalidInput {
+                op: "grad_accumulate",
+                label: "grad_acc",
+                backend: "schedule",
+                why: format!(
+                    "'{}' has no accumulator: the model was built for K = 1",
+                    p.name
+                ),
+            });
+        };
+        let numel = grad.numel();
+        if i == 0 {
+            let io = CastIo {
+                src: vec![grad.clone()],
+                dst: vec![acc.clone()],
+            };
+            return self.run(Cast { numel }, Op::Cast, io, "grad_acc");
+        }
+        let (into, other) = if i + 1 == k { (grad, acc) } else { (acc, grad) };
+        let io = ResidualAddIo {
+            a: into.clone(),
+            b: other.clone(),
+            sum: into.clone(),
+        };
+        let op = ResidualAdd {
+            numel: numel as usize,
+        };
+        self.run(op, Op::ResidualAdd, io, "grad_acc")
     }
 
     /// Issues the bucket still open at the end of the backward.
@@ -171,14 +231,11 @@ impl<B: Backend> Emit<'_, B> {
             buckets.remaining.values().all(|&n| n == 0),
             "a gradient the backward never reported complete"
         );
-        match buckets.close() {
-            Some(bucket) => self.collective(
-                (buckets.kind(), Reduce::Mean),
-                bucket,
-                buckets.dp.world,
-                "dp.grads",
-            ),
-            None => Ok(()),
+        match (buckets.close(), buckets.dp) {
+            (Some(bucket), Some(dp)) => {
+                self.collective((buckets.kind(), Reduce::Mean), bucket, dp.world, "dp.grads")
+            }
+            _ => Ok(()),
         }
     }
 
@@ -191,9 +248,14 @@ impl<B: Backend> Emit<'_, B> {
 }
 
 impl super::Transformer {
-    /// The gradient buckets of this model's backward, when it trains data-parallel.
-    pub(super) fn grad_buckets(&self) -> Option<GradBuckets> {
-        GradBuckets::new(self.opts.dp(), &self.weights)
+    /// The gradient buckets of micro-step `micro` of this model's backward, when it trains
+    /// data-parallel or accumulates.
+    pub(super) fn grad_buckets(&self, micro: usize) -> Option<GradBuckets> {
+        GradBuckets::new(
+            self.opts.dp(),
+            &self.weights,
+            (micro, self.opts.micro_steps()),
+        )
     }
 
     /// Elements of `params` the optimizer updates on this rank: all of them, or the ZeRO-1
@@ -205,6 +267,11 @@ impl super::Transformer {
         }
     }
 
+    /// The ranks the optimizer state is sharded over: W under ZeRO-1, else 1.
+    pub(super) fn optimizer_shards(&self) -> usize {
+        self.opts.zero1().map_or(1, |dp| dp.world)
+    }
+
     /// The optimizer's first op, the gradient norm, waits for the gradient buckets.
     pub(super) fn before_grad_norm(&self, e: &mut Emit<'_, impl Backend>) {
         if self.opts.dp().is_some() {
@@ -212,8 +279,9 @@ impl super::Transformer {
         }
     }
 
-    /// ZeRO-1, after the gradient norm of this rank's shard: the all-reduce that sums the
-    /// shards' squares into the global norm, which AdamW then waits for. Nothing otherwise.
+    /// ZeRO-1, after the gradient norm op wrote this rank's shard's Σg²: the all-reduce that
+    /// sums the ranks' squares (AdamW takes the root), which AdamW then waits for. Nothing
+    /// otherwise.
     pub(super) fn after_grad_norm(
         &self,
         e: &mut Emit<'_, impl Backend>,

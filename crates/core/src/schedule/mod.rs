@@ -253,7 +253,8 @@ impl Transformer {
     ) -> Result<Self, BackendError> {
         debug_assert!(cfg.validate().is_ok());
         let shards = opts.zero1().map_or(1, |d| d.world);
-        let weights = Weights::allocate(be, cfg, opts.precision, training, shards)?;
+        let accumulate = opts.micro_steps() > 1;
+        let weights = Weights::allocate(be, cfg, opts.precision, training, (shards, accumulate))?;
         Ok(Transformer {
             cfg: cfg.clone(),
             opts,

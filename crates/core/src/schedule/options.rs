@@ -225,12 +225,30 @@ pub struct Options {
     /// Data-parallel training: None (or a world of 1) is one device.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_parallel: Option<DataParallel>,
+    /// Gradient accumulation: K micro-steps per optimizer step (1 = none). Each micro-step's
+    /// backward overwrites the gradients, as always; the first copies them into an f32
+    /// accumulator per parameter (4 bytes per parameter more), the middle ones add into it, and
+    /// the last adds the accumulator into the gradients as it completes each, so the buckets'
+    /// collectives (issued on the last micro-step only) reduce the sum. AdamW divides the sum
+    /// by K with the loss scale (`grad_scale` = S·K), which also makes a non-finite norm skip
+    /// the step, as under loss scaling.
+    #[serde(skip_serializing_if = "is_one")]
+    pub grad_accum: usize,
+}
+
+fn is_one(k: &usize) -> bool {
+    *k <= 1
 }
 
 impl Options {
     /// The data-parallel setting when it spans more than one device.
     pub fn dp(&self) -> Option<DataParallel> {
         self.data_parallel.filter(|d| d.world > 1)
+    }
+
+    /// Micro-steps per optimizer step (at least 1).
+    pub fn micro_steps(&self) -> usize {
+        self.grad_accum.max(1)
     }
 
     /// The ZeRO-1 setting when the optimizer state is sharded across more than one device.
@@ -248,6 +266,7 @@ impl Default for Options {
             recompute: Recompute::None,
             fused: true,
             data_parallel: None,
+            grad_accum: 1,
         }
     }
 }

@@ -137,6 +137,17 @@ impl StepRunner {
                 let targets = targets.expect("asked for targets");
                 self.fill(be, &tokens)?;
                 self.fill(be, &targets)?;
+                // Under gradient accumulation a training step takes K micro-batches of B.
+                let mut more = Vec::new();
+                if workload == Workload::Train {
+                    for _ in 1..m.opts.micro_steps() {
+                        let (tk, tg) = m.alloc_inputs(be, b, t, true)?;
+                        let tg = tg.expect("asked for targets");
+                        self.fill(be, &tk)?;
+                        self.fill(be, &tg)?;
+                        more.push((tk, tg));
+                    }
+                }
                 // The step proper repeats identically (the ids differ, written above), so a
                 // backend may capture and replay it.
                 repeated_step(be, workload.name(), |be| match workload {
@@ -145,8 +156,11 @@ impl StepRunner {
                             step: self.steps + 1,
                             ..hyper
                         };
-                        let losses = m.train_step(be, tokens, targets, step)?;
-                        be.free(losses);
+                        let mut micro = vec![(tokens, targets)];
+                        micro.append(&mut more);
+                        for losses in m.train_step_micro(be, micro, step)? {
+                            be.free(losses);
+                        }
                         Ok(())
                     }
                     Workload::FwdBwd => {

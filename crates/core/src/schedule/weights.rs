@@ -19,6 +19,8 @@ pub struct Param {
     /// AdamW's first and second moments.
     pub m: Option<Tensor>,
     pub v: Option<Tensor>,
+    /// The f32 sum of the micro-steps' gradients under gradient accumulation (K > 1).
+    pub acc: Option<Tensor>,
 }
 
 impl Param {
@@ -121,19 +123,20 @@ impl Weights {
     }
 
     /// `moment_shards` > 1 allocates AdamW's moments as one rank's 1/W shard of each
-    /// parameter (ZeRO-1), flat.
+    /// parameter (ZeRO-1), flat; `accumulate` a gradient accumulator per parameter.
     pub(crate) fn allocate(
         be: &mut impl Backend,
         cfg: &ModelConfig,
         precision: Precision,
         training: bool,
-        moment_shards: usize,
+        (moment_shards, accumulate): (usize, bool),
     ) -> Result<Weights, BackendError> {
         let mut alloc = Allocator {
             be,
             precision,
             training,
             moment_shards,
+            accumulate,
         };
         let (c, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
         let token_embedding = alloc.param("wte", &[v, c])?;
@@ -181,7 +184,7 @@ impl Weights {
     pub(crate) fn free(self, be: &mut impl Backend) {
         let params: Vec<Param> = self.all_params().into_iter().cloned().collect();
         for p in params {
-            for t in [Some(p.master), p.copy, p.grad, p.m, p.v]
+            for t in [Some(p.master), p.copy, p.grad, p.m, p.v, p.acc]
                 .into_iter()
                 .flatten()
             {
@@ -196,6 +199,7 @@ struct Allocator<'a, B: Backend> {
     precision: Precision,
     training: bool,
     moment_shards: usize,
+    accumulate: bool,
 }
 
 impl<B: Backend> Allocator<'_, B> {
@@ -243,6 +247,14 @@ impl<B: Backend> Allocator<'_, B> {
         } else {
             (None, None, None)
         };
+        let acc = if self.training && self.accumulate {
+            Some(
+                self.be
+                    .alloc(spec(".grad_acc", DType::F32, MemCategory::Gradients))?,
+            )
+        } else {
+            None
+        };
         Ok(Param {
             name: name.to_string(),
             master,
@@ -250,6 +262,7 @@ impl<B: Backend> Allocator<'_, B> {
             grad,
             m,
             v,
+            acc,
         })
     }
 

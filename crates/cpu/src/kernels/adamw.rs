@@ -4,9 +4,11 @@
 use crate::exec::Exec;
 use rayon::prelude::*;
 use tperf_core::backend::BackendError;
+use tperf_core::comm::shard_range;
 use tperf_core::dtype::DType;
 use tperf_core::ops::adamw::{AdamW, AdamWIo, AdamWParams};
 use tperf_core::ops::cast::round_to;
+use tperf_core::tensor::Tensor;
 
 const CHUNK: usize = 1 << 14;
 
@@ -46,9 +48,11 @@ pub fn update(
     }
 }
 
-/// The op's dispatch: one AdamW step over a group of parameters.
+/// The op's dispatch: one AdamW step over a group of parameters (under ZeRO-1, over this
+/// rank's shard of each θ, g and copy, with m and v the shard).
 pub(crate) fn exec(cx: &mut Exec<'_>, adam: &AdamW) -> Result<(), BackendError> {
     let io: AdamWIo = cx.call.operands(adam)?;
+    let rank = super::collective::shard_rank(cx, adam.shards)?;
     let norm = cx.f32(&io.norm)?;
     cx.check_len("norm", norm.len(), 1)?;
     // clip(‖g‖/S)/S: unscales the loss-scaled gradients and clips them in one factor (1/S is
@@ -60,9 +64,23 @@ pub(crate) fn exec(cx: &mut Exec<'_>, adam: &AdamW) -> Result<(), BackendError> 
     };
     let clip = factor as f32;
     for i in 0..io.theta.len() {
-        let g = cx.f32(&io.grads[i])?;
+        let n = io.theta[i].numel() as usize;
+        let shard = shard_range(n, rank, adam.shards);
+        let own = shard.len();
+        let g = &cx.f32(&io.grads[i])?[shard.clone()];
         // Weight decay applies to matrices, not to gains, biases or other vectors.
         let decay = io.theta[i].shape.len() == 2;
+        let moments = |m: &Tensor| {
+            if (m.numel() as usize) < own {
+                Err(cx.invalid(format!(
+                    "a moment of {} elements for a shard of {own}",
+                    m.numel()
+                )))
+            } else {
+                Ok(0..own)
+            }
+        };
+        let (mr, vr) = (moments(&io.m[i])?, moments(&io.v[i])?);
         match io.copies.get(i) {
             Some(copy) => {
                 let [theta, m, v, c] = cx.outs.f32s([&io.theta[i], &io.m[i], &io.v[i], copy])?;
@@ -70,16 +88,25 @@ pub(crate) fn exec(cx: &mut Exec<'_>, adam: &AdamW) -> Result<(), BackendError> 
                     &adam.hyper,
                     decay,
                     clip,
-                    theta,
+                    &mut theta[shard.clone()],
                     g,
-                    m,
-                    v,
-                    Some((c, copy.dtype)),
+                    &mut m[mr],
+                    &mut v[vr],
+                    Some((&mut c[shard], copy.dtype)),
                 );
             }
             None => {
                 let [theta, m, v] = cx.outs.f32s([&io.theta[i], &io.m[i], &io.v[i]])?;
-                update(&adam.hyper, decay, clip, theta, g, m, v, None);
+                update(
+                    &adam.hyper,
+                    decay,
+                    clip,
+                    &mut theta[shard],
+                    g,
+                    &mut m[mr],
+                    &mut v[vr],
+                    None,
+                );
             }
         }
     }

@@ -10,6 +10,7 @@
 use crate::exec::Exec;
 use rayon::prelude::*;
 use tperf_core::backend::BackendError;
+use tperf_core::comm::shard_range;
 use tperf_core::ops::grad_norm::{GradNorm, GradNormIo};
 
 /// Σ x², summed in 16 f32 lanes and combined in f64 (a chunk is at most a few tens of
@@ -26,20 +27,25 @@ pub fn sum_of_squares(x: &[f32]) -> f64 {
     lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + tail
 }
 
-/// The op's dispatch: ‖g‖ over every gradient tensor, summed in f64.
+/// The op's dispatch: ‖g‖ over every gradient tensor, summed in f64 (under ZeRO-1, Σg² over
+/// this rank's shard of each, for the all-reduce that follows to add).
 pub(crate) fn exec(cx: &mut Exec<'_>, g: &GradNorm) -> Result<(), BackendError> {
     let io: GradNormIo = cx.call.operands(g)?;
+    let rank = super::collective::shard_rank(cx, g.shards)?;
     let grads: Vec<&[f32]> = io
         .grads
         .iter()
-        .map(|t| cx.f32(t))
-        .collect::<Result<_, _>>()?;
+        .map(|t| {
+            let all = cx.f32(t)?;
+            Ok(&all[shard_range(all.len(), rank, g.shards)])
+        })
+        .collect::<Result<_, BackendError>>()?;
     let sum: f64 = grads
         .par_iter()
         .map(|g| g.par_chunks(1 << 14).map(sum_of_squares).sum::<f64>())
         .sum();
     cx.check_len("norm", io.norm.numel() as usize, 1)?;
-    cx.outs.f32(&io.norm)?[0] = sum.sqrt() as f32;
+    cx.outs.f32(&io.norm)?[0] = g.finish(sum) as f32;
     Ok(())
 }
 

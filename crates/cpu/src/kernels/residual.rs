@@ -20,6 +20,16 @@ pub fn forward(a: &[f32], b: &[f32], y: &mut [f32]) {
 /// The op's dispatch: named operands in, kernel out.
 pub(crate) fn exec(cx: &mut Exec<'_>, r: &ResidualAdd) -> Result<(), BackendError> {
     let io: ResidualAddIo = cx.call.operands(r)?;
+    if io.sum.id == io.a.id {
+        // In place (a += b): `a` is the output buffer.
+        let b = cx.f32(&io.b)?;
+        cx.check_len("b", b.len(), io.sum.numel() as usize)?;
+        let sum = cx.outs.f32(&io.sum)?;
+        sum.par_iter_mut()
+            .zip(b.par_iter())
+            .for_each(|(s, &b)| *s += b);
+        return Ok(());
+    }
     forward(cx.f32(&io.a)?, cx.f32(&io.b)?, cx.outs.f32(&io.sum)?);
     Ok(())
 }

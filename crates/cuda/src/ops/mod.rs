@@ -15,6 +15,7 @@ pub(crate) mod optimizer;
 mod paged;
 mod rope;
 mod sampling;
+pub(crate) mod watchdog;
 
 pub(crate) use sampling::sample_words;
 

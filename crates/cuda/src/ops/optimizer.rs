@@ -12,7 +12,12 @@
 //!
 //! GradNorm: Σ g² over every gradient in f64, block b writing slot b of a scratch buffer (so no
 //! zeroing and no atomics), then a one-block kernel adds the slots in a fixed order and writes
-//! √Σ. Deterministic: two launches in all.
+//! √Σ (under ZeRO-1, Σ itself: the ranks' squares are summed by an all-reduce and AdamW takes
+//! the root). Deterministic: two launches in all.
+//!
+//! ZeRO-1 (`shards` = W > 1): a rank's shard of a tensor is a contiguous run
+//! ([`tperf_core::comm::shard_range`]), so the tables point at its first element and count its
+//! elements: the kernels see ordinary, shorter tensors (m and v are allocated as the shard).
 //!
 //! AdamW: one launch, in place on θ, m and v as the CPU backend updates them. The gradient factor
 //! clip(‖g‖/S)/S (S = the op's loss scale, `grad_scale`) is derived on the device from the norm
@@ -26,10 +31,12 @@ use crate::error::driver;
 use crate::gpu::Arg;
 use cudarc::driver::result as cu;
 use tperf_core::backend::{BackendError, OpCall};
+use tperf_core::comm::shard_range;
 use tperf_core::dtype::DType;
 use tperf_core::ops::adamw::{AdamW, AdamWIo};
 use tperf_core::ops::grad_norm::{GradNorm, GradNormIo};
 use tperf_core::ops::Op;
+use tperf_core::tensor::Tensor;
 
 const SRC: &str = "optimizer";
 
@@ -81,20 +88,28 @@ fn aligned(ptrs: &[u64]) -> bool {
 
 impl CudaBackend {
     /// GradNorm's table: per gradient {g, n, first item, dtype | aligned << 32}.
-    fn norm_table(&self, call: &OpCall, io: &GradNormIo) -> Result<Table, BackendError> {
+    fn norm_table(
+        &self,
+        call: &OpCall,
+        io: &GradNormIo,
+        shards: usize,
+    ) -> Result<Table, BackendError> {
+        let rank = self.shard_rank(call, shards)?;
         let mut words = Vec::with_capacity(NORM_WORDS * io.grads.len());
         let mut items = 0u64;
         for t in &io.grads {
             if t.dtype == DType::I32 {
                 return Err(unsupported(call, "gradients are floating-point tensors"));
             }
-            let n = t.numel();
+            let shard = shard_range(t.numel() as usize, rank, shards);
+            let n = shard.len() as u64;
             if n == 0 {
                 continue;
             }
-            let Arg::Buf(ptr, dt) = self.arg(call, t, n)? else {
+            let Arg::Buf(ptr, dt) = self.arg(call, t, t.numel())? else {
                 unreachable!("arg returns a Buf")
             };
+            let ptr = ptr + shard.start as u64 * t.dtype.size_bytes();
             let vec = u64::from(aligned(&[ptr]));
             words.extend([ptr, n, items, dt as u32 as u64 | vec << 32]);
             items += n.div_ceil(CHUNK);
@@ -110,7 +125,14 @@ impl CudaBackend {
     /// AdamW's table: per parameter {θ, g, m, v, copy, n, first item, dtypes | flags << 32},
     /// the dtype codes 4 bits each (θ, g, m, v, copy from the low end), flags bit 0 weight
     /// decay, bit 1 every pointer 16-byte aligned and floating-point (the vector path).
-    fn adam_table(&self, call: &OpCall, io: &AdamWIo) -> Result<Table, BackendError> {
+    /// Under ZeRO-1 θ, g and the copy point at this rank's shard and n counts it.
+    fn adam_table(
+        &self,
+        call: &OpCall,
+        io: &AdamWIo,
+        shards: usize,
+    ) -> Result<Table, BackendError> {
+        let rank = self.shard_rank(call, shards)?;
         let mut words = Vec::with_capacity(ADAM_WORDS * io.theta.len());
         let mut items = 0u64;
         for (i, theta) in io.theta.iter().enumerate() {
@@ -118,20 +140,29 @@ impl CudaBackend {
             if [theta, m, v].iter().any(|t| t.dtype == DType::I32) {
                 return Err(unsupported(call, "AdamW state must be floating-point"));
             }
-            let n = theta.numel();
+            let whole = theta.numel();
+            let shard = shard_range(whole as usize, rank, shards);
+            let n = shard.len() as u64;
             if n == 0 {
                 continue;
             }
+            // The replicated tensors from the shard's first element; m and v are the shard.
+            let from = |a: Arg, t: &Tensor| match a {
+                Arg::Buf(p, dt) if p != 0 => {
+                    Arg::Buf(p + shard.start as u64 * t.dtype.size_bytes(), dt)
+                }
+                other => other,
+            };
             let copy = match io.copies.get(i) {
-                Some(c) if c.dtype != DType::I32 => self.arg(call, c, n)?,
+                Some(c) if c.dtype != DType::I32 => from(self.arg(call, c, whole)?, c),
                 _ => Arg::Buf(0, 0),
             };
             let mut ptrs = [0u64; 5];
             let mut dts = 0u64;
             let mut float = true;
             let args = [
-                self.arg(call, theta, n)?,
-                self.arg(call, g, n)?,
+                from(self.arg(call, theta, whole)?, theta),
+                from(self.arg(call, g, whole)?, g),
                 self.arg(call, m, n)?,
                 self.arg(call, v, n)?,
                 copy,
@@ -160,8 +191,8 @@ impl CudaBackend {
 
     fn table_of(&self, call: &OpCall) -> Result<Option<Table>, BackendError> {
         match &call.op {
-            Op::GradNorm(g) => Ok(Some(self.norm_table(call, &call.operands(g)?)?)),
-            Op::AdamW(a) => Ok(Some(self.adam_table(call, &call.operands(a)?)?)),
+            Op::GradNorm(g) => Ok(Some(self.norm_table(call, &call.operands(g)?, g.shards)?)),
+            Op::AdamW(a) => Ok(Some(self.adam_table(call, &call.operands(a)?, a.shards)?)),
             _ => Ok(None),
         }
     }
@@ -204,7 +235,7 @@ impl CudaBackend {
     pub(crate) fn grad_norm(&mut self, call: &OpCall, g: &GradNorm) -> Result<(), BackendError> {
         let io: GradNormIo = call.operands(g)?;
         let norm = self.arg(call, &io.norm, 1)?;
-        let table = self.norm_table(call, &io)?;
+        let table = self.norm_table(call, &io, g.shards)?;
         let (count, items) = (table.count, table.items);
         // One f64 slot per block, each written by its block.
         let blocks = items.clamp(1, (4 * self.gpu.info.sms.max(1) as u64).min(1024));
@@ -234,7 +265,8 @@ impl CudaBackend {
             }
             // No gradient elements: no block wrote, so the finish reads none of the slots.
             let written = if count > 0 { blocks as i32 } else { 0 };
-            let args = [Arg::Ptr(scratch.ptr), Arg::I32(written), norm];
+            let squared = Arg::I32(i32::from(g.shards > 1));
+            let args = [Arg::Ptr(scratch.ptr), Arg::I32(written), squared, norm];
             self.launch(
                 call,
                 SRC,
@@ -260,7 +292,7 @@ impl CudaBackend {
         // In a captured step the kernel reads lr, c1 and c2 from here instead (graph.rs).
         let step_scalars = Arg::Ptr(self.op_scalars);
         let norm = self.arg(call, &io.norm, 1)?;
-        let table = self.adam_table(call, &io)?;
+        let table = self.adam_table(call, &io, adam.shards)?;
         let (count, items) = (table.count, table.items);
         if count == 0 {
             return Ok(());
@@ -281,6 +313,7 @@ impl CudaBackend {
             Arg::I32(i32::from(h.max_grad_norm.is_some())),
             Arg::F64(h.max_grad_norm.unwrap_or(0.0)),
             Arg::F64(adam.grad_scale),
+            Arg::I32(i32::from(adam.shards > 1)),
             step_scalars,
         ];
         // Enough blocks to fill every SM several times over; the rest go grid-stride.
