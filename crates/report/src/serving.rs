@@ -5,8 +5,8 @@
 //! latency CDFs of every run, and each fairness run's cumulative service per client over time.
 
 use crate::bench_sections::plot;
-use crate::markup::table;
 use crate::markup::escape;
+use crate::markup::table;
 use crate::plots::{LinePlot, PlotError, Series};
 use serde::Deserialize;
 use std::fmt::Write as _;
