@@ -13,6 +13,7 @@
 #    fair share of a 16-sequence server; 400 requests), under VTC and under FCFS, with the VTC paper's bound
 #    for that server: 2·max(w_in·L_in, w_out·M) = 2·max(128, 2·4096) = 16384 (M: 256 blocks of
 #    16 tokens).
+# CALIBRATION=FILE (a `tperf calibrate` file) makes the predictions beside the runs calibrated.
 # Each server is stopped with SIGINT (it must exit 0) after its /metrics are logged (0 running,
 # 0 waiting, 0 KV blocks used). Writes OUT/serve.txt, OUT/*.json and OUT/report.html.
 set -u
@@ -53,7 +54,8 @@ bench() {
     echo "### bench serve $*" >>"$log"
     timeout 150 "$tperf" bench serve --url "http://127.0.0.1:$port" \
         --random-input-len 128 --random-output-len 128 \
-        --model-config "$model" --hw h200 --dtype bf16 --json "$out/$name.json" "$@" >>"$log" 2>&1
+        --model-config "$model" --hw h200 --dtype bf16 --json "$out/$name.json" \
+        ${CALIBRATION:+--calibration "$CALIBRATION"} "$@" >>"$log" 2>&1
     echo "### exit $?" >>"$log"
 }
 
