@@ -196,11 +196,15 @@ fn render(model: &str, p: &Profile, all_layers: bool) -> String {
         "tperf profile — {model}: {} · batch {} × seq {} · {} · {} attention, on {} ({} profiled steps)\n",
         sc.workload.name(), sc.batch, sc.seq, sc.opts.precision.name(), sc.opts.attention.name(), p.device, p.step_seconds.n
     );
+    // The arithmetic peak of the step's compute dtype (a bf16 step's matmuls run at the bf16
+    // peak, not the f32 one).
+    let compute = sc.opts.precision.compute_dtype();
     out.push_str(&format!(
-        "roofline: {} ({} ceilings: {}, memory {})\n",
+        "roofline: {} ({} ceilings: {} in {}, memory {})\n",
         a.hardware.name,
         a.hardware.basis.name(),
-        units::si(a.hardware.peak_f32_flops, "FLOP/s"),
+        units::si(a.hardware.peak_flops(compute), "FLOP/s"),
+        compute.name(),
         units::si(a.hardware.mem_bw_bytes_per_s, "B/s"),
     ));
     match &a.calibration {
