@@ -11,7 +11,6 @@ use super::metrics::RequestOutcome;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tperf_core::ops::sampling::Sampling;
 use tperf_engine::{Engine, Event, EventSink, FinishReason, Request};
 
 struct TimedSink {
@@ -75,10 +74,6 @@ pub fn run(engine: &Engine, schedule: &[Scheduled]) -> (Vec<RequestOutcome>, f64
         let req = Request {
             client: client_name(s.client),
             ignore_eos: true,
-            sampling: Sampling {
-                temperature: 0.0,
-                ..Sampling::default()
-            },
             ..Request::greedy(prompt, s.spec.output_len)
         };
         let sink = TimedSink {
@@ -96,6 +91,9 @@ pub fn run(engine: &Engine, schedule: &[Scheduled]) -> (Vec<RequestOutcome>, f64
         }
         records.push(outcome);
     }
+    // Only the sinks hold senders now: a sink the engine drops without finishing (a stopped
+    // engine) ends the wait instead of hanging it.
+    drop(done_tx);
     for _ in 0..waiting {
         if done_rx.recv().is_err() {
             break;
