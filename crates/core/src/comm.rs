@@ -349,8 +349,10 @@ impl Communicator for ThreadGroup {
             slots
                 .iter()
                 .map(|s| {
-                    let all = bytes_to_f32(s.as_deref().unwrap_or_default());
-                    (all.len(), all.get(mine.clone()).map(<[f32]>::to_vec))
+                    // Decode only this rank's part, under the exchange's lock.
+                    let bytes = s.as_deref().unwrap_or_default();
+                    let part = bytes.get(mine.start * 4..mine.end * 4).map(bytes_to_f32);
+                    (bytes.len() / 4, part)
                 })
                 .collect::<Vec<_>>()
         })?;
