@@ -327,6 +327,10 @@ fn child_args(args: &CountersArgs, batch: usize) -> Vec<OsString> {
     if args.schedule.no_fuse {
         v.push("--no-fuse".into());
     }
+    // The child must build the schedule the parent costs, op for op, or the join is off.
+    if args.schedule.no_kv_cache {
+        v.push("--no-kv-cache".into());
+    }
     v.push("--counted-step".into());
     v.into_iter().map(OsString::from).collect()
 }
@@ -662,7 +666,7 @@ pub fn run(args: CountersArgs) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    std::fs::create_dir_all(&args.out)?;
+    super::report::create_dir(&args.out)?;
     let (flops, dram) = tperf_report::counters_section::counters_plots(&serde_json::to_value(&e)?)?;
     super::profile::write_atomically(&args.out.join("flops.svg"), &flops)?;
     super::profile::write_atomically(&args.out.join("dram.svg"), &dram)?;
