@@ -632,8 +632,7 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
             doc["serving"] = json!(serving);
             doc
         };
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        super::report::write_atomic(path, serde_json::to_string_pretty(&doc)?.as_bytes())?;
         eprintln!("wrote {}", path.display());
     }
     if records.iter().all(|r| r.1.completed == 0) {
