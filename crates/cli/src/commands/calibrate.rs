@@ -89,25 +89,16 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
             .filter(|s| s.is_finite() && *s > 0.0)
             .map(|s| started + std::time::Duration::from_secs_f64(s)),
     };
-    let measured = calibrate::measure(device, &hw, &specs, run, |_, spec, err| {
+    // Skipped workloads (errors and the deadline's) are listed once, after the tables.
+    let measured = calibrate::measure(device, &hw, &specs, run, |_, spec, _| {
         bar.set_message(spec.label());
         bar.inc(1);
-        if let Some(e) = err {
-            bar.println(format!(
-                "skipped {}: {}",
-                spec.label(),
-                tperf_core::error::report(e)
-            ));
-        }
     });
     bar.finish_and_clear();
     let took = started.elapsed().as_secs_f64();
     let training = measured.of(Split::Training);
     let held_out = measured.of(Split::HeldOut);
-    let device_name = match device {
-        tperf_bench::device::Device::Cpu => format!("cpu ({})", hw.name),
-        d => format!("{d} ({})", hw.name),
-    };
+    let device_name = format!("{device} ({})", hw.name);
 
     if let Some(cal) = checked {
         if cal.device != device_name {
@@ -145,6 +136,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     }
 
     if training.is_empty() {
+        print_skipped(&measured.skipped);
         bail!(
             "no training workload could be measured on {device_name} (see the skipped lines above)"
         );
