@@ -881,13 +881,13 @@ impl CudaBackend {
         }
     }
 
-    /// Copies the step's dynamic scalars, then launches its graph (both on the stream, after
-    /// whatever ran before).
     /// Whether a step is being captured into a graph (nothing runs on the device meanwhile).
     pub(crate) fn capturing(&self) -> bool {
         matches!(self.graphs.mode, Mode::Capture { .. })
     }
 
+    /// Copies the step's dynamic scalars, then launches its graph (both on the stream, after
+    /// whatever ran before).
     fn launch_graph(&mut self, exec: sys::CUgraphExec) -> Result<(), BackendError> {
         let stream = self.gpu.cu_stream();
         if !self.graphs.scalars.is_empty() {
@@ -904,18 +904,14 @@ impl CudaBackend {
             unsafe { cu::memcpy_htod_async(self.scalars.ptr, &bytes, stream) }
                 .map_err(driver("copying the step's scalars"))?;
         }
-        if self.nvtx {
-            crate::nvtx::push_named("step graph");
-        }
+        self.push_range("step graph");
         // SAFETY: `exec` is an instantiated graph owned by `self.graphs`. It is launched only after
         // a capture, or after a replayed step whose every action matched the captured one with
         // the same device pointers (graph.rs), so the blocks its kernels address are this step's
         // live tensors and scratch.
         let launched: Result<(), BackendError> = unsafe { cu::graph::launch(exec, stream) }
             .map_err(|e| driver("launching the step's graph")(e).into());
-        if self.nvtx {
-            crate::nvtx::pop();
-        }
+        self.pop_range();
         launched?;
         // A replayed step may hold collectives that a dead peer never completes.
         self.watch_collectives(stream)
