@@ -442,3 +442,36 @@ fn counts_that_would_overflow_are_refused() {
     let ok = scenario(Workload::Train, 1, 1 << 16, Options::default());
     assert!(analysis::record(&cfg, &ok).is_ok());
 }
+
+/// `backward` alone on a model that accumulates gradients over K > 1 micro-steps would add an
+/// accumulator nothing filled: it is refused with what to call instead, and what the forward
+/// left is freed (the ledger ends where it started after the model is freed).
+#[test]
+fn one_backward_on_an_accumulating_model_is_refused_and_frees_its_state() {
+    use tperf_core::backend::BackendError;
+    let cfg = tiny("small");
+    let mut be = MetaBackend::new();
+    let opts = Options {
+        grad_accum: 2,
+        ..Options::default()
+    };
+    let model = Transformer::new(&mut be, &cfg, opts, true).unwrap();
+    let (tokens, targets) = model.alloc_inputs(&mut be, 2, 7, true).unwrap();
+    let state = model
+        .forward_train(&mut be, tokens, targets.unwrap())
+        .unwrap();
+    match model.backward(&mut be, state) {
+        Err(BackendError::InvalidInput { label, why, .. }) => {
+            assert_eq!(label, "grad_accum");
+            assert!(why.contains("backward_micro"), "{why}");
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    model.free(&mut be);
+    assert!(
+        !be.mem_events().is_empty(),
+        "the Meta backend records allocations"
+    );
+    let summary = tperf_core::cost::memory::summarize(be.mem_events());
+    assert!(summary.at_end.is_empty(), "leaks {:?}", summary.at_end);
+}

@@ -25,14 +25,29 @@ use crate::tensor::{MemCategory, Tensor};
 impl Transformer {
     /// The backward pass of a training forward: weight gradients into each parameter's grad
     /// buffer (overwritten, not accumulated). Consumes the state and returns the per-token
-    /// losses for the caller to read and free. Under gradient accumulation this is the last
-    /// micro-step's ([`Transformer::backward_micro`]).
+    /// losses for the caller to read and free. A model built with gradient accumulation
+    /// (K > 1) is refused: its last micro-step adds an accumulator that only the earlier
+    /// micro-steps fill, so one backward alone would add garbage; run
+    /// [`Transformer::train_step_micro`] or [`Transformer::backward_micro`] for each micro-step.
     pub fn backward(
         &self,
         be: &mut impl Backend,
         state: ForwardState,
     ) -> Result<Tensor, BackendError> {
-        self.backward_micro(be, state, self.opts.micro_steps() - 1)
+        let k = self.opts.micro_steps();
+        if k > 1 {
+            self.free_state(be, state);
+            return Err(BackendError::InvalidInput {
+                op: "backward",
+                label: "grad_accum",
+                backend: "schedule",
+                why: format!(
+                    "this model accumulates gradients over {k} micro-steps; call backward_micro \
+                     for micro-steps 0..{k} (or train_step_micro), not backward once"
+                ),
+            });
+        }
+        self.backward_micro(be, state, 0)
     }
 
     /// The backward of micro-step `micro` (0-based) of K = `opts.grad_accum`: as
