@@ -32,7 +32,13 @@ macro_rules! source {
 
 /// Every kernel source tperf ships.
 pub const SOURCES: &[Source] = &[
-    source!("elementwise"),
+    source!("activation"),
+    source!("gated"),
+    source!("residual"),
+    source!("cast"),
+    source!("kv_cache"),
+    source!("take_last"),
+    source!("matmul"),
     source!("norms"),
     source!("rope"),
     source!("embedding"),

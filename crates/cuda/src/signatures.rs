@@ -45,27 +45,23 @@ const DECODE_SPLIT: &[ArgKind] = &[
 
 /// (source, kernel, parameters) of every kernel in `kernels/*.cu`, in file order.
 pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
-    ("elementwise", "activation_forward", &[Buf, Buf, I64, I32]),
+    ("activation", "activation_forward", &[Buf, Buf, I64, I32]),
     (
-        "elementwise",
+        "activation",
         "activation_backward",
         &[Buf, Buf, Buf, I64, I32],
     ),
-    ("elementwise", "gated_forward", &[Buf, Buf, I64, I64, I32]),
+    ("gated", "gated_forward", &[Buf, Buf, I64, I64, I32]),
+    ("gated", "gated_backward", &[Buf, Buf, Buf, I64, I64, I32]),
+    ("residual", "residual_add", &[Buf, Buf, Buf, I64]),
+    ("cast", "cast", &[Buf, Buf, I64]),
     (
-        "elementwise",
-        "gated_backward",
-        &[Buf, Buf, Buf, I64, I64, I32],
-    ),
-    ("elementwise", "residual_add", &[Buf, Buf, Buf, I64]),
-    ("elementwise", "cast", &[Buf, Buf, I64]),
-    (
-        "elementwise",
+        "kv_cache",
         "kv_append",
         &[Buf, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, Ptr],
     ),
-    ("elementwise", "take_last", &[Buf, Buf, I32, I32, I32]),
-    ("elementwise", "column_sum", &[Buf, Buf, I64, I64]),
+    ("take_last", "take_last", &[Buf, Buf, I32, I32, I32]),
+    ("matmul", "column_sum", &[Buf, Buf, I64, I64]),
     (
         "norms",
         "norm_forward",
@@ -543,7 +539,7 @@ mod tests {
 
     #[test]
     fn a_launch_is_checked_in_number_and_kind() {
-        let params = signature("elementwise", "residual_add").unwrap();
+        let params = signature("residual", "residual_add").unwrap();
         let buf = Arg::Buf(0, 0);
         assert!(matches(params, &[buf, buf, buf, Arg::I64(4)]));
         assert!(!matches(params, &[buf, buf, buf]), "one argument short");

@@ -1,5 +1,6 @@
-//! Elementwise and data-movement ops (kernels/elementwise.cu), and the id checks the ops that
-//! read token or target ids share.
+//! Host side of the elementwise and data-movement ops, each with its own kernel file
+//! (kernels/{activation,gated,residual,cast,kv_cache,take_last}.cu), and the id checks the ops
+//! that read token or target ids share.
 
 use crate::backend::{invalid, unsupported, CudaBackend};
 use crate::gpu::Arg;
@@ -15,8 +16,6 @@ use tperf_core::ops::swiglu::{SwiGlu, SwiGluBackwardIo, SwiGluIo};
 use tperf_core::ops::take_last::{TakeLast, TakeLastIo};
 use tperf_core::ops::Op;
 use tperf_core::tensor::Tensor;
-
-const SRC: &str = "elementwise";
 
 pub(crate) fn act_code(kind: ActivationKind) -> i32 {
     match kind {
@@ -49,7 +48,7 @@ impl CudaBackend {
             Arg::I64(n as i64),
             Arg::I32(act_code(a.kind)),
         ];
-        self.launch_1d(call, SRC, "activation_forward", n, &args)
+        self.launch_1d(call, "activation", "activation_forward", n, &args)
     }
 
     pub(crate) fn activation_backward(
@@ -66,7 +65,7 @@ impl CudaBackend {
             Arg::I64(n as i64),
             Arg::I32(act_code(a.kind)),
         ];
-        self.launch_1d(call, SRC, "activation_backward", n, &args)
+        self.launch_1d(call, "activation", "activation_backward", n, &args)
     }
 
     pub(crate) fn swiglu_forward(&mut self, call: &OpCall, s: &SwiGlu) -> Result<(), BackendError> {
@@ -122,7 +121,7 @@ impl CudaBackend {
             return Ok(());
         }
         let grid = gated_grid(n, f);
-        self.launch(call, SRC, kernel, grid, (256, 1, 1), 0, &args)
+        self.launch(call, "gated", kernel, grid, (256, 1, 1), 0, &args)
     }
 
     pub(crate) fn residual_add(
@@ -138,7 +137,7 @@ impl CudaBackend {
             self.arg(call, &io.sum, n)?,
             Arg::I64(n as i64),
         ];
-        self.launch_1d(call, SRC, "residual_add", n, &args)
+        self.launch_1d(call, "residual", "residual_add", n, &args)
     }
 
     pub(crate) fn cast(&mut self, call: &OpCall, c: &Cast) -> Result<(), BackendError> {
@@ -150,7 +149,7 @@ impl CudaBackend {
                 self.arg(call, dst, n)?,
                 Arg::I64(n as i64),
             ];
-            self.launch_1d(call, SRC, "cast", n, &args)?;
+            self.launch_1d(call, "cast", "cast", n, &args)?;
         }
         Ok(())
     }
@@ -176,7 +175,13 @@ impl CudaBackend {
             Arg::I32(capacity as i32),
             Arg::Ptr(self.op_scalars),
         ];
-        self.launch_1d(call, SRC, "kv_append", rows * (k.h_kv * k.d) as u64, &args)
+        self.launch_1d(
+            call,
+            "kv_cache",
+            "kv_append",
+            rows * (k.h_kv * k.d) as u64,
+            &args,
+        )
     }
 
     pub(crate) fn take_last(&mut self, call: &OpCall, t: &TakeLast) -> Result<(), BackendError> {
@@ -189,7 +194,7 @@ impl CudaBackend {
             Arg::I32(t.t as i32),
             Arg::I32(t.c as i32),
         ];
-        self.launch_1d(call, SRC, "take_last", b * c, &args)
+        self.launch_1d(call, "take_last", "take_last", b * c, &args)
     }
 
     /// `t` as i32 ids, checked to be in 0..limit before they reach a kernel (an id past the

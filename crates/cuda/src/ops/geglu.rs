@@ -1,5 +1,5 @@
 //! GeGLU: y = gelu(gate)·up over the two halves of h; operands by name. The kernels are the
-//! gated pair SwiGLU shares (kernels/elementwise.cu `gated_forward` / `gated_backward`), with
+//! gated pair SwiGLU shares (kernels/gated.cu `gated_forward` / `gated_backward`), with
 //! the GELU activation code.
 
 use crate::backend::CudaBackend;

@@ -107,7 +107,7 @@ impl CudaBackend {
                 Arg::I64((m * n) as i64),
                 Arg::I32(act_code(kind)),
             ];
-            self.launch_1d(call, "elementwise", "activation_forward", m * n, &args)?;
+            self.launch_1d(call, "activation", "activation_forward", m * n, &args)?;
         }
         Ok(())
     }
@@ -152,7 +152,7 @@ impl CudaBackend {
                     Arg::I64((m * n) as i64),
                     Arg::I32(act_code(kind)),
                 ];
-                self.launch_1d(call, "elementwise", "activation_backward", m * n, &args)?;
+                self.launch_1d(call, "activation", "activation_backward", m * n, &args)?;
                 scratch = Some(block);
                 block.ptr
             }
@@ -196,7 +196,7 @@ impl CudaBackend {
                     Arg::I64(m as i64),
                     Arg::I64(n as i64),
                 ];
-                self.launch_1d(call, "elementwise", "column_sum", n, &args)?;
+                self.launch_1d(call, "matmul", "column_sum", n, &args)?;
             }
             Ok(())
         })();

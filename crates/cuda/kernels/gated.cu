@@ -1,15 +1,6 @@
-// Elementwise and data-movement kernels: activations, the gated MLPs (SwiGLU, GeGLU), the
-// residual add, casts, the KV-cache append, take-last, and the bias gradient (a column sum). Each
-// mirrors its reference in tperf_core::ops. (RoPE and the embedding have their own files.)
-
-extern "C" __global__ void activation_forward(Buf x, Buf y, i64 n, int kind) {
-    FOR_EACH(i, n) st(y, i, act_fwd(kind, ld(x, i)));
-}
-
-// dx = dy·act'(x)
-extern "C" __global__ void activation_backward(Buf x, Buf dy, Buf dx, i64 n, int kind) {
-    FOR_EACH(i, n) st(dx, i, ld(dy, i) * act_grad(kind, ld(x, i)));
-}
+// The gated MLPs SwiGLU (tperf_core::ops::swiglu) and GeGLU (tperf_core::ops::geglu) in one file:
+// they are one kernel pair that differs only in the activation code `kind`, so the two ops share
+// gated_forward/gated_backward rather than each keeping a copy.
 
 // The gated MLPs: h (rows, 2F) = [g | u], y (rows, F) = act(g)·u with `kind` an ACT_* code:
 // SwiGLU (ACT_SILU, ops/elementwise.rs) and GeGLU (ACT_GELU, ops/geglu.rs). The backward writes
@@ -71,53 +62,5 @@ extern "C" __global__ void gated_backward(Buf h, Buf dy, Buf dh, i64 rows, i64 f
                 st(dh, hu + j, d * act_fwd(kind, g));
             }
         }
-    }
-}
-
-extern "C" __global__ void residual_add(Buf a, Buf b, Buf y, i64 n) {
-    FOR_EACH(i, n) st(y, i, ld(a, i) + ld(b, i));
-}
-
-// Conversion between storage dtypes: the rounding happens in st.
-extern "C" __global__ void cast(Buf src, Buf dst, i64 n) {
-    FOR_EACH(i, n) st(dst, i, ld(src, i));
-}
-
-// Copies the new tokens' keys and values from qkv (B·t_new, (Hq + 2Hkv)·D) into the caches
-// (B, Hkv, capacity, D) at positions pos..pos + t_new.
-extern "C" __global__ void kv_append(Buf qkv, Buf kc, Buf vc, int b, int t_new, int h_q, int h_kv,
-                                     int d, int pos, int capacity, const int* step) {
-    if (step) pos = step[0]; // a replayed decode step's position (graph.rs)
-    i64 total = (i64)b * t_new * h_kv * d;
-    i64 width = (i64)(h_q + 2 * h_kv) * d;
-    FOR_EACH(idx, total) {
-        int e = (int)(idx % d);
-        i64 r = idx / d;
-        int g = (int)(r % h_kv);
-        r /= h_kv;
-        int i = (int)(r % t_new);
-        int bb = (int)(r / t_new);
-        i64 row = ((i64)bb * t_new + i) * width;
-        i64 dst = (((i64)bb * h_kv + g) * capacity + pos + i) * d + e;
-        st(kc, dst, ld(qkv, row + (i64)(h_q + g) * d + e));
-        st(vc, dst, ld(qkv, row + (i64)(h_q + h_kv + g) * d + e));
-    }
-}
-
-// out (B, C) = x[b, T − 1, :]
-extern "C" __global__ void take_last(Buf x, Buf out, int b, int t, int c) {
-    FOR_EACH(idx, (i64)b * c) {
-        i64 bb = idx / c, j = idx % c;
-        st(out, idx, ld(x, (bb * t + t - 1) * c + j));
-    }
-}
-
-// db[j] = Σ_rows dy[r, j]: one thread per column, rows strided through (coalesced across the
-// columns of a warp). f32 accumulation.
-extern "C" __global__ void column_sum(Buf dy, Buf db, i64 rows, i64 cols) {
-    FOR_EACH(j, cols) {
-        float s = 0.0f;
-        for (i64 r = 0; r < rows; r++) s += ld(dy, r * cols + j);
-        st(db, j, s);
     }
 }
