@@ -730,7 +730,7 @@ mod tests {
         let add = OpScope::enter(ADD_OP);
         for _ in 0..3 {
             gpu.launch_1d(
-                "elementwise",
+                "residual",
                 "residual_add",
                 n as u64,
                 &[
