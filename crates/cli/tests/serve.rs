@@ -124,7 +124,9 @@ impl Server {
             match s.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => raw.extend_from_slice(&buf[..n]),
-                Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    break
+                }
                 Err(e) => panic!("read: {e}"),
             }
         }
