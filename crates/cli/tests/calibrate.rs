@@ -164,3 +164,32 @@ fn the_cpu_roofline_is_measured_on_this_machine_unless_turned_off() {
     assert!(!out.contains("(measured on this machine)"), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_time_limit_that_is_not_positive_is_refused_before_anything_is_measured() {
+    let cache = scratch("time-limit");
+    let out = scratch("time-limit-out").join("calibration.json");
+    for limit in ["0", "-5", "NaN"] {
+        let o = tperf(
+            &cache,
+            &[
+                "calibrate",
+                "--time-limit",
+                limit,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &[],
+        );
+        assert!(
+            !o.status.success(),
+            "--time-limit {limit} was accepted: {}",
+            text(&o)
+        );
+        assert!(text(&o).contains("--time-limit"), "{}", text(&o));
+        assert!(
+            !out.exists(),
+            "a calibration file was written for --time-limit {limit}"
+        );
+    }
+}

@@ -56,6 +56,13 @@ fn default_out(key: &str) -> Option<PathBuf> {
 }
 
 pub fn run(args: CalibrateArgs) -> Result<()> {
+    // Checked before anything is measured: a zero or negative limit used to be dropped
+    // silently, and the run then had no deadline at all.
+    if let Some(limit) = args.time_limit {
+        if !(limit.is_finite() && limit > 0.0) {
+            bail!("--time-limit {limit}: give a positive number of seconds, or leave the flag out for no limit");
+        }
+    }
     let device = super::resolve_device(&args.device)?;
     let checked = args.check.as_deref().map(Calibration::load).transpose()?;
     let hw = match &checked {
