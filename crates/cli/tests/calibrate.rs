@@ -170,15 +170,11 @@ fn a_time_limit_that_is_not_positive_is_refused_before_anything_is_measured() {
     let cache = scratch("time-limit");
     let out = scratch("time-limit-out").join("calibration.json");
     for limit in ["0", "-5", "NaN"] {
+        // `--time-limit=-5`: as two words clap would read -5 as a flag of its own.
+        let flag = format!("--time-limit={limit}");
         let o = tperf(
             &cache,
-            &[
-                "calibrate",
-                "--time-limit",
-                limit,
-                "--out",
-                out.to_str().unwrap(),
-            ],
+            &["calibrate", &flag, "--out", out.to_str().unwrap()],
             &[],
         );
         assert!(
