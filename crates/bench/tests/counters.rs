@@ -35,6 +35,14 @@ fn fixture_analysis() -> analysis::Analysis {
     analysis::analyze(&cfg, &sc, &hardware::detect_local_cpu()).unwrap()
 }
 
+/// Held by every test for its whole run. Writing an executable while another test's thread
+/// forks lets the child inherit the open file for a moment, and exec'ing it then fails with
+/// "Text file busy" (ETXTBSY, seen in CI): the tests write and spawn their fakes one at a time.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A folder of its own holding an executable `ncu` with `script` as its body.
 fn fake_ncu(name: &str, script: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("tperf-fake-ncu-{}-{name}", std::process::id()));
@@ -54,6 +62,7 @@ fn child() -> Vec<OsString> {
 
 #[test]
 fn the_fixture_joins_every_kernel_to_an_op_and_the_matmuls_count_2mnk() {
+    let _one_at_a_time = one_at_a_time();
     let dir = fake_ncu(
         "fixture",
         &format!(
@@ -127,6 +136,7 @@ fn the_fixture_joins_every_kernel_to_an_op_and_the_matmuls_count_2mnk() {
 
 #[test]
 fn a_permission_error_says_so() {
+    let _one_at_a_time = one_at_a_time();
     let dir = fake_ncu(
         "perm",
         "echo '==ERROR== ERR_NVGPUCTRPERM - The user does not have permission to access NVIDIA GPU Performance Counters on the target device 0.' >&2\nexit 1",
@@ -144,6 +154,7 @@ fn a_permission_error_says_so() {
 
 #[test]
 fn a_gpu_without_counters_says_so() {
+    let _one_at_a_time = one_at_a_time();
     let dir = fake_ncu(
         "virt",
         "echo '==ERROR== Failed to initialize the profiler: LibraryNotLoaded' >&2\nexit 1",
@@ -161,6 +172,7 @@ fn a_gpu_without_counters_says_so() {
 
 #[test]
 fn no_ncu_on_the_path_says_so() {
+    let _one_at_a_time = one_at_a_time();
     let empty = fake_ncu("none", "exit 0");
     std::fs::remove_file(empty.join("ncu")).unwrap();
     let err = counters::find_ncu_in(None, Some(empty.into_os_string())).unwrap_err();
@@ -175,6 +187,7 @@ fn no_ncu_on_the_path_says_so() {
 
 #[test]
 fn a_profiler_that_fails_half_way_keeps_what_it_collected() {
+    let _one_at_a_time = one_at_a_time();
     // The fixture cut after its first three kernels, then a non-zero exit.
     let text = std::fs::read_to_string(FIXTURE).unwrap();
     let head: Vec<&str> = text.lines().take(5).collect();
