@@ -1,10 +1,8 @@
-// The gated MLPs SwiGLU (tperf_core::ops::swiglu) and GeGLU (tperf_core::ops::geglu) in one file:
-// they are one kernel pair that differs only in the activation code `kind`, so the two ops share
-// gated_forward/gated_backward rather than each keeping a copy.
-
-// The gated MLPs: h (rows, 2F) = [g | u], y (rows, F) = act(g)·u with `kind` an ACT_* code:
-// SwiGLU (ACT_SILU, ops/elementwise.rs) and GeGLU (ACT_GELU, ops/geglu.rs). The backward writes
-// both halves of dh: dg = dy·u·act'(g), du = dy·act(g).
+// The gated MLPs SwiGLU (tperf_core::ops::swiglu; ACT_SILU, host side ops/elementwise.rs) and
+// GeGLU (tperf_core::ops::geglu; ACT_GELU, ops/geglu.rs) in one file: one kernel pair that differs
+// only in the activation code `kind`, so the two ops share it rather than each keeping a copy.
+// h (rows, 2F) = [g | u], y (rows, F) = act(g)·u; the backward writes both halves of dh:
+// dg = dy·u·act'(g), du = dy·act(g).
 //
 // Grid (x, y): y strides over the rows, x over a row's columns, so no element index is divided
 // back into (row, column). Where F is a multiple of 4 and the buffers 16-byte aligned, a thread
