@@ -1,7 +1,8 @@
 """The PyTorch peers of the GPU-kernel issue, measured the way a user would set them up at best.
 
 1. Attention: SDPA (PyTorch's fastest built-in: FlashAttention-2 / cuDNN on Hopper) forward and
-   forward+backward, causal, bf16, B=1, H=16, d in {64, 128}, T in {4096, 16384};
+   forward+backward, causal, bf16, B=1, H=16, d in {64, 128}, T in {4096, 16384} by default
+   (`--attention BxHxDxT,...` for others);
    `triton.testing.do_bench` medians (it flushes L2 between runs and warms up by time).
 2. Decode: a GPT-2 124M-shaped model (random weights: the time does not depend on them), bf16,
    greedy, with a static KV cache of `--max-context` positions. One step is embedding + 12 blocks
@@ -197,6 +198,8 @@ def main():
     ap.add_argument("--max-context", type=int, default=512)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--modes", default="eager+graph,compile+graph")
+    ap.add_argument("--attention", default="1x16x64x4096,1x16x64x16384,1x16x128x4096,1x16x128x16384",
+                    help="attention shapes BxHxDxT, comma-separated (4x32x80x256: the seed's 2.7B layer)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_peers.py needs a CUDA GPU")
@@ -206,7 +209,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     result = {"provenance": provenance(), "rows": []}
     if not args.skip_attention:
-        configs = [(1, 16, d, T) for d in (64, 128) for T in (4096, 16384)]
+        configs = [tuple(int(x) for x in c.split("x")) for c in args.attention.split(",")]
         result["rows"] += attention_rows(configs)
     if not args.skip_decode:
         batches = [int(b) for b in args.batches.split(",")]

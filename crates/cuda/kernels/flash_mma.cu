@@ -108,11 +108,13 @@ __device__ __forceinline__ bool mma_visible(int causal, i64 window, i64 pos, i64
 // D + 8 by cp.async; rows at or past `valid` are zero.
 template <int D, int ROWS, int THREADS>
 __device__ __forceinline__ void load_rows_async(u16* tile, const u16* src, i64 rs, int valid) {
-    constexpr int CH = D / 8;
-    static_assert(ROWS * CH % THREADS == 0, "every thread copies the same number of chunks");
+    // 16-byte chunks a row; when they do not share out evenly (D = 80 on 256 threads) the
+    // last round leaves some threads idle.
+    constexpr int CH = D / 8, CHUNKS = ROWS * CH, ROUNDS = (CHUNKS + THREADS - 1) / THREADS;
 #pragma unroll
-    for (int k = 0; k < ROWS * CH / THREADS; ++k) {
+    for (int k = 0; k < ROUNDS; ++k) {
         const int idx = threadIdx.x + k * THREADS;
+        if (CHUNKS % THREADS != 0 && idx >= CHUNKS) break;
         const int r = idx / CH, c = idx % CH;
         const bool ok = r < valid;
         cp_async16(smem_addr(tile + r * (D + 8) + c * 8), src + (ok ? (i64)r * rs : 0) + c * 8, ok);
@@ -357,6 +359,13 @@ extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d64_bf16(MMA_FWD
 extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d64_f16(MMA_FWD_PARAMS) {
     mma_fwd<64, 4, 2, false>(MMA_FWD_ARGS);
 }
+// D = 80 (the seed's 2.7B, phi-2): as 128, 16 rows a warp.
+extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d80_bf16(MMA_FWD_PARAMS) {
+    mma_fwd<80, 4, 1, true>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d80_f16(MMA_FWD_PARAMS) {
+    mma_fwd<80, 4, 1, false>(MMA_FWD_ARGS);
+}
 extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d128_bf16(MMA_FWD_PARAMS) {
     mma_fwd<128, 4, 1, true>(MMA_FWD_ARGS);
 }
@@ -437,9 +446,10 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
                                         Buf dqkv, MmaBwdArgs p) {
     constexpr int THREADS = WARPS * 32, BK = WARPS * 16, LD = D + 8, SLD = BQ + 8;
     constexpr int KT = D / 16, NT = BQ / 8, OT = D / 8;
-    // dQ: BQ/16 warps along the rows, the rest split D.
-    constexpr int WQ = BQ / 16, WD = WARPS / WQ, DQT = D / WD / 8;
-    static_assert(WARPS % WQ == 0 && DQT % 2 == 0, "dQ's warp grid covers the tile");
+    // dQ: BQ/16 warps along the rows, the rest split D's 16-column chunks, WP a warp (at
+    // D = 80 five chunks over two warps: 3 and 2).
+    constexpr int WQ = BQ / 16, WD = WARPS / WQ, CHUNKS = D / 16, WP = (CHUNKS + WD - 1) / WD;
+    static_assert(WARPS % WQ == 0 && D % 16 == 0, "dQ's warp grid covers the tile");
     extern __shared__ __align__(16) u16 mma_smem[];
     u16* Ks = mma_smem;            // BK × LD
     u16* Vs = Ks + BK * LD;        // BK × LD
@@ -617,31 +627,36 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
         }
         __syncthreads(); // dSᵀ is complete
 
-        // dQ rows 16·(warp % WQ).., columns (warp / WQ)·D/WD.. of the tile: dS·K.
+        // dQ rows 16·(warp % WQ).., 16-column chunks c0.. c0 + mine − 1 of the tile: dS·K.
+        // `mine` is the same for every lane of a warp, so the guarded ldmatrix stays converged.
         {
-            const int qw = (warp % WQ) * 16, cw = (warp / WQ) * (D / WD);
-            float acc[DQT][4];
+            const int qw = (warp % WQ) * 16, c0 = (warp / WQ) * WP;
+            const int mine = min(WP, CHUNKS - c0);
+            float acc[2 * WP][4];
 #pragma unroll
-            for (int t = 0; t < DQT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+            for (int t = 0; t < 2 * WP; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
 #pragma unroll
             for (int kk = 0; kk < BK / 16; ++kk) {
                 unsigned a[4];
                 ldsm4t(smem_addr(dSs + (kk * 16 + brow) * SLD + qw + bcol), a[0], a[1], a[2],
                        a[3]);
 #pragma unroll
-                for (int n = 0; n < DQT / 2; ++n) {
+                for (int n = 0; n < WP; ++n) {
+                    if (n >= mine) break;
                     unsigned b0, b1, b2, b3;
-                    ldsm4t(smem_addr(Ks + (kk * 16 + arow) * LD + cw + n * 16 + acol), b0, b1,
-                           b2, b3);
+                    ldsm4t(smem_addr(Ks + (kk * 16 + arow) * LD + (c0 + n) * 16 + acol), b0,
+                           b1, b2, b3);
                     mma16816<BF>(acc[2 * n], a, b0, b1);
                     mma16816<BF>(acc[2 * n + 1], a, b2, b3);
                 }
             }
             const i64 i = i0 + qw + lane / 4;
-            float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + cw + (lane % 4) * 2;
+            float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + c0 * 16 + (lane % 4) * 2;
 #pragma unroll
-            for (int t = 0; t < DQT; ++t)
+            for (int t = 0; t < 2 * WP; ++t) {
+                if (t >= 2 * mine) break;
                 dq_add(dst + t * 8, hd, acc[t], p.scale, lane, i < qhi, i + 8 < qhi);
+            }
         }
 
         // The next tile has landed; every warp is done with this tile's buffers and dSᵀ.
@@ -679,6 +694,13 @@ extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d64_bf16(MMA_BWD
 }
 extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d64_f16(MMA_BWD_PARAMS) {
     mma_bwd<64, 64, 8, true, false>(MMA_BWD_ARGS);
+}
+// D = 80: 64-query tiles as at 64, K and V fragments in shared memory (hoisted they spill).
+extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d80_bf16(MMA_BWD_PARAMS) {
+    mma_bwd<80, 64, 8, false, true>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d80_f16(MMA_BWD_PARAMS) {
+    mma_bwd<80, 64, 8, false, false>(MMA_BWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(256) flash_mma_bwd_d128_bf16(MMA_BWD_PARAMS) {
     mma_bwd<128, 32, 8, false, true>(MMA_BWD_ARGS);

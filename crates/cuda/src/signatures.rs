@@ -203,7 +203,23 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     (
         "flash_mma",
+        "flash_mma_fwd_d80_bf16",
+        &[
+            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
+            I32, I32, I64, F32, Ptr,
+        ],
+    ),
+    (
+        "flash_mma",
         "flash_mma_fwd_d128_bf16",
+        &[
+            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
+            I32, I32, I64, F32, Ptr,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_fwd_d80_f16",
         &[
             Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
             I32, I32, I64, F32, Ptr,
@@ -233,7 +249,21 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     (
         "flash_mma",
+        "flash_mma_bwd_d80_bf16",
+        &[
+            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
+        ],
+    ),
+    (
+        "flash_mma",
         "flash_mma_bwd_d128_bf16",
+        &[
+            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
+        ],
+    ),
+    (
+        "flash_mma",
+        "flash_mma_bwd_d80_f16",
         &[
             Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
         ],

@@ -1,7 +1,7 @@
 //! Attention: the three ops of naive attention and their backwards (kernels/attention.cu, every
 //! product one strided batched GEMM reading Q, K and V in place), and flash attention forward
 //! and backward (kernels/flash_attention.cu; kernels/flash_mma.cu on tensor cores for bf16 and
-//! fp16 at D = 64 and 128, see `mma_variant`); for Tq ≤ 4 over a KV cache the flash forward is
+//! fp16 at D = 64, 80 and 128, see `mma_variant`); for Tq ≤ 4 over a KV cache the flash forward is
 //! flash-decoding (ops/decode.rs).
 //!
 //! Operands (the ops' `*Io` structs in tperf_core) and checks follow the CPU backend op for op:
@@ -257,7 +257,7 @@ const MMA_BWD_THREADS: u32 = 256;
 const MMA_BWD_BK: u64 = 128;
 
 /// The tensor-core kernels run when every 16-bit operand shares one dtype, bf16 or fp16, D is
-/// 64 or 128, and every row the kernels load by 16-byte cp.async starts 16 bytes aligned: the
+/// 64, 80 or 128, and every row the kernels load by 16-byte cp.async starts 16 bytes aligned: the
 /// buffers' pointers and every element offset and stride a multiple of 8. Anything else (f32
 /// storage, mixed precision, other head sizes, odd strides) takes the scalar kernels of
 /// flash_attention.cu, which handle every case. `bufs` are the 16-bit operands; `strides` the
@@ -275,11 +275,13 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
     if !same || strides.iter().any(|s| s % 8 != 0) {
         return None;
     }
-    // Forward query tile: 128 rows at D = 64, 64 at 128; backward query tile: 64 rows at
-    // D = 64, 32 at 128 (flash_mma.cu says why).
+    // Forward query tile: 128 rows at D = 64, 64 at 80 and 128; backward query tile: 64 rows
+    // at D = 64 and 80, 32 at 128 (flash_mma.cu says why).
     let (fwd, bwd, fq, bq) = match (d, dt) {
         (64, BF16) => ("flash_mma_fwd_d64_bf16", "flash_mma_bwd_d64_bf16", 128, 64),
         (64, F16) => ("flash_mma_fwd_d64_f16", "flash_mma_bwd_d64_f16", 128, 64),
+        (80, BF16) => ("flash_mma_fwd_d80_bf16", "flash_mma_bwd_d80_bf16", 64, 64),
+        (80, F16) => ("flash_mma_fwd_d80_f16", "flash_mma_bwd_d80_f16", 64, 64),
         (128, BF16) => ("flash_mma_fwd_d128_bf16", "flash_mma_bwd_d128_bf16", 64, 32),
         (128, F16) => ("flash_mma_fwd_d128_f16", "flash_mma_bwd_d128_f16", 64, 32),
         _ => return None,
