@@ -106,6 +106,14 @@ fn weak_scaling_over_two_cpu_ranks_measures_both_rows_beside_the_model() {
     assert_eq!(rows[0]["efficiency"], 1.0);
     assert_eq!(rows[0]["modelled_comm_seconds"], 0.0);
     assert!(rows[1]["modelled_comm_seconds"].as_f64().unwrap() > 0.0);
+    // Measured on CPU ranks: nothing to exchange alone, the gradients and loss over two.
+    assert_eq!(rows[0]["measured_comm_seconds"], 0.0);
+    let measured_comm = rows[1]["measured_comm_seconds"].as_f64().unwrap();
+    let step = rows[1]["measured_step_seconds"].as_f64().unwrap();
+    assert!(
+        measured_comm > 0.0 && measured_comm < step,
+        "{measured_comm} {step}"
+    );
     // Exposed communication is the part of the comm stream's time the compute stream waits
     // for: never more than that time (up to rounding: makespan − compute is a difference).
     let exposed = rows[1]["modelled_exposed_comm_seconds"].as_f64().unwrap();

@@ -97,7 +97,9 @@ pub struct ScalingRow {
     pub modelled_comm_seconds: f64,
     /// The part of it the backward does not hide: makespan − compute stream.
     pub modelled_exposed_comm_seconds: f64,
-    /// Not measured yet (None): the ranks' time inside collectives is not recorded by the run.
+    /// CPU ranks: the median over the timed steps of the seconds rank 0 spent inside
+    /// collectives (`tperf train --comm-log`); they block, so all of it is exposed. None on GPUs,
+    /// where NCCL runs them asynchronously and the host's time says nothing.
     pub measured_comm_seconds: Option<f64>,
 }
 
@@ -313,10 +315,18 @@ fn threads_per_rank(world: usize) -> usize {
     (cores / world).max(1)
 }
 
+/// Rank 0's times of the timed steps of one run, in seconds.
+struct Measured {
+    step_seconds: Vec<f64>,
+    /// Per step, the time inside collectives (CPU ranks only).
+    comm_seconds: Option<Vec<f64>>,
+}
+
 /// Runs `tperf train` at world size `p.world` for warm-up + timed steps and returns rank 0's
-/// step times (seconds) of the timed steps.
-fn measure(s: &Settings, p: &Planned, dir: &Path) -> Result<Vec<f64>> {
+/// times of the timed steps.
+fn measure(s: &Settings, p: &Planned, dir: &Path) -> Result<Measured> {
     let log = dir.join(format!("n{}.csv", p.world));
+    let comm_log = dir.join(format!("n{}-comm.csv", p.world));
     let total_steps = s.warmup + s.steps;
     let exe = std::env::current_exe().context("locating the tperf binary to run the ranks")?;
     let mut cmd = Command::new(exe);
@@ -335,11 +345,12 @@ fn measure(s: &Settings, p: &Planned, dir: &Path) -> Result<Vec<f64>> {
         .arg(&log);
     match (s.ranks, p.world) {
         (Ranks::Cpu, n) => {
-            cmd.args(["--device", "cpu"])
+            // --ranks 1 is a single process, as without the flag; the flag lets every N log
+            // its time in collectives (none at N = 1).
+            cmd.args(["--device", "cpu", "--ranks", &n.to_string()])
+                .arg("--comm-log")
+                .arg(&comm_log)
                 .env("RAYON_NUM_THREADS", threads_per_rank(n).to_string());
-            if n > 1 {
-                cmd.args(["--ranks", &n.to_string()]);
-            }
         }
         (Ranks::Gpu, 1) => {
             cmd.args(["--device", "cuda:0"]);
@@ -376,35 +387,46 @@ fn measure(s: &Settings, p: &Planned, dir: &Path) -> Result<Vec<f64>> {
             tail.join("\n")
         );
     }
-    let text = std::fs::read_to_string(&log)
-        .with_context(|| format!("reading the run's log {}", log.display()))?;
-    let durations = step_durations(&text)
-        .with_context(|| format!("the run's log {} for N = {}", log.display(), p.world))?;
-    if durations.len() != total_steps {
-        bail!(
-            "the training run for N = {} logged {} steps, not the {total_steps} asked for",
-            p.world,
-            durations.len()
-        );
-    }
-    Ok(durations[s.warmup..].to_vec())
+    let timed = |path: &Path, column: &str| -> Result<Vec<f64>> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the run's log {}", path.display()))?;
+        let values = log_column(&text, column)
+            .with_context(|| format!("the run's log {} for N = {}", path.display(), p.world))?;
+        if values.len() != total_steps {
+            bail!(
+                "the training run for N = {} logged {} steps in {}, not the {total_steps} asked for",
+                p.world,
+                values.len(),
+                path.display()
+            );
+        }
+        Ok(values[s.warmup..].to_vec())
+    };
+    Ok(Measured {
+        step_seconds: timed(&log, "dur_s")?,
+        comm_seconds: match s.ranks {
+            Ranks::Cpu => Some(timed(&comm_log, "comm_s")?),
+            Ranks::Gpu => None,
+        },
+    })
 }
 
-/// The dur_s column of a `tperf train` log, one value per step in order.
-fn step_durations(csv: &str) -> Result<Vec<f64>> {
+/// A column of a `tperf train` log (`--log`'s dur_s, `--comm-log`'s comm_s), one value per
+/// step in order.
+fn log_column(csv: &str, name: &str) -> Result<Vec<f64>> {
     let mut lines = csv.lines();
     let header = lines.next().context("the log is empty")?;
     let column = header
         .split(',')
-        .position(|c| c == "dur_s")
-        .with_context(|| format!("no dur_s column in its header '{header}'"))?;
+        .position(|c| c == name)
+        .with_context(|| format!("no {name} column in its header '{header}'"))?;
     lines
         .filter(|l| !l.trim().is_empty())
         .map(|line| {
             line.split(',')
                 .nth(column)
                 .and_then(|v| v.parse::<f64>().ok())
-                .with_context(|| format!("no step time in the row '{line}'"))
+                .with_context(|| format!("no {name} value in the row '{line}'"))
         })
         .collect()
 }
@@ -484,7 +506,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
         let m = model(&s, p, &hw)?;
         let times = measure(&s, p, &scratch.0)?;
-        let measured = Summary::of(&times).context("no timed steps")?;
+        let measured = Summary::of(&times.step_seconds).context("no timed steps")?;
+        let measured_comm = times
+            .comm_seconds
+            .as_deref()
+            .and_then(Summary::of)
+            .map(|c| c.median);
         let tokens = global_batch as f64 * tokens_per_sequence;
         let (measured_tps, modelled_tps) = (tokens / measured.median, tokens / m.step_seconds);
         let (base_tps, base_model_tps) = rows.first().map_or((measured_tps, modelled_tps), |r| {
@@ -508,7 +535,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             modelled_efficiency: modelled_speedup / p.world as f64,
             modelled_comm_seconds: m.comm_seconds,
             modelled_exposed_comm_seconds: m.exposed_comm_seconds,
-            measured_comm_seconds: None,
+            measured_comm_seconds: measured_comm,
         });
     }
     drop(scratch);
@@ -541,7 +568,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-const HEADER: [&str; 13] = [
+const HEADER: [&str; 14] = [
     "N",
     "B/rank",
     "global B",
@@ -554,7 +581,8 @@ const HEADER: [&str; 13] = [
     "efficiency",
     "model eff.",
     "model comm ms",
-    "exposed ms",
+    "model exposed ms",
+    "comm ms",
 ];
 
 fn table(s: &Settings, hw: &Hardware, rows: &[ScalingRow]) -> Table {
@@ -588,6 +616,7 @@ fn table(s: &Settings, hw: &Hardware, rows: &[ScalingRow]) -> Table {
             units::percent(r.modelled_efficiency),
             ms(r.modelled_comm_seconds),
             ms(r.modelled_exposed_comm_seconds),
+            r.measured_comm_seconds.map_or("-".to_string(), ms),
         ]);
     }
     t.note(match s.scaling {
@@ -595,7 +624,11 @@ fn table(s: &Settings, hw: &Hardware, rows: &[ScalingRow]) -> Table {
         Scaling::Strong => "strong scaling: --batch is the global batch, split over the ranks; speedup = t1/tN; efficiency = t1/(N·tN)",
     });
     t.note("step ms: rank 0's wall time per optimizer step in `tperf train`'s log (batch, forward, backward, gradient all-reduce, AdamW, the loss averaged over the ranks), warm-up steps excluded");
-    t.note("model comm ms: the communication stream's busy time in the schedule `tperf model --gpus N` analyses (bucketed ring all-reduces); exposed ms: the part the backward does not hide (step − compute stream); communication time is not measured");
+    t.note("model comm ms: the communication stream's busy time in the schedule `tperf model --gpus N` analyses (bucketed ring all-reduces); model exposed ms: the part the backward does not hide (step − compute stream)");
+    t.note(match s.ranks {
+        Ranks::Cpu => "comm ms: the median per step of rank 0's wall time inside collectives (`tperf train --comm-log`: the gradient buckets and the loss average); the CPU backend runs them blocking, so it compares with model exposed ms; it includes waiting for the slower rank",
+        Ranks::Gpu => "comm ms: not measured on GPUs (NCCL runs the all-reduces on their own stream; the host's time in them says nothing)",
+    });
     if s.ranks == Ranks::Cpu {
         t.note(format!(
             "CPU ranks share this host: each runs with RAYON_NUM_THREADS = cores/N ({} core(s) here) and is modelled on 1/N of '{}''s FLOP/s and memory bandwidth",
@@ -622,13 +655,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn step_durations_reads_the_dur_s_column_by_name() {
+    fn log_column_reads_a_column_by_name() {
         let log = "step,lr,loss,val_loss,tokens,dur_s,tokens_per_s,saved\n\
                    1,1e-4,5.5,,64,0.250000,256.0,false\n\
                    2,2e-4,5.4,,64,0.125000,512.0,false\n";
-        assert_eq!(step_durations(log).unwrap(), vec![0.25, 0.125]);
-        assert!(step_durations("step,lr\n1,2\n").is_err());
-        assert!(step_durations("step,dur_s\n1,fast\n").is_err());
+        assert_eq!(log_column(log, "dur_s").unwrap(), vec![0.25, 0.125]);
+        assert_eq!(
+            log_column("step,comm_s\n1,0.5\n", "comm_s").unwrap(),
+            vec![0.5]
+        );
+        assert!(log_column("step,lr\n1,2\n", "dur_s").is_err());
+        assert!(log_column("step,dur_s\n1,fast\n", "dur_s").is_err());
     }
 
     #[test]
