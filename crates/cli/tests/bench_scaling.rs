@@ -167,9 +167,10 @@ fn gpus_beyond_the_machine_are_refused_naming_how_many_there_are() {
     assert!(!o.status.success());
     let err = stderr(&o);
     assert!(
-        err.contains("--gpus 1,64: this machine has no CUDA GPU")
-            || err.contains("no CUDA GPU can be used")
-            || err.contains("fewer than 64"),
+        err.contains("--gpus 1,64 needs a CUDA device per rank")
+            && (err.contains("this machine has no CUDA GPU (0 found)")
+                || err.contains("no CUDA GPU can be used on this machine")
+                || err.contains("fewer than 64")),
         "{err}"
     );
     // Scaling flags that do not go together are refused with what to give instead.

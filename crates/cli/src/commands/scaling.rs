@@ -274,15 +274,15 @@ fn check_gpus(worlds: &[usize]) -> Result<()> {
     match tperf_cuda::device_count() {
         Ok(n) if largest <= n => Ok(()),
         Ok(0) => bail!(
-            "--gpus {asked}: this machine has no CUDA GPU (0 found); measure CPU processes with --ranks {asked} instead"
+            "--gpus {asked} needs a CUDA device per rank, and this machine has no CUDA GPU (0 found); measure CPU processes with --ranks {asked} instead"
         ),
         Ok(n) => bail!(
-            "--gpus {asked}: this machine has {n} CUDA GPU{} (cuda:0 … cuda:{}), fewer than {largest}; give world sizes up to {n}",
+            "--gpus {asked} needs a CUDA device per rank, and this machine has {n} CUDA GPU{} (cuda:0 … cuda:{}), fewer than {largest}; give world sizes up to {n}",
             if n == 1 { "" } else { "s" },
             n - 1
         ),
         Err(why) => bail!(
-            "--gpus {asked}: no CUDA GPU can be used on this machine ({}); measure CPU processes with --ranks {asked} instead",
+            "--gpus {asked} needs a CUDA device per rank, and no CUDA GPU can be used on this machine ({}); measure CPU processes with --ranks {asked} instead",
             tperf_core::error::report(&why)
         ),
     }
