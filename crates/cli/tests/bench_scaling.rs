@@ -153,7 +153,7 @@ fn strong_scaling_refuses_a_global_batch_that_an_n_does_not_divide_before_runnin
 }
 
 #[test]
-fn gpus_beyond_the_machine_are_refused_naming_how_many_there_are() {
+fn gpus_beyond_the_machine_and_scaling_flags_that_do_not_fit_are_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path());
     let o = tperf(&[
@@ -192,4 +192,41 @@ fn gpus_beyond_the_machine_are_refused_naming_how_many_there_are() {
         assert!(!o.status.success(), "{all:?}");
         assert!(stderr(&o).contains(expected), "{all:?}: {}", stderr(&o));
     }
+}
+
+#[test]
+fn the_step_benchmark_writes_its_json_to_a_path_and_still_prints_it_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let json = dir.path().join("rows.json");
+    let common = [
+        "bench",
+        cfg.to_str().unwrap(),
+        "--phase",
+        "forward",
+        "--batch",
+        "1",
+        "--seq",
+        "8",
+        "--warmup",
+        "0",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    let mut to_file = common.to_vec();
+    to_file.push(json.to_str().unwrap());
+    let o = tperf(&to_file);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("rows written to"), "{}", stdout(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1);
+
+    let o = tperf(&common);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1);
 }

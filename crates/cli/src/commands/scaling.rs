@@ -103,7 +103,7 @@ pub struct ScalingRow {
     pub measured_comm_seconds: Option<f64>,
 }
 
-/// What one N needs: its batch split and the command that measures it.
+/// One world size N and its batch per rank.
 struct Planned {
     world: usize,
     batch_per_rank: usize,
@@ -490,7 +490,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let hw = super::hardware_for(device, args.hw.as_deref())?;
     let scratch = Scratch::new()?;
-    let tokens_per_sequence = s.seq as f64;
     let mut rows: Vec<ScalingRow> = Vec::new();
     for p in &planned {
         let global_batch = p.batch_per_rank * p.world;
@@ -512,7 +511,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .as_deref()
             .and_then(Summary::of)
             .map(|c| c.median);
-        let tokens = global_batch as f64 * tokens_per_sequence;
+        let tokens = (global_batch * s.seq) as f64;
         let (measured_tps, modelled_tps) = (tokens / measured.median, tokens / m.step_seconds);
         let (base_tps, base_model_tps) = rows.first().map_or((measured_tps, modelled_tps), |r| {
             (r.measured_tokens_per_s, r.modelled_tokens_per_s)
