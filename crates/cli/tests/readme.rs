@@ -69,6 +69,17 @@ const EXAMPLES: &[Example] = &[
         Needs::Cpu,
     ),
     (
+        "tperf bench gpt2-124m --ranks 1,2,4 --scaling weak --batch 2 --seq 128 --steps 5 --json scaling.json",
+        &[
+            ("gpt2-124m", "{tiny}"),
+            ("1,2,4", "1,2"),
+            ("128", "16"),
+            ("--steps 5", "--steps 2 --warmup 1"),
+            ("scaling.json", "{tmp}/scaling.json"),
+        ],
+        Needs::Cpu,
+    ),
+    (
         "tperf profile small --batch 1 --seq 128 --trace trace.json",
         &[("small", "{tiny}"), ("128", "16"), ("trace.json", "{tmp}/trace.json")],
         Needs::Cpu,
@@ -137,6 +148,11 @@ const EXAMPLES: &[Example] = &[
     ),
     (
         "tperf train gpt2-124m --synthetic --steps 200 --batch 8 --seq 256 --dtype bf16 --gpus 4",
+        &[],
+        Needs::Gpu,
+    ),
+    (
+        "tperf bench gpt2-124m --gpus 1,2,4,8 --scaling strong --batch 64 --seq 1024 --dtype bf16",
         &[],
         Needs::Gpu,
     ),

@@ -65,10 +65,33 @@ pub struct BenchArgs {
     /// keeps the rows it finished).
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
-    #[arg(long, conflicts_with = "csv")]
-    pub json: bool,
+    /// Print the rows and their provenance as JSON; `--json PATH` writes them to PATH instead
+    /// (atomically), as `bench serve --json PATH` does.
+    #[arg(long, conflicts_with = "csv", num_args = 0..=1, default_missing_value = STDOUT, value_name = "PATH")]
+    pub json: Option<std::path::PathBuf>,
     #[arg(long)]
     pub csv: bool,
+    /// Data-parallel scaling over N CPU processes (collectives over TCP): runs `tperf train
+    /// --ranks N` for each N of the list (1 included) and prints step time, tokens/s, speedup
+    /// and efficiency against N = 1 beside the model's. Needs --scaling.
+    #[arg(long, value_delimiter = ',', value_parser = parse_positive, conflicts_with = "gpus")]
+    pub ranks: Vec<usize>,
+    /// As --ranks, one process per GPU (NCCL): `tperf train --gpus N` for each N of the list;
+    /// every N must be at most the GPUs this machine has.
+    #[arg(long, value_delimiter = ',', value_parser = parse_positive)]
+    pub gpus: Vec<usize>,
+    /// With --ranks/--gpus: weak (--batch per rank, the global batch grows with N) or strong
+    /// (--batch is the global batch, split over the ranks; every N must divide it).
+    #[arg(long, value_enum)]
+    pub scaling: Option<super::scaling::Scaling>,
+}
+
+/// The `--json` value that means "print to standard output" (what `--json` alone gives).
+const STDOUT: &str = "-";
+
+/// Whether a `--json` value asks for standard output rather than a file.
+pub fn is_stdout(path: &std::path::Path) -> bool {
+    path.as_os_str() == STDOUT
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -210,11 +233,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(BenchCommand::Serve(serve)) = args.command {
         return super::serve_bench::run(*serve, std::env::args().collect());
     }
+    if !args.ranks.is_empty() || !args.gpus.is_empty() || args.scaling.is_some() {
+        return super::scaling::run(&args);
+    }
     let device = resolve_device(&args.device)?;
     let hw = super::hardware_for(device, args.hw.as_deref())?;
     let planned = plan(&args)?;
     if let Some(path) = &args.out {
         super::check_output_file(path, "--out")?;
+    }
+    if let Some(path) = args.json.as_deref().filter(|p| !is_stdout(p)) {
+        super::check_output_file(path, "--json")?;
     }
     let repeats_total: u64 = planned.iter().map(|p| (p.warmup + args.steps) as u64).sum();
     let mut out_file = match &args.out {
@@ -313,16 +342,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Device::Cpu => "×model = measured median / modelled roofline time; peak = bytes in use at the tensors' dtype widths (bf16 storage is emulated in f32 on the CPU)",
         Device::Cuda(_) => "×model = measured median / modelled roofline time; each step is timed with the device synchronised after it; peak = bytes of live tensors at their dtype widths (the caching allocator's reserve is larger)",
     });
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "provenance": super::model::provenance(),
-                "hardware": hw,
-                "rows": rows,
-                "utilisation": utilisation,
-            }))?
-        );
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "provenance": super::model::provenance(),
+            "hardware": hw,
+            "rows": rows,
+            "utilisation": utilisation,
+        }))?;
+        if is_stdout(path) {
+            println!("{text}");
+        } else {
+            super::report::write_atomic(path, text.as_bytes())?;
+            print!("{}", table.render());
+            println!("{}", utilisation.line());
+            println!("rows written to {}", path.display());
+        }
     } else if args.csv {
         print!("{}", table.to_csv());
     } else {

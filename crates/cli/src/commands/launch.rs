@@ -15,9 +15,10 @@
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
-use tperf_core::comm::Communicator;
+use std::time::{Duration, Instant};
+use tperf_core::comm::{CommError, Communicator, Reduce};
 use tperf_runtime::comm::{Rendezvous, TcpGroup};
 
 /// How long a rank waits for the others in one collective before it gives up: long enough for
@@ -63,6 +64,63 @@ pub fn join(rv: &Rendezvous) -> Result<Arc<dyn Communicator>> {
         )
     })?;
     Ok(Arc::new(group))
+}
+
+/// A rank's group that counts the wall time spent inside its collectives, for `tperf train
+/// --comm-log` (what `tperf bench --ranks N --scaling …` reports as measured communication). On
+/// the CPU backend every collective blocks the rank until the group has exchanged, so this is
+/// the communication the step did not overlap, waiting for slower ranks included.
+pub struct TimedGroup {
+    inner: Arc<dyn Communicator>,
+    nanos: AtomicU64,
+}
+
+impl TimedGroup {
+    pub fn new(inner: Arc<dyn Communicator>) -> Self {
+        TimedGroup {
+            inner,
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// The seconds spent in collectives since the last call.
+    pub fn take_seconds(&self) -> f64 {
+        self.nanos.swap(0, Ordering::Relaxed) as f64 * 1e-9
+    }
+
+    fn timed<T>(&self, collective: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let out = collective();
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+        out
+    }
+}
+
+impl Communicator for TimedGroup {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world(&self) -> usize {
+        self.inner.world()
+    }
+    fn all_reduce(&self, data: &mut [f32], op: Reduce) -> Result<(), CommError> {
+        self.timed(|| self.inner.all_reduce(data, op))
+    }
+    fn broadcast(&self, data: &mut [u8]) -> Result<(), CommError> {
+        self.timed(|| self.inner.broadcast(data))
+    }
+    fn reduce_scatter(
+        &self,
+        data: &mut [f32],
+        counts: &[usize],
+        op: Reduce,
+    ) -> Result<(), CommError> {
+        self.timed(|| self.inner.reduce_scatter(data, counts, op))
+    }
+    fn all_gather(&self, data: &mut [f32], counts: &[usize]) -> Result<(), CommError> {
+        self.timed(|| self.inner.all_gather(data, counts))
+    }
 }
 
 /// Starts `world` ranks of this command on this node and waits for all of them.
@@ -147,6 +205,45 @@ fn wait_all(mut children: Vec<Child>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A world of one whose all-reduce takes 5 ms, as if it waited for a peer.
+    struct SlowSolo;
+
+    impl Communicator for SlowSolo {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world(&self) -> usize {
+            1
+        }
+        fn all_reduce(&self, _: &mut [f32], _: Reduce) -> Result<(), CommError> {
+            std::thread::sleep(Duration::from_millis(5));
+            Ok(())
+        }
+        fn broadcast(&self, _: &mut [u8]) -> Result<(), CommError> {
+            Ok(())
+        }
+        fn reduce_scatter(&self, _: &mut [f32], _: &[usize], _: Reduce) -> Result<(), CommError> {
+            Ok(())
+        }
+        fn all_gather(&self, _: &mut [f32], _: &[usize]) -> Result<(), CommError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_timed_group_counts_the_time_inside_collectives_and_resets_when_read() {
+        let group = TimedGroup::new(Arc::new(SlowSolo));
+        assert_eq!(group.take_seconds(), 0.0);
+        let mut v = [0.0f32; 4];
+        for _ in 0..3 {
+            group.all_reduce(&mut v, Reduce::Sum).unwrap();
+        }
+        let spent = group.take_seconds();
+        assert!((0.015..1.0).contains(&spent), "{spent}");
+        assert_eq!(group.take_seconds(), 0.0, "read once, then reset");
+        assert_eq!((group.rank(), group.world()), (0, 1));
+    }
 
     #[test]
     fn zero_ranks_is_an_error_and_one_is_a_single_run() {

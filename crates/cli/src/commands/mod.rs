@@ -11,6 +11,7 @@ pub mod plan;
 pub mod precision;
 pub mod profile;
 pub mod report;
+pub mod scaling;
 pub mod serve;
 pub mod serve_bench;
 pub mod study;

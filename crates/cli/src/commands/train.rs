@@ -107,6 +107,13 @@ pub struct TrainArgs {
     /// checkpoint, <checkpoint>.csv. A resumed run appends.
     #[arg(long)]
     pub log: Option<PathBuf>,
+    /// With --ranks N: per step, the seconds rank 0 spent inside collectives, as CSV (step,
+    /// comm_s): the gradient all-reduces and the loss average, on steps that evaluate or save
+    /// their exchanges too. The CPU backend runs collectives blocking, so this is communication
+    /// no compute hid, waiting for slower ranks included. (On GPUs NCCL runs them on its own
+    /// stream, where host time says nothing: not available with --gpus.)
+    #[arg(long, value_name = "PATH")]
+    pub comm_log: Option<PathBuf>,
     /// gpt2 or byte (default: the checkpoint's when resuming, else gpt2 when the vocabulary
     /// holds it, else byte).
     #[arg(long)]
@@ -261,6 +268,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if let Some(path) = &log_path {
         super::check_output_file(path, "--log")?;
     }
+    if let Some(path) = &args.comm_log {
+        if args.ranks.is_none() {
+            bail!("--comm-log times the collectives of CPU ranks: give --ranks N (on GPUs NCCL runs them asynchronously, so the host's time in them says nothing)");
+        }
+        super::check_output_file(path, "--comm-log")?;
+    }
 
     let warmup = args.warmup.unwrap_or_else(|| (args.steps / 10).min(100));
     let tcfg = TrainConfig {
@@ -312,7 +325,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let flops_per_step: u64 = record.ops.iter().map(|r| r.cost.flops).sum::<u64>() * world as u64;
     drop(record);
 
-    let prepared = Prepared {
+    let mut prepared = Prepared {
         hf_model,
         cfg,
         opts,
@@ -326,11 +339,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
         tcfg,
         flags,
         device,
+        timed: None,
     };
     let comm: Arc<dyn Communicator> = match &rank {
         Some(rv) => launch::join(rv)?,
         None => Arc::new(Solo),
     };
+    // Every exchange of the rank goes through the timer: the backend's and the loop's.
+    let timed = args
+        .comm_log
+        .as_ref()
+        .map(|_| Arc::new(launch::TimedGroup::new(Arc::clone(&comm))));
+    let comm: Arc<dyn Communicator> = match &timed {
+        Some(t) => Arc::clone(t) as Arc<dyn Communicator>,
+        None => comm,
+    };
+    prepared.timed = timed;
     match device {
         Device::Cpu if world > 1 => train_on(
             CpuBackend::with_communicator(Arc::clone(&comm)),
@@ -365,6 +389,8 @@ struct Prepared {
     flags: BTreeMap<String, String>,
     /// For NVML sampling during the run.
     device: Device,
+    /// The rank's group behind its timer, with --comm-log.
+    timed: Option<Arc<launch::TimedGroup>>,
 }
 
 /// The settings that change what a run computes, by flag name, as recorded in its checkpoints:
@@ -464,6 +490,7 @@ fn train_on<B: Instrumented>(
         tcfg,
         flags,
         device,
+        timed,
     } = p;
     let model = Transformer::new(&mut be, &cfg, opts, true)?;
     if args.resume.is_none() {
@@ -508,6 +535,17 @@ fn train_on<B: Instrumented>(
     if let Some(at) = args.stop_at.filter(|&at| at <= start_step) {
         bail!("--stop-at {at} is not after the checkpoint's step {start_step}");
     }
+    let mut comm_log = match (&args.comm_log, &timed) {
+        (Some(path), Some(t)) if speaks => {
+            // Setup's exchanges (joining, NCCL ids) are not a step's.
+            t.take_seconds();
+            let mut file = File::create(path)
+                .with_context(|| format!("creating the --comm-log {}", path.display()))?;
+            writeln!(file, "step,comm_s")?;
+            Some((file, Arc::clone(t)))
+        }
+        _ => None,
+    };
     let progress = Progress::new(args.steps, start_step, args.print_every, speaks);
     let mut log_err: Option<anyhow::Error> = None;
     let started = Instant::now();
@@ -518,6 +556,13 @@ fn train_on<B: Instrumented>(
         if let Some(log) = &mut log {
             if let Err(e) = log.write(r) {
                 log_err.get_or_insert(e);
+            }
+        }
+        if let Some((file, t)) = &mut comm_log {
+            let line =
+                writeln!(file, "{},{:.6}", r.step, t.take_seconds()).and_then(|()| file.flush());
+            if let Err(e) = line {
+                log_err.get_or_insert(anyhow::Error::from(e).context("writing --comm-log"));
             }
         }
     };
