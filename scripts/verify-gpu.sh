@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The merged build on one H200 in one device call (about 6 minutes): correctness in parallel
 # (the CUDA test binaries, conformance plain and poisoned, compute-sanitizer on the paged decode),
-# then timings one at a time (attention, decode, train, the PyTorch decode peer, TTFT, calibrate,
+# then timings one at a time (attention, decode, train, the PyTorch attention and decode peers, TTFT, calibrate,
 # serving sweeps and fairness with the calibrated prediction, a profile, counters).
 # Run from the repo root with the stripped binaries in carry/ (carry/tperf, carry/tests/NAME):
-#   timeout 470 bash scripts/verify-gpu.sh; tar czf $OUT/results.tgz -C /tmp f
+#   timeout 570 bash scripts/verify-gpu.sh; tar czf $OUT/results.tgz -C /tmp f
 # Writes /tmp/f/*.
 R=$PWD; T=$R/carry/tperf; X=$R/carry/tests; O=/tmp/f; mkdir -p $O
 export PATH=$PATH:/usr/local/cuda/bin NCCL_NVLS_ENABLE=0
@@ -21,20 +21,24 @@ done
 ( for i in 1 2 3; do step tests-graphs.txt 40 $X/graphs --test-threads 1; done ) &
 ( step conformance.txt 90 $T conformance --device cuda; step conformance.txt 90 env TPERF_POISON_ALLOC=1 $T conformance --device cuda ) &
 ( step sanitizer.txt 90 compute-sanitizer --tool memcheck --print-limit 20 $X/ops_paged --test-threads 1
-  step sanitizer.txt 90 compute-sanitizer --tool racecheck --print-limit 50 $X/ops_paged --test-threads 1 ) &
+  step sanitizer.txt 90 compute-sanitizer --tool racecheck --print-limit 50 $X/ops_paged --test-threads 1
+  step sanitizer.txt 90 compute-sanitizer --tool memcheck --print-limit 20 $X/ops_norms --test-threads 1 norm
+  step sanitizer.txt 120 compute-sanitizer --tool memcheck --print-limit 20 $X/ops_attention --test-threads 1 flash_attention_in_16_bits_matches_the_cpu ) &
 wait
 echo "A done at $((SECONDS-S0))s" >> $O/machine.txt
 # B: timings
-step attention.txt 40 $T attention --device cuda --batch 1 --heads 16 --dims 64,128 --seqs 4096,16384 --kernels flash --dtype bf16
+step attention.txt 40 $T attention --device cuda --batch 1 --heads 16 --dims 64,80,128 --seqs 4096,16384 --kernels flash --dtype bf16
+step attention.txt 20 $T attention --device cuda --batch 4 --heads 32 --dims 80 --seqs 256 --kernels flash --dtype bf16
 step decode.txt 30 $T bench gpt2-124m --phase decode --seq 384 --dtype bf16 --device cuda --batch 1,32,128
 # The 2.7B rows need more than 80 s on a fresh machine (cut at 80 s on 2026-12-02).
 step train.txt 150 $T bench --sizes small,2.7B --dtype bf16 --batch 4 --seq 256 --device cuda
-step peers.txt 70 python3 bench/pytorch/bench_peers.py --skip-attention --batches 1,32,128 --steps 50 --out $O
+step peers.txt 120 python3 bench/pytorch/bench_peers.py --attention 1x16x64x4096,1x16x64x16384,1x16x80x4096,1x16x80x16384,1x16x128x4096,1x16x128x16384,4x32x80x256 --batches 1,32,128 --steps 50 --out $O
 step generate.txt 20 $T generate gpt2-124m --device cuda --dtype bf16 --temperature 0 --max-new 32 --prompt "The quick brown fox jumps over the lazy dog"
 step calibrate.txt 60 $T calibrate --device cuda --hw h200 --time-limit 45 --out $O/h200-calibration.json
 echo "B done at $((SECONDS-S0))s" >> $O/machine.txt
 mkdir -p $O/serve; [ -f $O/h200-calibration.json ] && export CALIBRATION=$O/h200-calibration.json; step serve-driver.txt 120 bash scripts/serve-gpu.sh $O/serve $T gpt2-124m
 echo "serve done at $((SECONDS-S0))s" >> $O/machine.txt
 step profile.txt 20 $T profile small --batch 4 --seq 256 --dtype bf16 --device cuda
+step profile-2.7B.txt 50 $T profile 2.7B --batch 4 --seq 256 --dtype bf16 --device cuda --steps 2 --warmup 1
 step counters.txt 35 $T profile small --batch 1 --seq 64 --dtype bf16 --device cuda --counters
 echo "end at $((SECONDS-S0))s" >> $O/machine.txt

@@ -9,8 +9,10 @@
 // staged, and every output element is written in the last pass by the thread that read its
 // inputs there, after the block reductions' barriers: so an output may alias an input.
 //
-// Backward: norm_backward_rows (a warp per row, below) where a warp's column sums fit in shared
-// memory; for wider rows, norm_backward: a grid of G blocks strides over the rows (block b takes
+// Vectorised variants of both (norm_forward_vec, norm_backward_vec, below) run where C is a
+// multiple of 8 and the pointers allow 16-byte accesses; the plain kernels take every other case.
+//
+// Backward (norm_backward): a grid of G blocks strides over the rows (block b takes
 // rows b, b + G, ...), writes dx, and sums its rows' dγ = Σ dy·x̂ and dβ = Σ dy per column; the
 // G partial sums go to a scratch buffer and `norm_weight_grads` adds them up in a fixed order. No
 // atomics: the result is deterministic.
@@ -108,90 +110,165 @@ extern "C" __global__ void norm_backward(Buf x, Buf stats, Buf gamma, Buf dy, Bu
     }
 }
 
-// norm_backward with one warp per row: the same arithmetic, for rows whose per-warp column sums
-// fit in shared memory (ops/norms.rs picks it). A block of W warps strides over the rows, warp w
-// of block b taking rows bW + w, bW + w + GW, ...: the row's two sums are warp shuffles (no
-// block barrier per row, unlike one block per row), and every row of the grid is in flight at
-// once at the seed's sizes (1024 rows = 128 blocks of 8 warps). Lane l handles columns
-// 8l .. 8l + 7, 8l + 256 .. when `vec` (C a multiple of 8, every pointer 16-byte aligned: one
-// 16-byte load per bf16 operand, two per f32 one), else columns l, l + 32, ... one at a time.
-// The second pass reads the row again, from L1. dγ and dβ of the warp's rows accumulate in the
-// warp's own slice of shared memory (width floats, written only by its lanes, each its own
-// columns); at the end the block adds its W slices in a fixed order into partials[b], which
-// norm_weight_grads sums as before. No atomics: deterministic.
-extern "C" __global__ void norm_backward_rows(Buf x, Buf stats, Buf gamma, Buf dy, Buf dx,
-                                              float* partials, i64 rows, int c, int rms,
-                                              int has_beta, int accumulate, int vec) {
-    extern __shared__ float smem[];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    const int width = has_beta ? 2 * c : c;
-    float* acc = smem + (i64)warp * width;
-    for (int j = lane; j < width; j += 32) acc[j] = 0.0f;
-    __syncwarp();
+// The vectorised kernels (ops/norms.rs picks them when C is a multiple of 8, C ≤ 8192, and
+// every pointer 16-byte aligned): thread t owns the 8-column chunk 8t.. of a row and holds it in
+// registers, so a row is read from memory once, by 16-byte loads all in flight together, and the
+// statistics' passes run on registers. The one-block-per-row and warp-per-row kernels they
+// replaced read the row two or three times with one outstanding load per thread (latency-bound
+// on the H200: 15 µs for a 1024 × 2560 bf16 forward, 31 µs for its backward, against ~3 µs of
+// traffic). Two chunks a thread (C up to 16384) took the backward to 118 registers, one
+// 320-thread block an SM.
+
+// As norm_forward, one block per row.
+extern "C" __global__ void __launch_bounds__(1024)
+    norm_forward_vec(Buf a, Buf b, Buf gamma, Buf beta, Buf sum, Buf y, Buf stats, int c,
+                     int rms, int residual, int has_beta, float eps) {
+    __shared__ float scratch[32];
+    const i64 row = blockIdx.x;
+    const i64 base = row * c;
     const float cf = (float)c;
-    for (i64 row = (i64)blockIdx.x * warps + warp; row < rows; row += (i64)gridDim.x * warps) {
+    const int j = 8 * threadIdx.x;
+    const bool mine = j < c;
+    float x[8];
+    float s = 0.0f;
+    if (mine) {
+        ld8(a, base + j, x);
+        if (residual) {
+            float add[8];
+            ld8(b, base + j, add);
+#pragma unroll
+            for (int e = 0; e < 8; e++) x[e] += add[e];
+        }
+#pragma unroll
+        for (int e = 0; e < 8; e++) s += x[e];
+    }
+    const float mean = rms ? 0.0f : block_sum(s, scratch) / cf;
+    float q = 0.0f;
+    if (mine) {
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float d = x[e] - mean;
+            q += d * d;
+        }
+    }
+    const float var = block_sum(q, scratch) / cf;
+    const float rstd = 1.0f / sqrtf(var + eps);
+    if (mine) {
+        float g[8], v[8], bt[8];
+        ld8(gamma, j, g);
+        if (has_beta) ld8(beta, j, bt);
+        if (residual) st8(sum, base + j, x);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            v[e] = (x[e] - mean) * rstd * g[e];
+            if (has_beta) v[e] += bt[e];
+        }
+        st8(y, base + j, v);
+    }
+    if (threadIdx.x == 0) {
+        if (rms) {
+            st(stats, row, rstd);
+        } else {
+            st(stats, 2 * row, mean);
+            st(stats, 2 * row + 1, rstd);
+        }
+    }
+}
+
+// Σ over the block of two values at once (one pair of barriers for both; blockDim.x a multiple
+// of 32); every thread gets both. The trailing barrier lets the caller reuse `scratch` (64
+// floats).
+__device__ __forceinline__ void block_sum2(float& a, float& b, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    a = warp_sum(a);
+    b = warp_sum(b);
+    if (lane == 0) scratch[warp] = a, scratch[32 + warp] = b;
+    __syncthreads();
+    a = warp_sum(lane < warps ? scratch[lane] : 0.0f);
+    b = warp_sum(lane < warps ? scratch[32 + lane] : 0.0f);
+    __syncthreads();
+}
+
+// As norm_backward: block b strides over rows b, b + G, ...; the thread's dγ (and dβ) column
+// sums stay in registers across its rows and land in partials[b] at the end, which
+// norm_weight_grads adds up as before. Σ dn and Σ dn·x̂ share one reduction. How many rows a
+// block takes is the host's choice (ops/norms.rs): each is a full memory latency after the
+// last, so fewer rows a block is faster until the partial sums (G·width floats) cost more. A
+// prefetch of the next row instead was measured slower on the H200 (15.5 against 14.2 µs at
+// 1024 × 2560 bf16): at the 64-register cap its registers spilled.
+// 1024 threads (C = 8192) must fit in the SM's registers, at most 64 each: dβ's sums are
+// compiled in only where there is a β (norm_backward_vec_beta).
+template <bool BETA>
+__device__ __forceinline__ void norm_backward_vec_impl(Buf x, Buf stats, Buf gamma, Buf dy,
+                                                       Buf dx, float* partials, i64 rows, int c,
+                                                       int rms, int accumulate) {
+    __shared__ float scratch[64];
+    const int width = BETA ? 2 * c : c;
+    const float cf = (float)c;
+    const int j = 8 * threadIdx.x;
+    const bool mine = j < c;
+    float dg[8], db[BETA ? 8 : 1];
+#pragma unroll
+    for (int e = 0; e < 8; e++) dg[e] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < (BETA ? 8 : 1); e++) db[e] = 0.0f;
+    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
         const i64 base = row * c;
         const float mean = rms ? 0.0f : ld(stats, 2 * row);
         const float rstd = rms ? ld(stats, row) : ld(stats, 2 * row + 1);
+        float d[8], xv[8], g[8];
         float s_dn = 0.0f, s_dn_xhat = 0.0f;
-        if (vec) {
-            for (int j = 8 * lane; j < c; j += 256) {
-                float g[8], d[8], xv[8];
-                ld8(gamma, j, g);
-                ld8(dy, base + j, d);
-                ld8(x, base + j, xv);
+        if (mine) {
+            ld8(dy, base + j, d);
+            ld8(x, base + j, xv);
+            ld8(gamma, j, g);
 #pragma unroll
-                for (int e = 0; e < 8; e++) {
-                    float dn = g[e] * d[e];
-                    s_dn += dn;
-                    s_dn_xhat += dn * ((xv[e] - mean) * rstd);
-                }
-            }
-        } else {
-            for (int j = lane; j < c; j += 32) {
-                float dn = ld(gamma, j) * ld(dy, base + j);
-                s_dn += dn;
-                s_dn_xhat += dn * ((ld(x, base + j) - mean) * rstd);
+            for (int e = 0; e < 8; e++) {
+                xv[e] = (xv[e] - mean) * rstd; // x̂ from here on
+                const float t = g[e] * d[e];
+                s_dn += t;
+                s_dn_xhat += t * xv[e];
             }
         }
-        const float mean_dn = rms ? 0.0f : warp_sum(s_dn) / cf;
-        const float mean_dn_xhat = warp_sum(s_dn_xhat) / cf;
-        if (vec) {
-            for (int j = 8 * lane; j < c; j += 256) {
-                float g[8], d[8], xv[8], out[8], prev[8];
-                ld8(gamma, j, g);
-                ld8(dy, base + j, d);
-                ld8(x, base + j, xv);
-                if (accumulate) ld8(dx, base + j, prev);
+        block_sum2(s_dn, s_dn_xhat, scratch);
+        const float mean_dn = rms ? 0.0f : s_dn / cf;
+        const float mean_dn_xhat = s_dn_xhat / cf;
+        if (mine) {
+            float out[8], prev[8];
+            if (accumulate) ld8(dx, base + j, prev);
 #pragma unroll
-                for (int e = 0; e < 8; e++) {
-                    float xhat = (xv[e] - mean) * rstd;
-                    float v = rstd * (g[e] * d[e] - mean_dn - xhat * mean_dn_xhat);
-                    out[e] = accumulate ? prev[e] + v : v;
-                    acc[j + e] += d[e] * xhat;
-                    if (has_beta) acc[c + j + e] += d[e];
-                }
-                st8(dx, base + j, out);
+            for (int e = 0; e < 8; e++) {
+                const float v = rstd * (g[e] * d[e] - mean_dn - xv[e] * mean_dn_xhat);
+                out[e] = accumulate ? prev[e] + v : v;
+                dg[e] += d[e] * xv[e];
+                if (BETA) db[BETA ? e : 0] += d[e];
             }
-        } else {
-            for (int j = lane; j < c; j += 32) {
-                float g = ld(dy, base + j);
-                float xhat = (ld(x, base + j) - mean) * rstd;
-                float v = rstd * (ld(gamma, j) * g - mean_dn - xhat * mean_dn_xhat);
-                if (accumulate) v = ld(dx, base + j) + v;
-                st(dx, base + j, v);
-                acc[j] += g * xhat;
-                if (has_beta) acc[c + j] += g;
-            }
+            st8(dx, base + j, out);
         }
     }
-    __syncthreads();
+    if (!mine) return;
+    // 16-byte stores: partials rows are width floats, a multiple of 8, from a 16-byte aligned
+    // scratch block.
     float* out = partials + (i64)blockIdx.x * width;
-    for (int j = threadIdx.x; j < width; j += blockDim.x) {
-        float t = 0.0f;
-        for (int w = 0; w < warps; w++) t += smem[(i64)w * width + j];
-        out[j] = t;
+    float4* dst = (float4*)(out + j);
+    dst[0] = make_float4(dg[0], dg[1], dg[2], dg[3]);
+    dst[1] = make_float4(dg[4], dg[5], dg[6], dg[7]);
+    if (BETA) {
+        dst = (float4*)(out + c + j);
+        dst[0] = make_float4(db[0], db[BETA ? 1 : 0], db[BETA ? 2 : 0], db[BETA ? 3 : 0]);
+        dst[1] = make_float4(db[BETA ? 4 : 0], db[BETA ? 5 : 0], db[BETA ? 6 : 0],
+                             db[BETA ? 7 : 0]);
     }
+}
+
+#define NORM_BWD_VEC_PARAMS                                                                      \
+    Buf x, Buf stats, Buf gamma, Buf dy, Buf dx, float *partials, i64 rows, int c, int rms,       \
+        int accumulate
+extern "C" __global__ void __launch_bounds__(1024) norm_backward_vec(NORM_BWD_VEC_PARAMS) {
+    norm_backward_vec_impl<false>(x, stats, gamma, dy, dx, partials, rows, c, rms, accumulate);
+}
+extern "C" __global__ void __launch_bounds__(1024) norm_backward_vec_beta(NORM_BWD_VEC_PARAMS) {
+    norm_backward_vec_impl<true>(x, stats, gamma, dy, dx, partials, rows, c, rms, accumulate);
 }
 
 // dγ[j] = Σ_b partials[b][j] (and dβ from columns c..2c), overwritten. Block (32, NWG_ROWS):

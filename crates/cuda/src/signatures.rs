@@ -74,8 +74,18 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     (
         "norms",
-        "norm_backward_rows",
-        &[Buf, Buf, Buf, Buf, Buf, Ptr, I64, I32, I32, I32, I32, I32],
+        "norm_forward_vec",
+        &[Buf, Buf, Buf, Buf, Buf, Buf, Buf, I32, I32, I32, I32, F32],
+    ),
+    (
+        "norms",
+        "norm_backward_vec",
+        &[Buf, Buf, Buf, Buf, Buf, Ptr, I64, I32, I32, I32],
+    ),
+    (
+        "norms",
+        "norm_backward_vec_beta",
+        &[Buf, Buf, Buf, Buf, Buf, Ptr, I64, I32, I32, I32],
     ),
     (
         "norms",

@@ -55,11 +55,12 @@ fn check(gpu: &mut CudaBackend, case: &OpCase, what: &str) {
     assert_case_passes(gpu, case, 7, what)
 }
 
-/// (rows, C): none, one, odd with C below and above the block width, a multiple of 8 that is
-/// not one of 256 (the warp-per-row backward's vector path with idle lanes), a multiple of 256
-/// and one vector past it, more rows than a block has warps over narrow rows, the 2.7B seed's width over more rows than a block has warps, and
-/// a training size.
-const NORM_SHAPES: [(usize, usize); 11] = [
+/// (rows, C): none, one, odd C below and above the block width (the plain kernels), multiples
+/// of 8 (the vectorised kernels: 1000 a block of 125 chunks on 128 threads, 1024, 1032 one
+/// chunk past it), more rows than the backward's blocks over narrow rows, the 2.7B seed's width,
+/// a training size, the widest vectorised row (8192: 1024 threads) and one vector past it (8200,
+/// the plain kernels again).
+const NORM_SHAPES: [(usize, usize); 13] = [
     (0, 64),
     (1, 1),
     (1, 300),
@@ -71,6 +72,8 @@ const NORM_SHAPES: [(usize, usize); 11] = [
     (2000, 64),
     (33, 2560),
     (1024, 768),
+    (2, 8192),
+    (3, 8200),
 ];
 
 /// (activation dtype, weight-gradient dtype): all f32, and the mixed policy.

@@ -6,10 +6,13 @@
 //!
 //! Backward: dx, dγ and dβ (LayerNorm with a bias) from x, the stats, γ and dy. dx is added into
 //! when the op accumulates (the residual-stream gradient); dγ and dβ are overwritten. A grid of
-//! G blocks strides over the rows (a warp per row, `norm_backward_rows`, where a warp's column
-//! sums fit in shared memory; a block per row, `norm_backward`, for wider rows), each block
-//! summing its rows' weight gradients into a slice of a scratch buffer, and a second kernel adds
-//! the G slices in a fixed order (deterministic).
+//! G blocks strides over the rows, each block summing its rows' weight gradients into a slice of
+//! a scratch buffer, and a second kernel adds the G slices in a fixed order (deterministic).
+//!
+//! Both directions have a vectorised kernel (`norm_forward_vec`, `norm_backward_vec`: each
+//! thread holds 8-column chunks of a row in registers, read once by 16-byte loads) where C is a
+//! multiple of 8, C ≤ 8192 and every pointer is 16-byte aligned — every model tperf ships —
+//! and the plain kernels otherwise.
 
 use super::ROW_THREADS;
 use crate::backend::{unsupported, CudaBackend};
@@ -25,8 +28,34 @@ const SRC: &str = "norms";
 /// β up to C = 12288), and go straight to the scratch buffer for wider rows.
 const MAX_SHARED_ACC_BYTES: u64 = 96 * 1024;
 
-/// Warps per block of `norm_backward_rows` at most (one row each at a time).
-const ROW_WARPS: u64 = 8;
+/// Threads a block of the vectorised kernels needs for rows of `c` columns: one per 8-column
+/// chunk, rounded up to a warp, at most 1024 (C ≤ 8192); None where they do not apply (C not a
+/// multiple of 8, wider rows, or a pointer that is not 16-byte aligned).
+fn vec_threads(c: u64, args: &[&Arg]) -> Option<u32> {
+    // An absent operand is a null Buf, aligned like any other.
+    let aligned = args
+        .iter()
+        .all(|a| matches!(a, Arg::Buf(p, _) if p.is_multiple_of(16)));
+    let chunks = c / 8;
+    if !aligned || !c.is_multiple_of(8) || chunks == 0 || chunks > 1024 {
+        return None;
+    }
+    Some(chunks.next_multiple_of(32) as u32)
+}
+
+/// Rows a block of `norm_backward_vec` takes: each costs the block a memory latency, and each
+/// block adds a row of partial sums. 4 unless TPERF_NORM_BWD_ROWS says otherwise (a tuning
+/// knob for measuring the trade, read once).
+fn vec_rows_per_block() -> u64 {
+    static ROWS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        std::env::var("TPERF_NORM_BWD_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&r| r > 0)
+            .unwrap_or(4)
+    })
+}
 
 /// Thread rows of `norm_weight_grads` (NWG_ROWS in norms.cu).
 const NWG_ROWS: u32 = 8;
@@ -183,15 +212,11 @@ impl CudaBackend {
             Arg::F32(s.eps as f32),
         ];
         let grid = (int(call, "rows", n)? as u32, 1, 1);
-        self.launch(
-            call,
-            SRC,
-            "norm_forward",
-            grid,
-            (ROW_THREADS, 1, 1),
-            0,
-            &args,
-        )
+        let (kernel, threads) = match vec_threads(c, &[&x, &add, &gamma, &beta, &sum, &y]) {
+            Some(threads) => ("norm_forward_vec", threads),
+            None => ("norm_forward", ROW_THREADS),
+        };
+        self.launch(call, SRC, kernel, grid, (threads, 1, 1), 0, &args)
     }
 
     fn norm_backward(
@@ -222,76 +247,59 @@ impl CudaBackend {
         }
         let sms = self.gpu.info.sms.max(1) as u64;
         let acc_bytes = width * 4;
+        let vec = vec_threads(c, &[&x, &gamma, &dy, &dx]);
+        // The vectorised kernel: G blocks of `vec_rows_per_block` rows each, up to 8 a SM. The plain
+        // kernel: block per row, G blocks of at least ~4 rows each, up to 4 per SM, the column
+        // sums in shared memory up to MAX_SHARED_ACC_BYTES, else in the scratch itself.
         let acc_global = acc_bytes > MAX_SHARED_ACC_BYTES;
-        // Warp per row (norm_backward_rows) where a warp's column sums fit in shared memory,
-        // up to 8 warps a block: every row of the seed's sizes in flight at once, G·8 ≥ N, up to
-        // 8 blocks per SM. Wider rows: block per row, G blocks of at least ~4 rows each, up to 4
-        // per SM. Either way the partial sums (G·width floats) stay small beside the rows.
-        let warps = (MAX_SHARED_ACC_BYTES / acc_bytes).min(ROW_WARPS);
-        let blocks = if acc_global {
-            n.div_ceil(4).clamp(1, 4 * sms)
-        } else {
-            n.div_ceil(warps).clamp(1, 8 * sms)
+        let blocks = match vec {
+            Some(_) => n.div_ceil(vec_rows_per_block()).clamp(1, 8 * sms),
+            None => n.div_ceil(4).clamp(1, 4 * sms),
         };
-        let ptrs_aligned = [&x, &gamma, &dy, &dx]
-            .iter()
-            .all(|a| matches!(a, Arg::Buf(p, _) if p % 16 == 0));
-        let vec = ptrs_aligned && c % 8 == 0;
         let scratch = self
             .alloc
             .alloc(blocks * acc_bytes)
             .map_err(driver("scratch for the norm's weight gradients"))?;
         let result = (|| {
-            if !acc_global {
-                let args = [
-                    x,
-                    stats,
-                    gamma,
-                    dy,
-                    dx,
-                    Arg::Ptr(scratch.ptr),
-                    Arg::I64(n as i64),
-                    Arg::I32(int(call, "C", c)?),
-                    Arg::I32(i32::from(s.rms)),
-                    Arg::I32(i32::from(s.bias)),
-                    Arg::I32(i32::from(s.accumulate)),
-                    Arg::I32(i32::from(vec)),
-                ];
-                let shared = (warps * acc_bytes) as u32;
-                self.launch(
-                    call,
-                    SRC,
-                    "norm_backward_rows",
-                    (blocks as u32, 1, 1),
-                    (32 * warps as u32, 1, 1),
-                    shared,
-                    &args,
-                )?;
-            } else {
-                let args = [
-                    x,
-                    stats,
-                    gamma,
-                    dy,
-                    dx,
-                    Arg::Ptr(scratch.ptr),
-                    Arg::I64(n as i64),
-                    Arg::I32(int(call, "C", c)?),
-                    Arg::I32(i32::from(s.rms)),
-                    Arg::I32(i32::from(s.bias)),
-                    Arg::I32(i32::from(s.accumulate)),
-                    Arg::I32(1),
-                ];
-                let grid = (blocks as u32, 1, 1);
-                self.launch(
-                    call,
-                    SRC,
-                    "norm_backward",
-                    grid,
-                    (ROW_THREADS, 1, 1),
-                    0,
-                    &args,
-                )?;
+            let grid = (blocks as u32, 1, 1);
+            let rows = [
+                x,
+                stats,
+                gamma,
+                dy,
+                dx,
+                Arg::Ptr(scratch.ptr),
+                Arg::I64(n as i64),
+                Arg::I32(int(call, "C", c)?),
+            ];
+            let rms = Arg::I32(i32::from(s.rms));
+            let accumulate = Arg::I32(i32::from(s.accumulate));
+            match vec {
+                Some(threads) => {
+                    // β's sums are compiled into a kernel of their own (norms.cu says why).
+                    let kernel = if s.bias {
+                        "norm_backward_vec_beta"
+                    } else {
+                        "norm_backward_vec"
+                    };
+                    let args = [&rows[..], &[rms, accumulate]].concat();
+                    self.launch(call, SRC, kernel, grid, (threads, 1, 1), 0, &args)?
+                }
+                None => {
+                    let bias = Arg::I32(i32::from(s.bias));
+                    let in_scratch = Arg::I32(i32::from(acc_global));
+                    let args = [&rows[..], &[rms, bias, accumulate, in_scratch]].concat();
+                    let shared = if acc_global { 0 } else { acc_bytes as u32 };
+                    self.launch(
+                        call,
+                        SRC,
+                        "norm_backward",
+                        grid,
+                        (ROW_THREADS, 1, 1),
+                        shared,
+                        &args,
+                    )?
+                }
             }
             let args = [
                 Arg::Ptr(scratch.ptr),
