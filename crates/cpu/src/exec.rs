@@ -3,6 +3,9 @@
 //! written while the inputs are borrowed). Each op's dispatch lives beside its kernel in
 //! `kernels/<op>.rs` and reads its operands by name through [`OpCall::operands`].
 
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::comm::Communicator;
@@ -10,9 +13,92 @@ use tperf_core::tensor::{Tensor, TensorId};
 
 pub(crate) const NAME: &str = "cpu";
 
+/// A tensor's storage. Kernels compute in f32; a 16-bit tensor is widened when an op reads it
+/// ([`Exec::f32`]) and, when an op writes it, widened into an f32 temporary for the op and
+/// narrowed back when the op finishes (`CpuBackend::exec`).
 pub(crate) enum Data {
     F32(Vec<f32>),
+    Bf16(Vec<bf16>),
+    F16(Vec<f16>),
     I32(Vec<i32>),
+}
+
+/// Elements per rayon task when widening or narrowing: 64 Ki elements (256 KiB of f32) is
+/// enough work to hide a task's overhead and small enough to split a 2048-wide row block.
+const CONVERT_CHUNK: usize = 1 << 16;
+
+/// A 16-bit float format the storage holds.
+pub(crate) trait Half: Copy + Send + Sync {
+    fn widen(self) -> f32;
+    /// Round to nearest even: the same function as `tperf_core::ops::cast::round_to`, so a
+    /// stored value is bit for bit what the f32 emulation held.
+    fn narrow(x: f32) -> Self;
+}
+
+impl Half for bf16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    fn narrow(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+}
+
+impl Half for f16 {
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+    fn narrow(x: f32) -> Self {
+        f16::from_f32(x)
+    }
+}
+
+/// `src` as f32, exactly (every bf16 and f16 value is an f32).
+pub(crate) fn widen<H: Half>(src: &[H]) -> Vec<f32> {
+    let mut out = vec![0.0; src.len()];
+    out.par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, &s)| *o = s.widen()));
+    out
+}
+
+/// dst = src rounded to `H`.
+pub(crate) fn narrow_into<H: Half>(src: &[f32], dst: &mut [H]) {
+    dst.par_chunks_mut(CONVERT_CHUNK)
+        .zip(src.par_chunks(CONVERT_CHUNK))
+        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = H::narrow(s)));
+}
+
+impl Data {
+    /// A float tensor's values as f32: borrowed when stored in f32, widened otherwise.
+    pub(crate) fn as_f32(&self) -> Option<Cow<'_, [f32]>> {
+        match self {
+            Data::F32(v) => Some(Cow::Borrowed(v)),
+            Data::Bf16(v) => Some(Cow::Owned(widen(v))),
+            Data::F16(v) => Some(Cow::Owned(widen(v))),
+            Data::I32(_) => None,
+        }
+    }
+
+    /// Bytes the storage holds.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Data::F32(v) => std::mem::size_of_val(&v[..]),
+            Data::Bf16(v) => std::mem::size_of_val(&v[..]),
+            Data::F16(v) => std::mem::size_of_val(&v[..]),
+            Data::I32(v) => std::mem::size_of_val(&v[..]),
+        }
+    }
+
+    /// Elements held, whatever the storage.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Data::F32(v) => v.len(),
+            Data::Bf16(v) => v.len(),
+            Data::F16(v) => v.len(),
+            Data::I32(v) => v.len(),
+        }
+    }
 }
 
 pub(crate) struct Buffer {
@@ -55,6 +141,10 @@ impl Outs {
         for (_, d) in data {
             match d {
                 Data::F32(v) => out.push(&mut v[..]),
+                // The backend widens 16-bit outputs into f32 temporaries before the op runs.
+                Data::Bf16(_) | Data::F16(_) => {
+                    return Err(missing("a 16-bit output was not widened for the op".into()))
+                }
                 Data::I32(_) => return Err(missing("an f32 output is i32".into())),
             }
         }
@@ -70,7 +160,7 @@ impl Outs {
         let i = self.index(t)?;
         match &mut self.0[i].1 {
             Data::I32(v) => Ok(v),
-            Data::F32(_) => Err(missing("an i32 output is f32".into())),
+            _ => Err(missing("an i32 output is a float tensor".into())),
         }
     }
 }
@@ -89,14 +179,17 @@ pub(crate) struct Exec<'a> {
 }
 
 impl<'a> Exec<'a> {
-    /// An input's f32 data.
-    pub fn f32(&self, t: &Tensor) -> Result<&'a [f32], BackendError> {
+    /// An input's data as f32: the storage itself for an f32 tensor, a widened copy for a
+    /// 16-bit one, which lives as long as the kernel holds it (so an op's widened inputs are
+    /// freed when it returns). Widening costs a pass per call: for a matmul's weight, 2 bytes
+    /// read and 4 written per element before the gemm reads its 4, so about 10 bytes of memory
+    /// traffic per weight where f32 storage moved 4 (what bounds a decode step, m = 1), and
+    /// n·k·4 bytes of temporary while the op runs.
+    pub fn f32(&self, t: &Tensor) -> Result<Cow<'a, [f32]>, BackendError> {
         match self.buffers.get(&t.id).map(|b| &b.data) {
-            Some(Data::F32(v)) => Ok(v),
-            Some(Data::I32(_)) => Err(missing(format!(
-                "tensor #{} is i32 where f32 was expected",
-                t.id.0
-            ))),
+            Some(data) => data.as_f32().ok_or_else(|| {
+                missing(format!("tensor #{} is i32 where f32 was expected", t.id.0))
+            }),
             None => Err(missing(format!(
                 "tensor #{} is not allocated (or is also an output)",
                 t.id.0
@@ -105,7 +198,7 @@ impl<'a> Exec<'a> {
     }
 
     /// An optional input's f32 data.
-    pub fn f32_opt(&self, t: &Option<Tensor>) -> Result<Option<&'a [f32]>, BackendError> {
+    pub fn f32_opt(&self, t: &Option<Tensor>) -> Result<Option<Cow<'a, [f32]>>, BackendError> {
         t.as_ref().map(|t| self.f32(t)).transpose()
     }
 
@@ -157,5 +250,64 @@ impl<'a> Exec<'a> {
             ))),
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tperf_core::dtype::DType;
+    use tperf_core::ops::cast::round_to;
+
+    /// f32 bit patterns that cover every exponent (normals, subnormals, ±0, ±∞, NaN) and
+    /// mantissas at and around the halfway points that rounding to 16 bits decides.
+    fn probes() -> Vec<f32> {
+        let mut bits = vec![];
+        for exponent in 0u32..256 {
+            for mantissa in [
+                0, 1, 0x7fff, 0x8000, 0x8001, 0x1_8000, 0x7f_ffff, 0x1000, 0x0fff,
+            ] {
+                for sign in [0, 1u32 << 31] {
+                    bits.push(sign | exponent << 23 | mantissa);
+                }
+            }
+        }
+        bits.into_iter().map(f32::from_bits).collect()
+    }
+
+    #[test]
+    fn narrowing_then_widening_is_the_emulations_rounding_bit_for_bit() {
+        let xs = probes();
+        let mut b = vec![bf16::ZERO; xs.len()];
+        let mut h = vec![f16::ZERO; xs.len()];
+        narrow_into(&xs, &mut b);
+        narrow_into(&xs, &mut h);
+        for (dtype, widened) in [(DType::Bf16, widen(&b)), (DType::F16, widen(&h))] {
+            for (x, w) in xs.iter().zip(&widened) {
+                let want = round_to(dtype, *x);
+                if want.is_nan() {
+                    assert!(w.is_nan(), "{dtype:?} {x:e}: {w} is not NaN");
+                } else {
+                    assert_eq!(
+                        w.to_bits(),
+                        want.to_bits(),
+                        "{dtype:?} {x:e}: {w:e} vs {want:e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_16bit_tensor_reads_as_its_widened_values() {
+        let values = [1.0f32, -0.5, 3.140625, 65504.0];
+        let data = Data::Bf16(values.iter().map(|&x| bf16::from_f32(x)).collect());
+        let read = data.as_f32().expect("a float tensor");
+        assert!(matches!(read, Cow::Owned(_)));
+        assert_eq!(&read[..], &values.map(|x| round_to(DType::Bf16, x)));
+        assert_eq!(data.bytes(), 2 * values.len());
+        let stored = Data::F32(values.to_vec());
+        assert!(matches!(stored.as_f32(), Some(Cow::Borrowed(_))));
+        assert!(Data::I32(vec![1]).as_f32().is_none());
     }
 }

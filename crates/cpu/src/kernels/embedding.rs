@@ -75,9 +75,10 @@ pub(crate) fn exec(cx: &mut Exec<'_>, e: &Embedding) -> Result<(), BackendError>
     let tokens = cx.i32(&io.tokens)?;
     cx.check_ids(tokens, e.vocab, "token")?;
     cx.check_len("tokens", tokens.len(), e.n)?;
-    let wte = cx.f32(&io.wte)?;
+    let wte = &cx.f32(&io.wte)?;
     cx.check_len("wte", wte.len(), e.vocab * e.c)?;
-    let wpe = cx.f32_opt(&io.wpe)?;
+    let wpe_data = cx.f32_opt(&io.wpe)?;
+    let wpe = wpe_data.as_deref();
     let positions = match &io.positions {
         Some(p) => {
             let p = cx.i32(p)?;
@@ -109,7 +110,7 @@ pub(crate) fn exec_backward(cx: &mut Exec<'_>, e: &Embedding) -> Result<(), Back
     let io: EmbeddingBackwardIo = cx.call.operands(e)?;
     let tokens = cx.i32(&io.tokens)?;
     cx.check_ids(tokens, e.vocab, "token")?;
-    let dout = cx.f32(&io.dx)?;
+    let dout = &cx.f32(&io.dx)?;
     match &io.dwpe {
         Some(dwpe) => {
             let [dwte, dwpe] = cx.outs.f32s([&io.dwte, dwpe])?;
