@@ -113,6 +113,42 @@ pub(crate) fn missing(what: String) -> BackendError {
     }
 }
 
+/// An input as it is stored, for kernels that read part of a 16-bit weight (the embedding's
+/// gather of n rows of V) instead of widening it all.
+#[derive(Clone, Copy)]
+pub(crate) enum Stored<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+impl Stored<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Stored::F32(v) => v.len(),
+            Stored::Bf16(v) => v.len(),
+            Stored::F16(v) => v.len(),
+        }
+    }
+
+    /// dst = elements `start..start + dst.len()` as f32, on the calling thread (callers run it
+    /// inside their own parallel tasks).
+    pub fn widen_into(&self, start: usize, dst: &mut [f32]) {
+        let end = start + dst.len();
+        match self {
+            Stored::F32(v) => dst.copy_from_slice(&v[start..end]),
+            Stored::Bf16(v) => dst
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(d, s)| *d = s.widen()),
+            Stored::F16(v) => dst
+                .iter_mut()
+                .zip(&v[start..end])
+                .for_each(|(d, s)| *d = s.widen()),
+        }
+    }
+}
+
 /// The outputs of one op, taken out of the storage while the op runs.
 pub(crate) struct Outs(pub Vec<(TensorId, Data)>);
 
@@ -184,12 +220,32 @@ impl<'a> Exec<'a> {
     /// freed when it returns). Widening costs a pass per call: for a matmul's weight, 2 bytes
     /// read and 4 written per element before the gemm reads its 4, so about 10 bytes of memory
     /// traffic per weight where f32 storage moved 4 (what bounds a decode step, m = 1), and
-    /// n·k·4 bytes of temporary while the op runs.
+    /// n·k·4 bytes of temporary while the op runs. A matmul widening W a block of rows at a
+    /// time, one gemm per block, was tried and dropped: gemm's blocking over k depends on n,
+    /// so a block's sums differ from the whole matmul's in the last bits (seen at k = 2048),
+    /// and 16-bit storage is to give the results the f32 storage gave, bit for bit.
     pub fn f32(&self, t: &Tensor) -> Result<Cow<'a, [f32]>, BackendError> {
         match self.buffers.get(&t.id).map(|b| &b.data) {
             Some(data) => data.as_f32().ok_or_else(|| {
                 missing(format!("tensor #{} is i32 where f32 was expected", t.id.0))
             }),
+            None => Err(missing(format!(
+                "tensor #{} is not allocated (or is also an output)",
+                t.id.0
+            ))),
+        }
+    }
+
+    /// An input's float data as stored (see [`Stored`]).
+    pub fn stored(&self, t: &Tensor) -> Result<Stored<'a>, BackendError> {
+        match self.buffers.get(&t.id).map(|b| &b.data) {
+            Some(Data::F32(v)) => Ok(Stored::F32(v)),
+            Some(Data::Bf16(v)) => Ok(Stored::Bf16(v)),
+            Some(Data::F16(v)) => Ok(Stored::F16(v)),
+            Some(Data::I32(_)) => Err(missing(format!(
+                "tensor #{} is i32 where a float tensor was expected",
+                t.id.0
+            ))),
             None => Err(missing(format!(
                 "tensor #{} is not allocated (or is also an output)",
                 t.id.0
