@@ -1,7 +1,7 @@
 //! CpuBackend: storage per tensor id, op dispatch to the kernels, memory accounting by category
 //! and an optional per-op timing log.
 
-use crate::exec::{missing, narrow_into, widen, Buffer, Data, Exec, Outs, NAME};
+use crate::exec::{missing, narrow_into, widen, Buffer, Data, Exec, Outs, WidenPool, NAME};
 use crate::kernels;
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -34,6 +34,8 @@ pub struct CpuBackend {
     pool: HashMap<usize, Vec<Vec<f32>>>,
     /// Reused by kernels that need a temporary (the fused activation's backward).
     scratch: Vec<f32>,
+    /// The vectors 16-bit inputs are widened into for the kernels, reused from op to op.
+    widened: WidenPool,
     ops_run: usize,
     sample_calls: u64,
     /// Bytes in use by category at the tensors' dtype widths, as the Meta backend records them;
@@ -320,6 +322,7 @@ impl CpuBackend {
         let cx = &mut Exec {
             call,
             buffers: &self.buffers,
+            widened: &self.widened,
             outs,
             scratch,
             sample_calls: self.sample_calls,

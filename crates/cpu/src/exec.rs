@@ -5,8 +5,9 @@
 
 use half::{bf16, f16};
 use rayon::prelude::*;
-use std::borrow::Cow;
 use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::Mutex;
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::comm::Communicator;
 use tperf_core::tensor::{Tensor, TensorId};
@@ -56,10 +57,88 @@ impl Half for f16 {
 /// `src` as f32, exactly (every bf16 and f16 value is an f32).
 pub(crate) fn widen<H: Half>(src: &[H]) -> Vec<f32> {
     let mut out = vec![0.0; src.len()];
-    out.par_chunks_mut(CONVERT_CHUNK)
+    widen_into(src, &mut out);
+    out
+}
+
+/// dst = `src` as f32, in parallel.
+fn widen_into<H: Half>(src: &[H], dst: &mut [f32]) {
+    dst.par_chunks_mut(CONVERT_CHUNK)
         .zip(src.par_chunks(CONVERT_CHUNK))
         .for_each(|(o, s)| o.iter_mut().zip(s).for_each(|(o, &s)| *o = s.widen()));
-    out
+}
+
+/// Vectors that 16-bit inputs are widened into, reused from op to op. A fresh vector per read
+/// costs more than the widening: glibc maps an allocation above 32 MiB and unmaps it when it
+/// is freed, so every matmul's W (16 to 262 MB for a 1.5B model) was page-faulted in anew,
+/// 4 KiB at a time, at every call. Kept: at most [`WidenPool::KEPT`] vectors, enough for one
+/// op's 16-bit inputs (a matmul's W and bias, a norm's gain and bias), so the pool holds at
+/// most the f32 size of the four largest weights (the head, 262 MB, and three under 100 MB
+/// for the 1.5B model).
+#[derive(Default)]
+pub(crate) struct WidenPool(Mutex<Vec<Vec<f32>>>);
+
+impl WidenPool {
+    const KEPT: usize = 4;
+
+    /// A vector of `n` elements (their values are whatever the last user left).
+    fn take(&self, n: usize) -> Vec<f32> {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The smallest that holds n, else the largest (grown below).
+        let fits = (0..kept.len())
+            .filter(|&i| kept[i].capacity() >= n)
+            .min_by_key(|&i| kept[i].capacity());
+        let largest = (0..kept.len()).max_by_key(|&i| kept[i].capacity());
+        let mut v = match fits.or(largest) {
+            Some(i) => kept.swap_remove(i),
+            None => Vec::new(),
+        };
+        drop(kept);
+        v.resize(n, 0.0);
+        v
+    }
+
+    fn give(&self, v: Vec<f32>) {
+        let mut kept = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        kept.push(v);
+        if kept.len() > Self::KEPT {
+            let smallest = (0..kept.len()).min_by_key(|&i| kept[i].capacity());
+            if let Some(i) = smallest {
+                kept.swap_remove(i);
+            }
+        }
+    }
+}
+
+/// An input's data as f32 for a kernel: the storage itself, or a 16-bit tensor widened into a
+/// pooled vector that goes back to the pool when the kernel drops it.
+pub(crate) enum F32Input<'a> {
+    Stored(&'a [f32]),
+    Widened { data: Vec<f32>, pool: &'a WidenPool },
+}
+
+impl Deref for F32Input<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            F32Input::Stored(v) => v,
+            F32Input::Widened { data, .. } => data,
+        }
+    }
+}
+
+impl Drop for F32Input<'_> {
+    fn drop(&mut self) {
+        if let F32Input::Widened { data, pool } = self {
+            pool.give(std::mem::take(data));
+        }
+    }
 }
 
 /// dst = src rounded to `H`.
@@ -70,16 +149,6 @@ pub(crate) fn narrow_into<H: Half>(src: &[f32], dst: &mut [H]) {
 }
 
 impl Data {
-    /// A float tensor's values as f32: borrowed when stored in f32, widened otherwise.
-    pub(crate) fn as_f32(&self) -> Option<Cow<'_, [f32]>> {
-        match self {
-            Data::F32(v) => Some(Cow::Borrowed(v)),
-            Data::Bf16(v) => Some(Cow::Owned(widen(v))),
-            Data::F16(v) => Some(Cow::Owned(widen(v))),
-            Data::I32(_) => None,
-        }
-    }
-
     /// Bytes the storage holds.
     pub(crate) fn bytes(&self) -> usize {
         match self {
@@ -205,6 +274,8 @@ impl Outs {
 pub(crate) struct Exec<'a> {
     pub call: &'a OpCall,
     pub buffers: &'a HashMap<TensorId, Buffer>,
+    /// Where 16-bit inputs are widened.
+    pub widened: &'a WidenPool,
     pub outs: &'a mut Outs,
     /// A reusable temporary (the fused activation's backward).
     pub scratch: &'a mut Vec<f32>,
@@ -216,24 +287,29 @@ pub(crate) struct Exec<'a> {
 
 impl<'a> Exec<'a> {
     /// An input's data as f32: the storage itself for an f32 tensor, a widened copy for a
-    /// 16-bit one, which lives as long as the kernel holds it (so an op's widened inputs are
-    /// freed when it returns). Widening costs a pass per call: for a matmul's weight, 2 bytes
+    /// 16-bit one, which lives as long as the kernel holds it (so an op's widened inputs go
+    /// back to the pool when it returns). Widening costs a pass per call: for a matmul's weight, 2 bytes
     /// read and 4 written per element before the gemm reads its 4, so about 10 bytes of memory
     /// traffic per weight where f32 storage moved 4 (what bounds a decode step, m = 1), and
     /// n·k·4 bytes of temporary while the op runs. A matmul widening W a block of rows at a
     /// time, one gemm per block, was tried and dropped: gemm's blocking over k depends on n,
     /// so a block's sums differ from the whole matmul's in the last bits (seen at k = 2048),
     /// and 16-bit storage is to give the results the f32 storage gave, bit for bit.
-    pub fn f32(&self, t: &Tensor) -> Result<Cow<'a, [f32]>, BackendError> {
-        match self.buffers.get(&t.id).map(|b| &b.data) {
-            Some(data) => data.as_f32().ok_or_else(|| {
-                missing(format!("tensor #{} is i32 where f32 was expected", t.id.0))
-            }),
-            None => Err(missing(format!(
-                "tensor #{} is not allocated (or is also an output)",
-                t.id.0
-            ))),
-        }
+    pub fn f32(&self, t: &Tensor) -> Result<F32Input<'a>, BackendError> {
+        let pool = self.widened;
+        Ok(match self.stored(t)? {
+            Stored::F32(v) => F32Input::Stored(v),
+            Stored::Bf16(v) => {
+                let mut data = pool.take(v.len());
+                widen_into(v, &mut data);
+                F32Input::Widened { data, pool }
+            }
+            Stored::F16(v) => {
+                let mut data = pool.take(v.len());
+                widen_into(v, &mut data);
+                F32Input::Widened { data, pool }
+            }
+        })
     }
 
     /// An input's float data as stored (see [`Stored`]).
@@ -254,7 +330,7 @@ impl<'a> Exec<'a> {
     }
 
     /// An optional input's f32 data.
-    pub fn f32_opt(&self, t: &Option<Tensor>) -> Result<Option<Cow<'a, [f32]>>, BackendError> {
+    pub fn f32_opt(&self, t: &Option<Tensor>) -> Result<Option<F32Input<'a>>, BackendError> {
         t.as_ref().map(|t| self.f32(t)).transpose()
     }
 
@@ -355,15 +431,24 @@ mod tests {
     }
 
     #[test]
-    fn a_16bit_tensor_reads_as_its_widened_values() {
-        let values = [1.0f32, -0.5, 3.140625, 65504.0];
-        let data = Data::Bf16(values.iter().map(|&x| bf16::from_f32(x)).collect());
-        let read = data.as_f32().expect("a float tensor");
-        assert!(matches!(read, Cow::Owned(_)));
-        assert_eq!(&read[..], &values.map(|x| round_to(DType::Bf16, x)));
-        assert_eq!(data.bytes(), 2 * values.len());
-        let stored = Data::F32(values.to_vec());
-        assert!(matches!(stored.as_f32(), Some(Cow::Borrowed(_))));
-        assert!(Data::I32(vec![1]).as_f32().is_none());
+    fn the_widening_pool_reuses_vectors_and_keeps_a_few() {
+        let pool = WidenPool::default();
+        let big = pool.take(1000);
+        let big_ptr = big.as_ptr();
+        pool.give(big);
+        // A smaller request reuses the kept vector (no new mapping), at the length asked.
+        let small = pool.take(10);
+        assert_eq!((small.len(), small.as_ptr()), (10, big_ptr));
+        pool.give(small);
+        let taken: Vec<_> = (0..6).map(|i| pool.take(100 * (i + 1))).collect();
+        taken.into_iter().for_each(|v| pool.give(v));
+        let kept = pool.0.lock().unwrap();
+        assert_eq!(kept.len(), WidenPool::KEPT);
+        // The smallest were dropped.
+        assert!(
+            kept.iter().all(|v| v.capacity() >= 300),
+            "{:?}",
+            kept.iter().map(|v| v.capacity()).collect::<Vec<_>>()
+        );
     }
 }
