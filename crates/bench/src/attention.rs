@@ -80,7 +80,7 @@ pub fn predict(case: &AttentionOnly, hw: &Hardware) -> Result<Predicted, Backend
     })
 }
 
-/// Host bytes the CPU needs: low-precision storage is emulated in f32.
+/// Host bytes the CPU needs: it stores low-precision activations in f32.
 fn cpu_bytes(case: &AttentionOnly, bytes: u64) -> u64 {
     bytes * 4 / case.dtype.size_bytes().max(1)
 }

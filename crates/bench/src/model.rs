@@ -70,8 +70,9 @@ pub fn predict(cfg: &ModelConfig, sc: &Scenario, hw: &Hardware) -> Result<Analys
     Ok(analysis::analyze(cfg, sc, hw)?)
 }
 
-/// Host bytes the CPU backend needs for the predicted peak: it stores bf16/f16 as f32 (storage
-/// precision is emulated), so a mixed policy needs up to twice the modelled bytes.
+/// Host bytes the CPU backend needs for the predicted peak, at most: it stores bf16/f16
+/// activations, their gradients and the KV cache as f32 (weights alone in 16 bits), so a mixed
+/// policy needs up to twice the modelled bytes.
 pub fn cpu_bytes_needed(a: &Analysis) -> u64 {
     let width = a.scenario.opts.precision.compute_dtype().size_bytes();
     a.memory.peak_bytes * 4 / width.max(1)

@@ -1,7 +1,7 @@
 //! CpuBackend: storage per tensor id, op dispatch to the kernels, memory accounting by category
 //! and an optional per-op timing log.
 
-use crate::exec::{missing, Buffer, Data, Exec, Outs, NAME};
+use crate::exec::{missing, narrow_into, widen, Buffer, Data, Exec, Outs, WidenPool, NAME};
 use crate::kernels;
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -13,10 +13,18 @@ use tperf_core::dtype::DType;
 use tperf_core::ledger::Ledger;
 use tperf_core::ops::cast::round_to;
 use tperf_core::ops::Op;
-use tperf_core::tensor::{Tensor, TensorId, TensorSpec};
+use tperf_core::tensor::{MemCategory, Tensor, TensorId, TensorSpec};
 
-/// The CPU backend. Host memory is f32 (i32 for token ids); bf16/f16 tensors hold values
-/// rounded to their dtype at every write, so storage precision is emulated, not saved.
+/// The CPU backend. Kernels compute in f32 (i32 for token ids). A bf16/f16 weight (category
+/// `Weights`: inference parameters, mixed-precision copies) is stored in 16 bits; every other
+/// bf16/f16 tensor (activations, their gradients, the KV cache) is stored in f32 holding values
+/// rounded to its dtype at every write. Either way a tensor holds the same values, bit for bit.
+///
+/// Why only weights: they are what a model's memory is (a 1.5B model's 3 GB in bf16), they
+/// are written rarely (the load, AdamW's copies) and read by one op each. An activation is
+/// written by one op and read by the next, so 16-bit storage would add a widen and a narrow
+/// per op for memory that is small beside the weights at inference; the KV cache is appended
+/// a row per step and would be widened whole at every append.
 #[derive(Default)]
 pub struct CpuBackend {
     buffers: HashMap<TensorId, Buffer>,
@@ -26,6 +34,8 @@ pub struct CpuBackend {
     pool: HashMap<usize, Vec<Vec<f32>>>,
     /// Reused by kernels that need a temporary (the fused activation's backward).
     scratch: Vec<f32>,
+    /// The vectors 16-bit inputs are widened into for the kernels, reused from op to op.
+    widened: WidenPool,
     ops_run: usize,
     sample_calls: u64,
     /// Bytes in use by category at the tensors' dtype widths, as the Meta backend records them;
@@ -35,6 +45,9 @@ pub struct CpuBackend {
     pub timing: Option<Vec<(usize, Instant, Duration)>>,
     /// The rank group of a data-parallel run, which `Op::Collective` runs over.
     comm: Option<Arc<dyn Communicator>>,
+    /// Stores 16-bit weights in f32 too (rounded), as the backend did before 16-bit storage:
+    /// the reference the 16-bit storage is tested against, bit for bit.
+    weights_in_f32: bool,
 }
 
 impl CpuBackend {
@@ -48,6 +61,29 @@ impl CpuBackend {
             comm: Some(comm),
             ..Self::default()
         }
+    }
+
+    /// A backend that stores bf16/f16 weights in f32, rounded to their dtype (the storage
+    /// before 16-bit weights): the same values in twice the memory. For tests and for timing
+    /// the cost of widening 16-bit weights.
+    pub fn with_weights_in_f32() -> Self {
+        CpuBackend {
+            weights_in_f32: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether a tensor of `spec` is stored in 16 bits (see [`CpuBackend`]).
+    fn stores_16bit(&self, spec: &TensorSpec) -> bool {
+        spec.category == MemCategory::Weights
+            && matches!(spec.dtype, DType::Bf16 | DType::F16)
+            && !self.weights_in_f32
+    }
+
+    /// Bytes the allocated tensors' storage holds, neither the pool of freed f32 vectors nor an
+    /// op's temporaries: equal to the ledger's total where every bf16/f16 tensor is a weight.
+    pub fn storage_bytes(&self) -> u64 {
+        self.buffers.values().map(|b| b.data.bytes() as u64).sum()
     }
 
     /// Bytes in use by category at the tensors' dtype widths, their peak, and the event log.
@@ -87,6 +123,8 @@ impl Backend for CpuBackend {
         self.next_id += 1;
         let data = match spec.dtype {
             DType::I32 => Data::I32(vec![0; n]),
+            DType::Bf16 if self.stores_16bit(&spec) => Data::Bf16(vec![half::bf16::ZERO; n]),
+            DType::F16 if self.stores_16bit(&spec) => Data::F16(vec![half::f16::ZERO; n]),
             _ => Data::F32(match self.pool.get_mut(&n).and_then(Vec::pop) {
                 Some(mut v) => {
                     v.fill(0.0);
@@ -110,6 +148,7 @@ impl Backend for CpuBackend {
     fn free(&mut self, tensor: Tensor) {
         if let Some(buf) = self.buffers.remove(&tensor.id) {
             self.ledger.free(self.ops_run, &buf.name, &tensor);
+            // 16-bit vectors are weights, allocated once per model: not worth pooling.
             if let Data::F32(v) = buf.data {
                 self.pool.entry(v.len()).or_default().push(v);
             }
@@ -118,7 +157,10 @@ impl Backend for CpuBackend {
 
     fn exec(&mut self, call: OpCall) -> Result<(), BackendError> {
         let start = Instant::now();
-        let mut taken = Vec::with_capacity(call.outputs.len());
+        let mut taken: Vec<(TensorId, Data)> = Vec::with_capacity(call.outputs.len());
+        // A 16-bit output's storage, set aside while the op writes an f32 copy of it (a copy,
+        // not zeros: ops that update in place, such as RoPE or an accumulating dx, read it).
+        let mut stored_16bit: Vec<(TensorId, Data)> = Vec::new();
         for t in &call.outputs {
             if taken.iter().any(|(id, _)| *id == t.id) {
                 continue;
@@ -126,11 +168,27 @@ impl Backend for CpuBackend {
             match self.buffers.get_mut(&t.id) {
                 Some(buf) => {
                     let data = std::mem::replace(&mut buf.data, Data::F32(Vec::new()));
-                    taken.push((t.id, data));
+                    let working = match &data {
+                        Data::Bf16(v) => Some(widen(v)),
+                        Data::F16(v) => Some(widen(v)),
+                        Data::F32(_) | Data::I32(_) => None,
+                    };
+                    match working {
+                        Some(f32s) => {
+                            stored_16bit.push((t.id, data));
+                            taken.push((t.id, Data::F32(f32s)));
+                        }
+                        None => taken.push((t.id, data)),
+                    }
                 }
                 None => {
                     // Put back what was taken before reporting.
                     for (id, data) in taken {
+                        if let Some(b) = self.buffers.get_mut(&id) {
+                            b.data = data;
+                        }
+                    }
+                    for (id, data) in stored_16bit {
                         if let Some(b) = self.buffers.get_mut(&id) {
                             b.data = data;
                         }
@@ -153,7 +211,22 @@ impl Backend for CpuBackend {
         let result = self.run(&call, &mut outs, &mut scratch);
         self.scratch = scratch;
         for ((id, mut buf), (_, data)) in placeholders.into_iter().zip(outs.0) {
-            buf.data = data;
+            buf.data = match stored_16bit.iter().position(|(s, _)| *s == id) {
+                // Narrowing rounds as the emulation's pass below did (and is exact for a
+                // copy of values already in the dtype: KV append, take last, cast).
+                Some(i) => {
+                    let (_, mut stored) = stored_16bit.swap_remove(i);
+                    if let Data::F32(f32s) = &data {
+                        match &mut stored {
+                            Data::Bf16(v) => narrow_into(f32s, v),
+                            Data::F16(v) => narrow_into(f32s, v),
+                            Data::F32(_) | Data::I32(_) => {}
+                        }
+                    }
+                    stored
+                }
+                None => data,
+            };
             self.buffers.insert(id, buf);
         }
         result?;
@@ -182,21 +255,29 @@ impl Backend for CpuBackend {
 
     fn write_f32(&mut self, tensor: &Tensor, data: &[f32]) -> Result<(), BackendError> {
         match self.buffers.get_mut(&tensor.id).map(|b| &mut b.data) {
-            Some(Data::F32(v)) if v.len() == data.len() => {
+            Some(Data::I32(_)) | None => Err(missing(format!(
+                "tensor #{} is not an allocated float tensor",
+                tensor.id.0
+            ))),
+            Some(stored) if stored.len() != data.len() => Err(missing(format!(
+                "write of {} values into a tensor of {}",
+                data.len(),
+                stored.len()
+            ))),
+            Some(Data::F32(v)) => {
                 v.iter_mut()
                     .zip(data)
                     .for_each(|(d, &s)| *d = round_to(tensor.dtype, s));
                 Ok(())
             }
-            Some(Data::F32(v)) => Err(missing(format!(
-                "write of {} values into a tensor of {}",
-                data.len(),
-                v.len()
-            ))),
-            _ => Err(missing(format!(
-                "tensor #{} is not an allocated f32 tensor",
-                tensor.id.0
-            ))),
+            Some(Data::Bf16(v)) => {
+                narrow_into(data, v);
+                Ok(())
+            }
+            Some(Data::F16(v)) => {
+                narrow_into(data, v);
+                Ok(())
+            }
         }
     }
 
@@ -221,6 +302,8 @@ impl Backend for CpuBackend {
     fn read_f32(&mut self, tensor: &Tensor) -> Result<Vec<f32>, BackendError> {
         match self.buffers.get(&tensor.id).map(|b| &b.data) {
             Some(Data::F32(v)) => Ok(v.clone()),
+            Some(Data::Bf16(v)) => Ok(widen(v)),
+            Some(Data::F16(v)) => Ok(widen(v)),
             // Token ids are exact in f32 below 2^24, far above any vocabulary.
             Some(Data::I32(v)) => Ok(v.iter().map(|&x| x as f32).collect()),
             None => Err(missing(format!("tensor #{} is not allocated", tensor.id.0))),
@@ -239,6 +322,7 @@ impl CpuBackend {
         let cx = &mut Exec {
             call,
             buffers: &self.buffers,
+            widened: &self.widened,
             outs,
             scratch,
             sample_calls: self.sample_calls,

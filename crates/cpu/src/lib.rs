@@ -1,10 +1,13 @@
 //! tperf's CPU backend: the one schedule computed for real.
 //!
-//! Storage precision is emulated: host memory is always f32, and a tensor whose dtype is bf16 or
-//! f16 holds f32 values rounded to that dtype at every write (by `write_f32` and after every op
-//! that outputs it). Arithmetic is f32 throughout, which is what mixed-precision hardware does
-//! inside its accumulators; the memory accounting counts each tensor at its dtype's width, as the
-//! Meta backend does, so the two timelines compare.
+//! Arithmetic is f32 throughout, which is what mixed-precision hardware does inside its
+//! accumulators. A bf16/f16 weight is stored in 16 bits and widened to f32 when an op reads it
+//! (an op that writes one, such as a mixed-precision copy's cast, writes an f32 temporary that
+//! is rounded into the storage when the op finishes); every other bf16/f16 tensor is stored in
+//! f32 holding values rounded to its dtype at every write (by `write_f32` and after every op
+//! that outputs it). Both hold the same values, so results do not depend on the storage
+//! (`tests/storage_16bit.rs`). The memory accounting counts each tensor at its dtype's width, as
+//! the Meta backend does, so the two timelines compare; for weights it is also what is held.
 //!
 //! Fast kernels live in `kernels/<op>.rs`, named after the op file in `tperf_core::ops` whose
 //! reference implementation they are tested against: matmuls through the `gemm` crate, row-wise

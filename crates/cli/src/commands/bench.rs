@@ -339,7 +339,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         table.note(note);
     }
     table.note(match device {
-        Device::Cpu => "×model = measured median / modelled roofline time; peak = bytes in use at the tensors' dtype widths (bf16 storage is emulated in f32 on the CPU)",
+        Device::Cpu => "×model = measured median / modelled roofline time; peak = bytes in use at the tensors' dtype widths (on the CPU, bf16 weights are held in 16 bits and other bf16 tensors in f32)",
         Device::Cuda(_) => "×model = measured median / modelled roofline time; each step is timed with the device synchronised after it; peak = bytes of live tensors at their dtype widths (the caching allocator's reserve is larger)",
     });
     if let Some(path) = &args.json {

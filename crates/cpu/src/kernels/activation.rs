@@ -33,7 +33,7 @@ pub fn backward(kind: ActivationKind, x: &[f32], dy: &[f32], dx: &mut [f32]) {
 /// The op's dispatch: named operands in, kernel out.
 pub(crate) fn exec(cx: &mut Exec<'_>, a: &Activation) -> Result<(), BackendError> {
     let io: ActivationIo = cx.call.operands(a)?;
-    forward(a.kind, cx.f32(&io.x)?, cx.outs.f32(&io.y)?);
+    forward(a.kind, &cx.f32(&io.x)?, cx.outs.f32(&io.y)?);
     Ok(())
 }
 
@@ -41,8 +41,8 @@ pub(crate) fn exec_backward(cx: &mut Exec<'_>, a: &Activation) -> Result<(), Bac
     let io: ActivationBackwardIo = cx.call.operands(a)?;
     backward(
         a.kind,
-        cx.f32(&io.x)?,
-        cx.f32(&io.dy)?,
+        &cx.f32(&io.x)?,
+        &cx.f32(&io.dy)?,
         cx.outs.f32(&io.dx)?,
     );
     Ok(())

@@ -53,7 +53,7 @@ pub fn update(
 pub(crate) fn exec(cx: &mut Exec<'_>, adam: &AdamW) -> Result<(), BackendError> {
     let io: AdamWIo = cx.call.operands(adam)?;
     let rank = super::collective::shard_rank(cx, adam.shards)?;
-    let norm = cx.f32(&io.norm)?;
+    let norm = &cx.f32(&io.norm)?;
     cx.check_len("norm", norm.len(), 1)?;
     // clip(‖g‖/S)/S: unscales the loss-scaled gradients and clips them in one factor (1/S is
     // exact for a power-of-two S, so this is (g/S)·clip). None: a non-finite norm under loss

@@ -260,28 +260,30 @@ pub(crate) fn check_no_cache(cx: &Exec<'_>, a: &Attention) -> Result<(), Backend
 pub(crate) fn exec_scores(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
     let io: AttnScoresIo = cx.call.operands(a)?;
     check_shape(cx, a)?;
-    let src = match &io.k_cache {
-        Some(k) => cache_source(cx, a, k, cx.f32(k)?, &[])?,
-        None => KvSource::Qkv,
+    let k_data = cx.f32_opt(&io.k_cache)?;
+    let src = match (&io.k_cache, &k_data) {
+        (Some(k), Some(k_data)) => cache_source(cx, a, k, k_data, &[])?,
+        _ => KvSource::Qkv,
     };
-    scores_forward(a, cx.f32(&io.qkv)?, src, cx.outs.f32(&io.scores)?);
+    scores_forward(a, &cx.f32(&io.qkv)?, src, cx.outs.f32(&io.scores)?);
     Ok(())
 }
 
 pub(crate) fn exec_softmax(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
     let io: AttnSoftmaxIo = cx.call.operands(a)?;
-    softmax_forward(a, cx.f32(&io.scores)?, cx.outs.f32(&io.probs)?);
+    softmax_forward(a, &cx.f32(&io.scores)?, cx.outs.f32(&io.probs)?);
     Ok(())
 }
 
 pub(crate) fn exec_value(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
     let io: AttnValueIo = cx.call.operands(a)?;
     check_shape(cx, a)?;
-    let src = match &io.v_cache {
-        Some(v) => cache_source(cx, a, v, &[], cx.f32(v)?)?,
-        None => KvSource::Qkv,
+    let v_data = cx.f32_opt(&io.v_cache)?;
+    let src = match (&io.v_cache, &v_data) {
+        (Some(v), Some(v_data)) => cache_source(cx, a, v, &[], v_data)?,
+        _ => KvSource::Qkv,
     };
-    let (p, qkv) = (cx.f32(&io.probs)?, cx.f32(&io.qkv)?);
+    let (p, qkv) = (&cx.f32(&io.probs)?, &cx.f32(&io.qkv)?);
     value_forward(a, p, qkv, src, cx.outs.f32(&io.out)?);
     Ok(())
 }
@@ -289,7 +291,7 @@ pub(crate) fn exec_value(cx: &mut Exec<'_>, a: &Attention) -> Result<(), Backend
 pub(crate) fn exec_value_backward(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
     let io: AttnValueBackwardIo = cx.call.operands(a)?;
     check_no_cache(cx, a)?;
-    let (dout, qkv, p) = (cx.f32(&io.dout)?, cx.f32(&io.qkv)?, cx.f32(&io.probs)?);
+    let (dout, qkv, p) = (&cx.f32(&io.dout)?, &cx.f32(&io.qkv)?, &cx.f32(&io.probs)?);
     let [dp, dqkv] = cx.outs.f32s([&io.dprobs, &io.dqkv])?;
     value_backward(a, dout, qkv, p, dp, dqkv);
     Ok(())
@@ -297,7 +299,7 @@ pub(crate) fn exec_value_backward(cx: &mut Exec<'_>, a: &Attention) -> Result<()
 
 pub(crate) fn exec_softmax_backward(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
     let io: AttnSoftmaxBackwardIo = cx.call.operands(a)?;
-    let (p, dp) = (cx.f32(&io.probs)?, cx.f32(&io.dprobs)?);
+    let (p, dp) = (&cx.f32(&io.probs)?, &cx.f32(&io.dprobs)?);
     softmax_backward(a, p, dp, cx.outs.f32(&io.dscores)?);
     Ok(())
 }
@@ -305,7 +307,7 @@ pub(crate) fn exec_softmax_backward(cx: &mut Exec<'_>, a: &Attention) -> Result<
 pub(crate) fn exec_scores_backward(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
     let io: AttnScoresBackwardIo = cx.call.operands(a)?;
     check_no_cache(cx, a)?;
-    let (ds, qkv) = (cx.f32(&io.dscores)?, cx.f32(&io.qkv)?);
+    let (ds, qkv) = (&cx.f32(&io.dscores)?, &cx.f32(&io.qkv)?);
     scores_backward(a, ds, qkv, cx.outs.f32(&io.dqkv)?);
     Ok(())
 }

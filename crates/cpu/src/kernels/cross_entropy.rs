@@ -41,7 +41,7 @@ pub(crate) fn exec(cx: &mut Exec<'_>, ce: &CrossEntropy) -> Result<(), BackendEr
     let io: CrossEntropyIo = cx.call.operands(ce)?;
     let targets = cx.i32(&io.targets)?;
     cx.check_ids(targets, ce.v, "target")?;
-    forward(ce, cx.f32(&io.logits)?, targets, cx.outs.f32(&io.losses)?);
+    forward(ce, &cx.f32(&io.logits)?, targets, cx.outs.f32(&io.losses)?);
     Ok(())
 }
 
@@ -51,7 +51,7 @@ pub(crate) fn exec_backward(cx: &mut Exec<'_>, ce: &CrossEntropy) -> Result<(), 
     cx.check_ids(targets, ce.v, "target")?;
     // In place when dlogits is the logits' buffer (then the logits are not readable as an input).
     let logits = if io.logits.id != io.dlogits.id {
-        Some(cx.f32(&io.logits)?)
+        Some(&cx.f32(&io.logits)?)
     } else {
         None
     };

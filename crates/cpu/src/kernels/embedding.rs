@@ -1,8 +1,9 @@
 //! Embedding: the gather in parallel over tokens. The backward's scatter-add stays sequential
 //! (two tokens may share a row); it is n·C adds, small beside any matmul of the step.
 
-use crate::exec::Exec;
+use crate::exec::{Exec, Stored};
 use rayon::prelude::*;
+use std::borrow::Cow;
 use tperf_core::backend::BackendError;
 use tperf_core::ops::embedding::{
     sinusoid, Embedding, EmbeddingBackwardIo, EmbeddingIo, PositionTable,
@@ -75,9 +76,21 @@ pub(crate) fn exec(cx: &mut Exec<'_>, e: &Embedding) -> Result<(), BackendError>
     let tokens = cx.i32(&io.tokens)?;
     cx.check_ids(tokens, e.vocab, "token")?;
     cx.check_len("tokens", tokens.len(), e.n)?;
-    let wte = cx.f32(&io.wte)?;
-    cx.check_len("wte", wte.len(), e.vocab * e.c)?;
-    let wpe = cx.f32_opt(&io.wpe)?;
+    let stored = cx.stored(&io.wte)?;
+    cx.check_len("wte", stored.len(), e.vocab * e.c)?;
+    // A 16-bit table: widen only the n rows the tokens name (n·C, not V·C) and gather from them.
+    let (wte, gather_ids): (Cow<[f32]>, Cow<[i32]>) = match stored {
+        Stored::F32(w) => (Cow::Borrowed(w), Cow::Borrowed(tokens)),
+        table => {
+            let mut rows = vec![0.0; e.n * e.c];
+            rows.par_chunks_mut(e.c.max(1))
+                .zip(tokens.par_iter())
+                .for_each(|(row, &tok)| table.widen_into(tok as usize * e.c, row));
+            (Cow::Owned(rows), Cow::Owned((0..e.n as i32).collect()))
+        }
+    };
+    let wpe_data = cx.f32_opt(&io.wpe)?;
+    let wpe = wpe_data.as_deref();
     let positions = match &io.positions {
         Some(p) => {
             let p = cx.i32(p)?;
@@ -101,7 +114,7 @@ pub(crate) fn exec(cx: &mut Exec<'_>, e: &Embedding) -> Result<(), BackendError>
             )));
         }
     }
-    forward(e, tokens, wte, wpe, positions, cx.outs.f32(&io.x)?);
+    forward(e, &gather_ids, &wte, wpe, positions, cx.outs.f32(&io.x)?);
     Ok(())
 }
 
@@ -109,7 +122,7 @@ pub(crate) fn exec_backward(cx: &mut Exec<'_>, e: &Embedding) -> Result<(), Back
     let io: EmbeddingBackwardIo = cx.call.operands(e)?;
     let tokens = cx.i32(&io.tokens)?;
     cx.check_ids(tokens, e.vocab, "token")?;
-    let dout = cx.f32(&io.dx)?;
+    let dout = &cx.f32(&io.dx)?;
     match &io.dwpe {
         Some(dwpe) => {
             let [dwte, dwpe] = cx.outs.f32s([&io.dwte, dwpe])?;

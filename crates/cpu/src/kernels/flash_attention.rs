@@ -431,11 +431,12 @@ pub fn backward(
 pub(crate) fn exec(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
     let io: FlashAttentionIo = cx.call.operands(a)?;
     check_shape(cx, a)?;
-    let src = match (&io.k_cache, &io.v_cache) {
-        (Some(k), Some(v)) => cache_source(cx, a, k, cx.f32(k)?, cx.f32(v)?)?,
+    let (k_data, v_data) = (cx.f32_opt(&io.k_cache)?, cx.f32_opt(&io.v_cache)?);
+    let src = match (&io.k_cache, &k_data, &v_data) {
+        (Some(k), Some(k_data), Some(v_data)) => cache_source(cx, a, k, k_data, v_data)?,
         _ => KvSource::Qkv,
     };
-    let qkv = cx.f32(&io.qkv)?;
+    let qkv = &cx.f32(&io.qkv)?;
     let [o, lse] = cx.outs.f32s([&io.out, &io.lse])?;
     forward(a, qkv, src, o, lse);
     Ok(())
@@ -444,8 +445,8 @@ pub(crate) fn exec(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError>
 pub(crate) fn exec_backward(cx: &mut Exec<'_>, a: &Attention) -> Result<(), BackendError> {
     let io: FlashAttentionBackwardIo = cx.call.operands(a)?;
     check_no_cache(cx, a)?;
-    let (qkv, o) = (cx.f32(&io.qkv)?, cx.f32(&io.out)?);
-    let (dout, lse) = (cx.f32(&io.dout)?, cx.f32(&io.lse)?);
+    let (qkv, o) = (&cx.f32(&io.qkv)?, &cx.f32(&io.out)?);
+    let (dout, lse) = (&cx.f32(&io.dout)?, &cx.f32(&io.lse)?);
     backward(a, qkv, o, dout, lse, cx.outs.f32(&io.dqkv)?);
     Ok(())
 }

@@ -17,12 +17,12 @@ pub fn backward(s: &GeGlu, h: &[f32], dy: &[f32], dh: &mut [f32]) {
 /// The op's dispatch: named operands in, kernel out.
 pub(crate) fn exec(cx: &mut Exec<'_>, s: &GeGlu) -> Result<(), BackendError> {
     let io: GeGluIo = cx.call.operands(s)?;
-    forward(s, cx.f32(&io.h)?, cx.outs.f32(&io.g)?);
+    forward(s, &cx.f32(&io.h)?, cx.outs.f32(&io.g)?);
     Ok(())
 }
 
 pub(crate) fn exec_backward(cx: &mut Exec<'_>, s: &GeGlu) -> Result<(), BackendError> {
     let io: GeGluBackwardIo = cx.call.operands(s)?;
-    backward(s, cx.f32(&io.h)?, cx.f32(&io.dg)?, cx.outs.f32(&io.dh)?);
+    backward(s, &cx.f32(&io.h)?, &cx.f32(&io.dg)?, cx.outs.f32(&io.dh)?);
     Ok(())
 }

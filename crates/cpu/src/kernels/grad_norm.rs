@@ -32,17 +32,17 @@ pub fn sum_of_squares(x: &[f32]) -> f64 {
 pub(crate) fn exec(cx: &mut Exec<'_>, g: &GradNorm) -> Result<(), BackendError> {
     let io: GradNormIo = cx.call.operands(g)?;
     let rank = super::collective::shard_rank(cx, g.shards)?;
-    let grads: Vec<&[f32]> = io
+    let grads = io
         .grads
         .iter()
-        .map(|t| {
-            let all = cx.f32(t)?;
-            Ok(&all[shard_range(all.len(), rank, g.shards)])
-        })
-        .collect::<Result<_, BackendError>>()?;
+        .map(|t| cx.f32(t))
+        .collect::<Result<Vec<_>, BackendError>>()?;
     let sum: f64 = grads
         .par_iter()
-        .map(|g| g.par_chunks(1 << 14).map(sum_of_squares).sum::<f64>())
+        .map(|all| {
+            let own = &all[shard_range(all.len(), rank, g.shards)];
+            own.par_chunks(1 << 14).map(sum_of_squares).sum::<f64>()
+        })
         .sum();
     cx.check_len("norm", io.norm.numel() as usize, 1)?;
     cx.outs.f32(&io.norm)?[0] = g.finish(sum) as f32;

@@ -8,7 +8,7 @@ use tperf_core::ops::kv_cache::{
 
 pub(crate) fn exec(cx: &mut Exec<'_>, k: &KvAppend) -> Result<(), BackendError> {
     let io: KvAppendIo = cx.call.operands(k)?;
-    let qkv = cx.f32(&io.qkv)?;
+    let qkv = &cx.f32(&io.qkv)?;
     let capacity = io.k_cache.shape.get(2).copied().unwrap_or(0);
     if k.pos + k.t_new > capacity {
         return Err(cx.invalid(format!(
@@ -27,7 +27,7 @@ pub(crate) fn exec(cx: &mut Exec<'_>, k: &KvAppend) -> Result<(), BackendError> 
 
 pub(crate) fn exec_paged(cx: &mut Exec<'_>, k: &PagedKvAppend) -> Result<(), BackendError> {
     let io: PagedKvAppendIo = cx.call.operands(k)?;
-    let (qkv, slots) = (cx.f32(&io.qkv)?, cx.i32(&io.slots)?);
+    let (qkv, slots) = (&cx.f32(&io.qkv)?, cx.i32(&io.slots)?);
     cx.check_len("slots", slots.len(), k.n)?;
     cx.check_len("qkv", qkv.len(), k.n * (k.h_q + 2 * k.h_kv) * k.d)?;
     // The pools are (num_blocks, H_kv, block_size, D): a slot indexes num_blocks · block_size.

@@ -176,10 +176,11 @@ pub(super) fn backward_tasks(
 /// The op's dispatch: named operands in, kernel out.
 pub(crate) fn exec(cx: &mut Exec<'_>, ln: &LayerNorm) -> Result<(), BackendError> {
     let io: LayerNormIo = cx.call.operands(ln)?;
-    let (x, gamma, beta) = (cx.f32(&io.x)?, cx.f32(&io.gamma)?, cx.f32_opt(&io.beta)?);
+    let (x, gamma, beta_data) = (&cx.f32(&io.x)?, &cx.f32(&io.gamma)?, cx.f32_opt(&io.beta)?);
+    let beta = beta_data.as_deref();
     match (&io.add, &io.sum) {
         (Some(add), Some(sum)) => {
-            let add = cx.f32(add)?;
+            let add = &cx.f32(add)?;
             let [sum, y, stats] = cx.outs.f32s([sum, &io.y, &io.stats])?;
             residual_forward(ln, x, add, gamma, beta, sum, y, stats);
         }
@@ -193,8 +194,8 @@ pub(crate) fn exec(cx: &mut Exec<'_>, ln: &LayerNorm) -> Result<(), BackendError
 
 pub(crate) fn exec_backward(cx: &mut Exec<'_>, ln: &LayerNorm) -> Result<(), BackendError> {
     let io: LayerNormBackwardIo = cx.call.operands(ln)?;
-    let (x, stats) = (cx.f32(&io.x)?, cx.f32(&io.stats)?);
-    let (gamma, dy) = (cx.f32(&io.gamma)?, cx.f32(&io.dy)?);
+    let (x, stats) = (&cx.f32(&io.x)?, &cx.f32(&io.stats)?);
+    let (gamma, dy) = (&cx.f32(&io.gamma)?, &cx.f32(&io.dy)?);
     match &io.dbeta {
         Some(dbeta) => {
             let [dx, dg, db] = cx.outs.f32s([&io.dx, &io.dgamma, dbeta])?;

@@ -115,10 +115,11 @@ pub fn backward(
 /// The op's dispatch: named operands in, kernel out.
 pub(crate) fn exec(cx: &mut Exec<'_>, mm: &Matmul) -> Result<(), BackendError> {
     let io: MatmulIo = cx.call.operands(mm)?;
-    let (x, w) = (cx.f32(&io.x)?, cx.f32(&io.w)?);
+    let (x, w) = (&cx.f32(&io.x)?, &cx.f32(&io.w)?);
     cx.check_len("x", x.len(), mm.m * mm.k)?;
     cx.check_len("W", w.len(), mm.n * mm.k)?;
-    let bias = cx.f32_opt(&io.bias)?;
+    let bias_data = cx.f32_opt(&io.bias)?;
+    let bias = bias_data.as_deref();
     match &io.act {
         Some(act) => {
             let [y, act] = cx.outs.f32s([&io.y, act])?;
@@ -131,8 +132,9 @@ pub(crate) fn exec(cx: &mut Exec<'_>, mm: &Matmul) -> Result<(), BackendError> {
 
 pub(crate) fn exec_backward(cx: &mut Exec<'_>, mm: &Matmul) -> Result<(), BackendError> {
     let io: MatmulBackwardIo = cx.call.operands(mm)?;
-    let (x, w, dy) = (cx.f32(&io.x)?, cx.f32(&io.w)?, cx.f32(&io.dy)?);
-    let pre = cx.f32_opt(&io.pre)?;
+    let (x, w, dy) = (&cx.f32(&io.x)?, &cx.f32(&io.w)?, &cx.f32(&io.dy)?);
+    let pre_data = cx.f32_opt(&io.pre)?;
+    let pre = pre_data.as_deref();
     // dx_in is dx's own buffer (an accumulation): the kernel adds into the output.
     match &io.db {
         Some(db) => {

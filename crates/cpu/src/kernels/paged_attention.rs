@@ -11,7 +11,11 @@ use tperf_core::ops::paged_attention::{
 pub(crate) fn exec(cx: &mut Exec<'_>, a: &PagedAttention) -> Result<(), BackendError> {
     let io: PagedAttentionIo = cx.call.operands(a)?;
     let n = a.rows();
-    let (qkv, k_pool, v_pool) = (cx.f32(&io.qkv)?, cx.f32(&io.k_pool)?, cx.f32(&io.v_pool)?);
+    let (qkv, k_pool, v_pool) = (
+        &cx.f32(&io.qkv)?,
+        &cx.f32(&io.k_pool)?,
+        &cx.f32(&io.v_pool)?,
+    );
     let layout = PagedLayout {
         positions: cx.i32(&io.positions)?,
         row_seq: cx.i32(&io.row_seq)?,

@@ -22,7 +22,7 @@ pub(crate) fn exec(cx: &mut Exec<'_>, r: &ResidualAdd) -> Result<(), BackendErro
     let io: ResidualAddIo = cx.call.operands(r)?;
     if io.sum.id == io.a.id {
         // In place (a += b): `a` is the output buffer.
-        let b = cx.f32(&io.b)?;
+        let b = &cx.f32(&io.b)?;
         cx.check_len("b", b.len(), io.sum.numel() as usize)?;
         let sum = cx.outs.f32(&io.sum)?;
         sum.par_iter_mut()
@@ -30,6 +30,6 @@ pub(crate) fn exec(cx: &mut Exec<'_>, r: &ResidualAdd) -> Result<(), BackendErro
             .for_each(|(s, &b)| *s += b);
         return Ok(());
     }
-    forward(cx.f32(&io.a)?, cx.f32(&io.b)?, cx.outs.f32(&io.sum)?);
+    forward(&cx.f32(&io.a)?, &cx.f32(&io.b)?, cx.outs.f32(&io.sum)?);
     Ok(())
 }

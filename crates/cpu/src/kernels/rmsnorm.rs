@@ -63,10 +63,10 @@ pub fn backward(
 /// The op's dispatch: named operands in, kernel out.
 pub(crate) fn exec(cx: &mut Exec<'_>, rn: &RmsNorm) -> Result<(), BackendError> {
     let io: RmsNormIo = cx.call.operands(rn)?;
-    let (x, gamma) = (cx.f32(&io.x)?, cx.f32(&io.gamma)?);
+    let (x, gamma) = (&cx.f32(&io.x)?, &cx.f32(&io.gamma)?);
     match (&io.add, &io.sum) {
         (Some(add), Some(sum)) => {
-            let add = cx.f32(add)?;
+            let add = &cx.f32(add)?;
             let [sum, y, rstd] = cx.outs.f32s([sum, &io.y, &io.rstd])?;
             residual_forward(rn, x, add, gamma, sum, y, rstd);
         }
@@ -80,8 +80,8 @@ pub(crate) fn exec(cx: &mut Exec<'_>, rn: &RmsNorm) -> Result<(), BackendError> 
 
 pub(crate) fn exec_backward(cx: &mut Exec<'_>, rn: &RmsNorm) -> Result<(), BackendError> {
     let io: RmsNormBackwardIo = cx.call.operands(rn)?;
-    let (x, rstd) = (cx.f32(&io.x)?, cx.f32(&io.rstd)?);
-    let (gamma, dy) = (cx.f32(&io.gamma)?, cx.f32(&io.dy)?);
+    let (x, rstd) = (&cx.f32(&io.x)?, &cx.f32(&io.rstd)?);
+    let (gamma, dy) = (&cx.f32(&io.gamma)?, &cx.f32(&io.dy)?);
     let [dx, dg] = cx.outs.f32s([&io.dx, &io.dgamma])?;
     backward(rn, x, rstd, gamma, dy, dx, dg);
     Ok(())

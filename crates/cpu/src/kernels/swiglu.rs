@@ -49,12 +49,12 @@ pub(crate) fn gated_backward(
 /// The op's dispatch: named operands in, kernel out.
 pub(crate) fn exec(cx: &mut Exec<'_>, s: &SwiGlu) -> Result<(), BackendError> {
     let io: SwiGluIo = cx.call.operands(s)?;
-    forward(s, cx.f32(&io.h)?, cx.outs.f32(&io.g)?);
+    forward(s, &cx.f32(&io.h)?, cx.outs.f32(&io.g)?);
     Ok(())
 }
 
 pub(crate) fn exec_backward(cx: &mut Exec<'_>, s: &SwiGlu) -> Result<(), BackendError> {
     let io: SwiGluBackwardIo = cx.call.operands(s)?;
-    backward(s, cx.f32(&io.h)?, cx.f32(&io.dg)?, cx.outs.f32(&io.dh)?);
+    backward(s, &cx.f32(&io.h)?, &cx.f32(&io.dg)?, cx.outs.f32(&io.dh)?);
     Ok(())
 }
