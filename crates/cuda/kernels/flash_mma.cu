@@ -630,8 +630,10 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
         // dQ rows 16·(warp % WQ).., 16-column chunks c0.. c0 + mine − 1 of the tile: dS·K.
         // `mine` is the same for every lane of a warp, so the guarded ldmatrix stays converged.
         {
-            const int qw = (warp % WQ) * 16, c0 = (warp / WQ) * WP;
-            const int mine = min(WP, CHUNKS - c0);
+            const int qw = (warp % WQ) * 16, c0 = (warp / WQ) * WP, cw = c0 * 16;
+            // Where the chunks share out evenly (D = 64, 128) `mine` is the constant WP and the
+            // guards below compile away (the kernels are then the ones before D = 80 existed).
+            const int mine = CHUNKS % WD == 0 ? WP : min(WP, CHUNKS - c0);
             float acc[2 * WP][4];
 #pragma unroll
             for (int t = 0; t < 2 * WP; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
@@ -644,14 +646,14 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
                 for (int n = 0; n < WP; ++n) {
                     if (n >= mine) break;
                     unsigned b0, b1, b2, b3;
-                    ldsm4t(smem_addr(Ks + (kk * 16 + arow) * LD + (c0 + n) * 16 + acol), b0,
+                    ldsm4t(smem_addr(Ks + (kk * 16 + arow) * LD + cw + n * 16 + acol), b0,
                            b1, b2, b3);
                     mma16816<BF>(acc[2 * n], a, b0, b1);
                     mma16816<BF>(acc[2 * n + 1], a, b2, b3);
                 }
             }
             const i64 i = i0 + qw + lane / 4;
-            float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + c0 * 16 + (lane % 4) * 2;
+            float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + cw + (lane % 4) * 2;
 #pragma unroll
             for (int t = 0; t < 2 * WP; ++t) {
                 if (t >= 2 * mine) break;
