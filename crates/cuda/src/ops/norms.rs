@@ -212,11 +212,26 @@ impl CudaBackend {
             Arg::F32(s.eps as f32),
         ];
         let grid = (int(call, "rows", n)? as u32, 1, 1);
-        let (kernel, threads) = match vec_threads(c, &[&x, &add, &gamma, &beta, &sum, &y]) {
-            Some(threads) => ("norm_forward_vec", threads),
-            None => ("norm_forward", ROW_THREADS),
-        };
-        self.launch(call, SRC, kernel, grid, (threads, 1, 1), 0, &args)
+        match vec_threads(c, &[&x, &add, &gamma, &beta, &sum, &y]) {
+            Some(threads) => self.launch(
+                call,
+                SRC,
+                "norm_forward_vec",
+                grid,
+                (threads, 1, 1),
+                0,
+                &args,
+            ),
+            None => self.launch(
+                call,
+                SRC,
+                "norm_forward",
+                grid,
+                (ROW_THREADS, 1, 1),
+                0,
+                &args,
+            ),
+        }
     }
 
     fn norm_backward(
@@ -262,33 +277,45 @@ impl CudaBackend {
             .map_err(driver("scratch for the norm's weight gradients"))?;
         let result = (|| {
             let grid = (blocks as u32, 1, 1);
-            let rows = [
-                x,
-                stats,
-                gamma,
-                dy,
-                dx,
-                Arg::Ptr(scratch.ptr),
-                Arg::I64(n as i64),
-                Arg::I32(int(call, "C", c)?),
-            ];
-            let rms = Arg::I32(i32::from(s.rms));
+            let (c_arg, rms) = (Arg::I32(int(call, "C", c)?), Arg::I32(i32::from(s.rms)));
             let accumulate = Arg::I32(i32::from(s.accumulate));
             match vec {
                 Some(threads) => {
+                    let args = [
+                        x,
+                        stats,
+                        gamma,
+                        dy,
+                        dx,
+                        Arg::Ptr(scratch.ptr),
+                        Arg::I64(n as i64),
+                        c_arg,
+                        rms,
+                        accumulate,
+                    ];
+                    let block = (threads, 1, 1);
                     // β's sums are compiled into a kernel of their own (norms.cu says why).
-                    let kernel = if s.bias {
-                        "norm_backward_vec_beta"
+                    if s.bias {
+                        self.launch(call, SRC, "norm_backward_vec_beta", grid, block, 0, &args)?
                     } else {
-                        "norm_backward_vec"
-                    };
-                    let args = [&rows[..], &[rms, accumulate]].concat();
-                    self.launch(call, SRC, kernel, grid, (threads, 1, 1), 0, &args)?
+                        self.launch(call, SRC, "norm_backward_vec", grid, block, 0, &args)?
+                    }
                 }
                 None => {
-                    let bias = Arg::I32(i32::from(s.bias));
-                    let in_scratch = Arg::I32(i32::from(acc_global));
-                    let args = [&rows[..], &[rms, bias, accumulate, in_scratch]].concat();
+                    let args = [
+                        x,
+                        stats,
+                        gamma,
+                        dy,
+                        dx,
+                        Arg::Ptr(scratch.ptr),
+                        Arg::I64(n as i64),
+                        c_arg,
+                        rms,
+                        Arg::I32(i32::from(s.bias)),
+                        accumulate,
+                        Arg::I32(i32::from(acc_global)),
+                    ];
                     let shared = if acc_global { 0 } else { acc_bytes as u32 };
                     self.launch(
                         call,
