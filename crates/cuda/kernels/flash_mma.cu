@@ -1,5 +1,5 @@
 // Flash attention on tensor cores (tperf_core::ops::flash_attention) for 16-bit storage: q, k,
-// v, o (and dout, dqkv in the backward) all bf16 or all fp16, head sizes 64 and 128, f32
+// v, o (and dout, dqkv in the backward) all bf16 or all fp16, head sizes 64, 80 and 128, f32
 // accumulation. The same algorithm as flash_attention.cu (FlashAttention-2), which stays the
 // fallback for every other case (ops/attention.rs, `mma_kernels`, says when each runs).
 //
