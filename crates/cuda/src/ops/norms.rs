@@ -49,11 +49,16 @@ fn vec_threads(c: u64, args: &[&Arg]) -> Option<u32> {
 fn vec_rows_per_block() -> u64 {
     static ROWS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
     *ROWS.get_or_init(|| {
-        std::env::var("TPERF_NORM_BWD_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&r| r > 0)
-            .unwrap_or(4)
+        let Ok(v) = std::env::var("TPERF_NORM_BWD_ROWS") else {
+            return 4;
+        };
+        match v.parse() {
+            Ok(r) if r > 0 => r,
+            _ => {
+                eprintln!("warning: TPERF_NORM_BWD_ROWS={v:?} is not a positive whole number of rows; using 4");
+                4
+            }
+        }
     })
 }
 
