@@ -207,11 +207,10 @@ __device__ __forceinline__ void norm_backward_vec_impl(Buf x, Buf stats, Buf gam
     const float cf = (float)c;
     const int j = 8 * threadIdx.x;
     const bool mine = j < c;
-    float dg[8], db[BETA ? 8 : 1];
+    // Without a β the compiler drops db: nothing reads it.
+    float dg[8], db[8];
 #pragma unroll
-    for (int e = 0; e < 8; e++) dg[e] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < (BETA ? 8 : 1); e++) db[e] = 0.0f;
+    for (int e = 0; e < 8; e++) dg[e] = db[e] = 0.0f;
     for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
         const i64 base = row * c;
         const float mean = rms ? 0.0f : ld(stats, 2 * row);
@@ -241,7 +240,7 @@ __device__ __forceinline__ void norm_backward_vec_impl(Buf x, Buf stats, Buf gam
                 const float v = rstd * (g[e] * d[e] - mean_dn - xv[e] * mean_dn_xhat);
                 out[e] = accumulate ? prev[e] + v : v;
                 dg[e] += d[e] * xv[e];
-                if (BETA) db[BETA ? e : 0] += d[e];
+                if (BETA) db[e] += d[e];
             }
             st8(dx, base + j, out);
         }
@@ -255,9 +254,8 @@ __device__ __forceinline__ void norm_backward_vec_impl(Buf x, Buf stats, Buf gam
     dst[1] = make_float4(dg[4], dg[5], dg[6], dg[7]);
     if (BETA) {
         dst = (float4*)(out + c + j);
-        dst[0] = make_float4(db[0], db[BETA ? 1 : 0], db[BETA ? 2 : 0], db[BETA ? 3 : 0]);
-        dst[1] = make_float4(db[BETA ? 4 : 0], db[BETA ? 5 : 0], db[BETA ? 6 : 0],
-                             db[BETA ? 7 : 0]);
+        dst[0] = make_float4(db[0], db[1], db[2], db[3]);
+        dst[1] = make_float4(db[4], db[5], db[6], db[7]);
     }
 }
 
