@@ -36,73 +36,6 @@
 // ldmatrix.x4 (4 cycles of the SM's 128 B/cycle) feeds 2 (MT = 1) or 4 (MT = 2) mma.
 
 #define MMA_BK 64
-#define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-
-// 16 bytes global → shared; `valid` false writes zeros and reads nothing (src must still be a
-// mapped address, the caller passes the tile's base).
-__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
-    const int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-__device__ __forceinline__ void cp_async_wait_all() {
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void ldsm4(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2,
-                                      unsigned& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
-}
-__device__ __forceinline__ void ldsm4t(unsigned addr, unsigned& r0, unsigned& r1, unsigned& r2,
-                                       unsigned& r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-                 : "r"(addr)
-                 : "memory");
-}
-
-// c += a·b on one 16×8 tile.
-template <bool BF>
-__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0,
-                                         unsigned b1) {
-    if (BF) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    } else {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-                     "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-}
-
-// Two floats as one register of two 16-bit values, `lo` in the low half (round to nearest even,
-// as st() rounds).
-template <bool BF> __device__ __forceinline__ unsigned pack2(float lo, float hi) {
-    unsigned r;
-    if (BF)
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    else
-        asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-
-__device__ __forceinline__ bool mma_visible(int causal, i64 window, i64 pos, i64 j) {
-    return !causal || (j <= pos && (window < 0 || pos - j < window));
-}
 
 // Rows [0, ROWS) of a (rows, D) operand, row r at src + r·rs, into a shared tile of row stride
 // D + 8 by cp.async; rows at or past `valid` are zero.
@@ -123,12 +56,6 @@ __device__ __forceinline__ void load_rows_async(u16* tile, const u16* src, i64 r
 
 // ---------------------------------------------------------------------------------------------
 // Forward
-
-struct MmaFwdArgs {
-    int h, h_kv, tq, tk, d, causal;
-    i64 window;
-    float scale;
-};
 
 // WARPS warps a block, each owning MT·16 consecutive query rows (MT m16 tiles): a K or V
 // fragment loaded from shared memory feeds MT products, so MT = 2 halves the shared-memory
@@ -271,14 +198,14 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
                 // A row with nothing visible yet keeps m = −∞; subtracting 0 gives p = 0 and a
                 // correction of 0 rather than NaN.
                 const float mu = mx == NEG_INF ? 0.0f : mx;
-                const float corr = exp2f(m[mt][r] - mu);
+                const float corr = fast_exp2(m[mt][r] - mu);
                 m[mt][r] = mx;
                 float sum = 0.0f;
 #pragma unroll
                 for (int t = 0; t < NT; ++t)
 #pragma unroll
                     for (int e = 2 * r; e < 2 * r + 2; ++e) {
-                        s[mt][t][e] = exp2f(fmaf(s[mt][t][e], sl2, -mu));
+                        s[mt][t][e] = fast_exp2(fmaf(s[mt][t][e], sl2, -mu));
                         sum += s[mt][t][e];
                     }
                 l[mt][r] = l[mt][r] * corr + sum;
@@ -337,17 +264,6 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
                 st(lse, (b * p.h + head) * p.tq + i, (m[mt][r] + log2f(sum)) * LN2);
         }
 }
-
-#define MMA_FWD_PARAMS                                                                           \
-    Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_sh, i64 k_sj, Buf vb, i64 v0, i64 v_sb, i64 v_sh,  \
-        i64 v_sj, Buf o, Buf lse, int h, int h_kv, int tq, int tk, int d, int causal, i64 window, \
-        float scale, const int* step
-// `step`, when not null, holds the key count of a replayed decode step (graph.rs), as in
-// flash_attention.cu. `d` is the kernel's D (the host checks); it is kept so that both sources
-// take one argument list.
-#define MMA_FWD_ARGS                                                                             \
-    qkv, kb, k0, k_sb, k_sh, k_sj, vb, v0, v_sb, v_sh, v_sj, o, lse,                            \
-        MmaFwdArgs{h, h_kv, tq, step ? step[0] : tk, d, causal, window, scale}
 
 // D = 64: 4 warps of 32 query rows (128-row tiles; 254 registers, 2 blocks an SM). D = 128:
 // 4 warps of 16 rows (64-row tiles): 32 rows would need 64 more registers of Q fragments than
@@ -585,7 +501,7 @@ __device__ __forceinline__ void mma_bwd(Buf qkv, Buf dout, Buf lse, const float*
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int q = t * 8 + (lane % 4) * 2 + (e % 2);
-                float pv = exp2f(fmaf(s[t][e], sl2, -Lt[q] * LOG2E));
+                float pv = fast_exp2(fmaf(s[t][e], sl2, -Lt[q] * LOG2E));
                 if (masked) {
                     const i64 i = i0 + q, j = j0 + kr + (e / 2) * 8;
                     if (!(i < qhi && j < j1 && mma_visible(p.causal, p.window, off + i, j)))

@@ -19,13 +19,23 @@ const COMMON: &str = include_str!("../kernels/common.cuh");
 pub struct Source {
     pub name: &'static str,
     pub text: &'static str,
+    /// Headers of `kernels/` placed between common.cuh and the text, as (file name, text).
+    pub headers: &'static [(&'static str, &'static str)],
+    /// The source uses instructions only an architecture-specific target has (`sm_90a`: Hopper's
+    /// wgmma), so it is compiled for that target (see `target`) and loaded on no other device.
+    pub arch_specific: bool,
 }
 
 macro_rules! source {
     ($name:literal) => {
+        source!($name, [], false)
+    };
+    ($name:literal, [$($header:literal),*], $arch_specific:expr) => {
         Source {
             name: $name,
             text: include_str!(concat!("../kernels/", $name, ".cu")),
+            headers: &[$(($header, include_str!(concat!("../kernels/", $header)))),*],
+            arch_specific: $arch_specific,
         }
     };
 }
@@ -46,7 +56,8 @@ pub const SOURCES: &[Source] = &[
     source!("optimizer"),
     source!("attention"),
     source!("flash_attention"),
-    source!("flash_mma"),
+    source!("flash_mma", ["tensor_core.cuh"], false),
+    source!("flash_wgmma", ["tensor_core.cuh"], true),
     source!("paged"),
     source!("sampling"),
     source!("decode_attention"),
@@ -82,9 +93,26 @@ fn nvrtc_err(during: &'static str) -> impl Fn(nvrtc::NvrtcError) -> CompileError
     move |source| CompileError::Nvrtc { during, source }
 }
 
-/// The full text NVRTC compiles for `src`.
+/// The full text NVRTC compiles for `src`: common.cuh, its headers, then the source, each with
+/// a `#line` so that NVRTC's messages name the right file and line.
 fn full_text(src: &Source) -> String {
-    format!("{COMMON}\n#line 1 \"{}.cu\"\n{}", src.name, src.text)
+    let mut text = String::from(COMMON);
+    for (name, header) in src.headers {
+        text.push_str(&format!("\n#line 1 \"{name}\"\n{header}"));
+    }
+    text.push_str(&format!("\n#line 1 \"{}.cu\"\n{}", src.name, src.text));
+    text
+}
+
+/// The architecture `src` is compiled for on a device of `arch` ("sm_90"): the device's own, or
+/// for a source that needs them its architecture-specific features ("sm_90a"). None when the
+/// device has no target `src` can be built for (an arch-specific source on a non-Hopper GPU).
+pub fn target(src: &Source, arch: &str) -> Option<String> {
+    match (src.arch_specific, arch) {
+        (false, _) => Some(arch.to_string()),
+        (true, "sm_90") => Some("sm_90a".to_string()),
+        (true, _) => None,
+    }
 }
 
 pub fn nvrtc_version() -> Result<(i32, i32), CompileError> {

@@ -65,6 +65,10 @@ pub enum CudaError {
         expected: &'static [ArgKind],
         got: Vec<ArgKind>,
     },
+    /// A source built only for an architecture-specific target (compile::target) asked for on
+    /// a device without it; the host picks those kernels only on such devices.
+    #[error("kernels/{module}.cu needs Hopper's sm_90a features; this GPU is {arch}")]
+    NoTarget { module: &'static str, arch: String },
     #[error("{module}::{kernel} is not in signatures::KERNELS")]
     UnlistedKernel {
         module: &'static str,

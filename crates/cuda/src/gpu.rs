@@ -155,8 +155,12 @@ impl Gpu {
             None => {
                 let src = compile::source(source).ok_or(CudaError::NoSource(source))?;
                 let start = Instant::now();
-                let (cubin, origin) =
-                    compile::cubin(&src, &self.info.arch(), self.info.driver_version)?;
+                let arch = self.info.arch();
+                let target = compile::target(&src, &arch).ok_or(CudaError::NoTarget {
+                    module: source,
+                    arch,
+                })?;
+                let (cubin, origin) = compile::cubin(&src, &target, self.info.driver_version)?;
                 self.ctx
                     .bind_to_thread()
                     .map_err(driver("binding the context"))?;

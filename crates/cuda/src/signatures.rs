@@ -37,6 +37,13 @@ impl Arg {
 
 use ArgKind::*;
 
+/// MMA_FWD_PARAMS of tensor_core.cuh, the flash forwards' one parameter list (flash_attention.cu,
+/// flash_mma.cu, flash_wgmma.cu).
+const FLASH_FWD: &[ArgKind] = &[
+    Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32, I32, I32,
+    I64, F32, Ptr,
+];
+
 /// DEC_PARAMS of decode_attention.cu, which all of its split kernels take.
 const DECODE_SPLIT: &[ArgKind] = &[
     Buf, Buf, Buf, Buf, Buf, Buf, Buf, Ptr, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, I32, I64,
@@ -140,30 +147,9 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     ("attention", "attn_softmax", &[Buf, Buf, I32, I32, I32, I64]),
     ("attention", "attn_softmax_backward", &[Buf, Buf, Buf, I32]),
-    (
-        "flash_attention",
-        "flash_fwd_d64",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
-    (
-        "flash_attention",
-        "flash_fwd_d128",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
-    (
-        "flash_attention",
-        "flash_fwd_d256",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
+    ("flash_attention", "flash_fwd_d64", FLASH_FWD),
+    ("flash_attention", "flash_fwd_d128", FLASH_FWD),
+    ("flash_attention", "flash_fwd_d256", FLASH_FWD),
     (
         "flash_attention",
         "flash_bwd_di",
@@ -195,54 +181,16 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
             Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
         ],
     ),
-    (
-        "flash_mma",
-        "flash_mma_fwd_d64_bf16",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_fwd_d64_f16",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_fwd_d80_bf16",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_fwd_d128_bf16",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_fwd_d80_f16",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_fwd_d128_f16",
-        &[
-            Buf, Buf, I64, I64, I64, I64, Buf, I64, I64, I64, I64, Buf, Buf, I32, I32, I32, I32,
-            I32, I32, I64, F32, Ptr,
-        ],
-    ),
+    ("flash_mma", "flash_mma_fwd_d64_bf16", FLASH_FWD),
+    ("flash_mma", "flash_mma_fwd_d64_f16", FLASH_FWD),
+    ("flash_mma", "flash_mma_fwd_d80_bf16", FLASH_FWD),
+    ("flash_mma", "flash_mma_fwd_d128_bf16", FLASH_FWD),
+    ("flash_mma", "flash_mma_fwd_d80_f16", FLASH_FWD),
+    ("flash_mma", "flash_mma_fwd_d128_f16", FLASH_FWD),
+    ("flash_wgmma", "flash_wgmma_fwd_d64_bf16", FLASH_FWD),
+    ("flash_wgmma", "flash_wgmma_fwd_d64_f16", FLASH_FWD),
+    ("flash_wgmma", "flash_wgmma_fwd_d128_bf16", FLASH_FWD),
+    ("flash_wgmma", "flash_wgmma_fwd_d128_f16", FLASH_FWD),
     (
         "flash_mma",
         "flash_mma_bwd_d64_bf16",
@@ -444,7 +392,10 @@ mod tests {
     fn the_table_is_the_kernels_signatures() {
         let mut parsed = Vec::new();
         for src in SOURCES {
-            for (kernel, params) in parse_kernels(src.text) {
+            // A parameter-list macro may live in one of the source's headers (which define no
+            // kernels themselves).
+            let headers: String = src.headers.iter().map(|(_, text)| *text).collect();
+            for (kernel, params) in parse_kernels(&(headers + src.text)) {
                 parsed.push((src.name, kernel, params));
             }
         }

@@ -258,7 +258,7 @@ fn decode_attention_with_a_window_or_no_mask_matches_the_cpu() {
 
 /// Flash attention in 16-bit storage, the tensor-core kernels' domain (flash_mma.cu: bf16 and
 /// fp16, D = 64, 80 and 128) and one head size beside it (D = 48 takes the scalar fallback): every
-/// edge of a 64- and a 128-row tile (T = 1, 17, 63, 64, 65, 128, 129, 130, 257), causal and
+/// edge of a 64- and a 128-row tile (T = 1, 17, 63, 64, 65, 128, 129, 130, 256, 257), causal and
 /// not, MHA, GQA (H 8, H_kv 2), MQA (H_kv 1) and a sliding window. Forward O and lse, and the backward's dqkv
 /// (dq, dk and dv: the whole buffer), against the CPU.
 ///
@@ -279,7 +279,7 @@ fn flash_attention_in_16_bits_matches_the_cpu() {
     ];
     for dt in [DType::Bf16, DType::F16] {
         for d in [64, 128, 80, 48] {
-            for tt in [1, 17, 63, 64, 65, 128, 129, 130, 257] {
+            for tt in [1, 17, 63, 64, 65, 128, 129, 130, 256, 257] {
                 for (h, h_kv, causal, window) in heads {
                     let b = 1 + usize::from(tt < 64);
                     let a = Attention {

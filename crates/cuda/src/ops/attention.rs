@@ -33,6 +33,7 @@ use tperf_core::tensor::Tensor;
 const NAIVE: &str = "attention";
 const FLASH: &str = "flash_attention";
 const FLASH_MMA: &str = "flash_mma";
+const FLASH_WGMMA: &str = "flash_wgmma";
 
 /// Tile of attn_gemm's output (rows and columns); 256 threads a block.
 const GEMM_TILE: u64 = 64;
@@ -298,6 +299,46 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
         // elements), and two buffers each of lse and Dᵢ (bq f32).
         bwd_shared: (2 * bk + 4 * bq) * row + bk * (bq + 8) * 2 + 4 * bq * 4,
     })
+}
+
+/// The Hopper forward of flash_wgmma.cu (two warpgroups over 128 query rows, 128-key tiles):
+/// its kernel and shared bytes, where it applies: an sm_90 device, D = 64 or 128, and the
+/// operands the tensor-core kernels take (`mma`, the variant mma_variant chose). Off with
+/// TPERF_FLASH_WGMMA=0, which keeps flash_mma.cu's forward (for A/B measurements).
+struct WgmmaFwd {
+    kernel: &'static str,
+    shared: u32,
+}
+
+const WGMMA_FWD_THREADS: u32 = 256;
+const WGMMA_FWD_BQ: u64 = 128;
+
+fn wgmma_fwd(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Option<WgmmaFwd> {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let enabled = *ENABLED.get_or_init(|| match std::env::var("TPERF_FLASH_WGMMA") {
+        Err(_) => true,
+        Ok(v) if v == "1" => true,
+        Ok(v) if v == "0" => false,
+        Ok(v) => {
+            eprintln!("warning: TPERF_FLASH_WGMMA={v:?} is neither 0 nor 1; using 1");
+            true
+        }
+    });
+    if !enabled || cc != (9, 0) {
+        return None;
+    }
+    let bf16 = mma.fwd.ends_with("bf16");
+    let kernel = match (d, bf16) {
+        (64, true) => "flash_wgmma_fwd_d64_bf16",
+        (64, false) => "flash_wgmma_fwd_d64_f16",
+        (128, true) => "flash_wgmma_fwd_d128_bf16",
+        (128, false) => "flash_wgmma_fwd_d128_f16",
+        _ => return None,
+    };
+    // The Q tile (128 rows) and two buffers each of K and V tiles (128 rows), 2 bytes an
+    // element, unpadded (swizzled), and 1 KB to align the first tile to 1024 bytes.
+    let shared = ((WGMMA_FWD_BQ + 4 * 128) * d as u64 * 2 + 1024) as u32;
+    Some(WgmmaFwd { kernel, shared })
 }
 
 /// Where the flash backward's f32 dQ scratch starts, in floats after Dᵢ's `rows`: rounded up
@@ -706,7 +747,12 @@ impl CudaBackend {
             &[qkv, k.buf, v.buf, o],
             &[width, k.base, k.sb, k.sh, k.s0, v.base, v.sb, v.sh, v.s0],
         );
-        let bq = mma.as_ref().map_or(fv.fwd_bq, |m| m.fwd_bq);
+        let wgmma = mma.as_ref().and_then(|m| wgmma_fwd(self.info().cc, a.d, m));
+        let bq = match (&wgmma, &mma) {
+            (Some(_), _) => WGMMA_FWD_BQ,
+            (None, Some(m)) => m.fwd_bq,
+            (None, None) => fv.fwd_bq,
+        };
         let blocks = (a.tq as u64).div_ceil(bq) * (a.b * a.h) as u64;
         let max = i32::MAX as usize;
         one_launch(call, blocks <= max as u64 && a.tk <= max && a.h_kv <= max)?;
@@ -736,6 +782,17 @@ impl CudaBackend {
             Arg::Ptr(self.op_scalars),
         ];
         let grid = (blocks as u32, 1, 1);
+        if let Some(w) = wgmma {
+            return self.launch(
+                call,
+                FLASH_WGMMA,
+                w.kernel,
+                grid,
+                (WGMMA_FWD_THREADS, 1, 1),
+                w.shared,
+                &args,
+            );
+        }
         match mma {
             Some(m) => self.launch(
                 call,

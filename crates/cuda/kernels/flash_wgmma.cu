@@ -1,0 +1,398 @@
+// Flash attention forward on Hopper's warpgroup MMA (wgmma.mma_async, sm_90a; compile.rs builds
+// this source for sm_90a on an sm_90 device and for nothing else) for bf16 and fp16 at head
+// sizes 64 and 128, f32 accumulation: the same algorithm, masks and outputs (O, lse) as
+// flash_mma.cu's forward, which it replaces there (ops/attention.rs, `mma_variant`).
+//
+// Why: mma.sync multiplies 16×8×16 per warp instruction and needs its B fragments loaded by
+// ldmatrix from shared memory every time; the forward of flash_mma.cu was issue-bound at
+// 225–270 TFLOP/s (ncu: ~45% issue busy, 8–12 warps an SM). wgmma multiplies 64×N×16 per
+// warpgroup instruction with both B and (for S = Q·Kᵀ) A read by the tensor cores straight
+// from shared memory, and Q needs no registers at all.
+//
+// A block is two warpgroups (256 threads) over a 128-row query tile, 64 rows a warpgroup, and
+// walks 128-key tiles of K and V, double-buffered by cp.async (tile t + 1 loads while tile t
+// computes), each tile:
+//   S = Q·Kᵀ        wgmma m64n128k16 × D/16, Q and K both K-major from shared memory;
+//   online softmax  on S in registers, in base 2, masks only on tiles that need them (as in
+//                   flash_mma.cu);
+//   O += P·V        wgmma m64nDk16 × 8, P from registers (the accumulator layout of S is the
+//                   A-fragment layout, as with mma.sync) rounded to 16 bits, V N-major
+//                   (transposed) from shared memory.
+// The accumulator layout per warp is mma.sync's C (warp w of a warpgroup owns rows 16w..16w+15;
+// lane 4g + t holds, in each 8-column chunk i, elements 4i..4i+3 = (g, 8i + 2t..+1) and
+// (g + 8, 8i + 2t..+1)), so the softmax and the epilogue are flash_mma.cu's.
+//
+// Shared memory holds every tile in the 128-byte swizzle wgmma reads: D/64 panels of rows × 64
+// columns (128 bytes a row); 16-byte chunk c of row r sits at chunk c ^ (r % 8) of its row.
+// Each panel starts 1024-byte aligned (the swizzle repeats every 8 rows and applies to address
+// bits). Descriptors: K-major operands (Q, K) step 32 bytes along K inside a panel, stride 1024
+// bytes per 8 rows; the N-major V steps 16 rows (2048 bytes) per k16, 1024 bytes per 8 keys, and
+// its leading offset is the panel stride (the next 64 columns of D).
+//
+// Shared bytes: (128 + 4·128)·D·2 + 1024 alignment slack: 81 KB at D = 64, 161 KB at 128.
+// Registers per thread: S 64, O D/2, P 32.
+
+#define WG_BQ 128
+#define WG_BK 128
+#define WG_THREADS 256
+
+__device__ __forceinline__ void wgmma_fence() {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Pins the registers of `d` at this point: the compiler must not move their reads or writes into
+// a wgmma's asynchronous window (between its issue and the wait).
+template <int R> __device__ __forceinline__ void wgmma_hold(float (&d)[R]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+// cp.async writes shared memory through the generic proxy, wgmma reads it through the async
+// proxy: this orders the first before the second (with the barrier after it).
+__device__ __forceinline__ void fence_async_shared() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+typedef unsigned long long u64;
+
+// A shared-memory matrix descriptor of a 128-byte-swizzled operand at shared address `addr`:
+// `lead` and `stride` bytes as the PTX ISA defines them for its majorness (see the top).
+__device__ __forceinline__ u64 smem_desc(unsigned addr, unsigned lead, unsigned stride) {
+    return (u64)((addr & 0x3FFFF) >> 4) | ((u64)((lead & 0x3FFFF) >> 4) << 16) |
+           ((u64)((stride & 0x3FFFF) >> 4) << 32) | ((u64)1 << 62);
+}
+
+// Rows [0, ROWS) of a (rows, D) operand, row r at src + r·rs, into the swizzled tile at shared
+// address `tile` by cp.async; rows at or past `valid` are zero.
+template <int D, int ROWS>
+__device__ __forceinline__ void load_swizzled(unsigned tile, const u16* src, i64 rs, int valid) {
+    constexpr int CH = D / 8, CHUNKS = ROWS * CH;
+    static_assert(CHUNKS % WG_THREADS == 0, "every thread copies the same number of chunks");
+#pragma unroll
+    for (int k = 0; k < CHUNKS / WG_THREADS; ++k) {
+        const int idx = threadIdx.x + k * WG_THREADS;
+        const int r = idx / CH, c = idx % CH;
+        const bool ok = r < valid;
+        const unsigned dst = tile + (c / 8) * (ROWS * 128) + r * 128 + (((c % 8) ^ (r % 8)) * 16);
+        cp_async16(dst, src + (ok ? (i64)r * rs : 0) + c * 8, ok);
+    }
+}
+
+// d (+)= A·B, m64n64k16, A and B both K-major from shared memory (descriptors `a`, `b`);
+// `accumulate` 0 overwrites d.
+template <bool BF>
+__device__ __forceinline__ void wgmma_ss_n64(float (&d)[32], u64 a, u64 b, int accumulate) {
+    if (BF)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                     "%32, %33, p, 1, 1, 0, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                     : "l"(a), "l"(b), "r"(accumulate));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                     "%32, %33, p, 1, 1, 0, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                     : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// d (+)= A·B, m64n128k16, A and B both K-major from shared memory (descriptors `a`, `b`);
+// `accumulate` 0 overwrites d.
+template <bool BF>
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], u64 a, u64 b, int accumulate) {
+    if (BF)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                     "%64, %65, p, 1, 1, 0, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                     : "l"(a), "l"(b), "r"(accumulate));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                     "%64, %65, p, 1, 1, 0, 0;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                     : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// d (+)= A·B, m64n64k16, A from registers (the m16n8k16 A fragment layout per warp), B
+// N-major (transposed) from shared memory.
+template <bool BF>
+__device__ __forceinline__ void wgmma_rs_n64(float (&d)[32], const unsigned (&a)[4], u64 b,
+                                              int accumulate) {
+    if (BF)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                     "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                     "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+
+// d (+)= A·B, m64n128k16, A from registers (the m16n8k16 A fragment layout per warp), B
+// N-major (transposed) from shared memory.
+template <bool BF>
+__device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const unsigned (&a)[4], u64 b,
+                                              int accumulate) {
+    if (BF)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                     "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+                     "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+
+
+// The masks and the online softmax of one S tile (rows g and g + 8 of this thread): S becomes
+// P = exp2(S·scale·log2(e) − m) in place, m and l move on, and `corr` is the factor O (summed
+// under the old m) must be multiplied by.
+template <int BK>
+__device__ __forceinline__ void wg_softmax(float (&s)[BK / 2], float (&m)[2], float (&l)[2],
+                                           float (&corr)[2], float sl2, bool masked, i64 pos0,
+                                           i64 j0, i64 hi, const MmaFwdArgs& p, int lane) {
+    constexpr int NT = BK / 8;
+    if (masked) {
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const i64 pos = pos0 + (e / 2) * 8;
+                const i64 j = j0 + t * 8 + (lane % 4) * 2 + (e % 2);
+                if (!(j < hi && mma_visible(p.causal, p.window, pos, j))) s[t * 4 + e] = NEG_INF;
+            }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        // The max of the raw scores, scaled once (sl2 > 0).
+        float raw = NEG_INF;
+#pragma unroll
+        for (int t = 0; t < NT; ++t) raw = fmaxf(raw, fmaxf(s[t * 4 + 2 * r], s[t * 4 + 2 * r + 1]));
+        raw = fmaxf(raw, __shfl_xor_sync(0xffffffffu, raw, 1));
+        raw = fmaxf(raw, __shfl_xor_sync(0xffffffffu, raw, 2));
+        const float mx = fmaxf(m[r], raw * sl2);
+        // A row with nothing visible yet keeps m = −∞; subtracting 0 gives p = 0 and a
+        // correction of 0 rather than NaN.
+        const float mu = mx == NEG_INF ? 0.0f : mx;
+        corr[r] = fast_exp2(m[r] - mu);
+        m[r] = mx;
+        float sum = 0.0f;
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 2 * r; e < 2 * r + 2; ++e) {
+                s[t * 4 + e] = fast_exp2(fmaf(s[t * 4 + e], sl2, -mu));
+                sum += s[t * 4 + e];
+            }
+        l[r] = l[r] * corr[r] + sum;
+    }
+}
+
+// P's A fragments (16 keys each) from the S accumulators, rounded to 16 bits.
+template <int BK, bool BF>
+__device__ __forceinline__ void wg_pack_p(unsigned (&pa)[BK / 16][4], const float (&s)[BK / 2]) {
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+        pa[kk][0] = pack2<BF>(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[kk][1] = pack2<BF>(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = pack2<BF>(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = pack2<BF>(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+}
+
+template <int D, bool BF>
+__device__ __forceinline__ void wg_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_sh, i64 k_sj,
+                                       Buf vb, i64 v0, i64 v_sb, i64 v_sh, i64 v_sj, Buf o,
+                                       Buf lse, MmaFwdArgs p) {
+    static_assert(D == 64 || D == 128, "wgmma forward: D = 64 or 128");
+    constexpr int BQ = WG_BQ, BK = WG_BK, KT = D / 16, OT = D / 8;
+    // Bytes of one panel (64 columns) of a Q tile and of a K or V tile.
+    constexpr unsigned QPANEL = BQ * 128, KPANEL = BK * 128;
+    constexpr unsigned QBYTES = BQ * D * 2, KBYTES = BK * D * 2;
+    extern __shared__ __align__(16) u16 wg_smem[];
+    const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;
+    const unsigned Qs = base, Ks = Qs + QBYTES, Vs = Ks + 2 * KBYTES; // K, V: 2 buffers each
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int wg = warp / 4, wq = warp % 4; // warpgroup, and warp within it
+    const int tiles = (p.tq + BQ - 1) / BQ;
+    const int tile = tiles - 1 - (int)(blockIdx.x % tiles);
+    const int head = (int)((blockIdx.x / tiles) % p.h);
+    const i64 b = (i64)(blockIdx.x / tiles) / p.h;
+    const int g = head / (p.h / p.h_kv);
+    const i64 width = (i64)(p.h + 2 * p.h_kv) * D;
+    const int i0 = tile * BQ, i1 = min(i0 + BQ, p.tq);
+    const i64 off = (i64)p.tk - p.tq;
+
+    i64 lo = 0, hi = p.tk;
+    if (p.causal) {
+        hi = off + i1;
+        if (p.window >= 0) lo = max((i64)0, off + i0 + 1 - p.window);
+    }
+
+    const u16* qg = (const u16*)qkv.p + (b * p.tq + i0) * width + (i64)head * D;
+    const u16* kg = (const u16*)kb.p + k0 + b * k_sb + (i64)g * k_sh;
+    const u16* vg = (const u16*)vb.p + v0 + b * v_sb + (i64)g * v_sh;
+    // Key tile t (keys lo + t·BK..) of K or V into buffer t % 2.
+    auto load_k = [&](int t) {
+        const i64 j = lo + (i64)t * BK;
+        load_swizzled<D, BK>(Ks + (t % 2) * KBYTES, kg + j * k_sj, k_sj, (int)min((i64)BK, hi - j));
+    };
+    auto load_v = [&](int t) {
+        const i64 j = lo + (i64)t * BK;
+        load_swizzled<D, BK>(Vs + (t % 2) * KBYTES, vg + j * v_sj, v_sj, (int)min((i64)BK, hi - j));
+    };
+    const int n = lo < hi ? (int)((hi - lo + BK - 1) / BK) : 0;
+
+    float acc[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) acc[i] = 0.0f;
+    // Running max (log2 units, of scaled scores) and this thread's share of the row sum, rows
+    // g and g + 8 of the warp's 16.
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f}, corr[2];
+    const float sl2 = p.scale * LOG2E;
+    const int qr = wg * 64 + wq * 16 + lane / 4; // tile row of elements 0, 1 (2, 3: + 8)
+    const i64 pos0 = off + i0 + qr;              // its query's position among the keys
+    const unsigned qwg = Qs + wg * 64 * 128;     // this warpgroup's 64 rows of Q
+    // Masks are needed past the visible range's end, across the causal diagonal, and where the
+    // window's lower edge cuts the tile (the block's last row sees the fewest old keys).
+    auto needs_mask = [&](i64 j0) {
+        return j0 + BK > hi ||
+               (p.causal && (j0 + BK - 1 > off + i0 ||
+                             (p.window >= 0 && off + i0 + BQ - 1 - j0 >= p.window)));
+    };
+    // S = Q·Kᵀ of key tile t over D in steps of 16: 32 bytes along a panel's rows, then the
+    // next panel. Issued, not waited for.
+    auto issue_s = [&](float (&s)[BK / 2], int t) {
+        const unsigned kt = Ks + (t % 2) * KBYTES;
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            const unsigned step = (kk % 4) * 32;
+            const u64 qd = smem_desc(qwg + (kk / 4) * QPANEL + step, 16, 1024);
+            const u64 kd = smem_desc(kt + (kk / 4) * KPANEL + step, 16, 1024);
+            wgmma_ss_n128<BF>(s, qd, kd, kk > 0);
+        }
+    };
+    // O += P·V of key tile t, 16 keys a step. Issued, not waited for.
+    auto issue_pv = [&](const unsigned (&pa)[BK / 16][4], int t) {
+        const unsigned vt = Vs + (t % 2) * KBYTES;
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+            const u64 vd = smem_desc(vt + kk * 16 * 128, KPANEL, 1024);
+            if constexpr (D == 64)
+                wgmma_rs_n64<BF>(acc, pa[kk], vd, 1);
+            else
+                wgmma_rs_n128<BF>(acc, pa[kk], vd, 1);
+        }
+    };
+
+    // The loop is software-pipelined (FlashAttention-3's intra-warpgroup overlap): while the
+    // tensor cores run P_{t−1}·V_{t−1}, the warps compute the softmax of S_t. Iteration t holds
+    // K_t and V_{t−1} and loads K_{t+1} and V_t into the buffers K_{t−1} and V_{t−2} left.
+    unsigned pa[BK / 16][4];
+    if (n > 0) {
+        load_swizzled<D, BQ>(Qs, qg, width, i1 - i0);
+        load_k(0);
+        cp_async_commit();
+        load_v(0);
+        if (n > 1) load_k(1);
+        cp_async_commit();
+        asm volatile("cp.async.wait_group 1;\n" ::: "memory"); // Q and K_0
+        fence_async_shared();
+        __syncthreads();
+
+        float s[BK / 2];
+        wgmma_fence();
+        issue_s(s, 0);
+        wgmma_commit();
+        wgmma_wait_all();
+        wgmma_hold(s);
+        wg_softmax<BK>(s, m, l, corr, sl2, needs_mask(lo), pos0, lo, hi, p, lane);
+        wg_pack_p<BK, BF>(pa, s);
+        cp_async_wait_all();
+        fence_async_shared();
+        __syncthreads();
+    }
+    for (int t = 1; t < n; ++t) {
+        const i64 j0 = lo + (i64)t * BK;
+        if (t + 1 < n) load_k(t + 1);
+        load_v(t);
+        cp_async_commit();
+
+        float s[BK / 2];
+        wgmma_hold(acc);
+        wgmma_fence();
+        issue_s(s, t);
+        wgmma_commit();
+        issue_pv(pa, t - 1);
+        wgmma_commit();
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); // S_t
+        wgmma_hold(s);
+        wg_softmax<BK>(s, m, l, corr, sl2, needs_mask(j0), pos0, j0, hi, p, lane);
+        wgmma_wait_all(); // P_{t−1}·V_{t−1}: O and P's registers are free again
+        wgmma_hold(acc);
+#pragma unroll
+        for (int i = 0; i < OT; ++i)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i * 4 + e] *= corr[e / 2];
+        wg_pack_p<BK, BF>(pa, s);
+
+        // K_{t+1} and V_t have landed (and are visible to wgmma); every warp is done with K_t
+        // and V_{t−1}.
+        cp_async_wait_all();
+        fence_async_shared();
+        __syncthreads();
+    }
+    if (n > 0) {
+        wgmma_hold(acc);
+        wgmma_fence();
+        issue_pv(pa, n - 1);
+        wgmma_commit();
+        wgmma_wait_all();
+        wgmma_hold(acc);
+    }
+
+    const i64 hd = (i64)p.h * D;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        float sum = l[r];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int i = i0 + qr + 8 * r;
+        if (i >= p.tq) continue;
+        const float inv = 1.0f / sum;
+        u16* orow = (u16*)o.p + (b * p.tq + i) * hd + (i64)head * D + (lane % 4) * 2;
+#pragma unroll
+        for (int t = 0; t < OT; ++t)
+            *(unsigned*)(orow + t * 8) =
+                pack2<BF>(acc[t * 4 + 2 * r] * inv, acc[t * 4 + 2 * r + 1] * inv);
+        if (lane % 4 == 0) st(lse, (b * p.h + head) * p.tq + i, (m[r] + log2f(sum)) * LN2);
+    }
+}
+
+// One block of two warpgroups an SM (161 KB of shared memory at D = 128; registers at D = 64).
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_fwd_d64_bf16(MMA_FWD_PARAMS) {
+    wg_fwd<64, true>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_fwd_d64_f16(MMA_FWD_PARAMS) {
+    wg_fwd<64, false>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_fwd_d128_bf16(MMA_FWD_PARAMS) {
+    wg_fwd<128, true>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_fwd_d128_f16(MMA_FWD_PARAMS) {
+    wg_fwd<128, false>(MMA_FWD_ARGS);
+}
