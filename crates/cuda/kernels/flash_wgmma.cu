@@ -156,6 +156,40 @@ __device__ __forceinline__ void wgmma_rs_n128(float (&d)[64], const unsigned (&a
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
 }
 
+// d (+)= A·B, m64n32k16, A M-major and B N-major (both transposed) from shared memory.
+template <bool BF>
+__device__ __forceinline__ void wgmma_ss_tt_n32(float (&d)[16], u64 a, u64 b, int accumulate) {
+    if (BF)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                     "%16, %17, p, 1, 1, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     : "l"(a), "l"(b), "r"(accumulate));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+                     "%16, %17, p, 1, 1, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+                     : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// d (+)= A·B, m64n64k16, A M-major and B N-major (both transposed) from shared memory.
+template <bool BF>
+__device__ __forceinline__ void wgmma_ss_tt_n64(float (&d)[32], u64 a, u64 b, int accumulate) {
+    if (BF)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                     "%32, %33, p, 1, 1, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                     : "l"(a), "l"(b), "r"(accumulate));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                     "%32, %33, p, 1, 1, 1, 1;\n}\n"
+                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                     : "l"(a), "l"(b), "r"(accumulate));
+}
+
 
 // The masks and the online softmax of one S tile (rows g and g + 8 of this thread): S becomes
 // P = exp2(S·scale·log2(e) − m) in place, m and l move on, and `corr` is the factor O (summed
@@ -395,4 +429,255 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_fwd_d128
 }
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_fwd_d128_f16(MMA_FWD_PARAMS) {
     wg_fwd<128, false>(MMA_FWD_ARGS);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+//
+// The dK/dV/dQ kernel of flash_mma.cu's backward (the same grid: one block per 128 keys, KV
+// head and batch element, after flash_bwd_di; dQ added into the f32 scratch that flash_bwd_dq
+// converts) on wgmma. Warpgroup w owns keys 64w..64w + 63 of the block and their dK and dV
+// accumulators (64 × D each, in registers for the whole kernel). For each 64-row query tile of
+// the group's heads that sees the block's keys (Q, dO, lse and Dᵢ double-buffered by cp.async):
+//   Sᵀ = K_w·Qᵀ, dPᵀ = V_w·dOᵀ    m64n64k16 × D/16 each, all four operands K-major in shared
+//                                 memory;
+//   Pᵀ = exp2(Sᵀ·scale·log2(e) − lse·log2(e)), dSᵀ = Pᵀ ⊙ (dPᵀ − Dᵢ) in registers (masked only
+//                                 where needed); dSᵀ also to shared memory, swizzled;
+//   dV_w += Pᵀ·dO, dK_w += dSᵀ·Q  m64nDk16 × 4 each, Pᵀ and dSᵀ from registers as A fragments,
+//                                 dO and Q N-major;
+//   dQ = dS·K / √D                m64n(D/2)k16 × 8: warpgroup w computes columns
+//                                 w·D/2..(w + 1)·D/2 over all 128 keys, dS M-major (the stored
+//                                 dSᵀ) and K N-major; added to the scratch by 16-byte vector
+//                                 reds (dq_add).
+// Shared bytes: (2·128 + 4·64)·D·2 for K, V and two buffers each of Q and dO, 16 KB of dSᵀ,
+// 1 KB of lse and Dᵢ, 1 KB alignment slack: 82 KB at D = 64, 146 KB at 128. Registers per
+// thread: dK and dV D/2 each, Sᵀ and dPᵀ 32 each, dQ D/4.
+
+#define WGB_BQ 64
+#define WGB_BK 128
+
+template <int D, bool BF>
+__device__ __forceinline__ void wg_bwd(Buf qkv, Buf dout, Buf lse, const float* di, float* dq,
+                                       Buf dqkv, MmaBwdArgs p) {
+    static_assert(D == 64 || D == 128, "wgmma backward: D = 64 or 128");
+    constexpr int BQ = WGB_BQ, BK = WGB_BK, KT = D / 16, NT = BQ / 8, OT = D / 8;
+    constexpr unsigned KPANEL = BK * 128, QPANEL = BQ * 128; // bytes of 64 columns
+    constexpr unsigned KBYTES = BK * D * 2, QBYTES = BQ * D * 2, SBYTES = BK * BQ * 2;
+    extern __shared__ __align__(16) u16 wg_smem[];
+    const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;
+    const unsigned Ks = base, Vs = Ks + KBYTES, Qs = Vs + KBYTES; // Q, dO: 2 buffers each
+    const unsigned dOs = Qs + 2 * QBYTES, dSs = dOs + 2 * QBYTES; // dSᵀ: key rows, 64 queries
+    float* Ls = (float*)((char*)wg_smem + (dSs + SBYTES - smem_addr(wg_smem))); // 2 × BQ
+    float* Ds = Ls + 2 * BQ;                                                     // 2 × BQ
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int wg = warp / 4, wq = warp % 4;
+    const int tiles = (p.tk + BK - 1) / BK;
+    const int tile = (int)(blockIdx.x % tiles);
+    const int g = (int)((blockIdx.x / tiles) % p.h_kv);
+    const i64 b = (i64)(blockIdx.x / tiles) / p.h_kv;
+    const int group = p.h / p.h_kv;
+    const i64 width = (i64)(p.h + 2 * p.h_kv) * D, hd = (i64)p.h * D;
+    const int j0 = tile * BK, j1 = min(j0 + BK, p.tk);
+    const i64 off = (i64)p.tk - p.tq;
+
+    // Query rows that see any key of [j0, j1): [qlo, qhi).
+    i64 qlo = 0, qhi = p.tq;
+    if (p.causal) {
+        qlo = max((i64)0, j0 - off);
+        if (p.window >= 0) qhi = min((i64)p.tq, j1 - 1 + p.window - off);
+    }
+    const int nq = qhi > qlo ? (int)((qhi - qlo + BQ - 1) / BQ) : 0;
+    const int total = group * nq;
+
+    const u16* base_g = (const u16*)qkv.p + b * p.tk * width;
+    load_swizzled<D, BK>(Ks, base_g + j0 * width + (i64)(p.h + g) * D, width, j1 - j0);
+    load_swizzled<D, BK>(Vs, base_g + j0 * width + (i64)(p.h + p.h_kv + g) * D, width, j1 - j0);
+
+    // Query tile `it` (head g·group + it / nq, rows from qlo + (it % nq)·BQ) into buffer `bf`.
+    auto load_q = [&](int it, int bf) {
+        const int head = g * group + it / nq;
+        const i64 i0 = qlo + (i64)(it % nq) * BQ;
+        const int valid = (int)min((i64)BQ, qhi - i0);
+        load_swizzled<D, BQ>(Qs + bf * QBYTES,
+                             (const u16*)qkv.p + (b * p.tq + i0) * width + (i64)head * D, width,
+                             valid);
+        load_swizzled<D, BQ>(dOs + bf * QBYTES,
+                             (const u16*)dout.p + (b * p.tq + i0) * hd + (i64)head * D, hd, valid);
+        const i64 row = (b * p.h + head) * p.tq + i0;
+        for (int q = tid; q < BQ; q += WG_THREADS) {
+            const bool ok = q < valid;
+            const float* lsrc = (const float*)lse.p + row + (ok ? q : 0);
+            const float* dsrc = di + row + (ok ? q : 0);
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(
+                             smem_addr(Ls + bf * BQ + q)),
+                         "l"(lsrc), "r"(ok ? 4 : 0)
+                         : "memory");
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(
+                             smem_addr(Ds + bf * BQ + q)),
+                         "l"(dsrc), "r"(ok ? 4 : 0)
+                         : "memory");
+        }
+    };
+    if (total > 0) load_q(0, 0);
+    cp_async_commit();
+    cp_async_wait_all();
+    fence_async_shared();
+    __syncthreads();
+
+    float dk[D / 2], dv[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.0f;
+
+    const float sl2 = p.scale * LOG2E;
+    const int kr = wg * 64 + wq * 16 + lane / 4; // block key of elements 0, 1 (2, 3: + 8)
+    const unsigned kw = Ks + wg * 64 * 128, vw = Vs + wg * 64 * 128; // this warpgroup's keys
+
+    int bf = 0;
+    for (int it = 0; it < total; ++it, bf ^= 1) {
+        if (it + 1 < total) load_q(it + 1, bf ^ 1);
+        cp_async_commit();
+        const int head = g * group + it / nq;
+        const i64 i0 = qlo + (i64)(it % nq) * BQ;
+        const unsigned Qt = Qs + bf * QBYTES, dOt = dOs + bf * QBYTES;
+        const float* Lt = Ls + bf * BQ;
+        const float* Dt = Ds + bf * BQ;
+
+        float s[BQ / 2], dp[BQ / 2];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            const unsigned step = (kk % 4) * 32;
+            const unsigned kp = (kk / 4) * KPANEL + step, qp = (kk / 4) * QPANEL + step;
+            wgmma_ss_n64<BF>(s, smem_desc(kw + kp, 16, 1024), smem_desc(Qt + qp, 16, 1024),
+                             kk > 0);
+            wgmma_ss_n64<BF>(dp, smem_desc(vw + kp, 16, 1024), smem_desc(dOt + qp, 16, 1024),
+                             kk > 0);
+        }
+        wgmma_commit();
+        wgmma_wait_all();
+        wgmma_hold(s);
+        wgmma_hold(dp);
+
+        const bool masked =
+            i0 + BQ > qhi || j0 + BK > p.tk ||
+            (p.causal && (j0 + BK - 1 > off + i0 ||
+                          (p.window >= 0 && off + i0 + BQ - 1 - j0 >= p.window)));
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int q = t * 8 + (lane % 4) * 2 + (e % 2);
+                float pv = fast_exp2(fmaf(s[t * 4 + e], sl2, -Lt[q] * LOG2E));
+                if (masked) {
+                    const i64 i = i0 + q, j = j0 + kr + (e / 2) * 8;
+                    if (!(i < qhi && j < j1 && mma_visible(p.causal, p.window, off + i, j)))
+                        pv = 0.0f;
+                }
+                s[t * 4 + e] = pv;
+                dp[t * 4 + e] = pv * (dp[t * 4 + e] - Dt[q]);
+            }
+
+        // dSᵀ to shared memory for dQ: key row kr (and kr + 8), query pairs, in the swizzle.
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            const int q = t * 8 + (lane % 4) * 2;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int key = kr + 8 * r;
+                const unsigned at = dSs + key * 128 + (((q / 8) ^ (key % 8)) * 16) + (q % 8) * 2;
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(at),
+                             "r"(pack2<BF>(dp[t * 4 + 2 * r], dp[t * 4 + 2 * r + 1]))
+                             : "memory");
+            }
+        }
+
+        // dV += Pᵀ·dO, dK += dSᵀ·Q over the tile's 64 queries, 16 a step.
+        unsigned pa[BQ / 16][4], sa[BQ / 16][4];
+        wg_pack_p<BQ, BF>(pa, s);
+        wg_pack_p<BQ, BF>(sa, dp);
+        wgmma_hold(dv);
+        wgmma_hold(dk);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk) {
+            const u64 od = smem_desc(dOt + kk * 16 * 128, QPANEL, 1024);
+            const u64 qd = smem_desc(Qt + kk * 16 * 128, QPANEL, 1024);
+            if constexpr (D == 64) {
+                wgmma_rs_n64<BF>(dv, pa[kk], od, 1);
+                wgmma_rs_n64<BF>(dk, sa[kk], qd, 1);
+            } else {
+                wgmma_rs_n128<BF>(dv, pa[kk], od, 1);
+                wgmma_rs_n128<BF>(dk, sa[kk], qd, 1);
+            }
+        }
+        wgmma_commit();
+        fence_async_shared();
+        __syncthreads(); // dSᵀ is complete
+
+        // dQ columns wg·D/2.. of the tile: dS (64 queries × 128 keys) · K.
+        constexpr int DQ = D / 2;
+        // Columns wg·D/2.. of K: warpgroup 1's are the second panel at D = 128, and the second
+        // half of each 128-byte row (64 bytes in) at D = 64.
+        const unsigned kcol = D == 128 ? wg * KPANEL : wg * 64;
+        float acc[DQ / 2];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+            const u64 sd = smem_desc(dSs + kk * 16 * 128, SBYTES, 1024);
+            const u64 kd = smem_desc(Ks + kcol + kk * 16 * 128, KPANEL, 1024);
+            if constexpr (D == 64)
+                wgmma_ss_tt_n32<BF>(acc, sd, kd, kk > 0);
+            else
+                wgmma_ss_tt_n64<BF>(acc, sd, kd, kk > 0);
+        }
+        wgmma_commit();
+        wgmma_wait_all();
+        wgmma_hold(acc);
+        wgmma_hold(dv);
+        wgmma_hold(dk);
+
+        {
+            const i64 i = i0 + wq * 16 + lane / 4;
+            float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + wg * DQ + (lane % 4) * 2;
+#pragma unroll
+            for (int t = 0; t < DQ / 8; ++t) {
+                const float c[4] = {acc[t * 4], acc[t * 4 + 1], acc[t * 4 + 2], acc[t * 4 + 3]};
+                dq_add(dst + t * 8, hd, c, p.scale, lane, i < qhi, i + 8 < qhi);
+            }
+        }
+
+        // The next tile has landed; every warp is done with this tile's buffers and dSᵀ.
+        cp_async_wait_all();
+        fence_async_shared();
+        __syncthreads();
+    }
+
+    // Each key of the tile is written once, by this block.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int j = j0 + kr + 8 * r;
+        if (j >= j1) continue;
+        u16* row = (u16*)dqkv.p + (b * p.tk + j) * width + (lane % 4) * 2;
+#pragma unroll
+        for (int t = 0; t < OT; ++t) {
+            *(unsigned*)(row + (i64)(p.h + g) * D + t * 8) =
+                pack2<BF>(dk[t * 4 + 2 * r] * p.scale, dk[t * 4 + 2 * r + 1] * p.scale);
+            *(unsigned*)(row + (i64)(p.h + p.h_kv + g) * D + t * 8) =
+                pack2<BF>(dv[t * 4 + 2 * r], dv[t * 4 + 2 * r + 1]);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_bwd_d64_bf16(MMA_BWD_PARAMS) {
+    wg_bwd<64, true>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_bwd_d64_f16(MMA_BWD_PARAMS) {
+    wg_bwd<64, false>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_bwd_d128_bf16(MMA_BWD_PARAMS) {
+    wg_bwd<128, true>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_bwd_d128_f16(MMA_BWD_PARAMS) {
+    wg_bwd<128, false>(MMA_BWD_ARGS);
 }

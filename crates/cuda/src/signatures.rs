@@ -44,6 +44,12 @@ const FLASH_FWD: &[ArgKind] = &[
     I64, F32, Ptr,
 ];
 
+/// MMA_BWD_PARAMS of tensor_core.cuh, the flash backwards' one parameter list (flash_attention.cu,
+/// flash_mma.cu, flash_wgmma.cu).
+const FLASH_BWD: &[ArgKind] = &[
+    Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
+];
+
 /// DEC_PARAMS of decode_attention.cu, which all of its split kernels take.
 const DECODE_SPLIT: &[ArgKind] = &[
     Buf, Buf, Buf, Buf, Buf, Buf, Buf, Ptr, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, I32, I64,
@@ -160,27 +166,9 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         "flash_bwd_dq",
         &[Ptr, Buf, I64, I64, I64],
     ),
-    (
-        "flash_attention",
-        "flash_bwd_d64",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_attention",
-        "flash_bwd_d128",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_attention",
-        "flash_bwd_d256",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
+    ("flash_attention", "flash_bwd_d64", FLASH_BWD),
+    ("flash_attention", "flash_bwd_d128", FLASH_BWD),
+    ("flash_attention", "flash_bwd_d256", FLASH_BWD),
     ("flash_mma", "flash_mma_fwd_d64_bf16", FLASH_FWD),
     ("flash_mma", "flash_mma_fwd_d64_f16", FLASH_FWD),
     ("flash_mma", "flash_mma_fwd_d80_bf16", FLASH_FWD),
@@ -191,48 +179,16 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ("flash_wgmma", "flash_wgmma_fwd_d64_f16", FLASH_FWD),
     ("flash_wgmma", "flash_wgmma_fwd_d128_bf16", FLASH_FWD),
     ("flash_wgmma", "flash_wgmma_fwd_d128_f16", FLASH_FWD),
-    (
-        "flash_mma",
-        "flash_mma_bwd_d64_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwd_d64_f16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwd_d80_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwd_d128_bf16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwd_d80_f16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
-    (
-        "flash_mma",
-        "flash_mma_bwd_d128_f16",
-        &[
-            Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
-        ],
-    ),
+    ("flash_wgmma", "flash_wgmma_bwd_d64_bf16", FLASH_BWD),
+    ("flash_wgmma", "flash_wgmma_bwd_d64_f16", FLASH_BWD),
+    ("flash_wgmma", "flash_wgmma_bwd_d128_bf16", FLASH_BWD),
+    ("flash_wgmma", "flash_wgmma_bwd_d128_f16", FLASH_BWD),
+    ("flash_mma", "flash_mma_bwd_d64_bf16", FLASH_BWD),
+    ("flash_mma", "flash_mma_bwd_d64_f16", FLASH_BWD),
+    ("flash_mma", "flash_mma_bwd_d80_bf16", FLASH_BWD),
+    ("flash_mma", "flash_mma_bwd_d128_bf16", FLASH_BWD),
+    ("flash_mma", "flash_mma_bwd_d80_f16", FLASH_BWD),
+    ("flash_mma", "flash_mma_bwd_d128_f16", FLASH_BWD),
     (
         "paged",
         "paged_kv_append",

@@ -301,44 +301,69 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
     })
 }
 
-/// The Hopper forward of flash_wgmma.cu (two warpgroups over 128 query rows, 128-key tiles):
-/// its kernel and shared bytes, where it applies: an sm_90 device, D = 64 or 128, and the
-/// operands the tensor-core kernels take (`mma`, the variant mma_variant chose). Off with
-/// TPERF_FLASH_WGMMA=0, which keeps flash_mma.cu's forward (for A/B measurements).
-struct WgmmaFwd {
-    kernel: &'static str,
-    shared: u32,
+/// The Hopper kernels of flash_wgmma.cu, where they apply: an sm_90 device, D = 64 or 128, and
+/// the operands the tensor-core kernels take (`mma`, the variant mma_variant chose). The
+/// forward: two warpgroups over 128 query rows, 128-key tiles; the backward: flash_mma.cu's grid
+/// (128 keys a block, 256 threads), 64-row query tiles. TPERF_FLASH_WGMMA picks them for A/B
+/// measurements: 1 (the default) both, 0 neither (flash_mma.cu's), `fwd` or `bwd` one of them.
+struct Wgmma {
+    fwd: Option<(&'static str, u32)>,
+    bwd: Option<(&'static str, u32)>,
 }
 
 const WGMMA_FWD_THREADS: u32 = 256;
 const WGMMA_FWD_BQ: u64 = 128;
 
-fn wgmma_fwd(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Option<WgmmaFwd> {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let enabled = *ENABLED.get_or_init(|| match std::env::var("TPERF_FLASH_WGMMA") {
-        Err(_) => true,
-        Ok(v) if v == "1" => true,
-        Ok(v) if v == "0" => false,
-        Ok(v) => {
-            eprintln!("warning: TPERF_FLASH_WGMMA={v:?} is neither 0 nor 1; using 1");
-            true
-        }
+fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
+    static CHOICE: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
+    let (fwd_on, bwd_on) = *CHOICE.get_or_init(|| match std::env::var("TPERF_FLASH_WGMMA") {
+        Err(_) => (true, true),
+        Ok(v) => match v.as_str() {
+            "1" => (true, true),
+            "0" => (false, false),
+            "fwd" => (true, false),
+            "bwd" => (false, true),
+            _ => {
+                eprintln!("warning: TPERF_FLASH_WGMMA={v:?} is none of 1, 0, fwd, bwd; using 1");
+                (true, true)
+            }
+        },
     });
-    if !enabled || cc != (9, 0) {
-        return None;
-    }
-    let bf16 = mma.fwd.ends_with("bf16");
-    let kernel = match (d, bf16) {
-        (64, true) => "flash_wgmma_fwd_d64_bf16",
-        (64, false) => "flash_wgmma_fwd_d64_f16",
-        (128, true) => "flash_wgmma_fwd_d128_bf16",
-        (128, false) => "flash_wgmma_fwd_d128_f16",
-        _ => return None,
+    let none = Wgmma {
+        fwd: None,
+        bwd: None,
     };
-    // The Q tile (128 rows) and two buffers each of K and V tiles (128 rows), 2 bytes an
-    // element, unpadded (swizzled), and 1 KB to align the first tile to 1024 bytes.
-    let shared = ((WGMMA_FWD_BQ + 4 * 128) * d as u64 * 2 + 1024) as u32;
-    Some(WgmmaFwd { kernel, shared })
+    if cc != (9, 0) || !(d == 64 || d == 128) {
+        return none;
+    }
+    let dt = if mma.fwd.ends_with("bf16") {
+        "bf16"
+    } else {
+        "f16"
+    };
+    let name = |pass: &str| -> &'static str {
+        match (pass, d, dt) {
+            ("fwd", 64, "bf16") => "flash_wgmma_fwd_d64_bf16",
+            ("fwd", 64, _) => "flash_wgmma_fwd_d64_f16",
+            ("fwd", _, "bf16") => "flash_wgmma_fwd_d128_bf16",
+            ("fwd", _, _) => "flash_wgmma_fwd_d128_f16",
+            (_, 64, "bf16") => "flash_wgmma_bwd_d64_bf16",
+            (_, 64, _) => "flash_wgmma_bwd_d64_f16",
+            (_, _, "bf16") => "flash_wgmma_bwd_d128_bf16",
+            _ => "flash_wgmma_bwd_d128_f16",
+        }
+    };
+    let d = d as u64;
+    // Tiles are unpadded (swizzled), 2 bytes an element, plus 1 KB to align the first to 1024
+    // bytes. Forward: the Q tile (128 rows) and two buffers each of K and V tiles (128 rows).
+    let fwd_shared = ((WGMMA_FWD_BQ + 4 * 128) * d * 2 + 1024) as u32;
+    // Backward: K and V (128 rows), two buffers each of Q and dO (64 rows), dSᵀ (128 × 64), two
+    // buffers each of lse and Dᵢ (64 f32).
+    let bwd_shared = ((2 * 128 + 4 * 64) * d * 2 + 128 * 64 * 2 + 4 * 64 * 4 + 1024) as u32;
+    Wgmma {
+        fwd: fwd_on.then(|| (name("fwd"), fwd_shared)),
+        bwd: bwd_on.then(|| (name("bwd"), bwd_shared)),
+    }
 }
 
 /// Where the flash backward's f32 dQ scratch starts, in floats after Dᵢ's `rows`: rounded up
@@ -747,7 +772,9 @@ impl CudaBackend {
             &[qkv, k.buf, v.buf, o],
             &[width, k.base, k.sb, k.sh, k.s0, v.base, v.sb, v.sh, v.s0],
         );
-        let wgmma = mma.as_ref().and_then(|m| wgmma_fwd(self.info().cc, a.d, m));
+        let wgmma = mma
+            .as_ref()
+            .and_then(|m| wgmma_variant(self.info().cc, a.d, m).fwd);
         let bq = match (&wgmma, &mma) {
             (Some(_), _) => WGMMA_FWD_BQ,
             (None, Some(m)) => m.fwd_bq,
@@ -782,14 +809,14 @@ impl CudaBackend {
             Arg::Ptr(self.op_scalars),
         ];
         let grid = (blocks as u32, 1, 1);
-        if let Some(w) = wgmma {
+        if let Some((kernel, shared)) = wgmma {
             return self.launch(
                 call,
                 FLASH_WGMMA,
-                w.kernel,
+                kernel,
                 grid,
                 (WGMMA_FWD_THREADS, 1, 1),
-                w.shared,
+                shared,
                 &args,
             );
         }
@@ -839,8 +866,21 @@ impl CudaBackend {
             Arg::Buf(_, 0) => mma_variant(a.d, &[qkv, dout, dqkv], &[a.qkv_width() as u64]),
             _ => None,
         };
-        let (kernel, bk) = match &mma {
-            Some(m) => (
+        let wgmma = mma
+            .as_ref()
+            .and_then(|m| wgmma_variant(self.info().cc, a.d, m).bwd);
+        let (kernel, bk) = match (&mma, wgmma) {
+            // The same grid and threads as flash_mma.cu's backward.
+            (Some(_), Some((name, shared))) => (
+                BwdKernel {
+                    source: FLASH_WGMMA,
+                    name,
+                    threads: MMA_BWD_THREADS,
+                    shared,
+                },
+                MMA_BWD_BK,
+            ),
+            (Some(m), None) => (
                 BwdKernel {
                     source: FLASH_MMA,
                     name: m.bwd,
@@ -849,7 +889,7 @@ impl CudaBackend {
                 },
                 MMA_BWD_BK,
             ),
-            None => (
+            (None, _) => (
                 BwdKernel {
                     source: FLASH,
                     name: fv.bwd,
