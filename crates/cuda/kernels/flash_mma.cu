@@ -1,7 +1,8 @@
 // Flash attention on tensor cores (tperf_core::ops::flash_attention) for 16-bit storage: q, k,
 // v, o (and dout, dqkv in the backward) all bf16 or all fp16, head sizes 64, 80 and 128, f32
 // accumulation. The same algorithm as flash_attention.cu (FlashAttention-2), which stays the
-// fallback for every other case (ops/attention.rs, `mma_kernels`, says when each runs).
+// fallback for every other case (ops/attention.rs, `mma_variant`, says when each runs). On
+// Hopper (sm_90) flash_wgmma.cu's kernels replace these at D = 64 and 128; D = 80 stays here.
 //
 // Products are mma.sync.m16n8k16 (row.col, f32 accumulators) fed by ldmatrix from shared
 // memory; K/V tiles arrive by 16-byte cp.async, double-buffered, so tile t+1 loads while tile t
