@@ -20,6 +20,32 @@ use tperf_core::comm::{
     bytes_to_f32, f32_to_bytes, part_offset, reduce_in_rank_order, CommError, Communicator, Reduce,
 };
 
+/// The variables torchrun sets for each rank it starts, which tperf's launcher sets the same way
+/// and a rank reads: spelled here once, for the launcher that writes them, the rank that reads
+/// them and the bench that keeps them from leaking into a child that must not be a rank.
+pub mod torchrun {
+    /// This process's rank in the group, 0 ≤ RANK < WORLD_SIZE.
+    pub const RANK: &str = "RANK";
+    /// Its rank among the ranks of its node: the GPU it drives.
+    pub const LOCAL_RANK: &str = "LOCAL_RANK";
+    /// The ranks in the group.
+    pub const WORLD_SIZE: &str = "WORLD_SIZE";
+    /// The ranks on this node.
+    pub const LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
+    /// Where rank 0 listens.
+    pub const MASTER_ADDR: &str = "MASTER_ADDR";
+    pub const MASTER_PORT: &str = "MASTER_PORT";
+    /// Every variable above.
+    pub const ALL: [&str; 6] = [
+        RANK,
+        LOCAL_RANK,
+        WORLD_SIZE,
+        LOCAL_WORLD_SIZE,
+        MASTER_ADDR,
+        MASTER_PORT,
+    ];
+}
+
 /// Where the group meets and how long a rank waits for the others.
 #[derive(Clone, Debug)]
 pub struct Rendezvous {
@@ -34,26 +60,27 @@ impl Rendezvous {
     /// None when WORLD_SIZE is unset (a single-process run); an error when it is set but the
     /// rest is missing or malformed.
     pub fn from_env(timeout: Duration) -> Result<Option<Rendezvous>, String> {
-        let Ok(world) = std::env::var("WORLD_SIZE") else {
+        use torchrun::{MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE};
+        let Ok(world) = std::env::var(WORLD_SIZE) else {
             return Ok(None);
         };
         let num = |name: &str, v: String| {
             v.parse::<usize>()
                 .map_err(|_| format!("{name}={v} is not a whole number"))
         };
-        let world = num("WORLD_SIZE", world)?;
+        let world = num(WORLD_SIZE, world)?;
         let rank = num(
-            "RANK",
-            std::env::var("RANK").map_err(|_| "WORLD_SIZE is set but RANK is not".to_string())?,
+            RANK,
+            std::env::var(RANK).map_err(|_| format!("{WORLD_SIZE} is set but {RANK} is not"))?,
         )?;
         if world == 0 || rank >= world {
-            return Err(format!("RANK={rank} must be below WORLD_SIZE={world}"));
+            return Err(format!("{RANK}={rank} must be below {WORLD_SIZE}={world}"));
         }
-        let host = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
-        let port = std::env::var("MASTER_PORT").unwrap_or_else(|_| "29500".into());
+        let host = std::env::var(MASTER_ADDR).unwrap_or_else(|_| "127.0.0.1".into());
+        let port = std::env::var(MASTER_PORT).unwrap_or_else(|_| "29500".into());
         let addr = format!("{host}:{port}")
             .to_socket_addrs()
-            .map_err(|e| format!("MASTER_ADDR:MASTER_PORT = {host}:{port}: {e}"))?
+            .map_err(|e| format!("{MASTER_ADDR}:{MASTER_PORT} = {host}:{port}: {e}"))?
             .next()
             .ok_or_else(|| format!("{host}:{port} resolves to no address"))?;
         Ok(Some(Rendezvous {
