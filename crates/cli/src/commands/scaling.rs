@@ -307,14 +307,6 @@ fn rank_hardware(host: &Hardware, ranks: Ranks, world: usize) -> Hardware {
     }
 }
 
-/// Threads for each CPU rank's kernels: the host's cores split over the ranks, as torchrun's
-/// OMP_NUM_THREADS does; N ranks each spinning up every core's worth of rayon threads would
-/// fight over the cores rather than share them.
-fn threads_per_rank(world: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / world).max(1)
-}
-
 /// Rank 0's times of the timed steps of one run, in seconds.
 struct Measured {
     step_seconds: Vec<f64>,
@@ -347,10 +339,10 @@ fn measure(s: &Settings, p: &Planned, dir: &Path) -> Result<Measured> {
         (Ranks::Cpu, n) => {
             // --ranks 1 is a single process, as without the flag; the flag lets every N log
             // its time in collectives (none at N = 1).
+            // The launcher gives each of the N ranks cores/N threads (N = 1: all of them).
             cmd.args(["--device", "cpu", "--ranks", &n.to_string()])
                 .arg("--comm-log")
-                .arg(&comm_log)
-                .env("RAYON_NUM_THREADS", threads_per_rank(n).to_string());
+                .arg(&comm_log);
         }
         (Ranks::Gpu, 1) => {
             cmd.args(["--device", "cuda:0"]);
@@ -360,14 +352,7 @@ fn measure(s: &Settings, p: &Planned, dir: &Path) -> Result<Measured> {
         }
     }
     // A bench started inside a launched job must not make its child a rank of that job.
-    for var in [
-        "RANK",
-        "LOCAL_RANK",
-        "WORLD_SIZE",
-        "LOCAL_WORLD_SIZE",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-    ] {
+    for var in tperf_runtime::comm::torchrun::ALL {
         cmd.env_remove(var);
     }
     let out = cmd
@@ -630,8 +615,8 @@ fn table(s: &Settings, hw: &Hardware, rows: &[ScalingRow]) -> Table {
     });
     if s.ranks == Ranks::Cpu {
         t.note(format!(
-            "CPU ranks share this host: each runs with RAYON_NUM_THREADS = cores/N ({} core(s) here) and is modelled on 1/N of '{}''s FLOP/s and memory bandwidth",
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "CPU ranks share this host: each runs with RAYON_NUM_THREADS = cores/N ({} core(s) here; the launcher's split, unless RAYON_NUM_THREADS was set) and is modelled on 1/N of '{}''s FLOP/s and memory bandwidth",
+            super::launch::host_cores(),
             hw.key
         ));
         t.note(format!(
