@@ -703,8 +703,7 @@ fn print_header(
         Loader::Synthetic(_) => "synthetic uniform tokens".to_string(),
     };
     let on = if device == "cpu" {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        format!("cpu ({threads} threads)")
+        format!("cpu ({} threads)", tperf_cpu::threads())
     } else {
         device.to_string()
     };
