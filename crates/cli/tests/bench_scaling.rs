@@ -173,6 +173,33 @@ fn zero1_scaling_runs_the_ranks_under_zero1_and_models_its_collectives() {
     // The ZeRO-1 ranks ran: rank 0 spent time inside its collectives at N = 2.
     assert!(zero1["rows"][1]["measured_comm_seconds"].as_f64().unwrap() > 0.0);
 
+    // `tperf report --scaling` draws both runs on one page, each with its table and plots.
+    let page = dir.path().join("page");
+    let o = tperf(&[
+        "report",
+        "--scaling",
+        dir.path().join("scaling-true.json").to_str().unwrap(),
+        dir.path().join("scaling-false.json").to_str().unwrap(),
+        "--out",
+        page.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let html = std::fs::read_to_string(page.join("report.html")).unwrap();
+    assert!(
+        html.contains("weak scaling of tiny-scaling, ZeRO-1 over --ranks 1,2")
+            && html.contains("weak scaling of tiny-scaling, DDP over --ranks 1,2"),
+        "{html}"
+    );
+    assert_eq!(html.matches("<svg").count(), 6, "three plots per run");
+    assert!(
+        html.contains("--zero1"),
+        "the command line is in the provenance"
+    );
+    // A file of another kind is refused, saying what --scaling reads.
+    let o = tperf(&["report", "--scaling", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("has no scaling rows"), "{}", stderr(&o));
+
     // Without --scaling there is nothing for --zero1 to apply to.
     let o = tperf(&["bench", cfg.to_str().unwrap(), "--zero1"]);
     assert!(!o.status.success());

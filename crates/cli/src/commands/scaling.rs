@@ -553,8 +553,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let table = table(&s, &hw, &rows);
     match args.json.as_deref() {
         Some(path) => {
+            // The command line too, which `tperf report --scaling` shows beside the run.
+            let mut provenance = super::model::provenance();
+            provenance["command_line"] = serde_json::json!(std::env::args().collect::<Vec<_>>());
             let doc = serde_json::json!({
-                "provenance": super::model::provenance(),
+                "provenance": provenance,
                 "hardware": hw,
                 "scaling": s.scaling,
                 "mode": if s.zero1 { "zero1" } else { "ddp" },
