@@ -454,38 +454,36 @@ mod tests {
 
     #[test]
     fn the_guard_disarms_on_every_way_out_of_a_call() {
-        // A limit that a call held for microseconds cannot reach even on a loaded machine.
-        let limit = Duration::from_millis(250);
-        let (dog, fake) = dog_with(0, limit);
-        let started = Instant::now();
-        let mut calls = 0;
-        // Many calls, each far shorter than the limit, over several limits in all.
-        while started.elapsed() < limit * 4 {
-            // Returned normally.
-            drop(dog.arm().unwrap());
-            // Failed: an enqueue error leaves through `?`.
-            let failed = || -> Result<(), &'static str> {
-                let _armed = dog.arm().map_err(|_| "aborted")?;
-                let enqueue: Result<(), &'static str> = Err("enqueue failed");
-                enqueue?;
-                Ok(())
-            };
-            assert_eq!(failed(), Err("enqueue failed"));
-            // Unwound by a panic.
-            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let _armed = dog.arm().unwrap();
-                panic!("a bug inside the group call");
-            }));
-            assert!(unwound.is_err());
-            calls += 3;
-            std::thread::sleep(POLL);
-        }
-        assert!(calls > 12);
-        assert_eq!(
-            fake.aborts.load(Ordering::SeqCst),
-            0,
-            "never armed past the limit"
-        );
+        // Read from the clock itself, not from a race against the thread: a limit no test
+        // reaches, and after every way out of a call the host side must be disarmed.
+        let (dog, fake) = dog_with(0, Duration::from_secs(600));
+        let armed_now = |dog: &Watchdog<Fake>| dog.state().clock.host_since.is_some();
+        let guard = dog.arm().unwrap();
+        assert!(armed_now(&dog), "armed while the call runs");
+        // Returned normally.
+        drop(guard);
+        assert!(!armed_now(&dog), "returned");
+        // Failed: an enqueue error leaves through `?`.
+        let failed = || -> Result<(), &'static str> {
+            let _armed = dog.arm().map_err(|_| "aborted")?;
+            let enqueue: Result<(), &'static str> = Err("enqueue failed");
+            enqueue?;
+            Ok(())
+        };
+        assert_eq!(failed(), Err("enqueue failed"));
+        assert!(!armed_now(&dog), "failed");
+        // Unwound by a panic.
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _armed = dog.arm().unwrap();
+            panic!("a bug inside the group call (this panic is the test's)");
+        }));
+        assert!(unwound.is_err());
+        assert!(!armed_now(&dog), "unwound");
+        // Issued: the host side is done, the device side watched.
+        dog.arm().unwrap().issued(no_stream()).unwrap();
+        assert!(!armed_now(&dog), "issued");
+        assert!(dog.state().clock.device_since.is_some());
+        assert_eq!(fake.aborts.load(Ordering::SeqCst), 0);
         assert!(dog.check().is_ok());
     }
 
