@@ -125,6 +125,88 @@ fn weak_scaling_over_two_cpu_ranks_measures_both_rows_beside_the_model() {
 }
 
 #[test]
+fn zero1_scaling_runs_the_ranks_under_zero1_and_models_its_collectives() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(dir.path());
+    let run = |zero1: bool| {
+        let json = dir.path().join(format!("scaling-{zero1}.json"));
+        let mut args = vec![
+            "bench",
+            cfg.to_str().unwrap(),
+            "--ranks",
+            "1,2",
+            "--scaling",
+            "weak",
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--warmup",
+            "1",
+            "--steps",
+            "2",
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        if zero1 {
+            args.push("--zero1");
+        }
+        let o = tperf(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        (stdout(&o), v)
+    };
+    let (text, zero1) = run(true);
+    assert!(text.contains("ZeRO-1 over --ranks 1,2"), "{text}");
+    assert_eq!(zero1["mode"], "zero1");
+    let (text, ddp) = run(false);
+    assert!(text.contains("DDP over --ranks 1,2"), "{text}");
+    assert_eq!(ddp["mode"], "ddp");
+    let comm =
+        |v: &serde_json::Value, i: usize| v["rows"][i]["modelled_comm_seconds"].as_f64().unwrap();
+    // One rank is the plain step in both modes; at two, ZeRO-1's schedule differs from DDP's
+    // (reduce-scatter + all-gather + the norm's all-reduce, not one all-reduce per bucket).
+    assert_eq!(comm(&zero1, 0), 0.0);
+    assert!(comm(&zero1, 1) > 0.0);
+    assert_ne!(comm(&zero1, 1), comm(&ddp, 1));
+    // The ZeRO-1 ranks ran: rank 0 spent time inside its collectives at N = 2.
+    assert!(zero1["rows"][1]["measured_comm_seconds"].as_f64().unwrap() > 0.0);
+
+    // `tperf report --scaling` draws both runs on one page, each with its table and plots.
+    let page = dir.path().join("page");
+    let o = tperf(&[
+        "report",
+        "--scaling",
+        dir.path().join("scaling-true.json").to_str().unwrap(),
+        dir.path().join("scaling-false.json").to_str().unwrap(),
+        "--out",
+        page.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let html = std::fs::read_to_string(page.join("report.html")).unwrap();
+    assert!(
+        html.contains("weak scaling of tiny-scaling, ZeRO-1 over --ranks 1,2")
+            && html.contains("weak scaling of tiny-scaling, DDP over --ranks 1,2"),
+        "{html}"
+    );
+    assert_eq!(html.matches("<svg").count(), 6, "three plots per run");
+    assert!(
+        html.contains("--zero1"),
+        "the command line is in the provenance"
+    );
+    // A file of another kind is refused, saying what --scaling reads.
+    let o = tperf(&["report", "--scaling", cfg.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("has no scaling rows"), "{}", stderr(&o));
+
+    // Without --scaling there is nothing for --zero1 to apply to.
+    let o = tperf(&["bench", cfg.to_str().unwrap(), "--zero1"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--scaling"), "{}", stderr(&o));
+}
+
+#[test]
 fn strong_scaling_refuses_a_global_batch_that_an_n_does_not_divide_before_running() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny_config(dir.path());

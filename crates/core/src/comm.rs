@@ -39,6 +39,18 @@ pub enum CommError {
         other: usize,
         other_len: usize,
     },
+    /// Two ranks issued different collectives, or the same one over different element counts
+    /// or layouts: the exchange would hang or mix unrelated data, so it is refused on every
+    /// rank instead.
+    #[error("rank {rank}: {during}: rank {first} passes {first_call} but rank {second} passes {second_call}; every rank must issue the same collectives over the same counts (do all ranks run the same model, batch and flags?)")]
+    Disagree {
+        rank: usize,
+        during: &'static str,
+        first: usize,
+        first_call: String,
+        second: usize,
+        second_call: String,
+    },
     #[error("rank {rank}: the connection to the group failed during {during}: {why}")]
     Io {
         rank: usize,

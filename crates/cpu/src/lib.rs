@@ -18,3 +18,9 @@ mod exec;
 pub mod kernels;
 
 pub use backend::CpuBackend;
+
+/// The threads the kernels run on: rayon's global pool, one per core unless
+/// `RAYON_NUM_THREADS` says otherwise (the launcher sets it for each CPU rank of `--ranks N`).
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}

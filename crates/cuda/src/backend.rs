@@ -190,9 +190,13 @@ impl CudaBackend {
         &self.gpu.compile_log
     }
 
-    /// Waits for every op issued so far; a kernel fault surfaces here.
+    /// Waits for every op issued so far; a kernel fault surfaces here, and so does a
+    /// collective the NCCL watchdog aborted (its error, naming the rank and the timeout, comes
+    /// first: the CUDA error an aborted kernel may leave says less).
     pub fn synchronize(&self) -> Result<(), BackendError> {
-        self.gpu.synchronize().map_err(Into::into)
+        let synced = self.gpu.synchronize();
+        self.check_watchdog()?;
+        synced.map_err(Into::into)
     }
 
     /// Bytes in use by category at the tensors' dtype widths (the Meta backend's rule), their

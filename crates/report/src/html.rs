@@ -99,13 +99,8 @@ pub fn render(r: &Results) -> Result<String, HtmlError> {
     Ok(out)
 }
 
-/// A page of serving runs alone (`tperf report --serving`): the records of `tperf bench
-/// serve`, merged, with `lines` of provenance above them.
-pub fn render_serving(
-    title: &str,
-    lines: &[(String, String)],
-    serving: &serde_json::Value,
-) -> Result<String, HtmlError> {
+/// The start of a page of one kind of record: its head, its title and `lines` of provenance.
+fn open_page(title: &str, lines: &[(String, String)]) -> String {
     let mut out = String::new();
     let _ = write!(
         out,
@@ -120,7 +115,33 @@ pub fn render_serving(
         .map(|(k, v)| vec![k.clone(), v.clone()])
         .collect();
     table(&mut out, &["provenance", ""], &rows);
+    out
+}
+
+/// A page of serving runs alone (`tperf report --serving`): the records of `tperf bench
+/// serve`, merged, with `lines` of provenance above them.
+pub fn render_serving(
+    title: &str,
+    lines: &[(String, String)],
+    serving: &serde_json::Value,
+) -> Result<String, HtmlError> {
+    let mut out = open_page(title, lines);
     crate::serving::serving_section(&mut out, serving)?;
+    out.push_str("</body></html>\n");
+    Ok(out)
+}
+
+/// A page of data-parallel scaling runs alone (`tperf report --scaling`): one section per
+/// `tperf bench --scaling --json` document, with `lines` of provenance above them.
+pub fn render_scaling(
+    title: &str,
+    lines: &[(String, String)],
+    runs: &[serde_json::Value],
+) -> Result<String, HtmlError> {
+    let mut out = open_page(title, lines);
+    for run in runs {
+        crate::scaling::scaling_section(&mut out, run)?;
+    }
     out.push_str("</body></html>\n");
     Ok(out)
 }
@@ -337,6 +358,26 @@ mod tests {
             html.contains("measured (1)"),
             "measured points have a legend"
         );
+    }
+
+    #[test]
+    fn a_scaling_page_is_well_formed_and_names_no_url() {
+        let lines = [("scaling.json".to_string(), "tperf bench …".to_string())];
+        let html = render_scaling(
+            "tperf scaling report",
+            &lines,
+            &[crate::scaling::tests::fixture()],
+        )
+        .expect("renders");
+        assert_well_formed(&html);
+        assert_eq!(html.matches("<svg class=\"plot\"").count(), 3);
+        assert!(
+            html.contains("<td>scaling.json</td>"),
+            "the provenance lines"
+        );
+        for bad in ["http://", "https://", "src=", "href=", "@import", "url("] {
+            assert!(!html.contains(bad), "found {bad}");
+        }
     }
 
     /// Every element that must be closed is closed, in order: the page parses as written (a

@@ -9,6 +9,7 @@ pub mod html;
 pub mod markup;
 pub mod plots;
 pub mod results;
+pub mod scaling;
 pub mod serving;
 pub mod table;
 pub mod units;

@@ -20,6 +20,32 @@ use tperf_core::comm::{
     bytes_to_f32, f32_to_bytes, part_offset, reduce_in_rank_order, CommError, Communicator, Reduce,
 };
 
+/// The variables torchrun sets for each rank it starts, which tperf's launcher sets the same way
+/// and a rank reads: spelled here once, for the launcher that writes them, the rank that reads
+/// them and the bench that keeps them from leaking into a child that must not be a rank.
+pub mod torchrun {
+    /// This process's rank in the group, 0 ≤ RANK < WORLD_SIZE.
+    pub const RANK: &str = "RANK";
+    /// Its rank among the ranks of its node: the GPU it drives.
+    pub const LOCAL_RANK: &str = "LOCAL_RANK";
+    /// The ranks in the group.
+    pub const WORLD_SIZE: &str = "WORLD_SIZE";
+    /// The ranks on this node.
+    pub const LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
+    /// Where rank 0 listens.
+    pub const MASTER_ADDR: &str = "MASTER_ADDR";
+    pub const MASTER_PORT: &str = "MASTER_PORT";
+    /// Every variable above.
+    pub const ALL: [&str; 6] = [
+        RANK,
+        LOCAL_RANK,
+        WORLD_SIZE,
+        LOCAL_WORLD_SIZE,
+        MASTER_ADDR,
+        MASTER_PORT,
+    ];
+}
+
 /// Where the group meets and how long a rank waits for the others.
 #[derive(Clone, Debug)]
 pub struct Rendezvous {
@@ -34,26 +60,27 @@ impl Rendezvous {
     /// None when WORLD_SIZE is unset (a single-process run); an error when it is set but the
     /// rest is missing or malformed.
     pub fn from_env(timeout: Duration) -> Result<Option<Rendezvous>, String> {
-        let Ok(world) = std::env::var("WORLD_SIZE") else {
+        use torchrun::{MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE};
+        let Ok(world) = std::env::var(WORLD_SIZE) else {
             return Ok(None);
         };
         let num = |name: &str, v: String| {
             v.parse::<usize>()
                 .map_err(|_| format!("{name}={v} is not a whole number"))
         };
-        let world = num("WORLD_SIZE", world)?;
+        let world = num(WORLD_SIZE, world)?;
         let rank = num(
-            "RANK",
-            std::env::var("RANK").map_err(|_| "WORLD_SIZE is set but RANK is not".to_string())?,
+            RANK,
+            std::env::var(RANK).map_err(|_| format!("{WORLD_SIZE} is set but {RANK} is not"))?,
         )?;
         if world == 0 || rank >= world {
-            return Err(format!("RANK={rank} must be below WORLD_SIZE={world}"));
+            return Err(format!("{RANK}={rank} must be below {WORLD_SIZE}={world}"));
         }
-        let host = std::env::var("MASTER_ADDR").unwrap_or_else(|_| "127.0.0.1".into());
-        let port = std::env::var("MASTER_PORT").unwrap_or_else(|_| "29500".into());
+        let host = std::env::var(MASTER_ADDR).unwrap_or_else(|_| "127.0.0.1".into());
+        let port = std::env::var(MASTER_PORT).unwrap_or_else(|_| "29500".into());
         let addr = format!("{host}:{port}")
             .to_socket_addrs()
-            .map_err(|e| format!("MASTER_ADDR:MASTER_PORT = {host}:{port}: {e}"))?
+            .map_err(|e| format!("{MASTER_ADDR}:{MASTER_PORT} = {host}:{port}: {e}"))?
             .next()
             .ok_or_else(|| format!("{host}:{port} resolves to no address"))?;
         Ok(Some(Rendezvous {
@@ -231,6 +258,246 @@ fn recv(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// One collective as a rank calls it: sent ahead of the rank's data, so that rank 0 checks
+/// every rank's call against its own before anything is reduced or copied
+/// ([`TcpGroup::check_counts`]). Ranks that disagree (a different model, batch or flag on one
+/// of them, a bug that skips a bucket) would otherwise hang waiting for a message of the wrong
+/// size, or reduce unrelated tensors into each other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Call {
+    kind: Kind,
+    reduce: Option<Reduce>,
+    /// The elements of the rank's `data` (bytes for a broadcast).
+    elements: usize,
+    /// A reduce-scatter's or all-gather's rank-major layout; empty for the others.
+    counts: Vec<usize>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    AllReduce,
+    Broadcast,
+    ReduceScatter,
+    AllGather,
+}
+
+impl Kind {
+    const ALL: [Kind; 4] = [
+        Kind::AllReduce,
+        Kind::Broadcast,
+        Kind::ReduceScatter,
+        Kind::AllGather,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::AllReduce => "all_reduce",
+            Kind::Broadcast => "broadcast",
+            Kind::ReduceScatter => "reduce_scatter",
+            Kind::AllGather => "all_gather",
+        }
+    }
+
+    /// The element type the collective moves: its signature's, so one kind never carries two.
+    fn dtype(self) -> &'static str {
+        match self {
+            Kind::Broadcast => "u8",
+            _ => "f32",
+        }
+    }
+}
+
+impl Call {
+    fn new(kind: Kind, reduce: Option<Reduce>, elements: usize, counts: &[usize]) -> Self {
+        Call {
+            kind,
+            reduce,
+            elements,
+            counts: counts.to_vec(),
+        }
+    }
+
+    /// kind (u8), reduction (u8: 0 none, 1 sum, 2 mean), elements (u64), the number of
+    /// counts (u64), the counts (u64 each); little-endian.
+    fn encode(&self) -> Vec<u8> {
+        let kind = Kind::ALL.iter().position(|k| *k == self.kind).unwrap_or(0) as u8;
+        let reduce = match self.reduce {
+            None => 0u8,
+            Some(Reduce::Sum) => 1,
+            Some(Reduce::Mean) => 2,
+        };
+        let mut out = vec![kind, reduce];
+        out.extend((self.elements as u64).to_le_bytes());
+        out.extend((self.counts.len() as u64).to_le_bytes());
+        for c in &self.counts {
+            out.extend((*c as u64).to_le_bytes());
+        }
+        out
+    }
+
+    /// The call at the start of `bytes` and how many bytes it took; None when they are not one.
+    fn decode(bytes: &[u8]) -> Option<(Call, usize)> {
+        let word = |at: usize| -> Option<usize> {
+            let b: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+            usize::try_from(u64::from_le_bytes(b)).ok()
+        };
+        let kind = *Kind::ALL.get(usize::from(*bytes.first()?))?;
+        let reduce = match bytes.get(1)? {
+            0 => None,
+            1 => Some(Reduce::Sum),
+            2 => Some(Reduce::Mean),
+            _ => return None,
+        };
+        let elements = word(2)?;
+        let n = word(10)?;
+        // A layout has one count per rank; more than the bytes can hold is not a call.
+        if n > bytes.len() / 8 {
+            return None;
+        }
+        let counts = (0..n)
+            .map(|i| word(18 + 8 * i))
+            .collect::<Option<Vec<_>>>()?;
+        Some((
+            Call {
+                kind,
+                reduce,
+                elements,
+                counts,
+            },
+            18 + 8 * n,
+        ))
+    }
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.kind.name())?;
+        if let Some(op) = self.reduce {
+            write!(f, " ({})", if op == Reduce::Sum { "sum" } else { "mean" })?;
+        }
+        write!(f, " of {} {} values", self.elements, self.kind.dtype())?;
+        if !self.counts.is_empty() {
+            write!(f, " in parts {:?}", self.counts)?;
+        }
+        Ok(())
+    }
+}
+
+/// The first byte of rank 0's reply: the collective went ahead, and its data follows.
+const REPLY_OK: u8 = 0;
+/// The ranks disagree: (rank, call) of rank 0 and of the first rank that differs follow.
+const REPLY_DISAGREE: u8 = 1;
+
+fn not_a_peer(rank: usize, during: &'static str, what: &str) -> CommError {
+    CommError::Io {
+        rank,
+        during,
+        why: format!("{what} is not a tperf collective (a foreign or corrupt stream)"),
+    }
+}
+
+impl TcpGroup {
+    /// A rank other than 0: sends its call and `payload` to rank 0, and returns the data of
+    /// rank 0's reply, or the disagreement rank 0 found.
+    fn exchange(
+        &self,
+        link: &mut TcpStream,
+        call: &Call,
+        payload: &[u8],
+    ) -> Result<Vec<u8>, CommError> {
+        let during = call.kind.name();
+        let mut frame = call.encode();
+        frame.extend_from_slice(payload);
+        send(link, &frame).map_err(self.err(during))?;
+        let mut reply = recv(link).map_err(self.err(during))?;
+        match reply.first() {
+            Some(&REPLY_OK) => {
+                reply.drain(..1);
+                Ok(reply)
+            }
+            Some(&REPLY_DISAGREE) => {
+                let side = |at: usize| -> Option<(usize, Call, usize)> {
+                    let b: [u8; 8] = reply.get(at..at + 8)?.try_into().ok()?;
+                    let rank = usize::try_from(u64::from_le_bytes(b)).ok()?;
+                    let (call, len) = Call::decode(&reply[at + 8..])?;
+                    Some((rank, call, at + 8 + len))
+                };
+                let (first, first_call, next) =
+                    side(1).ok_or_else(|| not_a_peer(self.rank, during, "rank 0's reply"))?;
+                let (second, second_call, _) =
+                    side(next).ok_or_else(|| not_a_peer(self.rank, during, "rank 0's reply"))?;
+                Err(CommError::Disagree {
+                    rank: self.rank,
+                    during,
+                    first,
+                    first_call: first_call.to_string(),
+                    second,
+                    second_call: second_call.to_string(),
+                })
+            }
+            _ => Err(not_a_peer(self.rank, during, "rank 0's reply")),
+        }
+    }
+
+    /// Rank 0: receives every other rank's frame and checks its call against `call`, this
+    /// rank's: the same collective, reduction, element count and layout. Returns the ranks'
+    /// data in rank order (rank 1 first). When one differs, every rank is told which two
+    /// disagree and how, so all of them fail at once with the same error, none waiting for
+    /// its timeout.
+    fn check_counts(
+        &self,
+        links: &mut [TcpStream],
+        call: &Call,
+    ) -> Result<Vec<Vec<u8>>, CommError> {
+        let during = call.kind.name();
+        let mut payloads = Vec::with_capacity(links.len());
+        let mut disagreement: Option<(usize, Call)> = None;
+        for (i, link) in links.iter_mut().enumerate() {
+            let mut frame = recv(link).map_err(self.err(during))?;
+            let (theirs, len) = Call::decode(&frame)
+                .ok_or_else(|| not_a_peer(0, during, &format!("rank {}'s message", i + 1)))?;
+            if theirs != *call && disagreement.is_none() {
+                disagreement = Some((i + 1, theirs));
+            }
+            frame.drain(..len);
+            payloads.push(frame);
+        }
+        let Some((other, theirs)) = disagreement else {
+            return Ok(payloads);
+        };
+        let mut reply = vec![REPLY_DISAGREE];
+        reply.extend(0u64.to_le_bytes());
+        reply.extend(call.encode());
+        reply.extend((other as u64).to_le_bytes());
+        reply.extend(theirs.encode());
+        for link in links.iter_mut() {
+            // A rank that cannot be told fails on its own (its read times out or breaks).
+            let _ = send(link, &reply);
+        }
+        Err(CommError::Disagree {
+            rank: 0,
+            during,
+            first: 0,
+            first_call: call.to_string(),
+            second: other,
+            second_call: theirs.to_string(),
+        })
+    }
+
+    /// Rank 0's reply to one rank when the ranks agree: the collective's result for it.
+    fn reply(
+        &self,
+        link: &mut TcpStream,
+        during: &'static str,
+        data: &[u8],
+    ) -> Result<(), CommError> {
+        let mut frame = Vec::with_capacity(1 + data.len());
+        frame.push(REPLY_OK);
+        frame.extend_from_slice(data);
+        send(link, &frame).map_err(self.err(during))
+    }
+}
+
 impl Communicator for TcpGroup {
     fn rank(&self) -> usize {
         self.rank
@@ -241,66 +508,47 @@ impl Communicator for TcpGroup {
     }
 
     fn all_reduce(&self, data: &mut [f32], op: Reduce) -> Result<(), CommError> {
-        let during = "all_reduce";
+        let call = Call::new(Kind::AllReduce, Some(op), data.len(), &[]);
+        let during = call.kind.name();
         let mut links = self.links();
         if self.rank != 0 {
-            send(&mut links[0], &f32_to_bytes(data)).map_err(self.err(during))?;
-            let back = bytes_to_f32(&recv(&mut links[0]).map_err(self.err(during))?);
-            if back.len() != data.len() {
-                return Err(CommError::Mismatch {
-                    rank: self.rank,
-                    during,
-                    len: data.len(),
-                    other: 0,
-                    other_len: back.len(),
-                });
-            }
+            let back = bytes_to_f32(&self.exchange(&mut links[0], &call, &f32_to_bytes(data))?);
+            self.check_len(during, data.len(), 0, back.len())?;
             data.copy_from_slice(&back);
             return Ok(());
         }
         let mut parts = vec![data.to_vec()];
-        for (i, link) in links.iter_mut().enumerate() {
-            let part = bytes_to_f32(&recv(link).map_err(self.err(during))?);
-            if part.len() != data.len() {
-                return Err(CommError::Mismatch {
-                    rank: 0,
-                    during,
-                    len: data.len(),
-                    other: i + 1,
-                    other_len: part.len(),
-                });
-            }
+        for (i, payload) in self.check_counts(&mut links, &call)?.iter().enumerate() {
+            let part = bytes_to_f32(payload);
+            // The calls agreed; data of another length than its own call said is a broken peer.
+            self.check_len(during, data.len(), i + 1, part.len())?;
             parts.push(part);
         }
         let views: Vec<&[f32]> = parts.iter().map(Vec::as_slice).collect();
         reduce_in_rank_order(&views, op, data);
         let out = f32_to_bytes(data);
         for link in links.iter_mut() {
-            send(link, &out).map_err(self.err(during))?;
+            self.reply(link, during, &out)?;
         }
         Ok(())
     }
 
     fn broadcast(&self, data: &mut [u8]) -> Result<(), CommError> {
-        let during = "broadcast";
+        // The other ranks send their call (and no data) too, so that a length or a collective
+        // that differs is caught here like in the others.
+        let call = Call::new(Kind::Broadcast, None, data.len(), &[]);
+        let during = call.kind.name();
         let mut links = self.links();
-        if self.rank == 0 {
-            for link in links.iter_mut() {
-                send(link, data).map_err(self.err(during))?;
-            }
+        if self.rank != 0 {
+            let got = self.exchange(&mut links[0], &call, &[])?;
+            self.check_len(during, data.len(), 0, got.len())?;
+            data.copy_from_slice(&got);
             return Ok(());
         }
-        let got = recv(&mut links[0]).map_err(self.err(during))?;
-        if got.len() != data.len() {
-            return Err(CommError::Mismatch {
-                rank: self.rank,
-                during,
-                len: data.len(),
-                other: 0,
-                other_len: got.len(),
-            });
+        self.check_counts(&mut links, &call)?;
+        for link in links.iter_mut() {
+            self.reply(link, during, data)?;
         }
-        data.copy_from_slice(&got);
         Ok(())
     }
 
@@ -312,20 +560,20 @@ impl Communicator for TcpGroup {
         counts: &[usize],
         op: Reduce,
     ) -> Result<(), CommError> {
-        let during = "reduce_scatter";
+        let call = Call::new(Kind::ReduceScatter, Some(op), data.len(), counts);
+        let during = call.kind.name();
         self.check_layout(during, data, counts)?;
         let mut links = self.links();
         if self.rank != 0 {
-            send(&mut links[0], &f32_to_bytes(data)).map_err(self.err(during))?;
             let mine = part_offset(counts, self.rank);
-            let back = bytes_to_f32(&recv(&mut links[0]).map_err(self.err(during))?);
+            let back = bytes_to_f32(&self.exchange(&mut links[0], &call, &f32_to_bytes(data))?);
             self.check_len(during, mine.len(), 0, back.len())?;
             data[mine].copy_from_slice(&back);
             return Ok(());
         }
         let mut parts = vec![data.to_vec()];
-        for (i, link) in links.iter_mut().enumerate() {
-            let part = bytes_to_f32(&recv(link).map_err(self.err(during))?);
+        for (i, payload) in self.check_counts(&mut links, &call)?.iter().enumerate() {
+            let part = bytes_to_f32(payload);
             self.check_len(during, data.len(), i + 1, part.len())?;
             parts.push(part);
         }
@@ -337,7 +585,7 @@ impl Communicator for TcpGroup {
             if r == 0 {
                 data[range].copy_from_slice(&reduced);
             } else {
-                send(&mut links[r - 1], &f32_to_bytes(&reduced)).map_err(self.err(during))?;
+                self.reply(&mut links[r - 1], during, &f32_to_bytes(&reduced))?;
             }
         }
         Ok(())
@@ -345,26 +593,27 @@ impl Communicator for TcpGroup {
 
     /// Every rank sends its part to rank 0, which sends the whole message back to each.
     fn all_gather(&self, data: &mut [f32], counts: &[usize]) -> Result<(), CommError> {
-        let during = "all_gather";
+        let call = Call::new(Kind::AllGather, None, data.len(), counts);
+        let during = call.kind.name();
         self.check_layout(during, data, counts)?;
         let mut links = self.links();
         if self.rank != 0 {
             let mine = part_offset(counts, self.rank);
-            send(&mut links[0], &f32_to_bytes(&data[mine])).map_err(self.err(during))?;
-            let back = bytes_to_f32(&recv(&mut links[0]).map_err(self.err(during))?);
+            let back =
+                bytes_to_f32(&self.exchange(&mut links[0], &call, &f32_to_bytes(&data[mine]))?);
             self.check_len(during, data.len(), 0, back.len())?;
             data.copy_from_slice(&back);
             return Ok(());
         }
-        for (i, link) in links.iter_mut().enumerate() {
+        for (i, payload) in self.check_counts(&mut links, &call)?.iter().enumerate() {
             let range = part_offset(counts, i + 1);
-            let part = bytes_to_f32(&recv(link).map_err(self.err(during))?);
+            let part = bytes_to_f32(payload);
             self.check_len(during, range.len(), i + 1, part.len())?;
             data[range].copy_from_slice(&part);
         }
         let out = f32_to_bytes(data);
         for link in links.iter_mut() {
-            send(link, &out).map_err(self.err(during))?;
+            self.reply(link, during, &out)?;
         }
         Ok(())
     }
@@ -482,6 +731,103 @@ mod tests {
             let (v, want) = r.unwrap();
             assert_eq!(v, want, "bit-identical to the all-reduce");
         }
+    }
+
+    /// Runs `f` on every rank of a group of `world` and returns each rank's error; the run must
+    /// end well before the group's timeout (a disagreement is reported, not waited out).
+    fn errors_of(
+        world: usize,
+        f: impl Fn(&TcpGroup) -> Result<(), CommError> + Send + Sync + Clone + 'static,
+    ) -> Vec<String> {
+        let started = Instant::now();
+        let out = group(world, Duration::from_secs(60), move |g| f(&g));
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "took {:?}: a rank waited for its timeout",
+            started.elapsed()
+        );
+        out.into_iter()
+            .map(|r| match r.expect("the group forms") {
+                Err(e @ CommError::Disagree { .. }) => e.to_string(),
+                other => panic!("expected a disagreement, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ranks_that_pass_different_counts_all_fail_naming_both_counts_instead_of_hanging() {
+        let errors = errors_of(3, |g| {
+            let mut v = vec![1.0f32; if g.rank() == 2 { 4 } else { 3 }];
+            g.all_reduce(&mut v, Reduce::Sum)
+        });
+        for (rank, e) in errors.iter().enumerate() {
+            assert!(e.starts_with(&format!("rank {rank}: all_reduce")), "{e}");
+            assert!(
+                e.contains("rank 0 passes all_reduce (sum) of 3 f32 values")
+                    && e.contains("rank 2 passes all_reduce (sum) of 4 f32 values"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn ranks_that_issue_different_collectives_reductions_or_layouts_are_refused() {
+        // (what rank 1 does differently, what its error must name)
+        type Case = (fn(&TcpGroup) -> Result<(), CommError>, &'static str);
+        let cases: [Case; 4] = [
+            (
+                |g| {
+                    if g.rank() == 1 {
+                        g.broadcast(&mut [0u8; 12])
+                    } else {
+                        g.all_reduce(&mut [0.0; 3], Reduce::Mean)
+                    }
+                },
+                "rank 1 passes broadcast of 12 u8 values",
+            ),
+            (
+                |g| {
+                    let op = if g.rank() == 1 {
+                        Reduce::Sum
+                    } else {
+                        Reduce::Mean
+                    };
+                    g.all_reduce(&mut [0.0; 3], op)
+                },
+                "rank 1 passes all_reduce (sum) of 3 f32 values",
+            ),
+            (
+                |g| {
+                    let counts: &[usize] = if g.rank() == 1 {
+                        &[2, 3, 2]
+                    } else {
+                        &[3, 2, 2]
+                    };
+                    g.reduce_scatter(&mut [0.0; 7], counts, Reduce::Mean)
+                },
+                "rank 1 passes reduce_scatter (mean) of 7 f32 values in parts [2, 3, 2]",
+            ),
+            (
+                |g| g.broadcast(&mut vec![0u8; 8 + g.rank()]),
+                "rank 1 passes broadcast of 9 u8 values",
+            ),
+        ];
+        for (f, expected) in cases {
+            for e in errors_of(3, f) {
+                assert!(e.contains(expected), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_call_survives_its_encoding() {
+        let call = Call::new(Kind::ReduceScatter, Some(Reduce::Mean), 7, &[3, 2, 2]);
+        let mut bytes = call.encode();
+        let len = bytes.len();
+        bytes.extend([9u8; 5]); // the data that follows it
+        assert_eq!(Call::decode(&bytes), Some((call, len)));
+        assert_eq!(Call::decode(&[7u8, 0]), None, "an unknown collective");
+        assert_eq!(Call::decode(&bytes[..len - 1]), None, "a truncated layout");
     }
 
     #[test]

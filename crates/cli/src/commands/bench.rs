@@ -84,6 +84,11 @@ pub struct BenchArgs {
     /// (--batch is the global batch, split over the ranks; every N must divide it).
     #[arg(long, value_enum)]
     pub scaling: Option<super::scaling::Scaling>,
+    /// With --scaling: ZeRO-1 instead of DDP (`tperf train --zero1`: gradients
+    /// reduce-scattered, each rank updating its 1/N shard of AdamW's state, the weights
+    /// all-gathered), measured and modelled. N = 1 runs the plain step.
+    #[arg(long, requires = "scaling")]
+    pub zero1: bool,
 }
 
 /// The `--json` value that means "print to standard output" (what `--json` alone gives).

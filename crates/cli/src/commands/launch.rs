@@ -1,7 +1,8 @@
 //! Multi-process data-parallel runs: `tperf train --gpus N` (one process per GPU, NCCL between
 //! them) and `--ranks N` (N CPU processes, collectives over TCP).
 //!
-//! The launcher re-runs this binary N times with the same arguments, each child told its place the way torchrun tells it (RANK, LOCAL_RANK, WORLD_SIZE,
+//! The launcher re-runs this binary N times with the same arguments, each child told its place
+//! the way torchrun tells it (the variables of [`torchrun`]: RANK, LOCAL_RANK, WORLD_SIZE,
 //! LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT), so a run across nodes can be started by torchrun
 //! or any launcher that sets them, and the ranks behave the same. It waits for them; when one
 //! fails, it stops the others at once (they would otherwise wait for the dead rank until their
@@ -11,6 +12,11 @@
 //!
 //! `NCCL_NVLS_ENABLE=0` is set for the children: NVLink SHARP multicast can put the GPUs of a
 //! shared host out of service, and a data-parallel all-reduce does not need it.
+//!
+//! CPU ranks (`--ranks N`) share the host's cores: each child gets `RAYON_NUM_THREADS` = cores /
+//! N (at least 1), as torchrun sets OMP_NUM_THREADS, unless the user set the variable (theirs
+//! then reaches every rank unchanged). Without it each of the N ranks would start a pool of one
+//! thread per core, N × cores threads fighting over the cores instead of sharing them.
 
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
@@ -19,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tperf_core::comm::{CommError, Communicator, Reduce};
-use tperf_runtime::comm::{Rendezvous, TcpGroup};
+use tperf_runtime::comm::{torchrun, Rendezvous, TcpGroup};
 
 /// How long a rank waits for the others in one collective before it gives up: long enough for
 /// a slow step or a checkpoint save on a peer, short enough that a dead peer ends the run.
@@ -49,7 +55,7 @@ pub fn role(world: Option<usize>) -> Result<Role> {
 
 /// The GPU this rank drives: LOCAL_RANK, as torchrun sets it (the rank when unset).
 pub fn local_rank(rv: &Rendezvous) -> usize {
-    std::env::var("LOCAL_RANK")
+    std::env::var(torchrun::LOCAL_RANK)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(rv.rank)
@@ -123,8 +129,69 @@ impl Communicator for TimedGroup {
     }
 }
 
+/// What the ranks compute on, which decides how many threads each gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RankDevice {
+    /// `--ranks N`: the ranks' kernels share this host's cores.
+    Cpu,
+    /// `--gpus N`: each rank drives its own GPU; its host threads are left as they are.
+    Gpu,
+}
+
+/// Threads for each of `local_ranks` CPU ranks sharing `cores`: an even split, at least one.
+fn threads_per_rank(cores: usize, local_ranks: usize) -> usize {
+    (cores / local_ranks.max(1)).max(1)
+}
+
+/// The host's cores as the standard library sees them (cgroup and affinity limits included).
+pub fn host_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The `RAYON_NUM_THREADS` the launcher gives each rank: none for GPU ranks, and none when the
+/// user set it (`user`: the launcher's own value, which the children inherit).
+fn rank_threads(
+    device: RankDevice,
+    user: Option<&std::ffi::OsStr>,
+    cores: usize,
+    local_ranks: usize,
+) -> Option<usize> {
+    match (device, user) {
+        (RankDevice::Cpu, None) => Some(threads_per_rank(cores, local_ranks)),
+        _ => None,
+    }
+}
+
+/// The command that starts rank `rank` of `world` on this node, rank 0 listening on `port`.
+fn rank_command(
+    exe: &std::path::Path,
+    args: &[OsString],
+    rank: usize,
+    world: usize,
+    port: u16,
+    threads: Option<usize>,
+) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env(torchrun::RANK, rank.to_string())
+        .env(torchrun::LOCAL_RANK, rank.to_string())
+        .env(torchrun::WORLD_SIZE, world.to_string())
+        .env(torchrun::LOCAL_WORLD_SIZE, world.to_string())
+        .env(torchrun::MASTER_ADDR, "127.0.0.1")
+        .env(torchrun::MASTER_PORT, port.to_string())
+        .env("NCCL_NVLS_ENABLE", "0");
+    if let Some(n) = threads {
+        cmd.env("RAYON_NUM_THREADS", n.to_string());
+    }
+    if rank != 0 {
+        // Rank 0 speaks for the run; the others' errors still reach the terminal.
+        cmd.stdout(Stdio::null());
+    }
+    cmd
+}
+
 /// Starts `world` ranks of this command on this node and waits for all of them.
-pub fn run(world: usize) -> Result<()> {
+pub fn run(world: usize, device: RankDevice) -> Result<()> {
     // A free port for rank 0: bound here and released just before the children start; rank 0
     // binds it again at once.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -138,22 +205,17 @@ pub fn run(world: usize) -> Result<()> {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     // The launcher outlives the children's Ctrl-C handling: it must not die of the signal.
     ctrlc::set_handler(|| {}).context("installing the launcher's Ctrl-C handler")?;
-    eprintln!("starting {world} ranks (127.0.0.1:{port})");
+    let user_threads = std::env::var_os("RAYON_NUM_THREADS");
+    let threads = rank_threads(device, user_threads.as_deref(), host_cores(), world);
+    match threads {
+        Some(n) => eprintln!(
+            "starting {world} ranks (127.0.0.1:{port}), {n} thread(s) each (RAYON_NUM_THREADS)"
+        ),
+        None => eprintln!("starting {world} ranks (127.0.0.1:{port})"),
+    }
     let mut children: Vec<Child> = Vec::with_capacity(world);
     for rank in 0..world {
-        let mut cmd = Command::new(&exe);
-        cmd.args(&args)
-            .env("RANK", rank.to_string())
-            .env("LOCAL_RANK", rank.to_string())
-            .env("WORLD_SIZE", world.to_string())
-            .env("LOCAL_WORLD_SIZE", world.to_string())
-            .env("MASTER_ADDR", "127.0.0.1")
-            .env("MASTER_PORT", port.to_string())
-            .env("NCCL_NVLS_ENABLE", "0");
-        if rank != 0 {
-            // Rank 0 speaks for the run; the others' errors still reach the terminal.
-            cmd.stdout(Stdio::null());
-        }
+        let mut cmd = rank_command(&exe, &args, rank, world, port, threads);
         match cmd.spawn() {
             Ok(c) => children.push(c),
             Err(e) => {
@@ -246,9 +308,44 @@ mod tests {
     }
 
     #[test]
+    fn cpu_ranks_split_the_cores_unless_the_user_chose_a_thread_count() {
+        assert_eq!(threads_per_rank(16, 4), 4);
+        assert_eq!(
+            threads_per_rank(16, 3),
+            5,
+            "the remainder is left idle, not oversubscribed"
+        );
+        assert_eq!(threads_per_rank(2, 4), 1, "at least one thread per rank");
+        assert_eq!(threads_per_rank(8, 0), 8);
+        assert_eq!(rank_threads(RankDevice::Cpu, None, 16, 4), Some(4));
+        let user = std::ffi::OsString::from("3");
+        assert_eq!(rank_threads(RankDevice::Cpu, Some(&user), 16, 4), None);
+        assert_eq!(rank_threads(RankDevice::Gpu, None, 16, 4), None);
+    }
+
+    #[test]
+    fn every_rank_is_told_every_torchrun_variable() {
+        let cmd = rank_command(std::path::Path::new("tperf"), &[], 1, 3, 4242, Some(2));
+        let envs: std::collections::BTreeMap<String, String> = cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+            .collect();
+        for var in torchrun::ALL {
+            assert!(envs.contains_key(var), "{var} is not set: {envs:?}");
+        }
+        assert_eq!(envs[torchrun::RANK], "1");
+        assert_eq!(envs[torchrun::WORLD_SIZE], "3");
+        assert_eq!(envs[torchrun::MASTER_PORT], "4242");
+        assert_eq!(envs["RAYON_NUM_THREADS"], "2");
+        assert_eq!(envs["NCCL_NVLS_ENABLE"], "0");
+        let gpu = rank_command(std::path::Path::new("tperf"), &[], 0, 2, 4242, None);
+        assert!(!gpu.get_envs().any(|(k, _)| k == "RAYON_NUM_THREADS"));
+    }
+
+    #[test]
     fn zero_ranks_is_an_error_and_one_is_a_single_run() {
         // Only valid while no launcher variables are set in the test process.
-        if std::env::var_os("WORLD_SIZE").is_some() {
+        if std::env::var_os(torchrun::WORLD_SIZE).is_some() {
             return;
         }
         assert!(role(Some(0)).is_err());

@@ -10,12 +10,17 @@ use tperf_report::results::{ops_csv, Provenance, Results};
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
     /// A results.json written by `tperf study` (or by hand, in its schema).
-    #[arg(required_unless_present = "serving", conflicts_with = "serving")]
+    #[arg(required_unless_present_any = ["serving", "scaling"], conflicts_with_all = ["serving", "scaling"])]
     pub results: Option<PathBuf>,
     /// Instead: the JSON files of `tperf bench serve --json` runs (a sweep, a static and a
     /// continuous server, VTC and FCFS fairness runs, …), drawn together on one page.
-    #[arg(long, num_args = 1..)]
+    #[arg(long, num_args = 1.., conflicts_with = "scaling")]
     pub serving: Vec<PathBuf>,
+    /// Instead: the JSON files of `tperf bench MODEL --ranks|--gpus 1,2,4 --scaling
+    /// weak|strong [--zero1] --json PATH` runs, one section each: step time, efficiency and
+    /// communication against N, measured beside modelled, with the table.
+    #[arg(long, num_args = 1..)]
+    pub scaling: Vec<PathBuf>,
     /// Folder to write report.html into (default: the (first) input file's folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -26,7 +31,8 @@ pub fn run(args: ReportArgs) -> Result<()> {
         .results
         .clone()
         .or_else(|| args.serving.first().cloned())
-        .context("name a results.json, or bench serve JSON files with --serving")?;
+        .or_else(|| args.scaling.first().cloned())
+        .context("name a results.json, bench serve JSON files with --serving, or bench --scaling JSON files with --scaling")?;
     let dir = match &args.out {
         Some(d) => d.clone(),
         None => first
@@ -34,13 +40,15 @@ pub fn run(args: ReportArgs) -> Result<()> {
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
     };
-    let page = if args.serving.is_empty() {
+    let page = if !args.serving.is_empty() {
+        serving_page(&args.serving)?
+    } else if !args.scaling.is_empty() {
+        scaling_page(&args.scaling)?
+    } else {
         let text = std::fs::read_to_string(&first)
             .with_context(|| format!("cannot read {}", first.display()))?;
         let r = Results::from_json(&text).with_context(|| format!("in {}", first.display()))?;
         html::render(&r)?
-    } else {
-        serving_page(&args.serving)?
     };
     create_dir(&dir)?;
     let path = dir.join("report.html");
@@ -49,44 +57,74 @@ pub fn run(args: ReportArgs) -> Result<()> {
     Ok(())
 }
 
+/// A file's JSON, and the provenance line the page shows for it: its name, then the command
+/// line, version, revision and date of the run that wrote it.
+fn read_run(f: &Path) -> Result<(serde_json::Value, (String, String))> {
+    let text =
+        std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))?;
+    let p = &doc["provenance"];
+    let command = p["command_line"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+                // The server's address stays, its scheme goes: the page names no URL.
+                .replace("http://", "")
+        })
+        .unwrap_or_default();
+    let line = (
+        f.file_name()
+            .map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into()),
+        format!(
+            "{command} (tperf {}, {}, {})",
+            p["tperf_version"].as_str().unwrap_or("?"),
+            p["git_revision"].as_str().unwrap_or("?"),
+            iso_date(p["date_unix"].as_u64().unwrap_or(0))
+        ),
+    );
+    Ok((doc, line))
+}
+
+/// One page of the scaling runs of several `tperf bench --scaling --json` files.
+fn scaling_page(files: &[PathBuf]) -> Result<String> {
+    let mut runs = Vec::new();
+    let mut lines = Vec::new();
+    for f in files {
+        let (doc, line) = read_run(f)?;
+        if !doc["rows"].is_array() || doc["scaling"].as_str().is_none() {
+            anyhow::bail!(
+                "{} has no scaling rows (written by `tperf bench MODEL --ranks|--gpus 1,2 --scaling weak|strong --json PATH`?)",
+                f.display()
+            );
+        }
+        runs.push(doc);
+        lines.push(line);
+    }
+    Ok(html::render_scaling(
+        "tperf data-parallel scaling report",
+        &lines,
+        &runs,
+    )?)
+}
+
 /// One page of the serving records of several `tperf bench serve --json` files.
 fn serving_page(files: &[PathBuf]) -> Result<String> {
     use tperf_bench::serve::summary::ServingSummary;
     let mut parts = Vec::new();
     let mut lines = Vec::new();
     for f in files {
-        let text =
-            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?;
-        let doc: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))?;
+        let (doc, line) = read_run(f)?;
         let part = ServingSummary::deserialize(&doc["serving"]).with_context(|| {
             format!(
                 "{} has no serving record (written by `tperf bench serve --json`?)",
                 f.display()
             )
         })?;
-        let p = &doc["provenance"];
-        let command = p["command_line"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ")
-                    // The server's address stays, its scheme goes: the page names no URL.
-                    .replace("http://", "")
-            })
-            .unwrap_or_default();
-        lines.push((
-            f.file_name()
-                .map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into()),
-            format!(
-                "{command} (tperf {}, {}, {})",
-                p["tperf_version"].as_str().unwrap_or("?"),
-                p["git_revision"].as_str().unwrap_or("?"),
-                iso_date(p["date_unix"].as_u64().unwrap_or(0))
-            ),
-        ));
+        lines.push(line);
         parts.push(part);
     }
     let merged = ServingSummary::merge(parts);

@@ -121,6 +121,30 @@ struct Settings {
     warmup: usize,
     steps: usize,
     opts: Options,
+    /// ZeRO-1 instead of DDP at N > 1 (`--zero1`).
+    zero1: bool,
+}
+
+impl Settings {
+    /// The data parallelism of one rank's step at world size `world`: none for a world of one
+    /// (a single process, as `tperf train` without --ranks runs; ZeRO-1 of one rank shards
+    /// nothing), else DDP or ZeRO-1 as asked.
+    fn data_parallel(&self, world: usize) -> Option<DataParallel> {
+        match (world, self.zero1) {
+            (1, _) => None,
+            (n, true) => Some(DataParallel::zero1(n)),
+            (n, false) => Some(DataParallel::ddp(n)),
+        }
+    }
+
+    /// The mode's name as the table and the JSON give it.
+    fn mode(&self) -> &'static str {
+        if self.zero1 {
+            "ZeRO-1"
+        } else {
+            "DDP"
+        }
+    }
 }
 
 fn single<T: Copy>(values: &[T], flag: &str, default: T) -> Result<T> {
@@ -215,6 +239,7 @@ fn settings(args: &BenchArgs) -> Result<Settings> {
         warmup,
         steps: args.steps,
         opts,
+        zero1: args.zero1,
     })
 }
 
@@ -307,14 +332,6 @@ fn rank_hardware(host: &Hardware, ranks: Ranks, world: usize) -> Hardware {
     }
 }
 
-/// Threads for each CPU rank's kernels: the host's cores split over the ranks, as torchrun's
-/// OMP_NUM_THREADS does; N ranks each spinning up every core's worth of rayon threads would
-/// fight over the cores rather than share them.
-fn threads_per_rank(world: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / world).max(1)
-}
-
 /// Rank 0's times of the timed steps of one run, in seconds.
 struct Measured {
     step_seconds: Vec<f64>,
@@ -347,10 +364,10 @@ fn measure(s: &Settings, p: &Planned, dir: &Path) -> Result<Measured> {
         (Ranks::Cpu, n) => {
             // --ranks 1 is a single process, as without the flag; the flag lets every N log
             // its time in collectives (none at N = 1).
+            // The launcher gives each of the N ranks cores/N threads (N = 1: all of them).
             cmd.args(["--device", "cpu", "--ranks", &n.to_string()])
                 .arg("--comm-log")
-                .arg(&comm_log)
-                .env("RAYON_NUM_THREADS", threads_per_rank(n).to_string());
+                .arg(&comm_log);
         }
         (Ranks::Gpu, 1) => {
             cmd.args(["--device", "cuda:0"]);
@@ -359,15 +376,11 @@ fn measure(s: &Settings, p: &Planned, dir: &Path) -> Result<Measured> {
             cmd.args(["--gpus", &n.to_string()]);
         }
     }
+    if s.data_parallel(p.world).is_some_and(|dp| dp.zero1) {
+        cmd.arg("--zero1");
+    }
     // A bench started inside a launched job must not make its child a rank of that job.
-    for var in [
-        "RANK",
-        "LOCAL_RANK",
-        "WORLD_SIZE",
-        "LOCAL_WORLD_SIZE",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-    ] {
+    for var in tperf_runtime::comm::torchrun::ALL {
         cmd.env_remove(var);
     }
     let out = cmd
@@ -444,8 +457,7 @@ fn model(s: &Settings, p: &Planned, hw: &Hardware) -> Result<Modelled> {
         batch: p.batch_per_rank,
         seq: s.seq,
         opts: Options {
-            // A world of one issues no collectives, as `tperf train` without --ranks runs.
-            data_parallel: (p.world > 1).then(|| DataParallel::ddp(p.world)),
+            data_parallel: s.data_parallel(p.world),
             ..s.opts
         },
     };
@@ -541,10 +553,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let table = table(&s, &hw, &rows);
     match args.json.as_deref() {
         Some(path) => {
+            // The command line too, which `tperf report --scaling` shows beside the run.
+            let mut provenance = super::model::provenance();
+            provenance["command_line"] = serde_json::json!(std::env::args().collect::<Vec<_>>());
             let doc = serde_json::json!({
-                "provenance": super::model::provenance(),
+                "provenance": provenance,
                 "hardware": hw,
                 "scaling": s.scaling,
+                "mode": if s.zero1 { "zero1" } else { "ddp" },
                 "ranks": match s.ranks { Ranks::Cpu => "cpu", Ranks::Gpu => "gpu" },
                 "model": s.cfg.name,
                 "warmup": s.warmup,
@@ -587,10 +603,11 @@ const HEADER: [&str; 14] = [
 fn table(s: &Settings, hw: &Hardware, rows: &[ScalingRow]) -> Table {
     let ms = |x: f64| format!("{:.2}", x * 1e3);
     let mut t = Table::new(&HEADER).titled(format!(
-        "tperf bench --scaling {} — {} ({} params), DDP over {} {}, T {}, {}; {} warm-up + {} timed steps per N (median); model = roofline on '{}' ({})",
+        "tperf bench --scaling {} — {} ({} params), {} over {} {}, T {}, {}; {} warm-up + {} timed steps per N (median); model = roofline on '{}' ({})",
         s.scaling.name(),
         s.cfg.name,
         units::params(s.cfg.param_count()),
+        s.mode(),
         s.ranks.flag(),
         join(&s.worlds),
         s.seq,
@@ -623,15 +640,22 @@ fn table(s: &Settings, hw: &Hardware, rows: &[ScalingRow]) -> Table {
         Scaling::Strong => "strong scaling: --batch is the global batch, split over the ranks; speedup = t1/tN; efficiency = t1/(N·tN)",
     });
     t.note("step ms: rank 0's wall time per optimizer step in `tperf train`'s log (batch, forward, backward, gradient all-reduce, AdamW, the loss averaged over the ranks), warm-up steps excluded");
-    t.note("model comm ms: the communication stream's busy time in the schedule `tperf model --gpus N` analyses (bucketed ring all-reduces); model exposed ms: the part the backward does not hide (step − compute stream)");
+    t.note(if s.zero1 {
+        "model comm ms: the communication stream's busy time in the schedule `tperf model --gpus N --zero1` analyses (each bucket's ring reduce-scatter, the norm's all-reduce, the weights' all-gathers); model exposed ms: the part the backward does not hide (step − compute stream)"
+    } else {
+        "model comm ms: the communication stream's busy time in the schedule `tperf model --gpus N` analyses (bucketed ring all-reduces); model exposed ms: the part the backward does not hide (step − compute stream)"
+    });
+    if s.zero1 {
+        t.note("ZeRO-1 (--zero1): `tperf train --zero1` at N > 1; N = 1 is the plain step, which ZeRO-1 of one rank equals");
+    }
     t.note(match s.ranks {
         Ranks::Cpu => "comm ms: the median per step of rank 0's wall time inside collectives (`tperf train --comm-log`: the gradient buckets and the loss average); the CPU backend runs them blocking, so it compares with model exposed ms; it includes waiting for the slower rank",
         Ranks::Gpu => "comm ms: not measured on GPUs (NCCL runs the all-reduces on their own stream; the host's time in them says nothing)",
     });
     if s.ranks == Ranks::Cpu {
         t.note(format!(
-            "CPU ranks share this host: each runs with RAYON_NUM_THREADS = cores/N ({} core(s) here) and is modelled on 1/N of '{}''s FLOP/s and memory bandwidth",
-            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "CPU ranks share this host: each runs with RAYON_NUM_THREADS = cores/N ({} core(s) here; the launcher's split, unless RAYON_NUM_THREADS was set) and is modelled on 1/N of '{}''s FLOP/s and memory bandwidth",
+            super::launch::host_cores(),
             hw.key
         ));
         t.note(format!(

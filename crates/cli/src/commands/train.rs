@@ -142,7 +142,8 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "ranks")]
     pub gpus: Option<usize>,
     /// Train data-parallel in N CPU processes, gradients averaged over TCP (DDP, to study it
-    /// without GPUs). --batch is per rank.
+    /// without GPUs). --batch is per rank. The ranks share the cores: each gets
+    /// RAYON_NUM_THREADS = cores / N (at least 1) unless RAYON_NUM_THREADS is set.
     #[arg(long)]
     pub ranks: Option<usize>,
     /// With --gpus/--ranks: ZeRO-1 instead of DDP — gradients reduce-scattered, each rank's
@@ -171,7 +172,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 super::resolve_device(&format!("cuda:{}", world - 1))
                     .with_context(|| format!("--gpus {world}"))?;
             }
-            return launch::run(world);
+            let device = if args.gpus.is_some() {
+                launch::RankDevice::Gpu
+            } else {
+                launch::RankDevice::Cpu
+            };
+            return launch::run(world, device);
         }
         Role::Rank(rv) => Some(rv),
         Role::Single => None,
@@ -697,8 +703,7 @@ fn print_header(
         Loader::Synthetic(_) => "synthetic uniform tokens".to_string(),
     };
     let on = if device == "cpu" {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        format!("cpu ({threads} threads)")
+        format!("cpu ({} threads)", tperf_cpu::threads())
     } else {
         device.to_string()
     };

@@ -27,7 +27,7 @@
 //! latency where the ring needs one — negligible beside the 25 MiB buckets.
 
 use crate::backend::{device_err, unsupported, CudaBackend};
-use crate::ops::watchdog::Watchdog;
+use crate::ops::watchdog::{Watchdog, WatchdogError};
 use cudarc::driver::{result as cu, sys};
 use cudarc::nccl::{result as nccl, sys as nccl_sys};
 use std::sync::Arc;
@@ -107,6 +107,10 @@ impl Drop for Nccl {
     }
 }
 
+fn watchdog_err(e: WatchdogError) -> BackendError {
+    device_err(e.to_string())
+}
+
 fn nccl_err(during: &str) -> impl Fn(nccl::NcclError) -> BackendError + '_ {
     move |e| {
         device_err(format!(
@@ -145,8 +149,8 @@ impl CudaBackend {
         // The comm stream overlaps the collectives with the compute, and the watchdog aborts a
         // collective a dead peer never completes (made for a world of one too, which issues no
         // collectives in a schedule but lets one GPU test both).
-        let watchdog =
-            Watchdog::start(Arc::clone(&self.gpu.ctx), comm, group.rank()).map_err(device_err)?;
+        let watchdog = Watchdog::for_nccl(Arc::clone(&self.gpu.ctx), comm, group.rank())
+            .map_err(watchdog_err)?;
         let (streams, watchdog) = (Some(CommStream::new()?), Some(watchdog));
         self.nccl = Some(Nccl {
             comm,
@@ -158,14 +162,29 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Work that may wait on the peers was issued on `stream` (a collective, or a replayed
-    /// step holding some): the watchdog times it. Not while a step is being captured (nothing
-    /// runs then; the captured graph's launch is watched).
+    fn watchdog(&self) -> Option<&Watchdog> {
+        self.nccl.as_ref().and_then(|n| n.watchdog.as_ref())
+    }
+
+    /// Work that may wait on the peers was launched on `stream` (a replayed step holding
+    /// collectives; the launch itself does not block): the watchdog times it until it finishes.
+    /// Not while a step is being captured (nothing runs then; the captured graph's launch is
+    /// watched).
     pub(crate) fn watch_collectives(&self, stream: sys::CUstream) -> Result<(), BackendError> {
-        match self.nccl.as_ref().and_then(|n| n.watchdog.as_ref()) {
-            Some(dog) if !self.capturing() => dog.watch(stream).map_err(device_err),
+        match self.watchdog() {
+            Some(dog) if !self.capturing() => dog
+                .arm()
+                .and_then(|armed| armed.issued(stream))
+                .map_err(watchdog_err),
             _ => Ok(()),
         }
+    }
+
+    /// An error naming the rank and the timeout when the watchdog aborted the NCCL group: what
+    /// the device computed since (a collective cut short) must not be read as a result.
+    pub(crate) fn check_watchdog(&self) -> Result<(), BackendError> {
+        self.watchdog()
+            .map_or(Ok(()), |dog| dog.check().map_err(watchdog_err))
     }
 
     /// The compute stream waits for every collective issued so far (nothing when none is
@@ -298,6 +317,14 @@ impl CudaBackend {
             };
             parts.push((b.block.ptr, b.numel as usize, dt, b.dtype.size_bytes()));
         }
+        // Armed before the group starts: the host can block on the peers inside the group (the
+        // enqueue calls, and ncclGroupEnd, which connects to them on the first collectives),
+        // where no stream event shows it. The guard disarms on every way out of this function.
+        let capturing = self.capturing();
+        let armed = match self.watchdog() {
+            Some(dog) => Some(dog.arm().map_err(watchdog_err)?),
+            None => None,
+        };
         nccl::group_start().map_err(nccl_err("group start"))?;
         let mut result = Ok(());
         'tensors: for (ptr, count, dt, width) in parts {
@@ -337,7 +364,19 @@ impl CudaBackend {
         }
         // The group is closed even after a failed enqueue, so NCCL's state stays consistent.
         let ended = nccl::group_end().map_err(nccl_err("group end"));
-        result.and(ended.map(|_| ()))?;
-        self.watch_collectives(stream as sys::CUstream)
+        if let Err(e) = result.and(ended.map(|_| ())) {
+            // A call the watchdog aborted fails with NCCL's error; the watchdog's says why.
+            drop(armed);
+            self.check_watchdog()?;
+            return Err(e);
+        }
+        match armed {
+            // The kernels it enqueued are timed from the arming on; a step being captured runs
+            // nothing now (its replay is watched).
+            Some(armed) if !capturing => {
+                armed.issued(stream as sys::CUstream).map_err(watchdog_err)
+            }
+            _ => Ok(()),
+        }
     }
 }
