@@ -621,8 +621,20 @@ fn metrics_split_each_step_into_host_and_device_time_and_grow_with_a_request() {
     let after = read();
     // One prefill step and five decode steps at least (the prompt fits one step's budget).
     assert!(after.2 - before.2 >= 6.0, "{before:?} → {after:?}");
-    assert_eq!(after.2, after.3, "one count for both parts: every step has both");
-    assert!(after.4 - before.4 >= after.2 - before.2, "a step carries ≥ 1 sequence");
-    assert!(after.0 > before.0, "host seconds grew: {before:?} → {after:?}");
-    assert!(after.1 > before.1, "device seconds grew: {before:?} → {after:?}");
+    assert_eq!(
+        after.2, after.3,
+        "one count for both parts: every step has both"
+    );
+    assert!(
+        after.4 - before.4 >= after.2 - before.2,
+        "a step carries ≥ 1 sequence"
+    );
+    assert!(
+        after.0 > before.0,
+        "host seconds grew: {before:?} → {after:?}"
+    );
+    assert!(
+        after.1 > before.1,
+        "device seconds grew: {before:?} → {after:?}"
+    );
 }

@@ -434,6 +434,10 @@ mod tests {
         };
         assert_eq!(Predicted::of(&p, high), saturated, "past saturation");
         assert_eq!(Predicted::of(&p, f64::INFINITY), saturated);
-        assert_eq!(Predicted::of(&p, 0.5 * low), saturated, "a rate not predicted");
+        assert_eq!(
+            Predicted::of(&p, 0.5 * low),
+            saturated,
+            "a rate not predicted"
+        );
     }
 }

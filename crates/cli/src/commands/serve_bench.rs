@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tperf_bench::serve::client::{self, Api, ClientConfig, Target};
 use tperf_bench::serve::dataset::{self, RandomLengths, RequestSpec};
+use tperf_bench::serve::engine_steps::StepTimes;
 use tperf_bench::serve::fairness::{self, Fairness};
 use tperf_bench::serve::metrics::{self, Metrics, RequestOutcome};
-use tperf_bench::serve::engine_steps::StepTimes;
 use tperf_bench::serve::summary::{
     self, EngineStep, FairnessSummary, Predicted, RunSummary, ServingSummary,
 };
@@ -780,8 +780,8 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
 fn read_serving(path: &std::path::Path) -> Result<ServingSummary> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let doc: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not JSON", path.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     serde_json::from_value(doc["serving"].clone()).with_context(|| {
         format!(
             "{} has no serving summary: give the --json of a tperf bench serve run",
@@ -793,12 +793,7 @@ fn read_serving(path: &std::path::Path) -> Result<ServingSummary> {
 /// The comparison at equal p99 TTFT of the other file's series and this run's, as notes (and
 /// the limit set on this run's summary, so its table marks each rate).
 fn compare(serving: &mut ServingSummary, other: &ServingSummary, args: &ServeBenchArgs) {
-    let runs: Vec<RunSummary> = other
-        .runs
-        .iter()
-        .chain(&serving.runs)
-        .cloned()
-        .collect();
+    let runs: Vec<RunSummary> = other.runs.iter().chain(&serving.runs).cloned().collect();
     let (slo, how) = match args.ttft_p99_slo_ms {
         Some(ms) => (Some(ms), "given".to_string()),
         None => (
@@ -813,6 +808,8 @@ fn compare(serving: &mut ServingSummary, other: &ServingSummary, args: &ServeBen
         serving.notes.push("no comparison at equal p99 TTFT: a series has no finite-rate run to read its light-load TTFT from (sweep some finite rates)".into());
         return;
     };
+    // To 0.1 ms: the limit is read off a measurement, and a table prints it.
+    let slo = (slo * 10.0).round() / 10.0;
     serving.ttft_p99_slo_ms = Some(slo);
     let best = summary::sustained_under_ttft_slo(&runs, slo);
     let mut text = format!("at equal p99 TTFT (≤ {slo:.1} ms, {how}):");

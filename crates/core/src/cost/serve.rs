@@ -289,7 +289,8 @@ pub fn predict_calibrated(
         .into());
     }
     let batch = sc.max_num_seqs.min(kv_sequences);
-    let prefill_step_seconds = big.step_seconds() + engine_overhead(host, calibration, prefill_batch);
+    let prefill_step_seconds =
+        big.step_seconds() + engine_overhead(host, calibration, prefill_batch);
     let prefill_one_seconds = if prefill_batch == 1 {
         prefill_step_seconds
     } else {
@@ -536,7 +537,14 @@ mod tests {
     fn a_measured_host_time_is_added_to_every_step() {
         let (cfg, hw, opts) = setup();
         let (input_len, output_len) = (128, 128);
-        let pure = predict(&cfg, &hw, opts, ServeConfig::new(input_len, output_len), &[]).unwrap();
+        let pure = predict(
+            &cfg,
+            &hw,
+            opts,
+            ServeConfig::new(input_len, output_len),
+            &[],
+        )
+        .unwrap();
         let h = 1.5e-3;
         let sc = ServeConfig {
             host_seconds_per_step: Some(h),
