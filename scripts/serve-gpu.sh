@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # tperf serve on the GPU, measured by tperf bench serve beside the serving prediction:
 #   scripts/serve-gpu.sh OUT TPERF [MODEL]
-# gpt2-124m bf16 by default, random 128-in / 128-out prompts. About a minute and a half:
+# gpt2-124m bf16 by default, random prompts of 128 tokens (mean) in and out. About a minute
+# and a half:
 # 1. Continuous against static batching (the same engine, `--batching static` admitting only
-#    into an empty batch): a request-rate sweep of each, 8…256 req/s and inf, at most 3 s of
-#    arrivals a rate. "Equal p99 TTFT" is a p99 TTFT limit of 250 ms (about one whole 128-token
-#    reply on an idle server); the sweep names the highest rate each keeps within it and the
-#    throughput measured there. Every rate's p99 is in the table, so any other limit can be
-#    read off.
-# 2. The sweep itself: TTFT/TPOT p50/p99 and throughput per rate, with the prediction.
+#    into an empty batch) on prompts and outputs of varying length (128 ± 90%: 13..244 tokens,
+#    vLLM's range ratio 0.9), so a static batch holds its seats until its longest member ends:
+#    a sweep of each, 16…512 req/s (past static's saturation) at most 2 s of arrivals a rate,
+#    and inf. "Equal p99 TTFT" is read off the runs: 2 × the larger light-load (16 req/s) p99
+#    TTFT of the two; the static sweep (--compare-with the continuous one) names the highest
+#    rate each keeps within it, the throughput measured there and their ratio. Every rate's p99
+#    is in the tables, so any other limit can be read off.
+# 2. Saturation in steady state: rate inf sends 2048 prompts, 8× the 256 sequences the engine
+#    runs at once, so the ramp-up and the tail are a small part of the run (with 256 it was one
+#    wave). Each run prints the engine's step measured from /metrics (host and device parts)
+#    beside the model's, and its prediction includes the host time per step measured there.
 # 3. Fairness: two clients, client-0 at 4× client-1's rate (240 and 60 req/s, both beyond a
 #    fair share of a 16-sequence server; 400 requests), under VTC and under FCFS, with the VTC paper's bound
 #    for that server: 2·max(w_in·L_in, w_out·M) = 2·max(128, 2·4096) = 16384 (M: 256 blocks of
@@ -61,8 +67,11 @@ bench() {
 
 for batching in continuous static; do
     start_server --batching "$batching"
-    bench "sweep-$batching" --num-prompts 256 --request-rate 8,32,64,128,256,inf \
-        --sweep-duration-s 3 --ttft-p99-slo-ms 250 --label "$batching" --omit-requests
+    compare=
+    [ "$batching" = static ] && compare="--compare-with $out/sweep-continuous.json"
+    bench "sweep-$batching" --num-prompts 2048 --random-range-ratio 0.9 \
+        --request-rate 16,64,128,256,384,512,inf --sweep-duration-s 2 \
+        --label "$batching" --omit-requests $compare
     stop_server
 done
 

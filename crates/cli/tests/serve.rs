@@ -591,3 +591,50 @@ fn sigint_stops_accepting_finishes_in_flight_and_exits_0() {
     };
     assert_eq!(code, Some(0));
 }
+
+/// `tperf bench serve` costs the engine's host time per step from these sums: they exist from
+/// the start, and a request's steps add to both parts and to the count.
+#[test]
+fn metrics_split_each_step_into_host_and_device_time_and_grow_with_a_request() {
+    let srv = Server::start(&[]);
+    let part = |suffix: &str, part: &str| {
+        srv.metric(&format!(
+            "tperf_engine_step_seconds_{suffix}{{model_name=\"{}\",part=\"{part}\"}}",
+            srv.model
+        ))
+    };
+    let read = || {
+        (
+            part("sum", "host"),
+            part("sum", "device"),
+            part("count", "host"),
+            part("count", "device"),
+            srv.metric("tperf_engine_step_sequences_total"),
+        )
+    };
+    let before = read();
+    let (status, v) = srv.post(
+        "/v1/completions",
+        json!({"prompt": "Hello", "max_tokens": 6, "temperature": 0, "ignore_eos": true}),
+    );
+    assert_eq!(status, 200, "{v}");
+    let after = read();
+    // One prefill step and five decode steps at least (the prompt fits one step's budget).
+    assert!(after.2 - before.2 >= 6.0, "{before:?} → {after:?}");
+    assert_eq!(
+        after.2, after.3,
+        "one count for both parts: every step has both"
+    );
+    assert!(
+        after.4 - before.4 >= after.2 - before.2,
+        "a step carries ≥ 1 sequence"
+    );
+    assert!(
+        after.0 > before.0,
+        "host seconds grew: {before:?} → {after:?}"
+    );
+    assert!(
+        after.1 > before.1,
+        "device seconds grew: {before:?} → {after:?}"
+    );
+}

@@ -575,6 +575,7 @@ impl<B: Backend> EngineCore<B> {
     /// One iteration: schedule, run every scheduled row in one ragged forward, sample each
     /// sequence that reached its end, emit, finish. Does nothing when idle.
     pub fn step(&mut self) -> Result<StepReport, EngineError> {
+        let began = Instant::now();
         let mut report = StepReport::default();
         let plan = self.schedule(&mut report);
         if plan.is_empty() {
@@ -607,6 +608,7 @@ impl<B: Backend> EngineCore<B> {
             });
             report.scheduled.push((s.id, q));
         }
+        let device_began = Instant::now();
         let ids = match self.run(&batch, &tables, &tokens, per_row) {
             Ok(ids) => ids,
             Err(e) => {
@@ -616,6 +618,7 @@ impl<B: Backend> EngineCore<B> {
             }
         };
         let now = Instant::now();
+        let device_seconds = (now - device_began).as_secs_f64();
         let mut done: Vec<(usize, FinishReason, String)> = Vec::new();
         for (k, &(i, q)) in plan.iter().enumerate() {
             let eot = self.tokenizer.eot();
@@ -679,6 +682,9 @@ impl<B: Backend> EngineCore<B> {
         report.finished.reverse();
         if let Ok(mut m) = self.metrics.lock() {
             m.steps += 1;
+            m.step_sequences += plan.len() as u64;
+            m.step_device_seconds += device_seconds;
+            m.step_host_seconds += began.elapsed().as_secs_f64() - device_seconds;
         }
         self.publish();
         Ok(report)

@@ -55,6 +55,16 @@ pub struct Metrics {
     pub finished: [u64; 4],
     pub preemptions: u64,
     pub steps: u64,
+    /// Wall time of the steps that ran rows, split where the engine hands the step to the
+    /// model: `device` is the model's part (inputs written, the ragged forward and the per-row
+    /// sampling issued, the sampled ids read back, so on a GPU it ends when the device has
+    /// finished), `host` the engine's own part around it (scheduling, the block manager,
+    /// each sampled token's handling: detokenising, stop strings, the sinks that feed the
+    /// HTTP streams). Over `steps` steps; the benchmark reads them to cost the host per step.
+    pub step_host_seconds: f64,
+    pub step_device_seconds: f64,
+    /// Sequences scheduled, summed over the steps (÷ steps: the mean running batch).
+    pub step_sequences: u64,
     /// Arrival to the first generated token.
     pub ttft: Histogram,
     /// Between successive tokens of a request.
@@ -137,6 +147,27 @@ impl Metrics {
             "Engine steps run.",
             self.steps,
         );
+        let name = "tperf_engine_step_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} Wall time of the engine's steps, by part: the model's (device: the forward, sampling and the ids read back) and the engine's own (host: scheduling, block manager, token handling, detokenising, streaming).\n# TYPE {name} summary"
+        );
+        for (part, seconds) in [
+            ("host", self.step_host_seconds),
+            ("device", self.step_device_seconds),
+        ] {
+            let _ = writeln!(
+                o,
+                "{name}_sum{{{label},part=\"{part}\"}} {seconds}\n{name}_count{{{label},part=\"{part}\"}} {}",
+                self.steps
+            );
+        }
+        counter(
+            &mut o,
+            "tperf_engine_step_sequences_total",
+            "Sequences scheduled, summed over the steps (divided by the steps: the mean batch).",
+            self.step_sequences,
+        );
         let name = "tperf_request_success_total";
         let _ = writeln!(
             o,
@@ -184,5 +215,27 @@ mod tests {
         assert!(text.contains("tperf_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("tperf_time_to_first_token_seconds_count 3"));
         assert!(text.contains("tperf_kv_blocks_used{model_name=\"m\"} 0"));
+    }
+
+    /// The benchmark finds the step split by these exact names and labels.
+    #[test]
+    fn the_step_split_is_a_summary_per_part() {
+        let m = Metrics {
+            steps: 4,
+            step_host_seconds: 0.25,
+            step_device_seconds: 1.5,
+            step_sequences: 10,
+            ..Metrics::default()
+        };
+        let text = m.prometheus("m");
+        for line in [
+            "tperf_engine_step_seconds_sum{model_name=\"m\",part=\"host\"} 0.25",
+            "tperf_engine_step_seconds_count{model_name=\"m\",part=\"host\"} 4",
+            "tperf_engine_step_seconds_sum{model_name=\"m\",part=\"device\"} 1.5",
+            "tperf_engine_step_seconds_count{model_name=\"m\",part=\"device\"} 4",
+            "tperf_engine_step_sequences_total{model_name=\"m\"} 10",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
     }
 }

@@ -224,6 +224,27 @@ pub async fn models(target: &Target, api_key: Option<&str>) -> Result<Vec<String
         .unwrap_or_default())
 }
 
+/// The server's `/metrics` text (Prometheus' exposition), for the engine's step counters.
+pub async fn metrics_text(target: &Target, api_key: Option<&str>) -> Result<String, String> {
+    let mut sender = connect(target).await?;
+    let req = request(target, Method::GET, "/metrics", api_key, Bytes::new())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("GET /metrics: {e}"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("GET /metrics: {e}"))?
+        .to_bytes();
+    if status != StatusCode::OK {
+        return Err(format!("GET /metrics: HTTP {status}"));
+    }
+    String::from_utf8(body.to_vec()).map_err(|e| format!("GET /metrics: not UTF-8: {e}"))
+}
+
 /// What the stream has said so far.
 #[derive(Default)]
 struct Stream {

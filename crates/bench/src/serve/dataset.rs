@@ -29,9 +29,16 @@ pub struct RandomLengths {
     pub range_ratio: f64,
 }
 
-fn uniform_len(rng: &mut Rng, len: usize, ratio: f64) -> usize {
+/// The lengths [`uniform_len`] draws from: [⌊L(1 − r)⌋ (at least 1), ⌈L(1 + r)⌉].
+pub fn uniform_len_range(len: usize, ratio: f64) -> (usize, usize) {
     let lo = ((len as f64 * (1.0 - ratio)).floor() as usize).max(1);
     let hi = ((len as f64 * (1.0 + ratio)).ceil() as usize).max(lo);
+    (lo, hi)
+}
+
+/// A length drawn uniformly from [`uniform_len_range`]: vLLM's range ratio.
+pub fn uniform_len(rng: &mut Rng, len: usize, ratio: f64) -> usize {
+    let (lo, hi) = uniform_len_range(len, ratio);
     lo + (rng.uniform() * (hi - lo + 1) as f64) as usize % (hi - lo + 1)
 }
 

@@ -7,6 +7,7 @@
 pub mod arrivals;
 pub mod client;
 pub mod dataset;
+pub mod engine_steps;
 pub mod fairness;
 pub mod in_process;
 pub mod metrics;

@@ -8,6 +8,7 @@
 use super::fairness::Fairness;
 use super::metrics::{percentile, Metrics, RequestOutcome};
 use serde::{Deserialize, Serialize};
+use tperf_core::cost::serve::ServePrediction;
 
 /// The most points one latency CDF keeps.
 pub const CDF_POINTS: usize = 101;
@@ -43,6 +44,50 @@ pub struct Predicted {
     pub tpot_ms: Option<f64>,
 }
 
+impl Predicted {
+    /// The prediction in the summary's terms: at `rate` where the prediction has a stable
+    /// point for it (the offered rate is then the throughput, since nothing queues without
+    /// bound), or at saturation when the rate is infinite, was not predicted, or is beyond what
+    /// the model says the server sustains (TPOT is then one decode step of the full batch).
+    pub fn of(p: &ServePrediction, rate: f64) -> Predicted {
+        let ms = |s: Option<f64>| s.map(|s| s * 1e3);
+        let at_rate = p
+            .rates
+            .iter()
+            .find(|r| (r.request_rate - rate).abs() <= 1e-9 * rate.max(1.0))
+            .filter(|r| rate.is_finite() && r.ttft_seconds.is_some());
+        match at_rate {
+            Some(r) => Predicted {
+                request_throughput: Some(rate),
+                output_throughput: Some(rate * p.config.output_len as f64),
+                ttft_ms: ms(r.ttft_seconds),
+                tpot_ms: ms(r.tpot_seconds),
+            },
+            None => Predicted {
+                request_throughput: Some(p.saturation.request_throughput),
+                output_throughput: Some(p.saturation.output_throughput),
+                ttft_ms: None,
+                tpot_ms: Some(p.saturation.decode_step_seconds * 1e3),
+            },
+        }
+    }
+}
+
+/// The server's steps over one run, from its `/metrics` (tperf's engine only), beside the
+/// model's decode step at the batch they carried.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EngineStep {
+    pub steps: u64,
+    /// Sequences per step, the run's mean.
+    pub mean_batch: f64,
+    /// The engine's own part of a step (scheduling, blocks, token handling, streaming).
+    pub host_ms: f64,
+    /// The model's part (forward, sampling, the ids read back).
+    pub device_ms: f64,
+    /// The model's decode step at the mean batch, without a host term; None: no model given.
+    pub modelled_device_ms: Option<f64>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RunSummary {
     /// Which curve the run belongs to ("continuous", "static", "measured", …): runs of one
@@ -63,6 +108,8 @@ pub struct RunSummary {
     pub tpot_cdf: Vec<(f64, f64)>,
     #[serde(default)]
     pub predicted: Option<Predicted>,
+    #[serde(default)]
+    pub engine_step: Option<EngineStep>,
 }
 
 impl RunSummary {
@@ -96,6 +143,7 @@ impl RunSummary {
             ttft_cdf: cdf(&ttft),
             tpot_cdf: cdf(&tpot),
             predicted,
+            engine_step: None,
         }
     }
 
@@ -138,6 +186,60 @@ pub fn best_under_ttft_slo<'a>(
                 .unwrap_or(f64::INFINITY)
                 .total_cmp(&b.request_rate.unwrap_or(f64::INFINITY))
         })
+}
+
+/// The p99 TTFT limit at which series are compared "at equal p99 TTFT", read off the runs:
+/// `multiple` × the largest p99 TTFT that any series shows at its lightest offered load. Every
+/// series then meets it at light load (a static batch's newcomer waits for the batch in
+/// flight, so static's light-load p99 is the larger), and each is credited with the highest
+/// rate it sustains within it. None: some series has no finite-rate run with a TTFT.
+pub fn ttft_slo_from_light_load(runs: &[RunSummary], multiple: f64) -> Option<f64> {
+    let mut series: Vec<&str> = runs.iter().map(|r| r.series.as_str()).collect();
+    series.sort_unstable();
+    series.dedup();
+    let mut worst: Option<f64> = None;
+    for name in series {
+        let lightest = runs
+            .iter()
+            .filter_map(|r| r.request_rate.filter(|_| r.series == name).map(|v| (v, r)))
+            .min_by(|a, b| a.0.total_cmp(&b.0))?
+            .1;
+        let p99 = lightest.ttft.as_ref()?.p99_ms;
+        worst = Some(worst.map_or(p99, |w: f64| w.max(p99)));
+    }
+    worst.map(|w| multiple * w)
+}
+
+/// One series' best within a p99 TTFT limit: the highest rate that met it and the request
+/// throughput measured there.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Sustained {
+    pub series: String,
+    pub request_rate: Option<f64>,
+    pub request_throughput: f64,
+}
+
+/// Each series' [`best_under_ttft_slo`], in the order the series first appear; a series that
+/// met the limit at no rate is left out.
+pub fn sustained_under_ttft_slo(runs: &[RunSummary], slo_ms: f64) -> Vec<Sustained> {
+    let mut series: Vec<&str> = Vec::new();
+    for r in runs {
+        if !series.contains(&r.series.as_str()) {
+            series.push(&r.series);
+        }
+    }
+    series
+        .into_iter()
+        .filter_map(|name| {
+            best_under_ttft_slo(runs.iter().filter(|r| r.series == name), slo_ms).map(|r| {
+                Sustained {
+                    series: name.to_string(),
+                    request_rate: r.request_rate,
+                    request_throughput: r.request_throughput,
+                }
+            })
+        })
+        .collect()
 }
 
 /// One fairness run: the cumulative service of each client over time.
@@ -269,5 +371,73 @@ mod tests {
         );
         assert!(best_under_ttft_slo(&runs, 1.0).is_none());
         assert_eq!(run(f64::INFINITY, 0.01).request_rate, None);
+    }
+
+    #[test]
+    fn series_are_compared_at_a_ttft_limit_read_off_their_lightest_load() {
+        let run = |series: &str, rate: f64, ttft: f64| {
+            let outs: Vec<_> = (0..10).map(|_| outcome(ttft, 5)).collect();
+            let m = Metrics::of(&outs, 10.0 / rate, &[50.0, 99.0], &Slo::default());
+            RunSummary::of(series, rate, &m, &outs, None)
+        };
+        // Continuous: 10 ms at light load, 40 ms at 8 req/s, 2 s at 16. Static: 100 ms at
+        // light load (a newcomer waits for the batch in flight), 900 ms at 4, 3 s at 8.
+        let runs = vec![
+            run("continuous", 2.0, 0.01),
+            run("continuous", 8.0, 0.04),
+            run("continuous", 16.0, 2.0),
+            run("static", 2.0, 0.1),
+            run("static", 4.0, 0.9),
+            run("static", 8.0, 3.0),
+        ];
+        // The limit: 2 × the worse light-load p99, static's 100 ms.
+        let slo = ttft_slo_from_light_load(&runs, 2.0).unwrap();
+        assert!((slo - 200.0).abs() < 1e-9, "{slo}");
+        let best = sustained_under_ttft_slo(&runs, slo);
+        assert_eq!(best.len(), 2);
+        assert_eq!(
+            (best[0].series.as_str(), best[0].request_rate),
+            ("continuous", Some(8.0))
+        );
+        assert_eq!(
+            (best[1].series.as_str(), best[1].request_rate),
+            ("static", Some(2.0))
+        );
+        // 10 requests in 10/rate seconds: the rate itself.
+        assert!((best[0].request_throughput / best[1].request_throughput - 4.0).abs() < 1e-9);
+        assert!(ttft_slo_from_light_load(&[run("a", f64::INFINITY, 0.01)], 2.0).is_none());
+    }
+
+    /// Predicted::of takes the rate's own point when the model has a stable one, and the
+    /// saturation point otherwise (rate inf, a rate not predicted, a rate past saturation).
+    #[test]
+    fn predicted_of_a_rate_or_of_saturation() {
+        use tperf_core::cost::serve::{predict, ServeConfig};
+        let cfg = tperf_core::presets::find("gpt2-124m").unwrap().config;
+        let hw = tperf_core::cost::hardware::find("h200").unwrap();
+        let opts = tperf_core::schedule::Options::default();
+        let sc = ServeConfig::new(128, 64);
+        let sat = predict(&cfg, &hw, opts, sc, &[]).unwrap().saturation;
+        let (low, high) = (0.25 * sat.request_throughput, 2.0 * sat.request_throughput);
+        let p = predict(&cfg, &hw, opts, sc, &[low, high]).unwrap();
+        let at_low = Predicted::of(&p, low);
+        let point = &p.rates[0];
+        assert_eq!(at_low.request_throughput, Some(low));
+        assert_eq!(at_low.output_throughput, Some(low * 64.0));
+        assert_eq!(at_low.ttft_ms, Some(point.ttft_seconds.unwrap() * 1e3));
+        assert_eq!(at_low.tpot_ms, Some(point.tpot_seconds.unwrap() * 1e3));
+        let saturated = Predicted {
+            request_throughput: Some(sat.request_throughput),
+            output_throughput: Some(sat.output_throughput),
+            ttft_ms: None,
+            tpot_ms: Some(sat.decode_step_seconds * 1e3),
+        };
+        assert_eq!(Predicted::of(&p, high), saturated, "past saturation");
+        assert_eq!(Predicted::of(&p, f64::INFINITY), saturated);
+        assert_eq!(
+            Predicted::of(&p, 0.5 * low),
+            saturated,
+            "a rate not predicted"
+        );
     }
 }

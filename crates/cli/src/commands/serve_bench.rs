@@ -13,9 +13,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use tperf_bench::serve::client::{self, Api, ClientConfig, Target};
 use tperf_bench::serve::dataset::{self, RandomLengths, RequestSpec};
+use tperf_bench::serve::engine_steps::StepTimes;
 use tperf_bench::serve::fairness::{self, Fairness};
 use tperf_bench::serve::metrics::{self, Metrics, RequestOutcome};
-use tperf_bench::serve::summary::{self, FairnessSummary, Predicted, RunSummary, ServingSummary};
+use tperf_bench::serve::summary::{
+    self, EngineStep, FairnessSummary, Predicted, RunSummary, ServingSummary,
+};
+use tperf_core::cost::calibration::Calibration;
+use tperf_core::cost::hardware::Hardware;
 use tperf_core::cost::serve::{self as serve_model, RatePoint, ServeConfig, ServePrediction};
 use tperf_core::rng::Rng;
 use tperf_report::table::Table;
@@ -54,13 +59,26 @@ pub struct ServeModelArgs {
 }
 
 impl ServeModelArgs {
-    pub fn predict(
+    /// The server's configuration as the model takes it, with the host time per step the
+    /// server was measured to spend, where it was.
+    fn serve_config(
         &self,
-        model: &str,
         input_len: usize,
         output_len: usize,
-        rates: &[f64],
-    ) -> Result<ServePrediction> {
+        host_seconds_per_step: Option<f64>,
+    ) -> ServeConfig {
+        ServeConfig {
+            max_num_seqs: self.max_num_seqs,
+            max_batched_tokens: self.max_batched_tokens,
+            block_size: self.block_size,
+            kv_blocks: self.kv_blocks,
+            gpu_memory_utilization: self.gpu_memory_utilization,
+            host_seconds_per_step,
+            ..ServeConfig::new(input_len, output_len)
+        }
+    }
+
+    fn inputs(&self, model: &str) -> Result<(load::LoadedModel, Hardware, Option<Calibration>)> {
         if !(self.gpu_memory_utilization > 0.0 && self.gpu_memory_utilization <= 1.0) {
             bail!(
                 "--gpu-memory-utilization {} is not a fraction in (0, 1]",
@@ -70,21 +88,46 @@ impl ServeModelArgs {
         let m = load::load(model)?;
         let hw = find_hw(&self.hw)?;
         let calibration = super::load_calibration(self.calibration.as_deref(), &hw)?;
-        let sc = ServeConfig {
-            max_num_seqs: self.max_num_seqs,
-            max_batched_tokens: self.max_batched_tokens,
-            block_size: self.block_size,
-            kv_blocks: self.kv_blocks,
-            gpu_memory_utilization: self.gpu_memory_utilization,
-            ..ServeConfig::new(input_len, output_len)
-        };
+        Ok((m, hw, calibration))
+    }
+
+    /// The serving model's prediction; `host_seconds_per_step`: the engine's own time per
+    /// step as measured on the server (it then replaces the calibration's estimate).
+    pub fn predict(
+        &self,
+        model: &str,
+        input_len: usize,
+        output_len: usize,
+        rates: &[f64],
+        host_seconds_per_step: Option<f64>,
+    ) -> Result<ServePrediction> {
+        let (m, hw, calibration) = self.inputs(model)?;
         Ok(serve_model::predict_calibrated(
             &m.config,
             &hw,
             self.schedule.options(),
-            sc,
+            self.serve_config(input_len, output_len, host_seconds_per_step),
             rates,
             calibration.as_ref(),
+        )?)
+    }
+
+    /// The model's decode step at `batch`, the device's part alone (no engine host term).
+    pub fn device_step_seconds(
+        &self,
+        model: &str,
+        input_len: usize,
+        output_len: usize,
+        batch: usize,
+    ) -> Result<f64> {
+        let (m, hw, calibration) = self.inputs(model)?;
+        Ok(serve_model::decode_step_seconds(
+            &m.config,
+            &hw,
+            self.schedule.options(),
+            self.serve_config(input_len, output_len, Some(0.0)),
+            calibration.as_ref(),
+            batch,
         )?)
     }
 }
@@ -112,6 +155,7 @@ pub fn plan(args: PlanServeArgs) -> Result<()> {
         args.input_len,
         args.output_len,
         &args.request_rate,
+        None,
     )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&p)?);
@@ -317,6 +361,17 @@ pub struct ServeBenchArgs {
     /// compared "at equal p99 TTFT").
     #[arg(long)]
     pub ttft_p99_slo_ms: Option<f64>,
+    /// Another sweep's JSON (`--json` of a `tperf bench serve` sweep, say of the same server
+    /// with static batching): after this sweep, each series' highest rate within one p99 TTFT
+    /// limit and the ratio of their request throughputs there ("at equal p99 TTFT"). The limit
+    /// is --ttft-p99-slo-ms, or --ttft-slo-multiple × the largest p99 TTFT any series shows at
+    /// its lightest rate.
+    #[arg(long, value_name = "FILE")]
+    pub compare_with: Option<std::path::PathBuf>,
+    /// With --compare-with and no --ttft-p99-slo-ms: the limit as a multiple of the light-load
+    /// p99 TTFT.
+    #[arg(long, default_value_t = 2.0)]
+    pub ttft_slo_multiple: f64,
     /// In a sweep, send at most rate × this many seconds of prompts at each finite rate (and
     /// at least 16), so that the low rates of a sweep take seconds, not num-prompts / rate.
     #[arg(long)]
@@ -404,6 +459,17 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
     } else {
         vec![args.client_rates.clone()]
     };
+    if !(args.ttft_slo_multiple > 0.0 && args.ttft_slo_multiple.is_finite()) {
+        bail!(
+            "--ttft-slo-multiple {} must be a positive number",
+            args.ttft_slo_multiple
+        );
+    }
+    // Read before any request is sent: a wrong path fails fast.
+    let compared = match &args.compare_with {
+        Some(path) => Some(read_serving(path)?),
+        None => None,
+    };
     let tok = Tokenizer::gpt2();
     let mut rng = Rng::new(args.seed);
     let specs = load_dataset(&args, &tok, &mut rng)?;
@@ -421,7 +487,7 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
             };
             let rates: Vec<f64> = Some(total).filter(|r| r.is_finite()).into_iter().collect();
             args.server
-                .predict(m, mean_in.max(1), mean_out.max(1), &rates)
+                .predict(m, mean_in.max(1), mean_out.max(1), &rates, None)
                 .with_context(|| format!("predicting {m} on {}", args.server.hw))
                 .map(Some)
         })
@@ -460,13 +526,20 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
             bail!("{e}; is the server up? (name the model with --model if it has no /v1/models)")
         }
     };
+    // The engine's step counters, where the server is tperf's: read before and after each
+    // run, so the run's host time per step goes into its prediction.
+    let scrape = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(client::metrics_text(&target, api_key.as_deref()))
+            .ok()
+            .and_then(|text| StepTimes::parse(&text))
+    };
     let cfg = Arc::new(ClientConfig {
         target: target.clone(),
         endpoint: args.endpoint.clone(),
         model: model.clone(),
         api,
         ignore_eos: !args.no_ignore_eos,
-        api_key,
+        api_key: api_key.clone(),
         request_timeout: Duration::from_secs_f64(args.timeout_s),
     });
     // One request first, as vLLM does: a server that cannot answer at all is an error with
@@ -514,6 +587,8 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
             args.max_concurrency
                 .map_or(String::new(), |n| format!(", at most {n} in flight"))
         );
+        let sent = schedule.len();
+        let steps_before = scrape(&rt);
         let bar = progress(schedule.len() as u64);
         let on_done = {
             let bar = bar.clone();
@@ -528,6 +603,45 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
         ));
         bar.finish_and_clear();
         let m = Metrics::of(&outcomes, duration, &args.percentiles, &slo);
+        let steps = steps_before.zip(scrape(&rt)).and_then(|(b, a)| a.since(&b));
+        // The host term measured over this run replaces the pure model's (none) or the
+        // calibration's estimate: the prediction is made again with it.
+        let prediction = match (&args.model_config, steps) {
+            (Some(name), Some(d)) => {
+                let rates: Vec<f64> = Some(total_rate)
+                    .filter(|r| r.is_finite())
+                    .into_iter()
+                    .collect();
+                Some(args.server.predict(
+                    name,
+                    mean_in.max(1),
+                    mean_out.max(1),
+                    &rates,
+                    Some(d.host_seconds_per_step),
+                )?)
+            }
+            _ => prediction,
+        };
+        let engine_step = match steps {
+            Some(d) => Some(EngineStep {
+                steps: d.steps,
+                mean_batch: d.mean_batch,
+                host_ms: d.host_seconds_per_step * 1e3,
+                device_ms: d.device_seconds_per_step * 1e3,
+                modelled_device_ms: match &args.model_config {
+                    Some(name) => Some(
+                        args.server.device_step_seconds(
+                            name,
+                            mean_in.max(1),
+                            mean_out.max(1),
+                            (d.mean_batch.round() as usize).max(1),
+                        )? * 1e3,
+                    ),
+                    None => None,
+                },
+            }),
+            None => None,
+        };
         let fair = (args.clients > 1).then(|| {
             let bucket = args
                 .fairness_bucket_s
@@ -542,17 +656,29 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
                 "{}",
                 render(&args, &target, &model, &m, prediction.as_ref(), total_rate)
             );
+            println!("{}", engine_step_line(engine_step.as_ref()));
             if let Some(f) = &fair {
                 print!("\n{}", render_fairness(f));
             }
         }
-        let run = RunSummary::of(
+        if sweep {
+            eprintln!("  {}", engine_step_line(engine_step.as_ref()));
+        }
+        if total_rate.is_infinite() && sent < 4 * m.max_concurrent_requests {
+            serving.notes.push(format!(
+                "rate inf sent {sent} requests, {:.1}× the {} that ran at once: the ramp-up and the tail weigh in, so it is not the steady state the model predicts (send ≥ 4× as many, --num-prompts)",
+                sent as f64 / m.max_concurrent_requests.max(1) as f64,
+                m.max_concurrent_requests
+            ));
+        }
+        let mut run = RunSummary::of(
             &args.label,
             total_rate,
             &m,
             &outcomes,
-            prediction.as_ref().map(|p| predicted(p, total_rate)),
+            prediction.as_ref().map(|p| Predicted::of(p, total_rate)),
         );
+        run.engine_step = engine_step;
         serving.runs.push(run);
         if let Some(f) = &fair {
             serving
@@ -561,8 +687,14 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
         }
         records.push((client_rates.clone(), m, fair, prediction, outcomes));
     }
+    if let Some(other) = &compared {
+        compare(&mut serving, other, &args);
+    }
     if sweep {
         print!("{}", render_sweep(&serving));
+    }
+    for n in &serving.notes {
+        println!("note: {n}");
     }
     if let Some(path) = &args.json {
         let settings = json!({
@@ -644,28 +776,94 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
     Ok(())
 }
 
-/// The prediction in the summary's terms: at the run's rate, or at saturation when the rate
-/// is infinite or beyond what the model says the server sustains.
-fn predicted(p: &ServePrediction, rate: f64) -> Predicted {
-    let ms = |s: Option<f64>| s.map(|s| s * 1e3);
-    match p
-        .rates
-        .first()
-        .filter(|r| rate.is_finite() && r.ttft_seconds.is_some())
-    {
-        Some(r) => Predicted {
-            request_throughput: Some(rate),
-            output_throughput: Some(rate * p.config.output_len as f64),
-            ttft_ms: ms(r.ttft_seconds),
-            tpot_ms: ms(r.tpot_seconds),
-        },
-        None => Predicted {
-            request_throughput: Some(p.saturation.request_throughput),
-            output_throughput: Some(p.saturation.output_throughput),
-            ttft_ms: None,
-            tpot_ms: Some(p.saturation.decode_step_seconds * 1e3),
-        },
+/// The `serving` summary of an earlier `tperf bench serve --json` file.
+fn read_serving(path: &std::path::Path) -> Result<ServingSummary> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    serde_json::from_value(doc["serving"].clone()).with_context(|| {
+        format!(
+            "{} has no serving summary: give the --json of a tperf bench serve run",
+            path.display()
+        )
+    })
+}
+
+/// The comparison at equal p99 TTFT of the other file's series and this run's, as notes (and
+/// the limit set on this run's summary, so its table marks each rate).
+fn compare(serving: &mut ServingSummary, other: &ServingSummary, args: &ServeBenchArgs) {
+    let runs: Vec<RunSummary> = other.runs.iter().chain(&serving.runs).cloned().collect();
+    let (slo, how) = match args.ttft_p99_slo_ms {
+        Some(ms) => (Some(ms), "given".to_string()),
+        None => (
+            summary::ttft_slo_from_light_load(&runs, args.ttft_slo_multiple),
+            format!(
+                "{} × the largest p99 TTFT of a series at its lightest rate",
+                args.ttft_slo_multiple
+            ),
+        ),
+    };
+    let Some(slo) = slo else {
+        serving.notes.push("no comparison at equal p99 TTFT: a series has no finite-rate run to read its light-load TTFT from (sweep some finite rates)".into());
+        return;
+    };
+    // To 0.1 ms: the limit is read off a measurement, and a table prints it.
+    let slo = (slo * 10.0).round() / 10.0;
+    serving.ttft_p99_slo_ms = Some(slo);
+    let best = summary::sustained_under_ttft_slo(&runs, slo);
+    let mut text = format!("at equal p99 TTFT (≤ {slo:.1} ms, {how}):");
+    for b in &best {
+        text.push_str(&format!(
+            " {} sustains {:.2} req/s (at rate {});",
+            b.series,
+            b.request_throughput,
+            b.request_rate.map_or("inf".into(), |r| format!("{r}"))
+        ));
     }
+    let mut series: Vec<&str> = Vec::new();
+    for r in &runs {
+        if !series.contains(&r.series.as_str()) {
+            series.push(&r.series);
+        }
+    }
+    for name in &series {
+        if !best.iter().any(|b| b.series == *name) {
+            text.push_str(&format!(" {name} met it at no rate of its sweep;"));
+        }
+    }
+    if let [a, b] = &best[..] {
+        text.push_str(&format!(
+            " {} / {} = {:.2}×",
+            a.series,
+            b.series,
+            a.request_throughput / b.request_throughput
+        ));
+    }
+    serving.notes.push(text.trim_end_matches(';').to_string());
+}
+
+/// The server's step beside the model's: "engine step: measured X ms (host Y, device Z) vs
+/// modelled W ms" (W: the model's device step at the run's mean batch plus the host Y measured).
+fn engine_step_line(e: Option<&EngineStep>) -> String {
+    let Some(e) = e else {
+        return "engine step: the server publishes no tperf_engine_step_seconds on /metrics (not tperf?): the prediction is the pure model, with no measured host term".into();
+    };
+    let modelled = e.modelled_device_ms.map_or(String::new(), |d| {
+        format!(
+            " vs modelled {:.3} ms (device {d:.3} + host {:.3} measured)",
+            d + e.host_ms,
+            e.host_ms
+        )
+    });
+    format!(
+        "engine step: measured {:.3} ms (host {:.3}, device {:.3}) over {} steps of {:.1} sequences (mean){modelled}",
+        e.host_ms + e.device_ms,
+        e.host_ms,
+        e.device_ms,
+        e.steps,
+        e.mean_batch
+    )
 }
 
 fn sweep_line(m: &Metrics) -> String {
@@ -706,6 +904,14 @@ pub fn render_sweep(s: &ServingSummary) -> String {
             "predicted TPOT (ms)",
         ]);
     }
+    let stepped = s.runs.iter().any(|r| r.engine_step.is_some());
+    if stepped {
+        header.extend([
+            "step host + device (ms)",
+            "batch/step",
+            "modelled device (ms)",
+        ]);
+    }
     if s.ttft_p99_slo_ms.is_some() {
         header.push("p99 TTFT within SLO");
     }
@@ -739,6 +945,17 @@ pub fn render_sweep(s: &ServingSummary) -> String {
             cells.push(p.ttft_ms.map_or("saturated".into(), |v| format!("{v:.2}")));
             cells.push(ms(p.tpot_ms));
         }
+        if stepped {
+            match &r.engine_step {
+                Some(e) => cells.extend([
+                    format!("{:.3} + {:.3}", e.host_ms, e.device_ms),
+                    format!("{:.1}", e.mean_batch),
+                    e.modelled_device_ms
+                        .map_or("—".into(), |v| format!("{v:.3}")),
+                ]),
+                None => cells.extend(["—".into(), "—".into(), "—".into()]),
+            }
+        }
         if let Some(slo) = s.ttft_p99_slo_ms {
             cells.push(if r.meets_ttft_p99(slo) { "yes" } else { "no" }.into());
         }
@@ -758,6 +975,11 @@ pub fn render_sweep(s: &ServingSummary) -> String {
                 None => format!("{label}: no rate kept p99 TTFT within {slo} ms"),
             });
         }
+    }
+    if predicted && stepped {
+        t.note("the host term is measured: each run's predicted req/s and TPOT include the engine's own time per step that the server spent in that run (tperf_engine_step_seconds{part=\"host\"} from /metrics, sum ÷ count between scrapes before and after it); modelled device: the model's decode step at the run's mean batch");
+    } else if predicted {
+        t.note("the host term is not measured (the server publishes no tperf_engine_step_seconds): the prediction is the pure model");
     }
     t.note("the same prompts at every rate; TTFT/TPOT as vLLM defines them; p50/p99 interpolate linearly");
     t.render()

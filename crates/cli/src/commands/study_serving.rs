@@ -5,6 +5,11 @@
 //! prediction. On the CPU the model is a small random-weight GPT-2 shape with a byte vocabulary
 //! (gpt2-124m would take minutes a sweep on two cores); on a GPU it is gpt2-124m in bf16.
 //!
+//! Output lengths vary (uniform over about 0.1–1.9 × the mean, vLLM's range ratio 0.9) so that
+//! the two batching modes differ as they do in service: a static batch holds its seats until
+//! its longest member finishes, continuous batching gives a finished sequence's seat to the
+//! next request at the next step.
+//!
 //! Rates are set from the saturation measured first, so the sweep spans the same range of load
 //! on any machine: ¼, ½, 1 and 2 × saturation. "Equal p99 TTFT" is a p99 TTFT limit of the
 //! median end-to-end latency of a request at the lightest load (a user waits no longer for the
@@ -14,14 +19,14 @@
 use anyhow::{bail, Result};
 use tperf_bench::device::Device;
 use tperf_bench::serve::client::Scheduled;
-use tperf_bench::serve::dataset::{Prompt, RequestSpec};
+use tperf_bench::serve::dataset::{self, Prompt, RequestSpec};
 use tperf_bench::serve::fairness;
 use tperf_bench::serve::in_process;
 use tperf_bench::serve::metrics::{Metrics, RequestOutcome, Slo};
 use tperf_bench::serve::summary::{self, FairnessSummary, Predicted, RunSummary, ServingSummary};
 use tperf_core::config::ModelConfig;
 use tperf_core::cost::hardware::Hardware;
-use tperf_core::cost::serve::{self as serve_model, ServeConfig, ServePrediction};
+use tperf_core::cost::serve::{self as serve_model, ServeConfig};
 use tperf_core::presets;
 use tperf_core::rng::Rng;
 use tperf_core::schedule::{Options, Precision, Transformer};
@@ -38,7 +43,11 @@ struct Setup {
     cfg: ModelConfig,
     opts: Options,
     input_len: usize,
+    /// The mean output length; each request's is drawn from [⌊L(1 − r)⌋, ⌈L(1 + r)⌉] with r
+    /// the range ratio below, so a static batch waits for its longest member while continuous
+    /// batching refills the seats of the short ones.
     output_len: usize,
+    output_range_ratio: f64,
     engine: EngineConfig,
     /// Requests of one run at most, and at least.
     requests: (usize, usize),
@@ -57,19 +66,26 @@ fn setup(device: Device) -> Result<Setup> {
             let cfg = cfg.with_heads(4, 4)?;
             cfg.validate()?;
             let (input_len, output_len, seqs) = (32, 32, 16);
+            let output_range_ratio = OUTPUT_RANGE_RATIO;
             Setup {
                 name: cfg.name.clone(),
                 cfg,
                 opts: Options::default(),
                 input_len,
                 output_len,
-                engine: engine_config(input_len + output_len, seqs, 512),
+                output_range_ratio,
+                engine: engine_config(
+                    input_len + longest(output_len, output_range_ratio),
+                    seqs,
+                    512,
+                ),
                 requests: (16, 64),
             }
         }
         Device::Cuda(_) => {
             let cfg = presets::find("gpt2-124m")?.config;
             let (input_len, output_len, seqs) = (128, 128, 256);
+            let output_range_ratio = OUTPUT_RANGE_RATIO;
             Setup {
                 name: "gpt2-124m (random weights)".into(),
                 cfg,
@@ -79,11 +95,24 @@ fn setup(device: Device) -> Result<Setup> {
                 },
                 input_len,
                 output_len,
-                engine: engine_config(input_len + output_len, seqs, 8192),
+                output_range_ratio,
+                engine: engine_config(
+                    input_len + longest(output_len, output_range_ratio),
+                    seqs,
+                    8192,
+                ),
                 requests: (64, 512),
             }
         }
     })
+}
+
+/// Output lengths from about a tenth of the mean to nearly twice it.
+const OUTPUT_RANGE_RATIO: f64 = 0.9;
+
+/// The longest output [`dataset::uniform_len`] draws for a mean `len` and range ratio `r`.
+fn longest(len: usize, r: f64) -> usize {
+    dataset::uniform_len_range(len, r).1
 }
 
 /// Seats for `seqs` sequences and a KV cache that holds exactly that many of `positions`
@@ -132,7 +161,8 @@ fn start(device: Device, s: &Setup, policy: Policy, batching: Batching) -> Resul
     Ok(engine)
 }
 
-/// `n` prompts of random token ids of the setup's lengths.
+/// `n` prompts of random token ids of the setup's input length, each asking for an output
+/// length drawn about the setup's mean.
 fn prompts(s: &Setup, n: usize, seed: u64) -> Vec<RequestSpec> {
     let mut rng = Rng::new(seed);
     // Ids of the byte vocabulary's printable range, or GPT-2's first 50 000.
@@ -145,7 +175,7 @@ fn prompts(s: &Setup, n: usize, seed: u64) -> Vec<RequestSpec> {
                     .collect(),
             ),
             prompt_len: s.input_len,
-            output_len: s.output_len,
+            output_len: dataset::uniform_len(&mut rng, s.output_len, s.output_range_ratio),
         })
         .collect()
 }
@@ -171,28 +201,6 @@ fn measure(
     Ok((outcomes, m))
 }
 
-fn predicted(p: &ServePrediction, rate: f64) -> Predicted {
-    let at = p
-        .rates
-        .iter()
-        .find(|r| (r.request_rate - rate).abs() <= 1e-9 * rate.max(1.0))
-        .filter(|r| rate.is_finite() && r.ttft_seconds.is_some());
-    match at {
-        Some(r) => Predicted {
-            request_throughput: Some(rate),
-            output_throughput: Some(rate * p.config.output_len as f64),
-            ttft_ms: r.ttft_seconds.map(|s| s * 1e3),
-            tpot_ms: r.tpot_seconds.map(|s| s * 1e3),
-        },
-        None => Predicted {
-            request_throughput: Some(p.saturation.request_throughput),
-            output_throughput: Some(p.saturation.output_throughput),
-            ttft_ms: None,
-            tpot_ms: Some(p.saturation.decode_step_seconds * 1e3),
-        },
-    }
-}
-
 /// Two significant digits: rates that read well in a table.
 fn round2(x: f64) -> f64 {
     if x <= 0.0 || !x.is_finite() {
@@ -210,11 +218,14 @@ pub fn measure_serving(device: Device, hw: &Hardware, stop: &StopFlag) -> Result
     let e = &s.engine;
     let mut out = ServingSummary {
         setup: format!(
-            "{} on {device} ({}), in process (no HTTP): {} prompt + {} output tokens, greedy, \
-             ≤ {} sequences and ≤ {} tokens a step, {} KV blocks of {}",
+            "{} on {device} ({}), in process (no HTTP): {} prompt tokens, output tokens uniform \
+             over {}..{} (mean {}), greedy, ≤ {} sequences and ≤ {} tokens a step, {} KV blocks \
+             of {}",
             s.name,
             hw.key,
             s.input_len,
+            dataset::uniform_len_range(s.output_len, s.output_range_ratio).0,
+            dataset::uniform_len_range(s.output_len, s.output_range_ratio).1,
             s.output_len,
             e.max_num_seqs,
             e.max_num_batched_tokens,
@@ -246,7 +257,7 @@ pub fn measure_serving(device: Device, hw: &Hardware, stop: &StopFlag) -> Result
         f64::INFINITY,
         &sat,
         &sat_outcomes,
-        Some(predicted(&prediction, f64::INFINITY)),
+        Some(Predicted::of(&prediction, f64::INFINITY)),
     ));
     out.notes.push(format!(
         "saturation (all {hi} requests at once): {:.2} req/s, {:.1} output tok/s measured; the model predicts {:.2} req/s, {:.1} output tok/s (running batch {}) from the roofline of {}",
@@ -272,7 +283,7 @@ pub fn measure_serving(device: Device, hw: &Hardware, stop: &StopFlag) -> Result
                 rate,
                 &m,
                 &outcomes,
-                Some(predicted(&prediction, rate)),
+                Some(Predicted::of(&prediction, rate)),
             ));
         }
     }

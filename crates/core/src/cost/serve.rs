@@ -48,6 +48,11 @@ pub struct ServeConfig {
     /// the weights and one prefill step's activations.
     pub kv_blocks: Option<usize>,
     pub gpu_memory_utilization: f64,
+    /// The serving engine's own time per step (scheduling, block manager, token handling,
+    /// detokenising, streaming), as measured on the server (`tperf serve`'s /metrics:
+    /// `tperf_engine_step_seconds{part="host"}` sum ÷ count); added to every prefill and decode
+    /// step in place of a calibration's estimate of it. None: the calibration's, or nothing.
+    pub host_seconds_per_step: Option<f64>,
 }
 
 impl ServeConfig {
@@ -60,6 +65,7 @@ impl ServeConfig {
             block_size: DEFAULT_BLOCK_SIZE,
             kv_blocks: None,
             gpu_memory_utilization: 0.9,
+            host_seconds_per_step: None,
         }
     }
 }
@@ -120,8 +126,9 @@ pub struct ServePrediction {
     /// A calibration's host gap between ops (the profiler's) included in each decode step at the
     /// saturation batch.
     pub decode_overhead_seconds: f64,
-    /// The serving engine's own cost per step at the saturation batch, where the calibration
-    /// measured it; included in each decode step.
+    /// The serving engine's own cost per step at the saturation batch, included in each step:
+    /// the server's measured host time per step where `config.host_seconds_per_step` gives it,
+    /// else the calibration's where it measured one, else 0.
     pub engine_overhead_seconds: f64,
 }
 
@@ -132,6 +139,7 @@ struct DecodeTimes<'a> {
     opts: Options,
     context: usize,
     calibration: Option<&'a Calibration>,
+    host_seconds_per_step: Option<f64>,
     seconds: BTreeMap<usize, f64>,
 }
 
@@ -148,7 +156,7 @@ impl DecodeTimes<'_> {
         };
         let s = analysis::analyze_calibrated(self.cfg, &sc, self.hw, self.calibration)?
             .step_seconds()
-            + engine_overhead(self.calibration, batch);
+            + engine_overhead(self.host_seconds_per_step, self.calibration, batch);
         self.seconds.insert(batch, s);
         Ok(s)
     }
@@ -172,12 +180,19 @@ impl DecodeTimes<'_> {
     }
 }
 
-/// The serving engine's own cost per step of `batch` sequences, where the calibration measured
-/// it (0 otherwise).
-fn engine_overhead(calibration: Option<&Calibration>, batch: usize) -> f64 {
-    calibration
-        .and_then(|c| c.serving.as_ref())
-        .map_or(0.0, |o| o.seconds(batch))
+/// The serving engine's own cost per step of `batch` sequences: measured on the server where
+/// it was (one mean over the run's steps, whatever their batch: at saturation nearly all are
+/// full), else the calibration's fit, else 0.
+fn engine_overhead(
+    measured_seconds_per_step: Option<f64>,
+    calibration: Option<&Calibration>,
+    batch: usize,
+) -> f64 {
+    measured_seconds_per_step.unwrap_or_else(|| {
+        calibration
+            .and_then(|c| c.serving.as_ref())
+            .map_or(0.0, |o| o.seconds(batch))
+    })
 }
 
 fn zero(field: &'static str) -> AnalysisError {
@@ -217,6 +232,17 @@ pub fn predict_calibrated(
     if sc.max_num_seqs == 0 {
         return Err(zero("max_num_seqs"));
     }
+    if let Some(h) = sc.host_seconds_per_step {
+        if !(h >= 0.0 && h.is_finite()) {
+            return Err(ConfigError::Invalid {
+                field: "host_seconds_per_step",
+                value: h.to_string(),
+                why: "a measured host time per step is a finite number of seconds ≥ 0",
+            }
+            .into());
+        }
+    }
+    let host = sc.host_seconds_per_step;
     let total = sc.input_len + sc.output_len;
     cfg.check_seq(total)?;
     let prefill = |batch| {
@@ -263,11 +289,12 @@ pub fn predict_calibrated(
         .into());
     }
     let batch = sc.max_num_seqs.min(kv_sequences);
-    let prefill_step_seconds = big.step_seconds() + engine_overhead(calibration, prefill_batch);
+    let prefill_step_seconds =
+        big.step_seconds() + engine_overhead(host, calibration, prefill_batch);
     let prefill_one_seconds = if prefill_batch == 1 {
         prefill_step_seconds
     } else {
-        prefill(1)?.step_seconds() + engine_overhead(calibration, 1)
+        prefill(1)?.step_seconds() + engine_overhead(host, calibration, 1)
     };
     let prefill_share = prefill_step_seconds / prefill_batch as f64;
     let mut decode = DecodeTimes {
@@ -276,6 +303,7 @@ pub fn predict_calibrated(
         opts,
         context: sc.input_len + sc.output_len / 2,
         calibration,
+        host_seconds_per_step: host,
         seconds: BTreeMap::new(),
     };
     let mut sweep = Vec::new();
@@ -298,7 +326,7 @@ pub fn predict_calibrated(
         }
         None => 0.0,
     };
-    let engine_overhead_seconds = engine_overhead(calibration, batch);
+    let engine_overhead_seconds = engine_overhead(host, calibration, batch);
     let rates = rates
         .iter()
         .map(|&r| at_rate(&mut decode, &saturation, prefill_one_seconds, sc, r))
@@ -324,6 +352,33 @@ pub fn predict_calibrated(
         decode_overhead_seconds,
         engine_overhead_seconds,
     })
+}
+
+/// The modelled decode step of `batch` sequences at the mean context c̄ = I + O/2, as
+/// [`predict_calibrated`] costs it (with `sc`'s host time per step, if any): what a server's
+/// measured mean step at that batch is set beside.
+pub fn decode_step_seconds(
+    cfg: &ModelConfig,
+    hw: &Hardware,
+    opts: Options,
+    sc: ServeConfig,
+    calibration: Option<&Calibration>,
+    batch: usize,
+) -> Result<f64, AnalysisError> {
+    if batch == 0 {
+        return Err(zero("batch"));
+    }
+    cfg.check_seq(sc.input_len + sc.output_len)?;
+    DecodeTimes {
+        cfg,
+        hw,
+        opts,
+        context: sc.input_len + sc.output_len / 2,
+        calibration,
+        host_seconds_per_step: sc.host_seconds_per_step,
+        seconds: BTreeMap::new(),
+    }
+    .at(batch)
 }
 
 fn at_rate(
@@ -474,6 +529,45 @@ mod tests {
         let ratio = roof.saturation.output_throughput / p.saturation.output_throughput;
         assert!((ratio - 3.0).abs() < 0.15, "{ratio}");
         assert!(p.decode_overhead_seconds.abs() < 1e-9);
+    }
+
+    /// A measured host time h per step is added to every step the scheduler forms: the
+    /// prefill share becomes (T_p(b_p) + h)/b_p and each decode share (T_d(B) + h)/B.
+    #[test]
+    fn a_measured_host_time_is_added_to_every_step() {
+        let (cfg, hw, opts) = setup();
+        let (input_len, output_len) = (128, 128);
+        let pure = predict(
+            &cfg,
+            &hw,
+            opts,
+            ServeConfig::new(input_len, output_len),
+            &[],
+        )
+        .unwrap();
+        let h = 1.5e-3;
+        let sc = ServeConfig {
+            host_seconds_per_step: Some(h),
+            ..ServeConfig::new(input_len, output_len)
+        };
+        let p = predict(&cfg, &hw, opts, sc, &[]).unwrap();
+        assert_eq!(p.engine_overhead_seconds, h);
+        let (b_p, batch) = (pure.prefill_batch as f64, pure.saturation.batch as f64);
+        let t_p = pure.prefill_step_seconds;
+        let t_d = pure.saturation.decode_step_seconds;
+        let s = (t_p + h) / b_p + (output_len - 1) as f64 * (t_d + h) / batch;
+        assert!((p.saturation.seconds_per_request - s).abs() < 1e-12 * s);
+        assert!((p.saturation.request_throughput - 1.0 / s).abs() < 1e-9 / s);
+        assert!((p.saturation.decode_step_seconds - (t_d + h)).abs() < 1e-15);
+        assert!((p.prefill_one_seconds - (pure.prefill_one_seconds + h)).abs() < 1e-15);
+        let bad = ServeConfig {
+            host_seconds_per_step: Some(f64::NAN),
+            ..ServeConfig::new(input_len, output_len)
+        };
+        assert!(predict(&cfg, &hw, opts, bad, &[]).is_err());
+        let at = |sc| decode_step_seconds(&cfg, &hw, opts, sc, None, pure.saturation.batch);
+        assert_eq!(at(ServeConfig::new(input_len, output_len)).unwrap(), t_d);
+        assert!((at(sc).unwrap() - (t_d + h)).abs() < 1e-15);
     }
 
     #[test]
