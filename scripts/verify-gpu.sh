@@ -32,6 +32,7 @@ step attention.txt 20 $T attention --device cuda --batch 4 --heads 32 --dims 80 
 # The same sweep on flash_mma.cu's kernels (before the Hopper ones), for the A/B in one session.
 step attention-mma.txt 40 env TPERF_FLASH_WGMMA=0 $T attention --device cuda --batch 1 --heads 16 --dims 64,128 --seqs 4096,16384 --kernels flash --dtype bf16
 step decode.txt 30 $T bench gpt2-124m --phase decode --seq 384 --dtype bf16 --device cuda --batch 1,32,128
+for b in 1 32 128; do step profile-decode-b$b.txt 20 $T profile gpt2-124m --phase decode --seq 384 --dtype bf16 --device cuda --batch $b; done
 # The 2.7B rows need more than 80 s on a fresh machine (cut at 80 s on 2026-12-02).
 step train.txt 150 $T bench --sizes small,2.7B --dtype bf16 --batch 4 --seq 256 --device cuda
 step peers.txt 120 python3 bench/pytorch/bench_peers.py --attention 1x16x64x4096,1x16x64x16384,1x16x80x4096,1x16x80x16384,1x16x128x4096,1x16x128x16384,4x32x80x256 --batches 1,32,128 --steps 50 --out $O

@@ -312,7 +312,8 @@ fn greedy_takes_the_first_largest_on_the_device() {
     let v = 50257;
     let mut z = vec![0.0f32; 3 * v];
     for (i, x) in z.iter_mut().enumerate().take(v) {
-        *x = (i % 97) as f32 * 0.01;
+        // Multiples of 1/128 below 1: exact in bf16 and f16 too, so every dtype sees these ties.
+        *x = (i % 97) as f32 / 128.0;
     }
     z[v + 40000] = 3.0;
     z[v + 1025] = 3.0;
@@ -326,6 +327,10 @@ fn greedy_takes_the_first_largest_on_the_device() {
         sampling: greedy(),
         per_row: Vec::new(),
     };
-    let (checked, skipped) = check(&mut gpu, &s, &z, DType::F32, 1, "greedy ties");
-    assert_eq!((checked, skipped), (3, 0));
+    // In every logit dtype: the kernel reads 16-byte words of 4 or 8 logits, and rows 1 and 2
+    // of an odd V start off a 16-byte boundary (an unaligned head and tail of single loads).
+    for dtype in [DType::F32, DType::Bf16, DType::F16] {
+        let (checked, skipped) = check(&mut gpu, &s, &z, dtype, 1, &format!("greedy ties {dtype}"));
+        assert_eq!((checked, skipped), (3, 0), "{dtype}");
+    }
 }
