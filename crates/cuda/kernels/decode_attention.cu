@@ -18,15 +18,16 @@
 // At B1 the whole layer's K and V are 1.2 MB: latency, not bandwidth, bounds it, so the kernel
 // keeps many independent 16-byte loads in flight per thread.
 //
-// Pass 1 (decode_split_r2, decode_split_r8): block (u·H_kv + g, split) takes the keys [split·chunk, +chunk) of what
-// the unit's queries see. A warp is 32/LPK key groups of LPK lanes; a key group reads a key row
+// Each split kernel (decode_split_r2, _r2_deep, _r8): block (u·H_kv + g, split) takes the keys
+// [split·chunk, +chunk) of what the unit's queries see. A warp is 32/LPK key groups of LPK lanes; a key group reads a key row
 // as LPK vectors of 8 elements (16-byte loads for the 16-bit dtypes, two for f32; LPK the power
 // of two ≥ D/8), its lanes' partial dot products summed by shuffles. Each key group walks its own
 // keys (DEC_UNROLL at a time, their K and V loads issued together) with its own online softmax
 // (m, l) and output slice in registers — no barrier in the loop; the key groups then merge, by
 // shuffles within a warp and through shared memory across warps. One split writes O and lse
-// itself; several write unnormalised partials (O, m, l) to `part`, and pass 2 (decode_reduce)
-// combines them: O = Σ_s O_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M), lse = M + log L, as the flash
+// itself; several write unnormalised partials (O, m, l) to `part`, and the last of them to finish
+// (counted in `arrivals`, one counter per unit and KV head) combines them:
+// O = Σ_s O_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M), lse = M + log L, as the flash
 // forward writes them (a row that sees no key: NaN and −∞ there too).
 
 #define DEC_THREADS 128
@@ -79,7 +80,8 @@ template <int DT> __device__ __forceinline__ float vec8_at(const Vec8<DT>& v, in
 // What every decode kernel argument list carries (the host's one argument builder mirrors it).
 #define DEC_PARAMS                                                                              \
     Buf qkv, Buf kp, Buf vp, Buf block_table, Buf row_seq, Buf positions, Buf ctx_lens,         \
-        float *part, Buf o, Buf lse, int h, int h_kv, int tq, int tk, int d, int block_size,    \
+        float *part, unsigned *arrivals, Buf o, Buf lse, int h, int h_kv, int tq, int tk, int d,  \
+        int block_size,                                                                         \
         int max_blocks, int causal, i64 window, float scale, int chunk, const int *step
 
 // The block's shared memory, declared once in the kernel (each dtype's body would otherwise
@@ -88,7 +90,36 @@ struct DecShared {
     float qs[DEC_MAX_ROWS * DEC_MAX_D];
     float w_acc[DEC_WARPS][DEC_MAX_ROWS * DEC_MAX_D];
     float w_m[DEC_WARPS][DEC_MAX_ROWS], w_l[DEC_WARPS][DEC_MAX_ROWS];
+    int last;
 };
+
+// The splits' partials of unit-and-KV-head `ug` combined into O (units, Tq, H, d) and lse
+// (units, H, Tq; none when lse is the null buffer), by the block that finished last. The
+// partials were written by other blocks, so they are read through L2 (ld.global.cg): L1 is not
+// coherent across blocks.
+__device__ __forceinline__ void reduce_splits(const float* base, Buf o, Buf lse, i64 ug, int h, int h_kv, int tq,
+                              int d, int splits) {
+    const i64 u = ug / h_kv;
+    const int g = (int)(ug % h_kv);
+    const int group = h / h_kv, rows = group * tq, rd = rows * d;
+    const i64 stride = (i64)rows * (d + 2);
+    for (int i = threadIdx.x; i < rd; i += blockDim.x) {
+        const int r = i / d, e = i % d;
+        float m = NEG_INF;
+        for (int s = 0; s < splits; ++s) m = fmaxf(m, __ldcg(base + s * stride + rd + r));
+        const float m_use = m == NEG_INF ? 0.0f : m;
+        float l = 0.0f, x = 0.0f;
+        for (int s = 0; s < splits; ++s) {
+            const float* ps = base + s * stride;
+            const float w = expf(__ldcg(ps + rd + r) - m_use);
+            l = fmaf(__ldcg(ps + rd + rows + r), w, l);
+            x = fmaf(__ldcg(ps + i), w, x);
+        }
+        const int head = g * group + r / tq, q = r % tq;
+        st(o, ((u * tq + q) * h + head) * d + e, x / l);
+        if (e == 0 && lse.p) st(lse, (u * h + head) * tq + q, m + logf(l));
+    }
+}
 
 template <int DT, int RMAX, bool PREFETCH>
 __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
@@ -302,6 +333,22 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
             }
         }
     }
+    if (splits == 1) return;
+    // The last of the unit's splits to finish combines them (a separate reduce kernel cost a
+    // launch per layer and step: 3.4 µs at gpt2-124m B1 on the H200, more than the work). Each
+    // block's writes are fenced before it counts itself in; the last one resets the counter,
+    // so the next launch (or graph replay) finds it zero.
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        const unsigned done = atomicAdd(&arrivals[ug], 1u);
+        sh.last = done == (unsigned)splits - 1;
+        if (sh.last) arrivals[ug] = 0;
+    }
+    __syncthreads();
+    if (!sh.last) return;
+    __threadfence();
+    reduce_splits(part + ug * splits * (i64)rows * (d + 2), o, lse, ug, h, h_kv, tq, d, splits);
 }
 
 // Pass 1, one kernel per register budget and loop: rows ≤ 2 (a decode step of MHA, or two
@@ -314,19 +361,19 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
     switch (kp.dt) {                                                                            \
     case DT_BF16:                                                                               \
         decode_split_body<DT_BF16, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,      \
-                                         ctx_lens, part, o, lse, h, h_kv, tq, tk, d,            \
+                                         ctx_lens, part, arrivals, o, lse, h, h_kv, tq, tk, d,            \
                                          block_size, max_blocks, causal, window, scale, chunk,  \
                                          step);                                                 \
         break;                                                                                  \
     case DT_F16:                                                                                \
         decode_split_body<DT_F16, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,       \
-                                        ctx_lens, part, o, lse, h, h_kv, tq, tk, d,             \
+                                        ctx_lens, part, arrivals, o, lse, h, h_kv, tq, tk, d,             \
                                         block_size, max_blocks, causal, window, scale, chunk,   \
                                         step);                                                  \
         break;                                                                                  \
     default:                                                                                    \
         decode_split_body<DT_F32, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,       \
-                                        ctx_lens, part, o, lse, h, h_kv, tq, tk, d,             \
+                                        ctx_lens, part, arrivals, o, lse, h, h_kv, tq, tk, d,             \
                                         block_size, max_blocks, causal, window, scale, chunk,   \
                                         step);                                                  \
     }
@@ -341,31 +388,4 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2_deep(D
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r8(DEC_PARAMS) {
     DEC_DISPATCH(DEC_MAX_ROWS, true)
-}
-
-// Pass 2: O (units, Tq, H, d) and lse (units, H, Tq; none when lse is the null buffer) from the
-// splits' partials; one block per (unit, KV head).
-extern "C" __global__ void decode_reduce(const float* part, Buf o, Buf lse, int h, int h_kv,
-                                         int tq, int d, int splits) {
-    const i64 ug = blockIdx.x, u = ug / h_kv;
-    const int g = (int)(ug % h_kv);
-    const int group = h / h_kv, rows = group * tq, rd = rows * d;
-    const i64 stride = (i64)rows * (d + 2);
-    const float* base = part + ug * splits * stride;
-    for (int i = threadIdx.x; i < rd; i += blockDim.x) {
-        const int r = i / d, e = i % d;
-        float m = NEG_INF;
-        for (int s = 0; s < splits; ++s) m = fmaxf(m, base[s * stride + rd + r]);
-        const float m_use = m == NEG_INF ? 0.0f : m;
-        float l = 0.0f, x = 0.0f;
-        for (int s = 0; s < splits; ++s) {
-            const float* ps = base + s * stride;
-            const float w = expf(ps[rd + r] - m_use);
-            l = fmaf(ps[rd + rows + r], w, l);
-            x = fmaf(ps[i], w, x);
-        }
-        const int head = g * group + r / tq, q = r % tq;
-        st(o, ((u * tq + q) * h + head) * d + e, x / l);
-        if (e == 0 && lse.p) st(lse, (u * h + head) * tq + q, m + logf(l));
-    }
 }

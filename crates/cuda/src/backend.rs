@@ -91,6 +91,9 @@ pub struct CudaBackend {
     pub(crate) sample_state: Block,
     /// Eager sampling calls' settings (ops/sampling.rs); empty until the first.
     pub(crate) sample_params: Block,
+    /// Flash-decoding's split counters, one u32 per unit and KV head, zero between launches
+    /// (ops/decode.rs); empty until a decode first splits its keys.
+    pub(crate) decode_arrivals: Block,
     nvtx: bool,
     /// A CUPTI trace in progress and its wall start on CUPTI's clock.
     kernel_trace: Option<(crate::cupti::KernelTrace, u64)>,
@@ -165,6 +168,7 @@ impl CudaBackend {
             ops_run: 0,
             sample_state,
             sample_params: Block { ptr: 0, bytes: 0 },
+            decode_arrivals: Block { ptr: 0, bytes: 0 },
             nvtx: crate::nvtx::wanted(),
             kernel_trace: None,
         })
@@ -1011,6 +1015,9 @@ impl Drop for CudaBackend {
         self.alloc.free(self.sample_state);
         if self.sample_params.bytes > 0 {
             self.alloc.free(self.sample_params);
+        }
+        if self.decode_arrivals.bytes > 0 {
+            self.alloc.free(self.decode_arrivals);
         }
         for (_, b) in self.buffers.drain() {
             self.alloc.free(b.block);

@@ -52,8 +52,8 @@ const FLASH_BWD: &[ArgKind] = &[
 
 /// DEC_PARAMS of decode_attention.cu, which all of its split kernels take.
 const DECODE_SPLIT: &[ArgKind] = &[
-    Buf, Buf, Buf, Buf, Buf, Buf, Buf, Ptr, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, I32, I64,
-    F32, I32, Ptr,
+    Buf, Buf, Buf, Buf, Buf, Buf, Buf, Ptr, Ptr, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, I32,
+    I64, F32, I32, Ptr,
 ];
 
 /// (source, kernel, parameters) of every kernel in `kernels/*.cu`, in file order.
@@ -206,11 +206,6 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ("decode_attention", "decode_split_r2", DECODE_SPLIT),
     ("decode_attention", "decode_split_r2_deep", DECODE_SPLIT),
     ("decode_attention", "decode_split_r8", DECODE_SPLIT),
-    (
-        "decode_attention",
-        "decode_reduce",
-        &[Ptr, Buf, Buf, I32, I32, I32, I32, I32],
-    ),
     ("ceilings", "fill_random", &[Buf, I64, I32]),
     ("ceilings", "copy_words", &[Ptr, Ptr, I64]),
     ("ceilings", "l2_read", &[Ptr, I64, I32, Ptr]),

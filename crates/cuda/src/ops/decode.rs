@@ -3,11 +3,12 @@
 //! (attention.rs) and PagedAttention over a ragged batch (paged.rs). Both describe their keys
 //! as a [`DecodeKv`] and their queries as units (a batch element with Tq queries, or a packed
 //! row with one); the kernel splits each unit's keys across blocks so that the grid fills the
-//! GPU, and a reduce combines the splits when there is more than one.
+//! GPU, and the last block of a unit to finish combines the splits when there is more than one.
 
 use crate::backend::{unsupported, CudaBackend};
 use crate::error::driver;
 use crate::gpu::Arg;
+use cudarc::driver::result as cu;
 use tperf_core::backend::{BackendError, OpCall};
 
 const SRC: &str = "decode_attention";
@@ -114,9 +115,9 @@ impl Decode {
         }
     }
 
-    /// decode_split's arguments (DEC_PARAMS in the kernel), with partials at `part` and the
-    /// keys split in chunks of `chunk`.
-    fn split_args(&self, part: u64, chunk: u64) -> [Arg; 22] {
+    /// decode_split's arguments (DEC_PARAMS in the kernel), with partials at `part`, the split
+    /// counters at `arrivals` and the keys split in chunks of `chunk`.
+    fn split_args(&self, part: u64, arrivals: u64, chunk: u64) -> [Arg; 23] {
         let none = Arg::Buf(0, 0);
         let (tables, block_size, max_blocks, tk, step) = match self.kv {
             DecodeKv::Contiguous { capacity, tk, step } => ([none; 4], capacity, 1, tk, step),
@@ -145,6 +146,7 @@ impl Decode {
             positions,
             ctx_lens,
             Arg::Ptr(part),
+            Arg::Ptr(arrivals),
             self.o,
             self.lse,
             Arg::I32(self.h as i32),
@@ -166,7 +168,8 @@ impl Decode {
 impl CudaBackend {
     /// Launches flash-decoding for `dec` (the caller has checked [`decode_fits`]): about two
     /// blocks per SM over the grid, no chunk under [`MIN_CHUNK`] keys, chunks whole 16-key
-    /// blocks; one split writes O itself, more go through the reduce.
+    /// blocks; one split writes O itself, more write partials that the unit's last block to
+    /// finish combines.
     pub(crate) fn decode_attention(
         &mut self,
         call: &OpCall,
@@ -198,38 +201,43 @@ impl CudaBackend {
         };
         let grid = (units as u32, splits as u32, 1);
         if splits == 1 {
-            let args = dec.split_args(0, chunk);
+            let args = dec.split_args(0, 0, chunk);
             return self.launch(call, SRC, kernel, grid, (THREADS, 1, 1), 0, &args);
         }
+        let arrivals = self.decode_arrivals(units)?;
         let part_bytes = splits * units * rows * (dec.d as u64 + 2) * 4;
         let part = self
             .alloc
             .alloc(part_bytes)
             .map_err(driver("scratch for decode attention"))?;
-        let args = dec.split_args(part.ptr, chunk);
-        let mut result = self.launch(call, SRC, kernel, grid, (THREADS, 1, 1), 0, &args);
-        if result.is_ok() {
-            let args = [
-                Arg::Ptr(part.ptr),
-                dec.o,
-                dec.lse,
-                Arg::I32(dec.h as i32),
-                Arg::I32(dec.h_kv as i32),
-                Arg::I32(dec.tq as i32),
-                Arg::I32(dec.d as i32),
-                Arg::I32(splits as i32),
-            ];
-            result = self.launch(
-                call,
-                SRC,
-                "decode_reduce",
-                (units as u32, 1, 1),
-                (THREADS, 1, 1),
-                0,
-                &args,
-            );
-        }
+        let args = dec.split_args(part.ptr, arrivals, chunk);
+        let result = self.launch(call, SRC, kernel, grid, (THREADS, 1, 1), 0, &args);
         self.alloc.free(part);
         result
+    }
+
+    /// The split counters for `counters` units, zero: grown (and zeroed on the stream, before
+    /// the kernels that count in them) when a launch has more units than any before; every
+    /// launch leaves them zero again (the last block of a unit resets its counter).
+    fn decode_arrivals(&mut self, counters: u64) -> Result<u64, BackendError> {
+        let bytes = counters * 4;
+        if self.decode_arrivals.bytes < bytes {
+            let grown = self
+                .alloc
+                .alloc(bytes.next_power_of_two().max(4096))
+                .map_err(driver("decode attention's split counters"))?;
+            // SAFETY: `grown` was just allocated with `grown.bytes` bytes; the memset is ordered
+            // on the stream before every kernel issued after it, the only readers.
+            unsafe {
+                cu::memset_d8_async(grown.ptr, 0, grown.bytes as usize, self.gpu.cu_stream())
+            }
+            .map_err(driver("zeroing decode attention's split counters"))?;
+            if self.decode_arrivals.bytes > 0 {
+                // Stream-ordered: a kernel still counting in the old block finishes first.
+                self.alloc.free(self.decode_arrivals);
+            }
+            self.decode_arrivals = grown;
+        }
+        Ok(self.decode_arrivals.ptr)
     }
 }
