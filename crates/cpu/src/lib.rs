@@ -24,3 +24,11 @@ pub use backend::CpuBackend;
 pub fn threads() -> usize {
     rayon::current_num_threads()
 }
+
+/// "cpu (N threads)", as the commands name the CPU device they ran on.
+pub fn device_label() -> String {
+    match threads() {
+        1 => "cpu (1 thread)".to_string(),
+        n => format!("cpu ({n} threads)"),
+    }
+}

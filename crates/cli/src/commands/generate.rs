@@ -214,10 +214,7 @@ fn generate_on<B: Instrumented>(
     let n = timing.tokens;
     eprintln!();
     let on = if device == "cpu" {
-        format!(
-            "cpu, {} threads",
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        )
+        tperf_cpu::device_label()
     } else {
         device
     };

@@ -703,7 +703,7 @@ fn print_header(
         Loader::Synthetic(_) => "synthetic uniform tokens".to_string(),
     };
     let on = if device == "cpu" {
-        format!("cpu ({} threads)", tperf_cpu::threads())
+        tperf_cpu::device_label()
     } else {
         device.to_string()
     };
