@@ -76,6 +76,11 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ("take_last", "take_last", &[Buf, Buf, I32, I32, I32]),
     ("matmul", "column_sum", &[Buf, Buf, I64, I64]),
     (
+        "matmul",
+        "gemv_rows",
+        &[Buf, Buf, Buf, Buf, Buf, I32, I32, I32, I32],
+    ),
+    (
         "norms",
         "norm_forward",
         &[Buf, Buf, Buf, Buf, Buf, Buf, Buf, I32, I32, I32, I32, F32],

@@ -27,13 +27,22 @@ fn check(gpu: &mut CudaBackend, case: OpCase, what: &str) {
     assert_case_passes(gpu, &case, SEED, what)
 }
 
-const SHAPES: [(usize, usize, usize); 6] = [
+/// (m, k, n). Rows 1..=8 with K a multiple of 8 in 16 bits take the few-rows kernel (gemv_rows):
+/// one row, odd N, N of one, one row past a warp's column pair, the 48 KB of X it stages at most
+/// (8 × 3072), and one row more than it takes.
+const SHAPES: [(usize, usize, usize); 12] = [
     (0, 8, 8),
     (1, 1, 1),
     (7, 5, 3),
     (33, 65, 17),
     (128, 96, 160),
     (512, 768, 1024),
+    (1, 768, 2305),
+    (2, 8, 1),
+    (3, 64, 17),
+    (5, 256, 3),
+    (8, 3072, 64),
+    (9, 64, 40),
 ];
 
 #[test]

@@ -3,6 +3,10 @@
 //! the elementwise kernel to the pre-activation, which the backward needs anyway — except GELU
 //! where cuBLASLt's GELU_AUX epilogue applies (N a multiple of 8): then the matmul writes both.
 //!
+//! A few rows (a decode step's batch, M ≤ 8) take matmul.cu's `gemv_rows` instead, bias and
+//! activation fused: one pass over W where cuBLASLt ran split-K kernels and a reduce
+//! (`TPERF_GEMV=0` keeps cuBLASLt, for an A/B).
+//!
 //! Backward: dpre = dy·act'(pre) (when fused), dX = dpre·W (β = 1 when accumulating into an
 //! existing gradient), dW = dpreᵀ·X written in f32 from bf16 operands, db = Σ_rows dpre.
 
@@ -11,9 +15,33 @@ use crate::backend::{unsupported, CudaBackend};
 use crate::blas::Gemm;
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
+use tperf_core::dtype::DType;
 use tperf_core::ops::activation::ActivationKind;
 use tperf_core::ops::matmul::{Matmul, MatmulBackwardIo, MatmulIo};
 use tperf_core::tensor::Tensor;
+
+/// matmul.cu's gemv_rows: threads and warps a block, columns a warp takes at once, the most
+/// rows, and the most bytes of X it stages in shared memory.
+const GEMV_THREADS: u32 = 128;
+const GEMV_WARPS: u64 = GEMV_THREADS as u64 / 32;
+const GEMV_COLS: u64 = 2;
+const GEMV_MAX_ROWS: usize = 8;
+const GEMV_MAX_X: usize = 48 * 1024;
+
+/// Whether a forward product takes gemv_rows: 1..=8 rows of 16-bit X and W at 16-byte-aligned
+/// addresses, K a whole number of 16-byte words and X small enough to stage.
+fn gemv_fits(mm: &Matmul, dtype: DType, x: u64, w: u64) -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var_os("TPERF_GEMV").is_none_or(|v| v != "0"));
+    on && (1..=GEMV_MAX_ROWS).contains(&mm.m)
+        && mm.k > 0
+        && mm.k.is_multiple_of(8)
+        && mm.m * mm.k * 2 <= GEMV_MAX_X
+        && mm.n > 0
+        && matches!(dtype, DType::Bf16 | DType::F16)
+        && x.is_multiple_of(16)
+        && w.is_multiple_of(16)
+}
 
 impl CudaBackend {
     /// C = op(A)·op(B) (+ C), or the empty sum when K = 0.
@@ -85,6 +113,40 @@ impl CudaBackend {
             gelu_aux: false,
         };
         let (xp, wp) = (self.ptr(x)?, self.ptr(w)?);
+        if gemv_fits(mm, x.dtype, xp, wp) {
+            let none = Arg::Buf(0, 0);
+            let (act, kind) = match (mm.activation, &io.act) {
+                (Some(kind), Some(act)) => (self.arg(call, act, m * n)?, act_code(kind)),
+                _ => (none, -1),
+            };
+            let bias = match &io.bias {
+                Some(b) => self.arg(call, b, n)?,
+                None => none,
+            };
+            let args = [
+                self.arg(call, x, m * k)?,
+                self.arg(call, w, n * k)?,
+                bias,
+                self.arg(call, pre, m * n)?,
+                act,
+                Arg::I32(m as i32),
+                Arg::I32(k as i32),
+                Arg::I32(n as i32),
+                Arg::I32(kind),
+            ];
+            let groups = n.div_ceil(GEMV_COLS * GEMV_WARPS);
+            let blocks = groups.min(8 * self.gpu.info.sms.max(1) as u64) as u32;
+            let shared = (m * k * 2) as u32;
+            return self.launch(
+                call,
+                "matmul",
+                "gemv_rows",
+                (blocks, 1, 1),
+                (GEMV_THREADS, 1, 1),
+                shared,
+                &args,
+            );
+        }
         // GELU in cuBLASLt's epilogue: the activation is written from the accumulator and the
         // pre-activation beside it, which saves the separate kernel's launch and its read of
         // the pre-activation (its tanh approximation is GPT-2's, the reference's).
