@@ -32,6 +32,7 @@ step attention.txt 20 $T attention --device cuda --batch 4 --heads 32 --dims 80 
 # The same sweep on flash_mma.cu's kernels (before the Hopper ones), for the A/B in one session.
 step attention-mma.txt 40 env TPERF_FLASH_WGMMA=0 $T attention --device cuda --batch 1 --heads 16 --dims 64,128 --seqs 4096,16384 --kernels flash --dtype bf16
 step decode.txt 30 $T bench gpt2-124m --phase decode --seq 384 --dtype bf16 --device cuda --batch 1,32,128
+step decode-cublas.txt 30 env TPERF_GEMV=0 $T bench gpt2-124m --phase decode --seq 384 --dtype bf16 --device cuda --batch 1,32,128
 for b in 1 32 128; do step profile-decode-b$b.txt 20 $T profile gpt2-124m --phase decode --seq 384 --dtype bf16 --device cuda --batch $b; done
 # The 2.7B rows need more than 80 s on a fresh machine (cut at 80 s on 2026-12-02).
 step train.txt 150 $T bench --sizes small,2.7B --dtype bf16 --batch 4 --seq 256 --device cuda
@@ -43,5 +44,4 @@ mkdir -p $O/serve; [ -f $O/h200-calibration.json ] && export CALIBRATION=$O/h200
 echo "serve done at $((SECONDS-S0))s" >> $O/machine.txt
 step profile.txt 20 $T profile small --batch 4 --seq 256 --dtype bf16 --device cuda
 step profile-2.7B.txt 50 $T profile 2.7B --batch 4 --seq 256 --dtype bf16 --device cuda --steps 2 --warmup 1
-step counters.txt 35 $T profile small --batch 1 --seq 64 --dtype bf16 --device cuda --counters
 echo "end at $((SECONDS-S0))s" >> $O/machine.txt
