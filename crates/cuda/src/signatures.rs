@@ -102,6 +102,16 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     (
         "norms",
+        "norm_backward_vec2",
+        &[Buf, Buf, Buf, Buf, Buf, Ptr, I64, I32, I32, I32],
+    ),
+    (
+        "norms",
+        "norm_backward_vec2_beta",
+        &[Buf, Buf, Buf, Buf, Buf, Ptr, I64, I32, I32, I32],
+    ),
+    (
+        "norms",
         "norm_weight_grads",
         &[Ptr, I32, I32, I32, Buf, Buf],
     ),
