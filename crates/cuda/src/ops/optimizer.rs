@@ -243,7 +243,10 @@ impl CudaBackend {
         let table = self.norm_table(call, &io, g.shards)?;
         let (count, items) = (table.count, table.items);
         // One f64 slot per block, each written by its block.
-        let blocks = items.clamp(1, (BLOCKS_PER_SM * self.gpu.info.sms.max(1) as u64).min(1024));
+        let blocks = items.clamp(
+            1,
+            (BLOCKS_PER_SM * self.gpu.info.sms.max(1) as u64).min(1024),
+        );
         let scratch = self
             .alloc
             .alloc(blocks * 8)
