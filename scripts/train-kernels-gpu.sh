@@ -16,3 +16,5 @@ step profile-2.7B.txt 60 $T profile 2.7B --batch 4 --seq 256 --dtype bf16 --devi
 step profile-small.txt 40 $T profile small --batch 4 --seq 256 --dtype bf16 --device cuda
 step train.txt 150 $T bench --sizes small,2.7B --dtype bf16 --batch 4 --seq 256 --device cuda
 echo "end at $((SECONDS-S0))s" >> $O/machine.txt
+for r in 2 8; do step sweep-rows-2.7B.txt 60 env TPERF_NORM_BWD_ROWS=$r $T profile 2.7B --batch 4 --seq 256 --dtype bf16 --device cuda --steps 2 --warmup 1; done
+echo "sweep done at $((SECONDS-S0))s" >> $O/machine.txt

@@ -201,8 +201,9 @@ template <int N> __device__ __forceinline__ void block_sum_n(float* v, float* sc
 // accumulating) is issued before the one reduction of their 2R sums. The first version took a
 // row a pass and loaded dx after the reduction, two latencies a row (15.5 µs at 1024 × 2560
 // bf16 on the H200, 5× the traffic's time); a prefetch of the next row inside that loop spilled
-// at the 64-register cap of 1024 threads. So R = 2 runs where C ≤ 4096 (512 threads, 128
-// registers: norm_backward_vec2), R = 1 above; both give the same bits (the same sums, each
+// at the 64-register cap of 1024 threads. So R = 2 runs where C ≤ 4096 (at most 512 threads:
+// norm_backward_vec2, held to 96 registers, 99 unbounded, so that two of the 2.7B seed's
+// 320-thread blocks fit an SM), R = 1 above; both give the same bits (the same sums, each
 // in the same order, and the rows added into dγ in order).
 // dβ's sums are compiled in only where there is a β (the _beta kernels).
 template <bool BETA, int R>
@@ -296,10 +297,10 @@ extern "C" __global__ void __launch_bounds__(1024) norm_backward_vec(NORM_BWD_VE
 extern "C" __global__ void __launch_bounds__(1024) norm_backward_vec_beta(NORM_BWD_VEC_PARAMS) {
     norm_backward_vec_impl<true, 1>(NORM_BWD_VEC_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(512) norm_backward_vec2(NORM_BWD_VEC_PARAMS) {
+extern "C" __global__ void __maxnreg__(96) norm_backward_vec2(NORM_BWD_VEC_PARAMS) {
     norm_backward_vec_impl<false, 2>(NORM_BWD_VEC_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(512) norm_backward_vec2_beta(NORM_BWD_VEC_PARAMS) {
+extern "C" __global__ void __maxnreg__(96) norm_backward_vec2_beta(NORM_BWD_VEC_PARAMS) {
     norm_backward_vec_impl<true, 2>(NORM_BWD_VEC_ARGS);
 }
 
