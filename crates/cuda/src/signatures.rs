@@ -330,8 +330,8 @@ mod tests {
             let open = piece.find('(').expect("a kernel has a parameter list");
             let mut head = &piece[..open];
             let mut rest = &piece[open..];
-            // `__launch_bounds__(N)` comes before the name.
-            if head.contains("__launch_bounds__") {
+            // `__launch_bounds__(N)` or `__maxnreg__(N)` comes before the name.
+            if head.contains("__launch_bounds__") || head.contains("__maxnreg__") {
                 let close = rest.find(')').unwrap();
                 rest = &rest[close + 1..];
                 let open = rest.find('(').unwrap();
