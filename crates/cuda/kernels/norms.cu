@@ -175,74 +175,102 @@ extern "C" __global__ void __launch_bounds__(1024)
     }
 }
 
-// Σ over the block of two values at once (one pair of barriers for both; blockDim.x a multiple
-// of 32); every thread gets both. The trailing barrier lets the caller reuse `scratch` (64
-// floats).
-__device__ __forceinline__ void block_sum2(float& a, float& b, float* scratch) {
+// Σ over the block of N values at once (one pair of barriers for all; blockDim.x a multiple of
+// 32); every thread gets each, every value summed in the same order whatever N is.
+// `scratch` holds 32·N floats; the trailing barrier lets the caller reuse it.
+template <int N> __device__ __forceinline__ void block_sum_n(float* v, float* scratch) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    a = warp_sum(a);
-    b = warp_sum(b);
-    if (lane == 0) scratch[warp] = a, scratch[32 + warp] = b;
+#pragma unroll
+    for (int n = 0; n < N; n++) v[n] = warp_sum(v[n]);
+    if (lane == 0) {
+#pragma unroll
+        for (int n = 0; n < N; n++) scratch[32 * n + warp] = v[n];
+    }
     __syncthreads();
-    a = warp_sum(lane < warps ? scratch[lane] : 0.0f);
-    b = warp_sum(lane < warps ? scratch[32 + lane] : 0.0f);
+#pragma unroll
+    for (int n = 0; n < N; n++) v[n] = warp_sum(lane < warps ? scratch[32 * n + lane] : 0.0f);
     __syncthreads();
 }
 
 // As norm_backward: block b strides over rows b, b + G, ...; the thread's dγ (and dβ) column
 // sums stay in registers across its rows and land in partials[b] at the end, which
 // norm_weight_grads adds up as before. Σ dn and Σ dn·x̂ share one reduction. How many rows a
-// block takes is the host's choice (ops/norms.rs): each is a full memory latency after the
-// last, so fewer rows a block is faster until the partial sums (G·width floats) cost more. A
-// prefetch of the next row instead was measured slower on the H200 (15.5 against 14.2 µs at
-// 1024 × 2560 bf16): at the 64-register cap its registers spilled.
-// 1024 threads (C = 8192) must fit in the SM's registers, at most 64 each: dβ's sums are
-// compiled in only where there is a β (norm_backward_vec_beta).
-template <bool BETA>
+// block takes is the host's choice (ops/norms.rs): each pass is a full memory latency after the
+// last, so fewer rows a block is faster until the partial sums (G·width floats) cost more.
+// A pass takes R rows (b + kG, k < R) at once: every load of the R rows (dy, x, and dx when
+// accumulating) is issued before the one reduction of their 2R sums. The first version took a
+// row a pass and loaded dx after the reduction, two latencies a row (15.5 µs at 1024 × 2560
+// bf16 on the H200, 5× the traffic's time); a prefetch of the next row inside that loop spilled
+// at the 64-register cap of 1024 threads. So R = 2 runs where C ≤ 4096 (at most 512 threads:
+// norm_backward_vec2, held to 96 registers, 99 unbounded, so that two of the 2.7B seed's
+// 320-thread blocks fit an SM), R = 1 above; both give the same bits (the same sums, each
+// in the same order, and the rows added into dγ in order).
+// dβ's sums are compiled in only where there is a β (the _beta kernels).
+template <bool BETA, int R>
 __device__ __forceinline__ void norm_backward_vec_impl(Buf x, Buf stats, Buf gamma, Buf dy,
                                                        Buf dx, float* partials, i64 rows, int c,
                                                        int rms, int accumulate) {
-    __shared__ float scratch[64];
+    __shared__ float scratch[64 * R];
     const int width = BETA ? 2 * c : c;
     const float cf = (float)c;
     const int j = 8 * threadIdx.x;
     const bool mine = j < c;
+    const i64 grid = gridDim.x;
     // Without a β the compiler drops db: nothing reads it.
-    float dg[8], db[8];
+    float dg[8], db[8], g[8];
 #pragma unroll
     for (int e = 0; e < 8; e++) dg[e] = db[e] = 0.0f;
-    for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
-        const i64 base = row * c;
-        const float mean = rms ? 0.0f : ld(stats, 2 * row);
-        const float rstd = rms ? ld(stats, row) : ld(stats, 2 * row + 1);
-        float d[8], xv[8], g[8];
-        float s_dn = 0.0f, s_dn_xhat = 0.0f;
-        if (mine) {
-            ld8(dy, base + j, d);
-            ld8(x, base + j, xv);
-            ld8(gamma, j, g);
+    if (mine) ld8(gamma, j, g);
+    for (i64 row0 = blockIdx.x; row0 < rows; row0 += R * grid) {
+        float d[R][8], xv[R][8], prev[R][8], mean[R], rstd[R], sums[2 * R];
 #pragma unroll
-            for (int e = 0; e < 8; e++) {
-                xv[e] = (xv[e] - mean) * rstd; // x̂ from here on
-                const float t = g[e] * d[e];
-                s_dn += t;
-                s_dn_xhat += t * xv[e];
+        for (int k = 0; k < R; k++) {
+            const i64 row = row0 + k * grid;
+            mean[k] = 0.0f;
+            rstd[k] = 0.0f;
+            if (row < rows) {
+                mean[k] = rms ? 0.0f : ld(stats, 2 * row);
+                rstd[k] = rms ? ld(stats, row) : ld(stats, 2 * row + 1);
+                if (mine) {
+                    ld8(dy, row * c + j, d[k]);
+                    ld8(x, row * c + j, xv[k]);
+                    if (accumulate) ld8(dx, row * c + j, prev[k]);
+                }
             }
         }
-        block_sum2(s_dn, s_dn_xhat, scratch);
-        const float mean_dn = rms ? 0.0f : s_dn / cf;
-        const float mean_dn_xhat = s_dn_xhat / cf;
-        if (mine) {
-            float out[8], prev[8];
-            if (accumulate) ld8(dx, base + j, prev);
 #pragma unroll
-            for (int e = 0; e < 8; e++) {
-                const float v = rstd * (g[e] * d[e] - mean_dn - xv[e] * mean_dn_xhat);
-                out[e] = accumulate ? prev[e] + v : v;
-                dg[e] += d[e] * xv[e];
-                if (BETA) db[e] += d[e];
+        for (int k = 0; k < R; k++) {
+            float s_dn = 0.0f, s_dn_xhat = 0.0f;
+            if (mine && row0 + k * grid < rows) {
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    xv[k][e] = (xv[k][e] - mean[k]) * rstd[k]; // x̂ from here on
+                    const float t = g[e] * d[k][e];
+                    s_dn += t;
+                    s_dn_xhat += t * xv[k][e];
+                }
             }
-            st8(dx, base + j, out);
+            sums[2 * k] = s_dn;
+            sums[2 * k + 1] = s_dn_xhat;
+        }
+        block_sum_n<2 * R>(sums, scratch);
+#pragma unroll
+        for (int k = 0; k < R; k++) {
+            const i64 row = row0 + k * grid;
+            if (mine && row < rows) {
+                const float mean_dn = rms ? 0.0f : sums[2 * k] / cf;
+                const float mean_dn_xhat = sums[2 * k + 1] / cf;
+                float out[8];
+#pragma unroll
+                for (int e = 0; e < 8; e++) {
+                    const float v =
+                        rstd[k] * (g[e] * d[k][e] - mean_dn - xv[k][e] * mean_dn_xhat);
+                    out[e] = accumulate ? prev[k][e] + v : v;
+                    dg[e] += d[k][e] * xv[k][e];
+                    if (BETA) db[e] += d[k][e];
+                }
+                st8(dx, row * c + j, out);
+            }
         }
     }
     if (!mine) return;
@@ -262,17 +290,25 @@ __device__ __forceinline__ void norm_backward_vec_impl(Buf x, Buf stats, Buf gam
 #define NORM_BWD_VEC_PARAMS                                                                      \
     Buf x, Buf stats, Buf gamma, Buf dy, Buf dx, float *partials, i64 rows, int c, int rms,       \
         int accumulate
+#define NORM_BWD_VEC_ARGS x, stats, gamma, dy, dx, partials, rows, c, rms, accumulate
 extern "C" __global__ void __launch_bounds__(1024) norm_backward_vec(NORM_BWD_VEC_PARAMS) {
-    norm_backward_vec_impl<false>(x, stats, gamma, dy, dx, partials, rows, c, rms, accumulate);
+    norm_backward_vec_impl<false, 1>(NORM_BWD_VEC_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(1024) norm_backward_vec_beta(NORM_BWD_VEC_PARAMS) {
-    norm_backward_vec_impl<true>(x, stats, gamma, dy, dx, partials, rows, c, rms, accumulate);
+    norm_backward_vec_impl<true, 1>(NORM_BWD_VEC_ARGS);
+}
+extern "C" __global__ void __maxnreg__(96) norm_backward_vec2(NORM_BWD_VEC_PARAMS) {
+    norm_backward_vec_impl<false, 2>(NORM_BWD_VEC_ARGS);
+}
+extern "C" __global__ void __maxnreg__(96) norm_backward_vec2_beta(NORM_BWD_VEC_PARAMS) {
+    norm_backward_vec_impl<true, 2>(NORM_BWD_VEC_ARGS);
 }
 
 // dγ[j] = Σ_b partials[b][j] (and dβ from columns c..2c), overwritten. Block (32, NWG_ROWS):
 // 32 columns, the blocks' partials split between NWG_ROWS thread rows, whose sums are added in a
-// fixed order.
-#define NWG_ROWS 8
+// fixed order. 32 thread rows (8 before: 3.3 µs for 256 × 2560 partials, 32 dependent-latency
+// loads a thread over 80 blocks) leave a thread 8 loads.
+#define NWG_ROWS 32
 extern "C" __global__ void norm_weight_grads(const float* partials, int blocks, int width, int c,
                                              Buf dgamma, Buf dbeta) {
     __shared__ float tile[NWG_ROWS][32];

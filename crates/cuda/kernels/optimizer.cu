@@ -3,24 +3,37 @@
 // Mirrors crates/cpu/src/kernels/{grad_norm,adamw}.rs and tperf_core::ops::adamw.
 //
 // Multi-tensor: each kernel walks a device-resident table of tensor descriptors (ops/optimizer.rs
-// writes it once per parameter set and keeps it), split into work items of OPT_CHUNK elements;
-// a block takes items grid-stride and finds an item's tensor by binary search over the
-// descriptors' first item. One launch covers every parameter, so a 2.7B model's ~200 tensors
-// cost one launch instead of ~200, and the small tensors (norm weights, biases) no longer pay a
-// launch and a tail each.
+// writes it once per parameter set and keeps it), split into work items (NORM_CHUNK elements for
+// the norm, ADAM_CHUNK for AdamW); a block takes items grid-stride, so its items only increase:
+// it finds its first item's tensor by binary search once and then steps forward through the
+// table (a stride of G items crosses a tensor or two at most), rather than searching per item.
+// One launch covers every parameter, so a 2.7B model's ~200 tensors cost one launch instead of
+// ~200, and the small tensors (norm weights, biases) no longer pay a launch and a tail each.
 //
 // Roofline (bytes per parameter, f32 state and gradients, bf16 copy): the norm reads g (4 B);
 // AdamW reads θ, g, m, v (16 B) and writes θ, m, v (12 B) and the copy (2 B): 30 B/param, so
 // at the H200's ~4.8 TB/s a 2.7B-parameter step is ≥ 17 ms for AdamW and ≥ 2.3 ms for the norm.
 // Aligned f32 runs move 16 bytes per load (float4), 16-bit runs 8 bytes (four elements); a
 // tensor whose pointers are not aligned, and the last numel mod 4 elements, go one at a time.
+//
+// Both run at most OPT_BLOCKS_PER_SM blocks an SM (the launch bounds cap the registers so that
+// they fit) and the host launches exactly that many: one wave, every block resident from start
+// to end, so a block's share of the items is its share of the time. AdamW's items are small
+// (2048 elements, 61 KB of traffic) so that the shares are even: a 2.7B layer's 78.6M
+// parameters are 38,400 items, 72.7 per block of 528; with the 8192-element items and 1056
+// blocks it had before, 9.1 items a block, the last round ran 96 blocks of 1056 (the kernel
+// measured 1.27× its roofline on the H200).
 
-// Elements per work item: a multiple of 4 (vector width), OPT_PER float4 per thread of the
-// OPT_THREADS a block has (ops/optimizer.rs launches that many). The vector loops are unrolled
-// over OPT_PER so that a thread has several independent 16-byte loads in flight.
-#define OPT_CHUNK 8192
+// Elements per work item: multiples of 4 (vector width), OPT_PER float4 per thread of the
+// OPT_THREADS a block has (ops/optimizer.rs launches that many). The loads of a thread's
+// OPT_PER (ADAM_PER) vectors are all issued before the first is used, so a thread has several
+// independent 16-byte loads in flight.
 #define OPT_THREADS 256
-#define OPT_PER (OPT_CHUNK / (4 * OPT_THREADS))
+#define OPT_BLOCKS_PER_SM 4
+#define NORM_CHUNK 8192
+#define OPT_PER (NORM_CHUNK / (4 * OPT_THREADS))
+#define ADAM_CHUNK 2048
+#define ADAM_PER (ADAM_CHUNK / (4 * OPT_THREADS))
 
 __device__ __forceinline__ double warp_sum_f64(double v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -81,16 +94,26 @@ template <typename T> __device__ __forceinline__ int find_tensor(const T* table,
     return lo;
 }
 
+// The descriptor of `item` given the one of an earlier item (`at`): the table is sorted by
+// first_item, so it lies at or after it.
+template <typename T>
+__device__ __forceinline__ int next_tensor(const T* table, int count, int at, i64 item) {
+    while (at + 1 < count && table[at + 1].first_item <= item) at++;
+    return at;
+}
+
 // Σ g² over every gradient of `table`, in f64: block b writes its sum to acc[b] (no atomics and
 // nothing to zero beforehand; items go to blocks in a fixed order, so the result is
 // deterministic).
-extern "C" __global__ void grad_sum_sq_multi(const NormTensor* table, int count, i64 items,
-                                             double* acc) {
+extern "C" __global__ void __launch_bounds__(OPT_THREADS, OPT_BLOCKS_PER_SM)
+    grad_sum_sq_multi(const NormTensor* table, int count, i64 items, double* acc) {
     double s = 0.0;
+    int at = blockIdx.x < items ? find_tensor(table, count, blockIdx.x) : 0;
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
-        const NormTensor t = table[find_tensor(table, count, item)];
-        i64 lo = (item - t.first_item) * OPT_CHUNK;
-        i64 hi = min(lo + (i64)OPT_CHUNK, t.n);
+        at = next_tensor(table, count, at, item);
+        const NormTensor t = table[at];
+        i64 lo = (item - t.first_item) * NORM_CHUNK;
+        i64 hi = min(lo + (i64)NORM_CHUNK, t.n);
         i64 vec_end = t.aligned ? lo + ((hi - lo) & ~(i64)3) : lo;
         float x[OPT_PER][4];
 #pragma unroll
@@ -154,11 +177,10 @@ __device__ __forceinline__ void adam_elem(const AdamConsts& k, float wd, float g
 // receives θ in its storage dtype. lr, c1 and c2 change from step to step: in a replayed graph
 // they come from device memory, `step` = {lr, c1, c2} (graph.rs); eagerly `step` is null.
 // `norm_squared` (ZeRO-1): the norm tensor holds the ranks' summed Σg², whose root is the norm.
-extern "C" __global__ void adamw_update_multi(const AdamTensor* table, int count, i64 items,
-                                              Buf norm, float b1, float b2, float c1, float c2,
-                                              float lr, float eps, float wd, int clip_on,
-                                              double max_norm, double grad_scale,
-                                              int norm_squared, const float* step) {
+extern "C" __global__ void __launch_bounds__(OPT_THREADS, OPT_BLOCKS_PER_SM)
+    adamw_update_multi(const AdamTensor* table, int count, i64 items, Buf norm, float b1,
+                       float b2, float c1, float c2, float lr, float eps, float wd, int clip_on,
+                       double max_norm, double grad_scale, int norm_squared, const float* step) {
     if (step) {
         lr = step[0];
         c1 = step[1];
@@ -180,27 +202,40 @@ extern "C" __global__ void adamw_update_multi(const AdamTensor* table, int count
     k.lr = lr;
     k.eps = eps;
     k.clip = (float)(c / grad_scale);
+    int at = blockIdx.x < items ? find_tensor(table, count, blockIdx.x) : 0;
     for (i64 item = blockIdx.x; item < items; item += gridDim.x) {
-        const AdamTensor t = table[find_tensor(table, count, item)];
+        at = next_tensor(table, count, at, item);
+        const AdamTensor t = table[at];
         const float twd = (t.flags & 1) ? wd : 0.0f;
         const int dth = t.dt & 15, dg = (t.dt >> 4) & 15, dm = (t.dt >> 8) & 15,
                   dv = (t.dt >> 12) & 15, dc = (t.dt >> 16) & 15;
-        i64 lo = (item - t.first_item) * OPT_CHUNK;
-        i64 hi = min(lo + (i64)OPT_CHUNK, t.n);
+        i64 lo = (item - t.first_item) * ADAM_CHUNK;
+        i64 hi = min(lo + (i64)ADAM_CHUNK, t.n);
         i64 vec_end = (t.flags & 2) ? lo + ((hi - lo) & ~(i64)3) : lo;
-#pragma unroll 2
-        for (i64 i = lo + 4 * (i64)threadIdx.x; i < vec_end; i += 4 * (i64)blockDim.x) {
-            float th[4], g[4], m[4], v[4];
-            ld4(t.theta, dth, i, th);
-            ld4(t.g, dg, i, g);
-            ld4(t.m, dm, i, m);
-            ld4(t.v, dv, i, v);
+        // Every load of the item first (ADAM_PER × 4 vectors a thread), then the updates and
+        // the stores: the stores' memory clobber keeps later loads behind them.
+        float th[ADAM_PER][4], g[ADAM_PER][4], m[ADAM_PER][4], v[ADAM_PER][4];
 #pragma unroll
-            for (int e = 0; e < 4; e++) adam_elem(k, twd, g[e], m[e], v[e], th[e]);
-            st4(t.m, dm, i, m);
-            st4(t.v, dv, i, v);
-            st4(t.theta, dth, i, th);
-            if (t.copy) st4(t.copy, dc, i, th);
+        for (int r = 0; r < ADAM_PER; r++) {
+            const i64 i = lo + 4 * ((i64)threadIdx.x + r * OPT_THREADS);
+            if (i < vec_end) {
+                ld4(t.theta, dth, i, th[r]);
+                ld4(t.g, dg, i, g[r]);
+                ld4(t.m, dm, i, m[r]);
+                ld4(t.v, dv, i, v[r]);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < ADAM_PER; r++) {
+            const i64 i = lo + 4 * ((i64)threadIdx.x + r * OPT_THREADS);
+            if (i < vec_end) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) adam_elem(k, twd, g[r][e], m[r][e], v[r][e], th[r][e]);
+                st4(t.m, dm, i, m[r]);
+                st4(t.v, dv, i, v[r]);
+                st4(t.theta, dth, i, th[r]);
+                if (t.copy) st4(t.copy, dc, i, th[r]);
+            }
         }
         Buf bth = buf_of(t.theta, dth), bg = buf_of((void*)t.g, dg), bm = buf_of(t.m, dm),
             bv = buf_of(t.v, dv), bc = buf_of(t.copy, dc);

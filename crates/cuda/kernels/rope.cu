@@ -6,14 +6,17 @@
 // positions 0..t.
 //
 // A block per row (grid-stride past the grid's limit): its first D/2 threads take the cosine
-// and sine of the row's D/2 angles into shared memory once, every thread rotates one group of
-// pairs of one head: 4 pairs (8 elements: one 16-byte access in a 16-bit dtype, two in f32)
+// and sine of the row's D/2 angles into shared memory once, every thread rotates ROPE_JOBS
+// groups of pairs (of one head each, blockDim.x jobs apart so that a warp's accesses stay
+// contiguous): 4 pairs a group (8 elements: one 16-byte access in a 16-bit dtype, two in f32)
 // when `vec` (D a multiple of 8 and qkv 16-byte aligned, the host checks), else one pair. A
-// thread issues its load before the barrier that publishes the table, so the load's latency
+// thread issues all its loads before the barrier that publishes the table, so their latency
 // overlaps the trigonometry. The first version had a thread own 4 heads of a group to share the
 // angle (192 blocks at the seed's size, 17% of the warps the SMs hold: 6 µs, 4.6× the roofline);
-// a block per row has every element's load in flight at once (1024 blocks of 192 threads) and
-// takes each angle once. The old kernel took cos and sin in double per element (19.5 µs).
+// the next a job a thread, 640-thread blocks at the 2.7B seed's 64 rotated heads of D = 80, of
+// which an SM held one (53 registers): 1024 blocks in 7.8 waves, 18.7 µs against 4.4 of traffic.
+// With 4 jobs a thread its blocks are 160 threads, several an SM, and every load in flight at
+// once. The old kernel took cos and sin in double per element (19.5 µs).
 //
 // The angle: θ^(−2i/D) = step^i with step = θ^(−2/D) (the host computes it in double), taken
 // by squaring in double (relative error ~10⁻¹⁵), rescaled by the model's long-context bands
@@ -47,33 +50,40 @@ __device__ __forceinline__ double rope_pow(double b, int e) {
     return r;
 }
 
-// Shared memory: D/2 (cos, sin) pairs, D ≤ 2·ROPE_MAX_PAIRS.
+// Shared memory: D/2 (cos, sin) pairs, D ≤ 2·ROPE_MAX_PAIRS. ROPE_JOBS: groups a thread
+// rotates per pass (ops/rope.rs sizes the block by it, at most ROPE_THREADS). The launch bounds
+// hold it to 64 registers (71 unbounded, 16 bytes of the trigonometry's spilled): 6 blocks of
+// 160 threads an SM instead of 5, 1.3 waves of the 2.7B seed's 1024 rows instead of 1.6.
 #define ROPE_MAX_PAIRS 256
-extern "C" __global__ void rope(Buf qkv, Buf positions, i64 rows, int t, int pos_offset,
+#define ROPE_JOBS 4
+#define ROPE_THREADS 256
+extern "C" __global__ void __launch_bounds__(ROPE_THREADS, 4) rope(Buf qkv, Buf positions, i64 rows, int t, int pos_offset,
                                 int rotated_heads, int row_width, int d, double freq_step,
                                 double factor, double keep_below, double divide_above,
                                 double sign, int vec, const int* step) {
     __shared__ float2 table[ROPE_MAX_PAIRS];
     if (step) pos_offset = step[0]; // a replayed decode step's position (graph.rs)
     const int half = d / 2;
-    const int pairs = vec ? 4 : 1; // per thread
+    const int pairs = vec ? 4 : 1; // per job
     const int groups = half / pairs;
     const int jobs = rotated_heads * groups;
     for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {
         const int pos = positions.p ? ld_i32(positions, row) : (int)(row % t) + pos_offset;
         const i64 base = row * row_width;
-        for (int j0 = 0; j0 < jobs; j0 += blockDim.x) {
-            const int job = j0 + threadIdx.x;
-            const bool mine = job < jobs;
-            const int head = mine ? job / groups : 0, i0 = (job - head * groups) * pairs;
-            const i64 at = base + (i64)head * d + 2 * i0;
-            float x[8];
-            if (mine) {
-                if (vec) {
-                    ld8(qkv, at, x);
-                } else {
-                    x[0] = ld(qkv, at);
-                    x[1] = ld(qkv, at + 1);
+        for (int j0 = 0; j0 < jobs; j0 += ROPE_JOBS * blockDim.x) {
+            float x[ROPE_JOBS][8];
+#pragma unroll
+            for (int k = 0; k < ROPE_JOBS; k++) {
+                const int job = j0 + k * blockDim.x + threadIdx.x;
+                if (job < jobs) {
+                    const int head = job / groups, i0 = (job - head * groups) * pairs;
+                    const i64 at = base + (i64)head * d + 2 * i0;
+                    if (vec) {
+                        ld8(qkv, at, x[k]);
+                    } else {
+                        x[k][0] = ld(qkv, at);
+                        x[k][1] = ld(qkv, at + 1);
+                    }
                 }
             }
             if (j0 == 0) {
@@ -85,21 +95,27 @@ extern "C" __global__ void rope(Buf qkv, Buf positions, i64 rows, int t, int pos
                 }
                 __syncthreads();
             }
-            if (mine) {
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    if (k < pairs) {
-                        const float2 cs = table[i0 + k];
-                        const float x0 = x[2 * k], x1 = x[2 * k + 1];
-                        x[2 * k] = x0 * cs.x - x1 * cs.y;
-                        x[2 * k + 1] = x0 * cs.y + x1 * cs.x;
+            for (int k = 0; k < ROPE_JOBS; k++) {
+                const int job = j0 + k * blockDim.x + threadIdx.x;
+                if (job < jobs) {
+                    const int head = job / groups, i0 = (job - head * groups) * pairs;
+                    const i64 at = base + (i64)head * d + 2 * i0;
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        if (q < pairs) {
+                            const float2 cs = table[i0 + q];
+                            const float x0 = x[k][2 * q], x1 = x[k][2 * q + 1];
+                            x[k][2 * q] = x0 * cs.x - x1 * cs.y;
+                            x[k][2 * q + 1] = x0 * cs.y + x1 * cs.x;
+                        }
                     }
-                }
-                if (vec) {
-                    st8(qkv, at, x);
-                } else {
-                    st(qkv, at, x[0]);
-                    st(qkv, at + 1, x[1]);
+                    if (vec) {
+                        st8(qkv, at, x[k]);
+                    } else {
+                        st(qkv, at, x[k][0]);
+                        st(qkv, at + 1, x[k][1]);
+                    }
                 }
             }
         }

@@ -107,6 +107,16 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     (
         "norms",
+        "norm_backward_vec2",
+        &[Buf, Buf, Buf, Buf, Buf, Ptr, I64, I32, I32, I32],
+    ),
+    (
+        "norms",
+        "norm_backward_vec2_beta",
+        &[Buf, Buf, Buf, Buf, Buf, Ptr, I64, I32, I32, I32],
+    ),
+    (
+        "norms",
         "norm_weight_grads",
         &[Ptr, I32, I32, I32, Buf, Buf],
     ),
@@ -320,8 +330,8 @@ mod tests {
             let open = piece.find('(').expect("a kernel has a parameter list");
             let mut head = &piece[..open];
             let mut rest = &piece[open..];
-            // `__launch_bounds__(N)` comes before the name.
-            if head.contains("__launch_bounds__") {
+            // `__launch_bounds__(N)` or `__maxnreg__(N)` comes before the name.
+            if head.contains("__launch_bounds__") || head.contains("__maxnreg__") {
                 let close = rest.find(')').unwrap();
                 rest = &rest[close + 1..];
                 let open = rest.find('(').unwrap();

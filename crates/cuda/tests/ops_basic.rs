@@ -185,8 +185,20 @@ fn elementwise_ops_match_the_cpu() {
                 &format!("cast f32 → {dt} {n}"),
             );
         }
-        // F not a multiple of 8 (odd, prime) and one row, beside a training size.
-        for (rows, f) in [(0, 4), (1, 1), (7, 13), (3, 1001), (512, 1376)] {
+        // F not a multiple of 8 (odd, prime, a multiple of 4 only) and one row, beside a
+        // training size; the vector path's tails: rows not a multiple of the kernels' 4
+        // (forward) and 2 (backward) rows a thread, F one vector past a 256-thread block's
+        // 2048 columns, and the 2.7B seed's F.
+        for (rows, f) in [
+            (0, 4),
+            (1, 1),
+            (7, 13),
+            (3, 1001),
+            (5, 2052),
+            (3, 2056),
+            (7, 10240),
+            (512, 1376),
+        ] {
             let s = SwiGlu { n: rows, f };
             let ts = vec![
                 t("h", &[rows, 2 * f], dt, Fill::Normal(2.0)),
@@ -389,6 +401,11 @@ fn rope_edge_shapes_and_per_row_positions_match_the_cpu() {
             (3, 9, 5, 1, 64, 3),
             (1, 2, 3, 3, 128, 99_990),
             (4, 256, 12, 12, 64, 0),
+            // The 2.7B seed's heads (640 jobs: 160 threads of 4), and more jobs than a block's
+            // 256 threads × 4 take in one pass, vectorised (D 512) and not (D 126).
+            (1, 8, 32, 32, 80, 5),
+            (1, 2, 48, 24, 512, 5),
+            (1, 2, 48, 24, 126, 0),
         ] {
             let w = (h_q + 2 * h_kv) * d;
             for per_row in [false, true] {

@@ -417,9 +417,10 @@ fn adamw_case(
 #[test]
 fn adamw_matches_cpu() {
     let Some(mut gpu) = gpu() else { return };
-    // Odd sizes, empty tensors, and sizes one past the kernel's 8192-element work items (a
-    // vector body and a scalar tail in the same item).
-    let shapes: [&[usize]; 9] = [
+    // Odd sizes, empty tensors, and sizes one past the kernel's 2048-element work items (a
+    // vector body and a scalar tail in the same item); more items than the one wave of blocks
+    // (4 × SMs) takes, so that blocks step through the table across tensors.
+    let shapes: [&[usize]; 12] = [
         &[768, 3],
         &[7],
         &[1, 1],
@@ -428,6 +429,9 @@ fn adamw_matches_cpu() {
         &[1024, 768],
         &[8193],
         &[3, 4099],
+        &[2049],
+        &[5, 411],
+        &[1000, 1024],
         &[8192],
     ];
     let base = AdamWParams::default();

@@ -63,7 +63,7 @@ fn vec_rows_per_block() -> u64 {
 }
 
 /// Thread rows of `norm_weight_grads` (NWG_ROWS in norms.cu).
-const NWG_ROWS: u32 = 8;
+const NWG_ROWS: u32 = 32;
 
 /// What the forward and backward need to know of either norm.
 struct Shape {
@@ -299,12 +299,15 @@ impl CudaBackend {
                         accumulate,
                     ];
                     let block = (threads, 1, 1);
-                    // β's sums are compiled into a kernel of their own (norms.cu says why).
-                    if s.bias {
-                        self.launch(call, SRC, "norm_backward_vec_beta", grid, block, 0, &args)?
-                    } else {
-                        self.launch(call, SRC, "norm_backward_vec", grid, block, 0, &args)?
-                    }
+                    // β's sums are compiled into a kernel of their own, and rows up to 512
+                    // threads (C ≤ 4096) take two rows a pass (norms.cu says why).
+                    let kernel = match (threads <= 512, s.bias) {
+                        (true, false) => "norm_backward_vec2",
+                        (true, true) => "norm_backward_vec2_beta",
+                        (false, false) => "norm_backward_vec",
+                        (false, true) => "norm_backward_vec_beta",
+                    };
+                    self.launch(call, SRC, kernel, grid, block, 0, &args)?
                 }
                 None => {
                     let args = [

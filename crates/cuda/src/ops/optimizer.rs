@@ -2,7 +2,7 @@
 //! whole training step can be captured in a CUDA graph, and over every parameter in one launch.
 //!
 //! Both kernels read a *tensor table* in device memory: one descriptor per tensor (pointers,
-//! dtypes, numel, its first work item of `OPT_CHUNK` elements). The pointers of a model's
+//! dtypes, numel, its first work item of `NORM_CHUNK` or `ADAM_CHUNK` elements). The pointers of a model's
 //! parameters, gradients and optimizer state do not change from step to step (the caching
 //! allocator hands a step's gradients the same blocks every step), so a table is written once
 //! and kept, keyed by its own words; a step whose pointers differ gets a new table. A captured
@@ -40,11 +40,16 @@ use tperf_core::tensor::Tensor;
 
 const SRC: &str = "optimizer";
 
-/// Elements per work item: `OPT_CHUNK` of optimizer.cu.
-const CHUNK: u64 = 8192;
+/// Elements per work item: `NORM_CHUNK` and `ADAM_CHUNK` of optimizer.cu.
+const NORM_CHUNK: u64 = 8192;
+const ADAM_CHUNK: u64 = 2048;
 
-/// Threads per block of the optimizer kernels (a multiple of 32).
+/// Threads per block of the optimizer kernels (a multiple of 32): `OPT_THREADS`.
 const THREADS: u32 = 256;
+
+/// Blocks an SM of either kernel holds at once, by its launch bounds (`OPT_BLOCKS_PER_SM`): the
+/// grid is one wave of that many a SM (optimizer.cu says why).
+const BLOCKS_PER_SM: u64 = 4;
 
 /// Tables kept at once; past this every table (and every captured graph, which may address
 /// one) is dropped. A training run needs two (its norm and its AdamW), a process that builds
@@ -112,7 +117,7 @@ impl CudaBackend {
             let ptr = ptr + shard.start as u64 * t.dtype.size_bytes();
             let vec = u64::from(aligned(&[ptr]));
             words.extend([ptr, n, items, dt as u32 as u64 | vec << 32]);
-            items += n.div_ceil(CHUNK);
+            items += n.div_ceil(NORM_CHUNK);
         }
         let count = words.len() / NORM_WORDS;
         Ok(Table {
@@ -179,7 +184,7 @@ impl CudaBackend {
             let vec = u64::from(float && aligned(&ptrs));
             words.extend(ptrs);
             words.extend([n, items, dts | (decay | vec << 1) << 32]);
-            items += n.div_ceil(CHUNK);
+            items += n.div_ceil(ADAM_CHUNK);
         }
         let count = words.len() / ADAM_WORDS;
         Ok(Table {
@@ -238,7 +243,10 @@ impl CudaBackend {
         let table = self.norm_table(call, &io, g.shards)?;
         let (count, items) = (table.count, table.items);
         // One f64 slot per block, each written by its block.
-        let blocks = items.clamp(1, (4 * self.gpu.info.sms.max(1) as u64).min(1024));
+        let blocks = items.clamp(
+            1,
+            (BLOCKS_PER_SM * self.gpu.info.sms.max(1) as u64).min(1024),
+        );
         let scratch = self
             .alloc
             .alloc(blocks * 8)
@@ -316,8 +324,8 @@ impl CudaBackend {
             Arg::I32(i32::from(adam.shards > 1)),
             step_scalars,
         ];
-        // Enough blocks to fill every SM several times over; the rest go grid-stride.
-        let blocks = items.min(8 * self.gpu.info.sms.max(1) as u64) as u32;
+        // One wave of resident blocks; the items go grid-stride.
+        let blocks = items.min(BLOCKS_PER_SM * self.gpu.info.sms.max(1) as u64) as u32;
         self.launch(
             call,
             SRC,

@@ -41,9 +41,13 @@ impl CudaBackend {
                 ),
             ));
         }
-        // A block per row, a thread per group of pairs of a head (grid-stride past 1024).
+        // A block per row, a thread per ROPE_JOBS groups of pairs (passes of them past
+        // ROPE_THREADS threads).
         let jobs = (rotated * (r.d / 2 / if vec { 4 } else { 1 })) as u32;
-        let threads = jobs.next_multiple_of(32).clamp(32, 1024);
+        let threads = jobs
+            .div_ceil(ROPE_JOBS)
+            .next_multiple_of(32)
+            .clamp(32, ROPE_THREADS);
         let grid = (rows.min(i32::MAX as u64) as u32, 1, 1);
         let args = [
             qkv,
@@ -73,3 +77,9 @@ impl CudaBackend {
 
 /// The most pairs a head has (ROPE_MAX_PAIRS in rope.cu: the shared cos/sin table).
 const ROPE_MAX_PAIRS: usize = 256;
+
+/// Groups of pairs a thread rotates per pass (ROPE_JOBS in rope.cu).
+const ROPE_JOBS: u32 = 4;
+
+/// The most threads a block of `rope` has (ROPE_THREADS in rope.cu, its launch bounds).
+const ROPE_THREADS: u32 = 256;
