@@ -305,27 +305,41 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
 /// the operands the tensor-core kernels take (`mma`, the variant mma_variant chose). The
 /// forward: two warpgroups over 128 query rows, 128-key tiles; the backward: flash_mma.cu's grid
 /// (128 keys a block, 256 threads), 64-row query tiles. TPERF_FLASH_WGMMA picks them for A/B
-/// measurements: 1 (the default) both, 0 neither (flash_mma.cu's), `fwd` or `bwd` one of them.
+/// measurements: 1 (the default) both, 0 neither (flash_mma.cu's), `fwd` or `bwd` one of them,
+/// `ws` both with the warp-specialised forward (a producer warpgroup and two ping-ponging
+/// consumers, 384 threads, the same 128-row query tiles).
 struct Wgmma {
-    fwd: Option<(&'static str, u32)>,
+    /// (kernel, shared bytes, threads a block).
+    fwd: Option<(&'static str, u32, u32)>,
+    /// (kernel, shared bytes).
     bwd: Option<(&'static str, u32)>,
 }
 
 const WGMMA_FWD_THREADS: u32 = 256;
+const WGMMA_WS_FWD_THREADS: u32 = 384;
 const WGMMA_FWD_BQ: u64 = 128;
 
+/// K/V ring stages of the warp-specialised forward (`ws_fwd<D, BF, S>` in flash_wgmma.cu).
+fn ws_stages(d: u64) -> u64 {
+    if d == 64 { 3 } else { 2 }
+}
+
 fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
-    static CHOICE: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
-    let (fwd_on, bwd_on) = *CHOICE.get_or_init(|| match std::env::var("TPERF_FLASH_WGMMA") {
-        Err(_) => (true, true),
+    static CHOICE: std::sync::OnceLock<(bool, bool, bool)> = std::sync::OnceLock::new();
+    // (forward on wgmma, backward on wgmma, the forward warp-specialised)
+    let (fwd_on, bwd_on, ws) = *CHOICE.get_or_init(|| match std::env::var("TPERF_FLASH_WGMMA") {
+        Err(_) => (true, true, false),
         Ok(v) => match v.as_str() {
-            "1" => (true, true),
-            "0" => (false, false),
-            "fwd" => (true, false),
-            "bwd" => (false, true),
+            "1" => (true, true, false),
+            "0" => (false, false, false),
+            "fwd" => (true, false, false),
+            "bwd" => (false, true, false),
+            "ws" => (true, true, true),
             _ => {
-                eprintln!("warning: TPERF_FLASH_WGMMA={v:?} is none of 1, 0, fwd, bwd; using 1");
-                (true, true)
+                eprintln!(
+                    "warning: TPERF_FLASH_WGMMA={v:?} is none of 1, 0, fwd, bwd, ws; using 1"
+                );
+                (true, true, false)
             }
         },
     });
@@ -343,6 +357,10 @@ fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
     };
     let name = |pass: &str| -> &'static str {
         match (pass, d, dt) {
+            ("ws", 64, "bf16") => "flash_wgmma_ws_fwd_d64_bf16",
+            ("ws", 64, _) => "flash_wgmma_ws_fwd_d64_f16",
+            ("ws", _, "bf16") => "flash_wgmma_ws_fwd_d128_bf16",
+            ("ws", _, _) => "flash_wgmma_ws_fwd_d128_f16",
             ("fwd", 64, "bf16") => "flash_wgmma_fwd_d64_bf16",
             ("fwd", 64, _) => "flash_wgmma_fwd_d64_f16",
             ("fwd", _, "bf16") => "flash_wgmma_fwd_d128_bf16",
@@ -357,11 +375,18 @@ fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
     // Tiles are unpadded (swizzled), 2 bytes an element, plus 1 KB to align the first to 1024
     // bytes. Forward: the Q tile (128 rows) and two buffers each of K and V tiles (128 rows).
     let fwd_shared = ((WGMMA_FWD_BQ + 4 * 128) * d * 2 + 1024) as u32;
+    // Warp-specialised: the Q tile, `ws_stages` stages each of K and V, and the barriers (Q's and
+    // four per stage, 8 bytes each).
+    let st = ws_stages(d);
+    let ws_shared = ((WGMMA_FWD_BQ + 2 * st * 128) * d * 2 + 1024 + 8 * (1 + 4 * st)) as u32;
     // Backward: K and V (128 rows), two buffers each of Q and dO (64 rows), dSᵀ (128 × 64), two
     // buffers each of lse and Dᵢ (64 f32).
     let bwd_shared = ((2 * 128 + 4 * 64) * d * 2 + 128 * 64 * 2 + 4 * 64 * 4 + 1024) as u32;
     Wgmma {
-        fwd: fwd_on.then(|| (name("fwd"), fwd_shared)),
+        fwd: fwd_on.then(|| match ws {
+            true => (name("ws"), ws_shared, WGMMA_WS_FWD_THREADS),
+            false => (name("fwd"), fwd_shared, WGMMA_FWD_THREADS),
+        }),
         bwd: bwd_on.then(|| (name("bwd"), bwd_shared)),
     }
 }
@@ -809,13 +834,13 @@ impl CudaBackend {
             Arg::Ptr(self.op_scalars),
         ];
         let grid = (blocks as u32, 1, 1);
-        if let Some((kernel, shared)) = wgmma {
+        if let Some((kernel, shared, threads)) = wgmma {
             return self.launch(
                 call,
                 FLASH_WGMMA,
                 kernel,
                 grid,
-                (WGMMA_FWD_THREADS, 1, 1),
+                (threads, 1, 1),
                 shared,
                 &args,
             );
