@@ -1,7 +1,10 @@
 // Flash attention forward on Hopper's warpgroup MMA (wgmma.mma_async, sm_90a; compile.rs builds
 // this source for sm_90a on an sm_90 device and for nothing else) for bf16 and fp16 at head
 // sizes 64 and 128, f32 accumulation: the same algorithm, masks and outputs (O, lse) as
-// flash_mma.cu's forward, which it replaces there (ops/attention.rs, `mma_variant`).
+// flash_mma.cu's forward, which it replaces there (ops/attention.rs, `mma_variant`). A second
+// forward, warp-specialised (a producer warpgroup, a K/V ring on mbarriers, two consumer
+// warpgroups in ping-pong; TPERF_FLASH_WGMMA=ws), follows the first; its section says why and
+// how. The backward comes last.
 //
 // Why: mma.sync multiplies 16×8×16 per warp instruction and needs its B fragments loaded by
 // ldmatrix from shared memory every time; the forward of flash_mma.cu was issue-bound at
