@@ -378,7 +378,11 @@ fn flash_attention_in_16_bits_from_a_kv_cache_matches_the_cpu() {
 fn flash_attention_in_16_bits_over_many_key_tiles_matches_the_cpu() {
     let Some(mut gpu) = gpu() else { return };
     // (H, H_kv, causal, window)
-    let heads = [(4, 2, true, None), (2, 1, false, None), (2, 2, true, Some(300))];
+    let heads = [
+        (4, 2, true, None),
+        (2, 1, false, None),
+        (2, 2, true, Some(300)),
+    ];
     for dt in [DType::Bf16, DType::F16] {
         for d in [64, 128] {
             for tt in [640, 1031] {

@@ -321,7 +321,11 @@ const WGMMA_FWD_BQ: u64 = 128;
 
 /// K/V ring stages of the warp-specialised forward (`ws_fwd<D, BF, S>` in flash_wgmma.cu).
 fn ws_stages(d: u64) -> u64 {
-    if d == 64 { 3 } else { 2 }
+    if d == 64 {
+        3
+    } else {
+        2
+    }
 }
 
 fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
