@@ -466,8 +466,9 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_fwd_d128
 // forward above already writes, rows past the end are zero-filled by a source size of 0, and
 // the kernel keeps MMA_FWD_PARAMS (a tensor map would have to be built on the host per call
 // and per view). The producer's 128 threads copy 16 (D = 64) or 32 (D = 128) chunks a tile each.
-// Stages: 3 at D = 64 (16 + 3·2·16 = 112 KB), 2 at D = 128 (32 + 2·2·32 = 160 KB; 3 would be
-// 224 KB, inside the 227 KB limit, but leaves nothing for L1).
+// Stages: 3 at D = 64 (16 + 3·2·16 = 112 KB), 2 at D = 128 (32 + 2·2·32 = 160 KB; 3 is 224 KB,
+// inside the 227 KB limit, but leaves nothing for L1); kernels of the other depths (2 and 4 at
+// 64, 3 at 128) are there for TPERF_FLASH_WS_STAGES measurements.
 // Shared bytes: (128 + 2·S·128)·D·2 + 1024 alignment slack + the barriers (8 bytes each).
 
 #define WGS_THREADS 384
@@ -721,18 +722,37 @@ __device__ __forceinline__ void ws_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_
     }
 }
 
-// One block of one producer and two consumer warpgroups an SM.
+// One block of one producer and two consumer warpgroups an SM. The plain names take the default
+// stages (3 at D = 64, 2 at 128); `_s<S>` names are the other depths, for TPERF_FLASH_WS_STAGES.
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_s2_bf16(MMA_FWD_PARAMS) {
+    ws_fwd<64, true, 2>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_s2_f16(MMA_FWD_PARAMS) {
+    ws_fwd<64, false, 2>(MMA_FWD_ARGS);
+}
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_bf16(MMA_FWD_PARAMS) {
     ws_fwd<64, true, 3>(MMA_FWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_f16(MMA_FWD_PARAMS) {
     ws_fwd<64, false, 3>(MMA_FWD_ARGS);
 }
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_s4_bf16(MMA_FWD_PARAMS) {
+    ws_fwd<64, true, 4>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_s4_f16(MMA_FWD_PARAMS) {
+    ws_fwd<64, false, 4>(MMA_FWD_ARGS);
+}
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d128_bf16(MMA_FWD_PARAMS) {
     ws_fwd<128, true, 2>(MMA_FWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d128_f16(MMA_FWD_PARAMS) {
     ws_fwd<128, false, 2>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d128_s3_bf16(MMA_FWD_PARAMS) {
+    ws_fwd<128, true, 3>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d128_s3_f16(MMA_FWD_PARAMS) {
+    ws_fwd<128, false, 3>(MMA_FWD_ARGS);
 }
 
 // ---------------------------------------------------------------------------------------------

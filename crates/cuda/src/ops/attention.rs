@@ -319,13 +319,57 @@ const WGMMA_FWD_THREADS: u32 = 256;
 const WGMMA_WS_FWD_THREADS: u32 = 384;
 const WGMMA_FWD_BQ: u64 = 128;
 
-/// K/V ring stages of the warp-specialised forward (`ws_fwd<D, BF, S>` in flash_wgmma.cu).
-fn ws_stages(d: u64) -> u64 {
-    if d == 64 {
-        3
+/// K/V ring stages of the warp-specialised forward (`ws_fwd<D, BF, S>` in flash_wgmma.cu): 3 at
+/// D = 64, 2 at 128, unless TPERF_FLASH_WS_STAGES names another depth that D has a kernel for
+/// (2–4 at 64, 2–3 at 128; for measurements), and the kernel's name.
+fn ws_kernel(d: u64, bf16: bool) -> (&'static str, u64) {
+    static STAGES: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let asked = *STAGES.get_or_init(|| {
+        let v = std::env::var("TPERF_FLASH_WS_STAGES").ok()?;
+        let n = v.parse().ok();
+        if n.is_none() {
+            eprintln!("warning: TPERF_FLASH_WS_STAGES={v:?} is not a number; using the default");
+        }
+        n
+    });
+    let names: &[(u64, &'static str, &'static str)] = if d == 64 {
+        &[
+            (
+                3,
+                "flash_wgmma_ws_fwd_d64_bf16",
+                "flash_wgmma_ws_fwd_d64_f16",
+            ),
+            (
+                2,
+                "flash_wgmma_ws_fwd_d64_s2_bf16",
+                "flash_wgmma_ws_fwd_d64_s2_f16",
+            ),
+            (
+                4,
+                "flash_wgmma_ws_fwd_d64_s4_bf16",
+                "flash_wgmma_ws_fwd_d64_s4_f16",
+            ),
+        ]
     } else {
-        2
-    }
+        &[
+            (
+                2,
+                "flash_wgmma_ws_fwd_d128_bf16",
+                "flash_wgmma_ws_fwd_d128_f16",
+            ),
+            (
+                3,
+                "flash_wgmma_ws_fwd_d128_s3_bf16",
+                "flash_wgmma_ws_fwd_d128_s3_f16",
+            ),
+        ]
+    };
+    // The first entry is the default.
+    let (st, b, f) = names
+        .iter()
+        .find(|(st, ..)| Some(*st) == asked)
+        .unwrap_or(&names[0]);
+    (if bf16 { b } else { f }, *st)
 }
 
 fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
@@ -361,10 +405,6 @@ fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
     };
     let name = |pass: &str| -> &'static str {
         match (pass, d, dt) {
-            ("ws", 64, "bf16") => "flash_wgmma_ws_fwd_d64_bf16",
-            ("ws", 64, _) => "flash_wgmma_ws_fwd_d64_f16",
-            ("ws", _, "bf16") => "flash_wgmma_ws_fwd_d128_bf16",
-            ("ws", _, _) => "flash_wgmma_ws_fwd_d128_f16",
             ("fwd", 64, "bf16") => "flash_wgmma_fwd_d64_bf16",
             ("fwd", 64, _) => "flash_wgmma_fwd_d64_f16",
             ("fwd", _, "bf16") => "flash_wgmma_fwd_d128_bf16",
@@ -379,16 +419,16 @@ fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
     // Tiles are unpadded (swizzled), 2 bytes an element, plus 1 KB to align the first to 1024
     // bytes. Forward: the Q tile (128 rows) and two buffers each of K and V tiles (128 rows).
     let fwd_shared = ((WGMMA_FWD_BQ + 4 * 128) * d * 2 + 1024) as u32;
-    // Warp-specialised: the Q tile, `ws_stages` stages each of K and V, and the barriers (Q's and
+    // Warp-specialised: the Q tile, `st` stages each of K and V, and the barriers (Q's and
     // four per stage, 8 bytes each).
-    let st = ws_stages(d);
+    let (ws_name, st) = ws_kernel(d, dt == "bf16");
     let ws_shared = ((WGMMA_FWD_BQ + 2 * st * 128) * d * 2 + 1024 + 8 * (1 + 4 * st)) as u32;
     // Backward: K and V (128 rows), two buffers each of Q and dO (64 rows), dSᵀ (128 × 64), two
     // buffers each of lse and Dᵢ (64 f32).
     let bwd_shared = ((2 * 128 + 4 * 64) * d * 2 + 128 * 64 * 2 + 4 * 64 * 4 + 1024) as u32;
     Wgmma {
         fwd: fwd_on.then(|| match ws {
-            true => (name("ws"), ws_shared, WGMMA_WS_FWD_THREADS),
+            true => (ws_name, ws_shared, WGMMA_WS_FWD_THREADS),
             false => (name("fwd"), fwd_shared, WGMMA_FWD_THREADS),
         }),
         bwd: bwd_on.then(|| (name("bwd"), bwd_shared)),
