@@ -1,7 +1,10 @@
 // Flash attention forward on Hopper's warpgroup MMA (wgmma.mma_async, sm_90a; compile.rs builds
 // this source for sm_90a on an sm_90 device and for nothing else) for bf16 and fp16 at head
 // sizes 64 and 128, f32 accumulation: the same algorithm, masks and outputs (O, lse) as
-// flash_mma.cu's forward, which it replaces there (ops/attention.rs, `mma_variant`).
+// flash_mma.cu's forward, which it replaces there (ops/attention.rs, `mma_variant`). A second
+// forward, warp-specialised (a producer warpgroup, a K/V ring on mbarriers, two consumer
+// warpgroups in ping-pong; TPERF_FLASH_WGMMA=ws), follows the first; its section says why and
+// how. The backward comes last.
 //
 // Why: mma.sync multiplies 16×8×16 per warp instruction and needs its B fragments loaded by
 // ldmatrix from shared memory every time; the forward of flash_mma.cu was issue-bound at
@@ -429,6 +432,327 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_fwd_d128
 }
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_fwd_d128_f16(MMA_FWD_PARAMS) {
     wg_fwd<128, false>(MMA_FWD_ARGS);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward, warp-specialised (TPERF_FLASH_WGMMA=ws; FlashAttention-3's producer/consumer split
+// and inter-warpgroup ping-pong)
+//
+// Why: the forward above is 1 block an SM of two warpgroups that load, multiply and run the
+// softmax in one chain per tile, tied together by a __syncthreads per tile; ncu (D = 64,
+// T = 16384) had the tensor pipe 33% busy and no eligible warp 58% of cycles. Here a block is
+// three warpgroups (384 threads) over the same 128-row query tile and 128-key tiles:
+//   warpgroup 0, the producer: only copies (Q once, then K_t and V_t into a ring of S stages
+//     each), its registers given back (setmaxnreg.dec to WGS_PRODUCER_REGS);
+//   warpgroups 1 and 2, the consumers: 64 query rows each, the loop of the forward above (S_t
+//     and P_{t−1}·V_{t−1} issued together, the softmax of S_t under P_{t−1}·V_{t−1}), with the
+//     producer's registers (setmaxnreg.inc to WGS_CONSUMER_REGS).
+// No block-wide barrier after the start; three kinds of barrier instead:
+//   full_k[s], full_v[s] (mbarrier, 128 arrivals): each producer thread's cp.async copies of a
+//     stage arrive on it when they land (cp.async.mbarrier.arrive.noinc), so a consumer that
+//     waits on its phase sees the whole tile (then fence.proxy.async: cp.async writes through
+//     the generic proxy, wgmma reads through the async proxy);
+//   empty_k[s], empty_v[s] (mbarrier, 8 arrivals, lane 0 of each consumer warp once its wgmma
+//     that read the stage has completed): the producer waits on one before refilling the stage
+//     (K_t is free once S_t is, V_t once P_t·V_t is, so K and V have barriers of their own);
+//   turns (named barriers 1 and 2, 256 threads): consumer c waits on bar.sync 1 + c before
+//     issuing a tile's products and lets the other go (bar.arrive 2 − c) right after issuing,
+//     so the two warpgroups' products reach the tensor cores alternately and one warpgroup's
+//     softmax runs while the other's products do. Consumer 1 opens with an arrive (consumer 0
+//     goes first) and skips the arrive after its last turn (nobody waits for it), so arrivals
+//     and waits pair exactly.
+// Copies: cp.async (16 bytes a thread) rather than the copy engine (TMA): K and V are strided
+// views (the packed qkv, or a cache with its own strides), the tile layout is the swizzle the
+// forward above already writes, rows past the end are zero-filled by a source size of 0, and
+// the kernel keeps MMA_FWD_PARAMS (a tensor map would have to be built on the host per call
+// and per view). The producer's 128 threads copy 16 (D = 64) or 32 (D = 128) chunks a tile each.
+// Stages: 3 at D = 64 (16 + 3·2·16 = 112 KB), 2 at D = 128 (32 + 2·2·32 = 160 KB; 3 is 224 KB,
+// inside the 227 KB limit, but leaves nothing for L1); kernels of the other depths (2 and 4 at
+// 64, 3 at 128) are there for TPERF_FLASH_WS_STAGES measurements.
+// Shared bytes: (128 + 2·S·128)·D·2 + 1024 alignment slack + the barriers (8 bytes each).
+
+#define WGS_THREADS 384
+#define WGS_PRODUCER_REGS 24
+#define WGS_CONSUMER_REGS 240
+
+__device__ __forceinline__ void mbar_init(unsigned bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(unsigned bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// Waits until the phase of parity `parity` of the barrier has completed.
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    unsigned done;
+    do {
+        asm volatile("{\n.reg .pred p;\n"
+                     "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done)
+                     : "r"(bar), "r"(parity)
+                     : "memory");
+    } while (!done);
+}
+// One arrival on `bar` when every cp.async this thread has issued so far has landed (noinc: the
+// barrier's count already includes it).
+__device__ __forceinline__ void cp_async_arrive(unsigned bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void named_sync(unsigned id) {
+    asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
+}
+__device__ __forceinline__ void named_arrive(unsigned id) {
+    asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory");
+}
+
+// load_swizzled for the producer's 128 threads (`ptid` 0..127), lean on registers (the producer
+// runs on WGS_PRODUCER_REGS): a thread's 16-byte column c is the same in every row it copies
+// (rows r0, r0 + 128 / (D / 8), ...), so is its swizzle (the row step is a multiple of 8), and
+// its source and destination move by one fixed step a row; the loop is not unrolled.
+template <int D, int ROWS>
+__device__ __forceinline__ void ws_load(unsigned tile, const u16* src, i64 rs, int valid,
+                                        int ptid) {
+    constexpr int CH = D / 8, RSTEP = 128 / CH;
+    static_assert(ROWS % RSTEP == 0, "every producer thread copies the same number of chunks");
+    const int r0 = ptid / CH, c = ptid % CH;
+    unsigned dst = tile + (c / 8) * (ROWS * 128) + r0 * 128 + (((c % 8) ^ (r0 % 8)) * 16);
+    const u16* at = src + (i64)r0 * rs + c * 8;
+    const i64 step = RSTEP * rs;
+#pragma unroll 1
+    for (int r = r0; r < ROWS; r += RSTEP, dst += RSTEP * 128, at += step) {
+        const bool ok = r < valid;
+        cp_async16(dst, ok ? at : src, ok);
+    }
+}
+
+template <int D, bool BF, int S>
+__device__ __forceinline__ void ws_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_sh, i64 k_sj,
+                                       Buf vb, i64 v0, i64 v_sb, i64 v_sh, i64 v_sj, Buf o,
+                                       Buf lse, MmaFwdArgs p) {
+    static_assert(D == 64 || D == 128, "wgmma forward: D = 64 or 128");
+    constexpr int BQ = WG_BQ, BK = WG_BK, KT = D / 16, OT = D / 8;
+    constexpr unsigned QPANEL = BQ * 128, KPANEL = BK * 128;
+    constexpr unsigned QBYTES = BQ * D * 2, KBYTES = BK * D * 2;
+    extern __shared__ __align__(16) u16 wg_smem[];
+    const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;
+    const unsigned Qs = base, Ks = Qs + QBYTES, Vs = Ks + S * KBYTES; // K, V: S stages each
+    // The barriers, 8 bytes each: Q's, then full_k, full_v, empty_k, empty_v (S each).
+    const unsigned bars = Vs + S * KBYTES;
+    const unsigned q_full = bars;
+    auto full_k = [&](int t) { return bars + 8u * (1 + t % S); };
+    auto full_v = [&](int t) { return bars + 8u * (1 + S + t % S); };
+    auto empty_k = [&](int t) { return bars + 8u * (1 + 2 * S + t % S); };
+    auto empty_v = [&](int t) { return bars + 8u * (1 + 3 * S + t % S); };
+    // The phase parity of key tile t's use of its stage.
+    auto phase = [&](int t) { return (unsigned)((t / S) & 1); };
+
+    const int tid = threadIdx.x, role = tid / 128; // 0 the producer, 1 and 2 the consumers
+    const int tiles = (p.tq + BQ - 1) / BQ;
+    const int tile = tiles - 1 - (int)(blockIdx.x % tiles);
+    const int head = (int)((blockIdx.x / tiles) % p.h);
+    const i64 b = (i64)(blockIdx.x / tiles) / p.h;
+    const int g = head / (p.h / p.h_kv);
+    const i64 width = (i64)(p.h + 2 * p.h_kv) * D;
+    const int i0 = tile * BQ, i1 = min(i0 + BQ, p.tq);
+    const i64 off = (i64)p.tk - p.tq;
+
+    i64 lo = 0, hi = p.tk;
+    if (p.causal) {
+        hi = off + i1;
+        if (p.window >= 0) lo = max((i64)0, off + i0 + 1 - p.window);
+    }
+    const int n = lo < hi ? (int)((hi - lo + BK - 1) / BK) : 0;
+
+    if (tid == 0) {
+        mbar_init(q_full, 128);
+        for (int s = 0; s < S; ++s) {
+            mbar_init(full_k(s), 128);
+            mbar_init(full_v(s), 128);
+            mbar_init(empty_k(s), 8);
+            mbar_init(empty_v(s), 8);
+        }
+    }
+    __syncthreads(); // the barriers are initialised; the only block-wide barrier
+
+    if (role == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(WGS_PRODUCER_REGS));
+        if (n == 0) return;
+        const u16* qg = (const u16*)qkv.p + (b * p.tq + i0) * width + (i64)head * D;
+        const u16* kg = (const u16*)kb.p + k0 + b * k_sb + (i64)g * k_sh;
+        const u16* vg = (const u16*)vb.p + v0 + b * v_sb + (i64)g * v_sh;
+        ws_load<D, BQ>(Qs, qg, width, i1 - i0, tid);
+        cp_async_arrive(q_full);
+        const u16* kt = kg + lo * k_sj;
+        const u16* vt = vg + lo * v_sj;
+        i64 left = hi - lo; // keys from this tile's first to the visible range's end
+#pragma unroll 1
+        for (int t = 0; t < n; ++t, kt += BK * k_sj, vt += BK * v_sj, left -= BK) {
+            const int valid = (int)min((i64)BK, left);
+            const unsigned at = (t % S) * KBYTES;
+            // The stage's previous tile, t − S, has been released by every consumer warp.
+            if (t >= S) mbar_wait(empty_k(t), phase(t) ^ 1);
+            ws_load<D, BK>(Ks + at, kt, k_sj, valid, tid);
+            cp_async_arrive(full_k(t));
+            if (t >= S) mbar_wait(empty_v(t), phase(t) ^ 1);
+            ws_load<D, BK>(Vs + at, vt, v_sj, valid, tid);
+            cp_async_arrive(full_v(t));
+        }
+        // Nothing of this thread's may still be in flight when it exits.
+        asm volatile("cp.async.wait_all;\n" ::: "memory");
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(WGS_CONSUMER_REGS));
+        const int c = role - 1, warp = tid / 32, lane = tid % 32, wq = warp % 4;
+        const unsigned mine = 1 + c, other = 2 - c; // turn barriers
+
+        float acc[D / 2];
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) acc[i] = 0.0f;
+        float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f}, corr[2];
+        const float sl2 = p.scale * LOG2E;
+        const int qr = c * 64 + wq * 16 + lane / 4; // tile row of elements 0, 1 (2, 3: + 8)
+        const i64 pos0 = off + i0 + qr;
+        const unsigned qwg = Qs + c * 64 * 128;
+        auto needs_mask = [&](i64 j0) {
+            return j0 + BK > hi ||
+                   (p.causal && (j0 + BK - 1 > off + i0 ||
+                                 (p.window >= 0 && off + i0 + BQ - 1 - j0 >= p.window)));
+        };
+        auto issue_s = [&](float (&s)[BK / 2], int t) {
+            const unsigned kt = Ks + (t % S) * KBYTES;
+#pragma unroll
+            for (int kk = 0; kk < KT; ++kk) {
+                const unsigned step = (kk % 4) * 32;
+                const u64 qd = smem_desc(qwg + (kk / 4) * QPANEL + step, 16, 1024);
+                const u64 kd = smem_desc(kt + (kk / 4) * KPANEL + step, 16, 1024);
+                wgmma_ss_n128<BF>(s, qd, kd, kk > 0);
+            }
+        };
+        auto issue_pv = [&](const unsigned (&pa)[BK / 16][4], int t) {
+            const unsigned vt = Vs + (t % S) * KBYTES;
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; ++kk) {
+                const u64 vd = smem_desc(vt + kk * 16 * 128, KPANEL, 1024);
+                if constexpr (D == 64)
+                    wgmma_rs_n64<BF>(acc, pa[kk], vd, 1);
+                else
+                    wgmma_rs_n128<BF>(acc, pa[kk], vd, 1);
+            }
+        };
+        // Every thread of the warp has waited for the products that read the stage.
+        auto release = [&](unsigned bar) {
+            __syncwarp();
+            if (lane == 0) mbar_arrive(bar);
+        };
+
+        // Turns: 0 issues S_0, t issues S_t and P_{t−1}·V_{t−1}, n issues P_{n−1}·V_{n−1}.
+        unsigned pa[BK / 16][4];
+        if (n > 0) {
+            mbar_wait(q_full, 0);
+            if (c == 1) named_arrive(other);
+            mbar_wait(full_k(0), 0);
+            fence_async_shared();
+            named_sync(mine);
+            float s[BK / 2];
+            wgmma_fence();
+            issue_s(s, 0);
+            wgmma_commit();
+            named_arrive(other); // turn 0 is never the last
+            wgmma_wait_all();
+            wgmma_hold(s);
+            release(empty_k(0));
+            wg_softmax<BK>(s, m, l, corr, sl2, needs_mask(lo), pos0, lo, hi, p, lane);
+            wg_pack_p<BK, BF>(pa, s);
+        }
+        for (int t = 1; t < n; ++t) {
+            const i64 j0 = lo + (i64)t * BK;
+            mbar_wait(full_k(t), phase(t));
+            mbar_wait(full_v(t - 1), phase(t - 1));
+            fence_async_shared();
+            named_sync(mine);
+            float s[BK / 2];
+            wgmma_hold(acc);
+            wgmma_fence();
+            issue_s(s, t);
+            wgmma_commit();
+            issue_pv(pa, t - 1);
+            wgmma_commit();
+            named_arrive(other);
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); // S_t
+            wgmma_hold(s);
+            release(empty_k(t));
+            wg_softmax<BK>(s, m, l, corr, sl2, needs_mask(j0), pos0, j0, hi, p, lane);
+            wgmma_wait_all(); // P_{t−1}·V_{t−1}: O and P's registers are free again
+            wgmma_hold(acc);
+            release(empty_v(t - 1));
+#pragma unroll
+            for (int i = 0; i < OT; ++i)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) acc[i * 4 + e] *= corr[e / 2];
+            wg_pack_p<BK, BF>(pa, s);
+        }
+        if (n > 0) {
+            mbar_wait(full_v(n - 1), phase(n - 1));
+            fence_async_shared();
+            named_sync(mine);
+            wgmma_hold(acc);
+            wgmma_fence();
+            issue_pv(pa, n - 1);
+            wgmma_commit();
+            if (c == 0) named_arrive(other); // consumer 1's last turn lets nobody go
+            wgmma_wait_all();
+            wgmma_hold(acc);
+        }
+
+        const i64 hd = (i64)p.h * D;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float sum = l[r];
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            const int i = i0 + qr + 8 * r;
+            if (i >= p.tq) continue;
+            const float inv = 1.0f / sum;
+            u16* orow = (u16*)o.p + (b * p.tq + i) * hd + (i64)head * D + (lane % 4) * 2;
+#pragma unroll
+            for (int t = 0; t < OT; ++t)
+                *(unsigned*)(orow + t * 8) =
+                    pack2<BF>(acc[t * 4 + 2 * r] * inv, acc[t * 4 + 2 * r + 1] * inv);
+            if (lane % 4 == 0) st(lse, (b * p.h + head) * p.tq + i, (m[r] + log2f(sum)) * LN2);
+        }
+    }
+}
+
+// One block of one producer and two consumer warpgroups an SM. The plain names take the default
+// stages (3 at D = 64, 2 at 128); `_s<S>` names are the other depths, for TPERF_FLASH_WS_STAGES.
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_s2_bf16(MMA_FWD_PARAMS) {
+    ws_fwd<64, true, 2>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_s2_f16(MMA_FWD_PARAMS) {
+    ws_fwd<64, false, 2>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_bf16(MMA_FWD_PARAMS) {
+    ws_fwd<64, true, 3>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_f16(MMA_FWD_PARAMS) {
+    ws_fwd<64, false, 3>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_s4_bf16(MMA_FWD_PARAMS) {
+    ws_fwd<64, true, 4>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d64_s4_f16(MMA_FWD_PARAMS) {
+    ws_fwd<64, false, 4>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d128_bf16(MMA_FWD_PARAMS) {
+    ws_fwd<128, true, 2>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d128_f16(MMA_FWD_PARAMS) {
+    ws_fwd<128, false, 2>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d128_s3_bf16(MMA_FWD_PARAMS) {
+    ws_fwd<128, true, 3>(MMA_FWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_fwd_d128_s3_f16(MMA_FWD_PARAMS) {
+    ws_fwd<128, false, 3>(MMA_FWD_ARGS);
 }
 
 // ---------------------------------------------------------------------------------------------

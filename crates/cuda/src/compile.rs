@@ -163,7 +163,7 @@ pub fn cubin(src: &Source, arch: &str, driver: i32) -> Result<(Vec<u8>, Origin),
             return Ok((bytes, Origin::Cached));
         }
     }
-    let bytes = compile(src, &text, arch)?;
+    let (bytes, _log) = compile(src, &text, arch)?;
     if let Some(file) = file {
         // Write to a temporary name and rename, so a concurrent or interrupted run never sees a
         // half-written cubin. A cache that cannot be written costs only the next compile.
@@ -178,7 +178,8 @@ pub fn cubin(src: &Source, arch: &str, driver: i32) -> Result<(Vec<u8>, Origin),
     Ok((bytes, Origin::Compiled))
 }
 
-fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError> {
+/// The cubin and NVRTC's log (its warnings, ptxas's among them; empty when there are none).
+fn compile(src: &Source, text: &str, arch: &str) -> Result<(Vec<u8>, String), CompileError> {
     let code = CString::new(text).map_err(|_| CompileError::NulInSource { file: src.name })?;
     let name = CString::new(format!("{}.cu", src.name)).expect("source names hold no NUL");
     let prog = nvrtc::create_program(&code, Some(&name)).map_err(nvrtc_err("create program"))?;
@@ -225,12 +226,18 @@ fn compile(src: &Source, text: &str, arch: &str) -> Result<Vec<u8>, CompileError
     };
     // SAFETY: the cubin has been copied out; `prog` is not used after this.
     let _ = unsafe { nvrtc::destroy_program(prog) };
-    Ok(bytes)
+    Ok((bytes, log))
 }
 
 /// The cubin of `src` for `arch`, compiled without the cache: the compile check and SASS
-/// inspection need no GPU, only NVRTC.
+/// inspection need no GPU, only NVRTC. NVRTC's warnings (ptxas's too, such as C7508 for an
+/// ignored setmaxnreg) go to stderr.
 pub fn check(src: &Source, arch: &str) -> Result<Vec<u8>, CompileError> {
     nvrtc_version()?;
-    compile(src, &full_text(src), arch)
+    let (bytes, log) = compile(src, &full_text(src), arch)?;
+    let log = log.trim();
+    if !log.is_empty() {
+        eprintln!("NVRTC log for kernels/{}.cu ({arch}):\n{log}", src.name);
+    }
+    Ok(bytes)
 }

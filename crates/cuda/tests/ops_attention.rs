@@ -368,3 +368,61 @@ fn flash_attention_in_16_bits_from_a_kv_cache_matches_the_cpu() {
         }
     }
 }
+
+/// The 16-bit flash forward and backward over many 128-key tiles: the warp-specialised Hopper
+/// forward (TPERF_FLASH_WGMMA=ws) keeps K and V in a ring of 2 (D = 128) or 3 (D = 64) stages
+/// whose barriers change phase every lap, which the shapes above (at most 3 tiles) do not
+/// reach. 1031 keys are 9 tiles, the last holding 7 keys; the window of 300 starts mid-tile
+/// and skips whole tiles. The same tolerances as above.
+#[test]
+fn flash_attention_in_16_bits_over_many_key_tiles_matches_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    // (H, H_kv, causal, window)
+    let heads = [
+        (4, 2, true, None),
+        (2, 1, false, None),
+        (2, 2, true, Some(300)),
+    ];
+    for dt in [DType::Bf16, DType::F16] {
+        for d in [64, 128] {
+            for tt in [640, 1031] {
+                for (h, h_kv, causal, window) in heads {
+                    let b = 1;
+                    let a = Attention {
+                        b,
+                        h,
+                        h_kv,
+                        tq: tt,
+                        tk: tt,
+                        d,
+                        causal,
+                        window,
+                        kv_cache: false,
+                    };
+                    let w = (h + 2 * h_kv) * d;
+                    let ts = vec![
+                        t("qkv", &[b * tt, w], dt, Fill::Normal(0.5)),   // 0
+                        t("o", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 1
+                        t("lse", &[b, h, tt], DType::F32, Fill::Value(0.0)), // 2
+                        t("dout", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 3
+                        t("dqkv", &[b * tt, w], dt, Fill::Normal(1.0)),  // 4
+                    ];
+                    check(
+                        &mut gpu,
+                        Op::FlashAttention(a),
+                        ts.clone(),
+                        vec![0],
+                        vec![1, 2],
+                    );
+                    check(
+                        &mut gpu,
+                        Op::FlashAttentionBackward(a),
+                        ts,
+                        vec![0, 1, 3, 2],
+                        vec![4],
+                    );
+                }
+            }
+        }
+    }
+}

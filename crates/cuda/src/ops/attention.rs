@@ -305,27 +305,89 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
 /// the operands the tensor-core kernels take (`mma`, the variant mma_variant chose). The
 /// forward: two warpgroups over 128 query rows, 128-key tiles; the backward: flash_mma.cu's grid
 /// (128 keys a block, 256 threads), 64-row query tiles. TPERF_FLASH_WGMMA picks them for A/B
-/// measurements: 1 (the default) both, 0 neither (flash_mma.cu's), `fwd` or `bwd` one of them.
+/// measurements: 1 (the default) both, 0 neither (flash_mma.cu's), `fwd` or `bwd` one of them,
+/// `ws` both with the warp-specialised forward (a producer warpgroup and two ping-ponging
+/// consumers, 384 threads, the same 128-row query tiles).
 struct Wgmma {
-    fwd: Option<(&'static str, u32)>,
+    /// (kernel, shared bytes, threads a block).
+    fwd: Option<(&'static str, u32, u32)>,
+    /// (kernel, shared bytes).
     bwd: Option<(&'static str, u32)>,
 }
 
 const WGMMA_FWD_THREADS: u32 = 256;
+const WGMMA_WS_FWD_THREADS: u32 = 384;
 const WGMMA_FWD_BQ: u64 = 128;
 
+/// K/V ring stages of the warp-specialised forward (`ws_fwd<D, BF, S>` in flash_wgmma.cu): 3 at
+/// D = 64, 2 at 128, unless TPERF_FLASH_WS_STAGES names another depth that D has a kernel for
+/// (2–4 at 64, 2–3 at 128; for measurements), and the kernel's name.
+fn ws_kernel(d: u64, bf16: bool) -> (&'static str, u64) {
+    static STAGES: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let asked = *STAGES.get_or_init(|| {
+        let v = std::env::var("TPERF_FLASH_WS_STAGES").ok()?;
+        let n = v.parse().ok();
+        if n.is_none() {
+            eprintln!("warning: TPERF_FLASH_WS_STAGES={v:?} is not a number; using the default");
+        }
+        n
+    });
+    let names: &[(u64, &'static str, &'static str)] = if d == 64 {
+        &[
+            (
+                3,
+                "flash_wgmma_ws_fwd_d64_bf16",
+                "flash_wgmma_ws_fwd_d64_f16",
+            ),
+            (
+                2,
+                "flash_wgmma_ws_fwd_d64_s2_bf16",
+                "flash_wgmma_ws_fwd_d64_s2_f16",
+            ),
+            (
+                4,
+                "flash_wgmma_ws_fwd_d64_s4_bf16",
+                "flash_wgmma_ws_fwd_d64_s4_f16",
+            ),
+        ]
+    } else {
+        &[
+            (
+                2,
+                "flash_wgmma_ws_fwd_d128_bf16",
+                "flash_wgmma_ws_fwd_d128_f16",
+            ),
+            (
+                3,
+                "flash_wgmma_ws_fwd_d128_s3_bf16",
+                "flash_wgmma_ws_fwd_d128_s3_f16",
+            ),
+        ]
+    };
+    // The first entry is the default.
+    let (st, b, f) = names
+        .iter()
+        .find(|(st, ..)| Some(*st) == asked)
+        .unwrap_or(&names[0]);
+    (if bf16 { b } else { f }, *st)
+}
+
 fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
-    static CHOICE: std::sync::OnceLock<(bool, bool)> = std::sync::OnceLock::new();
-    let (fwd_on, bwd_on) = *CHOICE.get_or_init(|| match std::env::var("TPERF_FLASH_WGMMA") {
-        Err(_) => (true, true),
+    static CHOICE: std::sync::OnceLock<(bool, bool, bool)> = std::sync::OnceLock::new();
+    // (forward on wgmma, backward on wgmma, the forward warp-specialised)
+    let (fwd_on, bwd_on, ws) = *CHOICE.get_or_init(|| match std::env::var("TPERF_FLASH_WGMMA") {
+        Err(_) => (true, true, false),
         Ok(v) => match v.as_str() {
-            "1" => (true, true),
-            "0" => (false, false),
-            "fwd" => (true, false),
-            "bwd" => (false, true),
+            "1" => (true, true, false),
+            "0" => (false, false, false),
+            "fwd" => (true, false, false),
+            "bwd" => (false, true, false),
+            "ws" => (true, true, true),
             _ => {
-                eprintln!("warning: TPERF_FLASH_WGMMA={v:?} is none of 1, 0, fwd, bwd; using 1");
-                (true, true)
+                eprintln!(
+                    "warning: TPERF_FLASH_WGMMA={v:?} is none of 1, 0, fwd, bwd, ws; using 1"
+                );
+                (true, true, false)
             }
         },
     });
@@ -357,11 +419,18 @@ fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
     // Tiles are unpadded (swizzled), 2 bytes an element, plus 1 KB to align the first to 1024
     // bytes. Forward: the Q tile (128 rows) and two buffers each of K and V tiles (128 rows).
     let fwd_shared = ((WGMMA_FWD_BQ + 4 * 128) * d * 2 + 1024) as u32;
+    // Warp-specialised: the Q tile, `st` stages each of K and V, and the barriers (Q's and
+    // four per stage, 8 bytes each).
+    let (ws_name, st) = ws_kernel(d, dt == "bf16");
+    let ws_shared = ((WGMMA_FWD_BQ + 2 * st * 128) * d * 2 + 1024 + 8 * (1 + 4 * st)) as u32;
     // Backward: K and V (128 rows), two buffers each of Q and dO (64 rows), dSᵀ (128 × 64), two
     // buffers each of lse and Dᵢ (64 f32).
     let bwd_shared = ((2 * 128 + 4 * 64) * d * 2 + 128 * 64 * 2 + 4 * 64 * 4 + 1024) as u32;
     Wgmma {
-        fwd: fwd_on.then(|| (name("fwd"), fwd_shared)),
+        fwd: fwd_on.then(|| match ws {
+            true => (ws_name, ws_shared, WGMMA_WS_FWD_THREADS),
+            false => (name("fwd"), fwd_shared, WGMMA_FWD_THREADS),
+        }),
         bwd: bwd_on.then(|| (name("bwd"), bwd_shared)),
     }
 }
@@ -809,13 +878,13 @@ impl CudaBackend {
             Arg::Ptr(self.op_scalars),
         ];
         let grid = (blocks as u32, 1, 1);
-        if let Some((kernel, shared)) = wgmma {
+        if let Some((kernel, shared, threads)) = wgmma {
             return self.launch(
                 call,
                 FLASH_WGMMA,
                 kernel,
                 grid,
-                (WGMMA_FWD_THREADS, 1, 1),
+                (threads, 1, 1),
                 shared,
                 &args,
             );
