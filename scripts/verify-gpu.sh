@@ -19,6 +19,8 @@ for t in compile nccl ops_sampling ops_attention ops_norms ops_basic ops_paged r
   ( step tests-$t.txt 150 $X/$t --test-threads 2 ) &
 done
 ( for i in 1 2 3; do step tests-graphs.txt 40 $X/graphs --test-threads 1; done ) &
+( step tests-plain.txt 150 env TPERF_FLASH_WGMMA=plain $X/ops_attention --test-threads 2
+  step sanitizer-many-tiles.txt 120 compute-sanitizer --tool memcheck --print-limit 20 $X/ops_attention --test-threads 1 flash_attention_in_16_bits_over_many_key_tiles ) &
 ( step conformance.txt 90 $T conformance --device cuda; step conformance.txt 90 env TPERF_POISON_ALLOC=1 $T conformance --device cuda ) &
 ( step sanitizer.txt 90 compute-sanitizer --tool memcheck --print-limit 20 $X/ops_paged --test-threads 1
   step sanitizer.txt 90 compute-sanitizer --tool racecheck --print-limit 50 $X/ops_paged --test-threads 1
@@ -29,8 +31,8 @@ echo "A done at $((SECONDS-S0))s" >> $O/machine.txt
 # B: timings
 step attention.txt 40 $T attention --device cuda --batch 1 --heads 16 --dims 64,80,128 --seqs 4096,16384 --kernels flash --dtype bf16
 step attention.txt 20 $T attention --device cuda --batch 4 --heads 32 --dims 80 --seqs 256 --kernels flash --dtype bf16
-# The same sweep on flash_mma.cu's kernels (before the Hopper ones), for the A/B in one session.
-step attention-mma.txt 40 env TPERF_FLASH_WGMMA=0 $T attention --device cuda --batch 1 --heads 16 --dims 64,128 --seqs 4096,16384 --kernels flash --dtype bf16
+# The same sweep with the two-warpgroup forward (TPERF_FLASH_WGMMA=plain; the default is warp-specialised), for the A/B in one session.
+step attention-plain.txt 40 env TPERF_FLASH_WGMMA=plain $T attention --device cuda --batch 1 --heads 16 --dims 64,128 --seqs 4096,16384 --kernels flash --dtype bf16
 step decode.txt 30 $T bench gpt2-124m --phase decode --seq 384 --dtype bf16 --device cuda --batch 1,32,128
 step decode-cublas.txt 30 env TPERF_GEMV=0 $T bench gpt2-124m --phase decode --seq 384 --dtype bf16 --device cuda --batch 1,32,128
 for b in 1 32 128; do step profile-decode-b$b.txt 20 $T profile gpt2-124m --phase decode --seq 384 --dtype bf16 --device cuda --batch $b; done

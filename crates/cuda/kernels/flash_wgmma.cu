@@ -3,8 +3,8 @@
 // sizes 64 and 128, f32 accumulation: the same algorithm, masks and outputs (O, lse) as
 // flash_mma.cu's forward, which it replaces there (ops/attention.rs, `mma_variant`). A second
 // forward, warp-specialised (a producer warpgroup, a K/V ring on mbarriers, two consumer
-// warpgroups in ping-pong; TPERF_FLASH_WGMMA=ws), follows the first; its section says why and
-// how. The backward comes last.
+// warpgroups in ping-pong; the default, TPERF_FLASH_WGMMA=plain selects the first), follows the
+// first; its section says why and how. The backward comes last.
 //
 // Why: mma.sync multiplies 16×8×16 per warp instruction and needs its B fragments loaded by
 // ldmatrix from shared memory every time; the forward of flash_mma.cu was issue-bound at
@@ -435,7 +435,7 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_fwd_d128
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward, warp-specialised (TPERF_FLASH_WGMMA=ws; FlashAttention-3's producer/consumer split
+// Forward, warp-specialised (the default; FlashAttention-3's producer/consumer split
 // and inter-warpgroup ping-pong)
 //
 // Why: the forward above is 1 block an SM of two warpgroups that load, multiply and run the

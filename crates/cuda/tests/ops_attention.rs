@@ -370,7 +370,7 @@ fn flash_attention_in_16_bits_from_a_kv_cache_matches_the_cpu() {
 }
 
 /// The 16-bit flash forward and backward over many 128-key tiles: the warp-specialised Hopper
-/// forward (TPERF_FLASH_WGMMA=ws) keeps K and V in a ring of 2 (D = 128) or 3 (D = 64) stages
+/// forward (the default there) keeps K and V in a ring of 2 (D = 128) or 3 (D = 64) stages
 /// whose barriers change phase every lap, which the shapes above (at most 3 tiles) do not
 /// reach. 1031 keys are 9 tiles, the last holding 7 keys; the window of 300 starts mid-tile
 /// and skips whole tiles. The same tolerances as above.
