@@ -25,17 +25,12 @@ pub(crate) fn act_code(kind: ActivationKind) -> i32 {
     }
 }
 
-/// Rows a thread of `gated_forward` / `gated_backward` takes (`GATED_FWD_ROWS`,
-/// `GATED_BWD_ROWS` of gated.cu).
-const GATED_FWD_ROWS: u64 = 4;
-const GATED_BWD_ROWS: u64 = 2;
-
 /// The grid of `gated_forward`/`gated_backward` (256 threads a block): x covers a row's F
-/// columns at 8 a thread (the vector path's width), y a group of `rows_per_block` rows per
-/// block row up to the grid's limit, beyond which the groups go grid-stride.
-pub(crate) fn gated_grid(rows: u64, f: u64, rows_per_block: u64) -> (u32, u32, u32) {
-    let x = f.div_ceil(8 * 256).clamp(1, 1 << 16) as u32;
-    let y = rows.div_ceil(rows_per_block).clamp(1, 65_535) as u32;
+/// columns at 4 a thread (the vector path's width), y one block row per matrix row up to the
+/// grid's limit, beyond which the rows go grid-stride.
+pub(crate) fn gated_grid(rows: u64, f: u64) -> (u32, u32, u32) {
+    let x = f.div_ceil(4 * 256).clamp(1, 1 << 16) as u32;
+    let y = rows.clamp(1, 65_535) as u32;
     (x, y, 1)
 }
 
@@ -125,12 +120,7 @@ impl CudaBackend {
         if n * f == 0 {
             return Ok(());
         }
-        let rows_per_block = if kernel == "gated_forward" {
-            GATED_FWD_ROWS
-        } else {
-            GATED_BWD_ROWS
-        };
-        let grid = gated_grid(n, f, rows_per_block);
+        let grid = gated_grid(n, f);
         self.launch(call, "gated", kernel, grid, (256, 1, 1), 0, &args)
     }
 
