@@ -4,7 +4,8 @@
 // flash_mma.cu's forward, which it replaces there (ops/attention.rs, `mma_variant`). A second
 // forward, warp-specialised (a producer warpgroup, a K/V ring on mbarriers, two consumer
 // warpgroups in ping-pong; the default, TPERF_FLASH_WGMMA=plain selects the first), follows the
-// first; its section says why and how. The backward comes last.
+// first; its section says why and how. The backward comes last, and after it a
+// warp-specialised backward (TPERF_FLASH_WGMMA_BWD=ws).
 //
 // Why: mma.sync multiplies 16×8×16 per warp instruction and needs its B fragments loaded by
 // ldmatrix from shared memory every time; the forward of flash_mma.cu was issue-bound at
@@ -1037,9 +1038,11 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_bwd_d128
 //     barrier of tile t + 1, which the other reaches only after waiting for its dQ of tile t; so
 //     one barrier a tile suffices (the backward above needs two: before dQ and after it).
 // Within a consumer, at D = 64 the next tile's Sᵀ and dPᵀ are issued right after this tile's dQ
-// and run on the tensor cores while this tile's dQ goes out by vector reds (WSB_EARLY_S); at
+// and run on the tensor cores while this tile's dQ goes out by vector reds (WSB_EARLY_S). At
 // D = 128 that would hold dK, dV (128), Sᵀ, dPᵀ (64), dQ (32) and the P, dS fragments (32)
-// together, over 255 registers, so the next Sᵀ, dPᵀ are issued after the reds.
+// together, past the 240 registers a consumer has, so each iteration issues its own Sᵀ, dPᵀ
+// at its top, as the backward above does (compiled with Sᵀ and dPᵀ carried across the loop,
+// ptxas serialised every wgmma and spilled 160 bytes; as is, 24 bytes of scalars).
 // dQ keeps the backward above's scheme (split by columns across the two consumers, 16-byte
 // vector reds into the f32 scratch): splitting it by keys instead would free the consumers of
 // each other but double the reds (each adds 64 × D a tile), and the reds' L2 traffic is already
@@ -1185,8 +1188,7 @@ __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* 
     const unsigned kcol = D == 128 ? c * KPANEL : c * 64;
 
     // Sᵀ = K_c·Qᵀ and dPᵀ = V_c·dOᵀ of query tile `it`, issued and committed, not waited for.
-    float s[BQ / 2], dp[BQ / 2];
-    auto issue_sdp = [&](int it) {
+    auto issue_sdp = [&](int it, float (&s)[BQ / 2], float (&dp)[BQ / 2]) {
         const unsigned at = (it % S) * QBYTES;
         mbar_wait(full(it), phase(it));
         fence_async_shared();
@@ -1203,13 +1205,9 @@ __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* 
         wgmma_commit();
     };
 
-    if (total > 0) {
-        mbar_wait(kv_full, 0);
-        issue_sdp(0);
-    }
-    unsigned pa[BQ / 16][4], sa[BQ / 16][4];
-#pragma unroll 1
-    for (int it = 0; it < total; ++it) {
+    // Query tile `it` from its issued Sᵀ and dPᵀ on.
+    auto tile = [&](int it, float (&s)[BQ / 2], float (&dp)[BQ / 2]) {
+        unsigned pa[BQ / 16][4], sa[BQ / 16][4];
         const int head = g * group + it / nq;
         const i64 i0 = qlo + (i64)(it % nq) * BQ;
         const unsigned at = (it % S) * QBYTES, dSt = dSs + (it % 2) * SBYTES;
@@ -1230,39 +1228,41 @@ __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* 
         const int qn = (int)min((i64)BQ, qhi - i0), kn = j1 - j0;
         const int base = (int)(off + i0 - j0) - kr;
         const int win = p.window < 0 ? 0x7fffffff : (int)min(p.window, (i64)0x7fffffff);
-#pragma unroll
-        for (int t = 0; t < NT; ++t)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int q = t * 8 + (lane % 4) * 2 + (e % 2);
-                float pv = fast_exp2(fmaf(s[t * 4 + e], sl2, -Lt[q] * LOG2E));
-                if (masked) {
-                    const int dist = base + q - (e / 2) * 8;
-                    const bool seen = q < qn && kr + (e / 2) * 8 < kn &&
-                                      (!p.causal || (dist >= 0 && dist < win));
-                    if (!seen) pv = 0.0f;
-                }
-                s[t * 4 + e] = pv;
-                dp[t * 4 + e] = pv * (dp[t * 4 + e] - Dt[q]);
-            }
-
-        // dSᵀ to shared memory for dQ: key row kr (and kr + 8), query pairs, in the swizzle.
+        // One 8-query column group t at a time: Pᵀ and dSᵀ of its 4 elements, packed into the A
+        // fragments (group t is half of 16-query step t / 2) and dSᵀ stored, so that Sᵀ and dPᵀ
+        // die group by group rather than all living beside the packed fragments (at D = 128
+        // dK and dV already hold 128 registers).
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
-            const int q = t * 8 + (lane % 4) * 2;
+            const int q0 = t * 8 + (lane % 4) * 2;
+            const float2 lq = *(const float2*)(Lt + q0), dq2 = *(const float2*)(Dt + q0);
+            float pv[4], ds[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float l = e % 2 ? lq.y : lq.x, dd = e % 2 ? dq2.y : dq2.x;
+                pv[e] = fast_exp2(fmaf(s[t * 4 + e], sl2, -l * LOG2E));
+                if (masked) {
+                    const int q = q0 + (e % 2), dist = base + q - (e / 2) * 8;
+                    const bool seen = q < qn && kr + (e / 2) * 8 < kn &&
+                                      (!p.causal || (dist >= 0 && dist < win));
+                    if (!seen) pv[e] = 0.0f;
+                }
+                ds[e] = pv[e] * (dp[t * 4 + e] - dd);
+            }
+            // Elements (e, e + 1) are keys kr (e = 0) and kr + 8 (e = 2), queries q0, q0 + 1.
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
+                pa[t / 2][(t % 2) * 2 + r] = pack2<BF>(pv[2 * r], pv[2 * r + 1]);
+                const unsigned packed = pack2<BF>(ds[2 * r], ds[2 * r + 1]);
+                sa[t / 2][(t % 2) * 2 + r] = packed;
                 const int key = kr + 8 * r;
-                const unsigned a = dSt + key * 128 + (((q / 8) ^ (key % 8)) * 16) + (q % 8) * 2;
-                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(a),
-                             "r"(pack2<BF>(dp[t * 4 + 2 * r], dp[t * 4 + 2 * r + 1]))
-                             : "memory");
+                const unsigned at_s =
+                    dSt + key * 128 + (((q0 / 8) ^ (key % 8)) * 16) + (q0 % 8) * 2;
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(at_s), "r"(packed) : "memory");
             }
         }
 
         // dV += Pᵀ·dO, dK += dSᵀ·Q over the tile's 64 queries, 16 a step.
-        wg_pack_p<BQ, BF>(pa, s);
-        wg_pack_p<BQ, BF>(sa, dp);
         wgmma_hold(dv);
         wgmma_hold(dk);
         wgmma_fence();
@@ -1299,7 +1299,7 @@ __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* 
             // The next tile's products run under this tile's reds; dV, dK and dQ complete
             // first (groups complete in order).
             if (it + 1 < total) {
-                issue_sdp(it + 1);
+                issue_sdp(it + 1, s, dp);
                 asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
             } else {
                 wgmma_wait_all();
@@ -1325,8 +1325,27 @@ __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* 
                 dq_add(dst + t * 8, hd, v, p.scale, lane, i < qhi, i + 8 < qhi);
             }
         }
-        if constexpr (!WSB_EARLY_S)
-            if (it + 1 < total) issue_sdp(it + 1);
+    };
+
+    if constexpr (WSB_EARLY_S) {
+        // Sᵀ and dPᵀ carry over: tile it + 1's are issued inside tile it.
+        float s[BQ / 2], dp[BQ / 2];
+        if (total > 0) {
+            mbar_wait(kv_full, 0);
+            issue_sdp(0, s, dp);
+        }
+#pragma unroll 1
+        for (int it = 0; it < total; ++it) tile(it, s, dp);
+    } else {
+        // Sᵀ and dPᵀ are the iteration's own, as in the backward above: carried across the
+        // loop beside dK and dV, they cost ptxas its registers (serialised wgmma, spills).
+        if (total > 0) mbar_wait(kv_full, 0);
+#pragma unroll 1
+        for (int it = 0; it < total; ++it) {
+            float s[BQ / 2], dp[BQ / 2];
+            issue_sdp(it, s, dp);
+            tile(it, s, dp);
+        }
     }
 
     // Each key of the tile is written once, by this block.
