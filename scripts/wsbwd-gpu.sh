@@ -2,7 +2,7 @@
 # The warp-specialised flash backward (ws_bwd in flash_wgmma.cu, TPERF_FLASH_WGMMA_BWD=ws) on
 # one H200, in under 250 s: the attention tests with it and without it (the default, wg_bwd),
 # memcheck (and racecheck, informational) on the ring-wrapping backward test with it, then the attention sweep with and
-# without it (and, if time is left, the other ring depth). Run from the repo root with the
+# without it (and, if time is left, the other ring depth and an ncu profile). Run from the repo root with the
 # stripped binaries in carry/ (carry/tperf, carry/tests/ops_attention; carry/tests/compile
 # optional, for the device NVRTC's register counts):
 #   bash scripts/wsbwd-gpu.sh OUTDIR
@@ -32,5 +32,7 @@ step attention-default.txt 40 $A
 # The other depths (2 stages at D = 64, 3 at 128), only while the budget allows.
 [ $((SECONDS-S0)) -lt 195 ] && step attention-ws2.txt 25 env TPERF_FLASH_WGMMA_BWD=ws2 $T attention --device cuda --batch 1 --heads 16 --dims 64 --seqs 16384 --kernels flash --dtype bf16
 [ $((SECONDS-S0)) -lt 220 ] && step attention-ws3.txt 25 env TPERF_FLASH_WGMMA_BWD=ws3 $T attention --device cuda --batch 1 --heads 16 --dims 128 --seqs 16384 --kernels flash --dtype bf16
+# Where the warp-specialised backward's time goes (D = 64, T = 16384), if the budget allows.
+[ $((SECONDS-S0)) -lt 190 ] && command -v ncu >/dev/null && step ncu-ws.txt 50 env TPERF_FLASH_WGMMA_BWD=ws ncu --kernel-name regex:flash_wgmma_ws_bwd --launch-count 1 --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats $T attention --device cuda --batch 1 --heads 16 --dims 64 --seqs 16384 --kernels flash --dtype bf16
 echo "end at $((SECONDS-S0))s" >>"$O/machine.txt"
 grep -h "^test result\|panicked\|FAILED\|ERROR SUMMARY\|### exit" "$O"/tests-*.txt "$O"/memcheck-ws.txt "$O"/racecheck-ws.txt >"$O/summary.txt" 2>/dev/null
