@@ -1045,8 +1045,9 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_bwd_d128
 // ptxas serialised every wgmma and spilled 160 bytes; as is, 24 bytes of scalars).
 // dQ keeps the backward above's scheme (split by columns across the two consumers, 16-byte
 // vector reds into the f32 scratch): splitting it by keys instead would free the consumers of
-// each other but double the reds (each adds 64 × D a tile), and the reds' L2 traffic is already
-// one of the backward's larger costs.
+// each other but double the reds (each would add 64 × D a tile): by estimate the reds already
+// carry 4.3 GB into L2 at D = 64, T = 16384, H = 16 (2048 blocks × 128 tiles on average × 16 KB),
+// not measured apart from the rest.
 // Stages: 3 at D = 64, 2 at D = 128 (the `_s2`, `_s3` kernels are the other depths, for
 // TPERF_FLASH_WGMMA_BWD=ws2|ws3 measurements).
 // Shared bytes: (2·128 + 2·S·64)·D·2 for K, V and the ring's Q and dO, 2 × 16 KB of dSᵀ,
