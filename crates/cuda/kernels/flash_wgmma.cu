@@ -4,7 +4,8 @@
 // flash_mma.cu's forward, which it replaces there (ops/attention.rs, `mma_variant`). A second
 // forward, warp-specialised (a producer warpgroup, a K/V ring on mbarriers, two consumer
 // warpgroups in ping-pong; the default, TPERF_FLASH_WGMMA=plain selects the first), follows the
-// first; its section says why and how. The backward comes last.
+// first; its section says why and how. The backward comes last, and after it a
+// warp-specialised backward (TPERF_FLASH_WGMMA_BWD=ws).
 //
 // Why: mma.sync multiplies 16×8×16 per warp instruction and needs its B fragments loaded by
 // ldmatrix from shared memory every time; the forward of flash_mma.cu was issue-bound at
@@ -1008,4 +1009,386 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_bwd_d128
 }
 extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_bwd_d128_f16(MMA_BWD_PARAMS) {
     wg_bwd<128, false>(MMA_BWD_ARGS);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward, warp-specialised (TPERF_FLASH_WGMMA_BWD=ws; FlashAttention-3's producer/consumer
+// split applied to the backward above)
+//
+// Why: ncu on the backward above (D = 64, T = 16384) had the tensor pipe 29% busy, issue slots
+// 39% busy and no eligible warp 61% of cycles: each warpgroup runs one serial chain a tile
+// (Sᵀ, dPᵀ → wait → Pᵀ, dSᵀ → dV, dK → block barrier → dQ → wait → reds) and the block barrier
+// that hands over the cp.async double buffer ties the loads to it as well. Here a block is
+// three warpgroups (384 threads), the same grid, keys, query tiles and arithmetic:
+//   warpgroup 0, the producer: K and V of the block once, then each query tile's Q, dO, lse and
+//     Dᵢ into a ring of S stages; its registers given back (setmaxnreg.dec to WSB_PRODUCER_REGS);
+//   warpgroups 1 and 2, the consumers: keys 64c..64c + 63 each (c = 0, 1) and their dK, dV in
+//     registers, the per-tile chain of the backward above with the producer's registers
+//     (setmaxnreg.inc to WSB_CONSUMER_REGS).
+// No block-wide barrier after the start. Barriers:
+//   kv_full (mbarrier, 128 arrivals): K and V have landed (cp.async.mbarrier.arrive.noinc per
+//     producer thread);
+//   full[s] (128 arrivals): the stage's Q, dO, lse and Dᵢ have landed;
+//   empty[s] (8 arrivals, lane 0 of each consumer warp): the warp's dV += Pᵀ·dO and
+//     dK += dSᵀ·Q of the stage's tile have completed (the last reads of Q and dO; lse and Dᵢ
+//     are read by plain loads before them), so the producer may refill it;
+//   named barrier 1 (256 consumer threads): both halves of dSᵀ (128 keys × 64 queries) are in
+//     shared memory before either consumer's dQ reads them. dSᵀ is double-buffered (tile t
+//     writes buffer t % 2): a consumer writes buffer t % 2 again at tile t + 2, after passing the
+//     barrier of tile t + 1, which the other reaches only after waiting for its dQ of tile t; so
+//     one barrier a tile suffices (the backward above needs two: before dQ and after it).
+// Within a consumer, at D = 64 the next tile's Sᵀ and dPᵀ are issued right after this tile's dQ
+// and run on the tensor cores while this tile's dQ goes out by vector reds (WSB_EARLY_S). At
+// D = 128 that would hold dK, dV (128), Sᵀ, dPᵀ (64), dQ (32) and the P, dS fragments (32)
+// together, past the 240 registers a consumer has, so each iteration issues its own Sᵀ, dPᵀ
+// at its top, as the backward above does (compiled with Sᵀ and dPᵀ carried across the loop,
+// ptxas serialised every wgmma and spilled 160 bytes; as is, 24 bytes of scalars).
+// dQ keeps the backward above's scheme (split by columns across the two consumers, 16-byte
+// vector reds into the f32 scratch): splitting it by keys instead would free the consumers of
+// each other but double the reds (each would add 64 × D a tile): by estimate the reds already
+// carry 4.3 GB into L2 at D = 64, T = 16384, H = 16 (2048 blocks × 128 tiles on average × 16 KB),
+// not measured apart from the rest.
+// Stages: 3 at D = 64, 2 at D = 128 (the `_s2`, `_s3` kernels are the other depths, for
+// TPERF_FLASH_WGMMA_BWD=ws2|ws3 measurements).
+// Shared bytes: (2·128 + 2·S·64)·D·2 for K, V and the ring's Q and dO, 2 × 16 KB of dSᵀ,
+// 2·S·64·4 of lse and Dᵢ, 8·(1 + 2·S) of barriers, 1 KB alignment slack: 115 KB at D = 64
+// (S = 3), 162 KB at D = 128 (S = 2), 195 KB at D = 128, S = 3.
+
+#define WSB_PRODUCER_REGS 24
+#define WSB_CONSUMER_REGS 240
+
+// Pins 32-bit registers as wgmma_hold pins floats: an A fragment a wgmma reads from registers
+// must stay allocated until the wait that completes it, not only until its issue.
+template <int R> __device__ __forceinline__ void wgmma_hold_u(unsigned (&a)[R][4]) {
+#pragma unroll
+    for (int i = 0; i < R; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[i][e])::"memory");
+}
+
+// Where a block of the backward works: its key tile [j0, j1) of KV head g in batch element b,
+// and the query rows that see any of those keys, [qlo, qhi), in nq tiles a head (`total`
+// tiles over the group's heads, head-major). Each warpgroup of ws_bwd computes this after the
+// role split: values live across setmaxnreg would have to fit the producer's 24 registers and
+// were spilled there.
+struct WsbGeom {
+    i64 b, qlo, qhi;
+    int g, group, j0, j1, nq, total;
+};
+
+__device__ __forceinline__ WsbGeom wsb_geom(const MmaBwdArgs& p, int bk, int bq) {
+    WsbGeom w;
+    const int tiles = (p.tk + bk - 1) / bk;
+    const int tile = (int)(blockIdx.x % tiles);
+    w.g = (int)((blockIdx.x / tiles) % p.h_kv);
+    w.b = (i64)(blockIdx.x / tiles) / p.h_kv;
+    w.group = p.h / p.h_kv;
+    w.j0 = tile * bk;
+    w.j1 = min(w.j0 + bk, p.tk);
+    const i64 off = (i64)p.tk - p.tq;
+    w.qlo = 0;
+    w.qhi = p.tq;
+    if (p.causal) {
+        w.qlo = max((i64)0, w.j0 - off);
+        if (p.window >= 0) w.qhi = min((i64)p.tq, w.j1 - 1 + p.window - off);
+    }
+    w.nq = w.qhi > w.qlo ? (int)((w.qhi - w.qlo + bq - 1) / bq) : 0;
+    w.total = w.group * w.nq;
+    return w;
+}
+
+template <int D, bool BF, int S>
+__device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* di, float* dq,
+                                       Buf dqkv, MmaBwdArgs p) {
+    static_assert(D == 64 || D == 128, "wgmma backward: D = 64 or 128");
+    constexpr int BQ = WGB_BQ, BK = WGB_BK, KT = D / 16, NT = BQ / 8, OT = D / 8;
+    constexpr unsigned KPANEL = BK * 128, QPANEL = BQ * 128; // bytes of 64 columns
+    constexpr unsigned KBYTES = BK * D * 2, QBYTES = BQ * D * 2, SBYTES = BK * BQ * 2;
+    constexpr bool WSB_EARLY_S = D == 64;
+    extern __shared__ __align__(16) u16 wg_smem[];
+    const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;
+    const unsigned Ks = base, Vs = Ks + KBYTES, Qs = Vs + KBYTES; // Q, dO: S stages each
+    const unsigned dOs = Qs + S * QBYTES, dSs = dOs + S * QBYTES; // dSᵀ: 2 buffers
+    const unsigned Ls = dSs + 2 * SBYTES, Ds = Ls + S * BQ * 4;   // lse, Dᵢ: S × BQ f32 each
+    const unsigned bars = Ds + S * BQ * 4; // kv_full, full[S], empty[S], 8 bytes each
+    const unsigned kv_full = bars;
+    auto full = [&](int it) { return bars + 8u * (1 + it % S); };
+    auto empty = [&](int it) { return bars + 8u * (1 + S + it % S); };
+    auto phase = [&](int it) { return (unsigned)((it / S) & 1); };
+    // A pointer to the f32 at shared address `at` (lse and Dᵢ are read by plain loads).
+    auto shared_f32 = [&](unsigned at) {
+        return (const float*)((const char*)wg_smem + (at - smem_addr(wg_smem)));
+    };
+
+    const int tid = threadIdx.x, role = tid / 128; // 0 the producer, 1 and 2 the consumers
+    if (tid == 0) {
+        mbar_init(kv_full, 128);
+        for (int s = 0; s < S; ++s) {
+            mbar_init(full(s), 128);
+            mbar_init(empty(s), 8);
+        }
+    }
+    __syncthreads(); // the barriers are initialised; the only block-wide barrier
+
+    if (role == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(WSB_PRODUCER_REGS));
+        const WsbGeom w = wsb_geom(p, BK, BQ);
+        const i64 b = w.b, qlo = w.qlo, qhi = w.qhi;
+        const int g = w.g, group = w.group, j0 = w.j0, j1 = w.j1, nq = w.nq, total = w.total;
+        const i64 width = (i64)(p.h + 2 * p.h_kv) * D, hd = (i64)p.h * D;
+        if (total == 0) return; // the consumers write zeros and wait for nothing
+        const u16* kv = (const u16*)qkv.p + (b * p.tk + j0) * width;
+        ws_load<D, BK>(Ks, kv + (i64)(p.h + g) * D, width, j1 - j0, tid);
+        ws_load<D, BK>(Vs, kv + (i64)(p.h + p.h_kv + g) * D, width, j1 - j0, tid);
+        cp_async_arrive(kv_full);
+#pragma unroll 1
+        for (int it = 0; it < total; ++it) {
+            const int head = g * group + it / nq;
+            const i64 i0 = qlo + (i64)(it % nq) * BQ;
+            const int valid = (int)min((i64)BQ, qhi - i0);
+            const unsigned at = (it % S) * QBYTES;
+            // The stage's previous tile, it − S, has been released by every consumer warp.
+            if (it >= S) mbar_wait(empty(it), phase(it) ^ 1);
+            ws_load<D, BQ>(Qs + at, (const u16*)qkv.p + (b * p.tq + i0) * width + (i64)head * D,
+                           width, valid, tid);
+            ws_load<D, BQ>(dOs + at, (const u16*)dout.p + (b * p.tq + i0) * hd + (i64)head * D,
+                           hd, valid, tid);
+            // Threads 0..63 copy lse, 64..127 Dᵢ, one row each; rows past the end are zero.
+            const int q = tid % BQ;
+            const bool ok = q < valid;
+            const i64 row = (b * p.h + head) * p.tq + i0 + (ok ? q : 0);
+            const float* src = tid < BQ ? (const float*)lse.p + row : di + row;
+            const unsigned dst = (tid < BQ ? Ls : Ds) + ((it % S) * BQ + q) * 4;
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src),
+                         "r"(ok ? 4 : 0)
+                         : "memory");
+            cp_async_arrive(full(it));
+        }
+        // Nothing of this thread's may still be in flight when it exits.
+        asm volatile("cp.async.wait_all;\n" ::: "memory");
+        return;
+    }
+
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(WSB_CONSUMER_REGS));
+    const WsbGeom w = wsb_geom(p, BK, BQ);
+    const i64 b = w.b, qlo = w.qlo, qhi = w.qhi;
+    const int g = w.g, group = w.group, j0 = w.j0, j1 = w.j1, nq = w.nq, total = w.total;
+    const i64 width = (i64)(p.h + 2 * p.h_kv) * D, hd = (i64)p.h * D;
+    const i64 off = (i64)p.tk - p.tq;
+    const int c = role - 1, warp = tid / 32, lane = tid % 32, wq = warp % 4;
+    float dk[D / 2], dv[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.0f;
+
+    const float sl2 = p.scale * LOG2E;
+    const int kr = c * 64 + wq * 16 + lane / 4; // block key of elements 0, 1 (2, 3: + 8)
+    const unsigned kw = Ks + c * 64 * 128, vw = Vs + c * 64 * 128; // this consumer's keys
+    constexpr int DQ = D / 2;
+    // Columns c·D/2.. of K: consumer 1's are the second panel at D = 128, and the second half
+    // of each 128-byte row (64 bytes in) at D = 64.
+    const unsigned kcol = D == 128 ? c * KPANEL : c * 64;
+
+    // Sᵀ = K_c·Qᵀ and dPᵀ = V_c·dOᵀ of query tile `it`, issued and committed, not waited for.
+    auto issue_sdp = [&](int it, float (&s)[BQ / 2], float (&dp)[BQ / 2]) {
+        const unsigned at = (it % S) * QBYTES;
+        mbar_wait(full(it), phase(it));
+        fence_async_shared();
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < KT; ++kk) {
+            const unsigned step = (kk % 4) * 32;
+            const unsigned kp = (kk / 4) * KPANEL + step, qp = (kk / 4) * QPANEL + step;
+            wgmma_ss_n64<BF>(s, smem_desc(kw + kp, 16, 1024), smem_desc(Qs + at + qp, 16, 1024),
+                             kk > 0);
+            wgmma_ss_n64<BF>(dp, smem_desc(vw + kp, 16, 1024),
+                             smem_desc(dOs + at + qp, 16, 1024), kk > 0);
+        }
+        wgmma_commit();
+    };
+
+    // Query tile `it` from its issued Sᵀ and dPᵀ on.
+    auto tile = [&](int it, float (&s)[BQ / 2], float (&dp)[BQ / 2]) {
+        unsigned pa[BQ / 16][4], sa[BQ / 16][4];
+        const int head = g * group + it / nq;
+        const i64 i0 = qlo + (i64)(it % nq) * BQ;
+        const unsigned at = (it % S) * QBYTES, dSt = dSs + (it % 2) * SBYTES;
+        const float* Lt = shared_f32(Ls + (it % S) * BQ * 4);
+        const float* Dt = shared_f32(Ds + (it % S) * BQ * 4);
+
+        wgmma_wait_all(); // Sᵀ, dPᵀ of this tile (everything earlier has completed)
+        wgmma_hold(s);
+        wgmma_hold(dp);
+
+        const bool masked =
+            i0 + BQ > qhi || j0 + BK > p.tk ||
+            (p.causal && (j0 + BK - 1 > off + i0 ||
+                          (p.window >= 0 && off + i0 + BQ - 1 - j0 >= p.window)));
+        // The mask in 32-bit terms: element (q, kr + 8r) is query i0 + q, key j0 + kr + 8r, at
+        // distance dist = base + q − 8r behind it, visible when q < qn, kr + 8r < kn and (not
+        // causal, or 0 ≤ dist < win). Distances inside a tile fit an int; the window is clamped.
+        const int qn = (int)min((i64)BQ, qhi - i0), kn = j1 - j0;
+        const int base = (int)(off + i0 - j0) - kr;
+        const int win = p.window < 0 ? 0x7fffffff : (int)min(p.window, (i64)0x7fffffff);
+        // One 8-query column group t at a time: Pᵀ and dSᵀ of its 4 elements, packed into the A
+        // fragments (group t is half of 16-query step t / 2) and dSᵀ stored, so that Sᵀ and dPᵀ
+        // die group by group rather than all living beside the packed fragments (at D = 128
+        // dK and dV already hold 128 registers).
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+            const int q0 = t * 8 + (lane % 4) * 2;
+            const float2 lq = *(const float2*)(Lt + q0), dq2 = *(const float2*)(Dt + q0);
+            float pv[4], ds[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float l = e % 2 ? lq.y : lq.x, dd = e % 2 ? dq2.y : dq2.x;
+                pv[e] = fast_exp2(fmaf(s[t * 4 + e], sl2, -l * LOG2E));
+                if (masked) {
+                    const int q = q0 + (e % 2), dist = base + q - (e / 2) * 8;
+                    const bool seen = q < qn && kr + (e / 2) * 8 < kn &&
+                                      (!p.causal || (dist >= 0 && dist < win));
+                    if (!seen) pv[e] = 0.0f;
+                }
+                ds[e] = pv[e] * (dp[t * 4 + e] - dd);
+            }
+            // Elements (e, e + 1) are keys kr (e = 0) and kr + 8 (e = 2), queries q0, q0 + 1.
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                pa[t / 2][(t % 2) * 2 + r] = pack2<BF>(pv[2 * r], pv[2 * r + 1]);
+                const unsigned packed = pack2<BF>(ds[2 * r], ds[2 * r + 1]);
+                sa[t / 2][(t % 2) * 2 + r] = packed;
+                const int key = kr + 8 * r;
+                const unsigned at_s =
+                    dSt + key * 128 + (((q0 / 8) ^ (key % 8)) * 16) + (q0 % 8) * 2;
+                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(at_s), "r"(packed) : "memory");
+            }
+        }
+
+        // dV += Pᵀ·dO, dK += dSᵀ·Q over the tile's 64 queries, 16 a step.
+        wgmma_hold(dv);
+        wgmma_hold(dk);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk) {
+            const u64 od = smem_desc(dOs + at + kk * 16 * 128, QPANEL, 1024);
+            const u64 qd = smem_desc(Qs + at + kk * 16 * 128, QPANEL, 1024);
+            if constexpr (D == 64) {
+                wgmma_rs_n64<BF>(dv, pa[kk], od, 1);
+                wgmma_rs_n64<BF>(dk, sa[kk], qd, 1);
+            } else {
+                wgmma_rs_n128<BF>(dv, pa[kk], od, 1);
+                wgmma_rs_n128<BF>(dk, sa[kk], qd, 1);
+            }
+        }
+        wgmma_commit();
+        fence_async_shared();
+        named_sync(1); // both consumers' halves of dSᵀ are complete
+
+        // dQ columns c·D/2.. of the tile: dS (64 queries × 128 keys) · K.
+        float acc[DQ / 2];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+            const u64 sd = smem_desc(dSt + kk * 16 * 128, SBYTES, 1024);
+            const u64 kd = smem_desc(Ks + kcol + kk * 16 * 128, KPANEL, 1024);
+            if constexpr (D == 64)
+                wgmma_ss_tt_n32<BF>(acc, sd, kd, kk > 0);
+            else
+                wgmma_ss_tt_n64<BF>(acc, sd, kd, kk > 0);
+        }
+        wgmma_commit();
+        if constexpr (WSB_EARLY_S) {
+            // The next tile's products run under this tile's reds; dV, dK and dQ complete
+            // first (groups complete in order).
+            if (it + 1 < total) {
+                issue_sdp(it + 1, s, dp);
+                asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+            } else {
+                wgmma_wait_all();
+            }
+        } else {
+            wgmma_wait_all();
+        }
+        wgmma_hold(acc);
+        wgmma_hold(dv);
+        wgmma_hold(dk);
+        wgmma_hold_u(pa);
+        wgmma_hold_u(sa);
+        // This warp has read the last of the stage (Q and dO, by the products just completed).
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty(it));
+
+        {
+            const i64 i = i0 + wq * 16 + lane / 4;
+            float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + c * DQ + (lane % 4) * 2;
+#pragma unroll
+            for (int t = 0; t < DQ / 8; ++t) {
+                const float v[4] = {acc[t * 4], acc[t * 4 + 1], acc[t * 4 + 2], acc[t * 4 + 3]};
+                dq_add(dst + t * 8, hd, v, p.scale, lane, i < qhi, i + 8 < qhi);
+            }
+        }
+    };
+
+    if constexpr (WSB_EARLY_S) {
+        // Sᵀ and dPᵀ carry over: tile it + 1's are issued inside tile it.
+        float s[BQ / 2], dp[BQ / 2];
+        if (total > 0) {
+            mbar_wait(kv_full, 0);
+            issue_sdp(0, s, dp);
+        }
+#pragma unroll 1
+        for (int it = 0; it < total; ++it) tile(it, s, dp);
+    } else {
+        // Sᵀ and dPᵀ are the iteration's own, as in the backward above: carried across the
+        // loop beside dK and dV, they cost ptxas its registers (serialised wgmma, spills).
+        if (total > 0) mbar_wait(kv_full, 0);
+#pragma unroll 1
+        for (int it = 0; it < total; ++it) {
+            float s[BQ / 2], dp[BQ / 2];
+            issue_sdp(it, s, dp);
+            tile(it, s, dp);
+        }
+    }
+
+    // Each key of the tile is written once, by this block.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int j = j0 + kr + 8 * r;
+        if (j >= j1) continue;
+        u16* row = (u16*)dqkv.p + (b * p.tk + j) * width + (lane % 4) * 2;
+#pragma unroll
+        for (int t = 0; t < OT; ++t) {
+            *(unsigned*)(row + (i64)(p.h + g) * D + t * 8) =
+                pack2<BF>(dk[t * 4 + 2 * r] * p.scale, dk[t * 4 + 2 * r + 1] * p.scale);
+            *(unsigned*)(row + (i64)(p.h + p.h_kv + g) * D + t * 8) =
+                pack2<BF>(dv[t * 4 + 2 * r], dv[t * 4 + 2 * r + 1]);
+        }
+    }
+}
+
+// One block of one producer and two consumer warpgroups an SM. The plain names take the default
+// stages (3 at D = 64, 2 at 128); `_s<S>` names are the other depth, for
+// TPERF_FLASH_WGMMA_BWD=ws2|ws3.
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d64_bf16(MMA_BWD_PARAMS) {
+    ws_bwd<64, true, 3>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d64_f16(MMA_BWD_PARAMS) {
+    ws_bwd<64, false, 3>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d64_s2_bf16(MMA_BWD_PARAMS) {
+    ws_bwd<64, true, 2>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d64_s2_f16(MMA_BWD_PARAMS) {
+    ws_bwd<64, false, 2>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d128_bf16(MMA_BWD_PARAMS) {
+    ws_bwd<128, true, 2>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d128_f16(MMA_BWD_PARAMS) {
+    ws_bwd<128, false, 2>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d128_s3_bf16(MMA_BWD_PARAMS) {
+    ws_bwd<128, true, 3>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d128_s3_f16(MMA_BWD_PARAMS) {
+    ws_bwd<128, false, 3>(MMA_BWD_ARGS);
 }

@@ -426,3 +426,57 @@ fn flash_attention_in_16_bits_over_many_key_tiles_matches_the_cpu() {
         }
     }
 }
+
+/// The 16-bit flash backward over many 64-row query tiles a block: the warp-specialised Hopper
+/// backward (TPERF_FLASH_WGMMA_BWD=ws) streams each block's query tiles, over every head of
+/// its KV group, through a ring of 2 (D = 128) or 3 (D = 64) stages whose barriers change phase
+/// every lap, and double-buffers dSᵀ between its two consumer warpgroups. 1100 rows are 18
+/// query tiles a head, the last holding 12 rows; GQA with 4 heads a group walks 72 tiles a
+/// block; a window of 64 (one query tile) leaves each 128-key block three query tiles, the last
+/// cut by the window, so the ring starts over often; without the causal mask every block sees
+/// every tile. Run with
+/// and without the variable (the default is the two-warpgroup backward); the same tolerances as
+/// above.
+#[test]
+fn flash_attention_backward_in_16_bits_over_many_query_tiles_matches_the_cpu() {
+    let Some(mut gpu) = gpu() else { return };
+    // (H, H_kv, causal, window, T)
+    let cases = [
+        (8, 2, true, None, 1100),
+        (2, 1, true, Some(64), 1100),
+        (2, 2, false, None, 700),
+    ];
+    for dt in [DType::Bf16, DType::F16] {
+        for d in [64, 128] {
+            for (h, h_kv, causal, window, tt) in cases {
+                let b = 1;
+                let a = Attention {
+                    b,
+                    h,
+                    h_kv,
+                    tq: tt,
+                    tk: tt,
+                    d,
+                    causal,
+                    window,
+                    kv_cache: false,
+                };
+                let w = (h + 2 * h_kv) * d;
+                let ts = vec![
+                    t("qkv", &[b * tt, w], dt, Fill::Normal(0.5)),   // 0
+                    t("o", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 1
+                    t("lse", &[b, h, tt], DType::F32, Fill::Value(0.0)), // 2
+                    t("dout", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 3
+                    t("dqkv", &[b * tt, w], dt, Fill::Normal(1.0)),  // 4
+                ];
+                check(
+                    &mut gpu,
+                    Op::FlashAttentionBackward(a),
+                    ts,
+                    vec![0, 1, 3, 2],
+                    vec![4],
+                );
+            }
+        }
+    }
+}

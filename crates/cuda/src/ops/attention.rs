@@ -308,12 +308,14 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
 /// producer warpgroup and two ping-ponging consumers, 384 threads, the same 128-row query tiles:
 /// 1.29× faster at D = 64 and 1.38× at 128, T = 16384, on the H200). TPERF_FLASH_WGMMA picks
 /// for A/B measurements: `ws` or 1 (the default) both, `plain` both with the forward of two
-/// warpgroups and no producer, 0 neither (flash_mma.cu's), `fwd` or `bwd` one of them.
+/// warpgroups and no producer, 0 neither (flash_mma.cu's), `fwd` or `bwd` one of them. The
+/// backward is `wg_bwd` (two warpgroups) unless TPERF_FLASH_WGMMA_BWD picks the warp-specialised
+/// one (`ws_backward_kernel`).
 struct Wgmma {
     /// (kernel, shared bytes, threads a block).
     fwd: Option<(&'static str, u32, u32)>,
-    /// (kernel, shared bytes).
-    bwd: Option<(&'static str, u32)>,
+    /// (kernel, shared bytes, threads a block).
+    bwd: Option<(&'static str, u32, u32)>,
 }
 
 const WGMMA_FWD_THREADS: u32 = 256;
@@ -373,6 +375,68 @@ fn ws_kernel(d: u64, bf16: bool) -> (&'static str, u64) {
     (if bf16 { b } else { f }, *st)
 }
 
+/// The warp-specialised backward (`ws_bwd<D, BF, S>` in flash_wgmma.cu: a producer warpgroup
+/// streaming Q, dO, lse and Dᵢ tiles into a ring of S stages, two consumer warpgroups; 384
+/// threads, the grid of the other backward), where TPERF_FLASH_WGMMA_BWD asks for it: `ws` takes
+/// the default stages (3 at D = 64, 2 at 128), `ws2` and `ws3` name the depth (for
+/// measurements). Unset, or `wg`, keeps `wg_bwd`, the default until the warp-specialised one is
+/// measured on the GPU. Returns the kernel and its stages.
+fn ws_backward_kernel(d: u64, bf16: bool) -> Option<(&'static str, u64)> {
+    static CHOICE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    // Some(0) is the default depth.
+    let choice = *CHOICE.get_or_init(|| match std::env::var("TPERF_FLASH_WGMMA_BWD") {
+        Err(_) => None,
+        Ok(v) => match v.as_str() {
+            "wg" | "" => None,
+            "ws" => Some(0),
+            "ws2" => Some(2),
+            "ws3" => Some(3),
+            _ => {
+                eprintln!(
+                    "warning: TPERF_FLASH_WGMMA_BWD={v:?} is none of wg, ws, ws2, ws3; using wg"
+                );
+                None
+            }
+        },
+    });
+    let asked = choice?;
+    // (stages, bf16 kernel, f16 kernel); the first entry is the default.
+    let names: [(u64, &'static str, &'static str); 2] = if d == 64 {
+        [
+            (
+                3,
+                "flash_wgmma_ws_bwd_d64_bf16",
+                "flash_wgmma_ws_bwd_d64_f16",
+            ),
+            (
+                2,
+                "flash_wgmma_ws_bwd_d64_s2_bf16",
+                "flash_wgmma_ws_bwd_d64_s2_f16",
+            ),
+        ]
+    } else {
+        [
+            (
+                2,
+                "flash_wgmma_ws_bwd_d128_bf16",
+                "flash_wgmma_ws_bwd_d128_f16",
+            ),
+            (
+                3,
+                "flash_wgmma_ws_bwd_d128_s3_bf16",
+                "flash_wgmma_ws_bwd_d128_s3_f16",
+            ),
+        ]
+    };
+    let (st, b, f) = names
+        .iter()
+        .find(|(st, ..)| *st == asked)
+        .unwrap_or(&names[0]);
+    Some((if bf16 { b } else { f }, *st))
+}
+
+const WGMMA_WS_BWD_THREADS: u32 = 384;
+
 fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
     static CHOICE: std::sync::OnceLock<(bool, bool, bool)> = std::sync::OnceLock::new();
     // (forward on wgmma, backward on wgmma, the forward warp-specialised)
@@ -427,12 +491,21 @@ fn wgmma_variant(cc: (i32, i32), d: usize, mma: &MmaVariant) -> Wgmma {
     // Backward: K and V (128 rows), two buffers each of Q and dO (64 rows), dSᵀ (128 × 64), two
     // buffers each of lse and Dᵢ (64 f32).
     let bwd_shared = ((2 * 128 + 4 * 64) * d * 2 + 128 * 64 * 2 + 4 * 64 * 4 + 1024) as u32;
+    // Warp-specialised: K and V, `st` stages each of Q and dO (64 rows), two dSᵀ buffers, `st`
+    // stages each of lse and Dᵢ, and the barriers (K/V's, and full and empty per stage).
+    let ws_bwd = ws_backward_kernel(d, dt == "bf16").map(|(name, st)| {
+        let shared = (2 * 128 + 2 * st * 64) * d * 2 + 2 * 128 * 64 * 2 + 2 * st * 64 * 4;
+        (name, (shared + 8 * (1 + 2 * st) + 1024) as u32)
+    });
     Wgmma {
         fwd: fwd_on.then(|| match ws {
             true => (ws_name, ws_shared, WGMMA_WS_FWD_THREADS),
             false => (name("fwd"), fwd_shared, WGMMA_FWD_THREADS),
         }),
-        bwd: bwd_on.then(|| (name("bwd"), bwd_shared)),
+        bwd: bwd_on.then(|| match ws_bwd {
+            Some((name, shared)) => (name, shared, WGMMA_WS_BWD_THREADS),
+            None => (name("bwd"), bwd_shared, MMA_BWD_THREADS),
+        }),
     }
 }
 
@@ -940,12 +1013,13 @@ impl CudaBackend {
             .as_ref()
             .and_then(|m| wgmma_variant(self.info().cc, a.d, m).bwd);
         let (kernel, bk) = match (&mma, wgmma) {
-            // The same grid and threads as flash_mma.cu's backward.
-            (Some(_), Some((name, shared))) => (
+            // The same grid as flash_mma.cu's backward (and its threads, but for the
+            // warp-specialised kernel's producer warpgroup).
+            (Some(_), Some((name, shared, threads))) => (
                 BwdKernel {
                     source: FLASH_WGMMA,
                     name,
-                    threads: MMA_BWD_THREADS,
+                    threads,
                     shared,
                 },
                 MMA_BWD_BK,
