@@ -128,104 +128,12 @@ __device__ u64 block_exclusive_u64(u64 v, u64* total, SampleShared& sh) {
     return warp_before + incl - v;
 }
 
-// How the block walks a row. With one 2-byte load per loop iteration a thread's loads went one
-// memory latency after another: greedy's argmax alone took 33 µs for one 50257-logit row on the
-// H200 (against ~1 µs of traffic), and with only the argmax vectorised a draw at temperature 1
-// (two more passes) still took 32.6 µs (tperf profile gpt2-124m --phase decode, 2026-12-03). Both walks below read the aligned body
-// of the row as 16-byte words (8 bf16/f16 or 4 f32 logits), WALK_BATCH words a thread in flight
-// before the first is used; the unaligned head and tail (rows of an odd V do not start on 16
-// bytes) are single loads. Each thread sees its elements in increasing index.
-#define WALK_BATCH 2
-
-struct RowWords {
-    const uint4* body; // the first whole 16-byte word of the row
-    int per_word;      // logits a word
-    int head;          // elements before `body`
-    int words;         // whole words from `body`
-    int tail;          // the first element after the words
-};
-
-__device__ __forceinline__ RowWords row_words(const Row& r) {
-    const int elem = r.z.dt == DT_F32 ? 4 : 2;
-    const char* p = (const char*)r.z.p + r.base * elem;
-    RowWords w;
-    w.per_word = 16 / elem;
-    w.head = min(r.v, (int)(((16 - ((unsigned long long)p & 15)) & 15) / elem));
-    w.words = (r.v - w.head) / w.per_word;
-    w.tail = w.head + w.words * w.per_word;
-    w.body = (const uint4*)(p + w.head * elem);
-    return w;
-}
-
-// Element e of a loaded word.
-__device__ __forceinline__ float word_elem(const uint4& u, int e, int dt) {
-    const unsigned part[4] = {u.x, u.y, u.z, u.w};
-    if (dt == DT_F32) return __uint_as_float(part[e & 3]); // e < 4 here; & 3 keeps it in bounds
-    const u16 h = (u16)(part[e / 2] >> (16 * (e % 2)));
-    return dt == DT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
-}
-
-// Words [w_begin, w_end) with step `stride`, WALK_BATCH in flight, each element to take(f, j);
-// take returns false to stop (then this returns false).
-template <class Take>
-__device__ __forceinline__ bool walk_words(const Row& r, const RowWords& w, int w_begin, int w_end,
-                                           int stride, Take&& take) {
-    for (int w0 = w_begin; w0 < w_end; w0 += WALK_BATCH * stride) {
-        uint4 u[WALK_BATCH];
-#pragma unroll
-        for (int b = 0; b < WALK_BATCH; ++b) {
-            const int i = w0 + b * stride;
-            if (i < w_end) u[b] = __ldg(w.body + i);
-        }
-#pragma unroll
-        for (int b = 0; b < WALK_BATCH; ++b) {
-            const int i = w0 + b * stride;
-            if (i >= w_end) return true;
-            const int j0 = w.head + i * w.per_word;
-            // Unrolled to 8 so that e is a constant and the word stays in registers (a runtime
-            // index into it put the word on the stack).
-#pragma unroll
-            for (int e = 0; e < 8; ++e) {
-                if (e >= w.per_word) break;
-                if (!take(word_elem(u[b], e, r.z.dt), j0 + e)) return false;
-            }
-        }
-    }
-    return true;
-}
-
-// Every element of the row once across the block, interleaved (thread t takes words t, t + T,
-// ...): coalesced, for passes whose result does not depend on which thread saw what.
-template <class Take> __device__ __forceinline__ void walk_interleaved(const Row& r, Take&& take) {
-    const RowWords w = row_words(r);
-    for (int j = threadIdx.x; j < w.head; j += SAMPLE_THREADS) take(ld(r.z, r.base + j), j);
-    walk_words(r, w, threadIdx.x, w.words, SAMPLE_THREADS, take);
-    for (int j = w.tail + threadIdx.x; j < r.v; j += SAMPLE_THREADS) take(ld(r.z, r.base + j), j);
-}
-
-// This thread's contiguous share of the row, for passes in index order across the threads:
-// thread 0 the head, then words [t·c, (t + 1)·c) of thread t, the last thread the tail; thread
-// t's elements all come before thread t + 1's. take returns false to stop this thread.
-template <class Take> __device__ __forceinline__ void walk_own(const Row& r, Take&& take) {
-    const RowWords w = row_words(r);
-    const int per_thread = (w.words + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
-    const int begin = min(w.words, (int)threadIdx.x * per_thread);
-    const int end = min(w.words, begin + per_thread);
-    if (threadIdx.x == 0)
-        for (int j = 0; j < w.head; ++j)
-            if (!take(ld(r.z, r.base + j), j)) return;
-    if (!walk_words(r, w, begin, end, 1, take)) return;
-    if (threadIdx.x == SAMPLE_THREADS - 1)
-        for (int j = w.tail; j < r.v; ++j)
-            if (!take(ld(r.z, r.base + j), j)) return;
-}
-
 __device__ u64 set_mass(const Row& r, Bound b, SampleShared& sh) {
     u64 m = 0;
-    walk_interleaved(r, [&](float f, int j) {
+    for (int j = threadIdx.x; j < r.v; j += SAMPLE_THREADS) {
+        float f = ld(r.z, r.base + j);
         if (in_bound(order_key(f), j, b)) m += weight(r, f);
-        return true;
-    });
+    }
     return block_sum_u64(m, sh);
 }
 
@@ -233,16 +141,18 @@ __device__ u64 set_mass(const Row& r, Bound b, SampleShared& sh) {
 // the running measure (count, or mass when by_mass) reaches x; -1 when none does.
 __device__ int find_in_index_order(const Row& r, Bound b, bool tie_only, unsigned key,
                                    bool by_mass, u64 acc, u64 x, SampleShared& sh) {
+    int chunk = (r.v + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
+    int lo = min(r.v, (int)threadIdx.x * chunk), hi = min(r.v, lo + chunk);
     u64 mine = 0;
     int count = 0;
-    walk_own(r, [&](float f, int j) {
-        const unsigned k = order_key(f);
+    for (int j = lo; j < hi; ++j) {
+        float f = ld(r.z, r.base + j);
+        unsigned k = order_key(f);
         if (in_bound(k, j, b) && (!tie_only || k == key)) {
             mine += by_mass ? weight(r, f) : 1;
             ++count;
         }
-        return true;
-    });
+    }
     if (threadIdx.x == 0) {
         sh.first_thread = SAMPLE_THREADS;
         sh.found = -1;
@@ -253,17 +163,17 @@ __device__ int find_in_index_order(const Row& r, Bound b, bool tie_only, unsigne
     __syncthreads();
     if ((int)threadIdx.x == sh.first_thread) {
         u64 run = before;
-        walk_own(r, [&](float f, int j) {
-            const unsigned k = order_key(f);
+        for (int j = lo; j < hi; ++j) {
+            float f = ld(r.z, r.base + j);
+            unsigned k = order_key(f);
             if (in_bound(k, j, b) && (!tie_only || k == key)) {
                 run += by_mass ? weight(r, f) : 1;
                 if (run >= x) {
                     sh.found = j;
-                    return false;
+                    break;
                 }
             }
-            return true;
-        });
+        }
     }
     __syncthreads();
     int found = sh.found;
@@ -284,14 +194,14 @@ __device__ Bound find_desc(const Row& r, Bound b, bool by_mass, u64 x, SampleSha
         }
         __syncthreads();
         unsigned high = shift == 24 ? 0u : (0xffffffffu << (shift + 8));
-        walk_interleaved(r, [&](float f, int j) {
-            const unsigned k = order_key(f);
-            if (!in_bound(k, j, b) || (k & high) != prefix) return true;
-            const unsigned d = (k >> shift) & 255u;
+        for (int j = threadIdx.x; j < r.v; j += SAMPLE_THREADS) {
+            float f = ld(r.z, r.base + j);
+            unsigned k = order_key(f);
+            if (!in_bound(k, j, b) || (k & high) != prefix) continue;
+            unsigned d = (k >> shift) & 255u;
             atomicAdd(&sh.hist_n[d], 1u);
             if (by_mass) atomicAdd(&sh.hist_m[d], weight(r, f));
-            return true;
-        });
+        }
         __syncthreads();
         if (threadIdx.x < 32) {
             // Lane l holds bins 255 − 8l down to 248 − 8l: the lanes in descending key order.
@@ -338,17 +248,62 @@ __device__ Bound find_desc(const Row& r, Bound b, bool by_mass, u64 x, SampleSha
 }
 
 // This thread's share of a row's argmax (the first index on ties), to be merged across the block:
-// (best, best_j) start at (−inf, v) and best_j stays v when the thread saw nothing. A thread
-// walks its elements in increasing index, so keeping only strictly larger values keeps the first
-// index on ties, and the merge breaks ties by index.
-__device__ __forceinline__ void row_argmax(const Row& r, float& best, int& best_j) {
-    walk_interleaved(r, [&](float f, int j) {
-        if (best_j == r.v || f > best) {
-            best = f;
-            best_j = j;
+// (best, best_j) start at (−inf, v) and best_j stays v when the thread saw nothing.
+//
+// Why vectors: greedy decoding is this pass alone, and with one 2-byte load per iteration a
+// thread's 49 loads of a 50257-logit row went one latency after another (33 µs for one row on
+// the H200, against ~1 µs of traffic). Here the aligned body of the row is read as 16-byte words
+// (8 bf16/f16 or 4 f32 logits), a few words a thread, all loads issued before the compares; the
+// unaligned head and tail (rows of an odd V do not start on 16 bytes) are single loads. Each
+// thread walks its own elements in increasing index, so keeping only strictly larger values
+// keeps the first index on ties, and the merge breaks ties by index.
+__device__ __forceinline__ void argmax_take(float f, int j, float& best, int& best_j, int v) {
+    if (best_j == v || f > best) {
+        best = f;
+        best_j = j;
+    }
+}
+
+__device__ void row_argmax(const Buf& z, i64 base, int v, float& best, int& best_j) {
+    const int elem = z.dt == DT_F32 ? 4 : 2;
+    const int per_word = 16 / elem;
+    const char* p = (const char*)z.p + base * elem;
+    // Elements before the first 16-byte boundary of the row, and whole words after it.
+    int head = (int)(((16 - ((unsigned long long)p & 15)) & 15) / elem);
+    if (head > v) head = v;
+    const int words = (v - head) / per_word;
+    const int tail = head + words * per_word;
+    // The head comes first in index order, so it is taken first by its threads.
+    for (int j = threadIdx.x; j < head; j += SAMPLE_THREADS) argmax_take(ld(z, base + j), j, best, best_j, v);
+    const uint4* body = (const uint4*)(p + head * elem);
+    constexpr int BATCH = 4;
+    for (int w0 = threadIdx.x; w0 < words; w0 += BATCH * SAMPLE_THREADS) {
+        uint4 u[BATCH];
+#pragma unroll
+        for (int b = 0; b < BATCH; ++b) {
+            int w = w0 + b * SAMPLE_THREADS;
+            if (w < words) u[b] = __ldg(body + w);
         }
-        return true;
-    });
+#pragma unroll
+        for (int b = 0; b < BATCH; ++b) {
+            int w = w0 + b * SAMPLE_THREADS;
+            if (w >= words) break;
+            int j0 = head + w * per_word;
+            unsigned word[4] = {u[b].x, u[b].y, u[b].z, u[b].w};
+            if (z.dt == DT_F32) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) argmax_take(__uint_as_float(word[e]), j0 + e, best, best_j, v);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) {
+                    u16 h = (u16)(word[e / 2] >> (16 * (e % 2)));
+                    float f = z.dt == DT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+                    argmax_take(f, j0 + e, best, best_j, v);
+                }
+            }
+        }
+    }
+    for (int j = tail + threadIdx.x; j < v; j += SAMPLE_THREADS) argmax_take(ld(z, base + j), j, best, best_j, v);
 }
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(Buf logits, Buf ids, int v, const unsigned* params,
@@ -364,7 +319,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(Buf log
     r.v = v;
     float best = NEG_INF;
     int best_j = v;
-    row_argmax(r, best, best_j);
+    row_argmax(logits, r.base, v, best, best_j);
     for (int o = 16; o > 0; o >>= 1) {
         float ov = __shfl_xor_sync(0xffffffffu, best, o);
         int oj = __shfl_xor_sync(0xffffffffu, best_j, o);
