@@ -28,7 +28,7 @@ mod text;
 pub use crate::core::{EngineConfig, EngineCore, Limits, StepReport};
 pub use engine::Engine;
 pub use metrics::Metrics;
-pub use policy::{Batching, Policy, VtcWeights};
+pub use policy::{Batching, Policy, UnknownChoice, VtcWeights};
 pub use request::{Event, EventSink, FinishReason, Request, RequestId, SubmitError, Usage};
 
 use tperf_core::backend::BackendError;
