@@ -177,12 +177,20 @@ impl Utilisation {
 /// Why sampling could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SamplerError {
+    #[error("a CPU run: NVML samples NVIDIA GPUs")]
+    CpuRun,
     #[error("NVML (libnvidia-ml.so.1, part of the NVIDIA driver) could not be loaded or initialised: {0}")]
-    NoNvml(String),
-    #[error("NVML has no GPU at index {index}: {why}")]
-    NoDevice { index: u32, why: String },
+    NoNvml(#[source] nvml_wrapper::error::NvmlError),
+    #[error("NVML has no GPU at index {index}: {source}")]
+    NoDevice {
+        index: u32,
+        #[source]
+        source: nvml_wrapper::error::NvmlError,
+    },
     #[error("the sampling thread could not be started: {0}")]
-    Thread(String),
+    Thread(#[source] std::io::Error),
+    #[error("the sampling thread could not be started: it ended early")]
+    ThreadEnded,
 }
 
 /// Starts NVML sampling of one GPU; see [`Sampler::start`].
@@ -211,7 +219,7 @@ impl Sampler {
         let thread = std::thread::Builder::new()
             .name("tperf-nvml".into())
             .spawn(move || sample_loop(index, interval, &flag, &ready_tx))
-            .map_err(|e| SamplerError::Thread(e.to_string()))?;
+            .map_err(SamplerError::Thread)?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(SamplerHandle { stop, thread }),
             Ok(Err(e)) => {
@@ -220,9 +228,7 @@ impl Sampler {
             }
             Err(_) => {
                 let _ = thread.join();
-                Err(SamplerError::Thread(
-                    "the sampling thread ended early".into(),
-                ))
+                Err(SamplerError::ThreadEnded)
             }
         }
     }
@@ -257,17 +263,14 @@ fn sample_loop(
     let nvml = match nvml_wrapper::Nvml::init() {
         Ok(n) => n,
         Err(e) => {
-            let _ = ready.send(Err(SamplerError::NoNvml(e.to_string())));
+            let _ = ready.send(Err(SamplerError::NoNvml(e)));
             return timeline;
         }
     };
     let dev = match nvml.device_by_index(index) {
         Ok(d) => d,
         Err(e) => {
-            let _ = ready.send(Err(SamplerError::NoDevice {
-                index,
-                why: e.to_string(),
-            }));
+            let _ = ready.send(Err(SamplerError::NoDevice { index, source: e }));
             return timeline;
         }
     };
@@ -303,18 +306,18 @@ fn sample_loop(
 
 /// For a run on `device`: a started sampler, or why there is none (printed after the run, and
 /// stored as the "not collected" record).
-pub fn start_for(device: crate::device::Device) -> Result<SamplerHandle, String> {
+pub fn start_for(device: crate::device::Device) -> Result<SamplerHandle, SamplerError> {
     match device {
-        crate::device::Device::Cpu => Err("a CPU run: NVML samples NVIDIA GPUs".into()),
-        crate::device::Device::Cuda(i) => Sampler::start(i).map_err(|e| e.to_string()),
+        crate::device::Device::Cpu => Err(SamplerError::CpuRun),
+        crate::device::Device::Cuda(i) => Sampler::start(i),
     }
 }
 
 /// Ends what [`start_for`] began.
-pub fn finish(started: Result<SamplerHandle, String>) -> Utilisation {
+pub fn finish(started: Result<SamplerHandle, SamplerError>) -> Utilisation {
     match started {
         Ok(h) => Utilisation::from_timeline(h.stop()),
-        Err(why) => Utilisation::not_collected(why),
+        Err(why) => Utilisation::not_collected(why.to_string()),
     }
 }
 
@@ -417,7 +420,7 @@ mod tests {
             Err(e) => {
                 let msg = e.to_string();
                 assert!(msg.contains("NVML"), "{msg}");
-                let u = finish(Err(msg));
+                let u = finish(Err(e));
                 assert!(!u.collected);
                 assert!(u.line().starts_with("utilisation: not collected (NVML"));
             }

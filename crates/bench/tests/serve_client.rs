@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tperf_bench::serve::client::{self, Api, ClientConfig, Scheduled, Target};
+use tperf_bench::serve::client::{self, Api, ClientConfig, ClientError, Scheduled, Target};
 use tperf_bench::serve::dataset::{Prompt, RequestSpec};
 use tperf_bench::serve::metrics::{Metrics, Slo};
 use tperf_runtime::tokenizer::Tokenizer;
@@ -310,9 +310,19 @@ async fn failures_are_counted_not_dropped() {
     assert_eq!(m.total_output_tokens, 8);
     // Nobody listening: a failed outcome, not a panic or a hang.
     let closed = Target::parse("http://127.0.0.1:1").unwrap();
-    let (outcomes, _) = run(closed, at_once(vec![spec("x", 1)]), None).await;
+    let (outcomes, _) = run(closed.clone(), at_once(vec![spec("x", 1)]), None).await;
     assert!(outcomes[0]
         .error
         .as_deref()
         .is_some_and(|e| e.contains("connect")));
+    // A GET names its path before the cause, which it keeps.
+    let err = client::models(&closed, None).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Get { path: "/v1/models", source }
+            if matches!(**source, ClientError::Connect { .. })),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .starts_with("GET /v1/models: cannot connect to http://127.0.0.1:1"));
 }

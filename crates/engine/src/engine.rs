@@ -5,7 +5,7 @@
 use crate::core::{EngineConfig, EngineCore, Limits};
 use crate::metrics::Metrics;
 use crate::request::{Event, EventSink, FinishReason, Request, RequestId, SubmitError};
-use crate::EngineError;
+use crate::{BuildError, EngineError};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -41,7 +41,7 @@ impl Engine {
     pub fn start<B, F>(build: F, cfg: EngineConfig) -> Result<Self, EngineError>
     where
         B: Backend + 'static,
-        F: FnOnce() -> Result<(B, Transformer, Tokenizer), String> + Send + 'static,
+        F: FnOnce() -> Result<(B, Transformer, Tokenizer), BuildError> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel::<Command>();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -51,7 +51,7 @@ impl Engine {
             .name("tperf-engine".into())
             .spawn(move || {
                 let core = build()
-                    .map_err(EngineError::Config)
+                    .map_err(EngineError::Build)
                     .and_then(|(be, model, tok)| EngineCore::new(be, model, tok, cfg));
                 let mut core = match core {
                     Ok(core) => {
@@ -68,7 +68,7 @@ impl Engine {
                 let (mut be, model) = core.into_parts();
                 model.free(&mut be);
             })
-            .map_err(|e| EngineError::Config(format!("cannot start the engine thread: {e}")))?;
+            .map_err(EngineError::Thread)?;
         let (limits, metrics, tokenizer) = ready_rx.recv().map_err(|_| EngineError::Stopped)??;
         Ok(Engine {
             tx: Mutex::new(tx),

@@ -28,7 +28,7 @@ mod text;
 pub use crate::core::{EngineConfig, EngineCore, Limits, StepReport};
 pub use engine::Engine;
 pub use metrics::Metrics;
-pub use policy::{Batching, Policy, VtcWeights};
+pub use policy::{Batching, Policy, UnknownChoice, VtcWeights};
 pub use request::{Event, EventSink, FinishReason, Request, RequestId, SubmitError, Usage};
 
 use tperf_core::backend::BackendError;
@@ -42,6 +42,17 @@ pub enum EngineError {
     Layout(#[from] LayoutError),
     #[error("{0}")]
     Config(String),
+    /// The caller's builder of the backend and the model failed ([`Engine::start`]); its error
+    /// says why, and stays the cause.
+    #[error("{0}")]
+    Build(#[source] BuildError),
+    #[error("cannot start the engine thread: {0}")]
+    Thread(#[source] std::io::Error),
     #[error("the engine's worker thread has stopped")]
     Stopped,
 }
+
+/// Whatever stopped the caller's builder of the backend and the model: the engine cannot know
+/// its type (a backend's error, a loader's `anyhow::Error`), only that it is an error, so `?`
+/// on any of them converts.
+pub type BuildError = Box<dyn std::error::Error + Send + Sync>;

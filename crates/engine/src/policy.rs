@@ -51,13 +51,26 @@ impl Policy {
     }
 }
 
+/// A name that is none of a setting's choices (`--policy`, `--batching`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {setting} '{given}': use {}", choices.join(" or "))]
+pub struct UnknownChoice {
+    pub setting: &'static str,
+    pub given: String,
+    pub choices: &'static [&'static str],
+}
+
 impl std::str::FromStr for Policy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "fcfs" => Ok(Policy::Fcfs),
             "vtc" => Ok(Policy::Vtc(VtcWeights::default())),
-            _ => Err(format!("unknown policy '{s}': use fcfs or vtc")),
+            _ => Err(UnknownChoice {
+                setting: "policy",
+                given: s.to_string(),
+                choices: &["fcfs", "vtc"],
+            }),
         }
     }
 }
@@ -87,12 +100,16 @@ impl Batching {
 }
 
 impl std::str::FromStr for Batching {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownChoice;
+    fn from_str(s: &str) -> Result<Self, UnknownChoice> {
         match s {
             "continuous" => Ok(Batching::Continuous),
             "static" => Ok(Batching::Static),
-            _ => Err(format!("unknown batching '{s}': use continuous or static")),
+            _ => Err(UnknownChoice {
+                setting: "batching",
+                given: s.to_string(),
+                choices: &["continuous", "static"],
+            }),
         }
     }
 }
@@ -279,6 +296,20 @@ mod tests {
         fn client(&self) -> &str {
             self.1
         }
+    }
+
+    #[test]
+    fn an_unknown_name_lists_the_choices() {
+        assert_eq!("vtc".parse(), Ok(Policy::Vtc(VtcWeights::default())));
+        assert_eq!("static".parse(), Ok(Batching::Static));
+        assert_eq!(
+            "lifo".parse::<Policy>().unwrap_err().to_string(),
+            "unknown policy 'lifo': use fcfs or vtc"
+        );
+        assert_eq!(
+            "dynamic".parse::<Batching>().unwrap_err().to_string(),
+            "unknown batching 'dynamic': use continuous or static"
+        );
     }
 
     #[test]

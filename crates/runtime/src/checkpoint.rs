@@ -120,8 +120,12 @@ pub enum CheckpointError {
         #[source]
         source: BackendError,
     },
-    #[error("cannot encode the checkpoint's {what} as JSON: {why}")]
-    Encode { what: &'static str, why: String },
+    #[error("cannot encode the checkpoint's {what} as JSON: {source}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{} is not a file path", path.display())]
     NotAFilePath { path: PathBuf },
 }
@@ -397,10 +401,7 @@ fn to_json<T: serde::Serialize + ?Sized>(
     what: &'static str,
     value: &T,
 ) -> Result<String, CheckpointError> {
-    serde_json::to_string(value).map_err(|e| CheckpointError::Encode {
-        what,
-        why: e.to_string(),
-    })
+    serde_json::to_string(value).map_err(|source| CheckpointError::Encode { what, source })
 }
 
 /// Writes through `write` into a temporary file beside `path`, fsyncs it, renames it over

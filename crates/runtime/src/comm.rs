@@ -46,6 +46,34 @@ pub mod torchrun {
     ];
 }
 
+/// Why the environment does not describe a rank of a group (see [`Rendezvous::from_env`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RendezvousError {
+    #[error("{name}={value} is not a whole number")]
+    NotANumber { name: &'static str, value: String },
+    #[error("{} is set but {} is not", torchrun::WORLD_SIZE, torchrun::RANK)]
+    NoRank,
+    #[error(
+        "{}={rank} must be below {}={world}",
+        torchrun::RANK,
+        torchrun::WORLD_SIZE
+    )]
+    RankOutOfRange { rank: usize, world: usize },
+    #[error(
+        "{}:{} = {host}:{port}: {source}",
+        torchrun::MASTER_ADDR,
+        torchrun::MASTER_PORT
+    )]
+    Resolve {
+        host: String,
+        port: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{host}:{port} resolves to no address")]
+    NoAddress { host: String, port: String },
+}
+
 /// Where the group meets and how long a rank waits for the others.
 #[derive(Clone, Debug)]
 pub struct Rendezvous {
@@ -59,30 +87,37 @@ impl Rendezvous {
     /// From the environment torchrun defines: RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT.
     /// None when WORLD_SIZE is unset (a single-process run); an error when it is set but the
     /// rest is missing or malformed.
-    pub fn from_env(timeout: Duration) -> Result<Option<Rendezvous>, String> {
+    pub fn from_env(timeout: Duration) -> Result<Option<Rendezvous>, RendezvousError> {
+        Self::from_vars(|name| std::env::var(name).ok(), timeout)
+    }
+
+    /// [`Rendezvous::from_env`] with the variables read through `var` (the tests' stand-in for
+    /// an environment, which a test cannot change without racing the others).
+    fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        timeout: Duration,
+    ) -> Result<Option<Rendezvous>, RendezvousError> {
         use torchrun::{MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE};
-        let Ok(world) = std::env::var(WORLD_SIZE) else {
+        let Some(world) = var(WORLD_SIZE) else {
             return Ok(None);
         };
-        let num = |name: &str, v: String| {
-            v.parse::<usize>()
-                .map_err(|_| format!("{name}={v} is not a whole number"))
+        let num = |name: &'static str, value: String| {
+            value
+                .parse::<usize>()
+                .map_err(|_| RendezvousError::NotANumber { name, value })
         };
         let world = num(WORLD_SIZE, world)?;
-        let rank = num(
-            RANK,
-            std::env::var(RANK).map_err(|_| format!("{WORLD_SIZE} is set but {RANK} is not"))?,
-        )?;
+        let rank = num(RANK, var(RANK).ok_or(RendezvousError::NoRank)?)?;
         if world == 0 || rank >= world {
-            return Err(format!("{RANK}={rank} must be below {WORLD_SIZE}={world}"));
+            return Err(RendezvousError::RankOutOfRange { rank, world });
         }
-        let host = std::env::var(MASTER_ADDR).unwrap_or_else(|_| "127.0.0.1".into());
-        let port = std::env::var(MASTER_PORT).unwrap_or_else(|_| "29500".into());
-        let addr = format!("{host}:{port}")
-            .to_socket_addrs()
-            .map_err(|e| format!("{MASTER_ADDR}:{MASTER_PORT} = {host}:{port}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host}:{port} resolves to no address"))?;
+        let host = var(MASTER_ADDR).unwrap_or_else(|| "127.0.0.1".into());
+        let port = var(MASTER_PORT).unwrap_or_else(|| "29500".into());
+        let addr = match format!("{host}:{port}").to_socket_addrs() {
+            Ok(mut addrs) => addrs.next(),
+            Err(source) => return Err(RendezvousError::Resolve { host, port, source }),
+        };
+        let addr = addr.ok_or(RendezvousError::NoAddress { host, port })?;
         Ok(Some(Rendezvous {
             rank,
             world,
@@ -859,5 +894,43 @@ mod tests {
         assert!(Rendezvous::from_env(Duration::from_secs(1))
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn a_malformed_environment_says_which_variable_to_fix() {
+        let read = |vars: &[(&str, &str)]| {
+            let vars: Vec<(String, String)> = vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Rendezvous::from_vars(
+                move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+                Duration::from_secs(1),
+            )
+        };
+        let rv = read(&[("WORLD_SIZE", "2"), ("RANK", "1"), ("MASTER_PORT", "29501")])
+            .unwrap()
+            .unwrap();
+        assert_eq!((rv.rank, rv.world, rv.addr.port()), (1, 2, 29501));
+        let err = |vars: &[(&str, &str)]| read(vars).unwrap_err();
+        assert!(matches!(
+            err(&[("WORLD_SIZE", "two"), ("RANK", "0")]),
+            RendezvousError::NotANumber {
+                name: "WORLD_SIZE",
+                ..
+            }
+        ));
+        assert_eq!(
+            err(&[("WORLD_SIZE", "2")]).to_string(),
+            "WORLD_SIZE is set but RANK is not"
+        );
+        assert_eq!(
+            err(&[("WORLD_SIZE", "2"), ("RANK", "2")]).to_string(),
+            "RANK=2 must be below WORLD_SIZE=2"
+        );
+        assert!(matches!(
+            err(&[("WORLD_SIZE", "2"), ("RANK", "0"), ("MASTER_PORT", "port")]),
+            RendezvousError::Resolve { .. }
+        ));
     }
 }

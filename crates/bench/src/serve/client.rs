@@ -22,6 +22,62 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tperf_runtime::tokenizer::Tokenizer;
 
+/// Why an exchange with the server failed. A failed request's outcome records this text, and
+/// the summary counts failures by it, so it names the failure without the request's own data.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake: {0}")]
+    Handshake(#[source] hyper::Error),
+    #[error("building the request: {0}")]
+    BuildRequest(#[source] hyper::http::Error),
+    #[error("sending the request: {0}")]
+    Send(#[source] hyper::Error),
+    #[error("reading the response: {0}")]
+    ReadBody(#[source] hyper::Error),
+    /// The server answered with another status than 200; `message` is what its error body says.
+    #[error("HTTP {status}: {message}")]
+    Status { status: StatusCode, message: String },
+    #[error("not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("not UTF-8: {0}")]
+    NotUtf8(#[source] std::string::FromUtf8Error),
+    /// The request could not be written for this endpoint (the chat API given token ids).
+    #[error(transparent)]
+    Body(#[from] ServeBenchError),
+    #[error("the stream broke off: {0}")]
+    StreamBroke(#[source] hyper::Error),
+    /// `chunk` is the start of the chunk's data.
+    #[error("a stream chunk is not JSON ({source}): {chunk}")]
+    ChunkNotJson {
+        chunk: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The server sent an error event, or a chunk with an `error` field.
+    #[error("error in stream: {message}")]
+    InStream { message: String },
+    #[error("the stream ended before data: [DONE]")]
+    NoDone,
+    #[error("the stream carried no output")]
+    NoOutput,
+    /// The whole response, to its last chunk, took longer than `--timeout-s`.
+    #[error("no complete response within {timeout_s} s")]
+    Timeout { timeout_s: f64 },
+    /// A GET of one of the server's endpoints (`/v1/models`, `/metrics`) failed.
+    #[error("GET {path}: {source}")]
+    Get {
+        path: &'static str,
+        #[source]
+        source: Box<ClientError>,
+    },
+}
+
 /// Where the server is: `http://host[:port][/prefix]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -139,14 +195,17 @@ pub fn client_name(client: usize) -> String {
 
 async fn connect(
     target: &Target,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, String> {
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError> {
     let stream = TcpStream::connect((target.host.as_str(), target.port))
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", target.url()))?;
+        .map_err(|source| ClientError::Connect {
+            url: target.url(),
+            source,
+        })?;
     let _ = stream.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
+        .map_err(ClientError::Handshake)?;
     // The connection task ends with the request; its error, if any, reaches the body reader.
     tokio::spawn(conn);
     Ok(sender)
@@ -158,7 +217,7 @@ fn request(
     path: &str,
     api_key: Option<&str>,
     body: Bytes,
-) -> Result<Request<Full<Bytes>>, String> {
+) -> Result<Request<Full<Bytes>>, ClientError> {
     let mut b = Request::builder()
         .method(method)
         .uri(format!("{}{path}", cfg_target.prefix))
@@ -171,8 +230,7 @@ fn request(
     if let Some(key) = api_key {
         b = b.header(hyper::header::AUTHORIZATION, format!("Bearer {key}"));
     }
-    b.body(Full::new(body))
-        .map_err(|e| format!("building the request: {e}"))
+    b.body(Full::new(body)).map_err(ClientError::BuildRequest)
 }
 
 /// The message of an OpenAI-style error body (`{"error": {"message": …}}`, or vLLM's older
@@ -191,29 +249,48 @@ fn error_message(body: &[u8]) -> String {
     text.chars().take(200).collect()
 }
 
-/// GET `/v1/models`: the ids the server serves.
-pub async fn models(target: &Target, api_key: Option<&str>) -> Result<Vec<String>, String> {
+/// GET `path`: the body of a 200 answer.
+async fn get(
+    target: &Target,
+    path: &'static str,
+    api_key: Option<&str>,
+) -> Result<Bytes, ClientError> {
     let mut sender = connect(target).await?;
-    let req = request(target, Method::GET, "/v1/models", api_key, Bytes::new())?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("GET /v1/models: {e}"))?;
+    let req = request(target, Method::GET, path, api_key, Bytes::new())?;
+    let resp = sender.send_request(req).await.map_err(ClientError::Send)?;
     let status = resp.status();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| format!("GET /v1/models: {e}"))?
+        .map_err(ClientError::ReadBody)?
         .to_bytes();
     if status != StatusCode::OK {
-        return Err(format!(
-            "GET /v1/models: HTTP {status}: {}",
-            error_message(&body)
-        ));
+        return Err(ClientError::Status {
+            status,
+            message: error_message(&body),
+        });
     }
+    Ok(body)
+}
+
+impl ClientError {
+    fn during_get(self, path: &'static str) -> ClientError {
+        ClientError::Get {
+            path,
+            source: Box::new(self),
+        }
+    }
+}
+
+/// GET `/v1/models`: the ids the server serves.
+pub async fn models(target: &Target, api_key: Option<&str>) -> Result<Vec<String>, ClientError> {
+    const PATH: &str = "/v1/models";
+    let body = get(target, PATH, api_key)
+        .await
+        .map_err(|e| e.during_get(PATH))?;
     let v: Value =
-        serde_json::from_slice(&body).map_err(|e| format!("GET /v1/models: not JSON: {e}"))?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::NotJson(e).during_get(PATH))?;
     Ok(v["data"]
         .as_array()
         .map(|a| {
@@ -225,24 +302,12 @@ pub async fn models(target: &Target, api_key: Option<&str>) -> Result<Vec<String
 }
 
 /// The server's `/metrics` text (Prometheus' exposition), for the engine's step counters.
-pub async fn metrics_text(target: &Target, api_key: Option<&str>) -> Result<String, String> {
-    let mut sender = connect(target).await?;
-    let req = request(target, Method::GET, "/metrics", api_key, Bytes::new())?;
-    let resp = sender
-        .send_request(req)
+pub async fn metrics_text(target: &Target, api_key: Option<&str>) -> Result<String, ClientError> {
+    const PATH: &str = "/metrics";
+    let body = get(target, PATH, api_key)
         .await
-        .map_err(|e| format!("GET /metrics: {e}"))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("GET /metrics: {e}"))?
-        .to_bytes();
-    if status != StatusCode::OK {
-        return Err(format!("GET /metrics: HTTP {status}"));
-    }
-    String::from_utf8(body.to_vec()).map_err(|e| format!("GET /metrics: not UTF-8: {e}"))
+        .map_err(|e| e.during_get(PATH))?;
+    String::from_utf8(body.to_vec()).map_err(|e| ClientError::NotUtf8(e).during_get(PATH))
 }
 
 /// What the stream has said so far.
@@ -260,18 +325,20 @@ impl Stream {
     /// One event, arrived `at_s` after the request was sent. An output chunk is one whose
     /// choice carries text (vLLM times every chunk with a choice; a chat stream's opening
     /// chunk carries only the role, and timing it would shorten the TTFT by a chunk).
-    fn event(&mut self, api: Api, e: &Event, at_s: f64) -> Result<(), String> {
+    fn event(&mut self, api: Api, e: &Event, at_s: f64) -> Result<(), ClientError> {
         if e.data.trim() == "[DONE]" {
             self.done = true;
             return Ok(());
         }
-        let v: Value = serde_json::from_str(&e.data)
-            .map_err(|err| format!("a stream chunk is not JSON ({err}): {:.80}", e.data))?;
+        let v: Value =
+            serde_json::from_str(&e.data).map_err(|source| ClientError::ChunkNotJson {
+                chunk: e.data.chars().take(80).collect(),
+                source,
+            })?;
         if e.name.as_deref() == Some("error") || v.get("error").is_some_and(|x| !x.is_null()) {
-            return Err(format!(
-                "error in stream: {}",
-                error_message(e.data.as_bytes())
-            ));
+            return Err(ClientError::InStream {
+                message: error_message(e.data.as_bytes()),
+            });
         }
         if let Some(choice) = v["choices"].as_array().and_then(|c| c.first()) {
             let text = match api {
@@ -317,18 +384,17 @@ pub async fn send(
     )
     .await
     .unwrap_or_else(|_| {
-        Err(format!(
-            "no complete response within {} s",
-            cfg.request_timeout.as_secs_f64()
-        ))
+        Err(ClientError::Timeout {
+            timeout_s: cfg.request_timeout.as_secs_f64(),
+        })
     });
     let end_s = start.elapsed().as_secs_f64();
     out.chunk_s = stream.chunk_s;
     out.finish_reason = stream.finish_reason;
     out.error = match result {
-        Ok(()) if out.chunk_s.is_empty() => Some("the stream carried no output".into()),
+        Ok(()) if out.chunk_s.is_empty() => Some(ClientError::NoOutput.to_string()),
         Ok(()) => None,
-        Err(e) => Some(e),
+        Err(e) => Some(e.to_string()),
     };
     out.ttft_s = out.chunk_s.first().copied().unwrap_or(end_s);
     out.e2el_s = if out.ok() {
@@ -352,8 +418,8 @@ async fn stream_one(
     client: usize,
     start: Instant,
     stream: &mut Stream,
-) -> Result<(), String> {
-    let body = cfg.body(spec, client).map_err(|e| e.to_string())?;
+) -> Result<(), ClientError> {
+    let body = cfg.body(spec, client)?;
     let mut sender = connect(&cfg.target).await?;
     let req = request(
         &cfg.target,
@@ -362,10 +428,7 @@ async fn stream_one(
         cfg.api_key.as_deref(),
         Bytes::from(body.to_string()),
     )?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| format!("sending the request: {e}"))?;
+    let resp = sender.send_request(req).await.map_err(ClientError::Send)?;
     let status = resp.status();
     let mut body = resp.into_body();
     if status != StatusCode::OK {
@@ -374,15 +437,14 @@ async fn stream_one(
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        return Err(format!(
-            "HTTP {}: {}",
-            status.as_u16(),
-            error_message(&bytes)
-        ));
+        return Err(ClientError::Status {
+            status,
+            message: error_message(&bytes),
+        });
     }
     let mut sse = SseDecoder::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("the stream broke off: {e}"))?;
+        let frame = frame.map_err(ClientError::StreamBroke)?;
         let Some(data) = frame.data_ref() else {
             continue;
         };
@@ -400,7 +462,7 @@ async fn stream_one(
     if stream.done {
         Ok(())
     } else {
-        Err("the stream ended before data: [DONE]".into())
+        Err(ClientError::NoDone)
     }
 }
 
@@ -506,7 +568,7 @@ mod tests {
                 0.0,
             )
             .unwrap_err();
-        assert!(err.contains("out of blocks"), "{err}");
+        assert!(err.to_string().contains("out of blocks"), "{err}");
         let named = Event {
             name: Some("error".into()),
             data: "{}".into(),

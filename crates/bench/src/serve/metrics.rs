@@ -77,23 +77,41 @@ impl Slo {
     }
 }
 
+/// A word of `--goodput` that is not an SLO; `word` is the word as given.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SloError {
+    #[error("'{word}': write an SLO as KEY:MS, e.g. ttft:500")]
+    NoKey { word: String },
+    #[error("'{word}': {value} is not a positive number of milliseconds")]
+    NotPositiveMs { word: String, value: String },
+    #[error("unknown SLO '{key}': use ttft, tpot or e2el")]
+    UnknownKey { key: String },
+}
+
 /// `--goodput ttft:MS tpot:MS e2el:MS`, one key per word.
-pub fn parse_slo(parts: &[String]) -> Result<Slo, String> {
+pub fn parse_slo(parts: &[String]) -> Result<Slo, SloError> {
     let mut slo = Slo::default();
     for p in parts {
         let (key, value) = p
             .split_once(':')
-            .ok_or_else(|| format!("'{p}': write an SLO as KEY:MS, e.g. ttft:500"))?;
+            .ok_or_else(|| SloError::NoKey { word: p.clone() })?;
         let ms: f64 = value
             .parse()
             .ok()
             .filter(|v: &f64| v.is_finite() && *v > 0.0)
-            .ok_or_else(|| format!("'{p}': {value} is not a positive number of milliseconds"))?;
+            .ok_or_else(|| SloError::NotPositiveMs {
+                word: p.clone(),
+                value: value.to_string(),
+            })?;
         let slot = match key.to_ascii_lowercase().as_str() {
             "ttft" => &mut slo.ttft_ms,
             "tpot" => &mut slo.tpot_ms,
             "e2el" => &mut slo.e2el_ms,
-            other => return Err(format!("unknown SLO '{other}': use ttft, tpot or e2el")),
+            other => {
+                return Err(SloError::UnknownKey {
+                    key: other.to_string(),
+                })
+            }
         };
         *slot = Some(ms);
     }
@@ -290,9 +308,18 @@ mod tests {
         assert_eq!(tpot.n, 2);
         assert!((tpot.mean_ms - 30.0).abs() < 1e-9);
         assert_eq!(m.itl.unwrap().n, 5);
-        assert!(parse_slo(&["ttft=5".into()]).is_err());
-        assert!(parse_slo(&["speed:5".into()]).is_err());
-        assert!(parse_slo(&["ttft:-1".into()]).is_err());
+        assert!(matches!(
+            parse_slo(&["ttft=5".into()]),
+            Err(SloError::NoKey { .. })
+        ));
+        assert_eq!(
+            parse_slo(&["speed:5".into()]).unwrap_err().to_string(),
+            "unknown SLO 'speed': use ttft, tpot or e2el"
+        );
+        assert!(matches!(
+            parse_slo(&["ttft:-1".into()]),
+            Err(SloError::NotPositiveMs { .. })
+        ));
         assert!(Metrics::of(&[], 1.0, &[99.0], &Slo::default())
             .ttft
             .is_none());

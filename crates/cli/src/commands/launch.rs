@@ -43,7 +43,7 @@ pub enum Role {
 
 /// From `--gpus`/`--ranks` (`world`) and the environment a launcher sets.
 pub fn role(world: Option<usize>) -> Result<Role> {
-    if let Some(rv) = Rendezvous::from_env(RANK_TIMEOUT).map_err(anyhow::Error::msg)? {
+    if let Some(rv) = Rendezvous::from_env(RANK_TIMEOUT)? {
         return Ok(Role::Rank(rv));
     }
     match world {

@@ -431,7 +431,7 @@ pub struct ServeBenchArgs {
 pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
     let target = Target::parse(&args.url)?;
     let api = Api::of_endpoint(&args.endpoint);
-    let slo = metrics::parse_slo(&args.goodput).map_err(anyhow::Error::msg)?;
+    let slo = metrics::parse_slo(&args.goodput)?;
     if !(args.timeout_s > 0.0 && args.timeout_s.is_finite()) {
         bail!("--timeout-s {} must be a positive number", args.timeout_s);
     }

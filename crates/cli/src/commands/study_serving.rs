@@ -140,19 +140,17 @@ fn start(device: Device, s: &Setup, policy: Policy, batching: Batching) -> Resul
         Device::Cpu => Engine::start(
             move || {
                 let mut be = CpuBackend::new();
-                let m =
-                    Transformer::new(&mut be, &model, opts, false).map_err(|e| e.to_string())?;
-                m.init_weights(&mut be, 7).map_err(|e| e.to_string())?;
+                let m = Transformer::new(&mut be, &model, opts, false)?;
+                m.init_weights(&mut be, 7)?;
                 Ok((be, m, Tokenizer::byte()))
             },
             cfg,
         )?,
         Device::Cuda(i) => Engine::start(
             move || {
-                let mut be = CudaBackend::new(i).map_err(|e| e.to_string())?;
-                let m =
-                    Transformer::new(&mut be, &model, opts, false).map_err(|e| e.to_string())?;
-                m.init_weights(&mut be, 7).map_err(|e| e.to_string())?;
+                let mut be = CudaBackend::new(i)?;
+                let m = Transformer::new(&mut be, &model, opts, false)?;
+                m.init_weights(&mut be, 7)?;
                 Ok((be, m, Tokenizer::gpt2()))
             },
             cfg,

@@ -26,8 +26,8 @@ use tperf_core::schedule::{AttentionKernel, Options, Precision, Transformer};
 use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;
 use tperf_engine::{
-    Batching, Engine, EngineConfig, Event, EventSink, FinishReason, Limits, Policy, Request,
-    RequestId, SubmitError, VtcWeights,
+    Batching, BuildError, Engine, EngineConfig, Event, EventSink, FinishReason, Limits, Policy,
+    Request, RequestId, SubmitError, VtcWeights,
 };
 use tperf_runtime::tokenizer::Tokenizer;
 
@@ -205,14 +205,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let (spec, tok, seed) = (args.model.clone(), args.tokenizer.clone(), args.seed);
     let engine = match device {
         Device::Cpu => start(|| Ok(CpuBackend::new()), spec, tok, opts, seed, cfg)?,
-        Device::Cuda(i) => start(
-            move || CudaBackend::new(i).map_err(|e| format!("{e}")),
-            spec,
-            tok,
-            opts,
-            seed,
-            cfg,
-        )?,
+        Device::Cuda(i) => start(move || Ok(CudaBackend::new(i)?), spec, tok, opts, seed, cfg)?,
     };
     let limits = engine.limits();
     eprintln!(
@@ -290,20 +283,20 @@ fn default_kv_blocks(
 
 /// Starts the engine, building the backend and the model on its worker thread.
 fn start<B: tperf_core::backend::Backend + 'static>(
-    new_backend: impl FnOnce() -> Result<B, String> + Send + 'static,
+    new_backend: impl FnOnce() -> Result<B, BuildError> + Send + 'static,
     spec: String,
     tokenizer: Option<String>,
     opts: Options,
     seed: u64,
     cfg: EngineConfig,
 ) -> Result<Engine> {
-    let build = move || -> Result<(B, Transformer, Tokenizer), String> {
+    let build = move || -> Result<(B, Transformer, Tokenizer), BuildError> {
         let mut be = new_backend()?;
         // The fit was checked before the engine started (`run`).
-        let (model, tok) = load_model(&mut be, &spec, tokenizer.as_deref(), opts, seed, &|_, _| {
-            Ok(())
-        })
-        .map_err(|e| format!("{e:#}"))?;
+        let (model, tok) =
+            load_model(&mut be, &spec, tokenizer.as_deref(), opts, seed, &|_, _| {
+                Ok(())
+            })?;
         Ok((be, model, tok))
     };
     Ok(Engine::start(build, cfg)?)
