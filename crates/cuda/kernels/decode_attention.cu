@@ -84,12 +84,15 @@ template <int DT> __device__ __forceinline__ float vec8_at(const Vec8<DT>& v, in
         int block_size,                                                                         \
         int max_blocks, int causal, i64 window, float scale, int chunk, const int *step
 
-// The block's shared memory, declared once in the kernel (each dtype's body would otherwise
-// get its own copy).
-struct DecShared {
-    float qs[DEC_MAX_ROWS * DEC_MAX_D];
-    float w_acc[DEC_WARPS][DEC_MAX_ROWS * DEC_MAX_D];
-    float w_m[DEC_WARPS][DEC_MAX_ROWS], w_l[DEC_WARPS][DEC_MAX_ROWS];
+// The block's shared memory for RMAX rows, declared once in the kernel (each dtype's body would
+// otherwise get its own copy). Sized by RMAX, not DEC_MAX_ROWS: 42 KB for every kernel was, with
+// the registers, what held decode_split_r2_deep to 3 blocks an SM (ncu at gpt2-124m B128 on the
+// H200: 18.75% theoretical occupancy, DRAM 47% of peak); the two-row kernels need 11 KB, and
+// their registers are now the only limit.
+template <int RMAX> struct DecShared {
+    float qs[RMAX * DEC_MAX_D];
+    float w_acc[DEC_WARPS][RMAX * DEC_MAX_D];
+    float w_m[DEC_WARPS][RMAX], w_l[DEC_WARPS][RMAX];
     int last;
 };
 
@@ -122,20 +125,21 @@ __device__ __forceinline__ void reduce_splits(const float* base, Buf o, Buf lse,
 }
 
 template <int DT, int RMAX, bool PREFETCH>
-__device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
+__device__ __forceinline__ void decode_split_body(DecShared<RMAX>& sh, DEC_PARAMS) {
     // Keys a key group loads per step: DEC_UNROLL of 16 bytes per lane, or half as many of
     // f32's 32, so both dtypes keep the same bytes in flight and registers.
     constexpr int UN = DT == DT_F32 ? DEC_UNROLL / 2 : DEC_UNROLL;
     float* qs = sh.qs;
-    float(*w_acc)[DEC_MAX_ROWS * DEC_MAX_D] = sh.w_acc;
-    float(*w_m)[DEC_MAX_ROWS] = sh.w_m;
-    float(*w_l)[DEC_MAX_ROWS] = sh.w_l;
+    float(*w_acc)[RMAX * DEC_MAX_D] = sh.w_acc;
+    float(*w_m)[RMAX] = sh.w_m;
+    float(*w_l)[RMAX] = sh.w_l;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int lpk = 1;
     while (lpk * 8 < d) lpk <<= 1;
     const int kpw = 32 / lpk, sub = lane % lpk, kl = lane / lpk;
     const int nkg = DEC_WARPS * kpw;
     const bool lane_on = sub * 8 < d;
+    const int e0 = sub * 8;
     const int split = blockIdx.y, splits = gridDim.y;
     const i64 ug = blockIdx.x, u = ug / h_kv;
     const int g = (int)(ug % h_kv);
@@ -159,8 +163,11 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
     const i64 hi_first = causal ? min(p0 + 1, (i64)ctx) : (i64)ctx;
     const i64 hi_last = causal ? min(p0 + tq, (i64)ctx) : (i64)ctx;
     const i64 lo_first = (causal && window >= 0) ? max(hi_first - window, (i64)0) : 0;
-    const i64 j_lo = max(lo_first, (i64)split * chunk);
-    const i64 j_hi = min(hi_last, (i64)split * chunk + chunk);
+    // Key indices fit 32 bits (the host refuses more keys than i32::MAX): 64-bit compares and
+    // products were a good part of the loop's instructions (ncu at gpt2-124m B128 on the H200:
+    // issue-bound at ~180 instructions per key and lane, DRAM 47% of peak).
+    const int j_lo = (int)max(lo_first, (i64)split * chunk);
+    const int j_hi = (int)min(hi_last, (i64)split * chunk + chunk);
 
     // Row r is query r % tq of head g·group + r / tq; q pre-scaled.
     for (int i = tid; i < rd; i += DEC_THREADS) {
@@ -178,23 +185,39 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
 #pragma unroll
         for (int k = 0; k < 8; ++k) acc[r][k] = 0.0f;
     }
-    const i64 head_base = (i64)g * block_size;
+    // Row r sees keys [lo_r[r], hi_r[r]) of this split (causal up to its position, the last
+    // `window` of them), fixed for the whole walk.
+    int lo_r[RMAX], hi_r[RMAX];
+#pragma unroll
+    for (int r = 0; r < RMAX; ++r) {
+        const i64 pos = p0 + r % tq;
+        const i64 hi = causal ? min(pos + 1, (i64)ctx) : (i64)ctx;
+        const i64 lo = (causal && window >= 0) ? max(hi - window, (i64)0) : 0;
+        hi_r[r] = (int)min(hi, (i64)j_hi);
+        lo_r[r] = (int)lo;
+    }
+    // Where key j's row starts: block b's rows of KV head g are one run of block_size · d
+    // elements at (b · H_kv + g) · block_size · d; a contiguous cache is one block per sequence.
+    // Paged blocks of a power-of-two size (16 by default) divide by a shift.
+    const i64 block_elems = (i64)h_kv * block_size * d;
+    const i64 head_off = (i64)g * block_size * d + e0;
     const i64 table = seq * max_blocks;
-    const int e0 = sub * 8;
+    const bool bs_pow2 = (block_size & (block_size - 1)) == 0;
+    const int bs_shift = __ffs(block_size) - 1;
+    auto key_at = [&](int j) -> i64 {
+        if (!block_table.p) return seq * block_elems + head_off + (i64)j * d;
+        const int blk = bs_pow2 ? j >> bs_shift : j / block_size;
+        const int off = bs_pow2 ? j & (block_size - 1) : j % block_size;
+        return (i64)ld_i32(block_table, table + blk) * block_elems + head_off + off * d;
+    };
 
     // Key group kl's keys of the step at jw: K and V rows (zero past j_hi or past D).
-    auto load_step = [&](i64 jw, Vec8<DT>(&kv)[UN], Vec8<DT>(&vv)[UN]) {
+    auto load_step = [&](int jw, Vec8<DT>(&kv)[UN], Vec8<DT>(&vv)[UN]) {
 #pragma unroll
         for (int x = 0; x < UN; ++x) {
-            const i64 j = jw + kl + (i64)x * nkg;
+            const int j = jw + kl + x * nkg;
             if (j < j_hi && lane_on) {
-                i64 block = seq;
-                int off = (int)j;
-                if (block_table.p) {
-                    block = ld_i32(block_table, table + (int)j / block_size);
-                    off = (int)j % block_size;
-                }
-                const i64 at = ((block * h_kv) * block_size + head_base + off) * d + e0;
+                const i64 at = key_at(j);
                 kv[x] = ld_vec8<DT>(kp.p, at);
                 vv[x] = ld_vec8<DT>(vp.p, at);
             } else {
@@ -209,29 +232,26 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
     // The loop bound depends on the warp only, so that every lane reaches the shuffles. With
     // PREFETCH the next step's loads are issued before this step's arithmetic (two steps in
     // flight, for chunks of many steps; it costs registers, and a one-step chunk nothing gains).
-    const i64 stride = (i64)nkg * UN;
+    const int stride = nkg * UN;
     Vec8<DT> kv[UN], vv[UN];
-    const i64 jw0 = j_lo + warp * kpw;
+    const int jw0 = j_lo + warp * kpw;
     if (jw0 < j_hi) load_step(jw0, kv, vv);
-    for (i64 jw = jw0; jw < j_hi; jw += stride) {
+    for (int jw = jw0; jw < j_hi; jw += stride) {
         Vec8<DT> kn[UN], vn[UN];
         if (PREFETCH) {
             if (jw + stride < j_hi) load_step(jw + stride, kn, vn);
         } else if (jw != jw0) {
             load_step(jw, kv, vv);
         }
-        i64 js[UN];
+        int js[UN];
 #pragma unroll
-        for (int x = 0; x < UN; ++x) js[x] = jw + kl + (i64)x * nkg;
+        for (int x = 0; x < UN; ++x) js[x] = jw + kl + x * nkg;
 #pragma unroll
         for (int r = 0; r < RMAX; ++r) {
             if (r >= rows) break;
             float q[8];
 #pragma unroll
             for (int k = 0; k < 8; ++k) q[k] = lane_on ? qs[r * DEC_MAX_D + e0 + k] : 0.0f;
-            const i64 pos = p0 + r % tq;
-            const i64 hi = causal ? min(pos + 1, (i64)ctx) : (i64)ctx;
-            const i64 lo = (causal && window >= 0) ? max(hi - window, (i64)0) : 0;
             float s[UN];
             float mx = NEG_INF;
 #pragma unroll
@@ -241,8 +261,7 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
                 for (int k = 0; k < 8; ++k) dot = fmaf(q[k], vec8_at<DT>(kv[x], k), dot);
                 for (int off = lpk >> 1; off > 0; off >>= 1)
                     dot += __shfl_xor_sync(0xffffffffu, dot, off);
-                const i64 j = js[x];
-                s[x] = (j < j_hi && j >= lo && j < hi) ? dot : NEG_INF;
+                s[x] = (js[x] >= lo_r[r] && js[x] < hi_r[r]) ? dot : NEG_INF;
                 mx = fmaxf(mx, s[x]);
             }
             const float m_new = fmaxf(m[r], mx);
@@ -357,7 +376,7 @@ __device__ __forceinline__ void decode_split_body(DecShared& sh, DEC_PARAMS) {
 // (prefetching) — the smaller bodies need far fewer registers, so more blocks fit an SM. The K
 // and V pools share one dtype (the host checks); qkv, O and lse any.
 #define DEC_DISPATCH(RMAX, PREFETCH)                                                                      \
-    __shared__ DecShared sh;                                                                    \
+    __shared__ DecShared<RMAX> sh;                                                              \
     switch (kp.dt) {                                                                            \
     case DT_BF16:                                                                               \
         decode_split_body<DT_BF16, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,      \
@@ -382,6 +401,9 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2(DEC_PA
     DEC_DISPATCH(2, false)
 }
 
+// Registers (165) hold this kernel to 3 blocks an SM. Bounded to 128 (4 blocks) it spilled 64
+// bytes and measured slower: 63.1 against 57.5 µs a layer at gpt2-124m B128 on the H200
+// (bench-results/2026-12-03-h200-session11/decode-ab).
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2_deep(DEC_PARAMS) {
     DEC_DISPATCH(2, true)
 }
