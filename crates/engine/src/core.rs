@@ -309,17 +309,33 @@ impl<B: Backend> EngineCore<B> {
         Ok(core)
     }
 
-    /// One throwaway step of one row (token 0 at position 0 of the scratch block, its id
-    /// dropped) before any request: a backend's first step pays one-time costs that would
-    /// otherwise land on the first request's time to first token — on the CUDA backend
-    /// cuBLASLt's first matmul (90 ms on the H200) and the first launches of each kernel module
-    /// (15 ms), 146 ms of a cold 9-token prefill step that takes 1.8 ms warm.
+    /// Two throwaway steps in the scratch block before any request (their ids dropped): a
+    /// backend's first step of a kind pays one-time costs that would otherwise land on the
+    /// first request — on the CUDA backend cuBLASLt's first matmul (90 ms on the H200) and the
+    /// first launches of each kernel module (15 ms), 146 ms of a cold 9-token prefill step that
+    /// takes 1.8 ms warm. A prefill of a whole block (positions 0.., token 0) and a one-row
+    /// decode step, because the two take different kernels: on the CUDA backend a product of
+    /// at most 8 rows runs matmul.cu's gemv_rows, not cuBLASLt, so with the one-row step alone
+    /// the first prompt's prefill paid cuBLASLt's first call (time to first token 131 ms
+    /// against 9.6 ms with TPERF_GEMV=0, gpt2-124m on the H200, 2026-12-03).
     fn warm_up(&mut self) -> Result<(), EngineError> {
         let scratch = self.cfg.kv_blocks;
-        let batch = RaggedBatch {
-            seqs: vec![SeqSpan { pos: 0, q_len: 1 }],
-        };
-        self.run(&batch, &[vec![scratch]], &[0], vec![Sampling::default()])?;
+        let prefill = self
+            .cfg
+            .block_size
+            .min(self.cfg.max_num_batched_tokens)
+            .min(self.limits.context);
+        for q_len in [prefill, 1] {
+            let batch = RaggedBatch {
+                seqs: vec![SeqSpan { pos: 0, q_len }],
+            };
+            self.run(
+                &batch,
+                &[vec![scratch]],
+                &vec![0; q_len],
+                vec![Sampling::default()],
+            )?;
+        }
         Ok(())
     }
 
