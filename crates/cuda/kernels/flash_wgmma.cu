@@ -1029,9 +1029,10 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_bwd_d128
 //   kv_full (mbarrier, 128 arrivals): K and V have landed (cp.async.mbarrier.arrive.noinc per
 //     producer thread);
 //   full[s] (128 arrivals): the stage's Q, dO, lse and Dᵢ have landed;
-//   empty[s] (8 arrivals, lane 0 of each consumer warp): the warp's dV += Pᵀ·dO and
-//     dK += dSᵀ·Q of the stage's tile have completed (the last reads of Q and dO; lse and Dᵢ
-//     are read by plain loads before them), so the producer may refill it;
+//   empty[s] (8 arrivals, lane 0 of each consumer warp; 256, every consumer thread, in ws4):
+//     the warp's dV += Pᵀ·dO and dK += dSᵀ·Q of the stage's tile have completed (the last
+//     reads of Q and dO; lse and Dᵢ are read by plain loads before them), so the producer may
+//     refill it;
 //   named barrier 1 (256 consumer threads): both halves of dSᵀ (128 keys × 64 queries) are in
 //     shared memory before either consumer's dQ reads them. dSᵀ is double-buffered (tile t
 //     writes buffer t % 2): a consumer writes buffer t % 2 again at tile t + 2, after passing the
@@ -1050,6 +1051,17 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) flash_wgmma_bwd_d128
 // not measured apart from the rest.
 // Stages: 3 at D = 64, 2 at D = 128 (the `_s2`, `_s3` kernels are the other depths, for
 // TPERF_FLASH_WGMMA_BWD=ws2|ws3 measurements).
+// Variants for A/B runs (wsbwd-gpu.sh; none measured yet). ncu of ws at D = 64, T = 16384 had
+// 1 block an SM (12 warps), issue slots 44% busy, no eligible warp 56% of cycles: the two
+// consumers run each tile's Pᵀ, dSᵀ in step (the dSᵀ barrier holds them together) while the
+// tensor cores wait, and that step was ~100 instructions per 8-query group in the SASS of
+// ws (both mask paths and their branches interleaved, uniform 64-bit mask arithmetic).
+//   ws4 (LEAN): the per-tile loop is wsb_pds, compiled once with masks and once without (33
+//     instructions a group unmasked, NVRTC 13.5), and every consumer thread releases a stage.
+//   ws5 (LEAN, DEFER; D = 64): ws4 with each tile's dV, dK issued after the next tile's Sᵀ,
+//     dPᵀ so that they run under the reds and the next Pᵀ, dSᵀ; two fragment sets live at once
+//     (184 bytes of stack: loop-invariant descriptors and addresses spilled, ~16 local loads
+//     and 2 stores a tile). At D = 128 the registers do not allow it (dK, dV alone are 128).
 // Shared bytes: (2·128 + 2·S·64)·D·2 for K, V and the ring's Q and dO, 2 × 16 KB of dSᵀ,
 // 2·S·64·4 of lse and Dᵢ, 8·(1 + 2·S) of barriers, 1 KB alignment slack: 115 KB at D = 64
 // (S = 3), 162 KB at D = 128 (S = 2), 195 KB at D = 128, S = 3.
@@ -1097,10 +1109,62 @@ __device__ __forceinline__ WsbGeom wsb_geom(const MmaBwdArgs& p, int bk, int bq)
     return w;
 }
 
-template <int D, bool BF, int S>
+// The mask of one backward tile in 32-bit terms (ws_bwd computes it per tile): element
+// (q, kr + 8r) is visible when q < qn, kr + 8r < kn and (not causal, or 0 ≤ dist < win) with
+// dist = base + q − 8r.
+struct WsbMask {
+    int qn, kn, base, win;
+    bool causal;
+};
+
+// Pᵀ = exp2(Sᵀ·scale·log2(e) − lse·log2(e)) and dSᵀ = Pᵀ ⊙ (dPᵀ − Dᵢ) of one consumer's 64 keys ×
+// 64 queries (ws4, the lean form of ws_bwd's loop): packed into the A fragments `pa`, `sa` and
+// dSᵀ stored, swizzled, into the tile at shared address `dSt`. MASKED is a template parameter
+// so that the tiles clear of every edge (all but ~2 of a causal block's, T = 16384) carry no
+// mask arithmetic at all; the NVRTC 13 build of the loop with a runtime `masked` interleaved
+// both paths and their branches in each 8-query group. Element e of group t is query
+// q0 + e % 2, key kr + 8·(e / 2) with q0 = 8t + 2·(lane % 4); keys kr and kr + 8 share their
+// swizzle (kr % 8 = lane / 4), so one row address serves both (+ 8 rows = 1024 bytes).
+template <bool MASKED, int NT, bool BF>
+__device__ __forceinline__ void wsb_pds(const float (&s)[NT * 4], const float (&dp)[NT * 4],
+                                        unsigned (&pa)[NT / 2][4], unsigned (&sa)[NT / 2][4],
+                                        const float* Lt, const float* Dt, float sl2, unsigned dSt,
+                                        int kr, int lane, const WsbMask& mk) {
+    const unsigned row = dSt + kr * 128 + (lane % 4) * 4;
+    const int sw = lane / 4;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        const int q0 = t * 8 + (lane % 4) * 2;
+        const float2 lq = *(const float2*)(Lt + q0), dq2 = *(const float2*)(Dt + q0);
+        const float nl[2] = {-lq.x * LOG2E, -lq.y * LOG2E}, dd[2] = {dq2.x, dq2.y};
+        float pv[4], ds[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            pv[e] = fast_exp2(fmaf(s[t * 4 + e], sl2, nl[e % 2]));
+            if constexpr (MASKED) {
+                const int q = q0 + (e % 2), dist = mk.base + q - (e / 2) * 8;
+                const bool seen = q < mk.qn && kr + (e / 2) * 8 < mk.kn &&
+                                  (!mk.causal || (dist >= 0 && dist < mk.win));
+                if (!seen) pv[e] = 0.0f;
+            }
+            ds[e] = pv[e] * (dp[t * 4 + e] - dd[e % 2]);
+        }
+        const unsigned at = row + ((t ^ sw) * 16);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            pa[t / 2][(t % 2) * 2 + r] = pack2<BF>(pv[2 * r], pv[2 * r + 1]);
+            const unsigned packed = pack2<BF>(ds[2 * r], ds[2 * r + 1]);
+            sa[t / 2][(t % 2) * 2 + r] = packed;
+            asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(at + r * 1024), "r"(packed) : "memory");
+        }
+    }
+}
+
+template <int D, bool BF, int S, bool LEAN, bool DEFER>
 __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* di, float* dq,
                                        Buf dqkv, MmaBwdArgs p) {
     static_assert(D == 64 || D == 128, "wgmma backward: D = 64 or 128");
+    static_assert(!DEFER || (LEAN && D == 64), "ws5 (DEFER) is the lean loop at D = 64");
     constexpr int BQ = WGB_BQ, BK = WGB_BK, KT = D / 16, NT = BQ / 8, OT = D / 8;
     constexpr unsigned KPANEL = BK * 128, QPANEL = BQ * 128; // bytes of 64 columns
     constexpr unsigned KBYTES = BK * D * 2, QBYTES = BQ * D * 2, SBYTES = BK * BQ * 2;
@@ -1109,7 +1173,26 @@ __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* 
     const unsigned base = (smem_addr(wg_smem) + 1023u) & ~1023u;
     const unsigned Ks = base, Vs = Ks + KBYTES, Qs = Vs + KBYTES; // Q, dO: S stages each
     const unsigned dOs = Qs + S * QBYTES, dSs = dOs + S * QBYTES; // dSᵀ: 2 buffers
-    const unsigned Ls = dSs + 2 * SBYTES, Ds = Ls + S * BQ * 4;   // lse, Dᵢ: S × BQ f32 each
+    // lse, Dᵢ: S × BQ f32 each. The ring's only buffers read by plain loads (LDS), so the only
+    // ones compute-sanitizer's racecheck sees read (wgmma reads Q and dO through the async
+    // proxy, which it does not track). On the H200 it reported the producer's 4-byte cp.async
+    // into them (the write) against the consumers' float2 loads of them (the reads), 32 hazards
+    // per read instruction for every refill of a stage and none for a stage's first fill, in
+    // all six launches of the ring test: the write of tile it against the reads of tile it − S,
+    // a write-after-read. It is ordered: each consumer thread's loads come before its warp's
+    // __syncwarp, lane 0's mbarrier.arrive on empty (release, CTA scope, cumulative over the
+    // warp's prior accesses) completes the phase the producer's try_wait (acquire) waits for,
+    // and only then does the producer issue the cp.async; the read-after-write side
+    // (cp.async.mbarrier.arrive.noinc on full, try_wait) racecheck accepts, as no first fill is
+    // reported. So a limit of the tool, not a race. Most likely it does not carry the phase of
+    // an mbarrier that one lane arrives on for its warp back to the other lanes' loads (across
+    // __syncwarp); FlashAttention's SM100 backward met the same report with its lse and dPsum,
+    // bulk copies on mbarriers (AI/RACECHECK_TMA_HAZARD.md in its repository). ws4 and ws5
+    // (LEAN) have every consumer thread arrive (empty counts 256), so each reader's loads are
+    // ordered by its own release; wsbwd-gpu.sh runs racecheck on ws, ws4 and ws5 to show
+    // whether the tool then sees the order. A named barrier cannot carry it: the producer runs
+    // up to S tiles ahead of the consumers, and a barrier would tie it to them tile by tile.
+    const unsigned Ls = dSs + 2 * SBYTES, Ds = Ls + S * BQ * 4;
     const unsigned bars = Ds + S * BQ * 4; // kv_full, full[S], empty[S], 8 bytes each
     const unsigned kv_full = bars;
     auto full = [&](int it) { return bars + 8u * (1 + it % S); };
@@ -1125,7 +1208,7 @@ __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* 
         mbar_init(kv_full, 128);
         for (int s = 0; s < S; ++s) {
             mbar_init(full(s), 128);
-            mbar_init(empty(s), 8);
+            mbar_init(empty(s), LEAN ? 256 : 8);
         }
     }
     __syncthreads(); // the barriers are initialised; the only block-wide barrier
@@ -1229,37 +1312,46 @@ __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* 
         const int qn = (int)min((i64)BQ, qhi - i0), kn = j1 - j0;
         const int base = (int)(off + i0 - j0) - kr;
         const int win = p.window < 0 ? 0x7fffffff : (int)min(p.window, (i64)0x7fffffff);
-        // One 8-query column group t at a time: Pᵀ and dSᵀ of its 4 elements, packed into the A
-        // fragments (group t is half of 16-query step t / 2) and dSᵀ stored, so that Sᵀ and dPᵀ
-        // die group by group rather than all living beside the packed fragments (at D = 128
-        // dK and dV already hold 128 registers).
+        if constexpr (LEAN) {
+            const WsbMask mk{qn, kn, base, win, p.causal != 0};
+            if (masked)
+                wsb_pds<true, NT, BF>(s, dp, pa, sa, Lt, Dt, sl2, dSt, kr, lane, mk);
+            else
+                wsb_pds<false, NT, BF>(s, dp, pa, sa, Lt, Dt, sl2, dSt, kr, lane, mk);
+        } else {
+            // One 8-query column group t at a time: Pᵀ and dSᵀ of its 4 elements, packed into
+            // the A fragments (group t is half of 16-query step t / 2) and dSᵀ stored, so that
+            // Sᵀ and dPᵀ die group by group rather than all living beside the packed fragments
+            // (at D = 128 dK and dV already hold 128 registers).
 #pragma unroll
-        for (int t = 0; t < NT; ++t) {
-            const int q0 = t * 8 + (lane % 4) * 2;
-            const float2 lq = *(const float2*)(Lt + q0), dq2 = *(const float2*)(Dt + q0);
-            float pv[4], ds[4];
+            for (int t = 0; t < NT; ++t) {
+                const int q0 = t * 8 + (lane % 4) * 2;
+                const float2 lq = *(const float2*)(Lt + q0), dq2 = *(const float2*)(Dt + q0);
+                float pv[4], ds[4];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float l = e % 2 ? lq.y : lq.x, dd = e % 2 ? dq2.y : dq2.x;
-                pv[e] = fast_exp2(fmaf(s[t * 4 + e], sl2, -l * LOG2E));
-                if (masked) {
-                    const int q = q0 + (e % 2), dist = base + q - (e / 2) * 8;
-                    const bool seen = q < qn && kr + (e / 2) * 8 < kn &&
-                                      (!p.causal || (dist >= 0 && dist < win));
-                    if (!seen) pv[e] = 0.0f;
+                for (int e = 0; e < 4; ++e) {
+                    const float l = e % 2 ? lq.y : lq.x, dd = e % 2 ? dq2.y : dq2.x;
+                    pv[e] = fast_exp2(fmaf(s[t * 4 + e], sl2, -l * LOG2E));
+                    if (masked) {
+                        const int q = q0 + (e % 2), dist = base + q - (e / 2) * 8;
+                        const bool seen = q < qn && kr + (e / 2) * 8 < kn &&
+                                          (!p.causal || (dist >= 0 && dist < win));
+                        if (!seen) pv[e] = 0.0f;
+                    }
+                    ds[e] = pv[e] * (dp[t * 4 + e] - dd);
                 }
-                ds[e] = pv[e] * (dp[t * 4 + e] - dd);
-            }
-            // Elements (e, e + 1) are keys kr (e = 0) and kr + 8 (e = 2), queries q0, q0 + 1.
+                // Elements (e, e + 1) are keys kr (e = 0) and kr + 8 (e = 2), queries q0, q0 + 1.
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                pa[t / 2][(t % 2) * 2 + r] = pack2<BF>(pv[2 * r], pv[2 * r + 1]);
-                const unsigned packed = pack2<BF>(ds[2 * r], ds[2 * r + 1]);
-                sa[t / 2][(t % 2) * 2 + r] = packed;
-                const int key = kr + 8 * r;
-                const unsigned at_s =
-                    dSt + key * 128 + (((q0 / 8) ^ (key % 8)) * 16) + (q0 % 8) * 2;
-                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(at_s), "r"(packed) : "memory");
+                for (int r = 0; r < 2; ++r) {
+                    pa[t / 2][(t % 2) * 2 + r] = pack2<BF>(pv[2 * r], pv[2 * r + 1]);
+                    const unsigned packed = pack2<BF>(ds[2 * r], ds[2 * r + 1]);
+                    sa[t / 2][(t % 2) * 2 + r] = packed;
+                    const int key = kr + 8 * r;
+                    const unsigned at_s =
+                        dSt + key * 128 + (((q0 / 8) ^ (key % 8)) * 16) + (q0 % 8) * 2;
+                    asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(at_s), "r"(packed)
+                                 : "memory");
+                }
             }
         }
 
@@ -1314,8 +1406,12 @@ __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* 
         wgmma_hold_u(pa);
         wgmma_hold_u(sa);
         // This warp has read the last of the stage (Q and dO, by the products just completed).
-        __syncwarp();
-        if (lane == 0) mbar_arrive(empty(it));
+        if constexpr (LEAN) {
+            mbar_arrive(empty(it)); // every thread, for its own reads of lse and Dᵢ
+        } else {
+            __syncwarp();
+            if (lane == 0) mbar_arrive(empty(it));
+        }
 
         {
             const i64 i = i0 + wq * 16 + lane / 4;
@@ -1328,7 +1424,106 @@ __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* 
         }
     };
 
-    if constexpr (WSB_EARLY_S) {
+    if constexpr (DEFER) {
+        // ws5: tile it's dV += Pᵀ·dO, dK += dSᵀ·Q run on the tensor cores under tile it's dQ
+        // reds and tile it + 1's Pᵀ, dSᵀ (both consumers reach that part of the loop together,
+        // held by the dSᵀ barrier, and in ws4 the tensor cores idle through it). Iteration it,
+        // with Pᵀ, dSᵀ of tile it in registers and dSᵀ in shared memory:
+        //   dSᵀ barrier; issue dQ of it, Sᵀ, dPᵀ of it + 1, dV, dK of it (three groups);
+        //   wait for all but the last (dQ, Sᵀ, dPᵀ); tile it's reds; Pᵀ, dSᵀ of it + 1 into the
+        //   other fragment set; wait for the rest (dV, dK of it), release its stage.
+        // Nothing is in flight across the loop's back edge: with dV, dK pending from one
+        // iteration into the next, ptxas (NVRTC 13.5) took the accumulators read after a
+        // partial wait for in flight and serialised every wgmma (C7514, C7515). After the last
+        // tile its own Sᵀ, dPᵀ are issued once more (its stage is not yet released), discarded,
+        // so that every iteration commits the same groups. The fragments of consecutive tiles
+        // alternate between two sets (the loop is unrolled by two) rather than being copied.
+        // dSᵀ's double buffer keeps its argument: a consumer writes buffer (it + 1) % 2 after
+        // the barrier of tile it, which the other passes only after waiting for its dQ of
+        // tile it − 1.
+        float s[BQ / 2], dp[BQ / 2], acc[DQ / 2];
+        unsigned pa0[BQ / 16][4], sa0[BQ / 16][4], pa1[BQ / 16][4], sa1[BQ / 16][4];
+        // Pᵀ, dSᵀ of tile it (its Sᵀ, dPᵀ complete) into `pa`, `sa` and shared memory.
+        auto pds = [&](int it, unsigned (&pa)[BQ / 16][4], unsigned (&sa)[BQ / 16][4]) {
+            const i64 i0 = qlo + (i64)(it % nq) * BQ;
+            const unsigned dSt = dSs + (it % 2) * SBYTES;
+            const float* Lt = shared_f32(Ls + (it % S) * BQ * 4);
+            const float* Dt = shared_f32(Ds + (it % S) * BQ * 4);
+            const bool masked =
+                i0 + BQ > qhi || j0 + BK > p.tk ||
+                (p.causal && (j0 + BK - 1 > off + i0 ||
+                              (p.window >= 0 && off + i0 + BQ - 1 - j0 >= p.window)));
+            const WsbMask mk{(int)min((i64)BQ, qhi - i0), j1 - j0, (int)(off + i0 - j0) - kr,
+                             p.window < 0 ? 0x7fffffff : (int)min(p.window, (i64)0x7fffffff),
+                             p.causal != 0};
+            if (masked)
+                wsb_pds<true, NT, BF>(s, dp, pa, sa, Lt, Dt, sl2, dSt, kr, lane, mk);
+            else
+                wsb_pds<false, NT, BF>(s, dp, pa, sa, Lt, Dt, sl2, dSt, kr, lane, mk);
+        };
+        auto body = [&](int it, unsigned (&pa)[BQ / 16][4], unsigned (&sa)[BQ / 16][4],
+                        unsigned (&pa_next)[BQ / 16][4], unsigned (&sa_next)[BQ / 16][4]) {
+            const int head = g * group + it / nq;
+            const i64 i0 = qlo + (i64)(it % nq) * BQ;
+            const unsigned at = (it % S) * QBYTES, dSt = dSs + (it % 2) * SBYTES;
+            fence_async_shared();
+            named_sync(1); // both consumers' halves of dSᵀ are complete
+            wgmma_hold_u(pa);
+            wgmma_hold_u(sa);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; ++kk) {
+                const u64 sd = smem_desc(dSt + kk * 16 * 128, SBYTES, 1024);
+                const u64 kd = smem_desc(Ks + kcol + kk * 16 * 128, KPANEL, 1024);
+                wgmma_ss_tt_n32<BF>(acc, sd, kd, kk > 0);
+            }
+            wgmma_commit();
+            issue_sdp(it + 1 < total ? it + 1 : it, s, dp);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; ++kk) {
+                const u64 od = smem_desc(dOs + at + kk * 16 * 128, QPANEL, 1024);
+                const u64 qd = smem_desc(Qs + at + kk * 16 * 128, QPANEL, 1024);
+                wgmma_rs_n64<BF>(dv, pa[kk], od, 1);
+                wgmma_rs_n64<BF>(dk, sa[kk], qd, 1);
+            }
+            wgmma_commit();
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); // dQ, Sᵀ, dPᵀ
+            wgmma_hold(acc);
+            wgmma_hold(s);
+            wgmma_hold(dp);
+            {
+                const i64 i = i0 + wq * 16 + lane / 4;
+                float* dst = dq + (b * p.tq + i) * hd + (i64)head * D + c * DQ + (lane % 4) * 2;
+#pragma unroll
+                for (int t = 0; t < DQ / 8; ++t) {
+                    const float v[4] = {acc[t * 4], acc[t * 4 + 1], acc[t * 4 + 2],
+                                        acc[t * 4 + 3]};
+                    dq_add(dst + t * 8, hd, v, p.scale, lane, i < qhi, i + 8 < qhi);
+                }
+            }
+            if (it + 1 < total) pds(it + 1, pa_next, sa_next);
+            wgmma_wait_all(); // dV, dK of tile it
+            wgmma_hold(dv);
+            wgmma_hold(dk);
+            wgmma_hold_u(pa);
+            wgmma_hold_u(sa);
+            mbar_arrive(empty(it)); // every thread, as in ws4
+        };
+        if (total > 0) {
+            mbar_wait(kv_full, 0);
+            issue_sdp(0, s, dp);
+            wgmma_wait_all();
+            wgmma_hold(s);
+            wgmma_hold(dp);
+            pds(0, pa0, sa0);
+        }
+#pragma unroll 1
+        for (int it = 0; it < total; it += 2) {
+            body(it, pa0, sa0, pa1, sa1);
+            if (it + 1 < total) body(it + 1, pa1, sa1, pa0, sa0);
+        }
+    } else if constexpr (WSB_EARLY_S) {
         // Sᵀ and dPᵀ carry over: tile it + 1's are issued inside tile it.
         float s[BQ / 2], dp[BQ / 2];
         if (total > 0) {
@@ -1369,26 +1564,48 @@ __device__ __forceinline__ void ws_bwd(Buf qkv, Buf dout, Buf lse, const float* 
 // stages (3 at D = 64, 2 at 128); `_s<S>` names are the other depth, for
 // TPERF_FLASH_WGMMA_BWD=ws2|ws3.
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d64_bf16(MMA_BWD_PARAMS) {
-    ws_bwd<64, true, 3>(MMA_BWD_ARGS);
+    ws_bwd<64, true, 3, false, false>(MMA_BWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d64_f16(MMA_BWD_PARAMS) {
-    ws_bwd<64, false, 3>(MMA_BWD_ARGS);
+    ws_bwd<64, false, 3, false, false>(MMA_BWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d64_s2_bf16(MMA_BWD_PARAMS) {
-    ws_bwd<64, true, 2>(MMA_BWD_ARGS);
+    ws_bwd<64, true, 2, false, false>(MMA_BWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d64_s2_f16(MMA_BWD_PARAMS) {
-    ws_bwd<64, false, 2>(MMA_BWD_ARGS);
+    ws_bwd<64, false, 2, false, false>(MMA_BWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d128_bf16(MMA_BWD_PARAMS) {
-    ws_bwd<128, true, 2>(MMA_BWD_ARGS);
+    ws_bwd<128, true, 2, false, false>(MMA_BWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d128_f16(MMA_BWD_PARAMS) {
-    ws_bwd<128, false, 2>(MMA_BWD_ARGS);
+    ws_bwd<128, false, 2, false, false>(MMA_BWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d128_s3_bf16(MMA_BWD_PARAMS) {
-    ws_bwd<128, true, 3>(MMA_BWD_ARGS);
+    ws_bwd<128, true, 3, false, false>(MMA_BWD_ARGS);
 }
 extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws_bwd_d128_s3_f16(MMA_BWD_PARAMS) {
-    ws_bwd<128, false, 3>(MMA_BWD_ARGS);
+    ws_bwd<128, false, 3, false, false>(MMA_BWD_ARGS);
+}
+// ws4 (TPERF_FLASH_WGMMA_BWD=ws4): the default depths with the lean loop (wsb_pds) and the
+// stage released by every consumer thread (see the lse/Dᵢ ring's comment in ws_bwd).
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws4_bwd_d64_bf16(MMA_BWD_PARAMS) {
+    ws_bwd<64, true, 3, true, false>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws4_bwd_d64_f16(MMA_BWD_PARAMS) {
+    ws_bwd<64, false, 3, true, false>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws4_bwd_d128_bf16(MMA_BWD_PARAMS) {
+    ws_bwd<128, true, 2, true, false>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws4_bwd_d128_f16(MMA_BWD_PARAMS) {
+    ws_bwd<128, false, 2, true, false>(MMA_BWD_ARGS);
+}
+// ws5 (TPERF_FLASH_WGMMA_BWD=ws5, D = 64): ws4 with each tile's dV, dK deferred under the next
+// tile's Pᵀ, dSᵀ (the DEFER loop in ws_bwd).
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws5_bwd_d64_bf16(MMA_BWD_PARAMS) {
+    ws_bwd<64, true, 3, true, true>(MMA_BWD_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(WGS_THREADS, 1) flash_wgmma_ws5_bwd_d64_f16(MMA_BWD_PARAMS) {
+    ws_bwd<64, false, 3, true, true>(MMA_BWD_ARGS);
 }

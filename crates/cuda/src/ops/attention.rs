@@ -375,15 +375,19 @@ fn ws_kernel(d: u64, bf16: bool) -> (&'static str, u64) {
     (if bf16 { b } else { f }, *st)
 }
 
-/// The warp-specialised backward (`ws_bwd<D, BF, S>` in flash_wgmma.cu: a producer warpgroup
-/// streaming Q, dO, lse and Dᵢ tiles into a ring of S stages, two consumer warpgroups; 384
-/// threads, the grid of the other backward), where TPERF_FLASH_WGMMA_BWD asks for it: `ws` takes
-/// the default stages (3 at D = 64, 2 at 128), `ws2` and `ws3` name the depth (for
-/// measurements). Unset, or `wg`, keeps `wg_bwd`, the default until the warp-specialised one is
-/// measured on the GPU. Returns the kernel and its stages.
+/// The warp-specialised backward (`ws_bwd<D, BF, S, LEAN, DEFER>` in flash_wgmma.cu: a producer
+/// warpgroup streaming Q, dO, lse and Dᵢ tiles into a ring of S stages, two consumer
+/// warpgroups; 384 threads, the grid of the other backward), where TPERF_FLASH_WGMMA_BWD asks
+/// for it: `ws` takes the default stages (3 at D = 64, 2 at 128), `ws2` and `ws3` name the depth
+/// (for measurements), `ws4` the default stages with the lean per-tile loop (`wsb_pds`: the
+/// masks compiled only into the tiles that need them) and every consumer thread releasing a
+/// stage, `ws5` ws4 with each tile's dV, dK deferred under the next tile's Pᵀ, dSᵀ (D = 64; at
+/// D = 128 it takes ws4's kernels, as the registers do not allow it there). Unset, or `wg`,
+/// keeps `wg_bwd`, the default until the warp-specialised one is measured on the GPU. Returns
+/// the kernel and its stages.
 fn ws_backward_kernel(d: u64, bf16: bool) -> Option<(&'static str, u64)> {
     static CHOICE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
-    // Some(0) is the default depth.
+    // Some(0) is the default depth, Some(4) and Some(5) ws4 and ws5 (at the default depth).
     let choice = *CHOICE.get_or_init(|| match std::env::var("TPERF_FLASH_WGMMA_BWD") {
         Err(_) => None,
         Ok(v) => match v.as_str() {
@@ -391,15 +395,40 @@ fn ws_backward_kernel(d: u64, bf16: bool) -> Option<(&'static str, u64)> {
             "ws" => Some(0),
             "ws2" => Some(2),
             "ws3" => Some(3),
+            "ws4" => Some(4),
+            "ws5" => Some(5),
             _ => {
                 eprintln!(
-                    "warning: TPERF_FLASH_WGMMA_BWD={v:?} is none of wg, ws, ws2, ws3; using wg"
+                    "warning: TPERF_FLASH_WGMMA_BWD={v:?} is none of wg, ws, ws2, ws3, ws4, ws5; \
+                     using wg"
                 );
                 None
             }
         },
     });
     let asked = choice?;
+    if asked == 4 || asked == 5 {
+        let (st, b, f) = if d == 64 && asked == 5 {
+            (
+                3,
+                "flash_wgmma_ws5_bwd_d64_bf16",
+                "flash_wgmma_ws5_bwd_d64_f16",
+            )
+        } else if d == 64 {
+            (
+                3,
+                "flash_wgmma_ws4_bwd_d64_bf16",
+                "flash_wgmma_ws4_bwd_d64_f16",
+            )
+        } else {
+            (
+                2,
+                "flash_wgmma_ws4_bwd_d128_bf16",
+                "flash_wgmma_ws4_bwd_d128_f16",
+            )
+        };
+        return Some((if bf16 { b } else { f }, st));
+    }
     // (stages, bf16 kernel, f16 kernel); the first entry is the default.
     let names: [(u64, &'static str, &'static str); 2] = if d == 64 {
         [
