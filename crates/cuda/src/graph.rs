@@ -172,6 +172,9 @@ struct StepKind {
     refused: Option<String>,
 }
 
+/// Replayed steps whose host time [`GraphStats`] keeps (the latest; 8 bytes each).
+const HOST_SAMPLES: usize = 4096;
+
 /// How often steps were captured, replayed, or run eagerly, and why not captured.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct GraphStats {
@@ -183,6 +186,15 @@ pub struct GraphStats {
     pub fell_back: u64,
     /// (step key, reason) for each step kind that runs eagerly for good.
     pub refused: Vec<(String, String)>,
+    /// Host seconds of each replayed step (the latest [`HOST_SAMPLES`], in no particular
+    /// order), measured with `Instant` from the entry of `begin_step` to the return of the
+    /// step's `cuGraphLaunch`: the schedule run on the host, every action compared with the
+    /// captured one, the step's scalars copied, the launch. The device runs none of the step
+    /// meanwhile, so where the caller waits for each step (the bench, generation) this time is
+    /// in series with the graph's. What the caller does outside the step (writing the token
+    /// ids, reading the sampled ones) is not in it.
+    #[serde(skip)]
+    pub replay_host_seconds: Vec<f64>,
 }
 
 impl GraphStats {
@@ -197,6 +209,34 @@ impl GraphStats {
                 self.refused.push(r.clone());
             }
         }
+        self.replay_host_seconds
+            .extend_from_slice(&other.replay_host_seconds);
+    }
+
+    /// The median of [`Self::replay_host_seconds`]; None before any step was replayed.
+    pub fn replay_host_median_seconds(&self) -> Option<f64> {
+        let mut v = self.replay_host_seconds.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        Some(if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        })
+    }
+
+    /// Records a replayed step's host seconds, keeping the latest [`HOST_SAMPLES`].
+    fn record_replay_host(&mut self, seconds: f64) {
+        if self.replay_host_seconds.len() < HOST_SAMPLES {
+            self.replay_host_seconds.push(seconds);
+        } else {
+            // `replayed` counts this step already: its slot in a ring of the latest.
+            let slot = (self.replayed as usize - 1) % HOST_SAMPLES;
+            self.replay_host_seconds[slot] = seconds;
+        }
     }
 
     /// One line for a table's notes or a run's summary.
@@ -207,6 +247,13 @@ impl GraphStats {
         );
         if self.fell_back > 0 {
             s += &format!(", {} fell back to eager", self.fell_back);
+        }
+        if let Some(host) = self.replay_host_median_seconds() {
+            s += &format!(
+                "; host time of a replayed step {:.3} ms (median of {}, begin_step to cuGraphLaunch)",
+                host * 1e3,
+                self.replay_host_seconds.len()
+            );
         }
         for (key, why) in &self.refused {
             s += &format!("; not captured: {key}: {why}");
@@ -391,5 +438,221 @@ impl Graphs {
     pub fn clear(&mut self) {
         self.kinds.clear();
         self.mode = Mode::Eager;
+    }
+}
+
+/// The host cost of replay's bookkeeping, measured without a GPU: a gpt2-124m decode step
+/// (B = 1, T = 384, bf16, flash attention, the step `tperf bench --phase decode` replays) is
+/// issued by the real schedule on two host-only backends, one that does nothing with the ops
+/// (the schedule's own cost: allocations, tensor names, operand lists) and one that does what
+/// `CudaBackend` does per op in a replayed step, with pointers from a bump allocator that
+/// repeats every step. Timing only: `cargo test --release -p tperf-cuda --lib host_cost --
+/// --ignored --nocapture`.
+#[cfg(test)]
+mod host_cost {
+    use super::*;
+    use std::time::Instant;
+    use tperf_core::backend::{Backend, BackendError};
+    use tperf_core::cost::analysis::{Scenario, StepRunner, Workload};
+    use tperf_core::ops::adamw::AdamWParams;
+    use tperf_core::schedule::{Options, Precision};
+    use tperf_core::tensor::{Tensor, TensorId, TensorSpec};
+
+    /// Allocates ids and nothing else; runs no op.
+    #[derive(Default)]
+    struct Null {
+        next_id: u32,
+    }
+
+    impl Backend for Null {
+        fn name(&self) -> String {
+            "null".into()
+        }
+        fn alloc(&mut self, spec: TensorSpec) -> Result<Tensor, BackendError> {
+            self.next_id += 1;
+            Ok(spec.tensor(TensorId(self.next_id)))
+        }
+        fn free(&mut self, _tensor: Tensor) {}
+        fn exec(&mut self, call: OpCall) -> Result<(), BackendError> {
+            std::hint::black_box(&call);
+            Ok(())
+        }
+        fn write_f32(&mut self, _: &Tensor, _: &[f32]) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn write_i32(&mut self, _: &Tensor, _: &[i32]) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn read_f32(&mut self, _: &Tensor) -> Result<Vec<f32>, BackendError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// CudaBackend's per-op work in a replayed step, on host pointers: the tensor map's lookups
+    /// (fresh check, mark written, pointer of every operand), the action compared with the
+    /// captured one, the scalars staged, the fallback log kept.
+    struct Replayer {
+        next_id: u32,
+        /// Device pointer, whether fresh, and block bytes, by tensor.
+        buffers: std::collections::HashMap<TensorId, (u64, bool, u64)>,
+        /// Best fit over freed blocks, as the caching allocator, so steps repeat pointers.
+        free: std::collections::BTreeMap<(u64, u64), ()>,
+        bump: u64,
+        graphs: Graphs,
+        captured: Option<Vec<Action>>,
+        recording: Vec<Action>,
+        steps: u32,
+        kinds: HashMap<String, usize>,
+    }
+
+    impl Replayer {
+        fn exec_replayed(&mut self, call: OpCall) {
+            for t in call.inputs.iter() {
+                std::hint::black_box(self.buffers.get(&t.id).is_some_and(|b| b.1));
+            }
+            for t in call.inputs.iter().chain(&call.outputs) {
+                if let Some(b) = self.buffers.get_mut(&t.id) {
+                    b.1 = false;
+                }
+            }
+            let (op, scalars) = split_dynamic(&call.op);
+            let ptrs = |ts: &[Tensor]| ts.iter().map(|t| self.buffers[&t.id].0).collect();
+            let action = Action::Exec {
+                op,
+                inputs: ptrs(&call.inputs),
+                outputs: ptrs(&call.outputs),
+            };
+            match &self.captured {
+                None => self.recording.push(action),
+                Some(c) => {
+                    // What Graphs::replay_matches does: the step kind by its key, then the action.
+                    if let Mode::Replay { key, .. } = &self.graphs.mode {
+                        std::hint::black_box(self.kinds.get(key.as_str()));
+                    }
+                    let at = self.recording.len();
+                    assert!(c.get(at) == Some(&action), "replay mismatch at {at}");
+                    self.recording.push(Action::Zero { ptr: 0, bytes: 0 });
+                    self.graphs.scalars.extend_from_slice(&scalars);
+                    self.graphs.push(action, Pending::Exec(Box::new(call)));
+                }
+            }
+        }
+    }
+
+    impl Backend for Replayer {
+        fn name(&self) -> String {
+            "replayer".into()
+        }
+        fn alloc(&mut self, spec: TensorSpec) -> Result<Tensor, BackendError> {
+            self.next_id += 1;
+            let id = TensorId(self.next_id);
+            let want = spec.size_bytes().max(1).div_ceil(512) * 512;
+            let hit = self.free.range((want, 0)..).next().map(|(&k, _)| k);
+            let (bytes, ptr) = match hit {
+                Some(k) => {
+                    self.free.remove(&k);
+                    k
+                }
+                None => {
+                    self.bump += want;
+                    (want, self.bump - want)
+                }
+            };
+            self.buffers.insert(id, (ptr, true, bytes));
+            Ok(spec.tensor(id))
+        }
+        fn free(&mut self, tensor: Tensor) {
+            if let Some((ptr, _, bytes)) = self.buffers.remove(&tensor.id) {
+                self.free.insert((bytes, ptr), ());
+            }
+        }
+        fn exec(&mut self, call: OpCall) -> Result<(), BackendError> {
+            self.exec_replayed(call);
+            Ok(())
+        }
+        fn begin_step(&mut self, key: &str) -> Result<(), BackendError> {
+            self.graphs.mode = Mode::Replay {
+                key: key.to_string(),
+                cursor: 0,
+                pending: Vec::new(),
+            };
+            self.recording.clear();
+            self.graphs.scalars.clear();
+            Ok(())
+        }
+        fn end_step(&mut self) -> Result<(), BackendError> {
+            // As CudaBackend: the first step warms the allocator's cache, the second is captured.
+            self.steps += 1;
+            if self.captured.is_none() && self.steps == 2 {
+                self.captured = Some(std::mem::take(&mut self.recording));
+            }
+            self.graphs.mode = Mode::Eager;
+            Ok(())
+        }
+        fn write_f32(&mut self, _: &Tensor, _: &[f32]) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn write_i32(&mut self, _: &Tensor, _: &[i32]) -> Result<(), BackendError> {
+            Ok(())
+        }
+        fn read_f32(&mut self, _: &Tensor) -> Result<Vec<f32>, BackendError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn decode_runner(be: &mut impl Backend) -> StepRunner {
+        let cfg = tperf_core::presets::find("gpt2-124m").unwrap().config;
+        let sc = Scenario {
+            workload: Workload::Decode,
+            batch: 1,
+            seq: 384,
+            opts: Options {
+                precision: Precision::Bf16,
+                ..Options::default()
+            },
+        };
+        StepRunner::new(be, &cfg, sc).unwrap()
+    }
+
+    /// Median microseconds of `steps` steps (after 20 untimed).
+    fn median_step_us(be: &mut impl Backend, runner: &mut StepRunner, steps: usize) -> f64 {
+        let mut us = Vec::with_capacity(steps);
+        for i in 0..steps + 20 {
+            let t0 = Instant::now();
+            runner.step(be, AdamWParams::default()).unwrap();
+            if i >= 20 {
+                us.push(t0.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        us.sort_by(f64::total_cmp);
+        us[us.len() / 2]
+    }
+
+    #[test]
+    #[ignore = "timing: run with --ignored --nocapture"]
+    fn decode_step_host_cost() {
+        let mut null = Null::default();
+        let mut runner = decode_runner(&mut null);
+        let schedule_us = median_step_us(&mut null, &mut runner, 2000);
+        let mut rep = Replayer {
+            next_id: 0,
+            buffers: Default::default(),
+            free: Default::default(),
+            bump: 0,
+            graphs: Graphs::new(true),
+            captured: None,
+            recording: Vec::new(),
+            steps: 0,
+            kinds: HashMap::from([("decode".to_string(), 0)]),
+        };
+        let mut runner = decode_runner(&mut rep);
+        let replay_us = median_step_us(&mut rep, &mut runner, 2000);
+        let ops = rep.captured.as_ref().map_or(0, Vec::len);
+        println!(
+            "gpt2-124m decode B1 T384 bf16, {ops} ops a step: schedule alone {schedule_us:.1} us a step; \
+             schedule + replay bookkeeping {replay_us:.1} us ({:.1} us of bookkeeping, {:.0} ns an op)",
+            replay_us - schedule_us,
+            (replay_us - schedule_us) * 1e3 / ops.max(1) as f64
+        );
     }
 }
