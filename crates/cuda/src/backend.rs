@@ -14,8 +14,6 @@ use crate::graph::{self, Action, Begin, GraphStats, Graphs, Mode, Pending, SCALA
 use crate::timing::EventTimer;
 use cudarc::driver::{result as cu, sys};
 use half::{bf16, f16};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
@@ -39,34 +37,11 @@ pub(crate) struct DevBuf {
     pub fresh: bool,
 }
 
-/// Hashes a [`TensorId`] (a u32 this backend hands out in sequence) by one multiplication.
 /// The tensor map is looked up several times per operand of every op, a replayed step's
-/// included; SipHash, HashMap's default, is built against keys an adversary picks and cost
-/// more than the rest of each lookup.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        // Not reached for a TensorId (its derived Hash writes one u32); any other key still
-        // hashes, byte by byte.
-        for &b in bytes {
-            self.write_u32(u32::from(b) ^ (self.0 as u32));
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        // Fibonacci hashing: the high bits, which hashbrown's control bytes use, mix every bit
-        // of n, and the low bits of sequential ids differ, as its bucket index wants.
-        self.0 = (self.0.rotate_left(5) ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type TensorMap<V> = HashMap<TensorId, V, BuildHasherDefault<IdHasher>>;
+/// included; SipHash, HashMap's default, is built against keys an adversary picks and cost more
+/// than the rest of each lookup. The ids are this backend's own (a u32 handed out in sequence),
+/// so rustc's Fx hash (one multiplication a word) does.
+pub(crate) type TensorMap<V> = rustc_hash::FxHashMap<TensorId, V>;
 
 /// The dtype code kernels switch on (common.cuh).
 pub(crate) fn dt_code(d: DType) -> i32 {
