@@ -31,6 +31,31 @@ fn check(
     assert_case_passes(gpu, &case, 5, &what)
 }
 
+/// `a` (whole sequences, no cache) in 16 bits against the CPU: the flash forward when
+/// `forward`, then the flash backward, on qkv, o, lse, dout and dqkv filled as the module docs
+/// say.
+fn check_flash_16(gpu: &mut CudaBackend, a: Attention, dt: DType, forward: bool) {
+    let (b, h, h_kv, tt, d) = (a.b, a.h, a.h_kv, a.tq, a.d);
+    let w = (h + 2 * h_kv) * d;
+    let ts = vec![
+        t("qkv", &[b * tt, w], dt, Fill::Normal(0.5)),   // 0
+        t("o", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 1
+        t("lse", &[b, h, tt], DType::F32, Fill::Value(0.0)), // 2
+        t("dout", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 3
+        t("dqkv", &[b * tt, w], dt, Fill::Normal(1.0)),  // 4
+    ];
+    if forward {
+        check(gpu, Op::FlashAttention(a), ts.clone(), vec![0], vec![1, 2]);
+    }
+    check(
+        gpu,
+        Op::FlashAttentionBackward(a),
+        ts,
+        vec![0, 1, 3, 2],
+        vec![4],
+    );
+}
+
 /// (B, H, H_kv, T, D, window)
 const SHAPES: [(usize, usize, usize, usize, usize, Option<usize>); 5] = [
     (1, 1, 1, 1, 16, None),
@@ -293,28 +318,7 @@ fn flash_attention_in_16_bits_matches_the_cpu() {
                         window,
                         kv_cache: false,
                     };
-                    let w = (h + 2 * h_kv) * d;
-                    let ts = vec![
-                        t("qkv", &[b * tt, w], dt, Fill::Normal(0.5)),   // 0
-                        t("o", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 1
-                        t("lse", &[b, h, tt], DType::F32, Fill::Value(0.0)), // 2
-                        t("dout", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 3
-                        t("dqkv", &[b * tt, w], dt, Fill::Normal(1.0)),  // 4
-                    ];
-                    check(
-                        &mut gpu,
-                        Op::FlashAttention(a),
-                        ts.clone(),
-                        vec![0],
-                        vec![1, 2],
-                    );
-                    check(
-                        &mut gpu,
-                        Op::FlashAttentionBackward(a),
-                        ts,
-                        vec![0, 1, 3, 2],
-                        vec![4],
-                    );
+                    check_flash_16(&mut gpu, a, dt, true);
                 }
             }
         }
@@ -399,28 +403,7 @@ fn flash_attention_in_16_bits_over_many_key_tiles_matches_the_cpu() {
                         window,
                         kv_cache: false,
                     };
-                    let w = (h + 2 * h_kv) * d;
-                    let ts = vec![
-                        t("qkv", &[b * tt, w], dt, Fill::Normal(0.5)),   // 0
-                        t("o", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 1
-                        t("lse", &[b, h, tt], DType::F32, Fill::Value(0.0)), // 2
-                        t("dout", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 3
-                        t("dqkv", &[b * tt, w], dt, Fill::Normal(1.0)),  // 4
-                    ];
-                    check(
-                        &mut gpu,
-                        Op::FlashAttention(a),
-                        ts.clone(),
-                        vec![0],
-                        vec![1, 2],
-                    );
-                    check(
-                        &mut gpu,
-                        Op::FlashAttentionBackward(a),
-                        ts,
-                        vec![0, 1, 3, 2],
-                        vec![4],
-                    );
+                    check_flash_16(&mut gpu, a, dt, true);
                 }
             }
         }
@@ -461,21 +444,7 @@ fn flash_attention_backward_in_16_bits_over_many_query_tiles_matches_the_cpu() {
                     window,
                     kv_cache: false,
                 };
-                let w = (h + 2 * h_kv) * d;
-                let ts = vec![
-                    t("qkv", &[b * tt, w], dt, Fill::Normal(0.5)),   // 0
-                    t("o", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 1
-                    t("lse", &[b, h, tt], DType::F32, Fill::Value(0.0)), // 2
-                    t("dout", &[b * tt, h * d], dt, Fill::Normal(1.0)), // 3
-                    t("dqkv", &[b * tt, w], dt, Fill::Normal(1.0)),  // 4
-                ];
-                check(
-                    &mut gpu,
-                    Op::FlashAttentionBackward(a),
-                    ts,
-                    vec![0, 1, 3, 2],
-                    vec![4],
-                );
+                check_flash_16(&mut gpu, a, dt, false);
             }
         }
     }
