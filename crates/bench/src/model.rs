@@ -56,6 +56,11 @@ pub struct BenchRow {
     /// How the steps ran where the device has graphs (warm-up included).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub graphs: Option<tperf_cuda::GraphStats>,
+    /// Median host seconds of a replayed step, from the entry of `begin_step` to the return of
+    /// its `cuGraphLaunch` (`GraphStats::replay_host_seconds`): the part of `measured` in which
+    /// the device waits for the host. None where no step was replayed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replay_host_seconds: Option<f64>,
 }
 
 impl BenchRow {
@@ -173,6 +178,7 @@ fn run_on<B: Instrumented>(
         on_step,
     )?;
     let peak = be.peak_bytes();
+    let graphs = be.step_graphs();
     runner.free(&mut be);
     let measured = Summary::of(&times).ok_or(BenchError::NoSteps)?;
     let flops = prediction.total.flops;
@@ -192,7 +198,8 @@ fn run_on<B: Instrumented>(
         tokens_per_s: prediction.tokens_per_step as f64 / measured.median,
         peak_bytes_measured: peak,
         peak_bytes_modelled: prediction.memory.peak_bytes,
-        graphs: be.step_graphs(),
+        replay_host_seconds: graphs.as_ref().and_then(|g| g.replay_host_median_seconds()),
+        graphs,
     })
 }
 

@@ -14,7 +14,7 @@ use crate::graph::{self, Action, Begin, GraphStats, Graphs, Mode, Pending, SCALA
 use crate::timing::EventTimer;
 use cudarc::driver::{result as cu, sys};
 use half::{bf16, f16};
-use std::collections::HashMap;
+use std::time::Instant;
 use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
 use tperf_core::ledger::Ledger;
@@ -37,6 +37,12 @@ pub(crate) struct DevBuf {
     pub fresh: bool,
 }
 
+/// The tensor map is looked up several times per operand of every op, a replayed step's
+/// included; SipHash, HashMap's default, is built against keys an adversary picks and cost more
+/// than the rest of each lookup. The ids are this backend's own (a u32 handed out in sequence),
+/// so rustc's Fx hash (one multiplication a word) does.
+pub(crate) type TensorMap<V> = rustc_hash::FxHashMap<TensorId, V>;
+
 /// The dtype code kernels switch on (common.cuh).
 pub(crate) fn dt_code(d: DType) -> i32 {
     match d {
@@ -50,10 +56,10 @@ pub(crate) fn dt_code(d: DType) -> i32 {
 pub struct CudaBackend {
     // Field order is drop order: buffers go back to the allocator, the allocator to the driver,
     // then the library handles and last the context (inside `gpu`).
-    buffers: HashMap<TensorId, DevBuf>,
+    buffers: TensorMap<DevBuf>,
     /// Tensors freed inside a captured or replayed step: their blocks are back in the allocator,
     /// but a fallback may still have to run the step's earlier ops on them.
-    retired: HashMap<TensorId, DevBuf>,
+    retired: TensorMap<DevBuf>,
     /// Captured steps; dropped before any memory they point into.
     graphs: Graphs,
     /// The optimizer's tensor tables (ops/optimizer.rs); captured graphs address them.
@@ -64,6 +70,9 @@ pub struct CudaBackend {
     ledger: Ledger,
     /// Device words the step's dynamic scalars are copied to (see graph.rs).
     scalars: Block,
+    /// The device pointers of an op's inputs then outputs, as a replayed step compares them;
+    /// kept so that no op allocates the list.
+    replay_ptrs: Vec<u64>,
     /// Matmuls followed by GELU use cuBLASLt's GELU_AUX epilogue where it applies
     /// (`TPERF_GELU_EPILOGUE=0` turns it off, to measure what it saves).
     pub(crate) gelu_epilogue: bool,
@@ -148,13 +157,14 @@ impl CudaBackend {
         let graphs = !poison && std::env::var_os("TPERF_CUDA_GRAPHS").is_none_or(|v| v != "0");
         let gelu_epilogue = std::env::var_os("TPERF_GELU_EPILOGUE").is_none_or(|v| v != "0");
         Ok(CudaBackend {
-            buffers: HashMap::new(),
-            retired: HashMap::new(),
+            buffers: TensorMap::default(),
+            retired: TensorMap::default(),
             graphs: Graphs::new(graphs),
             tables: Default::default(),
             alloc,
             ledger: Ledger::new(),
             scalars,
+            replay_ptrs: Vec::new(),
             poison,
             op_scalars: 0,
             gelu_epilogue,
@@ -516,13 +526,14 @@ impl Backend for CudaBackend {
         let id = TensorId(self.next_id);
         self.next_id += 1;
         let tensor = spec.tensor(id);
+        let numel = spec.numel();
         self.buffers.insert(
             id,
             DevBuf {
                 block,
-                name: spec.name.clone(),
+                name: spec.name,
                 dtype: spec.dtype,
-                numel: spec.numel(),
+                numel,
                 id_range: None,
                 fresh: true,
             },
@@ -530,7 +541,8 @@ impl Backend for CudaBackend {
         if self.poison {
             self.fill(&tensor, 0xff)?;
         }
-        self.ledger.alloc(self.ops_run, &spec.name, &tensor);
+        let name = &self.buffers[&id].name;
+        self.ledger.alloc(self.ops_run, name, &tensor);
         Ok(tensor)
     }
 
@@ -557,12 +569,13 @@ impl Backend for CudaBackend {
     }
 
     fn begin_step(&mut self, key: &str) -> Result<(), BackendError> {
+        let began = Instant::now();
         if self.graphs.in_step_graph() {
             // The previous step ended with an error before `end_step`.
             self.leave_graph_mode("the step ended with an error", false)?;
         }
         let allowed = self.timer.is_none();
-        if let Begin::Capture = self.graphs.begin(key, allowed) {
+        if let Begin::Capture = self.graphs.begin(key, allowed, began) {
             self.gpu
                 .ctx
                 .bind_to_thread()
@@ -654,75 +667,75 @@ impl CudaBackend {
         self.graphs.stats.clone()
     }
 
-    /// The op as replay compares it: its dynamic scalars removed, its buffers as pointers.
-    fn action_of(&self, call: &OpCall) -> Result<(Action, Vec<u32>), BackendError> {
-        let (op, scalars) = graph::split_dynamic(&call.op);
-        let ptrs = |ts: &[Tensor]| {
-            ts.iter()
-                .map(|t| self.ptr(t))
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let action = Action::Exec {
-            op,
-            inputs: ptrs(&call.inputs)?,
-            outputs: ptrs(&call.outputs)?,
-        };
-        Ok((action, scalars))
-    }
-
-    /// Stages a captured or replayed op's dynamic scalars on the host, at the next free words of
-    /// the step buffer; false when the buffer is full.
-    fn stage_scalars_for_graph(&mut self, words: &[u32]) -> bool {
-        if words.is_empty() {
-            self.op_scalars = 0;
-            return true;
-        }
-        let at = self.graphs.scalars.len();
-        if at + words.len() > SCALAR_WORDS {
-            return false;
-        }
-        self.graphs.scalars.extend_from_slice(words);
-        self.op_scalars = self.scalars.ptr + 4 * at as u64;
-        true
-    }
-
-    /// An op inside a captured or replayed step.
+    /// An op inside a captured or replayed step. A replayed op is compared with the captured
+    /// one and logged for a fallback, nothing more: its dynamic scalars are staged in place, its
+    /// pointers resolved into a list kept across ops, and the call moved into the log.
     fn exec_in_graph(&mut self, call: OpCall) -> Result<(), BackendError> {
         if self.optimizer_table_missing(&call)? {
             // A new table cannot be written inside a capture; the next capture finds it.
             self.leave_graph_mode("the optimizer's tensor table is new", false)?;
             return self.exec_eager(call);
         }
-        let (action, scalars) = self.action_of(&call)?;
         let replaying = matches!(self.graphs.mode, Mode::Replay { .. });
         if replaying {
             // The checks a launch would have made on this step's data (token ids, positions).
             self.check_replayed(&call)?;
-            if !self.graphs.replay_matches(&action) {
-                self.leave_graph_mode("an op differs from the captured step", false)?;
-                return self.exec_eager(call);
+        }
+        let mut ptrs = std::mem::take(&mut self.replay_ptrs);
+        ptrs.clear();
+        for t in call.inputs.iter().chain(&call.outputs) {
+            match self.ptr(t) {
+                Ok(p) => ptrs.push(p),
+                Err(e) => {
+                    self.replay_ptrs = ptrs;
+                    return Err(e);
+                }
             }
         }
-        if !self.stage_scalars_for_graph(&scalars) {
+        let (inputs, outputs) = ptrs.split_at(call.inputs.len());
+        let at = self.graphs.scalars.len();
+        let op = graph::split_dynamic(&call.op, &mut self.graphs.scalars);
+        let staged = self.graphs.scalars.len() > at;
+        let (matched, action) = if replaying {
+            let matched = self.graphs.replay_matches_exec(&op, inputs, outputs);
+            (matched, None)
+        } else {
+            let action = Action::Exec {
+                op: op.into_owned(),
+                inputs: inputs.to_vec(),
+                outputs: outputs.to_vec(),
+            };
+            (true, Some(action))
+        };
+        self.replay_ptrs = ptrs;
+        if !matched {
+            self.leave_graph_mode("an op differs from the captured step", false)?;
+            return self.exec_eager(call);
+        }
+        if self.graphs.scalars.len() > SCALAR_WORDS {
             let why = "the step has more dynamic scalars than the buffer holds";
             self.leave_graph_mode(why, true)?;
             return self.exec_eager(call);
         }
+        // Kernels read this op's scalars from the step buffer (null: none, use the arguments).
+        self.op_scalars = if staged {
+            self.scalars.ptr + 4 * at as u64
+        } else {
+            0
+        };
         self.ops_run += 1;
         if replaying {
-            self.graphs.push(action, Pending::Exec(Box::new(call)));
+            self.graphs.push(None, Pending::Exec(call));
             return Ok(());
         }
-        // Capturing: the launches below are recorded into the graph, not run.
-        self.graphs
-            .push(action, Pending::Exec(Box::new(call.clone())));
-        if let Err(e) = self.dispatch(&call) {
+        // Capturing: the launches are recorded into the graph, not run.
+        let dispatched = self.dispatch(&call);
+        let name = call.op.name();
+        self.graphs.push(action, Pending::Exec(call));
+        if let Err(e) = dispatched {
             // Whether the op cannot be captured or is wrong in itself, running the step so far
-            // eagerly tells: a wrong op fails again, with its own error.
-            self.leave_graph_mode(
-                &format!("{} could not be captured: {e}", call.op.name()),
-                true,
-            )?;
+            // eagerly (this op included) tells: a wrong op fails again, with its own error.
+            self.leave_graph_mode(&format!("{name} could not be captured: {e}"), true)?;
         }
         Ok(())
     }
@@ -782,9 +795,8 @@ impl CudaBackend {
         if bytes == 0 || !self.graphs.in_step_graph() {
             return self.zero(t);
         }
-        let action = Action::Zero { ptr, bytes };
         if matches!(self.graphs.mode, Mode::Replay { .. }) {
-            if !self.graphs.replay_matches(&action) {
+            if !self.graphs.replay_matches_zero(ptr, bytes) {
                 self.leave_graph_mode("an allocation differs from the captured step", false)?;
                 return self.zero(t);
             }
@@ -792,7 +804,10 @@ impl CudaBackend {
             // Capturing: the memset becomes a node of the graph.
             self.zero(t)?;
         }
-        self.graphs.push(action, Pending::Zero { ptr, bytes });
+        self.graphs.push(
+            Some(Action::Zero { ptr, bytes }),
+            Pending::Zero { ptr, bytes },
+        );
         Ok(())
     }
 
@@ -880,7 +895,11 @@ impl CudaBackend {
                 }
             }
             Mode::Replay { .. } => match self.graphs.finish_replay() {
-                Ok(exec) => self.launch_graph(exec),
+                Ok(exec) => {
+                    let launched = self.launch_graph(exec);
+                    self.graphs.replay_launched();
+                    launched
+                }
                 Err(why) => {
                     let pending = self.graphs.fall_back(why, false);
                     self.run_pending(pending)
@@ -899,17 +918,13 @@ impl CudaBackend {
     fn launch_graph(&mut self, exec: sys::CUgraphExec) -> Result<(), BackendError> {
         let stream = self.gpu.cu_stream();
         if !self.graphs.scalars.is_empty() {
-            let bytes: Vec<u8> = self
-                .graphs
-                .scalars
-                .iter()
-                .flat_map(|w| w.to_le_bytes())
-                .collect();
-            // SAFETY: `self.scalars` holds SCALAR_WORDS words and `bytes` at most that many
-            // (`stage_scalars_for_graph` refuses more). `bytes` is pageable host memory, which the
-            // driver stages before the call returns, so dropping it afterwards is sound; the
-            // graph launched next reads the words in stream order.
-            unsafe { cu::memcpy_htod_async(self.scalars.ptr, &bytes, stream) }
+            // The words as they lie in host memory: the host and the device are little-endian.
+            let words: &[u32] = &self.graphs.scalars;
+            // SAFETY: `self.scalars` holds SCALAR_WORDS words and `words` at most that many
+            // (`exec_in_graph` refuses more). `words` is pageable host memory, which the driver
+            // stages before the call returns, so changing it afterwards (the next step stages
+            // its own) is sound; the graph launched next reads the words in stream order.
+            unsafe { cu::memcpy_htod_async(self.scalars.ptr, words, stream) }
                 .map_err(driver("copying the step's scalars"))?;
         }
         self.push_range("step graph");

@@ -285,6 +285,13 @@ fn replayed_decode_steps_advance_the_position_like_eager_steps() {
         let replayed = after.replayed - before.replayed;
         assert!(replayed >= steps as u64 - 4, "{preset}: {after:?}");
         assert!(after.refused.is_empty(), "{preset}: {after:?}");
+        // Every replayed step's host time is kept (fewer than the ring holds here).
+        assert_eq!(after.replay_host_seconds.len() as u64, after.replayed);
+        let host = after.replay_host_median_seconds();
+        assert!(
+            host.is_some_and(|s| s > 0.0 && s < 1.0),
+            "{preset}: {host:?}"
+        );
     }
 }
 

@@ -200,6 +200,7 @@ pub fn row_cells(r: &BenchRow) -> Vec<String> {
         ms(r.measured.mean),
         ms(r.measured.std),
         ms(r.measured.median),
+        r.replay_host_seconds.map_or("-".to_string(), ms),
         ms(r.measured.min),
         ms(r.measured.max),
         ms(r.modelled_seconds),
@@ -212,7 +213,7 @@ pub fn row_cells(r: &BenchRow) -> Vec<String> {
     ]
 }
 
-pub const HEADER: [&str; 19] = [
+pub const HEADER: [&str; 20] = [
     "model",
     "phase",
     "B",
@@ -223,6 +224,7 @@ pub const HEADER: [&str; 19] = [
     "mean ms",
     "std ms",
     "median ms",
+    "host ms",
     "min ms",
     "max ms",
     "model ms",
@@ -344,8 +346,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         table.note(note);
     }
     table.note(match device {
-        Device::Cpu => "×model = measured median / modelled roofline time; peak = bytes in use at the tensors' dtype widths (on the CPU, bf16 weights are held in 16 bits and other bf16 tensors in f32)",
-        Device::Cuda(_) => "×model = measured median / modelled roofline time; each step is timed with the device synchronised after it; peak = bytes of live tensors at their dtype widths (the caching allocator's reserve is larger)",
+        Device::Cpu => "×model = measured median / modelled roofline time; host ms is for CUDA graph replays only; peak = bytes in use at the tensors' dtype widths (on the CPU, bf16 weights are held in 16 bits and other bf16 tensors in f32)",
+        Device::Cuda(_) => "×model = measured median / modelled roofline time; each step is timed with the device synchronised after it; host ms = median host time of a graph-replayed step, begin_step to the return of cuGraphLaunch (the device idles meanwhile; - where no step was replayed); peak = bytes of live tensors at their dtype widths (the caching allocator's reserve is larger)",
     });
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&serde_json::json!({
