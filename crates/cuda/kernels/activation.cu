@@ -2,6 +2,7 @@
 // and act/act' are common.cuh's, shared with the gated MLPs (gated.cu).
 
 extern "C" __global__ void activation_forward(Buf x, Buf y, i64 n, int kind) {
+    PDL_ENTRY();
     FOR_EACH(i, n) st(y, i, act_fwd(kind, ld(x, i)));
 }
 

@@ -13,6 +13,22 @@ typedef long long i64;
 
 #define NEG_INF __int_as_float(0xff800000)
 
+// Programmatic dependent launch (Hopper and later). The host launches the kernels that
+// signatures::EARLY_LAUNCH lists with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+// so the driver may start one while the kernel before it on the stream is still running; each
+// such kernel starts with PDL_ENTRY(). The wait returns once every earlier grid has completed
+// and its writes are visible, so nothing before it may touch global memory (read or write: a
+// buffer the predecessor still reads may be this kernel's output). The trigger after it lets
+// the next early kernel be scheduled onto free SMs while this one runs, so a chain of small
+// kernels (a decode step's ~100 at batch 1, each a few µs) overlaps each launch with the
+// previous kernel's work instead of paying it in series. A kernel launched without the
+// attribute (or on an older GPU) runs both as no-ops.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PDL_ENTRY() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define PDL_ENTRY()
+#endif
+
 #define DT_F32 0
 #define DT_BF16 1
 #define DT_F16 2

@@ -398,6 +398,7 @@ __device__ __forceinline__ void decode_split_body(DecShared<RMAX>& sh, DEC_PARAM
     }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2(DEC_PARAMS) {
+    PDL_ENTRY();
     DEC_DISPATCH(2, false)
 }
 
@@ -405,9 +406,11 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2(DEC_PA
 // bytes and measured slower: 63.1 against 57.5 µs a layer at gpt2-124m B128 on the H200
 // (bench-results/2026-12-03-h200-session11/decode-ab).
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2_deep(DEC_PARAMS) {
+    PDL_ENTRY();
     DEC_DISPATCH(2, true)
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r8(DEC_PARAMS) {
+    PDL_ENTRY();
     DEC_DISPATCH(DEC_MAX_ROWS, true)
 }

@@ -21,6 +21,7 @@ __device__ __forceinline__ float sinusoid(int p, int j, int c) {
 extern "C" __global__ void embedding_forward(Buf tokens, Buf wte, Buf wpe, Buf positions, Buf out,
                                              i64 n, int c, int t, int pos_offset, int kind,
                                              float scale, int vec, const int* step) {
+    PDL_ENTRY();
     if (step) pos_offset = step[0]; // a replayed decode step's position (graph.rs)
     const int width = vec ? 8 : 1;
     const int groups = c / width;

@@ -4,6 +4,7 @@
 // (B, Hkv, capacity, D) at positions pos..pos + t_new.
 extern "C" __global__ void kv_append(Buf qkv, Buf kc, Buf vc, int b, int t_new, int h_q, int h_kv,
                                      int d, int pos, int capacity, const int* step) {
+    PDL_ENTRY();
     if (step) pos = step[0]; // a replayed decode step's position (graph.rs)
     i64 total = (i64)b * t_new * h_kv * d;
     i64 width = (i64)(h_q + 2 * h_kv) * d;

@@ -58,6 +58,7 @@ __device__ __forceinline__ float dot8_acc(uint4 a, uint4 b, int dt, float acc) {
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_rows(Buf x, Buf w, Buf bias, Buf pre,
                                                                      Buf act, int m, int k, int n,
                                                                      int act_kind) {
+    PDL_ENTRY();
     extern __shared__ uint4 xs[];
     const int words = k / 8;
     const uint4* xg = (const uint4*)x.p;

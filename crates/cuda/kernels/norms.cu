@@ -28,6 +28,7 @@ __device__ __forceinline__ float norm_in(const Buf& a, const Buf& b, int residua
 extern "C" __global__ void norm_forward(Buf a, Buf b, Buf gamma, Buf beta, Buf sum, Buf y,
                                         Buf stats, int c, int rms, int residual, int has_beta,
                                         float eps) {
+    PDL_ENTRY();
     __shared__ float scratch[32];
     const i64 row = blockIdx.x;
     const i64 base = row * c;
@@ -123,6 +124,7 @@ extern "C" __global__ void norm_backward(Buf x, Buf stats, Buf gamma, Buf dy, Bu
 extern "C" __global__ void __launch_bounds__(1024)
     norm_forward_vec(Buf a, Buf b, Buf gamma, Buf beta, Buf sum, Buf y, Buf stats, int c,
                      int rms, int residual, int has_beta, float eps) {
+    PDL_ENTRY();
     __shared__ float scratch[32];
     const i64 row = blockIdx.x;
     const i64 base = row * c;

@@ -11,6 +11,7 @@
 // Row r's keys and values (from qkv (n, (H + 2H_kv)·D)) into slot slots[r] of the pools.
 extern "C" __global__ void paged_kv_append(Buf qkv, Buf slots, Buf kp, Buf vp, i64 n, int h_q,
                                            int h_kv, int d, int block_size) {
+    PDL_ENTRY();
     i64 width = (i64)(h_q + 2 * h_kv) * d;
     FOR_EACH(idx, n * h_kv * d) {
         int e = (int)(idx % d);
@@ -41,6 +42,7 @@ extern "C" __global__ void paged_attention(Buf qkv, Buf kp, Buf vp, Buf position
                                            Buf ctx_lens, Buf block_table, Buf out, int h,
                                            int h_kv, int d, int block_size, int max_blocks,
                                            int causal, int window) {
+    PDL_ENTRY();
     extern __shared__ float q[];
     __shared__ float p[PAGED_THREADS];
     __shared__ float scratch[32];
@@ -102,6 +104,7 @@ extern "C" __global__ void paged_attention(Buf qkv, Buf kp, Buf vp, Buf position
 
 // out[s] = x[rows[s]]: (S, C) from (N, C).
 extern "C" __global__ void take_rows(Buf x, Buf rows, Buf out, int s, int c) {
+    PDL_ENTRY();
     FOR_EACH(idx, (i64)s * c) {
         i64 ss = idx / c, j = idx % c;
         st(out, idx, ld(x, (i64)ld_i32(rows, ss) * c + j));

@@ -61,6 +61,7 @@ extern "C" __global__ void __launch_bounds__(ROPE_THREADS, 4) rope(Buf qkv, Buf 
                                 int rotated_heads, int row_width, int d, double freq_step,
                                 double factor, double keep_below, double divide_above,
                                 double sign, int vec, const int* step) {
+    PDL_ENTRY();
     __shared__ float2 table[ROPE_MAX_PAIRS];
     if (step) pos_offset = step[0]; // a replayed decode step's position (graph.rs)
     const int half = d / 2;

@@ -308,6 +308,7 @@ __device__ void row_argmax(const Buf& z, i64 base, int v, float& best, int& best
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(Buf logits, Buf ids, int v, const unsigned* params,
                                        int per_row, unsigned long long* counter) {
+    PDL_ENTRY();
     __shared__ SampleShared sh;
     int row = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (threadIdx.x == 0) sh.call = counter[0];

@@ -75,15 +75,27 @@ impl Params {
     }
 }
 
+/// A loaded kernel, its parameters, and whether it is launched early.
+#[derive(Clone, Copy)]
+struct Kernel {
+    f: sys::CUfunction,
+    params: &'static [ArgKind],
+    early: bool,
+}
+
 pub struct Gpu {
     pub info: DeviceInfo,
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     modules: HashMap<&'static str, sys::CUmodule>,
-    /// Each kernel loaded so far, with its parameters from `signatures::KERNELS`.
-    functions: HashMap<(&'static str, &'static str), (sys::CUfunction, &'static [ArgKind])>,
+    /// Each kernel loaded so far, with its parameters from `signatures::KERNELS` and whether
+    /// it is launched early (`early_launch` and `signatures::EARLY_LAUNCH`).
+    functions: HashMap<(&'static str, &'static str), Kernel>,
     /// (source, how it was obtained, time) for each module loaded, for the run's log.
     pub compile_log: Vec<(&'static str, Origin, Duration)>,
+    /// Whether kernels that wait for their predecessors themselves (`signatures::EARLY_LAUNCH`)
+    /// are launched early: on Hopper and later unless `TPERF_PDL=0`.
+    early_launch: bool,
 }
 
 impl Gpu {
@@ -128,6 +140,7 @@ impl Gpu {
             modules: HashMap::new(),
             functions: HashMap::new(),
             compile_log: Vec::new(),
+            early_launch: cc.0 >= 9 && std::env::var("TPERF_PDL").map_or(true, |v| v != "0"),
         })
     }
 
@@ -142,7 +155,7 @@ impl Gpu {
         &mut self,
         source: &'static str,
         kernel: &'static str,
-    ) -> Result<(sys::CUfunction, &'static [ArgKind]), CudaError> {
+    ) -> Result<Kernel, CudaError> {
         if let Some(&found) = self.functions.get(&(source, kernel)) {
             return Ok(found);
         }
@@ -183,8 +196,13 @@ impl Gpu {
                 kernel,
                 source: e,
             })?;
-        self.functions.insert((source, kernel), (f, params));
-        Ok((f, params))
+        let found = Kernel {
+            f,
+            params,
+            early: self.early_launch && signatures::launches_early(source, kernel),
+        };
+        self.functions.insert((source, kernel), found);
+        Ok(found)
     }
 
     /// Launches `kernel` of `source` on the stream.
@@ -197,7 +215,7 @@ impl Gpu {
         shared_bytes: u32,
         args: &[Arg],
     ) -> Result<(), CudaError> {
-        let (f, params) = self.kernel(source, kernel)?;
+        let Kernel { f, params, early } = self.kernel(source, kernel)?;
         // Always on, not a debug_assert: the tests run in release, and a wrong argument list
         // would corrupt the device silently. It compares a handful of enum tags per launch.
         if !signatures::matches(params, args) {
@@ -231,17 +249,63 @@ impl Gpu {
             .iter_mut()
             .map(|s| s.as_mut_ptr().cast())
             .collect();
-        // SAFETY: `f` is a loaded kernel and `args` matched its parameters in number and kind (the
-        // check above, against the table that tests check against the .cu signatures); `ptrs`
-        // points into `params`, one 16-byte slot per argument, both alive for the call
-        // (cuLaunchKernel copies the values); device pointers in the arguments are live blocks the
-        // caller checked hold the sizes the kernel reads.
-        unsafe { cu::launch_kernel(f, grid, block, shared_bytes, self.cu_stream(), &mut ptrs) }
-            .map_err(|e| CudaError::Launch {
-                module: source,
-                kernel,
-                source: e,
-            })
+        let launched = if early {
+            self.launch_early(f, grid, block, shared_bytes, &mut ptrs)
+        } else {
+            // SAFETY: `f` is a loaded kernel and `args` matched its parameters in number and kind (the
+            // check above, against the table that tests check against the .cu signatures); `ptrs`
+            // points into `params`, one 16-byte slot per argument, both alive for the call
+            // (cuLaunchKernel copies the values); device pointers in the arguments are live blocks the
+            // caller checked hold the sizes the kernel reads.
+            unsafe { cu::launch_kernel(f, grid, block, shared_bytes, self.cu_stream(), &mut ptrs) }
+        };
+        launched.map_err(|e| CudaError::Launch {
+            module: source,
+            kernel,
+            source: e,
+        })
+    }
+
+    /// cuLaunchKernelEx with programmatic stream serialisation: the driver may start this grid
+    /// before the one ahead of it on the stream has finished (its blocks are scheduled once that
+    /// grid's blocks have all passed PDL_ENTRY's trigger), and the kernel's own
+    /// `griddepcontrol.wait` holds it until that grid's writes are visible. Under stream
+    /// capture the dependency becomes a programmatic edge of the CUDA graph, so a replayed
+    /// decode step keeps the overlap.
+    fn launch_early(
+        &self,
+        f: sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        shared_bytes: u32,
+        ptrs: &mut [*mut c_void],
+    ) -> Result<(), cu::DriverError> {
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block.0,
+            blockDimY: block.1,
+            blockDimZ: block.2,
+            sharedMemBytes: shared_bytes,
+            hStream: self.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: `f` is a loaded kernel whose arguments the caller checked against its
+        // signature; `ptrs` holds one pointer per parameter into storage alive for the call
+        // (the driver copies the values); `config` and `attr` live across the call. The kernel
+        // begins with PDL_ENTRY() (signatures::EARLY_LAUNCH, checked against the sources), so
+        // an early start reads and writes nothing before its predecessors are done.
+        unsafe { sys::cuLaunchKernelEx(&config, f, ptrs.as_mut_ptr(), std::ptr::null_mut()) }
+            .result()
     }
 
     /// A 1-D launch covering `n` elements with 256 threads a block (capped; kernels stride).

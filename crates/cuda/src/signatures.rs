@@ -251,6 +251,35 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ("ceilings", "empty", &[]),
 ];
 
+/// (source, kernel) of the kernels that begin with `PDL_ENTRY()` (common.cuh): they wait for
+/// the grids before them themselves, so `Gpu::launch` may launch them early (programmatic
+/// dependent launch, Hopper and later). The inference path's kernels, which run as long chains
+/// of small grids. A test checks this list against the sources in both directions: a listed
+/// kernel that did not wait would read its inputs before they are written.
+pub const EARLY_LAUNCH: &[(&str, &str)] = &[
+    ("activation", "activation_forward"),
+    ("residual", "residual_add"),
+    ("kv_cache", "kv_append"),
+    ("take_last", "take_last"),
+    ("matmul", "gemv_rows"),
+    ("norms", "norm_forward"),
+    ("norms", "norm_forward_vec"),
+    ("rope", "rope"),
+    ("embedding", "embedding_forward"),
+    ("paged", "paged_kv_append"),
+    ("paged", "paged_attention"),
+    ("paged", "take_rows"),
+    ("decode_attention", "decode_split_r2"),
+    ("decode_attention", "decode_split_r2_deep"),
+    ("decode_attention", "decode_split_r8"),
+    ("sampling", "sample_rows"),
+];
+
+/// Whether `kernel` of `source` waits for its predecessors itself (`EARLY_LAUNCH`).
+pub fn launches_early(source: &str, kernel: &str) -> bool {
+    EARLY_LAUNCH.iter().any(|&(s, k)| s == source && k == kernel)
+}
+
 /// The parameters of `kernel` in `source`, or None when the table does not list it.
 pub fn signature(source: &str, kernel: &str) -> Option<&'static [ArgKind]> {
     KERNELS
@@ -376,6 +405,51 @@ mod tests {
             out.push((name, kinds));
         }
         out
+    }
+
+    /// (kernel, its body's first statement) of every kernel in one source.
+    fn first_statements(text: &str) -> Vec<(String, String)> {
+        let text = strip_comments(text);
+        let mut out = Vec::new();
+        for piece in text.split("extern \"C\" __global__").skip(1) {
+            // The name is the word before the parameter list, which is the first `(` after
+            // any `__launch_bounds__(N)` / `__maxnreg__(N)`.
+            let mut rest = piece;
+            if rest[..rest.find('(').unwrap()].contains("__") {
+                rest = &rest[rest.find(')').unwrap() + 1..];
+            }
+            let open = rest.find('(').unwrap();
+            let name = rest[..open].split_whitespace().last().unwrap().to_string();
+            let body = &rest[rest[open..].find('{').unwrap() + open + 1..];
+            // Up to the first `;`, or the closing brace of an empty body.
+            let end = body.find([';', '}']).unwrap();
+            let first = body[..end].trim().to_string();
+            out.push((name, first));
+        }
+        out
+    }
+
+    #[test]
+    fn kernels_launched_early_wait_first_and_only_they() {
+        let mut waiting = Vec::new();
+        for src in SOURCES {
+            for (kernel, first) in first_statements(src.text) {
+                let listed = launches_early(src.name, &kernel);
+                assert_eq!(
+                    first == "PDL_ENTRY()",
+                    listed,
+                    "{}::{kernel}: its first statement is '{first}', and EARLY_LAUNCH {} it \
+                     (a kernel launched early must begin with PDL_ENTRY(); one that begins \
+                     with it belongs in the list)",
+                    src.name,
+                    if listed { "lists" } else { "does not list" }
+                );
+                if listed {
+                    waiting.push((src.name, kernel));
+                }
+            }
+        }
+        assert_eq!(waiting.len(), EARLY_LAUNCH.len(), "EARLY_LAUNCH names a kernel no .cu defines");
     }
 
     #[test]
