@@ -444,17 +444,21 @@ impl CudaBackend {
             .ctx
             .bind_to_thread()
             .map_err(driver("binding the context"))?;
-        // SAFETY: the block holds `host.len()` bytes (the caller checked numel and dtype) and
-        // `host` outlives the copy: the synchronize below waits for it.
-        unsafe { cu::memcpy_htod_async(b.block.ptr, host, self.gpu.cu_stream()) }.map_err(
-            |source| CudaError::Tensor {
+        // No synchronisation after it: the copy is ordered on the stream before every op issued
+        // later, and a steady decode loop (the engine's, the bench's) writes its ids or block
+        // tables every step, so waiting here made the host idle for the device's whole step and
+        // the device for the host's, where they can overlap. A fault in the copy surfaces at
+        // the next synchronisation, as a kernel's does.
+        // SAFETY: the block holds `host.len()` bytes (the caller checked numel and dtype);
+        // `host` is pageable host memory, which the driver stages before the call returns, so
+        // the caller may drop or change it afterwards.
+        unsafe { cu::memcpy_htod_async(b.block.ptr, host, self.gpu.cu_stream()) }
+            .map_err(|source| CudaError::Tensor {
                 during: "writing",
                 tensor: b.name.clone(),
                 source,
-            },
-        )?;
-        // The host slice must outlive the copy.
-        self.synchronize()
+            })
+            .map_err(Into::into)
     }
 }
 
