@@ -29,6 +29,34 @@ pub fn time_steps<E>(
     Ok(times)
 }
 
+/// Runs `warmup` untimed steps, then `steps` issued back to back and timed as one span that ends
+/// in one synchronisation; each step's time is the span over `steps` (all equal). The host may
+/// issue step n + 1 while the device still runs step n, as a pipelined generation loop does and
+/// as PyTorch's CUDA-graph decode benchmarks time their replays, so where the host's share of a
+/// step is shorter than the device's the host time is hidden. `after_each` sees each step's
+/// index as it is issued.
+pub fn time_back_to_back<E>(
+    warmup: usize,
+    steps: usize,
+    mut sync: impl FnMut() -> Result<(), E>,
+    mut step: impl FnMut() -> Result<(), E>,
+    mut after_each: impl FnMut(usize),
+) -> Result<Vec<f64>, E> {
+    for i in 0..warmup {
+        step()?;
+        after_each(i);
+    }
+    sync()?;
+    let t0 = Instant::now();
+    for i in 0..steps {
+        step()?;
+        after_each(warmup + i);
+    }
+    sync()?;
+    let each = t0.elapsed().as_secs_f64() / steps.max(1) as f64;
+    Ok(vec![each; steps])
+}
+
 /// The cost of the timer itself: back-to-back `Instant::now()` pairs, median seconds.
 pub fn timer_overhead_seconds() -> f64 {
     let mut v: Vec<f64> = (0..1001)
@@ -68,6 +96,32 @@ mod tests {
             log,
             ["step", "step", "sync", "step", "sync", "step", "sync", "step", "sync"]
         );
+    }
+
+    #[test]
+    fn back_to_back_synchronises_once_after_the_timed_steps() {
+        let log = std::cell::RefCell::new(Vec::new());
+        let times = time_back_to_back(
+            2,
+            3,
+            || {
+                log.borrow_mut().push("sync");
+                Ok::<(), ()>(())
+            },
+            || {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                log.borrow_mut().push("step");
+                Ok(())
+            },
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(
+            *log.borrow(),
+            ["step", "step", "sync", "step", "step", "step", "sync"]
+        );
+        assert_eq!(times.len(), 3);
+        assert!(times.iter().all(|&t| t == times[0] && t >= 0.002), "{times:?}");
     }
 
     #[test]

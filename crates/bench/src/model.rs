@@ -11,6 +11,7 @@ use tperf_core::config::ModelConfig;
 use tperf_core::cost::analysis::{self, Analysis, AnalysisError, Scenario, StepRunner};
 use tperf_core::cost::hardware::Hardware;
 use tperf_core::ops::adamw::AdamWParams;
+use tperf_core::ops::sampling::Sampling;
 use tperf_cpu::CpuBackend;
 use tperf_cuda::CudaBackend;
 
@@ -31,6 +32,41 @@ pub struct Repeats {
     pub steps: usize,
 }
 
+/// How the timed steps are timed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Timing {
+    /// Each step followed by a synchronisation and timed alone (the default): a step's time is
+    /// the host's issue time and the device's run in series.
+    Synced,
+    /// The timed steps issued back to back, one synchronisation after the last
+    /// (`harness::time_back_to_back`): the host issues a step while the device runs the one
+    /// before, as a pipelined generation loop does and as the PyTorch decode peer
+    /// (bench/pytorch/bench_peers.py) times its graph replays.
+    BackToBack,
+}
+
+/// How a bench row runs its steps.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Method {
+    /// CUDA graphs where the device has them; false runs every step eagerly (each op launched
+    /// by the host), to measure what graph replay saves.
+    pub graphs: bool,
+    pub timing: Timing,
+    /// How prefill and decode steps draw their token.
+    pub sampling: Sampling,
+}
+
+impl Default for Method {
+    fn default() -> Self {
+        Method {
+            graphs: true,
+            timing: Timing::Synced,
+            sampling: Sampling::default(),
+        }
+    }
+}
+
 /// One scenario measured, with the model's prediction beside it.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRow {
@@ -39,6 +75,7 @@ pub struct BenchRow {
     pub scenario: Scenario,
     pub device: String,
     pub repeats: Repeats,
+    pub method: Method,
     /// Seconds per step.
     pub measured: Summary,
     /// The roofline prediction of the same step on the device's hardware entry.
@@ -124,14 +161,13 @@ pub fn run(
     repeats: Repeats,
     on_step: impl FnMut(usize),
 ) -> Result<BenchRow, BenchError> {
-    run_with_graphs(device, true, cfg, sc, hw, repeats, on_step)
+    run_with(device, Method::default(), cfg, sc, hw, repeats, on_step)
 }
 
-/// Measures `sc` on `device`; `graphs` false runs every step eagerly (each op launched by the
-/// host), to measure what graph replay saves.
-pub fn run_with_graphs(
+/// Measures `sc` on `device`, its steps run and timed as `method` says.
+pub fn run_with(
     device: Device,
-    graphs: bool,
+    method: Method,
     cfg: &ModelConfig,
     sc: &Scenario,
     hw: &Hardware,
@@ -139,20 +175,21 @@ pub fn run_with_graphs(
     on_step: impl FnMut(usize),
 ) -> Result<BenchRow, BenchError> {
     match device {
-        Device::Cpu => run_on(CpuBackend::new(), cfg, sc, hw, repeats, on_step),
+        Device::Cpu => run_on(CpuBackend::new(), method, cfg, sc, hw, repeats, on_step),
         Device::Cuda(i) => {
             let mut be = CudaBackend::new(i)?;
-            be.set_graphs(graphs);
-            run_on(be, cfg, sc, hw, repeats, on_step)
+            be.set_graphs(method.graphs);
+            run_on(be, method, cfg, sc, hw, repeats, on_step)
         }
     }
 }
 
-/// Each step is followed by a synchronisation, so a step's time is the device's time for it
-/// (the GPU runs behind the host otherwise), as PyTorch benchmarks do with
-/// `torch.cuda.synchronize()`.
+/// Synced, each step is followed by a synchronisation, so a step's time is the device's time
+/// for it (the GPU runs behind the host otherwise), as PyTorch benchmarks do with
+/// `torch.cuda.synchronize()`; back to back, one synchronisation ends the timed steps.
 fn run_on<B: Instrumented>(
     mut be: B,
+    method: Method,
     cfg: &ModelConfig,
     sc: &Scenario,
     hw: &Hardware,
@@ -164,19 +201,29 @@ fn run_on<B: Instrumented>(
     }
     let prediction = predict(cfg, sc, hw)?;
     let mut runner = runner_on(&mut be, cfg, sc)?;
+    runner.sampling = method.sampling;
     let hyper = bench_hyper();
     be.sync()?;
     be.reset_peak();
-    let times = harness::time_steps(
-        repeats.warmup,
-        repeats.steps,
-        || Ok::<(), BackendError>(()),
-        || {
-            runner.step(&mut be, hyper)?;
-            be.sync()
-        },
-        on_step,
-    )?;
+    let be = std::cell::RefCell::new(be);
+    let mut step = || runner.step(&mut *be.borrow_mut(), hyper);
+    let sync = || be.borrow_mut().sync();
+    let times = match method.timing {
+        Timing::Synced => harness::time_steps(
+            repeats.warmup,
+            repeats.steps,
+            || Ok::<(), BackendError>(()),
+            || {
+                step()?;
+                sync()
+            },
+            on_step,
+        )?,
+        Timing::BackToBack => {
+            harness::time_back_to_back(repeats.warmup, repeats.steps, sync, step, on_step)?
+        }
+    };
+    let mut be = be.into_inner();
     let peak = be.peak_bytes();
     let graphs = be.step_graphs();
     runner.free(&mut be);
@@ -190,6 +237,7 @@ fn run_on<B: Instrumented>(
         scenario: *sc,
         device: be.name(),
         repeats,
+        method,
         measured,
         modelled_seconds: prediction.step_seconds(),
         flops_per_step: flops,

@@ -10,6 +10,7 @@ use std::io::{IsTerminal, Write};
 use tperf_bench::device::Device;
 use tperf_bench::model::{self, BenchRow, Repeats};
 use tperf_core::cost::analysis::{Scenario, Workload};
+use tperf_core::ops::sampling::Sampling;
 use tperf_core::schedule::{AttentionKernel, Options, Precision, Recompute};
 use tperf_report::table::Table;
 use tperf_report::units;
@@ -61,6 +62,16 @@ pub struct BenchArgs {
     /// graph captured after one warm-up step (graphs are on by default on GPUs).
     #[arg(long)]
     pub no_graphs: bool,
+    /// Issue the timed steps back to back and synchronise once after the last, instead of after
+    /// each: the host then issues a step while the device runs the one before (a pipelined
+    /// generation loop; how the PyTorch decode peer times its CUDA-graph replays). Each step's
+    /// time is the span over the steps, so std, min and max are not measured.
+    #[arg(long)]
+    pub back_to_back: bool,
+    /// How prefill and decode steps draw their token: 0 is greedy (argmax, as the PyTorch decode
+    /// peer does); above 0 a draw at that temperature over the whole vocabulary.
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
     /// Append each finished row to this JSON-lines file as it completes (an interrupted run
     /// keeps the rows it finished).
     #[arg(long)]
@@ -243,9 +254,27 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if !args.ranks.is_empty() || !args.gpus.is_empty() || args.scaling.is_some() {
         return super::scaling::run(&args);
     }
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        bail!(
+            "--temperature {} is not valid: use 0 (greedy) or a positive number",
+            args.temperature
+        );
+    }
     let device = resolve_device(&args.device)?;
     let hw = super::hardware_for(device, args.hw.as_deref())?;
     let planned = plan(&args)?;
+    let method = model::Method {
+        graphs: !args.no_graphs,
+        timing: if args.back_to_back {
+            model::Timing::BackToBack
+        } else {
+            model::Timing::Synced
+        },
+        sampling: Sampling {
+            temperature: args.temperature,
+            ..Sampling::default()
+        },
+    };
     if let Some(path) = &args.out {
         super::check_output_file(path, "--out")?;
     }
@@ -325,10 +354,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             warmup: p.warmup,
             steps: args.steps,
         };
-        let row =
-            model::run_with_graphs(device, !args.no_graphs, &p.cfg, &p.sc, &hw, repeats, |_| {
-                bar.inc(1)
-            })?;
+        let row = model::run_with(device, method, &p.cfg, &p.sc, &hw, repeats, |_| bar.inc(1))?;
         if let Some(f) = &mut out_file {
             writeln!(f, "{}", serde_json::to_string(&row)?).context("writing --out")?;
             f.flush().context("writing --out")?;
@@ -345,8 +371,25 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(note) = graphs_note(&rows) {
         table.note(note);
     }
+    if planned
+        .iter()
+        .any(|p| matches!(p.sc.workload, Workload::Prefill | Workload::Decode))
+    {
+        table.note(if args.temperature == 0.0 {
+            "prefill and decode steps sample greedily (argmax)".to_string()
+        } else {
+            format!(
+                "prefill and decode steps sample at temperature {} over the whole vocabulary (--temperature 0: greedy)",
+                args.temperature
+            )
+        });
+    }
+    if args.back_to_back {
+        table.note("back to back: the timed steps of a row ran with one synchronisation after the last, each step's time their span over their number (std, min and max are not measured); the host issued each step while the device ran the one before".to_string());
+    }
     table.note(match device {
         Device::Cpu => "×model = measured median / modelled roofline time; host ms is for CUDA graph replays only; peak = bytes in use at the tensors' dtype widths (on the CPU, bf16 weights are held in 16 bits and other bf16 tensors in f32)",
+        Device::Cuda(_) if args.back_to_back => "×model = measured median / modelled roofline time; host ms = median host time of a graph-replayed step, begin_step to the return of cuGraphLaunch (back to back, the device runs the step before meanwhile; - where no step was replayed); peak = bytes of live tensors at their dtype widths (the caching allocator's reserve is larger)",
         Device::Cuda(_) => "×model = measured median / modelled roofline time; each step is timed with the device synchronised after it; host ms = median host time of a graph-replayed step, begin_step to the return of cuGraphLaunch (the device idles meanwhile; - where no step was replayed); peak = bytes of live tensors at their dtype widths (the caching allocator's reserve is larger)",
     });
     if let Some(path) = &args.json {

@@ -86,6 +86,8 @@ pub struct StepRunner {
     pub scenario: Scenario,
     cache: Option<KvCache>,
     steps: u64,
+    /// How prefill and decode steps draw their token (temperature 1 unless set).
+    pub sampling: Sampling,
 }
 
 impl StepRunner {
@@ -109,6 +111,7 @@ impl StepRunner {
             scenario: sc,
             cache,
             steps: 0,
+            sampling: Sampling::default(),
         })
     }
 
@@ -131,6 +134,7 @@ impl StepRunner {
             ..
         } = self.scenario;
         let m = &self.model;
+        let sampling = self.sampling;
         match workload {
             Workload::Train | Workload::FwdBwd | Workload::Forward => {
                 let (tokens, targets) = m.alloc_inputs(be, b, t, true)?;
@@ -182,7 +186,7 @@ impl StepRunner {
                     self.fill(be, &tokens)?;
                     let next = repeated_step(be, workload.name(), |be| {
                         let logits = m.step_logits(be, tokens, None)?;
-                        m.sample(be, logits, Sampling::default())
+                        m.sample(be, logits, sampling)
                     })?;
                     be.free(next);
                 }
@@ -203,7 +207,7 @@ impl StepRunner {
                     // the whole step.
                     let next = repeated_step(be, workload.name(), |be| {
                         let logits = m.step_logits(be, tokens, Some(&mut *cache))?;
-                        m.sample(be, logits, Sampling::default())
+                        m.sample(be, logits, sampling)
                     })?;
                     be.free(next);
                 }
