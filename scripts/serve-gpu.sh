@@ -6,8 +6,10 @@
 # 1. Continuous against static batching (the same engine, `--batching static` admitting only
 #    into an empty batch) on prompts and outputs of varying length (128 ± 90%: 13..244 tokens,
 #    vLLM's range ratio 0.9), so a static batch holds its seats until its longest member ends:
-#    a sweep of each, 16…512 req/s (past static's saturation) at most 2 s of arrivals a rate,
-#    and inf. "Equal p99 TTFT" is read off the runs: 2 × the larger light-load (16 req/s) p99
+#    a sweep of each, 16…768 req/s (past static's saturation; steps of 64 from 128 to 512, so
+#    the rate each keeps within the TTFT limit is read off a fine grid: with steps of 128 the
+#    ratio moved between 1.95× and 4.03× from one session to the next) at most 2 s of arrivals
+#    a rate, and inf. "Equal p99 TTFT" is read off the runs: 2 × the larger light-load (16 req/s) p99
 #    TTFT of the two; the static sweep (--compare-with the continuous one) names the highest
 #    rate each keeps within it, the throughput measured there and their ratio. Every rate's p99
 #    is in the tables, so any other limit can be read off.
@@ -70,7 +72,7 @@ for batching in continuous static; do
     compare=
     [ "$batching" = static ] && compare="--compare-with $out/sweep-continuous.json"
     bench "sweep-$batching" --num-prompts 2048 --random-range-ratio 0.9 \
-        --request-rate 16,64,128,256,384,512,inf --sweep-duration-s 2 \
+        --request-rate 16,64,128,192,256,320,384,448,512,640,768,inf --sweep-duration-s 2 \
         --label "$batching" --omit-requests $compare
     stop_server
 done

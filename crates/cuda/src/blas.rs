@@ -38,6 +38,16 @@ pub struct Gemm {
     /// GELU_AUX epilogues). N must be a multiple of 8 (cuBLASLt's rule for the auxiliary's
     /// leading dimension).
     pub gelu_aux: bool,
+    /// C's row stride in elements when it is not N (C's rows then lie `ldc` apart, N ≤ ldc):
+    /// the padded scratch of `matmul_forward`'s alignment fix.
+    pub ldc: Option<u64>,
+}
+
+impl Gemm {
+    /// C's row stride in elements.
+    pub fn c_row_stride(&self) -> u64 {
+        self.ldc.unwrap_or(self.n)
+    }
 }
 
 fn cuda_type(d: DType) -> sys::cudaDataType {
@@ -168,7 +178,8 @@ impl Blas {
             lt::create_matrix_layout(ab, g.k, g.m, g.k as i64)
         }
         .map_err(err("layout"))?;
-        let c_layout = lt::create_matrix_layout(cuda_type(g.c_dtype), g.n, g.m, g.n as i64)
+        let c_layout =
+            lt::create_matrix_layout(cuda_type(g.c_dtype), g.n, g.m, g.c_row_stride() as i64)
             .map_err(err("layout"))?;
         let pref = lt::create_matmul_pref().map_err(err("preference"))?;
         let ws = WORKSPACE_BYTES as u64;

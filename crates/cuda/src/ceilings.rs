@@ -377,6 +377,7 @@ impl Meter {
             accumulate: false,
             bias: false,
             gelu_aux: false,
+            ldc: None,
         };
         let stream = self.stream();
         let median_s = self.time(true, |_| {

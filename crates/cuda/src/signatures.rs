@@ -75,9 +75,15 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ),
     ("take_last", "take_last", &[Buf, Buf, I32, I32, I32]),
     ("matmul", "column_sum", &[Buf, Buf, I64, I64]),
+    ("matmul", "narrow_rows", &[Buf, Buf, I64, I32, I32]),
     (
         "matmul",
         "gemv_rows",
+        &[Buf, Buf, Buf, Buf, Buf, I32, I32, I32, I32],
+    ),
+    (
+        "matmul",
+        "gemv_rows_split",
         &[Buf, Buf, Buf, Buf, Buf, I32, I32, I32, I32],
     ),
     (
@@ -262,6 +268,8 @@ pub const EARLY_LAUNCH: &[(&str, &str)] = &[
     ("kv_cache", "kv_append"),
     ("take_last", "take_last"),
     ("matmul", "gemv_rows"),
+    ("matmul", "gemv_rows_split"),
+    ("matmul", "narrow_rows"),
     ("norms", "norm_forward"),
     ("norms", "norm_forward_vec"),
     ("rope", "rope"),

@@ -29,8 +29,11 @@ fn check(gpu: &mut CudaBackend, case: OpCase, what: &str) {
 
 /// (m, k, n). Rows 1..=8 with K a multiple of 8 in 16 bits take the few-rows kernel (gemv_rows):
 /// one row, odd N, N of one, one row past a warp's column pair, the 48 KB of X it stages at most
-/// (8 × 3072), and one row more than it takes.
-const SHAPES: [(usize, usize, usize); 12] = [
+/// (8 × 3072), and one row more than it takes. Outputs whose rows are not 16-byte multiples
+/// (N = 17, 3, 2305 in f32, 1003) take the padded product (ops/matmul.rs, `padded_stride`) when
+/// cuBLASLt computes them. Of the few-rows shapes, the wide one (N = 8200) takes gemv_rows and the
+/// narrower ones gemv_rows_split (the block's warps splitting K) on a GPU of up to 256 SMs.
+const SHAPES: [(usize, usize, usize); 14] = [
     (0, 8, 8),
     (1, 1, 1),
     (7, 5, 3),
@@ -43,6 +46,8 @@ const SHAPES: [(usize, usize, usize); 12] = [
     (5, 256, 3),
     (8, 3072, 64),
     (9, 64, 40),
+    (40, 128, 1003),
+    (3, 64, 8200),
 ];
 
 #[test]

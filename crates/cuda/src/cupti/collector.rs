@@ -754,6 +754,7 @@ mod tests {
             accumulate: false,
             bias: false,
             gelu_aux: false,
+            ldc: None,
         };
         let matmul = OpScope::enter(MATMUL_OP);
         for _ in 0..3 {

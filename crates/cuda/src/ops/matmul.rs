@@ -11,7 +11,8 @@
 //! existing gradient), dW = dpreᵀ·X written in f32 from bf16 operands, db = Σ_rows dpre.
 
 use super::elementwise::act_code;
-use crate::backend::{unsupported, CudaBackend};
+use crate::backend::{dt_code, unsupported, CudaBackend};
+use crate::error::driver;
 use crate::blas::Gemm;
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
@@ -27,6 +28,8 @@ const GEMV_WARPS: u64 = GEMV_THREADS as u64 / 32;
 const GEMV_COLS: u64 = 2;
 const GEMV_MAX_ROWS: usize = 8;
 const GEMV_MAX_X: usize = 48 * 1024;
+/// gemv_rows_split takes the products for which gemv_rows would run fewer blocks than this per SM.
+const GEMV_SPLIT_BELOW_BLOCKS_PER_SM: u64 = 4;
 
 /// Whether a forward product takes gemv_rows: 1..=8 rows of 16-bit X and W at 16-byte-aligned
 /// addresses, K a whole number of 16-byte words and X small enough to stage.
@@ -41,6 +44,87 @@ fn gemv_fits(mm: &Matmul, dtype: DType, x: u64, w: u64) -> bool {
         && matches!(dtype, DType::Bf16 | DType::F16)
         && x.is_multiple_of(16)
         && w.is_multiple_of(16)
+}
+
+/// The padded row stride (elements) a forward product Y = X·Wᵀ (+ b) is computed at, when Y's
+/// rows are not 16-byte multiples: None when they are, or when the product is not the plain
+/// overwriting kind `padded_product` handles.
+///
+/// Why: cuBLASLt chooses alignment-1 kernels (Turing-era `cutlass_75_…_align1`, no TMA, no
+/// wgmma) when C's leading dimension is not a multiple of 16 bytes. gpt2's lm_head writes rows
+/// of 50,257 logits, and took 110 µs at B32 and 127 µs at B128 on the H200 against a floor of
+/// ~16 µs (reading the 77 MB of W once; CUPTI, bench-results/2026-12-03-h200-session11/verify/
+/// profile-decode-b32.txt and -b128.txt), a sixth of the decode step.
+fn padded_stride(g: &Gemm) -> Option<u64> {
+    let per_16_bytes = 16 / g.c_dtype.size_bytes() as u64;
+    let aligned = g.n.is_multiple_of(per_16_bytes);
+    let plain = !g.accumulate && !g.gelu_aux && !g.trans_a && g.trans_b && g.ldc.is_none();
+    (!aligned && plain && g.n > per_16_bytes && g.k > 0).then(|| g.n.next_multiple_of(per_16_bytes))
+}
+
+impl CudaBackend {
+    /// Y = X·Wᵀ (+ b) for Y (M×N) whose rows are not 16-byte multiples (`padded_stride`): into a
+    /// scratch of rows `stride` apart, as two products whose every row start and column count
+    /// is 16-byte aligned — the columns below the last multiple of the vector width, then the
+    /// few after it (W's rows from there, the bias and the scratch offset alike, all still on
+    /// 16 bytes because the first part's width is a multiple of the vector) — then narrowed
+    /// into Y's packed rows by one copy kernel. Costs M·N·2 extra bytes of traffic, a few µs
+    /// where the product itself went from alignment-1 kernels to the aligned ones.
+    fn padded_product(
+        &mut self,
+        call: &OpCall,
+        g: Gemm,
+        stride: u64,
+        (x, w, y): (u64, u64, u64),
+        bias: Option<u64>,
+    ) -> Result<(), BackendError> {
+        let elem = g.c_dtype.size_bytes() as u64;
+        let wide = g.n - g.n % (16 / elem);
+        let scratch = self
+            .alloc
+            .alloc(g.m * stride * elem)
+            .map_err(driver("scratch for a padded matmul output"))?;
+        let head = Gemm {
+            n: wide,
+            ldc: Some(stride),
+            ..g
+        };
+        let tail = Gemm {
+            n: g.n - wide,
+            ldc: Some(stride),
+            ..g
+        };
+        let w_elem = g.ab_dtype.size_bytes() as u64;
+        let result = self
+            .gemm(call, &head, x, w, scratch.ptr, bias, None)
+            .and_then(|()| {
+                self.gemm(
+                    call,
+                    &tail,
+                    x,
+                    w + wide * g.k * w_elem,
+                    scratch.ptr + wide * elem,
+                    bias.map(|b| b + wide * elem),
+                    None,
+                )
+            })
+            .and_then(|()| {
+                let dt = dt_code(g.c_dtype);
+                let args = [
+                    Arg::Buf(scratch.ptr, dt),
+                    Arg::Buf(y, dt),
+                    Arg::I64(g.m as i64),
+                    Arg::I32(stride as i32),
+                    Arg::I32(g.n as i32),
+                ];
+                // 256 columns a block, up to 65,535 rows (grid.y's limit; the kernel strides).
+                let grid = (g.n.div_ceil(256) as u32, g.m.min(65_535) as u32, 1);
+                self.launch(call, "matmul", "narrow_rows", grid, (256, 1, 1), 0, &args)
+            });
+        // Back to the cache at once: the stream orders its reuse after the kernels above.
+        self.alloc.free(scratch);
+        result
+    }
 }
 
 impl CudaBackend {
@@ -111,6 +195,7 @@ impl CudaBackend {
             accumulate: false,
             bias: bias.is_some(),
             gelu_aux: false,
+            ldc: None,
         };
         let (xp, wp) = (self.ptr(x)?, self.ptr(w)?);
         if gemv_fits(mm, x.dtype, xp, wp) {
@@ -134,14 +219,21 @@ impl CudaBackend {
                 Arg::I32(n as i32),
                 Arg::I32(kind),
             ];
+            // A warp a column group while that gives every SM several blocks, else the block's
+            // warps share one (gemv_rows_split; matmul.cu says why).
+            let sms = self.gpu.info.sms.max(1) as u64;
             let groups = n.div_ceil(GEMV_COLS * GEMV_WARPS);
-            let blocks = groups.min(8 * self.gpu.info.sms.max(1) as u64) as u32;
+            let (kernel, blocks) = if groups < GEMV_SPLIT_BELOW_BLOCKS_PER_SM * sms {
+                ("gemv_rows_split", n.div_ceil(GEMV_COLS).min(16 * sms))
+            } else {
+                ("gemv_rows", groups.min(8 * sms))
+            };
             let shared = (m * k * 2) as u32;
             return self.launch(
                 call,
                 "matmul",
-                "gemv_rows",
-                (blocks, 1, 1),
+                kernel,
+                (blocks as u32, 1, 1),
                 (GEMV_THREADS, 1, 1),
                 shared,
                 &args,
@@ -160,7 +252,12 @@ impl CudaBackend {
             let (actp, prep) = (self.ptr(act)?, self.ptr(pre)?);
             return self.gemm(call, &g, xp, wp, actp, bias, Some(prep));
         }
-        self.gemm_or_zero(call, g, xp, wp, pre, bias)?;
+        let prep = self.ptr(pre)?;
+        if let Some(stride) = padded_stride(&g) {
+            self.padded_product(call, g, stride, (xp, wp, prep), bias)?;
+        } else {
+            self.gemm_or_zero(call, g, xp, wp, pre, bias)?;
+        }
         // act is an operand exactly when an activation is fused.
         if let (Some(kind), Some(act)) = (mm.activation, &io.act) {
             let args = [
@@ -235,6 +332,7 @@ impl CudaBackend {
                 accumulate: mm.accumulate_dx,
                 bias: false,
                 gelu_aux: false,
+                ldc: None,
             };
             self.gemm_or_zero(call, g_dx, dpre, wp, dx, None)?;
             // dW (n×k) = dpreᵀ (n×m) · X (m×k)
@@ -249,6 +347,7 @@ impl CudaBackend {
                 accumulate: false,
                 bias: false,
                 gelu_aux: false,
+                ldc: None,
             };
             self.gemm_or_zero(call, g_dw, dpre, xp, dw, None)?;
             if let Some(db) = &io.db {
