@@ -120,9 +120,9 @@ impl RaggedLayout {
     /// Lays out `batch` with each sequence's blocks (`block_tables[s]`, in order), checking that
     /// every table covers its sequence and names blocks the cache has, and that no sequence
     /// runs past the model's `context`.
-    pub fn new(
+    pub fn new<T: AsRef<[usize]>>(
         batch: &RaggedBatch,
-        block_tables: &[Vec<usize>],
+        block_tables: &[T],
         block_size: usize,
         num_blocks: usize,
         max_blocks: usize,
@@ -147,6 +147,7 @@ impl RaggedLayout {
             last_rows: Vec::with_capacity(batch.seqs.len()),
         };
         for (s, (span, table)) in batch.seqs.iter().zip(block_tables).enumerate() {
+            let table = table.as_ref();
             if span.q_len == 0 {
                 return Err(LayoutError::NoTokens { seq: s });
             }
