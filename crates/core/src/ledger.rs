@@ -8,7 +8,7 @@
 
 use crate::dtype::DType;
 use crate::tensor::{MemCategory, Tensor};
-use std::collections::BTreeMap;
+use std::fmt::Display;
 
 /// One allocation or free, placed after `ops_before` ops of the record.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -24,7 +24,9 @@ pub struct MemEvent {
 
 #[derive(Clone, Debug, Default)]
 pub struct Ledger {
-    in_use: BTreeMap<MemCategory, u64>,
+    /// Bytes in use by category, indexed by the category's place in [`MemCategory::ALL`]: every
+    /// allocation and free of every step lands here, on every backend.
+    in_use: [u64; MemCategory::ALL.len()],
     peak_bytes: u64,
     /// `None` until [`Ledger::enable_events`]: a long training run would grow it without bound.
     events: Option<Vec<MemEvent>>,
@@ -49,17 +51,24 @@ impl Ledger {
         self.events.get_or_insert_with(Vec::new);
     }
 
-    /// Records that `tensor`, named `name`, was allocated after `ops_before` ops.
-    pub fn alloc(&mut self, ops_before: usize, name: &str, tensor: &Tensor) {
+    /// Records that `tensor`, named `name`, was allocated after `ops_before` ops. The name is
+    /// formatted only when the event log is on.
+    pub fn alloc(&mut self, ops_before: usize, name: &(impl Display + ?Sized), tensor: &Tensor) {
         self.record(ops_before, name, tensor, tensor.size_bytes() as i64);
     }
 
     /// Records that `tensor`, named `name`, was freed after `ops_before` ops.
-    pub fn free(&mut self, ops_before: usize, name: &str, tensor: &Tensor) {
+    pub fn free(&mut self, ops_before: usize, name: &(impl Display + ?Sized), tensor: &Tensor) {
         self.record(ops_before, name, tensor, -(tensor.size_bytes() as i64));
     }
 
-    fn record(&mut self, ops_before: usize, name: &str, tensor: &Tensor, delta_bytes: i64) {
+    fn record(
+        &mut self,
+        ops_before: usize,
+        name: &(impl Display + ?Sized),
+        tensor: &Tensor,
+        delta_bytes: i64,
+    ) {
         if let Some(events) = &mut self.events {
             events.push(MemEvent {
                 ops_before,
@@ -69,18 +78,18 @@ impl Ledger {
                 delta_bytes,
             });
         }
-        let slot = self.in_use.entry(tensor.category).or_insert(0);
+        let slot = &mut self.in_use[tensor.category as usize];
         *slot = slot.saturating_add_signed(delta_bytes);
         self.peak_bytes = self.peak_bytes.max(self.total_bytes_in_use());
     }
 
     /// Bytes in use in one category.
     pub fn bytes_in_use(&self, category: MemCategory) -> u64 {
-        self.in_use.get(&category).copied().unwrap_or(0)
+        self.in_use[category as usize]
     }
 
     pub fn total_bytes_in_use(&self) -> u64 {
-        self.in_use.values().sum()
+        self.in_use.iter().sum()
     }
 
     /// The most bytes in use at once since the ledger began or [`Ledger::reset_peak`].
@@ -142,6 +151,13 @@ mod tests {
         assert_eq!(l.take_events().len(), 3);
         l.alloc(3, "a", &a);
         assert!(l.events().is_empty(), "taking the log stops it");
+    }
+
+    #[test]
+    fn a_category_indexes_its_own_slot() {
+        for (i, c) in MemCategory::ALL.into_iter().enumerate() {
+            assert_eq!(c as usize, i, "{c}");
+        }
     }
 
     #[test]

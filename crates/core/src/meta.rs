@@ -5,7 +5,7 @@
 use crate::backend::{Backend, BackendError, OpCall};
 use crate::ledger::{Ledger, MemEvent};
 use crate::ops::Cost;
-use crate::tensor::{Tensor, TensorId, TensorSpec};
+use crate::tensor::{Tensor, TensorId, TensorName, TensorSpec};
 use std::collections::HashSet;
 
 /// One op as recorded, with its cost already evaluated.
@@ -22,7 +22,7 @@ pub struct MetaBackend {
     /// Misuse the schedule must never commit: frees of buffers not live, ops on freed buffers.
     /// Tests assert this stays empty.
     pub errors: Vec<String>,
-    names: Vec<String>,
+    names: Vec<TensorName>,
     live: HashSet<TensorId>,
     next_id: u32,
 }
@@ -53,8 +53,7 @@ impl MetaBackend {
     fn name_of(&self, id: TensorId) -> String {
         self.names
             .get(id.0 as usize)
-            .cloned()
-            .unwrap_or_else(|| format!("tensor#{}", id.0))
+            .map_or_else(|| format!("tensor#{}", id.0), |n| n.to_string())
     }
 }
 

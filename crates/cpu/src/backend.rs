@@ -114,7 +114,7 @@ impl Backend for CpuBackend {
 
     fn alloc(&mut self, spec: TensorSpec) -> Result<Tensor, BackendError> {
         let n = usize::try_from(spec.numel()).map_err(|_| BackendError::OutOfMemory {
-            name: spec.name.clone(),
+            name: spec.name.to_string(),
             requested_bytes: spec.size_bytes(),
             in_use_bytes: self.ledger.total_bytes_in_use(),
             capacity_bytes: usize::MAX as u64,

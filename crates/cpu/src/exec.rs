@@ -10,7 +10,7 @@ use std::ops::Deref;
 use std::sync::Mutex;
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::comm::Communicator;
-use tperf_core::tensor::{Tensor, TensorId};
+use tperf_core::tensor::{Tensor, TensorId, TensorName};
 
 pub(crate) const NAME: &str = "cpu";
 
@@ -171,7 +171,7 @@ impl Data {
 }
 
 pub(crate) struct Buffer {
-    pub name: String,
+    pub name: TensorName,
     pub data: Data,
 }
 

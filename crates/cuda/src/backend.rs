@@ -19,13 +19,13 @@ use tperf_core::backend::{Backend, BackendError, OpCall};
 use tperf_core::dtype::DType;
 use tperf_core::ledger::Ledger;
 use tperf_core::ops::{Op, OutputWrite};
-use tperf_core::tensor::{Tensor, TensorId, TensorSpec};
+use tperf_core::tensor::{Tensor, TensorId, TensorName, TensorSpec};
 
 pub(crate) const BACKEND: &str = "cuda";
 
 pub(crate) struct DevBuf {
     pub block: Block,
-    pub name: String,
+    pub name: TensorName,
     pub dtype: DType,
     pub numel: u64,
     /// (min, max) of the ids last written by the host, for i32 tensors.
@@ -394,7 +394,7 @@ impl CudaBackend {
             }
             .map_err(|source| CudaError::Tensor {
                 during: "zeroing",
-                tensor: b.name.clone(),
+                tensor: b.name.to_string(),
                 source,
             })?;
         }
@@ -430,7 +430,7 @@ impl CudaBackend {
         unsafe { cu::memcpy_dtoh_async(&mut host, b.block.ptr, self.gpu.cu_stream()) }.map_err(
             |source| CudaError::Tensor {
                 during: "reading",
-                tensor: b.name.clone(),
+                tensor: b.name.to_string(),
                 source,
             },
         )?;
@@ -455,7 +455,7 @@ impl CudaBackend {
         unsafe { cu::memcpy_htod_async(b.block.ptr, host, self.gpu.cu_stream()) }
             .map_err(|source| CudaError::Tensor {
                 during: "writing",
-                tensor: b.name.clone(),
+                tensor: b.name.to_string(),
                 source,
             })
             .map_err(Into::into)
@@ -522,7 +522,7 @@ impl Backend for CudaBackend {
             .alloc
             .alloc(bytes)
             .map_err(|_| BackendError::OutOfMemory {
-                name: spec.name.clone(),
+                name: spec.name.to_string(),
                 requested_bytes: bytes,
                 in_use_bytes: self.alloc.reserved_bytes,
                 capacity_bytes: self.gpu.info.total_bytes,

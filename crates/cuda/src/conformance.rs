@@ -136,7 +136,7 @@ fn write(be: &mut impl Backend, t: &Tensor, values: &[f32]) -> Result<(), Backen
 pub fn case_tensor(name: &str, shape: &[usize], dtype: DType, fill: Fill) -> (TensorSpec, Fill) {
     (
         TensorSpec::new(
-            name,
+            name.to_string(),
             shape,
             dtype,
             tperf_core::tensor::MemCategory::Activations,

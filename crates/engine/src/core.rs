@@ -167,27 +167,23 @@ const DECODE_SIZES: [usize; 17] = [
     1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256,
 ];
 
-/// A decode step of S sequences padded to the next of [`DECODE_SIZES`]: each padding row is
-/// token 0 at position 0 of a one-block sequence in `scratch`, a block no request owns (its
-/// keys are overwritten and never read by a real row); its sampled id is ignored.
-fn pad_decode(
-    batch: &RaggedBatch,
-    tables: &[Vec<usize>],
-    tokens: &[i32],
-    per_row: Vec<Sampling>,
-    scratch: usize,
-) -> (RaggedBatch, Vec<Vec<usize>>, Vec<i32>, Vec<Sampling>) {
+/// Pads a decode step of S sequences, in place, to the next of [`DECODE_SIZES`]: each padding
+/// row is token 0 at position 0 of a one-block sequence whose table is `scratch`, a block no
+/// request owns (its keys are overwritten and never read by a real row); its sampled id is
+/// ignored. The tables are borrowed from the sequences, so padding copies no block list.
+fn pad_decode<'a>(
+    batch: &mut RaggedBatch,
+    tables: &mut Vec<&'a [usize]>,
+    tokens: &mut Vec<i32>,
+    per_row: &mut Vec<Sampling>,
+    scratch: &'a [usize],
+) {
     let s = batch.seqs.len();
     let size = DECODE_SIZES.iter().copied().find(|&n| n >= s).unwrap_or(s);
-    let mut batch = batch.clone();
-    let (mut tables, mut tokens, mut per_row) = (tables.to_vec(), tokens.to_vec(), per_row);
-    for _ in s..size {
-        batch.seqs.push(SeqSpan { pos: 0, q_len: 1 });
-        tables.push(vec![scratch]);
-        tokens.push(0);
-        per_row.push(Sampling::default());
-    }
-    (batch, tables, tokens, per_row)
+    batch.seqs.resize(size, SeqSpan { pos: 0, q_len: 1 });
+    tables.resize(size, scratch);
+    tokens.resize(size, 0);
+    per_row.resize(size, Sampling::default());
 }
 
 /// The seed of a request's token `index`: one draw per token, independent of the batch (what
@@ -242,6 +238,15 @@ impl Seq {
             completion_tokens: self.generated(),
         }
     }
+}
+
+/// One step's rows as the device takes them (see [`EngineCore::lay_out`]).
+struct StepRows {
+    batch: RaggedBatch,
+    tokens: Vec<i32>,
+    per_row: Vec<Sampling>,
+    layout: RaggedLayout,
+    decode_only: bool,
 }
 
 pub struct EngineCore<B: Backend> {
@@ -319,7 +324,7 @@ impl<B: Backend> EngineCore<B> {
     /// the first prompt's prefill paid cuBLASLt's first call (time to first token 131 ms
     /// against 9.6 ms with TPERF_GEMV=0, gpt2-124m on the H200, 2026-12-03).
     fn warm_up(&mut self) -> Result<(), EngineError> {
-        let scratch = self.cfg.kv_blocks;
+        let scratch = [self.cfg.kv_blocks];
         let prefill = self
             .cfg
             .block_size
@@ -329,12 +334,9 @@ impl<B: Backend> EngineCore<B> {
             let batch = RaggedBatch {
                 seqs: vec![SeqSpan { pos: 0, q_len }],
             };
-            self.run(
-                &batch,
-                &[vec![scratch]],
-                &vec![0; q_len],
-                vec![Sampling::default()],
-            )?;
+            let (tokens, per_row) = (vec![0; q_len], vec![Sampling::default()]);
+            let rows = self.lay_out(batch, vec![&scratch], tokens, per_row, &scratch)?;
+            self.run(rows)?;
         }
         Ok(())
     }
@@ -617,15 +619,18 @@ impl<B: Backend> EngineCore<B> {
                     .iter()
                     .map(|&t| t as i32),
             );
-            tables.push(s.blocks.clone());
+            tables.push(&s.blocks[..]);
             per_row.push(Sampling {
                 seed: token_seed(s.req.sampling.seed, s.generated()),
                 ..s.req.sampling
             });
             report.scheduled.push((s.id, q));
         }
+        // The model's part of the step begins with its inputs' layout (as the metrics say).
         let device_began = Instant::now();
-        let ids = match self.run(&batch, &tables, &tokens, per_row) {
+        let scratch = [self.cfg.kv_blocks];
+        let rows = self.lay_out(batch, tables, tokens, per_row, &scratch);
+        let ids = match rows.and_then(|rows| self.run(rows)) {
             Ok(ids) => ids,
             Err(e) => {
                 // Every scheduled sequence's blocks may hold half-written keys: end them all.
@@ -706,38 +711,58 @@ impl<B: Backend> EngineCore<B> {
         Ok(report)
     }
 
-    /// The device part of a step: inputs written, one `ragged_logits`, the per-row Sample op;
-    /// only the sampled ids come back to the host (one per sequence, in order, then those of
-    /// any padding rows).
-    fn run(
-        &mut self,
-        batch: &RaggedBatch,
-        tables: &[Vec<usize>],
-        tokens: &[i32],
-        per_row: Vec<Sampling>,
-    ) -> Result<Vec<f32>, EngineError> {
+    /// A step's rows laid out for the device: the block tables checked and flattened, and a
+    /// decode step padded when the backend replays it (`pad_decode`).
+    fn lay_out<'a>(
+        &self,
+        mut batch: RaggedBatch,
+        mut tables: Vec<&'a [usize]>,
+        mut tokens: Vec<i32>,
+        mut per_row: Vec<Sampling>,
+        scratch: &'a [usize],
+    ) -> Result<StepRows, EngineError> {
         let cache = self
             .cache
             .as_ref()
             .ok_or_else(|| EngineError::Config("the engine's cache was freed".into()))?;
         let decode_only = batch.seqs.iter().all(|s| s.q_len == 1);
         // A decode step on a backend that replays it is padded to one of a few sizes.
-        let padded;
-        let (batch, tables, tokens, per_row) = if decode_only && self.be.replays_repeated_steps() {
-            padded = pad_decode(batch, tables, tokens, per_row, cache.num_blocks - 1);
-            let (batch, tables, tokens, per_row) = &padded;
-            (batch, &tables[..], &tokens[..], per_row.clone())
-        } else {
-            (batch, tables, tokens, per_row)
-        };
+        if decode_only && self.be.replays_repeated_steps() {
+            pad_decode(&mut batch, &mut tables, &mut tokens, &mut per_row, scratch);
+        }
         let layout = RaggedLayout::new(
-            batch,
-            tables,
+            &batch,
+            &tables,
             cache.block_size,
             cache.num_blocks,
             self.max_blocks,
             self.limits.context,
         )?;
+        Ok(StepRows {
+            batch,
+            tokens,
+            per_row,
+            layout,
+            decode_only,
+        })
+    }
+
+    /// The device part of a step: inputs written, one `ragged_logits`, the per-row Sample op;
+    /// only the sampled ids come back to the host (one per sequence, in order, then those of
+    /// any padding rows).
+    fn run(&mut self, rows: StepRows) -> Result<Vec<f32>, EngineError> {
+        let StepRows {
+            batch,
+            tokens,
+            per_row,
+            layout,
+            decode_only,
+        } = rows;
+        let (batch, tokens) = (&batch, &tokens[..]);
+        let cache = self
+            .cache
+            .as_ref()
+            .ok_or_else(|| EngineError::Config("the engine's cache was freed".into()))?;
         let be = &mut self.be;
         let inputs = self.model.alloc_ragged_inputs(be, batch, self.max_blocks)?;
         let out = (|| {
@@ -794,11 +819,14 @@ fn decode_from(tokenizer: &Tokenizer, tokens: &[u32], start: usize) -> String {
     if start == 0 || start > tokens.len() {
         return tokenizer.decode(&tokens[start.min(tokens.len())..]);
     }
-    let with_context = tokenizer.decode(&tokens[start - 1..]);
+    let mut with_context = tokenizer.decode(&tokens[start - 1..]);
     let context = tokenizer.decode(&tokens[start - 1..start]);
-    match with_context.strip_prefix(&context) {
-        Some(rest) => rest.to_string(),
-        None => tokenizer.decode(&tokens[start..]),
+    if with_context.starts_with(&context) {
+        // In place: this runs for every sequence of every step.
+        with_context.replace_range(..context.len(), "");
+        with_context
+    } else {
+        tokenizer.decode(&tokens[start..])
     }
 }
 
@@ -827,8 +855,10 @@ mod tests {
             };
             let tables: Vec<Vec<usize>> = (0..s).map(|i| vec![i]).collect();
             let tokens: Vec<i32> = (0..s as i32).map(|i| i + 5).collect();
-            let per_row = vec![Sampling::default(); s];
-            let (b, t, k, p) = pad_decode(&batch, &tables, &tokens, per_row, 999);
+            let (mut b, mut k) = (batch.clone(), tokens.clone());
+            let mut t: Vec<&[usize]> = tables.iter().map(|t| &t[..]).collect();
+            let mut p = vec![Sampling::default(); s];
+            pad_decode(&mut b, &mut t, &mut k, &mut p, &[999]);
             assert_eq!(
                 (b.seqs.len(), t.len(), k.len(), p.len()),
                 (want, want, want, want)
@@ -836,10 +866,11 @@ mod tests {
             // The real rows keep their places; the padding is one token at position 0 in the
             // scratch block.
             assert_eq!(&b.seqs[..s], &batch.seqs[..]);
-            assert_eq!((&t[..s], &k[..s]), (&tables[..], &tokens[..]));
+            assert!(t[..s].iter().zip(&tables).all(|(a, b)| a == b));
+            assert_eq!(&k[..s], &tokens[..]);
             for i in s..want {
                 assert_eq!(b.seqs[i], SeqSpan { pos: 0, q_len: 1 });
-                assert_eq!((&t[i][..], k[i]), (&[999][..], 0));
+                assert_eq!((t[i], k[i]), (&[999][..], 0));
             }
         }
     }

@@ -277,8 +277,15 @@ impl<T: Queued> Waiting<T> {
     /// Service to charge: `input` prompt tokens admitted and `output` tokens generated.
     pub fn charge(&mut self, client: &str, input: usize, output: usize) {
         if let Policy::Vtc(w) = self.policy {
-            let c = self.counters.entry(client.to_string()).or_insert(0.0);
-            *c += w.input * input as f64 + w.output * output as f64;
+            let service = w.input * input as f64 + w.output * output as f64;
+            // Looked up before inserting: this runs for every generated token, and `entry`
+            // would allocate the client's name each time.
+            match self.counters.get_mut(client) {
+                Some(c) => *c += service,
+                None => {
+                    self.counters.insert(client.to_string(), service);
+                }
+            }
         }
     }
 }

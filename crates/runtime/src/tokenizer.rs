@@ -4,7 +4,7 @@
 //! `tokenizer.json` (through Hugging Face's `tokenizers` crate; see `crate::hf`).
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use thiserror::Error;
 use tiktoken_rs::CoreBPE;
 use tperf_core::config::ModelConfig;
@@ -47,14 +47,45 @@ impl HfTokenizer {
     }
 }
 
+/// GPT-2's BPE with every token's bytes laid end to end: decoding is a copy per token. A
+/// serving step decodes each running sequence's newest tokens, and tiktoken's only public way
+/// to a token's bytes that does not fail on a split UTF-8 character (`_decode_native_and_split`)
+/// allocates the id list and clones each token's bytes, which made detokenising most of the
+/// engine's host time per step.
+pub struct Gpt2Bpe {
+    bpe: &'static CoreBPE,
+    /// Token t's bytes are `bytes[ends[t - 1]..ends[t]]` (from 0 for t = 0).
+    bytes: Vec<u8>,
+    ends: Vec<u32>,
+}
+
+impl Gpt2Bpe {
+    fn new(bpe: &'static CoreBPE) -> Self {
+        let (mut bytes, mut ends) = (Vec::new(), Vec::with_capacity(GPT2_VOCAB));
+        for token in bpe._decode_native_and_split((0..GPT2_VOCAB as u32).collect()) {
+            bytes.extend_from_slice(&token);
+            ends.push(bytes.len() as u32);
+        }
+        Gpt2Bpe { bpe, bytes, ends }
+    }
+
+    /// The bytes of token `id`, which must be below [`GPT2_VOCAB`].
+    fn token(&self, id: u32) -> &[u8] {
+        let id = id as usize;
+        let start = if id == 0 { 0 } else { self.ends[id - 1] };
+        &self.bytes[start as usize..self.ends[id] as usize]
+    }
+}
+
 /// A closed set of tokenizers: an enum rather than a trait object because a checkpoint names
 /// its tokenizer and must be able to rebuild it from that name (a `tokenizer.json` is rebuilt
 /// from its folder, `crate::hf::HfModel::open`).
 #[derive(Clone)]
 pub enum Tokenizer {
     /// GPT-2's BPE. The encoder is built once per process (a lazily initialised static inside
-    /// tiktoken-rs) because parsing its 50k ranks takes a noticeable fraction of a second.
-    Gpt2(&'static CoreBPE),
+    /// tiktoken-rs) because parsing its 50k ranks takes a noticeable fraction of a second; the
+    /// decoding table beside it is built once too.
+    Gpt2(&'static Gpt2Bpe),
     /// Each UTF-8 byte is a token.
     Byte,
     /// A Hugging Face `tokenizer.json`.
@@ -75,7 +106,8 @@ impl PartialEq for Tokenizer {
 
 impl Tokenizer {
     pub fn gpt2() -> Self {
-        Tokenizer::Gpt2(tiktoken_rs::r50k_base_singleton())
+        static GPT2: OnceLock<Gpt2Bpe> = OnceLock::new();
+        Tokenizer::Gpt2(GPT2.get_or_init(|| Gpt2Bpe::new(tiktoken_rs::r50k_base_singleton())))
     }
 
     pub fn byte() -> Self {
@@ -161,7 +193,7 @@ impl Tokenizer {
     /// [`encode_special`]: Tokenizer::encode_special
     pub fn encode(&self, text: &str) -> Vec<u32> {
         match self {
-            Tokenizer::Gpt2(bpe) => bpe.encode_ordinary(text),
+            Tokenizer::Gpt2(gpt2) => gpt2.bpe.encode_ordinary(text),
             Tokenizer::Byte => text.bytes().map(u32::from).collect(),
             Tokenizer::Hf(_) => self.encode_special(text, true),
         }
@@ -195,12 +227,10 @@ impl Tokenizer {
         }
         let mut bytes = Vec::with_capacity(ids.len() * 4);
         match self {
-            Tokenizer::Gpt2(bpe) => {
+            Tokenizer::Gpt2(gpt2) => {
                 for &id in ids {
                     if (id as usize) < GPT2_VOCAB {
-                        // The `_native_and_split` name is tiktoken's; it is the only public way
-                        // to get a token's bytes without failing on a split UTF-8 character.
-                        bytes.extend(bpe._decode_native_and_split(vec![id]).flatten());
+                        bytes.extend_from_slice(gpt2.token(id));
                     } else {
                         bytes.extend_from_slice("\u{FFFD}".as_bytes());
                     }
@@ -216,7 +246,10 @@ impl Tokenizer {
                 }
             }
         }
-        String::from_utf8_lossy(&bytes).into_owned()
+        // Valid UTF-8 (almost every decode) becomes the string in place; `from_utf8_lossy`
+        // alone would copy it.
+        String::from_utf8(bytes)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
     /// Checks, where a model and a tokenizer meet, that every id the tokenizer produces indexes

@@ -77,3 +77,19 @@ fn a_model_vocabulary_smaller_than_the_tokenizer_is_refused() {
     assert_eq!(Tokenizer::default_for(&gpt2).name(), "gpt2");
     assert_eq!(Tokenizer::default_for(&seed_lm).name(), "byte");
 }
+
+#[test]
+fn gpt2_decodes_every_token_to_tiktokens_own_bytes() {
+    // The decoding table is each token's bytes end to end; an offset off by one would still
+    // decode the whole vocabulary at once correctly, so each token is checked alone.
+    let bpe = tiktoken_rs::r50k_base_singleton();
+    let tok = Tokenizer::gpt2();
+    for id in 0..GPT2_VOCAB as u32 {
+        let want: Vec<u8> = bpe._decode_native_and_split(vec![id]).flatten().collect();
+        assert_eq!(
+            tok.decode(&[id]),
+            String::from_utf8_lossy(&want),
+            "token {id}"
+        );
+    }
+}

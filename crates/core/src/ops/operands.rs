@@ -172,8 +172,14 @@ macro_rules! operands {
             ) -> (Vec<$crate::tensor::Tensor>, Vec<$crate::tensor::Tensor>) {
                 #[allow(unused_imports)]
                 use $crate::ops::operands::Slot;
-                let mut inputs = Vec::new();
-                let mut outputs = Vec::new();
+                // At most every operand, so that no push reallocates: every op of every step
+                // builds these lists.
+                let mut inputs = Vec::with_capacity(
+                    0 $(+ $crate::operands!(@one $i))* $(+ $crate::operands!(@one $p))*
+                );
+                let mut outputs = Vec::with_capacity(
+                    0 $(+ $crate::operands!(@one $p))* $(+ $crate::operands!(@one $o))*
+                );
                 $(
                     debug_assert_eq!(
                         self.$i.present(),
@@ -219,6 +225,7 @@ macro_rules! operands {
             }
         }
     };
+    (@one $n:ident) => { 1 };
     (@ty) => { $crate::tensor::Tensor };
     (@ty $cond:expr) => { Option<$crate::tensor::Tensor> };
     (@cond) => { true };

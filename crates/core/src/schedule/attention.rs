@@ -12,20 +12,23 @@ use crate::ops::attention::{
 };
 use crate::ops::flash_attention::{FlashAttentionBackwardIo, FlashAttentionIo};
 use crate::ops::{Op, Phase};
-use crate::tensor::{MemCategory, Tensor};
+use crate::tensor::{MemCategory, Tensor, TensorName};
 
 /// One attention core: which kernel, on which shape, in which dtype.
-pub(super) struct AttentionCore<'a> {
+pub(super) struct AttentionCore {
     pub kernel: AttentionKernel,
     pub shape: Attention,
     pub dtype: DType,
-    /// Buffer names start with this ("h3." in block 3, "" alone).
-    pub prefix: &'a str,
+    /// The block whose buffers these are ("h3.scores"); None alone ("scores").
+    pub layer: Option<usize>,
 }
 
-impl AttentionCore<'_> {
-    fn name(&self, what: &str) -> String {
-        format!("{}{what}", self.prefix)
+impl AttentionCore {
+    fn name(&self, what: &'static str) -> TensorName {
+        match self.layer {
+            Some(l) => TensorName::layer(l, what),
+            None => TensorName::fixed(what),
+        }
     }
 
     fn score_dims(&self) -> [usize; 4] {

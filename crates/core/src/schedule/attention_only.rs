@@ -9,7 +9,7 @@ use crate::backend::{Backend, BackendError};
 use crate::dtype::DType;
 use crate::ops::attention::Attention;
 use crate::ops::Phase;
-use crate::tensor::{MemCategory, Tensor, TensorSpec};
+use crate::tensor::{MemCategory, Tensor, TensorName, TensorSpec};
 
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct AttentionOnly {
@@ -28,20 +28,25 @@ pub struct Kept {
 impl AttentionOnly {
     fn alloc(
         be: &mut impl Backend,
-        name: &str,
+        name: &'static str,
         shape: &[usize],
         dtype: DType,
         category: MemCategory,
     ) -> Result<Tensor, BackendError> {
-        be.alloc(TensorSpec::new(name, shape, dtype, category))
+        be.alloc(TensorSpec::new(
+            TensorName::fixed(name),
+            shape,
+            dtype,
+            category,
+        ))
     }
 
-    fn core(&self) -> AttentionCore<'static> {
+    fn core(&self) -> AttentionCore {
         AttentionCore {
             kernel: self.kernel,
             shape: self.shape,
             dtype: self.dtype,
-            prefix: "",
+            layer: None,
         }
     }
 

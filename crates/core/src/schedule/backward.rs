@@ -435,12 +435,11 @@ impl Transformer {
         )?;
         let qkv = Self::take(&mut s.qkv, "qkv");
         let dqkv = grad(e, "qkv", cfg.qkv_dim())?;
-        let prefix = format!("h{l}.");
         let saved = match self.opts.attention {
             AttentionKernel::Naive => s.probs.take(),
             AttentionKernel::Flash => Some(Self::take(&mut s.lse, "lse")),
         };
-        self.attention_core(b, t, t, false, &prefix)
+        self.attention_core(b, t, t, false, Some(l))
             .backward(e, &qkv, &attn, &dattn, saved, &dqkv)?;
         for x in [attn, dattn, qkv] {
             e.be.free(x);

@@ -7,7 +7,7 @@ use crate::dtype::DType;
 use crate::ops::sampling::{Sample, SampleIo, Sampling};
 use crate::ops::take_last::{TakeLast, TakeLastIo};
 use crate::ops::{Op, Phase};
-use crate::tensor::{MemCategory, Tensor, TensorSpec};
+use crate::tensor::{MemCategory, Tensor, TensorName, TensorSpec};
 
 impl Transformer {
     /// A KV cache for `b` sequences of up to `capacity` positions, in the compute dtype.
@@ -23,13 +23,13 @@ impl Transformer {
         let mut v = Vec::with_capacity(self.cfg.n_layers);
         for l in 0..self.cfg.n_layers {
             k.push(be.alloc(TensorSpec::new(
-                format!("h{l}.k_cache"),
+                TensorName::layer(l, "k_cache"),
                 &shape,
                 dt,
                 MemCategory::KvCache,
             ))?);
             v.push(be.alloc(TensorSpec::new(
-                format!("h{l}.v_cache"),
+                TensorName::layer(l, "v_cache"),
                 &shape,
                 dt,
                 MemCategory::KvCache,
@@ -206,7 +206,7 @@ pub fn alloc_step_tokens(
     t: usize,
 ) -> Result<Tensor, BackendError> {
     be.alloc(TensorSpec::new(
-        "tokens",
+        TensorName::fixed("tokens"),
         &[b, t],
         DType::I32,
         MemCategory::Io,

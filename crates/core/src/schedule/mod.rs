@@ -38,7 +38,7 @@ use crate::ops::rmsnorm::{RmsNorm, RmsNormIo};
 use crate::ops::rope::{Rope, RopeIo};
 use crate::ops::swiglu::{SwiGlu, SwiGluIo};
 use crate::ops::{Op, Phase};
-use crate::tensor::{MemCategory, Tensor, TensorSpec};
+use crate::tensor::{MemCategory, Tensor, TensorName, TensorSpec};
 
 /// A model instance on a backend: its config, options and parameters.
 pub struct Transformer {
@@ -215,11 +215,12 @@ impl<'a, B: Backend> Emit<'a, B> {
 
     fn alloc(
         &mut self,
-        name: impl Into<String>,
+        name: impl ScheduleName,
         shape: &[usize],
         dtype: DType,
         category: MemCategory,
     ) -> Result<Tensor, BackendError> {
+        let name = name.into_name();
         self.be.alloc(TensorSpec::new(name, shape, dtype, category))
     }
 
@@ -230,6 +231,30 @@ impl<'a, B: Backend> Emit<'a, B> {
         } else {
             self.be.free(t);
         }
+    }
+}
+
+/// A buffer name as the schedule writes it: a literal is kept as it is ([`TensorName::fixed`]:
+/// nothing copied at each allocation), a run-time string or a [`TensorName`] as given.
+trait ScheduleName {
+    fn into_name(self) -> TensorName;
+}
+
+impl ScheduleName for &'static str {
+    fn into_name(self) -> TensorName {
+        TensorName::fixed(self)
+    }
+}
+
+impl ScheduleName for String {
+    fn into_name(self) -> TensorName {
+        TensorName::Owned(self)
+    }
+}
+
+impl ScheduleName for TensorName {
+    fn into_name(self) -> TensorName {
+        self
     }
 }
 
@@ -325,14 +350,14 @@ impl Transformer {
         with_targets: bool,
     ) -> Result<(Tensor, Option<Tensor>), BackendError> {
         let tokens = be.alloc(TensorSpec::new(
-            "tokens",
+            TensorName::fixed("tokens"),
             &[b, t],
             DType::I32,
             MemCategory::Io,
         ))?;
         let targets = if with_targets {
             Some(be.alloc(TensorSpec::new(
-                "targets",
+                TensorName::fixed("targets"),
                 &[b, t],
                 DType::I32,
                 MemCategory::Io,
@@ -519,14 +544,19 @@ impl Transformer {
         add: Option<Tensor>,
         keep_base: bool,
         params: &NormParams,
-        name: &str,
+        name: &TensorName,
         label: &'static str,
     ) -> Result<NormOut, BackendError> {
         let (n, c) = (base.shape[0], self.cfg.d_model);
         let dt = self.act_dtype();
         let fused = self.opts.fused && add.is_some();
         let stream = match &add {
-            Some(_) => e.alloc(format!("{name}.sum"), &[n, c], dt, MemCategory::Activations)?,
+            Some(_) => e.alloc(
+                name.with_suffix(".sum"),
+                &[n, c],
+                dt,
+                MemCategory::Activations,
+            )?,
             None => base.clone(),
         };
         if let (Some(a), false) = (&add, fused) {
@@ -542,9 +572,14 @@ impl Transformer {
                 "residual",
             )?;
         }
-        let normed = e.alloc(format!("{name}.out"), &[n, c], dt, MemCategory::Activations)?;
+        let normed = e.alloc(
+            name.with_suffix(".out"),
+            &[n, c],
+            dt,
+            MemCategory::Activations,
+        )?;
         let stats = e.alloc(
-            format!("{name}.stats"),
+            name.with_suffix(".stats"),
             &[n, self.stats_width()],
             DType::F32,
             MemCategory::Activations,
@@ -640,14 +675,14 @@ impl Transformer {
     }
 
     /// The attention core of a block: this model's heads and mask at Tq queries over Tk keys.
-    fn attention_core<'p>(
+    fn attention_core(
         &self,
         b: usize,
         tq: usize,
         tk: usize,
         kv_cache: bool,
-        prefix: &'p str,
-    ) -> AttentionCore<'p> {
+        layer: Option<usize>,
+    ) -> AttentionCore {
         let shape = Attention {
             b,
             h: self.cfg.n_heads,
@@ -663,7 +698,7 @@ impl Transformer {
             kernel: self.opts.attention,
             shape,
             dtype: self.act_dtype(),
-            prefix,
+            layer,
         }
     }
 
@@ -687,7 +722,7 @@ impl Transformer {
         let n = b * t;
         let dt = self.act_dtype();
         let mut s = Saved::default();
-        let name = |what: &str| format!("h{l}.{what}");
+        let name = |what| TensorName::layer(l, what);
 
         // --- attention half -----------------------------------------------------------
         // The previous block's mid stream (pre-norm) is read by that block's norm2 backward.
@@ -882,13 +917,12 @@ impl Transformer {
             }
         };
         let attn = e.alloc(
-            format!("h{l}.attn"),
+            TensorName::layer(l, "attn"),
             &[b * t, cfg.attn_dim()],
             self.act_dtype(),
             MemCategory::Activations,
         )?;
-        let prefix = format!("h{l}.");
-        let core = self.attention_core(b, t, tk, cache.is_some(), &prefix);
+        let core = self.attention_core(b, t, tk, cache.is_some(), Some(l));
         let saved = core.forward(e, qkv, cache, &attn)?;
         match self.opts.attention {
             AttentionKernel::Naive => e.keep_or_free(saved, keep.cheap, &mut s.probs),
@@ -992,8 +1026,9 @@ impl Transformer {
     ) -> Result<(Option<NormOut>, Tensor), BackendError> {
         match &self.weights.final_norm {
             Some(params) => {
+                let name = TensorName::fixed("ln_f");
                 let out =
-                    self.add_norm(e, stream, pending, keep_base, params, "ln_f", "final_norm")?;
+                    self.add_norm(e, stream, pending, keep_base, params, &name, "final_norm")?;
                 let head_input = out.normed.clone();
                 Ok((Some(out), head_input))
             }

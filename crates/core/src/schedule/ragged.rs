@@ -23,7 +23,7 @@ use crate::ops::paged_attention::{PagedAttention, PagedAttentionIo, SeqLens};
 use crate::ops::rope::RopeIo;
 use crate::ops::take_last::{TakeRows, TakeRowsIo};
 use crate::ops::{Op, Phase};
-use crate::tensor::{MemCategory, Tensor, TensorSpec};
+use crate::tensor::{MemCategory, Tensor, TensorName, TensorSpec};
 use thiserror::Error;
 
 /// Tokens per block of a paged cache unless a caller chooses otherwise (vLLM's default).
@@ -120,9 +120,9 @@ impl RaggedLayout {
     /// Lays out `batch` with each sequence's blocks (`block_tables[s]`, in order), checking that
     /// every table covers its sequence and names blocks the cache has, and that no sequence
     /// runs past the model's `context`.
-    pub fn new(
+    pub fn new<T: AsRef<[usize]>>(
         batch: &RaggedBatch,
-        block_tables: &[Vec<usize>],
+        block_tables: &[T],
         block_size: usize,
         num_blocks: usize,
         max_blocks: usize,
@@ -147,6 +147,7 @@ impl RaggedLayout {
             last_rows: Vec::with_capacity(batch.seqs.len()),
         };
         for (s, (span, table)) in batch.seqs.iter().zip(block_tables).enumerate() {
+            let table = table.as_ref();
             if span.q_len == 0 {
                 return Err(LayoutError::NoTokens { seq: s });
             }
@@ -250,7 +251,7 @@ impl Transformer {
         for l in 0..self.cfg.n_layers {
             for (pool, name) in [(&mut k, "k_pool"), (&mut v, "v_pool")] {
                 let spec =
-                    TensorSpec::new(format!("h{l}.{name}"), &shape, dt, MemCategory::KvCache);
+                    TensorSpec::new(TensorName::layer(l, name), &shape, dt, MemCategory::KvCache);
                 pool.push(be.alloc(spec)?);
             }
         }
@@ -276,7 +277,8 @@ impl Transformer {
         max_blocks: usize,
     ) -> Result<RaggedInputs, BackendError> {
         let (n, s) = (batch.rows(), batch.seqs.len());
-        let mut i32s = |name: &str, shape: &[usize]| {
+        let mut i32s = |name: &'static str, shape: &[usize]| {
+            let name = TensorName::fixed(name);
             be.alloc(TensorSpec::new(name, shape, DType::I32, MemCategory::Io))
         };
         Ok(RaggedInputs {
@@ -413,7 +415,7 @@ impl Transformer {
         };
         e.run(append, Op::PagedKvAppend, io, "attn.kv_append")?;
         let attn = e.alloc(
-            format!("h{l}.attn"),
+            TensorName::layer(l, "attn"),
             &[n, cfg.attn_dim()],
             self.act_dtype(),
             MemCategory::Activations,
