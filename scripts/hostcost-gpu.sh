@@ -7,6 +7,7 @@
 # host time) at B = 1 and 128. Run it once with main's binary and once with this branch's to
 # compare (the CPU harness is crates/engine/tests/host_cost.rs):
 #   bash scripts/hostcost-gpu.sh OUTDIR TPERF
+# CALIBRATION=FILE (a `tperf calibrate` file) makes the serving prediction beside it calibrated.
 set -u
 out=${1:?usage: scripts/hostcost-gpu.sh OUTDIR TPERF}
 tperf=${2:?usage: scripts/hostcost-gpu.sh OUTDIR TPERF}
@@ -28,7 +29,8 @@ done
 echo "### bench serve (rate inf, 2048 prompts)" >>"$log"
 timeout 150 "$tperf" bench serve --url "http://127.0.0.1:$port" --num-prompts 2048 \
     --random-input-len 128 --random-output-len 128 --request-rate inf \
-    --model-config gpt2-124m --hw h200 --dtype bf16 --json "$out/serve.json" >>"$log" 2>&1
+    --model-config gpt2-124m --hw h200 --dtype bf16 --json "$out/serve.json" \
+    ${CALIBRATION:+--calibration "$CALIBRATION"} >>"$log" 2>&1
 echo "### exit $?" >>"$log"
 metrics | grep -E "step|running" | grep -v "^#" >"$out/metrics.txt"
 cat "$out/metrics.txt" >>"$log"
