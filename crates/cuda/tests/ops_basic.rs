@@ -27,13 +27,13 @@ fn check(gpu: &mut CudaBackend, case: OpCase, what: &str) {
     assert_case_passes(gpu, &case, SEED, what)
 }
 
-/// (m, k, n). Rows 1..=8 with K a multiple of 8 in 16 bits take the few-rows kernel (gemv_rows):
-/// one row, odd N, N of one, one row past a warp's column pair, the 48 KB of X it stages at most
-/// (8 × 3072), and one row more than it takes. Outputs whose rows are not 16-byte multiples
-/// (N = 17, 3, 2305 in f32, 1003) take the padded product (ops/matmul.rs, `padded_stride`) when
-/// cuBLASLt computes them. Of the few-rows shapes, the wide one (N = 8200) takes gemv_rows and the
-/// narrower ones gemv_rows_split (the block's warps splitting K) on a GPU of up to 256 SMs.
-const SHAPES: [(usize, usize, usize); 14] = [
+/// (m, k, n). One or two rows with K a multiple of 8 in 16 bits take the few-rows kernels
+/// (ops/matmul.rs, `gemv_fits`): one row, N of one, two rows of K = 3072 into an odd N, and a
+/// wide product (N = 8200) that keeps gemv_rows where the narrower ones take gemv_rows_split
+/// (the block's warps splitting K; on a GPU of up to 256 SMs). Three to eight rows go to
+/// cuBLASLt. Outputs whose rows are not 16-byte multiples (N = 17, 3, 2305 in f32, 1003) take the
+/// padded product (`padded_stride`) when cuBLASLt computes them.
+const SHAPES: [(usize, usize, usize); 15] = [
     (0, 8, 8),
     (1, 1, 1),
     (7, 5, 3),
@@ -47,7 +47,8 @@ const SHAPES: [(usize, usize, usize); 14] = [
     (8, 3072, 64),
     (9, 64, 40),
     (40, 128, 1003),
-    (3, 64, 8200),
+    (2, 64, 8200),
+    (2, 3072, 17),
 ];
 
 #[test]

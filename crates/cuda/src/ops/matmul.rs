@@ -3,7 +3,7 @@
 //! the elementwise kernel to the pre-activation, which the backward needs anyway — except GELU
 //! where cuBLASLt's GELU_AUX epilogue applies (N a multiple of 8): then the matmul writes both.
 //!
-//! A few rows (a decode step's batch, M ≤ 8) take matmul.cu's `gemv_rows` instead, bias and
+//! One or two rows (a decode step's batch) take matmul.cu's `gemv_rows` instead, bias and
 //! activation fused: one pass over W where cuBLASLt ran split-K kernels and a reduce
 //! (`TPERF_GEMV=0` keeps cuBLASLt, for an A/B).
 //!
@@ -31,12 +31,19 @@ const GEMV_MAX_X: usize = 48 * 1024;
 /// gemv_rows_split takes the products for which gemv_rows would run fewer blocks than this per SM.
 const GEMV_SPLIT_BELOW_BLOCKS_PER_SM: u64 = 4;
 
-/// Whether a forward product takes gemv_rows: 1..=8 rows of 16-bit X and W at 16-byte-aligned
-/// addresses, K a whole number of 16-byte words and X small enough to stage.
+/// The most rows a product sends to gemv_rows (the kernel takes up to GEMV_MAX_ROWS). Measured
+/// on the H200, gpt2-124m decode back to back against cuBLASLt (`TPERF_GEMV=0`), ms a step: B1
+/// 0.41 vs 0.50, B2 0.47 vs 0.50, B4 0.57 vs 0.50, B8 0.70 vs 0.52
+/// (bench-results/2026-12-03-h200-session12/hostcost): past two rows each W word's arithmetic
+/// for every row, not the loads, bounds it.
+const GEMV_ROWS: usize = 2;
+
+/// Whether a forward product takes gemv_rows: 1..=GEMV_ROWS rows of 16-bit X and W at
+/// 16-byte-aligned addresses, K a whole number of 16-byte words and X small enough to stage.
 fn gemv_fits(mm: &Matmul, dtype: DType, x: u64, w: u64) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var_os("TPERF_GEMV").is_none_or(|v| v != "0"));
-    on && (1..=GEMV_MAX_ROWS).contains(&mm.m)
+    on && (1..=GEMV_ROWS.min(GEMV_MAX_ROWS)).contains(&mm.m)
         && mm.k > 0
         && mm.k.is_multiple_of(8)
         && mm.m * mm.k * 2 <= GEMV_MAX_X
