@@ -121,7 +121,10 @@ mod tests {
             ["step", "step", "sync", "step", "step", "step", "sync"]
         );
         assert_eq!(times.len(), 3);
-        assert!(times.iter().all(|&t| t == times[0] && t >= 0.002), "{times:?}");
+        assert!(
+            times.iter().all(|&t| t == times[0] && t >= 0.002),
+            "{times:?}"
+        );
     }
 
     #[test]

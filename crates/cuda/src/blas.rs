@@ -180,7 +180,7 @@ impl Blas {
         .map_err(err("layout"))?;
         let c_layout =
             lt::create_matrix_layout(cuda_type(g.c_dtype), g.n, g.m, g.c_row_stride() as i64)
-            .map_err(err("layout"))?;
+                .map_err(err("layout"))?;
         let pref = lt::create_matmul_pref().map_err(err("preference"))?;
         let ws = WORKSPACE_BYTES as u64;
         // SAFETY: `pref` was created above; the attribute is a u64 and `ws` outlives the call.

@@ -154,11 +154,7 @@ impl Gpu {
     /// The kernel `kernel` of source `source` and its parameters, loading (and if need be
     /// compiling) the module. A kernel the signature table does not list is refused, so that
     /// every launch can be checked.
-    fn kernel(
-        &mut self,
-        source: &'static str,
-        kernel: &'static str,
-    ) -> Result<Kernel, CudaError> {
+    fn kernel(&mut self, source: &'static str, kernel: &'static str) -> Result<Kernel, CudaError> {
         if let Some(&found) = self.functions.get(&(source, kernel)) {
             return Ok(found);
         }

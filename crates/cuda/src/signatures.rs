@@ -285,7 +285,9 @@ pub const EARLY_LAUNCH: &[(&str, &str)] = &[
 
 /// Whether `kernel` of `source` waits for its predecessors itself (`EARLY_LAUNCH`).
 pub fn launches_early(source: &str, kernel: &str) -> bool {
-    EARLY_LAUNCH.iter().any(|&(s, k)| s == source && k == kernel)
+    EARLY_LAUNCH
+        .iter()
+        .any(|&(s, k)| s == source && k == kernel)
 }
 
 /// The parameters of `kernel` in `source`, or None when the table does not list it.
@@ -457,7 +459,11 @@ mod tests {
                 }
             }
         }
-        assert_eq!(waiting.len(), EARLY_LAUNCH.len(), "EARLY_LAUNCH names a kernel no .cu defines");
+        assert_eq!(
+            waiting.len(),
+            EARLY_LAUNCH.len(),
+            "EARLY_LAUNCH names a kernel no .cu defines"
+        );
     }
 
     #[test]

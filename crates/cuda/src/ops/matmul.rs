@@ -12,8 +12,8 @@
 
 use super::elementwise::act_code;
 use crate::backend::{dt_code, unsupported, CudaBackend};
-use crate::error::driver;
 use crate::blas::Gemm;
+use crate::error::driver;
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
 use tperf_core::dtype::DType;
@@ -63,7 +63,7 @@ fn gemv_fits(mm: &Matmul, dtype: DType, x: u64, w: u64) -> bool {
 /// ~16 µs (reading the 77 MB of W once; CUPTI, bench-results/2026-12-03-h200-session11/verify/
 /// profile-decode-b32.txt and -b128.txt), a sixth of the decode step.
 fn padded_stride(g: &Gemm) -> Option<u64> {
-    let per_16_bytes = 16 / g.c_dtype.size_bytes() as u64;
+    let per_16_bytes = 16 / g.c_dtype.size_bytes();
     let aligned = g.n.is_multiple_of(per_16_bytes);
     let plain = !g.accumulate && !g.gelu_aux && !g.trans_a && g.trans_b && g.ldc.is_none();
     (!aligned && plain && g.n > per_16_bytes && g.k > 0).then(|| g.n.next_multiple_of(per_16_bytes))
@@ -85,7 +85,7 @@ impl CudaBackend {
         (x, w, y): (u64, u64, u64),
         bias: Option<u64>,
     ) -> Result<(), BackendError> {
-        let elem = g.c_dtype.size_bytes() as u64;
+        let elem = g.c_dtype.size_bytes();
         let wide = g.n - g.n % (16 / elem);
         let scratch = self
             .alloc
@@ -101,7 +101,7 @@ impl CudaBackend {
             ldc: Some(stride),
             ..g
         };
-        let w_elem = g.ab_dtype.size_bytes() as u64;
+        let w_elem = g.ab_dtype.size_bytes();
         let result = self
             .gemm(call, &head, x, w, scratch.ptr, bias, None)
             .and_then(|()| {
