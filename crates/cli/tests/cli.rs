@@ -502,6 +502,57 @@ fn bench_profile_and_attention_measure_beside_the_model() {
         assert_eq!(r["peak_bytes_measured"], r["peak_bytes_modelled"]);
     }
 
+    // Decode steps greedy and back to back: the method is in the rows and the notes say it.
+    let o = tperf(&[
+        "bench",
+        cfg,
+        "--phase",
+        "decode",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--warmup",
+        "1",
+        "--steps",
+        "3",
+        "--device",
+        "cpu",
+        "--temperature",
+        "0",
+        "--back-to-back",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(
+        text.contains("sample greedily") && text.contains("back to back: the timed steps"),
+        "{text}"
+    );
+    let o = tperf(&[
+        "bench",
+        cfg,
+        "--phase",
+        "decode",
+        "--batch",
+        "1",
+        "--seq",
+        "16",
+        "--warmup",
+        "0",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--back-to-back",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = &v["rows"][0];
+    assert_eq!(row["method"]["timing"], "back-to-back");
+    assert_eq!(row["method"]["sampling"]["temperature"], 1.0);
+    assert!(row["measured"]["median"].as_f64().unwrap() > 0.0);
+
     let trace = dir.join("trace.json");
     let o = tperf(&[
         "profile",
@@ -578,6 +629,10 @@ fn bench_profile_and_attention_measure_beside_the_model() {
             "unknown device 'tpu'",
         ),
         (vec!["bench", cfg, "--steps", "0"], "not a positive integer"),
+        (
+            vec!["bench", cfg, "--temperature", "-1"],
+            "--temperature -1 is not valid: use 0 (greedy) or a positive number",
+        ),
         (
             vec!["bench", cfg, "--dtype", "fp8"],
             "use one of fp32, bf16, fp16",

@@ -96,6 +96,11 @@ const EXAMPLES: &[Example] = &[
         Needs::Gpu,
     ),
     (
+        "tperf bench gpt2-124m --phase decode --seq 384 --batch 1,32,128 --dtype bf16 --device cuda --temperature 0 --back-to-back",
+        &[],
+        Needs::Gpu,
+    ),
+    (
         "tperf profile small --batch 4 --seq 256 --dtype bf16 --device cuda",
         &[],
         Needs::Gpu,

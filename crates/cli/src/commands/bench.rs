@@ -70,7 +70,7 @@ pub struct BenchArgs {
     pub back_to_back: bool,
     /// How prefill and decode steps draw their token: 0 is greedy (argmax, as the PyTorch decode
     /// peer does); above 0 a draw at that temperature over the whole vocabulary.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub temperature: f64,
     /// Append each finished row to this JSON-lines file as it completes (an interrupted run
     /// keeps the rows it finished).
