@@ -15,13 +15,16 @@ extern "C" __global__ void column_sum(Buf dy, Buf db, i64 rows, i64 cols) {
 // `padded_product`: rows of an odd width do not start on 16 bytes, which holds cuBLASLt to its
 // alignment-1 kernels) copied into the output's packed rows. Same dtype on both sides, so the
 // f32 round trip of ld/st is exact.
-// Grid (column blocks, rows): no 64-bit division per element (the flat grid-stride form ran at
-// 0.73 TB/s, 17.6 µs for gpt2's B128 logits on the H200).
+//
+// A flat grid-stride loop: 17.6 µs for gpt2's B128 logits on the H200 (CUPTI, session 12's
+// lmhead-broken/profile-decode-b128.txt), where a 2-D grid of one row a block-row measured
+// 31.2 (final/profile-decode-b128.txt).
 extern "C" __global__ void narrow_rows(Buf s, Buf y, i64 rows, int stride, int n) {
     PDL_ENTRY();
-    for (i64 r = blockIdx.y; r < rows; r += gridDim.y)
-        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += gridDim.x * blockDim.x)
-            st(y, r * n + j, ld(s, r * stride + j));
+    FOR_EACH(i, rows * n) {
+        const i64 r = i / n, j = i - r * n;
+        st(y, i, ld(s, r * stride + j));
+    }
 }
 
 // Y = X·Wᵀ + b (and act(Y) when an activation is fused) for a few rows of X: a decode step's

@@ -124,9 +124,7 @@ impl CudaBackend {
                     Arg::I32(stride as i32),
                     Arg::I32(g.n as i32),
                 ];
-                // 256 columns a block, up to 65,535 rows (grid.y's limit; the kernel strides).
-                let grid = (g.n.div_ceil(256) as u32, g.m.min(65_535) as u32, 1);
-                self.launch(call, "matmul", "narrow_rows", grid, (256, 1, 1), 0, &args)
+                self.launch_1d(call, "matmul", "narrow_rows", g.m * g.n, &args)
             });
         // Back to the cache at once: the stream orders its reuse after the kernels above.
         self.alloc.free(scratch);
