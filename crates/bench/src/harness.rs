@@ -4,6 +4,21 @@
 
 use std::time::Instant;
 
+/// The untimed steps before either timing, then a synchronisation so that none runs into the
+/// first timed step.
+fn warm_up<E>(
+    warmup: usize,
+    sync: &mut impl FnMut() -> Result<(), E>,
+    step: &mut impl FnMut() -> Result<(), E>,
+    after_each: &mut impl FnMut(usize),
+) -> Result<(), E> {
+    for i in 0..warmup {
+        step()?;
+        after_each(i);
+    }
+    sync()
+}
+
 /// Runs `warmup` untimed steps, then `steps` timed ones; returns each timed step's seconds.
 /// `sync` waits for the device (a no-op on the CPU, whose ops return when done).
 pub fn time_steps<E>(
@@ -13,11 +28,7 @@ pub fn time_steps<E>(
     mut step: impl FnMut() -> Result<(), E>,
     mut after_each: impl FnMut(usize),
 ) -> Result<Vec<f64>, E> {
-    for i in 0..warmup {
-        step()?;
-        after_each(i);
-    }
-    sync()?;
+    warm_up(warmup, &mut sync, &mut step, &mut after_each)?;
     let mut times = Vec::with_capacity(steps);
     for i in 0..steps {
         let t0 = Instant::now();
@@ -42,11 +53,7 @@ pub fn time_back_to_back<E>(
     mut step: impl FnMut() -> Result<(), E>,
     mut after_each: impl FnMut(usize),
 ) -> Result<Vec<f64>, E> {
-    for i in 0..warmup {
-        step()?;
-        after_each(i);
-    }
-    sync()?;
+    warm_up(warmup, &mut sync, &mut step, &mut after_each)?;
     let t0 = Instant::now();
     for i in 0..steps {
         step()?;
