@@ -37,13 +37,14 @@ const GEMV_SPLIT_BELOW_BLOCKS_PER_SM: u64 = 4;
 /// (bench-results/2026-12-03-h200-session12/hostcost): past two rows each W word's arithmetic
 /// for every row, not the loads, bounds it.
 const GEMV_ROWS: usize = 2;
+const _: () = assert!(GEMV_ROWS <= GEMV_MAX_ROWS);
 
 /// Whether a forward product takes gemv_rows: 1..=GEMV_ROWS rows of 16-bit X and W at
 /// 16-byte-aligned addresses, K a whole number of 16-byte words and X small enough to stage.
 fn gemv_fits(mm: &Matmul, dtype: DType, x: u64, w: u64) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var_os("TPERF_GEMV").is_none_or(|v| v != "0"));
-    on && (1..=GEMV_ROWS.min(GEMV_MAX_ROWS)).contains(&mm.m)
+    on && (1..=GEMV_ROWS).contains(&mm.m)
         && mm.k > 0
         && mm.k.is_multiple_of(8)
         && mm.m * mm.k * 2 <= GEMV_MAX_X
@@ -130,9 +131,7 @@ impl CudaBackend {
         self.alloc.free(scratch);
         result
     }
-}
 
-impl CudaBackend {
     /// C = op(A)·op(B) (+ C), or the empty sum when K = 0.
     fn gemm_or_zero(
         &mut self,
@@ -257,8 +256,8 @@ impl CudaBackend {
             let (actp, prep) = (self.ptr(act)?, self.ptr(pre)?);
             return self.gemm(call, &g, xp, wp, actp, bias, Some(prep));
         }
-        let prep = self.ptr(pre)?;
         if let Some(stride) = padded_stride(&g) {
+            let prep = self.ptr(pre)?;
             self.padded_product(call, g, stride, (xp, wp, prep), bias)?;
         } else {
             self.gemm_or_zero(call, g, xp, wp, pre, bias)?;
