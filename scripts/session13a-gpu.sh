@@ -4,9 +4,11 @@
 # CUDA test binaries that run those kernels and by conformance; then gpt2-124m decode, back to
 # back and greedy, main's binary (carry/tperf-base) against this one, twice each in turn; the
 # CUPTI profile at B1 and B32; and the PyTorch decode peers in the same call.
-# Run from the repo root with carry/tperf, carry/tperf-base and carry/tests/*:
+# Run from the repo root with carry/tperf, carry/tperf-base.xz and carry/tests.tar.xz (packed so
+# that the working tree and carry stay under the device's 64 MiB):
 #   timeout 420 bash scripts/session13a-gpu.sh; results in /tmp/a
-R=$PWD; T=$R/carry/tperf; B=$R/carry/tperf-base; X=$R/carry/tests; O=/tmp/a; mkdir -p $O
+R=$PWD; T=$R/carry/tperf; U=/tmp/unpacked; B=$U/tperf-base; X=$U/tests; O=/tmp/a; mkdir -p $O $U
+xz -dc carry/tperf-base.xz > $B && chmod +x $B; tar xJf carry/tests.tar.xz -C $U
 export PATH=$PATH:/usr/local/cuda/bin NCCL_NVLS_ENABLE=0
 S0=$SECONDS
 step() { local f=$1 l=$2; shift 2; echo "### $* (limit ${l}s)" >>$O/$f; local t0=$SECONDS; timeout $l "$@" >>$O/$f 2>&1; echo "### exit $? after $((SECONDS-t0))s" >>$O/$f; }
