@@ -475,3 +475,52 @@ fn one_backward_on_an_accumulating_model_is_refused_and_frees_its_state() {
     let summary = tperf_core::cost::memory::summarize(be.mem_events());
     assert!(summary.at_end.is_empty(), "leaks {:?}", summary.at_end);
 }
+
+/// In a decode step every pre-norm (LayerNorm for gpt2, RMSNorm for the seed) goes into the
+/// product that reads it: 2 per layer and the final norm into the output layer, no norm op
+/// left. The FLOPs are the unfused step's (the residual add and the activation are counted the
+/// same, fused or not); the bytes drop by the normalised rows and their statistics, which no
+/// longer travel, and by the residual adds and activations the unfused step writes out.
+#[test]
+fn decode_fuses_every_pre_norm_into_its_product() {
+    let hw = hardware::find("h100-sxm").unwrap();
+    for key in ["gpt2", "small"] {
+        let cfg = tiny(key);
+        let fused = Options::default();
+        let plain = Options {
+            fused: false,
+            ..fused
+        };
+        let run = |opts| analysis::analyze(&cfg, &scenario(Workload::Decode, 2, 16, opts), &hw);
+        let (fused, plain) = (run(fused).unwrap(), run(plain).unwrap());
+        let norms = |a: &analysis::Analysis| -> Vec<&'static str> {
+            let mut v: Vec<_> = a
+                .rows
+                .iter()
+                .map(|r| r.name)
+                .filter(|n| n.contains("norm"))
+                .collect();
+            v.dedup();
+            v
+        };
+        let fused_norms = fused
+            .rows
+            .iter()
+            .filter(|r| r.name.ends_with("norm_matmul"))
+            .count();
+        assert_eq!(
+            fused_norms,
+            2 * cfg.n_layers + 1,
+            "{key}: {:?}",
+            norms(&fused)
+        );
+        assert!(
+            norms(&fused).iter().all(|n| n.ends_with("norm_matmul")),
+            "{key}: {:?}",
+            norms(&fused)
+        );
+        assert!(norms(&plain).iter().all(|n| !n.contains("matmul")), "{key}");
+        assert_eq!(fused.total.flops, plain.total.flops, "{key}");
+        assert!(fused.total.bytes < plain.total.bytes, "{key}");
+    }
+}

@@ -10,6 +10,7 @@ pub(crate) mod elementwise;
 mod embedding;
 mod geglu;
 mod matmul;
+mod norm_matmul;
 mod norms;
 pub(crate) mod optimizer;
 mod paged;
