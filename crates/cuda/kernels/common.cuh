@@ -29,41 +29,6 @@ typedef long long i64;
 #define PDL_ENTRY()
 #endif
 
-// [p, p + bytes) fetched into L2 by the block's thread 0 (p 16-byte aligned, bytes a multiple of
-// 16; either not, or bytes ≤ 0, prefetches nothing). A prefetch returns nothing to the kernel
-// and L2 is where every SM's reads and writes meet, so it can neither read a value too early nor
-// race a predecessor's write: it is the one access allowed before PDL_ENTRY's wait. A kernel
-// whose bulk input is read-only for the whole step (a product's weights, the cached keys and
-// values) names its block's share of it here, so that the DRAM round trips run while the kernel
-// before it is still working, and after the wait its loads hit L2.
-__device__ __forceinline__ void l2_prefetch(const void* p, i64 bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (threadIdx.x == 0 && bytes > 0 && ((unsigned long long)p & 15) == 0 && (bytes & 15) == 0) {
-        const char* c = (const char*)p;
-        // The bulk prefetch's size is 32-bit: long ranges go in 1 MiB pieces.
-        for (i64 at = 0; at < bytes; at += (1 << 20)) {
-            const unsigned piece = (unsigned)min(bytes - at, (i64)(1 << 20));
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(c + at), "r"(piece)
-                         : "memory");
-        }
-    }
-#endif
-}
-
-__device__ __forceinline__ void l2_prefetch(const void* p1, i64 bytes1, const void* p2,
-                                            i64 bytes2) {
-    l2_prefetch(p1, bytes1);
-    l2_prefetch(p2, bytes2);
-}
-
-// PDL_ENTRY() after the L2 prefetch of one or two ranges (pointer, bytes; l2_prefetch): the
-// prologue of an early kernel whose block knows its read-only bytes before it may read anything.
-#define PDL_ENTRY_PREFETCHING(...)    \
-    do {                              \
-        l2_prefetch(__VA_ARGS__);     \
-        PDL_ENTRY();                  \
-    } while (0)
-
 #define DT_F32 0
 #define DT_BF16 1
 #define DT_F16 2

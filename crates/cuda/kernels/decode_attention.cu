@@ -397,31 +397,8 @@ __device__ __forceinline__ void decode_split_body(DecShared<RMAX>& sh, DEC_PARAM
                                         step);                                                  \
     }
 
-// The block's keys of one pool (K or V) in a contiguous cache, for l2_prefetch before the
-// kernel waits for its predecessor: rows [split·chunk, +chunk) ∩ [0, capacity) of its unit's KV
-// head, one run (block_size is the capacity there). The keys before this step's are read-only
-// for the step, and a prefetch cannot see the predecessor's append too early (common.cuh says
-// why). A paged batch's keys hang off the block table, a load that must wait: nothing there.
-__device__ __forceinline__ const void* dec_chunk_at(const Buf& pool, int d, int block_size,
-                                                    int chunk) {
-    const i64 row = (i64)blockIdx.x * block_size + (i64)blockIdx.y * chunk;
-    return (const char*)pool.p + row * d * (pool.dt == DT_F32 ? 4 : 2);
-}
-__device__ __forceinline__ i64 dec_chunk_bytes(const Buf& pool, const Buf& block_table, int d,
-                                               int block_size, int chunk) {
-    if (block_table.p) return 0;
-    const i64 first = (i64)blockIdx.y * chunk;
-    const i64 rows = max((i64)0, min((i64)block_size, first + chunk) - first);
-    return rows * d * (pool.dt == DT_F32 ? 4 : 2);
-}
-// The K and V chunks, as PDL_ENTRY_PREFETCHING's two ranges.
-#define DEC_CHUNKS                                                                              \
-    dec_chunk_at(kp, d, block_size, chunk), dec_chunk_bytes(kp, block_table, d, block_size, chunk), \
-        dec_chunk_at(vp, d, block_size, chunk),                                                 \
-        dec_chunk_bytes(vp, block_table, d, block_size, chunk)
-
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2(DEC_PARAMS) {
-    PDL_ENTRY_PREFETCHING(DEC_CHUNKS);
+    PDL_ENTRY();
     DEC_DISPATCH(2, false)
 }
 
@@ -429,11 +406,11 @@ extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2(DEC_PA
 // bytes and measured slower: 63.1 against 57.5 µs a layer at gpt2-124m B128 on the H200
 // (bench-results/2026-12-03-h200-session11/decode-ab).
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r2_deep(DEC_PARAMS) {
-    PDL_ENTRY_PREFETCHING(DEC_CHUNKS);
+    PDL_ENTRY();
     DEC_DISPATCH(2, true)
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_THREADS) decode_split_r8(DEC_PARAMS) {
-    PDL_ENTRY_PREFETCHING(DEC_CHUNKS);
+    PDL_ENTRY();
     DEC_DISPATCH(DEC_MAX_ROWS, true)
 }

@@ -160,16 +160,3 @@ struct CopyX {
         for (int i = threadIdx.x; i < m * (k / 8); i += GEMV_THREADS) xs[i] = xg[i];
     }
 };
-
-// Where W's rows [row, row + rows) ∩ [0, n) start, and their bytes: the block's first column
-// groups, prefetched into L2 before the kernel waits for its predecessor (common.cuh's
-// l2_prefetch). At one row a layer's four products are ~4 µs each of dependent round trips
-// (CUPTI, gpt2-124m B1 on the H200); with W already in L2 the loads after the wait take L2's
-// latency instead of DRAM's. Only the first groups: the rest are loaded in the loop as before,
-// and an lm_head's 77 MB would not fit L2 anyway.
-__device__ __forceinline__ const void* w_rows_at(const Buf& w, int k, i64 row) {
-    return (const char*)w.p + row * k * 2;
-}
-__device__ __forceinline__ i64 w_rows_bytes(int k, int n, i64 row, i64 rows) {
-    return max((i64)0, min((i64)n, row + rows) - row) * k * 2;
-}

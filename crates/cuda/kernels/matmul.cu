@@ -31,9 +31,7 @@ extern "C" __global__ void narrow_rows(Buf s, Buf y, i64 rows, int stride, int n
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_rows(Buf x, Buf w, Buf bias, Buf pre,
                                                                      Buf act, int m, int k, int n,
                                                                      int act_kind) {
-    PDL_ENTRY_PREFETCHING(w_rows_at(w, k, (i64)blockIdx.x * GEMV_WARPS * GEMV_COLS),
-                          w_rows_bytes(k, n, (i64)blockIdx.x * GEMV_WARPS * GEMV_COLS,
-                                       GEMV_WARPS * GEMV_COLS));
+    PDL_ENTRY();
     gemv_body<1, GEMV_UNROLL>(CopyX{x}, w, bias, pre, act, m, k, n, act_kind);
 }
 
@@ -41,7 +39,6 @@ extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_rows_split(Buf x
                                                                            Buf pre, Buf act, int m,
                                                                            int k, int n,
                                                                            int act_kind) {
-    PDL_ENTRY_PREFETCHING(w_rows_at(w, k, (i64)blockIdx.x * GEMV_COLS),
-                          w_rows_bytes(k, n, (i64)blockIdx.x * GEMV_COLS, GEMV_COLS));
+    PDL_ENTRY();
     gemv_body<GEMV_WARPS, GEMV_UNROLL>(CopyX{x}, w, bias, pre, act, m, k, n, act_kind);
 }

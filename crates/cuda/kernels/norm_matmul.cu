@@ -7,6 +7,12 @@
 // the normalised values are rounded to W's 16-bit dtype as the unfused norm's stored output is.
 // More rows take the norm kernel and cuBLASLt (ops/norm_matmul.rs).
 
+// The most rows the fused kernel normalises (gemv's two, ops/matmul.rs's GEMV_ROWS) and the
+// widest row: one 8-element word a thread (K ≤ 8·GEMV_THREADS). ops/norm_matmul.rs sends wider
+// rows to the norm kernel and cuBLASLt.
+#define NORM_ROWS 2
+#define NORM_MAX_K (8 * GEMV_THREADS)
+
 // x = a (+ b) at element i..i+8 of the rows.
 __device__ __forceinline__ void norm_in8(const Buf& a, const Buf& b, int residual, i64 i, float x[8]) {
     ld8(a, i, x);
@@ -31,68 +37,70 @@ __device__ __forceinline__ uint4 pack8(const float v[8], int dt) {
 }
 
 // X staged normalised: row r is norm(a_r (+ b_r))·γ (+ β). `rms` takes the mean as 0 (RMSNorm,
-// as norms.cu does).
+// as norms.cu does). Thread t holds word t of every row in registers, read once together with
+// γ and β: one round trip to L2, then the two block reductions (mean, then the squared
+// deviations from the registers). The first version re-read the rows from L2 for each of its
+// three passes: 14.4 µs for gpt2-124m's qkv at B1 on the H200, against 3.6 for the plain gemv
+// and ~3 for the norm kernel it replaced (bench-results/2026-12-04-h200-session13/a).
 struct NormStage {
     Buf a, b, gamma, beta, sum;
     int rms, residual, has_beta;
     float eps;
 
     __device__ __forceinline__ void operator()(uint4* xs, int m, int k, int dt) const {
-        __shared__ float scratch[32 * GEMV_MAX_ROWS];
-        const int words = k / 8;
+        __shared__ float scratch[32 * NORM_ROWS];
+        const int i = threadIdx.x;
+        const bool mine = i < k / 8;
         const float cf = (float)k;
-        float mean[GEMV_MAX_ROWS], acc[GEMV_MAX_ROWS];
+        float x[NORM_ROWS][8], g[8], bt[8];
 #pragma unroll
-        for (int r = 0; r < GEMV_MAX_ROWS; ++r) mean[r] = acc[r] = 0.0f;
-        if (!rms) {
+        for (int r = 0; r < NORM_ROWS; ++r) {
+            if (mine && r < m) {
+                norm_in8(a, b, residual, (i64)r * k + 8 * i, x[r]);
+            } else {
 #pragma unroll
-            for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-                if (r >= m) break;
-                for (int i = threadIdx.x; i < words; i += GEMV_THREADS) {
-                    float x[8];
-                    norm_in8(a, b, residual, (i64)r * k + 8 * i, x);
-#pragma unroll
-                    for (int e = 0; e < 8; e++) acc[r] += x[e];
-                }
-            }
-            block_sum_n<GEMV_MAX_ROWS>(acc, scratch);
-#pragma unroll
-            for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-                mean[r] = acc[r] / cf;
-                acc[r] = 0.0f;
+                for (int e = 0; e < 8; e++) x[r][e] = 0.0f;
             }
         }
+        if (mine) {
+            ld8(gamma, 8 * i, g);
+            if (has_beta) ld8(beta, 8 * i, bt);
+        }
+        float mean[NORM_ROWS], acc[NORM_ROWS];
 #pragma unroll
-        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-            if (r >= m) break;
-            for (int i = threadIdx.x; i < words; i += GEMV_THREADS) {
-                float x[8];
-                norm_in8(a, b, residual, (i64)r * k + 8 * i, x);
+        for (int r = 0; r < NORM_ROWS; ++r) {
+            acc[r] = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[r] += x[r][e];
+        }
+        if (!rms) block_sum_n<NORM_ROWS>(acc, scratch);
+#pragma unroll
+        for (int r = 0; r < NORM_ROWS; ++r) {
+            mean[r] = rms ? 0.0f : acc[r] / cf;
+            acc[r] = 0.0f;
+            if (mine) {
 #pragma unroll
                 for (int e = 0; e < 8; e++) {
-                    const float d = x[e] - mean[r];
+                    const float d = x[r][e] - mean[r];
                     acc[r] += d * d;
                 }
             }
         }
-        block_sum_n<GEMV_MAX_ROWS>(acc, scratch);
+        block_sum_n<NORM_ROWS>(acc, scratch);
+        if (!mine) return;
         const bool writes_sum = residual && blockIdx.x == 0;
 #pragma unroll
-        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
-            if (r >= m) break;
-            const float rstd = 1.0f / sqrtf(acc[r] / cf + eps);
-            for (int i = threadIdx.x; i < words; i += GEMV_THREADS) {
-                float x[8], g[8], bt[8], v[8];
-                norm_in8(a, b, residual, (i64)r * k + 8 * i, x);
-                if (writes_sum) st8(sum, (i64)r * k + 8 * i, x);
-                ld8(gamma, 8 * i, g);
-                if (has_beta) ld8(beta, 8 * i, bt);
+        for (int r = 0; r < NORM_ROWS; ++r) {
+            if (r < m) {
+                const float rstd = 1.0f / sqrtf(acc[r] / cf + eps);
+                if (writes_sum) st8(sum, (i64)r * k + 8 * i, x[r]);
+                float v[8];
 #pragma unroll
                 for (int e = 0; e < 8; e++) {
-                    v[e] = (x[e] - mean[r]) * rstd * g[e];
+                    v[e] = (x[r][e] - mean[r]) * rstd * g[e];
                     if (has_beta) v[e] += bt[e];
                 }
-                xs[r * words + i] = pack8(v, dt);
+                xs[r * (k / 8) + i] = pack8(v, dt);
             }
         }
     }
@@ -105,16 +113,13 @@ struct NormStage {
         int n, int act_kind, int rms, int residual, int has_beta, float eps
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) norm_gemv_rows(NORM_GEMV_PARAMS) {
-    PDL_ENTRY_PREFETCHING(w_rows_at(w, k, (i64)blockIdx.x * GEMV_WARPS * GEMV_COLS),
-                          w_rows_bytes(k, n, (i64)blockIdx.x * GEMV_WARPS * GEMV_COLS,
-                                       GEMV_WARPS * GEMV_COLS));
+    PDL_ENTRY();
     const NormStage stage{a, b, gamma, beta, sum, rms, residual, has_beta, eps};
     gemv_body<1, GEMV_UNROLL>(stage, w, bias, pre, act, m, k, n, act_kind);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) norm_gemv_rows_split(NORM_GEMV_PARAMS) {
-    PDL_ENTRY_PREFETCHING(w_rows_at(w, k, (i64)blockIdx.x * GEMV_COLS),
-                          w_rows_bytes(k, n, (i64)blockIdx.x * GEMV_COLS, GEMV_COLS));
+    PDL_ENTRY();
     const NormStage stage{a, b, gamma, beta, sum, rms, residual, has_beta, eps};
     gemv_body<GEMV_WARPS, GEMV_UNROLL>(stage, w, bias, pre, act, m, k, n, act_kind);
 }

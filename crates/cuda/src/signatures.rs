@@ -50,11 +50,11 @@ const FLASH_BWD: &[ArgKind] = &[
     Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
 ];
 
-/// DEC_PARAMS of decode_attention.cu, which all of its split kernels take.
 /// norm_matmul.cu's NORM_GEMV_PARAMS.
 const NORM_GEMV: &[ArgKind] = &[
     Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, F32,
 ];
+/// DEC_PARAMS of decode_attention.cu, which all of its split kernels take.
 const DECODE_SPLIT: &[ArgKind] = &[
     Buf, Buf, Buf, Buf, Buf, Buf, Buf, Ptr, Ptr, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, I32,
     I64, F32, I32, Ptr,
@@ -453,16 +453,12 @@ mod tests {
         for src in SOURCES {
             for (kernel, first) in first_statements(src.text) {
                 let listed = launches_early(src.name, &kernel);
-                // PDL_ENTRY_PREFETCHING(...) is PDL_ENTRY() after an L2 prefetch, the one
-                // access common.cuh allows before the wait.
-                let waits_first =
-                    first == "PDL_ENTRY()" || first.starts_with("PDL_ENTRY_PREFETCHING(");
                 assert_eq!(
-                    waits_first,
+                    first == "PDL_ENTRY()",
                     listed,
                     "{}::{kernel}: its first statement is '{first}', and EARLY_LAUNCH {} it \
-                     (a kernel launched early must begin with PDL_ENTRY() or \
-                     PDL_ENTRY_PREFETCHING(..); one that begins with either belongs in the list)",
+                     (a kernel launched early must begin with PDL_ENTRY(); one that begins \
+                     with it belongs in the list)",
                     src.name,
                     if listed { "lists" } else { "does not list" }
                 );

@@ -1,7 +1,7 @@
 //! The pre-norm and its product as one op (kernels/norm_matmul.cu): where the product takes
-//! gemv_rows (one or two rows of 16-bit X and W, matmul.rs's `gemv_fits`), one kernel that
-//! normalises the rows in every block and multiplies them, which saves the norm's launch; any
-//! other shape runs the norm kernel into a scratch and the product as the Matmul op runs it
+//! gemv_rows (one or two rows of 16-bit X and W, matmul.rs's `gemv_fits`) and a row is at most
+//! 1024 wide, one kernel that normalises the rows in every block and multiplies them, which
+//! saves the norm's launch; any other shape runs the norm kernel into a scratch and the product as the Matmul op runs it
 //! (cuBLASLt), the two launches the unfused ops would have made.
 
 use super::elementwise::act_code;
@@ -15,6 +15,10 @@ use tperf_core::dtype::DType;
 use tperf_core::ops::norm_matmul::{NormMatmul, NormMatmulIo, PreNorm};
 
 const SRC: &str = "norm_matmul";
+/// norm_matmul.cu's NORM_ROWS and NORM_MAX_K: the rows it normalises and the widest row (one
+/// 8-element word a thread of gemv's GEMV_THREADS).
+const NORM_ROWS: u64 = 2;
+const NORM_MAX_K: u64 = 8 * GEMV_THREADS as u64;
 
 /// Whether a kernel argument is a buffer the 16-byte vector loads of norm_matmul.cu can read
 /// (the null buffer of an absent operand is).
@@ -59,7 +63,8 @@ impl CudaBackend {
         let norm_aligned = [norm.x, norm.add, norm.gamma, norm.beta, norm.sum]
             .iter()
             .all(vector_aligned);
-        if gemv_fits(mm, x_dtype, xp, wp) && norm_aligned && product.w.dtype == x_dtype {
+        let fits = gemv_fits(mm, x_dtype, xp, wp) && m <= NORM_ROWS && k <= NORM_MAX_K;
+        if fits && norm_aligned && product.w.dtype == x_dtype {
             let none = Arg::Buf(0, 0);
             let (act, kind) = match (mm.activation, &product.act) {
                 (Some(kind), Some(act)) => (self.arg(call, act, m * n)?, act_code(kind)),
