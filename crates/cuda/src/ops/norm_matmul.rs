@@ -26,6 +26,23 @@ fn vector_aligned(a: &Arg) -> bool {
     matches!(a, Arg::Buf(p, _) if p.is_multiple_of(16))
 }
 
+/// TPERF_NORM_GEMV_BLOCKS_PER_SM: caps the split kernel's grid at this many blocks an SM (each
+/// block then takes several column groups and normalises the rows once for them), for
+/// measuring the trade against gemv's grid (read once; unset: gemv's grid).
+fn blocks_per_sm() -> Option<u32> {
+    static CAP: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| {
+        let v = std::env::var("TPERF_NORM_GEMV_BLOCKS_PER_SM").ok()?;
+        match v.parse() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                eprintln!("warning: TPERF_NORM_GEMV_BLOCKS_PER_SM={v:?} is not a positive whole number; using gemv's grid");
+                None
+            }
+        }
+    })
+}
+
 impl CudaBackend {
     pub(crate) fn norm_matmul_forward(
         &mut self,
@@ -90,7 +107,10 @@ impl CudaBackend {
                 Arg::I32(i32::from(op.has_beta())),
                 Arg::F32(op.eps() as f32),
             ];
-            let (split, blocks) = self.gemv_grid(n);
+            let (split, mut blocks) = self.gemv_grid(n);
+            if let (true, Some(per_sm)) = (split, blocks_per_sm()) {
+                blocks = blocks.min(per_sm * self.gpu.info.sms.max(1) as u32);
+            }
             let kernel = if split {
                 "norm_gemv_rows_split"
             } else {
