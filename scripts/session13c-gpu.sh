@@ -2,7 +2,8 @@
 # Session 13's third call on one H200 (about 2 minutes): why the fused pre-norm's kernel
 # (norm_gemv_rows_split) is slower than the norm kernel and gemv it replaces. gpt2-124m decode B1
 # and B2, back to back and greedy, with its grid capped at 8, 4, 2 and 1 blocks an SM
-# (TPERF_NORM_GEMV_BLOCKS_PER_SM) beside gemv's grid and session 12's main; then Nsight Compute
+# (TPERF_NORM_GEMV_BLOCKS_PER_SM) beside gemv's grid and session 12's main, and LayerNorm's
+# statistics in one reduction (TPERF_NORM_ONE_PASS=1); then Nsight Compute
 # on one fused and one plain gemv launch (eager: TPERF_CUDA_GRAPHS=0). Run from the repo root
 # with carry/tperf and carry/tperf-base.xz:
 #   timeout 240 bash scripts/session13c-gpu.sh; results in /tmp/c
@@ -19,6 +20,8 @@ for i in 1 2; do
   step decode-base.txt 30 $B $D
   step decode-grid.txt 30 $T $D
   for c in 8 4 2 1; do step decode-cap$c.txt 30 env TPERF_NORM_GEMV_BLOCKS_PER_SM=$c $T $D; done
+  step decode-onepass.txt 30 env TPERF_NORM_ONE_PASS=1 $T $D
+  step decode-onepass-cap4.txt 30 env TPERF_NORM_ONE_PASS=1 TPERF_NORM_GEMV_BLOCKS_PER_SM=4 $T $D
 done
 echo "A done at $((SECONDS-S0))s" >> $O/machine.txt
 N="bench gpt2-124m --phase decode --seq 384 --dtype bf16 --device cuda --batch 1 --steps 2 --warmup 1 --temperature 0"

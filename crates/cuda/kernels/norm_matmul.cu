@@ -44,7 +44,7 @@ __device__ __forceinline__ uint4 pack8(const float v[8], int dt) {
 // and ~3 for the norm kernel it replaced (bench-results/2026-12-04-h200-session13/a).
 struct NormStage {
     Buf a, b, gamma, beta, sum;
-    int rms, residual, has_beta;
+    int rms, residual, has_beta, one_pass;
     float eps;
 
     __device__ __forceinline__ void operator()(uint4* xs, int m, int k, int dt) const {
@@ -67,26 +67,47 @@ struct NormStage {
             if (has_beta) ld8(beta, 8 * i, bt);
         }
         float mean[NORM_ROWS], acc[NORM_ROWS];
+        if (one_pass && !rms) {
+            // Σx and Σx² in one reduction: var = E[x²] − μ² (one barrier pair fewer).
+            float sums[2 * NORM_ROWS];
 #pragma unroll
-        for (int r = 0; r < NORM_ROWS; ++r) {
-            acc[r] = 0.0f;
-#pragma unroll
-            for (int e = 0; e < 8; e++) acc[r] += x[r][e];
-        }
-        if (!rms) block_sum_n<NORM_ROWS>(acc, scratch);
-#pragma unroll
-        for (int r = 0; r < NORM_ROWS; ++r) {
-            mean[r] = rms ? 0.0f : acc[r] / cf;
-            acc[r] = 0.0f;
-            if (mine) {
+            for (int r = 0; r < NORM_ROWS; ++r) {
+                sums[r] = sums[NORM_ROWS + r] = 0.0f;
 #pragma unroll
                 for (int e = 0; e < 8; e++) {
-                    const float d = x[r][e] - mean[r];
-                    acc[r] += d * d;
+                    sums[r] += x[r][e];
+                    sums[NORM_ROWS + r] += x[r][e] * x[r][e];
                 }
             }
+            __shared__ float scratch2[32 * 2 * NORM_ROWS];
+            block_sum_n<2 * NORM_ROWS>(sums, scratch2);
+#pragma unroll
+            for (int r = 0; r < NORM_ROWS; ++r) {
+                mean[r] = sums[r] / cf;
+                acc[r] = fmaxf(sums[NORM_ROWS + r] - cf * mean[r] * mean[r], 0.0f);
+            }
+        } else {
+#pragma unroll
+            for (int r = 0; r < NORM_ROWS; ++r) {
+                acc[r] = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 8; e++) acc[r] += x[r][e];
+            }
+            if (!rms) block_sum_n<NORM_ROWS>(acc, scratch);
+#pragma unroll
+            for (int r = 0; r < NORM_ROWS; ++r) {
+                mean[r] = rms ? 0.0f : acc[r] / cf;
+                acc[r] = 0.0f;
+                if (mine) {
+#pragma unroll
+                    for (int e = 0; e < 8; e++) {
+                        const float d = x[r][e] - mean[r];
+                        acc[r] += d * d;
+                    }
+                }
+            }
+            block_sum_n<NORM_ROWS>(acc, scratch);
         }
-        block_sum_n<NORM_ROWS>(acc, scratch);
         if (!mine) return;
         const bool writes_sum = residual && blockIdx.x == 0;
 #pragma unroll
@@ -110,16 +131,16 @@ struct NormStage {
 // residual branch, when `residual`), γ, β (when `has_beta`); sum = a + b written when residual.
 #define NORM_GEMV_PARAMS                                                                        \
     Buf a, Buf b, Buf gamma, Buf beta, Buf sum, Buf w, Buf bias, Buf pre, Buf act, int m, int k, \
-        int n, int act_kind, int rms, int residual, int has_beta, float eps
+        int n, int act_kind, int rms, int residual, int has_beta, int one_pass, float eps
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) norm_gemv_rows(NORM_GEMV_PARAMS) {
     PDL_ENTRY();
-    const NormStage stage{a, b, gamma, beta, sum, rms, residual, has_beta, eps};
+    const NormStage stage{a, b, gamma, beta, sum, rms, residual, has_beta, one_pass, eps};
     gemv_body<1, GEMV_UNROLL>(stage, w, bias, pre, act, m, k, n, act_kind);
 }
 
 extern "C" __global__ void __launch_bounds__(GEMV_THREADS) norm_gemv_rows_split(NORM_GEMV_PARAMS) {
     PDL_ENTRY();
-    const NormStage stage{a, b, gamma, beta, sum, rms, residual, has_beta, eps};
+    const NormStage stage{a, b, gamma, beta, sum, rms, residual, has_beta, one_pass, eps};
     gemv_body<GEMV_WARPS, GEMV_UNROLL>(stage, w, bias, pre, act, m, k, n, act_kind);
 }

@@ -52,7 +52,7 @@ const FLASH_BWD: &[ArgKind] = &[
 
 /// norm_matmul.cu's NORM_GEMV_PARAMS.
 const NORM_GEMV: &[ArgKind] = &[
-    Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, F32,
+    Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, I32, F32,
 ];
 /// DEC_PARAMS of decode_attention.cu, which all of its split kernels take.
 const DECODE_SPLIT: &[ArgKind] = &[

@@ -43,6 +43,13 @@ fn blocks_per_sm() -> Option<u32> {
     })
 }
 
+/// TPERF_NORM_ONE_PASS=1: LayerNorm's statistics from Σx and Σx² in one block reduction instead
+/// of the two-pass mean then squared deviations (an experiment; read once).
+fn one_pass() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("TPERF_NORM_ONE_PASS").is_some_and(|v| v == "1"))
+}
+
 impl CudaBackend {
     pub(crate) fn norm_matmul_forward(
         &mut self,
@@ -105,6 +112,7 @@ impl CudaBackend {
                 Arg::I32(i32::from(matches!(op.norm, PreNorm::Rms(_)))),
                 Arg::I32(i32::from(op.residual())),
                 Arg::I32(i32::from(op.has_beta())),
+                Arg::I32(i32::from(one_pass())),
                 Arg::F32(op.eps() as f32),
             ];
             let (split, mut blocks) = self.gemv_grid(n);
