@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The train step's memory-bound kernels (optimizer.cu, gated.cu, norms.cu's backward, rope.cu) on
+# The train step's memory-bound kernels (grad_norm.cu, adamw.cu, gated.cu, norms.cu's backward, rope.cu) on
 # one H200: their tests and memcheck first, then the 2.7B and small train profiles and the bench.
 # Run from the repo root with the stripped binaries in carry/ (carry/tperf, carry/tests/NAME):
 #   timeout 570 bash scripts/train-kernels-gpu.sh; tar czf $OUT/results.tgz -C /tmp f

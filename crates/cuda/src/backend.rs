@@ -62,8 +62,8 @@ pub struct CudaBackend {
     retired: TensorMap<DevBuf>,
     /// Captured steps; dropped before any memory they point into.
     graphs: Graphs,
-    /// The optimizer's tensor tables (ops/optimizer.rs); captured graphs address them.
-    pub(crate) tables: crate::ops::optimizer::TensorTables,
+    /// The optimizer's tensor tables (ops/tensor_table.rs); captured graphs address them.
+    pub(crate) tables: crate::ops::tensor_table::TensorTables,
     pub(crate) alloc: CachingAllocator,
     /// Tensors' bytes at their dtype widths by category (the Meta backend's rule); what the
     /// driver reserved is the allocator's count.

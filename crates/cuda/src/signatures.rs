@@ -161,10 +161,10 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         "cross_entropy_backward",
         &[Buf, Buf, Buf, I64, I32, F32, I32, I32],
     ),
-    ("optimizer", "grad_sum_sq_multi", &[Ptr, I32, I64, Ptr]),
-    ("optimizer", "grad_norm_finish", &[Ptr, I32, I32, Buf]),
+    ("grad_norm", "grad_sum_sq_multi", &[Ptr, I32, I64, Ptr]),
+    ("grad_norm", "grad_norm_finish", &[Ptr, I32, I32, Buf]),
     (
-        "optimizer",
+        "adamw",
         "adamw_update_multi",
         &[
             Ptr, I32, I64, Buf, F32, F32, F32, F32, F32, F32, F32, I32, F64, F64, I32, Ptr,
@@ -616,7 +616,8 @@ mod tests {
             include_str!("ops/embedding.rs"),
             include_str!("ops/matmul.rs"),
             include_str!("ops/norms.rs"),
-            include_str!("ops/optimizer.rs"),
+            include_str!("ops/grad_norm.rs"),
+            include_str!("ops/adamw.rs"),
             include_str!("ops/paged.rs"),
             include_str!("ops/rope.rs"),
             include_str!("ops/sampling.rs"),

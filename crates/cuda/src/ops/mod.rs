@@ -2,6 +2,7 @@
 //! adds methods to [`crate::CudaBackend`]; the CPU reference of the same op (in
 //! `tperf_core::ops`) is the spec each kernel is tested against.
 
+mod adamw;
 mod attention;
 pub(crate) mod collective;
 mod cross_entropy;
@@ -9,13 +10,14 @@ mod decode;
 pub(crate) mod elementwise;
 mod embedding;
 mod geglu;
+mod grad_norm;
 mod matmul;
 mod norm_matmul;
 mod norms;
-pub(crate) mod optimizer;
 mod paged;
 mod rope;
 mod sampling;
+pub(crate) mod tensor_table;
 pub(crate) mod watchdog;
 
 pub(crate) use sampling::sample_words;
