@@ -60,7 +60,7 @@ pub const SOURCES: &[Source] = &[
     source!("flash_attention"),
     source!("flash_mma", ["tensor_core.cuh"], false),
     source!("flash_wgmma", ["tensor_core.cuh"], true),
-    source!("paged"),
+    source!("paged_attention"),
     source!("sampling"),
     source!("decode_attention"),
     source!("ceilings"),

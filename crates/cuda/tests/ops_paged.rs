@@ -3,7 +3,8 @@
 //! (300, 1000), blocks scattered over the pool in a shuffled order, decode rows beside prefill
 //! chunks, MHA / GQA / MQA, d 64, 80, 128, a sliding window, f32 / bf16 / f16 storage. The
 //! shapes flash-decoding takes (ops/decode.rs: a group of ≤ 8 query heads, d a multiple of 8)
-//! and one it does not (16 query heads on one KV head: paged.cu's general kernel) both run.
+//! and one it does not (16 query heads on one KV head: paged_attention.cu's general kernel) both
+//! run.
 //!
 //! Tolerance (conformance::tolerance): max |gpu − cpu| / max |cpu| over the output, f32 1e-4,
 //! bf16 1.6e-2, fp16 4e-3 — the CPU computes in f32 from the same 16-bit inputs; the GPU rounds

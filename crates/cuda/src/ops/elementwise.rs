@@ -1,20 +1,13 @@
-//! Host side of the elementwise and data-movement ops, each with its own kernel file
-//! (kernels/{activation,gated,residual,cast,kv_cache,take_last}.cu), and the id checks the ops
-//! that read token or target ids share.
+//! Host side of the elementwise ops, each with its own kernel file
+//! (kernels/{activation,gated,residual,cast}.cu).
 
-use crate::backend::{invalid, unsupported, CudaBackend};
+use crate::backend::CudaBackend;
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
-use tperf_core::dtype::DType;
 use tperf_core::ops::activation::{Activation, ActivationBackwardIo, ActivationIo, ActivationKind};
 use tperf_core::ops::cast::{Cast, CastIo};
-use tperf_core::ops::cross_entropy::{CrossEntropyBackwardIo, CrossEntropyIo};
-use tperf_core::ops::embedding::{EmbeddingBackwardIo, EmbeddingIo};
-use tperf_core::ops::kv_cache::{KvAppend, KvAppendIo};
 use tperf_core::ops::residual::{ResidualAdd, ResidualAddIo};
 use tperf_core::ops::swiglu::{SwiGlu, SwiGluBackwardIo, SwiGluIo};
-use tperf_core::ops::take_last::{TakeLast, TakeLastIo};
-use tperf_core::ops::Op;
 use tperf_core::tensor::Tensor;
 
 pub(crate) fn act_code(kind: ActivationKind) -> i32 {
@@ -153,132 +146,4 @@ impl CudaBackend {
         }
         Ok(())
     }
-
-    pub(crate) fn kv_append(&mut self, call: &OpCall, k: &KvAppend) -> Result<(), BackendError> {
-        let io: KvAppendIo = call.operands(k)?;
-        let capacity = io.k_cache.shape.get(2).copied().unwrap_or(0);
-        check_kv_room(call, k, &io.k_cache)?;
-        let rows = (k.b * k.t_new) as u64;
-        let width = io.qkv.numel() / rows.max(1);
-        let h_q = (width / k.d.max(1) as u64).saturating_sub(2 * k.h_kv as u64) as usize;
-        let cache = (k.b * k.h_kv * capacity * k.d) as u64;
-        let args = [
-            self.arg(call, &io.qkv, rows * width)?,
-            self.arg(call, &io.k_cache, cache)?,
-            self.arg(call, &io.v_cache, cache)?,
-            Arg::I32(k.b as i32),
-            Arg::I32(k.t_new as i32),
-            Arg::I32(h_q as i32),
-            Arg::I32(k.h_kv as i32),
-            Arg::I32(k.d as i32),
-            Arg::I32(k.pos as i32),
-            Arg::I32(capacity as i32),
-            Arg::Ptr(self.op_scalars),
-        ];
-        self.launch_1d(
-            call,
-            "kv_cache",
-            "kv_append",
-            rows * (k.h_kv * k.d) as u64,
-            &args,
-        )
-    }
-
-    pub(crate) fn take_last(&mut self, call: &OpCall, t: &TakeLast) -> Result<(), BackendError> {
-        let io: TakeLastIo = call.operands(t)?;
-        let (b, tt, c) = (t.b as u64, t.t as u64, t.c as u64);
-        let args = [
-            self.arg(call, &io.x, b * tt * c)?,
-            self.arg(call, &io.last, b * c)?,
-            Arg::I32(t.b as i32),
-            Arg::I32(t.t as i32),
-            Arg::I32(t.c as i32),
-        ];
-        self.launch_1d(call, "take_last", "take_last", b * c, &args)
-    }
-
-    /// `t` as i32 ids, checked to be in 0..limit before they reach a kernel (an id past the
-    /// table would read out of bounds). Ids enter only through `write_i32`, which records their
-    /// range on the host, so the check needs no read back from the device.
-    pub(crate) fn check_ids(
-        &self,
-        call: &OpCall,
-        t: &Tensor,
-        n: usize,
-        limit: usize,
-        what: &str,
-    ) -> Result<Arg, BackendError> {
-        if t.dtype != DType::I32 {
-            return Err(unsupported(call, format!("{what} ids must be i32")));
-        }
-        let arg = self.arg(call, t, n as u64)?;
-        self.check_id_range(call, t, limit, what)?;
-        Ok(arg)
-    }
-
-    fn check_id_range(
-        &self,
-        call: &OpCall,
-        t: &Tensor,
-        limit: usize,
-        what: &str,
-    ) -> Result<(), BackendError> {
-        if let Some((lo, hi)) = self.buf(t)?.id_range {
-            let bad = if lo < 0 { lo } else { hi };
-            if lo < 0 || hi as usize >= limit {
-                return Err(invalid(
-                    call,
-                    format!("{what} id {bad} is outside the vocabulary of {limit}"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// The checks on data an op's launch would have made, for an op that is not launched (in a
-    /// replayed graph step, where token ids and positions are new), so bad data fails the same
-    /// way whether the step is replayed or run.
-    pub(crate) fn check_replayed(&self, call: &OpCall) -> Result<(), BackendError> {
-        self.check_ragged(call)?;
-        let (ids, limit, what) = match &call.op {
-            Op::Embedding(e) => {
-                let io: EmbeddingIo = call.operands(e)?;
-                // Per-row positions were range-checked by check_ragged above.
-                if let (Some(wpe), false) = (&io.wpe, e.per_row) {
-                    super::embedding::check_position_room(call, e, wpe)?;
-                }
-                (io.tokens, e.vocab, "token")
-            }
-            Op::EmbeddingBackward(e) => {
-                let io: EmbeddingBackwardIo = call.operands(e)?;
-                (io.tokens, e.vocab, "token")
-            }
-            Op::CrossEntropy(ce) => {
-                let io: CrossEntropyIo = call.operands(ce)?;
-                (io.targets, ce.v, "target")
-            }
-            Op::CrossEntropyBackward(ce) => {
-                let io: CrossEntropyBackwardIo = call.operands(ce)?;
-                (io.targets, ce.v, "target")
-            }
-            Op::KvAppend(k) => {
-                let io: KvAppendIo = call.operands(k)?;
-                return check_kv_room(call, k, &io.k_cache);
-            }
-            _ => return Ok(()),
-        };
-        self.check_id_range(call, &ids, limit, what)
-    }
-}
-
-/// The KV cache (`k_cache`, shaped as its V twin) has room for the appended positions.
-fn check_kv_room(call: &OpCall, k: &KvAppend, k_cache: &Tensor) -> Result<(), BackendError> {
-    let capacity = k_cache.shape.get(2).copied().unwrap_or(0);
-    if k.pos + k.t_new > capacity {
-        return Err(invalid(call, format!(
-            "appending {} positions at {} overflows the KV cache of {capacity}: allocate a larger cache",
-            k.t_new, k.pos
-        )));
-    }
-    Ok(())
 }

@@ -19,6 +19,27 @@ fn aligned(args: &[&Arg]) -> bool {
 }
 
 impl CudaBackend {
+    /// Every position the forward reads has a row of the learned table (a computed table takes
+    /// any non-negative i32): per row, each host-written position; contiguous, the batch's last.
+    pub(crate) fn check_embedding_positions(
+        &self,
+        call: &OpCall,
+        e: &Embedding,
+        io: &EmbeddingIo,
+    ) -> Result<(), BackendError> {
+        match (&io.positions, &io.wpe) {
+            (Some(positions), wpe) => {
+                let rows = match wpe {
+                    Some(wpe) => (wpe.numel() / (e.c as u64).max(1)) as i64,
+                    None => i64::from(i32::MAX),
+                };
+                self.check_range(call, positions, (0, rows), "position")
+            }
+            (None, Some(wpe)) => check_position_room(call, e, wpe),
+            (None, None) => Ok(()),
+        }
+    }
+
     pub(crate) fn embedding_forward(
         &mut self,
         call: &OpCall,
@@ -30,18 +51,10 @@ impl CudaBackend {
         }
         let (n, c) = (e.n as u64, e.c as u64);
         let tokens = self.check_ids(call, &io.tokens, e.n, e.vocab, "token")?;
-        if e.per_row {
-            // Per-row positions are range-checked against the table there.
-            self.check_ragged(call)?;
-        }
+        self.check_embedding_positions(call, e, &io)?;
         // wpe is an operand exactly when the table is learned.
         let (kind, wpe) = match (&io.wpe, e.positions) {
-            (Some(wpe), _) => {
-                if !e.per_row {
-                    check_position_room(call, e, wpe)?;
-                }
-                (1, self.arg(call, wpe, wpe.numel())?)
-            }
+            (Some(wpe), _) => (1, self.arg(call, wpe, wpe.numel())?),
             (None, PositionTable::Sinusoidal) => (2, Arg::Buf(0, 0)),
             (None, _) => (0, Arg::Buf(0, 0)),
         };
@@ -112,12 +125,8 @@ impl CudaBackend {
     }
 }
 
-/// The learned position table `wpe` has a row for every position the op embeds.
-pub(crate) fn check_position_room(
-    call: &OpCall,
-    e: &Embedding,
-    wpe: &Tensor,
-) -> Result<(), BackendError> {
+/// The learned position table `wpe` has a row for every position of a contiguous batch.
+fn check_position_room(call: &OpCall, e: &Embedding, wpe: &Tensor) -> Result<(), BackendError> {
     let rows = wpe.numel() / (e.c as u64).max(1);
     if (e.pos_offset + e.t) as u64 > rows {
         return Err(invalid(call, format!(

@@ -4,6 +4,7 @@
 
 mod adamw;
 mod attention;
+mod checks;
 pub(crate) mod collective;
 mod cross_entropy;
 mod decode;
@@ -11,12 +12,14 @@ pub(crate) mod elementwise;
 mod embedding;
 mod geglu;
 mod grad_norm;
+mod kv_cache;
 mod matmul;
 mod norm_matmul;
 mod norms;
-mod paged;
+mod paged_attention;
 mod rope;
 mod sampling;
+mod take_last;
 pub(crate) mod tensor_table;
 pub(crate) mod watchdog;
 

@@ -10,6 +10,18 @@ use tperf_core::ops::rope::{Rope, RopeIo};
 const SRC: &str = "rope";
 
 impl CudaBackend {
+    /// Host-written per-row positions are non-negative i32s (every position has a rotation).
+    pub(crate) fn check_rope_positions(
+        &self,
+        call: &OpCall,
+        io: &RopeIo,
+    ) -> Result<(), BackendError> {
+        match &io.positions {
+            Some(p) => self.check_range(call, p, (0, i64::from(i32::MAX)), "position"),
+            None => Ok(()),
+        }
+    }
+
     /// The rotation by +angle (forward) or −angle (`backward`: a rotation's inverse).
     pub(crate) fn rope(
         &mut self,
@@ -22,7 +34,7 @@ impl CudaBackend {
         if r.per_row && io.positions.is_none() {
             return Err(unsupported(call, "per-row RoPE reads positions"));
         }
-        self.check_ragged(call)?;
+        self.check_rope_positions(call, &io)?;
         let rows = (r.b * r.t) as u64;
         let width = r.row_width();
         let qkv = self.arg(call, &io.qkv, rows * width as u64)?;

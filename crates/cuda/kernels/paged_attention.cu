@@ -1,29 +1,11 @@
-// Ragged batches over a paged KV cache (schedule/ragged.rs): the paged KV append, paged
-// attention and the row gather (RoPE and the embedding at per-row positions are rope.cu's and
-// embedding.cu's kernels). Paged attention here is the general kernel, one block per (row,
-// head), two passes over the keys, for the shapes flash-decoding (decode_attention.cu, which
-// reads the same pools through the same block table) does not take: GQA groups past its rows,
-// head dims that are not a multiple of 8 or above 256.
+// Paged attention over a ragged batch (tperf_core::ops::paged_attention, schedule/ragged.rs):
+// the general kernel, one block per (row, head), two passes over the keys, for the shapes
+// flash-decoding (decode_attention.cu, which reads the same pools through the same block table,
+// and which ops/paged_attention.rs picks where it fits) does not take: GQA groups past its
+// rows, head dims that are not a multiple of 8 or above 256.
 //
 // Pools are (num_blocks, H_kv, block_size, D); a sequence's key j lives in block
 // block_table[s, j / block_size] at offset j % block_size.
-
-// Row r's keys and values (from qkv (n, (H + 2H_kv)·D)) into slot slots[r] of the pools.
-extern "C" __global__ void paged_kv_append(Buf qkv, Buf slots, Buf kp, Buf vp, i64 n, int h_q,
-                                           int h_kv, int d, int block_size) {
-    PDL_ENTRY();
-    i64 width = (i64)(h_q + 2 * h_kv) * d;
-    FOR_EACH(idx, n * h_kv * d) {
-        int e = (int)(idx % d);
-        i64 rg = idx / d;
-        int g = (int)(rg % h_kv);
-        i64 r = rg / h_kv;
-        i64 slot = ld_i32(slots, r);
-        i64 dst = (((slot / block_size) * h_kv + g) * block_size + slot % block_size) * d + e;
-        st(kp, dst, ld(qkv, r * width + (i64)(h_q + g) * d + e));
-        st(vp, dst, ld(qkv, r * width + (i64)(h_q + h_kv + g) * d + e));
-    }
-}
 
 #define PAGED_THREADS 128
 
@@ -99,14 +81,5 @@ extern "C" __global__ void paged_attention(Buf qkv, Buf kp, Buf vp, Buf position
     for (int k = 0; k < 4; k++) {
         int e = threadIdx.x + k * blockDim.x;
         if (e < d) st(out, o + e, acc[k]);
-    }
-}
-
-// out[s] = x[rows[s]]: (S, C) from (N, C).
-extern "C" __global__ void take_rows(Buf x, Buf rows, Buf out, int s, int c) {
-    PDL_ENTRY();
-    FOR_EACH(idx, (i64)s * c) {
-        i64 ss = idx / c, j = idx % c;
-        st(out, idx, ld(x, (i64)ld_i32(rows, ss) * c + j));
     }
 }
