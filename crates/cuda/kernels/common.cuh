@@ -215,8 +215,8 @@ __device__ float block_max(float v, float* scratch) {
     return v;
 }
 
-// Activations, by the codes elementwise.rs and geglu.rs pass: GELU (tanh approximation), ReLU,
-// SiLU; each mirrors ops/activation.rs.
+// Activations, by the codes of act_code (cuda/src/ops/activation.rs): GELU (tanh approximation),
+// ReLU, SiLU; each mirrors tperf_core's ops/activation.rs.
 #define ACT_GELU 0
 #define ACT_RELU 1
 #define ACT_SILU 2
@@ -253,8 +253,6 @@ __device__ __forceinline__ float act_grad(int kind, float x) {
     }
     }
 }
-
-// y = act(x)
 
 // RoPE's frequency f of a pair (θ^(−2i/D)) rescaled by the model's long-context bands
 // (tperf_core::config::RopeBands::apply, in the same order of operations): a wavelength

@@ -1,6 +1,7 @@
-// The gated MLPs SwiGLU (tperf_core::ops::swiglu; ACT_SILU, host side ops/elementwise.rs) and
-// GeGLU (tperf_core::ops::geglu; ACT_GELU, ops/geglu.rs) in one file: one kernel pair that differs
-// only in the activation code `kind`, so the two ops share it rather than each keeping a copy.
+// The gated MLPs SwiGLU (tperf_core::ops::swiglu; ACT_SILU, host side ops/swiglu.rs) and
+// GeGLU (tperf_core::ops::geglu; ACT_GELU, ops/geglu.rs) in one file, launched by ops/gated.rs:
+// one kernel pair that differs only in the activation code `kind`, so the two ops share it
+// rather than each keeping a copy.
 // h (rows, 2F) = [g | u], y (rows, F) = act(g)·u; the backward writes both halves of dh:
 // dg = dy·u·act'(g), du = dy·act(g).
 //

@@ -610,7 +610,11 @@ mod tests {
         let ops = [
             include_str!("ops/attention.rs"),
             include_str!("ops/decode.rs"),
-            include_str!("ops/elementwise.rs"),
+            include_str!("ops/activation.rs"),
+            include_str!("ops/gated.rs"),
+            include_str!("ops/swiglu.rs"),
+            include_str!("ops/residual.rs"),
+            include_str!("ops/cast.rs"),
             include_str!("ops/geglu.rs"),
             include_str!("ops/cross_entropy.rs"),
             include_str!("ops/embedding.rs"),

@@ -1,6 +1,5 @@
 //! GeGLU: y = gelu(gate)·up over the two halves of h; operands by name. The kernels are the
-//! gated pair SwiGLU shares (kernels/gated.cu `gated_forward` / `gated_backward`), with
-//! the GELU activation code.
+//! gated pair SwiGLU shares (ops/gated.rs), with the GELU activation code.
 
 use crate::backend::CudaBackend;
 use tperf_core::backend::{BackendError, OpCall};
