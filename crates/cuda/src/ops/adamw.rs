@@ -5,7 +5,8 @@
 //! norm is not finite: no host synchronisation. Weight decay applies to 2-D tensors only; the
 //! optional copies receive θ rounded to their dtype.
 
-use super::tensor_table::{aligned, Table, BLOCKS_PER_SM, THREADS};
+use super::aligned_16;
+use super::tensor_table::{Table, BLOCKS_PER_SM, THREADS};
 use crate::backend::{dt_code, unsupported, CudaBackend};
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
@@ -77,7 +78,7 @@ impl CudaBackend {
                 float &= p == 0 || dt != dt_code(DType::I32);
             }
             let decay = u64::from(theta.shape.len() == 2);
-            let vec = u64::from(float && aligned(&ptrs));
+            let vec = u64::from(float && ptrs.iter().all(|&p| aligned_16(p)));
             words.extend(ptrs);
             words.extend([n, items, dts | (decay | vec << 1) << 32]);
             items += n.div_ceil(ADAM_CHUNK);

@@ -16,6 +16,7 @@
 //! Scores are stored unmasked (the mask lives in the softmax, which writes 0 where it masks),
 //! as the CPU stores them. The backwards read keys and values from qkv only (Tq = Tk).
 
+use super::aligned_16;
 use super::decode::{decode_fits, Decode, DecodeKv};
 use crate::alloc::Block;
 use crate::backend::{unsupported, CudaBackend};
@@ -272,7 +273,7 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
     };
     let same = bufs
         .iter()
-        .all(|b| matches!(b, Arg::Buf(ptr, t) if *t == dt && ptr % 16 == 0));
+        .all(|b| matches!(b, Arg::Buf(ptr, t) if *t == dt && aligned_16(*ptr)));
     if !same || strides.iter().any(|s| s % 8 != 0) {
         return None;
     }

@@ -6,6 +6,7 @@
 //! (S = the op's `grad_scale`, the fp16 policy's loss scale); in place when dlogits is the
 //! logits tensor (the fused schedule).
 
+use super::all_aligned_16;
 use crate::backend::{unsupported, CudaBackend};
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
@@ -58,7 +59,7 @@ impl CudaBackend {
         let io: CrossEntropyIo = call.operands(ce)?;
         let (targets, layout, v) = self.ce_setup(call, ce, &io.targets)?;
         let logits = self.arg(call, &io.logits, (ce.n * ce.v) as u64)?;
-        let vec = i32::from(matches!(logits, Arg::Buf(p, _) if p % 16 == 0));
+        let vec = i32::from(all_aligned_16(&[&logits]));
         let args = [
             logits,
             targets,
@@ -92,9 +93,7 @@ impl CudaBackend {
         let numel = (ce.n * ce.v) as u64;
         let logits = self.arg(call, &io.logits, numel)?;
         let dlogits = self.arg(call, &io.dlogits, numel)?;
-        let vec = [&logits, &dlogits]
-            .iter()
-            .all(|a| matches!(a, Arg::Buf(p, _) if p % 16 == 0));
+        let vec = all_aligned_16(&[&logits, &dlogits]);
         // When dlogits is the logits tensor the kernel reads and overwrites the same buffer;
         // each element is read before it is written, by the thread that writes it.
         let args = [

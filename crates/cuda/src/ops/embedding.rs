@@ -2,6 +2,7 @@
 //! for a ragged batch, 8 columns a thread where the row allows) and the backward, atomic adds
 //! into the f32 token and position tables after zeroing them.
 
+use super::all_aligned_16;
 use crate::backend::{invalid, unsupported, CudaBackend};
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
@@ -10,13 +11,6 @@ use tperf_core::ops::embedding::{Embedding, EmbeddingBackwardIo, EmbeddingIo, Po
 use tperf_core::tensor::Tensor;
 
 const SRC: &str = "embedding";
-
-/// Whether every buffer argument is 16-byte aligned (null ones, absent operands, count as
-/// aligned: the kernel does not read them).
-fn aligned(args: &[&Arg]) -> bool {
-    args.iter()
-        .all(|a| matches!(a, Arg::Buf(p, _) | Arg::Ptr(p) if p % 16 == 0))
-}
 
 impl CudaBackend {
     /// Every position the forward reads has a row of the learned table (a computed table takes
@@ -61,7 +55,7 @@ impl CudaBackend {
         let wte = self.arg(call, &io.wte, e.vocab as u64 * c)?;
         let positions = self.arg_opt(call, io.positions.as_ref(), n)?;
         let out = self.arg(call, &io.x, n * c)?;
-        let vec = c.is_multiple_of(8) && aligned(&[&wte, &wpe, &out]);
+        let vec = c.is_multiple_of(8) && all_aligned_16(&[&wte, &wpe, &out]);
         let scale = if e.scale { (e.c as f32).sqrt() } else { 1.0 };
         let threads = n * if vec { c / 8 } else { c };
         let args = [

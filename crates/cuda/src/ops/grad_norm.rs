@@ -7,7 +7,8 @@
 //! (under ZeRO-1, Σ itself: the ranks' squares are summed by an all-reduce and AdamW takes the
 //! root). Deterministic: two launches in all.
 
-use super::tensor_table::{aligned, Table, BLOCKS_PER_SM, THREADS};
+use super::aligned_16;
+use super::tensor_table::{Table, BLOCKS_PER_SM, THREADS};
 use crate::backend::{unsupported, CudaBackend};
 use crate::error::driver;
 use crate::gpu::Arg;
@@ -48,7 +49,7 @@ impl CudaBackend {
                 unreachable!("arg returns a Buf")
             };
             let ptr = ptr + shard.start as u64 * t.dtype.size_bytes();
-            let vec = u64::from(aligned(&[ptr]));
+            let vec = u64::from(aligned_16(ptr));
             words.extend([ptr, n, items, dt as u32 as u64 | vec << 32]);
             items += n.div_ceil(NORM_CHUNK);
         }

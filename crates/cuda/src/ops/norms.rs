@@ -14,6 +14,7 @@
 //! multiple of 8, C ≤ 8192 and every pointer is 16-byte aligned — every model tperf ships —
 //! and the plain kernels otherwise.
 
+use super::all_aligned_16;
 use super::ROW_THREADS;
 use crate::backend::{unsupported, CudaBackend};
 use crate::error::driver;
@@ -33,11 +34,8 @@ const MAX_SHARED_ACC_BYTES: u64 = 96 * 1024;
 /// multiple of 8, wider rows, or a pointer that is not 16-byte aligned).
 fn vec_threads(c: u64, args: &[&Arg]) -> Option<u32> {
     // An absent operand is a null Buf, aligned like any other.
-    let aligned = args
-        .iter()
-        .all(|a| matches!(a, Arg::Buf(p, _) if p.is_multiple_of(16)));
     let chunks = c / 8;
-    if !aligned || !c.is_multiple_of(8) || chunks == 0 || chunks > 1024 {
+    if !all_aligned_16(args) || !c.is_multiple_of(8) || chunks == 0 || chunks > 1024 {
         return None;
     }
     Some(chunks.next_multiple_of(32) as u32)

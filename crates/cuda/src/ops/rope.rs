@@ -2,6 +2,7 @@
 //! one kernel for a contiguous batch (row r at r mod t + pos_offset, or the replayed decode
 //! step's position) and a ragged one (row r at positions[r]).
 
+use super::all_aligned_16;
 use crate::backend::{unsupported, CudaBackend};
 use crate::gpu::Arg;
 use tperf_core::backend::{BackendError, OpCall};
@@ -41,7 +42,7 @@ impl CudaBackend {
         let positions = self.arg_opt(call, io.positions.as_ref(), rows)?;
         // 8 elements a thread where D allows it and the buffer is 16-byte aligned (rows of
         // (H + 2H_kv)·D then start aligned too).
-        let vec = r.d.is_multiple_of(8) && matches!(qkv, Arg::Buf(p, _) if p % 16 == 0);
+        let vec = r.d.is_multiple_of(8) && all_aligned_16(&[&qkv]);
         let rotated = r.h_q + r.h_kv;
         if r.d / 2 > ROPE_MAX_PAIRS {
             return Err(unsupported(

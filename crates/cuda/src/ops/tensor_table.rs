@@ -54,11 +54,6 @@ impl TensorTables {
     }
 }
 
-/// Whether every pointer is 16-byte aligned (the kernels' vector path).
-pub(super) fn aligned(ptrs: &[u64]) -> bool {
-    ptrs.iter().all(|p| p % 16 == 0)
-}
-
 /// A table's words and how many work items it describes.
 pub(super) struct Table {
     pub(super) words: Vec<u64>,
