@@ -258,31 +258,24 @@ impl Blas {
         let workspace = self.workspace;
         let handle = self.handle;
         let plan = self.plan(g, compute)?;
-        if let Some(bias) = bias {
-            // SAFETY: `plan.desc` is live (owned by `self.plans`); the bias pointer attribute is a
-            // u64 device address, read during the call from `bias`, which outlives it.
+        // This call's device addresses of the epilogue's operands, on the cached plan.
+        use sys::cublasLtMatmulDescAttributes_t as D;
+        let pointers = [
+            (D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, bias, "bias pointer"),
+            (
+                D::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                aux,
+                "auxiliary pointer",
+            ),
+        ];
+        for (attr, ptr, what) in pointers {
+            let Some(ptr) = ptr else { continue };
+            // SAFETY: `plan.desc` is live (owned by `self.plans`); a pointer attribute is a u64
+            // device address, read during the call from `ptr`, which outlives it.
             unsafe {
-                lt::set_matmul_desc_attribute(
-                    plan.desc,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    (&bias as *const u64).cast(),
-                    8,
-                )
+                lt::set_matmul_desc_attribute(plan.desc, attr, (&ptr as *const u64).cast(), 8)
             }
-            .map_err(err("bias pointer"))?;
-        }
-        if let Some(aux) = aux {
-            // SAFETY: as for the bias: a u64 device address of the auxiliary output, read during
-            // the call.
-            unsafe {
-                lt::set_matmul_desc_attribute(
-                    plan.desc,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
-                    (&aux as *const u64).cast(),
-                    8,
-                )
-            }
-            .map_err(err("auxiliary pointer"))?;
+            .map_err(err(what))?;
         }
         let alpha = 1.0f32;
         // K = 0 is an empty sum: cuBLASLt then scales C by β, so β = 0 writes zeros as wanted.

@@ -20,9 +20,6 @@ const SRC: &str = "adamw";
 /// Elements per work item: `ADAM_CHUNK` of adamw.cu.
 const ADAM_CHUNK: u64 = 2048;
 
-/// u64 words of one descriptor: `AdamTensor` (64 bytes).
-const ADAM_WORDS: usize = 8;
-
 impl CudaBackend {
     /// AdamW's table: per parameter {θ, g, m, v, copy, n, first item, dtypes | flags << 32},
     /// the dtype codes 4 bits each (θ, g, m, v, copy from the low end), flags bit 0 weight
@@ -35,8 +32,7 @@ impl CudaBackend {
         shards: usize,
     ) -> Result<Table, BackendError> {
         let rank = self.shard_rank(call, shards)?;
-        let mut words = Vec::with_capacity(ADAM_WORDS * io.theta.len());
-        let mut items = 0u64;
+        let mut table = Table::new(ADAM_CHUNK, io.theta.len(), 5);
         for (i, theta) in io.theta.iter().enumerate() {
             let (g, m, v) = (&io.grads[i], &io.m[i], &io.v[i]);
             if [theta, m, v].iter().any(|t| t.dtype == DType::I32) {
@@ -79,16 +75,9 @@ impl CudaBackend {
             }
             let decay = u64::from(theta.shape.len() == 2);
             let vec = u64::from(float && ptrs.iter().all(|&p| aligned_16(p)));
-            words.extend(ptrs);
-            words.extend([n, items, dts | (decay | vec << 1) << 32]);
-            items += n.div_ceil(ADAM_CHUNK);
+            table.push(&ptrs, n, dts | (decay | vec << 1) << 32);
         }
-        let count = words.len() / ADAM_WORDS;
-        Ok(Table {
-            words,
-            count,
-            items,
-        })
+        Ok(table)
     }
 
     pub(crate) fn adamw(&mut self, call: &OpCall, adam: &AdamW) -> Result<(), BackendError> {

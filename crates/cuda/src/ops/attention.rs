@@ -548,13 +548,27 @@ fn dq_offset(rows: u64) -> u64 {
     rows.next_multiple_of(64)
 }
 
-/// The dK/dV/dQ kernel of a flash backward: scalar (flash_attention.cu) or tensor-core
-/// (flash_mma.cu); both take the same arguments.
-struct BwdKernel {
+/// The kernel of a flash forward, or the dK/dV/dQ kernel of a flash backward: scalar
+/// (flash_attention.cu) or tensor-core (flash_mma.cu, flash_wgmma.cu); the kernels of one
+/// direction all take the same arguments.
+struct FlashKernel {
     source: &'static str,
     name: &'static str,
     threads: u32,
     shared: u32,
+}
+
+impl FlashKernel {
+    /// Kernel `name` of `source` with its dynamic shared bytes and threads, in the order
+    /// `wgmma_variant` gives them.
+    fn new(source: &'static str, (name, shared, threads): (&'static str, u32, u32)) -> Self {
+        FlashKernel {
+            source,
+            name,
+            threads,
+            shared,
+        }
+    }
 }
 
 /// Queries per sequence up to which flash-decoding (ops/decode.rs) replaces the flash forward
@@ -950,10 +964,17 @@ impl CudaBackend {
         let wgmma = mma
             .as_ref()
             .and_then(|m| wgmma_variant(self.info().cc, a.d, m).fwd);
-        let bq = match (&wgmma, &mma) {
-            (Some(_), _) => WGMMA_FWD_BQ,
-            (None, Some(m)) => m.fwd_bq,
-            (None, None) => fv.fwd_bq,
+        // wgmma is only ever chosen beside mma (its variant follows from mma's).
+        let (kernel, bq) = match (&mma, wgmma) {
+            (Some(_), Some(w)) => (FlashKernel::new(FLASH_WGMMA, w), WGMMA_FWD_BQ),
+            (Some(m), None) => {
+                let mma_fwd = (m.fwd, m.fwd_shared, MMA_FWD_THREADS);
+                (FlashKernel::new(FLASH_MMA, mma_fwd), m.fwd_bq)
+            }
+            (None, _) => {
+                let scalar_fwd = (fv.fwd, fv.fwd_shared, FLASH_THREADS);
+                (FlashKernel::new(FLASH, scalar_fwd), fv.fwd_bq)
+            }
         };
         let blocks = (a.tq as u64).div_ceil(bq) * (a.b * a.h) as u64;
         let max = i32::MAX as usize;
@@ -983,38 +1004,28 @@ impl CudaBackend {
             Arg::F32(scale(a)),
             Arg::Ptr(self.op_scalars),
         ];
+        self.launch_flash(call, &kernel, blocks, &args)
+    }
+
+    /// One launch of `kernel`, `blocks` blocks along x.
+    fn launch_flash(
+        &mut self,
+        call: &OpCall,
+        kernel: &FlashKernel,
+        blocks: u64,
+        args: &[Arg],
+    ) -> Result<(), BackendError> {
         let grid = (blocks as u32, 1, 1);
-        if let Some((kernel, shared, threads)) = wgmma {
-            return self.launch(
-                call,
-                FLASH_WGMMA,
-                kernel,
-                grid,
-                (threads, 1, 1),
-                shared,
-                &args,
-            );
-        }
-        match mma {
-            Some(m) => self.launch(
-                call,
-                FLASH_MMA,
-                m.fwd,
-                grid,
-                (MMA_FWD_THREADS, 1, 1),
-                m.fwd_shared,
-                &args,
-            ),
-            None => self.launch(
-                call,
-                FLASH,
-                fv.fwd,
-                grid,
-                (FLASH_THREADS, 1, 1),
-                fv.fwd_shared,
-                &args,
-            ),
-        }
+        let block = (kernel.threads, 1, 1);
+        self.launch(
+            call,
+            kernel.source,
+            kernel.name,
+            grid,
+            block,
+            kernel.shared,
+            args,
+        )
     }
 
     pub(crate) fn flash_attention_backward(
@@ -1047,33 +1058,15 @@ impl CudaBackend {
         let (kernel, bk) = match (&mma, wgmma) {
             // The same grid as flash_mma.cu's backward (and its threads, but for the
             // warp-specialised kernel's producer warpgroup).
-            (Some(_), Some((name, shared, threads))) => (
-                BwdKernel {
-                    source: FLASH_WGMMA,
-                    name,
-                    threads,
-                    shared,
-                },
-                MMA_BWD_BK,
-            ),
-            (Some(m), None) => (
-                BwdKernel {
-                    source: FLASH_MMA,
-                    name: m.bwd,
-                    threads: MMA_BWD_THREADS,
-                    shared: m.bwd_shared,
-                },
-                MMA_BWD_BK,
-            ),
-            (None, _) => (
-                BwdKernel {
-                    source: FLASH,
-                    name: fv.bwd,
-                    threads: FLASH_THREADS,
-                    shared: fv.bwd_shared,
-                },
-                fv.bwd_bk,
-            ),
+            (Some(_), Some(w)) => (FlashKernel::new(FLASH_WGMMA, w), MMA_BWD_BK),
+            (Some(m), None) => {
+                let mma_bwd = (m.bwd, m.bwd_shared, MMA_BWD_THREADS);
+                (FlashKernel::new(FLASH_MMA, mma_bwd), MMA_BWD_BK)
+            }
+            (None, _) => {
+                let scalar_bwd = (fv.bwd, fv.bwd_shared, FLASH_THREADS);
+                (FlashKernel::new(FLASH, scalar_bwd), fv.bwd_bk)
+            }
         };
         let blocks = (a.tk as u64).div_ceil(bk) * (a.b * a.h_kv) as u64;
         one_launch(
@@ -1107,7 +1100,7 @@ impl CudaBackend {
         call: &OpCall,
         a: &Attention,
         block: &Block,
-        kernel: &BwdKernel,
+        kernel: &FlashKernel,
         blocks: u64,
         [qkv, o, dout, lse, dqkv]: [Arg; 5],
     ) -> Result<(), BackendError> {
@@ -1147,16 +1140,7 @@ impl CudaBackend {
             Arg::I64(window_arg(a)),
             Arg::F32(scale(a)),
         ];
-        let grid = (blocks as u32, 1, 1);
-        self.launch(
-            call,
-            kernel.source,
-            kernel.name,
-            grid,
-            (kernel.threads, 1, 1),
-            kernel.shared,
-            &args,
-        )?;
+        self.launch_flash(call, kernel, blocks, &args)?;
         let args = [
             Arg::Ptr(dq),
             dqkv,

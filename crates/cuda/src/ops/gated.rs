@@ -21,29 +21,64 @@ fn gated_grid(rows: u64, f: u64) -> (u32, u32, u32) {
 }
 
 impl CudaBackend {
-    /// One launch of the gated pair SwiGLU and GeGLU share (`gated_forward`: h, g;
-    /// `gated_backward`: h, dg, dh), over n rows of f gated columns with activation `kind`.
-    pub(crate) fn launch_gated(
+    /// y = act(gate)·up: h (n, 2f) = [gate | up] into g (n, f).
+    pub(crate) fn gated_forward(
         &mut self,
         call: &OpCall,
-        kernel: &'static str,
-        tensors: &[(&Tensor, u64)],
-        (n, f): (u64, u64),
+        [h, g]: [&Tensor; 2],
+        (n, f): (usize, usize),
         kind: ActivationKind,
     ) -> Result<(), BackendError> {
-        let mut args = Vec::with_capacity(tensors.len() + 3);
-        for (t, numel) in tensors {
-            args.push(self.arg(call, t, *numel)?);
-        }
-        args.extend([
+        let (n, f) = (n as u64, f as u64);
+        let args = [
+            self.arg(call, h, 2 * n * f)?,
+            self.arg(call, g, n * f)?,
             Arg::I64(n as i64),
             Arg::I64(f as i64),
             Arg::I32(act_code(kind)),
-        ]);
+        ];
         if n * f == 0 {
             return Ok(());
         }
-        let grid = gated_grid(n, f);
-        self.launch(call, SRC, kernel, grid, (256, 1, 1), 0, &args)
+        self.launch(
+            call,
+            SRC,
+            "gated_forward",
+            gated_grid(n, f),
+            (256, 1, 1),
+            0,
+            &args,
+        )
+    }
+
+    /// Both halves of dh (n, 2f) from h and the output's gradient dg (n, f).
+    pub(crate) fn gated_backward(
+        &mut self,
+        call: &OpCall,
+        [h, dg, dh]: [&Tensor; 3],
+        (n, f): (usize, usize),
+        kind: ActivationKind,
+    ) -> Result<(), BackendError> {
+        let (n, f) = (n as u64, f as u64);
+        let args = [
+            self.arg(call, h, 2 * n * f)?,
+            self.arg(call, dg, n * f)?,
+            self.arg(call, dh, 2 * n * f)?,
+            Arg::I64(n as i64),
+            Arg::I64(f as i64),
+            Arg::I32(act_code(kind)),
+        ];
+        if n * f == 0 {
+            return Ok(());
+        }
+        self.launch(
+            call,
+            SRC,
+            "gated_backward",
+            gated_grid(n, f),
+            (256, 1, 1),
+            0,
+            &args,
+        )
     }
 }

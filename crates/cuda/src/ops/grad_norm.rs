@@ -22,9 +22,6 @@ const SRC: &str = "grad_norm";
 /// Elements per work item: `NORM_CHUNK` of grad_norm.cu.
 const NORM_CHUNK: u64 = 8192;
 
-/// u64 words of one descriptor: `NormTensor` (32 bytes).
-const NORM_WORDS: usize = 4;
-
 impl CudaBackend {
     /// GradNorm's table: per gradient {g, n, first item, dtype | aligned << 32}.
     pub(super) fn norm_table(
@@ -34,8 +31,7 @@ impl CudaBackend {
         shards: usize,
     ) -> Result<Table, BackendError> {
         let rank = self.shard_rank(call, shards)?;
-        let mut words = Vec::with_capacity(NORM_WORDS * io.grads.len());
-        let mut items = 0u64;
+        let mut table = Table::new(NORM_CHUNK, io.grads.len(), 1);
         for t in &io.grads {
             if t.dtype == DType::I32 {
                 return Err(unsupported(call, "gradients are floating-point tensors"));
@@ -50,15 +46,9 @@ impl CudaBackend {
             };
             let ptr = ptr + shard.start as u64 * t.dtype.size_bytes();
             let vec = u64::from(aligned_16(ptr));
-            words.extend([ptr, n, items, dt as u32 as u64 | vec << 32]);
-            items += n.div_ceil(NORM_CHUNK);
+            table.push(&[ptr], n, dt as u32 as u64 | vec << 32);
         }
-        let count = words.len() / NORM_WORDS;
-        Ok(Table {
-            words,
-            count,
-            items,
-        })
+        Ok(table)
     }
 
     pub(crate) fn grad_norm(&mut self, call: &OpCall, g: &GradNorm) -> Result<(), BackendError> {

@@ -9,15 +9,8 @@ use tperf_core::ops::swiglu::{SwiGlu, SwiGluBackwardIo, SwiGluIo};
 impl CudaBackend {
     pub(crate) fn swiglu_forward(&mut self, call: &OpCall, s: &SwiGlu) -> Result<(), BackendError> {
         let io: SwiGluIo = call.operands(s)?;
-        let (n, f) = (s.n as u64, s.f as u64);
-        let tensors = [(&io.h, 2 * n * f), (&io.g, n * f)];
-        self.launch_gated(
-            call,
-            "gated_forward",
-            &tensors,
-            (n, f),
-            ActivationKind::Silu,
-        )
+        let tensors = [&io.h, &io.g];
+        self.gated_forward(call, tensors, (s.n, s.f), ActivationKind::Silu)
     }
 
     pub(crate) fn swiglu_backward(
@@ -26,14 +19,7 @@ impl CudaBackend {
         s: &SwiGlu,
     ) -> Result<(), BackendError> {
         let io: SwiGluBackwardIo = call.operands(s)?;
-        let (n, f) = (s.n as u64, s.f as u64);
-        let tensors = [(&io.h, 2 * n * f), (&io.dg, n * f), (&io.dh, 2 * n * f)];
-        self.launch_gated(
-            call,
-            "gated_backward",
-            &tensors,
-            (n, f),
-            ActivationKind::Silu,
-        )
+        let tensors = [&io.h, &io.dg, &io.dh];
+        self.gated_backward(call, tensors, (s.n, s.f), ActivationKind::Silu)
     }
 }

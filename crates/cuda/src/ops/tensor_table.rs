@@ -54,11 +54,35 @@ impl TensorTables {
     }
 }
 
-/// A table's words and how many work items it describes.
+/// A table's words, how many tensors and work items it describes, and the elements of an item.
 pub(super) struct Table {
     pub(super) words: Vec<u64>,
     pub(super) count: usize,
     pub(super) items: u64,
+    chunk: u64,
+}
+
+impl Table {
+    /// An empty table of work items of `chunk` elements, with room for `tensors` descriptors of
+    /// `ptrs` pointers each.
+    pub(super) fn new(chunk: u64, tensors: usize, ptrs: usize) -> Table {
+        Table {
+            words: Vec::with_capacity(tensors * (ptrs + 3)),
+            count: 0,
+            items: 0,
+            chunk,
+        }
+    }
+
+    /// Appends one tensor of `n` elements: its pointers, then {n, its first work item,
+    /// `packed`} (dtype codes and flags), the layout of `NormTensor` (grad_norm.cu) and
+    /// `AdamTensor` (adamw.cu); its work items follow the ones before it.
+    pub(super) fn push(&mut self, ptrs: &[u64], n: u64, packed: u64) {
+        self.words.extend_from_slice(ptrs);
+        self.words.extend([n, self.items, packed]);
+        self.items += n.div_ceil(self.chunk);
+        self.count += 1;
+    }
 }
 
 impl CudaBackend {
@@ -103,5 +127,25 @@ impl CudaBackend {
         }
         self.tables.entries.push((table.words, block));
         Ok(block.ptr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The words grad_norm.cu's `NormTensor` (32 bytes) and adamw.cu's `AdamTensor` (64) read.
+    #[test]
+    fn a_descriptor_is_its_pointers_then_n_first_item_and_packed_word() {
+        let mut norm = Table::new(8192, 2, 1);
+        norm.push(&[0x1000], 8193, 7);
+        norm.push(&[0x2000], 5, 9);
+        assert_eq!(norm.words, [0x1000, 8193, 0, 7, 0x2000, 5, 2, 9]);
+        assert_eq!((norm.count, norm.items), (2, 3));
+        let mut adam = Table::new(2048, 1, 5);
+        adam.push(&[1, 2, 3, 4, 0], 2048, 0x3_0000_0000);
+        assert_eq!(adam.words.len(), 8);
+        assert_eq!(adam.words[5..], [2048, 0, 0x3_0000_0000]);
+        assert_eq!((adam.count, adam.items), (1, 1));
     }
 }
