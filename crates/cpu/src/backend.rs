@@ -337,7 +337,6 @@ impl CpuBackend {
             Op::LayerNormBackward(ln) => kernels::layernorm::exec_backward(cx, ln),
             Op::RmsNorm(rn) => kernels::rmsnorm::exec(cx, rn),
             Op::RmsNormBackward(rn) => kernels::rmsnorm::exec_backward(cx, rn),
-            Op::NormMatmul(op) => kernels::norm_matmul::exec(cx, op),
             Op::Rope(r) => kernels::rope::exec(cx, r, false),
             Op::RopeBackward(r) => kernels::rope::exec(cx, r, true),
             Op::Activation(a) => kernels::activation::exec(cx, a),

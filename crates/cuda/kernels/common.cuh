@@ -188,22 +188,6 @@ __device__ float block_sum(float v, float* scratch) {
     __syncthreads();
     return v;
 }
-// Σ over the block of N values at once (one pair of barriers for all; blockDim.x a multiple of
-// 32); every thread gets each, every value summed in the same order whatever N is.
-// `scratch` holds 32·N floats; the trailing barrier lets the caller reuse it.
-template <int N> __device__ __forceinline__ void block_sum_n(float* v, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-#pragma unroll
-    for (int n = 0; n < N; n++) v[n] = warp_sum(v[n]);
-    if (lane == 0) {
-#pragma unroll
-        for (int n = 0; n < N; n++) scratch[32 * n + warp] = v[n];
-    }
-    __syncthreads();
-#pragma unroll
-    for (int n = 0; n < N; n++) v[n] = warp_sum(lane < warps ? scratch[32 * n + lane] : 0.0f);
-    __syncthreads();
-}
 __device__ float block_max(float v, float* scratch) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     v = warp_max(v);

@@ -987,7 +987,6 @@ impl CudaBackend {
             Op::LayerNormBackward(ln) => self.layernorm_backward(call, ln),
             Op::RmsNorm(rn) => self.rmsnorm_forward(call, rn),
             Op::RmsNormBackward(rn) => self.rmsnorm_backward(call, rn),
-            Op::NormMatmul(op) => self.norm_matmul_forward(call, op),
             Op::Rope(r) => self.rope(call, r, false),
             Op::RopeBackward(r) => self.rope(call, r, true),
             Op::Activation(a) => self.activation_forward(call, a),

@@ -50,10 +50,6 @@ const FLASH_BWD: &[ArgKind] = &[
     Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
 ];
 
-/// norm_matmul.cu's NORM_GEMV_PARAMS.
-const NORM_GEMV: &[ArgKind] = &[
-    Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, I32, F32,
-];
 /// DEC_PARAMS of decode_attention.cu, which all of its split kernels take.
 const DECODE_SPLIT: &[ArgKind] = &[
     Buf, Buf, Buf, Buf, Buf, Buf, Buf, Ptr, Ptr, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, I32,
@@ -96,8 +92,6 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
         "gemv_rows_split",
         &[Buf, Buf, Buf, Buf, Buf, I32, I32, I32, I32],
     ),
-    ("norm_matmul", "norm_gemv_rows", NORM_GEMV),
-    ("norm_matmul", "norm_gemv_rows_split", NORM_GEMV),
     (
         "norms",
         "norm_forward",
@@ -278,8 +272,6 @@ pub const EARLY_LAUNCH: &[(&str, &str)] = &[
     ("matmul", "gemv_rows"),
     ("matmul", "gemv_rows_split"),
     ("matmul", "narrow_rows"),
-    ("norm_matmul", "norm_gemv_rows"),
-    ("norm_matmul", "norm_gemv_rows_split"),
     ("norms", "norm_forward"),
     ("norms", "norm_forward_vec"),
     ("rope", "rope"),

@@ -9,11 +9,8 @@ use tperf_core::ops::cast::Cast;
 use tperf_core::ops::embedding::{Embedding, PositionTable};
 use tperf_core::ops::geglu::GeGlu;
 use tperf_core::ops::kv_cache::KvAppend;
-use tperf_core::ops::layernorm::LayerNorm;
 use tperf_core::ops::matmul::Matmul;
-use tperf_core::ops::norm_matmul::{NormMatmul, PreNorm};
 use tperf_core::ops::residual::ResidualAdd;
-use tperf_core::ops::rmsnorm::RmsNorm;
 use tperf_core::ops::rope::Rope;
 use tperf_core::ops::swiglu::SwiGlu;
 use tperf_core::ops::take_last::TakeLast;
@@ -123,91 +120,6 @@ fn matmul_forward_and_backward_match_the_cpu() {
                     },
                     &format!("backward {what}"),
                 );
-            }
-        }
-    }
-}
-
-/// (m, k, n) of the fused pre-norm and product. One and two rows of 16-bit operands take
-/// norm_matmul.cu's kernels: gpt2-124m's qkv and fc (the split kernel), an lm_head as wide as
-/// gpt2's (50,257 columns: the unsplit one, odd N), a K of one vector and N of one; no rows; and
-/// three rows, which take the norm kernel and cuBLASLt (as does every f32 case).
-const NORM_MATMUL_SHAPES: [(usize, usize, usize); 7] = [
-    (0, 64, 8),
-    (1, 768, 2304),
-    (2, 768, 3072),
-    (1, 768, 50257),
-    (2, 8, 1),
-    (1, 64, 17),
-    (3, 64, 40),
-];
-
-#[test]
-fn norm_matmul_matches_the_cpu() {
-    let Some(mut gpu) = gpu() else { return };
-    for dt in [DType::F32, DType::Bf16, DType::F16] {
-        for &(m, k, n) in &NORM_MATMUL_SHAPES {
-            for residual in [false, true] {
-                let norms = [
-                    PreNorm::Layer(LayerNorm {
-                        n: m,
-                        c: k,
-                        bias: true,
-                        eps: 1e-5,
-                        residual,
-                        accumulate: false,
-                    }),
-                    PreNorm::Rms(RmsNorm {
-                        n: m,
-                        c: k,
-                        eps: 1e-6,
-                        residual,
-                        accumulate: false,
-                    }),
-                ];
-                for (norm, bias, activation) in [
-                    (norms[0], true, Some(ActivationKind::Gelu)),
-                    (norms[0], true, None),
-                    (norms[1], false, None),
-                    (norms[1], false, Some(ActivationKind::Relu)),
-                ] {
-                    let mut mm = Matmul::new(m, k, n, bias);
-                    mm.activation = activation;
-                    let op = NormMatmul::new(norm, mm);
-                    // [x, add?, γ, β?, W, b?] → [sum?, y, act?]
-                    let mut tensors = vec![
-                        t("x", &[m, k], dt, Fill::Normal(1.0)),
-                        t("add", &[m, k], dt, Fill::Normal(0.5)),
-                        t("gamma", &[k], dt, Fill::Normal(1.0)),
-                        t("beta", &[k], dt, Fill::Normal(0.1)),
-                        t("w", &[n, k], dt, Fill::Normal(0.1)),
-                        t("b", &[n], dt, Fill::Normal(0.1)),
-                    ];
-                    let mut inputs = vec![0];
-                    inputs.extend(residual.then_some(1));
-                    inputs.push(2);
-                    inputs.extend(op.has_beta().then_some(3));
-                    inputs.push(4);
-                    inputs.extend(bias.then_some(5));
-                    let mut outputs = vec![];
-                    if residual {
-                        outputs.push(tensors.len());
-                        tensors.push(t("sum", &[m, k], dt, Fill::Normal(1.0)));
-                    }
-                    outputs.push(tensors.len());
-                    tensors.push(t("y", &[m, n], dt, Fill::Normal(1.0)));
-                    if activation.is_some() {
-                        outputs.push(tensors.len());
-                        tensors.push(t("act", &[m, n], dt, Fill::Normal(1.0)));
-                    }
-                    let case = OpCase {
-                        op: Op::NormMatmul(op),
-                        tensors,
-                        inputs,
-                        outputs,
-                    };
-                    check(&mut gpu, case, &format!("{dt} {op:?}"));
-                }
             }
         }
     }

@@ -23,7 +23,6 @@ mod gradcheck;
 pub mod kv_cache;
 pub mod layernorm;
 pub mod matmul;
-pub mod norm_matmul;
 pub mod operands;
 pub mod paged_attention;
 pub mod real;
@@ -188,7 +187,6 @@ op_table! {
     RmsNorm(rmsnorm::RmsNorm) as n => n.name(), Elementwise, n.forward_flops(), io;
     RmsNormBackward(rmsnorm::RmsNorm) as n =>
         "rmsnorm_backward", Elementwise, n.backward_flops(), io;
-    NormMatmul(norm_matmul::NormMatmul) as n => n.name(), Matmul, n.forward_flops(), io;
     Rope(rope::Rope) as r => "rope", Elementwise, r.flops(), r.bytes(inputs);
     RopeBackward(rope::Rope) as r => "rope_backward", Elementwise, r.flops(), r.bytes(inputs);
     Activation(activation::Activation) as a =>

@@ -162,41 +162,18 @@ impl Transformer {
         let x0 = self.embed(&mut e, &tokens, b, t, pos)?;
         e.be.free(tokens);
         let (mut stream, mut pending) = (x0, None);
-        let kv = match cache {
-            Some((cache, pos)) => Kv::Cached { cache, pos },
-            None => Kv::Local,
-        };
         for l in 0..self.cfg.n_layers {
             e.layer = Some(l);
+            let kv = match cache {
+                Some((cache, pos)) => Kv::Cached { cache, pos },
+                None => Kv::Local,
+            };
             let (_, next, branch) =
                 self.block_forward(&mut e, l, stream, pending, b, t, Keep::NOTHING, false, &kv)?;
             stream = next;
             pending = branch;
         }
         e.layer = None;
-        let logits_of =
-            |e: &mut Emit<'_, _>| e.alloc("logits", &[b, v], dt, MemCategory::Activations);
-        // A decode step's final norm goes into the output layer's op, as the blocks' pre-norms
-        // go into theirs (a prefill takes its last rows first, below).
-        if let (1, Some(params), true) =
-            (t, &self.weights.final_norm, self.fuses_pre_norm(false, &kv))
-        {
-            let logits = logits_of(&mut e)?;
-            let w = &self.weights;
-            let rest = self.add_norm_linear(
-                &mut e,
-                stream,
-                pending,
-                params,
-                &TensorName::fixed("ln_f"),
-                (w.lm_head_weight(), w.lm_head_bias.as_ref()),
-                &logits,
-                None,
-                "final_norm.lm_head",
-            )?;
-            e.be.free(rest);
-            return Ok(logits);
-        }
         let (fin, head_input) = self.final_norm(&mut e, stream, pending, b * t, false)?;
         if let Some(fin) = fin {
             e.be.free(fin.stream);
@@ -215,7 +192,7 @@ impl Transformer {
         } else {
             head_input
         };
-        let logits = logits_of(&mut e)?;
+        let logits = e.alloc("logits", &[b, v], dt, MemCategory::Activations)?;
         self.lm_head(&mut e, &last, &logits)?;
         e.be.free(last);
         Ok(logits)

@@ -32,7 +32,6 @@ use crate::ops::geglu::{GeGlu, GeGluIo};
 use crate::ops::kv_cache::{KvAppend, KvAppendIo};
 use crate::ops::layernorm::{LayerNorm, LayerNormIo};
 use crate::ops::matmul::{Matmul, MatmulIo};
-use crate::ops::norm_matmul::{NormMatmul, NormMatmulIo, PreNorm};
 use crate::ops::operands::Operands;
 use crate::ops::residual::{ResidualAdd, ResidualAddIo};
 use crate::ops::rmsnorm::{RmsNorm, RmsNormIo};
@@ -675,65 +674,6 @@ impl Transformer {
         e.run(mm, Op::Matmul, io, label)
     }
 
-    /// Whether the pre-norms go into the products that read them (NormMatmul): in an
-    /// inference step over a KV cache, where nothing else reads the normalised rows or their
-    /// statistics (a training step keeps both for the backward).
-    fn fuses_pre_norm(&self, training: bool, kv: &Kv<'_>) -> bool {
-        !training && self.opts.fused && self.pre_norm() && !matches!(kv, Kv::Local)
-    }
-
-    /// The norm of `base` (+ `add`) and the linear layer that reads it as one op (NormMatmul):
-    /// y = norm(base + add)·Wᵀ + b, and act(y) with a fused activation. Returns the stream
-    /// (the sum, or `base` without an add); frees `add`, and `base` once the sum replaces it.
-    #[allow(clippy::too_many_arguments)]
-    fn add_norm_linear(
-        &self,
-        e: &mut Emit<'_, impl Backend>,
-        base: Tensor,
-        add: Option<Tensor>,
-        params: &NormParams,
-        name: &TensorName,
-        (w, bias): (&Param, Option<&Param>),
-        y: &Tensor,
-        act: Option<(ActivationKind, &Tensor)>,
-        label: &'static str,
-    ) -> Result<Tensor, BackendError> {
-        let (n, c) = (base.shape[0], self.cfg.d_model);
-        let stream = match &add {
-            Some(_) => e.alloc(
-                name.with_suffix(".sum"),
-                &[n, c],
-                self.act_dtype(),
-                MemCategory::Activations,
-            )?,
-            None => base.clone(),
-        };
-        let norm = match self.norm_op(n, add.is_some(), false) {
-            Op::LayerNorm(ln) => PreNorm::Layer(ln),
-            Op::RmsNorm(rn) => PreNorm::Rms(rn),
-            _ => unreachable!("norm_op returns a norm"),
-        };
-        let mut mm = Matmul::new(n, c, w.master.shape[0], bias.is_some());
-        mm.activation = act.map(|(kind, _)| kind);
-        let io = NormMatmulIo {
-            x: base.clone(),
-            add: add.clone(),
-            gamma: params.gain.w().clone(),
-            beta: params.bias.as_ref().map(|b| b.w().clone()),
-            w: w.w().clone(),
-            bias: bias.map(|b| b.w().clone()),
-            sum: add.is_some().then(|| stream.clone()),
-            y: y.clone(),
-            act: act.map(|(_, g)| g.clone()),
-        };
-        e.run(NormMatmul::new(norm, mm), Op::NormMatmul, io, label)?;
-        if let Some(a) = add {
-            e.be.free(a);
-            e.be.free(base);
-        }
-        Ok(stream)
-    }
-
     /// The attention core of a block: this model's heads and mask at Tq queries over Tk keys.
     fn attention_core(
         &self,
@@ -784,65 +724,42 @@ impl Transformer {
         let mut s = Saved::default();
         let name = |what| TensorName::layer(l, what);
 
-        // In an inference step each pre-norm goes into the product that reads it (NormMatmul).
-        let fuse = self.fuses_pre_norm(training, kv);
-        let alloc_qkv = |e: &mut Emit<'_, _>| {
-            e.alloc(
-                name("qkv"),
-                &[n, cfg.qkv_dim()],
-                dt,
-                MemCategory::Activations,
-            )
-        };
-
         // --- attention half -----------------------------------------------------------
-        let (x, qkv) = if fuse {
-            let qkv = alloc_qkv(e)?;
-            let x = self.add_norm_linear(
+        // The previous block's mid stream (pre-norm) is read by that block's norm2 backward.
+        let (x, attn_input) = if self.pre_norm() {
+            let out = self.add_norm(
                 e,
                 stream,
                 pending,
+                keep.inputs,
                 &p.attn_norm,
                 &name("ln_1"),
-                (&p.qkv, p.qkv_bias.as_ref()),
-                &qkv,
-                None,
-                "attn.norm_qkv",
+                "attn.norm",
             )?;
-            (x, qkv)
+            e.keep_or_free(out.stats, keep.inputs, &mut s.st1);
+            (out.stream, out.normed)
         } else {
-            // The previous block's mid stream (pre-norm) is read by that block's norm2 backward.
-            let (x, attn_input) = if self.pre_norm() {
-                let out = self.add_norm(
-                    e,
-                    stream,
-                    pending,
-                    keep.inputs,
-                    &p.attn_norm,
-                    &name("ln_1"),
-                    "attn.norm",
-                )?;
-                e.keep_or_free(out.stats, keep.inputs, &mut s.st1);
-                (out.stream, out.normed)
-            } else {
-                debug_assert!(pending.is_none());
-                (stream.clone(), stream)
-            };
-            let qkv = alloc_qkv(e)?;
-            self.linear(
-                e,
-                &attn_input,
-                &p.qkv,
-                p.qkv_bias.as_ref(),
-                &qkv,
-                None,
-                "attn.qkv",
-            )?;
-            if self.pre_norm() {
-                e.keep_or_free(attn_input, keep.inputs, &mut s.n1);
-            }
-            (x, qkv)
+            debug_assert!(pending.is_none());
+            (stream.clone(), stream)
         };
+        let qkv = e.alloc(
+            name("qkv"),
+            &[n, cfg.qkv_dim()],
+            dt,
+            MemCategory::Activations,
+        )?;
+        self.linear(
+            e,
+            &attn_input,
+            &p.qkv,
+            p.qkv_bias.as_ref(),
+            &qkv,
+            None,
+            "attn.qkv",
+        )?;
+        if self.pre_norm() {
+            e.keep_or_free(attn_input, keep.inputs, &mut s.n1);
+        }
         let attn = self.attention_forward(e, l, &qkv, b, t, keep, &mut s, kv)?;
         e.keep_or_free(qkv, keep.inputs, &mut s.qkv);
         let proj = e.alloc(
@@ -863,9 +780,6 @@ impl Transformer {
         e.keep_or_free(attn, keep.inputs, &mut s.attn);
 
         // --- MLP half -----------------------------------------------------------------
-        if fuse {
-            return self.fused_mlp_forward(e, l, x, proj, s);
-        }
         // The block input is kept whenever training: norm1 (pre) or the qkv matmul (post) reads
         // it, and full recomputation restarts from it.
         let mlp_input = if self.pre_norm() {
@@ -948,67 +862,6 @@ impl Transformer {
             e.keep_or_free(out.stats, keep.inputs, &mut s.st2);
             Ok((s, out.normed, None))
         }
-    }
-
-    /// The MLP half of pre-norm block `l` in an inference step (`fuses_pre_norm`): the norm of
-    /// x + proj in the first projection's op, the activation (in its epilogue, or after it),
-    /// the second projection. Returns what `block_forward` does (nothing kept, the mid stream,
-    /// and the MLP output as the pending branch).
-    fn fused_mlp_forward(
-        &self,
-        e: &mut Emit<'_, impl Backend>,
-        l: usize,
-        x: Tensor,
-        proj: Tensor,
-        s: Saved,
-    ) -> Result<(Saved, Tensor, Option<Tensor>), BackendError> {
-        let (cfg, p, n, dt) = (
-            &self.cfg,
-            &self.weights.layers[l],
-            x.shape[0],
-            self.act_dtype(),
-        );
-        let name = |what| TensorName::layer(l, what);
-        let h = e.alloc(
-            name("mlp_h"),
-            &[n, cfg.mlp_in_dim()],
-            dt,
-            MemCategory::Activations,
-        )?;
-        let g = e.alloc(name("mlp_g"), &[n, cfg.d_ff], dt, MemCategory::Activations)?;
-        let epilogue = act_kind(cfg.mlp);
-        let mid = self.add_norm_linear(
-            e,
-            x,
-            Some(proj),
-            &p.mlp_norm,
-            &name("ln_2"),
-            (&p.mlp_in, p.mlp_in_bias.as_ref()),
-            &h,
-            epilogue.map(|kind| (kind, &g)),
-            "mlp.norm_fc",
-        )?;
-        if epilogue.is_none() {
-            self.mlp_activation(e, &h, &g)?;
-        }
-        e.be.free(h);
-        let y = e.alloc(
-            name("mlp_y"),
-            &[n, cfg.d_model],
-            dt,
-            MemCategory::Activations,
-        )?;
-        self.linear(
-            e,
-            &g,
-            &p.mlp_out,
-            p.mlp_out_bias.as_ref(),
-            &y,
-            None,
-            "mlp.proj",
-        )?;
-        e.be.free(g);
-        Ok((s, mid, Some(y)))
     }
 
     /// The attention core of block `l`, reading q from `qkv` and keys and values from `qkv`

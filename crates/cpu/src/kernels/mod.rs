@@ -16,7 +16,6 @@ pub mod grad_norm;
 pub(crate) mod kv_cache;
 pub mod layernorm;
 pub mod matmul;
-pub(crate) mod norm_matmul;
 pub(crate) mod paged_attention;
 pub mod residual;
 pub mod rmsnorm;

@@ -5,6 +5,7 @@
 //! row with one); the kernel splits each unit's keys across blocks so that the grid fills the
 //! GPU, and the last block of a unit to finish combines the splits when there is more than one.
 
+use super::aligned_16;
 use crate::backend::{unsupported, CudaBackend};
 use crate::error::driver;
 use crate::gpu::Arg;
@@ -37,8 +38,8 @@ pub(crate) fn decode_fits(rows: usize, d: usize, k: Arg, v: Arg) -> bool {
         && d.is_multiple_of(VECTOR)
         && d <= MAX_HEAD_DIM
         && k_dt == v_dt
-        && k_ptr.is_multiple_of(16)
-        && v_ptr.is_multiple_of(16)
+        && aligned_16(k_ptr)
+        && aligned_16(v_ptr)
 }
 
 /// Where a unit's keys live. Key j of KV head g of sequence s is element

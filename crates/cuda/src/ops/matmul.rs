@@ -10,7 +10,8 @@
 //! Backward: dpre = dy·act'(pre) (when fused), dX = dpre·W (β = 1 when accumulating into an
 //! existing gradient), dW = dpreᵀ·X written in f32 from bf16 operands, db = Σ_rows dpre.
 
-use super::elementwise::act_code;
+use super::activation::act_code;
+use super::aligned_16;
 use crate::backend::{dt_code, unsupported, CudaBackend};
 use crate::blas::Gemm;
 use crate::error::driver;
@@ -23,7 +24,7 @@ use tperf_core::tensor::Tensor;
 
 /// matmul.cu's gemv_rows: threads and warps a block, columns a warp takes at once, the most
 /// rows, and the most bytes of X it stages in shared memory.
-pub(crate) const GEMV_THREADS: u32 = 128;
+const GEMV_THREADS: u32 = 128;
 const GEMV_WARPS: u64 = GEMV_THREADS as u64 / 32;
 const GEMV_COLS: u64 = 2;
 const GEMV_MAX_ROWS: usize = 8;
@@ -41,7 +42,7 @@ const _: () = assert!(GEMV_ROWS <= GEMV_MAX_ROWS);
 
 /// Whether a forward product takes gemv_rows: 1..=GEMV_ROWS rows of 16-bit X and W at
 /// 16-byte-aligned addresses, K a whole number of 16-byte words and X small enough to stage.
-pub(crate) fn gemv_fits(mm: &Matmul, dtype: DType, x: u64, w: u64) -> bool {
+fn gemv_fits(mm: &Matmul, dtype: DType, x: u64, w: u64) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = *ON.get_or_init(|| std::env::var_os("TPERF_GEMV").is_none_or(|v| v != "0"));
     on && (1..=GEMV_ROWS).contains(&mm.m)
@@ -50,8 +51,8 @@ pub(crate) fn gemv_fits(mm: &Matmul, dtype: DType, x: u64, w: u64) -> bool {
         && mm.m * mm.k * 2 <= GEMV_MAX_X
         && mm.n > 0
         && matches!(dtype, DType::Bf16 | DType::F16)
-        && x.is_multiple_of(16)
-        && w.is_multiple_of(16)
+        && aligned_16(x)
+        && aligned_16(w)
 }
 
 /// The padded row stride (elements) a forward product Y = X·Wᵀ (+ b) is computed at, when Y's
@@ -70,28 +71,7 @@ fn padded_stride(g: &Gemm) -> Option<u64> {
     (!aligned && plain && g.n > per_16_bytes && g.k > 0).then(|| g.n.next_multiple_of(per_16_bytes))
 }
 
-/// A forward product's operands other than X, by name (MatmulIo without its X).
-pub(crate) struct Product {
-    pub w: Tensor,
-    pub bias: Option<Tensor>,
-    pub y: Tensor,
-    pub act: Option<Tensor>,
-}
-
 impl CudaBackend {
-    /// The grid of a few-row product of `n` columns on gemv.cuh's body: whether it takes the
-    /// `_split` kernel, and its blocks. A warp a column group while that gives every SM several
-    /// blocks, else the block's warps share one (matmul.cu says why).
-    pub(crate) fn gemv_grid(&self, n: u64) -> (bool, u32) {
-        let sms = self.gpu.info.sms.max(1) as u64;
-        let groups = n.div_ceil(GEMV_COLS * GEMV_WARPS);
-        if groups < GEMV_SPLIT_BELOW_BLOCKS_PER_SM * sms {
-            (true, n.div_ceil(GEMV_COLS).min(16 * sms) as u32)
-        } else {
-            (false, groups.min(8 * sms) as u32)
-        }
-    }
-
     /// Y = X·Wᵀ (+ b) for Y (M×N) whose rows are not 16-byte multiples (`padded_stride`): into a
     /// scratch of rows `stride` apart, as two products whose every row start and column count
     /// is 16-byte aligned — the columns below the last multiple of the vector width, then the
@@ -182,34 +162,17 @@ impl CudaBackend {
         mm: &Matmul,
     ) -> Result<(), BackendError> {
         let io: MatmulIo = call.operands(mm)?;
-        self.arg(call, &io.x, (mm.m * mm.k) as u64)?;
-        let x = (self.ptr(&io.x)?, io.x.dtype);
-        let MatmulIo {
-            w, bias, y, act, ..
-        } = io;
-        self.forward_product(call, mm, x, &Product { w, bias, y, act })
-    }
-
-    /// Y = X·Wᵀ (+ b) (and act(Y)) for X at device address `x.0` of dtype `x.1`, holding the
-    /// product's m·k elements (the caller checked): matmul_forward's X, or the fused pre-norm's
-    /// normalised rows in a scratch (ops/norm_matmul.rs).
-    pub(crate) fn forward_product(
-        &mut self,
-        call: &OpCall,
-        mm: &Matmul,
-        (xp, x_dtype): (u64, DType),
-        io: &Product,
-    ) -> Result<(), BackendError> {
         let (m, k, n) = (mm.m as u64, mm.k as u64, mm.n as u64);
-        let (w, pre) = (&io.w, &io.y);
+        let (x, w, pre) = (&io.x, &io.w, &io.y);
+        self.arg(call, x, m * k)?;
         self.arg(call, w, n * k)?;
         self.arg(call, pre, m * n)?;
-        if x_dtype != w.dtype {
+        if x.dtype != w.dtype {
             return Err(unsupported(
                 call,
                 format!(
                     "X is {} but W is {}: cast the weights first",
-                    x_dtype, w.dtype
+                    x.dtype, w.dtype
                 ),
             ));
         }
@@ -232,15 +195,15 @@ impl CudaBackend {
             k,
             trans_a: false,
             trans_b: true,
-            ab_dtype: x_dtype,
+            ab_dtype: x.dtype,
             c_dtype: pre.dtype,
             accumulate: false,
             bias: bias.is_some(),
             gelu_aux: false,
             ldc: None,
         };
-        let wp = self.ptr(w)?;
-        if gemv_fits(mm, x_dtype, xp, wp) {
+        let (xp, wp) = (self.ptr(x)?, self.ptr(w)?);
+        if gemv_fits(mm, x.dtype, xp, wp) {
             let none = Arg::Buf(0, 0);
             let (act, kind) = match (mm.activation, &io.act) {
                 (Some(kind), Some(act)) => (self.arg(call, act, m * n)?, act_code(kind)),
@@ -251,7 +214,7 @@ impl CudaBackend {
                 None => none,
             };
             let args = [
-                Arg::Buf(xp, dt_code(x_dtype)),
+                self.arg(call, x, m * k)?,
                 self.arg(call, w, n * k)?,
                 bias,
                 self.arg(call, pre, m * n)?,
@@ -261,18 +224,21 @@ impl CudaBackend {
                 Arg::I32(n as i32),
                 Arg::I32(kind),
             ];
-            let (split, blocks) = self.gemv_grid(n);
-            let kernel = if split {
-                "gemv_rows_split"
+            // A warp a column group while that gives every SM several blocks, else the block's
+            // warps share one (gemv_rows_split; matmul.cu says why).
+            let sms = self.gpu.info.sms.max(1) as u64;
+            let groups = n.div_ceil(GEMV_COLS * GEMV_WARPS);
+            let (kernel, blocks) = if groups < GEMV_SPLIT_BELOW_BLOCKS_PER_SM * sms {
+                ("gemv_rows_split", n.div_ceil(GEMV_COLS).min(16 * sms))
             } else {
-                "gemv_rows"
+                ("gemv_rows", groups.min(8 * sms))
             };
             let shared = (m * k * 2) as u32;
             return self.launch(
                 call,
                 "matmul",
                 kernel,
-                (blocks, 1, 1),
+                (blocks as u32, 1, 1),
                 (GEMV_THREADS, 1, 1),
                 shared,
                 &args,

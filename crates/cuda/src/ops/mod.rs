@@ -16,7 +16,6 @@ mod geglu;
 mod grad_norm;
 mod kv_cache;
 mod matmul;
-mod norm_matmul;
 mod norms;
 mod paged_attention;
 mod residual;
@@ -29,12 +28,6 @@ pub(crate) mod watchdog;
 
 use crate::gpu::Arg;
 pub(crate) use sampling::sample_words;
-
-/// `act_code` where ops/matmul.rs imports it from (`super::elementwise`), until that file, which
-/// is being edited on another branch, imports `super::activation::act_code`; then delete this.
-mod elementwise {
-    pub(crate) use super::activation::act_code;
-}
 
 /// Threads per block of the row-wise kernels (one block per row): a multiple of 32 for the
 /// warp reductions.

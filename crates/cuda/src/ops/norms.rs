@@ -63,21 +63,8 @@ fn vec_rows_per_block() -> u64 {
 /// Thread rows of `norm_weight_grads` (NWG_ROWS in norms.cu).
 const NWG_ROWS: u32 = 32;
 
-/// The forward kernel's buffers: x, and add and sum with the fused residual add (else the null
-/// buffer); γ, and β for LayerNorm with a bias; y and the stats.
-#[derive(Clone, Copy)]
-pub(crate) struct NormForwardArgs {
-    pub x: Arg,
-    pub add: Arg,
-    pub gamma: Arg,
-    pub beta: Arg,
-    pub sum: Arg,
-    pub y: Arg,
-    pub stats: Arg,
-}
-
 /// What the forward and backward need to know of either norm.
-pub(crate) struct Shape {
+struct Shape {
     n: u64,
     c: u64,
     rms: bool,
@@ -88,7 +75,7 @@ pub(crate) struct Shape {
 }
 
 impl Shape {
-    pub(crate) fn stats_width(&self) -> u64 {
+    fn stats_width(&self) -> u64 {
         if self.rms {
             1
         } else {
@@ -210,40 +197,9 @@ impl CudaBackend {
         let sum = self.arg_opt(call, io.sum.as_ref(), nc)?;
         let y = self.arg(call, &io.y, nc)?;
         let stats = self.arg(call, &io.stats, n * s.stats_width())?;
-        let args = NormForwardArgs {
-            x,
-            add,
-            gamma,
-            beta,
-            sum,
-            y,
-            stats,
-        };
-        self.launch_norm_forward(call, s, &args)
-    }
-
-    /// The forward kernel for `s` over device buffers whose sizes the caller checked: the
-    /// LayerNorm and RMSNorm ops', and the fused pre-norm's where its rows go to cuBLASLt
-    /// (ops/norm_matmul.rs: y and stats are then scratch).
-    pub(crate) fn launch_norm_forward(
-        &mut self,
-        call: &OpCall,
-        s: &Shape,
-        a: &NormForwardArgs,
-    ) -> Result<(), BackendError> {
-        let (n, c) = (s.n, s.c);
         if n == 0 {
             return Ok(());
         }
-        let NormForwardArgs {
-            x,
-            add,
-            gamma,
-            beta,
-            sum,
-            y,
-            stats,
-        } = *a;
         let args = [
             x,
             add,
