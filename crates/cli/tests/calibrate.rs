@@ -1,5 +1,6 @@
 //! Calibration and the CPU's measured ceilings as a user meets them: `tperf calibrate` on the CPU
-//! fits, saves and reports its error; `--check` reads the file back; `--calibration` makes
+//! fits, saves and reports its error; `--refit` fits again from the samples the file keeps;
+//! `--check` reads the file back; `--calibration` makes
 //! `tperf model` and `tperf plan serve` say their times are calibrated; a broken file is a clear
 //! error; and `tperf profile` on the CPU holds ops to ceilings measured on this machine (cached)
 //! unless measuring is turned off. Each run is a few tiny CPU steps.
@@ -66,6 +67,51 @@ fn calibrate_on_the_cpu_then_check_and_predict_with_it() {
             .as_u64()
             .unwrap()
             > 0
+    );
+
+    // The samples are kept, so the fit can be made again from the file alone: the same fit on
+    // the same samples gives the same curves and errors.
+    let training_ops = saved["samples"]["training"][0]["ops"].as_array().unwrap();
+    assert!(!training_ops.is_empty());
+    let refit = dir.join("refit.json");
+    let r = refit.to_str().unwrap();
+    let o = tperf(&dir, &["calibrate", "--refit", f, "--out", r], &[]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("before → after the refit"), "{out}");
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&refit).unwrap()).unwrap();
+    for key in [
+        "groups",
+        "overhead",
+        "error_held_out",
+        "error_training",
+        "samples",
+    ] {
+        assert_eq!(again[key], saved[key], "{key} differs after the refit");
+    }
+    assert_eq!(again["provenance"]["refit_of"], f);
+    // A file saved before samples were kept says what to do instead.
+    let mut old = saved.clone();
+    old.as_object_mut().unwrap().remove("samples");
+    let old_file = dir.join("old.json");
+    std::fs::write(&old_file, old.to_string()).unwrap();
+    let o = tperf(
+        &dir,
+        &[
+            "calibrate",
+            "--refit",
+            old_file.to_str().unwrap(),
+            "--out",
+            r,
+        ],
+        &[],
+    );
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("run `tperf calibrate` again"),
+        "{}",
+        text(&o)
     );
 
     let o = tperf(

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use tperf_bench::calibrate::{self, RunOptions, Split, Suite};
-use tperf_core::cost::calibration::{Calibration, ErrorReport, ErrorStats};
+use tperf_core::cost::calibration::{Calibration, ErrorReport, ErrorStats, MeasuredSamples};
 use tperf_report::table::Table;
 use tperf_report::units;
 
@@ -28,6 +28,11 @@ pub struct CalibrateArgs {
     /// workloads); fits and saves nothing.
     #[arg(long, value_name = "FILE", conflicts_with = "out")]
     pub check: Option<PathBuf>,
+    /// Fit again, with this tperf's fit, on the measurements an earlier calibration kept, and
+    /// save the result to --out (measures nothing; needs no device): for trying a fit on a
+    /// GPU's measurements on any machine.
+    #[arg(long, value_name = "FILE", conflicts_with = "check", requires = "out")]
+    pub refit: Option<PathBuf>,
     /// Warm-up steps per workload.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
@@ -62,6 +67,9 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         if !(limit.is_finite() && limit > 0.0) {
             bail!("--time-limit {limit}: give a positive number of seconds, or leave the flag out for no limit");
         }
+    }
+    if let Some(from) = &args.refit {
+        return refit(from, &args);
     }
     let device = super::resolve_device(&args.device)?;
     let checked = args.check.as_deref().map(Calibration::load).transpose()?;
@@ -193,12 +201,15 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     }
     cal.error_training = Some(cal.evaluate(&training));
     cal.error_held_out = Some(cal.evaluate(&held_out));
+    cal.samples = Some(MeasuredSamples { training, held_out });
     let path = out.expect("set when not checking");
     cal.save(&path)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&cal)?);
         return Ok(());
     }
+    let samples = cal.samples.as_ref().expect("set above");
+    let (training, held_out) = (&samples.training, &samples.held_out);
     println!(
         "tperf calibrate — {device_name}, roofline of {} ({} ceilings): {} training and {} held-out workloads measured in {took:.1} s\n",
         hw.key,
@@ -206,14 +217,7 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         training.len(),
         held_out.len()
     );
-    print!("{}", curves_table(&cal).render());
-    println!();
-    if let Some(e) = &cal.error_held_out {
-        print!("{}", error_section("held-out workloads", e));
-    }
-    if let Some(e) = &cal.error_training {
-        print!("{}", error_section("training workloads (in-sample)", e));
-    }
+    print_fit(&cal);
     if let Some(o) = &cal.serving {
         print!("{}", engine::table(o).render());
         println!();
@@ -223,6 +227,62 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
     }
     print_skipped(&measured.skipped);
     println!("{}", saved_line(&path));
+    Ok(())
+}
+
+/// The fitted curves and the errors on the held-out and training workloads.
+fn print_fit(cal: &Calibration) {
+    print!("{}", curves_table(cal).render());
+    println!();
+    if let Some(e) = &cal.error_held_out {
+        print!("{}", error_section("held-out workloads", e));
+    }
+    if let Some(e) = &cal.error_training {
+        print!("{}", error_section("training workloads (in-sample)", e));
+    }
+}
+
+/// `--refit FROM --out FILE`: the fit again on FROM's kept samples, saved to FILE, with the
+/// errors before (as FROM recorded them) and after.
+fn refit(from: &Path, args: &CalibrateArgs) -> Result<()> {
+    let old = Calibration::load(from)?;
+    let out = args.out.as_ref().expect("clap requires --out with --refit");
+    super::check_output_file(out, "--out")?;
+    let mut provenance = super::model::provenance();
+    if let Some(obj) = provenance.as_object_mut() {
+        obj.insert(
+            "command".into(),
+            std::env::args().collect::<Vec<_>>().join(" ").into(),
+        );
+        obj.insert("refit_of".into(), from.display().to_string().into());
+        obj.insert("measured_by".into(), old.provenance.clone());
+    }
+    let cal = old.refit(from, provenance)?;
+    cal.save(out)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&cal)?);
+        return Ok(());
+    }
+    println!(
+        "tperf calibrate --refit {} — {} ({} training and {} held-out workloads kept)\n",
+        from.display(),
+        cal.device,
+        cal.training.len(),
+        cal.held_out.len()
+    );
+    if let (Some(before), Some(after)) = (&old.error_held_out, &cal.error_held_out) {
+        println!(
+            "held-out error, before → after the refit: per op median {} → {}, p90 {} → {}; whole step median {} → {}\n",
+            pct(before.op_calibrated.median),
+            pct(after.op_calibrated.median),
+            pct(before.op_calibrated.p90),
+            pct(after.op_calibrated.p90),
+            pct(before.step_calibrated.median),
+            pct(after.step_calibrated.median),
+        );
+    }
+    print_fit(&cal);
+    println!("{}", saved_line(out));
     Ok(())
 }
 

@@ -549,6 +549,18 @@ pub struct Calibration {
     /// Version, commit, date, host, command line.
     #[serde(default)]
     pub provenance: serde_json::Value,
+    /// Every op instance the fit and the error reports were computed from, so that a new fit
+    /// can be tried on this machine's measurements without a GPU (`tperf calibrate --refit`).
+    /// Absent in files saved before samples were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<MeasuredSamples>,
+}
+
+/// The measured workloads of a calibration: those it was fitted on and the held-out ones.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MeasuredSamples {
+    pub training: Vec<WorkloadSamples>,
+    pub held_out: Vec<WorkloadSamples>,
 }
 
 /// Why a calibration could not be loaded or saved.
@@ -632,7 +644,35 @@ impl Calibration {
             error_held_out: None,
             serving: None,
             provenance,
+            samples: None,
         })
+    }
+
+    /// The calibration fitted again, by this tperf's fit, on the samples this one kept, with
+    /// its errors on the training and held-out samples. The serving overhead is kept as it was
+    /// measured (its points need the engine run). `provenance` is the new file's.
+    pub fn refit(
+        &self,
+        path: &Path,
+        provenance: serde_json::Value,
+    ) -> Result<Calibration, CalibrationError> {
+        let samples = self.samples.as_ref().ok_or_else(|| CalibrationError::Invalid {
+            path: path.to_path_buf(),
+            why: "keeps no samples (it was saved before calibrations kept them): run `tperf calibrate` again".into(),
+        })?;
+        let mut cal = Calibration::fit(
+            self.device.clone(),
+            self.hardware.clone(),
+            self.precision.clone(),
+            &samples.training,
+            provenance,
+        )?;
+        cal.held_out = samples.held_out.iter().map(|w| w.label.clone()).collect();
+        cal.serving = self.serving.clone();
+        cal.error_training = Some(cal.evaluate(&samples.training));
+        cal.error_held_out = Some(cal.evaluate(&samples.held_out));
+        cal.samples = Some(samples.clone());
+        Ok(cal)
     }
 
     fn group(&self, key: &GroupKey) -> Option<&Group> {
