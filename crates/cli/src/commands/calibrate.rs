@@ -170,14 +170,14 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
             serde_json::to_value(&measured.skipped).unwrap_or_default(),
         );
     }
-    let mut cal = Calibration::fit(
+    let (training_count, held_out_count) = (training.len(), held_out.len());
+    let mut cal = Calibration::fit_and_evaluate(
         device_name.clone(),
         hw.clone(),
         suite.precision().name().to_string(),
-        &training,
+        MeasuredSamples { training, held_out },
         provenance,
     )?;
-    cal.held_out = held_out.iter().map(|w| w.label.clone()).collect();
     let serving_model = match (&args.serving_model, device) {
         (Some(m), _) if m == "none" => None,
         (Some(m), _) => Some(m.clone()),
@@ -199,23 +199,18 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
             }
         }
     }
-    cal.error_training = Some(cal.evaluate(&training));
-    cal.error_held_out = Some(cal.evaluate(&held_out));
-    cal.samples = Some(MeasuredSamples { training, held_out });
     let path = out.expect("set when not checking");
     cal.save(&path)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&cal)?);
         return Ok(());
     }
-    let samples = cal.samples.as_ref().expect("set above");
-    let (training, held_out) = (&samples.training, &samples.held_out);
     println!(
         "tperf calibrate — {device_name}, roofline of {} ({} ceilings): {} training and {} held-out workloads measured in {took:.1} s\n",
         hw.key,
         hw.basis.name(),
-        training.len(),
-        held_out.len()
+        training_count,
+        held_out_count
     );
     print_fit(&cal);
     if let Some(o) = &cal.serving {

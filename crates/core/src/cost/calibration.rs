@@ -648,30 +648,43 @@ impl Calibration {
         })
     }
 
-    /// The calibration fitted again, by this tperf's fit, on the samples this one kept, with
-    /// its errors on the training and held-out samples. The serving overhead is kept as it was
-    /// measured (its points need the engine run). `provenance` is the new file's.
+    /// Fits on `samples.training`, then records the error on both sets and keeps the samples
+    /// (what `tperf calibrate` saves).
+    pub fn fit_and_evaluate(
+        device: String,
+        hardware: Hardware,
+        precision: String,
+        samples: MeasuredSamples,
+        provenance: serde_json::Value,
+    ) -> Result<Calibration, CalibrationError> {
+        let mut cal = Calibration::fit(device, hardware, precision, &samples.training, provenance)?;
+        cal.held_out = samples.held_out.iter().map(|w| w.label.clone()).collect();
+        cal.error_training = Some(cal.evaluate(&samples.training));
+        cal.error_held_out = Some(cal.evaluate(&samples.held_out));
+        cal.samples = Some(samples);
+        Ok(cal)
+    }
+
+    /// The calibration fitted again, by this tperf's fit, on the samples this one kept (the
+    /// file at `path`). The serving overhead is kept as it was measured (its points need the
+    /// engine run). `provenance` is the new file's.
     pub fn refit(
         &self,
         path: &Path,
         provenance: serde_json::Value,
     ) -> Result<Calibration, CalibrationError> {
-        let samples = self.samples.as_ref().ok_or_else(|| CalibrationError::Invalid {
+        let samples = self.samples.clone().ok_or_else(|| CalibrationError::Invalid {
             path: path.to_path_buf(),
             why: "keeps no samples (it was saved before calibrations kept them): run `tperf calibrate` again".into(),
         })?;
-        let mut cal = Calibration::fit(
+        let mut cal = Calibration::fit_and_evaluate(
             self.device.clone(),
             self.hardware.clone(),
             self.precision.clone(),
-            &samples.training,
+            samples,
             provenance,
         )?;
-        cal.held_out = samples.held_out.iter().map(|w| w.label.clone()).collect();
         cal.serving = self.serving.clone();
-        cal.error_training = Some(cal.evaluate(&samples.training));
-        cal.error_held_out = Some(cal.evaluate(&samples.held_out));
-        cal.samples = Some(samples.clone());
         Ok(cal)
     }
 
