@@ -702,10 +702,18 @@ impl<B: Backend> EngineCore<B> {
         }
         report.finished.reverse();
         if let Ok(mut m) = self.metrics.lock() {
+            let host_seconds = began.elapsed().as_secs_f64() - device_seconds;
             m.steps += 1;
             m.step_sequences += plan.len() as u64;
+            m.step_tokens += plan.iter().map(|&(_, q)| q as u64).sum::<u64>();
             m.step_device_seconds += device_seconds;
-            m.step_host_seconds += began.elapsed().as_secs_f64() - device_seconds;
+            m.step_host_seconds += host_seconds;
+            if plan.iter().all(|&(_, q)| q == 1) {
+                m.decode_steps += 1;
+                m.decode_step_sequences += plan.len() as u64;
+                m.decode_step_device_seconds += device_seconds;
+                m.decode_step_host_seconds += host_seconds;
+            }
         }
         self.publish();
         Ok(report)

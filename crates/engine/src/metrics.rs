@@ -65,6 +65,15 @@ pub struct Metrics {
     pub step_device_seconds: f64,
     /// Sequences scheduled, summed over the steps (÷ steps: the mean running batch).
     pub step_sequences: u64,
+    /// Token rows the steps computed (a decode row is one token, a prefill chunk its length).
+    pub step_tokens: u64,
+    /// The same split for the decode-only steps among `steps` (every row one token: the steps a
+    /// backend may replay from a CUDA graph); the rest carried prefill, eagerly. Serving's
+    /// throughput is decided by how the two kinds cost, so `/metrics` keeps them apart.
+    pub decode_steps: u64,
+    pub decode_step_host_seconds: f64,
+    pub decode_step_device_seconds: f64,
+    pub decode_step_sequences: u64,
     /// Arrival to the first generated token.
     pub ttft: Histogram,
     /// Between successive tokens of a request.
@@ -168,6 +177,33 @@ impl Metrics {
             "Sequences scheduled, summed over the steps (divided by the steps: the mean batch).",
             self.step_sequences,
         );
+        counter(
+            &mut o,
+            "tperf_engine_step_tokens_total",
+            "Token rows computed, summed over the steps (decode rows and prefill chunks).",
+            self.step_tokens,
+        );
+        let name = "tperf_engine_decode_step_seconds";
+        let _ = writeln!(
+            o,
+            "# HELP {name} The decode-only steps among tperf_engine_step_seconds (every row one token; the others carried prefill), by the same parts.\n# TYPE {name} summary"
+        );
+        for (part, seconds) in [
+            ("host", self.decode_step_host_seconds),
+            ("device", self.decode_step_device_seconds),
+        ] {
+            let _ = writeln!(
+                o,
+                "{name}_sum{{{label},part=\"{part}\"}} {seconds}\n{name}_count{{{label},part=\"{part}\"}} {}",
+                self.decode_steps
+            );
+        }
+        counter(
+            &mut o,
+            "tperf_engine_decode_step_sequences_total",
+            "Sequences of the decode-only steps, summed over them.",
+            self.decode_step_sequences,
+        );
         let name = "tperf_request_success_total";
         let _ = writeln!(
             o,
@@ -225,10 +261,20 @@ mod tests {
             step_host_seconds: 0.25,
             step_device_seconds: 1.5,
             step_sequences: 10,
+            step_tokens: 300,
+            decode_steps: 3,
+            decode_step_host_seconds: 0.125,
+            decode_step_device_seconds: 0.75,
+            decode_step_sequences: 6,
             ..Metrics::default()
         };
         let text = m.prometheus("m");
         for line in [
+            "tperf_engine_step_tokens_total{model_name=\"m\"} 300",
+            "tperf_engine_decode_step_seconds_sum{model_name=\"m\",part=\"host\"} 0.125",
+            "tperf_engine_decode_step_seconds_count{model_name=\"m\",part=\"device\"} 3",
+            "tperf_engine_decode_step_seconds_sum{model_name=\"m\",part=\"device\"} 0.75",
+            "tperf_engine_decode_step_sequences_total{model_name=\"m\"} 6",
             "tperf_engine_step_seconds_sum{model_name=\"m\",part=\"host\"} 0.25",
             "tperf_engine_step_seconds_count{model_name=\"m\",part=\"host\"} 4",
             "tperf_engine_step_seconds_sum{model_name=\"m\",part=\"device\"} 1.5",

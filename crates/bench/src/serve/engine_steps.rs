@@ -11,6 +11,19 @@ pub struct StepTimes {
     pub sequences: u64,
     pub host_seconds: f64,
     pub device_seconds: f64,
+    /// The decode-only steps among them (`tperf_engine_decode_step_seconds`) and the token
+    /// rows of all steps; None from a server that does not split them.
+    pub decode: Option<DecodeSteps>,
+    pub tokens: Option<u64>,
+}
+
+/// The decode-only steps' counters (every row one token; the other steps carried prefill).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct DecodeSteps {
+    pub steps: u64,
+    pub sequences: u64,
+    pub host_seconds: f64,
+    pub device_seconds: f64,
 }
 
 /// One run's share of the counters: the difference of two scrapes.
@@ -22,6 +35,45 @@ pub struct StepDelta {
     /// Mean host (engine) and device (model) seconds per step.
     pub host_seconds_per_step: f64,
     pub device_seconds_per_step: f64,
+    /// Token rows per step (decode rows plus prefill chunks); None: not published.
+    pub tokens_per_step: Option<f64>,
+    /// The run's steps by kind, where the server splits them.
+    pub by_kind: Option<StepKinds>,
+}
+
+/// A run's decode-only steps beside those that carried prefill: how many, and what each
+/// kind cost a step (host and device), with the batch and tokens they carried.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StepKinds {
+    pub decode: KindDelta,
+    pub with_prefill: KindDelta,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KindDelta {
+    pub steps: u64,
+    pub mean_batch: f64,
+    pub host_seconds_per_step: f64,
+    pub device_seconds_per_step: f64,
+    /// Token rows per step; None where the server does not publish them.
+    pub tokens_per_step: Option<f64>,
+}
+
+impl KindDelta {
+    fn of(steps: u64, sequences: f64, host: f64, device: f64, tokens: Option<f64>) -> KindDelta {
+        let n = steps.max(1) as f64;
+        KindDelta {
+            steps,
+            mean_batch: sequences / n,
+            host_seconds_per_step: host / n,
+            device_seconds_per_step: device / n,
+            tokens_per_step: tokens.map(|t| t / n),
+        }
+    }
+
+    pub fn step_seconds(&self) -> f64 {
+        self.host_seconds_per_step + self.device_seconds_per_step
+    }
 }
 
 impl StepDelta {
@@ -38,6 +90,9 @@ impl StepTimes {
         let mut device = None;
         let mut steps = None;
         let mut sequences = None;
+        let mut tokens = None;
+        let mut decode = DecodeSteps::default();
+        let mut decode_seen = 0;
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((name_labels, value)) = line.rsplit_once(' ') else {
                 continue;
@@ -58,6 +113,20 @@ impl StepTimes {
                 ("tperf_engine_step_seconds_sum", Some("device")) => device = Some(v),
                 ("tperf_engine_step_seconds_count", Some("host")) => steps = Some(v as u64),
                 ("tperf_engine_step_sequences_total", _) => sequences = Some(v as u64),
+                ("tperf_engine_step_tokens_total", _) => tokens = Some(v as u64),
+                ("tperf_engine_decode_step_seconds_sum", Some("host")) => {
+                    decode.host_seconds = v;
+                    decode_seen |= 1;
+                }
+                ("tperf_engine_decode_step_seconds_sum", Some("device")) => {
+                    decode.device_seconds = v;
+                    decode_seen |= 2;
+                }
+                ("tperf_engine_decode_step_seconds_count", Some("host")) => {
+                    decode.steps = v as u64;
+                    decode_seen |= 4;
+                }
+                ("tperf_engine_decode_step_sequences_total", _) => decode.sequences = v as u64,
                 _ => {}
             }
         }
@@ -66,6 +135,8 @@ impl StepTimes {
             sequences: sequences.unwrap_or(0),
             host_seconds: host?,
             device_seconds: device?,
+            decode: (decode_seen == 7).then_some(decode),
+            tokens,
         })
     }
 
@@ -74,11 +145,36 @@ impl StepTimes {
     pub fn since(&self, before: &StepTimes) -> Option<StepDelta> {
         let steps = self.steps.checked_sub(before.steps).filter(|&n| n > 0)?;
         let n = steps as f64;
+        let tokens = self
+            .tokens
+            .zip(before.tokens)
+            .map(|(a, b)| a.saturating_sub(b) as f64);
+        // The kinds are told apart only where both scrapes split them; the steps that carried
+        // prefill are what the totals hold beyond the decode-only ones.
+        let by_kind = self.decode.zip(before.decode).map(|(a, b)| {
+            let d_steps = a.steps.saturating_sub(b.steps).min(steps);
+            let d_seqs = a.sequences.saturating_sub(b.sequences) as f64;
+            let d_host = a.host_seconds - b.host_seconds;
+            let d_device = a.device_seconds - b.device_seconds;
+            let all_seqs = self.sequences.saturating_sub(before.sequences) as f64;
+            StepKinds {
+                decode: KindDelta::of(d_steps, d_seqs, d_host, d_device, Some(d_seqs)),
+                with_prefill: KindDelta::of(
+                    steps - d_steps,
+                    all_seqs - d_seqs,
+                    self.host_seconds - before.host_seconds - d_host,
+                    self.device_seconds - before.device_seconds - d_device,
+                    tokens.map(|t| t - d_seqs),
+                ),
+            }
+        });
         Some(StepDelta {
             steps,
             mean_batch: self.sequences.saturating_sub(before.sequences) as f64 / n,
             host_seconds_per_step: (self.host_seconds - before.host_seconds) / n,
             device_seconds_per_step: (self.device_seconds - before.device_seconds) / n,
+            tokens_per_step: tokens.map(|t| t / n),
+            by_kind,
         })
     }
 }
@@ -105,7 +201,9 @@ tperf_engine_step_sequences_total{model_name=\"m\"} 40
                 steps: 10,
                 sequences: 40,
                 host_seconds: 0.5,
-                device_seconds: 2.0
+                device_seconds: 2.0,
+                decode: None,
+                tokens: None,
             }
         );
         let after = StepTimes {
@@ -113,6 +211,8 @@ tperf_engine_step_sequences_total{model_name=\"m\"} 40
             sequences: 72,
             host_seconds: 0.7,
             device_seconds: 3.0,
+            decode: None,
+            tokens: None,
         };
         let d = after.since(&before).unwrap();
         // 4 steps carried 32 sequences; 0.2 s of host and 1 s of device time among them.
@@ -123,6 +223,55 @@ tperf_engine_step_sequences_total{model_name=\"m\"} 40
         assert!((d.step_seconds() - 0.3).abs() < 1e-12);
         assert_eq!(before.since(&before), None, "no step ran");
         assert_eq!(before.since(&after), None, "counters that went back");
+        assert_eq!(d.by_kind, None, "a server that does not split the kinds");
+    }
+
+    #[test]
+    fn the_steps_with_prefill_are_the_totals_beyond_the_decode_only_ones() {
+        let split = "tperf_engine_step_tokens_total{model_name=\"m\"} 500
+tperf_engine_decode_step_seconds_sum{model_name=\"m\",part=\"host\"} 0.25
+tperf_engine_decode_step_seconds_count{model_name=\"m\",part=\"host\"} 8
+tperf_engine_decode_step_seconds_sum{model_name=\"m\",part=\"device\"} 1.0
+tperf_engine_decode_step_seconds_count{model_name=\"m\",part=\"device\"} 8
+tperf_engine_decode_step_sequences_total{model_name=\"m\"} 24
+";
+        let before = StepTimes::parse(&format!("{TEXT}{split}")).unwrap();
+        assert_eq!(
+            before.decode,
+            Some(DecodeSteps {
+                steps: 8,
+                sequences: 24,
+                host_seconds: 0.25,
+                device_seconds: 1.0
+            })
+        );
+        assert_eq!(before.tokens, Some(500));
+        // 6 more steps: 4 decode-only (20 sequences, 0.1 s host, 0.4 s device) and 2 with
+        // prefill (8 sequences, 300 token rows, 0.3 s host, 1.6 s device).
+        let after = StepTimes {
+            steps: 16,
+            sequences: 68,
+            host_seconds: 0.9,
+            device_seconds: 4.0,
+            decode: Some(DecodeSteps {
+                steps: 12,
+                sequences: 44,
+                host_seconds: 0.35,
+                device_seconds: 1.4,
+            }),
+            tokens: Some(820),
+        };
+        let k = after.since(&before).unwrap().by_kind.unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert_eq!((k.decode.steps, k.with_prefill.steps), (4, 2));
+        assert!(close(k.decode.mean_batch, 5.0) && close(k.with_prefill.mean_batch, 4.0));
+        assert!(close(k.decode.host_seconds_per_step, 0.025));
+        assert!(close(k.decode.device_seconds_per_step, 0.1));
+        assert!(close(k.with_prefill.host_seconds_per_step, 0.15));
+        assert!(close(k.with_prefill.device_seconds_per_step, 0.8));
+        // 320 token rows in all, 20 of them the decode steps' single tokens.
+        assert_eq!(k.decode.tokens_per_step, Some(5.0));
+        assert_eq!(k.with_prefill.tokens_per_step, Some(150.0));
     }
 
     #[test]

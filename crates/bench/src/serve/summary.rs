@@ -86,6 +86,10 @@ pub struct EngineStep {
     pub device_ms: f64,
     /// The model's decode step at the mean batch, without a host term; None: no model given.
     pub modelled_device_ms: Option<f64>,
+    /// The decode-only steps beside those that carried prefill (tperf's engine splits them on
+    /// `/metrics`); None from a server that does not.
+    #[serde(default)]
+    pub by_kind: Option<crate::serve::engine_steps::StepKinds>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tperf_bench::serve::client::{self, Api, ClientConfig, Target};
 use tperf_bench::serve::dataset::{self, RandomLengths, RequestSpec};
-use tperf_bench::serve::engine_steps::StepTimes;
+use tperf_bench::serve::engine_steps::{KindDelta, StepTimes};
 use tperf_bench::serve::fairness::{self, Fairness};
 use tperf_bench::serve::metrics::{self, Metrics, RequestOutcome};
 use tperf_bench::serve::summary::{
@@ -628,6 +628,7 @@ pub fn run(args: ServeBenchArgs, command_line: Vec<String>) -> Result<()> {
                 mean_batch: d.mean_batch,
                 host_ms: d.host_seconds_per_step * 1e3,
                 device_ms: d.device_seconds_per_step * 1e3,
+                by_kind: d.by_kind,
                 modelled_device_ms: match &args.model_config {
                     Some(name) => Some(
                         args.server.device_step_seconds(
@@ -856,8 +857,28 @@ fn engine_step_line(e: Option<&EngineStep>) -> String {
             e.host_ms
         )
     });
+    let kinds = e.by_kind.map_or(String::new(), |k| {
+        let kind = |name: &str, d: &KindDelta| {
+            let tokens = d
+                .tokens_per_step
+                .map_or(String::new(), |t| format!(", {t:.0} token rows"));
+            format!(
+                "{name} {} at {:.3} ms (host {:.3}, device {:.3}; {:.1} sequences{tokens})",
+                d.steps,
+                d.step_seconds() * 1e3,
+                d.host_seconds_per_step * 1e3,
+                d.device_seconds_per_step * 1e3,
+                d.mean_batch
+            )
+        };
+        format!(
+            "\n  by kind: {}; {} (a mean over each kind's steps)",
+            kind("decode-only", &k.decode),
+            kind("with prefill", &k.with_prefill)
+        )
+    });
     format!(
-        "engine step: measured {:.3} ms (host {:.3}, device {:.3}) over {} steps of {:.1} sequences (mean){modelled}",
+        "engine step: measured {:.3} ms (host {:.3}, device {:.3}) over {} steps of {:.1} sequences (mean){modelled}{kinds}",
         e.host_ms + e.device_ms,
         e.host_ms,
         e.device_ms,
