@@ -5,9 +5,12 @@
 // of the GQA group and every query of the unit (R = (H/H_kv)·Tq ≤ DEC_MAX_ROWS rows).
 //
 // A *unit* is what shares keys: in a paged batch (schedule/ragged.rs) one packed row (Tq = 1;
-// its sequence, position and context length come from row_seq, positions and ctx_lens), in a
-// contiguous cache (B, H_kv, capacity, D) one batch element (Tq queries at the last Tq positions
-// of Tk keys; Tk from `step` in a replayed decode step). The contiguous cache is the paged
+// its sequence, position and context length come from row_seq, positions and ctx_lens) or,
+// with a `units` table, a run of up to Tq consecutive packed rows of one sequence (a prefill
+// chunk's queries, at consecutive positions: units[2u] is its first row, units[2u + 1] how many;
+// the rows past that count are computed on nothing and not written), in a contiguous cache
+// (B, H_kv, capacity, D) one batch element (Tq queries at the last Tq positions of Tk keys; Tk
+// from `step` in a replayed decode step). The contiguous cache is the paged
 // layout with one block of `capacity` keys per sequence and the identity block table, so one
 // addressing rule serves both: key j of KV head g of sequence s lives at
 //     ((block · H_kv + g) · block_size + j % block_size) · D,  block = table[s, j / block_size]
@@ -79,7 +82,7 @@ template <int DT> __device__ __forceinline__ float vec8_at(const Vec8<DT>& v, in
 
 // What every decode kernel argument list carries (the host's one argument builder mirrors it).
 #define DEC_PARAMS                                                                              \
-    Buf qkv, Buf kp, Buf vp, Buf block_table, Buf row_seq, Buf positions, Buf ctx_lens,         \
+    Buf qkv, Buf kp, Buf vp, Buf block_table, Buf row_seq, Buf positions, Buf ctx_lens, Buf units, \
         float *part, unsigned *arrivals, Buf o, Buf lse, int h, int h_kv, int tq, int tk, int d,  \
         int block_size,                                                                         \
         int max_blocks, int causal, i64 window, float scale, int chunk, const int *step
@@ -100,8 +103,8 @@ template <int RMAX> struct DecShared {
 // (units, H, Tq; none when lse is the null buffer), by the block that finished last. The
 // partials were written by other blocks, so they are read through L2 (ld.global.cg): L1 is not
 // coherent across blocks.
-__device__ __forceinline__ void reduce_splits(const float* base, Buf o, Buf lse, i64 ug, int h, int h_kv, int tq,
-                              int d, int splits) {
+__device__ __forceinline__ void reduce_splits(const float* base, Buf o, Buf lse, i64 ug, i64 row0, int count,
+                                              int h, int h_kv, int tq, int d, int splits) {
     const i64 u = ug / h_kv;
     const int g = (int)(ug % h_kv);
     const int group = h / h_kv, rows = group * tq, rd = rows * d;
@@ -119,7 +122,8 @@ __device__ __forceinline__ void reduce_splits(const float* base, Buf o, Buf lse,
             x = fmaf(__ldcg(ps + i), w, x);
         }
         const int head = g * group + r / tq, q = r % tq;
-        st(o, ((u * tq + q) * h + head) * d + e, x / l);
+        if (q >= count) continue;
+        st(o, ((row0 + q) * h + head) * d + e, x / l);
         if (e == 0 && lse.p) st(lse, (u * h + head) * tq + q, m + logf(l));
     }
 }
@@ -146,13 +150,20 @@ __device__ __forceinline__ void decode_split_body(DecShared<RMAX>& sh, DEC_PARAM
     const int group = h / h_kv, rows = group * tq, rd = rows * d;
     const i64 width = (i64)(h + 2 * h_kv) * d;
 
-    // The unit's sequence, its keys, and its first query's position.
+    // The unit's first packed row and how many it has (query q of the unit is row row0 + q),
+    // its sequence, its keys, and its first query's position.
+    i64 row0 = u * tq;
+    int count = tq;
+    if (units.p) {
+        row0 = ld_i32(units, 2 * u);
+        count = ld_i32(units, 2 * u + 1);
+    }
     i64 seq, p0;
     int ctx;
     if (row_seq.p) {
-        seq = ld_i32(row_seq, u);
+        seq = ld_i32(row_seq, row0);
         ctx = ld_i32(ctx_lens, seq);
-        p0 = ld_i32(positions, u);
+        p0 = ld_i32(positions, row0);
     } else {
         seq = u;
         ctx = step ? step[0] : tk;
@@ -161,7 +172,7 @@ __device__ __forceinline__ void decode_split_body(DecShared<RMAX>& sh, DEC_PARAM
     // Query q sees keys [lo_q, hi_q): causal up to its position (the last `window` of them),
     // else all of them. The block walks the union, the first query's lo to the last one's hi.
     const i64 hi_first = causal ? min(p0 + 1, (i64)ctx) : (i64)ctx;
-    const i64 hi_last = causal ? min(p0 + tq, (i64)ctx) : (i64)ctx;
+    const i64 hi_last = causal ? min(p0 + count, (i64)ctx) : (i64)ctx;
     const i64 lo_first = (causal && window >= 0) ? max(hi_first - window, (i64)0) : 0;
     // Key indices fit 32 bits (the host refuses more keys than i32::MAX): 64-bit compares and
     // products were a good part of the loop's instructions (ncu at gpt2-124m B128 on the H200:
@@ -172,8 +183,9 @@ __device__ __forceinline__ void decode_split_body(DecShared<RMAX>& sh, DEC_PARAM
     // Row r is query r % tq of head g·group + r / tq; q pre-scaled.
     for (int i = tid; i < rd; i += DEC_THREADS) {
         const int r = i / d, e = i % d;
-        qs[r * DEC_MAX_D + e] =
-            ld(qkv, (u * tq + r % tq) * width + (i64)(g * group + r / tq) * d + e) * scale;
+        qs[r * DEC_MAX_D + e] = r % tq < count
+            ? ld(qkv, (row0 + r % tq) * width + (i64)(g * group + r / tq) * d + e) * scale
+            : 0.0f;
     }
     __syncthreads();
 
@@ -193,7 +205,8 @@ __device__ __forceinline__ void decode_split_body(DecShared<RMAX>& sh, DEC_PARAM
         const i64 pos = p0 + r % tq;
         const i64 hi = causal ? min(pos + 1, (i64)ctx) : (i64)ctx;
         const i64 lo = (causal && window >= 0) ? max(hi - window, (i64)0) : 0;
-        hi_r[r] = (int)min(hi, (i64)j_hi);
+        // A row past the unit's count sees nothing (m stays −∞) and is not written.
+        hi_r[r] = r % tq < count ? (int)min(hi, (i64)j_hi) : 0;
         lo_r[r] = (int)lo;
     }
     // Where key j's row starts: block b's rows of KV head g are one run of block_size · d
@@ -342,7 +355,8 @@ __device__ __forceinline__ void decode_split_body(DecShared<RMAX>& sh, DEC_PARAM
         }
         if (splits == 1) {
             const int head = g * group + r / tq, q = r % tq;
-            st(o, ((u * tq + q) * h + head) * d + e, x / ll);
+            if (q >= count) continue;
+            st(o, ((row0 + q) * h + head) * d + e, x / ll);
             if (e == 0 && lse.p) st(lse, (u * h + head) * tq + q, mm + logf(ll));
         } else {
             pp[i] = x;
@@ -367,7 +381,7 @@ __device__ __forceinline__ void decode_split_body(DecShared<RMAX>& sh, DEC_PARAM
     __syncthreads();
     if (!sh.last) return;
     __threadfence();
-    reduce_splits(part + ug * splits * (i64)rows * (d + 2), o, lse, ug, h, h_kv, tq, d, splits);
+    reduce_splits(part + ug * splits * (i64)rows * (d + 2), o, lse, ug, row0, count, h, h_kv, tq, d, splits);
 }
 
 // Pass 1, one kernel per register budget and loop: rows ≤ 2 (a decode step of MHA, or two
@@ -380,19 +394,19 @@ __device__ __forceinline__ void decode_split_body(DecShared<RMAX>& sh, DEC_PARAM
     switch (kp.dt) {                                                                            \
     case DT_BF16:                                                                               \
         decode_split_body<DT_BF16, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,      \
-                                         ctx_lens, part, arrivals, o, lse, h, h_kv, tq, tk, d,            \
+                                         ctx_lens, units, part, arrivals, o, lse, h, h_kv, tq, tk, d,            \
                                          block_size, max_blocks, causal, window, scale, chunk,  \
                                          step);                                                 \
         break;                                                                                  \
     case DT_F16:                                                                                \
         decode_split_body<DT_F16, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,       \
-                                        ctx_lens, part, arrivals, o, lse, h, h_kv, tq, tk, d,             \
+                                        ctx_lens, units, part, arrivals, o, lse, h, h_kv, tq, tk, d,             \
                                         block_size, max_blocks, causal, window, scale, chunk,   \
                                         step);                                                  \
         break;                                                                                  \
     default:                                                                                    \
         decode_split_body<DT_F32, RMAX, PREFETCH>(sh, qkv, kp, vp, block_table, row_seq, positions,       \
-                                        ctx_lens, part, arrivals, o, lse, h, h_kv, tq, tk, d,             \
+                                        ctx_lens, units, part, arrivals, o, lse, h, h_kv, tq, tk, d,             \
                                         block_size, max_blocks, causal, window, scale, chunk,   \
                                         step);                                                  \
     }

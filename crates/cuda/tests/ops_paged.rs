@@ -200,9 +200,15 @@ fn decode_rows() -> Vec<Seq> {
 }
 
 /// Decode rows beside prefill chunks: a whole 17-token prompt, a 5-row chunk ending at key 40,
-/// a one-token prompt.
+/// a one-token prompt, a 67-row chunk ending at key 1000. The chunks' rows are taken in runs
+/// of up to 8 / group queries a unit (ops/paged_attention.rs), so 17 and 67 end in partial
+/// runs and 5 is one.
 fn mixed_rows() -> Vec<Seq> {
     vec![
+        Seq {
+            q_len: 67,
+            ctx_len: 1000,
+        },
         Seq {
             q_len: 1,
             ctx_len: 33,

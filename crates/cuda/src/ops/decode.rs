@@ -54,13 +54,16 @@ pub(crate) enum DecodeKv {
         tk: usize,
         step: u64,
     },
-    /// A paged batch: unit r is packed row r (one query), its sequence, position and keys read
-    /// from the device tensors; `max_blocks` is the block table's width.
+    /// A paged batch: unit r is packed row r (one query), or with `runs` (the device table of
+    /// (first row, rows) pairs, i32) run r of up to Tq consecutive rows of one sequence; the
+    /// sequence, position and keys are read from the device tensors; `max_blocks` is the block
+    /// table's width.
     Paged {
         block_table: Arg,
         row_seq: Arg,
         positions: Arg,
         ctx_lens: Arg,
+        runs: Arg,
         block_size: usize,
         max_blocks: usize,
     },
@@ -118,26 +121,27 @@ impl Decode {
 
     /// decode_split's arguments (DEC_PARAMS in the kernel), with partials at `part`, the split
     /// counters at `arrivals` and the keys split in chunks of `chunk`.
-    fn split_args(&self, part: u64, arrivals: u64, chunk: u64) -> [Arg; 23] {
+    fn split_args(&self, part: u64, arrivals: u64, chunk: u64) -> [Arg; 24] {
         let none = Arg::Buf(0, 0);
         let (tables, block_size, max_blocks, tk, step) = match self.kv {
-            DecodeKv::Contiguous { capacity, tk, step } => ([none; 4], capacity, 1, tk, step),
+            DecodeKv::Contiguous { capacity, tk, step } => ([none; 5], capacity, 1, tk, step),
             DecodeKv::Paged {
                 block_table,
                 row_seq,
                 positions,
                 ctx_lens,
+                runs,
                 block_size,
                 max_blocks,
             } => (
-                [block_table, row_seq, positions, ctx_lens],
+                [block_table, row_seq, positions, ctx_lens, runs],
                 block_size,
                 max_blocks,
                 0,
                 0,
             ),
         };
-        let [block_table, row_seq, positions, ctx_lens] = tables;
+        let [block_table, row_seq, positions, ctx_lens, runs] = tables;
         [
             self.qkv,
             self.k,
@@ -146,6 +150,7 @@ impl Decode {
             row_seq,
             positions,
             ctx_lens,
+            runs,
             Arg::Ptr(part),
             Arg::Ptr(arrivals),
             self.o,
