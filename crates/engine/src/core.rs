@@ -630,8 +630,8 @@ impl<B: Backend> EngineCore<B> {
         let device_began = Instant::now();
         let scratch = [self.cfg.kv_blocks];
         let rows = self.lay_out(batch, tables, tokens, per_row, &scratch);
-        let ids = match rows.and_then(|rows| self.run(rows)) {
-            Ok(ids) => ids,
+        let (ids, wait_seconds) = match rows.and_then(|rows| self.run(rows)) {
+            Ok(done) => done,
             Err(e) => {
                 // Every scheduled sequence's blocks may hold half-written keys: end them all.
                 self.abort_all(FinishReason::Error(e.to_string()));
@@ -708,11 +708,13 @@ impl<B: Backend> EngineCore<B> {
             m.step_tokens += plan.iter().map(|&(_, q)| q as u64).sum::<u64>();
             m.step_device_seconds += device_seconds;
             m.step_host_seconds += host_seconds;
+            m.step_wait_seconds += wait_seconds;
             if plan.iter().all(|&(_, q)| q == 1) {
                 m.decode_steps += 1;
                 m.decode_step_sequences += plan.len() as u64;
                 m.decode_step_device_seconds += device_seconds;
                 m.decode_step_host_seconds += host_seconds;
+                m.decode_step_wait_seconds += wait_seconds;
             }
         }
         self.publish();
@@ -758,7 +760,9 @@ impl<B: Backend> EngineCore<B> {
     /// The device part of a step: inputs written, one `ragged_logits`, the per-row Sample op;
     /// only the sampled ids come back to the host (one per sequence, in order, then those of
     /// any padding rows).
-    fn run(&mut self, rows: StepRows) -> Result<Vec<f32>, EngineError> {
+    /// Also returns the seconds the host waited for the ids (the device finishing the step);
+    /// the rest of the call is the host issuing it.
+    fn run(&mut self, rows: StepRows) -> Result<(Vec<f32>, f64), EngineError> {
         let StepRows {
             batch,
             tokens,
@@ -795,9 +799,11 @@ impl<B: Backend> EngineCore<B> {
             } else {
                 forward(be)?
             };
+            let waited = Instant::now();
             let host = be.read_f32(&ids);
+            let wait_seconds = waited.elapsed().as_secs_f64();
             be.free(ids);
-            host
+            host.map(|ids| (ids, wait_seconds))
         })();
         self.model.free_ragged_inputs(be, inputs);
         Ok(out?)

@@ -74,6 +74,11 @@ pub struct Metrics {
     pub decode_step_host_seconds: f64,
     pub decode_step_device_seconds: f64,
     pub decode_step_sequences: u64,
+    /// The part of `step_device_seconds` (and of the decode-only steps' share) the host spent
+    /// blocked on the sampled ids, waiting for the device to finish the step; the rest of the
+    /// device part is the host issuing it (layout, inputs written, launches or a graph replay).
+    pub step_wait_seconds: f64,
+    pub decode_step_wait_seconds: f64,
     /// Arrival to the first generated token.
     pub ttft: Histogram,
     /// Between successive tokens of a request.
@@ -204,6 +209,24 @@ impl Metrics {
             "Sequences of the decode-only steps, summed over them.",
             self.decode_step_sequences,
         );
+        let seconds = |o: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(
+                o,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{{label}}} {v}"
+            );
+        };
+        seconds(
+            &mut o,
+            "tperf_engine_step_wait_seconds_total",
+            "Of the steps' device part, the time the host waited for the device to finish (the rest is the host issuing the step).",
+            self.step_wait_seconds,
+        );
+        seconds(
+            &mut o,
+            "tperf_engine_decode_step_wait_seconds_total",
+            "The same for the decode-only steps.",
+            self.decode_step_wait_seconds,
+        );
         let name = "tperf_request_success_total";
         let _ = writeln!(
             o,
@@ -266,6 +289,8 @@ mod tests {
             decode_step_host_seconds: 0.125,
             decode_step_device_seconds: 0.75,
             decode_step_sequences: 6,
+            step_wait_seconds: 1.25,
+            decode_step_wait_seconds: 0.5,
             ..Metrics::default()
         };
         let text = m.prometheus("m");
@@ -275,6 +300,8 @@ mod tests {
             "tperf_engine_decode_step_seconds_count{model_name=\"m\",part=\"device\"} 3",
             "tperf_engine_decode_step_seconds_sum{model_name=\"m\",part=\"device\"} 0.75",
             "tperf_engine_decode_step_sequences_total{model_name=\"m\"} 6",
+            "tperf_engine_step_wait_seconds_total{model_name=\"m\"} 1.25",
+            "tperf_engine_decode_step_wait_seconds_total{model_name=\"m\"} 0.5",
             "tperf_engine_step_seconds_sum{model_name=\"m\",part=\"host\"} 0.25",
             "tperf_engine_step_seconds_count{model_name=\"m\",part=\"host\"} 4",
             "tperf_engine_step_seconds_sum{model_name=\"m\",part=\"device\"} 1.5",

@@ -15,6 +15,8 @@ pub struct StepTimes {
     /// rows of all steps; None from a server that does not split them.
     pub decode: Option<DecodeSteps>,
     pub tokens: Option<u64>,
+    /// Of `device_seconds`, the host's wait for the device's result; None: not published.
+    pub wait_seconds: Option<f64>,
 }
 
 /// The decode-only steps' counters (every row one token; the other steps carried prefill).
@@ -24,6 +26,7 @@ pub struct DecodeSteps {
     pub sequences: u64,
     pub host_seconds: f64,
     pub device_seconds: f64,
+    pub wait_seconds: f64,
 }
 
 /// One run's share of the counters: the difference of two scrapes.
@@ -57,17 +60,32 @@ pub struct KindDelta {
     pub device_seconds_per_step: f64,
     /// Token rows per step; None where the server does not publish them.
     pub tokens_per_step: Option<f64>,
+    /// Of the device part, the host's wait for the device's result a step (the rest is the
+    /// host issuing the step); None where the server does not publish it.
+    #[serde(default)]
+    pub wait_seconds_per_step: Option<f64>,
+}
+
+/// One kind's counters over a run: steps, sequences, host, device and wait seconds, tokens.
+struct KindTotals {
+    steps: u64,
+    sequences: f64,
+    host: f64,
+    device: f64,
+    wait: Option<f64>,
+    tokens: Option<f64>,
 }
 
 impl KindDelta {
-    fn of(steps: u64, sequences: f64, host: f64, device: f64, tokens: Option<f64>) -> KindDelta {
-        let n = steps.max(1) as f64;
+    fn of(t: KindTotals) -> KindDelta {
+        let n = t.steps.max(1) as f64;
         KindDelta {
-            steps,
-            mean_batch: sequences / n,
-            host_seconds_per_step: host / n,
-            device_seconds_per_step: device / n,
-            tokens_per_step: tokens.map(|t| t / n),
+            steps: t.steps,
+            mean_batch: t.sequences / n,
+            host_seconds_per_step: t.host / n,
+            device_seconds_per_step: t.device / n,
+            tokens_per_step: t.tokens.map(|x| x / n),
+            wait_seconds_per_step: t.wait.map(|x| x / n),
         }
     }
 
@@ -93,6 +111,7 @@ impl StepTimes {
         let mut tokens = None;
         let mut decode = DecodeSteps::default();
         let mut decode_seen = 0;
+        let mut wait = None;
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let Some((name_labels, value)) = line.rsplit_once(' ') else {
                 continue;
@@ -127,6 +146,8 @@ impl StepTimes {
                     decode_seen |= 4;
                 }
                 ("tperf_engine_decode_step_sequences_total", _) => decode.sequences = v as u64,
+                ("tperf_engine_step_wait_seconds_total", _) => wait = Some(v),
+                ("tperf_engine_decode_step_wait_seconds_total", _) => decode.wait_seconds = v,
                 _ => {}
             }
         }
@@ -137,6 +158,7 @@ impl StepTimes {
             device_seconds: device?,
             decode: (decode_seen == 7).then_some(decode),
             tokens,
+            wait_seconds: wait,
         })
     }
 
@@ -157,15 +179,28 @@ impl StepTimes {
             let d_host = a.host_seconds - b.host_seconds;
             let d_device = a.device_seconds - b.device_seconds;
             let all_seqs = self.sequences.saturating_sub(before.sequences) as f64;
+            let all_wait = self
+                .wait_seconds
+                .zip(before.wait_seconds)
+                .map(|(a, b)| a - b);
+            let d_wait = all_wait.map(|_| a.wait_seconds - b.wait_seconds);
             StepKinds {
-                decode: KindDelta::of(d_steps, d_seqs, d_host, d_device, Some(d_seqs)),
-                with_prefill: KindDelta::of(
-                    steps - d_steps,
-                    all_seqs - d_seqs,
-                    self.host_seconds - before.host_seconds - d_host,
-                    self.device_seconds - before.device_seconds - d_device,
-                    tokens.map(|t| t - d_seqs),
-                ),
+                decode: KindDelta::of(KindTotals {
+                    steps: d_steps,
+                    sequences: d_seqs,
+                    host: d_host,
+                    device: d_device,
+                    wait: d_wait,
+                    tokens: Some(d_seqs),
+                }),
+                with_prefill: KindDelta::of(KindTotals {
+                    steps: steps - d_steps,
+                    sequences: all_seqs - d_seqs,
+                    host: self.host_seconds - before.host_seconds - d_host,
+                    device: self.device_seconds - before.device_seconds - d_device,
+                    wait: all_wait.zip(d_wait).map(|(w, d)| w - d),
+                    tokens: tokens.map(|t| t - d_seqs),
+                }),
             }
         });
         Some(StepDelta {
@@ -204,6 +239,7 @@ tperf_engine_step_sequences_total{model_name=\"m\"} 40
                 device_seconds: 2.0,
                 decode: None,
                 tokens: None,
+                wait_seconds: None,
             }
         );
         let after = StepTimes {
@@ -213,6 +249,7 @@ tperf_engine_step_sequences_total{model_name=\"m\"} 40
             device_seconds: 3.0,
             decode: None,
             tokens: None,
+            wait_seconds: None,
         };
         let d = after.since(&before).unwrap();
         // 4 steps carried 32 sequences; 0.2 s of host and 1 s of device time among them.
@@ -234,6 +271,8 @@ tperf_engine_decode_step_seconds_count{model_name=\"m\",part=\"host\"} 8
 tperf_engine_decode_step_seconds_sum{model_name=\"m\",part=\"device\"} 1.0
 tperf_engine_decode_step_seconds_count{model_name=\"m\",part=\"device\"} 8
 tperf_engine_decode_step_sequences_total{model_name=\"m\"} 24
+tperf_engine_step_wait_seconds_total{model_name=\"m\"} 1.5
+tperf_engine_decode_step_wait_seconds_total{model_name=\"m\"} 0.75
 ";
         let before = StepTimes::parse(&format!("{TEXT}{split}")).unwrap();
         assert_eq!(
@@ -242,7 +281,8 @@ tperf_engine_decode_step_sequences_total{model_name=\"m\"} 24
                 steps: 8,
                 sequences: 24,
                 host_seconds: 0.25,
-                device_seconds: 1.0
+                device_seconds: 1.0,
+                wait_seconds: 0.75,
             })
         );
         assert_eq!(before.tokens, Some(500));
@@ -258,8 +298,10 @@ tperf_engine_decode_step_sequences_total{model_name=\"m\"} 24
                 sequences: 44,
                 host_seconds: 0.35,
                 device_seconds: 1.4,
+                wait_seconds: 1.05,
             }),
             tokens: Some(820),
+            wait_seconds: Some(2.7),
         };
         let k = after.since(&before).unwrap().by_kind.unwrap();
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
@@ -272,6 +314,9 @@ tperf_engine_decode_step_sequences_total{model_name=\"m\"} 24
         // 320 token rows in all, 20 of them the decode steps' single tokens.
         assert_eq!(k.decode.tokens_per_step, Some(5.0));
         assert_eq!(k.with_prefill.tokens_per_step, Some(150.0));
+        // Waits: 1.2 s in all, 0.3 s of it the decode-only steps'.
+        assert!(close(k.decode.wait_seconds_per_step.unwrap(), 0.075));
+        assert!(close(k.with_prefill.wait_seconds_per_step.unwrap(), 0.45));
     }
 
     #[test]

@@ -862,17 +862,24 @@ fn engine_step_line(e: Option<&EngineStep>) -> String {
             let tokens = d
                 .tokens_per_step
                 .map_or(String::new(), |t| format!(", {t:.0} token rows"));
+            let device = d.device_seconds_per_step * 1e3;
+            let split = d.wait_seconds_per_step.map_or(String::new(), |w| {
+                format!(
+                    " = issue {:.3} + wait {:.3}",
+                    device - w * 1e3,
+                    w * 1e3
+                )
+            });
             format!(
-                "{name} {} at {:.3} ms (host {:.3}, device {:.3}; {:.1} sequences{tokens})",
+                "{name} {} at {:.3} ms (host {:.3}, device {device:.3}{split}; {:.1} sequences{tokens})",
                 d.steps,
                 d.step_seconds() * 1e3,
                 d.host_seconds_per_step * 1e3,
-                d.device_seconds_per_step * 1e3,
                 d.mean_batch
             )
         };
         format!(
-            "\n  by kind: {}; {} (a mean over each kind's steps)",
+            "\n  by kind: {}; {} (a mean over each kind's steps; issue: the host laying out and issuing the step, wait: blocked on its result)",
             kind("decode-only", &k.decode),
             kind("with prefill", &k.with_prefill)
         )

@@ -7,14 +7,14 @@
 //! pools and the batch, so a bad layout is an error naming the op rather than an out-of-bounds
 //! read.
 
+use super::decode::MAX_ROWS;
 use super::decode::{decode_fits, Decode, DecodeKv};
 use crate::backend::{dt_code, unsupported, CudaBackend};
 use crate::error::driver;
-use cudarc::driver::result as cu;
-use tperf_core::dtype::DType;
 use crate::gpu::Arg;
+use cudarc::driver::result as cu;
 use tperf_core::backend::{BackendError, OpCall};
-use super::decode::MAX_ROWS;
+use tperf_core::dtype::DType;
 use tperf_core::ops::paged_attention::{PagedAttention, PagedAttentionIo, SeqLens};
 
 const SRC: &str = "paged_attention";
@@ -217,7 +217,10 @@ mod tests {
     fn runs_cut_each_sequence_and_never_cross_one() {
         let seqs = |q: &[usize]| -> Vec<SeqLens> {
             q.iter()
-                .map(|&q_len| SeqLens { q_len, ctx_len: q_len })
+                .map(|&q_len| SeqLens {
+                    q_len,
+                    ctx_len: q_len,
+                })
                 .collect()
         };
         assert_eq!(query_runs(&seqs(&[1, 1]), 8), vec![0, 1, 1, 1]);
@@ -225,6 +228,9 @@ mod tests {
             query_runs(&seqs(&[3, 17, 1]), 8),
             vec![0, 3, 3, 8, 11, 8, 19, 1, 20, 1]
         );
-        assert_eq!(query_runs(&seqs(&[5]), 1), vec![0, 1, 1, 1, 2, 1, 3, 1, 4, 1]);
+        assert_eq!(
+            query_runs(&seqs(&[5]), 1),
+            vec![0, 1, 1, 1, 2, 1, 3, 1, 4, 1]
+        );
     }
 }
