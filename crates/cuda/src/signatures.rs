@@ -52,8 +52,8 @@ const FLASH_BWD: &[ArgKind] = &[
 
 /// DEC_PARAMS of decode_attention.cu, which all of its split kernels take.
 const DECODE_SPLIT: &[ArgKind] = &[
-    Buf, Buf, Buf, Buf, Buf, Buf, Buf, Ptr, Ptr, Buf, Buf, I32, I32, I32, I32, I32, I32, I32, I32,
-    I64, F32, I32, Ptr,
+    Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, Ptr, Ptr, Buf, Buf, I32, I32, I32, I32, I32, I32, I32,
+    I32, I64, F32, I32, Ptr,
 ];
 
 /// (source, kernel, parameters) of every kernel in `kernels/*.cu`, in file order.
