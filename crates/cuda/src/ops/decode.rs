@@ -18,7 +18,7 @@ const SRC: &str = "decode_attention";
 /// each kernel holds in registers, and the head dims it takes (multiples of its 8-element
 /// vectors, at most DEC_MAX_D).
 const THREADS: u32 = 128;
-const SMALL_ROWS: usize = 2;
+pub(crate) const SMALL_ROWS: usize = 2;
 pub(crate) const MAX_ROWS: usize = 8;
 const VECTOR: usize = 8;
 const MAX_HEAD_DIM: usize = 256;

@@ -7,7 +7,7 @@
 //! pools and the batch, so a bad layout is an error naming the op rather than an out-of-bounds
 //! read.
 
-use super::decode::MAX_ROWS;
+use super::decode::{MAX_ROWS, SMALL_ROWS};
 use super::decode::{decode_fits, Decode, DecodeKv};
 use crate::backend::{dt_code, unsupported, CudaBackend};
 use crate::error::driver;
@@ -82,10 +82,10 @@ impl CudaBackend {
         let group = a.h / a.h_kv;
         if decode_fits(group, a.d, k, v) {
             // A prefill chunk's rows share their sequence's keys: runs of them are one unit,
-            // which reads those keys once for all its queries (each row a unit of its own read
-            // them once a row: on the H200, serving gpt2-124m, a step's prefill cost 2.1 µs a
-            // token, ~7× its matrix products). Decode rows stay one a unit. Only eagerly: the
-            // runs table is written for this launch, and a captured step is decode-only.
+            // which reads those keys once for all its queries. Decode rows stay one a unit.
+            // Only eagerly: the runs table is written for this launch, and a captured step is
+            // decode-only. (A step with prefill costs its matrix products several times over:
+            // serving gpt2-124m on the H200, ~2.1 µs a prefill token; see query_tile.)
             let tile = query_tile(group);
             let runs = if tile > 1 && !self.capturing() && a.seqs.iter().any(|s| s.q_len > 1) {
                 Some(query_runs(&a.seqs, tile))
@@ -181,15 +181,22 @@ impl CudaBackend {
     }
 }
 
-/// Queries of one sequence a unit of flash-decoding takes: as many as the kernel holds rows
-/// (MAX_ROWS rows = query heads of a group × queries). `TPERF_PAGED_QUERY_TILE` sets fewer (1:
-/// one row a unit, as before), for measuring.
+/// Queries of one sequence a unit of flash-decoding takes: as many as the two-row kernels hold
+/// (rows = query heads of a group × queries ≤ SMALL_ROWS), so 2 for MHA and 1 (one row a unit)
+/// for GQA. Measured serving gpt2-124m bf16 on the H200 at saturation (4096 prompts of 128 in /
+/// 128 out; bench-results/2026-12-04-h200-session14/serve-tiles), the device part of a step with
+/// ~1,900 rows of prefill: 5.31 ms at 1, 4.58 at 2, 5.78 at 4, 7.05 at 8 — the eight-row kernel
+/// (247 registers, 2 blocks an SM) issues the same dot products per key at a third of the
+/// occupancy, and the keys a run shares are read from the L2 either way. A tensor-core paged
+/// prefill kernel is what these rows want. `TPERF_PAGED_QUERY_TILE` sets another tile (up to
+/// MAX_ROWS / group), for measuring.
 fn query_tile(group: usize) -> usize {
     let most = (MAX_ROWS / group.max(1)).max(1);
+    let default = (SMALL_ROWS / group.max(1)).max(1);
     std::env::var("TPERF_PAGED_QUERY_TILE")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .map_or(most, |t| t.clamp(1, most))
+        .map_or(default, |t| t.clamp(1, most))
 }
 
 /// The (first row, rows) pairs that cut each sequence's packed rows (in order) into runs of at
