@@ -512,7 +512,7 @@ pub fn op_at_tiles(products: &[Product], kernels: &[&KernelCount]) -> Result<OpA
         };
         let grid = k
             .grid
-            .ok_or_else(|| format!("no grid size for kernel {} (an older CSV)", k.id))?;
+            .ok_or_else(|| "no grid sizes in ncu's CSV (an older run)".to_string())?;
         let &p = next.next().ok_or_else(|| {
             format!(
                 "more matrix kernels than the op's {} products",
