@@ -10,6 +10,7 @@
 //! range profiler, and what each number means.
 
 use crate::profile::COUNTED_STEP_RANGE;
+use crate::tiles::{self, OpAtTiles};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -114,12 +115,18 @@ pub struct KernelCount {
     /// The op that launched it, as its position in the counted step's schedule; None for a
     /// kernel outside every op range (a fill of a fresh tensor, an input copy).
     pub op: Option<usize>,
+    /// The launch's grid and block, (x, y, z), where ncu printed them ("Grid Size", "Block
+    /// Size"): the grid is how [`crate::tiles`] reads a matrix kernel's tiles and split-K.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grid: Option<[u64; 3]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<[u64; 3]>,
     /// Metric name → value in base units (bytes, seconds, counts, percent).
     pub metrics: BTreeMap<String, f64>,
 }
 
 impl KernelCount {
-    fn get(&self, name: &str) -> f64 {
+    pub(crate) fn get(&self, name: &str) -> f64 {
         self.metrics.get(name).copied().unwrap_or(0.0)
     }
 }
@@ -168,6 +175,7 @@ pub fn parse_csv(text: &str) -> Result<Parsed, CountersError> {
     let id_col = col("ID").ok_or_else(|| CountersError::Csv("no ID column".into()))?;
     let name_col =
         col("Kernel Name").ok_or_else(|| CountersError::Csv("no \"Kernel Name\" column".into()))?;
+    let (grid_col, block_col) = (col("Grid Size"), col("Block Size"));
     // ncu names its NVTX column after the thread and the range kinds it shows.
     let nvtx_cols: Vec<usize> = header
         .iter()
@@ -211,6 +219,8 @@ pub fn parse_csv(text: &str) -> Result<Parsed, CountersError> {
             id,
             name: field(name_col).to_string(),
             op: place,
+            grid: grid_col.and_then(|c| parse_dim3(field(c))),
+            block: block_col.and_then(|c| parse_dim3(field(c))),
             metrics,
         });
     }
@@ -243,6 +253,16 @@ fn unit_scale(unit: &str) -> f64 {
 fn parse_number(s: &str) -> Option<f64> {
     let clean: String = s.chars().filter(|c| *c != ',').collect();
     clean.trim().parse().ok()
+}
+
+/// "(18, 19, 1)" → [18, 19, 1]; anything else → None.
+fn parse_dim3(s: &str) -> Option<[u64; 3]> {
+    let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
+    let v: Vec<u64> = inner
+        .split(',')
+        .map(|p| p.trim().parse().ok())
+        .collect::<Option<_>>()?;
+    v.try_into().ok()
 }
 
 /// Where a kernel sits, from the NVTX ranges open at its launch (ncu writes the thread's stack
@@ -358,6 +378,16 @@ pub struct OpCounters {
     pub model_flops: u64,
     /// The model's minimum bytes: every input read once, every output written once.
     pub model_bytes: u64,
+    /// The model with each cuBLAS product at its kernel's tiles (2mnk replaced by what the
+    /// kernel executes on whole tiles, [`crate::tiles`]); the plain model for an op that is no
+    /// cuBLAS product or whose tiles were not read.
+    pub model_at_tiles_flops: f64,
+    /// How the op's products were read at their kernels' tiles, kernel by kernel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<OpAtTiles>,
+    /// Why a cuBLAS product's tiles were not read (it keeps the plain model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tiles_not_read: Option<String>,
     pub verdict: Verdict,
 }
 
@@ -376,6 +406,9 @@ pub enum Verdict {
     /// A matrix-class op counting fewer FLOPs than modelled: work the kernel skips, or that the
     /// FP counters do not see.
     FewerFlops,
+    /// A cuBLAS product counting more than 5% off 2mnk but within 2% of the model at its
+    /// kernels' tiles: the padding of whole tiles, nothing else.
+    PaddedTiles,
     /// More DRAM traffic than the minimum: operands read more than once, spills, partial writes.
     ExtraTraffic,
     /// Less DRAM traffic than the minimum: the outputs were still in the L2 (write-back) when
@@ -392,6 +425,7 @@ impl Verdict {
             Verdict::Recompute => "recompute",
             Verdict::ExtraFlops => "extra-flops",
             Verdict::FewerFlops => "fewer-flops",
+            Verdict::PaddedTiles => "padded-tiles",
             Verdict::ExtraTraffic => "extra-traffic",
             Verdict::L2Resident => "l2-resident",
             Verdict::NoKernels => "no-kernels",
@@ -401,12 +435,19 @@ impl Verdict {
     /// For matrix products the FLOPs decide first: 2mnk is what the kernel must do. For the
     /// other ops the model's FLOPs are a convention (a few per element; the kernels' instruction
     /// counts differ by design, and exp or rsqrt are not counted at all), so bytes decide.
-    pub fn of(counted: &Counted, row: &OpRow) -> Verdict {
+    /// `at_tiles`: the op's model at its kernels' tiles, where they were read.
+    pub fn of(counted: &Counted, row: &OpRow, at_tiles: Option<f64>) -> Verdict {
         if counted.kernels == 0 {
             return Verdict::NoKernels;
         }
         if row.class == OpClass::Matmul {
             if let Some(r) = ratio(counted.flops(), row.flops as f64) {
+                let padded = at_tiles
+                    .and_then(|t| ratio(counted.flops(), t))
+                    .is_some_and(|t| (t - 1.0).abs() <= 0.02);
+                if !(0.95..=1.05).contains(&r) && padded {
+                    return Verdict::PaddedTiles;
+                }
                 if r > 1.05 {
                     return if row.phase == Phase::Forward {
                         Verdict::ExtraFlops
@@ -441,6 +482,12 @@ pub struct CounterReport {
     pub step: Counted,
     pub model_flops: u64,
     pub model_bytes: u64,
+    /// The step's model with every cuBLAS product whose tiles were read at its kernels' tiles;
+    /// the other ops at the plain model.
+    pub model_at_tiles_flops: f64,
+    /// Ops that are cuBLAS products: modelled at their tiles, and not (their tiles unread).
+    pub ops_at_tiles: usize,
+    pub ops_tiles_not_read: usize,
     pub kernels: Vec<KernelCount>,
     /// Why the set is incomplete, where it is (ncu failed half-way, rows that did not join).
     pub notes: Vec<String>,
@@ -467,12 +514,29 @@ impl CounterReport {
             .zip(&by_op)
             .map(|(r, ks)| {
                 let counted = Counted::of(ks.iter().copied());
+                let read = match tiles::products_of(r) {
+                    None => None,
+                    Some(Err(why)) => Some(Err(why)),
+                    Some(Ok(_)) if ks.is_empty() => Some(Err("no kernels counted".into())),
+                    Some(Ok(products)) => Some(tiles::op_at_tiles(&products, ks)),
+                };
+                let (tiles, tiles_not_read) = match read {
+                    None => (None, None),
+                    Some(Ok(t)) => (Some(t), None),
+                    Some(Err(why)) => (None, Some(why)),
+                };
+                let at_tiles = tiles
+                    .as_ref()
+                    .map(|t| r.flops as f64 - t.products_model_flops + t.products_at_tiles_flops);
                 OpCounters {
                     index: r.index,
                     counted,
                     model_flops: r.flops,
                     model_bytes: r.bytes,
-                    verdict: Verdict::of(&counted, r),
+                    model_at_tiles_flops: at_tiles.unwrap_or(r.flops as f64),
+                    verdict: Verdict::of(&counted, r, at_tiles),
+                    tiles,
+                    tiles_not_read,
                 }
             })
             .collect();
@@ -494,6 +558,9 @@ impl CounterReport {
             step: Counted::of(&parsed.kernels),
             model_flops: analysis.rows.iter().map(|r| r.flops).sum(),
             model_bytes: analysis.rows.iter().map(|r| r.bytes).sum(),
+            model_at_tiles_flops: ops.iter().map(|o| o.model_at_tiles_flops).sum(),
+            ops_at_tiles: ops.iter().filter(|o| o.tiles.is_some()).count(),
+            ops_tiles_not_read: ops.iter().filter(|o| o.tiles_not_read.is_some()).count(),
             ops,
             kernels: parsed.kernels,
             notes,
@@ -701,5 +768,9 @@ mod tests {
         assert_eq!(parse_number("n/a"), None);
         assert_eq!(unit_scale("nsecond"), 1e-9);
         assert_eq!(unit_scale("byte"), 1.0);
+        assert_eq!(parse_dim3("(18, 19, 1)"), Some([18, 19, 1]));
+        assert_eq!(parse_dim3("(5,1,26)"), Some([5, 1, 26]));
+        assert_eq!(parse_dim3("(5, 1)"), None);
+        assert_eq!(parse_dim3(""), None);
     }
 }

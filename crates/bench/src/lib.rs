@@ -15,4 +15,5 @@ pub mod model;
 pub mod profile;
 pub mod serve;
 pub mod stats;
+pub mod tiles;
 pub mod utilisation;

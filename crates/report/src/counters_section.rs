@@ -43,7 +43,8 @@ pub fn counters_plots(e: &Value) -> Result<(String, String), PlotError> {
         y_label: "FLOP".into(),
         log_x: true,
         log_y: true,
-        series: vec![
+        // A series an older experiment.json lacks (the model at tiles) is left out.
+        series: [
             series(
                 "counted, block 0 (ncu)",
                 false,
@@ -64,13 +65,21 @@ pub fn counters_plots(e: &Value) -> Result<(String, String), PlotError> {
                 true,
                 pts("student_flops", "model_block_forward_flops"),
             ),
+            series(
+                "tperf model at the kernels' tiles, block 0",
+                true,
+                pts("student_flops", "model_block_at_tiles_flops"),
+            ),
             series("the report's ncu counts (its table 2)", false, theirs),
             series(
                 "counted = estimated",
                 true,
                 pts("student_flops", "student_flops"),
             ),
-        ],
+        ]
+        .into_iter()
+        .filter(|s| s.points.iter().any(|p| p.1.is_finite()))
+        .collect(),
     })?;
     let dram = line_plot(&LinePlot {
         title: format!("{model}: DRAM bytes of the step against the batch size"),
@@ -121,6 +130,8 @@ pub fn counters_section(out: &mut String, v: &Value) -> Result<(), PlotError> {
         "model step MFLOP",
         "counted step MFLOP",
         "×model",
+        "model at tiles MFLOP",
+        "×tiles",
         "model min MB",
         "DRAM MB",
         "×min",
@@ -143,6 +154,10 @@ pub fn counters_section(out: &mut String, v: &Value) -> Result<(), PlotError> {
                 "{:.4}",
                 f(&r["counted_step_flops"]) / f(&r["model_step_flops"])
             ),
+            r.get("model_step_at_tiles_flops").map_or("-".into(), m),
+            r.get("model_step_at_tiles_flops").map_or("-".into(), |t| {
+                format!("{:.4}", f(&r["counted_step_flops"]) / f(t))
+            }),
             m(&r["model_step_bytes"]),
             m(&r["counted_step_dram_bytes"]),
             format!(
@@ -187,6 +202,7 @@ mod tests {
                    "counted_block_flops": b * 5.4e7, "counted_block_forward_flops": b * 1.8e7,
                    "model_block_flops": b * 5.3e7, "model_block_forward_flops": b * 1.78e7,
                    "model_step_flops": b * 4e8, "counted_step_flops": b * 4.1e8,
+                   "model_step_at_tiles_flops": b * 4.05e8, "model_block_at_tiles_flops": b * 5.35e7,
                    "model_step_bytes": b * 1e7, "counted_step_dram_bytes": b * 9e6,
                    "counted_step_l2_bytes": b * 3e7})
         };
@@ -198,6 +214,21 @@ mod tests {
         counters_section(&mut out, &e).unwrap();
         assert_eq!(out.matches("<svg").count(), 2);
         assert!(out.contains("a &lt;gap&gt;"));
+        assert!(
+            out.contains("model at tiles MFLOP") && out.contains("1.0123"),
+            "{out}"
+        );
+        assert!(out.contains("tiles, block 0"), "the plot's series at tiles");
+        // An experiment.json from before the model at tiles: a dash, and no such series.
+        let mut old = e.clone();
+        for r in old["rows"].as_array_mut().unwrap() {
+            let r = r.as_object_mut().unwrap();
+            r.remove("model_step_at_tiles_flops");
+            r.remove("model_block_at_tiles_flops");
+        }
+        let mut out = String::new();
+        counters_section(&mut out, &old).unwrap();
+        assert!(out.contains("<td class=\"n\">-</td>") && !out.contains("tiles, block 0"));
         let mut none = String::new();
         counters_section(&mut none, &json!({"not_collected": "no `ncu` on the PATH"})).unwrap();
         assert!(none.contains("no `ncu` on the PATH") && !none.contains("<svg"));
