@@ -319,6 +319,13 @@ fn refit(from: &Path, args: &CalibrateArgs) -> Result<()> {
         obj.insert("refit_of".into(), from.display().to_string().into());
         obj.insert("measured_by".into(), old.provenance.clone());
     }
+    // Files saved before op variants were kept get them from this tperf's schedule of each
+    // workload, so that the refit tells a biased or unaligned product from a plain one.
+    let mut old = old;
+    let derived = old
+        .samples
+        .as_mut()
+        .map(|samples| calibrate::derive_variants(samples, &old.hardware));
     let cal = old.refit(from, provenance)?;
     cal.save(out)?;
     if args.json {
@@ -332,6 +339,18 @@ fn refit(from: &Path, args: &CalibrateArgs) -> Result<()> {
         cal.training.len(),
         cal.held_out.len()
     );
+    if let Some(d) = derived.filter(|d| d.ops > 0 || !d.unmatched.is_empty()) {
+        println!(
+            "op variants (docs/calibration.md) the file's samples did not say, derived from this tperf's schedule of each workload: {} op instances in {} workloads",
+            d.ops, d.matched
+        );
+        if !d.unmatched.is_empty() {
+            println!(
+                "  not matched (no suite workload of the label, or its ops no longer line up), their ops keep no variant: {}",
+                d.unmatched.join(", ")
+            );
+        }
+    }
     if let (Some(before), Some(after)) = (&old.error_held_out, &cal.error_held_out) {
         println!(
             "held-out error, before → after the refit: {}",

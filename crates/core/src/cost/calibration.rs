@@ -19,8 +19,12 @@
 //! kernels take it whatever their work). A group with one knot is a constant efficiency.
 //!
 //! **Fallbacks.** An op is predicted by the most specific group that was fitted: (kind, dtype,
-//! bound), then (kind, dtype), then (class, dtype); an op of a kind and class never measured keeps
-//! its roofline time, and the prediction says how many ops that was.
+//! bound, step kind), then (kind, dtype, bound), then (kind, dtype), then (class, dtype); an op
+//! of a kind and class never measured keeps its roofline time, and the prediction says how many
+//! ops that was. A kind's *variant* ([`crate::ops::Op::calibration_variant`]: a backward product
+//! that also reduces its bias, a product whose rows are not 16-byte multiples) is a kind of its
+//! own, "matmul_backward+bias", whose points stay out of the plain kind's curves; where it was
+//! never measured it falls back to the plain kind's groups before the class's.
 //!
 //! **The step.** Measured steps take longer than the sum of their ops: the host allocates, frees
 //! and launches between ops. The gap g = step wall time − Σ op times is fitted over the training
@@ -32,7 +36,11 @@
 //! **The error.** Per op: |t_pred − t_meas| / t_meas over every op instance of the held-out
 //! workloads, with its median and 90th percentile; per step: the same of the whole step (the
 //! sum of the ops' predictions plus the overhead, against the measured step wall time). Both
-//! before (the roofline) and after (the calibration).
+//! before (the roofline) and after (the calibration). Each step's signed error splits into
+//! what the op curves and what the host gap got wrong ([`WorkloadError::split`]). The same
+//! report over the training workloads, each predicted by the fit on the others
+//! ([`Calibration::leave_one_out`]), is the error to choose a fit by: the held-out set stays
+//! unseen until the choice is made.
 
 use super::hardware::Hardware;
 use super::roofline::{self, Bound};
@@ -77,6 +85,11 @@ pub struct OpKind {
     /// launch-bound, so the same op kind costs differently there. Empty: not said.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub step: String,
+    /// What sets this op's kernels apart from others of its name and roofline time ("bias",
+    /// "unaligned": [`crate::ops::Op::calibration_variant`]). Empty: none, or not said (samples
+    /// saved before variants were kept; `tperf calibrate --refit` derives them again).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variant: String,
 }
 
 /// The step kind of an op of a `workload` step, as [`OpKind::step`] names it.
@@ -95,6 +108,31 @@ impl OpKind {
             dtype: dtype.name().to_string(),
             bound: bound.name().to_string(),
             step: String::new(),
+            variant: String::new(),
+        }
+    }
+
+    /// The kind of an op of the model's record, in a step of `workload`.
+    pub fn of_row(row: &super::analysis::OpRow, workload: Workload) -> OpKind {
+        OpKind::new(row.name, row.class, row.dtype, row.bound)
+            .with_variant(row.variant)
+            .in_step(workload)
+    }
+
+    /// The same kind, of `variant` ("" for none).
+    pub fn with_variant(mut self, variant: &str) -> OpKind {
+        self.variant = variant.to_string();
+        self
+    }
+
+    /// The name its own groups are keyed by: "matmul_backward+bias" for a variant, so that a
+    /// tperf that predates variants, reading the file, never takes its curve for the plain
+    /// kind's.
+    fn group_name(&self) -> String {
+        if self.variant.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}+{}", self.name, self.variant)
         }
     }
 
@@ -104,28 +142,54 @@ impl OpKind {
         self
     }
 
-    /// The groups that may predict this op, most specific first.
+    /// The groups that may predict this op, most specific first: its own kind's (a variant's
+    /// under its variant's name), then for a variant the plain kind's (the same GEMMs without
+    /// what sets the variant apart: nearer than the whole class when the variant was never
+    /// measured), then its class's.
     fn groups(&self) -> Vec<GroupKey> {
-        let key = |level, name: &str, bound: &str, step: &str| GroupKey {
+        let mut out = self.kind_groups(&self.group_name());
+        if !self.variant.is_empty() {
+            out.extend(self.kind_groups(&self.name));
+        }
+        out.push(self.class_group());
+        out
+    }
+
+    /// The groups this op's measured point is fitted into: its own kind's and its class's. A
+    /// variant's points stay out of the plain kind's curves, which they would pull up (a
+    /// biased backward costs a reduction more than the same product without a bias).
+    fn fitted_groups(&self) -> Vec<GroupKey> {
+        let mut out = self.kind_groups(&self.group_name());
+        out.push(self.class_group());
+        out
+    }
+
+    /// (kind, bound, step), (kind, bound), (kind) for the kind named `name`.
+    fn kind_groups(&self, name: &str) -> Vec<GroupKey> {
+        let key = |level, bound: &str, step: &str| GroupKey {
             level,
             name: name.to_string(),
             dtype: self.dtype.clone(),
             bound: bound.to_string(),
             step: step.to_string(),
         };
-        let mut out = Vec::with_capacity(4);
+        let mut out = Vec::with_capacity(3);
         if !self.step.is_empty() {
-            out.push(key(
-                Level::KindBoundStep,
-                &self.name,
-                &self.bound,
-                &self.step,
-            ));
+            out.push(key(Level::KindBoundStep, &self.bound, &self.step));
         }
-        out.push(key(Level::KindBound, &self.name, &self.bound, ""));
-        out.push(key(Level::Kind, &self.name, "", ""));
-        out.push(key(Level::Class, &self.class, "", ""));
+        out.push(key(Level::KindBound, &self.bound, ""));
+        out.push(key(Level::Kind, "", ""));
         out
+    }
+
+    fn class_group(&self) -> GroupKey {
+        GroupKey {
+            level: Level::Class,
+            name: self.class.clone(),
+            dtype: self.dtype.clone(),
+            bound: String::new(),
+            step: String::new(),
+        }
     }
 }
 
@@ -706,7 +770,7 @@ impl Calibration {
         let mut pairs: BTreeMap<GroupKey, Vec<(f64, f64)>> = BTreeMap::new();
         for w in training {
             for s in &w.ops {
-                for key in s.kind.groups() {
+                for key in s.kind.fitted_groups() {
                     pairs
                         .entry(key)
                         .or_default()
@@ -812,17 +876,20 @@ impl Calibration {
     }
 
     /// An op's roofline on the calibration's entry, its kind, and the calibrated time, for an op
-    /// of `name` in a step of `workload`.
+    /// of `name` and `variant` ("" for none) in a step of `workload`.
     pub fn predict_cost(
         &self,
         name: &str,
+        variant: &str,
         class: OpClass,
         dtype: DType,
         cost: Cost,
         workload: Workload,
     ) -> Prediction {
         let t = roofline::op_time(cost, class, dtype, &self.hardware);
-        let kind = OpKind::new(name, class, dtype, t.bound).in_step(workload);
+        let kind = OpKind::new(name, class, dtype, t.bound)
+            .with_variant(variant)
+            .in_step(workload);
         self.predict(&kind, t.seconds)
     }
 
@@ -1113,6 +1180,77 @@ mod tests {
         assert!((d.seconds / b.seconds - 4.0).abs() < 0.2, "{d:?} {b:?}");
         // A kind without a step (an older file's samples) takes the kind-and-bound curve.
         assert_eq!(cal.predict(&k, 1e-5).level, Some(Level::KindBound));
+    }
+
+    #[test]
+    fn a_variant_gets_its_own_curve_and_keeps_its_points_out_of_the_plain_kinds() {
+        let hw = hardware::detect_local_cpu();
+        let backward = |variant: &str| {
+            OpKind::new(
+                "matmul_backward",
+                OpClass::Matmul,
+                DType::Bf16,
+                Bound::Compute,
+            )
+            .with_variant(variant)
+            .in_step(Workload::Train)
+        };
+        // A machine whose biased backward products pay a 60 µs reduction beside the GEMMs.
+        let ops = |variant: &str, extra: f64| -> Vec<Sample> {
+            log_grid(1e-6, 1e-4, 20)
+                .into_iter()
+                .map(|r| Sample {
+                    kind: backward(variant),
+                    roofline_seconds: r,
+                    measured_seconds: synthetic(r, 0.5) + extra,
+                })
+                .collect()
+        };
+        let step = |label: &str, ops: Vec<Sample>| WorkloadSamples {
+            label: label.into(),
+            step_seconds: ops.iter().map(|o| o.measured_seconds).sum(),
+            ops,
+        };
+        let mut mixed = ops("", 0.0);
+        mixed.extend(ops("bias", 60e-6));
+        let cal = Calibration::fit(
+            "cpu".into(),
+            hw.clone(),
+            "bf16".into(),
+            &[step("a", mixed)],
+            Value::Null,
+        )
+        .unwrap();
+        for r in [2e-6, 2e-5, 8e-5] {
+            let plain = cal.predict(&backward(""), r);
+            let biased = cal.predict(&backward("bias"), r);
+            assert_eq!(plain.level, Some(Level::KindBoundStep));
+            assert_eq!(biased.level, Some(Level::KindBoundStep));
+            assert!(
+                (plain.seconds / synthetic(r, 0.5) - 1.0).abs() < 0.1,
+                "{plain:?}"
+            );
+            let want = synthetic(r, 0.5) + 60e-6;
+            assert!((biased.seconds / want - 1.0).abs() < 0.1, "{biased:?}");
+        }
+        assert!(cal
+            .groups
+            .iter()
+            .any(|g| g.key.name == "matmul_backward+bias"));
+        // Where no biased product was measured, one is predicted by the plain kind's curve, not
+        // by the whole class's.
+        let plain_only = Calibration::fit(
+            "cpu".into(),
+            hw,
+            "bf16".into(),
+            &[step("b", ops("", 0.0))],
+            Value::Null,
+        )
+        .unwrap();
+        assert_eq!(
+            plain_only.predict(&backward("bias"), 2e-5),
+            plain_only.predict(&backward(""), 2e-5)
+        );
     }
 
     #[test]
