@@ -11,7 +11,7 @@ use crate::profile::{self, Profile};
 use serde::Serialize;
 use tperf_core::config::ModelConfig;
 use tperf_core::cost::analysis::{Scenario, Workload};
-use tperf_core::cost::calibration::{OpKind, Sample, WorkloadSamples};
+use tperf_core::cost::calibration::{MeasuredSamples, OpKind, Sample, WorkloadSamples};
 use tperf_core::cost::hardware::Hardware;
 use tperf_core::schedule::{AttentionKernel, Options, Precision};
 
@@ -166,8 +166,7 @@ pub fn samples(label: String, p: &Profile) -> WorkloadSamples {
         .map(|o| {
             let r = &p.analysis.rows[o.index];
             Sample {
-                kind: OpKind::new(r.name, r.class, r.dtype, r.bound)
-                    .in_step(p.analysis.scenario.workload),
+                kind: OpKind::of_row(r, p.analysis.scenario.workload),
                 roofline_seconds: r.roofline_seconds,
                 measured_seconds: o.median,
             }
@@ -178,6 +177,60 @@ pub fn samples(label: String, p: &Profile) -> WorkloadSamples {
         ops,
         step_seconds: p.step_seconds.median,
     }
+}
+
+/// What [`derive_variants`] did to a calibration's samples.
+#[derive(Debug, Default, PartialEq)]
+pub struct DerivedVariants {
+    /// Op instances given a variant.
+    pub ops: usize,
+    /// Workloads whose ops were matched, op for op, to this tperf's record of their schedule.
+    pub matched: usize,
+    /// Workloads that were not (no suite workload has the label, or the schedule has changed
+    /// since they were measured): their ops keep no variant.
+    pub unmatched: Vec<String>,
+}
+
+/// Gives the samples of a calibration saved before op variants were kept
+/// ([`OpKind::variant`]) the variant of each op, from this tperf's record of the suite workload
+/// of the same label: the op at the same position, checked to have the same name and dtype.
+/// A sample that already says its variant keeps it.
+pub fn derive_variants(samples: &mut MeasuredSamples, hw: &Hardware) -> DerivedVariants {
+    let specs: Vec<Spec> = [Suite::Gpu, Suite::Cpu]
+        .iter()
+        .flat_map(|s| s.specs())
+        .collect();
+    let mut out = DerivedVariants::default();
+    for w in samples
+        .training
+        .iter_mut()
+        .chain(samples.held_out.iter_mut())
+    {
+        let rows = specs
+            .iter()
+            .find(|s| s.label() == w.label)
+            .and_then(|s| tperf_core::cost::analysis::analyze(&s.config, &s.scenario, hw).ok())
+            .map(|a| a.rows)
+            .filter(|rows| {
+                rows.len() == w.ops.len()
+                    && rows
+                        .iter()
+                        .zip(&w.ops)
+                        .all(|(r, o)| r.name == o.kind.name && r.dtype.name() == o.kind.dtype)
+            });
+        let Some(rows) = rows else {
+            out.unmatched.push(w.label.clone());
+            continue;
+        };
+        out.matched += 1;
+        for (r, o) in rows.iter().zip(&mut w.ops) {
+            if o.kind.variant.is_empty() && !r.variant.is_empty() {
+                o.kind.variant = r.variant.to_string();
+                out.ops += 1;
+            }
+        }
+    }
+    out
 }
 
 /// How each workload is run.
@@ -313,6 +366,77 @@ mod tests {
                 s.config.check_seq(s.scenario.seq).unwrap();
             }
         }
+    }
+
+    /// A calibration saved before variants were kept gets them from this tperf's record of each
+    /// workload; a workload of an unknown label, or whose ops no longer line up, keeps none.
+    #[test]
+    fn old_samples_get_their_variants_from_the_schedule_of_their_label() {
+        let hw = tperf_core::cost::hardware::find("h200").unwrap();
+        let spec = Suite::Gpu
+            .specs()
+            .into_iter()
+            .find(|s| s.label() == "gpt2-124m train B8 T128 bf16")
+            .unwrap();
+        let a = tperf_core::cost::analysis::analyze(&spec.config, &spec.scenario, &hw).unwrap();
+        let as_saved_before_variants = |label: &str| WorkloadSamples {
+            label: label.into(),
+            ops: a
+                .rows
+                .iter()
+                .map(|r| Sample {
+                    kind: OpKind::of_row(r, spec.scenario.workload).with_variant(""),
+                    roofline_seconds: r.roofline_seconds,
+                    measured_seconds: 2.0 * r.roofline_seconds,
+                })
+                .collect(),
+            step_seconds: 1.0,
+        };
+        let mut shifted = as_saved_before_variants(&spec.label());
+        shifted.ops.remove(0);
+        let mut samples = MeasuredSamples {
+            training: vec![as_saved_before_variants(&spec.label())],
+            held_out: vec![
+                as_saved_before_variants("gpt2-7b train B1 T1 bf16"),
+                shifted,
+            ],
+        };
+        let derived = derive_variants(&mut samples, &hw);
+        assert_eq!(derived.matched, 1);
+        assert_eq!(
+            derived.unmatched,
+            ["gpt2-7b train B1 T1 bf16", "gpt2-124m train B8 T128 bf16"]
+        );
+        let variant_of = |label: &str, name: &str| -> Vec<String> {
+            let ops = &samples.training[0].ops;
+            ops.iter()
+                .zip(&a.rows)
+                .filter(|(_, r)| r.label == label && r.name == name)
+                .map(|(o, _)| o.kind.variant.clone())
+                .collect()
+        };
+        // Each layer's four biased backward products (the fused GELU one among them)…
+        let biased = variant_of("attn.qkv", "matmul_backward");
+        assert_eq!(biased.len(), 12);
+        assert!(biased.iter().all(|v| v == "bias"));
+        assert!(variant_of("mlp.fc", "matmul_gelu_backward")
+            .iter()
+            .all(|v| v == "bias"));
+        // …the forward ones (a bias there is the GEMM's epilogue) none, and the lm_head's
+        // 50,257 logits a row are unaligned both ways.
+        assert!(variant_of("attn.qkv", "matmul")
+            .iter()
+            .all(|v| v.is_empty()));
+        assert_eq!(variant_of("lm_head", "matmul"), ["unaligned"]);
+        assert_eq!(variant_of("lm_head", "matmul_backward"), ["unaligned"]);
+        assert_eq!(derived.ops, 12 * 4 + 2);
+        assert!(samples.held_out[0]
+            .ops
+            .iter()
+            .all(|o| o.kind.variant.is_empty()));
+        // Run again, nothing is left to derive.
+        let again = derive_variants(&mut samples, &hw);
+        assert_eq!(again.ops, 0);
     }
 
     /// The whole loop on the CPU: measure the CPU suite's smallest workloads, fit, and evaluate

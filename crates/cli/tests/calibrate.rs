@@ -50,6 +50,8 @@ fn calibrate_on_the_cpu_then_check_and_predict_with_it() {
     for want in [
         "Fitted curves",
         "Error on the held-out workloads",
+        "(leave-one-out)",
+        "Where the calibrated step's error comes from",
         "per op (",
         "roofline → calibrated",
         "whole step",
@@ -79,6 +81,10 @@ fn calibrate_on_the_cpu_then_check_and_predict_with_it() {
     let out = text(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("before → after the refit"), "{out}");
+    assert!(
+        out.contains("leave-one-out over the training workloads, before → after"),
+        "{out}"
+    );
     let again: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&refit).unwrap()).unwrap();
     for key in [
@@ -86,6 +92,7 @@ fn calibrate_on_the_cpu_then_check_and_predict_with_it() {
         "overhead",
         "error_held_out",
         "error_training",
+        "error_leave_one_out",
         "samples",
     ] {
         assert_eq!(again[key], saved[key], "{key} differs after the refit");

@@ -146,6 +146,13 @@ pub fn run(args: CalibrateArgs) -> Result<()> {
         );
         print!("{}", error_section("held-out workloads", &on_held_out));
         print!("{}", error_section("training workloads", &on_training));
+        if let Some(t) = split_table(&[
+            ("held out", Some(&on_held_out)),
+            ("training", Some(&on_training)),
+        ]) {
+            print!("{}", t.render());
+            println!();
+        }
         print_skipped(&measured.skipped);
         return Ok(());
     }
@@ -235,6 +242,66 @@ fn print_fit(cal: &Calibration) {
     if let Some(e) = &cal.error_training {
         print!("{}", error_section("training workloads (in-sample)", e));
     }
+    if let Some(e) = &cal.error_leave_one_out {
+        print!(
+            "{}",
+            error_section(
+                "training workloads, each predicted by the fit on the others (leave-one-out)",
+                e
+            )
+        );
+    }
+    let sets = [
+        ("held out", cal.error_held_out.as_ref()),
+        ("leave-one-out", cal.error_leave_one_out.as_ref()),
+    ];
+    if let Some(t) = split_table(&sets) {
+        print!("{}", t.render());
+        println!();
+    }
+}
+
+/// Where each calibrated step's error comes from: the op curves (Σ calibrated ops against Σ
+/// measured ops) or the host gap (predicted against measured step − Σ measured ops). None when
+/// no report carries the sums (files saved before they were kept).
+fn split_table(sets: &[(&str, Option<&ErrorReport>)]) -> Option<Table> {
+    let mut t = Table::new(&[
+        "set",
+        "workload",
+        "measured step",
+        "Σ ops measured → calibrated",
+        "host gap measured → predicted",
+        "step err",
+        "from ops",
+        "from host gap",
+    ])
+    .titled("Where the calibrated step's error comes from: the op curves or the host gap");
+    let signed = |e: f64| format!("{:+.1}%", e * 100.0);
+    let mut any = false;
+    for (set, report) in sets {
+        for w in report.iter().flat_map(|r| &r.workloads) {
+            let (Some(split), Some((gap, gap_pred))) = (w.split(), w.host_gap_seconds()) else {
+                continue;
+            };
+            any = true;
+            t.row(vec![
+                set.to_string(),
+                w.label.clone(),
+                units::seconds(w.measured_step_seconds),
+                format!(
+                    "{} → {}",
+                    units::seconds(w.measured_op_seconds.unwrap_or_default()),
+                    units::seconds(w.calibrated_op_seconds.unwrap_or_default())
+                ),
+                format!("{} → {}", units::seconds(gap), units::seconds(gap_pred)),
+                signed(split.step),
+                signed(split.ops),
+                signed(split.host_gap),
+            ]);
+        }
+    }
+    t.note("step err = (calibrated − measured) / measured step = from ops + from host gap, where from ops = (Σ calibrated − Σ measured op times) / measured step and from host gap = (predicted − measured gap) / measured step");
+    any.then_some(t)
 }
 
 /// `--refit FROM --out FILE`: the fit again on FROM's kept samples, saved to FILE, with the
@@ -252,6 +319,13 @@ fn refit(from: &Path, args: &CalibrateArgs) -> Result<()> {
         obj.insert("refit_of".into(), from.display().to_string().into());
         obj.insert("measured_by".into(), old.provenance.clone());
     }
+    // Files saved before op variants were kept get them from this tperf's schedule of each
+    // workload, so that the refit tells a biased or unaligned product from a plain one.
+    let mut old = old;
+    let derived = old
+        .samples
+        .as_mut()
+        .map(|samples| calibrate::derive_variants(samples, &old.hardware));
     let cal = old.refit(from, provenance)?;
     cal.save(out)?;
     if args.json {
@@ -265,20 +339,57 @@ fn refit(from: &Path, args: &CalibrateArgs) -> Result<()> {
         cal.training.len(),
         cal.held_out.len()
     );
+    if let Some(d) = derived.filter(|d| d.ops > 0 || !d.unmatched.is_empty()) {
+        println!(
+            "op variants (docs/calibration.md) the file's samples did not say, derived from this tperf's schedule of each workload: {} op instances in {} workloads",
+            d.ops, d.matched
+        );
+        if !d.unmatched.is_empty() {
+            println!(
+                "  not matched (no suite workload of the label, or its ops no longer line up), their ops keep no variant: {}",
+                d.unmatched.join(", ")
+            );
+        }
+    }
     if let (Some(before), Some(after)) = (&old.error_held_out, &cal.error_held_out) {
         println!(
-            "held-out error, before → after the refit: per op median {} → {}, p90 {} → {}; whole step median {} → {}\n",
-            pct(before.op_calibrated.median),
-            pct(after.op_calibrated.median),
-            pct(before.op_calibrated.p90),
-            pct(after.op_calibrated.p90),
-            pct(before.step_calibrated.median),
-            pct(after.step_calibrated.median),
+            "held-out error, before → after the refit: {}",
+            before_after(before, after)
         );
     }
+    match (&old.error_leave_one_out, &cal.error_leave_one_out) {
+        (Some(before), Some(after)) => println!(
+            "leave-one-out over the training workloads, before → after: {}",
+            before_after(before, after)
+        ),
+        (None, Some(after)) => println!(
+            "leave-one-out over the training workloads: per op median {}, p90 {}; whole step median {}, p90 {} (the file has no leave-one-out error to compare with)",
+            pct(after.op_calibrated.median),
+            pct(after.op_calibrated.p90),
+            pct(after.step_calibrated.median),
+            pct(after.step_calibrated.p90),
+        ),
+        _ => {}
+    }
+    println!();
     print_fit(&cal);
     println!("{}", saved_line(out));
     Ok(())
+}
+
+/// "per op median 15.0% → 12.1%, p90 …; whole step median …, p90 …".
+fn before_after(before: &ErrorReport, after: &ErrorReport) -> String {
+    format!(
+        "per op median {} → {}, p90 {} → {}; whole step median {} → {}, p90 {} → {}",
+        pct(before.op_calibrated.median),
+        pct(after.op_calibrated.median),
+        pct(before.op_calibrated.p90),
+        pct(after.op_calibrated.p90),
+        pct(before.step_calibrated.median),
+        pct(after.step_calibrated.median),
+        pct(before.step_calibrated.p90),
+        pct(after.step_calibrated.p90),
+    )
 }
 
 fn saved_line(path: &Path) -> String {

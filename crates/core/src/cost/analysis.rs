@@ -73,6 +73,10 @@ pub struct OpRow {
     /// Position in the schedule: the join key with measured records.
     pub index: usize,
     pub name: &'static str,
+    /// What a calibration tells apart within the name ("bias", "unaligned"; see
+    /// [`crate::ops::matmul::Matmul::calibration_variant`]); empty for most ops.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub variant: &'static str,
     pub label: &'static str,
     pub layer: Option<usize>,
     pub phase: Phase,
@@ -315,12 +319,14 @@ pub fn analyze_record_calibrated(
         let class = call.op.class();
         let dtype = op_dtype(&call.inputs, &call.outputs);
         let time = roofline::op_time(rec.cost, class, dtype, hw);
+        let variant = call.op.calibration_variant(dtype);
         let predicted = calibration
-            .map(|c| c.predict_cost(call.op.name(), class, dtype, rec.cost, sc.workload));
+            .map(|c| c.predict_cost(call.op.name(), variant, class, dtype, rec.cost, sc.workload));
         uncalibrated_ops += usize::from(predicted.is_some_and(|p| p.level.is_none()));
         let row = OpRow {
             index,
             name: call.op.name(),
+            variant,
             label: call.label,
             layer: call.layer,
             phase: call.phase,

@@ -19,8 +19,12 @@
 //! kernels take it whatever their work). A group with one knot is a constant efficiency.
 //!
 //! **Fallbacks.** An op is predicted by the most specific group that was fitted: (kind, dtype,
-//! bound), then (kind, dtype), then (class, dtype); an op of a kind and class never measured keeps
-//! its roofline time, and the prediction says how many ops that was.
+//! bound, step kind), then (kind, dtype, bound), then (kind, dtype), then (class, dtype); an op
+//! of a kind and class never measured keeps its roofline time, and the prediction says how many
+//! ops that was. A kind's *variant* ([`crate::ops::Op::calibration_variant`]: a backward product
+//! that also reduces its bias, a product whose rows are not 16-byte multiples) is a kind of its
+//! own, "matmul_backward+bias", whose points stay out of the plain kind's curves; where it was
+//! never measured it falls back to the plain kind's groups before the class's.
 //!
 //! **The step.** Measured steps take longer than the sum of their ops: the host allocates, frees
 //! and launches between ops. The gap g = step wall time − Σ op times is fitted over the training
@@ -32,7 +36,11 @@
 //! **The error.** Per op: |t_pred − t_meas| / t_meas over every op instance of the held-out
 //! workloads, with its median and 90th percentile; per step: the same of the whole step (the
 //! sum of the ops' predictions plus the overhead, against the measured step wall time). Both
-//! before (the roofline) and after (the calibration).
+//! before (the roofline) and after (the calibration). Each step's signed error splits into
+//! what the op curves and what the host gap got wrong ([`WorkloadError::split`]). The same
+//! report over the training workloads, each predicted by the fit on the others
+//! ([`Calibration::leave_one_out`]), is the error to choose a fit by: the held-out set stays
+//! unseen until the choice is made.
 
 use super::hardware::Hardware;
 use super::roofline::{self, Bound};
@@ -77,6 +85,11 @@ pub struct OpKind {
     /// launch-bound, so the same op kind costs differently there. Empty: not said.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub step: String,
+    /// What sets this op's kernels apart from others of its name and roofline time ("bias",
+    /// "unaligned": [`crate::ops::Op::calibration_variant`]). Empty: none, or not said (samples
+    /// saved before variants were kept; `tperf calibrate --refit` derives them again).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub variant: String,
 }
 
 /// The step kind of an op of a `workload` step, as [`OpKind::step`] names it.
@@ -95,6 +108,31 @@ impl OpKind {
             dtype: dtype.name().to_string(),
             bound: bound.name().to_string(),
             step: String::new(),
+            variant: String::new(),
+        }
+    }
+
+    /// The kind of an op of the model's record, in a step of `workload`.
+    pub fn of_row(row: &super::analysis::OpRow, workload: Workload) -> OpKind {
+        OpKind::new(row.name, row.class, row.dtype, row.bound)
+            .with_variant(row.variant)
+            .in_step(workload)
+    }
+
+    /// The same kind, of `variant` ("" for none).
+    pub fn with_variant(mut self, variant: &str) -> OpKind {
+        self.variant = variant.to_string();
+        self
+    }
+
+    /// The name its own groups are keyed by: "matmul_backward+bias" for a variant, so that a
+    /// tperf that predates variants, reading the file, never takes its curve for the plain
+    /// kind's.
+    fn group_name(&self) -> String {
+        if self.variant.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}+{}", self.name, self.variant)
         }
     }
 
@@ -104,28 +142,54 @@ impl OpKind {
         self
     }
 
-    /// The groups that may predict this op, most specific first.
+    /// The groups that may predict this op, most specific first: its own kind's (a variant's
+    /// under its variant's name), then for a variant the plain kind's (the same GEMMs without
+    /// what sets the variant apart: nearer than the whole class when the variant was never
+    /// measured), then its class's.
     fn groups(&self) -> Vec<GroupKey> {
-        let key = |level, name: &str, bound: &str, step: &str| GroupKey {
+        let mut out = self.kind_groups(&self.group_name());
+        if !self.variant.is_empty() {
+            out.extend(self.kind_groups(&self.name));
+        }
+        out.push(self.class_group());
+        out
+    }
+
+    /// The groups this op's measured point is fitted into: its own kind's and its class's. A
+    /// variant's points stay out of the plain kind's curves, which they would pull up (a
+    /// biased backward costs a reduction more than the same product without a bias).
+    fn fitted_groups(&self) -> Vec<GroupKey> {
+        let mut out = self.kind_groups(&self.group_name());
+        out.push(self.class_group());
+        out
+    }
+
+    /// (kind, bound, step), (kind, bound), (kind) for the kind named `name`.
+    fn kind_groups(&self, name: &str) -> Vec<GroupKey> {
+        let key = |level, bound: &str, step: &str| GroupKey {
             level,
             name: name.to_string(),
             dtype: self.dtype.clone(),
             bound: bound.to_string(),
             step: step.to_string(),
         };
-        let mut out = Vec::with_capacity(4);
+        let mut out = Vec::with_capacity(3);
         if !self.step.is_empty() {
-            out.push(key(
-                Level::KindBoundStep,
-                &self.name,
-                &self.bound,
-                &self.step,
-            ));
+            out.push(key(Level::KindBoundStep, &self.bound, &self.step));
         }
-        out.push(key(Level::KindBound, &self.name, &self.bound, ""));
-        out.push(key(Level::Kind, &self.name, "", ""));
-        out.push(key(Level::Class, &self.class, "", ""));
+        out.push(key(Level::KindBound, &self.bound, ""));
+        out.push(key(Level::Kind, "", ""));
         out
+    }
+
+    fn class_group(&self) -> GroupKey {
+        GroupKey {
+            level: Level::Class,
+            name: self.class.clone(),
+            dtype: self.dtype.clone(),
+            bound: String::new(),
+            step: String::new(),
+        }
     }
 }
 
@@ -509,6 +573,84 @@ pub struct WorkloadError {
     pub op_error_calibrated: ErrorStats,
     /// Ops no group predicted (kept at their roofline time).
     pub uncalibrated_ops: usize,
+    /// Σ of the ops' measured times: the measured host gap is the step's wall time less this.
+    /// Absent in reports saved before the split was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_op_seconds: Option<f64>,
+    /// Σ of the ops' calibrated times: the predicted host gap is the calibrated step less this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibrated_op_seconds: Option<f64>,
+}
+
+/// A calibrated step's signed error, (calibrated − measured) / measured step, and the two parts
+/// it is the sum of: what the op curves got wrong, (Σ calibrated ops − Σ measured ops) / step,
+/// and what the host gap got wrong, (predicted gap − measured gap) / step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepErrorSplit {
+    pub step: f64,
+    pub ops: f64,
+    pub host_gap: f64,
+}
+
+impl WorkloadError {
+    /// The step's error split into ops and host gap; None for a report saved without the sums.
+    pub fn split(&self) -> Option<StepErrorSplit> {
+        let (measured_ops, calibrated_ops) =
+            (self.measured_op_seconds?, self.calibrated_op_seconds?);
+        let t = self.measured_step_seconds;
+        let measured_gap = t - measured_ops;
+        let predicted_gap = self.calibrated_step_seconds - calibrated_ops;
+        Some(StepErrorSplit {
+            step: (self.calibrated_step_seconds - t) / t,
+            ops: (calibrated_ops - measured_ops) / t,
+            host_gap: (predicted_gap - measured_gap) / t,
+        })
+    }
+
+    /// The measured host gap of the step, and the calibration's prediction of it.
+    pub fn host_gap_seconds(&self) -> Option<(f64, f64)> {
+        Some((
+            self.measured_step_seconds - self.measured_op_seconds?,
+            self.calibrated_step_seconds - self.calibrated_op_seconds?,
+        ))
+    }
+}
+
+/// One workload evaluated: its row and its ops' errors (pooled into an [`ErrorReport`]).
+struct Evaluated {
+    row: WorkloadError,
+    op_roofline: Vec<f64>,
+    op_calibrated: Vec<f64>,
+}
+
+impl ErrorReport {
+    fn of(parts: Vec<Evaluated>) -> ErrorReport {
+        let mut op_roof = Vec::new();
+        let mut op_cal = Vec::new();
+        let mut step_roof = Vec::new();
+        let mut step_cal = Vec::new();
+        let mut rows = Vec::with_capacity(parts.len());
+        for p in parts {
+            step_roof.push(relative_error(
+                p.row.roofline_step_seconds,
+                p.row.measured_step_seconds,
+            ));
+            step_cal.push(relative_error(
+                p.row.calibrated_step_seconds,
+                p.row.measured_step_seconds,
+            ));
+            op_roof.extend(p.op_roofline);
+            op_cal.extend(p.op_calibrated);
+            rows.push(p.row);
+        }
+        ErrorReport {
+            op_roofline: ErrorStats::of(&op_roof),
+            op_calibrated: ErrorStats::of(&op_cal),
+            step_roofline: ErrorStats::of(&step_roof),
+            step_calibrated: ErrorStats::of(&step_cal),
+            workloads: rows,
+        }
+    }
 }
 
 /// The error of a calibration on a set of workloads.
@@ -542,6 +684,11 @@ pub struct Calibration {
     /// The error on the training and on the held-out workloads, when it was measured.
     pub error_training: Option<ErrorReport>,
     pub error_held_out: Option<ErrorReport>,
+    /// Each training workload predicted by the fit on the other training workloads: the error
+    /// to judge a change of the fit by without looking at the held-out set. Absent in files
+    /// saved before it was computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_leave_one_out: Option<ErrorReport>,
     /// The serving engine's cost per step beyond the calibrated schedule's, where it was
     /// measured (`tperf plan serve` adds it to every step it predicts).
     #[serde(default)]
@@ -609,10 +756,21 @@ impl Calibration {
         training: &[WorkloadSamples],
         provenance: serde_json::Value,
     ) -> Result<Calibration, CalibrationError> {
+        let training: Vec<&WorkloadSamples> = training.iter().collect();
+        Self::fit_on(device, hardware, precision, &training, provenance)
+    }
+
+    fn fit_on(
+        device: String,
+        hardware: Hardware,
+        precision: String,
+        training: &[&WorkloadSamples],
+        provenance: serde_json::Value,
+    ) -> Result<Calibration, CalibrationError> {
         let mut pairs: BTreeMap<GroupKey, Vec<(f64, f64)>> = BTreeMap::new();
         for w in training {
             for s in &w.ops {
-                for key in s.kind.groups() {
+                for key in s.kind.fitted_groups() {
                     pairs
                         .entry(key)
                         .or_default()
@@ -642,6 +800,7 @@ impl Calibration {
             held_out: Vec::new(),
             error_training: None,
             error_held_out: None,
+            error_leave_one_out: None,
             serving: None,
             provenance,
             samples: None,
@@ -661,6 +820,7 @@ impl Calibration {
         cal.held_out = samples.held_out.iter().map(|w| w.label.clone()).collect();
         cal.error_training = Some(cal.evaluate(&samples.training));
         cal.error_held_out = Some(cal.evaluate(&samples.held_out));
+        cal.error_leave_one_out = cal.leave_one_out(&samples.training);
         cal.samples = Some(samples);
         Ok(cal)
     }
@@ -716,17 +876,20 @@ impl Calibration {
     }
 
     /// An op's roofline on the calibration's entry, its kind, and the calibrated time, for an op
-    /// of `name` in a step of `workload`.
+    /// of `name` and `variant` ("" for none) in a step of `workload`.
     pub fn predict_cost(
         &self,
         name: &str,
+        variant: &str,
         class: OpClass,
         dtype: DType,
         cost: Cost,
         workload: Workload,
     ) -> Prediction {
         let t = roofline::op_time(cost, class, dtype, &self.hardware);
-        let kind = OpKind::new(name, class, dtype, t.bound).in_step(workload);
+        let kind = OpKind::new(name, class, dtype, t.bound)
+            .with_variant(variant)
+            .in_step(workload);
         self.predict(&kind, t.seconds)
     }
 
@@ -737,48 +900,70 @@ impl Calibration {
 
     /// The error of this calibration on `workloads`, beside the roofline's.
     pub fn evaluate(&self, workloads: &[WorkloadSamples]) -> ErrorReport {
-        let mut op_roof = Vec::new();
-        let mut op_cal = Vec::new();
-        let mut step_roof = Vec::new();
-        let mut step_cal = Vec::new();
-        let mut rows = Vec::new();
-        for w in workloads {
-            let mut roof = Vec::with_capacity(w.ops.len());
-            let mut cal = Vec::with_capacity(w.ops.len());
-            let mut sum = 0.0;
-            let mut uncalibrated = 0;
-            for s in &w.ops {
-                let p = self.predict(&s.kind, s.roofline_seconds);
-                uncalibrated += usize::from(p.level.is_none());
-                sum += p.seconds;
-                if s.measured_seconds > 0.0 {
-                    roof.push(relative_error(s.roofline_seconds, s.measured_seconds));
-                    cal.push(relative_error(p.seconds, s.measured_seconds));
-                }
+        ErrorReport::of(workloads.iter().map(|w| self.evaluate_one(w)).collect())
+    }
+
+    /// Leave-one-out over `training`: each workload predicted by this fit made again on the
+    /// others. None with fewer than two workloads. A workload is a fold of its own (not an op)
+    /// because its ops share a batch shape, a model and the machine's state while it ran: a
+    /// workload the fit never saw is what the held-out error measures, and this is the same
+    /// question asked of the training set alone.
+    pub fn leave_one_out(&self, training: &[WorkloadSamples]) -> Option<ErrorReport> {
+        if training.len() < 2 {
+            return None;
+        }
+        let parts = (0..training.len())
+            .filter_map(|left_out| {
+                let others: Vec<&WorkloadSamples> = training
+                    .iter()
+                    .enumerate()
+                    .filter(|&(i, _)| i != left_out)
+                    .map(|(_, w)| w)
+                    .collect();
+                let fold = Calibration::fit_on(
+                    self.device.clone(),
+                    self.hardware.clone(),
+                    self.precision.clone(),
+                    &others,
+                    serde_json::Value::Null,
+                )
+                .ok()?;
+                Some(fold.evaluate_one(&training[left_out]))
+            })
+            .collect();
+        Some(ErrorReport::of(parts))
+    }
+
+    fn evaluate_one(&self, w: &WorkloadSamples) -> Evaluated {
+        let mut roof = Vec::with_capacity(w.ops.len());
+        let mut cal = Vec::with_capacity(w.ops.len());
+        let mut sum = 0.0;
+        let mut uncalibrated = 0;
+        for s in &w.ops {
+            let p = self.predict(&s.kind, s.roofline_seconds);
+            uncalibrated += usize::from(p.level.is_none());
+            sum += p.seconds;
+            if s.measured_seconds > 0.0 {
+                roof.push(relative_error(s.roofline_seconds, s.measured_seconds));
+                cal.push(relative_error(p.seconds, s.measured_seconds));
             }
-            let calibrated = sum + self.step_overhead_seconds(w.ops.len(), sum);
-            let roofline = w.roofline_sum_seconds();
-            step_roof.push(relative_error(roofline, w.step_seconds));
-            step_cal.push(relative_error(calibrated, w.step_seconds));
-            rows.push(WorkloadError {
+        }
+        let calibrated = sum + self.step_overhead_seconds(w.ops.len(), sum);
+        Evaluated {
+            row: WorkloadError {
                 label: w.label.clone(),
                 ops: w.ops.len(),
                 measured_step_seconds: w.step_seconds,
-                roofline_step_seconds: roofline,
+                roofline_step_seconds: w.roofline_sum_seconds(),
                 calibrated_step_seconds: calibrated,
                 op_error_roofline: ErrorStats::of(&roof),
                 op_error_calibrated: ErrorStats::of(&cal),
                 uncalibrated_ops: uncalibrated,
-            });
-            op_roof.extend(roof);
-            op_cal.extend(cal);
-        }
-        ErrorReport {
-            op_roofline: ErrorStats::of(&op_roof),
-            op_calibrated: ErrorStats::of(&op_cal),
-            step_roofline: ErrorStats::of(&step_roof),
-            step_calibrated: ErrorStats::of(&step_cal),
-            workloads: rows,
+                measured_op_seconds: Some(w.op_sum_seconds()),
+                calibrated_op_seconds: Some(sum),
+            },
+            op_roofline: roof,
+            op_calibrated: cal,
         }
     }
 
@@ -998,6 +1183,77 @@ mod tests {
     }
 
     #[test]
+    fn a_variant_gets_its_own_curve_and_keeps_its_points_out_of_the_plain_kinds() {
+        let hw = hardware::detect_local_cpu();
+        let backward = |variant: &str| {
+            OpKind::new(
+                "matmul_backward",
+                OpClass::Matmul,
+                DType::Bf16,
+                Bound::Compute,
+            )
+            .with_variant(variant)
+            .in_step(Workload::Train)
+        };
+        // A machine whose biased backward products pay a 60 µs reduction beside the GEMMs.
+        let ops = |variant: &str, extra: f64| -> Vec<Sample> {
+            log_grid(1e-6, 1e-4, 20)
+                .into_iter()
+                .map(|r| Sample {
+                    kind: backward(variant),
+                    roofline_seconds: r,
+                    measured_seconds: synthetic(r, 0.5) + extra,
+                })
+                .collect()
+        };
+        let step = |label: &str, ops: Vec<Sample>| WorkloadSamples {
+            label: label.into(),
+            step_seconds: ops.iter().map(|o| o.measured_seconds).sum(),
+            ops,
+        };
+        let mut mixed = ops("", 0.0);
+        mixed.extend(ops("bias", 60e-6));
+        let cal = Calibration::fit(
+            "cpu".into(),
+            hw.clone(),
+            "bf16".into(),
+            &[step("a", mixed)],
+            Value::Null,
+        )
+        .unwrap();
+        for r in [2e-6, 2e-5, 8e-5] {
+            let plain = cal.predict(&backward(""), r);
+            let biased = cal.predict(&backward("bias"), r);
+            assert_eq!(plain.level, Some(Level::KindBoundStep));
+            assert_eq!(biased.level, Some(Level::KindBoundStep));
+            assert!(
+                (plain.seconds / synthetic(r, 0.5) - 1.0).abs() < 0.1,
+                "{plain:?}"
+            );
+            let want = synthetic(r, 0.5) + 60e-6;
+            assert!((biased.seconds / want - 1.0).abs() < 0.1, "{biased:?}");
+        }
+        assert!(cal
+            .groups
+            .iter()
+            .any(|g| g.key.name == "matmul_backward+bias"));
+        // Where no biased product was measured, one is predicted by the plain kind's curve, not
+        // by the whole class's.
+        let plain_only = Calibration::fit(
+            "cpu".into(),
+            hw,
+            "bf16".into(),
+            &[step("b", ops("", 0.0))],
+            Value::Null,
+        )
+        .unwrap();
+        assert_eq!(
+            plain_only.predict(&backward("bias"), 2e-5),
+            plain_only.predict(&backward(""), 2e-5)
+        );
+    }
+
+    #[test]
     fn beyond_its_knots_a_kind_follows_its_class() {
         // The class: flat (launch-bound) up to 1e-5 s of roofline, proportional above.
         let class: Vec<(f64, f64)> = log_grid(1e-8, 1e-3, 40)
@@ -1093,6 +1349,83 @@ mod tests {
         assert!(e.step_calibrated.median < 0.05, "{e:?}");
         assert!(e.step_roofline.median > 0.6);
         assert_eq!(e.workloads[0].uncalibrated_ops, 0);
+    }
+
+    #[test]
+    fn a_step_error_splits_into_what_the_ops_and_the_host_gap_got_wrong() {
+        let hw = hardware::detect_local_cpu();
+        // The ops follow one law everywhere; the training steps pay 2 µs an op between them,
+        // the held-out one 10 µs: its error is the host gap's.
+        let train = [
+            workload("a", "rope", &log_grid(1e-7, 1e-3, 25), 0.3, 2e-6),
+            workload("b", "rope", &log_grid(2e-7, 2e-3, 25), 0.3, 2e-6),
+        ];
+        let held = workload("c", "rope", &log_grid(3e-7, 3e-5, 20), 0.3, 10e-6);
+        let cal = Calibration::fit("cpu".into(), hw, "fp32".into(), &train, Value::Null).unwrap();
+        let w = &cal.evaluate(std::slice::from_ref(&held)).workloads[0];
+        let split = w.split().unwrap();
+        assert!(
+            (split.ops + split.host_gap - split.step).abs() < 1e-12,
+            "{split:?}"
+        );
+        let expected_gap_error = -8e-6 * 20.0 / held.step_seconds;
+        assert!(
+            (split.host_gap / expected_gap_error - 1.0).abs() < 0.05,
+            "{split:?}"
+        );
+        assert!(split.ops.abs() < 0.1 * split.host_gap.abs(), "{split:?}");
+        let (measured, predicted) = w.host_gap_seconds().unwrap();
+        assert!((measured / (10e-6 * 20.0) - 1.0).abs() < 1e-9);
+        assert!((predicted / (2e-6 * 20.0) - 1.0).abs() < 0.05);
+        // A report saved before the sums were kept has no split.
+        let old = WorkloadError {
+            measured_op_seconds: None,
+            ..w.clone()
+        };
+        assert_eq!(old.split(), None);
+    }
+
+    #[test]
+    fn leave_one_out_predicts_each_training_workload_by_the_fit_on_the_others() {
+        let hw = hardware::detect_local_cpu();
+        let mut train = vec![
+            workload("a", "rope", &log_grid(1e-7, 1e-3, 25), 0.3, 2e-6),
+            workload("b", "rope", &log_grid(2e-7, 2e-3, 25), 0.3, 2e-6),
+            workload("c", "rope", &log_grid(3e-7, 3e-3, 25), 0.3, 2e-6),
+        ];
+        // A fourth whose ops are of a kind no other workload runs, three times slower than the
+        // class: in-sample its own curve predicts it, left out only the class can.
+        let mut odd = workload("d", "swiglu", &log_grid(1e-6, 1e-4, 12), 0.1, 2e-6);
+        for o in &mut odd.ops {
+            o.measured_seconds *= 3.0;
+        }
+        train.push(odd);
+        let cal = Calibration::fit_and_evaluate(
+            "cpu".into(),
+            hw,
+            "fp32".into(),
+            MeasuredSamples {
+                training: train.clone(),
+                held_out: vec![],
+            },
+            Value::Null,
+        )
+        .unwrap();
+        let loo = cal.error_leave_one_out.as_ref().unwrap();
+        let in_sample = cal.error_training.as_ref().unwrap();
+        let labels: Vec<&str> = loo.workloads.iter().map(|w| w.label.as_str()).collect();
+        assert_eq!(labels, ["a", "b", "c", "d"]);
+        assert_eq!(loo.op_calibrated.count, in_sample.op_calibrated.count);
+        // The three alike are predicted from each other about as well as in-sample…
+        for w in &loo.workloads[..3] {
+            assert!(w.op_error_calibrated.median < 0.1, "{w:?}");
+        }
+        // …the odd one is not: its kind's curve was fitted on itself alone.
+        let (left_out, fitted) = (&loo.workloads[3], &in_sample.workloads[3]);
+        assert!(fitted.op_error_calibrated.median < 0.05, "{fitted:?}");
+        assert!(left_out.op_error_calibrated.median > 0.5, "{left_out:?}");
+        // One workload cannot be left out of itself.
+        assert!(cal.leave_one_out(&train[..1]).is_none());
     }
 
     #[test]

@@ -500,7 +500,7 @@ mod tests {
                 .rows
                 .iter()
                 .map(|r| Sample {
-                    kind: OpKind::new(r.name, r.class, r.dtype, r.bound).in_step(workload),
+                    kind: OpKind::of_row(r, workload),
                     roofline_seconds: r.roofline_seconds,
                     measured_seconds: 3.0 * r.roofline_seconds,
                 })

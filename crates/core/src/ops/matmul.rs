@@ -11,6 +11,7 @@
 
 use super::activation::{act_derivative, activation_forward, ActivationKind};
 use super::Real;
+use crate::dtype::DType;
 use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -52,6 +53,32 @@ impl Matmul {
             Some(ActivationKind::Gelu) => "matmul_gelu_backward",
             Some(ActivationKind::Relu) => "matmul_relu_backward",
             Some(ActivationKind::Silu) => "matmul_silu_backward",
+        }
+    }
+
+    /// What sets this product's kernels apart from others of its name and roofline time, as a
+    /// calibration keys them ("" for nothing; `backward` for the backward op):
+    ///
+    /// - "bias": a backward that also sums its bias gradient, db = Σ_rows dpre, a reduction over
+    ///   the m rows run beside the two GEMMs (the CUDA backend's `column_sum`, a thread a column
+    ///   looping over the rows). On the H200 gpt2-124m's m = 1024 backward products took 77–89
+    ///   µs (layer medians) where the seed small's of the same k and n, without a bias, took
+    ///   15–36 µs (bench-results/2026-12-04-h200-session14/calibration).
+    /// - "unaligned": rows of k or n elements of `dtype` that are not 16-byte multiples. Vector
+    ///   loads and the GEMM libraries' fast kernels need them (cuBLASLt falls back to
+    ///   alignment-1 kernels): gpt2's lm_head, n = 50,257, ran its backward at 7.5× its
+    ///   roofline where the seed's n = 10,000 lm_head ran at 2×.
+    ///
+    /// Both are facts of the op's shape that the roofline time cannot tell apart.
+    pub fn calibration_variant(&self, backward: bool, dtype: DType) -> &'static str {
+        let per_16_bytes = (16 / dtype.size_bytes().max(1)) as usize;
+        let unaligned =
+            !(self.k.is_multiple_of(per_16_bytes) && self.n.is_multiple_of(per_16_bytes));
+        match (backward && self.bias, unaligned) {
+            (true, true) => "bias+unaligned",
+            (true, false) => "bias",
+            (false, true) => "unaligned",
+            (false, false) => "",
         }
     }
 
@@ -178,5 +205,34 @@ crate::operands! {
         inputs { x, w, dy, pre if mm.activation.is_some(), dx_in if mm.accumulate_dx }
         inplace {}
         outputs { dx, dw, db if mm.bias }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_calibration_variant_names_a_bias_gradient_and_rows_off_16_bytes() {
+        let plain = Matmul::new(1024, 768, 2304, false);
+        assert_eq!(plain.calibration_variant(false, DType::Bf16), "");
+        assert_eq!(plain.calibration_variant(true, DType::Bf16), "");
+        // A bias is an epilogue of the forward product, a reduction of its own in the backward.
+        let biased = Matmul::new(1024, 768, 768, true);
+        assert_eq!(biased.calibration_variant(false, DType::Bf16), "");
+        assert_eq!(biased.calibration_variant(true, DType::Bf16), "bias");
+        // gpt2's lm_head: 50,257 bf16 logits a row are not a whole number of 16-byte words, and
+        // neither is a K of 50,257 f32; 50,256 f32 (4 a word) are.
+        let head = Matmul::new(1024, 768, 50257, false);
+        assert_eq!(head.calibration_variant(false, DType::Bf16), "unaligned");
+        assert_eq!(head.calibration_variant(true, DType::F32), "unaligned");
+        assert_eq!(
+            Matmul::new(8, 50257, 64, true).calibration_variant(true, DType::Bf16),
+            "bias+unaligned"
+        );
+        assert_eq!(
+            Matmul::new(8, 768, 50256, false).calibration_variant(false, DType::F32),
+            ""
+        );
     }
 }

@@ -237,3 +237,16 @@ op_table! {
     Collective(collective::Collective) as c =>
         c.kind.name(), Communication, c.flops(), c.link_bytes();
 }
+
+impl Op {
+    /// What a calibration tells apart within the op's name ("" for nothing): see
+    /// [`matmul::Matmul::calibration_variant`], the only op with variants. `dtype` is the one
+    /// the op computes in.
+    pub fn calibration_variant(&self, dtype: crate::dtype::DType) -> &'static str {
+        match self {
+            Op::Matmul(m) => m.calibration_variant(false, dtype),
+            Op::MatmulBackward(m) => m.calibration_variant(true, dtype),
+            _ => "",
+        }
+    }
+}
