@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Session 14's last call on one H200 (about 5 minutes): the final tree.
-# 1. ops_paged with the default prefill runs (2 queries a unit for MHA), with 8 and with 1
-#    (TPERF_PAGED_QUERY_TILE), and the ragged whole-model test.
+# 1. ops_paged with the default prefill runs (2 queries a unit for MHA; 8 and 1 passed in
+#    serve-tiles/), and the ragged whole-model test.
 # 2. The report's experiment (`tperf counters`: the report preset at batch 16…256 under ncu),
 #    now with the model at the kernels' tiles beside the counts (crates/bench/src/tiles.rs).
 # 3. scripts/serve-gpu.sh with the refitted calibration (CALIBRATION): continuous against
@@ -16,8 +16,6 @@ step() { local f=$1 l=$2; shift 2; echo "### $* (limit ${l}s)" >>$O/$f; local t0
 { date -u +%FT%TZ; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv,noheader; } > $O/machine.txt 2>&1
 tar xJf carry/tests.tar.xz -C /tmp/unpacked
 step tests-ops_paged.txt 60 /tmp/unpacked/tests/ops_paged --test-threads 2
-step tests-ops_paged-tile8.txt 60 env TPERF_PAGED_QUERY_TILE=8 /tmp/unpacked/tests/ops_paged --test-threads 2
-step tests-ops_paged-tile1.txt 60 env TPERF_PAGED_QUERY_TILE=1 /tmp/unpacked/tests/ops_paged --test-threads 2
 step tests-ragged.txt 60 /tmp/unpacked/tests/ragged --test-threads 2
 echo "tests done at $((SECONDS-S0))s" >> $O/machine.txt
 step counters.txt 150 $T counters --out $O/counters
