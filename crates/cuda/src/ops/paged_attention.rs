@@ -7,8 +7,8 @@
 //! pools and the batch, so a bad layout is an error naming the op rather than an out-of-bounds
 //! read.
 
-use super::decode::{MAX_ROWS, SMALL_ROWS};
 use super::decode::{decode_fits, Decode, DecodeKv};
+use super::decode::{MAX_ROWS, SMALL_ROWS};
 use crate::backend::{dt_code, unsupported, CudaBackend};
 use crate::error::driver;
 use crate::gpu::Arg;
