@@ -60,10 +60,12 @@ impl Matmul {
     /// calibration keys them ("" for nothing; `backward` for the backward op):
     ///
     /// - "bias": a backward that also sums its bias gradient, db = Σ_rows dpre, a reduction over
-    ///   the m rows run beside the two GEMMs (the CUDA backend's `column_sum`, a thread a column
-    ///   looping over the rows). On the H200 gpt2-124m's m = 1024 backward products took 77–89
-    ///   µs (layer medians) where the seed small's of the same k and n, without a bias, took
-    ///   15–36 µs (bench-results/2026-12-04-h200-session14/calibration).
+    ///   the m rows run beside the two GEMMs (the CUDA backend's `column_sum`). On the H200
+    ///   gpt2-124m's m = 1024 backward products took 77–89 µs (layer medians) where the seed
+    ///   small's of the same k and n, without a bias, took 15–36 µs
+    ///   (bench-results/2026-12-04-h200-session14/calibration), when `column_sum` ran a thread a
+    ///   column looping over the rows; its rewrite (a block of 32 warps a 32 columns) should
+    ///   shrink the variant's curve at the next calibration.
     /// - "unaligned": rows of k or n elements of `dtype` that are not 16-byte multiples. Vector
     ///   loads and the GEMM libraries' fast kernels need them (cuBLASLt falls back to
     ///   alignment-1 kernels): gpt2's lm_head, n = 50,257, ran its backward at 7.5× its

@@ -355,14 +355,25 @@ impl CudaBackend {
                 ldc: None,
             };
             self.gemm_or_zero(call, g_dw, dpre, xp, dw, None)?;
-            if let Some(db) = &io.db {
+            if let Some(db) = io.db.as_ref().filter(|_| n > 0) {
                 let args = [
                     Arg::Buf(dpre, crate::backend::dt_code(dy.dtype)),
                     self.arg(call, db, n)?,
                     Arg::I64(m as i64),
                     Arg::I64(n as i64),
                 ];
-                self.launch_1d(call, "matmul", "column_sum", n, &args)?;
+                // A block of 32×32 threads for each 32 columns (COLSUM_COLS and COLSUM_WARPS
+                // in kernels/matmul.cu).
+                let blocks = n.div_ceil(32) as u32;
+                self.launch(
+                    call,
+                    "matmul",
+                    "column_sum",
+                    (blocks, 1, 1),
+                    (32, 32, 1),
+                    0,
+                    &args,
+                )?;
             }
             Ok(())
         })();
