@@ -5,8 +5,17 @@
 //! the column-major product Cᵀ = op(B)ᵀ·op(A)ᵀ (N×M): cuBLASLt's "A" is our B and its "B" is our
 //! A, and a row-major operand that is *not* transposed is passed with op N on its memory as is.
 //!
-//! The descriptor, layouts and the algorithm chosen by the heuristic are cached per shape, so a
-//! training step queries the heuristic only in its first step.
+//! The descriptor and layouts are cached per shape, so a training step builds them only in its
+//! first step. The algorithm the heuristic chose is cached per shape *class*: M rounded up to
+//! [`algo_rows`], the rest exact. A served step's M is its token rows, different almost every
+//! step while prefill chunks come and go, and the heuristic query is the expensive part of a new
+//! shape (on the H200, steps with prefill spent 5.5–13 ms issuing while their shapes were new
+//! and ~1.4 ms once they repeated: bench-results/2026-12-04-h200-session14). A new shape of a known
+//! class asks `cublasLtMatmulAlgoCheck` whether the class's algorithm runs it (it checks the
+//! alignment, the workspace, the split-K bounds) and queries the heuristic only where it does
+//! not. A training step's M is the same every step and a multiple of 64, its own class, so
+//! training picks what the heuristic picks for its exact shape, as before.
+//! `TPERF_GEMM_EXACT_ALGO=1` queries the heuristic for every new shape, for an A/B.
 
 use crate::error::{blas as err, CudaError};
 use cudarc::cublaslt::{result as lt, sys};
@@ -69,6 +78,18 @@ pub enum Compute {
     Tf32,
 }
 
+/// The M at which a product's algorithm is chosen for every M of its class: the next power of two
+/// up to 64, then the next multiple of 64. cuBLASLt's Hopper tiles are 64–256 rows, so the shapes
+/// of one class fill the same tiles but the last; 2048 token rows make 38 classes, not 2048
+/// shapes, of each weight's product.
+pub fn algo_rows(m: u64) -> u64 {
+    if m <= 64 {
+        m.next_power_of_two()
+    } else {
+        m.div_ceil(64) * 64
+    }
+}
+
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3],
@@ -79,6 +100,11 @@ pub struct Blas {
     handle: sys::cublasLtHandle_t,
     workspace: u64,
     plans: HashMap<(Gemm, Compute), Plan>,
+    /// The algorithm of each shape class (the Gemm with `m` = [`algo_rows`]): the heuristic's
+    /// choice for the first shape of the class that needed one.
+    algos: HashMap<(Gemm, Compute), sys::cublasLtMatmulAlgo_t>,
+    /// `TPERF_GEMM_EXACT_ALGO` set: no class sharing (the module comment).
+    exact_algos: bool,
 }
 
 impl Blas {
@@ -94,6 +120,8 @@ impl Blas {
             handle,
             workspace,
             plans: HashMap::new(),
+            algos: HashMap::new(),
+            exact_algos: std::env::var_os("TPERF_GEMM_EXACT_ALGO").is_some_and(|v| v != "0"),
         })
     }
 
@@ -101,6 +129,14 @@ impl Blas {
         let key = (*g, compute);
         if !self.plans.contains_key(&key) {
             let plan = self.make_plan(g, compute)?;
+            let class = (
+                Gemm {
+                    m: algo_rows(g.m),
+                    ..*g
+                },
+                compute,
+            );
+            self.algos.entry(class).or_insert(plan.algo);
             self.plans.insert(key, plan);
         }
         Ok(&self.plans[&key])
@@ -181,6 +217,38 @@ impl Blas {
         let c_layout =
             lt::create_matrix_layout(cuda_type(g.c_dtype), g.n, g.m, g.c_row_stride() as i64)
                 .map_err(err("layout"))?;
+        let class = Gemm {
+            m: algo_rows(g.m),
+            ..*g
+        };
+        if let Some(algo) = self.algos.get(&(class, compute)).filter(|_| !self.exact_algos) {
+            // SAFETY: the handle, descriptor and layouts are live objects created above for this
+            // shape; `algo` is an algorithm cuBLASLt's heuristic returned for this handle, and the
+            // check only reads it and writes `checked`, a plain struct it fills.
+            let mut checked: sys::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
+            let status = unsafe {
+                sys::cublasLtMatmulAlgoCheck(
+                    self.handle,
+                    desc,
+                    a_layout,
+                    b_layout,
+                    c_layout,
+                    c_layout,
+                    algo,
+                    &mut checked,
+                )
+            };
+            let fits = status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                && checked.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+                && checked.workspaceSize <= WORKSPACE_BYTES;
+            if fits {
+                return Ok(Plan {
+                    desc,
+                    layouts: [a_layout, b_layout, c_layout],
+                    algo: *algo,
+                });
+            }
+        }
         let pref = lt::create_matmul_pref().map_err(err("preference"))?;
         let ws = WORKSPACE_BYTES as u64;
         // SAFETY: `pref` was created above; the attribute is a u64 and `ws` outlives the call.
@@ -323,5 +391,38 @@ impl Drop for Blas {
         }
         // SAFETY: the handle was created in `new` and every plan using it was destroyed above.
         let _ = unsafe { lt::destroy_handle(self.handle) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::algo_rows;
+
+    #[test]
+    fn shape_classes_round_m_up_and_keep_training_shapes_exact() {
+        let cases = [
+            (1, 1),
+            (3, 4),
+            (33, 64),
+            (64, 64),
+            (65, 128),
+            (125, 128),
+            (1965, 1984),
+        ];
+        for (m, class) in cases {
+            assert_eq!(algo_rows(m), class, "m = {m}");
+        }
+        // A training step's B·T rows (multiples of 64) are classes of their own.
+        for m in [128u64, 512, 1024, 4096, 8192] {
+            assert_eq!(algo_rows(m), m);
+        }
+        // Never below M, and a class holds at most 64 rows' worth of shapes past 64.
+        for m in 1..5000u64 {
+            let c = algo_rows(m);
+            assert!(c >= m && (m <= 64 || c - m < 64), "m = {m}: {c}");
+        }
+        // 2048 token rows (the engine's default budget) make 38 classes.
+        let classes: std::collections::BTreeSet<u64> = (1..=2048).map(algo_rows).collect();
+        assert_eq!(classes.len(), 38);
     }
 }
