@@ -221,7 +221,11 @@ impl Blas {
             m: algo_rows(g.m),
             ..*g
         };
-        if let Some(algo) = self.algos.get(&(class, compute)).filter(|_| !self.exact_algos) {
+        if let Some(algo) = self
+            .algos
+            .get(&(class, compute))
+            .filter(|_| !self.exact_algos)
+        {
             // SAFETY: the handle, descriptor and layouts are live objects created above for this
             // shape; `algo` is an algorithm cuBLASLt's heuristic returned for this handle, and the
             // check only reads it and writes `checked`, a plain struct it fills.
