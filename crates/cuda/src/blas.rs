@@ -13,8 +13,9 @@
 //! and ~1.4 ms once they repeated: bench-results/2026-12-04-h200-session14). A new shape of a known
 //! class asks `cublasLtMatmulAlgoCheck` whether the class's algorithm runs it (it checks the
 //! alignment, the workspace, the split-K bounds) and queries the heuristic only where it does
-//! not. A training step's M is the same every step and a multiple of 64, its own class, so
-//! training picks what the heuristic picks for its exact shape, as before.
+//! not. A shape that is its class's own M (a training step's B·T, a multiple of 64) always
+//! queries the heuristic and its choice becomes the class's, so training runs what the
+//! heuristic picks for its exact shape, as before.
 //! `TPERF_GEMM_EXACT_ALGO=1` queries the heuristic for every new shape, for an A/B.
 
 use crate::error::{blas as err, CudaError};
@@ -90,6 +91,14 @@ pub fn algo_rows(m: u64) -> u64 {
     }
 }
 
+/// The shape whose algorithm `g` may share: `g` with M rounded up to [`algo_rows`].
+fn algo_class(g: &Gemm) -> Gemm {
+    Gemm {
+        m: algo_rows(g.m),
+        ..*g
+    }
+}
+
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3],
@@ -101,7 +110,8 @@ pub struct Blas {
     workspace: u64,
     plans: HashMap<(Gemm, Compute), Plan>,
     /// The algorithm of each shape class (the Gemm with `m` = [`algo_rows`]): the heuristic's
-    /// choice for the first shape of the class that needed one.
+    /// choice for the class's own shape once it has been seen, before that for the first shape
+    /// of the class that needed a query.
     algos: HashMap<(Gemm, Compute), sys::cublasLtMatmulAlgo_t>,
     /// `TPERF_GEMM_EXACT_ALGO` set: no class sharing (the module comment).
     exact_algos: bool,
@@ -129,14 +139,13 @@ impl Blas {
         let key = (*g, compute);
         if !self.plans.contains_key(&key) {
             let plan = self.make_plan(g, compute)?;
-            let class = (
-                Gemm {
-                    m: algo_rows(g.m),
-                    ..*g
-                },
-                compute,
-            );
-            self.algos.entry(class).or_insert(plan.algo);
+            let class = algo_class(g);
+            if g.m == class.m {
+                // The class's own shape: its heuristic choice is the class's from now on.
+                self.algos.insert((class, compute), plan.algo);
+            } else {
+                self.algos.entry((class, compute)).or_insert(plan.algo);
+            }
             self.plans.insert(key, plan);
         }
         Ok(&self.plans[&key])
@@ -217,15 +226,13 @@ impl Blas {
         let c_layout =
             lt::create_matrix_layout(cuda_type(g.c_dtype), g.n, g.m, g.c_row_stride() as i64)
                 .map_err(err("layout"))?;
-        let class = Gemm {
-            m: algo_rows(g.m),
-            ..*g
-        };
-        if let Some(algo) = self
-            .algos
-            .get(&(class, compute))
-            .filter(|_| !self.exact_algos)
-        {
+        // The class's own shape (a training step's M) always asks the heuristic, so it runs
+        // what the heuristic picks for it whatever came before.
+        let class = algo_class(g);
+        let shared = (g.m != class.m && !self.exact_algos)
+            .then(|| self.algos.get(&(class, compute)))
+            .flatten();
+        if let Some(algo) = shared {
             // SAFETY: the handle, descriptor and layouts are live objects created above for this
             // shape; `algo` is an algorithm cuBLASLt's heuristic returned for this handle, and the
             // check only reads it and writes `checked`, a plain struct it fills.
