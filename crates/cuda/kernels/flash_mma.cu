@@ -40,8 +40,8 @@
 
 // Rows [0, ROWS) of a (rows, D) operand, row r at src + r·rs, into a shared tile of row stride
 // D + 8 by cp.async; rows at or past `valid` are zero.
-template <int D, int ROWS, int THREADS>
-__device__ __forceinline__ void load_rows_async(u16* tile, const u16* src, i64 rs, int valid) {
+template <int D, int ROWS, int THREADS, class RowAt>
+__device__ __forceinline__ void load_rows_at(u16* tile, const RowAt& row_at, int valid) {
     // 16-byte chunks a row; when they do not share out evenly (D = 80 on 256 threads) the
     // last round leaves some threads idle.
     constexpr int CH = D / 8, CHUNKS = ROWS * CH, ROUNDS = (CHUNKS + THREADS - 1) / THREADS;
@@ -51,52 +51,70 @@ __device__ __forceinline__ void load_rows_async(u16* tile, const u16* src, i64 r
         if (CHUNKS % THREADS != 0 && idx >= CHUNKS) break;
         const int r = idx / CH, c = idx % CH;
         const bool ok = r < valid;
-        cp_async16(smem_addr(tile + r * (D + 8) + c * 8), src + (ok ? (i64)r * rs : 0) + c * 8, ok);
+        cp_async16(smem_addr(tile + r * (D + 8) + c * 8), row_at(ok ? r : 0) + c * 8, ok);
     }
+}
+// The same for a strided operand: row r at src + r·rs.
+template <int D, int ROWS, int THREADS>
+__device__ __forceinline__ void load_rows_async(u16* tile, const u16* src, i64 rs, int valid) {
+    load_rows_at<D, ROWS, THREADS>(tile, [=](int r) { return src + (i64)r * rs; }, valid);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Forward
 
+// Where a forward block's keys and values are: `at(j0)` gives the row function of the tile of
+// keys from j0 (row r is key j0 + r) for load_rows_at. DenseKeys: a strided view, key j at
+// base + j·stride. PagedKeys: the paged pools (num_blocks, H_kv, block_size, D) of one sequence,
+// key j in block table[j / block_size] at offset j % block_size (`base` already at the KV head).
+struct DenseKeys {
+    const u16* base;
+    i64 stride;
+    __device__ __forceinline__ auto at(i64 j0) const {
+        const u16* src = base + j0 * stride;
+        const i64 rs = stride;
+        return [=](int r) { return src + (i64)r * rs; };
+    }
+};
+struct PagedKeys {
+    const u16* base;
+    const int* table; // this sequence's row of the block table
+    i64 block_stride; // elements from one block to the next: H_kv · block_size · D
+    int block_size, d;
+    __device__ __forceinline__ auto at(i64 j0) const {
+        const PagedKeys p = *this;
+        return [=](int r) {
+            const i64 j = j0 + r;
+            return p.base + (i64)p.table[j / p.block_size] * p.block_stride +
+                   (j % p.block_size) * p.d;
+        };
+    }
+};
+
+// One forward block's work: query rows [0, rows) at qg + i·q_stride (at positions q_pos + i),
+// their output at og + i·o_stride and, when `lse` is not the null buffer, their log-sum-exp at
+// lse[lse0 + i]; the keys [lo, hi) of `keys`/`vals`, masked by the causal rule and window.
 // WARPS warps a block, each owning MT·16 consecutive query rows (MT m16 tiles): a K or V
 // fragment loaded from shared memory feeds MT products, so MT = 2 halves the shared-memory
 // traffic per tensor-core op (the loop's bound at MT = 1).
-template <int D, int WARPS, int MT, bool BF>
-__device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_sh, i64 k_sj,
-                                        Buf vb, i64 v0, i64 v_sb, i64 v_sh, i64 v_sj, Buf o,
-                                        Buf lse, MmaFwdArgs p) {
-    constexpr int THREADS = WARPS * 32, BQ = WARPS * 16 * MT, BK = MMA_BK, LD = D + 8;
+template <int D, int WARPS, int MT, bool BF, class Keys>
+__device__ __forceinline__ void mma_fwd_tile(const u16* qg, i64 q_stride, int rows, i64 q_pos,
+                                             const Keys& keys, const Keys& vals, i64 lo, i64 hi,
+                                             int causal, i64 window, float scale, u16* og,
+                                             i64 o_stride, Buf lse, i64 lse0) {
+    constexpr int BQ = WARPS * 16 * MT, BK = MMA_BK, LD = D + 8, THREADS = WARPS * 32;
     constexpr int KT = D / 16, NT = BK / 8, OT = D / 8;
     extern __shared__ __align__(16) u16 mma_smem[];
     u16* Qs = mma_smem;         // BQ × LD
     u16* Ks = Qs + BQ * LD;     // 2 × BK × LD
     u16* Vs = Ks + 2 * BK * LD; // 2 × BK × LD
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int tiles = (p.tq + BQ - 1) / BQ;
-    const int tile = tiles - 1 - (int)(blockIdx.x % tiles);
-    const int head = (int)((blockIdx.x / tiles) % p.h);
-    const i64 b = (i64)(blockIdx.x / tiles) / p.h;
-    const int g = head / (p.h / p.h_kv);
-    const i64 width = (i64)(p.h + 2 * p.h_kv) * D;
-    const int i0 = tile * BQ, i1 = min(i0 + BQ, p.tq);
-    const i64 off = (i64)p.tk - p.tq;
-
-    i64 lo = 0, hi = p.tk;
-    if (p.causal) {
-        hi = off + i1;
-        if (p.window >= 0) lo = max((i64)0, off + i0 + 1 - p.window);
-    }
-
-    const u16* qg = (const u16*)qkv.p + (b * p.tq + i0) * width + (i64)head * D;
-    const u16* kg = (const u16*)kb.p + k0 + b * k_sb + (i64)g * k_sh;
-    const u16* vg = (const u16*)vb.p + v0 + b * v_sb + (i64)g * v_sh;
-
-    load_rows_async<D, BQ, THREADS>(Qs, qg, width, i1 - i0);
+    load_rows_async<D, BQ, THREADS>(Qs, qg, q_stride, rows);
     if (lo < hi) {
         const int valid = (int)min((i64)BK, hi - lo);
-        load_rows_async<D, BK, THREADS>(Ks, kg + lo * k_sj, k_sj, valid);
-        load_rows_async<D, BK, THREADS>(Vs, vg + lo * v_sj, v_sj, valid);
+        load_rows_at<D, BK, THREADS>(Ks, keys.at(lo), valid);
+        load_rows_at<D, BK, THREADS>(Vs, vals.at(lo), valid);
     }
     cp_async_commit();
     cp_async_wait_all();
@@ -124,7 +142,7 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
     float m[MT][2], l[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) m[mt][0] = m[mt][1] = NEG_INF, l[mt][0] = l[mt][1] = 0.0f;
-    const float sl2 = p.scale * LOG2E;
+    const float sl2 = scale * LOG2E;
     // ldmatrix row addresses of this lane within a tile: K (non-transposed, keys as B's n) and
     // V (transposed, keys as B's k).
     const int krow = (lane % 8) + (lane / 16) * 8, kcol = ((lane / 8) % 2) * 8;
@@ -138,10 +156,8 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
         if (j0 + BK < hi) {
             const i64 jn = j0 + BK;
             const int valid = (int)min((i64)BK, hi - jn);
-            load_rows_async<D, BK, THREADS>(Ks + (buf ^ 1) * BK * LD, kg + jn * k_sj, k_sj,
-                                            valid);
-            load_rows_async<D, BK, THREADS>(Vs + (buf ^ 1) * BK * LD, vg + jn * v_sj, v_sj,
-                                            valid);
+            load_rows_at<D, BK, THREADS>(Ks + (buf ^ 1) * BK * LD, keys.at(jn), valid);
+            load_rows_at<D, BK, THREADS>(Vs + (buf ^ 1) * BK * LD, vals.at(jn), valid);
         }
         cp_async_commit();
         const u16* Kt = Ks + buf * BK * LD;
@@ -170,8 +186,8 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
         // the window's lower edge cuts the tile (the block's last row sees the fewest old keys).
         const bool masked =
             j0 + BK > hi ||
-            (p.causal && (j0 + BK - 1 > off + i0 ||
-                          (p.window >= 0 && off + i0 + BQ - 1 - j0 >= p.window)));
+            (causal && (j0 + BK - 1 > q_pos ||
+                        (window >= 0 && q_pos + BQ - 1 - j0 >= window)));
         if (masked) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
@@ -179,9 +195,9 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
                 for (int t = 0; t < NT; ++t)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        const i64 pos = off + i0 + qr + mt * 16 + (e / 2) * 8;
+                        const i64 pos = q_pos + qr + mt * 16 + (e / 2) * 8;
                         const i64 j = j0 + t * 8 + (lane % 4) * 2 + (e % 2);
-                        if (!(j < hi && mma_visible(p.causal, p.window, pos, j)))
+                        if (!(j < hi && mma_visible(causal, window, pos, j)))
                             s[mt][t][e] = NEG_INF;
                     }
         }
@@ -245,7 +261,6 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
         __syncthreads();
     }
 
-    const i64 hd = (i64)p.h * D;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -253,17 +268,89 @@ __device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k
             float sum = l[mt][r];
             sum += __shfl_xor_sync(0xffffffffu, sum, 1);
             sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-            const int i = i0 + qr + mt * 16 + 8 * r;
-            if (i >= p.tq) continue;
+            const int i = qr + mt * 16 + 8 * r;
+            if (i >= rows) continue;
             const float inv = 1.0f / sum;
-            u16* orow = (u16*)o.p + (b * p.tq + i) * hd + (i64)head * D + (lane % 4) * 2;
+            u16* orow = og + i * o_stride + (lane % 4) * 2;
 #pragma unroll
             for (int t = 0; t < OT; ++t)
                 *(unsigned*)(orow + t * 8) =
                     pack2<BF>(acc[mt][t][2 * r] * inv, acc[mt][t][2 * r + 1] * inv);
-            if (lane % 4 == 0)
-                st(lse, (b * p.h + head) * p.tq + i, (m[mt][r] + log2f(sum)) * LN2);
+            if (lane % 4 == 0 && lse.p) st(lse, lse0 + i, (m[mt][r] + log2f(sum)) * LN2);
         }
+}
+
+// The dense forward: one block per (query tile of BQ rows, head, batch element), over a
+// strided K and V (a KV cache or the packed qkv itself).
+template <int D, int WARPS, int MT, bool BF>
+__device__ __forceinline__ void mma_fwd(Buf qkv, Buf kb, i64 k0, i64 k_sb, i64 k_sh, i64 k_sj,
+                                        Buf vb, i64 v0, i64 v_sb, i64 v_sh, i64 v_sj, Buf o,
+                                        Buf lse, MmaFwdArgs p) {
+    constexpr int BQ = WARPS * 16 * MT;
+    const int tiles = (p.tq + BQ - 1) / BQ;
+    const int tile = tiles - 1 - (int)(blockIdx.x % tiles);
+    const int head = (int)((blockIdx.x / tiles) % p.h);
+    const i64 b = (i64)(blockIdx.x / tiles) / p.h;
+    const int g = head / (p.h / p.h_kv);
+    const i64 width = (i64)(p.h + 2 * p.h_kv) * D;
+    const int i0 = tile * BQ, i1 = min(i0 + BQ, p.tq);
+    const i64 off = (i64)p.tk - p.tq;
+
+    i64 lo = 0, hi = p.tk;
+    if (p.causal) {
+        hi = off + i1;
+        if (p.window >= 0) lo = max((i64)0, off + i0 + 1 - p.window);
+    }
+    const u16* qg = (const u16*)qkv.p + (b * p.tq + i0) * width + (i64)head * D;
+    const DenseKeys keys{(const u16*)kb.p + k0 + b * k_sb + (i64)g * k_sh, k_sj};
+    const DenseKeys vals{(const u16*)vb.p + v0 + b * v_sb + (i64)g * v_sh, v_sj};
+    const i64 hd = (i64)p.h * D;
+    u16* og = (u16*)o.p + (b * p.tq + i0) * hd + (i64)head * D;
+    mma_fwd_tile<D, WARPS, MT, BF>(qg, width, i1 - i0, off + i0, keys, vals, lo, hi, p.causal,
+                                   p.window, p.scale, og, hd, lse,
+                                   (b * p.h + head) * p.tq + i0);
+}
+
+// Paged prefill (tperf_core::ops::paged_attention, ops/paged_attention.rs): the rows of a ragged
+// batch's prefill chunks against the paged pools, on tensor cores. `units` holds (first packed
+// row, rows ≤ BQ) pairs, each a run of one sequence's consecutive rows at consecutive positions;
+// one block per (unit, head), heads of a unit adjacent (the GQA group's blocks read the same
+// keys from L2). Decode rows stay with flash-decoding (decode_attention.cu), whose units read
+// the keys once for one or two queries where a 64-row tile would waste the rest.
+#define PAGED_MMA_PARAMS                                                                          \
+    Buf qkv, Buf kp, Buf vp, Buf block_table, Buf row_seq, Buf positions, Buf ctx_lens, Buf units, \
+        Buf o, int h, int h_kv, int block_size, int max_blocks, int causal, i64 window,          \
+        float scale
+#define PAGED_MMA_ARGS                                                                            \
+    qkv, kp, vp, block_table, row_seq, positions, ctx_lens, units, o, h, h_kv, block_size,       \
+        max_blocks, causal, window, scale
+
+template <int D, int WARPS, int MT, bool BF>
+__device__ __forceinline__ void paged_mma_fwd(PAGED_MMA_PARAMS) {
+    const i64 unit = blockIdx.x / h;
+    const int head = (int)(blockIdx.x % h);
+    const int g = head / (h / h_kv);
+    const i64 r0 = ld_i32(units, 2 * unit);
+    const int rows = ld_i32(units, 2 * unit + 1);
+    const int s = ld_i32(row_seq, r0);
+    const i64 q_pos = ld_i32(positions, r0);
+    const i64 ctx = ld_i32(ctx_lens, s);
+    i64 lo = 0, hi = ctx;
+    if (causal) {
+        hi = min(ctx, q_pos + rows);
+        if (window >= 0) lo = max((i64)0, q_pos + 1 - window);
+    }
+    const i64 width = (i64)(h + 2 * h_kv) * D;
+    const i64 block_stride = (i64)h_kv * block_size * D;
+    const int* table = (const int*)block_table.p + (i64)s * max_blocks;
+    const i64 head_off = (i64)g * block_size * D;
+    const PagedKeys keys{(const u16*)kp.p + head_off, table, block_stride, block_size, D};
+    const PagedKeys vals{(const u16*)vp.p + head_off, table, block_stride, block_size, D};
+    const i64 hd = (i64)h * D;
+    mma_fwd_tile<D, WARPS, MT, BF>((const u16*)qkv.p + r0 * width + (i64)head * D, width, rows,
+                                   q_pos, keys, vals, lo, hi, causal, window, scale,
+                                   (u16*)o.p + r0 * hd + (i64)head * D, hd, Buf{nullptr, 0, 0},
+                                   0);
 }
 
 // D = 64: 4 warps of 32 query rows (128-row tiles; 254 registers, 2 blocks an SM). D = 128:
@@ -288,6 +375,26 @@ extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d128_bf16(MMA_FW
 }
 extern "C" __global__ void __launch_bounds__(128) flash_mma_fwd_d128_f16(MMA_FWD_PARAMS) {
     mma_fwd<128, 4, 1, false>(MMA_FWD_ARGS);
+}
+// The paged prefill kernels: the dense forward's tiles (BQ = 128 rows at D = 64, 64 at 80 and
+// 128), so units of up to BQ rows.
+extern "C" __global__ void __launch_bounds__(128) paged_mma_fwd_d64_bf16(PAGED_MMA_PARAMS) {
+    paged_mma_fwd<64, 4, 2, true>(PAGED_MMA_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) paged_mma_fwd_d64_f16(PAGED_MMA_PARAMS) {
+    paged_mma_fwd<64, 4, 2, false>(PAGED_MMA_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) paged_mma_fwd_d80_bf16(PAGED_MMA_PARAMS) {
+    paged_mma_fwd<80, 4, 1, true>(PAGED_MMA_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) paged_mma_fwd_d80_f16(PAGED_MMA_PARAMS) {
+    paged_mma_fwd<80, 4, 1, false>(PAGED_MMA_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) paged_mma_fwd_d128_bf16(PAGED_MMA_PARAMS) {
+    paged_mma_fwd<128, 4, 1, true>(PAGED_MMA_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128) paged_mma_fwd_d128_f16(PAGED_MMA_PARAMS) {
+    paged_mma_fwd<128, 4, 1, false>(PAGED_MMA_ARGS);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -50,6 +50,11 @@ const FLASH_BWD: &[ArgKind] = &[
     Buf, Buf, Buf, Ptr, Ptr, Buf, I32, I32, I32, I32, I32, I32, I64, F32,
 ];
 
+/// PAGED_MMA_PARAMS of flash_mma.cu, the tensor-core paged prefill kernels.
+const PAGED_MMA: &[ArgKind] = &[
+    Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, I32, I32, I32, I32, I32, I64, F32,
+];
+
 /// DEC_PARAMS of decode_attention.cu, which all of its split kernels take.
 const DECODE_SPLIT: &[ArgKind] = &[
     Buf, Buf, Buf, Buf, Buf, Buf, Buf, Buf, Ptr, Ptr, Buf, Buf, I32, I32, I32, I32, I32, I32, I32,
@@ -202,6 +207,12 @@ pub const KERNELS: &[(&str, &str, &[ArgKind])] = &[
     ("flash_mma", "flash_mma_fwd_d128_bf16", FLASH_FWD),
     ("flash_mma", "flash_mma_fwd_d80_f16", FLASH_FWD),
     ("flash_mma", "flash_mma_fwd_d128_f16", FLASH_FWD),
+    ("flash_mma", "paged_mma_fwd_d64_bf16", PAGED_MMA),
+    ("flash_mma", "paged_mma_fwd_d64_f16", PAGED_MMA),
+    ("flash_mma", "paged_mma_fwd_d80_bf16", PAGED_MMA),
+    ("flash_mma", "paged_mma_fwd_d80_f16", PAGED_MMA),
+    ("flash_mma", "paged_mma_fwd_d128_bf16", PAGED_MMA),
+    ("flash_mma", "paged_mma_fwd_d128_f16", PAGED_MMA),
     ("flash_wgmma", "flash_wgmma_fwd_d64_bf16", FLASH_FWD),
     ("flash_wgmma", "flash_wgmma_fwd_d64_f16", FLASH_FWD),
     ("flash_wgmma", "flash_wgmma_fwd_d128_bf16", FLASH_FWD),

@@ -4,7 +4,10 @@
 //! chunks, MHA / GQA / MQA, d 64, 80, 128, a sliding window, f32 / bf16 / f16 storage. The
 //! shapes flash-decoding takes (ops/decode.rs: a group of ≤ 8 query heads, d a multiple of 8)
 //! and one it does not (16 query heads on one KV head: paged_attention.cu's general kernel) both
-//! run.
+//! run; so does the tensor-core prefill kernel (flash_mma.cu's paged_mma_fwd, 16-bit storage at
+//! d 64, 80, 128: chunks of at least 16 rows, and every row where flash-decoding does not fit),
+//! on chunks that cross its 64- and 128-row units, windows shorter and longer than a unit, and
+//! chunks at the 16-row threshold.
 //!
 //! Tolerance (conformance::tolerance): max |gpu − cpu| / max |cpu| over the output, f32 1e-4,
 //! bf16 1.6e-2, fp16 4e-3 — the CPU computes in f32 from the same 16-bit inputs; the GPU rounds
@@ -230,6 +233,72 @@ fn mixed_rows() -> Vec<Seq> {
             ctx_len: 300,
         },
     ]
+}
+
+/// Chunks for the tensor-core prefill kernel beside rows that stay with flash-decoding: a
+/// 300-row prompt (units of 128 + 128 + 44 at d 64, 64 × 4 + 44 at 80 and 128), a 130-row
+/// chunk ending at key 1000, chunks of 16 (the threshold) and 15 rows, decode rows.
+fn long_chunks() -> Vec<Seq> {
+    vec![
+        Seq {
+            q_len: 1,
+            ctx_len: 57,
+        },
+        Seq {
+            q_len: 300,
+            ctx_len: 300,
+        },
+        Seq {
+            q_len: 130,
+            ctx_len: 1000,
+        },
+        Seq {
+            q_len: 16,
+            ctx_len: 20,
+        },
+        Seq {
+            q_len: 15,
+            ctx_len: 15,
+        },
+        Seq {
+            q_len: 1,
+            ctx_len: 1,
+        },
+    ]
+}
+
+#[test]
+fn paged_prefill_on_tensor_cores_matches_the_cpu() {
+    let Some(mut gpu) = gpu_or_skip() else { return };
+    let mut seed = 500;
+    for dt in [DType::Bf16, DType::F16] {
+        for heads in [(4, 4), (8, 2), (16, 1)] {
+            for d in [64, 80, 128] {
+                let masks: &[(bool, Option<usize>)] = if d == 64 {
+                    &[
+                        (true, None),
+                        (true, Some(37)),
+                        (true, Some(200)),
+                        (false, None),
+                    ]
+                } else {
+                    &[(true, None), (true, Some(200))]
+                };
+                for &(causal, window) in masks {
+                    seed += 1;
+                    let case = Case {
+                        seqs: long_chunks(),
+                        heads,
+                        d,
+                        dt,
+                        causal,
+                        window,
+                    };
+                    check(&mut gpu, &case, seed);
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -33,7 +33,7 @@ use tperf_core::tensor::Tensor;
 
 const NAIVE: &str = "attention";
 const FLASH: &str = "flash_attention";
-const FLASH_MMA: &str = "flash_mma";
+pub(crate) const FLASH_MMA: &str = "flash_mma";
 const FLASH_WGMMA: &str = "flash_wgmma";
 
 /// Tile of attn_gemm's output (rows and columns); 256 threads a block.
@@ -245,15 +245,51 @@ fn flash_variant(call: &OpCall, d: usize) -> Result<FlashVariant, BackendError> 
 /// The tensor-core kernels of flash_mma.cu for one (head size, dtype): the forward's query rows
 /// a block (4 warps), the backward's query rows a tile (8 warps, 128 keys a block), and each
 /// kernel's shared bytes; shared rows are D + 8 elements.
-struct MmaVariant {
+pub(crate) struct MmaVariant {
     fwd: &'static str,
-    fwd_bq: u64,
-    fwd_shared: u32,
+    /// Query rows of a forward block (of the dense and the paged forward).
+    pub(crate) fwd_bq: u64,
+    pub(crate) fwd_shared: u32,
+    /// The paged prefill forward (the dense forward's tile over the paged pools,
+    /// ops/paged_attention.rs).
+    pub(crate) paged: &'static str,
     bwd: &'static str,
     bwd_shared: u32,
 }
 
-const MMA_FWD_THREADS: u32 = 128;
+/// flash_mma.cu's (forward, paged forward, backward) of each head size and dtype.
+const MMA_D64_BF16: (&str, &str, &str) = (
+    "flash_mma_fwd_d64_bf16",
+    "paged_mma_fwd_d64_bf16",
+    "flash_mma_bwd_d64_bf16",
+);
+const MMA_D64_F16: (&str, &str, &str) = (
+    "flash_mma_fwd_d64_f16",
+    "paged_mma_fwd_d64_f16",
+    "flash_mma_bwd_d64_f16",
+);
+const MMA_D80_BF16: (&str, &str, &str) = (
+    "flash_mma_fwd_d80_bf16",
+    "paged_mma_fwd_d80_bf16",
+    "flash_mma_bwd_d80_bf16",
+);
+const MMA_D80_F16: (&str, &str, &str) = (
+    "flash_mma_fwd_d80_f16",
+    "paged_mma_fwd_d80_f16",
+    "flash_mma_bwd_d80_f16",
+);
+const MMA_D128_BF16: (&str, &str, &str) = (
+    "flash_mma_fwd_d128_bf16",
+    "paged_mma_fwd_d128_bf16",
+    "flash_mma_bwd_d128_bf16",
+);
+const MMA_D128_F16: (&str, &str, &str) = (
+    "flash_mma_fwd_d128_f16",
+    "paged_mma_fwd_d128_f16",
+    "flash_mma_bwd_d128_f16",
+);
+
+pub(crate) const MMA_FWD_THREADS: u32 = 128;
 const MMA_BWD_THREADS: u32 = 256;
 /// Keys a backward block of the tensor-core kernels covers.
 const MMA_BWD_BK: u64 = 128;
@@ -264,7 +300,7 @@ const MMA_BWD_BK: u64 = 128;
 /// storage, mixed precision, other head sizes, odd strides) takes the scalar kernels of
 /// flash_attention.cu, which handle every case. `bufs` are the 16-bit operands; `strides` the
 /// element offsets and strides rows are read at.
-fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
+pub(crate) fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
     const BF16: i32 = 1;
     const F16: i32 = 2;
     let dt = match bufs.first()? {
@@ -279,13 +315,13 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
     }
     // Forward query tile: 128 rows at D = 64, 64 at 80 and 128; backward query tile: 64 rows
     // at D = 64 and 80, 32 at 128 (flash_mma.cu says why).
-    let (fwd, bwd, fq, bq) = match (d, dt) {
-        (64, BF16) => ("flash_mma_fwd_d64_bf16", "flash_mma_bwd_d64_bf16", 128, 64),
-        (64, F16) => ("flash_mma_fwd_d64_f16", "flash_mma_bwd_d64_f16", 128, 64),
-        (80, BF16) => ("flash_mma_fwd_d80_bf16", "flash_mma_bwd_d80_bf16", 64, 64),
-        (80, F16) => ("flash_mma_fwd_d80_f16", "flash_mma_bwd_d80_f16", 64, 64),
-        (128, BF16) => ("flash_mma_fwd_d128_bf16", "flash_mma_bwd_d128_bf16", 64, 32),
-        (128, F16) => ("flash_mma_fwd_d128_f16", "flash_mma_bwd_d128_f16", 64, 32),
+    let ((fwd, paged, bwd), fq, bq) = match (d, dt) {
+        (64, BF16) => (MMA_D64_BF16, 128, 64),
+        (64, F16) => (MMA_D64_F16, 128, 64),
+        (80, BF16) => (MMA_D80_BF16, 64, 64),
+        (80, F16) => (MMA_D80_F16, 64, 64),
+        (128, BF16) => (MMA_D128_BF16, 64, 32),
+        (128, F16) => (MMA_D128_F16, 64, 32),
         _ => return None,
     };
     let row = (d as u32 + 8) * 2;
@@ -295,6 +331,7 @@ fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<MmaVariant> {
         fwd_bq: fq as u64,
         // Q tile and two buffers each of K and V tiles (64 rows), 2 bytes an element.
         fwd_shared: (fq + 4 * 64) * row,
+        paged,
         bwd,
         // K and V tiles, two buffers each of Q and dO tiles (bq rows), dSᵀ (bk × (bq + 8)
         // elements), and two buffers each of lse and Dᵢ (bq f32).

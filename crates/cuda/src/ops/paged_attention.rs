@@ -7,6 +7,7 @@
 //! pools and the batch, so a bad layout is an error naming the op rather than an out-of-bounds
 //! read.
 
+use super::attention::{mma_variant, MmaVariant, FLASH_MMA, MMA_FWD_THREADS};
 use super::decode::{decode_fits, Decode, DecodeKv};
 use super::decode::{MAX_ROWS, SMALL_ROWS};
 use crate::backend::{dt_code, unsupported, CudaBackend};
@@ -80,15 +81,44 @@ impl CudaBackend {
             return Ok(());
         }
         let group = a.h / a.h_kv;
-        if decode_fits(group, a.d, k, v) {
+        let decode = decode_fits(group, a.d, k, v);
+        // Prefill chunks of at least PREFILL_ROWS rows (every row, where flash-decoding does not
+        // take the shape) run on tensor cores, in units of up to the kernel's query tile; only
+        // eagerly, as the units table is written for this launch (a captured step is
+        // decode-only).
+        let mma = mma_variant(a.d, &[qkv, k, v, out], &[width, a.d as u64])
+            .filter(|_| !self.capturing() && paged_mma_enabled());
+        let least = if decode { PREFILL_ROWS } else { 1 };
+        let on_mma: Vec<bool> = a
+            .seqs
+            .iter()
+            .map(|s| mma.is_some() && s.q_len >= least)
+            .collect();
+        if let Some(m) = mma.as_ref().filter(|_| on_mma.contains(&true)) {
+            let units = query_runs(&a.seqs, m.fwd_bq as usize, |i| on_mma[i]);
+            let operands = PagedOperands {
+                qkv,
+                k,
+                v,
+                positions,
+                row_seq,
+                ctx_lens,
+                block_table,
+                out,
+            };
+            self.paged_mma(call, a, m, &units, &operands)?;
+            if !on_mma.contains(&false) {
+                return Ok(());
+            }
+        }
+        if decode {
             // A prefill chunk's rows share their sequence's keys: runs of them are one unit,
             // which reads those keys once for all its queries. Decode rows stay one a unit.
-            // Only eagerly: the runs table is written for this launch, and a captured step is
-            // decode-only. (A step with prefill costs its matrix products several times over:
-            // serving gpt2-124m on the H200, ~2.1 µs a prefill token; see query_tile.)
+            // (Chunks on tensor cores are left out of the runs.)
             let tile = query_tile(group);
-            let runs = if tile > 1 && !self.capturing() && a.seqs.iter().any(|s| s.q_len > 1) {
-                Some(query_runs(&a.seqs, tile))
+            let chunks = !self.capturing() && a.seqs.iter().any(|s| s.q_len > 1);
+            let runs = if on_mma.contains(&true) || (tile > 1 && chunks) {
+                Some(query_runs(&a.seqs, tile, |i| !on_mma[i]))
             } else {
                 None
             };
@@ -158,7 +188,84 @@ impl CudaBackend {
     }
 }
 
+/// The device operands of one paged attention call, as its kernels take them.
+struct PagedOperands {
+    qkv: Arg,
+    k: Arg,
+    v: Arg,
+    positions: Arg,
+    row_seq: Arg,
+    ctx_lens: Arg,
+    block_table: Arg,
+    out: Arg,
+}
+
+/// Rows a sequence's chunk needs for the tensor-core prefill kernel where flash-decoding also
+/// takes the shape: one m16 tile of the kernel's. Shorter chunks (and decode rows) are cheaper
+/// as flash-decoding units, which read the keys once for one or two queries where the tile
+/// would compute on at least 16 rows.
+const PREFILL_ROWS: usize = 16;
+
+/// `TPERF_PAGED_MMA=0` sends prefill chunks to flash-decoding's runs as before the tensor-core
+/// kernel (for A/B measurements).
+fn paged_mma_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("TPERF_PAGED_MMA").map_or(true, |v| v != "0"))
+}
+
 impl CudaBackend {
+    /// The tensor-core paged prefill (flash_mma.cu's paged_mma_fwd_*) over `units`, (first row,
+    /// rows ≤ the variant's query tile) pairs of one sequence's rows each: one block per (unit,
+    /// head).
+    fn paged_mma(
+        &mut self,
+        call: &OpCall,
+        a: &PagedAttention,
+        m: &MmaVariant,
+        units: &[i32],
+        ops: &PagedOperands,
+    ) -> Result<(), BackendError> {
+        let blocks = (units.len() / 2) as u64 * a.h as u64;
+        if blocks > i32::MAX as u64 {
+            return Err(unsupported(
+                call,
+                format!("{blocks} blocks of paged prefill are past the grid's limit"),
+            ));
+        }
+        let table = self.upload_i32_scratch(units, "paged prefill's units")?;
+        let args = [
+            ops.qkv,
+            ops.k,
+            ops.v,
+            ops.block_table,
+            ops.row_seq,
+            ops.positions,
+            ops.ctx_lens,
+            Arg::Buf(table.ptr, dt_code(DType::I32)),
+            ops.out,
+            Arg::I32(a.h as i32),
+            Arg::I32(a.h_kv as i32),
+            Arg::I32(a.block_size as i32),
+            Arg::I32(a.max_blocks as i32),
+            Arg::I32(i32::from(a.causal)),
+            Arg::I64(a.window.map_or(-1, |w| w.min(i32::MAX as usize) as i64)),
+            Arg::F32((1.0 / (a.d as f64).sqrt()) as f32),
+        ];
+        let grid = (blocks as u32, 1, 1);
+        let result = self.launch(
+            call,
+            FLASH_MMA,
+            m.paged,
+            grid,
+            (MMA_FWD_THREADS, 1, 1),
+            m.fwd_shared,
+            &args,
+        );
+        // Stream-ordered: the kernel that reads it runs first.
+        self.alloc.free(table);
+        result
+    }
+
     /// A scratch block holding `words`, copied on the stream (the caller frees it, stream-
     /// ordered, after the launch that reads it).
     fn upload_i32_scratch(
@@ -199,12 +306,16 @@ fn query_tile(group: usize) -> usize {
         .map_or(default, |t| t.clamp(1, most))
 }
 
-/// The (first row, rows) pairs that cut each sequence's packed rows (in order) into runs of at
-/// most `tile`.
-fn query_runs(seqs: &[SeqLens], tile: usize) -> Vec<i32> {
+/// The (first row, rows) pairs that cut the packed rows (in order) of each sequence `pick`
+/// takes (by index) into runs of at most `tile`.
+fn query_runs(seqs: &[SeqLens], tile: usize, pick: impl Fn(usize) -> bool) -> Vec<i32> {
     let mut runs = Vec::new();
     let mut row = 0;
-    for s in seqs {
+    for (i, s) in seqs.iter().enumerate() {
+        if !pick(i) {
+            row += s.q_len;
+            continue;
+        }
         let mut left = s.q_len;
         while left > 0 {
             let take = left.min(tile);
@@ -230,14 +341,25 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(query_runs(&seqs(&[1, 1]), 8), vec![0, 1, 1, 1]);
+        let all = |_| true;
+        assert_eq!(query_runs(&seqs(&[1, 1]), 8, all), vec![0, 1, 1, 1]);
         assert_eq!(
-            query_runs(&seqs(&[3, 17, 1]), 8),
+            query_runs(&seqs(&[3, 17, 1]), 8, all),
             vec![0, 3, 3, 8, 11, 8, 19, 1, 20, 1]
         );
         assert_eq!(
-            query_runs(&seqs(&[5]), 1),
+            query_runs(&seqs(&[5]), 1, all),
             vec![0, 1, 1, 1, 2, 1, 3, 1, 4, 1]
+        );
+        // A picked subset keeps the rows' places: the 17-row chunk (rows 3..20) in runs of 8,
+        // the others left to another kernel.
+        assert_eq!(
+            query_runs(&seqs(&[3, 17, 1]), 8, |i| i == 1),
+            vec![3, 8, 11, 8, 19, 1]
+        );
+        assert_eq!(
+            query_runs(&seqs(&[3, 17, 1]), 2, |i| i != 1),
+            vec![0, 2, 2, 1, 20, 1]
         );
     }
 }
