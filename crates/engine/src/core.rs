@@ -10,6 +10,7 @@
 
 use crate::block::{blocks_for, BlockManager};
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::policy::{Batching, Policy, Queued, Waiting};
 use crate::request::{Event, EventSink, FinishReason, Request, RequestId, SubmitError, Usage};
 use crate::text;
@@ -206,7 +207,6 @@ struct Seq {
     prompt_len: usize,
     computed: usize,
     blocks: Vec<usize>,
-    sink: Box<dyn EventSink>,
     arrived: Instant,
     last_token: Option<Instant>,
     /// The generated tokens from `window` on are decoded each step (those before it are sent
@@ -264,6 +264,8 @@ pub struct EngineCore<B: Backend> {
     /// change from step to step.
     max_blocks: usize,
     metrics: Arc<Mutex<Metrics>>,
+    /// The requests' sinks (an event is delivered at once, or by a thread of its own).
+    outbox: Outbox,
 }
 
 impl<B: Backend> EngineCore<B> {
@@ -308,6 +310,7 @@ impl<B: Backend> EngineCore<B> {
             running: Vec::new(),
             waiting: Waiting::new(cfg.policy),
             metrics: Arc::new(Mutex::new(metrics)),
+            outbox: Outbox::inline(),
             cfg,
         };
         core.warm_up()?;
@@ -367,6 +370,18 @@ impl<B: Backend> EngineCore<B> {
         self.metrics.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
+    /// Hands events to a delivery thread, one batch per step, instead of calling each sink from
+    /// the step (outbox.rs says why): what the threaded [`crate::Engine`] does. A listener that
+    /// went away is then seen, and its request cancelled, at the next step.
+    pub fn deliver_on_a_thread(&mut self) -> Result<(), EngineError> {
+        self.outbox.flush();
+        let threaded = Outbox::threaded().map_err(EngineError::Thread)?;
+        // The sinks opened so far stay with the inline outbox: there are none before the first
+        // request, when the engine switches.
+        self.outbox = threaded;
+        Ok(())
+    }
+
     pub fn is_idle(&self) -> bool {
         self.running.is_empty() && self.waiting.is_empty()
     }
@@ -414,6 +429,7 @@ impl<B: Backend> EngineCore<B> {
             return Err(e);
         }
         let prompt_len = req.prompt.len();
+        self.outbox.open(id, sink);
         self.waiting.push(Seq {
             id,
             tokens: req.prompt.clone(),
@@ -421,7 +437,6 @@ impl<B: Backend> EngineCore<B> {
             req,
             computed: 0,
             blocks: Vec::new(),
-            sink,
             arrived: Instant::now(),
             last_token: None,
             window: 0,
@@ -469,14 +484,19 @@ impl<B: Backend> EngineCore<B> {
             };
             m.finished[k] += 1;
         }
-        seq.sink.send(Event::Finished {
-            text,
-            reason,
-            usage,
-        });
+        self.outbox.send(
+            seq.id,
+            Event::Finished {
+                text,
+                reason,
+                usage,
+            },
+        );
     }
 
-    fn publish(&self) {
+    /// Publishes the gauges and hands the events of the call to their sinks.
+    fn publish(&mut self) {
+        self.outbox.flush();
         if let Ok(mut m) = self.metrics.lock() {
             m.running = self.running.len();
             m.waiting = self.waiting.len();
@@ -594,6 +614,11 @@ impl<B: Backend> EngineCore<B> {
     /// sequence that reached its end, emit, finish. Does nothing when idle.
     pub fn step(&mut self) -> Result<StepReport, EngineError> {
         let began = Instant::now();
+        // Listeners the delivery thread found gone since the last step (none inline, where a
+        // failed send cancels at once).
+        for id in self.outbox.gone() {
+            self.cancel(id);
+        }
         let mut report = StepReport::default();
         let plan = self.schedule(&mut report);
         if plan.is_empty() {
@@ -678,7 +703,7 @@ impl<B: Backend> EngineCore<B> {
                 s.window = s.generated();
                 s.emitted = 0;
             }
-            if !s.sink.send(Event::Token { id, text: piece }) {
+            if !self.outbox.send(s.id, Event::Token { id, text: piece }) {
                 done.push((i, FinishReason::Cancelled, String::new()));
             } else if stopped {
                 done.push((i, FinishReason::Stop, String::new()));

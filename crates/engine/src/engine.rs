@@ -52,7 +52,14 @@ impl Engine {
             .spawn(move || {
                 let core = build()
                     .map_err(EngineError::Build)
-                    .and_then(|(be, model, tok)| EngineCore::new(be, model, tok, cfg));
+                    .and_then(|(be, model, tok)| EngineCore::new(be, model, tok, cfg))
+                    .and_then(|mut core| {
+                        // TPERF_EVENTS_INLINE=1 keeps the sinks on this thread (for A/B).
+                        if std::env::var("TPERF_EVENTS_INLINE").map_or(true, |v| v != "1") {
+                            core.deliver_on_a_thread()?;
+                        }
+                        Ok(core)
+                    });
                 let mut core = match core {
                     Ok(core) => {
                         let ready = (core.limits(), core.metrics_handle(), core.tokenizer());

@@ -21,6 +21,7 @@ pub mod contiguous;
 mod core;
 mod engine;
 pub mod metrics;
+mod outbox;
 pub mod policy;
 pub mod request;
 mod text;
