@@ -18,4 +18,5 @@ for line in sys.stdin:
 '
 strip carry/stage/tests/*
 tar cJf carry/tests.tar.xz -C carry/stage tests && rm -rf carry/stage
+{ git log --oneline -1; echo "uncommitted files: $(git status --short | wc -l)"; } > carry/REV
 ls -la carry
