@@ -6,7 +6,8 @@
 #    ops_basic (column_sum, the bias gradient), compute-sanitizer memcheck of the new paged test
 #    and of ops_basic's matmul tests; conformance.
 # 2. gpt2-124m's training step under `tperf profile` (column_sum was 50–64 µs a biased product).
-# 3. Offline decode at B256, context 192 (the serving target's reference) and 384.
+# 3. Offline decode at B128 and B256, context 192 (the serving target's reference); decode B1
+#    and B32 at context 384 under `tperf profile` (issue 11's two decode rows still short).
 # 4. The server at saturation (2048 prompts of 128 in / 128 out, ≤ 512 in flight) with every
 #    change on, then each one off: TPERF_PAGED_MMA=0 (prefill chunks through flash-decoding's
 #    runs), TPERF_EVENTS_INLINE=1 (sinks called from the engine's step), TPERF_GEMM_EXACT_ALGO=1
@@ -29,6 +30,8 @@ step sanitizer.txt 120 compute-sanitizer --tool memcheck $X/ops_basic matmul --t
 step conformance.txt 60 $T conformance --device cuda
 echo "tests done at $((SECONDS-S0))s" >> $O/machine.txt
 step profile-train.txt 60 $T profile gpt2-124m --batch 8 --seq 128 --dtype bf16 --device cuda
+step profile-decode.txt 60 $T profile gpt2-124m --phase decode --batch 1 --seq 384 --dtype bf16 --device cuda
+step profile-decode.txt 60 $T profile gpt2-124m --phase decode --batch 32 --seq 384 --dtype bf16 --device cuda
 step decode.txt 40 $T bench gpt2-124m --phase decode --seq 192 --dtype bf16 --device cuda --batch 128,256 --steps 100 --temperature 0 --back-to-back
 port=8000
 serve_run() { # tag, rate, then env for the server
