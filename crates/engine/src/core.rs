@@ -19,10 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tperf_core::backend::{repeated_step, Backend};
 use tperf_core::ops::sampling::Sampling;
+use tperf_core::schedule::ragged::RaggedInputs;
 use tperf_core::schedule::ragged::{
     PagedKvCache, PagedStep, RaggedBatch, RaggedLayout, SeqSpan, DEFAULT_BLOCK_SIZE,
 };
 use tperf_core::schedule::Transformer;
+use tperf_core::tensor::Tensor;
 use tperf_runtime::tokenizer::Tokenizer;
 
 #[derive(Clone, Debug)]
@@ -39,6 +41,14 @@ pub struct EngineConfig {
     pub policy: Policy,
     /// Whether the waiting join the running batch at every step or only an empty one.
     pub batching: Batching,
+    /// Decode steps one iteration may run back to back when it schedules only decode rows (vLLM's
+    /// multi-step scheduling): the host issues them all before it waits, each step's tokens
+    /// the step before's sampled ids, still on the device, so the device runs step k + 1 while
+    /// the host has yet to see step k; the engine's own part and the wait come once per
+    /// iteration. Requests join and leave at iteration boundaries, a request that ends inside
+    /// one has its later tokens computed and dropped, and its tokens reach the client together.
+    /// 1 (the default) is one step an iteration.
+    pub decode_steps: usize,
     /// A pause after every step of the threaded [`crate::Engine`]: zero, except in tests of
     /// disconnects and shutdown, which need requests that outlast the client's actions.
     pub step_delay: std::time::Duration,
@@ -54,6 +64,7 @@ impl Default for EngineConfig {
             max_queue: 4096,
             policy: Policy::Fcfs,
             batching: Batching::Continuous,
+            decode_steps: 1,
             step_delay: std::time::Duration::ZERO,
         }
     }
@@ -339,7 +350,11 @@ impl<B: Backend> EngineCore<B> {
             };
             let (tokens, per_row) = (vec![0; q_len], vec![Sampling::default()]);
             let rows = self.lay_out(batch, vec![&scratch], tokens, per_row, &scratch)?;
-            self.run(rows)?;
+            let (ids, inputs) = self.issue(rows, None, 0)?;
+            let read = self.be.read_f32(&ids);
+            self.be.free(ids);
+            self.model.free_ragged_inputs(&mut self.be, inputs);
+            read?;
         }
         Ok(())
     }
@@ -610,8 +625,9 @@ impl<B: Backend> EngineCore<B> {
         }
     }
 
-    /// One iteration: schedule, run every scheduled row in one ragged forward, sample each
-    /// sequence that reached its end, emit, finish. Does nothing when idle.
+    /// One iteration: schedule, run every scheduled row in one ragged forward (or, decoding
+    /// only, up to `decode_steps` forwards back to back), sample each sequence that reached its
+    /// end, emit, finish. Does nothing when idle.
     pub fn step(&mut self) -> Result<StepReport, EngineError> {
         let began = Instant::now();
         // Listeners the delivery thread found gone since the last step (none inline, where a
@@ -625,37 +641,13 @@ impl<B: Backend> EngineCore<B> {
             self.publish();
             return Ok(report);
         }
-        let batch = RaggedBatch {
-            seqs: plan
-                .iter()
-                .map(|&(i, q)| SeqSpan {
-                    pos: self.running[i].computed,
-                    q_len: q,
-                })
-                .collect(),
-        };
-        let mut tokens = Vec::with_capacity(batch.rows());
-        let mut tables = Vec::with_capacity(plan.len());
-        let mut per_row = Vec::with_capacity(plan.len());
+        let steps = self.steps_for(&plan);
         for &(i, q) in &plan {
-            let s = &self.running[i];
-            tokens.extend(
-                s.tokens[s.computed..s.computed + q]
-                    .iter()
-                    .map(|&t| t as i32),
-            );
-            tables.push(&s.blocks[..]);
-            per_row.push(Sampling {
-                seed: token_seed(s.req.sampling.seed, s.generated()),
-                ..s.req.sampling
-            });
-            report.scheduled.push((s.id, q));
+            report.scheduled.push((self.running[i].id, q));
         }
         // The model's part of the step begins with its inputs' layout (as the metrics say).
         let device_began = Instant::now();
-        let scratch = [self.cfg.kv_blocks];
-        let rows = self.lay_out(batch, tables, tokens, per_row, &scratch);
-        let (ids, wait_seconds) = match rows.and_then(|rows| self.run(rows)) {
+        let (ids, wait_seconds) = match self.run_steps(&plan, steps) {
             Ok(done) => done,
             Err(e) => {
                 // Every scheduled sequence's blocks may hold half-written keys: end them all.
@@ -665,57 +657,19 @@ impl<B: Backend> EngineCore<B> {
         };
         let now = Instant::now();
         let device_seconds = (now - device_began).as_secs_f64();
+        // Each step's tokens in turn; a sequence that ends at one ignores the later steps'
+        // (computed on it and dropped).
         let mut done: Vec<(usize, FinishReason, String)> = Vec::new();
-        for (k, &(i, q)) in plan.iter().enumerate() {
-            let eot = self.tokenizer.eot();
-            let context = self.limits.context;
-            let s = &mut self.running[i];
-            s.computed += q;
-            if s.computed < s.tokens.len() {
-                continue; // a prompt chunk: nothing to sample yet
-            }
-            let id = ids.get(k).copied().unwrap_or(0.0) as u32;
-            if let Ok(mut m) = self.metrics.lock() {
-                match s.last_token {
-                    None => m.ttft.observe((now - s.arrived).as_secs_f64()),
-                    Some(t) => m.itl.observe((now - t).as_secs_f64()),
+        let mut ended = vec![false; plan.len()];
+        for step_ids in &ids {
+            for (k, &(i, q)) in plan.iter().enumerate() {
+                if ended[k] {
+                    continue;
                 }
-            }
-            s.last_token = Some(now);
-            if !s.req.ignore_eos && eot == Some(id) {
-                let rest = decode_from(&self.tokenizer, &s.tokens, s.prompt_len + s.window);
-                let d = text::delta(&rest, s.emitted, &s.req.stop, true);
-                done.push((i, FinishReason::Stop, d.text.to_string()));
-                continue;
-            }
-            s.tokens.push(id);
-            self.waiting.charge(&s.req.client, 0, 1);
-            if let Ok(mut m) = self.metrics.lock() {
-                m.generation_tokens += 1;
-            }
-            let full = s.generated() >= s.req.max_tokens || s.tokens.len() >= context;
-            let generated = decode_from(&self.tokenizer, &s.tokens, s.prompt_len + s.window);
-            let d = text::delta(&generated, s.emitted, &s.req.stop, false);
-            let (piece, stopped) = (d.text.to_string(), d.stopped);
-            s.emitted += piece.len();
-            if s.emitted == generated.len() && !stopped && !full {
-                // All sent, ending on a whole character with no stop string begun.
-                s.window = s.generated();
-                s.emitted = 0;
-            }
-            if !self.outbox.send(s.id, Event::Token { id, text: piece }) {
-                done.push((i, FinishReason::Cancelled, String::new()));
-            } else if stopped {
-                done.push((i, FinishReason::Stop, String::new()));
-            } else if full {
-                let tail = text::delta(&generated, s.emitted, &s.req.stop, true);
-                let (tail, stopped) = (tail.text.to_string(), tail.stopped);
-                let reason = if stopped {
-                    FinishReason::Stop
-                } else {
-                    FinishReason::Length
-                };
-                done.push((i, reason, tail));
+                if let Some((reason, text)) = self.accept(i, q, step_ids.get(k).copied(), now) {
+                    ended[k] = true;
+                    done.push((i, reason, text));
+                }
             }
         }
         // Remove from the back so that the earlier indices stay valid.
@@ -728,15 +682,16 @@ impl<B: Backend> EngineCore<B> {
         report.finished.reverse();
         if let Ok(mut m) = self.metrics.lock() {
             let host_seconds = began.elapsed().as_secs_f64() - device_seconds;
-            m.steps += 1;
-            m.step_sequences += plan.len() as u64;
-            m.step_tokens += plan.iter().map(|&(_, q)| q as u64).sum::<u64>();
+            let n = steps as u64;
+            m.steps += n;
+            m.step_sequences += n * plan.len() as u64;
+            m.step_tokens += n * plan.iter().map(|&(_, q)| q as u64).sum::<u64>();
             m.step_device_seconds += device_seconds;
             m.step_host_seconds += host_seconds;
             m.step_wait_seconds += wait_seconds;
             if plan.iter().all(|&(_, q)| q == 1) {
-                m.decode_steps += 1;
-                m.decode_step_sequences += plan.len() as u64;
+                m.decode_steps += n;
+                m.decode_step_sequences += n * plan.len() as u64;
                 m.decode_step_device_seconds += device_seconds;
                 m.decode_step_host_seconds += host_seconds;
                 m.decode_step_wait_seconds += wait_seconds;
@@ -744,6 +699,167 @@ impl<B: Backend> EngineCore<B> {
         }
         self.publish();
         Ok(report)
+    }
+
+    /// The steps this iteration runs: `decode_steps` when every scheduled row decodes a
+    /// sequence's last token, each has room in the context for that many more, and the block
+    /// manager has their blocks (grown here; a sequence that got some before another found none
+    /// keeps them for its next tokens); else one.
+    fn steps_for(&mut self, plan: &[(usize, usize)]) -> usize {
+        let k = self.cfg.decode_steps.max(1);
+        if k == 1 {
+            return 1;
+        }
+        let context = self.limits.context;
+        let decoding = plan.iter().all(|&(i, q)| {
+            let s = &self.running[i];
+            q == 1 && s.computed + 1 == s.tokens.len() && s.computed + k <= context
+        });
+        if !decoding {
+            return 1;
+        }
+        let bs = self.cfg.block_size;
+        for &(i, _) in plan {
+            let s = &mut self.running[i];
+            if !self
+                .blocks
+                .grow(&mut s.blocks, blocks_for(s.computed + k, bs))
+            {
+                return 1;
+            }
+        }
+        k
+    }
+
+    /// Sequence `i`'s part of a step that fed it `q` tokens and, where it reached the end of its
+    /// tokens, sampled `id`: the token taken, metered and emitted. Returns why and with what
+    /// last text it ends, if it does.
+    fn accept(
+        &mut self,
+        i: usize,
+        q: usize,
+        id: Option<f32>,
+        now: Instant,
+    ) -> Option<(FinishReason, String)> {
+        let eot = self.tokenizer.eot();
+        let context = self.limits.context;
+        let s = &mut self.running[i];
+        s.computed += q;
+        if s.computed < s.tokens.len() {
+            return None; // a prompt chunk: nothing to sample yet
+        }
+        let id = id.unwrap_or(0.0) as u32;
+        if let Ok(mut m) = self.metrics.lock() {
+            match s.last_token {
+                None => m.ttft.observe((now - s.arrived).as_secs_f64()),
+                Some(t) => m.itl.observe((now - t).as_secs_f64()),
+            }
+        }
+        s.last_token = Some(now);
+        if !s.req.ignore_eos && eot == Some(id) {
+            let rest = decode_from(&self.tokenizer, &s.tokens, s.prompt_len + s.window);
+            let d = text::delta(&rest, s.emitted, &s.req.stop, true);
+            return Some((FinishReason::Stop, d.text.to_string()));
+        }
+        s.tokens.push(id);
+        self.waiting.charge(&s.req.client, 0, 1);
+        if let Ok(mut m) = self.metrics.lock() {
+            m.generation_tokens += 1;
+        }
+        let full = s.generated() >= s.req.max_tokens || s.tokens.len() >= context;
+        let generated = decode_from(&self.tokenizer, &s.tokens, s.prompt_len + s.window);
+        let d = text::delta(&generated, s.emitted, &s.req.stop, false);
+        let (piece, stopped) = (d.text.to_string(), d.stopped);
+        s.emitted += piece.len();
+        if s.emitted == generated.len() && !stopped && !full {
+            // All sent, ending on a whole character with no stop string begun.
+            s.window = s.generated();
+            s.emitted = 0;
+        }
+        if !self.outbox.send(s.id, Event::Token { id, text: piece }) {
+            Some((FinishReason::Cancelled, String::new()))
+        } else if stopped {
+            Some((FinishReason::Stop, String::new()))
+        } else if full {
+            let tail = text::delta(&generated, s.emitted, &s.req.stop, true);
+            let reason = if tail.stopped {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            };
+            Some((reason, tail.text.to_string()))
+        } else {
+            None
+        }
+    }
+
+    /// The device part of an iteration: its `steps` steps issued back to back (the first with
+    /// the scheduled tokens, each later one with the ids the step before sampled, on the
+    /// device), then each step's sampled ids read (one per scheduled sequence, in order, then
+    /// those of any padding rows). Also returns the seconds the host waited for them.
+    fn run_steps(
+        &mut self,
+        plan: &[(usize, usize)],
+        steps: usize,
+    ) -> Result<(Vec<Vec<f32>>, f64), EngineError> {
+        let scratch = [self.cfg.kv_blocks];
+        let mut issued: Vec<(Tensor, RaggedInputs)> = Vec::with_capacity(steps);
+        let out = (|| {
+            for k in 0..steps {
+                let rows = self.rows_of(plan, k, &scratch)?;
+                let feed = issued.last().map(|(ids, _)| ids.clone());
+                issued.push(self.issue(rows, feed, k)?);
+            }
+            let waited = Instant::now();
+            let mut ids = Vec::with_capacity(steps);
+            for (t, _) in &issued {
+                ids.push(self.be.read_f32(t)?);
+            }
+            Ok((ids, waited.elapsed().as_secs_f64()))
+        })();
+        for (ids, inputs) in issued {
+            self.be.free(ids);
+            self.model.free_ragged_inputs(&mut self.be, inputs);
+        }
+        out
+    }
+
+    /// Step `k` of an iteration laid out: each scheduled sequence `k` tokens further on (its
+    /// tokens at step 0; later steps are fed on the device, so theirs are placeholders) with
+    /// the seed of its token `generated + k`.
+    fn rows_of(
+        &self,
+        plan: &[(usize, usize)],
+        k: usize,
+        scratch: &[usize],
+    ) -> Result<StepRows, EngineError> {
+        let batch = RaggedBatch {
+            seqs: plan
+                .iter()
+                .map(|&(i, q)| SeqSpan {
+                    pos: self.running[i].computed + k,
+                    q_len: q,
+                })
+                .collect(),
+        };
+        let mut tokens = Vec::with_capacity(batch.rows());
+        let mut tables = Vec::with_capacity(plan.len());
+        let mut per_row = Vec::with_capacity(plan.len());
+        for &(i, q) in plan {
+            let s = &self.running[i];
+            if k == 0 {
+                let new = &s.tokens[s.computed..s.computed + q];
+                tokens.extend(new.iter().map(|&t| t as i32));
+            } else {
+                tokens.extend(std::iter::repeat_n(0, q));
+            }
+            tables.push(&s.blocks[..]);
+            per_row.push(Sampling {
+                seed: token_seed(s.req.sampling.seed, s.generated() + k),
+                ..s.req.sampling
+            });
+        }
+        self.lay_out(batch, tables, tokens, per_row, scratch)
     }
 
     /// A step's rows laid out for the device: the block tables checked and flattened, and a
@@ -782,12 +898,16 @@ impl<B: Backend> EngineCore<B> {
         })
     }
 
-    /// The device part of a step: inputs written, one `ragged_logits`, the per-row Sample op;
-    /// only the sampled ids come back to the host (one per sequence, in order, then those of
-    /// any padding rows).
-    /// Also returns the seconds the host waited for the ids (the device finishing the step);
-    /// the rest of the call is the host issuing it.
-    fn run(&mut self, rows: StepRows) -> Result<(Vec<f32>, f64), EngineError> {
+    /// One step issued: inputs written, one `ragged_logits`, the per-row Sample op. Returns
+    /// the sampled ids (on the device, not yet read) and the step's inputs, both for the caller
+    /// to free once it has read them. With `feed`, the step's tokens are that tensor (the ids
+    /// the step before sampled) instead of the ones written.
+    fn issue(
+        &mut self,
+        rows: StepRows,
+        feed: Option<Tensor>,
+        k: usize,
+    ) -> Result<(Tensor, RaggedInputs), EngineError> {
         let StepRows {
             batch,
             tokens,
@@ -802,12 +922,16 @@ impl<B: Backend> EngineCore<B> {
             .ok_or_else(|| EngineError::Config("the engine's cache was freed".into()))?;
         let be = &mut self.be;
         let inputs = self.model.alloc_ragged_inputs(be, batch, self.max_blocks)?;
-        let out = (|| {
+        let ids = (|| {
             self.model
                 .write_ragged_inputs(be, &inputs, tokens, &layout)?;
+            let fed = feed.map(|ids| RaggedInputs {
+                tokens: ids,
+                ..inputs.clone()
+            });
             let step = PagedStep {
                 batch,
-                inputs: &inputs,
+                inputs: fed.as_ref().unwrap_or(&inputs),
                 cache,
             };
             let model = &self.model;
@@ -818,20 +942,27 @@ impl<B: Backend> EngineCore<B> {
             // A decode-only step of S sequences repeats, op for op and buffer for buffer, every
             // step the batch keeps its size: what changes (tokens, positions, slots, lengths,
             // block tables, sampling seeds) is in device memory, written above. A backend may
-            // capture it once per S and replay it (CUDA graphs); prefill steps run eagerly.
-            let ids = if decode_only {
-                repeated_step(be, &format!("paged-decode-{}", batch.seqs.len()), forward)?
+            // capture it once per S and replay it (CUDA graphs); prefill steps run eagerly. The
+            // k-th step of an iteration reads the ids of the (k − 1)-th, another buffer, so it
+            // is a step kind of its own.
+            if decode_only {
+                let s = batch.seqs.len();
+                let key = match k {
+                    0 => format!("paged-decode-{s}"),
+                    _ => format!("paged-decode-{s}-fed-{k}"),
+                };
+                repeated_step(be, &key, forward)
             } else {
-                forward(be)?
-            };
-            let waited = Instant::now();
-            let host = be.read_f32(&ids);
-            let wait_seconds = waited.elapsed().as_secs_f64();
-            be.free(ids);
-            host.map(|ids| (ids, wait_seconds))
+                forward(be)
+            }
         })();
-        self.model.free_ragged_inputs(be, inputs);
-        Ok(out?)
+        match ids {
+            Ok(ids) => Ok((ids, inputs)),
+            Err(e) => {
+                self.model.free_ragged_inputs(be, inputs);
+                Err(e.into())
+            }
+        }
     }
 
     /// Frees the cache and hands back the backend and the model.

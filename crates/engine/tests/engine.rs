@@ -50,6 +50,7 @@ fn small(kv_blocks: usize, max_num_seqs: usize) -> EngineConfig {
         max_queue: 64,
         policy: Policy::Fcfs,
         batching: Batching::Continuous,
+        decode_steps: 1,
         step_delay: std::time::Duration::ZERO,
     }
 }
@@ -271,6 +272,77 @@ fn sampled_tokens_do_not_depend_on_the_batch() {
     );
     run_to_end(&mut e);
     assert_ne!(collect(&other).ids, a);
+}
+
+/// Every request's events from one engine run of `reqs` (ids, text, reason, usage), with
+/// iterations of up to `decode_steps` decode steps.
+fn outputs_with_decode_steps(decode_steps: usize, reqs: &[Request]) -> (Vec<Out>, usize, u64) {
+    let cfg = EngineConfig {
+        decode_steps,
+        ..small(64, 8)
+    };
+    let mut e = core("gpt2", cfg);
+    let rxs: Vec<_> = reqs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| add(&mut e, i as u64, r.clone()))
+        .collect();
+    let iterations = run_to_end(&mut e).len();
+    assert_eq!(e.blocks_used(), 0, "blocks left in use");
+    let steps = e.metrics().steps;
+    (rxs.iter().map(collect).collect(), iterations, steps)
+}
+
+#[test]
+fn several_decode_steps_an_iteration_give_the_same_tokens_text_and_ends() {
+    // Greedy and seeded sampling, ends by length at different steps of an iteration (3, 10, 17
+    // tokens), the end of text allowed, a stop string, and a request near the context's end
+    // (whose iterations must stay within it).
+    let sampled = Sampling {
+        temperature: 0.8,
+        top_k: Some(20),
+        top_p: Some(0.9),
+        seed: 5,
+    };
+    let reqs = vec![
+        Request {
+            ignore_eos: true,
+            ..Request::greedy(prompt(1, 5), 17)
+        },
+        Request::greedy(prompt(2, 9), 10),
+        Request {
+            sampling: sampled,
+            ignore_eos: true,
+            ..Request::greedy(prompt(3, 4), 3)
+        },
+        Request {
+            sampling: sampled,
+            stop: vec!["a".into(), "e".into()],
+            ..Request::greedy(prompt(4, 7), 30)
+        },
+        Request {
+            ignore_eos: true,
+            ..Request::greedy(prompt(5, CONTEXT - 6), 6)
+        },
+    ];
+    let (one, one_iterations, one_steps) = outputs_with_decode_steps(1, &reqs);
+    for k in [2, 4, 7] {
+        let (many, iterations, steps) = outputs_with_decode_steps(k, &reqs);
+        assert!(
+            iterations < one_iterations,
+            "{k} decode steps an iteration ran {iterations} iterations, one a step {one_iterations}"
+        );
+        assert!(steps >= one_steps, "the metrics count every step");
+        for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+            assert_eq!(a.ids, b.ids, "request {i} at {k} steps: tokens");
+            assert_eq!(a.text, b.text, "request {i} at {k} steps: text");
+            assert_eq!(a.reason, b.reason, "request {i} at {k} steps: finish");
+            assert_eq!(a.usage, b.usage, "request {i} at {k} steps: usage");
+        }
+    }
+    assert_eq!(one[0].ids.len(), 17);
+    assert_eq!(one[2].ids.len(), 3);
+    assert_eq!(one[4].ids.len(), 6);
 }
 
 #[test]

@@ -200,6 +200,7 @@ impl RaggedLayout {
 }
 
 /// The device tensors of a ragged step (i32, category io).
+#[derive(Clone)]
 pub struct RaggedInputs {
     pub tokens: Tensor,
     pub positions: Tensor,

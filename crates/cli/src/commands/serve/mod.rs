@@ -75,6 +75,12 @@ pub struct ServeArgs {
     /// a GPU).
     #[arg(long, value_parser = parse_bytes)]
     pub kv_memory: Option<u64>,
+    /// Decode steps an engine iteration may run back to back when it only decodes (vLLM's
+    /// multi-step scheduling): each step's tokens the step before's sampled ids, on the device,
+    /// so the host's part of an iteration and its wait for the ids come once per that many
+    /// tokens. Requests join and leave at iteration boundaries; their tokens stream in groups.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub decode_steps: u64,
     /// Waiting requests at most; past it a request is answered 429.
     #[arg(long, default_value_t = 1024)]
     pub max_queue: usize,
@@ -199,6 +205,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         max_queue: args.max_queue,
         policy,
         batching: args.batching,
+        decode_steps: args.decode_steps as usize,
         step_delay: std::time::Duration::from_millis(args.debug_step_delay_ms),
         ..EngineConfig::default()
     };
