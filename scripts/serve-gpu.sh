@@ -21,7 +21,8 @@
 #    fair share of a 16-sequence server; 400 requests), under VTC and under FCFS, with the VTC paper's bound
 #    for that server: 2·max(w_in·L_in, w_out·M) = 2·max(128, 2·4096) = 16384 (M: 256 blocks of
 #    16 tokens).
-# CALIBRATION=FILE (a `tperf calibrate` file) makes the predictions beside the runs calibrated.
+# CALIBRATION=FILE (a `tperf calibrate` file) makes the predictions beside the runs calibrated;
+# SERVE_ARGS adds flags to every server (say `--decode-steps 4`).
 # Each server is stopped with SIGINT (it must exit 0) after its /metrics are logged (0 running,
 # 0 waiting, 0 KV blocks used). Writes OUT/serve.txt, OUT/*.json and OUT/report.html.
 set -u
@@ -36,8 +37,8 @@ server=
 trap '[ -n "$server" ] && kill "$server" 2>/dev/null' EXIT
 
 start_server() {
-    echo "### serve $model --device cuda --dtype bf16 $*" >>"$log"
-    "$tperf" serve "$model" --device cuda --dtype bf16 --port "$port" "$@" >>"$log" 2>&1 &
+    echo "### serve $model --device cuda --dtype bf16 ${SERVE_ARGS:-} $*" >>"$log"
+    "$tperf" serve "$model" --device cuda --dtype bf16 --port "$port" ${SERVE_ARGS:-} "$@" >>"$log" 2>&1 &
     server=$!
     for _ in $(seq 1 120); do
         python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=1)" \
