@@ -11,7 +11,9 @@
 # 4. The server at saturation (2048 prompts of 128 in / 128 out, ≤ 512 in flight) with every
 #    change on, then each one off: TPERF_PAGED_MMA=0 (prefill chunks through flash-decoding's
 #    runs), TPERF_EVENTS_INLINE=1 (sinks called from the engine's step), TPERF_GEMM_EXACT_ALGO=1
-#    (a cuBLASLt heuristic query per new shape); and all on at 256 req/s.
+#    (a cuBLASLt heuristic query per new shape); --decode-steps 4 and 8 (several decode steps an
+#    iteration, fed on the device); and all on at 256 req/s. tests/cuda (the engine's GPU test)
+#    checks that several decode steps an iteration give one step's tokens.
 # Build the carry with scripts/carry.sh, then from the repo root:
 #   timeout 580 bash scripts/session16-gpu.sh; results in /tmp/e (copy them under $OUT)
 R=$PWD; T=$R/carry/tperf; O=/tmp/e; X=/tmp/unpacked/tests; mkdir -p $O /tmp/unpacked
@@ -24,6 +26,7 @@ step tests-ops_paged.txt 90 $X/ops_paged --test-threads 2
 step tests-ragged.txt 60 $X/ragged --test-threads 1
 step tests-graphs.txt 60 $X/graphs --test-threads 1
 step tests-ops_basic.txt 90 $X/ops_basic --test-threads 2
+step tests-engine-cuda.txt 60 $X/cuda --test-threads 1
 step tests-ops_attention.txt 120 $X/ops_attention --test-threads 2
 step sanitizer.txt 120 compute-sanitizer --tool memcheck $X/ops_paged tensor_cores --test-threads 1
 step sanitizer.txt 120 compute-sanitizer --tool memcheck $X/ops_basic matmul --test-threads 1
@@ -34,9 +37,9 @@ step profile-decode.txt 60 $T profile gpt2-124m --phase decode --batch 1 --seq 3
 step profile-decode.txt 60 $T profile gpt2-124m --phase decode --batch 32 --seq 384 --dtype bf16 --device cuda
 step decode.txt 40 $T bench gpt2-124m --phase decode --seq 192 --dtype bf16 --device cuda --batch 128,256 --steps 100 --temperature 0 --back-to-back
 port=8000
-serve_run() { # tag, rate, then env for the server
-  local tag=$1 rate=$2; shift 2; local log=$O/serve-$tag.txt
-  env "$@" $T serve gpt2-124m --device cuda --dtype bf16 --port $port >>$log 2>&1 &
+serve_run() { # tag, rate, one VAR=value for the server's environment, then server flags
+  local tag=$1 rate=$2 var=$3; shift 3; local log=$O/serve-$tag.txt
+  env "$var" $T serve gpt2-124m --device cuda --dtype bf16 --port $port "$@" >>$log 2>&1 &
   local server=$!
   for _ in $(seq 1 120); do python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/health', timeout=1)" >/dev/null 2>&1 && break; sleep 0.5; done
   timeout 60 $T bench serve --url http://127.0.0.1:$port --num-prompts 2048 --random-input-len 128 --random-output-len 128 \
@@ -49,6 +52,8 @@ serve_run all-inf inf TPERF_UNUSED=0
 serve_run no-paged-mma-inf inf TPERF_PAGED_MMA=0
 serve_run events-inline-inf inf TPERF_EVENTS_INLINE=1
 serve_run gemm-exact-inf inf TPERF_GEMM_EXACT_ALGO=1
+serve_run steps4-inf inf TPERF_UNUSED=0 --decode-steps 4
+serve_run steps8-inf inf TPERF_UNUSED=0 --decode-steps 8
 serve_run all-256 256 TPERF_UNUSED=0
 echo "end at $((SECONDS-S0))s" >> $O/machine.txt
 grep -h "^test result\|panicked\|FAILED\|ERROR SUMMARY\|### exit" $O/tests-*.txt $O/sanitizer.txt > $O/summary.txt 2>/dev/null
