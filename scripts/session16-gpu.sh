@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Session 16's first GPU call (about 6 minutes on one H200): the untested changes of sessions 15
+# Session 16's first GPU call (about 9 minutes on one H200; the order is the priority): the untested changes of sessions 15
 # and 16 checked, then measured.
 # 1. Correctness: ops_paged (the tensor-core paged prefill, flash_mma.cu's paged_mma_fwd, against
 #    the CPU), ragged, graphs, ops_attention (the dense forward now shares its tile body),
@@ -27,15 +27,7 @@ step tests-ragged.txt 60 $X/ragged --test-threads 1
 step tests-graphs.txt 60 $X/graphs --test-threads 1
 step tests-ops_basic.txt 90 $X/ops_basic --test-threads 2
 step tests-engine-cuda.txt 60 $X/cuda --test-threads 1
-step tests-ops_attention.txt 120 $X/ops_attention --test-threads 2
-step sanitizer.txt 120 compute-sanitizer --tool memcheck $X/ops_paged tensor_cores --test-threads 1
-step sanitizer.txt 120 compute-sanitizer --tool memcheck $X/ops_basic matmul --test-threads 1
-step conformance.txt 60 $T conformance --device cuda
 echo "tests done at $((SECONDS-S0))s" >> $O/machine.txt
-step profile-train.txt 60 $T profile gpt2-124m --batch 8 --seq 128 --dtype bf16 --device cuda
-step profile-decode.txt 60 $T profile gpt2-124m --phase decode --batch 1 --seq 384 --dtype bf16 --device cuda
-step profile-decode.txt 60 $T profile gpt2-124m --phase decode --batch 32 --seq 384 --dtype bf16 --device cuda
-step decode.txt 40 $T bench gpt2-124m --phase decode --seq 192 --dtype bf16 --device cuda --batch 128,256 --steps 100 --temperature 0 --back-to-back
 port=8000
 serve_run() { # tag, rate, one VAR=value for the server's environment, then server flags
   local tag=$1 rate=$2 var=$3; shift 3; local log=$O/serve-$tag.txt
@@ -55,6 +47,15 @@ serve_run gemm-exact-inf inf TPERF_GEMM_EXACT_ALGO=1
 serve_run steps4-inf inf TPERF_UNUSED=0 --decode-steps 4
 serve_run steps8-inf inf TPERF_UNUSED=0 --decode-steps 8
 serve_run all-256 256 TPERF_UNUSED=0
+echo "serving done at $((SECONDS-S0))s" >> $O/machine.txt
+step decode.txt 40 $T bench gpt2-124m --phase decode --seq 192 --dtype bf16 --device cuda --batch 128,256 --steps 100 --temperature 0 --back-to-back
+step profile-train.txt 60 $T profile gpt2-124m --batch 8 --seq 128 --dtype bf16 --device cuda
+step sanitizer.txt 120 compute-sanitizer --tool memcheck $X/ops_paged tensor_cores --test-threads 1
+step sanitizer.txt 120 compute-sanitizer --tool memcheck $X/ops_basic matmul --test-threads 1
+step tests-ops_attention.txt 120 $X/ops_attention --test-threads 2
+step profile-decode.txt 60 $T profile gpt2-124m --phase decode --batch 1 --seq 384 --dtype bf16 --device cuda
+step profile-decode.txt 60 $T profile gpt2-124m --phase decode --batch 32 --seq 384 --dtype bf16 --device cuda
+step conformance.txt 60 $T conformance --device cuda
 echo "end at $((SECONDS-S0))s" >> $O/machine.txt
 grep -h "^test result\|panicked\|FAILED\|ERROR SUMMARY\|### exit" $O/tests-*.txt $O/sanitizer.txt > $O/summary.txt 2>/dev/null
 grep -h "output token throughput\|Output token\|by kind\|engine step" $O/serve-*.txt >> $O/summary.txt 2>/dev/null
