@@ -16,7 +16,8 @@
 #    checks that several decode steps an iteration give one step's tokens.
 # Build the carry with scripts/carry.sh, then from the repo root:
 #   timeout 580 bash scripts/session16-gpu.sh; results in /tmp/e (copy them under $OUT)
-R=$PWD; T=$R/carry/tperf; O=/tmp/e; X=/tmp/unpacked/tests; mkdir -p $O /tmp/unpacked
+# Results go straight under $OUT (when set), so that a run cut off at its limit keeps them.
+R=$PWD; T=$R/carry/tperf; O=${OUT:-/tmp}/e; X=/tmp/unpacked/tests; mkdir -p $O /tmp/unpacked
 export PATH=$PATH:/usr/local/cuda/bin NCCL_NVLS_ENABLE=0
 S0=$SECONDS
 step() { local f=$1 l=$2; shift 2; echo "### $* (limit ${l}s)" >>$O/$f; local t0=$SECONDS; timeout $l "$@" >>$O/$f 2>&1; echo "### exit $? after $((SECONDS-t0))s" >>$O/$f; }
