@@ -510,8 +510,21 @@ fn bad_requests_are_refused_with_the_field_named() {
 
 #[test]
 fn the_threaded_engine_serves_many_and_returns_every_block() {
+    threaded_engine_serves_many(1);
+}
+
+#[test]
+fn the_threaded_engine_with_several_decode_steps_an_iteration_returns_every_block() {
+    threaded_engine_serves_many(4);
+}
+
+/// 40 requests through the threaded engine (events delivered by its outbox thread) at
+/// `decode_steps` steps an iteration: every request gets its tokens and its end, every block
+/// comes back, the queue limit holds, shutdown refuses the next.
+fn threaded_engine_serves_many(decode_steps: usize) {
     let cfg = EngineConfig {
         max_queue: 100,
+        decode_steps,
         ..small(40, 8)
     };
     let engine = Engine::start(
