@@ -76,6 +76,11 @@ pub struct CudaBackend {
     /// Matmuls followed by GELU use cuBLASLt's GELU_AUX epilogue where it applies
     /// (`TPERF_GELU_EPILOGUE=0` turns it off, to measure what it saves).
     pub(crate) gelu_epilogue: bool,
+    /// Prefill chunks of paged attention on the tensor-core kernel (flash_mma.cu's
+    /// paged_mma_fwd; ops/paged_attention.rs). Off unless `TPERF_PAGED_MMA=1` or
+    /// [`CudaBackend::set_paged_mma`]: the kernel is tested (tests/ops_paged.rs) but has not yet
+    /// run on a GPU, so it is not the default until those tests have passed there.
+    pub(crate) paged_mma: bool,
     /// `TPERF_POISON_ALLOC=1`: fresh allocations are filled with 0xFF bytes (NaN in every float
     /// dtype) instead of being left as the allocator found them, so that an op that reads part of
     /// a buffer nothing wrote, relying on a zero it never asked for, shows up as a NaN in
@@ -156,6 +161,7 @@ impl CudaBackend {
         let poison = std::env::var_os("TPERF_POISON_ALLOC").is_some_and(|v| v == "1");
         let graphs = !poison && std::env::var_os("TPERF_CUDA_GRAPHS").is_none_or(|v| v != "0");
         let gelu_epilogue = std::env::var_os("TPERF_GELU_EPILOGUE").is_none_or(|v| v != "0");
+        let paged_mma = std::env::var_os("TPERF_PAGED_MMA").is_some_and(|v| v == "1");
         Ok(CudaBackend {
             buffers: TensorMap::default(),
             retired: TensorMap::default(),
@@ -168,6 +174,7 @@ impl CudaBackend {
             poison,
             op_scalars: 0,
             gelu_epilogue,
+            paged_mma,
             blas,
             workspace,
             timer: None,
@@ -664,6 +671,12 @@ impl CudaBackend {
     /// off for a whole run).
     pub fn set_graphs(&mut self, on: bool) {
         self.graphs.enabled = on && !self.poison;
+    }
+
+    /// Runs paged attention's prefill chunks on the tensor-core kernel, or not (see the
+    /// field's note; `TPERF_PAGED_MMA=1` sets it for a whole run).
+    pub fn set_paged_mma(&mut self, on: bool) {
+        self.paged_mma = on;
     }
 
     pub fn graphs_enabled(&self) -> bool {

@@ -270,6 +270,7 @@ fn long_chunks() -> Vec<Seq> {
 #[test]
 fn paged_prefill_on_tensor_cores_matches_the_cpu() {
     let Some(mut gpu) = gpu_or_skip() else { return };
+    gpu.set_paged_mma(true);
     let mut seed = 500;
     for dt in [DType::Bf16, DType::F16] {
         for heads in [(4, 4), (8, 2), (16, 1)] {

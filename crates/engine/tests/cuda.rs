@@ -36,6 +36,7 @@ fn prompt(seed: u32, len: usize) -> Vec<u32> {
 fn run(decode_steps: usize, reqs: &[Request]) -> Option<Vec<Vec<u32>>> {
     let mut be = gpu_or_skip()?;
     be.set_graphs(true);
+    be.set_paged_mma(true);
     let opts = Options {
         precision: Precision::Bf16,
         ..Options::default()

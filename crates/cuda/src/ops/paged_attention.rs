@@ -87,7 +87,7 @@ impl CudaBackend {
         // eagerly, as the units table is written for this launch (a captured step is
         // decode-only).
         let mma = mma_variant(a.d, &[qkv, k, v, out], &[width, a.d as u64])
-            .filter(|_| !self.capturing() && paged_mma_enabled());
+            .filter(|_| !self.capturing() && self.paged_mma);
         let least = if decode { PREFILL_ROWS } else { 1 };
         let on_mma: Vec<bool> = a
             .seqs
@@ -205,13 +205,6 @@ struct PagedOperands {
 /// as flash-decoding units, which read the keys once for one or two queries where the tile
 /// would compute on at least 16 rows.
 const PREFILL_ROWS: usize = 16;
-
-/// `TPERF_PAGED_MMA=0` sends prefill chunks to flash-decoding's runs as before the tensor-core
-/// kernel (for A/B measurements).
-fn paged_mma_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("TPERF_PAGED_MMA").map_or(true, |v| v != "0"))
-}
 
 impl CudaBackend {
     /// The tensor-core paged prefill (flash_mma.cu's paged_mma_fwd_*) over `units`, (first row,
