@@ -166,7 +166,21 @@ fn greedy_outputs(
     kv_blocks: usize,
     reqs: &[Request],
 ) -> (Vec<Vec<u32>>, usize, usize) {
-    let mut e = core(preset, small(kv_blocks, 8));
+    greedy_outputs_at(preset, kv_blocks, 1, reqs)
+}
+
+/// [`greedy_outputs`] at `decode_steps` decode steps an iteration.
+fn greedy_outputs_at(
+    preset: &str,
+    kv_blocks: usize,
+    decode_steps: usize,
+    reqs: &[Request],
+) -> (Vec<Vec<u32>>, usize, usize) {
+    let cfg = EngineConfig {
+        decode_steps,
+        ..small(kv_blocks, 8)
+    };
+    let mut e = core(preset, cfg);
     let rxs: Vec<_> = reqs
         .iter()
         .enumerate()
@@ -197,6 +211,18 @@ fn preempted_requests_are_recomputed_to_the_same_tokens() {
         assert_eq!(none, 0);
         assert_eq!(used, 0, "{preset}: blocks left in use");
         assert_eq!(tight, roomy, "{preset}: recompute changed the tokens");
+        // Iterations of 4 decode steps grow each sequence's blocks for all 4 first: short of
+        // blocks, they run one step or preempt, and the tokens stay the same.
+        let (tight4, preempted4, used4) = greedy_outputs_at(preset, 12, 4, &reqs);
+        assert!(
+            preempted4 > 0,
+            "{preset}: 12 blocks should force a preemption"
+        );
+        assert_eq!(used4, 0, "{preset}: blocks left in use at 4 steps");
+        assert_eq!(
+            tight4, roomy,
+            "{preset}: 4 decode steps an iteration changed the tokens"
+        );
         for o in &tight {
             assert_eq!(o.len(), 24);
         }
