@@ -388,12 +388,15 @@ impl<B: Backend> EngineCore<B> {
     /// Hands events to a delivery thread, one batch per step, instead of calling each sink from
     /// the step (outbox.rs says why): what the threaded [`crate::Engine`] does. A listener that
     /// went away is then seen, and its request cancelled, at the next step.
+    /// Only before the first request (the inline outbox holds the open requests' sinks).
     pub fn deliver_on_a_thread(&mut self) -> Result<(), EngineError> {
-        self.outbox.flush();
-        let threaded = Outbox::threaded().map_err(EngineError::Thread)?;
-        // The sinks opened so far stay with the inline outbox: there are none before the first
-        // request, when the engine switches.
-        self.outbox = threaded;
+        if !self.is_idle() {
+            return Err(EngineError::Config(
+                "events move to a delivery thread before the first request, not with requests open"
+                    .into(),
+            ));
+        }
+        self.outbox = Outbox::threaded().map_err(EngineError::Thread)?;
         Ok(())
     }
 
@@ -749,23 +752,25 @@ impl<B: Backend> EngineCore<B> {
             return None; // a prompt chunk: nothing to sample yet
         }
         let id = id.unwrap_or(0.0) as u32;
+        let end_of_text = !s.req.ignore_eos && eot == Some(id);
+        // One lock a token (this runs for every sequence of every step).
         if let Ok(mut m) = self.metrics.lock() {
             match s.last_token {
                 None => m.ttft.observe((now - s.arrived).as_secs_f64()),
                 Some(t) => m.itl.observe((now - t).as_secs_f64()),
             }
+            if !end_of_text {
+                m.generation_tokens += 1;
+            }
         }
         s.last_token = Some(now);
-        if !s.req.ignore_eos && eot == Some(id) {
+        if end_of_text {
             let rest = decode_from(&self.tokenizer, &s.tokens, s.prompt_len + s.window);
             let d = text::delta(&rest, s.emitted, &s.req.stop, true);
             return Some((FinishReason::Stop, d.text.to_string()));
         }
         s.tokens.push(id);
         self.waiting.charge(&s.req.client, 0, 1);
-        if let Ok(mut m) = self.metrics.lock() {
-            m.generation_tokens += 1;
-        }
         let full = s.generated() >= s.req.max_tokens || s.tokens.len() >= context;
         let generated = decode_from(&self.tokenizer, &s.tokens, s.prompt_len + s.window);
         let d = text::delta(&generated, s.emitted, &s.req.stop, false);
