@@ -459,9 +459,8 @@ impl CudaBackend {
         // the device for the host's, where they can overlap. A fault in the copy surfaces at
         // the next synchronisation, as a kernel's does.
         // SAFETY: the block holds `size_of_val(host)` bytes (the caller checked numel and
-        // dtype);
-        // `host` is pageable host memory, which the driver stages before the call returns, so
-        // the caller may drop or change it afterwards.
+        // dtype); `host` is pageable host memory, which the driver stages before the call
+        // returns, so the caller may drop or change it afterwards.
         unsafe { cu::memcpy_htod_async(b.block.ptr, host, self.gpu.cu_stream()) }
             .map_err(|source| CudaError::Tensor {
                 during: "writing",

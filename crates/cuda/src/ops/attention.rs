@@ -257,38 +257,6 @@ pub(crate) struct MmaVariant {
     bwd_shared: u32,
 }
 
-/// flash_mma.cu's (forward, paged forward, backward) of each head size and dtype.
-const MMA_D64_BF16: (&str, &str, &str) = (
-    "flash_mma_fwd_d64_bf16",
-    "paged_mma_fwd_d64_bf16",
-    "flash_mma_bwd_d64_bf16",
-);
-const MMA_D64_F16: (&str, &str, &str) = (
-    "flash_mma_fwd_d64_f16",
-    "paged_mma_fwd_d64_f16",
-    "flash_mma_bwd_d64_f16",
-);
-const MMA_D80_BF16: (&str, &str, &str) = (
-    "flash_mma_fwd_d80_bf16",
-    "paged_mma_fwd_d80_bf16",
-    "flash_mma_bwd_d80_bf16",
-);
-const MMA_D80_F16: (&str, &str, &str) = (
-    "flash_mma_fwd_d80_f16",
-    "paged_mma_fwd_d80_f16",
-    "flash_mma_bwd_d80_f16",
-);
-const MMA_D128_BF16: (&str, &str, &str) = (
-    "flash_mma_fwd_d128_bf16",
-    "paged_mma_fwd_d128_bf16",
-    "flash_mma_bwd_d128_bf16",
-);
-const MMA_D128_F16: (&str, &str, &str) = (
-    "flash_mma_fwd_d128_f16",
-    "paged_mma_fwd_d128_f16",
-    "flash_mma_bwd_d128_f16",
-);
-
 pub(crate) const MMA_FWD_THREADS: u32 = 128;
 const MMA_BWD_THREADS: u32 = 256;
 /// Keys a backward block of the tensor-core kernels covers.
@@ -315,13 +283,49 @@ pub(crate) fn mma_variant(d: usize, bufs: &[Arg], strides: &[u64]) -> Option<Mma
     }
     // Forward query tile: 128 rows at D = 64, 64 at 80 and 128; backward query tile: 64 rows
     // at D = 64 and 80, 32 at 128 (flash_mma.cu says why).
-    let ((fwd, paged, bwd), fq, bq) = match (d, dt) {
-        (64, BF16) => (MMA_D64_BF16, 128, 64),
-        (64, F16) => (MMA_D64_F16, 128, 64),
-        (80, BF16) => (MMA_D80_BF16, 64, 64),
-        (80, F16) => (MMA_D80_F16, 64, 64),
-        (128, BF16) => (MMA_D128_BF16, 64, 32),
-        (128, F16) => (MMA_D128_F16, 64, 32),
+    let (fwd, paged, bwd, fq, bq) = match (d, dt) {
+        (64, BF16) => (
+            "flash_mma_fwd_d64_bf16",
+            "paged_mma_fwd_d64_bf16",
+            "flash_mma_bwd_d64_bf16",
+            128,
+            64,
+        ),
+        (64, F16) => (
+            "flash_mma_fwd_d64_f16",
+            "paged_mma_fwd_d64_f16",
+            "flash_mma_bwd_d64_f16",
+            128,
+            64,
+        ),
+        (80, BF16) => (
+            "flash_mma_fwd_d80_bf16",
+            "paged_mma_fwd_d80_bf16",
+            "flash_mma_bwd_d80_bf16",
+            64,
+            64,
+        ),
+        (80, F16) => (
+            "flash_mma_fwd_d80_f16",
+            "paged_mma_fwd_d80_f16",
+            "flash_mma_bwd_d80_f16",
+            64,
+            64,
+        ),
+        (128, BF16) => (
+            "flash_mma_fwd_d128_bf16",
+            "paged_mma_fwd_d128_bf16",
+            "flash_mma_bwd_d128_bf16",
+            64,
+            32,
+        ),
+        (128, F16) => (
+            "flash_mma_fwd_d128_f16",
+            "paged_mma_fwd_d128_f16",
+            "flash_mma_bwd_d128_f16",
+            64,
+            32,
+        ),
         _ => return None,
     };
     let row = (d as u32 + 8) * 2;

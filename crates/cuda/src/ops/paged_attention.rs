@@ -147,8 +147,8 @@ impl CudaBackend {
                 h_kv: a.h_kv,
                 d: a.d,
                 causal: a.causal,
-                window: a.window.map_or(-1, |w| w.min(i32::MAX as usize) as i64),
-                scale: (1.0 / (a.d as f64).sqrt()) as f32,
+                window: window_arg(a),
+                scale: scale(a),
             };
             let result = self.decode_attention(call, &dec);
             if let Some(b) = table {
@@ -200,6 +200,16 @@ struct PagedOperands {
     out: Arg,
 }
 
+/// The sliding window as flash-decoding and the tensor-core prefill take it: −1 for none.
+fn window_arg(a: &PagedAttention) -> i64 {
+    a.window.map_or(-1, |w| w.min(i32::MAX as usize) as i64)
+}
+
+/// 1/√D, the scores' scale.
+fn scale(a: &PagedAttention) -> f32 {
+    (1.0 / (a.d as f64).sqrt()) as f32
+}
+
 /// Rows a sequence's chunk needs for the tensor-core prefill kernel where flash-decoding also
 /// takes the shape: one m16 tile of the kernel's. Shorter chunks (and decode rows) are cheaper
 /// as flash-decoding units, which read the keys once for one or two queries where the tile
@@ -241,8 +251,8 @@ impl CudaBackend {
             Arg::I32(a.block_size as i32),
             Arg::I32(a.max_blocks as i32),
             Arg::I32(i32::from(a.causal)),
-            Arg::I64(a.window.map_or(-1, |w| w.min(i32::MAX as usize) as i64)),
-            Arg::F32((1.0 / (a.d as f64).sqrt()) as f32),
+            Arg::I64(window_arg(a)),
+            Arg::F32(scale(a)),
         ];
         let grid = (blocks as u32, 1, 1);
         let result = self.launch(
