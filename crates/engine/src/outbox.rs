@@ -6,10 +6,11 @@
 //! Why a thread: a server's sink wakes the task that streams the request's response, and a wake
 //! that finds the runtime's workers parked is a system call. Serving gpt2-124m on the H200 at
 //! saturation, the engine's own part of a decode step of ~255 sequences measured 0.29 ms
-//! (bench-results/2026-12-04-h200-session14/b), where the same step's bookkeeping on a backend
-//! that does no device work takes 73 µs on a slower 2-core machine (tests/host_cost.rs): the
-//! difference is mostly the sinks, and it was spent serially, with the GPU idle. On the delivery
-//! thread it overlaps the next step's device work.
+//! (bench-results/2026-12-04-h200-session14/b), where the same step's bookkeeping with sinks
+//! that wake nobody, on a backend that does no device work, took 73 µs in one run on a 2-core
+//! machine (tests/host_cost.rs; its runs there vary up to 2×). The sinks are the suspect for
+//! the difference — not yet profiled — and whatever they cost was spent serially, with the GPU
+//! idle. On the delivery thread it overlaps the next step's device work.
 //!
 //! A sink that reports its listener gone is cancelled by the engine: inline at once (`send`
 //! returns false), threaded at the next step (the delivery thread records the request in
